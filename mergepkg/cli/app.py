@@ -1,0 +1,71 @@
+"""`mergepkg`: the typer app, global options and the mapping of errors to messages."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mergepkg import __version__
+from mergepkg.cli import build as build_cmd
+from mergepkg.cli import methods as methods_cmd
+from mergepkg.cli.output import err, show_error
+from mergepkg.errors import MergepkgError
+
+app = typer.Typer(
+    name="mergepkg",
+    help="A declarative package manager for LLM weight merges.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+STATE = {"debug": False}
+
+
+def _version(value: bool):
+    if value:
+        print(f"mergepkg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    STATE["debug"] = debug
+
+
+app.command("build")(build_cmd.build)
+app.command("validate")(build_cmd.validate)
+app.command("methods")(methods_cmd.methods)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: known errors become one clean message and exit 1; --debug re-raises."""
+    try:
+        app(args=argv, standalone_mode=False)
+        return 0
+    except MergepkgError as e:
+        if STATE["debug"]:
+            raise
+        show_error(e)
+        return 1
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]: nothing was written to the output")
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""`mergepkg methods`: the table of methods, their parameters and defaults."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from mergepkg.cli.output import out
+from mergepkg.methods import METHODS
+
+
+def methods():
+    """List merge methods with their parameters, defaults and allowed ranges."""
+    table = Table(show_lines=True)
+    for col in ("method", "parameter", "default", "allowed", "set"):
+        table.add_column(col)
+    for spec in METHODS.values():
+        base = {"required": "needs a base", "optional": "base optional", "none": "no base"}[spec.base]
+        about = f"[bold]{spec.name}[/]\n{spec.summary}\n[dim]{base}; {spec.inputs_text} input(s)[/]"
+        rows = [
+            (p.name, "required" if p.required else ("none" if p.default is None else str(p.default).lower()),
+             p.range_text, "per input" if p.per_input else "per step")
+            for p in spec.params
+        ]
+        table.add_row(about, "\n".join(r[0] for r in rows), "\n".join(r[1] for r in rows),
+                      "\n".join(r[2] for r in rows), "\n".join(r[3] for r in rows))
+    out.print(table)

@@ -1,0 +1,48 @@
+"""Shared rendering: consoles, error messages, progress bars."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from mergepkg.errors import MergepkgError
+
+out = Console(soft_wrap=True)  # data
+err = Console(stderr=True, soft_wrap=True)  # everything else
+
+
+def show_error(e: MergepkgError) -> None:
+    where = f"[bold]{escape(e.where)}[/]: " if e.where else ""
+    err.print(f"[red]error:[/] {where}{escape(e.message)}")
+    if e.hint:
+        err.print(f"  [dim]hint:[/] {escape(e.hint)}")
+
+
+class ProgressReporter:
+    """The engine's Reporter drawn with rich: per step, bytes read and tensors done."""
+
+    def __init__(self, enabled: bool = True):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TextColumn("{task.fields[done]}/{task.fields[tensors]} tensors"), TimeRemainingColumn(),
+            console=err, disable=not enabled,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def step_started(self, name, tensors, nbytes):
+        self.task = self.progress.add_task(name, total=nbytes, done=0, tensors=tensors)
+
+    def tensor_done(self, nbytes):
+        done = self.progress.tasks[-1].fields["done"] + 1
+        self.progress.update(self.task, advance=nbytes, done=done)
+
+    def step_finished(self, name):
+        self.progress.update(self.task, completed=self.progress.tasks[-1].total)

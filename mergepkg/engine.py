@@ -1,0 +1,148 @@
+"""Build one step: stream input tensors through the method into sharded safetensors.
+
+Three stages run at once so both cores stay busy and I/O hides behind math: a reader
+thread loads the next tensor's inputs (safetensors mmap), the calling thread merges,
+and a writer thread streams results to disk. Queues of two bound memory to a few
+tensors, never a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+from mergepkg._lazy import torch
+from mergepkg.errors import BuildError, MergeError, MergepkgError
+from mergepkg.layout import OutputTensor, StepLayout
+from mergepkg.sources import SIDE_FILES
+from mergepkg.tensors import ModelReader, ShardWriter, TensorInfo, torch_dtype
+
+TOKENIZER_FILES = [f for f in SIDE_FILES if f not in ("config.json", "generation_config.json")]
+
+
+class Reporter(Protocol):
+    """How the engine tells the outside world about progress (the CLI draws bars)."""
+
+    def step_started(self, name: str, tensors: int, nbytes: int) -> None: ...
+    def tensor_done(self, nbytes: int) -> None: ...
+    def step_finished(self, name: str) -> None: ...
+
+
+class NullReporter:
+    def step_started(self, name, tensors, nbytes): pass
+    def tensor_done(self, nbytes): pass
+    def step_finished(self, name): pass
+
+
+def tensor_seed(seed: int, tensor: str, index: int) -> int:
+    """Seed of input `index` of output tensor `tensor`: independent of execution order."""
+    digest = hashlib.sha256(f"{seed}\0{tensor}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def merge_tensor(layout: StepLayout, out: OutputTensor, loaded: list, *, device: str, seed: int) -> torch.Tensor:
+    """Run the step's method on one output tensor's inputs (base first, if any)."""
+    method, step = layout.method, layout.step
+    compute = torch_dtype(step.dtype)
+    loaded = [x.to(device=device, dtype=compute) for x in loaded]  # no-op when already there
+    base = loaded[0] if out.base else None
+    tensors = loaded[1:] if out.base else loaded
+    kwargs = dict(out.params)
+    if method.random:
+        def rng(i: int, _name=out.name):
+            return torch.Generator(device=device).manual_seed(tensor_seed(seed, _name, i))
+        kwargs["rng"] = rng
+    try:
+        result = method.merge(base, tensors, **kwargs)
+    except MergepkgError as e:
+        e.message = f"{out.name}: {e.message}"
+        raise
+    except (ValueError, RuntimeError) as e:
+        raise MergeError(f"{method.name} failed on {out.name}: {e}") from e
+    return result.to(dtype=torch_dtype(out.info.dtype))
+
+
+def build_step(
+    layout: StepLayout,
+    folders: dict[str, Path],
+    infos: dict[str, dict[str, TensorInfo]],
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    max_shard_bytes: int = 2 * 1024**3,
+    reporter: Reporter | None = None,
+) -> None:
+    """Write the model of `layout` into `out_dir` (an empty folder the caller owns)."""
+    reporter = reporter or NullReporter()
+    step = layout.step
+    readers = {m: ModelReader(folders[m], infos[m]) for m in step.models}
+    writer = ShardWriter(out_dir, [(t.name, t.info) for t in layout.tensors], max_shard_bytes)
+    reporter.step_started(step.name, len(layout.tensors), layout.bytes_in)
+
+    def load(out: OutputTensor) -> list:
+        return [readers[p.model].get(p.tensor) for p in out.parts]
+
+    results: queue.Queue = queue.Queue(maxsize=2)
+    failure: list[BaseException] = []
+
+    def write_loop():
+        while (item := results.get()) is not None:
+            if failure:
+                continue  # drain so the producer never blocks
+            name, tensor, nbytes = item
+            try:
+                writer.write(name, tensor)
+                reporter.tensor_done(nbytes)
+            except BaseException as e:  # surfaced on the calling thread
+                failure.append(e)
+
+    write_thread = threading.Thread(target=write_loop, name="mergepkg-writer", daemon=True)
+    write_thread.start()
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergepkg-reader") as pool:
+            pending = pool.submit(load, layout.tensors[0]) if layout.tensors else None
+            for i, out in enumerate(layout.tensors):
+                loaded = pending.result()
+                pending = pool.submit(load, layout.tensors[i + 1]) if i + 1 < len(layout.tensors) else None
+                tensor = merge_tensor(layout, out, loaded, device=device, seed=seed)
+                del loaded
+                if failure:
+                    break
+                results.put((out.name, tensor, sum(infos[p.model][p.tensor].nbytes for p in out.parts)))
+    finally:
+        results.put(None)
+        write_thread.join()
+        for r in readers.values():
+            r.close()
+    if failure:
+        raise failure[0]
+    writer.close()
+    write_side_files(layout, folders, out_dir)
+    reporter.step_finished(step.name)
+
+
+def write_side_files(layout: StepLayout, folders: dict[str, Path], out_dir: Path) -> None:
+    """config.json from the layout; generation config and tokenizer copied from their sources."""
+    (out_dir / "config.json").write_text(json.dumps(layout.config, indent=2, sort_keys=True) + "\n")
+    gen = folders[layout.config_from] / "generation_config.json"
+    if gen.is_file():
+        shutil.copyfile(gen, out_dir / "generation_config.json")
+    for name in TOKENIZER_FILES:
+        src = folders[layout.tokenizer_from] / name
+        if src.is_file():
+            shutil.copyfile(src, out_dir / name)
+
+
+def check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BuildError(f"--device {device}: no CUDA device is available", hint="use --device cpu")
+    if device not in ("cpu",) and not device.startswith(("cuda", "mps")):
+        raise BuildError(f"unknown device {device!r}", hint="use cpu, cuda or cuda:N")
+

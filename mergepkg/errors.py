@@ -1,0 +1,88 @@
+"""The error tree. Every error says where it happened and, where we can, what to do.
+
+Errors carry fields (file, line, key path, hint) rather than pre-baked strings, so the
+CLI can render them and tests can assert on them. Each also subclasses the builtin a
+Python caller would expect (ValueError for bad input, FileNotFoundError for a missing
+path), as huggingface_hub does.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class MergepkgError(Exception):
+    """Base of every error mergepkg raises on purpose."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.key = key
+        self.hint = hint
+
+    @property
+    def where(self) -> str:
+        """`recipe.toml:14: steps.x.inputs[1].density` (the parts that are known)."""
+        parts = []
+        if self.file:
+            parts.append(f"{self.file}:{self.line}" if self.line else self.file)
+        if self.key:
+            parts.append(self.key)
+        return ": ".join(parts)
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+class RecipeError(MergepkgError, ValueError):
+    """The recipe file is not valid: syntax, types, ranges, unknown names."""
+
+
+class PlanError(MergepkgError, ValueError):
+    """The steps do not form a valid DAG (cycles, missing references)."""
+
+
+class CycleError(PlanError):
+    def __init__(self, cycle: list[str], **kw):
+        self.cycle = cycle
+        super().__init__("steps form a cycle: " + " -> ".join(cycle + cycle[:1]), **kw)
+
+
+class SourceError(MergepkgError, FileNotFoundError):
+    """A source model cannot be found, read or fetched."""
+
+
+class ModelMismatchError(MergepkgError, ValueError):
+    """Inputs of a step disagree: architectures, tensor names or shapes."""
+
+
+class MergeError(MergepkgError, ArithmeticError):
+    """A method met values it cannot merge (e.g. linear weights summing to zero)."""
+
+
+class BuildError(MergepkgError, RuntimeError):
+    """Building a step failed for a reason that is not the recipe's fault."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """A hint naming the closest known word, or None when nothing is close."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    if choices and len(choices) <= 12:
+        return "expected one of: " + ", ".join(choices)
+    return None

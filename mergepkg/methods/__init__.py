@@ -1,0 +1,46 @@
+"""Merge methods, registered by name. Each module holds one method: a pure function
+over tensors and the `MethodSpec` that declares its parameters and input contract.
+
+A merge function is called as `merge(base, tensors, **params)`: `base` is the base
+tensor or None, `tensors` the other inputs in recipe order, step-wide parameters are
+scalars and per-input parameters are lists aligned with `tensors`. Random methods
+also get `rng(i)`, a seeded torch.Generator for input i of this tensor.
+"""
+
+from __future__ import annotations
+
+from mergepkg.errors import RecipeError, did_you_mean
+from mergepkg.methods import (
+    breadcrumbs,
+    breadcrumbs_ties,
+    dare_linear,
+    dare_ties,
+    della,
+    della_linear,
+    linear,
+    model_stock,
+    nuslerp,
+    passthrough,
+    slerp,
+    task_arithmetic,
+    ties,
+)
+from mergepkg.methods.spec import MethodSpec, Param
+
+METHODS: dict[str, MethodSpec] = {
+    m.SPEC.name: m.SPEC
+    for m in (
+        linear, slerp, nuslerp, task_arithmetic, ties, dare_ties, dare_linear,
+        breadcrumbs, breadcrumbs_ties, della, della_linear, model_stock, passthrough,
+    )
+}
+
+
+def get_method(name: str, **where) -> MethodSpec:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise RecipeError(f"unknown method {name!r}", hint=did_you_mean(name, METHODS), **where) from None
+
+
+__all__ = ["METHODS", "MethodSpec", "Param", "get_method"]

@@ -1,0 +1,21 @@
+"""DELLA: magnitude-ranked random pruning (MagPrune), rescale, TIES sign election.
+
+Deep et al., "DELLA-Merging", https://arxiv.org/abs/2406.11617
+Keep probabilities run from density - epsilon to density + epsilon by magnitude rank
+within each row; both must lie in (0, 1). Randomness as in dare_ties.
+Defaults as mergekit 0.1.5: normalize = true, rescale = true, epsilon = 0.15.
+"""
+
+from mergepkg.methods import sparsify
+from mergepkg.methods.spec import Param
+from mergepkg.methods.task_vectors import make_method
+
+EPSILON = Param("epsilon", 0.15, per_input=True, low=0.0, high=0.5, high_open=True,
+                doc="half-width of the keep-probability band around density")
+
+SPEC = make_method(
+    "della",
+    summary="Prune task vectors at random with magnitude-ranked odds, then TIES.",
+    paper="https://arxiv.org/abs/2406.11617",
+    normalize=True, rescale=True, elect_sign=True, thinner=sparsify.magprune, extra=[EPSILON],
+)

@@ -1,0 +1,39 @@
+"""Linear: a weighted average of the inputs ("model soups").
+
+Wortsman et al., "Model soups", https://arxiv.org/abs/2203.05482
+Invariants (tests): weights [1, 0] return the first input; with normalize, scaling all
+weights by a constant changes nothing. Weights summing to zero with normalize are an
+error (mergekit divides by zero and writes NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mergepkg._lazy import torch
+from mergepkg.errors import MergeError
+from mergepkg.methods.spec import MethodSpec, flag, weight_param
+
+
+def linear(base, tensors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool = True) -> torch.Tensor:
+    total = sum(weight)
+    if normalize and abs(total) < 1e-8:
+        raise MergeError(
+            f"linear weights sum to {total:g}; with normalize = true they must not sum to zero",
+            hint="change the weights, or set params.normalize = false",
+        )
+    out = tensors[0] * weight[0]
+    for t, w in zip(tensors[1:], weight[1:]):
+        out.add_(t, alpha=w)  # fused multiply-add, no temporary per input
+    return out.div_(total) if normalize else out
+
+
+SPEC = MethodSpec(
+    name="linear",
+    merge=linear,
+    params=(weight_param(), flag("normalize", True, "divide by the sum of weights")),
+    summary="Weighted average of the inputs.",
+    paper="https://arxiv.org/abs/2203.05482",
+    base="none",
+    min_inputs=1,
+)

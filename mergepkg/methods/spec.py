@@ -1,0 +1,99 @@
+"""What a merge method declares about itself: parameters, ranges, input contract.
+
+A method is a pure function over tensors plus a `MethodSpec`. The spec is all that
+parsing, validation, keys and `mergepkg methods` need, so none of them touch torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+REQUIRED = object()  # marks a parameter without default
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any = REQUIRED
+    per_input: bool = False  # one value per (non-base) input, else one per step
+    kind: type = float  # float or bool
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # (low, ...] rather than [low, ...]
+    high_open: bool = False
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def arg(self) -> str:
+        """The Python keyword the merge function takes (`lambda` is reserved)."""
+        return "lambda_" if self.name == "lambda" else self.name
+
+    @property
+    def range_text(self) -> str:
+        if self.kind is bool:
+            return "true or false"
+        if self.low is None and self.high is None:
+            return "any number"
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        left = "(" if self.low_open or self.low is None else "["
+        right = ")" if self.high_open or self.high is None else "]"
+        return f"{left}{lo}, {hi}{right}"
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not allowed for this parameter, or None when it is."""
+        if self.kind is bool:
+            return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"expected a number, got {value!r}"
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if too_low or too_high:
+            return f"expected a number in {self.range_text}, got {value!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    merge: Callable[..., Any]
+    params: tuple[Param, ...]
+    summary: str
+    paper: str | None = None
+    version: int = 1  # bumped when the method's numerics change
+    base: str = "required"  # "required", "optional" or "none"
+    min_inputs: int = 1  # non-base inputs, per slice
+    max_inputs: int | None = None
+    random: bool = False  # takes `rng`: one seeded generator per input
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    @property
+    def inputs_text(self) -> str:
+        if self.max_inputs == self.min_inputs:
+            return f"exactly {self.min_inputs}"
+        if self.max_inputs is None:
+            return f"at least {self.min_inputs}"
+        return f"{self.min_inputs} to {self.max_inputs}"
+
+
+# Parameters shared by the task-vector family (task_arithmetic, ties, dare, ...).
+def weight_param(**kw) -> Param:
+    return Param("weight", per_input=True, doc="scale of this input's task vector", **kw)
+
+
+def density_param() -> Param:
+    return Param("density", 1.0, per_input=True, low=0.0, high=1.0, low_open=True,
+                 doc="fraction of the task vector's entries kept")
+
+
+def flag(name: str, default: bool, doc: str) -> Param:
+    return Param(name, default, kind=bool, doc=doc)

@@ -1,0 +1,19 @@
+"""TIES-Merging: trim each task vector to its top-density magnitudes, elect a sign per
+entry from the weighted sum, and average only the deltas that agree with it.
+
+Yadav et al., "TIES-Merging: Resolving Interference When Merging Models",
+https://arxiv.org/abs/2306.01708
+Invariants (tests): one input with density 1 equals task_arithmetic with normalize;
+the result is exact top-k (k = max(1, int(density * n))), not approximately k.
+Defaults as mergekit 0.1.5: normalize = true, rescale = false.
+"""
+
+from mergepkg.methods import sparsify
+from mergepkg.methods.task_vectors import make_method
+
+SPEC = make_method(
+    "ties",
+    summary="Trim task vectors by magnitude, elect signs, merge the agreeing deltas.",
+    paper="https://arxiv.org/abs/2306.01708",
+    normalize=True, rescale=False, elect_sign=True, thinner=sparsify.magnitude,
+)

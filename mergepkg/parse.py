@@ -1,0 +1,304 @@
+"""TOML text -> `Recipe`, with every problem reported at its file, line and key path.
+
+Parsing checks what the recipe alone can tell: structure, types, names, method
+parameters and their ranges, references between steps and sources. What needs the
+models themselves (layer counts, shapes) is checked by `plan.py`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from mergepkg.errors import RecipeError, SourceError, did_you_mean
+from mergepkg.locate import locate
+from mergepkg.methods import get_method
+from mergepkg.methods.spec import MethodSpec
+from mergepkg.recipe import Condition, InputRef, Recipe, Slice, SliceSource, Source, Step
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+STEP_KEYS = ("method", "base", "inputs", "slices", "params", "dtype", "out_dtype", "tokenizer")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SourceError("recipe file not found", file=path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"cannot read the recipe: {e}", file=path) from None
+    return parse_recipe(text, path)
+
+
+def parse_recipe(text: str, path: str | Path) -> Recipe:
+    return _Parser(text, Path(path)).recipe()
+
+
+class _Parser:
+    def __init__(self, text: str, path: Path):
+        self.text, self.path = text, path
+        self.display = str(path)
+
+    def error(self, key: str, message: str, hint: str | None = None, cls=RecipeError):
+        return cls(message, file=self.display, line=locate(self.text, key), key=key, hint=hint)
+
+    def expect(self, value: Any, kind: type, key: str, what: str):
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise self.error(key, f"expected {what}, got {_show(value)}")
+        return value
+
+    def only_keys(self, table: dict, allowed: tuple[str, ...] | list[str], key: str):
+        for k in table:
+            if k not in allowed:
+                where = f"{key}.{k}" if key else k
+                raise self.error(where, f"unknown key {k!r}", did_you_mean(k, allowed))
+
+    # -- the whole file ---------------------------------------------------------
+    def recipe(self) -> Recipe:
+        try:
+            data = tomllib.loads(self.text)
+        except tomllib.TOMLDecodeError as e:
+            line = getattr(e, "lineno", None) or _line_from_message(str(e))
+            raise RecipeError(f"invalid TOML: {getattr(e, 'msg', e)}", file=self.display, line=line) from None
+        self.only_keys(data, ("package", "sources", "steps"), "")
+        package = self.expect(data.get("package"), dict, "package", "a [package] table with name and version")
+        self.only_keys(package, ("name", "version", "description", "outputs", "seed"), "package")
+        name = self.expect(package.get("name"), str, "package.name", "a string")
+        version = self.expect(package.get("version"), str, "package.version", "a version string like \"0.1.0\"")
+        seed = self.expect(package.get("seed", 0), int, "package.seed", "an integer")
+
+        sources = {n: self.source(n, v) for n, v in self.expect(data.get("sources", {}), dict, "sources", "a table").items()}
+        steps_table = self.expect(data.get("steps"), dict, "steps", "at least one [steps.NAME] table")
+        if not steps_table:
+            raise self.error("steps", "expected at least one [steps.NAME] table")
+        for n in steps_table:
+            if n in sources:
+                raise self.error(f"steps.{n}", f"{n!r} names both a source and a step", "rename one of them")
+        self.models = set(sources) | set(steps_table)
+        steps = {n: self.step(n, v) for n, v in steps_table.items()}
+
+        outputs = package.get("outputs")
+        if outputs is None:
+            used = {m for s in steps.values() for m in s.models}
+            outputs = [n for n in steps if n not in used]
+        else:
+            self.expect(outputs, list, "package.outputs", "a list of step names")
+            for i, o in enumerate(outputs):
+                if o not in steps:
+                    raise self.error(f"package.outputs[{i}]", f"no step named {o!r}", did_you_mean(str(o), steps))
+        return Recipe(name=name, version=version, path=self.path.resolve(), sources=sources, steps=steps,
+                      outputs=tuple(outputs), seed=seed, text=self.text)
+
+    # -- sources -----------------------------------------------------------------
+    def source(self, name: str, table: Any) -> Source:
+        key = f"sources.{name}"
+        self.check_name(name, key)
+        self.expect(table, dict, key, '{ hf = "org/name" } or { path = "./folder" }')
+        self.only_keys(table, ("hf", "revision", "path"), key)
+        if ("hf" in table) == ("path" in table):
+            raise self.error(key, "expected exactly one of `hf` or `path`",
+                             'e.g. { hf = "org/name", revision = "main" } or { path = "./models/x" }')
+        if "path" in table:
+            if "revision" in table:
+                raise self.error(f"{key}.revision", "a local path has no revision", "remove `revision`")
+            rel = self.expect(table["path"], str, f"{key}.path", "a folder path")
+            folder = (self.path.parent / rel).resolve()
+            if not folder.is_dir():
+                raise self.error(f"{key}.path", f"model folder not found: {folder}",
+                                 "paths are relative to the recipe file", cls=SourceError)
+            return Source(name=name, path=folder)
+        repo = self.expect(table["hf"], str, f"{key}.hf", 'a repo id like "org/name"')
+        if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo) or ".." in repo:
+            raise self.error(f"{key}.hf", f"not a Hugging Face repo id: {repo!r}", 'expected "org/name"')
+        revision = self.expect(table.get("revision", "main"), str, f"{key}.revision", "a branch, tag or commit")
+        return Source(name=name, hf=repo, revision=revision)
+
+    def check_name(self, name: str, key: str):
+        if not NAME.match(name):
+            raise self.error(key, f"invalid name {name!r}", "use letters, digits, '_', '-' and '.'")
+
+    def model_ref(self, value: Any, key: str) -> str:
+        self.expect(value, str, key, "the name of a source or step")
+        if value not in self.models:
+            raise self.error(key, f"no source or step named {value!r}", did_you_mean(value, self.models))
+        return value
+
+    # -- steps -------------------------------------------------------------------
+    def step(self, name: str, table: Any) -> Step:
+        key = f"steps.{name}"
+        self.check_name(name, key)
+        self.expect(table, dict, key, "a table")
+        self.only_keys(table, STEP_KEYS, key)
+        method_name = self.expect(table.get("method"), str, f"{key}.method", "a method name (see `mergepkg methods`)")
+        spec = get_method(method_name, file=self.display, line=locate(self.text, f"{key}.method"), key=f"{key}.method")
+
+        base = table.get("base")
+        if base is not None:
+            base = self.model_ref(base, f"{key}.base")
+            if base == name:
+                raise self.error(f"{key}.base", f"step {name!r} cannot take itself as base")
+        if spec.base == "required" and base is None:
+            raise self.error(key, f"method {spec.name!r} needs a base model", 'add base = "<source or step>"')
+        if spec.base == "none" and base is not None:
+            raise self.error(f"{key}.base", f"method {spec.name!r} takes no base model",
+                             "remove `base` and list every model under `inputs`")
+
+        params = self.params(self.expect(table.get("params", {}), dict, f"{key}.params", "a table"), spec, f"{key}.params", per_input=False)
+        inputs = tuple(self.input(v, spec, f"{key}.inputs[{i}]") for i, v in
+                       enumerate(self.expect(table.get("inputs", []), list, f"{key}.inputs", "a list of inputs")))
+        slices = tuple(self.slice(v, spec, f"{key}.slices[{i}]") for i, v in
+                       enumerate(self.expect(table.get("slices", []), list, f"{key}.slices", "a list of slices")))
+        if bool(inputs) == bool(slices):
+            raise self.error(key, "expected either `inputs` or `slices`" + (", not both" if inputs else ""),
+                             "`inputs` merges whole models; `slices` merges ranges of layers")
+        for i, ref in enumerate(inputs):
+            if ref.model == name:
+                raise self.error(f"{key}.inputs[{i}]", f"step {name!r} cannot take itself as input")
+            if ref.model == base:
+                raise self.error(f"{key}.inputs[{i}]", f"{base!r} is already the base",
+                                 "the base is merged implicitly; remove it from `inputs`")
+        if inputs:
+            self.check_count(spec, len(inputs), f"{key}.inputs")
+            for p in spec.params:
+                if p.required and p.name not in params:
+                    for i, ref in enumerate(inputs):
+                        if p.name not in ref.params:
+                            what = f"input {ref.model!r}" if p.per_input else "the step"
+                            raise self.error(f"{key}.inputs[{i}]" if p.per_input else f"{key}.params",
+                                             f"missing parameter {p.name!r} for {what}",
+                                             f"set it on the input or in [{key}.params]")
+        for si, sl in enumerate(slices):
+            count = sum(1 for s in sl.sources if s.model != base)
+            if spec.base == "required" and all(s.model != base for s in sl.sources):
+                raise self.error(f"{key}.slices[{si}].sources", f"method {spec.name!r} needs the base {base!r} among each slice's sources")
+            self.check_count(spec, count, f"{key}.slices[{si}].sources")
+            for p in spec.params:
+                if p.required and p.name not in params and p.name not in sl.params:
+                    for j, src in enumerate(sl.sources):
+                        if (not p.per_input or src.model != base) and p.name not in src.params:
+                            raise self.error(f"{key}.slices[{si}].sources[{j}]", f"missing parameter {p.name!r}",
+                                             f"set it on the source, the slice, or in [{key}.params]")
+
+        dtype = self.dtype(table.get("dtype", "float32"), f"{key}.dtype")
+        out_dtype = self.dtype(table["out_dtype"], f"{key}.out_dtype") if "out_dtype" in table else None
+        tokenizer = table.get("tokenizer")
+        if tokenizer is not None:
+            self.expect(tokenizer, str, f"{key}.tokenizer", '"base" or the name of an input')
+            models = Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices).models
+            if tokenizer == "base":
+                if base is None:
+                    raise self.error(f"{key}.tokenizer", "tokenizer = \"base\" but the step has no base",
+                                     "name one of its inputs instead")
+            elif tokenizer not in models:
+                raise self.error(f"{key}.tokenizer", f"{tokenizer!r} is not a model of this step",
+                                 did_you_mean(tokenizer, ["base", *models]))
+        return Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices, params=params,
+                    dtype=dtype, out_dtype=out_dtype, tokenizer=tokenizer)
+
+    def check_count(self, spec: MethodSpec, count: int, key: str):
+        if count < spec.min_inputs or (spec.max_inputs is not None and count > spec.max_inputs):
+            noun = "model" if spec.max_inputs == 1 else "models"
+            extra = " besides the base" if spec.base != "none" else ""
+            raise self.error(key, f"method {spec.name!r} takes {spec.inputs_text} {noun}{extra}, got {count}")
+
+    def dtype(self, value: Any, key: str) -> str:
+        if value not in DTYPES:
+            raise self.error(key, f"unknown dtype {value!r}", did_you_mean(str(value), DTYPES))
+        return value
+
+    def input(self, value: Any, spec: MethodSpec, key: str) -> InputRef:
+        if isinstance(value, str):
+            return InputRef(model=self.model_ref(value, key))
+        self.expect(value, dict, key, '{ model = "<name>", ... } or a model name')
+        if "model" not in value:
+            raise self.error(key, "missing `model`", 'e.g. { model = "math", weight = 0.5 }')
+        model = self.model_ref(value["model"], f"{key}.model")
+        params = {k: v for k, v in value.items() if k != "model"}
+        return InputRef(model=model, params=self.params(params, spec, key, per_input=True))
+
+    def slice(self, value: Any, spec: MethodSpec, key: str) -> Slice:
+        self.expect(value, dict, key, "a table with `sources`")
+        self.only_keys(value, ("sources", "params"), key)
+        raw = self.expect(value.get("sources"), list, f"{key}.sources", "a list of { model, layers }")
+        if not raw:
+            raise self.error(f"{key}.sources", "expected at least one source")
+        sources = []
+        for j, src in enumerate(raw):
+            skey = f"{key}.sources[{j}]"
+            self.expect(src, dict, skey, '{ model = "<name>", layers = [start, end] }')
+            model = self.model_ref(src.get("model"), f"{skey}.model")
+            layers = src.get("layers")
+            if (not isinstance(layers, list) or len(layers) != 2 or not all(type(x) is int for x in layers)
+                    or not 0 <= layers[0] < layers[1]):
+                raise self.error(f"{skey}.layers", f"expected [start, end) with 0 <= start < end, got {_show(layers)}")
+            params = {k: v for k, v in src.items() if k not in ("model", "layers")}
+            sources.append(SliceSource(model=model, layers=(layers[0], layers[1]),
+                                       params=self.params(params, spec, skey, per_input=True)))
+        lengths = {s.layers[1] - s.layers[0] for s in sources}
+        if len(lengths) > 1:
+            raise self.error(f"{key}.sources", f"sources of one slice must span the same number of layers, got {sorted(lengths)}")
+        params = self.params(self.expect(value.get("params", {}), dict, f"{key}.params", "a table"), spec, f"{key}.params", per_input=False)
+        return Slice(sources=tuple(sources), params=params)
+
+    # -- parameter settings ---------------------------------------------------------
+    def params(self, table: dict, spec: MethodSpec, key: str, *, per_input: bool) -> dict:
+        out = {}
+        for name, setting in table.items():
+            pkey = f"{key}.{name}"
+            p = spec.param(name)
+            allowed = [q.name for q in spec.params if q.per_input or not per_input]
+            if p is None or name not in allowed:
+                hint = did_you_mean(name, allowed) if p is None else f"{name!r} is set once per step, in params"
+                raise self.error(pkey, f"method {spec.name!r} has no {'per-input ' if per_input else ''}parameter {name!r}", hint)
+            out[name] = self.setting(setting, p, pkey)
+        return out
+
+    def setting(self, value: Any, p, key: str):
+        if isinstance(value, dict):
+            value = [value]
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            conds = []
+            for i, cond in enumerate(value):
+                ckey = f"{key}[{i}]"
+                self.only_keys(cond, ("filter", "value"), ckey)
+                if "value" not in cond:
+                    raise self.error(ckey, "missing `value`", 'e.g. { filter = "self_attn", value = 0.5 }')
+                flt = cond.get("filter")
+                if flt is not None:
+                    self.expect(flt, str, f"{ckey}.filter", "a substring of tensor names")
+                conds.append(Condition(filter=None if flt in (None, "*") else flt,
+                                       value=self.scalar_or_gradient(cond["value"], p, f"{ckey}.value")))
+            return tuple(conds)
+        return self.scalar_or_gradient(value, p, key)
+
+    def scalar_or_gradient(self, value: Any, p, key: str):
+        if isinstance(value, list):
+            if not value or p.kind is bool:
+                raise self.error(key, f"expected {p.range_text}" + ("" if p.kind is bool else " or a non-empty gradient list"))
+            for i, v in enumerate(value):
+                if (problem := p.problem(v)) is not None:
+                    raise self.error(f"{key}[{i}]", problem)
+            return tuple(float(v) for v in value)
+        if (problem := p.problem(value)) is not None:
+            raise self.error(key, problem)
+        return value if p.kind is bool else float(value)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _line_from_message(message: str) -> int | None:
+    m = re.search(r"line (\d+)", message)
+    return int(m.group(1)) if m else None

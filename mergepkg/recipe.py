@@ -1,0 +1,101 @@
+"""The recipe model: frozen dataclasses that `parse.py` builds from TOML.
+
+Words follow the glossary: a *recipe* has *sources* (models from outside) and
+*steps* (merges). A step reads *models*: sources or other steps, named by a string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+Scalar = Union[float, int, bool]
+Gradient = tuple  # tuple[float, ...]: interpolated linearly across a slice's layers
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One `{ filter = "...", value = ... }` entry; `filter=None` matches every tensor."""
+
+    filter: str | None
+    value: Scalar | Gradient
+
+
+# A parameter setting: a scalar, a gradient, or conditions (first match wins).
+Setting = Union[Scalar, Gradient, tuple]  # the last: tuple[Condition, ...]
+Params = Mapping[str, Setting]
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    hf: str | None = None  # "org/name" on the Hugging Face Hub
+    revision: str = "main"
+    path: Path | None = None  # a local model folder, absolute
+
+    @property
+    def label(self) -> str:
+        return f"{self.hf}@{self.revision}" if self.hf else str(self.path)
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """A model a step merges, with its per-input parameters."""
+
+    model: str
+    params: Params = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SliceSource:
+    model: str
+    layers: tuple[int, int]  # [start, end)
+    params: Params = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One block of output layers, merged from the same number of layers of each source."""
+
+    sources: tuple[SliceSource, ...]
+    params: Params = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    method: str
+    base: str | None = None
+    inputs: tuple[InputRef, ...] = ()
+    slices: tuple[Slice, ...] = ()  # empty: whole models, layer for layer
+    params: Params = field(default_factory=dict)
+    dtype: str = "float32"  # compute dtype
+    out_dtype: str | None = None  # saved dtype; None: the base's (or first input's)
+    tokenizer: str | None = None  # "base" or an input's name; None: base, else first input
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model the step reads, base first, each once, in recipe order."""
+        names = [self.base] if self.base else []
+        names += [i.model for i in self.inputs]
+        names += [s.model for sl in self.slices for s in sl.sources]
+        return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    version: str
+    path: Path  # the recipe file, absolute
+    sources: Mapping[str, Source]
+    steps: Mapping[str, Step]
+    outputs: tuple[str, ...]  # names of the steps the build delivers
+    seed: int = 0
+    text: str = field(default="", repr=False, compare=False)  # for locating errors
+
+    def line_of(self, key: str) -> int | None:
+        from mergepkg.locate import locate
+
+        return locate(self.text, key)

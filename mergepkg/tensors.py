@@ -1,0 +1,198 @@
+"""Tensor files: read a model's tensors one at a time, write sharded safetensors.
+
+Reading: safetensors headers are parsed directly (JSON after an 8-byte length), so a
+model's tensor names, dtypes and shapes are known without torch and without touching
+tensor data; tensors are then read one by one through `safe_open` (mmap).
+`pytorch_model.bin` checkpoints load only with `torch.load(weights_only=True, mmap=True)`.
+
+Writing: the engine knows every output tensor's name, dtype and shape before it
+computes any of them, so each shard's header is written first and tensor bytes are
+streamed after it. Memory holds one tensor, never a shard.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergepkg._lazy import torch
+from mergepkg.errors import BuildError, SourceError
+
+# safetensors dtype codes <-> recipe dtype names
+CODE_OF = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+NAME_OF = {v: k for k, v in CODE_OF.items()}
+ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str  # safetensors code: "F32", "BF16", ...
+    shape: tuple[int, ...]
+    file: str = ""  # file inside the model folder that holds it
+
+    @property
+    def nbytes(self) -> int:
+        n = ITEMSIZE.get(self.dtype, 4)
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def torch_dtype(code_or_name: str):
+    name = NAME_OF.get(code_or_name, code_or_name)
+    return getattr(torch, name)
+
+
+def code_of(dtype) -> str:
+    return CODE_OF[str(dtype).removeprefix("torch.")]
+
+
+def read_header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > 100_000_000:
+            raise SourceError("not a safetensors file (header too large)", file=path)
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header
+
+
+def weight_files(folder: Path) -> list[str]:
+    """The files holding a model's weights, preferring safetensors over .bin."""
+    for index in (INDEX, BIN_INDEX):
+        if (folder / index).is_file():
+            weight_map = json.loads((folder / index).read_text())["weight_map"]
+            return sorted(set(weight_map.values()))
+    for pattern in ("*.safetensors", "pytorch_model*.bin"):
+        files = sorted(p.name for p in folder.glob(pattern))
+        if files:
+            return files
+    raise SourceError("no model weights found (expected *.safetensors or pytorch_model.bin)", file=folder)
+
+
+def _load_bin(path: Path) -> dict:
+    # weights_only: never run code from a checkpoint; mmap: never load it whole
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def scan_tensors(folder: Path) -> dict[str, TensorInfo]:
+    """Every tensor of the model in `folder`: name -> TensorInfo, from headers only."""
+    infos: dict[str, TensorInfo] = {}
+    for name in weight_files(folder):
+        path = folder / name
+        if name.endswith(".safetensors"):
+            try:
+                header = read_header(path)
+            except (OSError, ValueError, struct.error) as e:
+                raise SourceError(f"cannot read safetensors header: {e}", file=path) from None
+            for key, meta in header.items():
+                infos[key] = TensorInfo(meta["dtype"], tuple(meta["shape"]), name)
+        else:
+            for key, t in _load_bin(path).items():
+                infos[key] = TensorInfo(code_of(t.dtype), tuple(t.shape), name)
+    return infos
+
+
+class ModelReader:
+    """Reads single tensors of one model folder on demand; file handles stay open."""
+
+    def __init__(self, folder: Path, infos: dict[str, TensorInfo]):
+        self.folder, self.infos = folder, infos
+        self._open: dict[str, object] = {}
+
+    def _handle(self, file: str):
+        if file not in self._open:
+            if file.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                self._open[file] = safe_open(self.folder / file, framework="pt", device="cpu")
+            else:
+                self._open[file] = _load_bin(self.folder / file)
+        return self._open[file]
+
+    def get(self, name: str) -> torch.Tensor:
+        handle = self._handle(self.infos[name].file)
+        return handle[name] if isinstance(handle, dict) else handle.get_tensor(name)
+
+    def close(self):
+        self._open.clear()
+
+
+def plan_shards(tensors: Iterable[tuple[str, TensorInfo]], max_shard_bytes: int) -> list[list[tuple[str, TensorInfo]]]:
+    """Split the output tensors, in order, into shards of at most max_shard_bytes
+    (a single larger tensor gets a shard of its own)."""
+    shards: list[list[tuple[str, TensorInfo]]] = [[]]
+    size = 0
+    for name, info in tensors:
+        if shards[-1] and size + info.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, info))
+        size += info.nbytes
+    return shards
+
+
+def shard_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+class ShardWriter:
+    """Streams tensors, in the planned order, into safetensors shards under `folder`."""
+
+    def __init__(self, folder: Path, tensors: list[tuple[str, TensorInfo]], max_shard_bytes: int):
+        self.folder = folder
+        self.shards = plan_shards(tensors, max_shard_bytes)
+        self.names = shard_names(len(self.shards))
+        self._order = [(shard, name, info) for shard, items in enumerate(self.shards) for name, info in items]
+        self._next = 0
+        self._file = None
+        self._shard = -1
+        self.bytes_written = 0
+
+    def _open_shard(self, shard: int):
+        self._close_file()
+        header, offset = {}, 0
+        for name, info in self.shards[shard]:
+            header[name] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
+            offset += info.nbytes
+        header["__metadata__"] = {"format": "pt"}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
+        self._file = open(self.folder / self.names[shard], "wb")
+        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._shard = shard
+
+    def write(self, name: str, tensor: torch.Tensor):
+        shard, expected, info = self._order[self._next]
+        if name != expected or code_of(tensor.dtype) != info.dtype or tuple(tensor.shape) != info.shape:
+            raise BuildError(f"engine produced {name} {tensor.dtype} {tuple(tensor.shape)}; "
+                             f"expected {expected} {info.dtype} {info.shape}")
+        if shard != self._shard:
+            self._open_shard(shard)
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._file.write(memoryview(data))
+        self.bytes_written += info.nbytes
+        self._next += 1
+
+    def _close_file(self):
+        if self._file is not None:
+            self._file.flush()
+            self._file.close()
+            self._file = None
+
+    def close(self):
+        self._close_file()
+        if self._next != len(self._order):
+            raise BuildError(f"wrote {self._next} of {len(self._order)} tensors")
+        if len(self.shards) > 1:
+            weight_map = {name: self.names[s] for s, items in enumerate(self.shards) for name, _ in items}
+            total = sum(info.nbytes for items in self.shards for _, info in items)
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.folder / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
