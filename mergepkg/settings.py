@@ -15,7 +15,7 @@ def _truthy(value: str | None) -> bool:
 class Settings:
     home: Path = field(default_factory=lambda: Path(os.environ.get("MERGEPKG_HOME", "~/.cache/mergepkg")).expanduser())
     offline: bool = field(default_factory=lambda: _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("MERGEPKG_OFFLINE")))
-    hf_cache: str | None = None  # None: huggingface_hub's own default (HF_HOME / HF_HUB_CACHE)
+    hf_cache: str | None = field(default_factory=lambda: os.environ.get("HF_HUB_CACHE"))  # None: hub's default
     device: str = "cpu"
     max_shard_bytes: int = 2 * 1024**3
     threads: int | None = None  # torch intra-op threads; None: torch's default (all cores)

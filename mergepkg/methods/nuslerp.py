@@ -1,7 +1,8 @@
 """NuSLERP: SLERP between two inputs with relative weights, optionally of their task
 vectors (when a base is given), over the whole tensor or row by row.
 
-As defined by mergekit ("nuslerp"); t = w1 / (w0 + w1), or 0.5 when the weights sum
+As defined by mergekit ("nuslerp"),
+https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md; t = w1 / (w0 + w1), or 0.5 when the weights sum
 to ~0. Invariants (tests): weights [1, 0] return the first input; with a base, the
 same holds for its task vector (first input back).
 """

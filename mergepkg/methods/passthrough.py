@@ -2,7 +2,8 @@
 layers of several models into a deeper one (a "frankenmerge"); the engine renumbers
 layers and updates the layer count in config.json.
 
-As mergekit's "passthrough". Invariant (tests): the output equals the input (or
+Layer stacking as in SOLAR's depth up-scaling, Kim et al., https://arxiv.org/abs/2312.15166;
+semantics as mergekit's "passthrough". Invariant (tests): the output equals the input (or
 input * scale) byte for byte, layer by layer.
 """
 
@@ -24,7 +25,7 @@ SPEC = MethodSpec(
     merge=passthrough,
     params=(Param("scale", None, per_input=True, doc="multiply the copied tensor by this"),),
     summary="Copy one model's tensors; with slices, stack layers of several models.",
-    paper=None,
+    paper="https://arxiv.org/abs/2312.15166",
     base="none",
     min_inputs=1,
     max_inputs=1,

@@ -1,6 +1,7 @@
 """SLERP: spherical interpolation between the base and one other model, per tensor.
 
-Shoemake, "Animating rotation with quaternion curves" (1985); as used by mergekit.
+Shoemake, "Animating rotation with quaternion curves" (1985),
+https://en.wikipedia.org/wiki/Slerp; per-tensor, as mergekit applies it.
 t = 0 returns the base, t = 1 the other input. Each tensor is flattened into one
 vector; when the normalized vectors are nearly colinear (|cos| > 0.9995) the formula
 is ill-conditioned and plain linear interpolation is used instead.

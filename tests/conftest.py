@@ -1,0 +1,58 @@
+"""Session fixtures: tiny seeded models, built once, and a recipe writer."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from tiny import make_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """base: random tiny Llama (4 layers); ft1..ft3: base + small seeded deltas;
+    ft1_sharded: ft1 saved in many shards; ft2_bin: ft2 as pytorch_model.bin;
+    ft1_bf16: ft1 in bfloat16; wide: a different hidden size; deep: 6 layers."""
+    root = tmp_path_factory.mktemp("models")
+    m = {"base": make_model(root / "base", seed=0)}
+    for i in (1, 2, 3):
+        m[f"ft{i}"] = make_model(root / f"ft{i}", seed=i, base=m["base"])
+    m["ft1_sharded"] = make_model(root / "ft1_sharded", seed=1, base=m["base"], shard_size="20KB")
+    m["ft1_bf16"] = make_model(root / "ft1_bf16", seed=1, base=m["base"], dtype=torch.bfloat16)
+    m["wide"] = make_model(root / "wide", seed=5, hidden=48)
+    m["deep"] = make_model(root / "deep", seed=6, layers=6)
+    # a pytorch_model.bin checkpoint of ft2 (transformers 5 writes safetensors only)
+    from safetensors.torch import load_file
+
+    bin_dir = root / "ft2_bin"
+    bin_dir.mkdir()
+    for f in m["ft2"].iterdir():
+        if not f.name.endswith(".safetensors"):
+            (bin_dir / f.name).write_bytes(f.read_bytes())
+    torch.save(load_file(m["ft2"] / "model.safetensors"), bin_dir / "pytorch_model.bin")
+    m["ft2_bin"] = bin_dir
+    return m
+
+
+@pytest.fixture
+def write_recipe(tmp_path, models):
+    """write_recipe(body) -> path of a recipe whose [sources] name every fixture model."""
+
+    def write(body: str, *, sources: bool = True, name: str = "recipe.toml") -> Path:
+        head = '[package]\nname = "test"\nversion = "0.1.0"\n\n'
+        if sources:
+            head += "[sources]\n" + "".join(f'{k} = {{ path = "{v}" }}\n' for k, v in models.items()) + "\n"
+        path = tmp_path / name
+        path.write_text(head + textwrap.dedent(body))
+        return path
+
+    return write
