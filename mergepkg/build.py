@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergepkg.engine import Reporter, build_step, check_device
-from mergepkg.errors import BuildError, SourceError
+from mergepkg.errors import BuildError, MergepkgError, SourceError
 from mergepkg.layout import ModelInfo, StepLayout, step_layout
 from mergepkg.plan import Plan, make_plan
 from mergepkg.recipe import Recipe
@@ -83,10 +83,15 @@ def build(recipe: Recipe, out: Path, settings: Settings, *, seed: int | None = N
         for name in resolved.plan.order:
             folder = work / "steps" / name
             folder.mkdir(parents=True)
-            build_step(resolved.layouts[name], resolved.folders,
-                       {m: info.tensors for m, info in resolved.infos.items()}, folder,
-                       seed=recipe.seed if seed is None else seed, device=settings.device,
-                       max_shard_bytes=settings.max_shard_bytes, reporter=reporter)
+            try:
+                build_step(resolved.layouts[name], resolved.folders,
+                           {m: info.tensors for m, info in resolved.infos.items()}, folder,
+                           seed=recipe.seed if seed is None else seed, device=settings.device,
+                           max_shard_bytes=settings.max_shard_bytes, reporter=reporter)
+            except MergepkgError as e:
+                if e.key is None:  # locate engine errors at the step that failed
+                    e.file, e.key, e.line = str(recipe.path), f"steps.{name}", recipe.line_of(f"steps.{name}")
+                raise
             resolved.folders[name] = folder
             resolved.infos[name] = read_model_info(folder)  # real file names for readers downstream
         staged = _stage_outputs(recipe, resolved, work)

@@ -146,3 +146,22 @@ def test_validate_reports_sizes_without_reading_tensors(write_recipe):
     resolved = resolve(load_recipe(write_recipe(step("linear"))), Settings())
     layout = resolved.layouts["m"]
     assert layout.bytes_in == 2 * layout.bytes_out > 0
+
+
+def test_slices_with_a_merge_method_and_slice_params(write_recipe, tmp_path, models):
+    path = write_recipe("""
+        [steps.blend]
+        method = "slerp"
+        base = "base"
+        slices = [
+          { sources = [{ model = "base", layers = [0, 2] }, { model = "ft1", layers = [0, 2] }], params = { t = [0, 1] } },
+          { sources = [{ model = "base", layers = [2, 4] }, { model = "ft1", layers = [2, 4] }], params = { t = 0.5 } },
+        ]
+    """)
+    out = build_one(path, tmp_path / "out")
+    base, ft1 = load_tensors(models["base"]), load_tensors(models["ft1"])
+    name = "model.layers.{}.mlp.up_proj.weight"
+    torch.testing.assert_close(out[name.format(0)], base[name.format(0)])
+    torch.testing.assert_close(out[name.format(1)], ft1[name.format(1)])
+    assert not torch.allclose(out[name.format(2)], base[name.format(2)])
+    assert not torch.allclose(out[name.format(2)], ft1[name.format(2)])

@@ -1,0 +1,29 @@
+"""Every recipe shipped in recipes/ builds, and transformers loads every output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mergepkg.build import build
+from mergepkg.parse import load_recipe
+from mergepkg.settings import Settings
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
+
+
+def test_there_are_examples():
+    assert len(RECIPES) >= 4
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_example_recipe_builds_and_loads(path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    recipe = load_recipe(path)
+    outputs = build(recipe, tmp_path / "out", Settings())
+    assert list(outputs) == list(recipe.outputs)
+    for folder in outputs.values():
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        assert model.config.num_hidden_layers > 0
