@@ -19,7 +19,9 @@ from mergepkg.methods.spec import MethodSpec, Param
 from mergepkg.recipe import Condition, Recipe, Setting, Step
 from mergepkg.tensors import CODE_OF, TensorInfo
 
-LAYER = re.compile(r"^(?P<prefix>.*?\.layers\.)(?P<index>\d+)\.(?P<rest>.+)$")
+# `model.layers.N.` (Llama, Mistral, Qwen, Gemma, NeoX), `transformer.h.N.` (GPT-2, Falcon), `blocks.N.`
+LAYER = re.compile(r"^(?P<prefix>(?:.*?\.)?(?:layers|h|blocks)\.)(?P<index>\d+)\.(?P<rest>.+)$")
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 
 
@@ -32,8 +34,9 @@ class ModelInfo:
 
     @property
     def num_layers(self) -> int:
-        if isinstance(self.config.get("num_hidden_layers"), int):
-            return self.config["num_hidden_layers"]
+        for key in LAYER_COUNT_KEYS:
+            if isinstance(self.config.get(key), int):
+                return self.config[key]
         indices = {int(m["index"]) for n in self.tensors if (m := LAYER.match(n))}
         return max(indices) + 1 if indices else 0
 
@@ -123,7 +126,9 @@ class _Builder:
         out = tuple(self.output_tensor(*g) for g in groups)
         config = dict(ref_info.config)
         if step.slices:
-            config["num_hidden_layers"] = sum(sl.sources[0].layers[1] - sl.sources[0].layers[0] for sl in step.slices)
+            count = sum(sl.sources[0].layers[1] - sl.sources[0].layers[0] for sl in step.slices)
+            key = next((k for k in LAYER_COUNT_KEYS if k in config), "num_hidden_layers")
+            config[key] = count
         if step.out_dtype:
             for k in ("torch_dtype", "dtype"):
                 if k in config or k == "dtype":

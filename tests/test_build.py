@@ -165,3 +165,18 @@ def test_slices_with_a_merge_method_and_slice_params(write_recipe, tmp_path, mod
     torch.testing.assert_close(out[name.format(1)], ft1[name.format(1)])
     assert not torch.allclose(out[name.format(2)], base[name.format(2)])
     assert not torch.allclose(out[name.format(2)], ft1[name.format(2)])
+
+
+def test_gpt2_style_layers_are_stacked_too(tmp_path):
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=50, n_positions=32)).save_pretrained(tmp_path / "g")
+    path = tmp_path / "r.toml"
+    path.write_text('[package]\nname = "g"\nversion = "1"\n[sources]\ng = { path = "g" }\n[steps.tall]\n'
+                    'method = "passthrough"\nslices = [{ sources = [{ model = "g", layers = [0, 3] }] },'
+                    ' { sources = [{ model = "g", layers = [1, 3] }] }]\n')
+    tensors = build_one(path, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["n_layer"] == 5
+    assert "transformer.h.4.attn.c_attn.weight" in tensors
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.n_layer == 5
