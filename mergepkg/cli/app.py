@@ -56,15 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as e:
         return e.exit_code
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        raise
+    except typer.Abort:
+        return 1
+    except typer.exceptions.TyperException as e:  # usage errors: click's own message, exit 2
+        e.show()
+        return e.exit_code
 
 
 if __name__ == "__main__":

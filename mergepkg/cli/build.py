@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -13,7 +14,7 @@ from mergepkg.cli.output import ProgressReporter, err, out
 from mergepkg.parse import load_recipe
 from mergepkg.settings import Settings
 
-RECIPE = typer.Argument(..., help="The recipe file (TOML).", dir_okay=False)
+RECIPE = typer.Argument(..., help="The recipe file (TOML).", metavar="RECIPE", dir_okay=False)
 
 
 def build(
@@ -23,12 +24,14 @@ def build(
     seed: int = typer.Option(None, "--seed", help="Seed for random methods [default: the recipe's]."),
     offline: bool = typer.Option(False, "--offline", help="Use only the local Hugging Face cache."),
     threads: int = typer.Option(None, "--threads", help="Torch threads for the math [default: all cores]."),
+    shard_size: str = typer.Option("2GB", "--shard-size", help="Largest output shard, e.g. 500MB, 5GB."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Build a recipe's outputs."""
     r = load_recipe(recipe)
     defaults = Settings()
-    settings = Settings(offline=offline or defaults.offline, device=device, threads=threads)
+    settings = Settings(offline=offline or defaults.offline, device=device, threads=threads,
+                        max_shard_bytes=parse_size(shard_size))
     target = out_dir or Path("out") / r.name
     with ProgressReporter(enabled=not quiet) as reporter:
         outputs = build_recipe(r, target, settings, seed=seed, reporter=reporter)
@@ -54,6 +57,16 @@ def validate(
                       _size(lay.bytes_in), _size(lay.bytes_out))
     out.print(table)
     err.print(f"[green]ok[/]: {len(resolved.plan.order)} steps, outputs: {', '.join(r.outputs)}")
+
+
+def parse_size(text: str) -> int:
+    """'500MB' -> 500_000_000; plain numbers are bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
+    unit = m and m[2].upper() + ("B" if m[2].upper() in ("K", "M", "G") else "")
+    if not m or unit not in units or float(m[1]) <= 0:
+        raise typer.BadParameter(f"expected a size like 500MB or 2GB, got {text!r}", param_hint="--shard-size")
+    return int(float(m[1]) * units[unit])
 
 
 def _size(n: int) -> str:
