@@ -141,8 +141,20 @@ def write_side_files(layout: StepLayout, folders: dict[str, Path], out_dir: Path
 
 
 def check_device(device: str) -> None:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BuildError(f"--device {device}: no CUDA device is available", hint="use --device cpu")
-    if device not in ("cpu",) and not device.startswith(("cuda", "mps")):
-        raise BuildError(f"unknown device {device!r}", hint="use cpu, cuda or cuda:N")
-
+    """Fail early, with a message, for a device this machine does not have."""
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return
+    if kind == "cuda" and (not index or index.isdigit()):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BuildError(f"--device {device}: no CUDA device is available", hint="use --device cpu")
+        if index and int(index) >= count:
+            raise BuildError(f"--device {device}: this machine has {count} CUDA device(s)",
+                             hint=f"use cuda:0 .. cuda:{count - 1}")
+        return
+    if kind == "mps" and not index:
+        if not torch.backends.mps.is_available():
+            raise BuildError("--device mps: MPS is not available on this machine", hint="use --device cpu")
+        return
+    raise BuildError(f"unknown device {device!r}", hint="use cpu, cuda, cuda:N or mps")

@@ -162,6 +162,18 @@ class _Builder:
         step = self.step
         ref = step.base or step.inputs[0].model
         n = self.infos[ref].num_layers
+        names = set(self.infos[ref].tensors)
+        for model in step.models:
+            info = self.infos[model]
+            if info.num_layers != n:
+                raise self.error(ModelMismatchError, self.key_of(model),
+                                 f"{model!r} has {info.num_layers} layers but {ref!r} has {n}",
+                                 "merge models of one shape, or pick layers with `slices`")
+            extra = sorted(set(info.tensors) - names)
+            if extra:
+                raise self.error(ModelMismatchError, self.key_of(model),
+                                 f"{model!r} has tensor {extra[0]} that {ref!r} lacks",
+                                 "the models must share an architecture and tensor names")
         members = ([("base", step.base, {})] if step.base else []) + [("input", r.model, r.params) for r in step.inputs]
         for name in _ordered(self.infos[ref].tensors):
             m = LAYER.match(name)
