@@ -34,6 +34,7 @@ from helpers import build_one, load_tensors  # noqa: E402
 MERGEKIT_YAML = Path(sys.executable).parent / "mergekit-yaml"
 SEED = 1234
 TOL = dict(rtol=1e-5, atol=1e-6)  # float32 compute on both sides: rounding only
+TIGHT = dict(rtol=1e-6, atol=1e-7)  # where both tools do the same float32 operations (all but SLERP)
 BF16_TOL = dict(rtol=1.6e-2, atol=1e-5)  # within bf16 rounding (torch's bf16 defaults)
 
 # The README example of mergekit: a gradient of t per tensor family, 0.5 elsewhere.
@@ -89,7 +90,8 @@ DETERMINISTIC = {
                              inputs=[_in("ft1", weight=1.0, density=0.9, gamma=0.01),
                                      _in("ft2", weight=0.5, density=0.9, gamma=0.0)]),
     "model_stock-2": dict(method="model_stock", base="base", inputs=[_in("ft1"), _in("ft2")]),
-    "model_stock-3": dict(method="model_stock", base="base", inputs=[_in("ft1"), _in("ft2"), _in("ft3")]),
+    "model_stock-3-filter-wise": dict(method="model_stock", base="base", inputs=[_in("ft1"), _in("ft2"), _in("ft3")],
+                                      params={"filter_wise": True}),
     # layer stacking: 2 layers of base, then 3 of deep (a 6-layer model) -> 5 layers,
     # norm and lm_head from deep (the last slice's model), embeddings from base
     "passthrough-slices": dict(method="passthrough", slices=[([_src("base", 0, 2)], {}),
@@ -226,6 +228,18 @@ def read_config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
+CONFIG_KEYS = ("architectures", "model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size")
+
+
+def assert_same_config(ours_dir: Path, theirs_dir: Path):
+    ours, theirs = read_config(ours_dir), read_config(theirs_dir)
+    for key in CONFIG_KEYS:
+        assert ours.get(key) == theirs.get(key), key
+    for key in ("dtype", "torch_dtype"):  # transformers 5 writes `dtype`, older `torch_dtype`
+        if key in ours and key in theirs:
+            assert ours[key] == theirs[key], key
+
+
 def assert_same_tensors(ours: dict, theirs: dict, **tol):
     assert sorted(ours) == sorted(theirs), (
         f"only mergepkg: {sorted(set(ours) - set(theirs))}; only mergekit: {sorted(set(theirs) - set(ours))}")
@@ -243,12 +257,10 @@ def test_same_tensors_as_mergekit(case, mergekit_out, mergepkg_out):
     theirs_dir = mergekit_out(case)
     ours, ours_dir = mergepkg_out(case)
     theirs = load_tensors(theirs_dir)
-    assert_same_tensors(ours, theirs, **TOL)
+    assert_same_tensors(ours, theirs, **(TOL if case.startswith("slerp") else TIGHT))
     for t in ours.values():
         assert t.dtype == torch.float32
-    ours_cfg, theirs_cfg = read_config(ours_dir), read_config(theirs_dir)
-    assert ours_cfg["num_hidden_layers"] == theirs_cfg["num_hidden_layers"]
-    assert ours_cfg["architectures"] == theirs_cfg["architectures"]
+    assert_same_config(ours_dir, theirs_dir)
 
 
 @pytest.mark.parametrize("case", ["passthrough-slices"])
@@ -265,6 +277,35 @@ def test_passthrough_stacking_layer_count(case, mergekit_out, mergepkg_out, mode
     assert torch.equal(ours["lm_head.weight"], deep["lm_head.weight"])
 
 
+@pytest.mark.parametrize("case", ["slerp-gradient"])
+def test_slerp_gradient_endpoints(case, mergekit_out, mergepkg_out, models):
+    """Parity is not vacuous: both tools put t = 0 / t = 1 where the gradients say
+    (layer 0 of 4 is t position 0, layer 3 is position 1)."""
+    theirs = load_tensors(mergekit_out(case))
+    ours, _ = mergepkg_out(case)
+    base, ft1 = load_tensors(models["base"]), load_tensors(models["ft1"])
+    for merged in (ours, theirs):
+        for part, first, last in (("self_attn.q_proj", base, ft1), ("mlp.up_proj", ft1, base)):
+            torch.testing.assert_close(merged[f"model.layers.0.{part}.weight"], first[f"model.layers.0.{part}.weight"], **TOL)
+            torch.testing.assert_close(merged[f"model.layers.3.{part}.weight"], last[f"model.layers.3.{part}.weight"], **TOL)
+        name = "model.embed_tokens.weight"  # neither filter: t = 0.5, strictly between
+        assert not torch.allclose(merged[name], base[name]) and not torch.allclose(merged[name], ft1[name])
+
+
+@pytest.mark.parametrize("case", ["passthrough-scale"])
+def test_passthrough_scale_values(case, mergekit_out, mergepkg_out, models):
+    theirs = load_tensors(mergekit_out(case))
+    ours, _ = mergepkg_out(case)
+    ft1 = load_tensors(models["ft1"])
+    for merged in (ours, theirs):
+        for layer in range(4):  # mlp: gradient 0.5 -> 1.5 over layers 0..3; the rest: 2.0
+            name = f"model.layers.{layer}.mlp.down_proj.weight"
+            torch.testing.assert_close(merged[name], ft1[name] * (0.5 + layer / 3), **TIGHT)
+            name = f"model.layers.{layer}.self_attn.o_proj.weight"
+            torch.testing.assert_close(merged[name], ft1[name] * 2.0, **TIGHT)
+        torch.testing.assert_close(merged["lm_head.weight"], ft1["lm_head.weight"] * 2.0, **TIGHT)
+
+
 @pytest.mark.parametrize("case", list(BF16))
 def test_bf16_inputs_and_output(case, mergekit_out, mergepkg_out):
     theirs_dir = mergekit_out(case)
@@ -277,6 +318,8 @@ def test_bf16_inputs_and_output(case, mergekit_out, mergepkg_out):
     same = sum(int((ours[n] == theirs[n]).sum()) for n in ours)
     total = sum(t.numel() for t in ours.values())
     assert same / total > 0.99
+    assert_same_config(ours_dir, theirs_dir)
+    assert read_config(ours_dir).get("dtype") == "bfloat16"
 
 
 # -- documented difference: linear weights summing to zero ---------------------------------
