@@ -50,6 +50,8 @@ def merge_tensor(layout: StepLayout, out: OutputTensor, loaded: list, *, device:
     """Run the step's method on one output tensor's inputs (base first, if any)."""
     method, step = layout.method, layout.step
     compute = torch_dtype(step.dtype)
+    if method.fp32 and compute in (torch.float16, torch.bfloat16):
+        compute = torch.float32  # the method's numerics need it; the saved dtype is unchanged
     loaded = [x.to(device=device, dtype=compute) for x in loaded]  # no-op when already there
     base = loaded[0] if out.base else None
     tensors = loaded[1:] if out.base else loaded

@@ -130,11 +130,11 @@ class _Builder:
             key = next((k for k in LAYER_COUNT_KEYS if k in config), "num_hidden_layers")
             config[key] = count
         if step.out_dtype:
-            for k in ("torch_dtype", "dtype"):
-                if k in config or k == "dtype":
-                    config[k] = step.out_dtype
-        tokenizer = step.tokenizer or "base"
-        tokenizer = step.base if tokenizer == "base" and step.base else (models[0] if tokenizer == "base" else tokenizer)
+            config["dtype"] = step.out_dtype  # transformers >= 4.56 reads `dtype`, older `torch_dtype`
+            if "torch_dtype" in config:
+                config["torch_dtype"] = step.out_dtype
+        choice = step.tokenizer or "base"
+        tokenizer = (step.base or models[0]) if choice == "base" else choice
         bytes_in = sum(self.infos[p.model].tensors[p.tensor].nbytes for t in out for p in t.parts)
         return StepLayout(step, self.spec, out, config, ref, tokenizer, bytes_in)
 

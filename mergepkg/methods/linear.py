@@ -36,4 +36,5 @@ SPEC = MethodSpec(
     paper="https://arxiv.org/abs/2203.05482",
     base="none",
     min_inputs=1,
+    fp32=True,
 )

@@ -41,5 +41,6 @@ SPEC = MethodSpec(
     paper="https://en.wikipedia.org/wiki/Slerp",
     base="required",
     min_inputs=1,
+    fp32=True,
     max_inputs=1,
 )

@@ -1,6 +1,6 @@
 """Masks that thin out a task vector, shared by TIES, DARE, breadcrumbs and DELLA.
 
-Every function takes a delta (fp32 or wider) and returns a tensor of the same shape.
+Every function takes a delta in the compute dtype and returns a tensor of the same shape.
 `rescale=True` multiplies the kept entries so the L1 norm matches the input's (as
 mergekit 0.1.5 does for every method that rescales).
 """

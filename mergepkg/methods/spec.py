@@ -72,6 +72,7 @@ class MethodSpec:
     min_inputs: int = 1  # non-base inputs, per slice
     max_inputs: int | None = None
     random: bool = False  # takes `rng`: one seeded generator per input
+    fp32: bool = False  # computes in at least float32 whatever the step's dtype (as mergekit does)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
