@@ -286,8 +286,9 @@ def test_slerp_gradient_endpoints(case, mergekit_out, mergepkg_out, models):
     base, ft1 = load_tensors(models["base"]), load_tensors(models["ft1"])
     for merged in (ours, theirs):
         for part, first, last in (("self_attn.q_proj", base, ft1), ("mlp.up_proj", ft1, base)):
-            torch.testing.assert_close(merged[f"model.layers.0.{part}.weight"], first[f"model.layers.0.{part}.weight"], **TOL)
-            torch.testing.assert_close(merged[f"model.layers.3.{part}.weight"], last[f"model.layers.3.{part}.weight"], **TOL)
+            at0, at3 = f"model.layers.0.{part}.weight", f"model.layers.3.{part}.weight"
+            torch.testing.assert_close(merged[at0], first[at0], **TOL)
+            torch.testing.assert_close(merged[at3], last[at3], **TOL)
         name = "model.embed_tokens.weight"  # neither filter: t = 0.5, strictly between
         assert not torch.allclose(merged[name], base[name]) and not torch.allclose(merged[name], ft1[name])
 
@@ -364,8 +365,10 @@ def test_random_methods_density_and_rescale(case, mergekit_out, mergepkg_out, mo
         for n in rescaled:  # L1 rescale: the kept delta has the full delta's L1 norm
             torch.testing.assert_close(kept[n].abs().sum(), full[n].abs().sum(), rtol=1e-4, atol=0,
                                        msg=lambda m, n=n: f"{tool} {n}: {m}")
-        for n in plain:  # no rescale: kept entries are the original deltas
+        for n in plain:  # no rescale: kept entries are the original deltas, bit for bit
             mask = kept[n] != 0
-            torch.testing.assert_close(merged[n][mask], ft[n][mask], rtol=0, atol=1e-7,
+            torch.testing.assert_close(merged[n][mask], ft[n][mask], rtol=0, atol=0,
                                        msg=lambda m, n=n: f"{tool} {n}: {m}")
             torch.testing.assert_close(merged[n][~mask], base[n][~mask], rtol=0, atol=0)
+    # documented difference: the masks themselves are drawn differently (per tensor in mergepkg)
+    assert any(not torch.equal(ours[n] != base[n], theirs[n] != base[n]) for n in base)
