@@ -1,10 +1,11 @@
-"""Resolve a recipe (fetch sources, lay out every step) and build it.
+"""Build a recipe: resolve, build each step whose key is not stored, lock, place outputs.
 
-`resolve` touches no tensor data: it reads configs and safetensors headers, so
-`mergepkg validate` runs it to find every error a build would meet. `build` runs
-the engine for each step in plan order inside one temporary folder next to the
-output and moves the outputs into place only when all steps succeeded: a failed or
-interrupted build leaves the output folder as it was.
+A step whose key is in the store (and whose files are as built) is reused without
+reading anything; an unchanged, fully stored recipe therefore touches no tensor data.
+Otherwise every remaining step is laid out first (so a late error stops the build
+before the first tensor is read), and steps are built into the store one by one under
+their key's file lock. Outputs are then hard-linked (or copied) into `--out` by a
+rename: a failed or killed build leaves `--out` as it was.
 """
 
 from __future__ import annotations
@@ -13,116 +14,132 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mergepkg.engine import Reporter, build_step, check_device
-from mergepkg.errors import BuildError, MergepkgError, SourceError
-from mergepkg.layout import ModelInfo, StepLayout, step_layout
-from mergepkg.plan import Plan, make_plan
+from mergepkg.errors import BuildError, MergepkgError
+from mergepkg.locate import locate
+from mergepkg.lock import Lock, lock_path, read_lock, write_lock
 from mergepkg.recipe import Recipe
-from mergepkg.settings import Settings
-from mergepkg.sources import fetch
-from mergepkg.tensors import scan_tensors
+from mergepkg.resolve import Mode, Resolution, Session, layouts, read_model_info, resolve
+from mergepkg.store import MANIFEST, Artifact
 
 MARKER = ".mergepkg-output"  # marks a folder mergepkg wrote, so a rebuild may replace it
 
 
 @dataclass
-class Resolved:
-    plan: Plan
-    folders: dict[str, Path] = field(default_factory=dict)  # sources now, steps once built
-    infos: dict[str, ModelInfo] = field(default_factory=dict)
-    layouts: dict[str, StepLayout] = field(default_factory=dict)
+class BuildReport:
+    resolution: Resolution
+    artifacts: dict[str, Artifact]  # every planned step
+    built: list[str]
+    reused: list[str]
+    outputs: dict[str, Path]  # output step -> placed folder (empty without --out)
+    lock: Lock
 
 
-def read_model_info(folder: Path) -> ModelInfo:
+def build(recipe: Recipe, session: Session, *, out: Path | None = None, seed: int | None = None,
+          mode: Mode = "update", reporter: Reporter | None = None) -> BuildReport:
+    settings = session.settings
+    if out is not None:
+        out = out.resolve()
+        _check_replaceable(out)
+    lock_file = lock_path(recipe)
+    old_lock = read_lock(lock_file)
+    res = resolve(recipe, session, lock=old_lock, mode=mode, seed=seed)
+    store = session.store
+    folders: dict[str, Path] = {n: s.folder for n, s in res.sources.items()}
+    artifacts: dict[str, Artifact] = {}
+    built, reused = [], []
+    planned = None  # layouts, computed the first time a step must be built
+    for name in res.plan.order:
+        key = res.keys[name]
+        with store.lock(key):  # a second builder of this key waits here, then reuses
+            art = store.get(key)
+            if art is not None and art.intact():
+                reused.append(name)
+                if reporter:
+                    reporter.step_reused(name, key)
+            else:
+                if art is not None:
+                    store.discard(key)  # edited or truncated: never reused silently
+                if planned is None:
+                    check_device(settings.device)
+                    if settings.threads:
+                        from mergepkg._lazy import torch
+
+                        torch.set_num_threads(settings.threads)
+                    planned = layouts(res, folders)
+                art = _build_one(res, name, planned, folders, session, reporter)
+                built.append(name)
+        artifacts[name] = art
+        folders[name] = art.folder
+        if planned is not None:
+            planned[1][name] = read_model_info(art.folder)  # real shard names for readers downstream
+    digests = {n: a.digest for n, a in artifacts.items()}
+    lock = res.lock(digests)
+    if mode == "update" and lock != old_lock:
+        write_lock(lock_file, lock)
+    session.add_root(lock_file)
+    outputs = place_outputs(recipe, {n: artifacts[n] for n in recipe.outputs}, out) if out is not None else {}
+    return BuildReport(res, artifacts, built, reused, outputs, lock)
+
+
+def _build_one(res: Resolution, name: str, planned, folders, session: Session, reporter) -> Artifact:
+    layouts_, infos = planned
+    key = res.keys[name]
+    folder = session.store.new_folder(key)
+    started = time.monotonic()
     try:
-        config = json.loads((folder / "config.json").read_text())
-    except FileNotFoundError:
-        raise SourceError("model folder has no config.json", file=folder) from None
-    except (OSError, ValueError) as e:
-        raise SourceError(f"cannot read config.json: {e}", file=folder) from None
-    return ModelInfo(config, scan_tensors(folder))
+        digest = build_step(layouts_[name], folders, {m: info.tensors for m, info in infos.items()}, folder,
+                            seed=res.seed, device=session.settings.device,
+                            max_shard_bytes=session.settings.max_shard_bytes, reporter=reporter)
+        return session.store.commit(key, folder, res.entries[name], digest, seconds=time.monotonic() - started)
+    except MergepkgError as e:
+        if e.key is None:  # locate engine errors at the step that failed
+            step = res.recipe.steps[name]
+            origin = step.origin
+            e.file = str(origin.path if origin else res.recipe.path)
+            e.key = f"steps.{origin.name if origin else name}"
+            e.line = locate(origin.text if origin else res.recipe.text, e.key)
+        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # gone already when committed
 
 
-def resolve(recipe: Recipe, settings: Settings, targets: tuple[str, ...] | None = None) -> Resolved:
-    resolved = Resolved(make_plan(recipe, targets))
-    for name in resolved.plan.sources_used():
-        source = recipe.sources[name]
-        try:
-            folder = fetch(source, settings).folder
-            resolved.infos[name] = read_model_info(folder)
-        except SourceError as e:
-            key = f"sources.{name}"
-            e.file, e.line, e.key = str(recipe.path), recipe.line_of(key), key
-            raise
-        resolved.folders[name] = folder
-    for name in resolved.plan.order:
-        layout = step_layout(recipe, recipe.steps[name], resolved.infos)
-        resolved.layouts[name] = layout
-        resolved.infos[name] = layout.info
-    return resolved
-
-
-def build(recipe: Recipe, out: Path, settings: Settings, *, seed: int | None = None,
-          reporter: Reporter | None = None) -> dict[str, Path]:
-    """Build the recipe's outputs into `out` (one output: `out` is the model folder;
-    several: `out/<step>`). Returns output step name -> folder."""
-    check_device(settings.device)
-    if settings.threads:
-        from mergepkg._lazy import torch
-
-        torch.set_num_threads(settings.threads)
-    out = out.resolve()
-    _check_replaceable(out)
-    resolved = resolve(recipe, settings)
+def place_outputs(recipe: Recipe, artifacts: dict[str, Artifact], out: Path) -> dict[str, Path]:
+    """Hard-link (or copy, across filesystems) artifacts into `out`: one output is `out`
+    itself, several are `out/<step>`. Never symlinks: `cache gc` must not break them."""
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".mergepkg-build-", dir=out.parent))
     try:
-        for name in resolved.plan.order:
-            folder = work / "steps" / name
-            folder.mkdir(parents=True)
-            try:
-                build_step(resolved.layouts[name], resolved.folders,
-                           {m: info.tensors for m, info in resolved.infos.items()}, folder,
-                           seed=recipe.seed if seed is None else seed, device=settings.device,
-                           max_shard_bytes=settings.max_shard_bytes, reporter=reporter)
-            except MergepkgError as e:
-                if e.key is None:  # locate engine errors at the step that failed
-                    e.file, e.key, e.line = str(recipe.path), f"steps.{name}", recipe.line_of(f"steps.{name}")
-                raise
-            resolved.folders[name] = folder
-            resolved.infos[name] = read_model_info(folder)  # real file names for readers downstream
-        staged = _stage_outputs(recipe, resolved, work)
-        _swap_into_place(staged, out, work)
+        staged = work / "out"
+        single = len(artifacts) == 1
+        for name, art in artifacts.items():
+            target = staged if single else staged / name
+            target.mkdir(parents=True)
+            for f in art.folder.iterdir():
+                if f.name != MANIFEST:
+                    _link_or_copy(f, target / f.name)
+        (staged / MARKER).write_text(json.dumps({"recipe": str(recipe.path),
+                                                 "outputs": {n: a.key for n, a in artifacts.items()}}) + "\n")
+        if out.exists():
+            os.rename(out, work / "previous")
+        os.rename(staged, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if len(recipe.outputs) == 1:
-        return {recipe.outputs[0]: out}
-    return {name: out / name for name in recipe.outputs}
+    return {next(iter(artifacts)): out} if len(artifacts) == 1 else {n: out / n for n in artifacts}
 
 
-def _stage_outputs(recipe: Recipe, resolved: Resolved, work: Path) -> Path:
-    if len(recipe.outputs) == 1:
-        staged = resolved.folders[recipe.outputs[0]]
-    else:
-        staged = work / "outputs"
-        staged.mkdir()
-        for name in recipe.outputs:
-            os.rename(resolved.folders[name], staged / name)
-    (staged / MARKER).write_text(json.dumps({"recipe": str(recipe.path), "outputs": list(recipe.outputs)}) + "\n")
-    return staged
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _check_replaceable(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
         raise BuildError(f"{out} exists and was not written by mergepkg; refusing to replace it",
                          hint="choose another --out, or remove the folder")
-
-
-def _swap_into_place(staged: Path, out: Path, work: Path) -> None:
-    """Replace `out` with `staged` by renames only: `out` is either old or new, never half."""
-    if out.exists():
-        os.rename(out, work / "previous")
-    os.rename(staged, out)

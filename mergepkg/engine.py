@@ -29,12 +29,14 @@ TOKENIZER_FILES = [f for f in SIDE_FILES if f not in ("config.json", "generation
 class Reporter(Protocol):
     """How the engine tells the outside world about progress (the CLI draws bars)."""
 
+    def step_reused(self, name: str, key: str) -> None: ...
     def step_started(self, name: str, tensors: int, nbytes: int) -> None: ...
     def tensor_done(self, nbytes: int) -> None: ...
     def step_finished(self, name: str) -> None: ...
 
 
 class NullReporter:
+    def step_reused(self, name, key): pass
     def step_started(self, name, tensors, nbytes): pass
     def tensor_done(self, nbytes): pass
     def step_finished(self, name): pass
@@ -80,8 +82,9 @@ def build_step(
     device: str = "cpu",
     max_shard_bytes: int = 2 * 1024**3,
     reporter: Reporter | None = None,
-) -> None:
-    """Write the model of `layout` into `out_dir` (an empty folder the caller owns)."""
+) -> str:
+    """Write the model of `layout` into `out_dir` (an empty folder the caller owns);
+    returns the output digest."""
     reporter = reporter or NullReporter()
     step = layout.step
     readers = {m: ModelReader(folders[m], infos[m]) for m in step.models}
@@ -128,6 +131,7 @@ def build_step(
     writer.close()
     write_side_files(layout, folders, out_dir)
     reporter.step_finished(step.name)
+    return writer.digest
 
 
 def write_side_files(layout: StepLayout, folders: dict[str, Path], out_dir: Path) -> None:

@@ -65,6 +65,10 @@ class SourceError(MergepkgError, FileNotFoundError):
     """A source model cannot be found, read or fetched."""
 
 
+class LockError(MergepkgError, ValueError):
+    """`--locked` / `--frozen` and a lock that does not match the recipe."""
+
+
 class ModelMismatchError(MergepkgError, ValueError):
     """Inputs of a step disagree: architectures, tensor names or shapes."""
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergepkg.errors import ModelMismatchError, RecipeError
+from mergepkg.locate import locate
 from mergepkg.methods import get_method
 from mergepkg.methods.spec import MethodSpec, Param
 from mergepkg.recipe import Condition, Recipe, Setting, Step
@@ -111,10 +112,12 @@ class _Builder:
     def __init__(self, recipe: Recipe, step: Step, infos: dict[str, ModelInfo]):
         self.recipe, self.step, self.infos = recipe, step, infos
         self.spec = get_method(step.method)
-        self.key = f"steps.{step.name}"
+        origin = step.origin  # steps imported from another recipe report errors in that file
+        self.file, self.text = (origin.path, origin.text) if origin else (recipe.path, recipe.text)
+        self.key = f"steps.{origin.name if origin else step.name}"
 
     def error(self, cls, key: str, message: str, hint: str | None = None):
-        return cls(message, file=str(self.recipe.path), line=self.recipe.line_of(key), key=key, hint=hint)
+        return cls(message, file=str(self.file), line=locate(self.text, key), key=key, hint=hint)
 
     def layout(self) -> StepLayout:
         step = self.step
@@ -133,10 +136,8 @@ class _Builder:
             config["dtype"] = step.out_dtype  # transformers >= 4.56 reads `dtype`, older `torch_dtype`
             if "torch_dtype" in config:
                 config["torch_dtype"] = step.out_dtype
-        choice = step.tokenizer or "base"
-        tokenizer = (step.base or models[0]) if choice == "base" else choice
         bytes_in = sum(self.infos[p.model].tensors[p.tensor].nbytes for t in out for p in t.parts)
-        return StepLayout(step, self.spec, out, config, ref, tokenizer, bytes_in)
+        return StepLayout(step, self.spec, out, config, ref, step.tokenizer_model, bytes_in)
 
     def key_of(self, model: str) -> str:
         for i, ref in enumerate(self.step.inputs):
@@ -239,12 +240,16 @@ class _Builder:
             else:
                 parts.append(part)
         shared_chain = [slice_params, step.params]
-        params = {p.arg: _resolve(p, shared_chain, name, t, f"{self.key}.params") for p in spec.params if not p.per_input}
         non_base = [m for m in members if m[0] == "input"]
-        for p in spec.params:
-            if p.per_input:
-                params[p.arg] = [_resolve(p, [own, slice_params, step.params], tensor, t, self.key_of(model))
-                                 for _, model, tensor, own in non_base]
+        try:
+            params = {p.arg: _resolve(p, shared_chain, name, t, f"{self.key}.params") for p in spec.params if not p.per_input}
+            for p in spec.params:
+                if p.per_input:
+                    params[p.arg] = [_resolve(p, [own, slice_params, step.params], tensor, t, self.key_of(model))
+                                     for _, model, tensor, own in non_base]
+        except RecipeError as e:
+            e.file, e.line = str(self.file), locate(self.text, e.key)
+            raise
         if step.out_dtype and ref_info.dtype in FLOAT_CODES:
             dtype = CODE_OF[step.out_dtype]
         else:

@@ -102,14 +102,26 @@ class _Parser:
     def source(self, name: str, table: Any) -> Source:
         key = f"sources.{name}"
         self.check_name(name, key)
-        self.expect(table, dict, key, '{ hf = "org/name" } or { path = "./folder" }')
-        self.only_keys(table, ("hf", "revision", "path"), key)
-        if ("hf" in table) == ("path" in table):
-            raise self.error(key, "expected exactly one of `hf` or `path`",
-                             'e.g. { hf = "org/name", revision = "main" } or { path = "./models/x" }')
-        if "path" in table:
-            if "revision" in table:
-                raise self.error(f"{key}.revision", "a local path has no revision", "remove `revision`")
+        self.expect(table, dict, key, '{ hf = "org/name" }, { path = "./folder" } or { recipe = "x.toml", step = "s" }')
+        self.only_keys(table, ("hf", "revision", "path", "recipe", "step"), key)
+        kinds = [k for k in ("hf", "path", "recipe") if k in table]
+        if len(kinds) != 1:
+            raise self.error(key, "expected exactly one of `hf`, `path` or `recipe`",
+                             'e.g. { hf = "org/name", revision = "main" }, { path = "./models/x" }, '
+                             '{ recipe = "../other.toml", step = "merged" }')
+        allowed = {"hf": "revision", "recipe": "step", "path": None}[kinds[0]]
+        for extra in ("revision", "step"):
+            if extra in table and extra != allowed:
+                raise self.error(f"{key}.{extra}", f"a {kinds[0]} source has no `{extra}`", f"remove `{extra}`")
+        if kinds[0] == "recipe":
+            rel = self.expect(table["recipe"], str, f"{key}.recipe", "a recipe file path")
+            step = self.expect(table.get("step"), str, f"{key}.step", "the name of a step in that recipe")
+            other = (self.path.parent / rel).resolve()
+            if not other.is_file():
+                raise self.error(f"{key}.recipe", f"recipe file not found: {other}",
+                                 "paths are relative to this recipe file", cls=SourceError)
+            return Source(name=name, recipe=other, step=step)
+        if kinds[0] == "path":
             rel = self.expect(table["path"], str, f"{key}.path", "a folder path")
             folder = (self.path.parent / rel).resolve()
             if not folder.is_dir():

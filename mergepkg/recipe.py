@@ -34,10 +34,23 @@ class Source:
     hf: str | None = None  # "org/name" on the Hugging Face Hub
     revision: str = "main"
     path: Path | None = None  # a local model folder, absolute
+    recipe: Path | None = None  # another recipe file, absolute ...
+    step: str | None = None  # ... and the step of it this source is
 
     @property
     def label(self) -> str:
+        if self.recipe:
+            return f"{self.recipe}:{self.step}"
         return f"{self.hf}@{self.revision}" if self.hf else str(self.path)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a step imported from another recipe file was written, for error messages."""
+
+    path: Path
+    text: str = field(repr=False)
+    name: str  # its name in that file
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,13 @@ class Step:
     dtype: str = "float32"  # compute dtype
     out_dtype: str | None = None  # saved dtype; None: the base's (or first input's)
     tokenizer: str | None = None  # "base" or an input's name; None: base, else first input
+    origin: Origin | None = field(default=None, compare=False)  # set on steps imported from other files
+
+    @property
+    def tokenizer_model(self) -> str:
+        """The model whose tokenizer files the output gets."""
+        choice = self.tokenizer or "base"
+        return (self.base or self.models[0]) if choice == "base" else choice
 
     @property
     def models(self) -> tuple[str, ...]:

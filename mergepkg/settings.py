@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def _truthy(value: str | None) -> bool:
@@ -12,6 +13,7 @@ def _truthy(value: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
+    home: Path = field(default_factory=lambda: Path(os.environ.get("MERGEPKG_HOME") or "~/.cache/mergepkg").expanduser())
     offline: bool = field(default_factory=lambda: _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("MERGEPKG_OFFLINE")))
     hf_cache: str | None = field(default_factory=lambda: os.environ.get("HF_HUB_CACHE"))  # None: hub's default
     device: str = "cpu"

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergepkg.errors import SourceError
+from mergepkg.hashcache import HashCache
+from mergepkg.hashing import canonical, sha256_hex
 from mergepkg.recipe import Source
 from mergepkg.settings import Settings
+from mergepkg.tensors import BIN_INDEX, INDEX, weight_files
 
 # Everything but weights that a merged model folder needs.
 SIDE_FILES = [
@@ -32,6 +35,45 @@ class Fetched:
     commit: str | None = None
 
 
+@dataclass(frozen=True)
+class FileRecord:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What a source resolved to: enough to fetch the same bytes again and check them."""
+
+    commit: str | None  # hub sources
+    files: tuple[FileRecord, ...]  # every file a merge uses, sorted by name
+
+    @property
+    def ref(self) -> str:
+        """The source's identity in step keys: content (and commit), never name or path."""
+        body = {"commit": self.commit, "files": [[f.name, f.size, f.sha256] for f in self.files]}
+        return "sha256:" + sha256_hex(canonical(body))
+
+
+def used_files(folder: Path) -> list[str]:
+    """The files of a model folder a merge reads or copies: weights (one format), the
+    weight index, configs and tokenizer files."""
+    names = set(weight_files(folder))
+    names |= {n for n in (INDEX, BIN_INDEX, *SIDE_FILES) if (folder / n).is_file()}
+    return sorted(names)
+
+
+def pin_folder(folder: Path, hashes: HashCache, commit: str | None = None) -> Pin:
+    if not (folder / "config.json").is_file():
+        raise SourceError(f"model folder has no config.json: {folder}", hint="a source must be a Hugging Face model folder")
+    records = []
+    for name in used_files(folder):
+        size, digest = hashes.sha256(folder / name)
+        records.append(FileRecord(name, size, digest))
+    return Pin(commit, tuple(records))
+
+
 def choose_weight_patterns(files: list[str]) -> list[str]:
     """Download safetensors when the repo has them, else the .bin checkpoint."""
     if any(f.endswith(".safetensors") for f in files):
@@ -39,19 +81,21 @@ def choose_weight_patterns(files: list[str]) -> list[str]:
     return ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
 
-def fetch(source: Source, settings: Settings) -> Fetched:
+def fetch(source: Source, settings: Settings, commit: str | None = None) -> Fetched:
+    """Make `source` local. `commit` (from a lock) replaces a hub source's revision, so a
+    moved branch does not move the build."""
     if source.path is not None:
         if not source.path.is_dir():
             raise SourceError(f"model folder not found: {source.path}")
         return Fetched(source.path)
-    return _fetch_hf(source, settings)
+    return _fetch_hf(source, settings, commit)
 
 
-def _fetch_hf(source: Source, settings: Settings) -> Fetched:
+def _fetch_hf(source: Source, settings: Settings, commit: str | None) -> Fetched:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-    repo, rev = source.hf, source.revision
+    repo, rev = source.hf, commit or source.revision
     try:
         if settings.offline:
             folder = Path(snapshot_download(repo, revision=rev, local_files_only=True, cache_dir=settings.hf_cache))

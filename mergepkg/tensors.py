@@ -12,6 +12,7 @@ streamed after it. Memory holds one tensor, never a shard.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Iterable
@@ -123,6 +124,42 @@ class ModelReader:
         self._open.clear()
 
 
+def tensor_digest(name: str, dtype: str, shape: tuple[int, ...], data) -> str:
+    """sha256 over one tensor's name, dtype, shape and bytes (little-endian, row-major)."""
+    h = hashlib.sha256(f"{name}\0{dtype}\0{list(shape)}\0".encode())
+    h.update(data)
+    return h.hexdigest()
+
+
+def combine_digests(digests: dict[str, str]) -> str:
+    """A model's digest: over its tensors' digests sorted by name. It ignores file layout,
+    sharding and header metadata, so equal tensors give equal digests however stored."""
+    lines = "".join(f"{name}\0{digests[name]}\n" for name in sorted(digests))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+
+
+def model_digest(folder: Path) -> str:
+    """Re-read every tensor's raw bytes from the safetensors files (no torch) and digest."""
+    digests = {}
+    for name in weight_files(folder):
+        path = folder / name
+        if not name.endswith(".safetensors"):
+            raise SourceError("digests are defined for safetensors models only", file=path)
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            header.pop("__metadata__", None)
+            start = 8 + n
+            for key, meta in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+                a, b = meta["data_offsets"]
+                f.seek(start + a)
+                data = f.read(b - a)
+                if len(data) != b - a:
+                    raise SourceError(f"truncated tensor {key}", file=path)
+                digests[key] = tensor_digest(key, meta["dtype"], tuple(meta["shape"]), data)
+    return combine_digests(digests)
+
+
 def plan_shards(tensors: Iterable[tuple[str, TensorInfo]], max_shard_bytes: int) -> list[list[tuple[str, TensorInfo]]]:
     """Split the output tensors, in order, into shards of at most max_shard_bytes
     (a single larger tensor gets a shard of its own)."""
@@ -155,6 +192,7 @@ class ShardWriter:
         self._file = None
         self._shard = -1
         self.bytes_written = 0
+        self.digests: dict[str, str] = {}
 
     def _open_shard(self, shard: int):
         self._close_file()
@@ -176,8 +214,9 @@ class ShardWriter:
                              f"expected {expected} {info.dtype} {info.shape}")
         if shard != self._shard:
             self._open_shard(shard)
-        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._file.write(memoryview(data))
+        data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        self._file.write(data)
+        self.digests[name] = tensor_digest(name, info.dtype, info.shape, data)
         self.bytes_written += info.nbytes
         self._next += 1
 
@@ -186,6 +225,10 @@ class ShardWriter:
             self._file.flush()
             self._file.close()
             self._file = None
+
+    @property
+    def digest(self) -> str:
+        return combine_digests(self.digests)
 
     def close(self):
         self._close_file()

@@ -17,6 +17,14 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from tiny import make_model  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def mergepkg_home(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own empty store."""
+    home = tmp_path / "mergepkg-home"
+    monkeypatch.setenv("MERGEPKG_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
     """base: random tiny Llama (4 layers); ft1..ft3: base + small seeded deltas;

@@ -18,12 +18,18 @@ def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def build_one(recipe_path: Path, out: Path, **kw) -> dict[str, torch.Tensor]:
+def build_recipe(recipe_path: Path, out: Path | None = None, *, seed: int | None = None, mode: str = "update", **settings):
+    """Build through the library with a fresh Session (MERGEPKG_HOME is per test)."""
     from mergepkg.build import build
     from mergepkg.parse import load_recipe
+    from mergepkg.resolve import Session
     from mergepkg.settings import Settings
 
-    recipe = load_recipe(recipe_path)
-    folders = build(recipe, out, Settings(), **kw)
-    (folder,) = folders.values() if len(folders) == 1 else (out,)
+    return build(load_recipe(recipe_path), Session(Settings(**settings)), out=out, seed=seed, mode=mode)
+
+
+def build_one(recipe_path: Path, out: Path, **kw) -> dict[str, torch.Tensor]:
+    """Build a one-output recipe into `out` and load its tensors."""
+    report = build_recipe(recipe_path, out, **kw)
+    (folder,) = report.outputs.values()
     return load_tensors(folder)

@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
-from helpers import build_one, load_tensors
+from helpers import build_one, build_recipe, load_tensors
 
-from mergepkg.build import build, resolve
 from mergepkg.parse import load_recipe
-from mergepkg.settings import Settings
+from mergepkg.resolve import Session, layouts, resolve
 
 W = "weight = 1.0"
 STEPS = {
@@ -97,8 +96,7 @@ def test_sharded_and_bin_inputs_read_like_single_files(write_recipe, tmp_path):
 def test_output_is_sharded_with_an_index(write_recipe, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    recipe = load_recipe(write_recipe(step("linear")))
-    build(recipe, tmp_path / "out", Settings(max_shard_bytes=30_000))
+    build_recipe(write_recipe(step("linear")), tmp_path / "out", max_shard_bytes=30_000)
     index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
     files = set(index["weight_map"].values())
     assert len(files) > 3 and all((tmp_path / "out" / f).is_file() for f in files)
@@ -120,31 +118,31 @@ def test_bf16_inputs_keep_their_dtype_by_default(write_recipe, tmp_path):
 def test_steps_feed_steps_and_tokenizer_choice(write_recipe, tmp_path, models):
     path = write_recipe(step("linear", "soup") + step("ties", "final").replace('model = "ft2"', 'model = "soup"')
                         + 'tokenizer = "soup"\n')
-    recipe = load_recipe(path)
-    resolved = resolve(recipe, Settings())
-    assert resolved.plan.order == ("soup", "final")
-    assert resolved.layouts["final"].tokenizer_from == "soup"
-    outputs = build(recipe, tmp_path / "out", Settings())
+    res = resolve(load_recipe(path), Session())
+    assert res.plan.order == ("soup", "final")
+    laid, _ = layouts(res, {n: s.folder for n, s in res.sources.items()})
+    assert laid["final"].tokenizer_from == "soup"
+    outputs = build_recipe(path, tmp_path / "out").outputs
     assert list(outputs) == ["final"] and (tmp_path / "out" / "tokenizer.json").is_file()
 
 
 def test_random_methods_are_reproducible_and_order_independent(write_recipe, tmp_path):
     a = step("dare_ties", "x") + step("della", "y")
     b = step("della", "y") + step("dare_ties", "x")
-    first = build(load_recipe(write_recipe(a, name="a.toml")), tmp_path / "a", Settings())
-    again = build(load_recipe(write_recipe(a, name="a.toml")), tmp_path / "a2", Settings(threads=1))
-    swapped = build(load_recipe(write_recipe(b, name="b.toml")), tmp_path / "b", Settings())
+    first = build_recipe(write_recipe(a, name="a.toml"), tmp_path / "a", home=tmp_path / "h1").outputs
+    again = build_recipe(write_recipe(a, name="a.toml"), tmp_path / "a2", home=tmp_path / "h2", threads=1).outputs
+    swapped = build_recipe(write_recipe(b, name="b.toml"), tmp_path / "b", home=tmp_path / "h3").outputs
     for name in ("x", "y"):
         t1, t2, t3 = (load_tensors(d[name]) for d in (first, again, swapped))
         assert all(torch.equal(t1[k], t2[k]) and torch.equal(t1[k], t3[k]) for k in t1)
-    reseeded = build(load_recipe(write_recipe(a, name="a.toml")), tmp_path / "c", Settings(), seed=7)
+    reseeded = build_recipe(write_recipe(a, name="a.toml"), tmp_path / "c", seed=7).outputs
     t1, t4 = load_tensors(first["x"]), load_tensors(reseeded["x"])
     assert not all(torch.equal(t1[k], t4[k]) for k in t1)
 
 
 def test_validate_reports_sizes_without_reading_tensors(write_recipe):
-    resolved = resolve(load_recipe(write_recipe(step("linear"))), Settings())
-    layout = resolved.layouts["m"]
+    res = resolve(load_recipe(write_recipe(step("linear"))), Session())
+    layout = layouts(res, {n: s.folder for n, s in res.sources.items()})[0]["m"]
     assert layout.bytes_in == 2 * layout.bytes_out > 0
 
 

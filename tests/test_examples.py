@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mergepkg.build import build
+from helpers import build_recipe
+
 from mergepkg.parse import load_recipe
-from mergepkg.settings import Settings
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
 
@@ -22,7 +22,7 @@ def test_example_recipe_builds_and_loads(path, tmp_path):
     from transformers import AutoModelForCausalLM
 
     recipe = load_recipe(path)
-    outputs = build(recipe, tmp_path / "out", Settings())
+    outputs = build_recipe(path, tmp_path / "out").outputs
     assert list(outputs) == list(recipe.outputs)
     for folder in outputs.values():
         model = AutoModelForCausalLM.from_pretrained(folder)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import load_tensors
+from helpers import build_recipe, load_tensors
 from hfcache import add_to_cache
 
-from mergepkg.build import build
 from mergepkg.errors import SourceError
 from mergepkg.parse import load_recipe
 from mergepkg.recipe import Source
@@ -49,7 +48,7 @@ def test_build_from_hub_sources(hub, tmp_path, models):
     path.write_text('[package]\nname = "hub"\nversion = "0.1.0"\n[sources]\n'
                     'base = { hf = "tiny/base" }\nft1 = { hf = "tiny/ft1", revision = "v1" }\n'
                     '[steps.m]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1.0 }]\n')
-    out = build(load_recipe(path), tmp_path / "out", Settings())["m"]
+    out = build_recipe(path, tmp_path / "out").outputs["m"]
     got, want = load_tensors(out), load_tensors(models["ft1"])
     assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
 
@@ -60,7 +59,7 @@ def test_missing_cache_entry_in_a_build_is_located(hub, tmp_path):
                     'base = { hf = "tiny/base", revision = "dev" }\n'
                     '[steps.m]\nmethod = "passthrough"\ninputs = ["base"]\n')
     with pytest.raises(SourceError) as info:
-        build(load_recipe(path), tmp_path / "out", Settings())
+        build_recipe(path, tmp_path / "out")
     assert info.value.key == "sources.base" and info.value.line == 5
 
 

@@ -8,7 +8,10 @@ import typer
 
 from mergepkg import __version__
 from mergepkg.cli import build as build_cmd
+from mergepkg.cli import cache as cache_cmd
+from mergepkg.cli import lock as lock_cmd
 from mergepkg.cli import methods as methods_cmd
+from mergepkg.cli import plan as plan_cmd
 from mergepkg.cli.output import err, show_error
 from mergepkg.errors import MergepkgError
 
@@ -38,7 +41,12 @@ def _root(
 
 app.command("build")(build_cmd.build)
 app.command("validate")(build_cmd.validate)
+app.command("plan")(plan_cmd.plan)
+app.command("graph")(plan_cmd.graph)
+app.command("lock")(lock_cmd.lock)
+app.command("verify")(lock_cmd.verify)
 app.command("methods")(methods_cmd.methods)
+app.add_typer(cache_cmd.app, name="cache")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,10 @@ class ProgressReporter:
     def __exit__(self, *exc):
         self.progress.stop()
 
+    def step_reused(self, name, key):
+        if not self.progress.disable:
+            self.progress.console.print(f"[dim]stored[/] {name} [dim]{key[:12]}[/]")
+
     def step_started(self, name, tensors, nbytes):
         self.task = self.progress.add_task(name, total=nbytes, done=0, tensors=tensors)
 

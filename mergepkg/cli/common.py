@@ -1,0 +1,41 @@
+"""Options and helpers shared by commands."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+
+from mergepkg.parse import load_recipe
+from mergepkg.recipe import Recipe
+from mergepkg.resolve import Session
+from mergepkg.settings import Settings
+
+RECIPE = typer.Argument(..., help="The recipe file (TOML).", metavar="RECIPE", dir_okay=False)
+OFFLINE = typer.Option(False, "--offline", help="Use only the local Hugging Face cache.")
+
+
+def open_recipe(path: Path, *, offline: bool = False, **settings) -> tuple[Recipe, Session]:
+    base = Settings()
+    session = Session(replace(base, offline=offline or base.offline, **settings))
+    return load_recipe(path), session
+
+
+def parse_size(text: str) -> int:
+    """'500MB' -> 500_000_000; plain numbers are bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
+    unit = m and m[2].upper() + ("B" if m[2].upper() in ("K", "M", "G") else "")
+    if not m or unit not in units or float(m[1]) <= 0:
+        raise typer.BadParameter(f"expected a size like 500MB or 2GB, got {text!r}", param_hint="--shard-size")
+    return int(float(m[1]) * units[unit])
+
+
+def size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)

@@ -1,0 +1,106 @@
+"""Canonical JSON, step lock entries and keys.
+
+The lock entry is the cache key: `step_entry` builds the one canonical description of
+what a step computes, and `key_of` is its sha256. The entry names no step or source
+(renaming changes nothing), holds parameters in their effective form (writing a
+default out changes nothing; changing any number changes the key), and refers to its
+inputs by their pins or upstream keys (so a change propagates downstream).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mergepkg import ENGINE_VERSION
+from mergepkg.methods import get_method
+from mergepkg.methods.spec import Param
+from mergepkg.recipe import Condition, Params, Step
+
+HASH_VERSION = 1  # bump whenever step_entry's shape or meaning changes
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def key_of(entry: Mapping) -> str:
+    return sha256_hex(canonical(entry))
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, tuple):
+        return [float(x) for x in v]
+    return float(v)
+
+
+def effective(p: Param, chain: Sequence[Params]) -> Any:
+    """The setting a tensor sees for `p`, normalised: the scopes' settings, highest first,
+    concatenated as one first-match-wins list of conditions, cut after the first that
+    matches everything, with the default as the final catch-all. A single catch-all
+    collapses to its value, so `density = 1.0` written out equals the default."""
+    conds: list[tuple[str | None, Any]] = []
+    for scope in chain:
+        if p.name not in scope:
+            continue
+        setting = scope[p.name]
+        if isinstance(setting, tuple) and setting and isinstance(setting[0], Condition):
+            conds += [(c.filter, c.value) for c in setting]
+        else:
+            conds.append((None, setting))
+    if not p.required:
+        conds.append((None, p.default))
+    for i, (flt, _) in enumerate(conds):
+        if flt is None:
+            conds = conds[: i + 1]
+            break
+    if len(conds) == 1 and conds[0][0] is None:
+        return _value(conds[0][1])
+    return [{"filter": flt, "value": _value(v)} for flt, v in conds]
+
+
+def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
+    """The canonical lock entry of `step`; `refs` maps each model name it reads to that
+    model's identity (a source pin digest or an upstream step key)."""
+    spec = get_method(step.method)
+    shared = [p for p in spec.params if not p.per_input]
+    per_input = [p for p in spec.params if p.per_input]
+
+    def model(name: str, own: Params, outer: Sequence[Params]) -> dict:
+        entry = {"ref": refs[name]}
+        if name != step.base:
+            entry["params"] = {p.name: effective(p, [own, *outer]) for p in per_input}
+        return entry
+
+    entry: dict[str, Any] = {
+        "hash_version": HASH_VERSION,
+        "engine": ENGINE_VERSION,
+        "method": spec.name,
+        "method_version": spec.version,
+        "base": refs[step.base] if step.base else None,
+        "dtype": step.dtype,
+        "out_dtype": step.out_dtype,
+        "tokenizer": refs[step.tokenizer_model],
+        "seed": seed if spec.random else None,  # deterministic methods ignore the seed
+    }
+    if step.inputs:
+        entry["params"] = {p.name: effective(p, [step.params]) for p in shared}
+        entry["inputs"] = [model(i.model, i.params, [step.params]) for i in step.inputs]
+    else:
+        entry["slices"] = [
+            {
+                "params": {p.name: effective(p, [sl.params, step.params]) for p in shared},
+                "sources": [dict(model(s.model, s.params, [sl.params, step.params]), layers=list(s.layers))
+                            for s in sl.sources],
+            }
+            for sl in step.slices
+        ]
+    return entry

@@ -1,0 +1,167 @@
+"""`mergepkg.lock`: what a recipe resolved to, so anyone can rebuild the same bytes.
+
+TOML, written by mergepkg in a stable order: a format version, a hash of the recipe
+content it was made from, every source with its requested revision, resolved commit
+and each used file's size and sha256, and every step with its key and output digest.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from mergepkg.errors import RecipeError
+from mergepkg.hashing import canonical, sha256_hex
+from mergepkg.recipe import Condition, Recipe
+from mergepkg.sources import FileRecord, Pin
+
+LOCK_NAME = "mergepkg.lock"
+LOCK_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LockedSource:
+    name: str
+    hf: str | None
+    revision: str | None
+    path: str | None  # relative to the recipe file
+    pin: Pin
+
+    def same_request(self, other: LockedSource) -> bool:
+        """Asks for the same thing (a moved branch is still the same request)."""
+        return (self.hf, self.revision, self.path) == (other.hf, other.revision, other.path)
+
+
+@dataclass(frozen=True)
+class LockedStep:
+    name: str
+    method: str
+    key: str
+    digest: str | None  # None until built
+
+
+@dataclass(frozen=True)
+class Lock:
+    recipe_hash: str
+    sources: dict[str, LockedSource]
+    steps: dict[str, LockedStep]
+    version: int = LOCK_VERSION
+
+
+def lock_path(recipe: Recipe) -> Path:
+    return recipe.path.parent / LOCK_NAME
+
+
+def _plain(value):
+    if isinstance(value, Condition):
+        return {"filter": value.filter, "value": _plain(value.value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """A hash of what the recipe says (not how it is written: comments, key order and
+    number spelling do not count), paths taken relative to the recipe file."""
+    root = recipe.path.parent
+    body = {
+        "package": [recipe.name, recipe.version, list(recipe.outputs), recipe.seed],
+        "sources": {n: [s.hf, s.revision if s.hf else None, os.path.relpath(s.path, root) if s.path else None]
+                    for n, s in recipe.sources.items()},
+        "steps": {n: [s.method, s.base, [[i.model, _plain(dict(i.params))] for i in s.inputs],
+                      [[[[x.model, list(x.layers), _plain(dict(x.params))] for x in sl.sources], _plain(dict(sl.params))]
+                       for sl in s.slices],
+                      _plain(dict(s.params)), s.dtype, s.out_dtype, s.tokenizer]
+                  for n, s in recipe.steps.items()},
+    }
+    return "sha256:" + sha256_hex(canonical(body))
+
+
+def read_lock(path: Path) -> Lock | None:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise RecipeError(f"cannot read the lock: {e}", file=path, hint="delete it and run `mergepkg lock`") from None
+    if data.get("version") != LOCK_VERSION:
+        raise RecipeError(f"lock format {data.get('version')!r} is not {LOCK_VERSION}", file=path,
+                          hint="run `mergepkg lock` to rewrite it")
+    try:
+        sources = {
+            s["name"]: LockedSource(
+                s["name"], s.get("hf"), s.get("revision"), s.get("path"),
+                Pin(s.get("commit"), tuple(FileRecord(f["name"], f["size"], f["sha256"]) for f in s["files"])),
+            )
+            for s in data.get("source", [])
+        }
+        steps = {s["name"]: LockedStep(s["name"], s["method"], s["key"], s.get("digest")) for s in data.get("step", [])}
+        return Lock(data["recipe"], sources, steps)
+    except (KeyError, TypeError) as e:
+        raise RecipeError(f"malformed lock: missing {e}", file=path, hint="delete it and run `mergepkg lock`") from None
+
+
+def write_lock(path: Path, lock: Lock) -> None:
+    """Write atomically (temp file + rename), sources and steps sorted by name."""
+    doc = {
+        "version": lock.version,
+        "recipe": lock.recipe_hash,
+        "source": [
+            {k: v for k, v in {
+                "name": s.name, "hf": s.hf, "revision": s.revision, "path": s.path, "commit": s.pin.commit,
+                "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in s.pin.files],
+            }.items() if v is not None}
+            for s in sorted(lock.sources.values(), key=lambda s: s.name)
+        ],
+        "step": [
+            {k: v for k, v in {"name": s.name, "method": s.method, "key": s.key, "digest": s.digest}.items() if v is not None}
+            for s in sorted(lock.steps.values(), key=lambda s: s.name)
+        ],
+    }
+    text = "# Written by mergepkg. Do not edit: run `mergepkg lock` to refresh it.\n" + tomli_w.dumps(doc)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def differences(old: Lock | None, new: Lock) -> list[str]:
+    """What changed between a lock on disk and the one the recipe resolves to now."""
+    if old is None:
+        return ["there is no lock file"]
+    out = []
+    for name in sorted(set(old.sources) | set(new.sources)):
+        a, b = old.sources.get(name), new.sources.get(name)
+        if a is None:
+            out.append(f"source {name!r} was added")
+        elif b is None:
+            out.append(f"source {name!r} was removed")
+        elif not a.same_request(b):
+            out.append(f"source {name!r} now asks for {b.hf or b.path}@{b.revision or '-'}"
+                       f" (locked: {a.hf or a.path}@{a.revision or '-'})")
+        elif a.pin != b.pin:
+            out.append(f"source {name!r} has different content than locked"
+                       + (f" (commit {a.pin.commit[:12]} -> {b.pin.commit[:12]})" if a.pin.commit != b.pin.commit else ""))
+    for name in sorted(set(old.steps) | set(new.steps)):
+        a, b = old.steps.get(name), new.steps.get(name)
+        if a is None:
+            out.append(f"step {name!r} was added")
+        elif b is None:
+            out.append(f"step {name!r} was removed")
+        elif a.key != b.key:
+            out.append(f"step {name!r} changed (key {a.key[:12]} -> {b.key[:12]})")
+    if not out and old.recipe_hash != new.recipe_hash:
+        out.append("the recipe changed")
+    return out

@@ -1,0 +1,149 @@
+"""Recipe -> Resolution: every source pinned, every step keyed. No tensor data is read.
+
+Resolution is what `lock`, `plan`, `build` and `verify` share. Pinning hashes each
+source file once (then remembers it by stat); a hub source whose request is unchanged
+is fetched at its locked commit, so a moved branch never moves a build until
+`mergepkg lock --upgrade`. `layouts` goes one step further and reads configs and
+safetensors headers to describe every output tensor (what `validate` and the engine use).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from mergepkg.errors import LockError, SourceError
+from mergepkg.hashcache import HashCache
+from mergepkg.hashing import key_of, step_entry
+from mergepkg.imports import flatten
+from mergepkg.layout import ModelInfo, StepLayout, step_layout
+from mergepkg.lock import Lock, LockedSource, LockedStep, differences, recipe_hash
+from mergepkg.plan import Plan, make_plan
+from mergepkg.recipe import Recipe
+from mergepkg.settings import Settings
+from mergepkg.sources import Pin, fetch, pin_folder
+from mergepkg.store import Store
+from mergepkg.tensors import scan_tensors
+
+Mode = Literal["update", "locked", "frozen"]
+ALL = "*"  # upgrade every source
+
+
+class Session:
+    """What a command works with: settings, the store and the file hash cache."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings()
+        self.store = Store(self.settings.home)
+        self.hashes = HashCache(self.settings.home / "hashes.sqlite")
+
+    def add_root(self, lock_file: Path) -> None:
+        """Remember a lock file whose steps `cache gc` must keep."""
+        roots = self.roots()
+        if str(lock_file) not in roots:
+            path = self.settings.home / "roots.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(sorted([*roots, str(lock_file)]), indent=1))
+            os.replace(tmp, path)
+
+    def roots(self) -> list[str]:
+        try:
+            return json.loads((self.settings.home / "roots.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+
+
+@dataclass
+class SourceState:
+    folder: Path
+    locked: LockedSource  # the request and its pin
+
+
+@dataclass
+class Resolution:
+    recipe: Recipe  # flattened: steps of imported recipes included
+    plan: Plan
+    sources: dict[str, SourceState]
+    entries: dict[str, dict]  # step -> canonical lock entry
+    keys: dict[str, str]  # step -> sha256 of its entry
+    seed: int
+
+    def lock(self, digests: dict[str, str | None]) -> Lock:
+        steps = {n: LockedStep(n, self.recipe.steps[n].method, self.keys[n], digests.get(n)) for n in self.plan.order}
+        return Lock(recipe_hash(self.recipe), {n: s.locked for n, s in self.sources.items()}, steps)
+
+
+def read_model_info(folder: Path) -> ModelInfo:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        raise SourceError("model folder has no config.json", file=folder) from None
+    except (OSError, ValueError) as e:
+        raise SourceError(f"cannot read config.json: {e}", file=folder) from None
+    return ModelInfo(config, scan_tensors(folder))
+
+
+def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode: Mode = "update",
+            upgrade: frozenset[str] = frozenset(), seed: int | None = None,
+            targets: tuple[str, ...] | None = None) -> Resolution:
+    recipe = flatten(recipe)
+    plan = make_plan(recipe, targets)
+    settings = session.settings
+    if mode == "frozen":
+        if lock is None:
+            raise LockError("--frozen needs a lock file and there is none", file=str(recipe.path),
+                            hint="run `mergepkg lock` first")
+        settings = replace(settings, offline=True)  # never touch the network
+    sources = {}
+    for name in plan.sources_used():
+        src = recipe.sources[name]
+        rel = os.path.relpath(src.path, recipe.path.parent) if src.path else None
+        request = LockedSource(name, src.hf, src.revision if src.hf else None, rel, Pin(None, ()))
+        locked = lock.sources.get(name) if lock else None
+        keep = locked is not None and locked.same_request(request) and not ({name, ALL} & upgrade)
+        if mode == "frozen" and not keep:
+            raise LockError(f"source {name!r} is not in the lock as the recipe asks for it", file=str(recipe.path),
+                            line=recipe.line_of(f"sources.{name}"), key=f"sources.{name}",
+                            hint="run `mergepkg lock` to update the lock")
+        try:
+            fetched = fetch(src, settings, commit=locked.pin.commit if keep and src.hf else None)
+            pin = pin_folder(fetched.folder, session.hashes, fetched.commit)
+        except SourceError as e:
+            if e.key is None:
+                e.file, e.line, e.key = str(recipe.path), recipe.line_of(f"sources.{name}"), f"sources.{name}"
+            raise
+        if keep and src.hf and pin != locked.pin:
+            raise SourceError(f"files of {src.hf}@{pin.commit} differ from the lock (a damaged Hugging Face cache?)",
+                              file=str(recipe.path), line=recipe.line_of(f"sources.{name}"), key=f"sources.{name}",
+                              hint="delete that repo from the Hugging Face cache and build again")
+        sources[name] = SourceState(fetched.folder, replace(request, pin=pin))
+    refs: dict[str, str] = {n: s.locked.pin.ref for n, s in sources.items()}
+    seed = recipe.seed if seed is None else seed
+    entries, keys = {}, {}
+    for name in plan.order:
+        entries[name] = step_entry(recipe.steps[name], refs, seed)
+        keys[name] = refs[name] = key_of(entries[name])
+    res = Resolution(recipe, plan, sources, entries, keys, seed)
+    if mode in ("locked", "frozen"):
+        changes = differences(lock, res.lock({}))
+        if changes:
+            raise LockError("mergepkg.lock is out of date: " + "; ".join(changes), file=str(recipe.path.parent / "mergepkg.lock"),
+                            hint="run `mergepkg lock` to update it (or build without --locked/--frozen)")
+    return res
+
+
+def layouts(res: Resolution, folders: dict[str, Path]) -> tuple[dict[str, StepLayout], dict[str, ModelInfo]]:
+    """Lay out every step in plan order from configs and headers. `folders` holds the
+    sources and any step already in the store (read from its files); the other steps
+    are described by their own layouts."""
+    infos = {name: read_model_info(folder) for name, folder in folders.items()}
+    out = {}
+    for name in res.plan.order:
+        out[name] = step_layout(res.recipe, res.recipe.steps[name], infos)
+        if name not in infos:
+            infos[name] = out[name].info
+    return out, infos
