@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergepkg.engine import Reporter, build_step, check_device
-from mergepkg.errors import BuildError, MergepkgError
+from mergepkg.errors import BuildError, LockError, MergepkgError
 from mergepkg.locate import locate
 from mergepkg.lock import Lock, lock_path, read_lock, write_lock
 from mergepkg.recipe import Recipe
@@ -78,6 +78,13 @@ def build(recipe: Recipe, session: Session, *, out: Path | None = None, seed: in
         if planned is not None:
             planned[1][name] = read_model_info(art.folder)  # real shard names for readers downstream
     digests = {n: a.digest for n, a in artifacts.items()}
+    if mode != "update" and old_lock is not None:
+        for name, digest in digests.items():
+            locked = old_lock.steps[name].digest
+            if locked is not None and locked != digest:
+                raise LockError(f"step {name!r} built to {digest[:19]}, but the lock records {locked[:19]}",
+                                file=str(lock_file), hint="the build is not reproducing the locked bytes; "
+                                "`mergepkg verify --rebuild` shows which steps differ")
     lock = res.lock(digests)
     if mode == "update" and lock != old_lock:
         write_lock(lock_file, lock)
