@@ -1,4 +1,7 @@
-"""`mergepkg.lock`: what a recipe resolved to, so anyone can rebuild the same bytes.
+"""The lock: what a recipe resolved to, so anyone can rebuild the same bytes.
+
+It sits beside its recipe, named after it: `mergepkg.toml` -> `mergepkg.lock`,
+`example.toml` -> `example.lock` (so several recipes can share a folder).
 
 TOML, written by mergepkg in a stable order: a format version, a hash of the recipe
 content it was made from, every source with its requested revision, resolved commit
@@ -24,7 +27,6 @@ from mergepkg.hashing import canonical, sha256_hex
 from mergepkg.recipe import Condition, Recipe
 from mergepkg.sources import FileRecord, Pin
 
-LOCK_NAME = "mergepkg.lock"
 LOCK_VERSION = 1
 
 
@@ -58,7 +60,7 @@ class Lock:
 
 
 def lock_path(recipe: Recipe) -> Path:
-    return recipe.path.parent / LOCK_NAME
+    return recipe.path.with_suffix(".lock")
 
 
 def _plain(value):

@@ -20,7 +20,7 @@ from mergepkg.hashcache import HashCache
 from mergepkg.hashing import key_of, step_entry
 from mergepkg.imports import flatten
 from mergepkg.layout import ModelInfo, StepLayout, step_layout
-from mergepkg.lock import Lock, LockedSource, LockedStep, differences, recipe_hash
+from mergepkg.lock import Lock, LockedSource, LockedStep, differences, lock_path, recipe_hash
 from mergepkg.plan import Plan, make_plan
 from mergepkg.recipe import Recipe
 from mergepkg.settings import Settings
@@ -131,7 +131,7 @@ def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode:
     if mode in ("locked", "frozen"):
         changes = differences(lock, res.lock({}))
         if changes:
-            raise LockError("mergepkg.lock is out of date: " + "; ".join(changes), file=str(recipe.path.parent / "mergepkg.lock"),
+            raise LockError(f"{lock_path(recipe).name} is out of date: " + "; ".join(changes), file=str(lock_path(recipe)),
                             hint="run `mergepkg lock` to update it (or build without --locked/--frozen)")
     return res
 

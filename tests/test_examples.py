@@ -1,4 +1,5 @@
-"""Every recipe shipped in recipes/ builds, and transformers loads every output."""
+"""Every recipe shipped in recipes/ builds against its committed lock (so the lock is
+current and the build reproduces the locked digests), and transformers loads every output."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_example_recipe_builds_and_loads(path, tmp_path):
     from transformers import AutoModelForCausalLM
 
     recipe = load_recipe(path)
-    outputs = build_recipe(path, tmp_path / "out").outputs
+    outputs = build_recipe(path, tmp_path / "out", mode="locked").outputs
     assert list(outputs) == list(recipe.outputs)
     for folder in outputs.values():
         model = AutoModelForCausalLM.from_pretrained(folder)

@@ -20,7 +20,7 @@ def lock(
     sources: list[str] = typer.Argument(None, help="With --upgrade: only these sources.", show_default=False),
     offline: bool = OFFLINE,
 ):
-    """Write or refresh mergepkg.lock beside the recipe."""
+    """Write or refresh the recipe's lock (RECIPE.lock beside it)."""
     r, session = open_recipe(recipe, offline=offline)
     if sources and not upgrade:
         raise typer.BadParameter("naming sources needs --upgrade", param_hint="SOURCES")
@@ -47,7 +47,7 @@ def verify(
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild every step from the lock in a scratch store and compare."),
     offline: bool = OFFLINE,
 ):
-    """Check stored artifacts (or a rebuild) against the digests in mergepkg.lock."""
+    """Check stored artifacts (or a rebuild) against the digests in the recipe's lock."""
     r, session = open_recipe(recipe, offline=offline)
     with ProgressReporter(enabled=rebuild) as reporter:
         checks = verify_recipe(r, session, rebuild=rebuild, reporter=reporter)
