@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -23,7 +24,9 @@ def plan(recipe: Path = RECIPE, offline: bool = OFFLINE):
 
     def label(name: str) -> str:
         if name in res.recipe.sources:
-            return f"[cyan]{name}[/] [dim]{res.recipe.sources[name].label}[/]"
+            src = res.recipe.sources[name]
+            where = os.path.relpath(src.path, r.path.parent) if src.path else src.label
+            return f"[cyan]{name}[/] [dim]{where}[/]"
         lay = laid[name]
         state = "[green]stored[/]" if name in stored else f"[yellow]build[/] [dim]reads {size(lay.bytes_in)}, writes {size(lay.bytes_out)}[/]"
         return f"[bold]{name}[/] [dim]{res.keys[name][:12]}[/] {lay.method.name} {state}"
