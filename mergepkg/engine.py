@@ -12,6 +12,7 @@ import hashlib
 import json
 import queue
 import shutil
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -126,6 +127,8 @@ def build_step(
         write_thread.join()
         for r in readers.values():
             r.close()
+        if failure or sys.exc_info()[0] is not None:
+            writer.abort()
     if failure:
         raise failure[0]
     writer.close()

@@ -226,6 +226,10 @@ class ShardWriter:
             self._file.close()
             self._file = None
 
+    def abort(self):
+        """Close the open shard after a failure; the caller discards the folder."""
+        self._close_file()
+
     @property
     def digest(self) -> str:
         return combine_digests(self.digests)
