@@ -100,7 +100,7 @@ def _build_one(res: Resolution, name: str, planned, folders, session: Session, r
     started = time.monotonic()
     try:
         digest = build_step(layouts_[name], folders, {m: info.tensors for m, info in infos.items()}, folder,
-                            seed=res.seed, device=session.settings.device,
+                            seed=res.seeds[name], device=session.settings.device,
                             max_shard_bytes=session.settings.max_shard_bytes, reporter=reporter)
         return session.store.commit(key, folder, res.entries[name], digest, seconds=time.monotonic() - started)
     except MergepkgError as e:

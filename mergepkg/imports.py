@@ -54,7 +54,7 @@ def flatten(recipe: Recipe, _chain: tuple[Path, ...] = ()) -> Recipe:
         for n, s in other.sources.items():
             sources[prefix + n] = replace(s, name=prefix + n)
         for n, st in other.steps.items():
-            origin = Origin(other.path, other.text, n)
+            origin = Origin(other.path, other.text, n, other.seed)
             steps[prefix + n] = _renamed(st, prefix + n, lambda m, p=prefix: p + m, origin)
         alias[name] = prefix + src.step
     own = {n: _renamed(st, n, lambda m: alias.get(m, m), st.origin) for n, st in recipe.steps.items()}

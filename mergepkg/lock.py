@@ -80,7 +80,7 @@ def recipe_hash(recipe: Recipe) -> str:
     number spelling do not count), paths taken relative to the recipe file."""
     root = recipe.path.parent
     body = {
-        "package": [recipe.name, recipe.version, list(recipe.outputs), recipe.seed],
+        "package": [recipe.name, recipe.version, sorted(recipe.outputs), recipe.seed],
         "sources": {n: [s.hf, s.revision if s.hf else None, os.path.relpath(s.path, root) if s.path else None]
                     for n, s in recipe.sources.items()},
         "steps": {n: [s.method, s.base, [[i.model, _plain(dict(i.params))] for i in s.inputs],

@@ -51,6 +51,7 @@ class Origin:
     path: Path
     text: str = field(repr=False)
     name: str  # its name in that file
+    seed: int  # that recipe's seed: an imported step builds as its own recipe builds it
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from mergepkg.errors import LockError, SourceError
+from mergepkg.errors import LockError, SourceError, did_you_mean
 from mergepkg.hashcache import HashCache
 from mergepkg.hashing import key_of, step_entry
 from mergepkg.imports import flatten
@@ -70,7 +70,7 @@ class Resolution:
     sources: dict[str, SourceState]
     entries: dict[str, dict]  # step -> canonical lock entry
     keys: dict[str, str]  # step -> sha256 of its entry
-    seed: int
+    seeds: dict[str, int]  # step -> seed for random methods (imported steps keep their recipe's)
 
     def lock(self, digests: dict[str, str | None]) -> Lock:
         steps = {n: LockedStep(n, self.recipe.steps[n].method, self.keys[n], digests.get(n)) for n in self.plan.order}
@@ -93,6 +93,10 @@ def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode:
     recipe = flatten(recipe)
     plan = make_plan(recipe, targets)
     settings = session.settings
+    unknown = sorted(upgrade - {ALL} - set(recipe.sources))
+    if unknown:
+        raise LockError(f"--upgrade: no source named {unknown[0]!r}", file=str(recipe.path),
+                        hint=did_you_mean(unknown[0], recipe.sources))
     if mode == "frozen":
         if lock is None:
             raise LockError("--frozen needs a lock file and there is none", file=str(recipe.path),
@@ -115,6 +119,8 @@ def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode:
         except SourceError as e:
             if e.key is None:
                 e.file, e.line, e.key = str(recipe.path), recipe.line_of(f"sources.{name}"), f"sources.{name}"
+            if mode == "frozen" and src.hf:
+                e.hint = "--frozen never downloads: build once without --frozen to fetch the locked commit"
             raise
         if keep and src.hf and pin != locked.pin:
             raise SourceError(f"files of {src.hf}@{pin.commit} differ from the lock (a damaged Hugging Face cache?)",
@@ -122,12 +128,14 @@ def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode:
                               hint="delete that repo from the Hugging Face cache and build again")
         sources[name] = SourceState(fetched.folder, replace(request, pin=pin))
     refs: dict[str, str] = {n: s.locked.pin.ref for n, s in sources.items()}
-    seed = recipe.seed if seed is None else seed
-    entries, keys = {}, {}
+    own_seed = recipe.seed if seed is None else seed
+    entries, keys, seeds = {}, {}, {}
     for name in plan.order:
-        entries[name] = step_entry(recipe.steps[name], refs, seed)
+        step = recipe.steps[name]
+        seeds[name] = step.origin.seed if step.origin else own_seed
+        entries[name] = step_entry(step, refs, seeds[name])
         keys[name] = refs[name] = key_of(entries[name])
-    res = Resolution(recipe, plan, sources, entries, keys, seed)
+    res = Resolution(recipe, plan, sources, entries, keys, seeds)
     if mode in ("locked", "frozen"):
         changes = differences(lock, res.lock({}))
         if changes:

@@ -12,6 +12,7 @@ from mergepkg.cli.common import OFFLINE, RECIPE, open_recipe, parse_size, size
 from mergepkg.cli.output import ProgressReporter, err, out
 from mergepkg.engine import check_device
 from mergepkg.errors import BuildError
+from mergepkg.lock import lock_path, read_lock
 from mergepkg.resolve import layouts, resolve
 
 
@@ -47,7 +48,7 @@ def build(
 def validate(recipe: Path = RECIPE, offline: bool = OFFLINE):
     """Check a recipe against its models without merging anything."""
     r, session = open_recipe(recipe, offline=offline)
-    res = resolve(r, session)
+    res = resolve(r, session, lock=read_lock(lock_path(r)))  # as a build would: locked commits
     laid, _ = layouts(res, {n: s.folder for n, s in res.sources.items()})
     table = Table(title=f"{r.name} {r.version}", title_justify="left")
     for col in ("step", "method", "models", "tensors", "reads", "writes"):

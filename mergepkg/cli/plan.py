@@ -10,13 +10,14 @@ from rich.tree import Tree
 
 from mergepkg.cli.common import OFFLINE, RECIPE, open_recipe, size
 from mergepkg.cli.output import err, out
+from mergepkg.lock import lock_path, read_lock
 from mergepkg.resolve import layouts, resolve
 
 
 def plan(recipe: Path = RECIPE, offline: bool = OFFLINE):
     """Show the steps as a tree: key, method, stored or to build, bytes read and written."""
     r, session = open_recipe(recipe, offline=offline)
-    res = resolve(r, session)
+    res = resolve(r, session, lock=read_lock(lock_path(r)))  # as a build would: locked commits
     stored = {n: a for n, k in res.keys.items() if (a := session.store.get(k)) is not None and a.intact()}
     folders = {n: s.folder for n, s in res.sources.items()} | {n: a.folder for n, a in stored.items()}
     laid, _ = layouts(res, folders)

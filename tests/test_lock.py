@@ -1,0 +1,656 @@
+"""mergepkg.lock: what it records, that it is stable, `--locked` and `--frozen`, hub
+sources pinned to a commit until `mergepkg lock --upgrade`, local content changes,
+no-op rebuilds that read nothing, and partial rebuilds after an edit.
+
+Hub sources run the real huggingface_hub code offline against a Hugging Face cache
+laid out by hand (tests/hfcache.py). The CLI runs in-process through `main(argv)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import build_recipe, load_tensors
+from hfcache import add_to_cache
+
+from mergepkg.cli.app import main
+from mergepkg.errors import LockError, SourceError
+from mergepkg.lock import LOCK_VERSION, read_lock, recipe_hash
+from mergepkg.parse import load_recipe
+from mergepkg.resolve import Session
+from mergepkg.settings import Settings
+from mergepkg.store import MANIFEST
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# a -> b, and z beside them: outputs are b and z
+THREE = """
+[steps.a]
+method = "task_arithmetic"
+base = "base"
+inputs = [{ model = "ft1", weight = 1.0 }, { model = "ft2", weight = 0.5 }]
+
+[steps.b]
+method = "linear"
+inputs = [{ model = "a", weight = 0.5 }, { model = "ft3", weight = 0.5 }]
+
+[steps.z]
+method = "linear"
+inputs = [{ model = "ft2", weight = 0.3 }, { model = "ft3", weight = 0.7 }]
+"""
+
+# THREE written differently: comments, key order inside tables and inline tables,
+# number spelling. Nothing it says has changed.
+THREE_RESTYLED = """
+# a comment at the top
+[steps.a]            # the first merge
+base = "base"
+inputs = [
+  { weight = 1, model = "ft1" },      # 1 == 1.0
+  { model = "ft2", weight = 5e-1 },   # 5e-1 == 0.5
+]
+method = "task_arithmetic"
+
+[steps.b]
+inputs = [{ weight = 0.50, model = "a" }, { model = "ft3", weight = 0.5 }]
+method = "linear"    # method after inputs
+
+[steps.z]
+inputs = [{ model = "ft2", weight = 0.3 }, { model = "ft3", weight = 0.7 }]
+method = "linear"
+"""
+
+# THREE with its step tables in another order (b, z, a): still the same recipe.
+THREE_REORDERED = """
+[steps.z]
+method = "linear"
+inputs = [{ model = "ft2", weight = 0.3 }, { model = "ft3", weight = 0.7 }]
+
+[steps.b]
+method = "linear"
+inputs = [{ model = "a", weight = 0.5 }, { model = "ft3", weight = 0.5 }]
+
+[steps.a]
+method = "task_arithmetic"
+base = "base"
+inputs = [{ model = "ft1", weight = 1.0 }, { model = "ft2", weight = 0.5 }]
+"""
+
+HUB = """[package]
+name = "hub"
+version = "0.1.0"
+
+[sources]
+base = {{ hf = "tiny/base" }}
+ft = {{ hf = "tiny/ft", revision = "{rev}" }}
+
+[steps.m]
+method = "task_arithmetic"
+base = "base"
+inputs = [{{ model = "ft", weight = 1.0 }}]
+"""
+
+
+# -- helpers -------------------------------------------------------------------------
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """In-process `mergepkg ARGS`: (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def counts(err: str) -> tuple[int, int]:
+    """(built, reused) from the `done: N built, M reused` line of `mergepkg build`."""
+    m = re.search(r"done: (\d+) built, (\d+) reused", err)
+    assert m, err
+    return int(m[1]), int(m[2])
+
+
+def lockf(recipe: Path) -> Path:
+    """The lock of a recipe file: named after it, beside it (r.toml -> r.lock)."""
+    return recipe.with_suffix(".lock")
+
+
+def lock_data(recipe: Path) -> dict:
+    return tomllib.loads(lockf(recipe).read_text())
+
+
+def locked_keys(recipe: Path) -> dict[str, str]:
+    return {s["name"]: s["key"] for s in lock_data(recipe)["step"]}
+
+
+def locked_source(recipe: Path, name: str) -> dict:
+    (src,) = [s for s in lock_data(recipe)["source"] if s["name"] == name]
+    return src
+
+
+def store_keys(home: Path) -> set[str]:
+    root = home / "store"
+    return {p.name for p in root.iterdir()} if root.is_dir() else set()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def local_recipe(path: Path, sources: dict[str, Path], body: str) -> Path:
+    head = '[package]\nname = "local"\nversion = "0.1.0"\n\n[sources]\n'
+    head += "".join(f'{n} = {{ path = "{p}" }}\n' for n, p in sources.items())
+    return write_text(path, head + body)
+
+
+def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def assert_clean_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 1, err
+    assert "error:" in err and "Traceback" not in err, err
+    for f in fragments:
+        assert f in err, f"{f!r} not in:\n{err}"
+
+
+# -- what the lock records ---------------------------------------------------------------
+def test_lock_records_version_recipe_hash_used_sources_files_and_steps(write_recipe, models, tmp_path):
+    path = write_recipe(THREE)
+    report = build_recipe(path)
+    data = lock_data(path)
+    assert data["version"] == LOCK_VERSION == 1
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", data["recipe"])
+    assert data["recipe"] == recipe_hash(load_recipe(path))
+    # every used source, no unused one (the recipe names every fixture model)
+    sources = {s["name"]: s for s in data["source"]}
+    assert set(sources) == {"base", "ft1", "ft2", "ft3"}
+    for name, src in sources.items():
+        assert src["path"] == os.path.relpath(models[name], tmp_path)
+        assert "commit" not in src and "hf" not in src and "revision" not in src
+        files = {f["name"]: f for f in src["files"]}
+        assert [f["name"] for f in src["files"]] == sorted(files)
+        assert set(files) == {p.name for p in models[name].iterdir()}
+        assert "model.safetensors" in files and "config.json" in files and "tokenizer.json" in files
+        for fname, rec in files.items():
+            real = models[name] / fname
+            assert rec["size"] == real.stat().st_size
+            assert rec["sha256"] == sha256(real), (name, fname)
+    # every step with its method, key and digest
+    steps = {s["name"]: s for s in data["step"]}
+    assert set(steps) == {"a", "b", "z"}
+    for name, st in steps.items():
+        assert st["method"] == {"a": "task_arithmetic", "b": "linear", "z": "linear"}[name]
+        assert re.fullmatch(r"[0-9a-f]{64}", st["key"]) and st["key"] == report.resolution.keys[name]
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", st["digest"]) and st["digest"] == report.artifacts[name].digest
+    assert len({st["key"] for st in steps.values()}) == 3
+    # the library reads back what was written
+    lock = read_lock(lockf(path))
+    assert lock == report.lock
+
+
+def test_lock_records_only_the_files_a_merge_uses(models, tmp_path):
+    folder = tmp_path / "models" / "ft1"
+    shutil.copytree(models["ft1"], folder)
+    (folder / "README.md").write_text("# a model card\n")
+    (folder / "training_args.json").write_text("{}\n")
+    (folder / "notes").mkdir()
+    (folder / "notes" / "x.txt").write_text("x")
+    path = local_recipe(tmp_path / "r.toml", {"base": models["base"], "ft1": folder},
+                        '[steps.m]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1.0 }]\n')
+    build_recipe(path)
+    src = locked_source(path, "ft1")
+    assert src["path"] == "models/ft1"  # relative to the recipe
+    names = [f["name"] for f in src["files"]]
+    assert names == sorted(p.name for p in models["ft1"].iterdir())
+    assert "README.md" not in names and "training_args.json" not in names
+
+
+def test_lock_records_hub_revision_commit_and_file_hashes(hub, models, tmp_path):
+    commit_base = add_to_cache(hub, "tiny/base", models["base"])
+    commit_ft = add_to_cache(hub, "tiny/ft", models["ft1"], revision="v1")
+    path = write_text(tmp_path / "r.toml", HUB.format(rev="v1"))
+    build_recipe(path)
+    base, ft = locked_source(path, "base"), locked_source(path, "ft")
+    assert (base["hf"], base["revision"], base["commit"]) == ("tiny/base", "main", commit_base)
+    assert (ft["hf"], ft["revision"], ft["commit"]) == ("tiny/ft", "v1", commit_ft)
+    assert "path" not in ft
+    snapshot = hub / "models--tiny--ft" / "snapshots" / commit_ft
+    assert [f["name"] for f in ft["files"]] == sorted(p.name for p in snapshot.iterdir())
+    for rec in ft["files"]:
+        real = models["ft1"] / rec["name"]
+        assert (rec["size"], rec["sha256"]) == (real.stat().st_size, sha256(real))
+
+
+def test_lock_output_is_stable_and_sorted(models, tmp_path, capsys):
+    # sources and steps written out of alphabetical order
+    path = local_recipe(
+        tmp_path / "r.toml", {"zeta": models["ft2"], "alpha": models["base"], "mid": models["ft1"]},
+        '[steps.zz]\nmethod = "linear"\ninputs = [{ model = "aa", weight = 0.5 }, { model = "mid", weight = 0.5 }]\n\n'
+        '[steps.aa]\nmethod = "task_arithmetic"\nbase = "alpha"\n'
+        'inputs = [{ model = "mid", weight = 0.5 }, { model = "zeta", weight = 0.5 }]\n')
+    lock_file = lockf(path)
+    code, out, err = cli(capsys, "lock", path)
+    assert code == 0, err
+    assert out.strip() == str(lock_file)
+    first = lock_file.read_bytes()
+    data = tomllib.loads(first.decode())
+    assert [s["name"] for s in data["source"]] == ["alpha", "mid", "zeta"]
+    assert [s["name"] for s in data["step"]] == ["aa", "zz"]
+    assert all("digest" not in s for s in data["step"])  # nothing built yet
+    assert first.decode().startswith("#")  # the "written by mergepkg" header
+    code, _, err = cli(capsys, "lock", path)
+    assert code == 0 and "up to date" in err
+    assert lock_file.read_bytes() == first
+    # a build adds the digests, keys unchanged; then lock and build again change nothing
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q")
+    assert code == 0, err
+    built = lock_file.read_bytes()
+    assert locked_keys(path) == {s["name"]: s["key"] for s in data["step"]}
+    assert all(s["digest"].startswith("sha256:") for s in lock_data(path)["step"])
+    mtime = lock_file.stat().st_mtime_ns
+    for args in (("lock", path), ("build", path, "--out", tmp_path / "o", "-q"), ("lock", path)):
+        code, _, err = cli(capsys, *args)
+        assert code == 0, err
+        assert lock_file.read_bytes() == built
+    assert lock_file.stat().st_mtime_ns == mtime  # an unchanged lock is not even rewritten
+
+
+def test_lock_without_a_store_keeps_the_locked_digests(write_recipe, tmp_path, monkeypatch, capsys):
+    path = write_recipe(THREE)
+    build_recipe(path)
+    before = lockf(path).read_bytes()
+    monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "another-home"))
+    code, _, err = cli(capsys, "lock", path)
+    assert code == 0, err
+    assert lockf(path).read_bytes() == before
+
+
+# -- build writes the lock; --locked -----------------------------------------------------
+def test_build_writes_and_updates_the_lock(write_recipe, tmp_path):
+    path = write_recipe(THREE)
+    assert not lockf(path).exists()
+    first = build_recipe(path)
+    assert locked_keys(path) == first.resolution.keys
+    path.write_text(path.read_text().replace('model = "ft3", weight = 0.5', 'model = "ft3", weight = 0.25'))
+    second = build_recipe(path)
+    assert locked_keys(path) == second.resolution.keys
+    assert second.resolution.keys["b"] != first.resolution.keys["b"]
+    assert second.resolution.keys["a"] == first.resolution.keys["a"]
+    assert lock_data(path)["recipe"] == recipe_hash(load_recipe(path)) != first.lock.recipe_hash
+
+
+def test_comments_key_order_and_number_spelling_change_nothing(write_recipe, tmp_path, capsys):
+    path = write_recipe(THREE)
+    out = tmp_path / "o"
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q")
+    assert code == 0, err
+    before, keys = lockf(path).read_bytes(), locked_keys(path)
+    write_recipe(THREE_RESTYLED)
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q", "--locked")
+    assert code == 0, err
+    assert counts(err) == (0, 3)
+    assert lockf(path).read_bytes() == before
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q")
+    assert code == 0 and counts(err) == (0, 3)
+    assert locked_keys(path) == keys and lockf(path).read_bytes() == before
+
+
+def test_reordering_step_tables_does_not_make_locked_fail(write_recipe, tmp_path, capsys):
+    """The order of [steps.*] tables says nothing about what is built (outputs are a set
+    of folders), so it must not make `--locked` fail."""
+    path = write_recipe(THREE)
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q")
+    assert code == 0, err
+    keys = locked_keys(path)
+    write_recipe(THREE_REORDERED)
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--locked")
+    assert code == 0, err
+    assert counts(err) == (0, 3)
+    assert locked_keys(path) == keys
+
+
+def test_changed_number_makes_locked_fail_naming_the_step_and_its_dependents(write_recipe, tmp_path, mergepkg_home, capsys):
+    path = write_recipe(THREE)
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q")
+    assert code == 0, err
+    lock_before, stored = lockf(path).read_bytes(), store_keys(mergepkg_home)
+    keys = locked_keys(path)
+    # upstream edit: a and b change, z does not
+    write_recipe(THREE.replace('model = "ft2", weight = 0.5', 'model = "ft2", weight = 0.6'))
+    code, out, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--locked")
+    assert_clean_error(code, err, "out of date", "step 'a' changed", "step 'b' changed", keys["a"][:12],
+                       "mergepkg lock")
+    assert "'z'" not in err and out == ""
+    assert "hint:" in err.split("out of date")[1]
+    assert lockf(path).read_bytes() == lock_before  # not rewritten
+    assert store_keys(mergepkg_home) == stored  # nothing built
+    # downstream edit only: b alone is named
+    write_recipe(THREE.replace('model = "ft3", weight = 0.5', 'model = "ft3", weight = 0.4'))
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--locked")
+    assert_clean_error(code, err, "step 'b' changed", "mergepkg lock")
+    assert "'a'" not in err and "'z'" not in err
+    # the library raises LockError with the lock file as location
+    with pytest.raises(LockError) as info:
+        build_recipe(path, mode="locked")
+    assert info.value.file == str(lockf(path))
+    # `mergepkg lock` makes --locked pass again, and then the build builds b only
+    code, _, err = cli(capsys, "lock", path)
+    assert code == 0 and "step 'b' changed" in err
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--locked")
+    assert code == 0, err
+    assert counts(err) == (1, 2)
+
+
+def test_locked_and_frozen_fail_without_a_lock(write_recipe, tmp_path, mergepkg_home, capsys):
+    path = write_recipe(THREE)
+    for flag in ("--locked", "--frozen"):
+        code, out, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", flag)
+        assert_clean_error(code, err, "lock", "mergepkg lock")
+        assert out == ""
+    assert not lockf(path).exists()
+    assert not (tmp_path / "o").exists()
+    assert store_keys(mergepkg_home) == set()
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "--locked", "--frozen")
+    assert_clean_error(code, err, "--locked", "--frozen")
+
+
+def test_a_damaged_lock_is_a_clean_error(write_recipe, tmp_path, capsys):
+    path = write_recipe(THREE)
+    build_recipe(path)
+    lock_file = lockf(path)
+    lock_file.write_text(lock_file.read_text().replace("version = 1", "version = 99"))
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q")
+    assert_clean_error(code, err, "99", "mergepkg lock")
+    lock_file.write_text("this is [ not toml")
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--locked")
+    assert_clean_error(code, err, str(lock_file))
+
+
+# -- hub sources: a moved branch does not move the build ---------------------------------
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_moved_branch_keeps_the_locked_commit_until_upgrade(hub, models, tmp_path, capsys):
+    add_to_cache(hub, "tiny/base", models["base"])
+    commit_a = add_to_cache(hub, "tiny/ft", models["ft1"])
+    path = write_text(tmp_path / "r.toml", HUB.format(rev="main"))
+    out = tmp_path / "o"
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q")
+    assert code == 0, err
+    assert counts(err) == (1, 0)
+    assert locked_source(path, "ft")["commit"] == commit_a
+    assert_close(load_tensors(out), load_tensors(models["ft1"]))
+    lock_a = lockf(path).read_bytes()
+
+    commit_b = add_to_cache(hub, "tiny/ft", models["ft2"])  # main moves to B
+    assert commit_b != commit_a
+    assert (hub / "models--tiny--ft" / "refs" / "main").read_text() == commit_b
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q")
+    assert code == 0, err
+    assert counts(err) == (0, 1)  # still A: nothing rebuilt
+    assert lockf(path).read_bytes() == lock_a
+    assert_close(load_tensors(out), load_tensors(models["ft1"]))
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q", "--locked")
+    assert code == 0, err
+    assert counts(err) == (0, 1)
+
+    code, _, err = cli(capsys, "lock", path, "--upgrade")
+    assert code == 0, err
+    assert "'ft'" in err and commit_a[:12] in err and commit_b[:12] in err
+    assert locked_source(path, "ft")["commit"] == commit_b
+    ft_files = {f["name"]: f["sha256"] for f in locked_source(path, "ft")["files"]}
+    assert ft_files["model.safetensors"] == sha256(models["ft2"] / "model.safetensors")
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q", "--locked")
+    assert code == 0, err
+    assert counts(err) == (1, 0)
+    assert_close(load_tensors(out), load_tensors(models["ft2"]))
+
+
+def test_upgrade_of_one_source_moves_only_that_source(hub, models, tmp_path, capsys):
+    base_a = add_to_cache(hub, "tiny/base", models["base"])
+    ft_a = add_to_cache(hub, "tiny/ft", models["ft1"])
+    path = write_text(tmp_path / "r.toml", HUB.format(rev="main"))
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q")
+    assert code == 0, err
+    base_b = add_to_cache(hub, "tiny/base", models["ft3"])  # both branches move
+    ft_b = add_to_cache(hub, "tiny/ft", models["ft2"])
+    code, _, err = cli(capsys, "lock", path, "--upgrade", "ft")
+    assert code == 0, err
+    assert locked_source(path, "ft")["commit"] == ft_b
+    assert locked_source(path, "base")["commit"] == base_a
+    code, _, err = cli(capsys, "lock", path, "--upgrade", "base")
+    assert code == 0, err
+    assert (locked_source(path, "base")["commit"], locked_source(path, "ft")["commit"]) == (base_b, ft_b)
+    # naming sources needs --upgrade
+    code, _, err = cli(capsys, "lock", path, "ft")
+    assert code == 2 and "--upgrade" in err
+
+
+def test_upgrade_of_an_unknown_source_is_an_error(hub, models, tmp_path, capsys):
+    """`mergepkg lock --upgrade fr` (a typo of `ft`) must not silently upgrade nothing."""
+    add_to_cache(hub, "tiny/base", models["base"])
+    add_to_cache(hub, "tiny/ft", models["ft1"])
+    path = write_text(tmp_path / "r.toml", HUB.format(rev="main"))
+    code, _, err = cli(capsys, "lock", path)
+    assert code == 0, err
+    add_to_cache(hub, "tiny/ft", models["ft2"])
+    before = lockf(path).read_bytes()
+    code, _, err = cli(capsys, "lock", path, "--upgrade", "fr")
+    assert lockf(path).read_bytes() == before
+    assert code != 0 and "fr" in err, err
+
+
+def test_a_changed_revision_request_is_re_resolved(hub, models, tmp_path, capsys):
+    add_to_cache(hub, "tiny/base", models["base"])
+    commit_a = add_to_cache(hub, "tiny/ft", models["ft1"])
+    commit_v2 = add_to_cache(hub, "tiny/ft", models["ft2"], revision="v2")
+    add_to_cache(hub, "tiny/ft", models["ft1"])  # main back on A
+    path = write_text(tmp_path / "r.toml", HUB.format(rev="main"))
+    assert cli(capsys, "build", path, "--out", tmp_path / "o", "-q")[0] == 0
+    assert locked_source(path, "ft")["commit"] == commit_a
+    path.write_text(HUB.format(rev="v2"))
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--locked")
+    assert_clean_error(code, err, "source 'ft' now asks for tiny/ft@v2", "mergepkg lock")
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q")
+    assert code == 0 and counts(err) == (1, 0)
+    assert (locked_source(path, "ft")["revision"], locked_source(path, "ft")["commit"]) == ("v2", commit_v2)
+
+
+# -- --frozen ----------------------------------------------------------------------------
+def test_frozen_builds_from_the_lock_without_touching_the_network(hub, models, tmp_path, monkeypatch, capsys):
+    add_to_cache(hub, "tiny/base", models["base"])
+    commit_a = add_to_cache(hub, "tiny/ft", models["ft1"])
+    path = write_text(tmp_path / "r.toml", HUB.format(rev="main"))
+    assert cli(capsys, "build", path, "--out", tmp_path / "o", "-q")[0] == 0
+    lock_before = lockf(path).read_bytes()
+    add_to_cache(hub, "tiny/ft", models["ft2"])  # the branch moves; frozen must not care
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("MERGEPKG_OFFLINE", raising=False)
+    assert Settings().offline is False
+    monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "fresh-home"))  # empty store: really builds
+    calls = _install_no_network(monkeypatch)
+    out = tmp_path / "frozen-out"
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q", "--frozen")
+    assert code == 0, err
+    assert counts(err) == (1, 0)
+    assert calls == []
+    assert_close(load_tensors(out), load_tensors(models["ft1"]))
+    assert lockf(path).read_bytes() == lock_before
+    report = build_recipe(path, mode="frozen")
+    assert report.built == [] and report.resolution.sources["ft"].locked.pin.commit == commit_a
+
+
+def _install_no_network(monkeypatch) -> list:
+    calls: list = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise OSError("network access refused by the test")
+
+    import huggingface_hub
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", refuse)
+    real = huggingface_hub.snapshot_download
+
+    def snapshot_download(*args, **kwargs):
+        if not kwargs.get("local_files_only"):
+            refuse(*args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+def test_frozen_fails_cleanly_when_the_recipe_asks_for_something_not_locked(hub, models, tmp_path, capsys):
+    add_to_cache(hub, "tiny/base", models["base"])
+    add_to_cache(hub, "tiny/ft", models["ft1"])
+    add_to_cache(hub, "tiny/ft", models["ft2"], revision="v2")
+    add_to_cache(hub, "tiny/ft3", models["ft3"])
+    path = write_text(tmp_path / "r.toml", HUB.format(rev="main"))
+    assert cli(capsys, "build", path, "--out", tmp_path / "o", "-q")[0] == 0
+    # a new source
+    text = HUB.format(rev="main").replace('[steps.m]', 'extra = { hf = "tiny/ft3" }\n\n[steps.m]')
+    text = text.replace('inputs = [{ model = "ft", weight = 1.0 }]',
+                        'inputs = [{ model = "ft", weight = 1.0 }, { model = "extra", weight = 0.5 }]')
+    path.write_text(text)
+    code, out, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--frozen")
+    line = text.splitlines().index('extra = { hf = "tiny/ft3" }') + 1
+    assert_clean_error(code, err, f"{path}:{line}: sources.extra", "'extra' is not in the lock", "mergepkg lock")
+    with pytest.raises(LockError):
+        build_recipe(path, mode="frozen")
+    # the same source asking for another revision
+    path.write_text(HUB.format(rev="v2"))
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--frozen")
+    assert_clean_error(code, err, "sources.ft", "'ft' is not in the lock", "mergepkg lock")
+    # a changed parameter
+    path.write_text(HUB.format(rev="main").replace("weight = 1.0", "weight = 0.5"))
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--frozen")
+    assert_clean_error(code, err, "step 'm' changed", "mergepkg lock")
+
+
+def test_frozen_names_repo_and_commit_missing_from_the_cache(hub, models, tmp_path, monkeypatch, capsys):
+    add_to_cache(hub, "tiny/base", models["base"])
+    commit_a = add_to_cache(hub, "tiny/ft", models["ft1"])
+    path = write_text(tmp_path / "r.toml", HUB.format(rev="main"))
+    assert cli(capsys, "build", path, "--out", tmp_path / "o", "-q")[0] == 0
+    commit_b = add_to_cache(hub, "tiny/ft", models["ft2"])
+    shutil.rmtree(hub / "models--tiny--ft" / "snapshots" / commit_a)  # the locked commit is gone
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls = _install_no_network(monkeypatch)
+    code, out, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--frozen")
+    line = HUB.format(rev="main").splitlines().index('ft = { hf = "tiny/ft", revision = "main" }') + 1
+    assert_clean_error(code, err, f"{path}:{line}: sources.ft", f"tiny/ft@{commit_a}", "not in the local Hugging Face cache")
+    assert commit_b not in err and calls == []
+    with pytest.raises(SourceError) as info:
+        build_recipe(path, mode="frozen")
+    assert commit_a in info.value.message and "tiny/ft" in info.value.message
+
+
+# -- local sources whose content changed -------------------------------------------------
+def test_changed_local_source_is_re_pinned_and_its_dependents_rebuilt(models, tmp_path, capsys):
+    folder = tmp_path / "models" / "ft1"
+    shutil.copytree(models["ft1"], folder)
+    srcs = {"base": models["base"], "ft1": folder, "ft2": models["ft2"], "ft3": models["ft3"]}
+    path = local_recipe(tmp_path / "r.toml", srcs, THREE)
+    out = tmp_path / "o"
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q")
+    assert code == 0 and counts(err) == (3, 0)
+    keys = locked_keys(path)
+    # new content for ft1 (a new file: new inode, size unchanged)
+    tmp = folder / "model.safetensors.new"
+    shutil.copyfile(models["ft3"] / "model.safetensors", tmp)
+    os.replace(tmp, folder / "model.safetensors")
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q", "--locked")
+    assert_clean_error(code, err, "source 'ft1' has different content than locked", "mergepkg lock")
+    assert "'ft2'" not in err and "'z'" not in err
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q", "--frozen")
+    assert_clean_error(code, err, "source 'ft1' has different content than locked")
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q")
+    assert code == 0 and counts(err) == (2, 1)
+    new = locked_keys(path)
+    assert new["z"] == keys["z"] and new["a"] != keys["a"] and new["b"] != keys["b"]
+    files = {f["name"]: f for f in locked_source(path, "ft1")["files"]}
+    assert files["model.safetensors"]["sha256"] == sha256(models["ft3"] / "model.safetensors")
+    # the same content in place again (in-place write, same inode): re-hashed, back to the old keys
+    (folder / "model.safetensors").write_bytes((models["ft1"] / "model.safetensors").read_bytes())
+    code, _, err = cli(capsys, "build", path, "--out", out, "-q")
+    assert code == 0 and counts(err) == (0, 3)
+    assert locked_keys(path) == keys
+
+
+# -- no-op and partial rebuilds ------------------------------------------------------------
+def test_unchanged_rebuild_hashes_nothing_and_reads_no_tensor_data(write_recipe, tmp_path, monkeypatch):
+    from mergepkg.build import build
+    import mergepkg.build
+    import mergepkg.engine
+    import mergepkg.tensors
+
+    path = write_recipe(THREE)
+    first = Session()
+    report = build(load_recipe(path), first, out=tmp_path / "o")
+    assert sorted(report.built) == ["a", "b", "z"]
+    assert first.hashes.hashed == sum(len(s.locked.pin.files) for s in report.resolution.sources.values()) > 0
+    lock_before = lockf(path).read_bytes()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an unchanged rebuild read tensor data")
+
+    monkeypatch.setattr(mergepkg.build, "layouts", forbidden)
+    monkeypatch.setattr(mergepkg.build, "build_step", forbidden)
+    monkeypatch.setattr(mergepkg.tensors.ModelReader, "get", forbidden)
+    monkeypatch.setattr(mergepkg.tensors, "model_digest", forbidden)
+    second = Session()  # fresh: no in-process memory of the first build
+    report = build(load_recipe(path), second, out=tmp_path / "o")
+    assert report.built == [] and sorted(report.reused) == ["a", "b", "z"]
+    assert second.hashes.hashed == 0
+    assert lockf(path).read_bytes() == lock_before
+    assert sorted(report.outputs) == ["b", "z"]
+    assert all((folder / "model.safetensors").is_file() for folder in report.outputs.values())
+
+
+def test_editing_a_step_rebuilds_it_and_its_dependents_only(write_recipe, tmp_path, mergepkg_home):
+    path = write_recipe(THREE)
+    first = build_recipe(path)
+    keys = first.resolution.keys
+    # upstream edit: a and its dependent b
+    write_recipe(THREE.replace('model = "ft1", weight = 1.0', 'model = "ft1", weight = 0.9'))
+    report = build_recipe(path)
+    assert (report.built, sorted(report.reused)) == (["a", "b"], ["z"])
+    assert report.resolution.keys["z"] == keys["z"]
+    assert report.resolution.keys["a"] != keys["a"] and report.resolution.keys["b"] != keys["b"]
+    # downstream edit: b only, a's artifact reused
+    write_recipe(THREE.replace('model = "ft3", weight = 0.5', 'model = "ft3", weight = 0.4'))
+    report = build_recipe(path)
+    assert (report.built, sorted(report.reused)) == (["b"], ["a", "z"])
+    assert report.resolution.keys["a"] == keys["a"] and report.artifacts["a"].folder == first.artifacts["a"].folder
+    # back to the original: everything is in the store already
+    write_recipe(THREE)
+    report = build_recipe(path)
+    assert report.built == [] and report.resolution.keys == keys
+    assert {k for k in keys.values()} <= store_keys(mergepkg_home)
+    assert len(store_keys(mergepkg_home)) == 3 + 2 + 1
+    for key in store_keys(mergepkg_home):
+        assert (mergepkg_home / "store" / key / MANIFEST).is_file()
