@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergepkg.card import render_card
 from mergepkg.engine import Reporter, build_step, check_device
+from mergepkg.evaluate import EvalCache
 from mergepkg.errors import BuildError, LockError, MergepkgError
 from mergepkg.locate import locate
 from mergepkg.lock import Lock, lock_path, read_lock, write_lock
@@ -40,14 +42,17 @@ class BuildReport:
 
 
 def build(recipe: Recipe, session: Session, *, out: Path | None = None, seed: int | None = None,
-          mode: Mode = "update", reporter: Reporter | None = None) -> BuildReport:
+          mode: Mode = "update", reporter: Reporter | None = None,
+          targets: tuple[str, ...] | None = None) -> BuildReport:
+    """Build the recipe's outputs (or only `targets` and what they need; the lock is then
+    left alone) and place the outputs in `out` when given."""
     settings = session.settings
     if out is not None:
         out = out.resolve()
         _check_replaceable(out)
     lock_file = lock_path(recipe)
     old_lock = read_lock(lock_file)
-    res = resolve(recipe, session, lock=old_lock, mode=mode, seed=seed)
+    res = resolve(recipe, session, lock=old_lock, mode=mode, seed=seed, targets=targets)
     store = session.store
     folders: dict[str, Path] = {n: s.folder for n, s in res.sources.items()}
     artifacts: dict[str, Artifact] = {}
@@ -86,10 +91,13 @@ def build(recipe: Recipe, session: Session, *, out: Path | None = None, seed: in
                                 file=str(lock_file), hint="the build is not reproducing the locked bytes; "
                                 "`mergepkg verify --rebuild` shows which steps differ")
     lock = res.lock(digests)
-    if mode == "update" and lock != old_lock:
+    if mode == "update" and targets is None and lock != old_lock:
         write_lock(lock_file, lock)
     session.add_root(lock_file)
-    outputs = place_outputs(recipe, {n: artifacts[n] for n in recipe.outputs}, out) if out is not None else {}
+    outputs = {}
+    if out is not None:
+        evals = EvalCache(settings)
+        outputs = place_outputs(res, {n: artifacts[n] for n in recipe.outputs}, out, evals.rows)
     return BuildReport(res, artifacts, built, reused, outputs, lock)
 
 
@@ -115,9 +123,10 @@ def _build_one(res: Resolution, name: str, planned, folders, session: Session, r
         shutil.rmtree(folder, ignore_errors=True)  # gone already when committed
 
 
-def place_outputs(recipe: Recipe, artifacts: dict[str, Artifact], out: Path) -> dict[str, Path]:
-    """Hard-link (or copy, across filesystems) artifacts into `out`: one output is `out`
-    itself, several are `out/<step>`. Never symlinks: `cache gc` must not break them."""
+def place_outputs(res: Resolution, artifacts: dict[str, Artifact], out: Path, eval_rows=lambda key: []) -> dict[str, Path]:
+    """Hard-link (or copy, across filesystems) artifacts into `out`, each with a model
+    card: one output is `out` itself, several are `out/<step>`. Never symlinks: `cache
+    gc` must not break them. The swap into place is a rename."""
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".mergepkg-build-", dir=out.parent))
     try:
@@ -129,14 +138,15 @@ def place_outputs(recipe: Recipe, artifacts: dict[str, Artifact], out: Path) -> 
             for f in art.folder.iterdir():
                 if f.name != MANIFEST:
                     _link_or_copy(f, target / f.name)
-        (staged / MARKER).write_text(json.dumps({"recipe": str(recipe.path),
+            (target / "README.md").write_text(render_card(res, name, art.digest, eval_rows(art.key)))
+        (staged / MARKER).write_text(json.dumps({"recipe": str(res.recipe.path),
                                                  "outputs": {n: a.key for n, a in artifacts.items()}}) + "\n")
         if out.exists():
             os.rename(out, work / "previous")
         os.rename(staged, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {next(iter(artifacts)): out} if len(artifacts) == 1 else {n: out / n for n in artifacts}
+    return {next(iter(artifacts)): out} if single else {n: out / n for n in artifacts}
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -9,6 +9,7 @@ import typer
 from mergepkg import __version__
 from mergepkg.cli import build as build_cmd
 from mergepkg.cli import cache as cache_cmd
+from mergepkg.cli import eval as eval_cmd
 from mergepkg.cli import lock as lock_cmd
 from mergepkg.cli import methods as methods_cmd
 from mergepkg.cli import plan as plan_cmd
@@ -45,6 +46,7 @@ app.command("plan")(plan_cmd.plan)
 app.command("graph")(plan_cmd.graph)
 app.command("lock")(lock_cmd.lock)
 app.command("verify")(lock_cmd.verify)
+app.command("eval")(eval_cmd.eval_)
 app.command("methods")(methods_cmd.methods)
 app.add_typer(cache_cmd.app, name="cache")
 

@@ -1,0 +1,59 @@
+"""`mergepkg eval`: accuracy and perplexity of models, steps and whole recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mergepkg.cli.common import OFFLINE
+from mergepkg.cli.output import ProgressReporter, err, out
+from mergepkg.evaluate import EvalCache, evaluate, load_task
+from mergepkg.resolve import Session
+from mergepkg.settings import Settings
+from mergepkg.targets import resolve_targets
+
+
+def eval_(
+    targets: list[str] = typer.Argument(..., metavar="MODEL_OR_STEP...",
+                                        help="Folder, org/name[@rev], recipe.toml (all its models) or recipe.toml:step."),
+    tasks: list[Path] = typer.Option(..., "--task", "-t", help="A .jsonl of prompt/answer (exact match) or a text file (perplexity); repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the results as JSON on stdout."),
+    device: str = typer.Option("cpu", "--device", help="Where the model runs."),
+    offline: bool = OFFLINE,
+):
+    """Evaluate models: exact-match accuracy on task files, perplexity on text; cached."""
+    base = Settings()
+    session = Session(Settings(home=base.home, offline=offline or base.offline, device=device))
+    task_list = [load_task(t, session.hashes) for t in tasks]
+    cache = EvalCache(session.settings)
+    rows = []
+    with ProgressReporter() as reporter:
+        models = [m for t in targets for m in resolve_targets(t, session, reporter)]
+    with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err) as progress:
+        job = progress.add_task("", total=len(models))
+        for model in models:
+            progress.update(job, description=model.label)
+            for result in evaluate(model.folder, model.key, task_list, cache, device=device):
+                rows.append({"model": model.label, "key": model.key, **result.__dict__})
+            progress.update(job, advance=1)
+    table = Table(title="evaluation", title_justify="left")
+    table.add_column("model")
+    for t in task_list:
+        table.add_column(f"{t.name}\n[dim]{'accuracy' if t.metric == 'exact_match' else 'perplexity'}[/]", justify="right")
+    exact = [t for t in task_list if t.metric == "exact_match"]
+    if len(exact) > 1:
+        table.add_column("mean\n[dim]accuracy[/]", justify="right")
+    for model in models:
+        mine = {r["task"]: r for r in rows if r["model"] == model.label}
+        cells = [f"{mine[t.name]['value']:.3f}" if t.metric == "exact_match" else f"{mine[t.name]['value']:.2f}" for t in task_list]
+        if len(exact) > 1:
+            cells.append(f"{sum(mine[t.name]['value'] for t in exact) / len(exact):.3f}")
+        table.add_row(model.label, *cells)
+    err.print(table)
+    if as_json:
+        out.print_json(json.dumps(rows))
