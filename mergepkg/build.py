@@ -43,13 +43,20 @@ class BuildReport:
 
 def build(recipe: Recipe, session: Session, *, out: Path | None = None, seed: int | None = None,
           mode: Mode = "update", reporter: Reporter | None = None,
-          targets: tuple[str, ...] | None = None) -> BuildReport:
+          targets: tuple[str, ...] | None = None, check_digests: bool = True) -> BuildReport:
     """Build the recipe's outputs (or only `targets` and what they need; the lock is then
-    left alone) and place the outputs in `out` when given."""
-    settings = session.settings
+    left alone) and place the outputs in `out` when given. With --locked/--frozen, a
+    digest that differs from the lock's is an error unless `check_digests` is off
+    (`verify --rebuild` compares them itself)."""
     if out is not None:
         out = out.resolve()
         _check_replaceable(out)
+    with session.store.in_use():  # `cache gc` waits for us
+        return _build(recipe, session, out, seed, mode, reporter, targets, check_digests)
+
+
+def _build(recipe, session, out, seed, mode, reporter, targets, check_digests) -> BuildReport:
+    settings = session.settings
     lock_file = lock_path(recipe)
     old_lock = read_lock(lock_file)
     res = resolve(recipe, session, lock=old_lock, mode=mode, seed=seed, targets=targets)
@@ -83,7 +90,7 @@ def build(recipe: Recipe, session: Session, *, out: Path | None = None, seed: in
         if planned is not None:
             planned[1][name] = read_model_info(art.folder)  # real shard names for readers downstream
     digests = {n: a.digest for n, a in artifacts.items()}
-    if mode != "update" and old_lock is not None:
+    if mode != "update" and old_lock is not None and check_digests:
         for name, digest in digests.items():
             locked = old_lock.steps[name].digest
             if locked is not None and locked != digest:
@@ -97,7 +104,8 @@ def build(recipe: Recipe, session: Session, *, out: Path | None = None, seed: in
     outputs = {}
     if out is not None:
         evals = EvalCache(settings)
-        outputs = place_outputs(res, {n: artifacts[n] for n in recipe.outputs}, out, evals.rows)
+        with store.output_lock(out):
+            outputs = place_outputs(res, {n: artifacts[n] for n in recipe.outputs}, out, evals.rows)
     return BuildReport(res, artifacts, built, reused, outputs, lock)
 
 
@@ -128,7 +136,12 @@ def place_outputs(res: Resolution, artifacts: dict[str, Artifact], out: Path, ev
     card: one output is `out` itself, several are `out/<step>`. Never symlinks: `cache
     gc` must not break them. The swap into place is a rename."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".mergepkg-build-", dir=out.parent))
+    prefix = f".mergepkg-build-{out.name}-"
+    for stale in out.parent.glob(prefix + "*"):  # a placement killed half-way (we hold out's lock)
+        if not out.exists() and (stale / "previous").is_dir():
+            os.rename(stale / "previous", out)  # killed between the two renames: restore
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
     try:
         staged = work / "out"
         single = len(artifacts) == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,8 +135,9 @@ def write_lock(path: Path, lock: Lock) -> None:
         ],
     }
     text = "# Written by mergepkg. Do not edit: run `mergepkg lock` to refresh it.\n" + tomli_w.dumps(doc)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)  # one per writer
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 

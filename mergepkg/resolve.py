@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from filelock import FileLock
+
 from mergepkg.errors import LockError, SourceError, did_you_mean
 from mergepkg.hashcache import HashCache
 from mergepkg.hashing import key_of, step_entry
@@ -42,13 +44,14 @@ class Session:
 
     def add_root(self, lock_file: Path) -> None:
         """Remember a lock file whose steps `cache gc` must keep."""
-        roots = self.roots()
-        if str(lock_file) not in roots:
-            path = self.settings.home / "roots.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(sorted([*roots, str(lock_file)]), indent=1))
-            os.replace(tmp, path)
+        path = self.settings.home / "roots.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(path.with_suffix(".lock")):  # read-modify-write, one process at a time
+            roots = self.roots()
+            if str(lock_file) not in roots:
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(sorted([*roots, str(lock_file)]), indent=1))
+                os.replace(tmp, path)
 
     def roots(self) -> list[str]:
         try:

@@ -9,17 +9,21 @@ artifact and reuses it.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from mergepkg import __version__
+from mergepkg.errors import BuildError
 
 MANIFEST = "mergepkg-manifest.json"
 
@@ -57,6 +61,23 @@ class Store:
         self.root = home / "store"
         self.tmp = home / "tmp"
         self.locks = home / "locks"
+
+    @contextmanager
+    def in_use(self):
+        """Held (shared) by every build for its whole run; `gc` needs it exclusively, so it
+        never removes an artifact a running build is about to read."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "store.lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def output_lock(self, out: Path) -> FileLock:
+        """Serialises placing outputs into one --out folder."""
+        self.locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.locks / f"out-{hashlib.sha256(str(out).encode()).hexdigest()[:24]}.lock")
 
     def path(self, key: str) -> Path:
         if not key or any(c not in "0123456789abcdef" for c in key):
@@ -126,8 +147,20 @@ class Store:
             shutil.rmtree(trash, ignore_errors=True)
 
     def gc(self, keep: set[str], *, dry_run: bool = False) -> tuple[list[Artifact], list[Path]]:
-        """Remove artifacts whose key is not in `keep`, and leftovers of killed builds
-        (temp folders whose key nobody is building now). Returns what went (or would)."""
+        """Remove artifacts whose key is not in `keep`, and leftovers of killed builds.
+        Returns what went (or would). Refuses while a build runs in this store."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "store.lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BuildError("a build is running in this store", hint="run `mergepkg cache gc` when it has finished") from None
+            try:
+                return self._gc(keep, dry_run)
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _gc(self, keep: set[str], dry_run: bool) -> tuple[list[Artifact], list[Path]]:
         gone = [a for a in self.all() if a.key not in keep]
         leftovers = []
         for art in gone:

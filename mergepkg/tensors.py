@@ -146,8 +146,11 @@ def model_digest(folder: Path) -> str:
         if not name.endswith(".safetensors"):
             raise SourceError("digests are defined for safetensors models only", file=path)
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
+            try:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            except (struct.error, ValueError) as e:
+                raise SourceError(f"unreadable safetensors header: {e}", file=path) from None
             header.pop("__metadata__", None)
             start = 8 + n
             for key, meta in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):

@@ -54,8 +54,8 @@ app.add_typer(cache_cmd.app, name="cache")
 def main(argv: list[str] | None = None) -> int:
     """Entry point: known errors become one clean message and exit 1; --debug re-raises."""
     try:
-        app(args=argv, standalone_mode=False)
-        return 0
+        rc = app(args=argv, standalone_mode=False)  # typer returns (not raises) Exit codes here
+        return rc if isinstance(rc, int) else 0
     except MergepkgError as e:
         if STATE["debug"]:
             raise

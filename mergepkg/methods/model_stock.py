@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from itertools import combinations
 
 from mergepkg._lazy import torch
+from mergepkg.methods.reduce import row_norm, row_sum
 from mergepkg.methods.spec import MethodSpec, flag
 
 
@@ -25,11 +26,11 @@ def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], *, filter_w
         rows = lambda x: x.reshape(-1)  # noqa: E731
     w0 = rows(base)
     offsets = [rows(t) - w0 for t in tensors]
-    cosines = [
-        ((a * b).sum(dim=-1) / (torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)).clamp(min=1e-6)).clamp(-1, 1)
+    cosines = [  # each [rows, 1] (or [1] flattened); reductions independent of the thread count
+        (row_sum(a * b) / (row_norm(a) * row_norm(b)).clamp(min=1e-6)).clamp(-1, 1)
         for a, b in combinations(offsets, 2)
     ]
-    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
+    cos = torch.stack(cosines).mean(dim=0)
     n = len(tensors)
     denom = 1 + (n - 1) * cos
     singular = denom.abs() < 1e-6

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mergepkg._lazy import torch
+from mergepkg.methods.reduce import row_norm, row_sum
 from mergepkg.methods.spec import MethodSpec, flag, weight_param
 
 
@@ -22,9 +23,9 @@ def _nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool, row
         v0, v1 = v0.reshape(-1), v1.reshape(-1)
     elif row_wise:
         v0, v1 = v0.transpose(0, -1), v1.transpose(0, -1)  # interpolate along dim 0
-    u0 = v0 / torch.linalg.vector_norm(v0, dim=-1, keepdim=True).clamp(min=1e-7)
-    u1 = v1 / torch.linalg.vector_norm(v1, dim=-1, keepdim=True).clamp(min=1e-7)
-    cos = (u0 * u1).sum(dim=-1, keepdim=True).clamp(-1, 1)
+    u0 = v0 / row_norm(v0).clamp(min=1e-7)
+    u1 = v1 / row_norm(v1).clamp(min=1e-7)
+    cos = row_sum(u0 * u1).clamp(-1, 1)
     colinear = (1 - cos.square()) <= eps**2
     theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))  # keep the unused branch finite
     sin = torch.sin(theta)

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 from mergepkg._lazy import torch
+from mergepkg.methods.reduce import total
 from mergepkg.methods.spec import MethodSpec, Param
 
 DOT_THRESHOLD = 0.9995
@@ -21,10 +22,10 @@ DOT_THRESHOLD = 0.9995
 def slerp(base: torch.Tensor, tensors: Sequence[torch.Tensor], *, t: float, eps: float = 1e-8) -> torch.Tensor:
     v0, v1 = base, tensors[0]
     a, b = v0.reshape(-1), v1.reshape(-1)
-    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    na, nb = total(a * a).sqrt(), total(b * b).sqrt()  # thread-count independent
     na = na if na > eps else torch.ones_like(na)  # zero vectors: treat as unit, fall to lerp
     nb = nb if nb > eps else torch.ones_like(nb)
-    dot = (torch.dot(a, b) / (na * nb)).clamp(-1, 1).item()
+    dot = (total(a * b) / (na * nb)).clamp(-1, 1).item()
     if abs(dot) > DOT_THRESHOLD:
         return torch.lerp(v0, v1, t)
     theta = math.acos(dot)  # scalars: plain float64 math

@@ -8,11 +8,12 @@ mergekit 0.1.5 does for every method that rescales).
 from __future__ import annotations
 
 from mergepkg._lazy import torch
+from mergepkg.methods.reduce import total
 
 
 def rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Scale `kept` so that |kept|_1 == |delta|_1; unchanged when either norm is ~0."""
-    before, after = delta.abs().sum(), kept.abs().sum()
+    before, after = total(delta.abs()), total(kept.abs())
     if before < eps or after < eps:
         return kept
     return kept.mul_(before / after)
