@@ -1,0 +1,146 @@
+"""`mergepkg eval`: exact match, perplexity, targets and the cache."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hfcache import add_to_cache
+
+from mergepkg.cli.app import main
+from mergepkg.errors import RecipeError
+from mergepkg.evaluate import EvalCache, evaluate, load_task
+from mergepkg.resolve import Session
+from mergepkg.targets import resolve_targets
+
+
+def reference_accuracy(folder, examples):
+    """The documented protocol, one example at a time: batching must not change it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+    hits = 0
+    for prompt, answer in examples:
+        ids = tok(prompt, return_tensors="pt").input_ids
+        budget = 2 * len(tok(answer, add_special_tokens=False).input_ids) + 4
+        out = model.generate(ids, do_sample=False, max_new_tokens=budget)
+        text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n", 1)[0].strip()
+        hits += text == answer.strip()
+    return hits / len(examples)
+
+
+@pytest.fixture
+def tasks(tmp_path, models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(models["base"]), AutoModelForCausalLM.from_pretrained(models["base"])
+    prompts = ["1+2=", "ab", "9+9=", "zz", "3+4=", "a+b=", "77", "c"]
+    rows = []
+    for p in prompts:  # answers of several lengths, some of them what the model says
+        ids = tok(p, return_tensors="pt").input_ids
+        out = model.generate(ids, do_sample=False, max_new_tokens=6)
+        rows.append((p, tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()[: 1 + len(p) % 3]))
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in rows))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"prompt": p, "answer": "nope"}) + "\n" for p in prompts))
+    text = tmp_path / "text.txt"
+    text.write_text("12+3=15. abc cba. " * 5)  # shorter than the 128-token window: one chunk
+    return good, bad, text
+
+
+def test_exact_match_and_perplexity(tasks, models):
+    from mergepkg.evaluate import _examples
+
+    good, bad, text = tasks
+    session = Session()
+    task_list = [load_task(p, session.hashes) for p in (good, bad, text)]
+    model = resolve_targets(str(models["base"]), session)[0]
+    results = evaluate(model.folder, model.key, task_list, EvalCache(session.settings))
+    assert [r.metric for r in results] == ["exact_match", "exact_match", "perplexity"]
+    assert results[0].value == reference_accuracy(models["base"], _examples(task_list[0])) and results[0].n == 8
+    assert results[1].value == 0.0
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok, lm = AutoTokenizer.from_pretrained(models["base"]), AutoModelForCausalLM.from_pretrained(models["base"])
+    ids = tok(text.read_text(), return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = lm(ids, labels=ids).loss.item()
+    assert results[2].value == pytest.approx(math.exp(loss), rel=1e-4)
+
+
+def test_results_are_cached_by_model_key_and_task_hash(tasks, models, monkeypatch):
+    good, _, _ = tasks
+    session = Session()
+    task = load_task(good, session.hashes)
+    model = resolve_targets(str(models["base"]), session)[0]
+    cache = EvalCache(session.settings)
+    first = evaluate(model.folder, model.key, [task], cache)
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: 1 / 0)
+    assert evaluate(model.folder, model.key, [task], cache) == first  # no model loaded
+    good.write_text(good.read_text() + json.dumps({"prompt": "x", "answer": "y"}) + "\n")
+    with pytest.raises(ZeroDivisionError):  # new task content: not cached
+        evaluate(model.folder, model.key, [load_task(good, session.hashes)], cache)
+
+
+def test_recipe_targets_build_steps_and_cli_json(tasks, write_recipe, capsys):
+    good, _, text = tasks
+    path = write_recipe('[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]\n')
+    code = main(["eval", f"{path}:soup", f"{path}:base", "-t", str(good), "-t", str(text), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    rows = json.loads(captured.out)
+    assert {(r["model"], r["task"]) for r in rows} == {
+        ("recipe.toml:soup", "good"), ("recipe.toml:soup", "text"), ("recipe.toml:base", "good"), ("recipe.toml:base", "text")}
+    soup = next(r for r in rows if r["model"] == "recipe.toml:soup")
+    assert len(soup["key"]) == 64  # a step: its store key
+    assert "evaluation" in captured.err and "recipe.toml:soup" in captured.err
+
+
+def test_whole_recipe_evaluates_sources_and_steps(tasks, write_recipe, capsys):
+    good, _, _ = tasks
+    path = write_recipe('[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]\n')
+    assert main(["eval", str(path), "-t", str(good), "--json"]) == 0
+    labels = [r["model"] for r in json.loads(capsys.readouterr().out)]
+    assert labels == ["recipe.toml:ft1", "recipe.toml:ft2", "recipe.toml:soup"]
+
+
+def test_hub_target_offline(tasks, models, tmp_path, monkeypatch):
+    good, _, _ = tasks
+    add_to_cache(tmp_path / "hf", "tiny/base", models["base"])
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    session = Session()
+    (model,) = resolve_targets("tiny/base@main", session)
+    assert model.folder.parent.name == "snapshots"
+    local = resolve_targets(str(models["base"]), session)[0]
+    assert model.key != local.key  # the hub pin includes the commit
+    task = [load_task(good, session.hashes)]
+    cache = EvalCache(session.settings)
+    assert evaluate(model.folder, model.key, task, cache)[0].value == evaluate(local.folder, local.key, task, cache)[0].value
+
+
+def test_bad_task_lines_and_targets_are_located(tmp_path, models, write_recipe):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n')
+    session = Session()
+    task = load_task(bad, session.hashes)
+    model = resolve_targets(str(models["base"]), session)[0]
+    with pytest.raises(RecipeError) as info:
+        evaluate(model.folder, model.key, [task], EvalCache(session.settings))
+    assert info.value.line == 2
+    with pytest.raises(RecipeError, match="did you mean 'soup'"):
+        resolve_targets(str(write_recipe('[steps.soup]\nmethod = "passthrough"\ninputs = ["ft1"]\n')) + ":sopu", session)
+
+
+def test_model_card_shows_eval_results(tasks, write_recipe, tmp_path, capsys):
+    good, _, _ = tasks
+    path = write_recipe('[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]\n')
+    assert main(["eval", f"{path}:soup", "-t", str(good)]) == 0
+    assert main(["build", str(path), "--out", str(tmp_path / "out"), "-q"]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "## Evaluation" in card and "| good | exact_match |" in card
