@@ -18,13 +18,13 @@ from mergepkg.resolve import layouts, resolve
 
 def build(
     recipe: Path = RECIPE,
-    out_dir: Path = typer.Option(None, "--out", "-o", help="Output folder [default: out/<package name>]."),
+    out_dir: Path = typer.Option(None, "--out", "-o", help="Output folder (default: out/<package name>)."),
     device: str = typer.Option("cpu", "--device", help="Where the math runs: cpu, cuda, cuda:N, mps."),
-    seed: int = typer.Option(None, "--seed", help="Seed for random methods [default: the recipe's]."),
+    seed: int = typer.Option(None, "--seed", help="Seed for random methods (default: the recipe's)."),
     offline: bool = OFFLINE,
     locked: bool = typer.Option(False, "--locked", help="Fail if the recipe's lock is missing or out of date."),
     frozen: bool = typer.Option(False, "--frozen", help="Use the lock as is: never resolve, never touch the network."),
-    threads: int = typer.Option(None, "--threads", help="Torch threads for the math [default: all cores]."),
+    threads: int = typer.Option(None, "--threads", help="Torch threads for the math (default: all cores)."),
     shard_size: str = typer.Option("2GB", "--shard-size", help="Largest output shard, e.g. 500MB, 5GB."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
