@@ -28,7 +28,8 @@ def _table_end(text: str, start: int) -> int:
 
 
 def _find_key(text: str, name: str, start: int, end: int) -> int | None:
-    pattern = re.compile(rf"(?:^|[\s{{,])(?:{re.escape(name)}|\"{re.escape(name)}\")\s*=", re.M)
+    key = r"\s*\.\s*".join(rf"(?:{re.escape(part)}|\"{re.escape(part)}\")" for part in name.split("."))
+    pattern = re.compile(rf"(?:^|[\s{{,]){key}\s*=", re.M)
     match = pattern.search(text, start, end)
     return match.end() if match else None
 
@@ -83,11 +84,22 @@ def locate(text: str, key: str) -> int | None:
     if pos is None:
         pos, end = 0, len(text)
     line_at = pos
-    for seg in segs[consumed:]:
-        found = _find_item(text, seg, pos, end) if isinstance(seg, int) else _find_key(text, seg, pos, end)
+    rest = segs[consumed:]
+    i = 0
+    while i < len(rest):
+        seg = rest[i]
+        if isinstance(seg, int):
+            found = _find_item(text, seg, pos, end)
+        else:
+            # a dotted key (`params.t = ...`) stands for two levels at once
+            dotted = i + 1 < len(rest) and isinstance(rest[i + 1], str) and _find_key(text, f"{seg}.{rest[i + 1]}", pos, end)
+            if dotted:
+                i += 1
+            found = dotted or _find_key(text, seg, pos, end)
         if found is None:
             break
         pos = line_at = found
+        i += 1
     if consumed == 0 and line_at == 0:
         return None
     return text.count("\n", 0, line_at) + 1

@@ -206,7 +206,7 @@ class _Parser:
         if tokenizer is not None:
             self.expect(tokenizer, str, f"{key}.tokenizer", '"base" or the name of an input')
             models = Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices).models
-            if tokenizer == "base":
+            if tokenizer == "base" and "base" not in models:
                 if base is None:
                     raise self.error(f"{key}.tokenizer", "tokenizer = \"base\" but the step has no base",
                                      "name one of its inputs instead")

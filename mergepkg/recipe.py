@@ -94,7 +94,9 @@ class Step:
     def tokenizer_model(self) -> str:
         """The model whose tokenizer files the output gets."""
         choice = self.tokenizer or "base"
-        return (self.base or self.models[0]) if choice == "base" else choice
+        if choice == "base" and (self.base or "base" not in self.models):
+            return self.base or self.models[0]
+        return choice  # an input's name (also an input named "base" of a step without base)
 
     @property
     def models(self) -> tuple[str, ...]:

@@ -130,3 +130,18 @@ def test_missing_path_is_a_located_source_error(tmp_path):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_recipe(tmp_path / "none.toml")
+
+
+def test_dotted_param_keys_are_located(write_recipe):
+    path = write_recipe('[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft1"]\n'
+                        'params.t = [\n  { filter = "mlp", value = [0, 1] },\n  { value = 1.5 },\n]\n')
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    offset = path.read_text().count("\n") - 8
+    assert info.value.key == "steps.s.params.t[1].value" and info.value.line == offset + 7
+
+
+def test_tokenizer_base_names_an_input_called_base_when_the_step_has_no_base(write_recipe):
+    r = load_recipe(write_recipe('[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "base", weight = 1 }]\n'
+                                 'tokenizer = "base"\n'))
+    assert r.steps["s"].tokenizer_model == "base"

@@ -10,6 +10,7 @@ from mergepkg import __version__
 from mergepkg.cli import build as build_cmd
 from mergepkg.cli import cache as cache_cmd
 from mergepkg.cli import eval as eval_cmd
+from mergepkg.cli import import_cmd
 from mergepkg.cli import lock as lock_cmd
 from mergepkg.cli import methods as methods_cmd
 from mergepkg.cli import plan as plan_cmd
@@ -47,6 +48,7 @@ app.command("graph")(plan_cmd.graph)
 app.command("lock")(lock_cmd.lock)
 app.command("verify")(lock_cmd.verify)
 app.command("eval")(eval_cmd.eval_)
+app.command("import")(import_cmd.import_)
 app.command("methods")(methods_cmd.methods)
 app.add_typer(cache_cmd.app, name="cache")
 
