@@ -33,3 +33,20 @@ def build_one(recipe_path: Path, out: Path, **kw) -> dict[str, torch.Tensor]:
     report = build_recipe(recipe_path, out, **kw)
     (folder,) = report.outputs.values()
     return load_tensors(folder)
+
+
+# a -> b, and z beside them: outputs are b and z
+THREE = """
+[steps.a]
+method = "task_arithmetic"
+base = "base"
+inputs = [{ model = "ft1", weight = 1.0 }, { model = "ft2", weight = 0.5 }]
+
+[steps.b]
+method = "linear"
+inputs = [{ model = "a", weight = 0.5 }, { model = "ft3", weight = 0.5 }]
+
+[steps.z]
+method = "linear"
+inputs = [{ model = "ft2", weight = 0.3 }, { model = "ft3", weight = 0.7 }]
+"""

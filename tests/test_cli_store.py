@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from filelock import FileLock
-from helpers import load_tensors
+from helpers import THREE, load_tensors
 from hfcache import add_to_cache
 
 from mergepkg.build import MARKER
@@ -27,21 +27,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-# a -> b, and z beside them: outputs are b and z
-THREE = """
-[steps.a]
-method = "task_arithmetic"
-base = "base"
-inputs = [{ model = "ft1", weight = 1.0 }, { model = "ft2", weight = 0.5 }]
-
-[steps.b]
-method = "linear"
-inputs = [{ model = "a", weight = 0.5 }, { model = "ft3", weight = 0.5 }]
-
-[steps.z]
-method = "linear"
-inputs = [{ model = "ft2", weight = 0.3 }, { model = "ft3", weight = 0.7 }]
-"""
 EDIT_B = ('model = "ft3", weight = 0.5', 'model = "ft3", weight = 0.25')
 EDGES = {("base", "a"), ("ft1", "a"), ("ft2", "a"), ("a", "b"), ("ft3", "b"), ("ft2", "z"), ("ft3", "z")}
 METHODS = {"a": "task_arithmetic", "b": "linear", "z": "linear"}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import build_recipe, load_tensors
+from helpers import THREE, build_recipe, load_tensors
 from hfcache import add_to_cache
 
 from mergepkg.cli.app import main
@@ -34,21 +34,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-# a -> b, and z beside them: outputs are b and z
-THREE = """
-[steps.a]
-method = "task_arithmetic"
-base = "base"
-inputs = [{ model = "ft1", weight = 1.0 }, { model = "ft2", weight = 0.5 }]
-
-[steps.b]
-method = "linear"
-inputs = [{ model = "a", weight = 0.5 }, { model = "ft3", weight = 0.5 }]
-
-[steps.z]
-method = "linear"
-inputs = [{ model = "ft2", weight = 0.3 }, { model = "ft3", weight = 0.7 }]
-"""
 
 # THREE written differently: comments, key order inside tables and inline tables,
 # number spelling. Nothing it says has changed.
