@@ -225,7 +225,7 @@ class _Importer:
                                  "mergekit-multi allows one unnamed (final) merge; name the others")
             names.append(n)
         steps = []
-        for d, n in zip(docs, names):  # named stages keep their names; the unnamed one is the output's
+        for n in names:  # named stages keep their names; the unnamed one is the output's
             if n is not None:
                 step = self.reserve(_sanitize(n))
                 self.step_of_doc_name[n] = step
@@ -378,7 +378,7 @@ class _Importer:
             for (name, _, key), inp in zip([it for it in items if spec.base == "none" or it[0] != base], step.inputs):
                 if p.per_input and p.name not in inp and p.name not in step.params:
                     raise self.error(key, f"missing parameter {p.name!r} for {name!r}",
-                                     f"set it under this model's parameters or in the top-level parameters")
+                                     "set it under this model's parameters or in the top-level parameters")
 
     # -- slices ------------------------------------------------------------------------------------
     def sliced(self, step: _Step, spec: MethodSpec, raw: Any, base: str | None) -> None:

@@ -316,7 +316,7 @@ def test_a_build_killed_while_placing_out_leaves_no_hidden_folder_behind(models,
     recipe = write_recipe_file(tmp_path / "r", models, SMALL)
     home, out = tmp_path / "home", tmp_path / "o" / "out"
     ok(run(home, "build", recipe, "--out", out, "-q"))
-    for attempt in range(20):  # every step is stored: the build is startup + placing, retried until hit
+    for _ in range(20):  # every step is stored: the build is startup + placing, retried until hit
         proc = start(home, "build", recipe, "--out", out, "-q", log=tmp_path / "log")
         hit = False
         while proc.poll() is None:

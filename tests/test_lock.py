@@ -414,7 +414,7 @@ def test_moved_branch_keeps_the_locked_commit_until_upgrade(hub, models, tmp_pat
 
 def test_upgrade_of_one_source_moves_only_that_source(hub, models, tmp_path, capsys):
     base_a = add_to_cache(hub, "tiny/base", models["base"])
-    ft_a = add_to_cache(hub, "tiny/ft", models["ft1"])
+    add_to_cache(hub, "tiny/ft", models["ft1"])
     path = write_text(tmp_path / "r.toml", HUB.format(rev="main"))
     code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q")
     assert code == 0, err

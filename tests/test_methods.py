@@ -19,9 +19,8 @@ def merge(name, base, tensors, seed=0, **params):
     spec = METHODS[name]
     defaults = {p.arg: ([p.default] * len(tensors) if p.per_input else p.default)
                 for p in spec.params if not p.required}
-    for k, v in list(params.items()):
-        if k == "lambda":
-            params["lambda_"] = params.pop(k)
+    if "lambda" in params:
+        params["lambda_"] = params.pop("lambda")
     kwargs = {**defaults, **params}
     if spec.random:
         kwargs["rng"] = lambda i: torch.Generator().manual_seed(seed * 100 + i)

@@ -9,7 +9,6 @@ from helpers import build_recipe, load_tensors
 from hfcache import add_to_cache
 
 from mergepkg.errors import SourceError
-from mergepkg.parse import load_recipe
 from mergepkg.recipe import Source
 from mergepkg.settings import Settings
 from mergepkg.sources import choose_weight_patterns, fetch

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -39,7 +38,6 @@ def make_model(folder: Path, *, seed: int, base: Path | None = None, delta: floa
 
     folder = Path(folder)
     if base is not None:
-        config = tiny_config(layers=json.loads((base / "config.json").read_text())["num_hidden_layers"], hidden=hidden)
         model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
