@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mergepkg._lazy import torch
+from mergepkg.buffers import BufferPool
 from mergepkg.errors import BuildError, MergeError, MergepkgError
 from mergepkg.layout import OutputTensor, StepLayout
 from mergepkg.sources import SIDE_FILES
@@ -55,7 +56,11 @@ def merge_tensor(layout: StepLayout, out: OutputTensor, loaded: list, *, device:
     compute = torch_dtype(step.dtype)
     if method.fp32 and compute in (torch.float16, torch.bfloat16):
         compute = torch.float32  # the method's numerics need it; the saved dtype is unchanged
-    loaded = [x.to(device=device, dtype=compute) for x in loaded]  # no-op when already there
+    out_dtype = torch_dtype(out.info.dtype)
+    if method.stream:  # converts chunk by chunk itself: move the stored bytes only
+        loaded = [x.to(device=device) for x in loaded]
+    else:
+        loaded = [x.to(device=device, dtype=compute) for x in loaded]  # no-op when already there
     base = loaded[0] if out.base else None
     tensors = loaded[1:] if out.base else loaded
     kwargs = dict(out.params)
@@ -64,13 +69,16 @@ def merge_tensor(layout: StepLayout, out: OutputTensor, loaded: list, *, device:
             return torch.Generator(device=device).manual_seed(tensor_seed(seed, _name, i))
         kwargs["rng"] = rng
     try:
-        result = method.merge(base, tensors, **kwargs)
+        if method.stream:
+            result = method.stream(base, tensors, compute=compute, out_dtype=out_dtype, **kwargs)
+        else:
+            result = method.merge(base, tensors, **kwargs)
     except MergepkgError as e:
         e.message = f"{out.name}: {e.message}"
         raise
     except (ValueError, RuntimeError) as e:
         raise MergeError(f"{method.name} failed on {out.name}: {e}") from e
-    return result.to(dtype=torch_dtype(out.info.dtype))
+    return result.to(dtype=out_dtype)
 
 
 def build_step(
@@ -88,7 +96,10 @@ def build_step(
     returns the output digest."""
     reporter = reporter or NullReporter()
     step = layout.step
-    readers = {m: ModelReader(folders[m], infos[m]) for m in step.models}
+    # a streaming method's result never shares memory with its inputs: their buffers
+    # can be reused as soon as it returns
+    buffers = BufferPool() if layout.method.stream else None
+    readers = {m: ModelReader(folders[m], infos[m], buffers) for m in step.models}
     writer = ShardWriter(out_dir, [(t.name, t.info) for t in layout.tensors], max_shard_bytes)
     reporter.step_started(step.name, len(layout.tensors), layout.bytes_in)
 
@@ -118,6 +129,8 @@ def build_step(
                 loaded = pending.result()
                 pending = pool.submit(load, layout.tensors[i + 1]) if i + 1 < len(layout.tensors) else None
                 tensor = merge_tensor(layout, out, loaded, device=device, seed=seed)
+                if buffers is not None:
+                    buffers.give_back(loaded)
                 del loaded
                 if failure:
                     break

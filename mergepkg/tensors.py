@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mergepkg._lazy import torch
+from mergepkg.buffers import BufferPool
+from mergepkg.direct import SequentialFile
 from mergepkg.errors import BuildError, SourceError
 
 # safetensors dtype codes <-> recipe dtype names
@@ -100,28 +104,65 @@ def scan_tensors(folder: Path) -> dict[str, TensorInfo]:
 
 
 class ModelReader:
-    """Reads single tensors of one model folder on demand; file handles stay open."""
+    """Reads single tensors of one model folder on demand.
 
-    def __init__(self, folder: Path, infos: dict[str, TensorInfo]):
-        self.folder, self.infos = folder, infos
-        self._open: dict[str, object] = {}
+    Safetensors tensors are read with pread straight into a new tensor's memory: no
+    mmap, so the file's pages stay in the page cache and out of this process's resident
+    set, and memory holds only the tensors in flight. Dtypes torch cannot view as bytes
+    go through `safe_open`; `.bin` files through torch.load(mmap=True).
+    """
+
+    def __init__(self, folder: Path, infos: dict[str, TensorInfo], pool: BufferPool | None = None):
+        self.folder, self.infos, self.pool = folder, infos, pool
+        self._files: dict[str, tuple[int, int, dict]] = {}  # file -> (fd, data start, header)
+        self._other: dict[str, object] = {}
+
+    def _safetensors(self, file: str) -> tuple[int, int, dict]:
+        if file not in self._files:
+            path = self.folder / file
+            fd = os.open(path, os.O_RDONLY)
+            (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+            self._files[file] = (fd, 8 + n, json.loads(os.pread(fd, n, 8)))
+        return self._files[file]
 
     def _handle(self, file: str):
-        if file not in self._open:
+        if file not in self._other:
             if file.endswith(".safetensors"):
                 from safetensors import safe_open
 
-                self._open[file] = safe_open(self.folder / file, framework="pt", device="cpu")
+                self._other[file] = safe_open(self.folder / file, framework="pt", device="cpu")
             else:
-                self._open[file] = _load_bin(self.folder / file)
-        return self._open[file]
+                self._other[file] = _load_bin(self.folder / file)
+        return self._other[file]
 
     def get(self, name: str) -> torch.Tensor:
-        handle = self._handle(self.infos[name].file)
+        info = self.infos[name]
+        if info.file.endswith(".safetensors") and info.dtype in NAME_OF:
+            return self._pread(name, info)
+        handle = self._handle(info.file)
         return handle[name] if isinstance(handle, dict) else handle.get_tensor(name)
 
+    def _pread(self, name: str, info: TensorInfo) -> torch.Tensor:
+        fd, start, header = self._safetensors(info.file)
+        begin, end = header[name]["data_offsets"]
+        if self.pool is not None:
+            tensor = self.pool.tensor(torch_dtype(info.dtype), info.shape, info.nbytes)
+        else:
+            tensor = torch.empty(info.shape, dtype=torch_dtype(info.dtype))
+        buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        done = 0
+        while done < end - begin:
+            got = os.preadv(fd, [buffer[done:]], start + begin + done)
+            if got == 0:
+                raise SourceError(f"truncated tensor {name}", file=self.folder / info.file)
+            done += got
+        return tensor
+
     def close(self):
-        self._open.clear()
+        for fd, _, _ in self._files.values():
+            os.close(fd)
+        self._files.clear()
+        self._other.clear()
 
 
 def tensor_digest(name: str, dtype: str, shape: tuple[int, ...], data) -> str:
@@ -192,10 +233,12 @@ class ShardWriter:
         self.names = shard_names(len(self.shards))
         self._order = [(shard, name, info) for shard, items in enumerate(self.shards) for name, info in items]
         self._next = 0
-        self._file = None
+        self._file: SequentialFile | None = None
         self._shard = -1
         self.bytes_written = 0
-        self.digests: dict[str, str] = {}
+        self._digests: dict[str, Future] = {}
+        # hashing runs beside the writes (hashlib releases the GIL): the digest is free
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergepkg-hash")
 
     def _open_shard(self, shard: int):
         self._close_file()
@@ -206,7 +249,7 @@ class ShardWriter:
         header["__metadata__"] = {"format": "pt"}
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
-        self._file = open(self.folder / self.names[shard], "wb")
+        self._file = SequentialFile(self.folder / self.names[shard])
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._shard = shard
 
@@ -218,20 +261,24 @@ class ShardWriter:
         if shard != self._shard:
             self._open_shard(shard)
         data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        self._digests[name] = self._hasher.submit(tensor_digest, name, info.dtype, info.shape, data)
         self._file.write(data)
-        self.digests[name] = tensor_digest(name, info.dtype, info.shape, data)
         self.bytes_written += info.nbytes
         self._next += 1
 
     def _close_file(self):
         if self._file is not None:
-            self._file.flush()
             self._file.close()
             self._file = None
 
     def abort(self):
         """Close the open shard after a failure; the caller discards the folder."""
         self._close_file()
+        self._hasher.shutdown(cancel_futures=True)
+
+    @property
+    def digests(self) -> dict[str, str]:
+        return {name: future.result() for name, future in self._digests.items()}
 
     @property
     def digest(self) -> str:
@@ -239,6 +286,7 @@ class ShardWriter:
 
     def close(self):
         self._close_file()
+        self._hasher.shutdown()
         if self._next != len(self._order):
             raise BuildError(f"wrote {self._next} of {len(self._order)} tensors")
         if len(self.shards) > 1:

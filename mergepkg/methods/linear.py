@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from mergepkg._lazy import torch
 from mergepkg.errors import MergeError
+from mergepkg.methods import chunks
 from mergepkg.methods.spec import MethodSpec, flag, weight_param
 
 
@@ -28,6 +29,10 @@ def linear(base, tensors: Sequence[torch.Tensor], *, weight: Sequence[float], no
     return out.div_(total) if normalize else out
 
 
+def stream_linear(base, tensors, *, compute, out_dtype, **params):
+    return chunks.elementwise(linear, base, tensors, compute=compute, out_dtype=out_dtype, **params)
+
+
 SPEC = MethodSpec(
     name="linear",
     merge=linear,
@@ -37,4 +42,5 @@ SPEC = MethodSpec(
     base="none",
     min_inputs=1,
     fp32=True,
+    stream=stream_linear,
 )

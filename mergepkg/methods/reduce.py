@@ -34,3 +34,31 @@ def row_sum(x: torch.Tensor) -> torch.Tensor:
 
 def row_norm(x: torch.Tensor) -> torch.Tensor:
     return row_sum(x * x).sqrt()
+
+
+class Total:
+    """total() of a vector that arrives in consecutive pieces (each a multiple of BLOCK
+    long, except the last): the same block sums in the same order, so the same bits."""
+
+    def __init__(self):
+        self._parts: list[torch.Tensor] = []
+        self._tail: torch.Tensor | None = None
+        self._small: torch.Tensor | None = None  # the whole vector, while it fits one block
+        self._count = 0
+
+    def add(self, piece: torch.Tensor) -> None:
+        piece = piece.reshape(-1)
+        if self._tail is not None:
+            raise ValueError("only the last piece may end inside a block")
+        self._count += piece.numel()
+        self._small = piece if self._count == piece.numel() and self._count <= BLOCK else None
+        whole = piece.numel() - piece.numel() % BLOCK
+        if whole:
+            self._parts.append(piece[:whole].view(-1, BLOCK).sum(dim=1))
+        if whole < piece.numel():
+            self._tail = piece[whole:].sum().reshape(1)
+
+    def result(self) -> torch.Tensor:
+        if self._count <= BLOCK:  # total() sums a short vector directly
+            return self._small.sum() if self._small is not None else torch.zeros(())
+        return total(torch.cat(self._parts + ([self._tail] if self._tail is not None else [])))

@@ -13,25 +13,55 @@ import math
 from collections.abc import Sequence
 
 from mergepkg._lazy import torch
-from mergepkg.methods.reduce import total
+from mergepkg.methods import chunks
+from mergepkg.methods.reduce import Total, total
 from mergepkg.methods.spec import MethodSpec, Param
 
 DOT_THRESHOLD = 0.9995
 
 
+def _coefficients(aa: torch.Tensor, bb: torch.Tensor, ab: torch.Tensor, t: float, eps: float):
+    """(c0, c1) of the result c0 * v0 + c1 * v1, from the sums a.a, b.b and a.b; None
+    for plain linear interpolation."""
+    na, nb = aa.sqrt(), bb.sqrt()
+    na = na if na > eps else torch.ones_like(na)  # zero vectors: treat as unit, fall to lerp
+    nb = nb if nb > eps else torch.ones_like(nb)
+    dot = (ab / (na * nb)).clamp(-1, 1).item()
+    if abs(dot) > DOT_THRESHOLD:
+        return None
+    theta = math.acos(dot)  # scalars: plain float64 math
+    return math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
+
+
+def _combine(v0: torch.Tensor, v1: torch.Tensor, t: float, coefficients) -> torch.Tensor:
+    if coefficients is None:
+        return torch.lerp(v0, v1, t)
+    c0, c1 = coefficients
+    return (v0 * c0).add_(v1, alpha=c1)
+
+
 def slerp(base: torch.Tensor, tensors: Sequence[torch.Tensor], *, t: float, eps: float = 1e-8) -> torch.Tensor:
     v0, v1 = base, tensors[0]
     a, b = v0.reshape(-1), v1.reshape(-1)
-    na, nb = total(a * a).sqrt(), total(b * b).sqrt()  # thread-count independent
-    na = na if na > eps else torch.ones_like(na)  # zero vectors: treat as unit, fall to lerp
-    nb = nb if nb > eps else torch.ones_like(nb)
-    dot = (total(a * b) / (na * nb)).clamp(-1, 1).item()
-    if abs(dot) > DOT_THRESHOLD:
-        return torch.lerp(v0, v1, t)
-    theta = math.acos(dot)  # scalars: plain float64 math
-    c0 = math.sin((1 - t) * theta) / math.sin(theta)
-    c1 = math.sin(t * theta) / math.sin(theta)
-    return (v0 * c0).add_(v1, alpha=c1)
+    # sums that do not depend on the thread count
+    return _combine(v0, v1, t, _coefficients(total(a * a), total(b * b), total(a * b), t, eps))
+
+
+def stream_slerp(base, tensors, *, compute, out_dtype, t: float, eps: float = 1e-8) -> torch.Tensor:
+    """slerp over chunks (chunks.py): the three sums in a first pass, then the combination."""
+    flat = chunks.Flat(base, tensors, compute)
+    aa, bb, ab = Total(), Total(), Total()
+    for span in flat.spans():
+        a, b = flat.base_at(span), flat.input_at(0, span)
+        aa.add(a * a)
+        bb.add(b * b)
+        ab.add(a * b)
+    coefficients = _coefficients(aa.result(), bb.result(), ab.result(), t, eps)
+    out = torch.empty(flat.shape, dtype=out_dtype, device=flat.device)
+    dest = out.view(-1)
+    for span in flat.spans():
+        dest[span] = _combine(flat.base_at(span), flat.input_at(0, span), t, coefficients)
+    return out
 
 
 SPEC = MethodSpec(
@@ -44,4 +74,5 @@ SPEC = MethodSpec(
     min_inputs=1,
     fp32=True,
     max_inputs=1,
+    stream=stream_slerp,
 )

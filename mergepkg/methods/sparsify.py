@@ -7,11 +7,16 @@ mergekit 0.1.5 does for every method that rescales).
 
 from __future__ import annotations
 
+import math
+
 from mergepkg._lazy import torch
 from mergepkg.methods.reduce import total
 
 
-def rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+RESCALE_EPS = 1e-7
+
+
+def rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = RESCALE_EPS) -> torch.Tensor:
     """Scale `kept` so that |kept|_1 == |delta|_1; unchanged when either norm is ~0."""
     before, after = total(delta.abs()), total(kept.abs())
     if before < eps or after < eps:
@@ -20,22 +25,92 @@ def rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> to
 
 
 def _finish(delta, mask, rescale):
-    kept = delta * mask
+    kept = delta * mask.to(delta.dtype)  # as floats: the same bits as a bool mask, faster
     return rescale_l1(delta, kept) if rescale else kept
 
 
+class TopK:
+    """Which entries are among the k largest magnitudes of a flat vector of n entries,
+    found without sorting it: a sorted strided sample brackets the k-th largest value
+    in a narrow band, one pass counts the entries above the band and collects those in
+    it, and the k-th largest is selected inside the band (exact; when the sample
+    misleads, the whole vector is searched instead). Entries equal to the k-th largest
+    are kept lowest index first, so exactly k are kept whatever the ties.
+
+    `magnitudes(span)` returns |entries| of a slice (also a strided one) in float32 or
+    wider, possibly in a buffer it reuses on the next call; `spans` cover range(n) in order.
+    """
+
+    SAMPLE = 1 << 16
+
+    def __init__(self, magnitudes, n: int, k: int, spans: list[slice]):
+        sample = magnitudes(slice(0, n, max(1, n // self.SAMPLE))).sort().values
+        m = sample.numel()
+        rank = (n - k) * m // n  # where the k-th largest sits in the ascending sample
+        q = (n - k) / n
+        margin = int(6 * math.sqrt(m * q * (1 - q))) + 16  # 6 sigma of a sampled rank
+        lo = sample[rank - margin] if rank - margin >= 0 else None
+        hi = sample[rank + margin] if rank + margin < m else None
+        above, band = 0, []
+        for span in spans:
+            a = magnitudes(span)
+            if hi is not None:
+                above += int((a > hi).sum())
+            if lo is None and hi is None:
+                band.append(a)
+            elif lo is None:
+                band.append(a[a <= hi])
+            else:
+                band.append(a[(a >= lo) & (a <= hi)] if hi is not None else a[a >= lo])
+        band = torch.cat(band)
+        need = k - above  # how many of the k largest lie in the band
+        exact = 0 < need <= band.numel()
+        if not exact:
+            band, need = torch.cat([magnitudes(span).clone() for span in spans]), k  # exact fallback
+        if exact and lo is not None and hi is not None and bool(lo == hi):
+            self.threshold = hi  # the band is one repeated value
+        else:
+            self.threshold = torch.kthvalue(band, band.numel() - need + 1).values  # need-th largest
+        equal = int((band == self.threshold).sum())
+        quota = need - int((band > self.threshold).sum())  # ties to keep: 1 .. equal
+        self.cut = n if quota >= equal else self._cut(magnitudes, spans, quota)
+
+    def _cut(self, magnitudes, spans: list[slice], quota: int) -> int:
+        """One past the index of the quota-th entry equal to the threshold."""
+        for span in spans:
+            equal = magnitudes(span) == self.threshold
+            count = int(equal.sum())
+            if count >= quota:
+                return span.start + int(equal.nonzero()[quota - 1, 0]) + 1
+            quota -= count
+        raise AssertionError("fewer ties than counted")
+
+    def keep(self, span: slice, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask of the kept entries of `span`, given their magnitudes `a`: boolean, or
+        1.0/0.0 written into `out` (a float tensor like `a`)."""
+        if self.cut >= span.stop:
+            return torch.ge(a, self.threshold, out=out)
+        if self.cut <= span.start:
+            return torch.gt(a, self.threshold, out=out)
+        index = torch.arange(span.start, span.stop, device=a.device)
+        mask = (a > self.threshold) | ((a == self.threshold) & (index < self.cut))
+        return mask if out is None else out.copy_(mask)
+
+
+def top_k(density: float, n: int) -> int:
+    return max(1, int(density * n))
+
+
 def magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
-    """Keep the k = max(1, int(density * n)) largest-magnitude entries (TIES trimming)."""
-    if density >= 1:
+    """Keep the k = max(1, int(density * n)) largest-magnitude entries (TIES trimming);
+    among equal magnitudes at the cut, the lowest indexes."""
+    if density >= 1 or delta.numel() == 0:
         return delta
-    n = delta.numel()
-    if n == 0:
-        return delta
-    k = max(1, int(density * n))
-    flat = delta.reshape(-1).abs()
-    mask = torch.zeros(n, dtype=torch.bool, device=delta.device)
-    mask[torch.topk(flat, k, sorted=False).indices] = True  # exact k, no full sort
-    return _finish(delta, mask.view_as(delta), rescale)
+    flat = delta.reshape(-1)
+    n = flat.numel()
+    whole = slice(0, n)
+    rule = TopK(lambda span: flat[span].abs(), n, top_k(density, n), [whole])
+    return _finish(delta, rule.keep(whole, flat.abs()).view_as(delta), rescale)
 
 
 def outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool = False) -> torch.Tensor:

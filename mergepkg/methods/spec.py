@@ -73,6 +73,10 @@ class MethodSpec:
     max_inputs: int | None = None
     random: bool = False  # takes `rng`: one seeded generator per input
     fp32: bool = False  # computes in at least float32 whatever the step's dtype (as mergekit does)
+    # stream(base, tensors, *, compute, out_dtype, **params): the same result as
+    # merge(converted inputs).to(out_dtype), from inputs in their stored dtype, in
+    # cache-sized chunks (chunks.py). None: the engine converts and calls merge.
+    stream: Callable[..., Any] | None = None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

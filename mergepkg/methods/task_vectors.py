@@ -8,9 +8,10 @@ Semantics follow mergekit 0.1.5 (`generalized_task_arithmetic.py`); the code is 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from mergepkg._lazy import torch
-from mergepkg.methods import sparsify
+from mergepkg.methods import chunks, reduce, sparsify
 from mergepkg.methods.spec import MethodSpec, Param, density_param, flag, weight_param
 
 # Sparsifier: (delta, input index, per-input params) -> thinned delta
@@ -26,32 +27,44 @@ def merge_task_vectors(
     lambda_: float = 1.0,
     thin: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     elect_sign: bool = False,
+    scratch: chunks.Scratch | None = None,
 ) -> torch.Tensor:
     """base + lambda * combine(weight_i * thin(t_i - base)).
 
     elect_sign (TIES): keep, per entry, only the deltas whose sign matches the sign of
     their weighted sum; normalize then divides by the weights of the deltas kept.
+    `thin(delta, i)` may return `delta` changed in place.
     """
-    # deltas: [n_inputs, *shape], weighted
-    deltas = torch.stack([(t - base) if thin is None else thin(t - base, i) for i, t in enumerate(tensors)])
-    w = torch.tensor(list(weight), dtype=deltas.dtype, device=deltas.device)
-    w = w.view(-1, *([1] * base.dim()))
+    # deltas: [n_inputs, *shape], thinned, then weighted. Masks multiply as floats (the
+    # same bits as booleans, at a fraction of the cost); work buffers come from
+    # `scratch` so that a streamed merge reuses them chunk after chunk.
+    scratch = scratch or chunks.Scratch(base.device)
+    shape, dtype = tuple(base.shape), base.dtype
+    deltas = scratch.get("deltas", (len(tensors), *shape), dtype)
+    for i, t in enumerate(tensors):
+        delta = torch.sub(t, base, out=deltas[i])
+        if thin is not None and (kept := thin(delta, i)) is not delta:
+            delta.copy_(kept)
+    w = torch.tensor(list(weight), dtype=dtype, device=base.device).view(-1, *([1] * base.dim()))
     deltas.mul_(w)
     if elect_sign:
-        majority = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
-        agree = deltas.sign() == majority  # zeros never agree: they carry no vote
-        mixed = (deltas * agree).sum(dim=0)
-        divisor = (w * agree).sum(dim=0)
-        divisor[divisor == 0] = 1
+        mixed = torch.sum(deltas, dim=0, out=scratch.get("mixed", shape, dtype))
+        sign = torch.ge(mixed, 0, out=scratch.get("sign", shape, dtype)).mul_(2).sub_(1)  # elected: +1 on a tie
+        work = scratch.get("work", deltas.shape, dtype)
+        agree = torch.gt(torch.mul(deltas, sign, out=work), 0, out=scratch.get("agree", deltas.shape, dtype))
+        # agree: 1.0 where a delta has the elected sign; zeros carry no vote
+        mixed = torch.sum(torch.mul(deltas, agree, out=work), dim=0, out=mixed)
+        divisor = torch.sum(torch.mul(agree, w, out=work), dim=0, out=scratch.get("divisor", shape, dtype))
+        divisor += torch.eq(divisor, 0, out=sign)  # nothing agrees: mixed is 0, divide by 1
     else:
-        mixed = deltas.sum(dim=0)
+        mixed = torch.sum(deltas, dim=0, out=scratch.get("mixed", shape, dtype))
         divisor = w.sum(dim=0)
         divisor[divisor.abs() < 1e-8] = 1
     if normalize:
         mixed /= divisor
     if lambda_ != 1:
         mixed *= lambda_
-    return base + mixed
+    return torch.add(base, mixed, out=mixed)
 
 
 def family_params(*, normalize: bool, rescale: bool | None, extra: Sequence[Param] = ()) -> tuple[Param, ...]:
@@ -67,6 +80,86 @@ def family_params(*, normalize: bool, rescale: bool | None, extra: Sequence[Para
     return tuple(params) + tuple(extra)
 
 
+# Streaming (see chunks.py): for each input, a rule that says which entries of a chunk
+# of its task vector survive. A planner returns None when everything survives.
+Planner = Callable[..., "Callable[[slice, torch.Tensor], torch.Tensor] | None"]
+
+
+def plan_magnitude(flat: chunks.Flat, i: int, density: float, **_):
+    if density >= 1 or flat.n == 0:
+        return None
+    rule = sparsify.TopK(lambda span: flat.delta_at(i, span).abs_(), flat.n, sparsify.top_k(density, flat.n),
+                         flat.spans())
+
+    def keep(span, delta):  # 1.0 / 0.0 per entry of the chunk
+        magnitudes = torch.abs(delta, out=flat.scratch.get("magnitudes", delta.shape, delta.dtype))
+        return rule.keep(span, magnitudes, out=flat.scratch.get("mask", delta.shape, delta.dtype))
+
+    return keep
+
+
+def plan_bernoulli(flat: chunks.Flat, i: int, density: float, rng, **_):
+    if density >= 1:
+        return None
+    # one draw for the whole tensor, exactly as sparsify.bernoulli draws it
+    draw = flat.scratch.get(f"draw{i}", tuple(flat.shape), torch.float32)
+    mask = (torch.rand(flat.shape, generator=rng(i), out=draw) < density).view(-1)
+    return lambda span, delta: flat.scratch.get("mask", delta.shape, delta.dtype).copy_(mask[span])
+
+
+plan_bernoulli.parallel = True  # one generator per input: inputs can draw at the same time
+
+
+PLANNERS = {sparsify.magnitude: plan_magnitude, sparsify.bernoulli: plan_bernoulli}
+
+
+def stream_task_vectors(
+    base, tensors, *, compute, out_dtype, weight, normalize, lambda_=1.0, density=None, rescale=False,
+    rng=None, elect_sign: bool, planner: Planner | None,
+) -> torch.Tensor:
+    """merge_task_vectors over chunks: the same bits as the whole-tensor merge, cast to
+    out_dtype. First pass: each input's keep rule (and L1 rescale factor); second pass:
+    the merge itself, chunk by chunk."""
+    flat = chunks.Flat(base, tensors, compute)
+
+    def plan(i):
+        return planner(flat, i, density=density[i], rng=rng) if planner else None
+
+    if getattr(planner, "parallel", False) and len(tensors) > 1:
+        with ThreadPoolExecutor(max_workers=2) as pool:  # torch drawing releases the GIL
+            rules = list(pool.map(plan, range(len(tensors))))
+    else:
+        rules = [plan(i) for i in range(len(tensors))]
+    factors: list = [None] * len(tensors)
+    if rescale:
+        for i, rule in enumerate(rules):
+            if rule is None:
+                continue
+            before, after = reduce.Total(), reduce.Total()
+            for span in flat.spans():
+                delta = flat.delta_at(i, span)
+                before.add(torch.abs(delta, out=flat.scratch.get("before", delta.shape, delta.dtype)))
+                kept = torch.mul(delta, rule(span, delta), out=flat.scratch.get("after", delta.shape, delta.dtype))
+                after.add(kept.abs_())
+            b, a = before.result(), after.result()
+            factors[i] = None if b < sparsify.RESCALE_EPS or a < sparsify.RESCALE_EPS else b / a
+
+    out = torch.empty(flat.shape, dtype=out_dtype, device=flat.device)
+    dest = out.view(-1)
+    for span in flat.spans():
+        def thin(delta, i, _span=span):
+            if rules[i] is None:
+                return delta
+            delta.mul_(rules[i](_span, delta))  # in place: the mask (1.0 / 0.0) zeroes what is dropped
+            return delta.mul_(factors[i]) if factors[i] is not None else delta
+
+        dest[span] = merge_task_vectors(
+            flat.base_at(span), [flat.input_at(i, span) for i in range(len(tensors))], weight=weight,
+            normalize=normalize, lambda_=lambda_, thin=thin if planner else None, elect_sign=elect_sign,
+            scratch=flat.scratch)
+    return out
+
+
 def make_method(
     name: str,
     *,
@@ -77,6 +170,7 @@ def make_method(
     elect_sign: bool,
     thinner: Callable[..., torch.Tensor] | None = None,
     extra: Sequence[Param] = (),
+    version: int = 1,
 ) -> MethodSpec:
     """A MethodSpec for one member of the family; `thinner(delta, density, rescale=..,
     [gamma|epsilon], [rng])` is applied per input."""
@@ -98,5 +192,11 @@ def make_method(
 
     merge.__name__ = name
     merge.__doc__ = summary
+    stream = None
+    if thinner is None or thinner in PLANNERS:
+        def stream(base, tensors, *, compute, out_dtype, **params):
+            return stream_task_vectors(base, tensors, compute=compute, out_dtype=out_dtype, elect_sign=elect_sign,
+                                       planner=PLANNERS.get(thinner), **params)
+
     return MethodSpec(name=name, merge=merge, params=params, summary=summary, paper=paper,
-                      base="required", min_inputs=1, random=random)
+                      base="required", min_inputs=1, random=random, stream=stream, version=version)

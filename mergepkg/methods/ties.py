@@ -6,6 +6,9 @@ https://arxiv.org/abs/2306.01708
 Invariants (tests): one input with density 1 equals task_arithmetic with normalize;
 the result is exact top-k (k = max(1, int(density * n))), not approximately k.
 Defaults as mergekit 0.1.5: normalize = true, rescale = false.
+Version 2: among entries whose magnitude equals the k-th largest, the lowest indexes
+are kept (version 1 kept whichever torch.topk returned; mergekit, whichever its sort
+put first). Bfloat16 models repeat delta values, so such ties are common.
 """
 
 from mergepkg.methods import sparsify
@@ -15,5 +18,5 @@ SPEC = make_method(
     "ties",
     summary="Trim task vectors by magnitude, elect signs, merge the agreeing deltas.",
     paper="https://arxiv.org/abs/2306.01708",
-    normalize=True, rescale=False, elect_sign=True, thinner=sparsify.magnitude,
+    normalize=True, rescale=False, elect_sign=True, thinner=sparsify.magnitude, version=2,
 )

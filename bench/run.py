@@ -1,0 +1,213 @@
+"""Benchmark: the same merges through mergepkg and mergekit, side by side.
+
+    python bench/run.py                       # all merges, models in ~/.cache/mergepkg-bench
+    python bench/run.py --only ties,linear    # some of them
+    python bench/run.py --no-mergekit         # mergepkg only (mergekit is not installed)
+
+It generates (once, seeded) a 542M-parameter Llama-shaped model set in bfloat16 (hidden
+2048, 8 layers, MLP 5632, vocab 32000): a base and three fine-tunes (base + small noise).
+Each merge in bench/configs/*.yml runs through `mergekit-yaml` and, converted by
+`mergepkg import`, through `mergepkg build` with an empty store, in alternation, after a
+warm-up read of every input so the page cache is warm for both. It prints wall time,
+peak RSS (the process and its children), input GB/s and mergepkg/mergekit ratios, then
+times a no-op rebuild of recipes/demo.toml and checks it imports neither torch nor
+transformers. This is a script that prints figures, not a test: machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "bench" / "configs"
+BIN = Path(sys.executable).parent
+SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=16,
+             num_key_value_heads=16, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
+MODELS = ("base", "ft1", "ft2", "ft3")
+
+
+# --- the model set ------------------------------------------------------------------
+
+def make_models(folder: Path) -> None:
+    """base ~ N(0, 0.02) (norms 1), ft_i = base + N(0, 0.002), bfloat16, one file each."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**SHAPE, torch_dtype="bfloat16", architectures=["LlamaForCausalLM"])
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
+    for index, name in enumerate(MODELS):
+        target = folder / name
+        if (target / "model.safetensors").is_file():
+            continue
+        print(f"generating {name} ({len(shapes)} tensors)", file=sys.stderr, flush=True)
+        tensors = {}
+        for i, (key, shape) in enumerate(sorted(shapes.items())):
+            gen = torch.Generator().manual_seed(i)  # the base's tensor: same in every model
+            base = torch.ones(shape) if key.endswith("norm.weight") else torch.randn(shape, generator=gen) * 0.02
+            if index:
+                noise = torch.Generator().manual_seed(1000 * index + i)
+                base += torch.randn(shape, generator=noise) * 0.002
+            tensors[key] = base.to(torch.bfloat16)
+        tmp = folder / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        config.save_pretrained(tmp)
+        tmp.rename(target)
+
+
+def warm(folder: Path) -> None:
+    """Read every input once so both tools start with a warm page cache."""
+    for path in sorted(folder.glob("*/model.safetensors")):
+        with open(path, "rb") as f:
+            while f.read(64 << 20):
+                pass
+
+
+# --- running and measuring ----------------------------------------------------------
+
+def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in GB) of a command; RSS from wait4 covers the process
+    and the children it waited for."""
+    os.sync()  # earlier runs' dirty pages must not throttle this run's writes
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{stderr.decode()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+
+
+def input_bytes(config_text: str, models: Path) -> int:
+    used = {name for name in MODELS if f"{models}/{name}" in config_text}
+    return sum((models / m / "model.safetensors").stat().st_size for m in used)
+
+
+def run_merge(name: str, models: Path, work: Path, with_mergekit: bool) -> dict:
+    config_text = (CONFIGS / f"{name}.yml").read_text().replace("MODELS", str(models))
+    config = work / f"{name}.yml"
+    config.write_text(config_text)
+    recipe = work / f"{name}.toml"
+    subprocess.run([BIN / "mergepkg", "import", str(config), "-o", str(recipe)], check=True, capture_output=True)
+    home = work / "home"
+    env = {"MERGEPKG_HOME": str(home)}
+    subprocess.run([BIN / "mergepkg", "lock", str(recipe)], check=True, capture_output=True, env={**os.environ, **env})
+    shutil.rmtree(home / "store", ignore_errors=True)  # hash cache stays warm, the store is empty
+    out = work / "out-mergepkg"
+    wall, rss = measure([str(BIN / "mergepkg"), "build", str(recipe), "--out", str(out), "-q"], env)
+    lock = (work / f"{name}.lock").read_text()
+    digest = next(line.split('"')[1] for line in lock.splitlines() if line.startswith("digest"))
+    shutil.rmtree(out)
+    shutil.rmtree(home / "store", ignore_errors=True)
+    row = {"merge": name, "mergepkg_s": wall, "mergepkg_rss_gb": rss, "digest": digest,
+           "input_gb": input_bytes(config_text, models) / 1e9}
+    if with_mergekit:
+        out = work / "out-mergekit"
+        wall, rss = measure([str(BIN / "mergekit-yaml"), str(config), str(out), "--no-copy-tokenizer",
+                             "--quiet", "--no-write-model-card"])
+        shutil.rmtree(out)
+        row.update(mergekit_s=wall, mergekit_rss_gb=rss)
+    return row
+
+
+def noop_rebuild(work: Path, repeat: int = 5) -> dict:
+    """A build whose steps are all stored: seconds (median) and whether torch was imported."""
+    env = {**os.environ, "MERGEPKG_HOME": str(work / "demo-home")}
+    recipe = ROOT / "recipes" / "demo.toml"
+    out = work / "demo-out"
+    subprocess.run([BIN / "mergepkg", "build", str(recipe), "--out", str(out), "-q"], check=True, env=env,
+                   capture_output=True)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run([BIN / "mergepkg", "build", str(recipe), "--out", str(out), "-q"], check=True, env=env,
+                       capture_output=True)
+        times.append(time.perf_counter() - start)
+    probe = ("import sys; from mergepkg.cli.app import main; "
+             f"rc = main(['build', {str(recipe)!r}, '--out', {str(out)!r}, '-q']); "
+             "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    rc, torch_loaded, transformers_loaded = subprocess.run(
+        [sys.executable, "-c", probe], check=True, env=env, capture_output=True, text=True).stdout.split("\n")[-2].split()
+    return {"seconds": statistics.median(times), "torch": torch_loaded == "True",
+            "transformers": transformers_loaded == "True"}
+
+
+# --- report -------------------------------------------------------------------------
+
+TARGETS = {"linear": 0.35, "task_arithmetic": 0.35, "slerp": 0.35, "ties": 0.08, "dare_ties": 0.2}
+
+
+def report(rows: list[dict], noop: dict) -> str:
+    lines = ["| merge | input GB | mergepkg s | mergekit s | time ratio (target) | mergepkg RSS GB | "
+             "mergekit RSS GB | RSS ratio (≤ 0.5) | mergepkg input GB/s |", "|---" * 9 + "|"]
+    for r in rows:
+        mk = "mergekit_s" in r
+        time_ratio = f"{r['mergepkg_s'] / r['mergekit_s']:.3f} (≤ {TARGETS[r['merge']]})" if mk else "–"
+        rss_ratio = f"{r['mergepkg_rss_gb'] / r['mergekit_rss_gb']:.3f}" if mk else "–"
+        lines.append(
+            f"| {r['merge']} | {r['input_gb']:.2f} | {r['mergepkg_s']:.1f} | "
+            f"{r.get('mergekit_s', float('nan')):.1f} | {time_ratio} | {r['mergepkg_rss_gb']:.2f} | "
+            f"{r.get('mergekit_rss_gb', float('nan')):.2f} | {rss_ratio} | {r['input_gb'] / r['mergepkg_s']:.2f} |"
+        )
+    lines.append("")
+    lines.append(f"no-op rebuild of recipes/demo.toml: {noop['seconds']:.2f} s (median of 5); "
+                 f"imports torch: {noop['torch']}, transformers: {noop['transformers']}")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    try:
+        from importlib.metadata import version
+        mk = version("mergekit")
+    except Exception:
+        mk = "not installed"
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, mergekit {mk}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=Path.home() / ".cache" / "mergepkg-bench")
+    parser.add_argument("--only", default=",".join(TARGETS), help="comma-separated merges")
+    parser.add_argument("--no-mergekit", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    with_mergekit = not args.no_mergekit and (BIN / "mergekit-yaml").exists()
+    make_models(args.models)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mergepkg-bench-") as tmp:
+        work = Path(tmp)
+        for name in args.only.split(","):
+            warm(args.models)
+            rows.append(run_merge(name, args.models, work, with_mergekit))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        noop = noop_rebuild(work)
+    print(machine())
+    print(report(rows, noop))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows, "noop": noop}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

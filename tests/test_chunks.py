@@ -1,0 +1,95 @@
+"""Streaming (chunks.py) gives the same bits as the whole-tensor merge, for every
+method that streams; the exact top-k and the piecewise sum behind it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mergepkg.methods import METHODS, chunks, sparsify
+from mergepkg.methods.reduce import BLOCK, Total, total
+
+STREAMING = sorted(name for name, spec in METHODS.items() if spec.stream)
+# 3 chunks and a ragged end; a tensor of one block or less; one entry
+SHAPES = [(2 * chunks.CHUNK // 1000 + 7, 1000), (97, 13), (1,)]
+
+
+def test_the_benchmarked_methods_stream():
+    assert {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp"} <= set(STREAMING)
+
+
+def inputs(shape, dtype, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g) * 0.02
+    # bfloat16 deltas repeat values: many ties at any top-k threshold
+    return [(base + (0.002 * torch.randn(shape, generator=g) if i else 0)).to(dtype) for i in range(n)]
+
+
+def params(spec, count):
+    values = {"weight": [0.5, 0.3, 0.2][:count], "density": [0.5, 0.5, 0.3][:count], "t": 0.3}
+    out = {}
+    for p in spec.params:
+        if p.name in values:
+            out[p.arg] = values[p.name][:count] if p.per_input else values[p.name]
+        elif not p.required:
+            out[p.arg] = [p.default] * count if p.per_input else p.default
+    return out
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("name", STREAMING)
+def test_stream_equals_merge(name, dtype, shape):
+    spec = METHODS[name]
+    models = inputs(shape, dtype)
+    base, tensors = (models[0], models[1:]) if spec.base != "none" else (None, models[1:])
+    if spec.max_inputs:
+        tensors = tensors[: spec.max_inputs]
+    kwargs = params(spec, len(tensors))
+    if spec.random:
+        kwargs["rng"] = lambda i: torch.Generator().manual_seed(7 + i)
+    compute = torch.float32
+    whole = spec.merge(base.to(compute) if base is not None else None, [t.to(compute) for t in tensors], **kwargs)
+    for rescale in ([False, True] if "rescale" in kwargs else [None]):
+        if rescale is not None:
+            kwargs["rescale"] = rescale
+            whole = spec.merge(base.to(compute), [t.to(compute) for t in tensors], **kwargs)
+        streamed = spec.stream(base, tensors, compute=compute, out_dtype=dtype, **kwargs)
+        assert streamed.dtype == dtype and streamed.shape == shape
+        assert torch.equal(streamed.view(-1).view(torch.uint8), whole.to(dtype).view(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("density", [0.5, 0.3, 0.01, 0.999])
+def test_top_k_is_exact_and_breaks_ties_by_index(density):
+    g = torch.Generator().manual_seed(1)
+    delta = torch.randint(-20, 21, (300, 700), generator=g).float()  # 41 distinct values: ties everywhere
+    kept = sparsify.magnitude(delta, density)
+    n, k = delta.numel(), sparsify.top_k(density, delta.numel())
+    a = delta.abs().reshape(-1)
+    threshold = a.kthvalue(n - k + 1).values
+    chosen = sparsify.TopK(lambda s: a[s], n, k, chunks.spans(n, BLOCK)).keep(slice(0, n), a)
+    assert int(chosen.sum()) == k  # exactly k, whatever the ties
+    assert bool((a[chosen] >= threshold).all()) and bool((a[~chosen] <= threshold).all())
+    ties = (a == threshold).nonzero().squeeze(1)
+    kept_ties = chosen[ties]
+    assert bool((kept_ties[:-1].int() >= kept_ties[1:].int()).all())  # lowest indexes first
+    assert torch.equal((kept != 0).reshape(-1), chosen & (a != 0))  # magnitude() keeps the same entries
+
+
+def test_top_k_falls_back_when_the_sample_misleads():
+    # the strided sample sees only zeros; the large values hide between its points
+    n = 1 << 20
+    a = torch.zeros(n)
+    a[1::2] = torch.arange(n // 2, dtype=torch.float32)
+    rule = sparsify.TopK(lambda s: a[s], n, 1000, chunks.spans(n))
+    chosen = rule.keep(slice(0, n), a)
+    assert int(chosen.sum()) == 1000 and float(a[chosen].min()) == n // 2 - 1000
+
+
+@pytest.mark.parametrize("n", [1, BLOCK - 1, BLOCK, BLOCK + 1, 5 * BLOCK + 3, 3 * chunks.CHUNK + 11])
+def test_total_in_pieces_equals_total(n):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    t = Total()
+    for span in chunks.spans(n, 2 * BLOCK):
+        t.add(x[span])
+    assert torch.equal(t.result(), total(x))
