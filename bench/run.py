@@ -141,7 +141,8 @@ def noop_rebuild(work: Path, repeat: int = 5) -> dict:
         times.append(time.perf_counter() - start)
     probe = ("import sys; from mergepkg.cli.app import main; "
              f"rc = main(['build', {str(recipe)!r}, '--out', {str(out)!r}, '-q']); "
-             "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)")
+             # torch._C: torch really loaded (mergepkg._lazy registers a lazy 'torch' module)
+             "print(rc, 'torch._C' in sys.modules, 'transformers' in sys.modules)")
     rc, torch_loaded, transformers_loaded = subprocess.run(
         [sys.executable, "-c", probe], check=True, env=env, capture_output=True, text=True).stdout.split("\n")[-2].split()
     return {"seconds": statistics.median(times), "torch": torch_loaded == "True",

@@ -15,7 +15,9 @@ from mergepkg._lazy import torch
 
 
 class BufferPool:
-    def __init__(self):
+    def __init__(self, max_free: int | None = None):
+        self.max_free = max_free  # bytes kept for reuse at most; None: no limit
+        self._free_bytes = 0
         self._free: dict[int, list] = {}
         self._issued: set[int] = set()  # data pointers of the buffers handed out
         self._lock = threading.Lock()
@@ -25,6 +27,8 @@ class BufferPool:
         with self._lock:
             free = self._free.get(nbytes)
             buffer = free.pop() if free else None
+            if buffer is not None:
+                self._free_bytes -= nbytes
         if buffer is None:
             buffer = torch.empty(nbytes, dtype=torch.uint8)
             with self._lock:
@@ -36,5 +40,10 @@ class BufferPool:
         in `tensors`, read some other way, are left alone)."""
         with self._lock:
             for t in tensors:
-                if t.data_ptr() in self._issued and t.nbytes:
-                    self._free.setdefault(t.nbytes, []).append(t.view(-1).view(torch.uint8))
+                if t.data_ptr() not in self._issued or not t.nbytes:
+                    continue
+                if self.max_free is not None and self._free_bytes + t.nbytes > self.max_free:
+                    self._issued.discard(t.data_ptr())  # over the limit: let it go
+                    continue
+                self._free.setdefault(t.nbytes, []).append(t.view(-1).view(torch.uint8))
+                self._free_bytes += t.nbytes

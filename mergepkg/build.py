@@ -117,7 +117,8 @@ def _build_one(res: Resolution, name: str, planned, folders, session: Session, r
     try:
         digest = build_step(layouts_[name], folders, {m: info.tensors for m, info in infos.items()}, folder,
                             seed=res.seeds[name], device=session.settings.device,
-                            max_shard_bytes=session.settings.max_shard_bytes, reporter=reporter)
+                            max_shard_bytes=session.settings.max_shard_bytes,
+                            max_memory=session.settings.max_memory, reporter=reporter)
         return session.store.commit(key, folder, res.entries[name], digest, seconds=time.monotonic() - started)
     except MergepkgError as e:
         if e.key is None:  # locate engine errors at the step that failed

@@ -22,6 +22,7 @@ from mergepkg._lazy import torch
 from mergepkg.buffers import BufferPool
 from mergepkg.errors import BuildError, MergeError, MergepkgError
 from mergepkg.layout import OutputTensor, StepLayout
+from mergepkg.memory import for_process
 from mergepkg.sources import SIDE_FILES
 from mergepkg.tensors import ModelReader, ShardWriter, TensorInfo, torch_dtype
 
@@ -90,6 +91,7 @@ def build_step(
     seed: int = 0,
     device: str = "cpu",
     max_shard_bytes: int = 2 * 1024**3,
+    max_memory: int | None = None,
     reporter: Reporter | None = None,
 ) -> str:
     """Write the model of `layout` into `out_dir` (an empty folder the caller owns);
@@ -98,24 +100,42 @@ def build_step(
     step = layout.step
     # a streaming method's result never shares memory with its inputs: their buffers
     # can be reused as soon as it returns
-    buffers = BufferPool() if layout.method.stream else None
+    budget = for_process(max_memory)
+    buffers = BufferPool(budget.limit // 8 if budget.limit else None) if layout.method.stream else None
     readers = {m: ModelReader(folders[m], infos[m], buffers) for m in step.models}
     writer = ShardWriter(out_dir, [(t.name, t.info) for t in layout.tensors], max_shard_bytes)
     reporter.step_started(step.name, len(layout.tensors), layout.bytes_in)
 
-    def load(out: OutputTensor) -> list:
+    def load(out: OutputTensor) -> list | None:
+        if budget.row_block(layout, infos, out):
+            return None  # read block by block below
         return [readers[p.model].get(p.tensor) for p in out.parts]
 
-    results: queue.Queue = queue.Queue(maxsize=2)
+    def merge_loaded(out: OutputTensor, loaded: list):
+        tensor = merge_tensor(layout, out, loaded, device=device, seed=seed)
+        if buffers is not None:
+            buffers.give_back(loaded)
+        return tensor
+
+    def merge_in_rows(out: OutputTensor):
+        """Merge `out` a block of rows at a time (elementwise methods, under a memory limit)."""
+        rows, block = out.info.shape[0], budget.row_block(layout, infos, out)
+        for start in range(0, rows, block):
+            stop = min(rows, start + block)
+            loaded = [readers[p.model].get_rows(p.tensor, start, stop) for p in out.parts]
+            share = budget.inputs(infos, out) * (stop - start) // rows
+            yield merge_loaded(out, loaded), share, start == 0, stop == rows
+
+    results: queue.Queue = queue.Queue(maxsize=budget.results_waiting)
     failure: list[BaseException] = []
 
     def write_loop():
         while (item := results.get()) is not None:
             if failure:
                 continue  # drain so the producer never blocks
-            name, tensor, nbytes = item
+            name, tensor, nbytes, first, last = item
             try:
-                writer.write(name, tensor)
+                writer.write(name, tensor, first=first, last=last)
                 reporter.tensor_done(nbytes)
             except BaseException as e:  # surfaced on the calling thread
                 failure.append(e)
@@ -124,17 +144,23 @@ def build_step(
     write_thread.start()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergepkg-reader") as pool:
-            pending = pool.submit(load, layout.tensors[0]) if layout.tensors else None
-            for i, out in enumerate(layout.tensors):
-                loaded = pending.result()
-                pending = pool.submit(load, layout.tensors[i + 1]) if i + 1 < len(layout.tensors) else None
-                tensor = merge_tensor(layout, out, loaded, device=device, seed=seed)
-                if buffers is not None:
-                    buffers.give_back(loaded)
-                del loaded
+            tensors = layout.tensors
+            pending = pool.submit(load, tensors[0]) if tensors else None
+            for i, out in enumerate(tensors):
+                loaded = pending.result() if pending else load(out)
+                ahead = i + 1 < len(tensors) and budget.read_ahead(layout, infos, out, tensors[i + 1])
+                pending = pool.submit(load, tensors[i + 1]) if ahead else None
+                if loaded is not None:
+                    pieces = [(merge_loaded(out, loaded), budget.inputs(infos, out), True, True)]
+                    del loaded
+                else:
+                    pieces = merge_in_rows(out)
+                for tensor, nbytes, first, last in pieces:
+                    if failure:
+                        break
+                    results.put((out.name, tensor, nbytes, first, last))
                 if failure:
                     break
-                results.put((out.name, tensor, sum(infos[p.model][p.tensor].nbytes for p in out.parts)))
     finally:
         results.put(None)
         write_thread.join()

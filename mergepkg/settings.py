@@ -19,3 +19,4 @@ class Settings:
     device: str = "cpu"
     max_shard_bytes: int = 2 * 1024**3
     threads: int | None = None  # torch intra-op threads; None: torch's default (all cores)
+    max_memory: int | None = None  # bytes the engine aims to stay under (memory.py); None: no limit

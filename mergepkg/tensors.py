@@ -142,17 +142,28 @@ class ModelReader:
         handle = self._handle(info.file)
         return handle[name] if isinstance(handle, dict) else handle.get_tensor(name)
 
-    def _pread(self, name: str, info: TensorInfo) -> torch.Tensor:
-        fd, start, header = self._safetensors(info.file)
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop of a tensor (its first dimension), reading only those."""
+        info = self.infos[name]
+        if info.file.endswith(".safetensors") and info.dtype in NAME_OF:
+            return self._pread(name, info, start, stop)
+        return self.get(name)[start:stop]
+
+    def _pread(self, name: str, info: TensorInfo, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        fd, data_start, header = self._safetensors(info.file)
         begin, end = header[name]["data_offsets"]
+        shape = info.shape
+        if stop is not None:  # a block of rows
+            row = (end - begin) // shape[0]
+            begin, end, shape = begin + start * row, begin + stop * row, (stop - start, *shape[1:])
         if self.pool is not None:
-            tensor = self.pool.tensor(torch_dtype(info.dtype), info.shape, info.nbytes)
+            tensor = self.pool.tensor(torch_dtype(info.dtype), shape, end - begin)
         else:
-            tensor = torch.empty(info.shape, dtype=torch_dtype(info.dtype))
+            tensor = torch.empty(shape, dtype=torch_dtype(info.dtype))
         buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
         done = 0
         while done < end - begin:
-            got = os.preadv(fd, [buffer[done:]], start + begin + done)
+            got = os.preadv(fd, [buffer[done:]], data_start + begin + done)
             if got == 0:
                 raise SourceError(f"truncated tensor {name}", file=self.folder / info.file)
             done += got
@@ -165,9 +176,13 @@ class ModelReader:
         self._other.clear()
 
 
+def tensor_digest_prefix(name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
+    return f"{name}\0{dtype}\0{list(shape)}\0".encode()
+
+
 def tensor_digest(name: str, dtype: str, shape: tuple[int, ...], data) -> str:
     """sha256 over one tensor's name, dtype, shape and bytes (little-endian, row-major)."""
-    h = hashlib.sha256(f"{name}\0{dtype}\0{list(shape)}\0".encode())
+    h = hashlib.sha256(tensor_digest_prefix(name, dtype, shape))
     h.update(data)
     return h.hexdigest()
 
@@ -253,18 +268,29 @@ class ShardWriter:
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._shard = shard
 
-    def write(self, name: str, tensor: torch.Tensor):
+    def write(self, name: str, tensor: torch.Tensor, *, first: bool = True, last: bool = True):
+        """Write the next tensor, or (first/last) the next block of rows of it."""
         shard, expected, info = self._order[self._next]
-        if name != expected or code_of(tensor.dtype) != info.dtype or tuple(tensor.shape) != info.shape:
-            raise BuildError(f"engine produced {name} {tensor.dtype} {tuple(tensor.shape)}; "
+        shape = tuple(tensor.shape)
+        if name != expected or code_of(tensor.dtype) != info.dtype or (
+                shape != info.shape if first and last else shape[1:] != info.shape[1:]):
+            raise BuildError(f"engine produced {name} {tensor.dtype} {shape}; "
                              f"expected {expected} {info.dtype} {info.shape}")
         if shard != self._shard:
             self._open_shard(shard)
         data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-        self._digests[name] = self._hasher.submit(tensor_digest, name, info.dtype, info.shape, data)
+        if first:
+            self._hash = hashlib.sha256(tensor_digest_prefix(name, info.dtype, info.shape))
+            self._written = 0
+        self._hasher.submit(self._hash.update, data)  # one worker: pieces hash in order
         self._file.write(data)
-        self.bytes_written += info.nbytes
-        self._next += 1
+        self._written += len(data)
+        if last:
+            if self._written != info.nbytes:
+                raise BuildError(f"engine wrote {self._written} bytes of {name}; expected {info.nbytes}")
+            self._digests[name] = self._hasher.submit(self._hash.hexdigest)
+            self.bytes_written += info.nbytes
+            self._next += 1
 
     def _close_file(self):
         if self._file is not None:

@@ -26,6 +26,8 @@ def build(
     frozen: bool = typer.Option(False, "--frozen", help="Use the lock as is: never resolve, never touch the network."),
     threads: int = typer.Option(None, "--threads", help="Torch threads for the math (default: all cores)."),
     shard_size: str = typer.Option("2GB", "--shard-size", help="Largest output shard, e.g. 500MB, 5GB."),
+    max_memory: str = typer.Option(None, "--max-memory", help="Memory to stay under, e.g. 2GB: less read-ahead, "
+                                   "and elementwise methods merge large tensors in blocks of rows."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Build a recipe's outputs: steps already in the store are reused, the rest built."""
@@ -33,7 +35,8 @@ def build(
         raise BuildError("--locked and --frozen exclude each other", hint="--frozen already implies --locked")
     check_device(device)
     r, session = open_recipe(recipe, offline=offline, device=device, threads=threads,
-                             max_shard_bytes=parse_size(shard_size))
+                             max_shard_bytes=parse_size(shard_size),
+                             max_memory=parse_size(max_memory, "--max-memory") if max_memory else None)
     target = out_dir or Path("out") / r.name
     mode = "frozen" if frozen else "locked" if locked else "update"
     with ProgressReporter(enabled=not quiet) as reporter:

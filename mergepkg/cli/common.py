@@ -23,13 +23,13 @@ def open_recipe(path: Path, *, offline: bool = False, **settings) -> tuple[Recip
     return load_recipe(path), session
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, option: str = "--shard-size") -> int:
     """'500MB' -> 500_000_000; plain numbers are bytes."""
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
     m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
     unit = m and m[2].upper() + ("B" if m[2].upper() in ("K", "M", "G") else "")
     if not m or unit not in units or float(m[1]) <= 0:
-        raise typer.BadParameter(f"expected a size like 500MB or 2GB, got {text!r}", param_hint="--shard-size")
+        raise typer.BadParameter(f"expected a size like 500MB or 2GB, got {text!r}", param_hint=option)
     return int(float(m[1]) * units[unit])
 
 

@@ -43,4 +43,5 @@ SPEC = MethodSpec(
     min_inputs=1,
     fp32=True,
     stream=stream_linear,
+    rows=True,
 )

@@ -77,6 +77,7 @@ class MethodSpec:
     # merge(converted inputs).to(out_dtype), from inputs in their stored dtype, in
     # cache-sized chunks (chunks.py). None: the engine converts and calls merge.
     stream: Callable[..., Any] | None = None
+    rows: bool = False  # elementwise: a block of rows of the inputs gives those rows of the result
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

@@ -199,4 +199,5 @@ def make_method(
                                        planner=PLANNERS.get(thinner), **params)
 
     return MethodSpec(name=name, merge=merge, params=params, summary=summary, paper=paper,
-                      base="required", min_inputs=1, random=random, stream=stream, version=version)
+                      base="required", min_inputs=1, random=random, stream=stream, version=version,
+                      rows=thinner is None and not elect_sign)
