@@ -51,36 +51,38 @@ class TopK:
         margin = int(6 * math.sqrt(m * q * (1 - q))) + 16  # 6 sigma of a sampled rank
         lo = sample[rank - margin] if rank - margin >= 0 else None
         hi = sample[rank + margin] if rank + margin < m else None
-        above, band = 0, []
+        above, band = 0, []  # band: per span, its magnitudes inside [lo, hi]
         for span in spans:
             a = magnitudes(span)
             if hi is not None:
                 above += int((a > hi).sum())
             if lo is None and hi is None:
-                band.append(a)
+                band.append(a.clone())
             elif lo is None:
                 band.append(a[a <= hi])
             else:
                 band.append(a[(a >= lo) & (a <= hi)] if hi is not None else a[a >= lo])
-        band = torch.cat(band)
+        values = torch.cat(band)
         need = k - above  # how many of the k largest lie in the band
-        exact = 0 < need <= band.numel()
-        if not exact:
-            band, need = torch.cat([magnitudes(span).clone() for span in spans]), k  # exact fallback
+        exact = 0 < need <= values.numel()
+        if not exact:  # the sample misled: search everything
+            band = [magnitudes(span).clone() for span in spans]
+            values, need = torch.cat(band), k
         if exact and lo is not None and hi is not None and bool(lo == hi):
             self.threshold = hi  # the band is one repeated value
         else:
-            self.threshold = torch.kthvalue(band, band.numel() - need + 1).values  # need-th largest
-        equal = int((band == self.threshold).sum())
-        quota = need - int((band > self.threshold).sum())  # ties to keep: 1 .. equal
-        self.cut = n if quota >= equal else self._cut(magnitudes, spans, quota)
+            self.threshold = torch.kthvalue(values, values.numel() - need + 1).values  # need-th largest
+        equal = int((values == self.threshold).sum())
+        quota = need - int((values > self.threshold).sum())  # ties to keep: 1 .. equal
+        self.cut = n if quota >= equal else self._cut(magnitudes, spans, band, quota)
 
-    def _cut(self, magnitudes, spans: list[slice], quota: int) -> int:
-        """One past the index of the quota-th entry equal to the threshold."""
-        for span in spans:
-            equal = magnitudes(span) == self.threshold
-            count = int(equal.sum())
+    def _cut(self, magnitudes, spans: list[slice], band: list, quota: int) -> int:
+        """One past the index of the quota-th entry equal to the threshold: the band's
+        per-span values say which span holds it; only that span is read again."""
+        for span, values in zip(spans, band):
+            count = int((values == self.threshold).sum())
             if count >= quota:
+                equal = magnitudes(span) == self.threshold
                 return span.start + int(equal.nonzero()[quota - 1, 0]) + 1
             quota -= count
         raise AssertionError("fewer ties than counted")

@@ -107,10 +107,13 @@ def plan_bernoulli(flat: chunks.Flat, i: int, density: float, rng, **_):
     return lambda span, delta: flat.scratch.get("mask", delta.shape, delta.dtype).copy_(mask[span])
 
 
-plan_bernoulli.parallel = True  # one generator per input: inputs can draw at the same time
 
 
+# torch's CPU generator draws on one thread: two inputs draw at once. (Top-k planning
+# already keeps both cores busy; two at a time measured slower.)
+plan_bernoulli.parallel = True
 PLANNERS = {sparsify.magnitude: plan_magnitude, sparsify.bernoulli: plan_bernoulli}
+PARALLEL_PLAN = 1 << 20  # entries from which inputs are planned two at a time
 
 
 def stream_task_vectors(
@@ -122,12 +125,14 @@ def stream_task_vectors(
     the merge itself, chunk by chunk."""
     flat = chunks.Flat(base, tensors, compute)
 
-    def plan(i):
-        return planner(flat, i, density=density[i], rng=rng) if planner else None
+    def plan(i, parallel=False):
+        # in parallel, each input gets its own Flat: scratch buffers are not shared
+        own = chunks.Flat(base, tensors, compute) if parallel else flat
+        return planner(own, i, density=density[i], rng=rng) if planner else None
 
-    if getattr(planner, "parallel", False) and len(tensors) > 1:
-        with ThreadPoolExecutor(max_workers=2) as pool:  # torch drawing releases the GIL
-            rules = list(pool.map(plan, range(len(tensors))))
+    if getattr(planner, "parallel", False) and len(tensors) > 1 and flat.n >= PARALLEL_PLAN:
+        with ThreadPoolExecutor(max_workers=2) as pool:  # torch releases the GIL
+            rules = list(pool.map(lambda i: plan(i, parallel=True), range(len(tensors))))
     else:
         rules = [plan(i) for i in range(len(tensors))]
     factors: list = [None] * len(tensors)
