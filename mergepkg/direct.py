@@ -40,10 +40,10 @@ class SequentialFile:
     def write(self, data) -> None:
         data = memoryview(data).cast("B")
         self.size += len(data)
-        if not self.direct:
-            self._write_all(data)
-            return
         while len(data):
+            if not self.direct:  # from the start, or since the file system refused it
+                self._write_all(data)
+                return
             n = min(len(data), STAGE - self._fill)
             self._stage[self._fill : self._fill + n] = data[:n]
             self._fill += n
@@ -77,7 +77,7 @@ class SequentialFile:
                 padded = -(-tail // ALIGN) * ALIGN
                 self._stage[tail:padded] = bytes(padded - tail)
                 self._flush(padded)
-                os.ftruncate(self.fd, self.size)  # drop the padding
+                os.ftruncate(self.fd, self.size)  # drop the padding (whichever way it went)
         finally:
             os.close(self.fd)
             self.fd = -1
