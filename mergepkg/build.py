@@ -78,10 +78,6 @@ def _build(recipe, session, out, seed, mode, reporter, targets, check_digests) -
                     store.discard(key)  # edited or truncated: never reused silently
                 if planned is None:
                     check_device(settings.device)
-                    if settings.threads:
-                        from mergepkg._lazy import torch
-
-                        torch.set_num_threads(settings.threads)
                     planned = layouts(res, folders)
                 art = _build_one(res, name, planned, folders, session, reporter)
                 built.append(name)
@@ -118,7 +114,8 @@ def _build_one(res: Resolution, name: str, planned, folders, session: Session, r
         digest = build_step(layouts_[name], folders, {m: info.tensors for m, info in infos.items()}, folder,
                             seed=res.seeds[name], device=session.settings.device,
                             max_shard_bytes=session.settings.max_shard_bytes,
-                            max_memory=session.settings.max_memory, reporter=reporter)
+                            max_memory=session.settings.max_memory, threads=session.settings.threads,
+                            reporter=reporter)
         return session.store.commit(key, folder, res.entries[name], digest, seconds=time.monotonic() - started)
     except MergepkgError as e:
         if e.key is None:  # locate engine errors at the step that failed

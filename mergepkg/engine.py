@@ -8,6 +8,7 @@ tensors, never a model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import queue
@@ -43,6 +44,12 @@ class NullReporter:
     def step_started(self, name, tensors, nbytes): pass
     def tensor_done(self, nbytes): pass
     def step_finished(self, name): pass
+
+
+@functools.cache
+def default_threads() -> int:
+    """torch's own choice of intra-op threads, read before mergepkg changes it."""
+    return torch.get_num_threads()
 
 
 def tensor_seed(seed: int, tensor: str, index: int) -> int:
@@ -92,12 +99,17 @@ def build_step(
     device: str = "cpu",
     max_shard_bytes: int = 2 * 1024**3,
     max_memory: int | None = None,
+    threads: int | None = None,
     reporter: Reporter | None = None,
 ) -> str:
     """Write the model of `layout` into `out_dir` (an empty folder the caller owns);
     returns the output digest."""
     reporter = reporter or NullReporter()
     step = layout.step
+    # a light method's math is a small share of the work; torch's own threads would
+    # only compete with the reader, writer and hasher (measured: linear 4.8 s -> 3.9 s
+    # on 2 cores). --threads, when given, decides.
+    torch.set_num_threads(threads or (1 if layout.method.light else default_threads()))
     # a streaming method's result never shares memory with its inputs: their buffers
     # can be reused as soon as it returns
     budget = for_process(max_memory)

@@ -44,4 +44,5 @@ SPEC = MethodSpec(
     fp32=True,
     stream=stream_linear,
     rows=True,
+    light=True,
 )

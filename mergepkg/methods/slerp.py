@@ -75,4 +75,5 @@ SPEC = MethodSpec(
     fp32=True,
     max_inputs=1,
     stream=stream_slerp,
+    light=True,
 )

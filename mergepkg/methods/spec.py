@@ -78,6 +78,7 @@ class MethodSpec:
     # cache-sized chunks (chunks.py). None: the engine converts and calls merge.
     stream: Callable[..., Any] | None = None
     rows: bool = False  # elementwise: a block of rows of the inputs gives those rows of the result
+    light: bool = False  # a few operations per entry: reading, writing and hashing are the work
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

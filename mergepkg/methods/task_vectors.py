@@ -205,4 +205,4 @@ def make_method(
 
     return MethodSpec(name=name, merge=merge, params=params, summary=summary, paper=paper,
                       base="required", min_inputs=1, random=random, stream=stream, version=version,
-                      rows=thinner is None and not elect_sign)
+                      rows=thinner is None and not elect_sign, light=thinner is None and not elect_sign)
