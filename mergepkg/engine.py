@@ -107,8 +107,8 @@ def build_step(
     reporter = reporter or NullReporter()
     step = layout.step
     # a light method's math is a small share of the work; torch's own threads would
-    # only compete with the reader, writer and hasher (measured: linear 4.8 s -> 3.9 s
-    # on 2 cores). --threads, when given, decides.
+    # only compete with the reader, writer and hasher (measured: linear 4.0-4.5 s ->
+    # 3.8-4.1 s on 2 cores). --threads, when given, decides.
     torch.set_num_threads(threads or (1 if layout.method.light else default_threads()))
     # a streaming method's result never shares memory with its inputs: their buffers
     # can be reused as soon as it returns

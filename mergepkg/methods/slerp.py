@@ -75,5 +75,4 @@ SPEC = MethodSpec(
     fp32=True,
     max_inputs=1,
     stream=stream_slerp,
-    light=True,
 )
