@@ -110,9 +110,9 @@ def build_step(
     # only compete with the reader, writer and hasher (measured: linear 4.0-4.5 s ->
     # 3.8-4.1 s on 2 cores). --threads, when given, decides.
     torch.set_num_threads(threads or (1 if layout.method.light else default_threads()))
+    budget = for_process(max_memory)
     # a streaming method's result never shares memory with its inputs: their buffers
     # can be reused as soon as it returns
-    budget = for_process(max_memory)
     buffers = BufferPool(budget.limit // 8 if budget.limit else None) if layout.method.stream else None
     readers = {m: ModelReader(folders[m], infos[m], buffers) for m in step.models}
     writer = ShardWriter(out_dir, [(t.name, t.info) for t in layout.tensors], max_shard_bytes)

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 
 from mergepkg.errors import BuildError
 from mergepkg.layout import OutputTensor, StepLayout
-from mergepkg.tensors import TensorInfo
+from mergepkg.tensors import CODE_OF, ITEMSIZE
 
 CHUNK_WORK = 64 << 20  # scratch of a streaming method: a few chunks per input, generously
 HEADROOM = 0.75  # of the memory left, what the estimates may plan for: the allocator keeps some
-BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def resident_bytes() -> int:
@@ -50,18 +49,11 @@ def for_process(limit: int | None) -> Budget:
     import torch  # noqa: F401 - loaded now, so its libraries count as already in use
 
     used = resident_bytes()
-    if limit - used < 16 * CHUNK_WORK // 4:
+    if limit - used < 4 * CHUNK_WORK:
         raise BuildError(f"--max-memory {limit / 1e6:.0f} MB leaves too little beside the "
                          f"{used / 1e6:.0f} MB this process already uses",
                          hint=f"allow at least {(used + 4 * CHUNK_WORK) / 1e6:.0f} MB")
     return Budget(int((limit - used) * HEADROOM))
-
-
-def numel(info: TensorInfo) -> int:
-    n = 1
-    for d in info.shape:
-        n *= d
-    return n
 
 
 @dataclass(frozen=True)
@@ -72,8 +64,8 @@ class Budget:
         return sum(infos[p.model][p.tensor].nbytes for p in out.parts)
 
     def footprint(self, layout: StepLayout, infos, out: OutputTensor) -> int:
-        method, n = layout.method, numel(out.info)
-        compute = max(4 if method.fp32 else 0, BYTES.get(layout.step.dtype, 4))
+        method, n = layout.method, out.info.nbytes // ITEMSIZE[out.info.dtype]
+        compute = max(4 if method.fp32 else 0, ITEMSIZE[CODE_OF.get(layout.step.dtype, "F32")])
         stored = self.inputs(infos, out) + out.info.nbytes
         if method.stream:
             draws = 5 * n * len(out.inputs) if method.random else 0

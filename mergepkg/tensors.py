@@ -16,8 +16,8 @@ import hashlib
 import json
 import os
 import struct
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,14 +57,20 @@ def code_of(dtype) -> str:
     return CODE_OF[str(dtype).removeprefix("torch.")]
 
 
+def parse_header(f, path: Path) -> tuple[dict, int]:
+    """(tensor entries, offset where tensor data starts) of an open safetensors file."""
+    f.seek(0)
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > 100_000_000:
+        raise SourceError("not a safetensors file (header too large)", file=path)
+    header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
 def read_header(path: Path) -> dict:
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > 100_000_000:
-            raise SourceError("not a safetensors file (header too large)", file=path)
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    return header
+        return parse_header(f, path)[0]
 
 
 def weight_files(folder: Path) -> list[str]:
@@ -114,15 +120,15 @@ class ModelReader:
 
     def __init__(self, folder: Path, infos: dict[str, TensorInfo], pool: BufferPool | None = None):
         self.folder, self.infos, self.pool = folder, infos, pool
-        self._files: dict[str, tuple[int, int, dict]] = {}  # file -> (fd, data start, header)
+        self._files: dict[str, tuple] = {}  # file -> (open file, data start, header)
         self._other: dict[str, object] = {}
 
     def _safetensors(self, file: str) -> tuple[int, int, dict]:
         if file not in self._files:
             path = self.folder / file
-            fd = os.open(path, os.O_RDONLY)
-            (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
-            self._files[file] = (fd, 8 + n, json.loads(os.pread(fd, n, 8)))
+            f = open(path, "rb", buffering=0)  # kept open: its descriptor serves the preads
+            header, start = parse_header(f, path)
+            self._files[file] = (f, start, header)
         return self._files[file]
 
     def _handle(self, file: str):
@@ -150,7 +156,7 @@ class ModelReader:
         return self.get(name)[start:stop]
 
     def _pread(self, name: str, info: TensorInfo, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        fd, data_start, header = self._safetensors(info.file)
+        f, data_start, header = self._safetensors(info.file)
         begin, end = header[name]["data_offsets"]
         shape = info.shape
         if stop is not None:  # a block of rows
@@ -163,15 +169,15 @@ class ModelReader:
         buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
         done = 0
         while done < end - begin:
-            got = os.preadv(fd, [buffer[done:]], data_start + begin + done)
+            got = os.preadv(f.fileno(), [buffer[done:]], data_start + begin + done)
             if got == 0:
                 raise SourceError(f"truncated tensor {name}", file=self.folder / info.file)
             done += got
         return tensor
 
     def close(self):
-        for fd, _, _ in self._files.values():
-            os.close(fd)
+        for f, _, _ in self._files.values():
+            f.close()
         self._files.clear()
         self._other.clear()
 
@@ -203,12 +209,9 @@ def model_digest(folder: Path) -> str:
             raise SourceError("digests are defined for safetensors models only", file=path)
         with open(path, "rb") as f:
             try:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
+                header, start = parse_header(f, path)
             except (struct.error, ValueError) as e:
                 raise SourceError(f"unreadable safetensors header: {e}", file=path) from None
-            header.pop("__metadata__", None)
-            start = 8 + n
             for key, meta in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
                 a, b = meta["data_offsets"]
                 f.seek(start + a)

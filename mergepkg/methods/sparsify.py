@@ -12,16 +12,19 @@ import math
 from mergepkg._lazy import torch
 from mergepkg.methods.reduce import total
 
-
 RESCALE_EPS = 1e-7
 
 
-def rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = RESCALE_EPS) -> torch.Tensor:
+def rescale_factor(before: torch.Tensor, after: torch.Tensor, eps: float = RESCALE_EPS):
+    """What scales kept entries of L1 norm `after` back to the delta's `before`; None
+    (leave them) when either norm is ~0."""
+    return None if before < eps or after < eps else before / after
+
+
+def rescale_l1(delta: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """Scale `kept` so that |kept|_1 == |delta|_1; unchanged when either norm is ~0."""
-    before, after = total(delta.abs()), total(kept.abs())
-    if before < eps or after < eps:
-        return kept
-    return kept.mul_(before / after)
+    factor = rescale_factor(total(delta.abs()), total(kept.abs()))
+    return kept if factor is None else kept.mul_(factor)
 
 
 def _finish(delta, mask, rescale):
@@ -49,26 +52,21 @@ class TopK:
         rank = (n - k) * m // n  # where the k-th largest sits in the ascending sample
         q = (n - k) / n
         margin = int(6 * math.sqrt(m * q * (1 - q))) + 16  # 6 sigma of a sampled rank
-        lo = sample[rank - margin] if rank - margin >= 0 else None
-        hi = sample[rank + margin] if rank + margin < m else None
+        # the band [lo, hi]; past the sample's ends it reaches 0 (magnitudes are >= 0) or +inf
+        lo = sample[rank - margin] if rank - margin >= 0 else sample.new_zeros(())
+        hi = sample[rank + margin] if rank + margin < m else sample.new_tensor(math.inf)
         above, band = 0, []  # band: per span, its magnitudes inside [lo, hi]
         for span in spans:
             a = magnitudes(span)
-            if hi is not None:
-                above += int((a > hi).sum())
-            if lo is None and hi is None:
-                band.append(a.clone())
-            elif lo is None:
-                band.append(a[a <= hi])
-            else:
-                band.append(a[(a >= lo) & (a <= hi)] if hi is not None else a[a >= lo])
+            above += int((a > hi).sum())
+            band.append(a[(a >= lo) & (a <= hi)])
         values = torch.cat(band)
         need = k - above  # how many of the k largest lie in the band
         exact = 0 < need <= values.numel()
         if not exact:  # the sample misled: search everything
             band = [magnitudes(span).clone() for span in spans]
             values, need = torch.cat(band), k
-        if exact and lo is not None and hi is not None and bool(lo == hi):
+        if exact and bool(lo == hi):
             self.threshold = hi  # the band is one repeated value
         else:
             self.threshold = torch.kthvalue(values, values.numel() - need + 1).values  # need-th largest

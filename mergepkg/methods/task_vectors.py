@@ -107,8 +107,6 @@ def plan_bernoulli(flat: chunks.Flat, i: int, density: float, rng, **_):
     return lambda span, delta: flat.scratch.get("mask", delta.shape, delta.dtype).copy_(mask[span])
 
 
-
-
 # torch's CPU generator draws on one thread: two inputs draw at once. (Top-k planning
 # already keeps both cores busy; two at a time measured slower.)
 plan_bernoulli.parallel = True
@@ -146,8 +144,7 @@ def stream_task_vectors(
                 before.add(torch.abs(delta, out=flat.scratch.get("before", delta.shape, delta.dtype)))
                 kept = torch.mul(delta, rule(span, delta), out=flat.scratch.get("after", delta.shape, delta.dtype))
                 after.add(kept.abs_())
-            b, a = before.result(), after.result()
-            factors[i] = None if b < sparsify.RESCALE_EPS or a < sparsify.RESCALE_EPS else b / a
+            factors[i] = sparsify.rescale_factor(before.result(), after.result())
 
     out = torch.empty(flat.shape, dtype=out_dtype, device=flat.device)
     dest = out.view(-1)
