@@ -90,3 +90,24 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     if choices and len(choices) <= 12:
         return "expected one of: " + ", ".join(choices)
     return None
+
+
+class RegistryError(MergepkgError, LookupError):
+    """A registry cannot answer: unknown package or version, unreachable, bad index data."""
+
+
+class PublishError(RegistryError):
+    """A publish or yank was refused; `status` is the HTTP status a server answers with."""
+
+    def __init__(self, message: str, *, status: int = 400, **kw):
+        super().__init__(message, **kw)
+        self.status = status
+
+
+class DependencyConflict(RegistryError):
+    """Two version ranges for one package allow no common version."""
+
+    def __init__(self, package: str, first: tuple[str, str], second: tuple[str, str], **kw):
+        self.package, self.first, self.second = package, first, second
+        super().__init__(f"no version of {package} satisfies both {first[1]!r} (required by {first[0]}) "
+                         f"and {second[1]!r} (required by {second[0]})", **kw)

@@ -31,9 +31,13 @@ def _renamed(step: Step, name: str, rename, origin: Origin) -> Step:
     )
 
 
-def flatten(recipe: Recipe, _chain: tuple[Path, ...] = ()) -> Recipe:
+def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind=None) -> Recipe:
+    """`bind` (dependencies.Dependencies.bind) points `dependency` sources at their
+    installed recipe files, here and in every recipe loaded on the way."""
     from mergepkg.parse import load_recipe
 
+    bind = bind or _unbound
+    recipe = bind(recipe)
     imports = {n: s for n, s in recipe.sources.items() if s.recipe is not None}
     if not imports:
         return recipe
@@ -46,7 +50,7 @@ def flatten(recipe: Recipe, _chain: tuple[Path, ...] = ()) -> Recipe:
         if src.recipe in chain:
             files = " -> ".join(str(p) for p in (*chain[chain.index(src.recipe):], src.recipe))
             raise PlanError(f"recipes import each other: {files}", file=str(recipe.path), line=recipe.line_of(key), key=key)
-        other = flatten(load_recipe(src.recipe), chain)
+        other = flatten(load_recipe(src.recipe), chain, bind)
         if src.step not in other.steps:
             raise PlanError(f"{src.recipe.name} has no step {src.step!r}", file=str(recipe.path),
                             line=recipe.line_of(f"{key}.step"), key=f"{key}.step", hint=did_you_mean(src.step, other.steps))
@@ -59,3 +63,12 @@ def flatten(recipe: Recipe, _chain: tuple[Path, ...] = ()) -> Recipe:
         alias[name] = prefix + src.step
     own = {n: _renamed(st, n, lambda m: alias.get(m, m), st.origin) for n, st in recipe.steps.items()}
     return replace(recipe, sources=sources, steps={**steps, **own})
+
+
+def _unbound(recipe: Recipe) -> Recipe:
+    for name, src in recipe.sources.items():
+        if src.dependency:
+            key = f"sources.{name}"
+            raise PlanError(f"dependency {src.dependency!r} is not resolved here", file=str(recipe.path),
+                            line=recipe.line_of(key), key=key, hint="this command needs the registry: run `mergepkg lock`")
+    return recipe

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
@@ -23,6 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from mergepkg.dependencies import LockedDependency
 from mergepkg.errors import RecipeError
 from mergepkg.hashing import canonical, sha256_hex
 from mergepkg.recipe import Condition, Recipe
@@ -58,6 +59,7 @@ class Lock:
     sources: dict[str, LockedSource]
     steps: dict[str, LockedStep]
     version: int = LOCK_VERSION
+    dependencies: dict[str, LockedDependency] = field(default_factory=dict)
 
 
 def lock_path(recipe: Recipe) -> Path:
@@ -90,6 +92,8 @@ def recipe_hash(recipe: Recipe) -> str:
                       _plain(dict(s.params)), s.dtype, s.out_dtype, s.tokenizer]
                   for n, s in recipe.steps.items()},
     }
+    if recipe.dependencies:  # only then, so that locks of recipes without any keep their hash
+        body["dependencies"] = {n: [d.range, d.registry] for n, d in recipe.dependencies.items()}
     return "sha256:" + sha256_hex(canonical(body))
 
 
@@ -112,7 +116,9 @@ def read_lock(path: Path) -> Lock | None:
             for s in data.get("source", [])
         }
         steps = {s["name"]: LockedStep(s["name"], s["method"], s["key"], s.get("digest")) for s in data.get("step", [])}
-        return Lock(data["recipe"], sources, steps)
+        deps = {d["name"]: LockedDependency(d["name"], d["version"], d["registry"], d["sha256"])
+                for d in data.get("dependency", [])}
+        return Lock(data["recipe"], sources, steps, dependencies=deps)
     except (KeyError, TypeError) as e:
         raise RecipeError(f"malformed lock: missing {e}", file=path, hint="delete it and run `mergepkg lock`") from None
 
@@ -122,6 +128,10 @@ def write_lock(path: Path, lock: Lock) -> None:
     doc = {
         "version": lock.version,
         "recipe": lock.recipe_hash,
+        "dependency": [
+            {"name": d.name, "version": d.version, "registry": d.registry, "sha256": d.sha256}
+            for d in sorted(lock.dependencies.values(), key=lambda d: d.name)
+        ],
         "source": [
             {k: v for k, v in {
                 "name": s.name, "hf": s.hf, "revision": s.revision, "path": s.path, "commit": s.pin.commit,
@@ -134,6 +144,8 @@ def write_lock(path: Path, lock: Lock) -> None:
             for s in sorted(lock.steps.values(), key=lambda s: s.name)
         ],
     }
+    if not doc["dependency"]:
+        del doc["dependency"]
     text = "# Written by mergepkg. Do not edit: run `mergepkg lock` to refresh it.\n" + tomli_w.dumps(doc)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)  # one per writer
     with os.fdopen(fd, "w") as f:
@@ -146,6 +158,15 @@ def differences(old: Lock | None, new: Lock) -> list[str]:
     if old is None:
         return ["there is no lock file"]
     out = []
+    for name in sorted(set(old.dependencies) | set(new.dependencies)):
+        a, b = old.dependencies.get(name), new.dependencies.get(name)
+        if a is None:
+            out.append(f"dependency {name!r} was added")
+        elif b is None:
+            out.append(f"dependency {name!r} was removed")
+        elif a != b:
+            out.append(f"dependency {name!r} resolves to {b.version} (locked: {a.version})" if a.version != b.version
+                       else f"dependency {name!r} {a.version} has different content or registry than locked")
     for name in sorted(set(old.sources) | set(new.sources)):
         a, b = old.sources.get(name), new.sources.get(name)
         if a is None:

@@ -21,7 +21,16 @@ from mergepkg.errors import RecipeError, SourceError, did_you_mean
 from mergepkg.locate import locate
 from mergepkg.methods import get_method
 from mergepkg.methods.spec import MethodSpec
-from mergepkg.recipe import Condition, InputRef, Recipe, Slice, SliceSource, Source, Step
+from mergepkg.recipe import (
+    Condition,
+    Dependency,
+    InputRef,
+    Recipe,
+    Slice,
+    SliceSource,
+    Source,
+    Step,
+)
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -69,12 +78,20 @@ class _Parser:
         except tomllib.TOMLDecodeError as e:
             line = getattr(e, "lineno", None) or _line_from_message(str(e))
             raise RecipeError(f"invalid TOML: {getattr(e, 'msg', e)}", file=self.display, line=line) from None
-        self.only_keys(data, ("package", "sources", "steps"), "")
+        self.only_keys(data, ("package", "dependencies", "sources", "steps"), "")
         package = self.expect(data.get("package"), dict, "package", "a [package] table with name and version")
-        self.only_keys(package, ("name", "version", "description", "outputs", "seed"), "package")
+        self.only_keys(package, ("name", "version", "description", "tags", "outputs", "seed"), "package")
         name = self.expect(package.get("name"), str, "package.name", "a string")
         version = self.expect(package.get("version"), str, "package.version", "a version string like \"0.1.0\"")
         seed = self.expect(package.get("seed", 0), int, "package.seed", "an integer")
+        description = self.expect(package.get("description", ""), str, "package.description", "a string")
+        tags = self.expect(package.get("tags", []), list, "package.tags", "a list of strings")
+        for i, t in enumerate(tags):
+            self.expect(t, str, f"package.tags[{i}]", "a string")
+        self.dependencies = {}
+        for n, v in self.expect(data.get("dependencies", {}), dict, "dependencies", "a table").items():
+            dep = self.dependency(n, v)
+            self.dependencies[dep.name] = dep
 
         sources = {n: self.source(n, v) for n, v in self.expect(data.get("sources", {}), dict, "sources", "a table").items()}
         steps_table = self.expect(data.get("steps"), dict, "steps", "at least one [steps.NAME] table")
@@ -96,23 +113,61 @@ class _Parser:
                 if o not in steps:
                     raise self.error(f"package.outputs[{i}]", f"no step named {o!r}", did_you_mean(str(o), steps))
         return Recipe(name=name, version=version, path=self.path.resolve(), sources=sources, steps=steps,
-                      outputs=tuple(outputs), seed=seed, text=self.text)
+                      outputs=tuple(outputs), seed=seed, text=self.text, dependencies=self.dependencies,
+                      description=description, tags=tuple(tags))
+
+    # -- dependencies ------------------------------------------------------------
+    def dependency(self, name: str, value: Any) -> Dependency:
+        from mergepkg.registry.index import InvalidName, canonical
+        from mergepkg.registry.semver import Range, VersionError
+
+        key = f"dependencies.{name}"
+        try:
+            canon = canonical(name)
+        except InvalidName as e:
+            raise self.error(key, e.message, e.hint) from None
+        if canon in self.dependencies:
+            raise self.error(key, f"{name!r} names the same package as another dependency",
+                             "`-` and `_` are the same in package names")
+        if isinstance(value, str):
+            value = {"version": value}
+        self.expect(value, dict, key, 'a version range like "^1.2" or { version = "^1.2", registry = "team" }')
+        self.only_keys(value, ("version", "registry"), key)
+        rng = self.expect(value.get("version"), str, f"{key}.version" if "version" in value else key,
+                          'a version range like "^1.2"')
+        try:
+            Range.parse(rng)
+        except VersionError as e:
+            raise self.error(f"{key}.version" if len(value) > 1 else key, str(e), "see docs/registry.md#ranges") from None
+        registry = value.get("registry")
+        if registry is not None:
+            self.expect(registry, str, f"{key}.registry", "the name of a configured registry")
+        return Dependency(canon, rng, registry)
 
     # -- sources -----------------------------------------------------------------
     def source(self, name: str, table: Any) -> Source:
         key = f"sources.{name}"
         self.check_name(name, key)
-        self.expect(table, dict, key, '{ hf = "org/name" }, { path = "./folder" } or { recipe = "x.toml", step = "s" }')
-        self.only_keys(table, ("hf", "revision", "path", "recipe", "step"), key)
-        kinds = [k for k in ("hf", "path", "recipe") if k in table]
+        self.expect(table, dict, key, '{ hf = "org/name" }, { path = "./folder" }, { recipe = "x.toml", step = "s" } '
+                                      'or { dependency = "name", step = "s" }')
+        self.only_keys(table, ("hf", "revision", "path", "recipe", "dependency", "step"), key)
+        kinds = [k for k in ("hf", "path", "recipe", "dependency") if k in table]
         if len(kinds) != 1:
-            raise self.error(key, "expected exactly one of `hf`, `path` or `recipe`",
+            raise self.error(key, "expected exactly one of `hf`, `path`, `recipe` or `dependency`",
                              'e.g. { hf = "org/name", revision = "main" }, { path = "./models/x" }, '
-                             '{ recipe = "../other.toml", step = "merged" }')
-        allowed = {"hf": "revision", "recipe": "step", "path": None}[kinds[0]]
+                             '{ recipe = "../other.toml", step = "merged" }, { dependency = "pkg", step = "merged" }')
+        allowed = {"hf": "revision", "recipe": "step", "dependency": "step", "path": None}[kinds[0]]
         for extra in ("revision", "step"):
             if extra in table and extra != allowed:
                 raise self.error(f"{key}.{extra}", f"a {kinds[0]} source has no `{extra}`", f"remove `{extra}`")
+        if kinds[0] == "dependency":
+            dep = self.expect(table["dependency"], str, f"{key}.dependency", "a package named in [dependencies]")
+            step = self.expect(table.get("step"), str, f"{key}.step", "the name of a step in that recipe")
+            canon = dep.replace("_", "-")
+            if canon not in self.dependencies:
+                raise self.error(f"{key}.dependency", f"{dep!r} is not in [dependencies]",
+                                 did_you_mean(canon, self.dependencies) or f'add it: [dependencies] {dep} = "^1.0"')
+            return Source(name=name, dependency=canon, step=step)
         if kinds[0] == "recipe":
             rel = self.expect(table["recipe"], str, f"{key}.recipe", "a recipe file path")
             step = self.expect(table.get("step"), str, f"{key}.step", "the name of a step in that recipe")

@@ -36,12 +36,24 @@ class Source:
     path: Path | None = None  # a local model folder, absolute
     recipe: Path | None = None  # another recipe file, absolute ...
     step: str | None = None  # ... and the step of it this source is
+    dependency: str | None = None  # or a [dependencies] package (canonical name), with `step`
 
     @property
     def label(self) -> str:
+        if self.dependency:
+            return f"{self.dependency}:{self.step}"
         if self.recipe:
             return f"{self.recipe}:{self.step}"
         return f"{self.hf}@{self.revision}" if self.hf else str(self.path)
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A registry recipe this recipe uses steps of: `name = "^1.2"` in `[dependencies]`."""
+
+    name: str  # canonical package name (registry/index.py)
+    range: str  # a version range (registry/semver.py)
+    registry: str | None = None  # a configured registry's name; None: the first that has it
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,9 @@ class Recipe:
     outputs: tuple[str, ...]  # names of the steps the build delivers
     seed: int = 0
     text: str = field(default="", repr=False, compare=False)  # for locating errors
+    dependencies: Mapping[str, Dependency] = field(default_factory=dict)
+    description: str = ""
+    tags: tuple[str, ...] = ()
 
     def line_of(self, key: str) -> int | None:
         from mergepkg.locate import locate

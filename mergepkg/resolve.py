@@ -11,18 +11,27 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from filelock import FileLock
 
+from mergepkg.dependencies import LockedDependency, resolve_dependencies
 from mergepkg.errors import LockError, SourceError, did_you_mean
 from mergepkg.hashcache import HashCache
 from mergepkg.hashing import key_of, step_entry
 from mergepkg.imports import flatten
 from mergepkg.layout import ModelInfo, StepLayout, step_layout
-from mergepkg.lock import Lock, LockedSource, LockedStep, differences, lock_path, recipe_hash
+from mergepkg.lock import (
+    Lock,
+    LockedSource,
+    LockedStep,
+    differences,
+    lock_path,
+    read_lock,
+    recipe_hash,
+)
 from mergepkg.plan import Plan, make_plan
 from mergepkg.recipe import Recipe
 from mergepkg.settings import Settings
@@ -74,10 +83,12 @@ class Resolution:
     entries: dict[str, dict]  # step -> canonical lock entry
     keys: dict[str, str]  # step -> sha256 of its entry
     seeds: dict[str, int]  # step -> seed for random methods (imported steps keep their recipe's)
+    dependencies: dict[str, LockedDependency] = field(default_factory=dict)  # registry recipes, resolved
 
     def lock(self, digests: dict[str, str | None]) -> Lock:
         steps = {n: LockedStep(n, self.recipe.steps[n].method, self.keys[n], digests.get(n)) for n in self.plan.order}
-        return Lock(recipe_hash(self.recipe), {n: s.locked for n, s in self.sources.items()}, steps)
+        return Lock(recipe_hash(self.recipe), {n: s.locked for n, s in self.sources.items()}, steps,
+                    dependencies=dict(self.dependencies))
 
 
 def read_model_info(folder: Path) -> ModelInfo:
@@ -90,21 +101,31 @@ def read_model_info(folder: Path) -> ModelInfo:
     return ModelInfo(config, scan_tensors(folder))
 
 
+def expand(recipe: Recipe, session: Session) -> Recipe:
+    """The recipe with the steps of imported recipes and dependencies joined in
+    (dependencies at their locked versions where the lock still fits)."""
+    lock = read_lock(lock_path(recipe))
+    deps = resolve_dependencies(recipe, session.settings, locked=lock.dependencies if lock else None)
+    return flatten(recipe, bind=deps.bind)
+
+
 def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode: Mode = "update",
             upgrade: frozenset[str] = frozenset(), seed: int | None = None,
             targets: tuple[str, ...] | None = None) -> Resolution:
-    recipe = flatten(recipe)
-    plan = make_plan(recipe, targets)
     settings = session.settings
-    unknown = sorted(upgrade - {ALL} - set(recipe.sources))
+    unknown = sorted(upgrade - {ALL} - set(recipe.sources) - set(recipe.dependencies))
     if unknown:
-        raise LockError(f"--upgrade: no source named {unknown[0]!r}", file=str(recipe.path),
-                        hint=did_you_mean(unknown[0], recipe.sources))
+        raise LockError(f"--upgrade: no source or dependency named {unknown[0]!r}", file=str(recipe.path),
+                        hint=did_you_mean(unknown[0], [*recipe.sources, *recipe.dependencies]))
     if mode == "frozen":
         if lock is None:
             raise LockError("--frozen needs a lock file and there is none", file=str(recipe.path),
                             hint="run `mergepkg lock` first")
         settings = replace(settings, offline=True)  # never touch the network
+    deps = resolve_dependencies(recipe, settings, locked=lock.dependencies if lock else None, mode=mode,
+                                upgrade=upgrade)
+    recipe = flatten(recipe, bind=deps.bind)
+    plan = make_plan(recipe, targets)
     sources = {}
     for name in plan.sources_used():
         src = recipe.sources[name]
@@ -138,7 +159,7 @@ def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode:
         seeds[name] = step.origin.seed if step.origin else own_seed
         entries[name] = step_entry(step, refs, seeds[name])
         keys[name] = refs[name] = key_of(entries[name])
-    res = Resolution(recipe, plan, sources, entries, keys, seeds)
+    res = Resolution(recipe, plan, sources, entries, keys, seeds, deps.picks)
     if mode in ("locked", "frozen"):
         changes = differences(lock, res.lock({}))
         if changes:

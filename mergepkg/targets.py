@@ -14,11 +14,10 @@ from pathlib import Path
 
 from mergepkg.build import build
 from mergepkg.errors import RecipeError, SourceError, did_you_mean
-from mergepkg.imports import flatten
 from mergepkg.lock import lock_path, read_lock
 from mergepkg.parse import load_recipe
 from mergepkg.recipe import Source
-from mergepkg.resolve import Session
+from mergepkg.resolve import Session, expand
 from mergepkg.sources import fetch, pin_folder
 
 
@@ -46,7 +45,7 @@ def resolve_targets(target: str, session: Session, reporter=None) -> list[Model]
 
 def _from_recipe(path: Path, name: str | None, session: Session, reporter) -> list[Model]:
     recipe = load_recipe(path)
-    flat = flatten(recipe)
+    flat = expand(recipe, session)
     label = path.name + ":{}"
     if name is not None and name in flat.sources:
         src = flat.sources[name]

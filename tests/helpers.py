@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +19,25 @@ def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
             for k in h.keys():
                 out[k] = h.get_tensor(k)
     return out
+
+
+MERGEPKG = str(Path(sys.executable).parent / "mergepkg")
+
+
+def run_cli(*args, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real `mergepkg` script, wide enough that rich tables do not wrap."""
+    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", **(env or {})}
+    return subprocess.run([MERGEPKG, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """In-process `mergepkg ARGS`: (exit code, stdout, stderr)."""
+    from mergepkg.cli.app import main
+
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
 
 
 def build_recipe(recipe_path: Path, out: Path | None = None, *, seed: int | None = None, mode: str = "update", **settings):

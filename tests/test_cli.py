@@ -8,23 +8,19 @@ keeps the file fast.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import load_tensors
+from helpers import cli, load_tensors, run_cli
 from mergepkg import __version__
 from mergepkg.build import MARKER
 from mergepkg.cli.app import main
 from mergepkg.errors import MergepkgError
 from mergepkg.methods import METHODS
 
-MERGEPKG = str(Path(sys.executable).parent / "mergepkg")
 ALL_METHODS = ("linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "dare_linear",
                "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough")
 
@@ -40,20 +36,6 @@ inputs = [
 
 
 # -- helpers -------------------------------------------------------------------------
-def run_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The real `mergepkg` script, wide enough that rich tables do not wrap."""
-    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
-    return subprocess.run([MERGEPKG, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=300)
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """In-process `mergepkg ARGS`: (exit code, stdout, stderr)."""
-    code = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
 def line_of(path: Path, needle: str) -> int:
     """1-based line of the first line of `path` that contains `needle`."""
     for i, line in enumerate(path.read_text().splitlines(), 1):

@@ -14,6 +14,7 @@ from mergepkg.cli import import_cmd
 from mergepkg.cli import lock as lock_cmd
 from mergepkg.cli import methods as methods_cmd
 from mergepkg.cli import plan as plan_cmd
+from mergepkg.cli import registry as registry_cmd
 from mergepkg.cli.output import err, show_error
 from mergepkg.errors import MergepkgError
 
@@ -50,7 +51,13 @@ app.command("verify")(lock_cmd.verify)
 app.command("eval")(eval_cmd.eval_)
 app.command("import")(import_cmd.import_)
 app.command("methods")(methods_cmd.methods)
+app.command("search")(registry_cmd.search)
+app.command("info")(registry_cmd.info)
+app.command("install")(registry_cmd.install)
+app.command("publish")(registry_cmd.publish)
+app.command("yank")(registry_cmd.yank)
 app.add_typer(cache_cmd.app, name="cache")
+app.add_typer(registry_cmd.app, name="registry")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -17,7 +18,7 @@ from mergepkg.resolve import layouts, resolve
 
 
 def build(
-    recipe: Path = RECIPE,
+    recipe: str = typer.Argument(..., metavar="RECIPE", help="A recipe file, or NAME[@RANGE] of a published recipe."),
     out_dir: Path = typer.Option(None, "--out", "-o", help="Output folder (default: out/<package name>)."),
     device: str = typer.Option("cpu", "--device", help="Where the math runs: cpu, cuda, cuda:N, mps."),
     seed: int = typer.Option(None, "--seed", help="Seed for random methods (default: the recipe's)."),
@@ -34,6 +35,7 @@ def build(
     if locked and frozen:
         raise BuildError("--locked and --frozen exclude each other", hint="--frozen already implies --locked")
     check_device(device)
+    recipe = _recipe_file(recipe, offline)
     r, session = open_recipe(recipe, offline=offline, device=device, threads=threads,
                              max_shard_bytes=parse_size(shard_size),
                              max_memory=parse_size(max_memory, "--max-memory") if max_memory else None)
@@ -63,3 +65,17 @@ def validate(recipe: Path = RECIPE, offline: bool = OFFLINE):
                       size(lay.bytes_in), size(lay.bytes_out))
     out.print(table)
     err.print(f"[green]ok[/]: {len(res.plan.order)} steps, outputs: {', '.join(r.outputs)}")
+
+
+def _recipe_file(arg: str, offline: bool) -> Path:
+    """The recipe file to build: `arg` itself, or a registry package installed for it."""
+    from mergepkg.registry import packages
+    from mergepkg.settings import Settings
+
+    if not packages.looks_like_spec(arg):
+        return Path(arg)
+    spec = packages.Spec.parse(arg)
+    settings = Settings()
+    deps = packages.install(replace(settings, registry_offline=True) if offline else settings, spec)
+    err.print(f"[green]installed[/] {spec.name} {deps.picks[spec.name].version}")
+    return deps.files[spec.name]

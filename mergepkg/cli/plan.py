@@ -55,13 +55,13 @@ def graph(
     offline: bool = OFFLINE,
 ):
     """Print the DAG as Mermaid or Graphviz DOT, for docs."""
-    from mergepkg.imports import flatten
-    from mergepkg.parse import load_recipe
     from mergepkg.plan import make_plan
+    from mergepkg.resolve import expand
 
     if fmt not in ("mermaid", "dot"):
         raise typer.BadParameter("expected mermaid or dot", param_hint="--format")
-    r = flatten(load_recipe(recipe))
+    base, session = open_recipe(recipe, offline=offline)
+    r = expand(base, session)
     p = make_plan(r)
     nodes = [n for n in p.graph.nodes if n in p.order or any(s in p.order for s in p.graph.successors(n))]
     ids = {n: f"n{i}" for i, n in enumerate(nodes)}

@@ -1,0 +1,177 @@
+"""`mergepkg registry ...`, `search`, `info`, `install`, `publish`, `yank`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from mergepkg.cli.output import err, out
+from mergepkg.errors import RegistryError
+from mergepkg.registry import client as registries
+from mergepkg.registry import packages, tokens
+from mergepkg.settings import Settings
+
+app = typer.Typer(help="Configure registries; create and serve one.", no_args_is_help=True)
+token_app = typer.Typer(help="Bearer tokens that may publish to and yank from a served registry.",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+REGISTRY = typer.Option(None, "--registry", "-r", help="A configured registry (default: each in order).")
+OFFLINE = typer.Option(False, "--offline", help="Only what was fetched before.")
+
+
+def _settings(offline: bool = False) -> Settings:
+    base = Settings()
+    return replace(base, offline=offline or base.offline, registry_offline=offline or base.registry_offline)
+
+
+# -- configuration ---------------------------------------------------------------------
+@app.command("add")
+def add(name: str = typer.Argument(..., help="A name for it, used by --registry."),
+        url: str = typer.Argument(..., help="A folder, file:// URL or http(s):// base URL."),
+        token: str = typer.Option(None, "--token", help="Bearer token for publish and yank (stored 0600).")):
+    """Add a registry to the list searched, in order, for packages."""
+    settings = _settings()
+    regs = registries.configured(settings)
+    if any(r.name == name for r in regs):
+        raise RegistryError(f"a registry named {name!r} is already configured", hint="remove it first, or pick another name")
+    regs.append(registries.Registry(name, registries.normalize_url(url), token))
+    registries.save(settings, regs)
+    err.print(f"[green]added[/] {escape(name)}: {escape(regs[-1].url)}")
+
+
+@app.command("list")
+def list_():
+    """The configured registries, in the order they are searched."""
+    table = Table()
+    for col in ("name", "url", "token"):
+        table.add_column(col)
+    for r in registries.configured(_settings()):
+        table.add_row(r.name, r.url, "yes" if r.token else "")
+    out.print(table)
+
+
+@app.command("remove")
+def remove(name: str = typer.Argument(...)):
+    """Forget a registry (what was installed from it stays)."""
+    settings = _settings()
+    client = registries.Client(settings)
+    client.registry(name)  # a clear error for an unknown name
+    registries.save(settings, [r for r in client.registries if r.name != name])
+    err.print(f"[green]removed[/] {escape(name)}")
+
+
+# -- hosting --------------------------------------------------------------------------
+@app.command("init")
+def init(folder: Path = typer.Argument(..., file_okay=False), name: str = typer.Option(..., "--name")):
+    """Create an empty registry folder (serve it, or commit it to git, as it is)."""
+    from mergepkg.registry.folder import RegistryFolder
+
+    RegistryFolder(folder).init(name)
+    err.print(f"[green]created[/] registry {escape(name)} in {escape(str(folder))}")
+
+
+@app.command("serve")
+def serve(folder: Path = typer.Argument(..., file_okay=False, exists=True),
+          host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(8780, "--port"),
+          threads: int = typer.Option(4, "--threads", help="Requests served at once.")):
+    """Serve a registry folder over HTTP; publish and yank need a token."""
+    from mergepkg.registry.server import make_server
+
+    server = make_server(folder, host, port, threads)
+    err.print(f"serving {escape(str(folder))} on http://{host}:{server.effective_port} (Ctrl-C stops)")
+    try:
+        server.run()
+    finally:
+        server.close()
+
+
+@token_app.command("create")
+def token_create(folder: Path = typer.Argument(..., file_okay=False, exists=True),
+                 label: str = typer.Option(..., "--label", help="Who holds it, e.g. alice or ci.")):
+    """Create a token; it is printed once and only its hash is kept."""
+    token = tokens.create(folder, label)
+    out.print(token, highlight=False)
+    err.print(f"[green]created[/] a token for {escape(label)}; keep it: it is not stored anywhere")
+
+
+@token_app.command("revoke")
+def token_revoke(folder: Path = typer.Argument(..., file_okay=False, exists=True),
+                 label: str = typer.Option(..., "--label")):
+    """Stop accepting a token (at once, no restart needed)."""
+    tokens.revoke(folder, label)
+    err.print(f"[green]revoked[/] the token of {escape(label)}")
+
+
+@token_app.command("list")
+def token_list(folder: Path = typer.Argument(..., file_okay=False, exists=True)):
+    """Labels and creation times of the tokens (the tokens themselves are not kept)."""
+    table = Table()
+    table.add_column("label")
+    table.add_column("created")
+    for t in tokens.load(folder):
+        table.add_row(t["label"], t["created"])
+    out.print(table)
+
+
+# -- packages -------------------------------------------------------------------------
+def search(text: str = typer.Argument(..., help="Words that must all appear in name, description or tags."),
+           offline: bool = OFFLINE):
+    """Find published recipes in the configured registries."""
+    found = packages.search(registries.Client(_settings(offline)), text)
+    table = Table()
+    for col in ("name", "latest", "registry", "description", "tags"):
+        table.add_column(col)
+    for reg, name, info in found:
+        latest = info.get("latest", "") + (" (yanked)" if info.get("yanked") else "")
+        table.add_row(name, latest, reg.name, info.get("description", ""), ", ".join(info.get("tags", [])))
+    out.print(table)
+    err.print(f"{len(found)} packages match {text!r}")
+
+
+def info(spec: str = typer.Argument(..., metavar="NAME[@RANGE]"), registry: str = REGISTRY, offline: bool = OFFLINE):
+    """A package's versions (those a range allows), checksums, dependencies and sources."""
+    reg, entries = packages.info(registries.Client(_settings(offline)), packages.Spec.parse(spec), registry)
+    latest = entries[-1]
+    err.print(f"[bold]{escape(latest.name)}[/] from {escape(reg.name)}: {escape(latest.description)}")
+    table = Table()
+    for col in ("version", "published", "sha256", "dependencies", "sources", "yanked"):
+        table.add_column(col)
+    for e in entries:
+        deps = ", ".join(f"{d.name} {d.range}" for d in e.dependencies)
+        table.add_row(e.version, e.published, e.sha256[:16], deps, "\n".join(f"{k}: {v}" for k, v in e.sources.items()),
+                      "yanked" if e.yanked else "")
+    out.print(table)
+
+
+def install(spec: str = typer.Argument(..., metavar="NAME[@RANGE]"), registry: str = REGISTRY,
+            offline: bool = OFFLINE):
+    """Resolve the newest matching version and its dependencies; fetch, verify, keep."""
+    deps = packages.install(_settings(offline), packages.Spec.parse(spec), registry)
+    for name, pick in deps.picks.items():
+        err.print(f"[green]installed[/] {escape(name)} {pick.version} [dim]sha256 {pick.sha256[:16]}[/]")
+    for path in deps.files.values():
+        out.print(str(path), highlight=False)
+
+
+def publish(recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="The recipe file."),
+            registry: str = typer.Option(..., "--registry", "-r", help="A configured registry.")):
+    """Publish a recipe: validated, checksummed, immutable once published."""
+    reg, entry, new = packages.publish(_settings(), recipe, registry)
+    verb = "[green]published[/]" if new else "[yellow]already published[/] (same bytes)"
+    err.print(f"{verb} {escape(entry.name)}@{entry.version} to {escape(reg.name)}")
+    out.print(f"{entry.name}@{entry.version} sha256:{entry.sha256}", highlight=False)
+
+
+def yank(spec: str = typer.Argument(..., metavar="NAME@VERSION"), registry: str = typer.Option(..., "--registry", "-r"),
+         undo: bool = typer.Option(False, "--undo", help="Un-yank.")):
+    """Hide a version from new resolutions; locks that name it keep working."""
+    name, _, version = spec.partition("@")
+    if not version:
+        raise typer.BadParameter("expected NAME@VERSION", param_hint="NAME@VERSION")
+    reg, entry = packages.yank(_settings(), name, version, registry, undo)
+    err.print(f"[green]{'un-yanked' if undo else 'yanked'}[/] {escape(entry.name)}@{entry.version} in {escape(reg.name)}")

@@ -1,0 +1,231 @@
+"""Reading registries: the configured list, their index files, recipe files, verified.
+
+Registries are configured in `$MERGEPKG_HOME/registries.toml` (`mergepkg registry add`),
+in the order they were added. A registry's URL is a folder (a path or `file://`), or
+an `http(s)://` base URL. HTTP reads keep each file and its ETag in
+`$MERGEPKG_HOME/registry-cache/`, ask again with If-None-Match (a 304 costs no body),
+and fall back to the kept copy when the server cannot be reached or `--offline` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from mergepkg.errors import PublishError, RegistryError, did_you_mean
+from mergepkg.registry.index import (
+    Entry,
+    canonical,
+    index_path,
+    read_index,
+    recipe_path,
+)
+from mergepkg.settings import Settings
+
+TIMEOUT = 30  # seconds per request
+
+
+@dataclass(frozen=True)
+class Registry:
+    name: str
+    url: str  # http(s)://... or an absolute folder path
+    token: str | None = None  # bearer token for publish and yank
+
+    @property
+    def folder(self) -> Path | None:
+        if self.url.startswith("file://"):
+            return Path(urllib.parse.urlparse(self.url).path)
+        return None if self.url.startswith(("http://", "https://")) else Path(self.url)
+
+
+def config_path(settings: Settings) -> Path:
+    return settings.home / "registries.toml"
+
+
+def configured(settings: Settings) -> list[Registry]:
+    path = config_path(settings)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except tomllib.TOMLDecodeError as e:
+        raise RegistryError(f"cannot read the registry list: {e}", file=str(path),
+                            hint="fix or delete it, then `mergepkg registry add`") from None
+    return [Registry(n, r["url"], r.get("token")) for n, r in data.get("registries", {}).items()]
+
+
+def save(settings: Settings, registries: list[Registry]) -> None:
+    path = config_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"registries": {r.name: {k: v for k, v in (("url", r.url), ("token", r.token)) if v} for r in registries}}
+    fd, tmp = tempfile.mkstemp(prefix="registries.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600, since tokens may be in it
+        f.write(tomli_w.dumps(doc))
+    os.replace(tmp, path)
+
+
+def normalize_url(url: str) -> str:
+    if url.startswith(("http://", "https://")):
+        return url.rstrip("/")
+    folder = Path(urllib.parse.urlparse(url).path if url.startswith("file://") else url).expanduser().resolve()
+    if not (folder / "config.json").is_file():
+        raise RegistryError(f"not a registry folder (no config.json): {folder}",
+                            hint="create one with `mergepkg registry init DIR --name NAME`, or give an http(s) URL")
+    return str(folder)
+
+
+class Client:
+    """Reads configured registries; one instance per command (it remembers what it read)."""
+
+    def __init__(self, settings: Settings, registries: list[Registry] | None = None):
+        self.settings = settings
+        self.registries = configured(settings) if registries is None else registries
+        self.cache = settings.home / "registry-cache"
+        self._read: dict[tuple[str, str], bytes | None] = {}
+
+    def registry(self, name: str) -> Registry:
+        for r in self.registries:
+            if r.name == name:
+                return r
+        raise RegistryError(f"no registry named {name!r}",
+                            hint=did_you_mean(name, [r.name for r in self.registries])
+                            or "add it with `mergepkg registry add NAME URL`")
+
+    def by_url(self, url: str) -> Registry:
+        return next((r for r in self.registries if r.url == url), Registry(url, url))
+
+    def ordered(self, name: str | None) -> list[Registry]:
+        if name is not None:
+            return [self.registry(name)]
+        if not self.registries:
+            raise RegistryError("no registry is configured",
+                                hint="add one with `mergepkg registry add NAME URL_OR_PATH`")
+        return self.registries
+
+    # -- files ---------------------------------------------------------------------
+    def get(self, reg: Registry, path: str, *, immutable: bool = False) -> bytes | None:
+        """A file of a registry, or None when it has no such file."""
+        if (reg.url, path) not in self._read:
+            self._read[reg.url, path] = self._get(reg, path, immutable)
+        return self._read[reg.url, path]
+
+    def _get(self, reg: Registry, path: str, immutable: bool) -> bytes | None:
+        if reg.folder is not None:
+            try:
+                return (reg.folder / path).read_bytes()
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                raise RegistryError(f"cannot read {path}: {e}", file=str(reg.folder)) from None
+        kept = self.cache / hashlib.sha256(reg.url.encode()).hexdigest()[:16] / path
+        etag_file = kept.with_name(kept.name + ".etag")
+        if kept.exists() and (immutable or self.settings.registry_offline):
+            return kept.read_bytes()  # recipe files never change (checked by sha256 anyway)
+        if self.settings.registry_offline:
+            raise RegistryError(f"{reg.name}: {path} was never fetched and --offline is set", file=reg.url,
+                                hint="run once online")
+        request = urllib.request.Request(f"{reg.url}/{path}", headers={"User-Agent": "mergepkg"})
+        if kept.exists() and etag_file.exists():
+            request.add_header("If-None-Match", etag_file.read_text())
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                body, etag = response.read(), response.headers.get("ETag")
+        except urllib.error.HTTPError as e:
+            if e.code == 304:
+                return kept.read_bytes()
+            if e.code in (404, 410):
+                return None
+            raise RegistryError(f"{reg.name}: GET {path} answered {e.code} {e.reason}", file=reg.url) from None
+        except (urllib.error.URLError, OSError) as e:
+            if kept.exists():
+                return kept.read_bytes()  # offline: what was fetched before
+            reason = getattr(e, "reason", e)
+            raise RegistryError(f"{reg.name}: cannot reach the registry ({reason})", file=reg.url,
+                                hint="check the URL with `mergepkg registry list`; nothing was fetched from it before") from None
+        _keep(kept, body, etag)
+        return body
+
+    # -- what the commands ask -------------------------------------------------------
+    def entries(self, name: str, registry: str | None = None) -> tuple[Registry, list[Entry]]:
+        """The versions of a package in the first registry (of `registry`, or all in order) that has it."""
+        name = canonical(name)
+        for reg in self.ordered(registry):
+            data = self.get(reg, index_path(name))
+            if data is not None:
+                return reg, read_index(data.decode("utf-8"), f"{reg.url}/{index_path(name)}")
+        where = registry or ", ".join(r.name for r in self.registries)
+        raise RegistryError(f"no package named {name!r} in {where}", hint="`mergepkg search TEXT` lists packages")
+
+    def packages(self, reg: Registry) -> dict[str, dict]:
+        data = self.get(reg, "packages.json")
+        if data is None:
+            raise RegistryError(f"{reg.name} has no packages.json; is it a mergepkg registry?", file=reg.url)
+        try:
+            return json.loads(data).get("packages", {})
+        except (ValueError, AttributeError) as e:
+            raise RegistryError(f"{reg.name}: packages.json is not valid: {e}", file=reg.url) from None
+
+    def recipe_bytes(self, reg: Registry, name: str, version: str, sha256: str) -> bytes:
+        """A published recipe file, verified against the index's (or the lock's) sha256."""
+        path = recipe_path(name, version)
+        data = self.get(reg, path, immutable=True)
+        if data is None:
+            raise RegistryError(f"{reg.name} lists {name}@{version} but has no {path}", file=reg.url)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise RegistryError(f"{name}@{version} from {reg.name} does not match its checksum "
+                                f"(sha256 {hashlib.sha256(data).hexdigest()[:16]}..., expected {sha256[:16]}...)",
+                                file=f"{reg.url}/{path}", hint="the file was changed after publishing; do not use it")
+        return data
+
+    # -- writes over HTTP --------------------------------------------------------------
+    def post(self, reg: Registry, action: str, payload: dict) -> dict:
+        token = os.environ.get("MERGEPKG_TOKEN") or reg.token
+        headers = {"Content-Type": "application/json", "User-Agent": "mergepkg"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(f"{reg.url}/api/v1/{action}", data=json.dumps(payload).encode(),
+                                         headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            try:
+                body = json.loads(e.read())
+            except ValueError:
+                body = {"error": f"{e.code} {e.reason}"}
+            hint = body.get("hint")
+            if e.code in (401, 403):  # what the publisher can do here, not what the server's host does
+                hint = f"give {reg.name}'s token: `mergepkg registry add {reg.name} URL --token TOKEN` or MERGEPKG_TOKEN"
+            raise PublishError(f"{reg.name} refused: {body.get('error')}", status=e.code, file=reg.url,
+                               hint=hint) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise RegistryError(f"{reg.name}: cannot reach the registry ({getattr(e, 'reason', e)})",
+                                file=reg.url) from None
+
+
+def _keep(path: Path, body: bytes, etag: str | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(body)
+    os.replace(tmp, path)
+    etag_file = path.with_name(path.name + ".etag")
+    if etag:
+        etag_file.write_text(etag)
+    else:
+        etag_file.unlink(missing_ok=True)

@@ -1,0 +1,207 @@
+"""Writing a registry folder: publish and yank, atomic and safe under concurrent writers.
+
+Both `mergepkg publish --registry <folder>` and `mergepkg registry serve` write through
+`RegistryFolder`. Every write takes the folder's write lock, writes each file to a temp
+file and renames it in (recipe file first, then the package's index, then
+packages.json), so a reader never sees half a file and a killed publish leaves at most
+an unlisted recipe file that the next publish of that version overwrites.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from filelock import FileLock
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from mergepkg.errors import MergepkgError, PublishError, RegistryError
+from mergepkg.recipe import Recipe
+from mergepkg.registry.index import (
+    FORMAT,
+    MAX_RECIPE_BYTES,
+    Entry,
+    canonical,
+    check_version,
+    index_path,
+    read_index,
+    recipe_path,
+    summary,
+    with_yanked,
+    write_index,
+)
+
+PRIVATE = ".mergepkg"  # write lock and hashed tokens; never served
+
+
+def unshareable_sources(recipe: Recipe) -> list[str]:
+    """Sources others cannot resolve: local folders and other local recipe files."""
+    return [n for n, s in recipe.sources.items() if s.path is not None or s.recipe is not None]
+
+
+def make_entry(recipe: Recipe, data: bytes, lock_text: str | None = None, now: datetime | None = None) -> Entry:
+    """The index entry for publishing `recipe`, whose file holds `data`. Source pins come
+    from the recipe's lock when it has one (commits), else from the revisions asked for."""
+    pins = {}
+    if lock_text:
+        try:
+            pins = {s["name"]: s.get("commit") for s in tomllib.loads(lock_text).get("source", [])}
+        except (tomllib.TOMLDecodeError, AttributeError, TypeError, KeyError):
+            raise PublishError("the recipe's lock is not valid TOML", hint="run `mergepkg lock` to rewrite it") from None
+    sources = {n: f"{s.hf}@{pins.get(n) or s.revision}" for n, s in sorted(recipe.sources.items()) if s.hf}
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return Entry(canonical(recipe.name), str(check_version(recipe.version)), hashlib.sha256(data).hexdigest(),
+                 tuple(recipe.dependencies.values()), sources, recipe.description, recipe.tags, False, stamp)
+
+
+def check_publishable(recipe: Recipe, data: bytes) -> None:
+    """What every registry refuses, whoever publishes: names, versions, size, local sources."""
+    if len(data) > MAX_RECIPE_BYTES:
+        raise PublishError(f"the recipe is {len(data)} bytes; the limit is {MAX_RECIPE_BYTES}", status=413,
+                           file=str(recipe.path))
+    canonical(recipe.name)
+    check_version(recipe.version)
+    local = unshareable_sources(recipe)
+    if local:
+        raise PublishError("sources that only exist on this machine cannot be published: " + ", ".join(local),
+                           file=str(recipe.path), line=recipe.line_of(f"sources.{local[0]}"), key=f"sources.{local[0]}",
+                           hint="publish those models to the Hugging Face Hub (a `hf` source) or publish the other "
+                                "recipe and use it through [dependencies]")
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class RegistryFolder:
+    """A registry's files on this machine."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @property
+    def private(self) -> Path:
+        return self.root / PRIVATE
+
+    def init(self, name: str) -> None:
+        if (self.root / "config.json").exists():
+            raise RegistryError("a registry already lives here", file=str(self.root / "config.json"))
+        canonical(name)
+        _write(self.root / "config.json", json.dumps({"format": FORMAT, "name": name}, indent=1).encode() + b"\n")
+        _write(self.root / "packages.json", b'{"packages": {}}\n')
+
+    def config(self) -> dict:
+        path = self.root / "config.json"
+        try:
+            config = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RegistryError("not a registry folder (no config.json)", file=str(self.root),
+                                hint="create one with `mergepkg registry init DIR --name NAME`") from None
+        except ValueError as e:
+            raise RegistryError(f"config.json is not JSON: {e}", file=str(path)) from None
+        if config.get("format") != FORMAT:
+            raise RegistryError(f"registry format {config.get('format')!r}; this mergepkg reads format {FORMAT}",
+                                file=str(path), hint="upgrade mergepkg")
+        return config
+
+    def entries(self, name: str) -> list[Entry]:
+        path = self.root / index_path(name)
+        try:
+            return read_index(path.read_text(encoding="utf-8"), str(path))
+        except FileNotFoundError:
+            return []
+
+    def _lock(self) -> FileLock:
+        self.private.mkdir(exist_ok=True)
+        return FileLock(self.private / "write.lock", timeout=60)
+
+    def publish(self, recipe: Recipe, data: bytes, lock_text: str | None = None) -> tuple[Entry, bool]:
+        """Add a version. Returns (entry, True), or (the existing entry, False) when this
+        exact file is already published; other content under a published version is refused."""
+        check_publishable(recipe, data)
+        entry = make_entry(recipe, data, lock_text)
+        self.config()
+        with self._lock():
+            entries = self.entries(entry.name)
+            same = next((e for e in entries if e.version == entry.version), None)
+            if same is not None:
+                if same.sha256 == entry.sha256:
+                    return same, False
+                raise PublishError(f"{entry.name}@{entry.version} is already published with other content",
+                                   status=409, hint="published versions are immutable: bump [package] version")
+            _write(self.root / recipe_path(entry.name, entry.version), data)
+            self._save(entry.name, [*entries, entry])
+        return entry, True
+
+    def yank(self, name: str, version: str, yanked: bool = True) -> Entry:
+        name, version = canonical(name), str(check_version(version))
+        self.config()
+        with self._lock():
+            entries = self.entries(name)
+            if not any(e.version == version for e in entries):
+                raise PublishError(f"{name}@{version} is not published here", status=404,
+                                   hint=f"published: {', '.join(e.version for e in entries) or 'no versions'}")
+            entries = with_yanked(entries, version, yanked)
+            self._save(name, entries)
+        return next(e for e in entries if e.version == version)
+
+    def _save(self, name: str, entries: list[Entry]) -> None:
+        _write(self.root / index_path(name), write_index(entries).encode())
+        path = self.root / "packages.json"
+        try:
+            packages = json.loads(path.read_text()).get("packages", {})
+        except (FileNotFoundError, ValueError):
+            packages = {}
+        packages[name] = summary(entries)
+        _write(path, json.dumps({"packages": dict(sorted(packages.items()))}, indent=1).encode() + b"\n")
+
+
+def parse_published(data: bytes, label: str) -> Recipe:
+    """A recipe from uploaded bytes (no file on this machine); errors name `label`."""
+    from mergepkg.parse import parse_recipe
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PublishError("the recipe is not UTF-8 text", file=label) from None
+    try:
+        recipe = parse_recipe(_without_local_sources(text, label), Path(label))
+    except MergepkgError as e:
+        raise PublishError(e.message, file=label, line=e.line, key=e.key, hint=e.hint) from None
+    return replace(recipe, text=text)
+
+
+def _without_local_sources(text: str, label: str) -> str:
+    """Refuse local sources before parsing: parsing would look for their folders here."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return text  # the parser reports it, located
+    sources = data.get("sources") if isinstance(data.get("sources"), dict) else {}
+    local = [n for n, s in sources.items() if isinstance(s, dict) and ("path" in s or "recipe" in s)]
+    if local:
+        raise PublishError("sources that only exist on the publisher's machine cannot be published: "
+                           + ", ".join(local), file=label, key=f"sources.{local[0]}",
+                           hint="use `hf` sources, or [dependencies] on other published recipes")
+    return text

@@ -1,0 +1,122 @@
+"""The registry index format: a static layout a folder, a web server or a git checkout holds.
+
+```
+config.json                  {"format": 1, "name": "..."}
+packages.json                {"packages": {name: {"description", "tags", "latest"}}}: what `search` reads
+index/<name>.jsonl           one JSON entry per published version, oldest first
+index/<team>/<name>.jsonl    (namespaced names)
+recipes/<name>/<version>.toml  the recipe files, byte for byte as published
+```
+
+Names are lowercase `[a-z0-9][a-z0-9_-]{0,63}`, optionally `team/name`; `-` and `_`
+name the same package, and files use the canonical spelling (`_` written as `-`).
+An entry is immutable once published except for its `yanked` flag. docs/registry.md
+specifies every field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+
+from mergepkg.errors import RegistryError
+from mergepkg.recipe import Dependency
+from mergepkg.registry.semver import Version, VersionError
+
+FORMAT = 1
+PART = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MAX_RECIPE_BYTES = 1_000_000  # a recipe is a few KB; anything near this is not one
+
+
+class InvalidName(RegistryError, ValueError):
+    """Not a valid package name (or version): the message says what is allowed."""
+
+
+def canonical(name: str) -> str:
+    """The one spelling of a package name: checked, `_` written as `-`.
+
+    Checking here is also what keeps names from leaving the registry folder: only
+    `[a-z0-9_-]` parts joined by at most one `/` ever reach a path."""
+    parts = name.split("/") if isinstance(name, str) else [None]
+    if len(parts) > 2 or not all(isinstance(p, str) and PART.match(p) for p in parts):
+        raise InvalidName(f"invalid package name {name!r}",
+                         hint="names are lowercase [a-z0-9][a-z0-9_-]{0,63}, optionally under a namespace: team/name")
+    return "/".join(p.replace("_", "-") for p in parts)
+
+
+def check_version(text: str) -> Version:
+    try:
+        return Version.parse(text)
+    except VersionError as e:
+        raise InvalidName(str(e), hint="versions are semantic versions, e.g. 0.1.0 or 1.2.0-rc.1") from None
+
+
+def index_path(name: str) -> str:
+    return f"index/{canonical(name)}.jsonl"
+
+
+def recipe_path(name: str, version: str) -> str:
+    return f"recipes/{canonical(name)}/{check_version(version)}.toml"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One published version of one package."""
+
+    name: str  # canonical
+    version: str
+    sha256: str  # of the recipe file's bytes
+    dependencies: tuple[Dependency, ...] = ()  # as the recipe file declares them
+    sources: dict[str, str] = field(default_factory=dict)  # source name -> "org/name@commit-or-revision"
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    yanked: bool = False
+    published: str = ""  # UTC, ISO 8601
+
+    @property
+    def semver(self) -> Version:
+        return Version.parse(self.version)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["tags"] = list(self.tags)
+        data["dependencies"] = {d.name: {k: v for k, v in (("range", d.range), ("registry", d.registry)) if v}
+                                for d in sorted(self.dependencies, key=lambda d: d.name)}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Entry:
+        try:
+            data = json.loads(text)
+            deps = tuple(Dependency(canonical(n), d["range"], d.get("registry"))
+                         for n, d in data.get("dependencies", {}).items())
+            entry = cls(canonical(data["name"]), str(check_version(data["version"])), data["sha256"], deps,
+                        dict(data.get("sources", {})), data.get("description", ""), tuple(data.get("tags", ())),
+                        bool(data.get("yanked", False)), data.get("published", ""))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise RegistryError(f"malformed index entry: {e}", file=where,
+                                hint="the registry's index is damaged; tell its maintainer") from None
+        if not re.fullmatch(r"[0-9a-f]{64}", entry.sha256):
+            raise RegistryError(f"malformed index entry: sha256 {entry.sha256!r}", file=where)
+        return entry
+
+
+def read_index(text: str, where: str) -> list[Entry]:
+    return [Entry.from_json(line, where) for line in text.splitlines() if line.strip()]
+
+
+def write_index(entries: list[Entry]) -> str:
+    return "".join(e.to_json() + "\n" for e in entries)
+
+
+def with_yanked(entries: list[Entry], version: str, yanked: bool) -> list[Entry]:
+    return [replace(e, yanked=yanked) if e.version == version else e for e in entries]
+
+
+def summary(entries: list[Entry]) -> dict:
+    """A package's line in packages.json: from its newest non-yanked version (else newest)."""
+    live = [e for e in entries if not e.yanked] or entries
+    latest = max(live, key=lambda e: e.semver)
+    return {"description": latest.description, "tags": list(latest.tags), "latest": latest.version,
+            "yanked": not any(not e.yanked for e in entries)}

@@ -1,0 +1,117 @@
+"""What the registry commands do: search, info, install, publish, yank."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergepkg.dependencies import Dependencies, resolve_dependencies
+from mergepkg.errors import PublishError, RegistryError
+from mergepkg.recipe import Dependency, Recipe
+from mergepkg.registry.client import Client, Registry
+from mergepkg.registry.folder import RegistryFolder, check_publishable
+from mergepkg.registry.index import Entry, InvalidName, canonical
+from mergepkg.registry.semver import Range, VersionError
+from mergepkg.settings import Settings
+
+SPEC = re.compile(r"^(?P<name>[^@\s]+)(?:@(?P<range>.+))?$")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """`NAME[@RANGE]` as given on the command line."""
+
+    name: str
+    range: str  # "*" when none was given
+
+    @classmethod
+    def parse(cls, text: str) -> Spec:
+        m = SPEC.match(text.strip())
+        if not m:
+            raise InvalidName(f"expected NAME or NAME@RANGE, got {text!r}", hint='e.g. math-chat@^1.2 or "math-chat@>=1.0, <2"')
+        try:
+            rng = m["range"] or "*"
+            Range.parse(rng)
+        except VersionError as e:
+            raise InvalidName(str(e), hint="ranges: ^1.2, ~1.2.3, =1.2.3, >=1.0, <2.0 or *") from None
+        return cls(canonical(m["name"]), rng)
+
+    def __str__(self) -> str:
+        return self.name if self.range == "*" else f"{self.name}@{self.range}"
+
+
+def looks_like_spec(text: str) -> bool:
+    """A build argument that is a package rather than a file: no such file, and a name."""
+    return not Path(text).exists() and not text.endswith(".toml") and bool(SPEC.match(text))
+
+
+def search(client: Client, text: str) -> list[tuple[Registry, str, dict]]:
+    """Packages whose name, description or tags contain `text` (case-insensitive), per registry."""
+    words = text.lower().split()
+    found = []
+    for reg in client.ordered(None):
+        for name, info in client.packages(reg).items():
+            hay = " ".join([name, info.get("description", ""), *info.get("tags", [])]).lower()
+            if all(w in hay for w in words):
+                found.append((reg, name, info))
+    return found
+
+
+def info(client: Client, spec: Spec, registry: str | None = None) -> tuple[Registry, list[Entry]]:
+    """The versions of a package a range allows (every version for `*`), oldest first."""
+    reg, entries = client.entries(spec.name, registry)
+    rng = Range.parse(spec.range)
+    shown = [e for e in entries if spec.range == "*" or rng.allows(e.semver)]
+    if not shown:
+        raise RegistryError(f"no version of {spec.name} in {reg.name} matches {spec.range!r}",
+                            hint="published: " + ", ".join(e.version for e in entries))
+    return reg, sorted(shown, key=lambda e: e.semver)
+
+
+def install(settings: Settings, spec: Spec, registry: str | None = None, client: Client | None = None) -> Dependencies:
+    """Resolve `spec` (newest matching non-yanked version) and its dependencies; fetch,
+    verify and store each recipe file. The same resolution a recipe's [dependencies] get."""
+    root = Recipe(name="install", version="0.0.0", path=Path("command line").resolve(), sources={}, steps={},
+                  outputs=(), dependencies={spec.name: Dependency(spec.name, spec.range, registry)})
+    return resolve_dependencies(root, settings, client=client or Client(settings))
+
+
+def publish(settings: Settings, recipe_file: Path, registry: str) -> tuple[Registry, Entry, bool]:
+    """Validate the recipe (parse, refuse local sources, resolve its dependencies, plan),
+    then add it to the registry. Returns whether it was new (False: already there, same bytes)."""
+    from mergepkg.imports import flatten
+    from mergepkg.lock import lock_path
+    from mergepkg.parse import load_recipe
+    from mergepkg.plan import make_plan
+
+    client = Client(settings)
+    reg = client.registry(registry)
+    recipe = load_recipe(recipe_file)
+    data = recipe.path.read_bytes()
+    check_publishable(recipe, data)
+    deps = resolve_dependencies(recipe, settings, client=client)
+    make_plan(flatten(recipe, bind=deps.bind))
+    lock_file = lock_path(recipe)
+    lock_text = lock_file.read_text() if lock_file.exists() else None
+    if reg.folder is not None:
+        entry, new = RegistryFolder(reg.folder).publish(recipe, data, lock_text)
+        return reg, entry, new
+    answer = client.post(reg, "publish", {"recipe": data.decode("utf-8"), "lock": lock_text})
+    return reg, _entry(answer, reg), bool(answer.get("published"))
+
+
+def yank(settings: Settings, name: str, version: str, registry: str, undo: bool = False) -> tuple[Registry, Entry]:
+    client = Client(settings)
+    reg = client.registry(registry)
+    if reg.folder is not None:
+        return reg, RegistryFolder(reg.folder).yank(name, version, not undo)
+    return reg, _entry(client.post(reg, "yank", {"name": canonical(name), "version": version, "yanked": not undo}), reg)
+
+
+def _entry(answer: dict, reg: Registry) -> Entry:
+    import json
+
+    if "entry" not in answer:
+        raise PublishError(f"{reg.name} answered without an entry: {answer}", file=reg.url)
+    return Entry.from_json(json.dumps(answer["entry"]), reg.url)

@@ -1,0 +1,252 @@
+"""`mergepkg registry serve`: the real waitress server on 127.0.0.1 and the real client
+against it: static reads with ETags, token-guarded writes and every rejection, concurrent
+publishes, and a recipe published by one MERGEPKG_HOME built by name from another."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from helpers import cli, load_tensors, run_cli
+from registries import app, lay_out_hub, new_registry, serving, skills
+
+from mergepkg.registry import tokens
+from mergepkg.registry.index import read_index
+from mergepkg.registry.server import MAX_BODY
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A registry folder served on a free port, with a token for `alice`: (url, token, root)."""
+    root = tmp_path / "served"
+    new_registry(root, "team")
+    token = tokens.create(root, "alice")
+    with serving(root) as url:
+        yield url, token, root
+
+
+def request(url, path, *, body=None, token=None, headers=None, method=None):
+    """(status, headers, body bytes) of one request."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    req = urllib.request.Request(url + path, data=data, method=method or ("POST" if data is not None else "GET"),
+                                 headers={**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def publish_body(version="0.1.0", weight=0.5, **kw):
+    return {"recipe": skills(version, weight, **kw), "lock": None}
+
+
+# -- reads --------------------------------------------------------------------------------
+def test_static_reads_with_etags(served):
+    url, _, root = served
+    status, headers, body = request(url, "/config.json")
+    assert status == 200 and json.loads(body)["name"] == "team" and headers["Content-Type"] == "application/json"
+    etag = headers["ETag"]
+    status, headers, body = request(url, "/config.json", headers={"If-None-Match": etag})
+    assert status == 304 and body == b""
+    (root / "config.json").write_text('{"format": 1, "name": "renamed"}\n')
+    status, headers, body = request(url, "/config.json", headers={"If-None-Match": etag})
+    assert status == 200 and headers["ETag"] != etag
+    assert request(url, "/index/nothing.jsonl")[0] == 404
+
+
+@pytest.mark.parametrize("path", ["/.mergepkg/tokens.json", "/../served/config.json", "/%2e%2e/x",
+                                  "/index/..%2f..%2fetc/passwd", "//etc/passwd", "/recipes/", "/.mergepkg/write.lock"])
+def test_paths_outside_the_index_are_not_served(served, path):
+    url, _, _ = served
+    status, _, body = request(url, path)
+    assert status == 404 and b"mpk_" not in body and b"sha256" not in body
+
+
+def test_symlink_out_of_the_folder_is_not_served(served, tmp_path):
+    url, _, root = served
+    (tmp_path / "secret.txt").write_text("secret")
+    (root / "index").mkdir(exist_ok=True)
+    (root / "index" / "leak.jsonl").symlink_to(tmp_path / "secret.txt")
+    assert request(url, "/index/leak.jsonl")[0] == 404
+
+
+# -- writes and their rejections -------------------------------------------------------------
+def test_publish_needs_a_valid_token(served):
+    url, token, root = served
+    status, headers, body = request(url, "/api/v1/publish", body=publish_body())
+    assert status == 401 and "bearer token is required" in json.loads(body)["error"]
+    status, _, body = request(url, "/api/v1/publish", body=publish_body(), token="mpk_wrong")
+    assert status == 403 and "not valid" in json.loads(body)["error"]
+    assert not (root / "index").exists()
+    status, _, body = request(url, "/api/v1/publish", body=publish_body(), token=token)
+    assert status == 201 and json.loads(body)["entry"]["version"] == "0.1.0"
+    tokens.revoke(root, "alice")  # takes effect at once
+    assert request(url, "/api/v1/publish", body=publish_body("0.2.0"), token=token)[0] == 403
+
+
+def test_publish_rejections(served):
+    url, token, root = served
+    assert request(url, "/api/v1/publish", body=publish_body(), token=token)[0] == 201
+    status, _, body = request(url, "/api/v1/publish", body=publish_body(), token=token)
+    assert status == 200 and json.loads(body)["published"] is False  # same bytes again
+    status, _, body = request(url, "/api/v1/publish", body=publish_body(weight=0.9), token=token)
+    assert status == 409 and "already published with other content" in json.loads(body)["error"]
+    status, _, body = request(url, "/api/v1/publish", body=b"{not json", token=token)
+    assert status == 400 and "malformed upload" in json.loads(body)["error"]
+    status, _, body = request(url, "/api/v1/publish", body={"recipe": 42}, token=token)
+    assert status == 400
+    status, _, body = request(url, "/api/v1/publish", body={"recipe": "[package\n"}, token=token)
+    assert status == 400 and "invalid TOML" in json.loads(body)["error"]
+    status, _, body = request(url, "/api/v1/publish", body=publish_body(name="../../etc"), token=token)
+    assert status == 400 and "invalid package name" in json.loads(body)["error"]
+    local = skills(version="0.3.0", extra='mine = { path = "/tmp" }\n')
+    status, _, body = request(url, "/api/v1/publish", body={"recipe": local}, token=token)
+    assert status == 400 and "cannot be published: mine" in json.loads(body)["error"]
+    big = {"recipe": skills("0.4.0") + "#" * (MAX_BODY + 10)}
+    status, _, body = request(url, "/api/v1/publish", body=big, token=token)
+    assert status == 413
+    assert request(url, "/api/v1/publish", token=token, method="GET")[0] == 405
+    assert request(url, "/config.json", body=b"x", token=token, method="PUT")[0] == 405
+    (entry,) = read_index((root / "index/skills.jsonl").read_text(), "i")  # only the first publish landed
+    assert entry.version == "0.1.0"
+    assert sorted(p.name for p in (root / "recipes/skills").iterdir()) == ["0.1.0.toml"]
+
+
+def test_yank_over_http(served):
+    url, token, root = served
+    request(url, "/api/v1/publish", body=publish_body(), token=token)
+    assert request(url, "/api/v1/yank", body={"name": "skills", "version": "0.1.0"})[0] == 401
+    status, _, body = request(url, "/api/v1/yank", body={"name": "skills", "version": "0.1.0"}, token=token)
+    assert status == 200 and json.loads(body)["entry"]["yanked"] is True
+    status, _, body = request(url, "/api/v1/yank", body={"name": "skills", "version": "0.9.0"}, token=token)
+    assert status == 404
+    status, _, body = request(url, "/api/v1/yank", body={"name": "skills", "version": "0.1.0", "yanked": False},
+                              token=token)
+    assert json.loads(body)["entry"]["yanked"] is False
+
+
+def test_concurrent_publishes_all_land(served):
+    url, token, root = served
+    versions = [f"0.{i}.0" for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(lambda v: request(url, "/api/v1/publish", body=publish_body(v), token=token)[0],
+                                 versions))
+    assert statuses == [201] * 12
+    entries = read_index((root / "index/skills.jsonl").read_text(), "i")
+    assert sorted(e.version for e in entries) == sorted(versions)
+    assert json.loads((root / "packages.json").read_text())["packages"]["skills"]["latest"] == "0.11.0"
+    assert not [p for p in root.rglob("*.tmp")]
+
+
+# -- the whole flow across two homes ----------------------------------------------------------
+@pytest.fixture
+def hub(tmp_path, models, monkeypatch):
+    cache = tmp_path / "hf-cache"
+    commits = lay_out_hub(cache, models)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return commits
+
+
+def test_publish_search_install_build_from_another_home(served, hub, tmp_path, capsys, monkeypatch, models):
+    url, token, root = served
+    monkeypatch.setenv("COLUMNS", "200")
+    # alice publishes skills and an app that depends on it
+    monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "alice"))
+    assert cli(capsys, "registry", "add", "team", url, "--token", token)[0] == 0
+    for text, name in ((skills(), "skills.toml"), (app(), "app.toml")):
+        (tmp_path / name).write_text(text)
+        code, out, err = cli(capsys, "publish", tmp_path / name, "-r", "team")
+        assert code == 0, err
+    code, _, err = cli(capsys, "publish", tmp_path / "skills.toml", "-r", "team")
+    assert code == 0 and "already published" in err
+    (tmp_path / "skills.toml").write_text(skills(weight=0.9))
+    code, _, err = cli(capsys, "publish", tmp_path / "skills.toml", "-r", "team")
+    assert code == 1 and "team refused" in err and "already published with other content" in err
+
+    # bob, with his own home and no token, finds it, installs it and builds it by name
+    monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "bob"))
+    assert cli(capsys, "registry", "add", "team", url)[0] == 0
+    code, out, _ = cli(capsys, "search", "tiny")
+    assert "skills" in out and "app" not in out
+    code, out, err = cli(capsys, "install", "app@^0.1")
+    assert code == 0 and "installed app 0.1.0" in err and "installed skills 0.1.0" in err
+    code, out, err = cli(capsys, "build", "app", "--out", tmp_path / "bob-out", "-q")
+    assert code == 0, err
+    got = load_tensors(out.strip())
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out.strip())
+    assert set(got) == set(load_tensors(models["base"]))
+    code, _, err = cli(capsys, "publish", tmp_path / "app.toml", "-r", "team")
+    assert code == 1 and "bearer token is required" in err and "--token TOKEN" in err
+
+
+def test_repeat_reads_are_conditional_and_work_offline(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "served"
+    folder = new_registry(root, "team")
+    from mergepkg.parse import parse_recipe
+
+    data = skills().encode()
+    folder.publish(parse_recipe(data.decode(), tmp_path / "s.toml"), data)
+    seen = []
+    from mergepkg.registry import server as server_module
+
+    real = server_module.App.read
+
+    def counting(self, path, environ, start_response, head):
+        def start(status, headers):
+            seen.append((path, status.split()[0]))
+            return start_response(status, headers)
+        return real(self, path, environ, start, head)
+
+    monkeypatch.setattr(server_module.App, "read", counting)
+    with serving(root) as url:
+        assert cli(capsys, "registry", "add", "team", url)[0] == 0
+        assert cli(capsys, "info", "skills")[0] == 0
+        assert cli(capsys, "info", "skills")[0] == 0
+    assert seen == [("/index/skills.jsonl", "200"), ("/index/skills.jsonl", "304")]
+    # the server is gone: what was fetched before still answers, --offline too
+    code, out, err = cli(capsys, "info", "skills")
+    assert code == 0 and "0.1.0" in out
+    assert cli(capsys, "info", "skills", "--offline")[0] == 0
+    code, _, err = cli(capsys, "search", "tiny")
+    assert code == 1 and "cannot reach the registry" in err and "Traceback" not in err
+
+
+def test_registry_serve_command(tmp_path):
+    """The real `mergepkg registry serve` process; tokens made with the real command."""
+    import subprocess
+
+    from helpers import MERGEPKG
+
+    root = tmp_path / "reg"
+    assert run_cli("registry", "init", root, "--name", "team").returncode == 0
+    made = run_cli("registry", "token", "create", root, "--label", "ci")
+    assert made.returncode == 0 and made.stdout.strip().startswith("mpk_")
+    assert "mpk_" not in (root / ".mergepkg/tokens.json").read_text()  # only its hash is kept
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([MERGEPKG, "registry", "serve", root, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                status = request(url, "/config.json")[0]
+                break
+            except urllib.error.URLError:
+                time.sleep(0.1)
+        assert status == 200
+        status, _, _ = request(url, "/api/v1/publish", body=publish_body(), token=made.stdout.strip())
+        assert status == 201
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

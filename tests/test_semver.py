@@ -1,0 +1,62 @@
+"""Versions and ranges (mergepkg/registry/semver.py): the table in its docstring, checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from mergepkg.registry.semver import Range, Version, VersionError, newest
+
+CASES = [
+    ("^1.2.3", ["1.2.3", "1.9.0"], ["1.2.2", "2.0.0", "2.0.0-rc.1", "1.3.0-rc.1"]),
+    ("1.2.3", ["1.2.3", "1.9.0"], ["2.0.0"]),
+    ("^1.2", ["1.2.0", "1.99.99"], ["1.1.9", "2.0.0"]),
+    ("^0.2.3", ["0.2.3", "0.2.99"], ["0.3.0", "0.2.2"]),
+    ("^0.0.3", ["0.0.3"], ["0.0.4", "0.1.0"]),
+    ("^0", ["0.0.0", "0.9.9"], ["1.0.0"]),
+    ("~1.2.3", ["1.2.3", "1.2.9"], ["1.3.0", "1.2.2"]),
+    ("~1.2", ["1.2.0", "1.2.9"], ["1.3.0"]),
+    ("~1", ["1.0.0", "1.9.0"], ["2.0.0"]),
+    ("=1.2.3", ["1.2.3"], ["1.2.4"]),
+    ("=1.2", ["1.2.0", "1.2.7"], ["1.3.0"]),
+    (">=1.0, <1.5", ["1.0.0", "1.4.9"], ["0.9.9", "1.5.0"]),
+    (">1.2", ["1.3.0"], ["1.2.9"]),
+    (">1.2.3", ["1.2.4"], ["1.2.3"]),
+    ("<=1.2", ["1.2.9"], ["1.3.0"]),
+    ("*", ["0.0.1", "9.9.9"], ["1.0.0-rc.1"]),
+    (">=1.0.0-rc.1", ["1.0.0-rc.2", "1.0.0", "2.0.0"], ["1.0.0-beta", "1.1.0-rc.1"]),
+]
+
+
+@pytest.mark.parametrize("text,yes,no", CASES)
+def test_range_table(text, yes, no):
+    rng = Range.parse(text)
+    assert [v for v in yes if not rng.allows(Version.parse(v))] == []
+    assert [v for v in no if rng.allows(Version.parse(v))] == []
+
+
+def test_precedence_follows_semver_spec():
+    # the example list from semver.org, section 11
+    order = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2",
+             "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0"]
+    versions = [Version.parse(v) for v in order]
+    assert sorted(reversed(versions)) == versions
+    assert Version.parse("1.0.0+build.5") == Version.parse("1.0.0")
+    assert str(Version.parse("2.10.1-rc.1")) == "2.10.1-rc.1"
+
+
+@pytest.mark.parametrize("bad", ["1.0", "01.0.0", "v1.0.0", "1.0.0-", "", "1.0.0.0"])
+def test_bad_versions(bad):
+    with pytest.raises(VersionError, match="semantic version"):
+        Version.parse(bad)
+
+
+@pytest.mark.parametrize("bad", ["", "^", "latest", ">=x", "1.2.3.4", "^1.2, nope"])
+def test_bad_ranges(bad):
+    with pytest.raises(VersionError, match="range"):
+        Range.parse(bad)
+
+
+def test_newest():
+    vs = [Version.parse(v) for v in ("0.1.0", "0.2.0", "0.2.5", "1.0.0")]
+    assert str(newest(vs, Range.parse("^0.2"))) == "0.2.5"
+    assert newest(vs, Range.parse("^2")) is None
