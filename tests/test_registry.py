@@ -305,3 +305,34 @@ def test_recipe_dependency_table_forms():
         from mergepkg.registry.folder import parse_published
 
         parse_published(b'[package]\nname="x"\nversion="0.1.0"\n[sources]\na = { path = "." }\n', "up.toml")
+
+
+# -- the shipped example index -----------------------------------------------------------
+def test_shipped_registry_is_consistent(capsys):
+    """registry/: every file matches its entry, every recipe parses, plans and resolves
+    its dependencies from this folder alone, and packages.json agrees with the index."""
+    import hashlib
+    from pathlib import Path
+
+    from mergepkg.imports import flatten
+    from mergepkg.plan import make_plan
+    from mergepkg.registry.folder import RegistryFolder
+    from mergepkg.registry.index import summary
+
+    root = Path(__file__).parent.parent / "registry"
+    folder = RegistryFolder(root)
+    assert folder.config()["format"] == 1
+    assert cli(capsys, "registry", "add", "examples", root)[0] == 0
+    packages = json.loads((root / "packages.json").read_text())["packages"]
+    assert len(packages) >= 4 and any(d for d in packages if "llama3" in d) and any("mistral" in d for d in packages)
+    for name in packages:
+        entries = folder.entries(name)
+        assert packages[name] == summary(entries)
+        for e in entries:
+            data = (root / "recipes" / name / f"{e.version}.toml").read_bytes()
+            assert hashlib.sha256(data).hexdigest() == e.sha256
+            recipe = load_recipe(root / "recipes" / name / f"{e.version}.toml")
+            assert (canonical(recipe.name), recipe.version) == (name, e.version)
+            assert all(s.hf or s.dependency for s in recipe.sources.values())
+            deps = resolve_dependencies(recipe, Settings())
+            assert make_plan(flatten(recipe, bind=deps.bind)).order

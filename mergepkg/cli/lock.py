@@ -16,8 +16,8 @@ from mergepkg.verify import verify as verify_recipe
 
 def lock(
     recipe: Path = RECIPE,
-    upgrade: bool = typer.Option(False, "--upgrade", help="Move hub sources to their revisions' current commits."),
-    sources: list[str] = typer.Argument(None, help="With --upgrade: only these sources.", show_default=False),
+    upgrade: bool = typer.Option(False, "--upgrade", help="Move hub sources to their revisions' current commits and dependencies to their newest allowed versions."),
+    sources: list[str] = typer.Argument(None, help="With --upgrade: only these sources or dependencies.", show_default=False),
     offline: bool = OFFLINE,
 ):
     """Write or refresh the recipe's lock (RECIPE.lock beside it)."""

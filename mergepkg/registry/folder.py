@@ -110,6 +110,7 @@ class RegistryFolder:
         canonical(name)
         _write(self.root / "config.json", json.dumps({"format": FORMAT, "name": name}, indent=1).encode() + b"\n")
         _write(self.root / "packages.json", b'{"packages": {}}\n')
+        _write(self.root / ".gitignore", f"{PRIVATE}/\n".encode())  # a registry is often a git repository
 
     def config(self) -> dict:
         path = self.root / "config.json"
