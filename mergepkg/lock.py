@@ -157,36 +157,39 @@ def differences(old: Lock | None, new: Lock) -> list[str]:
     """What changed between a lock on disk and the one the recipe resolves to now."""
     if old is None:
         return ["there is no lock file"]
-    out = []
-    for name in sorted(set(old.dependencies) | set(new.dependencies)):
-        a, b = old.dependencies.get(name), new.dependencies.get(name)
-        if a is None:
-            out.append(f"dependency {name!r} was added")
-        elif b is None:
-            out.append(f"dependency {name!r} was removed")
-        elif a != b:
-            out.append(f"dependency {name!r} resolves to {b.version} (locked: {a.version})" if a.version != b.version
-                       else f"dependency {name!r} {a.version} has different content or registry than locked")
-    for name in sorted(set(old.sources) | set(new.sources)):
-        a, b = old.sources.get(name), new.sources.get(name)
-        if a is None:
-            out.append(f"source {name!r} was added")
-        elif b is None:
-            out.append(f"source {name!r} was removed")
-        elif not a.same_request(b):
-            out.append(f"source {name!r} now asks for {b.hf or b.path}@{b.revision or '-'}"
-                       f" (locked: {a.hf or a.path}@{a.revision or '-'})")
-        elif a.pin != b.pin:
-            out.append(f"source {name!r} has different content than locked"
-                       + (f" (commit {a.pin.commit[:12]} -> {b.pin.commit[:12]})" if a.pin.commit != b.pin.commit else ""))
-    for name in sorted(set(old.steps) | set(new.steps)):
-        a, b = old.steps.get(name), new.steps.get(name)
-        if a is None:
-            out.append(f"step {name!r} was added")
-        elif b is None:
-            out.append(f"step {name!r} was removed")
-        elif a.key != b.key:
-            out.append(f"step {name!r} changed (key {a.key[:12]} -> {b.key[:12]})")
+    out = _compare("dependency", old.dependencies, new.dependencies, _dependency_change)
+    out += _compare("source", old.sources, new.sources, _source_change)
+    out += _compare("step", old.steps, new.steps, _step_change)
     if not out and old.recipe_hash != new.recipe_hash:
         out.append("the recipe changed")
     return out
+
+
+def _compare(kind: str, old: dict, new: dict, change) -> list[str]:
+    """Added, removed and changed entries of one kind, by name; `change(a, b)` says how, or None."""
+    out = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        text = "was added" if a is None else "was removed" if b is None else change(a, b)
+        if text:
+            out.append(f"{kind} {name!r} {text}")
+    return out
+
+
+def _dependency_change(a: LockedDependency, b: LockedDependency) -> str | None:
+    if a.version != b.version:
+        return f"resolves to {b.version} (locked: {a.version})"
+    return None if a == b else f"{a.version} has different content or registry than locked"
+
+
+def _source_change(a: LockedSource, b: LockedSource) -> str | None:
+    if not a.same_request(b):
+        return f"now asks for {b.hf or b.path}@{b.revision or '-'} (locked: {a.hf or a.path}@{a.revision or '-'})"
+    if a.pin != b.pin:
+        moved = a.pin.commit != b.pin.commit
+        return "has different content than locked" + (f" (commit {a.pin.commit[:12]} -> {b.pin.commit[:12]})" if moved else "")
+    return None
+
+
+def _step_change(a: LockedStep, b: LockedStep) -> str | None:
+    return f"changed (key {a.key[:12]} -> {b.key[:12]})" if a.key != b.key else None

@@ -64,3 +64,16 @@ def write_recipe(tmp_path, models):
         return path
 
     return write
+
+
+@pytest.fixture
+def tiny_hub(tmp_path, models, monkeypatch) -> dict[str, str]:
+    """tiny/base and tiny/ft1..ft3 in a Hugging Face cache laid out by hand, read through
+    the real huggingface_hub with HF_HUB_OFFLINE=1; returns their commits."""
+    from registries import lay_out_hub
+
+    cache = tmp_path / "hf-cache"
+    commits = lay_out_hub(cache, models)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return commits

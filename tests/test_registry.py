@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from helpers import cli, load_tensors
-from registries import app, lay_out_hub, new_registry, skills
+from registries import app, new_registry, skills
 
 from mergepkg.dependencies import resolve_dependencies
 from mergepkg.errors import DependencyConflict, PublishError, RegistryError
@@ -17,15 +17,6 @@ from mergepkg.lock import read_lock
 from mergepkg.parse import load_recipe, parse_recipe
 from mergepkg.registry.index import canonical, read_index
 from mergepkg.settings import Settings
-
-
-@pytest.fixture
-def hub(tmp_path, models, monkeypatch):
-    cache = tmp_path / "hf-cache"
-    commits = lay_out_hub(cache, models)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return commits
 
 
 @pytest.fixture
@@ -57,7 +48,7 @@ def test_names(name, want):
 
 
 # -- publish -----------------------------------------------------------------------------
-def test_publish_writes_entry_file_and_summary(hub, team, tmp_path, capsys):
+def test_publish_writes_entry_file_and_summary(tiny_hub, team, tmp_path, capsys):
     code, out, err = publish(tmp_path, capsys, skills())
     assert code == 0, err
     data = (tmp_path / "published/0.1.0/recipe.toml").read_bytes()
@@ -72,17 +63,17 @@ def test_publish_writes_entry_file_and_summary(hub, team, tmp_path, capsys):
     assert packages["skills"]["latest"] == "0.1.0"
 
 
-def test_publish_records_pins_from_the_lock(hub, team, tmp_path, capsys):
+def test_publish_records_pins_from_the_lock(tiny_hub, team, tmp_path, capsys):
     path = tmp_path / "published/0.1.0/recipe.toml"
     path.parent.mkdir(parents=True)
     path.write_text(skills())
     assert cli(capsys, "lock", path)[0] == 0
     assert cli(capsys, "publish", path, "-r", "team")[0] == 0
     (entry,) = read_index((team / "index/skills.jsonl").read_text(), "index")
-    assert entry.sources["ft1"] == f"tiny/ft1@{hub['ft1']}"
+    assert entry.sources["ft1"] == f"tiny/ft1@{tiny_hub['ft1']}"
 
 
-def test_published_versions_are_immutable(hub, team, tmp_path, capsys):
+def test_published_versions_are_immutable(tiny_hub, team, tmp_path, capsys):
     assert publish(tmp_path, capsys, skills())[0] == 0
     code, _, err = publish(tmp_path, capsys, skills(), name="again.toml")  # same bytes: a no-op
     assert code == 0 and "already published" in err
@@ -102,7 +93,7 @@ def test_publish_refuses_local_sources_naming_them(team, tmp_path, capsys, write
     assert "Traceback" not in err and not (team / "index").exists()
 
 
-def test_publish_refuses_bad_names_versions_and_unknown_registries(hub, team, tmp_path, capsys):
+def test_publish_refuses_bad_names_versions_and_unknown_registries(tiny_hub, team, tmp_path, capsys):
     code, _, err = publish(tmp_path, capsys, skills(name="Bad Name"))
     assert code == 1 and "invalid package name 'Bad Name'" in err
     code, _, err = publish(tmp_path, capsys, skills(version="1.0"))
@@ -112,7 +103,7 @@ def test_publish_refuses_bad_names_versions_and_unknown_registries(hub, team, tm
 
 
 # -- search, info ---------------------------------------------------------------------
-def test_search_and_info(hub, team, tmp_path, capsys, monkeypatch):
+def test_search_and_info(tiny_hub, team, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     publish(tmp_path, capsys, skills())
     publish(tmp_path, capsys, skills("0.2.0", 0.7))
@@ -133,7 +124,7 @@ def test_search_and_info(hub, team, tmp_path, capsys, monkeypatch):
 
 
 # -- install and build by name --------------------------------------------------------
-def test_install_picks_newest_matching_and_skips_yanked(hub, team, tmp_path, capsys):
+def test_install_picks_newest_matching_and_skips_yanked(tiny_hub, team, tmp_path, capsys):
     for v, w in (("0.1.0", 0.5), ("0.1.1", 0.6), ("0.2.0", 0.7)):
         assert publish(tmp_path, capsys, skills(v, w))[0] == 0
     code, out, err = cli(capsys, "install", "skills@^0.1")
@@ -149,7 +140,7 @@ def test_install_picks_newest_matching_and_skips_yanked(hub, team, tmp_path, cap
     assert code == 1 and "skills@9.9.9 is not published here" in err
 
 
-def test_build_by_name_from_another_home(hub, team, tmp_path, capsys, monkeypatch, models):
+def test_build_by_name_from_another_home(tiny_hub, team, tmp_path, capsys, monkeypatch, models):
     assert publish(tmp_path, capsys, skills())[0] == 0
     monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "elsewhere"))
     assert cli(capsys, "registry", "add", "team", team)[0] == 0
@@ -164,7 +155,7 @@ def test_build_by_name_from_another_home(hub, team, tmp_path, capsys, monkeypatc
     AutoModelForCausalLM.from_pretrained(out.strip())
 
 
-def test_tampered_recipe_file_is_refused(hub, team, tmp_path, capsys):
+def test_tampered_recipe_file_is_refused(tiny_hub, team, tmp_path, capsys):
     assert publish(tmp_path, capsys, skills())[0] == 0
     (team / "recipes/skills/0.1.0.toml").write_text(skills(weight=5.0))
     code, _, err = cli(capsys, "install", "skills")
@@ -172,7 +163,7 @@ def test_tampered_recipe_file_is_refused(hub, team, tmp_path, capsys):
 
 
 # -- [dependencies] -------------------------------------------------------------------
-def test_dependency_steps_are_inputs_and_locked(hub, team, tmp_path, capsys, models):
+def test_dependency_steps_are_inputs_and_locked(tiny_hub, team, tmp_path, capsys, models):
     assert publish(tmp_path, capsys, skills())[0] == 0
     path = tmp_path / "app.toml"
     path.write_text(app())
@@ -197,7 +188,7 @@ def test_dependency_steps_are_inputs_and_locked(hub, team, tmp_path, capsys, mod
     assert read_lock(tmp_path / "app.lock").dependencies["skills"].version == "0.1.5"
 
 
-def test_yanked_version_stays_usable_from_the_lock(hub, team, tmp_path, capsys):
+def test_yanked_version_stays_usable_from_the_lock(tiny_hub, team, tmp_path, capsys):
     assert publish(tmp_path, capsys, skills())[0] == 0
     path = tmp_path / "app.toml"
     path.write_text(app())
@@ -210,7 +201,7 @@ def test_yanked_version_stays_usable_from_the_lock(hub, team, tmp_path, capsys):
     assert code == 1 and "no version of skills in team matches '^0.1'" in err and "0.1.0 (yanked)" in err
 
 
-def test_locked_and_frozen_with_a_changed_range(hub, team, tmp_path, capsys):
+def test_locked_and_frozen_with_a_changed_range(tiny_hub, team, tmp_path, capsys):
     assert publish(tmp_path, capsys, skills())[0] == 0
     assert publish(tmp_path, capsys, skills("0.2.0", 0.7))[0] == 0
     path = tmp_path / "app.toml"
@@ -223,7 +214,7 @@ def test_locked_and_frozen_with_a_changed_range(hub, team, tmp_path, capsys):
     assert code == 1 and "dependency skills (^0.2) is not in the lock" in err
 
 
-def test_frozen_never_downloads_a_dependency(hub, team, tmp_path, capsys, monkeypatch):
+def test_frozen_never_downloads_a_dependency(tiny_hub, team, tmp_path, capsys, monkeypatch):
     assert publish(tmp_path, capsys, skills())[0] == 0
     path = tmp_path / "app.toml"
     path.write_text(app())
@@ -233,7 +224,7 @@ def test_frozen_never_downloads_a_dependency(hub, team, tmp_path, capsys, monkey
     assert code == 1 and "--frozen never downloads" in err
 
 
-def test_transitive_dependencies_and_conflicts(hub, team, tmp_path, capsys):
+def test_transitive_dependencies_and_conflicts(tiny_hub, team, tmp_path, capsys):
     for v, w in (("0.1.0", 0.5), ("0.2.0", 0.7)):
         assert publish(tmp_path, capsys, skills(v, w))[0] == 0
     # `mid` depends on skills ^0.2 and re-exports its step
@@ -258,7 +249,7 @@ def test_transitive_dependencies_and_conflicts(hub, team, tmp_path, capsys):
     assert code == 1 and "no version of skills satisfies both" in err and "required by mid@0.1.0" in err
 
 
-def test_dependency_errors_are_located(hub, team, tmp_path, capsys):
+def test_dependency_errors_are_located(tiny_hub, team, tmp_path, capsys):
     assert publish(tmp_path, capsys, skills())[0] == 0
     path = tmp_path / "app.toml"
     path.write_text(app().replace('step = "skills"', 'step = "skils"'))

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from helpers import cli, load_tensors, run_cli
-from registries import app, lay_out_hub, new_registry, serving, skills
+from registries import app, new_registry, serving, skills
 
 from mergepkg.registry import tokens
 from mergepkg.registry.index import read_index
@@ -126,6 +126,10 @@ def test_yank_over_http(served):
     assert status == 200 and json.loads(body)["entry"]["yanked"] is True
     status, _, body = request(url, "/api/v1/yank", body={"name": "skills", "version": "0.9.0"}, token=token)
     assert status == 404
+    status, _, body = request(url, "/api/v1/yank", body={"name": "../index/skills", "version": "0.1.0"}, token=token)
+    assert status == 400 and "invalid package name" in json.loads(body)["error"]
+    status, _, body = request(url, "/api/v1/yank", body={"name": "skills", "version": "../../x"}, token=token)
+    assert status == 400 and "semantic version" in json.loads(body)["error"]
     status, _, body = request(url, "/api/v1/yank", body={"name": "skills", "version": "0.1.0", "yanked": False},
                               token=token)
     assert json.loads(body)["entry"]["yanked"] is False
@@ -145,16 +149,7 @@ def test_concurrent_publishes_all_land(served):
 
 
 # -- the whole flow across two homes ----------------------------------------------------------
-@pytest.fixture
-def hub(tmp_path, models, monkeypatch):
-    cache = tmp_path / "hf-cache"
-    commits = lay_out_hub(cache, models)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return commits
-
-
-def test_publish_search_install_build_from_another_home(served, hub, tmp_path, capsys, monkeypatch, models):
+def test_publish_search_install_build_from_another_home(served, tiny_hub, tmp_path, capsys, monkeypatch, models):
     url, token, root = served
     monkeypatch.setenv("COLUMNS", "200")
     # alice publishes skills and an app that depends on it
@@ -184,6 +179,12 @@ def test_publish_search_install_build_from_another_home(served, hub, tmp_path, c
 
     AutoModelForCausalLM.from_pretrained(out.strip())
     assert set(got) == set(load_tensors(models["base"]))
+    (installed_lock,) = (tmp_path / "bob/packages/app").glob("*.lock")  # beside the installed recipe
+    from mergepkg.lock import read_lock
+
+    locked = read_lock(installed_lock)
+    assert locked.dependencies["skills"].version == "0.1.0" and locked.dependencies["skills"].registry == url
+    assert {"final", "skills::skills"} <= set(locked.steps)
     code, _, err = cli(capsys, "publish", tmp_path / "app.toml", "-r", "team")
     assert code == 1 and "bearer token is required" in err and "--token TOKEN" in err
 
