@@ -26,7 +26,7 @@ from mergepkg.methods import METHODS
 
 MERGEPKG = str(Path(sys.executable).parent / "mergepkg")
 ALL_METHODS = ("linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "dare_linear",
-               "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough")
+               "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough", "moe")
 
 GOOD = """
 [steps.m]
