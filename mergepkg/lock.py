@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import tomli_w
@@ -88,6 +88,7 @@ def recipe_hash(recipe: Recipe) -> str:
                       [[[[x.model, list(x.layers), _plain(dict(x.params))] for x in sl.sources], _plain(dict(sl.params))]
                        for sl in s.slices],
                       _plain(dict(s.params)), s.dtype, s.out_dtype, s.tokenizer]
+                  + ([asdict(s.moe)] if s.moe else [])  # only on moe steps: other hashes stay
                   for n, s in recipe.steps.items()},
     }
     return "sha256:" + sha256_hex(canonical(body))

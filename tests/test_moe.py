@@ -388,7 +388,7 @@ inputs = [{ model = "ft2", weight = 1.0, density = 0.5 }, { model = "ft3", weigh
 
 [steps.e3]
 method = "linear"
-inputs = [{ model = "ft3", weight = 0.7 }, { model = "base", weight = 0.3 }]
+inputs = [{ model = "ft3", weight = 0.7 }, { model = "ft1", weight = 0.3 }]
 
 [steps.moe]
 method = "moe"
@@ -435,3 +435,75 @@ def test_validate_and_plan_know_the_moe_tensors_before_reading_any(write_recipe,
     assert all(t.info.shape == (3, 32) for t in routers)
     assert lay_.config["num_local_experts"] == 3 and lay_.bytes_in == sum(
         t.info.nbytes for t in lay_.tensors if t.parts)
+
+
+# -- steps of other recipes ----------------------------------------------------------------------
+def test_an_moe_step_of_another_recipe_keeps_its_key_and_reports_errors_in_its_file(write_recipe, tmp_path):
+    other = write_recipe(CACHED, name="other.toml")
+    main_ = write_recipe('[steps.top]\nmethod = "linear"\ninputs = [{ model = "mix", weight = 1.0 }]\n', name="main.toml")
+    main_.write_text(main_.read_text().replace("[sources]\n", '[sources]\nmix = { recipe = "other.toml", step = "moe" }\n'))
+    alone = resolve(load_recipe(other), Session())
+    res = resolve(load_recipe(main_), Session())
+    assert res.plan.order == ("mix::e1", "mix::e2", "mix::e3", "mix::moe", "top")
+    assert res.recipe.steps["mix::moe"].moe.models == ("mix::e1", "mix::e2", "mix::e3")
+    assert res.keys["mix::moe"] == alone.keys["moe"]
+    build_recipe(other, tmp_path / "o1")
+    report = build_recipe(main_, tmp_path / "o2")
+    assert report.built == ["top"] and len(report.reused) == 4
+    generates(load(tmp_path / "o2"), tmp_path / "o2")
+
+    # a layout error of the imported step is located in its own file
+    other.write_text(other.read_text().replace('{ model = "e3", prompts = ["what?"] }', '{ model = "deep", prompts = ["what?"] }'))
+    with pytest.raises(ModelMismatchError) as info:
+        lay(main_)
+    assert info.value.file == str(other.resolve()) and info.value.key == "steps.moe.experts[2].model"
+    assert info.value.line == other.read_text().splitlines().index('  { model = "deep", prompts = ["what?"] },') + 1
+
+
+def test_an_imported_step_may_be_an_expert(write_recipe, tmp_path):
+    write_recipe(CACHED, name="other.toml")
+    main_ = write_recipe(moe_step(experts='experts = [{ model = "x", prompts = ["a"] }, { model = "ft1", prompts = ["b"] }]'),
+                         name="main.toml")
+    main_.write_text(main_.read_text().replace("[sources]\n", '[sources]\nx = { recipe = "other.toml", step = "e2" }\n'))
+    report = build_recipe(main_, tmp_path / "o")
+    assert report.built == ["x::e2", "m"]
+    out, e2 = weights(tmp_path / "o"), load_tensors(report.artifacts["x::e2"].folder)
+    assert torch.equal(out["model.layers.3.block_sparse_moe.experts.0.w1.weight"], e2["model.layers.3.mlp.gate_proj.weight"])
+
+
+def test_mistral_inputs_make_a_mixtral_too(write_recipe, tmp_path):
+    from tiny import VOCAB, save_tokenizer
+    from transformers import MistralConfig, MistralForCausalLM
+
+    folders = {}
+    for i in range(3):
+        torch.manual_seed(i)
+        config = MistralConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
+                               max_position_embeddings=128, tie_word_embeddings=False)
+        folders[i] = tmp_path / f"mistral{i}"
+        MistralForCausalLM(config).save_pretrained(folders[i])
+        save_tokenizer(folders[i])
+    path = write_recipe(moe_step(experts='experts = [{ model = "m1", prompts = ["a"] }, { model = "m2", prompts = ["b"] }]')
+                        .replace('base = "base"', 'base = "m0"'), sources=False)
+    path.write_text(path.read_text().replace("[steps.m]", "[sources]\n" + "".join(
+        f'm{i} = {{ path = "{f}" }}\n' for i, f in folders.items()) + "\n[steps.m]"))
+    out = tmp_path / "out"
+    build_recipe(path, out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["MixtralForCausalLM"] and config["sliding_window"] is None
+    generates(load(out), out)
+
+
+def test_the_lock_records_moe_settings_that_change_no_byte(write_recipe):
+    """allow_base_expert and random-mode prompts are not in the key, but the recipe hash
+    in the lock still sees them, so `--locked` says the recipe changed."""
+    from mergepkg.lock import differences
+
+    with_base = 'experts = [{ model = "base", prompts = ["a"], allow_base_expert = true }, { model = "ft1", prompts = ["b"] }]'
+    path = write_recipe(moe_step("random", with_base))
+    before = resolve(load_recipe(path), Session()).lock({})
+    path.write_text(path.read_text().replace('prompts = ["a"]', 'prompts = ["c"]'))
+    after = resolve(load_recipe(path), Session()).lock({})
+    assert before.steps == after.steps
+    assert differences(before, after) == ["the recipe changed"]
