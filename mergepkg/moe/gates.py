@@ -31,34 +31,36 @@ from mergepkg._lazy import torch
 from mergepkg.engine import tensor_seed
 from mergepkg.errors import BuildError
 from mergepkg.layout import LAYER, StepLayout
+from mergepkg.moe.layout import SHARED_GATE
 from mergepkg.recipe import Expert
 from mergepkg.tensors import ModelReader, scan_tensors, torch_dtype
 
 
 def routers(layout: StepLayout, folders: dict[str, Path], *, device: str, seed: int) -> dict[str, torch.Tensor]:
-    """{router tensor name: (rows, hidden) float32 tensor} for every router of `layout`."""
+    """{router tensor name: (rows, hidden) float32 tensor} for every router of `layout`
+    (its tensors without parts)."""
     step, moe = layout.step, layout.step.moe
-    names = [t.name for t in layout.tensors if not t.parts]
+    targets = [t for t in layout.tensors if not t.parts]
     if moe.gate_mode == "random":
         out = {}
-        for t in layout.tensors:
-            if not t.parts:
-                gen = torch.Generator(device=device).manual_seed(tensor_seed(seed, t.name, 0))
-                out[t.name] = torch.randn(t.info.shape, generator=gen, device=device)  # (rows, hidden)
+        for t in targets:
+            gen = torch.Generator(device=device).manual_seed(tensor_seed(seed, t.name, 0))
+            out[t.name] = torch.randn(t.info.shape, generator=gen, device=device)  # (rows, hidden)
         return out
     experts = list(moe.experts) + ([moe.shared_expert] if moe.shared_expert else [])
+    layers = 1 + max(int(LAYER.match(t.name)["index"]) for t in targets)
     folder = folders[step.base]
     if moe.gate_mode == "hidden":
         vectors = hidden_vectors(folder, experts, torch_dtype(step.dtype), device)
     else:
-        vectors = cheap_embed_vectors(folder, experts, layout.config, device)
-    # vectors: (layers, experts [+ shared], hidden)
+        vectors = cheap_embed_vectors(folder, experts, layers, device)
+    # vectors: (layers, experts [+ shared], hidden); the shared expert's row is its gate's
     count = len(moe.experts)
     out = {}
-    for name in names:
-        layer = int(LAYER.match(name)["index"])
-        rows = vectors[layer, count:] if name.endswith("shared_expert_gate.weight") else vectors[layer, :count]
-        out[name] = rows.contiguous()
+    for t in targets:
+        layer = int(LAYER.match(t.name)["index"])
+        rows = vectors[layer, count:] if t.name.endswith(SHARED_GATE) else vectors[layer, :count]
+        out[t.name] = rows.contiguous()
     return out
 
 
@@ -129,7 +131,7 @@ def hidden_vectors(folder: Path, experts: Sequence[Expert], dtype, device: str) 
     return torch.stack(vectors, dim=1)  # (layers, experts, hidden)
 
 
-def cheap_embed_vectors(folder: Path, experts: Sequence[Expert], config: dict, device: str) -> torch.Tensor:
+def cheap_embed_vectors(folder: Path, experts: Sequence[Expert], layers: int, device: str) -> torch.Tensor:
     """(layers, experts, hidden) unit router rows from the base's token embeddings."""
     tokenizer = _tokenizer(folder)
     infos = scan_tensors(folder)
@@ -155,5 +157,4 @@ def cheap_embed_vectors(folder: Path, experts: Sequence[Expert], config: dict, d
         if e.negative_prompts:
             v = _unit(v - embedded(e.negative_prompts))
         vectors.append(v)
-    layers = config.get("num_hidden_layers")
     return torch.stack(vectors)[None].expand(layers, -1, -1)  # (layers, experts, hidden)

@@ -29,6 +29,7 @@ from mergepkg.tensors import CODE_OF, TensorInfo
 FAMILY = {"llama": "mixtral", "mistral": "mixtral", "qwen2": "qwen2_moe"}
 PROJ = ("gate_proj", "up_proj", "down_proj")
 MIXTRAL_NAME = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
+SHARED_GATE = "shared_expert_gate.weight"  # Qwen2-MoE: the shared expert's (1 x hidden) gate
 
 
 def moe_layout(recipe: Recipe, step: Step, infos: dict[str, ModelInfo]) -> StepLayout:
@@ -79,7 +80,7 @@ class _MoeBuilder:
                 for proj in PROJ:
                     outputs.append(self.copy(f"{mlp}shared_expert.{proj}.weight", moe.shared_expert.model,
                                              f"{mlp}{proj}.weight", base.tensors[f"{mlp}{proj}.weight"]))
-                outputs.append(self.computed(f"{mlp}shared_expert_gate.weight", (1, hidden), like))
+                outputs.append(self.computed(mlp + SHARED_GATE, (1, hidden), like))
         order = {n: k for k, n in enumerate(_ordered(t.name for t in outputs))}
         outputs.sort(key=lambda t: order[t.name])
         config = self.config(base, family, base.tensors[f"{prefix}0.mlp.gate_proj.weight"].shape[0])
