@@ -114,11 +114,15 @@ def build_step(
     # a streaming method's result never shares memory with its inputs: their buffers
     # can be reused as soon as it returns
     buffers = BufferPool(budget.limit // 8 if budget.limit else None) if layout.method.stream else None
+    # tensors no input gives (MoE routers): computed once, before any file is opened
+    computed = layout.method.computed(layout, folders, device=device, seed=seed) if layout.method.computed else {}
     readers = {m: ModelReader(folders[m], infos[m], buffers) for m in step.models}
     writer = ShardWriter(out_dir, [(t.name, t.info) for t in layout.tensors], max_shard_bytes)
     reporter.step_started(step.name, len(layout.tensors), layout.bytes_in)
 
     def load(out: OutputTensor) -> list | None:
+        if not out.parts:
+            return [computed[out.name]]
         if budget.row_block(layout, infos, out):
             return None  # read block by block below
         return [readers[p.model].get(p.tensor) for p in out.parts]

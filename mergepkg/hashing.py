@@ -17,6 +17,7 @@ from typing import Any
 from mergepkg import ENGINE_VERSION
 from mergepkg.methods import get_method
 from mergepkg.methods.spec import Param
+from mergepkg.moe.keys import moe_entry
 from mergepkg.recipe import Condition, Params, Step
 
 HASH_VERSION = 1  # bump whenever step_entry's shape or meaning changes
@@ -91,7 +92,9 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
         "tokenizer": refs[step.tokenizer_model],
         "seed": seed if spec.random else None,  # deterministic methods ignore the seed
     }
-    if step.inputs:
+    if step.moe is not None:
+        entry.update(moe_entry(step.moe, refs, seed))
+    elif step.inputs:
         entry["params"] = {p.name: effective(p, [step.params]) for p in shared}
         entry["inputs"] = [model(i.model, i.params, [step.params]) for i in step.inputs]
     else:

@@ -27,6 +27,7 @@ def _renamed(step: Step, name: str, rename, origin: Origin) -> Step:
         slices=tuple(Slice(tuple(SliceSource(rename(s.model), s.layers, s.params) for s in sl.sources), sl.params)
                      for sl in step.slices),
         tokenizer=rename(step.tokenizer) if step.tokenizer not in (None, "base") else step.tokenizer,
+        moe=step.moe.renamed(rename) if step.moe else None,
         origin=step.origin or origin,
     )
 

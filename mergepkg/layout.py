@@ -273,4 +273,8 @@ def _ordered(names) -> list[str]:
 
 
 def step_layout(recipe: Recipe, step: Step, infos: dict[str, ModelInfo]) -> StepLayout:
+    if step.moe is not None:  # experts and routers: its own tensors and config
+        from mergepkg.moe.layout import moe_layout
+
+        return moe_layout(recipe, step, infos)
     return _Builder(recipe, step, infos).layout()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import tomli_w
@@ -90,6 +90,7 @@ def recipe_hash(recipe: Recipe) -> str:
                       [[[[x.model, list(x.layers), _plain(dict(x.params))] for x in sl.sources], _plain(dict(sl.params))]
                        for sl in s.slices],
                       _plain(dict(s.params)), s.dtype, s.out_dtype, s.tokenizer]
+                  + ([asdict(s.moe)] if s.moe else [])  # only on moe steps: other hashes stay
                   for n, s in recipe.steps.items()},
     }
     if recipe.dependencies:  # only then, so that locks of recipes without any keep their hash

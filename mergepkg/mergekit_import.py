@@ -47,7 +47,8 @@ HF_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 LORA_HINT = ("merge the adapter into its model first (peft's merge_and_unload), save that folder "
              "and name the folder instead")
 
-SUPPORTED_TEXT = ", ".join(METHODS)
+IMPORTABLE = [m for m in METHODS if m != "moe"]  # mergekit-yaml has no moe method (that is mergekit-moe)
+SUPPORTED_TEXT = ", ".join(IMPORTABLE)
 
 
 @dataclass
@@ -278,15 +279,15 @@ class _Importer:
         if any(k in data for k in MOE_KEYS) and "merge_method" not in data:
             key = next(k for k in MOE_KEYS if k in data)
             raise self.error(key, "this is a mergekit-moe config; mergepkg imports mergekit-yaml configs only",
-                             "mixture-of-experts merges are not supported")
+                             "write an `moe` step by hand instead (docs/moe.md)")
         if "merge_method" not in data:
             raise self.error(None, "missing `merge_method`", f"mergepkg supports: {SUPPORTED_TEXT}")
         method = data["merge_method"]
-        if not isinstance(method, str) or method not in METHODS:
+        if not isinstance(method, str) or method not in IMPORTABLE:
             shown = method if isinstance(method, str) else _show(method)
             message = (f"mergekit's {shown!r} method is not supported by mergepkg" if method in MERGEKIT_ONLY
                        else f"unknown merge method {shown!r}")
-            hint = (did_you_mean(method, METHODS) if isinstance(method, str) and method not in MERGEKIT_ONLY else None)
+            hint = (did_you_mean(method, IMPORTABLE) if isinstance(method, str) and method not in MERGEKIT_ONLY else None)
             hint = hint if hint and hint.startswith("did you mean") else None
             raise self.error("merge_method", message,
                              (hint + " " if hint else "") + f"mergepkg supports: {SUPPORTED_TEXT}")

@@ -204,6 +204,10 @@ class _Parser:
         key = f"steps.{name}"
         self.check_name(name, key)
         self.expect(table, dict, key, "a table")
+        if table.get("method") == "moe":  # experts and prompts instead of inputs
+            from mergepkg.moe.parse import moe_step
+
+            return moe_step(self, name, table)
         self.only_keys(table, STEP_KEYS, key)
         method_name = self.expect(table.get("method"), str, f"{key}.method", "a method name (see `mergepkg methods`)")
         spec = get_method(method_name, file=self.display, line=locate(self.text, f"{key}.method"), key=f"{key}.method")

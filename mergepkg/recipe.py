@@ -7,7 +7,7 @@ Words follow the glossary: a *recipe* has *sources* (models from outside) and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Union
 
@@ -90,6 +90,39 @@ class Slice:
 
 
 @dataclass(frozen=True)
+class Expert:
+    """One expert of an `moe` step: a model whose MLP becomes an expert, and the prompts
+    that build its router rows (see docs/moe.md)."""
+
+    model: str
+    prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[str, ...] = ()
+    allow_base_expert: bool = False  # the opt-in for an expert that is the base itself
+
+
+@dataclass(frozen=True)
+class MoE:
+    """What an `moe` step adds to a step: its experts and routing settings."""
+
+    experts: tuple[Expert, ...]
+    experts_per_token: int = 2
+    gate_mode: str = "hidden"  # "hidden", "cheap_embed" or "random"
+    shared_expert: Expert | None = None  # Qwen2-MoE's always-on expert
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        shared = (self.shared_expert.model,) if self.shared_expert else ()
+        return tuple(e.model for e in self.experts) + shared
+
+    def renamed(self, rename) -> MoE:
+        def one(e: Expert) -> Expert:
+            return replace(e, model=rename(e.model))
+
+        return replace(self, experts=tuple(one(e) for e in self.experts),
+                       shared_expert=one(self.shared_expert) if self.shared_expert else None)
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     method: str
@@ -100,6 +133,7 @@ class Step:
     dtype: str = "float32"  # compute dtype
     out_dtype: str | None = None  # saved dtype; None: the base's (or first input's)
     tokenizer: str | None = None  # "base" or an input's name; None: base, else first input
+    moe: MoE | None = None  # set on `moe` steps, which have no inputs or slices
     origin: Origin | None = field(default=None, compare=False)  # set on steps imported from other files
 
     @property
@@ -116,6 +150,7 @@ class Step:
         names = [self.base] if self.base else []
         names += [i.model for i in self.inputs]
         names += [s.model for sl in self.slices for s in sl.sources]
+        names += self.moe.models if self.moe else []
         return tuple(dict.fromkeys(names))
 
 

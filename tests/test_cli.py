@@ -22,7 +22,7 @@ from mergepkg.errors import MergepkgError
 from mergepkg.methods import METHODS
 
 ALL_METHODS = ("linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "dare_linear",
-               "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough")
+               "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough", "moe")
 
 GOOD = """
 [steps.m]

@@ -537,6 +537,9 @@ EVERY_METHOD = {
     "ms": 'method = "model_stock"\nbase = "base"\ninputs = ["ft1", "ft2", "ft3"]',
     "pt": 'method = "passthrough"\nslices = [\n  { sources = [{ model = "ft1", layers = [0, 1] }] },\n'
           '  { sources = [{ model = "ft2", layers = [1, 2] }] },\n]',
+    # routers from the base's hidden states: a forward pass, where thread counts could matter
+    "mo": 'method = "moe"\nbase = "base"\nexperts = [{ model = "ft1", prompts = ["12+3="] },'
+          ' { model = "ft2", prompts = ["abc", "xyz"], negative_prompts = ["1+1="] }]',
     # steps of steps: a random method over two steps, then a stack over it and another step
     "chain": 'method = "dare_ties"\nbase = "base"\ninputs = [{ model = "lin", weight = 1.0, density = 0.5 },'
              ' { model = "ms", weight = 0.5, density = 0.7 }]',
@@ -544,7 +547,7 @@ EVERY_METHOD = {
              '  { sources = [{ model = "de", layers = [1, 2] }] },\n]',
 }
 METHODS_USED = {"linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
-                "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough"}
+                "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough", "moe"}
 
 
 def every_method_body(order) -> str:

@@ -29,7 +29,7 @@ def merge(name, base, tensors, seed=0, **params):
 
 def test_every_method_is_registered_with_doc_and_params():
     assert set(METHODS) == {"linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "dare_linear",
-                            "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough"}
+                            "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough", "moe"}
     import importlib
 
     for spec in METHODS.values():

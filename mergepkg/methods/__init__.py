@@ -19,6 +19,7 @@ from mergepkg.methods import (
     della_linear,
     linear,
     model_stock,
+    moe,
     nuslerp,
     passthrough,
     slerp,
@@ -31,7 +32,7 @@ METHODS: dict[str, MethodSpec] = {
     m.SPEC.name: m.SPEC
     for m in (
         linear, slerp, nuslerp, task_arithmetic, ties, dare_ties, dare_linear,
-        breadcrumbs, breadcrumbs_ties, della, della_linear, model_stock, passthrough,
+        breadcrumbs, breadcrumbs_ties, della, della_linear, model_stock, passthrough, moe,
     )
 }
 

@@ -19,12 +19,13 @@ class Param:
     name: str
     default: Any = REQUIRED
     per_input: bool = False  # one value per (non-base) input, else one per step
-    kind: type = float  # float or bool
+    kind: type = float  # float, int, bool or str (a str parameter lists its `choices`)
     low: float | None = None
     high: float | None = None
     low_open: bool = False  # (low, ...] rather than [low, ...]
     high_open: bool = False
     doc: str = ""
+    choices: tuple[str, ...] = ()
 
     @property
     def required(self) -> bool:
@@ -39,6 +40,8 @@ class Param:
     def range_text(self) -> str:
         if self.kind is bool:
             return "true or false"
+        if self.kind is str:
+            return " | ".join(self.choices)
         if self.low is None and self.high is None:
             return "any number"
         lo = "-inf" if self.low is None else f"{self.low:g}"
@@ -51,6 +54,10 @@ class Param:
         """Why `value` is not allowed for this parameter, or None when it is."""
         if self.kind is bool:
             return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+        if self.kind is str:
+            return None if value in self.choices else f"expected one of {', '.join(map(repr, self.choices))}, got {value!r}"
+        if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"expected an integer, got {value!r}"
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return f"expected a number, got {value!r}"
         too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
@@ -79,6 +86,10 @@ class MethodSpec:
     stream: Callable[..., Any] | None = None
     rows: bool = False  # elementwise: a block of rows of the inputs gives those rows of the result
     light: bool = False  # a few operations per entry: reading, writing and hashing are the work
+    # computed(layout, folders, *, device, seed) -> {output tensor name: tensor}: the
+    # output tensors no input tensor gives (OutputTensor.parts empty; MoE routers),
+    # computed once before streaming. None: every output tensor has parts.
+    computed: Callable[..., Any] | None = None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
