@@ -88,7 +88,7 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
         "base": refs[step.base] if step.base else None,
         "dtype": step.dtype,
         "out_dtype": step.out_dtype,
-        "tokenizer": refs[step.tokenizer_model],
+        "tokenizer": "union" if step.tokenizer_union else refs[step.tokenizer_model],
         "seed": seed if spec.random else None,  # deterministic methods ignore the seed
     }
     if step.inputs:
@@ -103,4 +103,7 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
             }
             for sl in step.slices
         ]
+    if step.tokens:  # only when set: keys of steps without them stay as they were
+        entry["tokens"] = [{"token": t.token, "source": refs[t.model] if t.model else "zero", "from_token": t.from_token,
+                            "from_id": t.from_id, "force": t.force} for t in sorted(step.tokens, key=lambda t: t.token)]
     return entry

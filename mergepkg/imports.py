@@ -26,7 +26,8 @@ def _renamed(step: Step, name: str, rename, origin: Origin) -> Step:
         inputs=tuple(InputRef(rename(i.model), i.params) for i in step.inputs),
         slices=tuple(Slice(tuple(SliceSource(rename(s.model), s.layers, s.params) for s in sl.sources), sl.params)
                      for sl in step.slices),
-        tokenizer=rename(step.tokenizer) if step.tokenizer not in (None, "base") else step.tokenizer,
+        tokenizer=rename(step.tokenizer) if step.tokenizer not in (None, "base") and not step.tokenizer_union else step.tokenizer,
+        tokens=tuple(replace(t, model=rename(t.model) if t.model else None) for t in step.tokens),
         origin=step.origin or origin,
     )
 
