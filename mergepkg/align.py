@@ -30,6 +30,7 @@ from mergepkg.layout import LAYER, ModelInfo
 from mergepkg.vocab import Vocab, read_vocab, union
 
 EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embeddings")
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 HINT = ('set tokenizer = { source = "union" } (every model\'s tokens) or tokenizer = { source = "<model>" } '
         "(that model's vocabulary) on the step; see docs/tokenizers.md")
 
@@ -70,6 +71,7 @@ class Alignment:
         src = step.tokenizer_model
         self.out_vocab = infos[src].vocab  # what the output's tokenizer is: its files are copied
         self.out_rows: int | None = None  # output rows when rows move; None: every model's rows as they are
+        self.token_ids: dict[int, int] = {}  # ids of the config's model (the base) that move in the output
         self.target: dict[str, int] = {}  # output token -> id
         ref = self.models[0]
         differ = self.difference(ref)
@@ -98,6 +100,7 @@ class Alignment:
             self.target = within[src]
         if differ:
             self.out_rows = max(self.target.values()) + 1
+            self.token_ids = {i: self.target[t] for t, i in within[ref].items() if self.target.get(t, i) != i}
         self.within = within
         for token in self.tokens:
             if token not in self.target:
@@ -123,9 +126,12 @@ class Alignment:
         return None
 
     def update_config(self, config: dict) -> None:
+        """The output's config: its vocabulary size, and special token ids (copied from
+        the base's config) that name the same tokens in the output's vocabulary."""
         if self.out_rows is not None:
             where = config if "vocab_size" in config or "text_config" not in config else config["text_config"]
             where["vocab_size"] = self.out_rows
+        move_token_ids(config, self.token_ids)
 
     def row_map(self, parts: list[tuple[str, str]]) -> RowMap | None:
         """The rows of the output tensor merged from `parts` ((model, tensor), base first);
@@ -226,3 +232,16 @@ def align_rows(m: RowMap, tensors: list) -> list:
         new[missing] = fill[index[missing]]
         out.append(new)
     return out
+
+
+def move_token_ids(config: dict, moved: dict[int, int]) -> dict:
+    """`config` (config.json, generation_config.json) with its special token ids mapped by `moved`."""
+    for key in TOKEN_ID_KEYS:
+        value = config.get(key)
+        if isinstance(value, int):
+            config[key] = moved.get(value, value)
+        elif isinstance(value, list):
+            config[key] = [moved.get(v, v) if isinstance(v, int) else v for v in value]
+    if isinstance(config.get("text_config"), dict):
+        move_token_ids(config["text_config"], moved)
+    return config

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mergepkg._lazy import torch
-from mergepkg.align import align_rows
+from mergepkg.align import align_rows, move_token_ids
 from mergepkg.buffers import BufferPool
 from mergepkg.errors import BuildError, MergeError, MergepkgError
 from mergepkg.layout import OutputTensor, StepLayout
@@ -199,7 +199,10 @@ def write_side_files(layout: StepLayout, folders: dict[str, Path], out_dir: Path
     """config.json from the layout; generation config and tokenizer copied from their sources."""
     (out_dir / "config.json").write_text(json.dumps(layout.config, indent=2, sort_keys=True) + "\n")
     gen = folders[layout.config_from] / "generation_config.json"
-    if gen.is_file():
+    if gen.is_file() and layout.token_ids:  # the vocabulary moved: so do its special token ids
+        moved = move_token_ids(json.loads(gen.read_text()), layout.token_ids)
+        (out_dir / "generation_config.json").write_text(json.dumps(moved, indent=2, sort_keys=True) + "\n")
+    elif gen.is_file():
         shutil.copyfile(gen, out_dir / "generation_config.json")
     if isinstance(layout.vocab, Vocab) and layout.vocab.made:  # a union: this step's own tokenizer
         for name, text in layout.vocab.files.items():

@@ -73,6 +73,7 @@ class StepLayout:
     tokenizer_from: str
     bytes_in: int  # tensor bytes read
     vocab: Any = None  # the output's vocabulary (ModelInfo.vocab); a vocab.Vocab with `made`: written, not copied
+    token_ids: dict = field(default_factory=dict)  # special token ids of config_from's configs that move (align.py)
 
     @property
     def info(self) -> ModelInfo:
@@ -144,7 +145,8 @@ class _Builder:
             if "torch_dtype" in config:
                 config["torch_dtype"] = step.out_dtype
         bytes_in = sum(self.infos[p.model].tensors[p.tensor].nbytes for t in out for p in t.parts)
-        return StepLayout(step, self.spec, out, config, ref, step.tokenizer_model, bytes_in, self.alignment.out_vocab)
+        return StepLayout(step, self.spec, out, config, ref, step.tokenizer_model, bytes_in, self.alignment.out_vocab,
+                          self.alignment.token_ids)
 
     def key_of(self, model: str) -> str:
         for i, ref in enumerate(self.step.inputs):

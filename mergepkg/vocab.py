@@ -53,7 +53,7 @@ def read_vocab(folder: Path) -> Vocab | None:
     return _read(path, st.st_size, st.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # a large tokenizer.json is ~10 MB of text
 def _read(path: Path, size: int, mtime_ns: int) -> Vocab:  # size and mtime: a rewritten file is read again
     files = {}
     for name in FILES:

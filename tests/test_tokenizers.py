@@ -365,3 +365,24 @@ def test_tied_embeddings_union(recipe, tmp_path):
     assert model.lm_head.weight.shape[0] == len(ids(out)) and torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.encode("<|c|>", add_special_tokens=False) == [ids(out)["<|c|>"]]
+
+
+def test_special_token_ids_of_the_config_follow_the_vocabulary(tmp_path, tok_models):
+    # the base's config names a token (pad) that has another id in the output's vocabulary
+    base = tmp_path / "base_pad"
+    shutil.copytree(tok_models["base"], base)
+    the = ids(base)["Ġthe"]
+    for name in ("config.json", "generation_config.json"):
+        data = json.loads((base / name).read_text())
+        data["pad_token_id"] = the
+        (base / name).write_text(json.dumps(data))
+    path = tmp_path / "pad.toml"
+    path.write_text(f'[package]\nname = "pad"\nversion = "0.1.0"\n\n[sources]\nbase = {{ path = "{base}" }}\n'
+                    f'other = {{ path = "{tok_models["other"]}" }}\n\n[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\n'
+                    'inputs = [{ model = "other", weight = 0.5 }]\ntokenizer = { source = "other" }\n')
+    build_one(path, tmp_path / "out")
+    moved = ids(tok_models["other"])["Ġthe"]
+    assert moved != the
+    for name in ("config.json", "generation_config.json"):
+        config = json.loads((tmp_path / "out" / name).read_text())
+        assert config["pad_token_id"] == moved and config["bos_token_id"] == ids(tok_models["other"])["<s>"]
