@@ -150,7 +150,7 @@ class Alignment:
 
     def _row_map(self, models: tuple[str, ...]) -> RowMap:
         n = self.out_rows
-        if self.out_rows == self.rows[models[0]] and all(self.within[m] == self.target for m in models):
+        if all(self.rows[m] == n and self.within[m] == self.target for m in models):
             own = [list(range(n)) for _ in models]
         else:
             own = [[-1] * n for _ in models]
