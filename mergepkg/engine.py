@@ -122,7 +122,7 @@ def build_step(
 
     def load(out: OutputTensor) -> list | None:
         if out.row_map is None and budget.row_block(layout, infos, out):
-            return None  # read block by block below
+            return None  # read block by block below (rows to align are read whole: a row may come from anywhere)
         loaded = [readers[p.model].get(p.tensor) for p in out.parts]
         if out.row_map is not None:  # vocabulary rows moved onto the output's vocabulary (align.py)
             loaded, read = align_rows(out.row_map, loaded), loaded
@@ -196,7 +196,8 @@ def build_step(
 
 
 def write_side_files(layout: StepLayout, folders: dict[str, Path], out_dir: Path) -> None:
-    """config.json from the layout; generation config and tokenizer copied from their sources."""
+    """config.json from the layout; generation config and tokenizer copied from their sources
+    (special token ids moved with a moved vocabulary; a union's tokenizer written)."""
     (out_dir / "config.json").write_text(json.dumps(layout.config, indent=2, sort_keys=True) + "\n")
     gen = folders[layout.config_from] / "generation_config.json"
     if gen.is_file() and layout.token_ids:  # the vocabulary moved: so do its special token ids

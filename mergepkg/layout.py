@@ -129,7 +129,7 @@ class _Builder:
         ref = step.base or models[0]
         ref_info = self.infos[ref]
         self.check_architectures(models, ref)
-        from mergepkg.align import Alignment
+        from mergepkg.align import Alignment  # here: align.py builds on this module
 
         self.alignment = Alignment(self)  # vocabularies: checked, and the output's chosen
         groups = self.whole_model_groups() if step.inputs else self.slice_groups()

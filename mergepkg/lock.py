@@ -88,7 +88,7 @@ def recipe_hash(recipe: Recipe) -> str:
                       [[[[x.model, list(x.layers), _plain(dict(x.params))] for x in sl.sources], _plain(dict(sl.params))]
                        for sl in s.slices],
                       _plain(dict(s.params)), s.dtype, s.out_dtype, s.tokenizer]
-                     + ([[[t.token, t.model, t.from_token, t.from_id, t.force] for t in s.tokens]] if s.tokens else [])
+                     + ([sorted([t.token, t.model, t.from_token, t.from_id, t.force] for t in s.tokens)] if s.tokens else [])
                   for n, s in recipe.steps.items()},
     }
     return "sha256:" + sha256_hex(canonical(body))

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mergepkg.errors import SourceError
+
 # The tokenizer files a union writes; the other tokenizer files (tokenizer.model,
 # vocab.json, merges.txt, added_tokens.json) describe the old vocabulary and are dropped.
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
@@ -61,13 +63,17 @@ def _read(path: Path, size: int, mtime_ns: int) -> Vocab:  # size and mtime: a r
             files[name] = (path.parent / name).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             pass
-    data = json.loads(files["tokenizer.json"])
-    vocab = data.get("model", {}).get("vocab", {})
-    ids = dict(vocab) if isinstance(vocab, dict) else {row[0]: i for i, row in enumerate(vocab)}  # Unigram: a list
-    added = {}
-    for entry in data.get("added_tokens", []):
-        ids[entry["content"]] = entry["id"]
-        added[entry["content"]] = entry
+    try:
+        data = json.loads(files["tokenizer.json"])
+        vocab = data.get("model", {}).get("vocab", {})
+        ids = dict(vocab) if isinstance(vocab, dict) else {row[0]: i for i, row in enumerate(vocab)}  # Unigram: a list
+        added = {}
+        for entry in data.get("added_tokens", []):
+            ids[entry["content"]] = entry["id"]
+            added[entry["content"]] = entry
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise SourceError(f"cannot read tokenizer.json: {type(e).__name__}: {e}", file=path,
+                          hint="the tokenizer files of this model are damaged or not a Hugging Face tokenizer.json") from None
     return Vocab(ids, added, files)
 
 

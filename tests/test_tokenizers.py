@@ -386,3 +386,60 @@ def test_special_token_ids_of_the_config_follow_the_vocabulary(tmp_path, tok_mod
     for name in ("config.json", "generation_config.json"):
         config = json.loads((tmp_path / "out" / name).read_text())
         assert config["pad_token_id"] == moved and config["bos_token_id"] == ids(tok_models["other"])["<s>"]
+
+
+def test_slices_align_the_embedding_and_the_head_over_their_own_models(recipe, tmp_path, tok_models):
+    from transformers import AutoModelForCausalLM
+
+    body = ('[steps.p]\nmethod = "passthrough"\ntokenizer = "union"\nslices = [\n'
+            '  { sources = [{ model = "base", layers = [0, 2] }] },\n  { sources = [{ model = "other", layers = [2, 4] }] },\n]\n')
+    out = tmp_path / "out"
+    tensors = build_one(recipe(body), out)
+    union = ids(out)
+    base, other = load_tensors(tok_models["base"]), load_tensors(tok_models["other"])
+    vb, vo = ids(tok_models["base"]), ids(tok_models["other"])
+    # the embedding is the first slice's (base's): base's rows, zeros for tokens only other has
+    assert torch.equal(tensors[EMBED][union["Ġcat"]], base[EMBED][vb["Ġcat"]])
+    assert not tensors[EMBED][union["Ġcow"]].any()
+    # the head is the last slice's (other's): other's rows, zeros for tokens only base has
+    assert torch.equal(tensors[HEAD][union["Ġcow"]], other[HEAD][vo["Ġcow"]])
+    assert torch.equal(tensors[HEAD][union["Ġthe"]], other[HEAD][vo["Ġthe"]]) and not tensors[HEAD][union["<|a|>"]].any()
+    assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == len(union)
+
+
+def test_union_of_transformers_4_style_configs_lists_the_new_tokens():
+    from mergepkg.vocab import Vocab, union
+
+    def vocab(tokens: list[str], added: list[str]) -> Vocab:
+        entries = [{"id": len(tokens) + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                    "normalized": False, "special": True} for i, t in enumerate(added)]
+        data = {"added_tokens": entries, "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tokens)}, "merges": []}}
+        config = {"tokenizer_class": "LlamaTokenizer", "additional_special_tokens": list(added),
+                  "added_tokens_decoder": {str(e["id"]): {k: v for k, v in e.items() if k != "id"} for e in entries}}
+        files = {"tokenizer.json": json.dumps(data), "tokenizer_config.json": json.dumps(config),
+                 "special_tokens_map.json": json.dumps({"additional_special_tokens": list(added)})}
+        ids = {**{t: i for i, t in enumerate(tokens)}, **{e["content"]: e["id"] for e in entries}}
+        return Vocab(ids, {e["content"]: e for e in entries}, files)
+
+    out = union([(vocab(["a", "b"], ["<x>"]), 3), (vocab(["b", "c"], ["<y>", "<x>"]), 4)])
+    assert out.ids == {"a": 0, "b": 1, "<x>": 2, "c": 3, "<y>": 4}
+    config = json.loads(out.files["tokenizer_config.json"])
+    assert config["additional_special_tokens"] == ["<x>", "<y>"] and config["added_tokens_decoder"]["4"]["content"] == "<y>"
+    assert json.loads(out.files["special_tokens_map.json"])["additional_special_tokens"] == ["<x>", "<y>"]
+    data = json.loads(out.files["tokenizer.json"])
+    assert data["model"]["vocab"] == out.ids and [e["id"] for e in data["added_tokens"]] == [2, 4]
+
+
+def test_a_damaged_tokenizer_json_is_a_located_error(recipe, tmp_path, tok_models):
+    from mergepkg.errors import SourceError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tok_models["other"], bad)
+    (bad / "tokenizer.json").write_text("{ not json")
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[package]\nname = "b"\nversion = "0.1.0"\n\n[sources]\nbase = {{ path = "{tok_models["base"]}" }}\n'
+                    f'bad = {{ path = "{bad}" }}\n\n[steps.s]\nmethod = "linear"\ninputs = ["base", "bad"]\n'
+                    'params = { weight = 1.0 }\ntokenizer = "union"\n')
+    with pytest.raises(SourceError) as e:
+        build_recipe(path, tmp_path / "out")
+    assert "cannot read tokenizer.json" in e.value.message and str(bad / "tokenizer.json") == e.value.file
