@@ -212,16 +212,24 @@ def align_rows(m: RowMap, tensors: list) -> list:
     """The tensors of one vocabulary tensor's parts, each as `m.rows` aligned rows
     ([rows, *rest], in the parts' promoted dtype, as mergekit promotes them)."""
     dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors])
+    wide = torch.promote_types(dtype, torch.float32)  # a mean of bf16 rows is summed in float32
     rest = tuple(tensors[0].shape[1:])
-    fill = torch.zeros((len(m.fallbacks), *rest), dtype=dtype)  # each fallback row, once
+    # each fallback row once, as a sum of source rows over their count: one row / 1 is exact
+    picks: list[tuple[list[int], list[int]]] = [([], []) for _ in tensors]  # per part: (fallback, its row)
+    count = []
+    for k, (_, how) in enumerate(m.fallbacks):
+        members = [how[1:]] if how[0] == "row" else how[1] if how[0] == "mean" else ()
+        for p, r in members:
+            picks[p][0].append(k)
+            picks[p][1].append(r)
+        count.append(max(1, len(members)))
+    fill = torch.zeros((len(m.fallbacks), *rest), dtype=wide)
+    for (ks, rs), t in zip(picks, tensors):
+        if ks:
+            fill.index_add_(0, torch.tensor(ks), t[torch.tensor(rs)].to(wide))
+    fill = (fill / torch.tensor(count, dtype=wide).view(-1, *[1] * len(rest))).to(dtype)
     index = torch.full((m.rows,), -1, dtype=torch.long)  # output row -> its fallback in `fill`
-    for k, (row, how) in enumerate(m.fallbacks):
-        index[row] = k
-        if how[0] == "row":
-            fill[k] = tensors[how[1]][how[2]]
-        elif how[0] == "mean":  # summed in at least float32, as a mean of bf16 rows should be
-            wide = torch.promote_types(dtype, torch.float32)
-            fill[k] = torch.stack([tensors[p][r].to(wide) for p, r in how[1]]).mean(0)
+    index[torch.tensor([row for row, _ in m.fallbacks], dtype=torch.long)] = torch.arange(len(m.fallbacks))
     out = []
     for own, t in zip(m.own, tensors):
         own = torch.tensor(own, dtype=torch.long)  # [rows]
