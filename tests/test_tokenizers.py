@@ -443,3 +443,28 @@ def test_a_damaged_tokenizer_json_is_a_located_error(recipe, tmp_path, tok_model
     with pytest.raises(SourceError) as e:
         build_recipe(path, tmp_path / "out")
     assert "cannot read tokenizer.json" in e.value.message and str(bad / "tokenizer.json") == e.value.file
+
+
+def test_forced_token_on_one_vocabulary_changes_that_row_only(recipe, tmp_path, tok_models):
+    body = '[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft", weight = 0.5 }]\n'
+    plain = build_one(recipe(body, name="plain.toml"), tmp_path / "plain")
+    forced = build_one(recipe(body + 'tokenizer = { source = "base", tokens = { "Ġthe" = { source = "ft", force = true } } }\n',
+                              name="forced.toml"), tmp_path / "forced")
+    v = ids(tok_models["base"])
+    ft = load_tensors(tok_models["ft"])
+    for name in (EMBED, HEAD):
+        torch.testing.assert_close(forced[name][v["Ġthe"]], ft[name][v["Ġthe"]], rtol=0, atol=1e-6)
+        others = [i for i in range(plain[name].shape[0]) if i != v["Ġthe"]]
+        assert torch.equal(forced[name][others], plain[name][others])
+    assert all(torch.equal(forced[n], plain[n]) for n in plain if n not in (EMBED, HEAD))
+    assert (tmp_path / "forced" / "tokenizer.json").read_bytes() == (tok_models["base"] / "tokenizer.json").read_bytes()
+
+
+def test_a_union_builds_the_same_bytes_in_another_store(recipe, tmp_path, monkeypatch):
+    path = recipe(UNION)
+    first = build_recipe(path, tmp_path / "a")
+    monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "other-home"))
+    second = build_recipe(path, tmp_path / "b")
+    assert second.built == ["u"] and second.lock.steps["u"].digest == first.lock.steps["u"].digest
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
