@@ -42,6 +42,7 @@ class RowMap:
     rows: int
     own: tuple[tuple[int, ...], ...]  # per part (base first): its row for each output row; -1: the fallback
     fallbacks: tuple[tuple[int, tuple], ...]  # (output row, ("row", part, row) | ("mean", ((part, row), ...)) | ("zero",))
+    pad_from: int | None = None  # rows from here on (pad_to_multiple_of): each model's mean of the rows above
 
 
 def vocab_of(info: ModelInfo) -> Vocab | None:
@@ -73,6 +74,8 @@ class Alignment:
         self.out_rows: int | None = None  # output rows when rows move; None: every model's rows as they are
         self.token_ids: dict[int, int] = {}  # ids of the config's model (the base) that move in the output
         self.target: dict[str, int] = {}  # output token -> id
+        self.token_rows = 0  # output rows before padding to pad_to_multiple_of
+        pad = step.pad_to_multiple_of or 1
         ref = self.models[0]
         differ = self.difference(ref)
         if step.tokenizer is None:
@@ -80,15 +83,15 @@ class Alignment:
                 raise self.b.error(ModelMismatchError, self.b.key_of(differ[0]), f"{differ[0]!r} and {ref!r} have "
                                    f"different vocabularies ({differ[1]}) and the step has no tokenizer setting", HINT)
             return
-        if not differ and not self.tokens:
+        if not differ and not self.tokens and (self.rows[ref] or 0) % pad == 0:
             return  # one vocabulary already: nothing moves, the output is the step's merge as it is
         lacking = [m for m in self.models if self.vocabs[m] is None]
         if lacking:
             raise self.b.error(RecipeError, self.key, f"{lacking[0]!r} has no tokenizer.json, so its embedding rows "
                                "cannot be matched to tokens", "use models with a tokenizer.json (a fast tokenizer)")
         within = {m: self.vocabs[m].within(self.rows[m]) for m in self.models}
-        if not differ:  # forced tokens on one shared vocabulary: every row stays, those tokens change
-            self.target, self.out_rows = within[ref], self.rows[ref]
+        if not differ:  # forced tokens or padding on one shared vocabulary: every row stays
+            self.target, self.token_rows = within[ref], self.rows[ref]
         elif step.tokenizer_union:
             try:
                 self.out_vocab = union([(self.vocabs[m], self.rows[m]) for m in self.models])
@@ -99,8 +102,9 @@ class Alignment:
         else:
             self.target = within[src]
         if differ:
-            self.out_rows = max(self.target.values()) + 1
+            self.token_rows = max(self.target.values()) + 1
             self.token_ids = {i: self.target[t] for t, i in within[ref].items() if self.target.get(t, i) != i}
+        self.out_rows = -(-self.token_rows // pad) * pad  # rounded up, as mergekit pads
         self.within = within
         for token in self.tokens:
             if token not in self.target:
@@ -149,7 +153,7 @@ class Alignment:
         return self.maps[models]
 
     def _row_map(self, models: tuple[str, ...]) -> RowMap:
-        n = self.out_rows
+        n = self.token_rows
         if all(self.rows[m] == n and self.within[m] == self.target for m in models):
             own = [list(range(n)) for _ in models]
         else:
@@ -185,7 +189,9 @@ class Alignment:
         for j in range(n):  # rows no token names (holes in an id range)
             if j not in fallbacks and any(o[j] < 0 for o in own):
                 fallbacks[j] = ("zero",)
-        return RowMap(n, tuple(tuple(o) for o in own), tuple(sorted(fallbacks.items())))
+        padding = [-1] * (self.out_rows - n)
+        return RowMap(self.out_rows, tuple(tuple(o + padding) for o in own), tuple(sorted(fallbacks.items())),
+                      n if padding else None)
 
     def configured(self, cfg, models: tuple[str, ...], own, j: int) -> tuple:
         key = f'{self.key}.tokens."{cfg.token}".source'
@@ -228,6 +234,7 @@ def align_rows(m: RowMap, tensors: list) -> list:
         if ks:
             fill.index_add_(0, torch.tensor(ks), t[torch.tensor(rs)].to(wide))
     fill = (fill / torch.tensor(count, dtype=wide).view(-1, *[1] * len(rest))).to(dtype)
+    pad_from = m.rows if m.pad_from is None else m.pad_from
     index = torch.full((m.rows,), -1, dtype=torch.long)  # output row -> its fallback in `fill`
     index[torch.tensor([row for row, _ in m.fallbacks], dtype=torch.long)] = torch.arange(len(m.fallbacks))
     out = []
@@ -237,7 +244,10 @@ def align_rows(m: RowMap, tensors: list) -> list:
         keep = own >= 0
         new[keep] = t[own[keep]].to(dtype)  # the model's own rows, moved to their output ids
         missing = ~keep
+        missing[pad_from:] = False
         new[missing] = fill[index[missing]]
+        if pad_from < m.rows:  # padding rows: this model's mean row, as mergekit pads
+            new[pad_from:] = new[:pad_from].to(wide).mean(0).to(dtype)
         out.append(new)
     return out
 

@@ -103,7 +103,9 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
             }
             for sl in step.slices
         ]
-    if step.tokens:  # only when set: keys of steps without them stay as they were
+    if step.pad_to_multiple_of:  # tokenizer settings join the entry only when set: older keys stay
+        entry["pad_to_multiple_of"] = step.pad_to_multiple_of
+    if step.tokens:
         entry["tokens"] = [{"token": t.token, "source": refs[t.model] if t.model else "zero", "from_token": t.from_token,
                             "from_id": t.from_id, "force": t.force} for t in sorted(step.tokens, key=lambda t: t.token)]
     return entry

@@ -89,6 +89,7 @@ def recipe_hash(recipe: Recipe) -> str:
                        for sl in s.slices],
                       _plain(dict(s.params)), s.dtype, s.out_dtype, s.tokenizer]
                      + ([sorted([t.token, t.model, t.from_token, t.from_id, t.force] for t in s.tokens)] if s.tokens else [])
+                     + ([s.pad_to_multiple_of] if s.pad_to_multiple_of else [])
                   for n, s in recipe.steps.items()},
     }
     return "sha256:" + sha256_hex(canonical(body))

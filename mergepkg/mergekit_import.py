@@ -141,6 +141,7 @@ class _Step:
     tokenizer: str | None = None  # the model whose tokenizer the output gets (None: mergepkg's default)
     union: bool = False  # tokenizer source "union" (`tokenizer` then names no model)
     tokens: dict[str, dict] = field(default_factory=dict)  # tokenizer.tokens: token -> { source, force }
+    pad_to_multiple_of: int | None = None
     notes: dict[str, list[str]] = field(default_factory=dict)  # note -> key paths it applies to
     refs: dict[str, str] = field(default_factory=dict)  # step names it reads -> key path
 
@@ -512,9 +513,11 @@ class _Importer:
         if not isinstance(value, dict):
             raise self.error(key, f"expected a mapping with `source` and `tokens`, got {_show(value)}")
         self.only_keys(value, ("source", "tokens", "pad_to_multiple_of"), key)
-        if value.get("pad_to_multiple_of") is not None:
-            raise self.error(f"{key}.pad_to_multiple_of", "pad_to_multiple_of is not supported",
-                             "remove it: the output has one row per token (docs/tokenizers.md)")
+        pad = value.get("pad_to_multiple_of")
+        if pad is not None:
+            if isinstance(pad, bool) or not isinstance(pad, int) or pad < 1:
+                raise self.error(f"{key}.pad_to_multiple_of", f"expected a positive integer, got {_show(pad)}")
+            step.pad_to_multiple_of = pad
         source = value.get("source", "union")  # mergekit's default
         self.tokenizer_source(step, source, base, f"{key}.source")
         tokens = value.get("tokens") or {}
@@ -790,8 +793,10 @@ class _Importer:
             if s.out_dtype:
                 out.append(f"out_dtype = {_value(s.out_dtype)}")
             source = "union" if s.union else ("base" if s.tokenizer == s.base else s.tokenizer) if s.tokenizer else None
-            if s.tokens:
-                out.append(f"tokenizer = {_value({'source': source, 'tokens': s.tokens})}")
+            if s.tokens or s.pad_to_multiple_of:
+                table = {"source": source or "base", **({"tokens": s.tokens} if s.tokens else {}),
+                         **({"pad_to_multiple_of": s.pad_to_multiple_of} if s.pad_to_multiple_of else {})}
+                out.append(f"tokenizer = {_value(table)}")
             elif source:
                 out.append(f"tokenizer = {_value(source)}")
             out += params_table

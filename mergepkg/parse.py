@@ -203,9 +203,9 @@ class _Parser:
         dtype = self.dtype(table.get("dtype", "float32"), f"{key}.dtype")
         out_dtype = self.dtype(table["out_dtype"], f"{key}.out_dtype") if "out_dtype" in table else None
         models = Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices).models
-        tokenizer, tokens = self.tokenizer(table.get("tokenizer"), f"{key}.tokenizer", models, base)
+        tokenizer, tokens, pad = self.tokenizer(table.get("tokenizer"), f"{key}.tokenizer", models, base)
         return Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices, params=params,
-                    dtype=dtype, out_dtype=out_dtype, tokenizer=tokenizer, tokens=tokens)
+                    dtype=dtype, out_dtype=out_dtype, tokenizer=tokenizer, tokens=tokens, pad_to_multiple_of=pad)
 
     def check_count(self, spec: MethodSpec, count: int, key: str):
         if count < spec.min_inputs or (spec.max_inputs is not None and count > spec.max_inputs):
@@ -215,13 +215,18 @@ class _Parser:
 
     def tokenizer(self, value: Any, key: str, models: tuple[str, ...], base: str | None):
         """`tokenizer = "<source>"` or `{ source = ..., tokens = { "<tok>" = { source = ... } } }`
-        -> (source, tokens). The table's source defaults to "union", as mergekit's does."""
+        -> (source, tokens, pad_to_multiple_of). The table's source defaults to "union", as mergekit's does."""
         if value is None:
-            return None, ()
+            return None, (), None
         table = value if isinstance(value, dict) else None
+        pad = None
         if table is not None:
-            self.only_keys(table, ("source", "tokens"), key)
+            self.only_keys(table, ("source", "tokens", "pad_to_multiple_of"), key)
             value = table.get("source", "union")
+            if "pad_to_multiple_of" in table:
+                pad = self.expect(table["pad_to_multiple_of"], int, f"{key}.pad_to_multiple_of", "a positive integer")
+                if pad < 1:
+                    raise self.error(f"{key}.pad_to_multiple_of", f"expected a positive integer, got {pad}")
         skey = f"{key}.source" if table is not None else key
         self.expect(value, str, skey, '"base", "union" or the name of a model of this step')
         if value == "base" and "base" not in models:
@@ -236,7 +241,7 @@ class _Parser:
             self.only_keys(entry, ("source", "force"), tkey)
             force = self.expect(entry.get("force", False), bool, f"{tkey}.force", "true or false")
             tokens.append(self.token_source(token, entry.get("source"), force, f"{tkey}.source", models, base))
-        return value, tuple(tokens)
+        return value, tuple(tokens), pad
 
     def token_source(self, token: str, src: Any, force: bool, key: str, models: tuple[str, ...], base: str | None):
         """`"<model>"`, mergekit's `{ kind = "zero" }` or `{ model = ..., token = ... | token_id = ... }`."""

@@ -104,6 +104,7 @@ class Step:
     tokenizer: str | None = None  # "base", "union" or an input's name; None: base, else first input
     origin: Origin | None = field(default=None, compare=False)  # set on steps imported from other files
     tokens: tuple[TokenSource, ...] = ()  # tokenizer.tokens, in recipe order
+    pad_to_multiple_of: int | None = None  # tokenizer.pad_to_multiple_of: embedding rows rounded up to a multiple
 
     @property
     def tokenizer_union(self) -> bool:

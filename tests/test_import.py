@@ -302,6 +302,7 @@ def test_tokenizer_block_and_union(tmp_path):
           - model: org/union
             parameters: {weight: 1}
         tokenizer:
+          pad_to_multiple_of: 64
           tokens:
             <|im_start|>:
               source: org/chat
@@ -316,7 +317,7 @@ def test_tokenizer_block_and_union(tmp_path):
               source: {kind: model_token, model: org/union, token_id: 3}
     """, tmp_path)
     step = recipe.steps["config"]
-    assert step.tokenizer_union and step.tokenizer == "union"  # mergekit's default source
+    assert step.tokenizer_union and step.tokenizer == "union" and step.pad_to_multiple_of == 64  # default source
     assert "union-model" in recipe.sources and "union" not in recipe.sources  # "union" would read as the union
     got = {t.token: (t.model, t.from_token, t.from_id, t.force) for t in step.tokens}
     assert got == {"<|im_start|>": ("chat", None, None, False), "<|im_end|>": ("chat", None, None, True),
@@ -479,12 +480,12 @@ BAD = {
         tokenizer:
           source: base
     """, "tokenizer.source", "no base_model", "source: base"),
-    "tokenizer block with pad_to_multiple_of": ("""
+    "tokenizer block with pad_to_multiple_of 0": ("""
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]
         tokenizer:
-          pad_to_multiple_of: 64
-    """, "tokenizer.pad_to_multiple_of", "not supported", "pad_to_multiple_of"),
+          pad_to_multiple_of: 0
+    """, "tokenizer.pad_to_multiple_of", "positive integer", "pad_to_multiple_of"),
     "tokenizer and tokenizer_source": ("""
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]

@@ -316,6 +316,7 @@ def test_keys_of_the_tokenizer_setting(recipe):
      'steps.s.tokenizer.tokens."<x>".source.token_id', "expected a row index"),
     ('{ tokens = { "<x>" = { source = "chat", force = 1 } } }', 'steps.s.tokenizer.tokens."<x>".force', "true or false"),
     ("3", "steps.s.tokenizer", "expected"),
+    ("{ pad_to_multiple_of = 0 }", "steps.s.tokenizer.pad_to_multiple_of", "expected a positive integer"),
 ])
 def test_setting_errors_are_located(recipe, setting, key, message):
     path = recipe(f'[steps.s]\nmethod = "linear"\ninputs = ["base", "chat"]\nparams = {{ weight = 1.0 }}\ntokenizer = {setting}\n')
@@ -468,3 +469,28 @@ def test_a_union_builds_the_same_bytes_in_another_store(recipe, tmp_path, monkey
     assert second.built == ["u"] and second.lock.steps["u"].digest == first.lock.steps["u"].digest
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_pad_to_multiple_of_adds_mean_rows(recipe, tmp_path, tok_models):
+    from transformers import AutoModelForCausalLM
+
+    body = '[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft", weight = 0.5 }]\n'
+    out = tmp_path / "out"
+    tensors = build_one(recipe(body + "tokenizer = { source = \"base\", pad_to_multiple_of = 32 }\n"), out)
+    n = len(ids(tok_models["base"]))
+    rows = -(-n // 32) * 32
+    assert rows > n and json.loads((out / "config.json").read_text())["vocab_size"] == rows
+    base, ft = load_tensors(tok_models["base"]), load_tensors(tok_models["ft"])
+    plain = build_one(recipe(body, name="plain.toml"), tmp_path / "plain")
+    for name in (EMBED, HEAD):
+        assert tensors[name].shape[0] == rows and torch.equal(tensors[name][:n], plain[name])
+        mb, mf = base[name].mean(0), ft[name].mean(0)  # each model pads with its mean row
+        for r in range(n, rows):
+            torch.testing.assert_close(tensors[name][r], mb + 0.5 * (mf - mb), rtol=0, atol=1e-6)
+    AutoModelForCausalLM.from_pretrained(out)
+    union = build_one(recipe(UNION.replace('{ source = "union" }', '{ source = "union", pad_to_multiple_of = 32 }'),
+                             name="union.toml"), tmp_path / "union")
+    n = len(ids(tmp_path / "union"))
+    assert union[EMBED].shape[0] == -(-n // 32) * 32 > n and (union[EMBED][n:] == union[EMBED][-1]).all()
+    res = resolve(load_recipe(tmp_path / "recipe.toml"), Session())
+    assert res.keys["s"] != resolve(load_recipe(tmp_path / "plain.toml"), Session()).keys["s"]
