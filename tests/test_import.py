@@ -281,7 +281,7 @@ def test_missing_local_folder_is_a_warning_not_an_error(tmp_path):
 
 @pytest.mark.parametrize("source, expected", [("base", "base"), ("org/chat", "chat"), ("org/base", "base")])
 def test_tokenizer_source(source, expected, tmp_path):
-    result, recipe = imported(f"""
+    _, recipe = imported(f"""
         merge_method: slerp
         base_model: org/base
         models:

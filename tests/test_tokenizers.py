@@ -109,8 +109,9 @@ def ids(folder: Path) -> dict[str, int]:
     return out
 
 
-def row(folder_tensors: dict, vocab: dict, token: str, name: str = EMBED) -> torch.Tensor:
-    return folder_tensors[name][vocab[token]]
+def row(tensors: dict, vocab: dict, token: str, name: str = EMBED) -> torch.Tensor:
+    """A model's row of `token` in tensor `name`."""
+    return tensors[name][vocab[token]]
 
 
 UNION = """
@@ -159,10 +160,10 @@ def test_union_rows_are_the_merge_of_aligned_rows_with_mergekits_fallbacks(recip
     t = {n: load_tensors(tok_models[n]) for n in ("base", "chat", "other")}
     v = {n: ids(tok_models[n]) for n in ("base", "chat", "other")}
     for name in (EMBED, HEAD):
-        def inp(model, token):
+        def inp(model, token, name=name):
             return row(t[model], v[model], token, name)
 
-        def out(token):
+        def out(token, name=name):
             return tensors[name][union[token]]
 
         # shared by all three: each model's own row, merged (task arithmetic: base + sum w * delta)
