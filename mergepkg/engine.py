@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Protocol
 
 from mergepkg._lazy import torch
+from mergepkg.align import align_rows, move_token_ids
 from mergepkg.buffers import BufferPool
 from mergepkg.errors import BuildError, MergeError, MergepkgError
 from mergepkg.layout import OutputTensor, StepLayout
 from mergepkg.memory import for_process
 from mergepkg.sources import SIDE_FILES
 from mergepkg.tensors import ModelReader, ShardWriter, TensorInfo, torch_dtype
+from mergepkg.vocab import Vocab
 
 TOKENIZER_FILES = [f for f in SIDE_FILES if f not in ("config.json", "generation_config.json")]
 
@@ -122,10 +124,15 @@ def build_step(
 
     def load(out: OutputTensor) -> list | None:
         if not out.parts:
-            return [computed[out.name]]
-        if budget.row_block(layout, infos, out):
-            return None  # read block by block below
-        return [readers[p.model].get(p.tensor) for p in out.parts]
+            return [computed[out.name]]  # MoE routers: no input gives them
+        if out.row_map is None and budget.row_block(layout, infos, out):
+            return None  # read block by block below (rows to align are read whole: a row may come from anywhere)
+        loaded = [readers[p.model].get(p.tensor) for p in out.parts]
+        if out.row_map is not None:  # vocabulary rows moved onto the output's vocabulary (align.py)
+            loaded, read = align_rows(out.row_map, loaded), loaded
+            if buffers is not None:
+                buffers.give_back(read)
+        return loaded
 
     def merge_loaded(out: OutputTensor, loaded: list):
         tensor = merge_tensor(layout, out, loaded, device=device, seed=seed)
@@ -193,11 +200,19 @@ def build_step(
 
 
 def write_side_files(layout: StepLayout, folders: dict[str, Path], out_dir: Path) -> None:
-    """config.json from the layout; generation config and tokenizer copied from their sources."""
+    """config.json from the layout; generation config and tokenizer copied from their sources
+    (special token ids moved with a moved vocabulary; a union's tokenizer written)."""
     (out_dir / "config.json").write_text(json.dumps(layout.config, indent=2, sort_keys=True) + "\n")
     gen = folders[layout.config_from] / "generation_config.json"
-    if gen.is_file():
+    if gen.is_file() and layout.token_ids:  # the vocabulary moved: so do its special token ids
+        moved = move_token_ids(json.loads(gen.read_text()), layout.token_ids)
+        (out_dir / "generation_config.json").write_text(json.dumps(moved, indent=2, sort_keys=True) + "\n")
+    elif gen.is_file():
         shutil.copyfile(gen, out_dir / "generation_config.json")
+    if isinstance(layout.vocab, Vocab) and layout.vocab.made:  # a union: this step's own tokenizer
+        for name, text in layout.vocab.files.items():
+            (out_dir / name).write_text(text, encoding="utf-8")
+        return
     for name in TOKENIZER_FILES:
         src = folders[layout.tokenizer_from] / name
         if src.is_file():

@@ -89,7 +89,7 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
         "base": refs[step.base] if step.base else None,
         "dtype": step.dtype,
         "out_dtype": step.out_dtype,
-        "tokenizer": refs[step.tokenizer_model],
+        "tokenizer": "union" if step.tokenizer_union else refs[step.tokenizer_model],
         "seed": seed if spec.random else None,  # deterministic methods ignore the seed
     }
     if step.moe is not None:
@@ -106,4 +106,9 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
             }
             for sl in step.slices
         ]
+    if step.pad_to_multiple_of:  # tokenizer settings join the entry only when set: older keys stay
+        entry["pad_to_multiple_of"] = step.pad_to_multiple_of
+    if step.tokens:
+        entry["tokens"] = [{"token": t.token, "source": refs[t.model] if t.model else "zero", "from_token": t.from_token,
+                            "from_id": t.from_id, "force": t.force} for t in sorted(step.tokens, key=lambda t: t.token)]
     return entry

@@ -26,10 +26,21 @@ def _renamed(step: Step, name: str, rename, origin: Origin) -> Step:
         inputs=tuple(InputRef(rename(i.model), i.params) for i in step.inputs),
         slices=tuple(Slice(tuple(SliceSource(rename(s.model), s.layers, s.params) for s in sl.sources), sl.params)
                      for sl in step.slices),
-        tokenizer=rename(step.tokenizer) if step.tokenizer not in (None, "base") else step.tokenizer,
+        tokenizer=_tokenizer(step, rename),
+        tokens=tuple(replace(t, model=rename(t.model) if t.model else None) for t in step.tokens),
         moe=step.moe.renamed(rename) if step.moe else None,
         origin=step.origin or origin,
     )
+
+
+def _tokenizer(step: Step, rename) -> str | None:
+    """The step's tokenizer setting under new model names, naming the same model."""
+    if step.tokenizer_union:
+        return step.tokenizer
+    if step.tokenizer in (None, "base"):
+        # without a base, "base" names an input called base; renamed, the name would not
+        return rename("base") if not step.base and "base" in step.models else step.tokenizer
+    return rename(step.tokenizer)
 
 
 def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind=None) -> Recipe:

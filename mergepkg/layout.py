@@ -32,6 +32,7 @@ class ModelInfo:
 
     config: dict
     tensors: dict[str, TensorInfo]
+    vocab: Any = field(default=None, compare=False)  # a vocab.Vocab, the folder to read one from, or None
 
     @property
     def num_layers(self) -> int:
@@ -55,6 +56,7 @@ class OutputTensor:
     base: Part | None
     inputs: tuple[Part, ...]  # non-base, in recipe order
     params: dict[str, Any] = field(default_factory=dict)  # shared: scalar; per input: list
+    row_map: Any = None  # align.RowMap: the parts' vocabulary rows, moved onto the output's vocabulary
 
     @property
     def parts(self) -> tuple[Part, ...]:
@@ -70,10 +72,12 @@ class StepLayout:
     config_from: str  # the model whose side files (generation config) are copied
     tokenizer_from: str
     bytes_in: int  # tensor bytes read
+    vocab: Any = None  # the output's vocabulary (ModelInfo.vocab); a vocab.Vocab with `made`: written, not copied
+    token_ids: dict = field(default_factory=dict)  # special token ids of config_from's configs that move (align.py)
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(self.config, {t.name: t.info for t in self.tensors})
+        return ModelInfo(self.config, {t.name: t.info for t in self.tensors}, self.vocab)
 
     @property
     def bytes_out(self) -> int:
@@ -125,6 +129,9 @@ class _Builder:
         ref = step.base or models[0]
         ref_info = self.infos[ref]
         self.check_architectures(models, ref)
+        from mergepkg.align import Alignment  # here: align.py builds on this module
+
+        self.alignment = Alignment(self)  # vocabularies: checked, and the output's chosen
         groups = self.whole_model_groups() if step.inputs else self.slice_groups()
         out = tuple(self.output_tensor(*g) for g in groups)
         config = dict(ref_info.config)
@@ -132,12 +139,14 @@ class _Builder:
             count = sum(sl.sources[0].layers[1] - sl.sources[0].layers[0] for sl in step.slices)
             key = next((k for k in LAYER_COUNT_KEYS if k in config), "num_hidden_layers")
             config[key] = count
+        self.alignment.update_config(config)
         if step.out_dtype:
             config["dtype"] = step.out_dtype  # transformers >= 4.56 reads `dtype`, older `torch_dtype`
             if "torch_dtype" in config:
                 config["torch_dtype"] = step.out_dtype
         bytes_in = sum(self.infos[p.model].tensors[p.tensor].nbytes for t in out for p in t.parts)
-        return StepLayout(step, self.spec, out, config, ref, step.tokenizer_model, bytes_in)
+        return StepLayout(step, self.spec, out, config, ref, step.tokenizer_model, bytes_in, self.alignment.out_vocab,
+                          self.alignment.token_ids)
 
     def key_of(self, model: str) -> str:
         for i, ref in enumerate(self.step.inputs):
@@ -223,6 +232,8 @@ class _Builder:
         spec, step = self.spec, self.step
         parts, base = [], None
         ref_info = None
+        row_map = self.alignment.row_map([(model, tensor) for _, model, tensor, _ in members])
+        rows = 1 if row_map else 0  # a row map aligns the first dimension: only the others must agree
         for role, model, tensor, _ in members:
             info = self.infos[model].tensors.get(tensor)
             if info is None:
@@ -230,7 +241,7 @@ class _Builder:
                                  "the models must share an architecture and tensor names")
             if ref_info is None:
                 ref_info, ref_model = info, model
-            elif info.shape != ref_info.shape:
+            elif info.shape[rows:] != ref_info.shape[rows:]:
                 raise self.error(ModelMismatchError, self.key_of(model),
                                  f"tensor {tensor}: {model!r} has shape {list(info.shape)} but {ref_model!r} has {list(ref_info.shape)}",
                                  "merged models need equal tensor shapes")
@@ -254,7 +265,8 @@ class _Builder:
             dtype = CODE_OF[step.out_dtype]
         else:
             dtype = self.infos[base.model].tensors[base.tensor].dtype if base else ref_info.dtype
-        return OutputTensor(name, TensorInfo(dtype, ref_info.shape), base, tuple(parts), params)
+        shape = (row_map.rows, *ref_info.shape[1:]) if row_map else ref_info.shape
+        return OutputTensor(name, TensorInfo(dtype, shape), base, tuple(parts), params, row_map)
 
 
 def _is_pre(name: str) -> bool:

@@ -90,7 +90,9 @@ def recipe_hash(recipe: Recipe) -> str:
                       [[[[x.model, list(x.layers), _plain(dict(x.params))] for x in sl.sources], _plain(dict(sl.params))]
                        for sl in s.slices],
                       _plain(dict(s.params)), s.dtype, s.out_dtype, s.tokenizer]
-                  + ([asdict(s.moe)] if s.moe else [])  # only on moe steps: other hashes stay
+                     + ([sorted([t.token, t.model, t.from_token, t.from_id, t.force] for t in s.tokens)] if s.tokens else [])
+                     + ([s.pad_to_multiple_of] if s.pad_to_multiple_of else [])
+                     + ([asdict(s.moe)] if s.moe else [])  # only on moe steps: other hashes stay
                   for n, s in recipe.steps.items()},
     }
     if recipe.dependencies:  # only then, so that locks of recipes without any keep their hash

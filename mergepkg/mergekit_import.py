@@ -140,6 +140,9 @@ class _Step:
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer: str | None = None  # the model whose tokenizer the output gets (None: mergepkg's default)
+    union: bool = False  # tokenizer source "union" (`tokenizer` then names no model)
+    tokens: dict[str, dict] = field(default_factory=dict)  # tokenizer.tokens: token -> { source, force }
+    pad_to_multiple_of: int | None = None
     notes: dict[str, list[str]] = field(default_factory=dict)  # note -> key paths it applies to
     refs: dict[str, str] = field(default_factory=dict)  # step names it reads -> key path
 
@@ -205,6 +208,8 @@ class _Importer:
         for s in steps:  # `tokenizer = "base"` means the step's base: an input named "base" needs another name
             if s.tokenizer == "base" and s.base != "base":
                 self.rename("base", self.reserve("base-model"), steps)
+            if s.union and "union" in s.models:  # and "union" the union, not a model
+                self.rename("union", self.reserve("union-model"), steps)
         text = self.render(package, steps)
         notes = [f"{s.name}: {msg} ({', '.join(dict.fromkeys(keys))})" for s in steps for msg, keys in s.notes.items()]
         result = ImportResult(text=text, notes=notes)
@@ -250,6 +255,12 @@ class _Importer:
             s.name = new if s.name == old else s.name
             s.base = new if s.base == old else s.base
             s.tokenizer = new if s.tokenizer == old else s.tokenizer
+            for entry in s.tokens.values():
+                src = entry["source"]
+                if src == old:
+                    entry["source"] = new
+                elif isinstance(src, dict) and src.get("model") == old:
+                    src["model"] = new
             for model in [*s.inputs, *(src for sl in s.slices for src in sl["sources"])]:
                 model["model"] = new if model["model"] == old else model["model"]
             s.refs = {(new if k == old else k): v for k, v in s.refs.items()}
@@ -299,10 +310,9 @@ class _Importer:
         if data.get("modules") is not None:
             raise self.error("modules", "`modules` (per-module merges of multi-module models) is not supported",
                              "use `models` or `slices`")
-        if data.get("tokenizer") is not None:
-            raise self.error("tokenizer", "the `tokenizer` block (vocabulary merging, token embedding sources) "
-                             "is not supported yet",
-                             "mergepkg copies one model's tokenizer: use `tokenizer_source: base` or a model merged here")
+        if data.get("tokenizer") is not None and data.get("tokenizer_source") is not None:
+            raise self.error("tokenizer", "both `tokenizer_source` and `tokenizer` are set",
+                             "mergekit refuses both; keep the `tokenizer` block")
         if data.get("chat_template") is not None:
             self.note("chat_template dropped: mergepkg copies the tokenizer files as they are; "
                       "set the template on the output's tokenizer after the build", "chat_template")
@@ -327,6 +337,7 @@ class _Importer:
             self.note("out_dtype = dtype, the dtype mergekit declares for its output when out_dtype is not set",
                       "dtype")
         self.tokenizer_source(step, data.get("tokenizer_source"), base)
+        self.tokenizer_block(step, data.get("tokenizer"), base)
 
     # -- models: whole models -------------------------------------------------------------------
     def whole_models(self, step: _Step, spec: MethodSpec, entries: Any, base: str | None) -> None:
@@ -472,29 +483,84 @@ class _Importer:
                 raise self.error(f"{key}.{k}", f"unknown key {k!r}", _key_hint(str(k), allowed))
 
     # -- tokenizer, dtype -----------------------------------------------------------------------------
-    def tokenizer_source(self, step: _Step, value: Any, base: str | None) -> None:
+    def tokenizer_source(self, step: _Step, value: Any, base: str | None, key: str = "tokenizer_source") -> None:
         if value is None:
             return
-        key = "tokenizer_source"
         if value == "union":
-            raise self.error(key, "union (one tokenizer built from every model's vocabulary) is not supported yet",
-                             "mergepkg copies one model's tokenizer: use `base` or a model merged here "
-                             "(the models must then share one vocabulary)")
+            step.union = True
+            self.note("union: the other models' ordinary tokens join the base's tokenizer model without merges "
+                      "(mergekit adds them as added tokens), so text encodes as the base encodes it; "
+                      "see docs/tokenizers.md", key)
+            return
         if value == "base":
             if step.base is not None:
                 step.tokenizer = step.base
             elif base is not None and base in step.models:
                 step.tokenizer = base
             else:
-                raise self.error(key, "tokenizer_source: base but there is no base_model", "name a model instead")
+                raise self.error(key, "tokenizer source `base` but there is no base_model", "name a model instead")
         else:
             name = self.model_ref(value, key)
             if name not in step.models:
                 raise self.error(key, f"tokenizer_source {value!r} is not one of the models merged here",
                                  "mergepkg copies the tokenizer of the base or of an input")
             step.tokenizer = name
-        self.note("tokenizer_source: mergekit maps embeddings onto that tokenizer's vocabulary; mergepkg copies "
-                  "its files and merges embeddings row by row, the same when all models share one vocabulary", key)
+
+    def tokenizer_block(self, step: _Step, value: Any, base: str | None) -> None:
+        """mergekit's `tokenizer: { source, tokens: { tok: { source, force } } }`."""
+        if value is None:
+            return
+        key = "tokenizer"
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a mapping with `source` and `tokens`, got {_show(value)}")
+        self.only_keys(value, ("source", "tokens", "pad_to_multiple_of"), key)
+        pad = value.get("pad_to_multiple_of")
+        if pad is not None:
+            if isinstance(pad, bool) or not isinstance(pad, int) or pad < 1:
+                raise self.error(f"{key}.pad_to_multiple_of", f"expected a positive integer, got {_show(pad)}")
+            step.pad_to_multiple_of = pad
+        source = value.get("source", "union")  # mergekit's default
+        self.tokenizer_source(step, source, base, f"{key}.source")
+        tokens = value.get("tokens") or {}
+        if not isinstance(tokens, dict):
+            raise self.error(f"{key}.tokens", f"expected a mapping of tokens, got {_show(tokens)}")
+        for token, entry in tokens.items():
+            tkey = f"{key}.tokens.{token}"
+            if not isinstance(entry, dict) or entry.get("source") is None:
+                raise self.error(tkey, "expected { source: <model> } (and `force`)")
+            self.only_keys(entry, ("source", "force"), tkey)
+            out: dict[str, Any] = {"source": self.token_source(step, entry["source"], f"{tkey}.source")}
+            force = entry.get("force", False)
+            if not isinstance(force, bool):
+                raise self.error(f"{tkey}.force", f"expected true or false, got {_show(force)}")
+            if force:
+                out["force"] = True
+            step.tokens[str(token)] = out
+
+    def token_source(self, step: _Step, src: Any, key: str) -> Any:
+        """A model merged here, { kind: zero } or { kind: model_token, model, token | token_id }."""
+        if isinstance(src, dict) and src.get("kind") == "zero":
+            self.only_keys(src, ("kind",), key)
+            return {"kind": "zero"}
+        if isinstance(src, dict):
+            self.only_keys(src, ("kind", "model", "token", "token_id"), key)
+            if src.get("kind") != "model_token":
+                raise self.error(f"{key}.kind", f"unknown kind {src.get('kind')!r}", 'expected "zero" or "model_token"')
+            if (src.get("token") is None) == (src.get("token_id") is None):
+                raise self.error(key, "expected exactly one of `token` or `token_id`")
+            name = self.token_model(step, src.get("model"), f"{key}.model")
+            which = {"token": str(src["token"])} if src.get("token") is not None else {"token_id": src["token_id"]}
+            return {"model": name, **which}
+        return self.token_model(step, src, key)
+
+    def token_model(self, step: _Step, value: Any, key: str) -> str:
+        if value is None:
+            raise self.error(key, "missing the model")
+        name = self.model_ref(value, key)
+        if name not in step.models:
+            raise self.error(key, f"{value!r} is not one of the models merged here",
+                             "a token's embedding comes from the base or an input")
+        return name
 
     def dtype(self, value: Any, key: str) -> str | None:
         if value is None:
@@ -727,8 +793,13 @@ class _Importer:
                 out.append(f"dtype = {_value(s.dtype)}")
             if s.out_dtype:
                 out.append(f"out_dtype = {_value(s.out_dtype)}")
-            if s.tokenizer:
-                out.append(f"tokenizer = {_value('base' if s.tokenizer == s.base else s.tokenizer)}")
+            source = "union" if s.union else ("base" if s.tokenizer == s.base else s.tokenizer) if s.tokenizer else None
+            if s.tokens or s.pad_to_multiple_of:
+                table = {"source": source or "base", **({"tokens": s.tokens} if s.tokens else {}),
+                         **({"pad_to_multiple_of": s.pad_to_multiple_of} if s.pad_to_multiple_of else {})}
+                out.append(f"tokenizer = {_value(table)}")
+            elif source:
+                out.append(f"tokenizer = {_value(source)}")
             out += params_table
         return "\n".join(out) + "\n"
 

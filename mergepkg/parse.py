@@ -30,6 +30,7 @@ from mergepkg.recipe import (
     SliceSource,
     Source,
     Step,
+    TokenSource,
 )
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -261,25 +262,77 @@ class _Parser:
 
         dtype = self.dtype(table.get("dtype", "float32"), f"{key}.dtype")
         out_dtype = self.dtype(table["out_dtype"], f"{key}.out_dtype") if "out_dtype" in table else None
-        tokenizer = table.get("tokenizer")
-        if tokenizer is not None:
-            self.expect(tokenizer, str, f"{key}.tokenizer", '"base" or the name of an input')
-            models = Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices).models
-            if tokenizer == "base" and "base" not in models:
-                if base is None:
-                    raise self.error(f"{key}.tokenizer", "tokenizer = \"base\" but the step has no base",
-                                     "name one of its inputs instead")
-            elif tokenizer not in models:
-                raise self.error(f"{key}.tokenizer", f"{tokenizer!r} is not a model of this step",
-                                 did_you_mean(tokenizer, ["base", *models]))
+        models = Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices).models
+        tokenizer, tokens, pad = self.tokenizer(table.get("tokenizer"), f"{key}.tokenizer", models, base)
         return Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices, params=params,
-                    dtype=dtype, out_dtype=out_dtype, tokenizer=tokenizer)
+                    dtype=dtype, out_dtype=out_dtype, tokenizer=tokenizer, tokens=tokens, pad_to_multiple_of=pad)
 
     def check_count(self, spec: MethodSpec, count: int, key: str):
         if count < spec.min_inputs or (spec.max_inputs is not None and count > spec.max_inputs):
             noun = "model" if spec.max_inputs == 1 else "models"
             extra = " besides the base" if spec.base != "none" else ""
             raise self.error(key, f"method {spec.name!r} takes {spec.inputs_text} {noun}{extra}, got {count}")
+
+    def tokenizer(self, value: Any, key: str, models: tuple[str, ...], base: str | None):
+        """`tokenizer = "<source>"` or `{ source = ..., tokens = { "<tok>" = { source = ... } } }`
+        -> (source, tokens, pad_to_multiple_of). The table's source defaults to "union", as mergekit's does."""
+        if value is None:
+            return None, (), None
+        table = value if isinstance(value, dict) else None
+        pad = None
+        if table is not None:
+            self.only_keys(table, ("source", "tokens", "pad_to_multiple_of"), key)
+            value = table.get("source", "union")
+            if "pad_to_multiple_of" in table:
+                pad = self.expect(table["pad_to_multiple_of"], int, f"{key}.pad_to_multiple_of", "a positive integer")
+                if pad < 1:
+                    raise self.error(f"{key}.pad_to_multiple_of", f"expected a positive integer, got {pad}")
+        skey = f"{key}.source" if table is not None else key
+        self.expect(value, str, skey, '"base", "union" or the name of a model of this step')
+        if value == "base" and "base" not in models:
+            if base is None:
+                raise self.error(skey, 'tokenizer source "base" but the step has no base', "name one of its inputs instead")
+        elif value not in models and value != "union":
+            raise self.error(skey, f"{value!r} is not a model of this step", did_you_mean(value, ["base", "union", *models]))
+        tokens = []
+        for token, entry in self.expect((table or {}).get("tokens", {}), dict, f"{key}.tokens", "a table of tokens").items():
+            tkey = f'{key}.tokens."{token}"'
+            self.expect(entry, dict, tkey, '{ source = "<model>" }')
+            self.only_keys(entry, ("source", "force"), tkey)
+            force = self.expect(entry.get("force", False), bool, f"{tkey}.force", "true or false")
+            tokens.append(self.token_source(token, entry.get("source"), force, f"{tkey}.source", models, base))
+        return value, tuple(tokens), pad
+
+    def token_source(self, token: str, src: Any, force: bool, key: str, models: tuple[str, ...], base: str | None):
+        """`"<model>"`, mergekit's `{ kind = "zero" }` or `{ model = ..., token = ... | token_id = ... }`."""
+        from_token = from_id = None
+        if isinstance(src, dict):
+            self.only_keys(src, ("kind", "model", "token", "token_id"), key)
+            kind = src.get("kind", "model_token")
+            if kind == "zero":
+                if len(src) > 1:
+                    raise self.error(key, "a { kind = \"zero\" } source takes no other keys")
+                return TokenSource(token, None, force=force)
+            if kind != "model_token":
+                raise self.error(f"{key}.kind", f"unknown kind {kind!r}", 'expected "zero" or "model_token"')
+            if ("token" in src) == ("token_id" in src):
+                raise self.error(key, "expected exactly one of `token` or `token_id`",
+                                 'e.g. { model = "chat", token = "<|im_end|>" }')
+            if "token" in src:
+                from_token = self.expect(src["token"], str, f"{key}.token", "a token")
+            elif type(src["token_id"]) is not int or src["token_id"] < 0:
+                raise self.error(f"{key}.token_id", f"expected a row index >= 0, got {_show(src['token_id'])}")
+            else:
+                from_id = src["token_id"]
+            model, key = src.get("model"), f"{key}.model"
+        else:
+            model = src
+        self.expect(model, str, key, "the name of a model of this step")
+        if model == "base" and base and "base" not in models:
+            model = base
+        if model not in models:
+            raise self.error(key, f"{model!r} is not a model of this step", did_you_mean(model, models))
+        return TokenSource(token, model, from_token, from_id, force)
 
     def dtype(self, value: Any, key: str) -> str:
         if value not in DTYPES:

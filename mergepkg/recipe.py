@@ -123,6 +123,20 @@ class MoE:
 
 
 @dataclass(frozen=True)
+class TokenSource:
+    """One `tokenizer.tokens` entry: where a token's embedding rows come from, as in
+    mergekit: `model`'s row of `from_token` (default: the token itself) or of row
+    `from_id`; `model=None` is a row of zeros. Without `force` it fills only the inputs
+    that lack the token; with it, every input's row (see docs/tokenizers.md)."""
+
+    token: str
+    model: str | None
+    from_token: str | None = None
+    from_id: int | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     method: str
@@ -132,15 +146,23 @@ class Step:
     params: Params = field(default_factory=dict)
     dtype: str = "float32"  # compute dtype
     out_dtype: str | None = None  # saved dtype; None: the base's (or first input's)
-    tokenizer: str | None = None  # "base" or an input's name; None: base, else first input
+    tokenizer: str | None = None  # "base", "union" or an input's name; None: base, else first input
     moe: MoE | None = None  # set on `moe` steps, which have no inputs or slices
     origin: Origin | None = field(default=None, compare=False)  # set on steps imported from other files
+    tokens: tuple[TokenSource, ...] = ()  # tokenizer.tokens, in recipe order
+    pad_to_multiple_of: int | None = None  # tokenizer.pad_to_multiple_of: embedding rows rounded up to a multiple
+
+    @property
+    def tokenizer_union(self) -> bool:
+        """Whether the output's vocabulary is the union of the inputs' (a model named
+        "union" among the step's models keeps the name's old meaning)."""
+        return self.tokenizer == "union" and "union" not in self.models
 
     @property
     def tokenizer_model(self) -> str:
-        """The model whose tokenizer files the output gets."""
+        """The model whose tokenizer files the output gets (for a union: the one it starts from)."""
         choice = self.tokenizer or "base"
-        if choice == "base" and (self.base or "base" not in self.models):
+        if (choice == "base" and (self.base or "base" not in self.models)) or self.tokenizer_union:
             return self.base or self.models[0]
         return choice  # an input's name (also an input named "base" of a step without base)
 

@@ -98,7 +98,7 @@ def read_model_info(folder: Path) -> ModelInfo:
         raise SourceError("model folder has no config.json", file=folder) from None
     except (OSError, ValueError) as e:
         raise SourceError(f"cannot read config.json: {e}", file=folder) from None
-    return ModelInfo(config, scan_tensors(folder))
+    return ModelInfo(config, scan_tensors(folder), folder)  # folder: its tokenizer.json is read when a step needs it
 
 
 def expand(recipe: Recipe, session: Session) -> Recipe:

@@ -76,6 +76,7 @@ CONVERT = {
     "docs-multimerge.yml": {"first-merge": ("linear", None, 2), "second-merge": ("slerp", "first-merge", 1),
                             "docs-multimerge": ("dare_ties", "Mistral-7B-v0.1", 2)},
     "readme-chat-template.yml": {"readme-chat-template": ("ties", "Mistral-7B-v0.1", 2)},
+    "readme-tokenizer-source-union.yml": {"readme-tokenizer-source-union": ("linear", None, 2)},
 }
 
 # config -> (key path, part of the message, text on the line the error names)
@@ -86,11 +87,11 @@ REFUSE = {
                                                       "merge_method:"),
     "examples-whisper-lora-multilingual.yml": ("models[0].lora", "LoRA adapters are not supported", "lora:"),
     "examples-whisper-merge-multilingual.yml": ("merge_method", "'slerp' needs a base_model", "merge_method:"),
-    "examples-chipalign.yml": ("tokenizer", "`tokenizer` block", "tokenizer:"),
+    "examples-chipalign.yml": ("parameters.geodesic", "has no parameter 'geodesic'", "geodesic: true"),
     "examples-linear_small.yml": (None, "missing `merge_method`", "models:"),
     "examples-gradient-slerp-old.yml": ("parameters.t[0].pattern", "unknown key 'pattern'", "pattern: self_attn"),
-    "readme-tokenizer-practical.yml": ("tokenizer", "`tokenizer` block", "tokenizer:"),
-    "readme-tokenizer-source-union.yml": ("tokenizer_source", "union", "tokenizer_source:"),
+    "readme-tokenizer-practical.yml": ("tokenizer.tokens.<|im_start|>.source", "'chatml_model' is not one of the models merged here",
+                                       'source: "chatml_model"'),
 }
 
 
@@ -280,7 +281,7 @@ def test_missing_local_folder_is_a_warning_not_an_error(tmp_path):
 
 @pytest.mark.parametrize("source, expected", [("base", "base"), ("org/chat", "chat"), ("org/base", "base")])
 def test_tokenizer_source(source, expected, tmp_path):
-    result, recipe = imported(f"""
+    _, recipe = imported(f"""
         merge_method: slerp
         base_model: org/base
         models:
@@ -288,8 +289,41 @@ def test_tokenizer_source(source, expected, tmp_path):
         parameters: {{t: 0.5}}
         tokenizer_source: {source}
     """, tmp_path)
-    assert recipe.steps["config"].tokenizer == expected
-    assert "tokenizer_source" in result.text  # the note about vocabularies
+    assert recipe.steps["config"].tokenizer == expected and not recipe.steps["config"].tokens
+
+
+def test_tokenizer_block_and_union(tmp_path):
+    result, recipe = imported("""
+        merge_method: task_arithmetic
+        base_model: org/base
+        models:
+          - model: org/chat
+            parameters: {weight: 1}
+          - model: org/union
+            parameters: {weight: 1}
+        tokenizer:
+          pad_to_multiple_of: 64
+          tokens:
+            <|im_start|>:
+              source: org/chat
+            <|im_end|>:
+              source: org/chat
+              force: true
+            <pad>:
+              source: {kind: zero}
+            <sep>:
+              source: {kind: model_token, model: org/base, token: </s>}
+            <cls>:
+              source: {kind: model_token, model: org/union, token_id: 3}
+    """, tmp_path)
+    step = recipe.steps["config"]
+    assert step.tokenizer_union and step.tokenizer == "union" and step.pad_to_multiple_of == 64  # default source
+    assert "union-model" in recipe.sources and "union" not in recipe.sources  # "union" would read as the union
+    got = {t.token: (t.model, t.from_token, t.from_id, t.force) for t in step.tokens}
+    assert got == {"<|im_start|>": ("chat", None, None, False), "<|im_end|>": ("chat", None, None, True),
+                   "<pad>": (None, None, None, False), "<sep>": ("base", "</s>", None, False),
+                   "<cls>": ("union-model", None, 3, False)}
+    assert "union:" in result.text  # the note on how the union differs from mergekit's
 
 
 def test_tokenizer_source_base_of_linear_is_the_base_input(tmp_path):
@@ -440,17 +474,24 @@ BAD = {
               - model: org/a+org/adapter
                 layer_range: [0, 2]
     """, "slices[0].sources[0].model", "LoRA references", "org/a+org/adapter"),
-    "union tokenizer": ("""
-        merge_method: linear
-        models: [{model: org/a, parameters: {weight: 1}}]
-        tokenizer_source: union
-    """, "tokenizer_source", "union", "tokenizer_source"),
-    "tokenizer block": ("""
+    "tokenizer block with source base and no base": ("""
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]
         tokenizer:
           source: base
-    """, "tokenizer", "`tokenizer` block", "tokenizer:"),
+    """, "tokenizer.source", "no base_model", "source: base"),
+    "tokenizer block with pad_to_multiple_of 0": ("""
+        merge_method: linear
+        models: [{model: org/a, parameters: {weight: 1}}]
+        tokenizer:
+          pad_to_multiple_of: 0
+    """, "tokenizer.pad_to_multiple_of", "positive integer", "pad_to_multiple_of"),
+    "tokenizer and tokenizer_source": ("""
+        merge_method: linear
+        models: [{model: org/a, parameters: {weight: 1}}]
+        tokenizer_source: union
+        tokenizer: {source: union}
+    """, "tokenizer", "both", "tokenizer: {source: union}"),
     "tokenizer of a model not merged": ("""
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]

@@ -72,3 +72,19 @@ def test_recipe_source_needs_a_step(tmp_path):
     with pytest.raises(RecipeError) as info:
         load_recipe(p)
     assert info.value.key == "sources.x.revision"
+
+
+def test_an_input_named_base_keeps_giving_the_tokenizer_when_imported(tmp_path, models):
+    """A step without a base whose input is named `base` takes that input's tokenizer;
+    imported (and so renamed), it still does, and its key is the same."""
+    other = tmp_path / "other.toml"
+    other.write_text(f'[package]\nname = "o"\nversion = "0.1.0"\n[sources]\nft1 = {{ path = "{models["ft1"]}" }}\n'
+                     f'base = {{ path = "{models["base"]}" }}\n[steps.soup]\nmethod = "linear"\n'
+                     'inputs = [{ model = "ft1", weight = 1.0 }, { model = "base", weight = 1.0 }]\n')
+    main = tmp_path / "main.toml"
+    main.write_text('[package]\nname = "m"\nversion = "0.1.0"\n[sources]\nsoup = { recipe = "other.toml", step = "soup" }\n'
+                    '[steps.out]\nmethod = "passthrough"\ninputs = ["soup"]\n')
+    own = resolve(load_recipe(other), Session())
+    imported = resolve(load_recipe(main), Session())
+    assert imported.recipe.steps["soup::soup"].tokenizer_model == "soup::base"
+    assert imported.keys["soup::soup"] == own.keys["soup"]
