@@ -11,6 +11,7 @@ and each used file's size and sha256, and every step with its key and output dig
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from mergepkg.dependencies import LockedDependency
-from mergepkg.errors import RecipeError
+from mergepkg.errors import MergepkgError, RecipeError
 from mergepkg.hashing import canonical, sha256_hex
 from mergepkg.recipe import Condition, Recipe
 from mergepkg.sources import FileRecord, Pin
@@ -119,11 +120,24 @@ def read_lock(path: Path) -> Lock | None:
             for s in data.get("source", [])
         }
         steps = {s["name"]: LockedStep(s["name"], s["method"], s["key"], s.get("digest")) for s in data.get("step", [])}
-        deps = {d["name"]: LockedDependency(d["name"], d["version"], d["registry"], d["sha256"])
-                for d in data.get("dependency", [])}
+        deps = {d["name"]: _locked_dependency(d, path) for d in data.get("dependency", [])}
         return Lock(data["recipe"], sources, steps, dependencies=deps)
     except (KeyError, TypeError) as e:
         raise RecipeError(f"malformed lock: missing {e}", file=path, hint="delete it and run `mergepkg lock`") from None
+
+
+def _locked_dependency(d: dict, path: Path) -> LockedDependency:
+    from mergepkg.registry.index import canonical, check_version
+
+    try:
+        ok = (canonical(d["name"]) == d["name"] and str(check_version(d["version"])) == d["version"]
+              and isinstance(d["registry"], str) and re.fullmatch(r"[0-9a-f]{64}", d["sha256"]))
+    except (MergepkgError, TypeError):
+        ok = False
+    if not ok:
+        raise RecipeError(f"malformed lock: dependency {d.get('name')!r} {d.get('version')!r}", file=path,
+                          key="dependency", hint="delete it and run `mergepkg lock`")
+    return LockedDependency(d["name"], d["version"], d["registry"], d["sha256"])
 
 
 def write_lock(path: Path, lock: Lock) -> None:

@@ -92,6 +92,9 @@ class _Parser:
         self.dependencies = {}
         for n, v in self.expect(data.get("dependencies", {}), dict, "dependencies", "a table").items():
             dep = self.dependency(n, v)
+            if dep.name == name.replace("_", "-"):
+                raise self.error(f"dependencies.{n}", f"the recipe {name!r} depends on itself",
+                                 "use its steps directly: they are in this file")
             self.dependencies[dep.name] = dep
 
         sources = {n: self.source(n, v) for n, v in self.expect(data.get("sources", {}), dict, "sources", "a table").items()}

@@ -113,7 +113,8 @@ def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode:
             upgrade: frozenset[str] = frozenset(), seed: int | None = None,
             targets: tuple[str, ...] | None = None) -> Resolution:
     settings = session.settings
-    unknown = sorted(upgrade - {ALL} - set(recipe.sources) - set(recipe.dependencies))
+    indirect = set(lock.dependencies) if lock else set()  # dependencies of dependencies
+    unknown = sorted(upgrade - {ALL} - set(recipe.sources) - set(recipe.dependencies) - indirect)
     if unknown:
         raise LockError(f"--upgrade: no source or dependency named {unknown[0]!r}", file=str(recipe.path),
                         hint=did_you_mean(unknown[0], [*recipe.sources, *recipe.dependencies]))

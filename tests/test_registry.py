@@ -38,7 +38,8 @@ def publish(tmp_path, capsys, text: str, name: str = "recipe.toml", registry: st
 # -- names -------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,want", [("skills", "skills"), ("My_Pkg", None), ("my_pkg", "my-pkg"),
                                        ("team/my_pkg", "team/my-pkg"), ("../x", None), ("a/b/c", None),
-                                       ("-x", None), ("x" * 65, None), ("x" * 64, "x" * 64), ("", None)])
+                                       ("-x", None), ("x" * 65, None), ("x" * 64, "x" * 64), ("", None),
+                                       ("abc\n", None), ("a\x00b", None)])
 def test_names(name, want):
     if want is None:
         with pytest.raises(RegistryError, match="invalid package name"):
@@ -327,3 +328,72 @@ def test_shipped_registry_is_consistent(capsys):
             assert all(s.hf or s.dependency for s in recipe.sources.values())
             deps = resolve_dependencies(recipe, Settings())
             assert make_plan(flatten(recipe, bind=deps.bind)).order
+
+
+def test_publish_ignores_pins_of_a_stale_lock(tiny_hub, team, tmp_path, capsys):
+    path = tmp_path / "published/0.1.0/recipe.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text(skills())
+    assert cli(capsys, "lock", path)[0] == 0
+    path.write_text(skills().replace('ft1 = { hf = "tiny/ft1" }', 'ft1 = { hf = "tiny/ft3" }'))  # not relocked
+    assert cli(capsys, "publish", path, "-r", "team")[0] == 0
+    (entry,) = read_index((team / "index/skills.jsonl").read_text(), "index")
+    assert entry.sources["ft1"] == "tiny/ft3@main" and entry.sources["base"] == f"tiny/base@{tiny_hub['base']}"
+
+
+def test_a_damaged_packages_json_is_rebuilt_from_the_index(tiny_hub, team, tmp_path, capsys):
+    assert publish(tmp_path, capsys, skills())[0] == 0
+    assert publish(tmp_path, capsys, skills(name="other"), name="o.toml")[0] == 0
+    (team / "packages.json").write_text("[not json")
+    assert publish(tmp_path, capsys, skills("0.2.0"))[0] == 0
+    packages = json.loads((team / "packages.json").read_text())["packages"]
+    assert packages["skills"]["latest"] == "0.2.0" and packages["other"]["latest"] == "0.1.0"
+
+
+def test_a_lock_resolved_against_another_checkout_still_builds(tiny_hub, team, tmp_path, capsys, monkeypatch):
+    """A git-hosted registry: each reader's checkout is elsewhere; the lock names the
+    writer's folder, and the sha256 decides which bytes are right."""
+    import shutil
+
+    assert publish(tmp_path, capsys, skills())[0] == 0
+    path = tmp_path / "app.toml"
+    path.write_text(app())
+    assert cli(capsys, "lock", path)[0] == 0
+    clone = tmp_path / "clone"
+    shutil.copytree(team, clone)
+    shutil.rmtree(team)
+    monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "reader"))
+    assert cli(capsys, "registry", "add", "team", clone)[0] == 0
+    code, _, err = cli(capsys, "build", path, "--locked", "-q", "--out", tmp_path / "out")
+    assert code == 0, err
+    monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "nobody"))
+    code, _, err = cli(capsys, "build", path, "--locked", "-q", "--out", tmp_path / "out")
+    assert code == 1 and "no configured registry has skills@0.1.0" in err and "registry add" in err
+
+
+def test_malformed_dependency_in_a_lock_is_a_located_error(tiny_hub, team, tmp_path, capsys):
+    assert publish(tmp_path, capsys, skills())[0] == 0
+    path = tmp_path / "app.toml"
+    path.write_text(app())
+    assert cli(capsys, "lock", path)[0] == 0
+    lock = tmp_path / "app.lock"
+    lock.write_text(lock.read_text().replace('version = "0.1.0"', 'version = "latest"'))
+    code, _, err = cli(capsys, "build", path, "-q")
+    assert code == 1 and f"{lock}: dependency: malformed lock: dependency 'skills' 'latest'" in err
+
+
+def test_lock_upgrade_moves_an_indirect_dependency(tiny_hub, team, tmp_path, capsys):
+    assert publish(tmp_path, capsys, skills())[0] == 0
+    mid = app(name="mid").replace("[steps.final]", "[steps.mid]")
+    assert publish(tmp_path, capsys, mid, name="mid.toml")[0] == 0
+    top = tmp_path / "top.toml"
+    top.write_text('[package]\nname = "top"\nversion = "0.1.0"\n[dependencies]\nmid = "^0.1"\n'
+                   '[sources]\nmid = { dependency = "mid", step = "mid" }\n'
+                   '[steps.out]\nmethod = "passthrough"\ninputs = ["mid"]\n')
+    assert cli(capsys, "lock", top)[0] == 0
+    assert publish(tmp_path, capsys, skills("0.1.3", 0.4))[0] == 0
+    assert cli(capsys, "lock", top)[0] == 0
+    assert read_lock(tmp_path / "top.lock").dependencies["skills"].version == "0.1.0"
+    code, _, err = cli(capsys, "lock", top, "--upgrade", "skills")
+    assert code == 0, err
+    assert read_lock(tmp_path / "top.lock").dependencies["skills"].version == "0.1.3"

@@ -60,7 +60,7 @@ def test_static_reads_with_etags(served):
     assert request(url, "/index/nothing.jsonl")[0] == 404
 
 
-@pytest.mark.parametrize("path", ["/.mergepkg/tokens.json", "/../served/config.json", "/%2e%2e/x",
+@pytest.mark.parametrize("path", ["/.mergepkg/tokens.json", "/../served/config.json", "/%2e%2e/x", "/config.json%00",
                                   "/index/..%2f..%2fetc/passwd", "//etc/passwd", "/recipes/", "/.mergepkg/write.lock"])
 def test_paths_outside_the_index_are_not_served(served, path):
     url, _, _ = served
@@ -111,6 +111,11 @@ def test_publish_rejections(served):
     big = {"recipe": skills("0.4.0") + "#" * (MAX_BODY + 10)}
     status, _, body = request(url, "/api/v1/publish", body=big, token=token)
     assert status == 413
+    status, _, body = request(url, "/api/v1/publish", body=publish_body(name="ABC"), token=token)
+    assert status == 400 and json.loads(body)["error"].startswith("invalid package name 'ABC'")
+    assert "malformed" not in json.loads(body)["error"] and "team/name" in json.loads(body)["hint"]
+    nested = b'{"recipe": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert request(url, "/api/v1/publish", body=nested, token=token)[0] == 400
     assert request(url, "/api/v1/publish", token=token, method="GET")[0] == 405
     assert request(url, "/config.json", body=b"x", token=token, method="PUT")[0] == 405
     (entry,) = read_index((root / "index/skills.jsonl").read_text(), "i")  # only the first publish landed
@@ -251,3 +256,100 @@ def test_registry_serve_command(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_uploads_are_checked_against_this_registry(served):
+    """What a client's own checks would catch, the server catches too (an upload may come
+    from curl): dependencies it lacks, steps they lack, a recipe depending on itself."""
+    url, token, root = served
+    assert request(url, "/api/v1/publish", body=publish_body(), token=token)[0] == 201
+    for text, want in ((app(rng="^0.5"), "depends on skills ^0.5, and this registry has no such version"),
+                       (app().replace('step = "skills"', 'step = "nope"'), "skills@0.1.0 has no step 'nope'"),
+                       (skills(name="loop", deps='[dependencies]\nloop = "^0.1"\n'), "depends on itself")):
+        status, _, body = request(url, "/api/v1/publish", body={"recipe": text}, token=token)
+        assert status == 400 and want in json.loads(body)["error"], body
+    assert request(url, "/api/v1/publish", body={"recipe": app()}, token=token)[0] == 201
+
+
+def test_offline_and_unreachable_registries_fall_through(tmp_path, capsys, monkeypatch):
+    """Two registries: the package is only in the second. Offline, or with the first
+    one down, what was fetched before still answers."""
+    first, second = tmp_path / "one", tmp_path / "two"
+    new_registry(first, "one")
+    folder = new_registry(second, "two")
+    from mergepkg.parse import parse_recipe
+
+    data = skills().encode()
+    folder.publish(parse_recipe(data.decode(), tmp_path / "s.toml"), data)
+    with serving(first) as one, serving(second) as two:
+        assert cli(capsys, "registry", "add", "one", one)[0] == 0
+        assert cli(capsys, "registry", "add", "two", two)[0] == 0
+        assert cli(capsys, "info", "skills")[0] == 0
+        code, _, err = cli(capsys, "info", "skills", "--offline")
+        assert code == 0, err
+    code, out, err = cli(capsys, "info", "skills")  # both servers gone
+    assert code == 0 and "0.1.0" in out, err
+    code, _, err = cli(capsys, "info", "nothing")
+    assert code == 1 and "cannot reach the registry" in err
+
+
+def test_a_5xx_falls_back_to_what_was_fetched(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "served"
+    folder = new_registry(root, "team")
+    from mergepkg.parse import parse_recipe
+    from mergepkg.registry import server as server_module
+
+    data = skills().encode()
+    folder.publish(parse_recipe(data.decode(), tmp_path / "s.toml"), data)
+    broken = {"now": False}
+    real = server_module.App.read
+
+    def flaky(self, path, environ, start_response, head):
+        if broken["now"]:
+            start_response("502 Bad Gateway", [("Content-Type", "text/plain")])
+            return [b"bad gateway"]
+        return real(self, path, environ, start_response, head)
+
+    monkeypatch.setattr(server_module.App, "read", flaky)
+    with serving(root) as url:
+        assert cli(capsys, "registry", "add", "team", url)[0] == 0
+        assert cli(capsys, "info", "skills")[0] == 0
+        broken["now"] = True
+        code, out, err = cli(capsys, "info", "skills")
+        assert code == 0 and "0.1.0" in out, err
+        code, _, err = cli(capsys, "info", "other")
+        assert code == 1 and "answered 502" in err
+
+
+def test_tokens_go_only_to_their_registry_and_not_through_redirects(served, tmp_path, capsys, monkeypatch):
+    url, token, root = served
+    (tmp_path / "s.toml").write_text(skills())
+    assert cli(capsys, "registry", "add", "team", url)[0] == 0
+    monkeypatch.setenv("MERGEPKG_TOKEN_OTHER", token)  # another registry's variable: not sent
+    code, _, err = cli(capsys, "publish", tmp_path / "s.toml", "-r", "team")
+    assert code == 1 and "bearer token is required" in err and "MERGEPKG_TOKEN_TEAM" in err
+    monkeypatch.setenv("MERGEPKG_TOKEN_TEAM", token)
+    assert cli(capsys, "publish", tmp_path / "s.toml", "-r", "team")[0] == 0
+
+    from waitress import create_server
+
+    seen = []
+
+    def redirect(environ, start_response):  # a registry that moved: 307 to the real one
+        seen.append(environ.get("HTTP_AUTHORIZATION"))
+        start_response("307 Temporary Redirect", [("Location", url + environ["PATH_INFO"]), ("Content-Length", "0")])
+        return [b""]
+
+    server = create_server(redirect, host="127.0.0.1", port=0)
+    import threading
+
+    threading.Thread(target=server.run, daemon=True).start()
+    moved = f"http://127.0.0.1:{server.effective_port}"
+    try:
+        assert cli(capsys, "registry", "add", "moved", moved, "--token", token)[0] == 0
+        (tmp_path / "s.toml").write_text(skills("0.2.0"))
+        code, _, err = cli(capsys, "publish", tmp_path / "s.toml", "-r", "moved")
+        assert code == 1 and "redirected to" in err and "final URL" in err
+        assert len(read_index((root / "index/skills.jsonl").read_text(), "i")) == 1  # nothing went through
+    finally:
+        server.close()

@@ -24,6 +24,9 @@ CASES = [
     ("<=1.2", ["1.2.9"], ["1.3.0"]),
     ("*", ["0.0.1", "9.9.9"], ["1.0.0-rc.1"]),
     (">=1.0.0-rc.1", ["1.0.0-rc.2", "1.0.0", "2.0.0"], ["1.0.0-beta", "1.1.0-rc.1"]),
+    ("<1.3", ["1.2.9"], ["1.3.0", "1.3.0-rc.1"]),
+    (">=1.3.0-rc.1, <1.3", [], ["1.3.0-rc.2", "1.3.0"]),  # <1.3 is below every 1.3.x
+    (">=1.2", ["1.2.0", "5.0.0"], ["1.1.9"]),
 ]
 
 
@@ -45,13 +48,14 @@ def test_precedence_follows_semver_spec():
     assert str(Version.parse("2.10.1-rc.1")) == "2.10.1-rc.1"
 
 
-@pytest.mark.parametrize("bad", ["1.0", "01.0.0", "v1.0.0", "1.0.0-", "", "1.0.0.0"])
+@pytest.mark.parametrize("bad", ["1.0", "01.0.0", "v1.0.0", "1.0.0-", "", "1.0.0.0", "1.0.0 beta", "1.0.0-1\u0661",
+                                 "1.0.0-01"])
 def test_bad_versions(bad):
     with pytest.raises(VersionError, match="semantic version"):
         Version.parse(bad)
 
 
-@pytest.mark.parametrize("bad", ["", "^", "latest", ">=x", "1.2.3.4", "^1.2, nope"])
+@pytest.mark.parametrize("bad", ["", "^", "latest", ">=x", "1.2.3.4", "^1.2, nope", "^01.2", "^1.2-rc.1", "1.*"])
 def test_bad_ranges(bad):
     with pytest.raises(VersionError, match="range"):
         Range.parse(bad)

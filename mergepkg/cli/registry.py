@@ -33,7 +33,7 @@ def _settings(offline: bool = False) -> Settings:
 @app.command("add")
 def add(name: str = typer.Argument(..., help="A name for it, used by --registry."),
         url: str = typer.Argument(..., help="A folder, file:// URL or http(s):// base URL."),
-        token: str = typer.Option(None, "--token", help="Bearer token for publish and yank (stored 0600).")):
+        token: str = typer.Option(None, "--token", help="Bearer token for publish and yank (stored 0600; MERGEPKG_TOKEN_<NAME> overrides it).")):
     """Add a registry to the list searched, in order, for packages."""
     settings = _settings()
     regs = registries.configured(settings)

@@ -127,7 +127,6 @@ def hidden_vectors(folder: Path, experts: Sequence[Expert], dtype, device: str) 
             if e.negative_prompts:
                 v = v - mean_state(e.negative_prompts)
             vectors.append(_unit(v))
-    del model
     return torch.stack(vectors, dim=1)  # (layers, experts, hidden)
 
 

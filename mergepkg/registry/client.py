@@ -10,6 +10,7 @@ and fall back to the kept copy when the server cannot be reached or `--offline` 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import sys
@@ -38,6 +39,24 @@ from mergepkg.registry.index import (
 from mergepkg.settings import Settings
 
 TIMEOUT = 30  # seconds per request
+
+
+class ChecksumMismatch(RegistryError):
+    """A fetched recipe file is not the one its index entry (or a lock) names."""
+
+
+class Unreachable(RegistryError):
+    """A registry could not be read and nothing was kept from an earlier read."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Writes are never redirected: urllib would resend the token to wherever it points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises the 30x as an HTTPError
+
+
+_POST = urllib.request.build_opener(_NoRedirect)
 
 
 @dataclass(frozen=True)
@@ -132,44 +151,55 @@ class Client:
                 return None
             except OSError as e:
                 raise RegistryError(f"cannot read {path}: {e}", file=str(reg.folder)) from None
-        kept = self.cache / hashlib.sha256(reg.url.encode()).hexdigest()[:16] / path
-        etag_file = kept.with_name(kept.name + ".etag")
-        if kept.exists() and (immutable or self.settings.registry_offline):
-            return kept.read_bytes()  # recipe files never change (checked by sha256 anyway)
+        kept_file = self.cache / hashlib.sha256(reg.url.encode()).hexdigest()[:16] / path
+        kept = _Kept.read(kept_file)  # (etag, body) of an earlier read; a 404 is kept as body None
+        if kept is not None and ((immutable and kept.body is not None) or self.settings.registry_offline):
+            return kept.body  # recipe files never change (checked by sha256 anyway)
         if self.settings.registry_offline:
-            raise RegistryError(f"{reg.name}: {path} was never fetched and --offline is set", file=reg.url,
-                                hint="run once online")
+            raise Unreachable(f"{reg.name}: {path} was never fetched and --offline is set", file=reg.url,
+                              hint="run once online")
         request = urllib.request.Request(f"{reg.url}/{path}", headers={"User-Agent": "mergepkg"})
-        if kept.exists() and etag_file.exists():
-            request.add_header("If-None-Match", etag_file.read_text())
+        if kept is not None and kept.etag:
+            request.add_header("If-None-Match", kept.etag)
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
                 body, etag = response.read(), response.headers.get("ETag")
         except urllib.error.HTTPError as e:
-            if e.code == 304:
-                return kept.read_bytes()
+            if e.code == 304 and kept is not None:
+                return kept.body
             if e.code in (404, 410):
+                _Kept(None, None).write(kept_file)  # so offline, this registry is known not to have it
                 return None
-            raise RegistryError(f"{reg.name}: GET {path} answered {e.code} {e.reason}", file=reg.url) from None
-        except (urllib.error.URLError, OSError) as e:
-            if kept.exists():
-                return kept.read_bytes()  # offline: what was fetched before
+            if e.code < 500 or kept is None:
+                raise Unreachable(f"{reg.name}: GET {path} answered {e.code} {e.reason}", file=reg.url) from None
+            return kept.body  # a 5xx (a proxy before a stopped server): what was fetched before
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            if kept is not None:
+                return kept.body  # offline: what was fetched before
             reason = getattr(e, "reason", e)
-            raise RegistryError(f"{reg.name}: cannot reach the registry ({reason})", file=reg.url,
-                                hint="check the URL with `mergepkg registry list`; nothing was fetched from it before") from None
-        _keep(kept, body, etag)
+            raise Unreachable(f"{reg.name}: cannot reach the registry ({reason})", file=reg.url,
+                              hint="check the URL with `mergepkg registry list`; nothing was fetched from it before") from None
+        _Kept(etag, body).write(kept_file)
         return body
 
     # -- what the commands ask -------------------------------------------------------
     def entries(self, name: str, registry: str | None = None) -> tuple[Registry, list[Entry]]:
         """The versions of a package in the first registry (of `registry`, or all in order) that has it."""
         name = canonical(name)
+        unreachable = []
         for reg in self.ordered(registry):
-            data = self.get(reg, index_path(name))
+            try:
+                data = self.get(reg, index_path(name))
+            except Unreachable as e:  # look in the next registry; say so if none has it
+                unreachable.append(e)
+                continue
             if data is not None:
                 return reg, read_index(data.decode("utf-8"), f"{reg.url}/{index_path(name)}")
+        if unreachable and len(unreachable) == len(self.ordered(registry)):
+            raise unreachable[0]
         where = registry or ", ".join(r.name for r in self.registries)
-        raise RegistryError(f"no package named {name!r} in {where}", hint="`mergepkg search TEXT` lists packages")
+        raise RegistryError(f"no package named {name!r} in {where}",
+                            hint="; ".join(e.message for e in unreachable) or "`mergepkg search TEXT` lists packages")
 
     def packages(self, reg: Registry) -> dict[str, dict]:
         data = self.get(reg, "packages.json")
@@ -187,21 +217,21 @@ class Client:
         if data is None:
             raise RegistryError(f"{reg.name} lists {name}@{version} but has no {path}", file=reg.url)
         if hashlib.sha256(data).hexdigest() != sha256:
-            raise RegistryError(f"{name}@{version} from {reg.name} does not match its checksum "
+            raise ChecksumMismatch(f"{name}@{version} from {reg.name} does not match its checksum "
                                 f"(sha256 {hashlib.sha256(data).hexdigest()[:16]}..., expected {sha256[:16]}...)",
                                 file=f"{reg.url}/{path}", hint="the file was changed after publishing; do not use it")
         return data
 
     # -- writes over HTTP --------------------------------------------------------------
     def post(self, reg: Registry, action: str, payload: dict) -> dict:
-        token = os.environ.get("MERGEPKG_TOKEN") or reg.token
+        token = os.environ.get(token_variable(reg.name)) or reg.token
         headers = {"Content-Type": "application/json", "User-Agent": "mergepkg"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         request = urllib.request.Request(f"{reg.url}/api/v1/{action}", data=json.dumps(payload).encode(),
                                          headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            with _POST.open(request, timeout=TIMEOUT) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as e:
             try:
@@ -210,22 +240,49 @@ class Client:
                 body = {"error": f"{e.code} {e.reason}"}
             hint = body.get("hint")
             if e.code in (401, 403):  # what the publisher can do here, not what the server's host does
-                hint = f"give {reg.name}'s token: `mergepkg registry add {reg.name} URL --token TOKEN` or MERGEPKG_TOKEN"
+                hint = (f"give {reg.name}'s token: `mergepkg registry add {reg.name} URL --token TOKEN` "
+                        f"or {token_variable(reg.name)}")
+            if 300 <= e.code < 400:
+                body["error"] = f"redirected to {e.headers.get('Location')}; writes are not followed there"
+                hint = "add the registry under its final URL"
             raise PublishError(f"{reg.name} refused: {body.get('error')}", status=e.code, file=reg.url,
                                hint=hint) from None
-        except (urllib.error.URLError, OSError) as e:
-            raise RegistryError(f"{reg.name}: cannot reach the registry ({getattr(e, 'reason', e)})",
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+            raise RegistryError(f"{reg.name}: no answer from the registry ({getattr(e, 'reason', e)})",
                                 file=reg.url) from None
 
 
-def _keep(path: Path, body: bytes, etag: str | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(body)
-    os.replace(tmp, path)
-    etag_file = path.with_name(path.name + ".etag")
-    if etag:
-        etag_file.write_text(etag)
-    else:
-        etag_file.unlink(missing_ok=True)
+def token_variable(registry: str) -> str:
+    """The environment variable that holds a registry's token: MERGEPKG_TOKEN_<NAME>
+    (upper case, other characters as `_`), so a token never goes to another registry."""
+    return "MERGEPKG_TOKEN_" + "".join(c if c.isalnum() else "_" for c in registry.upper())
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A file as a registry served it, with its ETag, in one cache file written by rename
+    (so a body and an ETag of different reads never meet). body None: the registry said 404."""
+
+    etag: str | None
+    body: bytes | None
+
+    @classmethod
+    def read(cls, path: Path) -> _Kept | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        head, _, body = data.partition(b"\n")
+        try:
+            meta = json.loads(head)
+            return cls(meta.get("etag"), body if meta.get("found") else None)
+        except (ValueError, AttributeError):
+            return None  # not one of ours: read it again
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        head = json.dumps({"etag": self.etag, "found": self.body is not None}).encode()
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(head + b"\n" + (self.body or b""))
+        os.replace(tmp, path)

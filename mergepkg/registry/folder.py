@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from mergepkg.errors import MergepkgError, PublishError, RegistryError
+from mergepkg.errors import MergepkgError, PublishError, RegistryError, did_you_mean
 from mergepkg.recipe import Recipe
 from mergepkg.registry.index import (
     FORMAT,
@@ -40,6 +40,7 @@ from mergepkg.registry.index import (
     with_yanked,
     write_index,
 )
+from mergepkg.registry.semver import Range
 
 PRIVATE = ".mergepkg"  # write lock and hashed tokens; never served
 
@@ -54,11 +55,13 @@ def make_entry(recipe: Recipe, data: bytes, lock_text: str | None = None, now: d
     from the recipe's lock when it has one (commits), else from the revisions asked for."""
     pins = {}
     if lock_text:
-        try:
-            pins = {s["name"]: s.get("commit") for s in tomllib.loads(lock_text).get("source", [])}
+        try:  # a pin counts only where the lock asked for what the recipe asks for now
+            pins = {(s["name"], s.get("hf"), s.get("revision")): s.get("commit")
+                    for s in tomllib.loads(lock_text).get("source", [])}
         except (tomllib.TOMLDecodeError, AttributeError, TypeError, KeyError):
             raise PublishError("the recipe's lock is not valid TOML", hint="run `mergepkg lock` to rewrite it") from None
-    sources = {n: f"{s.hf}@{pins.get(n) or s.revision}" for n, s in sorted(recipe.sources.items()) if s.hf}
+    sources = {n: f"{s.hf}@{pins.get((n, s.hf, s.revision)) or s.revision}"
+               for n, s in sorted(recipe.sources.items()) if s.hf}
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
     return Entry(canonical(recipe.name), str(check_version(recipe.version)), hashlib.sha256(data).hexdigest(),
                  tuple(recipe.dependencies.values()), sources, recipe.description, recipe.tags, False, stamp)
@@ -167,15 +170,50 @@ class RegistryFolder:
             self._save(name, entries)
         return next(e for e in entries if e.version == version)
 
+    def check_dependencies(self, recipe: Recipe) -> None:
+        """Dependencies without a registry of their own must be here, with a version that
+        fits and the steps the recipe uses (what a server can check of an upload)."""
+        from mergepkg.parse import parse_recipe
+
+        for dep in recipe.dependencies.values():
+            if dep.registry is not None:
+                continue  # a name in the publisher's registry list: nothing to look up here
+            key = f"dependencies.{dep.name}"
+            entries = self.entries(dep.name)
+            fits = [e for e in entries if not e.yanked and Range.parse(dep.range).allows(e.semver)]
+            if not fits:
+                raise PublishError(f"depends on {dep.name} {dep.range}, and this registry has no such version",
+                                   file=str(recipe.path), line=recipe.line_of(key), key=key,
+                                   hint="published: " + (", ".join(e.version for e in entries) or "nothing"))
+            best = max(fits, key=lambda e: e.semver)
+            text = (self.root / recipe_path(dep.name, best.version)).read_text(encoding="utf-8")
+            steps = parse_recipe(text, self.root / recipe_path(dep.name, best.version)).steps
+            for name, src in recipe.sources.items():
+                if src.dependency == dep.name and src.step not in steps:
+                    raise PublishError(f"{dep.name}@{best.version} has no step {src.step!r}", file=str(recipe.path),
+                                       line=recipe.line_of(f"sources.{name}.step"), key=f"sources.{name}.step",
+                                       hint=did_you_mean(src.step, steps))
+
     def _save(self, name: str, entries: list[Entry]) -> None:
         _write(self.root / index_path(name), write_index(entries).encode())
         path = self.root / "packages.json"
         try:
-            packages = json.loads(path.read_text()).get("packages", {})
-        except (FileNotFoundError, ValueError):
-            packages = {}
+            packages = json.loads(path.read_text())["packages"]
+            if not isinstance(packages, dict):
+                raise TypeError
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            packages = self._packages_from_index()  # damaged or missing: every package, from its index
         packages[name] = summary(entries)
         _write(path, json.dumps({"packages": dict(sorted(packages.items()))}, indent=1).encode() + b"\n")
+
+
+    def _packages_from_index(self) -> dict:
+        packages = {}
+        for file in sorted((self.root / "index").rglob("*.jsonl")):
+            entries = read_index(file.read_text(encoding="utf-8"), str(file))
+            if entries:
+                packages[entries[0].name] = summary(entries)
+        return packages
 
 
 def parse_published(data: bytes, label: str) -> Recipe:

@@ -25,7 +25,7 @@ from mergepkg.recipe import Dependency
 from mergepkg.registry.semver import Version, VersionError
 
 FORMAT = 1
-PART = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+PART = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: `$` would let a final newline through
 MAX_RECIPE_BYTES = 1_000_000  # a recipe is a few KB; anything near this is not one
 
 
@@ -39,7 +39,7 @@ def canonical(name: str) -> str:
     Checking here is also what keeps names from leaving the registry folder: only
     `[a-z0-9_-]` parts joined by at most one `/` ever reach a path."""
     parts = name.split("/") if isinstance(name, str) else [None]
-    if len(parts) > 2 or not all(isinstance(p, str) and PART.match(p) for p in parts):
+    if len(parts) > 2 or not all(isinstance(p, str) and PART.fullmatch(p) for p in parts):
         raise InvalidName(f"invalid package name {name!r}",
                          hint="names are lowercase [a-z0-9][a-z0-9_-]{0,63}, optionally under a namespace: team/name")
     return "/".join(p.replace("_", "-") for p in parts)

@@ -20,16 +20,15 @@ never picks up pre-releases by accident.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import total_ordering
 
-VERSION = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?"
-    r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
-)
-PARTIAL = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:-([0-9A-Za-z.-]+))?$")
-COMPARATOR = re.compile(r"^(>=|<=|>|<|=|\^|~)?\s*(.+)$")
+NUM = r"(0|[1-9][0-9]*)"  # no leading zeros; ASCII digits only (\d would take any script's)
+IDENT = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
+PRE = rf"(?:-({IDENT}(?:\.{IDENT})*))?"
+VERSION = re.compile(rf"{NUM}\.{NUM}\.{NUM}{PRE}(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?")
+PARTIAL = re.compile(rf"{NUM}(?:\.{NUM}(?:\.{NUM}{PRE})?)?")  # a pre-release only on a full version
+COMPARATOR = re.compile(r"(>=|<=|>|<|=|\^|~)?\s*(.+)")
 
 
 class VersionError(ValueError):
@@ -46,7 +45,7 @@ class Version:
 
     @classmethod
     def parse(cls, text: str) -> Version:
-        m = VERSION.match(text.strip()) if isinstance(text, str) else None
+        m = VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
         if not m:
             raise VersionError(f"not a semantic version: {text!r} (expected MAJOR.MINOR.PATCH, e.g. 1.0.0)")
         pre = tuple(int(p) if p.isdigit() else p for p in m[4].split(".")) if m[4] else ()
@@ -110,8 +109,8 @@ class Range:
 
 
 def _expand(part: str, whole: str) -> list[Comparator]:
-    m = COMPARATOR.match(part)
-    p = PARTIAL.match(m[2].strip()) if m else None
+    m = COMPARATOR.fullmatch(part)
+    p = PARTIAL.fullmatch(m[2].strip()) if m else None
     if not p:
         raise VersionError(f"not a version range: {whole!r} (expected e.g. \"^1.2\", \">=1.0, <2.0\" or \"*\")")
     op = m[1] or "^"
@@ -135,7 +134,9 @@ def _expand(part: str, whole: str) -> list[Comparator]:
         if op == "=" and len(parts) == 3:
             return [Comparator("=", low)]
         return [Comparator(">=", low), Comparator("<", high)]
-    return [Comparator(op, low)]  # >= or < with a partial version: missing parts are zero
+    if op == "<":  # <1.3 is below every 1.3.x, pre-releases included
+        return [Comparator("<", replace(low, pre=(0,)))]
+    return [Comparator(">=", low)]  # missing parts are zero
 
 
 def _caret_fixed(parts: list[int]) -> int:

@@ -20,6 +20,8 @@ import json
 import mimetypes
 from pathlib import Path
 
+import filelock
+
 from mergepkg.errors import MergepkgError, PublishError
 from mergepkg.registry import tokens
 from mergepkg.registry.folder import RegistryFolder, parse_published
@@ -28,7 +30,7 @@ from mergepkg.registry.index import MAX_RECIPE_BYTES
 MAX_BODY = 2 * MAX_RECIPE_BYTES + 4096  # a recipe, its lock and the JSON around them
 STATUS = {200: "OK", 201: "Created", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
           403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-          411: "Length Required", 413: "Payload Too Large"}
+          411: "Length Required", 413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class App:
@@ -50,14 +52,14 @@ class App:
     # -- reads ---------------------------------------------------------------------
     def read(self, path: str, environ, start_response, head: bool):
         parts = path.strip("/").split("/")
-        if not all(parts) or any(p.startswith(".") for p in parts):
+        if not all(parts) or any(p.startswith(".") or "\x00" in p for p in parts):
             return _json(start_response, 404, {"error": "not found"})
         file = self.folder.root.joinpath(*parts)
         try:
             if not file.resolve().is_relative_to(self.folder.root) or not file.is_file():
                 return _json(start_response, 404, {"error": "not found"})
             data = file.read_bytes()
-        except OSError:
+        except (OSError, ValueError):
             return _json(start_response, 404, {"error": "not found"})
         etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
         wanted = environ.get("HTTP_IF_NONE_MATCH", "")
@@ -77,7 +79,10 @@ class App:
         auth = environ.get("HTTP_AUTHORIZATION", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
             return 401, {"error": "a bearer token is required", "hint": "create one with `mergepkg registry token create`"}
-        who = tokens.holder(self.folder.root, auth[7:].strip())
+        try:
+            who = tokens.holder(self.folder.root, auth[7:].strip())
+        except MergepkgError as e:
+            return 500, {"error": f"the registry's token file cannot be read: {e.message}"}
         if who is None:
             return 403, {"error": "the token is not valid for this registry"}
         try:
@@ -93,12 +98,13 @@ class App:
             if not isinstance(payload, dict):
                 raise ValueError("expected a JSON object")
             return self.publish(payload) if action == "publish" else self.yank(payload)
-        except (ValueError, UnicodeDecodeError) as e:
+        except MergepkgError as e:  # first: some are ValueErrors too
+            status = e.status if isinstance(e, PublishError) else 400
+            return status, {"error": f"{e.where}: {e.message}" if e.where else e.message, "hint": e.hint}
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             return 400, {"error": f"malformed upload: {e}"}
-        except PublishError as e:
-            return e.status, {"error": str(e.message) if not e.where else f"{e.where}: {e.message}", "hint": e.hint}
-        except MergepkgError as e:
-            return 400, {"error": f"{e.where}: {e.message}" if e.where else e.message, "hint": e.hint}
+        except filelock.Timeout:
+            return 503, {"error": "the registry is busy with other writes; try again"}
 
     def publish(self, payload: dict) -> tuple[int, dict]:
         recipe_text, lock_text = payload.get("recipe"), payload.get("lock")
@@ -109,6 +115,7 @@ class App:
 
         recipe = parse_published(data, "recipe.toml")
         make_plan(recipe)  # cycles and references, as the publisher's own check did
+        self.folder.check_dependencies(recipe)
         entry, new = self.folder.publish(recipe, data, lock_text)
         return (201 if new else 200), {"entry": json.loads(entry.to_json()), "published": new}
 
