@@ -182,7 +182,7 @@ class _Builder:
             extra = sorted(set(info.tensors) - names)
             if extra:
                 raise self.error(ModelMismatchError, self.key_of(model),
-                                 f"{model!r} has tensor {extra[0]} that {ref!r} lacks",
+                                 f"{model!r} has tensor {extra[0]} that {ref!r} lacks" + _tied_note(extra[0], model, ref),
                                  "the models must share an architecture and tensor names")
         members = ([("base", step.base, {})] if step.base else []) + [("input", r.model, r.params) for r in step.inputs]
         for name in _ordered(self.infos[ref].tensors):
@@ -231,13 +231,15 @@ class _Builder:
     def output_tensor(self, name: str, t: float, members: list, slice_params: dict) -> OutputTensor:
         spec, step = self.spec, self.step
         parts, base = [], None
-        ref_info = None
+        ref_info, ref_model = None, None
         row_map = self.alignment.row_map([(model, tensor) for _, model, tensor, _ in members])
         rows = 1 if row_map else 0  # a row map aligns the first dimension: only the others must agree
         for role, model, tensor, _ in members:
             info = self.infos[model].tensors.get(tensor)
             if info is None:
-                raise self.error(ModelMismatchError, self.key_of(model), f"{model!r} has no tensor {tensor}",
+                raise self.error(ModelMismatchError, self.key_of(model),
+                                 f"{model!r} has no tensor {tensor}" + _tied_note(
+                                     tensor, next((m for _, m, t, _ in members if t in self.infos[m].tensors), model), model),
                                  "the models must share an architecture and tensor names")
             if ref_info is None:
                 ref_info, ref_model = info, model
@@ -282,6 +284,17 @@ def _ordered(names) -> list[str]:
         return (0 if _is_pre(name) else 2, 0, name)
 
     return sorted(names, key=order)
+
+
+HEADS = ("lm_head.weight", "embed_out.weight")  # output heads that tied models leave out
+
+
+def _tied_note(tensor: str, has: str, lacks: str) -> str:
+    """Why a head tensor is in one model only: it ties its head to its embeddings."""
+    if tensor not in HEADS:
+        return ""
+    return (f": {lacks!r} ties its output head to its input embeddings (tie_word_embeddings) and {has!r} "
+            "does not; merge models that agree on tie_word_embeddings")
 
 
 def step_layout(recipe: Recipe, step: Step, infos: dict[str, ModelInfo]) -> StepLayout:

@@ -32,6 +32,7 @@ from mergepkg.lock import (
     read_lock,
     recipe_hash,
 )
+from mergepkg.moe.keys import check_experts
 from mergepkg.plan import Plan, make_plan
 from mergepkg.recipe import Recipe
 from mergepkg.settings import Settings
@@ -158,6 +159,8 @@ def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode:
     for name in plan.order:
         step = recipe.steps[name]
         seeds[name] = step.origin.seed if step.origin else own_seed
+        if step.moe is not None:
+            check_experts(recipe, step, refs)  # needs identities: the base under another name
         entries[name] = step_entry(step, refs, seeds[name])
         keys[name] = refs[name] = key_of(entries[name])
     res = Resolution(recipe, plan, sources, entries, keys, seeds, deps.picks)

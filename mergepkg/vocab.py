@@ -6,7 +6,9 @@ engine needs to write a tokenizer (the files' text). The union follows mergekit'
 with their settings) but not in how: mergekit adds another model's ordinary tokens as
 *added* tokens, which the tokenizer then matches in raw text before its model runs
 (a BPE token `ing` would split every "ing" out of words). Here they join the base's
-model vocabulary without merges: the union encodes text exactly as the base does, each
+model vocabulary without merges: with a BPE base that applies its merges the union
+encodes text exactly as the base does (a base that looks whole words up first,
+WordPiece or BPE with `ignore_merges`, may use another model's token for a word), each
 model's added and special tokens encode to single ids, and every token decodes. Added
 tokens are also entered in the model vocabulary (as trained BPE tokenizers enter their
 special tokens), because the tokenizers library renumbers, on loading, any added token
@@ -116,7 +118,8 @@ def _with_specials(config: dict, specials: list[str], added: list[dict], *, add_
     """A tokenizer config that also names the new special tokens (and, where it lists
     added tokens by id, lists the new ones)."""
     lists = [k for k in SPECIAL_LISTS if isinstance(config.get(k), list)]
-    if specials and not lists and add_list:  # transformers 5 configs carry `backend`
+    named = any(isinstance(config.get(k), dict) for k in SPECIAL_LISTS)  # {name: token}: kept as it is
+    if specials and not lists and not named and add_list:  # transformers 5 configs carry `backend`
         lists = [SPECIAL_LISTS[0] if "backend" in config else SPECIAL_LISTS[1]]
         config[lists[0]] = []
     for key in lists:

@@ -277,7 +277,7 @@ BAD = [
      "give each expert prompts"),
     ("base-without-opt-in", 'experts = [{ model = "base", prompts = ["a"] }, { model = "ft2", prompts = ["b"] }]',
      "steps.m.experts[0].model", "experts = [", "expert 'base' is the base model itself", "allow_base_expert = true"),
-    ("opt-in-on-a-non-base", 'experts = [{ model = "ft1", prompts = ["a"], allow_base_expert = true }, "ft2"]',
+    ("opt-in-on-a-non-base", 'experts = [{ model = "ft1", prompts = ["a"], allow_base_expert = true }, { model = "ft2", prompts = ["b"] }]',
      "steps.m.experts[0].allow_base_expert", "experts = [", "'ft1' is not the base", "remove allow_base_expert"),
     ("no-prompts-in-hidden-mode", 'experts = [{ model = "ft1", prompts = ["a"] }, "ft2"]', "steps.m.experts[1]",
      "experts = [", "gate_mode 'hidden' needs prompts for every expert", 'gate_mode = "random"'),
@@ -507,3 +507,46 @@ def test_the_lock_records_moe_settings_that_change_no_byte(write_recipe):
     after = resolve(load_recipe(path), Session()).lock({})
     assert before.steps == after.steps
     assert differences(before, after) == ["the recipe changed"]
+
+
+def test_a_lower_compute_dtype_never_rounds_the_copied_weights(write_recipe, tmp_path, models):
+    """`dtype` is the gate forward pass's; copied tensors keep their stored bytes."""
+    out = tmp_path / "out"
+    build_recipe(write_recipe(moe_step(extra='dtype = "bfloat16"')), out)
+    saved, base, ft1 = weights(out), weights(models["base"]), weights(models["ft1"])
+    assert torch.equal(saved["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(saved["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+    assert torch.equal(saved["model.layers.1.block_sparse_moe.experts.0.w1.weight"],
+                       ft1["model.layers.1.mlp.gate_proj.weight"])
+
+
+def test_an_moe_output_has_its_base_vocabulary_before_it_is_built(write_recipe, tmp_path, models):
+    """A step after an unbuilt moe step aligns against the base's vocabulary, as it
+    will after the build: a union over it plans and builds."""
+    other = """experts = [
+      { model = "ft3", prompts = ["12+3="] },
+      { model = "ft1", prompts = ["hello"] },
+      { model = "ft2", prompts = ["what?"] },
+    ]"""
+    body = moe_step() + moe_step(experts=other, name="m2") + (
+        '[steps.u]\nmethod = "linear"\ntokenizer = { source = "union" }\n'
+        'inputs = [{ model = "m", weight = 0.5 }, { model = "m2", weight = 0.5 }]\n')
+    path = write_recipe(body)
+    res = resolve(load_recipe(path), Session())
+    laid, _ = layouts(res, {n: s.folder for n, s in res.sources.items()})
+    assert laid["m"].vocab is not None
+    report = build_recipe(path, tmp_path / "out")
+    assert (report.outputs["u"] / "tokenizer.json").is_file()
+
+
+def test_the_base_under_another_name_is_the_base(write_recipe, models, capsys):
+    """The same folder as a second source is still the base: the opt-in is needed, and
+    accepted there."""
+    again = f'[sources.base_again]\npath = "{models["base"]}"\n'
+    experts = """experts = [{ model = "base_again", prompts = ["a"] }, { model = "ft1", prompts = ["b"] }]"""
+    path = write_recipe(again + moe_step(experts=experts), name="again.toml")
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "steps.m.experts[0].model: expert 'base_again' is the base model itself ('base' under another name)" in err
+    allowed = experts.replace('prompts = ["a"] }', 'prompts = ["a"], allow_base_expert = true }')
+    assert main(["validate", str(write_recipe(again + moe_step(experts=allowed), name="ok.toml"))]) == 0

@@ -47,3 +47,28 @@ def test_cycle_is_named(write_recipe):
     assert info.value.cycle == ["a", "b"]
     assert "a -> b -> a" in str(info.value)
     assert info.value.key == "steps.a" and info.value.line is not None
+
+
+def test_tied_and_untied_models_name_the_setting(tmp_path, models, write_recipe):
+    """One model ties its head to its embeddings (no lm_head.weight), the other does not:
+    the error says so rather than only naming the tensor."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mergepkg.errors import ModelMismatchError
+    from mergepkg.parse import load_recipe
+    from mergepkg.resolve import Session, layouts, resolve
+
+    tied = tmp_path / "tied"
+    shutil.copytree(models["ft1"], tied)
+    tensors = load_file(tied / "model.safetensors")
+    del tensors["lm_head.weight"]
+    save_file(tensors, tied / "model.safetensors", metadata={"format": "pt"})
+    for inputs in ('[{ model = "tied", weight = 1.0 }, { model = "ft2", weight = 1.0 }]',
+                   '[{ model = "ft2", weight = 1.0 }, { model = "tied", weight = 1.0 }]'):
+        path = write_recipe(f'[sources.tied]\npath = "{tied}"\n[steps.m]\nmethod = "linear"\ninputs = {inputs}\n',
+                            name=f"r{len(inputs) % 7}.toml")
+        res = resolve(load_recipe(path), Session())
+        with pytest.raises(ModelMismatchError, match="'tied' ties its output head to its input embeddings"):
+            layouts(res, {n: s.folder for n, s in res.sources.items()})

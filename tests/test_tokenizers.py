@@ -409,20 +409,39 @@ def test_slices_align_the_embedding_and_the_head_over_their_own_models(recipe, t
     assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == len(union)
 
 
+def small_vocab(tokens: list[str], added: list[str], config_extra: dict | None = None):
+    """A `Vocab` of a BPE tokenizer with `tokens` and special `added` tokens, its config
+    in transformers 4's style (`additional_special_tokens`) unless `config_extra` says otherwise."""
+    from mergepkg.vocab import Vocab
+
+    entries = [{"id": len(tokens) + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                "normalized": False, "special": True} for i, t in enumerate(added)]
+    data = {"added_tokens": entries, "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tokens)}, "merges": []}}
+    config = {"tokenizer_class": "LlamaTokenizer", "additional_special_tokens": list(added),
+              "added_tokens_decoder": {str(e["id"]): {k: v for k, v in e.items() if k != "id"} for e in entries}}
+    config.update(config_extra or {})
+    config = {k: v for k, v in config.items() if v is not None}
+    files = {"tokenizer.json": json.dumps(data), "tokenizer_config.json": json.dumps(config),
+             "special_tokens_map.json": json.dumps({"additional_special_tokens": list(added)})}
+    ids = {**{t: i for i, t in enumerate(tokens)}, **{e["content"]: e["id"] for e in entries}}
+    return Vocab(ids, {e["content"]: e for e in entries}, files)
+
+
+def test_union_keeps_named_extra_special_tokens():
+    """transformers 5's `extra_special_tokens` may map names to tokens: kept as it is."""
+    from mergepkg.vocab import union
+
+    named = {"extra_special_tokens": {"image_token": "<x>"}, "additional_special_tokens": None, "backend": "tokenizers"}
+    out = union([(small_vocab(["a", "b"], ["<x>"], named), 3), (small_vocab(["c"], ["<y>"]), 2)])
+    config = json.loads(out.files["tokenizer_config.json"])
+    assert config["extra_special_tokens"] == {"image_token": "<x>"}
+    assert json.loads(out.files["tokenizer.json"])["added_tokens"][-1]["content"] == "<y>"
+
+
 def test_union_of_transformers_4_style_configs_lists_the_new_tokens():
-    from mergepkg.vocab import Vocab, union
+    from mergepkg.vocab import union
 
-    def vocab(tokens: list[str], added: list[str]) -> Vocab:
-        entries = [{"id": len(tokens) + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                    "normalized": False, "special": True} for i, t in enumerate(added)]
-        data = {"added_tokens": entries, "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tokens)}, "merges": []}}
-        config = {"tokenizer_class": "LlamaTokenizer", "additional_special_tokens": list(added),
-                  "added_tokens_decoder": {str(e["id"]): {k: v for k, v in e.items() if k != "id"} for e in entries}}
-        files = {"tokenizer.json": json.dumps(data), "tokenizer_config.json": json.dumps(config),
-                 "special_tokens_map.json": json.dumps({"additional_special_tokens": list(added)})}
-        ids = {**{t: i for i, t in enumerate(tokens)}, **{e["content"]: e["id"] for e in entries}}
-        return Vocab(ids, {e["content"]: e for e in entries}, files)
-
+    vocab = small_vocab
     out = union([(vocab(["a", "b"], ["<x>"]), 3), (vocab(["b", "c"], ["<y>", "<x>"]), 4)])
     assert out.ids == {"a": 0, "b": 1, "<x>": 2, "c": 3, "<y>": 4}
     config = json.loads(out.files["tokenizer_config.json"])

@@ -32,6 +32,14 @@ def copy(base, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return x
 
 
+def stream_copy(base, tensors: Sequence[torch.Tensor], *, compute, out_dtype) -> torch.Tensor:
+    """The stored bytes, never through the compute dtype: a bfloat16 `dtype` (set for the
+    gate forward pass) must not round the copied weights. A new tensor, since the engine
+    reuses input buffers once a streaming method returns."""
+    (x,) = tensors
+    return x.to(dtype=out_dtype, copy=True)
+
+
 def routers(layout, folders, *, device: str, seed: int):
     from mergepkg.moe.gates import routers as compute
 
@@ -51,4 +59,5 @@ SPEC = MethodSpec(
     base="required",
     min_inputs=1,
     computed=routers,
+    stream=stream_copy,
 )

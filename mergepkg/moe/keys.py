@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mergepkg.errors import RecipeError
+from mergepkg.locate import locate
 from mergepkg.methods.moe import PROMPTED
-from mergepkg.recipe import MoE, Expert
+from mergepkg.recipe import Expert, MoE, Recipe, Step
 
 
 def moe_entry(moe: MoE, refs: Mapping[str, Any], seed: int) -> dict:
@@ -35,3 +37,24 @@ def moe_entry(moe: MoE, refs: Mapping[str, Any], seed: int) -> dict:
             "shared_expert": expert(moe.shared_expert) if moe.shared_expert else None,
         },
     }
+
+
+def check_experts(recipe: Recipe, step: Step, refs: Mapping[str, Any]) -> None:
+    """An expert that is the base, by name or by identity (the same folder or commit under
+    another name, the same upstream step), needs `allow_base_expert = true`, and only
+    such an expert may set it."""
+    origin = step.origin
+    file, text, name = (origin.path, origin.text, origin.name) if origin else (recipe.path, recipe.text, step.name)
+    for i, e in enumerate(step.moe.experts):
+        key = f"steps.{name}.experts[{i}]"
+        same = refs[e.model] == refs[step.base]
+        if same and not e.allow_base_expert:
+            alias = "" if e.model == step.base else f" ({step.base!r} under another name)"
+            raise RecipeError(f"expert {e.model!r} is the base model itself{alias}", file=file,
+                              line=locate(text, f"{key}.model"), key=f"{key}.model",
+                              hint="its MLP would be the base's own; if that is what you want, "
+                                   "set allow_base_expert = true on this expert")
+        if e.allow_base_expert and not same:
+            raise RecipeError(f"allow_base_expert is set but {e.model!r} is not the base", file=file,
+                              line=locate(text, f"{key}.allow_base_expert"), key=f"{key}.allow_base_expert",
+                              hint="remove allow_base_expert")

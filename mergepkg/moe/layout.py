@@ -20,7 +20,15 @@ from __future__ import annotations
 import importlib.util
 
 from mergepkg.errors import ModelMismatchError, RecipeError
-from mergepkg.layout import FLOAT_CODES, LAYER, ModelInfo, OutputTensor, Part, StepLayout, _ordered
+from mergepkg.layout import (
+    FLOAT_CODES,
+    LAYER,
+    ModelInfo,
+    OutputTensor,
+    Part,
+    StepLayout,
+    _ordered,
+)
 from mergepkg.locate import locate
 from mergepkg.methods import get_method
 from mergepkg.recipe import Recipe, Step
@@ -85,7 +93,9 @@ class _MoeBuilder:
         outputs.sort(key=lambda t: order[t.name])
         config = self.config(base, family, base.tensors[f"{prefix}0.mlp.gate_proj.weight"].shape[0])
         bytes_in = sum(self.infos[p.model].tensors[p.tensor].nbytes for t in outputs for p in t.parts)
-        return StepLayout(step, get_method("moe"), tuple(outputs), config, step.base, step.tokenizer_model, bytes_in)
+        # the output has the base's tokenizer files, so the base's vocabulary (steps after it align against it)
+        return StepLayout(step, get_method("moe"), tuple(outputs), config, step.base, step.tokenizer_model, bytes_in,
+                          self.infos[step.base].vocab)
 
     def family(self, base: ModelInfo) -> str:
         model_type = base.config.get("model_type")

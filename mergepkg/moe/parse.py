@@ -2,9 +2,11 @@
 
 Checked here, from the recipe alone (located errors with hints): the keys, the base,
 every expert's model and prompts, `experts_per_token` against the number of experts,
-identical prompt sets in the prompt-based gate modes, and an expert that is the base
-itself without `allow_base_expert = true`. What needs the models (architectures,
-shapes, the output family) is checked by `mergepkg/moe/layout.py`.
+identical prompt sets in the prompt-based gate modes. An expert that is the base
+without `allow_base_expert = true` needs the models' identities (the base may be there
+under another name): `mergepkg/moe/keys.py` checks it at resolution. What needs the
+models' files (architectures, shapes, the output family) is checked by
+`mergepkg/moe/layout.py`.
 """
 
 from __future__ import annotations
@@ -98,13 +100,8 @@ def _expert(p, value: Any, step: str, key: str, base: str, gate_mode: str, *, sh
     allow = value.get("allow_base_expert", False)
     if not isinstance(allow, bool):
         raise p.error(f"{key}.allow_base_expert", f"expected true or false, got {allow!r}")
-    if not shared and model == base and not allow:
-        raise p.error(f"{key}.model", f"expert {model!r} is the base model itself",
-                      "its MLP would be the base's own; if that is what you want, "
-                      "set allow_base_expert = true on this expert")
-    if allow and model != base:
-        raise p.error(f"{key}.allow_base_expert", f"allow_base_expert is set but {model!r} is not the base",
-                      "remove allow_base_expert")
+    # whether the expert is the base (by name, or the same model under another name) is
+    # checked when models have identities: moe/keys.py check_experts
     return Expert(model=model, prompts=prompts, negative_prompts=negative, allow_base_expert=allow)
 
 
