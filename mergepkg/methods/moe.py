@@ -27,12 +27,14 @@ GATE_MODES = ("hidden", "cheap_embed", "random")
 PROMPTED = ("hidden", "cheap_embed")  # gate modes that read the prompts
 
 
-def copy(base, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def copy(base, tensors: Sequence[torch.Tensor], **settings) -> torch.Tensor:
+    """One tensor, as it is. `settings` (experts_per_token, gate_mode) shape the layout
+    and the routers, not any copied tensor."""
     (x,) = tensors
     return x
 
 
-def stream_copy(base, tensors: Sequence[torch.Tensor], *, compute, out_dtype) -> torch.Tensor:
+def stream_copy(base, tensors: Sequence[torch.Tensor], *, compute, out_dtype, **settings) -> torch.Tensor:
     """The stored bytes, never through the compute dtype: a bfloat16 `dtype` (set for the
     gate forward pass) must not round the copied weights. A new tensor, since the engine
     reuses input buffers once a streaming method returns."""
