@@ -397,3 +397,9 @@ def test_lock_upgrade_moves_an_indirect_dependency(tiny_hub, team, tmp_path, cap
     code, _, err = cli(capsys, "lock", top, "--upgrade", "skills")
     assert code == 0, err
     assert read_lock(tmp_path / "top.lock").dependencies["skills"].version == "0.1.3"
+
+
+def test_build_of_neither_a_file_nor_a_package(tmp_path, capsys, team):
+    code, _, err = cli(capsys, "build", "mything")
+    assert code == 1 and "no recipe file 'mything', and no published package: no package named 'mything'" in err
+    assert "Traceback" not in err

@@ -12,7 +12,7 @@ from mergepkg.build import build as build_recipe
 from mergepkg.cli.common import OFFLINE, RECIPE, open_recipe, parse_size, size
 from mergepkg.cli.output import ProgressReporter, err, out
 from mergepkg.engine import check_device
-from mergepkg.errors import BuildError
+from mergepkg.errors import BuildError, RegistryError, SourceError
 from mergepkg.lock import lock_path, read_lock
 from mergepkg.resolve import layouts, resolve
 
@@ -74,8 +74,12 @@ def _recipe_file(arg: str, offline: bool) -> Path:
 
     if not packages.looks_like_spec(arg):
         return Path(arg)
-    spec = packages.Spec.parse(arg)
     settings = Settings()
-    deps = packages.install(replace(settings, registry_offline=True) if offline else settings, spec)
+    try:
+        spec = packages.Spec.parse(arg)
+        deps = packages.install(replace(settings, registry_offline=True) if offline else settings, spec)
+    except RegistryError as e:  # neither a file nor a package: say both
+        raise SourceError(f"no recipe file {arg!r}, and no published package: {e.message}",
+                          hint=e.hint or "give a recipe file, or NAME[@RANGE] of a published recipe") from None
     err.print(f"[green]installed[/] {spec.name} {deps.picks[spec.name].version}")
     return deps.files[spec.name]
