@@ -11,13 +11,13 @@ sources, which `imports.flatten` already knows how to join into one DAG.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mergepkg.errors import LockError, RegistryError
+from mergepkg.files import write_atomic
 from mergepkg.recipe import Recipe
 from mergepkg.registry.resolver import ALL, LockedDependency, Resolver
 from mergepkg.settings import Settings
@@ -29,7 +29,6 @@ __all__ = ["ALL", "Dependencies", "LockedDependency", "install", "resolve_depend
 class Dependencies:
     picks: dict[str, LockedDependency] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)  # package -> installed recipe file
-    recipes: dict[str, Recipe] = field(default_factory=dict)
 
     def bind(self, recipe: Recipe) -> Recipe:
         """`recipe` with each dependency source pointing at its package's installed file."""
@@ -52,13 +51,7 @@ def install(settings: Settings, pick: LockedDependency, client=None, *, download
     if not download:
         raise LockError(f"{pick.name}@{pick.version} is locked but not installed, and --frozen never downloads",
                         hint="build once without --frozen, or `mergepkg install` it")
-    data = _fetch(pick, client)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o444)  # its content is its checksum: not for editing
-    os.replace(tmp, path)
+    write_atomic(path, _fetch(pick, client), mode=0o444)  # its content is its checksum: not for editing
     return path
 
 
@@ -85,34 +78,23 @@ def _fetch(pick: LockedDependency, client) -> bytes:
 
 def resolve_dependencies(recipe: Recipe, settings: Settings, *, locked: dict[str, LockedDependency] | None = None,
                          mode: str = "update", upgrade: frozenset[str] = frozenset(), client=None) -> Dependencies:
-    """Pick (registry/resolver.py), install and parse every package `recipe` needs, directly or not."""
+    """Pick (registry/resolver.py) and install every package `recipe` needs, directly or not."""
     deps = Dependencies()
     if not recipe.dependencies:
         return deps
     from mergepkg.parse import load_recipe
+    from mergepkg.registry.client import Client
 
-    lazy = _LazyClient(settings, client)
+    client = client or Client(settings)
     download = mode != "frozen"
 
-    def held_requires(pick: LockedDependency):
-        return tuple(load_recipe(install(settings, pick, lazy, download=download)).dependencies.values())
+    @functools.cache
+    def installed(pick: LockedDependency) -> Path:  # each file fetched and verified once per resolution
+        return install(settings, pick, client, download=download)
 
-    deps.picks = Resolver(recipe, lazy, locked or {}, mode, upgrade, held_requires).solve()
-    for name, pick in deps.picks.items():
-        deps.files[name] = install(settings, pick, lazy, download=download)
-        deps.recipes[name] = load_recipe(deps.files[name])
+    def held_requires(pick: LockedDependency):  # a locked pick's dependencies: from its recipe file
+        return tuple(load_recipe(installed(pick)).dependencies.values())
+
+    deps.picks = Resolver(recipe, client, locked or {}, mode, upgrade, held_requires).solve()
+    deps.files = {name: installed(pick) for name, pick in deps.picks.items()}
     return deps
-
-
-class _LazyClient:
-    """A registry client made on first use: a fully locked, installed graph reads no config."""
-
-    def __init__(self, settings: Settings, client=None):
-        self.settings, self._client = settings, client
-
-    def __getattr__(self, name):
-        if self._client is None:
-            from mergepkg.registry.client import Client
-
-            self._client = Client(self.settings)
-        return getattr(self._client, name)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mergepkg.errors import RecipeError
+from mergepkg.files import write_atomic
 from mergepkg.hashcache import HashCache
 from mergepkg.settings import Settings
 
@@ -80,11 +80,7 @@ class EvalCache:
             return None
 
     def put(self, model_key: str, task: Task, result: Result) -> None:
-        path = self._path(model_key, task)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(result)))
-        os.replace(tmp, path)
+        write_atomic(self._path(model_key, task), json.dumps(asdict(result)))
 
     def rows(self, model_key: str) -> list[dict]:
         """Every cached result of a model, for its model card."""

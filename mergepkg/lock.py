@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import tomli_w
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from mergepkg._toml import tomllib
 from mergepkg.dependencies import LockedDependency
 from mergepkg.errors import MergepkgError, RecipeError
+from mergepkg.files import write_atomic
 from mergepkg.hashing import canonical, sha256_hex
 from mergepkg.recipe import Condition, Recipe
 from mergepkg.sources import FileRecord, Pin
@@ -103,10 +98,18 @@ def recipe_hash(recipe: Recipe) -> str:
 
 def read_lock(path: Path) -> Lock | None:
     try:
-        data = tomllib.loads(path.read_text())
+        return parse_lock(path.read_text(), path)
     except FileNotFoundError:
         return None
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except OSError as e:
+        raise RecipeError(f"cannot read the lock: {e}", file=path, hint="delete it and run `mergepkg lock`") from None
+
+
+def parse_lock(text: str, path: Path | str) -> Lock:
+    """A lock from its text (`path` names it in errors: a file, or an uploaded lock)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"cannot read the lock: {e}", file=path, hint="delete it and run `mergepkg lock`") from None
     if data.get("version") != LOCK_VERSION:
         raise RecipeError(f"lock format {data.get('version')!r} is not {LOCK_VERSION}", file=path,
@@ -126,7 +129,7 @@ def read_lock(path: Path) -> Lock | None:
         raise RecipeError(f"malformed lock: missing {e}", file=path, hint="delete it and run `mergepkg lock`") from None
 
 
-def _locked_dependency(d: dict, path: Path) -> LockedDependency:
+def _locked_dependency(d: dict, path: Path | str) -> LockedDependency:
     from mergepkg.registry.index import canonical, check_version
 
     try:
@@ -164,10 +167,7 @@ def write_lock(path: Path, lock: Lock) -> None:
     if not doc["dependency"]:
         del doc["dependency"]
     text = "# Written by mergepkg. Do not edit: run `mergepkg lock` to refresh it.\n" + tomli_w.dumps(doc)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)  # one per writer
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def differences(old: Lock | None, new: Lock) -> list[str]:

@@ -8,15 +8,10 @@ models themselves (layer counts, shapes) is checked by `plan.py`.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from mergepkg._toml import tomllib
 from mergepkg.errors import RecipeError, SourceError, did_you_mean
 from mergepkg.locate import locate
 from mergepkg.methods import get_method

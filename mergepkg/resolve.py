@@ -19,6 +19,7 @@ from filelock import FileLock
 
 from mergepkg.dependencies import LockedDependency, resolve_dependencies
 from mergepkg.errors import LockError, SourceError, did_you_mean
+from mergepkg.files import write_atomic
 from mergepkg.hashcache import HashCache
 from mergepkg.hashing import key_of, step_entry
 from mergepkg.imports import flatten
@@ -59,9 +60,7 @@ class Session:
         with FileLock(path.with_suffix(".lock")):  # read-modify-write, one process at a time
             roots = self.roots()
             if str(lock_file) not in roots:
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(sorted([*roots, str(lock_file)]), indent=1))
-                os.replace(tmp, path)
+                write_atomic(path, json.dumps(sorted([*roots, str(lock_file)]), indent=1))
 
     def roots(self) -> list[str]:
         try:

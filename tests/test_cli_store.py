@@ -10,22 +10,18 @@ import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 from filelock import FileLock
 from helpers import THREE, load_tensors
 from hfcache import add_to_cache
 
+from mergepkg._toml import tomllib
 from mergepkg.build import MARKER
 from mergepkg.cli.app import main
 from mergepkg.cli.common import size
 from mergepkg.store import MANIFEST
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 EDIT_B = ('model = "ft3", weight = 0.5', 'model = "ft3", weight = 0.25')
 EDGES = {("base", "a"), ("ft1", "a"), ("ft2", "a"), ("a", "b"), ("ft3", "b"), ("ft2", "z"), ("ft3", "z")}

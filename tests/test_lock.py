@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import torch
 from helpers import THREE, build_recipe, load_tensors
 from hfcache import add_to_cache
 
+from mergepkg._toml import tomllib
 from mergepkg.cli.app import main
 from mergepkg.errors import LockError, SourceError
 from mergepkg.lock import LOCK_VERSION, read_lock, recipe_hash
@@ -29,10 +29,6 @@ from mergepkg.resolve import Session
 from mergepkg.settings import Settings
 from mergepkg.store import MANIFEST
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 # THREE written differently: comments, key order inside tables and inline tables,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import typer
@@ -12,6 +10,7 @@ from rich.markup import escape
 
 from mergepkg.cli.output import err
 from mergepkg.errors import RecipeError, SourceError
+from mergepkg.files import write_atomic
 from mergepkg.mergekit_import import convert
 
 
@@ -42,13 +41,5 @@ def import_(
         sys.stdout.write(result.text)
         sys.stdout.flush()
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(result.text)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(output, result.text)
     err.print(f"[green]wrote[/] {escape(str(output))}")

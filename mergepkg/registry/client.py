@@ -9,12 +9,11 @@ and fall back to the kept copy when the server cannot be reached or `--offline` 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
 import os
-import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,12 +22,9 @@ from pathlib import Path
 
 import tomli_w
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from mergepkg._toml import tomllib
 from mergepkg.errors import PublishError, RegistryError, did_you_mean
+from mergepkg.files import write_atomic
 from mergepkg.registry.index import (
     Entry,
     canonical,
@@ -89,13 +85,8 @@ def configured(settings: Settings) -> list[Registry]:
 
 
 def save(settings: Settings, registries: list[Registry]) -> None:
-    path = config_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"registries": {r.name: {k: v for k, v in (("url", r.url), ("token", r.token)) if v} for r in registries}}
-    fd, tmp = tempfile.mkstemp(prefix="registries.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600, since tokens may be in it
-        f.write(tomli_w.dumps(doc))
-    os.replace(tmp, path)
+    write_atomic(config_path(settings), tomli_w.dumps(doc), mode=0o600)  # tokens may be in it
 
 
 def normalize_url(url: str) -> str:
@@ -113,9 +104,14 @@ class Client:
 
     def __init__(self, settings: Settings, registries: list[Registry] | None = None):
         self.settings = settings
-        self.registries = configured(settings) if registries is None else registries
+        if registries is not None:
+            self.registries = registries  # else read on first use: a locked, installed graph reads no config
         self.cache = settings.home / "registry-cache"
         self._read: dict[tuple[str, str], bytes | None] = {}
+
+    @functools.cached_property
+    def registries(self) -> list[Registry]:
+        return configured(self.settings)
 
     def registry(self, name: str) -> Registry:
         for r in self.registries:
@@ -280,9 +276,5 @@ class _Kept:
             return None  # not one of ours: read it again
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         head = json.dumps({"etag": self.etag, "found": self.body is not None}).encode()
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(head + b"\n" + (self.body or b""))
-        os.replace(tmp, path)
+        write_atomic(path, head + b"\n" + (self.body or b""))

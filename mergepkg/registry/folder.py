@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
-import tempfile
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from filelock import FileLock
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+from mergepkg._toml import tomllib
 from mergepkg.errors import MergepkgError, PublishError, RegistryError, did_you_mean
+from mergepkg.files import write_atomic
+from mergepkg.locate import locate
+from mergepkg.lock import lock_path, parse_lock
 from mergepkg.recipe import Recipe
 from mergepkg.registry.index import (
     FORMAT,
@@ -45,56 +40,33 @@ from mergepkg.registry.semver import Range
 PRIVATE = ".mergepkg"  # write lock and hashed tokens; never served
 
 
-def unshareable_sources(recipe: Recipe) -> list[str]:
-    """Sources others cannot resolve: local folders and other local recipe files."""
-    return [n for n, s in recipe.sources.items() if s.path is not None or s.recipe is not None]
-
-
 def make_entry(recipe: Recipe, data: bytes, lock_text: str | None = None, now: datetime | None = None) -> Entry:
     """The index entry for publishing `recipe`, whose file holds `data`. Source pins come
     from the recipe's lock when it has one (commits), else from the revisions asked for."""
-    pins = {}
-    if lock_text:
-        try:  # a pin counts only where the lock asked for what the recipe asks for now
-            pins = {(s["name"], s.get("hf"), s.get("revision")): s.get("commit")
-                    for s in tomllib.loads(lock_text).get("source", [])}
-        except (tomllib.TOMLDecodeError, AttributeError, TypeError, KeyError):
-            raise PublishError("the recipe's lock is not valid TOML", hint="run `mergepkg lock` to rewrite it") from None
-    sources = {n: f"{s.hf}@{pins.get((n, s.hf, s.revision)) or s.revision}"
-               for n, s in sorted(recipe.sources.items()) if s.hf}
+    locked = parse_lock(lock_text, lock_path(recipe)).sources if lock_text else {}
+
+    def pin(name: str, src) -> str:  # a lock's commit counts only where it asked for what the recipe asks now
+        held = locked.get(name)
+        return held.pin.commit if held and (held.hf, held.revision) == (src.hf, src.revision) else src.revision
+
+    sources = {n: f"{s.hf}@{pin(n, s)}" for n, s in sorted(recipe.sources.items()) if s.hf}
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
     return Entry(canonical(recipe.name), str(check_version(recipe.version)), hashlib.sha256(data).hexdigest(),
                  tuple(recipe.dependencies.values()), sources, recipe.description, recipe.tags, False, stamp)
 
 
 def check_publishable(recipe: Recipe, data: bytes) -> None:
-    """What every registry refuses, whoever publishes: names, versions, size, local sources."""
+    """What every registry refuses, whoever publishes: names, versions, size (local
+    sources are refused before parsing, by `parse_published`)."""
     if len(data) > MAX_RECIPE_BYTES:
         raise PublishError(f"the recipe is {len(data)} bytes; the limit is {MAX_RECIPE_BYTES}", status=413,
                            file=str(recipe.path))
     canonical(recipe.name)
     check_version(recipe.version)
-    local = unshareable_sources(recipe)
-    if local:
-        raise PublishError("sources that only exist on this machine cannot be published: " + ", ".join(local),
-                           file=str(recipe.path), line=recipe.line_of(f"sources.{local[0]}"), key=f"sources.{local[0]}",
-                           hint="publish those models to the Hugging Face Hub (a `hf` source) or publish the other "
-                                "recipe and use it through [dependencies]")
 
 
 def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, data, durable=True)  # a registry's files are read from other machines
 
 
 class RegistryFolder:
@@ -217,7 +189,8 @@ class RegistryFolder:
 
 
 def parse_published(data: bytes, label: str) -> Recipe:
-    """A recipe from uploaded bytes (no file on this machine); errors name `label`."""
+    """The recipe to publish from its bytes (an upload, or the publisher's file named by
+    `label`): sources that exist only on the publisher's machine are refused first."""
     from mergepkg.parse import parse_recipe
 
     try:
@@ -225,10 +198,11 @@ def parse_published(data: bytes, label: str) -> Recipe:
     except UnicodeDecodeError:
         raise PublishError("the recipe is not UTF-8 text", file=label) from None
     try:
-        recipe = parse_recipe(_without_local_sources(text, label), Path(label))
+        return parse_recipe(_without_local_sources(text, label), Path(label))
+    except PublishError:
+        raise
     except MergepkgError as e:
         raise PublishError(e.message, file=label, line=e.line, key=e.key, hint=e.hint) from None
-    return replace(recipe, text=text)
 
 
 def _without_local_sources(text: str, label: str) -> str:
@@ -240,7 +214,9 @@ def _without_local_sources(text: str, label: str) -> str:
     sources = data.get("sources") if isinstance(data.get("sources"), dict) else {}
     local = [n for n, s in sources.items() if isinstance(s, dict) and ("path" in s or "recipe" in s)]
     if local:
+        key = f"sources.{local[0]}"
         raise PublishError("sources that only exist on the publisher's machine cannot be published: "
-                           + ", ".join(local), file=label, key=f"sources.{local[0]}",
-                           hint="use `hf` sources, or [dependencies] on other published recipes")
+                           + ", ".join(local), file=label, line=locate(text, key), key=key,
+                           hint="publish those models to the Hugging Face Hub (a `hf` source), or publish the other "
+                                "recipe and use it through [dependencies]")
     return text

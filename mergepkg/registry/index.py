@@ -16,6 +16,7 @@ specifies every field.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -74,7 +75,7 @@ class Entry:
     yanked: bool = False
     published: str = ""  # UTC, ISO 8601
 
-    @property
+    @functools.cached_property
     def semver(self) -> Version:
         return Version.parse(self.version)
 

@@ -10,7 +10,7 @@ from mergepkg.dependencies import Dependencies, resolve_dependencies
 from mergepkg.errors import PublishError, RegistryError
 from mergepkg.recipe import Dependency, Recipe
 from mergepkg.registry.client import Client, Registry
-from mergepkg.registry.folder import RegistryFolder, check_publishable
+from mergepkg.registry.folder import RegistryFolder, check_publishable, parse_published
 from mergepkg.registry.index import Entry, InvalidName, canonical
 from mergepkg.registry.semver import Range, VersionError
 from mergepkg.settings import Settings
@@ -82,13 +82,12 @@ def publish(settings: Settings, recipe_file: Path, registry: str) -> tuple[Regis
     then add it to the registry. Returns whether it was new (False: already there, same bytes)."""
     from mergepkg.imports import flatten
     from mergepkg.lock import lock_path
-    from mergepkg.parse import load_recipe
     from mergepkg.plan import make_plan
 
     client = Client(settings)
     reg = client.registry(registry)
-    recipe = load_recipe(recipe_file)
-    data = recipe.path.read_bytes()
+    data = Path(recipe_file).read_bytes()
+    recipe = parse_published(data, str(Path(recipe_file).resolve()))
     check_publishable(recipe, data)
     deps = resolve_dependencies(recipe, settings, client=client)
     make_plan(flatten(recipe, bind=deps.bind))

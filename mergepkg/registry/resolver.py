@@ -12,6 +12,7 @@ the requirements that could not be met together.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class Requirement:
     who: str  # "recipe.toml" or "pkg@1.2.0": for messages
     dep: Dependency
 
-    @property
+    @functools.cached_property  # parsed once: the search asks many times
     def range(self) -> Range:
         return Range.parse(self.dep.range)
 
@@ -50,8 +51,11 @@ class Candidate:
     requires: tuple[Dependency, ...]  # its own [dependencies]
 
     def fits(self, reqs: list[Requirement]) -> bool:
-        v = Version.parse(self.pick.version)
-        return all(r.range.allows(v) for r in reqs)
+        return allowed(Version.parse(self.pick.version), reqs)
+
+
+def allowed(version: Version, reqs: list[Requirement]) -> bool:
+    return all(r.range.allows(version) for r in reqs)
 
 
 class Resolver:
@@ -117,10 +121,8 @@ class Resolver:
     def _candidates(self, pkg: str, reqs: list[Requirement]) -> list[Candidate]:
         out = []
         held = self.locked.get(pkg)
-        if held and not ({pkg, ALL} & self.upgrade):
-            cand = Candidate(held, ())
-            if cand.fits(reqs):  # yanked or not: a lock keeps building
-                out.append(Candidate(held, self.held_requires(held)))
+        if held and not ({pkg, ALL} & self.upgrade) and allowed(Version.parse(held.version), reqs):
+            out.append(Candidate(held, self.held_requires(held)))  # yanked or not: a lock keeps building
         if self.mode == "frozen":
             if not out:
                 raise LockError(f"dependency {pkg} ({reqs[0].dep.range}) is not in the lock as required",
@@ -129,7 +131,7 @@ class Resolver:
         reg, entries = self._index(pkg, reqs)
         taken = {c.pick.version for c in out}
         for e in sorted(entries, key=lambda e: e.semver, reverse=True):  # newest first
-            if e.version not in taken and not e.yanked and all(r.range.allows(e.semver) for r in reqs):
+            if e.version not in taken and not e.yanked and allowed(e.semver, reqs):
                 out.append(Candidate(LockedDependency(pkg, e.version, reg.url, e.sha256), e.dependencies))
         return out
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from filelock import FileLock
 
 from mergepkg.errors import RegistryError
+from mergepkg.files import write_atomic
 
 PREFIX = "mpk_"
 
@@ -41,11 +40,7 @@ def load(root: Path) -> list[dict]:
 
 
 def _save(root: Path, tokens: list[dict]) -> None:
-    path = _file(root)
-    fd, tmp = tempfile.mkstemp(prefix="tokens.", suffix=".tmp", dir=path.parent)  # 0600
-    with os.fdopen(fd, "w") as f:
-        json.dump({"tokens": tokens}, f, indent=1)
-    os.replace(tmp, path)
+    write_atomic(_file(root), json.dumps({"tokens": tokens}, indent=1), mode=0o600)
 
 
 def create(root: Path, label: str) -> str:
