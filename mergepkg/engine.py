@@ -25,6 +25,7 @@ from mergepkg.buffers import BufferPool
 from mergepkg.errors import BuildError, MergeError, MergepkgError
 from mergepkg.layout import OutputTensor, StepLayout
 from mergepkg.memory import for_process
+from mergepkg.methods import fused
 from mergepkg.sources import SIDE_FILES
 from mergepkg.tensors import ModelReader, ShardWriter, TensorInfo, torch_dtype
 from mergepkg.vocab import Vocab
@@ -60,12 +61,17 @@ def tensor_seed(seed: int, tensor: str, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def compute_dtype(layout: StepLayout):
+    compute = torch_dtype(layout.step.dtype)
+    if layout.method.fp32 and compute in (torch.float16, torch.bfloat16):
+        compute = torch.float32  # the method's numerics need it; the saved dtype is unchanged
+    return compute
+
+
 def merge_tensor(layout: StepLayout, out: OutputTensor, loaded: list, *, device: str, seed: int) -> torch.Tensor:
     """Run the step's method on one output tensor's inputs (base first, if any)."""
-    method, step = layout.method, layout.step
-    compute = torch_dtype(step.dtype)
-    if method.fp32 and compute in (torch.float16, torch.bfloat16):
-        compute = torch.float32  # the method's numerics need it; the saved dtype is unchanged
+    method = layout.method
+    compute = compute_dtype(layout)
     out_dtype = torch_dtype(out.info.dtype)
     if method.stream:  # converts chunk by chunk itself: move the stored bytes only
         loaded = [x.to(device=device) for x in loaded]
@@ -110,8 +116,12 @@ def build_step(
     step = layout.step
     # a light method's math is a small share of the work; torch's own threads would
     # only compete with the reader, writer and hasher (measured: linear 4.0-4.5 s ->
-    # 3.8-4.1 s on 2 cores). --threads, when given, decides.
-    torch.set_num_threads(threads or (1 if layout.method.light else default_threads()))
+    # 3.8-4.1 s on 2 cores). Fused kernels run on threads of their own, and torch's
+    # inside them would oversubscribe the cores. --threads, when given, decides.
+    workers = threads or default_threads()
+    own = layout.method.fused and fused.covers(compute_dtype(layout), len(step.models) - 1, device)
+    torch.set_num_threads(1 if own or (layout.method.light and not threads) else workers)
+    fused.set_threads(workers)
     budget = for_process(max_memory)
     # a streaming method's result never shares memory with its inputs: their buffers
     # can be reused as soon as it returns

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import typer
@@ -82,5 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
 
 
+def run() -> None:
+    """The `mergepkg` program: main(), then exit without a last garbage collection.
+    Collecting the objects torch leaves behind took 0.5 s at every exit; the OS frees
+    the memory anyway, and files were closed by then."""
+    rc = main()
+    gc.freeze()
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -86,11 +86,13 @@ class Flat:
 
 def elementwise(merge: Callable, base, tensors: Sequence, *, compute, out_dtype, **params):
     """Stream a merge whose every output entry depends only on the same entry of the
-    inputs (linear, task arithmetic): `merge` itself runs on each chunk."""
+    inputs (linear): `merge` itself runs on each chunk, its result into `out=`, a
+    reused buffer (a fresh one per chunk costs page faults and cache misses)."""
     flat = Flat(base, tensors, compute)
     out = torch.empty(flat.shape, dtype=out_dtype, device=flat.device)
     dest = out.view(-1)
     for span in flat.spans():
         b = flat.base_at(span) if base is not None else None
-        dest[span] = merge(b, [flat.input_at(i, span) for i in range(len(tensors))], **params)
+        result = flat.scratch.get("result", (span.stop - span.start,), compute)
+        dest[span].copy_(merge(b, [flat.input_at(i, span) for i in range(len(tensors))], out=result, **params))
     return out

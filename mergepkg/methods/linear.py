@@ -16,14 +16,16 @@ from mergepkg.methods import chunks
 from mergepkg.methods.spec import MethodSpec, flag, weight_param
 
 
-def linear(base, tensors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool = True) -> torch.Tensor:
+def linear(base, tensors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool = True,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """`out`, when given, receives the result (a streamed chunk's reused buffer)."""
     total = sum(weight)
     if normalize and abs(total) < 1e-8:
         raise MergeError(
             f"linear weights sum to {total:g}; with normalize = true they must not sum to zero",
             hint="change the weights, or set params.normalize = false",
         )
-    out = tensors[0] * weight[0]
+    out = torch.mul(tensors[0], weight[0], out=out)
     for t, w in zip(tensors[1:], weight[1:]):
         out.add_(t, alpha=w)  # fused multiply-add, no temporary per input
     return out.div_(total) if normalize else out

@@ -51,7 +51,8 @@ class Total:
         if self._tail is not None:
             raise ValueError("only the last piece may end inside a block")
         self._count += piece.numel()
-        self._small = piece if self._count == piece.numel() and self._count <= BLOCK else None
+        # a copy: the caller may reuse the piece's buffer for the next one
+        self._small = piece.clone() if self._count == piece.numel() and self._count <= BLOCK else None
         whole = piece.numel() - piece.numel() % BLOCK
         if whole:
             self._parts.append(piece[:whole].view(-1, BLOCK).sum(dim=1))

@@ -33,11 +33,11 @@ def _coefficients(aa: torch.Tensor, bb: torch.Tensor, ab: torch.Tensor, t: float
     return math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
 
 
-def _combine(v0: torch.Tensor, v1: torch.Tensor, t: float, coefficients) -> torch.Tensor:
+def _combine(v0: torch.Tensor, v1: torch.Tensor, t: float, coefficients, out=None) -> torch.Tensor:
     if coefficients is None:
-        return torch.lerp(v0, v1, t)
+        return torch.lerp(v0, v1, t, out=out)
     c0, c1 = coefficients
-    return (v0 * c0).add_(v1, alpha=c1)
+    return torch.mul(v0, c0, out=out).add_(v1, alpha=c1)
 
 
 def slerp(base: torch.Tensor, tensors: Sequence[torch.Tensor], *, t: float, eps: float = 1e-8) -> torch.Tensor:
@@ -48,19 +48,22 @@ def slerp(base: torch.Tensor, tensors: Sequence[torch.Tensor], *, t: float, eps:
 
 
 def stream_slerp(base, tensors, *, compute, out_dtype, t: float, eps: float = 1e-8) -> torch.Tensor:
-    """slerp over chunks (chunks.py): the three sums in a first pass, then the combination."""
+    """slerp over chunks (chunks.py): the three sums in a first pass, then the combination,
+    every intermediate in a reused buffer."""
     flat = chunks.Flat(base, tensors, compute)
     aa, bb, ab = Total(), Total(), Total()
     for span in flat.spans():
         a, b = flat.base_at(span), flat.input_at(0, span)
-        aa.add(a * a)
-        bb.add(b * b)
-        ab.add(a * b)
+        product = flat.scratch.get("product", a.shape, compute)
+        aa.add(torch.mul(a, a, out=product))
+        bb.add(torch.mul(b, b, out=product))
+        ab.add(torch.mul(a, b, out=product))
     coefficients = _coefficients(aa.result(), bb.result(), ab.result(), t, eps)
     out = torch.empty(flat.shape, dtype=out_dtype, device=flat.device)
     dest = out.view(-1)
     for span in flat.spans():
-        dest[span] = _combine(flat.base_at(span), flat.input_at(0, span), t, coefficients)
+        result = flat.scratch.get("result", (span.stop - span.start,), compute)
+        dest[span].copy_(_combine(flat.base_at(span), flat.input_at(0, span), t, coefficients, out=result))
     return out
 
 

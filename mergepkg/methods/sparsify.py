@@ -42,48 +42,43 @@ class TopK:
 
     `magnitudes(span)` returns |entries| of a slice (also a strided one) in float32 or
     wider, possibly in a buffer it reuses on the next call; `spans` cover range(n) in order.
+    `band(span, lo, hi)`, when given, does the pass over one span faster (fused.py):
+    it returns what `in_band` below does. `map` may run the spans' passes in parallel.
     """
 
     SAMPLE = 1 << 16
 
-    def __init__(self, magnitudes, n: int, k: int, spans: list[slice]):
+    def __init__(self, magnitudes, n: int, k: int, spans: list[slice], band=None, map=map):
+        band = band or (lambda span, lo, hi: in_band(magnitudes(span), span.start, lo, hi))
         sample = magnitudes(slice(0, n, max(1, n // self.SAMPLE))).sort().values
         m = sample.numel()
         rank = (n - k) * m // n  # where the k-th largest sits in the ascending sample
         q = (n - k) / n
         margin = int(6 * math.sqrt(m * q * (1 - q))) + 16  # 6 sigma of a sampled rank
         # the band [lo, hi]; past the sample's ends it reaches 0 (magnitudes are >= 0) or +inf
-        lo = sample[rank - margin] if rank - margin >= 0 else sample.new_zeros(())
-        hi = sample[rank + margin] if rank + margin < m else sample.new_tensor(math.inf)
-        above, band = 0, []  # band: per span, its magnitudes inside [lo, hi]
-        for span in spans:
-            a = magnitudes(span)
-            above += int((a > hi).sum())
-            band.append(a[(a >= lo) & (a <= hi)])
-        values = torch.cat(band)
+        lo = float(sample[rank - margin]) if rank - margin >= 0 else 0.0
+        hi = float(sample[rank + margin]) if rank + margin < m else math.inf
+        above, values, index = self._pass(band, spans, lo, hi, map)
         need = k - above  # how many of the k largest lie in the band
         exact = 0 < need <= values.numel()
         if not exact:  # the sample misled: search everything
-            band = [magnitudes(span).clone() for span in spans]
-            values, need = torch.cat(band), k
-        if exact and bool(lo == hi):
-            self.threshold = hi  # the band is one repeated value
+            _, values, index = self._pass(band, spans, 0.0, math.inf, map)
+            need = k
+        if exact and lo == hi:
+            self.threshold = values.new_tensor(hi)  # the band is one repeated value
         else:
             self.threshold = torch.kthvalue(values, values.numel() - need + 1).values  # need-th largest
-        equal = int((values == self.threshold).sum())
+        equal = (values == self.threshold).nonzero().squeeze(1)
         quota = need - int((values > self.threshold).sum())  # ties to keep: 1 .. equal
-        self.cut = n if quota >= equal else self._cut(magnitudes, spans, band, quota)
+        # one past the index of the quota-th entry equal to the threshold (lowest indexes first)
+        self.cut = n if quota >= equal.numel() else int(index[equal[quota - 1]]) + 1
 
-    def _cut(self, magnitudes, spans: list[slice], band: list, quota: int) -> int:
-        """One past the index of the quota-th entry equal to the threshold: the band's
-        per-span values say which span holds it; only that span is read again."""
-        for span, values in zip(spans, band):
-            count = int((values == self.threshold).sum())
-            if count >= quota:
-                equal = magnitudes(span) == self.threshold
-                return span.start + int(equal.nonzero()[quota - 1, 0]) + 1
-            quota -= count
-        raise AssertionError("fewer ties than counted")
+    @staticmethod
+    def _pass(band, spans, lo, hi, map):
+        """Entries above hi (a count), and the magnitudes in [lo, hi] with their indexes, in order."""
+        parts = list(map(lambda span: band(span, lo, hi), spans))
+        above = sum(p[0] for p in parts)
+        return above, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
 
     def keep(self, span: slice, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Mask of the kept entries of `span`, given their magnitudes `a`: boolean, or
@@ -95,6 +90,12 @@ class TopK:
         index = torch.arange(span.start, span.stop, device=a.device)
         mask = (a > self.threshold) | ((a == self.threshold) & (index < self.cut))
         return mask if out is None else out.copy_(mask)
+
+
+def in_band(a: torch.Tensor, start: int, lo: float, hi: float):
+    """(entries of `a` above hi, those in [lo, hi], their indexes + start). NaN is in neither."""
+    index = ((a >= lo) & (a <= hi)).nonzero().squeeze(1)
+    return int((a > hi).sum()), a[index], index.add_(start)
 
 
 def top_k(density: float, n: int) -> int:

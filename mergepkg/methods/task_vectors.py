@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from mergepkg._lazy import torch
-from mergepkg.methods import chunks, reduce, sparsify
+from mergepkg.methods import chunks, fused, reduce, sparsify
 from mergepkg.methods.spec import MethodSpec, Param, density_param, flag, weight_param
 
 # Sparsifier: (delta, input index, per-input params) -> thinned delta
@@ -120,7 +120,11 @@ def stream_task_vectors(
 ) -> torch.Tensor:
     """merge_task_vectors over chunks: the same bits as the whole-tensor merge, cast to
     out_dtype. First pass: each input's keep rule (and L1 rescale factor); second pass:
-    the merge itself, chunk by chunk."""
+    the merge itself, chunk by chunk. On the CPU, fused.py does both in compiled loops."""
+    if fused.usable(base, tensors, compute, planner and planner.__name__.removeprefix("plan_")):
+        return fused.stream(base, tensors, out_dtype=out_dtype, weight=weight, normalize=normalize,
+                            lambda_=lambda_, density=density, rescale=rescale, rng=rng, elect_sign=elect_sign,
+                            planner=planner and planner.__name__.removeprefix("plan_"))
     flat = chunks.Flat(base, tensors, compute)
 
     def plan(i, parallel=False):
@@ -202,4 +206,5 @@ def make_method(
 
     return MethodSpec(name=name, merge=merge, params=params, summary=summary, paper=paper,
                       base="required", min_inputs=1, random=random, stream=stream, version=version,
-                      rows=thinner is None and not elect_sign, light=thinner is None and not elect_sign)
+                      rows=thinner is None and not elect_sign, light=thinner is None and not elect_sign,
+                      fused=stream is not None)

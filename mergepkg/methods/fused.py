@@ -1,0 +1,203 @@
+"""The task-vector family on the CPU in fused, compiled loops (numba), on every core.
+
+`task_vectors.stream_task_vectors` runs TIES as ~15 torch operations per chunk, each
+one a trip through memory, on one thread's worth of chunk at a time. Here one compiled
+loop does an entry's whole formula while its inputs sit in registers, and the chunks
+are shared out among threads (numba releases the GIL, as torch does).
+
+Same bits: every float operation is the one `merge_task_vectors` does, in float32, in
+the same order; numba, without fastmath, neither fuses nor reorders them. The sums
+over inputs run in input order, which is what torch's sum over dim 0 does for up to
+four inputs (tests check it); more inputs take the torch path. Conversions between the
+stored dtype and float32 stay torch's (`copy_`), so rounding to bfloat16 is torch's.
+
+Used on the CPU for float32 compute, 1-4 inputs, and the thinners top-k (TIES) and
+Bernoulli (DARE) or none; `usable` decides. `tests/test_fused.py` holds it to the
+whole-tensor merge bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from mergepkg._lazy import torch
+from mergepkg.methods import chunks, reduce, sparsify
+
+MAX_INPUTS = 4  # torch sums up to four inputs in order; past that its order is its own
+DTYPES = ("float32", "bfloat16", "float16")  # stored dtypes that torch converts to float32 here
+
+
+def covers(compute, inputs: int, device: str = "cpu") -> bool:
+    """Whether a task-vector step with `inputs` models besides the base runs here."""
+    return torch.device(device).type == "cpu" and compute == torch.float32 and 1 <= inputs <= MAX_INPUTS
+
+
+def usable(base, tensors, compute, planner) -> bool:
+    """Whether this tensor's merge runs here (else on task_vectors' torch stream)."""
+    return (base is not None and covers(compute, len(tensors), base.device) and base.numel() > 0
+            and all(str(t.dtype).removeprefix("torch.") in DTYPES for t in [base, *tensors])
+            and planner in (None, "magnitude", "bernoulli"))
+
+
+# --- threads: the kernels' own; torch runs on one thread meanwhile (engine.build_step)
+
+_threads = len(os.sched_getaffinity(0))
+_pool: ThreadPoolExecutor | None = None
+_local = threading.local()  # per thread: its scratch buffers
+
+
+def set_threads(n: int) -> None:
+    """How many threads the kernels use (the engine passes --threads or the core count)."""
+    global _threads, _pool
+    if n != _threads and _pool is not None:
+        _pool.shutdown()
+        _pool = None
+    _threads = max(1, n)
+
+
+def _map(fn, items) -> list:
+    """[fn(x) for x in items], on the worker threads."""
+    global _pool
+    items = list(items)
+    if _threads == 1 or len(items) < 2:
+        return [fn(x) for x in items]
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="mergepkg-fused")
+    return list(_pool.map(fn, items))
+
+
+def _kernels():
+    """kernels.py, imported on first use (it imports numba); an import statement, as
+    LazyLoader is not safe when several threads touch the module first."""
+    from mergepkg.methods import kernels
+
+    return kernels
+
+
+def _scratch() -> chunks.Scratch:
+    if not hasattr(_local, "scratch"):
+        _local.scratch = chunks.Scratch()
+    return _local.scratch
+
+
+def _f32(name: str, source, span: slice) -> np.ndarray:
+    """source[span] converted to float32 by torch, as a numpy view of a scratch buffer."""
+    part = source[span]
+    return _scratch().get(name, part.shape, torch.float32).copy_(part).numpy()
+
+
+def _groups(spans: list[slice], count: int) -> list[list[slice]]:
+    """`spans` dealt into `count` groups of consecutive spans."""
+    size = -(-len(spans) // count)
+    return [spans[i:i + size] for i in range(0, len(spans), size)]
+
+
+def top_k(base, t, density: float, spans: list[slice]) -> sparsify.TopK:
+    """sparsify.TopK of |t - base|, its pass through the band fused."""
+    def magnitudes(span):
+        return torch.sub(t[span].float(), base[span].float()).abs_()
+
+    def band(span, lo, hi):
+        x, b = _f32("x", t, span), _f32("b", base, span)
+        s = _scratch()
+        values = s.get("values", (len(x) + 1,), torch.float32)
+        index = s.get("index", (len(x) + 1,), torch.int64)
+        above, count = _kernels().band(x, b, np.float32(lo), np.float32(hi), values.numpy(), index.numpy())
+        return above, values[:count].clone(), index[:count] + span.start
+
+    n = t.numel()
+    return sparsify.TopK(magnitudes, n, sparsify.top_k(density, n), spans, band=band, map=_map)
+
+
+def bernoulli(t, density: float, rng, masks, spans: list[slice]) -> None:
+    """Draw an input's keep mask into `masks` (bool, n) as sparsify.bernoulli draws it.
+    Chunk by chunk: torch's CPU generator gives the same numbers as one whole draw
+    (tests check it), and a chunk of draws stays in the cache."""
+    for span in spans:
+        draw = _scratch().get("draw", (span.stop - span.start,), torch.float32)
+        torch.lt(torch.rand(draw.shape, generator=rng, out=draw), density, out=masks[span])
+
+
+def rescale_factor(base, t, spans: list[slice], keep) -> float:
+    """The L1 rescale factor of an input's thinned task vector (1.0 for none), summed
+    as stream_task_vectors sums it; `keep(span, delta)` is 1 where an entry is kept."""
+    s = _scratch()
+    before, after = reduce.Total(), reduce.Total()
+    for span in spans:
+        shape = (span.stop - span.start,)
+        delta = torch.sub(s.get("x", shape, torch.float32).copy_(t[span]),
+                          s.get("b", shape, torch.float32).copy_(base[span]))
+        before.add(torch.abs(delta, out=s.get("abs", shape, torch.float32)))  # reused: no page faults
+        after.add(delta.mul_(keep(span, delta)).abs_())
+    factor = sparsify.rescale_factor(before.result(), after.result())
+    return 1.0 if factor is None else float(factor)
+
+
+def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=None, rescale=False,
+           rng=None, elect_sign: bool, planner: str | None):
+    """task_vectors.stream_task_vectors on fused kernels: the same bits."""
+    flat_base = base.reshape(-1)
+    flat = [t.reshape(-1) for t in tensors]
+    inputs, n = len(flat), flat_base.numel()
+    spans = chunks.spans(n)
+    # per input, padded to four: TopK's threshold (-inf keeps all) and cut, L1 factor, weight
+    threshold = np.full(MAX_INPUTS, -np.inf, np.float32)
+    cut = np.zeros(MAX_INPUTS, np.int64)
+    factor = np.ones(MAX_INPUTS, np.float32)  # x * 1.0 == x, bit for bit: "no rescale"
+    weights = np.zeros(MAX_INPUTS, np.float32)
+    weights[:inputs] = weight  # float32, as torch.tensor(weight, dtype=float32) rounds them
+    thinned = [i for i in range(inputs) if planner and density[i] < 1]
+    masks = None
+    if planner == "magnitude":
+        rules = {i: top_k(flat_base, flat[i], density[i], spans) for i in thinned}  # each shared among the threads
+        for i, rule in rules.items():
+            threshold[i], cut[i] = float(rule.threshold), rule.cut
+
+        def keep(i):
+            def rule(span, delta):
+                s = _scratch()
+                magnitudes = torch.abs(delta, out=s.get("magnitudes", delta.shape, torch.float32))
+                return rules[i].keep(span, magnitudes, out=s.get("kept", delta.shape, torch.float32))
+            return rule
+    elif planner == "bernoulli":
+        masks = _scratch().get("masks", (inputs, n), torch.bool).fill_(True)  # a byte per entry
+        _map(lambda i: bernoulli(flat[i], density[i], rng(i), masks[i], spans), thinned)
+
+        def keep(i):
+            return lambda span, delta: masks[i, span]
+    if rescale and thinned:
+        factor[thinned] = _map(lambda i: rescale_factor(flat_base, flat[i], spans, keep(i)), thinned)
+    # as merge_task_vectors: the weights' sum over dim 0, ~0 replaced by 1 (no sign election)
+    divisor = float(torch.tensor(list(weight), dtype=torch.float32).view(-1, 1).sum(dim=0))
+    divisor = np.float32(1.0 if abs(divisor) < 1e-8 else divisor)
+    lam = np.float32(lambda_)
+
+    out = torch.empty(base.shape, dtype=out_dtype)
+    dest = out.view(-1)
+
+    kernels = _kernels()
+
+    def merge_group(group: list[slice]):
+        s = _scratch()
+        for span in group:
+            size = span.stop - span.start
+            x = s.get("inputs", (inputs, size), torch.float32)
+            for i, t in enumerate(flat):
+                x[i].copy_(t[span])
+            b = _f32("b", flat_base, span)
+            result = s.get("result", (size,), torch.float32)
+            if masks is None:
+                kernels.merge_top_k(x.numpy(), b, result.numpy(), span.start, threshold, cut, factor, weights,
+                                    elect_sign, normalize, divisor, lam)
+            else:
+                kernels.merge_masked(x.numpy(), b, result.numpy(), span.start, masks.view(torch.uint8).numpy(),
+                                     factor, weights, elect_sign, normalize, divisor, lam)
+            dest[span].copy_(result)
+
+    _map(merge_group, _groups(spans, _threads))
+    return out

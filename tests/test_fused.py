@@ -1,0 +1,115 @@
+"""fused.py and kernels.py: the task-vector family on compiled kernels gives the same
+bits as the whole-tensor merge, for every input count, dtype, parameter and thread
+count they accept; and the facts about torch they rest on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mergepkg.methods import METHODS, chunks, fused, sparsify
+
+FUSED = sorted(name for name, spec in METHODS.items() if spec.fused)
+SIZES = [1, 7, chunks.CHUNK + 8195]  # one entry; a ragged few; more than a chunk, ragged
+
+
+def test_the_task_vector_streams_are_fused():
+    assert {"task_arithmetic", "ties", "dare_ties", "dare_linear"} <= set(FUSED)
+
+
+def models(n: int, count: int, dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, generator=g) * 0.02
+    # bfloat16 deltas repeat values: many ties at a top-k threshold; some zero deltas
+    tensors = [base + 0.002 * torch.randn(n, generator=g) for _ in range(count)]
+    for t in tensors:
+        t[::11] = base[::11]
+    return base.to(dtype), [t.to(dtype) for t in tensors]
+
+
+def whole(spec, base, tensors, kwargs):
+    return spec.merge(base.float(), [t.float() for t in tensors], **kwargs)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_equals_merge(name, count, dtype, threads):
+    spec = METHODS[name]
+    fused.set_threads(threads)
+    for n in SIZES:
+        base, tensors = models(n, count, dtype, seed=n + count)
+        kwargs = {"weight": [0.5, -0.3, 0.6, 0.25][:count], "normalize": True, "lambda_": 1.5}
+        if spec.param("density"):
+            kwargs.update(density=[0.5, 0.3, 1.0, 0.9][:count], rescale=count % 2 == 1)
+        if spec.random:
+            kwargs["rng"] = lambda i: torch.Generator().manual_seed(7 + i)
+        assert fused.usable(base, tensors, torch.float32, "bernoulli" if spec.random else "magnitude")
+        streamed = spec.stream(base, tensors, compute=torch.float32, out_dtype=dtype, **kwargs)
+        expected = whole(spec, base, tensors, kwargs).to(dtype)
+        assert torch.equal(streamed.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)), (n, kwargs)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_no_agreeing_delta_and_zero_weights(normalize):
+    # equal inputs: every delta is 0, nothing agrees; weights summing to 0 without election
+    base = torch.randn(1000)
+    spec = METHODS["ties"]
+    kwargs = {"weight": [1.0, -1.0], "normalize": normalize, "density": [0.5, 0.5]}
+    streamed = spec.stream(base, [base.clone(), base.clone()], compute=torch.float32, out_dtype=torch.float32, **kwargs)
+    assert torch.equal(streamed, whole(spec, base, [base, base], kwargs))
+    spec = METHODS["task_arithmetic"]
+    kwargs = {"weight": [1.0, -1.0], "normalize": normalize}
+    t = [base + 1, base + 2]
+    assert torch.equal(spec.stream(base, t, compute=torch.float32, out_dtype=torch.float32, **kwargs),
+                       whole(spec, base, t, kwargs))
+
+
+def test_nan_and_inf_travel_as_in_torch():
+    base, tensors = models(5000, 3, torch.float32)
+    tensors[0][10], tensors[1][20], tensors[2][30] = float("nan"), float("inf"), -float("inf")
+    for name in ("ties", "task_arithmetic"):
+        spec = METHODS[name]
+        kwargs = {"weight": [0.5, 0.3, 0.2], "normalize": True}
+        if spec.param("density"):
+            kwargs["density"] = [1.0, 1.0, 1.0]  # a NaN magnitude has no rank: keep all
+        streamed = spec.stream(base, tensors, compute=torch.float32, out_dtype=torch.float32, **kwargs)
+        expected = whole(spec, base, tensors, kwargs)
+        assert torch.equal(streamed.isnan(), expected.isnan())
+        assert torch.equal(streamed.nan_to_num(0), expected.nan_to_num(0))
+
+
+def test_what_it_does_not_cover_takes_the_torch_path():
+    base, tensors = models(100, 5, torch.bfloat16)
+    assert not fused.usable(base, tensors, torch.float32, "magnitude")  # five inputs
+    assert not fused.usable(base, tensors[:2], torch.bfloat16, "magnitude")  # bfloat16 arithmetic
+    assert not fused.usable(base, tensors[:2], torch.float32, "outliers")  # another thinner
+    assert not fused.covers(torch.float32, 2, "cuda")
+    spec = METHODS["ties"]
+    kwargs = {"weight": [0.2] * 5, "normalize": True, "density": [0.5] * 5}
+    streamed = spec.stream(base, tensors, compute=torch.float32, out_dtype=torch.bfloat16, **kwargs)
+    assert torch.equal(streamed, whole(spec, base, tensors, kwargs).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_torch_sums_up_to_four_inputs_in_order(count):
+    # what the kernels' input-order sums rest on, for the sizes a chunk can have
+    g = torch.Generator().manual_seed(count)
+    for n in [1, 3, 15, 16, 17, 31, 33, 1000, 8192, 8197, chunks.CHUNK]:
+        x = torch.randn(count, n, generator=g) * torch.logspace(-4, 4, count).view(-1, 1)
+        in_order = x[0].clone()
+        for row in x[1:]:
+            in_order = in_order + row
+        assert torch.equal(torch.sum(x, dim=0), in_order), n
+
+
+@pytest.mark.parametrize("density", [0.5, 0.3, 0.01, 0.999])
+def test_fused_top_k_equals_top_k(density):
+    base, (t,) = models(3 * chunks.CHUNK + 5, 1, torch.bfloat16)
+    n = t.numel()
+    spans = chunks.spans(n)
+    a = (t.float() - base.float()).abs()
+    expected = sparsify.TopK(lambda s: a[s], n, sparsify.top_k(density, n), spans)
+    got = fused.top_k(base, t, density, spans)
+    assert bool(got.threshold == expected.threshold) and got.cut == expected.cut
