@@ -18,7 +18,6 @@ whole-tensor merge bit for bit.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
