@@ -113,3 +113,31 @@ def test_fused_top_k_equals_top_k(density):
     expected = sparsify.TopK(lambda s: a[s], n, sparsify.top_k(density, n), spans)
     got = fused.top_k(base, t, density, spans)
     assert bool(got.threshold == expected.threshold) and got.cut == expected.cut
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**62 + 12345, 2**63 - 1])
+def test_drawn_masks_equal_torch_draws(seed):
+    from mergepkg.methods import kernels
+
+    start, n = 1 << 33, 100_003  # past 2**32: the index arithmetic is 64-bit
+    for density in (0.5, 0.1, 0.999):
+        limit = sparsify.draw_limit(density)
+        out = torch.empty(n)
+        kernels.drawn(seed, start, limit, out.numpy())
+        assert torch.equal(out.bool(), sparsify.draws(seed, start, n) < limit)
+
+
+def test_draws_are_splitmix64_and_uniform():
+    # splitmix64's published first output for seed 0 (its state after one step)
+    z = (0 + 0x9E3779B97F4A7C15) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    z ^= z >> 31
+    assert z == 0xE220A8397B1DCDAF
+    assert int(sparsify.draws(0, 0, 1)[0]) == z >> 40
+    d = sparsify.draws(7, 0, 1 << 20).double() / (1 << sparsify.DRAW_BITS)
+    assert abs(float(d.mean()) - 0.5) < 0.002 and abs(float(d.var()) - 1 / 12) < 0.001
+    # neighbouring seeds (inputs of one tensor) draw unrelated masks
+    a, b = sparsify.draws(7, 0, 1 << 20) < (1 << 23), sparsify.draws(8, 0, 1 << 20) < (1 << 23)
+    assert abs(float((a & b).double().mean()) - 0.25) < 0.003
+    assert sparsify.draw_limit(1.0) == 1 << 24 and sparsify.draw_limit(0.5) == 1 << 23

@@ -1,7 +1,7 @@
 """DARE (linear): drop task-vector entries at random, rescale, and add them up.
 
 Yu et al., "Language Models are Super Mario", https://arxiv.org/abs/2311.03099
-Invariant (tests): density 1 equals task_arithmetic. Randomness as in dare_ties.
+Invariant (tests): density 1 equals task_arithmetic. Randomness, and version 2, as in dare_ties.
 Defaults as mergekit 0.1.5: normalize = false, rescale = true.
 """
 
@@ -12,5 +12,5 @@ SPEC = make_method(
     "dare_linear",
     summary="Randomly drop and rescale task-vector entries, then add them.",
     paper="https://arxiv.org/abs/2311.03099",
-    normalize=False, rescale=True, elect_sign=False, thinner=sparsify.bernoulli,
+    normalize=False, rescale=True, elect_sign=False, thinner=sparsify.bernoulli, version=2,
 )

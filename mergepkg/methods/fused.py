@@ -113,15 +113,6 @@ def top_k(base, t, density: float, spans: list[slice]) -> sparsify.TopK:
     return sparsify.TopK(magnitudes, n, sparsify.top_k(density, n), spans, band=band, map=_map)
 
 
-def bernoulli(t, density: float, rng, masks, spans: list[slice]) -> None:
-    """Draw an input's keep mask into `masks` (bool, n) as sparsify.bernoulli draws it.
-    Chunk by chunk: torch's CPU generator gives the same numbers as one whole draw
-    (tests check it), and a chunk of draws stays in the cache."""
-    for span in spans:
-        draw = _scratch().get("draw", (span.stop - span.start,), torch.float32)
-        torch.lt(torch.rand(draw.shape, generator=rng, out=draw), density, out=masks[span])
-
-
 def rescale_factor(base, t, spans: list[slice], keep) -> float:
     """The L1 rescale factor of an input's thinned task vector (1.0 for none), summed
     as stream_task_vectors sums it; `keep(span, delta)` is 1 where an entry is kept."""
@@ -144,14 +135,17 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
     flat = [t.reshape(-1) for t in tensors]
     inputs, n = len(flat), flat_base.numel()
     spans = chunks.spans(n)
-    # per input, padded to four: TopK's threshold (-inf keeps all) and cut, L1 factor, weight
+    # per input, padded to four: TopK's threshold (-inf keeps all) and cut, or DARE's seed
+    # and draw limit (2**24 keeps all); the L1 factor; the weight
     threshold = np.full(MAX_INPUTS, -np.inf, np.float32)
     cut = np.zeros(MAX_INPUTS, np.int64)
+    seed = np.zeros(MAX_INPUTS, np.uint64)
+    limit = np.full(MAX_INPUTS, 1 << sparsify.DRAW_BITS, np.uint64)
     factor = np.ones(MAX_INPUTS, np.float32)  # x * 1.0 == x, bit for bit: "no rescale"
     weights = np.zeros(MAX_INPUTS, np.float32)
     weights[:inputs] = weight  # float32, as torch.tensor(weight, dtype=float32) rounds them
     thinned = [i for i in range(inputs) if planner and density[i] < 1]
-    masks = None
+    kernels = _kernels()
     if planner == "magnitude":
         rules = {i: top_k(flat_base, flat[i], density[i], spans) for i in thinned}  # each shared among the threads
         for i, rule in rules.items():
@@ -164,11 +158,15 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
                 return rules[i].keep(span, magnitudes, out=s.get("kept", delta.shape, torch.float32))
             return rule
     elif planner == "bernoulli":
-        masks = _scratch().get("masks", (inputs, n), torch.bool).fill_(True)  # a byte per entry
-        _map(lambda i: bernoulli(flat[i], density[i], rng(i), masks[i], spans), thinned)
+        for i in thinned:
+            seed[i], limit[i] = rng(i).initial_seed(), sparsify.draw_limit(density[i])
 
         def keep(i):
-            return lambda span, delta: masks[i, span]
+            def rule(span, delta):
+                kept = _scratch().get("kept", delta.shape, torch.float32)
+                kernels.drawn(seed[i], span.start, limit[i], kept.numpy())
+                return kept
+            return rule
     if rescale and thinned:
         factor[thinned] = _map(lambda i: rescale_factor(flat_base, flat[i], spans, keep(i)), thinned)
     # as merge_task_vectors: the weights' sum over dim 0, ~0 replaced by 1 (no sign election)
@@ -179,8 +177,6 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
     out = torch.empty(base.shape, dtype=out_dtype)
     dest = out.view(-1)
 
-    kernels = _kernels()
-
     def merge_group(group: list[slice]):
         s = _scratch()
         for span in group:
@@ -190,12 +186,12 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
                 x[i].copy_(t[span])
             b = _f32("b", flat_base, span)
             result = s.get("result", (size,), torch.float32)
-            if masks is None:
-                kernels.merge_top_k(x.numpy(), b, result.numpy(), span.start, threshold, cut, factor, weights,
+            if planner == "bernoulli":
+                kernels.merge_drawn(x.numpy(), b, result.numpy(), span.start, seed, limit, factor, weights,
                                     elect_sign, normalize, divisor, lam)
             else:
-                kernels.merge_masked(x.numpy(), b, result.numpy(), span.start, masks.view(torch.uint8).numpy(),
-                                     factor, weights, elect_sign, normalize, divisor, lam)
+                kernels.merge_top_k(x.numpy(), b, result.numpy(), span.start, threshold, cut, factor, weights,
+                                    elect_sign, normalize, divisor, lam)
             dest[span].copy_(result)
 
     _map(merge_group, _groups(spans, _threads))

@@ -32,6 +32,29 @@ def band(x, b, lo, hi, values, index):
     return above, count
 
 
+# --- DARE's draws: splitmix64 of (seed, entry index), as sparsify.draws computes them
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+@numba.njit(inline="always")
+def _draw(seed, at):
+    """The top 24 bits of splitmix64's output number at+1 from `seed` (uint64s)."""
+    z = seed + (at + np.uint64(1)) * GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * MIX1
+    z = (z ^ (z >> np.uint64(27))) * MIX2
+    return (z ^ (z >> np.uint64(31))) >> np.uint64(40)
+
+
+@numba.njit(nogil=True, cache=True)
+def drawn(seed, start, limit, out):
+    """out[j] = 1.0 where entry start + j is kept (its draw is below `limit`), else 0.0."""
+    s, first = np.uint64(seed), np.uint64(start)
+    for j in range(out.shape[0]):
+        out[j] = np.float32(_draw(s, first + np.uint64(j)) < limit)
+
+
 # The merge kernels are written out for four inputs (d0..d3) rather than looped over:
 # a loop over a runtime count of inputs, a branch around a load, or a parameter read
 # from an array inside the loop keeps LLVM from vectorizing and costs 5-30x. With fewer
@@ -104,16 +127,20 @@ def merge_top_k(x, b, out, start, threshold, cut, factor, weight, elect, normali
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def merge_masked(x, b, out, start, masks, factor, weight, elect, normalize, divisor, lam):
-    """merge_top_k with a drawn keep mask per input: masks [inputs, n], 1 keeps."""
+def merge_drawn(x, b, out, start, seed, limit, factor, weight, elect, normalize, divisor, lam):
+    """merge_top_k with DARE's keep rule instead: entry `at` of input i is kept when its
+    draw from seed[i] (uint64) is below limit[i] (2**24 keeps all)."""
     n = x.shape[0]
     r1, r2, r3 = min(1, n - 1), min(2, n - 1), min(3, n - 1)
+    s0, s1, s2, s3 = seed[0], seed[1], seed[2], seed[3]
+    k0, k1, k2, k3 = limit[0], limit[1], limit[2], limit[3]
     f0, f1, f2, f3 = factor[0], factor[1], factor[2], factor[3]
     w0, w1, w2, w3 = weight[0], weight[1], weight[2], weight[3]
+    first = np.uint64(start)
     for j in range(b.shape[0]):
-        bj, at = b[j], start + j
-        d0 = (x[0, j] - bj) * np.float32(masks[0, at]) * f0 * w0
-        d1 = (x[r1, j] - bj) * np.float32(masks[r1, at]) * f1 * w1
-        d2 = (x[r2, j] - bj) * np.float32(masks[r2, at]) * f2 * w2
-        d3 = (x[r3, j] - bj) * np.float32(masks[r3, at]) * f3 * w3
+        bj, at = b[j], first + np.uint64(j)
+        d0 = (x[0, j] - bj) * np.float32(_draw(s0, at) < k0) * f0 * w0
+        d1 = (x[r1, j] - bj) * np.float32(_draw(s1, at) < k1) * f1 * w1
+        d2 = (x[r2, j] - bj) * np.float32(_draw(s2, at) < k2) * f2 * w2
+        d3 = (x[r3, j] - bj) * np.float32(_draw(s3, at) < k3) * f3 * w3
         out[j] = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam)

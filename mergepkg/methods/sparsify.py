@@ -130,12 +130,45 @@ def outliers(delta: torch.Tensor, density: float, gamma: float, rescale: bool = 
     return _finish(delta, mask.view_as(delta), rescale)
 
 
+# DARE's draws (version 2): entry j of a task vector is kept when the top 24 bits of
+# splitmix64's output number j+1 from the input's seed are below density * 2**24. A
+# number per entry, from its index alone: the same masks on any device, thread count or
+# chunking, and a compiled loop draws them in parallel (kernels.py does, bit for bit).
+# Version 1 drew from torch's generator, one thread at a time, and masks differed by device.
+DRAW_BITS = 24
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def draw_limit(density: float) -> int:
+    """Draws below this are kept: P(keep) = limit / 2**24, the nearest above density."""
+    return min(1 << DRAW_BITS, math.ceil(density * (1 << DRAW_BITS)))
+
+
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c  # a uint64 constant as torch's int64 holds it
+
+
+def _shift(z: torch.Tensor, k: int) -> torch.Tensor:
+    """z >> k on the uint64 bits of an int64 tensor (torch shifts signed ints arithmetically)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def draws(seed: int, start: int, n: int, device=None) -> torch.Tensor:
+    """The draws of entries start .. start+n-1 from `seed` (int64, 0 .. 2**24-1); int64
+    arithmetic wraps as uint64 does."""
+    z = torch.arange(start + 1, start + n + 1, dtype=torch.int64, device=device)
+    z = z.mul_(_signed(_GOLDEN)).add_(_signed(seed % (1 << 64)))
+    z = (z ^ _shift(z, 30)).mul_(_signed(_MIX1))
+    z = (z ^ _shift(z, 27)).mul_(_signed(_MIX2))
+    return _shift(z ^ _shift(z, 31), 64 - DRAW_BITS)
+
+
 def bernoulli(delta: torch.Tensor, density: float, rng: torch.Generator, rescale: bool = False) -> torch.Tensor:
-    """DARE: keep each entry with probability `density`, drawn from `rng`."""
+    """DARE: keep each entry with probability `density`, by its draw from the seed of `rng`."""
     if density >= 1:
         return delta
-    mask = torch.rand(delta.shape, generator=rng, device=delta.device, dtype=torch.float32) < density
-    return _finish(delta, mask, rescale)
+    mask = draws(rng.initial_seed(), 0, delta.numel(), delta.device) < draw_limit(density)
+    return _finish(delta, mask.view(delta.shape), rescale)
 
 
 def magprune(delta: torch.Tensor, density: float, epsilon: float, rng: torch.Generator,

@@ -8,7 +8,6 @@ Semantics follow mergekit 0.1.5 (`generalized_task_arithmetic.py`); the code is 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from mergepkg._lazy import torch
 from mergepkg.methods import chunks, fused, reduce, sparsify
@@ -101,17 +100,16 @@ def plan_magnitude(flat: chunks.Flat, i: int, density: float, **_):
 def plan_bernoulli(flat: chunks.Flat, i: int, density: float, rng, **_):
     if density >= 1:
         return None
-    # one draw for the whole tensor, exactly as sparsify.bernoulli draws it
-    draw = flat.scratch.get(f"draw{i}", tuple(flat.shape), torch.float32)
-    mask = (torch.rand(flat.shape, generator=rng(i), out=draw) < density).view(-1)
-    return lambda span, delta: flat.scratch.get("mask", delta.shape, delta.dtype).copy_(mask[span])
+    seed, limit = rng(i).initial_seed(), sparsify.draw_limit(density)  # draws by entry index: chunk by chunk
+
+    def keep(span, delta):  # 1.0 / 0.0 per entry of the chunk
+        drawn = sparsify.draws(seed, span.start, span.stop - span.start, delta.device)
+        return torch.lt(drawn, limit, out=flat.scratch.get("mask", delta.shape, delta.dtype))
+
+    return keep
 
 
-# torch's CPU generator draws on one thread: two inputs draw at once. (Top-k planning
-# already keeps both cores busy; two at a time measured slower.)
-plan_bernoulli.parallel = True
 PLANNERS = {sparsify.magnitude: plan_magnitude, sparsify.bernoulli: plan_bernoulli}
-PARALLEL_PLAN = 1 << 20  # entries from which inputs are planned two at a time
 
 
 def stream_task_vectors(
@@ -127,16 +125,7 @@ def stream_task_vectors(
                             planner=planner and planner.__name__.removeprefix("plan_"))
     flat = chunks.Flat(base, tensors, compute)
 
-    def plan(i, parallel=False):
-        # in parallel, each input gets its own Flat: scratch buffers are not shared
-        own = chunks.Flat(base, tensors, compute) if parallel else flat
-        return planner(own, i, density=density[i], rng=rng) if planner else None
-
-    if getattr(planner, "parallel", False) and len(tensors) > 1 and flat.n >= PARALLEL_PLAN:
-        with ThreadPoolExecutor(max_workers=2) as pool:  # torch releases the GIL
-            rules = list(pool.map(lambda i: plan(i, parallel=True), range(len(tensors))))
-    else:
-        rules = [plan(i) for i in range(len(tensors))]
+    rules = [planner(flat, i, density=density[i], rng=rng) if planner else None for i in range(len(tensors))]
     factors: list = [None] * len(tensors)
     if rescale:
         for i, rule in enumerate(rules):
