@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import queue
 import shutil
 import sys
@@ -19,16 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from mergepkg._lazy import torch
+from mergepkg._lazy import lazy_import, torch
 from mergepkg.align import align_rows, move_token_ids
 from mergepkg.buffers import BufferPool
 from mergepkg.errors import BuildError, MergeError, MergepkgError
 from mergepkg.layout import OutputTensor, StepLayout
 from mergepkg.memory import for_process
-from mergepkg.methods import fused
 from mergepkg.sources import SIDE_FILES
 from mergepkg.tensors import ModelReader, ShardWriter, TensorInfo, torch_dtype
 from mergepkg.vocab import Vocab
+
+fused = lazy_import("mergepkg.methods.fused")  # numpy: imported when a step is built
 
 TOKENIZER_FILES = [f for f in SIDE_FILES if f not in ("config.json", "generation_config.json")]
 
@@ -68,8 +70,10 @@ def compute_dtype(layout: StepLayout):
     return compute
 
 
-def merge_tensor(layout: StepLayout, out: OutputTensor, loaded: list, *, device: str, seed: int) -> torch.Tensor:
-    """Run the step's method on one output tensor's inputs (base first, if any)."""
+def merge_tensor(layout: StepLayout, out: OutputTensor, loaded: list, *, device: str, seed: int,
+                 into: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the step's method on one output tensor's inputs (base first, if any); a
+    streaming method writes the result `into` a given buffer."""
     method = layout.method
     compute = compute_dtype(layout)
     out_dtype = torch_dtype(out.info.dtype)
@@ -86,7 +90,7 @@ def merge_tensor(layout: StepLayout, out: OutputTensor, loaded: list, *, device:
         kwargs["rng"] = rng
     try:
         if method.stream:
-            result = method.stream(base, tensors, compute=compute, out_dtype=out_dtype, **kwargs)
+            result = method.stream(base, tensors, compute=compute, out_dtype=out_dtype, out=into, **kwargs)
         else:
             result = method.merge(base, tensors, **kwargs)
     except MergepkgError as e:
@@ -144,8 +148,13 @@ def build_step(
                 buffers.give_back(read)
         return loaded
 
-    def merge_loaded(out: OutputTensor, loaded: list):
-        tensor = merge_tensor(layout, out, loaded, device=device, seed=seed)
+    def merge_loaded(out: OutputTensor, loaded: list, rows: int | None = None):
+        into = None
+        if buffers is not None and torch.device(device).type == "cpu":  # results, like inputs, in reused memory
+            shape = out.info.shape if rows is None else (rows, *out.info.shape[1:])
+            dtype = torch_dtype(out.info.dtype)
+            into = buffers.tensor(dtype, shape, math.prod(shape) * dtype.itemsize)
+        tensor = merge_tensor(layout, out, loaded, device=device, seed=seed, into=into)
         if buffers is not None:
             buffers.give_back(loaded)
         return tensor
@@ -157,7 +166,7 @@ def build_step(
             stop = min(rows, start + block)
             loaded = [readers[p.model].get_rows(p.tensor, start, stop) for p in out.parts]
             share = budget.inputs(infos, out) * (stop - start) // rows
-            yield merge_loaded(out, loaded), share, start == 0, stop == rows
+            yield merge_loaded(out, loaded, stop - start), share, start == 0, stop == rows
 
     results: queue.Queue = queue.Queue(maxsize=budget.results_waiting)
     failure: list[BaseException] = []
@@ -168,7 +177,8 @@ def build_step(
                 continue  # drain so the producer never blocks
             name, tensor, nbytes, first, last = item
             try:
-                writer.write(name, tensor, first=first, last=last)
+                done = (lambda t=tensor: buffers.give_back([t])) if buffers is not None else None
+                writer.write(name, tensor, first=first, last=last, done=done)
                 reporter.tensor_done(nbytes)
             except BaseException as e:  # surfaced on the calling thread
                 failure.append(e)

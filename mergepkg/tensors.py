@@ -271,8 +271,9 @@ class ShardWriter:
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._shard = shard
 
-    def write(self, name: str, tensor: torch.Tensor, *, first: bool = True, last: bool = True):
-        """Write the next tensor, or (first/last) the next block of rows of it."""
+    def write(self, name: str, tensor: torch.Tensor, *, first: bool = True, last: bool = True, done=None):
+        """Write the next tensor, or (first/last) the next block of rows of it; `done()`
+        runs once its bytes are written and hashed (the caller may then reuse them)."""
         shard, expected, info = self._order[self._next]
         shape = tuple(tensor.shape)
         if name != expected or code_of(tensor.dtype) != info.dtype or (
@@ -287,6 +288,8 @@ class ShardWriter:
             self._written = 0
         self._hasher.submit(self._hash.update, data)  # one worker: pieces hash in order
         self._file.write(data)
+        if done is not None:
+            self._hasher.submit(done)  # after the update above: the hasher has finished with data
         self._written += len(data)
         if last:
             if self._written != info.nbytes:

@@ -33,6 +33,12 @@ def chunk_size(device) -> int:
     return CHUNK if torch.device(device).type == "cpu" else 1 << 62
 
 
+def output(out, shape, dtype, device):
+    """The tensor a stream writes its result into: `out` when the engine gives one (a
+    reused buffer: fresh memory costs a page fault per 4 KiB), else a new one."""
+    return out if out is not None else torch.empty(shape, dtype=dtype, device=device)
+
+
 class Scratch:
     """Reusable work buffers, one per name, grown as needed. Fresh multi-megabyte
     tensors cost page faults on every allocation; chunks reuse the same memory."""
@@ -84,12 +90,12 @@ class Flat:
         return torch.sub(a, b, out=self.scratch.get("delta", a.shape, self.compute))
 
 
-def elementwise(merge: Callable, base, tensors: Sequence, *, compute, out_dtype, **params):
+def elementwise(merge: Callable, base, tensors: Sequence, *, compute, out_dtype, out=None, **params):
     """Stream a merge whose every output entry depends only on the same entry of the
     inputs (linear): `merge` itself runs on each chunk, its result into `out=`, a
     reused buffer (a fresh one per chunk costs page faults and cache misses)."""
     flat = Flat(base, tensors, compute)
-    out = torch.empty(flat.shape, dtype=out_dtype, device=flat.device)
+    out = output(out, flat.shape, out_dtype, flat.device)
     dest = out.view(-1)
     for span in flat.spans():
         b = flat.base_at(span) if base is not None else None

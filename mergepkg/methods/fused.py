@@ -129,7 +129,7 @@ def rescale_factor(base, t, spans: list[slice], keep) -> float:
 
 
 def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=None, rescale=False,
-           rng=None, elect_sign: bool, planner: str | None):
+           rng=None, elect_sign: bool, planner: str | None, out=None):
     """task_vectors.stream_task_vectors on fused kernels: the same bits."""
     flat_base = base.reshape(-1)
     flat = [t.reshape(-1) for t in tensors]
@@ -174,7 +174,7 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
     divisor = np.float32(1.0 if abs(divisor) < 1e-8 else divisor)
     lam = np.float32(lambda_)
 
-    out = torch.empty(base.shape, dtype=out_dtype)
+    out = chunks.output(out, base.shape, out_dtype, base.device)
     dest = out.view(-1)
 
     def merge_group(group: list[slice]):

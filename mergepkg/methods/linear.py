@@ -31,8 +31,8 @@ def linear(base, tensors: Sequence[torch.Tensor], *, weight: Sequence[float], no
     return out.div_(total) if normalize else out
 
 
-def stream_linear(base, tensors, *, compute, out_dtype, **params):
-    return chunks.elementwise(linear, base, tensors, compute=compute, out_dtype=out_dtype, **params)
+def stream_linear(base, tensors, *, compute, out_dtype, out=None, **params):
+    return chunks.elementwise(linear, base, tensors, compute=compute, out_dtype=out_dtype, out=out, **params)
 
 
 SPEC = MethodSpec(

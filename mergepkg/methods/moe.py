@@ -34,12 +34,12 @@ def copy(base, tensors: Sequence[torch.Tensor], **settings) -> torch.Tensor:
     return x
 
 
-def stream_copy(base, tensors: Sequence[torch.Tensor], *, compute, out_dtype, **settings) -> torch.Tensor:
+def stream_copy(base, tensors: Sequence[torch.Tensor], *, compute, out_dtype, out=None, **settings) -> torch.Tensor:
     """The stored bytes, never through the compute dtype: a bfloat16 `dtype` (set for the
-    gate forward pass) must not round the copied weights. A new tensor, since the engine
+    gate forward pass) must not round the copied weights. A copy, since the engine
     reuses input buffers once a streaming method returns."""
     (x,) = tensors
-    return x.to(dtype=out_dtype, copy=True)
+    return x.to(dtype=out_dtype, copy=True) if out is None else out.copy_(x)
 
 
 def routers(layout, folders, *, device: str, seed: int):

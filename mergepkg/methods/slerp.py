@@ -47,7 +47,7 @@ def slerp(base: torch.Tensor, tensors: Sequence[torch.Tensor], *, t: float, eps:
     return _combine(v0, v1, t, _coefficients(total(a * a), total(b * b), total(a * b), t, eps))
 
 
-def stream_slerp(base, tensors, *, compute, out_dtype, t: float, eps: float = 1e-8) -> torch.Tensor:
+def stream_slerp(base, tensors, *, compute, out_dtype, t: float, eps: float = 1e-8, out=None) -> torch.Tensor:
     """slerp over chunks (chunks.py): the three sums in a first pass, then the combination,
     every intermediate in a reused buffer."""
     flat = chunks.Flat(base, tensors, compute)
@@ -59,7 +59,7 @@ def stream_slerp(base, tensors, *, compute, out_dtype, t: float, eps: float = 1e
         bb.add(torch.mul(b, b, out=product))
         ab.add(torch.mul(a, b, out=product))
     coefficients = _coefficients(aa.result(), bb.result(), ab.result(), t, eps)
-    out = torch.empty(flat.shape, dtype=out_dtype, device=flat.device)
+    out = chunks.output(out, flat.shape, out_dtype, flat.device)
     dest = out.view(-1)
     for span in flat.spans():
         result = flat.scratch.get("result", (span.stop - span.start,), compute)
@@ -78,4 +78,5 @@ SPEC = MethodSpec(
     fp32=True,
     max_inputs=1,
     stream=stream_slerp,
+    light=True,  # two passes of a few operations per entry (measured: 1 torch thread saves 1.4 s of CPU)
 )

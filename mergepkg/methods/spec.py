@@ -80,9 +80,10 @@ class MethodSpec:
     max_inputs: int | None = None
     random: bool = False  # takes `rng`: one seeded generator per input
     fp32: bool = False  # computes in at least float32 whatever the step's dtype (as mergekit does)
-    # stream(base, tensors, *, compute, out_dtype, **params): the same result as
-    # merge(converted inputs).to(out_dtype), from inputs in their stored dtype, in
-    # cache-sized chunks (chunks.py). None: the engine converts and calls merge.
+    # stream(base, tensors, *, compute, out_dtype, out=None, **params): the same result
+    # as merge(converted inputs).to(out_dtype), from inputs in their stored dtype, in
+    # cache-sized chunks (chunks.py), written into `out` when given (a reused buffer of
+    # the result's shape and dtype). None: the engine converts and calls merge.
     stream: Callable[..., Any] | None = None
     rows: bool = False  # elementwise: a block of rows of the inputs gives those rows of the result
     light: bool = False  # a few operations per entry: reading, writing and hashing are the work

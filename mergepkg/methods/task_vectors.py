@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from mergepkg._lazy import torch
-from mergepkg.methods import chunks, fused, reduce, sparsify
+from mergepkg._lazy import lazy_import, torch
+from mergepkg.methods import chunks, reduce, sparsify
 from mergepkg.methods.spec import MethodSpec, Param, density_param, flag, weight_param
+
+fused = lazy_import("mergepkg.methods.fused")  # numpy and numba: imported when a merge runs
 
 # Sparsifier: (delta, input index, per-input params) -> thinned delta
 Sparsifier = Callable[..., "torch.Tensor"]
@@ -114,7 +116,7 @@ PLANNERS = {sparsify.magnitude: plan_magnitude, sparsify.bernoulli: plan_bernoul
 
 def stream_task_vectors(
     base, tensors, *, compute, out_dtype, weight, normalize, lambda_=1.0, density=None, rescale=False,
-    rng=None, elect_sign: bool, planner: Planner | None,
+    rng=None, elect_sign: bool, planner: Planner | None, out=None,
 ) -> torch.Tensor:
     """merge_task_vectors over chunks: the same bits as the whole-tensor merge, cast to
     out_dtype. First pass: each input's keep rule (and L1 rescale factor); second pass:
@@ -122,7 +124,7 @@ def stream_task_vectors(
     if fused.usable(base, tensors, compute, planner and planner.__name__.removeprefix("plan_")):
         return fused.stream(base, tensors, out_dtype=out_dtype, weight=weight, normalize=normalize,
                             lambda_=lambda_, density=density, rescale=rescale, rng=rng, elect_sign=elect_sign,
-                            planner=planner and planner.__name__.removeprefix("plan_"))
+                            planner=planner and planner.__name__.removeprefix("plan_"), out=out)
     flat = chunks.Flat(base, tensors, compute)
 
     rules = [planner(flat, i, density=density[i], rng=rng) if planner else None for i in range(len(tensors))]
@@ -139,7 +141,7 @@ def stream_task_vectors(
                 after.add(kept.abs_())
             factors[i] = sparsify.rescale_factor(before.result(), after.result())
 
-    out = torch.empty(flat.shape, dtype=out_dtype, device=flat.device)
+    out = chunks.output(out, flat.shape, out_dtype, flat.device)
     dest = out.view(-1)
     for span in flat.spans():
         def thin(delta, i, _span=span):
