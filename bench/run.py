@@ -3,13 +3,15 @@
     python bench/run.py                       # all merges, models in ~/.cache/mergepkg-bench
     python bench/run.py --only ties,linear    # some of them
     python bench/run.py --no-mergekit         # mergepkg only (mergekit is not installed)
+    python bench/run.py --repeat 1            # one round per merge (default 3, medians)
 
 It generates (once, seeded) a 542M-parameter Llama-shaped model set in bfloat16 (hidden
 2048, 8 layers, MLP 5632, vocab 32000): a base and three fine-tunes (base + small noise).
 Each merge in bench/configs/*.yml runs through `mergekit-yaml` and, converted by
-`mergepkg import`, through `mergepkg build` with an empty store, in alternation, after a
-warm-up read of every input so the page cache is warm for both. It prints wall time,
-peak RSS (the process and its children), input GB/s and mergepkg/mergekit ratios, then
+`mergepkg import`, through `mergepkg build` with an empty store, in alternation (three
+rounds by default), each run after a warm-up read of every input so the page cache is
+warm for both. It prints the median wall time, peak RSS (the process and its children),
+input GB/s and mergepkg/mergekit ratios, then
 times a no-op rebuild of recipes/demo.toml and checks it imports neither torch nor
 transformers. This is a script that prints figures, not a test: machines are noisy.
 """
@@ -99,7 +101,9 @@ def input_bytes(config_text: str, models: Path) -> int:
     return sum((models / m / "model.safetensors").stat().st_size for m in used)
 
 
-def run_merge(name: str, models: Path, work: Path, with_mergekit: bool) -> dict:
+def run_merge(name: str, models: Path, work: Path, with_mergekit: bool, repeat: int) -> dict:
+    """`repeat` rounds of one mergepkg build and one mergekit run, in alternation; the
+    row holds the medians and every run's seconds."""
     config_text = (CONFIGS / f"{name}.yml").read_text().replace("MODELS", str(models))
     config = work / f"{name}.yml"
     config.write_text(config_text)
@@ -108,21 +112,30 @@ def run_merge(name: str, models: Path, work: Path, with_mergekit: bool) -> dict:
     home = work / "home"
     env = {"MERGEPKG_HOME": str(home)}
     subprocess.run([BIN / "mergepkg", "lock", str(recipe)], check=True, capture_output=True, env={**os.environ, **env})
-    shutil.rmtree(home / "store", ignore_errors=True)  # hash cache stays warm, the store is empty
-    out = work / "out-mergepkg"
-    wall, rss = measure([str(BIN / "mergepkg"), "build", str(recipe), "--out", str(out), "-q"], env)
-    lock = (work / f"{name}.lock").read_text()
-    digest = next(line.split('"')[1] for line in lock.splitlines() if line.startswith("digest"))
-    shutil.rmtree(out)
-    shutil.rmtree(home / "store", ignore_errors=True)
-    row = {"merge": name, "mergepkg_s": wall, "mergepkg_rss_gb": rss, "digest": digest,
-           "input_gb": input_bytes(config_text, models) / 1e9}
-    if with_mergekit:
-        out = work / "out-mergekit"
-        wall, rss = measure([str(BIN / "mergekit-yaml"), str(config), str(out), "--no-copy-tokenizer",
-                             "--quiet", "--no-write-model-card"])
+    runs: dict[str, list] = {"mergepkg": [], "mergekit": []}
+    digests = set()
+    for _ in range(repeat):
+        warm(models)
+        shutil.rmtree(home / "store", ignore_errors=True)  # hash cache stays warm, the store is empty
+        out = work / "out-mergepkg"
+        runs["mergepkg"].append(measure([str(BIN / "mergepkg"), "build", str(recipe), "--out", str(out), "-q"], env))
+        lock = (work / f"{name}.lock").read_text()
+        digests.add(next(line.split('"')[1] for line in lock.splitlines() if line.startswith("digest")))
         shutil.rmtree(out)
-        row.update(mergekit_s=wall, mergekit_rss_gb=rss)
+        if with_mergekit:
+            out = work / "out-mergekit"
+            runs["mergekit"].append(measure([str(BIN / "mergekit-yaml"), str(config), str(out), "--no-copy-tokenizer",
+                                             "--quiet", "--no-write-model-card"]))
+            shutil.rmtree(out)
+    shutil.rmtree(home / "store", ignore_errors=True)
+    if len(digests) != 1:
+        raise SystemExit(f"{name}: builds gave different digests: {sorted(digests)}")
+    row = {"merge": name, "digest": digests.pop(), "input_gb": input_bytes(config_text, models) / 1e9}
+    for tool, measured in runs.items():
+        if measured:
+            row.update({f"{tool}_s": statistics.median(w for w, _ in measured),
+                        f"{tool}_rss_gb": statistics.median(r for _, r in measured),
+                        f"{tool}_runs_s": [round(w, 2) for w, _ in measured]})
     return row
 
 
@@ -154,8 +167,9 @@ def noop_rebuild(work: Path, repeat: int = 5) -> dict:
 TARGETS = {"linear": 0.35, "task_arithmetic": 0.35, "slerp": 0.35, "ties": 0.08, "dare_ties": 0.2}
 
 
-def report(rows: list[dict], noop: dict) -> str:
-    lines = ["| merge | input GB | mergepkg s | mergekit s | time ratio (target) | mergepkg RSS GB | "
+def report(rows: list[dict], noop: dict, repeat: int) -> str:
+    lines = [f"Medians of {repeat} runs each, in alternation.", "",
+             "| merge | input GB | mergepkg s | mergekit s | time ratio (target) | mergepkg RSS GB | "
              "mergekit RSS GB | RSS ratio (≤ 0.5) | mergepkg input GB/s |", "|---" * 9 + "|"]
     for r in rows:
         mk = "mergekit_s" in r
@@ -192,6 +206,7 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=Path.home() / ".cache" / "mergepkg-bench")
     parser.add_argument("--only", default=",".join(TARGETS), help="comma-separated merges")
     parser.add_argument("--no-mergekit", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per merge; medians are reported")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     with_mergekit = not args.no_mergekit and (BIN / "mergekit-yaml").exists()
@@ -200,12 +215,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mergepkg-bench-") as tmp:
         work = Path(tmp)
         for name in args.only.split(","):
-            warm(args.models)
-            rows.append(run_merge(name, args.models, work, with_mergekit))
+            rows.append(run_merge(name, args.models, work, with_mergekit, args.repeat))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         noop = noop_rebuild(work)
     print(machine())
-    print(report(rows, noop))
+    print(report(rows, noop, args.repeat))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "rows": rows, "noop": noop}, indent=2))
 

@@ -28,7 +28,7 @@ def linear(base, tensors: Sequence[torch.Tensor], *, weight: Sequence[float], no
     out = torch.mul(tensors[0], weight[0], out=out)
     for t, w in zip(tensors[1:], weight[1:]):
         out.add_(t, alpha=w)  # fused multiply-add, no temporary per input
-    return out.div_(total) if normalize else out
+    return out.div_(total) if normalize and total != 1 else out  # x / 1 == x, bit for bit
 
 
 def stream_linear(base, tensors, *, compute, out_dtype, out=None, **params):
