@@ -26,6 +26,7 @@ from mergepkg.buffers import BufferPool
 from mergepkg.errors import BuildError, MergeError, MergepkgError
 from mergepkg.layout import OutputTensor, StepLayout
 from mergepkg.memory import for_process
+from mergepkg.methods import chunks
 from mergepkg.sources import SIDE_FILES
 from mergepkg.tensors import ModelReader, ShardWriter, TensorInfo, torch_dtype
 from mergepkg.vocab import Vocab
@@ -118,14 +119,13 @@ def build_step(
     returns the output digest."""
     reporter = reporter or NullReporter()
     step = layout.step
-    # a light method's math is a small share of the work; torch's own threads would
-    # only compete with the reader, writer and hasher (measured: linear 4.0-4.5 s ->
-    # 3.8-4.1 s on 2 cores). Fused kernels run on threads of their own, and torch's
-    # inside them would oversubscribe the cores. --threads, when given, decides.
+    # light methods and fused kernels share chunks out to threads of their own
+    # (chunks.parallel); torch's threads inside them would oversubscribe the cores
+    # (measured: DARE-TIES spent 8.5 s in the kernel, 2.4 s with torch on one thread).
     workers = threads or default_threads()
     own = layout.method.fused and fused.covers(compute_dtype(layout), len(step.models) - 1, device)
-    torch.set_num_threads(1 if own or (layout.method.light and not threads) else workers)
-    fused.set_threads(workers)
+    torch.set_num_threads(1 if own or layout.method.light else workers)
+    chunks.set_threads(workers)
     budget = for_process(max_memory)
     # a streaming method's result never shares memory with its inputs: their buffers
     # can be reused as soon as it returns

@@ -3,6 +3,8 @@ method that streams; the exact top-k and the piecewise sum behind it."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -94,3 +96,34 @@ def test_total_in_pieces_equals_total(n):
     for span in chunks.spans(n, 2 * BLOCK):
         t.add(x[span])
     assert torch.equal(t.result(), total(x))
+
+
+def test_totals_of_consecutive_pieces_join_into_one():
+    # what parallel streams rest on: pieces summed by several workers, joined in order
+    n = 5 * chunks.CHUNK + 11
+    x = torch.randn(n, generator=torch.Generator().manual_seed(3))
+    spans = chunks.spans(n)
+    parts = []
+    for group in (spans[:2], spans[2:3], spans[3:]):
+        t = Total()
+        for span in group:
+            t.add(x[span])
+        parts.append(t)
+    assert torch.equal(Total.joined(parts).result(), total(x))
+    small = Total()
+    small.add(x[:100])
+    assert torch.equal(Total.joined([small, Total()]).result(), total(x[:100]))
+
+
+@pytest.mark.parametrize("name", ["linear", "slerp"])
+def test_streams_on_one_or_two_threads_agree(name):
+    spec = METHODS[name]
+    models = inputs((3 * chunks.CHUNK // 1000 + 7, 1000), torch.bfloat16)
+    base, tensors = (models[0], models[1:2]) if spec.base != "none" else (None, models[:2])
+    kwargs = params(spec, len(tensors))
+    results = []
+    for n in (1, 2):
+        chunks.set_threads(n)
+        results.append(spec.stream(base, tensors, compute=torch.float32, out_dtype=torch.bfloat16, **kwargs))
+    chunks.set_threads(len(os.sched_getaffinity(0)))
+    assert torch.equal(results[0].view(torch.int16), results[1].view(torch.int16))

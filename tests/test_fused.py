@@ -4,6 +4,8 @@ count they accept; and the facts about torch they rest on."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -31,13 +33,18 @@ def whole(spec, base, tensors, kwargs):
     return spec.merge(base.float(), [t.float() for t in tensors], **kwargs)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}-threads")
+def threads(request):
+    chunks.set_threads(request.param)
+    yield request.param
+    chunks.set_threads(len(os.sched_getaffinity(0)))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 @pytest.mark.parametrize("count", [1, 2, 3, 4])
 @pytest.mark.parametrize("name", FUSED)
 def test_fused_equals_merge(name, count, dtype, threads):
     spec = METHODS[name]
-    fused.set_threads(threads)
     for n in SIZES:
         base, tensors = models(n, count, dtype, seed=n + count)
         kwargs = {"weight": [0.5, -0.3, 0.6, 0.25][:count], "normalize": True, "lambda_": 1.5}

@@ -14,7 +14,10 @@ a first pass over the chunks (reduce.Total keeps sums bit-identical).
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from mergepkg._lazy import torch
 from mergepkg.methods.reduce import BLOCK
@@ -55,9 +58,57 @@ class Scratch:
         return buf[:n].view(shape)
 
 
+# --- threads: on the CPU, chunks are shared out to threads of our own ------------------
+# torch runs one operation at a time on its threads, and an operation on one chunk is
+# too short to split well; a whole chunk per thread keeps every core busy. Streams that
+# do this run while torch uses one thread (engine.build_step), so the two never
+# oversubscribe the cores. torch's operations and numba's kernels release the GIL.
+
+_threads = len(os.sched_getaffinity(0))
+_pool: ThreadPoolExecutor | None = None
+_local = threading.local()  # per thread: its scratch buffers, by device
+
+
+def set_threads(n: int) -> None:
+    """How many threads streams share their chunks out to (`--threads`, else the cores)."""
+    global _threads, _pool
+    if n != _threads and _pool is not None:
+        _pool.shutdown()
+        _pool = None
+    _threads = max(1, n)
+
+
+def parallel(fn: Callable, items) -> list:
+    """[fn(x) for x in items], on the worker threads."""
+    global _pool
+    items = list(items)
+    if _threads == 1 or len(items) < 2:
+        return [fn(x) for x in items]
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="mergepkg-chunks")
+    return list(_pool.map(fn, items))
+
+
+def groups(spans_: list[slice]) -> list[list[slice]]:
+    """`spans_` dealt into one group of consecutive spans per worker thread."""
+    size = -(-len(spans_) // _threads)
+    return [spans_[i:i + size] for i in range(0, len(spans_), size)]
+
+
+def thread_scratch(device=None) -> Scratch:
+    """This thread's scratch buffers for `device`, kept from tensor to tensor."""
+    if not hasattr(_local, "scratch"):
+        _local.scratch = {}
+    key = str(torch.device(device)) if device is not None else "cpu"
+    if key not in _local.scratch:
+        _local.scratch[key] = Scratch(device)
+    return _local.scratch[key]
+
+
 class Flat:
     """Inputs of one output tensor, flattened, read chunk by chunk in the compute dtype.
-    What `*_at` return lives in scratch buffers until the next call for the same input."""
+    What `*_at` return lives in scratch buffers until the next call for the same input:
+    this thread's (`thread_scratch`)."""
 
     def __init__(self, base, tensors: Sequence, compute):
         self.base = base.reshape(-1) if base is not None else None
@@ -67,7 +118,7 @@ class Flat:
         self.device = (base if base is not None else tensors[0]).device
         self.n = self.tensors[0].numel()
         self.size = chunk_size(self.device)
-        self.scratch = Scratch(self.device)
+        self.scratch = thread_scratch(self.device)
 
     def spans(self) -> list[slice]:
         return spans(self.n, self.size)
@@ -93,12 +144,18 @@ class Flat:
 def elementwise(merge: Callable, base, tensors: Sequence, *, compute, out_dtype, out=None, **params):
     """Stream a merge whose every output entry depends only on the same entry of the
     inputs (linear): `merge` itself runs on each chunk, its result into `out=`, a
-    reused buffer (a fresh one per chunk costs page faults and cache misses)."""
-    flat = Flat(base, tensors, compute)
-    out = output(out, flat.shape, out_dtype, flat.device)
+    reused buffer (a fresh one per chunk costs page faults and cache misses); the
+    chunks are shared out to the worker threads."""
+    first = Flat(base, tensors, compute)
+    out = output(out, first.shape, out_dtype, first.device)
     dest = out.view(-1)
-    for span in flat.spans():
-        b = flat.base_at(span) if base is not None else None
-        result = flat.scratch.get("result", (span.stop - span.start,), compute)
-        dest[span].copy_(merge(b, [flat.input_at(i, span) for i in range(len(tensors))], out=result, **params))
+
+    def run(group: list[slice]):
+        flat = Flat(base, tensors, compute)  # this thread's scratch
+        for span in group:
+            b = flat.base_at(span) if base is not None else None
+            result = flat.scratch.get("result", (span.stop - span.start,), compute)
+            dest[span].copy_(merge(b, [flat.input_at(i, span) for i in range(len(tensors))], out=result, **params))
+
+    parallel(run, groups(first.spans()))
     return out

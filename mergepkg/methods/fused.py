@@ -18,10 +18,6 @@ whole-tensor merge bit for bit.
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from mergepkg._lazy import torch
@@ -43,33 +39,6 @@ def usable(base, tensors, compute, planner) -> bool:
             and planner in (None, "magnitude", "bernoulli"))
 
 
-# --- threads: the kernels' own; torch runs on one thread meanwhile (engine.build_step)
-
-_threads = len(os.sched_getaffinity(0))
-_pool: ThreadPoolExecutor | None = None
-_local = threading.local()  # per thread: its scratch buffers
-
-
-def set_threads(n: int) -> None:
-    """How many threads the kernels use (the engine passes --threads or the core count)."""
-    global _threads, _pool
-    if n != _threads and _pool is not None:
-        _pool.shutdown()
-        _pool = None
-    _threads = max(1, n)
-
-
-def _map(fn, items) -> list:
-    """[fn(x) for x in items], on the worker threads."""
-    global _pool
-    items = list(items)
-    if _threads == 1 or len(items) < 2:
-        return [fn(x) for x in items]
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="mergepkg-fused")
-    return list(_pool.map(fn, items))
-
-
 def _kernels():
     """kernels.py, imported on first use (it imports numba); an import statement, as
     LazyLoader is not safe when several threads touch the module first."""
@@ -78,22 +47,10 @@ def _kernels():
     return kernels
 
 
-def _scratch() -> chunks.Scratch:
-    if not hasattr(_local, "scratch"):
-        _local.scratch = chunks.Scratch()
-    return _local.scratch
-
-
 def _f32(name: str, source, span: slice) -> np.ndarray:
     """source[span] converted to float32 by torch, as a numpy view of a scratch buffer."""
     part = source[span]
-    return _scratch().get(name, part.shape, torch.float32).copy_(part).numpy()
-
-
-def _groups(spans: list[slice], count: int) -> list[list[slice]]:
-    """`spans` dealt into `count` groups of consecutive spans."""
-    size = -(-len(spans) // count)
-    return [spans[i:i + size] for i in range(0, len(spans), size)]
+    return chunks.thread_scratch().get(name, part.shape, torch.float32).copy_(part).numpy()
 
 
 def top_k(base, t, density: float, spans: list[slice]) -> sparsify.TopK:
@@ -103,20 +60,20 @@ def top_k(base, t, density: float, spans: list[slice]) -> sparsify.TopK:
 
     def band(span, lo, hi):
         x, b = _f32("x", t, span), _f32("b", base, span)
-        s = _scratch()
+        s = chunks.thread_scratch()
         values = s.get("values", (len(x) + 1,), torch.float32)
         index = s.get("index", (len(x) + 1,), torch.int64)
         above, count = _kernels().band(x, b, np.float32(lo), np.float32(hi), values.numpy(), index.numpy())
         return above, values[:count].clone(), index[:count] + span.start
 
     n = t.numel()
-    return sparsify.TopK(magnitudes, n, sparsify.top_k(density, n), spans, band=band, map=_map)
+    return sparsify.TopK(magnitudes, n, sparsify.top_k(density, n), spans, band=band, map=chunks.parallel)
 
 
 def rescale_factor(base, t, spans: list[slice], keep) -> float:
     """The L1 rescale factor of an input's thinned task vector (1.0 for none), summed
     as stream_task_vectors sums it; `keep(span, delta)` is 1 where an entry is kept."""
-    s = _scratch()
+    s = chunks.thread_scratch()
     before, after = reduce.Total(), reduce.Total()
     for span in spans:
         shape = (span.stop - span.start,)
@@ -153,7 +110,7 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
 
         def keep(i):
             def rule(span, delta):
-                s = _scratch()
+                s = chunks.thread_scratch()
                 magnitudes = torch.abs(delta, out=s.get("magnitudes", delta.shape, torch.float32))
                 return rules[i].keep(span, magnitudes, out=s.get("kept", delta.shape, torch.float32))
             return rule
@@ -163,12 +120,12 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
 
         def keep(i):
             def rule(span, delta):
-                kept = _scratch().get("kept", delta.shape, torch.float32)
+                kept = chunks.thread_scratch().get("kept", delta.shape, torch.float32)
                 kernels.drawn(seed[i], span.start, limit[i], kept.numpy())
                 return kept
             return rule
     if rescale and thinned:
-        factor[thinned] = _map(lambda i: rescale_factor(flat_base, flat[i], spans, keep(i)), thinned)
+        factor[thinned] = chunks.parallel(lambda i: rescale_factor(flat_base, flat[i], spans, keep(i)), thinned)
     # as merge_task_vectors: the weights' sum over dim 0, ~0 replaced by 1 (no sign election)
     divisor = float(torch.tensor(list(weight), dtype=torch.float32).view(-1, 1).sum(dim=0))
     divisor = np.float32(1.0 if abs(divisor) < 1e-8 else divisor)
@@ -178,7 +135,7 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
     dest = out.view(-1)
 
     def merge_group(group: list[slice]):
-        s = _scratch()
+        s = chunks.thread_scratch()
         for span in group:
             size = span.stop - span.start
             x = s.get("inputs", (inputs, size), torch.float32)
@@ -194,5 +151,5 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
                                     elect_sign, normalize, divisor, lam)
             dest[span].copy_(result)
 
-    _map(merge_group, _groups(spans, _threads))
+    chunks.parallel(merge_group, chunks.groups(spans))
     return out

@@ -59,6 +59,21 @@ class Total:
         if whole < piece.numel():
             self._tail = piece[whole:].sum().reshape(1)
 
+    @classmethod
+    def joined(cls, totals) -> Total:
+        """One Total of the consecutive pieces several Totals were given, in order: the
+        same block sums as one Total given every piece, so the same bits."""
+        totals = [t for t in totals if t._count]
+        if len(totals) == 1:
+            return totals[0]
+        joined = cls()
+        for t in totals:
+            if joined._tail is not None:
+                raise ValueError("only the last piece may end inside a block")
+            joined._parts += t._parts
+            joined._tail, joined._count = t._tail, joined._count + t._count
+        return joined
+
     def result(self) -> torch.Tensor:
         if self._count <= BLOCK:  # total() sums a short vector directly
             return self._small.sum() if self._small is not None else torch.zeros(())

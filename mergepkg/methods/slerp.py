@@ -49,21 +49,33 @@ def slerp(base: torch.Tensor, tensors: Sequence[torch.Tensor], *, t: float, eps:
 
 def stream_slerp(base, tensors, *, compute, out_dtype, t: float, eps: float = 1e-8, out=None) -> torch.Tensor:
     """slerp over chunks (chunks.py): the three sums in a first pass, then the combination,
-    every intermediate in a reused buffer."""
-    flat = chunks.Flat(base, tensors, compute)
-    aa, bb, ab = Total(), Total(), Total()
-    for span in flat.spans():
-        a, b = flat.base_at(span), flat.input_at(0, span)
-        product = flat.scratch.get("product", a.shape, compute)
-        aa.add(torch.mul(a, a, out=product))
-        bb.add(torch.mul(b, b, out=product))
-        ab.add(torch.mul(a, b, out=product))
+    every intermediate in a reused buffer and the chunks shared out to the worker threads."""
+    first = chunks.Flat(base, tensors, compute)
+
+    def sums(group: list[slice]) -> tuple[Total, Total, Total]:
+        flat = chunks.Flat(base, tensors, compute)  # this thread's scratch
+        aa, bb, ab = Total(), Total(), Total()
+        for span in group:
+            a, b = flat.base_at(span), flat.input_at(0, span)
+            product = flat.scratch.get("product", a.shape, compute)
+            aa.add(torch.mul(a, a, out=product))
+            bb.add(torch.mul(b, b, out=product))
+            ab.add(torch.mul(a, b, out=product))
+        return aa, bb, ab
+
+    parts = chunks.parallel(sums, chunks.groups(first.spans()))
+    aa, bb, ab = (Total.joined(p[k] for p in parts) for k in range(3))
     coefficients = _coefficients(aa.result(), bb.result(), ab.result(), t, eps)
-    out = chunks.output(out, flat.shape, out_dtype, flat.device)
+    out = chunks.output(out, first.shape, out_dtype, first.device)
     dest = out.view(-1)
-    for span in flat.spans():
-        result = flat.scratch.get("result", (span.stop - span.start,), compute)
-        dest[span].copy_(_combine(flat.base_at(span), flat.input_at(0, span), t, coefficients, out=result))
+
+    def combine(group: list[slice]) -> None:
+        flat = chunks.Flat(base, tensors, compute)
+        for span in group:
+            result = flat.scratch.get("result", (span.stop - span.start,), compute)
+            dest[span].copy_(_combine(flat.base_at(span), flat.input_at(0, span), t, coefficients, out=result))
+
+    chunks.parallel(combine, chunks.groups(first.spans()))
     return out
 
 
@@ -78,5 +90,5 @@ SPEC = MethodSpec(
     fp32=True,
     max_inputs=1,
     stream=stream_slerp,
-    light=True,  # two passes of a few operations per entry (measured: 1 torch thread saves 1.4 s of CPU)
+    light=True,
 )

@@ -86,8 +86,8 @@ class MethodSpec:
     # the result's shape and dtype). None: the engine converts and calls merge.
     stream: Callable[..., Any] | None = None
     rows: bool = False  # elementwise: a block of rows of the inputs gives those rows of the result
-    light: bool = False  # a few operations per entry: reading, writing and hashing are the work
-    fused: bool = False  # on the CPU, `stream` may run on fused.py's kernels and their own threads
+    light: bool = False  # `stream` shares its chunks out to threads of its own (chunks.parallel): torch gets one
+    fused: bool = False  # on the CPU, `stream` may run on fused.py's kernels, shared out likewise
     # computed(layout, folders, *, device, seed) -> {output tensor name: tensor}: the
     # output tensors no input tensor gives (OutputTensor.parts empty; MoE routers),
     # computed once before streaming. None: every output tensor has parts.
