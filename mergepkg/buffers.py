@@ -1,10 +1,11 @@
-"""Reusing the memory that input tensors are read into.
+"""Reusing the memory that input tensors are read into and results are written into.
 
-Reading into fresh memory costs a page fault per 4 KiB page (on virtual machines, about
-a microsecond each: a 128 MiB tensor reads 4.5x slower into new memory than into memory
+Fresh memory costs a page fault per 4 KiB page (on virtual machines, about a
+microsecond each: a 128 MiB tensor reads 4.5x slower into new memory than into memory
 used before). Layers repeat their shapes, so buffers of the same size come back again
-and again. The engine gives a buffer back explicitly once the method that read it has
-returned: only for methods whose result never shares memory with their inputs.
+and again. The engine gives buffers back explicitly: an input's once the method that
+read it has returned (only for streaming methods, whose result never shares memory
+with their inputs), a result's once the writer has written and hashed it.
 """
 
 from __future__ import annotations

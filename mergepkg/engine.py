@@ -157,7 +157,10 @@ def build_step(
         tensor = merge_tensor(layout, out, loaded, device=device, seed=seed, into=into)
         if buffers is not None:
             buffers.give_back(loaded)
-        return tensor
+        if into is not None and tensor.data_ptr() != into.data_ptr():  # the method made its own result
+            buffers.give_back([into])
+            into = None
+        return tensor, into is not None  # pooled: given back once written and hashed
 
     def merge_in_rows(out: OutputTensor):
         """Merge `out` a block of rows at a time (elementwise methods, under a memory limit)."""
@@ -166,7 +169,7 @@ def build_step(
             stop = min(rows, start + block)
             loaded = [readers[p.model].get_rows(p.tensor, start, stop) for p in out.parts]
             share = budget.inputs(infos, out) * (stop - start) // rows
-            yield merge_loaded(out, loaded, stop - start), share, start == 0, stop == rows
+            yield *merge_loaded(out, loaded, stop - start), share, start == 0, stop == rows
 
     results: queue.Queue = queue.Queue(maxsize=budget.results_waiting)
     failure: list[BaseException] = []
@@ -175,9 +178,9 @@ def build_step(
         while (item := results.get()) is not None:
             if failure:
                 continue  # drain so the producer never blocks
-            name, tensor, nbytes, first, last = item
+            name, tensor, pooled, nbytes, first, last = item
             try:
-                done = (lambda t=tensor: buffers.give_back([t])) if buffers is not None else None
+                done = (lambda t=tensor: buffers.give_back([t])) if pooled else None
                 writer.write(name, tensor, first=first, last=last, done=done)
                 reporter.tensor_done(nbytes)
             except BaseException as e:  # surfaced on the calling thread
@@ -194,14 +197,14 @@ def build_step(
                 ahead = i + 1 < len(tensors) and budget.read_ahead(layout, infos, out, tensors[i + 1])
                 pending = pool.submit(load, tensors[i + 1]) if ahead else None
                 if loaded is not None:
-                    pieces = [(merge_loaded(out, loaded), budget.inputs(infos, out), True, True)]
+                    pieces = [(*merge_loaded(out, loaded), budget.inputs(infos, out), True, True)]
                     del loaded
                 else:
                     pieces = merge_in_rows(out)
-                for tensor, nbytes, first, last in pieces:
+                for tensor, pooled, nbytes, first, last in pieces:
                     if failure:
                         break
-                    results.put((out.name, tensor, nbytes, first, last))
+                    results.put((out.name, tensor, pooled, nbytes, first, last))
                 if failure:
                     break
     finally:

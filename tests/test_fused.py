@@ -4,8 +4,6 @@ count they accept; and the facts about torch they rest on."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -37,7 +35,7 @@ def whole(spec, base, tensors, kwargs):
 def threads(request):
     chunks.set_threads(request.param)
     yield request.param
-    chunks.set_threads(len(os.sched_getaffinity(0)))
+    chunks.set_threads(chunks.cpu_count())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
@@ -47,7 +45,7 @@ def test_fused_equals_merge(name, count, dtype, threads):
     spec = METHODS[name]
     for n in SIZES:
         base, tensors = models(n, count, dtype, seed=n + count)
-        kwargs = {"weight": [0.5, -0.3, 0.6, 0.25][:count], "normalize": True, "lambda_": 1.5}
+        kwargs = {"weight": [0.5, -0.3, 0.6, 0.25][:count], "normalize": n % 2 == 1, "lambda_": [1.5, 0.3][n % 2]}
         if spec.param("density"):
             kwargs.update(density=[0.5, 0.3, 1.0, 0.9][:count], rescale=count % 2 == 1)
         if spec.random:
@@ -99,16 +97,71 @@ def test_what_it_does_not_cover_takes_the_torch_path():
     assert torch.equal(streamed, whole(spec, base, tensors, kwargs).to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("count", [2, 3, 4])
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
 def test_torch_sums_up_to_four_inputs_in_order(count):
-    # what the kernels' input-order sums rest on, for the sizes a chunk can have
+    # what the kernels' sums rest on, for the sizes a chunk can have: from +0.0, in order
     g = torch.Generator().manual_seed(count)
     for n in [1, 3, 15, 16, 17, 31, 33, 1000, 8192, 8197, chunks.CHUNK]:
         x = torch.randn(count, n, generator=g) * torch.logspace(-4, 4, count).view(-1, 1)
-        in_order = x[0].clone()
-        for row in x[1:]:
+        x[:, ::7] = -0.0  # a sum of negative zeros is +0.0
+        x[1:, 1::7] = 0.0
+        in_order = torch.zeros(n)
+        for row in x:
             in_order = in_order + row
-        assert torch.equal(torch.sum(x, dim=0), in_order), n
+        assert torch.equal(torch.sum(x, dim=0).view(torch.int32), in_order.view(torch.int32)), n
+
+
+def test_signed_zeros_come_out_as_in_torch():
+    # a base entry of -0.0 whose deltas are all signed zeros: dropped (v * 0), weighted
+    # by a negative weight, or equal inputs
+    base = torch.zeros(64)
+    base[::2] = -0.0
+    tensors = [base.clone(), base.clone()]
+    tensors[0][::3] = -1.0
+    tensors[1][1::3] = 2.0
+    for name, kwargs in [("ties", {"weight": [1.0, 1.0], "density": [0.5, 0.5], "normalize": True}),
+                         ("dare_ties", {"weight": [1.0, 1.0], "density": [0.01, 0.01], "normalize": False}),
+                         ("task_arithmetic", {"weight": [-0.5, -0.5], "normalize": False})]:
+        spec = METHODS[name]
+        if spec.random:
+            kwargs["rng"] = lambda i: torch.Generator().manual_seed(i)
+        for dtype in (torch.float32, torch.bfloat16):
+            streamed = spec.stream(base.to(dtype), [t.to(dtype) for t in tensors], compute=torch.float32,
+                                   out_dtype=dtype, **kwargs)
+            expected = whole(spec, base, tensors, kwargs).to(dtype)
+            assert torch.equal(streamed.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)), name
+
+
+@pytest.mark.parametrize("weight", [[1e-8], [-1e-8], [9.99999994e-09], [5e-9, 5e-9], [0.3, -0.3]])
+@pytest.mark.parametrize("lambda_", [1.0, 0.3])
+def test_weight_sums_near_zero_and_lambda(weight, lambda_):
+    base, tensors = models(20_000, len(weight), torch.float32)
+    for name in ("task_arithmetic", "dare_linear"):
+        spec = METHODS[name]
+        for normalize in (True, False):
+            kwargs = {"weight": weight, "normalize": normalize, "lambda_": lambda_}
+            if spec.random:
+                kwargs.update(density=[0.5] * len(weight), rescale=True, rng=lambda i: torch.Generator().manual_seed(i))
+            streamed = spec.stream(base, tensors, compute=torch.float32, out_dtype=torch.float32, **kwargs)
+            expected = whole(spec, base, tensors, kwargs)
+            assert torch.equal(streamed.view(torch.int32), expected.view(torch.int32)), (name, kwargs)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_nan_and_inf_with_thinning(name):
+    spec = METHODS[name]
+    base, tensors = models(30_000, 3, torch.float32, seed=5)
+    tensors[0][10], tensors[1][20], tensors[2][30] = float("nan"), float("inf"), -float("inf")
+    base[40] = float("nan")
+    kwargs = {"weight": [0.5, 0.3, 0.2], "normalize": False}
+    if spec.param("density"):
+        kwargs.update(density=[0.5, 0.7, 1.0], rescale=name != "ties")
+    if spec.random:
+        kwargs["rng"] = lambda i: torch.Generator().manual_seed(i)
+    streamed = spec.stream(base, tensors, compute=torch.float32, out_dtype=torch.float32, **kwargs)
+    expected = whole(spec, base, tensors, kwargs)
+    assert torch.equal(streamed.isnan(), expected.isnan())
+    assert torch.equal(streamed.nan_to_num(0).view(torch.int32), expected.nan_to_num(0).view(torch.int32))
 
 
 @pytest.mark.parametrize("density", [0.5, 0.3, 0.01, 0.999])

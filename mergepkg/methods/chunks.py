@@ -64,7 +64,13 @@ class Scratch:
 # do this run while torch uses one thread (engine.build_step), so the two never
 # oversubscribe the cores. torch's operations and numba's kernels release the GIL.
 
-_threads = len(os.sched_getaffinity(0))
+def cpu_count() -> int:
+    """The cores this process may run on (all of them where the OS cannot say)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+_threads = cpu_count()
 _pool: ThreadPoolExecutor | None = None
 _local = threading.local()  # per thread: its scratch buffers, by device
 

@@ -7,8 +7,9 @@ are shared out among threads (numba releases the GIL, as torch does).
 
 Same bits: every float operation is the one `merge_task_vectors` does, in float32, in
 the same order; numba, without fastmath, neither fuses nor reorders them. The sums
-over inputs run in input order, which is what torch's sum over dim 0 does for up to
-four inputs (tests check it); more inputs take the torch path. Conversions between the
+over inputs start at +0.0 and run in input order, which is what torch's sum over dim 0
+does for up to four inputs (tests check it, signed zeros included); more inputs take
+the torch path. Conversions between the
 stored dtype and float32 stay torch's (`copy_`), so rounding to bfloat16 is torch's.
 
 Used on the CPU for float32 compute, 1-4 inputs, and the thinners top-k (TIES) and
@@ -61,8 +62,8 @@ def top_k(base, t, density: float, spans: list[slice]) -> sparsify.TopK:
     def band(span, lo, hi):
         x, b = _f32("x", t, span), _f32("b", base, span)
         s = chunks.thread_scratch()
-        values = s.get("values", (len(x) + 1,), torch.float32)
-        index = s.get("index", (len(x) + 1,), torch.int64)
+        values = s.get("values", (len(x),), torch.float32)
+        index = s.get("index", (len(x),), torch.int64)
         above, count = _kernels().band(x, b, np.float32(lo), np.float32(hi), values.numpy(), index.numpy())
         return above, values[:count].clone(), index[:count] + span.start
 
@@ -126,9 +127,10 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
             return rule
     if rescale and thinned:
         factor[thinned] = chunks.parallel(lambda i: rescale_factor(flat_base, flat[i], spans, keep(i)), thinned)
-    # as merge_task_vectors: the weights' sum over dim 0, ~0 replaced by 1 (no sign election)
-    divisor = float(torch.tensor(list(weight), dtype=torch.float32).view(-1, 1).sum(dim=0))
-    divisor = np.float32(1.0 if abs(divisor) < 1e-8 else divisor)
+    # as merge_task_vectors computes it: the weights' sum, ~0 replaced by 1 (no sign election)
+    divisor = torch.tensor(list(weight), dtype=torch.float32).view(-1, 1).sum(dim=0)
+    divisor[divisor.abs() < 1e-8] = 1
+    divisor = np.float32(divisor.item())
     lam = np.float32(lambda_)
 
     out = chunks.output(out, base.shape, out_dtype, base.device)

@@ -15,7 +15,7 @@ import numpy as np
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def band(x, b, lo, hi, values, index):
     """Entries with |x - b| > hi (a count); those in [lo, hi] written to values/index
-    (each one entry longer than x). NaN is neither.
+    (as long as x). NaN is neither.
 
     Without branches: at a density of 0.5, `> hi` is a coin flip, and a mispredicted
     branch per entry made this 5x slower. Every entry is written; only those in the
@@ -72,7 +72,7 @@ def _top_k(v, threshold, cut, at):
 def _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam):
     """bj + lam * combine(d): merge_task_vectors after thinning and weighting, one entry."""
     one, zero = np.float32(1.0), np.float32(0.0)
-    mixed = d0
+    mixed = zero + d0  # torch's sums start at +0.0: a sum of -0.0s is +0.0
     if n > 1:
         mixed = mixed + d1
     if n > 2:
@@ -83,7 +83,7 @@ def _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, l
     if elect:
         sign = np.float32(mixed >= zero) * np.float32(2.0) - one  # +1 on a tie, as torch.ge(mixed, 0) * 2 - 1
         agree = np.float32(d0 * sign > zero)
-        mixed, total = d0 * agree, agree * w0
+        mixed, total = zero + d0 * agree, zero + agree * w0
         if n > 1:
             agree = np.float32(d1 * sign > zero)
             mixed, total = mixed + d1 * agree, total + agree * w1
