@@ -125,8 +125,12 @@ def build_step(
     workers = threads or default_threads()
     own = layout.method.fused and fused.covers(compute_dtype(layout), len(step.models) - 1, device)
     torch.set_num_threads(1 if own or layout.method.light else workers)
-    chunks.set_threads(workers)
+    if own:
+        fused.load()  # numba and the kernels (120 MB): resident before the budget is measured
     budget = for_process(max_memory)
+    # under a limit, one thread: each one's scratch and allocator arena cost memory
+    # (measured: linear under 600MB peaked at 0.94 GB on two threads, 0.54 GB on one)
+    chunks.set_threads(1 if budget.limit else workers)
     # a streaming method's result never shares memory with its inputs: their buffers
     # can be reused as soon as it returns
     buffers = BufferPool(budget.limit // 8 if budget.limit else None) if layout.method.stream else None
@@ -150,7 +154,8 @@ def build_step(
 
     def merge_loaded(out: OutputTensor, loaded: list, rows: int | None = None):
         into = None
-        if buffers is not None and torch.device(device).type == "cpu":  # results, like inputs, in reused memory
+        # results, like inputs, in reused memory (not under a limit: a pooled result stays resident)
+        if buffers is not None and torch.device(device).type == "cpu" and not budget.limit:
             shape = out.info.shape if rows is None else (rows, *out.info.shape[1:])
             dtype = torch_dtype(out.info.dtype)
             into = buffers.tensor(dtype, shape, math.prod(shape) * dtype.itemsize)

@@ -48,6 +48,11 @@ def _kernels():
     return kernels
 
 
+def load() -> None:
+    """Import numba and load the compiled kernels now (compiling them the first time)."""
+    _kernels().warm()
+
+
 def _f32(name: str, source, span: slice) -> np.ndarray:
     """source[span] converted to float32 by torch, as a numpy view of a scratch buffer."""
     part = source[span]

@@ -144,3 +144,15 @@ def merge_drawn(x, b, out, start, seed, limit, factor, weight, elect, normalize,
         d2 = (x[r2, j] - bj) * np.float32(_draw(s2, at) < k2) * f2 * w2
         d3 = (x[r3, j] - bj) * np.float32(_draw(s3, at) < k3) * f3 * w3
         out[j] = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam)
+
+
+def warm() -> None:
+    """Load (or compile, the first time) every kernel for the argument types the
+    drivers pass, so their memory is resident from here on."""
+    x, v = np.zeros((1, 1), np.float32), np.zeros(1, np.float32)
+    four, cut = np.ones(4, np.float32), np.zeros(4, np.int64)
+    band(v, v, np.float32(0), np.float32(1), np.zeros(1, np.float32), np.zeros(1, np.int64))
+    drawn(np.uint64(1), 0, np.uint64(1), np.zeros(1, np.float32))
+    merge_top_k(x, v, np.zeros(1, np.float32), 0, four, cut, four, four, True, True, np.float32(1), np.float32(1))
+    merge_drawn(x, v, np.zeros(1, np.float32), 0, np.zeros(4, np.uint64), np.ones(4, np.uint64), four, four,
+                True, True, np.float32(1), np.float32(1))
