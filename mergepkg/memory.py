@@ -17,6 +17,7 @@ for random methods, one draw (4n) and mask (n) per input; others convert every i
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from dataclasses import dataclass
@@ -41,12 +42,31 @@ def resident_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
+def return_freed_memory() -> None:
+    """Make glibc give large freed blocks back to the OS at once. By default it raises
+    its mmap threshold as blocks are freed (up to 32 MB) and keeps later ones in its
+    heaps, where freed memory stays resident: linear under `--max-memory 700MB` peaked
+    at 0.59-0.68 GB, against 0.46 GB with a fixed 1 MiB threshold. Elsewhere, nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
 def for_process(limit: int | None) -> Budget:
     """The engine's share of a whole-process limit: what is not already in use (the
     interpreter, torch's libraries)."""
     if limit is None:
         return Budget(None)
     import torch  # noqa: F401 - loaded now, so its libraries count as already in use
+
+    return_freed_memory()
 
     used = resident_bytes()
     if limit - used < 4 * CHUNK_WORK:
