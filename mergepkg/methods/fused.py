@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from mergepkg._lazy import torch
-from mergepkg.methods import chunks, reduce, sparsify
+from mergepkg.methods import chunks, sparsify, task_vectors
 
 MAX_INPUTS = 4  # torch sums up to four inputs in order; past that its order is its own
 DTYPES = ("float32", "bfloat16", "float16")  # stored dtypes that torch converts to float32 here
@@ -76,21 +76,6 @@ def top_k(base, t, density: float, spans: list[slice]) -> sparsify.TopK:
     return sparsify.TopK(magnitudes, n, sparsify.top_k(density, n), spans, band=band, map=chunks.parallel)
 
 
-def rescale_factor(base, t, spans: list[slice], keep) -> float:
-    """The L1 rescale factor of an input's thinned task vector (1.0 for none), summed
-    as stream_task_vectors sums it; `keep(span, delta)` is 1 where an entry is kept."""
-    s = chunks.thread_scratch()
-    before, after = reduce.Total(), reduce.Total()
-    for span in spans:
-        shape = (span.stop - span.start,)
-        delta = torch.sub(s.get("x", shape, torch.float32).copy_(t[span]),
-                          s.get("b", shape, torch.float32).copy_(base[span]))
-        before.add(torch.abs(delta, out=s.get("abs", shape, torch.float32)))  # reused: no page faults
-        after.add(delta.mul_(keep(span, delta)).abs_())
-    factor = sparsify.rescale_factor(before.result(), after.result())
-    return 1.0 if factor is None else float(factor)
-
-
 def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=None, rescale=False,
            rng=None, elect_sign: bool, planner: str | None, out=None):
     """task_vectors.stream_task_vectors on fused kernels: the same bits."""
@@ -131,7 +116,11 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
                 return kept
             return rule
     if rescale and thinned:
-        factor[thinned] = chunks.parallel(lambda i: rescale_factor(flat_base, flat[i], spans, keep(i)), thinned)
+        def rescale_factor(i):  # as the torch stream sums it, on this thread's scratch
+            f = task_vectors.l1_rescale(chunks.Flat(flat_base, [flat[i]], torch.float32), 0, keep(i))
+            return 1.0 if f is None else float(f)
+
+        factor[thinned] = chunks.parallel(rescale_factor, thinned)
     # as merge_task_vectors computes it: the weights' sum, ~0 replaced by 1 (no sign election)
     divisor = torch.tensor(list(weight), dtype=torch.float32).view(-1, 1).sum(dim=0)
     divisor[divisor.abs() < 1e-8] = 1
