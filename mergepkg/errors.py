@@ -11,6 +11,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
+
+Self = TypeVar("Self", bound="MergepkgError")
 
 
 class MergepkgError(Exception):
@@ -24,6 +27,7 @@ class MergepkgError(Exception):
         line: int | None = None,
         key: str | None = None,
         hint: str | None = None,
+        tensor: str | None = None,
     ):
         super().__init__(message)
         self.message = message
@@ -31,6 +35,17 @@ class MergepkgError(Exception):
         self.line = line
         self.key = key
         self.hint = hint
+        self.tensor = tensor  # the output tensor being merged, for errors of the engine
+
+    def at(self, *, file: str | Path | None = None, line: int | None = None, key: str | None = None,
+           tensor: str | None = None) -> Self:
+        """This error, placed where it happened as far as its raiser could not say: a key
+        path (with its file and line) and a tensor fill in only what is missing."""
+        if key is not None and self.key is None:
+            self.file, self.line, self.key = (str(file) if file is not None else self.file), line, key
+        if tensor is not None and self.tensor is None:
+            self.tensor = tensor
+        return self
 
     @property
     def where(self) -> str:
@@ -40,6 +55,8 @@ class MergepkgError(Exception):
             parts.append(f"{self.file}:{self.line}" if self.line else self.file)
         if self.key:
             parts.append(self.key)
+        if self.tensor:
+            parts.append(self.tensor)
         return ": ".join(parts)
 
     def __str__(self) -> str:
@@ -79,6 +96,10 @@ class MergeError(MergepkgError, ArithmeticError):
 
 class BuildError(MergepkgError, RuntimeError):
     """Building a step failed for a reason that is not the recipe's fault."""
+
+
+class StoreError(MergepkgError, LookupError):
+    """The store has no artifact that matches what was asked for."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

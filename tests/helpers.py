@@ -42,10 +42,10 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 def build_recipe(recipe_path: Path, out: Path | None = None, *, seed: int | None = None, mode: str = "update", **settings):
     """Build through the library with a fresh Session (MERGEPKG_HOME is per test)."""
-    from mergepkg.build import build
-    from mergepkg.parse import load_recipe
-    from mergepkg.resolve import Session
+    from mergepkg.builder.build import build
+    from mergepkg.recipe.parse import load_recipe
     from mergepkg.settings import Settings
+    from mergepkg.store.session import Session
 
     return build(load_recipe(recipe_path), Session(Settings(**settings)), out=out, seed=seed, mode=mode)
 

@@ -8,8 +8,10 @@ import pytest
 import torch
 from helpers import build_one, build_recipe, load_tensors
 
-from mergepkg.parse import load_recipe
-from mergepkg.resolve import Session, layouts, resolve
+from mergepkg.layout.steps import lay_out
+from mergepkg.recipe.parse import load_recipe
+from mergepkg.resolve.resolution import resolve
+from mergepkg.store.session import Session
 
 W = "weight = 1.0"
 STEPS = {
@@ -120,7 +122,7 @@ def test_steps_feed_steps_and_tokenizer_choice(write_recipe, tmp_path, models):
                         + 'tokenizer = "soup"\n')
     res = resolve(load_recipe(path), Session())
     assert res.plan.order == ("soup", "final")
-    laid, _ = layouts(res, {n: s.folder for n, s in res.sources.items()})
+    laid, _ = lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})
     assert laid["final"].tokenizer_from == "soup"
     outputs = build_recipe(path, tmp_path / "out").outputs
     assert list(outputs) == ["final"] and (tmp_path / "out" / "tokenizer.json").is_file()
@@ -142,7 +144,7 @@ def test_random_methods_are_reproducible_and_order_independent(write_recipe, tmp
 
 def test_validate_reports_sizes_without_reading_tensors(write_recipe):
     res = resolve(load_recipe(write_recipe(step("linear"))), Session())
-    layout = layouts(res, {n: s.folder for n, s in res.sources.items()})[0]["m"]
+    layout = lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})[0]["m"]
     assert layout.bytes_in == 2 * layout.bytes_out > 0
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mergepkg.methods import METHODS, chunks, sparsify
-from mergepkg.methods.reduce import BLOCK, Total, total
+from mergepkg.methods import METHODS, sparsify
+from mergepkg.methods.kernels import chunks
+from mergepkg.methods.kernels.reduce import BLOCK, Total, total
 
 # moe's `stream` copies one tensor's stored bytes (tests/test_moe.py checks them): no merge arithmetic to chunk
 STREAMING = sorted(name for name, spec in METHODS.items() if spec.stream and name != "moe")

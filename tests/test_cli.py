@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import cli, load_tensors, run_cli
+
 from mergepkg import __version__
-from mergepkg.build import MARKER
+from mergepkg.builder.outputs import MARKER
 from mergepkg.cli.app import main
 from mergepkg.errors import MergepkgError
 from mergepkg.methods import METHODS

@@ -17,11 +17,10 @@ from helpers import THREE, load_tensors
 from hfcache import add_to_cache
 
 from mergepkg._toml import tomllib
-from mergepkg.build import MARKER
+from mergepkg.builder.outputs import MARKER
 from mergepkg.cli.app import main
 from mergepkg.cli.common import size
-from mergepkg.store import MANIFEST
-
+from mergepkg.store.local import MANIFEST
 
 EDIT_B = ('model = "ft3", weight = 0.5', 'model = "ft3", weight = 0.25')
 EDGES = {("base", "a"), ("ft1", "a"), ("ft2", "a"), ("a", "b"), ("ft3", "b"), ("ft2", "z"), ("ft3", "z")}

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from mergepkg import direct
+from mergepkg.io import direct
 
 SIZES = [0, 1, 4095, 4096, 4097, direct.STAGE - 1, direct.STAGE + 12345]
 

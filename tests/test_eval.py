@@ -11,9 +11,11 @@ from hfcache import add_to_cache
 
 from mergepkg.cli.app import main
 from mergepkg.errors import RecipeError
-from mergepkg.evaluate import EvalCache, evaluate, load_task
-from mergepkg.resolve import Session
-from mergepkg.targets import resolve_targets
+from mergepkg.eval.run import evaluate_model
+from mergepkg.eval.targets import target_models
+from mergepkg.eval.tasks import load_task
+from mergepkg.store.evals import EvalCache
+from mergepkg.store.session import Session
 
 
 def reference_accuracy(folder, examples):
@@ -52,15 +54,15 @@ def tasks(tmp_path, models):
 
 
 def test_exact_match_and_perplexity(tasks, models):
-    from mergepkg.evaluate import _examples
+    from mergepkg.eval.run import examples
 
     good, bad, text = tasks
     session = Session()
     task_list = [load_task(p, session.hashes) for p in (good, bad, text)]
-    model = resolve_targets(str(models["base"]), session)[0]
-    results = evaluate(model.folder, model.key, task_list, EvalCache(session.settings))
+    model = target_models(str(models["base"]), session)[0]
+    results = evaluate_model(model.folder, model.key, task_list, EvalCache(session.settings.home))
     assert [r.metric for r in results] == ["exact_match", "exact_match", "perplexity"]
-    assert results[0].value == reference_accuracy(models["base"], _examples(task_list[0])) and results[0].n == 8
+    assert results[0].value == reference_accuracy(models["base"], examples(task_list[0])) and results[0].n == 8
     assert results[1].value == 0.0
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,16 +77,16 @@ def test_results_are_cached_by_model_key_and_task_hash(tasks, models, monkeypatc
     good, _, _ = tasks
     session = Session()
     task = load_task(good, session.hashes)
-    model = resolve_targets(str(models["base"]), session)[0]
-    cache = EvalCache(session.settings)
-    first = evaluate(model.folder, model.key, [task], cache)
+    model = target_models(str(models["base"]), session)[0]
+    cache = EvalCache(session.settings.home)
+    first = evaluate_model(model.folder, model.key, [task], cache)
     import transformers
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: 1 / 0)
-    assert evaluate(model.folder, model.key, [task], cache) == first  # no model loaded
+    assert evaluate_model(model.folder, model.key, [task], cache) == first  # no model loaded
     good.write_text(good.read_text() + json.dumps({"prompt": "x", "answer": "y"}) + "\n")
     with pytest.raises(ZeroDivisionError):  # new task content: not cached
-        evaluate(model.folder, model.key, [load_task(good, session.hashes)], cache)
+        evaluate_model(model.folder, model.key, [load_task(good, session.hashes)], cache)
 
 
 def test_recipe_targets_build_steps_and_cli_json(tasks, write_recipe, capsys):
@@ -115,13 +117,13 @@ def test_hub_target_offline(tasks, models, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     session = Session()
-    (model,) = resolve_targets("tiny/base@main", session)
+    (model,) = target_models("tiny/base@main", session)
     assert model.folder.parent.name == "snapshots"
-    local = resolve_targets(str(models["base"]), session)[0]
+    local = target_models(str(models["base"]), session)[0]
     assert model.key != local.key  # the hub pin includes the commit
     task = [load_task(good, session.hashes)]
-    cache = EvalCache(session.settings)
-    assert evaluate(model.folder, model.key, task, cache)[0].value == evaluate(local.folder, local.key, task, cache)[0].value
+    cache = EvalCache(session.settings.home)
+    assert evaluate_model(model.folder, model.key, task, cache)[0].value == evaluate_model(local.folder, local.key, task, cache)[0].value
 
 
 def test_bad_task_lines_and_targets_are_located(tmp_path, models, write_recipe):
@@ -129,12 +131,12 @@ def test_bad_task_lines_and_targets_are_located(tmp_path, models, write_recipe):
     bad.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n')
     session = Session()
     task = load_task(bad, session.hashes)
-    model = resolve_targets(str(models["base"]), session)[0]
+    model = target_models(str(models["base"]), session)[0]
     with pytest.raises(RecipeError) as info:
-        evaluate(model.folder, model.key, [task], EvalCache(session.settings))
+        evaluate_model(model.folder, model.key, [task], EvalCache(session.settings.home))
     assert info.value.line == 2
     with pytest.raises(RecipeError, match="did you mean 'soup'"):
-        resolve_targets(str(write_recipe('[steps.soup]\nmethod = "passthrough"\ninputs = ["ft1"]\n')) + ":sopu", session)
+        target_models(str(write_recipe('[steps.soup]\nmethod = "passthrough"\ninputs = ["ft1"]\n')) + ":sopu", session)
 
 
 def test_model_card_shows_eval_results(tasks, write_recipe, tmp_path, capsys):

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from helpers import build_recipe
 
-from mergepkg.parse import load_recipe
+from mergepkg.recipe.parse import load_recipe
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from mergepkg.build import MARKER
-from mergepkg.lock import lock_path, read_lock, recipe_hash
-from mergepkg.parse import load_recipe
-from mergepkg.store import MANIFEST, Store
-from mergepkg.tensors import model_digest
+from mergepkg.builder.outputs import MARKER
+from mergepkg.io.digest import model_digest
+from mergepkg.lockfile import lock_path, read_lock, recipe_hash
+from mergepkg.recipe.parse import load_recipe
+from mergepkg.store.local import MANIFEST, Store
 
 MERGEPKG = str(Path(sys.executable).parent / "mergepkg")
 STAGING = ".mergepkg-build-"  # place_outputs' temp folder beside --out
@@ -615,8 +615,8 @@ def test_step_order_in_the_recipe_does_not_count(models, tmp_path):
 WRITER = r"""
 import sys
 from pathlib import Path
-from mergepkg.lock import Lock, write_lock
-from mergepkg.resolve import Session
+from mergepkg.lockfile import Lock, write_lock
+from mergepkg.store.session import Session
 from mergepkg.settings import Settings
 what, target, me = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 if what == "lock":
@@ -625,7 +625,7 @@ if what == "lock":
 else:
     session = Session(Settings(home=target))
     for n in range(40):
-        session.add_root(Path(f"/recipes/{me}/{n}/mergepkg.lock"))
+        session.store.add_root(Path(f"/recipes/{me}/{n}/mergepkg.lock"))
 """
 
 

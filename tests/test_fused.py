@@ -1,4 +1,4 @@
-"""fused.py and kernels.py: the task-vector family on compiled kernels gives the same
+"""methods/fused.py and kernels/compiled.py: the task-vector family on compiled kernels gives the same
 bits as the whole-tensor merge, for every input count, dtype, parameter and thread
 count they accept; and the facts about torch they rest on."""
 
@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mergepkg.methods import METHODS, chunks, fused, sparsify
+from mergepkg.methods import METHODS, fused, sparsify
+from mergepkg.methods.kernels import chunks, compiled
 
 FUSED = sorted(name for name, spec in METHODS.items() if spec.fused)
 SIZES = [1, 7, chunks.CHUNK + 8195]  # one entry; a ragged few; more than a chunk, ragged
@@ -177,13 +178,11 @@ def test_fused_top_k_equals_top_k(density):
 
 @pytest.mark.parametrize("seed", [0, 1, 2**62 + 12345, 2**63 - 1])
 def test_drawn_masks_equal_torch_draws(seed):
-    from mergepkg.methods import kernels
-
     start, n = 1 << 33, 100_003  # past 2**32: the index arithmetic is 64-bit
     for density in (0.5, 0.1, 0.999):
         limit = sparsify.draw_limit(density)
         out = torch.empty(n)
-        kernels.drawn(seed, start, limit, out.numpy())
+        compiled.drawn(seed, start, limit, out.numpy())
         assert torch.equal(out.bool(), sparsify.draws(seed, start, n) < limit)
 
 

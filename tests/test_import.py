@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import build_one, load_tensors
+
 from mergepkg.cli.app import main
 from mergepkg.errors import RecipeError
-from mergepkg.mergekit_import import convert, import_mergekit
-from mergepkg.parse import parse_recipe
-from mergepkg.recipe import Condition
+from mergepkg.importers.mergekit.convert import convert, import_mergekit
+from mergepkg.recipe.model import Condition
+from mergepkg.recipe.parse import parse_recipe
 
 CONFIGS = Path(__file__).parent / "mergekit_configs"
 

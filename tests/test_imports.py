@@ -6,8 +6,9 @@ import pytest
 from helpers import build_recipe
 
 from mergepkg.errors import PlanError, RecipeError
-from mergepkg.parse import load_recipe
-from mergepkg.resolve import Session, resolve
+from mergepkg.recipe.parse import load_recipe
+from mergepkg.resolve.resolution import resolve
+from mergepkg.store.session import Session
 
 OTHER = """
 [steps.soup]
@@ -46,11 +47,11 @@ def test_errors_inside_an_imported_step_point_into_its_file(write_recipe):
                          name="other.toml")
     main = write_recipe('[steps.top]\nmethod = "passthrough"\ninputs = ["shared"]\n', name="main.toml")
     main.write_text(main.read_text().replace("[sources]\n", '[sources]\nshared = { recipe = "other.toml", step = "soup" }\n'))
-    from mergepkg.resolve import layouts
+    from mergepkg.layout.steps import lay_out
 
     res = resolve(load_recipe(main), Session())
     with pytest.raises(Exception) as info:
-        layouts(res, {n: s.folder for n, s in res.sources.items()})
+        lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})
     assert info.value.file == str(other.resolve()) and info.value.key == "steps.soup.inputs[1]"
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from mergepkg import hashing
-from mergepkg.hashing import effective
+from mergepkg.canonical import canonical_json
 from mergepkg.methods import METHODS
-from mergepkg.parse import load_recipe
-from mergepkg.recipe import Condition
-from mergepkg.resolve import Session, resolve
+from mergepkg.recipe.model import Condition
+from mergepkg.recipe.parse import load_recipe
+from mergepkg.resolve.keys import HASH_VERSION, effective
+from mergepkg.resolve.resolution import resolve
+from mergepkg.store.session import Session
 
 TWO_STEPS = """
 [steps.skills]
@@ -94,6 +95,6 @@ def test_effective_settings_normalise_scopes():
 def test_hash_version_and_engine_are_in_every_entry(write_recipe):
     res = resolve(load_recipe(write_recipe(TWO_STEPS)), Session())
     entry = res.entries["skills"]
-    assert entry["hash_version"] == hashing.HASH_VERSION and "engine" in entry
+    assert entry["hash_version"] == HASH_VERSION and "engine" in entry
     assert entry["method_version"] == METHODS["ties"].version == 2  # ties changed its tie-breaking
-    assert "skills" not in hashing.canonical(entry).decode()  # names never enter a key
+    assert "skills" not in canonical_json(entry).decode()  # names never enter a key

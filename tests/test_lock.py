@@ -23,13 +23,11 @@ from hfcache import add_to_cache
 from mergepkg._toml import tomllib
 from mergepkg.cli.app import main
 from mergepkg.errors import LockError, SourceError
-from mergepkg.lock import LOCK_VERSION, read_lock, recipe_hash
-from mergepkg.parse import load_recipe
-from mergepkg.resolve import Session
+from mergepkg.lockfile import LOCK_VERSION, read_lock, recipe_hash
+from mergepkg.recipe.parse import load_recipe
 from mergepkg.settings import Settings
-from mergepkg.store import MANIFEST
-
-
+from mergepkg.store.local import MANIFEST
+from mergepkg.store.session import Session
 
 # THREE written differently: comments, key order inside tables and inline tables,
 # number spelling. Nothing it says has changed.
@@ -584,10 +582,10 @@ def test_changed_local_source_is_re_pinned_and_its_dependents_rebuilt(models, tm
 
 # -- no-op and partial rebuilds ------------------------------------------------------------
 def test_unchanged_rebuild_hashes_nothing_and_reads_no_tensor_data(write_recipe, tmp_path, monkeypatch):
-    from mergepkg.build import build
-    import mergepkg.build
-    import mergepkg.engine
-    import mergepkg.tensors
+    import mergepkg.builder.build
+    import mergepkg.builder.verify
+    import mergepkg.io.reader
+    from mergepkg.builder.build import build
 
     path = write_recipe(THREE)
     first = Session()
@@ -599,10 +597,10 @@ def test_unchanged_rebuild_hashes_nothing_and_reads_no_tensor_data(write_recipe,
     def forbidden(*args, **kwargs):
         raise AssertionError("an unchanged rebuild read tensor data")
 
-    monkeypatch.setattr(mergepkg.build, "layouts", forbidden)
-    monkeypatch.setattr(mergepkg.build, "build_step", forbidden)
-    monkeypatch.setattr(mergepkg.tensors.ModelReader, "get", forbidden)
-    monkeypatch.setattr(mergepkg.tensors, "model_digest", forbidden)
+    monkeypatch.setattr(mergepkg.builder.build, "lay_out", forbidden)
+    monkeypatch.setattr(mergepkg.builder.build, "build_step", forbidden)
+    monkeypatch.setattr(mergepkg.io.reader.ModelReader, "get", forbidden)
+    monkeypatch.setattr(mergepkg.builder.verify, "model_digest", forbidden)
     second = Session()  # fresh: no in-process memory of the first build
     report = build(load_recipe(path), second, out=tmp_path / "o")
     assert report.built == [] and sorted(report.reused) == ["a", "b", "z"]

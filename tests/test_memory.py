@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 from helpers import THREE, build_recipe, load_tensors
 
-from mergepkg import memory
 from mergepkg.cli.app import main
-from mergepkg.layout import OutputTensor, Part
-from mergepkg.memory import CHUNK_WORK, Budget
-from mergepkg.tensors import ModelReader, TensorInfo
+from mergepkg.engine import memory
+from mergepkg.engine.memory import CHUNK_WORK, Budget
+from mergepkg.io.reader import ModelReader
+from mergepkg.io.tensors import TensorInfo
+from mergepkg.layout.types import OutputTensor, Part
 
 TIES = """
 [steps.t]

@@ -14,8 +14,10 @@ from safetensors.torch import load_file
 
 from mergepkg.cli.app import main
 from mergepkg.errors import MergepkgError, ModelMismatchError, RecipeError
-from mergepkg.parse import load_recipe
-from mergepkg.resolve import Session, layouts, resolve
+from mergepkg.layout.steps import lay_out
+from mergepkg.recipe.parse import load_recipe
+from mergepkg.resolve.resolution import resolve
+from mergepkg.store.session import Session
 
 PROJ = ("gate_proj", "up_proj", "down_proj")
 EXPERTS = """
@@ -265,7 +267,7 @@ def test_qwen2_inputs_make_a_qwen2_moe_with_a_shared_expert(write_recipe, tmp_pa
 # -- validation -----------------------------------------------------------------------------
 def lay(path: Path):
     res = resolve(load_recipe(path), Session())
-    return layouts(res, {n: s.folder for n, s in res.sources.items()})[0]
+    return lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})[0]
 
 
 BAD = [
@@ -498,7 +500,7 @@ def test_mistral_inputs_make_a_mixtral_too(write_recipe, tmp_path):
 def test_the_lock_records_moe_settings_that_change_no_byte(write_recipe):
     """allow_base_expert and random-mode prompts are not in the key, but the recipe hash
     in the lock still sees them, so `--locked` says the recipe changed."""
-    from mergepkg.lock import differences
+    from mergepkg.lockfile import differences
 
     with_base = 'experts = [{ model = "base", prompts = ["a"], allow_base_expert = true }, { model = "ft1", prompts = ["b"] }]'
     path = write_recipe(moe_step("random", with_base))
@@ -533,7 +535,7 @@ def test_an_moe_output_has_its_base_vocabulary_before_it_is_built(write_recipe, 
         'inputs = [{ model = "m", weight = 0.5 }, { model = "m2", weight = 0.5 }]\n')
     path = write_recipe(body)
     res = resolve(load_recipe(path), Session())
-    laid, _ = layouts(res, {n: s.folder for n, s in res.sources.items()})
+    laid, _ = lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})
     assert laid["m"].vocab is not None
     report = build_recipe(path, tmp_path / "out")
     assert (report.outputs["u"] / "tokenizer.json").is_file()

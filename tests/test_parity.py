@@ -28,7 +28,6 @@ import torch
 
 mergekit = pytest.importorskip("mergekit")
 import yaml  # noqa: E402  (installed with mergekit)
-
 from helpers import build_one, load_tensors  # noqa: E402
 
 MERGEKIT_YAML = Path(sys.executable).parent / "mergekit-yaml"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mergepkg.errors import RecipeError, SourceError
-from mergepkg.parse import load_recipe
-from mergepkg.recipe import Condition
+from mergepkg.recipe.model import Condition
+from mergepkg.recipe.parse import load_recipe
 
 TIES = """
 [steps.skills]

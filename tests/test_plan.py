@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mergepkg.errors import CycleError
-from mergepkg.parse import load_recipe
-from mergepkg.plan import make_plan
+from mergepkg.recipe.parse import load_recipe
+from mergepkg.recipe.plan import make_plan
 
 
 def test_dependency_order_follows_recipe_order_where_free(write_recipe):
@@ -57,8 +57,10 @@ def test_tied_and_untied_models_name_the_setting(tmp_path, models, write_recipe)
     from safetensors.torch import load_file, save_file
 
     from mergepkg.errors import ModelMismatchError
-    from mergepkg.parse import load_recipe
-    from mergepkg.resolve import Session, layouts, resolve
+    from mergepkg.layout.steps import lay_out
+    from mergepkg.recipe.parse import load_recipe
+    from mergepkg.resolve.resolution import resolve
+    from mergepkg.store.session import Session
 
     tied = tmp_path / "tied"
     shutil.copytree(models["ft1"], tied)
@@ -71,4 +73,4 @@ def test_tied_and_untied_models_name_the_setting(tmp_path, models, write_recipe)
                             name=f"r{len(inputs) % 7}.toml")
         res = resolve(load_recipe(path), Session())
         with pytest.raises(ModelMismatchError, match="'tied' ties its output head to its input embeddings"):
-            layouts(res, {n: s.folder for n, s in res.sources.items()})
+            lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})

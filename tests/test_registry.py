@@ -11,11 +11,12 @@ import torch
 from helpers import cli, load_tensors
 from registries import app, new_registry, skills
 
-from mergepkg.dependencies import resolve_dependencies
 from mergepkg.errors import DependencyConflict, PublishError, RegistryError
-from mergepkg.lock import read_lock
-from mergepkg.parse import load_recipe, parse_recipe
-from mergepkg.registry.index import canonical, read_index
+from mergepkg.lockfile import read_lock
+from mergepkg.recipe.names import canonical_name
+from mergepkg.recipe.parse import load_recipe, parse_recipe
+from mergepkg.registry.dependencies import install_dependencies
+from mergepkg.registry.index import read_index
 from mergepkg.settings import Settings
 
 
@@ -43,9 +44,9 @@ def publish(tmp_path, capsys, text: str, name: str = "recipe.toml", registry: st
 def test_names(name, want):
     if want is None:
         with pytest.raises(RegistryError, match="invalid package name"):
-            canonical(name)
+            canonical_name(name)
     else:
-        assert canonical(name) == want
+        assert canonical_name(name) == want
 
 
 # -- publish -----------------------------------------------------------------------------
@@ -235,7 +236,7 @@ def test_transitive_dependencies_and_conflicts(tiny_hub, team, tmp_path, capsys)
     top.write_text('[package]\nname = "top"\nversion = "0.1.0"\n[dependencies]\nmid = "^0.1"\n'
                    '[sources]\nmid = { dependency = "mid", step = "mid" }\n'
                    '[steps.out]\nmethod = "passthrough"\ninputs = ["mid"]\n')
-    deps = resolve_dependencies(load_recipe(top), Settings())
+    deps = install_dependencies(load_recipe(top), Settings())
     assert {n: p.version for n, p in deps.picks.items()} == {"mid": "0.1.0", "skills": "0.2.0"}
     assert cli(capsys, "lock", top)[0] == 0
     assert set(read_lock(tmp_path / "top.lock").dependencies) == {"mid", "skills"}
@@ -243,7 +244,7 @@ def test_transitive_dependencies_and_conflicts(tiny_hub, team, tmp_path, capsys)
     # top also asks for skills ^0.1 directly: no version satisfies both
     top.write_text(top.read_text().replace('mid = "^0.1"\n', 'mid = "^0.1"\nskills = "^0.1"\n'))
     with pytest.raises(DependencyConflict) as info:
-        resolve_dependencies(load_recipe(top), Settings())
+        install_dependencies(load_recipe(top), Settings())
     e = info.value
     assert e.package == "skills" and {e.first, e.second} == {("top.toml", "^0.1"), ("mid@0.1.0", "^0.2")}
     code, _, err = cli(capsys, "lock", top)
@@ -306,8 +307,8 @@ def test_shipped_registry_is_consistent(capsys):
     import hashlib
     from pathlib import Path
 
-    from mergepkg.imports import flatten
-    from mergepkg.plan import make_plan
+    from mergepkg.recipe.flatten import flatten
+    from mergepkg.recipe.plan import make_plan
     from mergepkg.registry.folder import RegistryFolder
     from mergepkg.registry.index import summary
 
@@ -324,9 +325,9 @@ def test_shipped_registry_is_consistent(capsys):
             data = (root / "recipes" / name / f"{e.version}.toml").read_bytes()
             assert hashlib.sha256(data).hexdigest() == e.sha256
             recipe = load_recipe(root / "recipes" / name / f"{e.version}.toml")
-            assert (canonical(recipe.name), recipe.version) == (name, e.version)
+            assert (canonical_name(recipe.name), recipe.version) == (name, e.version)
             assert all(s.hf or s.dependency for s in recipe.sources.values())
-            deps = resolve_dependencies(recipe, Settings())
+            deps = install_dependencies(recipe, Settings())
             assert make_plan(flatten(recipe, bind=deps.bind)).order
 
 

@@ -185,7 +185,7 @@ def test_publish_search_install_build_from_another_home(served, tiny_hub, tmp_pa
     AutoModelForCausalLM.from_pretrained(out.strip())
     assert set(got) == set(load_tensors(models["base"]))
     (installed_lock,) = (tmp_path / "bob/packages/app").glob("*.lock")  # beside the installed recipe
-    from mergepkg.lock import read_lock
+    from mergepkg.lockfile import read_lock
 
     locked = read_lock(installed_lock)
     assert locked.dependencies["skills"].version == "0.1.0" and locked.dependencies["skills"].registry == url
@@ -197,7 +197,7 @@ def test_publish_search_install_build_from_another_home(served, tiny_hub, tmp_pa
 def test_repeat_reads_are_conditional_and_work_offline(tmp_path, capsys, monkeypatch):
     root = tmp_path / "served"
     folder = new_registry(root, "team")
-    from mergepkg.parse import parse_recipe
+    from mergepkg.recipe.parse import parse_recipe
 
     data = skills().encode()
     folder.publish(parse_recipe(data.decode(), tmp_path / "s.toml"), data)
@@ -277,7 +277,7 @@ def test_offline_and_unreachable_registries_fall_through(tmp_path, capsys, monke
     first, second = tmp_path / "one", tmp_path / "two"
     new_registry(first, "one")
     folder = new_registry(second, "two")
-    from mergepkg.parse import parse_recipe
+    from mergepkg.recipe.parse import parse_recipe
 
     data = skills().encode()
     folder.publish(parse_recipe(data.decode(), tmp_path / "s.toml"), data)
@@ -296,7 +296,7 @@ def test_offline_and_unreachable_registries_fall_through(tmp_path, capsys, monke
 def test_a_5xx_falls_back_to_what_was_fetched(tmp_path, capsys, monkeypatch):
     root = tmp_path / "served"
     folder = new_registry(root, "team")
-    from mergepkg.parse import parse_recipe
+    from mergepkg.recipe.parse import parse_recipe
     from mergepkg.registry import server as server_module
 
     data = skills().encode()

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from registries import new_registry
 
-from mergepkg.dependencies import resolve_dependencies
 from mergepkg.errors import DependencyConflict, RecipeError, RegistryError
-from mergepkg.parse import parse_recipe
+from mergepkg.lockfile import LockedDependency
+from mergepkg.recipe.parse import parse_recipe
 from mergepkg.registry.client import Client, Registry
-from mergepkg.registry.resolver import LockedDependency
+from mergepkg.registry.dependencies import install_dependencies
 from mergepkg.settings import Settings
 
 
@@ -36,7 +36,7 @@ def publish(tmp_path):
 
 def solve(tmp_path, publish, locked=None, upgrade=frozenset(), **deps):
     root = parse_recipe(recipe_text("root", "0.1.0", deps), tmp_path / "root.toml")
-    found = resolve_dependencies(root, Settings(), locked=locked, upgrade=upgrade, client=publish.client)
+    found = install_dependencies(root, Settings(), locked=locked, upgrade=upgrade, client=publish.client)
     return {n: p.version for n, p in found.picks.items()}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mergepkg.registry.semver import Range, Version, VersionError, newest
+from mergepkg.recipe.versions import Range, Version, VersionError, newest
 
 CASES = [
     ("^1.2.3", ["1.2.3", "1.9.0"], ["1.2.2", "2.0.0", "2.0.0-rc.1", "1.3.0-rc.1"]),

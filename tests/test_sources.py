@@ -9,9 +9,9 @@ from helpers import build_recipe, load_tensors
 from hfcache import add_to_cache
 
 from mergepkg.errors import SourceError
-from mergepkg.recipe import Source
+from mergepkg.recipe.model import Source
+from mergepkg.resolve.sources import choose_weight_patterns, fetch
 from mergepkg.settings import Settings
-from mergepkg.sources import choose_weight_patterns, fetch
 
 
 @pytest.fixture

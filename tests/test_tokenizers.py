@@ -17,9 +17,11 @@ from helpers import build_one, build_recipe, load_tensors
 from tiny import tiny_config
 
 from mergepkg.errors import ModelMismatchError, RecipeError
-from mergepkg.parse import load_recipe
-from mergepkg.resolve import Session, layouts, resolve
-from mergepkg.tensors import ModelReader
+from mergepkg.io.reader import ModelReader
+from mergepkg.layout.steps import lay_out
+from mergepkg.recipe.parse import load_recipe
+from mergepkg.resolve.resolution import resolve
+from mergepkg.store.session import Session
 
 SENTENCES_A = ["the cat sat on the mat", "a dog ran far", "the cat and the dog"]
 SENTENCES_B = ["the cow ate the grass", "a bird flew high", "the cow and the bird"]
@@ -332,7 +334,7 @@ def test_a_token_not_in_the_output_vocabulary_is_an_error(recipe, tmp_path):
                   'tokenizer = { source = "base", tokens = { "<|b|>" = { source = "chat" } } }\n')
     res = resolve(load_recipe(path), Session())
     with pytest.raises(RecipeError) as e:
-        layouts(res, {n: s.folder for n, s in res.sources.items()})
+        lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})
     assert "not in the output's vocabulary" in e.value.message
     assert e.value.line == len(path.read_text().splitlines())
 
@@ -341,7 +343,7 @@ def test_a_union_step_feeds_a_step_before_it_is_built(recipe, tmp_path, tok_mode
     body = UNION + '\n[steps.v]\nmethod = "linear"\ninputs = ["u", "chat"]\nparams = { weight = 1.0 }\ntokenizer = { source = "u" }\n'
     path = recipe(body)
     res = resolve(load_recipe(path), Session())
-    laid, _ = layouts(res, {n: s.folder for n, s in res.sources.items()})
+    laid, _ = lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})
     assert laid["v"].tensors[0].info.shape[0] == laid["u"].tensors[0].info.shape[0]
     report = build_recipe(path, tmp_path / "out")
     tensors = load_tensors(report.outputs["v"])
@@ -412,7 +414,7 @@ def test_slices_align_the_embedding_and_the_head_over_their_own_models(recipe, t
 def small_vocab(tokens: list[str], added: list[str], config_extra: dict | None = None):
     """A `Vocab` of a BPE tokenizer with `tokens` and special `added` tokens, its config
     in transformers 4's style (`additional_special_tokens`) unless `config_extra` says otherwise."""
-    from mergepkg.vocab import Vocab
+    from mergepkg.layout.vocab import Vocab
 
     entries = [{"id": len(tokens) + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
                 "normalized": False, "special": True} for i, t in enumerate(added)]
@@ -429,7 +431,7 @@ def small_vocab(tokens: list[str], added: list[str], config_extra: dict | None =
 
 def test_union_keeps_named_extra_special_tokens():
     """transformers 5's `extra_special_tokens` may map names to tokens: kept as it is."""
-    from mergepkg.vocab import union
+    from mergepkg.layout.vocab import union
 
     named = {"extra_special_tokens": {"image_token": "<x>"}, "additional_special_tokens": None, "backend": "tokenizers"}
     out = union([(small_vocab(["a", "b"], ["<x>"], named), 3), (small_vocab(["c"], ["<y>"]), 2)])
@@ -439,7 +441,7 @@ def test_union_keeps_named_extra_special_tokens():
 
 
 def test_union_of_transformers_4_style_configs_lists_the_new_tokens():
-    from mergepkg.vocab import union
+    from mergepkg.layout.vocab import union
 
     vocab = small_vocab
     out = union([(vocab(["a", "b"], ["<x>"]), 3), (vocab(["b", "c"], ["<y>", "<x>"]), 4)])

@@ -7,12 +7,12 @@ import sys
 
 import typer
 
-from mergepkg import __version__
+from mergepkg._version import __version__
 from mergepkg.cli import build as build_cmd
 from mergepkg.cli import cache as cache_cmd
 from mergepkg.cli import eval as eval_cmd
-from mergepkg.cli import import_cmd
 from mergepkg.cli import lock as lock_cmd
+from mergepkg.cli import mergekit as mergekit_cmd
 from mergepkg.cli import methods as methods_cmd
 from mergepkg.cli import plan as plan_cmd
 from mergepkg.cli import registry as registry_cmd
@@ -50,7 +50,7 @@ app.command("graph")(plan_cmd.graph)
 app.command("lock")(lock_cmd.lock)
 app.command("verify")(lock_cmd.verify)
 app.command("eval")(eval_cmd.eval_)
-app.command("import")(import_cmd.import_)
+app.command("import")(mergekit_cmd.import_)
 app.command("methods")(methods_cmd.methods)
 app.command("search")(registry_cmd.search)
 app.command("info")(registry_cmd.info)

@@ -8,13 +8,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from mergepkg.build import build as build_recipe
+from mergepkg.builder.build import build as build_recipe
+from mergepkg.builder.status import status
 from mergepkg.cli.common import OFFLINE, RECIPE, open_recipe, parse_size, size
 from mergepkg.cli.output import ProgressReporter, err, out
-from mergepkg.engine import check_device
+from mergepkg.engine.device import check_device
 from mergepkg.errors import BuildError, RegistryError, SourceError
-from mergepkg.lock import lock_path, read_lock
-from mergepkg.resolve import layouts, resolve
+from mergepkg.registry import packages
+from mergepkg.settings import Settings
 
 
 def build(
@@ -53,25 +54,21 @@ def build(
 def validate(recipe: Path = RECIPE, offline: bool = OFFLINE):
     """Check a recipe against its models without merging anything."""
     r, session = open_recipe(recipe, offline=offline)
-    res = resolve(r, session, lock=read_lock(lock_path(r)))  # as a build would: locked commits
-    laid, _ = layouts(res, {n: s.folder for n, s in res.sources.items()})
+    st = status(r, session, use_store=False)
     table = Table(title=f"{r.name} {r.version}", title_justify="left")
     for col in ("step", "method", "models", "tensors", "reads", "writes"):
         table.add_column(col, justify="right" if col in ("tensors", "reads", "writes") else "left")
-    for name in res.plan.order:
-        lay = laid[name]
+    for name, s in st.steps.items():
+        lay = s.layout
         mark = " (output)" if name in r.outputs else ""
         table.add_row(name + mark, lay.method.name, ", ".join(lay.step.models), str(len(lay.tensors)),
                       size(lay.bytes_in), size(lay.bytes_out))
     out.print(table)
-    err.print(f"[green]ok[/]: {len(res.plan.order)} steps, outputs: {', '.join(r.outputs)}")
+    err.print(f"[green]ok[/]: {len(st.steps)} steps, outputs: {', '.join(r.outputs)}")
 
 
 def _recipe_file(arg: str, offline: bool) -> Path:
     """The recipe file to build: `arg` itself, or a registry package installed for it."""
-    from mergepkg.registry import packages
-    from mergepkg.settings import Settings
-
     if not packages.looks_like_spec(arg):
         return Path(arg)
     settings = Settings()

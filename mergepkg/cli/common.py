@@ -8,10 +8,10 @@ from pathlib import Path
 
 import typer
 
-from mergepkg.parse import load_recipe
-from mergepkg.recipe import Recipe
-from mergepkg.resolve import Session
+from mergepkg.recipe.model import Recipe
+from mergepkg.recipe.parse import load_recipe
 from mergepkg.settings import Settings
+from mergepkg.store.session import Session
 
 RECIPE = typer.Argument(..., help="The recipe file (TOML).", metavar="RECIPE", dir_okay=False)
 OFFLINE = typer.Option(False, "--offline", help="Use only the local Hugging Face cache.")

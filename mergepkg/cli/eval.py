@@ -6,15 +6,23 @@ import json
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from mergepkg.cli.common import OFFLINE
 from mergepkg.cli.output import ProgressReporter, err, out
-from mergepkg.evaluate import EvalCache, evaluate, load_task
-from mergepkg.resolve import Session
+from mergepkg.eval.run import evaluate_model
+from mergepkg.eval.targets import target_models
+from mergepkg.eval.tasks import load_task
 from mergepkg.settings import Settings
-from mergepkg.targets import resolve_targets
+from mergepkg.store.evals import EvalCache
+from mergepkg.store.session import Session
 
 
 def eval_(
@@ -29,16 +37,16 @@ def eval_(
     base = Settings()
     session = Session(Settings(home=base.home, offline=offline or base.offline, device=device))
     task_list = [load_task(t, session.hashes) for t in tasks]
-    cache = EvalCache(session.settings)
+    cache = EvalCache(session.settings.home)
     rows = []
     with ProgressReporter() as reporter:
-        models = [m for t in targets for m in resolve_targets(t, session, reporter)]
+        models = [m for t in targets for m in target_models(t, session, reporter)]
     with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err) as progress:
         job = progress.add_task("", total=len(models))
         for model in models:
             progress.update(job, description=model.label)
-            for result in evaluate(model.folder, model.key, task_list, cache, device=device):
+            for result in evaluate_model(model.folder, model.key, task_list, cache, device=device):
                 rows.append({"model": model.label, "key": model.key, **result.__dict__})
             progress.update(job, advance=1)
     table = Table(title="evaluation", title_justify="left")

@@ -7,11 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from mergepkg.builder.verify import verify as verify_recipe
 from mergepkg.cli.common import OFFLINE, RECIPE, open_recipe
 from mergepkg.cli.output import ProgressReporter, err, out
-from mergepkg.lock import differences, lock_path, read_lock, write_lock
-from mergepkg.resolve import ALL, resolve
-from mergepkg.verify import verify as verify_recipe
+from mergepkg.resolve.lock import lock_recipe
 
 
 def lock(
@@ -24,22 +23,10 @@ def lock(
     r, session = open_recipe(recipe, offline=offline)
     if sources and not upgrade:
         raise typer.BadParameter("naming sources needs --upgrade", param_hint="SOURCES")
-    path = lock_path(r)
-    old = read_lock(path)
-    res = resolve(r, session, lock=old, upgrade=frozenset(sources or [ALL]) if upgrade else frozenset())
-    digests = {}
-    for name, key in res.keys.items():
-        art = session.store.get(key)
-        digests[name] = art.digest if art else (old.steps[name].digest if old and name in old.steps
-                                                and old.steps[name].key == key else None)
-    new = res.lock(digests)
-    changes = differences(old, new) if old else ["new lock"]
-    if new != old:
-        write_lock(path, new)
-    session.add_root(path)
-    for line in changes or ["up to date"]:
+    locked = lock_recipe(r, session, upgrade=frozenset(sources or ()) if upgrade else None)
+    for line in locked.changes or ["up to date"]:
         err.print(f"  {line}")
-    out.print(str(path), highlight=False)
+    out.print(str(locked.path), highlight=False)
 
 
 def verify(

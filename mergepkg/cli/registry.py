@@ -13,6 +13,8 @@ from mergepkg.cli.output import err, out
 from mergepkg.errors import RegistryError
 from mergepkg.registry import client as registries
 from mergepkg.registry import packages, tokens
+from mergepkg.registry.folder import RegistryFolder
+from mergepkg.registry.server import make_server
 from mergepkg.settings import Settings
 
 app = typer.Typer(help="Configure registries; create and serve one.", no_args_is_help=True)
@@ -69,8 +71,6 @@ def remove(name: str = typer.Argument(...)):
 @app.command("init")
 def init(folder: Path = typer.Argument(..., file_okay=False), name: str = typer.Option(..., "--name")):
     """Create an empty registry folder (serve it, or commit it to git, as it is)."""
-    from mergepkg.registry.folder import RegistryFolder
-
     RegistryFolder(folder).init(name)
     err.print(f"[green]created[/] registry {escape(name)} in {escape(str(folder))}")
 
@@ -80,8 +80,6 @@ def serve(folder: Path = typer.Argument(..., file_okay=False, exists=True),
           host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(8780, "--port"),
           threads: int = typer.Option(4, "--threads", help="Requests served at once.")):
     """Serve a registry folder over HTTP; publish and yank need a token."""
-    from mergepkg.registry.server import make_server
-
     server = make_server(folder, host, port, threads)
     err.print(f"serving {escape(str(folder))} on http://{host}:{server.effective_port} (Ctrl-C stops)")
     try:

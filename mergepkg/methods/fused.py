@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from mergepkg._lazy import torch
-from mergepkg.methods import chunks, sparsify, task_vectors
+from mergepkg.methods import sparsify
+from mergepkg.methods.kernels import chunks
 
 MAX_INPUTS = 4  # torch sums up to four inputs in order; past that its order is its own
 DTYPES = ("float32", "bfloat16", "float16")  # stored dtypes that torch converts to float32 here
@@ -41,11 +42,11 @@ def usable(base, tensors, compute, planner) -> bool:
 
 
 def _kernels():
-    """kernels.py, imported on first use (it imports numba); an import statement, as
-    LazyLoader is not safe when several threads touch the module first."""
-    from mergepkg.methods import kernels
+    """kernels/compiled.py, imported on first use (it imports numba); an import
+    statement, as LazyLoader is not safe when several threads touch the module first."""
+    from mergepkg.methods.kernels import compiled
 
-    return kernels
+    return compiled
 
 
 def load() -> None:
@@ -117,7 +118,7 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
             return rule
     if rescale and thinned:
         def rescale_factor(i):  # as the torch stream sums it, on this thread's scratch
-            f = task_vectors.l1_rescale(chunks.Flat(flat_base, [flat[i]], torch.float32), 0, keep(i))
+            f = sparsify.l1_rescale(chunks.Flat(flat_base, [flat[i]], torch.float32), 0, keep(i))
             return 1.0 if f is None else float(f)
 
         factor[thinned] = chunks.parallel(rescale_factor, thinned)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from mergepkg._lazy import torch
 from mergepkg.errors import MergeError
-from mergepkg.methods import chunks
+from mergepkg.methods.kernels import chunks
 from mergepkg.methods.spec import MethodSpec, flag, weight_param
 
 

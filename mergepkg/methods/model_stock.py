@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from itertools import combinations
 
 from mergepkg._lazy import torch
-from mergepkg.methods.reduce import row_norm, row_sum
+from mergepkg.methods.kernels.reduce import row_norm, row_sum
 from mergepkg.methods.spec import MethodSpec, flag
 
 

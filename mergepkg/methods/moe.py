@@ -3,7 +3,7 @@
 Attention, norms, embeddings and head are copied from the base; each expert's MLP
 (gate_proj, up_proj, down_proj) becomes one expert of every layer; each layer's router
 gets one row per expert, computed from the expert's prompts (`gate_mode`, see
-`mergepkg/moe/gates.py` and docs/moe.md). Llama/Mistral inputs give a Mixtral model,
+`mergepkg/engine/routers.py` and docs/moe.md). Llama/Mistral inputs give a Mixtral model,
 Qwen2 inputs a Qwen2-MoE model (which also has a shared expert).
 
 Mixtral: Jiang et al., "Mixtral of Experts", https://arxiv.org/abs/2401.04088;
@@ -11,9 +11,10 @@ composition from dense models: mergekit-moe, https://github.com/arcee-ai/mergeki
 Invariants (tests): every copied tensor equals its source tensor byte for byte (same
 dtype); each router row has unit L2 norm in the prompt-based gate modes.
 
-The layout (which tensors exist, the config) is `mergepkg/moe/layout.py`; the step's
-recipe part is `mergepkg/moe/parse.py`. Per tensor, the method only copies: a copied
-tensor's one part, or a router computed before streaming by `computed`.
+The layout (which tensors exist, the config) is `mergepkg/layout/moe.py`; the step's
+recipe part is `mergepkg/recipe/moe.py`, its key's part `mergepkg/resolve/keys.py`.
+Per tensor, the method only copies: a copied tensor's one part, or a router the
+engine computed before streaming (the layout's tensors without parts).
 """
 
 from __future__ import annotations
@@ -42,12 +43,6 @@ def stream_copy(base, tensors: Sequence[torch.Tensor], *, compute, out_dtype, ou
     return x.to(dtype=out_dtype, copy=True) if out is None else out.copy_(x)
 
 
-def routers(layout, folders, *, device: str, seed: int):
-    from mergepkg.moe.gates import routers as compute
-
-    return compute(layout, folders, device=device, seed=seed)
-
-
 SPEC = MethodSpec(
     name="moe",
     merge=copy,
@@ -60,6 +55,5 @@ SPEC = MethodSpec(
     paper="https://arxiv.org/abs/2401.04088",
     base="required",
     min_inputs=1,
-    computed=routers,
     stream=stream_copy,
 )

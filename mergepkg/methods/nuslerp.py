@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mergepkg._lazy import torch
-from mergepkg.methods.reduce import row_norm, row_sum
+from mergepkg.methods.kernels.reduce import row_norm, row_sum
 from mergepkg.methods.spec import MethodSpec, flag, weight_param
 
 

@@ -13,8 +13,8 @@ import math
 from collections.abc import Sequence
 
 from mergepkg._lazy import torch
-from mergepkg.methods import chunks
-from mergepkg.methods.reduce import Total, total
+from mergepkg.methods.kernels import chunks
+from mergepkg.methods.kernels.reduce import Total, total
 from mergepkg.methods.spec import MethodSpec, Param
 
 DOT_THRESHOLD = 0.9995

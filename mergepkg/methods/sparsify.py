@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 
 from mergepkg._lazy import torch
-from mergepkg.methods.reduce import total
+from mergepkg.methods.kernels import chunks
+from mergepkg.methods.kernels.reduce import Total, total
 
 RESCALE_EPS = 1e-7
 
@@ -190,3 +191,15 @@ def magprune(delta: torch.Tensor, density: float, epsilon: float, rng: torch.Gen
     probs = (density - epsilon) + spread * (2 * epsilon)
     mask = torch.rand(probs.shape, generator=rng, device=delta.device) < probs
     return _finish(delta, mask.view_as(delta), rescale)
+
+
+def l1_rescale(flat: chunks.Flat, i: int, keep):
+    """The L1 rescale factor (or None) of input i's thinned task vector, its sums taken
+    chunk by chunk in fixed blocks (reduce.Total); `keep(span, delta)` is 1 where kept."""
+    before, after = Total(), Total()
+    for span in flat.spans():
+        delta = flat.delta_at(i, span)
+        before.add(torch.abs(delta, out=flat.scratch.get("before", delta.shape, delta.dtype)))
+        kept = torch.mul(delta, keep(span, delta), out=flat.scratch.get("after", delta.shape, delta.dtype))
+        after.add(kept.abs_())
+    return rescale_factor(before.result(), after.result())

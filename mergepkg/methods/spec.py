@@ -82,19 +82,23 @@ class MethodSpec:
     fp32: bool = False  # computes in at least float32 whatever the step's dtype (as mergekit does)
     # stream(base, tensors, *, compute, out_dtype, out=None, **params): the same result
     # as merge(converted inputs).to(out_dtype), from inputs in their stored dtype, in
-    # cache-sized chunks (chunks.py), written into `out` when given (a reused buffer of
+    # cache-sized chunks (kernels/chunks.py), written into `out` when given (a reused buffer of
     # the result's shape and dtype). None: the engine converts and calls merge.
     stream: Callable[..., Any] | None = None
     rows: bool = False  # elementwise: a block of rows of the inputs gives those rows of the result
     light: bool = False  # `stream` shares its chunks out to threads of its own (chunks.parallel): torch gets one
-    fused: bool = False  # on the CPU, `stream` may run on fused.py's kernels, shared out likewise
-    # computed(layout, folders, *, device, seed) -> {output tensor name: tensor}: the
-    # output tensors no input tensor gives (OutputTensor.parts empty; MoE routers),
-    # computed once before streaming. None: every output tensor has parts.
-    computed: Callable[..., Any] | None = None
+    fused: bool = False  # on the CPU, `stream` may run on kernels/fused.py's loops, shared out likewise
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
+
+    def count_problem(self, count: int, base: str = "the base") -> str | None:
+        """Why `count` models besides the base (called `base`) do not suit this method, or None."""
+        if self.min_inputs <= count and (self.max_inputs is None or count <= self.max_inputs):
+            return None
+        noun = "model" if self.max_inputs == 1 else "models"
+        extra = f" besides {base}" if self.base != "none" else ""
+        return f"method {self.name!r} takes {self.inputs_text} {noun}{extra}, got {count}"
 
     @property
     def inputs_text(self) -> str:

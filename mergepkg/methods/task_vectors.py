@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from mergepkg._lazy import lazy_import, torch
-from mergepkg.methods import chunks, reduce, sparsify
+from mergepkg.methods import sparsify
+from mergepkg.methods.kernels import chunks
 from mergepkg.methods.spec import MethodSpec, Param, density_param, flag, weight_param
 
 fused = lazy_import("mergepkg.methods.fused")  # numpy and numba: imported when a merge runs
@@ -114,18 +115,6 @@ def plan_bernoulli(flat: chunks.Flat, i: int, density: float, rng, **_):
 PLANNERS = {sparsify.magnitude: plan_magnitude, sparsify.bernoulli: plan_bernoulli}
 
 
-def l1_rescale(flat: chunks.Flat, i: int, keep):
-    """The L1 rescale factor (or None) of input i's thinned task vector, its sums taken
-    chunk by chunk in fixed blocks (reduce.Total); `keep(span, delta)` is 1 where kept."""
-    before, after = reduce.Total(), reduce.Total()
-    for span in flat.spans():
-        delta = flat.delta_at(i, span)
-        before.add(torch.abs(delta, out=flat.scratch.get("before", delta.shape, delta.dtype)))
-        kept = torch.mul(delta, keep(span, delta), out=flat.scratch.get("after", delta.shape, delta.dtype))
-        after.add(kept.abs_())
-    return sparsify.rescale_factor(before.result(), after.result())
-
-
 def stream_task_vectors(
     base, tensors, *, compute, out_dtype, weight, normalize, lambda_=1.0, density=None, rescale=False,
     rng=None, elect_sign: bool, planner: Planner | None, out=None,
@@ -140,7 +129,7 @@ def stream_task_vectors(
     flat = chunks.Flat(base, tensors, compute)
 
     rules = [planner(flat, i, density=density[i], rng=rng) if planner else None for i in range(len(tensors))]
-    factors = [l1_rescale(flat, i, rule) if rescale and rule is not None else None for i, rule in enumerate(rules)]
+    factors = [sparsify.l1_rescale(flat, i, rule) if rescale and rule is not None else None for i, rule in enumerate(rules)]
 
     out = chunks.output(out, flat.shape, out_dtype, flat.device)
     dest = out.view(-1)

@@ -25,13 +25,8 @@ import tomli_w
 from mergepkg._toml import tomllib
 from mergepkg.errors import PublishError, RegistryError, did_you_mean
 from mergepkg.files import write_atomic
-from mergepkg.registry.index import (
-    Entry,
-    canonical,
-    index_path,
-    read_index,
-    recipe_path,
-)
+from mergepkg.recipe.names import canonical_name
+from mergepkg.registry.index import Entry, index_path, read_index, recipe_path
 from mergepkg.settings import Settings
 
 TIMEOUT = 30  # seconds per request
@@ -181,7 +176,7 @@ class Client:
     # -- what the commands ask -------------------------------------------------------
     def entries(self, name: str, registry: str | None = None) -> tuple[Registry, list[Entry]]:
         """The versions of a package in the first registry (of `registry`, or all in order) that has it."""
-        name = canonical(name)
+        name = canonical_name(name)
         unreachable = []
         for reg in self.ordered(registry):
             try:

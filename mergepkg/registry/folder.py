@@ -19,15 +19,16 @@ from filelock import FileLock
 from mergepkg._toml import tomllib
 from mergepkg.errors import MergepkgError, PublishError, RegistryError, did_you_mean
 from mergepkg.files import write_atomic
-from mergepkg.locate import locate
-from mergepkg.lock import lock_path, parse_lock
-from mergepkg.recipe import Recipe
+from mergepkg.lockfile import lock_path, parse_lock
+from mergepkg.recipe.locate import locate
+from mergepkg.recipe.model import Recipe
+from mergepkg.recipe.names import canonical_name, check_version
+from mergepkg.recipe.parse import parse_recipe
+from mergepkg.recipe.versions import Range
 from mergepkg.registry.index import (
     FORMAT,
     MAX_RECIPE_BYTES,
     Entry,
-    canonical,
-    check_version,
     index_path,
     read_index,
     recipe_path,
@@ -35,7 +36,6 @@ from mergepkg.registry.index import (
     with_yanked,
     write_index,
 )
-from mergepkg.registry.semver import Range
 
 PRIVATE = ".mergepkg"  # write lock and hashed tokens; never served
 
@@ -51,7 +51,7 @@ def make_entry(recipe: Recipe, data: bytes, lock_text: str | None = None, now: d
 
     sources = {n: f"{s.hf}@{pin(n, s)}" for n, s in sorted(recipe.sources.items()) if s.hf}
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return Entry(canonical(recipe.name), str(check_version(recipe.version)), hashlib.sha256(data).hexdigest(),
+    return Entry(canonical_name(recipe.name), str(check_version(recipe.version)), hashlib.sha256(data).hexdigest(),
                  tuple(recipe.dependencies.values()), sources, recipe.description, recipe.tags, False, stamp)
 
 
@@ -61,7 +61,7 @@ def check_publishable(recipe: Recipe, data: bytes) -> None:
     if len(data) > MAX_RECIPE_BYTES:
         raise PublishError(f"the recipe is {len(data)} bytes; the limit is {MAX_RECIPE_BYTES}", status=413,
                            file=str(recipe.path))
-    canonical(recipe.name)
+    canonical_name(recipe.name)
     check_version(recipe.version)
 
 
@@ -82,7 +82,7 @@ class RegistryFolder:
     def init(self, name: str) -> None:
         if (self.root / "config.json").exists():
             raise RegistryError("a registry already lives here", file=str(self.root / "config.json"))
-        canonical(name)
+        canonical_name(name)
         _write(self.root / "config.json", json.dumps({"format": FORMAT, "name": name}, indent=1).encode() + b"\n")
         _write(self.root / "packages.json", b'{"packages": {}}\n')
         _write(self.root / ".gitignore", f"{PRIVATE}/\n".encode())  # a registry is often a git repository
@@ -131,7 +131,7 @@ class RegistryFolder:
         return entry, True
 
     def yank(self, name: str, version: str, yanked: bool = True) -> Entry:
-        name, version = canonical(name), str(check_version(version))
+        name, version = canonical_name(name), str(check_version(version))
         self.config()
         with self._lock():
             entries = self.entries(name)
@@ -145,8 +145,6 @@ class RegistryFolder:
     def check_dependencies(self, recipe: Recipe) -> None:
         """Dependencies without a registry of their own must be here, with a version that
         fits and the steps the recipe uses (what a server can check of an upload)."""
-        from mergepkg.parse import parse_recipe
-
         for dep in recipe.dependencies.values():
             if dep.registry is not None:
                 continue  # a name in the publisher's registry list: nothing to look up here
@@ -191,8 +189,6 @@ class RegistryFolder:
 def parse_published(data: bytes, label: str) -> Recipe:
     """The recipe to publish from its bytes (an upload, or the publisher's file named by
     `label`): sources that exist only on the publisher's machine are refused first."""
-    from mergepkg.parse import parse_recipe
-
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

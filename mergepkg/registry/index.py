@@ -9,7 +9,8 @@ recipes/<name>/<version>.toml  the recipe files, byte for byte as published
 ```
 
 Names are lowercase `[a-z0-9][a-z0-9_-]{0,63}`, optionally `team/name`; `-` and `_`
-name the same package, and files use the canonical spelling (`_` written as `-`).
+name the same package, and files use the canonical spelling (`_` written as `-`):
+`mergepkg/recipe/names.py`.
 An entry is immutable once published except for its `yanked` flag. docs/registry.md
 specifies every field.
 """
@@ -22,43 +23,20 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 
 from mergepkg.errors import RegistryError
-from mergepkg.recipe import Dependency
-from mergepkg.registry.semver import Version, VersionError
+from mergepkg.recipe.model import Dependency
+from mergepkg.recipe.names import canonical_name, check_version
+from mergepkg.recipe.versions import Version
 
 FORMAT = 1
-PART = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # fullmatch: `$` would let a final newline through
 MAX_RECIPE_BYTES = 1_000_000  # a recipe is a few KB; anything near this is not one
 
 
-class InvalidName(RegistryError, ValueError):
-    """Not a valid package name (or version): the message says what is allowed."""
-
-
-def canonical(name: str) -> str:
-    """The one spelling of a package name: checked, `_` written as `-`.
-
-    Checking here is also what keeps names from leaving the registry folder: only
-    `[a-z0-9_-]` parts joined by at most one `/` ever reach a path."""
-    parts = name.split("/") if isinstance(name, str) else [None]
-    if len(parts) > 2 or not all(isinstance(p, str) and PART.fullmatch(p) for p in parts):
-        raise InvalidName(f"invalid package name {name!r}",
-                         hint="names are lowercase [a-z0-9][a-z0-9_-]{0,63}, optionally under a namespace: team/name")
-    return "/".join(p.replace("_", "-") for p in parts)
-
-
-def check_version(text: str) -> Version:
-    try:
-        return Version.parse(text)
-    except VersionError as e:
-        raise InvalidName(str(e), hint="versions are semantic versions, e.g. 0.1.0 or 1.2.0-rc.1") from None
-
-
 def index_path(name: str) -> str:
-    return f"index/{canonical(name)}.jsonl"
+    return f"index/{canonical_name(name)}.jsonl"
 
 
 def recipe_path(name: str, version: str) -> str:
-    return f"recipes/{canonical(name)}/{check_version(version)}.toml"
+    return f"recipes/{canonical_name(name)}/{check_version(version)}.toml"
 
 
 @dataclass(frozen=True)
@@ -90,9 +68,9 @@ class Entry:
     def from_json(cls, text: str, where: str) -> Entry:
         try:
             data = json.loads(text)
-            deps = tuple(Dependency(canonical(n), d["range"], d.get("registry"))
+            deps = tuple(Dependency(canonical_name(n), d["range"], d.get("registry"))
                          for n, d in data.get("dependencies", {}).items())
-            entry = cls(canonical(data["name"]), str(check_version(data["version"])), data["sha256"], deps,
+            entry = cls(canonical_name(data["name"]), str(check_version(data["version"])), data["sha256"], deps,
                         dict(data.get("sources", {})), data.get("description", ""), tuple(data.get("tags", ())),
                         bool(data.get("yanked", False)), data.get("published", ""))
         except (ValueError, KeyError, TypeError, AttributeError) as e:

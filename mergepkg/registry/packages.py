@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergepkg.dependencies import Dependencies, resolve_dependencies
 from mergepkg.errors import PublishError, RegistryError
-from mergepkg.recipe import Dependency, Recipe
+from mergepkg.lockfile import lock_path
+from mergepkg.recipe.flatten import flatten
+from mergepkg.recipe.model import Dependency, Recipe
+from mergepkg.recipe.names import InvalidName, canonical_name
+from mergepkg.recipe.plan import make_plan
+from mergepkg.recipe.versions import Range, VersionError
 from mergepkg.registry.client import Client, Registry
+from mergepkg.registry.dependencies import Dependencies, install_dependencies
 from mergepkg.registry.folder import RegistryFolder, check_publishable, parse_published
-from mergepkg.registry.index import Entry, InvalidName, canonical
-from mergepkg.registry.semver import Range, VersionError
+from mergepkg.registry.index import Entry
 from mergepkg.settings import Settings
 
 SPEC = re.compile(r"^(?P<name>[^@\s]+)(?:@(?P<range>.+))?$")
@@ -35,7 +40,7 @@ class Spec:
             Range.parse(rng)
         except VersionError as e:
             raise InvalidName(str(e), hint="ranges: ^1.2, ~1.2.3, =1.2.3, >=1.0, <2.0 or *") from None
-        return cls(canonical(m["name"]), rng)
+        return cls(canonical_name(m["name"]), rng)
 
     def __str__(self) -> str:
         return self.name if self.range == "*" else f"{self.name}@{self.range}"
@@ -74,22 +79,18 @@ def install(settings: Settings, spec: Spec, registry: str | None = None, client:
     verify and store each recipe file. The same resolution a recipe's [dependencies] get."""
     root = Recipe(name="install", version="0.0.0", path=Path("command line").resolve(), sources={}, steps={},
                   outputs=(), dependencies={spec.name: Dependency(spec.name, spec.range, registry)})
-    return resolve_dependencies(root, settings, client=client or Client(settings))
+    return install_dependencies(root, settings, client=client or Client(settings))
 
 
 def publish(settings: Settings, recipe_file: Path, registry: str) -> tuple[Registry, Entry, bool]:
     """Validate the recipe (parse, refuse local sources, resolve its dependencies, plan),
     then add it to the registry. Returns whether it was new (False: already there, same bytes)."""
-    from mergepkg.imports import flatten
-    from mergepkg.lock import lock_path
-    from mergepkg.plan import make_plan
-
     client = Client(settings)
     reg = client.registry(registry)
     data = Path(recipe_file).read_bytes()
     recipe = parse_published(data, str(Path(recipe_file).resolve()))
     check_publishable(recipe, data)
-    deps = resolve_dependencies(recipe, settings, client=client)
+    deps = install_dependencies(recipe, settings, client=client)
     make_plan(flatten(recipe, bind=deps.bind))
     lock_file = lock_path(recipe)
     lock_text = lock_file.read_text() if lock_file.exists() else None
@@ -105,12 +106,10 @@ def yank(settings: Settings, name: str, version: str, registry: str, undo: bool 
     reg = client.registry(registry)
     if reg.folder is not None:
         return reg, RegistryFolder(reg.folder).yank(name, version, not undo)
-    return reg, _entry(client.post(reg, "yank", {"name": canonical(name), "version": version, "yanked": not undo}), reg)
+    return reg, _entry(client.post(reg, "yank", {"name": canonical_name(name), "version": version, "yanked": not undo}), reg)
 
 
 def _entry(answer: dict, reg: Registry) -> Entry:
-    import json
-
     if "entry" not in answer:
         raise PublishError(f"{reg.name} answered without an entry: {answer}", file=reg.url)
     return Entry.from_json(json.dumps(answer["entry"]), reg.url)

@@ -23,6 +23,7 @@ from pathlib import Path
 import filelock
 
 from mergepkg.errors import MergepkgError, PublishError
+from mergepkg.recipe.plan import make_plan
 from mergepkg.registry import tokens
 from mergepkg.registry.folder import RegistryFolder, parse_published
 from mergepkg.registry.index import MAX_RECIPE_BYTES
@@ -111,8 +112,6 @@ class App:
         if not isinstance(recipe_text, str) or not (lock_text is None or isinstance(lock_text, str)):
             raise ValueError('expected {"recipe": "<TOML text>", "lock": "<TOML text>" or null}')
         data = recipe_text.encode("utf-8")
-        from mergepkg.plan import make_plan
-
         recipe = parse_published(data, "recipe.toml")
         make_plan(recipe)  # cycles and references, as the publisher's own check did
         self.folder.check_dependencies(recipe)

@@ -1,0 +1,63 @@
+"""The library's front door: build, check, lock and verify recipes from Python.
+
+Each function takes a recipe file (or a `Recipe` already loaded) and, optionally, a
+`Session` (settings and the store under `$MERGEPKG_HOME`); without one it makes one
+from the environment, as the `mergepkg` command does. These are the functions the
+commands call; see docs/api.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mergepkg.builder.build import BuildReport
+from mergepkg.builder.build import build as build_recipe
+from mergepkg.builder.status import Status
+from mergepkg.builder.status import status as recipe_status
+from mergepkg.builder.verify import Check
+from mergepkg.builder.verify import verify as verify_recipe
+from mergepkg.engine.progress import Reporter
+from mergepkg.recipe.model import Recipe
+from mergepkg.recipe.parse import load_recipe
+from mergepkg.resolve.lock import Locked, lock_recipe
+from mergepkg.resolve.resolution import Mode
+from mergepkg.store.session import Session
+
+RecipeLike = str | Path | Recipe
+
+
+def _open(recipe: RecipeLike, session: Session | None) -> tuple[Recipe, Session]:
+    return (recipe if isinstance(recipe, Recipe) else load_recipe(recipe)), session or Session()
+
+
+def build(recipe: RecipeLike, *, out: str | Path | None = None, session: Session | None = None,
+          mode: Mode = "update", seed: int | None = None, reporter: Reporter | None = None) -> BuildReport:
+    """Build what is not stored, update the lock, and place the outputs in `out` (when
+    given): `mergepkg build`. `mode` "locked" or "frozen" holds the lock as it is."""
+    r, s = _open(recipe, session)
+    return build_recipe(r, s, out=Path(out) if out is not None else None, seed=seed, mode=mode, reporter=reporter)
+
+
+def status(recipe: RecipeLike, *, session: Session | None = None) -> Status:
+    """Each step's key, layout and whether it is stored, building nothing: `mergepkg plan`."""
+    r, s = _open(recipe, session)
+    return recipe_status(r, s)
+
+
+def validate(recipe: RecipeLike, *, session: Session | None = None) -> Status:
+    """The recipe checked against its models' configs and headers: `mergepkg validate`."""
+    r, s = _open(recipe, session)
+    return recipe_status(r, s, use_store=False)
+
+
+def lock(recipe: RecipeLike, *, upgrade: frozenset[str] | None = None, session: Session | None = None) -> Locked:
+    """Write or refresh the lock file: `mergepkg lock` (`upgrade`: see `lock_recipe`)."""
+    r, s = _open(recipe, session)
+    return lock_recipe(r, s, upgrade=upgrade)
+
+
+def verify(recipe: RecipeLike, *, rebuild: bool = False, session: Session | None = None,
+           reporter: Reporter | None = None) -> list[Check]:
+    """Stored artifacts (or, with `rebuild`, a fresh build) checked against the lock: `mergepkg verify`."""
+    r, s = _open(recipe, session)
+    return verify_recipe(r, s, rebuild=rebuild, reporter=reporter)

@@ -1,0 +1,26 @@
+"""How the engine reports progress: a small protocol the CLI draws with rich.
+
+The library never prints; a command passes a `Reporter` and gets told what happens.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Reporter(Protocol):
+    """How the engine tells the outside world about progress (the CLI draws bars)."""
+
+    def step_reused(self, name: str, key: str) -> None: ...
+    def step_started(self, name: str, tensors: int, nbytes: int) -> None: ...
+    def tensor_done(self, nbytes: int) -> None: ...
+    def step_finished(self, name: str) -> None: ...
+
+
+class NullReporter:
+    def step_reused(self, name, key): pass
+    def step_started(self, name, tensors, nbytes): pass
+    def tensor_done(self, nbytes): pass
+    def step_finished(self, name): pass
+
+

@@ -1,0 +1,151 @@
+"""Model references of a config as recipe names: Hugging Face repos and folders become
+`[sources]` entries, another document's `name` (mergekit-multi) becomes its step."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from mergepkg.importers.mergekit.context import LORA_HINT, Context, Step
+from mergepkg.recipe.names import NAME
+from mergepkg.recipe.tables import show
+
+REF_KEYS = ("model", "lora", "override_architecture")
+HF_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+class Refs:
+    """The `[sources]` table being built and every source or step name given out (each once)."""
+
+    def __init__(self, ctx: Context, *, recipe_dir: Path, cwd: Path) -> None:
+        self.ctx = ctx
+        self.recipe_dir, self.cwd = recipe_dir, cwd
+        self.sources: dict[str, dict] = {}  # name -> { hf, revision } or { path }
+        self.source_ids: dict[tuple, str] = {}
+        self.used: set[str] = set()
+        self.step_of_doc_name: dict[str, str] = {}  # a document's `name:` -> its step name
+
+    def model_ref(self, value: Any, key: str) -> str:
+        """The source or step name of a mergekit model reference."""
+        ctx = self.ctx
+        if isinstance(value, dict):
+            ctx.only_keys(value, REF_KEYS, key)
+            if value.get("lora") is not None:
+                raise ctx.error(f"{key}.lora", "LoRA adapters are not supported", LORA_HINT)
+            if value.get("override_architecture") is not None:
+                raise ctx.error(f"{key}.override_architecture", "override_architecture is not supported",
+                                "mergepkg merges models of one architecture as their configs declare it")
+            inner = value.get("model")
+            if isinstance(inner, dict):
+                for k in inner:  # not ctx.only_keys: `lora` is an unknown key here
+                    if k not in ("path", "revision"):
+                        raise ctx.error(f"{key}.model.{k}", f"unknown key {k!r}",
+                                        ctx.unknown_key_hint(str(k), ("path", "revision")))
+                path, revision = inner.get("path"), inner.get("revision")
+                if not isinstance(path, str) or not path:
+                    raise ctx.error(f"{key}.model.path", f"expected a model path, got {show(path)}")
+                if revision is not None and not isinstance(revision, str):
+                    raise ctx.error(f"{key}.model.revision", f"expected a revision, got {show(revision)}")
+                return self.resolve(path, revision, f"{key}.model")
+            return self.model_ref(inner, f"{key}.model")
+        if not isinstance(value, str) or not value.strip():
+            raise ctx.error(key, f"expected a model (org/name, org/name@revision or a folder), got {show(value)}")
+        if "+" in value:
+            raise ctx.error(key, f"LoRA references ({value!r}: model+adapter) are not supported", LORA_HINT)
+        if value.count("@") > 1:
+            raise ctx.error(key, f"invalid model reference {value!r}: more than one '@'")
+        path, _, revision = value.partition("@")
+        if not path:
+            raise ctx.error(key, f"invalid model reference {value!r}")
+        return self.resolve(path, revision or None, key)
+
+    def resolve(self, path: str, revision: str | None, key: str) -> str:
+        """The name for `path` (@`revision`): a step of this file, or a source added once per model."""
+        ctx, step = self.ctx, self.ctx.step
+        assert step is not None, "a model reference outside a step"
+        if path in self.step_of_doc_name:  # mergekit-multi: another document's output
+            if revision:
+                raise ctx.error(key, f"{path!r} names a merge of this file; it has no revision")
+            name = self.step_of_doc_name[path]
+            if name == step.name:
+                raise ctx.error(key, f"merge {path!r} cannot read itself")
+            step.refs.setdefault(name, key)
+            return name
+        local = self.is_local(path)
+        if local:
+            if revision:
+                raise ctx.error(key, f"{path!r} is a local folder; a revision applies to Hugging Face repos only")
+            folder = Path(os.path.expanduser(path))
+            absolute = folder if folder.is_absolute() else (self.cwd / folder)
+            absolute = Path(os.path.normpath(absolute))
+            ident: tuple = ("path", str(absolute))
+            written = str(absolute) if folder.is_absolute() else _relative(absolute, self.recipe_dir)
+            table = {"path": written}
+            wanted = absolute.name
+        else:
+            if ".." in path:
+                raise ctx.error(key, f"not a Hugging Face repo id: {path!r}")
+            ident = ("hf", path, revision or "main")
+            table = {"hf": path, **({"revision": revision} if revision else {})}
+            wanted = path.rsplit("/", 1)[-1]
+        if ident in self.source_ids:
+            return self.source_ids[ident]
+        name = self.reserve(sanitize(wanted))
+        self.source_ids[ident] = name
+        self.sources[name] = table
+        return name
+
+    def is_local(self, path: str) -> bool:
+        """As mergekit decides: a path that exists is a folder, anything else a Hugging Face repo;
+        a path that cannot be a repo id (absolute, ./, ../, ~, several '/') is a folder that may not exist yet."""
+        expanded = os.path.expanduser(path)
+        if os.path.isabs(expanded) or path.startswith(("./", "../", ".\\", "..\\", "~")) or path in (".", ".."):
+            return True
+        if (self.cwd / expanded).exists():
+            return True
+        return not HF_ID.fullmatch(path)
+
+    def reserve(self, wanted: str) -> str:
+        """`wanted`, or `wanted-2`, `wanted-3`, ... when it is taken."""
+        name, k = wanted, 2
+        while name in self.used:
+            name = f"{wanted[:120]}-{k}"
+            k += 1
+        self.used.add(name)
+        return name
+
+    def rename(self, old: str, new: str, steps: list[Step]) -> None:
+        """Rename a source or step everywhere it is named."""
+        self.sources = {(new if k == old else k): v for k, v in self.sources.items()}
+        self.source_ids = {i: (new if n == old else n) for i, n in self.source_ids.items()}
+        for s in steps:
+            s.name = new if s.name == old else s.name
+            s.base = new if s.base == old else s.base
+            s.tokenizer = new if s.tokenizer == old else s.tokenizer
+            for entry in s.tokens.values():
+                src = entry["source"]
+                if src == old:
+                    entry["source"] = new
+                elif isinstance(src, dict) and src.get("model") == old:
+                    src["model"] = new
+            for model in [*s.inputs, *(src for sl in s.slices for src in sl["sources"])]:
+                model["model"] = new if model["model"] == old else model["model"]
+            s.refs = {(new if k == old else k): v for k, v in s.refs.items()}
+
+
+def sanitize(text: str) -> str:
+    """A name mergepkg accepts: letters, digits, '_', '-', '.'; not starting with '-' or '.'."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")
+    name = re.sub(r"^[.-]+", "", name)[:120]
+    if not name or not NAME.match(name):
+        name = "model"
+    return name
+
+
+def _relative(target: Path, start: Path) -> str:
+    """`target` relative to `start` as a recipe writes it: ./x, ../x or '.'."""
+    rel = os.path.relpath(target, start)
+    rel = Path(rel).as_posix()
+    return rel if rel.startswith("../") or rel == ".." else f"./{rel}" if rel != "." else "."

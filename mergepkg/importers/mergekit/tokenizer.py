@@ -1,0 +1,96 @@
+"""Which tokenizer the output gets: mergekit's `tokenizer_source` and `tokenizer` block
+(source, tokens and their embeddings, pad_to_multiple_of) as the step's `tokenizer`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mergepkg.importers.mergekit.context import Context, Step
+from mergepkg.importers.mergekit.refs import Refs
+from mergepkg.recipe.tables import show
+
+
+def tokenizer_source(ctx: Context, refs: Refs, step: Step, value: Any, base: str | None,
+                     key: str = "tokenizer_source") -> None:
+    """`tokenizer_source`: "union", "base" or one of the models merged here."""
+    if value is None:
+        return
+    if value == "union":
+        step.union = True
+        ctx.note("union: the other models' ordinary tokens join the base's tokenizer model without merges "
+                 "(mergekit adds them as added tokens), so text encodes as the base encodes it; "
+                 "see docs/tokenizers.md", key)
+        return
+    if value == "base":
+        if step.base is not None:
+            step.tokenizer = step.base
+        elif base is not None and base in step.models:
+            step.tokenizer = base
+        else:
+            raise ctx.error(key, "tokenizer source `base` but there is no base_model", "name a model instead")
+    else:
+        name = refs.model_ref(value, key)
+        if name not in step.models:
+            raise ctx.error(key, f"tokenizer_source {value!r} is not one of the models merged here",
+                            "mergepkg copies the tokenizer of the base or of an input")
+        step.tokenizer = name
+
+
+def tokenizer_block(ctx: Context, refs: Refs, step: Step, value: Any, base: str | None) -> None:
+    """mergekit's `tokenizer: { source, tokens: { tok: { source, force } } }`."""
+    if value is None:
+        return
+    key = "tokenizer"
+    if not isinstance(value, dict):
+        raise ctx.error(key, f"expected a mapping with `source` and `tokens`, got {show(value)}")
+    ctx.only_keys(value, ("source", "tokens", "pad_to_multiple_of"), key)
+    pad = value.get("pad_to_multiple_of")
+    if pad is not None:
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 1:
+            raise ctx.error(f"{key}.pad_to_multiple_of", f"expected a positive integer, got {show(pad)}")
+        step.pad_to_multiple_of = pad
+    source = value.get("source", "union")  # mergekit's default
+    tokenizer_source(ctx, refs, step, source, base, f"{key}.source")
+    tokens = value.get("tokens") or {}
+    if not isinstance(tokens, dict):
+        raise ctx.error(f"{key}.tokens", f"expected a mapping of tokens, got {show(tokens)}")
+    for token, entry in tokens.items():
+        tkey = f"{key}.tokens.{token}"
+        if not isinstance(entry, dict) or entry.get("source") is None:
+            raise ctx.error(tkey, "expected { source: <model> } (and `force`)")
+        ctx.only_keys(entry, ("source", "force"), tkey)
+        out: dict[str, Any] = {"source": _token_source(ctx, refs, step, entry["source"], f"{tkey}.source")}
+        force = entry.get("force", False)
+        if not isinstance(force, bool):
+            raise ctx.error(f"{tkey}.force", f"expected true or false, got {show(force)}")
+        if force:
+            out["force"] = True
+        step.tokens[str(token)] = out
+
+
+def _token_source(ctx: Context, refs: Refs, step: Step, src: Any, key: str) -> Any:
+    """A model merged here, { kind: zero } or { kind: model_token, model, token | token_id }."""
+    if isinstance(src, dict) and src.get("kind") == "zero":
+        ctx.only_keys(src, ("kind",), key)
+        return {"kind": "zero"}
+    if isinstance(src, dict):
+        ctx.only_keys(src, ("kind", "model", "token", "token_id"), key)
+        if src.get("kind") != "model_token":
+            raise ctx.error(f"{key}.kind", f"unknown kind {src.get('kind')!r}", 'expected "zero" or "model_token"')
+        if (src.get("token") is None) == (src.get("token_id") is None):
+            raise ctx.error(key, "expected exactly one of `token` or `token_id`")
+        name = _token_model(ctx, refs, step, src.get("model"), f"{key}.model")
+        which = {"token": str(src["token"])} if src.get("token") is not None else {"token_id": src["token_id"]}
+        return {"model": name, **which}
+    return _token_model(ctx, refs, step, src, key)
+
+
+def _token_model(ctx: Context, refs: Refs, step: Step, value: Any, key: str) -> str:
+    """The name of a model merged here that a token's embedding comes from."""
+    if value is None:
+        raise ctx.error(key, "missing the model")
+    name = refs.model_ref(value, key)
+    if name not in step.models:
+        raise ctx.error(key, f"{value!r} is not one of the models merged here",
+                        "a token's embedding comes from the base or an input")
+    return name

@@ -1,0 +1,129 @@
+"""Writing sharded safetensors as tensors arrive.
+
+The engine knows every output tensor's name, dtype and shape before it computes any of
+them, so each shard's header is written first and tensor bytes are streamed after it
+(through `direct.py`), hashed on a thread beside the writes. Memory holds one tensor,
+never a shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from mergepkg._lazy import torch
+from mergepkg.errors import BuildError
+from mergepkg.io.digest import combine_digests, tensor_digest_prefix
+from mergepkg.io.direct import SequentialFile
+from mergepkg.io.folder import INDEX
+from mergepkg.io.tensors import TensorInfo, code_of
+
+
+def plan_shards(tensors: Iterable[tuple[str, TensorInfo]], max_shard_bytes: int) -> list[list[tuple[str, TensorInfo]]]:
+    """Split the output tensors, in order, into shards of at most max_shard_bytes
+    (a single larger tensor gets a shard of its own)."""
+    shards: list[list[tuple[str, TensorInfo]]] = [[]]
+    size = 0
+    for name, info in tensors:
+        if shards[-1] and size + info.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, info))
+        size += info.nbytes
+    return shards
+
+
+def shard_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+class ShardWriter:
+    """Streams tensors, in the planned order, into safetensors shards under `folder`."""
+
+    def __init__(self, folder: Path, tensors: list[tuple[str, TensorInfo]], max_shard_bytes: int):
+        self.folder = folder
+        self.shards = plan_shards(tensors, max_shard_bytes)
+        self.names = shard_names(len(self.shards))
+        self._order = [(shard, name, info) for shard, items in enumerate(self.shards) for name, info in items]
+        self._next = 0
+        self._file: SequentialFile | None = None
+        self._shard = -1
+        self.bytes_written = 0
+        self._digests: dict[str, Future] = {}
+        # hashing runs beside the writes (hashlib releases the GIL): the digest is free
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergepkg-hash")
+
+    def _open_shard(self, shard: int):
+        self._close_file()
+        header, offset = {}, 0
+        for name, info in self.shards[shard]:
+            header[name] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
+            offset += info.nbytes
+        header["__metadata__"] = {"format": "pt"}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
+        self._file = SequentialFile(self.folder / self.names[shard])
+        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._shard = shard
+
+    def write(self, name: str, tensor: torch.Tensor, *, first: bool = True, last: bool = True, done=None):
+        """Write the next tensor, or (first/last) the next block of rows of it; `done()`
+        runs once its bytes are written and hashed (the caller may then reuse them)."""
+        shard, expected, info = self._order[self._next]
+        shape = tuple(tensor.shape)
+        if name != expected or code_of(tensor.dtype) != info.dtype or (
+                shape != info.shape if first and last else shape[1:] != info.shape[1:]):
+            raise BuildError(f"engine produced {name} {tensor.dtype} {shape}; "
+                             f"expected {expected} {info.dtype} {info.shape}")
+        if shard != self._shard:
+            self._open_shard(shard)
+        data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        if first:
+            self._hash = hashlib.sha256(tensor_digest_prefix(name, info.dtype, info.shape))
+            self._written = 0
+        self._hasher.submit(self._hash.update, data)  # one worker: pieces hash in order
+        self._file.write(data)
+        if done is not None:
+            self._hasher.submit(done)  # after the update above: the hasher has finished with data
+        self._written += len(data)
+        if last:
+            if self._written != info.nbytes:
+                raise BuildError(f"engine wrote {self._written} bytes of {name}; expected {info.nbytes}")
+            self._digests[name] = self._hasher.submit(self._hash.hexdigest)
+            self.bytes_written += info.nbytes
+            self._next += 1
+
+    def _close_file(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def abort(self):
+        """Close the open shard after a failure; the caller discards the folder."""
+        self._close_file()
+        self._hasher.shutdown(cancel_futures=True)
+
+    @property
+    def digests(self) -> dict[str, str]:
+        return {name: future.result() for name, future in self._digests.items()}
+
+    @property
+    def digest(self) -> str:
+        return combine_digests(self.digests)
+
+    def close(self):
+        self._close_file()
+        self._hasher.shutdown()
+        if self._next != len(self._order):
+            raise BuildError(f"wrote {self._next} of {len(self._order)} tensors")
+        if len(self.shards) > 1:
+            weight_map = {name: self.names[s] for s, items in enumerate(self.shards) for name, _ in items}
+            total = sum(info.nbytes for items in self.shards for _, info in items)
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.folder / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,206 @@
+"""The layout of an ordinary step: whole models merged tensor by tensor, or layer
+ranges (slices) stacked and merged.
+
+From the inputs' headers and configs alone (no tensor data, no torch) this decides
+every output tensor's name, dtype and shape, the input tensors it is merged from, and
+the method parameters resolved for it (filters, gradients, defaults). It is where
+mismatched architectures, tensor names, shapes and layer ranges are caught, so
+`mergepkg validate` finds them before any byte is read. The engine only executes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from mergepkg.errors import ModelMismatchError, RecipeError
+from mergepkg.io.tensors import TensorInfo
+from mergepkg.layout.align import Alignment
+from mergepkg.layout.types import (
+    LAYER,
+    LAYER_COUNT_KEYS,
+    ModelInfo,
+    OutputTensor,
+    Part,
+    StepLayout,
+    is_pre,
+    ordered,
+    saved_dtype,
+    with_saved_dtype,
+)
+from mergepkg.layout.values import param_value
+from mergepkg.methods import get_method
+from mergepkg.recipe.model import Params, Recipe, Slice, SliceSource, Step
+
+HEADS = ("lm_head.weight", "embed_out.weight")  # output heads that tied models leave out
+
+
+class Member(NamedTuple):
+    """One model's tensor in an output tensor's merge."""
+
+    role: str  # "base" or "input"
+    model: str
+    tensor: str  # its name in that model
+    params: Params  # the model's own parameters (an input's, a slice source's)
+
+
+# An output tensor before it is checked: (name, gradient position t, members, its slice's parameters)
+Group = tuple[str, float, list[Member], Params]
+
+
+class DenseLayout:
+    """The layout of a step over whole models (`inputs`) or layer ranges (`slices`)."""
+
+    def __init__(self, recipe: Recipe, step: Step, infos: dict[str, ModelInfo]):
+        self.step, self.infos = step, infos
+        self.spec = get_method(step.method)
+        self.where = recipe.written(step.name)  # an imported step reports errors in its own file
+        self.key = self.where.key
+        self.error = self.where.error
+
+    def layout(self) -> StepLayout:
+        step = self.step
+        models = step.models
+        ref = step.base or models[0]
+        ref_info = self.infos[ref]
+        self.check_architectures(models, ref)
+        # vocabularies: checked, and the output's chosen
+        self.alignment = Alignment(step, self.infos, self.where, self.key_of)
+        groups = self.whole_model_groups() if step.inputs else self.slice_groups()
+        out = tuple(self.output_tensor(*g) for g in groups)
+        config = dict(ref_info.config)
+        if step.slices:
+            count = sum(sl.sources[0].layers[1] - sl.sources[0].layers[0] for sl in step.slices)
+            key = next((k for k in LAYER_COUNT_KEYS if k in config), "num_hidden_layers")
+            config[key] = count
+        self.alignment.update_config(config)
+        with_saved_dtype(config, step.out_dtype)
+        bytes_in = sum(self.infos[p.model].tensors[p.tensor].nbytes for t in out for p in t.parts)
+        return StepLayout(step, self.spec, out, config, ref, step.tokenizer_model, bytes_in, self.alignment.out_vocab,
+                          self.alignment.token_ids)
+
+    def key_of(self, model: str) -> str:
+        for i, ref in enumerate(self.step.inputs):
+            if ref.model == model:
+                return f"{self.key}.inputs[{i}]"
+        for i, sl in enumerate(self.step.slices):
+            for j, src in enumerate(sl.sources):
+                if src.model == model:
+                    return f"{self.key}.slices[{i}].sources[{j}]"
+        return f"{self.key}.base"
+
+    def check_architectures(self, models: tuple[str, ...], ref: str) -> None:
+        want = self.infos[ref].config.get("architectures") or self.infos[ref].config.get("model_type")
+        for m in models:
+            got = self.infos[m].config.get("architectures") or self.infos[m].config.get("model_type")
+            if got != want:
+                raise self.error(ModelMismatchError, self.key_of(m),
+                                 f"architecture of {m!r} ({got}) differs from {ref!r} ({want})",
+                                 "merge models of one architecture")
+
+    def whole_model_groups(self) -> Iterator[Group]:
+        step = self.step
+        ref = step.base or step.inputs[0].model
+        n = self.infos[ref].num_layers
+        names = set(self.infos[ref].tensors)
+        for model in step.models:
+            info = self.infos[model]
+            if info.num_layers != n:
+                raise self.error(ModelMismatchError, self.key_of(model),
+                                 f"{model!r} has {info.num_layers} layers but {ref!r} has {n}",
+                                 "merge models of one shape, or pick layers with `slices`")
+            extra = sorted(set(info.tensors) - names)
+            if extra:
+                raise self.error(ModelMismatchError, self.key_of(model),
+                                 f"{model!r} has tensor {extra[0]} that {ref!r} lacks" + tied_note(extra[0], model, ref),
+                                 "the models must share an architecture and tensor names")
+        members = ([("base", step.base, {})] if step.base else []) + [("input", r.model, r.params) for r in step.inputs]
+        for name in ordered(self.infos[ref].tensors):
+            m = LAYER.match(name)
+            t = (int(m["index"]) / (n - 1) if n > 1 else 1.0) if m else 0.0
+            yield name, t, [Member(role, model, name, params) for role, model, params in members], {}
+
+    def slice_groups(self) -> Iterator[Group]:
+        step = self.step
+        out_layer = 0
+        for si, sl in enumerate(step.slices):
+            for j, src in enumerate(sl.sources):
+                have = self.infos[src.model].num_layers
+                if src.layers[1] > have:
+                    raise self.error(RecipeError, f"{self.key}.slices[{si}].sources[{j}].layers",
+                                     f"layers {list(src.layers)} go past the {have} layers of {src.model!r}",
+                                     f"use an end of at most {have}")
+        first, last = step.slices[0], step.slices[-1]
+        ref = first.sources[0].model
+        names = ordered(self.infos[ref].tensors)
+        outer = [n for n in names if not LAYER.match(n)]
+        pre = [n for n in outer if is_pre(n)]
+        post = [n for n in outer if not is_pre(n)]
+        for name in pre:
+            yield name, 0.0, self.members(first, name, lambda s, n=name: n), first.params
+        for sl in step.slices:
+            count = sl.sources[0].layers[1] - sl.sources[0].layers[0]
+            layer0 = sl.sources[0].layers[0]
+            ref_model = sl.sources[0].model
+            suffixes = sorted({m["rest"] for n in self.infos[ref_model].tensors
+                               if (m := LAYER.match(n)) and int(m["index"]) == layer0})
+            prefix = next(m["prefix"] for n in self.infos[ref_model].tensors if (m := LAYER.match(n)))
+            for off in range(count):
+                t = off / (count - 1) if count > 1 else 1.0
+                for rest in suffixes:
+                    out_name = f"{prefix}{out_layer}.{rest}"
+                    yield out_name, t, self.members(sl, out_name, lambda s, o=off, r=rest: f"{prefix}{s.layers[0] + o}.{r}"), sl.params
+                out_layer += 1
+        for name in post:
+            yield name, 0.0, self.members(last, name, lambda s, n=name: n), last.params
+
+    def members(self, sl: Slice, out_name: str, tensor_of: Callable[[SliceSource], str]) -> list[Member]:
+        base = self.step.base
+        return [Member("base" if s.model == base else "input", s.model, tensor_of(s), s.params) for s in sl.sources]
+
+    def output_tensor(self, name: str, t: float, members: list[Member], slice_params: Params) -> OutputTensor:
+        spec, step = self.spec, self.step
+        parts, base = [], None
+        ref_info, ref_model = None, None
+        row_map = self.alignment.row_map([(model, tensor) for _, model, tensor, _ in members])
+        rows = 1 if row_map else 0  # a row map aligns the first dimension: only the others must agree
+        for role, model, tensor, _ in members:
+            info = self.infos[model].tensors.get(tensor)
+            if info is None:
+                raise self.error(ModelMismatchError, self.key_of(model),
+                                 f"{model!r} has no tensor {tensor}" + tied_note(
+                                     tensor, next((m for _, m, t, _ in members if t in self.infos[m].tensors), model), model),
+                                 "the models must share an architecture and tensor names")
+            if ref_info is None:
+                ref_info, ref_model = info, model
+            elif info.shape[rows:] != ref_info.shape[rows:]:
+                raise self.error(ModelMismatchError, self.key_of(model),
+                                 f"tensor {tensor}: {model!r} has shape {list(info.shape)} but {ref_model!r} has {list(ref_info.shape)}",
+                                 "merged models need equal tensor shapes")
+            part = Part(model, tensor)
+            if role == "base":
+                base = part
+            else:
+                parts.append(part)
+        shared = [slice_params, step.params]
+        inputs = [m for m in members if m.role == "input"]
+        params: dict[str, Any] = {p.arg: param_value(p, shared, name, t, self.where, f"{self.key}.params")
+                                  for p in spec.params if not p.per_input}
+        for p in spec.params:
+            if p.per_input:
+                params[p.arg] = [param_value(p, [m.params, *shared], m.tensor, t, self.where, self.key_of(m.model))
+                                 for m in inputs]
+        stored = self.infos[base.model].tensors[base.tensor].dtype if base else ref_info.dtype
+        dtype = saved_dtype(step.out_dtype, stored)
+        shape = (row_map.rows, *ref_info.shape[1:]) if row_map else ref_info.shape
+        return OutputTensor(name, TensorInfo(dtype, shape), base, tuple(parts), params, row_map)
+
+
+def tied_note(tensor: str, has: str, lacks: str) -> str:
+    """Why a head tensor is in one model only: it ties its head to its embeddings."""
+    if tensor not in HEADS:
+        return ""
+    return (f": {lacks!r} ties its output head to its input embeddings (tie_word_embeddings) and {has!r} "
+            "does not; merge models that agree on tie_word_embeddings")
+
+

@@ -1,0 +1,240 @@
+"""The lock file: what a recipe resolved to, so anyone can rebuild the same bytes.
+
+It sits beside its recipe, named after it: `mergepkg.toml` -> `mergepkg.lock`,
+`example.toml` -> `example.lock` (so several recipes can share a folder).
+
+TOML, written by mergepkg in a stable order: a format version, a hash of the recipe
+content it was made from, every source with its requested revision, resolved commit
+and each used file's size and sha256, and every step with its key and output digest.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from mergepkg._toml import tomllib
+from mergepkg.canonical import canonical_json, sha256_hex
+from mergepkg.errors import MergepkgError, RecipeError
+from mergepkg.files import write_atomic
+from mergepkg.recipe.model import Condition, Recipe
+from mergepkg.recipe.names import canonical_name, check_version
+
+LOCK_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What a source resolved to: enough to fetch the same bytes again and check them."""
+
+    commit: str | None  # hub sources
+    files: tuple[FileRecord, ...]  # every file a merge uses, sorted by name
+
+    @property
+    def ref(self) -> str:
+        """The source's identity in step keys: content (and commit), never name or path."""
+        body = {"commit": self.commit, "files": [[f.name, f.size, f.sha256] for f in self.files]}
+        return "sha256:" + sha256_hex(canonical_json(body))
+
+
+@dataclass(frozen=True)
+class LockedDependency:
+    """A registry recipe picked for `[dependencies]`: what the lock records of it."""
+
+    name: str
+    version: str
+    registry: str  # the registry's URL (a folder path or http(s) base URL)
+    sha256: str  # of the recipe file
+
+
+@dataclass(frozen=True)
+class LockedSource:
+    name: str
+    hf: str | None
+    revision: str | None
+    path: str | None  # relative to the recipe file
+    pin: Pin
+
+    def same_request(self, other: LockedSource) -> bool:
+        """Asks for the same thing (a moved branch is still the same request)."""
+        return (self.hf, self.revision, self.path) == (other.hf, other.revision, other.path)
+
+
+@dataclass(frozen=True)
+class LockedStep:
+    name: str
+    method: str
+    key: str
+    digest: str | None  # None until built
+
+
+@dataclass(frozen=True)
+class Lock:
+    recipe_hash: str
+    sources: dict[str, LockedSource]
+    steps: dict[str, LockedStep]
+    version: int = LOCK_VERSION
+    dependencies: dict[str, LockedDependency] = field(default_factory=dict)
+
+
+def lock_path(recipe: Recipe) -> Path:
+    return recipe.path.with_suffix(".lock")
+
+
+def _plain(value):
+    if isinstance(value, Condition):
+        return {"filter": value.filter, "value": _plain(value.value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """A hash of what the recipe says (not how it is written: comments, key order and
+    number spelling do not count), paths taken relative to the recipe file."""
+    root = recipe.path.parent
+    body = {
+        "package": [recipe.name, recipe.version, sorted(recipe.outputs), recipe.seed],
+        "sources": {n: [s.hf, s.revision if s.hf else None, os.path.relpath(s.path, root) if s.path else None]
+                    for n, s in recipe.sources.items()},
+        "steps": {n: [s.method, s.base, [[i.model, _plain(dict(i.params))] for i in s.inputs],
+                      [[[[x.model, list(x.layers), _plain(dict(x.params))] for x in sl.sources], _plain(dict(sl.params))]
+                       for sl in s.slices],
+                      _plain(dict(s.params)), s.dtype, s.out_dtype, s.tokenizer]
+                     + ([sorted([t.token, t.model, t.from_token, t.from_id, t.force] for t in s.tokens)] if s.tokens else [])
+                     + ([s.pad_to_multiple_of] if s.pad_to_multiple_of else [])
+                     + ([asdict(s.moe)] if s.moe else [])  # only on moe steps: other hashes stay
+                  for n, s in recipe.steps.items()},
+    }
+    if recipe.dependencies:  # only then, so that locks of recipes without any keep their hash
+        body["dependencies"] = {n: [d.range, d.registry] for n, d in recipe.dependencies.items()}
+    return "sha256:" + sha256_hex(canonical_json(body))
+
+
+def read_lock(path: Path) -> Lock | None:
+    try:
+        return parse_lock(path.read_text(), path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise RecipeError(f"cannot read the lock: {e}", file=path, hint="delete it and run `mergepkg lock`") from None
+
+
+def parse_lock(text: str, path: Path | str) -> Lock:
+    """A lock from its text (`path` names it in errors: a file, or an uploaded lock)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"cannot read the lock: {e}", file=path, hint="delete it and run `mergepkg lock`") from None
+    if data.get("version") != LOCK_VERSION:
+        raise RecipeError(f"lock format {data.get('version')!r} is not {LOCK_VERSION}", file=path,
+                          hint="run `mergepkg lock` to rewrite it")
+    try:
+        sources = {
+            s["name"]: LockedSource(
+                s["name"], s.get("hf"), s.get("revision"), s.get("path"),
+                Pin(s.get("commit"), tuple(FileRecord(f["name"], f["size"], f["sha256"]) for f in s["files"])),
+            )
+            for s in data.get("source", [])
+        }
+        steps = {s["name"]: LockedStep(s["name"], s["method"], s["key"], s.get("digest")) for s in data.get("step", [])}
+        deps = {d["name"]: _locked_dependency(d, path) for d in data.get("dependency", [])}
+        return Lock(data["recipe"], sources, steps, dependencies=deps)
+    except (KeyError, TypeError) as e:
+        raise RecipeError(f"malformed lock: missing {e}", file=path, hint="delete it and run `mergepkg lock`") from None
+
+
+def _locked_dependency(d: dict, path: Path | str) -> LockedDependency:
+    try:
+        ok = (canonical_name(d["name"]) == d["name"] and str(check_version(d["version"])) == d["version"]
+              and isinstance(d["registry"], str) and re.fullmatch(r"[0-9a-f]{64}", d["sha256"]))
+    except (MergepkgError, TypeError):
+        ok = False
+    if not ok:
+        raise RecipeError(f"malformed lock: dependency {d.get('name')!r} {d.get('version')!r}", file=path,
+                          key="dependency", hint="delete it and run `mergepkg lock`")
+    return LockedDependency(d["name"], d["version"], d["registry"], d["sha256"])
+
+
+def write_lock(path: Path, lock: Lock) -> None:
+    """Write atomically (temp file + rename), sources and steps sorted by name."""
+    doc = {
+        "version": lock.version,
+        "recipe": lock.recipe_hash,
+        "dependency": [
+            {"name": d.name, "version": d.version, "registry": d.registry, "sha256": d.sha256}
+            for d in sorted(lock.dependencies.values(), key=lambda d: d.name)
+        ],
+        "source": [
+            {k: v for k, v in {
+                "name": s.name, "hf": s.hf, "revision": s.revision, "path": s.path, "commit": s.pin.commit,
+                "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in s.pin.files],
+            }.items() if v is not None}
+            for s in sorted(lock.sources.values(), key=lambda s: s.name)
+        ],
+        "step": [
+            {k: v for k, v in {"name": s.name, "method": s.method, "key": s.key, "digest": s.digest}.items() if v is not None}
+            for s in sorted(lock.steps.values(), key=lambda s: s.name)
+        ],
+    }
+    if not doc["dependency"]:
+        del doc["dependency"]
+    text = "# Written by mergepkg. Do not edit: run `mergepkg lock` to refresh it.\n" + tomli_w.dumps(doc)
+    write_atomic(path, text)
+
+
+def differences(old: Lock | None, new: Lock) -> list[str]:
+    """What changed between a lock on disk and the one the recipe resolves to now."""
+    if old is None:
+        return ["there is no lock file"]
+    out = _compare("dependency", old.dependencies, new.dependencies, _dependency_change)
+    out += _compare("source", old.sources, new.sources, _source_change)
+    out += _compare("step", old.steps, new.steps, _step_change)
+    if not out and old.recipe_hash != new.recipe_hash:
+        out.append("the recipe changed")
+    return out
+
+
+def _compare(kind: str, old: dict, new: dict, change) -> list[str]:
+    """Added, removed and changed entries of one kind, by name; `change(a, b)` says how, or None."""
+    out = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        text = "was added" if a is None else "was removed" if b is None else change(a, b)
+        if text:
+            out.append(f"{kind} {name!r} {text}")
+    return out
+
+
+def _dependency_change(a: LockedDependency, b: LockedDependency) -> str | None:
+    if a.version != b.version:
+        return f"resolves to {b.version} (locked: {a.version})"
+    return None if a == b else f"{a.version} has different content or registry than locked"
+
+
+def _source_change(a: LockedSource, b: LockedSource) -> str | None:
+    if not a.same_request(b):
+        return f"now asks for {b.hf or b.path}@{b.revision or '-'} (locked: {a.hf or a.path}@{a.revision or '-'})"
+    if a.pin != b.pin:
+        moved = a.pin.commit != b.pin.commit
+        return "has different content than locked" + (f" (commit {a.pin.commit[:12]} -> {b.pin.commit[:12]})" if moved else "")
+    return None
+
+
+def _step_change(a: LockedStep, b: LockedStep) -> str | None:
+    return f"changed (key {a.key[:12]} -> {b.key[:12]})" if a.key != b.key else None

@@ -1,0 +1,85 @@
+"""Steps of other recipe files: `{ recipe = "../other.toml", step = "x" }` sources.
+
+`flatten` loads each referenced recipe (recursively) and adds its sources and steps to
+the referring recipe under `<source name>::<name>`, rewriting references, so the plan,
+keys and store see one DAG. Steps keep their `origin` so errors point into their own
+file. Keys never include names, so an imported step has the same key, and the same
+artifact, as when its own recipe builds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from mergepkg.errors import PlanError, did_you_mean
+from mergepkg.recipe.model import InputRef, Origin, Recipe, Slice, SliceSource, Step
+from mergepkg.recipe.parse import load_recipe
+
+SEP = "::"
+
+
+def _renamed(step: Step, name: str, rename, origin: Origin) -> Step:
+    return replace(
+        step,
+        name=name,
+        base=rename(step.base) if step.base else None,
+        inputs=tuple(InputRef(rename(i.model), i.params) for i in step.inputs),
+        slices=tuple(Slice(tuple(SliceSource(rename(s.model), s.layers, s.params) for s in sl.sources), sl.params)
+                     for sl in step.slices),
+        tokenizer=_tokenizer(step, rename),
+        tokens=tuple(replace(t, model=rename(t.model) if t.model else None) for t in step.tokens),
+        moe=step.moe.renamed(rename) if step.moe else None,
+        origin=step.origin or origin,
+    )
+
+
+def _tokenizer(step: Step, rename) -> str | None:
+    """The step's tokenizer setting under new model names, naming the same model."""
+    if step.tokenizer_union:
+        return step.tokenizer
+    if step.tokenizer in (None, "base"):
+        # without a base, "base" names an input called base; renamed, the name would not
+        return rename("base") if not step.base and "base" in step.models else step.tokenizer
+    return rename(step.tokenizer)
+
+
+def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind=None) -> Recipe:
+    """`bind` (registry/dependencies.py `Dependencies.bind`) points `dependency` sources
+    at their installed recipe files, here and in every recipe loaded on the way."""
+    bind = bind or _unbound
+    recipe = bind(recipe)
+    imports = {n: s for n, s in recipe.sources.items() if s.recipe is not None}
+    if not imports:
+        return recipe
+    chain = (*_chain, recipe.path)
+    sources = {n: s for n, s in recipe.sources.items() if s.recipe is None}
+    steps: dict[str, Step] = {}
+    alias: dict[str, str] = {}
+    for name, src in imports.items():
+        key = f"sources.{name}"
+        if src.recipe in chain:
+            files = " -> ".join(str(p) for p in (*chain[chain.index(src.recipe):], src.recipe))
+            raise PlanError(f"recipes import each other: {files}", file=str(recipe.path), line=recipe.line_of(key), key=key)
+        other = flatten(load_recipe(src.recipe), chain, bind)
+        if src.step not in other.steps:
+            raise PlanError(f"{src.recipe.name} has no step {src.step!r}", file=str(recipe.path),
+                            line=recipe.line_of(f"{key}.step"), key=f"{key}.step", hint=did_you_mean(src.step, other.steps))
+        prefix = name + SEP
+        for n, s in other.sources.items():
+            sources[prefix + n] = replace(s, name=prefix + n)
+        for n, st in other.steps.items():
+            origin = Origin(other.path, other.text, n, other.seed)
+            steps[prefix + n] = _renamed(st, prefix + n, lambda m, p=prefix: p + m, origin)
+        alias[name] = prefix + src.step
+    own = {n: _renamed(st, n, lambda m: alias.get(m, m), st.origin) for n, st in recipe.steps.items()}
+    return replace(recipe, sources=sources, steps={**steps, **own})
+
+
+def _unbound(recipe: Recipe) -> Recipe:
+    for name, src in recipe.sources.items():
+        if src.dependency:
+            key = f"sources.{name}"
+            raise PlanError(f"dependency {src.dependency!r} is not resolved here", file=str(recipe.path),
+                            line=recipe.line_of(key), key=key, hint="this command needs the registry: run `mergepkg lock`")
+    return recipe

@@ -1,0 +1,238 @@
+"""The recipe model: frozen dataclasses that `parse.py` builds from TOML.
+
+Words follow the glossary: a *recipe* has *sources* (models from outside) and
+*steps* (merges). A step reads *models*: sources or other steps, named by a string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar, Union
+
+from mergepkg.errors import MergepkgError
+from mergepkg.recipe.locate import locate
+
+Scalar = Union[float, int, bool]
+Gradient = tuple  # tuple[float, ...]: interpolated linearly across a slice's layers
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One `{ filter = "...", value = ... }` entry; `filter=None` matches every tensor."""
+
+    filter: str | None
+    value: Scalar | Gradient
+
+
+# A parameter setting: a scalar, a gradient, or conditions (first match wins).
+Setting = Union[Scalar, Gradient, tuple]  # the last: tuple[Condition, ...]
+Params = Mapping[str, Setting]
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    hf: str | None = None  # "org/name" on the Hugging Face Hub
+    revision: str = "main"
+    path: Path | None = None  # a local model folder, absolute
+    recipe: Path | None = None  # another recipe file, absolute ...
+    step: str | None = None  # ... and the step of it this source is
+    dependency: str | None = None  # or a [dependencies] package (canonical name), with `step`
+
+    @property
+    def label(self) -> str:
+        if self.dependency:
+            return f"{self.dependency}:{self.step}"
+        if self.recipe:
+            return f"{self.recipe}:{self.step}"
+        return f"{self.hf}@{self.revision}" if self.hf else str(self.path)
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A registry recipe this recipe uses steps of: `name = "^1.2"` in `[dependencies]`."""
+
+    name: str  # canonical package name (registry/index.py)
+    range: str  # a version range (registry/semver.py)
+    registry: str | None = None  # a configured registry's name; None: the first that has it
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a step imported from another recipe file was written, for error messages."""
+
+    path: Path
+    text: str = field(repr=False)
+    name: str  # its name in that file
+    seed: int  # that recipe's seed: an imported step builds as its own recipe builds it
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """A model a step merges, with its per-input parameters."""
+
+    model: str
+    params: Params = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SliceSource:
+    model: str
+    layers: tuple[int, int]  # [start, end)
+    params: Params = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One block of output layers, merged from the same number of layers of each source."""
+
+    sources: tuple[SliceSource, ...]
+    params: Params = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Expert:
+    """One expert of an `moe` step: a model whose MLP becomes an expert, and the prompts
+    that build its router rows (see docs/moe.md)."""
+
+    model: str
+    prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[str, ...] = ()
+    allow_base_expert: bool = False  # the opt-in for an expert that is the base itself
+
+
+@dataclass(frozen=True)
+class MoE:
+    """What an `moe` step adds to a step: its experts and routing settings."""
+
+    experts: tuple[Expert, ...]
+    experts_per_token: int = 2
+    gate_mode: str = "hidden"  # "hidden", "cheap_embed" or "random"
+    shared_expert: Expert | None = None  # Qwen2-MoE's always-on expert
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        shared = (self.shared_expert.model,) if self.shared_expert else ()
+        return tuple(e.model for e in self.experts) + shared
+
+    def renamed(self, rename: Callable[[str], str]) -> MoE:
+        def one(e: Expert) -> Expert:
+            return replace(e, model=rename(e.model))
+
+        return replace(self, experts=tuple(one(e) for e in self.experts),
+                       shared_expert=one(self.shared_expert) if self.shared_expert else None)
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """One `tokenizer.tokens` entry: where a token's embedding rows come from, as in
+    mergekit: `model`'s row of `from_token` (default: the token itself) or of row
+    `from_id`; `model=None` is a row of zeros. Without `force` it fills only the inputs
+    that lack the token; with it, every input's row (see docs/tokenizers.md)."""
+
+    token: str
+    model: str | None
+    from_token: str | None = None
+    from_id: int | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    method: str
+    base: str | None = None
+    inputs: tuple[InputRef, ...] = ()
+    slices: tuple[Slice, ...] = ()  # empty: whole models, layer for layer
+    params: Params = field(default_factory=dict)
+    dtype: str = "float32"  # compute dtype
+    out_dtype: str | None = None  # saved dtype; None: the base's (or first input's)
+    tokenizer: str | None = None  # "base", "union" or an input's name; None: base, else first input
+    moe: MoE | None = None  # set on `moe` steps, which have no inputs or slices
+    origin: Origin | None = field(default=None, compare=False)  # set on steps imported from other files
+    tokens: tuple[TokenSource, ...] = ()  # tokenizer.tokens, in recipe order
+    pad_to_multiple_of: int | None = None  # tokenizer.pad_to_multiple_of: embedding rows rounded up to a multiple
+
+    @property
+    def tokenizer_union(self) -> bool:
+        """Whether the output's vocabulary is the union of the inputs' (a model named
+        "union" among the step's models keeps the name's old meaning)."""
+        return self.tokenizer == "union" and "union" not in self.models
+
+    @property
+    def tokenizer_model(self) -> str:
+        """The model whose tokenizer files the output gets (for a union: the one it starts from)."""
+        choice = self.tokenizer or "base"
+        if (choice == "base" and (self.base or "base" not in self.models)) or self.tokenizer_union:
+            return self.base or self.models[0]
+        return choice  # an input's name (also an input named "base" of a step without base)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model the step reads, base first, each once, in recipe order."""
+        names = [self.base] if self.base else []
+        names += [i.model for i in self.inputs]
+        names += [s.model for sl in self.slices for s in sl.sources]
+        names += self.moe.models if self.moe else []
+        return tuple(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    version: str
+    path: Path  # the recipe file, absolute
+    sources: Mapping[str, Source]
+    steps: Mapping[str, Step]
+    outputs: tuple[str, ...]  # names of the steps the build delivers
+    seed: int = 0
+    text: str = field(default="", repr=False, compare=False)  # for locating errors
+    dependencies: Mapping[str, Dependency] = field(default_factory=dict)
+    description: str = ""
+    tags: tuple[str, ...] = ()
+
+    def line_of(self, key: str) -> int | None:
+        return locate(self.text, key)
+
+    def locate(self, error: E, key: str) -> E:
+        """`error` placed at `key` of this recipe, unless it already says where it is."""
+        return _placed(error, self.path, self.text, key)
+
+    def written(self, step: str) -> Written:
+        """Where step `step` is written: this file, or for an imported step its own file."""
+        origin = self.steps[step].origin
+        if origin is not None:
+            return Written(origin.path, origin.text, origin.name)
+        return Written(self.path, self.text, step)
+
+
+E = TypeVar("E", bound=MergepkgError)
+
+
+@dataclass(frozen=True)
+class Written:
+    """Where a step is written, for its errors: the file, its text and the step's name
+    there (an imported step keeps its own file and name)."""
+
+    path: Path
+    text: str = field(repr=False)
+    name: str
+
+    @property
+    def key(self) -> str:
+        """The step's key path: `steps.NAME`."""
+        return f"steps.{self.name}"
+
+    def error(self, cls: type[E], key: str, message: str, hint: str | None = None) -> E:
+        """A `cls` error at `key` (a key path in this file)."""
+        return cls(message, file=str(self.path), line=locate(self.text, key), key=key, hint=hint)
+
+    def locate(self, error: E, key: str | None = None) -> E:
+        """`error` placed at `key` (default: the step itself), unless it already says where."""
+        return _placed(error, self.path, self.text, key or self.key)
+
+
+def _placed(error: E, path: Path, text: str, key: str) -> E:
+    return error.at(file=path, line=locate(text, key), key=key) if error.key is None else error

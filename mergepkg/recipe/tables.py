@@ -1,0 +1,70 @@
+"""Reading a table of a recipe with located errors: the checks every part of the
+parser shares (types, allowed keys, model references, dtypes).
+
+tomllib keeps no positions, so an error names its key path and `locate.py` finds the
+line in the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mergepkg.errors import MergepkgError, RecipeError, did_you_mean
+from mergepkg.recipe.locate import locate
+from mergepkg.recipe.names import NAME
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+T = TypeVar("T")
+
+
+class TableReader:
+    def __init__(self, text: str, path: Path):
+        self.text, self.path = text, path
+        self.display = str(path)
+        self.models: set[str] = set()  # the names a model reference may use (sources and steps)
+
+    def line_of(self, key: str) -> int | None:
+        return locate(self.text, key)
+
+    def error(self, key: str, message: str, hint: str | None = None,
+              cls: type[MergepkgError] = RecipeError) -> MergepkgError:
+        return cls(message, file=self.display, line=self.line_of(key), key=key or None, hint=hint)
+
+    def expect(self, value: Any, kind: type[T], key: str, what: str) -> T:
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise self.error(key, f"expected {what}, got {show(value)}")
+        return value
+
+    def only_keys(self, table: Iterable[str], allowed: Collection[str], key: str) -> None:
+        for k in table:
+            if k not in allowed:
+                where = f"{key}.{k}" if key else k
+                raise self.error(where, f"unknown key {k!r}", self.unknown_key_hint(str(k), allowed))
+
+    def unknown_key_hint(self, key: str, allowed: Collection[str]) -> str | None:
+        return did_you_mean(key, allowed)
+
+    def check_name(self, name: str, key: str) -> None:
+        if not NAME.match(name):
+            raise self.error(key, f"invalid name {name!r}", "use letters, digits, '_', '-' and '.'")
+
+    def model_ref(self, value: Any, key: str) -> str:
+        """A reference to a source or step of the recipe, by name."""
+        self.expect(value, str, key, "the name of a source or step")
+        if value not in self.models:
+            raise self.error(key, f"no source or step named {value!r}", did_you_mean(value, self.models))
+        return value
+
+    def dtype(self, value: Any, key: str) -> str:
+        if value not in DTYPES:
+            raise self.error(key, f"unknown dtype {value!r}", did_you_mean(str(value), DTYPES))
+        return value
+
+
+def show(value: Any) -> str:
+    """A value as an error message shows it: its type and repr."""
+    if value is None:
+        return "nothing"
+    return f"{type(value).__name__} {value!r}"

@@ -1,0 +1,97 @@
+"""A recipe's `[dependencies]`: one version picked per package, installed, verified.
+
+A dependency is one more kind of source: `{ dependency = "pkg", step = "s" }` names a
+step of a published recipe. `install_dependencies` has `pick.py` pick one version per
+package for the whole graph (the recipe's own dependencies and theirs: locked versions
+while they fit, else the newest that fit together), fetches each picked recipe file
+once into `$MERGEPKG_HOME/packages/`, checked against its sha256, and `bind` turns
+dependency sources into `{ recipe = <that file>, step = ... }` sources, which
+`recipe/flatten.py` already knows how to join into one DAG.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from mergepkg.errors import LockError, RegistryError
+from mergepkg.files import write_atomic
+from mergepkg.lockfile import LockedDependency
+from mergepkg.recipe.model import Recipe
+from mergepkg.recipe.parse import load_recipe
+from mergepkg.registry.client import ChecksumMismatch, Client
+from mergepkg.registry.pick import VersionPicker
+from mergepkg.settings import Settings
+
+
+@dataclass
+class Dependencies:
+    picks: dict[str, LockedDependency] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)  # package -> installed recipe file
+
+    def bind(self, recipe: Recipe) -> Recipe:
+        """`recipe` with each dependency source pointing at its package's installed file."""
+        if not any(s.dependency for s in recipe.sources.values()):
+            return recipe
+        sources = {n: replace(s, dependency=None, recipe=self.files[s.dependency]) if s.dependency else s
+                   for n, s in recipe.sources.items()}
+        return replace(recipe, sources=sources)
+
+
+def installed_path(settings: Settings, pick: LockedDependency) -> Path:
+    return settings.home / "packages" / pick.name / f"{pick.version}+{pick.sha256[:12]}.toml"
+
+
+def install_pick(settings: Settings, pick: LockedDependency, client: Client, *, download: bool = True) -> Path:
+    """The recipe file of `pick` under `$MERGEPKG_HOME/packages/`, fetched if missing, always verified."""
+    path = installed_path(settings, pick)
+    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == pick.sha256:
+        return path
+    if not download:
+        raise LockError(f"{pick.name}@{pick.version} is locked but not installed, and --frozen never downloads",
+                        hint="build once without --frozen, or `mergepkg install` it")
+    write_atomic(path, _fetch(pick, client), mode=0o444)  # its content is its checksum: not for editing
+    return path
+
+
+def _fetch(pick: LockedDependency, client: Client) -> bytes:
+    """The file from the registry that resolved it, else from any configured registry
+    that has it: a lock written against someone's checkout of a git-hosted registry
+    names a folder that only exists on their machine, and the sha256 decides anyway."""
+    first = client.by_url(pick.registry)
+    others = [r for r in client.registries if r.url != first.url]
+    problems = []
+    for reg in [first, *others]:
+        try:
+            return client.recipe_bytes(reg, pick.name, pick.version, pick.sha256)
+        except RegistryError as e:
+            problems.append(e)
+    mismatch = next((e for e in problems if isinstance(e, ChecksumMismatch)), None)
+    raise mismatch or RegistryError(
+        f"no configured registry has {pick.name}@{pick.version} (sha256 {pick.sha256[:16]}...)", file=pick.registry,
+        hint="add the registry it was resolved from: `mergepkg registry add NAME URL`; tried: "
+             + "; ".join(e.message for e in problems))
+
+
+def install_dependencies(recipe: Recipe, settings: Settings, *, locked: dict[str, LockedDependency] | None = None,
+                         mode: str = "update", upgrade: frozenset[str] = frozenset(),
+                         client: Client | None = None) -> Dependencies:
+    """Pick (`pick.py`) and install every package `recipe` needs, directly or not."""
+    deps = Dependencies()
+    if not recipe.dependencies:
+        return deps
+    client = client or Client(settings)
+    download = mode != "frozen"
+
+    @functools.cache
+    def installed(pick: LockedDependency) -> Path:  # each file fetched and verified once per resolution
+        return install_pick(settings, pick, client, download=download)
+
+    def held_requires(pick: LockedDependency):  # a locked pick's dependencies: from its recipe file
+        return tuple(load_recipe(installed(pick)).dependencies.values())
+
+    deps.picks = VersionPicker(recipe, client, locked or {}, mode, upgrade, held_requires).pick()
+    deps.files = {name: installed(pick) for name, pick in deps.picks.items()}
+    return deps

@@ -1,0 +1,43 @@
+"""`mergepkg lock`: resolve a recipe and write its lock file, building nothing.
+
+A step's digest is kept when its artifact is stored, or when the old lock has it for
+the same key; otherwise the step is locked without one until it is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergepkg.lockfile import Lock, differences, lock_path, read_lock, write_lock
+from mergepkg.recipe.model import Recipe
+from mergepkg.registry.pick import ALL
+from mergepkg.resolve.resolution import resolve
+from mergepkg.store.session import Session
+
+
+@dataclass(frozen=True)
+class Locked:
+    path: Path  # the lock file
+    lock: Lock
+    changes: list[str]  # what changed against the lock file there was ("new lock" for none)
+
+
+def lock_recipe(recipe: Recipe, session: Session, *, upgrade: frozenset[str] | None = None) -> Locked:
+    """Write or refresh `recipe`'s lock. `upgrade`: sources and dependencies to move to
+    their newest commits and versions (empty: all of them); None holds what is locked."""
+    path = lock_path(recipe)
+    old = read_lock(path)
+    res = resolve(recipe, session, lock=old,
+                  upgrade=frozenset() if upgrade is None else (upgrade or frozenset([ALL])))
+    digests = {}
+    for name, key in res.keys.items():
+        art = session.store.get(key)
+        held = old.steps.get(name) if old else None
+        digests[name] = art.digest if art else (held.digest if held and held.key == key else None)
+    new = res.lock(digests)
+    changes = differences(old, new) if old else ["new lock"]
+    if new != old:
+        write_lock(path, new)
+    session.store.add_root(path)
+    return Locked(path, new, changes)

@@ -1,0 +1,90 @@
+"""Sources: turn `{ path = ... }` and `{ hf = ..., revision = ... }` into model folders.
+
+Hugging Face sources go through huggingface_hub: online, the revision is resolved to a
+commit and only the files a merge needs are downloaded (weights in one format,
+configs, tokenizer); offline (`HF_HUB_OFFLINE=1`), the local Hugging Face cache serves
+the revision or the error names the repo and revision.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergepkg.errors import SourceError
+from mergepkg.io.folder import SIDE_FILES, used_files
+from mergepkg.lockfile import FileRecord, Pin
+from mergepkg.recipe.model import Source
+from mergepkg.settings import Settings
+from mergepkg.store.hashcache import HashCache
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A source made local: its folder and, for the hub, the commit it resolved to."""
+
+    folder: Path
+    commit: str | None = None
+
+
+def pin_folder(folder: Path, hashes: HashCache, commit: str | None = None) -> Pin:
+    if not (folder / "config.json").is_file():
+        raise SourceError(f"model folder has no config.json: {folder}", hint="a source must be a Hugging Face model folder")
+    records = []
+    for name in used_files(folder):
+        size, digest = hashes.sha256(folder / name)
+        records.append(FileRecord(name, size, digest))
+    return Pin(commit, tuple(records))
+
+
+def choose_weight_patterns(files: list[str]) -> list[str]:
+    """Download safetensors when the repo has them, else the .bin checkpoint."""
+    if any(f.endswith(".safetensors") for f in files):
+        return ["*.safetensors", "model.safetensors.index.json"]
+    return ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+
+
+def fetch(source: Source, settings: Settings, commit: str | None = None) -> Fetched:
+    """Make `source` local. `commit` (from a lock) replaces a hub source's revision, so a
+    moved branch does not move the build."""
+    if source.path is not None:
+        if not source.path.is_dir():
+            raise SourceError(f"model folder not found: {source.path}")
+        return Fetched(source.path)
+    return _fetch_hf(source, settings, commit)
+
+
+def _fetch_hf(source: Source, settings: Settings, commit: str | None) -> Fetched:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo, rev = source.hf, commit or source.revision
+    try:
+        if settings.offline:
+            folder = Path(snapshot_download(repo, revision=rev, local_files_only=True, cache_dir=settings.hf_cache))
+            return Fetched(folder, folder.name)
+        info = HfApi().model_info(repo, revision=rev)
+        files = [s.rfilename for s in info.siblings or []]
+        wanted = choose_weight_patterns(files) + SIDE_FILES
+        allow = [f for f in files if any(fnmatch.fnmatch(f, p) for p in wanted)]
+        folder = Path(snapshot_download(repo, revision=info.sha, allow_patterns=allow, cache_dir=settings.hf_cache))
+        return Fetched(folder, info.sha)
+    except (LocalEntryNotFoundError, FileNotFoundError) as e:
+        raise SourceError(
+            f"{repo}@{rev} is not in the local Hugging Face cache and the hub is offline",
+            hint="run once online (unset HF_HUB_OFFLINE, drop --offline) to download it",
+        ) from e
+    except RepositoryNotFoundError as e:
+        raise SourceError(f"no such model on the Hugging Face Hub: {repo}",
+                          hint="check the name; private repos need `hf auth login`") from e
+    except RevisionNotFoundError as e:
+        raise SourceError(f"{repo} has no revision {rev!r}", hint="use a branch, tag or commit sha") from e
+    except (HfHubHTTPError, OSError) as e:
+        raise SourceError(f"cannot fetch {repo}@{rev}: {e}",
+                          hint="check the network, or set HF_HUB_OFFLINE=1 to use the cache") from e

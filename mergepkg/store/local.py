@@ -1,0 +1,204 @@
+"""The store: built steps (artifacts) addressed by key under `$MERGEPKG_HOME/store`.
+
+An artifact is a Hugging Face model folder plus `mergepkg-manifest.json`. It is built
+in `tmp/` (same filesystem), the manifest is written last, and the folder is renamed
+to `store/<key>`: a folder there always has a complete manifest, whatever was killed
+when. Builders of one key serialise on `locks/<key>.lock`; the second finds the
+artifact and reuses it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from mergepkg._version import __version__
+from mergepkg.errors import BuildError, StoreError
+from mergepkg.files import write_atomic
+
+MANIFEST = "mergepkg-manifest.json"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    key: str
+    folder: Path
+    manifest: dict
+
+    @property
+    def digest(self) -> str:
+        return self.manifest["digest"]
+
+    @property
+    def size(self) -> int:
+        return sum(f["size"] for f in self.manifest["files"].values())
+
+    def intact(self) -> bool:
+        """Cheap check that no file was changed since the build: sizes and mtimes.
+        A shard edited by hand fails it; `verify` re-reads every tensor."""
+        for name, rec in self.manifest["files"].items():
+            try:
+                st = os.stat(self.folder / name)
+            except FileNotFoundError:
+                return False
+            if st.st_size != rec["size"] or st.st_mtime_ns != rec["mtime_ns"]:
+                return False
+        return True
+
+
+class Store:
+    def __init__(self, home: Path):
+        self.home = home
+        self.root = home / "store"
+        self.tmp = home / "tmp"
+        self.locks = home / "locks"
+
+    @contextmanager
+    def in_use(self):
+        """Held (shared) by every build for its whole run; `gc` needs it exclusively, so it
+        never removes an artifact a running build is about to read."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "store.lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def add_root(self, lock_file: Path) -> None:
+        """Remember a lock file whose steps `gc` must keep (`roots.json`)."""
+        path = self.home / "roots.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(path.with_suffix(".lock")):  # read-modify-write, one process at a time
+            roots = self.roots()
+            if str(lock_file) not in roots:
+                write_atomic(path, json.dumps(sorted([*roots, str(lock_file)]), indent=1))
+
+    def roots(self) -> list[str]:
+        """The lock files of the recipes built with this store."""
+        try:
+            return json.loads((self.home / "roots.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+
+    def output_lock(self, out: Path) -> FileLock:
+        """Serialises placing outputs into one --out folder."""
+        self.locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.locks / f"out-{hashlib.sha256(str(out).encode()).hexdigest()[:24]}.lock")
+
+    def path(self, key: str) -> Path:
+        if not key or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(f"not a key: {key!r}")
+        return self.root / key
+
+    def get(self, key: str) -> Artifact | None:
+        """The artifact for `key`, or None; a folder without a complete manifest is none."""
+        folder = self.path(key)
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return None
+        if manifest.get("key") != key or "digest" not in manifest or "files" not in manifest:
+            return None
+        return Artifact(key, folder, manifest)
+
+    def find(self, prefix: str) -> list[Artifact]:
+        """Artifacts whose key starts with `prefix` (as `cache info abc123`)."""
+        if not self.root.is_dir():
+            return []
+        return [a for k in sorted(os.listdir(self.root)) if k.startswith(prefix) and (a := self.get(k))]
+
+    def all(self) -> list[Artifact]:
+        return self.find("")
+
+    def find_one(self, prefix: str) -> Artifact:
+        """The one artifact whose key starts with `prefix`; an error for none or several."""
+        found = self.find(prefix) if prefix else []
+        if len(found) != 1:
+            raise StoreError(f"{'no' if not found else len(found)} artifacts match key {prefix!r}",
+                             hint="see `mergepkg cache list`" if not found else "give more of the key")
+        return found[0]
+
+    def lock(self, key: str) -> FileLock:
+        self.locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.locks / f"{key}.lock")
+
+    def new_folder(self, key: str) -> Path:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.tmp))
+
+    def commit(self, key: str, folder: Path, entry: dict, digest: str, *, seconds: float) -> Artifact:
+        """Write the manifest (last) into a finished build folder and move it into place.
+        The caller holds the key's lock."""
+        files = {}
+        for p in sorted(folder.iterdir()):
+            st = p.stat()
+            files[p.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        manifest = {
+            "key": key, "entry": entry, "digest": digest, "files": files,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(seconds, 3), "mergepkg": __version__,
+        }
+        tmp = folder / (MANIFEST + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, folder / MANIFEST)
+        self.root.mkdir(parents=True, exist_ok=True)
+        target = self.path(key)
+        if target.exists():  # a broken artifact being replaced (lock held: nobody reads it)
+            self.discard(key)
+        os.rename(folder, target)
+        return Artifact(key, target, manifest)
+
+    def discard(self, key: str) -> None:
+        """Remove an artifact: first renamed out of `store/` (atomic), then deleted."""
+        target = self.path(key)
+        if target.exists():
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            trash = Path(tempfile.mkdtemp(prefix=f"{key}.discard.", dir=self.tmp))
+            os.rename(target, trash / "artifact")
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def gc(self, keep: set[str], *, dry_run: bool = False) -> tuple[list[Artifact], list[Path]]:
+        """Remove artifacts whose key is not in `keep`, and leftovers of killed builds.
+        Returns what went (or would). Refuses while a build runs in this store."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "store.lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BuildError("a build is running in this store", hint="run `mergepkg cache gc` when it has finished") from None
+            try:
+                return self._gc(keep, dry_run)
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _gc(self, keep: set[str], dry_run: bool) -> tuple[list[Artifact], list[Path]]:
+        gone = [a for a in self.all() if a.key not in keep]
+        leftovers = []
+        for art in gone:
+            if not dry_run:
+                with self.lock(art.key):
+                    self.discard(art.key)
+        if self.tmp.is_dir():
+            for p in sorted(self.tmp.iterdir()):
+                try:
+                    with self.lock(p.name.split(".", 1)[0]).acquire(timeout=0):
+                        leftovers.append(p)
+                        if not dry_run:
+                            shutil.rmtree(p, ignore_errors=True)
+                except Timeout:
+                    continue  # being built right now
+        return gone, leftovers
