@@ -33,12 +33,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bench" / "configs"
 BIN = Path(sys.executable).parent
-SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=16,
-             num_key_value_heads=16, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
+SHAPE = dict(
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=8,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    vocab_size=32000,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+)
 MODELS = ("base", "ft1", "ft2", "ft3")
 
 
 # --- the model set ------------------------------------------------------------------
+
 
 def make_models(folder: Path) -> None:
     """base ~ N(0, 0.02) (norms 1), ft_i = base + N(0, 0.002), bfloat16, one file each."""
@@ -80,13 +89,13 @@ def warm(folder: Path) -> None:
 
 # --- running and measuring ----------------------------------------------------------
 
+
 def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in GB) of a command; RSS from wait4 covers the process
     and the children it waited for."""
     os.sync()  # earlier runs' dirty pages must not throttle this run's writes
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -124,8 +133,18 @@ def run_merge(name: str, models: Path, work: Path, with_mergekit: bool, repeat: 
         shutil.rmtree(out)
         if with_mergekit:
             out = work / "out-mergekit"
-            runs["mergekit"].append(measure([str(BIN / "mergekit-yaml"), str(config), str(out), "--no-copy-tokenizer",
-                                             "--quiet", "--no-write-model-card"]))
+            runs["mergekit"].append(
+                measure(
+                    [
+                        str(BIN / "mergekit-yaml"),
+                        str(config),
+                        str(out),
+                        "--no-copy-tokenizer",
+                        "--quiet",
+                        "--no-write-model-card",
+                    ]
+                )
+            )
             shutil.rmtree(out)
     shutil.rmtree(home / "store", ignore_errors=True)
     if len(digests) != 1:
@@ -133,9 +152,13 @@ def run_merge(name: str, models: Path, work: Path, with_mergekit: bool, repeat: 
     row = {"merge": name, "digest": digests.pop(), "input_gb": input_bytes(config_text, models) / 1e9}
     for tool, measured in runs.items():
         if measured:
-            row.update({f"{tool}_s": statistics.median(w for w, _ in measured),
-                        f"{tool}_rss_gb": statistics.median(r for _, r in measured),
-                        f"{tool}_runs_s": [round(w, 2) for w, _ in measured]})
+            row.update(
+                {
+                    f"{tool}_s": statistics.median(w for w, _ in measured),
+                    f"{tool}_rss_gb": statistics.median(r for _, r in measured),
+                    f"{tool}_runs_s": [round(w, 2) for w, _ in measured],
+                }
+            )
     return row
 
 
@@ -144,22 +167,32 @@ def noop_rebuild(work: Path, repeat: int = 5) -> dict:
     env = {**os.environ, "MERGEPKG_HOME": str(work / "demo-home")}
     recipe = ROOT / "recipes" / "demo.toml"
     out = work / "demo-out"
-    subprocess.run([BIN / "mergepkg", "build", str(recipe), "--out", str(out), "-q"], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(
+        [BIN / "mergepkg", "build", str(recipe), "--out", str(out), "-q"], check=True, env=env, capture_output=True
+    )
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run([BIN / "mergepkg", "build", str(recipe), "--out", str(out), "-q"], check=True, env=env,
-                       capture_output=True)
+        subprocess.run(
+            [BIN / "mergepkg", "build", str(recipe), "--out", str(out), "-q"], check=True, env=env, capture_output=True
+        )
         times.append(time.perf_counter() - start)
-    probe = ("import sys; from mergepkg.cli.app import main; "
-             f"rc = main(['build', {str(recipe)!r}, '--out', {str(out)!r}, '-q']); "
-             # torch._C: torch really loaded (mergepkg._lazy registers a lazy 'torch' module)
-             "print(rc, 'torch._C' in sys.modules, 'transformers' in sys.modules)")
-    rc, torch_loaded, transformers_loaded = subprocess.run(
-        [sys.executable, "-c", probe], check=True, env=env, capture_output=True, text=True).stdout.split("\n")[-2].split()
-    return {"seconds": statistics.median(times), "torch": torch_loaded == "True",
-            "transformers": transformers_loaded == "True"}
+    probe = (
+        "import sys; from mergepkg.cli.app import main; "
+        f"rc = main(['build', {str(recipe)!r}, '--out', {str(out)!r}, '-q']); "
+        # torch._C: torch really loaded (mergepkg._lazy registers a lazy 'torch' module)
+        "print(rc, 'torch._C' in sys.modules, 'transformers' in sys.modules)"
+    )
+    _rc, torch_loaded, transformers_loaded = (
+        subprocess.run([sys.executable, "-c", probe], check=True, env=env, capture_output=True, text=True)
+        .stdout.split("\n")[-2]
+        .split()
+    )
+    return {
+        "seconds": statistics.median(times),
+        "torch": torch_loaded == "True",
+        "transformers": transformers_loaded == "True",
+    }
 
 
 # --- report -------------------------------------------------------------------------
@@ -168,9 +201,13 @@ TARGETS = {"linear": 0.35, "task_arithmetic": 0.35, "slerp": 0.35, "ties": 0.08,
 
 
 def report(rows: list[dict], noop: dict, repeat: int) -> str:
-    lines = [f"Medians of {repeat} runs each, in alternation.", "",
-             "| merge | input GB | mergepkg s | mergekit s | time ratio (target) | mergepkg RSS GB | "
-             "mergekit RSS GB | RSS ratio (≤ 0.5) | mergepkg input GB/s |", "|---" * 9 + "|"]
+    lines = [
+        f"Medians of {repeat} runs each, in alternation.",
+        "",
+        "| merge | input GB | mergepkg s | mergekit s | time ratio (target) | mergepkg RSS GB | "
+        "mergekit RSS GB | RSS ratio (≤ 0.5) | mergepkg input GB/s |",
+        "|---" * 9 + "|",
+    ]
     for r in rows:
         mk = "mergekit_s" in r
         time_ratio = f"{r['mergepkg_s'] / r['mergekit_s']:.3f} (≤ {TARGETS[r['merge']]})" if mk else "–"
@@ -181,24 +218,35 @@ def report(rows: list[dict], noop: dict, repeat: int) -> str:
             f"{r.get('mergekit_rss_gb', float('nan')):.2f} | {rss_ratio} | {r['input_gb'] / r['mergepkg_s']:.2f} |"
         )
     lines.append("")
-    lines.append(f"no-op rebuild of recipes/demo.toml: {noop['seconds']:.2f} s (median of 5); "
-                 f"imports torch: {noop['torch']}, transformers: {noop['transformers']}")
+    lines.append(
+        f"no-op rebuild of recipes/demo.toml: {noop['seconds']:.2f} s (median of 5); "
+        f"imports torch: {noop['torch']}, transformers: {noop['transformers']}"
+    )
     return "\n".join(lines)
 
 
 def machine() -> str:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     try:
         from importlib.metadata import version
+
         mk = version("mergekit")
     except Exception:
         mk = "not installed"
-    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB; Python {platform.python_version()}, "
-            f"torch {torch.__version__}, mergekit {mk}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, mergekit {mk}"
+    )
 
 
 def main() -> None:

@@ -41,9 +41,27 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "METHODS", "Artifact", "BuildReport", "Check", "Locked", "MergepkgError", "Plan", "Recipe", "Session",
-    "Settings", "Status", "Store", "__version__", "build", "load_recipe", "lock", "make_plan", "parse_recipe",
-    "status", "validate", "verify",
+    "METHODS",
+    "Artifact",
+    "BuildReport",
+    "Check",
+    "Locked",
+    "MergepkgError",
+    "Plan",
+    "Recipe",
+    "Session",
+    "Settings",
+    "Status",
+    "Store",
+    "__version__",
+    "build",
+    "load_recipe",
+    "lock",
+    "make_plan",
+    "parse_recipe",
+    "status",
+    "validate",
+    "verify",
 ]
 
 

@@ -30,8 +30,15 @@ def _open(recipe: RecipeLike, session: Session | None) -> tuple[Recipe, Session]
     return (recipe if isinstance(recipe, Recipe) else load_recipe(recipe)), session or Session()
 
 
-def build(recipe: RecipeLike, *, out: str | Path | None = None, session: Session | None = None,
-          mode: Mode = "update", seed: int | None = None, reporter: Reporter | None = None) -> BuildReport:
+def build(
+    recipe: RecipeLike,
+    *,
+    out: str | Path | None = None,
+    session: Session | None = None,
+    mode: Mode = "update",
+    seed: int | None = None,
+    reporter: Reporter | None = None,
+) -> BuildReport:
     """Build what is not stored, update the lock, and place the outputs in `out` (when
     given): `mergepkg build`. `mode` "locked" or "frozen" holds the lock as it is."""
     r, s = _open(recipe, session)
@@ -56,8 +63,9 @@ def lock(recipe: RecipeLike, *, upgrade: frozenset[str] | None = None, session: 
     return lock_recipe(r, s, upgrade=upgrade)
 
 
-def verify(recipe: RecipeLike, *, rebuild: bool = False, session: Session | None = None,
-           reporter: Reporter | None = None) -> list[Check]:
+def verify(
+    recipe: RecipeLike, *, rebuild: bool = False, session: Session | None = None, reporter: Reporter | None = None
+) -> list[Check]:
     """Stored artifacts (or, with `rebuild`, a fresh build) checked against the lock: `mergepkg verify`."""
     r, s = _open(recipe, session)
     return verify_recipe(r, s, rebuild=rebuild, reporter=reporter)

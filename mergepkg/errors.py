@@ -37,8 +37,14 @@ class MergepkgError(Exception):
         self.hint = hint
         self.tensor = tensor  # the output tensor being merged, for errors of the engine
 
-    def at(self, *, file: str | Path | None = None, line: int | None = None, key: str | None = None,
-           tensor: str | None = None) -> Self:
+    def at(
+        self,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        tensor: str | None = None,
+    ) -> Self:
         """This error, placed where it happened as far as its raiser could not say: a key
         path (with its file and line) and a tensor fill in only what is missing."""
         if key is not None and self.key is None:
@@ -130,5 +136,8 @@ class DependencyConflict(RegistryError):
 
     def __init__(self, package: str, first: tuple[str, str], second: tuple[str, str], **kw):
         self.package, self.first, self.second = package, first, second
-        super().__init__(f"no version of {package} satisfies both {first[1]!r} (required by {first[0]}) "
-                         f"and {second[1]!r} (required by {second[0]})", **kw)
+        super().__init__(
+            f"no version of {package} satisfies both {first[1]!r} (required by {first[0]}) "
+            f"and {second[1]!r} (required by {second[0]})",
+            **kw,
+        )

@@ -110,16 +110,29 @@ def recipe_hash(recipe: Recipe) -> str:
     root = recipe.path.parent
     body = {
         "package": [recipe.name, recipe.version, sorted(recipe.outputs), recipe.seed],
-        "sources": {n: [s.hf, s.revision if s.hf else None, os.path.relpath(s.path, root) if s.path else None]
-                    for n, s in recipe.sources.items()},
-        "steps": {n: [s.method, s.base, [[i.model, _plain(dict(i.params))] for i in s.inputs],
-                      [[[[x.model, list(x.layers), _plain(dict(x.params))] for x in sl.sources], _plain(dict(sl.params))]
-                       for sl in s.slices],
-                      _plain(dict(s.params)), s.dtype, s.out_dtype, s.tokenizer]
-                     + ([sorted([t.token, t.model, t.from_token, t.from_id, t.force] for t in s.tokens)] if s.tokens else [])
-                     + ([s.pad_to_multiple_of] if s.pad_to_multiple_of else [])
-                     + ([asdict(s.moe)] if s.moe else [])  # only on moe steps: other hashes stay
-                  for n, s in recipe.steps.items()},
+        "sources": {
+            n: [s.hf, s.revision if s.hf else None, os.path.relpath(s.path, root) if s.path else None]
+            for n, s in recipe.sources.items()
+        },
+        "steps": {
+            n: [
+                s.method,
+                s.base,
+                [[i.model, _plain(dict(i.params))] for i in s.inputs],
+                [
+                    [[[x.model, list(x.layers), _plain(dict(x.params))] for x in sl.sources], _plain(dict(sl.params))]
+                    for sl in s.slices
+                ],
+                _plain(dict(s.params)),
+                s.dtype,
+                s.out_dtype,
+                s.tokenizer,
+            ]
+            + ([sorted([t.token, t.model, t.from_token, t.from_id, t.force] for t in s.tokens)] if s.tokens else [])
+            + ([s.pad_to_multiple_of] if s.pad_to_multiple_of else [])
+            + ([asdict(s.moe)] if s.moe else [])  # only on moe steps: other hashes stay
+            for n, s in recipe.steps.items()
+        },
     }
     if recipe.dependencies:  # only then, so that locks of recipes without any keep their hash
         body["dependencies"] = {n: [d.range, d.registry] for n, d in recipe.dependencies.items()}
@@ -142,12 +155,18 @@ def parse_lock(text: str, path: Path | str) -> Lock:
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"cannot read the lock: {e}", file=path, hint="delete it and run `mergepkg lock`") from None
     if data.get("version") != LOCK_VERSION:
-        raise RecipeError(f"lock format {data.get('version')!r} is not {LOCK_VERSION}", file=path,
-                          hint="run `mergepkg lock` to rewrite it")
+        raise RecipeError(
+            f"lock format {data.get('version')!r} is not {LOCK_VERSION}",
+            file=path,
+            hint="run `mergepkg lock` to rewrite it",
+        )
     try:
         sources = {
             s["name"]: LockedSource(
-                s["name"], s.get("hf"), s.get("revision"), s.get("path"),
+                s["name"],
+                s.get("hf"),
+                s.get("revision"),
+                s.get("path"),
                 Pin(s.get("commit"), tuple(FileRecord(f["name"], f["size"], f["sha256"]) for f in s["files"])),
             )
             for s in data.get("source", [])
@@ -161,13 +180,21 @@ def parse_lock(text: str, path: Path | str) -> Lock:
 
 def _locked_dependency(d: dict, path: Path | str) -> LockedDependency:
     try:
-        ok = (canonical_name(d["name"]) == d["name"] and str(check_version(d["version"])) == d["version"]
-              and isinstance(d["registry"], str) and re.fullmatch(r"[0-9a-f]{64}", d["sha256"]))
+        ok = (
+            canonical_name(d["name"]) == d["name"]
+            and str(check_version(d["version"])) == d["version"]
+            and isinstance(d["registry"], str)
+            and re.fullmatch(r"[0-9a-f]{64}", d["sha256"])
+        )
     except (MergepkgError, TypeError):
         ok = False
     if not ok:
-        raise RecipeError(f"malformed lock: dependency {d.get('name')!r} {d.get('version')!r}", file=path,
-                          key="dependency", hint="delete it and run `mergepkg lock`")
+        raise RecipeError(
+            f"malformed lock: dependency {d.get('name')!r} {d.get('version')!r}",
+            file=path,
+            key="dependency",
+            hint="delete it and run `mergepkg lock`",
+        )
     return LockedDependency(d["name"], d["version"], d["registry"], d["sha256"])
 
 
@@ -181,14 +208,26 @@ def write_lock(path: Path, lock: Lock) -> None:
             for d in sorted(lock.dependencies.values(), key=lambda d: d.name)
         ],
         "source": [
-            {k: v for k, v in {
-                "name": s.name, "hf": s.hf, "revision": s.revision, "path": s.path, "commit": s.pin.commit,
-                "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in s.pin.files],
-            }.items() if v is not None}
+            {
+                k: v
+                for k, v in {
+                    "name": s.name,
+                    "hf": s.hf,
+                    "revision": s.revision,
+                    "path": s.path,
+                    "commit": s.pin.commit,
+                    "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in s.pin.files],
+                }.items()
+                if v is not None
+            }
             for s in sorted(lock.sources.values(), key=lambda s: s.name)
         ],
         "step": [
-            {k: v for k, v in {"name": s.name, "method": s.method, "key": s.key, "digest": s.digest}.items() if v is not None}
+            {
+                k: v
+                for k, v in {"name": s.name, "method": s.method, "key": s.key, "digest": s.digest}.items()
+                if v is not None
+            }
             for s in sorted(lock.steps.values(), key=lambda s: s.name)
         ],
     }
@@ -232,7 +271,9 @@ def _source_change(a: LockedSource, b: LockedSource) -> str | None:
         return f"now asks for {b.hf or b.path}@{b.revision or '-'} (locked: {a.hf or a.path}@{a.revision or '-'})"
     if a.pin != b.pin:
         moved = a.pin.commit != b.pin.commit
-        return "has different content than locked" + (f" (commit {a.pin.commit[:12]} -> {b.pin.commit[:12]})" if moved else "")
+        return "has different content than locked" + (
+            f" (commit {a.pin.commit[:12]} -> {b.pin.commit[:12]})" if moved else ""
+        )
     return None
 
 

@@ -13,8 +13,12 @@ def _truthy(value: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path = field(default_factory=lambda: Path(os.environ.get("MERGEPKG_HOME") or "~/.cache/mergepkg").expanduser())
-    offline: bool = field(default_factory=lambda: _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("MERGEPKG_OFFLINE")))
+    home: Path = field(
+        default_factory=lambda: Path(os.environ.get("MERGEPKG_HOME") or "~/.cache/mergepkg").expanduser()
+    )
+    offline: bool = field(
+        default_factory=lambda: _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("MERGEPKG_OFFLINE"))
+    )
     # registries: only MERGEPKG_OFFLINE or --offline (HF_HUB_OFFLINE is about the Hub alone)
     registry_offline: bool = field(default_factory=lambda: _truthy(os.environ.get("MERGEPKG_OFFLINE")))
     hf_cache: str | None = field(default_factory=lambda: os.environ.get("HF_HUB_CACHE"))  # None: hub's default

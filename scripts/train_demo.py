@@ -43,6 +43,7 @@ HELD_OUT = 200  # eval prompts per skill; never seen in training (checked)
 
 # --- data ----------------------------------------------------------------------------
 
+
 def _string(rng: random.Random, alphabet: str) -> str:
     return "".join(rng.choice(alphabet) for _ in range(rng.randint(3, 8)))
 
@@ -79,7 +80,7 @@ def batch(rng: random.Random, mix: dict[str, int], exclude: set[str]) -> tuple[t
         prompt, answer = example(rng.choices(tasks, weights)[0], rng)
         if prompt in exclude:  # held-out prompts stay held out
             continue
-        rows.append(([BOS] + encode(prompt), encode(answer + "\n")))
+        rows.append(([BOS, *encode(prompt)], encode(answer + "\n")))
     width = max(len(p) + len(a) for p, a in rows)
     ids = torch.full((BATCH, width), PAD)
     mask = torch.zeros((BATCH, width))
@@ -95,13 +96,23 @@ def encode(text: str) -> list[int]:
 
 # --- model and training --------------------------------------------------------------
 
+
 def new_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(VOCAB), hidden_size=64, intermediate_size=192, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-        rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+        vocab_size=len(VOCAB),
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
     )
     torch.manual_seed(0)
     return LlamaForCausalLM(config)
@@ -131,6 +142,7 @@ def train(model, mix: dict[str, int], steps: int, lr: float, seed: int, exclude:
 
 # --- files ---------------------------------------------------------------------------
 
+
 def save_tokenizer(folder: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -139,8 +151,9 @@ def save_tokenizer(folder: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS)])
     tok.decoder = decoders.Fuse()  # characters join without spaces
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                            pad_token="<pad>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    ).save_pretrained(folder)
 
 
 def save(model, folder: Path) -> None:

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from tiny import make_model  # noqa: E402
+from tiny import make_model
 
 
 @pytest.fixture(autouse=True)

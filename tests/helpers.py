@@ -16,7 +16,7 @@ def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
     out = {}
     for f in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(f, framework="pt") as h:
-            for k in h.keys():
+            for k in h.keys():  # noqa: SIM118 - a safe_open handle is not iterable
                 out[k] = h.get_tensor(k)
     return out
 
@@ -27,8 +27,7 @@ MERGEPKG = str(Path(sys.executable).parent / "mergepkg")
 def run_cli(*args, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real `mergepkg` script, wide enough that rich tables do not wrap."""
     env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", **(env or {})}
-    return subprocess.run([MERGEPKG, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=300)
+    return subprocess.run([MERGEPKG, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -40,7 +39,9 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     return code, cap.out, cap.err
 
 
-def build_recipe(recipe_path: Path, out: Path | None = None, *, seed: int | None = None, mode: str = "update", **settings):
+def build_recipe(
+    recipe_path: Path, out: Path | None = None, *, seed: int | None = None, mode: str = "update", **settings
+):
     """Build through the library with a fresh Session (MERGEPKG_HOME is per test)."""
     from mergepkg.builder.build import build
     from mergepkg.recipe.parse import load_recipe

@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 
 
-def add_to_cache(cache: Path, repo: str, model_folder: Path, *, revision: str = "main", commit: str | None = None) -> str:
+def add_to_cache(
+    cache: Path, repo: str, model_folder: Path, *, revision: str = "main", commit: str | None = None
+) -> str:
     """Put the files of `model_folder` into `cache` as `repo` at `commit`, with `revision`
     pointing at it. Returns the commit sha."""
     repo_dir = cache / ("models--" + repo.replace("/", "--"))

@@ -17,8 +17,7 @@ def lay_out_hub(cache: Path, models: dict[str, Path]) -> dict[str, str]:
     return {n: add_to_cache(cache, f"tiny/{n}", models[n]) for n in ("base", "ft1", "ft2", "ft3")}
 
 
-def skills(version: str = "0.1.0", weight: float = 0.5, deps: str = "", name: str = "skills",
-           extra: str = "") -> str:
+def skills(version: str = "0.1.0", weight: float = 0.5, deps: str = "", name: str = "skills", extra: str = "") -> str:
     """A publishable recipe: task arithmetic of two tiny fine-tunes, sources on the hub."""
     return f"""[package]
 name = "{name}"

@@ -26,14 +26,21 @@ def test_the_documented_example_runs(monkeypatch, capsys):
 
 def test_public_names_resolve_and_import_nothing_heavy():
     # torch is bound lazily (mergepkg/_lazy.py): only its C extension shows it was really imported
-    probe = ("import sys, mergepkg; names = [getattr(mergepkg, n) for n in mergepkg.__all__]; "
-             "print(sorted(m for m in ('torch._C', 'transformers', 'numba') if m in sys.modules))")
+    probe = (
+        "import sys, mergepkg; names = [getattr(mergepkg, n) for n in mergepkg.__all__]; "
+        "print(sorted(m for m in ('torch._C', 'transformers', 'numba') if m in sys.modules))"
+    )
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
 
 
 def test_python_dash_m_is_the_command():
-    run = subprocess.run([sys.executable, "-m", "mergepkg", "--version"], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "NO_COLOR": "1"})
+    run = subprocess.run(
+        [sys.executable, "-m", "mergepkg", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     assert run.returncode == 0 and run.stdout.startswith("mergepkg ")

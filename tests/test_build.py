@@ -57,7 +57,10 @@ def test_passthrough_stacks_renumbers_and_updates_config(write_recipe, tmp_path,
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 6
     for i in range(3):
         assert torch.equal(tensors[f"model.layers.{i}.mlp.up_proj.weight"], ft1[f"model.layers.{i}.mlp.up_proj.weight"])
-        assert torch.equal(tensors[f"model.layers.{3 + i}.self_attn.q_proj.weight"], ft2[f"model.layers.{1 + i}.self_attn.q_proj.weight"])
+        assert torch.equal(
+            tensors[f"model.layers.{3 + i}.self_attn.q_proj.weight"],
+            ft2[f"model.layers.{1 + i}.self_attn.q_proj.weight"],
+        )
     assert torch.equal(tensors["model.embed_tokens.weight"], ft1["model.embed_tokens.weight"])  # first slice
     assert torch.equal(tensors["lm_head.weight"], ft2["lm_head.weight"])  # last slice
     assert not any(k.startswith("model.layers.6.") for k in tensors)
@@ -90,7 +93,10 @@ def test_filters_pick_values_per_tensor(write_recipe, tmp_path, models):
 def test_sharded_and_bin_inputs_read_like_single_files(write_recipe, tmp_path):
     body = 'inputs = [{ model = "%s", weight = 1 }, { model = "%s", weight = 1 }]'
     plain = build_one(write_recipe('[steps.m]\nmethod = "linear"\n' + body % ("ft1", "ft2")), tmp_path / "a")
-    other = build_one(write_recipe('[steps.m]\nmethod = "linear"\n' + body % ("ft1_sharded", "ft2_bin"), name="r2.toml"), tmp_path / "b")
+    other = build_one(
+        write_recipe('[steps.m]\nmethod = "linear"\n' + body % ("ft1_sharded", "ft2_bin"), name="r2.toml"),
+        tmp_path / "b",
+    )
     assert plain.keys() == other.keys()
     assert all(torch.equal(plain[k], other[k]) for k in plain)
 
@@ -112,14 +118,19 @@ def test_out_dtype_and_compute_dtype(write_recipe, tmp_path):
 
 
 def test_bf16_inputs_keep_their_dtype_by_default(write_recipe, tmp_path):
-    path = write_recipe('[steps.m]\nmethod = "task_arithmetic"\nbase = "ft1_bf16"\ninputs = [{ model = "ft2", weight = 1 }]\n')
+    path = write_recipe(
+        '[steps.m]\nmethod = "task_arithmetic"\nbase = "ft1_bf16"\ninputs = [{ model = "ft2", weight = 1 }]\n'
+    )
     tensors = build_one(path, tmp_path / "out")
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
 
 
 def test_steps_feed_steps_and_tokenizer_choice(write_recipe, tmp_path, models):
-    path = write_recipe(step("linear", "soup") + step("ties", "final").replace('model = "ft2"', 'model = "soup"')
-                        + 'tokenizer = "soup"\n')
+    path = write_recipe(
+        step("linear", "soup")
+        + step("ties", "final").replace('model = "ft2"', 'model = "soup"')
+        + 'tokenizer = "soup"\n'
+    )
     res = resolve(load_recipe(path), Session())
     assert res.plan.order == ("soup", "final")
     laid, _ = lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})
@@ -171,11 +182,15 @@ def test_gpt2_style_layers_are_stacked_too(tmp_path):
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=50, n_positions=32)).save_pretrained(tmp_path / "g")
+    GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=50, n_positions=32)).save_pretrained(
+        tmp_path / "g"
+    )
     path = tmp_path / "r.toml"
-    path.write_text('[package]\nname = "g"\nversion = "1"\n[sources]\ng = { path = "g" }\n[steps.tall]\n'
-                    'method = "passthrough"\nslices = [{ sources = [{ model = "g", layers = [0, 3] }] },'
-                    ' { sources = [{ model = "g", layers = [1, 3] }] }]\n')
+    path.write_text(
+        '[package]\nname = "g"\nversion = "1"\n[sources]\ng = { path = "g" }\n[steps.tall]\n'
+        'method = "passthrough"\nslices = [{ sources = [{ model = "g", layers = [0, 3] }] },'
+        ' { sources = [{ model = "g", layers = [1, 3] }] }]\n'
+    )
     tensors = build_one(path, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["n_layer"] == 5
     assert "transformer.h.4.attn.c_attn.weight" in tensors

@@ -52,7 +52,7 @@ def test_stream_equals_merge(name, dtype, shape):
         kwargs["rng"] = lambda i: torch.Generator().manual_seed(7 + i)
     compute = torch.float32
     whole = spec.merge(base.to(compute) if base is not None else None, [t.to(compute) for t in tensors], **kwargs)
-    for rescale in ([False, True] if "rescale" in kwargs else [None]):
+    for rescale in [False, True] if "rescale" in kwargs else [None]:
         if rescale is not None:
             kwargs["rescale"] = rescale
             whole = spec.merge(base.to(compute), [t.to(compute) for t in tensors], **kwargs)

@@ -21,8 +21,22 @@ from mergepkg.cli.app import main
 from mergepkg.errors import MergepkgError
 from mergepkg.methods import METHODS
 
-ALL_METHODS = ("linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "dare_linear",
-               "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough", "moe")
+ALL_METHODS = (
+    "linear",
+    "slerp",
+    "nuslerp",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "model_stock",
+    "passthrough",
+    "moe",
+)
 
 GOOD = """
 [steps.m]
@@ -76,7 +90,7 @@ def test_version_subprocess():
 
 
 def test_version_in_process(capsys):
-    code, out, err = cli(capsys, "--version")
+    code, out, _err = cli(capsys, "--version")
     assert code == 0
     assert __version__ in out
 
@@ -107,8 +121,10 @@ def test_methods_lists_every_method_with_parameters_and_defaults():
     assert sorted(table) == sorted(ALL_METHODS)
     assert list(table) == list(ALL_METHODS) == list(METHODS)
     for spec in METHODS.values():
-        want = [(p.name, "required" if p.required else ("none" if p.default is None else str(p.default).lower()))
-                for p in spec.params]
+        want = [
+            (p.name, "required" if p.required else ("none" if p.default is None else str(p.default).lower()))
+            for p in spec.params
+        ]
         assert table[spec.name] == want, spec.name
     # a few spot checks independent of the specs
     assert ("weight", "required") in table["linear"]
@@ -150,8 +166,14 @@ def test_build_subprocess_output_loads_and_generates(write_recipe, tmp_path):
     model.eval()
     ids = tok("ab", return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
-                             min_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=4,
+            min_new_tokens=4,
+            do_sample=False,
+            pad_token_id=tok.eos_token_id,
+        )
     assert gen.shape == (1, ids.shape[1] + 4)
     assert isinstance(tok.decode(gen[0]), str)
 
@@ -193,7 +215,7 @@ def test_seed_option_is_used(write_recipe, tmp_path, capsys):
     """)
     built = {}
     for label, seed in (("a", 1), ("b", 1), ("c", 2)):
-        code, out, err = cli(capsys, "build", recipe, "--out", tmp_path / label, "--seed", seed, "-q")
+        code, _out, err = cli(capsys, "build", recipe, "--out", tmp_path / label, "--seed", seed, "-q")
         assert code == 0, err
         built[label] = load_tensors(tmp_path / label)
     name = "model.layers.0.mlp.down_proj.weight"
@@ -231,7 +253,7 @@ def test_device_mps_without_mps_is_a_clean_error(write_recipe, tmp_path, capsys)
     so the build crashes inside torch with a RuntimeError traceback."""
     recipe = write_recipe(GOOD)
     try:
-        code, out, err = cli(capsys, "build", recipe, "--out", tmp_path / "o", "--device", "mps")
+        code, _out, err = cli(capsys, "build", recipe, "--out", tmp_path / "o", "--device", "mps")
     except RuntimeError as e:  # escaped main(): the user sees a traceback
         pytest.fail(f"--device mps on a machine without MPS crashed with a traceback: {e}")
     assert code == 1
@@ -256,8 +278,7 @@ def test_validate_prints_the_steps_table(write_recipe, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     rows = [[c.strip() for c in line.strip("│").split("│")] for line in r.stdout.splitlines() if line.startswith("│")]
-    assert [row[:3] for row in rows] == [["soup", "linear", "ft1, ft2"],
-                                         ["final (output)", "ties", "base, soup, ft3"]]
+    assert [row[:3] for row in rows] == [["soup", "linear", "ft1, ft2"], ["final (output)", "ties", "base, soup, ft3"]]
     for col in ("step", "method", "models", "tensors", "reads", "writes"):
         assert col in r.stdout
     assert all(row[3].isdigit() and int(row[3]) > 0 for row in rows)
@@ -276,13 +297,21 @@ def test_validate_in_process(write_recipe, capsys):
 # -- located errors -----------------------------------------------------------------------------
 # (id, recipe body, key, text on the error's line, fragments of the message / hint)
 BAD = [
-    ("unknown-method", """
+    (
+        "unknown-method",
+        """
         [steps.m]
         method = "tie"
         base = "base"
         inputs = [{ model = "ft1", weight = 1.0 }]
-     """, "steps.m.method", 'method = "tie"', ["unknown method 'tie'", "did you mean 'ties'?"]),
-    ("unknown-parameter", """
+     """,
+        "steps.m.method",
+        'method = "tie"',
+        ["unknown method 'tie'", "did you mean 'ties'?"],
+    ),
+    (
+        "unknown-parameter",
+        """
         [steps.m]
         method = "ties"
         base = "base"
@@ -290,9 +319,14 @@ BAD = [
           { model = "ft1", weight = 1.0, density = 0.5 },
           { model = "ft2", weight = 1.0, densty = 0.5 },
         ]
-     """, "steps.m.inputs[1].densty", "densty = 0.5",
-     ["method 'ties' has no per-input parameter 'densty'", "did you mean 'density'?"]),
-    ("unknown-step-param", """
+     """,
+        "steps.m.inputs[1].densty",
+        "densty = 0.5",
+        ["method 'ties' has no per-input parameter 'densty'", "did you mean 'density'?"],
+    ),
+    (
+        "unknown-step-param",
+        """
         [steps.m]
         method = "ties"
         base = "base"
@@ -300,17 +334,28 @@ BAD = [
 
         [steps.m.params]
         lamda = 0.5
-     """, "steps.m.params.lamda", "lamda = 0.5", ["no parameter 'lamda'", "did you mean 'lambda'?"]),
-    ("unknown-source", """
+     """,
+        "steps.m.params.lamda",
+        "lamda = 0.5",
+        ["no parameter 'lamda'", "did you mean 'lambda'?"],
+    ),
+    (
+        "unknown-source",
+        """
         [steps.m]
         method = "linear"
         inputs = [
           { model = "ft1", weight = 1.0 },
           { model = "ft1_shardd", weight = 1.0 },
         ]
-     """, "steps.m.inputs[1].model", '"ft1_shardd"',
-     ["no source or step named 'ft1_shardd'", "did you mean 'ft1_sharded'?"]),
-    ("unknown-step", """
+     """,
+        "steps.m.inputs[1].model",
+        '"ft1_shardd"',
+        ["no source or step named 'ft1_shardd'", "did you mean 'ft1_sharded'?"],
+    ),
+    (
+        "unknown-step",
+        """
         [steps.soup]
         method = "linear"
         inputs = [{ model = "ft1", weight = 1.0 }, { model = "ft2", weight = 1.0 }]
@@ -322,29 +367,53 @@ BAD = [
           { model = "ft3", weight = 1.0 },
           { model = "soupp", weight = 1.0 },
         ]
-     """, "steps.top.inputs[1].model", '"soupp"', ["no source or step named 'soupp'", "did you mean 'soup'?"]),
-    ("unknown-base", """
+     """,
+        "steps.top.inputs[1].model",
+        '"soupp"',
+        ["no source or step named 'soupp'", "did you mean 'soup'?"],
+    ),
+    (
+        "unknown-base",
+        """
         [steps.m]
         method = "ties"
         base = "bsae"
         inputs = [{ model = "ft1", weight = 1.0 }]
-     """, "steps.m.base", 'base = "bsae"', ["no source or step named 'bsae'", "did you mean 'base'?"]),
-    ("density-out-of-range", """
+     """,
+        "steps.m.base",
+        'base = "bsae"',
+        ["no source or step named 'bsae'", "did you mean 'base'?"],
+    ),
+    (
+        "density-out-of-range",
+        """
         [steps.m]
         method = "ties"
         base = "base"
         inputs = [
           { model = "ft1", weight = 1.0, density = 1.5 },
         ]
-     """, "steps.m.inputs[0].density", "density = 1.5", ["expected a number in (0, 1], got 1.5"]),
-    ("slerp-t-out-of-range", """
+     """,
+        "steps.m.inputs[0].density",
+        "density = 1.5",
+        ["expected a number in (0, 1], got 1.5"],
+    ),
+    (
+        "slerp-t-out-of-range",
+        """
         [steps.s]
         method = "slerp"
         base = "base"
         inputs = ["ft1"]
         params = { t = 2 }
-     """, "steps.s.params.t", "params = { t = 2 }", ["expected a number in [0, 1], got 2"]),
-    ("slerp-t-in-params-table", """
+     """,
+        "steps.s.params.t",
+        "params = { t = 2 }",
+        ["expected a number in [0, 1], got 2"],
+    ),
+    (
+        "slerp-t-in-params-table",
+        """
         [steps.s]
         method = "slerp"
         base = "base"
@@ -352,45 +421,79 @@ BAD = [
 
         [steps.s.params]
         t = 2
-     """, "steps.s.params.t", "t = 2", ["expected a number in [0, 1], got 2"]),
-    ("ties-without-base", """
+     """,
+        "steps.s.params.t",
+        "t = 2",
+        ["expected a number in [0, 1], got 2"],
+    ),
+    (
+        "ties-without-base",
+        """
         [steps.m]
         method = "ties"
         inputs = [{ model = "ft1", weight = 1.0 }]
-     """, "steps.m", "[steps.m]", ["method 'ties' needs a base model", "add base ="]),
-    ("linear-with-base", """
+     """,
+        "steps.m",
+        "[steps.m]",
+        ["method 'ties' needs a base model", "add base ="],
+    ),
+    (
+        "linear-with-base",
+        """
         [steps.m]
         method = "linear"
         base = "base"
         inputs = [{ model = "ft1", weight = 1.0 }]
-     """, "steps.m.base", 'base = "base"', ["method 'linear' takes no base model", "remove `base`"]),
-    ("missing-weight", """
+     """,
+        "steps.m.base",
+        'base = "base"',
+        ["method 'linear' takes no base model", "remove `base`"],
+    ),
+    (
+        "missing-weight",
+        """
         [steps.m]
         method = "linear"
         inputs = [
           { model = "ft1", weight = 1.0 },
           { model = "ft2" },
         ]
-     """, "steps.m.inputs[1]", '{ model = "ft2" }', ["missing parameter 'weight' for input 'ft2'"]),
-    ("shape-mismatch", """
+     """,
+        "steps.m.inputs[1]",
+        '{ model = "ft2" }',
+        ["missing parameter 'weight' for input 'ft2'"],
+    ),
+    (
+        "shape-mismatch",
+        """
         [steps.m]
         method = "linear"
         inputs = [
           { model = "ft1", weight = 1.0 },
           { model = "wide", weight = 1.0 },
         ]
-     """, "steps.m.inputs[1]", '"wide"',
-     ["tensor model.embed_tokens.weight", "'wide' has shape", "but 'ft1' has", "32]", "48]"]),
-    ("layer-range-past-the-model", """
+     """,
+        "steps.m.inputs[1]",
+        '"wide"',
+        ["tensor model.embed_tokens.weight", "'wide' has shape", "but 'ft1' has", "32]", "48]"],
+    ),
+    (
+        "layer-range-past-the-model",
+        """
         [steps.p]
         method = "passthrough"
         slices = [
           { sources = [{ model = "ft1", layers = [0, 2] }] },
           { sources = [{ model = "base", layers = [0, 9] }] },
         ]
-     """, "steps.p.slices[1].sources[0].layers", "[0, 9]",
-     ["layers [0, 9] go past the 4 layers of 'base'", "use an end of at most 4"]),
-    ("cycle", """
+     """,
+        "steps.p.slices[1].sources[0].layers",
+        "[0, 9]",
+        ["layers [0, 9] go past the 4 layers of 'base'", "use an end of at most 4"],
+    ),
+    (
+        "cycle",
+        """
         [steps.a]
         method = "linear"
         inputs = [{ model = "b", weight = 1.0 }, { model = "ft1", weight = 1.0 }]
@@ -398,7 +501,11 @@ BAD = [
         [steps.b]
         method = "linear"
         inputs = [{ model = "a", weight = 1.0 }, { model = "ft2", weight = 1.0 }]
-     """, "steps.a", "[steps.a]", ["steps form a cycle: a -> b -> a"]),
+     """,
+        "steps.a",
+        "[steps.a]",
+        ["steps form a cycle: a -> b -> a"],
+    ),
 ]
 
 
@@ -452,47 +559,60 @@ def test_invalid_toml_reports_the_line(write_recipe, tmp_path, capsys):
 
 def test_invalid_toml_unclosed_table_header(tmp_path, capsys):
     recipe = write_raw(tmp_path, '[package]\nname = "x"\nversion = "0.1.0"\n\n[steps.m\nmethod = "linear"\n')
-    code, out, err = cli(capsys, "validate", recipe)
+    code, _out, err = cli(capsys, "validate", recipe)
     assert code == 1
     assert_located(err, recipe, 5, None, "invalid TOML")
 
 
 def test_missing_source_path(tmp_path, models, capsys):
-    recipe = write_raw(tmp_path, f"""[package]
+    recipe = write_raw(
+        tmp_path,
+        f"""[package]
 name = "x"
 version = "0.1.0"
 
 [sources]
-base = {{ path = "{models['base']}" }}
+base = {{ path = "{models["base"]}" }}
 gone = {{ path = "no/such/model" }}
 
 [steps.m]
 method = "linear"
 inputs = [{{ model = "base", weight = 1.0 }}, {{ model = "gone", weight = 1.0 }}]
-""")
+""",
+    )
     for args in (["validate", recipe], ["build", recipe, "--out", tmp_path / "o"]):
-        code, out, err = cli(capsys, *args)
+        code, _out, err = cli(capsys, *args)
         assert code == 1
-        assert_located(err, recipe, 7, "sources.gone.path", "model folder not found",
-                       str(tmp_path / "no" / "such" / "model"), "relative to the recipe file")
+        assert_located(
+            err,
+            recipe,
+            7,
+            "sources.gone.path",
+            "model folder not found",
+            str(tmp_path / "no" / "such" / "model"),
+            "relative to the recipe file",
+        )
         assert not (tmp_path / "o").exists()
 
 
 def test_source_folder_without_config(tmp_path, models, capsys):
     (tmp_path / "empty").mkdir()
-    recipe = write_raw(tmp_path, f"""[package]
+    recipe = write_raw(
+        tmp_path,
+        f"""[package]
 name = "x"
 version = "0.1.0"
 
 [sources]
-base = {{ path = "{models['base']}" }}
+base = {{ path = "{models["base"]}" }}
 empty = {{ path = "empty" }}
 
 [steps.m]
 method = "linear"
 inputs = [{{ model = "base", weight = 1.0 }}, {{ model = "empty", weight = 1.0 }}]
-""")
-    code, out, err = cli(capsys, "validate", recipe)
+""",
+    )
+    code, _out, err = cli(capsys, "validate", recipe)
     assert code == 1
     assert_located(err, recipe, 7, "sources.empty", "config.json")
 
@@ -513,8 +633,14 @@ def test_error_subprocess_has_no_traceback_and_debug_has_one(write_recipe, tmp_p
     r = run_cli("build", recipe, "--out", tmp_path / "o")
     assert r.returncode == 1
     assert r.stdout == ""
-    assert_located(r.stderr, recipe, line_of(recipe, 'method = "tie"'), "steps.m.method",
-                   "unknown method 'tie'", "hint: did you mean 'ties'?")
+    assert_located(
+        r.stderr,
+        recipe,
+        line_of(recipe, 'method = "tie"'),
+        "steps.m.method",
+        "unknown method 'tie'",
+        "hint: did you mean 'ties'?",
+    )
 
     r = run_cli("--debug", "build", recipe, "--out", tmp_path / "o")
     assert r.returncode != 0
@@ -531,15 +657,17 @@ def test_missing_recipe_subprocess(tmp_path):
     assert r.stdout == ""
 
 
-@pytest.mark.parametrize("args", [["build"], ["frobnicate"], ["build", "r.toml", "--seed", "abc"],
-                                  ["validate", "r.toml", "--bogus"]],
-                         ids=["missing-argument", "unknown-command", "bad-option-value", "unknown-option"])
+@pytest.mark.parametrize(
+    "args",
+    [["build"], ["frobnicate"], ["build", "r.toml", "--seed", "abc"], ["validate", "r.toml", "--bogus"]],
+    ids=["missing-argument", "unknown-command", "bad-option-value", "unknown-option"],
+)
 def test_usage_error_exits_2_without_traceback(capsys, args):
     """BUG: typer >= 0.2x vendors click as `typer._click`; cli/app.py catches
     `click.exceptions.ClickException` from the separate `click` package, so every usage error
     escapes main() and prints a traceback instead of a usage message."""
     try:
-        code, out, err = cli(capsys, *args)
+        code, _out, err = cli(capsys, *args)
     except Exception as e:  # escaped main(): a traceback for the user
         pytest.fail(f"usage error escaped main() as {type(e).__module__}.{type(e).__name__}: {e}")
     assert code == 2
@@ -599,11 +727,17 @@ def test_linear_weights_summing_to_zero_fail_the_build_cleanly(write_recipe, tmp
 def test_linear_weights_summing_to_zero_error_names_the_step(write_recipe, tmp_path, capsys):
     """An error met by the engine is located at the step that failed (and names the tensor)."""
     recipe = write_recipe(ZERO_SUM).resolve()
-    code, out, err = cli(capsys, "build", recipe, "--out", tmp_path / "o", "-q")
+    code, _out, err = cli(capsys, "build", recipe, "--out", tmp_path / "o", "-q")
     assert code == 1
-    assert_located(err, recipe, line_of(recipe, "[steps.bad]"), "steps.bad",
-                   "model.embed_tokens.weight", "linear weights sum to 0",
-                   "hint: change the weights, or set params.normalize = false")
+    assert_located(
+        err,
+        recipe,
+        line_of(recipe, "[steps.bad]"),
+        "steps.bad",
+        "model.embed_tokens.weight",
+        "linear weights sum to 0",
+        "hint: change the weights, or set params.normalize = false",
+    )
 
 
 def test_late_failure_leaves_no_output_subprocess(write_recipe, tmp_path):
@@ -621,13 +755,13 @@ def test_late_failure_leaves_no_output_subprocess(write_recipe, tmp_path):
 def test_failed_rebuild_keeps_the_old_output(write_recipe, tmp_path, capsys):
     out_dir = tmp_path / "o"
     good = write_recipe(GOOD, name="good.toml")
-    code, out, err = cli(capsys, "build", good, "--out", out_dir, "-q")
+    code, _, err = cli(capsys, "build", good, "--out", out_dir, "-q")
     assert code == 0, err
     before = snapshot(out_dir)
     assert MARKER in before and any(k.endswith(".safetensors") for k in before)
 
     bad = write_recipe(ZERO_SUM, name="bad.toml")  # fails in its second step, at build time
-    code, out, err = cli(capsys, "build", bad, "--out", out_dir, "-q")
+    code, _, err = cli(capsys, "build", bad, "--out", out_dir, "-q")
     assert code == 1
     assert "linear weights sum to 0" in err
     assert snapshot(out_dir) == before
@@ -635,13 +769,13 @@ def test_failed_rebuild_keeps_the_old_output(write_recipe, tmp_path, capsys):
 
     # a recipe error (caught before any step runs) leaves it too
     typo = write_recipe(BAD[0][1], name="typo.toml")
-    code, out, err = cli(capsys, "build", typo, "--out", out_dir, "-q")
+    code, _, err = cli(capsys, "build", typo, "--out", out_dir, "-q")
     assert code == 1
     assert snapshot(out_dir) == before
 
     # and a good rebuild replaces it (the marker makes it replaceable)
     other = write_recipe(GOOD.replace("weight = 0.5", "weight = 0.25"), name="other.toml")
-    code, out, err = cli(capsys, "build", other, "--out", out_dir, "-q")
+    code, _out, err = cli(capsys, "build", other, "--out", out_dir, "-q")
     assert code == 0, err
     after = snapshot(out_dir)
     assert after != before and MARKER in after
@@ -670,7 +804,7 @@ def test_out_folder_not_written_by_mergepkg_is_refused(write_recipe, tmp_path, c
 def test_out_pointing_to_a_file_is_refused(write_recipe, tmp_path, capsys):
     target = tmp_path / "file.txt"
     target.write_text("keep\n")
-    code, out, err = cli(capsys, "build", write_recipe(GOOD), "--out", target, "-q")
+    code, _out, err = cli(capsys, "build", write_recipe(GOOD), "--out", target, "-q")
     assert code == 1
     assert "not written by mergepkg" in err
     assert target.read_text() == "keep\n"
@@ -680,7 +814,7 @@ def test_out_pointing_to_a_file_is_refused(write_recipe, tmp_path, capsys):
 def test_out_empty_folder_is_used(write_recipe, tmp_path, capsys):
     out_dir = tmp_path / "empty"
     out_dir.mkdir()
-    code, out, err = cli(capsys, "build", write_recipe(GOOD), "--out", out_dir, "-q")
+    code, _out, err = cli(capsys, "build", write_recipe(GOOD), "--out", out_dir, "-q")
     assert code == 0, err
     assert (out_dir / MARKER).is_file()
     assert load_tensors(out_dir)

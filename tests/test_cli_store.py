@@ -27,8 +27,10 @@ EDGES = {("base", "a"), ("ft1", "a"), ("ft2", "a"), ("a", "b"), ("ft3", "b"), ("
 METHODS = {"a": "task_arithmetic", "b": "linear", "z": "linear"}
 
 # -- helpers -------------------------------------------------------------------------
-PLAN_LINE = re.compile(r"^[\s│├└─]*(?P<name>\S+) (?P<key>[0-9a-f]{12}) (?P<method>\S+) "
-                       r"(?P<state>stored|build reads (?P<reads>.+?), writes (?P<writes>.+?))(?P<above> \(above\))?$")
+PLAN_LINE = re.compile(
+    r"^[\s│├└─]*(?P<name>\S+) (?P<key>[0-9a-f]{12}) (?P<method>\S+) "
+    r"(?P<state>stored|build reads (?P<reads>.+?), writes (?P<writes>.+?))(?P<above> \(above\))?$"
+)
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -86,8 +88,9 @@ def counts(err: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def recipe_in(folder: Path, models: dict[str, Path], body: str, name: str = "recipe.toml", *,
-              package: str = "", sources: str = "") -> Path:
+def recipe_in(
+    folder: Path, models: dict[str, Path], body: str, name: str = "recipe.toml", *, package: str = "", sources: str = ""
+) -> Path:
     """A recipe file in `folder` whose [sources] name every fixture model (plus `sources`)."""
     folder.mkdir(parents=True, exist_ok=True)
     text = f'[package]\nname = "{Path(name).stem}"\nversion = "0.1.0"\n{package}\n[sources]\n{sources}'
@@ -171,9 +174,11 @@ def test_plan_uses_the_locked_commit_of_a_moved_branch(tmp_path, models, monkeyp
     add_to_cache(cache, "tiny/base", models["base"])
     add_to_cache(cache, "tiny/ft", models["ft1"])
     path = tmp_path / "hub.toml"
-    path.write_text('[package]\nname = "hub"\nversion = "0.1.0"\n[sources]\nbase = { hf = "tiny/base" }\n'
-                    'ft = { hf = "tiny/ft" }\n[steps.m]\nmethod = "task_arithmetic"\nbase = "base"\n'
-                    'inputs = [{ model = "ft", weight = 1.0 }]\n')
+    path.write_text(
+        '[package]\nname = "hub"\nversion = "0.1.0"\n[sources]\nbase = { hf = "tiny/base" }\n'
+        'ft = { hf = "tiny/ft" }\n[steps.m]\nmethod = "task_arithmetic"\nbase = "base"\n'
+        'inputs = [{ model = "ft", weight = 1.0 }]\n'
+    )
     build(capsys, path, tmp_path / "o")
     key = locked_keys(path)["m"]
     add_to_cache(cache, "tiny/ft", models["ft2"])  # main moves
@@ -263,7 +268,7 @@ def test_cache_list_info_and_path(write_recipe, tmp_path, mergepkg_home, capsys)
 
 
 def test_cache_list_of_an_empty_store(capsys):
-    out, err = ok(capsys, "cache", "list")
+    _out, err = ok(capsys, "cache", "list")
     assert "0 artifacts" in err
 
 
@@ -322,26 +327,31 @@ def test_gc_removes_what_no_lock_references_and_dry_run_removes_nothing(write_re
 
 def test_gc_keeps_the_artifacts_of_every_built_recipe(models, tmp_path, mergepkg_home, capsys):
     one = recipe_in(tmp_path / "one", models, THREE)
-    two = recipe_in(tmp_path / "two", models, '[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft2"]\n'
-                    'params = { t = 0.3 }\n')
+    two = recipe_in(
+        tmp_path / "two", models, '[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft2"]\nparams = { t = 0.3 }\n'
+    )
     build(capsys, one, tmp_path / "o1")
     build(capsys, two, tmp_path / "o2")
     kept = set(locked_keys(one).values()) | set(locked_keys(two).values())
     assert len(kept) == 4 and store_keys(mergepkg_home) == kept
-    out, err = ok(capsys, "cache", "gc")
+    _, err = ok(capsys, "cache", "gc")
     assert "removed 0 artifacts" in err and "kept what 2 lockfiles reference" in err
     assert store_keys(mergepkg_home) == kept
     # a recipe whose lock is gone no longer protects its artifacts
     lockf(two).unlink()
-    out, err = ok(capsys, "cache", "gc")
+    _out, err = ok(capsys, "cache", "gc")
     assert store_keys(mergepkg_home) == set(locked_keys(one).values())
     assert "removed 1 artifacts" in err
 
 
 def test_gc_keeps_two_recipes_of_one_folder(models, tmp_path, mergepkg_home, capsys):
     one = recipe_in(tmp_path, models, THREE, name="one.toml")
-    two = recipe_in(tmp_path, models, '[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft2"]\n'
-                    'params = { t = 0.3 }\n', name="two.toml")
+    two = recipe_in(
+        tmp_path,
+        models,
+        '[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft2"]\nparams = { t = 0.3 }\n',
+        name="two.toml",
+    )
     build(capsys, one, tmp_path / "o1")
     build(capsys, two, tmp_path / "o2")
     assert lockf(one).is_file() and lockf(two).is_file()
@@ -351,7 +361,9 @@ def test_gc_keeps_two_recipes_of_one_folder(models, tmp_path, mergepkg_home, cap
     assert store_keys(mergepkg_home) == set(locked_keys(one).values()) | set(locked_keys(two).values())
 
 
-def test_gc_removes_leftovers_of_killed_builds_but_not_builds_in_progress(write_recipe, tmp_path, mergepkg_home, capsys):
+def test_gc_removes_leftovers_of_killed_builds_but_not_builds_in_progress(
+    write_recipe, tmp_path, mergepkg_home, capsys
+):
     path = write_recipe(THREE)
     build(capsys, path, tmp_path / "o")
     stored = store_keys(mergepkg_home)
@@ -417,18 +429,28 @@ def test_rebuild_with_out_replaces_the_previous_output(write_recipe, tmp_path, m
     assert counts(err) == (1, 2)
     new = locked_keys(path)
     b = outdir / "b"
-    assert (b / "model.safetensors").stat().st_ino == (mergepkg_home / "store" / new["b"] / "model.safetensors").stat().st_ino
-    assert (b / "model.safetensors").stat().st_ino != (mergepkg_home / "store" / old["b"] / "model.safetensors").stat().st_ino
+    assert (b / "model.safetensors").stat().st_ino == (
+        mergepkg_home / "store" / new["b"] / "model.safetensors"
+    ).stat().st_ino
+    assert (b / "model.safetensors").stat().st_ino != (
+        mergepkg_home / "store" / old["b"] / "model.safetensors"
+    ).stat().st_ino
     assert load_tensors(b).keys() == old_b.keys() and any(not (load_tensors(b)[k] == old_b[k]).all() for k in old_b)
     assert json.loads((outdir / MARKER).read_text())["outputs"]["b"] == new["b"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mergepkg-build-")]
     # the old artifact in the store is untouched by the replacement
     assert tensor_bytes(mergepkg_home / "store" / old["b"]) > 0
     # a single-output recipe into the same folder replaces it too
-    single = write_recipe('[steps.only]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1.0 }]\n', name="single.toml")
+    single = write_recipe(
+        '[steps.only]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1.0 }]\n', name="single.toml"
+    )
     out, _ = ok(capsys, "build", single, "--out", outdir, "-q")
     assert out.strip() == str(outdir)
-    assert (outdir / "model.safetensors").is_file() and not (outdir / "b").exists() and not any(p.is_symlink() for p in _files(outdir))
+    assert (
+        (outdir / "model.safetensors").is_file()
+        and not (outdir / "b").exists()
+        and not any(p.is_symlink() for p in _files(outdir))
+    )
 
 
 def test_out_refuses_a_folder_mergepkg_did_not_write(write_recipe, tmp_path, capsys):
@@ -461,8 +483,9 @@ inputs = [{ model = "up", weight = 0.5 }, { model = "ft3", weight = 0.5 }]
 
 def test_step_of_another_recipe_is_planned_and_reused_with_its_own_key(models, tmp_path, mergepkg_home, capsys):
     other = recipe_in(tmp_path, models, OTHER, name="other.toml")
-    main_ = recipe_in(tmp_path, models, USES_OTHER, name="main.toml",
-                      sources='up = { recipe = "other.toml", step = "merged" }\n')
+    main_ = recipe_in(
+        tmp_path, models, USES_OTHER, name="main.toml", sources='up = { recipe = "other.toml", step = "merged" }\n'
+    )
     out, _ = ok(capsys, "plan", main_)
     steps = plan_steps(out)
     assert set(steps) == {"up::merged", "top"}  # only what top needs, not other's `unused`
@@ -479,18 +502,22 @@ def test_step_of_another_recipe_is_planned_and_reused_with_its_own_key(models, t
     assert locked_keys(main_)["up::merged"] == alone
     assert {"up::base", "up::ft1", "up::ft2"} <= {s["name"] for s in tomllib.loads(lockf(main_).read_text())["source"]}
     out, _ = ok(capsys, "graph", main_)
-    names, edges, _ = parse_mermaid(out)
+    _names, edges, _ = parse_mermaid(out)
     assert ("up::merged", "top") in edges and ("up::ft1", "up::merged") in edges and ("ft3", "top") in edges
 
 
 def test_imported_random_step_keeps_its_own_recipes_seed(models, tmp_path, capsys):
     """A random step of another recipe must have the key it has when that recipe builds it
     (that recipe's seed), or it is never reused and its bytes differ."""
-    body = OTHER.replace('method = "task_arithmetic"', 'method = "dare_ties"').replace(
-        'weight = 0.7 }', 'weight = 0.7, density = 0.5 }').replace('weight = 0.3 }', 'weight = 0.3, density = 0.5 }')
+    body = (
+        OTHER.replace('method = "task_arithmetic"', 'method = "dare_ties"')
+        .replace("weight = 0.7 }", "weight = 0.7, density = 0.5 }")
+        .replace("weight = 0.3 }", "weight = 0.3, density = 0.5 }")
+    )
     other = recipe_in(tmp_path, models, body, name="other.toml", package="seed = 7\n")
-    main_ = recipe_in(tmp_path, models, USES_OTHER, name="main.toml",
-                      sources='up = { recipe = "other.toml", step = "merged" }\n')
+    main_ = recipe_in(
+        tmp_path, models, USES_OTHER, name="main.toml", sources='up = { recipe = "other.toml", step = "merged" }\n'
+    )
     build(capsys, other, tmp_path / "o-other")
     out, _ = ok(capsys, "plan", main_)
     assert plan_steps(out)["up::merged"]["key"] == locked_keys(other)["merged"][:12]
@@ -498,13 +525,13 @@ def test_imported_random_step_keeps_its_own_recipes_seed(models, tmp_path, capsy
 
 def test_unknown_step_of_another_recipe_is_located_with_did_you_mean(models, tmp_path, capsys):
     recipe_in(tmp_path, models, OTHER, name="other.toml")
-    main_ = recipe_in(tmp_path, models, USES_OTHER, name="main.toml",
-                      sources='up = { recipe = "other.toml", step = "mreged" }\n')
+    main_ = recipe_in(
+        tmp_path, models, USES_OTHER, name="main.toml", sources='up = { recipe = "other.toml", step = "mreged" }\n'
+    )
     line = main_.read_text().splitlines().index('up = { recipe = "other.toml", step = "mreged" }') + 1
     for cmd in ("plan", "build", "graph"):
         args = (cmd, main_, "--out", tmp_path / "o", "-q") if cmd == "build" else (cmd, main_)
         code, out, err = cli(capsys, *args)
-        assert_clean_error(code, err, f"error: {main_}:{line}: sources.up.step: ", "'mreged'",
-                           "did you mean 'merged'?")
+        assert_clean_error(code, err, f"error: {main_}:{line}: sources.up.step: ", "'mreged'", "did you mean 'merged'?")
         assert out == ""
     assert not (tmp_path / "o").exists()

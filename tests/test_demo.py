@@ -18,13 +18,19 @@ TASKS = [DEMO / "tasks" / "upper.jsonl", DEMO / "tasks" / "inc.jsonl"]
 
 
 def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_training_script_reproduces_the_shipped_files(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "train_demo.py"), "--out", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_demo.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     shipped = digests(DEMO)
     assert len(shipped) == 3 * 4 + 2  # three models (config, weights, tokenizer x2) and two task files
     assert digests(tmp_path) == shipped
@@ -44,16 +50,20 @@ def documented_table(path: Path) -> dict[str, tuple[float, float, float]]:
 
 
 def test_documented_table_is_what_eval_prints(capsys):
-    assert main(["eval", str(ROOT / "recipes" / "demo.toml"), *[a for t in TASKS for a in ("-t", str(t))], "--json"]) == 0
+    assert (
+        main(["eval", str(ROOT / "recipes" / "demo.toml"), *[a for t in TASKS for a in ("-t", str(t))], "--json"]) == 0
+    )
     results = json.loads(capsys.readouterr().out)
     measured = {}
     for row in results:
         measured.setdefault(row["model"].split(":")[1], {})[row["task"]] = row["value"]
+
     def shown(x: float) -> float:  # as the table prints it
         return float(f"{x:.3f}")
 
-    table = {name: (shown(v["upper"]), shown(v["inc"]), shown((v["upper"] + v["inc"]) / 2))
-             for name, v in measured.items()}
+    table = {
+        name: (shown(v["upper"]), shown(v["inc"]), shown((v["upper"] + v["inc"]) / 2)) for name, v in measured.items()
+    }
     assert list(table) == ["base", "upper", "inc", "linear", "task_arithmetic", "ties", "dare_ties", "ties_slerp"]
     for doc in (ROOT / "README.md", ROOT / "docs" / "demo.md"):
         assert documented_table(doc) == table, doc

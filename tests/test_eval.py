@@ -28,7 +28,7 @@ def reference_accuracy(folder, examples):
         ids = tok(prompt, return_tensors="pt").input_ids
         budget = 2 * len(tok(answer, add_special_tokens=False).input_ids) + 4
         out = model.generate(ids, do_sample=False, max_new_tokens=budget)
-        text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n", 1)[0].strip()
+        text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).split("\n", 1)[0].strip()
         hits += text == answer.strip()
     return hits / len(examples)
 
@@ -43,7 +43,7 @@ def tasks(tmp_path, models):
     for p in prompts:  # answers of several lengths, some of them what the model says
         ids = tok(p, return_tensors="pt").input_ids
         out = model.generate(ids, do_sample=False, max_new_tokens=6)
-        rows.append((p, tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()[: 1 + len(p) % 3]))
+        rows.append((p, tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()[: 1 + len(p) % 3]))
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in rows))
     bad = tmp_path / "bad.jsonl"
@@ -91,13 +91,19 @@ def test_results_are_cached_by_model_key_and_task_hash(tasks, models, monkeypatc
 
 def test_recipe_targets_build_steps_and_cli_json(tasks, write_recipe, capsys):
     good, _, text = tasks
-    path = write_recipe('[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]\n')
+    path = write_recipe(
+        '[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]\n'
+    )
     code = main(["eval", f"{path}:soup", f"{path}:base", "-t", str(good), "-t", str(text), "--json"])
     captured = capsys.readouterr()
     assert code == 0
     rows = json.loads(captured.out)
     assert {(r["model"], r["task"]) for r in rows} == {
-        ("recipe.toml:soup", "good"), ("recipe.toml:soup", "text"), ("recipe.toml:base", "good"), ("recipe.toml:base", "text")}
+        ("recipe.toml:soup", "good"),
+        ("recipe.toml:soup", "text"),
+        ("recipe.toml:base", "good"),
+        ("recipe.toml:base", "text"),
+    }
     soup = next(r for r in rows if r["model"] == "recipe.toml:soup")
     assert len(soup["key"]) == 64  # a step: its store key
     assert "evaluation" in captured.err and "recipe.toml:soup" in captured.err
@@ -105,7 +111,9 @@ def test_recipe_targets_build_steps_and_cli_json(tasks, write_recipe, capsys):
 
 def test_whole_recipe_evaluates_sources_and_steps(tasks, write_recipe, capsys):
     good, _, _ = tasks
-    path = write_recipe('[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]\n')
+    path = write_recipe(
+        '[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]\n'
+    )
     assert main(["eval", str(path), "-t", str(good), "--json"]) == 0
     labels = [r["model"] for r in json.loads(capsys.readouterr().out)]
     assert labels == ["recipe.toml:ft1", "recipe.toml:ft2", "recipe.toml:soup"]
@@ -123,7 +131,10 @@ def test_hub_target_offline(tasks, models, tmp_path, monkeypatch):
     assert model.key != local.key  # the hub pin includes the commit
     task = [load_task(good, session.hashes)]
     cache = EvalCache(session.settings.home)
-    assert evaluate_model(model.folder, model.key, task, cache)[0].value == evaluate_model(local.folder, local.key, task, cache)[0].value
+    assert (
+        evaluate_model(model.folder, model.key, task, cache)[0].value
+        == evaluate_model(local.folder, local.key, task, cache)[0].value
+    )
 
 
 def test_bad_task_lines_and_targets_are_located(tmp_path, models, write_recipe):
@@ -141,7 +152,9 @@ def test_bad_task_lines_and_targets_are_located(tmp_path, models, write_recipe):
 
 def test_model_card_shows_eval_results(tasks, write_recipe, tmp_path, capsys):
     good, _, _ = tasks
-    path = write_recipe('[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]\n')
+    path = write_recipe(
+        '[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]\n'
+    )
     assert main(["eval", f"{path}:soup", "-t", str(good)]) == 0
     assert main(["build", str(path), "--out", str(tmp_path / "out"), "-q"]) == 0
     card = (tmp_path / "out" / "README.md").read_text()

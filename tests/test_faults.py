@@ -10,6 +10,7 @@ manifests, `--out`, the lock file, and stderr's `built NAME` / `done:` lines.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,13 +39,20 @@ def env_for(home: Path) -> dict[str, str]:
     # OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep instead of spinning when they wait. It
     # changes no result, but on a busy 2-core machine a `--threads 2` build otherwise runs
     # 5-7x slower (measured: 28 s instead of 4 s).
-    return {**os.environ, "MERGEPKG_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "NO_COLOR": "1",
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    return {
+        **os.environ,
+        "MERGEPKG_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "COLUMNS": "200",
+        "NO_COLOR": "1",
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    }
 
 
 def run(home: Path, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([MERGEPKG, *map(str, args)], capture_output=True, text=True, env=env_for(home),
-                          timeout=timeout)
+    return subprocess.run(
+        [MERGEPKG, *map(str, args)], capture_output=True, text=True, env=env_for(home), timeout=timeout
+    )
 
 
 def start(home: Path, *args, log: Path) -> subprocess.Popen:
@@ -95,8 +103,9 @@ def file_sha(path: Path) -> str:
 
 
 def tree_snapshot(folder: Path) -> dict[str, tuple[int, str]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, file_sha(p))
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, file_sha(p)) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def store_entries(home: Path) -> list[str]:
@@ -149,8 +158,11 @@ def big(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("big")
     base = make_model(root / "base", seed=10, hidden=256, layers=6)
-    return {"base": base, "ft1": make_model(root / "ft1", seed=11, base=base),
-            "ft2": make_model(root / "ft2", seed=12, base=base)}
+    return {
+        "base": base,
+        "ft1": make_model(root / "ft1", seed=11, base=base),
+        "ft2": make_model(root / "ft2", seed=12, base=base),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -228,10 +240,8 @@ def _progress(kdir: Path) -> tuple[int, list[int], bool]:
     except FileNotFoundError:
         building = []
     for d in building:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             shards.append(sum(n.endswith(".safetensors") for n in os.listdir(home / "tmp" / d)))
-        except FileNotFoundError:
-            pass
     return len(store_entries(home)), shards, any(n.startswith(STAGING) for n in os.listdir(kdir))
 
 
@@ -251,9 +261,13 @@ KILL_POINTS = [
 def test_sigkill_at_any_moment_leaves_store_and_out_consistent(big, models, reference, tmp_path):
     ref = reference
     # the previous output: a complete mergepkg output of another recipe, copied to --out first
-    old_recipe = write_recipe_file(tmp_path / "old", {"ft1": models["ft1"], "ft2": models["ft2"]},
-                                   '[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1.0 },'
-                                   ' { model = "ft2", weight = 1.0 }]\n', name="old")
+    old_recipe = write_recipe_file(
+        tmp_path / "old",
+        {"ft1": models["ft1"], "ft2": models["ft2"]},
+        '[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1.0 },'
+        ' { model = "ft2", weight = 1.0 }]\n',
+        name="old",
+    )
     ok(run(tmp_path / "old-home", "build", old_recipe, "--out", tmp_path / "old-out", "-q"))
     old = tree_snapshot(tmp_path / "old-out")
 
@@ -298,11 +312,13 @@ def test_sigkill_at_any_moment_leaves_store_and_out_consistent(big, models, refe
         g = ok(run(home, "cache", "gc"))
         assert not (home / "tmp").is_dir() or os.listdir(home / "tmp") == [], g.stdout
         assert sorted(check_store(home, ref["by_key"])) == sorted(ref["by_key"])
-        outcomes.append((label, "killed" if killed else "finished", len(stored), out_state, len(leftovers),
-                         len(staging)))
+        outcomes.append(
+            (label, "killed" if killed else "finished", len(stored), out_state, len(leftovers), len(staging))
+        )
 
-    report = "\n".join(f"  {o[0]:<24} {o[1]:<8} stored={o[2]} out={o[3]:<8} tmp-leftovers={o[4]} staging={o[5]}"
-                       for o in outcomes)
+    report = "\n".join(
+        f"  {o[0]:<24} {o[1]:<8} stored={o[2]} out={o[3]:<8} tmp-leftovers={o[4]} staging={o[5]}" for o in outcomes
+    )
     print(f"\nclean build {ref['seconds']:.2f}s\n{report}")
     assert sum(o[1] == "killed" for o in outcomes) >= 6, report  # the kills really interrupted builds
     assert {0, 1, 2} <= {o[2] for o in outcomes}, report  # before, between and after committed steps
@@ -334,16 +350,22 @@ def test_a_build_killed_while_placing_out_leaves_no_hidden_folder_behind(models,
     ok(run(home, "cache", "gc"))
     assert model_digest(out) == lock_steps(recipe)["top"][1]
     left = [n for n in os.listdir(out.parent) if n.startswith(STAGING)]
-    assert not left, f"staging folders left beside --out after a rebuild and `cache gc`: {left}" \
-                     f" holding {[str(p.relative_to(out.parent)) for n in left for p in (out.parent / n).iterdir()]}"
+    assert not left, (
+        f"staging folders left beside --out after a rebuild and `cache gc`: {left}"
+        f" holding {[str(p.relative_to(out.parent)) for n in left for p in (out.parent / n).iterdir()]}"
+    )
 
 
 # -- 2. two builders at once -------------------------------------------------------------
 def test_two_concurrent_builds_build_each_step_once_and_agree(big, reference, tmp_path):
     recipe = write_recipe_file(tmp_path / "r", big, CHAIN)
     home = tmp_path / "home"
-    procs = [start(home, "build", recipe, "--out", tmp_path / f"out{i}", "-q", "--shard-size", SHARDS,
-                   log=tmp_path / f"log{i}") for i in (0, 1)]
+    procs = [
+        start(
+            home, "build", recipe, "--out", tmp_path / f"out{i}", "-q", "--shard-size", SHARDS, log=tmp_path / f"log{i}"
+        )
+        for i in (0, 1)
+    ]
     codes = [p.wait(timeout=300) for p in procs]
     errs = [(tmp_path / f"log{i}.err").read_text() for i in (0, 1)]
     for code, err in zip(codes, errs):
@@ -368,8 +390,7 @@ def test_gc_during_a_build_does_not_remove_what_the_build_uses(big, reference, t
     gc refuses (a build holds the store) and removes nothing, then the build goes on."""
     recipe = write_recipe_file(tmp_path / "r", big, CHAIN)
     home = tmp_path / "home"
-    proc = start(home, "build", recipe, "--out", tmp_path / "out", "-q", "--shard-size", SHARDS,
-                 log=tmp_path / "log")
+    proc = start(home, "build", recipe, "--out", tmp_path / "out", "-q", "--shard-size", SHARDS, log=tmp_path / "log")
     t0 = time.monotonic()
     while proc.poll() is None:
         stored, building, _ = _progress(tmp_path)
@@ -387,11 +408,13 @@ def test_gc_during_a_build_does_not_remove_what_the_build_uses(big, reference, t
     err = (tmp_path / "log.err").read_text()
     assert gc_run.returncode == 1 and "a build is running" in gc_run.stderr, gc_run.stderr
     assert gc_run.stdout == ""
-    assert code == 0 and "Traceback" not in err, \
+    assert code == 0 and "Traceback" not in err, (
         f"gc removed a running build's input ({gc_run.stdout.strip()}); the build failed:\n{err[-1500:]}"
+    )
     assert model_digest(tmp_path / "out") == reference["steps"]["stack"][1]
-    assert sorted(check_store(home, reference["by_key"])) == sorted(reference["by_key"]), \
+    assert sorted(check_store(home, reference["by_key"])) == sorted(reference["by_key"]), (
         f"gc removed a running build's artifact: {gc_run.stdout}"
+    )
 
 
 # -- 3. artifacts edited behind the store's back ----------------------------------------
@@ -521,7 +544,9 @@ def test_verify_reports_any_truncation_as_corrupt(small_build, keep):
 
 # -- 4. reproducibility ----------------------------------------------------------------
 W = "weight = 1.0"
-TWO = f'base = "base"\ninputs = [{{ model = "ft1", {W}, density = %s }}, {{ model = "ft2", weight = 0.8, density = %s }}]'
+TWO = (
+    f'base = "base"\ninputs = [{{ model = "ft1", {W}, density = %s }}, {{ model = "ft2", weight = 0.8, density = %s }}]'
+)
 EVERY_METHOD = {
     "lin": 'method = "linear"\ninputs = [{ model = "ft1", weight = 0.6 }, { model = "ft2", weight = 0.4 }]',
     "sl": 'method = "slerp"\nbase = "base"\ninputs = ["ft1"]\nparams = { t = [0, 0.3, 1] }',
@@ -536,18 +561,32 @@ EVERY_METHOD = {
     "dell": 'method = "della_linear"\n' + TWO % (0.6, 0.5),
     "ms": 'method = "model_stock"\nbase = "base"\ninputs = ["ft1", "ft2", "ft3"]',
     "pt": 'method = "passthrough"\nslices = [\n  { sources = [{ model = "ft1", layers = [0, 1] }] },\n'
-          '  { sources = [{ model = "ft2", layers = [1, 2] }] },\n]',
+    '  { sources = [{ model = "ft2", layers = [1, 2] }] },\n]',
     # routers from the base's hidden states: a forward pass, where thread counts could matter
     "mo": 'method = "moe"\nbase = "base"\nexperts = [{ model = "ft1", prompts = ["12+3="] },'
-          ' { model = "ft2", prompts = ["abc", "xyz"], negative_prompts = ["1+1="] }]',
+    ' { model = "ft2", prompts = ["abc", "xyz"], negative_prompts = ["1+1="] }]',
     # steps of steps: a random method over two steps, then a stack over it and another step
     "chain": 'method = "dare_ties"\nbase = "base"\ninputs = [{ model = "lin", weight = 1.0, density = 0.5 },'
-             ' { model = "ms", weight = 0.5, density = 0.7 }]',
+    ' { model = "ms", weight = 0.5, density = 0.7 }]',
     "stack": 'method = "passthrough"\nslices = [\n  { sources = [{ model = "chain", layers = [0, 1] }] },\n'
-             '  { sources = [{ model = "de", layers = [1, 2] }] },\n]',
+    '  { sources = [{ model = "de", layers = [1, 2] }] },\n]',
 }
-METHODS_USED = {"linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
-                "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough", "moe"}
+METHODS_USED = {
+    "linear",
+    "slerp",
+    "nuslerp",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "model_stock",
+    "passthrough",
+    "moe",
+}
 
 
 def every_method_body(order) -> str:
@@ -561,9 +600,10 @@ def test_every_method_reproduces_across_processes_threads_and_step_order(medium,
     All differences are collected so one run shows every step that does not reproduce."""
     from mergepkg.methods import METHODS
 
-    assert METHODS_USED == set(METHODS)
-    assert {line.split('"')[1] for body in EVERY_METHOD.values() for line in body.splitlines()
-            if line.startswith("method")} == METHODS_USED
+    assert set(METHODS) == METHODS_USED
+    assert {
+        line.split('"')[1] for body in EVERY_METHOD.values() for line in body.splitlines() if line.startswith("method")
+    } == METHODS_USED
     names = list(EVERY_METHOD)
     a = write_recipe_file(tmp_path / "a", medium, every_method_body(names))
     b = write_recipe_file(tmp_path / "b", medium, every_method_body(names[::-1]))
@@ -573,10 +613,17 @@ def test_every_method_reproduces_across_processes_threads_and_step_order(medium,
     la, lb = lock_steps(a), lock_steps(b)
     assert sorted(la) == sorted(lb) == sorted(names)
     assert read_lock(lock_file(a)).sources == read_lock(lock_file(b)).sources
-    problems = [f"{n}: key {'same' if la[n][0] == lb[n][0] else 'DIFFERS'}, digest --threads 1 {la[n][1][:19]}"
-                f" vs --threads 2 {lb[n][1][:19]}" for n in names if la[n] != lb[n]]
+    problems = [
+        f"{n}: key {'same' if la[n][0] == lb[n][0] else 'DIFFERS'}, digest --threads 1 {la[n][1][:19]}"
+        f" vs --threads 2 {lb[n][1][:19]}"
+        for n in names
+        if la[n] != lb[n]
+    ]
     # the digests in each lock are the tensors on disk, in its store and its output
-    for home, out, locked in ((tmp_path / "home-a", tmp_path / "out-a", la), (tmp_path / "home-b", tmp_path / "out-b", lb)):
+    for home, out, locked in (
+        (tmp_path / "home-a", tmp_path / "out-a", la),
+        (tmp_path / "home-b", tmp_path / "out-b", lb),
+    ):
         for name, (key, digest) in locked.items():
             art = Store(home).get(key)
             assert art.digest == digest and model_digest(art.folder) == digest, name
@@ -588,8 +635,10 @@ def test_every_method_reproduces_across_processes_threads_and_step_order(medium,
     assert "Traceback" not in v.stderr, v.stderr
     rows = verify_rows(v.stdout, names)
     if sorted(rows) != sorted(names):
-        problems.append(f"verify --rebuild of the --threads 1 build (exit {v.returncode}) printed no row for"
-                        f" {sorted(set(names) - set(rows))}: {(v.stdout + v.stderr).strip()[-800:]}")
+        problems.append(
+            f"verify --rebuild of the --threads 1 build (exit {v.returncode}) printed no row for"
+            f" {sorted(set(names) - set(rows))}: {(v.stdout + v.stderr).strip()[-800:]}"
+        )
     problems += [f"verify --rebuild of the --threads 1 build: {n} {r}" for n, r in rows.items() if r != "ok"]
     if rows and v.returncode != (0 if all(r == "ok" for r in rows.values()) else 1):
         problems.append(f"verify --rebuild exited {v.returncode} with statuses {sorted(set(rows.values()))}")
@@ -630,8 +679,15 @@ else:
 
 
 def _writers(what: str, target: Path, n: int = 4) -> list[subprocess.CompletedProcess]:
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, what, str(target), str(i)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, what, str(target), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
     return [subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate()) for p in procs]
 
 

@@ -68,8 +68,9 @@ def test_no_agreeing_delta_and_zero_weights(normalize):
     spec = METHODS["task_arithmetic"]
     kwargs = {"weight": [1.0, -1.0], "normalize": normalize}
     t = [base + 1, base + 2]
-    assert torch.equal(spec.stream(base, t, compute=torch.float32, out_dtype=torch.float32, **kwargs),
-                       whole(spec, base, t, kwargs))
+    assert torch.equal(
+        spec.stream(base, t, compute=torch.float32, out_dtype=torch.float32, **kwargs), whole(spec, base, t, kwargs)
+    )
 
 
 def test_nan_and_inf_travel_as_in_torch():
@@ -120,15 +121,18 @@ def test_signed_zeros_come_out_as_in_torch():
     tensors = [base.clone(), base.clone()]
     tensors[0][::3] = -1.0
     tensors[1][1::3] = 2.0
-    for name, kwargs in [("ties", {"weight": [1.0, 1.0], "density": [0.5, 0.5], "normalize": True}),
-                         ("dare_ties", {"weight": [1.0, 1.0], "density": [0.01, 0.01], "normalize": False}),
-                         ("task_arithmetic", {"weight": [-0.5, -0.5], "normalize": False})]:
+    for name, kwargs in [
+        ("ties", {"weight": [1.0, 1.0], "density": [0.5, 0.5], "normalize": True}),
+        ("dare_ties", {"weight": [1.0, 1.0], "density": [0.01, 0.01], "normalize": False}),
+        ("task_arithmetic", {"weight": [-0.5, -0.5], "normalize": False}),
+    ]:
         spec = METHODS[name]
         if spec.random:
             kwargs["rng"] = lambda i: torch.Generator().manual_seed(i)
         for dtype in (torch.float32, torch.bfloat16):
-            streamed = spec.stream(base.to(dtype), [t.to(dtype) for t in tensors], compute=torch.float32,
-                                   out_dtype=dtype, **kwargs)
+            streamed = spec.stream(
+                base.to(dtype), [t.to(dtype) for t in tensors], compute=torch.float32, out_dtype=dtype, **kwargs
+            )
             expected = whole(spec, base, tensors, kwargs).to(dtype)
             assert torch.equal(streamed.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)), name
 

@@ -71,10 +71,15 @@ CONVERT = {
     "examples-gpt2-small.yml": {"examples-gpt2-small": ("passthrough", None, 1)},
     "examples-vlm-linear.yml": {"examples-vlm-linear": ("linear", None, 2)},
     "examples-vlm-ties.yml": {"examples-vlm-ties": ("ties", "Florence-2-base", 1)},
-    "examples-mega.yml": {"gradient-slerp": ("slerp", "orca_mini_v3_13b", 1),
-                          "gradient-slerp-ties": ("ties", "Llama-2-13B-fp16", 2)},
-    "docs-multimerge.yml": {"first-merge": ("linear", None, 2), "second-merge": ("slerp", "first-merge", 1),
-                            "docs-multimerge": ("dare_ties", "Mistral-7B-v0.1", 2)},
+    "examples-mega.yml": {
+        "gradient-slerp": ("slerp", "orca_mini_v3_13b", 1),
+        "gradient-slerp-ties": ("ties", "Llama-2-13B-fp16", 2),
+    },
+    "docs-multimerge.yml": {
+        "first-merge": ("linear", None, 2),
+        "second-merge": ("slerp", "first-merge", 1),
+        "docs-multimerge": ("dare_ties", "Mistral-7B-v0.1", 2),
+    },
     "readme-chat-template.yml": {"readme-chat-template": ("ties", "Mistral-7B-v0.1", 2)},
     "readme-tokenizer-source-union.yml": {"readme-tokenizer-source-union": ("linear", None, 2)},
 }
@@ -83,15 +88,21 @@ CONVERT = {
 REFUSE = {
     "examples-arcee_fusion.yml": ("merge_method", "'arcee_fusion' method is not supported", "merge_method:"),
     "docs-create_a_merge_method.yml": ("merge_method", "unknown merge method 'simple_average'", "merge_method:"),
-    "examples-whisper-encoder-decoder-weighted.yml": ("merge_method", "unknown merge method 'encoder_decoder_weighted'",
-                                                      "merge_method:"),
+    "examples-whisper-encoder-decoder-weighted.yml": (
+        "merge_method",
+        "unknown merge method 'encoder_decoder_weighted'",
+        "merge_method:",
+    ),
     "examples-whisper-lora-multilingual.yml": ("models[0].lora", "LoRA adapters are not supported", "lora:"),
     "examples-whisper-merge-multilingual.yml": ("merge_method", "'slerp' needs a base_model", "merge_method:"),
     "examples-chipalign.yml": ("parameters.geodesic", "has no parameter 'geodesic'", "geodesic: true"),
     "examples-linear_small.yml": (None, "missing `merge_method`", "models:"),
     "examples-gradient-slerp-old.yml": ("parameters.t[0].pattern", "unknown key 'pattern'", "pattern: self_attn"),
-    "readme-tokenizer-practical.yml": ("tokenizer.tokens.<|im_start|>.source", "'chatml_model' is not one of the models merged here",
-                                       'source: "chatml_model"'),
+    "readme-tokenizer-practical.yml": (
+        "tokenizer.tokens.<|im_start|>.source",
+        "'chatml_model' is not one of the models merged here",
+        'source: "chatml_model"',
+    ),
 }
 
 
@@ -176,7 +187,8 @@ def test_base_model_parameters_are_dropped_with_a_note(tmp_path):
 
 
 def test_gradients_filters_and_precedence_levels(tmp_path):
-    _, recipe = imported("""
+    _, recipe = imported(
+        """
         merge_method: slerp
         base_model: org/base
         slices:
@@ -202,7 +214,9 @@ def test_gradients_filters_and_precedence_levels(tmp_path):
           t: {filter: mlp, value: 0.7}
         dtype: bfloat16
         out_dtype: float32
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     step = recipe.steps["config"]
     assert step.base == "base"
     first, second = step.slices
@@ -215,7 +229,8 @@ def test_gradients_filters_and_precedence_levels(tmp_path):
 
 
 def test_revision_refs_and_source_names(tmp_path):
-    result, recipe = imported("""
+    result, recipe = imported(
+        """
         merge_method: task_arithmetic
         base_model: mistralai/Mistral-7B-v0.1@main
         models:
@@ -229,7 +244,9 @@ def test_revision_refs_and_source_names(tmp_path):
             parameters: {weight: 1.0e-3}
           - model: org/sci
             parameters: {weight: 1e-3}
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     src = recipe.sources
     assert (src["Mistral-7B-v0.1"].hf, src["Mistral-7B-v0.1"].revision) == ("mistralai/Mistral-7B-v0.1", "main")
     assert (src["chat"].hf, src["chat"].revision) == ("org/chat", "abc123")
@@ -281,19 +298,23 @@ def test_missing_local_folder_is_a_warning_not_an_error(tmp_path):
 
 @pytest.mark.parametrize("source, expected", [("base", "base"), ("org/chat", "chat"), ("org/base", "base")])
 def test_tokenizer_source(source, expected, tmp_path):
-    _, recipe = imported(f"""
+    _, recipe = imported(
+        f"""
         merge_method: slerp
         base_model: org/base
         models:
           - model: org/chat
         parameters: {{t: 0.5}}
         tokenizer_source: {source}
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert recipe.steps["config"].tokenizer == expected and not recipe.steps["config"].tokens
 
 
 def test_tokenizer_block_and_union(tmp_path):
-    result, recipe = imported("""
+    result, recipe = imported(
+        """
         merge_method: task_arithmetic
         base_model: org/base
         models:
@@ -315,26 +336,35 @@ def test_tokenizer_block_and_union(tmp_path):
               source: {kind: model_token, model: org/base, token: </s>}
             <cls>:
               source: {kind: model_token, model: org/union, token_id: 3}
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     step = recipe.steps["config"]
     assert step.tokenizer_union and step.tokenizer == "union" and step.pad_to_multiple_of == 64  # default source
     assert "union-model" in recipe.sources and "union" not in recipe.sources  # "union" would read as the union
     got = {t.token: (t.model, t.from_token, t.from_id, t.force) for t in step.tokens}
-    assert got == {"<|im_start|>": ("chat", None, None, False), "<|im_end|>": ("chat", None, None, True),
-                   "<pad>": (None, None, None, False), "<sep>": ("base", "</s>", None, False),
-                   "<cls>": ("union-model", None, 3, False)}
+    assert got == {
+        "<|im_start|>": ("chat", None, None, False),
+        "<|im_end|>": ("chat", None, None, True),
+        "<pad>": (None, None, None, False),
+        "<sep>": ("base", "</s>", None, False),
+        "<cls>": ("union-model", None, 3, False),
+    }
     assert "union:" in result.text  # the note on how the union differs from mergekit's
 
 
 def test_tokenizer_source_base_of_linear_is_the_base_input(tmp_path):
-    result, recipe = imported("""
+    result, recipe = imported(
+        """
         merge_method: linear
         base_model: org/base
         models:
           - model: org/a
           - model: org/b
         parameters: {weight: 1.0}
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     step = recipe.steps["config"]
     # mergekit merges base_model as one more input of linear, and copies its tokenizer
     # a source named "base" would read as the step's base in `tokenizer = "base"`: it is renamed
@@ -344,7 +374,8 @@ def test_tokenizer_source_base_of_linear_is_the_base_input(tmp_path):
 
 
 def test_task_arithmetic_density_and_shared_params_on_models_dropped(tmp_path):
-    result, recipe = imported("""
+    result, recipe = imported(
+        """
         merge_method: task_arithmetic
         base_model: org/base
         models:
@@ -352,7 +383,9 @@ def test_task_arithmetic_density_and_shared_params_on_models_dropped(tmp_path):
             parameters: {weight: 0.5, density: 0.3, lambda: 2.0}
         parameters: {density: 0.5, rescale: true, int8_mask: true, lambda: 0.8}
         dtype: float32
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     step = recipe.steps["config"]
     assert step.inputs[0].params == {"weight": 0.5}
     assert step.params == {"lambda": 0.8}
@@ -363,7 +396,8 @@ def test_task_arithmetic_density_and_shared_params_on_models_dropped(tmp_path):
 
 
 def test_passthrough_slices_with_scale_and_dropped_base(tmp_path):
-    result, recipe = imported("""
+    result, recipe = imported(
+        """
         merge_method: passthrough
         base_model: org/a
         slices:
@@ -373,7 +407,9 @@ def test_passthrough_slices_with_scale_and_dropped_base(tmp_path):
                 layer_range: [4, 12]
                 parameters:
                   scale: [{filter: down_proj, value: 0.5}, {value: 1.0}]
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     step = recipe.steps["config"]
     assert step.base is None and step.tokenizer is None
     assert step.slices[1].sources[0].params["scale"] == (Condition("down_proj", 0.5), Condition(None, 1.0))
@@ -382,20 +418,25 @@ def test_passthrough_slices_with_scale_and_dropped_base(tmp_path):
 
 def test_names_are_sanitised_and_unique(tmp_path):
     (tmp_path / ".hidden" / "-weird name").mkdir(parents=True)
-    _, recipe = imported("""
+    _, recipe = imported(
+        """
         name: my merge!
         merge_method: linear
         models:
           - model: .hidden/-weird name
           - model: org/final
         parameters: {weight: 1}
-    """, tmp_path, name="final")
+    """,
+        tmp_path,
+        name="final",
+    )
     assert recipe.name == "final" and list(recipe.steps) == ["final"]
     assert set(recipe.sources) == {"weird-name", "final-2"}  # the step keeps its name; the source yields
 
 
 def test_multi_document_named_stages_in_any_order(tmp_path):
-    result, recipe = imported("""
+    result, recipe = imported(
+        """
         merge_method: ties
         base_model: org/base
         models:
@@ -411,7 +452,10 @@ def test_multi_document_named_stages_in_any_order(tmp_path):
           - model: org/y
         parameters: {weight: 0.5}
         dtype: float32
-    """, tmp_path, name="final")
+    """,
+        tmp_path,
+        name="final",
+    )
     assert list(recipe.steps) == ["final", "soup-a"]
     assert recipe.steps["final"].inputs[0].model == "soup-a"
     assert recipe.outputs == ("final",)
@@ -419,11 +463,14 @@ def test_multi_document_named_stages_in_any_order(tmp_path):
 
 
 def test_single_document_name_key_is_ignored(tmp_path):
-    _, recipe = imported("""
+    _, recipe = imported(
+        """
         name: stage
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert list(recipe.steps) == ["config"]
 
 
@@ -431,17 +478,28 @@ def test_single_document_name_key_is_ignored(tmp_path):
 
 
 BAD = {
-    "unknown method": ("""
+    "unknown method": (
+        """
         models:
           - model: org/a
         merge_method: frankenstein
-    """, "merge_method", "unknown merge method 'frankenstein'", "merge_method:"),
-    "mergekit-only method": ("""
+    """,
+        "merge_method",
+        "unknown merge method 'frankenstein'",
+        "merge_method:",
+    ),
+    "mergekit-only method": (
+        """
         merge_method: sce
         base_model: org/base
         models: [{model: org/a}]
-    """, "merge_method", "'sce' method is not supported", "merge_method:"),
-    "unknown parameter": ("""
+    """,
+        "merge_method",
+        "'sce' method is not supported",
+        "merge_method:",
+    ),
+    "unknown parameter": (
+        """
         merge_method: ties
         base_model: org/base
         models:
@@ -451,53 +509,93 @@ BAD = {
             parameters:
               weight: 1
               foo: 2
-    """, "models[1].parameters.foo", "has no parameter 'foo'", "foo: 2"),
-    "typo parameter": ("""
+    """,
+        "models[1].parameters.foo",
+        "has no parameter 'foo'",
+        "foo: 2",
+    ),
+    "typo parameter": (
+        """
         merge_method: ties
         base_model: org/base
         models: [{model: org/a, parameters: {weight: 1}}]
         parameters:
           densty: 0.5
-    """, "parameters.densty", "has no parameter 'densty'", "densty:"),
-    "LoRA ref": ("""
+    """,
+        "parameters.densty",
+        "has no parameter 'densty'",
+        "densty:",
+    ),
+    "LoRA ref": (
+        """
         merge_method: linear
         models:
           - model: org/a
             parameters: {weight: 1}
           - model: org/a+org/adapter
             parameters: {weight: 1}
-    """, "models[1].model", "LoRA references", "org/a+org/adapter"),
-    "LoRA ref in a slice": ("""
+    """,
+        "models[1].model",
+        "LoRA references",
+        "org/a+org/adapter",
+    ),
+    "LoRA ref in a slice": (
+        """
         merge_method: passthrough
         slices:
           - sources:
               - model: org/a+org/adapter
                 layer_range: [0, 2]
-    """, "slices[0].sources[0].model", "LoRA references", "org/a+org/adapter"),
-    "tokenizer block with source base and no base": ("""
+    """,
+        "slices[0].sources[0].model",
+        "LoRA references",
+        "org/a+org/adapter",
+    ),
+    "tokenizer block with source base and no base": (
+        """
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]
         tokenizer:
           source: base
-    """, "tokenizer.source", "no base_model", "source: base"),
-    "tokenizer block with pad_to_multiple_of 0": ("""
+    """,
+        "tokenizer.source",
+        "no base_model",
+        "source: base",
+    ),
+    "tokenizer block with pad_to_multiple_of 0": (
+        """
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]
         tokenizer:
           pad_to_multiple_of: 0
-    """, "tokenizer.pad_to_multiple_of", "positive integer", "pad_to_multiple_of"),
-    "tokenizer and tokenizer_source": ("""
+    """,
+        "tokenizer.pad_to_multiple_of",
+        "positive integer",
+        "pad_to_multiple_of",
+    ),
+    "tokenizer and tokenizer_source": (
+        """
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]
         tokenizer_source: union
         tokenizer: {source: union}
-    """, "tokenizer", "both", "tokenizer: {source: union}"),
-    "tokenizer of a model not merged": ("""
+    """,
+        "tokenizer",
+        "both",
+        "tokenizer: {source: union}",
+    ),
+    "tokenizer of a model not merged": (
+        """
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]
         tokenizer_source: org/other
-    """, "tokenizer_source", "not one of the models merged here", "tokenizer_source"),
-    "value out of range": ("""
+    """,
+        "tokenizer_source",
+        "not one of the models merged here",
+        "tokenizer_source",
+    ),
+    "value out of range": (
+        """
         merge_method: ties
         base_model: org/base
         models:
@@ -505,41 +603,71 @@ BAD = {
             parameters:
               weight: 1
               density: [1, 0.5, 1.5]
-    """, "models[0].parameters.density[2]", "expected a number in (0, 1]", "density:"),
-    "flag as gradient": ("""
+    """,
+        "models[0].parameters.density[2]",
+        "expected a number in (0, 1]",
+        "density:",
+    ),
+    "flag as gradient": (
+        """
         merge_method: ties
         base_model: org/base
         models: [{model: org/a, parameters: {weight: 1}}]
         parameters:
           normalize: [true, false]
-    """, "parameters.normalize", "is a flag", "normalize:"),
-    "missing weight": ("""
+    """,
+        "parameters.normalize",
+        "is a flag",
+        "normalize:",
+    ),
+    "missing weight": (
+        """
         merge_method: linear
         models:
           - model: org/a
             parameters: {weight: 1}
           - model: org/b
-    """, "models[1]", "missing parameter 'weight' for 'b'", "model: org/b"),
-    "missing t": ("""
+    """,
+        "models[1]",
+        "missing parameter 'weight' for 'b'",
+        "model: org/b",
+    ),
+    "missing t": (
+        """
         merge_method: slerp
         base_model: org/a
         models: [{model: org/a}, {model: org/b}]
-    """, "parameters", "missing parameter 't'", "merge_method"),
-    "t only on a model": ("""
+    """,
+        "parameters",
+        "missing parameter 't'",
+        "merge_method",
+    ),
+    "t only on a model": (
+        """
         merge_method: slerp
         base_model: org/a
         models:
           - model: org/b
             parameters: {t: 0.5}
-    """, "parameters", "missing parameter 't'", "merge_method"),
-    "bad layer range": ("""
+    """,
+        "parameters",
+        "missing parameter 't'",
+        "merge_method",
+    ),
+    "bad layer range": (
+        """
         merge_method: passthrough
         slices:
           - sources:
               - model: org/a
                 layer_range: [8, 4]
-    """, "slices[0].sources[0].layer_range", "expected [start, end]", "layer_range"),
-    "unequal slice": ("""
+    """,
+        "slices[0].sources[0].layer_range",
+        "expected [start, end]",
+        "layer_range",
+    ),
+    "unequal slice": (
+        """
         merge_method: slerp
         base_model: org/a
         parameters: {t: 0.5}
@@ -547,53 +675,97 @@ BAD = {
           - sources:
               - {model: org/a, layer_range: [0, 4]}
               - {model: org/b, layer_range: [0, 6]}
-    """, "slices[0].sources", "same number of layers", "sources:"),
-    "base not in slice": ("""
+    """,
+        "slices[0].sources",
+        "same number of layers",
+        "sources:",
+    ),
+    "base not in slice": (
+        """
         merge_method: ties
         base_model: org/base
         parameters: {weight: 1}
         slices:
           - sources:
               - {model: org/a, layer_range: [0, 4]}
-    """, "slices[0].sources", "base_model must be among each slice's sources", "sources:"),
-    "too many for passthrough": ("""
+    """,
+        "slices[0].sources",
+        "base_model must be among each slice's sources",
+        "sources:",
+    ),
+    "too many for passthrough": (
+        """
         merge_method: passthrough
         base_model: org/base
         models: [{model: org/a}]
-    """, "base_model", "takes exactly 1 model, got 2", "base_model:"),
-    "too few for model_stock": ("""
+    """,
+        "base_model",
+        "takes exactly 1 model, got 2",
+        "base_model:",
+    ),
+    "too few for model_stock": (
+        """
         merge_method: model_stock
         base_model: org/base
         models: [{model: org/base}, {model: org/a}]
-    """, "models", "takes at least 2 models besides the base_model, got 1", "models:"),
-    "models and slices": ("""
+    """,
+        "models",
+        "takes at least 2 models besides the base_model, got 1",
+        "models:",
+    ),
+    "models and slices": (
+        """
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]
         slices: [{sources: [{model: org/a, layer_range: [0, 1]}]}]
-    """, "slices", "exactly one of `models` or `slices`", "slices:"),
-    "unknown top-level key": ("""
+    """,
+        "slices",
+        "exactly one of `models` or `slices`",
+        "slices:",
+    ),
+    "unknown top-level key": (
+        """
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]
         dtpye: float16
-    """, "dtpye", "unknown key 'dtpye'", "dtpye"),
-    "unsupported dtype": ("""
+    """,
+        "dtpye",
+        "unknown key 'dtpye'",
+        "dtpye",
+    ),
+    "unsupported dtype": (
+        """
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]
         dtype: int8
-    """, "dtype", "unsupported dtype 'int8'", "dtype"),
-    "duplicate model": ("""
+    """,
+        "dtype",
+        "unsupported dtype 'int8'",
+        "dtype",
+    ),
+    "duplicate model": (
+        """
         merge_method: linear
         models:
           - model: org/a
           - model: org/a
         parameters: {weight: 1}
-    """, "models[1].model", "listed twice", "- model: org/a"),
-    "modules": ("""
+    """,
+        "models[1].model",
+        "listed twice",
+        "- model: org/a",
+    ),
+    "modules": (
+        """
         merge_method: linear
         modules:
           text_decoder:
             models: [{model: org/a}]
-    """, "modules", "`modules`", "modules:"),
+    """,
+        "modules",
+        "`modules`",
+        "modules:",
+    ),
 }
 
 
@@ -618,7 +790,8 @@ def test_yaml_syntax_error_is_located(tmp_path):
 
 
 def test_multi_document_errors(tmp_path):
-    e, text = import_error("""
+    e, text = import_error(
+        """
         name: a
         merge_method: linear
         models: [{model: b, parameters: {weight: 1}}]
@@ -626,17 +799,23 @@ def test_multi_document_errors(tmp_path):
         name: b
         merge_method: linear
         models: [{model: a, parameters: {weight: 1}}]
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert "cycle" in e.message
-    e, text = import_error("""
+    e, text = import_error(
+        """
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]
         ---
         merge_method: linear
         models: [{model: org/b, parameters: {weight: 1}}]
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert "two documents have no `name`" in e.message and e.line == line_of(text, "org/b") - 1
-    e, text = import_error("""
+    e, text = import_error(
+        """
         name: x
         merge_method: linear
         models: [{model: org/a, parameters: {weight: 1}}]
@@ -645,7 +824,9 @@ def test_multi_document_errors(tmp_path):
         merge_method: linear
         models: [{model: org/b, parameters: {weight: 1}}]
         foo: 1
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert e.key == "foo" and e.line == line_of(text, "foo: 1")
 
 
@@ -663,14 +844,16 @@ def test_cli_prints_the_recipe(tmp_path, capsys):
 def test_cli_writes_the_recipe_and_it_builds_offline(tmp_path, capsys, models):
     config = tmp_path / "cfg" / "soup.yml"
     config.parent.mkdir()
-    config.write_text(f"merge_method: linear\nmodels:\n  - model: {models['ft1']}\n  - model: {models['ft2']}\n"
-                      "parameters:\n  weight: 0.5\ndtype: float32\n")
+    config.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {models['ft1']}\n  - model: {models['ft2']}\n"
+        "parameters:\n  weight: 0.5\ndtype: float32\n"
+    )
     out = tmp_path / "recipes" / "soup.toml"
     assert main(["import", str(config), "-o", str(out), "--name", "my-soup"]) == 0
     cap = capsys.readouterr()
     assert cap.out == "" and "wrote" in cap.err
     text = out.read_text()
-    assert '[steps.my-soup]' in text and 'name = "my-soup"' in text
+    assert "[steps.my-soup]" in text and 'name = "my-soup"' in text
     tensors = build_one(out, tmp_path / "built")
     ft1, ft2 = load_tensors(models["ft1"]), load_tensors(models["ft2"])
     name = "model.layers.0.mlp.up_proj.weight"
@@ -835,8 +1018,15 @@ def run_mergekit(case: str, models: dict[str, Path], folder: Path) -> Path:
     out = folder / "out"
     common = ["--no-cuda", "--quiet", "--random-seed", str(SEED), "--no-copy-tokenizer", "--no-write-model-card"]
     if case == "multi":
-        cmd = [str(BIN / "mergekit-multi"), str(config), "--intermediate-dir", str(folder / "stages"),
-               "--out-path", str(out), *common]
+        cmd = [
+            str(BIN / "mergekit-multi"),
+            str(config),
+            "--intermediate-dir",
+            str(folder / "stages"),
+            "--out-path",
+            str(out),
+            *common,
+        ]
     else:
         cmd = [str(BIN / "mergekit-yaml"), str(config), str(out), *common]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=folder)

@@ -19,9 +19,13 @@ inputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]
 
 def test_imported_step_is_one_dag_with_the_same_key(write_recipe, tmp_path):
     other = write_recipe(OTHER, name="other.toml")
-    main = write_recipe('[steps.top]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "shared", weight = 0.5 }]\n',
-                        name="main.toml")
-    main.write_text(main.read_text().replace("[sources]\n", '[sources]\nshared = { recipe = "other.toml", step = "soup" }\n'))
+    main = write_recipe(
+        '[steps.top]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "shared", weight = 0.5 }]\n',
+        name="main.toml",
+    )
+    main.write_text(
+        main.read_text().replace("[sources]\n", '[sources]\nshared = { recipe = "other.toml", step = "soup" }\n')
+    )
     alone = resolve(load_recipe(other), Session())
     res = resolve(load_recipe(main), Session())
     assert res.plan.order == ("shared::soup", "top")
@@ -34,7 +38,9 @@ def test_imported_step_is_one_dag_with_the_same_key(write_recipe, tmp_path):
 def test_unknown_imported_step_is_located_with_did_you_mean(write_recipe):
     write_recipe(OTHER, name="other.toml")
     main = write_recipe('[steps.top]\nmethod = "passthrough"\ninputs = ["shared"]\n', name="main.toml")
-    main.write_text(main.read_text().replace("[sources]\n", '[sources]\nshared = { recipe = "other.toml", step = "sop" }\n'))
+    main.write_text(
+        main.read_text().replace("[sources]\n", '[sources]\nshared = { recipe = "other.toml", step = "sop" }\n')
+    )
     with pytest.raises(PlanError) as info:
         resolve(load_recipe(main), Session())
     e = info.value
@@ -42,11 +48,17 @@ def test_unknown_imported_step_is_located_with_did_you_mean(write_recipe):
 
 
 def test_errors_inside_an_imported_step_point_into_its_file(write_recipe):
-    other = write_recipe(OTHER.replace('inputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]',
-                                       'inputs = [{ model = "ft1", weight = 1 }, { model = "wide", weight = 1 }]'),
-                         name="other.toml")
+    other = write_recipe(
+        OTHER.replace(
+            'inputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]',
+            'inputs = [{ model = "ft1", weight = 1 }, { model = "wide", weight = 1 }]',
+        ),
+        name="other.toml",
+    )
     main = write_recipe('[steps.top]\nmethod = "passthrough"\ninputs = ["shared"]\n', name="main.toml")
-    main.write_text(main.read_text().replace("[sources]\n", '[sources]\nshared = { recipe = "other.toml", step = "soup" }\n'))
+    main.write_text(
+        main.read_text().replace("[sources]\n", '[sources]\nshared = { recipe = "other.toml", step = "soup" }\n')
+    )
     from mergepkg.layout.steps import lay_out
 
     res = resolve(load_recipe(main), Session())
@@ -57,10 +69,14 @@ def test_errors_inside_an_imported_step_point_into_its_file(write_recipe):
 
 def test_recipes_importing_each_other_is_an_error(tmp_path):
     a, b = tmp_path / "a.toml", tmp_path / "b.toml"
-    a.write_text('[package]\nname="a"\nversion="1"\n[sources]\nx = { recipe = "b.toml", step = "s" }\n'
-                 '[steps.s]\nmethod = "passthrough"\ninputs = ["x"]\n')
-    b.write_text('[package]\nname="b"\nversion="1"\n[sources]\ny = { recipe = "a.toml", step = "s" }\n'
-                 '[steps.s]\nmethod = "passthrough"\ninputs = ["y"]\n')
+    a.write_text(
+        '[package]\nname="a"\nversion="1"\n[sources]\nx = { recipe = "b.toml", step = "s" }\n'
+        '[steps.s]\nmethod = "passthrough"\ninputs = ["x"]\n'
+    )
+    b.write_text(
+        '[package]\nname="b"\nversion="1"\n[sources]\ny = { recipe = "a.toml", step = "s" }\n'
+        '[steps.s]\nmethod = "passthrough"\ninputs = ["y"]\n'
+    )
     with pytest.raises(PlanError, match="import each other"):
         resolve(load_recipe(a), Session())
 
@@ -68,8 +84,10 @@ def test_recipes_importing_each_other_is_an_error(tmp_path):
 def test_recipe_source_needs_a_step(tmp_path):
     (tmp_path / "o.toml").write_text(OTHER)
     p = tmp_path / "m.toml"
-    p.write_text('[package]\nname="m"\nversion="1"\n[sources]\nx = { recipe = "o.toml", revision = "v1" }\n'
-                 '[steps.s]\nmethod = "passthrough"\ninputs = ["x"]\n')
+    p.write_text(
+        '[package]\nname="m"\nversion="1"\n[sources]\nx = { recipe = "o.toml", revision = "v1" }\n'
+        '[steps.s]\nmethod = "passthrough"\ninputs = ["x"]\n'
+    )
     with pytest.raises(RecipeError) as info:
         load_recipe(p)
     assert info.value.key == "sources.x.revision"
@@ -79,12 +97,16 @@ def test_an_input_named_base_keeps_giving_the_tokenizer_when_imported(tmp_path, 
     """A step without a base whose input is named `base` takes that input's tokenizer;
     imported (and so renamed), it still does, and its key is the same."""
     other = tmp_path / "other.toml"
-    other.write_text(f'[package]\nname = "o"\nversion = "0.1.0"\n[sources]\nft1 = {{ path = "{models["ft1"]}" }}\n'
-                     f'base = {{ path = "{models["base"]}" }}\n[steps.soup]\nmethod = "linear"\n'
-                     'inputs = [{ model = "ft1", weight = 1.0 }, { model = "base", weight = 1.0 }]\n')
+    other.write_text(
+        f'[package]\nname = "o"\nversion = "0.1.0"\n[sources]\nft1 = {{ path = "{models["ft1"]}" }}\n'
+        f'base = {{ path = "{models["base"]}" }}\n[steps.soup]\nmethod = "linear"\n'
+        'inputs = [{ model = "ft1", weight = 1.0 }, { model = "base", weight = 1.0 }]\n'
+    )
     main = tmp_path / "main.toml"
-    main.write_text('[package]\nname = "m"\nversion = "0.1.0"\n[sources]\nsoup = { recipe = "other.toml", step = "soup" }\n'
-                    '[steps.out]\nmethod = "passthrough"\ninputs = ["soup"]\n')
+    main.write_text(
+        '[package]\nname = "m"\nversion = "0.1.0"\n[sources]\nsoup = { recipe = "other.toml", step = "soup" }\n'
+        '[steps.out]\nmethod = "passthrough"\ninputs = ["soup"]\n'
+    )
     own = resolve(load_recipe(other), Session())
     imported = resolve(load_recipe(main), Session())
     assert imported.recipe.steps["soup::soup"].tokenizer_model == "soup::base"

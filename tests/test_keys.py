@@ -37,7 +37,8 @@ def test_keys_ignore_names_comments_order_and_defaults(write_recipe):
     commented = TWO_STEPS.replace('method = "ties"', 'method = "ties"  # trim and elect')
     reordered = TWO_STEPS.replace('method = "ties"\nbase = "base"', 'base = "base"\nmethod = "ties"')
     defaults = TWO_STEPS.replace('inputs = ["skills"]', 'inputs = ["skills"]\ndtype = "float32"').replace(
-        'density = 0.5 },\n]', 'density = 0.5 },\n]\nparams = { normalize = true, lambda = 1.0 }')
+        "density = 0.5 },\n]", "density = 0.5 },\n]\nparams = { normalize = true, lambda = 1.0 }"
+    )
     spelled = TWO_STEPS.replace("weight = 1.0", "weight = 1")
     for variant in (commented, reordered, defaults, spelled):
         assert keys(write_recipe, variant) == k
@@ -48,7 +49,9 @@ def test_keys_ignore_names_comments_order_and_defaults(write_recipe):
 
 def test_any_number_changes_the_key_and_everything_downstream(write_recipe):
     k = keys(write_recipe, TWO_STEPS)
-    upstream = keys(write_recipe, TWO_STEPS.replace("density = 0.5 },\n  { model = \"ft2\"", "density = 0.51 },\n  { model = \"ft2\""))
+    upstream = keys(
+        write_recipe, TWO_STEPS.replace('density = 0.5 },\n  { model = "ft2"', 'density = 0.51 },\n  { model = "ft2"')
+    )
     assert upstream["skills"] != k["skills"] and upstream["final"] != k["final"]
     downstream = keys(write_recipe, TWO_STEPS.replace("t = 0.3", "t = 0.4"))
     assert downstream["skills"] == k["skills"] and downstream["final"] != k["final"]
@@ -87,7 +90,9 @@ def test_effective_settings_normalise_scopes():
     assert effective(density, [{}, {"density": 0.5}]) == 0.5
     conds = (Condition("mlp", 0.3),)
     assert effective(density, [{"density": conds}, {"density": 0.5}]) == [
-        {"filter": "mlp", "value": 0.3}, {"filter": None, "value": 0.5}]
+        {"filter": "mlp", "value": 0.3},
+        {"filter": None, "value": 0.5},
+    ]
     assert effective(density, [{"density": (Condition(None, 0.2),)}, {"density": 0.5}]) == 0.2
     assert effective(density, [{"density": (0.1, 0.9)}]) == [0.1, 0.9]
 

@@ -37,18 +37,28 @@ def _imports() -> list[tuple[str, str, bool, int]]:
     for path in sorted(PACKAGE.rglob("*.py")):
         importer = _module(path)
         tree = ast.parse(path.read_text())
-        nested = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                  for n in ast.walk(f) if n is not f}
-        typing_only = {id(n) for node in tree.body if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-                       for n in ast.walk(node)}
+        nested = {
+            id(n)
+            for f in ast.walk(tree)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f)
+            if n is not f
+        }
+        typing_only = {
+            id(n)
+            for node in tree.body
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
         for node in ast.walk(tree):
             if id(node) in typing_only:
                 continue
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mergepkg"):
                 for alias in node.names:  # `from pkg import module` imports the module
                     target = f"{node.module}.{alias.name}"
-                    found.append((importer, target if target in modules else node.module, id(node) in nested,
-                                  node.lineno))
+                    found.append(
+                        (importer, target if target in modules else node.module, id(node) in nested, node.lineno)
+                    )
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.startswith("mergepkg"):
@@ -58,8 +68,7 @@ def _imports() -> list[tuple[str, str, bool, int]]:
 
 def test_packages_import_only_downward():
     linter = Path(sys.executable).parent / "lint-imports"
-    run = subprocess.run([str(linter)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run([str(linter)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
 
 

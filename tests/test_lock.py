@@ -190,8 +190,11 @@ def test_lock_records_only_the_files_a_merge_uses(models, tmp_path):
     (folder / "training_args.json").write_text("{}\n")
     (folder / "notes").mkdir()
     (folder / "notes" / "x.txt").write_text("x")
-    path = local_recipe(tmp_path / "r.toml", {"base": models["base"], "ft1": folder},
-                        '[steps.m]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1.0 }]\n')
+    path = local_recipe(
+        tmp_path / "r.toml",
+        {"base": models["base"], "ft1": folder},
+        '[steps.m]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1.0 }]\n',
+    )
     build_recipe(path)
     src = locked_source(path, "ft1")
     assert src["path"] == "models/ft1"  # relative to the recipe
@@ -219,10 +222,12 @@ def test_lock_records_hub_revision_commit_and_file_hashes(hub, models, tmp_path)
 def test_lock_output_is_stable_and_sorted(models, tmp_path, capsys):
     # sources and steps written out of alphabetical order
     path = local_recipe(
-        tmp_path / "r.toml", {"zeta": models["ft2"], "alpha": models["base"], "mid": models["ft1"]},
+        tmp_path / "r.toml",
+        {"zeta": models["ft2"], "alpha": models["base"], "mid": models["ft1"]},
         '[steps.zz]\nmethod = "linear"\ninputs = [{ model = "aa", weight = 0.5 }, { model = "mid", weight = 0.5 }]\n\n'
         '[steps.aa]\nmethod = "task_arithmetic"\nbase = "alpha"\n'
-        'inputs = [{ model = "mid", weight = 0.5 }, { model = "zeta", weight = 0.5 }]\n')
+        'inputs = [{ model = "mid", weight = 0.5 }, { model = "zeta", weight = 0.5 }]\n',
+    )
     lock_file = lockf(path)
     code, out, err = cli(capsys, "lock", path)
     assert code == 0, err
@@ -304,7 +309,9 @@ def test_reordering_step_tables_does_not_make_locked_fail(write_recipe, tmp_path
     assert locked_keys(path) == keys
 
 
-def test_changed_number_makes_locked_fail_naming_the_step_and_its_dependents(write_recipe, tmp_path, mergepkg_home, capsys):
+def test_changed_number_makes_locked_fail_naming_the_step_and_its_dependents(
+    write_recipe, tmp_path, mergepkg_home, capsys
+):
     path = write_recipe(THREE)
     code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q")
     assert code == 0, err
@@ -313,8 +320,9 @@ def test_changed_number_makes_locked_fail_naming_the_step_and_its_dependents(wri
     # upstream edit: a and b change, z does not
     write_recipe(THREE.replace('model = "ft2", weight = 0.5', 'model = "ft2", weight = 0.6'))
     code, out, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--locked")
-    assert_clean_error(code, err, "out of date", "step 'a' changed", "step 'b' changed", keys["a"][:12],
-                       "mergepkg lock")
+    assert_clean_error(
+        code, err, "out of date", "step 'a' changed", "step 'b' changed", keys["a"][:12], "mergepkg lock"
+    )
     assert "'z'" not in err and out == ""
     assert "hint:" in err.split("out of date")[1]
     assert lockf(path).read_bytes() == lock_before  # not rewritten
@@ -511,11 +519,13 @@ def test_frozen_fails_cleanly_when_the_recipe_asks_for_something_not_locked(hub,
     path = write_text(tmp_path / "r.toml", HUB.format(rev="main"))
     assert cli(capsys, "build", path, "--out", tmp_path / "o", "-q")[0] == 0
     # a new source
-    text = HUB.format(rev="main").replace('[steps.m]', 'extra = { hf = "tiny/ft3" }\n\n[steps.m]')
-    text = text.replace('inputs = [{ model = "ft", weight = 1.0 }]',
-                        'inputs = [{ model = "ft", weight = 1.0 }, { model = "extra", weight = 0.5 }]')
+    text = HUB.format(rev="main").replace("[steps.m]", 'extra = { hf = "tiny/ft3" }\n\n[steps.m]')
+    text = text.replace(
+        'inputs = [{ model = "ft", weight = 1.0 }]',
+        'inputs = [{ model = "ft", weight = 1.0 }, { model = "extra", weight = 0.5 }]',
+    )
     path.write_text(text)
-    code, out, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--frozen")
+    code, _out, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--frozen")
     line = text.splitlines().index('extra = { hf = "tiny/ft3" }') + 1
     assert_clean_error(code, err, f"{path}:{line}: sources.extra", "'extra' is not in the lock", "mergepkg lock")
     with pytest.raises(LockError):
@@ -539,9 +549,11 @@ def test_frozen_names_repo_and_commit_missing_from_the_cache(hub, models, tmp_pa
     shutil.rmtree(hub / "models--tiny--ft" / "snapshots" / commit_a)  # the locked commit is gone
     monkeypatch.delenv("HF_HUB_OFFLINE")
     calls = _install_no_network(monkeypatch)
-    code, out, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--frozen")
+    code, _out, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--frozen")
     line = HUB.format(rev="main").splitlines().index('ft = { hf = "tiny/ft", revision = "main" }') + 1
-    assert_clean_error(code, err, f"{path}:{line}: sources.ft", f"tiny/ft@{commit_a}", "not in the local Hugging Face cache")
+    assert_clean_error(
+        code, err, f"{path}:{line}: sources.ft", f"tiny/ft@{commit_a}", "not in the local Hugging Face cache"
+    )
     assert commit_b not in err and calls == []
     with pytest.raises(SourceError) as info:
         build_recipe(path, mode="frozen")

@@ -17,8 +17,9 @@ C = BASE + 0.1 * torch.randn(16, 24, generator=g)
 
 def merge(name, base, tensors, seed=0, **params):
     spec = METHODS[name]
-    defaults = {p.arg: ([p.default] * len(tensors) if p.per_input else p.default)
-                for p in spec.params if not p.required}
+    defaults = {
+        p.arg: ([p.default] * len(tensors) if p.per_input else p.default) for p in spec.params if not p.required
+    }
     if "lambda" in params:
         params["lambda_"] = params.pop("lambda")
     kwargs = {**defaults, **params}
@@ -28,8 +29,22 @@ def merge(name, base, tensors, seed=0, **params):
 
 
 def test_every_method_is_registered_with_doc_and_params():
-    assert set(METHODS) == {"linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_ties", "dare_linear",
-                            "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough", "moe"}
+    assert set(METHODS) == {
+        "linear",
+        "slerp",
+        "nuslerp",
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+        "model_stock",
+        "passthrough",
+        "moe",
+    }
     import importlib
 
     for spec in METHODS.values():
@@ -82,7 +97,9 @@ def test_nuslerp_row_wise_differs_from_flattened_but_keeps_endpoints():
     flat = merge("nuslerp", None, [A, B], weight=[1.0, 1.0])
     rows = merge("nuslerp", None, [A, B], weight=[1.0, 1.0], nuslerp_flatten=False, nuslerp_row_wise=True)
     assert not torch.allclose(flat, rows)
-    torch.testing.assert_close(merge("nuslerp", None, [A, B], weight=[0.0, 1.0], nuslerp_flatten=False), B, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        merge("nuslerp", None, [A, B], weight=[0.0, 1.0], nuslerp_flatten=False), B, atol=1e-5, rtol=1e-5
+    )
 
 
 # -- task-vector family ------------------------------------------------------------
@@ -126,8 +143,12 @@ def test_ties_sign_election_drops_disagreeing_deltas():
 @pytest.mark.parametrize("name", ["dare_linear", "dare_ties"])
 def test_dare_density_one_equals_task_arithmetic(name):
     out = merge(name, BASE, [A, B], weight=[0.5, 0.5], density=[1.0, 1.0])
-    torch.testing.assert_close(out, merge("task_arithmetic", BASE, [A, B], weight=[0.5, 0.5]) if name == "dare_linear"
-                               else merge("ties", BASE, [A, B], weight=[0.5, 0.5], density=[1.0, 1.0], normalize=False))
+    torch.testing.assert_close(
+        out,
+        merge("task_arithmetic", BASE, [A, B], weight=[0.5, 0.5])
+        if name == "dare_linear"
+        else merge("ties", BASE, [A, B], weight=[0.5, 0.5], density=[1.0, 1.0], normalize=False),
+    )
 
 
 def test_dare_keeps_density_fraction_and_rescales_l1():

@@ -30,8 +30,10 @@ experts = [
 
 
 def moe_step(mode: str = "hidden", experts: str = EXPERTS, extra: str = "", name: str = "m") -> str:
-    return (f'[steps.{name}]\nmethod = "moe"\nbase = "base"\n{textwrap.dedent(experts)}\n'
-            f'params = {{ experts_per_token = 2, gate_mode = "{mode}" }}\n{extra}\n')
+    return (
+        f'[steps.{name}]\nmethod = "moe"\nbase = "base"\n{textwrap.dedent(experts)}\n'
+        f'params = {{ experts_per_token = 2, gate_mode = "{mode}" }}\n{extra}\n'
+    )
 
 
 def load(folder: Path):
@@ -85,9 +87,15 @@ def test_mixtral_loads_with_no_missing_key_experts_equal_their_mlps_and_generate
     generates(model, out)
     # on disk: the names transformers' own save_pretrained writes, one per expert
     saved = weights(out)
-    assert torch.equal(saved["model.layers.2.block_sparse_moe.experts.1.w1.weight"], sources[1]["model.layers.2.mlp.gate_proj.weight"])
-    assert torch.equal(saved["model.layers.2.block_sparse_moe.experts.1.w2.weight"], sources[1]["model.layers.2.mlp.down_proj.weight"])
-    assert torch.equal(saved["model.layers.2.block_sparse_moe.experts.1.w3.weight"], sources[1]["model.layers.2.mlp.up_proj.weight"])
+    assert torch.equal(
+        saved["model.layers.2.block_sparse_moe.experts.1.w1.weight"], sources[1]["model.layers.2.mlp.gate_proj.weight"]
+    )
+    assert torch.equal(
+        saved["model.layers.2.block_sparse_moe.experts.1.w2.weight"], sources[1]["model.layers.2.mlp.down_proj.weight"]
+    )
+    assert torch.equal(
+        saved["model.layers.2.block_sparse_moe.experts.1.w3.weight"], sources[1]["model.layers.2.mlp.up_proj.weight"]
+    )
     assert not any(".mlp." in n for n in saved)
     assert report.built == ["m"]
 
@@ -113,11 +121,14 @@ def test_hidden_rows_are_each_layers_input_at_the_last_prompt_token(write_recipe
             states.append(torch.stack([h[0, -1] for h in hs[:-1]]))  # (layers, hidden): input of each layer
         return sum(states) / len(states)
 
-    want = torch.stack([
-        unit(mean_last(["12+3=", "4+4="]) - mean_last(["abc"])),
-        unit(mean_last(["hello"])),
-        unit(mean_last(["what?"])),
-    ], dim=1)  # (layers, experts, hidden)
+    want = torch.stack(
+        [
+            unit(mean_last(["12+3=", "4+4="]) - mean_last(["abc"])),
+            unit(mean_last(["hello"])),
+            unit(mean_last(["what?"])),
+        ],
+        dim=1,
+    )  # (layers, experts, hidden)
     for i in range(4):
         got = saved[f"model.layers.{i}.block_sparse_moe.gate.weight"]
         torch.testing.assert_close(got, want[i], rtol=1e-5, atol=1e-6)
@@ -167,7 +178,9 @@ def test_the_base_may_be_an_expert_with_the_opt_in(write_recipe, tmp_path, model
     out = tmp_path / "out"
     build_recipe(write_recipe(moe_step(experts=experts)), out)
     saved, base = weights(out), weights(models["base"])
-    assert torch.equal(saved["model.layers.1.block_sparse_moe.experts.0.w2.weight"], base["model.layers.1.mlp.down_proj.weight"])
+    assert torch.equal(
+        saved["model.layers.1.block_sparse_moe.experts.0.w2.weight"], base["model.layers.1.mlp.down_proj.weight"]
+    )
     generates(load(out), out)
 
 
@@ -207,9 +220,18 @@ def qwen(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("qwen")
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    config = Qwen2Config(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     base = Qwen2ForCausalLM(config)
     folders = {}
     for i in range(3):
@@ -272,37 +294,118 @@ def lay(path: Path):
 
 BAD = [
     # (id, experts/extra, key, needle on the reported line, message fragment, hint fragment)
-    ("fewer-experts-than-per-token", 'experts = [{ model = "ft1", prompts = ["a"] }]', "steps.m.params.experts_per_token",
-     "params = {", "experts_per_token is 2 but the step has 1 expert", "set params.experts_per_token = 1"),
-    ("identical-prompts", 'experts = [{ model = "ft1", prompts = ["a", "b"] }, { model = "ft2", prompts = ["b", "a"] }]',
-     "steps.m.experts[1].prompts", "experts = [", "expert 1 ('ft2') has the same prompts as expert 0 ('ft1')",
-     "give each expert prompts"),
-    ("base-without-opt-in", 'experts = [{ model = "base", prompts = ["a"] }, { model = "ft2", prompts = ["b"] }]',
-     "steps.m.experts[0].model", "experts = [", "expert 'base' is the base model itself", "allow_base_expert = true"),
-    ("opt-in-on-a-non-base", 'experts = [{ model = "ft1", prompts = ["a"], allow_base_expert = true }, { model = "ft2", prompts = ["b"] }]',
-     "steps.m.experts[0].allow_base_expert", "experts = [", "'ft1' is not the base", "remove allow_base_expert"),
-    ("no-prompts-in-hidden-mode", 'experts = [{ model = "ft1", prompts = ["a"] }, "ft2"]', "steps.m.experts[1]",
-     "experts = [", "gate_mode 'hidden' needs prompts for every expert", 'gate_mode = "random"'),
-    ("empty-prompt", 'experts = [{ model = "ft1", prompts = ["a", ""] }, "ft2"]', "steps.m.experts[0].prompts[1]",
-     "experts = [", "expected a non-empty string", None),
-    ("unknown-expert-model", 'experts = [{ model = "ft9", prompts = ["a"] }, "ft2"]', "steps.m.experts[0].model",
-     "experts = [", "no source or step named 'ft9'", "did you mean"),
-    ("unknown-expert-key", 'experts = [{ model = "ft1", prompt = ["a"] }, "ft2"]', "steps.m.experts[0].prompt",
-     "experts = [", "unknown key 'prompt'", "prompts"),
-    ("inputs-instead-of-experts", 'inputs = ["ft1", "ft2"]', "steps.m.inputs", "inputs = [",
-     "method 'moe' takes no `inputs`", "under `experts`"),
-    ("tokenizer-setting", EXPERTS + 'tokenizer = "ft1"', "steps.m.tokenizer", "tokenizer =",
-     "method 'moe' takes no `tokenizer`", "base's tokenizer"),
-    ("shared-expert-on-mixtral", EXPERTS + 'shared_expert = { model = "ft1", prompts = ["z"] }', "steps.m.shared_expert",
-     "shared_expert =", "a Mixtral model (from 'llama' inputs) has no shared expert", "for Qwen2 inputs"),
-    ("different-architecture", 'experts = [{ model = "ft1", prompts = ["a"] }, { model = "gpt", prompts = ["b"] }]',
-     "steps.m.experts[1].model", "experts = [", "architecture of 'gpt' (['GPT2LMHeadModel']) differs from the base 'base'",
-     "experts must share the base's architecture"),
-    ("different-shape", 'experts = [{ model = "ft1", prompts = ["a"] }, { model = "wide", prompts = ["b"] }]',
-     "steps.m.experts[1].model", "experts = [", "tensor model.layers.0.mlp.gate_proj.weight: 'wide' has shape [96, 48] "
-     "but the base 'base' has [64, 32]", "experts need the base's MLP shapes"),
-    ("different-layer-count", 'experts = [{ model = "ft1", prompts = ["a"] }, { model = "deep", prompts = ["b"] }]',
-     "steps.m.experts[1].model", "experts = [", "'deep' has 6 layers but the base 'base' has 4", None),
+    (
+        "fewer-experts-than-per-token",
+        'experts = [{ model = "ft1", prompts = ["a"] }]',
+        "steps.m.params.experts_per_token",
+        "params = {",
+        "experts_per_token is 2 but the step has 1 expert",
+        "set params.experts_per_token = 1",
+    ),
+    (
+        "identical-prompts",
+        'experts = [{ model = "ft1", prompts = ["a", "b"] }, { model = "ft2", prompts = ["b", "a"] }]',
+        "steps.m.experts[1].prompts",
+        "experts = [",
+        "expert 1 ('ft2') has the same prompts as expert 0 ('ft1')",
+        "give each expert prompts",
+    ),
+    (
+        "base-without-opt-in",
+        'experts = [{ model = "base", prompts = ["a"] }, { model = "ft2", prompts = ["b"] }]',
+        "steps.m.experts[0].model",
+        "experts = [",
+        "expert 'base' is the base model itself",
+        "allow_base_expert = true",
+    ),
+    (
+        "opt-in-on-a-non-base",
+        'experts = [{ model = "ft1", prompts = ["a"], allow_base_expert = true }, { model = "ft2", prompts = ["b"] }]',
+        "steps.m.experts[0].allow_base_expert",
+        "experts = [",
+        "'ft1' is not the base",
+        "remove allow_base_expert",
+    ),
+    (
+        "no-prompts-in-hidden-mode",
+        'experts = [{ model = "ft1", prompts = ["a"] }, "ft2"]',
+        "steps.m.experts[1]",
+        "experts = [",
+        "gate_mode 'hidden' needs prompts for every expert",
+        'gate_mode = "random"',
+    ),
+    (
+        "empty-prompt",
+        'experts = [{ model = "ft1", prompts = ["a", ""] }, "ft2"]',
+        "steps.m.experts[0].prompts[1]",
+        "experts = [",
+        "expected a non-empty string",
+        None,
+    ),
+    (
+        "unknown-expert-model",
+        'experts = [{ model = "ft9", prompts = ["a"] }, "ft2"]',
+        "steps.m.experts[0].model",
+        "experts = [",
+        "no source or step named 'ft9'",
+        "did you mean",
+    ),
+    (
+        "unknown-expert-key",
+        'experts = [{ model = "ft1", prompt = ["a"] }, "ft2"]',
+        "steps.m.experts[0].prompt",
+        "experts = [",
+        "unknown key 'prompt'",
+        "prompts",
+    ),
+    (
+        "inputs-instead-of-experts",
+        'inputs = ["ft1", "ft2"]',
+        "steps.m.inputs",
+        "inputs = [",
+        "method 'moe' takes no `inputs`",
+        "under `experts`",
+    ),
+    (
+        "tokenizer-setting",
+        EXPERTS + 'tokenizer = "ft1"',
+        "steps.m.tokenizer",
+        "tokenizer =",
+        "method 'moe' takes no `tokenizer`",
+        "base's tokenizer",
+    ),
+    (
+        "shared-expert-on-mixtral",
+        EXPERTS + 'shared_expert = { model = "ft1", prompts = ["z"] }',
+        "steps.m.shared_expert",
+        "shared_expert =",
+        "a Mixtral model (from 'llama' inputs) has no shared expert",
+        "for Qwen2 inputs",
+    ),
+    (
+        "different-architecture",
+        'experts = [{ model = "ft1", prompts = ["a"] }, { model = "gpt", prompts = ["b"] }]',
+        "steps.m.experts[1].model",
+        "experts = [",
+        "architecture of 'gpt' (['GPT2LMHeadModel']) differs from the base 'base'",
+        "experts must share the base's architecture",
+    ),
+    (
+        "different-shape",
+        'experts = [{ model = "ft1", prompts = ["a"] }, { model = "wide", prompts = ["b"] }]',
+        "steps.m.experts[1].model",
+        "experts = [",
+        "tensor model.layers.0.mlp.gate_proj.weight: 'wide' has shape [96, 48] but the base 'base' has [64, 32]",
+        "experts need the base's MLP shapes",
+    ),
+    (
+        "different-layer-count",
+        'experts = [{ model = "ft1", prompts = ["a"] }, { model = "deep", prompts = ["b"] }]',
+        "steps.m.experts[1].model",
+        "experts = [",
+        "'deep' has 6 layers but the base 'base' has 4",
+        None,
+    ),
 ]
 
 
@@ -322,8 +425,11 @@ def test_bad_moe_steps_are_located_errors(write_recipe, gpt, capsys, body, key, 
     code = main(["validate", str(path)])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
-    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1)
-                if needle in text and i > path.read_text().splitlines().index("[steps.m]"))
+    line = next(
+        i
+        for i, text in enumerate(path.read_text().splitlines(), 1)
+        if needle in text and i > path.read_text().splitlines().index("[steps.m]")
+    )
     assert f"error: {path}:{line}: {key}: " in err, err
     assert message in err, err
     if hint:
@@ -331,8 +437,10 @@ def test_bad_moe_steps_are_located_errors(write_recipe, gpt, capsys, body, key, 
     with pytest.raises(MergepkgError) as info:
         lay(path)
     assert info.value.key == key
-    assert isinstance(info.value, ModelMismatchError if "architecture" in message or "shape" in message
-                      or "layers" in message else RecipeError)
+    assert isinstance(
+        info.value,
+        ModelMismatchError if "architecture" in message or "shape" in message or "layers" in message else RecipeError,
+    )
 
 
 def test_unknown_gate_mode_suggests_one(write_recipe, capsys):
@@ -361,9 +469,11 @@ def test_prompts_mode_and_experts_per_token_are_in_the_key_the_opt_in_is_not(wri
     keys = [keys_of(write_recipe(body))["m"] for body in edits]
     assert len({base, *keys}) == len(edits) + 1
     # defaults written out and the opt-in change nothing
-    same = moe_step().replace("params = { experts_per_token = 2, gate_mode = \"hidden\" }", "")
+    same = moe_step().replace('params = { experts_per_token = 2, gate_mode = "hidden" }', "")
     assert keys_of(write_recipe(same))["m"] == base
-    with_base = 'experts = [{ model = "base", prompts = ["a"], allow_base_expert = true }, { model = "ft1", prompts = ["b"] }]'
+    with_base = (
+        'experts = [{ model = "base", prompts = ["a"], allow_base_expert = true }, { model = "ft1", prompts = ["b"] }]'
+    )
     entry = resolve(load_recipe(write_recipe(moe_step(experts=with_base))), Session()).entries["m"]
     assert "allow_base_expert" not in json.dumps(entry)
     assert entry["moe"]["experts"][0]["prompts"] == ["a"] and entry["seed"] is None
@@ -411,7 +521,7 @@ def test_editing_one_expert_rebuilds_that_expert_and_the_moe_only(write_recipe, 
     assert first.built == ["e1", "e2", "e3", "moe"]
     e2_before = load_tensors(first.artifacts["e2"].folder)
 
-    path.write_text(path.read_text().replace("density = 0.5 }, { model = \"ft3\"", "density = 0.6 }, { model = \"ft3\""))
+    path.write_text(path.read_text().replace('density = 0.5 }, { model = "ft3"', 'density = 0.6 }, { model = "ft3"'))
     assert main(["plan", str(path)]) == 0
     cap = capsys.readouterr()
     states = {n: s["state"].split()[0] for n, s in plan_steps(cap.out).items()}
@@ -424,7 +534,9 @@ def test_editing_one_expert_rebuilds_that_expert_and_the_moe_only(write_recipe, 
     out = load_tensors(tmp_path / "out")
     e2 = load_tensors(second.artifacts["e2"].folder)
     assert not torch.equal(e2["model.layers.1.mlp.up_proj.weight"], e2_before["model.layers.1.mlp.up_proj.weight"])
-    assert torch.equal(out["model.layers.1.block_sparse_moe.experts.1.w3.weight"], e2["model.layers.1.mlp.up_proj.weight"])
+    assert torch.equal(
+        out["model.layers.1.block_sparse_moe.experts.1.w3.weight"], e2["model.layers.1.mlp.up_proj.weight"]
+    )
     generates(load(tmp_path / "out"), tmp_path / "out")
 
 
@@ -436,14 +548,19 @@ def test_validate_and_plan_know_the_moe_tensors_before_reading_any(write_recipe,
     assert [t.name for t in routers] == [f"model.layers.{i}.block_sparse_moe.gate.weight" for i in range(4)]
     assert all(t.info.shape == (3, 32) for t in routers)
     assert lay_.config["num_local_experts"] == 3 and lay_.bytes_in == sum(
-        t.info.nbytes for t in lay_.tensors if t.parts)
+        t.info.nbytes for t in lay_.tensors if t.parts
+    )
 
 
 # -- steps of other recipes ----------------------------------------------------------------------
 def test_an_moe_step_of_another_recipe_keeps_its_key_and_reports_errors_in_its_file(write_recipe, tmp_path):
     other = write_recipe(CACHED, name="other.toml")
-    main_ = write_recipe('[steps.top]\nmethod = "linear"\ninputs = [{ model = "mix", weight = 1.0 }]\n', name="main.toml")
-    main_.write_text(main_.read_text().replace("[sources]\n", '[sources]\nmix = { recipe = "other.toml", step = "moe" }\n'))
+    main_ = write_recipe(
+        '[steps.top]\nmethod = "linear"\ninputs = [{ model = "mix", weight = 1.0 }]\n', name="main.toml"
+    )
+    main_.write_text(
+        main_.read_text().replace("[sources]\n", '[sources]\nmix = { recipe = "other.toml", step = "moe" }\n')
+    )
     alone = resolve(load_recipe(other), Session())
     res = resolve(load_recipe(main_), Session())
     assert res.plan.order == ("mix::e1", "mix::e2", "mix::e3", "mix::moe", "top")
@@ -455,7 +572,9 @@ def test_an_moe_step_of_another_recipe_keeps_its_key_and_reports_errors_in_its_f
     generates(load(tmp_path / "o2"), tmp_path / "o2")
 
     # a layout error of the imported step is located in its own file
-    other.write_text(other.read_text().replace('{ model = "e3", prompts = ["what?"] }', '{ model = "deep", prompts = ["what?"] }'))
+    other.write_text(
+        other.read_text().replace('{ model = "e3", prompts = ["what?"] }', '{ model = "deep", prompts = ["what?"] }')
+    )
     with pytest.raises(ModelMismatchError) as info:
         lay(main_)
     assert info.value.file == str(other.resolve()) and info.value.key == "steps.moe.experts[2].model"
@@ -464,13 +583,19 @@ def test_an_moe_step_of_another_recipe_keeps_its_key_and_reports_errors_in_its_f
 
 def test_an_imported_step_may_be_an_expert(write_recipe, tmp_path):
     write_recipe(CACHED, name="other.toml")
-    main_ = write_recipe(moe_step(experts='experts = [{ model = "x", prompts = ["a"] }, { model = "ft1", prompts = ["b"] }]'),
-                         name="main.toml")
-    main_.write_text(main_.read_text().replace("[sources]\n", '[sources]\nx = { recipe = "other.toml", step = "e2" }\n'))
+    main_ = write_recipe(
+        moe_step(experts='experts = [{ model = "x", prompts = ["a"] }, { model = "ft1", prompts = ["b"] }]'),
+        name="main.toml",
+    )
+    main_.write_text(
+        main_.read_text().replace("[sources]\n", '[sources]\nx = { recipe = "other.toml", step = "e2" }\n')
+    )
     report = build_recipe(main_, tmp_path / "o")
     assert report.built == ["x::e2", "m"]
     out, e2 = weights(tmp_path / "o"), load_tensors(report.artifacts["x::e2"].folder)
-    assert torch.equal(out["model.layers.3.block_sparse_moe.experts.0.w1.weight"], e2["model.layers.3.mlp.gate_proj.weight"])
+    assert torch.equal(
+        out["model.layers.3.block_sparse_moe.experts.0.w1.weight"], e2["model.layers.3.mlp.gate_proj.weight"]
+    )
 
 
 def test_mistral_inputs_make_a_mixtral_too(write_recipe, tmp_path):
@@ -480,16 +605,32 @@ def test_mistral_inputs_make_a_mixtral_too(write_recipe, tmp_path):
     folders = {}
     for i in range(3):
         torch.manual_seed(i)
-        config = MistralConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
-                               max_position_embeddings=128, tie_word_embeddings=False)
+        config = MistralConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=16,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+        )
         folders[i] = tmp_path / f"mistral{i}"
         MistralForCausalLM(config).save_pretrained(folders[i])
         save_tokenizer(folders[i])
-    path = write_recipe(moe_step(experts='experts = [{ model = "m1", prompts = ["a"] }, { model = "m2", prompts = ["b"] }]')
-                        .replace('base = "base"', 'base = "m0"'), sources=False)
-    path.write_text(path.read_text().replace("[steps.m]", "[sources]\n" + "".join(
-        f'm{i} = {{ path = "{f}" }}\n' for i, f in folders.items()) + "\n[steps.m]"))
+    path = write_recipe(
+        moe_step(experts='experts = [{ model = "m1", prompts = ["a"] }, { model = "m2", prompts = ["b"] }]').replace(
+            'base = "base"', 'base = "m0"'
+        ),
+        sources=False,
+    )
+    path.write_text(
+        path.read_text().replace(
+            "[steps.m]",
+            "[sources]\n" + "".join(f'm{i} = {{ path = "{f}" }}\n' for i, f in folders.items()) + "\n[steps.m]",
+        )
+    )
     out = tmp_path / "out"
     build_recipe(path, out)
     config = json.loads((out / "config.json").read_text())
@@ -502,7 +643,9 @@ def test_the_lock_records_moe_settings_that_change_no_byte(write_recipe):
     in the lock still sees them, so `--locked` says the recipe changed."""
     from mergepkg.lockfile import differences
 
-    with_base = 'experts = [{ model = "base", prompts = ["a"], allow_base_expert = true }, { model = "ft1", prompts = ["b"] }]'
+    with_base = (
+        'experts = [{ model = "base", prompts = ["a"], allow_base_expert = true }, { model = "ft1", prompts = ["b"] }]'
+    )
     path = write_recipe(moe_step("random", with_base))
     before = resolve(load_recipe(path), Session()).lock({})
     path.write_text(path.read_text().replace('prompts = ["a"]', 'prompts = ["c"]'))
@@ -518,8 +661,9 @@ def test_a_lower_compute_dtype_never_rounds_the_copied_weights(write_recipe, tmp
     saved, base, ft1 = weights(out), weights(models["base"]), weights(models["ft1"])
     assert torch.equal(saved["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
     assert torch.equal(saved["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
-    assert torch.equal(saved["model.layers.1.block_sparse_moe.experts.0.w1.weight"],
-                       ft1["model.layers.1.mlp.gate_proj.weight"])
+    assert torch.equal(
+        saved["model.layers.1.block_sparse_moe.experts.0.w1.weight"], ft1["model.layers.1.mlp.gate_proj.weight"]
+    )
 
 
 def test_an_moe_output_has_its_base_vocabulary_before_it_is_built(write_recipe, tmp_path, models):
@@ -530,9 +674,14 @@ def test_an_moe_output_has_its_base_vocabulary_before_it_is_built(write_recipe, 
       { model = "ft1", prompts = ["hello"] },
       { model = "ft2", prompts = ["what?"] },
     ]"""
-    body = moe_step() + moe_step(experts=other, name="m2") + (
-        '[steps.u]\nmethod = "linear"\ntokenizer = { source = "union" }\n'
-        'inputs = [{ model = "m", weight = 0.5 }, { model = "m2", weight = 0.5 }]\n')
+    body = (
+        moe_step()
+        + moe_step(experts=other, name="m2")
+        + (
+            '[steps.u]\nmethod = "linear"\ntokenizer = { source = "union" }\n'
+            'inputs = [{ model = "m", weight = 0.5 }, { model = "m2", weight = 0.5 }]\n'
+        )
+    )
     path = write_recipe(body)
     res = resolve(load_recipe(path), Session())
     laid, _ = lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})

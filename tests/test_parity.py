@@ -57,55 +57,86 @@ def _src(model: str, start: int, end: int, **params) -> tuple[str, tuple[int, in
 # Model names are the keys of the `models` fixture.
 DETERMINISTIC = {
     # linear: weights that do not sum to 1, so normalize matters
-    "linear-2-normalize": dict(method="linear", inputs=[_in("ft1", weight=0.5), _in("ft2", weight=0.8)],
-                               params={"normalize": True}),
-    "linear-2-no-normalize": dict(method="linear", inputs=[_in("ft1", weight=0.5), _in("ft2", weight=0.8)],
-                                  params={"normalize": False}),
-    "linear-3-normalize": dict(method="linear", inputs=[_in("ft1", weight=0.2), _in("ft2", weight=1.3),
-                                                        _in("ft3", weight=0.6)]),
-    "linear-3-no-normalize": dict(method="linear", inputs=[_in("ft1", weight=0.2), _in("ft2", weight=1.3),
-                                                           _in("ft3", weight=0.6)], params={"normalize": False}),
+    "linear-2-normalize": dict(
+        method="linear", inputs=[_in("ft1", weight=0.5), _in("ft2", weight=0.8)], params={"normalize": True}
+    ),
+    "linear-2-no-normalize": dict(
+        method="linear", inputs=[_in("ft1", weight=0.5), _in("ft2", weight=0.8)], params={"normalize": False}
+    ),
+    "linear-3-normalize": dict(
+        method="linear", inputs=[_in("ft1", weight=0.2), _in("ft2", weight=1.3), _in("ft3", weight=0.6)]
+    ),
+    "linear-3-no-normalize": dict(
+        method="linear",
+        inputs=[_in("ft1", weight=0.2), _in("ft2", weight=1.3), _in("ft3", weight=0.6)],
+        params={"normalize": False},
+    ),
     "slerp-scalar": dict(method="slerp", base="base", inputs=[_in("ft1")], params={"t": 0.35}),
     "slerp-gradient": dict(method="slerp", base="base", inputs=[_in("ft1")], params={"t": SLERP_GRADIENT}),
     "nuslerp-no-base": dict(method="nuslerp", inputs=[_in("ft1", weight=0.3), _in("ft2", weight=0.9)]),
-    "nuslerp-base-row-wise": dict(method="nuslerp", base="base",
-                                  inputs=[_in("ft1", weight=0.6), _in("ft2", weight=0.4)],
-                                  params={"nuslerp_flatten": False, "nuslerp_row_wise": True}),
-    "task_arithmetic": dict(method="task_arithmetic", base="base",
-                            inputs=[_in("ft1", weight=0.7), _in("ft2", weight=0.4), _in("ft3", weight=-0.2)],
-                            params={"lambda": 0.9}),
-    "ties-d0.5": dict(method="ties", base="base",
-                      inputs=[_in("ft1", weight=1.0, density=0.5), _in("ft2", weight=0.6, density=0.5),
-                              _in("ft3", weight=0.3, density=0.5)]),
-    "ties-d0.7-no-normalize": dict(method="ties", base="base",
-                                   inputs=[_in("ft1", weight=0.8, density=0.7), _in("ft2", weight=0.5, density=0.7)],
-                                   params={"normalize": False}),
+    "nuslerp-base-row-wise": dict(
+        method="nuslerp",
+        base="base",
+        inputs=[_in("ft1", weight=0.6), _in("ft2", weight=0.4)],
+        params={"nuslerp_flatten": False, "nuslerp_row_wise": True},
+    ),
+    "task_arithmetic": dict(
+        method="task_arithmetic",
+        base="base",
+        inputs=[_in("ft1", weight=0.7), _in("ft2", weight=0.4), _in("ft3", weight=-0.2)],
+        params={"lambda": 0.9},
+    ),
+    "ties-d0.5": dict(
+        method="ties",
+        base="base",
+        inputs=[
+            _in("ft1", weight=1.0, density=0.5),
+            _in("ft2", weight=0.6, density=0.5),
+            _in("ft3", weight=0.3, density=0.5),
+        ],
+    ),
+    "ties-d0.7-no-normalize": dict(
+        method="ties",
+        base="base",
+        inputs=[_in("ft1", weight=0.8, density=0.7), _in("ft2", weight=0.5, density=0.7)],
+        params={"normalize": False},
+    ),
     # per-input gamma: ft1 drops 1% outliers, ft2 none (gamma 0). For 1-D tensors of 32
     # entries int(0.01 * 32) == 0 too: the case older mergekit got wrong.
-    "breadcrumbs": dict(method="breadcrumbs", base="base",
-                        inputs=[_in("ft1", weight=1.0, density=0.9, gamma=0.01),
-                                _in("ft2", weight=0.5, density=0.9, gamma=0.0)]),
-    "breadcrumbs_ties": dict(method="breadcrumbs_ties", base="base",
-                             inputs=[_in("ft1", weight=1.0, density=0.9, gamma=0.01),
-                                     _in("ft2", weight=0.5, density=0.9, gamma=0.0)]),
+    "breadcrumbs": dict(
+        method="breadcrumbs",
+        base="base",
+        inputs=[_in("ft1", weight=1.0, density=0.9, gamma=0.01), _in("ft2", weight=0.5, density=0.9, gamma=0.0)],
+    ),
+    "breadcrumbs_ties": dict(
+        method="breadcrumbs_ties",
+        base="base",
+        inputs=[_in("ft1", weight=1.0, density=0.9, gamma=0.01), _in("ft2", weight=0.5, density=0.9, gamma=0.0)],
+    ),
     "model_stock-2": dict(method="model_stock", base="base", inputs=[_in("ft1"), _in("ft2")]),
-    "model_stock-3-filter-wise": dict(method="model_stock", base="base", inputs=[_in("ft1"), _in("ft2"), _in("ft3")],
-                                      params={"filter_wise": True}),
+    "model_stock-3-filter-wise": dict(
+        method="model_stock", base="base", inputs=[_in("ft1"), _in("ft2"), _in("ft3")], params={"filter_wise": True}
+    ),
     # layer stacking: 2 layers of base, then 3 of deep (a 6-layer model) -> 5 layers,
     # norm and lm_head from deep (the last slice's model), embeddings from base
-    "passthrough-slices": dict(method="passthrough", slices=[([_src("base", 0, 2)], {}),
-                                                             ([_src("deep", 3, 6)], {})]),
-    "passthrough-scale": dict(method="passthrough",
-                              inputs=[_in("ft1", scale=[{"filter": "mlp", "value": [0.5, 1.5]}, {"value": 2.0}])]),
+    "passthrough-slices": dict(method="passthrough", slices=[([_src("base", 0, 2)], {}), ([_src("deep", 3, 6)], {})]),
+    "passthrough-scale": dict(
+        method="passthrough", inputs=[_in("ft1", scale=[{"filter": "mlp", "value": [0.5, 1.5]}, {"value": 2.0}])]
+    ),
     # sharded safetensors input and a pytorch_model.bin input
-    "sharded": dict(method="task_arithmetic", base="base",
-                    inputs=[_in("ft1_sharded", weight=0.6), _in("ft2_bin", weight=0.5)]),
+    "sharded": dict(
+        method="task_arithmetic", base="base", inputs=[_in("ft1_sharded", weight=0.6), _in("ft2_bin", weight=0.5)]
+    ),
 }
 
 BF16 = {
     # bf16 and float32 inputs, float32 compute, bf16 output
-    "bf16": dict(method="task_arithmetic", base="base", inputs=[_in("ft1_bf16", weight=0.7), _in("ft2", weight=0.4)],
-                 out_dtype="bfloat16"),
+    "bf16": dict(
+        method="task_arithmetic",
+        base="base",
+        inputs=[_in("ft1_bf16", weight=0.7), _in("ft2", weight=0.4)],
+        out_dtype="bfloat16",
+    ),
 }
 
 # Random methods: one input, weight 1, density D; `rescale` on for attention tensors
@@ -137,9 +168,13 @@ def mergekit_config(spec: dict, models: dict[str, Path]) -> dict:
         cfg["models"] = [{"model": str(models[m]), **({"parameters": p} if p else {})} for m, p in spec["inputs"]]
     if spec.get("slices"):
         cfg["slices"] = [
-            {"sources": [{"model": str(models[m]), "layer_range": list(lr), **({"parameters": p} if p else {})}
-                         for m, lr, p in sources],
-             **({"parameters": sp} if sp else {})}
+            {
+                "sources": [
+                    {"model": str(models[m]), "layer_range": list(lr), **({"parameters": p} if p else {})}
+                    for m, lr, p in sources
+                ],
+                **({"parameters": sp} if sp else {}),
+            }
             for sources, sp in spec["slices"]
         ]
     if spec.get("params"):
@@ -168,8 +203,13 @@ def recipe_body(spec: dict) -> str:
     if spec.get("inputs"):
         lines.append("inputs = " + toml_value([{"model": m, **p} for m, p in spec["inputs"]]))
     if spec.get("slices"):
-        slices = [{"sources": [{"model": m, "layers": list(lr), **p} for m, lr, p in sources],
-                   **({"params": sp} if sp else {})} for sources, sp in spec["slices"]]
+        slices = [
+            {
+                "sources": [{"model": m, "layers": list(lr), **p} for m, lr, p in sources],
+                **({"params": sp} if sp else {}),
+            }
+            for sources, sp in spec["slices"]
+        ]
         lines.append("slices = " + toml_value(slices))
     if spec.get("params"):
         lines.append("params = " + toml_value(spec["params"]))
@@ -182,8 +222,17 @@ def run_mergekit(spec: dict, models: dict[str, Path], folder: Path) -> Path:
     config = folder / "config.yml"
     config.write_text(yaml.safe_dump(mergekit_config(spec, models), sort_keys=False))
     out = folder / "out"
-    cmd = [str(MERGEKIT_YAML), str(config), str(out), "--no-cuda", "--quiet", "--random-seed", str(SEED),
-           "--no-copy-tokenizer", "--no-write-model-card"]
+    cmd = [
+        str(MERGEKIT_YAML),
+        str(config),
+        str(out),
+        "--no-cuda",
+        "--quiet",
+        "--random-seed",
+        str(SEED),
+        "--no-copy-tokenizer",
+        "--no-write-model-card",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"mergekit failed ({proc.returncode}) on\n{config.read_text()}\n{proc.stderr[-4000:]}")
@@ -241,7 +290,8 @@ def assert_same_config(ours_dir: Path, theirs_dir: Path):
 
 def assert_same_tensors(ours: dict, theirs: dict, **tol):
     assert sorted(ours) == sorted(theirs), (
-        f"only mergepkg: {sorted(set(ours) - set(theirs))}; only mergekit: {sorted(set(theirs) - set(ours))}")
+        f"only mergepkg: {sorted(set(ours) - set(theirs))}; only mergekit: {sorted(set(theirs) - set(ours))}"
+    )
     for name in sorted(ours):
         assert ours[name].shape == theirs[name].shape, name
         assert ours[name].dtype == theirs[name].dtype, name
@@ -362,12 +412,18 @@ def test_random_methods_density_and_rescale(case, mergekit_out, mergepkg_out, mo
         plain = [n for n in kept if "self_attn" not in n]
         assert rescaled and plain
         for n in rescaled:  # L1 rescale: the kept delta has the full delta's L1 norm
-            torch.testing.assert_close(kept[n].abs().sum(), full[n].abs().sum(), rtol=1e-4, atol=0,
-                                       msg=lambda m, n=n: f"{tool} {n}: {m}")
+            torch.testing.assert_close(
+                kept[n].abs().sum(),
+                full[n].abs().sum(),
+                rtol=1e-4,
+                atol=0,
+                msg=lambda m, n=n, tool=tool: f"{tool} {n}: {m}",
+            )
         for n in plain:  # no rescale: kept entries are the original deltas, bit for bit
             mask = kept[n] != 0
-            torch.testing.assert_close(merged[n][mask], ft[n][mask], rtol=0, atol=0,
-                                       msg=lambda m, n=n: f"{tool} {n}: {m}")
+            torch.testing.assert_close(
+                merged[n][mask], ft[n][mask], rtol=0, atol=0, msg=lambda m, n=n, tool=tool: f"{tool} {n}: {m}"
+            )
             torch.testing.assert_close(merged[n][~mask], base[n][~mask], rtol=0, atol=0)
     # documented difference: the masks themselves are drawn differently (per tensor in mergepkg)
     assert any(not torch.equal(ours[n] != base[n], theirs[n] != base[n]) for n in base)

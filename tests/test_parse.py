@@ -36,18 +36,21 @@ def test_parses_steps_inputs_params(write_recipe, models):
 
 
 def test_filters_and_gradients(write_recipe):
-    r = load_recipe(write_recipe("""
+    r = load_recipe(
+        write_recipe("""
         [steps.s]
         method = "slerp"
         base = "base"
         inputs = ["ft1"]
         params.t = [ { filter = "self_attn", value = [0, 0.5, 1] }, { value = 0.3 } ]
-    """))
+    """)
+    )
     assert r.steps["s"].params["t"] == (Condition("self_attn", (0.0, 0.5, 1.0)), Condition(None, 0.3))
 
 
 def test_outputs_default_to_steps_nobody_uses(write_recipe):
-    r = load_recipe(write_recipe("""
+    r = load_recipe(
+        write_recipe("""
         [steps.a]
         method = "linear"
         inputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]
@@ -57,38 +60,99 @@ def test_outputs_default_to_steps_nobody_uses(write_recipe):
         [steps.c]
         method = "passthrough"
         inputs = ["ft3"]
-    """))
+    """)
+    )
     assert r.outputs == ("b", "c")
 
 
 def test_hf_source(tmp_path):
     p = tmp_path / "r.toml"
-    p.write_text('[package]\nname="x"\nversion="1"\n[sources]\nm = { hf = "org/model", revision = "v1" }\n'
-                 '[steps.s]\nmethod = "passthrough"\ninputs = ["m"]\n')
+    p.write_text(
+        '[package]\nname="x"\nversion="1"\n[sources]\nm = { hf = "org/model", revision = "v1" }\n'
+        '[steps.s]\nmethod = "passthrough"\ninputs = ["m"]\n'
+    )
     src = load_recipe(p).sources["m"]
     assert (src.hf, src.revision, src.path) == ("org/model", "v1", None)
 
 
-@pytest.mark.parametrize("body, key, line, message", [
-    ('[steps.s]\nmethod = "ties"\nbase = "base"\ninputs = [\n  { model = "ft1", weight = 1, density = 0.5 },\n'
-     '  { model = "ft2", weight = 1, density = 1.5 },\n]\n', "steps.s.inputs[1].density", 6, "expected a number in (0, 1], got 1.5"),
-    ('[steps.s]\nmethod = "tie"\n', "steps.s.method", 2, "unknown method 'tie'"),
-    ('[steps.s]\nmethod = "ties"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1, densty = 0.5 }]\n',
-     "steps.s.inputs[0].densty", 4, "no per-input parameter 'densty'"),
-    ('[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft9", weight = 1 }]\n', "steps.s.inputs[0].model", 3, "no source or step named 'ft9'"),
-    ('[steps.s]\nmethod = "ties"\ninputs = [{ model = "ft1", weight = 1 }]\n', "steps.s", 1, "needs a base model"),
-    ('[steps.s]\nmethod = "linear"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1 }]\n', "steps.s.base", 3, "takes no base"),
-    ('[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1" }]\n', "steps.s.inputs[0]", 3, "missing parameter 'weight'"),
-    ('[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft1"]\nparams = { t = 2 }\n', "steps.s.params.t", 5, "expected a number in [0, 1], got 2"),
-    ('[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft1", "ft2"]\nparams = { t = 0.5 }\n', "steps.s.inputs", 4, "takes exactly 1 model"),
-    ('[steps.s]\nmethod = "passthrough"\nslices = [{ sources = [{ model = "ft1", layers = [2, 1] }] }]\n',
-     "steps.s.slices[0].sources[0].layers", 3, "0 <= start < end"),
-    ('[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }]\ndtype = "fp32"\n', "steps.s.dtype", 4, "unknown dtype 'fp32'"),
-    ('[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }]\nbogus = 1\n', "steps.s.bogus", 4, "unknown key 'bogus'"),
-    ('[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }]\ntokenizer = "ft2"\n', "steps.s.tokenizer", 4, "not a model of this step"),
-])
+@pytest.mark.parametrize(
+    "body, key, line, message",
+    [
+        (
+            '[steps.s]\nmethod = "ties"\nbase = "base"\ninputs = [\n  { model = "ft1", weight = 1, density = 0.5 },\n'
+            '  { model = "ft2", weight = 1, density = 1.5 },\n]\n',
+            "steps.s.inputs[1].density",
+            6,
+            "expected a number in (0, 1], got 1.5",
+        ),
+        ('[steps.s]\nmethod = "tie"\n', "steps.s.method", 2, "unknown method 'tie'"),
+        (
+            '[steps.s]\nmethod = "ties"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1, densty = 0.5 }]\n',
+            "steps.s.inputs[0].densty",
+            4,
+            "no per-input parameter 'densty'",
+        ),
+        (
+            '[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft9", weight = 1 }]\n',
+            "steps.s.inputs[0].model",
+            3,
+            "no source or step named 'ft9'",
+        ),
+        ('[steps.s]\nmethod = "ties"\ninputs = [{ model = "ft1", weight = 1 }]\n', "steps.s", 1, "needs a base model"),
+        (
+            '[steps.s]\nmethod = "linear"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1 }]\n',
+            "steps.s.base",
+            3,
+            "takes no base",
+        ),
+        (
+            '[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1" }]\n',
+            "steps.s.inputs[0]",
+            3,
+            "missing parameter 'weight'",
+        ),
+        (
+            '[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft1"]\nparams = { t = 2 }\n',
+            "steps.s.params.t",
+            5,
+            "expected a number in [0, 1], got 2",
+        ),
+        (
+            '[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft1", "ft2"]\nparams = { t = 0.5 }\n',
+            "steps.s.inputs",
+            4,
+            "takes exactly 1 model",
+        ),
+        (
+            '[steps.s]\nmethod = "passthrough"\nslices = [{ sources = [{ model = "ft1", layers = [2, 1] }] }]\n',
+            "steps.s.slices[0].sources[0].layers",
+            3,
+            "0 <= start < end",
+        ),
+        (
+            '[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }]\ndtype = "fp32"\n',
+            "steps.s.dtype",
+            4,
+            "unknown dtype 'fp32'",
+        ),
+        (
+            '[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }]\nbogus = 1\n',
+            "steps.s.bogus",
+            4,
+            "unknown key 'bogus'",
+        ),
+        (
+            '[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }]\ntokenizer = "ft2"\n',
+            "steps.s.tokenizer",
+            4,
+            "not a model of this step",
+        ),
+    ],
+)
 def test_located_errors(tmp_path, models, body, key, line, message):
-    head = '[package]\nname = "t"\nversion = "0.1.0"\n[sources]\n' + "".join(f'{k} = {{ path = "{v}" }}\n' for k, v in models.items())
+    head = '[package]\nname = "t"\nversion = "0.1.0"\n[sources]\n' + "".join(
+        f'{k} = {{ path = "{v}" }}\n' for k, v in models.items()
+    )
     path = tmp_path / "r.toml"
     path.write_text(head + body)
     offset = head.count("\n")
@@ -119,8 +183,10 @@ def test_invalid_toml_reports_the_line(tmp_path):
 
 def test_missing_path_is_a_located_source_error(tmp_path):
     p = tmp_path / "r.toml"
-    p.write_text('[package]\nname = "x"\nversion = "1"\n[sources]\nm = { path = "./nowhere" }\n'
-                 '[steps.s]\nmethod = "passthrough"\ninputs = ["m"]\n')
+    p.write_text(
+        '[package]\nname = "x"\nversion = "1"\n[sources]\nm = { path = "./nowhere" }\n'
+        '[steps.s]\nmethod = "passthrough"\ninputs = ["m"]\n'
+    )
     with pytest.raises(SourceError) as info:
         load_recipe(p)
     assert info.value.key == "sources.m.path" and info.value.line == 5
@@ -133,8 +199,10 @@ def test_missing_recipe_file(tmp_path):
 
 
 def test_dotted_param_keys_are_located(write_recipe):
-    path = write_recipe('[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft1"]\n'
-                        'params.t = [\n  { filter = "mlp", value = [0, 1] },\n  { value = 1.5 },\n]\n')
+    path = write_recipe(
+        '[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft1"]\n'
+        'params.t = [\n  { filter = "mlp", value = [0, 1] },\n  { value = 1.5 },\n]\n'
+    )
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
     offset = path.read_text().count("\n") - 8
@@ -142,6 +210,10 @@ def test_dotted_param_keys_are_located(write_recipe):
 
 
 def test_tokenizer_base_names_an_input_called_base_when_the_step_has_no_base(write_recipe):
-    r = load_recipe(write_recipe('[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "base", weight = 1 }]\n'
-                                 'tokenizer = "base"\n'))
+    r = load_recipe(
+        write_recipe(
+            '[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "base", weight = 1 }]\n'
+            'tokenizer = "base"\n'
+        )
+    )
     assert r.steps["s"].tokenizer_model == "base"

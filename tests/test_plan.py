@@ -10,7 +10,9 @@ from mergepkg.recipe.plan import make_plan
 
 
 def test_dependency_order_follows_recipe_order_where_free(write_recipe):
-    r = load_recipe(write_recipe("""
+    r = load_recipe(
+        write_recipe(
+            """
         [steps.final]
         method = "linear"
         inputs = [{ model = "left", weight = 1 }, { model = "right", weight = 1 }]
@@ -24,7 +26,9 @@ def test_dependency_order_follows_recipe_order_where_free(write_recipe):
         method = "passthrough"
         inputs = ["ft3"]
         [package_outputs_marker]
-    """.replace("[package_outputs_marker]", "")))
+    """.replace("[package_outputs_marker]", "")
+        )
+    )
     plan = make_plan(r, ("final",))
     assert plan.order == ("right", "left", "final")
     assert plan.sources_used() == ["ft1", "ft2"]
@@ -67,10 +71,14 @@ def test_tied_and_untied_models_name_the_setting(tmp_path, models, write_recipe)
     tensors = load_file(tied / "model.safetensors")
     del tensors["lm_head.weight"]
     save_file(tensors, tied / "model.safetensors", metadata={"format": "pt"})
-    for inputs in ('[{ model = "tied", weight = 1.0 }, { model = "ft2", weight = 1.0 }]',
-                   '[{ model = "ft2", weight = 1.0 }, { model = "tied", weight = 1.0 }]'):
-        path = write_recipe(f'[sources.tied]\npath = "{tied}"\n[steps.m]\nmethod = "linear"\ninputs = {inputs}\n',
-                            name=f"r{len(inputs) % 7}.toml")
+    for inputs in (
+        '[{ model = "tied", weight = 1.0 }, { model = "ft2", weight = 1.0 }]',
+        '[{ model = "ft2", weight = 1.0 }, { model = "tied", weight = 1.0 }]',
+    ):
+        path = write_recipe(
+            f'[sources.tied]\npath = "{tied}"\n[steps.m]\nmethod = "linear"\ninputs = {inputs}\n',
+            name=f"r{len(inputs) % 7}.toml",
+        )
         res = resolve(load_recipe(path), Session())
         with pytest.raises(ModelMismatchError, match="'tied' ties its output head to its input embeddings"):
             lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})

@@ -37,10 +37,23 @@ def publish(tmp_path, capsys, text: str, name: str = "recipe.toml", registry: st
 
 
 # -- names -------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,want", [("skills", "skills"), ("My_Pkg", None), ("my_pkg", "my-pkg"),
-                                       ("team/my_pkg", "team/my-pkg"), ("../x", None), ("a/b/c", None),
-                                       ("-x", None), ("x" * 65, None), ("x" * 64, "x" * 64), ("", None),
-                                       ("abc\n", None), ("a\x00b", None)])
+@pytest.mark.parametrize(
+    "name,want",
+    [
+        ("skills", "skills"),
+        ("My_Pkg", None),
+        ("my_pkg", "my-pkg"),
+        ("team/my_pkg", "team/my-pkg"),
+        ("../x", None),
+        ("a/b/c", None),
+        ("-x", None),
+        ("x" * 65, None),
+        ("x" * 64, "x" * 64),
+        ("", None),
+        ("abc\n", None),
+        ("a\x00b", None),
+    ],
+)
 def test_names(name, want):
     if want is None:
         with pytest.raises(RegistryError, match="invalid package name"):
@@ -233,9 +246,11 @@ def test_transitive_dependencies_and_conflicts(tiny_hub, team, tmp_path, capsys)
     mid = app("^0.2", name="mid").replace("[steps.final]", "[steps.mid]")
     assert publish(tmp_path, capsys, mid, name="mid.toml")[0] == 0
     top = tmp_path / "top.toml"
-    top.write_text('[package]\nname = "top"\nversion = "0.1.0"\n[dependencies]\nmid = "^0.1"\n'
-                   '[sources]\nmid = { dependency = "mid", step = "mid" }\n'
-                   '[steps.out]\nmethod = "passthrough"\ninputs = ["mid"]\n')
+    top.write_text(
+        '[package]\nname = "top"\nversion = "0.1.0"\n[dependencies]\nmid = "^0.1"\n'
+        '[sources]\nmid = { dependency = "mid", step = "mid" }\n'
+        '[steps.out]\nmethod = "passthrough"\ninputs = ["mid"]\n'
+    )
     deps = install_dependencies(load_recipe(top), Settings())
     assert {n: p.version for n, p in deps.picks.items()} == {"mid": "0.1.0", "skills": "0.2.0"}
     assert cli(capsys, "lock", top)[0] == 0
@@ -288,10 +303,13 @@ def test_registry_add_list_remove(team, tmp_path, capsys):
 
 
 def test_recipe_dependency_table_forms():
-    r = parse_recipe('[package]\nname = "x"\nversion = "0.1.0"\n[dependencies]\nmy_pkg = "^1"\n'
-                     'b = { version = ">=1.0, <2", registry = "team" }\n'
-                     '[sources]\nm = { dependency = "my-pkg", step = "s" }\n'
-                     '[steps.o]\nmethod = "passthrough"\ninputs = ["m"]\n', "x.toml")
+    r = parse_recipe(
+        '[package]\nname = "x"\nversion = "0.1.0"\n[dependencies]\nmy_pkg = "^1"\n'
+        'b = { version = ">=1.0, <2", registry = "team" }\n'
+        '[sources]\nm = { dependency = "my-pkg", step = "s" }\n'
+        '[steps.o]\nmethod = "passthrough"\ninputs = ["m"]\n',
+        "x.toml",
+    )
     assert r.dependencies["my-pkg"].range == "^1" and r.dependencies["b"].registry == "team"
     assert r.sources["m"].dependency == "my-pkg" and r.sources["m"].label == "my-pkg:s"
     with pytest.raises(PublishError):
@@ -388,9 +406,11 @@ def test_lock_upgrade_moves_an_indirect_dependency(tiny_hub, team, tmp_path, cap
     mid = app(name="mid").replace("[steps.final]", "[steps.mid]")
     assert publish(tmp_path, capsys, mid, name="mid.toml")[0] == 0
     top = tmp_path / "top.toml"
-    top.write_text('[package]\nname = "top"\nversion = "0.1.0"\n[dependencies]\nmid = "^0.1"\n'
-                   '[sources]\nmid = { dependency = "mid", step = "mid" }\n'
-                   '[steps.out]\nmethod = "passthrough"\ninputs = ["mid"]\n')
+    top.write_text(
+        '[package]\nname = "top"\nversion = "0.1.0"\n[dependencies]\nmid = "^0.1"\n'
+        '[sources]\nmid = { dependency = "mid", step = "mid" }\n'
+        '[steps.out]\nmethod = "passthrough"\ninputs = ["mid"]\n'
+    )
     assert cli(capsys, "lock", top)[0] == 0
     assert publish(tmp_path, capsys, skills("0.1.3", 0.4))[0] == 0
     assert cli(capsys, "lock", top)[0] == 0

@@ -33,8 +33,12 @@ def served(tmp_path):
 def request(url, path, *, body=None, token=None, headers=None, method=None):
     """(status, headers, body bytes) of one request."""
     data = json.dumps(body).encode() if isinstance(body, dict) else body
-    req = urllib.request.Request(url + path, data=data, method=method or ("POST" if data is not None else "GET"),
-                                 headers={**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})})
+    req = urllib.request.Request(
+        url + path,
+        data=data,
+        method=method or ("POST" if data is not None else "GET"),
+        headers={**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, r.headers, r.read()
@@ -60,8 +64,19 @@ def test_static_reads_with_etags(served):
     assert request(url, "/index/nothing.jsonl")[0] == 404
 
 
-@pytest.mark.parametrize("path", ["/.mergepkg/tokens.json", "/../served/config.json", "/%2e%2e/x", "/config.json%00",
-                                  "/index/..%2f..%2fetc/passwd", "//etc/passwd", "/recipes/", "/.mergepkg/write.lock"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/.mergepkg/tokens.json",
+        "/../served/config.json",
+        "/%2e%2e/x",
+        "/config.json%00",
+        "/index/..%2f..%2fetc/passwd",
+        "//etc/passwd",
+        "/recipes/",
+        "/.mergepkg/write.lock",
+    ],
+)
 def test_paths_outside_the_index_are_not_served(served, path):
     url, _, _ = served
     status, _, body = request(url, path)
@@ -79,7 +94,7 @@ def test_symlink_out_of_the_folder_is_not_served(served, tmp_path):
 # -- writes and their rejections -------------------------------------------------------------
 def test_publish_needs_a_valid_token(served):
     url, token, root = served
-    status, headers, body = request(url, "/api/v1/publish", body=publish_body())
+    status, _headers, body = request(url, "/api/v1/publish", body=publish_body())
     assert status == 401 and "bearer token is required" in json.loads(body)["error"]
     status, _, body = request(url, "/api/v1/publish", body=publish_body(), token="mpk_wrong")
     assert status == 403 and "not valid" in json.loads(body)["error"]
@@ -124,7 +139,7 @@ def test_publish_rejections(served):
 
 
 def test_yank_over_http(served):
-    url, token, root = served
+    url, token, _root = served
     request(url, "/api/v1/publish", body=publish_body(), token=token)
     assert request(url, "/api/v1/yank", body={"name": "skills", "version": "0.1.0"})[0] == 401
     status, _, body = request(url, "/api/v1/yank", body={"name": "skills", "version": "0.1.0"}, token=token)
@@ -135,8 +150,9 @@ def test_yank_over_http(served):
     assert status == 400 and "invalid package name" in json.loads(body)["error"]
     status, _, body = request(url, "/api/v1/yank", body={"name": "skills", "version": "../../x"}, token=token)
     assert status == 400 and "semantic version" in json.loads(body)["error"]
-    status, _, body = request(url, "/api/v1/yank", body={"name": "skills", "version": "0.1.0", "yanked": False},
-                              token=token)
+    status, _, body = request(
+        url, "/api/v1/yank", body={"name": "skills", "version": "0.1.0", "yanked": False}, token=token
+    )
     assert json.loads(body)["entry"]["yanked"] is False
 
 
@@ -144,8 +160,9 @@ def test_concurrent_publishes_all_land(served):
     url, token, root = served
     versions = [f"0.{i}.0" for i in range(12)]
     with ThreadPoolExecutor(12) as pool:
-        statuses = list(pool.map(lambda v: request(url, "/api/v1/publish", body=publish_body(v), token=token)[0],
-                                 versions))
+        statuses = list(
+            pool.map(lambda v: request(url, "/api/v1/publish", body=publish_body(v), token=token)[0], versions)
+        )
     assert statuses == [201] * 12
     entries = read_index((root / "index/skills.jsonl").read_text(), "i")
     assert sorted(e.version for e in entries) == sorted(versions)
@@ -155,7 +172,7 @@ def test_concurrent_publishes_all_land(served):
 
 # -- the whole flow across two homes ----------------------------------------------------------
 def test_publish_search_install_build_from_another_home(served, tiny_hub, tmp_path, capsys, monkeypatch, models):
-    url, token, root = served
+    url, token, _root = served
     monkeypatch.setenv("COLUMNS", "200")
     # alice publishes skills and an app that depends on it
     monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "alice"))
@@ -210,6 +227,7 @@ def test_repeat_reads_are_conditional_and_work_offline(tmp_path, capsys, monkeyp
         def start(status, headers):
             seen.append((path, status.split()[0]))
             return start_response(status, headers)
+
         return real(self, path, environ, start, head)
 
     monkeypatch.setattr(server_module.App, "read", counting)
@@ -240,8 +258,9 @@ def test_registry_serve_command(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([MERGEPKG, "registry", "serve", root, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [MERGEPKG, "registry", "serve", root, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(100):
@@ -261,11 +280,13 @@ def test_registry_serve_command(tmp_path):
 def test_uploads_are_checked_against_this_registry(served):
     """What a client's own checks would catch, the server catches too (an upload may come
     from curl): dependencies it lacks, steps they lack, a recipe depending on itself."""
-    url, token, root = served
+    url, token, _root = served
     assert request(url, "/api/v1/publish", body=publish_body(), token=token)[0] == 201
-    for text, want in ((app(rng="^0.5"), "depends on skills ^0.5, and this registry has no such version"),
-                       (app().replace('step = "skills"', 'step = "nope"'), "skills@0.1.0 has no step 'nope'"),
-                       (skills(name="loop", deps='[dependencies]\nloop = "^0.1"\n'), "depends on itself")):
+    for text, want in (
+        (app(rng="^0.5"), "depends on skills ^0.5, and this registry has no such version"),
+        (app().replace('step = "skills"', 'step = "nope"'), "skills@0.1.0 has no step 'nope'"),
+        (skills(name="loop", deps='[dependencies]\nloop = "^0.1"\n'), "depends on itself"),
+    ):
         status, _, body = request(url, "/api/v1/publish", body={"recipe": text}, token=token)
         assert status == 400 and want in json.loads(body)["error"], body
     assert request(url, "/api/v1/publish", body={"recipe": app()}, token=token)[0] == 201

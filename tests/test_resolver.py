@@ -17,8 +17,10 @@ from mergepkg.settings import Settings
 
 def recipe_text(name: str, version: str, deps: dict[str, str]) -> str:
     lines = "".join(f'"{n}" = "{r}"\n' for n, r in deps.items())
-    return (f'[package]\nname = "{name}"\nversion = "{version}"\n[dependencies]\n{lines}'
-            '[sources]\nm = { hf = "tiny/base" }\n[steps.s]\nmethod = "passthrough"\ninputs = ["m"]\n')
+    return (
+        f'[package]\nname = "{name}"\nversion = "{version}"\n[dependencies]\n{lines}'
+        '[sources]\nm = { hf = "tiny/base" }\n[steps.s]\nmethod = "passthrough"\ninputs = ["m"]\n'
+    )
 
 
 @pytest.fixture

@@ -39,8 +39,16 @@ def test_range_table(text, yes, no):
 
 def test_precedence_follows_semver_spec():
     # the example list from semver.org, section 11
-    order = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2",
-             "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0"]
+    order = [
+        "1.0.0-alpha",
+        "1.0.0-alpha.1",
+        "1.0.0-alpha.beta",
+        "1.0.0-beta",
+        "1.0.0-beta.2",
+        "1.0.0-beta.11",
+        "1.0.0-rc.1",
+        "1.0.0",
+    ]
     versions = [Version.parse(v) for v in order]
     shuffled = versions[3:] + versions[:3]
     assert sorted(shuffled) == versions
@@ -48,8 +56,9 @@ def test_precedence_follows_semver_spec():
     assert str(Version.parse("2.10.1-rc.1")) == "2.10.1-rc.1"
 
 
-@pytest.mark.parametrize("bad", ["1.0", "01.0.0", "v1.0.0", "1.0.0-", "", "1.0.0.0", "1.0.0 beta", "1.0.0-1\u0661",
-                                 "1.0.0-01"])
+@pytest.mark.parametrize(
+    "bad", ["1.0", "01.0.0", "v1.0.0", "1.0.0-", "", "1.0.0.0", "1.0.0 beta", "1.0.0-1\u0661", "1.0.0-01"]
+)
 def test_bad_versions(bad):
     with pytest.raises(VersionError, match="semantic version"):
         Version.parse(bad)

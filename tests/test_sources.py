@@ -44,9 +44,11 @@ def test_missing_revision_names_repo_and_revision(hub):
 
 def test_build_from_hub_sources(hub, tmp_path, models):
     path = tmp_path / "r.toml"
-    path.write_text('[package]\nname = "hub"\nversion = "0.1.0"\n[sources]\n'
-                    'base = { hf = "tiny/base" }\nft1 = { hf = "tiny/ft1", revision = "v1" }\n'
-                    '[steps.m]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1.0 }]\n')
+    path.write_text(
+        '[package]\nname = "hub"\nversion = "0.1.0"\n[sources]\n'
+        'base = { hf = "tiny/base" }\nft1 = { hf = "tiny/ft1", revision = "v1" }\n'
+        '[steps.m]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1.0 }]\n'
+    )
     out = build_recipe(path, tmp_path / "out").outputs["m"]
     got, want = load_tensors(out), load_tensors(models["ft1"])
     assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
@@ -54,9 +56,11 @@ def test_build_from_hub_sources(hub, tmp_path, models):
 
 def test_missing_cache_entry_in_a_build_is_located(hub, tmp_path):
     path = tmp_path / "r.toml"
-    path.write_text('[package]\nname = "hub"\nversion = "0.1.0"\n[sources]\n'
-                    'base = { hf = "tiny/base", revision = "dev" }\n'
-                    '[steps.m]\nmethod = "passthrough"\ninputs = ["base"]\n')
+    path.write_text(
+        '[package]\nname = "hub"\nversion = "0.1.0"\n[sources]\n'
+        'base = { hf = "tiny/base", revision = "dev" }\n'
+        '[steps.m]\nmethod = "passthrough"\ninputs = ["base"]\n'
+    )
     with pytest.raises(SourceError) as info:
         build_recipe(path, tmp_path / "out")
     assert info.value.key == "sources.base" and info.value.line == 5

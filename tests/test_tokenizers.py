@@ -35,8 +35,9 @@ def bpe(folder: Path, sentences: list[str], specials: list[str]):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(sentences, trainers.BpeTrainer(vocab_size=80, special_tokens=["<unk>", "<s>", "</s>"],
-                                                           show_progress=False))
+    tok.train_from_iterator(
+        sentences, trainers.BpeTrainer(vocab_size=80, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     fast.add_special_tokens({"additional_special_tokens": specials})
     fast.save_pretrained(folder)
@@ -162,6 +163,7 @@ def test_union_rows_are_the_merge_of_aligned_rows_with_mergekits_fallbacks(recip
     t = {n: load_tensors(tok_models[n]) for n in ("base", "chat", "other")}
     v = {n: ids(tok_models[n]) for n in ("base", "chat", "other")}
     for name in (EMBED, HEAD):
+
         def inp(model, token, name=name):
             return row(t[model], v[model], token, name)
 
@@ -219,12 +221,17 @@ def test_tokens_entries_choose_rows(recipe, tmp_path, tok_models):
     torch.testing.assert_close(out[union["Ġthe"]], row(t["other"], v["other"], "Ġthe"), rtol=0, atol=1e-6)
     # base and other lack <|im_start|>: they take base's <s> row; chat keeps its own
     s = row(t["base"], v["base"], "<s>")
-    torch.testing.assert_close(out[union["<|im_start|>"]], s + 0.5 * (row(t["chat"], v["chat"], "<|im_start|>") - s),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        out[union["<|im_start|>"]], s + 0.5 * (row(t["chat"], v["chat"], "<|im_start|>") - s), rtol=0, atol=1e-6
+    )
     # other lacks <|a|>: it takes its own row 3
     a = row(t["base"], v["base"], "<|a|>")
-    torch.testing.assert_close(out[union["<|a|>"]], a + 0.5 * (row(t["chat"], v["chat"], "<|a|>") - a)
-                               + 0.25 * (t["other"][EMBED][3] - a), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        out[union["<|a|>"]],
+        a + 0.5 * (row(t["chat"], v["chat"], "<|a|>") - a) + 0.25 * (t["other"][EMBED][3] - a),
+        rtol=0,
+        atol=1e-6,
+    )
     # a model source that lacks the token itself: a located error
     path = recipe(body.replace('{ model = "other", token_id = 3 }', '"other"'), name="bad.toml")
     with pytest.raises(RecipeError) as e:
@@ -261,12 +268,17 @@ def test_different_vocabularies_without_a_setting_are_a_located_error(recipe, tm
 
     monkeypatch.setattr(ModelReader, "get", never)
     for model, detail in (("chat", "embedding rows, 'base' "), ("swapped", "token 'a' is id")):
-        path = recipe(f'[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{{ model = "{model}", weight = 0.5 }}]\n',
-                      name=f"{model}.toml")
+        path = recipe(
+            f'[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{{ model = "{model}", weight = 0.5 }}]\n',
+            name=f"{model}.toml",
+        )
         with pytest.raises(ModelMismatchError) as e:
             build_recipe(path, tmp_path / model)
         err = e.value
-        assert err.key == "steps.s.inputs[0]" and err.line == path.read_text().splitlines().index(f'inputs = [{{ model = "{model}", weight = 0.5 }}]') + 1
+        assert (
+            err.key == "steps.s.inputs[0]"
+            and err.line == path.read_text().splitlines().index(f'inputs = [{{ model = "{model}", weight = 0.5 }}]') + 1
+        )
         assert "different vocabularies" in err.message and detail in err.message, err.message
         assert 'source = "union"' in err.hint and str(path) == err.file
 
@@ -278,7 +290,9 @@ def test_cli_validate_reports_the_mismatch(recipe, capsys):
     code = main(["validate", str(path)])
     err = capsys.readouterr().err
     line = path.read_text().splitlines().index('inputs = ["base", "other"]') + 1
-    assert code == 1 and f"error: {path}:{line}: steps.s.inputs[1]: 'other' and 'base' have different vocabularies" in err
+    assert (
+        code == 1 and f"error: {path}:{line}: steps.s.inputs[1]: 'other' and 'base' have different vocabularies" in err
+    )
     assert 'source = "union"' in err and "Traceback" not in err
 
 
@@ -306,23 +320,48 @@ def test_keys_of_the_tokenizer_setting(recipe):
     forced = 'tokenizer = { tokens = { "<|a|>" = { source = "chat", force = true } } }\n'
     assert key(forced, "j.toml") not in (union, key(forced.replace("true", "false"), "k.toml"))
     two = 'tokenizer = { tokens = { "a" = { source = "chat" }, "b" = { source = "base" } } }\n'
-    assert key(two, "l.toml") == key(two.replace('"a" = { source = "chat" }, "b" = { source = "base" }',
-                                                  '"b" = { source = "base" }, "a" = { source = "chat" }'), "m.toml")
+    assert key(two, "l.toml") == key(
+        two.replace(
+            '"a" = { source = "chat" }, "b" = { source = "base" }',
+            '"b" = { source = "base" }, "a" = { source = "chat" }',
+        ),
+        "m.toml",
+    )
 
 
-@pytest.mark.parametrize(("setting", "key", "message"), [
-    ('{ sorce = "union" }', "steps.s.tokenizer.sorce", "unknown key 'sorce'"),
-    ('{ source = "nobody" }', "steps.s.tokenizer.source", "'nobody' is not a model of this step"),
-    ('{ tokens = { "<x>" = { source = "other" } } }', 'steps.s.tokenizer.tokens."<x>".source', "'other' is not a model"),
-    ('{ tokens = { "<x>" = { source = { kind = "one" } } } }', 'steps.s.tokenizer.tokens."<x>".source.kind', "unknown kind"),
-    ('{ tokens = { "<x>" = { source = { model = "chat", token_id = -1 } } } }',
-     'steps.s.tokenizer.tokens."<x>".source.token_id', "expected a row index"),
-    ('{ tokens = { "<x>" = { source = "chat", force = 1 } } }', 'steps.s.tokenizer.tokens."<x>".force', "true or false"),
-    ("3", "steps.s.tokenizer", "expected"),
-    ("{ pad_to_multiple_of = 0 }", "steps.s.tokenizer.pad_to_multiple_of", "expected a positive integer"),
-])
+@pytest.mark.parametrize(
+    ("setting", "key", "message"),
+    [
+        ('{ sorce = "union" }', "steps.s.tokenizer.sorce", "unknown key 'sorce'"),
+        ('{ source = "nobody" }', "steps.s.tokenizer.source", "'nobody' is not a model of this step"),
+        (
+            '{ tokens = { "<x>" = { source = "other" } } }',
+            'steps.s.tokenizer.tokens."<x>".source',
+            "'other' is not a model",
+        ),
+        (
+            '{ tokens = { "<x>" = { source = { kind = "one" } } } }',
+            'steps.s.tokenizer.tokens."<x>".source.kind',
+            "unknown kind",
+        ),
+        (
+            '{ tokens = { "<x>" = { source = { model = "chat", token_id = -1 } } } }',
+            'steps.s.tokenizer.tokens."<x>".source.token_id',
+            "expected a row index",
+        ),
+        (
+            '{ tokens = { "<x>" = { source = "chat", force = 1 } } }',
+            'steps.s.tokenizer.tokens."<x>".force',
+            "true or false",
+        ),
+        ("3", "steps.s.tokenizer", "expected"),
+        ("{ pad_to_multiple_of = 0 }", "steps.s.tokenizer.pad_to_multiple_of", "expected a positive integer"),
+    ],
+)
 def test_setting_errors_are_located(recipe, setting, key, message):
-    path = recipe(f'[steps.s]\nmethod = "linear"\ninputs = ["base", "chat"]\nparams = {{ weight = 1.0 }}\ntokenizer = {setting}\n')
+    path = recipe(
+        f'[steps.s]\nmethod = "linear"\ninputs = ["base", "chat"]\nparams = {{ weight = 1.0 }}\ntokenizer = {setting}\n'
+    )
     with pytest.raises(RecipeError) as e:
         load_recipe(path)
     assert e.value.key == key and message in e.value.message
@@ -330,8 +369,10 @@ def test_setting_errors_are_located(recipe, setting, key, message):
 
 
 def test_a_token_not_in_the_output_vocabulary_is_an_error(recipe, tmp_path):
-    path = recipe('[steps.s]\nmethod = "linear"\ninputs = ["base", "chat"]\nparams = { weight = 1.0 }\n'
-                  'tokenizer = { source = "base", tokens = { "<|b|>" = { source = "chat" } } }\n')
+    path = recipe(
+        '[steps.s]\nmethod = "linear"\ninputs = ["base", "chat"]\nparams = { weight = 1.0 }\n'
+        'tokenizer = { source = "base", tokens = { "<|b|>" = { source = "chat" } } }\n'
+    )
     res = resolve(load_recipe(path), Session())
     with pytest.raises(RecipeError) as e:
         lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})
@@ -340,7 +381,10 @@ def test_a_token_not_in_the_output_vocabulary_is_an_error(recipe, tmp_path):
 
 
 def test_a_union_step_feeds_a_step_before_it_is_built(recipe, tmp_path, tok_models):
-    body = UNION + '\n[steps.v]\nmethod = "linear"\ninputs = ["u", "chat"]\nparams = { weight = 1.0 }\ntokenizer = { source = "u" }\n'
+    body = (
+        UNION
+        + '\n[steps.v]\nmethod = "linear"\ninputs = ["u", "chat"]\nparams = { weight = 1.0 }\ntokenizer = { source = "u" }\n'
+    )
     path = recipe(body)
     res = resolve(load_recipe(path), Session())
     laid, _ = lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})
@@ -362,11 +406,18 @@ def test_tied_embeddings_union(recipe, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "out"
-    tensors = build_one(recipe('[steps.t]\nmethod = "linear"\ninputs = ["base_tied", "other_tied"]\nparams = { weight = 1.0 }\n'
-                               'tokenizer = { source = "union" }\n'), out)
+    tensors = build_one(
+        recipe(
+            '[steps.t]\nmethod = "linear"\ninputs = ["base_tied", "other_tied"]\nparams = { weight = 1.0 }\n'
+            'tokenizer = { source = "union" }\n'
+        ),
+        out,
+    )
     assert HEAD not in tensors
     model = AutoModelForCausalLM.from_pretrained(out)
-    assert model.lm_head.weight.shape[0] == len(ids(out)) and torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    assert model.lm_head.weight.shape[0] == len(ids(out)) and torch.equal(
+        model.lm_head.weight, model.model.embed_tokens.weight
+    )
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.encode("<|c|>", add_special_tokens=False) == [ids(out)["<|c|>"]]
 
@@ -381,9 +432,11 @@ def test_special_token_ids_of_the_config_follow_the_vocabulary(tmp_path, tok_mod
         data["pad_token_id"] = the
         (base / name).write_text(json.dumps(data))
     path = tmp_path / "pad.toml"
-    path.write_text(f'[package]\nname = "pad"\nversion = "0.1.0"\n\n[sources]\nbase = {{ path = "{base}" }}\n'
-                    f'other = {{ path = "{tok_models["other"]}" }}\n\n[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\n'
-                    'inputs = [{ model = "other", weight = 0.5 }]\ntokenizer = { source = "other" }\n')
+    path.write_text(
+        f'[package]\nname = "pad"\nversion = "0.1.0"\n\n[sources]\nbase = {{ path = "{base}" }}\n'
+        f'other = {{ path = "{tok_models["other"]}" }}\n\n[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\n'
+        'inputs = [{ model = "other", weight = 0.5 }]\ntokenizer = { source = "other" }\n'
+    )
     build_one(path, tmp_path / "out")
     moved = ids(tok_models["other"])["Ġthe"]
     assert moved != the
@@ -395,8 +448,10 @@ def test_special_token_ids_of_the_config_follow_the_vocabulary(tmp_path, tok_mod
 def test_slices_align_the_embedding_and_the_head_over_their_own_models(recipe, tmp_path, tok_models):
     from transformers import AutoModelForCausalLM
 
-    body = ('[steps.p]\nmethod = "passthrough"\ntokenizer = "union"\nslices = [\n'
-            '  { sources = [{ model = "base", layers = [0, 2] }] },\n  { sources = [{ model = "other", layers = [2, 4] }] },\n]\n')
+    body = (
+        '[steps.p]\nmethod = "passthrough"\ntokenizer = "union"\nslices = [\n'
+        '  { sources = [{ model = "base", layers = [0, 2] }] },\n  { sources = [{ model = "other", layers = [2, 4] }] },\n]\n'
+    )
     out = tmp_path / "out"
     tensors = build_one(recipe(body), out)
     union = ids(out)
@@ -407,7 +462,9 @@ def test_slices_align_the_embedding_and_the_head_over_their_own_models(recipe, t
     assert not tensors[EMBED][union["Ġcow"]].any()
     # the head is the last slice's (other's): other's rows, zeros for tokens only base has
     assert torch.equal(tensors[HEAD][union["Ġcow"]], other[HEAD][vo["Ġcow"]])
-    assert torch.equal(tensors[HEAD][union["Ġthe"]], other[HEAD][vo["Ġthe"]]) and not tensors[HEAD][union["<|a|>"]].any()
+    assert (
+        torch.equal(tensors[HEAD][union["Ġthe"]], other[HEAD][vo["Ġthe"]]) and not tensors[HEAD][union["<|a|>"]].any()
+    )
     assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == len(union)
 
 
@@ -416,15 +473,34 @@ def small_vocab(tokens: list[str], added: list[str], config_extra: dict | None =
     in transformers 4's style (`additional_special_tokens`) unless `config_extra` says otherwise."""
     from mergepkg.layout.vocab import Vocab
 
-    entries = [{"id": len(tokens) + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                "normalized": False, "special": True} for i, t in enumerate(added)]
-    data = {"added_tokens": entries, "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tokens)}, "merges": []}}
-    config = {"tokenizer_class": "LlamaTokenizer", "additional_special_tokens": list(added),
-              "added_tokens_decoder": {str(e["id"]): {k: v for k, v in e.items() if k != "id"} for e in entries}}
+    entries = [
+        {
+            "id": len(tokens) + i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i, t in enumerate(added)
+    ]
+    data = {
+        "added_tokens": entries,
+        "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tokens)}, "merges": []},
+    }
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "additional_special_tokens": list(added),
+        "added_tokens_decoder": {str(e["id"]): {k: v for k, v in e.items() if k != "id"} for e in entries},
+    }
     config.update(config_extra or {})
     config = {k: v for k, v in config.items() if v is not None}
-    files = {"tokenizer.json": json.dumps(data), "tokenizer_config.json": json.dumps(config),
-             "special_tokens_map.json": json.dumps({"additional_special_tokens": list(added)})}
+    files = {
+        "tokenizer.json": json.dumps(data),
+        "tokenizer_config.json": json.dumps(config),
+        "special_tokens_map.json": json.dumps({"additional_special_tokens": list(added)}),
+    }
     ids = {**{t: i for i, t in enumerate(tokens)}, **{e["content"]: e["id"] for e in entries}}
     return Vocab(ids, {e["content"]: e for e in entries}, files)
 
@@ -447,7 +523,10 @@ def test_union_of_transformers_4_style_configs_lists_the_new_tokens():
     out = union([(vocab(["a", "b"], ["<x>"]), 3), (vocab(["b", "c"], ["<y>", "<x>"]), 4)])
     assert out.ids == {"a": 0, "b": 1, "<x>": 2, "c": 3, "<y>": 4}
     config = json.loads(out.files["tokenizer_config.json"])
-    assert config["additional_special_tokens"] == ["<x>", "<y>"] and config["added_tokens_decoder"]["4"]["content"] == "<y>"
+    assert (
+        config["additional_special_tokens"] == ["<x>", "<y>"]
+        and config["added_tokens_decoder"]["4"]["content"] == "<y>"
+    )
     assert json.loads(out.files["special_tokens_map.json"])["additional_special_tokens"] == ["<x>", "<y>"]
     data = json.loads(out.files["tokenizer.json"])
     assert data["model"]["vocab"] == out.ids and [e["id"] for e in data["added_tokens"]] == [2, 4]
@@ -460,9 +539,11 @@ def test_a_damaged_tokenizer_json_is_a_located_error(recipe, tmp_path, tok_model
     shutil.copytree(tok_models["other"], bad)
     (bad / "tokenizer.json").write_text("{ not json")
     path = tmp_path / "bad.toml"
-    path.write_text(f'[package]\nname = "b"\nversion = "0.1.0"\n\n[sources]\nbase = {{ path = "{tok_models["base"]}" }}\n'
-                    f'bad = {{ path = "{bad}" }}\n\n[steps.s]\nmethod = "linear"\ninputs = ["base", "bad"]\n'
-                    'params = { weight = 1.0 }\ntokenizer = "union"\n')
+    path.write_text(
+        f'[package]\nname = "b"\nversion = "0.1.0"\n\n[sources]\nbase = {{ path = "{tok_models["base"]}" }}\n'
+        f'bad = {{ path = "{bad}" }}\n\n[steps.s]\nmethod = "linear"\ninputs = ["base", "bad"]\n'
+        'params = { weight = 1.0 }\ntokenizer = "union"\n'
+    )
     with pytest.raises(SourceError) as e:
         build_recipe(path, tmp_path / "out")
     assert "cannot read tokenizer.json" in e.value.message and str(bad / "tokenizer.json") == e.value.file
@@ -471,8 +552,13 @@ def test_a_damaged_tokenizer_json_is_a_located_error(recipe, tmp_path, tok_model
 def test_forced_token_on_one_vocabulary_changes_that_row_only(recipe, tmp_path, tok_models):
     body = '[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft", weight = 0.5 }]\n'
     plain = build_one(recipe(body, name="plain.toml"), tmp_path / "plain")
-    forced = build_one(recipe(body + 'tokenizer = { source = "base", tokens = { "Ġthe" = { source = "ft", force = true } } }\n',
-                              name="forced.toml"), tmp_path / "forced")
+    forced = build_one(
+        recipe(
+            body + 'tokenizer = { source = "base", tokens = { "Ġthe" = { source = "ft", force = true } } }\n',
+            name="forced.toml",
+        ),
+        tmp_path / "forced",
+    )
     v = ids(tok_models["base"])
     ft = load_tensors(tok_models["ft"])
     for name in (EMBED, HEAD):
@@ -498,7 +584,7 @@ def test_pad_to_multiple_of_adds_mean_rows(recipe, tmp_path, tok_models):
 
     body = '[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft", weight = 0.5 }]\n'
     out = tmp_path / "out"
-    tensors = build_one(recipe(body + "tokenizer = { source = \"base\", pad_to_multiple_of = 32 }\n"), out)
+    tensors = build_one(recipe(body + 'tokenizer = { source = "base", pad_to_multiple_of = 32 }\n'), out)
     n = len(ids(tok_models["base"]))
     rows = -(-n // 32) * 32
     assert rows > n and json.loads((out / "config.json").read_text())["vocab_size"] == rows
@@ -510,8 +596,12 @@ def test_pad_to_multiple_of_adds_mean_rows(recipe, tmp_path, tok_models):
         for r in range(n, rows):
             torch.testing.assert_close(tensors[name][r], mb + 0.5 * (mf - mb), rtol=0, atol=1e-6)
     AutoModelForCausalLM.from_pretrained(out)
-    union = build_one(recipe(UNION.replace('{ source = "union" }', '{ source = "union", pad_to_multiple_of = 32 }'),
-                             name="union.toml"), tmp_path / "union")
+    union = build_one(
+        recipe(
+            UNION.replace('{ source = "union" }', '{ source = "union", pad_to_multiple_of = 32 }'), name="union.toml"
+        ),
+        tmp_path / "union",
+    )
     n = len(ids(tmp_path / "union"))
     assert union[EMBED].shape[0] == -(-n // 32) * 32 > n and (union[EMBED][n:] == union[EMBED][-1]).all()
     res = resolve(load_recipe(tmp_path / "recipe.toml"), Session())

@@ -7,16 +7,28 @@ from pathlib import Path
 
 import torch
 
-VOCAB = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)] + [" ", "+", "=", "?", "."]
+VOCAB = (
+    ["<unk>", "<s>", "</s>"]
+    + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    + [str(d) for d in range(10)]
+    + [" ", "+", "=", "?", "."]
+)
 
 
 def tiny_config(layers: int = 4, hidden: int = 32, vocab: int | None = None):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=vocab or len(VOCAB), hidden_size=hidden, intermediate_size=hidden * 2,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=128, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab or len(VOCAB),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
     )
 
 
@@ -30,9 +42,18 @@ def save_tokenizer(folder: Path) -> None:
     fast.save_pretrained(folder)
 
 
-def make_model(folder: Path, *, seed: int, base: Path | None = None, delta: float = 0.02,
-               layers: int = 4, hidden: int = 32, dtype=torch.float32, shard_size: str | None = None,
-               bin_format: bool = False) -> Path:
+def make_model(
+    folder: Path,
+    *,
+    seed: int,
+    base: Path | None = None,
+    delta: float = 0.02,
+    layers: int = 4,
+    hidden: int = 32,
+    dtype=torch.float32,
+    shard_size: str | None = None,
+    bin_format: bool = False,
+) -> Path:
     """A random tiny Llama (seed) or, with `base`, base + delta * N(0, 1) noise (seed)."""
     from transformers import LlamaForCausalLM
 

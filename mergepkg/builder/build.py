@@ -40,9 +40,17 @@ class BuildReport:
     lock: Lock
 
 
-def build(recipe: Recipe, session: Session, *, out: Path | None = None, seed: int | None = None,
-          mode: Mode = "update", reporter: Reporter | None = None,
-          targets: tuple[str, ...] | None = None, check_digests: bool = True) -> BuildReport:
+def build(
+    recipe: Recipe,
+    session: Session,
+    *,
+    out: Path | None = None,
+    seed: int | None = None,
+    mode: Mode = "update",
+    reporter: Reporter | None = None,
+    targets: tuple[str, ...] | None = None,
+    check_digests: bool = True,
+) -> BuildReport:
     """Build the recipe's outputs (or only `targets` and what they need; the lock is then
     left alone) and place the outputs in `out` when given. With --locked/--frozen, a
     digest that differs from the lock's is an error unless `check_digests` is off
@@ -64,13 +72,15 @@ def build(recipe: Recipe, session: Session, *, out: Path | None = None, seed: in
         outputs = {}
         if out is not None:
             with session.store.output_lock(out):
-                outputs = place_outputs(res, {n: artifacts[n] for n in recipe.outputs}, out,
-                                        EvalCache(session.settings.home).rows)
+                outputs = place_outputs(
+                    res, {n: artifacts[n] for n in recipe.outputs}, out, EvalCache(session.settings.home).rows
+                )
         return BuildReport(res, artifacts, built, reused, outputs, lock)
 
 
-def _build_steps(res: Resolution, session: Session, reporter: Reporter | None
-                 ) -> tuple[dict[str, Artifact], list[str], list[str]]:
+def _build_steps(
+    res: Resolution, session: Session, reporter: Reporter | None
+) -> tuple[dict[str, Artifact], list[str], list[str]]:
     """Reuse or build every planned step, in plan order: (artifacts, built, reused)."""
     store = session.store
     folders: dict[str, Path] = {n: s.folder for n, s in res.sources.items()}
@@ -104,24 +114,43 @@ def _check_digests(digests: dict[str, str], lock: Lock, lock_file: Path) -> None
     for name, digest in digests.items():
         locked = lock.steps[name].digest
         if locked is not None and locked != digest:
-            raise LockError(f"step {name!r} built to {digest[:19]}, but the lock records {locked[:19]}",
-                            file=str(lock_file), hint="the build is not reproducing the locked bytes; "
-                            "`mergepkg verify --rebuild` shows which steps differ")
+            raise LockError(
+                f"step {name!r} built to {digest[:19]}, but the lock records {locked[:19]}",
+                file=str(lock_file),
+                hint="the build is not reproducing the locked bytes; "
+                "`mergepkg verify --rebuild` shows which steps differ",
+            )
 
 
-def _build_one(res: Resolution, name: str, planned: tuple[dict[str, StepLayout], dict[str, ModelInfo]],
-               folders: dict[str, Path], session: Session, reporter: Reporter | None) -> Artifact:
+def _build_one(
+    res: Resolution,
+    name: str,
+    planned: tuple[dict[str, StepLayout], dict[str, ModelInfo]],
+    folders: dict[str, Path],
+    session: Session,
+    reporter: Reporter | None,
+) -> Artifact:
     layouts, infos = planned
     key = res.keys[name]
     settings = session.settings
     folder = session.store.new_folder(key)
     started = time.monotonic()
     try:
-        digest = build_step(layouts[name], folders, {m: info.tensors for m, info in infos.items()}, folder,
-                            seed=res.seeds[name], device=settings.device, max_shard_bytes=settings.max_shard_bytes,
-                            max_memory=settings.max_memory, threads=settings.threads, reporter=reporter)
+        digest = build_step(
+            layouts[name],
+            folders,
+            {m: info.tensors for m, info in infos.items()},
+            folder,
+            seed=res.seeds[name],
+            device=settings.device,
+            max_shard_bytes=settings.max_shard_bytes,
+            max_memory=settings.max_memory,
+            threads=settings.threads,
+            reporter=reporter,
+        )
         return session.store.commit(key, folder, res.entries[name], digest, seconds=time.monotonic() - started)
     except MergepkgError as e:
-        raise res.recipe.written(name).locate(e)  # engine errors: at the step that failed
+        res.recipe.written(name).locate(e)  # engine errors: at the step that failed
+        raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # gone already when committed

@@ -37,8 +37,18 @@ def render_card(res: Resolution, name: str, digest: str, evals: list[dict] | Non
     used = [s for s in res.sources if s in nx.ancestors(res.plan.graph, name)]
     hub = [res.recipe.sources[s].hf for s in used if res.recipe.sources[s].hf]
     bases = hub or used
-    front = ["---", "base_model:", *[f"- {b}" for b in dict.fromkeys(bases)], "base_model_relation: merge",
-             "library_name: transformers", "tags:", "- mergepkg", "- merge", "---", ""]
+    front = [
+        "---",
+        "base_model:",
+        *[f"- {b}" for b in dict.fromkeys(bases)],
+        "base_model_relation: merge",
+        "library_name: transformers",
+        "tags:",
+        "- mergepkg",
+        "- merge",
+        "---",
+        "",
+    ]
     step = recipe.steps[name]
     method = METHODS[step.method]
     body = [
@@ -64,12 +74,21 @@ def render_card(res: Resolution, name: str, digest: str, evals: list[dict] | Non
     for s in used:
         src, pin = recipe.sources[s], res.sources[s].locked.pin
         where = src.hf or res.sources[s].locked.path
-        body.append(f"| {s} | {where} | {src.revision if src.hf else '-'} | {pin.commit or '-'} | "
-                    f"{len(pin.files)} ({pin.ref[:19]}) |")
-    body += ["", "## Build", "", f"- key: `{res.keys[name]}`", f"- output digest: `{digest}`",
-             f"- method: {method.name} v{method.version}; compute dtype {step.dtype}"
-             + (f", saved as {step.out_dtype}" if step.out_dtype else ""),
-             "", "Rebuild the same bytes: `mergepkg build " + recipe.path.name + " --locked`."]
+        body.append(
+            f"| {s} | {where} | {src.revision if src.hf else '-'} | {pin.commit or '-'} | "
+            f"{len(pin.files)} ({pin.ref[:19]}) |"
+        )
+    body += [
+        "",
+        "## Build",
+        "",
+        f"- key: `{res.keys[name]}`",
+        f"- output digest: `{digest}`",
+        f"- method: {method.name} v{method.version}; compute dtype {step.dtype}"
+        + (f", saved as {step.out_dtype}" if step.out_dtype else ""),
+        "",
+        "Rebuild the same bytes: `mergepkg build " + recipe.path.name + " --locked`.",
+    ]
     if evals:
         body += ["", "## Evaluation", "", "| task | metric | value |", "|---|---|---|"]
         for row in evals:

@@ -24,8 +24,9 @@ from mergepkg.store.local import MANIFEST, Artifact
 MARKER = ".mergepkg-output"  # marks a folder mergepkg wrote, so a rebuild may replace it
 
 
-def place_outputs(res: Resolution, artifacts: dict[str, Artifact], out: Path,
-                  eval_rows: Callable[[str], list[dict]] = lambda key: []) -> dict[str, Path]:
+def place_outputs(
+    res: Resolution, artifacts: dict[str, Artifact], out: Path, eval_rows: Callable[[str], list[dict]] = lambda key: []
+) -> dict[str, Path]:
     """Hard-link (or copy, across filesystems) artifacts into `out`, each with a model
     card: one output is `out` itself, several are `out/<step>`. Never symlinks: `cache
     gc` must not break them. The swap into place is a rename."""
@@ -46,8 +47,9 @@ def place_outputs(res: Resolution, artifacts: dict[str, Artifact], out: Path,
                 if f.name != MANIFEST:
                     _link_or_copy(f, target / f.name)
             (target / "README.md").write_text(render_card(res, name, art.digest, eval_rows(art.key)))
-        (staged / MARKER).write_text(json.dumps({"recipe": str(res.recipe.path),
-                                                 "outputs": {n: a.key for n, a in artifacts.items()}}) + "\n")
+        (staged / MARKER).write_text(
+            json.dumps({"recipe": str(res.recipe.path), "outputs": {n: a.key for n, a in artifacts.items()}}) + "\n"
+        )
         if out.exists():
             os.rename(out, work / "previous")
         os.rename(staged, out)
@@ -65,5 +67,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def check_replaceable(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
-        raise BuildError(f"{out} exists and was not written by mergepkg; refusing to replace it",
-                         hint="choose another --out, or remove the folder")
+        raise BuildError(
+            f"{out} exists and was not written by mergepkg; refusing to replace it",
+            hint="choose another --out, or remove the folder",
+        )

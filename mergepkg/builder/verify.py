@@ -39,8 +39,11 @@ class Check:
 def verify(recipe: Recipe, session: Session, *, rebuild: bool = False, reporter: Reporter | None = None) -> list[Check]:
     lock = read_lock(lock_path(recipe))
     if lock is None:
-        raise LockError("there is no lock to verify against", file=str(lock_path(recipe)),
-                        hint="run `mergepkg build` or `mergepkg lock` first")
+        raise LockError(
+            "there is no lock to verify against",
+            file=str(lock_path(recipe)),
+            hint="run `mergepkg build` or `mergepkg lock` first",
+        )
     return _rebuild(recipe, session, lock, reporter) if rebuild else _check_store(session, lock)
 
 

@@ -28,8 +28,12 @@ def build(
     frozen: bool = typer.Option(False, "--frozen", help="Use the lock as is: never resolve, never touch the network."),
     threads: int = typer.Option(None, "--threads", help="Torch threads for the math (default: all cores)."),
     shard_size: str = typer.Option("2GB", "--shard-size", help="Largest output shard, e.g. 500MB, 5GB."),
-    max_memory: str = typer.Option(None, "--max-memory", help="Memory to stay under, e.g. 2GB: less read-ahead, "
-                                   "and elementwise methods merge large tensors in blocks of rows."),
+    max_memory: str = typer.Option(
+        None,
+        "--max-memory",
+        help="Memory to stay under, e.g. 2GB: less read-ahead, "
+        "and elementwise methods merge large tensors in blocks of rows.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Build a recipe's outputs: steps already in the store are reused, the rest built."""
@@ -37,9 +41,14 @@ def build(
         raise BuildError("--locked and --frozen exclude each other", hint="--frozen already implies --locked")
     check_device(device)
     recipe = _recipe_file(recipe, offline)
-    r, session = open_recipe(recipe, offline=offline, device=device, threads=threads,
-                             max_shard_bytes=parse_size(shard_size),
-                             max_memory=parse_size(max_memory, "--max-memory") if max_memory else None)
+    r, session = open_recipe(
+        recipe,
+        offline=offline,
+        device=device,
+        threads=threads,
+        max_shard_bytes=parse_size(shard_size),
+        max_memory=parse_size(max_memory, "--max-memory") if max_memory else None,
+    )
     target = out_dir or Path("out") / r.name
     mode = "frozen" if frozen else "locked" if locked else "update"
     with ProgressReporter(enabled=not quiet) as reporter:
@@ -61,8 +70,14 @@ def validate(recipe: Path = RECIPE, offline: bool = OFFLINE):
     for name, s in st.steps.items():
         lay = s.layout
         mark = " (output)" if name in r.outputs else ""
-        table.add_row(name + mark, lay.method.name, ", ".join(lay.step.models), str(len(lay.tensors)),
-                      size(lay.bytes_in), size(lay.bytes_out))
+        table.add_row(
+            name + mark,
+            lay.method.name,
+            ", ".join(lay.step.models),
+            str(len(lay.tensors)),
+            size(lay.bytes_in),
+            size(lay.bytes_out),
+        )
     out.print(table)
     err.print(f"[green]ok[/]: {len(st.steps)} steps, outputs: {', '.join(r.outputs)}")
 
@@ -76,7 +91,9 @@ def _recipe_file(arg: str, offline: bool) -> Path:
         spec = packages.Spec.parse(arg)
         deps = packages.install(replace(settings, registry_offline=True) if offline else settings, spec)
     except RegistryError as e:  # neither a file nor a package: say both
-        raise SourceError(f"no recipe file {arg!r}, and no published package: {e.message}",
-                          hint=e.hint or "give a recipe file, or NAME[@RANGE] of a published recipe") from None
+        raise SourceError(
+            f"no recipe file {arg!r}, and no published package: {e.message}",
+            hint=e.hint or "give a recipe file, or NAME[@RANGE] of a published recipe",
+        ) from None
     err.print(f"[green]installed[/] {spec.name} {deps.picks[spec.name].version}")
     return deps.files[spec.name]

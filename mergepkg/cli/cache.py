@@ -51,5 +51,7 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go
         out.print(f"{verb} {a.key[:16]} {a.manifest['entry']['method']} {size(a.size)}", highlight=False)
     for p in done.leftovers:
         out.print(f"{verb} {p}", highlight=False)
-    err.print(f"{verb} {len(done.artifacts)} artifacts ({size(done.size)}) and {len(done.leftovers)} temp folders;"
-              f" kept what {len(done.roots)} lockfiles reference")
+    err.print(
+        f"{verb} {len(done.artifacts)} artifacts ({size(done.size)}) and {len(done.leftovers)} temp folders;"
+        f" kept what {len(done.roots)} lockfiles reference"
+    )

@@ -19,8 +19,9 @@ OFFLINE = typer.Option(False, "--offline", help="Use only the local Hugging Face
 
 def open_recipe(path: Path, *, offline: bool = False, **settings) -> tuple[Recipe, Session]:
     base = Settings()
-    session = Session(replace(base, offline=offline or base.offline,
-                              registry_offline=offline or base.registry_offline, **settings))
+    session = Session(
+        replace(base, offline=offline or base.offline, registry_offline=offline or base.registry_offline, **settings)
+    )
     return load_recipe(path), session
 
 

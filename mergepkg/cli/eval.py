@@ -26,9 +26,14 @@ from mergepkg.store.session import Session
 
 
 def eval_(
-    targets: list[str] = typer.Argument(..., metavar="MODEL_OR_STEP...",
-                                        help="Folder, org/name[@rev], recipe.toml (all its models) or recipe.toml:step."),
-    tasks: list[Path] = typer.Option(..., "--task", "-t", help="A .jsonl of prompt/answer (exact match) or a text file (perplexity); repeatable."),
+    targets: list[str] = typer.Argument(
+        ...,
+        metavar="MODEL_OR_STEP...",
+        help="Folder, org/name[@rev], recipe.toml (all its models) or recipe.toml:step.",
+    ),
+    tasks: list[Path] = typer.Option(
+        ..., "--task", "-t", help="A .jsonl of prompt/answer (exact match) or a text file (perplexity); repeatable."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Also print the results as JSON on stdout."),
     device: str = typer.Option("cpu", "--device", help="Where the model runs."),
     offline: bool = OFFLINE,
@@ -41,8 +46,13 @@ def eval_(
     rows = []
     with ProgressReporter() as reporter:
         models = [m for t in targets for m in target_models(t, session, reporter)]
-    with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err) as progress:
+    with Progress(
+        TextColumn("[bold]eval[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
         job = progress.add_task("", total=len(models))
         for model in models:
             progress.update(job, description=model.label)
@@ -52,13 +62,18 @@ def eval_(
     table = Table(title="evaluation", title_justify="left")
     table.add_column("model")
     for t in task_list:
-        table.add_column(f"{t.name}\n[dim]{'accuracy' if t.metric == 'exact_match' else 'perplexity'}[/]", justify="right")
+        table.add_column(
+            f"{t.name}\n[dim]{'accuracy' if t.metric == 'exact_match' else 'perplexity'}[/]", justify="right"
+        )
     exact = [t for t in task_list if t.metric == "exact_match"]
     if len(exact) > 1:
         table.add_column("mean\n[dim]accuracy[/]", justify="right")
     for model in models:
         mine = {r["task"]: r for r in rows if r["model"] == model.label}
-        cells = [f"{mine[t.name]['value']:.3f}" if t.metric == "exact_match" else f"{mine[t.name]['value']:.2f}" for t in task_list]
+        cells = [
+            f"{mine[t.name]['value']:.3f}" if t.metric == "exact_match" else f"{mine[t.name]['value']:.2f}"
+            for t in task_list
+        ]
         if len(exact) > 1:
             cells.append(f"{sum(mine[t.name]['value'] for t in exact) / len(exact):.3f}")
         table.add_row(model.label, *cells)

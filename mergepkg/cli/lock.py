@@ -15,8 +15,14 @@ from mergepkg.resolve.lock import lock_recipe
 
 def lock(
     recipe: Path = RECIPE,
-    upgrade: bool = typer.Option(False, "--upgrade", help="Move hub sources to their revisions' current commits and dependencies to their newest allowed versions."),
-    sources: list[str] = typer.Argument(None, help="With --upgrade: only these sources or dependencies.", show_default=False),
+    upgrade: bool = typer.Option(
+        False,
+        "--upgrade",
+        help="Move hub sources to their revisions' current commits and dependencies to their newest allowed versions.",
+    ),
+    sources: list[str] = typer.Argument(
+        None, help="With --upgrade: only these sources or dependencies.", show_default=False
+    ),
     offline: bool = OFFLINE,
 ):
     """Write or refresh the recipe's lock (RECIPE.lock beside it)."""
@@ -31,7 +37,9 @@ def lock(
 
 def verify(
     recipe: Path = RECIPE,
-    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild every step from the lock in a scratch store and compare."),
+    rebuild: bool = typer.Option(
+        False, "--rebuild", help="Rebuild every step from the lock in a scratch store and compare."
+    ),
     offline: bool = OFFLINE,
 ):
     """Check stored artifacts (or a rebuild) against the digests in the recipe's lock."""
@@ -43,7 +51,9 @@ def verify(
         table.add_column(col)
     colors = {"ok": "green", "missing": "yellow", "corrupt": "red", "differs": "red"}
     for c in checks:
-        table.add_row(c.step, c.key[:12], f"[{colors[c.status]}]{c.status}[/]", (c.locked or "-")[:19], (c.actual or "-")[:19])
+        table.add_row(
+            c.step, c.key[:12], f"[{colors[c.status]}]{c.status}[/]", (c.locked or "-")[:19], (c.actual or "-")[:19]
+        )
     out.print(table)
     bad = [c for c in checks if c.status in ("corrupt", "differs")]
     if any(c.status == "corrupt" for c in checks):

@@ -13,12 +13,15 @@ from mergepkg.importers.mergekit import convert_file
 
 
 def import_(
-    config: Path = typer.Argument(..., help="The mergekit YAML config (mergekit-yaml or mergekit-multi).",
-                                  metavar="CONFIG", dir_okay=False),
-    output: Path | None = typer.Option(None, "-o", "--output",
-                                       help="Write the recipe to this file [default: print it]."),
-    name: str | None = typer.Option(None, "--name",
-                                    help="Package name and name of the final step [default: the config's stem]."),
+    config: Path = typer.Argument(
+        ..., help="The mergekit YAML config (mergekit-yaml or mergekit-multi).", metavar="CONFIG", dir_okay=False
+    ),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Write the recipe to this file [default: print it]."
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="Package name and name of the final step [default: the config's stem]."
+    ),
 ) -> None:
     """Convert a mergekit YAML config into a recipe; what cannot be carried over is an error."""
     result = convert_file(config, output=output, name=name)

@@ -17,10 +17,19 @@ def methods():
         base = {"required": "needs a base", "optional": "base optional", "none": "no base"}[spec.base]
         about = f"[bold]{spec.name}[/]\n{spec.summary}\n[dim]{base}; {spec.inputs_text} input(s)[/]"
         rows = [
-            (p.name, "required" if p.required else ("none" if p.default is None else str(p.default).lower()),
-             p.range_text, "per input" if p.per_input else "per step")
+            (
+                p.name,
+                "required" if p.required else ("none" if p.default is None else str(p.default).lower()),
+                p.range_text,
+                "per input" if p.per_input else "per step",
+            )
             for p in spec.params
         ]
-        table.add_row(about, "\n".join(r[0] for r in rows), "\n".join(r[1] for r in rows),
-                      "\n".join(r[2] for r in rows), "\n".join(r[3] for r in rows))
+        table.add_row(
+            about,
+            "\n".join(r[0] for r in rows),
+            "\n".join(r[1] for r in rows),
+            "\n".join(r[2] for r in rows),
+            "\n".join(r[3] for r in rows),
+        )
     out.print(table)

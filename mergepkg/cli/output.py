@@ -31,9 +31,14 @@ class ProgressReporter:
 
     def __init__(self, enabled: bool = True):
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TextColumn("{task.fields[done]}/{task.fields[tensors]} tensors"), TimeRemainingColumn(),
-            console=err, disable=not enabled,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[done]}/{task.fields[tensors]} tensors"),
+            TimeRemainingColumn(),
+            console=err,
+            disable=not enabled,
         )
         self.task = None
 

@@ -29,8 +29,11 @@ def plan(recipe: Path = RECIPE, offline: bool = OFFLINE):
             return f"[cyan]{name}[/] [dim]{where}[/]"
         s = st.steps[name]
         lay = s.layout
-        state = ("[green]stored[/]" if s.stored else
-                 f"[yellow]build[/] [dim]reads {size(lay.bytes_in)}, writes {size(lay.bytes_out)}[/]")
+        state = (
+            "[green]stored[/]"
+            if s.stored
+            else f"[yellow]build[/] [dim]reads {size(lay.bytes_in)}, writes {size(lay.bytes_out)}[/]"
+        )
         return f"[bold]{name}[/] [dim]{s.key[:12]}[/] {lay.method.name} {state}"
 
     def add(node: Tree, name: str) -> None:
@@ -46,9 +49,15 @@ def plan(recipe: Path = RECIPE, offline: bool = OFFLINE):
         add(tree, name)
     out.print(tree)
     todo = st.to_build
-    err.print(f"{len(st.steps) - len(todo)} stored, {len(todo)} to build"
-              + (f" (reads {size(sum(s.layout.bytes_in for s in todo))}, "
-                 f"writes {size(sum(s.layout.bytes_out for s in todo))})" if todo else ""))
+    err.print(
+        f"{len(st.steps) - len(todo)} stored, {len(todo)} to build"
+        + (
+            f" (reads {size(sum(s.layout.bytes_in for s in todo))}, "
+            f"writes {size(sum(s.layout.bytes_out for s in todo))})"
+            if todo
+            else ""
+        )
+    )
 
 
 def graph(

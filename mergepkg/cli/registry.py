@@ -18,8 +18,7 @@ from mergepkg.registry.server import make_server
 from mergepkg.settings import Settings
 
 app = typer.Typer(help="Configure registries; create and serve one.", no_args_is_help=True)
-token_app = typer.Typer(help="Bearer tokens that may publish to and yank from a served registry.",
-                        no_args_is_help=True)
+token_app = typer.Typer(help="Bearer tokens that may publish to and yank from a served registry.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
 REGISTRY = typer.Option(None, "--registry", "-r", help="A configured registry (default: each in order).")
@@ -33,14 +32,20 @@ def _settings(offline: bool = False) -> Settings:
 
 # -- configuration ---------------------------------------------------------------------
 @app.command("add")
-def add(name: str = typer.Argument(..., help="A name for it, used by --registry."),
-        url: str = typer.Argument(..., help="A folder, file:// URL or http(s):// base URL."),
-        token: str = typer.Option(None, "--token", help="Bearer token for publish and yank (stored 0600; MERGEPKG_TOKEN_<NAME> overrides it).")):
+def add(
+    name: str = typer.Argument(..., help="A name for it, used by --registry."),
+    url: str = typer.Argument(..., help="A folder, file:// URL or http(s):// base URL."),
+    token: str = typer.Option(
+        None, "--token", help="Bearer token for publish and yank (stored 0600; MERGEPKG_TOKEN_<NAME> overrides it)."
+    ),
+):
     """Add a registry to the list searched, in order, for packages."""
     settings = _settings()
     regs = registries.configured(settings)
     if any(r.name == name for r in regs):
-        raise RegistryError(f"a registry named {name!r} is already configured", hint="remove it first, or pick another name")
+        raise RegistryError(
+            f"a registry named {name!r} is already configured", hint="remove it first, or pick another name"
+        )
     regs.append(registries.Registry(name, registries.normalize_url(url), token))
     registries.save(settings, regs)
     err.print(f"[green]added[/] {escape(name)}: {escape(regs[-1].url)}")
@@ -76,9 +81,12 @@ def init(folder: Path = typer.Argument(..., file_okay=False), name: str = typer.
 
 
 @app.command("serve")
-def serve(folder: Path = typer.Argument(..., file_okay=False, exists=True),
-          host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(8780, "--port"),
-          threads: int = typer.Option(4, "--threads", help="Requests served at once.")):
+def serve(
+    folder: Path = typer.Argument(..., file_okay=False, exists=True),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8780, "--port"),
+    threads: int = typer.Option(4, "--threads", help="Requests served at once."),
+):
     """Serve a registry folder over HTTP; publish and yank need a token."""
     server = make_server(folder, host, port, threads)
     err.print(f"serving {escape(str(folder))} on http://{host}:{server.effective_port} (Ctrl-C stops)")
@@ -89,8 +97,10 @@ def serve(folder: Path = typer.Argument(..., file_okay=False, exists=True),
 
 
 @token_app.command("create")
-def token_create(folder: Path = typer.Argument(..., file_okay=False, exists=True),
-                 label: str = typer.Option(..., "--label", help="Who holds it, e.g. alice or ci.")):
+def token_create(
+    folder: Path = typer.Argument(..., file_okay=False, exists=True),
+    label: str = typer.Option(..., "--label", help="Who holds it, e.g. alice or ci."),
+):
     """Create a token; it is printed once and only its hash is kept."""
     token = tokens.create(folder, label)
     out.print(token, highlight=False)
@@ -98,8 +108,9 @@ def token_create(folder: Path = typer.Argument(..., file_okay=False, exists=True
 
 
 @token_app.command("revoke")
-def token_revoke(folder: Path = typer.Argument(..., file_okay=False, exists=True),
-                 label: str = typer.Option(..., "--label")):
+def token_revoke(
+    folder: Path = typer.Argument(..., file_okay=False, exists=True), label: str = typer.Option(..., "--label")
+):
     """Stop accepting a token (at once, no restart needed)."""
     tokens.revoke(folder, label)
     err.print(f"[green]revoked[/] the token of {escape(label)}")
@@ -117,8 +128,10 @@ def token_list(folder: Path = typer.Argument(..., file_okay=False, exists=True))
 
 
 # -- packages -------------------------------------------------------------------------
-def search(text: str = typer.Argument(..., help="Words that must all appear in name, description or tags."),
-           offline: bool = OFFLINE):
+def search(
+    text: str = typer.Argument(..., help="Words that must all appear in name, description or tags."),
+    offline: bool = OFFLINE,
+):
     """Find published recipes in the configured registries."""
     found = packages.search(registries.Client(_settings(offline)), text)
     table = Table()
@@ -141,13 +154,18 @@ def info(spec: str = typer.Argument(..., metavar="NAME[@RANGE]"), registry: str 
         table.add_column(col)
     for e in entries:
         deps = ", ".join(f"{d.name} {d.range}" for d in e.dependencies)
-        table.add_row(e.version, e.published, e.sha256[:16], deps, "\n".join(f"{k}: {v}" for k, v in e.sources.items()),
-                      "yanked" if e.yanked else "")
+        table.add_row(
+            e.version,
+            e.published,
+            e.sha256[:16],
+            deps,
+            "\n".join(f"{k}: {v}" for k, v in e.sources.items()),
+            "yanked" if e.yanked else "",
+        )
     out.print(table)
 
 
-def install(spec: str = typer.Argument(..., metavar="NAME[@RANGE]"), registry: str = REGISTRY,
-            offline: bool = OFFLINE):
+def install(spec: str = typer.Argument(..., metavar="NAME[@RANGE]"), registry: str = REGISTRY, offline: bool = OFFLINE):
     """Resolve the newest matching version and its dependencies; fetch, verify, keep."""
     deps = packages.install(_settings(offline), packages.Spec.parse(spec), registry)
     for name, pick in deps.picks.items():
@@ -156,8 +174,10 @@ def install(spec: str = typer.Argument(..., metavar="NAME[@RANGE]"), registry: s
         out.print(str(path), highlight=False)
 
 
-def publish(recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="The recipe file."),
-            registry: str = typer.Option(..., "--registry", "-r", help="A configured registry.")):
+def publish(
+    recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="The recipe file."),
+    registry: str = typer.Option(..., "--registry", "-r", help="A configured registry."),
+):
     """Publish a recipe: validated, checksummed, immutable once published."""
     reg, entry, new = packages.publish(_settings(), recipe, registry)
     verb = "[green]published[/]" if new else "[yellow]already published[/] (same bytes)"
@@ -165,11 +185,16 @@ def publish(recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help
     out.print(f"{entry.name}@{entry.version} sha256:{entry.sha256}", highlight=False)
 
 
-def yank(spec: str = typer.Argument(..., metavar="NAME@VERSION"), registry: str = typer.Option(..., "--registry", "-r"),
-         undo: bool = typer.Option(False, "--undo", help="Un-yank.")):
+def yank(
+    spec: str = typer.Argument(..., metavar="NAME@VERSION"),
+    registry: str = typer.Option(..., "--registry", "-r"),
+    undo: bool = typer.Option(False, "--undo", help="Un-yank."),
+):
     """Hide a version from new resolutions; locks that name it keep working."""
     name, _, version = spec.partition("@")
     if not version:
         raise typer.BadParameter("expected NAME@VERSION", param_hint="NAME@VERSION")
     reg, entry = packages.yank(_settings(), name, version, registry, undo)
-    err.print(f"[green]{'un-yanked' if undo else 'yanked'}[/] {escape(entry.name)}@{entry.version} in {escape(reg.name)}")
+    err.print(
+        f"[green]{'un-yanked' if undo else 'yanked'}[/] {escape(entry.name)}@{entry.version} in {escape(reg.name)}"
+    )

@@ -24,8 +24,9 @@ def check_device(device: str) -> None:
         if count == 0:
             raise BuildError(f"--device {device}: no CUDA device is available", hint="use --device cpu")
         if index and int(index) >= count:
-            raise BuildError(f"--device {device}: this machine has {count} CUDA device(s)",
-                             hint=f"use cuda:0 .. cuda:{count - 1}")
+            raise BuildError(
+                f"--device {device}: this machine has {count} CUDA device(s)", hint=f"use cuda:0 .. cuda:{count - 1}"
+            )
         return
     if kind == "mps" and not index:
         if not torch.backends.mps.is_available():

@@ -18,9 +18,14 @@ class Reporter(Protocol):
 
 
 class NullReporter:
-    def step_reused(self, name, key): pass
-    def step_started(self, name, tensors, nbytes): pass
-    def tensor_done(self, nbytes): pass
-    def step_finished(self, name): pass
+    def step_reused(self, name, key):
+        pass
 
+    def step_started(self, name, tensors, nbytes):
+        pass
 
+    def tensor_done(self, nbytes):
+        pass
+
+    def step_finished(self, name):
+        pass

@@ -74,9 +74,11 @@ def _tokenizer(folder: Path):
     try:
         return AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:
-        raise BuildError(f"the base's tokenizer does not load ({e})",
-                         hint='prompt-based gate modes tokenize the prompts with the base\'s tokenizer; '
-                              'use a base with tokenizer files, or params.gate_mode = "random"') from None
+        raise BuildError(
+            f"the base's tokenizer does not load ({e})",
+            hint="prompt-based gate modes tokenize the prompts with the base's tokenizer; "
+            'use a base with tokenizer files, or params.gate_mode = "random"',
+        ) from None
 
 
 def _encode(tokenizer, prompt: str) -> torch.Tensor:
@@ -138,8 +140,10 @@ def cheap_embed_vectors(folder: Path, experts: Sequence[Expert], layers: int, de
     infos = scan_tensors(folder)
     name = next((n for n in infos if n.endswith("embed_tokens.weight")), None)
     if name is None:
-        raise BuildError("the base has no embed_tokens tensor for gate_mode 'cheap_embed'",
-                         hint='use params.gate_mode = "hidden" or "random"')
+        raise BuildError(
+            "the base has no embed_tokens tensor for gate_mode 'cheap_embed'",
+            hint='use params.gate_mode = "hidden" or "random"',
+        )
     reader = ModelReader(folder, infos)
     try:
         embed = reader.get(name).to(device=device, dtype=torch.float32)  # (vocab, hidden)

@@ -46,5 +46,3 @@ def align_rows(m: RowMap, tensors: list) -> list:
             new[pad_from:] = new[:pad_from].to(wide).mean(0).to(dtype)
         out.append(new)
     return out
-
-

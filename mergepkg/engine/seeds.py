@@ -10,5 +10,3 @@ def tensor_seed(seed: int, tensor: str, index: int) -> int:
     """Seed of input `index` of output tensor `tensor`: independent of execution order."""
     digest = hashlib.sha256(f"{seed}\0{tensor}\0{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-

@@ -34,5 +34,3 @@ def write_side_files(layout: StepLayout, folders: dict[str, Path], out_dir: Path
         src = folders[layout.tokenizer_from] / name
         if src.is_file():
             shutil.copyfile(src, out_dir / name)
-
-

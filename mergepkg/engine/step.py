@@ -46,8 +46,9 @@ def compute_dtype(layout: StepLayout) -> torch.dtype:
     return compute
 
 
-def merge_tensor(layout: StepLayout, out: OutputTensor, loaded: list, *, device: str, seed: int,
-                 into: torch.Tensor | None = None) -> torch.Tensor:
+def merge_tensor(
+    layout: StepLayout, out: OutputTensor, loaded: list, *, device: str, seed: int, into: torch.Tensor | None = None
+) -> torch.Tensor:
     """Run the step's method on one output tensor's inputs (base first, if any); a
     streaming method writes the result `into` a given buffer."""
     method = layout.method
@@ -61,8 +62,10 @@ def merge_tensor(layout: StepLayout, out: OutputTensor, loaded: list, *, device:
     tensors = loaded[1:] if out.base else loaded
     kwargs = dict(out.params)
     if method.random:
+
         def rng(i: int, _name: str = out.name) -> torch.Generator:
             return torch.Generator(device=device).manual_seed(tensor_seed(seed, _name, i))
+
         kwargs["rng"] = rng
     try:
         if method.stream:
@@ -70,7 +73,8 @@ def merge_tensor(layout: StepLayout, out: OutputTensor, loaded: list, *, device:
         else:
             result = method.merge(base, tensors, **kwargs)
     except MergepkgError as e:
-        raise e.at(tensor=out.name)  # which tensor; the build adds which step
+        e.at(tensor=out.name)  # which tensor; the build adds which step
+        raise
     except (ValueError, RuntimeError) as e:
         raise MergeError(f"{method.name} failed on {out.name}: {e}") from e
     return result.to(dtype=out_dtype)
@@ -155,8 +159,17 @@ class _Merger:
     """One step's inputs, memory and threads: reads an output tensor's inputs and merges
     them, whole or (under a memory limit) a block of rows at a time."""
 
-    def __init__(self, layout: StepLayout, folders: dict[str, Path], infos: dict[str, dict[str, TensorInfo]], *,
-                 seed: int, device: str, max_memory: int | None, threads: int | None):
+    def __init__(
+        self,
+        layout: StepLayout,
+        folders: dict[str, Path],
+        infos: dict[str, dict[str, TensorInfo]],
+        *,
+        seed: int,
+        device: str,
+        max_memory: int | None,
+        threads: int | None,
+    ):
         self.layout, self.infos, self.seed, self.device = layout, infos, seed, device
         method = layout.method
         # light methods and fused kernels share chunks out to threads of their own
@@ -173,8 +186,7 @@ class _Merger:
         chunks.set_threads(1 if self.budget.limit else workers)
         # a streaming method's result never shares memory with its inputs: their buffers
         # can be reused as soon as it returns
-        self.buffers = (BufferPool(self.budget.limit // 8 if self.budget.limit else None)
-                        if method.stream else None)
+        self.buffers = BufferPool(self.budget.limit // 8 if self.budget.limit else None) if method.stream else None
         # tensors no input gives (an moe step's routers): computed once, before any file is opened
         self.computed = routers(layout, folders, device=device, seed=seed) if layout.step.moe else {}
         self.readers = {m: ModelReader(folders[m], infos[m], self.buffers) for m in layout.step.models}

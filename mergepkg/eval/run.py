@@ -43,17 +43,25 @@ def run_task(model, tokenizer, task: Task, device: str) -> Result:
         enc = tokenizer([p for p, _ in batch], return_tensors="pt", padding=True).to(device)
         budgets = [2 * len(tokenizer(a, add_special_tokens=False).input_ids) + 4 for _, a in batch]
         with torch.no_grad():
-            gen = model.generate(**enc, do_sample=False, max_new_tokens=max(budgets),
-                                 pad_token_id=tokenizer.pad_token_id)
-        for (_, answer), budget, row in zip(batch, budgets, gen[:, enc.input_ids.shape[1]:]):
+            gen = model.generate(
+                **enc, do_sample=False, max_new_tokens=max(budgets), pad_token_id=tokenizer.pad_token_id
+            )
+        for (_, answer), budget, row in zip(batch, budgets, gen[:, enc.input_ids.shape[1] :]):
             # each example gets exactly its own budget, as if decoded alone
             text = tokenizer.decode(row[:budget], skip_special_tokens=True).split("\n", 1)[0].strip()
             correct += text == answer.strip()
     return Result(task.name, task.metric, correct / len(rows), len(rows))
 
 
-def evaluate_model(folder: Path, model_key: str, tasks: list[Task], cache: EvalCache, *, device: str = "cpu",
-                   on_result: Callable[[Task, Result], None] | None = None) -> list[Result]:
+def evaluate_model(
+    folder: Path,
+    model_key: str,
+    tasks: list[Task],
+    cache: EvalCache,
+    *,
+    device: str = "cpu",
+    on_result: Callable[[Task, Result], None] | None = None,
+) -> list[Result]:
     """Results of every task on the model in `folder`, from the cache where possible."""
     results, todo = {}, []
     for task in tasks:

@@ -41,8 +41,10 @@ def target_models(target: str, session: Session, reporter: Reporter | None = Non
     if "/" in repo and not folder.exists():
         fetched = fetch(Source(repo, hf=repo, revision=revision or "main"), session.settings)
         return [Model(target, fetched.folder, pin_folder(fetched.folder, session.hashes, fetched.commit).ref)]
-    raise SourceError(f"not a model folder, recipe or Hugging Face repo: {target}",
-                      hint="give a folder, org/name[@revision], recipe.toml or recipe.toml:step")
+    raise SourceError(
+        f"not a model folder, recipe or Hugging Face repo: {target}",
+        hint="give a folder, org/name[@revision], recipe.toml or recipe.toml:step",
+    )
 
 
 def _from_recipe(path: Path, name: str | None, session: Session, reporter: Reporter | None) -> list[Model]:
@@ -54,13 +56,19 @@ def _from_recipe(path: Path, name: str | None, session: Session, reporter: Repor
         lock = read_lock(lock_path(recipe))
         locked = lock.sources.get(name) if lock else None
         fetched = fetch(src, session.settings, commit=locked.pin.commit if locked and src.hf else None)
-        return [Model(label.format(name), fetched.folder, pin_folder(fetched.folder, session.hashes, fetched.commit).ref)]
+        return [
+            Model(label.format(name), fetched.folder, pin_folder(fetched.folder, session.hashes, fetched.commit).ref)
+        ]
     if name is not None and name not in flat.steps:
-        raise RecipeError(f"no step or source named {name!r}", file=str(path),
-                          hint=did_you_mean(name, [*flat.steps, *flat.sources]))
+        raise RecipeError(
+            f"no step or source named {name!r}", file=str(path), hint=did_you_mean(name, [*flat.steps, *flat.sources])
+        )
     report = build(recipe, session, reporter=reporter, targets=(name,) if name else None)
     res = report.resolution
     models = [] if name else [Model(label.format(s), st.folder, st.locked.pin.ref) for s, st in res.sources.items()]
-    models += [Model(label.format(s), report.artifacts[s].folder, report.artifacts[s].key)
-               for s in res.plan.order if name is None or s == name]
+    models += [
+        Model(label.format(s), report.artifacts[s].folder, report.artifacts[s].key)
+        for s in res.plan.order
+        if name is None or s == name
+    ]
     return models

@@ -54,5 +54,3 @@ def model_digest(folder: Path) -> str:
                     raise SourceError(f"truncated tensor {key}", file=path)
                 digests[key] = tensor_digest(key, meta["dtype"], tuple(meta["shape"]), data)
     return combine_digests(digests)
-
-

@@ -11,9 +11,17 @@ INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 # Everything but weights that a merged model folder needs.
 SIDE_FILES = [
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-    "chat_template.jinja", "chat_template.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
 ]
 
 
@@ -28,7 +36,6 @@ def weight_files(folder: Path) -> list[str]:
         if files:
             return files
     raise SourceError("no model weights found (expected *.safetensors or pytorch_model.bin)", file=folder)
-
 
 
 def used_files(folder: Path) -> list[str]:

@@ -28,7 +28,7 @@ class ModelReader:
     def _safetensors(self, file: str) -> tuple[int, int, dict]:
         if file not in self._files:
             path = self.folder / file
-            f = open(path, "rb", buffering=0)  # kept open: its descriptor serves the preads
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open: its descriptor serves the preads until close()
             header, start = parse_header(f, path)
             self._files[file] = (f, start, header)
         return self._files[file]
@@ -82,5 +82,3 @@ class ModelReader:
             f.close()
         self._files.clear()
         self._other.clear()
-
-

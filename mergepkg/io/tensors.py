@@ -83,5 +83,3 @@ def scan_tensors(folder: Path) -> dict[str, TensorInfo]:
             for key, t in load_bin(path).items():
                 infos[key] = TensorInfo(code_of(t.dtype), tuple(t.shape), name)
     return infos
-
-

@@ -63,7 +63,11 @@ class ShardWriter:
         self._close_file()
         header, offset = {}, 0
         for name, info in self.shards[shard]:
-            header[name] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
+            header[name] = {
+                "dtype": info.dtype,
+                "shape": list(info.shape),
+                "data_offsets": [offset, offset + info.nbytes],
+            }
             offset += info.nbytes
         header["__metadata__"] = {"format": "pt"}
         raw = json.dumps(header, separators=(",", ":")).encode()
@@ -77,10 +81,14 @@ class ShardWriter:
         runs once its bytes are written and hashed (the caller may then reuse them)."""
         shard, expected, info = self._order[self._next]
         shape = tuple(tensor.shape)
-        if name != expected or code_of(tensor.dtype) != info.dtype or (
-                shape != info.shape if first and last else shape[1:] != info.shape[1:]):
-            raise BuildError(f"engine produced {name} {tensor.dtype} {shape}; "
-                             f"expected {expected} {info.dtype} {info.shape}")
+        if (
+            name != expected
+            or code_of(tensor.dtype) != info.dtype
+            or (shape != info.shape if first and last else shape[1:] != info.shape[1:])
+        ):
+            raise BuildError(
+                f"engine produced {name} {tensor.dtype} {shape}; expected {expected} {info.dtype} {info.shape}"
+            )
         if shard != self._shard:
             self._open_shard(shard)
         data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())

@@ -30,8 +30,10 @@ from mergepkg.recipe.model import Step, Written
 
 EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embeddings")
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
-HINT = ('set tokenizer = { source = "union" } (every model\'s tokens) or tokenizer = { source = "<model>" } '
-        "(that model's vocabulary) on the step; see docs/tokenizers.md")
+HINT = (
+    'set tokenizer = { source = "union" } (every model\'s tokens) or tokenizer = { source = "<model>" } '
+    "(that model's vocabulary) on the step; see docs/tokenizers.md"
+)
 
 
 def vocab_of(info: ModelInfo) -> Vocab | None:
@@ -72,15 +74,24 @@ class Alignment:
         differ = self.difference(ref)
         if step.tokenizer is None:
             if differ:
-                raise self.where.error(ModelMismatchError, self.key_of(differ[0]), f"{differ[0]!r} and {ref!r} have "
-                                   f"different vocabularies ({differ[1]}) and the step has no tokenizer setting", HINT)
+                raise self.where.error(
+                    ModelMismatchError,
+                    self.key_of(differ[0]),
+                    f"{differ[0]!r} and {ref!r} have "
+                    f"different vocabularies ({differ[1]}) and the step has no tokenizer setting",
+                    HINT,
+                )
             return
         if not differ and not self.tokens and (self.rows[ref] or 0) % pad == 0:
             return  # one vocabulary already: nothing moves, the output is the step's merge as it is
         lacking = [m for m in self.models if self.vocabs[m] is None]
         if lacking:
-            raise self.where.error(RecipeError, self.key, f"{lacking[0]!r} has no tokenizer.json, so its embedding rows "
-                               "cannot be matched to tokens", "use models with a tokenizer.json (a fast tokenizer)")
+            raise self.where.error(
+                RecipeError,
+                self.key,
+                f"{lacking[0]!r} has no tokenizer.json, so its embedding rows cannot be matched to tokens",
+                "use models with a tokenizer.json (a fast tokenizer)",
+            )
         within = {m: self.vocabs[m].within(self.rows[m]) for m in self.models}
         if not differ:  # forced tokens or padding on one shared vocabulary: every row stays
             self.target, self.token_rows = within[ref], self.rows[ref]
@@ -88,8 +99,12 @@ class Alignment:
             try:
                 self.out_vocab = union([(self.vocabs[m], self.rows[m]) for m in self.models])
             except ValueError as e:
-                raise self.where.error(RecipeError, self.key, f"cannot build a union on {src!r}: {e}",
-                                   'use tokenizer = { source = "<model>" } instead') from None
+                raise self.where.error(
+                    RecipeError,
+                    self.key,
+                    f"cannot build a union on {src!r}: {e}",
+                    'use tokenizer = { source = "<model>" } instead',
+                ) from None
             self.target = dict(self.out_vocab.ids)
         else:
             self.target = within[src]
@@ -100,8 +115,12 @@ class Alignment:
         self.within = within
         for token in self.tokens:
             if token not in self.target:
-                raise self.where.error(RecipeError, f'{self.key}.tokens."{token}"', f"token {token!r} is not in the output's vocabulary",
-                                   "name a token of one of the models (as tokenizer.json writes it)")
+                raise self.where.error(
+                    RecipeError,
+                    f'{self.key}.tokens."{token}"',
+                    f"token {token!r} is not in the output's vocabulary",
+                    "name a token of one of the models (as tokenizer.json writes it)",
+                )
 
     def difference(self, ref: str) -> tuple[str, str] | None:
         """The first model whose vocabulary differs from `ref`'s, and how."""
@@ -136,8 +155,13 @@ class Alignment:
             return None
         for model, tensor in parts:
             t = self.infos[model].tensors.get(tensor)
-            if (t is None or LAYER.match(tensor) or not t.shape or t.shape[0] != self.rows[model]
-                    or (len(t.shape) != 2 and "head" not in tensor)):
+            if (
+                t is None
+                or LAYER.match(tensor)
+                or not t.shape
+                or t.shape[0] != self.rows[model]
+                or (len(t.shape) != 2 and "head" not in tensor)
+            ):
                 return None
         models = tuple(m for m, _ in parts)
         if models not in self.maps:  # the embedding and the head usually share one
@@ -182,27 +206,41 @@ class Alignment:
             if j not in fallbacks and any(o[j] < 0 for o in own):
                 fallbacks[j] = ("zero",)
         padding = [-1] * (self.out_rows - n)
-        return RowMap(self.out_rows, tuple(tuple(o + padding) for o in own), tuple(sorted(fallbacks.items())),
-                      n if padding else None)
+        return RowMap(
+            self.out_rows,
+            tuple(tuple(o + padding) for o in own),
+            tuple(sorted(fallbacks.items())),
+            n if padding else None,
+        )
 
     def configured(self, cfg, models: tuple[str, ...], own, j: int) -> tuple:
         key = f'{self.key}.tokens."{cfg.token}".source'
         if cfg.model is None:
             return ("zero",)
         if cfg.model not in models:
-            raise self.where.error(RecipeError, key, f"{cfg.model!r} is not merged into the embedding rows here",
-                               "with slices, embeddings come from the first slice's models and the head from the last's")
+            raise self.where.error(
+                RecipeError,
+                key,
+                f"{cfg.model!r} is not merged into the embedding rows here",
+                "with slices, embeddings come from the first slice's models and the head from the last's",
+            )
         p = models.index(cfg.model)
         if cfg.from_id is not None:
             row = cfg.from_id
             if row >= self.rows[cfg.model]:
-                raise self.where.error(RecipeError, key, f"token_id {row} is past the {self.rows[cfg.model]} rows of {cfg.model!r}")
+                raise self.where.error(
+                    RecipeError, key, f"token_id {row} is past the {self.rows[cfg.model]} rows of {cfg.model!r}"
+                )
         else:
             token = cfg.from_token or cfg.token
             row = self.within[cfg.model].get(token, -1)
             if row < 0:
-                raise self.where.error(RecipeError, key, f"{cfg.model!r} has no token {token!r}",
-                                   "name a model that has it, or { kind = \"zero\" }")
+                raise self.where.error(
+                    RecipeError,
+                    key,
+                    f"{cfg.model!r} has no token {token!r}",
+                    'name a model that has it, or { kind = "zero" }',
+                )
         return ("row", p, row)
 
 

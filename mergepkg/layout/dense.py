@@ -76,8 +76,17 @@ class DenseLayout:
         self.alignment.update_config(config)
         with_saved_dtype(config, step.out_dtype)
         bytes_in = sum(self.infos[p.model].tensors[p.tensor].nbytes for t in out for p in t.parts)
-        return StepLayout(step, self.spec, out, config, ref, step.tokenizer_model, bytes_in, self.alignment.out_vocab,
-                          self.alignment.token_ids)
+        return StepLayout(
+            step,
+            self.spec,
+            out,
+            config,
+            ref,
+            step.tokenizer_model,
+            bytes_in,
+            self.alignment.out_vocab,
+            self.alignment.token_ids,
+        )
 
     def key_of(self, model: str) -> str:
         for i, ref in enumerate(self.step.inputs):
@@ -94,9 +103,12 @@ class DenseLayout:
         for m in models:
             got = self.infos[m].config.get("architectures") or self.infos[m].config.get("model_type")
             if got != want:
-                raise self.error(ModelMismatchError, self.key_of(m),
-                                 f"architecture of {m!r} ({got}) differs from {ref!r} ({want})",
-                                 "merge models of one architecture")
+                raise self.error(
+                    ModelMismatchError,
+                    self.key_of(m),
+                    f"architecture of {m!r} ({got}) differs from {ref!r} ({want})",
+                    "merge models of one architecture",
+                )
 
     def whole_model_groups(self) -> Iterator[Group]:
         step = self.step
@@ -106,14 +118,20 @@ class DenseLayout:
         for model in step.models:
             info = self.infos[model]
             if info.num_layers != n:
-                raise self.error(ModelMismatchError, self.key_of(model),
-                                 f"{model!r} has {info.num_layers} layers but {ref!r} has {n}",
-                                 "merge models of one shape, or pick layers with `slices`")
+                raise self.error(
+                    ModelMismatchError,
+                    self.key_of(model),
+                    f"{model!r} has {info.num_layers} layers but {ref!r} has {n}",
+                    "merge models of one shape, or pick layers with `slices`",
+                )
             extra = sorted(set(info.tensors) - names)
             if extra:
-                raise self.error(ModelMismatchError, self.key_of(model),
-                                 f"{model!r} has tensor {extra[0]} that {ref!r} lacks" + tied_note(extra[0], model, ref),
-                                 "the models must share an architecture and tensor names")
+                raise self.error(
+                    ModelMismatchError,
+                    self.key_of(model),
+                    f"{model!r} has tensor {extra[0]} that {ref!r} lacks" + tied_note(extra[0], model, ref),
+                    "the models must share an architecture and tensor names",
+                )
         members = ([("base", step.base, {})] if step.base else []) + [("input", r.model, r.params) for r in step.inputs]
         for name in ordered(self.infos[ref].tensors):
             m = LAYER.match(name)
@@ -127,9 +145,12 @@ class DenseLayout:
             for j, src in enumerate(sl.sources):
                 have = self.infos[src.model].num_layers
                 if src.layers[1] > have:
-                    raise self.error(RecipeError, f"{self.key}.slices[{si}].sources[{j}].layers",
-                                     f"layers {list(src.layers)} go past the {have} layers of {src.model!r}",
-                                     f"use an end of at most {have}")
+                    raise self.error(
+                        RecipeError,
+                        f"{self.key}.slices[{si}].sources[{j}].layers",
+                        f"layers {list(src.layers)} go past the {have} layers of {src.model!r}",
+                        f"use an end of at most {have}",
+                    )
         first, last = step.slices[0], step.slices[-1]
         ref = first.sources[0].model
         names = ordered(self.infos[ref].tensors)
@@ -142,14 +163,24 @@ class DenseLayout:
             count = sl.sources[0].layers[1] - sl.sources[0].layers[0]
             layer0 = sl.sources[0].layers[0]
             ref_model = sl.sources[0].model
-            suffixes = sorted({m["rest"] for n in self.infos[ref_model].tensors
-                               if (m := LAYER.match(n)) and int(m["index"]) == layer0})
-            prefix = next(m["prefix"] for n in self.infos[ref_model].tensors if (m := LAYER.match(n)))
+            suffixes = sorted(
+                {
+                    m["rest"]
+                    for n in self.infos[ref_model].tensors
+                    if (m := LAYER.match(n)) and int(m["index"]) == layer0
+                }
+            )
+            prefix: str = next(m["prefix"] for n in self.infos[ref_model].tensors if (m := LAYER.match(n)))
             for off in range(count):
                 t = off / (count - 1) if count > 1 else 1.0
                 for rest in suffixes:
                     out_name = f"{prefix}{out_layer}.{rest}"
-                    yield out_name, t, self.members(sl, out_name, lambda s, o=off, r=rest: f"{prefix}{s.layers[0] + o}.{r}"), sl.params
+                    yield (
+                        out_name,
+                        t,
+                        self.members(sl, out_name, lambda s, o=off, r=rest, p=prefix: f"{p}{s.layers[0] + o}.{r}"),
+                        sl.params,
+                    )
                 out_layer += 1
         for name in post:
             yield name, 0.0, self.members(last, name, lambda s, n=name: n), last.params
@@ -167,16 +198,25 @@ class DenseLayout:
         for role, model, tensor, _ in members:
             info = self.infos[model].tensors.get(tensor)
             if info is None:
-                raise self.error(ModelMismatchError, self.key_of(model),
-                                 f"{model!r} has no tensor {tensor}" + tied_note(
-                                     tensor, next((m for _, m, t, _ in members if t in self.infos[m].tensors), model), model),
-                                 "the models must share an architecture and tensor names")
+                raise self.error(
+                    ModelMismatchError,
+                    self.key_of(model),
+                    f"{model!r} has no tensor {tensor}"
+                    + tied_note(
+                        tensor, next((m for _, m, t, _ in members if t in self.infos[m].tensors), model), model
+                    ),
+                    "the models must share an architecture and tensor names",
+                )
             if ref_info is None:
                 ref_info, ref_model = info, model
             elif info.shape[rows:] != ref_info.shape[rows:]:
-                raise self.error(ModelMismatchError, self.key_of(model),
-                                 f"tensor {tensor}: {model!r} has shape {list(info.shape)} but {ref_model!r} has {list(ref_info.shape)}",
-                                 "merged models need equal tensor shapes")
+                raise self.error(
+                    ModelMismatchError,
+                    self.key_of(model),
+                    f"tensor {tensor}: {model!r} has shape {list(info.shape)} "
+                    f"but {ref_model!r} has {list(ref_info.shape)}",
+                    "merged models need equal tensor shapes",
+                )
             part = Part(model, tensor)
             if role == "base":
                 base = part
@@ -184,12 +224,16 @@ class DenseLayout:
                 parts.append(part)
         shared = [slice_params, step.params]
         inputs = [m for m in members if m.role == "input"]
-        params: dict[str, Any] = {p.arg: param_value(p, shared, name, t, self.where, f"{self.key}.params")
-                                  for p in spec.params if not p.per_input}
+        params: dict[str, Any] = {
+            p.arg: param_value(p, shared, name, t, self.where, f"{self.key}.params")
+            for p in spec.params
+            if not p.per_input
+        }
         for p in spec.params:
             if p.per_input:
-                params[p.arg] = [param_value(p, [m.params, *shared], m.tensor, t, self.where, self.key_of(m.model))
-                                 for m in inputs]
+                params[p.arg] = [
+                    param_value(p, [m.params, *shared], m.tensor, t, self.where, self.key_of(m.model)) for m in inputs
+                ]
         stored = self.infos[base.model].tensors[base.tensor].dtype if base else ref_info.dtype
         dtype = saved_dtype(step.out_dtype, stored)
         shape = (row_map.rows, *ref_info.shape[1:]) if row_map else ref_info.shape
@@ -200,7 +244,7 @@ def tied_note(tensor: str, has: str, lacks: str) -> str:
     """Why a head tensor is in one model only: it ties its head to its embeddings."""
     if tensor not in HEADS:
         return ""
-    return (f": {lacks!r} ties its output head to its input embeddings (tie_word_embeddings) and {has!r} "
-            "does not; merge models that agree on tie_word_embeddings")
-
-
+    return (
+        f": {lacks!r} ties its output head to its input embeddings (tie_word_embeddings) and {has!r} "
+        "does not; merge models that agree on tie_word_embeddings"
+    )

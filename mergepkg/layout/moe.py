@@ -76,51 +76,85 @@ class MoeLayout:
             hidden = like.shape[1]
             for e, expert in enumerate(moe.experts):
                 for proj in PROJ:
-                    out = (f"{prefix}{i}.block_sparse_moe.experts.{e}.{MIXTRAL_NAME[proj]}.weight" if family == "mixtral"
-                           else f"{mlp}experts.{e}.{proj}.weight")
-                    outputs.append(self.copy(out, expert.model, f"{mlp}{proj}.weight", base.tensors[f"{mlp}{proj}.weight"]))
+                    out = (
+                        f"{prefix}{i}.block_sparse_moe.experts.{e}.{MIXTRAL_NAME[proj]}.weight"
+                        if family == "mixtral"
+                        else f"{mlp}experts.{e}.{proj}.weight"
+                    )
+                    outputs.append(
+                        self.copy(out, expert.model, f"{mlp}{proj}.weight", base.tensors[f"{mlp}{proj}.weight"])
+                    )
             router = f"{prefix}{i}.block_sparse_moe.gate.weight" if family == "mixtral" else f"{mlp}gate.weight"
             outputs.append(self.computed(router, (len(moe.experts), hidden), like))
             if family == "qwen2_moe":
                 for proj in PROJ:
-                    outputs.append(self.copy(f"{mlp}shared_expert.{proj}.weight", moe.shared_expert.model,
-                                             f"{mlp}{proj}.weight", base.tensors[f"{mlp}{proj}.weight"]))
+                    outputs.append(
+                        self.copy(
+                            f"{mlp}shared_expert.{proj}.weight",
+                            moe.shared_expert.model,
+                            f"{mlp}{proj}.weight",
+                            base.tensors[f"{mlp}{proj}.weight"],
+                        )
+                    )
                 outputs.append(self.computed(mlp + SHARED_GATE, (1, hidden), like))
         order = {n: k for k, n in enumerate(ordered(t.name for t in outputs))}
         outputs.sort(key=lambda t: order[t.name])
         config = self.config(base, family, base.tensors[f"{prefix}0.mlp.gate_proj.weight"].shape[0])
         bytes_in = sum(self.infos[p.model].tensors[p.tensor].nbytes for t in outputs for p in t.parts)
         # the output has the base's tokenizer files, so the base's vocabulary (steps after it align against it)
-        return StepLayout(step, get_method("moe"), tuple(outputs), config, step.base, step.tokenizer_model, bytes_in,
-                          self.infos[step.base].vocab)
+        return StepLayout(
+            step,
+            get_method("moe"),
+            tuple(outputs),
+            config,
+            step.base,
+            step.tokenizer_model,
+            bytes_in,
+            self.infos[step.base].vocab,
+        )
 
     def family(self, base: ModelInfo) -> str:
         model_type = base.config.get("model_type")
         family = FAMILY.get(model_type)
         if family is None:
-            raise self.error(ModelMismatchError, f"{self.key}.base",
-                             f"method 'moe' makes Mixtral models from llama or mistral models and Qwen2-MoE models "
-                             f"from qwen2 models; {self.step.base!r} is {model_type!r}",
-                             "use a base and experts of one of those families")
+            raise self.error(
+                ModelMismatchError,
+                f"{self.key}.base",
+                f"method 'moe' makes Mixtral models from llama or mistral models and Qwen2-MoE models "
+                f"from qwen2 models; {self.step.base!r} is {model_type!r}",
+                "use a base and experts of one of those families",
+            )
         if family == "mixtral":
             if self.moe.shared_expert:
-                raise self.error(RecipeError, f"{self.key}.shared_expert",
-                                 f"a Mixtral model (from {model_type!r} inputs) has no shared expert",
-                                 "remove shared_expert: it is for Qwen2 inputs")
+                raise self.error(
+                    RecipeError,
+                    f"{self.key}.shared_expert",
+                    f"a Mixtral model (from {model_type!r} inputs) has no shared expert",
+                    "remove shared_expert: it is for Qwen2 inputs",
+                )
             for flag in ("attention_bias", "mlp_bias"):
                 if base.config.get(flag):
-                    raise self.error(ModelMismatchError, f"{self.key}.base",
-                                     f"{self.step.base!r} has {flag} = true, and Mixtral layers have no biases",
-                                     "use models without attention or MLP biases")
+                    raise self.error(
+                        ModelMismatchError,
+                        f"{self.key}.base",
+                        f"{self.step.base!r} has {flag} = true, and Mixtral layers have no biases",
+                        "use models without attention or MLP biases",
+                    )
         else:
             if importlib.util.find_spec("transformers.models.qwen2_moe") is None:
-                raise self.error(ModelMismatchError, f"{self.key}.base",
-                                 "qwen2 inputs make a Qwen2-MoE model, and the installed transformers has no Qwen2-MoE",
-                                 "install a transformers release with Qwen2MoeForCausalLM (4.40 or later)")
+                raise self.error(
+                    ModelMismatchError,
+                    f"{self.key}.base",
+                    "qwen2 inputs make a Qwen2-MoE model, and the installed transformers has no Qwen2-MoE",
+                    "install a transformers release with Qwen2MoeForCausalLM (4.40 or later)",
+                )
             if self.moe.shared_expert is None:
-                raise self.error(RecipeError, self.key,
-                                 "a Qwen2-MoE model (from qwen2 inputs) needs a shared expert",
-                                 'add shared_expert = { model = "<name>", prompts = ["..."] }: the MLP every token uses')
+                raise self.error(
+                    RecipeError,
+                    self.key,
+                    "a Qwen2-MoE model (from qwen2 inputs) needs a shared expert",
+                    'add shared_expert = { model = "<name>", prompts = ["..."] }: the MLP every token uses',
+                )
         return family
 
     def check_members(self, base: ModelInfo):
@@ -131,42 +165,69 @@ class MoeLayout:
             for proj in PROJ:
                 name = f"{prefix}{i}.mlp.{proj}.weight"
                 if name not in base.tensors:
-                    raise self.error(ModelMismatchError, f"{self.key}.base", f"{step.base!r} has no tensor {name}",
-                                     "an moe step needs gate_proj, up_proj and down_proj in every layer's MLP")
-        extra = sorted(n for n in base.tensors if (m := LAYER.match(n)) and m["rest"].startswith("mlp.")
-                       and m["rest"].removeprefix("mlp.").removesuffix(".weight") not in PROJ)
+                    raise self.error(
+                        ModelMismatchError,
+                        f"{self.key}.base",
+                        f"{step.base!r} has no tensor {name}",
+                        "an moe step needs gate_proj, up_proj and down_proj in every layer's MLP",
+                    )
+        extra = sorted(
+            n
+            for n in base.tensors
+            if (m := LAYER.match(n))
+            and m["rest"].startswith("mlp.")
+            and m["rest"].removeprefix("mlp.").removesuffix(".weight") not in PROJ
+        )
         if extra:
-            raise self.error(ModelMismatchError, f"{self.key}.base",
-                             f"{step.base!r} has MLP tensor {extra[0]}, which an MoE expert has no place for",
-                             "use models whose MLP is gate_proj, up_proj and down_proj without biases")
+            raise self.error(
+                ModelMismatchError,
+                f"{self.key}.base",
+                f"{step.base!r} has MLP tensor {extra[0]}, which an MoE expert has no place for",
+                "use models whose MLP is gate_proj, up_proj and down_proj without biases",
+            )
         for key, model in self.members():
             info = self.infos[model]
             got = info.config.get("architectures") or info.config.get("model_type")
             if got != want:
-                raise self.error(ModelMismatchError, key,
-                                 f"architecture of {model!r} ({got}) differs from the base {step.base!r} ({want})",
-                                 "experts must share the base's architecture")
+                raise self.error(
+                    ModelMismatchError,
+                    key,
+                    f"architecture of {model!r} ({got}) differs from the base {step.base!r} ({want})",
+                    "experts must share the base's architecture",
+                )
             if info.num_layers != base.num_layers:
-                raise self.error(ModelMismatchError, key,
-                                 f"{model!r} has {info.num_layers} layers but the base {step.base!r} has {base.num_layers}",
-                                 "experts must have the base's layers")
+                raise self.error(
+                    ModelMismatchError,
+                    key,
+                    f"{model!r} has {info.num_layers} layers but the base {step.base!r} has {base.num_layers}",
+                    "experts must have the base's layers",
+                )
             for i in range(base.num_layers):
                 for proj in PROJ:
                     name = f"{prefix}{i}.mlp.{proj}.weight"
                     have = info.tensors.get(name)
                     if have is None:
-                        raise self.error(ModelMismatchError, key, f"{model!r} has no tensor {name}",
-                                         "experts must share the base's architecture and tensor names")
+                        raise self.error(
+                            ModelMismatchError,
+                            key,
+                            f"{model!r} has no tensor {name}",
+                            "experts must share the base's architecture and tensor names",
+                        )
                     if have.shape != base.tensors[name].shape:
-                        raise self.error(ModelMismatchError, key,
-                                         f"tensor {name}: {model!r} has shape {list(have.shape)} but the base "
-                                         f"{step.base!r} has {list(base.tensors[name].shape)}",
-                                         "experts need the base's MLP shapes")
+                        raise self.error(
+                            ModelMismatchError,
+                            key,
+                            f"tensor {name}: {model!r} has shape {list(have.shape)} but the base "
+                            f"{step.base!r} has {list(base.tensors[name].shape)}",
+                            "experts need the base's MLP shapes",
+                        )
 
     def copy(self, out: str, model: str, tensor: str, like: TensorInfo) -> OutputTensor:
         """`out` is `model`'s `tensor`, saved in the dtype of the base's tensor `like`."""
         shape = self.infos[model].tensors[tensor].shape
-        return OutputTensor(out, TensorInfo(saved_dtype(self.step.out_dtype, like.dtype), shape), None, (Part(model, tensor),))
+        return OutputTensor(
+            out, TensorInfo(saved_dtype(self.step.out_dtype, like.dtype), shape), None, (Part(model, tensor),)
+        )
 
     def computed(self, out: str, shape: tuple[int, ...], like: TensorInfo) -> OutputTensor:
         return OutputTensor(out, TensorInfo(saved_dtype(self.step.out_dtype, like.dtype), shape), None, ())
@@ -176,14 +237,27 @@ class MoeLayout:
         if family == "mixtral":  # as mergekit-moe's Mixtral output
             for key in ("attention_bias", "mlp_bias", "pretraining_tp"):  # Llama-only, checked off above
                 config.pop(key, None)
-            config.update(architectures=["MixtralForCausalLM"], model_type="mixtral",
-                          num_local_experts=len(moe.experts), num_experts_per_tok=moe.experts_per_token,
-                          sliding_window=None)
+            config.update(
+                architectures=["MixtralForCausalLM"],
+                model_type="mixtral",
+                num_local_experts=len(moe.experts),
+                num_experts_per_tok=moe.experts_per_token,
+                sliding_window=None,
+            )
         else:  # as mergekit-moe's Qwen MoE output
-            config.update(architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe",
-                          num_experts=len(moe.experts), num_experts_per_tok=moe.experts_per_token,
-                          decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True,
-                          moe_intermediate_size=intermediate, shared_expert_intermediate_size=intermediate,
-                          qkv_bias=True, use_sliding_window=False, sliding_window=None,
-                          layer_types=["full_attention"] * base.num_layers)
+            config.update(
+                architectures=["Qwen2MoeForCausalLM"],
+                model_type="qwen2_moe",
+                num_experts=len(moe.experts),
+                num_experts_per_tok=moe.experts_per_token,
+                decoder_sparse_step=1,
+                mlp_only_layers=[],
+                norm_topk_prob=True,
+                moe_intermediate_size=intermediate,
+                shared_expert_intermediate_size=intermediate,
+                qkv_bias=True,
+                use_sliding_window=False,
+                sliding_window=None,
+                layer_types=["full_attention"] * base.num_layers,
+            )
         return with_saved_dtype(config, self.step.out_dtype)

@@ -35,8 +35,9 @@ def step_layout(recipe: Recipe, step: Step, infos: Mapping[str, ModelInfo]) -> S
     return DenseLayout(recipe, step, dict(infos)).layout()
 
 
-def lay_out(recipe: Recipe, order: Iterable[str], folders: Mapping[str, Path]
-            ) -> tuple[dict[str, StepLayout], dict[str, ModelInfo]]:
+def lay_out(
+    recipe: Recipe, order: Iterable[str], folders: Mapping[str, Path]
+) -> tuple[dict[str, StepLayout], dict[str, ModelInfo]]:
     """The layouts of the steps in `order` (dependencies first) and what is known of
     every model. `folders` holds the sources and any step already built (read from its
     files); the other steps are described by their own layouts."""

@@ -32,7 +32,9 @@ class ModelInfo:
 
     config: dict
     tensors: dict[str, TensorInfo]
-    vocab: Vocab | Path | None = field(default=None, compare=False)  # a vocabulary, the folder to read one from, or none
+    vocab: Vocab | Path | None = field(
+        default=None, compare=False
+    )  # a vocabulary, the folder to read one from, or none
 
     @property
     def num_layers(self) -> int:
@@ -56,7 +58,9 @@ class RowMap:
 
     rows: int
     own: tuple[tuple[int, ...], ...]  # per part (base first): its row for each output row; -1: the fallback
-    fallbacks: tuple[tuple[int, tuple], ...]  # (output row, ("row", part, row) | ("mean", ((part, row), ...)) | ("zero",))
+    fallbacks: tuple[
+        tuple[int, tuple], ...
+    ]  # (output row, ("row", part, row) | ("mean", ((part, row), ...)) | ("zero",))
     pad_from: int | None = None  # rows from here on (pad_to_multiple_of): each model's mean of the rows above
 
 
@@ -83,7 +87,9 @@ class StepLayout:
     config_from: str  # the model whose side files (generation config) are copied
     tokenizer_from: str
     bytes_in: int  # tensor bytes read
-    vocab: Vocab | Path | None = None  # the output's vocabulary (as ModelInfo.vocab); a Vocab with `made`: written, not copied
+    vocab: Vocab | Path | None = (
+        None  # the output's vocabulary (as ModelInfo.vocab); a Vocab with `made`: written, not copied
+    )
     token_ids: dict = field(default_factory=dict)  # special token ids of config_from's configs that move (align.py)
 
     @property
@@ -102,6 +108,7 @@ def is_pre(name: str) -> bool:
 
 def ordered(names) -> list[str]:
     """Embeddings, then layers in numeric order, then the rest (norm, head)."""
+
     def order(name: str):
         m = LAYER.match(name)
         if m:

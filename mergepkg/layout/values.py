@@ -41,6 +41,10 @@ def param_value(p: Param, scopes: Sequence[Params], tensor: str, t: float, where
             if value is not None:
                 return value
     if p.required:
-        raise where.error(RecipeError, key, f"no value of {p.name!r} applies to tensor {tensor}",
-                          "add a condition without `filter` as the last entry, or a step-wide value")
+        raise where.error(
+            RecipeError,
+            key,
+            f"no value of {p.name!r} applies to tensor {tensor}",
+            "add a condition without `filter` as the last entry, or a step-wide value",
+        )
     return p.default

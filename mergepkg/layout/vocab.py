@@ -21,6 +21,7 @@ model's) tokens keep their ids; then each other model of the step, in the step's
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Mapping
@@ -31,7 +32,13 @@ from mergepkg.errors import SourceError
 
 # The tokenizer files a union writes; the other tokenizer files (tokenizer.model,
 # vocab.json, merges.txt, added_tokens.json) describe the old vocabulary and are dropped.
-FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
+FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 SPECIAL_LISTS = ("extra_special_tokens", "additional_special_tokens")  # transformers 5, 4
 
 
@@ -61,10 +68,8 @@ def read_vocab(folder: Path) -> Vocab | None:
 def _read(path: Path, size: int, mtime_ns: int) -> Vocab:  # size and mtime: a rewritten file is read again
     files = {}
     for name in FILES:
-        try:
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # a file it does not have
             files[name] = (path.parent / name).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            pass
     try:
         data = json.loads(files["tokenizer.json"])
         vocab = data.get("model", {}).get("vocab", {})
@@ -74,8 +79,11 @@ def _read(path: Path, size: int, mtime_ns: int) -> Vocab:  # size and mtime: a r
             ids[entry["content"]] = entry["id"]
             added[entry["content"]] = entry
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise SourceError(f"cannot read tokenizer.json: {type(e).__name__}: {e}", file=path,
-                          hint="the tokenizer files of this model are damaged or not a Hugging Face tokenizer.json") from None
+        raise SourceError(
+            f"cannot read tokenizer.json: {type(e).__name__}: {e}",
+            file=path,
+            hint="the tokenizer files of this model are damaged or not a Hugging Face tokenizer.json",
+        ) from None
     return Vocab(ids, added, files)
 
 
@@ -86,8 +94,10 @@ def union(parts: list[tuple[Vocab, int | None]]) -> Vocab:
     data = json.loads(first.files["tokenizer.json"])
     model_vocab = data.get("model", {}).get("vocab")
     if not isinstance(model_vocab, dict):
-        raise ValueError(f"its tokenizer model is {data.get('model', {}).get('type')}; a union extends "
-                         "BPE, WordPiece and WordLevel vocabularies only")
+        raise ValueError(
+            f"its tokenizer model is {data.get('model', {}).get('type')}; a union extends "
+            "BPE, WordPiece and WordLevel vocabularies only"
+        )
     ids = dict(first.ids)  # the base keeps every id, even past its rows (those rows come from others)
     added = list(data.get("added_tokens", []))
     for entry in added:  # the tokenizers library renumbers added tokens its model lacks: it must have them

@@ -31,8 +31,20 @@ from mergepkg.methods.spec import MethodSpec, Param
 METHODS: dict[str, MethodSpec] = {
     m.SPEC.name: m.SPEC
     for m in (
-        linear, slerp, nuslerp, task_arithmetic, ties, dare_ties, dare_linear,
-        breadcrumbs, breadcrumbs_ties, della, della_linear, model_stock, passthrough, moe,
+        linear,
+        slerp,
+        nuslerp,
+        task_arithmetic,
+        ties,
+        dare_ties,
+        dare_linear,
+        breadcrumbs,
+        breadcrumbs_ties,
+        della,
+        della_linear,
+        model_stock,
+        passthrough,
+        moe,
     )
 }
 

@@ -11,12 +11,23 @@ from mergepkg.methods import sparsify
 from mergepkg.methods.spec import Param
 from mergepkg.methods.task_vectors import make_method
 
-GAMMA = Param("gamma", 0.01, per_input=True, low=0.0, high=1.0, high_open=True,
-              doc="fraction of largest-magnitude entries dropped as outliers")
+GAMMA = Param(
+    "gamma",
+    0.01,
+    per_input=True,
+    low=0.0,
+    high=1.0,
+    high_open=True,
+    doc="fraction of largest-magnitude entries dropped as outliers",
+)
 
 SPEC = make_method(
     "breadcrumbs",
     summary="Drop outlier and small task-vector entries, then add them.",
     paper="https://arxiv.org/abs/2312.06795",
-    normalize=False, rescale=False, elect_sign=False, thinner=sparsify.outliers, extra=[GAMMA],
+    normalize=False,
+    rescale=False,
+    elect_sign=False,
+    thinner=sparsify.outliers,
+    extra=[GAMMA],
 )

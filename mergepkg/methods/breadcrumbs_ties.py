@@ -12,5 +12,9 @@ SPEC = make_method(
     "breadcrumbs_ties",
     summary="Drop outlier and small task-vector entries, then TIES sign election.",
     paper="https://arxiv.org/abs/2312.06795",
-    normalize=False, rescale=False, elect_sign=True, thinner=sparsify.outliers, extra=[GAMMA],
+    normalize=False,
+    rescale=False,
+    elect_sign=True,
+    thinner=sparsify.outliers,
+    extra=[GAMMA],
 )

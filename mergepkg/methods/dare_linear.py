@@ -12,5 +12,9 @@ SPEC = make_method(
     "dare_linear",
     summary="Randomly drop and rescale task-vector entries, then add them.",
     paper="https://arxiv.org/abs/2311.03099",
-    normalize=False, rescale=True, elect_sign=False, thinner=sparsify.bernoulli, version=2,
+    normalize=False,
+    rescale=True,
+    elect_sign=False,
+    thinner=sparsify.bernoulli,
+    version=2,
 )

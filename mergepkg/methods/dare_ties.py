@@ -17,5 +17,9 @@ SPEC = make_method(
     "dare_ties",
     summary="Randomly drop and rescale task-vector entries, then TIES sign election.",
     paper="https://arxiv.org/abs/2311.03099",
-    normalize=False, rescale=True, elect_sign=True, thinner=sparsify.bernoulli, version=2,
+    normalize=False,
+    rescale=True,
+    elect_sign=True,
+    thinner=sparsify.bernoulli,
+    version=2,
 )

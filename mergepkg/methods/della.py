@@ -10,12 +10,23 @@ from mergepkg.methods import sparsify
 from mergepkg.methods.spec import Param
 from mergepkg.methods.task_vectors import make_method
 
-EPSILON = Param("epsilon", 0.15, per_input=True, low=0.0, high=0.5, high_open=True,
-                doc="half-width of the keep-probability band around density")
+EPSILON = Param(
+    "epsilon",
+    0.15,
+    per_input=True,
+    low=0.0,
+    high=0.5,
+    high_open=True,
+    doc="half-width of the keep-probability band around density",
+)
 
 SPEC = make_method(
     "della",
     summary="Prune task vectors at random with magnitude-ranked odds, then TIES.",
     paper="https://arxiv.org/abs/2406.11617",
-    normalize=True, rescale=True, elect_sign=True, thinner=sparsify.magprune, extra=[EPSILON],
+    normalize=True,
+    rescale=True,
+    elect_sign=True,
+    thinner=sparsify.magprune,
+    extra=[EPSILON],
 )

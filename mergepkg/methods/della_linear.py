@@ -12,5 +12,9 @@ SPEC = make_method(
     "della_linear",
     summary="Prune task vectors at random with magnitude-ranked odds, then add.",
     paper="https://arxiv.org/abs/2406.11617",
-    normalize=False, rescale=True, elect_sign=False, thinner=sparsify.magprune, extra=[EPSILON],
+    normalize=False,
+    rescale=True,
+    elect_sign=False,
+    thinner=sparsify.magprune,
+    extra=[EPSILON],
 )

@@ -36,9 +36,13 @@ def covers(compute, inputs: int, device: str = "cpu") -> bool:
 
 def usable(base, tensors, compute, planner) -> bool:
     """Whether this tensor's merge runs here (else on task_vectors' torch stream)."""
-    return (base is not None and covers(compute, len(tensors), base.device) and base.numel() > 0
-            and all(str(t.dtype).removeprefix("torch.") in DTYPES for t in [base, *tensors])
-            and planner in (None, "magnitude", "bernoulli"))
+    return (
+        base is not None
+        and covers(compute, len(tensors), base.device)
+        and base.numel() > 0
+        and all(str(t.dtype).removeprefix("torch.") in DTYPES for t in [base, *tensors])
+        and planner in (None, "magnitude", "bernoulli")
+    )
 
 
 def _kernels():
@@ -62,6 +66,7 @@ def _f32(name: str, source, span: slice) -> np.ndarray:
 
 def top_k(base, t, density: float, spans: list[slice]) -> sparsify.TopK:
     """sparsify.TopK of |t - base|, its pass through the band fused."""
+
     def magnitudes(span):
         return torch.sub(t[span].float(), base[span].float()).abs_()
 
@@ -77,8 +82,21 @@ def top_k(base, t, density: float, spans: list[slice]) -> sparsify.TopK:
     return sparsify.TopK(magnitudes, n, sparsify.top_k(density, n), spans, band=band, map=chunks.parallel)
 
 
-def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=None, rescale=False,
-           rng=None, elect_sign: bool, planner: str | None, out=None):
+def stream(
+    base,
+    tensors,
+    *,
+    out_dtype,
+    weight,
+    normalize,
+    lambda_=1.0,
+    density=None,
+    rescale=False,
+    rng=None,
+    elect_sign: bool,
+    planner: str | None,
+    out=None,
+):
     """task_vectors.stream_task_vectors on fused kernels: the same bits."""
     flat_base = base.reshape(-1)
     flat = [t.reshape(-1) for t in tensors]
@@ -105,6 +123,7 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
                 s = chunks.thread_scratch()
                 magnitudes = torch.abs(delta, out=s.get("magnitudes", delta.shape, torch.float32))
                 return rules[i].keep(span, magnitudes, out=s.get("kept", delta.shape, torch.float32))
+
             return rule
     elif planner == "bernoulli":
         for i in thinned:
@@ -115,8 +134,11 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
                 kept = chunks.thread_scratch().get("kept", delta.shape, torch.float32)
                 kernels.drawn(seed[i], span.start, limit[i], kept.numpy())
                 return kept
+
             return rule
+
     if rescale and thinned:
+
         def rescale_factor(i):  # as the torch stream sums it, on this thread's scratch
             f = sparsify.l1_rescale(chunks.Flat(flat_base, [flat[i]], torch.float32), 0, keep(i))
             return 1.0 if f is None else float(f)
@@ -141,11 +163,35 @@ def stream(base, tensors, *, out_dtype, weight, normalize, lambda_=1.0, density=
             b = _f32("b", flat_base, span)
             result = s.get("result", (size,), torch.float32)
             if planner == "bernoulli":
-                kernels.merge_drawn(x.numpy(), b, result.numpy(), span.start, seed, limit, factor, weights,
-                                    elect_sign, normalize, divisor, lam)
+                kernels.merge_drawn(
+                    x.numpy(),
+                    b,
+                    result.numpy(),
+                    span.start,
+                    seed,
+                    limit,
+                    factor,
+                    weights,
+                    elect_sign,
+                    normalize,
+                    divisor,
+                    lam,
+                )
             else:
-                kernels.merge_top_k(x.numpy(), b, result.numpy(), span.start, threshold, cut, factor, weights,
-                                    elect_sign, normalize, divisor, lam)
+                kernels.merge_top_k(
+                    x.numpy(),
+                    b,
+                    result.numpy(),
+                    span.start,
+                    threshold,
+                    cut,
+                    factor,
+                    weights,
+                    elect_sign,
+                    normalize,
+                    divisor,
+                    lam,
+                )
             dest[span].copy_(result)
 
     chunks.parallel(merge_group, chunks.groups(spans))

@@ -16,8 +16,14 @@ from mergepkg.methods.kernels import chunks
 from mergepkg.methods.spec import MethodSpec, flag, weight_param
 
 
-def linear(base, tensors: Sequence[torch.Tensor], *, weight: Sequence[float], normalize: bool = True,
-           out: torch.Tensor | None = None) -> torch.Tensor:
+def linear(
+    base,
+    tensors: Sequence[torch.Tensor],
+    *,
+    weight: Sequence[float],
+    normalize: bool = True,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """`out`, when given, receives the result (a streamed chunk's reused buffer)."""
     total = sum(weight)
     if normalize and abs(total) < 1e-8:

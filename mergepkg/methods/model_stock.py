@@ -21,14 +21,13 @@ from mergepkg.methods.spec import MethodSpec, flag
 def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], *, filter_wise: bool = False) -> torch.Tensor:
     shape = base.shape
     if filter_wise:  # one ratio per row; a 1-D tensor is one row
-        rows = lambda x: x.reshape(1, -1) if x.dim() < 2 else x  # noqa: E731
+        rows = lambda x: x.reshape(1, -1) if x.dim() < 2 else x
     else:
-        rows = lambda x: x.reshape(-1)  # noqa: E731
+        rows = lambda x: x.reshape(-1)
     w0 = rows(base)
     offsets = [rows(t) - w0 for t in tensors]
     cosines = [  # each [rows, 1] (or [1] flattened); reductions independent of the thread count
-        (row_sum(a * b) / (row_norm(a) * row_norm(b)).clamp(min=1e-6)).clamp(-1, 1)
-        for a, b in combinations(offsets, 2)
+        (row_sum(a * b) / (row_norm(a) * row_norm(b)).clamp(min=1e-6)).clamp(-1, 1) for a, b in combinations(offsets, 2)
     ]
     cos = torch.stack(cosines).mean(dim=0)
     n = len(tensors)

@@ -48,8 +48,13 @@ SPEC = MethodSpec(
     merge=copy,
     params=(
         Param("experts_per_token", 2, kind=int, low=1, doc="experts each token is routed to"),
-        Param("gate_mode", "hidden", kind=str, choices=GATE_MODES,
-              doc="how router rows are made: hidden states, token embeddings of the prompts, or seeded noise"),
+        Param(
+            "gate_mode",
+            "hidden",
+            kind=str,
+            choices=GATE_MODES,
+            doc="how router rows are made: hidden states, token embeddings of the prompts, or seeded noise",
+        ),
     ),
     summary="Mixture of experts: the base's attention, each expert's MLP, routers from prompts.",
     paper="https://arxiv.org/abs/2401.04088",

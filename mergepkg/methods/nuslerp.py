@@ -16,8 +16,9 @@ from mergepkg.methods.kernels.reduce import row_norm, row_sum
 from mergepkg.methods.spec import MethodSpec, flag, weight_param
 
 
-def _nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool, row_wise: bool,
-             eps: float = 1e-8) -> torch.Tensor:
+def _nuslerp(
+    t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool, row_wise: bool, eps: float = 1e-8
+) -> torch.Tensor:
     shape = v0.shape
     if flatten:
         v0, v1 = v0.reshape(-1), v1.reshape(-1)
@@ -36,8 +37,14 @@ def _nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool, row
     return out.reshape(shape)
 
 
-def nuslerp(base, tensors: Sequence[torch.Tensor], *, weight: Sequence[float],
-            nuslerp_flatten: bool = True, nuslerp_row_wise: bool = False) -> torch.Tensor:
+def nuslerp(
+    base,
+    tensors: Sequence[torch.Tensor],
+    *,
+    weight: Sequence[float],
+    nuslerp_flatten: bool = True,
+    nuslerp_row_wise: bool = False,
+) -> torch.Tensor:
     total = weight[0] + weight[1]
     t = 0.5 if abs(total) < 1e-6 else weight[1] / total
     opts = dict(flatten=nuslerp_flatten, row_wise=nuslerp_row_wise)

@@ -172,17 +172,16 @@ def bernoulli(delta: torch.Tensor, density: float, rng: torch.Generator, rescale
     return _finish(delta, mask.view(delta.shape), rescale)
 
 
-def magprune(delta: torch.Tensor, density: float, epsilon: float, rng: torch.Generator,
-             rescale: bool = False) -> torch.Tensor:
+def magprune(
+    delta: torch.Tensor, density: float, epsilon: float, rng: torch.Generator, rescale: bool = False
+) -> torch.Tensor:
     """DELLA MagPrune: per row, keep probability rises linearly with magnitude rank from
     density - epsilon (smallest) to density + epsilon (largest). A row of one entry
     gets probability `density` (mergekit divides by zero there and produces NaN)."""
     if density >= 1:
         return delta
-    if not (0 < density - epsilon and density + epsilon < 1):
-        raise ValueError(
-            f"della needs density ± epsilon inside (0, 1); got density={density:g}, epsilon={epsilon:g}"
-        )
+    if not (density - epsilon > 0 and density + epsilon < 1):
+        raise ValueError(f"della needs density ± epsilon inside (0, 1); got density={density:g}, epsilon={epsilon:g}")
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
     width = rows.shape[1]
     # rank of each entry's magnitude within its row: 0 (smallest) .. width-1 (largest)

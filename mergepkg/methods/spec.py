@@ -55,7 +55,11 @@ class Param:
         if self.kind is bool:
             return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
         if self.kind is str:
-            return None if value in self.choices else f"expected one of {', '.join(map(repr, self.choices))}, got {value!r}"
+            return (
+                None
+                if value in self.choices
+                else f"expected one of {', '.join(map(repr, self.choices))}, got {value!r}"
+            )
         if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             return f"expected an integer, got {value!r}"
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -115,8 +119,15 @@ def weight_param(**kw) -> Param:
 
 
 def density_param() -> Param:
-    return Param("density", 1.0, per_input=True, low=0.0, high=1.0, low_open=True,
-                 doc="fraction of the task vector's entries kept")
+    return Param(
+        "density",
+        1.0,
+        per_input=True,
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        doc="fraction of the task vector's entries kept",
+    )
 
 
 def flag(name: str, default: bool, doc: str) -> Param:

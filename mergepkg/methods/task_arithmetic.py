@@ -11,5 +11,7 @@ SPEC = make_method(
     "task_arithmetic",
     summary="Add weighted task vectors (input - base) to the base.",
     paper="https://arxiv.org/abs/2212.04089",
-    normalize=False, rescale=None, elect_sign=False,
+    normalize=False,
+    rescale=None,
+    elect_sign=False,
 )

@@ -90,8 +90,9 @@ Planner = Callable[..., "Callable[[slice, torch.Tensor], torch.Tensor] | None"]
 def plan_magnitude(flat: chunks.Flat, i: int, density: float, **_):
     if density >= 1 or flat.n == 0:
         return None
-    rule = sparsify.TopK(lambda span: flat.delta_at(i, span).abs_(), flat.n, sparsify.top_k(density, flat.n),
-                         flat.spans())
+    rule = sparsify.TopK(
+        lambda span: flat.delta_at(i, span).abs_(), flat.n, sparsify.top_k(density, flat.n), flat.spans()
+    )
 
     def keep(span, delta):  # 1.0 / 0.0 per entry of the chunk
         magnitudes = torch.abs(delta, out=flat.scratch.get("magnitudes", delta.shape, delta.dtype))
@@ -116,24 +117,50 @@ PLANNERS = {sparsify.magnitude: plan_magnitude, sparsify.bernoulli: plan_bernoul
 
 
 def stream_task_vectors(
-    base, tensors, *, compute, out_dtype, weight, normalize, lambda_=1.0, density=None, rescale=False,
-    rng=None, elect_sign: bool, planner: Planner | None, out=None,
+    base,
+    tensors,
+    *,
+    compute,
+    out_dtype,
+    weight,
+    normalize,
+    lambda_=1.0,
+    density=None,
+    rescale=False,
+    rng=None,
+    elect_sign: bool,
+    planner: Planner | None,
+    out=None,
 ) -> torch.Tensor:
     """merge_task_vectors over chunks: the same bits as the whole-tensor merge, cast to
     out_dtype. First pass: each input's keep rule (and L1 rescale factor); second pass:
     the merge itself, chunk by chunk. On the CPU, fused.py does both in compiled loops."""
     if fused.usable(base, tensors, compute, planner and planner.__name__.removeprefix("plan_")):
-        return fused.stream(base, tensors, out_dtype=out_dtype, weight=weight, normalize=normalize,
-                            lambda_=lambda_, density=density, rescale=rescale, rng=rng, elect_sign=elect_sign,
-                            planner=planner and planner.__name__.removeprefix("plan_"), out=out)
+        return fused.stream(
+            base,
+            tensors,
+            out_dtype=out_dtype,
+            weight=weight,
+            normalize=normalize,
+            lambda_=lambda_,
+            density=density,
+            rescale=rescale,
+            rng=rng,
+            elect_sign=elect_sign,
+            planner=planner and planner.__name__.removeprefix("plan_"),
+            out=out,
+        )
     flat = chunks.Flat(base, tensors, compute)
 
     rules = [planner(flat, i, density=density[i], rng=rng) if planner else None for i in range(len(tensors))]
-    factors = [sparsify.l1_rescale(flat, i, rule) if rescale and rule is not None else None for i, rule in enumerate(rules)]
+    factors = [
+        sparsify.l1_rescale(flat, i, rule) if rescale and rule is not None else None for i, rule in enumerate(rules)
+    ]
 
     out = chunks.output(out, flat.shape, out_dtype, flat.device)
     dest = out.view(-1)
     for span in flat.spans():
+
         def thin(delta, i, _span=span):
             if rules[i] is None:
                 return delta
@@ -141,9 +168,15 @@ def stream_task_vectors(
             return delta.mul_(factors[i]) if factors[i] is not None else delta
 
         dest[span] = merge_task_vectors(
-            flat.base_at(span), [flat.input_at(i, span) for i in range(len(tensors))], weight=weight,
-            normalize=normalize, lambda_=lambda_, thin=thin if planner else None, elect_sign=elect_sign,
-            scratch=flat.scratch)
+            flat.base_at(span),
+            [flat.input_at(i, span) for i in range(len(tensors))],
+            weight=weight,
+            normalize=normalize,
+            lambda_=lambda_,
+            thin=thin if planner else None,
+            elect_sign=elect_sign,
+            scratch=flat.scratch,
+        )
     return out
 
 
@@ -173,19 +206,43 @@ def make_method(
             return thinner(delta, density[i], rescale=rescale, **args)
 
         return merge_task_vectors(
-            base, tensors, weight=weight, normalize=normalize, lambda_=lambda_,
-            thin=thin if thinner else None, elect_sign=elect_sign,
+            base,
+            tensors,
+            weight=weight,
+            normalize=normalize,
+            lambda_=lambda_,
+            thin=thin if thinner else None,
+            elect_sign=elect_sign,
         )
 
     merge.__name__ = name
     merge.__doc__ = summary
     stream = None
     if thinner is None or thinner in PLANNERS:
-        def stream(base, tensors, *, compute, out_dtype, **params):
-            return stream_task_vectors(base, tensors, compute=compute, out_dtype=out_dtype, elect_sign=elect_sign,
-                                       planner=PLANNERS.get(thinner), **params)
 
-    return MethodSpec(name=name, merge=merge, params=params, summary=summary, paper=paper,
-                      base="required", min_inputs=1, random=random, stream=stream, version=version,
-                      rows=thinner is None and not elect_sign, light=thinner is None and not elect_sign,
-                      fused=stream is not None)
+        def stream(base, tensors, *, compute, out_dtype, **params):
+            return stream_task_vectors(
+                base,
+                tensors,
+                compute=compute,
+                out_dtype=out_dtype,
+                elect_sign=elect_sign,
+                planner=PLANNERS.get(thinner),
+                **params,
+            )
+
+    return MethodSpec(
+        name=name,
+        merge=merge,
+        params=params,
+        summary=summary,
+        paper=paper,
+        base="required",
+        min_inputs=1,
+        random=random,
+        stream=stream,
+        version=version,
+        rows=thinner is None and not elect_sign,
+        light=thinner is None and not elect_sign,
+        fused=stream is not None,
+    )

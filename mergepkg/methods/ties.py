@@ -18,5 +18,9 @@ SPEC = make_method(
     "ties",
     summary="Trim task vectors by magnitude, elect signs, merge the agreeing deltas.",
     paper="https://arxiv.org/abs/2306.01708",
-    normalize=True, rescale=False, elect_sign=True, thinner=sparsify.magnitude, version=2,
+    normalize=True,
+    rescale=False,
+    elect_sign=True,
+    thinner=sparsify.magnitude,
+    version=2,
 )

@@ -25,8 +25,10 @@ def _renamed(step: Step, name: str, rename, origin: Origin) -> Step:
         name=name,
         base=rename(step.base) if step.base else None,
         inputs=tuple(InputRef(rename(i.model), i.params) for i in step.inputs),
-        slices=tuple(Slice(tuple(SliceSource(rename(s.model), s.layers, s.params) for s in sl.sources), sl.params)
-                     for sl in step.slices),
+        slices=tuple(
+            Slice(tuple(SliceSource(rename(s.model), s.layers, s.params) for s in sl.sources), sl.params)
+            for sl in step.slices
+        ),
         tokenizer=_tokenizer(step, rename),
         tokens=tuple(replace(t, model=rename(t.model) if t.model else None) for t in step.tokens),
         moe=step.moe.renamed(rename) if step.moe else None,
@@ -59,12 +61,19 @@ def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind=None) -> Recipe:
     for name, src in imports.items():
         key = f"sources.{name}"
         if src.recipe in chain:
-            files = " -> ".join(str(p) for p in (*chain[chain.index(src.recipe):], src.recipe))
-            raise PlanError(f"recipes import each other: {files}", file=str(recipe.path), line=recipe.line_of(key), key=key)
+            files = " -> ".join(str(p) for p in (*chain[chain.index(src.recipe) :], src.recipe))
+            raise PlanError(
+                f"recipes import each other: {files}", file=str(recipe.path), line=recipe.line_of(key), key=key
+            )
         other = flatten(load_recipe(src.recipe), chain, bind)
         if src.step not in other.steps:
-            raise PlanError(f"{src.recipe.name} has no step {src.step!r}", file=str(recipe.path),
-                            line=recipe.line_of(f"{key}.step"), key=f"{key}.step", hint=did_you_mean(src.step, other.steps))
+            raise PlanError(
+                f"{src.recipe.name} has no step {src.step!r}",
+                file=str(recipe.path),
+                line=recipe.line_of(f"{key}.step"),
+                key=f"{key}.step",
+                hint=did_you_mean(src.step, other.steps),
+            )
         prefix = name + SEP
         for n, s in other.sources.items():
             sources[prefix + n] = replace(s, name=prefix + n)
@@ -80,6 +89,11 @@ def _unbound(recipe: Recipe) -> Recipe:
     for name, src in recipe.sources.items():
         if src.dependency:
             key = f"sources.{name}"
-            raise PlanError(f"dependency {src.dependency!r} is not resolved here", file=str(recipe.path),
-                            line=recipe.line_of(key), key=key, hint="this command needs the registry: run `mergepkg lock`")
+            raise PlanError(
+                f"dependency {src.dependency!r} is not resolved here",
+                file=str(recipe.path),
+                line=recipe.line_of(key),
+                key=key,
+                hint="this command needs the registry: run `mergepkg lock`",
+            )
     return recipe

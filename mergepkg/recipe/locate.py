@@ -92,7 +92,9 @@ def locate(text: str, key: str) -> int | None:
             found = _find_item(text, seg, pos, end)
         else:
             # a dotted key (`params.t = ...`) stands for two levels at once
-            dotted = i + 1 < len(rest) and isinstance(rest[i + 1], str) and _find_key(text, f"{seg}.{rest[i + 1]}", pos, end)
+            dotted = (
+                i + 1 < len(rest) and isinstance(rest[i + 1], str) and _find_key(text, f"{seg}.{rest[i + 1]}", pos, end)
+            )
             if dotted:
                 i += 1
             found = dotted or _find_key(text, seg, pos, end)

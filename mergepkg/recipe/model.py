@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar, Union
+from typing import TypeVar
 
 from mergepkg.errors import MergepkgError
 from mergepkg.recipe.locate import locate
 
-Scalar = Union[float, int, bool]
+Scalar = float | int | bool
 Gradient = tuple  # tuple[float, ...]: interpolated linearly across a slice's layers
 
 
@@ -27,7 +27,7 @@ class Condition:
 
 
 # A parameter setting: a scalar, a gradient, or conditions (first match wins).
-Setting = Union[Scalar, Gradient, tuple]  # the last: tuple[Condition, ...]
+Setting = Scalar | Gradient | tuple  # the last: tuple[Condition, ...]
 Params = Mapping[str, Setting]
 
 
@@ -121,8 +121,11 @@ class MoE:
         def one(e: Expert) -> Expert:
             return replace(e, model=rename(e.model))
 
-        return replace(self, experts=tuple(one(e) for e in self.experts),
-                       shared_expert=one(self.shared_expert) if self.shared_expert else None)
+        return replace(
+            self,
+            experts=tuple(one(e) for e in self.experts),
+            shared_expert=one(self.shared_expert) if self.shared_expert else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,20 @@ EXPERT_KEYS = ("model", "prompts", "negative_prompts", "allow_base_expert")
 def moe_step(p: TableReader, name: str, table: dict) -> Step:
     """`p` reads the recipe (located errors, reference checks)."""
     key = f"steps.{name}"
-    for k, hint in (("inputs", "an moe step lists its models under `experts`"),
-                    ("slices", "an moe step lists its models under `experts`"),
-                    ("tokenizer", "an moe step's output gets its base's tokenizer; remove `tokenizer`")):
+    for k, hint in (
+        ("inputs", "an moe step lists its models under `experts`"),
+        ("slices", "an moe step lists its models under `experts`"),
+        ("tokenizer", "an moe step's output gets its base's tokenizer; remove `tokenizer`"),
+    ):
         if k in table:
             raise p.error(f"{key}.{k}", f"method 'moe' takes no `{k}`", hint)
     p.only_keys(table, STEP_KEYS, key)
     if "base" not in table:
-        raise p.error(key, "method 'moe' needs a base model",
-                      'add base = "<source or step>": attention, norms and embeddings come from it')
+        raise p.error(
+            key,
+            "method 'moe' needs a base model",
+            'add base = "<source or step>": attention, norms and embeddings come from it',
+        )
     base = p.model_ref(table["base"], f"{key}.base")
     if base == name:
         raise p.error(f"{key}.base", f"step {name!r} cannot take itself as base")
@@ -41,33 +46,45 @@ def moe_step(p: TableReader, name: str, table: dict) -> Step:
     for k, value in params.items():
         param = SPEC.param(k)
         if param is None:
-            raise p.error(f"{key}.params.{k}", f"method 'moe' has no parameter {k!r}",
-                          did_you_mean(k, [q.name for q in SPEC.params]))
+            raise p.error(
+                f"{key}.params.{k}",
+                f"method 'moe' has no parameter {k!r}",
+                did_you_mean(k, [q.name for q in SPEC.params]),
+            )
         if (problem := param.problem(value)) is not None:
             hint = did_you_mean(str(value), GATE_MODES) if k == "gate_mode" else None
             raise p.error(f"{key}.params.{k}", problem, hint)
     gate_mode = params.get("gate_mode", "hidden")
     per_token = params.get("experts_per_token", 2)
 
-    raw = p.expect(table.get("experts"), list, f"{key}.experts",
-                   'a list of experts, e.g. [{ model = "math", prompts = ["solve"] }, ...]')
+    raw = p.expect(
+        table.get("experts"),
+        list,
+        f"{key}.experts",
+        'a list of experts, e.g. [{ model = "math", prompts = ["solve"] }, ...]',
+    )
     if not raw:
         raise p.error(f"{key}.experts", "expected at least one expert")
     experts = tuple(_expert(p, v, name, f"{key}.experts[{i}]", base, gate_mode) for i, v in enumerate(raw))
     if len(experts) < per_token:
         where = f"{key}.params.experts_per_token" if "experts_per_token" in params else f"{key}.experts"
-        raise p.error(where, f"experts_per_token is {per_token} but the step has {len(experts)} expert(s)",
-                      f"list at least {per_token} experts, or set params.experts_per_token = {len(experts)}")
+        raise p.error(
+            where,
+            f"experts_per_token is {per_token} but the step has {len(experts)} expert(s)",
+            f"list at least {per_token} experts, or set params.experts_per_token = {len(experts)}",
+        )
     if gate_mode in PROMPTED:
         seen: dict[tuple, int] = {}
         for i, e in enumerate(experts):
             prompts = (tuple(sorted(e.prompts)), tuple(sorted(e.negative_prompts)))
             if prompts in seen:
                 j = seen[prompts]
-                raise p.error(f"{key}.experts[{i}].prompts",
-                              f"expert {i} ({e.model!r}) has the same prompts as expert {j} ({experts[j].model!r}): "
-                              "their router rows would be equal and neither would ever be preferred",
-                              "give each expert prompts for what should be routed to it")
+                raise p.error(
+                    f"{key}.experts[{i}].prompts",
+                    f"expert {i} ({e.model!r}) has the same prompts as expert {j} ({experts[j].model!r}): "
+                    "their router rows would be equal and neither would ever be preferred",
+                    "give each expert prompts for what should be routed to it",
+                )
             seen[prompts] = i
     shared = None
     if "shared_expert" in table:
@@ -79,7 +96,9 @@ def moe_step(p: TableReader, name: str, table: dict) -> Step:
     return Step(name=name, method=SPEC.name, base=base, dtype=dtype, out_dtype=out_dtype, moe=moe)
 
 
-def _expert(p: TableReader, value: Any, step: str, key: str, base: str, gate_mode: str, *, shared: bool = False) -> Expert:
+def _expert(
+    p: TableReader, value: Any, step: str, key: str, base: str, gate_mode: str, *, shared: bool = False
+) -> Expert:
     what = '{ model = "<name>", prompts = ["..."] }'
     if isinstance(value, str):
         value = {"model": value}
@@ -94,9 +113,12 @@ def _expert(p: TableReader, value: Any, step: str, key: str, base: str, gate_mod
     prompts = _prompts(p, value.get("prompts", []), f"{key}.prompts")
     negative = _prompts(p, value.get("negative_prompts", []), f"{key}.negative_prompts")
     if gate_mode in PROMPTED and not prompts:
-        raise p.error(key, f"gate_mode {gate_mode!r} needs prompts for every expert",
-                      'add prompts = ["..."]: examples of what should be routed to this expert '
-                      '(or set params.gate_mode = "random")')
+        raise p.error(
+            key,
+            f"gate_mode {gate_mode!r} needs prompts for every expert",
+            'add prompts = ["..."]: examples of what should be routed to this expert '
+            '(or set params.gate_mode = "random")',
+        )
     allow = value.get("allow_base_expert", False)
     if not isinstance(allow, bool):
         raise p.error(f"{key}.allow_base_expert", f"expected true or false, got {allow!r}")

@@ -30,8 +30,10 @@ def canonical_name(name: str) -> str:
     leaves the folder it names a file in."""
     parts = name.split("/") if isinstance(name, str) else [None]
     if len(parts) > 2 or not all(isinstance(p, str) and PACKAGE_PART.fullmatch(p) for p in parts):
-        raise InvalidName(f"invalid package name {name!r}",
-                          hint="names are lowercase [a-z0-9][a-z0-9_-]{0,63}, optionally under a namespace: team/name")
+        raise InvalidName(
+            f"invalid package name {name!r}",
+            hint="names are lowercase [a-z0-9][a-z0-9_-]{0,63}, optionally under a namespace: team/name",
+        )
     return "/".join(p.replace("_", "-") for p in parts)
 
 

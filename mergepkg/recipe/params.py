@@ -21,7 +21,9 @@ def param_table(r: TableReader, table: dict, spec: MethodSpec, key: str, *, per_
         allowed = [q.name for q in spec.params if q.per_input or not per_input]
         if param is None or name not in allowed:
             hint = did_you_mean(name, allowed) if param is None else f"{name!r} is set once per step, in params"
-            raise r.error(pkey, f"method {spec.name!r} has no {'per-input ' if per_input else ''}parameter {name!r}", hint)
+            raise r.error(
+                pkey, f"method {spec.name!r} has no {'per-input ' if per_input else ''}parameter {name!r}", hint
+            )
         out[name] = setting(r, value, param, pkey)
     return out
 
@@ -40,8 +42,12 @@ def setting(r: TableReader, value: Any, param: Param, key: str) -> Setting:
             flt = cond.get("filter")
             if flt is not None:
                 r.expect(flt, str, f"{ckey}.filter", "a substring of tensor names")
-            conds.append(Condition(filter=None if flt in (None, "*") else flt,
-                                   value=scalar_or_gradient(r, cond["value"], param, f"{ckey}.value")))
+            conds.append(
+                Condition(
+                    filter=None if flt in (None, "*") else flt,
+                    value=scalar_or_gradient(r, cond["value"], param, f"{ckey}.value"),
+                )
+            )
         return tuple(conds)
     return scalar_or_gradient(r, value, param, key)
 
@@ -49,7 +55,9 @@ def setting(r: TableReader, value: Any, param: Param, key: str) -> Setting:
 def scalar_or_gradient(r: TableReader, value: Any, param: Param, key: str) -> Any:
     if isinstance(value, list):
         if not value or param.kind is bool:
-            raise r.error(key, f"expected {param.range_text}" + ("" if param.kind is bool else " or a non-empty gradient list"))
+            raise r.error(
+                key, f"expected {param.range_text}" + ("" if param.kind is bool else " or a non-empty gradient list")
+            )
         for i, v in enumerate(value):
             if (problem := param.problem(v)) is not None:
                 raise r.error(f"{key}[{i}]", problem)

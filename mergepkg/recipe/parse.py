@@ -62,7 +62,7 @@ class _Parser(TableReader):
         package = self.expect(data.get("package"), dict, "package", "a [package] table with name and version")
         self.only_keys(package, ("name", "version", "description", "tags", "outputs", "seed"), "package")
         name = self.expect(package.get("name"), str, "package.name", "a string")
-        version = self.expect(package.get("version"), str, "package.version", "a version string like \"0.1.0\"")
+        version = self.expect(package.get("version"), str, "package.version", 'a version string like "0.1.0"')
         seed = self.expect(package.get("seed", 0), int, "package.seed", "an integer")
         description = self.expect(package.get("description", ""), str, "package.description", "a string")
         tags = self.expect(package.get("tags", []), list, "package.tags", "a list of strings")
@@ -72,11 +72,16 @@ class _Parser(TableReader):
         for n, v in self.expect(data.get("dependencies", {}), dict, "dependencies", "a table").items():
             dep = self.dependency(n, v)
             if dep.name == name.replace("_", "-"):
-                raise self.error(f"dependencies.{n}", f"the recipe {name!r} depends on itself",
-                                 "use its steps directly: they are in this file")
+                raise self.error(
+                    f"dependencies.{n}",
+                    f"the recipe {name!r} depends on itself",
+                    "use its steps directly: they are in this file",
+                )
             self.dependencies[dep.name] = dep
 
-        sources = {n: self.source(n, v) for n, v in self.expect(data.get("sources", {}), dict, "sources", "a table").items()}
+        sources = {
+            n: self.source(n, v) for n, v in self.expect(data.get("sources", {}), dict, "sources", "a table").items()
+        }
         steps_table = self.expect(data.get("steps"), dict, "steps", "at least one [steps.NAME] table")
         if not steps_table:
             raise self.error("steps", "expected at least one [steps.NAME] table")
@@ -95,9 +100,19 @@ class _Parser(TableReader):
             for i, o in enumerate(outputs):
                 if o not in steps:
                     raise self.error(f"package.outputs[{i}]", f"no step named {o!r}", did_you_mean(str(o), steps))
-        return Recipe(name=name, version=version, path=self.path.resolve(), sources=sources, steps=steps,
-                      outputs=tuple(outputs), seed=seed, text=self.text, dependencies=self.dependencies,
-                      description=description, tags=tuple(tags))
+        return Recipe(
+            name=name,
+            version=version,
+            path=self.path.resolve(),
+            sources=sources,
+            steps=steps,
+            outputs=tuple(outputs),
+            seed=seed,
+            text=self.text,
+            dependencies=self.dependencies,
+            description=description,
+            tags=tuple(tags),
+        )
 
     # -- dependencies ------------------------------------------------------------
     def dependency(self, name: str, value: Any) -> Dependency:
@@ -107,18 +122,24 @@ class _Parser(TableReader):
         except InvalidName as e:
             raise self.error(key, e.message, e.hint) from None
         if canon in self.dependencies:
-            raise self.error(key, f"{name!r} names the same package as another dependency",
-                             "`-` and `_` are the same in package names")
+            raise self.error(
+                key,
+                f"{name!r} names the same package as another dependency",
+                "`-` and `_` are the same in package names",
+            )
         if isinstance(value, str):
             value = {"version": value}
         self.expect(value, dict, key, 'a version range like "^1.2" or { version = "^1.2", registry = "team" }')
         self.only_keys(value, ("version", "registry"), key)
-        rng = self.expect(value.get("version"), str, f"{key}.version" if "version" in value else key,
-                          'a version range like "^1.2"')
+        rng = self.expect(
+            value.get("version"), str, f"{key}.version" if "version" in value else key, 'a version range like "^1.2"'
+        )
         try:
             Range.parse(rng)
         except VersionError as e:
-            raise self.error(f"{key}.version" if len(value) > 1 else key, str(e), "see docs/registry.md#ranges") from None
+            raise self.error(
+                f"{key}.version" if len(value) > 1 else key, str(e), "see docs/registry.md#ranges"
+            ) from None
         registry = value.get("registry")
         if registry is not None:
             self.expect(registry, str, f"{key}.registry", "the name of a configured registry")
@@ -128,14 +149,22 @@ class _Parser(TableReader):
     def source(self, name: str, table: Any) -> Source:
         key = f"sources.{name}"
         self.check_name(name, key)
-        self.expect(table, dict, key, '{ hf = "org/name" }, { path = "./folder" }, { recipe = "x.toml", step = "s" } '
-                                      'or { dependency = "name", step = "s" }')
+        self.expect(
+            table,
+            dict,
+            key,
+            '{ hf = "org/name" }, { path = "./folder" }, { recipe = "x.toml", step = "s" } '
+            'or { dependency = "name", step = "s" }',
+        )
         self.only_keys(table, ("hf", "revision", "path", "recipe", "dependency", "step"), key)
         kinds = [k for k in ("hf", "path", "recipe", "dependency") if k in table]
         if len(kinds) != 1:
-            raise self.error(key, "expected exactly one of `hf`, `path`, `recipe` or `dependency`",
-                             'e.g. { hf = "org/name", revision = "main" }, { path = "./models/x" }, '
-                             '{ recipe = "../other.toml", step = "merged" }, { dependency = "pkg", step = "merged" }')
+            raise self.error(
+                key,
+                "expected exactly one of `hf`, `path`, `recipe` or `dependency`",
+                'e.g. { hf = "org/name", revision = "main" }, { path = "./models/x" }, '
+                '{ recipe = "../other.toml", step = "merged" }, { dependency = "pkg", step = "merged" }',
+            )
         allowed = {"hf": "revision", "recipe": "step", "dependency": "step", "path": None}[kinds[0]]
         for extra in ("revision", "step"):
             if extra in table and extra != allowed:
@@ -145,23 +174,34 @@ class _Parser(TableReader):
             step = self.expect(table.get("step"), str, f"{key}.step", "the name of a step in that recipe")
             canon = dep.replace("_", "-")
             if canon not in self.dependencies:
-                raise self.error(f"{key}.dependency", f"{dep!r} is not in [dependencies]",
-                                 did_you_mean(canon, self.dependencies) or f'add it: [dependencies] {dep} = "^1.0"')
+                raise self.error(
+                    f"{key}.dependency",
+                    f"{dep!r} is not in [dependencies]",
+                    did_you_mean(canon, self.dependencies) or f'add it: [dependencies] {dep} = "^1.0"',
+                )
             return Source(name=name, dependency=canon, step=step)
         if kinds[0] == "recipe":
             rel = self.expect(table["recipe"], str, f"{key}.recipe", "a recipe file path")
             step = self.expect(table.get("step"), str, f"{key}.step", "the name of a step in that recipe")
             other = (self.path.parent / rel).resolve()
             if not other.is_file():
-                raise self.error(f"{key}.recipe", f"recipe file not found: {other}",
-                                 "paths are relative to this recipe file", cls=SourceError)
+                raise self.error(
+                    f"{key}.recipe",
+                    f"recipe file not found: {other}",
+                    "paths are relative to this recipe file",
+                    cls=SourceError,
+                )
             return Source(name=name, recipe=other, step=step)
         if kinds[0] == "path":
             rel = self.expect(table["path"], str, f"{key}.path", "a folder path")
             folder = (self.path.parent / rel).resolve()
             if not folder.is_dir():
-                raise self.error(f"{key}.path", f"model folder not found: {folder}",
-                                 "paths are relative to the recipe file", cls=SourceError)
+                raise self.error(
+                    f"{key}.path",
+                    f"model folder not found: {folder}",
+                    "paths are relative to the recipe file",
+                    cls=SourceError,
+                )
             return Source(name=name, path=folder)
         repo = self.expect(table["hf"], str, f"{key}.hf", 'a repo id like "org/name"')
         if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo) or ".." in repo:
@@ -188,23 +228,42 @@ class _Parser(TableReader):
         if spec.base == "required" and base is None:
             raise self.error(key, f"method {spec.name!r} needs a base model", 'add base = "<source or step>"')
         if spec.base == "none" and base is not None:
-            raise self.error(f"{key}.base", f"method {spec.name!r} takes no base model",
-                             "remove `base` and list every model under `inputs`")
+            raise self.error(
+                f"{key}.base",
+                f"method {spec.name!r} takes no base model",
+                "remove `base` and list every model under `inputs`",
+            )
 
-        params = param_table(self, self.expect(table.get("params", {}), dict, f"{key}.params", "a table"), spec, f"{key}.params", per_input=False)
-        inputs = tuple(self.input(v, spec, f"{key}.inputs[{i}]") for i, v in
-                       enumerate(self.expect(table.get("inputs", []), list, f"{key}.inputs", "a list of inputs")))
-        slices = tuple(self.slice(v, spec, f"{key}.slices[{i}]") for i, v in
-                       enumerate(self.expect(table.get("slices", []), list, f"{key}.slices", "a list of slices")))
+        params = param_table(
+            self,
+            self.expect(table.get("params", {}), dict, f"{key}.params", "a table"),
+            spec,
+            f"{key}.params",
+            per_input=False,
+        )
+        inputs = tuple(
+            self.input(v, spec, f"{key}.inputs[{i}]")
+            for i, v in enumerate(self.expect(table.get("inputs", []), list, f"{key}.inputs", "a list of inputs"))
+        )
+        slices = tuple(
+            self.slice(v, spec, f"{key}.slices[{i}]")
+            for i, v in enumerate(self.expect(table.get("slices", []), list, f"{key}.slices", "a list of slices"))
+        )
         if bool(inputs) == bool(slices):
-            raise self.error(key, "expected either `inputs` or `slices`" + (", not both" if inputs else ""),
-                             "`inputs` merges whole models; `slices` merges ranges of layers")
+            raise self.error(
+                key,
+                "expected either `inputs` or `slices`" + (", not both" if inputs else ""),
+                "`inputs` merges whole models; `slices` merges ranges of layers",
+            )
         for i, ref in enumerate(inputs):
             if ref.model == name:
                 raise self.error(f"{key}.inputs[{i}]", f"step {name!r} cannot take itself as input")
             if ref.model == base:
-                raise self.error(f"{key}.inputs[{i}]", f"{base!r} is already the base",
-                                 "the base is merged implicitly; remove it from `inputs`")
+                raise self.error(
+                    f"{key}.inputs[{i}]",
+                    f"{base!r} is already the base",
+                    "the base is merged implicitly; remove it from `inputs`",
+                )
         if inputs:
             self.check_count(spec, len(inputs), f"{key}.inputs")
             for p in spec.params:
@@ -212,27 +271,46 @@ class _Parser(TableReader):
                     for i, ref in enumerate(inputs):
                         if p.name not in ref.params:
                             what = f"input {ref.model!r}" if p.per_input else "the step"
-                            raise self.error(f"{key}.inputs[{i}]" if p.per_input else f"{key}.params",
-                                             f"missing parameter {p.name!r} for {what}",
-                                             f"set it on the input or in [{key}.params]")
+                            raise self.error(
+                                f"{key}.inputs[{i}]" if p.per_input else f"{key}.params",
+                                f"missing parameter {p.name!r} for {what}",
+                                f"set it on the input or in [{key}.params]",
+                            )
         for si, sl in enumerate(slices):
             count = sum(1 for s in sl.sources if s.model != base)
             if spec.base == "required" and all(s.model != base for s in sl.sources):
-                raise self.error(f"{key}.slices[{si}].sources", f"method {spec.name!r} needs the base {base!r} among each slice's sources")
+                raise self.error(
+                    f"{key}.slices[{si}].sources",
+                    f"method {spec.name!r} needs the base {base!r} among each slice's sources",
+                )
             self.check_count(spec, count, f"{key}.slices[{si}].sources")
             for p in spec.params:
                 if p.required and p.name not in params and p.name not in sl.params:
                     for j, src in enumerate(sl.sources):
                         if (not p.per_input or src.model != base) and p.name not in src.params:
-                            raise self.error(f"{key}.slices[{si}].sources[{j}]", f"missing parameter {p.name!r}",
-                                             f"set it on the source, the slice, or in [{key}.params]")
+                            raise self.error(
+                                f"{key}.slices[{si}].sources[{j}]",
+                                f"missing parameter {p.name!r}",
+                                f"set it on the source, the slice, or in [{key}.params]",
+                            )
 
         dtype = self.dtype(table.get("dtype", "float32"), f"{key}.dtype")
         out_dtype = self.dtype(table["out_dtype"], f"{key}.out_dtype") if "out_dtype" in table else None
         models = Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices).models
         tokenizer, tokens, pad = tokenizer_setting(self, table.get("tokenizer"), f"{key}.tokenizer", models, base)
-        return Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices, params=params,
-                    dtype=dtype, out_dtype=out_dtype, tokenizer=tokenizer, tokens=tokens, pad_to_multiple_of=pad)
+        return Step(
+            name=name,
+            method=spec.name,
+            base=base,
+            inputs=inputs,
+            slices=slices,
+            params=params,
+            dtype=dtype,
+            out_dtype=out_dtype,
+            tokenizer=tokenizer,
+            tokens=tokens,
+            pad_to_multiple_of=pad,
+        )
 
     def check_count(self, spec: MethodSpec, count: int, key: str) -> None:
         if (problem := spec.count_problem(count)) is not None:
@@ -260,19 +338,38 @@ class _Parser(TableReader):
             self.expect(src, dict, skey, '{ model = "<name>", layers = [start, end] }')
             model = self.model_ref(src.get("model"), f"{skey}.model")
             layers = src.get("layers")
-            if (not isinstance(layers, list) or len(layers) != 2 or not all(type(x) is int for x in layers)
-                    or not 0 <= layers[0] < layers[1]):
+            if (
+                not isinstance(layers, list)
+                or len(layers) != 2
+                or not all(type(x) is int for x in layers)
+                or not 0 <= layers[0] < layers[1]
+            ):
                 raise self.error(f"{skey}.layers", f"expected [start, end) with 0 <= start < end, got {show(layers)}")
             params = {k: v for k, v in src.items() if k not in ("model", "layers")}
-            sources.append(SliceSource(model=model, layers=(layers[0], layers[1]),
-                                       params=param_table(self, params, spec, skey, per_input=True)))
+            sources.append(
+                SliceSource(
+                    model=model,
+                    layers=(layers[0], layers[1]),
+                    params=param_table(self, params, spec, skey, per_input=True),
+                )
+            )
         lengths = {s.layers[1] - s.layers[0] for s in sources}
         if len(lengths) > 1:
-            raise self.error(f"{key}.sources", f"sources of one slice must span the same number of layers, got {sorted(lengths)}")
-        params = param_table(self, self.expect(value.get("params", {}), dict, f"{key}.params", "a table"), spec, f"{key}.params", per_input=False)
+            raise self.error(
+                f"{key}.sources", f"sources of one slice must span the same number of layers, got {sorted(lengths)}"
+            )
+        params = param_table(
+            self,
+            self.expect(value.get("params", {}), dict, f"{key}.params", "a table"),
+            spec,
+            f"{key}.params",
+            per_input=False,
+        )
         return Slice(sources=tuple(sources), params=params)
 
     # -- parameter settings ---------------------------------------------------------
+
+
 def _line_from_message(message: str) -> int | None:
     m = re.search(r"line (\d+)", message)
     return int(m.group(1)) if m else None

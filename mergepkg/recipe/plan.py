@@ -22,7 +22,9 @@ class Plan:
     order: tuple[str, ...]  # every step needed for the outputs, dependencies first
 
     def sources_used(self) -> list[str]:
-        return [n for n in self.recipe.sources if n in self.graph and any(s in self.order for s in self.graph.successors(n))]
+        return [
+            n for n in self.recipe.sources if n in self.graph and any(s in self.order for s in self.graph.successors(n))
+        ]
 
 
 def make_plan(recipe: Recipe, targets: tuple[str, ...] | None = None) -> Plan:
@@ -40,15 +42,21 @@ def make_plan(recipe: Recipe, targets: tuple[str, ...] | None = None) -> Plan:
     if cycle:
         names = [u for u, _ in cycle]
         first = min(names, key=rank.__getitem__)  # start the message at the recipe's first step
-        names = names[names.index(first):] + names[: names.index(first)]
+        names = names[names.index(first) :] + names[: names.index(first)]
         key = f"steps.{names[0]}"
-        raise CycleError(names, file=str(recipe.path), line=recipe.line_of(key), key=key,
-                         hint="a step cannot depend, directly or not, on itself")
+        raise CycleError(
+            names,
+            file=str(recipe.path),
+            line=recipe.line_of(key),
+            key=key,
+            hint="a step cannot depend, directly or not, on itself",
+        )
     wanted = set()
     for target in targets or recipe.outputs:
         wanted |= nx.ancestors(graph, target) | {target}
-    order = tuple(n for n in nx.lexicographical_topological_sort(graph, key=rank.__getitem__)
-                  if n in wanted and n in recipe.steps)
+    order = tuple(
+        n for n in nx.lexicographical_topological_sort(graph, key=rank.__getitem__) if n in wanted and n in recipe.steps
+    )
     return Plan(recipe, graph, order)
 
 

@@ -28,8 +28,9 @@ class TableReader:
     def line_of(self, key: str) -> int | None:
         return locate(self.text, key)
 
-    def error(self, key: str, message: str, hint: str | None = None,
-              cls: type[MergepkgError] = RecipeError) -> MergepkgError:
+    def error(
+        self, key: str, message: str, hint: str | None = None, cls: type[MergepkgError] = RecipeError
+    ) -> MergepkgError:
         return cls(message, file=self.display, line=self.line_of(key), key=key or None, hint=hint)
 
     def expect(self, value: Any, kind: type[T], key: str, what: str) -> T:

@@ -10,8 +10,9 @@ from mergepkg.recipe.model import TokenSource
 from mergepkg.recipe.tables import TableReader, show
 
 
-def tokenizer_setting(r: TableReader, value: Any, key: str, models: tuple[str, ...], base: str | None
-                      ) -> tuple[str | None, tuple[TokenSource, ...], int | None]:
+def tokenizer_setting(
+    r: TableReader, value: Any, key: str, models: tuple[str, ...], base: str | None
+) -> tuple[str | None, tuple[TokenSource, ...], int | None]:
     """`tokenizer = "<source>"` or `{ source = ..., tokens = { "<tok>" = { source = ... } } }`
     -> (source, tokens, pad_to_multiple_of). The table's source defaults to "union", as mergekit's does."""
     if value is None:
@@ -42,8 +43,9 @@ def tokenizer_setting(r: TableReader, value: Any, key: str, models: tuple[str, .
     return value, tuple(tokens), pad
 
 
-def token_source(r: TableReader, token: str, src: Any, force: bool, key: str, models: tuple[str, ...],
-                 base: str | None) -> TokenSource:
+def token_source(
+    r: TableReader, token: str, src: Any, force: bool, key: str, models: tuple[str, ...], base: str | None
+) -> TokenSource:
     """`"<model>"`, mergekit's `{ kind = "zero" }` or `{ model = ..., token = ... | token_id = ... }`."""
     from_token = from_id = None
     if isinstance(src, dict):
@@ -51,13 +53,14 @@ def token_source(r: TableReader, token: str, src: Any, force: bool, key: str, mo
         kind = src.get("kind", "model_token")
         if kind == "zero":
             if len(src) > 1:
-                raise r.error(key, "a { kind = \"zero\" } source takes no other keys")
+                raise r.error(key, 'a { kind = "zero" } source takes no other keys')
             return TokenSource(token, None, force=force)
         if kind != "model_token":
             raise r.error(f"{key}.kind", f"unknown kind {kind!r}", 'expected "zero" or "model_token"')
         if ("token" in src) == ("token_id" in src):
-            raise r.error(key, "expected exactly one of `token` or `token_id`",
-                             'e.g. { model = "chat", token = "<|im_end|>" }')
+            raise r.error(
+                key, "expected exactly one of `token` or `token_id`", 'e.g. { model = "chat", token = "<|im_end|>" }'
+            )
         if "token" in src:
             from_token = r.expect(src["token"], str, f"{key}.token", "a token")
         elif type(src["token_id"]) is not int or src["token_id"] < 0:

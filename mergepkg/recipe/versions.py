@@ -54,7 +54,7 @@ class Version:
     def _order(self):
         # a release sorts after its pre-releases; numeric identifiers before alphanumeric ones
         pre = tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in self.pre)
-        return (self.major, self.minor, self.patch, not self.pre and 1 or 0, pre)
+        return (self.major, self.minor, self.patch, (not self.pre and 1) or 0, pre)
 
     def __lt__(self, other: Version) -> bool:
         return self._order() < other._order()
@@ -74,8 +74,13 @@ class Comparator:
     version: Version
 
     def allows(self, v: Version) -> bool:
-        return {">=": v >= self.version, ">": v > self.version, "<=": v <= self.version,
-                "<": v < self.version, "=": v == self.version}[self.op]
+        return {
+            ">=": v >= self.version,
+            ">": v > self.version,
+            "<=": v <= self.version,
+            "<": v < self.version,
+            "=": v == self.version,
+        }[self.op]
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ class Range:
     @classmethod
     def parse(cls, text: str) -> Range:
         if not isinstance(text, str) or not text.strip():
-            raise VersionError(f"not a version range: {text!r} (expected e.g. \"^1.2\", \">=1.0, <2.0\" or \"*\")")
+            raise VersionError(f'not a version range: {text!r} (expected e.g. "^1.2", ">=1.0, <2.0" or "*")')
         text = text.strip()
         if text == "*":
             return cls(text, ())
@@ -112,11 +117,11 @@ def _expand(part: str, whole: str) -> list[Comparator]:
     m = COMPARATOR.fullmatch(part)
     p = PARTIAL.fullmatch(m[2].strip()) if m else None
     if not p:
-        raise VersionError(f"not a version range: {whole!r} (expected e.g. \"^1.2\", \">=1.0, <2.0\" or \"*\")")
+        raise VersionError(f'not a version range: {whole!r} (expected e.g. "^1.2", ">=1.0, <2.0" or "*")')
     op = m[1] or "^"
     parts = [int(x) for x in p.group(1, 2, 3) if x is not None]
     pre = tuple(int(x) if x.isdigit() else x for x in p[4].split(".")) if p[4] else ()
-    low = Version(*(parts + [0, 0])[:3], pre)
+    low = Version(*[*parts, 0, 0][:3], pre)
     if op in (">=", ">", "<=", "<") and len(parts) == 3:
         return [Comparator(op, low)]
     if op in ("=", "~", "^", ">", "<="):  # ranges whose upper end depends on how many parts were given
@@ -151,7 +156,7 @@ def _bump(parts: list[int], fixed: int) -> Version:
     """The first version past every version whose first `fixed` parts equal these."""
     head = parts[:fixed]
     head[-1] += 1
-    return Version(*(head + [0, 0, 0])[:3], (0,))  # `-0`: below every pre-release of that version
+    return Version(*[*head, 0, 0, 0][:3], (0,))  # `-0`: below every pre-release of that version
 
 
 def newest(versions, rng: Range):

@@ -74,8 +74,9 @@ def configured(settings: Settings) -> list[Registry]:
     except FileNotFoundError:
         return []
     except tomllib.TOMLDecodeError as e:
-        raise RegistryError(f"cannot read the registry list: {e}", file=str(path),
-                            hint="fix or delete it, then `mergepkg registry add`") from None
+        raise RegistryError(
+            f"cannot read the registry list: {e}", file=str(path), hint="fix or delete it, then `mergepkg registry add`"
+        ) from None
     return [Registry(n, r["url"], r.get("token")) for n, r in data.get("registries", {}).items()]
 
 
@@ -89,8 +90,10 @@ def normalize_url(url: str) -> str:
         return url.rstrip("/")
     folder = Path(urllib.parse.urlparse(url).path if url.startswith("file://") else url).expanduser().resolve()
     if not (folder / "config.json").is_file():
-        raise RegistryError(f"not a registry folder (no config.json): {folder}",
-                            hint="create one with `mergepkg registry init DIR --name NAME`, or give an http(s) URL")
+        raise RegistryError(
+            f"not a registry folder (no config.json): {folder}",
+            hint="create one with `mergepkg registry init DIR --name NAME`, or give an http(s) URL",
+        )
     return str(folder)
 
 
@@ -112,9 +115,11 @@ class Client:
         for r in self.registries:
             if r.name == name:
                 return r
-        raise RegistryError(f"no registry named {name!r}",
-                            hint=did_you_mean(name, [r.name for r in self.registries])
-                            or "add it with `mergepkg registry add NAME URL`")
+        raise RegistryError(
+            f"no registry named {name!r}",
+            hint=did_you_mean(name, [r.name for r in self.registries])
+            or "add it with `mergepkg registry add NAME URL`",
+        )
 
     def by_url(self, url: str) -> Registry:
         return next((r for r in self.registries if r.url == url), Registry(url, url))
@@ -123,8 +128,9 @@ class Client:
         if name is not None:
             return [self.registry(name)]
         if not self.registries:
-            raise RegistryError("no registry is configured",
-                                hint="add one with `mergepkg registry add NAME URL_OR_PATH`")
+            raise RegistryError(
+                "no registry is configured", hint="add one with `mergepkg registry add NAME URL_OR_PATH`"
+            )
         return self.registries
 
     # -- files ---------------------------------------------------------------------
@@ -147,8 +153,9 @@ class Client:
         if kept is not None and ((immutable and kept.body is not None) or self.settings.registry_offline):
             return kept.body  # recipe files never change (checked by sha256 anyway)
         if self.settings.registry_offline:
-            raise Unreachable(f"{reg.name}: {path} was never fetched and --offline is set", file=reg.url,
-                              hint="run once online")
+            raise Unreachable(
+                f"{reg.name}: {path} was never fetched and --offline is set", file=reg.url, hint="run once online"
+            )
         request = urllib.request.Request(f"{reg.url}/{path}", headers={"User-Agent": "mergepkg"})
         if kept is not None and kept.etag:
             request.add_header("If-None-Match", kept.etag)
@@ -168,8 +175,11 @@ class Client:
             if kept is not None:
                 return kept.body  # offline: what was fetched before
             reason = getattr(e, "reason", e)
-            raise Unreachable(f"{reg.name}: cannot reach the registry ({reason})", file=reg.url,
-                              hint="check the URL with `mergepkg registry list`; nothing was fetched from it before") from None
+            raise Unreachable(
+                f"{reg.name}: cannot reach the registry ({reason})",
+                file=reg.url,
+                hint="check the URL with `mergepkg registry list`; nothing was fetched from it before",
+            ) from None
         _Kept(etag, body).write(kept_file)
         return body
 
@@ -189,8 +199,10 @@ class Client:
         if unreachable and len(unreachable) == len(self.ordered(registry)):
             raise unreachable[0]
         where = registry or ", ".join(r.name for r in self.registries)
-        raise RegistryError(f"no package named {name!r} in {where}",
-                            hint="; ".join(e.message for e in unreachable) or "`mergepkg search TEXT` lists packages")
+        raise RegistryError(
+            f"no package named {name!r} in {where}",
+            hint="; ".join(e.message for e in unreachable) or "`mergepkg search TEXT` lists packages",
+        )
 
     def packages(self, reg: Registry) -> dict[str, dict]:
         data = self.get(reg, "packages.json")
@@ -208,9 +220,12 @@ class Client:
         if data is None:
             raise RegistryError(f"{reg.name} lists {name}@{version} but has no {path}", file=reg.url)
         if hashlib.sha256(data).hexdigest() != sha256:
-            raise ChecksumMismatch(f"{name}@{version} from {reg.name} does not match its checksum "
-                                f"(sha256 {hashlib.sha256(data).hexdigest()[:16]}..., expected {sha256[:16]}...)",
-                                file=f"{reg.url}/{path}", hint="the file was changed after publishing; do not use it")
+            raise ChecksumMismatch(
+                f"{name}@{version} from {reg.name} does not match its checksum "
+                f"(sha256 {hashlib.sha256(data).hexdigest()[:16]}..., expected {sha256[:16]}...)",
+                file=f"{reg.url}/{path}",
+                hint="the file was changed after publishing; do not use it",
+            )
         return data
 
     # -- writes over HTTP --------------------------------------------------------------
@@ -219,8 +234,9 @@ class Client:
         headers = {"Content-Type": "application/json", "User-Agent": "mergepkg"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        request = urllib.request.Request(f"{reg.url}/api/v1/{action}", data=json.dumps(payload).encode(),
-                                         headers=headers, method="POST")
+        request = urllib.request.Request(
+            f"{reg.url}/api/v1/{action}", data=json.dumps(payload).encode(), headers=headers, method="POST"
+        )
         try:
             with _POST.open(request, timeout=TIMEOUT) as response:
                 return json.loads(response.read())
@@ -231,16 +247,20 @@ class Client:
                 body = {"error": f"{e.code} {e.reason}"}
             hint = body.get("hint")
             if e.code in (401, 403):  # what the publisher can do here, not what the server's host does
-                hint = (f"give {reg.name}'s token: `mergepkg registry add {reg.name} URL --token TOKEN` "
-                        f"or {token_variable(reg.name)}")
+                hint = (
+                    f"give {reg.name}'s token: `mergepkg registry add {reg.name} URL --token TOKEN` "
+                    f"or {token_variable(reg.name)}"
+                )
             if 300 <= e.code < 400:
                 body["error"] = f"redirected to {e.headers.get('Location')}; writes are not followed there"
                 hint = "add the registry under its final URL"
-            raise PublishError(f"{reg.name} refused: {body.get('error')}", status=e.code, file=reg.url,
-                               hint=hint) from None
+            raise PublishError(
+                f"{reg.name} refused: {body.get('error')}", status=e.code, file=reg.url, hint=hint
+            ) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
-            raise RegistryError(f"{reg.name}: no answer from the registry ({getattr(e, 'reason', e)})",
-                                file=reg.url) from None
+            raise RegistryError(
+                f"{reg.name}: no answer from the registry ({getattr(e, 'reason', e)})", file=reg.url
+            ) from None
 
 
 def token_variable(registry: str) -> str:

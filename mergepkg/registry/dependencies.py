@@ -35,8 +35,10 @@ class Dependencies:
         """`recipe` with each dependency source pointing at its package's installed file."""
         if not any(s.dependency for s in recipe.sources.values()):
             return recipe
-        sources = {n: replace(s, dependency=None, recipe=self.files[s.dependency]) if s.dependency else s
-                   for n, s in recipe.sources.items()}
+        sources = {
+            n: replace(s, dependency=None, recipe=self.files[s.dependency]) if s.dependency else s
+            for n, s in recipe.sources.items()
+        }
         return replace(recipe, sources=sources)
 
 
@@ -50,8 +52,10 @@ def install_pick(settings: Settings, pick: LockedDependency, client: Client, *, 
     if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == pick.sha256:
         return path
     if not download:
-        raise LockError(f"{pick.name}@{pick.version} is locked but not installed, and --frozen never downloads",
-                        hint="build once without --frozen, or `mergepkg install` it")
+        raise LockError(
+            f"{pick.name}@{pick.version} is locked but not installed, and --frozen never downloads",
+            hint="build once without --frozen, or `mergepkg install` it",
+        )
     write_atomic(path, _fetch(pick, client), mode=0o444)  # its content is its checksum: not for editing
     return path
 
@@ -70,14 +74,22 @@ def _fetch(pick: LockedDependency, client: Client) -> bytes:
             problems.append(e)
     mismatch = next((e for e in problems if isinstance(e, ChecksumMismatch)), None)
     raise mismatch or RegistryError(
-        f"no configured registry has {pick.name}@{pick.version} (sha256 {pick.sha256[:16]}...)", file=pick.registry,
+        f"no configured registry has {pick.name}@{pick.version} (sha256 {pick.sha256[:16]}...)",
+        file=pick.registry,
         hint="add the registry it was resolved from: `mergepkg registry add NAME URL`; tried: "
-             + "; ".join(e.message for e in problems))
+        + "; ".join(e.message for e in problems),
+    )
 
 
-def install_dependencies(recipe: Recipe, settings: Settings, *, locked: dict[str, LockedDependency] | None = None,
-                         mode: str = "update", upgrade: frozenset[str] = frozenset(),
-                         client: Client | None = None) -> Dependencies:
+def install_dependencies(
+    recipe: Recipe,
+    settings: Settings,
+    *,
+    locked: dict[str, LockedDependency] | None = None,
+    mode: str = "update",
+    upgrade: frozenset[str] = frozenset(),
+    client: Client | None = None,
+) -> Dependencies:
     """Pick (`pick.py`) and install every package `recipe` needs, directly or not."""
     deps = Dependencies()
     if not recipe.dependencies:

@@ -51,16 +51,26 @@ def make_entry(recipe: Recipe, data: bytes, lock_text: str | None = None, now: d
 
     sources = {n: f"{s.hf}@{pin(n, s)}" for n, s in sorted(recipe.sources.items()) if s.hf}
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return Entry(canonical_name(recipe.name), str(check_version(recipe.version)), hashlib.sha256(data).hexdigest(),
-                 tuple(recipe.dependencies.values()), sources, recipe.description, recipe.tags, False, stamp)
+    return Entry(
+        canonical_name(recipe.name),
+        str(check_version(recipe.version)),
+        hashlib.sha256(data).hexdigest(),
+        tuple(recipe.dependencies.values()),
+        sources,
+        recipe.description,
+        recipe.tags,
+        False,
+        stamp,
+    )
 
 
 def check_publishable(recipe: Recipe, data: bytes) -> None:
     """What every registry refuses, whoever publishes: names, versions, size (local
     sources are refused before parsing, by `parse_published`)."""
     if len(data) > MAX_RECIPE_BYTES:
-        raise PublishError(f"the recipe is {len(data)} bytes; the limit is {MAX_RECIPE_BYTES}", status=413,
-                           file=str(recipe.path))
+        raise PublishError(
+            f"the recipe is {len(data)} bytes; the limit is {MAX_RECIPE_BYTES}", status=413, file=str(recipe.path)
+        )
     canonical_name(recipe.name)
     check_version(recipe.version)
 
@@ -92,13 +102,19 @@ class RegistryFolder:
         try:
             config = json.loads(path.read_text())
         except FileNotFoundError:
-            raise RegistryError("not a registry folder (no config.json)", file=str(self.root),
-                                hint="create one with `mergepkg registry init DIR --name NAME`") from None
+            raise RegistryError(
+                "not a registry folder (no config.json)",
+                file=str(self.root),
+                hint="create one with `mergepkg registry init DIR --name NAME`",
+            ) from None
         except ValueError as e:
             raise RegistryError(f"config.json is not JSON: {e}", file=str(path)) from None
         if config.get("format") != FORMAT:
-            raise RegistryError(f"registry format {config.get('format')!r}; this mergepkg reads format {FORMAT}",
-                                file=str(path), hint="upgrade mergepkg")
+            raise RegistryError(
+                f"registry format {config.get('format')!r}; this mergepkg reads format {FORMAT}",
+                file=str(path),
+                hint="upgrade mergepkg",
+            )
         return config
 
     def entries(self, name: str) -> list[Entry]:
@@ -124,8 +140,11 @@ class RegistryFolder:
             if same is not None:
                 if same.sha256 == entry.sha256:
                     return same, False
-                raise PublishError(f"{entry.name}@{entry.version} is already published with other content",
-                                   status=409, hint="published versions are immutable: bump [package] version")
+                raise PublishError(
+                    f"{entry.name}@{entry.version} is already published with other content",
+                    status=409,
+                    hint="published versions are immutable: bump [package] version",
+                )
             _write(self.root / recipe_path(entry.name, entry.version), data)
             self._save(entry.name, [*entries, entry])
         return entry, True
@@ -136,8 +155,11 @@ class RegistryFolder:
         with self._lock():
             entries = self.entries(name)
             if not any(e.version == version for e in entries):
-                raise PublishError(f"{name}@{version} is not published here", status=404,
-                                   hint=f"published: {', '.join(e.version for e in entries) or 'no versions'}")
+                raise PublishError(
+                    f"{name}@{version} is not published here",
+                    status=404,
+                    hint=f"published: {', '.join(e.version for e in entries) or 'no versions'}",
+                )
             entries = with_yanked(entries, version, yanked)
             self._save(name, entries)
         return next(e for e in entries if e.version == version)
@@ -152,17 +174,25 @@ class RegistryFolder:
             entries = self.entries(dep.name)
             fits = [e for e in entries if not e.yanked and Range.parse(dep.range).allows(e.semver)]
             if not fits:
-                raise PublishError(f"depends on {dep.name} {dep.range}, and this registry has no such version",
-                                   file=str(recipe.path), line=recipe.line_of(key), key=key,
-                                   hint="published: " + (", ".join(e.version for e in entries) or "nothing"))
+                raise PublishError(
+                    f"depends on {dep.name} {dep.range}, and this registry has no such version",
+                    file=str(recipe.path),
+                    line=recipe.line_of(key),
+                    key=key,
+                    hint="published: " + (", ".join(e.version for e in entries) or "nothing"),
+                )
             best = max(fits, key=lambda e: e.semver)
             text = (self.root / recipe_path(dep.name, best.version)).read_text(encoding="utf-8")
             steps = parse_recipe(text, self.root / recipe_path(dep.name, best.version)).steps
             for name, src in recipe.sources.items():
                 if src.dependency == dep.name and src.step not in steps:
-                    raise PublishError(f"{dep.name}@{best.version} has no step {src.step!r}", file=str(recipe.path),
-                                       line=recipe.line_of(f"sources.{name}.step"), key=f"sources.{name}.step",
-                                       hint=did_you_mean(src.step, steps))
+                    raise PublishError(
+                        f"{dep.name}@{best.version} has no step {src.step!r}",
+                        file=str(recipe.path),
+                        line=recipe.line_of(f"sources.{name}.step"),
+                        key=f"sources.{name}.step",
+                        hint=did_you_mean(src.step, steps),
+                    )
 
     def _save(self, name: str, entries: list[Entry]) -> None:
         _write(self.root / index_path(name), write_index(entries).encode())
@@ -175,7 +205,6 @@ class RegistryFolder:
             packages = self._packages_from_index()  # damaged or missing: every package, from its index
         packages[name] = summary(entries)
         _write(path, json.dumps({"packages": dict(sorted(packages.items()))}, indent=1).encode() + b"\n")
-
 
     def _packages_from_index(self) -> dict:
         packages = {}
@@ -211,8 +240,12 @@ def _without_local_sources(text: str, label: str) -> str:
     local = [n for n, s in sources.items() if isinstance(s, dict) and ("path" in s or "recipe" in s)]
     if local:
         key = f"sources.{local[0]}"
-        raise PublishError("sources that only exist on the publisher's machine cannot be published: "
-                           + ", ".join(local), file=label, line=locate(text, key), key=key,
-                           hint="publish those models to the Hugging Face Hub (a `hf` source), or publish the other "
-                                "recipe and use it through [dependencies]")
+        raise PublishError(
+            "sources that only exist on the publisher's machine cannot be published: " + ", ".join(local),
+            file=label,
+            line=locate(text, key),
+            key=key,
+            hint="publish those models to the Hugging Face Hub (a `hf` source), or publish the other "
+            "recipe and use it through [dependencies]",
+        )
     return text

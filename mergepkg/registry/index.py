@@ -60,22 +60,35 @@ class Entry:
     def to_json(self) -> str:
         data = asdict(self)
         data["tags"] = list(self.tags)
-        data["dependencies"] = {d.name: {k: v for k, v in (("range", d.range), ("registry", d.registry)) if v}
-                                for d in sorted(self.dependencies, key=lambda d: d.name)}
+        data["dependencies"] = {
+            d.name: {k: v for k, v in (("range", d.range), ("registry", d.registry)) if v}
+            for d in sorted(self.dependencies, key=lambda d: d.name)
+        }
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str, where: str) -> Entry:
         try:
             data = json.loads(text)
-            deps = tuple(Dependency(canonical_name(n), d["range"], d.get("registry"))
-                         for n, d in data.get("dependencies", {}).items())
-            entry = cls(canonical_name(data["name"]), str(check_version(data["version"])), data["sha256"], deps,
-                        dict(data.get("sources", {})), data.get("description", ""), tuple(data.get("tags", ())),
-                        bool(data.get("yanked", False)), data.get("published", ""))
+            deps = tuple(
+                Dependency(canonical_name(n), d["range"], d.get("registry"))
+                for n, d in data.get("dependencies", {}).items()
+            )
+            entry = cls(
+                canonical_name(data["name"]),
+                str(check_version(data["version"])),
+                data["sha256"],
+                deps,
+                dict(data.get("sources", {})),
+                data.get("description", ""),
+                tuple(data.get("tags", ())),
+                bool(data.get("yanked", False)),
+                data.get("published", ""),
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise RegistryError(f"malformed index entry: {e}", file=where,
-                                hint="the registry's index is damaged; tell its maintainer") from None
+            raise RegistryError(
+                f"malformed index entry: {e}", file=where, hint="the registry's index is damaged; tell its maintainer"
+            ) from None
         if not re.fullmatch(r"[0-9a-f]{64}", entry.sha256):
             raise RegistryError(f"malformed index entry: sha256 {entry.sha256!r}", file=where)
         return entry
@@ -97,5 +110,9 @@ def summary(entries: list[Entry]) -> dict:
     """A package's line in packages.json: from its newest non-yanked version (else newest)."""
     live = [e for e in entries if not e.yanked] or entries
     latest = max(live, key=lambda e: e.semver)
-    return {"description": latest.description, "tags": list(latest.tags), "latest": latest.version,
-            "yanked": not any(not e.yanked for e in entries)}
+    return {
+        "description": latest.description,
+        "tags": list(latest.tags),
+        "latest": latest.version,
+        "yanked": not any(not e.yanked for e in entries),
+    }

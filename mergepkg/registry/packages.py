@@ -34,7 +34,9 @@ class Spec:
     def parse(cls, text: str) -> Spec:
         m = SPEC.match(text.strip())
         if not m:
-            raise InvalidName(f"expected NAME or NAME@RANGE, got {text!r}", hint='e.g. math-chat@^1.2 or "math-chat@>=1.0, <2"')
+            raise InvalidName(
+                f"expected NAME or NAME@RANGE, got {text!r}", hint='e.g. math-chat@^1.2 or "math-chat@>=1.0, <2"'
+            )
         try:
             rng = m["range"] or "*"
             Range.parse(rng)
@@ -69,16 +71,25 @@ def info(client: Client, spec: Spec, registry: str | None = None) -> tuple[Regis
     rng = Range.parse(spec.range)
     shown = [e for e in entries if spec.range == "*" or rng.allows(e.semver)]
     if not shown:
-        raise RegistryError(f"no version of {spec.name} in {reg.name} matches {spec.range!r}",
-                            hint="published: " + ", ".join(e.version for e in entries))
+        raise RegistryError(
+            f"no version of {spec.name} in {reg.name} matches {spec.range!r}",
+            hint="published: " + ", ".join(e.version for e in entries),
+        )
     return reg, sorted(shown, key=lambda e: e.semver)
 
 
 def install(settings: Settings, spec: Spec, registry: str | None = None, client: Client | None = None) -> Dependencies:
     """Resolve `spec` (newest matching non-yanked version) and its dependencies; fetch,
     verify and store each recipe file. The same resolution a recipe's [dependencies] get."""
-    root = Recipe(name="install", version="0.0.0", path=Path("command line").resolve(), sources={}, steps={},
-                  outputs=(), dependencies={spec.name: Dependency(spec.name, spec.range, registry)})
+    root = Recipe(
+        name="install",
+        version="0.0.0",
+        path=Path("command line").resolve(),
+        sources={},
+        steps={},
+        outputs=(),
+        dependencies={spec.name: Dependency(spec.name, spec.range, registry)},
+    )
     return install_dependencies(root, settings, client=client or Client(settings))
 
 
@@ -106,7 +117,9 @@ def yank(settings: Settings, name: str, version: str, registry: str, undo: bool 
     reg = client.registry(registry)
     if reg.folder is not None:
         return reg, RegistryFolder(reg.folder).yank(name, version, not undo)
-    return reg, _entry(client.post(reg, "yank", {"name": canonical_name(name), "version": version, "yanked": not undo}), reg)
+    return reg, _entry(
+        client.post(reg, "yank", {"name": canonical_name(name), "version": version, "yanked": not undo}), reg
+    )
 
 
 def _entry(answer: dict, reg: Registry) -> Entry:

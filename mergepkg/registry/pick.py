@@ -53,8 +53,15 @@ class VersionPicker:
     """`client` reads indexes; `held_requires(locked)` gives a locked pick's dependencies
     (from its installed recipe file, so a frozen resolution reads no index)."""
 
-    def __init__(self, root: Recipe, client, locked: dict[str, LockedDependency], mode: str, upgrade: frozenset[str],
-                 held_requires: Callable[[LockedDependency], tuple[Dependency, ...]]):
+    def __init__(
+        self,
+        root: Recipe,
+        client,
+        locked: dict[str, LockedDependency],
+        mode: str,
+        upgrade: frozenset[str],
+        held_requires: Callable[[LockedDependency], tuple[Dependency, ...]],
+    ):
         self.root, self.client, self.locked, self.mode, self.upgrade = root, client, locked, mode, upgrade
         self.held_requires = held_requires
         self.steps = 0
@@ -71,8 +78,11 @@ class VersionPicker:
     def _search(self, picks: dict[str, Candidate]) -> dict[str, Candidate] | None:
         self.steps += 1
         if self.steps > MAX_STEPS:
-            raise RegistryError(f"dependency resolution gave up after {MAX_STEPS} tries", file=str(self.root.path),
-                                hint="narrow the version ranges in [dependencies]")
+            raise RegistryError(
+                f"dependency resolution gave up after {MAX_STEPS} tries",
+                file=str(self.root.path),
+                hint="narrow the version ranges in [dependencies]",
+            )
         reqs = self._requirements(picks)
         for pkg, cand in picks.items():
             if pkg in reqs and not cand.fits(reqs[pkg]):
@@ -116,8 +126,10 @@ class VersionPicker:
             out.append(Candidate(held, self.held_requires(held)))  # yanked or not: a lock keeps building
         if self.mode == "frozen":
             if not out:
-                raise LockError(f"dependency {pkg} ({reqs[0].dep.range}) is not in the lock as required",
-                                hint="run `mergepkg lock` to update the lock")
+                raise LockError(
+                    f"dependency {pkg} ({reqs[0].dep.range}) is not in the lock as required",
+                    hint="run `mergepkg lock` to update the lock",
+                )
             return out
         reg, entries = self._index(pkg, reqs)
         taken = {c.pick.version for c in out}
@@ -130,8 +142,10 @@ class VersionPicker:
         if pkg not in self._entries:
             names = {r.dep.registry for r in reqs if r.dep.registry}
             if len(names) > 1:
-                raise RegistryError(f"{pkg} is required from different registries: {', '.join(sorted(names))}",
-                                    hint="name one registry for it everywhere")
+                raise RegistryError(
+                    f"{pkg} is required from different registries: {', '.join(sorted(names))}",
+                    hint="name one registry for it everywhere",
+                )
             self._entries[pkg] = self.client.entries(pkg, next(iter(names), None))
         return self._entries[pkg]
 
@@ -143,8 +157,9 @@ class VersionPicker:
         published = f"published versions of {pkg}: " + versions_text(entries)
         for r in reqs:
             if not any(r.range.allows(e.semver) for e in live):
-                return RegistryError(f"no version of {pkg} in {reg.name} matches {r.dep.range!r} (required by {r.who})",
-                                     hint=published)
+                return RegistryError(
+                    f"no version of {pkg} in {reg.name} matches {r.dep.range!r} (required by {r.who})", hint=published
+                )
         for a, b in itertools.combinations(reqs, 2):
             if not any(a.range.allows(e.semver) and b.range.allows(e.semver) for e in live):
                 return DependencyConflict(pkg, (a.who, a.dep.range), (b.who, b.dep.range), hint=published)

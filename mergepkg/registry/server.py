@@ -29,9 +29,21 @@ from mergepkg.registry.folder import RegistryFolder, parse_published
 from mergepkg.registry.index import MAX_RECIPE_BYTES
 
 MAX_BODY = 2 * MAX_RECIPE_BYTES + 4096  # a recipe, its lock and the JSON around them
-STATUS = {200: "OK", 201: "Created", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
-          403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-          411: "Length Required", 413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+STATUS = {
+    200: "OK",
+    201: "Created",
+    304: "Not Modified",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class App:
@@ -44,7 +56,7 @@ class App:
         if path.startswith("/api/v1/"):
             if method != "POST":
                 return _json(start_response, 405, {"error": "use POST"})
-            status, body = self.write(path[len("/api/v1/"):], environ)
+            status, body = self.write(path[len("/api/v1/") :], environ)
             return _json(start_response, status, body)
         if method not in ("GET", "HEAD"):
             return _json(start_response, 405, {"error": "the index is read-only; writes go to /api/v1/"})
@@ -67,10 +79,17 @@ class App:
         if wanted.strip() == "*" or etag in [t.strip() for t in wanted.split(",")]:
             start_response("304 Not Modified", [("ETag", etag)])
             return [b""]
-        kind = "application/json" if file.suffix in (".json", ".jsonl") else \
-            "application/toml" if file.suffix == ".toml" else mimetypes.guess_type(file.name)[0] or "text/plain"
-        start_response("200 OK", [("Content-Type", kind), ("Content-Length", str(len(data))), ("ETag", etag),
-                                  ("Cache-Control", "no-cache")])  # revalidate each time: cheap with ETag
+        kind = (
+            "application/json"
+            if file.suffix in (".json", ".jsonl")
+            else "application/toml"
+            if file.suffix == ".toml"
+            else mimetypes.guess_type(file.name)[0] or "text/plain"
+        )
+        start_response(
+            "200 OK",
+            [("Content-Type", kind), ("Content-Length", str(len(data))), ("ETag", etag), ("Cache-Control", "no-cache")],
+        )  # revalidate each time: cheap with ETag
         return [b"" if head else data]
 
     # -- writes --------------------------------------------------------------------
@@ -79,7 +98,10 @@ class App:
             return 404, {"error": f"no action {action!r}; expected publish or yank"}
         auth = environ.get("HTTP_AUTHORIZATION", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
-            return 401, {"error": "a bearer token is required", "hint": "create one with `mergepkg registry token create`"}
+            return 401, {
+                "error": "a bearer token is required",
+                "hint": "create one with `mergepkg registry token create`",
+            }
         try:
             who = tokens.holder(self.folder.root, auth[7:].strip())
         except MergepkgError as e:
@@ -128,8 +150,9 @@ class App:
 
 def _json(start_response, status: int, body: dict):
     data = (json.dumps({k: v for k, v in body.items() if v is not None}) + "\n").encode()
-    start_response(f"{status} {STATUS.get(status, '')}", [("Content-Type", "application/json"),
-                                                          ("Content-Length", str(len(data)))])
+    start_response(
+        f"{status} {STATUS.get(status, '')}", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    )
     return [data]
 
 
@@ -137,5 +160,6 @@ def make_server(root: Path, host: str = "127.0.0.1", port: int = 8780, threads: 
     """A waitress server for `root` (call `.run()`; port 0 picks a free one: `.effective_port`)."""
     from waitress import create_server
 
-    return create_server(App(root), host=host, port=port, threads=threads, ident="mergepkg-registry",
-                         max_request_body_size=4 * MAX_BODY)  # past ours: a JSON 413 below that
+    return create_server(
+        App(root), host=host, port=port, threads=threads, ident="mergepkg-registry", max_request_body_size=4 * MAX_BODY
+    )  # past ours: a JSON 413 below that

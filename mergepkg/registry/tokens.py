@@ -46,16 +46,20 @@ def _save(root: Path, tokens: list[dict]) -> None:
 def create(root: Path, label: str) -> str:
     """A new token for `label` (who holds it); only its hash is stored."""
     if not (Path(root) / "config.json").is_file():
-        raise RegistryError("not a registry folder (no config.json)", file=str(root),
-                            hint="create one with `mergepkg registry init DIR --name NAME`")
+        raise RegistryError(
+            "not a registry folder (no config.json)",
+            file=str(root),
+            hint="create one with `mergepkg registry init DIR --name NAME`",
+        )
     token = PREFIX + secrets.token_urlsafe(32)
     path = _file(root)
     path.parent.mkdir(exist_ok=True)
     with FileLock(path.with_suffix(".lock")):
         tokens = load(root)
         if any(t["label"] == label for t in tokens):
-            raise RegistryError(f"a token labelled {label!r} exists", file=str(path),
-                                hint="revoke it first, or choose another --label")
+            raise RegistryError(
+                f"a token labelled {label!r} exists", file=str(path), hint="revoke it first, or choose another --label"
+            )
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         _save(root, [*tokens, {"label": label, "sha256": _digest(token), "created": stamp}])
     return token

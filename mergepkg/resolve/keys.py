@@ -99,16 +99,25 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
         entry["slices"] = [
             {
                 "params": {p.name: effective(p, [sl.params, step.params]) for p in shared},
-                "sources": [dict(model(s.model, s.params, [sl.params, step.params]), layers=list(s.layers))
-                            for s in sl.sources],
+                "sources": [
+                    dict(model(s.model, s.params, [sl.params, step.params]), layers=list(s.layers)) for s in sl.sources
+                ],
             }
             for sl in step.slices
         ]
     if step.pad_to_multiple_of:  # tokenizer settings join the entry only when set: older keys stay
         entry["pad_to_multiple_of"] = step.pad_to_multiple_of
     if step.tokens:
-        entry["tokens"] = [{"token": t.token, "source": refs[t.model] if t.model else "zero", "from_token": t.from_token,
-                            "from_id": t.from_id, "force": t.force} for t in sorted(step.tokens, key=lambda t: t.token)]
+        entry["tokens"] = [
+            {
+                "token": t.token,
+                "source": refs[t.model] if t.model else "zero",
+                "from_token": t.from_token,
+                "from_id": t.from_id,
+                "force": t.force,
+            }
+            for t in sorted(step.tokens, key=lambda t: t.token)
+        ]
     return entry
 
 
@@ -144,9 +153,17 @@ def check_experts(recipe: Recipe, step: Step, refs: Mapping[str, Any]) -> None:
         same = refs[e.model] == refs[step.base]
         if same and not e.allow_base_expert:
             alias = "" if e.model == step.base else f" ({step.base!r} under another name)"
-            raise written.error(RecipeError, f"{key}.model", f"expert {e.model!r} is the base model itself{alias}",
-                                "its MLP would be the base's own; if that is what you want, "
-                                "set allow_base_expert = true on this expert")
+            raise written.error(
+                RecipeError,
+                f"{key}.model",
+                f"expert {e.model!r} is the base model itself{alias}",
+                "its MLP would be the base's own; if that is what you want, "
+                "set allow_base_expert = true on this expert",
+            )
         if e.allow_base_expert and not same:
-            raise written.error(RecipeError, f"{key}.allow_base_expert",
-                                f"allow_base_expert is set but {e.model!r} is not the base", "remove allow_base_expert")
+            raise written.error(
+                RecipeError,
+                f"{key}.allow_base_expert",
+                f"allow_base_expert is set but {e.model!r} is not the base",
+                "remove allow_base_expert",
+            )

@@ -28,8 +28,7 @@ def lock_recipe(recipe: Recipe, session: Session, *, upgrade: frozenset[str] | N
     their newest commits and versions (empty: all of them); None holds what is locked."""
     path = lock_path(recipe)
     old = read_lock(path)
-    res = resolve(recipe, session, lock=old,
-                  upgrade=frozenset() if upgrade is None else (upgrade or frozenset([ALL])))
+    res = resolve(recipe, session, lock=old, upgrade=frozenset() if upgrade is None else (upgrade or frozenset([ALL])))
     digests = {}
     for name, key in res.keys.items():
         art = session.store.get(key)

@@ -37,6 +37,7 @@ from mergepkg.store.session import Session
 
 Mode = Literal["update", "locked", "frozen"]
 
+
 @dataclass
 class SourceState:
     folder: Path
@@ -55,8 +56,12 @@ class Resolution:
 
     def lock(self, digests: dict[str, str | None]) -> Lock:
         steps = {n: LockedStep(n, self.recipe.steps[n].method, self.keys[n], digests.get(n)) for n in self.plan.order}
-        return Lock(recipe_hash(self.recipe), {n: s.locked for n, s in self.sources.items()}, steps,
-                    dependencies=dict(self.dependencies))
+        return Lock(
+            recipe_hash(self.recipe),
+            {n: s.locked for n, s in self.sources.items()},
+            steps,
+            dependencies=dict(self.dependencies),
+        )
 
 
 def expand(recipe: Recipe, session: Session) -> Recipe:
@@ -67,22 +72,34 @@ def expand(recipe: Recipe, session: Session) -> Recipe:
     return flatten(recipe, bind=deps.bind)
 
 
-def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode: Mode = "update",
-            upgrade: frozenset[str] = frozenset(), seed: int | None = None,
-            targets: tuple[str, ...] | None = None) -> Resolution:
+def resolve(
+    recipe: Recipe,
+    session: Session,
+    *,
+    lock: Lock | None = None,
+    mode: Mode = "update",
+    upgrade: frozenset[str] = frozenset(),
+    seed: int | None = None,
+    targets: tuple[str, ...] | None = None,
+) -> Resolution:
     settings = session.settings
     indirect = set(lock.dependencies) if lock else set()  # dependencies of dependencies
     unknown = sorted(upgrade - {ALL} - set(recipe.sources) - set(recipe.dependencies) - indirect)
     if unknown:
-        raise LockError(f"--upgrade: no source or dependency named {unknown[0]!r}", file=str(recipe.path),
-                        hint=did_you_mean(unknown[0], [*recipe.sources, *recipe.dependencies]))
+        raise LockError(
+            f"--upgrade: no source or dependency named {unknown[0]!r}",
+            file=str(recipe.path),
+            hint=did_you_mean(unknown[0], [*recipe.sources, *recipe.dependencies]),
+        )
     if mode == "frozen":
         if lock is None:
-            raise LockError("--frozen needs a lock file and there is none", file=str(recipe.path),
-                            hint="run `mergepkg lock` first")
+            raise LockError(
+                "--frozen needs a lock file and there is none", file=str(recipe.path), hint="run `mergepkg lock` first"
+            )
         settings = replace(settings, offline=True)  # never touch the network
-    deps = install_dependencies(recipe, settings, locked=lock.dependencies if lock else None, mode=mode,
-                                upgrade=upgrade)
+    deps = install_dependencies(
+        recipe, settings, locked=lock.dependencies if lock else None, mode=mode, upgrade=upgrade
+    )
     recipe = flatten(recipe, bind=deps.bind)
     plan = make_plan(recipe, targets)
     sources = {}
@@ -93,9 +110,13 @@ def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode:
         locked = lock.sources.get(name) if lock else None
         keep = locked is not None and locked.same_request(request) and not ({name, ALL} & upgrade)
         if mode == "frozen" and not keep:
-            raise LockError(f"source {name!r} is not in the lock as the recipe asks for it", file=str(recipe.path),
-                            line=recipe.line_of(f"sources.{name}"), key=f"sources.{name}",
-                            hint="run `mergepkg lock` to update the lock")
+            raise LockError(
+                f"source {name!r} is not in the lock as the recipe asks for it",
+                file=str(recipe.path),
+                line=recipe.line_of(f"sources.{name}"),
+                key=f"sources.{name}",
+                hint="run `mergepkg lock` to update the lock",
+            )
         try:
             fetched = fetch(src, settings, commit=locked.pin.commit if keep and src.hf else None)
             pin = pin_folder(fetched.folder, session.hashes, fetched.commit)
@@ -105,9 +126,13 @@ def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode:
                 e.hint = "--frozen never downloads: build once without --frozen to fetch the locked commit"
             raise
         if keep and src.hf and pin != locked.pin:
-            raise SourceError(f"files of {src.hf}@{pin.commit} differ from the lock (a damaged Hugging Face cache?)",
-                              file=str(recipe.path), line=recipe.line_of(f"sources.{name}"), key=f"sources.{name}",
-                              hint="delete that repo from the Hugging Face cache and build again")
+            raise SourceError(
+                f"files of {src.hf}@{pin.commit} differ from the lock (a damaged Hugging Face cache?)",
+                file=str(recipe.path),
+                line=recipe.line_of(f"sources.{name}"),
+                key=f"sources.{name}",
+                hint="delete that repo from the Hugging Face cache and build again",
+            )
         sources[name] = SourceState(fetched.folder, replace(request, pin=pin))
     refs: dict[str, str] = {n: s.locked.pin.ref for n, s in sources.items()}
     own_seed = recipe.seed if seed is None else seed
@@ -123,6 +148,9 @@ def resolve(recipe: Recipe, session: Session, *, lock: Lock | None = None, mode:
     if mode in ("locked", "frozen"):
         changes = differences(lock, res.lock({}))
         if changes:
-            raise LockError(f"{lock_path(recipe).name} is out of date: " + "; ".join(changes), file=str(lock_path(recipe)),
-                            hint="run `mergepkg lock` to update it (or build without --locked/--frozen)")
+            raise LockError(
+                f"{lock_path(recipe).name} is out of date: " + "; ".join(changes),
+                file=str(lock_path(recipe)),
+                hint="run `mergepkg lock` to update it (or build without --locked/--frozen)",
+            )
     return res

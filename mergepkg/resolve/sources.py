@@ -30,7 +30,9 @@ class Fetched:
 
 def pin_folder(folder: Path, hashes: HashCache, commit: str | None = None) -> Pin:
     if not (folder / "config.json").is_file():
-        raise SourceError(f"model folder has no config.json: {folder}", hint="a source must be a Hugging Face model folder")
+        raise SourceError(
+            f"model folder has no config.json: {folder}", hint="a source must be a Hugging Face model folder"
+        )
     records = []
     for name in used_files(folder):
         size, digest = hashes.sha256(folder / name)
@@ -81,10 +83,12 @@ def _fetch_hf(source: Source, settings: Settings, commit: str | None) -> Fetched
             hint="run once online (unset HF_HUB_OFFLINE, drop --offline) to download it",
         ) from e
     except RepositoryNotFoundError as e:
-        raise SourceError(f"no such model on the Hugging Face Hub: {repo}",
-                          hint="check the name; private repos need `hf auth login`") from e
+        raise SourceError(
+            f"no such model on the Hugging Face Hub: {repo}", hint="check the name; private repos need `hf auth login`"
+        ) from e
     except RevisionNotFoundError as e:
         raise SourceError(f"{repo} has no revision {rev!r}", hint="use a branch, tag or commit sha") from e
     except (HfHubHTTPError, OSError) as e:
-        raise SourceError(f"cannot fetch {repo}@{rev}: {e}",
-                          hint="check the network, or set HF_HUB_OFFLINE=1 to use the cache") from e
+        raise SourceError(
+            f"cannot fetch {repo}@{rev}: {e}", hint="check the network, or set HF_HUB_OFFLINE=1 to use the cache"
+        ) from e

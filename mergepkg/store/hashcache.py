@@ -28,8 +28,10 @@ class HashCache:
         self._db = sqlite3.connect(db, timeout=60, check_same_thread=False)
         self._lock = threading.Lock()
         with self._lock, self._db:
-            self._db.execute("CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER,"
-                             " mtime_ns INTEGER, inode INTEGER, sha256 TEXT)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER,"
+                " mtime_ns INTEGER, inode INTEGER, sha256 TEXT)"
+            )
         self.hashed = 0  # files actually read in this process (tests check no-op rebuilds)
 
     def sha256(self, path: Path) -> tuple[int, str]:
@@ -37,14 +39,18 @@ class HashCache:
         real = os.path.realpath(path)  # HF snapshots are symlinks into blobs/
         st = os.stat(real)
         with self._lock:
-            row = self._db.execute("SELECT size, mtime_ns, inode, sha256 FROM hashes WHERE path = ?", (real,)).fetchone()
+            row = self._db.execute(
+                "SELECT size, mtime_ns, inode, sha256 FROM hashes WHERE path = ?", (real,)
+            ).fetchone()
         if row and row[:3] == (st.st_size, st.st_mtime_ns, st.st_ino):
             return st.st_size, row[3]
         digest = sha256_file(Path(real))
         self.hashed += 1
         with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)",
-                             (real, st.st_size, st.st_mtime_ns, st.st_ino, digest))
+            self._db.execute(
+                "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)",
+                (real, st.st_size, st.st_mtime_ns, st.st_ino, digest),
+            )
         return st.st_size, digest
 
     def close(self):

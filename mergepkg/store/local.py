@@ -125,8 +125,10 @@ class Store:
         """The one artifact whose key starts with `prefix`; an error for none or several."""
         found = self.find(prefix) if prefix else []
         if len(found) != 1:
-            raise StoreError(f"{'no' if not found else len(found)} artifacts match key {prefix!r}",
-                             hint="see `mergepkg cache list`" if not found else "give more of the key")
+            raise StoreError(
+                f"{'no' if not found else len(found)} artifacts match key {prefix!r}",
+                hint="see `mergepkg cache list`" if not found else "give more of the key",
+            )
         return found[0]
 
     def lock(self, key: str) -> FileLock:
@@ -145,9 +147,13 @@ class Store:
             st = p.stat()
             files[p.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         manifest = {
-            "key": key, "entry": entry, "digest": digest, "files": files,
+            "key": key,
+            "entry": entry,
+            "digest": digest,
+            "files": files,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_seconds": round(seconds, 3), "mergepkg": __version__,
+            "build_seconds": round(seconds, 3),
+            "mergepkg": __version__,
         }
         tmp = folder / (MANIFEST + ".tmp")
         with open(tmp, "w") as f:
@@ -179,7 +185,9 @@ class Store:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise BuildError("a build is running in this store", hint="run `mergepkg cache gc` when it has finished") from None
+                raise BuildError(
+                    "a build is running in this store", hint="run `mergepkg cache gc` when it has finished"
+                ) from None
             try:
                 return self._gc(keep, dry_run)
             finally:

@@ -12,8 +12,9 @@ from mergepkg.errors import did_you_mean
 from mergepkg.importers.mergekit.documents import Doc
 from mergepkg.recipe.tables import TableReader
 
-LORA_HINT = ("merge the adapter into its model first (peft's merge_and_unload), save that folder "
-             "and name the folder instead")
+LORA_HINT = (
+    "merge the adapter into its model first (peft's merge_and_unload), save that folder and name the folder instead"
+)
 
 
 @dataclass
@@ -83,5 +84,7 @@ class Context(TableReader):
         close = did_you_mean(key, allowed)
         if close and close.startswith("did you mean"):
             return close
-        return "mergekit 0.1.5 ignores unknown keys; mergepkg import refuses them so that nothing is lost " \
-               "silently. Known here: " + ", ".join(allowed)
+        return (
+            "mergekit 0.1.5 ignores unknown keys; mergepkg import refuses them so that nothing is lost "
+            "silently. Known here: " + ", ".join(allowed)
+        )

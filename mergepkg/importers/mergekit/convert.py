@@ -36,8 +36,20 @@ from mergepkg.recipe.tables import DTYPES, show
 
 # merge_method values of mergekit 0.1.5 that mergepkg does not implement (for a clearer message)
 MERGEKIT_ONLY = ("multislerp", "karcher", "sce", "nearswap", "arcee_fusion", "ram", "ramplus_tl")
-TOP_KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
-            "tokenizer_source", "tokenizer", "chat_template", "modules", "name")
+TOP_KEYS = (
+    "merge_method",
+    "base_model",
+    "models",
+    "slices",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "tokenizer",
+    "chat_template",
+    "modules",
+    "name",
+)
 # mergekit-moe configs: a different tool and format
 MOE_KEYS = ("experts", "gate_mode", "experts_per_token", "shared_experts")
 
@@ -53,8 +65,9 @@ class ImportResult:
     recipe: Recipe | None = None  # the recipe as mergepkg parses it, when its folders exist
 
 
-def import_mergekit(text: str, path: Path, *, name: str | None = None, recipe_dir: Path | None = None,
-                    cwd: Path | None = None) -> str:
+def import_mergekit(
+    text: str, path: Path, *, name: str | None = None, recipe_dir: Path | None = None, cwd: Path | None = None
+) -> str:
     """The recipe TOML for the mergekit config `text` read from `path`.
 
     `name`: package name and the name of the final step (default: the config's stem).
@@ -65,8 +78,9 @@ def import_mergekit(text: str, path: Path, *, name: str | None = None, recipe_di
     return convert(text, path, name=name, recipe_dir=recipe_dir, cwd=cwd).text
 
 
-def convert(text: str, path: Path, *, name: str | None = None, recipe_dir: Path | None = None,
-            cwd: Path | None = None) -> ImportResult:
+def convert(
+    text: str, path: Path, *, name: str | None = None, recipe_dir: Path | None = None, cwd: Path | None = None
+) -> ImportResult:
     """As `import_mergekit`, with the notes and the parsed recipe."""
     path = Path(path)
     return _Importer(text, path, name=name, recipe_dir=recipe_dir, cwd=cwd).run()
@@ -89,28 +103,34 @@ def convert_file(config: Path, *, output: Path | None = None, name: str | None =
         try:
             write_atomic(output, result.text)
         except OSError as e:
-            raise RecipeError(f"cannot write the recipe: {e.strerror or e}", file=output,
-                              hint="choose another -o, in a folder you can write to") from None
+            raise RecipeError(
+                f"cannot write the recipe: {e.strerror or e}",
+                file=output,
+                hint="choose another -o, in a folder you can write to",
+            ) from None
     return result
 
 
 class _Importer:
-    def __init__(self, text: str, path: Path, *, name: str | None, recipe_dir: Path | None,
-                 cwd: Path | None) -> None:
+    def __init__(self, text: str, path: Path, *, name: str | None, recipe_dir: Path | None, cwd: Path | None) -> None:
         self.text, self.path = text, path
         self.name = name
         folder = recipe_dir if recipe_dir is not None else (path.parent if str(path.parent) else ".")
         self.recipe_dir = Path(folder).resolve()
         self.ctx = Context(text, path)
-        self.refs = Refs(self.ctx, recipe_dir=self.recipe_dir,
-                         cwd=Path(cwd if cwd is not None else os.getcwd()).resolve())
+        self.refs = Refs(
+            self.ctx, recipe_dir=self.recipe_dir, cwd=Path(cwd if cwd is not None else os.getcwd()).resolve()
+        )
 
     def run(self) -> ImportResult:
         ctx, refs = self.ctx, self.refs
         docs = [d for d in load_documents(self.text, ctx.display) if d.data is not None]
         if not docs:
-            raise RecipeError("the file holds no mergekit config", file=ctx.display,
-                              hint="expected keys like merge_method, models or slices, base_model")
+            raise RecipeError(
+                "the file holds no mergekit config",
+                file=ctx.display,
+                hint="expected keys like merge_method, models or slices, base_model",
+            )
         for d in docs:
             ctx.doc = d
             if not isinstance(d.data, dict):
@@ -147,14 +167,19 @@ class _Importer:
             if n is not None and n in names:
                 raise ctx.error("name", f"two documents are named {n!r}", "mergekit-multi needs unique names")
             if n is None and multi and None in names:
-                raise ctx.error("", "two documents have no `name`",
-                                "mergekit-multi allows one unnamed (final) merge; name the others")
+                raise ctx.error(
+                    "",
+                    "two documents have no `name`",
+                    "mergekit-multi allows one unnamed (final) merge; name the others",
+                )
             names.append(n)
         for n in names:
             if n is not None:
                 refs.step_of_doc_name[n] = refs.reserve(sanitize(n))
-        return [Step(name=refs.step_of_doc_name[n] if n is not None else refs.reserve(sanitize(default)), doc=d)
-                for d, n in zip(docs, names)]
+        return [
+            Step(name=refs.step_of_doc_name[n] if n is not None else refs.reserve(sanitize(default)), doc=d)
+            for d, n in zip(docs, names)
+        ]
 
     def check_cycles(self, steps: list[Step]) -> None:
         """Stages of a mergekit-multi file that read each other in a circle are an error."""
@@ -165,10 +190,11 @@ class _Importer:
             state[s.name] = 1
             for ref, key in s.refs.items():
                 if state.get(ref) == 1:
-                    cycle = [*trail[trail.index(ref):], s.name] if ref in trail else [s.name, ref]
+                    cycle = [*trail[trail.index(ref) :], s.name] if ref in trail else [s.name, ref]
                     self.ctx.doc = s.doc
-                    raise self.ctx.error(key, "merges refer to each other in a cycle: "
-                                         + " -> ".join(cycle + cycle[:1]))
+                    raise self.ctx.error(
+                        key, "merges refer to each other in a cycle: " + " -> ".join(cycle + cycle[:1])
+                    )
                 if ref not in state:
                     visit(by_name[ref], [*trail, s.name])
             state[s.name] = 2
@@ -183,40 +209,57 @@ class _Importer:
         data = step.doc.data
         if any(k in data for k in MOE_KEYS) and "merge_method" not in data:
             key = next(k for k in MOE_KEYS if k in data)
-            raise ctx.error(key, "this is a mergekit-moe config; mergepkg imports mergekit-yaml configs only",
-                            "write an `moe` step by hand instead (docs/moe.md)")
+            raise ctx.error(
+                key,
+                "this is a mergekit-moe config; mergepkg imports mergekit-yaml configs only",
+                "write an `moe` step by hand instead (docs/moe.md)",
+            )
         if "merge_method" not in data:
             raise ctx.error("", "missing `merge_method`", f"mergepkg supports: {SUPPORTED_TEXT}")
         method = data["merge_method"]
         if not isinstance(method, str) or method not in IMPORTABLE:
             shown = method if isinstance(method, str) else show(method)
-            message = (f"mergekit's {shown!r} method is not supported by mergepkg" if method in MERGEKIT_ONLY
-                       else f"unknown merge method {shown!r}")
-            hint = (did_you_mean(method, IMPORTABLE) if isinstance(method, str) and method not in MERGEKIT_ONLY
-                    else None)
+            message = (
+                f"mergekit's {shown!r} method is not supported by mergepkg"
+                if method in MERGEKIT_ONLY
+                else f"unknown merge method {shown!r}"
+            )
+            hint = did_you_mean(method, IMPORTABLE) if isinstance(method, str) and method not in MERGEKIT_ONLY else None
             hint = hint if hint and hint.startswith("did you mean") else None
-            raise ctx.error("merge_method", message,
-                            (hint + " " if hint else "") + f"mergepkg supports: {SUPPORTED_TEXT}")
+            raise ctx.error(
+                "merge_method", message, (hint + " " if hint else "") + f"mergepkg supports: {SUPPORTED_TEXT}"
+            )
         spec = METHODS[method]
         step.method = method
         for k in data:  # not ctx.only_keys: a top-level key may be no string, and `lora` is unknown here
             if k not in TOP_KEYS:
                 raise ctx.error(str(k), f"unknown key {k!r}", ctx.unknown_key_hint(str(k), TOP_KEYS))
         if data.get("modules") is not None:
-            raise ctx.error("modules", "`modules` (per-module merges of multi-module models) is not supported",
-                            "use `models` or `slices`")
+            raise ctx.error(
+                "modules",
+                "`modules` (per-module merges of multi-module models) is not supported",
+                "use `models` or `slices`",
+            )
         if data.get("tokenizer") is not None and data.get("tokenizer_source") is not None:
-            raise ctx.error("tokenizer", "both `tokenizer_source` and `tokenizer` are set",
-                            "mergekit refuses both; keep the `tokenizer` block")
+            raise ctx.error(
+                "tokenizer",
+                "both `tokenizer_source` and `tokenizer` are set",
+                "mergekit refuses both; keep the `tokenizer` block",
+            )
         if data.get("chat_template") is not None:
-            ctx.note("chat_template dropped: mergepkg copies the tokenizer files as they are; "
-                     "set the template on the output's tokenizer after the build", "chat_template")
+            ctx.note(
+                "chat_template dropped: mergepkg copies the tokenizer files as they are; "
+                "set the template on the output's tokenizer after the build",
+                "chat_template",
+            )
         # a single document's `name` (a one-stage mergekit-multi file) is ignored: the step is named after the output
         base = refs.model_ref(data["base_model"], "base_model") if data.get("base_model") is not None else None
         has_models, has_slices = data.get("models") is not None, data.get("slices") is not None
         if has_models == has_slices:
-            raise ctx.error("slices" if has_slices else "",
-                            "expected exactly one of `models` or `slices`" + (", not both" if has_models else ""))
+            raise ctx.error(
+                "slices" if has_slices else "",
+                "expected exactly one of `models` or `slices`" + (", not both" if has_models else ""),
+            )
         step.params = read_params(ctx, data.get("parameters"), spec, "parameters", level="step")
         if has_models:
             whole_models(ctx, refs, step, spec, data["models"], base)
@@ -225,12 +268,12 @@ class _Importer:
         step.dtype = self.dtype(data.get("dtype"), "dtype")
         step.out_dtype = self.dtype(data.get("out_dtype"), "out_dtype")
         if step.dtype is None:
-            ctx.note("no dtype: mergekit computes in the inputs' dtype, this recipe in float32 (mergepkg's default)",
-                     "dtype")
+            ctx.note(
+                "no dtype: mergekit computes in the inputs' dtype, this recipe in float32 (mergepkg's default)", "dtype"
+            )
         elif step.out_dtype is None:
             step.out_dtype = step.dtype
-            ctx.note("out_dtype = dtype, the dtype mergekit declares for its output when out_dtype is not set",
-                     "dtype")
+            ctx.note("out_dtype = dtype, the dtype mergekit declares for its output when out_dtype is not set", "dtype")
         tokenizer_source(ctx, refs, step, data.get("tokenizer_source"), base)
         tokenizer_block(ctx, refs, step, data.get("tokenizer"), base)
 
@@ -240,7 +283,7 @@ class _Importer:
             return None
         if not isinstance(value, str):
             raise self.ctx.error(key, f"expected a dtype name, got {show(value)}")
-        name = value[len("torch."):] if value.startswith("torch.") else value
+        name = value[len("torch.") :] if value.startswith("torch.") else value
         if name not in DTYPES:
             raise self.ctx.error(key, f"unsupported dtype {value!r}", "expected one of: " + ", ".join(DTYPES))
         return name
@@ -253,5 +296,8 @@ class _Importer:
         except SourceError as e:
             result.warnings.append(f"{e.key}: {e.message}" if e.key else e.message)
         except RecipeError as e:
-            raise RecipeError(f"the imported recipe does not parse: {e.key}: {e.message}", file=self.ctx.display,
-                              hint="this is a bug of `mergepkg import`; please report it with the config") from e
+            raise RecipeError(
+                f"the imported recipe does not parse: {e.key}: {e.message}",
+                file=self.ctx.display,
+                hint="this is a bug of `mergepkg import`; please report it with the config",
+            ) from e

@@ -34,8 +34,9 @@ def load_documents(text: str, display: str) -> list[Doc]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e)
-        raise RecipeError(f"invalid YAML: {problem}", file=display,
-                          line=mark.line + 1 if mark is not None else None) from None
+        raise RecipeError(
+            f"invalid YAML: {problem}", file=display, line=mark.line + 1 if mark is not None else None
+        ) from None
     finally:
         loader.dispose()
     return docs

@@ -24,8 +24,11 @@ def whole_models(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, entries
     for i, entry in enumerate(entries):
         key = f"models[{i}]"
         if isinstance(entry, str):
-            raise ctx.error(key, f"expected {{ model: {entry} }}, got a bare string",
-                            "mergekit reads each entry as a mapping with `model` (and `parameters`)")
+            raise ctx.error(
+                key,
+                f"expected {{ model: {entry} }}, got a bare string",
+                "mergekit reads each entry as a mapping with `model` (and `parameters`)",
+            )
         if not isinstance(entry, dict):
             raise ctx.error(key, f"expected {{ model: ..., parameters: ... }}, got {show(entry)}")
         ctx.only_keys(entry, MODEL_KEYS, key)
@@ -33,8 +36,11 @@ def whole_models(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, entries
             raise ctx.error(key, "missing `model`")
         name = refs.model_ref(entry["model"], f"{key}.model")
         if any(n == name for n, _, _ in items):
-            raise ctx.error(f"{key}.model", f"{entry['model']!r} is listed twice",
-                            "mergekit refuses duplicate inputs; list each model once")
+            raise ctx.error(
+                f"{key}.model",
+                f"{entry['model']!r} is listed twice",
+                "mergekit refuses duplicate inputs; list each model once",
+            )
         items.append((name, entry.get("parameters"), key))
     if spec.base == "none":
         if base is not None and all(n != base for n, _, _ in items):
@@ -44,13 +50,18 @@ def whole_models(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, entries
         if base is not None and items[0][0] != base:
             step.tokenizer = base  # mergekit copies the base model's tokenizer
         if spec.max_inputs is not None and len(items) > spec.max_inputs and base is not None:
-            raise ctx.error("base_model", f"method {spec.name!r} takes {spec.inputs_text} model, got {len(items)}",
-                            "mergekit merges base_model as one more input here; remove base_model")
+            raise ctx.error(
+                "base_model",
+                f"method {spec.name!r} takes {spec.inputs_text} model, got {len(items)}",
+                "mergekit merges base_model as one more input here; remove base_model",
+            )
     else:
         if spec.base == "required" and base is None:
-            raise ctx.error("base_model" if "base_model" in step.doc.data else "merge_method",
-                            f"method {spec.name!r} needs a base_model",
-                            "add base_model: <the model the others were tuned from>")
+            raise ctx.error(
+                "base_model" if "base_model" in step.doc.data else "merge_method",
+                f"method {spec.name!r} needs a base_model",
+                "add base_model: <the model the others were tuned from>",
+            )
         step.base = base
     for name, raw, key in items:
         is_base = spec.base != "none" and name == base
@@ -62,13 +73,18 @@ def whole_models(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, entries
         if not p.required:
             continue
         if not p.per_input and p.name not in step.params:
-            raise ctx.error("parameters", f"missing parameter {p.name!r}",
-                            _misplaced(step, p.name) or
-                            f"set {p.name} in the top-level parameters (mergekit would fail too)")
+            raise ctx.error(
+                "parameters",
+                f"missing parameter {p.name!r}",
+                _misplaced(step, p.name) or f"set {p.name} in the top-level parameters (mergekit would fail too)",
+            )
         for (name, _, key), inp in zip([it for it in items if spec.base == "none" or it[0] != base], step.inputs):
             if p.per_input and p.name not in inp and p.name not in step.params:
-                raise ctx.error(key, f"missing parameter {p.name!r} for {name!r}",
-                                "set it under this model's parameters or in the top-level parameters")
+                raise ctx.error(
+                    key,
+                    f"missing parameter {p.name!r} for {name!r}",
+                    "set it under this model's parameters or in the top-level parameters",
+                )
 
 
 def sliced(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, raw: Any, base: str | None) -> None:
@@ -80,8 +96,10 @@ def sliced(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, raw: Any, bas
             ctx.note(f"base_model dropped: mergekit does not use it for {spec.name} slices", "base_model")
     else:
         if spec.base == "required" and base is None:
-            raise ctx.error("base_model" if "base_model" in step.doc.data else "merge_method",
-                            f"method {spec.name!r} needs a base_model")
+            raise ctx.error(
+                "base_model" if "base_model" in step.doc.data else "merge_method",
+                f"method {spec.name!r} needs a base_model",
+            )
         step.base = base
     for si, sl in enumerate(raw):
         key = f"slices[{si}]"
@@ -91,8 +109,11 @@ def sliced(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, raw: Any, bas
         if sl.get("base_model") is not None:
             own = refs.model_ref(sl["base_model"], f"{key}.base_model")
             if own != base or spec.base == "none":
-                raise ctx.error(f"{key}.base_model", "a slice's own base_model is not supported",
-                                "use one base_model for the whole merge (split it into several merges otherwise)")
+                raise ctx.error(
+                    f"{key}.base_model",
+                    "a slice's own base_model is not supported",
+                    "use one base_model for the whole merge (split it into several merges otherwise)",
+                )
         if sl.get("residual_weight") is not None:
             ctx.note("residual_weight dropped: mergekit 0.1.5 reads it but never uses it", f"{key}.residual_weight")
         sources = sl.get("sources")
@@ -109,20 +130,29 @@ def sliced(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, raw: Any, bas
                 raise ctx.error(skey, "missing `model`")
             name = refs.model_ref(src["model"], f"{skey}.model")
             if any(s["model"] == name for s in out_sources):
-                raise ctx.error(f"{skey}.model", f"{src['model']!r} is listed twice in one slice",
-                                "mergekit refuses duplicate inputs")
+                raise ctx.error(
+                    f"{skey}.model",
+                    f"{src['model']!r} is listed twice in one slice",
+                    "mergekit refuses duplicate inputs",
+                )
             lr = src.get("layer_range")
-            if (not isinstance(lr, list) or len(lr) != 2 or not all(type(x) is int for x in lr)
-                    or not 0 <= lr[0] < lr[1]):
+            if (
+                not isinstance(lr, list)
+                or len(lr) != 2
+                or not all(type(x) is int for x in lr)
+                or not 0 <= lr[0] < lr[1]
+            ):
                 raise ctx.error(f"{skey}.layer_range", f"expected [start, end] with 0 <= start < end, got {show(lr)}")
             is_base = spec.base != "none" and name == base
-            params = read_params(ctx, src.get("parameters"), spec, f"{skey}.parameters",
-                                 level="base" if is_base else "input")
+            params = read_params(
+                ctx, src.get("parameters"), spec, f"{skey}.parameters", level="base" if is_base else "input"
+            )
             out_sources.append({"model": name, "layers": list(lr), **params})
             lengths.append(lr[1] - lr[0])
         if len(set(lengths)) > 1:
-            raise ctx.error(f"{key}.sources",
-                            f"sources of one slice must span the same number of layers, got {lengths}")
+            raise ctx.error(
+                f"{key}.sources", f"sources of one slice must span the same number of layers, got {lengths}"
+            )
         if step.base is not None and all(s["model"] != step.base for s in out_sources):
             raise ctx.error(f"{key}.sources", f"base_model must be among each slice's sources for {spec.name}")
         slice_params = read_params(ctx, sl.get("parameters"), spec, f"{key}.parameters", level="slice")
@@ -132,16 +162,26 @@ def sliced(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, raw: Any, bas
             if not p.required or p.name in step.params or p.name in slice_params:
                 continue
             if not p.per_input:
-                raise ctx.error(f"{key}", f"missing parameter {p.name!r}",
-                                _misplaced(step, p.name) or
-                                "set it in the slice's or the top-level parameters (mergekit would fail too)")
+                raise ctx.error(
+                    f"{key}",
+                    f"missing parameter {p.name!r}",
+                    _misplaced(step, p.name)
+                    or "set it in the slice's or the top-level parameters (mergekit would fail too)",
+                )
             for j, s in enumerate(out_sources):
                 if s["model"] != step.base and p.name not in s:
-                    raise ctx.error(f"{key}.sources[{j}]", f"missing parameter {p.name!r}",
-                                    "set it on the source, the slice or the top-level parameters")
+                    raise ctx.error(
+                        f"{key}.sources[{j}]",
+                        f"missing parameter {p.name!r}",
+                        "set it on the source, the slice or the top-level parameters",
+                    )
         step.slices.append({"sources": out_sources, "params": slice_params})
-    if (spec.base == "none" and base is not None and base in step.models
-            and step.slices[0]["sources"][0]["model"] != base):
+    if (
+        spec.base == "none"
+        and base is not None
+        and base in step.models
+        and step.slices[0]["sources"][0]["model"] != base
+    ):
         step.tokenizer = base  # mergekit copies the base model's tokenizer
 
 
@@ -149,8 +189,10 @@ def _misplaced(step: Step, name: str) -> str | None:
     """A hint when a per-merge parameter was only given on models (where mergekit ignores it)."""
     keys = [k for msg, ks in step.notes.items() if msg.startswith(f"{name} dropped here") for k in ks]
     if keys:
-        return (f"{name} is set once per merge; mergekit ignores it at {keys[0]} (and fails the same way): "
-                "move it to the top-level or the slice's parameters")
+        return (
+            f"{name} is set once per merge; mergekit ignores it at {keys[0]} (and fails the same way): "
+            "move it to the top-level or the slice's parameters"
+        )
     return None
 
 

@@ -29,15 +29,19 @@ def read_params(ctx: Context, table: Any, spec: MethodSpec, key: str, *, level: 
             ctx.note("int8_mask dropped: a memory option of mergekit that does not change results", pkey)
             continue
         if spec.name == "task_arithmetic" and name in ("density", "rescale"):
-            ctx.note(f"{name} dropped: task_arithmetic never sparsifies, mergekit ignores it "
-                     "and mergepkg has no such parameter", pkey)
+            ctx.note(
+                f"{name} dropped: task_arithmetic never sparsifies, mergekit ignores it "
+                "and mergepkg has no such parameter",
+                pkey,
+            )
             continue
         p = spec.param(name) if isinstance(name, str) else None
         if p is None:
             known = [q.name for q in spec.params]
             hint = did_you_mean(str(name), known) if known else None
-            raise ctx.error(pkey, f"method {spec.name!r} has no parameter {name!r}",
-                            hint or f"{spec.name} takes no parameters")
+            raise ctx.error(
+                pkey, f"method {spec.name!r} has no parameter {name!r}", hint or f"{spec.name} takes no parameters"
+            )
         value = setting(ctx, value, p, pkey)
         if level == "base":
             ctx.note("the base model's own parameters dropped: mergekit does not use them", pkey)
@@ -61,9 +65,12 @@ def setting(ctx: Context, value: Any, p: Param, key: str) -> Any:
                 raise ctx.error(ckey, "a list mixes conditions ({ filter, value }) and plain values")
             for k in cond:
                 if k not in ("filter", "value"):
-                    hint = ("`pattern` is old mergekit syntax that mergekit 0.1.5 ignores (the value then "
-                            "applies to every tensor); write `filter`" if k == "pattern"
-                            else ctx.unknown_key_hint(str(k), ("filter", "value")))
+                    hint = (
+                        "`pattern` is old mergekit syntax that mergekit 0.1.5 ignores (the value then "
+                        "applies to every tensor); write `filter`"
+                        if k == "pattern"
+                        else ctx.unknown_key_hint(str(k), ("filter", "value"))
+                    )
                     raise ctx.error(f"{ckey}.{k}", f"unknown key {k!r}", hint)
             if "value" not in cond:
                 raise ctx.error(ckey, "missing `value`", "e.g. { filter: self_attn, value: 0.5 }")
@@ -71,7 +78,8 @@ def setting(ctx: Context, value: Any, p: Param, key: str) -> Any:
             if flt is not None and not isinstance(flt, str):
                 raise ctx.error(f"{ckey}.filter", f"expected a substring of tensor names, got {show(flt)}")
             if isinstance(cond["value"], (dict, type(None))) or (
-                    isinstance(cond["value"], list) and any(isinstance(v, (dict, list)) for v in cond["value"])):
+                isinstance(cond["value"], list) and any(isinstance(v, (dict, list)) for v in cond["value"])
+            ):
                 raise ctx.error(f"{ckey}.value", f"expected a number or a gradient, got {show(cond['value'])}")
             entry = {} if flt in (None, "*") else {"filter": flt}
             entry["value"] = scalar_or_gradient(ctx, cond["value"], p, f"{ckey}.value")

@@ -35,14 +35,18 @@ class Refs:
             if value.get("lora") is not None:
                 raise ctx.error(f"{key}.lora", "LoRA adapters are not supported", LORA_HINT)
             if value.get("override_architecture") is not None:
-                raise ctx.error(f"{key}.override_architecture", "override_architecture is not supported",
-                                "mergepkg merges models of one architecture as their configs declare it")
+                raise ctx.error(
+                    f"{key}.override_architecture",
+                    "override_architecture is not supported",
+                    "mergepkg merges models of one architecture as their configs declare it",
+                )
             inner = value.get("model")
             if isinstance(inner, dict):
                 for k in inner:  # not ctx.only_keys: `lora` is an unknown key here
                     if k not in ("path", "revision"):
-                        raise ctx.error(f"{key}.model.{k}", f"unknown key {k!r}",
-                                        ctx.unknown_key_hint(str(k), ("path", "revision")))
+                        raise ctx.error(
+                            f"{key}.model.{k}", f"unknown key {k!r}", ctx.unknown_key_hint(str(k), ("path", "revision"))
+                        )
                 path, revision = inner.get("path"), inner.get("revision")
                 if not isinstance(path, str) or not path:
                     raise ctx.error(f"{key}.model.path", f"expected a model path, got {show(path)}")

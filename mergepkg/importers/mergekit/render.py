@@ -21,7 +21,7 @@ def render(config_name: str, package: str, sources: dict[str, dict], steps: list
     out += [f"{_key(n)} = {_value(t)}" for n, t in sources.items()]
     for s in steps:
         out.append("")
-        origin = (f"document {s.doc.index + 1} (line {s.doc.line})" if len(steps) > 1 else None)
+        origin = f"document {s.doc.index + 1} (line {s.doc.line})" if len(steps) > 1 else None
         if origin:
             out.append(f"# from {origin}")
         for msg, keys in s.notes.items():
@@ -63,8 +63,11 @@ def render(config_name: str, package: str, sources: dict[str, dict], steps: list
             out.append(f"out_dtype = {_value(s.out_dtype)}")
         source = "union" if s.union else ("base" if s.tokenizer == s.base else s.tokenizer) if s.tokenizer else None
         if s.tokens or s.pad_to_multiple_of:
-            table = {"source": source or "base", **({"tokens": s.tokens} if s.tokens else {}),
-                     **({"pad_to_multiple_of": s.pad_to_multiple_of} if s.pad_to_multiple_of else {})}
+            table = {
+                "source": source or "base",
+                **({"tokens": s.tokens} if s.tokens else {}),
+                **({"pad_to_multiple_of": s.pad_to_multiple_of} if s.pad_to_multiple_of else {}),
+            }
             out.append(f"tokenizer = {_value(table)}")
         elif source:
             out.append(f"tokenizer = {_value(source)}")

@@ -10,16 +10,20 @@ from mergepkg.importers.mergekit.refs import Refs
 from mergepkg.recipe.tables import show
 
 
-def tokenizer_source(ctx: Context, refs: Refs, step: Step, value: Any, base: str | None,
-                     key: str = "tokenizer_source") -> None:
+def tokenizer_source(
+    ctx: Context, refs: Refs, step: Step, value: Any, base: str | None, key: str = "tokenizer_source"
+) -> None:
     """`tokenizer_source`: "union", "base" or one of the models merged here."""
     if value is None:
         return
     if value == "union":
         step.union = True
-        ctx.note("union: the other models' ordinary tokens join the base's tokenizer model without merges "
-                 "(mergekit adds them as added tokens), so text encodes as the base encodes it; "
-                 "see docs/tokenizers.md", key)
+        ctx.note(
+            "union: the other models' ordinary tokens join the base's tokenizer model without merges "
+            "(mergekit adds them as added tokens), so text encodes as the base encodes it; "
+            "see docs/tokenizers.md",
+            key,
+        )
         return
     if value == "base":
         if step.base is not None:
@@ -31,8 +35,11 @@ def tokenizer_source(ctx: Context, refs: Refs, step: Step, value: Any, base: str
     else:
         name = refs.model_ref(value, key)
         if name not in step.models:
-            raise ctx.error(key, f"tokenizer_source {value!r} is not one of the models merged here",
-                            "mergepkg copies the tokenizer of the base or of an input")
+            raise ctx.error(
+                key,
+                f"tokenizer_source {value!r} is not one of the models merged here",
+                "mergepkg copies the tokenizer of the base or of an input",
+            )
         step.tokenizer = name
 
 
@@ -91,6 +98,9 @@ def _token_model(ctx: Context, refs: Refs, step: Step, value: Any, key: str) -> 
         raise ctx.error(key, "missing the model")
     name = refs.model_ref(value, key)
     if name not in step.models:
-        raise ctx.error(key, f"{value!r} is not one of the models merged here",
-                        "a token's embedding comes from the base or an input")
+        raise ctx.error(
+            key,
+            f"{value!r} is not one of the models merged here",
+            "a token's embedding comes from the base or an input",
+        )
     return name

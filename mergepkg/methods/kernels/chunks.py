@@ -64,6 +64,7 @@ class Scratch:
 # do this run while torch uses one thread (engine.build_step), so the two never
 # oversubscribe the cores. torch's operations and numba's kernels release the GIL.
 
+
 def cpu_count() -> int:
     """The cores this process may run on (all of them where the OS cannot say)."""
     affinity = getattr(os, "sched_getaffinity", None)  # Linux
@@ -98,7 +99,7 @@ def parallel(fn: Callable, items) -> list:
 def groups(spans_: list[slice]) -> list[list[slice]]:
     """`spans_` dealt into one group of consecutive spans per worker thread."""
     size = -(-len(spans_) // _threads)
-    return [spans_[i:i + size] for i in range(0, len(spans_), size)]
+    return [spans_[i : i + size] for i in range(0, len(spans_), size)]
 
 
 def thread_scratch(device=None) -> Scratch:

@@ -61,6 +61,7 @@ def drawn(seed, start, limit, out):
 # inputs, the spare ones read the last input again (row r_i) and _combine ignores them.
 # Conditions become 1.0 / 0.0 by arithmetic: at density 0.5 they are coin flips.
 
+
 @numba.njit(inline="always")
 def _top_k(v, threshold, cut, at):
     """1.0 where TopK.keep keeps an entry of task vector value v, else 0.0."""
@@ -154,5 +155,17 @@ def warm() -> None:
     band(v, v, np.float32(0), np.float32(1), np.zeros(1, np.float32), np.zeros(1, np.int64))
     drawn(np.uint64(1), 0, np.uint64(1), np.zeros(1, np.float32))
     merge_top_k(x, v, np.zeros(1, np.float32), 0, four, cut, four, four, True, True, np.float32(1), np.float32(1))
-    merge_drawn(x, v, np.zeros(1, np.float32), 0, np.zeros(4, np.uint64), np.ones(4, np.uint64), four, four,
-                True, True, np.float32(1), np.float32(1))
+    merge_drawn(
+        x,
+        v,
+        np.zeros(1, np.float32),
+        0,
+        np.zeros(4, np.uint64),
+        np.ones(4, np.uint64),
+        four,
+        four,
+        True,
+        True,
+        np.float32(1),
+        np.float32(1),
+    )
