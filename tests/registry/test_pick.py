@@ -1,4 +1,4 @@
-"""Dependency resolution (mergepkg/registry/resolver.py) over a folder registry of small
+"""Dependency resolution (mergepkg/registry/pick.py) over a folder registry of small
 recipes: newest versions that fit together, backtracking, locked versions first, and
 errors that name what could not be met."""
 

@@ -330,7 +330,7 @@ def test_shipped_registry_is_consistent(capsys):
     from mergepkg.registry.folder import RegistryFolder
     from mergepkg.registry.index import summary
 
-    root = Path(__file__).parent.parent / "registry"
+    root = Path(__file__).parents[2] / "registry"
     folder = RegistryFolder(root)
     assert folder.config()["format"] == 1
     assert cli(capsys, "registry", "add", "examples", root)[0] == 0

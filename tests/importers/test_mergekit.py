@@ -1,6 +1,6 @@
 """`mergepkg import`: mergekit YAML configs -> recipes.
 
-1. The configs of mergekit's own examples and docs (tests/mergekit_configs/, each naming
+1. The configs of mergekit's own examples and docs (tests/importers/mergekit_configs/, each naming
    where it came from) either convert to a recipe that parses, or fail with the
    documented, located error.
 2. Mapping details: gradients and filters, @revision refs, local paths, source names,

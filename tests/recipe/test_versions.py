@@ -1,4 +1,4 @@
-"""Versions and ranges (mergepkg/registry/semver.py): the table in its docstring, checked."""
+"""Versions and ranges (mergepkg/recipe/versions.py): the table in its docstring, checked."""
 
 from __future__ import annotations
 
