@@ -1,20 +1,33 @@
-"""Session fixtures: tiny seeded models, built once, and a recipe writer."""
+"""Session fixtures: tiny seeded models (built once), stub model folders for tests that
+only parse, pin and key, and recipe writers over either.
+
+Markers: a test that uses the tiny models (`models`, `write_recipe`, `tiny_hub`) is
+marked `slow` here, as are test modules and tests marked so themselves (mergekit,
+subprocesses, transformers generating); `pytest -m "not slow"` runs the rest.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from tiny import make_model
+MODEL_FIXTURES = {"models", "write_recipe", "tiny_hub"}
+HEAD = '[package]\nname = "test"\nversion = "0.1.0"\n\n'
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +43,10 @@ def models(tmp_path_factory) -> dict[str, Path]:
     """base: random tiny Llama (4 layers); ft1..ft3: base + small seeded deltas;
     ft1_sharded: ft1 saved in many shards; ft2_bin: ft2 as pytorch_model.bin;
     ft1_bf16: ft1 in bfloat16; wide: a different hidden size; deep: 6 layers."""
+    import torch
+    from safetensors.torch import load_file
+    from tiny import make_model
+
     root = tmp_path_factory.mktemp("models")
     m = {"base": make_model(root / "base", seed=0)}
     for i in (1, 2, 3):
@@ -39,8 +56,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
     m["wide"] = make_model(root / "wide", seed=5, hidden=48)
     m["deep"] = make_model(root / "deep", seed=6, layers=6)
     # a pytorch_model.bin checkpoint of ft2 (transformers 5 writes safetensors only)
-    from safetensors.torch import load_file
-
     bin_dir = root / "ft2_bin"
     bin_dir.mkdir()
     for f in m["ft2"].iterdir():
@@ -51,19 +66,49 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return m
 
 
-@pytest.fixture
-def write_recipe(tmp_path, models):
-    """write_recipe(body) -> path of a recipe whose [sources] name every fixture model."""
+@pytest.fixture(scope="session")
+def stub_models(tmp_path_factory) -> dict[str, Path]:
+    """Model folders with the names of `models` that only parsing, pinning and keying can
+    use: a config.json and a one-tensor model.safetensors each, different per model.
+    Made without torch, in milliseconds."""
+    import numpy as np
+    from safetensors.numpy import save_file
 
+    root = tmp_path_factory.mktemp("stubs")
+    out = {}
+    for i, name in enumerate(("base", "ft1", "ft2", "ft3", "ft1_sharded", "ft1_bf16", "wide", "deep", "ft2_bin")):
+        folder = root / name
+        folder.mkdir()
+        config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 4}
+        (folder / "config.json").write_text(json.dumps(config))
+        save_file({"model.embed_tokens.weight": np.full((4, 2), i, dtype=np.float32)}, folder / "model.safetensors")
+        out[name] = folder
+    return out
+
+
+def _recipe_writer(tmp_path: Path, folders: dict[str, Path]):
     def write(body: str, *, sources: bool = True, name: str = "recipe.toml") -> Path:
-        head = '[package]\nname = "test"\nversion = "0.1.0"\n\n'
+        head = HEAD
         if sources:
-            head += "[sources]\n" + "".join(f'{k} = {{ path = "{v}" }}\n' for k, v in models.items()) + "\n"
+            head += "[sources]\n" + "".join(f'{k} = {{ path = "{v}" }}\n' for k, v in folders.items()) + "\n"
         path = tmp_path / name
         path.write_text(head + textwrap.dedent(body))
         return path
 
     return write
+
+
+@pytest.fixture
+def write_recipe(tmp_path, models):
+    """write_recipe(body) -> path of a recipe whose [sources] name every tiny model."""
+    return _recipe_writer(tmp_path, models)
+
+
+@pytest.fixture
+def recipe_file(tmp_path, stub_models):
+    """recipe_file(body) -> path of a recipe whose [sources] name the stub models: for
+    tests that parse, plan, pin and key, and never read a tensor."""
+    return _recipe_writer(tmp_path, stub_models)
 
 
 @pytest.fixture

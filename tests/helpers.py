@@ -6,13 +6,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors import safe_open
+if TYPE_CHECKING:
+    import torch
 
 
 def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a model folder (any number of safetensors shards)."""
+    from safetensors import safe_open  # torch with it: only the tests that read tensors pay for it
+
     out = {}
     for f in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(f, framework="pt") as h:

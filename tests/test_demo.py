@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mergepkg.cli.app import main
+
+pytestmark = pytest.mark.slow  # trains the demo models and evaluates them
 
 ROOT = Path(__file__).parents[1]
 DEMO = ROOT / "recipes" / "demo"

@@ -10,6 +10,8 @@ from helpers import build_recipe
 
 from mergepkg.recipe.parse import load_recipe
 
+pytestmark = pytest.mark.slow  # builds every shipped recipe
+
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.toml"))
 
 

@@ -178,6 +178,7 @@ def test_slices_with_a_merge_method_and_slice_params(write_recipe, tmp_path, mod
     assert not torch.allclose(out[name.format(2)], ft1[name.format(2)])
 
 
+@pytest.mark.slow
 def test_gpt2_style_layers_are_stacked_too(tmp_path):
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 

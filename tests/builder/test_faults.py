@@ -30,6 +30,8 @@ from mergepkg.lockfile import lock_path, read_lock, recipe_hash
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.store.local import MANIFEST, Store
 
+pytestmark = pytest.mark.slow  # kills and races real builds in subprocesses
+
 MERGEPKG = str(Path(sys.executable).parent / "mergepkg")
 STAGING = ".mergepkg-build-"  # place_outputs' temp folder beside --out
 
@@ -667,6 +669,7 @@ from pathlib import Path
 from mergepkg.lockfile import Lock, write_lock
 from mergepkg.store.session import Session
 from mergepkg.settings import Settings
+
 what, target, me = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 if what == "lock":
     for _ in range(300):

@@ -249,8 +249,8 @@ def test_unusable_device_is_a_clean_error(write_recipe, tmp_path, capsys, device
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="MPS is available here")
 def test_device_mps_without_mps_is_a_clean_error(write_recipe, tmp_path, capsys):
-    """BUG: engine.check_device accepts any "mps" device without checking that MPS exists,
-    so the build crashes inside torch with a RuntimeError traceback."""
+    """--device mps where MPS is missing is refused up front (engine/device.check_device),
+    not a RuntimeError traceback from inside torch."""
     recipe = write_recipe(GOOD)
     try:
         code, _out, err = cli(capsys, "build", recipe, "--out", tmp_path / "o", "--device", "mps")
@@ -663,9 +663,8 @@ def test_missing_recipe_subprocess(tmp_path):
     ids=["missing-argument", "unknown-command", "bad-option-value", "unknown-option"],
 )
 def test_usage_error_exits_2_without_traceback(capsys, args):
-    """BUG: typer >= 0.2x vendors click as `typer._click`; cli/app.py catches
-    `click.exceptions.ClickException` from the separate `click` package, so every usage error
-    escapes main() and prints a traceback instead of a usage message."""
+    """Usage errors are click's message and exit 2, never a traceback (typer >= 0.2x vendors
+    click as `typer._click`, so cli/app.py catches typer's own exception classes)."""
     try:
         code, _out, err = cli(capsys, *args)
     except Exception as e:  # escaped main(): a traceback for the user

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import torch
 from hfcache import add_to_cache
 
 from mergepkg.cli.app import main
@@ -54,6 +53,8 @@ def tasks(tmp_path, models):
 
 
 def test_exact_match_and_perplexity(tasks, models):
+    import torch
+
     from mergepkg.eval.run import examples
 
     good, bad, text = tasks

@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 from helpers import build_one, load_tensors
 
 from mergepkg.cli.app import main
@@ -842,6 +841,8 @@ def test_cli_prints_the_recipe(tmp_path, capsys):
 
 
 def test_cli_writes_the_recipe_and_it_builds_offline(tmp_path, capsys, models):
+    import torch
+
     config = tmp_path / "cfg" / "soup.yml"
     config.parent.mkdir()
     config.write_text(
@@ -1048,6 +1049,8 @@ def mergekit_out(request, models, tmp_path_factory):
 
 @pytest.mark.parametrize("case", list(PARITY))
 def test_parity_with_mergekit(case, mergekit_out, models, tmp_path):
+    import torch
+
     theirs = load_tensors(mergekit_out(case))
     config = write_config(case, models, tmp_path / "config")
     recipe = tmp_path / "recipe" / "imported.toml"

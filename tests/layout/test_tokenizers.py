@@ -126,6 +126,7 @@ tokenizer = { source = "union" }
 """
 
 
+@pytest.mark.slow
 def test_union_builds_a_model_and_tokenizer_transformers_load(recipe, tmp_path, tok_models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -157,6 +158,7 @@ def test_union_builds_a_model_and_tokenizer_transformers_load(recipe, tmp_path, 
     assert gen.shape[1] == prompt.shape[1] + 4
 
 
+@pytest.mark.slow
 def test_union_rows_are_the_merge_of_aligned_rows_with_mergekits_fallbacks(recipe, tmp_path, tok_models):
     tensors = build_one(recipe(UNION), tmp_path / "out")
     union = ids(tmp_path / "out")
@@ -182,6 +184,7 @@ def test_union_rows_are_the_merge_of_aligned_rows_with_mergekits_fallbacks(recip
         torch.testing.assert_close(out("Ġcow"), inp("other", "Ġcow"), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mean_fallback_when_no_base_has_the_token(recipe, tmp_path, tok_models):
     body = """
     [steps.m]
@@ -199,6 +202,7 @@ def test_mean_fallback_when_no_base_has_the_token(recipe, tmp_path, tok_models):
     torch.testing.assert_close(tensors[EMBED][union["Ġcat"]], expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_tokens_entries_choose_rows(recipe, tmp_path, tok_models):
     body = UNION.replace('tokenizer = { source = "union" }\n', "") + textwrap.dedent("""
         [steps.u.tokenizer]
@@ -239,6 +243,7 @@ def test_tokens_entries_choose_rows(recipe, tmp_path, tok_models):
     assert e.value.key == 'steps.u.tokenizer.tokens."<|a|>".source' and "has no token '<|a|>'" in e.value.message
 
 
+@pytest.mark.slow
 def test_source_model_remaps_onto_that_vocabulary(recipe, tmp_path, tok_models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -262,6 +267,7 @@ def test_source_model_remaps_onto_that_vocabulary(recipe, tmp_path, tok_models):
     assert report.resolution.keys["s"] == first.keys["s"] and report.built == []
 
 
+@pytest.mark.slow
 def test_different_vocabularies_without_a_setting_are_a_located_error(recipe, tmp_path, monkeypatch):
     def never(*a, **k):
         raise AssertionError("a tensor was read")
@@ -296,6 +302,7 @@ def test_cli_validate_reports_the_mismatch(recipe, capsys):
     assert 'source = "union"' in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_one_vocabulary_union_is_the_plain_merge(recipe, tmp_path, tok_models):
     body = '[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft", weight = 0.5 }]\n'
     plain = build_recipe(recipe(body, name="plain.toml"), tmp_path / "plain")
@@ -380,6 +387,7 @@ def test_a_token_not_in_the_output_vocabulary_is_an_error(recipe, tmp_path):
     assert e.value.line == len(path.read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_a_union_step_feeds_a_step_before_it_is_built(recipe, tmp_path, tok_models):
     body = (
         UNION
@@ -402,6 +410,7 @@ def test_a_union_step_feeds_a_step_before_it_is_built(recipe, tmp_path, tok_mode
     torch.testing.assert_close(tensors[EMBED][vu["Ġthe"]], expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_tied_embeddings_union(recipe, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -422,6 +431,7 @@ def test_tied_embeddings_union(recipe, tmp_path):
     assert tok.encode("<|c|>", add_special_tokens=False) == [ids(out)["<|c|>"]]
 
 
+@pytest.mark.slow
 def test_special_token_ids_of_the_config_follow_the_vocabulary(tmp_path, tok_models):
     # the base's config names a token (pad) that has another id in the output's vocabulary
     base = tmp_path / "base_pad"
@@ -445,6 +455,7 @@ def test_special_token_ids_of_the_config_follow_the_vocabulary(tmp_path, tok_mod
         assert config["pad_token_id"] == moved and config["bos_token_id"] == ids(tok_models["other"])["<s>"]
 
 
+@pytest.mark.slow
 def test_slices_align_the_embedding_and_the_head_over_their_own_models(recipe, tmp_path, tok_models):
     from transformers import AutoModelForCausalLM
 
@@ -532,6 +543,7 @@ def test_union_of_transformers_4_style_configs_lists_the_new_tokens():
     assert data["model"]["vocab"] == out.ids and [e["id"] for e in data["added_tokens"]] == [2, 4]
 
 
+@pytest.mark.slow
 def test_a_damaged_tokenizer_json_is_a_located_error(recipe, tmp_path, tok_models):
     from mergepkg.errors import SourceError
 
@@ -549,6 +561,7 @@ def test_a_damaged_tokenizer_json_is_a_located_error(recipe, tmp_path, tok_model
     assert "cannot read tokenizer.json" in e.value.message and str(bad / "tokenizer.json") == e.value.file
 
 
+@pytest.mark.slow
 def test_forced_token_on_one_vocabulary_changes_that_row_only(recipe, tmp_path, tok_models):
     body = '[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft", weight = 0.5 }]\n'
     plain = build_one(recipe(body, name="plain.toml"), tmp_path / "plain")
@@ -569,6 +582,7 @@ def test_forced_token_on_one_vocabulary_changes_that_row_only(recipe, tmp_path, 
     assert (tmp_path / "forced" / "tokenizer.json").read_bytes() == (tok_models["base"] / "tokenizer.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_union_builds_the_same_bytes_in_another_store(recipe, tmp_path, monkeypatch):
     path = recipe(UNION)
     first = build_recipe(path, tmp_path / "a")
@@ -579,6 +593,7 @@ def test_a_union_builds_the_same_bytes_in_another_store(recipe, tmp_path, monkey
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_pad_to_multiple_of_adds_mean_rows(recipe, tmp_path, tok_models):
     from transformers import AutoModelForCausalLM
 

@@ -30,6 +30,8 @@ mergekit = pytest.importorskip("mergekit")
 import yaml  # noqa: E402  (installed with mergekit)
 from helpers import build_one, load_tensors  # noqa: E402
 
+pytestmark = pytest.mark.slow  # runs mergekit beside mergepkg
+
 MERGEKIT_YAML = Path(sys.executable).parent / "mergekit-yaml"
 SEED = 1234
 TOL = dict(rtol=1e-5, atol=1e-6)  # float32 compute on both sides: rounding only

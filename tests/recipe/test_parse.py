@@ -23,21 +23,21 @@ tokenizer = "ft1"
 """
 
 
-def test_parses_steps_inputs_params(write_recipe, models):
-    r = load_recipe(write_recipe(TIES))
+def test_parses_steps_inputs_params(recipe_file, stub_models):
+    r = load_recipe(recipe_file(TIES))
     step = r.steps["skills"]
     assert step.method == "ties" and step.base == "base"
     assert [i.model for i in step.inputs] == ["ft1", "ft2"]
     assert step.inputs[1].params == {"weight": (0.2, 0.8), "density": 0.7}
     assert step.params == {"normalize": False}
     assert (step.dtype, step.out_dtype, step.tokenizer) == ("bfloat16", "float16", "ft1")
-    assert r.sources["base"].path == models["base"].resolve()
+    assert r.sources["base"].path == stub_models["base"].resolve()
     assert r.outputs == ("skills",) and r.seed == 0
 
 
-def test_filters_and_gradients(write_recipe):
+def test_filters_and_gradients(recipe_file):
     r = load_recipe(
-        write_recipe("""
+        recipe_file("""
         [steps.s]
         method = "slerp"
         base = "base"
@@ -48,9 +48,9 @@ def test_filters_and_gradients(write_recipe):
     assert r.steps["s"].params["t"] == (Condition("self_attn", (0.0, 0.5, 1.0)), Condition(None, 0.3))
 
 
-def test_outputs_default_to_steps_nobody_uses(write_recipe):
+def test_outputs_default_to_steps_nobody_uses(recipe_file):
     r = load_recipe(
-        write_recipe("""
+        recipe_file("""
         [steps.a]
         method = "linear"
         inputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]
@@ -149,9 +149,9 @@ def test_hf_source(tmp_path):
         ),
     ],
 )
-def test_located_errors(tmp_path, models, body, key, line, message):
+def test_located_errors(tmp_path, stub_models, body, key, line, message):
     head = '[package]\nname = "t"\nversion = "0.1.0"\n[sources]\n' + "".join(
-        f'{k} = {{ path = "{v}" }}\n' for k, v in models.items()
+        f'{k} = {{ path = "{v}" }}\n' for k, v in stub_models.items()
     )
     path = tmp_path / "r.toml"
     path.write_text(head + body)
@@ -164,12 +164,12 @@ def test_located_errors(tmp_path, models, body, key, line, message):
     assert str(e).startswith(f"{path}:{offset + line}: {key}: ")
 
 
-def test_did_you_mean_hints(write_recipe):
+def test_did_you_mean_hints(recipe_file):
     with pytest.raises(RecipeError) as info:
-        load_recipe(write_recipe('[steps.s]\nmethod = "tie"\n'))
+        load_recipe(recipe_file('[steps.s]\nmethod = "tie"\n'))
     assert info.value.hint == "did you mean 'ties'?"
     with pytest.raises(RecipeError) as info:
-        load_recipe(write_recipe('[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft_1", weight = 1 }]\n'))
+        load_recipe(recipe_file('[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft_1", weight = 1 }]\n'))
     assert "did you mean" in info.value.hint
 
 
@@ -198,8 +198,8 @@ def test_missing_recipe_file(tmp_path):
         load_recipe(tmp_path / "none.toml")
 
 
-def test_dotted_param_keys_are_located(write_recipe):
-    path = write_recipe(
+def test_dotted_param_keys_are_located(recipe_file):
+    path = recipe_file(
         '[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft1"]\n'
         'params.t = [\n  { filter = "mlp", value = [0, 1] },\n  { value = 1.5 },\n]\n'
     )
@@ -209,9 +209,9 @@ def test_dotted_param_keys_are_located(write_recipe):
     assert info.value.key == "steps.s.params.t[1].value" and info.value.line == offset + 7
 
 
-def test_tokenizer_base_names_an_input_called_base_when_the_step_has_no_base(write_recipe):
+def test_tokenizer_base_names_an_input_called_base_when_the_step_has_no_base(recipe_file):
     r = load_recipe(
-        write_recipe(
+        recipe_file(
             '[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "base", weight = 1 }]\n'
             'tokenizer = "base"\n'
         )

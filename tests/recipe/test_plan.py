@@ -9,9 +9,9 @@ from mergepkg.recipe.parse import load_recipe
 from mergepkg.recipe.plan import make_plan
 
 
-def test_dependency_order_follows_recipe_order_where_free(write_recipe):
+def test_dependency_order_follows_recipe_order_where_free(recipe_file):
     r = load_recipe(
-        write_recipe(
+        recipe_file(
             """
         [steps.final]
         method = "linear"
@@ -34,8 +34,8 @@ def test_dependency_order_follows_recipe_order_where_free(write_recipe):
     assert plan.sources_used() == ["ft1", "ft2"]
 
 
-def test_cycle_is_named(write_recipe):
-    path = write_recipe("""
+def test_cycle_is_named(recipe_file):
+    path = recipe_file("""
         [steps.a]
         method = "passthrough"
         inputs = ["b"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from helpers import cli, load_tensors
 from registries import app, new_registry, skills
 
@@ -156,6 +155,8 @@ def test_install_picks_newest_matching_and_skips_yanked(tiny_hub, team, tmp_path
 
 
 def test_build_by_name_from_another_home(tiny_hub, team, tmp_path, capsys, monkeypatch, models):
+    import torch
+
     assert publish(tmp_path, capsys, skills())[0] == 0
     monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "elsewhere"))
     assert cli(capsys, "registry", "add", "team", team)[0] == 0
@@ -179,6 +180,8 @@ def test_tampered_recipe_file_is_refused(tiny_hub, team, tmp_path, capsys):
 
 # -- [dependencies] -------------------------------------------------------------------
 def test_dependency_steps_are_inputs_and_locked(tiny_hub, team, tmp_path, capsys, models):
+    import torch
+
     assert publish(tmp_path, capsys, skills())[0] == 0
     path = tmp_path / "app.toml"
     path.write_text(app())

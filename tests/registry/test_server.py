@@ -244,6 +244,7 @@ def test_repeat_reads_are_conditional_and_work_offline(tmp_path, capsys, monkeyp
     assert code == 1 and "cannot reach the registry" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_registry_serve_command(tmp_path):
     """The real `mergepkg registry serve` process; tokens made with the real command."""
     import subprocess

@@ -27,13 +27,13 @@ params = { t = 0.3 }
 """
 
 
-def keys(write_recipe, body, name="recipe.toml"):
-    res = resolve(load_recipe(write_recipe(body, name=name)), Session())
+def keys(recipe_file, body, name="recipe.toml"):
+    res = resolve(load_recipe(recipe_file(body, name=name)), Session())
     return {n: res.keys[n] for n in res.plan.order}
 
 
-def test_keys_ignore_names_comments_order_and_defaults(write_recipe):
-    k = keys(write_recipe, TWO_STEPS)
+def test_keys_ignore_names_comments_order_and_defaults(recipe_file):
+    k = keys(recipe_file, TWO_STEPS)
     commented = TWO_STEPS.replace('method = "ties"', 'method = "ties"  # trim and elect')
     reordered = TWO_STEPS.replace('method = "ties"\nbase = "base"', 'base = "base"\nmethod = "ties"')
     defaults = TWO_STEPS.replace('inputs = ["skills"]', 'inputs = ["skills"]\ndtype = "float32"').replace(
@@ -41,46 +41,46 @@ def test_keys_ignore_names_comments_order_and_defaults(write_recipe):
     )
     spelled = TWO_STEPS.replace("weight = 1.0", "weight = 1")
     for variant in (commented, reordered, defaults, spelled):
-        assert keys(write_recipe, variant) == k
+        assert keys(recipe_file, variant) == k
     renamed = TWO_STEPS.replace("[steps.skills]", "[steps.abilities]").replace('["skills"]', '["abilities"]')
-    k2 = keys(write_recipe, renamed)
+    k2 = keys(recipe_file, renamed)
     assert k2["abilities"] == k["skills"] and k2["final"] == k["final"]
 
 
-def test_any_number_changes_the_key_and_everything_downstream(write_recipe):
-    k = keys(write_recipe, TWO_STEPS)
+def test_any_number_changes_the_key_and_everything_downstream(recipe_file):
+    k = keys(recipe_file, TWO_STEPS)
     upstream = keys(
-        write_recipe, TWO_STEPS.replace('density = 0.5 },\n  { model = "ft2"', 'density = 0.51 },\n  { model = "ft2"')
+        recipe_file, TWO_STEPS.replace('density = 0.5 },\n  { model = "ft2"', 'density = 0.51 },\n  { model = "ft2"')
     )
     assert upstream["skills"] != k["skills"] and upstream["final"] != k["final"]
-    downstream = keys(write_recipe, TWO_STEPS.replace("t = 0.3", "t = 0.4"))
+    downstream = keys(recipe_file, TWO_STEPS.replace("t = 0.3", "t = 0.4"))
     assert downstream["skills"] == k["skills"] and downstream["final"] != k["final"]
-    dtype = keys(write_recipe, TWO_STEPS + 'out_dtype = "bfloat16"\n')
+    dtype = keys(recipe_file, TWO_STEPS + 'out_dtype = "bfloat16"\n')
     assert dtype["final"] != k["final"] and dtype["skills"] == k["skills"]
 
 
-def test_source_content_not_path_is_the_identity(write_recipe, models, tmp_path):
+def test_source_content_not_path_is_the_identity(recipe_file, stub_models, tmp_path):
     import shutil
 
-    k = keys(write_recipe, TWO_STEPS)
+    k = keys(recipe_file, TWO_STEPS)
     copy = tmp_path / "copy_of_ft1"
-    shutil.copytree(models["ft1"], copy)
+    shutil.copytree(stub_models["ft1"], copy)
     body = TWO_STEPS.replace('model = "ft1"', 'model = "moved"')
-    path = write_recipe(body, name="moved.toml")
+    path = recipe_file(body, name="moved.toml")
     path.write_text(path.read_text().replace("[sources]\n", f'[sources]\nmoved = {{ path = "{copy}" }}\n'))
     res = resolve(load_recipe(path), Session())
     assert res.keys["skills"] == k["skills"]
-    (copy / "tokenizer_config.json").write_text((copy / "tokenizer_config.json").read_text() + "\n")
+    (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")
     assert resolve(load_recipe(path), Session()).keys["skills"] != k["skills"]
 
 
-def test_seed_only_keys_random_methods(write_recipe):
+def test_seed_only_keys_random_methods(recipe_file):
     body = TWO_STEPS.replace('method = "ties"', 'method = "dare_ties"')
-    a = keys(write_recipe, body)
-    seeded = resolve(load_recipe(write_recipe(body, name="c.toml")), Session(), seed=5).keys
+    a = keys(recipe_file, body)
+    seeded = resolve(load_recipe(recipe_file(body, name="c.toml")), Session(), seed=5).keys
     assert seeded["skills"] != a["skills"]  # dare draws from the seed
-    plain = resolve(load_recipe(write_recipe(TWO_STEPS, name="d.toml")), Session(), seed=5).keys
-    assert plain["skills"] == keys(write_recipe, TWO_STEPS)["skills"]  # ties does not
+    plain = resolve(load_recipe(recipe_file(TWO_STEPS, name="d.toml")), Session(), seed=5).keys
+    assert plain["skills"] == keys(recipe_file, TWO_STEPS)["skills"]  # ties does not
 
 
 def test_effective_settings_normalise_scopes():
@@ -97,8 +97,8 @@ def test_effective_settings_normalise_scopes():
     assert effective(density, [{"density": (0.1, 0.9)}]) == [0.1, 0.9]
 
 
-def test_hash_version_and_engine_are_in_every_entry(write_recipe):
-    res = resolve(load_recipe(write_recipe(TWO_STEPS)), Session())
+def test_hash_version_and_engine_are_in_every_entry(recipe_file):
+    res = resolve(load_recipe(recipe_file(TWO_STEPS)), Session())
     entry = res.entries["skills"]
     assert entry["hash_version"] == HASH_VERSION and "engine" in entry
     assert entry["method_version"] == METHODS["ties"].version == 2  # ties changed its tie-breaking

@@ -14,9 +14,9 @@ import re
 import shutil
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 from helpers import THREE, build_recipe, load_tensors
 from hfcache import add_to_cache
 
@@ -28,6 +28,9 @@ from mergepkg.recipe.parse import load_recipe
 from mergepkg.settings import Settings
 from mergepkg.store.local import MANIFEST
 from mergepkg.store.session import Session
+
+if TYPE_CHECKING:
+    import torch
 
 # THREE written differently: comments, key order inside tables and inline tables,
 # number spelling. Nothing it says has changed.
@@ -136,6 +139,8 @@ def local_recipe(path: Path, sources: dict[str, Path], body: str) -> Path:
 
 
 def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    import torch
+
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k

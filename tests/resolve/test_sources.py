@@ -4,7 +4,6 @@ folder laid out by hand."""
 from __future__ import annotations
 
 import pytest
-import torch
 from helpers import build_recipe, load_tensors
 from hfcache import add_to_cache
 
@@ -43,6 +42,8 @@ def test_missing_revision_names_repo_and_revision(hub):
 
 
 def test_build_from_hub_sources(hub, tmp_path, models):
+    import torch
+
     path = tmp_path / "r.toml"
     path.write_text(
         '[package]\nname = "hub"\nversion = "0.1.0"\n[sources]\n'
