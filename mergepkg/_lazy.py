@@ -6,13 +6,14 @@ attribute access. Planning, locking and no-op rebuilds then never pay for torch.
 
 import importlib.util
 import sys
+from typing import Any
 
 
-def lazy_import(name: str):
+def lazy_import(name: str) -> Any:  # Any: a module whose attributes mypy cannot know
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.find_spec(name)
-    if spec is None:
+    if spec is None or spec.loader is None:
         raise ImportError(f"No module named {name!r}")
     loader = importlib.util.LazyLoader(spec.loader)
     spec.loader = loader

@@ -38,7 +38,7 @@ class MergepkgError(Exception):
         self.tensor = tensor  # the output tensor being merged, for errors of the engine
 
     def at(
-        self,
+        self: Self,
         *,
         file: str | Path | None = None,
         line: int | None = None,

@@ -270,9 +270,9 @@ def _source_change(a: LockedSource, b: LockedSource) -> str | None:
     if not a.same_request(b):
         return f"now asks for {b.hf or b.path}@{b.revision or '-'} (locked: {a.hf or a.path}@{a.revision or '-'})"
     if a.pin != b.pin:
-        moved = a.pin.commit != b.pin.commit
+        old, new = a.pin.commit, b.pin.commit  # None in a hand-edited lock: no commits to show
         return "has different content than locked" + (
-            f" (commit {a.pin.commit[:12]} -> {b.pin.commit[:12]})" if moved else ""
+            f" (commit {old[:12]} -> {new[:12]})" if old is not None and new is not None and old != new else ""
         )
     return None
 

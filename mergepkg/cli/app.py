@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         return 1
     except typer.exceptions.TyperException as e:  # usage errors: click's own message, exit 2
-        e.show()
+        # typer raises its (vendored) ClickException subclasses, which have show(); the base declares none
+        e.show()  # type: ignore[attr-defined]
         return e.exit_code
 
 

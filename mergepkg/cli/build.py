@@ -15,6 +15,7 @@ from mergepkg.cli.output import ProgressReporter, err, out
 from mergepkg.engine.device import check_device
 from mergepkg.errors import BuildError, RegistryError, SourceError
 from mergepkg.registry import packages
+from mergepkg.resolve.resolution import Mode
 from mergepkg.settings import Settings
 
 
@@ -35,14 +36,13 @@ def build(
         "and elementwise methods merge large tensors in blocks of rows.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-):
+) -> None:
     """Build a recipe's outputs: steps already in the store are reused, the rest built."""
     if locked and frozen:
         raise BuildError("--locked and --frozen exclude each other", hint="--frozen already implies --locked")
     check_device(device)
-    recipe = _recipe_file(recipe, offline)
     r, session = open_recipe(
-        recipe,
+        _recipe_file(recipe, offline),
         offline=offline,
         device=device,
         threads=threads,
@@ -50,7 +50,7 @@ def build(
         max_memory=parse_size(max_memory, "--max-memory") if max_memory else None,
     )
     target = out_dir or Path("out") / r.name
-    mode = "frozen" if frozen else "locked" if locked else "update"
+    mode: Mode = "frozen" if frozen else "locked" if locked else "update"
     with ProgressReporter(enabled=not quiet) as reporter:
         report = build_recipe(r, session, out=target, seed=seed, mode=mode, reporter=reporter)
     for name in report.built:
@@ -60,7 +60,7 @@ def build(
         out.print(str(folder), highlight=False)
 
 
-def validate(recipe: Path = RECIPE, offline: bool = OFFLINE):
+def validate(recipe: Path = RECIPE, offline: bool = OFFLINE) -> None:
     """Check a recipe against its models without merging anything."""
     r, session = open_recipe(recipe, offline=offline)
     st = status(r, session, use_store=False)

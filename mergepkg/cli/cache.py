@@ -16,7 +16,7 @@ app = typer.Typer(help="The store of built steps, addressed by key.", no_args_is
 
 
 @app.command("list")
-def list_():
+def list_() -> None:
     """Every artifact: key, method, size, build time."""
     session = Session()
     table = Table()
@@ -30,20 +30,20 @@ def list_():
 
 
 @app.command("info")
-def info(key: str = typer.Argument(..., help="A key or a unique prefix of one.")):
+def info(key: str = typer.Argument(..., help="A key or a unique prefix of one.")) -> None:
     """An artifact's manifest: its lock entry, digest, files."""
     a = Session().store.find_one(key)
     out.print_json(json.dumps(a.manifest))
 
 
 @app.command("path")
-def path(key: str = typer.Argument(..., help="A key or a unique prefix of one.")):
+def path(key: str = typer.Argument(..., help="A key or a unique prefix of one.")) -> None:
     """The folder of an artifact."""
     out.print(str(Session().store.find_one(key).folder), highlight=False)
 
 
 @app.command("gc")
-def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; remove nothing.")):
+def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; remove nothing.")) -> None:
     """Remove artifacts no lockfile of a built recipe references, and leftovers of killed builds."""
     done = collect_garbage(Session().store, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"

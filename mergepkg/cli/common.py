@@ -35,7 +35,7 @@ def parse_size(text: str, option: str = "--shard-size") -> int:
     return int(float(m[1]) * units[unit])
 
 
-def size(n: int) -> str:
+def size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -37,7 +37,7 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Also print the results as JSON on stdout."),
     device: str = typer.Option("cpu", "--device", help="Where the model runs."),
     offline: bool = OFFLINE,
-):
+) -> None:
     """Evaluate models: exact-match accuracy on task files, perplexity on text; cached."""
     base = Settings()
     session = Session(Settings(home=base.home, offline=offline or base.offline, device=device))

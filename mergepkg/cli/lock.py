@@ -24,7 +24,7 @@ def lock(
         None, help="With --upgrade: only these sources or dependencies.", show_default=False
     ),
     offline: bool = OFFLINE,
-):
+) -> None:
     """Write or refresh the recipe's lock (RECIPE.lock beside it)."""
     r, session = open_recipe(recipe, offline=offline)
     if sources and not upgrade:
@@ -41,7 +41,7 @@ def verify(
         False, "--rebuild", help="Rebuild every step from the lock in a scratch store and compare."
     ),
     offline: bool = OFFLINE,
-):
+) -> None:
     """Check stored artifacts (or a rebuild) against the digests in the recipe's lock."""
     r, session = open_recipe(recipe, offline=offline)
     with ProgressReporter(enabled=rebuild) as reporter:

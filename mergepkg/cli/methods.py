@@ -8,7 +8,7 @@ from mergepkg.cli.output import out
 from mergepkg.methods import METHODS
 
 
-def methods():
+def methods() -> None:
     """List merge methods with their parameters, defaults and allowed ranges."""
     table = Table(show_lines=True)
     for col in ("method", "parameter", "default", "allowed", "set"):

@@ -8,6 +8,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -40,25 +41,29 @@ class ProgressReporter:
             console=err,
             disable=not enabled,
         )
-        self.task = None
+        self.task: TaskID | None = None  # the bar of the step being built
 
-    def __enter__(self):
+    def __enter__(self) -> ProgressReporter:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def step_reused(self, name, key):
+    def step_reused(self, name: str, key: str) -> None:
         if not self.progress.disable:
             self.progress.console.print(f"[dim]stored[/] {name} [dim]{key[:12]}[/]")
 
-    def step_started(self, name, tensors, nbytes):
+    def step_started(self, name: str, tensors: int, nbytes: int) -> None:
         self.task = self.progress.add_task(name, total=nbytes, done=0, tensors=tensors)
 
-    def tensor_done(self, nbytes):
+    def tensor_done(self, nbytes: int) -> None:
         done = self.progress.tasks[-1].fields["done"] + 1
-        self.progress.update(self.task, advance=nbytes, done=done)
+        self.progress.update(self._task(), advance=nbytes, done=done)
 
-    def step_finished(self, name):
-        self.progress.update(self.task, completed=self.progress.tasks[-1].total)
+    def step_finished(self, name: str) -> None:
+        self.progress.update(self._task(), completed=self.progress.tasks[-1].total)
+
+    def _task(self) -> TaskID:
+        assert self.task is not None  # the engine starts a step before it reports on its tensors
+        return self.task

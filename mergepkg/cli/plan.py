@@ -15,7 +15,7 @@ from mergepkg.recipe.plan import graph_text, make_plan
 from mergepkg.resolve.resolution import expand
 
 
-def plan(recipe: Path = RECIPE, offline: bool = OFFLINE):
+def plan(recipe: Path = RECIPE, offline: bool = OFFLINE) -> None:
     """Show the steps as a tree: key, method, stored or to build, bytes read and written."""
     r, session = open_recipe(recipe, offline=offline)
     st = status(r, session)
@@ -64,7 +64,7 @@ def graph(
     recipe: Path = RECIPE,
     fmt: str = typer.Option("mermaid", "--format", "-f", help="mermaid or dot."),
     offline: bool = OFFLINE,
-):
+) -> None:
     """Print the DAG as Mermaid or Graphviz DOT, for docs."""
     if fmt not in ("mermaid", "dot"):
         raise typer.BadParameter("expected mermaid or dot", param_hint="--format")

@@ -38,7 +38,7 @@ def add(
     token: str = typer.Option(
         None, "--token", help="Bearer token for publish and yank (stored 0600; MERGEPKG_TOKEN_<NAME> overrides it)."
     ),
-):
+) -> None:
     """Add a registry to the list searched, in order, for packages."""
     settings = _settings()
     regs = registries.configured(settings)
@@ -52,7 +52,7 @@ def add(
 
 
 @app.command("list")
-def list_():
+def list_() -> None:
     """The configured registries, in the order they are searched."""
     table = Table()
     for col in ("name", "url", "token"):
@@ -63,7 +63,7 @@ def list_():
 
 
 @app.command("remove")
-def remove(name: str = typer.Argument(...)):
+def remove(name: str = typer.Argument(...)) -> None:
     """Forget a registry (what was installed from it stays)."""
     settings = _settings()
     client = registries.Client(settings)
@@ -74,7 +74,7 @@ def remove(name: str = typer.Argument(...)):
 
 # -- hosting --------------------------------------------------------------------------
 @app.command("init")
-def init(folder: Path = typer.Argument(..., file_okay=False), name: str = typer.Option(..., "--name")):
+def init(folder: Path = typer.Argument(..., file_okay=False), name: str = typer.Option(..., "--name")) -> None:
     """Create an empty registry folder (serve it, or commit it to git, as it is)."""
     RegistryFolder(folder).init(name)
     err.print(f"[green]created[/] registry {escape(name)} in {escape(str(folder))}")
@@ -86,7 +86,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8780, "--port"),
     threads: int = typer.Option(4, "--threads", help="Requests served at once."),
-):
+) -> None:
     """Serve a registry folder over HTTP; publish and yank need a token."""
     server = make_server(folder, host, port, threads)
     err.print(f"serving {escape(str(folder))} on http://{host}:{server.effective_port} (Ctrl-C stops)")
@@ -100,7 +100,7 @@ def serve(
 def token_create(
     folder: Path = typer.Argument(..., file_okay=False, exists=True),
     label: str = typer.Option(..., "--label", help="Who holds it, e.g. alice or ci."),
-):
+) -> None:
     """Create a token; it is printed once and only its hash is kept."""
     token = tokens.create(folder, label)
     out.print(token, highlight=False)
@@ -110,14 +110,14 @@ def token_create(
 @token_app.command("revoke")
 def token_revoke(
     folder: Path = typer.Argument(..., file_okay=False, exists=True), label: str = typer.Option(..., "--label")
-):
+) -> None:
     """Stop accepting a token (at once, no restart needed)."""
     tokens.revoke(folder, label)
     err.print(f"[green]revoked[/] the token of {escape(label)}")
 
 
 @token_app.command("list")
-def token_list(folder: Path = typer.Argument(..., file_okay=False, exists=True)):
+def token_list(folder: Path = typer.Argument(..., file_okay=False, exists=True)) -> None:
     """Labels and creation times of the tokens (the tokens themselves are not kept)."""
     table = Table()
     table.add_column("label")
@@ -131,7 +131,7 @@ def token_list(folder: Path = typer.Argument(..., file_okay=False, exists=True))
 def search(
     text: str = typer.Argument(..., help="Words that must all appear in name, description or tags."),
     offline: bool = OFFLINE,
-):
+) -> None:
     """Find published recipes in the configured registries."""
     found = packages.search(registries.Client(_settings(offline)), text)
     table = Table()
@@ -144,7 +144,9 @@ def search(
     err.print(f"{len(found)} packages match {text!r}")
 
 
-def info(spec: str = typer.Argument(..., metavar="NAME[@RANGE]"), registry: str = REGISTRY, offline: bool = OFFLINE):
+def info(
+    spec: str = typer.Argument(..., metavar="NAME[@RANGE]"), registry: str = REGISTRY, offline: bool = OFFLINE
+) -> None:
     """A package's versions (those a range allows), checksums, dependencies and sources."""
     reg, entries = packages.info(registries.Client(_settings(offline)), packages.Spec.parse(spec), registry)
     latest = entries[-1]
@@ -165,7 +167,9 @@ def info(spec: str = typer.Argument(..., metavar="NAME[@RANGE]"), registry: str 
     out.print(table)
 
 
-def install(spec: str = typer.Argument(..., metavar="NAME[@RANGE]"), registry: str = REGISTRY, offline: bool = OFFLINE):
+def install(
+    spec: str = typer.Argument(..., metavar="NAME[@RANGE]"), registry: str = REGISTRY, offline: bool = OFFLINE
+) -> None:
     """Resolve the newest matching version and its dependencies; fetch, verify, keep."""
     deps = packages.install(_settings(offline), packages.Spec.parse(spec), registry)
     for name, pick in deps.picks.items():
@@ -177,7 +181,7 @@ def install(spec: str = typer.Argument(..., metavar="NAME[@RANGE]"), registry: s
 def publish(
     recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="The recipe file."),
     registry: str = typer.Option(..., "--registry", "-r", help="A configured registry."),
-):
+) -> None:
     """Publish a recipe: validated, checksummed, immutable once published."""
     reg, entry, new = packages.publish(_settings(), recipe, registry)
     verb = "[green]published[/]" if new else "[yellow]already published[/] (same bytes)"
@@ -189,7 +193,7 @@ def yank(
     spec: str = typer.Argument(..., metavar="NAME@VERSION"),
     registry: str = typer.Option(..., "--registry", "-r"),
     undo: bool = typer.Option(False, "--undo", help="Un-yank."),
-):
+) -> None:
     """Hide a version from new resolutions; locks that name it keep working."""
     name, _, version = spec.partition("@")
     if not version:

@@ -18,14 +18,14 @@ class Reporter(Protocol):
 
 
 class NullReporter:
-    def step_reused(self, name, key):
+    def step_reused(self, name: str, key: str) -> None:
         pass
 
-    def step_started(self, name, tensors, nbytes):
+    def step_started(self, name: str, tensors: int, nbytes: int) -> None:
         pass
 
-    def tensor_done(self, nbytes):
+    def tensor_done(self, nbytes: int) -> None:
         pass
 
-    def step_finished(self, name):
+    def step_finished(self, name: str) -> None:
         pass

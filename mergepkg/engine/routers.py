@@ -42,6 +42,7 @@ def routers(layout: StepLayout, folders: dict[str, Path], *, device: str, seed: 
     """{router tensor name: (rows, hidden) float32 tensor} for every router of `layout`
     (its tensors without parts)."""
     step, moe = layout.step, layout.step.moe
+    assert moe is not None and step.base is not None  # routers are tensors of an moe step, which has a base
     targets = [t for t in layout.tensors if not t.parts]
     if moe.gate_mode == "random":
         out = {}
@@ -50,7 +51,7 @@ def routers(layout: StepLayout, folders: dict[str, Path], *, device: str, seed: 
             out[t.name] = torch.randn(t.info.shape, generator=gen, device=device)  # (rows, hidden)
         return out
     experts = list(moe.experts) + ([moe.shared_expert] if moe.shared_expert else [])
-    layers = 1 + max(int(LAYER.match(t.name)["index"]) for t in targets)
+    layers = 1 + max(_layer(t.name) for t in targets)
     folder = folders[step.base]
     if moe.gate_mode == "hidden":
         vectors = hidden_vectors(folder, experts, torch_dtype(step.dtype), device)
@@ -60,10 +61,16 @@ def routers(layout: StepLayout, folders: dict[str, Path], *, device: str, seed: 
     count = len(moe.experts)
     out = {}
     for t in targets:
-        layer = int(LAYER.match(t.name)["index"])
+        layer = _layer(t.name)
         rows = vectors[layer, count:] if t.name.endswith(SHARED_GATE) else vectors[layer, :count]
         out[t.name] = rows.contiguous()
     return out
+
+
+def _layer(name: str) -> int:
+    m = LAYER.match(name)
+    assert m is not None  # every router is a tensor of a layer (layout/moe.py)
+    return int(m["index"])
 
 
 def _tokenizer(folder: Path):
@@ -111,7 +118,8 @@ def hidden_vectors(folder: Path, experts: Sequence[Expert], dtype, device: str) 
     from transformers import AutoModelForCausalLM
 
     tokenizer = _tokenizer(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    # transformers types `to` through functools.wraps, which loses `self`: a device is right
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
 
     def mean_state(prompts: Sequence[str]) -> torch.Tensor:
         total = None
@@ -122,6 +130,7 @@ def hidden_vectors(folder: Path, experts: Sequence[Expert], dtype, device: str) 
             # states: layers + 1 of (1, tokens, hidden); [i] is the input of layer i, the last is after the final norm
             last = torch.stack(states[:-1])[:, 0, -1, :].float()  # (layers, hidden)
             total = last if total is None else total + last
+        assert total is not None  # in a prompted gate mode every expert has prompts (recipe/moe.py)
         return total / len(prompts)
 
     vectors = []

@@ -77,7 +77,8 @@ def evaluate_model(
         hf_logging.disable_progress_bar()  # our own progress is on stderr already
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(device).eval()
+        # transformers types `to` through functools.wraps, which loses `self`: a device is right
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(device).eval()  # type: ignore[arg-type]
         for task in todo:
             result = run_task(model, tokenizer, task, device)
             cache.put(model_key, task.sha256, result)

@@ -45,23 +45,28 @@ class SequentialFile:
                 self._write_all(data)
                 return
             n = min(len(data), STAGE - self._fill)
-            self._stage[self._fill : self._fill + n] = data[:n]
+            self._staging()[self._fill : self._fill + n] = data[:n]
             self._fill += n
             data = data[n:]
             if self._fill == STAGE:
                 self._flush(STAGE)
 
+    def _staging(self) -> mmap.mmap:
+        """The stage: made when the file opened for direct I/O, the only way bytes get staged."""
+        assert self._stage is not None
+        return self._stage
+
     def _flush(self, n: int) -> None:
         """Write the first n staged bytes (a multiple of ALIGN) and empty the stage."""
         try:
-            self._write_all(memoryview(self._stage)[:n])
+            self._write_all(memoryview(self._staging())[:n])
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
             # the file system refuses direct I/O after all: carry on through the cache
             fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
             self.direct = False
-            self._write_all(memoryview(self._stage)[:n])
+            self._write_all(memoryview(self._staging())[:n])
         self._fill = 0
 
     def _write_all(self, data: memoryview) -> None:
@@ -75,7 +80,7 @@ class SequentialFile:
             if self._fill:
                 tail = self._fill
                 padded = -(-tail // ALIGN) * ALIGN
-                self._stage[tail:padded] = bytes(padded - tail)
+                self._staging()[tail:padded] = bytes(padded - tail)
                 self._flush(padded)
                 os.ftruncate(self.fd, self.size)  # drop the padding (whichever way it went)
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from io import FileIO
 from pathlib import Path
 
 from mergepkg._lazy import torch
@@ -22,10 +23,10 @@ class ModelReader:
 
     def __init__(self, folder: Path, infos: dict[str, TensorInfo], pool: BufferPool | None = None):
         self.folder, self.infos, self.pool = folder, infos, pool
-        self._files: dict[str, tuple] = {}  # file -> (open file, data start, header)
+        self._files: dict[str, tuple[FileIO, int, dict]] = {}  # file -> (open file, data start, header)
         self._other: dict[str, object] = {}
 
-    def _safetensors(self, file: str) -> tuple[int, int, dict]:
+    def _safetensors(self, file: str) -> tuple[FileIO, int, dict]:
         if file not in self._files:
             path = self.folder / file
             f = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open: its descriptor serves the preads until close()
@@ -77,7 +78,7 @@ class ModelReader:
             done += got
         return tensor
 
-    def close(self):
+    def close(self) -> None:
         for f, _, _ in self._files.values():
             f.close()
         self._files.clear()

@@ -37,7 +37,7 @@ class TensorInfo:
         return n
 
 
-def torch_dtype(code_or_name: str):
+def torch_dtype(code_or_name: str) -> torch.dtype:
     name = NAME_OF.get(code_or_name, code_or_name)
     return getattr(torch, name)
 

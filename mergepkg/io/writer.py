@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -76,7 +76,15 @@ class ShardWriter:
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._shard = shard
 
-    def write(self, name: str, tensor: torch.Tensor, *, first: bool = True, last: bool = True, done=None):
+    def write(
+        self,
+        name: str,
+        tensor: torch.Tensor,
+        *,
+        first: bool = True,
+        last: bool = True,
+        done: Callable[[], object] | None = None,
+    ) -> None:
         """Write the next tensor, or (first/last) the next block of rows of it; `done()`
         runs once its bytes are written and hashed (the caller may then reuse them)."""
         shard, expected, info = self._order[self._next]
@@ -91,12 +99,14 @@ class ShardWriter:
             )
         if shard != self._shard:
             self._open_shard(shard)
+        file = self._file
+        assert file is not None  # the shard is open from its first tensor until close() or abort()
         data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
         if first:
             self._hash = hashlib.sha256(tensor_digest_prefix(name, info.dtype, info.shape))
             self._written = 0
         self._hasher.submit(self._hash.update, data)  # one worker: pieces hash in order
-        self._file.write(data)
+        file.write(data)
         if done is not None:
             self._hasher.submit(done)  # after the update above: the hasher has finished with data
         self._written += len(data)
@@ -112,7 +122,7 @@ class ShardWriter:
             self._file.close()
             self._file = None
 
-    def abort(self):
+    def abort(self) -> None:
         """Close the open shard after a failure; the caller discards the folder."""
         self._close_file()
         self._hasher.shutdown(cancel_futures=True)
@@ -125,7 +135,7 @@ class ShardWriter:
     def digest(self) -> str:
         return combine_digests(self.digests)
 
-    def close(self):
+    def close(self) -> None:
         self._close_file()
         self._hasher.shutdown()
         if self._next != len(self._order):

@@ -84,7 +84,8 @@ class Alignment:
             return
         if not differ and not self.tokens and (self.rows[ref] or 0) % pad == 0:
             return  # one vocabulary already: nothing moves, the output is the step's merge as it is
-        lacking = [m for m in self.models if self.vocabs[m] is None]
+        vocabs = {m: v for m, v in self.vocabs.items() if v is not None}
+        lacking = [m for m in self.models if m not in vocabs]
         if lacking:
             raise self.where.error(
                 RecipeError,
@@ -92,12 +93,19 @@ class Alignment:
                 f"{lacking[0]!r} has no tokenizer.json, so its embedding rows cannot be matched to tokens",
                 "use models with a tokenizer.json (a fast tokenizer)",
             )
-        within = {m: self.vocabs[m].within(self.rows[m]) for m in self.models}
+        within = {m: vocabs[m].within(self.rows[m]) for m in self.models}
         if not differ:  # forced tokens or padding on one shared vocabulary: every row stays
-            self.target, self.token_rows = within[ref], self.rows[ref]
+            rows = self.rows[ref]
+            if rows is None:
+                raise self.where.error(
+                    RecipeError,
+                    self.key,
+                    f"{ref!r} has no embedding tensor and no vocab_size in its config, so its rows cannot be counted",
+                )
+            self.target, self.token_rows = within[ref], rows
         elif step.tokenizer_union:
             try:
-                self.out_vocab = union([(self.vocabs[m], self.rows[m]) for m in self.models])
+                self.out_vocab = union([(vocabs[m], self.rows[m]) for m in self.models])
             except ValueError as e:
                 raise self.where.error(
                     RecipeError,
@@ -136,7 +144,7 @@ class Alignment:
                     if vb.get(token) != i:
                         where = f"id {vb[token]}" if token in vb else "missing"
                         return m, f"token {token!r} is id {i} in {ref!r}, {where} in {m!r}"
-                token = min(set(vb) - set(va), key=vb.get)
+                token = min(set(vb) - set(va), key=vb.__getitem__)
                 return m, f"{m!r} has token {token!r} (id {vb[token]}) that {ref!r} lacks"
         return None
 
@@ -151,7 +159,8 @@ class Alignment:
     def row_map(self, parts: list[tuple[str, str]]) -> RowMap | None:
         """The rows of the output tensor merged from `parts` ((model, tensor), base first);
         None when its rows stay as they are (not a vocabulary tensor, or nothing moves)."""
-        if self.out_rows is None:
+        out_rows = self.out_rows
+        if out_rows is None:
             return None
         for model, tensor in parts:
             t = self.infos[model].tensors.get(tensor)
@@ -165,10 +174,10 @@ class Alignment:
                 return None
         models = tuple(m for m, _ in parts)
         if models not in self.maps:  # the embedding and the head usually share one
-            self.maps[models] = self._row_map(models)
+            self.maps[models] = self._row_map(models, out_rows)
         return self.maps[models]
 
-    def _row_map(self, models: tuple[str, ...]) -> RowMap:
+    def _row_map(self, models: tuple[str, ...], out_rows: int) -> RowMap:
         n = self.token_rows
         if all(self.rows[m] == n and self.within[m] == self.target for m in models):
             own = [list(range(n)) for _ in models]
@@ -205,9 +214,9 @@ class Alignment:
         for j in range(n):  # rows no token names (holes in an id range)
             if j not in fallbacks and any(o[j] < 0 for o in own):
                 fallbacks[j] = ("zero",)
-        padding = [-1] * (self.out_rows - n)
+        padding = [-1] * (out_rows - n)
         return RowMap(
-            self.out_rows,
+            out_rows,
             tuple(tuple(o + padding) for o in own),
             tuple(sorted(fallbacks.items())),
             n if padding else None,

@@ -132,7 +132,8 @@ class DenseLayout:
                     f"{model!r} has tensor {extra[0]} that {ref!r} lacks" + tied_note(extra[0], model, ref),
                     "the models must share an architecture and tensor names",
                 )
-        members = ([("base", step.base, {})] if step.base else []) + [("input", r.model, r.params) for r in step.inputs]
+        members: list[tuple[str, str, Params]] = [("base", step.base, {})] if step.base else []
+        members += [("input", r.model, r.params) for r in step.inputs]
         for name in ordered(self.infos[ref].tensors):
             m = LAYER.match(name)
             t = (int(m["index"]) / (n - 1) if n > 1 else 1.0) if m else 0.0
@@ -158,7 +159,7 @@ class DenseLayout:
         pre = [n for n in outer if is_pre(n)]
         post = [n for n in outer if not is_pre(n)]
         for name in pre:
-            yield name, 0.0, self.members(first, name, lambda s, n=name: n), first.params
+            yield name, 0.0, self.members(first, name, _named(name)), first.params
         for sl in step.slices:
             count = sl.sources[0].layers[1] - sl.sources[0].layers[0]
             layer0 = sl.sources[0].layers[0]
@@ -178,12 +179,12 @@ class DenseLayout:
                     yield (
                         out_name,
                         t,
-                        self.members(sl, out_name, lambda s, o=off, r=rest, p=prefix: f"{p}{s.layers[0] + o}.{r}"),
+                        self.members(sl, out_name, _in_layer(prefix, off, rest)),
                         sl.params,
                     )
                 out_layer += 1
         for name in post:
-            yield name, 0.0, self.members(last, name, lambda s, n=name: n), last.params
+            yield name, 0.0, self.members(last, name, _named(name)), last.params
 
     def members(self, sl: Slice, out_name: str, tensor_of: Callable[[SliceSource], str]) -> list[Member]:
         base = self.step.base
@@ -222,6 +223,7 @@ class DenseLayout:
                 base = part
             else:
                 parts.append(part)
+        assert ref_info is not None  # a group has a member: an input or a slice source
         shared = [slice_params, step.params]
         inputs = [m for m in members if m.role == "input"]
         params: dict[str, Any] = {
@@ -238,6 +240,16 @@ class DenseLayout:
         dtype = saved_dtype(step.out_dtype, stored)
         shape = (row_map.rows, *ref_info.shape[1:]) if row_map else ref_info.shape
         return OutputTensor(name, TensorInfo(dtype, shape), base, tuple(parts), params, row_map)
+
+
+def _named(name: str) -> Callable[[SliceSource], str]:
+    """Tensor `name` of every slice source (a tensor outside the layers)."""
+    return lambda s: name
+
+
+def _in_layer(prefix: str, offset: int, rest: str) -> Callable[[SliceSource], str]:
+    """Tensor `rest` of the layer `offset` layers into each slice source's range."""
+    return lambda s: f"{prefix}{s.layers[0] + offset}.{rest}"
 
 
 def tied_note(tensor: str, has: str, lacks: str) -> str:

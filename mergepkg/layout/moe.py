@@ -51,7 +51,7 @@ class MoeLayout:
         where = recipe.written(step.name)  # an imported step reports errors in its own file
         self.key, self.error = where.key, where.error
 
-    def members(self):
+    def members(self) -> list[tuple[str, str]]:
         """(key path, model) of every expert, then the shared expert."""
         out = [(f"{self.key}.experts[{i}].model", e.model) for i, e in enumerate(self.moe.experts)]
         if self.moe.shared_expert:
@@ -60,7 +60,7 @@ class MoeLayout:
 
     def layout(self) -> StepLayout:
         step, moe = self.step, self.moe
-        base = self.infos[step.base]
+        base = self.infos[self.base]
         family = self.family(base)
         self.check_members(base)
         prefix = next((m["prefix"] for n in base.tensors if (m := LAYER.match(n))), "model.layers.")
@@ -69,7 +69,7 @@ class MoeLayout:
         for name in base.tensors:
             m = LAYER.match(name)
             if not (m and m["rest"].startswith("mlp.")):
-                outputs.append(self.copy(name, step.base, name, base.tensors[name]))
+                outputs.append(self.copy(name, self.base, name, base.tensors[name]))
         for i in range(layers):
             mlp = f"{prefix}{i}.mlp."
             like = base.tensors[mlp + "gate_proj.weight"]  # routers take the dtype of the base's MLP
@@ -87,11 +87,13 @@ class MoeLayout:
             router = f"{prefix}{i}.block_sparse_moe.gate.weight" if family == "mixtral" else f"{mlp}gate.weight"
             outputs.append(self.computed(router, (len(moe.experts), hidden), like))
             if family == "qwen2_moe":
+                shared = moe.shared_expert
+                assert shared is not None  # family() refuses qwen2 inputs without one
                 for proj in PROJ:
                     outputs.append(
                         self.copy(
                             f"{mlp}shared_expert.{proj}.weight",
-                            moe.shared_expert.model,
+                            shared.model,
                             f"{mlp}{proj}.weight",
                             base.tensors[f"{mlp}{proj}.weight"],
                         )
@@ -107,15 +109,15 @@ class MoeLayout:
             get_method("moe"),
             tuple(outputs),
             config,
-            step.base,
+            self.base,
             step.tokenizer_model,
             bytes_in,
-            self.infos[step.base].vocab,
+            self.infos[self.base].vocab,
         )
 
     def family(self, base: ModelInfo) -> str:
         model_type = base.config.get("model_type")
-        family = FAMILY.get(model_type)
+        family = FAMILY.get(model_type) if isinstance(model_type, str) else None
         if family is None:
             raise self.error(
                 ModelMismatchError,
@@ -157,7 +159,7 @@ class MoeLayout:
                 )
         return family
 
-    def check_members(self, base: ModelInfo):
+    def check_members(self, base: ModelInfo) -> None:
         step = self.step
         want = base.config.get("architectures") or base.config.get("model_type")
         prefix = next((m["prefix"] for n in base.tensors if (m := LAYER.match(n))), "model.layers.")

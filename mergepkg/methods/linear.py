@@ -37,7 +37,7 @@ def linear(
     return out.div_(total) if normalize and total != 1 else out  # x / 1 == x, bit for bit
 
 
-def stream_linear(base, tensors, *, compute, out_dtype, out=None, **params):
+def stream_linear(base, tensors, *, compute, out_dtype, out=None, **params) -> torch.Tensor:
     return chunks.elementwise(linear, base, tensors, compute=compute, out_dtype=out_dtype, out=out, **params)
 
 

@@ -8,6 +8,7 @@ mergekit 0.1.5 does for every method that rescales).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from mergepkg._lazy import torch
 from mergepkg.methods.kernels import chunks
@@ -16,7 +17,7 @@ from mergepkg.methods.kernels.reduce import Total, total
 RESCALE_EPS = 1e-7
 
 
-def rescale_factor(before: torch.Tensor, after: torch.Tensor, eps: float = RESCALE_EPS):
+def rescale_factor(before: torch.Tensor, after: torch.Tensor, eps: float = RESCALE_EPS) -> torch.Tensor | None:
     """What scales kept entries of L1 norm `after` back to the delta's `before`; None
     (leave them) when either norm is ~0."""
     return None if before < eps or after < eps else before / after
@@ -93,7 +94,7 @@ class TopK:
         return mask if out is None else out.copy_(mask)
 
 
-def in_band(a: torch.Tensor, start: int, lo: float, hi: float):
+def in_band(a: torch.Tensor, start: int, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(entries of `a` above hi, those in [lo, hi], their indexes + start). NaN is in neither."""
     index = ((a >= lo) & (a <= hi)).nonzero().squeeze(1)
     return int((a > hi).sum()), a[index], index.add_(start)
@@ -192,7 +193,7 @@ def magprune(
     return _finish(delta, mask.view_as(delta), rescale)
 
 
-def l1_rescale(flat: chunks.Flat, i: int, keep):
+def l1_rescale(flat: chunks.Flat, i: int, keep: Callable[[slice, torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
     """The L1 rescale factor (or None) of input i's thinned task vector, its sums taken
     chunk by chunk in fixed blocks (reduce.Total); `keep(span, delta)` is 1 where kept."""
     before, after = Total(), Total()

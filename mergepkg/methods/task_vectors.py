@@ -84,10 +84,11 @@ def family_params(*, normalize: bool, rescale: bool | None, extra: Sequence[Para
 
 # Streaming (see chunks.py): for each input, a rule that says which entries of a chunk
 # of its task vector survive. A planner returns None when everything survives.
-Planner = Callable[..., "Callable[[slice, torch.Tensor], torch.Tensor] | None"]
+Rule = Callable[[slice, "torch.Tensor"], "torch.Tensor"]  # (chunk, its delta) -> 1.0 where kept, else 0.0
+Planner = Callable[..., Rule | None]
 
 
-def plan_magnitude(flat: chunks.Flat, i: int, density: float, **_):
+def plan_magnitude(flat: chunks.Flat, i: int, density: float, **_) -> Rule | None:
     if density >= 1 or flat.n == 0:
         return None
     rule = sparsify.TopK(
@@ -101,7 +102,7 @@ def plan_magnitude(flat: chunks.Flat, i: int, density: float, **_):
     return keep
 
 
-def plan_bernoulli(flat: chunks.Flat, i: int, density: float, rng, **_):
+def plan_bernoulli(flat: chunks.Flat, i: int, density: float, rng, **_) -> Rule | None:
     if density >= 1:
         return None
     seed, limit = rng(i).initial_seed(), sparsify.draw_limit(density)  # draws by entry index: chunk by chunk
@@ -113,7 +114,7 @@ def plan_bernoulli(flat: chunks.Flat, i: int, density: float, rng, **_):
     return keep
 
 
-PLANNERS = {sparsify.magnitude: plan_magnitude, sparsify.bernoulli: plan_bernoulli}
+PLANNERS: dict[Sparsifier, Planner] = {sparsify.magnitude: plan_magnitude, sparsify.bernoulli: plan_bernoulli}
 
 
 def stream_task_vectors(
@@ -200,6 +201,7 @@ def make_method(
 
     def merge(base, tensors, *, weight, normalize, lambda_=1.0, density=None, rescale=False, rng=None, **kw):
         def thin(delta, i):
+            assert thinner is not None  # thin is passed on only with a thinner
             args = {k: kw[k][i] for k in extra_names}
             if random:
                 args["rng"] = rng(i)
@@ -227,7 +229,7 @@ def make_method(
                 compute=compute,
                 out_dtype=out_dtype,
                 elect_sign=elect_sign,
-                planner=PLANNERS.get(thinner),
+                planner=PLANNERS[thinner] if thinner is not None else None,
                 **params,
             )
 

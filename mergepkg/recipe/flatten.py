@@ -9,6 +9,7 @@ artifact, as when its own recipe builds it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from mergepkg.recipe.parse import load_recipe
 SEP = "::"
 
 
-def _renamed(step: Step, name: str, rename, origin: Origin) -> Step:
+def _renamed(step: Step, name: str, rename: Callable[[str], str], origin: Origin | None) -> Step:
     return replace(
         step,
         name=name,
@@ -36,7 +37,7 @@ def _renamed(step: Step, name: str, rename, origin: Origin) -> Step:
     )
 
 
-def _tokenizer(step: Step, rename) -> str | None:
+def _tokenizer(step: Step, rename: Callable[[str], str]) -> str | None:
     """The step's tokenizer setting under new model names, naming the same model."""
     if step.tokenizer_union:
         return step.tokenizer
@@ -46,7 +47,7 @@ def _tokenizer(step: Step, rename) -> str | None:
     return rename(step.tokenizer)
 
 
-def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind=None) -> Recipe:
+def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind: Callable[[Recipe], Recipe] | None = None) -> Recipe:
     """`bind` (registry/dependencies.py `Dependencies.bind`) points `dependency` sources
     at their installed recipe files, here and in every recipe loaded on the way."""
     bind = bind or _unbound
@@ -60,29 +61,35 @@ def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind=None) -> Recipe:
     alias: dict[str, str] = {}
     for name, src in imports.items():
         key = f"sources.{name}"
-        if src.recipe in chain:
-            files = " -> ".join(str(p) for p in (*chain[chain.index(src.recipe) :], src.recipe))
+        file, wanted = src.recipe, src.step
+        assert file is not None and wanted is not None  # an import; the parser gave it a step
+        if file in chain:
+            files = " -> ".join(str(p) for p in (*chain[chain.index(file) :], file))
             raise PlanError(
                 f"recipes import each other: {files}", file=str(recipe.path), line=recipe.line_of(key), key=key
             )
-        other = flatten(load_recipe(src.recipe), chain, bind)
-        if src.step not in other.steps:
+        other = flatten(load_recipe(file), chain, bind)
+        if wanted not in other.steps:
             raise PlanError(
-                f"{src.recipe.name} has no step {src.step!r}",
+                f"{file.name} has no step {wanted!r}",
                 file=str(recipe.path),
                 line=recipe.line_of(f"{key}.step"),
                 key=f"{key}.step",
-                hint=did_you_mean(src.step, other.steps),
+                hint=did_you_mean(wanted, other.steps),
             )
         prefix = name + SEP
         for n, s in other.sources.items():
             sources[prefix + n] = replace(s, name=prefix + n)
         for n, st in other.steps.items():
             origin = Origin(other.path, other.text, n, other.seed)
-            steps[prefix + n] = _renamed(st, prefix + n, lambda m, p=prefix: p + m, origin)
-        alias[name] = prefix + src.step
+            steps[prefix + n] = _renamed(st, prefix + n, _prefixed(prefix), origin)
+        alias[name] = prefix + wanted
     own = {n: _renamed(st, n, lambda m: alias.get(m, m), st.origin) for n, st in recipe.steps.items()}
     return replace(recipe, sources=sources, steps={**steps, **own})
+
+
+def _prefixed(prefix: str) -> Callable[[str], str]:
+    return lambda name: prefix + name
 
 
 def _unbound(recipe: Recipe) -> Recipe:

@@ -71,18 +71,15 @@ def locate(text: str, key: str) -> int | None:
     if not text or not key:
         return None
     segs = _segments(key)
-    pos = end = None
-    consumed = 0
+    pos, end, consumed = 0, len(text), 0  # the whole text, unless a table header prefixes the path
     for k in range(len(segs), 0, -1):
-        names = segs[:k]
-        if any(isinstance(s, int) for s in names):
+        names = [s for s in segs[:k] if isinstance(s, str)]
+        if len(names) < k:  # an array index: no header names it
             continue
         match = _header_pattern(names).search(text)
         if match:
             pos, end, consumed = match.end(), _table_end(text, match.end()), k
             break
-    if pos is None:
-        pos, end = 0, len(text)
     line_at = pos
     rest = segs[consumed:]
     i = 0

@@ -52,8 +52,8 @@ def moe_step(p: TableReader, name: str, table: dict) -> Step:
                 did_you_mean(k, [q.name for q in SPEC.params]),
             )
         if (problem := param.problem(value)) is not None:
-            hint = did_you_mean(str(value), GATE_MODES) if k == "gate_mode" else None
-            raise p.error(f"{key}.params.{k}", problem, hint)
+            close = did_you_mean(str(value), GATE_MODES) if k == "gate_mode" else None
+            raise p.error(f"{key}.params.{k}", problem, close)
     gate_mode = params.get("gate_mode", "hidden")
     per_token = params.get("experts_per_token", 2)
 

@@ -70,7 +70,7 @@ def token_source(
         model, key = src.get("model"), f"{key}.model"
     else:
         model = src
-    r.expect(model, str, key, "the name of a model of this step")
+    model = r.expect(model, str, key, "the name of a model of this step")
     if model == "base" and base and "base" not in models:
         model = base
     if model not in models:

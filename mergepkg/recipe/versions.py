@@ -20,6 +20,7 @@ never picks up pre-releases by accident.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import total_ordering
 
@@ -116,12 +117,12 @@ class Range:
 def _expand(part: str, whole: str) -> list[Comparator]:
     m = COMPARATOR.fullmatch(part)
     p = PARTIAL.fullmatch(m[2].strip()) if m else None
-    if not p:
+    if not m or not p:
         raise VersionError(f'not a version range: {whole!r} (expected e.g. "^1.2", ">=1.0, <2.0" or "*")')
     op = m[1] or "^"
     parts = [int(x) for x in p.group(1, 2, 3) if x is not None]
     pre = tuple(int(x) if x.isdigit() else x for x in p[4].split(".")) if p[4] else ()
-    low = Version(*[*parts, 0, 0][:3], pre)
+    low = Version(*_three(parts), pre)
     if op in (">=", ">", "<=", "<") and len(parts) == 3:
         return [Comparator(op, low)]
     if op in ("=", "~", "^", ">", "<="):  # ranges whose upper end depends on how many parts were given
@@ -156,10 +157,16 @@ def _bump(parts: list[int], fixed: int) -> Version:
     """The first version past every version whose first `fixed` parts equal these."""
     head = parts[:fixed]
     head[-1] += 1
-    return Version(*[*head, 0, 0, 0][:3], (0,))  # `-0`: below every pre-release of that version
+    return Version(*_three(head), (0,))  # `-0`: below every pre-release of that version
 
 
-def newest(versions, rng: Range):
+def _three(parts: list[int]) -> tuple[int, int, int]:
+    """major, minor, patch: the parts given, the missing ones zero."""
+    major, minor, patch = [*parts, 0, 0, 0][:3]
+    return major, minor, patch
+
+
+def newest(versions: Iterable[Version], rng: Range) -> Version | None:
     """The newest of `versions` (Version) the range allows, or None."""
     ok = [v for v in versions if rng.allows(v)]
     return max(ok) if ok else None

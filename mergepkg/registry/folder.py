@@ -21,7 +21,7 @@ from mergepkg.errors import MergepkgError, PublishError, RegistryError, did_you_
 from mergepkg.files import write_atomic
 from mergepkg.lockfile import lock_path, parse_lock
 from mergepkg.recipe.locate import locate
-from mergepkg.recipe.model import Recipe
+from mergepkg.recipe.model import Recipe, Source
 from mergepkg.recipe.names import canonical_name, check_version
 from mergepkg.recipe.parse import parse_recipe
 from mergepkg.recipe.versions import Range
@@ -45,9 +45,10 @@ def make_entry(recipe: Recipe, data: bytes, lock_text: str | None = None, now: d
     from the recipe's lock when it has one (commits), else from the revisions asked for."""
     locked = parse_lock(lock_text, lock_path(recipe)).sources if lock_text else {}
 
-    def pin(name: str, src) -> str:  # a lock's commit counts only where it asked for what the recipe asks now
+    def pin(name: str, src: Source) -> str:  # a lock's commit counts only where it asked for what the recipe asks now
         held = locked.get(name)
-        return held.pin.commit if held and (held.hf, held.revision) == (src.hf, src.revision) else src.revision
+        commit = held.pin.commit if held and (held.hf, held.revision) == (src.hf, src.revision) else None
+        return commit if commit is not None else src.revision  # None: a hand-edited lock without a commit
 
     sources = {n: f"{s.hf}@{pin(n, s)}" for n, s in sorted(recipe.sources.items()) if s.hf}
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -186,6 +187,7 @@ class RegistryFolder:
             steps = parse_recipe(text, self.root / recipe_path(dep.name, best.version)).steps
             for name, src in recipe.sources.items():
                 if src.dependency == dep.name and src.step not in steps:
+                    assert src.step is not None  # the parser gives every dependency source a step
                     raise PublishError(
                         f"{dep.name}@{best.version} has no step {src.step!r}",
                         file=str(recipe.path),
@@ -236,7 +238,9 @@ def _without_local_sources(text: str, label: str) -> str:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError:
         return text  # the parser reports it, located
-    sources = data.get("sources") if isinstance(data.get("sources"), dict) else {}
+    sources = data.get("sources")
+    if not isinstance(sources, dict):
+        sources = {}
     local = [n for n, s in sources.items() if isinstance(s, dict) and ("path" in s or "recipe" in s)]
     if local:
         key = f"sources.{local[0]}"

@@ -86,14 +86,16 @@ class VersionPicker:
         reqs = self._requirements(picks)
         for pkg, cand in picks.items():
             if pkg in reqs and not cand.fits(reqs[pkg]):
-                return self._dead_end(pkg, reqs[pkg])
+                self._dead_end(pkg, reqs[pkg])
+                return None
         undecided = [p for p in reqs if p not in picks]
         if not undecided:
             return {p: c for p, c in picks.items() if p in reqs}  # packages no longer required drop out
         pkg = undecided[0]
         cands = self._candidates(pkg, reqs[pkg])
         if not cands:
-            return self._dead_end(pkg, reqs[pkg])
+            self._dead_end(pkg, reqs[pkg])
+            return None
         for cand in cands:
             found = self._search({**picks, pkg: cand})
             if found is not None:
@@ -102,7 +104,6 @@ class VersionPicker:
 
     def _dead_end(self, pkg: str, reqs: list[Requirement]) -> None:
         self.failure = self.failure or (pkg, reqs)
-        return None
 
     def _requirements(self, picks: dict[str, Candidate]) -> dict[str, list[Requirement]]:
         """Every package reachable from the root through the picks, with who requires it how."""
@@ -151,6 +152,7 @@ class VersionPicker:
 
     # -- when nothing fits ------------------------------------------------------------------
     def _error(self) -> RegistryError:
+        assert self.failure is not None  # _search finds nothing only past a dead end, which it records
         pkg, reqs = self.failure
         reg, entries = self._index(pkg, reqs)
         live = [e for e in entries if not e.yanked]

@@ -10,6 +10,7 @@ headers) is the next layer's job: `mergepkg/layout/`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -54,7 +55,7 @@ class Resolution:
     seeds: dict[str, int]  # step -> seed for random methods (imported steps keep their recipe's)
     dependencies: dict[str, LockedDependency] = field(default_factory=dict)  # registry recipes, resolved
 
-    def lock(self, digests: dict[str, str | None]) -> Lock:
+    def lock(self, digests: Mapping[str, str | None]) -> Lock:
         steps = {n: LockedStep(n, self.recipe.steps[n].method, self.keys[n], digests.get(n)) for n in self.plan.order}
         return Lock(
             recipe_hash(self.recipe),
@@ -107,31 +108,32 @@ def resolve(
         src = recipe.sources[name]
         rel = os.path.relpath(src.path, recipe.path.parent) if src.path else None
         request = LockedSource(name, src.hf, src.revision if src.hf else None, rel, Pin(None, ()))
-        locked = lock.sources.get(name) if lock else None
-        keep = locked is not None and locked.same_request(request) and not ({name, ALL} & upgrade)
-        if mode == "frozen" and not keep:
-            raise LockError(
-                f"source {name!r} is not in the lock as the recipe asks for it",
-                file=str(recipe.path),
-                line=recipe.line_of(f"sources.{name}"),
-                key=f"sources.{name}",
-                hint="run `mergepkg lock` to update the lock",
+        kept = lock.sources.get(name) if lock else None  # the lock's entry, while it still holds
+        if kept is not None and (not kept.same_request(request) or {name, ALL} & upgrade):
+            kept = None  # the recipe asks for something else, or --upgrade moves it
+        if mode == "frozen" and kept is None:
+            raise recipe.locate(
+                LockError(
+                    f"source {name!r} is not in the lock as the recipe asks for it",
+                    hint="run `mergepkg lock` to update the lock",
+                ),
+                f"sources.{name}",
             )
         try:
-            fetched = fetch(src, settings, commit=locked.pin.commit if keep and src.hf else None)
+            fetched = fetch(src, settings, commit=kept.pin.commit if kept is not None and src.hf else None)
             pin = pin_folder(fetched.folder, session.hashes, fetched.commit)
         except SourceError as e:
             recipe.locate(e, f"sources.{name}")
             if mode == "frozen" and src.hf:
                 e.hint = "--frozen never downloads: build once without --frozen to fetch the locked commit"
             raise
-        if keep and src.hf and pin != locked.pin:
-            raise SourceError(
-                f"files of {src.hf}@{pin.commit} differ from the lock (a damaged Hugging Face cache?)",
-                file=str(recipe.path),
-                line=recipe.line_of(f"sources.{name}"),
-                key=f"sources.{name}",
-                hint="delete that repo from the Hugging Face cache and build again",
+        if kept is not None and src.hf and pin != kept.pin:
+            raise recipe.locate(
+                SourceError(
+                    f"files of {src.hf}@{pin.commit} differ from the lock (a damaged Hugging Face cache?)",
+                    hint="delete that repo from the Hugging Face cache and build again",
+                ),
+                f"sources.{name}",
             )
         sources[name] = SourceState(fetched.folder, replace(request, pin=pin))
     refs: dict[str, str] = {n: s.locked.pin.ref for n, s in sources.items()}

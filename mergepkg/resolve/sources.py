@@ -67,6 +67,7 @@ def _fetch_hf(source: Source, settings: Settings, commit: str | None) -> Fetched
     )
 
     repo, rev = source.hf, commit or source.revision
+    assert repo is not None  # fetch() sends the sources that are not folders; flattened, those are hub repos
     try:
         if settings.offline:
             folder = Path(snapshot_download(repo, revision=rev, local_files_only=True, cache_dir=settings.hf_cache))

@@ -53,5 +53,5 @@ class HashCache:
             )
         return st.st_size, digest
 
-    def close(self):
+    def close(self) -> None:
         self._db.close()

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ class Store:
         self.locks = home / "locks"
 
     @contextmanager
-    def in_use(self):
+    def in_use(self) -> Iterator[None]:
         """Held (shared) by every build for its whole run; `gc` needs it exclusively, so it
         never removes an artifact a running build is about to read."""
         self.home.mkdir(parents=True, exist_ok=True)

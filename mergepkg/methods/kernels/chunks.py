@@ -36,7 +36,7 @@ def chunk_size(device) -> int:
     return CHUNK if torch.device(device).type == "cpu" else 1 << 62
 
 
-def output(out, shape, dtype, device):
+def output(out, shape, dtype, device) -> torch.Tensor:
     """The tensor a stream writes its result into: `out` when the engine gives one (a
     reused buffer: fresh memory costs a page fault per 4 KiB), else a new one."""
     return out if out is not None else torch.empty(shape, dtype=dtype, device=device)
@@ -136,19 +136,19 @@ class Flat:
             return part  # a view: callers never write into their inputs
         return self.scratch.get(name, part.shape, self.compute).copy_(part)
 
-    def base_at(self, span: slice):
+    def base_at(self, span: slice) -> torch.Tensor:
         return self._convert("base", self.base, span)
 
-    def input_at(self, i: int, span: slice):
+    def input_at(self, i: int, span: slice) -> torch.Tensor:
         return self._convert(f"input{i}", self.tensors[i], span)
 
-    def delta_at(self, i: int, span: slice):
+    def delta_at(self, i: int, span: slice) -> torch.Tensor:
         """input i minus the base, as `merge` computes it on whole tensors."""
         a, b = self.input_at(i, span), self.base_at(span)
         return torch.sub(a, b, out=self.scratch.get("delta", a.shape, self.compute))
 
 
-def elementwise(merge: Callable, base, tensors: Sequence, *, compute, out_dtype, out=None, **params):
+def elementwise(merge: Callable, base, tensors: Sequence, *, compute, out_dtype, out=None, **params) -> torch.Tensor:
     """Stream a merge whose every output entry depends only on the same entry of the
     inputs (linear): `merge` itself runs on each chunk, its result into `out=`, a
     reused buffer (a fresh one per chunk costs page faults and cache misses); the
