@@ -152,7 +152,7 @@ def parse_lock(text: str, path: Path | str) -> Lock:
     """A lock from its text (`path` names it in errors: a file, or an uploaded lock)."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
         raise RecipeError(f"cannot read the lock: {e}", file=path, hint="delete it and run `mergepkg lock`") from None
     if data.get("version") != LOCK_VERSION:
         raise RecipeError(

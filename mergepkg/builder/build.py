@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergepkg.builder.outputs import check_replaceable, place_outputs
 from mergepkg.engine.device import check_device
-from mergepkg.engine.progress import Reporter
-from mergepkg.engine.step import build_step
+from mergepkg.engine.memory import Budget
+from mergepkg.engine.progress import NullReporter, Reporter
+from mergepkg.engine.step import budget_for, build_step
 from mergepkg.errors import LockError, MergepkgError
 from mergepkg.layout.steps import lay_out, read_model_info
 from mergepkg.layout.types import ModelInfo, StepLayout
@@ -29,6 +30,10 @@ from mergepkg.store.evals import EvalCache
 from mergepkg.store.local import Artifact
 from mergepkg.store.session import Session
 
+# How much of each reused artifact --locked and --frozen re-read, at random, to check it
+# still holds the bytes it was built with (`--verify-store` re-reads all of it).
+SPOT_CHECK_BYTES = 256 << 20
+
 
 @dataclass
 class BuildReport:
@@ -38,6 +43,7 @@ class BuildReport:
     reused: list[str]
     outputs: dict[str, Path]  # output step -> placed folder (empty without --out)
     lock: Lock
+    warnings: list[str] = field(default_factory=list)  # also told to the reporter, as they happened
 
 
 def build(
@@ -50,18 +56,23 @@ def build(
     reporter: Reporter | None = None,
     targets: tuple[str, ...] | None = None,
     check_digests: bool = True,
+    verify_store: bool = False,
 ) -> BuildReport:
     """Build the recipe's outputs (or only `targets` and what they need; the lock is then
     left alone) and place the outputs in `out` when given. With --locked/--frozen, a
     digest that differs from the lock's is an error unless `check_digests` is off
-    (`verify --rebuild` compares them itself)."""
+    (`verify --rebuild` compares them itself), and what is reused from the store is
+    spot-checked (`verify_store`: checked whole)."""
     if out is not None:
         out = out.resolve()
         check_replaceable(out)
+    warnings = _Warnings(reporter or NullReporter())
     with session.store.in_use():  # `cache gc` waits for us
+        session.store.clean_tmp()  # what killed builds left behind
         old_lock = read_lock(lock_path(recipe))
         res = resolve(recipe, session, lock=old_lock, mode=mode, seed=seed, targets=targets)
-        artifacts, built, reused = _build_steps(res, session, reporter)
+        sample = None if verify_store else SPOT_CHECK_BYTES if mode != "update" else 0
+        artifacts, built, reused = _Steps(res, session, warnings, sample).run()
         digests = {n: a.digest for n, a in artifacts.items()}
         if mode != "update" and old_lock is not None and check_digests:
             _check_digests(digests, old_lock, lock_path(recipe))
@@ -73,41 +84,101 @@ def build(
         if out is not None:
             with session.store.output_lock(out):
                 outputs = place_outputs(
-                    res, {n: artifacts[n] for n in recipe.outputs}, out, EvalCache(session.settings.home).rows
+                    res,
+                    {n: artifacts[n] for n in recipe.outputs},
+                    out,
+                    EvalCache(session.settings.home).rows,
+                    max_shard_bytes=session.settings.max_shard_bytes,
                 )
-        return BuildReport(res, artifacts, built, reused, outputs, lock)
+        return BuildReport(res, artifacts, built, reused, outputs, lock, warnings.messages)
 
 
-def _build_steps(
-    res: Resolution, session: Session, reporter: Reporter | None
-) -> tuple[dict[str, Artifact], list[str], list[str]]:
-    """Reuse or build every planned step, in plan order: (artifacts, built, reused)."""
-    store = session.store
-    folders: dict[str, Path] = {n: s.folder for n, s in res.sources.items()}
-    artifacts: dict[str, Artifact] = {}
-    built, reused = [], []
-    planned = None  # layouts, computed the first time a step must be built
-    for name in res.plan.order:
+class _Warnings:
+    """The caller's reporter, keeping the warnings for the report too."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+        self.messages: list[str] = []
+
+    def step_reused(self, name: str, key: str) -> None:
+        self.reporter.step_reused(name, key)
+
+    def step_started(self, name: str, tensors: int, nbytes: int) -> None:
+        self.reporter.step_started(name, tensors, nbytes)
+
+    def tensor_done(self, nbytes: int) -> None:
+        self.reporter.tensor_done(nbytes)
+
+    def step_finished(self, name: str) -> None:
+        self.reporter.step_finished(name)
+
+    def warning(self, message: str) -> None:
+        self.messages.append(message)
+        self.reporter.warning(message)
+
+
+class _Steps:
+    """Reuse or build every planned step, in plan order. `sample`: bytes of each reused
+    artifact re-read to check it (None: all of it; 0: none, sizes and mtimes only)."""
+
+    def __init__(self, res: Resolution, session: Session, reporter: Reporter, sample: int | None):
+        self.res, self.session, self.reporter, self.sample = res, session, reporter, sample
+        self.folders: dict[str, Path] = {n: s.folder for n, s in res.sources.items()}
+        self.planned: tuple[dict[str, StepLayout], dict[str, ModelInfo]] | None = None  # when a step must be built
+        self.budget: Budget | None = None
+
+    def run(self) -> tuple[dict[str, Artifact], list[str], list[str]]:
+        store = self.session.store
+        artifacts: dict[str, Artifact] = {}
+        built, reused = [], []
+        for name in self.res.plan.order:
+            key = self.res.keys[name]
+            with store.lock(key):  # a second builder of this key waits here, then reuses
+                art = store.get(key)
+                if art is not None and art.intact() and (self.sample == 0 or art.holds(self.sample)):
+                    reused.append(name)
+                    self.reporter.step_reused(name, key)
+                else:
+                    if art is not None:
+                        store.discard(key)  # edited, truncated or flipped: never reused silently
+                    art = self.build_one(name)
+                    built.append(name)
+            artifacts[name] = art
+            self.folders[name] = art.folder
+            if self.planned is not None:
+                self.planned[1][name] = read_model_info(art.folder)  # real shard names for readers downstream
+        return artifacts, built, reused
+
+    def build_one(self, name: str) -> Artifact:
+        res, settings = self.res, self.session.settings
+        if self.planned is None:  # every step laid out before the first is built: late errors come first
+            check_device(settings.device)
+            self.planned = lay_out(res.recipe, res.plan.order, self.folders)
+            self.budget = budget_for(self.planned[0].values(), settings.max_memory, settings.device)
+        layouts, infos = self.planned
         key = res.keys[name]
-        with store.lock(key):  # a second builder of this key waits here, then reuses
-            art = store.get(key)
-            if art is not None and art.intact():
-                reused.append(name)
-                if reporter:
-                    reporter.step_reused(name, key)
-            else:
-                if art is not None:
-                    store.discard(key)  # edited or truncated: never reused silently
-                if planned is None:
-                    check_device(session.settings.device)
-                    planned = lay_out(res.recipe, res.plan.order, folders)
-                art = _build_one(res, name, planned, folders, session, reporter)
-                built.append(name)
-        artifacts[name] = art
-        folders[name] = art.folder
-        if planned is not None:
-            planned[1][name] = read_model_info(art.folder)  # real shard names for readers downstream
-    return artifacts, built, reused
+        folder = self.session.store.new_folder(key)
+        started = time.monotonic()
+        try:
+            tensors = build_step(
+                layouts[name],
+                self.folders,
+                {m: info.tensors for m, info in infos.items()},
+                folder,
+                seed=res.seeds[name],
+                device=settings.device,
+                max_shard_bytes=settings.max_shard_bytes,
+                budget=self.budget,
+                threads=settings.threads,
+                reporter=self.reporter,
+            )
+            entry = res.entries[name]
+            return self.session.store.commit(key, folder, entry, tensors, seconds=time.monotonic() - started)
+        except MergepkgError as e:
+            res.recipe.written(name).locate(e)  # engine errors: at the step that failed
+            raise
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # gone already when committed
 
 
 def _check_digests(digests: dict[str, str], lock: Lock, lock_file: Path) -> None:
@@ -120,37 +191,3 @@ def _check_digests(digests: dict[str, str], lock: Lock, lock_file: Path) -> None
                 hint="the build is not reproducing the locked bytes; "
                 "`mergepkg verify --rebuild` shows which steps differ",
             )
-
-
-def _build_one(
-    res: Resolution,
-    name: str,
-    planned: tuple[dict[str, StepLayout], dict[str, ModelInfo]],
-    folders: dict[str, Path],
-    session: Session,
-    reporter: Reporter | None,
-) -> Artifact:
-    layouts, infos = planned
-    key = res.keys[name]
-    settings = session.settings
-    folder = session.store.new_folder(key)
-    started = time.monotonic()
-    try:
-        digest = build_step(
-            layouts[name],
-            folders,
-            {m: info.tensors for m, info in infos.items()},
-            folder,
-            seed=res.seeds[name],
-            device=settings.device,
-            max_shard_bytes=settings.max_shard_bytes,
-            max_memory=settings.max_memory,
-            threads=settings.threads,
-            reporter=reporter,
-        )
-        return session.store.commit(key, folder, res.entries[name], digest, seconds=time.monotonic() - started)
-    except MergepkgError as e:
-        res.recipe.written(name).locate(e)  # engine errors: at the step that failed
-        raise
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)  # gone already when committed

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from mergepkg.builder.card import render_card
 from mergepkg.errors import BuildError
+from mergepkg.io.folder import INDEX, weight_files
+from mergepkg.io.reshard import reshard, sharded_as
 from mergepkg.resolve.resolution import Resolution
 from mergepkg.store.local import MANIFEST, Artifact
 
@@ -25,11 +27,18 @@ MARKER = ".mergepkg-output"  # marks a folder mergepkg wrote, so a rebuild may r
 
 
 def place_outputs(
-    res: Resolution, artifacts: dict[str, Artifact], out: Path, eval_rows: Callable[[str], list[dict]] = lambda key: []
+    res: Resolution,
+    artifacts: dict[str, Artifact],
+    out: Path,
+    eval_rows: Callable[[str], list[dict]] = lambda key: [],
+    *,
+    max_shard_bytes: int | None = None,
 ) -> dict[str, Path]:
     """Hard-link (or copy, across filesystems) artifacts into `out`, each with a model
     card: one output is `out` itself, several are `out/<step>`. Never symlinks: `cache
-    gc` must not break them. The swap into place is a rename."""
+    gc` must not break them. An artifact built in other shards than `max_shard_bytes`
+    gives (stored before, with another `--shard-size`) is written again in those shards.
+    The swap into place is a rename."""
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".mergepkg-build-{out.name}-"
     for stale in out.parent.glob(prefix + "*"):  # a placement killed half-way (we hold out's lock)
@@ -43,8 +52,13 @@ def place_outputs(
         for name, art in artifacts.items():
             target = staged if single else staged / name
             target.mkdir(parents=True)
+            weights = set(weight_files(art.folder)) | {INDEX}
+            resharded = max_shard_bytes is not None and not sharded_as(art.folder, max_shard_bytes)
+            if resharded:
+                assert max_shard_bytes is not None
+                reshard(art.folder, target, max_shard_bytes, art.digest)
             for f in art.folder.iterdir():
-                if f.name != MANIFEST:
+                if f.name != MANIFEST and not (resharded and f.name in weights):
                     _link_or_copy(f, target / f.name)
             (target / "README.md").write_text(render_card(res, name, art.digest, eval_rows(art.key)))
         (staged / MARKER).write_text(

@@ -44,7 +44,10 @@ def verify(recipe: Recipe, session: Session, *, rebuild: bool = False, reporter:
             file=str(lock_path(recipe)),
             hint="run `mergepkg build` or `mergepkg lock` first",
         )
-    return _rebuild(recipe, session, lock, reporter) if rebuild else _check_store(session, lock)
+    if rebuild:
+        return _rebuild(recipe, session, lock, reporter)
+    with session.store.in_use():  # `cache gc` waits: it may not take the locks of what we check
+        return _check_store(session, lock)
 
 
 def _check_store(session: Session, lock: Lock) -> list[Check]:

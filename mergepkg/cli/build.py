@@ -35,6 +35,12 @@ def build(
         help="Memory to stay under, e.g. 2GB: less read-ahead, "
         "and elementwise methods merge large tensors in blocks of rows.",
     ),
+    verify_store: bool = typer.Option(
+        False,
+        "--verify-store",
+        help="Re-read every tensor of what is reused from the store (--locked and "
+        "--frozen re-read a random sample of each).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Build a recipe's outputs: steps already in the store are reused, the rest built."""
@@ -52,7 +58,9 @@ def build(
     target = out_dir or Path("out") / r.name
     mode: Mode = "frozen" if frozen else "locked" if locked else "update"
     with ProgressReporter(enabled=not quiet) as reporter:
-        report = build_recipe(r, session, out=target, seed=seed, mode=mode, reporter=reporter)
+        report = build_recipe(
+            r, session, out=target, seed=seed, mode=mode, reporter=reporter, verify_store=verify_store
+        )
     for name in report.built:
         err.print(f"[green]built[/] {name} [dim]{report.resolution.keys[name][:12]}[/]")
     err.print(f"[green]done[/]: {len(report.built)} built, {len(report.reused)} reused from the store")

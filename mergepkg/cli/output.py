@@ -64,6 +64,9 @@ class ProgressReporter:
     def step_finished(self, name: str) -> None:
         self.progress.update(self._task(), completed=self.progress.tasks[-1].total)
 
+    def warning(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/] {escape(message)}")  # shown even with -q
+
     def _task(self) -> TaskID:
         assert self.task is not None  # the engine starts a step before it reports on its tensors
         return self.task

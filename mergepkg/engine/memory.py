@@ -17,6 +17,7 @@ for random methods, one draw (4n) and mask (n) per input; others convert every i
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -59,9 +60,18 @@ def return_freed_memory() -> None:
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
+def trim() -> None:
+    """Give the memory freed by a finished step back to the OS (glibc's malloc_trim), so a
+    build of many steps under a limit does not creep up step by step. Elsewhere, nothing."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc
+            ctypes.CDLL(None).malloc_trim(0)
+
+
 def for_process(limit: int | None) -> Budget:
     """The engine's share of a whole-process limit: what is not already in use (the
-    interpreter, torch's libraries)."""
+    interpreter, torch's libraries). Measured once per build, before its first step, so
+    the budget holds for every step (`engine/step.budget_for`)."""
     if limit is None:
         return Budget(None)
     import torch  # noqa: F401 - loaded now, so its libraries count as already in use

@@ -15,6 +15,7 @@ class Reporter(Protocol):
     def step_started(self, name: str, tensors: int, nbytes: int) -> None: ...
     def tensor_done(self, nbytes: int) -> None: ...
     def step_finished(self, name: str) -> None: ...
+    def warning(self, message: str) -> None: ...
 
 
 class NullReporter:
@@ -28,4 +29,7 @@ class NullReporter:
         pass
 
     def step_finished(self, name: str) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
         pass

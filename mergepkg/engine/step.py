@@ -18,7 +18,7 @@ from typing import Any
 
 from mergepkg._lazy import lazy_import, torch
 from mergepkg.engine.device import default_threads
-from mergepkg.engine.memory import for_process
+from mergepkg.engine.memory import Budget, for_process, trim
 from mergepkg.engine.progress import NullReporter, Reporter
 from mergepkg.engine.routers import routers
 from mergepkg.engine.rows import align_rows
@@ -80,6 +80,21 @@ def merge_tensor(
     return result.to(dtype=out_dtype)
 
 
+def budget_for(layouts: Iterable[StepLayout], max_memory: int | None, device: str = "cpu") -> Budget:
+    """The memory budget of a build of `layouts` under `max_memory`, measured once before
+    the first step with what those steps load already resident (torch; numba's kernels
+    where a step runs on them). A limit too small is an error before anything is built."""
+    if max_memory is None:
+        return Budget(None)
+    if any(_runs_fused(layout, device) for layout in layouts):
+        fused.load()  # numba and the kernels (120 MB)
+    return for_process(max_memory)
+
+
+def _runs_fused(layout: StepLayout, device: str) -> bool:
+    return layout.method.fused and fused.covers(compute_dtype(layout), len(layout.step.models) - 1, device)
+
+
 def build_step(
     layout: StepLayout,
     folders: dict[str, Path],
@@ -89,27 +104,32 @@ def build_step(
     seed: int = 0,
     device: str = "cpu",
     max_shard_bytes: int = 2 * 1024**3,
-    max_memory: int | None = None,
+    budget: Budget | None = None,
     threads: int | None = None,
     reporter: Reporter | None = None,
-) -> str:
+) -> dict[str, str]:
     """Write the model of `layout` into `out_dir` (an empty folder the caller owns);
-    returns the output digest."""
+    returns each output tensor's digest (`io.digest.combine_digests` makes the output's).
+    `budget`: memory to stay under (`budget_for`); None, no limit."""
     reporter = reporter or NullReporter()
-    merger = _Merger(layout, folders, infos, seed=seed, device=device, max_memory=max_memory, threads=threads)
+    merger = _Merger(layout, folders, infos, seed=seed, device=device, budget=budget or Budget(None), threads=threads)
     writer = ShardWriter(out_dir, [(t.name, t.info) for t in layout.tensors], max_shard_bytes)
     reporter.step_started(layout.step.name, len(layout.tensors), layout.bytes_in)
     try:
         _stream(merger, writer, reporter)
+        for message in merger.warnings:
+            reporter.warning(f"step {layout.step.name!r}: {message}")
     except BaseException:
         writer.abort()
         raise
     finally:
         merger.close()
+        if merger.budget.limit:
+            trim()
     writer.close()
     write_side_files(layout, folders, out_dir)
     reporter.step_finished(layout.step.name)
-    return writer.digest
+    return writer.digests
 
 
 def _stream(merger: _Merger, writer: ShardWriter, reporter: Reporter) -> None:
@@ -155,6 +175,13 @@ def _stream(merger: _Merger, writer: ShardWriter, reporter: Reporter) -> None:
         raise failure[0]
 
 
+def _all_nan(t: torch.Tensor) -> bool:
+    """Whether every value of a floating-point tensor is NaN (its first tells, cheaply, when not)."""
+    if not t.is_floating_point() or not t.numel():
+        return False
+    return bool(t.reshape(-1)[0].isnan()) and bool(t.isnan().all())
+
+
 class _Merger:
     """One step's inputs, memory and threads: reads an output tensor's inputs and merges
     them, whole or (under a memory limit) a block of rows at a time."""
@@ -167,7 +194,7 @@ class _Merger:
         *,
         seed: int,
         device: str,
-        max_memory: int | None,
+        budget: Budget,
         threads: int | None,
     ):
         self.layout, self.infos, self.seed, self.device = layout, infos, seed, device
@@ -176,11 +203,11 @@ class _Merger:
         # (chunks.parallel); torch's threads inside them would oversubscribe the cores
         # (measured: DARE-TIES spent 8.5 s in the kernel, 2.4 s with torch on one thread).
         workers = threads or default_threads()
-        own = method.fused and fused.covers(compute_dtype(layout), len(layout.step.models) - 1, device)
+        own = _runs_fused(layout, device)
         torch.set_num_threads(1 if own or method.light else workers)
         if own:
-            fused.load()  # numba and the kernels (120 MB): resident before the budget is measured
-        self.budget = for_process(max_memory)
+            fused.load()  # numba and the kernels (120 MB); `budget_for` loaded them first under a limit
+        self.budget = budget
         # under a limit, one thread: each one's scratch and allocator arena cost memory
         # (measured: linear under 600MB peaked at 0.94 GB on two threads, 0.54 GB on one)
         chunks.set_threads(1 if self.budget.limit else workers)
@@ -190,6 +217,7 @@ class _Merger:
         # tensors no input gives (an moe step's routers): computed once, before any file is opened
         self.computed = routers(layout, folders, device=device, seed=seed) if layout.step.moe else {}
         self.readers = {m: ModelReader(folders[m], infos[m], self.buffers) for m in layout.step.models}
+        self.warnings: list[str] = []  # found while reading, told by the calling thread
 
     def close(self) -> None:
         for r in self.readers.values():
@@ -210,6 +238,12 @@ class _Merger:
         if out.row_map is None and self.budget.row_block(self.layout, self.infos, out):
             return None  # rows to align are read whole: a row may come from anywhere
         loaded = [self.readers[p.model].get(p.tensor) for p in out.parts]
+        for part, t in zip(out.parts, loaded):
+            if _all_nan(t):
+                self.warnings.append(
+                    f"{part.model!r} tensor {part.tensor}: every value is NaN, and so will "
+                    f"{out.name} be (the model is damaged, or was saved from a diverged run)"
+                )
         if out.row_map is not None:  # vocabulary rows moved onto the output's vocabulary
             loaded, read = align_rows(out.row_map, loaded), loaded
             if self.buffers is not None:

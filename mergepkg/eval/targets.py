@@ -55,7 +55,13 @@ def _from_recipe(path: Path, name: str | None, session: Session, reporter: Repor
         src = flat.sources[name]
         lock = read_lock(lock_path(recipe))
         locked = lock.sources.get(name) if lock else None
-        fetched = fetch(src, session.settings, commit=locked.pin.commit if locked and src.hf else None)
+        held = locked if locked and src.hf else None
+        fetched = fetch(
+            src,
+            session.settings,
+            commit=held.pin.commit if held else None,
+            files=[f.name for f in held.pin.files] if held else (),
+        )
         return [
             Model(label.format(name), fetched.folder, pin_folder(fetched.folder, session.hashes, fetched.commit).ref)
         ]

@@ -39,7 +39,7 @@ def examples(task: Task) -> list[tuple[str, str]]:
         try:
             row = json.loads(line)
             out.append((str(row["prompt"]), str(row["answer"])))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise RecipeError('expected a JSON object with "prompt" and "answer"', file=task.path, line=i) from None
     if not out:
         raise RecipeError("no examples", file=task.path)

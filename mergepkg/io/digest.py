@@ -8,12 +8,14 @@ not matter, and `verify` recomputes a digest from the files without torch.
 from __future__ import annotations
 
 import hashlib
-import struct
+from collections.abc import Collection
 from pathlib import Path
 
 from mergepkg.errors import SourceError
 from mergepkg.io.folder import weight_files
 from mergepkg.io.tensors import parse_header
+
+BLOCK = 16 << 20  # bytes read at a time: a large tensor is never held whole
 
 
 def tensor_digest_prefix(name: str, dtype: str, shape: tuple[int, ...]) -> bytes:
@@ -36,21 +38,31 @@ def combine_digests(digests: dict[str, str]) -> str:
 
 def model_digest(folder: Path) -> str:
     """Re-read every tensor's raw bytes from the safetensors files (no torch) and digest."""
+    return combine_digests(tensor_digests(folder))
+
+
+def tensor_digests(folder: Path, names: Collection[str] | None = None) -> dict[str, str]:
+    """The digests of the tensors in `folder` (those in `names`, or all), re-read from its
+    safetensors files without torch, a block at a time."""
     digests = {}
-    for name in weight_files(folder):
-        path = folder / name
-        if not name.endswith(".safetensors"):
+    for file in weight_files(folder):
+        path = folder / file
+        if not file.endswith(".safetensors"):
             raise SourceError("digests are defined for safetensors models only", file=path)
         with open(path, "rb") as f:
-            try:
-                header, start = parse_header(f, path)
-            except (struct.error, ValueError) as e:
-                raise SourceError(f"unreadable safetensors header: {e}", file=path) from None
+            header, start = parse_header(f, path)
             for key, meta in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+                if names is not None and key not in names:
+                    continue
                 a, b = meta["data_offsets"]
+                h = hashlib.sha256(tensor_digest_prefix(key, meta["dtype"], tuple(meta["shape"])))
                 f.seek(start + a)
-                data = f.read(b - a)
-                if len(data) != b - a:
-                    raise SourceError(f"truncated tensor {key}", file=path)
-                digests[key] = tensor_digest(key, meta["dtype"], tuple(meta["shape"]), data)
-    return combine_digests(digests)
+                left = b - a
+                while left:
+                    block = f.read(min(left, BLOCK))
+                    if not block:
+                        raise SourceError(f"truncated tensor {key}", file=path)
+                    h.update(block)
+                    left -= len(block)
+                digests[key] = h.hexdigest()
+    return digests

@@ -27,12 +27,12 @@ class SequentialFile:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         direct = getattr(os, "O_DIRECT", 0)
         try:
-            self.fd = os.open(path, flags | direct)
+            self.fd = os.open(path, flags | direct, 0o644)
             self.direct = bool(direct)
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
-            self.fd, self.direct = os.open(path, flags), False
+            self.fd, self.direct = os.open(path, flags, 0o644), False
         self._stage = mmap.mmap(-1, STAGE) if self.direct else None
         self._fill = 0  # bytes staged
         self.size = 0  # bytes written or staged

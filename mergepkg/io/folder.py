@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from mergepkg.errors import SourceError
 
@@ -26,16 +26,41 @@ SIDE_FILES = [
 
 
 def weight_files(folder: Path) -> list[str]:
-    """The files holding a model's weights, preferring safetensors over .bin."""
+    """The files holding a model's weights, preferring safetensors over .bin: those its
+    index names (each a file inside the folder that exists), else the weight files there."""
     for index in (INDEX, BIN_INDEX):
         if (folder / index).is_file():
-            weight_map = json.loads((folder / index).read_text())["weight_map"]
-            return sorted(set(weight_map.values()))
+            return _indexed(folder, index)
     for pattern in ("*.safetensors", "pytorch_model*.bin"):
         files = sorted(p.name for p in folder.glob(pattern))
         if files:
             return files
     raise SourceError("no model weights found (expected *.safetensors or pytorch_model.bin)", file=folder)
+
+
+def _indexed(folder: Path, index: str) -> list[str]:
+    path = folder / index
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise SourceError(f"unreadable weight index: {type(e).__name__}: {e}", file=path) from None
+    for name in names:
+        # by name, not by where links lead: a Hugging Face snapshot's files link into its blobs/
+        parts = name.split("/") if isinstance(name, str) and name else [".."]
+        if ".." in parts or PurePosixPath(name).is_absolute() or any("\\" in p or "\x00" in p for p in parts):
+            raise SourceError(
+                f"the weight index names {name!r}, which is not a file inside the model folder",
+                file=path,
+                hint="a shard is named by its file name, beside the index",
+            )
+        if not (folder / name).is_file():
+            raise SourceError(
+                f"the weight index names {name}, which is missing",
+                file=path,
+                hint="download the model again: a shard is missing",
+            )
+    return names
 
 
 def used_files(folder: Path) -> list[str]:

@@ -9,9 +9,12 @@ mmap=True)`: never code from a checkpoint, never the whole file in memory.
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from mergepkg._lazy import torch
 from mergepkg.errors import SourceError
@@ -20,7 +23,11 @@ from mergepkg.io.folder import weight_files
 # safetensors dtype codes <-> recipe dtype names
 CODE_OF = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 NAME_OF = {v: k for k, v in CODE_OF.items()}
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+ITEMSIZE = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}  # fmt: skip
+MAX_HEADER = 100_000_000  # bytes of JSON: a header this large is not one
 
 
 @dataclass(frozen=True)
@@ -46,15 +53,76 @@ def code_of(dtype) -> str:
     return CODE_OF[str(dtype).removeprefix("torch.")]
 
 
-def parse_header(f, path: Path) -> tuple[dict, int]:
-    """(tensor entries, offset where tensor data starts) of an open safetensors file."""
+def parse_header(f: BinaryIO, path: Path) -> tuple[dict, int]:
+    """(tensor entries, offset where tensor data starts) of an open safetensors file,
+    checked as the safetensors library checks it: a JSON object of known dtypes and
+    shapes whose byte ranges match them and tile the data exactly (no overlap, no hole,
+    nothing past the end). A file that fails is a `SourceError` naming it."""
+    size = os.fstat(f.fileno()).st_size
     f.seek(0)
-    (n,) = struct.unpack("<Q", f.read(8))
-    if n > 100_000_000:
-        raise SourceError("not a safetensors file (header too large)", file=path)
-    header = json.loads(f.read(n))
+    head = f.read(8)
+    if len(head) < 8:
+        raise SourceError("not a safetensors file (shorter than its header length)", file=path)
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER or 8 + n > size:
+        raise SourceError(f"not a safetensors file (header of {n} bytes in a file of {size})", file=path)
+    try:
+        header = json.loads(f.read(n))
+    except (ValueError, RecursionError) as e:
+        raise SourceError(f"unreadable safetensors header: {e}", file=path) from None
+    if not isinstance(header, dict):
+        raise SourceError("unreadable safetensors header: not a JSON object", file=path)
     header.pop("__metadata__", None)
+    spans = []
+    for name, meta in header.items():
+        problem = _entry_problem(meta)
+        if problem:
+            raise SourceError(
+                f"safetensors header: tensor {name}: {problem}",
+                file=path,
+                hint="the file is damaged or was not written by a safetensors writer",
+            )
+        spans.append((*meta["data_offsets"], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            what = "overlaps the tensor before it" if begin < end else "leaves a gap before it"
+            raise SourceError(
+                f"safetensors header: tensor {name} {what}",
+                file=path,
+                hint="the file is damaged or was not written by a safetensors writer",
+            )
+        end = stop
+    if 8 + n + end != size:
+        state = "truncated" if 8 + n + end > size else "longer than its header says"
+        raise SourceError(
+            f"safetensors file is {state}: its tensors need {8 + n + end} bytes, it has {size}",
+            file=path,
+            hint="download or build it again",
+        )
     return header, 8 + n
+
+
+def _entry_problem(meta: object) -> str | None:
+    """Why a header entry is not a tensor this reader can trust, or None."""
+    if not isinstance(meta, dict):
+        return "not an object"
+    dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+    if dtype not in ITEMSIZE:
+        return f"unknown dtype {dtype!r}"
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        return f"shape {shape!r} is not a list of sizes"
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(o) is int for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        return f"data_offsets {offsets!r} is not [begin, end]"
+    nbytes = TensorInfo(dtype, tuple(shape)).nbytes
+    if offsets[1] - offsets[0] != nbytes:
+        return f"{offsets[1] - offsets[0]} bytes for a {dtype} tensor of shape {shape} ({nbytes} bytes)"
+    return None
 
 
 def read_header(path: Path) -> dict:
@@ -63,8 +131,21 @@ def read_header(path: Path) -> dict:
 
 
 def load_bin(path: Path) -> dict:
-    # weights_only: never run code from a checkpoint; mmap: never load it whole
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    """A `pytorch_model.bin` checkpoint's tensors: with `weights_only` (never run code from
+    a checkpoint) and mmap (never load it whole). Anything else in it is refused."""
+    try:
+        tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SourceError(
+            f"refused to load this checkpoint: {first}",
+            file=path,
+            hint="only plain tensor checkpoints load (torch.load weights_only); "
+            "convert it to safetensors with the tool that made it",
+        ) from None
+    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise SourceError("not a checkpoint of named tensors", file=path)
+    return tensors
 
 
 def scan_tensors(folder: Path) -> dict[str, TensorInfo]:
@@ -75,7 +156,7 @@ def scan_tensors(folder: Path) -> dict[str, TensorInfo]:
         if name.endswith(".safetensors"):
             try:
                 header = read_header(path)
-            except (OSError, ValueError, struct.error) as e:
+            except OSError as e:
                 raise SourceError(f"cannot read safetensors header: {e}", file=path) from None
             for key, meta in header.items():
                 infos[key] = TensorInfo(meta["dtype"], tuple(meta["shape"]), name)

@@ -23,7 +23,7 @@ def read_model_info(folder: Path) -> ModelInfo:
         config = json.loads((folder / "config.json").read_text())
     except FileNotFoundError:
         raise SourceError("model folder has no config.json", file=folder) from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise SourceError(f"cannot read config.json: {e}", file=folder) from None
     return ModelInfo(config, scan_tensors(folder), folder)
 

@@ -78,7 +78,7 @@ def _read(path: Path, size: int, mtime_ns: int) -> Vocab:  # size and mtime: a r
         for entry in data.get("added_tokens", []):
             ids[entry["content"]] = entry["id"]
             added[entry["content"]] = entry
-    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, RecursionError) as e:
         raise SourceError(
             f"cannot read tokenizer.json: {type(e).__name__}: {e}",
             file=path,

@@ -13,14 +13,31 @@ import re
 from mergepkg.errors import RegistryError
 from mergepkg.recipe.versions import Version, VersionError
 
-# a source or step name: letters, digits, '_', '-' and '.', not starting with '.' or '-'
-NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# a source, step or registry name: letters, digits, '_', '-' and '.', not starting with
+# '.' or '-', at most 128 characters (fullmatch: `$` would let a final newline through)
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+NAME_HINT = "use letters, digits, '_', '-' and '.' (not first), at most 128 characters"
 # one part of a package name (fullmatch: `$` would let a final newline through)
 PACKAGE_PART = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class InvalidName(RegistryError, ValueError):
     """Not a valid package name (or version): the message says what is allowed."""
+
+
+def is_name(text: object) -> bool:
+    """Whether `text` is a valid source, step or registry name."""
+    return isinstance(text, str) and NAME.fullmatch(text) is not None
+
+
+def package_name_problem(text: str) -> str | None:
+    """Why `text` cannot be a recipe's `[package] name`, or None. A package name is one
+    name, or two joined by one `/` (a namespace): never a path. Publishing asks more
+    (`canonical_name`)."""
+    parts = text.split("/")
+    if len(parts) > 2 or not all(is_name(p) for p in parts):
+        return f"invalid package name {text!r}"
+    return None
 
 
 def canonical_name(name: str) -> str:

@@ -26,7 +26,7 @@ from mergepkg.recipe.model import (
     Step,
 )
 from mergepkg.recipe.moe import moe_step
-from mergepkg.recipe.names import InvalidName, canonical_name
+from mergepkg.recipe.names import NAME_HINT, InvalidName, canonical_name, package_name_problem
 from mergepkg.recipe.params import param_table
 from mergepkg.recipe.tables import TableReader, show
 from mergepkg.recipe.tokenizer import tokenizer_setting
@@ -55,13 +55,16 @@ class _Parser(TableReader):
     def recipe(self) -> Recipe:
         try:
             data = tomllib.loads(self.text)
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, RecursionError) as e:
             line = getattr(e, "lineno", None) or _line_from_message(str(e))
-            raise RecipeError(f"invalid TOML: {getattr(e, 'msg', e)}", file=self.display, line=line) from None
+            what = "arrays or tables nested too deeply" if isinstance(e, RecursionError) else getattr(e, "msg", e)
+            raise RecipeError(f"invalid TOML: {what}", file=self.display, line=line) from None
         self.only_keys(data, ("package", "dependencies", "sources", "steps"), "")
         package = self.expect(data.get("package"), dict, "package", "a [package] table with name and version")
         self.only_keys(package, ("name", "version", "description", "tags", "outputs", "seed"), "package")
         name = self.expect(package.get("name"), str, "package.name", "a string")
+        if (problem := package_name_problem(name)) is not None:
+            raise self.error("package.name", problem, NAME_HINT + "; a namespace before one '/' (team/name)")
         version = self.expect(package.get("version"), str, "package.version", 'a version string like "0.1.0"')
         seed = self.expect(package.get("seed", 0), int, "package.seed", "an integer")
         description = self.expect(package.get("description", ""), str, "package.description", "a string")

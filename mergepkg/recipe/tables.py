@@ -7,13 +7,14 @@ line in the text.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mergepkg.errors import MergepkgError, RecipeError, did_you_mean
 from mergepkg.recipe.locate import locate
-from mergepkg.recipe.names import NAME
+from mergepkg.recipe.names import NAME_HINT, is_name
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 T = TypeVar("T")
@@ -48,8 +49,8 @@ class TableReader:
         return did_you_mean(key, allowed)
 
     def check_name(self, name: str, key: str) -> None:
-        if not NAME.match(name):
-            raise self.error(key, f"invalid name {name!r}", "use letters, digits, '_', '-' and '.'")
+        if not is_name(name):
+            raise self.error(key, f"invalid name {name!r}", NAME_HINT)
 
     def model_ref(self, value: Any, key: str) -> str:
         """A reference to a source or step of the recipe, by name."""
@@ -65,7 +66,12 @@ class TableReader:
 
 
 def show(value: Any) -> str:
-    """A value as an error message shows it: its type and repr."""
+    """A value as an error message shows it: its type and repr, cut short where long or deep."""
     if value is None:
         return "nothing"
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {_SHORT.repr(value)}"
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 4, 160, 160
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 12

@@ -73,7 +73,7 @@ def configured(settings: Settings) -> list[Registry]:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         return []
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
         raise RegistryError(
             f"cannot read the registry list: {e}", file=str(path), hint="fix or delete it, then `mergepkg registry add`"
         ) from None
@@ -210,7 +210,7 @@ class Client:
             raise RegistryError(f"{reg.name} has no packages.json; is it a mergepkg registry?", file=reg.url)
         try:
             return json.loads(data).get("packages", {})
-        except (ValueError, AttributeError) as e:
+        except (ValueError, AttributeError, RecursionError) as e:
             raise RegistryError(f"{reg.name}: packages.json is not valid: {e}", file=reg.url) from None
 
     def recipe_bytes(self, reg: Registry, name: str, version: str, sha256: str) -> bytes:
@@ -243,7 +243,7 @@ class Client:
         except urllib.error.HTTPError as e:
             try:
                 body = json.loads(e.read())
-            except ValueError:
+            except (ValueError, RecursionError):
                 body = {"error": f"{e.code} {e.reason}"}
             hint = body.get("hint")
             if e.code in (401, 403):  # what the publisher can do here, not what the server's host does
@@ -287,7 +287,7 @@ class _Kept:
         try:
             meta = json.loads(head)
             return cls(meta.get("etag"), body if meta.get("found") else None)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return None  # not one of ours: read it again
 
     def write(self, path: Path) -> None:

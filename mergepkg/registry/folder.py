@@ -203,7 +203,7 @@ class RegistryFolder:
             packages = json.loads(path.read_text())["packages"]
             if not isinstance(packages, dict):
                 raise TypeError
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        except (FileNotFoundError, ValueError, KeyError, TypeError, RecursionError):
             packages = self._packages_from_index()  # damaged or missing: every package, from its index
         packages[name] = summary(entries)
         _write(path, json.dumps({"packages": dict(sorted(packages.items()))}, indent=1).encode() + b"\n")
@@ -236,7 +236,7 @@ def _without_local_sources(text: str, label: str) -> str:
     """Refuse local sources before parsing: parsing would look for their folders here."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return text  # the parser reports it, located
     sources = data.get("sources")
     if not isinstance(sources, dict):

@@ -85,7 +85,7 @@ class Entry:
                 bool(data.get("yanked", False)),
                 data.get("published", ""),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise RegistryError(
                 f"malformed index entry: {e}", file=where, hint="the registry's index is damaged; tell its maintainer"
             ) from None

@@ -35,7 +35,7 @@ def load(root: Path) -> list[dict]:
         return json.loads(_file(root).read_text())["tokens"]
     except FileNotFoundError:
         return []
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise RegistryError(f"the token file is damaged: {e}", file=str(_file(root))) from None
 
 

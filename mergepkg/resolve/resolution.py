@@ -120,7 +120,13 @@ def resolve(
                 f"sources.{name}",
             )
         try:
-            fetched = fetch(src, settings, commit=kept.pin.commit if kept is not None and src.hf else None)
+            held = kept if kept is not None and src.hf else None  # the locked commit and its files
+            fetched = fetch(
+                src,
+                settings,
+                commit=held.pin.commit if held else None,
+                files=[f.name for f in held.pin.files] if held else (),
+            )
             pin = pin_folder(fetched.folder, session.hashes, fetched.commit)
         except SourceError as e:
             recipe.locate(e, f"sources.{name}")

@@ -9,6 +9,7 @@ the revision or the error names the repo and revision.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,17 +48,18 @@ def choose_weight_patterns(files: list[str]) -> list[str]:
     return ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
 
-def fetch(source: Source, settings: Settings, commit: str | None = None) -> Fetched:
+def fetch(source: Source, settings: Settings, commit: str | None = None, files: Collection[str] = ()) -> Fetched:
     """Make `source` local. `commit` (from a lock) replaces a hub source's revision, so a
-    moved branch does not move the build."""
+    moved branch does not move the build; when the local Hugging Face cache holds that
+    commit with every file in `files` (the lock's), the Hub is not asked at all."""
     if source.path is not None:
         if not source.path.is_dir():
             raise SourceError(f"model folder not found: {source.path}")
         return Fetched(source.path)
-    return _fetch_hf(source, settings, commit)
+    return _fetch_hf(source, settings, commit, files)
 
 
-def _fetch_hf(source: Source, settings: Settings, commit: str | None) -> Fetched:
+def _fetch_hf(source: Source, settings: Settings, commit: str | None, files: Collection[str]) -> Fetched:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,
@@ -69,13 +71,18 @@ def _fetch_hf(source: Source, settings: Settings, commit: str | None) -> Fetched
     repo, rev = source.hf, commit or source.revision
     assert repo is not None  # fetch() sends the sources that are not folders; flattened, those are hub repos
     try:
-        if settings.offline:
-            folder = Path(snapshot_download(repo, revision=rev, local_files_only=True, cache_dir=settings.hf_cache))
-            return Fetched(folder, folder.name)
+        if settings.offline or (commit and files):
+            try:
+                folder = Path(snapshot_download(repo, revision=rev, local_files_only=True, cache_dir=settings.hf_cache))
+                if settings.offline or all((folder / f).is_file() for f in files):
+                    return Fetched(folder, folder.name)
+            except (LocalEntryNotFoundError, FileNotFoundError):
+                if settings.offline:
+                    raise
         info = HfApi().model_info(repo, revision=rev)
-        files = [s.rfilename for s in info.siblings or []]
-        wanted = choose_weight_patterns(files) + SIDE_FILES
-        allow = [f for f in files if any(fnmatch.fnmatch(f, p) for p in wanted)]
+        names = [s.rfilename for s in info.siblings or []]
+        wanted = choose_weight_patterns(names) + SIDE_FILES
+        allow = [f for f in names if any(fnmatch.fnmatch(f, p) for p in wanted)]
         folder = Path(snapshot_download(repo, revision=info.sha, allow_patterns=allow, cache_dir=settings.hf_cache))
         return Fetched(folder, info.sha)
     except (LocalEntryNotFoundError, FileNotFoundError) as e:
@@ -93,3 +100,19 @@ def _fetch_hf(source: Source, settings: Settings, commit: str | None) -> Fetched
         raise SourceError(
             f"cannot fetch {repo}@{rev}: {e}", hint="check the network, or set HF_HUB_OFFLINE=1 to use the cache"
         ) from e
+    except Exception as e:
+        if not _is_network_error(e):
+            raise
+        raise SourceError(
+            f"cannot reach the Hugging Face Hub for {repo}@{rev}: {e}",
+            hint="check the network, or set HF_HUB_OFFLINE=1 to build from the local cache",
+        ) from e
+
+
+# The HTTP clients huggingface_hub has used (requests, httpx, httpx2 by version): their
+# connection errors are not huggingface_hub's own, nor always OSErrors.
+HTTP_CLIENTS = ("requests", "urllib3", "httpx", "httpx2", "httpcore", "httpcore2")
+
+
+def _is_network_error(e: Exception) -> bool:
+    return any(c.__module__.split(".")[0] in HTTP_CLIENTS for c in type(e).__mro__)

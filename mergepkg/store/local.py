@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -24,10 +25,27 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from mergepkg._version import __version__
-from mergepkg.errors import BuildError, StoreError
+from mergepkg.errors import BuildError, MergepkgError, StoreError
 from mergepkg.files import write_atomic
+from mergepkg.io.digest import combine_digests, model_digest, tensor_digests
+from mergepkg.io.tensors import scan_tensors
 
 MANIFEST = "mergepkg-manifest.json"
+
+
+def is_key(name: str) -> bool:
+    """Whether `name` is a step key (lowercase hex), as the store's folders are named."""
+    return bool(name) and all(c in "0123456789abcdef" for c in name)
+
+
+def _complete(manifest: object, key: str) -> bool:
+    """Whether a manifest is one `commit` wrote for `key`: anything else is no artifact."""
+    if not isinstance(manifest, dict) or manifest.get("key") != key or not isinstance(manifest.get("digest"), str):
+        return False
+    files = manifest.get("files")
+    return isinstance(files, dict) and all(
+        isinstance(r, dict) and type(r.get("size")) is int and type(r.get("mtime_ns")) is int for r in files.values()
+    )
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,31 @@ class Artifact:
     @property
     def size(self) -> int:
         return sum(f["size"] for f in self.manifest["files"].values())
+
+    def holds(self, sample_bytes: int | None = None) -> bool:
+        """Whether the tensors still give the digests recorded at build time: every tensor
+        (`sample_bytes` None), or tensors chosen at random up to about `sample_bytes`. An
+        artifact from before per-tensor digests were recorded is read whole."""
+        recorded = self.manifest.get("tensors")
+        try:
+            if not isinstance(recorded, dict):
+                return model_digest(self.folder) == self.digest
+            names = list(recorded)
+            if sample_bytes is not None:
+                sizes = {n: t.nbytes for n, t in scan_tensors(self.folder).items()}
+                random.shuffle(names)
+                chosen: list[str] = []
+                total = 0
+                for n in names:
+                    if chosen and total + sizes.get(n, 0) > sample_bytes:
+                        break
+                    chosen.append(n)
+                    total += sizes.get(n, 0)
+                names = chosen
+            found = tensor_digests(self.folder, set(names))
+        except (MergepkgError, OSError):
+            return False
+        return all(found.get(n) == recorded[n] for n in names)
 
     def intact(self) -> bool:
         """Cheap check that no file was changed since the build: sizes and mtimes.
@@ -98,7 +141,7 @@ class Store:
         return FileLock(self.locks / f"out-{hashlib.sha256(str(out).encode()).hexdigest()[:24]}.lock")
 
     def path(self, key: str) -> Path:
-        if not key or any(c not in "0123456789abcdef" for c in key):
+        if not is_key(key):
             raise ValueError(f"not a key: {key!r}")
         return self.root / key
 
@@ -107,9 +150,9 @@ class Store:
         folder = self.path(key)
         try:
             manifest = json.loads((folder / MANIFEST).read_text())
-        except (FileNotFoundError, NotADirectoryError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
-        if manifest.get("key") != key or "digest" not in manifest or "files" not in manifest:
+        if not _complete(manifest, key):
             return None
         return Artifact(key, folder, manifest)
 
@@ -117,7 +160,8 @@ class Store:
         """Artifacts whose key starts with `prefix` (as `cache info abc123`)."""
         if not self.root.is_dir():
             return []
-        return [a for k in sorted(os.listdir(self.root)) if k.startswith(prefix) and (a := self.get(k))]
+        names = sorted(n for n in os.listdir(self.root) if is_key(n) and n.startswith(prefix))  # not .DS_Store
+        return [a for n in names if (a := self.get(n))]
 
     def all(self) -> list[Artifact]:
         return self.find("")
@@ -140,9 +184,9 @@ class Store:
         self.tmp.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.tmp))
 
-    def commit(self, key: str, folder: Path, entry: dict, digest: str, *, seconds: float) -> Artifact:
+    def commit(self, key: str, folder: Path, entry: dict, tensors: dict[str, str], *, seconds: float) -> Artifact:
         """Write the manifest (last) into a finished build folder and move it into place.
-        The caller holds the key's lock."""
+        `tensors`: each tensor's digest, as the writer hashed it. The caller holds the key's lock."""
         files = {}
         for p in sorted(folder.iterdir()):
             st = p.stat()
@@ -150,7 +194,8 @@ class Store:
         manifest = {
             "key": key,
             "entry": entry,
-            "digest": digest,
+            "digest": combine_digests(tensors),
+            "tensors": dict(sorted(tensors.items())),
             "files": files,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(seconds, 3),
@@ -196,18 +241,27 @@ class Store:
 
     def _gc(self, keep: set[str], dry_run: bool) -> tuple[list[Artifact], list[Path]]:
         gone = [a for a in self.all() if a.key not in keep]
-        leftovers = []
-        for art in gone:
-            if not dry_run:
+        if not dry_run:
+            for art in gone:
                 with self.lock(art.key):
                     self.discard(art.key)
+        leftovers = self.clean_tmp(dry_run=dry_run)
+        if not dry_run and self.locks.is_dir():  # no build runs (we hold the store): no lock is held
+            for f in self.locks.glob("*.lock"):
+                f.unlink(missing_ok=True)
+        return gone, leftovers
+
+    def clean_tmp(self, *, dry_run: bool = False) -> list[Path]:
+        """Remove what killed builds left in `tmp/`: folders whose key no live build holds
+        (a build makes and fills its folder under the key's lock). Returns them."""
+        stale = []
         if self.tmp.is_dir():
             for p in sorted(self.tmp.iterdir()):
                 try:
                     with self.lock(p.name.split(".", 1)[0]).acquire(timeout=0):
-                        leftovers.append(p)
+                        stale.append(p)
                         if not dry_run:
                             shutil.rmtree(p, ignore_errors=True)
                 except Timeout:
                     continue  # being built right now
-        return gone, leftovers
+        return stale

@@ -31,6 +31,7 @@ from mergepkg.importers.mergekit.render import render
 from mergepkg.importers.mergekit.tokenizer import tokenizer_block, tokenizer_source
 from mergepkg.methods import METHODS
 from mergepkg.recipe.model import Recipe
+from mergepkg.recipe.names import NAME_HINT, package_name_problem
 from mergepkg.recipe.parse import parse_recipe
 from mergepkg.recipe.tables import DTYPES, show
 
@@ -83,6 +84,8 @@ def convert(
 ) -> ImportResult:
     """As `import_mergekit`, with the notes and the parsed recipe."""
     path = Path(path)
+    if name is not None and (problem := package_name_problem(name)) is not None:
+        raise RecipeError(f"--name: {problem}", hint=NAME_HINT)
     return _Importer(text, path, name=name, recipe_dir=recipe_dir, cwd=cwd).run()
 
 
@@ -136,7 +139,7 @@ class _Importer:
             if not isinstance(d.data, dict):
                 raise ctx.error("", f"expected a mergekit config (a mapping of keys), got {show(d.data)}")
         default = self.name or self.path.stem
-        package = self.name or self.path.stem or "imported"
+        package = self.name or (sanitize(self.path.stem) if self.path.stem else "imported")
         steps = self.name_steps(docs, default)
         for step in steps:
             ctx.doc, ctx.step = step.doc, step

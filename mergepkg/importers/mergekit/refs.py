@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mergepkg.importers.mergekit.context import LORA_HINT, Context, Step
-from mergepkg.recipe.names import NAME
+from mergepkg.recipe.names import is_name
 from mergepkg.recipe.tables import show
 
 REF_KEYS = ("model", "lora", "override_architecture")
@@ -143,7 +143,7 @@ def sanitize(text: str) -> str:
     """A name mergepkg accepts: letters, digits, '_', '-', '.'; not starting with '-' or '.'."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")
     name = re.sub(r"^[.-]+", "", name)[:120]
-    if not name or not NAME.match(name):
+    if not is_name(name):
         name = "model"
     return name
 
