@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import typer
@@ -11,10 +12,10 @@ from rich.table import Table
 
 from mergepkg.cli.output import err, out
 from mergepkg.errors import RegistryError
+from mergepkg.registry import audit, packages, tokens
 from mergepkg.registry import client as registries
-from mergepkg.registry import packages, tokens
 from mergepkg.registry.folder import RegistryFolder
-from mergepkg.registry.server import make_server
+from mergepkg.registry.server import Limits, make_server
 from mergepkg.settings import Settings
 
 app = typer.Typer(help="Configure registries; create and serve one.", no_args_is_help=True)
@@ -74,10 +75,14 @@ def remove(name: str = typer.Argument(...)) -> None:
 
 # -- hosting --------------------------------------------------------------------------
 @app.command("init")
-def init(folder: Path = typer.Argument(..., file_okay=False), name: str = typer.Option(..., "--name")) -> None:
+def init(
+    folder: Path = typer.Argument(..., file_okay=False),
+    name: str = typer.Option(..., "--name"),
+    private: bool = typer.Option(False, "--private", help="When served, reads too need a token (scope read)."),
+) -> None:
     """Create an empty registry folder (serve it, or commit it to git, as it is)."""
-    RegistryFolder(folder).init(name)
-    err.print(f"[green]created[/] registry {escape(name)} in {escape(str(folder))}")
+    RegistryFolder(folder).init(name, private=private)
+    err.print(f"[green]created[/] {'private ' if private else ''}registry {escape(name)} in {escape(str(folder))}")
 
 
 @app.command("serve")
@@ -86,9 +91,15 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8780, "--port"),
     threads: int = typer.Option(4, "--threads", help="Requests served at once."),
+    per_client: int = typer.Option(Limits.per_client, "--per-client", help="Connections one address may hold."),
+    max_connections: int = typer.Option(Limits.total, "--max-connections", help="Connections at once, in all."),
+    request_seconds: float = typer.Option(
+        Limits.request_seconds, "--request-timeout", help="Seconds a client has to send a whole request."
+    ),
 ) -> None:
     """Serve a registry folder over HTTP; publish and yank need a token."""
-    server = make_server(folder, host, port, threads)
+    limits = Limits(request_seconds=request_seconds, per_client=per_client, total=max_connections)
+    server = make_server(folder, host, port, threads, limits)
     err.print(f"serving {escape(str(folder))} on http://{host}:{server.effective_port} (Ctrl-C stops)")
     try:
         server.run()
@@ -100,11 +111,30 @@ def serve(
 def token_create(
     folder: Path = typer.Argument(..., file_okay=False, exists=True),
     label: str = typer.Option(..., "--label", help="Who holds it, e.g. alice or ci."),
+    scope: list[str] = typer.Option(
+        list(tokens.DEFAULT_SCOPES), "--scope", help="publish, yank or read (reads of a private registry); repeatable."
+    ),
+    package: list[str] = typer.Option(
+        ["*"], "--package", help="Packages it may act on: name, team/* or *; repeatable."
+    ),
+    expires: str = typer.Option(None, "--expires", help="When it stops working: 90d, or a date like 2027-06-30."),
 ) -> None:
     """Create a token; it is printed once and only its hash is kept."""
-    token = tokens.create(folder, label)
+    token = tokens.create(folder, label, scopes=scope, packages=package, expires=_expiry(expires) if expires else None)
     out.print(token, highlight=False)
     err.print(f"[green]created[/] a token for {escape(label)}; keep it: it is not stored anywhere")
+
+
+def _expiry(text: str) -> datetime:
+    """`90d` from now, or a UTC date (`2027-06-30`) or time (`2027-06-30T12:00:00`)."""
+    try:
+        if text.endswith("d") and text[:-1].isdigit():
+            return datetime.now(timezone.utc) + timedelta(days=int(text[:-1]))
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected 90d or a date like 2027-06-30, got {text!r}", param_hint="--expires"
+        ) from None
 
 
 @token_app.command("revoke")
@@ -118,12 +148,25 @@ def token_revoke(
 
 @token_app.command("list")
 def token_list(folder: Path = typer.Argument(..., file_okay=False, exists=True)) -> None:
-    """Labels and creation times of the tokens (the tokens themselves are not kept)."""
+    """Labels, scopes, packages, creation and expiry of the tokens (the tokens themselves are not kept)."""
     table = Table()
-    table.add_column("label")
-    table.add_column("created")
+    for col in ("label", "scopes", "packages", "created", "expires"):
+        table.add_column(col)
     for t in tokens.load(folder):
-        table.add_row(t["label"], t["created"])
+        table.add_row(t.label, ", ".join(t.scopes), ", ".join(t.packages), t.created, t.expires or "never")
+    out.print(table)
+
+
+@app.command("log")
+def log(folder: Path = typer.Argument(..., file_okay=False, exists=True)) -> None:
+    """The audit log of a registry folder: every publish and yank, who, when, from where."""
+    table = Table()
+    for col in ("time", "who", "action", "package", "sha256", "from"):
+        table.add_column(col)
+    for row in audit.read(RegistryFolder(folder).private):
+        table.add_row(
+            row["time"], row["who"], row["action"], f"{row['name']}@{row['version']}", row["sha256"][:16], row["from"]
+        )
     out.print(table)
 
 

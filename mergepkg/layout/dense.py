@@ -236,6 +236,9 @@ class DenseLayout:
                 params[p.arg] = [
                     param_value(p, [m.params, *shared], m.tensor, t, self.where, self.key_of(m.model)) for m in inputs
                 ]
+        if spec.check is not None and (problem := spec.check(params)) is not None:
+            where = f"{self.key}.params" if step.params else self.key
+            raise self.error(RecipeError, where, f"{name}: {problem.message}", problem.hint)
         stored = self.infos[base.model].tensors[base.tensor].dtype if base else ref_info.dtype
         dtype = saved_dtype(step.out_dtype, stored)
         shape = (row_map.rows, *ref_info.shape[1:]) if row_map else ref_info.shape

@@ -6,8 +6,11 @@ within each row; both must lie in (0, 1). Randomness as in dare_ties.
 Defaults as mergekit 0.1.5: normalize = true, rescale = true, epsilon = 0.15.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 from mergepkg.methods import sparsify
-from mergepkg.methods.spec import Param
+from mergepkg.methods.spec import Param, Problem
 from mergepkg.methods.task_vectors import make_method
 
 EPSILON = Param(
@@ -20,6 +23,19 @@ EPSILON = Param(
     doc="half-width of the keep-probability band around density",
 )
 
+
+def band_problem(params: Mapping[str, Any]) -> Problem | None:
+    """density ± epsilon outside (0, 1) for an input: what MagPrune refuses, found before a build."""
+    for i, (density, epsilon) in enumerate(zip(params["density"], params["epsilon"])):
+        if not (density - epsilon > 0 and density + epsilon < 1):
+            return Problem(
+                f"input {i + 1}: della needs density ± epsilon inside (0, 1); "
+                f"got density={density:g}, epsilon={epsilon:g}",
+                "lower epsilon, or keep density at least epsilon away from 0 and 1",
+            )
+    return None
+
+
 SPEC = make_method(
     "della",
     summary="Prune task vectors at random with magnitude-ranked odds, then TIES.",
@@ -29,4 +45,5 @@ SPEC = make_method(
     elect_sign=True,
     thinner=sparsify.magprune,
     extra=[EPSILON],
+    check=band_problem,
 )

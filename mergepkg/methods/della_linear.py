@@ -5,7 +5,7 @@ Defaults as mergekit 0.1.5: normalize = false, rescale = true, epsilon = 0.15.
 """
 
 from mergepkg.methods import sparsify
-from mergepkg.methods.della import EPSILON
+from mergepkg.methods.della import EPSILON, band_problem
 from mergepkg.methods.task_vectors import make_method
 
 SPEC = make_method(
@@ -17,4 +17,5 @@ SPEC = make_method(
     elect_sign=False,
     thinner=sparsify.magprune,
     extra=[EPSILON],
+    check=band_problem,
 )

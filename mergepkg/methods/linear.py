@@ -8,12 +8,13 @@ error (mergekit divides by zero and writes NaN).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mergepkg._lazy import torch
 from mergepkg.errors import MergeError
 from mergepkg.methods.kernels import chunks
-from mergepkg.methods.spec import MethodSpec, flag, weight_param
+from mergepkg.methods.spec import MethodSpec, Problem, flag, weight_param
 
 
 def linear(
@@ -26,15 +27,23 @@ def linear(
 ) -> torch.Tensor:
     """`out`, when given, receives the result (a streamed chunk's reused buffer)."""
     total = sum(weight)
-    if normalize and abs(total) < 1e-8:
-        raise MergeError(
-            f"linear weights sum to {total:g}; with normalize = true they must not sum to zero",
-            hint="change the weights, or set params.normalize = false",
-        )
+    if problem := weights_problem({"weight": weight, "normalize": normalize}):
+        raise MergeError(problem.message, hint=problem.hint)
     out = torch.mul(tensors[0], weight[0], out=out)
     for t, w in zip(tensors[1:], weight[1:]):
         out.add_(t, alpha=w)  # fused multiply-add, no temporary per input
     return out.div_(total) if normalize and total != 1 else out  # x / 1 == x, bit for bit
+
+
+def weights_problem(params: Mapping[str, Any]) -> Problem | None:
+    """Weights summing to zero, with normalize: what `linear` refuses, found before a build."""
+    total = sum(params["weight"])
+    if params.get("normalize", True) and abs(total) < 1e-8:
+        return Problem(
+            f"linear weights sum to {total:g}; with normalize = true they must not sum to zero",
+            "change the weights, or set params.normalize = false",
+        )
+    return None
 
 
 def stream_linear(base, tensors, *, compute, out_dtype, out=None, **params) -> torch.Tensor:
@@ -51,6 +60,7 @@ SPEC = MethodSpec(
     min_inputs=1,
     fp32=True,
     stream=stream_linear,
+    check=weights_problem,
     rows=True,
     light=True,
 )

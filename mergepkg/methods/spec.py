@@ -7,7 +7,7 @@ parsing, validation, keys and `mergepkg methods` need, so none of them touch tor
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,14 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Problem:
+    """Why a method cannot merge a tensor with these parameters, and what to do."""
+
+    message: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     merge: Callable[..., Any]
@@ -92,6 +100,9 @@ class MethodSpec:
     rows: bool = False  # elementwise: a block of rows of the inputs gives those rows of the result
     light: bool = False  # `stream` shares its chunks out to threads of its own (chunks.parallel): torch gets one
     fused: bool = False  # on the CPU, `stream` may run on kernels/fused.py's loops, shared out likewise
+    # check(params) -> why one output tensor's resolved parameters (as `merge` takes them)
+    # cannot be merged, or None: run by the layout, so `validate` finds it before a build
+    check: Callable[[Mapping[str, Any]], Problem | None] | None = None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

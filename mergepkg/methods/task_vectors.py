@@ -7,12 +7,13 @@ Semantics follow mergekit 0.1.5 (`generalized_task_arithmetic.py`); the code is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from mergepkg._lazy import lazy_import, torch
 from mergepkg.methods import sparsify
 from mergepkg.methods.kernels import chunks
-from mergepkg.methods.spec import MethodSpec, Param, density_param, flag, weight_param
+from mergepkg.methods.spec import MethodSpec, Param, Problem, density_param, flag, weight_param
 
 fused = lazy_import("mergepkg.methods.fused")  # numpy and numba: imported when a merge runs
 
@@ -192,6 +193,7 @@ def make_method(
     thinner: Callable[..., torch.Tensor] | None = None,
     extra: Sequence[Param] = (),
     version: int = 1,
+    check: Callable[[Mapping[str, Any]], Problem | None] | None = None,
 ) -> MethodSpec:
     """A MethodSpec for one member of the family; `thinner(delta, density, rescale=..,
     [gamma|epsilon], [rng])` is applied per input."""
@@ -243,6 +245,7 @@ def make_method(
         min_inputs=1,
         random=random,
         stream=stream,
+        check=check,
         version=version,
         rows=thinner is None and not elect_sign,
         light=thinner is None and not elect_sign,

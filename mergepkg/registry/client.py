@@ -41,13 +41,14 @@ class Unreachable(RegistryError):
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Writes are never redirected: urllib would resend the token to wherever it points."""
+    """Requests that carry a token are never redirected: urllib would resend the token to
+    wherever it points."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         return None  # urllib then raises the 30x as an HTTPError
 
 
-_POST = urllib.request.build_opener(_NoRedirect)
+_WITH_TOKEN = urllib.request.build_opener(_NoRedirect)
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,12 @@ class Client:
         request = urllib.request.Request(f"{reg.url}/{path}", headers={"User-Agent": "mergepkg"})
         if kept is not None and kept.etag:
             request.add_header("If-None-Match", kept.etag)
+        token = os.environ.get(token_variable(reg.name)) or reg.token
+        if token:  # a private registry's reads need it; a redirect never gets it (`_WITH_TOKEN` follows none)
+            request.add_header("Authorization", f"Bearer {token}")
+        opener = _WITH_TOKEN if token else urllib.request.build_opener()
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            with opener.open(request, timeout=TIMEOUT) as response:
                 body, etag = response.read(), response.headers.get("ETag")
         except urllib.error.HTTPError as e:
             if e.code == 304 and kept is not None:
@@ -238,7 +243,7 @@ class Client:
             f"{reg.url}/api/v1/{action}", data=json.dumps(payload).encode(), headers=headers, method="POST"
         )
         try:
-            with _POST.open(request, timeout=TIMEOUT) as response:
+            with _WITH_TOKEN.open(request, timeout=TIMEOUT) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as e:
             try:

@@ -9,6 +9,7 @@ an unlisted recipe file that the next publish of that version overwrites.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ from mergepkg.recipe.model import Recipe, Source
 from mergepkg.recipe.names import canonical_name, check_version
 from mergepkg.recipe.parse import parse_recipe
 from mergepkg.recipe.versions import Range
+from mergepkg.registry import audit
 from mergepkg.registry.index import (
     FORMAT,
     MAX_RECIPE_BYTES,
@@ -76,6 +78,13 @@ def check_publishable(recipe: Recipe, data: bytes) -> None:
     check_version(recipe.version)
 
 
+def _local_user() -> str:
+    try:
+        return "local:" + getpass.getuser()
+    except (KeyError, OSError):  # no user name in this environment
+        return "local"
+
+
 def _write(path: Path, data: bytes) -> None:
     write_atomic(path, data, durable=True)  # a registry's files are read from other machines
 
@@ -90,11 +99,13 @@ class RegistryFolder:
     def private(self) -> Path:
         return self.root / PRIVATE
 
-    def init(self, name: str) -> None:
+    def init(self, name: str, *, private: bool = False) -> None:
+        """A new, empty registry; a `private` one answers reads only with a token (scope read)."""
         if (self.root / "config.json").exists():
             raise RegistryError("a registry already lives here", file=str(self.root / "config.json"))
         canonical_name(name)
-        _write(self.root / "config.json", json.dumps({"format": FORMAT, "name": name}, indent=1).encode() + b"\n")
+        config = {"format": FORMAT, "name": name, **({"private": True} if private else {})}
+        _write(self.root / "config.json", json.dumps(config, indent=1).encode() + b"\n")
         _write(self.root / "packages.json", b'{"packages": {}}\n')
         _write(self.root / ".gitignore", f"{PRIVATE}/\n".encode())  # a registry is often a git repository
 
@@ -129,9 +140,12 @@ class RegistryFolder:
         self.private.mkdir(exist_ok=True)
         return FileLock(self.private / "write.lock", timeout=60)
 
-    def publish(self, recipe: Recipe, data: bytes, lock_text: str | None = None) -> tuple[Entry, bool]:
+    def publish(
+        self, recipe: Recipe, data: bytes, lock_text: str | None = None, *, who: str = "", source: str = "local"
+    ) -> tuple[Entry, bool]:
         """Add a version. Returns (entry, True), or (the existing entry, False) when this
-        exact file is already published; other content under a published version is refused."""
+        exact file is already published; other content under a published version is refused.
+        `who` (a token's label; default: this machine's user) and `source` go to the audit log."""
         check_publishable(recipe, data)
         entry = make_entry(recipe, data, lock_text)
         self.config()
@@ -148,9 +162,18 @@ class RegistryFolder:
                 )
             _write(self.root / recipe_path(entry.name, entry.version), data)
             self._save(entry.name, [*entries, entry])
+            audit.record(
+                self.private,
+                who=who or _local_user(),
+                action="publish",
+                name=entry.name,
+                version=entry.version,
+                sha256=entry.sha256,
+                source=source,
+            )
         return entry, True
 
-    def yank(self, name: str, version: str, yanked: bool = True) -> Entry:
+    def yank(self, name: str, version: str, yanked: bool = True, *, who: str = "", source: str = "local") -> Entry:
         name, version = canonical_name(name), str(check_version(version))
         self.config()
         with self._lock():
@@ -163,7 +186,17 @@ class RegistryFolder:
                 )
             entries = with_yanked(entries, version, yanked)
             self._save(name, entries)
-        return next(e for e in entries if e.version == version)
+            entry = next(e for e in entries if e.version == version)
+            audit.record(
+                self.private,
+                who=who or _local_user(),
+                action="yank" if yanked else "unyank",
+                name=name,
+                version=version,
+                sha256=entry.sha256,
+                source=source,
+            )
+        return entry
 
     def check_dependencies(self, recipe: Recipe) -> None:
         """Dependencies without a registry of their own must be here, with a version that

@@ -7,10 +7,18 @@ A WSGI app served by waitress (a maintained, pure-Python production server):
   (so `..` and the private `.mergepkg/` folder are out), nothing outside the folder.
 - `POST /api/v1/publish` `{"recipe": TOML text, "lock": TOML text or null}` and
   `POST /api/v1/yank` `{"name", "version", "yanked": bool}`: only with
-  `Authorization: Bearer <token>` (401 without one, 403 for a wrong one); 413 above
-  the size limit, 400 for malformed or invalid uploads, 409 for a published version
-  with other content. Writes go through `RegistryFolder`, so they are atomic and two
-  publishes at once both land.
+  `Authorization: Bearer <token>` whose scopes and package patterns allow it (401
+  without one, 403 for a wrong, expired or narrower one: `tokens.py`); 413 above the
+  size limit, 400 for malformed or invalid uploads, 409 for a published version with
+  other content. Writes go through `RegistryFolder`, so they are atomic, two
+  publishes at once both land, and each is in the audit log (`audit.py`).
+- A private registry (`registry init --private`) answers reads only with a token that
+  has the `read` scope.
+
+Under abuse (`Limits`): a connection that does not finish sending a request within
+`request_seconds` is closed, as is one idle for `idle_seconds`; one client address
+holds at most `per_client` connections and the server `total`. Error bodies never
+name a path on the server.
 """
 
 from __future__ import annotations
@@ -18,17 +26,26 @@ from __future__ import annotations
 import hashlib
 import json
 import mimetypes
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
 from mergepkg.errors import MergepkgError, PublishError
+from mergepkg.recipe.names import canonical_name
 from mergepkg.recipe.plan import make_plan
 from mergepkg.registry import tokens
 from mergepkg.registry.folder import RegistryFolder, parse_published
 from mergepkg.registry.index import MAX_RECIPE_BYTES
 
 MAX_BODY = 2 * MAX_RECIPE_BYTES + 4096  # a recipe, its lock and the JSON around them
+UPLOAD = "/upload/recipe.toml"  # what an uploaded recipe is called in errors: no path of the server's
 STATUS = {
     200: "OK",
     201: "Created",
@@ -49,7 +66,7 @@ STATUS = {
 class App:
     def __init__(self, root: Path):
         self.folder = RegistryFolder(Path(root).resolve())
-        self.folder.config()  # refuse to serve a folder that is not a registry
+        self.private = bool(self.folder.config().get("private"))  # refuses a folder that is not a registry
 
     def __call__(self, environ, start_response):
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
@@ -57,10 +74,30 @@ class App:
             if method != "POST":
                 return _json(start_response, 405, {"error": "use POST"})
             status, body = self.write(path[len("/api/v1/") :], environ)
-            return _json(start_response, status, body)
+            return _json(start_response, status, self.public(body))
         if method not in ("GET", "HEAD"):
             return _json(start_response, 405, {"error": "the index is read-only; writes go to /api/v1/"})
+        if self.private:
+            try:
+                tokens.authorize(self.folder.root, _bearer(environ), "read")
+            except PublishError as e:
+                return _json(start_response, e.status, self.public({"error": e.message, "hint": e.hint}))
+            except MergepkgError as e:
+                return _json(start_response, 500, self.public({"error": f"the token file cannot be read: {e.message}"}))
         return self.read(path, environ, start_response, head=method == "HEAD")
+
+    def public(self, body: dict) -> dict:
+        """`body` without any path of this machine: the folder served and the working directory."""
+        places = sorted({str(self.folder.root), os.getcwd()}, key=len, reverse=True)
+
+        def scrub(text: object) -> object:
+            if not isinstance(text, str):
+                return text
+            for place in places:
+                text = text.replace(place + "/", "").replace(place, ".")
+            return text
+
+        return {k: scrub(v) for k, v in body.items()}
 
     # -- reads ---------------------------------------------------------------------
     def read(self, path: str, environ, start_response, head: bool):
@@ -96,18 +133,13 @@ class App:
     def write(self, action: str, environ) -> tuple[int, dict]:
         if action not in ("publish", "yank"):
             return 404, {"error": f"no action {action!r}; expected publish or yank"}
-        auth = environ.get("HTTP_AUTHORIZATION", "")
-        if not auth.startswith("Bearer ") or not auth[7:].strip():
-            return 401, {
-                "error": "a bearer token is required",
-                "hint": "create one with `mergepkg registry token create`",
-            }
+        token = _bearer(environ)
         try:
-            who = tokens.holder(self.folder.root, auth[7:].strip())
+            tokens.authorize(self.folder.root, token, action)  # may it do this at all (the package comes later)
+        except PublishError as e:
+            return e.status, {"error": e.message, "hint": e.hint}
         except MergepkgError as e:
             return 500, {"error": f"the registry's token file cannot be read: {e.message}"}
-        if who is None:
-            return 403, {"error": "the token is not valid for this registry"}
         try:
             length = int(environ.get("CONTENT_LENGTH") or -1)
         except ValueError:
@@ -120,7 +152,8 @@ class App:
             payload = json.loads(environ["wsgi.input"].read(length))
             if not isinstance(payload, dict):
                 raise ValueError("expected a JSON object")
-            return self.publish(payload) if action == "publish" else self.yank(payload)
+            source = environ.get("REMOTE_ADDR", "?")
+            return self.publish(payload, token, source) if action == "publish" else self.yank(payload, token, source)
         except MergepkgError as e:  # first: some are ValueErrors too
             status = e.status if isinstance(e, PublishError) else 400
             return status, {"error": f"{e.where}: {e.message}" if e.where else e.message, "hint": e.hint}
@@ -129,22 +162,24 @@ class App:
         except filelock.Timeout:
             return 503, {"error": "the registry is busy with other writes; try again"}
 
-    def publish(self, payload: dict) -> tuple[int, dict]:
+    def publish(self, payload: dict, token: str, source: str) -> tuple[int, dict]:
         recipe_text, lock_text = payload.get("recipe"), payload.get("lock")
         if not isinstance(recipe_text, str) or not (lock_text is None or isinstance(lock_text, str)):
             raise ValueError('expected {"recipe": "<TOML text>", "lock": "<TOML text>" or null}')
         data = recipe_text.encode("utf-8")
-        recipe = parse_published(data, "recipe.toml")
+        recipe = parse_published(data, UPLOAD)
+        who = tokens.authorize(self.folder.root, token, "publish", canonical_name(recipe.name))
         make_plan(recipe)  # cycles and references, as the publisher's own check did
         self.folder.check_dependencies(recipe)
-        entry, new = self.folder.publish(recipe, data, lock_text)
+        entry, new = self.folder.publish(recipe, data, lock_text, who=who, source=source)
         return (201 if new else 200), {"entry": json.loads(entry.to_json()), "published": new}
 
-    def yank(self, payload: dict) -> tuple[int, dict]:
+    def yank(self, payload: dict, token: str, source: str) -> tuple[int, dict]:
         name, version, yanked = payload.get("name"), payload.get("version"), payload.get("yanked", True)
         if not isinstance(name, str) or not isinstance(version, str) or not isinstance(yanked, bool):
             raise ValueError('expected {"name": str, "version": str, "yanked": bool}')
-        entry = self.folder.yank(name, version, yanked)
+        who = tokens.authorize(self.folder.root, token, "yank", canonical_name(name))
+        entry = self.folder.yank(name, version, yanked, who=who, source=source)
         return 200, {"entry": json.loads(entry.to_json())}
 
 
@@ -156,10 +191,82 @@ def _json(start_response, status: int, body: dict):
     return [data]
 
 
-def make_server(root: Path, host: str = "127.0.0.1", port: int = 8780, threads: int = 4):
-    """A waitress server for `root` (call `.run()`; port 0 picks a free one: `.effective_port`)."""
-    from waitress import create_server
+def _bearer(environ) -> str:
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    return auth[7:].strip() if auth.startswith("Bearer ") else ""
 
-    return create_server(
-        App(root), host=host, port=port, threads=threads, ident="mergepkg-registry", max_request_body_size=4 * MAX_BODY
-    )  # past ours: a JSON 413 below that
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may hold of the server (docs/registry.md#limits)."""
+
+    request_seconds: float = 30.0  # to send a request's headers and body, from its first byte
+    idle_seconds: float = 15.0  # a connection with no request in flight is closed after this
+    per_client: int = 16  # connections from one address at once; more are closed on accept
+    total: int = 256  # connections at once; past it the server stops accepting until some close
+    check_every: float = 1.0  # seconds between the checks of the two timeouts above
+
+
+class _Channel(HTTPChannel):
+    """waitress's connection, remembering when the request it is reading began."""
+
+    reading_since: float | None = None
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None and data:
+            self.reading_since = time.monotonic()
+        done = super().received(data)
+        if self.request is None:  # every request received so far is complete
+            self.reading_since = None
+        return done
+
+
+class _Server(TcpWSGIServer):
+    """waitress's TCP server, holding each client to `Limits`."""
+
+    channel_class = _Channel
+    limits = Limits()
+
+    def handle_accept(self) -> None:
+        try:
+            accepted = self.accept()
+        except OSError:
+            return
+        if accepted is None:
+            return
+        conn, addr = accepted
+        host = addr[0] if isinstance(addr, tuple) else addr
+        mine = sum(1 for ch in self.active_channels.values() if isinstance(ch.addr, tuple) and ch.addr[0] == host)
+        if mine >= self.limits.per_client:
+            conn.close()  # this client has its share; the others keep theirs
+            return
+        self.set_socket_options(conn)
+        self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)  # idle connections (channel_timeout)
+        cutoff = time.monotonic() - self.limits.request_seconds
+        for channel in list(self.active_channels.values()):
+            since = getattr(channel, "reading_since", None)
+            if since is not None and since < cutoff:
+                channel.will_close = True  # a request trickling in: a slow client holds no thread nor slot
+
+
+def make_server(root: Path, host: str = "127.0.0.1", port: int = 8780, threads: int = 4, limits: Limits = Limits()):
+    """A waitress server for `root` (call `.run()`; port 0 picks a free one: `.effective_port`)."""
+    adj = Adjustments(
+        host=host,
+        port=port,
+        threads=threads,
+        ident="mergepkg-registry",
+        max_request_body_size=4 * MAX_BODY,  # past ours: a JSON 413 below that
+        channel_timeout=int(max(1, limits.idle_seconds)),
+        cleanup_interval=int(max(1, limits.check_every)),
+        connection_limit=limits.total,
+        expose_tracebacks=False,
+    )
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(threads)
+    server = _Server(App(root), {}, True, None, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])
+    server.limits = limits
+    return server
