@@ -48,6 +48,8 @@ class MergepkgError(Exception):
         """This error, placed where it happened as far as its raiser could not say: a key
         path (with its file and line) and a tensor fill in only what is missing."""
         if key is not None and self.key is None:
+            if self.file is not None and file is not None and str(file) != self.file:
+                self.message = f"{self.file}: {self.message}"  # where inside what the key names
             self.file, self.line, self.key = (str(file) if file is not None else self.file), line, key
         if tensor is not None and self.tensor is None:
             self.tensor = tensor

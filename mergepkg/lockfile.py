@@ -141,10 +141,10 @@ def recipe_hash(recipe: Recipe) -> str:
 
 def read_lock(path: Path) -> Lock | None:
     try:
-        return parse_lock(path.read_text(), path)
+        return parse_lock(path.read_text(encoding="utf-8"), path)
     except FileNotFoundError:
         return None
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"cannot read the lock: {e}", file=path, hint="delete it and run `mergepkg lock`") from None
 
 
@@ -161,21 +161,62 @@ def parse_lock(text: str, path: Path | str) -> Lock:
             hint="run `mergepkg lock` to rewrite it",
         )
     try:
-        sources = {
-            s["name"]: LockedSource(
-                s["name"],
-                s.get("hf"),
-                s.get("revision"),
-                s.get("path"),
-                Pin(s.get("commit"), tuple(FileRecord(f["name"], f["size"], f["sha256"]) for f in s["files"])),
-            )
-            for s in data.get("source", [])
-        }
-        steps = {s["name"]: LockedStep(s["name"], s["method"], s["key"], s.get("digest")) for s in data.get("step", [])}
-        deps = {d["name"]: _locked_dependency(d, path) for d in data.get("dependency", [])}
+        sources = {s["name"]: _locked_source(s) for s in _records(data, "source")}
+        steps = {s["name"]: _locked_step(s) for s in _records(data, "step")}
+        deps = {d["name"]: _locked_dependency(d, path) for d in _records(data, "dependency")}
+        if not isinstance(data["recipe"], str):
+            raise TypeError("recipe is not a hash")
         return Lock(data["recipe"], sources, steps, dependencies=deps)
-    except (KeyError, TypeError) as e:
+    except MergepkgError:  # located already (a dependency record)
+        raise
+    except KeyError as e:
         raise RecipeError(f"malformed lock: missing {e}", file=path, hint="delete it and run `mergepkg lock`") from None
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"malformed lock: {e}", file=path, hint="delete it and run `mergepkg lock`") from None
+
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _records(data: dict, kind: str) -> list[dict]:
+    records = data.get(kind, [])
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("name"), str) for r in records
+    ):
+        raise TypeError(f"[[{kind}]] entries must be tables with a name")
+    return records
+
+
+def _locked_source(s: dict) -> LockedSource:
+    files = []
+    if not isinstance(s["files"], list):
+        raise TypeError(f"source {s['name']!r}: files is not a list of file records")
+    for f in s["files"]:
+        if not (
+            isinstance(f, dict)
+            and isinstance(f.get("name"), str)
+            and type(f.get("size")) is int
+            and f["size"] >= 0
+            and isinstance(f.get("sha256"), str)
+            and HEX64.fullmatch(f["sha256"])
+        ):
+            raise TypeError(f"source {s['name']!r}: a file record {f!r} is not a name, a size and a sha256")
+        files.append(FileRecord(f["name"], f["size"], f["sha256"]))
+    for field_ in ("hf", "revision", "path", "commit"):
+        if s.get(field_) is not None and not isinstance(s[field_], str):
+            raise TypeError(f"source {s['name']!r}: {field_} is not a string")
+    return LockedSource(s["name"], s.get("hf"), s.get("revision"), s.get("path"), Pin(s.get("commit"), tuple(files)))
+
+
+def _locked_step(s: dict) -> LockedStep:
+    key, digest = s["key"], s.get("digest")
+    if not (isinstance(key, str) and HEX64.fullmatch(key)) or not isinstance(s["method"], str):
+        raise TypeError(f"step {s['name']!r}: key {key!r} is not a step key")
+    if digest is not None and not (
+        isinstance(digest, str) and digest.startswith("sha256:") and HEX64.fullmatch(digest[7:])
+    ):
+        raise TypeError(f"step {s['name']!r}: digest {digest!r} is not a digest")
+    return LockedStep(s["name"], s["method"], key, digest)
 
 
 def _locked_dependency(d: dict, path: Path | str) -> LockedDependency:
@@ -184,7 +225,8 @@ def _locked_dependency(d: dict, path: Path | str) -> LockedDependency:
             canonical_name(d["name"]) == d["name"]
             and str(check_version(d["version"])) == d["version"]
             and isinstance(d["registry"], str)
-            and re.fullmatch(r"[0-9a-f]{64}", d["sha256"])
+            and isinstance(d["sha256"], str)
+            and HEX64.fullmatch(d["sha256"])
         )
     except (MergepkgError, TypeError):
         ok = False

@@ -63,11 +63,11 @@ def new_registry(root: Path, name: str = "team") -> RegistryFolder:
 
 
 @contextlib.contextmanager
-def serving(root: Path):
+def serving(root: Path, limits=None):
     """A real waitress server for `root` on 127.0.0.1 (a free port); yields its base URL."""
-    from mergepkg.registry.server import make_server
+    from mergepkg.registry.server import Limits, make_server
 
-    server = make_server(root, "127.0.0.1", 0, threads=8)
+    server = make_server(root, "127.0.0.1", 0, threads=8, limits=limits or Limits())
     stopping = threading.Event()
 
     def run():

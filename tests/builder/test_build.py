@@ -196,3 +196,51 @@ def test_gpt2_style_layers_are_stacked_too(tmp_path):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["n_layer"] == 5
     assert "transformer.h.4.attn.c_attn.weight" in tensors
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.n_layer == 5
+
+
+def test_an_all_nan_input_is_warned_about_by_name(write_recipe, tmp_path, models, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mergepkg.cli.app import main
+
+    nan = tmp_path / "nan"
+    shutil.copytree(models["ft1"], nan)
+    tensors = load_file(nan / "model.safetensors")
+    tensors["model.norm.weight"] = torch.full_like(tensors["model.norm.weight"], float("nan"))
+    save_file(tensors, nan / "model.safetensors", metadata={"format": "pt"})
+    path = write_recipe(
+        '[steps.m]\nmethod = "linear"\ninputs = [{ model = "bad", weight = 1 }, { model = "ft2", weight = 1 }]\n'
+    )
+    path.write_text(path.read_text().replace("[sources]\n", f'[sources]\nbad = {{ path = "{nan}" }}\n'))
+    code = main(["build", str(path), "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "warning: step 'm': 'bad' tensor model.norm.weight: every value is NaN" in err, err
+    assert err.count("every value is NaN") == 1
+
+
+def test_outputs_take_the_shard_size_asked_for_even_when_stored(write_recipe, tmp_path, models, capsys):
+    from helpers import load_tensors
+
+    from mergepkg.cli.app import main
+    from mergepkg.io.digest import model_digest
+
+    path = write_recipe(
+        '[steps.m]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]\n'
+    )
+    assert main(["build", str(path), "--out", str(tmp_path / "one"), "-q"]) == 0
+    assert main(["build", str(path), "--out", str(tmp_path / "many"), "-q", "--shard-size", "20KB"]) == 0
+    err = capsys.readouterr().err
+    assert "0 built, 1 reused" in err, err
+    shards = sorted(p.name for p in (tmp_path / "many").glob("*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "many" / "model.safetensors.index.json").is_file(), shards
+    assert [p.name for p in (tmp_path / "one").glob("*.safetensors")] == ["model.safetensors"]
+    assert model_digest(tmp_path / "many") == model_digest(tmp_path / "one")
+    one, many = load_tensors(tmp_path / "one"), load_tensors(tmp_path / "many")
+    assert one.keys() == many.keys() and all(one[k].equal(many[k]) for k in one)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "many")  # transformers follows the index

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -324,6 +325,42 @@ def test_sigkill_at_any_moment_leaves_store_and_out_consistent(big, models, refe
     print(f"\nclean build {ref['seconds']:.2f}s\n{report}")
     assert sum(o[1] == "killed" for o in outcomes) >= 6, report  # the kills really interrupted builds
     assert {0, 1, 2} <= {o[2] for o in outcomes}, report  # before, between and after committed steps
+
+
+KILLS = 20  # per run, at seeded random moments (the seed is in the report, to replay one)
+
+
+def test_sigkill_at_random_moments_and_the_next_build_gives_the_clean_digests(big, reference, tmp_path):
+    """Builds of CHAIN killed at random moments, seeded: after each, the store holds
+    complete artifacts only, the next build leaves no temp folder behind and gives the
+    clean build's keys and digests."""
+    rng = random.Random(20261203)
+    span = reference["seconds"] * 1.2 + 0.5  # from startup to past the end of a clean build
+    report = []
+    for i in range(KILLS):
+        at = rng.uniform(0.05, span)
+        kdir = tmp_path / f"r{i}"
+        recipe = write_recipe_file(kdir, big, CHAIN)
+        home, out = kdir / "home", kdir / "out"
+        proc = start(home, "build", recipe, "--out", out, "-q", "--shard-size", SHARDS, log=kdir / "log")
+        try:
+            rc = proc.wait(timeout=at)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            rc = proc.wait()
+        assert rc in (0, -signal.SIGKILL), f"kill {i} at {at:.2f}s: exit {rc}: {(kdir / 'log.err').read_text()}"
+        stored = check_store(home, reference["by_key"])
+        left = sorted(os.listdir(home / "tmp")) if (home / "tmp").is_dir() else []
+        ok(run(home, "build", recipe, "--out", out, "-q", "--shard-size", SHARDS))
+        assert lock_steps(recipe) == reference["steps"], f"kill {i} at {at:.2f}s"
+        assert model_digest(out) == reference["steps"]["stack"][1]
+        assert not (home / "tmp").is_dir() or os.listdir(home / "tmp") == [], f"kill {i}: tmp kept {left}"
+        report.append(
+            f"  kill {i:2} at {at:5.2f}s: {'killed' if rc else 'finished'}, {len(stored)} stored, "
+            f"{len(left)} temp folders left, cleaned by the next build"
+        )
+    print("\n" + "\n".join(report))
+    assert sum("killed" in r for r in report) >= KILLS // 2, "\n".join(report)
 
 
 def test_a_build_killed_while_placing_out_leaves_no_hidden_folder_behind(models, tmp_path):

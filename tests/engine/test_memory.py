@@ -93,3 +93,32 @@ def test_budget_blocks_only_what_does_not_fit():
     assert not Budget(200 * 10**6).read_ahead(elementwise, infos, out, out)
     assert Budget(None).read_ahead(whole_tensor, infos, out, out)
     assert Budget(None).results_waiting == 2 and Budget(1).results_waiting == 1
+
+
+def test_the_budget_is_measured_once_for_a_build_of_many_steps(write_recipe, tmp_path, monkeypatch, capsys):
+    """Resident memory creeps up from step to step (freed memory the allocator keeps): a
+    budget taken at each step would refuse a later one. It is taken once, before the first."""
+    readings = []
+    real = memory.resident_bytes
+
+    def creeping() -> int:
+        readings.append(real())
+        return readings[0] + 60_000_000 * (len(readings) - 1)  # 60 MB more at every reading
+
+    monkeypatch.setattr(memory, "resident_bytes", creeping)
+    steps = "".join(
+        f'[steps.s{i}]\nmethod = "linear"\ninputs = [{{ model = "{"ft1" if i == 0 else f"s{i - 1}"}", weight = 1.0 }}, '
+        f'{{ model = "ft2", weight = 0.5 }}]\n'
+        for i in range(13)
+    )
+    path = write_recipe(steps)
+    limit = real() + 4 * CHUNK_WORK + 200_000_000  # room for the first step's budget, not for creeping
+    code, _, err = main_with(capsys, "build", path, "--out", tmp_path / "o", "-q", "--max-memory", str(limit))
+    assert code == 0, err
+    assert err.count("built ") == 13 and len(readings) == 1, (len(readings), err)
+
+
+def main_with(capsys, *args):
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err

@@ -379,13 +379,13 @@ def test_bf16_inputs_and_output(case, mergekit_out, mergepkg_out):
 
 @pytest.mark.parametrize("case", list(ZERO_SUM))
 def test_linear_zero_sum_weights(case, mergekit_out, write_recipe, tmp_path):
-    from mergepkg.errors import MergeError
+    from mergepkg.errors import RecipeError
 
     theirs = load_tensors(mergekit_out(case))
     # mergekit divides by a zero sum of weights: non-finite tensors
     assert any(not torch.isfinite(t).all() for t in theirs.values())
-    # mergepkg refuses
-    with pytest.raises(MergeError, match="sum to"):
+    # mergepkg refuses, from the layout: before a tensor is read (and in `validate`)
+    with pytest.raises(RecipeError, match="sum to"):
         build_one(write_recipe(recipe_body(CASES[case])), tmp_path / "out")
 
 

@@ -70,3 +70,70 @@ def test_missing_cache_entry_in_a_build_is_located(hub, tmp_path):
 def test_weight_format_choice_prefers_safetensors():
     assert choose_weight_patterns(["model.safetensors", "pytorch_model.bin"])[0] == "*.safetensors"
     assert choose_weight_patterns(["pytorch_model.bin", "config.json"])[0] == "pytorch_model*.bin"
+
+
+HUB_RECIPE = (
+    '[package]\nname = "hub"\nversion = "0.1.0"\n[sources]\n'
+    'base = { hf = "tiny/base" }\nft1 = { hf = "tiny/ft1", revision = "v1" }\n'
+    '[steps.m]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1.0 }]\n'
+)
+
+
+@pytest.fixture
+def unreachable(hub, monkeypatch):
+    """The Hub at a closed port on 127.0.0.1, and HF_HUB_OFFLINE unset: every request fails to connect."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
+    return hub
+
+
+@pytest.mark.parametrize("command", [["build"], ["build", "--locked"], ["lock"], ["validate"]])
+def test_an_unreachable_hub_is_a_located_error(unreachable, tmp_path, command, capsys):
+    from helpers import cli
+
+    path = tmp_path / "r.toml"
+    path.write_text(HUB_RECIPE)
+    if "--locked" in command:  # a lock that asks for what the recipe asks, at commits not in the cache
+        path.with_suffix(".lock").write_text(_lock_naming_other_commits(path))
+    args = [*command, path] + (["--out", tmp_path / "out", "-q"] if command[0] == "build" else [])
+    code, _, err = cli(capsys, *args)
+    assert code == 1, err
+    assert f"error: {path}:5: sources.base: cannot reach the Hugging Face Hub for tiny/base" in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def _lock_naming_other_commits(recipe) -> str:
+    from mergepkg.lockfile import Lock, LockedSource, Pin, recipe_hash, write_lock
+    from mergepkg.recipe.parse import load_recipe
+
+    r = load_recipe(recipe)
+    sources = {n: LockedSource(n, s.hf, s.revision, None, Pin("0" * 40, ())) for n, s in r.sources.items()}
+    lock_file = recipe.with_name("scratch.lock")
+    write_lock(lock_file, Lock(recipe_hash(r), sources, {}))
+    return lock_file.read_text()
+
+
+def test_a_locked_build_from_a_complete_cache_asks_the_hub_nothing(unreachable, tmp_path, monkeypatch, capsys):
+    from helpers import cli
+
+    path = tmp_path / "r.toml"
+    path.write_text(HUB_RECIPE)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "out", "-q")  # writes the lock, from the cache
+    assert code == 0, err
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # online again, with the Hub unreachable
+    for args in (
+        ["build", path, "--out", tmp_path / "out", "-q", "--locked"],
+        ["build", path, "-q", "--out", tmp_path / "out"],
+        ["validate", path],
+        ["plan", path],
+    ):
+        code, _, err = cli(capsys, *args)
+        assert code == 0, (args, err)
