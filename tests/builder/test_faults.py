@@ -599,6 +599,10 @@ EVERY_METHOD = {
     "de": 'method = "della"\n' + TWO % (0.5, 0.6),
     "dell": 'method = "della_linear"\n' + TWO % (0.6, 0.5),
     "ms": 'method = "model_stock"\nbase = "base"\ninputs = ["ft1", "ft2", "ft3"]',
+    "ka": 'method = "karcher"\ninputs = ["ft1", "ft2", "ft3"]',
+    "sce": 'method = "sce"\nbase = "base"\ninputs = ["ft1", "ft2"]\nparams = { select_topk = 0.5 }',
+    "af": 'method = "arcee_fusion"\nbase = "base"\ninputs = ["ft1"]',
+    "ns": 'method = "nearswap"\nbase = "base"\ninputs = ["ft1"]\nparams = { t = 0.001 }',
     "pt": 'method = "passthrough"\nslices = [\n  { sources = [{ model = "ft1", layers = [0, 1] }] },\n'
     '  { sources = [{ model = "ft2", layers = [1, 2] }] },\n]',
     # routers from the base's hidden states: a forward pass, where thread counts could matter
@@ -623,6 +627,10 @@ METHODS_USED = {
     "della",
     "della_linear",
     "model_stock",
+    "karcher",
+    "sce",
+    "arcee_fusion",
+    "nearswap",
     "passthrough",
     "moe",
 }

@@ -25,6 +25,7 @@ ALL_METHODS = (
     "linear",
     "slerp",
     "nuslerp",
+    "karcher",
     "task_arithmetic",
     "ties",
     "dare_ties",
@@ -33,7 +34,10 @@ ALL_METHODS = (
     "breadcrumbs_ties",
     "della",
     "della_linear",
+    "sce",
     "model_stock",
+    "arcee_fusion",
+    "nearswap",
     "passthrough",
     "moe",
 )

@@ -44,6 +44,10 @@ def test_every_method_is_registered_with_doc_and_params():
         "model_stock",
         "passthrough",
         "moe",
+        "karcher",
+        "sce",
+        "arcee_fusion",
+        "nearswap",
     }
     import importlib
 
@@ -208,3 +212,119 @@ def test_passthrough_copies_and_scales():
     assert merge("passthrough", None, [A]) is not None
     torch.testing.assert_close(merge("passthrough", None, [A]), A, rtol=0, atol=0)
     torch.testing.assert_close(merge("passthrough", None, [A], scale=[0.5]), A * 0.5)
+
+
+# -- karcher ------------------------------------------------------------------------
+def test_karcher_one_input_is_returned_and_identical_inputs_give_that_input():
+    assert merge("karcher", None, [A]) is not None
+    torch.testing.assert_close(merge("karcher", None, [A]), A, rtol=0, atol=0)
+    torch.testing.assert_close(merge("karcher", None, [A, A, A]), A)
+
+
+def test_karcher_same_direction_gives_the_mean_norm():
+    out = merge("karcher", None, [A, 3 * A])
+    torch.testing.assert_close(out, 2 * A)
+
+
+def test_karcher_orthogonal_unit_vectors_meet_at_the_midpoint_of_the_arc():
+    u, v = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    out = merge("karcher", None, [u, v])
+    torch.testing.assert_close(out, torch.tensor([1.0, 1.0]) / 2**0.5)
+    w = torch.tensor([0.0, 0.0, 1.0])  # three orthogonal directions: the diagonal, norm 1
+    out3 = merge("karcher", None, [torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0]), w])
+    torch.testing.assert_close(out3, torch.ones(3) / 3**0.5)
+
+
+def test_karcher_is_the_fixed_point_on_the_sphere():
+    """The result's direction m satisfies sum_i log_m(u_i) = 0 (the Karcher mean)."""
+    out = merge("karcher", None, [A, B, C], max_iter=50, tol=0.0)
+    m = (out / out.norm()).reshape(-1).double()
+    tangent = torch.zeros_like(m)
+    for x in (A, B, C):
+        u = (x / x.norm()).reshape(-1).double()
+        cos = (m @ u).clamp(-1, 1)
+        theta = torch.arccos(cos)
+        tangent += theta / torch.sin(theta) * (u - cos * m)
+    assert tangent.norm() < 1e-5
+    mean_norm = sum(x.norm() for x in (A, B, C)) / 3
+    torch.testing.assert_close(out.norm(), mean_norm)
+
+
+def test_karcher_zero_inputs_take_no_part_in_the_direction():
+    zero = torch.zeros_like(A)
+    out = merge("karcher", None, [A, zero])
+    torch.testing.assert_close(out, A / 2)  # A's direction, the mean norm (|A| + 0) / 2
+    assert torch.equal(merge("karcher", None, [zero, zero]), zero)
+
+
+def test_karcher_max_iter_must_be_whole():
+    check = METHODS["karcher"].check
+    assert check is not None
+    assert check({"max_iter": 5.0, "tol": 1e-5}) is None
+    problem = check({"max_iter": 5.5, "tol": 1e-5})
+    assert problem is not None and "whole number" in problem.message
+
+
+# -- sce -----------------------------------------------------------------------------
+def test_sce_one_input_returns_it_and_base_inputs_return_the_base():
+    torch.testing.assert_close(merge("sce", BASE, [A]), A)
+    torch.testing.assert_close(merge("sce", BASE, [BASE, BASE]), BASE, rtol=0, atol=0)
+
+
+def test_sce_weights_by_mean_square_among_agreeing_signs():
+    base = torch.zeros(3)
+    a, b = torch.tensor([1.0, 1.0, -3.0]), torch.tensor([-2.0, 3.0, 1.0])
+    wa, wb = (a * a).mean(), (b * b).mean()  # matrix-level weights: 11/3 and 14/3
+    out = merge("sce", base, [a, b])
+    # entry 0: sum -1 -> only b; entry 1: both agree -> weighted mean; entry 2: sum -2 -> only a
+    want = torch.tensor([-2.0, (wa * 1 + wb * 3) / (wa + wb), -3.0])
+    torch.testing.assert_close(out, want)
+
+
+def test_sce_select_topk_keeps_the_highest_variance_entries():
+    out = merge("sce", BASE, [A, B, C], select_topk=0.25)
+    moved = (out != BASE).reshape(-1)
+    variance = torch.var(torch.stack([A - BASE, B - BASE, C - BASE]), dim=0, unbiased=False).reshape(-1)
+    k = int(0.25 * variance.numel())
+    assert int(moved.sum()) <= k  # entries where every delta is erased stay at the base too
+    assert variance[moved].min() >= variance.topk(k).values.min()
+    # one input has no variance anywhere: nothing is selected, the base comes back (as mergekit)
+    torch.testing.assert_close(merge("sce", BASE, [A], select_topk=0.5), BASE, rtol=0, atol=0)
+    torch.testing.assert_close(merge("sce", BASE, [A, B], select_topk=0.0), BASE, rtol=0, atol=0)
+
+
+# -- arcee_fusion --------------------------------------------------------------------
+def test_arcee_fusion_takes_entries_at_or_above_the_threshold():
+    from mergepkg.methods import arcee_fusion
+
+    out = merge("arcee_fusion", BASE, [A])
+    scores = arcee_fusion.importance(A, BASE)
+    q1, median, q3 = (scores.reshape(-1).sort().values[int(q * (scores.numel() - 1))] for q in (0.25, 0.5, 0.75))
+    taken = scores >= median + 1.5 * (q3 - q1)
+    assert 0 < int(taken.sum()) < taken.numel()
+    torch.testing.assert_close(out[taken], A[taken])
+    assert torch.equal(out[~taken], BASE[~taken])
+    assert torch.equal(merge("arcee_fusion", BASE, [BASE.clone()]), BASE)  # no change, nothing to take
+
+
+def test_arcee_fusion_importance_is_change_times_row_divergence():
+    from mergepkg.methods import arcee_fusion
+
+    scores = arcee_fusion.importance(A, BASE)
+    p, q = torch.softmax(A, dim=-1) + 1e-8, torch.softmax(BASE, dim=-1) + 1e-8
+    torch.testing.assert_close(scores, (A - BASE).abs() * (p * (p / q).log()).sum(dim=-1, keepdim=True))
+    vector = arcee_fusion.importance(A[0], BASE[0])  # a 1-D tensor is one row
+    torch.testing.assert_close(vector, scores[0])
+
+
+# -- nearswap --------------------------------------------------------------------------
+def test_nearswap_takes_near_entries_and_moves_far_ones_by_t():
+    t = 0.05
+    out = merge("nearswap", BASE, [A], t=t)
+    near = (A - BASE).abs() <= t
+    assert 0 < int(near.sum()) < near.numel()
+    assert torch.equal(out[near], A[near])
+    moved = (out - BASE)[~near]
+    torch.testing.assert_close(moved.abs(), torch.full_like(moved, t))  # by t, towards the other input
+    assert bool((moved.sign() == (A - BASE)[~near].sign()).all())
+    assert torch.equal(merge("nearswap", BASE, [A], t=0.0), BASE)
