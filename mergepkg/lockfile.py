@@ -131,6 +131,7 @@ def recipe_hash(recipe: Recipe) -> str:
             + ([sorted([t.token, t.model, t.from_token, t.from_id, t.force] for t in s.tokens)] if s.tokens else [])
             + ([s.pad_to_multiple_of] if s.pad_to_multiple_of else [])
             + ([asdict(s.moe)] if s.moe else [])  # only on moe steps: other hashes stay
+            + ([{"chat_template": s.chat_template}] if s.chat_template is not None else [])  # likewise
             for n, s in recipe.steps.items()
         },
     }

@@ -89,6 +89,7 @@ def build(
                     out,
                     EvalCache(session.settings.home).rows,
                     max_shard_bytes=session.settings.max_shard_bytes,
+                    lock=lock,
                 )
         return BuildReport(res, artifacts, built, reused, outputs, lock, warnings.messages)
 

@@ -1,21 +1,33 @@
 """Model cards: the README.md every output folder gets.
 
-Hugging Face front matter (`base_model`, `base_model_relation: merge`, tags), then
-what the output is made of: the recipe step (and the steps it reads), every source
-pinned as the lock pins it, each method's one-line description and paper, the key and
-output digest, and evaluation results when there are any.
+Hugging Face front matter made and checked by huggingface_hub's `ModelCardData` (tests
+read every card back with `ModelCard.load`): `base_model` lists the Hugging Face repos
+the output is merged from (a local folder has no repo id and is not listed; no hub
+source, no `base_model`), `base_model_relation: merge`, `library_name: transformers`,
+the tags `merge`, `mergepkg` and the recipe's own. Then what the output is made of:
+the recipe step (and the steps it reads) as written, every source pinned as the lock
+pins it, each method's one-line description and paper, the key and output digest,
+how to rebuild it from the folder itself (`mergepkg.toml`, `mergepkg.lock`, where the
+sources come from; the mergekit config when there is one), and evaluation results
+when there are any.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import networkx as nx
+import yaml
 
 from mergepkg._version import __version__
+from mergepkg.builder.bundle import IMPORTS, LOCK_FILE, RECIPE_FILE
+from mergepkg.builder.mergekit_yaml import MERGEKIT_FILE
 from mergepkg.methods import METHODS
 from mergepkg.recipe.model import Recipe
 from mergepkg.resolve.resolution import Resolution
+
+TAGS = ("merge", "mergepkg")
 
 
 def step_text(recipe_text: str, name: str) -> str:
@@ -30,25 +42,48 @@ def step_text(recipe_text: str, name: str) -> str:
     return "\n".join(out).strip()
 
 
-def render_card(res: Resolution, name: str, digest: str, evals: list[dict] | None = None) -> str:
-    """`res` is the Resolution the output was built from; `evals` rows of `mergepkg eval`."""
+def hub_bases(res: Resolution, name: str) -> list[str]:
+    """The Hugging Face repos output `name` is merged from (through the steps it reads), each once."""
+    used = [s for s in res.sources if s in nx.ancestors(res.plan.graph, name)]
+    return list(dict.fromkeys(hf for s in used if (hf := res.recipe.sources[s].hf)))
+
+
+def front_matter(res: Resolution, name: str) -> str:
+    """The card's metadata as YAML, through huggingface_hub's `ModelCardData`, and read back
+    as `ModelCard` reads a README's front matter (which checks it). `repocard_data` rather
+    than `ModelCard` itself, whose module loads the Hub client (0.3 s on every placement,
+    no-op builds included)."""
+    from huggingface_hub.repocard_data import ModelCardData  # only when an output is placed
+
+    data = ModelCardData(
+        base_model=hub_bases(res, name) or None,
+        library_name="transformers",
+        tags=[*TAGS, *res.recipe.tags],
+        base_model_relation="merge",
+    )
+    text = data.to_yaml()
+    ModelCardData(**yaml.safe_load(text))  # raises on metadata huggingface_hub would refuse
+    return text
+
+
+def render_card(
+    res: Resolution,
+    name: str,
+    digest: str,
+    evals: list[dict] | None = None,
+    *,
+    local: Mapping[str, str] | None = None,
+    files: tuple[str, ...] = (RECIPE_FILE,),
+    mergekit: bool = False,
+) -> str:
+    """`res` is the Resolution the output was built from; `evals` rows of `mergepkg eval`;
+    `local`: each local source's folder as the rebuild expects it, relative to
+    `mergepkg.toml` (builder/bundle.py); `files`: the recipe files in the folder;
+    `mergekit`: whether the folder has a mergekit config."""
     recipe: Recipe = res.recipe
+    local = dict(local or {})
     upstream = [n for n in res.plan.order if n in nx.ancestors(res.plan.graph, name)]
     used = [s for s in res.sources if s in nx.ancestors(res.plan.graph, name)]
-    hub = [res.recipe.sources[s].hf for s in used if res.recipe.sources[s].hf]
-    bases = hub or used
-    front = [
-        "---",
-        "base_model:",
-        *[f"- {b}" for b in dict.fromkeys(bases)],
-        "base_model_relation: merge",
-        "library_name: transformers",
-        "tags:",
-        "- mergepkg",
-        "- merge",
-        "---",
-        "",
-    ]
     step = recipe.steps[name]
     method = METHODS[step.method]
     body = [
@@ -73,7 +108,7 @@ def render_card(res: Resolution, name: str, digest: str, evals: list[dict] | Non
     body += ["", "## Sources, pinned", "", "| name | source | revision | commit | files |", "|---|---|---|---|---|"]
     for s in used:
         src, pin = recipe.sources[s], res.sources[s].locked.pin
-        where = src.hf or res.sources[s].locked.path
+        where = src.hf or local.get(s) or res.sources[s].locked.path
         body.append(
             f"| {s} | {where} | {src.revision if src.hf else '-'} | {pin.commit or '-'} | "
             f"{len(pin.files)} ({pin.ref[:19]}) |"
@@ -87,10 +122,55 @@ def render_card(res: Resolution, name: str, digest: str, evals: list[dict] | Non
         f"- method: {method.name} v{method.version}; compute dtype {step.dtype}"
         + (f", saved as {step.out_dtype}" if step.out_dtype else ""),
         "",
-        "Rebuild the same bytes: `mergepkg build " + recipe.path.name + " --locked`.",
+        *rebuild_text(res, local, files, mergekit),
     ]
     if evals:
         body += ["", "## Evaluation", "", "| task | metric | value |", "|---|---|---|"]
         for row in evals:
             body.append(f"| {row['task']} | {row['metric']} | {row['value']:.4g} |")
-    return "\n".join(front + body) + "\n"
+    return f"---\n{front_matter(res, name)}\n---\n\n" + "\n".join(body) + "\n"  # as ModelCard writes it
+
+
+def rebuild_text(res: Resolution, local: Mapping[str, str], files: tuple[str, ...], mergekit: bool) -> list[str]:
+    """The card's "Rebuild" section: the command, run in the output folder, and where its sources come from."""
+    imports = [f for f in files if f != RECIPE_FILE]
+    holds = f"the recipe (`{RECIPE_FILE}`"
+    if imports:
+        where = f" under `{IMPORTS}/`" if all(f.startswith(f"{IMPORTS}/") for f in imports) else ""
+        holds += f", and the recipe files it imports{where}: " + ", ".join(f"`{f}`" for f in imports)
+    hub = sorted({s.locked.hf for s in res.sources.values() if s.locked.hf})
+    lines = [
+        "## Rebuild",
+        "",
+        f"This folder holds {holds}) and its lock (`{LOCK_FILE}`). In this folder,",
+        "",
+        "```",
+        f"mergepkg build {RECIPE_FILE} --locked",
+        "```",
+        "",
+        "rebuilds these tensors and checks them against the digests the lock records.",
+    ]
+    if hub:
+        lines.append("Hugging Face sources are fetched at the commits the lock pins: " + ", ".join(hub) + ".")
+    if res.dependencies:
+        lines.append(
+            "Registry dependencies are installed at the versions the lock records: "
+            + ", ".join(f"{d.name} {d.version}" for d in res.dependencies.values())
+            + "."
+        )
+    if local:
+        lines += [
+            f"Local model folders are not part of this folder: provide each at its path relative to "
+            f"`{RECIPE_FILE}`, with the files the lock pins (sizes and sha256).",
+            "",
+            "| source | folder |",
+            "|---|---|",
+            *(f"| {n} | `{p}` |" for n, p in local.items()),
+        ]
+    if mergekit:
+        lines += [
+            "",
+            f"`{MERGEKIT_FILE}` is the same merge as a mergekit config: "
+            f"`mergekit-yaml {MERGEKIT_FILE} OUTPUT_FOLDER`, run in this folder.",
+        ]
+    return lines

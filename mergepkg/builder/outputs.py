@@ -1,10 +1,14 @@
 """Outputs: the built steps a recipe delivers, placed into `--out` as model folders.
 
 Artifacts are hard-linked (or copied, across file systems) into a temp folder beside
-`--out`, each with its model card, and swapped in by rename (the previous output
-renamed aside first): a failed or killed build leaves `--out` as it was. An output
-folder carries a `.mergepkg-output` marker; a non-empty folder without one is never
-replaced.
+`--out`, each with the files that describe it, written there and never in the store:
+its model card (`README.md`), the recipe and its lock (`mergepkg.toml`, `mergepkg.lock`
+and any recipe files it imports: `bundle.py`), so that the folder rebuilds itself, and
+`mergekit_config.yml` when mergekit can run its step (`mergekit_yaml.py`). The folder
+is swapped in by rename (the previous output renamed aside first): a failed or killed
+build leaves `--out` as it was. An output folder carries a `.mergepkg-output` marker; a
+non-empty folder without one is never replaced. None of these files is a tensor, so
+digests and `mergepkg verify` do not see them.
 """
 
 from __future__ import annotations
@@ -16,10 +20,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from mergepkg.builder.bundle import LOCK_FILE, bundle
 from mergepkg.builder.card import render_card
+from mergepkg.builder.mergekit_yaml import MERGEKIT_FILE, mergekit_yaml
 from mergepkg.errors import BuildError
 from mergepkg.io.folder import INDEX, weight_files
 from mergepkg.io.reshard import reshard, sharded_as
+from mergepkg.io.tensors import NAME_OF, scan_tensors
+from mergepkg.layout.chat import TEMPLATE_FILE
+from mergepkg.lockfile import Lock, write_lock
 from mergepkg.resolve.resolution import Resolution
 from mergepkg.store.local import MANIFEST, Artifact
 
@@ -33,12 +42,16 @@ def place_outputs(
     eval_rows: Callable[[str], list[dict]] = lambda key: [],
     *,
     max_shard_bytes: int | None = None,
+    lock: Lock | None = None,
 ) -> dict[str, Path]:
     """Hard-link (or copy, across filesystems) artifacts into `out`, each with a model
-    card: one output is `out` itself, several are `out/<step>`. Never symlinks: `cache
-    gc` must not break them. An artifact built in other shards than `max_shard_bytes`
-    gives (stored before, with another `--shard-size`) is written again in those shards.
-    The swap into place is a rename."""
+    card, the recipe and `lock` (default: the lock of `res` with these artifacts'
+    digests), and a mergekit config where one applies: one output is `out` itself,
+    several are `out/<step>`. Never symlinks: `cache gc` must not break them. An
+    artifact built in other shards than `max_shard_bytes` gives (stored before, with
+    another `--shard-size`) is written again in those shards. The swap into place is a rename."""
+    if lock is None:
+        lock = res.lock({n: a.digest for n, a in artifacts.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".mergepkg-build-{out.name}-"
     for stale in out.parent.glob(prefix + "*"):  # a placement killed half-way (we hold out's lock)
@@ -60,7 +73,7 @@ def place_outputs(
             for f in art.folder.iterdir():
                 if f.name != MANIFEST and not (resharded and f.name in weights):
                     _link_or_copy(f, target / f.name)
-            (target / "README.md").write_text(render_card(res, name, art.digest, eval_rows(art.key)))
+            describe(res, name, art, lock, target, final=out if single else out / name, evals=eval_rows(art.key))
         (staged / MARKER).write_text(
             json.dumps({"recipe": str(res.recipe.path), "outputs": {n: a.key for n, a in artifacts.items()}}) + "\n"
         )
@@ -70,6 +83,45 @@ def place_outputs(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {next(iter(artifacts)): out} if single else {n: out / n for n in artifacts}
+
+
+def describe(
+    res: Resolution, name: str, art: Artifact, lock: Lock, target: Path, *, final: Path, evals: list[dict]
+) -> None:
+    """Write the files that describe output `name` into its staged folder `target` (its
+    place once swapped in: `final`): the recipe files and lock, the mergekit config where
+    mergekit can run the step, and the model card."""
+    packed = bundle(res, lock, final)
+    for rel, text in packed.files.items():
+        _write(target / rel, text)
+    write_lock(target / LOCK_FILE, packed.lock)
+    step = res.recipe.steps[name]
+    template = art.folder / TEMPLATE_FILE
+    config = mergekit_yaml(
+        res,
+        name,
+        local=packed.local,
+        saved_dtype=_saved_dtype(art.folder),
+        chat_template=template.read_text(encoding="utf-8") if step.chat_template and template.is_file() else None,
+    )
+    if config is not None:
+        _write(target / MERGEKIT_FILE, config)
+    files = tuple(packed.files)
+    card = render_card(res, name, art.digest, evals, local=packed.local, files=files, mergekit=config is not None)
+    _write(target / "README.md", card)
+
+
+def _saved_dtype(folder: Path) -> str | None:
+    """The dtype of a model's floating-point tensors, when they have one."""
+    codes = {t.dtype for t in scan_tensors(folder).values() if t.dtype in NAME_OF}
+    return NAME_OF[codes.pop()] if len(codes) == 1 else None
+
+
+def _write(path: Path, text: str) -> None:
+    """A new file in a staged output (never through a hard link into the store)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    path.write_text(text, encoding="utf-8")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

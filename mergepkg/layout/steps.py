@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from mergepkg.errors import SourceError
 from mergepkg.io.tensors import scan_tensors
+from mergepkg.layout.chat import output_template
 from mergepkg.layout.dense import DenseLayout
 from mergepkg.layout.moe import MoeLayout
 from mergepkg.layout.types import ModelInfo, StepLayout
@@ -31,8 +33,10 @@ def read_model_info(folder: Path) -> ModelInfo:
 def step_layout(recipe: Recipe, step: Step, infos: Mapping[str, ModelInfo]) -> StepLayout:
     """What `step` writes, given what is known of each model it reads."""
     if step.moe is not None:  # experts and routers: its own tensors and config
-        return MoeLayout(recipe, step, dict(infos)).layout()
-    return DenseLayout(recipe, step, dict(infos)).layout()
+        layout = MoeLayout(recipe, step, dict(infos)).layout()
+    else:
+        layout = DenseLayout(recipe, step, dict(infos)).layout()
+    return replace(layout, chat_template=output_template(step, infos, recipe.written(step.name)))
 
 
 def lay_out(

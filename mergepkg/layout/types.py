@@ -27,6 +27,13 @@ FLOAT_CODES = ("F64", "F32", "F16", "BF16")
 
 
 @dataclass(frozen=True)
+class Template:
+    """A chat template known without reading files: `text`, or None for a model without one."""
+
+    text: str | None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What the engine knows of a model before reading it: config and tensor headers."""
 
@@ -35,6 +42,9 @@ class ModelInfo:
     vocab: Vocab | Path | None = field(
         default=None, compare=False
     )  # a vocabulary, the folder to read one from, or none
+    # the model's chat template when it is known already (a step's layout); None: read it from
+    # the tokenizer files `vocab` names (layout/chat.py)
+    template: Template | None = field(default=None, compare=False)
 
     @property
     def num_layers(self) -> int:
@@ -91,10 +101,12 @@ class StepLayout:
         None  # the output's vocabulary (as ModelInfo.vocab); a Vocab with `made`: written, not copied
     )
     token_ids: dict = field(default_factory=dict)  # special token ids of config_from's configs that move (align.py)
+    chat_template: str | None = None  # the output's chat template (layout/chat.py); None: it has none
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(self.config, {t.name: t.info for t in self.tensors}, self.vocab)
+        tensors = {t.name: t.info for t in self.tensors}
+        return ModelInfo(self.config, tensors, self.vocab, Template(self.chat_template))
 
     @property
     def bytes_out(self) -> int:

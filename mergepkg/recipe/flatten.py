@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mergepkg.errors import PlanError, did_you_mean
+from mergepkg.recipe.chat import template_kind
 from mergepkg.recipe.model import InputRef, Origin, Recipe, Slice, SliceSource, Step
 from mergepkg.recipe.parse import load_recipe
 
@@ -34,7 +35,15 @@ def _renamed(step: Step, name: str, rename: Callable[[str], str], origin: Origin
         tokens=tuple(replace(t, model=rename(t.model) if t.model else None) for t in step.tokens),
         moe=step.moe.renamed(rename) if step.moe else None,
         origin=step.origin or origin,
+        chat_template=_chat_template(step, rename),
     )
+
+
+def _chat_template(step: Step, rename: Callable[[str], str]) -> str | None:
+    """The step's chat template setting under new model names: a model's name follows its model."""
+    if step.chat_template is not None and template_kind(step.chat_template, step.models) == "model":
+        return rename(step.chat_template)
+    return step.chat_template
 
 
 def _tokenizer(step: Step, rename: Callable[[str], str]) -> str | None:

@@ -157,6 +157,9 @@ class Step:
     origin: Origin | None = field(default=None, compare=False)  # set on steps imported from other files
     tokens: tuple[TokenSource, ...] = ()  # tokenizer.tokens, in recipe order
     pad_to_multiple_of: int | None = None  # tokenizer.pad_to_multiple_of: embedding rows rounded up to a multiple
+    # "auto", a built-in template's name, a model's name or Jinja text (recipe/chat.py); None: the
+    # output's tokenizer files keep the template they have
+    chat_template: str | None = None
 
     @property
     def tokenizer_union(self) -> bool:

@@ -14,10 +14,11 @@ from typing import Any
 
 from mergepkg.errors import did_you_mean
 from mergepkg.methods.moe import GATE_MODES, PROMPTED, SPEC
+from mergepkg.recipe.chat import chat_template_setting
 from mergepkg.recipe.model import Expert, MoE, Step
 from mergepkg.recipe.tables import TableReader
 
-STEP_KEYS = ("method", "base", "experts", "shared_expert", "params", "dtype", "out_dtype")
+STEP_KEYS = ("method", "base", "experts", "shared_expert", "params", "dtype", "out_dtype", "chat_template")
 EXPERT_KEYS = ("model", "prompts", "negative_prompts", "allow_base_expert")
 
 
@@ -93,7 +94,17 @@ def moe_step(p: TableReader, name: str, table: dict) -> Step:
     dtype = p.dtype(table.get("dtype", "float32"), f"{key}.dtype")
     out_dtype = p.dtype(table["out_dtype"], f"{key}.out_dtype") if "out_dtype" in table else None
     moe = MoE(experts=experts, experts_per_token=per_token, gate_mode=gate_mode, shared_expert=shared)
-    return Step(name=name, method=SPEC.name, base=base, dtype=dtype, out_dtype=out_dtype, moe=moe)
+    models = (base, *moe.models)
+    chat_template = chat_template_setting(p, table.get("chat_template"), f"{key}.chat_template", models)
+    return Step(
+        name=name,
+        method=SPEC.name,
+        base=base,
+        dtype=dtype,
+        out_dtype=out_dtype,
+        moe=moe,
+        chat_template=chat_template,
+    )
 
 
 def _expert(

@@ -16,6 +16,7 @@ from mergepkg._toml import tomllib
 from mergepkg.errors import RecipeError, SourceError, did_you_mean
 from mergepkg.methods import get_method
 from mergepkg.methods.spec import MethodSpec
+from mergepkg.recipe.chat import chat_template_setting
 from mergepkg.recipe.model import (
     Dependency,
     InputRef,
@@ -32,7 +33,7 @@ from mergepkg.recipe.tables import TableReader, show
 from mergepkg.recipe.tokenizer import tokenizer_setting
 from mergepkg.recipe.versions import Range, VersionError
 
-STEP_KEYS = ("method", "base", "inputs", "slices", "params", "dtype", "out_dtype", "tokenizer")
+STEP_KEYS = ("method", "base", "inputs", "slices", "params", "dtype", "out_dtype", "tokenizer", "chat_template")
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -297,10 +298,11 @@ class _Parser(TableReader):
                                 f"set it on the source, the slice, or in [{key}.params]",
                             )
 
-        dtype = self.dtype(table.get("dtype", "float32"), f"{key}.dtype")
+        dtype = self.dtype(table.get("dtype", "float32"), f"{key}.dtype", auto=True)
         out_dtype = self.dtype(table["out_dtype"], f"{key}.out_dtype") if "out_dtype" in table else None
         models = Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices).models
         tokenizer, tokens, pad = tokenizer_setting(self, table.get("tokenizer"), f"{key}.tokenizer", models, base)
+        chat_template = chat_template_setting(self, table.get("chat_template"), f"{key}.chat_template", models)
         return Step(
             name=name,
             method=spec.name,
@@ -313,6 +315,7 @@ class _Parser(TableReader):
             tokenizer=tokenizer,
             tokens=tokens,
             pad_to_multiple_of=pad,
+            chat_template=chat_template,
         )
 
     def check_count(self, spec: MethodSpec, count: int, key: str) -> None:

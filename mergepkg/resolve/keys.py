@@ -11,6 +11,10 @@ output's bytes is in it: each expert's identity in order, `experts_per_token` (i
 config.json), the gate mode, and, in the prompt-based modes, every prompt in order
 (float sums depend on it); in `random` mode the recipe seed instead of the prompts,
 which that mode never reads. `allow_base_expert` changes no byte and is left out.
+
+Settings added after the first keys (`tokenizer.tokens`, `pad_to_multiple_of`,
+`chat_template`) join the entry only when a step sets them, so every other step keeps
+its key.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from mergepkg.errors import RecipeError
 from mergepkg.methods import get_method
 from mergepkg.methods.moe import PROMPTED
 from mergepkg.methods.spec import Param
+from mergepkg.recipe.chat import AUTO, builtin_template, template_kind
 from mergepkg.recipe.model import Condition, Expert, MoE, Params, Recipe, Step
 
 HASH_VERSION = 1  # bump whenever step_entry's shape or meaning changes
@@ -118,7 +123,23 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
             }
             for t in sorted(step.tokens, key=lambda t: t.token)
         ]
+    if step.chat_template is not None:  # only when set, as the tokenizer settings: older keys stay
+        entry["chat_template"] = chat_template_entry(step, refs)
     return entry
+
+
+def chat_template_entry(step: Step, refs: Mapping[str, Any]) -> Any:
+    """What decides the output's chat template: the text (a built-in's text, so naming it and
+    writing it out are one key), the identity of the model it comes from, or "auto" (the
+    models, in their order, are in the entry already)."""
+    assert step.chat_template is not None
+    kind = template_kind(step.chat_template, step.models)
+    if kind == "model":
+        return {"model": refs[step.chat_template]}
+    if kind == "auto":
+        return AUTO
+    text = builtin_template(step.chat_template) if kind == "builtin" else step.chat_template
+    return {"text": text}
 
 
 def moe_entry(moe: MoE, refs: Mapping[str, Any], seed: int) -> dict:

@@ -405,10 +405,12 @@ def test_out_files_are_hard_links_or_copies_never_symlinks(write_recipe, tmp_pat
     for name in ("b", "z"):
         store = mergepkg_home / "store" / keys[name]
         names = {p.name for p in (outdir / name).iterdir()}
-        assert names == ({p.name for p in store.iterdir()} - {MANIFEST}) | {"README.md"}  # + the model card
+        # + the model card, the recipe and its lock, and (z is over sources only) a mergekit config
+        written = {"README.md", "mergepkg.toml", "mergepkg.lock"} | ({"mergekit_config.yml"} if name == "z" else set())
+        assert names == ({p.name for p in store.iterdir()} - {MANIFEST}) | written
         for f in (outdir / name).iterdir():
             assert not f.is_symlink() and f.is_file()
-            if f.name == "README.md":
+            if f.name in written:
                 continue
             s = store / f.name
             assert os.path.samefile(f, s) or f.read_bytes() == s.read_bytes()
