@@ -5,4 +5,4 @@ __version__ = "0.1.0"
 
 # Bumped whenever the bytes the engine writes for the same inputs could change; part of
 # every step key (resolve/keys.py).
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2

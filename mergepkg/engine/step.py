@@ -8,10 +8,11 @@ Queues of one or two bound memory to a few tensors, never a model.
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from mergepkg.io.tensors import TensorInfo, torch_dtype
 from mergepkg.io.writer import ShardWriter
 from mergepkg.layout.types import OutputTensor, StepLayout
 from mergepkg.methods.kernels import chunks
+from mergepkg.recipe.tables import AUTO
 
 fused = lazy_import("mergepkg.methods.fused")  # numpy and numba: imported when a step is built
 
@@ -39,25 +41,47 @@ fused = lazy_import("mergepkg.methods.fused")  # numpy and numba: imported when 
 Piece = tuple[Any, bool, int, bool, bool]
 
 
-def compute_dtype(layout: StepLayout) -> torch.dtype:
-    compute = torch_dtype(layout.step.dtype)
+def step_dtype(layout: StepLayout, loaded: Sequence[torch.Tensor] = ()) -> torch.dtype:
+    """The dtype a step merges in (mergekit's `dtype`): the recipe's, or for "auto" the
+    inputs' own dtypes promoted (float32 where nothing is loaded yet)."""
+    if layout.step.dtype != AUTO:
+        return torch_dtype(layout.step.dtype)
+    return functools.reduce(torch.promote_types, [x.dtype for x in loaded]) if loaded else torch.float32
+
+
+def compute_dtype(layout: StepLayout, loaded: Sequence[torch.Tensor] = ()) -> torch.dtype:
+    """The dtype the method's arithmetic runs in: the step's, or float32 for a method whose
+    numerics need at least that (as mergekit's do: `MethodSpec.fp32`)."""
+    compute = step_dtype(layout, loaded)
     if layout.method.fp32 and compute in (torch.float16, torch.bfloat16):
-        compute = torch.float32  # the method's numerics need it; the saved dtype is unchanged
+        compute = torch.float32
     return compute
+
+
+def rounds(src: torch.dtype, dst: torch.dtype) -> bool:
+    """Whether converting `src` to `dst` may change a value (not a widening)."""
+    wider = {torch.float16: 1, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+    return src != dst and not wider.get(dst, 0) > wider.get(src, 0)
 
 
 def merge_tensor(
     layout: StepLayout, out: OutputTensor, loaded: list, *, device: str, seed: int, into: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Run the step's method on one output tensor's inputs (base first, if any); a
-    streaming method writes the result `into` a given buffer."""
+    streaming method writes the result `into` a given buffer.
+
+    Values are rounded where mergekit rounds them: each input to the step's dtype, then
+    the method (which may compute wider), its result to the step's dtype, then to the
+    saved dtype. A rounding that cannot change a value (a widening) is skipped."""
     method = layout.method
-    compute = compute_dtype(layout)
-    out_dtype = torch_dtype(out.info.dtype)
-    if method.stream:  # converts chunk by chunk itself: move the stored bytes only
-        loaded = [x.to(device=device) for x in loaded]
-    else:
-        loaded = [x.to(device=device, dtype=compute) for x in loaded]  # no-op when already there
+    dtype = step_dtype(layout, loaded)
+    compute = compute_dtype(layout, loaded)
+    saved = torch_dtype(out.info.dtype)
+    # a result computed wider than the step's dtype is rounded to it before the saved dtype
+    via = dtype if rounds(compute, dtype) and saved != dtype else saved
+    loaded = [x.to(device=device, dtype=dtype) if rounds(x.dtype, dtype) else x.to(device=device) for x in loaded]
+    if not method.stream:  # a streaming method converts chunk by chunk itself
+        loaded = [x.to(dtype=compute) for x in loaded]  # no-op when already there
     base = loaded[0] if out.base else None
     tensors = loaded[1:] if out.base else loaded
     kwargs = dict(out.params)
@@ -69,7 +93,9 @@ def merge_tensor(
         kwargs["rng"] = rng
     try:
         if method.stream:
-            result = method.stream(base, tensors, compute=compute, out_dtype=out_dtype, out=into, **kwargs)
+            result = method.stream(
+                base, tensors, compute=compute, out_dtype=via, out=into if via == saved else None, **kwargs
+            )
         else:
             result = method.merge(base, tensors, **kwargs)
     except MergepkgError as e:
@@ -77,7 +103,7 @@ def merge_tensor(
         raise
     except (ValueError, RuntimeError) as e:
         raise MergeError(f"{method.name} failed on {out.name}: {e}") from e
-    return result.to(dtype=out_dtype)
+    return result.to(dtype=via).to(dtype=saved)
 
 
 def budget_for(layouts: Iterable[StepLayout], max_memory: int | None, device: str = "cpu") -> Budget:

@@ -44,6 +44,17 @@ class TensorInfo:
         return n
 
 
+def promote_codes(codes: list[str]) -> str:
+    """The dtype torch promotes floating-point dtypes `codes` to (bfloat16 with float16 is
+    float32), as a code; without torch."""
+    rank = {"F16": 1, "BF16": 1, "F32": 2, "F64": 3}
+    out = codes[0]
+    for code in codes[1:]:
+        if code != out:
+            out = "F32" if rank[code] == rank[out] == 1 else max(out, code, key=rank.__getitem__)
+    return out
+
+
 def torch_dtype(code_or_name: str) -> torch.dtype:
     name = NAME_OF.get(code_or_name, code_or_name)
     return getattr(torch, name)

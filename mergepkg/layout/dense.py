@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from mergepkg.errors import ModelMismatchError, RecipeError
-from mergepkg.io.tensors import TensorInfo
+from mergepkg.io.tensors import TensorInfo, promote_codes
 from mergepkg.layout.align import Alignment
 from mergepkg.layout.types import (
+    FLOAT_CODES,
     LAYER,
     LAYER_COUNT_KEYS,
     ModelInfo,
@@ -31,6 +32,7 @@ from mergepkg.layout.types import (
 from mergepkg.layout.values import param_value
 from mergepkg.methods import get_method
 from mergepkg.recipe.model import Params, Recipe, Slice, SliceSource, Step
+from mergepkg.recipe.tables import AUTO
 
 HEADS = ("lm_head.weight", "embed_out.weight")  # output heads that tied models leave out
 
@@ -240,6 +242,9 @@ class DenseLayout:
             where = f"{self.key}.params" if step.params else self.key
             raise self.error(RecipeError, where, f"{name}: {problem.message}", problem.hint)
         stored = self.infos[base.model].tensors[base.tensor].dtype if base else ref_info.dtype
+        if step.dtype == AUTO and stored in FLOAT_CODES:  # saved as computed: the parts' dtypes promoted
+            members_ = [base, *parts] if base else parts
+            stored = promote_codes([self.infos[p.model].tensors[p.tensor].dtype for p in members_])
         dtype = saved_dtype(step.out_dtype, stored)
         shape = (row_map.rows, *ref_info.shape[1:]) if row_map else ref_info.shape
         return OutputTensor(name, TensorInfo(dtype, shape), base, tuple(parts), params, row_map)

@@ -31,7 +31,7 @@ def _nuslerp(
     theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))  # keep the unused branch finite
     sin = torch.sin(theta)
     arc = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.where(colinear, 1, sin)
-    out = torch.where(colinear, torch.lerp(v0, v1, t), arc)
+    out = torch.where(colinear, (1 - t) * v0 + t * v1, arc)  # mergekit's lerp, operation for operation
     if row_wise and not flatten:
         out = out.transpose(0, -1)
     return out.reshape(shape)

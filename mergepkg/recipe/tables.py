@@ -17,6 +17,9 @@ from mergepkg.recipe.locate import locate
 from mergepkg.recipe.names import NAME_HINT, is_name
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
+# A step's compute dtype may also be "auto": each tensor in its inputs' own dtype (promoted
+# across them), as mergekit computes when its config sets no dtype.
+AUTO = "auto"
 T = TypeVar("T")
 
 
@@ -59,9 +62,11 @@ class TableReader:
             raise self.error(key, f"no source or step named {value!r}", did_you_mean(value, self.models))
         return value
 
-    def dtype(self, value: Any, key: str) -> str:
-        if value not in DTYPES:
-            raise self.error(key, f"unknown dtype {value!r}", did_you_mean(str(value), DTYPES))
+    def dtype(self, value: Any, key: str, *, auto: bool = False) -> str:
+        """A dtype name; `auto` admits "auto" (a compute dtype: the inputs' own)."""
+        allowed = (*DTYPES, AUTO) if auto else DTYPES
+        if value not in allowed:
+            raise self.error(key, f"unknown dtype {value!r}", did_you_mean(str(value), allowed))
         return value
 
 

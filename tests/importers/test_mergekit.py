@@ -81,11 +81,11 @@ CONVERT = {
     },
     "readme-chat-template.yml": {"readme-chat-template": ("ties", "Mistral-7B-v0.1", 2)},
     "readme-tokenizer-source-union.yml": {"readme-tokenizer-source-union": ("linear", None, 2)},
+    "examples-arcee_fusion.yml": {"examples-arcee_fusion": ("arcee_fusion", "model_a", 1)},
 }
 
 # config -> (key path, part of the message, text on the line the error names)
 REFUSE = {
-    "examples-arcee_fusion.yml": ("merge_method", "'arcee_fusion' method is not supported", "merge_method:"),
     "docs-create_a_merge_method.yml": ("merge_method", "unknown merge method 'simple_average'", "merge_method:"),
     "examples-whisper-encoder-decoder-weighted.yml": (
         "merge_method",
@@ -489,12 +489,12 @@ BAD = {
     ),
     "mergekit-only method": (
         """
-        merge_method: sce
+        merge_method: multislerp
         base_model: org/base
         models: [{model: org/a}]
     """,
         "merge_method",
-        "'sce' method is not supported",
+        "'multislerp' method is not supported",
         "merge_method:",
     ),
     "unknown parameter": (

@@ -33,10 +33,10 @@ from mergepkg.methods import METHODS
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.names import NAME_HINT, package_name_problem
 from mergepkg.recipe.parse import parse_recipe
-from mergepkg.recipe.tables import DTYPES, show
+from mergepkg.recipe.tables import AUTO, DTYPES, show
 
 # merge_method values of mergekit 0.1.5 that mergepkg does not implement (for a clearer message)
-MERGEKIT_ONLY = ("multislerp", "karcher", "sce", "nearswap", "arcee_fusion", "ram", "ramplus_tl")
+MERGEKIT_ONLY = ("multislerp", "ram", "ramplus_tl")
 TOP_KEYS = (
     "merge_method",
     "base_model",
@@ -268,13 +268,9 @@ class _Importer:
             whole_models(ctx, refs, step, spec, data["models"], base)
         else:
             sliced(ctx, refs, step, spec, data["slices"], base)
-        step.dtype = self.dtype(data.get("dtype"), "dtype")
+        step.dtype = self.dtype(data.get("dtype"), "dtype") or AUTO  # no dtype: mergekit computes in the inputs'
         step.out_dtype = self.dtype(data.get("out_dtype"), "out_dtype")
-        if step.dtype is None:
-            ctx.note(
-                "no dtype: mergekit computes in the inputs' dtype, this recipe in float32 (mergepkg's default)", "dtype"
-            )
-        elif step.out_dtype is None:
+        if step.dtype != AUTO and step.out_dtype is None:
             step.out_dtype = step.dtype
             ctx.note("out_dtype = dtype, the dtype mergekit declares for its output when out_dtype is not set", "dtype")
         tokenizer_source(ctx, refs, step, data.get("tokenizer_source"), base)

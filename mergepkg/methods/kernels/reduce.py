@@ -6,6 +6,10 @@ order of float additions, so `x.sum()` can differ in the last bit between
 block by one thread (torch parallelises over the block sums, not inside them), then
 the block sums the same way, until one value is left. Reductions over the last
 dimension of a matrix with several rows are already computed row by row.
+
+Half-precision vectors (bfloat16, float16) are summed in float32 and the result rounded
+once, as torch sums them: a partial sum rounded to bfloat16 at every block would lose
+bits torch keeps (and that mergekit's bytes carry).
 """
 
 from __future__ import annotations
@@ -15,9 +19,18 @@ from mergepkg._lazy import torch
 BLOCK = 8192  # below torch's grain size (32768): a block is never split across threads
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """`x` as its sums accumulate: half precision in float32 (as torch accumulates it)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def total(x: torch.Tensor) -> torch.Tensor:
     """sum(x), identical for any thread count."""
-    x = x.reshape(-1)
+    dtype, x = x.dtype, _wide(x.reshape(-1))
+    return _blocks(x).to(dtype)
+
+
+def _blocks(x: torch.Tensor) -> torch.Tensor:
     while x.numel() > BLOCK:
         whole = x.numel() - x.numel() % BLOCK
         parts = x[:whole].view(-1, BLOCK).sum(dim=1)
@@ -33,7 +46,10 @@ def row_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def row_norm(x: torch.Tensor) -> torch.Tensor:
-    return row_sum(x * x).sqrt()
+    """The L2 norm of each row (x.norm(dim=-1, keepdim=True)), identical for any thread
+    count; half precision squared and summed in float32, rounded once (as torch.norm)."""
+    wide = _wide(x)
+    return row_sum(wide * wide).sqrt().to(x.dtype)
 
 
 class Total:
@@ -45,9 +61,11 @@ class Total:
         self._tail: torch.Tensor | None = None
         self._small: torch.Tensor | None = None  # the whole vector, while it fits one block
         self._count = 0
+        self._dtype = torch.float32  # of the pieces: the result's
 
     def add(self, piece: torch.Tensor) -> None:
-        piece = piece.reshape(-1)
+        self._dtype = piece.dtype
+        piece = _wide(piece.reshape(-1))
         if self._tail is not None:
             raise ValueError("only the last piece may end inside a block")
         self._count += piece.numel()
@@ -71,10 +89,10 @@ class Total:
             if joined._tail is not None:
                 raise ValueError("only the last piece may end inside a block")
             joined._parts += t._parts
-            joined._tail, joined._count = t._tail, joined._count + t._count
+            joined._tail, joined._count, joined._dtype = t._tail, joined._count + t._count, t._dtype
         return joined
 
     def result(self) -> torch.Tensor:
         if self._count <= BLOCK:  # total() sums a short vector directly
-            return self._small.sum() if self._small is not None else torch.zeros(())
-        return total(torch.cat(self._parts + ([self._tail] if self._tail is not None else [])))
+            return (self._small.sum() if self._small is not None else torch.zeros(())).to(self._dtype)
+        return _blocks(torch.cat(self._parts + ([self._tail] if self._tail is not None else []))).to(self._dtype)
