@@ -197,7 +197,18 @@ def noop_rebuild(work: Path, repeat: int = 5) -> dict:
 
 # --- report -------------------------------------------------------------------------
 
-TARGETS = {"linear": 0.35, "task_arithmetic": 0.35, "slerp": 0.35, "ties": 0.08, "dare_ties": 0.2}
+TARGETS = {
+    "linear": 0.35,
+    "task_arithmetic": 0.35,
+    "slerp": 0.35,
+    "ties": 0.08,
+    "dare_ties": 0.2,
+    # half-precision compute (`dtype: bfloat16` / `float16`): the same fused kernels, rounding as torch does
+    "task_arithmetic_bf16": 0.35,
+    "ties_bf16": 0.08,
+    "task_arithmetic_fp16": 0.35,
+    "ties_fp16": 0.08,
+}
 
 
 def report(rows: list[dict], noop: dict, repeat: int) -> str:

@@ -12,9 +12,17 @@ does for up to four inputs (tests check it, signed zeros included); more inputs 
 the torch path. Conversions between the
 stored dtype and float32 stay torch's (`copy_`), so rounding to bfloat16 is torch's.
 
-Used on the CPU for float32 compute, 1-4 inputs, and the thinners top-k (TIES) and
-Bernoulli (DARE) or none; `usable` decides. `tests/test_fused.py` holds it to the
-whole-tensor merge bit for bit.
+Half-precision compute (bfloat16, float16) runs on the same loops. torch's CPU
+arithmetic in those dtypes computes each operation in float32 and rounds its result
+(to nearest, ties to even); its sums over dim 0 accumulate in float32 and round once;
+a Python scalar (lambda) multiplies as a float32. The kernels round where torch does
+(compiled.py); the quantities computed once per tensor (the weights, the divisor, the
+top-k threshold, the L1 rescale factor) are computed by torch in the compute dtype,
+as the torch stream computes them.
+
+Used on the CPU for float32, bfloat16 or float16 compute, 1-4 inputs, and the thinners
+top-k (TIES) and Bernoulli (DARE) or none; `usable` decides. `tests/test_fused.py`
+holds it to the whole-tensor merge and to the torch stream bit for bit.
 """
 
 from __future__ import annotations
@@ -26,12 +34,16 @@ from mergepkg.methods import sparsify
 from mergepkg.methods.kernels import chunks
 
 MAX_INPUTS = 4  # torch sums up to four inputs in order; past that its order is its own
-DTYPES = ("float32", "bfloat16", "float16")  # stored dtypes that torch converts to float32 here
+DTYPES = ("float32", "bfloat16", "float16")  # stored dtypes that torch converts to float32 here, and compute dtypes
+
+
+def _name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def covers(compute, inputs: int, device: str = "cpu") -> bool:
     """Whether a task-vector step with `inputs` models besides the base runs here."""
-    return torch.device(device).type == "cpu" and compute == torch.float32 and 1 <= inputs <= MAX_INPUTS
+    return torch.device(device).type == "cpu" and _name(compute) in DTYPES and 1 <= inputs <= MAX_INPUTS
 
 
 def usable(base, tensors, compute, planner) -> bool:
@@ -40,7 +52,7 @@ def usable(base, tensors, compute, planner) -> bool:
         base is not None
         and covers(compute, len(tensors), base.device)
         and base.numel() > 0
-        and all(str(t.dtype).removeprefix("torch.") in DTYPES for t in [base, *tensors])
+        and all(_name(t.dtype) in DTYPES for t in [base, *tensors])
         and planner in (None, "magnitude", "bernoulli")
     )
 
@@ -58,24 +70,34 @@ def load() -> None:
     _kernels().warm()
 
 
-def _f32(name: str, source, span: slice) -> np.ndarray:
-    """source[span] converted to float32 by torch, as a numpy view of a scratch buffer."""
+def _load(into, part, compute):
+    """part (a chunk in its stored dtype) written into the float32 tensor `into` as the
+    torch stream reads it: converted to the compute dtype first (a rounding, when that
+    is half precision and the stored dtype is not), then to float32 (exact)."""
+    if compute != torch.float32 and part.dtype != compute:
+        part = part.to(compute)
+    return into.copy_(part)
+
+
+def _f32(name: str, source, span: slice, compute=torch.float32) -> np.ndarray:
+    """source[span] converted by torch to the compute dtype, as float32: a numpy view of a scratch buffer."""
     part = source[span]
-    return chunks.thread_scratch().get(name, part.shape, torch.float32).copy_(part).numpy()
+    return _load(chunks.thread_scratch().get(name, part.shape, torch.float32), part, compute).numpy()
 
 
-def top_k(base, t, density: float, spans: list[slice]) -> sparsify.TopK:
-    """sparsify.TopK of |t - base|, its pass through the band fused."""
+def top_k(base, t, density: float, spans: list[slice], compute=torch.float32) -> sparsify.TopK:
+    """sparsify.TopK of |t - base| (computed in `compute`), its pass through the band fused."""
+    like = _kernels().MARKERS[_name(compute)]
 
     def magnitudes(span):
-        return torch.sub(t[span].float(), base[span].float()).abs_()
+        return torch.sub(t[span].to(compute), base[span].to(compute)).abs_().float()
 
     def band(span, lo, hi):
-        x, b = _f32("x", t, span), _f32("b", base, span)
+        x, b = _f32("x", t, span, compute), _f32("b", base, span, compute)
         s = chunks.thread_scratch()
         values = s.get("values", (len(x),), torch.float32)
         index = s.get("index", (len(x),), torch.int64)
-        above, count = _kernels().band(x, b, np.float32(lo), np.float32(hi), values.numpy(), index.numpy())
+        above, count = _kernels().band(x, b, np.float32(lo), np.float32(hi), values.numpy(), index.numpy(), like)
         return above, values[:count].clone(), index[:count] + span.start
 
     n = t.numel()
@@ -86,6 +108,7 @@ def stream(
     base,
     tensors,
     *,
+    compute,
     out_dtype,
     weight,
     normalize,
@@ -97,7 +120,8 @@ def stream(
     planner: str | None,
     out=None,
 ):
-    """task_vectors.stream_task_vectors on fused kernels: the same bits."""
+    """task_vectors.stream_task_vectors on fused kernels: the same bits, in float32,
+    bfloat16 or float16 compute."""
     flat_base = base.reshape(-1)
     flat = [t.reshape(-1) for t in tensors]
     inputs, n = len(flat), flat_base.numel()
@@ -110,19 +134,23 @@ def stream(
     limit = np.full(MAX_INPUTS, 1 << sparsify.DRAW_BITS, np.uint64)
     factor = np.ones(MAX_INPUTS, np.float32)  # x * 1.0 == x, bit for bit: "no rescale"
     weights = np.zeros(MAX_INPUTS, np.float32)
-    weights[:inputs] = weight  # float32, as torch.tensor(weight, dtype=float32) rounds them
+    # as merge_task_vectors rounds them: torch.tensor(weight, dtype=compute)
+    w = torch.tensor(list(weight), dtype=compute)
+    weights[:inputs] = w.float().numpy()
     thinned = [i for i in range(inputs) if planner and density[i] < 1]
     kernels = _kernels()
+    like = kernels.MARKERS[_name(compute)]
     if planner == "magnitude":
-        rules = {i: top_k(flat_base, flat[i], density[i], spans) for i in thinned}  # each shared among the threads
+        # each shared among the threads
+        rules = {i: top_k(flat_base, flat[i], density[i], spans, compute) for i in thinned}
         for i, rule in rules.items():
             threshold[i], cut[i] = float(rule.threshold), rule.cut
 
         def keep(i):
             def rule(span, delta):
                 s = chunks.thread_scratch()
-                magnitudes = torch.abs(delta, out=s.get("magnitudes", delta.shape, torch.float32))
-                return rules[i].keep(span, magnitudes, out=s.get("kept", delta.shape, torch.float32))
+                magnitudes = torch.abs(delta, out=s.get("magnitudes", delta.shape, delta.dtype))
+                return rules[i].keep(span, magnitudes, out=s.get("kept", delta.shape, delta.dtype))
 
             return rule
     elif planner == "bernoulli":
@@ -139,16 +167,16 @@ def stream(
 
     if rescale and thinned:
 
-        def rescale_factor(i):  # as the torch stream sums it, on this thread's scratch
-            f = sparsify.l1_rescale(chunks.Flat(flat_base, [flat[i]], torch.float32), 0, keep(i))
+        def rescale_factor(i):  # as the torch stream sums it (in the compute dtype), on this thread's scratch
+            f = sparsify.l1_rescale(chunks.Flat(flat_base, [flat[i]], compute), 0, keep(i))
             return 1.0 if f is None else float(f)
 
         factor[thinned] = chunks.parallel(rescale_factor, thinned)
     # as merge_task_vectors computes it: the weights' sum, ~0 replaced by 1 (no sign election)
-    divisor = torch.tensor(list(weight), dtype=torch.float32).view(-1, 1).sum(dim=0)
+    divisor = w.view(-1, 1).sum(dim=0)
     divisor[divisor.abs() < 1e-8] = 1
     divisor = np.float32(divisor.item())
-    lam = np.float32(lambda_)
+    lam = np.float32(lambda_)  # torch multiplies by a Python scalar as a float32, in half precision too
 
     out = chunks.output(out, base.shape, out_dtype, base.device)
     dest = out.view(-1)
@@ -159,8 +187,8 @@ def stream(
             size = span.stop - span.start
             x = s.get("inputs", (inputs, size), torch.float32)
             for i, t in enumerate(flat):
-                x[i].copy_(t[span])
-            b = _f32("b", flat_base, span)
+                _load(x[i], t[span], compute)
+            b = _f32("b", flat_base, span, compute)
             result = s.get("result", (size,), torch.float32)
             if planner == "bernoulli":
                 kernels.merge_drawn(
@@ -176,6 +204,7 @@ def stream(
                     normalize,
                     divisor,
                     lam,
+                    like,
                 )
             else:
                 kernels.merge_top_k(
@@ -191,6 +220,7 @@ def stream(
                     normalize,
                     divisor,
                     lam,
+                    like,
                 )
             dest[span].copy_(result)
 

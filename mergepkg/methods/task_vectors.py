@@ -141,6 +141,7 @@ def stream_task_vectors(
         return fused.stream(
             base,
             tensors,
+            compute=compute,
             out_dtype=out_dtype,
             weight=weight,
             normalize=normalize,

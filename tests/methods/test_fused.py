@@ -90,7 +90,8 @@ def test_nan_and_inf_travel_as_in_torch():
 def test_what_it_does_not_cover_takes_the_torch_path():
     base, tensors = models(100, 5, torch.bfloat16)
     assert not fused.usable(base, tensors, torch.float32, "magnitude")  # five inputs
-    assert not fused.usable(base, tensors[:2], torch.bfloat16, "magnitude")  # bfloat16 arithmetic
+    assert not fused.usable(base, tensors[:2], torch.float64, "magnitude")  # float64 arithmetic
+    assert not fused.usable(base.double(), [t.double() for t in tensors[:2]], torch.float32, None)  # stored float64
     assert not fused.usable(base, tensors[:2], torch.float32, "outliers")  # another thinner
     assert not fused.covers(torch.float32, 2, "cuda")
     spec = METHODS["ties"]
@@ -204,3 +205,187 @@ def test_draws_are_splitmix64_and_uniform():
     a, b = sparsify.draws(7, 0, 1 << 20) < (1 << 23), sparsify.draws(8, 0, 1 << 20) < (1 << 23)
     assert abs(float((a & b).double().mean()) - 0.25) < 0.003
     assert sparsify.draw_limit(1.0) == 1 << 24 and sparsify.draw_limit(0.5) == 1 << 23
+
+
+# --- half-precision compute: the kernels round where torch's arithmetic rounds --------
+
+HALF = [torch.bfloat16, torch.float16]
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).view(torch.uint8)
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit, NaNs aside (their payloads are not values): equal where either is NaN."""
+    nan = a.isnan()
+    if not torch.equal(nan, b.isnan()):
+        return False
+    return torch.equal(bits(a.masked_fill(nan, 0)), bits(b.masked_fill(nan, 0)))
+
+
+def three_ways(spec, base, tensors, compute, kwargs, monkeypatch) -> tuple:
+    """(fused stream, torch stream, whole-tensor merge in `compute`), all as `compute`."""
+    assert fused.usable(base, tensors, compute, "bernoulli" if spec.random else "magnitude")
+    streamed = spec.stream(base, tensors, compute=compute, out_dtype=compute, **kwargs)
+    with monkeypatch.context() as m:  # the torch stream: the reference for bytes
+        m.setattr(fused, "usable", lambda *_: False)
+        m.setattr(fused, "stream", None)  # (not called)
+        on_torch = spec.stream(base, tensors, compute=compute, out_dtype=compute, **kwargs)
+    whole = spec.merge(base.to(compute), [t.to(compute) for t in tensors], **kwargs)
+    return streamed, on_torch, whole
+
+
+def half_kwargs(spec, count: int, variant: int) -> dict:
+    kwargs = {
+        "weight": [[0.5, -0.3, 0.6, 0.25], [1.0, 0.3, -0.7, 0.1]][variant % 2][:count],
+        "normalize": variant % 2 == 1,
+        "lambda_": [1.0, 0.3, 1.5][variant % 3],  # 0.3 is no bfloat16: torch multiplies by its float32
+    }
+    if spec.param("density"):
+        kwargs.update(density=[[0.5, 0.3, 1.0, 0.9], [0.3, 0.5, 0.7, 0.5]][variant % 2][:count], rescale=variant < 2)
+    if spec.random:
+        kwargs["rng"] = lambda i: torch.Generator().manual_seed(7 + i + variant)
+    return kwargs
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_half_precision_equals_torch(name, dtype, monkeypatch):
+    # inputs stored in the compute dtype, as the engine hands them over (rounded to the step's dtype)
+    spec = METHODS[name]
+    for count in (1, 2, 3, 4):
+        for variant, n in enumerate([1, 7, 8195, chunks.CHUNK + 8195] if count > 2 else [1, 7, 8195]):
+            base, tensors = models(n, count, dtype, seed=10 * count + variant)
+            kwargs = half_kwargs(spec, count, variant)
+            streamed, on_torch, whole = three_ways(spec, base, tensors, dtype, kwargs, monkeypatch)
+            assert streamed.dtype == dtype
+            assert torch.equal(bits(streamed), bits(on_torch)), (count, n, kwargs)
+            assert torch.equal(bits(streamed), bits(whole)), (count, n, kwargs)
+
+
+@pytest.mark.parametrize("stored", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("compute", HALF, ids=str)
+def test_fused_half_precision_from_another_stored_dtype(stored, compute, threads, monkeypatch):
+    # inputs rounded to the compute dtype chunk by chunk, as the torch stream does; two spans, threads
+    base, tensors = models(chunks.CHUNK + 77, 3, torch.float32, seed=3)
+    base, tensors = base.to(stored), [t.to(stored) for t in tensors]
+    for name in ("ties", "dare_ties"):
+        spec = METHODS[name]
+        streamed, on_torch, whole = three_ways(spec, base, tensors, compute, half_kwargs(spec, 3, 1), monkeypatch)
+        assert torch.equal(bits(streamed), bits(on_torch)) and torch.equal(bits(streamed), bits(whole)), name
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_fused_half_precision_ties_at_the_threshold(dtype, monkeypatch):
+    # small integer deltas: a few distinct magnitudes, thousands equal to each top-k threshold
+    g = torch.Generator().manual_seed(4)
+    base = (torch.randint(-8, 9, (40_000,), generator=g) * 0.125).to(dtype)
+    tensors = [(base.float() + torch.randint(-6, 7, (40_000,), generator=g) * 0.25).to(dtype) for _ in range(3)]
+    for name, density in [("ties", [0.5, 0.3, 0.77]), ("ties", [0.01, 0.999, 0.5]), ("dare_ties", [0.5, 0.3, 0.9])]:
+        spec = METHODS[name]
+        kwargs = {"weight": [0.7, -0.4, 0.35], "normalize": True, "density": density, "rescale": True}
+        if spec.random:
+            kwargs["rng"] = lambda i: torch.Generator().manual_seed(i)
+        streamed, on_torch, whole = three_ways(spec, base, tensors, dtype, kwargs, monkeypatch)
+        assert torch.equal(bits(streamed), bits(on_torch)) and torch.equal(bits(streamed), bits(whole)), name
+
+
+@pytest.mark.parametrize(
+    "dtype, scale",
+    [
+        (torch.float16, 1e-6),  # float16 subnormals (below 6.1e-5), down to zero
+        (torch.float16, 2e4),  # past 65504: inf, and inf - inf
+        (torch.bfloat16, 1e-38),  # float32's (and bfloat16's) subnormals
+        (torch.bfloat16, 1e38),  # past bfloat16's largest: inf
+    ],
+)
+def test_fused_half_precision_at_the_ends_of_the_range(dtype, scale, monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(20_000, generator=g) * scale
+    tensors = [(base + torch.randn(20_000, generator=g) * scale).to(dtype) for _ in range(3)]
+    base = base.to(dtype)
+    for name in FUSED:
+        spec = METHODS[name]
+        kwargs = half_kwargs(spec, 3, 0) | {"lambda_": 1.5, "normalize": name != "dare_linear"}
+        streamed, on_torch, whole = three_ways(spec, base, tensors, dtype, kwargs, monkeypatch)
+        assert same(streamed, on_torch) and same(streamed, whole), name
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("weight", [[1e-8], [-1e-8], [5e-9, 5e-9], [0.3, -0.3], [1e-4, -1e-4]])
+def test_fused_half_precision_weight_sums_near_zero(dtype, weight, monkeypatch):
+    # the weights are rounded to the compute dtype first (1e-8 is 0 in float16), then summed and tested
+    base, tensors = models(5_000, len(weight), dtype, seed=6)
+    for name in ("task_arithmetic", "dare_linear"):
+        spec = METHODS[name]
+        for normalize in (True, False):
+            kwargs = {"weight": weight, "normalize": normalize, "lambda_": 0.3}
+            if spec.random:
+                kwargs.update(density=[0.5] * len(weight), rescale=True, rng=lambda i: torch.Generator().manual_seed(i))
+            streamed, on_torch, whole = three_ways(spec, base, tensors, dtype, kwargs, monkeypatch)
+            assert same(streamed, on_torch) and same(streamed, whole), (name, normalize)
+
+
+def special_floats() -> torch.Tensor:
+    """float32 bit patterns where rounding to bfloat16 or float16 decides: every exponent and
+    top mantissa bits, with the low bits just below, at and above each halfway point; and
+    random patterns (subnormals, inf and NaN included)."""
+    high = torch.arange(1 << 16, dtype=torch.int64) << 16  # sign, exponent, 7 mantissa bits
+    low = torch.tensor([0, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x3000, 0x7FFF, 0x8000, 0x8001, 0xFFFF])
+    patterns = (high.view(-1, 1) | low.view(1, -1)).reshape(-1)
+    g = torch.Generator().manual_seed(8)
+    patterns = torch.cat([patterns, torch.randint(0, 1 << 32, (1 << 20,), generator=g)])
+    return patterns.to(torch.int64).sub_((patterns >= 1 << 31).long() << 32).to(torch.int32).view(torch.float32)
+
+
+@pytest.mark.parametrize(
+    "dtype, like",
+    [
+        (torch.bfloat16, compiled.MARKERS["bfloat16"]),
+        (torch.float16, compiled.MARKERS["float16"]),  # F16C's conversion where the CPU has it
+        (torch.float16, compiled.FLOAT16_BY_ARITHMETIC),  # the arithmetic used where it has not
+    ],
+    ids=["bfloat16", "float16", "float16-arithmetic"],
+)
+def test_rounding_is_torchs_conversion(dtype, like):
+    x = special_floats()
+    out = torch.empty_like(x)
+    compiled.rounded(x.numpy(), out.numpy(), like)
+    assert same(out, x.to(dtype).float())
+    compiled.rounded(x.numpy(), out.numpy(), compiled.MARKERS["float32"])
+    assert torch.equal(out.view(torch.int32), x.view(torch.int32))  # float32: no rounding at all
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_torch_half_arithmetic_rounds_each_operation(dtype):
+    # what the half-precision kernels rest on: each operation in float32, its result rounded
+    # (to nearest, ties to even); a Python scalar as a float32; sums over dim 0 of up to
+    # four inputs from +0.0 in input order, in float32, rounded once
+    g = torch.Generator().manual_seed(9)
+    scales = torch.logspace(-6, 3, 40_000).to(torch.float32)
+    a = (torch.randn(40_000, generator=g) * scales).to(dtype)
+    b = (torch.randn(40_000, generator=g) * scales.flip(0)).to(dtype)
+    a[::13], b[::17] = -0.0, 0.0
+
+    def rnd(x: torch.Tensor) -> torch.Tensor:
+        return x.to(dtype).float()
+
+    fa, fb = a.float(), b.float()
+    for got, want in [
+        (a - b, rnd(fa - fb)),
+        (a + b, rnd(fa + fb)),
+        (a * b, rnd(fa * fb)),
+        (a / b, rnd(fa / fb)),
+        (a * 0.3, rnd(fa * torch.tensor(0.3, dtype=torch.float32))),
+        (a / b[:1], rnd(fa / fb[:1])),  # a one-entry divisor, as the weights' sum
+    ]:
+        assert same(got.float(), want)
+    for count in (1, 2, 3, 4):
+        for n in [1, 3, 15, 16, 17, 31, 33, 1000, 8197]:
+            x = torch.stack([(torch.randn(n, generator=g) * 10.0**-i).to(dtype) for i in range(count)])
+            x[:, ::7] = -0.0
+            in_order = torch.zeros(n)
+            for row in x.float():
+                in_order = in_order + row
+            assert torch.equal(bits(torch.sum(x, dim=0).float()), bits(rnd(in_order))), (count, n)

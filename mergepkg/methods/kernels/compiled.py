@@ -4,18 +4,111 @@ Every float operation is the one `task_vectors.merge_task_vectors` does, in floa
 in the same order; numba, without fastmath, neither fuses nor reorders them. The
 arrays are float32 numpy views of torch buffers. Importing this module imports numba
 (0.3 s), so fused.py imports it on first use.
+
+Half-precision compute (bfloat16, float16) runs the same loops: torch's CPU kernels
+compute each such operation in float32 and round its result to the half dtype (to
+nearest, ties to even), and sums over inputs accumulate in float32 and round once.
+The kernels do the same: `_round(x, like)` after each operation where torch rounds,
+with `like` an empty array whose dtype names the compute dtype (MARKERS). numba
+compiles one specialization per marker type; for float32, `_round` emits nothing, so
+its code is the float32 kernel's, operation for operation.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import binding, ir
+from numba.core import types
+from numba.extending import intrinsic
+
+# The compute dtype as a type numba specializes on: numpy has no bfloat16, and numba's CPU
+# target takes no float16 arrays, so 16-bit integers stand for them.
+MARKERS = {
+    "float32": np.empty(0, np.float32),
+    "bfloat16": np.empty(0, np.uint16),
+    "float16": np.empty(0, np.int16),
+}
+FLOAT16_BY_ARITHMETIC = np.empty(0, np.uint8)  # float16 without F16C's conversion, whatever the CPU (tests)
+
+
+def _f16c() -> bool:
+    """Whether the code is compiled for this host and it converts float16 in hardware
+    (F16C: vcvtps2ph rounds to nearest even, subnormals included, as torch's conversion
+    does with the same instruction). Compiled for another target (NUMBA_CPU_NAME), LLVM
+    would call a runtime function numba may not have: arithmetic instead."""
+    if numba.config.CPU_NAME or numba.config.CPU_FEATURES:
+        return False
+    return bool(binding.get_host_cpu_features().get("f16c", False))
+
+
+_I32, _F32 = ir.IntType(32), ir.FloatType()
+
+
+def _int(value: int) -> ir.Constant:
+    return ir.Constant(_I32, value - (1 << 32) if value >= 1 << 31 else value)  # LLVM's i32 is signed
+
+
+def _bfloat16(builder, v):
+    """float32 v rounded to bfloat16 (still float32), as c10::BFloat16 rounds: add
+    0x7FFF plus the lowest kept bit, drop the low 16 bits (a carry rounds into the
+    exponent, up to inf); NaN stays NaN."""
+    u = builder.bitcast(v, _I32)
+    odd = builder.and_(builder.lshr(u, _int(16)), _int(1))
+    r = builder.and_(builder.add(builder.add(u, _int(0x7FFF)), odd), _int(0xFFFF0000))
+    return builder.select(builder.fcmp_unordered("uno", v, v), v, builder.bitcast(r, _F32))
+
+
+def _float16(builder, v):
+    """float32 v rounded to float16 (still float32), to nearest, ties to even, as the
+    float16 conversion does: |v| + c - c, with c = 2**(e + 13) for v's exponent e
+    clamped to [-14, 16], rounds |v| to multiples of 2**(e - 10) (float16's spacing; below
+    2**-14, its subnormals' 2**-24) in float32's own round-to-nearest-even; past 65504 it
+    is inf. The sign is put back last (-0.0 stays -0.0); NaN stays NaN."""
+    u = builder.bitcast(v, _I32)
+    sign = builder.and_(u, _int(0x80000000))
+    magnitude = builder.bitcast(builder.and_(u, _int(0x7FFFFFFF)), _F32)
+    e = builder.and_(u, _int(0x7F800000))
+    lo, hi = _int((127 - 14) << 23), _int((127 + 16) << 23)
+    e = builder.select(builder.icmp_signed("<", e, lo), lo, e)
+    e = builder.select(builder.icmp_signed(">", e, hi), hi, e)
+    c = builder.bitcast(builder.add(e, _int(13 << 23)), _F32)
+    r = builder.fsub(builder.fadd(magnitude, c), c)
+    r = builder.select(builder.fcmp_ordered(">", r, ir.Constant(_F32, 65504.0)), ir.Constant(_F32, float("inf")), r)
+    return builder.bitcast(builder.or_(builder.bitcast(r, _I32), sign), _F32)
+
+
+@intrinsic
+def _round(typingctx, x, like):
+    """x (float32) rounded to the compute dtype `like` names (MARKERS), as float32."""
+    if x != types.float32 or not isinstance(like, types.Array):
+        return None
+    kind = like.dtype
+
+    def codegen(context, builder, signature, args):
+        if kind == types.uint16:
+            return _bfloat16(builder, args[0])
+        if kind == types.int16 and _f16c():
+            return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), _F32)
+        if kind in (types.int16, types.uint8):
+            return _float16(builder, args[0])
+        return args[0]
+
+    return types.float32(x, like), codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def rounded(x, out, like):
+    """out = x rounded to the compute dtype `like` names, as float32 (tests hold `_round`
+    to torch's conversion with it)."""
+    for j in range(x.shape[0]):
+        out[j] = _round(x[j], like)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def band(x, b, lo, hi, values, index):
+def band(x, b, lo, hi, values, index, like):
     """Entries with |x - b| > hi (a count); those in [lo, hi] written to values/index
-    (as long as x). NaN is neither.
+    (as long as x). NaN is neither. x - b is rounded to the compute dtype (`like`).
 
     Without branches: at a density of 0.5, `> hi` is a coin flip, and a mispredicted
     branch per entry made this 5x slower. Every entry is written; only those in the
@@ -24,7 +117,7 @@ def band(x, b, lo, hi, values, index):
     above = 0
     count = 0
     for j in range(x.shape[0]):
-        a = abs(x[j] - b[j])
+        a = abs(_round(x[j] - b[j], like))
         above += a > hi
         values[count] = a
         index[count] = j
@@ -70,8 +163,10 @@ def _top_k(v, threshold, cut, at):
 
 
 @numba.njit(inline="always")
-def _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam):
-    """bj + lam * combine(d): merge_task_vectors after thinning and weighting, one entry."""
+def _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like):
+    """bj + lam * combine(d): merge_task_vectors after thinning and weighting, one entry.
+    Sums over inputs accumulate in float32 and are rounded once (as torch sums half
+    precision over dim 0); every other operation is rounded to the compute dtype."""
     one, zero = np.float32(1.0), np.float32(0.0)
     mixed = zero + d0  # torch's sums start at +0.0: a sum of -0.0s is +0.0
     if n > 1:
@@ -80,10 +175,11 @@ def _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, l
         mixed = mixed + d2
     if n > 3:
         mixed = mixed + d3
+    mixed = _round(mixed, like)
     total = divisor
     if elect:
         sign = np.float32(mixed >= zero) * np.float32(2.0) - one  # +1 on a tie, as torch.ge(mixed, 0) * 2 - 1
-        agree = np.float32(d0 * sign > zero)
+        agree = np.float32(d0 * sign > zero)  # d * sign, d * agree and agree * w are exact
         mixed, total = zero + d0 * agree, zero + agree * w0
         if n > 1:
             agree = np.float32(d1 * sign > zero)
@@ -94,22 +190,25 @@ def _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, l
         if n > 3:
             agree = np.float32(d3 * sign > zero)
             mixed, total = mixed + d3 * agree, total + agree * w3
+        mixed, total = _round(mixed, like), _round(total, like)
         total = total + np.float32(total == zero)  # nothing agrees: divide by 1
     if normalize:
-        mixed = mixed / total
+        mixed = _round(mixed / total, like)
     if lam != one:
-        mixed = mixed * lam
-    return bj + mixed
+        mixed = _round(mixed * lam, like)
+    return _round(bj + mixed, like)
 
 
 # error_model="numpy": x / 0 is inf or NaN, as in torch, with no check per entry
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def merge_top_k(x, b, out, start, threshold, cut, factor, weight, elect, normalize, divisor, lam):
+def merge_top_k(x, b, out, start, threshold, cut, factor, weight, elect, normalize, divisor, lam, like):
     """out = b + lam * combine(weight_i * factor_i * top_k_i(x_i - b)), as merge_task_vectors.
 
     x: [inputs <= 4, c]; b, out: [c]; threshold, cut, factor, weight: 4 each (TopK's
     threshold and cut, -inf keeping all; factor 1.0 for none); start: the chunk's
-    first entry in the tensor; `divisor` is used without sign election.
+    first entry in the tensor; `divisor` is used without sign election. `like` names
+    the compute dtype (MARKERS): x, b, factor, weight and divisor hold its values, and
+    each operation's result is rounded to it where torch's is.
     """
     n = x.shape[0]
     r1, r2, r3 = min(1, n - 1), min(2, n - 1), min(3, n - 1)
@@ -119,16 +218,18 @@ def merge_top_k(x, b, out, start, threshold, cut, factor, weight, elect, normali
     w0, w1, w2, w3 = weight[0], weight[1], weight[2], weight[3]
     for j in range(b.shape[0]):
         bj, at = b[j], start + j
-        v0, v1, v2, v3 = x[0, j] - bj, x[r1, j] - bj, x[r2, j] - bj, x[r3, j] - bj
-        d0 = v0 * _top_k(v0, t0, c0, at) * f0 * w0
-        d1 = v1 * _top_k(v1, t1, c1, at) * f1 * w1
-        d2 = v2 * _top_k(v2, t2, c2, at) * f2 * w2
-        d3 = v3 * _top_k(v3, t3, c3, at) * f3 * w3
-        out[j] = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam)
+        v0, v1 = _round(x[0, j] - bj, like), _round(x[r1, j] - bj, like)
+        v2, v3 = _round(x[r2, j] - bj, like), _round(x[r3, j] - bj, like)
+        # v * keep is exact (v or a signed zero); then the rescale factor, then the weight
+        d0 = _round(_round(v0 * _top_k(v0, t0, c0, at) * f0, like) * w0, like)
+        d1 = _round(_round(v1 * _top_k(v1, t1, c1, at) * f1, like) * w1, like)
+        d2 = _round(_round(v2 * _top_k(v2, t2, c2, at) * f2, like) * w2, like)
+        d3 = _round(_round(v3 * _top_k(v3, t3, c3, at) * f3, like) * w3, like)
+        out[j] = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def merge_drawn(x, b, out, start, seed, limit, factor, weight, elect, normalize, divisor, lam):
+def merge_drawn(x, b, out, start, seed, limit, factor, weight, elect, normalize, divisor, lam, like):
     """merge_top_k with DARE's keep rule instead: entry `at` of input i is kept when its
     draw from seed[i] (uint64) is below limit[i] (2**24 keeps all)."""
     n = x.shape[0]
@@ -140,32 +241,38 @@ def merge_drawn(x, b, out, start, seed, limit, factor, weight, elect, normalize,
     first = np.uint64(start)
     for j in range(b.shape[0]):
         bj, at = b[j], first + np.uint64(j)
-        d0 = (x[0, j] - bj) * np.float32(_draw(s0, at) < k0) * f0 * w0
-        d1 = (x[r1, j] - bj) * np.float32(_draw(s1, at) < k1) * f1 * w1
-        d2 = (x[r2, j] - bj) * np.float32(_draw(s2, at) < k2) * f2 * w2
-        d3 = (x[r3, j] - bj) * np.float32(_draw(s3, at) < k3) * f3 * w3
-        out[j] = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam)
+        d0 = _round(_round(_round(x[0, j] - bj, like) * np.float32(_draw(s0, at) < k0) * f0, like) * w0, like)
+        d1 = _round(_round(_round(x[r1, j] - bj, like) * np.float32(_draw(s1, at) < k1) * f1, like) * w1, like)
+        d2 = _round(_round(_round(x[r2, j] - bj, like) * np.float32(_draw(s2, at) < k2) * f2, like) * w2, like)
+        d3 = _round(_round(_round(x[r3, j] - bj, like) * np.float32(_draw(s3, at) < k3) * f3, like) * w3, like)
+        out[j] = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
 
 
-def warm() -> None:
+def warm(dtypes=tuple(MARKERS)) -> None:
     """Load (or compile, the first time) every kernel for the argument types the
-    drivers pass, so their memory is resident from here on."""
+    drivers pass, for each compute dtype in `dtypes`, so their memory is resident from
+    here on."""
     x, v = np.zeros((1, 1), np.float32), np.zeros(1, np.float32)
     four, cut = np.ones(4, np.float32), np.zeros(4, np.int64)
-    band(v, v, np.float32(0), np.float32(1), np.zeros(1, np.float32), np.zeros(1, np.int64))
     drawn(np.uint64(1), 0, np.uint64(1), np.zeros(1, np.float32))
-    merge_top_k(x, v, np.zeros(1, np.float32), 0, four, cut, four, four, True, True, np.float32(1), np.float32(1))
-    merge_drawn(
-        x,
-        v,
-        np.zeros(1, np.float32),
-        0,
-        np.zeros(4, np.uint64),
-        np.ones(4, np.uint64),
-        four,
-        four,
-        True,
-        True,
-        np.float32(1),
-        np.float32(1),
-    )
+    for dtype in dtypes:
+        like = MARKERS[dtype]
+        band(v, v, np.float32(0), np.float32(1), np.zeros(1, np.float32), np.zeros(1, np.int64), like)
+        merge_top_k(
+            x, v, np.zeros(1, np.float32), 0, four, cut, four, four, True, True, np.float32(1), np.float32(1), like
+        )
+        merge_drawn(
+            x,
+            v,
+            np.zeros(1, np.float32),
+            0,
+            np.zeros(4, np.uint64),
+            np.ones(4, np.uint64),
+            four,
+            four,
+            True,
+            True,
+            np.float32(1),
+            np.float32(1),
+            like,
+        )
