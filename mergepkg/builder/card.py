@@ -24,7 +24,9 @@ from mergepkg._version import __version__
 from mergepkg.builder.bundle import IMPORTS, LOCK_FILE, RECIPE_FILE
 from mergepkg.builder.mergekit_yaml import MERGEKIT_FILE
 from mergepkg.methods import METHODS
-from mergepkg.recipe.model import Recipe
+from mergepkg.methods.lora import SPEC as LORA_SPEC
+from mergepkg.methods.spec import MethodSpec
+from mergepkg.recipe.model import Recipe, Step
 from mergepkg.resolve.resolution import Resolution
 
 TAGS = ("merge", "mergepkg")
@@ -40,6 +42,11 @@ def step_text(recipe_text: str, name: str) -> str:
         if inside:
             out.append(line)
     return "\n".join(out).strip()
+
+
+def method_of(step: Step) -> MethodSpec:
+    """A step's method; an implicit `base+adapter` step's is the LoRA application."""
+    return LORA_SPEC if step.adapter is not None else METHODS[step.method]
 
 
 def hub_bases(res: Resolution, name: str) -> list[str]:
@@ -85,7 +92,7 @@ def render_card(
     upstream = [n for n in res.plan.order if n in nx.ancestors(res.plan.graph, name)]
     used = [s for s in res.sources if s in nx.ancestors(res.plan.graph, name)]
     step = recipe.steps[name]
-    method = METHODS[step.method]
+    method = method_of(step)
     body = [
         f"# {recipe.name} / {name}",
         "",
@@ -96,11 +103,14 @@ def render_card(
         "",
     ]
     for n in [*upstream, name]:
-        spec = METHODS[recipe.steps[n].method]
+        spec = method_of(recipe.steps[n])
         paper = f" ([paper]({spec.paper}))" if spec.paper else ""
         body.append(f"- `{n}`: **{spec.name}**, {spec.summary[0].lower() + spec.summary[1:]}{paper}")
     body += ["", "## Recipe", "", "```toml"]
     for n in [*upstream, name]:
+        if (adapter := recipe.steps[n].adapter) is not None:  # implicit: written where it is used
+            body += [f'# "{n}": the LoRA adapter {adapter} applied to {recipe.steps[n].base}', ""]
+            continue
         written = recipe.written(n)
         body.append(step_text(written.text, written.name))
         body.append("")

@@ -25,6 +25,37 @@ SIDE_FILES = [
 ]
 
 
+# A PEFT adapter folder (a LoRA adapter applied with `base+adapter`): its config and weights
+# (one format, safetensors first), all that applying it reads.
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    """Whether `folder` holds a PEFT adapter rather than a model: adapter_config.json and no config.json."""
+    return (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file()
+
+
+def adapter_files(folder: Path) -> list[str]:
+    """The files of a PEFT adapter folder that applying it reads: its config and weights."""
+    if not (folder / ADAPTER_CONFIG).is_file():
+        what = "a model folder" if (folder / "config.json").is_file() else "no adapter"
+        raise SourceError(
+            f"not a PEFT adapter: no {ADAPTER_CONFIG} ({what})",
+            file=folder,
+            hint="after a `+` comes a LoRA adapter: a folder or Hugging Face repo with "
+            f"{ADAPTER_CONFIG} and {ADAPTER_WEIGHTS[0]}",
+        )
+    for name in ADAPTER_WEIGHTS:
+        if (folder / name).is_file():
+            return sorted([ADAPTER_CONFIG, name])
+    raise SourceError(
+        f"PEFT adapter without weights (expected {' or '.join(ADAPTER_WEIGHTS)})",
+        file=folder,
+        hint="download or save the adapter again",
+    )
+
+
 def weight_files(folder: Path) -> list[str]:
     """The files holding a model's weights, preferring safetensors over .bin: those its
     index names (each a file inside the folder that exists), else the weight files there."""

@@ -159,10 +159,11 @@ def load_bin(path: Path) -> dict:
     return tensors
 
 
-def scan_tensors(folder: Path) -> dict[str, TensorInfo]:
-    """Every tensor of the model in `folder`: name -> TensorInfo, from headers only."""
+def scan_tensors(folder: Path, files: list[str] | None = None) -> dict[str, TensorInfo]:
+    """Every tensor of the model in `folder` (or of its weight `files`): name -> TensorInfo,
+    from headers only."""
     infos: dict[str, TensorInfo] = {}
-    for name in weight_files(folder):
+    for name in weight_files(folder) if files is None else files:
         path = folder / name
         if name.endswith(".safetensors"):
             try:

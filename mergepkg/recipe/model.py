@@ -30,6 +30,10 @@ class Condition:
 Setting = Scalar | Gradient | tuple  # the last: tuple[Condition, ...]
 Params = Mapping[str, Setting]
 
+# The method of the implicit step a `base+adapter` reference makes: the base with a PEFT LoRA
+# adapter applied (recipe/adapters.py). No recipe can name it: it is not a merge method.
+LORA = "lora"
+
 
 @dataclass(frozen=True)
 class Source:
@@ -109,7 +113,7 @@ class MoE:
 
     experts: tuple[Expert, ...]
     experts_per_token: int = 2
-    gate_mode: str = "hidden"  # "hidden", "cheap_embed" or "random"
+    gate_mode: str = "hidden"  # "hidden", "cheap_embed", "random" or "uniform_random"
     shared_expert: Expert | None = None  # Qwen2-MoE's always-on expert
 
     @property
@@ -176,6 +180,12 @@ class Step:
         return choice  # an input's name (also an input named "base" of a step without base)
 
     @property
+    def adapter(self) -> str | None:
+        """The LoRA adapter source an implicit `base+adapter` step applies to its base; None
+        for every other step."""
+        return self.inputs[0].model if self.method == LORA else None
+
+    @property
     def models(self) -> tuple[str, ...]:
         """Every model the step reads, base first, each once, in recipe order."""
         names = [self.base] if self.base else []
@@ -198,6 +208,13 @@ class Recipe:
     dependencies: Mapping[str, Dependency] = field(default_factory=dict)
     description: str = ""
     tags: tuple[str, ...] = ()
+    # `[package] allow`: warning codes the recipe silences (recipe/allow.py); in no key or lock
+    allow: tuple[str, ...] = ()
+
+    @property
+    def adapters(self) -> frozenset[str]:
+        """The sources used as LoRA adapters (after a `+`): adapter folders, not models."""
+        return frozenset(a for s in self.steps.values() if (a := s.adapter) is not None)
 
     def line_of(self, key: str) -> int | None:
         return locate(self.text, key)

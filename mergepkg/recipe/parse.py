@@ -16,6 +16,8 @@ from mergepkg._toml import tomllib
 from mergepkg.errors import RecipeError, SourceError, did_you_mean
 from mergepkg.methods import get_method
 from mergepkg.methods.spec import MethodSpec
+from mergepkg.recipe.adapters import adapter_steps
+from mergepkg.recipe.allow import allow_setting
 from mergepkg.recipe.chat import chat_template_setting
 from mergepkg.recipe.model import (
     Dependency,
@@ -62,7 +64,7 @@ class _Parser(TableReader):
             raise RecipeError(f"invalid TOML: {what}", file=self.display, line=line) from None
         self.only_keys(data, ("package", "dependencies", "sources", "steps"), "")
         package = self.expect(data.get("package"), dict, "package", "a [package] table with name and version")
-        self.only_keys(package, ("name", "version", "description", "tags", "outputs", "seed"), "package")
+        self.only_keys(package, ("name", "version", "description", "tags", "outputs", "seed", "allow"), "package")
         name = self.expect(package.get("name"), str, "package.name", "a string")
         if (problem := package_name_problem(name)) is not None:
             raise self.error("package.name", problem, NAME_HINT + "; a namespace before one '/' (team/name)")
@@ -72,6 +74,7 @@ class _Parser(TableReader):
         tags = self.expect(package.get("tags", []), list, "package.tags", "a list of strings")
         for i, t in enumerate(tags):
             self.expect(t, str, f"package.tags[{i}]", "a string")
+        allow = allow_setting(self, package.get("allow", []), "package.allow")
         self.dependencies = {}
         for n, v in self.expect(data.get("dependencies", {}), dict, "dependencies", "a table").items():
             dep = self.dependency(n, v)
@@ -94,6 +97,7 @@ class _Parser(TableReader):
                 raise self.error(f"steps.{n}", f"{n!r} names both a source and a step", "rename one of them")
         self.models = set(sources) | set(steps_table)
         steps = {n: self.step(n, v) for n, v in steps_table.items()}
+        steps |= adapter_steps(self, sources)  # `base+adapter` references: implicit steps (recipe/adapters.py)
 
         outputs = package.get("outputs")
         if outputs is None:
@@ -116,6 +120,7 @@ class _Parser(TableReader):
             dependencies=self.dependencies,
             description=description,
             tags=tuple(tags),
+            allow=allow,
         )
 
     # -- dependencies ------------------------------------------------------------

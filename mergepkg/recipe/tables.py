@@ -28,6 +28,7 @@ class TableReader:
         self.text, self.path = text, path
         self.display = str(path)
         self.models: set[str] = set()  # the names a model reference may use (sources and steps)
+        self.refs: dict[str, str] = {}  # every model reference met -> the first key it is written at
 
     def line_of(self, key: str) -> int | None:
         return locate(self.text, key)
@@ -56,10 +57,15 @@ class TableReader:
             raise self.error(key, f"invalid name {name!r}", NAME_HINT)
 
     def model_ref(self, value: Any, key: str) -> str:
-        """A reference to a source or step of the recipe, by name."""
+        """A reference to a source or step of the recipe, by name; `base+adapter` is the base
+        with a LoRA adapter applied (an implicit step: recipe/adapters.py)."""
         self.expect(value, str, key, "the name of a source or step")
-        if value not in self.models:
-            raise self.error(key, f"no source or step named {value!r}", did_you_mean(value, self.models))
+        for part in value.split("+"):
+            if part not in self.models:
+                within = f" (in {value!r})" if part != value else ""
+                hint = did_you_mean(part, self.models) if part else 'write "base+adapter": two names joined by one +'
+                raise self.error(key, f"no source or step named {part!r}{within}", hint)
+        self.refs.setdefault(value, key)
         return value
 
     def dtype(self, value: Any, key: str, *, auto: bool = False) -> str:

@@ -15,6 +15,11 @@ which that mode never reads. `allow_base_expert` changes no byte and is left out
 Settings added after the first keys (`tokenizer.tokens`, `pad_to_multiple_of`,
 `chat_template`) join the entry only when a step sets them, so every other step keeps
 its key.
+
+The implicit step of a `base+adapter` reference (recipe/adapters.py) has an entry of its
+own (`adapter_entry`): the base's identity, the adapter's (its pin: commit and file
+hashes) and the versions, nothing of the recipe, so every recipe that applies the same
+adapter to the same base has the same key and shares one artifact.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from mergepkg._version import ENGINE_VERSION
 from mergepkg.canonical import canonical_json, sha256_hex
 from mergepkg.errors import RecipeError
 from mergepkg.methods import get_method
+from mergepkg.methods.lora import SPEC as LORA_SPEC
 from mergepkg.methods.moe import PROMPTED
 from mergepkg.methods.spec import Param
 from mergepkg.recipe.chat import AUTO, builtin_template, template_kind
@@ -74,6 +80,8 @@ def effective(p: Param, chain: Sequence[Params]) -> Any:
 def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
     """The canonical lock entry of `step`; `refs` maps each model name it reads to that
     model's identity (a source pin digest or an upstream step key)."""
+    if step.adapter is not None:
+        return adapter_entry(step, refs)
     spec = get_method(step.method)
     shared = [p for p in spec.params if not p.per_input]
     per_input = [p for p in spec.params if p.per_input]
@@ -126,6 +134,19 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
     if step.chat_template is not None:  # only when set, as the tokenizer settings: older keys stay
         entry["chat_template"] = chat_template_entry(step, refs)
     return entry
+
+
+def adapter_entry(step: Step, refs: Mapping[str, Any]) -> dict:
+    """The entry of an implicit `base+adapter` step: the two identities and the versions only."""
+    assert step.base is not None and step.adapter is not None
+    return {
+        "hash_version": HASH_VERSION,
+        "engine": ENGINE_VERSION,
+        "method": LORA_SPEC.name,
+        "method_version": LORA_SPEC.version,
+        "base": refs[step.base],
+        "adapter": refs[step.adapter],
+    }
 
 
 def chat_template_entry(step: Step, refs: Mapping[str, Any]) -> Any:

@@ -104,6 +104,7 @@ def resolve(
     recipe = flatten(recipe, bind=deps.bind)
     plan = make_plan(recipe, targets)
     sources = {}
+    adapters = recipe.adapters  # LoRA adapters: pinned by their adapter files (resolve/sources.py)
     for name in plan.sources_used():
         src = recipe.sources[name]
         rel = os.path.relpath(src.path, recipe.path.parent) if src.path else None
@@ -126,8 +127,9 @@ def resolve(
                 settings,
                 commit=held.pin.commit if held else None,
                 files=[f.name for f in held.pin.files] if held else (),
+                adapter=name in adapters,
             )
-            pin = pin_folder(fetched.folder, session.hashes, fetched.commit)
+            pin = pin_folder(fetched.folder, session.hashes, fetched.commit, adapter=name in adapters)
         except SourceError as e:
             recipe.locate(e, f"sources.{name}")
             if mode == "frozen" and src.hf:

@@ -3,7 +3,9 @@
 Hugging Face sources go through huggingface_hub: online, the revision is resolved to a
 commit and only the files a merge needs are downloaded (weights in one format,
 configs, tokenizer); offline (`HF_HUB_OFFLINE=1`), the local Hugging Face cache serves
-the revision or the error names the repo and revision.
+the revision or the error names the repo and revision. A LoRA adapter (a source named
+after a `+`) is pinned by its adapter_config.json and weights; an adapter where a model
+is expected is an error that says so.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergepkg.errors import SourceError
-from mergepkg.io.folder import SIDE_FILES, used_files
+from mergepkg.io.folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SIDE_FILES, adapter_files, is_adapter_folder, used_files
 from mergepkg.lockfile import FileRecord, Pin
 from mergepkg.recipe.model import Source
 from mergepkg.settings import Settings
@@ -29,16 +31,31 @@ class Fetched:
     commit: str | None = None
 
 
-def pin_folder(folder: Path, hashes: HashCache, commit: str | None = None) -> Pin:
-    if not (folder / "config.json").is_file():
+def pin_folder(folder: Path, hashes: HashCache, commit: str | None = None, *, adapter: bool = False) -> Pin:
+    """The files a merge uses (`adapter`: a LoRA adapter's, `io/folder.adapter_files`), hashed."""
+    if adapter:
+        names = adapter_files(folder)
+    elif not (folder / "config.json").is_file():
+        if is_adapter_folder(folder):
+            raise adapter_not_model(folder)
         raise SourceError(
             f"model folder has no config.json: {folder}", hint="a source must be a Hugging Face model folder"
         )
+    else:
+        names = used_files(folder)
     records = []
-    for name in used_files(folder):
+    for name in names:
         size, digest = hashes.sha256(folder / name)
         records.append(FileRecord(name, size, digest))
     return Pin(commit, tuple(records))
+
+
+def adapter_not_model(where: Path | str) -> SourceError:
+    """The error for a PEFT adapter (a folder or hub repo) where a model is expected."""
+    return SourceError(
+        f"{where} is a PEFT LoRA adapter ({ADAPTER_CONFIG}, no config.json), not a model",
+        hint='apply it to its base model: write "BASE+ADAPTER" where the model is used (docs/recipes.md#lora-adapters)',
+    )
 
 
 def choose_weight_patterns(files: list[str]) -> list[str]:
@@ -48,18 +65,28 @@ def choose_weight_patterns(files: list[str]) -> list[str]:
     return ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
 
 
-def fetch(source: Source, settings: Settings, commit: str | None = None, files: Collection[str] = ()) -> Fetched:
+def fetch(
+    source: Source,
+    settings: Settings,
+    commit: str | None = None,
+    files: Collection[str] = (),
+    *,
+    adapter: bool = False,
+) -> Fetched:
     """Make `source` local. `commit` (from a lock) replaces a hub source's revision, so a
     moved branch does not move the build; when the local Hugging Face cache holds that
-    commit with every file in `files` (the lock's), the Hub is not asked at all."""
+    commit with every file in `files` (the lock's), the Hub is not asked at all. An
+    `adapter` (a LoRA adapter, named after a `+`) downloads its config and weights only."""
     if source.path is not None:
         if not source.path.is_dir():
             raise SourceError(f"model folder not found: {source.path}")
         return Fetched(source.path)
-    return _fetch_hf(source, settings, commit, files)
+    return _fetch_hf(source, settings, commit, files, adapter)
 
 
-def _fetch_hf(source: Source, settings: Settings, commit: str | None, files: Collection[str]) -> Fetched:
+def _fetch_hf(
+    source: Source, settings: Settings, commit: str | None, files: Collection[str], adapter: bool = False
+) -> Fetched:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,
@@ -81,10 +108,18 @@ def _fetch_hf(source: Source, settings: Settings, commit: str | None, files: Col
                     raise
         info = HfApi().model_info(repo, revision=rev)
         names = [s.rfilename for s in info.siblings or []]
-        wanted = choose_weight_patterns(names) + SIDE_FILES
+        if adapter:
+            weights = next((w for w in ADAPTER_WEIGHTS if w in names), ADAPTER_WEIGHTS[0])
+            wanted = [ADAPTER_CONFIG, weights]
+        elif "config.json" not in names and ADAPTER_CONFIG in names:
+            raise adapter_not_model(f"{repo}@{rev}")
+        else:
+            wanted = choose_weight_patterns(names) + SIDE_FILES
         allow = [f for f in names if any(fnmatch.fnmatch(f, p) for p in wanted)]
         folder = Path(snapshot_download(repo, revision=info.sha, allow_patterns=allow, cache_dir=settings.hf_cache))
         return Fetched(folder, info.sha)
+    except SourceError:  # ours (a FileNotFoundError too): says what it means already
+        raise
     except (LocalEntryNotFoundError, FileNotFoundError) as e:
         raise SourceError(
             f"{repo}@{rev} is not in the local Hugging Face cache and the hub is offline",
