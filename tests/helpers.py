@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,46 @@ inputs = [{ model = "a", weight = 0.5 }, { model = "ft3", weight = 0.5 }]
 method = "linear"
 inputs = [{ model = "ft2", weight = 0.3 }, { model = "ft3", weight = 0.7 }]
 """
+
+
+def ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """How many representable values of their dtype lie between a and b (both finite)."""
+    import torch
+
+    bits = {2: torch.int16, 4: torch.int32}[a.element_size()]
+    ia, ib = a.view(bits).to(torch.int64), b.view(bits).to(torch.int64)
+    sign = 1 << (8 * a.element_size() - 1)
+    ia, ib = torch.where(ia < 0, -(ia + sign), ia), torch.where(ib < 0, -(ib + sign), ib)  # monotone integers
+    return (ia - ib).abs()
+
+
+def reduction_mismatches(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Entries of a method that reduces over whole tensors (slerp, nuslerp, model_stock) that
+    differ from mergekit's `b` by more than one unit in the last place of that reduction.
+
+    The reduction's scalars (a dot product, a norm) may differ in their last float32 bit
+    with torch's summation order; each entry is then within one ulp of its dtype, except
+    where the weighted terms cancel (a result near 0): there a change of a few float32 ulps
+    of the tensor's scale is the same one-bit difference, seen through a cancellation."""
+    import torch
+
+    cancelled = (a.float() - b.float()).abs() <= 4 * torch.finfo(torch.float32).eps * float(b.float().abs().max())
+    return (ulps(a, b) > 1) & ~cancelled
+
+
+# one step line of `mergepkg plan`'s tree
+PLAN_LINE = re.compile(
+    r"^[\s│├└─]*(?P<name>\S+) (?P<key>[0-9a-f]{12}) (?P<method>\S+) "
+    r"(?P<state>stored|build reads (?P<reads>.+?), writes (?P<writes>.+?))(?P<above> \(above\))?$"
+)
+
+
+def plan_steps(text: str) -> dict[str, dict]:
+    """`mergepkg plan` stdout -> step name -> {key, method, state, reads, writes} (the
+    first time each step appears in the tree)."""
+    steps = {}
+    for line in text.splitlines():
+        m = PLAN_LINE.match(line)
+        if m and m["name"] not in steps:
+            steps[m["name"]] = m.groupdict()
+    return steps

@@ -1,4 +1,4 @@
-"""`mergepkg import`: a mergekit YAML config (or mergekit-multi file) as a mergepkg recipe."""
+"""`mergepkg import`: a mergekit config (mergekit-yaml, mergekit-multi or mergekit-moe) as a recipe."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from mergepkg.importers.mergekit import convert_file
 
 def import_(
     config: Path = typer.Argument(
-        ..., help="The mergekit YAML config (mergekit-yaml or mergekit-multi).", metavar="CONFIG", dir_okay=False
+        ...,
+        help="The mergekit YAML config (mergekit-yaml, mergekit-multi or mergekit-moe).",
+        metavar="CONFIG",
+        dir_okay=False,
     ),
     output: Path | None = typer.Option(
         None, "-o", "--output", help="Write the recipe to this file [default: print it]."
@@ -22,9 +25,15 @@ def import_(
     name: str | None = typer.Option(
         None, "--name", help="Package name and name of the final step [default: the config's stem]."
     ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Refuse keys mergekit accepts and ignores, instead of warning about them."
+    ),
 ) -> None:
-    """Convert a mergekit YAML config into a recipe; what cannot be carried over is an error."""
-    result = convert_file(config, output=output, name=name)
+    """Convert a mergekit config (mergekit-yaml, mergekit-multi or mergekit-moe) into a recipe.
+
+    What mergekit refuses, or mergepkg cannot carry over, is an error; what mergekit
+    ignores is a warning (an error with --strict)."""
+    result = convert_file(config, output=output, name=name, strict=strict)
     for note in result.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
     for warning in result.warnings:

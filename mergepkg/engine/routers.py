@@ -13,9 +13,13 @@ Follows mergekit-moe's `get_gate_params` (mergekit/moe/router.py), gate mode by 
   Each prompt runs alone, so padding never enters (mergekit pads a batch on the left).
 - `cheap_embed`: the base's token embeddings of the prompts (same tokenization), summed
   over tokens and prompts and scaled to unit norm; negative prompts' unit vector is
-  subtracted and the result scaled to unit norm again; the same row in every layer.
+  subtracted and the result scaled to unit norm again (always: mergekit-moe scales the
+  unit vector again, which can move its last bit); the same row in every layer. The
+  sums run in mergekit-moe's order, so the rows are its bits.
 - `random`: standard normal rows from a generator seeded by (recipe seed, router tensor
   name), like every random method's per-tensor seeds.
+- `uniform_random`: rows uniform in [-1/sqrt(hidden), 1/sqrt(hidden)), torch.nn.Linear's
+  default initialisation, from the same seeded generator.
 
 Invariants (tests): in the prompt-based modes every row has unit norm; the result does
 not depend on torch's thread count (on CPU the forward pass runs on one thread, since
@@ -24,6 +28,7 @@ a matrix product's rounding may depend on how threads split it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,11 +49,15 @@ def routers(layout: StepLayout, folders: dict[str, Path], *, device: str, seed: 
     step, moe = layout.step, layout.step.moe
     assert moe is not None and step.base is not None  # routers are tensors of an moe step, which has a base
     targets = [t for t in layout.tensors if not t.parts]
-    if moe.gate_mode == "random":
+    if moe.gate_mode in ("random", "uniform_random"):
         out = {}
         for t in targets:
             gen = torch.Generator(device=device).manual_seed(tensor_seed(seed, t.name, 0))
-            out[t.name] = torch.randn(t.info.shape, generator=gen, device=device)  # (rows, hidden)
+            if moe.gate_mode == "random":
+                out[t.name] = torch.randn(t.info.shape, generator=gen, device=device)  # (rows, hidden)
+            else:
+                scale = math.sqrt(1.0 / t.info.shape[-1])  # as mergekit-moe: 2 * scale * U[0, 1) - scale
+                out[t.name] = torch.rand(t.info.shape, generator=gen, device=device) * 2 * scale - scale
         return out
     experts = list(moe.experts) + ([moe.shared_expert] if moe.shared_expert else [])
     layers = 1 + max(_layer(t.name) for t in targets)
@@ -160,15 +169,20 @@ def cheap_embed_vectors(folder: Path, experts: Sequence[Expert], layers: int, de
         reader.close()
 
     def embedded(prompts: Sequence[str]) -> torch.Tensor:
-        total = torch.zeros(embed.shape[1], device=device)
-        for prompt in prompts:
-            total += embed[_encode(tokenizer, prompt).to(device)].sum(dim=0)  # (hidden,)
-        return _unit(total)
+        # as mergekit-moe sums them (a padded batch, summed over tokens, then over prompts),
+        # so that the float sums round alike: padding rows are zeros, which add nothing
+        ids = [_encode(tokenizer, prompt).to(device) for prompt in prompts]
+        rows = torch.zeros(
+            len(ids), max(len(i) for i in ids), embed.shape[1], device=device
+        )  # (prompts, tokens, hidden)
+        for b, i in enumerate(ids):
+            rows[b, : len(i)] = embed[i]
+        return _unit(rows.sum(dim=1).sum(dim=0))  # (hidden,)
 
     vectors = []
     for e in experts:
         v = embedded(e.prompts)
         if e.negative_prompts:
-            v = _unit(v - embedded(e.negative_prompts))
-        vectors.append(v)
+            v = v - embedded(e.negative_prompts)
+        vectors.append(_unit(v))  # a unit vector scaled to unit norm again, as mergekit-moe does: same bits
     return torch.stack(vectors)[None].expand(layers, -1, -1)  # (layers, experts, hidden)

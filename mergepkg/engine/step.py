@@ -77,6 +77,8 @@ def merge_tensor(
     dtype = step_dtype(layout, loaded)
     compute = compute_dtype(layout, loaded)
     saved = torch_dtype(out.info.dtype)
+    if method.copies:  # stored bytes, whatever the step's dtype is for
+        dtype = compute = saved
     # a result computed wider than the step's dtype is rounded to it before the saved dtype
     via = dtype if rounds(compute, dtype) and saved != dtype else saved
     loaded = [x.to(device=device, dtype=dtype) if rounds(x.dtype, dtype) else x.to(device=device) for x in loaded]

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from mergepkg._lazy import torch
 from mergepkg.methods.spec import MethodSpec, Param
 
-GATE_MODES = ("hidden", "cheap_embed", "random")
+GATE_MODES = ("hidden", "cheap_embed", "random", "uniform_random")
 PROMPTED = ("hidden", "cheap_embed")  # gate modes that read the prompts
 
 
@@ -53,7 +53,8 @@ SPEC = MethodSpec(
             "hidden",
             kind=str,
             choices=GATE_MODES,
-            doc="how router rows are made: hidden states, token embeddings of the prompts, or seeded noise",
+            doc="how router rows are made: hidden states, token embeddings of the prompts, or seeded noise "
+            "(normal, or uniform as torch.nn.Linear initialises)",
         ),
     ),
     summary="Mixture of experts: the base's attention, each expert's MLP, routers from prompts.",
@@ -61,4 +62,5 @@ SPEC = MethodSpec(
     base="required",
     min_inputs=1,
     stream=stream_copy,
+    copies=True,  # `dtype` is the gate forward pass's
 )

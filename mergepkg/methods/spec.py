@@ -92,6 +92,7 @@ class MethodSpec:
     max_inputs: int | None = None
     random: bool = False  # takes `rng`: one seeded generator per input
     fp32: bool = False  # computes in at least float32 whatever the step's dtype (as mergekit does)
+    copies: bool = False  # copies stored bytes: the step's `dtype` is not its tensors' (moe: the gates')
     # stream(base, tensors, *, compute, out_dtype, out=None, **params): the same result
     # as merge(converted inputs).to(out_dtype), from inputs in their stored dtype, in
     # cache-sized chunks (kernels/chunks.py), written into `out` when given (a reused buffer of

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from filelock import FileLock
-from helpers import THREE, load_tensors
+from helpers import THREE, load_tensors, plan_steps
 from hfcache import add_to_cache
 
 from mergepkg._toml import tomllib
@@ -26,13 +26,8 @@ EDIT_B = ('model = "ft3", weight = 0.5', 'model = "ft3", weight = 0.25')
 EDGES = {("base", "a"), ("ft1", "a"), ("ft2", "a"), ("a", "b"), ("ft3", "b"), ("ft2", "z"), ("ft3", "z")}
 METHODS = {"a": "task_arithmetic", "b": "linear", "z": "linear"}
 
+
 # -- helpers -------------------------------------------------------------------------
-PLAN_LINE = re.compile(
-    r"^[\s│├└─]*(?P<name>\S+) (?P<key>[0-9a-f]{12}) (?P<method>\S+) "
-    r"(?P<state>stored|build reads (?P<reads>.+?), writes (?P<writes>.+?))(?P<above> \(above\))?$"
-)
-
-
 def cli(capsys, *args) -> tuple[int, str, str]:
     """In-process `mergepkg ARGS`: (exit code, stdout, stderr)."""
     code = main([str(a) for a in args])
@@ -59,17 +54,6 @@ def lockf(recipe: Path) -> Path:
 
 def locked_keys(recipe: Path) -> dict[str, str]:
     return {s["name"]: s["key"] for s in tomllib.loads(lockf(recipe).read_text())["step"]}
-
-
-def plan_steps(text: str) -> dict[str, dict]:
-    """`mergepkg plan` stdout -> step name -> {key, method, state, reads, writes} (the
-    first time each step appears in the tree)."""
-    steps = {}
-    for line in text.splitlines():
-        m = PLAN_LINE.match(line)
-        if m and m["name"] not in steps:
-            steps[m["name"]] = m.groupdict()
-    return steps
 
 
 def store_keys(home: Path) -> set[str]:

@@ -22,41 +22,13 @@ from pathlib import Path
 
 import pytest
 from helpers import build_one, load_tensors
+from importing import CONFIGS, import_error, imported, line_of
 
 from mergepkg.cli.app import main
 from mergepkg.errors import RecipeError
 from mergepkg.importers.mergekit.convert import convert, import_mergekit
 from mergepkg.recipe.model import Condition
 from mergepkg.recipe.parse import parse_recipe
-
-CONFIGS = Path(__file__).parent / "mergekit_configs"
-
-
-def line_of(path_or_text, needle: str) -> int:
-    text = path_or_text.read_text() if isinstance(path_or_text, Path) else path_or_text
-    for i, line in enumerate(text.splitlines(), 1):
-        if needle in line:
-            return i
-    raise AssertionError(f"{needle!r} not found")
-
-
-def imported(yaml_text: str, tmp_path: Path, name: str = "config.yml", **kw):
-    """Convert a config written to tmp_path; return (result, parsed recipe)."""
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(yaml_text))
-    result = convert(path.read_text(), path, cwd=tmp_path, **kw)
-    recipe = parse_recipe(result.text, kw.get("recipe_dir", tmp_path) / "recipe.toml")
-    return result, recipe
-
-
-def import_error(yaml_text: str, tmp_path: Path) -> tuple[RecipeError, str]:
-    path = tmp_path / "bad.yml"
-    text = textwrap.dedent(yaml_text)
-    path.write_text(text)
-    with pytest.raises(RecipeError) as info:
-        convert(text, path, cwd=tmp_path)
-    return info.value, text
-
 
 # -- 1. mergekit's own configs ----------------------------------------------------------------
 
@@ -82,6 +54,8 @@ CONVERT = {
     "readme-chat-template.yml": {"readme-chat-template": ("ties", "Mistral-7B-v0.1", 2)},
     "readme-tokenizer-source-union.yml": {"readme-tokenizer-source-union": ("linear", None, 2)},
     "examples-arcee_fusion.yml": {"examples-arcee_fusion": ("arcee_fusion", "model_a", 1)},
+    # `pattern` has no effect (a warning): the first condition applies to every tensor
+    "examples-gradient-slerp-old.yml": {"examples-gradient-slerp-old": ("slerp", "orca_mini_v3_13b", 1)},
 }
 
 # config -> (key path, part of the message, text on the line the error names)
@@ -92,11 +66,16 @@ REFUSE = {
         "unknown merge method 'encoder_decoder_weighted'",
         "merge_method:",
     ),
-    "examples-whisper-lora-multilingual.yml": ("models[0].lora", "LoRA adapters are not supported", "lora:"),
+    # `lora` has no effect in mergekit 0.1.5 (a warning), which leaves one model listed twice
+    "examples-whisper-lora-multilingual.yml": (
+        "models[1].model",
+        "listed twice",
+        "- model: openai/whisper-large-v2  # Same base model",
+    ),
     "examples-whisper-merge-multilingual.yml": ("merge_method", "'slerp' needs a base_model", "merge_method:"),
-    "examples-chipalign.yml": ("parameters.geodesic", "has no parameter 'geodesic'", "geodesic: true"),
+    # geodesic and lambda have no effect (warnings); without them no model has its required weight
+    "examples-chipalign.yml": ("models[0]", "missing parameter 'weight'", "- model: instruction_model_path"),
     "examples-linear_small.yml": (None, "missing `merge_method`", "models:"),
-    "examples-gradient-slerp-old.yml": ("parameters.t[0].pattern", "unknown key 'pattern'", "pattern: self_attn"),
     "readme-tokenizer-practical.yml": (
         "tokenizer.tokens.<|im_start|>.source",
         "'chatml_model' is not one of the models merged here",
@@ -147,8 +126,11 @@ def test_readme_ties_example_details(tmp_path):
     assert wizard.params["weight"] == (Condition("mlp", 0.5), Condition(None, 0.0))
     assert step.params == {"normalize": True}  # int8_mask dropped ...
     assert step.dtype == step.out_dtype == "float16"
-    assert "# note: int8_mask dropped" in result.text  # ... with a note in the recipe
-    assert any("int8_mask" in n for n in result.notes)
+    # ... with a warning, also kept in the recipe
+    assert "# warning: parameters.int8_mask has no effect: a memory option" in result.text
+    assert result.warnings == [
+        "examples-ties: parameters.int8_mask has no effect: a memory option of mergekit that does not change results"
+    ]
 
 
 def test_long_params_become_a_table_that_errors_can_locate(tmp_path):
@@ -175,11 +157,13 @@ def test_multimerge_doc_stages_refer_to_each_other(tmp_path):
     assert list(named.steps) == ["first-merge", "second-merge", "bio"] and named.name == "bio"
 
 
-def test_base_model_parameters_are_dropped_with_a_note(tmp_path):
+def test_base_model_parameters_are_dropped_with_a_warning(tmp_path):
     path = CONFIGS / "examples-vlm-ties.yml"
     result = convert(path.read_text(), path, cwd=tmp_path)
-    assert "the base model's own parameters dropped" in result.text
-    assert "models[1].parameters.density" in result.text
+    assert (
+        "# warning: models[1].parameters.density has no effect: mergekit does not use the base model's own parameters"
+        in result.text
+    )
 
 
 # -- 2. mapping details ------------------------------------------------------------------------
@@ -388,10 +372,15 @@ def test_task_arithmetic_density_and_shared_params_on_models_dropped(tmp_path):
     step = recipe.steps["config"]
     assert step.inputs[0].params == {"weight": 0.5}
     assert step.params == {"lambda": 0.8}
-    text = result.text
-    assert "density dropped: task_arithmetic never sparsifies" in text
-    assert "parameters.density, models[0].parameters.density" in text
-    assert "lambda dropped here" in text and "int8_mask dropped" in text and "rescale dropped" in text
+    warned = {w.split(" has no effect")[0].removeprefix("config: ") for w in result.warnings}
+    assert warned == {
+        "models[0].parameters.density",
+        "models[0].parameters.lambda",
+        "parameters.density",
+        "parameters.rescale",
+        "parameters.int8_mask",
+    }
+    assert "method 'task_arithmetic' has no parameter 'density'" in result.text
 
 
 def test_passthrough_slices_with_scale_and_dropped_base(tmp_path):
@@ -412,7 +401,7 @@ def test_passthrough_slices_with_scale_and_dropped_base(tmp_path):
     step = recipe.steps["config"]
     assert step.base is None and step.tokenizer is None
     assert step.slices[1].sources[0].params["scale"] == (Condition("down_proj", 0.5), Condition(None, 1.0))
-    assert "base_model dropped" in result.text
+    assert "# warning: base_model has no effect: mergekit does not use it for passthrough slices" in result.text
 
 
 def test_names_are_sanitised_and_unique(tmp_path):
@@ -496,59 +485,6 @@ BAD = {
         "merge_method",
         "'multislerp' method is not supported",
         "merge_method:",
-    ),
-    "unknown parameter": (
-        """
-        merge_method: ties
-        base_model: org/base
-        models:
-          - model: org/a
-            parameters: {weight: 1}
-          - model: org/b
-            parameters:
-              weight: 1
-              foo: 2
-    """,
-        "models[1].parameters.foo",
-        "has no parameter 'foo'",
-        "foo: 2",
-    ),
-    "typo parameter": (
-        """
-        merge_method: ties
-        base_model: org/base
-        models: [{model: org/a, parameters: {weight: 1}}]
-        parameters:
-          densty: 0.5
-    """,
-        "parameters.densty",
-        "has no parameter 'densty'",
-        "densty:",
-    ),
-    "LoRA ref": (
-        """
-        merge_method: linear
-        models:
-          - model: org/a
-            parameters: {weight: 1}
-          - model: org/a+org/adapter
-            parameters: {weight: 1}
-    """,
-        "models[1].model",
-        "LoRA references",
-        "org/a+org/adapter",
-    ),
-    "LoRA ref in a slice": (
-        """
-        merge_method: passthrough
-        slices:
-          - sources:
-              - model: org/a+org/adapter
-                layer_range: [0, 2]
-    """,
-        "slices[0].sources[0].model",
-        "LoRA references",
-        "org/a+org/adapter",
     ),
     "tokenizer block with source base and no base": (
         """
@@ -719,18 +655,8 @@ BAD = {
         slices: [{sources: [{model: org/a, layer_range: [0, 1]}]}]
     """,
         "slices",
-        "exactly one of `models` or `slices`",
+        "exactly one of `models`, `slices` or `modules`",
         "slices:",
-    ),
-    "unknown top-level key": (
-        """
-        merge_method: linear
-        models: [{model: org/a, parameters: {weight: 1}}]
-        dtpye: float16
-    """,
-        "dtpye",
-        "unknown key 'dtpye'",
-        "dtpye",
     ),
     "unsupported dtype": (
         """
@@ -762,10 +688,70 @@ BAD = {
             models: [{model: org/a}]
     """,
         "modules",
-        "`modules`",
+        "per-module merges of multi-module models are not supported",
         "modules:",
     ),
 }
+
+
+# what mergekit 0.1.5 accepts and ignores: a warning naming the key, an error with strict
+IGNORED = {
+    "unknown parameter": (
+        """
+        merge_method: ties
+        base_model: org/base
+        models:
+          - model: org/a
+            parameters: {weight: 1}
+          - model: org/b
+            parameters:
+              weight: 1
+              foo: 2
+    """,
+        "models[1].parameters.foo",
+        "has no effect: method 'ties' has no parameter 'foo'",
+        "foo: 2",
+    ),
+    "typo parameter": (
+        """
+        merge_method: ties
+        base_model: org/base
+        models: [{model: org/a, parameters: {weight: 1}}]
+        parameters:
+          densty: 0.5
+    """,
+        "parameters.densty",
+        "has no effect: method 'ties' has no parameter 'densty'",
+        "densty:",
+    ),
+    "unknown top-level key": (
+        """
+        merge_method: linear
+        models: [{model: org/a, parameters: {weight: 1}}]
+        dtpye: float16
+    """,
+        "dtpye",
+        "has no effect: mergekit 0.1.5 does not read this key",
+        "dtpye",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(IGNORED))
+def test_ignored_keys_warn_and_strict_refuses_them(case, tmp_path):
+    config, key, message, on_line = IGNORED[case]
+    path = tmp_path / "cfg.yml"
+    text = textwrap.dedent(config)
+    path.write_text(text)
+    result = convert(text, path, cwd=tmp_path)
+    assert [w for w in result.warnings if f": {key} {message}" in w], result.warnings
+    assert f"# warning: {key} {message}" in result.text
+    with pytest.raises(RecipeError) as info:
+        convert(text, path, cwd=tmp_path, strict=True)
+    e = info.value
+    assert (e.key, e.line, e.file) == (key, line_of(text, on_line), str(path)), str(e)
+    assert message.removeprefix("has no effect: ") in e.message and "has no effect" in e.message
+    assert "mergekit 0.1.5 accepts it" in e.hint or "did you mean" in e.hint
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -822,11 +808,11 @@ def test_multi_document_errors(tmp_path):
         name: y
         merge_method: linear
         models: [{model: org/b, parameters: {weight: 1}}]
-        foo: 1
+        dtype: int8
     """,
         tmp_path,
     )
-    assert e.key == "foo" and e.line == line_of(text, "foo: 1")
+    assert e.key == "dtype" and e.line == line_of(text, "dtype: int8")
 
 
 # -- 4. the CLI --------------------------------------------------------------------------------
@@ -837,7 +823,7 @@ def test_cli_prints_the_recipe(tmp_path, capsys):
     assert main(["import", str(config)]) == 0
     cap = capsys.readouterr()
     assert cap.out == import_mergekit(config.read_text(), config)
-    assert "note:" in cap.err and "int8_mask" in cap.err
+    assert "warning: examples-ties: parameters.int8_mask has no effect" in cap.err
 
 
 def test_cli_writes_the_recipe_and_it_builds_offline(tmp_path, capsys, models):
@@ -865,8 +851,14 @@ def test_cli_errors_exit_1_with_location(tmp_path, capsys):
     config = CONFIGS / "examples-whisper-lora-multilingual.yml"
     assert main(["import", str(config), "-o", str(tmp_path / "x.toml")]) == 1
     cap = capsys.readouterr()
-    assert f"{config}:{line_of(config, 'lora:')}: models[0].lora" in cap.err
-    assert "LoRA adapters are not supported" in cap.err
+    assert f"{config}:{line_of(config, '# Same base model')}: models[1].model" in cap.err
+    assert "listed twice" in cap.err and "Traceback" not in cap.err
+    assert not (tmp_path / "x.toml").exists()
+    # --strict: a key mergekit ignores is an error at its line, and nothing is written
+    ties = CONFIGS / "examples-ties.yml"
+    assert main(["import", str(ties), "--strict", "-o", str(tmp_path / "x.toml")]) == 1
+    err = capsys.readouterr().err
+    assert f"{ties}:{line_of(ties, 'int8_mask')}: parameters.int8_mask: has no effect" in err
     assert not (tmp_path / "x.toml").exists()
     assert main(["import", str(tmp_path / "missing.yml")]) == 1
     assert "config file not found" in capsys.readouterr().err
@@ -1070,3 +1062,84 @@ def test_parity_with_mergekit(case, mergekit_out, models, tmp_path):
         soup = (ft1[name] + ft2[name]) / 2
         expected = base[name] + 0.8 * (soup - base[name]) + 0.3 * (ft3[name] - base[name])
         torch.testing.assert_close(ours[name], expected, **TOL)
+
+
+# -- LoRA references: model+adapter -------------------------------------------------------------
+
+
+def test_lora_references_become_adapter_sources_applied_with_plus(tmp_path):
+    result, recipe = imported(
+        """
+        merge_method: task_arithmetic
+        base_model: org/base
+        models:
+          - model: org/base+org/adapter@v2
+            parameters: {weight: 0.5}
+          - model: {model: {path: org/base}, lora: {path: org/other, revision: abc}}
+            parameters: {weight: 0.3}
+          - model: org/chat+org/adapter@v2
+            parameters: {weight: 0.2}
+        """,
+        tmp_path,
+    )
+    assert (recipe.sources["adapter"].hf, recipe.sources["other"].hf) == ("org/adapter", "org/other")
+    assert (recipe.sources["adapter"].revision, recipe.sources["other"].revision) == ("v2", "abc")
+    step = recipe.steps["config"]
+    assert step.base == "base"
+    assert [i.model for i in step.inputs] == ["base+adapter", "base+other", "chat+adapter"]
+    assert (recipe.steps["base+adapter"].base, recipe.steps["base+adapter"].adapter) == ("base", "adapter")
+    assert recipe.adapters == {"adapter", "other"}
+    assert 'model = "base+adapter"' in result.text
+
+
+def test_lora_references_in_slices_and_renamed_sources(tmp_path):
+    _, recipe = imported(
+        """
+        merge_method: passthrough
+        slices:
+          - sources:
+              - model: org/base+org/ad
+                layer_range: [0, 2]
+          - sources:
+              - model: org/base
+                layer_range: [2, 4]
+        tokenizer_source: org/base
+        """,
+        tmp_path,
+    )
+    # `tokenizer = "base"` would mean the step's base: the source named base is renamed, in `+` too
+    step = recipe.steps["config"]
+    assert [sl.sources[0].model for sl in step.slices] == ["base-model+ad", "base-model"]
+    assert step.tokenizer == "base-model" and recipe.steps["base-model+ad"].base == "base-model"
+
+
+@pytest.mark.parametrize(
+    ("model", "key", "message"),
+    [
+        ("org/a+org/b+org/c", "models[0].model", "invalid model reference 'org/a+org/b+org/c': more than one '+'"),
+        ("org/a+", "models[0].model", "expected a LoRA adapter (org/name, org/name@revision or a folder), got str ''"),
+        ("org/a+org/b@x@y", "models[0].model", "invalid adapter reference 'org/b@x@y': more than one '@'"),
+        ("{model: org/a, lora: {path: org/b, rank: 2}}", "models[0].model.lora.rank", "unknown key 'rank'"),
+        ("org/a+first", "models[0].model", "'first' names a merge of this file; a LoRA adapter is a Hugging Face repo"),
+        ("org/a+org/z", "models[1].model", "'org/z' is a LoRA adapter in one reference and a model in another"),
+    ],
+)
+def test_lora_reference_errors_are_located(tmp_path, model, key, message):
+    second = "org/z+org/a" if model == "org/a+org/z" else "org/c"
+    e, text = import_error(
+        f"""
+        name: first
+        merge_method: linear
+        models: [{{model: org/x, parameters: {{weight: 1}}}}, {{model: org/y, parameters: {{weight: 1}}}}]
+        ---
+        merge_method: linear
+        models:
+          - model: {model}
+            parameters: {{weight: 1}}
+          - model: {second}
+            parameters: {{weight: 1}}
+        """,
+        tmp_path,
+    )
+    assert message in e.message and e.key == key, (e.key, e.message)
+    assert e.line == line_of(text, f"model: {model}" if key.startswith("models[0]") else f"model: {second}")

@@ -170,6 +170,20 @@ def test_random_rows_are_seeded_per_tensor_and_need_no_prompts(write_recipe, tmp
     assert a[gates[0]].shape == (2, 32)
 
 
+def test_uniform_random_rows_are_seeded_and_within_linear_init_bounds(write_recipe, tmp_path):
+    """mergekit-moe's uniform_random: U[-1/sqrt(hidden), 1/sqrt(hidden)), as torch.nn.Linear initialises."""
+    path = write_recipe(moe_step("uniform_random", 'experts = ["ft1", "ft2"]'))
+    a = weights(next(iter(build_recipe(path, tmp_path / "a").outputs.values())))
+    b = weights(next(iter(build_recipe(path, tmp_path / "b").outputs.values())))
+    gates = [f"model.layers.{i}.block_sparse_moe.gate.weight" for i in range(4)]
+    bound = 1 / 32**0.5
+    for g in gates:
+        assert torch.equal(a[g], b[g]) and a[g].shape == (2, 32)
+        assert a[g].abs().max() <= bound and a[g].abs().max() > 0.5 * bound  # spread over the range
+    assert not torch.equal(a[gates[0]], a[gates[1]])
+    generates(load(tmp_path / "a"), tmp_path / "a")
+
+
 def test_the_base_may_be_an_expert_with_the_opt_in(write_recipe, tmp_path, models):
     experts = """experts = [
       { model = "base", prompts = ["hello"], allow_base_expert = true },
@@ -447,7 +461,10 @@ def test_unknown_gate_mode_suggests_one(write_recipe, capsys):
     path = write_recipe(moe_step("hiden")).resolve()
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
-    assert "steps.m.params.gate_mode: expected one of 'hidden', 'cheap_embed', 'random', got 'hiden'" in err
+    assert (
+        "steps.m.params.gate_mode: expected one of 'hidden', 'cheap_embed', 'random', 'uniform_random', got 'hiden'"
+        in err
+    )
     assert "did you mean 'hidden'" in err.lower()
 
 
@@ -514,7 +531,7 @@ experts = [
 
 
 def test_editing_one_expert_rebuilds_that_expert_and_the_moe_only(write_recipe, tmp_path, capsys):
-    from test_cli_store import plan_steps
+    from helpers import plan_steps
 
     path = write_recipe(CACHED).resolve()
     first = build_recipe(path, tmp_path / "out")

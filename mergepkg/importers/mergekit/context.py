@@ -1,5 +1,10 @@
 """What the parts of the converter share: the step being built, the document it comes from,
-errors located at that document's lines and notes kept on the step."""
+errors located at that document's lines, and what is kept on the step on the way.
+
+Two kinds of remarks are kept: a *note* records that the recipe says something the
+config said in another way (e.g. `out_dtype = dtype`); an *ignored* key is one mergekit
+0.1.5 accepts and never uses, carried over as a warning that names the key and says it
+has no effect — or, with `strict`, refused as an error at that key."""
 
 from __future__ import annotations
 
@@ -12,9 +17,7 @@ from mergepkg.errors import did_you_mean
 from mergepkg.importers.mergekit.documents import Doc
 from mergepkg.recipe.tables import TableReader
 
-LORA_HINT = (
-    "merge the adapter into its model first (peft's merge_and_unload), save that folder and name the folder instead"
-)
+IGNORED_HINT = "mergekit 0.1.5 accepts it and does nothing with it; remove it (or import without --strict)"
 
 
 @dataclass
@@ -34,7 +37,10 @@ class Step:
     union: bool = False  # tokenizer source "union" (`tokenizer` then names no model)
     tokens: dict[str, dict] = field(default_factory=dict)  # tokenizer.tokens: token -> { source, force }
     pad_to_multiple_of: int | None = None
+    chat_template: str | None = None  # "auto", a built-in name, a model of the step or Jinja text
+    moe: dict | None = None  # an moe step: { experts, shared_expert, params }
     notes: dict[str, list[str]] = field(default_factory=dict)  # note -> key paths it applies to
+    ignored: dict[str, str] = field(default_factory=dict)  # key path -> why it has no effect
     refs: dict[str, str] = field(default_factory=dict)  # step names it reads -> key path
 
     @property
@@ -43,6 +49,9 @@ class Step:
         names = [self.base] if self.base else []
         names += [i["model"] for i in self.inputs]
         names += [s["model"] for sl in self.slices for s in sl["sources"]]
+        if self.moe is not None:
+            names += [e["model"] for e in self.moe["experts"]]
+            names += [self.moe["shared_expert"]["model"]] if self.moe.get("shared_expert") else []
         return list(dict.fromkeys(names))
 
 
@@ -50,8 +59,9 @@ class Context(TableReader):
     """The document being read (`doc`) and the step being built (`step`): errors are located
     at the document's YAML lines, notes are kept on the step."""
 
-    def __init__(self, text: str, path: Path) -> None:
+    def __init__(self, text: str, path: Path, *, strict: bool = False) -> None:
         super().__init__(text, path)
+        self.strict = strict
         self.doc: Doc | None = None
         self.step: Step | None = None
 
@@ -73,18 +83,31 @@ class Context(TableReader):
         assert self.step is not None, "a note outside a step"
         self.step.notes.setdefault(message, []).append(key)
 
+    def ignored(self, key: str, why: str, hint: str | None = None) -> None:
+        """`key` is accepted by mergekit and has no effect: a warning, or an error when strict."""
+        assert self.step is not None, "an ignored key outside a step"
+        if self.strict:
+            raise self.error(key, f"has no effect: {why}", hint or IGNORED_HINT)
+        self.step.ignored.setdefault(key, why + (f" ({hint})" if hint else ""))
+
     def only_keys(self, table: Iterable[Any], allowed: Collection[str], key: str) -> None:
-        """As TableReader.only_keys, with a LoRA adapter (`lora`) refused as such."""
-        keys = list(table)
-        if next((k for k in keys if k not in allowed), None) == "lora":
-            raise self.error(f"{key}.lora", "LoRA adapters are not supported", LORA_HINT)
-        super().only_keys(keys, allowed, key)
+        """Keys mergekit's config model does not declare: pydantic drops them, so do we, with a warning."""
+        for k in table:
+            if k not in allowed:
+                self.unknown_key(k, allowed, key)
+
+    def unknown_key(self, k: Any, allowed: Collection[str], key: str) -> None:
+        where = f"{key}.{k}" if key else str(k)
+        why = "mergekit 0.1.5 does not read this key"
+        if k == "lora":
+            hint = "to apply a LoRA adapter, write the model as `model: base+adapter`"
+        else:
+            close = did_you_mean(str(k), allowed)
+            hint = close if close and close.startswith("did you mean") else None
+        self.ignored(where, why, hint)
 
     def unknown_key_hint(self, key: str, allowed: Collection[str]) -> str:
         close = did_you_mean(key, allowed)
         if close and close.startswith("did you mean"):
             return close
-        return (
-            "mergekit 0.1.5 ignores unknown keys; mergepkg import refuses them so that nothing is lost "
-            "silently. Known here: " + ", ".join(allowed)
-        )
+        return "known here: " + ", ".join(allowed)

@@ -4,10 +4,12 @@ reads the documents, names the steps and runs the other modules of this package 
 A mergekit config is read the way mergekit 0.1.5 reads it and written as one recipe:
 a single config becomes one step; a mergekit-multi file (several YAML documents, each
 with a `name`, later ones naming earlier ones as models) becomes one step per
-document. Model references become `[sources]`; everything mergepkg cannot express is
-refused with an error at the config's line and key path, and what mergekit ignores
-anyway (or what cannot change the merged tensors) is dropped with a note that the
-recipe keeps as a comment. docs/commands/import.md lists what maps to what.
+document; a mergekit-moe config becomes an `moe` step (moe.py). Model references
+become `[sources]`. One rule for strictness: what mergekit refuses is refused, with an
+error at the config's line and key path; what mergekit accepts and ignores is dropped
+with a warning that names the key and says it has no effect (an error with `strict`);
+where the recipe says something in another way, a note says how. Warnings and notes
+stay in the recipe as comments. docs/commands/import.md lists what maps to what.
 
 Nothing here prints: `convert` returns the recipe text and the notes, `convert_file` also
 reads the config and writes the recipe; the CLI shows them.
@@ -25,11 +27,13 @@ from mergepkg.files import write_atomic
 from mergepkg.importers.mergekit.context import Context, Step
 from mergepkg.importers.mergekit.documents import Doc, load_documents
 from mergepkg.importers.mergekit.models import sliced, whole_models
-from mergepkg.importers.mergekit.params import read_params
+from mergepkg.importers.mergekit.moe import MOE_KEYS, convert_moe
+from mergepkg.importers.mergekit.params import layered, read_params
 from mergepkg.importers.mergekit.refs import Refs, sanitize
 from mergepkg.importers.mergekit.render import render
-from mergepkg.importers.mergekit.tokenizer import tokenizer_block, tokenizer_source
+from mergepkg.importers.mergekit.tokenizer import chat_template, tokenizer_block, tokenizer_source
 from mergepkg.methods import METHODS
+from mergepkg.recipe.chat import builtin_names
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.names import NAME_HINT, package_name_problem
 from mergepkg.recipe.parse import parse_recipe
@@ -51,8 +55,7 @@ TOP_KEYS = (
     "modules",
     "name",
 )
-# mergekit-moe configs: a different tool and format
-MOE_KEYS = ("experts", "gate_mode", "experts_per_token", "shared_experts")
+MODULE_KEYS = ("models", "slices", "parameters")
 
 IMPORTABLE = [m for m in METHODS if m != "moe"]  # mergekit-yaml has no moe method (that is mergekit-moe)
 SUPPORTED_TEXT = ", ".join(IMPORTABLE)
@@ -62,12 +65,20 @@ SUPPORTED_TEXT = ", ".join(IMPORTABLE)
 class ImportResult:
     text: str  # the recipe (TOML)
     notes: list[str]  # what was dropped or changed on the way (also comments in `text`)
-    warnings: list[str] = field(default_factory=list)  # problems of the surroundings (folders not found)
+    # keys mergekit accepts and ignores ("KEY has no effect: why"), and problems of the
+    # surroundings (local folders not found)
+    warnings: list[str] = field(default_factory=list)
     recipe: Recipe | None = None  # the recipe as mergepkg parses it, when its folders exist
 
 
 def import_mergekit(
-    text: str, path: Path, *, name: str | None = None, recipe_dir: Path | None = None, cwd: Path | None = None
+    text: str,
+    path: Path,
+    *,
+    name: str | None = None,
+    recipe_dir: Path | None = None,
+    cwd: Path | None = None,
+    strict: bool = False,
 ) -> str:
     """The recipe TOML for the mergekit config `text` read from `path`.
 
@@ -75,21 +86,30 @@ def import_mergekit(
     `recipe_dir`: the folder the recipe will live in; local model paths are written
     relative to it (default: the config's folder). `cwd`: the folder relative model
     paths of the config are resolved against, as mergekit does (default: the current one).
+    `strict`: a key mergekit accepts and ignores is an error instead of a warning.
     """
-    return convert(text, path, name=name, recipe_dir=recipe_dir, cwd=cwd).text
+    return convert(text, path, name=name, recipe_dir=recipe_dir, cwd=cwd, strict=strict).text
 
 
 def convert(
-    text: str, path: Path, *, name: str | None = None, recipe_dir: Path | None = None, cwd: Path | None = None
+    text: str,
+    path: Path,
+    *,
+    name: str | None = None,
+    recipe_dir: Path | None = None,
+    cwd: Path | None = None,
+    strict: bool = False,
 ) -> ImportResult:
-    """As `import_mergekit`, with the notes and the parsed recipe."""
+    """As `import_mergekit`, with the notes, the warnings and the parsed recipe."""
     path = Path(path)
     if name is not None and (problem := package_name_problem(name)) is not None:
         raise RecipeError(f"--name: {problem}", hint=NAME_HINT)
-    return _Importer(text, path, name=name, recipe_dir=recipe_dir, cwd=cwd).run()
+    return _Importer(text, path, name=name, recipe_dir=recipe_dir, cwd=cwd, strict=strict).run()
 
 
-def convert_file(config: Path, *, output: Path | None = None, name: str | None = None) -> ImportResult:
+def convert_file(
+    config: Path, *, output: Path | None = None, name: str | None = None, strict: bool = False
+) -> ImportResult:
     """Convert the config file `config`. With `output`, local paths are written relative to its
     folder and the recipe is written there (whole or not at all); else relative to the config's."""
     try:
@@ -101,7 +121,7 @@ def convert_file(config: Path, *, output: Path | None = None, name: str | None =
     if output is not None and output.is_dir():
         raise RecipeError("the output is a folder", file=output, hint="name the recipe file, e.g. -o recipe.toml")
     recipe_dir = output.parent if output is not None else config.parent
-    result = convert(text, config, name=name, recipe_dir=recipe_dir)
+    result = convert(text, config, name=name, recipe_dir=recipe_dir, strict=strict)
     if output is not None:
         try:
             write_atomic(output, result.text)
@@ -115,19 +135,22 @@ def convert_file(config: Path, *, output: Path | None = None, name: str | None =
 
 
 class _Importer:
-    def __init__(self, text: str, path: Path, *, name: str | None, recipe_dir: Path | None, cwd: Path | None) -> None:
+    def __init__(
+        self, text: str, path: Path, *, name: str | None, recipe_dir: Path | None, cwd: Path | None, strict: bool
+    ) -> None:
         self.text, self.path = text, path
         self.name = name
         folder = recipe_dir if recipe_dir is not None else (path.parent if str(path.parent) else ".")
         self.recipe_dir = Path(folder).resolve()
-        self.ctx = Context(text, path)
+        self.ctx = Context(text, path, strict=strict)
+        self.docs: list[Doc] = []
         self.refs = Refs(
             self.ctx, recipe_dir=self.recipe_dir, cwd=Path(cwd if cwd is not None else os.getcwd()).resolve()
         )
 
     def run(self) -> ImportResult:
         ctx, refs = self.ctx, self.refs
-        docs = [d for d in load_documents(self.text, ctx.display) if d.data is not None]
+        docs = self.docs = [d for d in load_documents(self.text, ctx.display) if d.data is not None]
         if not docs:
             raise RecipeError(
                 "the file holds no mergekit config",
@@ -151,9 +174,13 @@ class _Importer:
                 refs.rename("base", refs.reserve("base-model"), steps)
             if s.union and "union" in s.models:  # and "union" the union, not a model
                 refs.rename("union", refs.reserve("union-model"), steps)
+            for clash in ("auto", *builtin_names()):  # a chat_template names these, not a model
+                if s.chat_template and clash in s.models:
+                    refs.rename(clash, refs.reserve(f"{clash}-model"), steps)
         text = render(self.path.name, package, refs.sources, steps)
         notes = [f"{s.name}: {msg} ({', '.join(dict.fromkeys(keys))})" for s in steps for msg, keys in s.notes.items()]
-        result = ImportResult(text=text, notes=notes)
+        ignored = [f"{s.name}: {key} has no effect: {why}" for s in steps for key, why in s.ignored.items()]
+        result = ImportResult(text=text, notes=notes, warnings=ignored)
         self.self_check(result)
         return result
 
@@ -211,12 +238,8 @@ class _Importer:
         ctx, refs = self.ctx, self.refs
         data = step.doc.data
         if any(k in data for k in MOE_KEYS) and "merge_method" not in data:
-            key = next(k for k in MOE_KEYS if k in data)
-            raise ctx.error(
-                key,
-                "this is a mergekit-moe config; mergepkg imports mergekit-yaml configs only",
-                "write an `moe` step by hand instead (docs/moe.md)",
-            )
+            convert_moe(ctx, refs, step, data, self.dtype)
+            return
         if "merge_method" not in data:
             raise ctx.error("", "missing `merge_method`", f"mergepkg supports: {SUPPORTED_TEXT}")
         method = data["merge_method"]
@@ -234,40 +257,22 @@ class _Importer:
             )
         spec = METHODS[method]
         step.method = method
-        for k in data:  # not ctx.only_keys: a top-level key may be no string, and `lora` is unknown here
-            if k not in TOP_KEYS:
-                raise ctx.error(str(k), f"unknown key {k!r}", ctx.unknown_key_hint(str(k), TOP_KEYS))
-        if data.get("modules") is not None:
-            raise ctx.error(
-                "modules",
-                "`modules` (per-module merges of multi-module models) is not supported",
-                "use `models` or `slices`",
-            )
+        ctx.only_keys(data, TOP_KEYS, "")
+        if data.get("name") is not None and len(self.docs) == 1:
+            ctx.ignored("name", "mergekit-yaml does not read it (only mergekit-multi names its documents)")
         if data.get("tokenizer") is not None and data.get("tokenizer_source") is not None:
             raise ctx.error(
                 "tokenizer",
                 "both `tokenizer_source` and `tokenizer` are set",
                 "mergekit refuses both; keep the `tokenizer` block",
             )
-        if data.get("chat_template") is not None:
-            ctx.note(
-                "chat_template dropped: mergepkg copies the tokenizer files as they are; "
-                "set the template on the output's tokenizer after the build",
-                "chat_template",
-            )
-        # a single document's `name` (a one-stage mergekit-multi file) is ignored: the step is named after the output
         base = refs.model_ref(data["base_model"], "base_model") if data.get("base_model") is not None else None
-        has_models, has_slices = data.get("models") is not None, data.get("slices") is not None
-        if has_models == has_slices:
-            raise ctx.error(
-                "slices" if has_slices else "",
-                "expected exactly one of `models` or `slices`" + (", not both" if has_models else ""),
-            )
         step.params = read_params(ctx, data.get("parameters"), spec, "parameters", level="step")
-        if has_models:
-            whole_models(ctx, refs, step, spec, data["models"], base)
+        where, body = self.body(step, data)
+        if where.endswith("models"):
+            whole_models(ctx, refs, step, spec, body, base, where)
         else:
-            sliced(ctx, refs, step, spec, data["slices"], base)
+            sliced(ctx, refs, step, spec, body, base, where)
         step.dtype = self.dtype(data.get("dtype"), "dtype") or AUTO  # no dtype: mergekit computes in the inputs'
         step.out_dtype = self.dtype(data.get("out_dtype"), "out_dtype")
         if step.dtype != AUTO and step.out_dtype is None:
@@ -275,6 +280,40 @@ class _Importer:
             ctx.note("out_dtype = dtype, the dtype mergekit declares for its output when out_dtype is not set", "dtype")
         tokenizer_source(ctx, refs, step, data.get("tokenizer_source"), base)
         tokenizer_block(ctx, refs, step, data.get("tokenizer"), base)
+        step.chat_template = chat_template(ctx, data.get("chat_template"))
+
+    def body(self, step: Step, data: dict) -> tuple[str, Any]:
+        """(key path, value) of what the document merges: `models`, `slices` or the one
+        module of `modules`, whose parameters then sit between the slices' and the top level's."""
+        ctx = self.ctx
+        present = [k for k in ("models", "slices", "modules") if data.get(k)]
+        if len(present) != 1:
+            raise ctx.error(
+                present[1] if len(present) > 1 else "",
+                "expected exactly one of `models`, `slices` or `modules`" + (", not several" if present else ""),
+                "mergekit refuses this too",
+            )
+        if present[0] != "modules":
+            return present[0], data[present[0]]
+        modules = data["modules"]
+        if not isinstance(modules, dict) or len(modules) != 1 or "default" not in modules:
+            raise ctx.error(
+                "modules",
+                "per-module merges of multi-module models are not supported: expected the one module `default`",
+                "mergekit writes `modules: {default: ...}` for ordinary (one-module) models; "
+                "other modules are parts of multi-module architectures, which mergepkg does not merge",
+            )
+        module, key = modules["default"], "modules.default"
+        if not isinstance(module, dict):
+            raise ctx.error(key, f"expected {{ slices: [...] }} or {{ models: [...] }}, got {show(module)}")
+        ctx.only_keys(module, MODULE_KEYS, key)
+        inner = [k for k in ("models", "slices") if module.get(k)]
+        if len(inner) != 1:
+            raise ctx.error(key, "expected exactly one of `models` or `slices`", "mergekit refuses this too")
+        spec = METHODS[step.method]
+        own = read_params(ctx, module.get("parameters"), spec, f"{key}.parameters", level="step")
+        step.params = {name: layered(own.get(name), step.params.get(name)) for name in {**step.params, **own}}
+        return f"{key}.{inner[0]}", module[inner[0]]
 
     def dtype(self, value: Any, key: str) -> str | None:
         """A mergekit dtype (`bfloat16`, `torch.bfloat16`) as the recipe's."""

@@ -11,18 +11,20 @@ from mergepkg.importers.mergekit.refs import Refs
 from mergepkg.methods.spec import MethodSpec
 from mergepkg.recipe.tables import show
 
-MODEL_KEYS = ("model", "parameters")
+MODEL_KEYS = ("model", "parameters", "revision")
 SLICE_KEYS = ("sources", "parameters", "base_model", "residual_weight")
-SOURCE_KEYS = ("model", "layer_range", "parameters")
+SOURCE_KEYS = ("model", "layer_range", "parameters", "revision")
 
 
-def whole_models(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, entries: Any, base: str | None) -> None:
-    """`models: [{ model, parameters }]` as the step's base and inputs."""
+def whole_models(
+    ctx: Context, refs: Refs, step: Step, spec: MethodSpec, entries: Any, base: str | None, where: str = "models"
+) -> None:
+    """`models: [{ model, parameters }]` as the step's base and inputs; `where`: their key path."""
     if not isinstance(entries, list) or not entries:
-        raise ctx.error("models", "expected a list of { model: ..., parameters: ... }")
+        raise ctx.error(where, "expected a list of { model: ..., parameters: ... }")
     items: list[tuple[str, Any, str]] = []  # (name, raw params, key)
     for i, entry in enumerate(entries):
-        key = f"models[{i}]"
+        key = f"{where}[{i}]"
         if isinstance(entry, str):
             raise ctx.error(
                 key,
@@ -34,7 +36,7 @@ def whole_models(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, entries
         ctx.only_keys(entry, MODEL_KEYS, key)
         if entry.get("model") is None:
             raise ctx.error(key, "missing `model`")
-        name = refs.model_ref(entry["model"], f"{key}.model")
+        name = _model(ctx, refs, entry, key)
         if any(n == name for n, _, _ in items):
             raise ctx.error(
                 f"{key}.model",
@@ -68,7 +70,7 @@ def whole_models(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, entries
         params = read_params(ctx, raw, spec, f"{key}.parameters", level="base" if is_base else "input")
         if not is_base:
             step.inputs.append({"model": name, **params})
-    _check_count(ctx, spec, len(step.inputs), "models")
+    _check_count(ctx, spec, len(step.inputs), where)
     for p in spec.params:
         if not p.required:
             continue
@@ -87,13 +89,16 @@ def whole_models(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, entries
                 )
 
 
-def sliced(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, raw: Any, base: str | None) -> None:
-    """`slices: [{ sources: [{ model, layer_range, parameters }], parameters }]` as the step's slices."""
+def sliced(
+    ctx: Context, refs: Refs, step: Step, spec: MethodSpec, raw: Any, base: str | None, where: str = "slices"
+) -> None:
+    """`slices: [{ sources: [{ model, layer_range, parameters }], parameters }]` as the step's slices;
+    `where`: their key path."""
     if not isinstance(raw, list) or not raw:
-        raise ctx.error("slices", "expected a list of { sources: [...] }")
+        raise ctx.error(where, "expected a list of { sources: [...] }")
     if spec.base == "none":
         if base is not None:
-            ctx.note(f"base_model dropped: mergekit does not use it for {spec.name} slices", "base_model")
+            ctx.ignored("base_model", f"mergekit does not use it for {spec.name} slices")
     else:
         if spec.base == "required" and base is None:
             raise ctx.error(
@@ -102,7 +107,7 @@ def sliced(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, raw: Any, bas
             )
         step.base = base
     for si, sl in enumerate(raw):
-        key = f"slices[{si}]"
+        key = f"{where}[{si}]"
         if not isinstance(sl, dict):
             raise ctx.error(key, f"expected {{ sources: [...] }}, got {show(sl)}")
         ctx.only_keys(sl, SLICE_KEYS, key)
@@ -115,7 +120,7 @@ def sliced(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, raw: Any, bas
                     "use one base_model for the whole merge (split it into several merges otherwise)",
                 )
         if sl.get("residual_weight") is not None:
-            ctx.note("residual_weight dropped: mergekit 0.1.5 reads it but never uses it", f"{key}.residual_weight")
+            ctx.ignored(f"{key}.residual_weight", "mergekit 0.1.5 reads it but never uses it")
         sources = sl.get("sources")
         if not isinstance(sources, list) or not sources:
             raise ctx.error(f"{key}.sources", "expected a list of { model: ..., layer_range: [start, end] }")
@@ -128,7 +133,7 @@ def sliced(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, raw: Any, bas
             ctx.only_keys(src, SOURCE_KEYS, skey)
             if src.get("model") is None:
                 raise ctx.error(skey, "missing `model`")
-            name = refs.model_ref(src["model"], f"{skey}.model")
+            name = _model(ctx, refs, src, skey)
             if any(s["model"] == name for s in out_sources):
                 raise ctx.error(
                     f"{skey}.model",
@@ -185,9 +190,28 @@ def sliced(ctx: Context, refs: Refs, step: Step, spec: MethodSpec, raw: Any, bas
         step.tokenizer = base  # mergekit copies the base model's tokenizer
 
 
+def _model(ctx: Context, refs: Refs, entry: dict, key: str) -> str:
+    """The model of a `models` entry or slice source; a `revision` beside it pins that model."""
+    revision = entry.get("revision")
+    if revision is None:
+        return refs.model_ref(entry["model"], f"{key}.model")
+    if not isinstance(revision, str) or not revision or not isinstance(entry["model"], str) or "@" in entry["model"]:
+        raise ctx.error(
+            f"{key}.revision",
+            f"expected a revision for the model {show(entry['model'])}, got {show(revision)}",
+            "write the model as org/name@revision instead",
+        )
+    ctx.note(
+        "revision carried over as the model's pinned revision (mergekit 0.1.5 does not read this key "
+        "and fetches the default branch)",
+        f"{key}.revision",
+    )
+    return refs.model_ref(f"{entry['model']}@{revision}", f"{key}.model")
+
+
 def _misplaced(step: Step, name: str) -> str | None:
     """A hint when a per-merge parameter was only given on models (where mergekit ignores it)."""
-    keys = [k for msg, ks in step.notes.items() if msg.startswith(f"{name} dropped here") for k in ks]
+    keys = [k for k, why in step.ignored.items() if why.startswith(f"{name} is set once per merge")]
     if keys:
         return (
             f"{name} is set once per merge; mergekit ignores it at {keys[0]} (and fails the same way): "

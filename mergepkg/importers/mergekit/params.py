@@ -1,5 +1,6 @@
 """Merge parameters of a config as recipe parameters: values, gradients, filtered conditions,
-checked against the method's spec; what mergekit ignores is dropped with a note."""
+checked against the method's spec; what mergekit ignores is dropped with a warning that
+says it has no effect (an error when importing with --strict)."""
 
 from __future__ import annotations
 
@@ -26,28 +27,26 @@ def read_params(ctx: Context, table: Any, spec: MethodSpec, key: str, *, level: 
     for name, value in table.items():
         pkey = f"{key}.{name}"
         if name == "int8_mask":
-            ctx.note("int8_mask dropped: a memory option of mergekit that does not change results", pkey)
-            continue
-        if spec.name == "task_arithmetic" and name in ("density", "rescale"):
-            ctx.note(
-                f"{name} dropped: task_arithmetic never sparsifies, mergekit ignores it "
-                "and mergepkg has no such parameter",
-                pkey,
-            )
+            ctx.ignored(pkey, "a memory option of mergekit that does not change results")
             continue
         p = spec.param(name) if isinstance(name, str) else None
         if p is None:
             known = [q.name for q in spec.params]
-            hint = did_you_mean(str(name), known) if known else None
-            raise ctx.error(
-                pkey, f"method {spec.name!r} has no parameter {name!r}", hint or f"{spec.name} takes no parameters"
+            close = did_you_mean(str(name), known) if known else None
+            ctx.ignored(
+                pkey,
+                f"method {spec.name!r} has no parameter {name!r}, and mergekit reads only the ones a method declares",
+                close if close and close.startswith("did you mean") else None,
             )
+            continue
         value = setting(ctx, value, p, pkey)
         if level == "base":
-            ctx.note("the base model's own parameters dropped: mergekit does not use them", pkey)
+            ctx.ignored(pkey, "mergekit does not use the base model's own parameters")
             continue
         if level == "input" and not p.per_input:
-            ctx.note(f"{name} dropped here: it is set once per merge and mergekit ignores it on a model", pkey)
+            ctx.ignored(
+                pkey, f"{name} is set once per merge; mergekit reads it only from slice and top-level parameters"
+            )
             continue
         out[name] = value
     return out
@@ -64,14 +63,15 @@ def setting(ctx: Context, value: Any, p: Param, key: str) -> Any:
             if not isinstance(cond, dict):
                 raise ctx.error(ckey, "a list mixes conditions ({ filter, value }) and plain values")
             for k in cond:
-                if k not in ("filter", "value"):
-                    hint = (
-                        "`pattern` is old mergekit syntax that mergekit 0.1.5 ignores (the value then "
-                        "applies to every tensor); write `filter`"
-                        if k == "pattern"
-                        else ctx.unknown_key_hint(str(k), ("filter", "value"))
+                if k == "pattern":
+                    ctx.ignored(
+                        f"{ckey}.pattern",
+                        "old mergekit syntax that mergekit 0.1.5 does not read, so this value applies to every "
+                        "tensor the conditions before it leave",
+                        "write `filter` to restrict it",
                     )
-                    raise ctx.error(f"{ckey}.{k}", f"unknown key {k!r}", hint)
+                elif k not in ("filter", "value"):
+                    ctx.unknown_key(k, ("filter", "value"), ckey)
             if "value" not in cond:
                 raise ctx.error(ckey, "missing `value`", "e.g. { filter: self_attn, value: 0.5 }")
             flt = cond.get("filter")
@@ -84,6 +84,10 @@ def setting(ctx: Context, value: Any, p: Param, key: str) -> Any:
             entry = {} if flt in (None, "*") else {"filter": flt}
             entry["value"] = scalar_or_gradient(ctx, cond["value"], p, f"{ckey}.value")
             conds.append(entry)
+            if "filter" not in entry:
+                break  # a catch-all: mergekit never reaches the conditions after it
+        if len(conds) == 1 and "filter" not in conds[0]:
+            return conds[0]["value"]
         return conds
     return scalar_or_gradient(ctx, value, p, key)
 
@@ -104,7 +108,7 @@ def scalar(ctx: Context, value: Any, p: Param, key: str) -> Any:
     if p.kind is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, int) and value in (0, 1):
+        if isinstance(value, (int, float)) and value in (0, 1):  # pydantic's bool takes 1 and 1.0
             return bool(value)
         if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
             return value.strip().lower() in TRUE
@@ -121,3 +125,17 @@ def scalar(ctx: Context, value: Any, p: Param, key: str) -> Any:
     if (problem := p.problem(number)) is not None:
         raise ctx.error(key, f"{p.name}: {problem}")
     return number
+
+
+def layered(inner: Any, outer: Any) -> Any:
+    """One setting for two precedence levels (a module's parameter over the top level's), as
+    mergekit resolves them: the inner one wins, but a filter list that matches no tensor
+    name falls through to the outer level, so the outer level becomes its catch-all."""
+    if inner is None or outer is None:
+        return outer if inner is None else inner
+    if not (isinstance(inner, list) and inner and isinstance(inner[0], dict)):
+        return inner  # a value or gradient: every tensor takes it
+    if any("filter" not in cond for cond in inner):
+        return inner  # already has a catch-all
+    fallback = outer if isinstance(outer, list) and outer and isinstance(outer[0], dict) else [{"value": outer}]
+    return [*inner, *fallback]

@@ -26,6 +26,8 @@ def render(config_name: str, package: str, sources: dict[str, dict], steps: list
             out.append(f"# from {origin}")
         for msg, keys in s.notes.items():
             out.append(f"# note: {msg} [{', '.join(dict.fromkeys(keys))}]")
+        for key, why in s.ignored.items():
+            out.append(f"# warning: {key} has no effect: {why}")
         out.append(f"[steps.{_key(s.name)}]")
         out.append(f"method = {_value(s.method)}")
         if s.base:
@@ -37,6 +39,14 @@ def render(config_name: str, package: str, sources: dict[str, dict], steps: list
                 out.append("inputs = [")
                 out += [f"  {_value(i)}," for i in s.inputs]
                 out.append("]")
+        if s.moe is not None:
+            out.append("experts = [")
+            out += [f"  {_value(e)}," for e in s.moe["experts"]]
+            out.append("]")
+            if s.moe["shared_expert"]:
+                out.append(f"shared_expert = {_value(s.moe['shared_expert'])}")
+            if s.moe["params"]:
+                out.append(f"params = {_value(s.moe['params'])}")
         if s.slices:
             out.append("slices = [")
             for sl in s.slices:
@@ -71,6 +81,8 @@ def render(config_name: str, package: str, sources: dict[str, dict], steps: list
             out.append(f"tokenizer = {_value(table)}")
         elif source:
             out.append(f"tokenizer = {_value(source)}")
+        if s.chat_template is not None:
+            out.append(f"chat_template = {_value(s.chat_template)}")
         out += params_table
     return "\n".join(out) + "\n"
 

@@ -1,5 +1,6 @@
 """Which tokenizer the output gets: mergekit's `tokenizer_source` and `tokenizer` block
-(source, tokens and their embeddings, pad_to_multiple_of) as the step's `tokenizer`."""
+(source, tokens and their embeddings, pad_to_multiple_of) as the step's `tokenizer`, and
+its `chat_template` as the step's."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from mergepkg.importers.mergekit.context import Context, Step
 from mergepkg.importers.mergekit.refs import Refs
+from mergepkg.recipe.chat import AUTO, builtin_names, is_template_text
 from mergepkg.recipe.tables import show
 
 
@@ -104,3 +106,31 @@ def _token_model(ctx: Context, refs: Refs, step: Step, value: Any, key: str) -> 
             "a token's embedding comes from the base or an input",
         )
     return name
+
+
+def chat_template(ctx: Context, value: Any, key: str = "chat_template") -> str | None:
+    """`chat_template`: "auto", a built-in template's name or the template's Jinja text."""
+    if value is None or value == "":
+        return None  # mergekit sets no template for an empty one either
+    if not isinstance(value, str):
+        raise ctx.error(key, f"expected a chat template (auto, a built-in name or Jinja text), got {show(value)}")
+    if value == AUTO:
+        ctx.note(
+            "chat_template auto: the template most of the step's models have; a tie goes to the first "
+            "model in the step (mergekit's pick among tied templates is arbitrary)",
+            key,
+        )
+    elif value in builtin_names():
+        ctx.note(
+            f"chat_template {value!r}: mergepkg's own template of the {value} format, written from its published "
+            "description (mergekit ships its own file of that name; the two may differ in whitespace)",
+            key,
+        )
+    elif not is_template_text(value):
+        raise ctx.error(
+            key,
+            f"invalid chat template {value!r}",
+            "expected auto, a built-in name (" + ", ".join(builtin_names()) + ") or a Jinja template; "
+            "mergekit refuses this too",
+        )
+    return value
