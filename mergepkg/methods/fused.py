@@ -21,7 +21,7 @@ top-k threshold, the L1 rescale factor) are computed by torch in the compute dty
 as the torch stream computes them.
 
 Used on the CPU for float32, bfloat16 or float16 compute, 1-4 inputs, and the thinners
-top-k (TIES) and Bernoulli (DARE) or none; `usable` decides. `tests/test_fused.py`
+top-k (TIES) and Bernoulli (DARE) or none; `usable` decides. `tests/methods/test_fused.py`
 holds it to the whole-tensor merge and to the torch stream bit for bit.
 """
 

@@ -45,6 +45,7 @@ def stream_copy(base, tensors: Sequence[torch.Tensor], *, compute, out_dtype, ou
 
 SPEC = MethodSpec(
     name="moe",
+    version=2,  # 2: cheap_embed rows summed in mergekit-moe's order (their last bits changed)
     merge=copy,
     params=(
         Param("experts_per_token", 2, kind=int, low=1, doc="experts each token is routed to"),
