@@ -37,6 +37,8 @@ _EXPORTS = {
     "Check": "mergepkg.builder.verify",
     "Locked": "mergepkg.resolve.lock",
     "MergepkgError": "mergepkg.errors",
+    "Pitfall": "mergepkg.pitfalls.pitfall",
+    "WarningsDenied": "mergepkg.pitfalls.pitfall",
     "METHODS": "mergepkg.methods",
 }
 
@@ -47,12 +49,14 @@ __all__ = [
     "Check",
     "Locked",
     "MergepkgError",
+    "Pitfall",
     "Plan",
     "Recipe",
     "Session",
     "Settings",
     "Status",
     "Store",
+    "WarningsDenied",
     "__version__",
     "build",
     "load_recipe",
@@ -84,6 +88,7 @@ if TYPE_CHECKING:
     from mergepkg.builder.verify import Check
     from mergepkg.errors import MergepkgError
     from mergepkg.methods import METHODS
+    from mergepkg.pitfalls.pitfall import Pitfall, WarningsDenied
     from mergepkg.recipe.model import Recipe
     from mergepkg.recipe.parse import load_recipe, parse_recipe
     from mergepkg.recipe.plan import Plan, make_plan

@@ -17,6 +17,7 @@ from mergepkg.builder.status import status as recipe_status
 from mergepkg.builder.verify import Check
 from mergepkg.builder.verify import verify as verify_recipe
 from mergepkg.engine.progress import Reporter
+from mergepkg.pitfalls.pitfall import deny
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.resolve.lock import Locked, lock_recipe
@@ -38,11 +39,22 @@ def build(
     mode: Mode = "update",
     seed: int | None = None,
     reporter: Reporter | None = None,
+    deny_warnings: bool = False,
 ) -> BuildReport:
     """Build what is not stored, update the lock, and place the outputs in `out` (when
-    given): `mergepkg build`. `mode` "locked" or "frozen" holds the lock as it is."""
+    given): `mergepkg build`. `mode` "locked" or "frozen" holds the lock as it is. The
+    pitfall warnings are the report's `pitfalls` (and told to `reporter`); with
+    `deny_warnings` one raises `WarningsDenied` before what it concerns is written."""
     r, s = _open(recipe, session)
-    return build_recipe(r, s, out=Path(out) if out is not None else None, seed=seed, mode=mode, reporter=reporter)
+    return build_recipe(
+        r,
+        s,
+        out=Path(out) if out is not None else None,
+        seed=seed,
+        mode=mode,
+        reporter=reporter,
+        deny_warnings=deny_warnings,
+    )
 
 
 def status(recipe: RecipeLike, *, session: Session | None = None) -> Status:
@@ -51,10 +63,15 @@ def status(recipe: RecipeLike, *, session: Session | None = None) -> Status:
     return recipe_status(r, s)
 
 
-def validate(recipe: RecipeLike, *, session: Session | None = None) -> Status:
-    """The recipe checked against its models' configs and headers: `mergepkg validate`."""
+def validate(recipe: RecipeLike, *, session: Session | None = None, deny_warnings: bool = False) -> Status:
+    """The recipe checked against its models' configs and headers: `mergepkg validate`.
+    Its pitfall warnings (MP1xx, MP2xx) are the status's `pitfalls`; with `deny_warnings`
+    any of them raises `WarningsDenied`."""
     r, s = _open(recipe, session)
-    return recipe_status(r, s, use_store=False)
+    st = recipe_status(r, s, use_store=False)
+    if deny_warnings:
+        deny(st.pitfalls, "the recipe is not valid as it is")
+    return st
 
 
 def lock(recipe: RecipeLike, *, upgrade: frozenset[str] | None = None, session: Session | None = None) -> Locked:

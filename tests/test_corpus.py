@@ -637,13 +637,20 @@ MODELS = [
     Case("bin-garbage", to_bin("ft1", b"not a checkpoint at all"), "pytorch_model.bin", "refused to load"),
     Case("bin-empty", to_bin("ft1", b""), "pytorch_model.bin", "refused to load"),
     Case(
-        "architecture",
+        "hidden-size",
         write(
             "models/ft1/config.json",
-            json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_layer": 4}),
+            json.dumps(
+                {
+                    "architectures": ["LlamaForCausalLM"],
+                    "model_type": "llama",
+                    "num_hidden_layers": 4,
+                    "hidden_size": 48,
+                }
+            ),
         ),
         "recipe.toml",
-        "architecture of 'ft1'",
+        "'ft1' has hidden size 48 but 'base' has 32",
     ),
     Case(
         "layers-count",

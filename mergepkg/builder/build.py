@@ -6,6 +6,13 @@ Otherwise every remaining step is laid out first (so a late error stops the buil
 before the first tensor is read), and steps are built into the store one by one under
 their key's file lock. Outputs are then hard-linked (or copied) into `--out` by a
 rename (`outputs.py`): a failed or killed build leaves `--out` as it was.
+
+Pitfall warnings (docs/warnings.md) are told to the reporter and kept in the report:
+the recipe's (MP1xx) before anything is read, the layouts' (MP2xx) once steps are laid
+out, the tensor values' (MP3xx) as each step is built. With `deny_warnings` any of them
+fails the build: MP1xx and MP2xx before anything is written, MP3xx before the step that
+shows them is committed to the store (steps committed before it stay: the store holds
+only what was built as its key says), and the lock and outputs are then left as they were.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from mergepkg.errors import LockError, MergepkgError
 from mergepkg.layout.steps import lay_out, read_model_info
 from mergepkg.layout.types import ModelInfo, StepLayout
 from mergepkg.lockfile import Lock, lock_path, read_lock, write_lock
+from mergepkg.pitfalls.layouts import layout_pitfalls
+from mergepkg.pitfalls.params import recipe_pitfalls
+from mergepkg.pitfalls.pitfall import Pitfall, deny, settle
 from mergepkg.recipe.model import Recipe
 from mergepkg.resolve.resolution import Mode, Resolution, resolve
 from mergepkg.store.evals import EvalCache
@@ -44,6 +54,7 @@ class BuildReport:
     outputs: dict[str, Path]  # output step -> placed folder (empty without --out)
     lock: Lock
     warnings: list[str] = field(default_factory=list)  # also told to the reporter, as they happened
+    pitfalls: list[Pitfall] = field(default_factory=list)  # coded warnings (docs/warnings.md), likewise
 
 
 def build(
@@ -57,20 +68,24 @@ def build(
     targets: tuple[str, ...] | None = None,
     check_digests: bool = True,
     verify_store: bool = False,
+    deny_warnings: bool = False,
 ) -> BuildReport:
     """Build the recipe's outputs (or only `targets` and what they need; the lock is then
     left alone) and place the outputs in `out` when given. With --locked/--frozen, a
     digest that differs from the lock's is an error unless `check_digests` is off
     (`verify --rebuild` compares them itself), and what is reused from the store is
-    spot-checked (`verify_store`: checked whole)."""
+    spot-checked (`verify_store`: checked whole). `deny_warnings`: a pitfall warning is
+    an error (`WarningsDenied`), raised before anything it concerns is written."""
     if out is not None:
         out = out.resolve()
         check_replaceable(out)
-    warnings = _Warnings(reporter or NullReporter())
+    warnings = _Warnings(reporter or NullReporter(), deny_warnings)
     with session.store.in_use():  # `cache gc` waits for us
         session.store.clean_tmp()  # what killed builds left behind
         old_lock = read_lock(lock_path(recipe))
         res = resolve(recipe, session, lock=old_lock, mode=mode, seed=seed, targets=targets)
+        warnings.recipe = res.recipe
+        warnings.found(recipe_pitfalls(res.recipe, res.plan.order))  # MP1xx: before anything is read
         sample = None if verify_store else SPOT_CHECK_BYTES if mode != "update" else 0
         artifacts, built, reused = _Steps(res, session, warnings, sample).run()
         digests = {n: a.digest for n, a in artifacts.items()}
@@ -91,15 +106,40 @@ def build(
                     max_shard_bytes=session.settings.max_shard_bytes,
                     lock=lock,
                 )
-        return BuildReport(res, artifacts, built, reused, outputs, lock, warnings.messages)
+        return BuildReport(res, artifacts, built, reused, outputs, lock, warnings.messages, warnings.pitfalls)
 
 
 class _Warnings:
-    """The caller's reporter, keeping the warnings for the report too."""
+    """The caller's reporter, keeping the warnings for the report too; pitfalls are placed
+    in the recipe, those it allows dropped, and with `deny` the rest raise."""
 
-    def __init__(self, reporter: Reporter):
-        self.reporter = reporter
+    def __init__(self, reporter: Reporter, deny: bool = False):
+        self.reporter, self.deny = reporter, deny
         self.messages: list[str] = []
+        self.pitfalls: list[Pitfall] = []
+        self.held: list[Pitfall] = []  # told, not yet denied
+        self.recipe: Recipe | None = None  # the resolved recipe the pitfalls point into
+
+    def found(self, pitfalls: list[Pitfall], *, hold: bool = False) -> None:
+        """Tell `pitfalls` (raw, as the checks make them); with `deny`, raise at once, or
+        (`hold`) when `release` is called."""
+        assert self.recipe is not None  # set once the recipe is resolved, before any check runs
+        shown = [p for p in settle(pitfalls, self.recipe) if p not in self.pitfalls]
+        for p in shown:
+            self.pitfalls.append(p)
+            self.reporter.pitfall(p)
+        self.held += shown
+        if not hold:
+            self.release("nothing was built")
+
+    def release(self, outcome: str) -> None:
+        """With `deny`, raise for the warnings told since the last call; `outcome` says what was not done."""
+        held, self.held = self.held, []
+        if self.deny:
+            deny(held, outcome)
+
+    def pitfall(self, pitfall: Pitfall) -> None:
+        self.found([pitfall], hold=True)  # the engine's (MP3xx): all of a step's told, then `release`
 
     def step_reused(self, name: str, key: str) -> None:
         self.reporter.step_reused(name, key)
@@ -122,7 +162,7 @@ class _Steps:
     """Reuse or build every planned step, in plan order. `sample`: bytes of each reused
     artifact re-read to check it (None: all of it; 0: none, sizes and mtimes only)."""
 
-    def __init__(self, res: Resolution, session: Session, reporter: Reporter, sample: int | None):
+    def __init__(self, res: Resolution, session: Session, reporter: _Warnings, sample: int | None):
         self.res, self.session, self.reporter, self.sample = res, session, reporter, sample
         self.folders: dict[str, Path] = {n: s.folder for n, s in res.sources.items()}
         self.planned: tuple[dict[str, StepLayout], dict[str, ModelInfo]] | None = None  # when a step must be built
@@ -155,6 +195,8 @@ class _Steps:
         if self.planned is None:  # every step laid out before the first is built: late errors come first
             check_device(settings.device)
             self.planned = lay_out(res.recipe, res.plan.order, self.folders)
+            layouts, infos = self.planned  # MP2xx, before the first step is built
+            self.reporter.found([p for n in res.plan.order for p in layout_pitfalls(layouts[n], infos)])
             self.budget = budget_for(self.planned[0].values(), settings.max_memory, settings.device)
         layouts, infos = self.planned
         key = res.keys[name]
@@ -173,6 +215,7 @@ class _Steps:
                 threads=settings.threads,
                 reporter=self.reporter,
             )
+            self.reporter.release("the step was not stored; the lock and outputs are as they were")
             entry = res.entries[name]
             return self.session.store.commit(key, folder, entry, tensors, seconds=time.monotonic() - started)
         except MergepkgError as e:

@@ -10,10 +10,11 @@ from rich.table import Table
 
 from mergepkg.builder.build import build as build_recipe
 from mergepkg.builder.status import status
-from mergepkg.cli.common import OFFLINE, RECIPE, open_recipe, parse_size, size
-from mergepkg.cli.output import ProgressReporter, err, out
+from mergepkg.cli.common import DENY_WARNINGS, OFFLINE, RECIPE, open_recipe, parse_size, size
+from mergepkg.cli.output import ProgressReporter, err, out, show_pitfall
 from mergepkg.engine.device import check_device
 from mergepkg.errors import BuildError, RegistryError, SourceError
+from mergepkg.pitfalls.pitfall import deny
 from mergepkg.registry import packages
 from mergepkg.resolve.resolution import Mode
 from mergepkg.settings import Settings
@@ -42,6 +43,7 @@ def build(
         "--frozen re-read a random sample of each).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    deny_warnings: bool = DENY_WARNINGS,
 ) -> None:
     """Build a recipe's outputs: steps already in the store are reused, the rest built."""
     if locked and frozen:
@@ -59,7 +61,14 @@ def build(
     mode: Mode = "frozen" if frozen else "locked" if locked else "update"
     with ProgressReporter(enabled=not quiet) as reporter:
         report = build_recipe(
-            r, session, out=target, seed=seed, mode=mode, reporter=reporter, verify_store=verify_store
+            r,
+            session,
+            out=target,
+            seed=seed,
+            mode=mode,
+            reporter=reporter,
+            verify_store=verify_store,
+            deny_warnings=deny_warnings,
         )
     for name in report.built:
         err.print(f"[green]built[/] {name} [dim]{report.resolution.keys[name][:12]}[/]")
@@ -68,8 +77,9 @@ def build(
         out.print(str(folder), highlight=False)
 
 
-def validate(recipe: Path = RECIPE, offline: bool = OFFLINE) -> None:
-    """Check a recipe against its models without merging anything."""
+def validate(recipe: Path = RECIPE, offline: bool = OFFLINE, deny_warnings: bool = DENY_WARNINGS) -> None:
+    """Check a recipe against its models without merging anything; pitfall warnings
+    (docs/warnings.md) on stderr."""
     r, session = open_recipe(recipe, offline=offline)
     st = status(r, session, use_store=False)
     table = Table(title=f"{r.name} {r.version}", title_justify="left")
@@ -87,7 +97,13 @@ def validate(recipe: Path = RECIPE, offline: bool = OFFLINE) -> None:
             size(lay.bytes_out),
         )
     out.print(table)
-    err.print(f"[green]ok[/]: {len(st.steps)} steps, outputs: {', '.join(r.outputs)}")
+    for p in st.pitfalls:
+        show_pitfall(p)
+    if deny_warnings:
+        deny(st.pitfalls, "the recipe is not valid as it is")
+    count = len(st.pitfalls)
+    warned = f", [yellow]{count} warning{'s' if count != 1 else ''}[/]" if count else ""
+    err.print(f"[green]ok[/]: {len(st.steps)} steps, outputs: {', '.join(r.outputs)}{warned}")
 
 
 def _recipe_file(arg: str, offline: bool) -> Path:

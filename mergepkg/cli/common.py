@@ -15,6 +15,9 @@ from mergepkg.store.session import Session
 
 RECIPE = typer.Argument(..., help="The recipe file (TOML).", metavar="RECIPE", dir_okay=False)
 OFFLINE = typer.Option(False, "--offline", help="Use only the local Hugging Face cache.")
+DENY_WARNINGS = typer.Option(
+    False, "--deny-warnings", help="Fail (exit 1) on any pitfall warning, e.g. in CI (docs/warnings.md)."
+)
 
 
 def open_recipe(path: Path, *, offline: bool = False, **settings) -> tuple[Recipe, Session]:

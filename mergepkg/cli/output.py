@@ -15,6 +15,7 @@ from rich.progress import (
 )
 
 from mergepkg.errors import MergepkgError
+from mergepkg.pitfalls.pitfall import Pitfall
 
 out = Console(soft_wrap=True)  # data
 err = Console(stderr=True, soft_wrap=True)  # everything else
@@ -25,6 +26,14 @@ def show_error(e: MergepkgError) -> None:
     err.print(f"[red]error:[/] {where}{escape(e.message)}")
     if e.hint:
         err.print(f"  [dim]hint:[/] {escape(e.hint)}")
+
+
+def show_pitfall(p: Pitfall) -> None:
+    """`warning: MP101: recipe.toml:14: steps.x.inputs: message` and its hint (docs/warnings.md)."""
+    where = f"[bold]{escape(p.where)}[/]: " if p.where else ""
+    err.print(f"[yellow]warning:[/] [bold]{p.code}[/]: {where}{escape(p.message)}")
+    if p.hint:
+        err.print(f"  [dim]hint:[/] {escape(p.hint)}")
 
 
 class ProgressReporter:
@@ -66,6 +75,9 @@ class ProgressReporter:
 
     def warning(self, message: str) -> None:
         self.progress.console.print(f"[yellow]warning:[/] {escape(message)}")  # shown even with -q
+
+    def pitfall(self, pitfall: Pitfall) -> None:
+        show_pitfall(pitfall)  # err is the progress bars' console: printed above them
 
     def _task(self) -> TaskID:
         assert self.task is not None  # the engine starts a step before it reports on its tensors

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from mergepkg.pitfalls.pitfall import Pitfall
+
 
 class Reporter(Protocol):
     """How the engine tells the outside world about progress (the CLI draws bars)."""
@@ -16,6 +18,7 @@ class Reporter(Protocol):
     def tensor_done(self, nbytes: int) -> None: ...
     def step_finished(self, name: str) -> None: ...
     def warning(self, message: str) -> None: ...
+    def pitfall(self, pitfall: Pitfall) -> None: ...  # a coded warning (docs/warnings.md)
 
 
 class NullReporter:
@@ -32,4 +35,7 @@ class NullReporter:
         pass
 
     def warning(self, message: str) -> None:
+        pass
+
+    def pitfall(self, pitfall: Pitfall) -> None:
         pass

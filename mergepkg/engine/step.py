@@ -25,6 +25,7 @@ from mergepkg.engine.routers import routers
 from mergepkg.engine.rows import align_rows
 from mergepkg.engine.seeds import tensor_seed
 from mergepkg.engine.side_files import write_side_files
+from mergepkg.engine.values import ValueWatch
 from mergepkg.errors import MergeError, MergepkgError
 from mergepkg.io.buffers import BufferPool
 from mergepkg.io.reader import ModelReader
@@ -145,8 +146,8 @@ def build_step(
     reporter.step_started(layout.step.name, len(layout.tensors), layout.bytes_in)
     try:
         _stream(merger, writer, reporter)
-        for message in merger.warnings:
-            reporter.warning(f"step {layout.step.name!r}: {message}")
+        for pitfall in merger.watch.pitfalls():  # MP3xx: a reporter that raises here leaves nothing behind
+            reporter.pitfall(pitfall)
     except BaseException:
         writer.abort()
         raise
@@ -203,13 +204,6 @@ def _stream(merger: _Merger, writer: ShardWriter, reporter: Reporter) -> None:
         raise failure[0]
 
 
-def _all_nan(t: torch.Tensor) -> bool:
-    """Whether every value of a floating-point tensor is NaN (its first tells, cheaply, when not)."""
-    if not t.is_floating_point() or not t.numel():
-        return False
-    return bool(t.reshape(-1)[0].isnan()) and bool(t.isnan().all())
-
-
 class _Merger:
     """One step's inputs, memory and threads: reads an output tensor's inputs and merges
     them, whole or (under a memory limit) a block of rows at a time."""
@@ -245,7 +239,7 @@ class _Merger:
         # tensors no input gives (an moe step's routers): computed once, before any file is opened
         self.computed = routers(layout, folders, device=device, seed=seed) if layout.step.moe else {}
         self.readers = {m: ModelReader(folders[m], infos[m], self.buffers) for m in layout.step.models}
-        self.warnings: list[str] = []  # found while reading, told by the calling thread
+        self.watch = ValueWatch(layout, infos)  # NaN, inf and task-vector norms of what is read (MP3xx)
 
     def close(self) -> None:
         for r in self.readers.values():
@@ -266,16 +260,12 @@ class _Merger:
         if out.row_map is None and self.budget.row_block(self.layout, self.infos, out):
             return None  # rows to align are read whole: a row may come from anywhere
         loaded = [self.readers[p.model].get(p.tensor) for p in out.parts]
-        for part, t in zip(out.parts, loaded):
-            if _all_nan(t):
-                self.warnings.append(
-                    f"{part.model!r} tensor {part.tensor}: every value is NaN, and so will "
-                    f"{out.name} be (the model is damaged, or was saved from a diverged run)"
-                )
+        self.watch.loaded(out, loaded)
         if out.row_map is not None:  # vocabulary rows moved onto the output's vocabulary
             loaded, read = align_rows(out.row_map, loaded), loaded
             if self.buffers is not None:
                 self.buffers.give_back(read)
+        self.watch.aligned(out, loaded)
         return loaded
 
     def pieces(self, out: OutputTensor, loaded: list | None) -> Iterable[Piece]:
@@ -291,6 +281,8 @@ class _Merger:
         for start in range(0, rows, block):
             stop = min(rows, start + block)
             part = [self.readers[p.model].get_rows(p.tensor, start, stop) for p in out.parts]
+            self.watch.loaded(out, part)
+            self.watch.aligned(out, part)
             share = self.budget.inputs(self.infos, out) * (stop - start) // rows
             yield (*self.merge(out, part, stop - start), share, start == 0, stop == rows)
 

@@ -4,8 +4,10 @@ ranges (slices) stacked and merged.
 From the inputs' headers and configs alone (no tensor data, no torch) this decides
 every output tensor's name, dtype and shape, the input tensors it is merged from, and
 the method parameters resolved for it (filters, gradients, defaults). It is where
-mismatched architectures, tensor names, shapes and layer ranges are caught, so
+mismatched hidden sizes, tensor names, shapes and layer ranges are caught, so
 `mergepkg validate` finds them before any byte is read. The engine only executes it.
+Models of different architectures whose tensors match are merged (`pitfalls/` warns,
+MP202); when their tensors do not match, the error says the architectures differ.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from mergepkg.layout.types import (
     OutputTensor,
     Part,
     StepLayout,
+    architecture,
+    hidden_size,
     is_pre,
     ordered,
     saved_dtype,
@@ -65,11 +69,14 @@ class DenseLayout:
         models = step.models
         ref = step.base or models[0]
         ref_info = self.infos[ref]
-        self.check_architectures(models, ref)
+        self.check_hidden_sizes(models, ref)  # before vocabularies: a width, not a tokenizer, differs
         # vocabularies: checked, and the output's chosen
         self.alignment = Alignment(step, self.infos, self.where, self.key_of)
         groups = self.whole_model_groups() if step.inputs else self.slice_groups()
-        out = tuple(self.output_tensor(*g) for g in groups)
+        try:
+            out = tuple(self.output_tensor(*g) for g in groups)
+        except ModelMismatchError as e:
+            raise self.architectures_noted(e, models, ref) from None
         config = dict(ref_info.config)
         if step.slices:
             count = sum(sl.sources[0].layers[1] - sl.sources[0].layers[0] for sl in step.slices)
@@ -100,17 +107,29 @@ class DenseLayout:
                     return f"{self.key}.slices[{i}].sources[{j}]"
         return f"{self.key}.base"
 
-    def check_architectures(self, models: tuple[str, ...], ref: str) -> None:
-        want = self.infos[ref].config.get("architectures") or self.infos[ref].config.get("model_type")
+    def check_hidden_sizes(self, models: tuple[str, ...], ref: str) -> None:
+        """Models of different widths cannot merge: said as that, before any tensor or
+        vocabulary is compared (config.json's hidden size, where both name one)."""
+        want = hidden_size(self.infos[ref].config)
         for m in models:
-            got = self.infos[m].config.get("architectures") or self.infos[m].config.get("model_type")
-            if got != want:
+            got = hidden_size(self.infos[m].config)
+            if want is not None and got is not None and got != want:
                 raise self.error(
                     ModelMismatchError,
                     self.key_of(m),
-                    f"architecture of {m!r} ({got}) differs from {ref!r} ({want})",
-                    "merge models of one architecture",
+                    f"{m!r} has hidden size {got} but {ref!r} has {want}: models of different sizes cannot merge",
+                    "merge models of one size: fine-tunes of one base model",
                 )
+
+    def architectures_noted(self, e: ModelMismatchError, models: tuple[str, ...], ref: str) -> ModelMismatchError:
+        """A tensor mismatch, with the reason when the models' architectures differ."""
+        want = architecture(self.infos[ref].config)
+        other = next((m for m in models if architecture(self.infos[m].config) != want), None)
+        if other is not None:
+            got = architecture(self.infos[other].config)
+            e.message += f" ({other!r} is {got}, {ref!r} {want})"
+            e.hint = "merge models of one architecture"
+        return e
 
     def whole_model_groups(self) -> Iterator[Group]:
         step = self.step

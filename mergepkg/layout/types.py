@@ -24,6 +24,21 @@ from mergepkg.recipe.model import Step
 LAYER = re.compile(r"^(?P<prefix>(?:.*?\.)?(?:layers|h|blocks)\.)(?P<index>\d+)\.(?P<rest>.+)$")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")  # a config's width, by family
+
+
+def architecture(config: dict):
+    """What a config says the model is: its `architectures`, else its `model_type`."""
+    return config.get("architectures") or config.get("model_type")
+
+
+def hidden_size(config: dict) -> int | None:
+    """A config's hidden size (a multimodal config's text model's), or None when it names none."""
+    for cfg in (config, config.get("text_config") or {}):
+        for key in HIDDEN_KEYS:
+            if isinstance(cfg.get(key), int) and not isinstance(cfg.get(key), bool):
+                return cfg[key]
+    return None
 
 
 @dataclass(frozen=True)

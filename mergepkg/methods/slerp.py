@@ -82,7 +82,9 @@ def stream_slerp(base, tensors, *, compute, out_dtype, t: float, eps: float = 1e
 SPEC = MethodSpec(
     name="slerp",
     merge=slerp,
-    params=(Param("t", low=0.0, high=1.0, doc="interpolation factor: 0 = base, 1 = the other input"),),
+    params=(
+        Param("t", doc="interpolation factor: 0 = base, 1 = the other input (outside [0, 1]: extrapolates, MP104)"),
+    ),
     summary="Spherical interpolation between the base and one other model.",
     paper="https://en.wikipedia.org/wiki/Slerp",
     base="required",

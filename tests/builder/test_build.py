@@ -218,7 +218,9 @@ def test_an_all_nan_input_is_warned_about_by_name(write_recipe, tmp_path, models
     code = main(["build", str(path), "--out", str(tmp_path / "o"), "-q"])
     err = capsys.readouterr().err
     assert code == 0
-    assert "warning: step 'm': 'bad' tensor model.norm.weight: every value is NaN" in err, err
+    assert (
+        "warning: MP302: " in err and "steps.m.inputs[0]: 'bad' tensor model.norm.weight: every value is NaN" in err
+    ), err
     assert err.count("every value is NaN") == 1
 
 

@@ -403,32 +403,32 @@ BAD = [
         ["expected a number in (0, 1], got 1.5"],
     ),
     (
-        "slerp-t-out-of-range",
+        "density-out-of-range",
         """
         [steps.s]
-        method = "slerp"
+        method = "ties"
         base = "base"
-        inputs = ["ft1"]
-        params = { t = 2 }
+        inputs = [{ model = "ft1", weight = 1 }]
+        params = { density = 2 }
      """,
-        "steps.s.params.t",
-        "params = { t = 2 }",
-        ["expected a number in [0, 1], got 2"],
+        "steps.s.params.density",
+        "params = { density = 2 }",
+        ["expected a number in (0, 1], got 2"],
     ),
     (
-        "slerp-t-in-params-table",
+        "density-in-params-table",
         """
         [steps.s]
-        method = "slerp"
+        method = "ties"
         base = "base"
-        inputs = ["ft1"]
+        inputs = [{ model = "ft1", weight = 1 }]
 
         [steps.s.params]
-        t = 2
+        density = 2
      """,
-        "steps.s.params.t",
-        "t = 2",
-        ["expected a number in [0, 1], got 2"],
+        "steps.s.params.density",
+        "density = 2",
+        ["expected a number in (0, 1], got 2"],
     ),
     (
         "ties-without-base",
@@ -479,7 +479,7 @@ BAD = [
      """,
         "steps.m.inputs[1]",
         '"wide"',
-        ["tensor model.embed_tokens.weight", "'wide' has shape", "but 'ft1' has", "32]", "48]"],
+        ["'wide' has hidden size 48 but 'ft1' has 32", "models of different sizes cannot merge"],
     ),
     (
         "layer-range-past-the-model",

@@ -137,10 +137,10 @@ def test_long_params_become_a_table_that_errors_can_locate(tmp_path):
     path = CONFIGS / "examples-gradient-slerp.yml"
     text = import_mergekit(path.read_text(), path, cwd=tmp_path)
     assert "\n[steps.examples-gradient-slerp.params]\nt = [\n" in text
-    broken = text.replace("{ value = 0.5 }", "{ value = 5 }")
+    broken = text.replace("{ value = 0.5 }", '{ value = "half" }')
     with pytest.raises(RecipeError) as info:
         parse_recipe(broken, tmp_path / "r.toml")
-    assert info.value.line == line_of(broken, "{ value = 5 }")
+    assert info.value.line == line_of(broken, '{ value = "half" }')
 
 
 def test_multimerge_doc_stages_refer_to_each_other(tmp_path):

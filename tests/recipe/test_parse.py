@@ -112,10 +112,10 @@ def test_hf_source(tmp_path):
             "missing parameter 'weight'",
         ),
         (
-            '[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft1"]\nparams = { t = 2 }\n',
-            "steps.s.params.t",
+            '[steps.s]\nmethod = "ties"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1 }]\nparams = { density = 2 }\n',
+            "steps.s.params.density",
             5,
-            "expected a number in [0, 1], got 2",
+            "expected a number in (0, 1], got 2",
         ),
         (
             '[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft1", "ft2"]\nparams = { t = 0.5 }\n',
@@ -200,13 +200,13 @@ def test_missing_recipe_file(tmp_path):
 
 def test_dotted_param_keys_are_located(recipe_file):
     path = recipe_file(
-        '[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft1"]\n'
-        'params.t = [\n  { filter = "mlp", value = [0, 1] },\n  { value = 1.5 },\n]\n'
+        '[steps.s]\nmethod = "ties"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1 }]\n'
+        'params.density = [\n  { filter = "mlp", value = [0.5, 1] },\n  { value = 1.5 },\n]\n'
     )
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
     offset = path.read_text().count("\n") - 8
-    assert info.value.key == "steps.s.params.t[1].value" and info.value.line == offset + 7
+    assert info.value.key == "steps.s.params.density[1].value" and info.value.line == offset + 7
 
 
 def test_tokenizer_base_names_an_input_called_base_when_the_step_has_no_base(recipe_file):

@@ -99,6 +99,7 @@ class Context(TableReader):
     def unknown_key(self, k: Any, allowed: Collection[str], key: str) -> None:
         where = f"{key}.{k}" if key else str(k)
         why = "mergekit 0.1.5 does not read this key"
+        hint: str | None
         if k == "lora":
             hint = "to apply a LoRA adapter, write the model as `model: base+adapter`"
         else:

@@ -16,6 +16,8 @@ its code is the float32 kernel's, operation for operation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
 from llvmlite import binding, ir
@@ -37,7 +39,7 @@ def _f16c() -> bool:
     (F16C: vcvtps2ph rounds to nearest even, subnormals included, as torch's conversion
     does with the same instruction). Compiled for another target (NUMBA_CPU_NAME), LLVM
     would call a runtime function numba may not have: arithmetic instead."""
-    if numba.config.CPU_NAME or numba.config.CPU_FEATURES:
+    if getattr(numba.config, "CPU_NAME", None) or getattr(numba.config, "CPU_FEATURES", None):
         return False
     return bool(binding.get_host_cpu_features().get("f16c", False))
 
@@ -79,7 +81,7 @@ def _float16(builder, v):
 
 
 @intrinsic
-def _round(typingctx, x, like):
+def _round_to(typingctx, x, like):
     """x (float32) rounded to the compute dtype `like` names (MARKERS), as float32."""
     if x != types.float32 or not isinstance(like, types.Array):
         return None
@@ -95,6 +97,9 @@ def _round(typingctx, x, like):
         return args[0]
 
     return types.float32(x, like), codegen
+
+
+_round: Any = _round_to  # called as _round(x, like) in compiled code (the typing context is numba's)
 
 
 @numba.njit(nogil=True, cache=True)

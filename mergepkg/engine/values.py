@@ -1,0 +1,152 @@
+"""Pitfalls in tensor values (MP3xx), watched while a step streams: every input tensor
+checked once for NaN and inf, and each input's task vector measured against the base.
+
+Both run on tensors the engine has read already, never reading anything again:
+finiteness is one `aminmax` per tensor (NaN and inf both show in a minimum or a
+maximum; about 25 GB/s on one core, no memory), and the norms come from a strided
+sample of at most `SAMPLE` entries of each matrix, so they cost nothing next to the
+merge. The counts are exact only on the rare tensor that is not finite.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mergepkg._lazy import torch
+from mergepkg.io.tensors import TensorInfo
+from mergepkg.layout.types import OutputTensor, StepLayout
+from mergepkg.pitfalls.pitfall import Pitfall, model_at
+from mergepkg.recipe.model import Step
+
+SAMPLE = 1 << 16  # entries of a tensor the task-vector norms are measured on
+# MP301: an input whose task vector (input - base), over the step's matrices, is this many
+# times as long as the base's weights. Fine-tunes move weights by a small fraction of their
+# norm; two models trained from different starts are nearly orthogonal, so their difference
+# is sqrt(|a|^2 + |b|^2) long: 1.41 times the base's when their norms match (docs/warnings.md).
+FOREIGN_RATIO = 1.25
+
+
+@dataclass
+class _Bad:
+    """Non-finite values found in one model's tensors."""
+
+    tensor: str  # the first tensor they were found in
+    nan: int
+    inf: int
+    entries: int
+    tensors: int = 1  # how many of the model's tensors have some
+
+
+class ValueWatch:
+    """What the MP3xx checks saw of one step's inputs; `pitfalls()` says it at the end.
+    `loaded` and `aligned` may be called from the reader thread and the merging thread."""
+
+    def __init__(self, layout: StepLayout, infos: Mapping[str, Mapping[str, TensorInfo]]):
+        step, method = layout.step, layout.method
+        self.step, self.infos = step, infos  # infos: every model's tensor headers (whole sizes)
+        # task vectors mean something where a base is merged against (not experts, not an adapter)
+        self.measure = step.base is not None and method.base != "none" and step.moe is None and step.adapter is None
+        self.bad: dict[str, _Bad] = {}  # model -> what was found
+        self.seen: set[tuple[str, str]] = set()  # (model, tensor) with non-finite values
+        self.delta: dict[str, float] = {}  # input -> sum of squares of its task vector (estimated)
+        self.base: dict[str, float] = {}  # input -> sum of squares of the base where it was measured
+        self.lock = threading.Lock()
+
+    def loaded(self, out: OutputTensor, tensors: list) -> None:
+        """Tensors (or blocks of rows) of `out`'s parts, as read: each checked for NaN and inf."""
+        for part, t in zip(out.parts, tensors):
+            if not t.is_floating_point() or not t.numel():
+                continue
+            low, high = torch.aminmax(t)
+            if math.isfinite(float(low)) and math.isfinite(float(high)):
+                continue
+            nan, inf = int(t.isnan().sum()), int(t.isinf().sum())
+            with self.lock:
+                bad = self.bad.get(part.model)
+                if bad is None:
+                    self.bad[part.model] = _Bad(
+                        part.tensor, nan, inf, math.prod(self.infos[part.model][part.tensor].shape)
+                    )
+                elif bad.tensor == part.tensor:  # another block of rows of the same tensor
+                    bad.nan, bad.inf = bad.nan + nan, bad.inf + inf
+                elif (part.model, part.tensor) not in self.seen:
+                    bad.tensors += 1
+                self.seen.add((part.model, part.tensor))
+
+    def aligned(self, out: OutputTensor, tensors: list) -> None:
+        """`out`'s inputs (base first) on one shape: each input's task vector measured on a
+        sample of the entries, where `out` is a matrix merged against the base."""
+        if not self.measure or out.base is None or len(tensors) < 2 or tensors[0].dim() < 2:
+            return
+        base = tensors[0]
+        if not base.is_floating_point() or not base.is_contiguous():
+            return
+        stride = _stride(base.numel(), base.shape[-1])
+        b = base.reshape(-1)[::stride].double()
+        scale = base.numel() / b.numel()  # the sample stands for the whole tensor
+        base_sq = float(b.square().sum()) * scale
+        for part, t in zip(out.inputs, tensors[1:]):
+            if t.shape != base.shape or not t.is_contiguous():
+                continue
+            d = t.reshape(-1)[::stride].double() - b
+            delta_sq = float(d.square().sum()) * scale
+            if not (math.isfinite(delta_sq) and math.isfinite(base_sq)):
+                continue  # NaN or inf: MP302 says it
+            with self.lock:
+                self.delta[part.model] = self.delta.get(part.model, 0.0) + delta_sq
+                self.base[part.model] = self.base.get(part.model, 0.0) + base_sq
+
+    def pitfalls(self) -> list[Pitfall]:
+        """MP301 for each input that looks fine-tuned from another base, MP302 for each
+        model with NaN or inf, in the step's order of models."""
+        found = []
+        for model in self.step.models:
+            if (bad := self.bad.get(model)) is not None:
+                found.append(_non_finite(self.step, model, bad))
+        for model in self.step.models:
+            base_sq, delta_sq = self.base.get(model, 0.0), self.delta.get(model, 0.0)
+            if base_sq > 0 and math.sqrt(delta_sq / base_sq) > FOREIGN_RATIO:
+                ratio = math.sqrt(delta_sq / base_sq)
+                found.append(
+                    Pitfall(
+                        "MP301",
+                        f"{model!r} minus the base {self.step.base!r} is {ratio:.2f} times as large as "
+                        f"{self.step.base!r} itself (over the step's matrices): it does not look fine-tuned "
+                        "from that base, so its task vector is a whole other model's weights",
+                        f"use the model {model!r} was fine-tuned from as the base, or merge models of one base; "
+                        "if the difference is meant, allow MP301 in [package] allow",
+                        step=self.step.name,
+                        at=model_at(self.step, model),
+                    )
+                )
+        return found
+
+
+def _non_finite(step: Step, model: str, bad: _Bad) -> Pitfall:
+    """MP302 for `model`: where its first non-finite values are, and how many."""
+    if bad.nan == bad.entries:
+        what = "every value is NaN"
+    else:
+        counts = [f"{n} {word}" for n, word in ((bad.nan, "NaN"), (bad.inf, "inf")) if n]
+        what = f"{' and '.join(counts)} among its {bad.entries} values"
+    more = f" (and {bad.tensors - 1} more of its tensors)" if bad.tensors > 1 else ""
+    return Pitfall(
+        "MP302",
+        f"{model!r} tensor {bad.tensor}: {what}{more}; NaN and inf spread through the merge",
+        "the model is damaged or was saved from a diverged run: download it again, or use another checkpoint",
+        step=step.name,
+        at=model_at(step, model),
+        tensor=bad.tensor,
+    )
+
+
+def _stride(entries: int, row: int) -> int:
+    """A step between sampled entries that gives at most SAMPLE of them and, sharing no
+    factor with the row length, visits every column rather than a few."""
+    stride = max(1, -(-entries // SAMPLE))
+    while stride > 1 and math.gcd(stride, row) != 1:
+        stride += 1
+    return stride
