@@ -16,6 +16,15 @@ from typing import TypeVar
 Self = TypeVar("Self", bound="MergepkgError")
 
 
+def place(file: str | None, line: int | None, key: str | None, tensor: str | None = None) -> str:
+    """`file:line: key: tensor`, the parts that are known: where an error or a warning points."""
+    parts = []
+    if file:
+        parts.append(f"{file}:{line}" if line else file)
+    parts += [p for p in (key, tensor) if p]
+    return ": ".join(parts)
+
+
 class MergepkgError(Exception):
     """Base of every error mergepkg raises on purpose."""
 
@@ -58,14 +67,7 @@ class MergepkgError(Exception):
     @property
     def where(self) -> str:
         """`recipe.toml:14: steps.x.inputs[1].density` (the parts that are known)."""
-        parts = []
-        if self.file:
-            parts.append(f"{self.file}:{self.line}" if self.line else self.file)
-        if self.key:
-            parts.append(self.key)
-        if self.tensor:
-            parts.append(self.tensor)
-        return ": ".join(parts)
+        return place(self.file, self.line, self.key, self.tensor)
 
     def __str__(self) -> str:
         text = f"{self.where}: {self.message}" if self.where else self.message

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from mergepkg._toml import tomllib
-from mergepkg.errors import BuildError
+from mergepkg.errors import BuildError, place
 from mergepkg.recipe.allow import CODES
 from mergepkg.recipe.locate import locate
 from mergepkg.recipe.model import Recipe, Step
@@ -42,12 +42,7 @@ class Pitfall:
     @property
     def where(self) -> str:
         """`recipe.toml:14: steps.x.inputs[1]` (the parts that are known), as errors say it."""
-        parts = []
-        if self.file:
-            parts.append(f"{self.file}:{self.line}" if self.line else self.file)
-        if self.key:
-            parts.append(self.key)
-        return ": ".join(parts)
+        return place(self.file, self.line, self.key)
 
     def __str__(self) -> str:
         text = f"{self.code}: {self.where}: {self.message}" if self.where else f"{self.code}: {self.message}"
