@@ -1,0 +1,119 @@
+"""Remotes and the local store together: open a remote, push a stored artifact,
+substitute a step from a remote (pull, check, commit under the key's lock)."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from mergepkg._version import __version__
+from mergepkg.remote.config import check_backend, get_remote, normalize_url, trusted_keys
+from mergepkg.remote.errors import EXTRA_HINT, RemoteConfigError
+from mergepkg.remote.hub import HubRemote
+from mergepkg.remote.record import FileEntry, Record, is_file_name
+from mergepkg.remote.sign import SigningKey, sign_record
+from mergepkg.remote.store import PushReport, Remote
+from mergepkg.remote.transfer import ProgressFn
+from mergepkg.settings import Settings
+from mergepkg.store.hashcache import HashCache, sha256_file
+from mergepkg.store.local import MANIFEST, Artifact, Store
+
+
+def open_remote(url: str, *, threads: int = 4, **storage_options: Any) -> Remote:
+    """The remote at `url` (`file://`, `s3://`, `hf://`, `memory://`); `storage_options`
+    go to the fsspec filesystem (an S3 endpoint, say). Nothing is read yet."""
+    url = normalize_url(url)
+    check_backend(url)
+    scheme, _, path = url.partition("://")
+    if scheme == "hf":
+        from huggingface_hub import HfApi, HfFileSystem
+
+        return HubRemote(HfApi(), HfFileSystem(**storage_options), path, url=url, threads=threads)
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+    except ImportError as e:
+        raise RemoteConfigError(f"cannot open {url}: {e}", hint=EXTRA_HINT) from None
+    return Remote(fs, root, url=url, threads=threads)
+
+
+def open_configured(settings: Settings, name: str, **storage_options: Any) -> Remote:
+    """The configured remote `name` (remotes.toml)."""
+    return open_remote(get_remote(settings, name).url, **storage_options)
+
+
+def whoami() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def record_for(artifact: Artifact, *, hashes: HashCache | None = None, signing_key: SigningKey | None = None) -> Record:
+    """The record of a stored artifact: its files (without the local manifest) hashed,
+    through `hashes` where given (a file hashed before is not read again), and signed
+    with `signing_key` where given."""
+    files = []
+    for p in sorted(artifact.folder.iterdir()):
+        if p.name == MANIFEST:
+            continue
+        if not is_file_name(p.name) or not p.is_file():
+            raise RemoteConfigError(f"cannot push {p.name!r}: not a plain file", file=artifact.folder)
+        size, sha = hashes.sha256(p) if hashes is not None else (p.stat().st_size, sha256_file(p))
+        files.append(FileEntry(p.name, size, sha))
+    record = Record(
+        key=artifact.key,
+        entry=artifact.manifest["entry"],
+        digest=artifact.digest,
+        files=tuple(files),
+        builder=whoami(),
+        mergepkg=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    return sign_record(record, signing_key) if signing_key is not None else record
+
+
+def push_artifact(
+    remote: Remote,
+    artifact: Artifact,
+    *,
+    hashes: HashCache | None = None,
+    signing_key: SigningKey | None = None,
+    progress: ProgressFn | None = None,
+) -> PushReport:
+    """Push a stored artifact (see `Remote.push`)."""
+    return remote.push(artifact.folder, record_for(artifact, hashes=hashes, signing_key=signing_key), progress=progress)
+
+
+def substitute(
+    remote: Remote,
+    store: Store,
+    key: str,
+    *,
+    expected_digest: str | None = None,
+    trusted: Iterable[str] = (),
+    progress: ProgressFn | None = None,
+) -> Artifact:
+    """Put `key` into the local store from `remote`, checked (see `Remote.pull`), under
+    the key's lock as a build would; an intact artifact already there is returned as is."""
+    with store.lock(key):
+        found = store.get(key)
+        if found is not None and found.intact():
+            return found
+        started = time.monotonic()
+        folder = store.new_folder(key)
+        pulled = remote.pull(key, folder, expected_digest=expected_digest, trusted=trusted, progress=progress)
+        return store.commit(key, folder, dict(pulled.record.entry), pulled.tensors, seconds=time.monotonic() - started)
+
+
+def substitute_configured(
+    settings: Settings, store: Store, name: str, key: str, *, expected_digest: str | None
+) -> Artifact:
+    """`substitute` from the configured remote `name`, trusting the configured keys."""
+    remote = open_configured(settings, name)
+    return substitute(remote, store, key, expected_digest=expected_digest, trusted=trusted_keys(settings))

@@ -1,0 +1,268 @@
+"""A remote on memory:// and file://: push, pull into a fresh home, every refusal, gc,
+concurrent pushers (issue 16). Artifacts are made without torch (tests/remotes.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from remotes import make_artifact, tree
+
+from mergepkg.remote.errors import NotOnRemote, Refused
+from mergepkg.remote.sign import generate_key
+from mergepkg.remote.store import Remote
+from mergepkg.remote.sync import open_remote, push_artifact, record_for, substitute
+from mergepkg.settings import Settings
+from mergepkg.store.local import Store
+
+
+@pytest.fixture(params=["memory", "file"])
+def remote(request, tmp_path) -> Remote:
+    if request.param == "memory":
+        url = f"memory://t-{uuid.uuid4().hex[:8]}/cache"
+        yield open_remote(url)
+        open_remote(url).fs.rm(url.partition("://")[2].split("/")[0], recursive=True)
+    else:
+        (tmp_path / "shared").mkdir()
+        yield open_remote(str(tmp_path / "shared"))
+
+
+def homes(tmp_path: Path) -> tuple[Store, Store]:
+    return Store(tmp_path / "home-a"), Store(tmp_path / "home-b")
+
+
+def remote_file(remote: Remote, key: str, name: str) -> str:
+    record = remote.record(key)
+    assert record is not None
+    return remote.path(record.folder, name)
+
+
+def assert_not_taken(store: Store, key: str) -> None:
+    """Nothing of a refused artifact entered the local store, or stayed in its tmp/."""
+    assert store.get(key) is None
+    assert not store.tmp.exists() or not any(store.tmp.iterdir())
+
+
+def test_an_artifact_pushed_from_one_home_is_pulled_into_a_fresh_one_with_its_digest(remote, tmp_path):
+    a, b = homes(tmp_path)
+    art = make_artifact(a, 1)
+    calls = []
+    report = push_artifact(remote, art, progress=lambda name, done, total: calls.append((name, done, total)))
+    assert not report.present and sorted(report.uploaded) == sorted(
+        p.name for p in art.folder.iterdir() if p.name != "mergepkg-manifest.json"
+    )
+    assert report.nbytes == art.size and calls[-1][1:] == (art.size, art.size)
+    assert [c[1] for c in calls] == sorted(c[1] for c in calls)  # one call at a time, growing
+    assert remote.has(art.key) and remote.keys() == [art.key]
+
+    got = substitute(remote, b, art.key, expected_digest=art.digest)
+    assert got.digest == art.digest and got.intact() and got.holds()
+    assert got.manifest["entry"] == art.manifest["entry"] and got.manifest["tensors"] == art.manifest["tensors"]
+    for p in art.folder.iterdir():
+        if p.name != "mergepkg-manifest.json":
+            assert (got.folder / p.name).read_bytes() == p.read_bytes()
+    assert substitute(remote, b, art.key, expected_digest=art.digest) == got  # there already: nothing pulled
+
+
+def test_push_moves_only_what_the_remote_lacks(remote, tmp_path):
+    a, _ = homes(tmp_path)
+    art = make_artifact(a, 2, shards=3)
+    push_artifact(remote, art)
+    again = push_artifact(remote, art)
+    assert again.present and again.nbytes == 0 and not again.uploaded
+    # a killed push's leftovers: some files, no record
+    remote.fs.rm_file(remote.path("records", f"{art.key}.json"))
+    remote.fs.rm_file(remote_file_path(remote, art, "model-00002-of-00003.safetensors"))
+    assert not remote.has(art.key)
+    third = push_artifact(remote, art)
+    assert third.uploaded == ("model-00002-of-00003.safetensors",) and len(third.skipped) == 3
+    assert remote.has(art.key)
+
+
+def remote_file_path(remote: Remote, art, name: str) -> str:
+    return remote.path(record_for(art).folder, name)
+
+
+def flip_byte(remote: Remote, path: str) -> None:
+    data = bytearray(remote.fs.cat_file(path))
+    data[-5] ^= 1
+    remote.fs.pipe_file(path, bytes(data))
+
+
+def test_a_tampered_file_is_refused_and_never_enters_the_store(remote, tmp_path):
+    a, b = homes(tmp_path)
+    art = make_artifact(a, 3)
+    push_artifact(remote, art)
+    flip_byte(remote, remote_file(remote, art.key, "model-00001-of-00002.safetensors"))
+    with pytest.raises(Refused, match="differs from its record: sha256") as e:
+        substitute(remote, b, art.key, expected_digest=art.digest)
+    assert e.value.file.endswith("model-00001-of-00002.safetensors")
+    assert_not_taken(b, art.key)
+    # a push with rehash reads the remote's files back and replaces the altered one
+    report = remote.push(art.folder, record_for(art), rehash=True)
+    assert report.uploaded == ("model-00001-of-00002.safetensors",)
+    assert substitute(remote, b, art.key, expected_digest=art.digest).digest == art.digest
+
+
+def test_a_record_without_its_files_is_refused(remote, tmp_path):
+    a, b = homes(tmp_path)
+    art = make_artifact(a, 4)
+    push_artifact(remote, art)
+    remote.fs.rm_file(remote_file(remote, art.key, "model-00002-of-00002.safetensors"))
+    with pytest.raises(Refused, match="a file the record lists is missing"):
+        substitute(remote, b, art.key, expected_digest=art.digest)
+    assert_not_taken(b, art.key)
+
+
+def test_files_without_a_record_are_no_artifact(remote, tmp_path):
+    a, b = homes(tmp_path)
+    art = make_artifact(a, 5)
+    push_artifact(remote, art)
+    remote.fs.rm_file(remote.path("records", f"{art.key}.json"))
+    assert not remote.has(art.key) and remote.keys() == []
+    with pytest.raises(NotOnRemote, match=f"no artifact for key {art.key}"):
+        substitute(remote, b, art.key, expected_digest=art.digest)
+    assert_not_taken(b, art.key)
+
+
+def test_a_record_that_is_not_one_makes_no_artifact(remote, tmp_path):
+    a, b = homes(tmp_path)
+    art = make_artifact(a, 6)
+    push_artifact(remote, art)
+    remote.fs.pipe_file(remote.path("records", f"{art.key}.json"), b'{"format": 1}')
+    assert not remote.has(art.key)
+    with pytest.raises(Exception, match="records/" + art.key):
+        substitute(remote, b, art.key, expected_digest=art.digest)
+    assert push_artifact(remote, art).nbytes == 0 and remote.has(art.key)  # replaced, files kept
+
+
+def test_a_digest_other_than_the_locks_is_refused_before_any_download(remote, tmp_path):
+    a, b = homes(tmp_path)
+    art = make_artifact(a, 7)
+    push_artifact(remote, art)
+    with pytest.raises(Refused, match="the lock pins sha256:00"):
+        substitute(remote, b, art.key, expected_digest="sha256:" + "0" * 64)
+    assert_not_taken(b, art.key)
+
+
+def test_an_unpinned_step_needs_a_trusted_signature(remote, tmp_path, mergepkg_home):
+    settings = Settings()
+    team, mallory = generate_key(settings, "team"), generate_key(settings, "mallory")
+    a, b = homes(tmp_path)
+    art = make_artifact(a, 8)
+    push_artifact(remote, art)  # unsigned
+    with pytest.raises(Refused, match="no trusted key signed"):
+        substitute(remote, b, art.key, trusted=[team.public])
+    push_artifact(remote, art)  # already there: a push changes nothing
+    remote.fs.rm_file(remote.path("records", f"{art.key}.json"))
+    push_artifact(remote, art, signing_key=mallory)
+    with pytest.raises(Refused, match="no trusted key signed"):
+        substitute(remote, b, art.key, trusted=[team.public])
+    remote.fs.rm_file(remote.path("records", f"{art.key}.json"))
+    push_artifact(remote, art, signing_key=team)
+    got = remote.pull(art.key, b.new_folder(art.key), trusted=[team.public])
+    assert got.signer == "team"
+    shutil.rmtree(got.folder)
+    # the signed record altered on the remote (a digest that still matches the files is not enough)
+    path = remote.path("records", f"{art.key}.json")
+    doc = json.loads(remote.fs.cat_file(path))
+    doc["builder"] = "mallory@evil"
+    remote.fs.pipe_file(path, json.dumps(doc).encode())
+    with pytest.raises(Refused, match="forged or altered"):
+        substitute(remote, b, art.key, trusted=[team.public])
+    assert_not_taken(b, art.key)
+
+
+def test_a_record_whose_digest_the_files_do_not_give_is_refused(remote, tmp_path, mergepkg_home):
+    """Files matching their record, a signed record, and still not the tensors it claims."""
+    team = generate_key(Settings(), "team")
+    a, b = homes(tmp_path)
+    art, other = make_artifact(a, 9), make_artifact(a, 10)
+    lie = record_for(art)
+    from dataclasses import replace
+
+    from mergepkg.remote.sign import sign_record
+
+    lie = sign_record(replace(lie, digest=other.digest), team)
+    remote.push(art.folder, lie)
+    with pytest.raises(Refused, match="the pulled tensors give digest"):
+        substitute(remote, b, art.key, trusted=[team.public])
+    assert_not_taken(b, art.key)
+
+
+def test_gc_removes_records_then_files_of_unkept_keys_and_old_leftovers(remote, tmp_path):
+    a, b = homes(tmp_path)
+    kept, gone, killed = make_artifact(a, 11), make_artifact(a, 12), make_artifact(a, 13)
+    for art in (kept, gone, killed):
+        push_artifact(remote, art)
+    remote.fs.rm_file(remote.path("records", f"{killed.key}.json"))  # a push killed before its record
+    young = remote.gc({kept.key, killed.key})
+    assert young.removed == (gone.key,) and len(young.files) == 3  # the killed push may be in flight: kept
+    assert remote.keys() == [kept.key]
+    remote.grace_seconds = 0
+    assert remote.gc({kept.key, killed.key}, dry_run=True).files == remote.gc({kept.key, killed.key}).files
+    assert not remote.fs.exists(remote.path("artifacts", killed.key)) or not remote.fs.find(
+        remote.path("artifacts", killed.key)
+    )
+    assert remote.gc({kept.key}) == type(young)((), ())  # nothing left to remove
+    assert substitute(remote, b, kept.key, expected_digest=kept.digest).digest == kept.digest
+
+
+def other_variant(store: Store, art) -> object:
+    """The same key and tensors in other files: the safetensors headers carry metadata."""
+    from safetensors.numpy import load_file, save_file
+
+    with store.lock(art.key):
+        folder = store.new_folder(art.key)
+        for p in art.folder.iterdir():
+            if p.suffix == ".safetensors":
+                save_file(load_file(p), folder / p.name, metadata={"pusher": "other"})
+            elif p.name != "mergepkg-manifest.json":
+                shutil.copy(p, folder / p.name)
+        return store.commit(art.key, folder, art.manifest["entry"], art.manifest["tensors"], seconds=0.0)
+
+
+def test_four_concurrent_pushers_of_one_key_all_succeed_and_leave_one_intact_artifact(remote, tmp_path):
+    stores = [Store(tmp_path / f"home-{i}") for i in range(4)]
+    first = make_artifact(stores[0], 14)
+    arts = [first, make_artifact(stores[1], 14), other_variant(stores[2], first), other_variant(stores[3], first)]
+    assert len({a.key for a in arts}) == 1 and len({record_for(a).variant for a in arts}) == 2
+    barrier, errors = threading.Barrier(4), []
+
+    def push(art):
+        barrier.wait()
+        try:
+            push_artifact(remote, art)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=push, args=(a,)) for a in arts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and remote.keys() == [first.key]
+    fresh = Store(tmp_path / "fresh")
+    assert substitute(remote, fresh, first.key, expected_digest=first.digest).digest == first.digest
+    remote.grace_seconds = 0
+    remote.gc({first.key})  # the variant no record names goes
+    record = remote.record(first.key)
+    assert record is not None
+    assert sorted(remote.fs.find(remote.path("artifacts"))) == sorted(
+        remote.path(record.folder, f.name) for f in record.files
+    )
+
+
+def test_a_file_remote_is_a_plain_folder_tree(tmp_path):
+    (tmp_path / "shared").mkdir()
+    remote = open_remote(f"file://{tmp_path / 'shared'}")
+    art = make_artifact(Store(tmp_path / "a"), 15)
+    push_artifact(remote, art)
+    files = tree(tmp_path / "shared")
+    record = record_for(art)
+    assert set(files) == {f"records/{art.key}.json"} | {f"{record.folder}/{f.name}" for f in record.files}
+    assert json.loads(files[f"records/{art.key}.json"])["digest"] == art.digest
