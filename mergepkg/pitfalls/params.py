@@ -18,6 +18,7 @@ from typing import Any
 
 from mergepkg.layout.values import value_at
 from mergepkg.methods import METHODS
+from mergepkg.methods.moe import PROMPTED
 from mergepkg.methods.spec import MethodSpec, Param
 from mergepkg.pitfalls.pitfall import Pitfall
 from mergepkg.recipe.model import Condition, Params, Recipe, Setting, Step
@@ -32,12 +33,15 @@ Point = tuple[str, float]
 
 
 def recipe_pitfalls(recipe: Recipe, steps: Iterable[str] | None = None) -> list[Pitfall]:
-    """What MP101-MP104 find in `steps` of `recipe` (default: every step), in step order."""
+    """What MP101-MP105 find in `steps` of `recipe` (default: every step), in step order."""
     found: list[Pitfall] = []
     for name in recipe.steps if steps is None else steps:
         step = recipe.steps[name]
         spec = METHODS.get(step.method)
-        if spec is None or step.moe is not None:  # an moe step has experts, not weighted inputs
+        if step.moe is not None:  # an moe step has experts, not weighted inputs
+            found += _alike_experts(step)
+            continue
+        if spec is None:
             continue
         for group in _groups(step):
             found += group.check(spec)
@@ -259,3 +263,32 @@ def _region(name: str, names: list[str], t: float, gradient: bool) -> str:
     if gradient:
         words.append(f"at gradient position {t:g}")
     return f" ({', '.join(words)})" if words else ""
+
+
+def _alike_experts(step: Step) -> list[Pitfall]:
+    """MP105: an expert prompted as an earlier one (prompts and negative prompts, as sets)
+    in a prompt-based gate mode: their router rows are equal, so the router never prefers
+    one of the two (mergekit-moe refuses only when every expert is alike, as the parser does)."""
+    moe = step.moe
+    assert moe is not None
+    if moe.gate_mode not in PROMPTED:
+        return []
+    seen: dict[tuple, int] = {}
+    found = []
+    for i, e in enumerate(moe.experts):
+        prompts = (frozenset(e.prompts), frozenset(e.negative_prompts))
+        if prompts in seen:
+            j = seen[prompts]
+            found.append(
+                Pitfall(
+                    "MP105",
+                    f"expert {i} ({e.model!r}) has the same prompts as expert {j} ({moe.experts[j].model!r}): "
+                    "their router rows are equal, so the router never prefers one of the two",
+                    "give each expert prompts for what should be routed to it",
+                    step=step.name,
+                    at=f"experts[{i}].prompts",
+                )
+            )
+        else:
+            seen[prompts] = i
+    return found

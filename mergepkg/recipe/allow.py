@@ -20,6 +20,7 @@ CODES = {
     "MP102": "one input has over 90% of the weight",
     "MP103": "a density below 0.1",
     "MP104": "a slerp t outside [0, 1]",
+    "MP105": "two moe experts with the same prompts",
     "MP201": "a random density that keeps almost nothing of a tensor",
     "MP202": "inputs of different architectures",
     "MP301": "an input that looks fine-tuned from another base",

@@ -74,19 +74,17 @@ def moe_step(p: TableReader, name: str, table: dict) -> Step:
             f"experts_per_token is {per_token} but the step has {len(experts)} expert(s)",
             f"list at least {per_token} experts, or set params.experts_per_token = {len(experts)}",
         )
-    if gate_mode in PROMPTED:
-        seen: dict[tuple, int] = {}
-        for i, e in enumerate(experts):
-            prompts = (tuple(sorted(e.prompts)), tuple(sorted(e.negative_prompts)))
-            if prompts in seen:
-                j = seen[prompts]
-                raise p.error(
-                    f"{key}.experts[{i}].prompts",
-                    f"expert {i} ({e.model!r}) has the same prompts as expert {j} ({experts[j].model!r}): "
-                    "their router rows would be equal and neither would ever be preferred",
-                    "give each expert prompts for what should be routed to it",
-                )
-            seen[prompts] = i
+    if gate_mode in PROMPTED and len(experts) > 1:
+        # all alike: no expert is ever preferred (mergekit-moe refuses it too); two alike
+        # among others is warning MP105 (pitfalls/params.py)
+        prompts = {(tuple(sorted(e.prompts)), tuple(sorted(e.negative_prompts))) for e in experts}
+        if len(prompts) == 1:
+            raise p.error(
+                f"{key}.experts[{len(experts) - 1}].prompts",
+                "every expert has the same prompts: their router rows would be equal and no expert "
+                "would ever be preferred",
+                "give each expert prompts for what should be routed to it",
+            )
     shared = None
     if "shared_expert" in table:
         shared = _expert(p, table["shared_expert"], name, f"{key}.shared_expert", base, gate_mode, shared=True)

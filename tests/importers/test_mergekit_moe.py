@@ -47,6 +47,20 @@ def test_an_moe_config_is_an_moe_step(tmp_path):
     assert result.warnings == []
 
 
+def test_two_experts_alike_among_others_import_as_mergekit_moe_runs_them(tmp_path):
+    """mergekit-moe refuses only experts that are all alike; two alike is warning MP105 at build."""
+    config = """
+    base_model: org/base
+    gate_mode: cheap_embed
+    experts:
+      - {source_model: org/a, positive_prompts: [code]}
+      - {source_model: org/b, positive_prompts: [code]}
+      - {source_model: org/c, positive_prompts: [math]}
+    """
+    _, recipe = imported(config, tmp_path)
+    assert [e.prompts for e in recipe.steps["config"].moe.experts] == [("code",), ("code",), ("math",)]
+
+
 def test_hidden_mode_and_defaults(tmp_path):
     _, recipe = imported(
         """

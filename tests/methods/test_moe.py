@@ -321,7 +321,7 @@ BAD = [
         'experts = [{ model = "ft1", prompts = ["a", "b"] }, { model = "ft2", prompts = ["b", "a"] }]',
         "steps.m.experts[1].prompts",
         "experts = [",
-        "expert 1 ('ft2') has the same prompts as expert 0 ('ft1')",
+        "every expert has the same prompts",
         "give each expert prompts",
     ),
     (

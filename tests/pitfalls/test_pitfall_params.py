@@ -161,3 +161,32 @@ def test_example_recipes_show_no_recipe_warnings():
     for path in sorted(root.glob("*.toml")):
         recipe = load_recipe(path)
         assert settle(recipe_pitfalls(recipe), recipe) == [], path
+
+
+MOE = """
+[steps.m]
+method = "moe"
+base = "base"
+experts = [
+  {{ model = "ft1", prompts = ["code"] }},
+  {{ model = "ft2", prompts = {second} }},
+  {{ model = "ft3", prompts = ["math"] }},
+]
+params = {{ gate_mode = "{mode}" }}
+"""
+
+
+@pytest.mark.parametrize(
+    ("second", "mode", "fires"),
+    [('["code"]', "cheap_embed", True), ('["code"]', "hidden", True), ('["chat"]', "cheap_embed", False)],
+)
+def test_mp105_two_experts_alike_among_others(recipe_file, second, mode, fires):
+    pits = found(recipe_file, MOE.format(second=second, mode=mode))
+    assert [p.code for p in pits] == (["MP105"] if fires else [])
+    if fires:
+        assert pits[0].key == "steps.m.experts[1].prompts" and "same prompts as expert 0 ('ft1')" in pits[0].message
+
+
+def test_mp105_not_in_random_mode(recipe_file):
+    body = MOE.format(second='["code"]', mode="random")
+    assert found(recipe_file, body) == []
