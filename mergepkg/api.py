@@ -14,6 +14,7 @@ from mergepkg.builder.build import BuildReport
 from mergepkg.builder.build import build as build_recipe
 from mergepkg.builder.status import Status
 from mergepkg.builder.status import status as recipe_status
+from mergepkg.builder.substitute import Policy
 from mergepkg.builder.verify import Check
 from mergepkg.builder.verify import verify as verify_recipe
 from mergepkg.engine.progress import Reporter
@@ -40,11 +41,15 @@ def build(
     seed: int | None = None,
     reporter: Reporter | None = None,
     deny_warnings: bool = False,
+    remote: Policy = "auto",
 ) -> BuildReport:
     """Build what is not stored, update the lock, and place the outputs in `out` (when
     given): `mergepkg build`. `mode` "locked" or "frozen" holds the lock as it is. The
     pitfall warnings are the report's `pitfalls` (and told to `reporter`); with
-    `deny_warnings` one raises `WarningsDenied` before what it concerns is written."""
+    `deny_warnings` one raises `WarningsDenied` before what it concerns is written.
+    `remote`: "auto" pulls a step the store lacks from a remote when that moves fewer
+    bytes than building it, "prefer" whenever a remote has it, "never" not at all
+    (docs/remote.md#substitution)."""
     r, s = _open(recipe, session)
     return build_recipe(
         r,
@@ -54,13 +59,15 @@ def build(
         mode=mode,
         reporter=reporter,
         deny_warnings=deny_warnings,
+        remote=remote,
     )
 
 
-def status(recipe: RecipeLike, *, session: Session | None = None) -> Status:
-    """Each step's key, layout and whether it is stored, building nothing: `mergepkg plan`."""
+def status(recipe: RecipeLike, *, session: Session | None = None, remote: Policy = "auto") -> Status:
+    """Each step's key, layout and what a build would do with it (stored, pulled from a
+    remote, built), building nothing: `mergepkg plan`."""
     r, s = _open(recipe, session)
-    return recipe_status(r, s)
+    return recipe_status(r, s, remote=remote)
 
 
 def validate(recipe: RecipeLike, *, session: Session | None = None, deny_warnings: bool = False) -> Status:
@@ -81,8 +88,15 @@ def lock(recipe: RecipeLike, *, upgrade: frozenset[str] | None = None, session: 
 
 
 def verify(
-    recipe: RecipeLike, *, rebuild: bool = False, session: Session | None = None, reporter: Reporter | None = None
+    recipe: RecipeLike,
+    *,
+    rebuild: bool = False,
+    session: Session | None = None,
+    reporter: Reporter | None = None,
+    remote: Policy = "auto",
 ) -> list[Check]:
-    """Stored artifacts (or, with `rebuild`, a fresh build) checked against the lock: `mergepkg verify`."""
+    """Stored artifacts (or, with `rebuild`, a fresh build) checked against the lock:
+    `mergepkg verify`. Locked steps the store lacks are pulled from the remotes, checked,
+    unless `remote` is "never"."""
     r, s = _open(recipe, session)
-    return verify_recipe(r, s, rebuild=rebuild, reporter=reporter)
+    return verify_recipe(r, s, rebuild=rebuild, reporter=reporter, remote=remote)

@@ -2,9 +2,11 @@
 
 A step whose key is in the store (and whose files are as built) is reused without
 reading anything; an unchanged, fully stored recipe therefore touches no tensor data.
-Otherwise every remaining step is laid out first (so a late error stops the build
-before the first tensor is read), and steps are built into the store one by one under
-their key's file lock. Outputs are then hard-linked (or copied) into `--out` by a
+A step the store lacks may be pulled from a remote instead of built (`substitute.py`);
+then its inputs are neither built nor fetched unless another step built here reads
+them. The steps left are laid out first (so a late error stops the build before the
+first tensor is read) and built into the store one by one under their key's file lock
+(`steps.py`). Outputs are then hard-linked (or copied) into `--out` by a
 rename (`outputs.py`): a failed or killed build leaves `--out` as it was.
 
 Pitfall warnings (docs/warnings.md) are told to the reporter and kept in the report:
@@ -17,21 +19,15 @@ only what was built as its key says), and the lock and outputs are then left as 
 
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergepkg.builder.outputs import check_replaceable, place_outputs
-from mergepkg.engine.device import check_device
-from mergepkg.engine.memory import Budget
+from mergepkg.builder.steps import StepRunner
+from mergepkg.builder.substitute import Policy, Remotes
 from mergepkg.engine.progress import NullReporter, Reporter
-from mergepkg.engine.step import budget_for, build_step
-from mergepkg.errors import LockError, MergepkgError
-from mergepkg.layout.steps import lay_out, read_model_info
-from mergepkg.layout.types import ModelInfo, StepLayout
+from mergepkg.errors import LockError
 from mergepkg.lockfile import Lock, lock_path, read_lock, write_lock
-from mergepkg.pitfalls.layouts import layout_pitfalls
 from mergepkg.pitfalls.params import recipe_pitfalls
 from mergepkg.pitfalls.pitfall import Pitfall, deny, settle
 from mergepkg.recipe.model import Recipe
@@ -48,13 +44,16 @@ SPOT_CHECK_BYTES = 256 << 20
 @dataclass
 class BuildReport:
     resolution: Resolution
-    artifacts: dict[str, Artifact]  # every planned step
+    # every step the build has in the store: reused, pulled or built (a step upstream of a
+    # pulled one that nothing else needed is not there: `all_steps` makes every step be)
+    artifacts: dict[str, Artifact]
     built: list[str]
     reused: list[str]
     outputs: dict[str, Path]  # output step -> placed folder (empty without --out)
     lock: Lock
     warnings: list[str] = field(default_factory=list)  # also told to the reporter, as they happened
     pitfalls: list[Pitfall] = field(default_factory=list)  # coded warnings (docs/warnings.md), likewise
+    pulled: dict[str, str] = field(default_factory=dict)  # step -> the remote it was substituted from
 
 
 def build(
@@ -69,13 +68,21 @@ def build(
     check_digests: bool = True,
     verify_store: bool = False,
     deny_warnings: bool = False,
+    remote: Policy = "auto",
+    all_steps: bool = False,
 ) -> BuildReport:
     """Build the recipe's outputs (or only `targets` and what they need; the lock is then
     left alone) and place the outputs in `out` when given. With --locked/--frozen, a
     digest that differs from the lock's is an error unless `check_digests` is off
     (`verify --rebuild` compares them itself), and what is reused from the store is
     spot-checked (`verify_store`: checked whole). `deny_warnings`: a pitfall warning is
-    an error (`WarningsDenied`), raised before anything it concerns is written."""
+    an error (`WarningsDenied`), raised before anything it concerns is written.
+
+    A step the store lacks is taken from a remote (configured, or the recipe's `[package]
+    remote`) as `remote` says: "auto" when its files are smaller than what building it
+    would download, "prefer" whenever one has it, "never" not at all (builder/substitute.py).
+    Only what the outputs (or `targets`; `all_steps`: every planned step) need is obtained,
+    and only the sources the steps built here read are fetched."""
     if out is not None:
         out = out.resolve()
         check_replaceable(out)
@@ -83,12 +90,22 @@ def build(
     with session.store.in_use():  # `cache gc` waits for us
         session.store.clean_tmp()  # what killed builds left behind
         old_lock = read_lock(lock_path(recipe))
-        res = resolve(recipe, session, lock=old_lock, mode=mode, seed=seed, targets=targets)
+        res = resolve(recipe, session, lock=old_lock, mode=mode, seed=seed, targets=targets, defer=True)
         warnings.recipe = res.recipe
         warnings.found(recipe_pitfalls(res.recipe, res.plan.order))  # MP1xx: before anything is read
         sample = None if verify_store else SPOT_CHECK_BYTES if mode != "update" else 0
-        artifacts, built, reused = _Steps(res, session, warnings, sample).run()
-        digests = {n: a.digest for n, a in artifacts.items()}
+        locked = {
+            n: s.digest
+            for n, s in (old_lock.steps.items() if old_lock else ())
+            if s.digest is not None and res.keys.get(n) == s.key
+        }
+        roots = res.plan.order if all_steps else targets or res.recipe.outputs
+        remotes = Remotes.for_recipe(session.settings, res.recipe, warnings.warning) if remote != "never" else None
+        steps = StepRunner(res, session, warnings, sample, remotes, remote, locked, tuple(roots))
+        steps.run()
+        artifacts, built, reused = steps.artifacts, steps.built, steps.reused
+        # a step nothing needed (upstream of a pulled one) keeps the lock's digest for its key
+        digests = {n: d for n, d in locked.items() if n in res.keys} | {n: a.digest for n, a in artifacts.items()}
         if mode != "update" and old_lock is not None and check_digests:
             _check_digests(digests, old_lock, lock_path(recipe))
         lock = res.lock(digests)
@@ -106,7 +123,9 @@ def build(
                     max_shard_bytes=session.settings.max_shard_bytes,
                     lock=lock,
                 )
-        return BuildReport(res, artifacts, built, reused, outputs, lock, warnings.messages, warnings.pitfalls)
+        return BuildReport(
+            res, artifacts, built, reused, outputs, lock, warnings.messages, warnings.pitfalls, steps.pulled
+        )
 
 
 class _Warnings:
@@ -157,77 +176,19 @@ class _Warnings:
         self.messages.append(message)
         self.reporter.warning(message)
 
+    def pull_started(self, name: str, remote: str, nbytes: int) -> None:
+        self.reporter.pull_started(name, remote, nbytes)
 
-class _Steps:
-    """Reuse or build every planned step, in plan order. `sample`: bytes of each reused
-    artifact re-read to check it (None: all of it; 0: none, sizes and mtimes only)."""
+    def pull_progress(self, done: int) -> None:
+        self.reporter.pull_progress(done)
 
-    def __init__(self, res: Resolution, session: Session, reporter: _Warnings, sample: int | None):
-        self.res, self.session, self.reporter, self.sample = res, session, reporter, sample
-        self.folders: dict[str, Path] = {n: s.folder for n, s in res.sources.items()}
-        self.planned: tuple[dict[str, StepLayout], dict[str, ModelInfo]] | None = None  # when a step must be built
-        self.budget: Budget | None = None
-
-    def run(self) -> tuple[dict[str, Artifact], list[str], list[str]]:
-        store = self.session.store
-        artifacts: dict[str, Artifact] = {}
-        built, reused = [], []
-        for name in self.res.plan.order:
-            key = self.res.keys[name]
-            with store.lock(key):  # a second builder of this key waits here, then reuses
-                art = store.get(key)
-                if art is not None and art.intact() and (self.sample == 0 or art.holds(self.sample)):
-                    reused.append(name)
-                    self.reporter.step_reused(name, key)
-                else:
-                    if art is not None:
-                        store.discard(key)  # edited, truncated or flipped: never reused silently
-                    art = self.build_one(name)
-                    built.append(name)
-            artifacts[name] = art
-            self.folders[name] = art.folder
-            if self.planned is not None:
-                self.planned[1][name] = read_model_info(art.folder)  # real shard names for readers downstream
-        return artifacts, built, reused
-
-    def build_one(self, name: str) -> Artifact:
-        res, settings = self.res, self.session.settings
-        if self.planned is None:  # every step laid out before the first is built: late errors come first
-            check_device(settings.device)
-            self.planned = lay_out(res.recipe, res.plan.order, self.folders)
-            layouts, infos = self.planned  # MP2xx, before the first step is built
-            self.reporter.found([p for n in res.plan.order for p in layout_pitfalls(layouts[n], infos)])
-            self.budget = budget_for(self.planned[0].values(), settings.max_memory, settings.device)
-        layouts, infos = self.planned
-        key = res.keys[name]
-        folder = self.session.store.new_folder(key)
-        started = time.monotonic()
-        try:
-            tensors = build_step(
-                layouts[name],
-                self.folders,
-                {m: info.tensors for m, info in infos.items()},
-                folder,
-                seed=res.seeds[name],
-                device=settings.device,
-                max_shard_bytes=settings.max_shard_bytes,
-                budget=self.budget,
-                threads=settings.threads,
-                reporter=self.reporter,
-            )
-            self.reporter.release("the step was not stored; the lock and outputs are as they were")
-            entry = res.entries[name]
-            return self.session.store.commit(key, folder, entry, tensors, seconds=time.monotonic() - started)
-        except MergepkgError as e:
-            res.recipe.written(name).locate(e)  # engine errors: at the step that failed
-            raise
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)  # gone already when committed
+    def step_pulled(self, name: str, key: str, remote: str) -> None:
+        self.reporter.step_pulled(name, key, remote)
 
 
 def _check_digests(digests: dict[str, str], lock: Lock, lock_file: Path) -> None:
     for name, digest in digests.items():
-        locked = lock.steps[name].digest
+        locked = lock.steps[name].digest if name in lock.steps else None
         if locked is not None and locked != digest:
             raise LockError(
                 f"step {name!r} built to {digest[:19]}, but the lock records {locked[:19]}",

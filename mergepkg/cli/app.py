@@ -16,6 +16,7 @@ from mergepkg.cli import mergekit as mergekit_cmd
 from mergepkg.cli import methods as methods_cmd
 from mergepkg.cli import plan as plan_cmd
 from mergepkg.cli import registry as registry_cmd
+from mergepkg.cli import remote as remote_cmd
 from mergepkg.cli.output import err, show_error
 from mergepkg.errors import MergepkgError
 
@@ -59,6 +60,7 @@ app.command("publish")(registry_cmd.publish)
 app.command("yank")(registry_cmd.yank)
 app.add_typer(cache_cmd.app, name="cache")
 app.add_typer(registry_cmd.app, name="registry")
+app.add_typer(remote_cmd.app, name="remote")
 
 
 def main(argv: list[str] | None = None) -> int:

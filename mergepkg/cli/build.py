@@ -6,11 +6,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mergepkg.builder.build import build as build_recipe
 from mergepkg.builder.status import status
-from mergepkg.cli.common import DENY_WARNINGS, OFFLINE, RECIPE, open_recipe, parse_size, size
+from mergepkg.cli.common import (
+    DENY_WARNINGS,
+    NO_REMOTE,
+    OFFLINE,
+    PREFER_REMOTE,
+    RECIPE,
+    open_recipe,
+    parse_size,
+    remote_policy,
+    size,
+)
 from mergepkg.cli.output import ProgressReporter, err, out, show_pitfall
 from mergepkg.engine.device import check_device
 from mergepkg.errors import BuildError, RegistryError, SourceError
@@ -44,8 +55,12 @@ def build(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     deny_warnings: bool = DENY_WARNINGS,
+    no_remote: bool = NO_REMOTE,
+    prefer_remote: bool = PREFER_REMOTE,
 ) -> None:
-    """Build a recipe's outputs: steps already in the store are reused, the rest built."""
+    """Build a recipe's outputs: steps already in the store are reused, steps the remotes
+    hold pulled when that moves less, the rest built."""
+    policy = remote_policy(no_remote, prefer_remote)
     if locked and frozen:
         raise BuildError("--locked and --frozen exclude each other", hint="--frozen already implies --locked")
     check_device(device)
@@ -69,10 +84,14 @@ def build(
             reporter=reporter,
             verify_store=verify_store,
             deny_warnings=deny_warnings,
+            remote=policy,
         )
+    for name, remote in report.pulled.items():
+        err.print(f"[green]pulled[/] {name} [dim]{report.resolution.keys[name][:12]}[/] from {escape(remote)}")
     for name in report.built:
         err.print(f"[green]built[/] {name} [dim]{report.resolution.keys[name][:12]}[/]")
-    err.print(f"[green]done[/]: {len(report.built)} built, {len(report.reused)} reused from the store")
+    pulled = f", {len(report.pulled)} pulled from remotes" if report.pulled else ""
+    err.print(f"[green]done[/]: {len(report.built)} built, {len(report.reused)} reused from the store{pulled}")
     for folder in report.outputs.values():
         out.print(str(folder), highlight=False)
 
@@ -87,6 +106,7 @@ def validate(recipe: Path = RECIPE, offline: bool = OFFLINE, deny_warnings: bool
         table.add_column(col, justify="right" if col in ("tensors", "reads", "writes") else "left")
     for name, s in st.steps.items():
         lay = s.layout
+        assert lay is not None  # without the store every step is laid out
         mark = " (output)" if name in r.outputs else ""
         table.add_row(
             name + mark,

@@ -1,14 +1,20 @@
-"""`mergepkg cache`: list, inspect, locate and collect the store's artifacts."""
+"""`mergepkg cache`: list, inspect, locate and collect the store's artifacts; push them to,
+pull them from and sign them on a remote."""
 
 from __future__ import annotations
 
 import json
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from mergepkg.builder import share
 from mergepkg.cli.common import size
-from mergepkg.cli.output import err, out
+from mergepkg.cli.output import TransferReporter, err, out
+from mergepkg.cli.remote import summary
+from mergepkg.errors import StoreError
+from mergepkg.remote.config import trusted_keys
 from mergepkg.store.gc import collect_garbage
 from mergepkg.store.session import Session
 
@@ -55,3 +61,62 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go
         f"{verb} {len(done.artifacts)} artifacts ({size(done.size)}) and {len(done.leftovers)} temp folders;"
         f" kept what {len(done.roots)} lockfiles reference"
     )
+
+
+# -- sharing through a remote (docs/remote.md) ------------------------------------------
+TARGETS = typer.Argument(None, metavar="[RECIPE|KEY]...", help="Recipe files (the steps their locks pin) or keys.")
+REMOTE = typer.Option(None, "--remote", "-r", help="A configured remote (default: the only one).")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+KEY = typer.Option(None, "--key", help="The signing key: a name under keys/ or a file (default: the only one).")
+
+
+def _report(moved: list[share.Moved], remote: str) -> None:
+    for m in moved:
+        out.print(f"{m.what} {m.key[:16]} {m.label} {size(m.nbytes) if m.nbytes else ''}".rstrip(), highlight=False)
+    err.print(f"[green]done[/]: {escape(summary(moved, remote))}")
+
+
+@app.command("push")
+def push(
+    targets: list[str] = TARGETS,
+    remote: str = REMOTE,
+    sign: bool = typer.Option(False, "--sign", help="Sign the records (those already there too) with --key."),
+    key: str = KEY,
+    quiet: bool = QUIET,
+) -> None:
+    """Push stored artifacts to a remote (none named: every stored one). The remote's
+    records are checked first; only missing files move, in parallel."""
+    session = Session()
+    target = share.choose_remote(session.settings, remote)
+    signing_key = share.choose_signing_key(session.settings, key) if sign else None
+    with TransferReporter(enabled=not quiet) as reporter:
+        moved = share.push(target, session, targets or [], signing_key=signing_key, reporter=reporter)
+    _report(moved, target.url)
+
+
+@app.command("pull")
+def pull(targets: list[str] = TARGETS, remote: str = REMOTE, quiet: bool = QUIET) -> None:
+    """Pull artifacts into the store: a recipe's steps checked against its lock's digests,
+    a key no given lock pins by a trusted signature. A refused one never enters the store."""
+    if not targets:
+        raise StoreError("name what to pull: RECIPE or KEY", hint="mergepkg cache pull recipe.toml")
+    session = Session()
+    target = share.choose_remote(session.settings, remote)
+    trusted = trusted_keys(session.settings)
+    with TransferReporter(enabled=not quiet) as reporter:
+        moved = share.pull(target, session, targets, trusted=trusted, reporter=reporter)
+    _report(moved, target.url)
+
+
+@app.command("sign")
+def sign(targets: list[str] = TARGETS, remote: str = REMOTE, key: str = KEY) -> None:
+    """Add your signature to the remote's records of stored artifacts (none named: every
+    one the remote has), keeping other signatures; the record must list the same files
+    as the artifact here. Only records are rewritten."""
+    session = Session()
+    target = share.choose_remote(session.settings, remote)
+    moved = share.sign(target, session, targets or [], share.choose_signing_key(session.settings, key))
+    for m in moved:
+        out.print(f"{'signed' if m.what == 'signed' else 'already signed'} {m.key[:16]} {m.label}", highlight=False)
+    n = sum(m.what == "signed" for m in moved)
+    err.print(f"[green]done[/]: {n} signed, {len(moved) - n} signed already on {escape(target.url)}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from mergepkg.builder.substitute import Policy
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.settings import Settings
@@ -18,6 +19,20 @@ OFFLINE = typer.Option(False, "--offline", help="Use only the local Hugging Face
 DENY_WARNINGS = typer.Option(
     False, "--deny-warnings", help="Fail (exit 1) on any pitfall warning, e.g. in CI (docs/warnings.md)."
 )
+
+NO_REMOTE = typer.Option(False, "--no-remote", help="Never take a step from a remote: build what the store lacks.")
+PREFER_REMOTE = typer.Option(
+    False,
+    "--prefer-remote",
+    help="Pull every step a remote has, even when building it here would download less (docs/remote.md).",
+)
+
+
+def remote_policy(no_remote: bool, prefer_remote: bool) -> Policy:
+    """--no-remote / --prefer-remote as the builder's policy ("auto" without either)."""
+    if no_remote and prefer_remote:
+        raise typer.BadParameter("--no-remote and --prefer-remote exclude each other", param_hint="--prefer-remote")
+    return "never" if no_remote else "prefer" if prefer_remote else "auto"
 
 
 def open_recipe(path: Path, *, offline: bool = False, **settings) -> tuple[Recipe, Session]:

@@ -15,7 +15,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mergepkg.cli.common import OFFLINE
+from mergepkg.cli.common import NO_REMOTE, OFFLINE, PREFER_REMOTE, remote_policy
 from mergepkg.cli.output import ProgressReporter, err, out
 from mergepkg.eval.run import evaluate_model
 from mergepkg.eval.targets import target_models
@@ -37,15 +37,19 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Also print the results as JSON on stdout."),
     device: str = typer.Option("cpu", "--device", help="Where the model runs."),
     offline: bool = OFFLINE,
+    no_remote: bool = NO_REMOTE,
+    prefer_remote: bool = PREFER_REMOTE,
 ) -> None:
-    """Evaluate models: exact-match accuracy on task files, perplexity on text; cached."""
+    """Evaluate models: exact-match accuracy on task files, perplexity on text; cached.
+    Steps the store lacks are pulled from remotes or built, as `build` does."""
+    policy = remote_policy(no_remote, prefer_remote)
     base = Settings()
     session = Session(Settings(home=base.home, offline=offline or base.offline, device=device))
     task_list = [load_task(t, session.hashes) for t in tasks]
     cache = EvalCache(session.settings.home)
     rows = []
     with ProgressReporter() as reporter:
-        models = [m for t in targets for m in target_models(t, session, reporter)]
+        models = [m for t in targets for m in target_models(t, session, reporter, policy)]
     with Progress(
         TextColumn("[bold]eval[/] {task.description}"),
         BarColumn(),

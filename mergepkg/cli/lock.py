@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mergepkg.builder.verify import verify as verify_recipe
@@ -41,21 +42,33 @@ def verify(
         False, "--rebuild", help="Rebuild every step from the lock in a scratch store and compare."
     ),
     offline: bool = OFFLINE,
+    no_remote: bool = typer.Option(
+        False, "--no-remote", help="Do not pull the locked steps the store lacks from the remotes."
+    ),
 ) -> None:
-    """Check stored artifacts (or a rebuild) against the digests in the recipe's lock."""
+    """Check stored artifacts (or a rebuild) against the digests in the recipe's lock;
+    locked steps the store lacks are pulled from the remotes that have them, checked."""
     r, session = open_recipe(recipe, offline=offline)
-    with ProgressReporter(enabled=rebuild) as reporter:
-        checks = verify_recipe(r, session, rebuild=rebuild, reporter=reporter)
+    with ProgressReporter() as reporter:
+        checks = verify_recipe(r, session, rebuild=rebuild, reporter=reporter, remote="never" if no_remote else "auto")
     table = Table()
     for col in ("step", "key", "status", "locked digest", "found"):
         table.add_column(col)
-    colors = {"ok": "green", "missing": "yellow", "corrupt": "red", "differs": "red"}
+    colors = {"ok": "green", "missing": "yellow", "corrupt": "red", "differs": "red", "refused": "red"}
     for c in checks:
+        shown = c.status + (f" ({'pulled from' if c.ok else 'from'} {c.remote})" if c.remote else "")
         table.add_row(
-            c.step, c.key[:12], f"[{colors[c.status]}]{c.status}[/]", (c.locked or "-")[:19], (c.actual or "-")[:19]
+            c.step,
+            c.key[:12],
+            f"[{colors[c.status]}]{escape(shown)}[/]",
+            (c.locked or "-")[:19],
+            (c.actual or "-")[:19],
         )
     out.print(table)
-    bad = [c for c in checks if c.status in ("corrupt", "differs")]
+    for c in checks:
+        if c.note:
+            err.print(f"[red]refused[/] {escape(c.step)}: {escape(c.note)}")
+    bad = [c for c in checks if c.status in ("corrupt", "differs", "refused")]
     if any(c.status == "corrupt" for c in checks):
         err.print("[red]corrupt artifacts were removed from the store[/]; `mergepkg build` rebuilds them")
     if bad:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -79,6 +81,53 @@ class ProgressReporter:
     def pitfall(self, pitfall: Pitfall) -> None:
         show_pitfall(pitfall)  # err is the progress bars' console: printed above them
 
+    def pull_started(self, name: str, remote: str, nbytes: int) -> None:
+        self.task = self.progress.add_task(f"{name} [dim]from {escape(remote)}[/]", total=nbytes, done="-", tensors="-")
+
+    def pull_progress(self, done: int) -> None:
+        self.progress.update(self._task(), completed=done)
+
+    def step_pulled(self, name: str, key: str, remote: str) -> None:
+        self.progress.update(self._task(), completed=self.progress.tasks[-1].total)
+
     def _task(self) -> TaskID:
         assert self.task is not None  # the engine starts a step before it reports on its tensors
         return self.task
+
+
+class TransferReporter:
+    """Pushes and pulls drawn with rich: one bar per artifact, in bytes."""
+
+    def __init__(self, enabled: bool = True):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            disable=not enabled,
+        )
+        self.tasks: dict[str, TaskID] = {}  # by key
+
+    def __enter__(self) -> TransferReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def transfer_started(self, label: str, key: str) -> Callable[[str, int, int], None]:
+        task = self.tasks[key] = self.progress.add_task(escape(label), total=None)
+
+        def moved(name: str, done: int, total: int) -> None:
+            self.progress.update(task, completed=done, total=total)
+
+        return moved
+
+    def transfer_finished(self, label: str, key: str, what: str, nbytes: int) -> None:
+        task = self.tasks.pop(key)
+        if nbytes:
+            self.progress.update(task, completed=nbytes, total=nbytes)
+        else:  # nothing moved (the remote had it): no bar
+            self.progress.remove_task(task)

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.tree import Tree
 
-from mergepkg.builder.status import status
-from mergepkg.cli.common import OFFLINE, RECIPE, open_recipe, size
+from mergepkg.builder.status import StepStatus, status
+from mergepkg.cli.common import NO_REMOTE, OFFLINE, PREFER_REMOTE, RECIPE, open_recipe, remote_policy, size
 from mergepkg.cli.output import err, out
 from mergepkg.recipe.plan import graph_text, make_plan
 from mergepkg.resolve.resolution import expand
 
 
-def plan(recipe: Path = RECIPE, offline: bool = OFFLINE) -> None:
-    """Show the steps as a tree: key, method, stored or to build, bytes read and written."""
+def plan(
+    recipe: Path = RECIPE, offline: bool = OFFLINE, no_remote: bool = NO_REMOTE, prefer_remote: bool = PREFER_REMOTE
+) -> None:
+    """Show the steps as a tree: key, method, stored, from a remote or to build, and the bytes each moves."""
     r, session = open_recipe(recipe, offline=offline)
-    st = status(r, session)
+    st = status(r, session, remote=remote_policy(no_remote, prefer_remote))
+    for message in st.warnings:
+        err.print(f"[yellow]warning:[/] {escape(message)}")
     flat = st.resolution.recipe
     shown: set[str] = set()
 
@@ -28,13 +34,7 @@ def plan(recipe: Path = RECIPE, offline: bool = OFFLINE) -> None:
             where = os.path.relpath(src.path, r.path.parent) if src.path else src.label
             return f"[cyan]{name}[/] [dim]{where}[/]"
         s = st.steps[name]
-        lay = s.layout
-        state = (
-            "[green]stored[/]"
-            if s.stored
-            else f"[yellow]build[/] [dim]reads {size(lay.bytes_in)}, writes {size(lay.bytes_out)}[/]"
-        )
-        return f"[bold]{name}[/] [dim]{s.key[:12]}[/] {lay.method.name} {state}"
+        return f"[bold]{name}[/] [dim]{s.key[:12]}[/] {flat.steps[name].method} {_state(s)}"
 
     def add(node: Tree, name: str) -> None:
         branch = node.add(label(name) + (" [dim](above)[/]" if name in shown and name in st.steps else ""))
@@ -48,16 +48,36 @@ def plan(recipe: Path = RECIPE, offline: bool = OFFLINE) -> None:
     for name in r.outputs:
         add(tree, name)
     out.print(tree)
-    todo = st.to_build
+    todo, pulls = st.to_build, st.to_pull
+    stored = sum(s.state == "stored" for s in st.steps.values())
+    laid = [s.layout for s in todo if s.layout is not None]
+    pulled = f"{len(pulls)} from remotes ({size(sum(s.remote.size for s in pulls if s.remote))}), " if pulls else ""
+    reads = sum(x.bytes_in for x in laid)
     err.print(
-        f"{len(st.steps) - len(todo)} stored, {len(todo)} to build"
-        + (
-            f" (reads {size(sum(s.layout.bytes_in for s in todo))}, "
-            f"writes {size(sum(s.layout.bytes_out for s in todo))})"
-            if todo
-            else ""
-        )
+        f"{stored} stored, {pulled}{len(todo)} to build"
+        + (f" (reads {size(reads)}, writes {size(sum(x.bytes_out for x in laid))})" if laid else "")
     )
+
+
+def _state(s: StepStatus) -> str:
+    """A step's state, with the bytes each choice would move."""
+    instead = "cannot be built here" if math.isinf(s.download) else f"building would download {size(s.download)}"
+    if s.state == "stored":
+        return "[green]stored[/]"
+    if s.state == "remote" and s.remote is not None:
+        return f"[cyan]remote[/] [dim]{escape(s.remote.remote)}: pulls {size(s.remote.size)} ({instead})[/]"
+    if s.state == "unneeded":
+        return "[dim]not needed (a step after it is pulled)[/]"
+    lay = s.layout
+    text = "[yellow]build[/] [dim]"
+    text += f"reads {size(lay.bytes_in)}, writes {size(lay.bytes_out)}" if lay else "laid out once its inputs are in"
+    if math.isinf(s.download):
+        text += ", but its inputs cannot be had here"
+    elif s.download:
+        text += f", downloads {size(s.download)} of inputs first"
+    if s.remote is not None:
+        text += f"; {escape(s.remote.remote)} has it ({size(s.remote.size)})"
+    return text + "[/]"
 
 
 def graph(

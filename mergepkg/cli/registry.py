@@ -10,13 +10,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from mergepkg.builder.substitute import push_locked
 from mergepkg.cli.output import err, out
 from mergepkg.errors import RegistryError
+from mergepkg.recipe.parse import load_recipe
 from mergepkg.registry import audit, packages, tokens
 from mergepkg.registry import client as registries
 from mergepkg.registry.folder import RegistryFolder
 from mergepkg.registry.server import Limits, make_server
 from mergepkg.settings import Settings
+from mergepkg.store.session import Session
 
 app = typer.Typer(help="Configure registries; create and serve one.", no_args_is_help=True)
 token_app = typer.Typer(help="Bearer tokens that may publish to and yank from a served registry.", no_args_is_help=True)
@@ -224,8 +227,20 @@ def install(
 def publish(
     recipe: Path = typer.Argument(..., exists=True, dir_okay=False, help="The recipe file."),
     registry: str = typer.Option(..., "--registry", "-r", help="A configured registry."),
+    push: str = typer.Option(
+        None,
+        "--push",
+        metavar="REMOTE",
+        help="First push the built steps the lock pins to this remote (a configured name or a URL).",
+    ),
 ) -> None:
-    """Publish a recipe: validated, checksummed, immutable once published."""
+    """Publish a recipe (and its lock): validated, checksummed, immutable once published."""
+    if push is not None:
+        session = Session(_settings())
+        pushed = push_locked(session.settings, session.store, load_recipe(recipe), push)
+        for name, report in pushed.items():
+            what = "present" if report.present else f"pushed {len(report.uploaded)} files, {report.nbytes} bytes"
+            err.print(f"[green]{what}[/] {escape(name)} [dim]{report.key[:12]}[/]")
     reg, entry, new = packages.publish(_settings(), recipe, registry)
     verb = "[green]published[/]" if new else "[yellow]already published[/] (same bytes)"
     err.print(f"{verb} {escape(entry.name)}@{entry.version} to {escape(reg.name)}")

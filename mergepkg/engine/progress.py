@@ -19,6 +19,10 @@ class Reporter(Protocol):
     def step_finished(self, name: str) -> None: ...
     def warning(self, message: str) -> None: ...
     def pitfall(self, pitfall: Pitfall) -> None: ...  # a coded warning (docs/warnings.md)
+    # a step substituted from a remote (builder/substitute.py): started, bytes so far, done
+    def pull_started(self, name: str, remote: str, nbytes: int) -> None: ...
+    def pull_progress(self, done: int) -> None: ...
+    def step_pulled(self, name: str, key: str, remote: str) -> None: ...
 
 
 class NullReporter:
@@ -38,4 +42,13 @@ class NullReporter:
         pass
 
     def pitfall(self, pitfall: Pitfall) -> None:
+        pass
+
+    def pull_started(self, name: str, remote: str, nbytes: int) -> None:
+        pass
+
+    def pull_progress(self, done: int) -> None:
+        pass
+
+    def step_pulled(self, name: str, key: str, remote: str) -> None:
         pass

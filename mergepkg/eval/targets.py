@@ -2,6 +2,8 @@
 
 - `recipe.toml`          every source and step of the recipe (steps built if needed)
 - `recipe.toml:NAME`     one step (built if needed, with what it needs) or source
+A step the store lacks may be pulled from a remote as a build would (`remote`: the
+policy of builder/substitute.py); for one step, its inputs are then not fetched.
 - `./some/folder`        a local model folder
 - `org/name[@revision]`  a Hugging Face model
 Each comes with a key that identifies its content: a step's store key, else the pin.
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergepkg.builder.build import build
+from mergepkg.builder.substitute import Policy
 from mergepkg.engine.progress import Reporter
 from mergepkg.errors import RecipeError, SourceError, did_you_mean
 from mergepkg.lockfile import lock_path, read_lock
@@ -30,10 +33,12 @@ class Model:
     key: str
 
 
-def target_models(target: str, session: Session, reporter: Reporter | None = None) -> list[Model]:
+def target_models(
+    target: str, session: Session, reporter: Reporter | None = None, remote: Policy = "auto"
+) -> list[Model]:
     path, _, name = target.partition(":") if ".toml:" in target or target.endswith(".toml") else (target, "", "")
     if path.endswith(".toml"):
-        return _from_recipe(Path(path), name or None, session, reporter)
+        return _from_recipe(Path(path), name or None, session, reporter, remote)
     folder = Path(target)
     if folder.is_dir():
         return [Model(target, folder.resolve(), pin_folder(folder.resolve(), session.hashes).ref)]
@@ -47,7 +52,9 @@ def target_models(target: str, session: Session, reporter: Reporter | None = Non
     )
 
 
-def _from_recipe(path: Path, name: str | None, session: Session, reporter: Reporter | None) -> list[Model]:
+def _from_recipe(
+    path: Path, name: str | None, session: Session, reporter: Reporter | None, remote: Policy
+) -> list[Model]:
     recipe = load_recipe(path)
     flat = expand(recipe, session)
     label = path.name + ":{}"
@@ -69,9 +76,15 @@ def _from_recipe(path: Path, name: str | None, session: Session, reporter: Repor
         raise RecipeError(
             f"no step or source named {name!r}", file=str(path), hint=did_you_mean(name, [*flat.steps, *flat.sources])
         )
-    report = build(recipe, session, reporter=reporter, targets=(name,) if name else None)
+    report = build(
+        recipe, session, reporter=reporter, targets=(name,) if name else None, remote=remote, all_steps=not name
+    )
     res = report.resolution
-    models = [] if name else [Model(label.format(s), st.folder, st.locked.pin.ref) for s, st in res.sources.items()]
+    models = (
+        []
+        if name
+        else [Model(label.format(s), res.source_folder(s), st.locked.pin.ref) for s, st in res.sources.items()]
+    )
     models += [
         Model(label.format(s), report.artifacts[s].folder, report.artifacts[s].key)
         for s in res.plan.order

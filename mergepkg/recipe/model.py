@@ -210,6 +210,8 @@ class Recipe:
     tags: tuple[str, ...] = ()
     # `[package] allow`: warning codes the recipe silences (recipe/allow.py); in no key or lock
     allow: tuple[str, ...] = ()
+    # `[package] remote`: the remote holding the recipe's built steps (docs/remote.md); in no key or lock
+    remote: str | None = None
 
     @property
     def adapters(self) -> frozenset[str]:

@@ -8,6 +8,7 @@ models themselves (layer counts, shapes, vocabularies) is checked by their layou
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,10 @@ def parse_recipe(text: str, path: str | Path) -> Recipe:
     return _Parser(text, Path(path)).recipe()
 
 
+# s3://bucket[/prefix], hf://[datasets/|models/|spaces/]org/name[/prefix], file:///abs/path
+REMOTE_URL = re.compile(r"(?P<scheme>s3|hf|file)://(?P<path>[A-Za-z0-9._~/+-]+)")
+
+
 class _Parser(TableReader):
     # -- the whole file ---------------------------------------------------------
     def recipe(self) -> Recipe:
@@ -64,7 +69,8 @@ class _Parser(TableReader):
             raise RecipeError(f"invalid TOML: {what}", file=self.display, line=line) from None
         self.only_keys(data, ("package", "dependencies", "sources", "steps"), "")
         package = self.expect(data.get("package"), dict, "package", "a [package] table with name and version")
-        self.only_keys(package, ("name", "version", "description", "tags", "outputs", "seed", "allow"), "package")
+        known = ("name", "version", "description", "tags", "outputs", "seed", "allow", "remote")
+        self.only_keys(package, known, "package")
         name = self.expect(package.get("name"), str, "package.name", "a string")
         if (problem := package_name_problem(name)) is not None:
             raise self.error("package.name", problem, NAME_HINT + "; a namespace before one '/' (team/name)")
@@ -75,6 +81,7 @@ class _Parser(TableReader):
         for i, t in enumerate(tags):
             self.expect(t, str, f"package.tags[{i}]", "a string")
         allow = allow_setting(self, package.get("allow", []), "package.allow")
+        remote = self.remote_url(package.get("remote"))
         self.dependencies = {}
         for n, v in self.expect(data.get("dependencies", {}), dict, "dependencies", "a table").items():
             dep = self.dependency(n, v)
@@ -121,7 +128,46 @@ class _Parser(TableReader):
             description=description,
             tags=tuple(tags),
             allow=allow,
+            remote=remote,
         )
+
+    def locked_folder(self, name: str, folder: Path) -> bool:
+        """Whether the lock beside the recipe pins source `name` at `folder`: a folder that is
+        gone is then taken at the lock's pin, and only a step built from it needs it (a
+        build can take every step from a remote; docs/remote.md#substitution)."""
+        try:
+            data = tomllib.loads(self.path.with_suffix(".lock").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+            return False
+        records = data.get("source", [])
+        rel = os.path.relpath(folder, self.path.parent.resolve())
+        return isinstance(records, list) and any(
+            isinstance(r, dict) and r.get("name") == name and r.get("path") == rel for r in records
+        )
+
+    def remote_url(self, value: Any) -> str | None:
+        """`[package] remote`: where the recipe's built steps are pushed, as a URL a remote
+        takes (docs/remote.md): s3://BUCKET[/PREFIX], hf://[datasets/]ORG/NAME[/PREFIX] or
+        file:///ABSOLUTE/PATH; never credentials."""
+        if value is None:
+            return None
+        url = self.expect(value, str, "package.remote", "a remote URL")
+        m = REMOTE_URL.fullmatch(url)
+        parts = [p for p in m["path"].split("/") if p] if m else []
+        least = {"s3": 1, "file": 1, "hf": 3 if parts[:1] in (["datasets"], ["models"], ["spaces"]) else 2}
+        if (
+            not m
+            or len(parts) < least[m["scheme"]]
+            or (m["scheme"] == "file") != m["path"].startswith("/")
+            or any(p in (".", "..") for p in parts)
+        ):
+            raise self.error(
+                "package.remote",
+                f"not a remote URL: {url!r}",
+                "s3://BUCKET[/PREFIX], hf://datasets/ORG/NAME[/PREFIX] or file:///ABSOLUTE/PATH, with no "
+                "credentials, revision or query (docs/remote.md)",
+            )
+        return url.rstrip("/")
 
     # -- dependencies ------------------------------------------------------------
     def dependency(self, name: str, value: Any) -> Dependency:
@@ -204,7 +250,7 @@ class _Parser(TableReader):
         if kinds[0] == "path":
             rel = self.expect(table["path"], str, f"{key}.path", "a folder path")
             folder = (self.path.parent / rel).resolve()
-            if not folder.is_dir():
+            if not folder.is_dir() and not self.locked_folder(name, folder):
                 raise self.error(
                     f"{key}.path",
                     f"model folder not found: {folder}",

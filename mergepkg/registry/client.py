@@ -26,7 +26,7 @@ from mergepkg._toml import tomllib
 from mergepkg.errors import PublishError, RegistryError, did_you_mean
 from mergepkg.files import write_atomic
 from mergepkg.recipe.names import canonical_name
-from mergepkg.registry.index import Entry, index_path, read_index, recipe_path
+from mergepkg.registry.index import Entry, index_path, published_lock_path, read_index, recipe_path
 from mergepkg.settings import Settings
 
 TIMEOUT = 30  # seconds per request
@@ -228,6 +228,22 @@ class Client:
             raise ChecksumMismatch(
                 f"{name}@{version} from {reg.name} does not match its checksum "
                 f"(sha256 {hashlib.sha256(data).hexdigest()[:16]}..., expected {sha256[:16]}...)",
+                file=f"{reg.url}/{path}",
+                hint="the file was changed after publishing; do not use it",
+            )
+        return data
+
+    def lock_bytes(self, reg: Registry, entry: Entry) -> bytes:
+        """A published version's lock (`entry.lock` set), verified against the entry's sha256."""
+        path = published_lock_path(entry.name, entry.version)
+        data = self.get(reg, path, immutable=True)
+        if data is None:
+            raise RegistryError(
+                f"{reg.name} lists a lock for {entry.name}@{entry.version} but has no {path}", file=reg.url
+            )
+        if hashlib.sha256(data).hexdigest() != entry.lock:
+            raise ChecksumMismatch(
+                f"the lock of {entry.name}@{entry.version} from {reg.name} does not match its checksum",
                 file=f"{reg.url}/{path}",
                 hint="the file was changed after publishing; do not use it",
             )

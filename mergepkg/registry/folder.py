@@ -32,6 +32,7 @@ from mergepkg.registry.index import (
     MAX_RECIPE_BYTES,
     Entry,
     index_path,
+    published_lock_path,
     read_index,
     recipe_path,
     summary,
@@ -64,6 +65,8 @@ def make_entry(recipe: Recipe, data: bytes, lock_text: str | None = None, now: d
         recipe.tags,
         False,
         stamp,
+        recipe.remote or "",
+        hashlib.sha256(lock_text.encode()).hexdigest() if lock_text else "",
     )
 
 
@@ -161,6 +164,8 @@ class RegistryFolder:
                     hint="published versions are immutable: bump [package] version",
                 )
             _write(self.root / recipe_path(entry.name, entry.version), data)
+            if lock_text:  # before the index names it, as the recipe file
+                _write(self.root / published_lock_path(entry.name, entry.version), lock_text.encode())
             self._save(entry.name, [*entries, entry])
             audit.record(
                 self.private,

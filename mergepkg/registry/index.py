@@ -39,6 +39,11 @@ def recipe_path(name: str, version: str) -> str:
     return f"recipes/{canonical_name(name)}/{check_version(version)}.toml"
 
 
+def published_lock_path(name: str, version: str) -> str:
+    """The publisher's lock, beside the recipe file: its pins, keys and digests."""
+    return f"recipes/{canonical_name(name)}/{check_version(version)}.lock"
+
+
 @dataclass(frozen=True)
 class Entry:
     """One published version of one package."""
@@ -52,6 +57,8 @@ class Entry:
     tags: tuple[str, ...] = ()
     yanked: bool = False
     published: str = ""  # UTC, ISO 8601
+    remote: str = ""  # `[package] remote`: where the built steps are (docs/remote.md); "" when none
+    lock: str = ""  # sha256 of the publisher's lock (`recipes/<name>/<version>.lock`); "" when none was published
 
     @functools.cached_property
     def semver(self) -> Version:
@@ -59,6 +66,9 @@ class Entry:
 
     def to_json(self) -> str:
         data = asdict(self)
+        for optional in ("remote", "lock"):  # written only when set: older entries stay byte for byte
+            if not data[optional]:
+                del data[optional]
         data["tags"] = list(self.tags)
         data["dependencies"] = {
             d.name: {k: v for k, v in (("range", d.range), ("registry", d.registry)) if v}
@@ -84,6 +94,8 @@ class Entry:
                 tuple(data.get("tags", ())),
                 bool(data.get("yanked", False)),
                 data.get("published", ""),
+                str(data.get("remote", "")),
+                str(data.get("lock", "")),
             )
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise RegistryError(
@@ -91,6 +103,8 @@ class Entry:
             ) from None
         if not re.fullmatch(r"[0-9a-f]{64}", entry.sha256):
             raise RegistryError(f"malformed index entry: sha256 {entry.sha256!r}", file=where)
+        if entry.lock and not re.fullmatch(r"[0-9a-f]{64}", entry.lock):
+            raise RegistryError(f"malformed index entry: lock {entry.lock!r}", file=where)
         return entry
 
 

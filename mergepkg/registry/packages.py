@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergepkg.errors import PublishError, RegistryError
+from mergepkg.files import write_atomic
 from mergepkg.lockfile import lock_path
 from mergepkg.recipe.flatten import flatten
 from mergepkg.recipe.model import Dependency, Recipe
@@ -90,7 +91,31 @@ def install(settings: Settings, spec: Spec, registry: str | None = None, client:
         outputs=(),
         dependencies={spec.name: Dependency(spec.name, spec.range, registry)},
     )
-    return install_dependencies(root, settings, client=client or Client(settings))
+    client = client or Client(settings)
+    deps = install_dependencies(root, settings, client=client)
+    install_published_lock(deps, spec.name, client)
+    return deps
+
+
+def install_published_lock(deps: Dependencies, name: str, client: Client) -> Path | None:
+    """The publisher's lock of the installed `name`, put beside its recipe file (where a
+    build reads and writes the lock) unless a lock is there already; checked by sha256.
+    With it, a build holds the publisher's commits and takes the published digests as
+    those a remote's artifacts must have (docs/remote.md#substitution)."""
+    pick, path = deps.picks[name], deps.files[name]
+    target = path.with_suffix(".lock")
+    if target.exists():
+        return target
+    reg = client.by_url(pick.registry)
+    try:
+        reg, entries = client.entries(name, reg.name if reg in client.registries else None)
+    except RegistryError:
+        return None  # offline and never read: the build locks it itself
+    entry = next((e for e in entries if e.version == pick.version and e.sha256 == pick.sha256), None)
+    if entry is None or not entry.lock:
+        return None
+    write_atomic(target, client.lock_bytes(reg, entry))
+    return target
 
 
 def publish(settings: Settings, recipe_file: Path, registry: str) -> tuple[Registry, Entry, bool]:

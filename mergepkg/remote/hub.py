@@ -72,6 +72,17 @@ class HubRemote(Remote):
         for f in files:
             meter.add(f.name, f.size)
 
+    def _write_record(self, record: Record) -> None:
+        from huggingface_hub import CommitOperationAdd
+
+        record_path = self.in_repo(self.path("records", f"{record.key}.json"))
+        self.api.create_commit(
+            self.repo_id,
+            [CommitOperationAdd(path_in_repo=record_path, path_or_fileobj=record.to_bytes())],
+            commit_message=f"mergepkg: sign {record.key[:16]}",
+            repo_type=self.repo_type,
+        )
+
     def _delete(self, paths: list[str]) -> None:
         from huggingface_hub import CommitOperationDelete
 

@@ -90,7 +90,7 @@ def load_signing_key(settings: Settings, name: str) -> SigningKey:
         text = path.read_text()
     except OSError as e:
         raise RemoteConfigError(
-            f"cannot read the signing key: {e.strerror}", file=path, hint="create one with generate_key"
+            f"cannot read the signing key: {e.strerror}", file=path, hint="make one: mergepkg remote keygen NAME"
         ) from None
     key_name, secret = _decode(text, "secret key", str(path))
     return SigningKey(key_name, secret)

@@ -48,7 +48,8 @@ class PushReport:
     uploaded: tuple[str, ...]  # files moved
     skipped: tuple[str, ...]  # files the remote had already
     nbytes: int  # bytes moved
-    present: bool  # the remote had the whole artifact: nothing was written
+    present: bool  # the remote had the whole artifact: no file was written
+    signed: bool = False  # a signature was added to the record the remote had (sync.push_artifact)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,30 @@ class Remote:
         in_parallel(
             lambda f: put_file(self.fs, folder / f.name, self.path(record.folder, f.name), meter), files, self.threads
         )
+        self._write_record(record)
+
+    def _write_record(self, record: Record) -> None:
         put_bytes(self.fs, record.to_bytes(), self.path("records", f"{record.key}.json"))
+
+    def add_signatures(self, signed: Record) -> Record:
+        """Rewrite the record of `signed.key` with `signed`'s signatures added to those it
+        has (one per key name): only the record, whole, and only when the remote's record is
+        `signed` but for signatures and its files are all in place. Returns what was written."""
+        self.fs.invalidate_cache()
+        where = f"{self.url}/records/{signed.key}.json"
+        current = self.record(signed.key)
+        if current is None:
+            raise NotOnRemote(f"no artifact for key {signed.key}", file=self.url, hint="push it first")
+        if current.unsigned_bytes() != signed.unsigned_bytes():
+            raise RemoteError("the record changed since it was read", file=where, hint="sign it again")
+        if missing := self._missing(current):
+            raise RemoteError(
+                f"{len(missing)} files the record lists are missing", file=where, hint="push the artifact again"
+            )
+        for sig in signed.signatures:
+            current = current.with_signature(sig)
+        self._write_record(current)
+        return current
 
     # -- pulling ------------------------------------------------------------------------
     def pull(

@@ -7,14 +7,15 @@ import getpass
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from mergepkg._version import __version__
 from mergepkg.remote.config import check_backend, get_remote, normalize_url, trusted_keys
-from mergepkg.remote.errors import EXTRA_HINT, RemoteConfigError
+from mergepkg.remote.errors import EXTRA_HINT, NotOnRemote, Refused, RemoteConfigError, RemoteError
 from mergepkg.remote.hub import HubRemote
 from mergepkg.remote.record import FileEntry, Record, is_file_name
-from mergepkg.remote.sign import SigningKey, sign_record
+from mergepkg.remote.sign import SigningKey, sign_record, trusted_signer
 from mergepkg.remote.store import PushReport, Remote
 from mergepkg.remote.transfer import ProgressFn
 from mergepkg.settings import Settings
@@ -86,8 +87,44 @@ def push_artifact(
     signing_key: SigningKey | None = None,
     progress: ProgressFn | None = None,
 ) -> PushReport:
-    """Push a stored artifact (see `Remote.push`)."""
-    return remote.push(artifact.folder, record_for(artifact, hashes=hashes, signing_key=signing_key), progress=progress)
+    """Push a stored artifact (see `Remote.push`). With `signing_key`, an artifact the
+    remote has already gets the key's signature added to its record (`sign_artifact`)."""
+    record = record_for(artifact, hashes=hashes, signing_key=signing_key)
+    report = remote.push(artifact.folder, record, progress=progress)
+    if report.present and signing_key is not None:
+        report = replace(report, signed=sign_artifact(remote, artifact, signing_key, hashes=hashes) is not None)
+    return report
+
+
+def signed_by(record: Record, key: SigningKey) -> bool:
+    """Whether `record` carries a signature by `key` that verifies."""
+    try:
+        return trusted_signer(record, [key.public]) is not None
+    except Refused:  # a signature by that name that does not verify (an older key): not signed
+        return False
+
+
+def sign_artifact(
+    remote: Remote, artifact: Artifact, key: SigningKey, *, hashes: HashCache | None = None
+) -> Record | None:
+    """Add `key`'s signature to the remote's record of a stored artifact, keeping the
+    others; None when it is signed by `key` already. The record must say what the local
+    artifact is (digest and every file's name, size and sha256), so a signer vouches only
+    for bytes it holds; only the record is rewritten (`Remote.add_signatures`)."""
+    current = remote.record(artifact.key)
+    where = f"{remote.url}/records/{artifact.key}.json"
+    if current is None:
+        raise NotOnRemote(f"no artifact for key {artifact.key}", file=remote.url, hint="push it first")
+    if signed_by(current, key):
+        return None
+    local = record_for(artifact, hashes=hashes)
+    if (current.digest, current.files) != (local.digest, local.files):
+        raise RemoteError(
+            "the remote's record lists other files than the stored artifact (another build of the step)",
+            file=where,
+            hint="sign from the home that pushed it, or pull it here first",
+        )
+    return remote.add_signatures(sign_record(current, key))
 
 
 def substitute(

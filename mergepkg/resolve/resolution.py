@@ -9,8 +9,9 @@ headers) is the next layer's job: `mergepkg/layout/`.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -33,7 +34,8 @@ from mergepkg.recipe.plan import Plan, make_plan
 from mergepkg.registry.dependencies import install_dependencies
 from mergepkg.registry.pick import ALL
 from mergepkg.resolve.keys import check_experts, key_of, step_entry
-from mergepkg.resolve.sources import fetch, pin_folder
+from mergepkg.resolve.sources import fetch, missing_bytes, pin_folder
+from mergepkg.settings import Settings
 from mergepkg.store.session import Session
 
 Mode = Literal["update", "locked", "frozen"]
@@ -41,8 +43,10 @@ Mode = Literal["update", "locked", "frozen"]
 
 @dataclass
 class SourceState:
-    folder: Path
+    folder: Path | None  # None: deferred, not fetched yet (`Resolution.source_folder` fetches it)
     locked: LockedSource  # the request and its pin
+    later: Callable[[], SourceState] | None = field(default=None, repr=False)  # fetches a deferred source
+    missing: int | None = 0  # bytes a fetch would still download; None: it cannot be had here
 
 
 @dataclass
@@ -54,6 +58,16 @@ class Resolution:
     keys: dict[str, str]  # step -> sha256 of its entry
     seeds: dict[str, int]  # step -> seed for random methods (imported steps keep their recipe's)
     dependencies: dict[str, LockedDependency] = field(default_factory=dict)  # registry recipes, resolved
+
+    def source_folder(self, name: str) -> Path:
+        """The folder of source `name`, fetched now if it was deferred (and checked against
+        the lock's pin as `resolve` would have)."""
+        state = self.sources[name]
+        if state.folder is None:
+            assert state.later is not None  # a deferred source always knows how to fetch itself
+            state = self.sources[name] = state.later()
+        assert state.folder is not None
+        return state.folder
 
     def lock(self, digests: Mapping[str, str | None]) -> Lock:
         steps = {n: LockedStep(n, self.recipe.steps[n].method, self.keys[n], digests.get(n)) for n in self.plan.order}
@@ -82,7 +96,12 @@ def resolve(
     upgrade: frozenset[str] = frozenset(),
     seed: int | None = None,
     targets: tuple[str, ...] | None = None,
+    defer: bool = False,
 ) -> Resolution:
+    """Pin the sources the plan uses and key every step. With `defer`, a source the lock
+    pins (a hub source at its locked commit, or a local folder that is gone) is not
+    fetched: its `SourceState.folder` is None until `Resolution.source_folder` fetches it,
+    so a build that takes every step from a store or a remote never downloads its inputs."""
     settings = session.settings
     indirect = set(lock.dependencies) if lock else set()  # dependencies of dependencies
     unknown = sorted(upgrade - {ALL} - set(recipe.sources) - set(recipe.dependencies) - indirect)
@@ -120,30 +139,14 @@ def resolve(
                 ),
                 f"sources.{name}",
             )
-        try:
-            held = kept if kept is not None and src.hf else None  # the locked commit and its files
-            fetched = fetch(
-                src,
-                settings,
-                commit=held.pin.commit if held else None,
-                files=[f.name for f in held.pin.files] if held else (),
-                adapter=name in adapters,
-            )
-            pin = pin_folder(fetched.folder, session.hashes, fetched.commit, adapter=name in adapters)
-        except SourceError as e:
-            recipe.locate(e, f"sources.{name}")
-            if mode == "frozen" and src.hf:
-                e.hint = "--frozen never downloads: build once without --frozen to fetch the locked commit"
-            raise
-        if kept is not None and src.hf and pin != kept.pin:
-            raise recipe.locate(
-                SourceError(
-                    f"files of {src.hf}@{pin.commit} differ from the lock (a damaged Hugging Face cache?)",
-                    hint="delete that repo from the Hugging Face cache and build again",
-                ),
-                f"sources.{name}",
-            )
-        sources[name] = SourceState(fetched.folder, replace(request, pin=pin))
+        pin_now = functools.partial(_pin_source, recipe, name, request, kept, settings, session, name in adapters, mode)
+        # the lock's pin stands for a hub source at its locked commit, and for a local folder
+        # that is gone: fetched (or found missing) only when a step to build reads it
+        absent = src.path is not None and not src.path.is_dir()
+        if defer and kept is not None and (src.hf or absent):
+            sources[name] = SourceState(None, kept, pin_now, missing_bytes(src, kept.pin, settings))
+        else:
+            sources[name] = pin_now()
     refs: dict[str, str] = {n: s.locked.pin.ref for n, s in sources.items()}
     own_seed = recipe.seed if seed is None else seed
     entries, keys, seeds = {}, {}, {}
@@ -164,3 +167,41 @@ def resolve(
                 hint="run `mergepkg lock` to update it (or build without --locked/--frozen)",
             )
     return res
+
+
+def _pin_source(
+    recipe: Recipe,
+    name: str,
+    request: LockedSource,
+    kept: LockedSource | None,
+    settings: Settings,
+    session: Session,
+    adapter: bool,
+    mode: Mode,
+) -> SourceState:
+    """Fetch and pin source `name`; a hub source at the lock's commit must give the lock's pin."""
+    src = recipe.sources[name]
+    try:
+        held = kept if kept is not None and src.hf else None  # the locked commit and its files
+        fetched = fetch(
+            src,
+            settings,
+            commit=held.pin.commit if held else None,
+            files=[f.name for f in held.pin.files] if held else (),
+            adapter=adapter,
+        )
+        pin = pin_folder(fetched.folder, session.hashes, fetched.commit, adapter=adapter)
+    except SourceError as e:
+        recipe.locate(e, f"sources.{name}")
+        if mode == "frozen" and src.hf:
+            e.hint = "--frozen never downloads: build once without --frozen to fetch the locked commit"
+        raise
+    if kept is not None and src.hf and pin != kept.pin:
+        raise recipe.locate(
+            SourceError(
+                f"files of {src.hf}@{pin.commit} differ from the lock (a damaged Hugging Face cache?)",
+                hint="delete that repo from the Hugging Face cache and build again",
+            ),
+            f"sources.{name}",
+        )
+    return SourceState(fetched.folder, replace(request, pin=pin))

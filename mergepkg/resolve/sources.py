@@ -58,6 +58,23 @@ def adapter_not_model(where: Path | str) -> SourceError:
     )
 
 
+def missing_bytes(source: Source, pin: Pin, settings: Settings) -> int | None:
+    """Bytes of `pin`'s files that fetching `source` would still download: 0 for a local
+    folder that is there, the files the local Hugging Face cache lacks for a hub source at
+    the pinned commit; None when it cannot be had (a folder that is gone, or offline)."""
+    if source.path is not None:
+        return 0 if source.path.is_dir() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    assert source.hf is not None  # flattened, a source that is not a folder is a hub repo
+    missing = 0
+    for f in pin.files:
+        cached = try_to_load_from_cache(source.hf, f.name, cache_dir=settings.hf_cache, revision=pin.commit)
+        if not isinstance(cached, str):
+            missing += f.size
+    return None if missing and settings.offline else missing
+
+
 def choose_weight_patterns(files: list[str]) -> list[str]:
     """Download safetensors when the repo has them, else the .bin checkpoint."""
     if any(f.endswith(".safetensors") for f in files):
@@ -78,8 +95,12 @@ def fetch(
     commit with every file in `files` (the lock's), the Hub is not asked at all. An
     `adapter` (a LoRA adapter, named after a `+`) downloads its config and weights only."""
     if source.path is not None:
-        if not source.path.is_dir():
-            raise SourceError(f"model folder not found: {source.path}")
+        if not source.path.is_dir():  # gone since the lock pinned it (recipe/parse.py lets that through)
+            raise SourceError(
+                f"model folder not found: {source.path}",
+                hint="the lock pins it, but a step to build reads it: put the folder back, or pull that step "
+                "from a remote",
+            )
         return Fetched(source.path)
     return _fetch_hf(source, settings, commit, files, adapter)
 

@@ -545,7 +545,7 @@ def test_frozen_fails_cleanly_when_the_recipe_asks_for_something_not_locked(hub,
     assert_clean_error(code, err, "step 'm' changed", "mergepkg lock")
 
 
-def test_frozen_names_repo_and_commit_missing_from_the_cache(hub, models, tmp_path, monkeypatch, capsys):
+def test_frozen_names_repo_and_commit_missing_from_the_cache(hub, models, tmp_path, monkeypatch, capsys, mergepkg_home):
     add_to_cache(hub, "tiny/base", models["base"])
     commit_a = add_to_cache(hub, "tiny/ft", models["ft1"])
     path = write_text(tmp_path / "r.toml", HUB.format(rev="main"))
@@ -554,6 +554,9 @@ def test_frozen_names_repo_and_commit_missing_from_the_cache(hub, models, tmp_pa
     shutil.rmtree(hub / "models--tiny--ft" / "snapshots" / commit_a)  # the locked commit is gone
     monkeypatch.delenv("HF_HUB_OFFLINE")
     calls = _install_no_network(monkeypatch)
+    # every step stored: no source is needed, so none is looked for
+    assert cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--frozen")[0] == 0
+    shutil.rmtree(mergepkg_home / "store")  # now the step must be built from its sources
     code, _out, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--frozen")
     line = HUB.format(rev="main").splitlines().index('ft = { hf = "tiny/ft", revision = "main" }') + 1
     assert_clean_error(
@@ -599,7 +602,7 @@ def test_changed_local_source_is_re_pinned_and_its_dependents_rebuilt(models, tm
 
 # -- no-op and partial rebuilds ------------------------------------------------------------
 def test_unchanged_rebuild_hashes_nothing_and_reads_no_tensor_data(write_recipe, tmp_path, monkeypatch):
-    import mergepkg.builder.build
+    import mergepkg.builder.steps
     import mergepkg.builder.verify
     import mergepkg.io.reader
     from mergepkg.builder.build import build
@@ -614,8 +617,8 @@ def test_unchanged_rebuild_hashes_nothing_and_reads_no_tensor_data(write_recipe,
     def forbidden(*args, **kwargs):
         raise AssertionError("an unchanged rebuild read tensor data")
 
-    monkeypatch.setattr(mergepkg.builder.build, "lay_out", forbidden)
-    monkeypatch.setattr(mergepkg.builder.build, "build_step", forbidden)
+    monkeypatch.setattr(mergepkg.builder.steps, "lay_out", forbidden)
+    monkeypatch.setattr(mergepkg.builder.steps, "build_step", forbidden)
     monkeypatch.setattr(mergepkg.io.reader.ModelReader, "get", forbidden)
     monkeypatch.setattr(mergepkg.builder.verify, "model_digest", forbidden)
     second = Session()  # fresh: no in-process memory of the first build

@@ -110,13 +110,17 @@ def test_an_unreachable_hub_is_a_located_error(unreachable, tmp_path, command, c
 
 
 def _lock_naming_other_commits(recipe) -> str:
-    from mergepkg.lockfile import Lock, LockedSource, Pin, recipe_hash, write_lock
+    from mergepkg.lockfile import Lock, LockedSource, Pin, read_lock, recipe_hash, write_lock
     from mergepkg.recipe.parse import load_recipe
+    from mergepkg.resolve.resolution import resolve
+    from mergepkg.store.session import Session
 
     r = load_recipe(recipe)
     sources = {n: LockedSource(n, s.hf, s.revision, None, Pin("0" * 40, ())) for n, s in r.sources.items()}
     lock_file = recipe.with_name("scratch.lock")
     write_lock(lock_file, Lock(recipe_hash(r), sources, {}))
+    # the steps keyed from those pins (deferred sources: nothing is fetched), so the lock is whole
+    write_lock(lock_file, resolve(r, Session(), lock=read_lock(lock_file), defer=True).lock({}))
     return lock_file.read_text()
 
 

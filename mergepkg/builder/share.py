@@ -1,0 +1,289 @@
+"""Sharing built steps through a remote: the artifacts a recipe's lock pins (or keys
+given by hand), pushed, signed or pulled; the roots a remote's gc keeps.
+
+A RECIPE argument means the steps its lock (beside it) pins, with their digests; a
+`.lock` file the same; anything else that is hex is a key or a unique prefix of one
+(of the local store's keys when pushing, of the remote's when pulling). The library
+never prints: each artifact's transfer is told to a `ShareReporter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from mergepkg.errors import StoreError
+from mergepkg.lockfile import Lock, read_lock
+from mergepkg.remote.config import config_path, configured, get_remote
+from mergepkg.remote.errors import NotOnRemote, RemoteConfigError, RemoteError
+from mergepkg.remote.sign import SigningKey, keys_dir, load_signing_key
+from mergepkg.remote.store import GcReport, PushReport, Remote
+from mergepkg.remote.sync import open_remote, push_artifact, sign_artifact, substitute
+from mergepkg.remote.transfer import ProgressFn
+from mergepkg.settings import Settings
+from mergepkg.store.local import Artifact, is_key
+from mergepkg.store.session import Session
+
+
+class ShareReporter(Protocol):
+    """Told about each artifact moved (the CLI draws progress bars from it)."""
+
+    def transfer_started(self, label: str, key: str) -> ProgressFn | None: ...
+
+    def transfer_finished(self, label: str, key: str, what: str, nbytes: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Wanted:
+    key: str
+    digest: str | None  # the lock's digest; None for a key given alone (or a step not built)
+    label: str  # `recipe.toml:step` or the key as given, for messages
+
+
+@dataclass(frozen=True)
+class Moved:
+    label: str
+    key: str
+    what: str  # pushed, present, signed, pulled, stored
+    nbytes: int
+
+
+@contextmanager
+def reaching(remote: Remote) -> Iterator[None]:
+    """An OS or network error from a backend (unreachable, denied, no such bucket) as a
+    `RemoteError` naming the remote."""
+    try:
+        yield
+    except OSError as e:
+        raise RemoteError(f"cannot reach the remote: {e}", file=remote.url) from None
+
+
+def choose_remote(settings: Settings, name: str | None) -> Remote:
+    """The configured remote `name`, or the only one configured; an error asking for a
+    name where there are several. Opened fresh (no cached connection from before)."""
+    if name is None:
+        remotes = configured(settings)
+        if len(remotes) != 1:
+            raise RemoteConfigError(
+                "no remote is configured" if not remotes else f"{len(remotes)} remotes are configured",
+                file=config_path(settings),
+                hint="add one: mergepkg remote add NAME URL"
+                if not remotes
+                else f"pick one with -r: {', '.join(r.name for r in remotes)}",
+            )
+        name = remotes[0].name
+    return open_remote(get_remote(settings, name).url, skip_instance_cache=True)
+
+
+def choose_signing_key(settings: Settings, name: str | None) -> SigningKey:
+    """The signing key `name` (a key under keys/, or a secret key file), or the only one
+    under keys/."""
+    if name is None:
+        found = sorted(p.stem for p in keys_dir(settings).glob("*.secret"))
+        if len(found) != 1:
+            raise RemoteConfigError(
+                "no signing key" if not found else f"{len(found)} signing keys",
+                file=keys_dir(settings),
+                hint="make one: mergepkg remote keygen NAME"
+                if not found
+                else f"pick one with --key: {', '.join(found)}",
+            )
+        name = found[0]
+    return load_signing_key(settings, name)
+
+
+def lock_for(arg: str | Path) -> tuple[Path, Lock]:
+    """The lock a recipe file (the lock beside it) or a lock file names; an error for none."""
+    path = Path(arg)
+    lock_file = path if path.suffix == ".lock" else path.with_suffix(".lock")
+    if not path.exists():
+        raise StoreError(f"no such file: {path}", hint="give a recipe file, a lock file, or a key")
+    lock = read_lock(lock_file)
+    if lock is None:
+        raise StoreError(
+            "the recipe has no lock: nothing is pinned", file=path, hint=f"build it first: mergepkg build {path}"
+        )
+    return lock_file, lock
+
+
+def is_key_arg(arg: str) -> bool:
+    """Whether a command-line argument is a key (or a prefix of one) rather than a file."""
+    return is_key(arg) and not Path(arg).exists()
+
+
+def pinned(args: Iterable[str]) -> tuple[list[Wanted], list[str]]:
+    """The steps the given recipes' (or lock files') locks pin, in lock order and once
+    each; and the other arguments (keys and prefixes), as given."""
+    wanted: dict[str, Wanted] = {}
+    keys = []
+    for arg in args:
+        if is_key_arg(arg):
+            keys.append(arg)
+            continue
+        _, lock = lock_for(arg)
+        for step in lock.steps.values():
+            wanted.setdefault(step.key, Wanted(step.key, step.digest, f"{arg}:{step.name}"))
+    return list(wanted.values()), keys
+
+
+def _one(prefix: str, keys: Sequence[str], where: str, hint: str) -> str:
+    found = [k for k in keys if k.startswith(prefix)]
+    if len(found) != 1:
+        raise StoreError(
+            f"{'no' if not found else len(found)} keys {where} match {prefix!r}",
+            hint=hint if not found else "give more of the key",
+        )
+    return found[0]
+
+
+def stored_targets(session: Session, args: Sequence[str]) -> list[tuple[Wanted, Artifact]]:
+    """The local artifacts `args` name (none: every stored artifact), each intact and, for
+    a lock's step, with the lock's digest; a step not stored is an error naming it."""
+    store = session.store
+    if not args:
+        return [(Wanted(a.key, a.digest, a.key[:16]), a) for a in store.all()]
+    steps, keys = pinned(args)
+    out = []
+    for w in steps:
+        art = store.get(w.key)
+        if art is None or not art.intact() or (w.digest is not None and art.digest != w.digest):
+            state = "is not in the local store" if art is None or not art.intact() else "differs from its lock"
+            recipe = w.label.rpartition(":")[0]
+            raise StoreError(
+                f"step {w.label.rpartition(':')[2]!r} ({w.key[:12]}) {state}",
+                file=recipe,
+                hint=f"build it first: mergepkg build {recipe}",
+            )
+        out.append((w, art))
+    for k in keys:
+        art = store.find_one(k)
+        if all(a.key != art.key for _, a in out):
+            out.append((Wanted(art.key, art.digest, k), art))
+    return out
+
+
+def push(
+    remote: Remote,
+    session: Session,
+    args: Sequence[str],
+    *,
+    signing_key: SigningKey | None = None,
+    reporter: ShareReporter | None = None,
+) -> list[Moved]:
+    """Push the artifacts `args` name (see `stored_targets`): each checks what the remote
+    has first and moves only the files it lacks; with `signing_key`, records are signed,
+    those already there too."""
+    done = []
+    for w, art in stored_targets(session, args):
+        progress = reporter.transfer_started(w.label, art.key) if reporter else None
+        with reaching(remote):
+            report: PushReport = push_artifact(
+                remote, art, hashes=session.hashes, signing_key=signing_key, progress=progress
+            )
+        what = "signed" if report.signed else "present" if report.present else "pushed"
+        done.append(Moved(w.label, art.key, what, report.nbytes))
+        if reporter:
+            reporter.transfer_finished(w.label, art.key, what, report.nbytes)
+    return done
+
+
+def sign(remote: Remote, session: Session, args: Sequence[str], key: SigningKey) -> list[Moved]:
+    """Add `key`'s signature to the remote's records of the artifacts `args` name (none:
+    every stored artifact the remote has); each must be on the remote and hold the same
+    files as here. Only records are rewritten."""
+    targets = stored_targets(session, args)
+    if not args:
+        with reaching(remote):
+            present = set(remote.keys())
+        targets = [(w, a) for w, a in targets if a.key in present]
+    done = []
+    for w, art in targets:
+        try:
+            with reaching(remote):
+                signed = sign_artifact(remote, art, key, hashes=session.hashes)
+        except NotOnRemote as e:
+            raise NotOnRemote(
+                f"{w.label} ({art.key[:12]}) is not on the remote", file=remote.url, hint="push it first"
+            ) from e
+        done.append(Moved(w.label, art.key, "present" if signed is None else "signed", 0))
+    return done
+
+
+def pull(
+    remote: Remote,
+    session: Session,
+    args: Sequence[str],
+    *,
+    trusted: Sequence[str] = (),
+    reporter: ShareReporter | None = None,
+) -> list[Moved]:
+    """Pull what `args` name into the local store: a lock's steps checked against its
+    digests; a key no given lock pins, by a signature of one of the `trusted` keys.
+    Every key is looked up on the remote before anything is pulled; a refusal raises and
+    nothing of that artifact enters the store."""
+    steps, keys = pinned(args)
+    digests = {w.key: w.digest for w in steps}
+    on_remote: list[str] | None = None
+    for k in keys:
+        if on_remote is None:
+            with reaching(remote):
+                on_remote = remote.keys()
+        full = k if len(k) == 64 else _one(k, on_remote, "on the remote", f"see what {remote.url} has")
+        if full not in digests:
+            steps.append(Wanted(full, None, k))
+            digests[full] = None
+    stored = {}
+    for w in steps:
+        art = session.store.get(w.key)
+        if art is not None and art.intact() and (w.digest is None or art.digest == w.digest):
+            stored[w.key] = art
+        elif not _has(remote, w.key):
+            raise NotOnRemote(
+                f"{w.label} ({w.key[:12]}) is not on the remote",
+                file=remote.url,
+                hint="push it from a home that built it, or build it here",
+            )
+    done = []
+    for w in steps:
+        if w.key in stored:
+            done.append(Moved(w.label, w.key, "stored", 0))
+            continue
+        progress = reporter.transfer_started(w.label, w.key) if reporter else None
+        with reaching(remote):
+            art = substitute(remote, session.store, w.key, expected_digest=w.digest, trusted=trusted, progress=progress)
+        done.append(Moved(w.label, w.key, "pulled", art.size))
+        if reporter:
+            reporter.transfer_finished(w.label, w.key, "pulled", art.size)
+    return done
+
+
+def _has(remote: Remote, key: str) -> bool:
+    with reaching(remote):
+        return remote.has(key)
+
+
+def gc_roots(recipes: Sequence[str | Path], locks: Sequence[str | Path]) -> tuple[set[str], list[Path]]:
+    """The keys the given recipes' locks and lock files pin, and those lock files; a
+    root that cannot be read is an error (a remote gc keeps nothing else)."""
+    keep: set[str] = set()
+    roots = []
+    for arg in [*recipes, *locks]:
+        lock_file, lock = lock_for(arg)
+        roots.append(lock_file)
+        keep |= {s.key for s in lock.steps.values()}
+    return keep, roots
+
+
+def remote_gc(remote: Remote, keep: set[str], *, dry_run: bool = False) -> GcReport:
+    """The remote's gc keeping `keep`; refuses to run with nothing to keep."""
+    if not keep:
+        raise RemoteError(
+            "no roots: a gc keeping nothing would empty the remote",
+            file=remote.url,
+            hint="name what to keep: --keep RECIPE or --keep-lock FILE",
+        )
+    with reaching(remote):
+        return remote.gc(keep, dry_run=dry_run)

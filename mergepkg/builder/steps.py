@@ -1,0 +1,194 @@
+"""Reuse, pull or build each step a build needs (`StepRunner`), in plan order.
+
+What the store holds is checked first; then the rule of `substitute.py` picks what to
+pull from remotes and what to build; pulls happen before any step is laid out (a pulled
+step's files describe it to the steps after it), and only the sources of the steps
+built here are fetched. Every step to build is laid out before the first is built, so a
+late error stops the build before the first tensor is read.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Protocol
+
+from mergepkg.builder.substitute import Choice, Offer, Policy, Remotes, choose
+from mergepkg.engine.device import check_device
+from mergepkg.engine.memory import Budget
+from mergepkg.engine.progress import Reporter
+from mergepkg.engine.step import budget_for, build_step
+from mergepkg.errors import MergepkgError
+from mergepkg.layout.steps import lay_out, read_model_info
+from mergepkg.layout.types import ModelInfo, StepLayout
+from mergepkg.pitfalls.layouts import layout_pitfalls
+from mergepkg.pitfalls.pitfall import Pitfall
+from mergepkg.remote.errors import RemoteError
+from mergepkg.resolve.resolution import Resolution
+from mergepkg.store.local import Artifact
+from mergepkg.store.session import Session
+
+
+class StepReporter(Reporter, Protocol):
+    """The build's reporter: also told the layouts' pitfalls, and when a step's own are settled."""
+
+    def found(self, pitfalls: list[Pitfall], *, hold: bool = False) -> None: ...
+    def release(self, outcome: str) -> None: ...
+
+
+class StepRunner:
+    """Reuse, pull or build every step the wanted ones need, in plan order. `sample`: bytes
+    of each reused artifact re-read to check it (None: all of it; 0: none, sizes and mtimes
+    only); `locked`: the old lock's digest of each step whose key it still holds."""
+
+    def __init__(
+        self,
+        res: Resolution,
+        session: Session,
+        reporter: StepReporter,
+        sample: int | None,
+        remotes: Remotes | None,
+        policy: Policy,
+        locked: dict[str, str],
+        roots: tuple[str, ...],
+    ):
+        self.res, self.session, self.reporter, self.sample = res, session, reporter, sample
+        self.remotes, self.policy, self.locked, self.roots = remotes, policy, locked, roots
+        self.folders: dict[str, Path] = {}
+        self.planned: tuple[dict[str, StepLayout], dict[str, ModelInfo]] | None = None  # when a step must be built
+        self.budget: Budget | None = None
+        self.artifacts: dict[str, Artifact] = {}
+        self.built: list[str] = []
+        self.reused: list[str] = []
+        self.pulled: dict[str, str] = {}  # step -> the remote it came from
+
+    def run(self) -> None:
+        res, store = self.res, self.session.store
+        for name in res.plan.order:  # what the store holds, checked (a bad artifact is discarded)
+            key = res.keys[name]
+            with store.lock(key):
+                art = store.get(key)
+                if art is not None and art.intact() and (self.sample == 0 or art.holds(self.sample)):
+                    self.keep(name, art)
+                    self.reused.append(name)
+                    self.reporter.step_reused(name, key)
+                elif art is not None:
+                    store.discard(key)  # edited, truncated or flipped: never reused silently
+        choice = self.pull_all()
+        for source in choice.sources:
+            self.folders[source] = res.source_folder(source)
+        for name in choice.build:
+            key = res.keys[name]
+            with store.lock(key):  # a second builder of this key waits here, then reuses
+                art = store.get(key)
+                if art is not None and art.intact():
+                    self.reused.append(name)
+                    self.reporter.step_reused(name, key)
+                else:
+                    if art is not None:
+                        store.discard(key)
+                    art = self.build_one(name, choice.build)
+                    self.built.append(name)
+            self.keep(name, art)
+
+    def keep(self, name: str, art: Artifact) -> None:
+        self.artifacts[name] = art
+        self.folders[name] = art.folder
+        if self.planned is not None:
+            self.planned[1][name] = read_model_info(art.folder)  # real shard names for readers downstream
+
+    def pull_all(self) -> Choice:
+        """Pull what the rule picks; a refused or failing pull is warned about and the step
+        built instead (the rule is asked again), unless it cannot be built here: then it raises."""
+        res, graph = self.res, self.res.plan.graph
+        inputs = {n: list(graph.predecessors(n)) for n in res.plan.order}
+        missing = {n: (s.missing if s.folder is None else 0) for n, s in res.sources.items()}
+        lacking = [n for n in res.plan.order if n not in self.artifacts]
+        offers = {}
+        if lacking and self.remotes is not None and self.policy != "never":
+            found = self.remotes.look_up({res.keys[n]: self.locked.get(n) for n in lacking})
+            offers = {n: found[res.keys[n]] for n in lacking if res.keys[n] in found}
+        while True:
+            choice = choose(res.plan.order, inputs, self.roots, self.artifacts, offers, missing, self.policy)
+            for name in choice.build:
+                refused = self.remotes.refused.pop(res.keys[name], None) if self.remotes else None
+                if refused is not None and math.isinf(choice.download[name]):
+                    raise _cannot_build(refused, name)
+                if refused is not None:
+                    self.reporter.warning(f"step {name!r}: {_describe(refused)}; building it here")
+            failed = False
+            for name, offer in choice.pull.items():
+                try:
+                    self.keep(name, self.pull_one(name, offer))
+                except (RemoteError, OSError) as e:
+                    if math.isinf(choice.download[name]):
+                        raise _cannot_build(e, name) from None
+                    self.reporter.warning(f"step {name!r}: {_describe(e)}; building it here")
+                    offers.pop(name)
+                    failed = True
+            if not failed:
+                return choice
+
+    def pull_one(self, name: str, offer: Offer) -> Artifact:
+        assert self.remotes is not None  # offers come from remotes
+        self.reporter.pull_started(name, offer.remote, offer.size)
+        key = self.res.keys[name]
+        expected = self.locked.get(name)
+        art = self.remotes.pull(self.session.store, key, offer, expected, self.moved)
+        self.pulled[name] = offer.remote
+        self.reporter.step_pulled(name, key, offer.remote)
+        return art
+
+    def moved(self, file: str, done: int, total: int) -> None:  # a pull's progress (remote/transfer.py)
+        self.reporter.pull_progress(done)
+
+    def build_one(self, name: str, order: list[str]) -> Artifact:
+        res, settings = self.res, self.session.settings
+        if self.planned is None:  # every step to build laid out before the first: late errors come first
+            check_device(settings.device)
+            self.planned = lay_out(res.recipe, order, self.folders)
+            layouts, infos = self.planned  # MP2xx, before the first step is built
+            self.reporter.found([p for n in order for p in layout_pitfalls(layouts[n], infos)])
+            self.budget = budget_for(self.planned[0].values(), settings.max_memory, settings.device)
+        layouts, infos = self.planned
+        key = res.keys[name]
+        folder = self.session.store.new_folder(key)
+        started = time.monotonic()
+        try:
+            tensors = build_step(
+                layouts[name],
+                self.folders,
+                {m: info.tensors for m, info in infos.items()},
+                folder,
+                seed=res.seeds[name],
+                device=settings.device,
+                max_shard_bytes=settings.max_shard_bytes,
+                budget=self.budget,
+                threads=settings.threads,
+                reporter=self.reporter,
+            )
+            self.reporter.release("the step was not stored; the lock and outputs are as they were")
+            entry = res.entries[name]
+            return self.session.store.commit(key, folder, entry, tensors, seconds=time.monotonic() - started)
+        except MergepkgError as e:
+            res.recipe.written(name).locate(e)  # engine errors: at the step that failed
+            raise
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # gone already when committed
+
+
+def _describe(e: Exception) -> str:
+    if isinstance(e, MergepkgError):
+        return f"{e.where}: {e.message}" if e.where else e.message
+    return f"{type(e).__name__}: {e}"
+
+
+def _cannot_build(e: RemoteError | OSError, name: str) -> MergepkgError:
+    """The remote's refusal of a step that cannot be built here either (its inputs are absent)."""
+    if not isinstance(e, MergepkgError):
+        e = RemoteError(f"cannot reach the remote: {e}")
+    e.message = f"step {name!r} cannot be built here (its inputs are absent) and the remote's copy failed: {e.message}"
+    e.hint = e.hint or "fetch the step's sources, or fix the remote (push the build the lock was made from)"
+    return e

@@ -1,0 +1,193 @@
+"""builder/share.py (issue 16): the steps a lock pins pushed, signed and pulled through
+a remote; what a remote gc keeps. Artifacts are made without torch (tests/remotes.py)
+and remotes are in memory or on disk, so these are fast."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from remotes import make_artifact
+
+from mergepkg.builder import share
+from mergepkg.errors import StoreError
+from mergepkg.lockfile import Lock, LockedStep, write_lock
+from mergepkg.remote.errors import NotOnRemote, Refused, RemoteConfigError, RemoteError
+from mergepkg.remote.sign import generate_key, trusted_signer
+from mergepkg.remote.sync import open_remote, push_artifact
+from mergepkg.settings import Settings
+from mergepkg.store.local import Store
+from mergepkg.store.session import Session
+
+
+def session_at(home: Path) -> Session:
+    return Session(Settings(home=home))
+
+
+def lock_of(path: Path, arts, digests=None) -> Path:
+    steps = {
+        f"s{i}": LockedStep(f"s{i}", "test", a.key, (digests or {}).get(a.key, a.digest)) for i, a in enumerate(arts)
+    }
+    write_lock(path, Lock("sha256:" + "0" * 64, {}, steps))
+    return path
+
+
+class Recorder:
+    """A ShareReporter that keeps what it was told."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def transfer_started(self, label, key):
+        self.calls.append(("start", label, key))
+        return lambda name, done, total: self.calls.append(("moved", name, done, total))
+
+    def transfer_finished(self, label, key, what, nbytes):
+        self.calls.append(("end", label, key, what, nbytes))
+
+
+@pytest.fixture
+def remote(tmp_path):
+    return open_remote(f"memory://share-{uuid.uuid4().hex[:12]}")
+
+
+def test_a_locks_steps_are_pushed_once_with_progress_then_pulled_with_its_digests(remote, tmp_path):
+    a = session_at(tmp_path / "a")
+    arts = [make_artifact(a.store, s) for s in (1, 2)]
+    lock = lock_of(tmp_path / "r.lock", arts)
+    seen = Recorder()
+    moved = share.push(remote, a, [str(lock)], reporter=seen)
+    assert [(m.label, m.what, m.nbytes) for m in moved] == [
+        (f"{lock}:s0", "pushed", arts[0].size),
+        (f"{lock}:s1", "pushed", arts[1].size),
+    ]
+    progress = [c for c in seen.calls if c[0] == "moved"]
+    assert progress[-1][2:] == (arts[1].size, arts[1].size)
+    again = share.push(remote, a, [str(lock)])
+    assert [m.what for m in again] == ["present", "present"] and sum(m.nbytes for m in again) == 0
+    b = session_at(tmp_path / "b")
+    pulled = share.pull(remote, b, [str(lock)])
+    assert [m.what for m in pulled] == ["pulled", "pulled"]
+    assert all(b.store.get(x.key).digest == x.digest for x in arts)
+    assert [m.what for m in share.pull(remote, b, [str(lock)])] == ["stored", "stored"]
+
+
+def test_a_step_not_stored_is_an_error_naming_it_before_anything_moves(remote, tmp_path):
+    a = session_at(tmp_path / "a")
+    art = make_artifact(a.store, 1)
+    other = make_artifact(Store(tmp_path / "elsewhere"), 2)
+    lock = lock_of(tmp_path / "r.lock", [art, other])
+    with pytest.raises(StoreError, match=r"step 's1'.*is not in the local store") as e:
+        share.push(remote, a, [str(lock)])
+    assert "build it first" in e.value.hint and remote.keys() == []
+    no_lock = tmp_path / "new.toml"
+    no_lock.write_text("")
+    with pytest.raises(StoreError, match="has no lock"):
+        share.push(remote, a, [str(no_lock)])
+
+
+def test_a_key_prefix_is_pushed_and_pulled_only_with_a_trusted_signature(remote, tmp_path):
+    a = session_at(tmp_path / "a")
+    art = make_artifact(a.store, 3)
+    share.push(remote, a, [art.key[:10]])
+    b = session_at(tmp_path / "b")
+    with pytest.raises(Refused, match="no trusted key signed"):
+        share.pull(remote, b, [art.key[:10]])
+    assert b.store.all() == []
+    key = generate_key(a.settings, "alice")
+    assert [m.what for m in share.push(remote, a, [art.key[:10]], signing_key=key)] == ["signed"]
+    got = share.pull(remote, b, [art.key[:10]], trusted=[key.public])
+    assert [m.what for m in got] == ["pulled"] and b.store.get(art.key).digest == art.digest
+    with pytest.raises(StoreError, match="no keys on the remote match 'ffff'"):
+        share.pull(remote, b, ["ffff"])
+
+
+def test_sign_adds_a_signature_keeping_the_others_and_only_for_the_same_files(remote, tmp_path):
+    a = session_at(tmp_path / "a")
+    art = make_artifact(a.store, 4)
+    alice, bob = generate_key(a.settings, "alice"), generate_key(a.settings, "bob")
+    push_artifact(remote, art, signing_key=alice)
+    assert [m.what for m in share.sign(remote, a, [], bob)] == ["signed"]
+    record = remote.record(art.key)
+    assert {s.key_id for s in record.signatures} == {"alice", "bob"}
+    assert trusted_signer(record, [alice.public]) == "alice" and trusted_signer(record, [bob.public]) == "bob"
+    assert [m.what for m in share.sign(remote, a, [art.key], bob)] == ["present"]  # signed already
+    # another build of the key, with other files (here config.json): its signer vouches only for its own
+    c = session_at(tmp_path / "c")
+    folder = c.store.new_folder(art.key)
+    for f in art.folder.glob("*.safetensors"):
+        shutil.copy(f, folder / f.name)
+    (folder / "config.json").write_text('{"model_type": "llama", "other": 1}')
+    other = c.store.commit(art.key, folder, dict(art.manifest["entry"]), art.manifest["tensors"], seconds=0)
+    carol = generate_key(c.settings, "carol")
+    with pytest.raises(RemoteError, match="lists other files than the stored artifact"):
+        share.sign(remote, c, [other.key], carol)
+    assert {s.key_id for s in remote.record(art.key).signatures} == {"alice", "bob"}
+    stray = make_artifact(c.store, 5)
+    with pytest.raises(NotOnRemote, match="is not on the remote"):
+        share.sign(remote, c, [stray.key], carol)
+
+
+def test_the_remote_and_the_key_default_to_the_only_one(tmp_path):
+    from mergepkg.remote.config import add_remote
+
+    settings = Settings(home=tmp_path / "h")
+    with pytest.raises(RemoteConfigError, match="no remote is configured"):
+        share.choose_remote(settings, None)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    add_remote(settings, "one", str(tmp_path / "one"))
+    assert share.choose_remote(settings, None).url == f"file://{tmp_path / 'one'}"
+    add_remote(settings, "two", str(tmp_path / "two"))
+    with pytest.raises(RemoteConfigError, match="2 remotes") as e:
+        share.choose_remote(settings, None)
+    assert "one, two" in e.value.hint
+    with pytest.raises(RemoteConfigError, match="no signing key"):
+        share.choose_signing_key(settings, None)
+    key = generate_key(settings, "me")
+    assert share.choose_signing_key(settings, None) == key
+
+
+def test_remote_gc_keeps_what_the_locks_pin_and_refuses_to_keep_nothing(remote, tmp_path):
+    a = session_at(tmp_path / "a")
+    arts = [make_artifact(a.store, s) for s in (6, 7)]
+    share.push(remote, a, [])
+    keep, roots = share.gc_roots([], [lock_of(tmp_path / "r.lock", arts[:1])])
+    assert keep == {arts[0].key} and roots == [tmp_path / "r.lock"]
+    assert share.remote_gc(remote, keep, dry_run=True).removed == (arts[1].key,)
+    assert remote.keys() == sorted(x.key for x in arts)
+    share.remote_gc(remote, keep)
+    assert remote.keys() == [arts[0].key]
+    with pytest.raises(RemoteError, match="no roots"):
+        share.remote_gc(remote, set())
+    with pytest.raises(StoreError, match="no such file"):
+        share.gc_roots([tmp_path / "gone.toml"], [])
+
+
+def test_signing_on_the_hub_is_one_commit_of_the_record_alone(tmp_path):
+    from fsspec.implementations.memory import MemoryFileSystem
+    from huggingface_hub import CommitOperationAdd
+
+    from mergepkg.remote.hub import HubRemote
+
+    fs, root = MemoryFileSystem(), f"datasets/team-{uuid.uuid4().hex[:8]}/builds"
+    commits = []
+
+    class FakeApi:  # create_commit applied to the memory filesystem (as tests/remote/test_remote_hub.py)
+        def create_commit(self, repo_id, operations, *, commit_message, repo_type=None):
+            commits.append(list(operations))
+            for op in operations:
+                data = op.path_or_fileobj
+                fs.pipe_file(f"{root}/{op.path_in_repo}", data if isinstance(data, bytes) else Path(data).read_bytes())
+
+    hub = HubRemote(FakeApi(), fs, f"{root}/cache")
+    a = session_at(tmp_path / "a")
+    art = make_artifact(a.store, 9)
+    share.push(hub, a, [])
+    assert [m.what for m in share.push(hub, a, [], signing_key=generate_key(a.settings, "team"))] == ["signed"]
+    assert len(commits) == 2 and [op.path_in_repo for op in commits[1]] == [f"cache/records/{art.key}.json"]
+    assert isinstance(commits[1][0], CommitOperationAdd) and [s.key_id for s in hub.record(art.key).signatures] == [
+        "team"
+    ]

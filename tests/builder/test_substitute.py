@@ -1,0 +1,176 @@
+"""Substitution from remotes (builder/substitute.py): the rule, and builds across two
+homes over a file:// remote: outputs pulled with the lock's digests and no source read;
+a tampered file or a forged signature refused, then built where it can be."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mergepkg.builder.build import build
+from mergepkg.builder.status import status
+from mergepkg.builder.substitute import Offer, choose
+from mergepkg.errors import MergepkgError
+from mergepkg.lockfile import lock_path, read_lock
+from mergepkg.recipe.parse import load_recipe
+from mergepkg.remote.config import add_remote, trust_key
+from mergepkg.remote.sign import generate_key, sign_record
+from mergepkg.remote.sync import open_remote, push_artifact
+from mergepkg.settings import Settings
+from mergepkg.store.session import Session
+
+# a -> b (b reads a); sources s1, s2, s3
+INPUTS = {"a": ["s1", "s2"], "b": ["a", "s3"]}
+
+
+def offer(size: int) -> Offer:
+    return Offer("team", "file:///r", size, "sha256:" + "0" * 64)
+
+
+def test_auto_pulls_what_is_smaller_than_the_inputs_still_to_download():
+    missing = {"s1": 100, "s2": 100, "s3": 0}
+    c = choose(["a", "b"], INPUTS, ["b"], [], {"a": offer(90), "b": offer(90)}, missing, "auto")
+    assert list(c.pull) == ["b"] and c.build == [] and c.sources == []  # a: upstream of a pulled step
+    assert c.unneeded(["a", "b"], []) == ["a"]
+    assert c.download == {"a": 200, "b": 90}  # b built: a pulled (90), s3 here (0)
+
+
+def test_auto_builds_a_step_whose_inputs_are_all_here():
+    missing = {"s1": 0, "s2": 0, "s3": 0}
+    c = choose(["a", "b"], INPUTS, ["b"], [], {"a": offer(90), "b": offer(90)}, missing, "auto")
+    assert c.pull == {} and c.build == ["a", "b"] and c.sources == ["s3", "s1", "s2"]
+
+
+def test_prefer_pulls_and_never_builds_and_an_absent_input_is_infinite():
+    missing = {"s1": 0, "s2": None, "s3": 0}
+    prefer = choose(["a", "b"], INPUTS, ["b"], [], {"a": offer(90), "b": offer(90)}, missing, "prefer")
+    assert list(prefer.pull) == ["b"]
+    never = choose(["a", "b"], INPUTS, ["b"], [], {"a": offer(90), "b": offer(90)}, missing, "never")
+    assert never.build == ["a", "b"] and math.isinf(never.download["a"])
+    # b not offered: a pulled (its s2 is gone), then b built from it
+    c = choose(["a", "b"], INPUTS, ["b"], [], {"a": offer(90)}, missing, "auto")
+    assert list(c.pull) == ["a"] and c.build == ["b"] and c.sources == ["s3"]
+
+
+def test_a_stored_step_is_kept_and_its_missing_inputs_obtained_as_without_remotes():
+    c = choose(["a", "b"], INPUTS, ["b"], ["b"], {"a": offer(1), "b": offer(1)}, {}, "prefer")
+    assert list(c.pull) == ["a"] and c.build == []
+    c = choose(["a", "b"], INPUTS, ["b"], ["b"], {}, {}, "auto")
+    assert c.pull == {} and c.build == ["a"]
+
+
+# -- two homes over a file:// remote -------------------------------------------------------
+RECIPE = """
+[steps.a]
+method = "linear"
+inputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]
+
+[steps.b]
+method = "task_arithmetic"
+base = "base"
+inputs = [{ model = "a", weight = 1.0 }, { model = "ft3", weight = 0.5 }]
+"""
+
+
+@pytest.fixture
+def shared(tmp_path, models, monkeypatch):
+    """A recipe over copies of the tiny models, built and pushed (every step) from home A
+    to a file:// remote; the current home is B, with that remote configured."""
+    folders = {}
+    for n in ("base", "ft1", "ft2", "ft3"):
+        folders[n] = tmp_path / "models" / n
+        shutil.copytree(models[n], folders[n])
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[package]\nname = "shared"\nversion = "0.1.0"\n\n[sources]\n'
+        + "".join(f'{n} = {{ path = "models/{n}" }}\n' for n in folders)
+        + RECIPE
+    )
+    remote_dir = tmp_path / "remote"
+    remote_dir.mkdir()
+    home_a = Session(Settings(home=tmp_path / "home-a"))
+    report = build(load_recipe(recipe), home_a)
+    remote = open_remote(f"file://{remote_dir}")
+    for art in report.artifacts.values():
+        push_artifact(remote, art)
+    home_b = tmp_path / "home-b"
+    monkeypatch.setenv("MERGEPKG_HOME", str(home_b))
+    add_remote(Settings(), "team", str(remote_dir))
+    return recipe, folders, remote_dir, report
+
+
+def digests(recipe: Path) -> dict[str, str | None]:
+    lock = read_lock(lock_path(load_recipe(recipe)))
+    assert lock is not None
+    return {n: s.digest for n, s in lock.steps.items()}
+
+
+def test_a_fresh_home_pulls_the_outputs_and_reads_no_source(shared):
+    recipe, folders, _, first = shared
+    locked = digests(recipe)
+    for folder in folders.values():
+        shutil.rmtree(folder)  # the source models are gone: only the lock says what they were
+    st = status(load_recipe(recipe), Session())
+    assert {n: s.state for n, s in st.steps.items()} == {"a": "unneeded", "b": "remote"}
+    assert st.steps["b"].remote.size == first.artifacts["b"].size and math.isinf(st.steps["b"].download)
+    report = build(load_recipe(recipe), Session(), mode="locked")
+    assert report.pulled == {"b": "team"} and report.built == [] and set(report.artifacts) == {"b"}
+    assert report.artifacts["b"].digest == locked["b"] and digests(recipe) == locked
+
+
+def test_a_tampered_file_is_refused_then_built_or_the_build_fails_located(shared):
+    recipe, folders, remote_dir, first = shared
+    shard = next((remote_dir / "artifacts" / first.artifacts["b"].key).glob("*/*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    warned = []
+
+    class Reporter:
+        def __getattr__(self, name):
+            return warned.append if name == "warning" else lambda *a, **k: None
+
+    report = build(load_recipe(recipe), Session(), mode="locked", remote="prefer", reporter=Reporter())
+    assert report.built and any("differs from its record" in w for w in warned), warned
+    assert digests(recipe)["b"] == report.artifacts["b"].digest
+    # sources gone, a fresh home: nothing to build from, so the refusal is the error
+    for folder in folders.values():
+        shutil.rmtree(folder)
+    shutil.rmtree(Settings().home / "store")
+    with pytest.raises(MergepkgError) as info:
+        build(load_recipe(recipe), Session(), mode="locked")
+    assert "differs from its record" in info.value.message and str(remote_dir) in (info.value.where or "")
+    assert not any((Settings().home / "store").glob("[0-9a-f]*"))  # nothing of it entered the store
+
+
+def test_no_remote_builds_and_prefer_remote_pulls_with_the_sources_here(shared):
+    recipe, _, _, _ = shared
+    auto = status(load_recipe(recipe), Session())
+    assert {n: s.state for n, s in auto.steps.items()} == {"a": "build", "b": "build"}  # inputs here: 0 bytes
+    assert build(load_recipe(recipe), Session(), remote="never").built == ["a", "b"]
+    shutil.rmtree(Settings().home / "store")
+    assert build(load_recipe(recipe), Session(), remote="prefer").pulled == {"b": "team"}
+
+
+def test_an_unpinned_step_needs_a_trusted_signature_and_a_forged_one_is_refused(shared, tmp_path):
+    recipe, _, remote_dir, first = shared
+    lock_path(load_recipe(recipe)).unlink()  # no lock: no digest to check against
+    home_a = Settings(home=tmp_path / "home-a")
+    key = generate_key(home_a, "team")
+    remote = open_remote(f"file://{remote_dir}")
+    record = remote.record(first.artifacts["b"].key)
+    remote.add_signatures(sign_record(record, key))
+    trust_key(Settings(), key.public)
+    assert build(load_recipe(recipe), Session(), remote="prefer").pulled == {"b": "team"}
+    # another key under the trusted name: a forged signature, refused, and the step built
+    shutil.rmtree(Settings().home / "store")
+    lock_path(load_recipe(recipe)).unlink()
+    forger = generate_key(Settings(home=tmp_path / "home-c"), "team")
+    forged = sign_record(record, forger)
+    remote._write_record(forged)
+    report = build(load_recipe(recipe), Session(), remote="prefer")
+    assert report.pulled == {} and report.built == ["a", "b"]
+    assert any("signature" in w for w in report.warnings), report.warnings
