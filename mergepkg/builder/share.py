@@ -17,6 +17,7 @@ from typing import Protocol
 
 from mergepkg.errors import StoreError
 from mergepkg.lockfile import Lock, read_lock
+from mergepkg.registry.packages import Spec, looks_like_spec, published_locks
 from mergepkg.remote.config import config_path, configured, get_remote
 from mergepkg.remote.errors import NotOnRemote, RemoteConfigError, RemoteError
 from mergepkg.remote.sign import SigningKey, keys_dir, load_signing_key
@@ -265,14 +266,22 @@ def _has(remote: Remote, key: str) -> bool:
         return remote.has(key)
 
 
-def gc_roots(recipes: Sequence[str | Path], locks: Sequence[str | Path]) -> tuple[set[str], list[Path]]:
-    """The keys the given recipes' locks and lock files pin, and those lock files; a
-    root that cannot be read is an error (a remote gc keeps nothing else)."""
+def gc_roots(
+    recipes: Sequence[str | Path], locks: Sequence[str | Path], settings: Settings | None = None
+) -> tuple[set[str], list[str]]:
+    """The keys that the given recipes' locks, lock files and published packages
+    (`NAME@RANGE`: every matching version's published lock) pin, and what each root was;
+    a root that cannot be read is an error (a remote gc keeps nothing else)."""
     keep: set[str] = set()
-    roots = []
+    roots: list[str] = []
     for arg in [*recipes, *locks]:
+        if settings is not None and looks_like_spec(str(arg)):
+            for label, lock in published_locks(settings, Spec.parse(str(arg))):
+                roots.append(label)
+                keep |= {s.key for s in lock.steps.values()}
+            continue
         lock_file, lock = lock_for(arg)
-        roots.append(lock_file)
+        roots.append(str(lock_file))
         keep |= {s.key for s in lock.steps.values()}
     return keep, roots
 
@@ -283,7 +292,7 @@ def remote_gc(remote: Remote, keep: set[str], *, dry_run: bool = False) -> GcRep
         raise RemoteError(
             "no roots: a gc keeping nothing would empty the remote",
             file=remote.url,
-            hint="name what to keep: --keep RECIPE or --keep-lock FILE",
+            hint="name what to keep: --keep RECIPE, --keep NAME@RANGE or --keep-lock FILE",
         )
     with reaching(remote):
         return remote.gc(keep, dry_run=dry_run)

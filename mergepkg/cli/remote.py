@@ -89,23 +89,28 @@ def keygen(name: str = typer.Argument(..., help="The key's name, e.g. your team'
 @app.command("gc")
 def gc(
     name: str = typer.Argument(..., help="The remote."),
-    keep: list[str] = typer.Option(None, "--keep", metavar="RECIPE", help="Keep the steps its lock pins (repeatable)."),
+    keep: list[str] = typer.Option(
+        None,
+        "--keep",
+        metavar="RECIPE|NAME@RANGE",
+        help="Keep the steps a recipe's lock, or every matching published version's lock, pins (repeatable).",
+    ),
     keep_lock: list[Path] = typer.Option(None, "--keep-lock", metavar="LOCK", help="Keep what a lock file pins."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; remove nothing."),
 ) -> None:
-    """Remove from a remote every artifact the given recipes' locks do not pin: records
+    """Remove from a remote every artifact the given recipes' (or published packages') locks do not pin: records
     first, then their files; files no record names once older than an hour (a push in
     flight keeps its files). Safe while others pull: they refuse what went."""
     settings = Settings()
     remote = share.choose_remote(settings, name)
-    keep_keys, roots = share.gc_roots(keep or [], keep_lock or [])
+    keep_keys, roots = share.gc_roots(keep or [], keep_lock or [], settings)
     report = share.remote_gc(remote, keep_keys, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for key in report.removed:
         out.print(f"{verb} {key[:16]}", highlight=False)
     err.print(
         f"{verb} {len(report.removed)} artifacts and {len(report.files)} files from {escape(remote.url)};"
-        f" kept what {len(roots)} lock files pin ({len(keep_keys)} keys)"
+        f" kept what {len(roots)} locks pin ({len(keep_keys)} keys)"
     )
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from mergepkg.errors import PublishError, RegistryError
 from mergepkg.files import write_atomic
-from mergepkg.lockfile import lock_path
+from mergepkg.lockfile import Lock, lock_path, parse_lock
 from mergepkg.recipe.flatten import flatten
 from mergepkg.recipe.model import Dependency, Recipe
 from mergepkg.recipe.names import InvalidName, canonical_name
 from mergepkg.recipe.plan import make_plan
-from mergepkg.recipe.versions import Range, VersionError
+from mergepkg.recipe.versions import Range, Version, VersionError
 from mergepkg.registry.client import Client, Registry
 from mergepkg.registry.dependencies import Dependencies, install_dependencies
 from mergepkg.registry.folder import RegistryFolder, check_publishable, parse_published
@@ -116,6 +116,32 @@ def install_published_lock(deps: Dependencies, name: str, client: Client) -> Pat
         return None
     write_atomic(target, client.lock_bytes(reg, entry))
     return target
+
+
+def published_locks(settings: Settings, spec: Spec, registry: str | None = None) -> list[tuple[str, Lock]]:
+    """The published locks of every version `spec` matches, yanked ones too (a remote's
+    owner keeps what anyone may still build): [(NAME@VERSION, lock)]. A matching version
+    published without its lock is an error: what it pins is unknown, so nothing of it
+    could be kept."""
+    client = Client(settings)
+    reg, entries = client.entries(spec.name, registry)
+    rng = Range.parse(spec.range)
+    chosen = [e for e in entries if rng.allows(Version.parse(e.version))]
+    if not chosen:
+        raise RegistryError(
+            f"no version of {spec.name} in {reg.name} matches {spec.range}", hint="`mergepkg info NAME`"
+        )
+    out = []
+    for e in chosen:
+        label = f"{e.name}@{e.version}"
+        if not e.lock:
+            raise RegistryError(
+                f"{label} was published without its lock: what it pins is unknown",
+                file=reg.url,
+                hint="republish it from a built recipe, or keep it with --keep-lock LOCK",
+            )
+        out.append((label, parse_lock(client.lock_bytes(reg, e).decode("utf-8"), f"{reg.url}: {label}")))
+    return out
 
 
 def publish(settings: Settings, recipe_file: Path, registry: str) -> tuple[Registry, Entry, bool]:

@@ -155,7 +155,7 @@ def test_remote_gc_keeps_what_the_locks_pin_and_refuses_to_keep_nothing(remote, 
     arts = [make_artifact(a.store, s) for s in (6, 7)]
     share.push(remote, a, [])
     keep, roots = share.gc_roots([], [lock_of(tmp_path / "r.lock", arts[:1])])
-    assert keep == {arts[0].key} and roots == [tmp_path / "r.lock"]
+    assert keep == {arts[0].key} and roots == [str(tmp_path / "r.lock")]
     assert share.remote_gc(remote, keep, dry_run=True).removed == (arts[1].key,)
     assert remote.keys() == sorted(x.key for x in arts)
     share.remote_gc(remote, keep)
@@ -191,3 +191,28 @@ def test_signing_on_the_hub_is_one_commit_of_the_record_alone(tmp_path):
     assert isinstance(commits[1][0], CommitOperationAdd) and [s.key_id for s in hub.record(art.key).signatures] == [
         "team"
     ]
+
+
+def test_remote_gc_keeps_every_published_version_a_range_names(remote, tmp_path):
+    from registries import new_registry, skills
+
+    from mergepkg.registry.client import Registry, save
+    from mergepkg.registry.folder import parse_published
+
+    home = tmp_path / "home"
+    a = session_at(home)
+    arts = [make_artifact(a.store, s) for s in (8, 9, 10)]
+    share.push(remote, a, [])
+    folder = new_registry(tmp_path / "registry")
+    for version, art in (("0.1.0", arts[0]), ("0.2.0", arts[1]), ("1.0.0", arts[2])):
+        data = skills(version).encode()
+        folder.publish(
+            parse_published(data, "skills.toml"), data, lock_of(tmp_path / f"{version}.lock", [art]).read_text()
+        )
+    settings = Settings(home=home)
+    save(settings, [Registry("team", str(tmp_path / "registry"))])
+    keep, roots = share.gc_roots(["skills@<1"], [], settings)
+    assert keep == {arts[0].key, arts[1].key} and roots == ["skills@0.1.0", "skills@0.2.0"]
+    assert share.remote_gc(remote, keep).removed == (arts[2].key,)
+    with pytest.raises(Exception, match="no version of skills"):
+        share.gc_roots(["skills@^3"], [], settings)
