@@ -86,7 +86,7 @@ def build(
     if out is not None:
         out = out.resolve()
         check_replaceable(out)
-    warnings = _Warnings(reporter or NullReporter(), deny_warnings)
+    warnings = BuildWarnings(reporter or NullReporter(), deny_warnings)
     with session.store.in_use():  # `cache gc` waits for us
         session.store.clean_tmp()  # what killed builds left behind
         old_lock = read_lock(lock_path(recipe))
@@ -128,7 +128,7 @@ def build(
         )
 
 
-class _Warnings:
+class BuildWarnings:
     """The caller's reporter, keeping the warnings for the report too; pitfalls are placed
     in the recipe, those it allows dropped, and with `deny` the rest raise."""
 

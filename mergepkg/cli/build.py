@@ -9,7 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from mergepkg.builder.build import BuildReport
 from mergepkg.builder.build import build as build_recipe
+from mergepkg.builder.share import choose_remote
 from mergepkg.builder.status import status
 from mergepkg.cli.common import (
     DENY_WARNINGS,
@@ -23,6 +25,8 @@ from mergepkg.cli.common import (
     size,
 )
 from mergepkg.cli.output import ProgressReporter, err, out, show_pitfall
+from mergepkg.cluster.driver import build_on_cluster
+from mergepkg.cluster.plan import Split
 from mergepkg.engine.device import check_device
 from mergepkg.errors import BuildError, RegistryError, SourceError
 from mergepkg.pitfalls.pitfall import deny
@@ -32,8 +36,12 @@ from mergepkg.settings import Settings
 
 
 def build(
-    recipe: str = typer.Argument(..., metavar="RECIPE", help="A recipe file, or NAME[@RANGE] of a published recipe."),
-    out_dir: Path = typer.Option(None, "--out", "-o", help="Output folder (default: out/<package name>)."),
+    recipes: list[str] = typer.Argument(
+        ..., metavar="RECIPE...", help="Recipe files, or NAME or NAME@RANGE of published recipes."
+    ),
+    out_dir: Path = typer.Option(
+        None, "--out", "-o", help="Output folder (default: out/<package name>); one recipe only."
+    ),
     device: str = typer.Option("cpu", "--device", help="Where the math runs: cpu, cuda, cuda:N, mps."),
     seed: int = typer.Option(None, "--seed", help="Seed for random methods (default: the recipe's)."),
     offline: bool = OFFLINE,
@@ -57,35 +65,85 @@ def build(
     deny_warnings: bool = DENY_WARNINGS,
     no_remote: bool = NO_REMOTE,
     prefer_remote: bool = PREFER_REMOTE,
+    ray: str = typer.Option(
+        None,
+        "--ray",
+        is_flag=False,
+        flag_value="auto",
+        metavar="[ADDRESS]",
+        help="Build on a Ray cluster: `auto` (the default) or its address, through a remote (docs/cluster.md).",
+    ),
+    remote_name: str = typer.Option(
+        None, "--remote", "-r", help="With --ray: the configured remote the cluster shares (default: the only one)."
+    ),
+    split: int = typer.Option(
+        1, "--split", min=1, help="With --ray: split each large step by tensors over N workers (see --split-bytes)."
+    ),
+    split_bytes: str = typer.Option(
+        "1GB", "--split-bytes", help="With --split: the output size from which a step is split, e.g. 5GB."
+    ),
 ) -> None:
-    """Build a recipe's outputs: steps already in the store are reused, steps the remotes
-    hold pulled when that moves less, the rest built."""
+    """Build recipes' outputs: steps already in the store are reused, steps the remotes
+    hold pulled when that moves less, the rest built (here, or with --ray on a cluster)."""
     policy = remote_policy(no_remote, prefer_remote)
     if locked and frozen:
         raise BuildError("--locked and --frozen exclude each other", hint="--frozen already implies --locked")
+    if ray is not None and Path(ray).suffix == ".toml":  # `--ray a.toml`: the option took a recipe
+        recipes, ray = [ray, *recipes], "auto"
+    if out_dir is not None and len(recipes) > 1:
+        raise BuildError("--out takes one recipe", hint="drop --out: each recipe goes to out/<package name>")
     check_device(device)
-    r, session = open_recipe(
-        _recipe_file(recipe, offline),
+    options: dict = dict(
         offline=offline,
         device=device,
         threads=threads,
         max_shard_bytes=parse_size(shard_size),
         max_memory=parse_size(max_memory, "--max-memory") if max_memory else None,
     )
-    target = out_dir or Path("out") / r.name
+    opened = [open_recipe(_recipe_file(recipe, offline), **options) for recipe in recipes]
+    session = opened[0][1]
+    targets = [out_dir or Path("out") / r.name for r, _ in opened]
     mode: Mode = "frozen" if frozen else "locked" if locked else "update"
+    reports: list[BuildReport]
     with ProgressReporter(enabled=not quiet) as reporter:
-        report = build_recipe(
-            r,
-            session,
-            out=target,
-            seed=seed,
-            mode=mode,
-            reporter=reporter,
-            verify_store=verify_store,
-            deny_warnings=deny_warnings,
-            remote=policy,
-        )
+        if ray is not None:
+            if no_remote:
+                raise BuildError("--ray builds through a remote: --no-remote cannot go with it")
+            url = choose_remote(session.settings, remote_name).url
+            reports = build_on_cluster(
+                [r for r, _ in opened],
+                session,
+                address=ray,
+                remote=url,
+                outs=targets,
+                seed=seed,
+                mode=mode,
+                reporter=reporter,
+                verify_store=verify_store,
+                deny_warnings=deny_warnings,
+                split=Split(split, parse_size(split_bytes, "--split-bytes")) if split > 1 else None,
+            ).reports
+        else:
+            reports = [
+                build_recipe(
+                    r,
+                    session,
+                    out=target,
+                    seed=seed,
+                    mode=mode,
+                    reporter=reporter,
+                    verify_store=verify_store,
+                    deny_warnings=deny_warnings,
+                    remote=policy,
+                )
+                for (r, session), target in zip(opened, targets)
+            ]
+    for report in reports:
+        _tell(report)
+
+
+def _tell(report: BuildReport) -> None:
+    """What a build did, on stderr; its output folders on stdout."""
     for name, remote in report.pulled.items():
         err.print(f"[green]pulled[/] {name} [dim]{report.resolution.keys[name][:12]}[/] from {escape(remote)}")
     for name in report.built:

@@ -90,6 +90,14 @@ class ProgressReporter:
     def step_pulled(self, name: str, key: str, remote: str) -> None:
         self.progress.update(self._task(), completed=self.progress.tasks[-1].total)
 
+    def step_placed(self, name: str, key: str, node: str) -> None:  # a cluster build (mergepkg/cluster/)
+        if not self.progress.disable:
+            self.progress.console.print(f"[dim]started[/] {name} [dim]on node {node[:12]}[/]")
+
+    def step_built(self, name: str, key: str, node: str) -> None:
+        if not self.progress.disable:
+            self.progress.console.print(f"[green]built[/] {name} [dim]{key[:12]} on node {node[:12]}[/]")
+
     def _task(self) -> TaskID:
         assert self.task is not None  # the engine starts a step before it reports on its tensors
         return self.task

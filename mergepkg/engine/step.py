@@ -30,7 +30,7 @@ from mergepkg.errors import MergeError, MergepkgError
 from mergepkg.io.buffers import BufferPool
 from mergepkg.io.reader import ModelReader
 from mergepkg.io.tensors import TensorInfo, torch_dtype
-from mergepkg.io.writer import ShardWriter
+from mergepkg.io.writer import MAX_SHARD_BYTES, ShardWriter
 from mergepkg.layout.types import OutputTensor, StepLayout
 from mergepkg.methods.kernels import chunks
 from mergepkg.recipe.tables import AUTO
@@ -132,7 +132,7 @@ def build_step(
     *,
     seed: int = 0,
     device: str = "cpu",
-    max_shard_bytes: int = 2 * 1024**3,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
     budget: Budget | None = None,
     threads: int | None = None,
     reporter: Reporter | None = None,
@@ -141,10 +141,36 @@ def build_step(
     returns each output tensor's digest (`io.digest.combine_digests` makes the output's).
     `budget`: memory to stay under (`budget_for`); None, no limit."""
     reporter = reporter or NullReporter()
-    merger = _Merger(layout, folders, infos, seed=seed, device=device, budget=budget or Budget(None), threads=threads)
     writer = ShardWriter(out_dir, [(t.name, t.info) for t in layout.tensors], max_shard_bytes)
-    reporter.step_started(layout.step.name, len(layout.tensors), layout.bytes_in)
+    write_tensors(
+        layout, folders, infos, writer, seed=seed, device=device, budget=budget, threads=threads, reporter=reporter
+    )
+    write_side_files(layout, folders, out_dir)
+    reporter.step_finished(layout.step.name)
+    return writer.digests
+
+
+def write_tensors(
+    layout: StepLayout,
+    folders: dict[str, Path],
+    infos: dict[str, dict[str, TensorInfo]],
+    writer: ShardWriter,
+    *,
+    seed: int,
+    device: str,
+    budget: Budget | None,
+    threads: int | None,
+    reporter: Reporter,
+) -> None:
+    """Merge every tensor of `layout`, in order, into `writer` and close it (on a failure,
+    abort it). `layout` may hold only some of a step's tensors (one part of it,
+    `engine/split.py`): each tensor's bytes depend on nothing else."""
+    merger = None
     try:
+        merger = _Merger(
+            layout, folders, infos, seed=seed, device=device, budget=budget or Budget(None), threads=threads
+        )
+        reporter.step_started(layout.step.name, len(layout.tensors), layout.bytes_in)
         _stream(merger, writer, reporter)
         for pitfall in merger.watch.pitfalls():  # MP3xx: a reporter that raises here leaves nothing behind
             reporter.pitfall(pitfall)
@@ -152,13 +178,11 @@ def build_step(
         writer.abort()
         raise
     finally:
-        merger.close()
-        if merger.budget.limit:
-            trim()
+        if merger is not None:
+            merger.close()
+            if merger.budget.limit:
+                trim()
     writer.close()
-    write_side_files(layout, folders, out_dir)
-    reporter.step_finished(layout.step.name)
-    return writer.digests
 
 
 def _stream(merger: _Merger, writer: ShardWriter, reporter: Reporter) -> None:
@@ -236,8 +260,10 @@ class _Merger:
         # a streaming method's result never shares memory with its inputs: their buffers
         # can be reused as soon as it returns
         self.buffers = BufferPool(self.budget.limit // 8 if self.budget.limit else None) if method.stream else None
-        # tensors no input gives (an moe step's routers): computed once, before any file is opened
-        self.computed = routers(layout, folders, device=device, seed=seed) if layout.step.moe else {}
+        # tensors no input gives (an moe step's routers): computed once, before any file is
+        # opened; only those of `layout`'s own tensors (a part of a step computes its own)
+        own_routers = layout.step.moe is not None and any(not t.parts for t in layout.tensors)
+        self.computed = routers(layout, folders, device=device, seed=seed) if own_routers else {}
         self.readers = {m: ModelReader(folders[m], infos[m], self.buffers) for m in layout.step.models}
         self.watch = ValueWatch(layout, infos)  # NaN, inf and task-vector norms of what is read (MP3xx)
 

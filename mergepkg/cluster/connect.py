@@ -1,0 +1,106 @@
+"""Ray, imported and connected only when a cluster build starts.
+
+`connect` joins the cluster at `address` (`auto`: the one `ray start` made on this
+machine, or RAY_ADDRESS) unless this process is connected already, and leaves it on exit
+only if it joined. `submit` wraps the worker's function as a Ray task: resources from the
+step's layout, retried on another node when its worker or node dies (`max_retries`), and
+for an `OSError` (a remote's hiccup), never for a recipe's error (those come back in the
+answer, not raised).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from mergepkg.cluster.jobs import Resources, StepJob
+from mergepkg.cluster.parts import run_assemble, run_part
+from mergepkg.cluster.progress import Board
+from mergepkg.cluster.worker import run_step
+from mergepkg.engine.split import Part
+from mergepkg.errors import BuildError
+
+MAX_RETRIES = 3  # attempts after the first, for a worker or node lost (and OSError)
+RAY_HINT = "install the extra: pip install 'mergepkg[ray]'"
+
+
+def ray_module() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise BuildError("--ray needs Ray, which is not installed", hint=RAY_HINT) from None
+    return ray
+
+
+@contextmanager
+def connect(address: str) -> Iterator[Any]:
+    """The `ray` module, connected to the cluster at `address` for the block."""
+    ray = ray_module()
+    joined = False
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=True)
+        except ConnectionError as e:
+            raise BuildError(
+                f"cannot reach a Ray cluster at {address!r}: {e}",
+                hint="start one (`ray start --head` on this machine), or give its address: --ray HOST:6379",
+            ) from None
+        joined = True
+    try:
+        yield ray
+    finally:
+        if joined:
+            ray.shutdown()
+
+
+def start_board(ray: Any) -> Any:
+    """The progress board, an actor on the driver's node (it outlives any worker node)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    strategy = NodeAffinitySchedulingStrategy(node_id=here, soft=True)
+    return ray.remote(Board).options(num_cpus=0, scheduling_strategy=strategy).remote()
+
+
+def submit(ray: Any, job: StepJob, size: Resources, board: Any, upstream: Sequence[Any]) -> Any:
+    """The task building `job`'s step; Ray starts it once the `upstream` tasks are done."""
+    task = ray.remote(run_step).options(
+        **size.options(),
+        max_retries=MAX_RETRIES,
+        retry_exceptions=[OSError],
+        name=f"mergepkg {job.name} {job.key[:12]}",
+    )
+    return task.remote(job, board, *upstream)
+
+
+def submit_split(
+    ray: Any, job: StepJob, parts: list[Part], size: Resources, board: Any, upstream: Sequence[Any]
+) -> Any:
+    """A task per part (each waits for the `upstream` tasks), then the assemble task, which
+    waits for the parts; its answer is the step's."""
+    options = dict(**size.options(), max_retries=MAX_RETRIES, retry_exceptions=[OSError])
+    part_refs = [
+        ray.remote(run_part)
+        .options(**options, name=f"mergepkg {job.name} part {p.index + 1}/{p.count}")
+        .remote(job, p, board, *upstream)
+        for p in parts
+    ]
+    assembling = ray.remote(run_assemble).options(**options, name=f"mergepkg {job.name} assemble")
+    return assembling.remote(job, parts, board, *part_refs, *upstream)
+
+
+def check_fits(ray: Any, sizes: dict[str, Resources], names: dict[str, str]) -> None:
+    """An error before anything runs when no node has what a step asks for (Ray would wait
+    for such a node for ever)."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for key, size in sizes.items():
+        ask = {"CPU": size.num_cpus, "memory": size.memory, "GPU": size.num_gpus}
+        if not any(all(node.get(r, 0) >= v for r, v in ask.items() if v) for node in nodes):
+            most = max((node.get("memory", 0) for node in nodes), default=0)
+            raise BuildError(
+                f"step {names[key]!r} needs {size.num_cpus:g} CPUs, {size.memory / 1e9:.1f} GB of memory"
+                + (f" and {size.num_gpus:g} GPUs" if size.num_gpus else "")
+                + f", and no node of the cluster has that (the most memory a node offers: {most / 1e9:.1f} GB)",
+                hint="add a larger node, or build under --max-memory (the engine keeps to it) and fewer --threads",
+            )
