@@ -8,6 +8,8 @@ commands call; see docs/api.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from mergepkg.builder.build import BuildReport
@@ -18,12 +20,16 @@ from mergepkg.builder.substitute import Policy
 from mergepkg.builder.verify import Check
 from mergepkg.builder.verify import verify as verify_recipe
 from mergepkg.engine.progress import Reporter
+from mergepkg.errors import RecipeError
 from mergepkg.pitfalls.pitfall import deny
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.resolve.lock import Locked, lock_recipe
 from mergepkg.resolve.resolution import Mode
 from mergepkg.store.session import Session
+from mergepkg.tune.log import Trial
+from mergepkg.tune.search import Finished, Searched, finish, search
+from mergepkg.tune.spec import load_tune
 
 RecipeLike = str | Path | Recipe
 
@@ -100,3 +106,27 @@ def verify(
     unless `remote` is "never"."""
     r, s = _open(recipe, session)
     return verify_recipe(r, s, rebuild=rebuild, reporter=reporter, remote=remote)
+
+
+def tune(
+    tune_file: str | Path,
+    *,
+    session: Session | None = None,
+    trials: int | None = None,
+    seconds: float | None = None,
+    restart: bool = False,
+    reporter: Reporter | None = None,
+    on_trial: Callable[[Trial, bool], None] | None = None,
+) -> tuple[Searched, Finished]:
+    """Search a step's parameters as the tune file says (`trials`, `seconds` override its
+    budget), resuming from its trial log unless `restart`; then write, build and lock
+    `best.toml` and score it on the held-out tasks: `mergepkg tune` (docs/tune.md).
+    `reporter` hears the build of best.toml; the trials' builds report nothing."""
+    spec = load_tune(tune_file)
+    changes = {k: v for k, v in (("trials", trials), ("seconds", seconds)) if v is not None}
+    spec = replace(spec, **changes)  # type: ignore[arg-type]
+    s = session or Session()
+    searched = search(spec, s, on_trial=on_trial, restart=restart)  # trials' pitfalls: the space's business
+    if not searched.trials:
+        raise RecipeError("no trial finished within the budget", file=spec.path, hint="raise `trials` or `seconds`")
+    return searched, finish(searched, s, reporter=reporter)

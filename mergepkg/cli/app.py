@@ -17,6 +17,7 @@ from mergepkg.cli import methods as methods_cmd
 from mergepkg.cli import plan as plan_cmd
 from mergepkg.cli import registry as registry_cmd
 from mergepkg.cli import remote as remote_cmd
+from mergepkg.cli import tune as tune_cmd
 from mergepkg.cli.output import err, show_error
 from mergepkg.errors import MergepkgError
 
@@ -51,6 +52,7 @@ app.command("graph")(plan_cmd.graph)
 app.command("lock")(lock_cmd.lock)
 app.command("verify")(lock_cmd.verify)
 app.command("eval")(eval_cmd.eval_)
+app.command("tune")(tune_cmd.tune)
 app.command("import")(mergekit_cmd.import_)
 app.command("methods")(methods_cmd.methods)
 app.command("search")(registry_cmd.search)

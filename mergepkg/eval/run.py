@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mergepkg._lazy import torch
+from mergepkg.eval.harness import HarnessTask, run_harness
 from mergepkg.eval.tasks import Task, examples
 from mergepkg.store.evals import EvalCache, Result
 
@@ -56,21 +57,30 @@ def run_task(model, tokenizer, task: Task, device: str) -> Result:
 def evaluate_model(
     folder: Path,
     model_key: str,
-    tasks: list[Task],
+    tasks: list[Task] | list[Task | HarnessTask],
     cache: EvalCache,
     *,
     device: str = "cpu",
-    on_result: Callable[[Task, Result], None] | None = None,
+    on_result: Callable[[Task | HarnessTask, Result], None] | None = None,
 ) -> list[Result]:
-    """Results of every task on the model in `folder`, from the cache where possible."""
-    results, todo = {}, []
+    """Results of every task on the model in `folder`, from the cache where possible.
+    lm-eval tasks (`HarnessTask`) run through the harness, cached by their evaluation key."""
+    results: dict[str, Result] = {}
+    todo: list[Task | HarnessTask] = []
     for task in tasks:
         hit = cache.get(model_key, task.sha256)
         if hit is not None:
             results[task.name] = hit
         else:
             todo.append(task)
-    if todo:
+    for task in [t for t in todo if isinstance(t, HarnessTask)]:
+        result = run_harness(folder, task, device)
+        cache.put(model_key, task.sha256, result)
+        results[task.name] = result
+        if on_result:
+            on_result(task, result)
+    own = [t for t in todo if isinstance(t, Task)]
+    if own:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -79,7 +89,7 @@ def evaluate_model(
         tokenizer = AutoTokenizer.from_pretrained(folder)
         # transformers types `to` through functools.wraps, which loses `self`: a device is right
         model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(device).eval()  # type: ignore[arg-type]
-        for task in todo:
+        for task in own:
             result = run_task(model, tokenizer, task, device)
             cache.put(model_key, task.sha256, result)
             results[task.name] = result

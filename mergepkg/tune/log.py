@@ -1,0 +1,72 @@
+"""The trial log: `trials.jsonl` in the search's folder, one line per finished trial.
+
+The first line names the search (`fingerprint` of the recipe, space, objective,
+sampler and seed); each further line is a `Trial`, appended and flushed as it finishes.
+A search that was killed resumes from it: finished trials are read back, not redone,
+and a line cut short by the kill is dropped. A log of another search is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mergepkg.errors import RecipeError
+
+
+@dataclass(frozen=True)
+class Trial:
+    number: int  # from 0, in the order the sampler asked
+    values: dict  # recipe key path -> number or gradient
+    unit: list[float]  # the sampler's point (checked on resume)
+    key: str  # the store key of the scored step
+    scores: dict  # validation task name -> value
+    objective: float  # the scores combined (higher is better)
+    build_s: float
+    eval_s: float
+    stored: bool  # the key was in the store already: nothing was built
+    finished: float  # unix time
+
+
+class TrialLog:
+    def __init__(self, path: Path, fingerprint: str):
+        self.path, self.fingerprint = path, fingerprint
+
+    def read(self) -> list[Trial]:
+        """The finished trials, or none for a new search."""
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        if not lines:
+            return []
+        head = json.loads(lines[0])
+        if head.get("search") != self.fingerprint:
+            raise RecipeError(
+                "the trial log is of another search (the recipe, space, objective or sampler changed)",
+                file=self.path,
+                hint="pass --restart to discard it, or move it away",
+            )
+        trials = []
+        for line in lines[1:]:
+            try:
+                trials.append(Trial(**json.loads(line)))
+            except (ValueError, TypeError):  # cut short by a kill: that trial is redone
+                break
+        return trials
+
+    def start(self, trials: list[Trial]) -> None:
+        """Write the header and `trials` (those read back), dropping anything after them."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [json.dumps({"search": self.fingerprint})] + [json.dumps(asdict(t)) for t in trials]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def append(self, trial: Trial) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(asdict(trial)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())

@@ -1,0 +1,214 @@
+"""`mergepkg tune`: the search, then the result on the held-out split.
+
+A trial is one independent unit: the recipe with the sampler's numbers substituted
+(`substitute.py`), the scored step built into the store (upstream steps keep their
+keys and are reused; a key already stored builds nothing) and evaluated on the
+validation tasks. Trials run one after another and are logged as they finish
+(`log.py`), so a killed search resumes where it stopped.
+
+`search` reads only the validation tasks. `finish` then writes the best trial as a
+normal recipe (`best.toml`, built, so it has its lock `best.lock`) and scores it,
+and the recipe as written, on the test tasks, which nothing before read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mergepkg.builder.build import build
+from mergepkg.engine.progress import Reporter
+from mergepkg.errors import RecipeError
+from mergepkg.eval.harness import HarnessTask, load_harness_task
+from mergepkg.eval.run import evaluate_model
+from mergepkg.eval.tasks import Task, load_task
+from mergepkg.lockfile import lock_path
+from mergepkg.recipe.parse import load_recipe, parse_recipe
+from mergepkg.store.evals import EvalCache, Result
+from mergepkg.store.session import Session
+from mergepkg.tune.log import Trial, TrialLog
+from mergepkg.tune.report import svg
+from mergepkg.tune.sampler import Sampler
+from mergepkg.tune.spec import TaskEntry, TuneSpec
+from mergepkg.tune.substitute import Base, check_space, current, read_base, relocated_text, trial_recipe, values
+
+AnyTask = Task | HarnessTask
+BENCHMARK_WARNING = (
+    "the objective includes {name!r}, scored on a public benchmark's test split: a search that "
+    "maximises it overfits that test set, and its score no longer estimates held-out performance "
+    "(as mergekit-evolve warns); search on a validation split and report the test split once"
+)
+
+
+@dataclass
+class Searched:
+    spec: TuneSpec
+    base: Base
+    trials: list[Trial]
+    resumed: int  # trials read back from the log
+    stopped: str  # "trials" (budget spent) or "seconds"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Trial:
+        return max(self.trials, key=lambda t: (t.objective, -t.number))
+
+
+@dataclass(frozen=True)
+class Finished:
+    best: Trial
+    recipe: Path  # best.toml
+    lock: Path  # best.lock
+    test: dict[str, float]  # the best trial's held-out scores, and their combination as "objective"
+    written_validation: dict[str, float]  # the recipe as written, on validation
+    written_test: dict[str, float]  # and on test
+    plot: Path  # search.svg
+
+
+def tasks(entries: tuple[TaskEntry, ...], session: Session) -> list[AnyTask]:
+    out: list[AnyTask] = []
+    for e in entries:
+        if e.file is not None:
+            out.append(load_task(e.file, session.hashes))
+        else:
+            assert e.harness is not None
+            h = load_harness_task(
+                e.harness,
+                session.hashes,
+                include=e.include,
+                num_fewshot=e.num_fewshot,
+                limit=e.limit,
+                seed=e.seed,
+                metric=e.metric,
+            )
+            out.append(h)
+    return out
+
+
+def combined(kind: str, results: list[Result]) -> float:
+    """Higher is better: accuracies and harness metrics as they are, perplexity as -ln(ppl)."""
+    scores = [-math.log(r.value) if r.metric == "perplexity" else r.value for r in results]
+    return min(scores) if kind == "min" else sum(scores) / len(scores)
+
+
+def search(
+    spec: TuneSpec,
+    session: Session,
+    *,
+    reporter: Reporter | None = None,
+    on_trial: Callable[[Trial, bool], None] | None = None,
+    restart: bool = False,
+) -> Searched:
+    """Run (or resume) the search within its budget; `on_trial(trial, resumed)` as each ends.
+    `reporter` hears the trials' builds (pass None to keep their pitfall warnings quiet)."""
+    base = read_base(spec)
+    check_space(spec, base)
+    validation = tasks(spec.validation, session)
+    warnings = [
+        BENCHMARK_WARNING.format(name=t.name) for t in validation if isinstance(t, HarnessTask) and t.test_split
+    ]
+    log = TrialLog(spec.folder / "trials.jsonl", spec.fingerprint(base.text))
+    done = [] if restart else log.read()
+    log.start(done)
+    start = [
+        0.5 if v is None else min(max((v - d.low) / (d.high - d.low), 0.0), 1.0)
+        for d, v in zip(spec.space, current(base, spec.space))
+    ]
+    sampler = Sampler(spec.sampler, len(spec.space), spec.seed, start)
+    out = Searched(spec, base, [], min(len(done), spec.trials), "trials", warnings)
+    began, spent = time.monotonic(), sum(t.build_s + t.eval_s for t in done)
+    for number in range(spec.trials):
+        unit = sampler.ask()
+        chosen = values(spec.space, unit, spec.digits)
+        if number < len(done):
+            trial = done[number]
+            if trial.values != chosen:
+                raise RecipeError(
+                    f"trial {number} of the log is not what the sampler asks now",
+                    file=log.path,
+                    hint="the sampler's library changed; pass --restart",
+                )
+        elif spec.seconds is not None and spent + time.monotonic() - began >= spec.seconds:
+            out.stopped = "seconds"
+            break
+        else:
+            trial = run_trial(spec, base, session, number, unit, chosen, validation, reporter)
+            log.append(trial)
+        sampler.tell(trial.objective)
+        out.trials.append(trial)
+        if on_trial:
+            on_trial(trial, number < len(done))
+    return out
+
+
+def run_trial(
+    spec: TuneSpec,
+    base: Base,
+    session: Session,
+    number: int,
+    unit: list[float],
+    chosen: dict,
+    validation: list[AnyTask],
+    reporter: Reporter | None,
+) -> Trial:
+    """Build the trial's step (what is stored is reused) and score it on `validation`."""
+    t0 = time.monotonic()
+    report = build(trial_recipe(base, chosen), session, targets=(spec.evaluate,), reporter=reporter, remote="never")
+    artifact = report.artifacts[spec.evaluate]
+    t1 = time.monotonic()
+    cache = EvalCache(session.settings.home)
+    results = evaluate_model(artifact.folder, artifact.key, validation, cache, device=session.settings.device)
+    t2 = time.monotonic()
+    return Trial(
+        number=number,
+        values=chosen,
+        unit=unit,
+        key=artifact.key,
+        scores={r.task: r.value for r in results},
+        objective=combined(spec.combine, results),
+        build_s=round(t1 - t0, 3),
+        eval_s=round(t2 - t1, 3),
+        stored=spec.evaluate not in report.built,
+        finished=time.time(),
+    )
+
+
+def _scores(spec: TuneSpec, folder: Path, key: str, todo: list[AnyTask], session: Session) -> dict[str, float]:
+    results = evaluate_model(folder, key, todo, EvalCache(session.settings.home), device=session.settings.device)
+    return {r.task: r.value for r in results} | {"objective": combined(spec.combine, results)}
+
+
+def finish(searched: Searched, session: Session, *, reporter: Reporter | None = None) -> Finished:
+    """Write, build and lock `best.toml`; score it and the recipe as written on the test split."""
+    spec, best = searched.spec, searched.best
+    folder = spec.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"Written by `mergepkg tune {spec.path.name}`: {spec.recipe.name} with trial {best.number}'s values\n"
+        f"(validation objective {best.objective:.4f}); the trial log is trials.jsonl."
+    )
+    best_path = folder / "best.toml"
+    best_path.write_text(relocated_text(searched.base, best.values, folder, header), encoding="utf-8")
+    built = build(load_recipe(best_path), session, reporter=reporter, remote="never")
+    artifact = built.artifacts[spec.evaluate]
+    written = build(parse_recipe(searched.base.text, spec.recipe), session, targets=(spec.evaluate,), reporter=reporter)
+    original = written.artifacts[spec.evaluate]
+    validation = tasks(spec.validation, session)
+    test = tasks(spec.test, session)  # read here, after the search, and only here
+    scores = _scores(spec, artifact.folder, artifact.key, test, session)
+    lines = [f"best: trial {best.number}, validation {best.objective:.4f}, test {scores['objective']:.4f}"]
+    plot = folder / "search.svg"
+    title = f"mergepkg tune {spec.path.name}: validation {spec.combine} against trial"
+    plot.write_text(svg(searched.trials, title, lines + [f"{p} = {v}" for p, v in best.values.items()]))
+    return Finished(
+        best=best,
+        recipe=best_path,
+        lock=lock_path(built.resolution.recipe),
+        test=scores,
+        written_validation=_scores(spec, original.folder, original.key, validation, session),
+        written_test=_scores(spec, original.folder, original.key, test, session),
+        plot=plot,
+    )

@@ -1,0 +1,70 @@
+"""The tune file: located errors, and substitution that keeps upstream keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mergepkg import api
+from mergepkg.errors import RecipeError
+from mergepkg.tune.spec import load_tune
+from mergepkg.tune.substitute import check_space, read_base, trial_recipe, values
+
+DEMO = Path(__file__).resolve().parents[2] / "recipes" / "demo.toml"
+TASKS = DEMO.parent / "demo" / "tasks"
+VAL = DEMO.parent / "demo-tune" / "tasks"  # scripts/demo_validation.py
+
+
+def tune_file(tmp_path: Path, space: str, *, extra: str = "", test: Path = TASKS / "inc.jsonl") -> Path:
+    path = tmp_path / "t.toml"
+    path.write_text(
+        f'[tune]\nrecipe = "{DEMO}"\nstep = "ties"\ntrials = 2\n{extra}\n'
+        f"[tune.space]\n{space}\n"
+        f'[tune.objective]\nvalidation = ["{VAL}/inc_val.jsonl"]\ntest = ["{test}"]\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("space", "extra", "line", "words"),
+    [
+        ('"steps.ties.inputs[0].weight" = [1.0, 0.5]', "", 7, "low < high"),
+        ('"steps.ties.inputs[0].weight" = [0, 1]\n"steps.linear.inputs[0].weight" = [0, 1]', "", 8, "not a parameter"),
+        ('"steps.ties.inputs[0].weight" = [0, 1]', "sampler = 'grid'", 5, "sampler"),
+        ('"steps.ties.inputs[0].weight" = [0, 1]', "trails = 3", 5, "unknown key 'trails'"),
+    ],
+)
+def test_errors_point_at_the_tune_file_line(tmp_path, space, extra, line, words):
+    with pytest.raises(RecipeError) as e:
+        load_tune(tune_file(tmp_path, space, extra=extra))
+    assert e.value.line == line and words in e.value.message
+
+
+def test_paths_are_checked_against_the_recipe(tmp_path):
+    spec = load_tune(tune_file(tmp_path, '"steps.ties.inputs[5].weight" = [0, 1]'))
+    with pytest.raises(RecipeError) as e:
+        check_space(spec, read_base(spec))
+    assert e.value.line == 7 and "no steps.ties.inputs[5].weight" in e.value.message
+    spec = load_tune(tune_file(tmp_path, '"steps.ties.inputs[0].density" = [0.5, 2]'))
+    with pytest.raises(RecipeError) as e:  # the recipe's own check, at the space's bound
+        check_space(spec, read_base(spec))
+    assert "high end" in e.value.message and e.value.file == str(tmp_path / "t.toml") and e.value.line == 7
+
+
+def test_validation_and_test_must_differ(tmp_path):
+    with pytest.raises(RecipeError, match="also a test task"):
+        load_tune(tune_file(tmp_path, '"steps.ties.inputs[0].weight" = [0, 1]', test=VAL / "inc_val.jsonl"))
+
+
+def test_substitution_keeps_upstream_keys_and_gradients_become_lists(tmp_path):
+    space = '"steps.ties.inputs[0].weight" = [0, 1]\n"steps.ties.inputs[1].weight" = [[0, 1], [0, 1], [0, 1]]'
+    spec = load_tune(tune_file(tmp_path, space))
+    base = read_base(spec)
+    check_space(spec, base)
+    chosen = values(spec.space, [0.25, 0.0, 0.5, 1.0], spec.digits)
+    assert chosen == {"steps.ties.inputs[0].weight": 0.25, "steps.ties.inputs[1].weight": [0.0, 0.5, 1.0]}
+    before = {n: s.key for n, s in api.status(DEMO).steps.items()}
+    after = {n: s.key for n, s in api.status(trial_recipe(base, chosen)).steps.items()}
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed == {"ties", "ties_slerp"}  # the tuned step and what reads it; upstream kept
