@@ -12,7 +12,10 @@ of what a large merge would take on N nodes.
    outputs. A split part would be one such task too.
 2. A model of a TIES (base + 3) on 1, 4 and 16 nodes, split by tensors, from this page's
    measured rate (ties over 4.34 GB of input in 8.5 s on 2 cores, 1.8 s of it start-up)
-   and a stated network bandwidth (see `model`).
+   and a stated network bandwidth (see `model`): the assembly in place on the remote as
+   the code does it (renames on a shared disk; on S3, server-side copies at an assumed
+   `--copy-gbps`), and as it was before (gathered through one node). `--model-only`
+   prints the model without starting Ray.
 """
 
 from __future__ import annotations
@@ -104,25 +107,32 @@ def overhead(steps: int, nodes: int, parts: int) -> tuple[float, float, float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def model(params_b: float, nodes: int, gbps: float, per_task: float, cores: int, gather: bool = True) -> float:
+def model(
+    params_b: float, nodes: int, gbps: float, per_task: float, cores: int, gather: bool = False, copy_gbps: float = 0
+) -> float:
     """Seconds for a TIES of base + 3 models of `params_b` billion bfloat16 parameters, split
     by tensors over `nodes` nodes of `cores` cores, on a `gbps` Gbit/s network; inputs in
     each node's Hugging Face cache already (downloads are not counted).
 
     Each node merges 1/N of the tensors at this page's measured rate (scaled by its cores),
-    writes and pushes its part (1/N of the output) to the remote; one node then pulls the
-    parts, assembles and hashes the output and pushes it (an unsplit step on one node
-    pushes its output too). Every part and the assembly are tasks (`per_task` each).
-    Without `gather`, the assembly moves no tensor bytes: the parts' shards become the
-    artifact's files on the remote and only the per-tensor digests are combined."""
+    writes and stages its part (1/N of the output) on the remote (an unsplit step on one
+    node pushes its output). Every part and the assembly are tasks (`per_task` each). The
+    assembly, as `cluster/parts.py` does it, moves no tensor bytes through its node: the
+    staged shards become the artifact's files on the remote (`remote/adopt.py`), a rename
+    on a shared disk (counted as free), or a server-side copy on S3 at `copy_gbps` GB/s
+    over all its files together (0: not counted). With `gather`, the assembly as it was
+    before: one node pulls the parts, hashes the output and pushes it back."""
     model_gb = params_b * 2  # bfloat16
     rate = TIES_INPUT_GB / (TIES_SECONDS - START_SECONDS) * cores / 2  # input GB/s per node
     net = gbps / 8  # GB/s
     merge = 4 * model_gb / nodes / rate + model_gb / nodes / net + per_task
     if nodes == 1:
         return START_SECONDS + merge
-    assemble = (2 * model_gb / net + model_gb / HASH_GBPS if gather else 0.0) + per_task  # parts in, artifact out
-    return START_SECONDS + merge + assemble
+    if gather:
+        moved = 2 * model_gb / net + model_gb / HASH_GBPS  # parts in, hashed, artifact out
+    else:
+        moved = model_gb / copy_gbps if copy_gbps else 0.0  # renames, or the remote's own copies
+    return START_SECONDS + merge + moved + per_task
 
 
 def main() -> None:
@@ -132,22 +142,31 @@ def main() -> None:
     parser.add_argument("--parts", type=int, default=8, help="parts of the split step")
     parser.add_argument("--bandwidth", type=float, default=10.0, help="Gbit/s between nodes and the remote")
     parser.add_argument("--cores", type=int, default=16, help="cores per node in the model")
+    parser.add_argument(
+        "--copy-gbps", type=float, default=1.0, help="an S3 store's server-side copy rate (GB/s), for the S3 column"
+    )
+    parser.add_argument("--model-only", action="store_true", help="the model alone, with --per-task seconds a task")
+    parser.add_argument("--per-task", type=float, default=0.11, help="a task's overhead for --model-only (s)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    here, there, part = overhead(args.steps, args.nodes, args.parts)
-    print(f"{args.steps} trivial steps, {args.nodes} one-CPU node(s)")
-    print(f"  in-process build: {here * 1000:.0f} ms a step")
-    print(f"  through Ray:      {there * 1000:.0f} ms a step (overhead {1000 * (there - here):.0f} ms)")
-    print(f"  one step split in {args.parts} parts: {part * 1000:+.0f} ms a part against the step whole")
-    per_task = max(there - here, 0.0)
+    per_task = args.per_task
+    if not args.model_only:
+        here, there, part = overhead(args.steps, args.nodes, args.parts)
+        print(f"{args.steps} trivial steps, {args.nodes} one-CPU node(s)")
+        print(f"  in-process build: {here * 1000:.0f} ms a step")
+        print(f"  through Ray:      {there * 1000:.0f} ms a step (overhead {1000 * (there - here):.0f} ms)")
+        print(f"  one step split in {args.parts} parts: {part * 1000:+.0f} ms a part against the step whole")
+        per_task = max(there - here, 0.0)
     print(f"\nTIES base + 3, bfloat16, {args.cores} cores a node, {args.bandwidth:g} Gbit/s, inputs cached on nodes")
-    print("  model  nodes  gathered s  speedup  in place s  speedup")
+    print(f"  model  nodes  gathered s  speedup  in place s  speedup  S3 copy {args.copy_gbps:g} GB/s s  speedup")
     for params in (7, 70):
         one = model(params, 1, args.bandwidth, per_task, args.cores)
         for n in (1, 4, 16):
-            t = model(params, n, args.bandwidth, per_task, args.cores)
-            u = model(params, n, args.bandwidth, per_task, args.cores, gather=False)
-            print(f"  {params:>3}B  {n:>5}  {t:>10.0f}  {one / t:>7.2f}  {u:>10.0f}  {one / u:>7.2f}")
+            t = model(params, n, args.bandwidth, per_task, args.cores, gather=True)
+            u = model(params, n, args.bandwidth, per_task, args.cores)
+            c = model(params, n, args.bandwidth, per_task, args.cores, copy_gbps=args.copy_gbps)
+            row = f"{t:>10.0f}  {one / t:>7.2f}  {u:>10.0f}  {one / u:>7.2f}  {c:>18.0f}  {one / c:>7.2f}"
+            print(f"  {params:>3}B  {n:>5}  {row}")
     sys.stdout.flush()
 
 

@@ -31,6 +31,7 @@ from mergepkg.errors import BuildError, LockError
 from mergepkg.lockfile import Lock, lock_path, read_lock, write_lock
 from mergepkg.pitfalls.params import recipe_pitfalls
 from mergepkg.recipe.model import Recipe
+from mergepkg.remote.adopt import check_adoptable
 from mergepkg.remote.store import Remote
 from mergepkg.remote.sync import open_remote, push_artifact, substitute
 from mergepkg.resolve.resolution import Mode, resolve
@@ -74,6 +75,8 @@ def build_on_cluster(
         sample = None if verify_store else SPOT_CHECK_BYTES if mode != "update" else 0
         graph = make_graph(planned, session, remotes, sample)
         make_jobs(graph, target.url, Engine.of(session.settings), deny_warnings, split)
+        if graph.parts:
+            check_adoptable(target)  # split steps are assembled on the remote: not on the Hub
         for p in planned:
             for name in p.res.plan.order:
                 if p.res.keys[name] in graph.local:

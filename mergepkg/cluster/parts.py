@@ -3,12 +3,17 @@
 A part task builds some of the step's shards (whole shards, named as a one-machine build
 names them) and puts them on the remote under a staging prefix of its own,
 `staging/<key>/<plan>/part-<i>/`; it answers with the part's `PartResult` (per-tensor
-digests, each file's size and sha256), never the bytes. The assemble task, once every
-part is done, pulls the parts' files (checked against their sha256), lets
-`engine/split.assemble` check the whole plan and write the index and side files,
-commits the artifact to its node's store, pushes it with its record, and removes the
-staging prefix. The digest is the one a one-machine build gives: it is over per-tensor
-digests, and the shards are the same bytes.
+digests, each file's size and sha256, hashed as it wrote them), never the bytes. The
+assemble task, once every part is done, assembles the step on the remote without
+moving its shards: `engine/split.check_parts` checks the whole plan (recomputed from
+the layout) against the parts' results, `side_files` makes the index and side files
+here (small), the record is made from the parts' sizes and sha256s, the side files'
+and the tensors' digest combined from the parts', and `remote/adopt.py` makes the
+staged shards the artifact's files where they are (a rename, a server-side copy),
+puts the side files and writes the record last. The staging prefix is then removed.
+No node's store holds the step: whoever reads it pulls it from the remote, checked.
+The digest is the one a one-machine build gives: it is over per-tensor digests, and
+the shards are the same bytes.
 """
 
 from __future__ import annotations
@@ -21,15 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mergepkg.canonical import sha256_hex
 from mergepkg.cluster.jobs import StepDone, StepJob
 from mergepkg.cluster.progress import BoardReporter
 from mergepkg.cluster.worker import node_id, obtain_inputs
-from mergepkg.engine.split import Part, PartResult, assemble, build_part
+from mergepkg.engine.split import Part, PartResult, build_part, check_parts, side_files
 from mergepkg.errors import BuildError, MergepkgError
+from mergepkg.io.digest import combine_digests
 from mergepkg.layout.steps import lay_out
+from mergepkg.remote.adopt import adopt
+from mergepkg.remote.record import FileEntry
 from mergepkg.remote.store import Remote
-from mergepkg.remote.sync import open_remote, push_artifact
-from mergepkg.remote.transfer import get_file, put_file
+from mergepkg.remote.sync import new_record, open_remote
+from mergepkg.remote.transfer import put_file
 from mergepkg.store.session import Session
 
 
@@ -86,8 +95,9 @@ def run_part(job: StepJob, part: Part, board: Any, *upstream: StepDone) -> PartD
 
 
 def run_assemble(job: StepJob, parts: list[Part], board: Any, *answers: StepDone | PartDone) -> StepDone:
-    """Gather the staged parts of `job`'s step (`answers`: the parts' and the input steps'),
-    commit the artifact here and push it to the remote."""
+    """Assemble `job`'s step on the remote from its staged parts (`answers`: the parts' and
+    the input steps'): the whole plan checked, the side files made here, the staged shards
+    adopted as the artifact's files where they are, the record written last."""
     node = node_id()
     done = {a.index: a for a in answers if isinstance(a, PartDone)}
     upstream = [a for a in answers if isinstance(a, StepDone)]
@@ -98,46 +108,43 @@ def run_assemble(job: StepJob, parts: list[Part], board: Any, *answers: StepDone
         return StepDone(job.key, job.name, node=node, skipped=True)
     started = time.monotonic()
     session = Session(job.engine.settings())
-    store = session.store
     try:
         remote = open_remote(job.remote, skip_instance_cache=True)
-        with store.in_use():
+        found = remote.record(job.key) if not job.present else None  # a retry after the record was written
+        if found is not None:
+            _unstage(remote, parts)
+            return StepDone(job.key, job.name, found.digest, found.size, node, found=True)
+        with session.store.in_use():
             folders = obtain_inputs(job, remote, session, upstream)
             layouts, _ = lay_out(job.recipe, [job.name], folders)
-            with store.lock(job.key):
-                art = store.get(job.key)
-                if art is None or not art.intact():
-                    if art is not None:
-                        store.discard(job.key)
-                    into = store.new_folder(job.key)
-                    gathered = store.new_folder(job.key)
-                    try:
-                        given = []
-                        for part in parts:
-                            result = done[part.index].result
-                            assert result is not None  # a part without an error has its result
-                            given.append((part, _fetch_part(remote, part, result, gathered), result))
-                        tensors = assemble(layouts[job.name], folders, given, into, key=job.key)
-                        seconds = time.monotonic() - started
-                        art = store.commit(job.key, into, job.entry, tensors, seconds=seconds)
-                    finally:
-                        shutil.rmtree(into, ignore_errors=True)
-                        shutil.rmtree(gathered, ignore_errors=True)
-            push_artifact(remote, art, hashes=session.hashes)
-            with contextlib.suppress(OSError):  # staging left behind is only space: the artifact is whole
-                remote.fs.rm(remote.path("staging", job.key), recursive=True)
+            layout = layouts[job.name]
+            results = [(part, _result(done, part)) for part in parts]
+            tensors = check_parts(layout, results, key=job.key)
+            session.store.tmp.mkdir(parents=True, exist_ok=True)
+            side = side_files(layout, folders, max_shard_bytes=parts[0].max_shard_bytes, tmp=session.store.tmp)
+        files = [FileEntry(n, size, sha) for _, r in results for n, (size, sha) in r.files.items()]
+        files += [FileEntry(n, len(data), sha256_hex(data)) for n, data in side.items()]
+        record = new_record(job.key, job.entry, combine_digests(tensors), files)
+        staged = {n: f"{staging(remote, part)}/{n}" for part in parts for n in part.shards}
+        adopted = adopt(remote, record, staged, side)
+        _unstage(remote, parts)
     except MergepkgError as e:
         job.recipe.written(job.name).locate(e)
         return StepDone(job.key, job.name, node=node, error=e)
-    return StepDone(job.key, job.name, art.digest, art.size, node, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    return StepDone(job.key, job.name, record.digest, record.size, node, seconds, adopted.present)
 
 
-def _fetch_part(remote: Remote, part: Part, result: PartResult, root: Path) -> Path:
-    """A part's staged files in a folder of their own under `root`, each checked."""
-    folder = root / f"part-{part.index}"
-    folder.mkdir()
-    for name, (size, sha) in result.files.items():
-        _, got = get_file(remote.fs, f"{staging(remote, part)}/{name}", folder / name, size)
-        if got != sha:
-            raise BuildError(f"part {part.index}: the staged {name} is not the file its worker wrote (sha256)")
-    return folder
+def _unstage(remote: Remote, parts: list[Part]) -> None:
+    """Remove the plan's staging folder: what is left there is only space once the record is written."""
+    with contextlib.suppress(OSError):
+        remote.fs.rm(remote.path("staging", parts[0].key, parts[0].plan[:16]), recursive=True)
+    with contextlib.suppress(OSError):  # the key's folder, if no other plan is staged there (a disk's)
+        remote.fs.rmdir(remote.path("staging", parts[0].key))
+
+
+def _result(done: dict[int, PartDone], part: Part) -> PartResult:
+    answer = done.get(part.index)
+    if answer is None or answer.result is None:
+        raise BuildError(f"part {part.index} of {part.count} gave no result", hint="build the step again")
+    return answer.result

@@ -7,8 +7,13 @@ part's files are the one-machine build's files of the same names, byte for byte.
 
     parts = plan_parts(layout, workers, key=key, seed=seed, max_shard_bytes=size)   # driver
     result = build_part(layout, folders, infos, part, out)                          # worker, per part
-    tensors = assemble(layout, folders, [(part, out, result), ...], into, key=key)  # driver
-    store.commit(key, into, entry, tensors, seconds=...)                            # driver, key's lock held
+    tensors = assemble(layout, folders, [(part, out, result), ...], into, key=key)  # one machine
+    store.commit(key, into, entry, tensors, seconds=...)                            # its key's lock held
+
+or, the shards left on a remote where the workers staged them (`cluster/parts.py`):
+
+    tensors = check_parts(layout, [(part, result), ...], key=key)   # no file read
+    side = side_files(layout, folders, max_shard_bytes=size)        # then remote/adopt.py
 
 Why the bytes match: a shard's header depends only on its own tensors (names, dtypes,
 shapes, offsets), and every tensor's bytes only on its own inputs: random methods draw
@@ -21,14 +26,14 @@ the same prompts through the same base in the prompt modes, on one CPU thread), 
 part without routers never loads the base into transformers. The step's digest is over
 per-tensor digests (`io/digest.py`), so it holds however the work was split.
 
-What `assemble` checks before it writes anything: the parts are exactly the plan's
+What `check_parts` checks, before anything is written: the parts are exactly the plan's
 (each index once, none missing, none from another plan: every `Part` carries the
 plan's fingerprint, a sha256 over the step's key, seed, shard size and layout, and
 `plan_parts` is recomputed from the layout it is given); each result was built for
-its part, digests exactly its shards' tensors, and each file is there with the size
-(and, with `verify`, the sha256) its worker recorded. Only then are the files linked
-(copied across file systems) into `into` and the index and side files written, as
-`build_step` writes them. The caller commits; a refused assembly commits nothing.
+its part and digests exactly its shards' tensors. `assemble` also checks each file
+is there with the size (and, with `verify`, the sha256) its worker recorded; only then
+are the files linked (copied across file systems) into `into` and the `side_files`
+written. The caller commits; a refused assembly commits nothing.
 
 Parts and results are plain frozen dataclasses (picklable), and nothing here knows
 how workers are run.
@@ -41,6 +46,7 @@ import hashlib
 import itertools
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,22 +152,13 @@ def build_part(
     return PartResult(index=part.index, plan=part.plan, tensors=writer.digests, files=files)
 
 
-def assemble(
-    layout: StepLayout,
-    folders: dict[str, Path],
-    parts: list[tuple[Part, Path, PartResult]],
-    into: Path,
-    *,
-    key: str,
-    verify: bool = True,
-) -> dict[str, str]:
-    """Check that `parts` (each: the part, the folder its worker wrote, its result) are
-    the whole plan of step `key`, built for it, then link their files into `into` (an
-    empty folder the caller owns) and write the index and side files as `build_step`
-    does (hard links: the workers' files are not written again). Returns every tensor's
-    digest, for `Store.commit`. `verify`: re-read each file
-    against its worker's sha256 (sizes are always checked). Raises `BuildError` having
-    written nothing when a part is missing, given twice, of another plan or broken."""
+def check_parts(layout: StepLayout, parts: list[tuple[Part, PartResult]], *, key: str) -> dict[str, str]:
+    """Check that `parts` (each: the part and its worker's result) are the whole plan of
+    step `key`, recomputed from `layout`: every part once, none missing, none of another
+    step, layout or plan; each result built for its part, digesting exactly the tensors
+    of its shards and naming exactly its shard files. Returns every tensor's digest (for
+    `Store.commit`, or `combine_digests` for a record). Reads no file: where the shards
+    are is the caller's (`assemble` here; `remote/adopt.py` on a remote)."""
     if not parts:
         raise BuildError("no parts to assemble")
     given = parts[0][0]
@@ -169,7 +166,7 @@ def assemble(
         raise BuildError(f"part {given.index} was planned for step {given.key[:12]}, not {key[:12]}")
     expected = plan_parts(layout, given.count, key=key, seed=given.seed, max_shard_bytes=given.max_shard_bytes)
     seen: set[int] = set()
-    for part, _, _ in parts:
+    for part, _ in parts:
         if part.index in seen or not 0 <= part.index < len(expected) or part != expected[part.index]:
             what = "given twice" if part.index in seen else "planned for another step, layout or plan"
             raise BuildError(f"part {part.index} of {part.count} is {what}")
@@ -181,22 +178,58 @@ def assemble(
     shards = _shards(layout, given.max_shard_bytes)
     names = shard_names(len(shards))
     tensors: dict[str, str] = {}
+    for part, result in parts:
+        _check(part, result, [n for s, name in enumerate(names) if name in part.shards for n, _ in shards[s]])
+        tensors.update(result.tensors)
+    return tensors
+
+
+def side_files(
+    layout: StepLayout, folders: dict[str, Path], *, max_shard_bytes: int, tmp: Path | None = None
+) -> dict[str, bytes]:
+    """The output's files besides its shards, by name, as `build_step` writes them: index,
+    config, generation config, tokenizer, chat template (written under `tmp`, read back)."""
+    shards = _shards(layout, max_shard_bytes)
+    with tempfile.TemporaryDirectory(prefix="side-files.", dir=tmp) as where:
+        folder = Path(where)
+        write_index(folder, shards, shard_names(len(shards)))
+        write_side_files(layout, folders, folder)
+        return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def assemble(
+    layout: StepLayout,
+    folders: dict[str, Path],
+    parts: list[tuple[Part, Path, PartResult]],
+    into: Path,
+    *,
+    key: str,
+    verify: bool = True,
+) -> dict[str, str]:
+    """One machine's assembly: `check_parts` over `parts` (each: the part, the folder its
+    worker wrote, its result), each file there with its recorded size (and, with
+    `verify`, re-read against its worker's sha256), then the files linked into `into` (an
+    empty folder the caller owns; hard links, so the workers' files are not written
+    again, or copies across file systems) and the `side_files` written. Returns every
+    tensor's digest, for `Store.commit`. Raises `BuildError` having written nothing when
+    a part is missing, given twice, of another plan or broken."""
+    tensors = check_parts(layout, [(part, result) for part, _, result in parts], key=key)
     for part, folder, result in parts:
-        _check(part, folder, result, [n for s, name in enumerate(names) if name in part.shards for n, _ in shards[s]])
+        _check_files(part, folder, result)
         for name, (_, sha) in result.files.items() if verify else ():
             if _sha256(folder / name) != sha:
                 raise BuildError(f"part {part.index}: {name} is not the file its worker wrote (sha256)")
-        tensors.update(result.tensors)
     if any(into.iterdir()):
         raise BuildError(f"{into} is not empty")
+    side = side_files(layout, folders, max_shard_bytes=parts[0][0].max_shard_bytes, tmp=into.parent)
     for part, folder, _ in parts:
         for name in part.shards:
             try:
                 os.link(folder / name, into / name)
             except OSError:  # another file system, or no hard links there
                 shutil.copyfile(folder / name, into / name)
-    write_index(into, shards, names)
-    write_side_files(layout, folders, into)
+    for name, data in side.items():
+        (into / name).write_bytes(data)
     return tensors
 
 
@@ -210,15 +243,19 @@ def fingerprint(layout: StepLayout, *, key: str, seed: int, max_shard_bytes: int
     return h.hexdigest()
 
 
-def _check(part: Part, folder: Path, result: PartResult, names: list[str]) -> None:
+def _check(part: Part, result: PartResult, names: list[str]) -> None:
     """A result is its part's: the same plan, every tensor of its shards digested once,
-    every file there with the recorded size."""
+    every shard file named."""
     if result.plan != part.plan or result.index != part.index:
         raise BuildError(f"the result given for part {part.index} was built for another part, step or layout")
     if sorted(result.tensors) != sorted(names):
         raise BuildError(f"part {part.index} digested {len(result.tensors)} tensors; its shards hold {len(names)}")
     if sorted(result.files) != sorted(part.shards):
         raise BuildError(f"part {part.index} wrote {sorted(result.files)}; its shards are {list(part.shards)}")
+
+
+def _check_files(part: Part, folder: Path, result: PartResult) -> None:
+    """Every file of a result in `folder` with the recorded size."""
     for name, (size, _) in result.files.items():
         try:
             found = (folder / name).stat().st_size

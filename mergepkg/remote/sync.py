@@ -6,7 +6,7 @@ from __future__ import annotations
 import getpass
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -55,6 +55,20 @@ def whoami() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def new_record(key: str, entry: Mapping[str, Any], digest: str, files: Iterable[FileEntry]) -> Record:
+    """A record of this machine's, now: `files` in name order (so two pushers of the same
+    files name the same variant), pushed by `whoami()` with this mergepkg."""
+    return Record(
+        key=key,
+        entry=entry,
+        digest=digest,
+        files=tuple(sorted(files, key=lambda f: f.name)),
+        builder=whoami(),
+        mergepkg=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+
+
 def record_for(artifact: Artifact, *, hashes: HashCache | None = None, signing_key: SigningKey | None = None) -> Record:
     """The record of a stored artifact: its files (without the local manifest) hashed,
     through `hashes` where given (a file hashed before is not read again), and signed
@@ -67,15 +81,7 @@ def record_for(artifact: Artifact, *, hashes: HashCache | None = None, signing_k
             raise RemoteConfigError(f"cannot push {p.name!r}: not a plain file", file=artifact.folder)
         size, sha = hashes.sha256(p) if hashes is not None else (p.stat().st_size, sha256_file(p))
         files.append(FileEntry(p.name, size, sha))
-    record = Record(
-        key=artifact.key,
-        entry=artifact.manifest["entry"],
-        digest=artifact.digest,
-        files=tuple(files),
-        builder=whoami(),
-        mergepkg=__version__,
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    )
+    record = new_record(artifact.key, artifact.manifest["entry"], artifact.digest, files)
     return sign_record(record, signing_key) if signing_key is not None else record
 
 

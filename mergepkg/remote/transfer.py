@@ -5,7 +5,9 @@ What a reader may see of a file being written differs per backend, so a file is 
 - on S3: directly, since a PUT (or a multipart upload, completed) is atomic per object
   and an interrupted one leaves no object;
 - anywhere else (memory://): into a temp name, then moved.
-Temp names start with `.` and end in `.tmp`; `gc` removes old ones.
+Temp names start with `.` and end in `.tmp`; `gc` removes old ones. A file already on
+the remote is moved there without this machine reading it (`move_file`: a rename, a
+server-side copy on S3).
 """
 
 from __future__ import annotations
@@ -117,6 +119,26 @@ def put_bytes(fs: Any, data: bytes, path: str) -> None:
     fs.pipe_file(target, data)
     if target != path:
         fs.mv(target, path)
+
+
+def move_file(fs: Any, src: str, dst: str) -> None:
+    """Move `src` to `dst` on `fs` without the bytes passing through this machine, so that
+    a reader of `dst` sees the whole file or none: on a disk a rename (its mtime set to
+    now, for gc's grace); on S3 a server-side copy (s3fs: CopyObject, or a multipart
+    UploadPartCopy above 150 MB, the object appearing only when it completes), then the
+    source deleted; elsewhere the filesystem's own `mv`. FileNotFoundError when `src`
+    is not there."""
+    if is_local(fs):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+        os.utime(dst)
+        return
+    fs.makedirs(dst.rpartition("/")[0], exist_ok=True)
+    if protocols(fs) & ATOMIC_PUT:
+        fs.copy(src, dst)
+        fs.rm_file(src)
+    else:
+        fs.mv(src, dst)
 
 
 def get_file(fs: Any, path: str, local: Path, size: int, meter: Meter | None = None) -> tuple[int, str]:

@@ -290,6 +290,14 @@ def test_a_step_split_over_three_workers_is_the_local_build_byte_for_byte(nodes,
     assert not Path(remote.removeprefix("file://"), "staging").exists() or not any(
         Path(remote.removeprefix("file://"), "staging").rglob("*.safetensors")
     )
+    # assembled on the remote: the record lists the local build's files, and no node's store
+    # holds the step (the parts staged their shards, the assembly renamed them there)
+    from mergepkg.remote.sync import open_remote, record_for
+
+    key = report.lock.steps["slow"].key
+    record = open_remote(remote).record(key)
+    assert record is not None and record.files == record_for(local.artifacts["slow"]).files
+    assert not [h for h in nodes.homes() if (h / "store" / key).exists()]
 
 
 SLOW = """
