@@ -248,8 +248,9 @@ class Remote:
     # -- gc -----------------------------------------------------------------------------
     def gc(self, keep: set[str], *, dry_run: bool = False) -> GcReport:
         """Remove the records of keys not in `keep`, then their files; and files no record
-        names (failed pushes, variants replaced) once older than `grace_seconds`. A reader
-        never accepts a half-removed artifact: it checks every file."""
+        names (failed pushes, variants replaced, split parts staged and never assembled)
+        once older than `grace_seconds`. A reader never accepts a half-removed artifact: it
+        checks every file."""
         self.fs.invalidate_cache()
         removed = [k for k in self.keys() if k not in keep]
         if not dry_run:
@@ -272,6 +273,11 @@ class Remote:
                 age = now - (mtime(info) or now)
                 if gone_key or self.atomic_commits or age > self.grace_seconds:
                     files.append(path)
+        try:
+            staged = self.fs.find(self.path("staging"), detail=True)
+        except FileNotFoundError:
+            staged = {}
+        files += [p for p, info in sorted(staged.items()) if now - (mtime(info) or now) > self.grace_seconds]
         if not dry_run:
             self._delete(files)
         return GcReport(tuple(removed), tuple(files))
@@ -285,7 +291,7 @@ class Remote:
                 continue
             folders.add(p.rpartition("/")[0])
         for folder in sorted(folders | {f.rpartition("/")[0] for f in folders}, key=len, reverse=True):
-            if folder.startswith(self.path("artifacts") + "/"):
+            if folder.startswith((self.path("artifacts") + "/", self.path("staging") + "/")):
                 try:
                     self.fs.rmdir(folder)  # empty folders on a disk; object stores have none
                 except OSError:

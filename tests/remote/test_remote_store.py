@@ -212,6 +212,20 @@ def test_gc_removes_records_then_files_of_unkept_keys_and_old_leftovers(remote, 
     assert substitute(remote, b, kept.key, expected_digest=kept.digest).digest == kept.digest
 
 
+def test_gc_removes_staged_parts_never_assembled_once_old(remote, tmp_path):
+    """A split step's parts staged by workers whose assembly never came (docs/cluster.md)."""
+    a, _ = homes(tmp_path)
+    art = make_artifact(a, 14)
+    push_artifact(remote, art)
+    staged = remote.path("staging", art.key, "plan", "part-0", "model-00001-of-00002.safetensors")
+    remote.fs.makedirs(staged.rpartition("/")[0], exist_ok=True)
+    remote.fs.pipe_file(staged, b"part bytes")
+    assert remote.gc({art.key}).files == ()  # young: an assembly may be on its way
+    remote.grace_seconds = 0
+    assert remote.gc({art.key}).files == (staged,)
+    assert not remote.fs.exists(staged) and remote.keys() == [art.key]
+
+
 def other_variant(store: Store, art) -> object:
     """The same key and tensors in other files: the safetensors headers carry metadata."""
     from safetensors.numpy import load_file, save_file
