@@ -28,6 +28,7 @@ from mergepkg.resolve.lock import Locked, lock_recipe
 from mergepkg.resolve.resolution import Mode
 from mergepkg.store.session import Session
 from mergepkg.tune.log import Trial
+from mergepkg.tune.parallel import on_cluster
 from mergepkg.tune.search import Finished, Searched, finish, search
 from mergepkg.tune.spec import load_tune
 
@@ -117,16 +118,26 @@ def tune(
     restart: bool = False,
     reporter: Reporter | None = None,
     on_trial: Callable[[Trial, bool], None] | None = None,
+    ray: str | None = None,
+    remote: str | None = None,
 ) -> tuple[Searched, Finished]:
     """Search a step's parameters as the tune file says (`trials`, `seconds` override its
     budget), resuming from its trial log unless `restart`; then write, build and lock
     `best.toml` and score it on the held-out tasks: `mergepkg tune` (docs/tune.md).
-    `reporter` hears the build of best.toml; the trials' builds report nothing."""
+    `reporter` hears the build of best.toml; the trials' builds report nothing. With
+    `ray` (an address, or "auto"), each generation's trials run at once on that Ray
+    cluster through the configured remote `remote` (tune/parallel.py)."""
     spec = load_tune(tune_file)
     changes = {k: v for k, v in (("trials", trials), ("seconds", seconds)) if v is not None}
     spec = replace(spec, **changes)  # type: ignore[arg-type]
     s = session or Session()
-    searched = search(spec, s, on_trial=on_trial, restart=restart)  # trials' pitfalls: the space's business
+    if ray is None:
+        searched = search(spec, s, on_trial=on_trial, restart=restart)  # trials' pitfalls: the space's business
+    else:
+        with on_cluster(spec, s, ray, remote) as runner:
+            searched = search(spec, s, on_trial=on_trial, restart=restart, runner=runner)
+            if searched.trials:
+                runner.fetch(searched.best)
     if not searched.trials:
         raise RecipeError("no trial finished within the budget", file=spec.path, hint="raise `trials` or `seconds`")
     return searched, finish(searched, s, reporter=reporter)

@@ -26,6 +26,17 @@ def tune(
     device: str = typer.Option("cpu", "--device", help="Where builds and evaluations run."),
     offline: bool = typer.Option(False, "--offline", help="Use only the local Hugging Face cache."),
     as_json: bool = typer.Option(False, "--json", help="Print the trials and the result as JSON on stdout."),
+    ray: str = typer.Option(
+        None,
+        "--ray",
+        is_flag=False,
+        flag_value="auto",
+        metavar="[ADDRESS]",
+        help="Run each generation's trials at once on a Ray cluster: `auto` (the default) or its address.",
+    ),
+    remote_name: str = typer.Option(
+        None, "--remote", "-r", help="With --ray: the configured remote the cluster shares (default: the only one)."
+    ),
 ) -> None:
     """Search a step's parameters on validation tasks, resuming from the trial log; write,
     build and lock the best as best.toml and report it on the held-out test tasks."""
@@ -34,8 +45,9 @@ def tune(
 
     def told(trial: Trial, resumed: bool) -> None:
         how = "logged" if resumed else "stored" if trial.stored else "built"
+        where = f" [dim]on {trial.node[:8]}[/]" if trial.node and not resumed else ""
         cells = " ".join(f"{k}={v}" for k, v in trial.values.items())
-        err.print(f"trial {trial.number:>3} [dim]{how:>6}[/] {trial.objective:.4f}  [dim]{cells}[/]")
+        err.print(f"trial {trial.number:>3} [dim]{how:>6}[/] {trial.objective:.4f}{where}  [dim]{cells}[/]")
 
     with ProgressReporter(enabled=False) as reporter:
         searched, finished = api.tune(
@@ -46,6 +58,8 @@ def tune(
             restart=restart,
             reporter=reporter,
             on_trial=told,
+            ray=ray,
+            remote=remote_name,
         )
     for w in searched.warnings:
         err.print(f"[yellow]warning[/]: {w}")

@@ -28,6 +28,8 @@ class Trial:
     eval_s: float
     stored: bool  # the key was in the store already: nothing was built
     finished: float  # unix time
+    digest: str | None = None  # the scored step's digest (absent from older logs)
+    node: str = ""  # the Ray node it ran on (`tune --ray`); "" here
 
 
 class TrialLog:

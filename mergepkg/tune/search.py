@@ -3,8 +3,9 @@
 A trial is one independent unit: the recipe with the sampler's numbers substituted
 (`substitute.py`), the scored step built into the store (upstream steps keep their
 keys and are reused; a key already stored builds nothing) and evaluated on the
-validation tasks. Trials run one after another and are logged as they finish
-(`log.py`), so a killed search resumes where it stopped.
+validation tasks. Trials run one after another here (`Local`), or a generation at once
+on a Ray cluster (`parallel.py`); either way they are logged and told to the sampler in
+the order asked (`log.py`), so a killed search resumes where it stopped.
 
 `search` reads only the validation tasks. `finish` then writes the best trial as a
 normal recipe (`best.toml`, built, so it has its lock `best.lock`) and scores it,
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from mergepkg.builder.build import build
 from mergepkg.engine.progress import Reporter
@@ -55,6 +57,39 @@ class Searched:
     @property
     def best(self) -> Trial:
         return max(self.trials, key=lambda t: (t.objective, -t.number))
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A trial the sampler asked for: its number, point of the unit cube and recipe values."""
+
+    number: int
+    unit: list[float]
+    values: dict
+
+
+class Runner(Protocol):
+    """Runs asked trials; yields them finished, in the order asked."""
+
+    def batch(self, sampler: Sampler) -> int:
+        """How many trials to ask at once."""
+        ...
+
+    def run(self, base: Base, asked: list[Asked]) -> Iterator[Trial]: ...
+
+
+class Local:
+    """Trials one after another on this machine, one asked at a time."""
+
+    def __init__(self, spec: TuneSpec, session: Session, validation: list[AnyTask], reporter: Reporter | None):
+        self.spec, self.session, self.validation, self.reporter = spec, session, validation, reporter
+
+    def batch(self, sampler: Sampler) -> int:
+        return 1
+
+    def run(self, base: Base, asked: list[Asked]) -> Iterator[Trial]:
+        for a in asked:
+            yield run_trial(self.spec, base, self.session, a.number, a.unit, a.values, self.validation, self.reporter)
 
 
 @dataclass(frozen=True)
@@ -101,9 +136,13 @@ def search(
     reporter: Reporter | None = None,
     on_trial: Callable[[Trial, bool], None] | None = None,
     restart: bool = False,
+    runner: Runner | None = None,
 ) -> Searched:
     """Run (or resume) the search within its budget; `on_trial(trial, resumed)` as each ends.
-    `reporter` hears the trials' builds (pass None to keep their pitfall warnings quiet)."""
+    `reporter` hears the trials' builds (pass None to keep their pitfall warnings quiet).
+    `runner` runs the trials the sampler asks (default: `Local`, one after another here;
+    `tune/parallel.py`: a generation at once on a Ray cluster); either way they are told
+    to the sampler and logged in the order asked, so a seed gives the same trials."""
     base = read_base(spec)
     check_space(spec, base)
     validation = tasks(spec.validation, session)
@@ -120,27 +159,35 @@ def search(
     sampler = Sampler(spec.sampler, len(spec.space), spec.seed, start)
     out = Searched(spec, base, [], min(len(done), spec.trials), "trials", warnings)
     began, spent = time.monotonic(), sum(t.build_s + t.eval_s for t in done)
-    for number in range(spec.trials):
-        unit = sampler.ask()
-        chosen = values(spec.space, unit, spec.digits)
+    run = runner or Local(spec, session, validation, reporter)
+    number = 0
+    while number < spec.trials:
+        if number >= len(done) and spec.seconds is not None and spent + time.monotonic() - began >= spec.seconds:
+            out.stopped = "seconds"
+            break
+        every = 1 if number < len(done) else run.batch(sampler)  # a generation ends where it would have
+        size = min(every - number % every, spec.trials - number)
+        units = [sampler.ask() for _ in range(size)]
+        asked = [Asked(number + i, u, values(spec.space, u, spec.digits)) for i, u in enumerate(units)]
         if number < len(done):
             trial = done[number]
-            if trial.values != chosen:
+            if trial.values != asked[0].values:
                 raise RecipeError(
                     f"trial {number} of the log is not what the sampler asks now",
                     file=log.path,
                     hint="the sampler's library changed; pass --restart",
                 )
-        elif spec.seconds is not None and spent + time.monotonic() - began >= spec.seconds:
-            out.stopped = "seconds"
-            break
+            finished = iter([trial])
         else:
-            trial = run_trial(spec, base, session, number, unit, chosen, validation, reporter)
-            log.append(trial)
-        sampler.tell(trial.objective)
-        out.trials.append(trial)
-        if on_trial:
-            on_trial(trial, number < len(done))
+            finished = run.run(base, asked)
+        for trial in finished:  # in the order asked
+            if trial.number >= len(done):
+                log.append(trial)
+            sampler.tell(trial.objective)
+            out.trials.append(trial)
+            if on_trial:
+                on_trial(trial, trial.number < len(done))
+        number += size
     return out
 
 
@@ -159,21 +206,31 @@ def run_trial(
     report = build(trial_recipe(base, chosen), session, targets=(spec.evaluate,), reporter=reporter, remote="never")
     artifact = report.artifacts[spec.evaluate]
     t1 = time.monotonic()
-    cache = EvalCache(session.settings.home)
-    results = evaluate_model(artifact.folder, artifact.key, validation, cache, device=session.settings.device)
+    scores, objective = validation_scores(spec.combine, artifact.folder, artifact.key, validation, session)
     t2 = time.monotonic()
     return Trial(
         number=number,
         values=chosen,
         unit=unit,
         key=artifact.key,
-        scores={r.task: r.value for r in results},
-        objective=combined(spec.combine, results),
+        scores=scores,
+        objective=objective,
         build_s=round(t1 - t0, 3),
         eval_s=round(t2 - t1, 3),
         stored=spec.evaluate not in report.built,
         finished=time.time(),
+        digest=artifact.digest,
     )
+
+
+def validation_scores(
+    combine: str, folder: Path, key: str, validation: list[AnyTask], session: Session
+) -> tuple[dict[str, float], float]:
+    """Each validation task's score of the model in `folder` (cached by key and task), and
+    their combination: the trial's objective."""
+    cache = EvalCache(session.settings.home)
+    results = evaluate_model(folder, key, validation, cache, device=session.settings.device)
+    return {r.task: r.value for r in results}, combined(combine, results)
 
 
 def _scores(spec: TuneSpec, folder: Path, key: str, todo: list[AnyTask], session: Session) -> dict[str, float]:
