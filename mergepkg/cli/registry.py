@@ -18,6 +18,7 @@ from mergepkg.registry import audit, packages, tokens
 from mergepkg.registry import client as registries
 from mergepkg.registry.folder import RegistryFolder
 from mergepkg.registry.server import Limits, make_server
+from mergepkg.registry.site import write_site
 from mergepkg.settings import Settings
 from mergepkg.store.session import Session
 
@@ -108,6 +109,17 @@ def serve(
         server.run()
     finally:
         server.close()
+
+
+@app.command("site")
+def site(
+    folder: Path = typer.Argument(..., file_okay=False, exists=True),
+    out: Path = typer.Argument(..., file_okay=False, help="Where to write the site (created; outside FOLDER)."),
+    url: str = typer.Option("", "--url", help="Where OUT will be served, for the pages' `registry add` line."),
+) -> None:
+    """Write the registry's web pages as a static site (with a copy of the registry's files)."""
+    count = write_site(folder, out, url)
+    err.print(f"[green]wrote[/] {count} pages to {escape(str(out))}")
 
 
 @token_app.command("create")

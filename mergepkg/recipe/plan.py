@@ -60,15 +60,23 @@ def make_plan(recipe: Recipe, targets: tuple[str, ...] | None = None) -> Plan:
     return Plan(recipe, graph, order)
 
 
+def graph_parts(plan: Plan) -> tuple[list[str], list[tuple[str, str]]]:
+    """What the `graph` command draws: the steps the plan builds, the models they read,
+    and the edges between them (the registry's pages draw the same, as SVG)."""
+    graph = plan.graph
+    nodes = [n for n in graph.nodes if n in plan.order or any(s in plan.order for s in graph.successors(n))]
+    kept = set(nodes)
+    return nodes, [(a, b) for a, b in graph.edges if a in kept and b in kept]
+
+
 def graph_text(plan: Plan, fmt: str = "mermaid") -> str:
     """The plan's DAG (the steps it builds and the models they read) as Mermaid or
     Graphviz DOT text, for docs."""
     if fmt not in ("mermaid", "dot"):
         raise ValueError(f"unknown graph format {fmt!r}: expected mermaid or dot")
-    r, graph = plan.recipe, plan.graph
-    nodes = [n for n in graph.nodes if n in plan.order or any(s in plan.order for s in graph.successors(n))]
+    r = plan.recipe
+    nodes, edges = graph_parts(plan)
     ids = {n: f"n{i}" for i, n in enumerate(nodes)}
-    edges = [(a, b) for a, b in graph.edges if a in ids and b in ids]
     if fmt == "mermaid":
         lines = ["graph LR"]
         for n in nodes:

@@ -12,6 +12,8 @@ A WSGI app served by waitress (a maintained, pure-Python production server):
   size limit, 400 for malformed or invalid uploads, 409 for a published version with
   other content. Writes go through `RegistryFolder`, so they are atomic, two
   publishes at once both land, and each is in the audit log (`audit.py`).
+- `GET|HEAD /`, `/?q=TEXT`, `/packages/NAME/[VERSION/]`: the web pages (`site.py`),
+  HTML with ETags; an unknown package or version is an HTML 404.
 - A private registry (`registry init --private`) answers reads only with a token that
   has the `read` scope.
 
@@ -43,12 +45,14 @@ from mergepkg.recipe.plan import make_plan
 from mergepkg.registry import tokens
 from mergepkg.registry.folder import RegistryFolder, parse_published
 from mergepkg.registry.index import MAX_RECIPE_BYTES
+from mergepkg.registry.site import WebPages
 
 MAX_BODY = 2 * MAX_RECIPE_BYTES + 4096  # a recipe, its lock and the JSON around them
 UPLOAD = "/upload/recipe.toml"  # what an uploaded recipe is called in errors: no path of the server's
 STATUS = {
     200: "OK",
     201: "Created",
+    301: "Moved Permanently",
     304: "Not Modified",
     400: "Bad Request",
     401: "Unauthorized",
@@ -67,6 +71,7 @@ class App:
     def __init__(self, root: Path):
         self.folder = RegistryFolder(Path(root).resolve())
         self.private = bool(self.folder.config().get("private"))  # refuses a folder that is not a registry
+        self.pages = WebPages(self.folder.root)
 
     def __call__(self, environ, start_response):
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
@@ -84,6 +89,8 @@ class App:
                 return _json(start_response, e.status, self.public({"error": e.message, "hint": e.hint}))
             except MergepkgError as e:
                 return _json(start_response, 500, self.public({"error": f"the token file cannot be read: {e.message}"}))
+        if WebPages.handles(path):
+            return self.page(path, environ, start_response, head=method == "HEAD")
         return self.read(path, environ, start_response, head=method == "HEAD")
 
     def public(self, body: dict) -> dict:
@@ -100,6 +107,19 @@ class App:
         return {k: scrub(v) for k, v in body.items()}
 
     # -- reads ---------------------------------------------------------------------
+    def page(self, path: str, environ, start_response, head: bool):
+        """A web page (`site.py`): HTML for browsers, 404s included."""
+        host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '')}"
+        url = f"{environ.get('wsgi.url_scheme', 'http')}://{host}"
+        try:
+            status, data, location = self.pages.respond(path, environ.get("QUERY_STRING", ""), url)
+        except (MergepkgError, OSError, ValueError) as e:
+            return _json(start_response, 500, self.public({"error": f"the registry cannot be read: {e}"}))
+        if location:
+            start_response(f"{status} {STATUS[status]}", [("Location", location), ("Content-Length", "0")])
+            return [b""]
+        return _send(start_response, environ, status, data, "text/html; charset=utf-8", head)
+
     def read(self, path: str, environ, start_response, head: bool):
         parts = path.strip("/").split("/")
         if not all(parts) or any(p.startswith(".") or "\x00" in p for p in parts):
@@ -111,11 +131,6 @@ class App:
             data = file.read_bytes()
         except (OSError, ValueError):
             return _json(start_response, 404, {"error": "not found"})
-        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
-        wanted = environ.get("HTTP_IF_NONE_MATCH", "")
-        if wanted.strip() == "*" or etag in [t.strip() for t in wanted.split(",")]:
-            start_response("304 Not Modified", [("ETag", etag)])
-            return [b""]
         kind = (
             "application/json"
             if file.suffix in (".json", ".jsonl")
@@ -123,11 +138,7 @@ class App:
             if file.suffix == ".toml"
             else mimetypes.guess_type(file.name)[0] or "text/plain"
         )
-        start_response(
-            "200 OK",
-            [("Content-Type", kind), ("Content-Length", str(len(data))), ("ETag", etag), ("Cache-Control", "no-cache")],
-        )  # revalidate each time: cheap with ETag
-        return [b"" if head else data]
+        return _send(start_response, environ, 200, data, kind, head)
 
     # -- writes --------------------------------------------------------------------
     def write(self, action: str, environ) -> tuple[int, dict]:
@@ -189,6 +200,20 @@ def _json(start_response, status: int, body: dict):
         f"{status} {STATUS.get(status, '')}", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
     )
     return [data]
+
+
+def _send(start_response, environ, status: int, data: bytes, kind: str, head: bool):
+    """`data` with an ETag, or 304 for a matching If-None-Match."""
+    etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    wanted = environ.get("HTTP_IF_NONE_MATCH", "")
+    if status == 200 and (wanted.strip() == "*" or etag in [t.strip() for t in wanted.split(",")]):
+        start_response("304 Not Modified", [("ETag", etag)])
+        return [b""]
+    start_response(
+        f"{status} {STATUS.get(status, '')}",
+        [("Content-Type", kind), ("Content-Length", str(len(data))), ("ETag", etag), ("Cache-Control", "no-cache")],
+    )  # revalidate each time: cheap with ETag
+    return [b"" if head else data]
 
 
 def _bearer(environ) -> str:

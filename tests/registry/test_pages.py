@@ -1,0 +1,165 @@
+"""The registry's web pages (`registry/pages.py`, `site.py`): rendered through the WSGI
+app in-process: the index and its search, package and version pages, escaping, 404s,
+redirects, ETags, the static site, and the SVG drawing of a recipe's DAG."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from helpers import cli
+from registries import app, new_registry, skills
+
+from mergepkg.errors import RegistryError
+from mergepkg.registry import tokens
+from mergepkg.registry.folder import RegistryFolder, parse_published
+from mergepkg.registry.server import App
+from mergepkg.registry.site import write_site
+
+LOCK = """version = 1
+recipe = "{h}"
+
+[[step]]
+name = "skills"
+method = "task_arithmetic"
+key = "{k}"
+digest = "sha256:{d}"
+"""
+
+
+def publish(folder, text, lock=None):
+    data = text.encode()
+    return folder.publish(parse_published(data, "up.toml"), data, lock)
+
+
+@pytest.fixture
+def reg(tmp_path):
+    root = tmp_path / "reg"
+    folder = new_registry(root, "team")
+    publish(folder, skills("0.1.0"))
+    publish(folder, skills("0.2.0", 0.4))
+    folder.yank("skills", "0.2.0")
+    publish(folder, app())
+    evil = skills("1.0.0", name="evil").replace(
+        'description = "Task arithmetic of two tiny fine-tunes"', 'description = "<script>alert(1)</script> & co"'
+    )
+    publish(folder, evil)
+    return root
+
+
+def get(application, path, query="", headers=None, method="GET"):
+    seen = {}
+
+    def start_response(status, hdrs):
+        seen["status"], seen["headers"] = int(status.split()[0]), dict(hdrs)
+
+    env = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "HTTP_HOST": "reg.test:8780"}
+    env.update(headers or {})
+    body = b"".join(application(env, start_response))
+    return seen["status"], seen["headers"], body.decode()
+
+
+def test_index_lists_every_package_with_latest_and_tags(reg):
+    status, headers, body = get(App(reg), "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    for name in ("skills", "app", "evil"):
+        assert f'href="./packages/{name}/"' in body
+    row = re.search(r'<tr data-search="skills.*?</tr>', body).group(0)
+    assert ">0.1.0<" in row and "yanked" not in row  # the yanked 0.2.0 is not the latest
+    assert 'class="tag" href="./?q=tiny"' in body
+    assert "<script" not in body.replace("&lt;script&gt;", "")  # no JavaScript on a served page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in body
+
+
+def test_search_is_server_side(reg):
+    _, _, body = get(App(reg), "/", "q=TINY+evil")
+    assert "packages/evil/" in body and "packages/skills/" not in body and "1 packages" in body
+    _, _, body = get(App(reg), "/", "q=%3Cscript%3E")
+    assert 'value="&lt;script&gt;"' in body and "<script>" not in body
+    _, _, body = get(App(reg), "/", "q=nothing-like-this")
+    assert "0 packages" in body and "Nothing matches" in body
+
+
+def test_package_page(reg):
+    _, _, body = get(App(reg), "/packages/skills/")
+    assert "<h1>skills <span class=muted>0.1.0</span>" in body
+    assert "mergepkg build skills@0.1.0" in body and "skills = &quot;^0.1&quot;" in body
+    assert "registry add team http://reg.test:8780" in body
+    assert body.count('class="node source"') == 3 and 'class="node output"' in body  # base, ft1, ft2 -> skills
+    assert "0.2.0</a> <span class=yanked>yanked</span>" in body
+    assert re.search(r'<li><a href="\.\./\.\./packages/app/">app</a> <code>\^0\.1</code>', body)  # a dependent
+    assert 'href="../../recipes/skills/0.1.0.toml"' in body and "[steps.skills]" in body
+    assert "tiny/ft1" in body and "No lock was published" in body
+
+
+def test_version_page_and_dependencies(reg):
+    _, _, body = get(App(reg), "/packages/skills/0.2.0/")
+    assert "<h1>skills <span class=muted>0.2.0</span> <span class=yanked>yanked</span>" in body
+    assert 'the latest is <a href="../../../packages/skills/">0.1.0</a>' in body
+    _, _, body = get(App(reg), "/packages/app/")
+    assert '<a href="../../packages/skills/">skills</a> <code>^0.1</code>' in body
+    assert "skills:skills" in body  # the dependency source, drawn
+
+
+def test_description_is_escaped_everywhere(reg):
+    for path in ("/", "/packages/evil/", "/packages/evil/1.0.0/"):
+        _, _, body = get(App(reg), path)
+        assert "<script>alert" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+
+
+def test_not_found_redirect_and_head(reg):
+    application = App(reg)
+    for path in ("/packages/nope/", "/packages/skills/9.9.9/", "/packages/a/b/c/d/", "/packages/../x/", "/packages/"):
+        status, headers, body = get(application, path)
+        assert status == 404 and headers["Content-Type"].startswith("text/html") and "Not found" in body, path
+    status, headers, _ = get(application, "/packages/skills")
+    assert status == 301 and headers["Location"] == "/packages/skills/"
+    status, headers, body = get(application, "/packages/skills/", method="HEAD")
+    assert status == 200 and body == "" and int(headers["Content-Length"]) > 1000
+    assert get(application, "/nope.json")[1]["Content-Type"] == "application/json"  # the API's 404s stay JSON
+
+
+def test_etags_and_changes(reg):
+    application = App(reg)
+    _, headers, _ = get(application, "/packages/skills/")
+    status, _, body = get(application, "/packages/skills/", headers={"HTTP_IF_NONE_MATCH": headers["ETag"]})
+    assert status == 304 and body == ""
+    RegistryFolder(reg).yank("skills", "0.2.0", False)  # the page changes with the folder
+    status, headers2, body = get(application, "/packages/skills/", headers={"HTTP_IF_NONE_MATCH": headers["ETag"]})
+    assert status == 200 and headers2["ETag"] != headers["ETag"] and "<span class=muted>0.2.0</span>" in body
+
+
+def test_lock_and_remote_are_shown(tmp_path):
+    root = tmp_path / "reg"
+    folder = new_registry(root)
+    text = skills().replace('tags = ["tiny", "llama"]', 'tags = ["tiny"]\nremote = "hf://datasets/org/merges/m"')
+    lock = LOCK.format(h="a" * 64, k="b" * 64, d="c" * 64)
+    entry, _ = publish(folder, text, lock)
+    assert entry.lock and entry.remote
+    _, _, body = get(App(root), "/packages/skills/")
+    assert '<a href="https://huggingface.co/datasets/org/merges/tree/main/m">hf://datasets/org/merges/m</a>' in body
+    assert f"<code>{'b' * 64}</code>" in body and f"hf://datasets/org/merges/m/artifacts/{'b' * 64}/" in body
+    assert f"sha256:{'c' * 64}" in body
+    assert f'href="../../recipes/skills/0.1.0.lock">file</a></td><td class=hash><code>{entry.lock}' in body
+
+
+def test_private_registry_pages_need_a_token(tmp_path):
+    root = tmp_path / "private"
+    RegistryFolder(root).init("p", private=True)
+    assert get(App(root), "/")[0] == 401
+    token = tokens.create(root, "reader", scopes=["read"])
+    assert get(App(root), "/", headers={"HTTP_AUTHORIZATION": f"Bearer {token}"})[0] == 200
+
+
+def test_static_site(reg, tmp_path, capsys):
+    out = tmp_path / "site"
+    assert cli(capsys, "registry", "site", reg, out, "--url", "https://host/reg")[0] == 0
+    index = (out / "index.html").read_text()
+    assert 'href="./packages/skills/index.html"' in index and 'id="filter" hidden' in index and "<script>" in index
+    assert '<form action="' not in index and "?q=" not in index  # no server answers a search there
+    page = (out / "packages/skills/0.2.0/index.html").read_text()
+    assert 'href="../../../packages/skills/index.html"' in page and "registry add team https://host/reg" in page
+    assert (out / "packages/evil/index.html").is_file() and (out / "recipes/skills/0.1.0.toml").is_file()
+    assert (out / "packages.json").is_file() and not (out / ".mergepkg").exists()
+    with pytest.raises(RegistryError, match="outside the registry"):
+        write_site(reg, reg / "site")
