@@ -5,7 +5,10 @@ It sits beside its recipe, named after it: `mergepkg.toml` -> `mergepkg.lock`,
 
 TOML, written by mergepkg in a stable order: a format version, a hash of the recipe
 content it was made from, every source with its requested revision, resolved commit
-and each used file's size and sha256, and every step with its key and output digest.
+and each used file's size and sha256, and every step with its key and output digest;
+then, once `mergepkg push` has sent an output to the Hub, where it went (`[[push]]`:
+repo, commit, step, key, digest; builder/push.py). Pushes are in no hash and no output
+folder's lock, and a lock without them reads as before.
 """
 
 from __future__ import annotations
@@ -80,12 +83,24 @@ class LockedStep:
 
 
 @dataclass(frozen=True)
+class LockedPush:
+    """An output sent to a Hub repo by `mergepkg push`: the commit that holds it."""
+
+    repo: str
+    commit: str
+    step: str
+    key: str
+    digest: str
+
+
+@dataclass(frozen=True)
 class Lock:
     recipe_hash: str
     sources: dict[str, LockedSource]
     steps: dict[str, LockedStep]
     version: int = LOCK_VERSION
     dependencies: dict[str, LockedDependency] = field(default_factory=dict)
+    pushes: tuple[LockedPush, ...] = ()  # by repo, then step: the latest push of each
 
 
 def lock_path(recipe: Recipe) -> Path:
@@ -167,7 +182,7 @@ def parse_lock(text: str, path: Path | str) -> Lock:
         deps = {d["name"]: _locked_dependency(d, path) for d in _records(data, "dependency")}
         if not isinstance(data["recipe"], str):
             raise TypeError("recipe is not a hash")
-        return Lock(data["recipe"], sources, steps, dependencies=deps)
+        return Lock(data["recipe"], sources, steps, dependencies=deps, pushes=_pushes(data.get("push", [])))
     except MergepkgError:  # located already (a dependency record)
         raise
     except KeyError as e:
@@ -218,6 +233,15 @@ def _locked_step(s: dict) -> LockedStep:
     ):
         raise TypeError(f"step {s['name']!r}: digest {digest!r} is not a digest")
     return LockedStep(s["name"], s["method"], key, digest)
+
+
+def _pushes(records: object) -> tuple[LockedPush, ...]:
+    fields = ("repo", "commit", "step", "key", "digest")
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and all(isinstance(r.get(f), str) for f in fields) for r in records
+    ):
+        raise TypeError("[[push]] entries must be tables with repo, commit, step, key and digest")
+    return tuple(LockedPush(*(r[f] for f in fields)) for r in records)
 
 
 def _locked_dependency(d: dict, path: Path | str) -> LockedDependency:
@@ -276,6 +300,8 @@ def write_lock(path: Path, lock: Lock) -> None:
     }
     if not doc["dependency"]:
         del doc["dependency"]
+    if lock.pushes:
+        doc["push"] = [asdict(p) for p in sorted(lock.pushes, key=lambda p: (p.repo, p.step))]
     text = "# Written by mergepkg. Do not edit: run `mergepkg lock` to refresh it.\n" + tomli_w.dumps(doc)
     write_atomic(path, text)
 

@@ -12,8 +12,8 @@ expected where the placed recipe files name it (`Bundle.local`, which the card l
 
 The lock is the build's, relocated: the same pins, keys and digests; local sources'
 paths as the placed files name them, relative to `mergepkg.toml`, and the recipe hash
-of the placed files. A recipe that imports nothing from outside its folder keeps its
-lock as it is.
+of the placed files, without the record of pushes (so pushing changes no output file).
+A recipe that imports nothing from outside its folder keeps its lock as it is.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def bundle(res: Resolution, lock: Lock, root: Path) -> Bundle:
         sources={n: replace(s, path=moved[n]) if n in moved else s for n, s in res.recipe.sources.items()},
     )
     sources = {n: replace(s, path=os.path.relpath(moved[n], root)) if s.path else s for n, s in lock.sources.items()}
-    return Bundle(files, replace(lock, recipe_hash=recipe_hash(placed_recipe), sources=sources), local)
+    placed_lock = replace(lock, recipe_hash=recipe_hash(placed_recipe), sources=sources, pushes=())
+    return Bundle(files, placed_lock, local)
 
 
 def _rel(path: Path, root: Path) -> str:

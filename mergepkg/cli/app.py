@@ -15,6 +15,7 @@ from mergepkg.cli import lock as lock_cmd
 from mergepkg.cli import mergekit as mergekit_cmd
 from mergepkg.cli import methods as methods_cmd
 from mergepkg.cli import plan as plan_cmd
+from mergepkg.cli import push as push_cmd
 from mergepkg.cli import registry as registry_cmd
 from mergepkg.cli import remote as remote_cmd
 from mergepkg.cli import tune as tune_cmd
@@ -60,6 +61,7 @@ app.command("info")(registry_cmd.info)
 app.command("install")(registry_cmd.install)
 app.command("publish")(registry_cmd.publish)
 app.command("yank")(registry_cmd.yank)
+app.command("push")(push_cmd.push)
 app.add_typer(cache_cmd.app, name="cache")
 app.add_typer(registry_cmd.app, name="registry")
 app.add_typer(remote_cmd.app, name="remote")

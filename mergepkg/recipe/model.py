@@ -196,6 +196,16 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Publish:
+    """`[publish]`: where `mergepkg push` sends an output (builder/push.py); in no key or lock."""
+
+    repo: str | None = None  # ORG/NAME on the Hub
+    private: bool | None = None  # None: the Hub's default (public) when the repo is created
+    step: str | None = None  # None: the recipe's only output
+    commit_message: str | None = None
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     version: str
@@ -212,6 +222,7 @@ class Recipe:
     allow: tuple[str, ...] = ()
     # `[package] remote`: the remote holding the recipe's built steps (docs/remote.md); in no key or lock
     remote: str | None = None
+    publish: Publish = Publish()  # `[publish]` (docs/recipes.md#publish); in no key or lock
 
     @property
     def adapters(self) -> frozenset[str]:

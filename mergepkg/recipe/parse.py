@@ -32,6 +32,7 @@ from mergepkg.recipe.model import (
 from mergepkg.recipe.moe import moe_step
 from mergepkg.recipe.names import NAME_HINT, InvalidName, canonical_name, package_name_problem
 from mergepkg.recipe.params import param_table
+from mergepkg.recipe.publish import publish_table
 from mergepkg.recipe.tables import TableReader, show
 from mergepkg.recipe.tokenizer import tokenizer_setting
 from mergepkg.recipe.versions import Range, VersionError
@@ -67,7 +68,7 @@ class _Parser(TableReader):
             line = getattr(e, "lineno", None) or _line_from_message(str(e))
             what = "arrays or tables nested too deeply" if isinstance(e, RecursionError) else getattr(e, "msg", e)
             raise RecipeError(f"invalid TOML: {what}", file=self.display, line=line) from None
-        self.only_keys(data, ("package", "dependencies", "sources", "steps"), "")
+        self.only_keys(data, ("package", "dependencies", "sources", "steps", "publish"), "")
         package = self.expect(data.get("package"), dict, "package", "a [package] table with name and version")
         known = ("name", "version", "description", "tags", "outputs", "seed", "allow", "remote")
         self.only_keys(package, known, "package")
@@ -129,6 +130,7 @@ class _Parser(TableReader):
             tags=tuple(tags),
             allow=allow,
             remote=remote,
+            publish=publish_table(self, data.get("publish"), steps),
         )
 
     def locked_folder(self, name: str, folder: Path) -> bool:

@@ -20,6 +20,7 @@ from mergepkg.errors import LockError, SourceError, did_you_mean
 from mergepkg.lockfile import (
     Lock,
     LockedDependency,
+    LockedPush,
     LockedSource,
     LockedStep,
     Pin,
@@ -58,6 +59,7 @@ class Resolution:
     keys: dict[str, str]  # step -> sha256 of its entry
     seeds: dict[str, int]  # step -> seed for random methods (imported steps keep their recipe's)
     dependencies: dict[str, LockedDependency] = field(default_factory=dict)  # registry recipes, resolved
+    pushes: tuple[LockedPush, ...] = ()  # the lock's record of `mergepkg push`, kept as it is
 
     def source_folder(self, name: str) -> Path:
         """The folder of source `name`, fetched now if it was deferred (and checked against
@@ -76,6 +78,7 @@ class Resolution:
             {n: s.locked for n, s in self.sources.items()},
             steps,
             dependencies=dict(self.dependencies),
+            pushes=self.pushes,
         )
 
 
@@ -157,7 +160,7 @@ def resolve(
             check_experts(recipe, step, refs)  # needs identities: the base under another name
         entries[name] = step_entry(step, refs, seeds[name])
         keys[name] = refs[name] = key_of(entries[name])
-    res = Resolution(recipe, plan, sources, entries, keys, seeds, deps.picks)
+    res = Resolution(recipe, plan, sources, entries, keys, seeds, deps.picks, lock.pushes if lock else ())
     if mode in ("locked", "frozen"):
         changes = differences(lock, res.lock({}))
         if changes:

@@ -1,0 +1,147 @@
+"""builder/push.py (issue 19): a built output pushed through huggingface_hub's real client
+to a fake Hub on 127.0.0.1 (tests/fakehub.py); the lock's record of it; `[publish]`."""
+
+from __future__ import annotations
+
+import pytest
+from fakehub import FakeHub
+from helpers import cli
+
+from mergepkg.builder.build import build
+from mergepkg.builder.outputs import MARKER
+from mergepkg.builder.push import push
+from mergepkg.errors import BuildError, RecipeError
+from mergepkg.lockfile import Lock, LockedPush, LockedStep, parse_lock, read_lock, write_lock
+from mergepkg.recipe.parse import load_recipe, parse_recipe
+from mergepkg.settings import Settings
+from mergepkg.store.session import Session
+
+TOKEN = "hf_test_token"
+LINEAR = (
+    '[steps.m]\nmethod = "linear"\ninputs = [{{ model = "ft1", weight = {w} }}, {{ model = "ft2", weight = 0.4 }}]\n'
+)
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The fake Hub as huggingface_hub's endpoint, with HF_TOKEN set to its token."""
+    from huggingface_hub import constants
+
+    fake = FakeHub(TOKEN)
+    monkeypatch.setattr(constants, "ENDPOINT", fake.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield fake
+    fake.close()
+
+
+def built(write_recipe, tmp_path, weight="0.6", name="recipe.toml"):
+    path = write_recipe(LINEAR.format(w=weight), name=name)
+    build(load_recipe(path), Session(Settings()), out=tmp_path / "out")
+    return path
+
+
+def on_hub(hub: FakeHub, repo: str) -> dict[str, bytes]:
+    r = hub.repos[repo]
+    return r.commits[r.head]
+
+
+def test_a_push_sends_the_output_folder_once_then_only_what_changed(hub, write_recipe, tmp_path):
+    path = built(write_recipe, tmp_path)
+    report = push(load_recipe(path), Session(Settings()), "org/merged")
+    out = tmp_path / "out"
+    folder = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    del folder[MARKER]
+    assert {k: v for k, v in on_hub(hub, "org/merged").items() if k != ".gitattributes"} == folder
+    assert hub.lfs  # model.safetensors went through the LFS batch and upload
+    assert all(f.send for f in report.files) and report.commit == hub.repos["org/merged"].head
+    lock = read_lock(path.with_suffix(".lock"))
+    assert lock is not None
+    assert lock.pushes == (LockedPush("org/merged", report.commit, "m", report.key, lock.steps["m"].digest),)
+    assert report.source == f'{{ hf = "org/merged", revision = "{report.commit}" }}'
+
+    again = push(load_recipe(path), Session(Settings()), "org/merged")  # the lock now records a push
+    assert not any(f.send for f in again.files) and again.commit == report.commit
+    assert len(hub.repos["org/merged"].commits) == 2  # the repo's first commit and ours: no empty one
+
+    path = built(write_recipe, tmp_path, weight="0.5")
+    third = push(load_recipe(path), Session(Settings()), "org/merged")
+    sent = {f.path for f in third.files if f.send}
+    assert "model.safetensors" in sent and "mergepkg.toml" in sent
+    assert "config.json" not in sent and "tokenizer.json" not in sent
+    assert third.commit != report.commit
+
+
+def test_dry_run_private_repo_and_a_later_recipe_built_from_the_pushed_commit(
+    hub, write_recipe, models, tmp_path, capsys
+):
+    path = built(write_recipe, tmp_path)
+    code, stdout, _ = cli(capsys, "push", f"{path}:m", "org/private", "--private", "--dry-run")
+    assert code == 0 and not hub.repos and not hub.lfs
+    lines = [line.split() for line in stdout.splitlines()]
+    assert {(line[0], line[2]) for line in lines} >= {("send", "model.safetensors"), ("send", "mergepkg.lock")}
+
+    code, stdout, stderr = cli(capsys, "push", str(path), "org/private", "--private")
+    assert code == 0, stderr
+    assert hub.repos["org/private"].private
+    commit = hub.repos["org/private"].head
+    assert f"{hub.url}/org/private/commit/{commit}" in stdout
+    assert f'{{ hf = "org/private", revision = "{commit}" }}' in stdout
+
+    later = tmp_path / "later.toml"
+    later.write_text(
+        '[package]\nname = "later"\nversion = "0.1.0"\n\n[sources]\n'
+        f'pushed = {{ hf = "org/private", revision = "{commit}" }}\nft3 = {{ path = "{models["ft3"]}" }}\n\n'
+        '[steps.again]\nmethod = "linear"\ninputs = [{ model = "pushed", weight = 0.5 }, { model = "ft3", weight = 0.5 }]\n'
+    )
+    report = build(load_recipe(later), Session(Settings()), out=tmp_path / "later-out")
+    lock = read_lock(later.with_suffix(".lock"))
+    assert lock is not None and lock.sources["pushed"].pin.commit == commit
+    assert (report.outputs["again"] / "model.safetensors").is_file()
+
+
+def test_no_token_and_not_built_are_one_line_errors_with_hints(hub, write_recipe, tmp_path, monkeypatch, capsys):
+    path = write_recipe(LINEAR.format(w="0.6"))
+    with pytest.raises(BuildError, match="not built") as e:
+        push(load_recipe(path), Session(Settings()), "org/x")
+    assert e.value.hint is not None and "mergepkg build recipe.toml" in e.value.hint
+    build(load_recipe(path), Session(Settings()), out=tmp_path / "out")
+    monkeypatch.delenv("HF_TOKEN")
+    code, _, stderr = cli(capsys, "push", str(path), "org/x")
+    assert code == 1 and "401" in stderr and "HF_TOKEN" in stderr and "Traceback" not in stderr
+    assert not hub.repos
+
+
+def test_publish_table_is_read_with_located_errors_and_changes_no_key(recipe_file):
+    body = LINEAR.format(w="0.6")
+    plain = load_recipe(recipe_file(body))
+    text = plain.text + '\n[publish]\nrepo = "org/name"\nprivate = true\nstep = "m"\ncommit_message = "hi"\n'
+    recipe = parse_recipe(text, plain.path)
+    assert (recipe.publish.repo, recipe.publish.private, recipe.publish.step) == ("org/name", True, "m")
+    from mergepkg.lockfile import recipe_hash
+
+    assert recipe_hash(recipe) == recipe_hash(plain)
+    for bad, key in (
+        ('repo = "no-slash"', "publish.repo"),
+        ('private = "yes"', "publish.private"),
+        ('step = "x"', "publish.step"),
+        ("colour = 1", "publish.colour"),
+    ):
+        with pytest.raises(RecipeError) as e:
+            parse_recipe(plain.text + f"\n[publish]\n{bad}\n", plain.path)
+        assert e.value.key == key and e.value.line is not None
+
+
+def test_the_lock_keeps_pushes_and_reads_locks_without_them(tmp_path):
+    step = LockedStep("m", "linear", "a" * 64, "sha256:" + "b" * 64)
+    lock = Lock("sha256:" + "0" * 64, {}, {"m": step})
+    write_lock(tmp_path / "x.lock", lock)
+    plain = (tmp_path / "x.lock").read_text()
+    assert "push" not in plain and parse_lock(plain, "x.lock") == lock
+    pushed = Lock(lock.recipe_hash, {}, {"m": step}, pushes=(LockedPush("o/n", "c" * 40, "m", "a" * 64, step.digest),))
+    write_lock(tmp_path / "y.lock", pushed)
+    assert read_lock(tmp_path / "y.lock") == pushed
