@@ -55,11 +55,12 @@ def connect(address: str) -> Iterator[Any]:
 
 
 def start_board(ray: Any) -> Any:
-    """The progress board, an actor on the driver's node (it outlives any worker node)."""
+    """The progress board, an actor on the driver's node, never elsewhere: it must outlive
+    any worker node (a lost node is retried; a lost board would lose the progress)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
-    strategy = NodeAffinitySchedulingStrategy(node_id=here, soft=True)
+    strategy = NodeAffinitySchedulingStrategy(node_id=here, soft=False)
     return ray.remote(Board).options(num_cpus=0, scheduling_strategy=strategy).remote()
 
 

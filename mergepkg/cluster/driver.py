@@ -128,20 +128,29 @@ def _run(graph: Graph, reporter: Reporter, address: str) -> dict[str, StepDone]:
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.2)
-                tally.take(ray.get(board.drain.remote()))
+                tally.take(_drain(ray, board))
                 answers = [_answer(ray, ref, names[pending.pop(ref)]) for ref in ready]
                 for answer in sorted(answers, key=lambda a: a.error is None):  # errors first
                     if answer.error is not None:
                         raise answer.error
                     done[answer.key] = answer
                     tally.built(answer.key, answer.node)
-            tally.take(ray.get(board.drain.remote()))
+            tally.take(_drain(ray, board))
         finally:
             for ref in pending:
                 ray.cancel(ref)
             tally.close()
             ray.kill(board)
     return done
+
+
+def _drain(ray: Any, board: Any) -> list:
+    """The board's new events; none once the board is gone (its node lost with the driver's
+    own: progress is told, never needed, so the build goes on without it)."""
+    try:
+        return ray.get(board.drain.remote())
+    except ray.exceptions.RayActorError:
+        return []
 
 
 def _answer(ray: Any, ref: Any, name: str) -> StepDone:

@@ -7,7 +7,7 @@ import os
 import time
 
 SLOW_FILE = "MERGEPKG_TEST_SLOW_FILE"  # set in every node's environment by the fixture
-PAUSE = 0.1  # seconds per tensor while the flag is up
+PAUSE = 0.3  # seconds per tensor while the flag is up: the lost node must die mid-step, well before its end
 
 
 def slow_when_flagged() -> None:

@@ -48,7 +48,7 @@ class Nodes:
         from ray.cluster_utils import Cluster
 
         self.root = root
-        self.flag = root / "slow"  # while it exists, every tensor's merge on every node sleeps
+        self.flags: dict[str, Path] = {}  # node id -> a file: while it exists, each tensor's merge there sleeps
         self.count = 0
         self.cluster = Cluster(
             initialize_head=True,
@@ -67,10 +67,18 @@ class Nodes:
         home = self.root / f"node{self.count}"
         env = {
             "MERGEPKG_HOME": str(home),
-            "MERGEPKG_TEST_SLOW_FILE": str(self.flag),
+            "MERGEPKG_TEST_SLOW_FILE": str(self.root / f"slow-{self.count}"),
             "HF_HUB_OFFLINE": "1",
         }
-        return self.cluster.add_node(num_cpus=1, object_store_memory=STORE_MEMORY, env_vars=env)
+        node = self.cluster.add_node(num_cpus=1, object_store_memory=STORE_MEMORY, env_vars=env)
+        self.flags[node.node_id] = Path(env["MERGEPKG_TEST_SLOW_FILE"])
+        return node
+
+    def slow(self, on: bool = True, *, but: str | None = None) -> None:
+        """Every node's merges slow (or at full speed again), except node `but`'s."""
+        for node_id, flag in self.flags.items():
+            if node_id != but:
+                flag.touch() if on else flag.unlink(missing_ok=True)
 
     def homes(self) -> list[Path]:
         return sorted(self.root.glob("node*"))
@@ -315,15 +323,15 @@ def test_a_node_lost_mid_step_is_retried_elsewhere(nodes, models, remote, tmp_pa
     def remove(name, node):
         if not lost:  # the first node to start the step goes, mid-step (each tensor sleeps)
             lost.append(node)
+            nodes.slow(False, but=node)  # the retry runs at full speed; the lost node stays slow till it dies
             nodes.remove(node)
-            nodes.flag.unlink()  # the retry runs at full speed
 
-    nodes.flag.touch()
+    nodes.slow()
     try:
         rec = Recorder(remove)
         build = on_cluster([write(tmp_path / "c", "slow", models, SLOW)], remote, rec)
     finally:
-        nodes.flag.unlink(missing_ok=True)
+        nodes.slow(False)
         nodes.add()  # back to three nodes
     assert digests(build.reports[0]) == want
     assert lost and build.tasks[build.reports[0].lock.steps["slow"].key].node != lost[0]
