@@ -38,13 +38,14 @@ from mergepkg.store.session import Session
 
 
 def node_id() -> str:
-    """The Ray node this runs on ("" outside Ray)."""
-    try:
-        import ray
+    """The Ray node this runs on ("" outside Ray). Never starts Ray: asking a process that
+    is not connected for its runtime context would start a local Ray instance in it."""
+    import sys
 
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # not in a Ray worker: a local call (tests, the driver)
+    ray = sys.modules.get("ray")  # a Ray worker has imported it; a local call may not have
+    if ray is None or not ray.is_initialized():
         return ""
+    return ray.get_runtime_context().get_node_id()
 
 
 def run_step(job: StepJob, board: Any, *upstream: StepDone) -> StepDone:
