@@ -14,6 +14,7 @@ from mergepkg.builder.build import build as build_recipe
 from mergepkg.builder.share import choose_remote
 from mergepkg.builder.status import status
 from mergepkg.cli.common import (
+    CLUSTER_REMOTE,
     DENY_WARNINGS,
     NO_REMOTE,
     OFFLINE,
@@ -21,6 +22,7 @@ from mergepkg.cli.common import (
     RECIPE,
     open_recipe,
     parse_size,
+    ray_option,
     remote_policy,
     size,
 )
@@ -65,17 +67,8 @@ def build(
     deny_warnings: bool = DENY_WARNINGS,
     no_remote: bool = NO_REMOTE,
     prefer_remote: bool = PREFER_REMOTE,
-    ray: str = typer.Option(
-        None,
-        "--ray",
-        is_flag=False,
-        flag_value="auto",
-        metavar="[ADDRESS]",
-        help="Build on a Ray cluster: `auto` (the default) or its address, through a remote (docs/cluster.md).",
-    ),
-    remote_name: str = typer.Option(
-        None, "--remote", "-r", help="With --ray: the configured remote the cluster shares (default: the only one)."
-    ),
+    ray: str = ray_option("Build", ", through a remote (docs/cluster.md)"),
+    remote_name: str = CLUSTER_REMOTE,
     split: int = typer.Option(
         1, "--split", min=1, help="With --ray: split each large step by tensors over N workers (see --split-bytes)."
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -19,6 +20,23 @@ OFFLINE = typer.Option(False, "--offline", help="Use only the local Hugging Face
 DENY_WARNINGS = typer.Option(
     False, "--deny-warnings", help="Fail (exit 1) on any pitfall warning, e.g. in CI (docs/warnings.md)."
 )
+
+CLUSTER_REMOTE = typer.Option(
+    None, "--remote", "-r", help="With --ray: the configured remote the cluster shares (default: the only one)."
+)
+
+
+def ray_option(what: str, then: str = "") -> Any:
+    """`--ray [ADDRESS]`: a flag whose value is optional (`auto` when none is given)."""
+    return typer.Option(
+        None,
+        "--ray",
+        is_flag=False,
+        flag_value="auto",
+        metavar="[ADDRESS]",
+        help=f"{what} on a Ray cluster: `auto` (the default) or its address{then}.",
+    )
+
 
 NO_REMOTE = typer.Option(False, "--no-remote", help="Never take a step from a remote: build what the store lacks.")
 PREFER_REMOTE = typer.Option(

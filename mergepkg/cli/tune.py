@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from mergepkg import api
+from mergepkg.cli.common import CLUSTER_REMOTE, ray_option
 from mergepkg.cli.output import ProgressReporter, err, out
 from mergepkg.settings import Settings
 from mergepkg.store.session import Session
@@ -26,17 +27,8 @@ def tune(
     device: str = typer.Option("cpu", "--device", help="Where builds and evaluations run."),
     offline: bool = typer.Option(False, "--offline", help="Use only the local Hugging Face cache."),
     as_json: bool = typer.Option(False, "--json", help="Print the trials and the result as JSON on stdout."),
-    ray: str = typer.Option(
-        None,
-        "--ray",
-        is_flag=False,
-        flag_value="auto",
-        metavar="[ADDRESS]",
-        help="Run each generation's trials at once on a Ray cluster: `auto` (the default) or its address.",
-    ),
-    remote_name: str = typer.Option(
-        None, "--remote", "-r", help="With --ray: the configured remote the cluster shares (default: the only one)."
-    ),
+    ray: str = ray_option("Run each generation's trials at once"),
+    remote_name: str = CLUSTER_REMOTE,
 ) -> None:
     """Search a step's parameters on validation tasks, resuming from the trial log; write,
     build and lock the best as best.toml and report it on the held-out test tasks."""

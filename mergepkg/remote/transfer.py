@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 CHUNK = 8 << 20
 # the block an fsspec file reads ahead or uploads as one part: s3fs's default (5 MB reads)
@@ -71,20 +71,27 @@ def _copy(src: Any, dst: Any, name: str, meter: Meter | None) -> None:
             meter.add(name, len(block))
 
 
+def _write_local(path: str, fill: Callable[[BinaryIO], Any]) -> None:
+    """`path` on a local (or mounted) disk, written by `fill` into a temp name beside it,
+    synced, then renamed: a reader sees the whole file or none."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb") as dst:
+            fill(dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def put_file(fs: Any, local: Path, path: str, meter: Meter | None = None) -> None:
     """Copy `local` to `path` on `fs` so that no reader ever sees part of it."""
     if is_local(fs):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = temp_name(path)
-        try:
-            with open(local, "rb") as src, open(tmp, "wb") as dst:
-                _copy(src, dst, local.name, meter)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with open(local, "rb") as src:
+            _write_local(path, lambda dst: _copy(src, dst, local.name, meter))
         return
     target = path if protocols(fs) & ATOMIC_PUT else temp_name(path)
     with open(local, "rb") as src:
@@ -103,17 +110,7 @@ def put_file(fs: Any, local: Path, path: str, meter: Meter | None = None) -> Non
 def put_bytes(fs: Any, data: bytes, path: str) -> None:
     """Write a small file (a record) whole or not at all, synced on a local disk."""
     if is_local(fs):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = temp_name(path)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_local(path, lambda dst: dst.write(data))
         return
     target = path if protocols(fs) & ATOMIC_PUT else temp_name(path)
     fs.pipe_file(target, data)
