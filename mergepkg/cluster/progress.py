@@ -11,6 +11,7 @@ step placed on a node and per step built.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -56,6 +57,17 @@ class BoardReporter:
             self.send(("tensors", self.key, self.count, self.nbytes))
             self.count = self.nbytes = 0
         self.sent = time.monotonic()
+
+    def settle(self) -> None:
+        """Every event sent so far is on the board when this returns (an actor runs one
+        caller's calls in order), so the driver, which reads the task's answer after,
+        has seen them all. Progress never fails a step: a board gone is let be."""
+        self.flush()
+        if self.board is not None:
+            import ray
+
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get(self.board.tell.remote([]))
 
     def step_reused(self, name: str, key: str) -> None:
         pass

@@ -69,6 +69,8 @@ def run_step(job: StepJob, board: Any, *upstream: StepDone) -> StepDone:
     except MergepkgError as e:
         job.recipe.written(job.name).locate(e)
         return StepDone(job.key, job.name, node=node, error=e, warnings=reporter.warnings)
+    finally:
+        reporter.settle()  # the driver sees this step's progress before its answer
     seconds = time.monotonic() - started
     return StepDone(job.key, job.name, art.digest, art.size, node, seconds, False, reporter.warnings, reporter.pitfalls)
 
