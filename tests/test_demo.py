@@ -22,8 +22,18 @@ TASKS = [DEMO / "tasks" / "upper.jsonl", DEMO / "tasks" / "inc.jsonl"]
 
 
 def digests(folder: Path) -> dict[str, str]:
+    """sha256 of each file; of a config.json without `transformers_version`, which the
+    installed transformers stamps into it (its next release changes that and nothing else)."""
+
+    def content(p: Path) -> bytes:
+        if p.name != "config.json":
+            return p.read_bytes()
+        config = json.loads(p.read_text())
+        config.pop("transformers_version", None)
+        return json.dumps(config, sort_keys=True).encode()
+
     return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        str(p.relative_to(folder)): hashlib.sha256(content(p)).hexdigest()
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
