@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +122,19 @@ def plan_steps(text: str) -> dict[str, dict]:
         if m and m["name"] not in steps:
             steps[m["name"]] = m.groupdict()
     return steps
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Fail the test (TimeoutError, by SIGALRM) past `seconds`: a bound for tests that start services."""
+
+    def fail(*_):
+        raise TimeoutError(f"the test took longer than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

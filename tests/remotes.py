@@ -7,7 +7,8 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mergepkg.canonical import canonical_json, sha256_hex
@@ -88,3 +89,26 @@ def tree(root: Path) -> dict[str, bytes]:
 
 def env_without_aws() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+
+
+def push_together(open_one: Callable[[], object], arts: list) -> None:
+    """Push each artifact from a thread of its own, all released at once, each through a
+    remote `open_one()` gives; fails with the first error any pusher met."""
+    from mergepkg.remote.sync import push_artifact
+
+    barrier, errors = threading.Barrier(len(arts)), []
+
+    def push(art):
+        remote = open_one()
+        barrier.wait()
+        try:
+            push_artifact(remote, art)
+        except Exception as e:  # reported below, on the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=push, args=(a,)) for a in arts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors

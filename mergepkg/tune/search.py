@@ -73,9 +73,9 @@ class Runner(Protocol):
 
     def batch(self, sampler: Sampler) -> int:
         """How many trials to ask at once."""
-        ...
 
-    def run(self, base: Base, asked: list[Asked]) -> Iterator[Trial]: ...
+    def run(self, base: Base, asked: list[Asked]) -> Iterator[Trial]:
+        """Build and score `asked`, yielding each finished trial in the order asked."""
 
 
 class Local:

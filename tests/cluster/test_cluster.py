@@ -9,14 +9,12 @@ while it builds a step, two recipes sharing a step, and a recipe error from a wo
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import signal
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import build_recipe
+from helpers import build_recipe, time_limit
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ray")
@@ -25,20 +23,6 @@ HERE = Path(__file__).parent
 NODES = 3
 STORE_MEMORY = 100 * 1024**2  # each node's object store: tasks pass small records only
 TIMEOUT = 240  # seconds a test may take, at most
-
-
-@contextlib.contextmanager
-def time_limit(seconds: int):
-    def fail(*_):
-        raise TimeoutError(f"the test took longer than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 class Nodes:

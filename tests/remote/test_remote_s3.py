@@ -4,13 +4,12 @@ refusals and concurrent pushers as on disk (issue 16)."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
 import pytest
 from helpers import THREE, build_recipe
-from remotes import S3_ENV, make_artifact, make_bucket, moto_server, s3_options
+from remotes import S3_ENV, make_artifact, make_bucket, moto_server, push_together, s3_options
 
 from mergepkg.lockfile import read_lock
 from mergepkg.remote.errors import Refused
@@ -79,22 +78,7 @@ def test_s3_refuses_a_tampered_file_and_a_record_without_files(s3_endpoint, s3_u
 
 def test_four_concurrent_s3_pushers_of_one_key_leave_one_intact_artifact(s3_endpoint, s3_url, tmp_path):
     arts = [make_artifact(Store(tmp_path / f"h{i}"), 31) for i in range(4)]
-    barrier, errors = threading.Barrier(4), []
-
-    def push(art):
-        remote = open_remote(s3_url, **s3_options(s3_endpoint))
-        barrier.wait()
-        try:
-            push_artifact(remote, art)
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=push, args=(a,)) for a in arts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    push_together(lambda: open_remote(s3_url, **s3_options(s3_endpoint)), arts)
     remote = open_remote(s3_url, **s3_options(s3_endpoint))
     assert remote.keys() == [arts[0].key]
     got = substitute(remote, Store(tmp_path / "fresh"), arts[0].key, expected_digest=arts[0].digest)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
-from remotes import make_artifact, tree
+from remotes import make_artifact, push_together, tree
 
 from mergepkg.remote.errors import NotOnRemote, Refused
 from mergepkg.remote.sign import generate_key
@@ -245,21 +244,8 @@ def test_four_concurrent_pushers_of_one_key_all_succeed_and_leave_one_intact_art
     first = make_artifact(stores[0], 14)
     arts = [first, make_artifact(stores[1], 14), other_variant(stores[2], first), other_variant(stores[3], first)]
     assert len({a.key for a in arts}) == 1 and len({record_for(a).variant for a in arts}) == 2
-    barrier, errors = threading.Barrier(4), []
-
-    def push(art):
-        barrier.wait()
-        try:
-            push_artifact(remote, art)
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=push, args=(a,)) for a in arts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors and remote.keys() == [first.key]
+    push_together(lambda: remote, arts)
+    assert remote.keys() == [first.key]
     fresh = Store(tmp_path / "fresh")
     assert substitute(remote, fresh, first.key, expected_digest=first.digest).digest == first.digest
     remote.grace_seconds = 0

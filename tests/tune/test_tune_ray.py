@@ -7,12 +7,11 @@ here, one trial after another, in a home of its own.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
+from helpers import time_limit
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ray")
@@ -44,20 +43,6 @@ base = "base"
 inputs = [{{ model = "pre", weight = 1.0, density = 0.5 }}, {{ model = "ft3", weight = 1.0, density = 0.5 }}]
 """
 TEXT = "the quick brown fox jumps over the lazy dog\nhello world, merges of tiny models\n"
-
-
-@contextlib.contextmanager
-def time_limit(seconds: int):
-    def fail(*_):
-        raise TimeoutError(f"the test took longer than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture(autouse=True)
