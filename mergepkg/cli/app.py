@@ -1,30 +1,128 @@
-"""`mergepkg`: the typer app, global options and the mapping of errors to messages."""
+"""`mergepkg`: the typer app, global options and the mapping of errors to messages.
+
+Commands are registered lazily, so that `mergepkg --help` and each command pay only
+for the modules that command needs (docs/performance.md#startup). `COMMANDS` names
+each command's module in this package and its function (or, for a command group, its
+`typer.Typer`); adding a command is one line there:
+
+    "export": "export:export",  # mergepkg/cli/export.py, def export(...)
+
+The module is imported when its command runs. `mergepkg --help` lists every command
+without importing any: its help line is read from the module's source (the function's
+docstring, or a group's `typer.Typer(help=...)`), which is where typer reads it once
+the module is imported.
+"""
 
 from __future__ import annotations
 
+import ast
 import gc
+import importlib
 import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
 
 import typer
+from typer import _click  # typer vendors click
+from typer.core import TyperCommand, TyperGroup
 
 from mergepkg._version import __version__
-from mergepkg.cli import build as build_cmd
-from mergepkg.cli import cache as cache_cmd
-from mergepkg.cli import eval as eval_cmd
-from mergepkg.cli import lock as lock_cmd
-from mergepkg.cli import mergekit as mergekit_cmd
-from mergepkg.cli import methods as methods_cmd
-from mergepkg.cli import plan as plan_cmd
-from mergepkg.cli import push as push_cmd
-from mergepkg.cli import registry as registry_cmd
-from mergepkg.cli import remote as remote_cmd
-from mergepkg.cli import tune as tune_cmd
 from mergepkg.cli.output import err, show_error
 from mergepkg.errors import MergepkgError
+
+# name -> "module:attribute" in mergepkg.cli, in the order `mergepkg --help` lists them
+COMMANDS = {
+    "build": "build:build",
+    "validate": "build:validate",
+    "plan": "plan:plan",
+    "graph": "plan:graph",
+    "lock": "lock:lock",
+    "verify": "lock:verify",
+    "eval": "eval:eval_",
+    "tune": "tune:tune",
+    "import": "mergekit:import_",
+    "methods": "methods:methods",
+    "search": "registry:search",
+    "info": "registry:info",
+    "install": "registry:install",
+    "publish": "registry:publish",
+    "yank": "registry:yank",
+    "push": "push:push",
+    "cache": "cache:app",
+    "registry": "registry:app",
+    "remote": "remote:app",
+}
+
+
+def load_command(name: str) -> _click.Command:
+    """The command `name` as typer makes it, its module imported."""
+    module, attribute = COMMANDS[name].split(":")
+    target = getattr(importlib.import_module(f"{__package__}.{module}"), attribute)
+    holder = typer.Typer(add_completion=False)
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+    else:
+        holder.command(name)(target)
+    return typer.main.get_group(holder).commands[name]
+
+
+@cache
+def _source(module: str) -> ast.Module:
+    return ast.parse((Path(__file__).parent / f"{module}.py").read_text())
+
+
+def source_help(name: str) -> str | None:
+    """A command's help as typer reads it, from its module's source (not imported): the
+    function's docstring, or the `help` a group's `typer.Typer` is made with. None if
+    the source does not say it plainly."""
+    module, attribute = COMMANDS[name].split(":")
+    for node in _source(module).body:
+        if isinstance(node, ast.FunctionDef) and node.name == attribute:
+            return ast.get_docstring(node)
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and [ast.unparse(t) for t in node.targets] == [attribute]
+        ):
+            given = {k.arg: k.value for k in node.value.keywords}.get("help")
+            return given.value if isinstance(given, ast.Constant) and isinstance(given.value, str) else None
+    return None
+
+
+class _Listed(TyperCommand):
+    """A command whose module is not imported yet: its name, and its help once asked for."""
+
+
+class LazyGroup(TyperGroup):
+    """The root command: every command in COMMANDS, listed by name and help line, and
+    imported (replaced by the real one) when it runs."""
+
+    def __init__(self, **attrs: Any):
+        super().__init__(**attrs)
+        for name in COMMANDS:  # keys for listing, and for typer's "did you mean"
+            self.commands[name] = _Listed(name=name)
+
+    def get_command(self, ctx: _click.Context, cmd_name: str) -> _click.Command | None:
+        cmd = self.commands.get(cmd_name)
+        if isinstance(cmd, _Listed) and cmd.help is None:  # listed by --help
+            cmd.help = source_help(cmd_name)
+            if cmd.help is None:  # not plain in the source: ask typer
+                cmd = self.commands[cmd_name] = load_command(cmd_name)
+        return cmd
+
+    def resolve_command(
+        self, ctx: _click.Context, args: list[str]
+    ) -> tuple[str | None, _click.Command | None, list[str]]:
+        if args and isinstance(self.commands.get(args[0]), _Listed):
+            self.commands[args[0]] = load_command(args[0])
+        return super().resolve_command(ctx, args)
+
 
 app = typer.Typer(
     name="mergepkg",
     help="A declarative package manager for LLM weight merges.",
+    cls=LazyGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -44,27 +142,6 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ):
     STATE["debug"] = debug
-
-
-app.command("build")(build_cmd.build)
-app.command("validate")(build_cmd.validate)
-app.command("plan")(plan_cmd.plan)
-app.command("graph")(plan_cmd.graph)
-app.command("lock")(lock_cmd.lock)
-app.command("verify")(lock_cmd.verify)
-app.command("eval")(eval_cmd.eval_)
-app.command("tune")(tune_cmd.tune)
-app.command("import")(mergekit_cmd.import_)
-app.command("methods")(methods_cmd.methods)
-app.command("search")(registry_cmd.search)
-app.command("info")(registry_cmd.info)
-app.command("install")(registry_cmd.install)
-app.command("publish")(registry_cmd.publish)
-app.command("yank")(registry_cmd.yank)
-app.command("push")(push_cmd.push)
-app.add_typer(cache_cmd.app, name="cache")
-app.add_typer(registry_cmd.app, name="registry")
-app.add_typer(remote_cmd.app, name="remote")
 
 
 def main(argv: list[str] | None = None) -> int:

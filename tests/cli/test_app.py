@@ -1,0 +1,58 @@
+"""The root command: commands registered lazily, listed with the help typer gives them
+once imported, and modules imported only when their command runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from helpers import cli
+
+from mergepkg.cli import app as app_module
+from mergepkg.cli.app import COMMANDS, load_command, source_help
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_the_help_read_from_source_is_the_help_typer_gives(name):
+    assert source_help(name) == load_command(name).help
+    assert load_command(name).name == name
+
+
+def test_help_lists_every_command_with_its_help_line(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per paragraph
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0
+    for name in COMMANDS:
+        first_line = (source_help(name) or "").split("\n")[0]
+        assert any(line.strip(" │").startswith(f"{name} ") and first_line in line for line in out.splitlines()), name
+
+
+def test_a_command_runs_through_its_lazily_imported_module(capsys):
+    code, out, _ = cli(capsys, "methods")
+    assert code == 0
+    assert "ties" in out
+
+
+def test_a_mistyped_command_is_told_the_nearest_one(capsys):
+    code, _, err = cli(capsys, "biuld")
+    assert code == 2
+    assert "Did you mean 'build'?" in err
+
+
+def test_a_command_the_source_does_not_describe_plainly_is_asked_of_typer(monkeypatch):
+    monkeypatch.setitem(COMMANDS, "methods-again", "methods:methods")
+    monkeypatch.setattr(app_module, "source_help", lambda name: None)
+    group = app_module.LazyGroup(name="mergepkg")
+    command = group.get_command(None, "methods-again")
+    assert command is not None and command.help == load_command("methods").help
+
+
+HEAVY = ("torch._C", "networkx", "transformers", "numpy", "pydantic", "mergepkg.builder", "mergepkg.recipe.plan")
+
+
+@pytest.mark.slow
+def test_the_root_command_imports_no_command_and_no_heavy_library():
+    probe = f"import sys, mergepkg.cli.app; print([m for m in {HEAVY!r} if m in sys.modules])"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
