@@ -34,7 +34,7 @@ from mergepkg.errors import MergepkgError
 # name -> "module:attribute" in mergepkg.cli, in the order `mergepkg --help` lists them
 COMMANDS = {
     "build": "build:build",
-    "validate": "build:validate",
+    "validate": "validate:validate",
     "plan": "plan:plan",
     "graph": "plan:graph",
     "lock": "lock:lock",

@@ -1,4 +1,4 @@
-"""`mergepkg build` and `mergepkg validate`."""
+"""`mergepkg build`."""
 
 from __future__ import annotations
 
@@ -7,31 +7,26 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from mergepkg.builder.build import BuildReport
 from mergepkg.builder.build import build as build_recipe
 from mergepkg.builder.share import choose_remote
-from mergepkg.builder.status import status
 from mergepkg.cli.common import (
     CLUSTER_REMOTE,
     DENY_WARNINGS,
     NO_REMOTE,
     OFFLINE,
     PREFER_REMOTE,
-    RECIPE,
     open_recipe,
     parse_size,
     ray_option,
     remote_policy,
-    size,
 )
-from mergepkg.cli.output import ProgressReporter, err, out, show_pitfall
+from mergepkg.cli.output import ProgressReporter, err, out
 from mergepkg.cluster.driver import build_on_cluster
 from mergepkg.cluster.plan import Split
 from mergepkg.engine.device import check_device
 from mergepkg.errors import BuildError, RegistryError, SourceError
-from mergepkg.pitfalls.pitfall import deny
 from mergepkg.registry import packages
 from mergepkg.resolve.resolution import Mode
 from mergepkg.settings import Settings
@@ -145,36 +140,6 @@ def _tell(report: BuildReport) -> None:
     err.print(f"[green]done[/]: {len(report.built)} built, {len(report.reused)} reused from the store{pulled}")
     for folder in report.outputs.values():
         out.print(str(folder), highlight=False)
-
-
-def validate(recipe: Path = RECIPE, offline: bool = OFFLINE, deny_warnings: bool = DENY_WARNINGS) -> None:
-    """Check a recipe against its models without merging anything; pitfall warnings
-    (docs/warnings.md) on stderr."""
-    r, session = open_recipe(recipe, offline=offline)
-    st = status(r, session, use_store=False)
-    table = Table(title=f"{r.name} {r.version}", title_justify="left")
-    for col in ("step", "method", "models", "tensors", "reads", "writes"):
-        table.add_column(col, justify="right" if col in ("tensors", "reads", "writes") else "left")
-    for name, s in st.steps.items():
-        lay = s.layout
-        assert lay is not None  # without the store every step is laid out
-        mark = " (output)" if name in r.outputs else ""
-        table.add_row(
-            name + mark,
-            lay.method.name,
-            ", ".join(lay.step.models),
-            str(len(lay.tensors)),
-            size(lay.bytes_in),
-            size(lay.bytes_out),
-        )
-    out.print(table)
-    for p in st.pitfalls:
-        show_pitfall(p)
-    if deny_warnings:
-        deny(st.pitfalls, "the recipe is not valid as it is")
-    count = len(st.pitfalls)
-    warned = f", [yellow]{count} warning{'s' if count != 1 else ''}[/]" if count else ""
-    err.print(f"[green]ok[/]: {len(st.steps)} steps, outputs: {', '.join(r.outputs)}{warned}")
 
 
 def _recipe_file(arg: str, offline: bool) -> Path:

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
+from mergepkg._lazy import lazy_import
 from mergepkg.errors import MergepkgError
-from mergepkg.pitfalls.pitfall import Pitfall
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from mergepkg.pitfalls.pitfall import Pitfall
+
+bars = lazy_import("rich.progress")  # imported by the first progress bar: most commands draw none
 
 out = Console(soft_wrap=True)  # data
 err = Console(stderr=True, soft_wrap=True)  # everything else
@@ -42,13 +41,13 @@ class ProgressReporter:
     """The engine's Reporter drawn with rich: per step, bytes read and tensors done."""
 
     def __init__(self, enabled: bool = True):
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[done]}/{task.fields[tensors]} tensors"),
-            TimeRemainingColumn(),
+        self.progress: Progress = bars.Progress(
+            bars.TextColumn("[bold]{task.description}"),
+            bars.BarColumn(),
+            bars.DownloadColumn(),
+            bars.TransferSpeedColumn(),
+            bars.TextColumn("{task.fields[done]}/{task.fields[tensors]} tensors"),
+            bars.TimeRemainingColumn(),
             console=err,
             disable=not enabled,
         )
@@ -107,12 +106,12 @@ class TransferReporter:
     """Pushes and pulls drawn with rich: one bar per artifact, in bytes."""
 
     def __init__(self, enabled: bool = True):
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
+        self.progress: Progress = bars.Progress(
+            bars.TextColumn("[bold]{task.description}"),
+            bars.BarColumn(),
+            bars.DownloadColumn(),
+            bars.TransferSpeedColumn(),
+            bars.TimeRemainingColumn(),
             console=err,
             disable=not enabled,
         )
