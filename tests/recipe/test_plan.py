@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from mergepkg.errors import CycleError
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.recipe.plan import make_plan
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "recipes" / "example.toml"
 
 
 def test_dependency_order_follows_recipe_order_where_free(recipe_file):
@@ -82,3 +88,18 @@ def test_tied_and_untied_models_name_the_setting(tmp_path, models, write_recipe)
         res = resolve(load_recipe(path), Session())
         with pytest.raises(ModelMismatchError, match="'tied' ties its output head to its input embeddings"):
             lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})
+
+
+@pytest.mark.slow
+def test_networkx_is_imported_by_the_first_plan_made_not_before():
+    """Commands that make no plan (registry, cache, remote) do not pay for networkx."""
+    probe = (
+        "import sys\n"
+        "from mergepkg.recipe.plan import make_plan\n"
+        "from mergepkg.recipe.parse import load_recipe\n"
+        "before = 'networkx.classes' in sys.modules\n"
+        f"make_plan(load_recipe({str(EXAMPLE)!r}))\n"
+        "print(before, 'networkx.classes' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["False", "True"]
