@@ -32,6 +32,7 @@ import numpy as np
 from mergepkg._lazy import torch
 from mergepkg.methods import sparsify
 from mergepkg.methods.kernels import chunks
+from mergepkg.methods.kernels.reduce import Total
 
 MAX_INPUTS = 4  # torch sums up to four inputs in order; past that its order is its own
 DTYPES = ("float32", "bfloat16", "float16")  # stored dtypes that torch converts to float32 here, and compute dtypes
@@ -70,19 +71,12 @@ def load() -> None:
     _kernels().warm()
 
 
-def _load(into, part, compute):
-    """part (a chunk in its stored dtype) written into the float32 tensor `into` as the
-    torch stream reads it: converted to the compute dtype first (a rounding, when that
-    is half precision and the stored dtype is not), then to float32 (exact)."""
-    if compute != torch.float32 and part.dtype != compute:
-        part = part.to(compute)
-    return into.copy_(part)
-
-
-def _f32(name: str, source, span: slice, compute=torch.float32) -> np.ndarray:
-    """source[span] converted by torch to the compute dtype, as float32: a numpy view of a scratch buffer."""
-    part = source[span]
-    return _load(chunks.thread_scratch().get(name, part.shape, torch.float32), part, compute).numpy()
+def raw(t) -> np.ndarray:
+    """A contiguous CPU tensor in its stored dtype as the numpy view the kernels read
+    (compiled.STORED: bfloat16 and float16 bits as 16-bit integers)."""
+    if t.dtype == torch.float32:
+        return t.numpy()
+    return t.view(torch.int16).numpy().view(_kernels().STORED[_name(t.dtype)])
 
 
 def top_k(base, t, density: float, spans: list[slice], compute=torch.float32) -> sparsify.TopK:
@@ -93,10 +87,11 @@ def top_k(base, t, density: float, spans: list[slice], compute=torch.float32) ->
         return torch.sub(t[span].to(compute), base[span].to(compute)).abs_().float()
 
     def band(span, lo, hi):
-        x, b = _f32("x", t, span, compute), _f32("b", base, span, compute)
         s = chunks.thread_scratch()
-        values = s.get("values", (len(x),), torch.float32)
-        index = s.get("index", (len(x),), torch.int64)
+        size = span.stop - span.start
+        values = s.get("values", (size,), torch.float32)
+        index = s.get("index", (size,), torch.int64)
+        x, b = raw(t[span]), raw(base[span])
         above, count = _kernels().band(x, b, np.float32(lo), np.float32(hi), values.numpy(), index.numpy(), like)
         return above, values[:count].clone(), index[:count] + span.start
 
@@ -142,36 +137,39 @@ def stream(
     like = kernels.MARKERS[_name(compute)]
     if planner == "magnitude":
         # each shared among the threads
-        rules = {i: top_k(flat_base, flat[i], density[i], spans, compute) for i in thinned}
-        for i, rule in rules.items():
+        for i in thinned:
+            rule = top_k(flat_base, flat[i], density[i], spans, compute)
             threshold[i], cut[i] = float(rule.threshold), rule.cut
-
-        def keep(i):
-            def rule(span, delta):
-                s = chunks.thread_scratch()
-                magnitudes = torch.abs(delta, out=s.get("magnitudes", delta.shape, delta.dtype))
-                return rules[i].keep(span, magnitudes, out=s.get("kept", delta.shape, delta.dtype))
-
-            return rule
     elif planner == "bernoulli":
         for i in thinned:
             seed[i], limit[i] = rng(i).initial_seed(), sparsify.draw_limit(density[i])
 
-        def keep(i):
-            def rule(span, delta):
-                kept = chunks.thread_scratch().get("kept", delta.shape, torch.float32)
-                kernels.drawn(seed[i], span.start, limit[i], kept.numpy())
-                return kept
-
-            return rule
-
     if rescale and thinned:
+        # the L1 sums of each thinned task vector before and after thinning, as the torch
+        # stream takes them (sparsify.l1_rescale): a kernel writes |delta| and |kept| per
+        # chunk, torch sums them in fixed blocks; the chunks shared among the threads
+        def sums(group: list[slice]) -> dict[int, tuple[Total, Total]]:
+            s = chunks.thread_scratch()
+            totals = {i: (Total(), Total()) for i in thinned}
+            for span in group:
+                size = span.stop - span.start
+                before, after = s.get("before", (size,), torch.float32), s.get("after", (size,), torch.float32)
+                b = raw(flat_base[span])
+                for i in thinned:
+                    x = raw(flat[i][span])
+                    if planner == "magnitude":
+                        kernels.l1_top_k(x, b, span.start, threshold[i], cut[i], before.numpy(), after.numpy(), like)
+                    else:
+                        kernels.l1_drawn(x, b, span.start, seed[i], limit[i], before.numpy(), after.numpy(), like)
+                    totals[i][0].add(before, holds=compute)
+                    totals[i][1].add(after, holds=compute)
+            return totals
 
-        def rescale_factor(i):  # as the torch stream sums it (in the compute dtype), on this thread's scratch
-            f = sparsify.l1_rescale(chunks.Flat(flat_base, [flat[i]], compute), 0, keep(i))
-            return 1.0 if f is None else float(f)
-
-        factor[thinned] = chunks.parallel(rescale_factor, thinned)
+        parts = chunks.parallel(sums, chunks.groups(spans))
+        for i in thinned:
+            l1 = [Total.joined(p[i][k] for p in parts).result() for k in (0, 1)]
+            f = sparsify.rescale_factor(*l1)
+            factor[i] = 1.0 if f is None else float(f)
     # as merge_task_vectors computes it: the weights' sum, ~0 replaced by 1 (no sign election)
     divisor = w.view(-1, 1).sum(dim=0)
     divisor[divisor.abs() < 1e-8] = 1
@@ -181,48 +179,19 @@ def stream(
     out = chunks.output(out, base.shape, out_dtype, base.device)
     dest = out.view(-1)
 
+    merge = kernels.merge_drawn if planner == "bernoulli" else kernels.merge_top_k
+    keep = (seed, limit) if planner == "bernoulli" else (threshold, cut)
+    rest = (elect_sign, normalize, divisor, lam, like)
+
     def merge_group(group: list[slice]):
-        s = chunks.thread_scratch()
+        result = chunks.thread_scratch().get("result", (min(chunks.CHUNK, n),), torch.float32)
         for span in group:
+            xs = [raw(t[span]) for t in flat]
+            xs += xs[-1:] * (MAX_INPUTS - inputs)  # the spare inputs: the last again, ignored
             size = span.stop - span.start
-            x = s.get("inputs", (inputs, size), torch.float32)
-            for i, t in enumerate(flat):
-                _load(x[i], t[span], compute)
-            b = _f32("b", flat_base, span, compute)
-            result = s.get("result", (size,), torch.float32)
-            if planner == "bernoulli":
-                kernels.merge_drawn(
-                    x.numpy(),
-                    b,
-                    result.numpy(),
-                    span.start,
-                    seed,
-                    limit,
-                    factor,
-                    weights,
-                    elect_sign,
-                    normalize,
-                    divisor,
-                    lam,
-                    like,
-                )
-            else:
-                kernels.merge_top_k(
-                    x.numpy(),
-                    b,
-                    result.numpy(),
-                    span.start,
-                    threshold,
-                    cut,
-                    factor,
-                    weights,
-                    elect_sign,
-                    normalize,
-                    divisor,
-                    lam,
-                    like,
-                )
-            dest[span].copy_(result)
+            b = raw(flat_base[span])
+            merge(*xs, inputs, b, result[:size].numpy(), span.start, *keep, factor, weights, *rest)
+            dest[span].copy_(result[:size])
 
     chunks.parallel(merge_group, chunks.groups(spans))
     return out

@@ -357,6 +357,31 @@ def test_rounding_is_torchs_conversion(dtype, like):
     assert torch.equal(out.view(torch.int32), x.view(torch.int32))  # float32: no rounding at all
 
 
+COMPUTE = {
+    "float32": (torch.float32, compiled.MARKERS["float32"]),
+    "bfloat16": (torch.bfloat16, compiled.MARKERS["bfloat16"]),
+    "float16": (torch.float16, compiled.MARKERS["float16"]),  # F16C's conversions where the CPU has them
+    "float16-arithmetic": (torch.float16, compiled.FLOAT16_BY_ARITHMETIC),  # the arithmetic used where it has not
+}
+
+
+@pytest.mark.parametrize("compute", COMPUTE)
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_reading_a_stored_input_is_torchs_conversion(stored, compute):
+    # every 16-bit pattern (subnormals, inf, NaN) and float32 patterns where rounding decides,
+    # read in their stored dtype and in the compute dtype, as the torch stream converts them
+    dtype, like = COMPUTE[compute]
+    if stored == torch.float32:
+        x = special_floats()
+    else:
+        x = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).view(stored)
+    out = torch.empty(x.numel())
+    compiled.read(fused.raw(x), out.numpy(), like)
+    assert same(out, x.to(dtype).float() if dtype != torch.float32 else x.float())
+    if stored == dtype:  # no rounding: the same bits, NaN payloads included
+        assert torch.equal(out.view(torch.int32), x.float().view(torch.int32))
+
+
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 def test_torch_half_arithmetic_rounds_each_operation(dtype):
     # what the half-precision kernels rest on: each operation in float32, its result rounded

@@ -12,6 +12,11 @@ The kernels do the same: `_round(x, like)` after each operation where torch roun
 with `like` an empty array whose dtype names the compute dtype (MARKERS). numba
 compiles one specialization per marker type; for float32, `_round` emits nothing, so
 its code is the float32 kernel's, operation for operation.
+
+The kernels read the inputs in their stored dtype, as 16-bit integers where numpy has no
+such float (STORED; `fused.raw` makes the views): `_read` widens an entry to float32 (exact)
+and rounds it to the compute dtype where that differs, as torch's conversion does, so no
+chunk is converted by torch into a buffer of its own first.
 """
 
 from __future__ import annotations
@@ -80,6 +85,38 @@ def _float16(builder, v):
     return builder.bitcast(builder.or_(builder.bitcast(r, _I32), sign), _F32)
 
 
+def _rounding(builder, v, kind):
+    """float32 v rounded to the compute dtype whose marker's element type is `kind`."""
+    if kind == types.uint16:
+        return _bfloat16(builder, v)
+    if kind == types.int16 and _f16c():
+        return builder.fpext(builder.fptrunc(v, ir.HalfType()), _F32)
+    if kind in (types.int16, types.uint8):
+        return _float16(builder, v)
+    return v
+
+
+def _widen_float16(builder, h, by_arithmetic: bool):
+    """float16 bits h (i16) as float32, exactly: F16C's conversion, or arithmetic: a
+    normal number's exponent rebiased, a subnormal's 10 bits times 2**-24 (exact), inf
+    and NaN with their payload moved up (a NaN made quiet)."""
+    if not by_arithmetic and _f16c():
+        return builder.fpext(builder.bitcast(h, ir.HalfType()), _F32)
+    u = builder.zext(h, _I32)
+    sign = builder.shl(builder.and_(u, _int(0x8000)), _int(16))
+    m = builder.and_(u, _int(0x7FFF))
+    normal = builder.add(builder.shl(m, _int(13)), _int((127 - 15) << 23))
+    special = builder.or_(builder.shl(m, _int(13)), _int(0x7F800000))
+    quiet = builder.or_(special, _int(0x00400000))  # a NaN comes out quiet, as from F16C and torch
+    special = builder.select(builder.icmp_signed(">", m, _int(0x7C00)), quiet, special)
+    small = builder.bitcast(
+        builder.fmul(builder.sitofp(m, _F32), ir.Constant(_F32, 2.0**-24)), _I32
+    )  # subnormal or zero
+    bits = builder.select(builder.icmp_signed(">=", m, _int(0x0400)), normal, small)
+    bits = builder.select(builder.icmp_signed(">=", m, _int(0x7C00)), special, bits)
+    return builder.bitcast(builder.or_(bits, sign), _F32)
+
+
 @intrinsic
 def _round_to(typingctx, x, like):
     """x (float32) rounded to the compute dtype `like` names (MARKERS), as float32."""
@@ -88,18 +125,44 @@ def _round_to(typingctx, x, like):
     kind = like.dtype
 
     def codegen(context, builder, signature, args):
-        if kind == types.uint16:
-            return _bfloat16(builder, args[0])
-        if kind == types.int16 and _f16c():
-            return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), _F32)
-        if kind in (types.int16, types.uint8):
-            return _float16(builder, args[0])
-        return args[0]
+        return _rounding(builder, args[0], kind)
 
     return types.float32(x, like), codegen
 
 
 _round: Any = _round_to  # called as _round(x, like) in compiled code (the typing context is numba's)
+
+# The stored dtypes of inputs as the kernels take them (numba has neither bfloat16 nor
+# float16 arrays): float32 as itself, bfloat16 and float16 bits as 16-bit integers, by the
+# same convention as MARKERS (fused.raw makes the views).
+STORED = {"float32": np.float32, "bfloat16": np.uint16, "float16": np.int16}
+
+
+@intrinsic
+def _read_as(typingctx, x, like):
+    """An entry of a stored input (STORED) as the torch stream reads it: widened to float32
+    (exact), then rounded to the compute dtype `like` names when that is half precision
+    and not the stored dtype (torch's conversion goes through float32 too)."""
+    stored = x
+    if stored not in (types.float32, types.uint16, types.int16) or not isinstance(like, types.Array):
+        return None
+    compute = like.dtype
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if stored == types.uint16:  # bfloat16: the high half of a float32
+            v = builder.bitcast(builder.shl(builder.zext(v, _I32), _int(16)), _F32)
+        elif stored == types.int16:
+            v = _widen_float16(builder, v, compute == types.uint8)
+        float16 = (types.int16, types.uint8)
+        if compute == types.float32 or stored == compute or (stored == types.int16 and compute in float16):
+            return v
+        return _rounding(builder, v, compute)
+
+    return types.float32(x, like), codegen
+
+
+_read: Any = _read_as  # called as _read(x[j], like) in compiled code
 
 
 @numba.njit(nogil=True, cache=True)
@@ -110,10 +173,19 @@ def rounded(x, out, like):
         out[j] = _round(x[j], like)
 
 
+@numba.njit(nogil=True, cache=True)
+def read(x, out, like):
+    """out = stored entries x (STORED) as the kernels read them in the compute dtype
+    `like` names, as float32 (tests hold `_read` to torch's conversions with it)."""
+    for j in range(x.shape[0]):
+        out[j] = _read(x[j], like)
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def band(x, b, lo, hi, values, index, like):
     """Entries with |x - b| > hi (a count); those in [lo, hi] written to values/index
-    (as long as x). NaN is neither. x - b is rounded to the compute dtype (`like`).
+    (as long as x). NaN is neither. x and b are stored inputs (STORED), read in the
+    compute dtype `like` names; x - b is rounded to it.
 
     Without branches: at a density of 0.5, `> hi` is a coin flip, and a mispredicted
     branch per entry made this 5x slower. Every entry is written; only those in the
@@ -122,7 +194,7 @@ def band(x, b, lo, hi, values, index, like):
     above = 0
     count = 0
     for j in range(x.shape[0]):
-        a = abs(_round(x[j] - b[j], like))
+        a = abs(_round(_read(x[j], like) - _read(b[j], like), like))
         above += a > hi
         values[count] = a
         index[count] = j
@@ -153,10 +225,10 @@ def drawn(seed, start, limit, out):
         out[j] = np.float32(_draw(s, first + np.uint64(j)) < limit)
 
 
-# The merge kernels are written out for four inputs (d0..d3) rather than looped over:
+# The merge kernels are written out for four inputs (x0..x3) rather than looped over:
 # a loop over a runtime count of inputs, a branch around a load, or a parameter read
 # from an array inside the loop keeps LLVM from vectorizing and costs 5-30x. With fewer
-# inputs, the spare ones read the last input again (row r_i) and _combine ignores them.
+# inputs, the spare ones are the last input again and _combine ignores them.
 # Conditions become 1.0 / 0.0 by arithmetic: at density 0.5 they are coin flips.
 
 
@@ -206,25 +278,24 @@ def _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, l
 
 # error_model="numpy": x / 0 is inf or NaN, as in torch, with no check per entry
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def merge_top_k(x, b, out, start, threshold, cut, factor, weight, elect, normalize, divisor, lam, like):
+def merge_top_k(x0, x1, x2, x3, n, b, out, start, threshold, cut, factor, weight, elect, normalize, divisor, lam, like):
     """out = b + lam * combine(weight_i * factor_i * top_k_i(x_i - b)), as merge_task_vectors.
 
-    x: [inputs <= 4, c]; b, out: [c]; threshold, cut, factor, weight: 4 each (TopK's
+    x0..x3: the n <= 4 inputs' chunks (spare ones repeat the last), b the base's, all
+    stored (STORED); out: float32; threshold, cut, factor, weight: 4 each (TopK's
     threshold and cut, -inf keeping all; factor 1.0 for none); start: the chunk's
     first entry in the tensor; `divisor` is used without sign election. `like` names
-    the compute dtype (MARKERS): x, b, factor, weight and divisor hold its values, and
-    each operation's result is rounded to it where torch's is.
+    the compute dtype (MARKERS): inputs are read in it, factor, weight and divisor hold
+    its values, and each operation's result is rounded to it where torch's is.
     """
-    n = x.shape[0]
-    r1, r2, r3 = min(1, n - 1), min(2, n - 1), min(3, n - 1)
     t0, t1, t2, t3 = threshold[0], threshold[1], threshold[2], threshold[3]
     c0, c1, c2, c3 = cut[0], cut[1], cut[2], cut[3]
     f0, f1, f2, f3 = factor[0], factor[1], factor[2], factor[3]
     w0, w1, w2, w3 = weight[0], weight[1], weight[2], weight[3]
     for j in range(b.shape[0]):
-        bj, at = b[j], start + j
-        v0, v1 = _round(x[0, j] - bj, like), _round(x[r1, j] - bj, like)
-        v2, v3 = _round(x[r2, j] - bj, like), _round(x[r3, j] - bj, like)
+        bj, at = _read(b[j], like), start + j
+        v0, v1 = _round(_read(x0[j], like) - bj, like), _round(_read(x1[j], like) - bj, like)
+        v2, v3 = _round(_read(x2[j], like) - bj, like), _round(_read(x3[j], like) - bj, like)
         # v * keep is exact (v or a signed zero); then the rescale factor, then the weight
         d0 = _round(_round(v0 * _top_k(v0, t0, c0, at) * f0, like) * w0, like)
         d1 = _round(_round(v1 * _top_k(v1, t1, c1, at) * f1, like) * w1, like)
@@ -234,50 +305,69 @@ def merge_top_k(x, b, out, start, threshold, cut, factor, weight, elect, normali
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def merge_drawn(x, b, out, start, seed, limit, factor, weight, elect, normalize, divisor, lam, like):
+def merge_drawn(x0, x1, x2, x3, n, b, out, start, seed, limit, factor, weight, elect, normalize, divisor, lam, like):
     """merge_top_k with DARE's keep rule instead: entry `at` of input i is kept when its
     draw from seed[i] (uint64) is below limit[i] (2**24 keeps all)."""
-    n = x.shape[0]
-    r1, r2, r3 = min(1, n - 1), min(2, n - 1), min(3, n - 1)
     s0, s1, s2, s3 = seed[0], seed[1], seed[2], seed[3]
     k0, k1, k2, k3 = limit[0], limit[1], limit[2], limit[3]
     f0, f1, f2, f3 = factor[0], factor[1], factor[2], factor[3]
     w0, w1, w2, w3 = weight[0], weight[1], weight[2], weight[3]
     first = np.uint64(start)
     for j in range(b.shape[0]):
-        bj, at = b[j], first + np.uint64(j)
-        d0 = _round(_round(_round(x[0, j] - bj, like) * np.float32(_draw(s0, at) < k0) * f0, like) * w0, like)
-        d1 = _round(_round(_round(x[r1, j] - bj, like) * np.float32(_draw(s1, at) < k1) * f1, like) * w1, like)
-        d2 = _round(_round(_round(x[r2, j] - bj, like) * np.float32(_draw(s2, at) < k2) * f2, like) * w2, like)
-        d3 = _round(_round(_round(x[r3, j] - bj, like) * np.float32(_draw(s3, at) < k3) * f3, like) * w3, like)
+        bj, at = _read(b[j], like), first + np.uint64(j)
+        d0 = _round(
+            _round(_round(_read(x0[j], like) - bj, like) * np.float32(_draw(s0, at) < k0) * f0, like) * w0, like
+        )
+        d1 = _round(
+            _round(_round(_read(x1[j], like) - bj, like) * np.float32(_draw(s1, at) < k1) * f1, like) * w1, like
+        )
+        d2 = _round(
+            _round(_round(_read(x2[j], like) - bj, like) * np.float32(_draw(s2, at) < k2) * f2, like) * w2, like
+        )
+        d3 = _round(
+            _round(_round(_read(x3[j], like) - bj, like) * np.float32(_draw(s3, at) < k3) * f3, like) * w3, like
+        )
         out[j] = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
 
 
-def warm(dtypes=tuple(MARKERS)) -> None:
+# The L1 rescale's first pass (sparsify.l1_rescale): per entry of one input's task vector,
+# |delta| and |delta * keep|, in the compute dtype, as float32 for torch's fixed-block sums
+# (reduce.Total), which stay torch's so that the sums keep their bits.
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def l1_top_k(x, b, start, threshold, cut, before, after, like):
+    """before = |x - b|, after = |(x - b) * keep| with TopK's keep rule (threshold, cut)."""
+    for j in range(b.shape[0]):
+        v = _round(_read(x[j], like) - _read(b[j], like), like)
+        before[j] = abs(v)
+        after[j] = abs(v * _top_k(v, threshold, cut, start + j))
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def l1_drawn(x, b, start, seed, limit, before, after, like):
+    """l1_top_k with DARE's keep rule: entry `at` kept when its draw from `seed` is below `limit`."""
+    first = np.uint64(start)
+    for j in range(b.shape[0]):
+        v = _round(_read(x[j], like) - _read(b[j], like), like)
+        before[j] = abs(v)
+        after[j] = abs(v * np.float32(_draw(seed, first + np.uint64(j)) < limit))
+
+
+def warm(dtypes=tuple(MARKERS), stored=("float32", "bfloat16")) -> None:
     """Load (or compile, the first time) every kernel for the argument types the
-    drivers pass, for each compute dtype in `dtypes`, so their memory is resident from
-    here on."""
-    x, v = np.zeros((1, 1), np.float32), np.zeros(1, np.float32)
-    four, cut = np.ones(4, np.float32), np.zeros(4, np.int64)
-    drawn(np.uint64(1), 0, np.uint64(1), np.zeros(1, np.float32))
+    drivers pass, for each compute dtype in `dtypes` and inputs stored as `stored`
+    (other stored dtypes compile on first use), so their memory is resident from here on."""
+    f32, i64 = np.zeros(1, np.float32), np.zeros(1, np.int64)
+    four, cut, seeds = np.ones(4, np.float32), np.zeros(4, np.int64), np.zeros(4, np.uint64)
+    drawn(np.uint64(1), 0, np.uint64(1), f32)
     for dtype in dtypes:
         like = MARKERS[dtype]
-        band(v, v, np.float32(0), np.float32(1), np.zeros(1, np.float32), np.zeros(1, np.int64), like)
-        merge_top_k(
-            x, v, np.zeros(1, np.float32), 0, four, cut, four, four, True, True, np.float32(1), np.float32(1), like
-        )
-        merge_drawn(
-            x,
-            v,
-            np.zeros(1, np.float32),
-            0,
-            np.zeros(4, np.uint64),
-            np.ones(4, np.uint64),
-            four,
-            four,
-            True,
-            True,
-            np.float32(1),
-            np.float32(1),
-            like,
-        )
+        for kind in stored:
+            v = np.zeros(1, STORED[kind])
+            band(v, v, np.float32(0), np.float32(1), f32, i64, like)
+            l1_top_k(v, v, 0, np.float32(0), 0, f32, f32, like)
+            l1_drawn(v, v, 0, np.uint64(1), np.uint64(1), f32, f32, like)
+            rest = (four, four, True, True, np.float32(1), np.float32(1), like)
+            merge_top_k(v, v, v, v, 1, v, f32, 0, four, cut, *rest)
+            merge_drawn(v, v, v, v, 1, v, f32, 0, seeds, seeds + np.uint64(1), *rest)

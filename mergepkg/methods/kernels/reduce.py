@@ -63,8 +63,10 @@ class Total:
         self._count = 0
         self._dtype = torch.float32  # of the pieces: the result's
 
-    def add(self, piece: torch.Tensor) -> None:
-        self._dtype = piece.dtype
+    def add(self, piece: torch.Tensor, holds=None) -> None:
+        """`holds`: the dtype whose values `piece` holds, widened to float32 already (a
+        kernel's output); the result is rounded to it. Default: the piece's own dtype."""
+        self._dtype = holds or piece.dtype
         piece = _wide(piece.reshape(-1))
         if self._tail is not None:
             raise ValueError("only the last piece may end inside a block")
