@@ -82,7 +82,11 @@ def merge_tensor(
         dtype = compute = saved
     # a result computed wider than the step's dtype is rounded to it before the saved dtype
     via = dtype if rounds(compute, dtype) and saved != dtype else saved
-    loaded = [x.to(device=device, dtype=dtype) if rounds(x.dtype, dtype) else x.to(device=device) for x in loaded]
+    # a streaming method computing in the step's dtype rounds each chunk to it as it reads it
+    whole = not (method.stream and compute == dtype)
+    loaded = [
+        x.to(device=device, dtype=dtype) if whole and rounds(x.dtype, dtype) else x.to(device=device) for x in loaded
+    ]
     if not method.stream:  # a streaming method converts chunk by chunk itself
         loaded = [x.to(dtype=compute) for x in loaded]  # no-op when already there
     base = loaded[0] if out.base else None
