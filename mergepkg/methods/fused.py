@@ -183,15 +183,17 @@ def stream(
     keep = (seed, limit) if planner == "bernoulli" else (threshold, cut)
     rest = (elect_sign, normalize, divisor, lam, like)
 
+    direct = _name(out.dtype) in DTYPES  # the kernel rounds to it and writes the result in place
+
     def merge_group(group: list[slice]):
         result = chunks.thread_scratch().get("result", (min(chunks.CHUNK, n),), torch.float32)
         for span in group:
             xs = [raw(t[span]) for t in flat]
             xs += xs[-1:] * (MAX_INPUTS - inputs)  # the spare inputs: the last again, ignored
-            size = span.stop - span.start
-            b = raw(flat_base[span])
-            merge(*xs, inputs, b, result[:size].numpy(), span.start, *keep, factor, weights, *rest)
-            dest[span].copy_(result[:size])
+            into = dest[span] if direct else result[: span.stop - span.start]
+            merge(*xs, inputs, raw(flat_base[span]), raw(into), span.start, *keep, factor, weights, *rest)
+            if not direct:
+                dest[span].copy_(into)
 
     chunks.parallel(merge_group, chunks.groups(spans))
     return out

@@ -382,6 +382,17 @@ def test_reading_a_stored_input_is_torchs_conversion(stored, compute):
         assert torch.equal(out.view(torch.int32), x.float().view(torch.int32))
 
 
+@pytest.mark.parametrize("compute", COMPUTE)
+def test_writing_a_result_is_torchs_conversion(compute):
+    # a float32 result stored as the saved dtype (the marker picks float16's F16C or arithmetic)
+    dtype, like = COMPUTE[compute]
+    x = special_floats()
+    out = torch.empty(x.numel(), dtype=dtype)
+    compiled.stored(x.numpy(), fused.raw(out), like)
+    assert same(out.float(), x.to(dtype).float())
+    assert out.isnan().equal(x.isnan())  # a NaN stays a NaN (its payload aside)
+
+
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 def test_torch_half_arithmetic_rounds_each_operation(dtype):
     # what the half-precision kernels rest on: each operation in float32, its result rounded

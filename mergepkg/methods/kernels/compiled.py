@@ -164,6 +164,62 @@ def _read_as(typingctx, x, like):
 
 _read: Any = _read_as  # called as _read(x[j], like) in compiled code
 
+_I16 = ir.IntType(16)
+
+
+def _float16_bits(builder, r):
+    """The float16 bits of float32 r, already a float16 value (`_float16`): a normal
+    number's exponent rebiased, a subnormal's multiple of 2**-24 counted; inf as inf,
+    NaN as a quiet NaN."""
+    u = builder.bitcast(r, _I32)
+    sign = builder.and_(builder.lshr(u, _int(16)), _int(0x8000))
+    a = builder.and_(u, _int(0x7FFFFFFF))
+    normal = builder.sub(builder.lshr(a, _int(13)), _int((127 - 15) << 10))
+    magnitude = builder.bitcast(a, _F32)
+    small = builder.fptoui(builder.fmul(magnitude, ir.Constant(_F32, 2.0**24)), _I32)
+    special = builder.select(builder.icmp_unsigned(">", a, _int(0x7F800000)), _int(0x7E00), _int(0x7C00))
+    h = builder.select(builder.icmp_unsigned(">=", a, _int(0x38800000)), normal, small)
+    h = builder.select(builder.icmp_unsigned(">=", a, _int(0x7F800000)), special, h)
+    return builder.trunc(builder.or_(h, sign), _I16)
+
+
+@intrinsic
+def _store_as(typingctx, v, out, like):
+    """float32 v as an entry of `out`, an array of a STORED dtype: itself, or rounded to
+    bfloat16 or float16 (to nearest, ties to even, as torch's conversion) and its bits;
+    a NaN as a quiet NaN. float16 by arithmetic where F16C is missing or `like` asks for
+    it (FLOAT16_BY_ARITHMETIC, tests)."""
+    if v != types.float32 or not isinstance(out, types.Array) or not isinstance(like, types.Array):
+        return None
+    kind = out.dtype
+    if kind not in (types.float32, types.uint16, types.int16):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x = args[0]
+        if kind == types.float32:
+            return x
+        if kind == types.uint16:
+            r = builder.lshr(builder.bitcast(_bfloat16(builder, x), _I32), _int(16))
+            r = builder.select(builder.fcmp_unordered("uno", x, x), _int(0x7FC0), r)
+            return builder.trunc(r, _I16)
+        if _f16c() and like.dtype != types.uint8:
+            return builder.bitcast(builder.fptrunc(x, ir.HalfType()), _I16)
+        return _float16_bits(builder, _float16(builder, x))
+
+    return kind(v, out, like), codegen
+
+
+_store: Any = _store_as  # called as out[j] = _store(v, out, like) in compiled code
+
+
+@numba.njit(nogil=True, cache=True)
+def stored(x, out, like):
+    """out = float32 x as an array of a STORED dtype holds it (tests hold `_store` to
+    torch's conversions with it)."""
+    for j in range(x.shape[0]):
+        out[j] = _store(x[j], out, like)
+
 
 @numba.njit(nogil=True, cache=True)
 def rounded(x, out, like):
@@ -276,13 +332,21 @@ def _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, l
     return _round(bj + mixed, like)
 
 
+@numba.njit(inline="always")
+def _dare(xj, bj, seed, limit, at, factor, weight, like):
+    """One input's delta at entry `at`, kept by its draw (exact: the delta or a signed
+    zero), times the rescale factor, times the weight, each rounded as torch rounds."""
+    return _round(_round(_round(xj - bj, like) * np.float32(_draw(seed, at) < limit) * factor, like) * weight, like)
+
+
 # error_model="numpy": x / 0 is inf or NaN, as in torch, with no check per entry
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def merge_top_k(x0, x1, x2, x3, n, b, out, start, threshold, cut, factor, weight, elect, normalize, divisor, lam, like):
     """out = b + lam * combine(weight_i * factor_i * top_k_i(x_i - b)), as merge_task_vectors.
 
     x0..x3: the n <= 4 inputs' chunks (spare ones repeat the last), b the base's, all
-    stored (STORED); out: float32; threshold, cut, factor, weight: 4 each (TopK's
+    stored (STORED); out: the result's chunk, in a STORED dtype too (rounded to it as
+    torch converts); threshold, cut, factor, weight: 4 each (TopK's
     threshold and cut, -inf keeping all; factor 1.0 for none); start: the chunk's
     first entry in the tensor; `divisor` is used without sign election. `like` names
     the compute dtype (MARKERS): inputs are read in it, factor, weight and divisor hold
@@ -301,7 +365,8 @@ def merge_top_k(x0, x1, x2, x3, n, b, out, start, threshold, cut, factor, weight
         d1 = _round(_round(v1 * _top_k(v1, t1, c1, at) * f1, like) * w1, like)
         d2 = _round(_round(v2 * _top_k(v2, t2, c2, at) * f2, like) * w2, like)
         d3 = _round(_round(v3 * _top_k(v3, t3, c3, at) * f3, like) * w3, like)
-        out[j] = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
+        merged = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
+        out[j] = _store(merged, out, like)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -315,19 +380,12 @@ def merge_drawn(x0, x1, x2, x3, n, b, out, start, seed, limit, factor, weight, e
     first = np.uint64(start)
     for j in range(b.shape[0]):
         bj, at = _read(b[j], like), first + np.uint64(j)
-        d0 = _round(
-            _round(_round(_read(x0[j], like) - bj, like) * np.float32(_draw(s0, at) < k0) * f0, like) * w0, like
-        )
-        d1 = _round(
-            _round(_round(_read(x1[j], like) - bj, like) * np.float32(_draw(s1, at) < k1) * f1, like) * w1, like
-        )
-        d2 = _round(
-            _round(_round(_read(x2[j], like) - bj, like) * np.float32(_draw(s2, at) < k2) * f2, like) * w2, like
-        )
-        d3 = _round(
-            _round(_round(_read(x3[j], like) - bj, like) * np.float32(_draw(s3, at) < k3) * f3, like) * w3, like
-        )
-        out[j] = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
+        d0 = _dare(_read(x0[j], like), bj, s0, k0, at, f0, w0, like)
+        d1 = _dare(_read(x1[j], like), bj, s1, k1, at, f1, w1, like)
+        d2 = _dare(_read(x2[j], like), bj, s2, k2, at, f2, w2, like)
+        d3 = _dare(_read(x3[j], like), bj, s3, k3, at, f3, w3, like)
+        merged = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
+        out[j] = _store(merged, out, like)
 
 
 # The L1 rescale's first pass (sparsify.l1_rescale): per entry of one input's task vector,
@@ -369,5 +427,6 @@ def warm(dtypes=tuple(MARKERS), stored=("float32", "bfloat16")) -> None:
             l1_top_k(v, v, 0, np.float32(0), 0, f32, f32, like)
             l1_drawn(v, v, 0, np.uint64(1), np.uint64(1), f32, f32, like)
             rest = (four, four, True, True, np.float32(1), np.float32(1), like)
-            merge_top_k(v, v, v, v, 1, v, f32, 0, four, cut, *rest)
-            merge_drawn(v, v, v, v, 1, v, f32, 0, seeds, seeds + np.uint64(1), *rest)
+            for result in (f32, np.zeros(1, np.uint16)):  # results in float32 or bfloat16
+                merge_top_k(v, v, v, v, 1, v, result, 0, four, cut, *rest)
+                merge_drawn(v, v, v, v, 1, v, result, 0, seeds, seeds + np.uint64(1), *rest)
