@@ -96,7 +96,27 @@ def top_k(base, t, density: float, spans: list[slice], compute=torch.float32) ->
         return above, values[:count].clone(), index[:count] + span.start
 
     n = t.numel()
-    return sparsify.TopK(magnitudes, n, sparsify.top_k(density, n), spans, band=band, map=chunks.parallel)
+    return _TopK(magnitudes, n, sparsify.top_k(density, n), spans, band=band, map=chunks.parallel)
+
+
+class _TopK(sparsify.TopK):
+    """TopK with its order statistics by numpy's sort (vectorized where the CPU has
+    AVX-512): on a band of 868K magnitudes with many repeats, 0.6 ms against 17 ms for
+    torch.kthvalue (6 ms for np.partition); NaN sorts last, as in torch."""
+
+    @staticmethod
+    def kth(values, i: int):
+        return torch.tensor(np.sort(values.numpy())[i - 1])
+
+    @classmethod
+    def select(cls, values, index, need: int, n: int, single: float | None = None):
+        v = values.numpy()
+        ordered = np.sort(v)
+        threshold = ordered[v.size - need] if single is None else np.float32(single)
+        first, last = np.searchsorted(ordered, threshold, "left"), np.searchsorted(ordered, threshold, "right")
+        quota = need - (v.size - last)  # ties to keep: 1 .. last - first
+        cut = n if quota >= last - first else int(index[np.flatnonzero(v == threshold)[quota - 1]]) + 1
+        return torch.tensor(threshold), cut
 
 
 def stream(

@@ -46,34 +46,46 @@ class TopK:
     wider, possibly in a buffer it reuses on the next call; `spans` cover range(n) in order.
     `band(span, lo, hi)`, when given, does the pass over one span faster (fused.py):
     it returns what `in_band` below does. `map` may run the spans' passes in parallel.
+    Order statistics go through `kth` and `select`, which fused.py overrides with numpy's
+    sort (several times faster than torch.kthvalue and nonzero on a CPU thread).
     """
 
     SAMPLE = 1 << 16
 
     def __init__(self, magnitudes, n: int, k: int, spans: list[slice], band=None, map=map):
         band = band or (lambda span, lo, hi: in_band(magnitudes(span), span.start, lo, hi))
-        sample = magnitudes(slice(0, n, max(1, n // self.SAMPLE))).sort().values
+        sample = magnitudes(slice(0, n, max(1, n // self.SAMPLE)))
         m = sample.numel()
         rank = (n - k) * m // n  # where the k-th largest sits in the ascending sample
         q = (n - k) / n
         margin = int(6 * math.sqrt(m * q * (1 - q))) + 16  # 6 sigma of a sampled rank
-        # the band [lo, hi]; past the sample's ends it reaches 0 (magnitudes are >= 0) or +inf
-        lo = float(sample[rank - margin]) if rank - margin >= 0 else 0.0
-        hi = float(sample[rank + margin]) if rank + margin < m else math.inf
+        # the band [lo, hi] (two order statistics of the sample); past the sample's ends it
+        # reaches 0 (magnitudes are >= 0) or +inf
+        lo = float(self.kth(sample, rank - margin + 1)) if rank - margin >= 0 else 0.0
+        hi = float(self.kth(sample, rank + margin + 1)) if rank + margin < m else math.inf
         above, values, index = self._pass(band, spans, lo, hi, map)
         need = k - above  # how many of the k largest lie in the band
         exact = 0 < need <= values.numel()
         if not exact:  # the sample misled: search everything
             _, values, index = self._pass(band, spans, 0.0, math.inf, map)
             need = k
-        if exact and lo == hi:
-            self.threshold = values.new_tensor(hi)  # the band is one repeated value
-        else:
-            self.threshold = torch.kthvalue(values, values.numel() - need + 1).values  # need-th largest
-        equal = (values == self.threshold).nonzero().squeeze(1)
-        quota = need - int((values > self.threshold).sum())  # ties to keep: 1 .. equal
-        # one past the index of the quota-th entry equal to the threshold (lowest indexes first)
-        self.cut = n if quota >= equal.numel() else int(index[equal[quota - 1]]) + 1
+        # when the band is one repeated value, that value is the threshold
+        self.threshold, self.cut = self.select(values, index, need, n, hi if exact and lo == hi else None)
+
+    @staticmethod
+    def kth(values: torch.Tensor, i: int) -> torch.Tensor:
+        """The i-th smallest of `values` (1-based; NaN largest), a 0-dim tensor."""
+        return torch.kthvalue(values, i).values
+
+    @classmethod
+    def select(cls, values, index, need: int, n: int, single: float | None = None) -> tuple[torch.Tensor, int]:
+        """(threshold, cut): the need-th largest of the band's `values` (or `single`), and
+        one past the index of the last entry equal to it that is kept (n: all of them),
+        equal entries kept lowest index first."""
+        threshold = values.new_tensor(single) if single is not None else cls.kth(values, values.numel() - need + 1)
+        equal = (values == threshold).nonzero().squeeze(1)
+        quota = need - int((values > threshold).sum())  # ties to keep: 1 .. equal
+        return threshold, n if quota >= equal.numel() else int(index[equal[quota - 1]]) + 1
 
     @staticmethod
     def _pass(band, spans, lo, hi, map):

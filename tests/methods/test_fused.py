@@ -181,6 +181,22 @@ def test_fused_top_k_equals_top_k(density):
     assert bool(got.threshold == expected.threshold) and got.cut == expected.cut
 
 
+@pytest.mark.parametrize("density", [0.01, 0.3, 0.5, 0.999])
+@pytest.mark.parametrize("spread", [0, 1, 6], ids=["one-magnitude", "two-magnitudes", "few-magnitudes"])
+def test_fused_top_k_selects_as_torch_among_repeats(density, spread):
+    # a handful of distinct magnitudes: thousands equal the threshold (numpy's sort and
+    # counts against torch's kthvalue and nonzero), a band of one value, and none above it
+    g = torch.Generator().manual_seed(spread)
+    n = chunks.CHUNK + 8195
+    base = torch.zeros(n, dtype=torch.bfloat16)
+    t = (torch.randint(-spread, spread + 1, (n,), generator=g) * 0.25 + (0.5 if spread == 0 else 0)).bfloat16()
+    spans = chunks.spans(n)
+    a = (t.float() - base.float()).abs()
+    expected = sparsify.TopK(lambda s: a[s], n, sparsify.top_k(density, n), spans)
+    got = fused.top_k(base, t, density, spans)
+    assert bool(got.threshold == expected.threshold) and got.cut == expected.cut
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2**62 + 12345, 2**63 - 1])
 def test_drawn_masks_equal_torch_draws(seed):
     start, n = 1 << 33, 100_003  # past 2**32: the index arithmetic is 64-bit
