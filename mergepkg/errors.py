@@ -108,6 +108,10 @@ class BuildError(MergepkgError, RuntimeError):
     """Building a step failed for a reason that is not the recipe's fault."""
 
 
+class ExportError(MergepkgError, RuntimeError):
+    """A built step that cannot be exported (mergepkg/export/): no converter, or one that refuses the model."""
+
+
 class StoreError(MergepkgError, LookupError):
     """The store has no artifact that matches what was asked for."""
 

@@ -5,8 +5,9 @@ It sits beside its recipe, named after it: `mergepkg.toml` -> `mergepkg.lock`,
 
 TOML, written by mergepkg in a stable order: a format version, a hash of the recipe
 content it was made from, every source with its requested revision, resolved commit
-and each used file's size and sha256, and every step with its key and output digest;
-then, once `mergepkg push` has sent an output to the Hub, where it went (`[[push]]`:
+and each used file's size and sha256, every step with its key and output digest, and
+every export (`[exports.NAME]`: the step, format, type, converter, key and the file's
+sha256) likewise; then, once `mergepkg push` has sent an output to the Hub, where it went (`[[push]]`:
 repo, commit, step, key, digest; builder/push.py). Pushes are in no hash and no output
 folder's lock, and a lock without them reads as before.
 """
@@ -83,6 +84,19 @@ class LockedStep:
 
 
 @dataclass(frozen=True)
+class LockedExport:
+    """A step converted to another format (mergepkg/export/): its key and the file's sha256."""
+
+    name: str
+    step: str
+    format: str
+    type: str
+    converter: str  # the converter's identity (export/gguf.py): version and sha256 of its code
+    key: str
+    digest: str | None  # "sha256:<hex>" of the file; None until built
+
+
+@dataclass(frozen=True)
 class LockedPush:
     """An output sent to a Hub repo by `mergepkg push`: the commit that holds it."""
 
@@ -101,6 +115,7 @@ class Lock:
     version: int = LOCK_VERSION
     dependencies: dict[str, LockedDependency] = field(default_factory=dict)
     pushes: tuple[LockedPush, ...] = ()  # by repo, then step: the latest push of each
+    exports: dict[str, LockedExport] = field(default_factory=dict)
 
 
 def lock_path(recipe: Recipe) -> Path:
@@ -152,6 +167,8 @@ def recipe_hash(recipe: Recipe) -> str:
     }
     if recipe.dependencies:  # only then, so that locks of recipes without any keep their hash
         body["dependencies"] = {n: [d.range, d.registry] for n, d in recipe.dependencies.items()}
+    if recipe.exports:  # likewise
+        body["exports"] = {n: [e.step, e.format, e.type] for n, e in recipe.exports.items()}
     return "sha256:" + sha256_hex(canonical_json(body))
 
 
@@ -180,9 +197,11 @@ def parse_lock(text: str, path: Path | str) -> Lock:
         sources = {s["name"]: _locked_source(s) for s in _records(data, "source")}
         steps = {s["name"]: _locked_step(s) for s in _records(data, "step")}
         deps = {d["name"]: _locked_dependency(d, path) for d in _records(data, "dependency")}
+        exports = {e["name"]: _locked_export(e) for e in _records(data, "export")}
         if not isinstance(data["recipe"], str):
             raise TypeError("recipe is not a hash")
-        return Lock(data["recipe"], sources, steps, dependencies=deps, pushes=_pushes(data.get("push", [])))
+        pushes = _pushes(data.get("push", []))
+        return Lock(data["recipe"], sources, steps, dependencies=deps, pushes=pushes, exports=exports)
     except MergepkgError:  # located already (a dependency record)
         raise
     except KeyError as e:
@@ -225,14 +244,29 @@ def _locked_source(s: dict) -> LockedSource:
 
 
 def _locked_step(s: dict) -> LockedStep:
-    key, digest = s["key"], s.get("digest")
-    if not (isinstance(key, str) and HEX64.fullmatch(key)) or not isinstance(s["method"], str):
-        raise TypeError(f"step {s['name']!r}: key {key!r} is not a step key")
+    key, digest = _key_and_digest(s, "step")
+    if not isinstance(s["method"], str):
+        raise TypeError(f"step {s['name']!r}: method {s['method']!r} is not a method name")
+    return LockedStep(s["name"], s["method"], key, digest)
+
+
+def _locked_export(e: dict) -> LockedExport:
+    key, digest = _key_and_digest(e, "export")
+    fields = ("step", "format", "type", "converter")
+    if not all(isinstance(e[f], str) for f in fields):
+        raise TypeError(f"export {e['name']!r}: {', '.join(fields)} must be strings")
+    return LockedExport(e["name"], e["step"], e["format"], e["type"], e["converter"], key, digest)
+
+
+def _key_and_digest(record: dict, kind: str) -> tuple[str, str | None]:
+    key, digest = record["key"], record.get("digest")
+    if not (isinstance(key, str) and HEX64.fullmatch(key)):
+        raise TypeError(f"{kind} {record['name']!r}: key {key!r} is not a {kind} key")
     if digest is not None and not (
         isinstance(digest, str) and digest.startswith("sha256:") and HEX64.fullmatch(digest[7:])
     ):
-        raise TypeError(f"step {s['name']!r}: digest {digest!r} is not a digest")
-    return LockedStep(s["name"], s["method"], key, digest)
+        raise TypeError(f"{kind} {record['name']!r}: digest {digest!r} is not a digest")
+    return key, digest
 
 
 def _pushes(records: object) -> tuple[LockedPush, ...]:
@@ -300,6 +334,11 @@ def write_lock(path: Path, lock: Lock) -> None:
     }
     if not doc["dependency"]:
         del doc["dependency"]
+    if lock.exports:
+        doc["export"] = [
+            {k: v for k, v in asdict(e).items() if v is not None}
+            for e in sorted(lock.exports.values(), key=lambda e: e.name)
+        ]
     if lock.pushes:
         doc["push"] = [asdict(p) for p in sorted(lock.pushes, key=lambda p: (p.repo, p.step))]
     text = "# Written by mergepkg. Do not edit: run `mergepkg lock` to refresh it.\n" + tomli_w.dumps(doc)
@@ -313,6 +352,7 @@ def differences(old: Lock | None, new: Lock) -> list[str]:
     out = _compare("dependency", old.dependencies, new.dependencies, _dependency_change)
     out += _compare("source", old.sources, new.sources, _source_change)
     out += _compare("step", old.steps, new.steps, _step_change)
+    out += _compare("export", old.exports, new.exports, _step_change)
     if not out and old.recipe_hash != new.recipe_hash:
         out.append("the recipe changed")
     return out
@@ -346,5 +386,5 @@ def _source_change(a: LockedSource, b: LockedSource) -> str | None:
     return None
 
 
-def _step_change(a: LockedStep, b: LockedStep) -> str | None:
+def _step_change(a: LockedStep | LockedExport, b: LockedStep | LockedExport) -> str | None:
     return f"changed (key {a.key[:12]} -> {b.key[:12]})" if a.key != b.key else None

@@ -26,3 +26,7 @@ class Settings:
     max_shard_bytes: int = 2 * 1024**3
     threads: int | None = None  # torch intra-op threads; None: torch's default (all cores)
     max_memory: int | None = None  # bytes the engine aims to stay under (memory.py); None: no limit
+    # a llama.cpp source tree, for GGUF exports (docs/export.md): its converter and gguf-py
+    llama_cpp: Path | None = field(
+        default_factory=lambda: Path(v).expanduser() if (v := os.environ.get("MERGEPKG_LLAMA_CPP")) else None
+    )

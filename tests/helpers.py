@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 if TYPE_CHECKING:
     import torch
 
@@ -28,6 +30,15 @@ def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 MERGEPKG = str(Path(sys.executable).parent / "mergepkg")
+
+
+def llama_cpp_tree() -> Path:
+    """MERGEPKG_LLAMA_CPP, else `.venv/llama.cpp` (where .ci/run puts the converter of the
+    llama-cpp-python release it installs). Missing is a failure: CI installs it."""
+    root = Path(os.environ.get("MERGEPKG_LLAMA_CPP") or Path(sys.prefix) / "llama.cpp")
+    if not (root / "convert_hf_to_gguf.py").is_file():
+        pytest.fail(f"no llama.cpp converter at {root}: set MERGEPKG_LLAMA_CPP, or run .ci/run (CONTRIBUTING.md)")
+    return root
 
 
 def run_cli(*args, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

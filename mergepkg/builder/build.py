@@ -6,8 +6,10 @@ A step the store lacks may be pulled from a remote instead of built (`substitute
 then its inputs are neither built nor fetched unless another step built here reads
 them. The steps left are laid out first (so a late error stops the build before the
 first tensor is read) and built into the store one by one under their key's file lock
-(`steps.py`). Outputs are then hard-linked (or copied) into `--out` by a
-rename (`outputs.py`): a failed or killed build leaves `--out` as it was.
+(`steps.py`). Exports (`[exports.NAME]`: GGUF files) are then made from their steps'
+artifacts, or reused, the same way (`exports.py`). Outputs and exports are then
+hard-linked (or copied) into `--out` by a rename (`outputs.py`): a failed or killed
+build leaves `--out` as it was.
 
 Pitfall warnings (docs/warnings.md) are told to the reporter and kept in the report:
 the recipe's (MP1xx) before anything is read, the layouts' (MP2xx) once steps are laid
@@ -19,15 +21,18 @@ only what was built as its key says), and the lock and outputs are then left as 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mergepkg.builder.exports import FILE as EXPORT_FILE
+from mergepkg.builder.exports import make_exports, place_exports
 from mergepkg.builder.outputs import check_replaceable, place_outputs
 from mergepkg.builder.steps import StepRunner
 from mergepkg.builder.substitute import Policy, Remotes
 from mergepkg.engine.progress import NullReporter, Reporter
 from mergepkg.errors import LockError
-from mergepkg.lockfile import Lock, lock_path, read_lock, write_lock
+from mergepkg.lockfile import Lock, LockedExport, LockedStep, lock_path, read_lock, write_lock
 from mergepkg.pitfalls.params import recipe_pitfalls
 from mergepkg.pitfalls.pitfall import Pitfall, deny, settle
 from mergepkg.recipe.model import Recipe
@@ -54,6 +59,9 @@ class BuildReport:
     warnings: list[str] = field(default_factory=list)  # also told to the reporter, as they happened
     pitfalls: list[Pitfall] = field(default_factory=list)  # coded warnings (docs/warnings.md), likewise
     pulled: dict[str, str] = field(default_factory=dict)  # step -> the remote it was substituted from
+    exports: dict[str, Artifact] = field(default_factory=dict)  # export -> its artifact (one GGUF file)
+    exported: list[str] = field(default_factory=list)  # the exports converted (not reused)
+    placed_exports: dict[str, Path] = field(default_factory=dict)  # export -> NAME.gguf in --out
 
 
 def build(
@@ -70,6 +78,7 @@ def build(
     deny_warnings: bool = False,
     remote: Policy = "auto",
     all_steps: bool = False,
+    only_exports: tuple[str, ...] | None = None,
 ) -> BuildReport:
     """Build the recipe's outputs (or only `targets` and what they need; the lock is then
     left alone) and place the outputs in `out` when given. With --locked/--frozen, a
@@ -82,7 +91,10 @@ def build(
     remote`) as `remote` says: "auto" when its files are smaller than what building it
     would download, "prefer" whenever one has it, "never" not at all (builder/substitute.py).
     Only what the outputs (or `targets`; `all_steps`: every planned step) need is obtained,
-    and only the sources the steps built here read are fetched."""
+    and only the sources the steps built here read are fetched.
+
+    The recipe's exports are made too (not with `targets`); `only_exports`: these
+    exports and the steps they need, nothing else, each placed as `out/NAME.gguf`."""
     if out is not None:
         out = out.resolve()
         check_replaceable(out)
@@ -99,21 +111,32 @@ def build(
             for n, s in (old_lock.steps.items() if old_lock else ())
             if s.digest is not None and res.keys.get(n) == s.key
         }
-        roots = res.plan.order if all_steps else targets or res.recipe.outputs
+        exports = only_exports if only_exports is not None else () if targets else tuple(res.recipe.exports)
+        export_steps = tuple(res.recipe.exports[n].step for n in exports)
+        roots = (
+            res.plan.order if all_steps else export_steps if only_exports is not None else targets or res.recipe.outputs
+        )
+        roots = tuple(dict.fromkeys((*roots, *export_steps)))
         remotes = Remotes.for_recipe(session.settings, res.recipe, warnings.warning) if remote != "never" else None
         steps = StepRunner(res, session, warnings, sample, remotes, remote, locked, tuple(roots))
         steps.run()
         artifacts, built, reused = steps.artifacts, steps.built, steps.reused
+        made, exported = make_exports(res, session, artifacts, exports, warnings, sample)
+        export_digests = {n: a.digest for n, a in made.items()}
         # a step nothing needed (upstream of a pulled one) keeps the lock's digest for its key
         digests = {n: d for n, d in locked.items() if n in res.keys} | {n: a.digest for n, a in artifacts.items()}
         if mode != "update" and old_lock is not None and check_digests:
-            _check_digests(digests, old_lock, lock_path(recipe))
-        lock = res.lock(digests)
+            _check_digests(digests, old_lock.steps, lock_path(recipe))
+            _check_digests(export_digests, old_lock.exports, lock_path(recipe), "export")
+        lock = res.lock(digests, export_digests)
         if mode == "update" and targets is None and lock != old_lock:
             write_lock(lock_path(recipe), lock)
         session.store.add_root(lock_path(recipe))
-        outputs = {}
-        if out is not None:
+        outputs, placed = {}, {}
+        if out is not None and only_exports is not None:
+            with session.store.output_lock(out):
+                placed = place_exports(made, out)
+        elif out is not None:
             with session.store.output_lock(out):
                 outputs = place_outputs(
                     res,
@@ -122,9 +145,22 @@ def build(
                     EvalCache(session.settings.home).rows,
                     max_shard_bytes=session.settings.max_shard_bytes,
                     lock=lock,
+                    exports={n: a.folder / EXPORT_FILE for n, a in made.items()},
                 )
+                placed = {n: out / f"{n}.gguf" for n in made}
         return BuildReport(
-            res, artifacts, built, reused, outputs, lock, warnings.messages, warnings.pitfalls, steps.pulled
+            res,
+            artifacts,
+            built,
+            reused,
+            outputs,
+            lock,
+            warnings.messages,
+            warnings.pitfalls,
+            steps.pulled,
+            made,
+            exported,
+            placed,
         )
 
 
@@ -186,12 +222,14 @@ class BuildWarnings:
         self.reporter.step_pulled(name, key, remote)
 
 
-def _check_digests(digests: dict[str, str], lock: Lock, lock_file: Path) -> None:
+def _check_digests(
+    digests: dict[str, str], lock: Mapping[str, LockedStep | LockedExport], lock_file: Path, kind: str = "step"
+) -> None:
     for name, digest in digests.items():
-        locked = lock.steps[name].digest if name in lock.steps else None
+        locked = lock[name].digest if name in lock else None
         if locked is not None and locked != digest:
             raise LockError(
-                f"step {name!r} built to {digest[:19]}, but the lock records {locked[:19]}",
+                f"{kind} {name!r} built to {digest[:19]}, but the lock records {locked[:19]}",
                 file=str(lock_file),
                 hint="the build is not reproducing the locked bytes; "
                 "`mergepkg verify --rebuild` shows which steps differ",

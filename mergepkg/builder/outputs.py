@@ -43,13 +43,16 @@ def place_outputs(
     *,
     max_shard_bytes: int | None = None,
     lock: Lock | None = None,
+    exports: dict[str, Path] | None = None,
 ) -> dict[str, Path]:
     """Hard-link (or copy, across filesystems) artifacts into `out`, each with a model
     card, the recipe and `lock` (default: the lock of `res` with these artifacts'
     digests), and a mergekit config where one applies: one output is `out` itself,
     several are `out/<step>`. Never symlinks: `cache gc` must not break them. An
     artifact built in other shards than `max_shard_bytes` gives (stored before, with
-    another `--shard-size`) is written again in those shards. The swap into place is a rename."""
+    another `--shard-size`) is written again in those shards. `exports`: files placed as
+    `out/NAME.gguf` (builder/exports.py), beside the steps' folders or, for one output,
+    in its folder. The swap into place is a rename."""
     if lock is None:
         lock = res.lock({n: a.digest for n, a in artifacts.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,8 +75,10 @@ def place_outputs(
                 reshard(art.folder, target, max_shard_bytes, art.digest)
             for f in art.folder.iterdir():
                 if f.name != MANIFEST and not (resharded and f.name in weights):
-                    _link_or_copy(f, target / f.name)
+                    link_or_copy(f, target / f.name)
             describe(res, name, art, lock, target, final=out if single else out / name, evals=eval_rows(art.key))
+        for name, file in (exports or {}).items():
+            link_or_copy(file, staged / f"{name}.gguf")
         (staged / MARKER).write_text(
             json.dumps({"recipe": str(res.recipe.path), "outputs": {n: a.key for n, a in artifacts.items()}}) + "\n"
         )
@@ -124,7 +129,7 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:

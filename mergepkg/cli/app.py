@@ -49,6 +49,7 @@ COMMANDS = {
     "publish": "registry:publish",
     "yank": "registry:yank",
     "push": "push:push",
+    "export": "export:export",
     "cache": "cache:app",
     "registry": "registry:app",
     "remote": "remote:app",

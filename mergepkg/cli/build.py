@@ -31,6 +31,10 @@ from mergepkg.registry import packages
 from mergepkg.resolve.resolution import Mode
 from mergepkg.settings import Settings
 
+LLAMA_CPP = typer.Option(
+    None, "--llama-cpp", help="A llama.cpp source tree, for GGUF exports (default: MERGEPKG_LLAMA_CPP)."
+)
+
 
 def build(
     recipes: list[str] = typer.Argument(
@@ -70,6 +74,7 @@ def build(
     split_bytes: str = typer.Option(
         "1GB", "--split-bytes", help="With --split: the output size from which a step is split, e.g. 5GB."
     ),
+    llama_cpp: Path = LLAMA_CPP,
 ) -> None:
     """Build recipes' outputs: steps already in the store are reused, steps the remotes
     hold pulled when that moves less, the rest built (here, or with --ray on a cluster)."""
@@ -88,6 +93,8 @@ def build(
         max_shard_bytes=parse_size(shard_size),
         max_memory=parse_size(max_memory, "--max-memory") if max_memory else None,
     )
+    if llama_cpp is not None:
+        options["llama_cpp"] = llama_cpp
     opened = [open_recipe(_recipe_file(recipe, offline), **options) for recipe in recipes]
     session = opened[0][1]
     targets = [out_dir or Path("out") / r.name for r, _ in opened]
@@ -127,19 +134,27 @@ def build(
                 for (r, session), target in zip(opened, targets)
             ]
     for report in reports:
-        _tell(report)
+        tell(report)
 
 
-def _tell(report: BuildReport) -> None:
+def tell(report: BuildReport) -> None:
     """What a build did, on stderr; its output folders on stdout."""
     for name, remote in report.pulled.items():
         err.print(f"[green]pulled[/] {name} [dim]{report.resolution.keys[name][:12]}[/] from {escape(remote)}")
     for name in report.built:
         err.print(f"[green]built[/] {name} [dim]{report.resolution.keys[name][:12]}[/]")
+    for name in report.exported:
+        export = report.resolution.recipe.exports[name]
+        err.print(f"[green]exported[/] {name} ({export.format} {export.type}) [dim]{report.exports[name].key[:12]}[/]")
     pulled = f", {len(report.pulled)} pulled from remotes" if report.pulled else ""
-    err.print(f"[green]done[/]: {len(report.built)} built, {len(report.reused)} reused from the store{pulled}")
+    exported = f", {len(report.exported)} exported" if report.exported else ""
+    err.print(
+        f"[green]done[/]: {len(report.built)} built, {len(report.reused)} reused from the store{pulled}{exported}"
+    )
     for folder in report.outputs.values():
         out.print(str(folder), highlight=False)
+    for file in report.placed_exports.values():
+        out.print(str(file), highlight=False)
 
 
 def _recipe_file(arg: str, offline: bool) -> Path:

@@ -206,6 +206,17 @@ class Publish:
 
 
 @dataclass(frozen=True)
+class Export:
+    """`[exports.NAME]`: a built step converted to another file format (mergepkg/export/),
+    cached under its own key and pinned in the lock like a step."""
+
+    name: str
+    step: str  # the step whose output is converted
+    format: str  # "gguf"
+    type: str  # the file's tensor type: "f32", "bf16", "q8_0", "q4_k_m", ... (recipe/exports.py)
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     version: str
@@ -223,6 +234,7 @@ class Recipe:
     # `[package] remote`: the remote holding the recipe's built steps (docs/remote.md); in no key or lock
     remote: str | None = None
     publish: Publish = Publish()  # `[publish]` (docs/recipes.md#publish); in no key or lock
+    exports: Mapping[str, Export] = field(default_factory=dict)  # `[exports.NAME]` (docs/export.md)
 
     @property
     def adapters(self) -> frozenset[str]:

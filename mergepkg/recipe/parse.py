@@ -20,6 +20,7 @@ from mergepkg.methods.spec import MethodSpec
 from mergepkg.recipe.adapters import adapter_steps
 from mergepkg.recipe.allow import allow_setting
 from mergepkg.recipe.chat import chat_template_setting
+from mergepkg.recipe.exports import exports_table
 from mergepkg.recipe.model import (
     Dependency,
     InputRef,
@@ -68,7 +69,7 @@ class _Parser(TableReader):
             line = getattr(e, "lineno", None) or _line_from_message(str(e))
             what = "arrays or tables nested too deeply" if isinstance(e, RecursionError) else getattr(e, "msg", e)
             raise RecipeError(f"invalid TOML: {what}", file=self.display, line=line) from None
-        self.only_keys(data, ("package", "dependencies", "sources", "steps", "publish"), "")
+        self.only_keys(data, ("package", "dependencies", "sources", "steps", "publish", "exports"), "")
         package = self.expect(data.get("package"), dict, "package", "a [package] table with name and version")
         known = ("name", "version", "description", "tags", "outputs", "seed", "allow", "remote")
         self.only_keys(package, known, "package")
@@ -131,6 +132,7 @@ class _Parser(TableReader):
             allow=allow,
             remote=remote,
             publish=publish_table(self, data.get("publish"), steps),
+            exports=exports_table(self, data.get("exports"), steps, list(outputs)),
         )
 
     def locked_folder(self, name: str, folder: Path) -> bool:

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Literal
 
 from mergepkg.errors import LockError, SourceError, did_you_mean
+from mergepkg.export.gguf import Converter
 from mergepkg.lockfile import (
     Lock,
     LockedDependency,
+    LockedExport,
     LockedPush,
     LockedSource,
     LockedStep,
@@ -34,6 +36,7 @@ from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.plan import Plan, make_plan
 from mergepkg.registry.dependencies import install_dependencies
 from mergepkg.registry.pick import ALL
+from mergepkg.resolve.exports import key_exports
 from mergepkg.resolve.keys import check_experts, key_of, step_entry
 from mergepkg.resolve.sources import fetch, missing_bytes, pin_folder
 from mergepkg.settings import Settings
@@ -60,6 +63,9 @@ class Resolution:
     seeds: dict[str, int]  # step -> seed for random methods (imported steps keep their recipe's)
     dependencies: dict[str, LockedDependency] = field(default_factory=dict)  # registry recipes, resolved
     pushes: tuple[LockedPush, ...] = ()  # the lock's record of `mergepkg push`, kept as it is
+    # `[exports.NAME]` keyed (the digest the lock holds for the key, or None), and the converter
+    exports: dict[str, LockedExport] = field(default_factory=dict)
+    converter: Converter | None = None
 
     def source_folder(self, name: str) -> Path:
         """The folder of source `name`, fetched now if it was deferred (and checked against
@@ -71,7 +77,8 @@ class Resolution:
         assert state.folder is not None
         return state.folder
 
-    def lock(self, digests: Mapping[str, str | None]) -> Lock:
+    def lock(self, digests: Mapping[str, str | None], exported: Mapping[str, str] | None = None) -> Lock:
+        """The lock with these steps' digests and, in `exported`, these exports' file digests."""
         steps = {n: LockedStep(n, self.recipe.steps[n].method, self.keys[n], digests.get(n)) for n in self.plan.order}
         return Lock(
             recipe_hash(self.recipe),
@@ -79,6 +86,7 @@ class Resolution:
             steps,
             dependencies=dict(self.dependencies),
             pushes=self.pushes,
+            exports={n: replace(e, digest=(exported or {}).get(n, e.digest)) for n, e in self.exports.items()},
         )
 
 
@@ -161,6 +169,8 @@ def resolve(
         entries[name] = step_entry(step, refs, seeds[name])
         keys[name] = refs[name] = key_of(entries[name])
     res = Resolution(recipe, plan, sources, entries, keys, seeds, deps.picks, lock.pushes if lock else ())
+    if recipe.exports:
+        res.converter, res.exports = key_exports(recipe, keys, settings.llama_cpp, lock)
     if mode in ("locked", "frozen"):
         changes = differences(lock, res.lock({}))
         if changes:

@@ -33,6 +33,6 @@ def collect_garbage(store: Store, *, dry_run: bool = False) -> Collected:
             lock = None
         if lock is not None:
             roots.append(root)
-            keep |= {s.key for s in lock.steps.values()}
+            keep |= {s.key for s in lock.steps.values()} | {e.key for e in lock.exports.values()}
     gone, leftovers = store.gc(keep, dry_run=dry_run)
     return Collected(gone, leftovers, roots)

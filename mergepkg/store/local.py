@@ -1,6 +1,7 @@
 """The store: built steps (artifacts) addressed by key under `$MERGEPKG_HOME/store`.
 
-An artifact is a Hugging Face model folder plus `mergepkg-manifest.json`. It is built
+An artifact is a Hugging Face model folder plus `mergepkg-manifest.json` (or, for an
+export, its file: then the manifest holds the file's sha256 instead of tensor digests). It is built
 in `tmp/` (same filesystem), the manifest is written last, and the folder is renamed
 to `store/<key>`: a folder there always has a complete manifest, whatever was killed
 when. Builders of one key serialise on `locks/<key>.lock`; the second finds the
@@ -66,6 +67,8 @@ class Artifact:
         """Whether the tensors still give the digests recorded at build time: every tensor
         (`sample_bytes` None), or tensors chosen at random up to about `sample_bytes`. An
         artifact from before per-tensor digests were recorded is read whole."""
+        if isinstance(hashes := self.manifest.get("sha256"), dict):
+            return self._files_hold(hashes, sample_bytes)
         recorded = self.manifest.get("tensors")
         try:
             if not isinstance(recorded, dict):
@@ -86,6 +89,23 @@ class Artifact:
         except (MergepkgError, OSError):
             return False
         return all(found.get(n) == recorded[n] for n in names)
+
+    def _files_hold(self, hashes: dict[str, str], sample_bytes: int | None) -> bool:
+        """Whether whole files still have their sha256: all, or some at random up to about `sample_bytes`."""
+        names = list(hashes)
+        random.shuffle(names)
+        total = 0
+        for name in names:
+            if sample_bytes is not None and total and total + self.manifest["files"][name]["size"] > sample_bytes:
+                break
+            total += self.manifest["files"][name]["size"]
+            try:
+                with open(self.folder / name, "rb") as f:
+                    if hashlib.file_digest(f, "sha256").hexdigest() != hashes[name]:
+                        return False
+            except OSError:
+                return False
+        return True
 
     def intact(self) -> bool:
         """Cheap check that no file was changed since the build: sizes and mtimes.
@@ -184,18 +204,33 @@ class Store:
         self.tmp.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.tmp))
 
-    def commit(self, key: str, folder: Path, entry: dict, tensors: dict[str, str], *, seconds: float) -> Artifact:
+    def commit(
+        self,
+        key: str,
+        folder: Path,
+        entry: dict,
+        tensors: dict[str, str],
+        *,
+        seconds: float,
+        sha256: dict[str, str] | None = None,
+    ) -> Artifact:
         """Write the manifest (last) into a finished build folder and move it into place.
-        `tensors`: each tensor's digest, as the writer hashed it. The caller holds the key's lock."""
+        `tensors`: each tensor's digest, as the writer hashed it; or, for a folder of one
+        file that is not a model (an export), `sha256`: that file's, which is then the
+        artifact's digest. The caller holds the key's lock."""
         files = {}
         for p in sorted(folder.iterdir()):
             st = p.stat()
             files[p.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        digests: dict[str, object] = {"tensors": dict(sorted(tensors.items()))}
+        if sha256 is not None:
+            assert len(sha256) == 1 and not tensors  # one file, and its hash is the digest
+            digests = {"sha256": sha256}
         manifest = {
             "key": key,
             "entry": entry,
-            "digest": combine_digests(tensors),
-            "tensors": dict(sorted(tensors.items())),
+            "digest": "sha256:" + next(iter(sha256.values())) if sha256 else combine_digests(tensors),
+            **digests,
             "files": files,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(seconds, 3),

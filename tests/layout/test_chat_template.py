@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import build_recipe
+from helpers import build_recipe, llama_cpp_tree
 from tiny import tiny_config
 
 from mergepkg.errors import RecipeError
@@ -20,6 +20,7 @@ from mergepkg.lockfile import lock_path, read_lock, recipe_hash
 from mergepkg.recipe.chat import builtin_names, builtin_template
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.resolve.resolution import resolve
+from mergepkg.settings import Settings
 from mergepkg.store.session import Session
 
 ROOT = Path(__file__).parents[2]
@@ -154,8 +155,10 @@ def test_shipped_locks_still_match(path):
     """Keys and recipe hashes of recipes without the option are what they were."""
     recipe = load_recipe(path)
     lock = read_lock(lock_path(recipe))
-    res = resolve(recipe, Session(), lock=lock, mode="locked")  # raises when anything differs
+    session = Session(Settings(llama_cpp=llama_cpp_tree())) if recipe.exports else Session()
+    res = resolve(recipe, session, lock=lock, mode="locked")  # raises when anything differs
     assert {n: s.key for n, s in lock.steps.items()} == res.keys
+    assert {n: e.key for n, e in lock.exports.items()} == {n: e.key for n, e in res.exports.items()}
 
 
 # -- building: what the output holds, and transformers reading it ------------------------------
