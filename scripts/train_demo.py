@@ -2,6 +2,7 @@
 
     python scripts/train_demo.py                # writes recipes/demo/{models,tasks}
     python scripts/train_demo.py --out /tmp/x   # somewhere else (the test compares the two)
+    python scripts/train_demo.py --tokenizer-only  # rewrite the tokenizer files, not the weights
 
 The skills, each a character-level string task with held-out prompts:
 
@@ -144,6 +145,9 @@ def train(model, mix: dict[str, int], steps: int, lr: float, seed: int, exclude:
 
 
 def save_tokenizer(folder: Path) -> None:
+    """`tokenizer.json` for transformers and the same vocabulary as a SentencePiece
+    `tokenizer.model`, the form llama.cpp's converter takes as it is (docs/export.md):
+    one token per character, the same ids in both."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -154,6 +158,33 @@ def save_tokenizer(folder: Path) -> None:
     PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     ).save_pretrained(folder)
+    (folder / "tokenizer.model").write_bytes(sentencepiece_model())
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["add_prefix_space"] = False  # llama.cpp: no space before the text (SentencePiece's default adds one)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def sentencepiece_model() -> bytes:
+    """VOCAB as a SentencePiece model: character pieces, no normalization, no space
+    added in front; a space is written as U+2581, as SentencePiece does."""
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    model = spm.ModelProto()
+    model.trainer_spec.model_type = spm.TrainerSpec.CHAR
+    model.trainer_spec.vocab_size = len(VOCAB)
+    model.trainer_spec.unk_id, model.trainer_spec.bos_id, model.trainer_spec.eos_id = 0, BOS, EOS
+    model.trainer_spec.pad_id = PAD
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = False
+    model.normalizer_spec.remove_extra_whitespaces = False
+    model.normalizer_spec.escape_whitespaces = True
+    kinds = spm.ModelProto.SentencePiece
+    for token in VOCAB:
+        piece = model.pieces.add()
+        piece.piece = token.replace(" ", "\u2581")
+        piece.score = 0.0
+        piece.type = kinds.UNKNOWN if token == "<unk>" else kinds.CONTROL if token in SPECIALS else kinds.NORMAL
+    return model.SerializeToString()
 
 
 def save(model, folder: Path) -> None:
@@ -165,7 +196,13 @@ def save(model, folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "recipes" / "demo")
-    out = parser.parse_args().out
+    parser.add_argument("--tokenizer-only", action="store_true", help="rewrite the models' tokenizer files only")
+    args = parser.parse_args()
+    out = args.out
+    if args.tokenizer_only:
+        for name in ("base", "upper", "inc"):
+            save_tokenizer(out / "models" / name)
+        return
     torch.set_num_threads(1)  # one thread: the same float sums, so the same bytes, every run
     torch.use_deterministic_algorithms(True)
 
