@@ -46,7 +46,7 @@ def test_training_script_reproduces_the_shipped_files(tmp_path):
         capture_output=True,
     )
     shipped = digests(DEMO)
-    assert len(shipped) == 3 * 4 + 2  # three models (config, weights, tokenizer x2) and two task files
+    assert len(shipped) == 3 * 5 + 2  # three models (config, weights, tokenizer x3) and two task files
     assert digests(tmp_path) == shipped
 
 
