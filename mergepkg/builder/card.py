@@ -23,6 +23,7 @@ import yaml
 from mergepkg._version import __version__
 from mergepkg.builder.bundle import IMPORTS, LOCK_FILE, RECIPE_FILE
 from mergepkg.builder.mergekit_yaml import MERGEKIT_FILE
+from mergepkg.lockfile import LockedExport
 from mergepkg.methods import METHODS
 from mergepkg.methods.lora import SPEC as LORA_SPEC
 from mergepkg.methods.spec import MethodSpec
@@ -82,11 +83,13 @@ def render_card(
     local: Mapping[str, str] | None = None,
     files: tuple[str, ...] = (RECIPE_FILE,),
     mergekit: bool = False,
+    exports: Mapping[str, LockedExport] | None = None,
 ) -> str:
     """`res` is the Resolution the output was built from; `evals` rows of `mergepkg eval`;
     `local`: each local source's folder as the rebuild expects it, relative to
     `mergepkg.toml` (builder/bundle.py); `files`: the recipe files in the folder;
-    `mergekit`: whether the folder has a mergekit config."""
+    `mergekit`: whether the folder has a mergekit config; `exports`: the lock's exports
+    (those of this step are listed)."""
     recipe: Recipe = res.recipe
     local = dict(local or {})
     upstream = [n for n in res.plan.order if n in nx.ancestors(res.plan.graph, name)]
@@ -134,6 +137,14 @@ def render_card(
         "",
         *rebuild_text(res, local, files, mergekit),
     ]
+    if gguf := [e for e in (exports or {}).values() if e.step == name and e.digest]:
+        body += ["", "## GGUF", "", "| file | type | sha256 |", "|---|---|---|"]
+        body += [f"| `{e.name}.gguf` | {e.type} | `{(e.digest or '')[7:]}` |" for e in gguf]
+        body += [
+            "",
+            f"Made from this step by llama.cpp's converter ({gguf[0].converter.split(' sha256:')[0]}); "
+            f"`mergepkg export {RECIPE_FILE}` makes them again.",
+        ]
     if evals:
         body += ["", "## Evaluation", "", "| task | metric | value |", "|---|---|---|"]
         for row in evals:

@@ -112,7 +112,9 @@ def describe(
     if config is not None:
         _write(target / MERGEKIT_FILE, config)
     files = tuple(packed.files)
-    card = render_card(res, name, art.digest, evals, local=packed.local, files=files, mergekit=config is not None)
+    card = render_card(
+        res, name, art.digest, evals, local=packed.local, files=files, mergekit=config is not None, exports=lock.exports
+    )
     _write(target / "README.md", card)
 
 

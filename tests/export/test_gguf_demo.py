@@ -61,10 +61,12 @@ def test_the_shipped_lock_pins_every_export_s_bytes(built, demo):
     assert sorted(report.exported) == ["ties-bf16", "ties-f32", "ties-q4", "ties-q8"]
     locked = read_lock(demo.with_suffix(".lock"))
     assert locked is not None
+    card = (out / "README.md").read_text()  # the model card lists the files, with their sha256
     for name, file in report.placed_exports.items():
         assert file == out / f"{name}.gguf"
         assert "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest() == locked.exports[name].digest
         assert locked.exports[name].key == report.exports[name].key
+        assert f"| `{name}.gguf` | {locked.exports[name].type} | `{locked.exports[name].digest[7:]}` |" in card
 
 
 @pytest.fixture(scope="module")
