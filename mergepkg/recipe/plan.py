@@ -3,11 +3,19 @@
 Nodes are model names (sources and steps); an edge `a -> b` means step b reads a.
 The order is the recipe's own order wherever dependencies allow, so the same recipe
 always builds in the same order. A cycle is an error that names it.
+
+`make_plan` orders the steps with the standard library (a heap over the recipe's order,
+as networkx's `lexicographical_topological_sort` does), and `Plan.graph`, the
+`nx.DiGraph`, is made on first use: `validate` and `plan` never import networkx, which
+costs more than planning (docs/performance.md#startup). A cycle is named by networkx's
+`find_cycle`, on the error's path only.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from mergepkg._lazy import lazy_import
@@ -17,52 +25,90 @@ from mergepkg.recipe.model import Recipe
 if TYPE_CHECKING:
     import networkx as nx
 else:
-    nx = lazy_import("networkx")  # imported by the first plan made (0.1-0.2 s): not by commands that make none
+    nx = lazy_import("networkx")  # imported by the first use of a plan's graph: not by validate or plan
 
 
 @dataclass(frozen=True)
 class Plan:
     recipe: Recipe
-    graph: nx.DiGraph
     order: tuple[str, ...]  # every step needed for the outputs, dependencies first
 
+    @cached_property
+    def graph(self) -> nx.DiGraph:
+        """The DAG as networkx holds it: every source and step of the recipe, in its order."""
+        return _graph(self.recipe)
+
+    def inputs(self, name: str) -> list[str]:
+        """The models step `name` reads (its predecessors in the graph), in recipe order."""
+        return list(self.recipe.steps[name].models)
+
     def sources_used(self) -> list[str]:
-        return [
-            n for n in self.recipe.sources if n in self.graph and any(s in self.order for s in self.graph.successors(n))
-        ]
+        read = {m for n in self.order for m in self.recipe.steps[n].models}
+        return [n for n in self.recipe.sources if n in read]
 
 
-def make_plan(recipe: Recipe, targets: tuple[str, ...] | None = None) -> Plan:
+def _graph(recipe: Recipe) -> nx.DiGraph:
     graph = nx.DiGraph()
-    rank = {name: i for i, name in enumerate([*recipe.sources, *recipe.steps])}
-    graph.add_nodes_from(rank)
+    graph.add_nodes_from([*recipe.sources, *recipe.steps])
     for step in recipe.steps.values():
         for model in step.models:
             graph.add_edge(model, step.name)
-    steps_only = graph.subgraph(recipe.steps)
-    try:
-        cycle = nx.find_cycle(steps_only)
-    except nx.NetworkXNoCycle:
-        cycle = None
-    if cycle:
-        names = [u for u, _ in cycle]
-        first = min(names, key=rank.__getitem__)  # start the message at the recipe's first step
-        names = names[names.index(first) :] + names[: names.index(first)]
-        key = f"steps.{names[0]}"
-        raise CycleError(
-            names,
-            file=str(recipe.path),
-            line=recipe.line_of(key),
-            key=key,
-            hint="a step cannot depend, directly or not, on itself",
-        )
-    wanted = set()
+    return graph
+
+
+def make_plan(recipe: Recipe, targets: tuple[str, ...] | None = None) -> Plan:
+    names = [*recipe.sources, *recipe.steps]
+    rank = {name: i for i, name in enumerate(names)}
+    readers: dict[str, list[str]] = {name: [] for name in names}  # a model's successors
+    for step in recipe.steps.values():
+        for model in step.models:
+            readers.setdefault(model, []).append(step.name)
+    order = _ordered(recipe, rank, readers)
+    wanted: set[str] = set()
     for target in targets or recipe.outputs:
-        wanted |= nx.ancestors(graph, target) | {target}
-    order = tuple(
-        n for n in nx.lexicographical_topological_sort(graph, key=rank.__getitem__) if n in wanted and n in recipe.steps
+        if target not in readers:
+            nx.ancestors(_graph(recipe), target)  # networkx's error for a node not in the graph
+        todo = [target]
+        while todo:
+            name = todo.pop()
+            if name not in wanted:
+                wanted.add(name)
+                todo += recipe.steps[name].models if name in recipe.steps else ()
+    return Plan(recipe, tuple(n for n in order if n in wanted and n in recipe.steps))
+
+
+def _ordered(recipe: Recipe, rank: dict[str, int], readers: dict[str, list[str]]) -> list[str]:
+    """Every node, each after the models it reads, the lowest rank first wherever free;
+    a cycle among the steps is an error naming it."""
+    waiting = {n: len(recipe.steps[n].models) if n in recipe.steps else 0 for n in readers}
+    ready = [(rank[n], n) for n, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        _, name = heapq.heappop(ready)
+        order.append(name)
+        for reader in readers[name]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, (rank[reader], reader))
+    if len(order) < len(waiting):
+        _raise_cycle(recipe, rank)
+    return order
+
+
+def _raise_cycle(recipe: Recipe, rank: dict[str, int]) -> None:
+    cycle = nx.find_cycle(_graph(recipe).subgraph(recipe.steps))
+    names = [u for u, _ in cycle]
+    first = min(names, key=rank.__getitem__)  # start the message at the recipe's first step
+    names = names[names.index(first) :] + names[: names.index(first)]
+    key = f"steps.{names[0]}"
+    raise CycleError(
+        names,
+        file=str(recipe.path),
+        line=recipe.line_of(key),
+        key=key,
+        hint="a step cannot depend, directly or not, on itself",
     )
-    return Plan(recipe, graph, order)
 
 
 def graph_parts(plan: Plan) -> tuple[list[str], list[tuple[str, str]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from mergepkg.errors import CycleError
-from mergepkg.recipe.parse import load_recipe
+from mergepkg.recipe.model import Recipe
+from mergepkg.recipe.parse import load_recipe, parse_recipe
 from mergepkg.recipe.plan import make_plan
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "recipes" / "example.toml"
@@ -91,15 +93,61 @@ def test_tied_and_untied_models_name_the_setting(tmp_path, models, write_recipe)
 
 
 @pytest.mark.slow
-def test_networkx_is_imported_by_the_first_plan_made_not_before():
-    """Commands that make no plan (registry, cache, remote) do not pay for networkx."""
+def test_networkx_is_imported_by_the_first_use_of_the_graph_not_by_the_plan():
+    """make_plan orders the steps without networkx (validate and plan never import it);
+    Plan.graph, the networkx DAG, is made when first read."""
     probe = (
         "import sys\n"
         "from mergepkg.recipe.plan import make_plan\n"
         "from mergepkg.recipe.parse import load_recipe\n"
+        f"plan = make_plan(load_recipe({str(EXAMPLE)!r}))\n"
         "before = 'networkx.classes' in sys.modules\n"
-        f"make_plan(load_recipe({str(EXAMPLE)!r}))\n"
+        "plan.graph.number_of_nodes()\n"
         "print(before, 'networkx.classes' in sys.modules)\n"
     )
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert run.stdout.split() == ["False", "True"]
+
+
+def _random_recipe(seed: int, folder: Path) -> Recipe:
+    """Sources and steps in a shuffled recipe order, each step reading earlier models
+    (by construction, so acyclic), outputs a few of the steps."""
+    rng = random.Random(seed)
+    sources = [f"src{i}" for i in range(rng.randint(1, 4))]
+    names = [f"s{i}" for i in range(rng.randint(1, 14))]
+    reads = {
+        n: rng.sample([*sources, *names[:i]], rng.randint(1, min(3, len(sources) + i))) for i, n in enumerate(names)
+    }
+    shuffled = rng.sample(names, len(names))
+    outputs = rng.sample(names, rng.randint(1, min(3, len(names))))
+    text = f'[package]\nname = "r"\nversion = "0.1.0"\noutputs = {outputs!r}\n[sources]\n'.replace("'", '"')
+    text += "".join(f'{s} = {{ path = "models/{s}" }}\n' for s in sources)
+    for n in shuffled:
+        inputs = ", ".join(f'{{ model = "{m}", weight = 1.0 }}' for m in reads[n])
+        text += f'[steps.{n}]\nmethod = "linear"\ninputs = [{inputs}]\n'
+    for src in sources:
+        (folder / "models" / src).mkdir(parents=True)
+    return parse_recipe(text, folder / "r.toml")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_order_and_graph_are_networkx_s(seed, tmp_path):
+    """The plan's order is networkx's lexicographical topological sort by recipe order,
+    restricted to the outputs' ancestors, and its graph the DAG the plan always had."""
+    import networkx as nx
+
+    r = _random_recipe(seed, tmp_path)
+    rank = {n: i for i, n in enumerate([*r.sources, *r.steps])}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(rank)
+    graph.add_edges_from((m, s.name) for s in r.steps.values() for m in s.models)
+    wanted = set().union(*({t} | nx.ancestors(graph, t) for t in r.outputs))
+    expected = [
+        n for n in nx.lexicographical_topological_sort(graph, key=rank.__getitem__) if n in wanted and n in r.steps
+    ]
+    plan = make_plan(r)
+    assert list(plan.order) == expected
+    assert list(plan.graph.nodes) == list(graph.nodes) and list(plan.graph.edges) == list(graph.edges)
+    assert all(plan.inputs(n) == list(graph.predecessors(n)) for n in r.steps)
+    used = [n for n in r.sources if any(s in plan.order for s in graph.successors(n))]
+    assert plan.sources_used() == used
