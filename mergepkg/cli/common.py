@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from mergepkg.builder.substitute import Policy
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.settings import Settings
 from mergepkg.store.session import Session
+
+if TYPE_CHECKING:
+    from mergepkg.builder.substitute import Policy
 
 RECIPE = typer.Argument(..., help="The recipe file (TOML).", metavar="RECIPE", dir_okay=False)
 OFFLINE = typer.Option(False, "--offline", help="Use only the local Hugging Face cache.")

@@ -1,5 +1,6 @@
 """`mergepkg validate`: a recipe checked against its models, nothing merged. Its own
-module, so that it imports what `status` needs and not the builder's."""
+module, so that it imports what `builder/describe.py` needs: not the builder or the
+remotes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from mergepkg.builder.status import status
+from mergepkg.builder.describe import describe
 from mergepkg.cli.common import DENY_WARNINGS, OFFLINE, RECIPE, open_recipe, size
 from mergepkg.cli.output import err, out, show_pitfall
 from mergepkg.pitfalls.pitfall import deny
@@ -17,7 +18,7 @@ def validate(recipe: Path = RECIPE, offline: bool = OFFLINE, deny_warnings: bool
     """Check a recipe against its models without merging anything; pitfall warnings
     (docs/warnings.md) on stderr."""
     r, session = open_recipe(recipe, offline=offline)
-    st = status(r, session, use_store=False)
+    st = describe(r, session)
     table = Table(title=f"{r.name} {r.version}", title_justify="left")
     for col in ("step", "method", "models", "tensors", "reads", "writes"):
         table.add_column(col, justify="right" if col in ("tensors", "reads", "writes") else "left")

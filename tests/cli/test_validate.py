@@ -1,0 +1,43 @@
+"""`mergepkg validate` and `mergepkg plan` import only what they use: not networkx, not
+the builder; validate not the remotes' machinery or filelock (docs/performance.md#startup)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses
+
+RECIPE = Path(__file__).resolve().parents[2] / "bench" / "startup.toml"  # 20 steps over recipes/models
+
+
+def _imported(args: list[str], home: Path) -> set[str]:
+    probe = (
+        "import sys, contextlib, io\n"
+        "from mergepkg.cli.app import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        f"    assert main({args!r}) == 0\n"
+        "print('\\n'.join(sys.modules))\n"
+    )
+    env = {**os.environ, "MERGEPKG_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    return set(run.stdout.split())
+
+
+def test_validate_imports_no_graph_library_remote_or_lock(tmp_path):
+    loaded = _imported(["validate", str(RECIPE)], tmp_path)
+    assert "mergepkg.builder.describe" in loaded
+    # networkx and filelock are in sys.modules as _lazy's placeholders; their submodules are not
+    unwanted = {"networkx.classes", "filelock._core", "mergepkg.builder.substitute", "mergepkg.remote.store"}
+    assert not unwanted & loaded
+    assert "mergepkg.builder.build" not in loaded
+
+
+def test_plan_imports_no_graph_library(tmp_path):
+    loaded = _imported(["plan", str(RECIPE)], tmp_path)
+    assert "mergepkg.builder.substitute" in loaded  # plan asks the remotes
+    assert not {"networkx.classes", "mergepkg.builder.build"} & loaded
