@@ -22,14 +22,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from filelock import FileLock, Timeout
-
+from mergepkg._lazy import lazy_import
 from mergepkg._version import __version__
 from mergepkg.errors import BuildError, MergepkgError, StoreError
 from mergepkg.files import write_atomic
 from mergepkg.io.digest import combine_digests, model_digest, tensor_digests
 from mergepkg.io.tensors import scan_tensors
+
+if TYPE_CHECKING:
+    import filelock
+    from filelock import FileLock
+else:
+    filelock = lazy_import("filelock")  # by the first lock taken: not by validate or plan
 
 MANIFEST = "mergepkg-manifest.json"
 
@@ -143,7 +149,7 @@ class Store:
         """Remember a lock file whose steps `gc` must keep (`roots.json`)."""
         path = self.home / "roots.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(path.with_suffix(".lock")):  # read-modify-write, one process at a time
+        with filelock.FileLock(path.with_suffix(".lock")):  # read-modify-write, one process at a time
             roots = self.roots()
             if str(lock_file) not in roots:
                 write_atomic(path, json.dumps(sorted([*roots, str(lock_file)]), indent=1))
@@ -158,7 +164,7 @@ class Store:
     def output_lock(self, out: Path) -> FileLock:
         """Serialises placing outputs into one --out folder."""
         self.locks.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.locks / f"out-{hashlib.sha256(str(out).encode()).hexdigest()[:24]}.lock")
+        return filelock.FileLock(self.locks / f"out-{hashlib.sha256(str(out).encode()).hexdigest()[:24]}.lock")
 
     def path(self, key: str) -> Path:
         if not is_key(key):
@@ -198,7 +204,7 @@ class Store:
 
     def lock(self, key: str) -> FileLock:
         self.locks.mkdir(parents=True, exist_ok=True)
-        return FileLock(self.locks / f"{key}.lock")
+        return filelock.FileLock(self.locks / f"{key}.lock")
 
     def new_folder(self, key: str) -> Path:
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -297,6 +303,6 @@ class Store:
                         stale.append(p)
                         if not dry_run:
                             shutil.rmtree(p, ignore_errors=True)
-                except Timeout:
+                except filelock.Timeout:
                     continue  # being built right now
         return stale
