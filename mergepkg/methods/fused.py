@@ -9,8 +9,8 @@ Same bits: every float operation is the one `merge_task_vectors` does, in float3
 the same order; numba, without fastmath, neither fuses nor reorders them. The sums
 over inputs start at +0.0 and run in input order, which is what torch's sum over dim 0
 does for up to four inputs (tests check it, signed zeros included); more inputs take
-the torch path. Conversions between the
-stored dtype and float32 stay torch's (`copy_`), so rounding to bfloat16 is torch's.
+the torch path. The loops read each input in its stored dtype and write the result in
+the saved one, converting as torch's conversions do (compiled.py: `_read`, `_store`).
 
 Half-precision compute (bfloat16, float16) runs on the same loops. torch's CPU
 arithmetic in those dtypes computes each operation in float32 and rounds its result
@@ -35,7 +35,7 @@ from mergepkg.methods.kernels import chunks
 from mergepkg.methods.kernels.reduce import Total
 
 MAX_INPUTS = 4  # torch sums up to four inputs in order; past that its order is its own
-DTYPES = ("float32", "bfloat16", "float16")  # stored dtypes that torch converts to float32 here, and compute dtypes
+DTYPES = ("float32", "bfloat16", "float16")  # stored dtypes the loops read and write, and compute dtypes
 
 
 def _name(dtype) -> str:
