@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -28,12 +27,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergepkg._lazy import lazy_import
 from mergepkg._toml import tomllib
 from mergepkg.canonical import canonical_json, sha256_hex
 from mergepkg.errors import ExportError
 from mergepkg.recipe.exports import CONVERTER_TYPES
 from mergepkg.recipe.model import Export
 
+metadata = lazy_import("importlib.metadata")  # read only for a quantized type: startup need not pay for it
 SCRIPT = "convert_hf_to_gguf.py"
 CODE = ("conversion", "gguf-py/gguf")  # beside SCRIPT: the converter's code, in its identity
 QUANTIZER = "llama-cpp-python"  # the distribution whose llama.cpp quantizes
@@ -119,8 +120,8 @@ def quantizer_version(kind: str) -> str | None:
     if kind in CONVERTER_TYPES:
         return None
     try:
-        return f"{QUANTIZER} {importlib.metadata.version(QUANTIZER)}"
-    except importlib.metadata.PackageNotFoundError:
+        return f"{QUANTIZER} {metadata.version(QUANTIZER)}"
+    except metadata.PackageNotFoundError:
         raise ExportError(
             f"GGUF type {kind} is made by llama.cpp's quantizer, and llama-cpp-python is not installed",
             hint="pip install 'mergepkg[llama]' (it compiles llama.cpp), or choose f32, f16, bf16 or q8_0",
