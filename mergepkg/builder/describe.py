@@ -48,6 +48,7 @@ class Status:
     # the MP1xx and MP2xx warnings of every step, placed, less those the recipe allows
     pitfalls: list[Pitfall] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # remotes that could not be read or were refused
+    exports: dict[str, bool] = field(default_factory=dict)  # `[exports.NAME]` -> whether it is stored (plan)
 
     @property
     def to_build(self) -> list[StepStatus]:

@@ -58,4 +58,5 @@ def status(recipe: Recipe, session: Session, *, use_store: bool = True, remote: 
         )
         for n in order
     }
-    return Status(res, steps, step_pitfalls(res, laid, infos), warnings)
+    exports = {n: (a := session.store.get(e.key)) is not None and a.intact() for n, e in res.exports.items()}
+    return Status(res, steps, step_pitfalls(res, laid, infos), warnings, exports)

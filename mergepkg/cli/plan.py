@@ -47,15 +47,21 @@ def plan(
     tree = Tree(f"{r.name} {r.version}")
     for name in r.outputs:
         add(tree, name)
+    for name, stored_export in st.exports.items():
+        e = st.resolution.exports[name]
+        state = "[green]stored[/]" if stored_export else "[yellow]to make[/]"
+        tree.add(f"[bold]{name}[/] [dim]{e.key[:12]}[/] {e.format} {e.type} of {e.step} {state}")
     out.print(tree)
     todo, pulls = st.to_build, st.to_pull
     stored = sum(s.state == "stored" for s in st.steps.values())
     laid = [s.layout for s in todo if s.layout is not None]
     pulled = f"{len(pulls)} from remotes ({size(sum(s.remote.size for s in pulls if s.remote))}), " if pulls else ""
     reads = sum(x.bytes_in for x in laid)
+    exports = f"; exports: {sum(st.exports.values())} stored, {len(st.exports) - sum(st.exports.values())} to make"
     err.print(
         f"{stored} stored, {pulled}{len(todo)} to build"
         + (f" (reads {size(reads)}, writes {size(sum(x.bytes_out for x in laid))})" if laid else "")
+        + (exports if st.exports else "")
     )
 
 

@@ -144,3 +144,14 @@ def test_a_tokenizer_llama_cpp_does_not_know_is_refused_and_nothing_is_written(d
 
 def test_the_quantizer_knows_every_quantized_type():
     assert set(FTYPES) == set(QUANTIZER_TYPES)
+
+
+def test_plan_shows_each_export_stored_or_to_make(built, demo, session, capsys, monkeypatch):
+    monkeypatch.setenv("MERGEPKG_LLAMA_CPP", str(llama_cpp_tree()))
+    monkeypatch.setenv("MERGEPKG_HOME", str(session.settings.home))
+    code, out, err = cli(capsys, "plan", demo)
+    assert code == 0 and "ties-q4" in out and "gguf q4_k_m of ties stored" in out
+    assert "exports: 4 stored, 0 to make" in err
+    monkeypatch.setenv("MERGEPKG_HOME", str(session.settings.home.parent / "empty-home"))
+    code, out, err = cli(capsys, "plan", demo)
+    assert code == 0 and "gguf q8_0 of ties to make" in out and "exports: 0 stored, 4 to make" in err
