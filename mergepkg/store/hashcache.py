@@ -3,7 +3,22 @@ hashed once and an unchanged rebuild re-hashes nothing.
 
 Size and mtime alone, as DVC checks, miss a file edited in place with its mtime set back
 (`touch -d`, `os.utime`); the inode change time cannot be set back by any user and
-changes with every write (git checks it too), so an edit always means a new hash."""
+changes with every write (git checks it too), so an edit always means a new hash.
+
+A first build need not wait for its inputs' hashes (docs/performance.md#first-build).
+A file's sha256 may be known before it is read: a Hugging Face cache blob is named by
+it, and a lock records it. Such a *claim* is taken at once (step keys are computed from
+it) while the file is read and hashed on a background thread beside the build (all
+cores but one, which the build keeps); nothing made from it is stored before the claim
+is confirmed (`check_files`: the engine calls it before a step is committed,
+`Resolution.lock` before a lock is written). A lock's claim is taken only for a file
+unchanged since the lock was written: the same size, and an inode change time older
+than the lock file. Files with no claim are hashed before keys are made, all of them at
+once (`start`), one thread per core.
+
+Every file pinned in this process is remembered with the stat it was pinned with, so
+the engine can refuse to store a step whose input changed while it was being built.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +26,142 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-CHUNK = 8 * 1024 * 1024
+from mergepkg.errors import SourceError
+
+CHUNK = 4 << 20  # bytes read at a time, into one reused buffer
+
+Identity = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+HEX = frozenset("0123456789abcdef")
+HUB_REPOS = ("models--", "datasets--", "spaces--")
+CLAIMS = {"hub": "its Hugging Face cache blob's name", "lock": "the lock"}  # where a claim comes from
 
 
-def sha256_file(path: Path) -> str:
+def identity(st: os.stat_result) -> Identity:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def sha256_file(path: Path | str) -> str:
+    """The sha256 of a file, read into one reused buffer (fresh memory for every block
+    costs a page fault per 4 KiB); hashlib releases the GIL, so other threads run."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            h.update(view[:n])
     return h.hexdigest()
+
+
+def hub_blob_sha256(real: str) -> str | None:
+    """The sha256 a Hugging Face cache blob is named by, or None: LFS files (weights) are
+    stored under their sha256, other files under a 40-digit git blob sha1."""
+    p = Path(real)
+    if p.parent.name != "blobs" or not p.parent.parent.name.startswith(HUB_REPOS):
+        return None
+    return p.name if len(p.name) == 64 and set(p.name) <= HEX else None
+
+
+@dataclass(frozen=True)
+class Trust:
+    """A lock's record of a file, and when that lock was written (its mtime): taken for a
+    file of that size whose inode has not changed since."""
+
+    size: int
+    sha256: str
+    before_ns: int
+
+
+@dataclass(frozen=True)
+class _Pinned:
+    """A file as a pin in this process holds it."""
+
+    path: str  # its real path
+    identity: Identity  # its stat when pinned
+    sha256: str
+    claim: str | None = None  # where a sha256 taken before reading came from; None: read
+    actual: Future[str] | None = None  # a claim's file, being hashed
+
+
+_pinned: dict[str, _Pinned] = {}  # real path -> how it was pinned last
+_folders: dict[str, set[str]] = {}  # a folder as pinned (before symlinks) -> the real paths pinned in it
+_registry = threading.Lock()
+_pools: dict[bool, ThreadPoolExecutor] = {}
+
+
+def _hashing(now: bool) -> ThreadPoolExecutor:
+    """The threads files are hashed on (hashing releases the GIL): a hash a pin waits for
+    (`now`) on every core; a claim's check on all cores but one, which the build has to itself."""
+    with _registry:
+        if now not in _pools:
+            cores = os.cpu_count() or 1
+            _pools[now] = ThreadPoolExecutor(
+                max_workers=cores if now else max(1, cores - 1), thread_name_prefix="mergepkg-hash"
+            )
+        return _pools[now]
+
+
+def _remember(folder: Path, pinned: _Pinned) -> None:
+    with _registry:
+        _pinned[pinned.path] = pinned
+        _folders.setdefault(str(folder), set()).add(pinned.path)
+
+
+def check_files(folders: Iterable[Path | str], *, unchanged: bool = True) -> None:
+    """Raise a SourceError unless every file pinned in this process in `folders` holds the
+    sha256 it was pinned with: a claim confirmed by reading the file (waited for), and,
+    with `unchanged`, the file's stat still the one it was pinned with (a write since,
+    even one that put the mtime back, changed its ctime). Folders with no pinned files
+    (a built step's, in the store) pass."""
+    with _registry:
+        entries = sorted({_pinned[r] for f in folders for r in _folders.get(str(f), ())}, key=lambda e: e.path)
+    for e in entries:
+        if e.actual is not None:
+            try:
+                actual = e.actual.result()
+            except OSError as err:
+                raise SourceError(f"cannot read {e.path} to check its sha256: {err}", file=e.path) from err
+            if actual != e.sha256:
+                hub = e.claim == CLAIMS["hub"]
+                raise SourceError(
+                    f"{e.path} does not hold the sha256 {e.claim} gives it ({e.sha256[:12]}…; read: {actual[:12]}…); "
+                    "nothing made from it was stored",
+                    file=e.path,
+                    hint="delete that repo from the Hugging Face cache and build again"
+                    if hub
+                    else "the file differs from the lock's (changed before the lock was written, or a lock made "
+                    "elsewhere); its sha256 is now remembered: build again to pin it anew (--locked refuses it)",
+                )
+        if unchanged:
+            _check_unchanged(e)
+
+
+def _check_unchanged(e: _Pinned) -> None:
+    """The file still as pinned. Only its inode changed (a hard link made, a chmod): hashed
+    again, since a write with the mtime set back changes that too, and then remembered so."""
+    try:
+        now = identity(os.stat(e.path))
+    except FileNotFoundError:
+        now = None
+    if now == e.identity:
+        return
+    if (
+        now is None
+        or (now[0], now[1], now[3]) != (e.identity[0], e.identity[1], e.identity[3])
+        or (sha256_file(e.path) != e.sha256)
+    ):
+        raise SourceError(
+            f"{e.path} changed while the build read it; nothing made from it was stored",
+            file=e.path,
+            hint="build again once nothing writes to it",
+        )
+    with _registry:
+        if _pinned.get(e.path) == e:
+            _pinned[e.path] = replace(e, identity=now)
 
 
 class HashCache:
@@ -37,24 +177,76 @@ class HashCache:
                 " mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, sha256 TEXT)"
             )
         self.hashed = 0  # files actually read in this process (tests check no-op rebuilds)
+        self._started: dict[tuple[str, Identity], Future[str]] = {}  # hashes begun by `start`
 
-    def sha256(self, path: Path) -> tuple[int, str]:
-        """(size, sha256) of `path`, read from disk only when its stat changed."""
-        real = os.path.realpath(path)  # HF snapshots are symlinks into blobs/
-        st = os.stat(real)
+    def _remembered(self, real: str, ident: Identity) -> str | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT size, mtime_ns, ctime_ns, inode, sha256 FROM file_hashes WHERE path = ?", (real,)
             ).fetchone()
-        if row and row[:4] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
-            return st.st_size, row[4]
-        digest = sha256_file(Path(real))
-        self.hashed += 1
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)",
-                (real, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, digest),
-            )
+        return row[4] if row and tuple(row[:4]) == ident else None
+
+    def _hash(self, real: str, ident: Identity) -> str:
+        """Read and hash the file; remembered only when its stat did not change meanwhile."""
+        digest = sha256_file(real)
+        with self._lock:
+            self.hashed += 1
+        try:
+            same = identity(os.stat(real)) == ident
+        except FileNotFoundError:
+            same = False
+        if same:
+            with self._lock, self._db:
+                self._db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)", (real, *ident, digest))
+        return digest
+
+    @staticmethod
+    def _claim(real: str, st: os.stat_result, trust: Trust | None, hub: bool) -> tuple[str, str] | None:
+        """(where it comes from, sha256) of a file whose sha256 is known without reading it."""
+        blob = hub_blob_sha256(real) if hub else None
+        if blob is not None:
+            return CLAIMS["hub"], blob
+        if trust is not None and st.st_size == trust.size and st.st_ctime_ns < trust.before_ns:
+            return CLAIMS["lock"], trust.sha256
+        return None
+
+    def start(self, paths: Iterable[tuple[Path, Trust | None]], *, claims: bool = False) -> None:
+        """Begin hashing, on background threads, the files `sha256` will have to read (not
+        remembered, no claim taken), so that several files are hashed at once."""
+        for path, trust in paths:
+            try:
+                real = os.path.realpath(path)
+                st = os.stat(real)
+            except OSError:
+                continue  # `sha256` says what is wrong
+            ident = identity(st)
+            if (real, ident) in self._started or self._remembered(real, ident) is not None:
+                continue
+            if claims and self._claim(real, st, trust, hub=True) is not None:
+                continue
+            self._started[(real, ident)] = _hashing(now=True).submit(self._hash, real, ident)
+
+    def sha256(
+        self, path: Path, trust: Trust | None = None, *, claims: bool = False, folder: Path | None = None
+    ) -> tuple[int, str]:
+        """(size, sha256) of `path`, read from disk only when its stat changed. With
+        `claims`, a sha256 known without reading (a hub blob's name, `trust`'s) is taken
+        and checked on a background thread: the caller must `check_files` before storing
+        anything made from the file. `folder`: the model folder it is pinned in (its parent)."""
+        folder = folder or path.parent
+        real = os.path.realpath(path)  # HF snapshots are symlinks into blobs/
+        st = os.stat(real)
+        ident = identity(st)
+        started = self._started.pop((real, ident), None)
+        digest = self._remembered(real, ident)
+        claim = None if digest is not None or not claims else self._claim(real, st, trust, hub=True)
+        if claim is not None:
+            actual = started or _hashing(now=False).submit(self._hash, real, ident)
+            _remember(folder, _Pinned(real, ident, claim[1], claim[0], actual))
+            return st.st_size, claim[1]
+        if digest is None:
+            digest = started.result() if started is not None else self._hash(real, ident)
+        _remember(folder, _Pinned(real, ident, digest))
         return st.st_size, digest
 
     def close(self) -> None:

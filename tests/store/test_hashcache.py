@@ -1,0 +1,147 @@
+"""The hash cache: sha256s remembered by stat, claims taken before reading and confirmed
+by a read beside the build, and pinned files that must not change while a build reads them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mergepkg.errors import SourceError
+from mergepkg.store.hashcache import CHUNK, HashCache, Trust, check_files, sha256_file
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def cache(tmp_path) -> HashCache:
+    return HashCache(tmp_path / "home" / "hashes.sqlite")
+
+
+def model(folder: Path, data: bytes = b"weights" * 1000) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.safetensors").write_bytes(data)
+    return folder / "model.safetensors"
+
+
+def later(path: Path) -> int:
+    """A time after `path`'s inode last changed: a lock written after it."""
+    return os.stat(path).st_ctime_ns + 10**9
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 3])
+def test_sha256_file_is_the_sha256_of_the_bytes(tmp_path, size):
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == sha(data)
+
+
+def test_a_file_is_hashed_once_and_remembered_across_instances(tmp_path, cache):
+    path = model(tmp_path / "m")
+    assert cache.sha256(path) == (path.stat().st_size, sha(path.read_bytes()))
+    assert cache.sha256(path)[1] == sha(path.read_bytes()) and cache.hashed == 1
+    again = HashCache(tmp_path / "home" / "hashes.sqlite")
+    assert again.sha256(path)[1] == sha(path.read_bytes()) and again.hashed == 0
+
+
+def test_files_started_together_are_hashed_once_each(tmp_path, cache):
+    paths = [model(tmp_path / f"m{i}", bytes([i]) * 5000) for i in range(3)]
+    cache.start([(p, None) for p in paths])
+    assert [cache.sha256(p)[1] for p in paths] == [sha(p.read_bytes()) for p in paths]
+    assert cache.hashed == 3
+
+
+def test_the_locks_claim_is_taken_and_confirmed_by_a_read(tmp_path, cache):
+    path = model(tmp_path / "m")
+    true = sha(path.read_bytes())
+    trust = Trust(path.stat().st_size, true, later(path))
+    assert cache.sha256(path, trust, claims=True)[1] == true
+    check_files([tmp_path / "m"])  # waits for the read: it confirms the claim
+    assert HashCache(tmp_path / "home" / "hashes.sqlite").sha256(path)[1] == true  # and is remembered
+
+
+def test_a_false_claim_is_refused_when_checked_and_the_true_sha256_remembered(tmp_path, cache):
+    path = model(tmp_path / "m")
+    claimed = sha(b"other bytes")
+    size, digest = cache.sha256(path, Trust(path.stat().st_size, claimed, later(path)), claims=True)
+    assert digest == claimed  # taken: keys are made from it before the read is done
+    with pytest.raises(SourceError) as info:
+        check_files([tmp_path / "m"], unchanged=False)
+    assert "does not hold the sha256 the lock gives it" in info.value.message and "nothing" in info.value.message
+    assert "build again" in info.value.hint
+    fresh = HashCache(tmp_path / "home" / "hashes.sqlite")
+    assert fresh.sha256(path) == (size, sha(path.read_bytes())) and fresh.hashed == 0
+
+
+def test_no_claim_for_a_file_changed_since_the_lock_or_of_another_size(tmp_path, cache):
+    path = model(tmp_path / "m")
+    claimed = sha(b"other bytes")
+    size = path.stat().st_size
+    changed_since = Trust(size, claimed, os.stat(path).st_ctime_ns)  # its inode changed when the lock was written
+    assert cache.sha256(path, changed_since, claims=True)[1] == sha(path.read_bytes())
+    cache = HashCache(tmp_path / "other.sqlite")
+    assert cache.sha256(path, Trust(size + 1, claimed, later(path)), claims=True)[1] == sha(path.read_bytes())
+    cache = HashCache(tmp_path / "third.sqlite")
+    assert cache.sha256(path, Trust(size, claimed, later(path)))[1] == sha(path.read_bytes())  # claims off
+    check_files([tmp_path / "m"])
+
+
+def test_a_hub_blob_is_claimed_by_its_name_and_a_damaged_one_refused(tmp_path, cache):
+    data = b"lfs weights" * 100
+    blobs = tmp_path / "hf" / "models--tiny--m" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / sha(data)).write_bytes(data)
+    snapshot = tmp_path / "hf" / "models--tiny--m" / "snapshots" / "c0ffee"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").symlink_to(blobs / sha(data))
+    assert cache.sha256(snapshot / "model.safetensors", claims=True)[1] == sha(data)
+    check_files([snapshot])
+
+    damaged = bytearray(data)
+    damaged[3] ^= 1
+    (blobs / sha(data)).write_bytes(bytes(damaged))  # keeps its name: the cache says it is `data`
+    cache = HashCache(tmp_path / "other.sqlite")
+    assert cache.sha256(snapshot / "model.safetensors", claims=True)[1] == sha(data)
+    with pytest.raises(SourceError) as info:
+        check_files([snapshot])
+    assert "blob's name" in info.value.message and "Hugging Face cache" in info.value.hint
+    # a name that is no sha256 (a small file's git blob sha1) is no claim: read at once
+    (blobs / ("ab" * 20)).write_bytes(b"{}")
+    assert cache.sha256(blobs / ("ab" * 20), claims=True)[1] == sha(b"{}")
+
+
+def test_a_file_written_after_it_was_pinned_fails_the_unchanged_check(tmp_path, cache):
+    path = model(tmp_path / "m")
+    st = os.stat(path)
+    cache.sha256(path)
+    check_files([tmp_path / "m"])
+    time.sleep(0.01)
+    data = bytearray(path.read_bytes())
+    data[5] ^= 1
+    path.write_bytes(bytes(data))  # other bytes, the size and mtime put back: only the ctime moved
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    check_files([tmp_path / "m"], unchanged=False)  # what was pinned was read: still true
+    with pytest.raises(SourceError) as info:
+        check_files([tmp_path / "m"])
+    assert "changed while the build read it" in info.value.message
+
+
+def test_a_hard_link_or_chmod_meanwhile_is_no_change(tmp_path, cache):
+    """Both move the ctime and leave the bytes: the file is hashed again and passes."""
+    path = model(tmp_path / "m")
+    cache.sha256(path)
+    time.sleep(0.01)
+    os.link(path, tmp_path / "linked")
+    os.chmod(path, 0o600)
+    check_files([tmp_path / "m"])
+    check_files([tmp_path / "m"])  # remembered with its new stat
+
+
+def test_folders_with_nothing_pinned_pass(tmp_path):
+    model(tmp_path / "never")
+    check_files([tmp_path / "never", tmp_path / "absent"])
