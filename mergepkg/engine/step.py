@@ -34,6 +34,7 @@ from mergepkg.io.writer import MAX_SHARD_BYTES, ShardWriter
 from mergepkg.layout.types import OutputTensor, StepLayout
 from mergepkg.methods.kernels import chunks
 from mergepkg.recipe.tables import AUTO
+from mergepkg.store.hashcache import check_files
 
 fused = lazy_import("mergepkg.methods.fused")  # numpy and numba: imported when a step is built
 
@@ -150,6 +151,7 @@ def build_step(
         layout, folders, infos, writer, seed=seed, device=device, budget=budget, threads=threads, reporter=reporter
     )
     write_side_files(layout, folders, out_dir)
+    check_files(folders[m] for m in layout.step.models)  # the side files too: read after the tensors
     reporter.step_finished(layout.step.name)
     return writer.digests
 
@@ -178,6 +180,9 @@ def write_tensors(
         _stream(merger, writer, reporter)
         for pitfall in merger.watch.pitfalls():  # MP3xx: a reporter that raises here leaves nothing behind
             reporter.pitfall(pitfall)
+        # every input file still as pinned, and a sha256 taken before reading (a first build's,
+        # store/hashcache.py) confirmed by its read, waited for: else nothing is written
+        check_files(folders[m] for m in layout.step.models)
     except BaseException:
         writer.abort()
         raise

@@ -5,6 +5,12 @@ source file once (then remembers it by stat); a hub source whose request is unch
 is fetched at its locked commit, so a moved branch never moves a build until
 `mergepkg lock --upgrade`. What each step writes (its layout, from configs and
 headers) is the next layer's job: `mergepkg/layout/`.
+
+A first build need not wait for its hashes: a file the lock records, unchanged since the
+lock was written, and a Hugging Face cache blob (named by its sha256) are keyed by that
+sha256 and hashed beside the build; `Resolution.lock` and the engine confirm it before
+anything made from the file is recorded or stored (`store/hashcache.py`). The files
+still to hash are hashed together, one per core.
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ from mergepkg.registry.dependencies import install_dependencies
 from mergepkg.registry.pick import ALL
 from mergepkg.resolve.exports import key_exports
 from mergepkg.resolve.keys import check_experts, key_of, step_entry
-from mergepkg.resolve.sources import fetch, missing_bytes, pin_folder
+from mergepkg.resolve.sources import fetch, missing_bytes, pin_folder, start_pin
 from mergepkg.settings import Settings
+from mergepkg.store.hashcache import Trust, check_files
 from mergepkg.store.session import Session
 
 Mode = Literal["update", "locked", "frozen"]
@@ -77,8 +84,14 @@ class Resolution:
         assert state.folder is not None
         return state.folder
 
-    def lock(self, digests: Mapping[str, str | None], exported: Mapping[str, str] | None = None) -> Lock:
-        """The lock with these steps' digests and, in `exported`, these exports' file digests."""
+    def lock(
+        self, digests: Mapping[str, str | None], exported: Mapping[str, str] | None = None, *, checked: bool = True
+    ) -> Lock:
+        """The lock with these steps' digests and, in `exported`, these exports' file digests.
+        `checked`: every sha256 the sources were pinned with confirmed first (a claim read
+        and found true, `store/hashcache.check_files`), so a lock never records one no read gave."""
+        if checked:
+            check_files([s.folder for s in self.sources.values() if s.folder is not None], unchanged=False)
         steps = {n: LockedStep(n, self.recipe.steps[n].method, self.keys[n], digests.get(n)) for n in self.plan.order}
         return Lock(
             recipe_hash(self.recipe),
@@ -108,11 +121,16 @@ def resolve(
     seed: int | None = None,
     targets: tuple[str, ...] | None = None,
     defer: bool = False,
+    claims: bool = True,
 ) -> Resolution:
     """Pin the sources the plan uses and key every step. With `defer`, a source the lock
     pins (a hub source at its locked commit, or a local folder that is gone) is not
     fetched: its `SourceState.folder` is None until `Resolution.source_folder` fetches it,
-    so a build that takes every step from a store or a remote never downloads its inputs."""
+    so a build that takes every step from a store or a remote never downloads its inputs.
+    `claims`: a file's sha256 may be taken from the lock or a hub blob's name, to be
+    confirmed by `Resolution.lock` or the engine (`store/hashcache.py`); off, every file
+    not remembered is read first."""
+    asked = recipe
     settings = session.settings
     indirect = set(lock.dependencies) if lock else set()  # dependencies of dependencies
     unknown = sorted(upgrade - {ALL} - set(recipe.sources) - set(recipe.dependencies) - indirect)
@@ -128,12 +146,14 @@ def resolve(
                 "--frozen needs a lock file and there is none", file=str(recipe.path), hint="run `mergepkg lock` first"
             )
         settings = replace(settings, offline=True)  # never touch the network
+    since = _written_ns(lock_path(recipe)) if lock is not None else None  # the lock's claims hold before it
     deps = install_dependencies(
         recipe, settings, locked=lock.dependencies if lock else None, mode=mode, upgrade=upgrade
     )
     recipe = flatten(recipe, bind=deps.bind)
     plan = make_plan(recipe, targets)
-    sources = {}
+    sources: dict[str, SourceState] = {}
+    pins = {}  # source -> how to pin it now, once every file to hash is begun
     adapters = recipe.adapters  # LoRA adapters: pinned by their adapter files (resolve/sources.py)
     for name in plan.sources_used():
         src = recipe.sources[name]
@@ -150,14 +170,22 @@ def resolve(
                 ),
                 f"sources.{name}",
             )
-        pin_now = functools.partial(_pin_source, recipe, name, request, kept, settings, session, name in adapters, mode)
+        trust = _trust(kept, since) if src.path is not None else None
+        pin_now = functools.partial(
+            _pin_source, recipe, name, request, kept, settings, session, name in adapters, mode, trust, claims
+        )
         # the lock's pin stands for a hub source at its locked commit, and for a local folder
         # that is gone: fetched (or found missing) only when a step to build reads it
         absent = src.path is not None and not src.path.is_dir()
         if defer and kept is not None and (src.hf or absent):
             sources[name] = SourceState(None, kept, pin_now, missing_bytes(src, kept.pin, settings))
         else:
-            sources[name] = pin_now()
+            pins[name] = pin_now
+            if src.path is not None and src.path.is_dir():
+                start_pin(src.path, session.hashes, adapter=name in adapters, trust=trust, claims=claims)
+    for name, pin_now in pins.items():
+        sources[name] = pin_now()
+    sources = {n: sources[n] for n in plan.sources_used()}  # in plan order, as before
     refs: dict[str, str] = {n: s.locked.pin.ref for n, s in sources.items()}
     own_seed = recipe.seed if seed is None else seed
     entries, keys, seeds = {}, {}, {}
@@ -172,7 +200,19 @@ def resolve(
     if recipe.exports:
         res.converter, res.exports = key_exports(recipe, keys, settings.llama_cpp, lock)
     if mode in ("locked", "frozen"):
-        changes = differences(lock, res.lock({}))
+        changes = differences(lock, res.lock({}, checked=False))  # claims are confirmed as the build reads
+        if changes and claims:  # say what differs as the files' own hashes show it (a claim may be what does)
+            return resolve(
+                asked,
+                session,
+                lock=lock,
+                mode=mode,
+                upgrade=upgrade,
+                seed=seed,
+                targets=targets,
+                defer=defer,
+                claims=False,
+            )
         if changes:
             raise LockError(
                 f"{lock_path(recipe).name} is out of date: " + "; ".join(changes),
@@ -191,6 +231,8 @@ def _pin_source(
     session: Session,
     adapter: bool,
     mode: Mode,
+    trust: dict[str, Trust] | None = None,
+    claims: bool = True,
 ) -> SourceState:
     """Fetch and pin source `name`; a hub source at the lock's commit must give the lock's pin."""
     src = recipe.sources[name]
@@ -203,7 +245,7 @@ def _pin_source(
             files=[f.name for f in held.pin.files] if held else (),
             adapter=adapter,
         )
-        pin = pin_folder(fetched.folder, session.hashes, fetched.commit, adapter=adapter)
+        pin = pin_folder(fetched.folder, session.hashes, fetched.commit, adapter=adapter, trust=trust, claims=claims)
     except SourceError as e:
         recipe.locate(e, f"sources.{name}")
         if mode == "frozen" and src.hf:
@@ -218,3 +260,18 @@ def _pin_source(
             f"sources.{name}",
         )
     return SourceState(fetched.folder, replace(request, pin=pin))
+
+
+def _written_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _trust(kept: LockedSource | None, since: int | None) -> dict[str, Trust] | None:
+    """The lock's record of each file of a local source it still pins, for files unchanged
+    since the lock was written (`store/hashcache.Trust`)."""
+    if kept is None or since is None:
+        return None
+    return {f.name: Trust(f.size, f.sha256, since) for f in kept.pin.files}

@@ -11,16 +11,16 @@ is expected is an error that says so.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergepkg.errors import SourceError
+from mergepkg.errors import MergepkgError, SourceError
 from mergepkg.io.folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SIDE_FILES, adapter_files, is_adapter_folder, used_files
 from mergepkg.lockfile import FileRecord, Pin
 from mergepkg.recipe.model import Source
 from mergepkg.settings import Settings
-from mergepkg.store.hashcache import HashCache
+from mergepkg.store.hashcache import HashCache, Trust
 
 
 @dataclass(frozen=True)
@@ -31,23 +31,55 @@ class Fetched:
     commit: str | None = None
 
 
-def pin_folder(folder: Path, hashes: HashCache, commit: str | None = None, *, adapter: bool = False) -> Pin:
-    """The files a merge uses (`adapter`: a LoRA adapter's, `io/folder.adapter_files`), hashed."""
+def pin_folder(
+    folder: Path,
+    hashes: HashCache,
+    commit: str | None = None,
+    *,
+    adapter: bool = False,
+    trust: Mapping[str, Trust] | None = None,
+    claims: bool = False,
+) -> Pin:
+    """The files a merge uses (`adapter`: a LoRA adapter's, `io/folder.adapter_files`), hashed.
+    With `claims`, a sha256 known without reading the file (a hub blob's name, the lock's
+    record in `trust`, by file name) is taken and checked beside the build
+    (`store/hashcache.check_files` before anything made from it is stored)."""
+    records = []
+    for name in folder_files(folder, adapter):
+        size, digest = hashes.sha256(folder / name, (trust or {}).get(name), claims=claims, folder=folder)
+        records.append(FileRecord(name, size, digest))
+    return Pin(commit, tuple(records))
+
+
+def folder_files(folder: Path, adapter: bool = False) -> list[str]:
+    """The names of the files `pin_folder` pins; an error for a folder that is no model."""
     if adapter:
-        names = adapter_files(folder)
-    elif not (folder / "config.json").is_file():
+        return adapter_files(folder)
+    if not (folder / "config.json").is_file():
         if is_adapter_folder(folder):
             raise adapter_not_model(folder)
         raise SourceError(
             f"model folder has no config.json: {folder}", hint="a source must be a Hugging Face model folder"
         )
-    else:
-        names = used_files(folder)
-    records = []
-    for name in names:
-        size, digest = hashes.sha256(folder / name)
-        records.append(FileRecord(name, size, digest))
-    return Pin(commit, tuple(records))
+    return used_files(folder)
+
+
+def start_pin(
+    folder: Path,
+    hashes: HashCache,
+    *,
+    adapter: bool = False,
+    trust: Mapping[str, Trust] | None = None,
+    claims: bool = False,
+) -> None:
+    """Begin hashing, on background threads, the files `pin_folder` (with these `claims`) will
+    read, so that several sources' files are hashed at once; what is wrong with the folder
+    is left for `pin_folder` to say."""
+    try:
+        names = folder_files(folder, adapter)
+    except (MergepkgError, OSError):
+        return
+    hashes.start([(folder / n, (trust or {}).get(n)) for n in names], claims=claims)
 
 
 def adapter_not_model(where: Path | str) -> SourceError:
