@@ -1,0 +1,142 @@
+"""First builds: a recipe built on a machine whose hash cache has never seen its inputs.
+
+    python bench/first_build.py                  # linear and ties, 3 alternating rounds
+    python bench/first_build.py --only linear --repeat 5
+
+Each merge in bench/configs is imported and locked once (in a home of its own, so the
+lock sits beside the recipe as a checkout brings it), then built in alternation, each
+with a warm page cache (every input read first), an empty store and `sync` first:
+
+- **first build**: a fresh MERGEPKG_HOME, so a cold hash cache; the lock is there;
+- **first build, no lock**: the same with the lock moved away, so every input is hashed
+  before any step is keyed;
+- **warm hash cache**: the home of earlier builds with its store emptied, the row
+  bench/run.py times;
+- with `--before DIR` (a checkout of older code, e.g. `git worktree add DIR COMMIT`),
+  also **first build, before**: a first build (lock there) with DIR's mergepkg.
+
+It prints, per merge, the median wall time of each kind, every run's seconds, the spread
+(slowest minus fastest) and the ratio of a first build to a build with a warm hash cache
+(the goal of issue 20: within 10 %). `first_build_rows` is what bench/run.py calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import BIN, CONFIGS, make_models, measure, warm  # bench/ is not a package: its folder on the path
+
+KINDS = ("first", "first_no_lock", "warm_hashes")
+GOAL = 1.10  # a first build within 10 % of a build with a warm hash cache
+
+
+def _prepare(name: str, models: Path, work: Path) -> Path:
+    """The merge's recipe, imported and locked (in a home used for nothing else)."""
+    config = work / f"{name}.yml"
+    config.write_text((CONFIGS / f"{name}.yml").read_text().replace("MODELS", str(models)))
+    recipe = work / f"{name}.toml"
+    subprocess.run([BIN / "mergepkg", "import", str(config), "-o", str(recipe)], check=True, capture_output=True)
+    env = {**os.environ, "MERGEPKG_HOME": str(work / "lock-home")}
+    subprocess.run([BIN / "mergepkg", "lock", str(recipe)], check=True, capture_output=True, env=env)
+    return recipe
+
+
+def _build(recipe: Path, home: Path, out: Path, code: Path | None = None) -> float:
+    env = {"MERGEPKG_HOME": str(home)} | ({"PYTHONPATH": str(code)} if code else {})
+    seconds, _ = measure([str(BIN / "mergepkg"), "build", str(recipe), "--out", str(out), "-q"], env)
+    shutil.rmtree(out)
+    return seconds
+
+
+def first_build_rows(
+    models: Path, work: Path, names: list[str], repeat: int = 3, before: Path | None = None
+) -> list[dict]:
+    """Per merge, `repeat` rounds of a first build, a first build without a lock and a
+    build with a warm hash cache (and a first build of the code in `before`), in
+    alternation: each kind's runs (seconds) and median."""
+    kinds = KINDS + (("first_before",) if before else ())
+    rows = []
+    for name in names:
+        recipe = _prepare(name, models, work)
+        lock = recipe.with_suffix(".lock")
+        kept = lock.read_bytes()
+        warm_home = work / f"{name}-warm"
+        warm(models)
+        _build(recipe, warm_home, work / "out")  # fills its hash cache
+        runs: dict[str, list[float]] = {k: [] for k in kinds}
+        for i in range(repeat):
+            for kind in kinds:
+                warm(models)
+                if kind == "warm_hashes":
+                    shutil.rmtree(warm_home / "store", ignore_errors=True)
+                    home = warm_home
+                else:
+                    home = work / f"{name}-{kind}-{i}"  # never used: a cold hash cache
+                if kind == "first_no_lock":
+                    lock.unlink()
+                try:
+                    runs[kind].append(_build(recipe, home, work / "out", before if kind == "first_before" else None))
+                finally:
+                    lock.write_bytes(kept)  # the lock as the import made it (mtime: now)
+                if home != warm_home:
+                    shutil.rmtree(home)
+        row: dict = {"merge": name}
+        for kind, seconds in runs.items():
+            row[f"{kind}_s"] = statistics.median(seconds)
+            row[f"{kind}_runs_s"] = [round(s, 2) for s in seconds]
+        rows.append(row)
+    return rows
+
+
+def report(rows: list[dict], repeat: int) -> str:
+    lines = [
+        f"First builds (cold hash cache, warm page cache, empty store): medians of {repeat} alternating rounds.",
+        "",
+        "| merge | first build s | first build, no lock s | warm hash cache s | first / warm (goal ≤ 1.10) "
+        "| no lock / warm | runs: first; no lock; warm | spread s (first, no lock, warm) |",
+        "|---" * 8 + "|",
+    ]
+    for r in rows:
+        runs = "; ".join(", ".join(f"{s:.2f}" for s in r[f"{k}_runs_s"]) for k in KINDS)
+        spread = ", ".join(f"{max(r[f'{k}_runs_s']) - min(r[f'{k}_runs_s']):.2f}" for k in KINDS)
+        warm_s = r["warm_hashes_s"]
+        lines.append(
+            f"| {r['merge']} | {r['first_s']:.2f} | {r['first_no_lock_s']:.2f} | {warm_s:.2f} | "
+            f"{r['first_s'] / warm_s:.3f} | {r['first_no_lock_s'] / warm_s:.3f} | {runs} | {spread} |"
+        )
+        if "first_before_s" in r:
+            runs = ", ".join(f"{s:.2f}" for s in r["first_before_runs_s"])
+            lines.append(
+                f"|   before: first build | {r['first_before_s']:.2f} | | | "
+                f"{r['first_before_s'] / warm_s:.3f} | | {runs} | |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=Path.home() / ".cache" / "mergepkg-bench")
+    parser.add_argument("--only", default="linear,ties", help="comma-separated merges (bench/configs)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--before", type=Path, help="a checkout of older code: its first builds too")
+    args = parser.parse_args()
+    make_models(args.models)
+    with tempfile.TemporaryDirectory(prefix="mergepkg-first-build-") as tmp:
+        rows = first_build_rows(args.models, Path(tmp), args.only.split(","), args.repeat, args.before)
+    print(report(rows, args.repeat))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
