@@ -115,12 +115,13 @@ def input_bytes(config_text: str, models: Path) -> int:
     return sum(path.stat().st_size for path in inputs(config_text, models))
 
 
-def floor(files: list[Path], out_bytes: int, work: Path) -> tuple[float, float]:
-    """bench/floor.py over `files`, measured as a build is: (wall seconds, peak RSS in GB)."""
+def floor(files: list[Path], out_bytes: int, work: Path) -> float:
+    """bench/floor.py over `files`, timed as a build is: wall seconds (its memory is one
+    16 MiB buffer, so its peak RSS says nothing)."""
     out = work / "floor.out"
-    measured = measure([sys.executable, str(ROOT / "bench" / "floor.py"), str(out), str(out_bytes), *map(str, files)])
+    wall, _ = measure([sys.executable, str(ROOT / "bench" / "floor.py"), str(out), str(out_bytes), *map(str, files)])
     out.unlink()
-    return measured
+    return wall
 
 
 def run_merge(name: str, models: Path, work: Path, with_mergekit: bool, repeat: int) -> dict:
@@ -134,7 +135,8 @@ def run_merge(name: str, models: Path, work: Path, with_mergekit: bool, repeat: 
     home = work / "home"
     env = {"MERGEPKG_HOME": str(home)}
     subprocess.run([BIN / "mergepkg", "lock", str(recipe)], check=True, capture_output=True, env={**os.environ, **env})
-    runs: dict[str, list] = {"mergepkg": [], "mergekit": [], "floor": []}
+    runs: dict[str, list] = {"mergepkg": [], "mergekit": []}
+    floors: list[float] = []
     digests = set()
     for _ in range(repeat):
         warm(models)
@@ -147,7 +149,7 @@ def run_merge(name: str, models: Path, work: Path, with_mergekit: bool, repeat: 
         shutil.rmtree(out)
         if name in FLOORS:  # the same files, the same warmth, in the same round
             warm(models)
-            runs["floor"].append(floor(inputs(config_text, models), out_bytes, work))
+            floors.append(floor(inputs(config_text, models), out_bytes, work))
         if with_mergekit:
             out = work / "out-mergekit"
             runs["mergekit"].append(
@@ -167,6 +169,8 @@ def run_merge(name: str, models: Path, work: Path, with_mergekit: bool, repeat: 
     if len(digests) != 1:
         raise SystemExit(f"{name}: builds gave different digests: {sorted(digests)}")
     row = {"merge": name, "digest": digests.pop(), "input_gb": input_bytes(config_text, models) / 1e9}
+    if floors:
+        row.update({"floor_s": statistics.median(floors), "floor_runs_s": [round(w, 2) for w in floors]})
     for tool, measured in runs.items():
         if measured:
             row.update(
