@@ -196,8 +196,13 @@ class HashCache:
         except FileNotFoundError:
             same = False
         if same:
-            with self._lock, self._db:
-                self._db.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)", (real, *ident, digest))
+            try:
+                with self._lock, self._db:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)", (real, *ident, digest)
+                    )
+            except sqlite3.Error:  # remembering is a saving, never the answer: a closed cache keeps the check
+                pass
         return digest
 
     @staticmethod

@@ -145,3 +145,20 @@ def test_a_hard_link_or_chmod_meanwhile_is_no_change(tmp_path, cache):
 def test_folders_with_nothing_pinned_pass(tmp_path):
     model(tmp_path / "never")
     check_files([tmp_path / "never", tmp_path / "absent"])
+
+
+def test_a_claim_is_checked_even_when_its_cache_is_closed_meanwhile(tmp_path, monkeypatch):
+    import threading
+
+    import mergepkg.store.hashcache
+
+    path = model(tmp_path / "m")
+    gate = threading.Event()
+    real = mergepkg.store.hashcache.sha256_file
+    monkeypatch.setattr(mergepkg.store.hashcache, "sha256_file", lambda p: gate.wait(5) and real(p))
+    cache = HashCache(tmp_path / "h.sqlite")
+    cache.sha256(path, Trust(path.stat().st_size, sha(b"false"), later(path)), claims=True)
+    cache.close()  # before the read is done: it cannot be remembered, and is still checked
+    gate.set()
+    with pytest.raises(SourceError, match="does not hold"):
+        check_files([tmp_path / "m"])
