@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import mergepkg.store.hashcache
 from mergepkg.errors import SourceError
 from mergepkg.store.hashcache import CHUNK, HashCache, Trust, check_files, sha256_file
 
@@ -148,10 +150,6 @@ def test_folders_with_nothing_pinned_pass(tmp_path):
 
 
 def test_a_claim_is_checked_even_when_its_cache_is_closed_meanwhile(tmp_path, monkeypatch):
-    import threading
-
-    import mergepkg.store.hashcache
-
     path = model(tmp_path / "m")
     gate = threading.Event()
     real = mergepkg.store.hashcache.sha256_file
