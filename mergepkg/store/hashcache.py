@@ -33,7 +33,12 @@ from pathlib import Path
 
 from mergepkg.errors import SourceError
 
-CHUNK = 4 << 20  # bytes read at a time, into one reused buffer
+# Bytes read and hashed at a time, into one reused buffer. Each read and each update gives
+# the GIL back and takes it again; beside a thread that holds it (torch's import, while a
+# claim is checked), taking it back waits up to the 5 ms switch interval. Measured on 1.08 GB
+# beside a busy Python thread: 2.60 s in 4 MiB reads, 1.85 s in 16 MiB, 1.70 s in 64 MiB
+# (0.75 s alone, at any size).
+CHUNK = 16 << 20
 
 Identity = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
 HEX = frozenset("0123456789abcdef")
