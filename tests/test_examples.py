@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import build_recipe
+from helpers import build_recipe, llama_cpp_tree
 
 from mergepkg.recipe.parse import load_recipe
 
@@ -24,7 +24,8 @@ def test_example_recipe_builds_and_loads(path, tmp_path):
     from transformers import AutoModelForCausalLM
 
     recipe = load_recipe(path)
-    outputs = build_recipe(path, tmp_path / "out", mode="locked").outputs
+    converter = {"llama_cpp": llama_cpp_tree()} if recipe.exports else {}  # demo-gguf: llama.cpp's converter
+    outputs = build_recipe(path, tmp_path / "out", mode="locked", **converter).outputs
     assert list(outputs) == list(recipe.outputs)
     for folder in outputs.values():
         model = AutoModelForCausalLM.from_pretrained(folder)
