@@ -4,6 +4,7 @@
     python bench/run.py --only ties,linear    # some of them
     python bench/run.py --no-mergekit         # mergepkg only (mergekit is not installed)
     python bench/run.py --repeat 1            # one round per merge (default 3, medians)
+    python bench/run.py --no-first-build      # without the first-build rows (bench/first_build.py)
 
 It generates (once, seeded) a 542M-parameter Llama-shaped model set in bfloat16 (hidden
 2048, 8 layers, MLP 5632, vocab 32000): a base and three fine-tunes (base + small noise).
@@ -303,6 +304,7 @@ def main() -> None:
     parser.add_argument("--no-mergekit", action="store_true")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per merge; medians are reported")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--no-first-build", action="store_true", help="skip the first-build rows (first_build.py)")
     args = parser.parse_args()
     with_mergekit = not args.no_mergekit and (BIN / "mergekit-yaml").exists()
     make_models(args.models)
@@ -315,6 +317,12 @@ def main() -> None:
         noop = noop_rebuild(work)
     print(machine())
     print(report(rows, noop, args.repeat))
+    if not args.no_first_build:
+        # first builds (cold hash cache) against warm ones, for linear and ties: bench/first_build.py,
+        # imported here because it imports this module's helpers
+        from first_build import section
+
+        print("\n" + section(args.models, args.only.split(","), args.repeat))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "rows": rows, "noop": noop}, indent=2))
 
