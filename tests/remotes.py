@@ -8,12 +8,27 @@ import json
 import os
 import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mergepkg.canonical import canonical_json, sha256_hex
 from mergepkg.io.digest import tensor_digests
+from mergepkg.remote.store import Remote
+from mergepkg.remote.sync import open_remote
 from mergepkg.store.local import Artifact, Store
+
+
+def scratch_remote(kind: str, tmp_path: Path) -> Iterator[Remote]:
+    """An empty remote of `kind` ("memory" or "file"), removed afterwards: the body of the
+    `remote` fixtures of tests/remote/."""
+    if kind == "memory":
+        url = f"memory://t-{uuid.uuid4().hex[:8]}/cache"
+        yield open_remote(url)
+        open_remote(url).fs.rm(url.partition("://")[2].split("/")[0], recursive=True)
+    else:
+        (tmp_path / "shared").mkdir()
+        yield open_remote(str(tmp_path / "shared"))
 
 
 def make_artifact(store: Store, seed: int = 0, *, rows: int = 64, shards: int = 2) -> Artifact:

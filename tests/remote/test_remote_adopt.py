@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from remotes import make_artifact, make_bucket, moto_server, s3_options
+from remotes import make_artifact, make_bucket, moto_server, s3_options, scratch_remote
 
 from mergepkg.remote import adopt as adopting
 from mergepkg.remote.adopt import adopt
@@ -27,13 +27,7 @@ Staged = tuple[Record, dict[str, str], dict[str, bytes]]
 
 @pytest.fixture(params=["memory", "file"])
 def remote(request, tmp_path) -> Remote:
-    if request.param == "memory":
-        url = f"memory://t-{uuid.uuid4().hex[:8]}/cache"
-        yield open_remote(url)
-        open_remote(url).fs.rm(url.partition("://")[2].split("/")[0], recursive=True)
-    else:
-        (tmp_path / "shared").mkdir()
-        yield open_remote(str(tmp_path / "shared"))
+    yield from scratch_remote(request.param, tmp_path)
 
 
 def stage(remote: Remote, art: Artifact, prefix: str = "plan") -> Staged:

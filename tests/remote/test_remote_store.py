@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
-from remotes import make_artifact, push_together, tree
+from remotes import make_artifact, push_together, scratch_remote, tree
 
 from mergepkg.remote.errors import NotOnRemote, Refused
 from mergepkg.remote.sign import generate_key
@@ -21,13 +20,7 @@ from mergepkg.store.local import Store
 
 @pytest.fixture(params=["memory", "file"])
 def remote(request, tmp_path) -> Remote:
-    if request.param == "memory":
-        url = f"memory://t-{uuid.uuid4().hex[:8]}/cache"
-        yield open_remote(url)
-        open_remote(url).fs.rm(url.partition("://")[2].split("/")[0], recursive=True)
-    else:
-        (tmp_path / "shared").mkdir()
-        yield open_remote(str(tmp_path / "shared"))
+    yield from scratch_remote(request.param, tmp_path)
 
 
 def homes(tmp_path: Path) -> tuple[Store, Store]:
