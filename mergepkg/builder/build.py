@@ -35,6 +35,7 @@ from mergepkg.errors import LockError
 from mergepkg.lockfile import Lock, LockedExport, LockedStep, lock_path, read_lock, write_lock
 from mergepkg.pitfalls.params import recipe_pitfalls
 from mergepkg.pitfalls.pitfall import Pitfall, deny, settle
+from mergepkg.recipe.exports import export_file
 from mergepkg.recipe.model import Recipe
 from mergepkg.resolve.resolution import Mode, Resolution, resolve
 from mergepkg.store.evals import EvalCache
@@ -111,12 +112,14 @@ def build(
             for n, s in (old_lock.steps.items() if old_lock else ())
             if s.digest is not None and res.keys.get(n) == s.key
         }
-        exports = only_exports if only_exports is not None else () if targets else tuple(res.recipe.exports)
-        export_steps = tuple(res.recipe.exports[n].step for n in exports)
-        roots = (
-            res.plan.order if all_steps else export_steps if only_exports is not None else targets or res.recipe.outputs
-        )
-        roots = tuple(dict.fromkeys((*roots, *export_steps)))
+        wanted: tuple[str, ...] = ()
+        if only_exports is not None:  # these exports, and the steps they are made from
+            exports = only_exports
+        else:
+            exports = () if targets else tuple(res.recipe.exports)
+            wanted = targets or res.recipe.outputs
+        export_steps = (res.recipe.exports[n].step for n in exports)
+        roots = res.plan.order if all_steps else tuple(dict.fromkeys((*wanted, *export_steps)))
         remotes = Remotes.for_recipe(session.settings, res.recipe, warnings.warning) if remote != "never" else None
         steps = StepRunner(res, session, warnings, sample, remotes, remote, locked, tuple(roots))
         steps.run()
@@ -133,21 +136,21 @@ def build(
             write_lock(lock_path(recipe), lock)
         session.store.add_root(lock_path(recipe))
         outputs, placed = {}, {}
-        if out is not None and only_exports is not None:
+        if out is not None:
             with session.store.output_lock(out):
-                placed = place_exports(made, out)
-        elif out is not None:
-            with session.store.output_lock(out):
-                outputs = place_outputs(
-                    res,
-                    {n: artifacts[n] for n in recipe.outputs},
-                    out,
-                    EvalCache(session.settings.home).rows,
-                    max_shard_bytes=session.settings.max_shard_bytes,
-                    lock=lock,
-                    exports={n: a.folder / EXPORT_FILE for n, a in made.items()},
-                )
-                placed = {n: out / f"{n}.gguf" for n in made}
+                if only_exports is not None:
+                    placed = place_exports(made, out)
+                else:
+                    outputs = place_outputs(
+                        res,
+                        {n: artifacts[n] for n in recipe.outputs},
+                        out,
+                        EvalCache(session.settings.home).rows,
+                        max_shard_bytes=session.settings.max_shard_bytes,
+                        lock=lock,
+                        exports={n: a.folder / EXPORT_FILE for n, a in made.items()},
+                    )
+                    placed = {n: out / export_file(n) for n in made}
         return BuildReport(
             res,
             artifacts,

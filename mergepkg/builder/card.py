@@ -27,6 +27,7 @@ from mergepkg.lockfile import LockedExport
 from mergepkg.methods import METHODS
 from mergepkg.methods.lora import SPEC as LORA_SPEC
 from mergepkg.methods.spec import MethodSpec
+from mergepkg.recipe.exports import export_file
 from mergepkg.recipe.model import Recipe, Step
 from mergepkg.resolve.resolution import Resolution
 
@@ -139,7 +140,7 @@ def render_card(
     ]
     if gguf := [e for e in (exports or {}).values() if e.step == name and e.digest]:
         body += ["", "## GGUF", "", "| file | type | sha256 |", "|---|---|---|"]
-        body += [f"| `{e.name}.gguf` | {e.type} | `{(e.digest or '')[7:]}` |" for e in gguf]
+        body += [f"| `{export_file(e.name)}` | {e.type} | `{(e.digest or '')[7:]}` |" for e in gguf]
         body += [
             "",
             f"Made from this step by llama.cpp's converter ({gguf[0].converter.split(' sha256:')[0]}); "

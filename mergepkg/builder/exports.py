@@ -10,7 +10,6 @@ leaves nothing: not in the store, not in `--out`, not in the lock.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -20,7 +19,9 @@ from mergepkg.builder.outputs import MARKER, check_replaceable, link_or_copy
 from mergepkg.engine.progress import Reporter
 from mergepkg.errors import BuildError, MergepkgError
 from mergepkg.export.gguf import check_model, convert
+from mergepkg.recipe.exports import export_file
 from mergepkg.resolve.resolution import Resolution
+from mergepkg.store.hashcache import sha256_file
 from mergepkg.store.local import Artifact
 from mergepkg.store.session import Session
 
@@ -65,8 +66,7 @@ def _convert(res: Resolution, session: Session, name: str, step: Artifact, repor
     started = time.monotonic()
     try:
         convert(step.folder, folder / FILE, export.type, converter, session.settings.threads)
-        with open(folder / FILE, "rb") as f:
-            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        sha256 = sha256_file(folder / FILE)
         entry = {"export": export.format, "type": export.type, "step": step.key, "converter": converter.identity}
         art = session.store.commit(
             locked.key, folder, entry, {}, seconds=time.monotonic() - started, sha256={FILE: sha256}
@@ -89,10 +89,10 @@ def place_exports(exports: dict[str, Artifact], out: Path) -> dict[str, Path]:
         (out / MARKER).write_text("{}\n")
     placed = {}
     for name, art in exports.items():
-        target = out / f"{name}.gguf"
+        target = out / export_file(name)
         if target.is_dir():
             raise BuildError(f"{target} is a folder", hint="rename the export or the step")
-        temp = out / f".{name}.gguf.{os.getpid()}.tmp"
+        temp = out / f".{export_file(name)}.{os.getpid()}.tmp"
         link_or_copy(art.folder / FILE, temp)
         os.replace(temp, target)
         placed[name] = target

@@ -29,6 +29,7 @@ from mergepkg.io.reshard import reshard, sharded_as
 from mergepkg.io.tensors import NAME_OF, scan_tensors
 from mergepkg.layout.chat import TEMPLATE_FILE
 from mergepkg.lockfile import Lock, write_lock
+from mergepkg.recipe.exports import export_file
 from mergepkg.resolve.resolution import Resolution
 from mergepkg.store.local import MANIFEST, Artifact
 
@@ -78,7 +79,7 @@ def place_outputs(
                     link_or_copy(f, target / f.name)
             describe(res, name, art, lock, target, final=out if single else out / name, evals=eval_rows(art.key))
         for name, file in (exports or {}).items():
-            link_or_copy(file, staged / f"{name}.gguf")
+            link_or_copy(file, staged / export_file(name))
         (staged / MARKER).write_text(
             json.dumps({"recipe": str(res.recipe.path), "outputs": {n: a.key for n, a in artifacts.items()}}) + "\n"
         )

@@ -43,6 +43,11 @@ QUANTIZER_TYPES = (
 GGUF_TYPES = CONVERTER_TYPES + QUANTIZER_TYPES
 
 
+def export_file(name: str) -> str:
+    """The file export `name` is placed as, in `--out`."""
+    return f"{name}.gguf"
+
+
 def exports_table(
     reader: TableReader, value: Any, steps: Mapping[str, object], outputs: list[str]
 ) -> dict[str, Export]:

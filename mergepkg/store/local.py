@@ -30,6 +30,7 @@ from mergepkg.errors import BuildError, MergepkgError, StoreError
 from mergepkg.files import write_atomic
 from mergepkg.io.digest import combine_digests, model_digest, tensor_digests
 from mergepkg.io.tensors import scan_tensors
+from mergepkg.store.hashcache import sha256_file
 
 if TYPE_CHECKING:
     import filelock
@@ -106,9 +107,8 @@ class Artifact:
                 break
             total += self.manifest["files"][name]["size"]
             try:
-                with open(self.folder / name, "rb") as f:
-                    if hashlib.file_digest(f, "sha256").hexdigest() != hashes[name]:
-                        return False
+                if sha256_file(self.folder / name) != hashes[name]:
+                    return False
             except OSError:
                 return False
         return True
