@@ -335,16 +335,22 @@ def test_sigkill_at_random_moments_and_the_next_build_gives_the_clean_digests(bi
     complete artifacts only, the next build leaves no temp folder behind and gives the
     clean build's keys and digests."""
     rng = random.Random(20261203)
-    span = reference["seconds"] * 1.2 + 0.5  # from startup to past the end of a clean build
+    # The span starts at the reference build's time, which was the session's first build (cold
+    # caches) and can take half as long again as the builds below. Each build that finishes
+    # before its kill pulls the span halfway to its own time, so the kills keep landing
+    # mid-build however fast or loaded the machine is.
+    span = reference["seconds"]
     report = []
     for i in range(KILLS):
-        at = rng.uniform(0.05, span)
+        at = rng.uniform(0.02, 1.05) * span  # from startup to just past the end of a build
         kdir = tmp_path / f"r{i}"
         recipe = write_recipe_file(kdir, big, CHAIN)
         home, out = kdir / "home", kdir / "out"
         proc = start(home, "build", recipe, "--out", out, "-q", "--shard-size", SHARDS, log=kdir / "log")
+        t0 = time.monotonic()
         try:
             rc = proc.wait(timeout=at)
+            span = (span + time.monotonic() - t0) / 2
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             rc = proc.wait()
