@@ -12,7 +12,7 @@ import functools
 import math
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from mergepkg.engine.values import ValueWatch
 from mergepkg.errors import MergeError, MergepkgError
 from mergepkg.io.buffers import BufferPool
 from mergepkg.io.reader import ModelReader
-from mergepkg.io.tensors import TensorInfo, torch_dtype
+from mergepkg.io.tensors import NAME_OF, TensorInfo, torch_dtype
 from mergepkg.io.writer import MAX_SHARD_BYTES, ShardWriter
 from mergepkg.layout.types import OutputTensor, StepLayout
 from mergepkg.methods.kernels import chunks
@@ -127,6 +127,15 @@ def budget_for(layouts: Iterable[StepLayout], max_memory: int | None, device: st
 
 def _runs_fused(layout: StepLayout, device: str) -> bool:
     return layout.method.fused and fused.covers(compute_dtype(layout), len(layout.step.models) - 1, device)
+
+
+def _kernel_dtypes(layout: StepLayout, infos: Mapping[str, Mapping[str, TensorInfo]]) -> tuple[list[str], list[str]]:
+    """The compute dtypes and stored dtypes a fused step runs its kernels on: the step's
+    dtype (for "auto", any of its inputs' dtypes, or float32) over its inputs' dtypes."""
+    stored = sorted({NAME_OF.get(t.dtype, t.dtype) for tensors in infos.values() for t in tensors.values()})
+    if layout.step.dtype != AUTO:
+        return [fused.dtype_name(compute_dtype(layout))], stored
+    return sorted({*stored, "float32"} & set(fused.DTYPES)), stored
 
 
 def build_step(
@@ -261,7 +270,9 @@ class _Merger:
         own = _runs_fused(layout, device)
         torch.set_num_threads(1 if own or method.light else workers)
         if own:
-            fused.load()  # numba and the kernels (120 MB); `budget_for` loaded them first under a limit
+            fused.load(
+                *_kernel_dtypes(layout, infos)
+            )  # numba and the kernels (120 MB); `budget_for` loaded them first under a limit
         self.budget = budget
         # under a limit, one thread: each one's scratch and allocator arena cost memory
         # (measured: linear under 600MB peaked at 0.94 GB on two threads, 0.54 GB on one)

@@ -27,6 +27,8 @@ holds it to the whole-tensor merge and to the torch stream bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from mergepkg._lazy import torch
@@ -38,13 +40,14 @@ MAX_INPUTS = 4  # torch sums up to four inputs in order; past that its order is 
 DTYPES = ("float32", "bfloat16", "float16")  # stored dtypes the loops read and write, and compute dtypes
 
 
-def _name(dtype) -> str:
+def dtype_name(dtype) -> str:
+    """torch.bfloat16 -> "bfloat16", as DTYPES names them."""
     return str(dtype).removeprefix("torch.")
 
 
 def covers(compute, inputs: int, device: str = "cpu") -> bool:
     """Whether a task-vector step with `inputs` models besides the base runs here."""
-    return torch.device(device).type == "cpu" and _name(compute) in DTYPES and 1 <= inputs <= MAX_INPUTS
+    return torch.device(device).type == "cpu" and dtype_name(compute) in DTYPES and 1 <= inputs <= MAX_INPUTS
 
 
 def usable(base, tensors, compute, planner) -> bool:
@@ -53,7 +56,7 @@ def usable(base, tensors, compute, planner) -> bool:
         base is not None
         and covers(compute, len(tensors), base.device)
         and base.numel() > 0
-        and all(_name(t.dtype) in DTYPES for t in [base, *tensors])
+        and all(dtype_name(t.dtype) in DTYPES for t in [base, *tensors])
         and planner in (None, "magnitude", "bernoulli")
     )
 
@@ -66,9 +69,11 @@ def _kernels():
     return compiled
 
 
-def load() -> None:
-    """Import numba and load the compiled kernels now (compiling them the first time)."""
-    _kernels().warm()
+def load(compute: Iterable[str] = DTYPES, stored: Iterable[str] = ("float32", "bfloat16")) -> None:
+    """Import numba and load the compiled kernels now (compiling them the first time), for
+    the `compute` dtypes over inputs stored as `stored`: each specialization loaded costs
+    about 10 ms, so a step loads those it will run (one missed here loads on first use)."""
+    _kernels().warm(tuple(compute), tuple(dtype for dtype in stored if dtype in DTYPES))
 
 
 def raw(t) -> np.ndarray:
@@ -76,12 +81,12 @@ def raw(t) -> np.ndarray:
     (compiled.STORED: bfloat16 and float16 bits as 16-bit integers)."""
     if t.dtype == torch.float32:
         return t.numpy()
-    return t.view(torch.int16).numpy().view(_kernels().STORED[_name(t.dtype)])
+    return t.view(torch.int16).numpy().view(_kernels().STORED[dtype_name(t.dtype)])
 
 
 def top_k(base, t, density: float, spans: list[slice], compute=torch.float32) -> sparsify.TopK:
     """sparsify.TopK of |t - base| (computed in `compute`), its pass through the band fused."""
-    like = _kernels().MARKERS[_name(compute)]
+    like = _kernels().MARKERS[dtype_name(compute)]
 
     def magnitudes(span):
         return torch.sub(t[span].to(compute), base[span].to(compute)).abs_().float()
@@ -154,7 +159,7 @@ def stream(
     weights[:inputs] = w.float().numpy()
     thinned = [i for i in range(inputs) if planner and density[i] < 1]
     kernels = _kernels()
-    like = kernels.MARKERS[_name(compute)]
+    like = kernels.MARKERS[dtype_name(compute)]
     if planner == "magnitude":
         # each shared among the threads
         for i in thinned:
@@ -203,7 +208,7 @@ def stream(
     keep = (seed, limit) if planner == "bernoulli" else (threshold, cut)
     rest = (elect_sign, normalize, divisor, lam, like)
 
-    direct = _name(out.dtype) in DTYPES  # the kernel rounds to it and writes the result in place
+    direct = dtype_name(out.dtype) in DTYPES  # the kernel rounds to it and writes the result in place
 
     def merge_group(group: list[slice]):
         result = chunks.thread_scratch().get("result", (min(chunks.CHUNK, n),), torch.float32)

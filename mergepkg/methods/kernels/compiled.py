@@ -21,6 +21,10 @@ chunk is converted by torch into a buffer of its own first.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numba
@@ -28,6 +32,40 @@ import numpy as np
 from llvmlite import binding, ir
 from numba.core import types
 from numba.extending import intrinsic
+
+
+class _Refuse(importlib.abc.MetaPathFinder):
+    """An import finder that refuses one package and its modules."""
+
+    def __init__(self, package: str):
+        self.package = package
+
+    def find_spec(self, name, path, target=None):
+        if name == self.package or name.startswith(self.package + "."):
+            raise ImportError(f"{name} is not loaded for mergepkg's kernels")
+        return None
+
+
+@contextlib.contextmanager
+def _no_blas_probe() -> Iterator[None]:
+    """numba's array implementations probe for a BLAS by importing scipy.linalg where
+    SciPy is installed (0.3-0.5 s, on every build's first kernel: the registries load on
+    first use, cache hits included). No kernel here calls a BLAS; numba only falls back
+    to its own loop for np.convolve and np.correlate. Where scipy.linalg is loaded
+    already, nothing changes."""
+    if "scipy.linalg" in sys.modules:
+        yield
+        return
+    refuse = _Refuse("scipy.linalg")
+    sys.meta_path.insert(0, refuse)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(refuse)
+
+
+with _no_blas_probe():
+    import numba.np.arraymath  # (what a kernel's first load imports, probe included)
 
 # The compute dtype as a type numba specializes on: numpy has no bfloat16, and numba's CPU
 # target takes no float16 arrays, so 16-bit integers stand for them.
