@@ -204,9 +204,17 @@ def stream(
     out = chunks.output(out, base.shape, out_dtype, base.device)
     dest = out.view(-1)
 
-    merge = kernels.merge_drawn if planner == "bernoulli" else kernels.merge_top_k
-    keep = (seed, limit) if planner == "bernoulli" else (threshold, cut)
     rest = (elect_sign, normalize, divisor, lam, like)
+    if thinned:
+        merge = kernels.merge_drawn if planner == "bernoulli" else kernels.merge_top_k
+        keep = (seed, limit) if planner == "bernoulli" else (threshold, cut)
+
+        def run(xs, b, into, start: int) -> None:
+            merge(*xs, inputs, b, into, start, *keep, factor, weights, *rest)
+    else:  # every input kept whole: the loop without keep rules or rescale, the same bits
+
+        def run(xs, b, into, start: int) -> None:
+            kernels.merge_weighted(*xs, inputs, b, into, weights, *rest)
 
     direct = dtype_name(out.dtype) in DTYPES  # the kernel rounds to it and writes the result in place
 
@@ -216,7 +224,7 @@ def stream(
             xs = [raw(t[span]) for t in flat]
             xs += xs[-1:] * (MAX_INPUTS - inputs)  # the spare inputs: the last again, ignored
             into = dest[span] if direct else result[: span.stop - span.start]
-            merge(*xs, inputs, raw(flat_base[span]), raw(into), span.start, *keep, factor, weights, *rest)
+            run(xs, raw(flat_base[span]), raw(into), span.start)
             if not direct:
                 dest[span].copy_(into)
 

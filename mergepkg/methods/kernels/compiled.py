@@ -446,6 +446,38 @@ def merge_drawn(x0, x1, x2, x3, n, b, out, start, seed, limit, factor, weight, e
         out[j] = _store(merged, out, like)
 
 
+@numba.njit(inline="always")
+def _weighted(x0, x1, x2, x3, n, b, out, weight, elect, normalize, divisor, lam, like):
+    """merge_top_k's loop where no input is thinned: each delta rounded, times its weight,
+    rounded (v * 1.0 * 1.0, the keep and the factor of an unthinned input, is v itself)."""
+    w0, w1, w2, w3 = weight[0], weight[1], weight[2], weight[3]
+    for j in range(b.shape[0]):
+        bj = _read(b[j], like)
+        d0 = _round(_round(_read(x0[j], like) - bj, like) * w0, like)
+        d1 = _round(_round(_read(x1[j], like) - bj, like) * w1, like)
+        d2 = _round(_round(_read(x2[j], like) - bj, like) * w2, like)
+        d3 = _round(_round(_read(x3[j], like) - bj, like) * w3, like)
+        merged = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
+        out[j] = _store(merged, out, like)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def merge_weighted(x0, x1, x2, x3, n, b, out, weight, elect, normalize, divisor, lam, like):
+    """merge_top_k where no input is thinned (task_arithmetic; TIES or DARE at density 1),
+    with the same bits. The loop is entered with the input count a constant, one copy per
+    count: LLVM then drops the spare inputs and the branches on `n`, and vectorizes the
+    rest far better (3 inputs, one thread: 0.24 ns an entry against 1.17 in float32, 0.86
+    against 2.0 in bfloat16)."""
+    if n == 1:
+        _weighted(x0, x1, x2, x3, 1, b, out, weight, elect, normalize, divisor, lam, like)
+    elif n == 2:
+        _weighted(x0, x1, x2, x3, 2, b, out, weight, elect, normalize, divisor, lam, like)
+    elif n == 3:
+        _weighted(x0, x1, x2, x3, 3, b, out, weight, elect, normalize, divisor, lam, like)
+    else:
+        _weighted(x0, x1, x2, x3, 4, b, out, weight, elect, normalize, divisor, lam, like)
+
+
 # The L1 rescale's first pass (sparsify.l1_rescale): per entry of one input's task vector,
 # |delta| and |delta * keep|, in the compute dtype, as float32 for torch's fixed-block sums
 # (reduce.Total), which stay torch's so that the sums keep their bits.
@@ -488,3 +520,4 @@ def warm(dtypes=tuple(MARKERS), stored=("float32", "bfloat16")) -> None:
             for result in (f32, np.zeros(1, np.uint16)):  # results in float32 or bfloat16
                 merge_top_k(v, v, v, v, 1, v, result, 0, four, cut, *rest)
                 merge_drawn(v, v, v, v, 1, v, result, 0, seeds, seeds + np.uint64(1), *rest)
+                merge_weighted(v, v, v, v, 1, v, result, four, *rest[2:])
