@@ -1,13 +1,15 @@
 """The floor of a merge on this machine: read its inputs once, write one output once.
 
-    python bench/floor.py OUT_FILE OUT_BYTES INPUT...
+    python bench/floor.py [--torch] OUT_FILE OUT_BYTES INPUT...
 
 Reads every INPUT from start to end into one reused buffer (no mmap, no fresh memory
 per block), then writes OUT_BYTES to OUT_FILE from one reused, page-aligned buffer
 through O_DIRECT where the file system takes it (as mergepkg's writer does; buffered
 writes otherwise); the caller removes OUT_FILE. Nothing else: no torch, no parsing, no
-arithmetic, no hashing. bench/run.py times it as it times a build (a fresh process,
-the same files, the page cache warmed the same way) and reports linear/floor.
+arithmetic, no hashing. With `--torch` it imports torch first, and nothing else
+changes: the floor of any program that merges with torch. bench/run.py times both as it
+times a build (a fresh process, the same files, the page cache warmed the same way) and
+reports linear/floor.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ def write(path: str, size: int, buffer: mmap.mmap) -> None:
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--torch"]:
+        import torch  # noqa: F401  (its import is what the flag times)
+
+        argv = argv[1:]
     if len(argv) < 3:
         raise SystemExit(__doc__)
     out, size, inputs = argv[0], int(argv[1]), argv[2:]

@@ -15,7 +15,8 @@ warm for both. It prints the median wall time, peak RSS (the process and its chi
 input GB/s and mergepkg/mergekit ratios, then
 times a no-op rebuild of recipes/demo.toml and checks it imports neither torch nor
 transformers. For linear it also times bench/floor.py in the same rounds (read the
-inputs once, write an output of the same size once) and prints linear/floor.
+inputs once, write an output of the same size once; and the same after importing torch)
+and prints linear/floor.
 This is a script that prints figures, not a test: machines are noisy.
 """
 
@@ -116,11 +117,14 @@ def input_bytes(config_text: str, models: Path) -> int:
     return sum(path.stat().st_size for path in inputs(config_text, models))
 
 
-def floor(files: list[Path], out_bytes: int, work: Path) -> float:
-    """bench/floor.py over `files`, timed as a build is: wall seconds (its memory is one
-    16 MiB buffer, so its peak RSS says nothing)."""
+def floor(files: list[Path], out_bytes: int, work: Path, *, torch: bool = False) -> float:
+    """bench/floor.py over `files` (`torch`: importing torch first), timed as a build is:
+    wall seconds (its memory is one 16 MiB buffer, so its peak RSS says nothing)."""
     out = work / "floor.out"
-    wall, _ = measure([sys.executable, str(ROOT / "bench" / "floor.py"), str(out), str(out_bytes), *map(str, files)])
+    flag = ["--torch"] if torch else []
+    wall, _ = measure(
+        [sys.executable, str(ROOT / "bench" / "floor.py"), *flag, str(out), str(out_bytes), *map(str, files)]
+    )
     out.unlink()
     return wall
 
@@ -138,6 +142,7 @@ def run_merge(name: str, models: Path, work: Path, with_mergekit: bool, repeat: 
     subprocess.run([BIN / "mergepkg", "lock", str(recipe)], check=True, capture_output=True, env={**os.environ, **env})
     runs: dict[str, list] = {"mergepkg": [], "mergekit": []}
     floors: list[float] = []
+    torch_floors: list[float] = []
     digests = set()
     for _ in range(repeat):
         warm(models)
@@ -151,6 +156,8 @@ def run_merge(name: str, models: Path, work: Path, with_mergekit: bool, repeat: 
         if name in FLOORS:  # the same files, the same warmth, in the same round
             warm(models)
             floors.append(floor(inputs(config_text, models), out_bytes, work))
+            warm(models)
+            torch_floors.append(floor(inputs(config_text, models), out_bytes, work, torch=True))
         if with_mergekit:
             out = work / "out-mergekit"
             runs["mergekit"].append(
@@ -172,6 +179,12 @@ def run_merge(name: str, models: Path, work: Path, with_mergekit: bool, repeat: 
     row = {"merge": name, "digest": digests.pop(), "input_gb": input_bytes(config_text, models) / 1e9}
     if floors:
         row.update({"floor_s": statistics.median(floors), "floor_runs_s": [round(w, 2) for w in floors]})
+        row.update(
+            {
+                "floor_torch_s": statistics.median(torch_floors),
+                "floor_torch_runs_s": [round(w, 2) for w in torch_floors],
+            }
+        )
     for tool, measured in runs.items():
         if measured:
             row.update(
@@ -264,6 +277,9 @@ def report(rows: list[dict], noop: dict, repeat: int) -> str:
                 f"floor of {r['merge']} (bench/floor.py: read its inputs once, write its output once): "
                 f"{r['floor_s']:.2f} s (runs {r['floor_runs_s']}); {r['merge']} (runs {r['mergepkg_runs_s']}) / "
                 f"floor: {r['mergepkg_s'] / r['floor_s']:.2f} (≤ {FLOORS[r['merge']]})",
+                f"the same after `import torch` (bench/floor.py --torch): {r['floor_torch_s']:.2f} s "
+                f"(runs {r['floor_torch_runs_s']}); "
+                f"{r['merge']} / that floor: {r['mergepkg_s'] / r['floor_torch_s']:.2f}",
             ]
     lines.append("")
     lines.append(

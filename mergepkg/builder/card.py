@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import networkx as nx
 import yaml
 
 from mergepkg._version import __version__
@@ -53,7 +52,7 @@ def method_of(step: Step) -> MethodSpec:
 
 def hub_bases(res: Resolution, name: str) -> list[str]:
     """The Hugging Face repos output `name` is merged from (through the steps it reads), each once."""
-    used = [s for s in res.sources if s in nx.ancestors(res.plan.graph, name)]
+    used = [s for s in res.sources if s in res.plan.upstream(name)]
     return list(dict.fromkeys(hf for s in used if (hf := res.recipe.sources[s].hf)))
 
 
@@ -93,8 +92,9 @@ def render_card(
     (those of this step are listed)."""
     recipe: Recipe = res.recipe
     local = dict(local or {})
-    upstream = [n for n in res.plan.order if n in nx.ancestors(res.plan.graph, name)]
-    used = [s for s in res.sources if s in nx.ancestors(res.plan.graph, name)]
+    ancestors = res.plan.upstream(name)
+    upstream = [n for n in res.plan.order if n in ancestors]
+    used = [s for s in res.sources if s in ancestors]
     step = recipe.steps[name]
     method = method_of(step)
     body = [

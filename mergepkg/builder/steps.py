@@ -102,8 +102,8 @@ class StepRunner:
     def pull_all(self) -> Choice:
         """Pull what the rule picks; a refused or failing pull is warned about and the step
         built instead (the rule is asked again), unless it cannot be built here: then it raises."""
-        res, graph = self.res, self.res.plan.graph
-        inputs = {n: list(graph.predecessors(n)) for n in res.plan.order}
+        res = self.res
+        inputs = {n: res.plan.inputs(n) for n in res.plan.order}
         missing = {n: (s.missing if s.folder is None else 0) for n, s in res.sources.items()}
         lacking = [n for n in res.plan.order if n not in self.artifacts]
         offers = {}

@@ -6,8 +6,9 @@ always builds in the same order. A cycle is an error that names it.
 
 `make_plan` orders the steps with the standard library (a heap over the recipe's order,
 as networkx's `lexicographical_topological_sort` does), and `Plan.graph`, the
-`nx.DiGraph`, is made on first use: `validate` and `plan` never import networkx, which
-costs more than planning (docs/performance.md#startup). A cycle is named by networkx's
+`nx.DiGraph`, is made on first use: `validate`, `plan` and a build never import networkx,
+which costs more than planning (docs/performance.md#startup); `Plan.inputs` and
+`Plan.upstream` answer their questions with the recipe's own lists. A cycle is named by networkx's
 `find_cycle`, on the error's path only.
 """
 
@@ -40,7 +41,19 @@ class Plan:
 
     def inputs(self, name: str) -> list[str]:
         """The models step `name` reads (its predecessors in the graph), in recipe order."""
-        return list(self.recipe.steps[name].models)
+        return list(dict.fromkeys(self.recipe.steps[name].models))
+
+    def upstream(self, name: str) -> set[str]:
+        """Every model `name` is made from, directly or not (its ancestors in the graph)."""
+        seen: set[str] = set()
+        todo = [name]
+        while todo:
+            step = self.recipe.steps.get(todo.pop())
+            for model in step.models if step is not None else ():
+                if model not in seen:
+                    seen.add(model)
+                    todo.append(model)
+        return seen
 
     def sources_used(self) -> list[str]:
         read = {m for n in self.order for m in self.recipe.steps[n].models}

@@ -1,5 +1,6 @@
-"""`mergepkg validate` and `mergepkg plan` import only what they use: not networkx, not
-the builder; validate not the remotes' machinery or filelock (docs/performance.md#startup)."""
+"""Commands import only what they use: `validate` and `plan` not networkx, not the
+builder; `validate` not the remotes' machinery or filelock; `build` not networkx
+(docs/performance.md#startup)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,12 @@ def test_plan_imports_no_graph_library(tmp_path):
     loaded = _imported(["plan", str(RECIPE)], tmp_path)
     assert "mergepkg.builder.substitute" in loaded  # plan asks the remotes
     assert not {"networkx.classes", "mergepkg.builder.build"} & loaded
+
+
+def test_a_build_and_its_no_op_rebuild_import_no_graph_library(tmp_path):
+    """The builder asks the plan (`Plan.inputs`, `Plan.upstream`), not networkx: a build
+    places a card for each output, and a no-op rebuild does only that."""
+    for _ in range(2):  # the build, then the no-op rebuild
+        loaded = _imported(["build", str(RECIPE), "--out", str(tmp_path / "out"), "-q"], tmp_path / "home")
+        assert "mergepkg.builder.card" in loaded
+        assert "networkx.classes" not in loaded

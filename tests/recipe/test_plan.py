@@ -149,5 +149,6 @@ def test_order_and_graph_are_networkx_s(seed, tmp_path):
     assert list(plan.order) == expected
     assert list(plan.graph.nodes) == list(graph.nodes) and list(plan.graph.edges) == list(graph.edges)
     assert all(plan.inputs(n) == list(graph.predecessors(n)) for n in r.steps)
+    assert all(plan.upstream(n) == nx.ancestors(graph, n) for n in graph)
     used = [n for n in r.sources if any(s in plan.order for s in graph.successors(n))]
     assert plan.sources_used() == used
