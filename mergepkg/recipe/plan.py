@@ -6,7 +6,7 @@ always builds in the same order. A cycle is an error that names it.
 
 `make_plan` orders the steps with the standard library (a heap over the recipe's order,
 as networkx's `lexicographical_topological_sort` does), and `Plan.graph`, the
-`nx.DiGraph`, is made on first use: `validate`, `plan` and a build never import networkx,
+`nx.DiGraph`, is made on first use: `validate`, `plan` and a no-op rebuild never import networkx,
 which costs more than planning (docs/performance.md#startup); `Plan.inputs` and
 `Plan.upstream` answer their questions with the recipe's own lists. A cycle is named by networkx's
 `find_cycle`, on the error's path only.
