@@ -270,9 +270,8 @@ class _Merger:
         own = _runs_fused(layout, device)
         torch.set_num_threads(1 if own or method.light else workers)
         if own:
-            fused.load(
-                *_kernel_dtypes(layout, infos)
-            )  # numba and the kernels (120 MB); `budget_for` loaded them first under a limit
+            # numba and the kernels (120 MB); `budget_for` loaded them first under a limit
+            fused.load(*_kernel_dtypes(layout, infos))
         self.budget = budget
         # under a limit, one thread: each one's scratch and allocator arena cost memory
         # (measured: linear under 600MB peaked at 0.94 GB on two threads, 0.54 GB on one)

@@ -6,9 +6,9 @@ always builds in the same order. A cycle is an error that names it.
 
 `make_plan` orders the steps with the standard library (a heap over the recipe's order,
 as networkx's `lexicographical_topological_sort` does), and `Plan.graph`, the
-`nx.DiGraph`, is made on first use: `validate`, `plan` and a no-op rebuild never import networkx,
-which costs more than planning (docs/performance.md#startup); `Plan.inputs` and
-`Plan.upstream` answer their questions with the recipe's own lists. A cycle is named by networkx's
+`nx.DiGraph`, is made on first use: `validate`, `plan` and a no-op rebuild never import
+networkx, which costs more than planning (docs/performance.md#startup); `Plan.inputs` and
+`Plan.upstream` answer from the recipe's own lists. A cycle is named by networkx's
 `find_cycle`, on the error's path only.
 """
 
@@ -45,15 +45,7 @@ class Plan:
 
     def upstream(self, name: str) -> set[str]:
         """Every model `name` is made from, directly or not (its ancestors in the graph)."""
-        seen: set[str] = set()
-        todo = [name]
-        while todo:
-            step = self.recipe.steps.get(todo.pop())
-            for model in step.models if step is not None else ():
-                if model not in seen:
-                    seen.add(model)
-                    todo.append(model)
-        return seen
+        return _ancestors(self.recipe, name)
 
     def sources_used(self) -> list[str]:
         read = {m for n in self.order for m in self.recipe.steps[n].models}
@@ -69,6 +61,19 @@ def _graph(recipe: Recipe) -> nx.DiGraph:
     return graph
 
 
+def _ancestors(recipe: Recipe, name: str) -> set[str]:
+    """Every model `name` reads, directly or through other steps."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        step = recipe.steps.get(todo.pop())
+        for model in step.models if step is not None else ():
+            if model not in seen:
+                seen.add(model)
+                todo.append(model)
+    return seen
+
+
 def make_plan(recipe: Recipe, targets: tuple[str, ...] | None = None) -> Plan:
     names = [*recipe.sources, *recipe.steps]
     rank = {name: i for i, name in enumerate(names)}
@@ -81,12 +86,7 @@ def make_plan(recipe: Recipe, targets: tuple[str, ...] | None = None) -> Plan:
     for target in targets or recipe.outputs:
         if target not in readers:
             nx.ancestors(_graph(recipe), target)  # networkx's error for a node not in the graph
-        todo = [target]
-        while todo:
-            name = todo.pop()
-            if name not in wanted:
-                wanted.add(name)
-                todo += recipe.steps[name].models if name in recipe.steps else ()
+        wanted |= {target} | _ancestors(recipe, target)
     return Plan(recipe, tuple(n for n in order if n in wanted and n in recipe.steps))
 
 
