@@ -87,8 +87,13 @@ def unreachable(hub, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    from huggingface_hub import constants
+
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    # huggingface_hub reads both when first imported, which an earlier test may have done offline
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
     monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
     return hub
