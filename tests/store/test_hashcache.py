@@ -13,7 +13,7 @@ import pytest
 
 import mergepkg.store.hashcache
 from mergepkg.errors import SourceError
-from mergepkg.store.hashcache import CHUNK, HashCache, Trust, check_files, sha256_file
+from mergepkg.store.hashcache import HashCache, Trust, check_files, sha256_file
 
 
 def sha(data: bytes) -> str:
@@ -36,8 +36,9 @@ def later(path: Path) -> int:
     return os.stat(path).st_ctime_ns + 10**9
 
 
-@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 3])
-def test_sha256_file_is_the_sha256_of_the_bytes(tmp_path, size):
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 3 * 4096 + 5, 1 << 20, (1 << 20) + 3])
+def test_sha256_file_is_the_sha256_of_the_bytes(tmp_path, monkeypatch, size):
+    monkeypatch.setattr(mergepkg.store.hashcache, "WINDOW", 1 << 12)  # several windows, a ragged last one
     data = os.urandom(size)
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == sha(data)
