@@ -8,7 +8,8 @@ import pytest
 from helpers import build_recipe
 from pitfall_models import recipe, stub_model
 
-from mergepkg.engine.values import FOREIGN_RATIO, SAMPLE, _stride
+from mergepkg._lazy import torch
+from mergepkg.engine.values import BLOCK, FOREIGN_RATIO, SAMPLE, _counts, _sample
 from mergepkg.pitfalls.pitfall import WarningsDenied
 
 pytestmark = pytest.mark.slow
@@ -92,7 +93,27 @@ def test_deny_warnings_fails_the_step_before_it_is_stored(tmp_path, stubs, merge
     assert not store.exists() or not any(store.iterdir())
 
 
-def test_the_sample_visits_every_column():
-    assert _stride(100, 10) == 1
-    stride = _stride(4096 * 4096, 4096)
-    assert 4096 * 4096 / stride <= SAMPLE and stride % 2 == 1
+def test_the_sample_is_blocks_spread_over_the_columns():
+    small = torch.randn(10, 10)
+    assert torch.equal(_sample(small), small.reshape(-1))  # a small matrix is measured whole
+    t = torch.randn(4096, 4096, generator=torch.Generator().manual_seed(0))
+    s = _sample(t)
+    assert s.shape == (SAMPLE // BLOCK, BLOCK)
+    starts = [(b.data_ptr() - t.data_ptr()) // t.element_size() for b in s]
+    assert starts[-1] + BLOCK <= t.numel()  # inside the tensor
+    assert len({start % 4096 for start in starts}) == len(starts)  # each block in another column
+    # the sample stands for the whole: a task vector's squared norm within 3 %
+    delta = t * 0.01
+    estimate = float(_sample(delta).double().square().sum()) * delta.numel() / SAMPLE
+    assert abs(estimate / float(delta.double().square().sum()) - 1) < 0.03
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_counts_are_exact_and_free_of_false_alarms(dtype):
+    t = torch.zeros(1000, dtype=dtype)
+    assert _counts(t) == (0, 0)
+    t[3], t[7], t[9] = NAN, INF, -INF
+    assert _counts(t) == (1, 2)
+    # finite entries whose sum passes the dtype's range: none
+    big = torch.full((1000,), torch.finfo(dtype).max, dtype=dtype)
+    assert _counts(big) == (0, 0)
