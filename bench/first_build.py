@@ -32,8 +32,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+# bench/ is not a package: its folder on the path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BIN, CONFIGS, make_models, measure, warm  # bench/ is not a package: its folder on the path
+from run import BIN, CONFIGS, ROOT, compiled, make_models, measure, warm
 
 KINDS = ("first", "first_no_lock", "warm_hashes")
 GOAL = 1.10  # a first build within 10 % of a build with a warm hash cache
@@ -65,6 +66,8 @@ def first_build_rows(
     build with a warm hash cache (and a first build of the code in `before`), in
     alternation: each kind's runs (seconds) and median."""
     kinds = KINDS + (("first_before",) if before else ())
+    for code in [ROOT] + ([before] if before else []):
+        compiled(code)
     rows = []
     for name in names:
         recipe = _prepare(name, models, work)

@@ -18,6 +18,7 @@ before and after are measured together.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import statistics
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=11, help="rounds; medians are reported")
     parser.add_argument("--compare", type=Path, help="another checkout, timed in the same rounds")
     args = parser.parse_args()
+    for code in [ROOT] + ([args.compare] if args.compare else []):  # bytecode, as a wheel's install writes
+        compileall.compile_dir(code / "mergepkg", quiet=1)
     work = Path(tempfile.mkdtemp(prefix="mergepkg-startup-"))
     try:
         for name in ("demo.toml", "demo.lock"):  # copies: no run rewrites recipes/demo.lock
