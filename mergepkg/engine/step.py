@@ -227,6 +227,7 @@ def _stream(merger: _Merger, writer: ShardWriter, reporter: Reporter) -> None:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergepkg-reader") as pool:
             tensors = merger.layout.tensors
             pending: Future | None = pool.submit(merger.load, tensors[0]) if tensors else None
+            merger.load_kernels()
             for i, out in enumerate(tensors):
                 loaded = pending.result() if pending else merger.load(out)
                 ahead = i + 1 < len(tensors) and merger.may_read_ahead(out, tensors[i + 1])
@@ -269,9 +270,9 @@ class _Merger:
         workers = threads or default_threads()
         own = _runs_fused(layout, device)
         torch.set_num_threads(1 if own or method.light else workers)
-        if own:
-            # numba and the kernels (120 MB); `budget_for` loaded them first under a limit
-            fused.load(*_kernel_dtypes(layout, infos))
+        # numba and the kernels (120 MB, 0.5-0.65 s) loaded by `load_kernels`, beside the
+        # first read; `budget_for` loaded them first under a limit
+        self.kernels = _kernel_dtypes(layout, infos) if own else None
         self.budget = budget
         # under a limit, one thread: each one's scratch and allocator arena cost memory
         # (measured: linear under 600MB peaked at 0.94 GB on two threads, 0.54 GB on one)
@@ -285,6 +286,12 @@ class _Merger:
         self.computed = routers(layout, folders, device=device, seed=seed) if own_routers else {}
         self.readers = {m: ModelReader(folders[m], infos[m], self.buffers) for m in layout.step.models}
         self.watch = ValueWatch(layout, infos)  # NaN, inf and task-vector norms of what is read (MP3xx)
+
+    def load_kernels(self) -> None:
+        """Load the fused kernels this step runs, if any: called once the first tensor's
+        inputs are being read, which goes on beside it (preadv gives the GIL back)."""
+        if self.kernels is not None:
+            fused.load(*self.kernels)
 
     def close(self) -> None:
         for r in self.readers.values():
