@@ -65,8 +65,22 @@ def sha256_file(path: Path | str) -> str:
         size = os.fstat(f.fileno()).st_size
         for offset in range(0, size, WINDOW):  # none for an empty file, which cannot be mapped
             length = min(WINDOW, size - offset)
-            with mmap.mmap(f.fileno(), length, offset=offset, access=mmap.ACCESS_READ) as window:
+            try:
+                window = mmap.mmap(f.fileno(), length, offset=offset, access=mmap.ACCESS_READ)
+            except OSError:  # a file system that cannot map files (FUSE with direct I/O): read it
+                f.seek(offset)
+                return _sha256_rest(f, h)
+            with window:
                 h.update(window)
+    return h.hexdigest()
+
+
+def _sha256_rest(f, h) -> str:
+    """`h` updated with the rest of the file `f`, read into one reused buffer."""
+    buffer = bytearray(WINDOW >> 4)
+    view = memoryview(buffer)
+    while n := f.readinto(buffer):
+        h.update(view[:n])
     return h.hexdigest()
 
 

@@ -3,7 +3,9 @@ by a read beside the build, and pinned files that must not change while a build 
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
 import os
 import threading
 import time
@@ -42,6 +44,23 @@ def test_sha256_file_is_the_sha256_of_the_bytes(tmp_path, monkeypatch, size):
     data = os.urandom(size)
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == sha(data)
+
+
+def test_sha256_file_reads_where_files_cannot_be_mapped(tmp_path, monkeypatch):
+    data = os.urandom(5 * 4096 + 7)
+    (tmp_path / "f").write_bytes(data)
+    monkeypatch.setattr(mergepkg.store.hashcache, "WINDOW", 2 * 4096)
+    mapped = []
+
+    def refuse_the_second(*args, **kwargs):  # a FUSE mount with direct I/O: ENODEV
+        if mapped:
+            raise OSError(errno.ENODEV, "No such device")
+        mapped.append(args)
+        return real(*args, **kwargs)
+
+    real = mmap.mmap
+    monkeypatch.setattr(mmap, "mmap", refuse_the_second)
+    assert sha256_file(tmp_path / "f") == sha(data) and mapped
 
 
 def test_a_file_is_hashed_once_and_remembered_across_instances(tmp_path, cache):
