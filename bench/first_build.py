@@ -34,7 +34,7 @@ from pathlib import Path
 
 # bench/ is not a package: its folder on the path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BIN, CONFIGS, ROOT, compiled, make_models, measure, warm
+from run import BIN, CONFIGS, compiled, make_models, measure, warm
 
 KINDS = ("first", "first_no_lock", "warm_hashes")
 GOAL = 1.10  # a first build within 10 % of a build with a warm hash cache
@@ -66,8 +66,8 @@ def first_build_rows(
     build with a warm hash cache (and a first build of the code in `before`), in
     alternation: each kind's runs (seconds) and median."""
     kinds = KINDS + (("first_before",) if before else ())
-    for code in [ROOT] + ([before] if before else []):
-        compiled(code)
+    if before:
+        compiled(before)  # this checkout's own: main() (or bench/run.py's) compiled it
     rows = []
     for name in names:
         recipe = _prepare(name, models, work)
@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="a checkout of older code: its first builds too")
     args = parser.parse_args()
     make_models(args.models)
+    compiled()
     with tempfile.TemporaryDirectory(prefix="mergepkg-first-build-") as tmp:
         rows = first_build_rows(args.models, Path(tmp), args.only.split(","), args.repeat, args.before)
     print(report(rows, args.repeat))

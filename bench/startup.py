@@ -18,7 +18,6 @@ before and after are measured together.
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import shutil
 import statistics
@@ -28,8 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+# bench/ is not a package: its folder on the path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import BIN, ROOT, compiled
+
 RECIPE = ROOT / "bench" / "startup.toml"
 HEAVY = ("networkx.classes", "rich.console", "pydantic", "torch._C", "numpy", "transformers", "ray")
 
@@ -75,8 +76,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=11, help="rounds; medians are reported")
     parser.add_argument("--compare", type=Path, help="another checkout, timed in the same rounds")
     args = parser.parse_args()
-    for code in [ROOT] + ([args.compare] if args.compare else []):  # bytecode, as a wheel's install writes
-        compileall.compile_dir(code / "mergepkg", quiet=1)
+    for code in [ROOT] + ([args.compare] if args.compare else []):
+        compiled(code)
     work = Path(tempfile.mkdtemp(prefix="mergepkg-startup-"))
     try:
         for name in ("demo.toml", "demo.lock"):  # copies: no run rewrites recipes/demo.lock

@@ -23,6 +23,7 @@ the engine can refuse to store a step whose input changed while it was being bui
 from __future__ import annotations
 
 import hashlib
+import io
 import mmap
 import os
 import sqlite3
@@ -39,9 +40,9 @@ from mergepkg.errors import SourceError
 # read and update gave it back and took it again, and beside a thread that holds it
 # (torch's import, while a claim is checked) each retake waited. 1.08 GB, page cache warm,
 # medians of three (docs/performance.md, First build):
-#   alone:                     0.72 s in 16 MiB reads, 0.61 s mapped (no copy into a buffer)
-#   beside a busy Python thread: 1.41 s in 16 MiB reads, 0.80 s in 64 MiB windows,
-#                                0.68 s in 256 MiB windows, 0.64 s mapped whole
+#   alone:            0.72 s in 16 MiB reads, 0.61 s mapped (no copy into a buffer)
+#   beside a busy     1.41 s in 16 MiB reads, 0.80 s in 64 MiB windows,
+#   Python thread:    0.68 s in 256 MiB windows, 0.64 s mapped whole
 # A window, not the whole file: mapped pages count in the resident set while mapped, and a
 # 5 GB shard would show as 5 GB more; a window is unmapped once hashed.
 WINDOW = 256 << 20
@@ -75,7 +76,7 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def _sha256_rest(f, h) -> str:
+def _sha256_rest(f: io.FileIO, h: hashlib._Hash) -> str:
     """`h` updated with the rest of the file `f`, read into one reused buffer."""
     buffer = bytearray(WINDOW >> 4)
     view = memoryview(buffer)

@@ -5,10 +5,10 @@ is stored. Builds (torch): slow."""
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import build_recipe
 from pitfall_models import recipe, stub_model
 
-from mergepkg._lazy import torch
 from mergepkg.engine.values import BLOCK, FOREIGN_RATIO, SAMPLE, _counts, _sample
 from mergepkg.pitfalls.pitfall import WarningsDenied
 
