@@ -1,26 +1,38 @@
 """Deferred imports of heavy libraries.
 
-`from mergepkg._lazy import torch` gives a module object that imports torch on first
+`from mergepkg._lazy import torch` gives a stand-in module that imports torch on first
 attribute access. Planning, locking and no-op rebuilds then never pay for torch.
+
+The stand-in is not importlib's LazyLoader: on Python 3.12.3 (Ubuntu 24.04's) a module
+loaded through it loses the submodules its own import sets on it (`torch.cuda` raised
+AttributeError), and it is not safe when several threads touch the module first. The real
+import here is an ordinary one, under the import lock, and the stand-in is never put in
+sys.modules: code that imports the module itself gets the real one.
 """
 
+import importlib
 import importlib.util
 import sys
+import types
 from typing import Any
 
 
+class _Deferred(types.ModuleType):
+    """Module `__name__`, imported by the first attribute looked up on this stand-in."""
+
+    def __getattr__(self, attr: str) -> Any:  # only for attributes not yet copied here
+        module = importlib.import_module(self.__name__)
+        self.__dict__.update(module.__dict__)  # later lookups are plain dict hits
+        return getattr(module, attr)  # also what the module makes on demand (its own __getattr__)
+
+
 def lazy_import(name: str) -> Any:  # Any: a module whose attributes mypy cannot know
-    if name in sys.modules:
+    """Module `name`, imported when first used; ImportError now if it is not installed."""
+    if name in sys.modules:  # already imported: nothing to defer
         return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"No module named {name!r}")
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+    if importlib.util.find_spec(name) is None:
+        raise ImportError(f"No module named {name!r}", name=name)
+    return _Deferred(name)
 
 
 torch = lazy_import("torch")

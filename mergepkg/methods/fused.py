@@ -63,7 +63,7 @@ def usable(base, tensors, compute, planner) -> bool:
 
 def _kernels():
     """kernels/compiled.py, imported on first use (it imports numba); an import
-    statement, as LazyLoader is not safe when several threads touch the module first."""
+    statement, under the import lock, as several threads may ask first."""
     from mergepkg.methods.kernels import compiled
 
     return compiled

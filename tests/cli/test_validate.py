@@ -32,7 +32,6 @@ def _imported(args: list[str], home: Path) -> set[str]:
 def test_validate_imports_no_graph_library_remote_or_lock(tmp_path):
     loaded = _imported(["validate", str(RECIPE)], tmp_path)
     assert "mergepkg.builder.describe" in loaded
-    # networkx and filelock are in sys.modules as _lazy's placeholders; their submodules are not
     unwanted = {"networkx.classes", "filelock._core", "mergepkg.builder.substitute", "mergepkg.remote.store"}
     assert not unwanted & loaded
     assert "mergepkg.builder.build" not in loaded
@@ -46,9 +45,7 @@ def test_plan_imports_no_graph_library(tmp_path):
 
 def test_a_no_op_rebuild_imports_no_graph_library(tmp_path):
     """The builder asks the plan (`Plan.inputs`, `Plan.upstream`), not networkx, and a no-op
-    rebuild only places the outputs and their cards. (A build that merges loads networkx
-    all the same: torch's import calls inspect.getmodule, which touches every module in
-    sys.modules, _lazy's placeholders included.)"""
+    rebuild only places the outputs and their cards."""
     recipe = tmp_path / "bench" / "startup.toml"  # a copy: a build writes its lock beside it
     recipe.parent.mkdir()
     recipe.write_text(RECIPE.read_text().replace('"../recipes/', f'"{RECIPE.parents[1]}/recipes/'))
