@@ -28,6 +28,7 @@ from typer import _click  # typer vendors click
 from typer.core import TyperCommand, TyperGroup
 
 from mergepkg._version import __version__
+from mergepkg.cli import coercion
 from mergepkg.cli.output import err, show_error
 from mergepkg.errors import MergepkgError
 
@@ -119,6 +120,8 @@ class LazyGroup(TyperGroup):
             self.commands[args[0]] = load_command(args[0])
         return super().resolve_command(ctx, args)
 
+
+coercion.install()  # typer's parameter coercion without pydantic, where that changes nothing
 
 app = typer.Typer(
     name="mergepkg",

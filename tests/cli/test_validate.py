@@ -34,18 +34,20 @@ def test_validate_imports_no_graph_library_remote_or_lock(tmp_path):
     assert "mergepkg.builder.describe" in loaded
     unwanted = {"networkx.classes", "filelock._core", "mergepkg.builder.substitute", "mergepkg.remote.store"}
     assert not unwanted & loaded
+    assert "pydantic" not in loaded  # typer's coercion of RECIPE and the flags (cli/coercion.py)
     assert "mergepkg.builder.build" not in loaded
 
 
 def test_plan_imports_no_graph_library(tmp_path):
     loaded = _imported(["plan", str(RECIPE)], tmp_path)
     assert "mergepkg.builder.substitute" in loaded  # plan asks the remotes
-    assert not {"networkx.classes", "mergepkg.builder.build"} & loaded
+    assert not {"networkx.classes", "mergepkg.builder.build", "pydantic"} & loaded
 
 
-def test_a_no_op_rebuild_imports_no_graph_library(tmp_path):
+def test_a_no_op_rebuild_imports_no_graph_library_or_pydantic(tmp_path):
     """The builder asks the plan (`Plan.inputs`, `Plan.upstream`), not networkx, and a no-op
-    rebuild only places the outputs and their cards."""
+    rebuild only places the outputs and their cards; build's options at their defaults are
+    coerced without pydantic (cli/coercion.py)."""
     recipe = tmp_path / "bench" / "startup.toml"  # a copy: a build writes its lock beside it
     recipe.parent.mkdir()
     recipe.write_text(RECIPE.read_text().replace('"../recipes/', f'"{RECIPE.parents[1]}/recipes/'))
@@ -53,4 +55,4 @@ def test_a_no_op_rebuild_imports_no_graph_library(tmp_path):
     _imported(args, tmp_path / "home")  # the build
     loaded = _imported(args, tmp_path / "home")  # the no-op rebuild
     assert "mergepkg.builder.card" in loaded
-    assert not {"networkx.classes", "torch._C"} & loaded
+    assert not {"networkx.classes", "torch._C", "pydantic"} & loaded
