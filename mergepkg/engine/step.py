@@ -1,7 +1,7 @@
 """Build one step: stream input tensors through the method into sharded safetensors.
 
 Three stages run at once so the cores stay busy and I/O hides behind math: a reader
-thread reads the next tensor's inputs (pread into reused buffers), the calling thread
+thread reads the next tensor's inputs (mapped, and checked: `values.py`), the calling thread
 merges, and a writer thread streams results to disk (hashing beside the writes).
 Queues of one or two bound memory to a few tensors, never a model.
 """
@@ -289,7 +289,8 @@ class _Merger:
 
     def load_kernels(self) -> None:
         """Load the fused kernels this step runs, if any: called once the first tensor's
-        inputs are being read, which goes on beside it (preadv gives the GIL back)."""
+        inputs are being read, which goes on beside it (the first touch of their mapped pages
+        is in torch's finiteness sum, which gives the GIL back)."""
         if self.kernels is not None:
             fused.load(*self.kernels)
 

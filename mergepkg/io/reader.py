@@ -34,7 +34,7 @@ class ModelReader:
     def _safetensors(self, file: str) -> tuple[FileIO, int, dict]:
         if file not in self._files:
             path = self.folder / file
-            f = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open: its descriptor serves the preads until close()
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open: its descriptor serves the mappings until close()
             header, start = parse_header(f, path)
             self._files[file] = (f, start, header)
         return self._files[file]
