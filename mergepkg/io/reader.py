@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from io import FileIO
@@ -21,9 +22,10 @@ class ModelReader:
     freed, so the resident set holds the tensors in flight, never a whole file as
     `safe_open`'s mapping does. Against pread into reused buffers, a bfloat16 task
     arithmetic build took 3.3 s instead of 3.7 and peaked at 1.12 GB of RSS instead of
-    1.33 (docs/performance.md). A tensor not aligned to its dtype in the file is read
-    with pread into a pooled buffer. Dtypes torch cannot view as bytes go through
-    `safe_open`; `.bin` files through torch.load(mmap=True).
+    1.33 (docs/performance.md). A tensor not aligned to its dtype in the file, or in a
+    file the file system cannot map, is read with pread into a pooled buffer. Dtypes
+    torch cannot view as bytes go through `safe_open`; `.bin` files through
+    torch.load(mmap=True).
     """
 
     def __init__(self, folder: Path, infos: dict[str, TensorInfo], pool: BufferPool | None = None):
@@ -72,7 +74,8 @@ class ModelReader:
             begin, end, shape = begin + start * row, begin + stop * row, (stop - start, *shape[1:])
         dtype = torch_dtype(info.dtype)
         if end > begin and (data_start + begin) % dtype.itemsize == 0:
-            return _window(f, data_start + begin, end - begin, dtype).view(shape)
+            with contextlib.suppress(OSError):  # a file system that cannot map files (FUSE with direct I/O): read
+                return _window(f, data_start + begin, end - begin, dtype).view(shape)
         if self.pool is not None:
             tensor = self.pool.tensor(dtype, shape, end - begin)
         else:

@@ -1,7 +1,9 @@
 """io/reader.py: tensors mapped from safetensors files, or read where they cannot be."""
 
+import errno
 import gc
 import json
+import mmap
 import struct
 from pathlib import Path
 
@@ -87,3 +89,17 @@ def test_a_tensor_not_aligned_to_its_dtype_is_read_into_a_buffer(tmp_path):
     assert torch.equal(got, values)
     assert got.data_ptr() in pool._issued  # the pooled buffer, not a mapping
     assert reader.get("u").tolist() == [7, 8, 9]
+
+
+def test_a_file_that_cannot_be_mapped_is_read(model, monkeypatch):
+    """A FUSE mount with direct I/O refuses mmap (ENODEV): the tensors are read instead."""
+    folder, tensors = model
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    reader = ModelReader(folder, scan_tensors(folder), BufferPool())
+    for name, want in tensors.items():
+        assert torch.equal(reader.get(name), want)
+    assert torch.equal(reader.get_rows("a", 5, 9), tensors["a"][5:9])
