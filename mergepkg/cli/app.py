@@ -16,9 +16,13 @@ the module is imported.
 from __future__ import annotations
 
 import ast
+import atexit
+import contextlib
 import gc
 import importlib
+import os
 import sys
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -180,7 +184,19 @@ def run() -> None:
     gc.set_threshold(50_000)
     rc = main()
     gc.freeze()
-    sys.exit(rc)
+    _exit(rc)
+
+
+def _exit(rc: int) -> None:
+    """Exit as Python's shutdown does (threads joined, atexit handlers run, the standard
+    streams flushed), then leave without tearing the modules down one by one: after a
+    build that loaded torch that teardown took 0.08 s of a 2.4 s build (linear, bench/)."""
+    threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize calls first
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing more to say there
+            stream.flush()
+    os._exit(rc)
 
 
 if __name__ == "__main__":

@@ -69,3 +69,26 @@ def test_the_root_command_imports_no_command_and_no_heavy_library():
     probe = f"import sys, mergepkg.cli.app; print([m for m in {HEAVY!r} if m in sys.modules])"
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
+
+
+def test_the_program_exits_as_python_would_without_tearing_modules_down(tmp_path):
+    """run() leaves through app._exit: threads still running are waited for, atexit
+    handlers run, what was printed reaches the pipe, and the exit code is main()'s."""
+    marker = tmp_path / "thread-done"
+    script = f"""
+import atexit, sys, threading, time
+from mergepkg.cli import app
+def late():
+    time.sleep(0.3)
+    open({str(marker)!r}, "w").write("done")
+threading.Thread(target=late).start()
+atexit.register(lambda: print("atexit ran", file=sys.stderr))
+sys.stdout.write("no newline, still buffered")
+app._exit(3)
+raise AssertionError("not reached")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "no newline, still buffered"
+    assert done.stderr == "atexit ran\n"
+    assert marker.read_text() == "done"
