@@ -191,7 +191,10 @@ def _exit(rc: int) -> None:
     """Exit as Python's shutdown does (threads joined, atexit handlers run, the standard
     streams flushed), then leave without tearing the modules down one by one: after a
     build that loaded torch that teardown took 0.08 s of a 2.4 s build (linear, bench/)."""
-    threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize calls first
+    shutdown = getattr(threading, "_shutdown", None)  # what Py_Finalize calls first (private)
+    if shutdown is None:  # a Python without it: the usual way out
+        sys.exit(rc)
+    shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing more to say there

@@ -92,3 +92,21 @@ raise AssertionError("not reached")
     assert done.stdout == "no newline, still buffered"
     assert done.stderr == "atexit ran\n"
     assert marker.read_text() == "done"
+
+
+def test_without_pythons_private_shutdown_the_program_exits_the_usual_way():
+    script = """
+import atexit, sys, threading
+from mergepkg.cli import app
+shutdown = threading._shutdown
+del threading._shutdown
+atexit.register(lambda: print("atexit ran", file=sys.stderr))
+try:
+    app._exit(4)
+except SystemExit as e:
+    print("sys.exit", e.code)
+    threading._shutdown = shutdown  # Python's own shutdown calls it next
+    raise
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (4, "sys.exit 4\n", "atexit ran\n")
