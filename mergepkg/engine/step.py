@@ -66,6 +66,12 @@ def rounds(src: torch.dtype, dst: torch.dtype) -> bool:
     return src != dst and not wider.get(dst, 0) > wider.get(src, 0)
 
 
+def result_dtype(compute: torch.dtype, dtype: torch.dtype, saved: torch.dtype) -> torch.dtype:
+    """The dtype a method writes its result in: the saved dtype, unless the result was
+    computed wider than the step's dtype, which it is then rounded to first."""
+    return dtype if rounds(compute, dtype) and saved != dtype else saved
+
+
 def merge_tensor(
     layout: StepLayout, out: OutputTensor, loaded: list, *, device: str, seed: int, into: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -81,8 +87,7 @@ def merge_tensor(
     saved = torch_dtype(out.info.dtype)
     if method.copies:  # stored bytes, whatever the step's dtype is for
         dtype = compute = saved
-    # a result computed wider than the step's dtype is rounded to it before the saved dtype
-    via = dtype if rounds(compute, dtype) and saved != dtype else saved
+    via = result_dtype(compute, dtype, saved)
     # a streaming method computing in the step's dtype rounds each chunk to it as it reads it
     whole = not (method.stream and compute == dtype)
     loaded = [
@@ -120,8 +125,10 @@ def budget_for(layouts: Iterable[StepLayout], max_memory: int | None, device: st
     where a step runs on them). A limit too small is an error before anything is built."""
     if max_memory is None:
         return Budget(None)
-    if any(_runs_fused(layout, device) for layout in layouts):
-        fused.load()  # numba and the kernels (120 MB)
+    for layout in layouts:
+        if _runs_fused(layout, device):  # numba (about 120 MB) and the step's kernels
+            compute = fused.DTYPES if layout.step.dtype == AUTO else [fused.dtype_name(compute_dtype(layout))]
+            fused.load(compute, kernels=_method_kernels(layout))
     return for_process(max_memory)
 
 
@@ -129,13 +136,31 @@ def _runs_fused(layout: StepLayout, device: str) -> bool:
     return layout.method.fused and fused.covers(compute_dtype(layout), len(layout.step.models) - 1, device)
 
 
-def _kernel_dtypes(layout: StepLayout, infos: Mapping[str, Mapping[str, TensorInfo]]) -> tuple[list[str], list[str]]:
-    """The compute dtypes and stored dtypes a fused step runs its kernels on: the step's
-    dtype (for "auto", any of its inputs' dtypes, or float32) over its inputs' dtypes."""
+def _method_kernels(layout: StepLayout) -> tuple[str, ...]:
+    """The fused kernels a step's tensors run (`fused.kernels`): by its method's thinner, and
+    the L1 pass where some tensor is rescaled."""
+    return fused.kernels(layout.method.thinner, any(t.params.get("rescale") for t in layout.tensors))
+
+
+def _kernels(layout: StepLayout, infos: Mapping[str, Mapping[str, TensorInfo]]) -> dict[str, list[str]]:
+    """What a fused step runs (`fused.load`'s arguments): its method's kernels, for the
+    step's compute dtype (for "auto", any of its inputs' dtypes, or float32) over its
+    inputs' stored dtypes, writing results in the dtypes `merge_tensor` asks for."""
     stored = sorted({NAME_OF.get(t.dtype, t.dtype) for tensors in infos.values() for t in tensors.values()})
+    saved = {torch_dtype(t.info.dtype) for t in layout.tensors}
     if layout.step.dtype != AUTO:
-        return [fused.dtype_name(compute_dtype(layout))], stored
-    return sorted({*stored, "float32"} & set(fused.DTYPES)), stored
+        compute, dtype = compute_dtype(layout), step_dtype(layout)
+        results = {result_dtype(compute, dtype, s) for s in saved}
+        computes = [fused.dtype_name(compute)]
+    else:  # the inputs' own dtypes, promoted; a fused method computes in them
+        results = saved
+        computes = sorted({*stored, "float32"} & set(fused.DTYPES))
+    return {
+        "compute": computes,
+        "stored": stored,
+        "kernels": list(_method_kernels(layout)),
+        "results": sorted(fused.dtype_name(d) for d in results),
+    }
 
 
 def build_step(
@@ -272,7 +297,7 @@ class _Merger:
         torch.set_num_threads(1 if own or method.light else workers)
         # numba and the kernels (120 MB, 0.5-0.65 s) loaded by `load_kernels`, beside the
         # first read; `budget_for` loaded them first under a limit
-        self.kernels = _kernel_dtypes(layout, infos) if own else None
+        self.kernels = _kernels(layout, infos) if own else None
         self.budget = budget
         # under a limit, one thread: each one's scratch and allocator arena cost memory
         # (measured: linear under 600MB peaked at 0.94 GB on two threads, 0.54 GB on one)
@@ -292,7 +317,7 @@ class _Merger:
         inputs are being read, which goes on beside it (the first touch of their mapped pages
         is in torch's finiteness sum, which gives the GIL back)."""
         if self.kernels is not None:
-            fused.load(*self.kernels)
+            fused.load(**self.kernels)
 
     def close(self) -> None:
         for r in self.readers.values():

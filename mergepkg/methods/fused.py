@@ -69,11 +69,34 @@ def _kernels():
     return compiled
 
 
-def load(compute: Iterable[str] = DTYPES, stored: Iterable[str] = ("float32", "bfloat16")) -> None:
-    """Import numba and load the compiled kernels now (compiling them the first time), for
-    the `compute` dtypes over inputs stored as `stored`: each specialization loaded costs
-    about 10 ms, so a step loads those it will run (one missed here loads on first use)."""
-    _kernels().warm(tuple(compute), tuple(dtype for dtype in stored if dtype in DTYPES))
+# The kernels (compiled.py) a stream may run, by its thinner (`planner`); an input at
+# density 1 takes merge_weighted. A rescaling step also runs its thinner's L1 pass.
+KERNELS = {
+    None: ("merge_weighted",),
+    "magnitude": ("merge_weighted", "band", "merge_top_k"),
+    "bernoulli": ("merge_weighted", "merge_drawn"),
+}
+L1_PASS = {"magnitude": "l1_top_k", "bernoulli": "l1_drawn"}
+
+
+def kernels(thinner: str | None, rescale: bool) -> tuple[str, ...]:
+    """The kernels a stream with this thinner runs, rescaling or not."""
+    return KERNELS[thinner] + ((L1_PASS[thinner],) if rescale and thinner in L1_PASS else ())
+
+
+def load(
+    compute: Iterable[str] = DTYPES,
+    stored: Iterable[str] = ("float32", "bfloat16"),
+    kernels: Iterable[str] | None = None,
+    results: Iterable[str] = ("float32", "bfloat16"),
+) -> None:
+    """Import numba and load the compiled kernels now, for the `compute` dtypes over inputs
+    stored as `stored`, writing `results`. Each is compiled the first time on a machine
+    (0.5-2 s; a cold cache of every one took 13.5 s), then loaded from numba's cache (2-4 ms
+    each after numba's own set-up), so a step loads those it runs (`kernels`): one missed
+    here is loaded, or compiled, on first use. `kernels` None: every one a stream runs."""
+    inputs, outputs = tuple(d for d in stored if d in DTYPES), tuple(d for d in results if d in DTYPES)
+    _kernels().warm(tuple(compute), inputs, None if kernels is None else tuple(kernels), outputs)
 
 
 def raw(t) -> np.ndarray:

@@ -251,4 +251,5 @@ def make_method(
         rows=thinner is None and not elect_sign,
         light=thinner is None and not elect_sign,
         fused=stream is not None,
+        thinner=PLANNERS[thinner].__name__.removeprefix("plan_") if thinner in PLANNERS else None,
     )

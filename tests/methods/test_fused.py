@@ -470,3 +470,48 @@ def test_a_refused_import_is_only_scipy_linalg_and_only_while_loading():
     assert refuse.find_spec("scipy", None) is None
     with pytest.raises(ImportError):
         refuse.find_spec("scipy.linalg.cython_blas", None)
+
+
+def test_a_step_loads_the_kernels_its_method_runs_and_no_others():
+    """fused.kernels by MethodSpec.thinner: a fresh interpreter loads them for one dtype, then
+    each fused method runs (thinned, rescaled, and at density 1) without loading any other
+    kernel or specialization, and the kernels no method of that thinner runs stay unloaded."""
+    code = """
+import torch
+from mergepkg.methods import METHODS, fused
+from mergepkg.methods.kernels import compiled
+names = sorted({k for ks in fused.KERNELS.values() for k in ks} | set(fused.L1_PASS.values()) | {"drawn"})
+def loaded():
+    return {k: len(getattr(compiled, k).signatures) for k in names}
+g = torch.Generator().manual_seed(0)
+base = (torch.randn(50_000, generator=g) * 0.02).bfloat16()
+tensors = [(base.float() + 0.002 * torch.randn(50_000, generator=g)).bfloat16() for _ in range(3)]
+for name in sorted(n for n, spec in METHODS.items() if spec.fused):
+    spec = METHODS[name]
+    before = loaded()
+    fused.load(["bfloat16"], ["bfloat16"], fused.kernels(spec.thinner, rescale=spec.param("rescale") is not None), ["bfloat16"])
+    after = loaded()
+    grew = sorted(k for k in names if after[k] > before[k])
+    for density in ([0.5, 0.3, 1.0], [1.0, 1.0, 1.0]):
+        kwargs = {"weight": [0.5, 0.3, 0.2], "normalize": True}
+        if spec.param("density"):
+            kwargs.update(density=density)
+        if spec.param("rescale"):
+            kwargs["rescale"] = True
+        if spec.random:
+            kwargs["rng"] = lambda i: torch.Generator().manual_seed(7 + i)
+        spec.stream(base, tensors, compute=torch.bfloat16, out_dtype=torch.bfloat16, **kwargs)
+    ran = sorted(k for k in names if loaded()[k] > after[k])
+    print(name, spec.thinner, ",".join(grew) or "-", ",".join(ran) or "-")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines()}
+    assert {"task_arithmetic", "ties", "dare_ties", "dare_linear"} <= set(rows)
+    for name, (thinner, grew, ran) in rows.items():
+        assert ran == "-", f"{name} ran kernels it did not load: {ran}"
+        thinner = None if thinner == "None" else thinner
+        assert set(grew.split(",")) - {"-"} <= {*fused.KERNELS[thinner], fused.L1_PASS.get(thinner)}, name
+    # in the order they ran: DARE's kernels, then nothing new for task_arithmetic, then TIES'
+    assert rows["dare_linear"] == ["bernoulli", "l1_drawn,merge_drawn,merge_weighted", "-"]
+    assert rows["task_arithmetic"] == ["None", "-", "-"]
+    assert rows["ties"] == ["magnitude", "band,l1_top_k,merge_top_k", "-"]

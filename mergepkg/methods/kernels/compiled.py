@@ -537,22 +537,32 @@ def l1_drawn(x, b, start, seed, limit, before, after, like):
         after[j] = abs(v * np.float32(_draw(seed, first + np.uint64(j)) < limit))
 
 
-def warm(dtypes=tuple(MARKERS), stored=("float32", "bfloat16")) -> None:
-    """Load (or compile, the first time) every kernel for the argument types the
-    drivers pass, for each compute dtype in `dtypes` and inputs stored as `stored`
-    (other stored dtypes compile on first use), so their memory is resident from here on."""
+def warm(dtypes=tuple(MARKERS), stored=("float32", "bfloat16"), kernels=None, results=("float32", "bfloat16")):
+    """Load (or compile, the first time) `kernels` (names of this module's; None: every
+    merge kernel) for the argument types the drivers pass: each compute dtype in `dtypes`
+    over inputs stored as `stored`, the merges writing results stored as `results` (other
+    types are compiled on first use), so their memory is resident from here on."""
+    wanted = set(kernels) if kernels is not None else {"band", "l1_top_k", "l1_drawn", *MERGES}
     f32, i64 = np.zeros(1, np.float32), np.zeros(1, np.int64)
     four, cut, seeds = np.ones(4, np.float32), np.zeros(4, np.int64), np.zeros(4, np.uint64)
-    drawn(np.uint64(1), 0, np.uint64(1), f32)
     for dtype in dtypes:
         like = MARKERS[dtype]
         for kind in stored:
             v = np.zeros(1, STORED[kind])
-            band(v, v, np.float32(0), np.float32(1), f32, i64, like)
-            l1_top_k(v, v, 0, np.float32(0), 0, f32, f32, like)
-            l1_drawn(v, v, 0, np.uint64(1), np.uint64(1), f32, f32, like)
+            if "band" in wanted:
+                band(v, v, np.float32(0), np.float32(1), f32, i64, like)
+            if "l1_top_k" in wanted:
+                l1_top_k(v, v, 0, np.float32(0), 0, f32, f32, like)
+            if "l1_drawn" in wanted:
+                l1_drawn(v, v, 0, np.uint64(1), np.uint64(1), f32, f32, like)
             rest = (four, four, True, True, np.float32(1), np.float32(1), like)
-            for result in (f32, np.zeros(1, np.uint16)):  # results in float32 or bfloat16
-                merge_top_k(v, v, v, v, 1, v, result, 0, four, cut, *rest)
-                merge_drawn(v, v, v, v, 1, v, result, 0, seeds, seeds + np.uint64(1), *rest)
-                merge_weighted(v, v, v, v, 1, v, result, four, *rest[2:])
+            for result in (np.zeros(1, STORED[r]) for r in results):
+                if "merge_top_k" in wanted:
+                    merge_top_k(v, v, v, v, 1, v, result, 0, four, cut, *rest)
+                if "merge_drawn" in wanted:
+                    merge_drawn(v, v, v, v, 1, v, result, 0, seeds, seeds + np.uint64(1), *rest)
+                if "merge_weighted" in wanted:
+                    merge_weighted(v, v, v, v, 1, v, result, four, *rest[2:])
+
+
+MERGES = ("merge_top_k", "merge_drawn", "merge_weighted")  # the merge kernels, one of which writes each chunk
