@@ -110,6 +110,7 @@ def raw(t) -> np.ndarray:
 def top_k(base, t, density: float, spans: list[slice], compute=torch.float32) -> sparsify.TopK:
     """sparsify.TopK of |t - base| (computed in `compute`), its pass through the band fused."""
     like = _kernels().MARKERS[dtype_name(compute)]
+    xs, bs = raw(t), raw(base)  # once: a numpy slice a chunk costs far less GIL than a tensor's
 
     def magnitudes(span):
         return torch.sub(t[span].to(compute), base[span].to(compute)).abs_().float()
@@ -119,8 +120,8 @@ def top_k(base, t, density: float, spans: list[slice], compute=torch.float32) ->
         size = span.stop - span.start
         values = s.get("values", (size,), torch.float32)
         index = s.get("index", (size,), torch.int64)
-        x, b = raw(t[span]), raw(base[span])
-        above, count = _kernels().band(x, b, np.float32(lo), np.float32(hi), values.numpy(), index.numpy(), like)
+        lo_, hi_ = np.float32(lo), np.float32(hi)
+        above, count = _kernels().band(xs[span], bs[span], lo_, hi_, values.numpy(), index.numpy(), like)
         return above, values[:count].clone(), index[:count] + span.start
 
     n = t.numel()
@@ -168,6 +169,9 @@ def stream(
     flat_base = base.reshape(-1)
     flat = [t.reshape(-1) for t in tensors]
     inputs, n = len(flat), flat_base.numel()
+    # the kernels' views, made once: the threads slice these a chunk at a time, holding
+    # the GIL for a numpy slice rather than a tensor's slice, view and conversion
+    raw_base, raw_flat = raw(flat_base), [raw(t) for t in flat]
     spans = chunks.spans(n)
     # per input, padded to four: TopK's threshold (-inf keeps all) and cut, or DARE's seed
     # and draw limit (2**24 keeps all); the L1 factor; the weight
@@ -202,9 +206,9 @@ def stream(
             for span in group:
                 size = span.stop - span.start
                 before, after = s.get("before", (size,), torch.float32), s.get("after", (size,), torch.float32)
-                b = raw(flat_base[span])
+                b = raw_base[span]
                 for i in thinned:
-                    x = raw(flat[i][span])
+                    x = raw_flat[i][span]
                     if planner == "magnitude":
                         kernels.l1_top_k(x, b, span.start, threshold[i], cut[i], before.numpy(), after.numpy(), like)
                     else:
@@ -241,14 +245,19 @@ def stream(
 
     direct = dtype_name(out.dtype) in DTYPES  # the kernel rounds to it and writes the result in place
 
+    raw_dest = raw(dest) if direct else None
+    spare = MAX_INPUTS - inputs  # the spare inputs: the last again, ignored
+
     def merge_group(group: list[slice]):
         result = chunks.thread_scratch().get("result", (min(chunks.CHUNK, n),), torch.float32)
         for span in group:
-            xs = [raw(t[span]) for t in flat]
-            xs += xs[-1:] * (MAX_INPUTS - inputs)  # the spare inputs: the last again, ignored
-            into = dest[span] if direct else result[: span.stop - span.start]
-            run(xs, raw(flat_base[span]), raw(into), span.start)
-            if not direct:
+            xs = [x[span] for x in raw_flat]
+            xs += xs[-1:] * spare
+            if raw_dest is not None:
+                run(xs, raw_base[span], raw_dest[span], span.start)
+            else:
+                into = result[: span.stop - span.start]
+                run(xs, raw_base[span], into.numpy(), span.start)
                 dest[span].copy_(into)
 
     chunks.parallel(merge_group, chunks.groups(spans))
