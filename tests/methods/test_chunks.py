@@ -3,6 +3,9 @@ method that streams; the exact top-k and the piecewise sum behind it."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import torch
 
@@ -126,3 +129,30 @@ def test_streams_on_one_or_two_threads_agree(name):
         results.append(spec.stream(base, tensors, compute=torch.float32, out_dtype=torch.bfloat16, **kwargs))
     chunks.set_threads(chunks.cpu_count())
     assert torch.equal(results[0].view(torch.int16), results[1].view(torch.int16))
+
+
+def test_parallel_keeps_order_runs_on_the_caller_too_and_waits_out_a_failure():
+    chunks.set_threads(2)
+    try:
+        ran = []
+
+        def name(x):
+            ran.append(threading.current_thread().name)
+            return x * 2
+
+        assert chunks.parallel(name, range(5)) == [0, 2, 4, 6, 8]
+        assert threading.current_thread().name in ran and any(n.startswith("mergepkg-chunks") for n in ran)
+
+        finished = []
+
+        def fail_first(x):
+            if x == 0:
+                raise ValueError("first")
+            time.sleep(0.05)
+            finished.append(x)
+
+        with pytest.raises(ValueError, match="first"):
+            chunks.parallel(fail_first, range(3))
+        assert sorted(finished) == [1, 2]  # the others ran to the end before the error surfaced
+    finally:
+        chunks.set_threads(chunks.cpu_count())

@@ -17,7 +17,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from mergepkg._lazy import torch
 from mergepkg.methods.kernels.reduce import BLOCK
@@ -86,14 +86,22 @@ def set_threads(n: int) -> None:
 
 
 def parallel(fn: Callable, items) -> list:
-    """[fn(x) for x in items], on the worker threads."""
+    """[fn(x) for x in items], on the worker threads and the calling one; once it returns
+    or raises, no item is still running."""
     global _pool
     items = list(items)
     if _threads == 1 or len(items) < 2:
         return [fn(x) for x in items]
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="mergepkg-chunks")
-    return list(_pool.map(fn, items))
+        _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="mergepkg-chunks")
+    # the calling thread runs the first item itself rather than wait: one thread fewer
+    # to wake (each wake-up waits for the GIL and a core)
+    futures = [_pool.submit(fn, x) for x in items[1:]]
+    try:
+        first = fn(items[0])
+    finally:
+        wait(futures)  # no item still running when this returns or raises
+    return [first, *(f.result() for f in futures)]
 
 
 def groups(spans_: list[slice]) -> list[list[slice]]:
