@@ -109,23 +109,33 @@ def raw(t) -> np.ndarray:
 
 def top_k(base, t, density: float, spans: list[slice], compute=torch.float32) -> sparsify.TopK:
     """sparsify.TopK of |t - base| (computed in `compute`), its pass through the band fused."""
+    return top_ks(base, [t], [density], spans, compute)[0]
+
+
+def top_ks(base, ts: list, densities: list[float], spans: list[slice], compute=torch.float32) -> list:
+    """top_k of each of `ts` at its density, found together on the threads (TopK.several)."""
     like = _kernels().MARKERS[dtype_name(compute)]
-    xs, bs = raw(t), raw(base)  # once: a numpy slice a chunk costs far less GIL than a tensor's
+    bs = raw(base)  # once: a numpy slice a chunk costs far less GIL than a tensor's
 
-    def magnitudes(span):
-        return torch.sub(t[span].to(compute), base[span].to(compute)).abs_().float()
+    def vector(t, density: float) -> tuple:
+        xs = raw(t)
 
-    def band(span, lo, hi):
-        s = chunks.thread_scratch()
-        size = span.stop - span.start
-        values = s.get("values", (size,), torch.float32)
-        index = s.get("index", (size,), torch.int64)
-        lo_, hi_ = np.float32(lo), np.float32(hi)
-        above, count = _kernels().band(xs[span], bs[span], lo_, hi_, values.numpy(), index.numpy(), like)
-        return above, values[:count].clone(), index[:count] + span.start
+        def magnitudes(span):
+            return torch.sub(t[span].to(compute), base[span].to(compute)).abs_().float()
 
-    n = t.numel()
-    return _TopK(magnitudes, n, sparsify.top_k(density, n), spans, band=band, map=chunks.parallel)
+        def band(span, lo, hi):
+            s = chunks.thread_scratch()
+            size = span.stop - span.start
+            values = s.get("values", (size,), torch.float32)
+            index = s.get("index", (size,), torch.int64)
+            lo_, hi_ = np.float32(lo), np.float32(hi)
+            above, count = _kernels().band(xs[span], bs[span], lo_, hi_, values.numpy(), index.numpy(), like)
+            return above, values[:count].clone(), index[:count] + span.start
+
+        n = t.numel()
+        return magnitudes, n, sparsify.top_k(density, n), spans, band
+
+    return _TopK.several([vector(t, d) for t, d in zip(ts, densities)], map=chunks.parallel)
 
 
 class _TopK(sparsify.TopK):
@@ -188,9 +198,8 @@ def stream(
     kernels = _kernels()
     like = kernels.MARKERS[dtype_name(compute)]
     if planner == "magnitude":
-        # each shared among the threads
-        for i in thinned:
-            rule = top_k(flat_base, flat[i], density[i], spans, compute)
+        rules = top_ks(flat_base, [flat[i] for i in thinned], [density[i] for i in thinned], spans, compute)
+        for i, rule in zip(thinned, rules):
             threshold[i], cut[i] = float(rule.threshold), rule.cut
     elif planner == "bernoulli":
         for i in thinned:

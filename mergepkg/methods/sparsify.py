@@ -7,6 +7,7 @@ mergekit 0.1.5 does for every method that rescales).
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Callable
 
@@ -53,7 +54,28 @@ class TopK:
     SAMPLE = 1 << 16
 
     def __init__(self, magnitudes, n: int, k: int, spans: list[slice], band=None, map=map):
-        band = band or (lambda span, lo, hi: in_band(magnitudes(span), span.start, lo, hi))
+        self._bracket(magnitudes, n, k, spans, band)
+        self._settle(self._pass(self._band, spans, self._lo, self._hi, map), map)
+
+    @classmethod
+    def several(cls, vectors: list[tuple], map=map) -> list[TopK]:
+        """TopK(*v) for each v in `vectors` (magnitudes, n, k, spans, band), each step for
+        all of them at once: the brackets, one a vector, then every pass over a span in
+        one `map`, then the selections, one a vector. On threads, the vectors are
+        bracketed side by side and selected side by side, and their passes share the
+        threads: three waits for the slowest item in all, not three a vector."""
+        rules = list(map(lambda v: cls.__new__(cls)._bracket(*v), vectors))
+        jobs = [(rule, span) for rule in rules for span in rule._spans]
+        parts = iter(map(lambda job: job[0]._band(job[1], job[0]._lo, job[0]._hi), jobs))
+        passes = [cls._joined([next(parts) for _ in rule._spans]) for rule in rules]
+        # a sample that misled searches again on the thread that found it out, span by span
+        list(map(lambda pair: pair[0]._settle(pair[1], builtins.map), zip(rules, passes)))
+        return rules
+
+    def _bracket(self, magnitudes, n: int, k: int, spans: list[slice], band=None) -> TopK:
+        """The band [lo, hi] the k-th largest lies in, from a sorted strided sample."""
+        self._band = band or (lambda span, lo, hi: in_band(magnitudes(span), span.start, lo, hi))
+        self._n, self._k, self._spans = n, k, spans
         sample = magnitudes(slice(0, n, max(1, n // self.SAMPLE)))
         m = sample.numel()
         rank = (n - k) * m // n  # where the k-th largest sits in the ascending sample
@@ -61,16 +83,21 @@ class TopK:
         margin = int(6 * math.sqrt(m * q * (1 - q))) + 16  # 6 sigma of a sampled rank
         # the band [lo, hi] (two order statistics of the sample); past the sample's ends it
         # reaches 0 (magnitudes are >= 0) or +inf
-        lo = float(self.kth(sample, rank - margin + 1)) if rank - margin >= 0 else 0.0
-        hi = float(self.kth(sample, rank + margin + 1)) if rank + margin < m else math.inf
-        above, values, index = self._pass(band, spans, lo, hi, map)
-        need = k - above  # how many of the k largest lie in the band
+        self._lo = float(self.kth(sample, rank - margin + 1)) if rank - margin >= 0 else 0.0
+        self._hi = float(self.kth(sample, rank + margin + 1)) if rank + margin < m else math.inf
+        return self
+
+    def _settle(self, passed: tuple[int, torch.Tensor, torch.Tensor], map=map) -> None:
+        """threshold and cut, from the pass over the band (or everything, when the sample misled)."""
+        above, values, index = passed
+        need = self._k - above  # how many of the k largest lie in the band
         exact = 0 < need <= values.numel()
         if not exact:  # the sample misled: search everything
-            _, values, index = self._pass(band, spans, 0.0, math.inf, map)
-            need = k
+            _, values, index = self._pass(self._band, self._spans, 0.0, math.inf, map)
+            need = self._k
         # when the band is one repeated value, that value is the threshold
-        self.threshold, self.cut = self.select(values, index, need, n, hi if exact and lo == hi else None)
+        single = self._hi if exact and self._lo == self._hi else None
+        self.threshold, self.cut = self.select(values, index, need, self._n, single)
 
     @staticmethod
     def kth(values: torch.Tensor, i: int) -> torch.Tensor:
@@ -87,12 +114,15 @@ class TopK:
         quota = need - int((values > threshold).sum())  # ties to keep: 1 .. equal
         return threshold, n if quota >= equal.numel() else int(index[equal[quota - 1]]) + 1
 
-    @staticmethod
-    def _pass(band, spans, lo, hi, map):
+    @classmethod
+    def _pass(cls, band, spans, lo, hi, map):
         """Entries above hi (a count), and the magnitudes in [lo, hi] with their indexes, in order."""
-        parts = list(map(lambda span: band(span, lo, hi), spans))
-        above = sum(p[0] for p in parts)
-        return above, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
+        return cls._joined(list(map(lambda span: band(span, lo, hi), spans)))
+
+    @staticmethod
+    def _joined(parts: list) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """The passes over consecutive spans as one pass over all of them."""
+        return sum(p[0] for p in parts), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
 
     def keep(self, span: slice, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Mask of the kept entries of `span`, given their magnitudes `a`: boolean, or

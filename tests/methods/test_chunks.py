@@ -91,6 +91,29 @@ def test_top_k_falls_back_when_the_sample_misleads():
     assert int(chosen.sum()) == 1000 and float(a[chosen].min()) == n // 2 - 1000
 
 
+def test_several_top_ks_are_each_found_alone():
+    # found together on two threads (brackets, passes, selections a step at a time): a
+    # vector of ties, a plain one, and one whose sample misleads (searched again)
+    g = torch.Generator().manual_seed(7)
+    n = 2 * chunks.CHUNK + 77
+    hidden = torch.zeros(n)
+    hidden[1::2] = torch.arange(n // 2, dtype=torch.float32)
+    vectors = [torch.randint(0, 9, (n,), generator=g).float(), torch.randn(n, generator=g).abs(), hidden]
+    ks = [n // 3, n // 2, 1000]
+    spans = chunks.spans(n)
+    chunks.set_threads(2)
+    try:
+        together = sparsify.TopK.several(
+            [(lambda s, a=a: a[s], n, k, spans, None) for a, k in zip(vectors, ks)], chunks.parallel
+        )
+    finally:
+        chunks.set_threads(chunks.cpu_count())
+    for a, k, rule in zip(vectors, ks, together):
+        alone = sparsify.TopK(lambda s, a=a: a[s], n, k, spans)
+        assert bool(rule.threshold == alone.threshold) and rule.cut == alone.cut
+        assert int(rule.keep(slice(0, n), a).sum()) == k
+
+
 @pytest.mark.parametrize("n", [1, BLOCK - 1, BLOCK, BLOCK + 1, 5 * BLOCK + 3, 3 * chunks.CHUNK + 11])
 def test_total_in_pieces_equals_total(n):
     x = torch.randn(n, generator=torch.Generator().manual_seed(n))
@@ -131,28 +154,33 @@ def test_streams_on_one_or_two_threads_agree(name):
     assert torch.equal(results[0].view(torch.int16), results[1].view(torch.int16))
 
 
-def test_parallel_keeps_order_runs_on_the_caller_too_and_waits_out_a_failure():
+def test_parallel_keeps_order_shares_items_with_the_caller_and_waits_out_a_failure():
     chunks.set_threads(2)
     try:
         ran = []
 
-        def name(x):
+        def double(x):
+            time.sleep(0.01)  # long enough for the helper thread to take items too
             ran.append(threading.current_thread().name)
             return x * 2
 
-        assert chunks.parallel(name, range(5)) == [0, 2, 4, 6, 8]
+        assert chunks.parallel(double, range(8)) == [0, 2, 4, 6, 8, 10, 12, 14]
         assert threading.current_thread().name in ran and any(n.startswith("mergepkg-chunks") for n in ran)
+        # dealt as the threads free up: the caller takes more than the first item
+        assert ran.count(threading.current_thread().name) >= 2
 
-        finished = []
+        started, finished = [], []
 
         def fail_first(x):
+            started.append(x)
             if x == 0:
                 raise ValueError("first")
             time.sleep(0.05)
             finished.append(x)
 
         with pytest.raises(ValueError, match="first"):
-            chunks.parallel(fail_first, range(3))
-        assert sorted(finished) == [1, 2]  # the others ran to the end before the error surfaced
+            chunks.parallel(fail_first, range(6))
+        assert sorted(finished) == sorted(x for x in started if x != 0)  # nothing left running
+        assert len(started) < 6  # and no item taken after the failure was known
     finally:
         chunks.set_threads(chunks.cpu_count())

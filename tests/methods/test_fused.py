@@ -185,6 +185,16 @@ def test_fused_top_k_equals_top_k(density):
     assert bool(got.threshold == expected.threshold) and got.cut == expected.cut
 
 
+def test_fused_top_ks_are_each_top_k():
+    base, ts = models(2 * chunks.CHUNK + 5, 3, torch.bfloat16)
+    n, densities = base.numel(), [0.5, 0.3, 0.01]
+    spans = chunks.spans(n)
+    together = fused.top_ks(base, ts, densities, spans, torch.bfloat16)
+    for t, density, got in zip(ts, densities, together):
+        alone = fused.top_k(base, t, density, spans, torch.bfloat16)
+        assert bool(got.threshold == alone.threshold) and got.cut == alone.cut
+
+
 @pytest.mark.parametrize("density", [0.01, 0.3, 0.5, 0.999])
 @pytest.mark.parametrize("spread", [0, 1, 6], ids=["one-magnitude", "two-magnitudes", "few-magnitudes"])
 def test_fused_top_k_selects_as_torch_among_repeats(density, spread):

@@ -13,6 +13,7 @@ a first pass over the chunks (reduce.Total keeps sums bit-identical).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -86,22 +87,35 @@ def set_threads(n: int) -> None:
 
 
 def parallel(fn: Callable, items) -> list:
-    """[fn(x) for x in items], on the worker threads and the calling one; once it returns
-    or raises, no item is still running."""
+    """[fn(x) for x in items], on the worker threads and the calling one, each taking the
+    next item as it frees up; once it returns or raises, no item is still running."""
     global _pool
     items = list(items)
     if _threads == 1 or len(items) < 2:
         return [fn(x) for x in items]
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=_threads - 1, thread_name_prefix="mergepkg-chunks")
-    # the calling thread runs the first item itself rather than wait: one thread fewer
-    # to wake (each wake-up waits for the GIL and a core)
-    futures = [_pool.submit(fn, x) for x in items[1:]]
+    results: list = [None] * len(items)
+    taken = itertools.count()  # next() on it is atomic: each item is taken once
+    failed: list[BaseException] = []
+
+    def drain() -> None:
+        while not failed and (i := next(taken)) < len(items):
+            try:
+                results[i] = fn(items[i])
+            except BaseException as e:
+                failed.append(e)  # the others stop at their next item
+
+    # the calling thread drains too rather than wait: one thread fewer to wake a call
+    # (each wake-up waits for the GIL and a core)
+    helpers = [_pool.submit(drain) for _ in range(min(_threads, len(items)) - 1)]
     try:
-        first = fn(items[0])
+        drain()
     finally:
-        wait(futures)  # no item still running when this returns or raises
-    return [first, *(f.result() for f in futures)]
+        wait(helpers)
+    if failed:
+        raise failed[0]
+    return results
 
 
 def groups(spans_: list[slice]) -> list[list[slice]]:
