@@ -252,9 +252,8 @@ def stream(
         def run(xs, b, into, start: int) -> None:
             kernels.merge_weighted(*xs, inputs, b, into, weights, *rest)
 
-    direct = dtype_name(out.dtype) in DTYPES  # the kernel rounds to it and writes the result in place
-
-    raw_dest = raw(dest) if direct else None
+    # a dtype the kernels store: they round to it and write the result in place
+    raw_dest = raw(dest) if dtype_name(out.dtype) in DTYPES else None
     spare = MAX_INPUTS - inputs  # the spare inputs: the last again, ignored
 
     def merge_group(group: list[slice]):
