@@ -27,6 +27,7 @@ holds it to the whole-tensor merge and to the torch stream bit for bit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import numpy as np
@@ -34,7 +35,7 @@ import numpy as np
 from mergepkg._lazy import torch
 from mergepkg.methods import sparsify
 from mergepkg.methods.kernels import chunks
-from mergepkg.methods.kernels.reduce import Total
+from mergepkg.methods.kernels.reduce import BLOCK, total_of_blocks
 
 MAX_INPUTS = 4  # torch sums up to four inputs in order; past that its order is its own
 DTYPES = ("float32", "bfloat16", "float16")  # stored dtypes the loops read and write, and compute dtypes
@@ -50,7 +51,7 @@ def covers(compute, inputs: int, device: str = "cpu") -> bool:
     return torch.device(device).type == "cpu" and dtype_name(compute) in DTYPES and 1 <= inputs <= MAX_INPUTS
 
 
-def usable(base, tensors, compute, planner) -> bool:
+def usable(base, tensors, compute, planner, rescale: bool = False) -> bool:
     """Whether this tensor's merge runs here (else on task_vectors' torch stream)."""
     return (
         base is not None
@@ -58,7 +59,23 @@ def usable(base, tensors, compute, planner) -> bool:
         and base.numel() > 0
         and all(dtype_name(t.dtype) in DTYPES for t in [base, *tensors])
         and planner in (None, "magnitude", "bernoulli")
+        and (not rescale or sums_agree())
     )
+
+
+@functools.cache
+def sums_agree() -> bool:
+    """Whether the kernels' sums (compiled.sums, in the L1 rescale) have torch's bits on
+    this machine: they follow torch's CPU kernel for its vector width on x86 and ARM's
+    NEON. Checked once, on magnitudes of many scales over two blocks and a short third;
+    where they differ, rescaling steps take the torch stream."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * BLOCK + 1001, generator=g).mul_(torch.randn(1, generator=g).exp_() * 8).abs_()
+    x[torch.rand(x.shape, generator=g) < 0.3] = 0  # as thinned entries are
+    mine = np.empty(3, np.float32)
+    _kernels().sums(x.numpy(), mine)
+    theirs = torch.cat([x[: 2 * BLOCK].view(2, BLOCK).sum(dim=1), x[2 * BLOCK :].sum().reshape(1)])
+    return bool(np.array_equal(mine.view(np.int32), theirs.numpy().view(np.int32)))
 
 
 def _kernels():
@@ -70,7 +87,8 @@ def _kernels():
 
 
 # The kernels (compiled.py) a stream may run, by its thinner (`planner`); an input at
-# density 1 takes merge_weighted. A rescaling step also runs its thinner's L1 pass.
+# density 1 takes merge_weighted. A rescaling step also runs its thinner's L1 pass, and
+# `sums` once per process (sums_agree).
 KERNELS = {
     None: ("merge_weighted",),
     "magnitude": ("merge_weighted", "band", "merge_top_k"),
@@ -81,7 +99,7 @@ L1_PASS = {"magnitude": "l1_top_k", "bernoulli": "l1_drawn"}
 
 def kernels(thinner: str | None, rescale: bool) -> tuple[str, ...]:
     """The kernels a stream with this thinner runs, rescaling or not."""
-    return KERNELS[thinner] + ((L1_PASS[thinner],) if rescale and thinner in L1_PASS else ())
+    return KERNELS[thinner] + ((L1_PASS[thinner], "sums") if rescale and thinner in L1_PASS else ())
 
 
 def load(
@@ -207,29 +225,23 @@ def stream(
 
     if rescale and thinned:
         # the L1 sums of each thinned task vector before and after thinning, as the torch
-        # stream takes them (sparsify.l1_rescale): a kernel writes |delta| and |kept| per
-        # chunk, torch sums them in fixed blocks; the chunks shared among the threads
-        def sums(group: list[slice]) -> dict[int, tuple[Total, Total]]:
-            s = chunks.thread_scratch()
-            totals = {i: (Total(), Total()) for i in thinned}
-            for span in group:
-                size = span.stop - span.start
-                before, after = s.get("before", (size,), torch.float32), s.get("after", (size,), torch.float32)
-                b = raw_base[span]
-                for i in thinned:
-                    x = raw_flat[i][span]
-                    if planner == "magnitude":
-                        kernels.l1_top_k(x, b, span.start, threshold[i], cut[i], before.numpy(), after.numpy(), like)
-                    else:
-                        kernels.l1_drawn(x, b, span.start, seed[i], limit[i], before.numpy(), after.numpy(), like)
-                    totals[i][0].add(before, holds=compute)
-                    totals[i][1].add(after, holds=compute)
-            return totals
+        # stream takes them (sparsify.l1_rescale): in reduce.Total's blocks, each block
+        # summed by the kernel with torch's bits; the chunks shared among the threads
+        l1 = np.empty((len(thinned), 2, -(-n // BLOCK)), np.float32)  # per input: before, after; per block
 
-        parts = chunks.parallel(sums, chunks.groups(spans))
-        for i in thinned:
-            l1 = [Total.joined(p[i][k] for p in parts).result() for k in (0, 1)]
-            f = sparsify.rescale_factor(*l1)
+        def sums(group: list[slice]) -> None:
+            for span in group:
+                b, at = raw_base[span], span.start // BLOCK
+                for row, i in enumerate(thinned):
+                    x, before, after = raw_flat[i][span], l1[row, 0, at:], l1[row, 1, at:]
+                    if planner == "magnitude":
+                        kernels.l1_top_k(x, b, span.start, threshold[i], cut[i], before, after, like)
+                    else:
+                        kernels.l1_drawn(x, b, span.start, seed[i], limit[i], before, after, like)
+
+        chunks.parallel(sums, chunks.groups(spans))
+        for row, i in enumerate(thinned):
+            f = sparsify.rescale_factor(*(total_of_blocks(torch.from_numpy(l1[row, k]), compute) for k in (0, 1)))
             factor[i] = 1.0 if f is None else float(f)
     # as merge_task_vectors computes it: the weights' sum, ~0 replaced by 1 (no sign election)
     divisor = w.view(-1, 1).sum(dim=0)

@@ -137,7 +137,7 @@ def stream_task_vectors(
     """merge_task_vectors over chunks: the same bits as the whole-tensor merge, cast to
     out_dtype. First pass: each input's keep rule (and L1 rescale factor); second pass:
     the merge itself, chunk by chunk. On the CPU, fused.py does both in compiled loops."""
-    if fused.usable(base, tensors, compute, planner and planner.__name__.removeprefix("plan_")):
+    if fused.usable(base, tensors, compute, planner and planner.__name__.removeprefix("plan_"), rescale):
         return fused.stream(
             base,
             tensors,

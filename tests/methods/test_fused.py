@@ -13,6 +13,7 @@ import torch
 
 from mergepkg.methods import METHODS, fused, sparsify
 from mergepkg.methods.kernels import chunks, compiled
+from mergepkg.methods.kernels.reduce import BLOCK
 
 FUSED = sorted(name for name, spec in METHODS.items() if spec.fused)
 SIZES = [1, 7, chunks.CHUNK + 8195]  # one entry; a ragged few; more than a chunk, ragged
@@ -215,6 +216,41 @@ def test_fused_top_k_selects_as_torch_among_repeats(density, spread):
     expected = sparsify.TopK(lambda s: a[s], n, sparsify.top_k(density, n), spans)
     got = fused.top_k(base, t, density, spans)
     assert bool(got.threshold == expected.threshold) and got.cut == expected.cut
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 3e4])
+def test_kernel_sums_have_torchs_bits(scale):
+    """compiled.sums: each BLOCK-entry run (the last shorter) summed as torch sums it, for
+    lengths below a vector, around the cascade's steps and ragged tails."""
+    g = torch.Generator().manual_seed(int(scale * 7) + 1)
+    lengths = [*range(1, 70), 127, 128, 129, 511, 512, 513, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 4099]
+    for n in lengths + torch.randint(1, 3 * BLOCK, (20,), generator=g).tolist():
+        x = torch.randn(n, generator=g).abs_() * scale
+        x[torch.rand(n, generator=g) < 0.4] = 0
+        whole = n - n % BLOCK
+        expected = [x[:whole].view(-1, BLOCK).sum(dim=1)] + ([x[whole:].sum().reshape(1)] if whole < n else [])
+        got = torch.empty(-(-n // BLOCK))
+        compiled.sums(x.numpy(), got.numpy())
+        assert torch.equal(got.view(torch.int32), torch.cat(expected).view(torch.int32)), n
+
+
+def test_rescaling_runs_fused_where_the_sums_agree(monkeypatch):
+    """The L1 rescale's sums follow torch's kernel on x86 (CI's machines) and take the
+    fused path; where they would differ, a rescaling step takes the torch stream, with
+    the same bits."""
+    assert fused.sums_agree()
+    spec = METHODS["dare_ties"]
+    base, tensors = models(chunks.CHUNK + 8195, 3, torch.bfloat16, seed=5)
+    kwargs = {"weight": [0.5, 0.3, 0.2], "normalize": True, "density": [0.5, 0.3, 0.9], "rescale": True}
+    kwargs["rng"] = lambda i: torch.Generator().manual_seed(3 + i)
+    assert fused.usable(base, tensors, torch.float32, "bernoulli", rescale=True)
+    streamed = spec.stream(base, tensors, compute=torch.float32, out_dtype=torch.bfloat16, **kwargs)
+    monkeypatch.setattr(fused, "sums_agree", lambda: False)
+    assert not fused.usable(base, tensors, torch.float32, "bernoulli", rescale=True)
+    assert fused.usable(base, tensors, torch.float32, "bernoulli")
+    on_torch = spec.stream(base, tensors, compute=torch.float32, out_dtype=torch.bfloat16, **kwargs)
+    assert torch.equal(streamed.view(torch.int16), on_torch.view(torch.int16))
+    assert torch.equal(streamed, whole(spec, base, tensors, kwargs).bfloat16())
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2**62 + 12345, 2**63 - 1])
@@ -496,7 +532,7 @@ def test_a_step_loads_the_kernels_its_method_runs_and_no_others():
 import torch
 from mergepkg.methods import METHODS, fused
 from mergepkg.methods.kernels import compiled
-names = sorted({k for ks in fused.KERNELS.values() for k in ks} | set(fused.L1_PASS.values()) | {"drawn"})
+names = sorted({k for ks in fused.KERNELS.values() for k in ks} | set(fused.L1_PASS.values()) | {"drawn", "sums"})
 def loaded():
     return {k: len(getattr(compiled, k).signatures) for k in names}
 g = torch.Generator().manual_seed(0)
@@ -526,8 +562,8 @@ for name in sorted(n for n, spec in METHODS.items() if spec.fused):
     for name, (thinner, grew, ran) in rows.items():
         assert ran == "-", f"{name} ran kernels it did not load: {ran}"
         thinner = None if thinner == "None" else thinner
-        assert set(grew.split(",")) - {"-"} <= {*fused.KERNELS[thinner], fused.L1_PASS.get(thinner)}, name
+        assert set(grew.split(",")) - {"-"} <= {*fused.KERNELS[thinner], fused.L1_PASS.get(thinner), "sums"}, name
     # in the order they ran: DARE's kernels, then nothing new for task_arithmetic, then TIES'
-    assert rows["dare_linear"] == ["bernoulli", "l1_drawn,merge_drawn,merge_weighted", "-"]
+    assert rows["dare_linear"] == ["bernoulli", "l1_drawn,merge_drawn,merge_weighted,sums", "-"]
     assert rows["task_arithmetic"] == ["None", "-", "-"]
-    assert rows["ties"] == ["magnitude", "band,l1_top_k,merge_top_k", "-"]
+    assert rows["ties"] == ["magnitude", "band,l1_top_k,merge_top_k", "-"]  # sums: loaded already

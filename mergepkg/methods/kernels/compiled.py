@@ -33,6 +33,8 @@ from llvmlite import binding, ir
 from numba.core import types
 from numba.extending import intrinsic
 
+from mergepkg.methods.kernels.reduce import BLOCK
+
 
 class _Refuse(importlib.abc.MetaPathFinder):
     """An import finder that refuses one package and its modules."""
@@ -513,28 +515,153 @@ def merge_weighted(x0, x1, x2, x3, n, b, out, weight, elect, normalize, divisor,
         _weighted(x0, x1, x2, x3, 4, b, out, p)
 
 
-# The L1 rescale's first pass (sparsify.l1_rescale): per entry of one input's task vector,
-# |delta| and |delta * keep|, in the compute dtype, as float32 for torch's fixed-block sums
-# (reduce.Total), which stay torch's so that the sums keep their bits.
+# --- torch's float32 sum, bit for bit: the L1 rescale's sums without torch
+# torch's CPU sum of a contiguous float32 row (ATen's SumKernel.cpp: cascade_sum, then
+# vectorized_inner_sum) adds vectors of LANES floats into ILP interleaved accumulators,
+# moves those up a cascade of LEVELS accumulators every 2**power rows, then adds the
+# entries past the last whole vector and the lanes, in order, to a float 0. Rows shorter
+# than a vector go the same way one entry wide. LANES is torch's Vectorized<float> width
+# in the kernel it runs: 8 on x86 (its AVX-512 dispatch keeps the AVX2 sum) and on ARM's
+# NEON; fused.sums_agree checks the bits against torch before a step relies on them.
+
+SUM_LANES, SUM_ILP, SUM_LEVELS = 8, 4, 4
+
+
+@numba.njit(inline="always")
+def _ceil_log2(x):
+    """c10's CeilLog2: 1 up to 2, else the bits of x - 1."""
+    if x <= 2:
+        return 1
+    bits, v = 0, x - 1
+    while v:
+        bits, v = bits + 1, v >> 1
+    return bits
+
+
+@numba.njit(inline="always")
+def _cascade(x, rows, width, acc):
+    """torch's multi_row_sum: rows of `width` entries of x (row i at i * width), each
+    entry position summed on its own, into acc[0, :width] (acc: SUM_LEVELS x width)."""
+    power = max(4, _ceil_log2(rows) // SUM_LEVELS)
+    step, mask = 1 << power, (1 << power) - 1
+    acc[:, :width] = 0
+    i = 0
+    while i + step <= rows:
+        # level 0, from 0, over `step` rows, moved up into level 1: position by position
+        # (independent: LLVM vectorizes across them, as torch's lanes and accumulators)
+        at = i * width
+        for p in range(width):
+            s = np.float32(0)
+            for j in range(step):
+                s += x[at + j * width + p]
+            acc[1, p] += s
+        i += step
+        for level in range(2, SUM_LEVELS + 1):
+            if i & (mask << ((level - 1) * power)) or level == SUM_LEVELS:
+                break
+            for p in range(width):
+                acc[level, p] += acc[level - 1, p]
+                acc[level - 1, p] = 0
+    while i < rows:
+        for p in range(width):
+            acc[0, p] += x[i * width + p]
+        i += 1
+    for level in range(1, SUM_LEVELS):
+        for p in range(width):
+            acc[0, p] += acc[level, p]
+
+
+@numba.njit(inline="always")
+def _lanes_sum(x, n, lanes, acc):
+    """torch's sum of x[:n] in `lanes`-wide vectors (1: its scalar loop), each call site a
+    constant `lanes`, so that LLVM unrolls and vectorizes the positions."""
+    vectors = n // lanes
+    rows = vectors // SUM_ILP
+    _cascade(x, rows, SUM_ILP * lanes, acc)
+    for v in range(rows * SUM_ILP, vectors):  # the vectors past the last whole row
+        for lane in range(lanes):
+            acc[0, lane] += x[v * lanes + lane]
+    for k in range(1, SUM_ILP):
+        for lane in range(lanes):
+            acc[0, lane] += acc[0, k * lanes + lane]
+    total = np.float32(0)
+    for j in range(vectors * lanes, n):  # the entries past the last whole vector
+        total += x[j]
+    for lane in range(lanes):
+        total += acc[0, lane]
+    return np.float32(0) + total  # into torch's output, filled with 0
+
+
+@numba.njit(inline="always")
+def _torch_sum(x, n, acc):
+    """x[:n].sum() with torch's bits (float32, its CPU kernel's order); acc: scratch of
+    SUM_LEVELS x (SUM_ILP * SUM_LANES)."""
+    if n == BLOCK:  # a whole block: its constant length lets LLVM unroll and vectorize (8x)
+        return _lanes_sum(x, BLOCK, SUM_LANES, acc)
+    if n >= SUM_LANES:
+        return _lanes_sum(x, n, SUM_LANES, acc)
+    return _lanes_sum(x, n, 1, acc)  # shorter than a vector: torch's scalar loop
+
+
+@numba.njit(nogil=True, cache=True)
+def sums(x, out):
+    """out[k] = torch's sum of x's k-th BLOCK entries (the last may be fewer), with
+    torch's bits (tests and fused.sums_agree hold it to torch)."""
+    acc = np.empty((SUM_LEVELS, SUM_ILP * SUM_LANES), np.float32)
+    for k in range(out.shape[0]):
+        lo = k * BLOCK
+        out[k] = _torch_sum(x[lo : lo + BLOCK], min(BLOCK, x.shape[0] - lo), acc)
+
+
+# The L1 rescale's first pass (sparsify.l1_rescale): one input's task vector, in the
+# compute dtype, summed in reduce.Total's blocks as |delta| and |delta * keep|: the
+# kernel writes a block's magnitudes to a scratch that stays in the cache and sums them
+# with torch's bits, one pair of sums per block (`before`, `after`).
+
+
+@numba.njit(inline="always")
+def _l1_scratch():
+    """A block's magnitudes (|delta|, |delta * keep|) and _torch_sum's accumulators."""
+    return np.empty((2, BLOCK), np.float32), np.empty((SUM_LEVELS, SUM_ILP * SUM_LANES), np.float32)
+
+
+@numba.njit(inline="always")
+def _l1_block(values, size, before, after, k, acc):
+    before[k] = _torch_sum(values[0], size, acc)
+    after[k] = _torch_sum(values[1], size, acc)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def l1_top_k(x, b, start, threshold, cut, before, after, like):
-    """before = |x - b|, after = |(x - b) * keep| with TopK's keep rule (threshold, cut)."""
-    for j in range(b.shape[0]):
-        v = _round(_read(x[j], like) - _read(b[j], like), like)
-        before[j] = abs(v)
-        after[j] = abs(v * _top_k(v, threshold, cut, start + j))
+    """Per BLOCK entries of x - b (from entry `start`, a multiple of BLOCK): the sum of
+    |x - b| into before, of |(x - b) * keep| with TopK's keep rule (threshold, cut) into
+    after."""
+    values, acc = _l1_scratch()
+    n = b.shape[0]
+    for k in range(-(-n // BLOCK)):
+        lo = k * BLOCK
+        size = min(BLOCK, n - lo)
+        for j in range(size):
+            v = _round(_read(x[lo + j], like) - _read(b[lo + j], like), like)
+            values[0, j] = abs(v)
+            values[1, j] = abs(v * _top_k(v, threshold, cut, start + lo + j))
+        _l1_block(values, size, before, after, k, acc)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def l1_drawn(x, b, start, seed, limit, before, after, like):
     """l1_top_k with DARE's keep rule: entry `at` kept when its draw from `seed` is below `limit`."""
-    first = np.uint64(start)
-    for j in range(b.shape[0]):
-        v = _round(_read(x[j], like) - _read(b[j], like), like)
-        before[j] = abs(v)
-        after[j] = abs(v * np.float32(_draw(seed, first + np.uint64(j)) < limit))
+    values, acc = _l1_scratch()
+    n = b.shape[0]
+    for k in range(-(-n // BLOCK)):
+        lo = k * BLOCK
+        size = min(BLOCK, n - lo)
+        first = np.uint64(start + lo)
+        for j in range(size):
+            v = _round(_read(x[lo + j], like) - _read(b[lo + j], like), like)
+            values[0, j] = abs(v)
+            values[1, j] = abs(v * np.float32(_draw(seed, first + np.uint64(j)) < limit))
+        _l1_block(values, size, before, after, k, acc)
 
 
 def warm(dtypes=tuple(MARKERS), stored=("float32", "bfloat16"), kernels=None, results=("float32", "bfloat16")):
@@ -542,8 +669,10 @@ def warm(dtypes=tuple(MARKERS), stored=("float32", "bfloat16"), kernels=None, re
     merge kernel) for the argument types the drivers pass: each compute dtype in `dtypes`
     over inputs stored as `stored`, the merges writing results stored as `results` (other
     types are compiled on first use), so their memory is resident from here on."""
-    wanted = set(kernels) if kernels is not None else {"band", "l1_top_k", "l1_drawn", *MERGES}
+    wanted = set(kernels) if kernels is not None else {"band", "l1_top_k", "l1_drawn", "sums", *MERGES}
     f32, i64 = np.zeros(1, np.float32), np.zeros(1, np.int64)
+    if "sums" in wanted:
+        sums(f32, f32)
     four, cut, seeds = np.ones(4, np.float32), np.zeros(4, np.int64), np.zeros(4, np.uint64)
     for dtype in dtypes:
         like = MARKERS[dtype]

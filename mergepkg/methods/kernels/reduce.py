@@ -38,6 +38,13 @@ def _blocks(x: torch.Tensor) -> torch.Tensor:
     return x.sum()
 
 
+def total_of_blocks(sums: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """total() of a vector given the sums of its consecutive BLOCK-entry blocks (the last
+    may be shorter) in float32, each with torch's bits (a kernel's: compiled.sums): the
+    same bits, rounded to `dtype`, which the vector's values hold."""
+    return _blocks(sums).to(dtype)
+
+
 def row_sum(x: torch.Tensor) -> torch.Tensor:
     """x.sum(dim=-1, keepdim=True), identical for any thread count."""
     if x.dim() > 1 and x.shape[:-1].numel() > 1:
