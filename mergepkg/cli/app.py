@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import atexit
 import contextlib
+import errno
 import gc
 import importlib
 import os
@@ -173,6 +174,36 @@ def main(argv: list[str] | None = None) -> int:
         # typer raises its (vendored) ClickException subclasses, which have show(); the base declares none
         e.show()  # type: ignore[attr-defined]
         return e.exit_code
+    except OSError as e:  # the machine's, not the program's: a full disk, an unwritable one
+        # (a stdout whose reader went away is click's: it exits 1 quietly)
+        if STATE["debug"] or e.errno not in NO_ROOM:
+            raise
+        _drop_stdout_if_stuck()  # stdout may be what is full
+        where = f" ({e.filename})" if e.filename else ""
+        show_error(MergepkgError(f"{e.strerror}{where}", hint=NO_ROOM[e.errno]))
+        return 1
+
+
+# errors of the file system rather than of mergepkg, said in a line instead of a traceback;
+# a build that fails on one leaves the store and --out as they were
+NO_ROOM = {
+    errno.ENOSPC: "free some space (`mergepkg cache gc` removes what no lock uses from the store in "
+    "$MERGEPKG_HOME), or point MERGEPKG_HOME or --out at a disk with room",
+    errno.EDQUOT: "your disk quota is used up: free some space or use another disk",
+    errno.EFBIG: "a limit on the size of files is set for this shell (`ulimit -f`): raise it",
+    errno.EROFS: "the file system is read-only: point MERGEPKG_HOME or --out at a writable one",
+    errno.EIO: "the device reported an I/O error: check the disk",
+}
+
+
+def _drop_stdout_if_stuck() -> None:
+    """Point stdout at /dev/null where flushing it fails (the failed write was stdout's),
+    so that flushing it at exit cannot fail again."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def run() -> None:

@@ -12,6 +12,7 @@ writes go through the page cache.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -71,16 +72,21 @@ class SequentialFile:
         return self._stage
 
     def _flush(self, n: int) -> None:
-        """Write the first n staged bytes (a multiple of ALIGN) and empty the stage."""
-        try:
-            self._write_all(memoryview(self._staging())[:n])
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            # the file system refuses direct I/O after all: carry on through the cache
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-            self.direct = False
-            self._write_all(memoryview(self._staging())[:n])
+        """Write the first n staged bytes (a multiple of ALIGN) and empty the stage. The view
+        of the stage is released whatever happens, so that close() can unmap it after a
+        failed write (a full disk) and that write's error is the one raised."""
+        with memoryview(self._staging()) as stage:
+            done = 0
+            while done < n:
+                try:
+                    done += os.write(self.fd, stage[done:n])
+                except OSError as e:
+                    if e.errno != errno.EINVAL or not self.direct:
+                        raise
+                    # the file system refuses direct I/O after all (or a short write left the
+                    # rest unaligned): carry on through the cache from where it stopped
+                    fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                    self.direct = False
         self._fill = 0
 
     def _write_all(self, data: memoryview) -> None:
@@ -102,4 +108,8 @@ class SequentialFile:
             self.fd = -1
             if self._stage is not None:
                 self._pin = None  # its export of the mapping, which close() refuses while held
-                self._stage.close()
+                # a failed write's traceback may still hold a view of it: then the mapping
+                # goes with that view, and the write's error is the one raised
+                with contextlib.suppress(BufferError):
+                    self._stage.close()
+                self._stage = None

@@ -4,6 +4,9 @@ once imported, and modules imported only when their command runs."""
 from __future__ import annotations
 
 import ast
+import errno
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +113,58 @@ except SystemExit as e:
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (4, "sys.exit 4\n", "atexit ran\n")
+
+
+def _fail_with(monkeypatch, error: OSError) -> None:
+    """`mergepkg methods` failing with `error` as it makes its table."""
+    import mergepkg.cli.methods
+
+    def table(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(mergepkg.cli.methods, "Table", table)
+
+
+def test_a_full_disk_is_one_line_and_a_hint_not_a_traceback(capsys, monkeypatch):
+    _fail_with(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/home/u/.mergepkg/tmp/x.safetensors"))
+    code, _, err = cli(capsys, "methods")
+    assert code == 1
+    assert err.startswith("error: No space left on device (/home/u/.mergepkg/tmp/x.safetensors)\n")
+    assert "mergepkg cache gc" in err and "Traceback" not in err
+    with pytest.raises(OSError):  # --debug shows where
+        cli(capsys, "--debug", "methods")
+
+
+def test_an_os_error_of_the_program_still_shows_its_traceback(capsys, monkeypatch):
+    """Only errors of the machine (a full disk, a read-only one, an I/O error) are said in a
+    line; any other OSError that reaches the CLI is a bug to report, with its traceback."""
+    _fail_with(monkeypatch, FileNotFoundError(errno.ENOENT, "No such file or directory", "x"))
+    with pytest.raises(FileNotFoundError):
+        cli(capsys, "methods")
+
+
+def test_stdout_on_a_full_device_ends_in_an_error_line():
+    done = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m mergepkg --help > /dev/full",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: No space left on device"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_stdout_closed_by_its_reader_ends_quietly(tmp_path):
+    """`mergepkg import config.yml | head -1`, the pipe closed before the recipe is
+    written (`import` writes to stdout directly; click turns EPIPE into exit 1)."""
+    config = tmp_path / "config.yml"
+    config.write_text("merge_method: linear\nmodels:\n  - model: org/a\n  - model: org/b\ndtype: float32\n")
+    script = f"import sys; from mergepkg.cli.app import run; sys.argv = ['mergepkg', 'import', {str(config)!r}]; run()"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away at once
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in err and "Error" not in err, err

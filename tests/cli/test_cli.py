@@ -8,12 +8,15 @@ keeps the file fast.
 
 from __future__ import annotations
 
+import os
 import re
+import resource
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, load_tensors, run_cli
+from helpers import MERGEPKG, cli, load_tensors, run_cli
 
 from mergepkg import __version__
 from mergepkg.builder.outputs import MARKER
@@ -753,6 +756,33 @@ def test_late_failure_leaves_no_output_subprocess(write_recipe, tmp_path):
     assert r.stdout == ""
     assert not out_dir.exists()
     assert temp_leftovers(tmp_path) == []
+
+
+def test_a_build_out_of_room_says_so_in_a_line_and_stores_nothing(write_recipe, tmp_path):
+    """A real write refused for lack of room (here a file size limit, `ulimit -f`, as a full
+    disk would): one error line and its hint, no traceback, nothing in the store, no
+    output, no temp folders left."""
+    recipe = write_recipe(GOOD)
+    out_dir, home = tmp_path / "o", tmp_path / "home"
+
+    def limit() -> None:  # the output shard is larger than this; the hash cache and locks are not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+    env = {**os.environ, "MERGEPKG_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "200"}
+    r = subprocess.run(
+        [MERGEPKG, "build", str(recipe), "--out", str(out_dir), "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=limit,
+        timeout=300,
+    )
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error: File too large\n"), r.stderr
+    assert "ulimit -f" in r.stderr and "Traceback" not in r.stderr
+    assert not out_dir.exists() and temp_leftovers(tmp_path) == []
+    assert not (home / "store").exists() or not any((home / "store").iterdir())
+    assert not any((home / "tmp").iterdir())
 
 
 def test_failed_rebuild_keeps_the_old_output(write_recipe, tmp_path, capsys):

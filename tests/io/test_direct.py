@@ -59,3 +59,44 @@ def test_refused_direct_write_falls_back(tmp_path, monkeypatch):
     f.close()
     assert (tmp_path / "c.bin").read_bytes() == b"".join(pieces)
     assert refused and (not was_direct or not f.direct)
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="needs O_DIRECT")
+def test_a_short_write_then_a_refusal_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """At a limit a direct write may write part of its bytes; the rest, unaligned, is then
+    refused (EINVAL) and goes through the cache from there, not from the stage's start."""
+    real, calls = os.write, []
+
+    def short_then_refused(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real(fd, data[: direct.ALIGN * 3])
+        if len(calls) == 2:
+            raise OSError(errno.EINVAL, "unaligned")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", short_then_refused)
+    pieces = payload([direct.STAGE + 777])
+    write(tmp_path / "d.bin", pieces)
+    assert (tmp_path / "d.bin").read_bytes() == b"".join(pieces)
+    assert calls[0] == direct.STAGE and calls[2] == direct.STAGE - direct.ALIGN * 3
+
+
+@pytest.mark.parametrize("size", [direct.STAGE + 5, 100])  # failing in a flush, or in close's
+def test_a_failed_write_raises_its_own_error_and_closes(tmp_path, monkeypatch, size):
+    """A full disk: the write's OSError reaches the caller (not a BufferError from
+    unmapping a stage a view of the failed write still held), and the file is closed."""
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    f = direct.SequentialFile(tmp_path / "e.bin")
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError) as caught:
+        f.write(payload([size])[0])
+        f.close()
+    assert caught.value.errno == errno.ENOSPC
+    if f.fd >= 0:  # failed in write(): the caller's close, as ShardWriter's finally does
+        with pytest.raises(OSError):
+            f.close()
+    assert f.fd == -1
