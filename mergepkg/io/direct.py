@@ -20,7 +20,9 @@ import mmap
 import os
 from pathlib import Path
 
-import numpy as np
+from mergepkg._lazy import lazy_import
+
+np = lazy_import("numpy")  # by the first staged copy: a no-op rebuild, which writes none, need not import it
 
 ALIGN = 4096  # covers the logical block size of every common disk
 STAGE = 16 << 20  # staging buffer: a multiple of ALIGN, page-aligned (mmap), reused

@@ -1,6 +1,6 @@
 """Commands import only what they use: `validate` and `plan` not networkx, not the
 builder; `validate` not the remotes' machinery or filelock; a no-op rebuild not networkx
-(docs/performance.md#startup)."""
+or numpy (docs/performance.md#startup)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def test_plan_imports_no_graph_library(tmp_path):
 def test_a_no_op_rebuild_imports_no_graph_library_or_pydantic(tmp_path):
     """The builder asks the plan (`Plan.inputs`, `Plan.upstream`), not networkx, and a no-op
     rebuild only places the outputs and their cards; build's options at their defaults are
-    coerced without pydantic (cli/coercion.py)."""
+    coerced without pydantic (cli/coercion.py); the output writer imports numpy for its
+    first write, and a no-op writes none."""
     recipe = tmp_path / "bench" / "startup.toml"  # a copy: a build writes its lock beside it
     recipe.parent.mkdir()
     recipe.write_text(RECIPE.read_text().replace('"../recipes/', f'"{RECIPE.parents[1]}/recipes/'))
@@ -55,4 +56,4 @@ def test_a_no_op_rebuild_imports_no_graph_library_or_pydantic(tmp_path):
     _imported(args, tmp_path / "home")  # the build
     loaded = _imported(args, tmp_path / "home")  # the no-op rebuild
     assert "mergepkg.builder.card" in loaded
-    assert not {"networkx.classes", "torch._C", "pydantic"} & loaded
+    assert not {"networkx.classes", "torch._C", "pydantic", "numpy"} & loaded
