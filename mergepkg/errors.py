@@ -9,6 +9,7 @@ path), as huggingface_hub does.
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -114,6 +115,39 @@ class ExportError(MergepkgError, RuntimeError):
 
 class StoreError(MergepkgError, LookupError):
     """The store has no artifact that matches what was asked for."""
+
+
+class DiskError(MergepkgError, OSError):
+    """The machine refused a write: a full disk, a quota or a file size limit reached, a
+    read-only file system, an I/O error (`disk_error`). Not the recipe's fault, nor a bug."""
+
+
+# what to do about each refusal; any other OSError reaching the CLI is a bug, with its traceback
+DISK_HINTS = {
+    errno.ENOSPC: "free some space (`mergepkg cache gc` removes what no lock uses from the store in "
+    "$MERGEPKG_HOME), or point MERGEPKG_HOME or --out at a disk with room",
+    errno.EDQUOT: "your disk quota is used up: free some space or use another disk",
+    errno.EFBIG: "a limit on the size of files is set for this shell (`ulimit -f`): raise it",
+    errno.EROFS: "the file system is read-only: point MERGEPKG_HOME or --out at a writable one",
+    errno.EIO: "the device reported an I/O error: check the disk",
+}
+
+
+def disk_error(e: OSError, doing: str | None = None) -> DiskError | None:
+    """`e` as a DiskError (`doing`: what was being written, for the message) where it is
+    one of the machine's refusals (DISK_HINTS); None for any other OSError."""
+    if isinstance(e, DiskError):
+        return e
+    if e.errno not in DISK_HINTS:
+        return None
+    message = e.strerror or str(e)
+    if doing:
+        message += f" while {doing}"
+    if e.filename:
+        message += f" ({e.filename})"
+    disk = DiskError(message, hint=DISK_HINTS[e.errno])
+    disk.errno, disk.strerror, disk.filename = e.errno, e.strerror, e.filename
+    return disk
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

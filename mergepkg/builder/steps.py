@@ -20,7 +20,7 @@ from mergepkg.engine.device import check_device
 from mergepkg.engine.memory import Budget
 from mergepkg.engine.progress import Reporter
 from mergepkg.engine.step import budget_for, build_step
-from mergepkg.errors import MergepkgError
+from mergepkg.errors import MergepkgError, disk_error
 from mergepkg.layout.steps import lay_out, read_model_info
 from mergepkg.layout.types import ModelInfo, StepLayout
 from mergepkg.pitfalls.layouts import layout_pitfalls
@@ -175,6 +175,11 @@ class StepRunner:
         except MergepkgError as e:
             res.recipe.written(name).locate(e)  # engine errors: at the step that failed
             raise
+        except OSError as e:  # a full disk, a read-only one: said at the step, not as a traceback
+            disk = disk_error(e, f"writing the step into {folder}")
+            if disk is None:
+                raise
+            raise res.recipe.written(name).locate(disk) from e
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # gone already when committed
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import atexit
 import contextlib
-import errno
 import gc
 import importlib
 import os
@@ -35,7 +34,7 @@ from typer.core import TyperCommand, TyperGroup
 from mergepkg._version import __version__
 from mergepkg.cli import coercion
 from mergepkg.cli.output import err, show_error
-from mergepkg.errors import MergepkgError
+from mergepkg.errors import MergepkgError, disk_error
 
 # name -> "module:attribute" in mergepkg.cli, in the order `mergepkg --help` lists them
 COMMANDS = {
@@ -176,24 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except OSError as e:  # the machine's, not the program's: a full disk, an unwritable one
         # (a stdout whose reader went away is click's: it exits 1 quietly)
-        if STATE["debug"] or e.errno not in NO_ROOM:
+        disk = disk_error(e)
+        if STATE["debug"] or disk is None:
             raise
         _drop_stdout_if_stuck()  # stdout may be what is full
-        where = f" ({e.filename})" if e.filename else ""
-        show_error(MergepkgError(f"{e.strerror}{where}", hint=NO_ROOM[e.errno]))
+        show_error(disk)
         return 1
-
-
-# errors of the file system rather than of mergepkg, said in a line instead of a traceback;
-# a build that fails on one leaves the store and --out as they were
-NO_ROOM = {
-    errno.ENOSPC: "free some space (`mergepkg cache gc` removes what no lock uses from the store in "
-    "$MERGEPKG_HOME), or point MERGEPKG_HOME or --out at a disk with room",
-    errno.EDQUOT: "your disk quota is used up: free some space or use another disk",
-    errno.EFBIG: "a limit on the size of files is set for this shell (`ulimit -f`): raise it",
-    errno.EROFS: "the file system is read-only: point MERGEPKG_HOME or --out at a writable one",
-    errno.EIO: "the device reported an I/O error: check the disk",
-}
 
 
 def _drop_stdout_if_stuck() -> None:

@@ -760,8 +760,8 @@ def test_late_failure_leaves_no_output_subprocess(write_recipe, tmp_path):
 
 def test_a_build_out_of_room_says_so_in_a_line_and_stores_nothing(write_recipe, tmp_path):
     """A real write refused for lack of room (here a file size limit, `ulimit -f`, as a full
-    disk would): one error line and its hint, no traceback, nothing in the store, no
-    output, no temp folders left."""
+    disk would): one error line at the step and its hint, no traceback, nothing in the
+    store, no output, no temp folders left."""
     recipe = write_recipe(GOOD)
     out_dir, home = tmp_path / "o", tmp_path / "home"
 
@@ -778,8 +778,11 @@ def test_a_build_out_of_room_says_so_in_a_line_and_stores_nothing(write_recipe, 
         timeout=300,
     )
     assert r.returncode == 1, r.stderr
-    assert r.stderr.startswith("error: File too large\n"), r.stderr
-    assert "ulimit -f" in r.stderr and "Traceback" not in r.stderr
+    first, hint = r.stderr.splitlines()[:2]
+    assert first.startswith(
+        f"error: {recipe}:{line_of(recipe, '[steps.m]')}: steps.m: File too large while writing the step into {home}"
+    ), r.stderr
+    assert "ulimit -f" in hint and "Traceback" not in r.stderr
     assert not out_dir.exists() and temp_leftovers(tmp_path) == []
     assert not (home / "store").exists() or not any((home / "store").iterdir())
     assert not any((home / "tmp").iterdir())
