@@ -1,11 +1,14 @@
 """The registry's web pages in a real browser: headless Chromium (Debian's package) driven
 by Playwright against `registry serve` on 127.0.0.1, serving a copy of the repository's
 example registry. From the index to a package page, a search, the SVG DAG visible, a
-version page, a 404; screenshots go to docs/images/ for the README. Chromium and
-Playwright missing is a failure, not a skip: CI installs both (.ci/run, the test extra)."""
+version page, a 404. Its screenshots are the README's (docs/images/): taken into the
+test's folder, and copied there only with MERGEPKG_SCREENSHOTS=1, so that running the
+tests leaves the checkout as it was. Chromium and Playwright missing is a failure, not a
+skip: CI installs both (.ci/run, the test extra)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -42,6 +45,20 @@ def browser(tmp_path):
 
 
 @pytest.fixture
+def screenshot(tmp_path):
+    """screenshot(page, name): the page as docs/images/NAME, refreshed there only on request."""
+
+    def take(page, name: str) -> None:
+        shot = tmp_path / name
+        page.screenshot(path=str(shot))
+        assert shot.stat().st_size > 1000  # a picture, not an empty file
+        if os.environ.get("MERGEPKG_SCREENSHOTS") == "1":
+            shutil.copyfile(shot, REPO / "docs" / "images" / name)
+
+    return take
+
+
+@pytest.fixture
 def served(tmp_path):
     root = tmp_path / "registry"
     shutil.copytree(REPO / "registry", root)
@@ -49,7 +66,7 @@ def served(tmp_path):
         yield url
 
 
-def test_browse_search_and_screenshots(browser, served):
+def test_browse_search_and_screenshots(browser, served, screenshot):
     page = browser.new_page(viewport={"width": 1000, "height": 700})
     page.set_default_timeout(10_000)
     page.goto(served + "/")
@@ -57,7 +74,7 @@ def test_browse_search_and_screenshots(browser, served):
     rows = page.locator("#packages tbody tr")
     assert rows.count() == 4
     page.set_viewport_size({"width": 1000, "height": 420})
-    page.screenshot(path=str(REPO / "docs/images/registry-index.png"))
+    screenshot(page, "registry-index.png")
     page.set_viewport_size({"width": 1000, "height": 700})
 
     page.fill("input[name=q]", "zephyr")  # the server searches; no JavaScript involved
@@ -73,7 +90,7 @@ def test_browse_search_and_screenshots(browser, served):
     box = dag.bounding_box()
     assert box is not None and box["width"] > 200 and box["height"] > 60
     assert page.locator("svg.dag g.node").count() == 3 and page.locator("svg.dag path.edge").count() == 2
-    page.screenshot(path=str(REPO / "docs/images/registry-package.png"))
+    screenshot(page, "registry-package.png")
 
     page.click("h2#dependencies + ul a")  # its dependency
     page.wait_for_url("**/packages/examples/mistral-math-chat/")
