@@ -110,8 +110,8 @@ class SequentialFile:
             self.fd = -1
             if self._stage is not None:
                 self._pin = None  # its export of the mapping, which close() refuses while held
-                # a failed write's traceback may still hold a view of it: then the mapping
-                # goes with that view, and the write's error is the one raised
+                # a view of it still held elsewhere (a failed write's traceback, where the
+                # write was Python code) frees the mapping with it; the write's error stands
                 with contextlib.suppress(BufferError):
                     self._stage.close()
                 self._stage = None
