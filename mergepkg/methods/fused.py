@@ -248,6 +248,8 @@ def stream(
     divisor[divisor.abs() < 1e-8] = 1
     divisor = np.float32(divisor.item())
     lam = np.float32(lambda_)  # torch multiplies by a Python scalar as a float32, in half precision too
+    if np.isnan(lam):  # the plain NaN: the kernels' NaNs keep their low bits clear (compiled: KERNEL NANS)
+        lam = np.float32(np.nan)
 
     out = chunks.output(out, base.shape, out_dtype, base.device)
     dest = out.view(-1)

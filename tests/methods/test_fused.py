@@ -5,6 +5,7 @@ count they accept; and the facts about torch they rest on."""
 from __future__ import annotations
 
 import importlib.util
+import struct
 import subprocess
 import sys
 
@@ -90,6 +91,18 @@ def test_nan_and_inf_travel_as_in_torch():
         expected = whole(spec, base, tensors, kwargs)
         assert torch.equal(streamed.isnan(), expected.isnan())
         assert torch.equal(streamed.nan_to_num(0), expected.nan_to_num(0))
+
+
+def test_a_nan_lambda_with_any_payload_makes_every_entry_nan():
+    # a double NaN whose float32 has every payload bit set: rounded as it is, NaN * x would
+    # carry past the sign to 0.0 (compiled.py: KERNEL NANS); the plain NaN goes in instead
+    odd_nan = struct.unpack("<d", struct.pack("<Q", 0x7FFFFFFFE0000000))[0]
+    base, tensors = models(5000, 2, torch.bfloat16)
+    spec = METHODS["task_arithmetic"]
+    for compute in (torch.bfloat16, torch.float32):
+        kwargs = {"weight": [0.5, 0.3], "normalize": False, "lambda_": odd_nan}
+        streamed = spec.stream(base, tensors, compute=compute, out_dtype=torch.bfloat16, **kwargs)
+        assert bool(streamed.isnan().all()), compute
 
 
 def test_what_it_does_not_cover_takes_the_torch_path():
@@ -421,12 +434,45 @@ def special_floats() -> torch.Tensor:
     ids=["bfloat16", "float16", "float16-arithmetic"],
 )
 def test_rounding_is_torchs_conversion(dtype, like):
-    x = special_floats()
+    x = kernel_nans(special_floats())
     out = torch.empty_like(x)
     compiled.rounded(x.numpy(), out.numpy(), like)
     assert same(out, x.to(dtype).float())
     compiled.rounded(x.numpy(), out.numpy(), compiled.MARKERS["float32"])
     assert torch.equal(out.view(torch.int32), x.view(torch.int32))  # float32: no rounding at all
+
+
+def kernel_nans(x: torch.Tensor) -> torch.Tensor:
+    """x with its NaNs as the kernels' NaNs are (compiled.py: KERNEL NANS): every sign and
+    high payload, quiet, the low 16 bits clear."""
+    bits = x.view(torch.int32)
+    quiet = (bits | 0x00400000) & -0x10000  # (-0x10000: 0xFFFF0000 as an int32)
+    return torch.where(x.isnan(), quiet, bits).view(torch.float32)
+
+
+def test_rounding_keeps_every_kernel_nan_a_nan():
+    # the bfloat16 rounding of the kernels' results has no NaN select: any NaN with its low
+    # bits clear comes through as a NaN (one with low bits set could round to inf or 0.0)
+    high = torch.arange(1 << 16, dtype=torch.int32)
+    nans = kernel_nans((high << 16).view(torch.float32))
+    nans = nans[nans.isnan()]
+    out = torch.empty_like(nans)
+    compiled.rounded(nans.numpy(), out.numpy(), compiled.MARKERS["bfloat16"])
+    assert bool(out.isnan().all())
+
+
+@pytest.mark.parametrize("compute", ["bfloat16", "float16"])
+def test_storing_a_rounded_result_is_torchs_conversion(compute):
+    # a merge kernel's last rounding and its store, as torch rounds an operation's result
+    # and converts it to the saved dtype (bfloat16 into bfloat16: the bits, no second rounding)
+    dtype, like = COMPUTE[compute]
+    x = kernel_nans(special_floats())
+    for saved in (torch.bfloat16, torch.float16, torch.float32):
+        out = torch.empty(x.numel(), dtype=saved)
+        compiled.stored_result(x.numpy(), fused.raw(out), like)
+        assert same(out.float(), x.to(dtype).to(saved).float()), saved
+        if saved == torch.bfloat16:  # a NaN as torch stores it
+            assert bool((out.view(torch.int16)[out.isnan()] == 0x7FC0).all())
 
 
 COMPUTE = {
@@ -452,6 +498,8 @@ def test_reading_a_stored_input_is_torchs_conversion(stored, compute):
     assert same(out, x.to(dtype).float() if dtype != torch.float32 else x.float())
     if stored == dtype:  # no rounding: the same bits, NaN payloads included
         assert torch.equal(out.view(torch.int32), x.float().view(torch.int32))
+    if dtype == torch.bfloat16:  # the NaNs a kernel starts from (compiled.py: KERNEL NANS)
+        assert bool((out.view(torch.int32)[out.isnan()] & 0xFFFF == 0).all())
 
 
 @pytest.mark.parametrize("compute", COMPUTE)

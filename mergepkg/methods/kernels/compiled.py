@@ -96,14 +96,23 @@ def _int(value: int) -> ir.Constant:
     return ir.Constant(_I32, value - (1 << 32) if value >= 1 << 31 else value)  # LLVM's i32 is signed
 
 
-def _bfloat16(builder, v):
+def _bfloat16(builder, v, any_nan: bool = True):
     """float32 v rounded to bfloat16 (still float32), as c10::BFloat16 rounds: add
     0x7FFF plus the lowest kept bit, drop the low 16 bits (a carry rounds into the
-    exponent, up to inf); NaN stays NaN."""
+    exponent, up to inf). A NaN stays a NaN, with its low 16 bits cleared.
+
+    `any_nan`: v may be any NaN; one with low bits set could carry into the exponent (to
+    inf, or past the sign to 0.0), so a select keeps it a NaN. Without it (the kernels'
+    own results, `_round`), v is a NaN only as one the kernels made: every NaN they hold
+    has its low 16 bits clear (KERNEL NANS), so the addition cannot carry and the NaN
+    comes through as it is, two instructions of seven fewer."""
     u = builder.bitcast(v, _I32)
     odd = builder.and_(builder.lshr(u, _int(16)), _int(1))
     r = builder.and_(builder.add(builder.add(u, _int(0x7FFF)), odd), _int(0xFFFF0000))
-    return builder.select(builder.fcmp_unordered("uno", v, v), v, builder.bitcast(r, _F32))
+    if not any_nan:
+        return builder.bitcast(r, _F32)
+    quiet = builder.and_(builder.or_(u, _int(0x00400000)), _int(0xFFFF0000))  # a quiet NaN, low bits clear
+    return builder.bitcast(builder.select(builder.fcmp_unordered("uno", v, v), quiet, r), _F32)
 
 
 def _float16(builder, v):
@@ -125,10 +134,11 @@ def _float16(builder, v):
     return builder.bitcast(builder.or_(builder.bitcast(r, _I32), sign), _F32)
 
 
-def _rounding(builder, v, kind):
-    """float32 v rounded to the compute dtype whose marker's element type is `kind`."""
+def _rounding(builder, v, kind, any_nan: bool = True):
+    """float32 v rounded to the compute dtype whose marker's element type is `kind`
+    (`any_nan`: as _bfloat16)."""
     if kind == types.uint16:
-        return _bfloat16(builder, v)
+        return _bfloat16(builder, v, any_nan)
     if kind == types.int16 and _f16c():
         return builder.fpext(builder.fptrunc(v, ir.HalfType()), _F32)
     if kind in (types.int16, types.uint8):
@@ -157,15 +167,26 @@ def _widen_float16(builder, h, by_arithmetic: bool):
     return builder.bitcast(builder.or_(bits, sign), _F32)
 
 
+# KERNEL NANS: in bfloat16 compute, every NaN a kernel holds has the low 16 bits of its
+# float32 clear, which lets `_round` skip _bfloat16's NaN select. The values a kernel
+# starts from are bfloat16 values (inputs as `_read` gives them, a NaN among them with its
+# low bits cleared; the weights, divisor and rescale factors torch rounded), 0.0, 1.0 and
+# the sign, or lambda, a float32 whose NaN fused.stream makes the plain one (0x7FC00000).
+# An operation's NaN result is the default NaN or one of its operands' NaNs (made quiet),
+# so the NaNs made from those keep their low bits clear. tests/methods/test_fused.py
+# checks the reads' NaNs and the rounding of every such NaN.
+
+
 @intrinsic
 def _round_to(typingctx, x, like):
-    """x (float32) rounded to the compute dtype `like` names (MARKERS), as float32."""
+    """x (float32, a kernel's result: KERNEL NANS) rounded to the compute dtype `like`
+    names (MARKERS), as float32."""
     if x != types.float32 or not isinstance(like, types.Array):
         return None
     kind = like.dtype
 
     def codegen(context, builder, signature, args):
-        return _rounding(builder, args[0], kind)
+        return _rounding(builder, args[0], kind, any_nan=False)
 
     return types.float32(x, like), codegen
 
@@ -223,34 +244,57 @@ def _float16_bits(builder, r):
     return builder.trunc(builder.or_(h, sign), _I16)
 
 
-@intrinsic
-def _store_as(typingctx, v, out, like):
-    """float32 v as an entry of `out`, an array of a STORED dtype: itself, or rounded to
-    bfloat16 or float16 (to nearest, ties to even, as torch's conversion) and its bits;
-    a NaN as a quiet NaN. float16 by arithmetic where F16C is missing or `like` asks for
-    it (FLOAT16_BY_ARITHMETIC, tests)."""
-    if v != types.float32 or not isinstance(out, types.Array) or not isinstance(like, types.Array):
-        return None
-    kind = out.dtype
-    if kind not in (types.float32, types.uint16, types.int16):
-        return None
+def _storing(kind, like, rounded: bool):
+    """The codegen of float32 v as an entry of an array of STORED dtype `kind`: itself, or
+    rounded to bfloat16 or float16 (to nearest, ties to even, as torch's conversion) and
+    its bits; a NaN as a quiet NaN (bfloat16's as torch's 0x7FC0). float16 by arithmetic
+    where F16C is missing or `like` asks for it (FLOAT16_BY_ARITHMETIC, tests). `rounded`:
+    v is a bfloat16 value already, rounded in bfloat16 compute, so its bits are the high
+    half of its float32 and a second rounding would change nothing."""
 
     def codegen(context, builder, signature, args):
         x = args[0]
         if kind == types.float32:
             return x
         if kind == types.uint16:
-            r = builder.lshr(builder.bitcast(_bfloat16(builder, x), _I32), _int(16))
+            r = builder.lshr(builder.bitcast(x if rounded else _bfloat16(builder, x), _I32), _int(16))
             r = builder.select(builder.fcmp_unordered("uno", x, x), _int(0x7FC0), r)
             return builder.trunc(r, _I16)
         if _f16c() and like.dtype != types.uint8:
             return builder.bitcast(builder.fptrunc(x, ir.HalfType()), _I16)
         return _float16_bits(builder, _float16(builder, x))
 
-    return kind(v, out, like), codegen
+    return codegen
+
+
+def _store_typing(v, out, like):
+    """The signature of _store_as and _store_result, or None where they do not apply."""
+    if v != types.float32 or not isinstance(out, types.Array) or not isinstance(like, types.Array):
+        return None
+    if out.dtype not in (types.float32, types.uint16, types.int16):
+        return None
+    return out.dtype(v, out, like)
+
+
+@intrinsic
+def _store_as(typingctx, v, out, like):
+    """float32 v (any float) as an entry of `out`, an array of a STORED dtype (_storing)."""
+    signature = _store_typing(v, out, like)
+    return None if signature is None else (signature, _storing(out.dtype, like, rounded=False))
+
+
+@intrinsic
+def _store_result_as(typingctx, v, out, like):
+    """_store_as for a merge's result v, already rounded to the compute dtype `like` names
+    (`_round`): in bfloat16 compute into bfloat16, its bits without a second rounding."""
+    signature = _store_typing(v, out, like)
+    if signature is None:
+        return None
+    return signature, _storing(out.dtype, like, rounded=out.dtype == like.dtype == types.uint16)
 
 
 _store: Any = _store_as  # called as out[j] = _store(v, out, like) in compiled code
+_store_result: Any = _store_result_as  # out[j] = _store_result(merged, out, like), merged from _combine
 
 
 @numba.njit(nogil=True, cache=True)
@@ -259,6 +303,14 @@ def stored(x, out, like):
     torch's conversions with it)."""
     for j in range(x.shape[0]):
         out[j] = _store(x[j], out, like)
+
+
+@numba.njit(nogil=True, cache=True)
+def stored_result(x, out, like):
+    """out = x rounded to the compute dtype `like` names and stored as a merge kernel stores
+    its result (tests)."""
+    for j in range(x.shape[0]):
+        out[j] = _store_result(_round(x[j], like), out, like)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -424,7 +476,7 @@ def _thinned_top_k(x0, x1, x2, x3, n, b, out, start, p):
         d2 = _round(_round(v2 * _top_k(v2, t2, c2, at) * f2, like) * w2, like)
         d3 = _round(_round(v3 * _top_k(v3, t3, c3, at) * f3, like) * w3, like)
         merged = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
-        out[j] = _store(merged, out, like)
+        out[j] = _store_result(merged, out, like)
 
 
 # error_model="numpy": x / 0 is inf or NaN, as in torch, with no check per entry
@@ -466,7 +518,7 @@ def _thinned_drawn(x0, x1, x2, x3, n, b, out, start, p):
         d2 = _dare(_read(x2[j], like), bj, s2, k2, at, f2, w2, like)
         d3 = _dare(_read(x3[j], like), bj, s3, k3, at, f3, w3, like)
         merged = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
-        out[j] = _store(merged, out, like)
+        out[j] = _store_result(merged, out, like)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
@@ -497,7 +549,7 @@ def _weighted(x0, x1, x2, x3, n, b, out, p):
         d2 = _round(_round(_read(x2[j], like) - bj, like) * w2, like)
         d3 = _round(_round(_read(x3[j], like) - bj, like) * w3, like)
         merged = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
-        out[j] = _store(merged, out, like)
+        out[j] = _store_result(merged, out, like)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
