@@ -92,7 +92,7 @@ def _kernels():
 KERNELS = {
     None: ("merge_weighted",),
     "magnitude": ("merge_weighted", "band", "merge_top_k"),
-    "bernoulli": ("merge_weighted", "merge_drawn"),
+    "bernoulli": ("merge_weighted", "merge_drawn", "draw_bits"),
 }
 L1_PASS = {"magnitude": "l1_top_k", "bernoulli": "l1_drawn"}
 
@@ -223,6 +223,9 @@ def stream(
         for i in thinned:
             seed[i], limit[i] = rng(i).initial_seed(), sparsify.draw_limit(density[i])
 
+    # DARE's keep masks (compiled: draw_bits), one bit an entry; a whole input's all set
+    masks = [np.empty(-(-n // 8), np.uint8) for _ in thinned] if planner == "bernoulli" else []
+    drawn = rescale  # the L1 pass draws the masks; else each chunk's are drawn before its merge
     if rescale and thinned:
         # the L1 sums of each thinned task vector before and after thinning, as the torch
         # stream takes them (sparsify.l1_rescale): in reduce.Total's blocks, each block
@@ -237,7 +240,8 @@ def stream(
                     if planner == "magnitude":
                         kernels.l1_top_k(x, b, span.start, threshold[i], cut[i], before, after, like)
                     else:
-                        kernels.l1_drawn(x, b, span.start, seed[i], limit[i], before, after, like)
+                        bits = masks[row][span.start // 8 : -(-span.stop // 8)]
+                        kernels.l1_drawn(x, b, span.start, seed[i], limit[i], before, after, like, bits)
 
         chunks.parallel(sums, chunks.groups(spans))
         for row, i in enumerate(thinned):
@@ -255,12 +259,24 @@ def stream(
     dest = out.view(-1)
 
     rest = (elect_sign, normalize, divisor, lam, like)
-    if thinned:
-        merge = kernels.merge_drawn if planner == "bernoulli" else kernels.merge_top_k
-        keep = (seed, limit) if planner == "bernoulli" else (threshold, cut)
+    if thinned and planner == "bernoulli":
+        kept = np.full(-(-min(chunks.CHUNK, n) // 8), 0xFF, np.uint8)  # an input kept whole
+        whole = [kept] * inputs
+        for row, i in enumerate(thinned):
+            whole[i] = masks[row]
+        whole += whole[-1:] * (MAX_INPUTS - inputs)
 
         def run(xs, b, into, start: int) -> None:
-            merge(*xs, inputs, b, into, start, *keep, factor, weights, *rest)
+            at, stop = start // 8, -(-(start + len(b)) // 8)
+            if not drawn:
+                for row, i in enumerate(thinned):
+                    kernels.draw_bits(seed[i], start, limit[i], masks[row][at:stop])
+            bits = [m[: stop - at] if m is kept else m[at:stop] for m in whole]
+            kernels.merge_drawn(*xs, inputs, b, into, *bits, factor, weights, *rest)
+    elif thinned:
+
+        def run(xs, b, into, start: int) -> None:
+            kernels.merge_top_k(*xs, inputs, b, into, start, threshold, cut, factor, weights, *rest)
     else:  # every input kept whole: the loop without keep rules or rescale, the same bits
 
         def run(xs, b, into, start: int) -> None:

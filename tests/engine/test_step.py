@@ -50,7 +50,7 @@ def test_an_input_written_during_the_build_stores_nothing(write_recipe, models, 
     [
         ("ties", "", ["merge_weighted", "band", "merge_top_k"]),
         ("ties", "params = { rescale = true }", ["merge_weighted", "band", "merge_top_k", "l1_top_k", "sums"]),
-        ("dare_ties", "", ["merge_weighted", "merge_drawn", "l1_drawn", "sums"]),  # rescales by default
+        ("dare_ties", "", ["merge_weighted", "merge_drawn", "draw_bits", "l1_drawn", "sums"]),  # rescales by default
         ("task_arithmetic", "", ["merge_weighted"]),
     ],
 )
@@ -65,7 +65,7 @@ def test_a_fused_step_loads_the_kernels_its_tensors_run(write_recipe, tmp_path, 
     loads, loaded = [], {}
     stand_in = mergepkg.engine.step.fused
     real = stand_in.load  # (touching the stand-in copies the module's names into it first)
-    names = ["band", "l1_drawn", "l1_top_k", "merge_drawn", "merge_top_k", "merge_weighted", "sums"]
+    names = ["band", "draw_bits", "l1_drawn", "l1_top_k", "merge_drawn", "merge_top_k", "merge_weighted", "sums"]
 
     def load(*args, **kwargs):
         loads.append(kwargs)

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -274,6 +275,29 @@ def test_drawn_masks_equal_torch_draws(seed):
         out = torch.empty(n)
         compiled.drawn(seed, start, limit, out.numpy())
         assert torch.equal(out.bool(), sparsify.draws(seed, start, n) < limit)
+
+
+@pytest.mark.parametrize("seed", [0, 2**63 - 1])
+def test_keep_masks_hold_the_draws_bit_by_bit(seed):
+    # draw_bits and the L1 pass write entry start + 8q + i at bit i of byte q; unpacked
+    # gives them back as 0/1 bytes, as merge_drawn reads them; a ragged end zero-padded
+    start, n, limit = (1 << 33) + 8 * BLOCK, 2 * BLOCK + 13, sparsify.draw_limit(0.4)
+    kept = torch.empty(n)
+    compiled.drawn(seed, start, limit, kept.numpy())
+    bits = np.empty(-(-n // 8), np.uint8)
+    compiled.draw_bits(seed, start, limit, bits)
+    back = np.empty(bits.size * 8, np.uint8)
+    compiled.unpacked(bits, back)
+    assert np.array_equal(back[:n], kept.numpy().astype(np.uint8))
+    assert np.array_equal(np.unpackbits(bits, bitorder="little")[:n], back[:n])
+    x, b = np.arange(n, dtype=np.float32) + 1, np.zeros(n, np.float32)  # every delta nonzero
+    before, after = np.empty(3, np.float32), np.empty(3, np.float32)
+    from_l1 = np.full(bits.size, 0xAA, np.uint8)
+    compiled.l1_drawn(
+        x, b, start, np.uint64(seed), np.uint64(limit), before, after, compiled.MARKERS["float32"], from_l1
+    )
+    padded = np.unpackbits(from_l1, bitorder="little")
+    assert np.array_equal(padded[:n], back[:n]) and not padded[n:].any()  # past the end: 0
 
 
 def test_draws_are_splitmix64_and_uniform():
@@ -612,6 +636,6 @@ for name in sorted(n for n, spec in METHODS.items() if spec.fused):
         thinner = None if thinner == "None" else thinner
         assert set(grew.split(",")) - {"-"} <= {*fused.KERNELS[thinner], fused.L1_PASS.get(thinner), "sums"}, name
     # in the order they ran: DARE's kernels, then nothing new for task_arithmetic, then TIES'
-    assert rows["dare_linear"] == ["bernoulli", "l1_drawn,merge_drawn,merge_weighted,sums", "-"]
+    assert rows["dare_linear"] == ["bernoulli", "draw_bits,l1_drawn,merge_drawn,merge_weighted,sums", "-"]
     assert rows["task_arithmetic"] == ["None", "-", "-"]
     assert rows["ties"] == ["magnitude", "band,l1_top_k,merge_top_k", "-"]  # sums: loaded already

@@ -370,6 +370,8 @@ def band(x, b, lo, hi, values, index, like):
     return above, count
 
 
+MAX_INPUTS = 4  # the merge kernels' inputs (x0..x3)
+
 # --- DARE's draws: splitmix64 of (seed, entry index), as sparsify.draws computes them
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -391,6 +393,58 @@ def drawn(seed, start, limit, out):
     s, first = np.uint64(seed), np.uint64(start)
     for j in range(out.shape[0]):
         out[j] = np.float32(_draw(s, first + np.uint64(j)) < limit)
+
+
+# DARE's keep masks, one bit an entry: merge_drawn reads whether it keeps an entry from a
+# mask rather than drawing it, so each entry of an input is drawn once. A rescaled input's
+# L1 pass (l1_drawn) draws every entry already and writes the mask as it goes; without a
+# rescale, draw_bits writes it just before the merge. Entry start + 8q + i is bit i of
+# byte q (start a multiple of 8: chunks start at multiples of BLOCK). Three draws an entry
+# cost 0.6-0.9 ns in the merge loop, unpacking three masks a few hundredths of that.
+
+PACK = np.uint64(0x0102040810204080)  # times 8 bytes of 0 or 1: byte i lands on bit 56 + i, no carries
+SPREAD = np.uint64(0x0101010101010101)  # times a byte: the byte in each of 8 bytes
+BIT_OF_BYTE = np.uint64(0x8040201008040201)  # bit i of byte i
+BELOW_TOP = np.uint64(0x7F7F7F7F7F7F7F7F)  # added to bytes of 0 or 2**i: bit 7 set where not 0
+
+
+@numba.njit(inline="always")
+def _pack(kept, bits, count):
+    """bits[q] = the 0/1 bytes kept[8q : 8q + 8] as bits 0..7, for `count` bytes (8 bytes
+    as one little-endian word, times PACK)."""
+    words = kept.view(np.uint64)
+    for q in range(count):
+        bits[q] = np.uint8((words[q] * PACK) >> np.uint64(56))
+
+
+@numba.njit(inline="always")
+def _unpack(bits, count, kept):
+    """kept[8q + i] = bit i of bits[q] (a 0/1 byte), for `count` bytes: _pack undone."""
+    words = kept.view(np.uint64)
+    for q in range(count):
+        spread = (np.uint64(bits[q]) * SPREAD) & BIT_OF_BYTE  # byte i: 0 or 2**i
+        words[q] = ((spread + BELOW_TOP) >> np.uint64(7)) & SPREAD  # byte i: 0 or 1
+
+
+@numba.njit(nogil=True, cache=True)
+def draw_bits(seed, start, limit, bits):
+    """bits = the keep mask of entries start, start + 1, ... (8 a byte, start a multiple of
+    8): bit set where the entry's draw from `seed` is below `limit`."""
+    kept = np.empty(BLOCK, np.uint8)
+    s, first = np.uint64(seed), np.uint64(start)
+    n = bits.shape[0] * 8
+    for lo in range(0, n, BLOCK):
+        size = min(BLOCK, n - lo)
+        at = first + np.uint64(lo)
+        for j in range(size):
+            kept[j] = np.uint8(_draw(s, at + np.uint64(j)) < limit)
+        _pack(kept, bits[lo // 8 :], size // 8)
+
+
+@numba.njit(nogil=True, cache=True)
+def unpacked(bits, kept):
+    """kept = the keep mask `bits` as 0/1 bytes (tests)."""
+    _unpack(bits, bits.shape[0], kept)
 
 
 # The merge kernels are written out for four inputs (x0..x3) rather than looped over:
@@ -445,10 +499,10 @@ def _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, l
 
 
 @numba.njit(inline="always")
-def _dare(xj, bj, seed, limit, at, factor, weight, like):
-    """One input's delta at entry `at`, kept by its draw (exact: the delta or a signed
-    zero), times the rescale factor, times the weight, each rounded as torch rounds."""
-    return _round(_round(_round(xj - bj, like) * np.float32(_draw(seed, at) < limit) * factor, like) * weight, like)
+def _dare(xj, bj, keep, factor, weight, like):
+    """One input's delta, kept or not (`keep` 1 or 0, from its draw; exact: the delta or a
+    signed zero), times the rescale factor, times the weight, each rounded as torch rounds."""
+    return _round(_round(_round(xj - bj, like) * np.float32(keep) * factor, like) * weight, like)
 
 
 # Each merge kernel is entered with the input count a constant, one copy per count (`if n
@@ -504,36 +558,58 @@ def merge_top_k(x0, x1, x2, x3, n, b, out, start, threshold, cut, factor, weight
 
 
 @numba.njit(inline="always")
-def _thinned_drawn(x0, x1, x2, x3, n, b, out, start, p):
-    seed, limit, factor, weight, elect, normalize, divisor, lam, like = p
-    s0, s1, s2, s3 = seed[0], seed[1], seed[2], seed[3]
-    k0, k1, k2, k3 = limit[0], limit[1], limit[2], limit[3]
-    f0, f1, f2, f3 = factor[0], factor[1], factor[2], factor[3]
-    w0, w1, w2, w3 = weight[0], weight[1], weight[2], weight[3]
-    first = np.uint64(start)
+def _kept_block(x0, x1, x2, x3, n, b, out, k0, k1, k2, k3, p):
+    """One block of merge_drawn: the chunks' slices, and their keep masks as 0/1 bytes."""
+    f0, f1, f2, f3, w0, w1, w2, w3, elect, normalize, divisor, lam, like = p
     for j in range(b.shape[0]):
-        bj, at = _read(b[j], like), first + np.uint64(j)
-        d0 = _dare(_read(x0[j], like), bj, s0, k0, at, f0, w0, like)
-        d1 = _dare(_read(x1[j], like), bj, s1, k1, at, f1, w1, like)
-        d2 = _dare(_read(x2[j], like), bj, s2, k2, at, f2, w2, like)
-        d3 = _dare(_read(x3[j], like), bj, s3, k3, at, f3, w3, like)
+        bj = _read(b[j], like)
+        d0 = _dare(_read(x0[j], like), bj, k0[j], f0, w0, like)
+        d1 = _dare(_read(x1[j], like), bj, k1[j], f1, w1, like)
+        d2 = _dare(_read(x2[j], like), bj, k2[j], f2, w2, like)
+        d3 = _dare(_read(x3[j], like), bj, k3[j], f3, w3, like)
         merged = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
         out[j] = _store_result(merged, out, like)
 
 
+@numba.njit(inline="always")
+def _thinned_drawn(x0, x1, x2, x3, n, b, out, p):
+    m0, m1, m2, m3, factor, weight, elect, normalize, divisor, lam, like = p
+    f0, f1, f2, f3 = factor[0], factor[1], factor[2], factor[3]
+    w0, w1, w2, w3 = weight[0], weight[1], weight[2], weight[3]
+    q = (f0, f1, f2, f3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
+    # a block's keep masks as 0/1 bytes, in cache (a spare input's row stays 0, never read)
+    k = np.zeros((MAX_INPUTS, BLOCK), np.uint8)
+    total = b.shape[0]
+    for lo in range(0, total, BLOCK):
+        hi = min(lo + BLOCK, total)
+        count, at = -(-(hi - lo) // 8), lo // 8
+        _unpack(m0[at:], count, k[0])
+        if n > 1:
+            _unpack(m1[at:], count, k[1])
+        if n > 2:
+            _unpack(m2[at:], count, k[2])
+        if n > 3:
+            _unpack(m3[at:], count, k[3])
+        # the block's slices, each loop over its own arrays from 0 (indexed from lo + j,
+        # LLVM left the loop unvectorized: 4-8x slower)
+        y0, y1, y2, y3 = x0[lo:hi], x1[lo:hi], x2[lo:hi], x3[lo:hi]
+        _kept_block(y0, y1, y2, y3, n, b[lo:hi], out[lo:hi], k[0], k[1], k[2], k[3], q)
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def merge_drawn(x0, x1, x2, x3, n, b, out, start, seed, limit, factor, weight, elect, normalize, divisor, lam, like):
-    """merge_top_k with DARE's keep rule instead: entry `at` of input i is kept when its
-    draw from seed[i] (uint64) is below limit[i] (2**24 keeps all)."""
-    p = (seed, limit, factor, weight, elect, normalize, divisor, lam, like)
+def merge_drawn(x0, x1, x2, x3, n, b, out, m0, m1, m2, m3, factor, weight, elect, normalize, divisor, lam, like):
+    """merge_top_k with DARE's keep rule instead: entry j of input i is kept where bit j of
+    its keep mask m_i is set (draw_bits, l1_drawn: bit j % 8 of byte j // 8; all set keeps
+    all; a spare input's mask is never read)."""
+    p = (m0, m1, m2, m3, factor, weight, elect, normalize, divisor, lam, like)
     if n == 1:
-        _thinned_drawn(x0, x1, x2, x3, 1, b, out, start, p)
+        _thinned_drawn(x0, x1, x2, x3, 1, b, out, p)
     elif n == 2:
-        _thinned_drawn(x0, x1, x2, x3, 2, b, out, start, p)
+        _thinned_drawn(x0, x1, x2, x3, 2, b, out, p)
     elif n == 3:
-        _thinned_drawn(x0, x1, x2, x3, 3, b, out, start, p)
+        _thinned_drawn(x0, x1, x2, x3, 3, b, out, p)
     else:
-        _thinned_drawn(x0, x1, x2, x3, 4, b, out, start, p)
+        _thinned_drawn(x0, x1, x2, x3, 4, b, out, p)
 
 
 @numba.njit(inline="always")
@@ -701,9 +777,11 @@ def l1_top_k(x, b, start, threshold, cut, before, after, like):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def l1_drawn(x, b, start, seed, limit, before, after, like):
-    """l1_top_k with DARE's keep rule: entry `at` kept when its draw from `seed` is below `limit`."""
+def l1_drawn(x, b, start, seed, limit, before, after, like, bits):
+    """l1_top_k with DARE's keep rule: entry `at` kept when its draw from `seed` is below
+    `limit`; the draws also written to `bits`, the keep mask of these entries (draw_bits)."""
     values, acc = _l1_scratch()
+    kept = np.zeros(BLOCK, np.uint8)
     n = b.shape[0]
     for k in range(-(-n // BLOCK)):
         lo = k * BLOCK
@@ -711,8 +789,12 @@ def l1_drawn(x, b, start, seed, limit, before, after, like):
         first = np.uint64(start + lo)
         for j in range(size):
             v = _round(_read(x[lo + j], like) - _read(b[lo + j], like), like)
+            keep = np.uint8(_draw(seed, first + np.uint64(j)) < limit)
+            kept[j] = keep
             values[0, j] = abs(v)
-            values[1, j] = abs(v * np.float32(_draw(seed, first + np.uint64(j)) < limit))
+            values[1, j] = abs(v * np.float32(keep))
+        kept[size : -(-size // 8) * 8] = 0  # the last byte of a ragged end: no entries past it
+        _pack(kept, bits[lo // 8 :], -(-size // 8))
         _l1_block(values, size, before, after, k, acc)
 
 
@@ -721,11 +803,13 @@ def warm(dtypes=tuple(MARKERS), stored=("float32", "bfloat16"), kernels=None, re
     merge kernel) for the argument types the drivers pass: each compute dtype in `dtypes`
     over inputs stored as `stored`, the merges writing results stored as `results` (other
     types are compiled on first use), so their memory is resident from here on."""
-    wanted = set(kernels) if kernels is not None else {"band", "l1_top_k", "l1_drawn", "sums", *MERGES}
+    wanted = set(kernels) if kernels is not None else {"band", "l1_top_k", "l1_drawn", "draw_bits", "sums", *MERGES}
     f32, i64 = np.zeros(1, np.float32), np.zeros(1, np.int64)
     if "sums" in wanted:
         sums(f32, f32)
-    four, cut, seeds = np.ones(4, np.float32), np.zeros(4, np.int64), np.zeros(4, np.uint64)
+    four, cut, mask = np.ones(4, np.float32), np.zeros(4, np.int64), np.zeros(1, np.uint8)
+    if "draw_bits" in wanted:
+        draw_bits(np.uint64(1), 0, np.uint64(1), mask)
     for dtype in dtypes:
         like = MARKERS[dtype]
         for kind in stored:
@@ -735,13 +819,13 @@ def warm(dtypes=tuple(MARKERS), stored=("float32", "bfloat16"), kernels=None, re
             if "l1_top_k" in wanted:
                 l1_top_k(v, v, 0, np.float32(0), 0, f32, f32, like)
             if "l1_drawn" in wanted:
-                l1_drawn(v, v, 0, np.uint64(1), np.uint64(1), f32, f32, like)
+                l1_drawn(v, v, 0, np.uint64(1), np.uint64(1), f32, f32, like, mask)
             rest = (four, four, True, True, np.float32(1), np.float32(1), like)
             for result in (np.zeros(1, STORED[r]) for r in results):
                 if "merge_top_k" in wanted:
                     merge_top_k(v, v, v, v, 1, v, result, 0, four, cut, *rest)
                 if "merge_drawn" in wanted:
-                    merge_drawn(v, v, v, v, 1, v, result, 0, seeds, seeds + np.uint64(1), *rest)
+                    merge_drawn(v, v, v, v, 1, v, result, mask, mask, mask, mask, *rest)
                 if "merge_weighted" in wanted:
                     merge_weighted(v, v, v, v, 1, v, result, four, *rest[2:])
 
