@@ -78,22 +78,21 @@ class SequentialFile:
         of the stage is released whatever happens, so that close() can unmap it after a
         failed write (a full disk) and that write's error is the one raised."""
         with memoryview(self._staging()) as stage:
-            done = 0
-            while done < n:
-                try:
-                    done += os.write(self.fd, stage[done:n])
-                except OSError as e:
-                    if e.errno != errno.EINVAL or not self.direct:
-                        raise
-                    # the file system refuses direct I/O after all (or a short write left the
-                    # rest unaligned): carry on through the cache from where it stopped
-                    fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-                    self.direct = False
+            self._write_all(stage[:n])
         self._fill = 0
 
     def _write_all(self, data: memoryview) -> None:
+        """Write all of `data`, on from where a short write stopped. A direct write refused
+        (EINVAL: the file system refuses direct I/O after all, or a short write left the
+        rest unaligned) carries on through the cache from where it stopped."""
         while len(data):
-            data = data[os.write(self.fd, data) :]
+            try:
+                data = data[os.write(self.fd, data) :]
+            except OSError as e:
+                if e.errno != errno.EINVAL or not self.direct:
+                    raise
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                self.direct = False
 
     def close(self) -> None:
         if self.fd < 0:

@@ -176,6 +176,12 @@ class _TopK(sparsify.TopK):
         return torch.tensor(threshold), cut
 
 
+def _bytes(start: int, stop: int) -> slice:
+    """The bytes of a keep mask (one bit an entry) that hold entries start..stop (start a
+    multiple of 8, as every chunk's is)."""
+    return slice(start // 8, -(-stop // 8))
+
+
 def stream(
     base,
     tensors,
@@ -223,9 +229,9 @@ def stream(
         for i in thinned:
             seed[i], limit[i] = rng(i).initial_seed(), sparsify.draw_limit(density[i])
 
-    # DARE's keep masks (compiled: draw_bits), one bit an entry; a whole input's all set
+    # DARE's keep masks (compiled: draw_bits), one bit an entry: drawn by the L1 pass where
+    # it runs, else a chunk's just before its merge
     masks = [np.empty(-(-n // 8), np.uint8) for _ in thinned] if planner == "bernoulli" else []
-    drawn = rescale  # the L1 pass draws the masks; else each chunk's are drawn before its merge
     if rescale and thinned:
         # the L1 sums of each thinned task vector before and after thinning, as the torch
         # stream takes them (sparsify.l1_rescale): in reduce.Total's blocks, each block
@@ -240,7 +246,7 @@ def stream(
                     if planner == "magnitude":
                         kernels.l1_top_k(x, b, span.start, threshold[i], cut[i], before, after, like)
                     else:
-                        bits = masks[row][span.start // 8 : -(-span.stop // 8)]
+                        bits = masks[row][_bytes(span.start, span.stop)]
                         kernels.l1_drawn(x, b, span.start, seed[i], limit[i], before, after, like, bits)
 
         chunks.parallel(sums, chunks.groups(spans))
@@ -260,19 +266,19 @@ def stream(
 
     rest = (elect_sign, normalize, divisor, lam, like)
     if thinned and planner == "bernoulli":
-        kept = np.full(-(-min(chunks.CHUNK, n) // 8), 0xFF, np.uint8)  # an input kept whole
-        whole = [kept] * inputs
-        for row, i in enumerate(thinned):
-            whole[i] = masks[row]
-        whole += whole[-1:] * (MAX_INPUTS - inputs)
+        by_input = dict(zip(thinned, masks))
+        if len(by_input) < inputs:
+            whole = np.full(-(-n // 8), 0xFF, np.uint8)  # an input kept whole: every bit set
+            by_input.update({i: whole for i in range(inputs) if i not in by_input})
+        per_input = [by_input[i] for i in range(inputs)]
+        per_input += per_input[-1:] * (MAX_INPUTS - inputs)
 
         def run(xs, b, into, start: int) -> None:
-            at, stop = start // 8, -(-(start + len(b)) // 8)
-            if not drawn:
+            at = _bytes(start, start + len(b))
+            if not rescale:
                 for row, i in enumerate(thinned):
-                    kernels.draw_bits(seed[i], start, limit[i], masks[row][at:stop])
-            bits = [m[: stop - at] if m is kept else m[at:stop] for m in whole]
-            kernels.merge_drawn(*xs, inputs, b, into, *bits, factor, weights, *rest)
+                    kernels.draw_bits(seed[i], start, limit[i], masks[row][at])
+            kernels.merge_drawn(*xs, inputs, b, into, *(m[at] for m in per_input), factor, weights, *rest)
     elif thinned:
 
         def run(xs, b, into, start: int) -> None:

@@ -370,8 +370,6 @@ def band(x, b, lo, hi, values, index, like):
     return above, count
 
 
-MAX_INPUTS = 4  # the merge kernels' inputs (x0..x3)
-
 # --- DARE's draws: splitmix64 of (seed, entry index), as sparsify.draws computes them
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -577,8 +575,9 @@ def _thinned_drawn(x0, x1, x2, x3, n, b, out, p):
     f0, f1, f2, f3 = factor[0], factor[1], factor[2], factor[3]
     w0, w1, w2, w3 = weight[0], weight[1], weight[2], weight[3]
     q = (f0, f1, f2, f3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
-    # a block's keep masks as 0/1 bytes, in cache (a spare input's row stays 0, never read)
-    k = np.zeros((MAX_INPUTS, BLOCK), np.uint8)
+    # a block's keep masks as 0/1 bytes, one row an input x0..x3, in cache (a spare
+    # input's row stays 0, never read)
+    k = np.zeros((4, BLOCK), np.uint8)
     total = b.shape[0]
     for lo in range(0, total, BLOCK):
         hi = min(lo + BLOCK, total)
