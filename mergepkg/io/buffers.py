@@ -14,6 +14,8 @@ import threading
 
 from mergepkg._lazy import torch
 
+PAGE = 4096  # io/direct.ALIGN: what direct I/O needs of a buffer's address
+
 
 class BufferPool:
     def __init__(self, max_free: int | None = None):
@@ -31,7 +33,11 @@ class BufferPool:
             if buffer is not None:
                 self._free_bytes -= nbytes
         if buffer is None:
-            buffer = torch.empty(nbytes, dtype=torch.uint8)
+            # page-aligned, so the writer sends a result to the disk without copying it
+            # (io/direct.py); torch aligns large blocks to 64 bytes
+            buffer = torch.empty(nbytes + PAGE - 1, dtype=torch.uint8)
+            start = -buffer.data_ptr() % PAGE
+            buffer = buffer[start : start + nbytes]
             with self._lock:
                 self._issued.add(buffer.data_ptr())
         return buffer.view(dtype).view(shape)

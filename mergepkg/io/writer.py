@@ -23,7 +23,7 @@ from pathlib import Path
 from mergepkg._lazy import torch
 from mergepkg.errors import BuildError
 from mergepkg.io.digest import combine_digests, tensor_digest_prefix
-from mergepkg.io.direct import SequentialFile
+from mergepkg.io.direct import ALIGN, SequentialFile
 from mergepkg.io.folder import INDEX
 from mergepkg.io.tensors import TensorInfo, code_of
 
@@ -108,7 +108,9 @@ class ShardWriter:
             offset += info.nbytes
         header["__metadata__"] = {"format": "pt"}
         raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
+        # the tensors start on an ALIGN boundary of the file (safetensors pads to 8; 4096 is
+        # one too), so an aligned result goes to the disk without a copy (direct.py)
+        raw += b" " * (-(8 + len(raw)) % ALIGN)
         self._file = SequentialFile(self.folder / self.names[shard])
         head = struct.pack("<Q", len(raw)) + raw
         self._file.write(head)
