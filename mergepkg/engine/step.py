@@ -133,12 +133,17 @@ def budget_for(layouts: Iterable[StepLayout], max_memory: int | None, device: st
 
 
 def _runs_fused(layout: StepLayout, device: str) -> bool:
-    return layout.method.fused and fused.covers(compute_dtype(layout), len(layout.step.models) - 1, device)
+    """Whether the step's streams run on compiled loops: the task-vector family's
+    (fused.py) or a method's own (slerp's: fused_slerp.py)."""
+    method, inputs = layout.method, len(layout.step.models) - (layout.step.base is not None)
+    return (method.fused or bool(method.kernels)) and fused.covers(compute_dtype(layout), inputs, device)
 
 
 def _method_kernels(layout: StepLayout) -> tuple[str, ...]:
-    """The fused kernels a step's tensors run (`fused.kernels`): by its method's thinner, and
-    the L1 pass where some tensor is rescaled."""
+    """The compiled loops a step's tensors run: its method's own, or the task-vector family's
+    by its method's thinner, with the L1 pass where some tensor is rescaled (`fused.kernels`)."""
+    if layout.method.kernels:
+        return layout.method.kernels
     return fused.kernels(layout.method.thinner, any(t.params.get("rescale") for t in layout.tensors))
 
 

@@ -32,10 +32,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from mergepkg._lazy import torch
+from mergepkg._lazy import lazy_import, torch
 from mergepkg.methods import sparsify
 from mergepkg.methods.kernels import chunks
 from mergepkg.methods.kernels.reduce import BLOCK, total_of_blocks
+
+spherical = lazy_import("mergepkg.methods.kernels.spherical")  # slerp's loops; imports numba: on first use
 
 MAX_INPUTS = 4  # torch sums up to four inputs in order; past that its order is its own
 DTYPES = ("float32", "bfloat16", "float16")  # stored dtypes the loops read and write, and compute dtypes
@@ -112,9 +114,19 @@ def load(
     stored as `stored`, writing `results`. Each is compiled the first time on a machine
     (0.5-2 s; a cold cache of every one took 13.5 s), then loaded from numba's cache (2-4 ms
     each after numba's own set-up), so a step loads those it runs (`kernels`): one missed
-    here is loaded, or compiled, on first use. `kernels` None: every one a stream runs."""
+    here is loaded, or compiled, on first use. `kernels` None: every one a task-vector
+    stream runs. Names of kernels/spherical.py's loops (slerp's, float32 compute) are
+    loaded from there."""
     inputs, outputs = tuple(d for d in stored if d in DTYPES), tuple(d for d in results if d in DTYPES)
-    _kernels().warm(tuple(compute), inputs, None if kernels is None else tuple(kernels), outputs)
+    names = None if kernels is None else tuple(kernels)
+    _kernels().warm(tuple(compute), inputs, names, outputs)  # those of compiled.py
+    if names:
+        spherical.warm(names, inputs, outputs)  # those of spherical.py
+
+
+def compute_marker(compute) -> np.ndarray:
+    """The array whose type names the compute dtype to the kernels (compiled.MARKERS)."""
+    return _kernels().MARKERS[dtype_name(compute)]
 
 
 def raw(t) -> np.ndarray:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from mergepkg._lazy import torch
+from mergepkg._lazy import lazy_import, torch
 from mergepkg.methods.kernels import chunks
 from mergepkg.methods.kernels.reduce import Total, total
 from mergepkg.methods.spec import MethodSpec, Param
+
+fused = lazy_import("mergepkg.methods.fused_slerp")  # numpy and numba: imported when a merge runs
 
 DOT_THRESHOLD = 0.9995
 
@@ -49,7 +51,12 @@ def slerp(base: torch.Tensor, tensors: Sequence[torch.Tensor], *, t: float, eps:
 
 def stream_slerp(base, tensors, *, compute, out_dtype, t: float, eps: float = 1e-8, out=None) -> torch.Tensor:
     """slerp over chunks (chunks.py): the three sums in a first pass, then the combination,
-    every intermediate in a reused buffer and the chunks shared out to the worker threads."""
+    every intermediate in a reused buffer and the chunks shared out to the worker threads;
+    on the CPU in compiled loops (fused_slerp.py)."""
+    if fused.usable(base, tensors[0], compute, out_dtype):
+        aa, bb, ab = fused.sums(base, tensors[0])
+        coefficients = _coefficients(aa, bb, ab, t, eps)
+        return fused.combine(base, tensors[0], t, coefficients, out_dtype=out_dtype, out=out)
     first = chunks.Flat(base, tensors, compute)
 
     def sums(group: list[slice]) -> tuple[Total, Total, Total]:
@@ -92,5 +99,6 @@ SPEC = MethodSpec(
     fp32=True,
     max_inputs=1,
     stream=stream_slerp,
+    kernels=("slerp_sums", "slerp_mix", "lerp", "sums"),
     light=True,
 )

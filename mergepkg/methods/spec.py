@@ -102,6 +102,7 @@ class MethodSpec:
     light: bool = False  # `stream` shares its chunks out to threads of its own (chunks.parallel): torch gets one
     fused: bool = False  # on the CPU, `stream` may run on kernels/fused.py's loops, shared out likewise
     thinner: str | None = None  # the keep rule of those loops: "magnitude" (top-k), "bernoulli" (DARE), None (all kept)
+    kernels: tuple[str, ...] = ()  # on the CPU, `stream` may run on these compiled loops, not fused.py's (slerp)
     # check(params) -> why one output tensor's resolved parameters (as `merge` takes them)
     # cannot be merged, or None: run by the layout, so `validate` finds it before a build
     check: Callable[[Mapping[str, Any]], Problem | None] | None = None
