@@ -6,11 +6,11 @@ written page first needs a fresh page of memory (slow on virtual machines, and i
 evicts the input models' pages the merge is reading). Direct I/O needs aligned
 buffers, sizes and offsets. Bytes that start on a page of memory at an aligned offset
 of the file go to the disk straight from the caller's memory (the engine's result
-buffers are page-aligned, and `writer.py` starts every shard's tensors on an aligned
-offset), all but their last partial block; other bytes are copied into one reused,
-aligned staging buffer first. The last block is padded and the file truncated to its
-real size at the end. Where
-O_DIRECT is missing or refused (macOS, tmpfs, some network file systems), the same
+buffers are page-aligned, and `writer.py` pads every shard's header so that its data
+starts on an aligned offset; a tensor of whole pages keeps the next one aligned), all
+but their last partial block; other bytes are copied into one reused, aligned staging
+buffer first. The last block is padded and the file truncated to its real size at the
+end. Where O_DIRECT is missing or refused (macOS, tmpfs, some network file systems), the same
 writes go through the page cache.
 """
 

@@ -112,7 +112,7 @@ def load(
 ) -> None:
     """Import numba and load the compiled kernels now, for the `compute` dtypes over inputs
     stored as `stored`, writing `results`. Each is compiled the first time on a machine
-    (0.5-2 s; a cold cache of every one took 13.5 s), then loaded from numba's cache (2-4 ms
+    (1-6 s; slerp's set took 3.8 s, dare_ties' 9.8 s), then loaded from numba's cache (2-4 ms
     each after numba's own set-up), so a step loads those it runs (`kernels`): one missed
     here is loaded, or compiled, on first use. `kernels` None: every one a task-vector
     stream runs. Names of kernels/spherical.py's loops (slerp's, float32 compute) are

@@ -719,7 +719,9 @@ def _lanes_sum(x, n, lanes, acc):
     return np.float32(0) + total  # into torch's output, filled with 0
 
 
-@numba.njit(inline="always")
+# Called, not inlined: its three cascades inlined at every call site made a cold compile
+# of slerp's loops 18.9 s (called: 3.8 s), for a few ms over a whole build.
+@numba.njit
 def _torch_sum(x, n, acc):
     """x[:n].sum() with torch's bits (float32, its CPU kernel's order); acc: scratch of
     SUM_LEVELS x (SUM_ILP * SUM_LANES)."""
