@@ -128,15 +128,20 @@ def budget_for(layouts: Iterable[StepLayout], max_memory: int | None, device: st
     for layout in layouts:
         if _runs_fused(layout, device):  # numba (about 120 MB) and the step's kernels
             compute = fused.DTYPES if layout.step.dtype == AUTO else [fused.dtype_name(compute_dtype(layout))]
-            fused.load(compute, kernels=_method_kernels(layout))
+            fused.load(compute, kernels=_method_kernels(layout), counts=[_inputs(layout)])
     return for_process(max_memory)
 
 
 def _runs_fused(layout: StepLayout, device: str) -> bool:
     """Whether the step's streams run on compiled loops: the task-vector family's
     (fused.py) or a method's own (slerp's: fused_slerp.py)."""
-    method, inputs = layout.method, len(layout.step.models) - (layout.step.base is not None)
-    return (method.fused or bool(method.kernels)) and fused.covers(compute_dtype(layout), inputs, device)
+    method = layout.method
+    return (method.fused or bool(method.kernels)) and fused.covers(compute_dtype(layout), _inputs(layout), device)
+
+
+def _inputs(layout: StepLayout) -> int:
+    """How many models a step merges besides its base."""
+    return len(layout.step.models) - (layout.step.base is not None)
 
 
 def _method_kernels(layout: StepLayout) -> tuple[str, ...]:
@@ -150,7 +155,8 @@ def _method_kernels(layout: StepLayout) -> tuple[str, ...]:
 def _kernels(layout: StepLayout, infos: Mapping[str, Mapping[str, TensorInfo]]) -> dict[str, list[str]]:
     """What a fused step runs (`fused.load`'s arguments): its method's kernels, for the
     step's compute dtype (for "auto", any of its inputs' dtypes, or float32) over its
-    inputs' stored dtypes, writing results in the dtypes `merge_tensor` asks for."""
+    inputs' stored dtypes, writing results in the dtypes `merge_tensor` asks for, for its
+    count of inputs."""
     stored = sorted({NAME_OF.get(t.dtype, t.dtype) for tensors in infos.values() for t in tensors.values()})
     saved = {torch_dtype(t.info.dtype) for t in layout.tensors}
     if layout.step.dtype != AUTO:
@@ -165,6 +171,7 @@ def _kernels(layout: StepLayout, infos: Mapping[str, Mapping[str, TensorInfo]]) 
         "stored": stored,
         "kernels": list(_method_kernels(layout)),
         "results": sorted(fused.dtype_name(d) for d in results),
+        "counts": [_inputs(layout)],
     }
 
 

@@ -109,17 +109,18 @@ def load(
     stored: Iterable[str] = ("float32", "bfloat16"),
     kernels: Iterable[str] | None = None,
     results: Iterable[str] = ("float32", "bfloat16"),
+    counts: Iterable[int] | None = None,
 ) -> None:
     """Import numba and load the compiled kernels now, for the `compute` dtypes over inputs
-    stored as `stored`, writing `results`. Each is compiled the first time on a machine
-    (1-6 s; slerp's set took 3.8 s, dare_ties' 9.8 s), then loaded from numba's cache (2-4 ms
-    each after numba's own set-up), so a step loads those it runs (`kernels`): one missed
-    here is loaded, or compiled, on first use. `kernels` None: every one a task-vector
-    stream runs. Names of kernels/spherical.py's loops (slerp's, float32 compute) are
-    loaded from there."""
+    stored as `stored`, writing `results`, the merges' loops for `counts` inputs (None:
+    1 to MAX_INPUTS). Each is compiled the first time on a machine (0.5-2 s; slerp's set
+    took 3.8 s), then loaded from numba's cache (2-4 ms each after numba's own set-up), so
+    a step loads those it runs (`kernels`): one missed here is loaded, or compiled, on
+    first use. `kernels` None: every one a task-vector stream runs. Names of
+    kernels/spherical.py's loops (slerp's, float32 compute) are loaded from there."""
     inputs, outputs = tuple(d for d in stored if d in DTYPES), tuple(d for d in results if d in DTYPES)
     names = None if kernels is None else tuple(kernels)
-    _kernels().warm(tuple(compute), inputs, names, outputs)  # those of compiled.py
+    _kernels().warm(tuple(compute), inputs, names, outputs, None if counts is None else tuple(counts))
     if names:
         spherical.warm(names, inputs, outputs)  # those of spherical.py
 

@@ -76,4 +76,6 @@ def test_a_fused_step_loads_the_kernels_its_tensors_run(write_recipe, tmp_path, 
     build_recipe(path, out=tmp_path / "out")
     assert {k: set(getattr(compiled, k).signatures) for k in names} == loaded  # nothing more ran
     # float32 models merged in bfloat16, saved as float32 (the base's dtype), never computed wider
-    assert loads == [{"compute": ["bfloat16"], "stored": ["float32"], "kernels": kernels, "results": ["float32"]}]
+    assert loads == [
+        {"compute": ["bfloat16"], "stored": ["float32"], "kernels": kernels, "results": ["float32"], "counts": [2]}
+    ]

@@ -596,6 +596,29 @@ def test_a_refused_import_is_only_scipy_linalg_and_only_while_loading():
         refuse.find_spec("scipy.linalg.cython_blas", None)
 
 
+def test_a_merge_kernel_runs_and_loads_the_loop_of_its_input_count():
+    """compiled.Counted: `n` picks the entry point whose loop has that count frozen in, and
+    fused.load(counts=...) loads only those counts' loops (a fresh interpreter, so nothing
+    loaded any before)."""
+    code = """
+import numpy as np
+from mergepkg.methods import fused
+from mergepkg.methods.kernels import compiled
+def loaded():
+    return [len(e.signatures) for e in compiled.merge_weighted.entries]
+fused.load(["float32"], ["float32"], ["merge_weighted"], ["float32"], counts=[2])
+print(loaded())
+b = np.zeros(3, np.float32)
+ones, twos, out = b + 1, b + 2, np.empty(3, np.float32)
+weights, like = np.ones(4, np.float32), compiled.MARKERS["float32"]
+for n in (2, 3):
+    compiled.merge_weighted(ones, twos, twos, twos, n, b, out, weights, False, False, np.float32(1), np.float32(1), like)
+    print(out.tolist(), loaded())
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert r.stdout.splitlines() == ["[0, 1, 0, 0]", "[3.0, 3.0, 3.0] [0, 1, 0, 0]", "[5.0, 5.0, 5.0] [0, 1, 1, 0]"]
+
+
 def test_a_step_loads_the_kernels_its_method_runs_and_no_others():
     """fused.kernels by MethodSpec.thinner: a fresh interpreter loads them for one dtype, then
     each fused method runs (thinned, rescaled, and at density 1) without loading any other

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.abc
+import itertools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -503,12 +504,15 @@ def _dare(xj, bj, keep, factor, weight, like):
     return _round(_round(_round(xj - bj, like) * np.float32(keep) * factor, like) * weight, like)
 
 
-# Each merge kernel is entered with the input count a constant, one copy per count (`if n
-# == 3: _loop(..., 3, ..., p)`, the loop inlined, `p` the parameters after the chunks):
-# LLVM then drops the spare inputs and the branches on `n` and vectorizes the rest better.
-# Per entry, 3 inputs, one thread, float32 compute over bfloat16: merge_weighted 1.17 to
-# 0.24 ns (task_arithmetic's); with sign election, merge_top_k 1.65 to 1.31 ns and
+# Each merge kernel is compiled once per input count, the count a constant in its loop
+# (`_thinned_top_k(..., 3, ..., p)`, the loop inlined, `p` the parameters after the
+# chunks): LLVM then drops the spare inputs and the branches on `n` and vectorizes the rest
+# better. Per entry, 3 inputs, one thread, float32 compute over bfloat16: merge_weighted
+# 1.17 to 0.24 ns (task_arithmetic's); with sign election, merge_top_k 1.65 to 1.31 ns and
 # merge_drawn 2.41 to 1.95 ns (in bfloat16 compute 3.15 to 2.71 and 4.24 to 3.76 ns).
+# Each count is its own entry point (`_for_count`), compiled on its first call, so a step
+# compiles the loops of its own count only: merge_drawn's for 3 inputs in 1.7 s against
+# 5.0 s for all four in one function, merge_weighted's 0.5 against 1.4 s.
 
 
 @numba.njit(inline="always")
@@ -529,30 +533,6 @@ def _thinned_top_k(x0, x1, x2, x3, n, b, out, start, p):
         d3 = _round(_round(v3 * _top_k(v3, t3, c3, at) * f3, like) * w3, like)
         merged = _combine(bj, n, d0, d1, d2, d3, w0, w1, w2, w3, elect, normalize, divisor, lam, like)
         out[j] = _store_result(merged, out, like)
-
-
-# error_model="numpy": x / 0 is inf or NaN, as in torch, with no check per entry
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def merge_top_k(x0, x1, x2, x3, n, b, out, start, threshold, cut, factor, weight, elect, normalize, divisor, lam, like):
-    """out = b + lam * combine(weight_i * factor_i * top_k_i(x_i - b)), as merge_task_vectors.
-
-    x0..x3: the n <= 4 inputs' chunks (spare ones repeat the last), b the base's, all
-    stored (STORED); out: the result's chunk, in a STORED dtype too (rounded to it as
-    torch converts); threshold, cut, factor, weight: 4 each (TopK's
-    threshold and cut, -inf keeping all; factor 1.0 for none); start: the chunk's
-    first entry in the tensor; `divisor` is used without sign election. `like` names
-    the compute dtype (MARKERS): inputs are read in it, factor, weight and divisor hold
-    its values, and each operation's result is rounded to it where torch's is.
-    """
-    p = (threshold, cut, factor, weight, elect, normalize, divisor, lam, like)
-    if n == 1:
-        _thinned_top_k(x0, x1, x2, x3, 1, b, out, start, p)
-    elif n == 2:
-        _thinned_top_k(x0, x1, x2, x3, 2, b, out, start, p)
-    elif n == 3:
-        _thinned_top_k(x0, x1, x2, x3, 3, b, out, start, p)
-    else:
-        _thinned_top_k(x0, x1, x2, x3, 4, b, out, start, p)
 
 
 @numba.njit(inline="always")
@@ -595,22 +575,6 @@ def _thinned_drawn(x0, x1, x2, x3, n, b, out, p):
         _kept_block(y0, y1, y2, y3, n, b[lo:hi], out[lo:hi], k[0], k[1], k[2], k[3], q)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def merge_drawn(x0, x1, x2, x3, n, b, out, m0, m1, m2, m3, factor, weight, elect, normalize, divisor, lam, like):
-    """merge_top_k with DARE's keep rule instead: entry j of input i is kept where bit j of
-    its keep mask m_i is set (draw_bits, l1_drawn: bit j % 8 of byte j // 8; all set keeps
-    all; a spare input's mask is never read)."""
-    p = (m0, m1, m2, m3, factor, weight, elect, normalize, divisor, lam, like)
-    if n == 1:
-        _thinned_drawn(x0, x1, x2, x3, 1, b, out, p)
-    elif n == 2:
-        _thinned_drawn(x0, x1, x2, x3, 2, b, out, p)
-    elif n == 3:
-        _thinned_drawn(x0, x1, x2, x3, 3, b, out, p)
-    else:
-        _thinned_drawn(x0, x1, x2, x3, 4, b, out, p)
-
-
 @numba.njit(inline="always")
 def _weighted(x0, x1, x2, x3, n, b, out, p):
     """merge_top_k's loop where no input is thinned: each delta rounded, times its weight,
@@ -627,19 +591,72 @@ def _weighted(x0, x1, x2, x3, n, b, out, p):
         out[j] = _store_result(merged, out, like)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def merge_weighted(x0, x1, x2, x3, n, b, out, weight, elect, normalize, divisor, lam, like):
-    """merge_top_k where no input is thinned (task_arithmetic; TIES or DARE at density 1),
-    with the same bits."""
-    p = (weight, elect, normalize, divisor, lam, like)
-    if n == 1:
-        _weighted(x0, x1, x2, x3, 1, b, out, p)
-    elif n == 2:
-        _weighted(x0, x1, x2, x3, 2, b, out, p)
-    elif n == 3:
-        _weighted(x0, x1, x2, x3, 3, b, out, p)
-    else:
-        _weighted(x0, x1, x2, x3, 4, b, out, p)
+def _for_count(count: int) -> tuple:
+    """The merge kernels' entry points for `count` inputs: merge_top_k's, merge_drawn's and
+    merge_weighted's arguments less `n`. numba freezes `count`, the closure's one cell, as
+    a constant, and its cache tells the counts apart by that cell's value."""
+    # error_model="numpy": x / 0 is inf or NaN, as in torch, with no check per entry
+    jit = numba.njit(nogil=True, cache=True, error_model="numpy")
+
+    def top_k(x0, x1, x2, x3, b, out, start, threshold, cut, factor, weight, elect, normalize, divisor, lam, like):
+        p = (threshold, cut, factor, weight, elect, normalize, divisor, lam, like)
+        _thinned_top_k(x0, x1, x2, x3, count, b, out, start, p)
+
+    def drawn(x0, x1, x2, x3, b, out, m0, m1, m2, m3, factor, weight, elect, normalize, divisor, lam, like):
+        p = (m0, m1, m2, m3, factor, weight, elect, normalize, divisor, lam, like)
+        _thinned_drawn(x0, x1, x2, x3, count, b, out, p)
+
+    def weighted(x0, x1, x2, x3, b, out, weight, elect, normalize, divisor, lam, like):
+        _weighted(x0, x1, x2, x3, count, b, out, (weight, elect, normalize, divisor, lam, like))
+
+    return jit(top_k), jit(drawn), jit(weighted)
+
+
+class Counted:
+    """A merge kernel, called as kernel(x0, x1, x2, x3, n, ...): its entry point for the
+    `n` inputs (1-4) runs, compiled on first use."""
+
+    def __init__(self, entries: list, doc: str) -> None:
+        self.entries, self.__doc__ = entries, doc
+
+    def __call__(self, x0, x1, x2, x3, n, *rest):
+        return self.entries[n - 1](x0, x1, x2, x3, *rest)
+
+    @property
+    def signatures(self) -> list:
+        """Every count's compiled signatures, as a numba function's."""
+        return [sig for entry in self.entries for sig in entry.signatures]
+
+
+_BY_COUNT = [_for_count(count) for count in range(1, 5)]
+
+merge_top_k = Counted(
+    [e[0] for e in _BY_COUNT],
+    """merge_top_k(x0, x1, x2, x3, n, b, out, start, threshold, cut, factor, weight, elect,
+    normalize, divisor, lam, like): out = b + lam * combine(weight_i * factor_i *
+    top_k_i(x_i - b)), as merge_task_vectors.
+
+    x0..x3: the n <= 4 inputs' chunks (spare ones repeat the last), b the base's, all
+    stored (STORED); out: the result's chunk, in a STORED dtype too (rounded to it as
+    torch converts); threshold, cut, factor, weight: 4 each (TopK's threshold and cut,
+    -inf keeping all; factor 1.0 for none); start: the chunk's first entry in the tensor;
+    `divisor` is used without sign election. `like` names the compute dtype (MARKERS):
+    inputs are read in it, factor, weight and divisor hold its values, and each
+    operation's result is rounded to it where torch's is.""",
+)
+merge_drawn = Counted(
+    [e[1] for e in _BY_COUNT],
+    """merge_drawn(x0, x1, x2, x3, n, b, out, m0, m1, m2, m3, factor, weight, elect,
+    normalize, divisor, lam, like): merge_top_k with DARE's keep rule instead: entry j of
+    input i is kept where bit j of its keep mask m_i is set (draw_bits, l1_drawn: bit j % 8
+    of byte j // 8; all set keeps all; a spare input's mask is never read).""",
+)
+merge_weighted = Counted(
+    [e[2] for e in _BY_COUNT],
+    """merge_weighted(x0, x1, x2, x3, n, b, out, weight, elect, normalize, divisor, lam,
+    like): merge_top_k where no input is thinned (task_arithmetic; TIES or DARE at density
+    1), with the same bits.""",
+)
 
 
 # --- torch's float32 sum, bit for bit: the L1 rescale's sums without torch
@@ -799,11 +816,14 @@ def l1_drawn(x, b, start, seed, limit, before, after, like, bits):
         _l1_block(values, size, before, after, k, acc)
 
 
-def warm(dtypes=tuple(MARKERS), stored=("float32", "bfloat16"), kernels=None, results=("float32", "bfloat16")):
+def warm(
+    dtypes=tuple(MARKERS), stored=("float32", "bfloat16"), kernels=None, results=("float32", "bfloat16"), counts=None
+):
     """Load (or compile, the first time) `kernels` (names of this module's; None: every
     merge kernel) for the argument types the drivers pass: each compute dtype in `dtypes`
-    over inputs stored as `stored`, the merges writing results stored as `results` (other
-    types are compiled on first use), so their memory is resident from here on."""
+    over inputs stored as `stored`, the merges writing results stored as `results` for
+    `counts` inputs (None: 1-4; other types and counts are compiled on first use), so
+    their memory is resident from here on."""
     wanted = set(kernels) if kernels is not None else {"band", "l1_top_k", "l1_drawn", "draw_bits", "sums", *MERGES}
     f32, i64 = np.zeros(1, np.float32), np.zeros(1, np.int64)
     if "sums" in wanted:
@@ -822,13 +842,13 @@ def warm(dtypes=tuple(MARKERS), stored=("float32", "bfloat16"), kernels=None, re
             if "l1_drawn" in wanted:
                 l1_drawn(v, v, 0, np.uint64(1), np.uint64(1), f32, f32, like, mask)
             rest = (four, four, True, True, np.float32(1), np.float32(1), like)
-            for result in (np.zeros(1, STORED[r]) for r in results):
+            for result, n in itertools.product([np.zeros(1, STORED[r]) for r in results], counts or range(1, 5)):
                 if "merge_top_k" in wanted:
-                    merge_top_k(v, v, v, v, 1, v, result, 0, four, cut, *rest)
+                    merge_top_k(v, v, v, v, n, v, result, 0, four, cut, *rest)
                 if "merge_drawn" in wanted:
-                    merge_drawn(v, v, v, v, 1, v, result, mask, mask, mask, mask, *rest)
+                    merge_drawn(v, v, v, v, n, v, result, mask, mask, mask, mask, *rest)
                 if "merge_weighted" in wanted:
-                    merge_weighted(v, v, v, v, 1, v, result, four, *rest[2:])
+                    merge_weighted(v, v, v, v, n, v, result, four, *rest[2:])
 
 
 MERGES = ("merge_top_k", "merge_drawn", "merge_weighted")  # the merge kernels, one of which writes each chunk
