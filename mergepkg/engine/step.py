@@ -152,7 +152,7 @@ def _method_kernels(layout: StepLayout) -> tuple[str, ...]:
     return fused.kernels(layout.method.thinner, any(t.params.get("rescale") for t in layout.tensors))
 
 
-def _kernels(layout: StepLayout, infos: Mapping[str, Mapping[str, TensorInfo]]) -> dict[str, list[str]]:
+def _kernels(layout: StepLayout, infos: Mapping[str, Mapping[str, TensorInfo]]) -> dict[str, list]:
     """What a fused step runs (`fused.load`'s arguments): its method's kernels, for the
     step's compute dtype (for "auto", any of its inputs' dtypes, or float32) over its
     inputs' stored dtypes, writing results in the dtypes `merge_tensor` asks for, for its

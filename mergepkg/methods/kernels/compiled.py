@@ -628,7 +628,7 @@ class Counted:
         return [sig for entry in self.entries for sig in entry.signatures]
 
 
-_BY_COUNT = [_for_count(count) for count in range(1, 5)]
+_BY_COUNT = [_for_count(count) for count in range(1, 5)]  # x0..x3: up to fused.MAX_INPUTS
 
 merge_top_k = Counted(
     [e[0] for e in _BY_COUNT],
@@ -825,6 +825,7 @@ def warm(
     `counts` inputs (None: 1-4; other types and counts are compiled on first use), so
     their memory is resident from here on."""
     wanted = set(kernels) if kernels is not None else {"band", "l1_top_k", "l1_drawn", "draw_bits", "sums", *MERGES}
+    counts = counts or range(1, len(_BY_COUNT) + 1)
     f32, i64 = np.zeros(1, np.float32), np.zeros(1, np.int64)
     if "sums" in wanted:
         sums(f32, f32)
@@ -842,7 +843,7 @@ def warm(
             if "l1_drawn" in wanted:
                 l1_drawn(v, v, 0, np.uint64(1), np.uint64(1), f32, f32, like, mask)
             rest = (four, four, True, True, np.float32(1), np.float32(1), like)
-            for result, n in itertools.product([np.zeros(1, STORED[r]) for r in results], counts or range(1, 5)):
+            for result, n in itertools.product([np.zeros(1, STORED[r]) for r in results], counts):
                 if "merge_top_k" in wanted:
                     merge_top_k(v, v, v, v, n, v, result, 0, four, cut, *rest)
                 if "merge_drawn" in wanted:
