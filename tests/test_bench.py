@@ -1,0 +1,43 @@
+"""bench/run.py end to end on tiny models: the scripts that print this project's speed
+figures (docs/performance.md) still run, with mergekit beside mergepkg, the floor and the
+first-build rows. The figures themselves are not checked: these machines are noisy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import make_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_both_tools_and_prints_its_tables(tmp_path):
+    models = tmp_path / "models"  # the layout bench/run.py generates, tiny: it keeps models it finds
+    base = make_model(models / "base", seed=0, dtype=torch.bfloat16)
+    for i, name in enumerate(("ft1", "ft2", "ft3"), start=1):
+        make_model(models / name, seed=i, base=base, delta=0.002, dtype=torch.bfloat16)
+    rows = tmp_path / "rows.json"
+    command = ["bench/run.py", "--models", str(models), "--only", "linear,ties", "--repeat", "1", "--json", str(rows)]
+    r = subprocess.run(
+        [sys.executable, *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    out = r.stdout
+    assert "| linear |" in out and "| ties |" in out  # the ratio table, one row a merge
+    assert "linear / that floor" in out  # the floor, with and without torch
+    assert "first / warm" in out  # the first-build rows (bench/first_build.py)
+    assert "imports torch: False, transformers: False" in out  # the no-op rebuild
+    measured = json.loads(rows.read_text())["rows"]
+    assert [row["merge"] for row in measured] == ["linear", "ties"]
+    for row in measured:
+        assert row["digest"].startswith("sha256:") and row["mergepkg_s"] > 0 and row["mergekit_s"] > 0
