@@ -1,6 +1,7 @@
-"""bench/run.py end to end on tiny models: the scripts that print this project's speed
-figures (docs/performance.md) still run, with mergekit beside mergepkg, the floor and the
-first-build rows. The figures themselves are not checked: these machines are noisy."""
+"""bench/run.py and bench/gpu.py end to end on tiny models: the scripts that print this
+project's speed figures (docs/performance.md) still run, with mergekit beside mergepkg, the
+floor and the first-build rows, and the GPU script (issue 20's goal 4, run where a device is
+lent) in its CPU mode. The figures themselves are not checked: these machines are noisy."""
 
 from __future__ import annotations
 
@@ -41,3 +42,20 @@ def test_the_benchmark_runs_both_tools_and_prints_its_tables(tmp_path):
     assert [row["merge"] for row in measured] == ["linear", "ties"]
     for row in measured:
         assert row["digest"].startswith("sha256:") and row["mergepkg_s"] > 0 and row["mergekit_s"] > 0
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
+    """`bench/gpu.py --shape tiny --device cpu`: the same-bytes check (here against one
+    thread) and the speed rounds beside mergekit, so the script a device machine runs is
+    ready to run."""
+    rows = tmp_path / "gpu.json"
+    command = ["bench/gpu.py", "--shape", "tiny", "--device", "cpu", "--models", str(tmp_path / "models")]
+    command += ["--repeat", "1", "--json", str(rows)]
+    r = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    assert "Same bytes:" in r.stdout and "Speed (tiny)" in r.stdout
+    measured = json.loads(rows.read_text())
+    assert [c["merge"] for c in measured["checks"]] == ["linear", "ties", "dare_ties"]
+    assert all(c["equal"] and c["cpu"]["digest"] == c["other"]["digest"] for c in measured["checks"])
+    assert [row["merge"] for row in measured["rows"]] == ["linear", "ties"]
+    assert all(row["digest"].startswith("sha256:") and row["mergekit_s"] > 0 for row in measured["rows"])
