@@ -3,7 +3,7 @@ only parse, pin and key, and recipe writers over either.
 
 Markers: a test that uses the tiny models (`models`, `write_recipe`, `tiny_hub`) is
 marked `slow` here, as are test modules and tests marked so themselves (mergekit,
-subprocesses, transformers generating); `pytest -m "not slow"` runs the rest.
+builds in subprocesses, transformers generating); `pytest -m "not slow"` runs the rest.
 """
 
 from __future__ import annotations

@@ -17,6 +17,12 @@ from tiny import make_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def bench(script: str, *args: str) -> str:
+    """The stdout of `python bench/SCRIPT ARGS...` run from the repository root; it must succeed."""
+    command = [sys.executable, f"bench/{script}", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=True).stdout
+
+
 @pytest.mark.slow
 def test_the_benchmark_runs_both_tools_and_prints_its_tables(tmp_path):
     models = tmp_path / "models"  # the layout bench/run.py generates, tiny: it keeps models it finds
@@ -24,16 +30,7 @@ def test_the_benchmark_runs_both_tools_and_prints_its_tables(tmp_path):
     for i, name in enumerate(("ft1", "ft2", "ft3"), start=1):
         make_model(models / name, seed=i, base=base, delta=0.002, dtype=torch.bfloat16)
     rows = tmp_path / "rows.json"
-    command = ["bench/run.py", "--models", str(models), "--only", "linear,ties", "--repeat", "1", "--json", str(rows)]
-    r = subprocess.run(
-        [sys.executable, *command],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    out = r.stdout
+    out = bench("run.py", "--models", str(models), "--only", "linear,ties", "--repeat", "1", "--json", str(rows))
     assert "| linear |" in out and "| ties |" in out  # the ratio table, one row a merge
     assert "linear / that floor" in out  # the floor, with and without torch
     assert "first / warm" in out  # the first-build rows (bench/first_build.py)
@@ -50,10 +47,20 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     thread) and the speed rounds beside mergekit, so the script a device machine runs is
     ready to run."""
     rows = tmp_path / "gpu.json"
-    command = ["bench/gpu.py", "--shape", "tiny", "--device", "cpu", "--models", str(tmp_path / "models")]
-    command += ["--repeat", "1", "--json", str(rows)]
-    r = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
-    assert "Same bytes:" in r.stdout and "Speed (tiny)" in r.stdout
+    out = bench(
+        "gpu.py",
+        "--shape",
+        "tiny",
+        "--device",
+        "cpu",
+        "--models",
+        str(tmp_path / "models"),
+        "--repeat",
+        "1",
+        "--json",
+        str(rows),
+    )
+    assert "Same bytes:" in out and "Speed (tiny)" in out
     measured = json.loads(rows.read_text())
     assert [c["merge"] for c in measured["checks"]] == ["linear", "ties", "dare_ties"]
     assert all(c["equal"] and c["cpu"]["digest"] == c["other"]["digest"] for c in measured["checks"])
