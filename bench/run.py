@@ -5,9 +5,12 @@
     python bench/run.py --no-mergekit         # mergepkg only (mergekit is not installed)
     python bench/run.py --repeat 1            # one round per merge (default 3, medians)
     python bench/run.py --no-first-build      # without the first-build rows (bench/first_build.py)
+    python bench/run.py --layers 24           # larger models (1.37B), in ~/.cache/mergepkg-bench-24
 
 It generates (once, seeded) a 542M-parameter Llama-shaped model set in bfloat16 (hidden
-2048, 8 layers, MLP 5632, vocab 32000): a base and three fine-tunes (base + small noise).
+2048, 8 layers, MLP 5632, vocab 32000): a base and three fine-tunes (base + small noise);
+`--layers` sets the layer count (51.4M parameters a layer), for how the ratios move with
+the models' size, fixed costs such as torch's import mattering less.
 Each merge in bench/configs/*.yml runs through `mergekit-yaml` and, converted by
 `mergepkg import`, through `mergepkg build` with an empty store, in alternation (three
 rounds by default), each run after a warm-up read of every input so the page cache is
@@ -54,13 +57,15 @@ MODELS = ("base", "ft1", "ft2", "ft3")
 # --- the model set ------------------------------------------------------------------
 
 
-def make_models(folder: Path) -> None:
-    """base ~ N(0, 0.02) (norms 1), ft_i = base + N(0, 0.002), bfloat16, one file each."""
+def make_models(folder: Path, layers: int = SHAPE["num_hidden_layers"]) -> None:
+    """base ~ N(0, 0.02) (norms 1), ft_i = base + N(0, 0.002), bfloat16, one file each,
+    `layers` decoder layers; models already in `folder` are kept as they are."""
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**SHAPE, torch_dtype="bfloat16", architectures=["LlamaForCausalLM"])
+    shape = {**SHAPE, "num_hidden_layers": layers}
+    config = LlamaConfig(**shape, torch_dtype="bfloat16", architectures=["LlamaForCausalLM"])
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
     for index, name in enumerate(MODELS):
@@ -324,7 +329,8 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=Path, default=Path.home() / ".cache" / "mergepkg-bench")
+    parser.add_argument("--models", type=Path, help="model set folder (default ~/.cache/mergepkg-bench[-LAYERS])")
+    parser.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"], help="decoder layers of the models")
     parser.add_argument("--only", default=",".join(TARGETS), help="comma-separated merges")
     parser.add_argument("--no-mergekit", action="store_true")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per merge; medians are reported")
@@ -332,7 +338,10 @@ def main() -> None:
     parser.add_argument("--no-first-build", action="store_true", help="skip the first-build rows (first_build.py)")
     args = parser.parse_args()
     with_mergekit = not args.no_mergekit and (BIN / "mergekit-yaml").exists()
-    make_models(args.models)
+    if args.models is None:
+        suffix = "" if args.layers == SHAPE["num_hidden_layers"] else f"-{args.layers}"
+        args.models = Path.home() / ".cache" / f"mergepkg-bench{suffix}"
+    make_models(args.models, args.layers)
     compiled()
     rows = []
     with tempfile.TemporaryDirectory(prefix="mergepkg-bench-") as tmp:

@@ -14,6 +14,8 @@ import pytest
 import torch
 from tiny import make_model
 
+from mergepkg.io.tensors import parse_header
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,3 +68,22 @@ def test_the_gpu_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     assert all(c["equal"] and c["cpu"]["digest"] == c["other"]["digest"] for c in measured["checks"])
     assert [row["merge"] for row in measured["rows"]] == ["linear", "ties"]
     assert all(row["digest"].startswith("sha256:") and row["mergekit_s"] > 0 for row in measured["rows"])
+
+
+@pytest.mark.slow  # transformers' Llama modules load for it: 2.7 s
+def test_the_model_set_takes_its_layer_count(tmp_path, monkeypatch):
+    """`bench/run.py --layers N` makes its model set N layers deep (here at a tiny width)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import run
+
+    tiny = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=2, vocab_size=64)
+    monkeypatch.setattr(run, "SHAPE", {**run.SHAPE, **tiny})
+    run.make_models(tmp_path, layers=3)
+    for name in run.MODELS:
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert config["num_hidden_layers"] == 3 and config["hidden_size"] == 16
+        path = tmp_path / name / "model.safetensors"
+        with open(path, "rb") as f:
+            header, _ = parse_header(f, path)
+        layers = {key.split(".")[2] for key in header if key.startswith("model.layers.")}
+        assert layers == {"0", "1", "2"}
