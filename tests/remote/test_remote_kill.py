@@ -44,16 +44,19 @@ CHILD = textwrap.dedent(
 )
 
 
-def child(tmp_path: Path, art, url: str, slow: bool = True) -> subprocess.Popen:
+def pusher(tmp_path: Path, art, url: str, slow: bool = True) -> list[str]:
+    """The command line of a child that pushes `art` to `url`. Its script and record are
+    written here, once: rewriting them while an earlier child starts would let it read
+    an empty script and exit 0 having done nothing."""
     record_file = tmp_path / f"{art.key}.json"
     record_file.write_bytes(record_for(art).to_bytes())
     script = tmp_path / "push_child.py"
     script.write_text(CHILD)
-    return subprocess.Popen(
-        [sys.executable, str(script), str(art.folder), str(record_file), url, "slow" if slow else "fast"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    return [sys.executable, str(script), str(art.folder), str(record_file), url, "slow" if slow else "fast"]
+
+
+def spawn(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def readable_is_whole(remote: Remote, art, home: Path) -> bool:
@@ -72,9 +75,10 @@ def test_pushes_killed_at_seeded_moments_never_leave_a_broken_artifact(tmp_path)
     remote = open_remote(url)
     art = make_artifact(Store(tmp_path / "a"), 20, rows=128, shards=4)  # 1 MiB in four shards
     rng = random.Random(16)
+    command = pusher(tmp_path, art, url)
     outcomes = []
     for i in range(20):
-        proc = child(tmp_path, art, url)
+        proc = spawn(command)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0, 0.3))
         proc.send_signal(signal.SIGKILL)
@@ -97,9 +101,10 @@ def test_four_pushing_processes_of_one_key_leave_one_intact_artifact(tmp_path):
     shared.mkdir()
     url = f"file://{shared}"
     art = make_artifact(Store(tmp_path / "a"), 21, rows=128, shards=4)
-    procs = [child(tmp_path, art, url, slow=False) for _ in range(4)]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
-    assert all(p.returncode == 0 and "pushed" in out for p, out in zip(procs, outs)), outs
+    command = pusher(tmp_path, art, url, slow=False)
+    procs = [spawn(command) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]  # (stdout, stderr) each
+    assert all(p.returncode == 0 and "pushed" in out for p, (out, _) in zip(procs, outs)), outs
     remote = open_remote(url)
     assert remote.keys() == [art.key] and readable_is_whole(remote, art, tmp_path / "b")
     assert not [p for p in shared.rglob("*.tmp")]
