@@ -103,8 +103,8 @@ def test_four_pushing_processes_of_one_key_leave_one_intact_artifact(tmp_path):
     art = make_artifact(Store(tmp_path / "a"), 21, rows=128, shards=4)
     command = pusher(tmp_path, art, url, slow=False)
     procs = [spawn(command) for _ in range(4)]
-    outs = [p.communicate(timeout=120) for p in procs]  # (stdout, stderr) each
-    assert all(p.returncode == 0 and "pushed" in out for p, (out, _) in zip(procs, outs)), outs
+    outs = [(*p.communicate(timeout=120), p.returncode) for p in procs]  # (stdout, stderr, rc)
+    assert all(rc == 0 and "pushed" in out for out, _, rc in outs), outs
     remote = open_remote(url)
     assert remote.keys() == [art.key] and readable_is_whole(remote, art, tmp_path / "b")
     assert not [p for p in shared.rglob("*.tmp")]
