@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -50,12 +49,6 @@ def make_artifact(store: Store, seed: int = 0, *, rows: int = 64, shards: int = 
         return store.commit(key, folder, entry, tensor_digests(folder), seconds=0.0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -71,11 +64,13 @@ def moto_server() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # port 0: the server binds a free port itself (a port found free, then bound by the
+    # server, could be taken in between, and moto's start() would then wait forever)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
     finally:
         server.stop()
 
@@ -111,19 +106,21 @@ def push_together(open_one: Callable[[], object], arts: list) -> None:
     remote `open_one()` gives; fails with the first error any pusher met."""
     from mergepkg.remote.sync import push_artifact
 
-    barrier, errors = threading.Barrier(len(arts)), []
+    barrier, errors = threading.Barrier(len(arts), timeout=60), []  # a pusher that fails to open breaks it
 
     def push(art):
-        remote = open_one()
-        barrier.wait()
         try:
+            remote = open_one()
+            barrier.wait()
             push_artifact(remote, art)
         except Exception as e:  # reported below, on the test's thread
-            errors.append(e)
+            errors.append(e)  # first, before the others' BrokenBarrierError
+            barrier.abort()  # the others stop waiting for this one
 
     threads = [threading.Thread(target=push, args=(a,)) for a in arts]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(120)
     assert not errors, errors
+    assert not any(t.is_alive() for t in threads), "a pusher still runs after 120 s"

@@ -81,7 +81,7 @@ def nodes(tmp_path_factory):
 
     nodes = Nodes(tmp_path_factory.mktemp("cluster"))
     try:
-        nodes.cluster.wait_for_nodes()
+        nodes.cluster.wait_for_nodes(timeout=120)  # nodes start slowly on a loaded machine
         runtime_env = {
             "worker_process_setup_hook": "cluster_hooks.slow_when_flagged",
             "env_vars": {"PYTHONPATH": str(HERE)},  # where cluster_hooks is, on every node

@@ -79,11 +79,11 @@ def no_reads(*_args, **_kw):
 def test_the_assembly_renames_the_staged_shards_on_the_remote_reading_none(split, tmp_path, monkeypatch):
     job, parts, answers, remote, local = split
     inodes = staged_inodes(remote, parts)
-    for name in ("get_file", "hash_file"):  # the transfer layer's reads
-        monkeypatch.setattr(transfer, name, no_reads)
     on_node(monkeypatch, tmp_path / "assembler")
-    done = run_assemble(job, parts, None, *answers)
-    monkeypatch.undo()
+    with monkeypatch.context() as m:  # undone after, leaving the test's home as it was
+        for name in ("get_file", "hash_file"):  # the transfer layer's reads
+            m.setattr(transfer, name, no_reads)
+        done = run_assemble(job, parts, None, *answers)
     assert done.error is None and done.digest == local.digest and not done.found
     record = remote.record(job.key)
     assert record is not None and record.digest == local.digest

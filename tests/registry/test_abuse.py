@@ -72,7 +72,7 @@ def test_a_slow_client_is_cut_off_and_others_are_served(served):
     slow.sendall(b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\n")
     t0 = time.monotonic()
     closed = None
-    while time.monotonic() - t0 < 8:
+    while time.monotonic() - t0 < 30:  # a client the server never cut off would trickle on
         try:
             slow.sendall(b"X-Trickle: 1\r\n")  # a header line every 0.3 s: never idle, never done
         except OSError:
@@ -81,7 +81,8 @@ def test_a_slow_client_is_cut_off_and_others_are_served(served):
         if closed_within(slow, 0.3) is not None:
             closed = time.monotonic() - t0
             break
-    assert closed is not None and closed < LIMITS.request_seconds + 2 * LIMITS.check_every + 1, closed
+    # cut off at its deadline, give or take a check and a loaded machine's delays
+    assert closed is not None and closed < LIMITS.request_seconds + 2 * LIMITS.check_every + 5, closed
     assert get(url) == 200
 
 
@@ -96,9 +97,10 @@ def test_a_flood_from_one_client_leaves_room_for_the_others(served):
     url, _ = served
     with ExitStack() as stack:
         flood = [stack.enter_context(connect(url)) for _ in range(110)]
-        time.sleep(0.3)
-        refused = sum(closed_within(s, 0.05) is not None for s in flood)
-        assert refused >= 110 - LIMITS.per_client, refused
+        held, deadline = flood, time.monotonic() + 10  # refusals seen as the server gets to them
+        while len(held) > LIMITS.per_client and time.monotonic() < deadline:
+            held = [s for s in held if closed_within(s, 0.05) is None]
+        assert len(held) <= LIMITS.per_client, f"{110 - len(held)} of 110 refused"
         t0 = time.monotonic()
         assert get(url) == 200  # another client, at once
         assert time.monotonic() - t0 < 2

@@ -68,7 +68,7 @@ def served(tmp_path):
 
 def test_browse_search_and_screenshots(browser, served, screenshot):
     page = browser.new_page(viewport={"width": 1000, "height": 700})
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(30_000)  # a loaded machine renders slowly
     page.goto(served + "/")
     assert page.title() == "mergepkg-examples packages"
     rows = page.locator("#packages tbody tr")

@@ -5,8 +5,7 @@ publishes, and a recipe published by one MERGEPKG_HOME built by name from anothe
 from __future__ import annotations
 
 import json
-import socket
-import time
+import re
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -256,21 +255,22 @@ def test_registry_serve_command(tmp_path):
     made = run_cli("registry", "token", "create", root, "--label", "ci")
     assert made.returncode == 0 and made.stdout.strip().startswith("mpk_")
     assert "mpk_" not in (root / ".mergepkg/tokens.json").read_text()  # only its hash is kept
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # --port 0: the server binds a free port and says which; it listens from that line on
     proc = subprocess.Popen(
-        [MERGEPKG, "registry", "serve", root, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [MERGEPKG, "registry", "serve", root, "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                status = request(url, "/config.json")[0]
-                break
-            except urllib.error.URLError:
-                time.sleep(0.1)
-        assert status == 200
+        assert proc.stderr is not None
+        said = ""
+        while (bound := re.search(r"http://127\.0\.0\.1:(\d+)", said)) is None:
+            line = proc.stderr.readline()
+            assert line, f"registry serve exited ({proc.wait(10)}): {said}"
+            said += line
+        url = bound.group(0)
+        assert request(url, "/config.json")[0] == 200
         status, _, _ = request(url, "/api/v1/publish", body=publish_body(), token=made.stdout.strip())
         assert status == 201
     finally:

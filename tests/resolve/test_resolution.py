@@ -64,7 +64,7 @@ def test_a_first_build_is_keyed_by_the_locks_claims_before_any_file_is_read(reci
     real = mergepkg.store.hashcache.sha256_file
 
     def held(p):  # no file is read until the keys are out
-        gate.wait(5)
+        gate.wait(60)  # until the test sets it; only a stalled test thread takes long
         read.append(p)
         return real(p)
 

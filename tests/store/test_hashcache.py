@@ -173,7 +173,7 @@ def test_a_claim_is_checked_even_when_its_cache_is_closed_meanwhile(tmp_path, mo
     path = model(tmp_path / "m")
     gate = threading.Event()
     real = mergepkg.store.hashcache.sha256_file
-    monkeypatch.setattr(mergepkg.store.hashcache, "sha256_file", lambda p: gate.wait(5) and real(p))
+    monkeypatch.setattr(mergepkg.store.hashcache, "sha256_file", lambda p: gate.wait(60) and real(p))
     cache = HashCache(tmp_path / "h.sqlite")
     cache.sha256(path, Trust(path.stat().st_size, sha(b"false"), later(path)), claims=True)
     cache.close()  # before the read is done: it cannot be remembered, and is still checked

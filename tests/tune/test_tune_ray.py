@@ -64,7 +64,7 @@ def cluster(tmp_path_factory):
         for i in range(NODES):
             env = {"MERGEPKG_HOME": str(root / f"node{i}"), "HF_HUB_OFFLINE": "1"}
             c.add_node(num_cpus=1, object_store_memory=STORE_MEMORY, env_vars=env)
-        c.wait_for_nodes()
+        c.wait_for_nodes(timeout=120)  # nodes start slowly on a loaded machine
         ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
         yield c.address
     finally:
