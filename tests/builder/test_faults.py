@@ -261,6 +261,24 @@ KILL_POINTS = [
 ]
 
 
+def _build_killed_when(when, kdir: Path, label: str, recipe: Path) -> bool:
+    """Build `recipe` into kdir's home and out, SIGKILLed the moment `when` holds (a
+    predicate of _progress, or seconds since the start): whether the kill landed before
+    the build finished."""
+    home, out = kdir / "home", kdir / "out"
+    proc = start(home, "build", recipe, "--out", out, "-q", "--shard-size", SHARDS, log=kdir / "log")
+    t0 = time.monotonic()
+    while proc.poll() is None:
+        if when(*_progress(kdir)) if callable(when) else time.monotonic() - t0 >= when:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.0005)
+        assert time.monotonic() - t0 < 240, "build never finished"
+    rc = proc.wait()
+    assert rc in (0, -signal.SIGKILL), f"{label}: exit {rc}: {(kdir / 'log.err').read_text()}"
+    return rc == -signal.SIGKILL
+
+
 def test_sigkill_at_any_moment_leaves_store_and_out_consistent(big, models, reference, tmp_path):
     ref = reference
     # the previous output: a complete mergepkg output of another recipe, copied to --out first
@@ -281,18 +299,7 @@ def test_sigkill_at_any_moment_leaves_store_and_out_consistent(big, models, refe
             recipe = write_recipe_file(kdir, big, CHAIN)
             home, out = kdir / "home", kdir / "out"
             shutil.copytree(tmp_path / "old-out", out)
-            proc = start(home, "build", recipe, "--out", out, "-q", "--shard-size", SHARDS, log=kdir / "log")
-            t0 = time.monotonic()
-            while proc.poll() is None:
-                if when(*_progress(kdir)) if callable(when) else time.monotonic() - t0 >= when:
-                    proc.send_signal(signal.SIGKILL)
-                    break
-                time.sleep(0.0005)
-                assert time.monotonic() - t0 < 240, "build never finished"
-            rc = proc.wait()
-            killed = rc == -signal.SIGKILL
-            assert killed or rc == 0, f"{label}: exit {rc}: {(kdir / 'log.err').read_text()}"
-            if killed:
+            if killed := _build_killed_when(when, kdir, label, recipe):
                 break
 
         # right after the kill: the store holds complete artifacts only, --out is whole
