@@ -56,7 +56,7 @@ def build(
     `deny_warnings` one raises `WarningsDenied` before what it concerns is written.
     `remote`: "auto" pulls a step the store lacks from a remote when that moves fewer
     bytes than building it, "prefer" whenever a remote has it, "never" not at all
-    (docs/remote.md#substitution)."""
+    (docs/remote.md#substitution-build-plan-verify-and-eval)."""
     r, s = _open(recipe, session)
     return build_recipe(
         r,

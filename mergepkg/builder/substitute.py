@@ -1,4 +1,4 @@
-"""Substitution: steps taken from remotes instead of built (docs/remote.md#substitution).
+"""Substitution: steps taken from remotes instead of built (docs/remote.md#substitution-build-plan-verify-and-eval).
 
 A build may take a step it lacks from the configured remotes (`remotes.toml`, in the
 order they were added) and from the remote the recipe's `[package] remote` names. Each

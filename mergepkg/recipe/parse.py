@@ -138,7 +138,7 @@ class _Parser(TableReader):
     def locked_folder(self, name: str, folder: Path) -> bool:
         """Whether the lock beside the recipe pins source `name` at `folder`: a folder that is
         gone is then taken at the lock's pin, and only a step built from it needs it (a
-        build can take every step from a remote; docs/remote.md#substitution)."""
+        build can take every step from a remote; docs/remote.md#substitution-build-plan-verify-and-eval)."""
         try:
             data = tomllib.loads(self.path.with_suffix(".lock").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
@@ -197,7 +197,7 @@ class _Parser(TableReader):
             Range.parse(rng)
         except VersionError as e:
             raise self.error(
-                f"{key}.version" if len(value) > 1 else key, str(e), "see docs/registry.md#ranges"
+                f"{key}.version" if len(value) > 1 else key, str(e), "see docs/registry.md#names-and-versions"
             ) from None
         registry = value.get("registry")
         if registry is not None:

@@ -101,7 +101,7 @@ def install_published_lock(deps: Dependencies, name: str, client: Client) -> Pat
     """The publisher's lock of the installed `name`, put beside its recipe file (where a
     build reads and writes the lock) unless a lock is there already; checked by sha256.
     With it, a build holds the publisher's commits and takes the published digests as
-    those a remote's artifacts must have (docs/remote.md#substitution)."""
+    those a remote's artifacts must have (docs/remote.md#substitution-build-plan-verify-and-eval)."""
     pick, path = deps.picks[name], deps.files[name]
     target = path.with_suffix(".lock")
     if target.exists():

@@ -1,0 +1,64 @@
+"""Every relative link in the docs reaches its file, and every #anchor a heading there:
+the pages link into each other by section (performance.md#first-build), and code
+comments cite them the same way."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = sorted([*ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md")])
+LINK = re.compile(r"\]\(([^)\s#]*)(?:#([^)\s]+))?\)")
+CITED = re.compile(r"(?<![\w/])docs/([\w/-]+\.md)(?:#([\w-]+))?")
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives the page's headings: lower case, punctuation but hyphens
+    dropped, spaces made hyphens, a repeated one suffixed -1, -2, ..."""
+    seen: dict[str, int] = {}
+    out = set()
+    fenced = False
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        heading = re.match(r"#{1,6} (.*)", line)
+        if fenced or not heading:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def test_anchors_are_githubs(tmp_path: Path) -> None:
+    page = tmp_path / "p.md"
+    page.write_text("# Performance\n## Memory: `--max-memory`\n```\n# not a heading\n```\n## Round 1\n## Round 1\n")
+    assert anchors(page) == {"performance", "memory---max-memory", "round-1", "round-1-1"}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_reach_their_sections(page: Path) -> None:
+    broken = []
+    for target, anchor in LINK.findall(page.read_text()):
+        if target.startswith(("http:", "https:", "mailto:")):
+            continue
+        linked = (page.parent / target) if target else page
+        if not linked.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            broken.append(f"{target}#{anchor}: no such heading")
+    assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+def test_code_cites_pages_that_exist() -> None:
+    broken = []
+    for source in sorted([*(ROOT / "mergepkg").rglob("*.py"), *(ROOT / "bench").glob("*.py")]):
+        for name, anchor in CITED.findall(source.read_text()):
+            page = ROOT / "docs" / name
+            if not page.exists() or (anchor and anchor not in anchors(page)):
+                broken.append(f"{source.relative_to(ROOT)}: docs/{name}{'#' + anchor if anchor else ''}")
+    assert not broken, "; ".join(broken)
