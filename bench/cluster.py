@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "recipes" / "demo" / "models"
 
-# measured on this machine (docs/performance.md, "Results"): 2 cores
+# measured on this machine at the end of round 1 (docs/performance-log.md, "Round 1"): 2 cores
 TIES_SECONDS, TIES_INPUT_GB, START_SECONDS = 8.5, 4.34, 1.8
 HASH_GBPS = 1.75  # sha256 of an output, one core (docs/performance.md)
 
