@@ -122,3 +122,22 @@ def tiny_hub(tmp_path, models, monkeypatch) -> dict[str, str]:
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return commits
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """A fake Hub on 127.0.0.1 (tests/fakehub.py) as huggingface_hub's endpoint, online,
+    with HF_TOKEN set to its token and a Hugging Face home and cache of the test's own."""
+    from fakehub import TOKEN, FakeHub
+    from huggingface_hub import constants
+
+    fake = FakeHub(TOKEN)
+    monkeypatch.setattr(constants, "ENDPOINT", fake.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield fake
+    fake.close()

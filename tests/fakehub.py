@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 REPO = r"(?P<repo>[^/]+/[^/]+)"
+TOKEN = "hf_test_token"  # what the `fake_hub` fixture (conftest.py) serves writes for
 
 
 @dataclass
@@ -38,7 +39,7 @@ def is_lfs(path: str) -> bool:
 
 
 class FakeHub:
-    def __init__(self, token: str = "hf_test"):
+    def __init__(self, token: str = TOKEN):
         self.token = token
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}  # sha256 -> content

@@ -42,7 +42,8 @@ def pin_folder(
 ) -> Pin:
     """The files a merge uses (`adapter`: a LoRA adapter's, `io/folder.adapter_files`), hashed.
     With `claims`, a sha256 known without reading the file (a hub blob's name, the lock's
-    record in `trust`, by file name) is taken and checked beside the build
+    record in `trust`, by file name, or huggingface_hub's record of a `--local-dir`
+    download) is taken and checked beside the build
     (`store/hashcache.check_files` before anything made from it is stored)."""
     records = []
     for name in folder_files(folder, adapter):
@@ -79,7 +80,7 @@ def start_pin(
         names = folder_files(folder, adapter)
     except (MergepkgError, OSError):
         return
-    hashes.start([(folder / n, (trust or {}).get(n)) for n in names], claims=claims)
+    hashes.start([(folder / n, (trust or {}).get(n)) for n in names], claims=claims, folder=folder)
 
 
 def adapter_not_model(where: Path | str) -> SourceError:

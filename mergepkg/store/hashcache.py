@@ -7,14 +7,16 @@ changes with every write (git checks it too), so an edit always means a new hash
 
 A first build need not wait for its inputs' hashes (docs/performance.md#first-build).
 A file's sha256 may be known before it is read: a Hugging Face cache blob is named by
-it, and a lock records it. Such a *claim* is taken at once (step keys are computed from
-it) while the file is read and hashed on a background thread beside the build (all
-cores but one, which the build keeps); nothing made from it is stored before the claim
-is confirmed (`check_files`: the engine calls it before a step is committed,
-`Resolution.lock` before a lock is written). A lock's claim is taken only for a file
-unchanged since the lock was written: the same size, and an inode change time older
-than the lock file. Files with no claim are hashed before keys are made, all of them at
-once (`start`), one thread per core.
+it, a lock records it, and so does huggingface_hub's record of a file it downloaded into
+a folder of the user's (`hf download --local-dir`). Such a *claim* is taken at once
+(step keys are computed from it) while the file is read and hashed on a background
+thread beside the build (all cores but one, which the build keeps); nothing made from
+it is stored before the claim is confirmed (`check_files`: the engine calls it before a
+step is committed, `Resolution.lock` before a lock is written). A lock's claim is taken
+only for a file unchanged since the lock was written: the same size, and an inode
+change time older than the lock file; a download record's, for a file unchanged since
+the record. Files with no claim are hashed before keys are made, all of them at once
+(`start`), one thread per core.
 
 Every file pinned in this process is remembered with the stat it was pinned with, so
 the engine can refuse to store a step whose input changed while it was being built.
@@ -50,7 +52,12 @@ WINDOW = 256 << 20
 Identity = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
 HEX = frozenset("0123456789abcdef")
 HUB_REPOS = ("models--", "datasets--", "spaces--")
-CLAIMS = {"hub": "its Hugging Face cache blob's name", "lock": "the lock"}  # where a claim comes from
+CLAIMS = {  # where a claim comes from
+    "hub": "its Hugging Face cache blob's name",
+    "lock": "the lock",
+    "download": "huggingface_hub's download record",
+}
+DOWNLOAD_RECORDS = Path(".cache", "huggingface", "download")  # in a folder `hf download --local-dir` wrote
 
 
 def identity(st: os.stat_result) -> Identity:
@@ -96,12 +103,33 @@ def hub_blob_sha256(real: str) -> str | None:
 
 @dataclass(frozen=True)
 class Trust:
-    """A lock's record of a file, and when that lock was written (its mtime): taken for a
-    file of that size whose inode has not changed since."""
+    """A record of a file's sha256 and when the record was written: the lock's (its mtime;
+    taken for a file of the recorded size) or huggingface_hub's (`download_record`). Taken
+    for a file whose inode last changed before `before_ns`."""
 
-    size: int
+    size: int | None  # None: the record holds none
     sha256: str
     before_ns: int
+    source: str = "lock"  # whose record: a key of CLAIMS
+
+
+def download_record(folder: Path, name: str) -> Trust | None:
+    """huggingface_hub's record of `folder/name`, downloaded there by `hf download
+    --local-dir` (`.cache/huggingface/download/NAME.metadata`: the commit, the file's etag,
+    a time). An LFS file's etag is its sha256; a small file's is a git blob sha1, no claim.
+    The record is written just after the file is moved into place, often within the same
+    tick of the kernel's file clock, so a file whose inode changed in the record's own tick
+    counts as before it. None: no record, or one that cannot be read."""
+    try:
+        with open(folder / DOWNLOAD_RECORDS / f"{name}.metadata", "rb") as f:
+            written = os.fstat(f.fileno()).st_mtime_ns
+            lines = f.read(4096).decode().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    etag = lines[1].strip() if len(lines) > 1 else ""
+    if len(etag) != 64 or not set(etag) <= HEX:
+        return None
+    return Trust(None, etag, written + 1, "download")
 
 
 @dataclass(frozen=True)
@@ -114,6 +142,15 @@ class _Pinned:
     claim: str | None = None  # where a sha256 taken before reading came from; None: read
     actual: Future[str] | None = None  # a claim's file, being hashed
 
+
+# what to do about a false claim, by where it came from
+_FALSE_CLAIM_HINTS = {
+    CLAIMS["hub"]: "delete that repo from the Hugging Face cache and build again",
+    CLAIMS["lock"]: "the file differs from the lock's (changed before the lock was written, or a lock made "
+    "elsewhere); its sha256 is now remembered: build again to pin it anew (--locked refuses it)",
+    CLAIMS["download"]: "the file differs from what huggingface_hub downloaded (changed in place since?); "
+    "its sha256 is now remembered: build again to pin it anew",
+}
 
 _pinned: dict[str, _Pinned] = {}  # real path -> how it was pinned last
 _folders: dict[str, set[str]] = {}  # a folder as pinned (before symlinks) -> the real paths pinned in it
@@ -148,21 +185,17 @@ def check_files(folders: Iterable[Path | str], *, unchanged: bool = True) -> Non
     with _registry:
         entries = sorted({_pinned[r] for f in folders for r in _folders.get(str(f), ())}, key=lambda e: e.path)
     for e in entries:
-        if e.actual is not None:
+        if e.claim is not None and e.actual is not None:  # set together
             try:
                 actual = e.actual.result()
             except OSError as err:
                 raise SourceError(f"cannot read {e.path} to check its sha256: {err}", file=e.path) from err
             if actual != e.sha256:
-                hub = e.claim == CLAIMS["hub"]
                 raise SourceError(
                     f"{e.path} does not hold the sha256 {e.claim} gives it ({e.sha256[:12]}…; read: {actual[:12]}…); "
                     "nothing made from it was stored",
                     file=e.path,
-                    hint="delete that repo from the Hugging Face cache and build again"
-                    if hub
-                    else "the file differs from the lock's (changed before the lock was written, or a lock made "
-                    "elsewhere); its sha256 is now remembered: build again to pin it anew (--locked refuses it)",
+                    hint=_FALSE_CLAIM_HINTS[e.claim],
                 )
         if unchanged:
             _check_unchanged(e)
@@ -234,18 +267,24 @@ class HashCache:
         return digest
 
     @staticmethod
-    def _claim(real: str, st: os.stat_result, trust: Trust | None, hub: bool) -> tuple[str, str] | None:
-        """(where it comes from, sha256) of a file whose sha256 is known without reading it."""
-        blob = hub_blob_sha256(real) if hub else None
+    def _claim(path: Path, real: str, st: os.stat_result, trust: Trust | None, folder: Path) -> tuple[str, str] | None:
+        """(where it comes from, sha256) of a file whose sha256 is known without reading it:
+        a hub blob's name, else `trust`, else a download record in `folder`."""
+        blob = hub_blob_sha256(real)
         if blob is not None:
             return CLAIMS["hub"], blob
-        if trust is not None and st.st_size == trust.size and st.st_ctime_ns < trust.before_ns:
-            return CLAIMS["lock"], trust.sha256
+        if trust is None and path.is_relative_to(folder):
+            trust = download_record(folder, path.relative_to(folder).as_posix())
+        if trust is not None and trust.size in (None, st.st_size) and st.st_ctime_ns < trust.before_ns:
+            return CLAIMS[trust.source], trust.sha256
         return None
 
-    def start(self, paths: Iterable[tuple[Path, Trust | None]], *, claims: bool = False) -> None:
+    def start(
+        self, paths: Iterable[tuple[Path, Trust | None]], *, claims: bool = False, folder: Path | None = None
+    ) -> None:
         """Begin hashing, on background threads, the files `sha256` will have to read (not
-        remembered, no claim taken), so that several files are hashed at once."""
+        remembered, no claim taken), so that several files are hashed at once. `folder`: the
+        model folder they are pinned in (each one's parent)."""
         for path, trust in paths:
             try:
                 real = os.path.realpath(path)
@@ -255,7 +294,7 @@ class HashCache:
             ident = identity(st)
             if (real, ident) in self._started or self._remembered(real, ident) is not None:
                 continue
-            if claims and self._claim(real, st, trust, hub=True) is not None:
+            if claims and self._claim(path, real, st, trust, folder or path.parent) is not None:
                 continue
             self._started[(real, ident)] = _hashing(now=True).submit(self._hash, real, ident)
 
@@ -272,7 +311,7 @@ class HashCache:
         ident = identity(st)
         started = self._started.pop((real, ident), None)
         digest = self._remembered(real, ident)
-        claim = None if digest is not None or not claims else self._claim(real, st, trust, hub=True)
+        claim = None if digest is not None or not claims else self._claim(path, real, st, trust, folder)
         if claim is not None:
             actual = started or _hashing(now=False).submit(self._hash, real, ident)
             _remember(folder, _Pinned(real, ident, claim[1], claim[0], actual))

@@ -16,27 +16,9 @@ from mergepkg.recipe.parse import load_recipe, parse_recipe
 from mergepkg.settings import Settings
 from mergepkg.store.session import Session
 
-TOKEN = "hf_test_token"
 LINEAR = (
     '[steps.m]\nmethod = "linear"\ninputs = [{{ model = "ft1", weight = {w} }}, {{ model = "ft2", weight = 0.4 }}]\n'
 )
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """The fake Hub as huggingface_hub's endpoint, with HF_TOKEN set to its token."""
-    from huggingface_hub import constants
-
-    fake = FakeHub(TOKEN)
-    monkeypatch.setattr(constants, "ENDPOINT", fake.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    yield fake
-    fake.close()
 
 
 def built(write_recipe, tmp_path, weight="0.6", name="recipe.toml"):
@@ -45,20 +27,20 @@ def built(write_recipe, tmp_path, weight="0.6", name="recipe.toml"):
     return path
 
 
-def on_hub(hub: FakeHub, repo: str) -> dict[str, bytes]:
-    r = hub.repos[repo]
+def on_hub(fake_hub: FakeHub, repo: str) -> dict[str, bytes]:
+    r = fake_hub.repos[repo]
     return r.commits[r.head]
 
 
-def test_a_push_sends_the_output_folder_once_then_only_what_changed(hub, write_recipe, tmp_path):
+def test_a_push_sends_the_output_folder_once_then_only_what_changed(fake_hub, write_recipe, tmp_path):
     path = built(write_recipe, tmp_path)
     report = push(load_recipe(path), Session(Settings()), "org/merged")
     out = tmp_path / "out"
     folder = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     del folder[MARKER]
-    assert {k: v for k, v in on_hub(hub, "org/merged").items() if k != ".gitattributes"} == folder
-    assert hub.lfs  # model.safetensors went through the LFS batch and upload
-    assert all(f.send for f in report.files) and report.commit == hub.repos["org/merged"].head
+    assert {k: v for k, v in on_hub(fake_hub, "org/merged").items() if k != ".gitattributes"} == folder
+    assert fake_hub.lfs  # model.safetensors went through the LFS batch and upload
+    assert all(f.send for f in report.files) and report.commit == fake_hub.repos["org/merged"].head
     lock = read_lock(path.with_suffix(".lock"))
     assert lock is not None
     assert lock.pushes == (LockedPush("org/merged", report.commit, "m", report.key, lock.steps["m"].digest),)
@@ -66,7 +48,7 @@ def test_a_push_sends_the_output_folder_once_then_only_what_changed(hub, write_r
 
     again = push(load_recipe(path), Session(Settings()), "org/merged")  # the lock now records a push
     assert not any(f.send for f in again.files) and again.commit == report.commit
-    assert len(hub.repos["org/merged"].commits) == 2  # the repo's first commit and ours: no empty one
+    assert len(fake_hub.repos["org/merged"].commits) == 2  # the repo's first commit and ours: no empty one
 
     path = built(write_recipe, tmp_path, weight="0.5")
     third = push(load_recipe(path), Session(Settings()), "org/merged")
@@ -77,19 +59,19 @@ def test_a_push_sends_the_output_folder_once_then_only_what_changed(hub, write_r
 
 
 def test_dry_run_private_repo_and_a_later_recipe_built_from_the_pushed_commit(
-    hub, write_recipe, models, tmp_path, capsys
+    fake_hub, write_recipe, models, tmp_path, capsys
 ):
     path = built(write_recipe, tmp_path)
     code, stdout, _ = cli(capsys, "push", f"{path}:m", "org/private", "--private", "--dry-run")
-    assert code == 0 and not hub.repos and not hub.lfs
+    assert code == 0 and not fake_hub.repos and not fake_hub.lfs
     lines = [line.split() for line in stdout.splitlines()]
     assert {(line[0], line[2]) for line in lines} >= {("send", "model.safetensors"), ("send", "mergepkg.lock")}
 
     code, stdout, stderr = cli(capsys, "push", str(path), "org/private", "--private")
     assert code == 0, stderr
-    assert hub.repos["org/private"].private
-    commit = hub.repos["org/private"].head
-    assert f"{hub.url}/org/private/commit/{commit}" in stdout
+    assert fake_hub.repos["org/private"].private
+    commit = fake_hub.repos["org/private"].head
+    assert f"{fake_hub.url}/org/private/commit/{commit}" in stdout
     assert f'{{ hf = "org/private", revision = "{commit}" }}' in stdout
 
     later = tmp_path / "later.toml"
@@ -104,7 +86,7 @@ def test_dry_run_private_repo_and_a_later_recipe_built_from_the_pushed_commit(
     assert (report.outputs["again"] / "model.safetensors").is_file()
 
 
-def test_no_token_and_not_built_are_one_line_errors_with_hints(hub, write_recipe, tmp_path, monkeypatch, capsys):
+def test_no_token_and_not_built_are_one_line_errors_with_hints(fake_hub, write_recipe, tmp_path, monkeypatch, capsys):
     path = write_recipe(LINEAR.format(w="0.6"))
     with pytest.raises(BuildError, match="not built") as e:
         push(load_recipe(path), Session(Settings()), "org/x")
@@ -113,7 +95,7 @@ def test_no_token_and_not_built_are_one_line_errors_with_hints(hub, write_recipe
     monkeypatch.delenv("HF_TOKEN")
     code, _, stderr = cli(capsys, "push", str(path), "org/x")
     assert code == 1 and "401" in stderr and "HF_TOKEN" in stderr and "Traceback" not in stderr
-    assert not hub.repos
+    assert not fake_hub.repos
 
 
 def test_publish_table_is_read_with_located_errors_and_changes_no_key(recipe_file):

@@ -121,3 +121,42 @@ def test_an_edited_source_is_hashed_at_once_not_claimed(recipe, tmp_path, monkey
     report = build_recipe(path)
     (mine,) = [f for f in report.lock.sources["mine"].pin.files if f.name == "model.safetensors"]
     assert mine.sha256 == mergepkg.store.hashcache.sha256_file(weights)
+
+
+def test_a_local_dir_download_is_keyed_by_huggingface_hubs_records_before_it_is_read(
+    fake_hub, models, write_recipe, tmp_path, monkeypatch
+):
+    """A folder `hf download --local-dir` wrote (here by huggingface_hub's own client, from
+    the fake Hub) needs no lock: its weights are keyed by the sha256 huggingface_hub
+    recorded for them, to the same keys their content gives, and read beside the build."""
+    from fakehub import Repo
+    from huggingface_hub import snapshot_download
+
+    fake_hub.repos["tiny/ft1"] = Repo(private=False)
+    fake_hub.commit("tiny/ft1", {p.name: p.read_bytes() for p in models["ft1"].iterdir() if p.is_file()})
+    local = Path(snapshot_download("tiny/ft1", local_dir=tmp_path / "ft1-local"))
+    path = write_recipe(RECIPE)
+    text = path.read_text()
+    path.write_text(text.replace("[sources]\n", f'[sources]\nmine = {{ path = "{local}" }}\n'))
+    same = path.with_name("same.toml")
+    same.write_text(text.replace("[sources]\n", f'[sources]\nmine = {{ path = "{models["ft1"]}" }}\n'))
+    expected = resolve(load_recipe(same), Session()).keys  # the content's own keys, hashed first
+
+    new_home(monkeypatch, tmp_path, "second-home")
+    gate, read = threading.Event(), []
+    real = mergepkg.store.hashcache.sha256_file
+
+    def held(p):  # the download's weights are not read until the keys are out
+        if str(p).startswith(str(local.resolve())) and str(p).endswith(".safetensors"):
+            gate.wait(60)  # until the test sets it; only a stalled test thread takes long
+            read.append(p)
+        return real(p)
+
+    monkeypatch.setattr(mergepkg.store.hashcache, "sha256_file", held)
+    res = resolve(load_recipe(path), Session(), defer=True)
+    assert read == [] and res.keys == expected
+    gate.set()
+    locked = res.lock({})  # confirmed: the weights read and found as recorded
+    (weights,) = [f for f in locked.sources["mine"].pin.files if f.name == "model.safetensors"]
+    assert read and weights.sha256 == real(local / "model.safetensors")
+    assert build_recipe(path).built == ["merged"]

@@ -137,6 +137,50 @@ def test_a_hub_blob_is_claimed_by_its_name_and_a_damaged_one_refused(tmp_path, c
     assert cache.sha256(blobs / ("ab" * 20), claims=True)[1] == sha(b"{}")
 
 
+def downloaded(folder: Path, data: bytes, etag: str) -> Path:
+    """`folder/model.safetensors` as `hf download --local-dir` leaves it: the file, then
+    huggingface_hub's record of it (.cache/huggingface/download/NAME.metadata: the commit,
+    the etag, a time), written after it (tests/resolve has one that huggingface_hub wrote)."""
+    path = model(folder, data)
+    record = folder / ".cache" / "huggingface" / "download" / "model.safetensors.metadata"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(f"{'c0ffee' * 6}abcd\n{etag}\n{time.time()}\n")
+    return path
+
+
+def test_a_local_dir_download_is_claimed_by_its_record_and_a_false_one_refused(tmp_path, cache):
+    data = b"lfs weights" * 100
+    path = downloaded(tmp_path / "m", data, sha(data))
+    assert cache.sha256(path, claims=True, folder=tmp_path / "m")[1] == sha(data)
+    check_files([tmp_path / "m"])
+
+    wrong = downloaded(tmp_path / "n", data, sha(b"other bytes"))  # a record that is not the file's
+    cache = HashCache(tmp_path / "other.sqlite")
+    assert cache.sha256(wrong, claims=True, folder=tmp_path / "n")[1] == sha(b"other bytes")  # taken unread
+    with pytest.raises(SourceError) as info:
+        check_files([tmp_path / "n"], unchanged=False)
+    assert "huggingface_hub's download record" in info.value.message and "nothing" in info.value.message
+    assert "huggingface_hub downloaded" in info.value.hint and "build again" in info.value.hint
+    again = HashCache(tmp_path / "other.sqlite")  # the read's sha256 was remembered: pinned anew
+    assert again.sha256(wrong, claims=True, folder=tmp_path / "n") == (len(data), sha(data)) and again.hashed == 0
+
+
+def test_no_claim_from_a_record_older_than_the_file_or_that_names_no_sha256(tmp_path, cache):
+    data = b"lfs weights" * 100
+    path = downloaded(tmp_path / "m", data, sha(data))
+    time.sleep(0.05)  # past the file clock's tick: the edit is newer than the record
+    path.write_bytes(b"edited in place")
+    assert cache.sha256(path, claims=True, folder=tmp_path / "m")[1] == sha(b"edited in place")
+
+    record = tmp_path / "n" / ".cache" / "huggingface" / "download" / "model.safetensors.metadata"
+    for text in (f"c0ffee\n{'ab' * 20}\n1.0\n", "c0ffee\n", "", "\xff\xfe"):  # a git sha1, cut short, garbled
+        cache = HashCache(tmp_path / f"{len(text)}.sqlite")
+        path = downloaded(tmp_path / "n", data, sha(b"other bytes"))
+        record.write_bytes(text.encode("latin-1"))
+        assert cache.sha256(path, claims=True, folder=tmp_path / "n")[1] == sha(data)  # read, not claimed
+    check_files([tmp_path / "m", tmp_path / "n"])
+
+
 def test_a_file_written_after_it_was_pinned_fails_the_unchanged_check(tmp_path, cache):
     path = model(tmp_path / "m")
     st = os.stat(path)
