@@ -36,7 +36,7 @@ def test_the_benchmark_runs_both_tools_and_prints_its_tables(tmp_path):
     out = bench("run.py", "--models", str(models), "--only", "linear,ties", "--repeat", "1", "--json", str(rows))
     assert "| linear |" in out and "| ties |" in out  # the ratio table, one row a merge
     assert "linear / that floor" in out  # the floor, with and without torch
-    assert "first / warm" in out  # the first-build rows (bench/first_build.py)
+    assert "first / warm" in out and "`--local-dir` / warm" in out  # the first-build rows (bench/first_build.py)
     assert "imports torch: False, transformers: False" in out  # the no-op rebuild
     measured = json.loads(rows.read_text())["rows"]
     assert [row["merge"] for row in measured] == ["linear", "ties"]
