@@ -68,6 +68,7 @@ def serving(root: Path, limits=None):
     from mergepkg.registry.server import Limits, make_server
 
     server = make_server(root, "127.0.0.1", 0, threads=8, limits=limits or Limits())
+    server.adj.asyncore_loop_timeout = 0.05  # its loop sees close() within 50 ms, not waitress's 1 s
     stopping = threading.Event()
 
     def run():

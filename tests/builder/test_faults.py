@@ -379,31 +379,63 @@ def test_sigkill_at_random_moments_and_the_next_build_gives_the_clean_digests(bi
     assert sum("killed" in r for r in report) >= KILLS // 2, "\n".join(report)
 
 
-def test_a_build_killed_while_placing_out_leaves_no_hidden_folder_behind(models, tmp_path):
+# `mergepkg ARGS...` that kills itself (SIGKILL) at a point of placing --out: "staged" as
+# soon as its staging folder beside --out is made, "swapping" between moving the previous
+# output into that folder and moving the new one in (when --out does not exist at all).
+KILLED_WHILE_PLACING = """
+import os, signal, sys, tempfile
+from mergepkg.cli.app import run
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if sys.argv[1] == "staged":
+    made = tempfile.mkdtemp
+    def mkdtemp(*args, **kwargs):
+        folder = made(*args, **kwargs)
+        if os.path.basename(folder).startswith(".mergepkg-build-"):
+            die()
+        return folder
+    tempfile.mkdtemp = mkdtemp
+else:
+    rename = os.rename
+    def renamed(src, dst, *args, **kwargs):
+        rename(src, dst, *args, **kwargs)
+        if os.path.basename(dst) == "previous":
+            die()
+    os.rename = renamed
+sys.argv = ["mergepkg", *sys.argv[2:]]
+run()
+"""
+
+
+@pytest.mark.parametrize("point", ["staged", "swapping"])
+def test_a_build_killed_while_placing_out_leaves_no_hidden_folder_behind(point, models, tmp_path):
     """place_outputs stages in a `.mergepkg-build-*` folder beside --out and moves the
     previous output into it before the swap. Killed there, that folder (possibly holding
-    the whole previous output) must not stay behind forever: the next build or
-    `cache gc` cleans it up."""
+    the whole previous output, --out then missing) must not stay behind: the next build
+    puts the output back and `cache gc` finds nothing left."""
     recipe = write_recipe_file(tmp_path / "r", models, SMALL)
     home, out = tmp_path / "home", tmp_path / "o" / "out"
     ok(run(home, "build", recipe, "--out", out, "-q"))
-    for _ in range(20):  # every step is stored: the build is startup + placing, retried until hit
-        proc = start(home, "build", recipe, "--out", out, "-q", log=tmp_path / "log")
-        hit = False
-        while proc.poll() is None:
-            if any(n.startswith(STAGING) for n in os.listdir(out.parent)):
-                proc.send_signal(signal.SIGKILL)
-                hit = True
-                break
-            time.sleep(0.0002)
-        if proc.wait() == -signal.SIGKILL and hit:
-            break
+    digest = lock_steps(recipe)["top"][1]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_PLACING, point, "build", str(recipe), "--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        env=env_for(home),
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    staging = [n for n in os.listdir(out.parent) if n.startswith(STAGING)]
+    assert len(staging) == 1  # what the kill left
+    if point == "swapping":
+        assert not out.exists() and model_digest(out.parent / staging[0] / "previous") == digest
     else:
-        pytest.skip("never caught a build while it placed --out")
-    assert not out.exists() or model_digest(out) == lock_steps(recipe)["top"][1]
+        assert model_digest(out) == digest
     ok(run(home, "build", recipe, "--out", out, "-q"))
     ok(run(home, "cache", "gc"))
-    assert model_digest(out) == lock_steps(recipe)["top"][1]
+    assert model_digest(out) == digest
     left = [n for n in os.listdir(out.parent) if n.startswith(STAGING)]
     assert not left, (
         f"staging folders left beside --out after a rebuild and `cache gc`: {left}"

@@ -17,7 +17,6 @@ import pytest
 from helpers import build_recipe, time_limit
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("ray")
 
 HERE = Path(__file__).parent
 NODES = 3

@@ -24,7 +24,6 @@ from lora_adapters import peft_adapter, peft_merged
 
 from mergepkg.errors import SourceError
 
-pytest.importorskip("peft")
 pytestmark = pytest.mark.slow  # transformers, peft and mergekit beside the engine
 
 FULL = dict(  # every kind a Llama adapter can have, with patterns that change r and alpha
@@ -204,7 +203,6 @@ MERGEKIT = {  # case -> (config template, the base for the adapter): {b}, {a}, {
 
 @pytest.mark.parametrize("case", list(MERGEKIT))
 def test_mergekit_base_plus_adapter_gives_the_same_bytes(case, lora, tmp_path):
-    pytest.importorskip("mergekit")
     from mergepkg.cli.app import main
 
     template, base = MERGEKIT[case]

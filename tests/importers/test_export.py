@@ -115,7 +115,6 @@ def run_mergekit(folder: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def built(models, tmp_path_factory):
     """Every case built by mergepkg (each an output), and mergekit run on each exported config."""
-    pytest.importorskip("mergekit")
     root = tmp_path_factory.mktemp("export")
     sources = "".join(f'{k} = {{ path = "{v}" }}\n' for k, v in models.items())
     recipe = root / "recipe.toml"
@@ -159,7 +158,8 @@ def test_the_chat_template_travels_too(built):
 def test_hub_sources_are_written_at_their_locked_commits(tiny_hub, tmp_path):
     """mergekit lists a repo's files online even when its cache has them, so here the config
     is only read by mergekit's own model of a config, not run."""
-    mergekit_config_model = pytest.importorskip("mergekit.config").MergeConfiguration
+    from mergekit.config import MergeConfiguration
+
     recipe = tmp_path / "hub.toml"
     recipe.write_text(
         '[package]\nname = "hub"\nversion = "0.1.0"\n\n[sources]\n'
@@ -171,7 +171,7 @@ def test_hub_sources_are_written_at_their_locked_commits(tiny_hub, tmp_path):
     config = yaml.safe_load((folder / MERGEKIT_FILE).read_text())
     assert config["base_model"] == f"tiny/base@{tiny_hub['base']}"
     assert [m["model"] for m in config["models"]] == [f"tiny/ft1@{tiny_hub['ft1']}", f"tiny/ft2@{tiny_hub['ft2']}"]
-    parsed = mergekit_config_model.model_validate(config)
+    parsed = MergeConfiguration.model_validate(config)
     assert parsed.base_model.model.path == "tiny/base" and parsed.base_model.model.revision == tiny_hub["base"]
 
 

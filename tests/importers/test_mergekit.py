@@ -1031,7 +1031,6 @@ def run_mergekit(case: str, models: dict[str, Path], folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def mergekit_out(request, models, tmp_path_factory):
     """mergekit_out(case) -> mergekit's output folder; every case runs at once, a few at a time."""
-    pytest.importorskip("mergekit")
     root = tmp_path_factory.mktemp("import-mergekit")
     pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 1)))
     futures = {case: pool.submit(run_mergekit, case, models, root / case) for case in PARITY}

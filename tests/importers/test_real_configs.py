@@ -26,8 +26,6 @@ from mergepkg.errors import RecipeError
 from mergepkg.importers.mergekit import convert_file
 from mergepkg.importers.mergekit.convert import convert
 
-pytest.importorskip("mergekit")
-
 REAL = CONFIGS / "real"
 ALL = sorted(p.name for p in REAL.glob("*.yml"))
 MERGEKIT = Path(sys.executable).parent

@@ -25,10 +25,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-mergekit = pytest.importorskip("mergekit")
-import yaml  # noqa: E402  (installed with mergekit)
-from helpers import build_one, load_tensors  # noqa: E402
+import yaml
+from helpers import build_one, load_tensors
 
 pytestmark = pytest.mark.slow  # runs mergekit beside mergepkg
 

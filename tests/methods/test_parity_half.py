@@ -22,8 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-pytest.importorskip("mergekit")
 import yaml
 from helpers import build_recipe, load_tensors, reduction_mismatches
 from test_parity import DETERMINISTIC, MERGEKIT_YAML, SEED, mergekit_config

@@ -15,18 +15,15 @@ stay that close to mergekit's own algorithm run in float64.
 from __future__ import annotations
 
 import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
-
-mergekit = pytest.importorskip("mergekit")
-import subprocess  # noqa: E402
-
-import yaml  # noqa: E402  (installed with mergekit)
-from helpers import build_one, load_tensors  # noqa: E402
-from test_parity import (  # noqa: E402
+import yaml
+from helpers import build_one, load_tensors
+from test_parity import (
     MERGEKIT_YAML,
     SEED,
     _in,
@@ -35,7 +32,7 @@ from test_parity import (  # noqa: E402
     recipe_body,
 )
 
-from mergepkg.methods import METHODS  # noqa: E402
+from mergepkg.methods import METHODS
 
 pytestmark = pytest.mark.slow  # runs mergekit beside mergepkg
 

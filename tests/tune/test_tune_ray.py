@@ -14,8 +14,6 @@ import pytest
 from helpers import time_limit
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("ray")
-pytest.importorskip("cmaes")
 
 NODES = 2
 STORE_MEMORY = 100 * 1024**2  # each node's object store: tasks pass small records only
