@@ -127,7 +127,8 @@ def resolve(
     pins (a hub source at its locked commit, or a local folder that is gone) is not
     fetched: its `SourceState.folder` is None until `Resolution.source_folder` fetches it,
     so a build that takes every step from a store or a remote never downloads its inputs.
-    `claims`: a file's sha256 may be taken from the lock or a hub blob's name, to be
+    `claims`: a file's sha256 may be taken from the lock, a hub blob's name or
+    huggingface_hub's record of a `--local-dir` download, to be
     confirmed by `Resolution.lock` or the engine (`store/hashcache.py`); off, every file
     not remembered is read first."""
     asked = recipe

@@ -112,6 +112,10 @@ class Trust:
     before_ns: int
     source: str = "lock"  # whose record: a key of CLAIMS
 
+    def holds(self, st: os.stat_result, changed_ns: int) -> bool:
+        """Whether the record stands for a file of stat `st` whose inode last changed at `changed_ns`."""
+        return self.size in (None, st.st_size) and changed_ns < self.before_ns
+
 
 def download_record(folder: Path, name: str) -> Trust | None:
     """huggingface_hub's record of `folder/name`, downloaded there by `hf download
@@ -120,12 +124,17 @@ def download_record(folder: Path, name: str) -> Trust | None:
     The record is written just after the file is moved into place, often within the same
     tick of the kernel's file clock, so a file whose inode changed in the record's own tick
     counts as before it. None: no record, or one that cannot be read."""
-    try:
-        with open(folder / DOWNLOAD_RECORDS / f"{name}.metadata", "rb") as f:
-            written = os.fstat(f.fileno()).st_mtime_ns
-            lines = f.read(4096).decode().splitlines()
-    except (OSError, UnicodeDecodeError):
+    try:  # non-blocking: a FIFO in its place must not hang the build
+        fd = os.open(folder / DOWNLOAD_RECORDS / f"{name}.metadata", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
         return None
+    try:
+        written = os.fstat(fd).st_mtime_ns
+        lines = os.read(fd, 256).decode("ascii", errors="replace").splitlines()  # commit, etag, time
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     etag = lines[1].strip() if len(lines) > 1 else ""
     if len(etag) != 64 or not set(etag) <= HEX:
         return None
@@ -148,8 +157,8 @@ _FALSE_CLAIM_HINTS = {
     CLAIMS["hub"]: "delete that repo from the Hugging Face cache and build again",
     CLAIMS["lock"]: "the file differs from the lock's (changed before the lock was written, or a lock made "
     "elsewhere); its sha256 is now remembered: build again to pin it anew (--locked refuses it)",
-    CLAIMS["download"]: "the file differs from what huggingface_hub downloaded (changed in place since?); "
-    "its sha256 is now remembered: build again to pin it anew",
+    CLAIMS["download"]: "the file differs from what huggingface_hub recorded (edited or replaced after the "
+    "download?); its sha256 is now remembered: build again to pin it anew",
 }
 
 _pinned: dict[str, _Pinned] = {}  # real path -> how it was pinned last
@@ -269,14 +278,21 @@ class HashCache:
     @staticmethod
     def _claim(path: Path, real: str, st: os.stat_result, trust: Trust | None, folder: Path) -> tuple[str, str] | None:
         """(where it comes from, sha256) of a file whose sha256 is known without reading it:
-        a hub blob's name, else `trust`, else a download record in `folder`."""
+        a hub blob's name, else `trust`, else a download record in `folder`. A record holds
+        for a file (and a symlink to it: a link made since is a change too) whose inode has
+        not changed since the record was written."""
         blob = hub_blob_sha256(real)
         if blob is not None:
             return CLAIMS["hub"], blob
-        if trust is None and path.is_relative_to(folder):
-            trust = download_record(folder, path.relative_to(folder).as_posix())
-        if trust is not None and trust.size in (None, st.st_size) and st.st_ctime_ns < trust.before_ns:
+        try:
+            changed = max(st.st_ctime_ns, os.lstat(path).st_ctime_ns)
+        except OSError:
+            return None  # gone meanwhile: `sha256` says so
+        if trust is not None and trust.holds(st, changed):
             return CLAIMS[trust.source], trust.sha256
+        record = download_record(folder, path.relative_to(folder).as_posix()) if path.is_relative_to(folder) else None
+        if record is not None and record.holds(st, changed):  # read only when the lock's does not hold
+            return CLAIMS[record.source], record.sha256
         return None
 
     def start(
@@ -302,7 +318,8 @@ class HashCache:
         self, path: Path, trust: Trust | None = None, *, claims: bool = False, folder: Path | None = None
     ) -> tuple[int, str]:
         """(size, sha256) of `path`, read from disk only when its stat changed. With
-        `claims`, a sha256 known without reading (a hub blob's name, `trust`'s) is taken
+        `claims`, a sha256 known without reading (a hub blob's name, `trust`'s, a download
+        record's) is taken
         and checked on a background thread: the caller must `check_files` before storing
         anything made from the file. `folder`: the model folder it is pinned in (its parent)."""
         folder = folder or path.parent

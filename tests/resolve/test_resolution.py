@@ -153,9 +153,11 @@ def test_a_local_dir_download_is_keyed_by_huggingface_hubs_records_before_it_is_
         return real(p)
 
     monkeypatch.setattr(mergepkg.store.hashcache, "sha256_file", held)
-    res = resolve(load_recipe(path), Session(), defer=True)
-    assert read == [] and res.keys == expected
-    gate.set()
+    try:
+        res = resolve(load_recipe(path), Session(), defer=True)
+        assert read == [] and res.keys == expected
+    finally:
+        gate.set()  # a failure above must not leave the checking thread waiting
     locked = res.lock({})  # confirmed: the weights read and found as recorded
     (weights,) = [f for f in locked.sources["mine"].pin.files if f.name == "model.safetensors"]
     assert read and weights.sha256 == real(local / "model.safetensors")

@@ -15,7 +15,7 @@ import pytest
 
 import mergepkg.store.hashcache
 from mergepkg.errors import SourceError
-from mergepkg.store.hashcache import HashCache, Trust, check_files, sha256_file
+from mergepkg.store.hashcache import HashCache, Trust, check_files, download_record, sha256_file
 
 
 def sha(data: bytes) -> str:
@@ -160,25 +160,70 @@ def test_a_local_dir_download_is_claimed_by_its_record_and_a_false_one_refused(t
     with pytest.raises(SourceError) as info:
         check_files([tmp_path / "n"], unchanged=False)
     assert "huggingface_hub's download record" in info.value.message and "nothing" in info.value.message
-    assert "huggingface_hub downloaded" in info.value.hint and "build again" in info.value.hint
+    assert "huggingface_hub recorded" in info.value.hint and "build again" in info.value.hint
     again = HashCache(tmp_path / "other.sqlite")  # the read's sha256 was remembered: pinned anew
     assert again.sha256(wrong, claims=True, folder=tmp_path / "n") == (len(data), sha(data)) and again.hashed == 0
 
 
-def test_no_claim_from_a_record_older_than_the_file_or_that_names_no_sha256(tmp_path, cache):
-    data = b"lfs weights" * 100
-    path = downloaded(tmp_path / "m", data, sha(data))
-    time.sleep(0.05)  # past the file clock's tick: the edit is newer than the record
-    path.write_bytes(b"edited in place")
-    assert cache.sha256(path, claims=True, folder=tmp_path / "m")[1] == sha(b"edited in place")
+def record_of(folder: Path) -> Path:
+    return folder / ".cache" / "huggingface" / "download" / "model.safetensors.metadata"
 
-    record = tmp_path / "n" / ".cache" / "huggingface" / "download" / "model.safetensors.metadata"
+
+def claimed(path: Path, home: Path, trust: Trust | None = None) -> str:
+    """The sha256 a fresh hash cache gives `path` with claims on (a claim shows as the
+    false sha256 the tests record)."""
+    return HashCache(home / f"{os.urandom(4).hex()}.sqlite").sha256(path, trust, claims=True, folder=path.parent)[1]
+
+
+def test_a_record_holds_for_a_file_no_newer_than_it(tmp_path):
+    """huggingface_hub writes its record within the kernel's file-clock tick that moved the
+    file in: a file whose inode changed at the record's own time is claimed, one
+    nanosecond later it is not."""
+    data = b"lfs weights" * 100
+    path = downloaded(tmp_path / "m", data, sha(b"recorded"))
+    changed = os.stat(path).st_ctime_ns
+    os.utime(record_of(tmp_path / "m"), ns=(changed, changed))
+    assert claimed(path, tmp_path) == sha(b"recorded")
+    os.utime(record_of(tmp_path / "m"), ns=(changed - 1, changed - 1))
+    assert claimed(path, tmp_path) == sha(data)
+
+
+def test_a_record_is_taken_where_the_locks_claim_no_longer_holds(tmp_path):
+    data = b"lfs weights" * 100
+    path = downloaded(tmp_path / "m", data, sha(b"recorded"))  # downloaded again after the lock
+    changed = os.stat(path).st_ctime_ns
+    os.utime(record_of(tmp_path / "m"), ns=(changed, changed))
+    stale = Trust(len(data), sha(b"locked"), changed)  # a lock written before the file changed
+    assert claimed(path, tmp_path, stale) == sha(b"recorded")
+    assert claimed(path, tmp_path, Trust(len(data), sha(b"locked"), changed + 1)) == sha(b"locked")  # it comes first
+
+
+def test_a_symlink_made_since_the_record_is_no_claim(tmp_path):
+    """The file swapped, after its download, for a link to an older file: the link is newer
+    than the record even though its target is not."""
+    data = b"lfs weights" * 100
+    target = model(tmp_path / "elsewhere", data)
+    path = downloaded(tmp_path / "m", data, sha(b"recorded"))
+    time.sleep(0.02)  # past the file clock's tick, checked below
+    path.unlink()
+    path.symlink_to(target)
+    older = os.stat(target).st_ctime_ns
+    assert os.lstat(path).st_ctime_ns > older
+    os.utime(record_of(tmp_path / "m"), ns=(older, older))  # the record is newer than the target
+    assert claimed(path, tmp_path) == sha(data)
+
+
+def test_no_claim_from_a_record_that_names_no_sha256_or_is_no_file(tmp_path):
+    data = b"lfs weights" * 100
+    record = record_of(tmp_path / "n")
     for text in (f"c0ffee\n{'ab' * 20}\n1.0\n", "c0ffee\n", "", "\xff\xfe"):  # a git sha1, cut short, garbled
-        cache = HashCache(tmp_path / f"{len(text)}.sqlite")
         path = downloaded(tmp_path / "n", data, sha(b"other bytes"))
         record.write_bytes(text.encode("latin-1"))
-        assert cache.sha256(path, claims=True, folder=tmp_path / "n")[1] == sha(data)  # read, not claimed
-    check_files([tmp_path / "m", tmp_path / "n"])
+        assert claimed(path, tmp_path) == sha(data)  # read, not claimed
+    record.unlink()
+    os.mkfifo(record)  # opened for reading, a FIFO would wait for a writer forever
+    assert download_record(tmp_path / "n", "model.safetensors") is None
+    assert claimed(path, tmp_path) == sha(data)
 
 
 def test_a_file_written_after_it_was_pinned_fails_the_unchanged_check(tmp_path, cache):
