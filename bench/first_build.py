@@ -47,14 +47,15 @@ GOAL = 1.10  # a first build within 10 % of a build with a warm hash cache
 MERGES = ("linear", "ties")  # what bench/run.py adds first builds for: the lightest and the heaviest
 
 
-def _prepare(name: str, models: Path, work: Path) -> Path:
-    """The merge's recipe, imported and locked (in a home used for nothing else)."""
+def _prepare(name: str, models: Path, work: Path, locked: bool = True) -> Path:
+    """The merge's recipe, imported and (`locked`) locked, in a home used for nothing else."""
     config = work / f"{name}.yml"
     config.write_text((CONFIGS / f"{name}.yml").read_text().replace("MODELS", str(models)))
     recipe = work / f"{name}.toml"
     subprocess.run([BIN / "mergepkg", "import", str(config), "-o", str(recipe)], check=True, capture_output=True)
-    env = {**os.environ, "MERGEPKG_HOME": str(work / "lock-home")}
-    subprocess.run([BIN / "mergepkg", "lock", str(recipe)], check=True, capture_output=True, env=env)
+    if locked:
+        env = {**os.environ, "MERGEPKG_HOME": str(work / "lock-home")}
+        subprocess.run([BIN / "mergepkg", "lock", str(recipe)], check=True, capture_output=True, env=env)
     return recipe
 
 
@@ -95,8 +96,7 @@ def first_build_rows(
         lock = recipe.with_suffix(".lock")
         kept = lock.read_bytes()
         (work / "local-dir-recipes").mkdir(exist_ok=True)
-        over_downloads = _prepare(name, downloaded, work / "local-dir-recipes")
-        over_downloads.with_suffix(".lock").unlink()
+        over_downloads = _prepare(name, downloaded, work / "local-dir-recipes", locked=False)
         warm_home = work / f"{name}-warm"
         warm(models)
         _build(recipe, warm_home, work / "out")  # fills its hash cache

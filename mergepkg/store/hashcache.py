@@ -248,6 +248,7 @@ class HashCache:
             )
         self.hashed = 0  # files actually read in this process (tests check no-op rebuilds)
         self._started: dict[tuple[str, Identity], Future[str]] = {}  # hashes begun by `start`
+        self._claimed: dict[tuple[str, Identity], tuple[str, str]] = {}  # claims `start` found
 
     def _remembered(self, real: str, ident: Identity) -> str | None:
         with self._lock:
@@ -310,7 +311,9 @@ class HashCache:
             ident = identity(st)
             if (real, ident) in self._started or self._remembered(real, ident) is not None:
                 continue
-            if claims and self._claim(path, real, st, trust, folder or path.parent) is not None:
+            claim = self._claim(path, real, st, trust, folder or path.parent) if claims else None
+            if claim is not None:  # kept for `sha256`, which then reads no record again
+                self._claimed[(real, ident)] = claim
                 continue
             self._started[(real, ident)] = _hashing(now=True).submit(self._hash, real, ident)
 
@@ -319,16 +322,19 @@ class HashCache:
     ) -> tuple[int, str]:
         """(size, sha256) of `path`, read from disk only when its stat changed. With
         `claims`, a sha256 known without reading (a hub blob's name, `trust`'s, a download
-        record's) is taken
-        and checked on a background thread: the caller must `check_files` before storing
-        anything made from the file. `folder`: the model folder it is pinned in (its parent)."""
+        record's) is taken and checked on a background thread: the caller must
+        `check_files` before storing anything made from the file. `folder`: the model
+        folder it is pinned in (its parent)."""
         folder = folder or path.parent
         real = os.path.realpath(path)  # HF snapshots are symlinks into blobs/
         st = os.stat(real)
         ident = identity(st)
         started = self._started.pop((real, ident), None)
         digest = self._remembered(real, ident)
-        claim = None if digest is not None or not claims else self._claim(path, real, st, trust, folder)
+        claimed = self._claimed.pop((real, ident), None)  # found by `start`
+        claim = None
+        if digest is None and claims:
+            claim = claimed or self._claim(path, real, st, trust, folder)
         if claim is not None:
             actual = started or _hashing(now=False).submit(self._hash, real, ident)
             _remember(folder, _Pinned(real, ident, claim[1], claim[0], actual))

@@ -213,6 +213,15 @@ def test_a_symlink_made_since_the_record_is_no_claim(tmp_path):
     assert claimed(path, tmp_path) == sha(data)
 
 
+def test_a_claim_found_by_start_is_kept_for_the_pin(tmp_path, cache):
+    """`start` reads the record once; the pin takes the claim it found, reading nothing again."""
+    data = b"lfs weights" * 100
+    path = downloaded(tmp_path / "m", data, sha(b"recorded"))
+    cache.start([(path, None)], claims=True, folder=tmp_path / "m")
+    record_of(tmp_path / "m").unlink()
+    assert cache.sha256(path, claims=True, folder=tmp_path / "m")[1] == sha(b"recorded")
+
+
 def test_no_claim_from_a_record_that_names_no_sha256_or_is_no_file(tmp_path):
     data = b"lfs weights" * 100
     record = record_of(tmp_path / "n")
