@@ -34,6 +34,7 @@ from llvmlite import binding, ir
 from numba.core import types
 from numba.extending import intrinsic
 
+from mergepkg.methods.kernels import caching
 from mergepkg.methods.kernels.reduce import BLOCK
 
 
@@ -298,7 +299,7 @@ _store: Any = _store_as  # called as out[j] = _store(v, out, like) in compiled c
 _store_result: Any = _store_result_as  # out[j] = _store_result(merged, out, like), merged from _combine
 
 
-@numba.njit(nogil=True, cache=True)
+@caching.njit(nogil=True)
 def stored(x, out, like):
     """out = float32 x as an array of a STORED dtype holds it (tests hold `_store` to
     torch's conversions with it)."""
@@ -306,7 +307,7 @@ def stored(x, out, like):
         out[j] = _store(x[j], out, like)
 
 
-@numba.njit(nogil=True, cache=True)
+@caching.njit(nogil=True)
 def stored_result(x, out, like):
     """out = x rounded to the compute dtype `like` names and stored as a merge kernel stores
     its result (tests)."""
@@ -314,7 +315,7 @@ def stored_result(x, out, like):
         out[j] = _store_result(_round(x[j], like), out, like)
 
 
-@numba.njit(nogil=True, cache=True)
+@caching.njit(nogil=True)
 def rounded(x, out, like):
     """out = x rounded to the compute dtype `like` names, as float32 (tests hold `_round`
     to torch's conversion with it)."""
@@ -322,7 +323,7 @@ def rounded(x, out, like):
         out[j] = _round(x[j], like)
 
 
-@numba.njit(nogil=True, cache=True)
+@caching.njit(nogil=True)
 def read(x, out, like):
     """out = stored entries x (STORED) as the kernels read them in the compute dtype
     `like` names, as float32 (tests hold `_read` to torch's conversions with it)."""
@@ -333,7 +334,7 @@ def read(x, out, like):
 BAND_BLOCK = 32  # entries band() tests together before it collects any of them
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
+@caching.njit(nogil=True, error_model="numpy")
 def band(x, b, lo, hi, values, index, like):
     """Entries with |x - b| > hi (a count); those in [lo, hi] written to values/index
     (as long as x), in order. NaN is neither. x and b are stored inputs (STORED), read in
@@ -386,7 +387,7 @@ def _draw(seed, at):
     return (z ^ (z >> np.uint64(31))) >> np.uint64(40)
 
 
-@numba.njit(nogil=True, cache=True)
+@caching.njit(nogil=True)
 def drawn(seed, start, limit, out):
     """out[j] = 1.0 where entry start + j is kept (its draw is below `limit`), else 0.0."""
     s, first = np.uint64(seed), np.uint64(start)
@@ -425,7 +426,7 @@ def _unpack(bits, count, kept):
         words[q] = ((spread + BELOW_TOP) >> np.uint64(7)) & SPREAD  # byte i: 0 or 1
 
 
-@numba.njit(nogil=True, cache=True)
+@caching.njit(nogil=True)
 def draw_bits(seed, start, limit, bits):
     """bits = the keep mask of entries start, start + 1, ... (8 a byte, start a multiple of
     8): bit set where the entry's draw from `seed` is below `limit`."""
@@ -440,7 +441,7 @@ def draw_bits(seed, start, limit, bits):
         _pack(kept, bits[lo // 8 :], size // 8)
 
 
-@numba.njit(nogil=True, cache=True)
+@caching.njit(nogil=True)
 def unpacked(bits, kept):
     """kept = the keep mask `bits` as 0/1 bytes (tests)."""
     _unpack(bits, bits.shape[0], kept)
@@ -596,7 +597,7 @@ def _for_count(count: int) -> tuple:
     merge_weighted's arguments less `n`. numba freezes `count`, the closure's one cell, as
     a constant, and its cache tells the counts apart by that cell's value."""
     # error_model="numpy": x / 0 is inf or NaN, as in torch, with no check per entry
-    jit = numba.njit(nogil=True, cache=True, error_model="numpy")
+    jit = caching.njit(nogil=True, error_model="numpy")
 
     def top_k(x0, x1, x2, x3, b, out, start, threshold, cut, factor, weight, elect, normalize, divisor, lam, like):
         p = (threshold, cut, factor, weight, elect, normalize, divisor, lam, like)
@@ -749,7 +750,7 @@ def _torch_sum(x, n, acc):
     return _lanes_sum(x, n, 1, acc)  # shorter than a vector: torch's scalar loop
 
 
-@numba.njit(nogil=True, cache=True)
+@caching.njit(nogil=True)
 def sums(x, out):
     """out[k] = torch's sum of x's k-th BLOCK entries (the last may be fewer), with
     torch's bits (tests and fused.sums_agree hold it to torch)."""
@@ -777,7 +778,7 @@ def _l1_block(values, size, before, after, k, acc):
     after[k] = _torch_sum(values[1], size, acc)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
+@caching.njit(nogil=True, error_model="numpy")
 def l1_top_k(x, b, start, threshold, cut, before, after, like):
     """Per BLOCK entries of x - b (from entry `start`, a multiple of BLOCK): the sum of
     |x - b| into before, of |(x - b) * keep| with TopK's keep rule (threshold, cut) into
@@ -794,7 +795,7 @@ def l1_top_k(x, b, start, threshold, cut, before, after, like):
         _l1_block(values, size, before, after, k, acc)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
+@caching.njit(nogil=True, error_model="numpy")
 def l1_drawn(x, b, start, seed, limit, before, after, like, bits):
     """l1_top_k with DARE's keep rule: entry `at` kept when its draw from `seed` is below
     `limit`; the draws also written to `bits`, the keep mask of these entries (draw_bits)."""
