@@ -10,13 +10,13 @@ the same order; numba, without fastmath, neither fuses nor reorders them. The su
 over inputs start at +0.0 and run in input order, which is what torch's sum over dim 0
 does for up to four inputs (tests check it, signed zeros included); more inputs take
 the torch path. The loops read each input in its stored dtype and write the result in
-the saved one, converting as torch's conversions do (compiled.py: `_read`, `_store`).
+the saved one, converting as torch's conversions do (kernels/dtypes.py: `_read`, `_store`).
 
 Half-precision compute (bfloat16, float16) runs on the same loops. torch's CPU
 arithmetic in those dtypes computes each operation in float32 and rounds its result
 (to nearest, ties to even); its sums over dim 0 accumulate in float32 and round once;
 a Python scalar (lambda) multiplies as a float32. The kernels round where torch does
-(compiled.py); the quantities computed once per tensor (the weights, the divisor, the
+(kernels/dtypes.py); the quantities computed once per tensor (the weights, the divisor, the
 top-k threshold, the L1 rescale factor) are computed by torch in the compute dtype,
 as the torch stream computes them.
 
@@ -67,7 +67,7 @@ def usable(base, tensors, compute, planner, rescale: bool = False) -> bool:
 
 @functools.cache
 def sums_agree() -> bool:
-    """Whether the kernels' sums (compiled.sums, in the L1 rescale) have torch's bits on
+    """Whether the kernels' sums (torch_sum.sums, in the L1 rescale) have torch's bits on
     this machine: they follow torch's CPU kernel for its vector width on x86 and ARM's
     NEON. Checked once, on magnitudes of many scales over two blocks and a short third;
     where they differ, rescaling steps take the torch stream."""
@@ -126,13 +126,13 @@ def load(
 
 
 def compute_marker(compute) -> np.ndarray:
-    """The array whose type names the compute dtype to the kernels (compiled.MARKERS)."""
+    """The array whose type names the compute dtype to the kernels (dtypes.MARKERS)."""
     return _kernels().MARKERS[dtype_name(compute)]
 
 
 def raw(t) -> np.ndarray:
     """A contiguous CPU tensor in its stored dtype as the numpy view the kernels read
-    (compiled.STORED: bfloat16 and float16 bits as 16-bit integers)."""
+    (dtypes.STORED: bfloat16 and float16 bits as 16-bit integers)."""
     if t.dtype == torch.float32:
         return t.numpy()
     return t.view(torch.int16).numpy().view(_kernels().STORED[dtype_name(t.dtype)])
@@ -242,7 +242,7 @@ def stream(
         for i in thinned:
             seed[i], limit[i] = rng(i).initial_seed(), sparsify.draw_limit(density[i])
 
-    # DARE's keep masks (compiled: draw_bits), one bit an entry: drawn by the L1 pass where
+    # DARE's keep masks (draws.draw_bits), one bit an entry: drawn by the L1 pass where
     # it runs, else a chunk's just before its merge
     masks = [np.empty(-(-n // 8), np.uint8) for _ in thinned] if planner == "bernoulli" else []
     if rescale and thinned:
@@ -271,7 +271,7 @@ def stream(
     divisor[divisor.abs() < 1e-8] = 1
     divisor = np.float32(divisor.item())
     lam = np.float32(lambda_)  # torch multiplies by a Python scalar as a float32, in half precision too
-    if np.isnan(lam):  # the plain NaN: the kernels' NaNs keep their low bits clear (compiled: KERNEL NANS)
+    if np.isnan(lam):  # the plain NaN: the kernels' NaNs keep their low bits clear (dtypes.py: KERNEL NANS)
         lam = np.float32(np.nan)
 
     out = chunks.output(out, base.shape, out_dtype, base.device)

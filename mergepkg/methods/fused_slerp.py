@@ -6,7 +6,7 @@ through memory; here one loop a pass reads the stored inputs (and writes the sto
 result), and the chunks are shared out to threads as the task-vector family's are
 (fused.py). Same bits: the loops do torch's float32 operations in torch's order, fused
 multiply-adds where torch's kernels use them (spherical.py), and the three sums in
-reduce.Total's blocks with torch's bits (compiled.py's sum, checked against torch once
+reduce.Total's blocks with torch's bits (torch_sum.py's sum, checked against torch once
 per process: `fused.sums_agree`). The coefficients between the passes are slerp.py's.
 
 Used on the CPU for float32 compute (slerp computes in at least float32), inputs and

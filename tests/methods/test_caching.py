@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numba
 
-from mergepkg.methods.kernels import caching, compiled, spherical
+from mergepkg.methods.kernels import caching, compiled, draws, dtypes, spherical, torch_sum
 
 KERNELS = Path(compiled.__file__).parent
 
@@ -67,7 +67,10 @@ def test_the_digest_covers_every_module_of_the_package_by_name_and_bytes(tmp_pat
 def test_every_cached_kernel_is_stamped_with_the_package_digest():
     """No kernel caches by numba's own stamp (a plain numba.njit(cache=True) would)."""
     dispatchers = [
-        v for m in (compiled, spherical) for v in vars(m).values() if isinstance(v, numba.core.dispatcher.Dispatcher)
+        v
+        for m in (compiled, dtypes, draws, spherical, torch_sum)
+        for v in vars(m).values()
+        if isinstance(v, numba.core.dispatcher.Dispatcher)
     ]
     dispatchers += [
         entry
@@ -75,7 +78,7 @@ def test_every_cached_kernel_is_stamped_with_the_package_digest():
         for entry in kernel.entries
     ]
     cached = [d for d in dispatchers if not isinstance(d._cache, numba.core.caching.NullCache)]
-    assert len(cached) >= 20  # the kernels of compiled.py and spherical.py, 4 counts of each merge
+    assert len(cached) >= 25  # every module's kernels, 4 counts of each merge
     for d in cached:
         assert isinstance(d._cache, caching.PackageCache), d
         assert d._cache._cache_file._source_stamp == caching.digest(KERNELS)

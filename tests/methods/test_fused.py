@@ -1,6 +1,7 @@
-"""methods/fused.py and kernels/compiled.py: the task-vector family on compiled kernels gives the same
-bits as the whole-tensor merge, for every input count, dtype, parameter and thread
-count they accept; and the facts about torch they rest on."""
+"""methods/fused.py and kernels/compiled.py (with dtypes.py, draws.py, torch_sum.py): the
+task-vector family on compiled kernels gives the same bits as the whole-tensor merge, for
+every input count, dtype, parameter and thread count they accept; and the facts about
+torch they rest on."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from mergepkg.methods import METHODS, fused, sparsify
-from mergepkg.methods.kernels import chunks, compiled
+from mergepkg.methods.kernels import chunks, compiled, draws, dtypes, torch_sum
 from mergepkg.methods.kernels.reduce import BLOCK
 
 FUSED = sorted(name for name, spec in METHODS.items() if spec.fused)
@@ -96,7 +97,7 @@ def test_nan_and_inf_travel_as_in_torch():
 
 def test_a_nan_lambda_with_any_payload_makes_every_entry_nan():
     # a double NaN whose float32 has every payload bit set: rounded as it is, NaN * x would
-    # carry past the sign to 0.0 (compiled.py: KERNEL NANS); the plain NaN goes in instead
+    # carry past the sign to 0.0 (dtypes.py: KERNEL NANS); the plain NaN goes in instead
     odd_nan = struct.unpack("<d", struct.pack("<Q", 0x7FFFFFFFE0000000))[0]
     base, tensors = models(5000, 2, torch.bfloat16)
     spec = METHODS["task_arithmetic"]
@@ -234,7 +235,7 @@ def test_fused_top_k_selects_as_torch_among_repeats(density, spread):
 
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 3e4])
 def test_kernel_sums_have_torchs_bits(scale):
-    """compiled.sums: each BLOCK-entry run (the last shorter) summed as torch sums it, for
+    """torch_sum.sums: each BLOCK-entry run (the last shorter) summed as torch sums it, for
     lengths below a vector, around the cascade's steps and ragged tails."""
     g = torch.Generator().manual_seed(int(scale * 7) + 1)
     lengths = [*range(1, 70), 127, 128, 129, 511, 512, 513, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 4099]
@@ -244,7 +245,7 @@ def test_kernel_sums_have_torchs_bits(scale):
         whole = n - n % BLOCK
         expected = [x[:whole].view(-1, BLOCK).sum(dim=1)] + ([x[whole:].sum().reshape(1)] if whole < n else [])
         got = torch.empty(-(-n // BLOCK))
-        compiled.sums(x.numpy(), got.numpy())
+        torch_sum.sums(x.numpy(), got.numpy())
         assert torch.equal(got.view(torch.int32), torch.cat(expected).view(torch.int32)), n
 
 
@@ -273,7 +274,7 @@ def test_drawn_masks_equal_torch_draws(seed):
     for density in (0.5, 0.1, 0.999):
         limit = sparsify.draw_limit(density)
         out = torch.empty(n)
-        compiled.drawn(seed, start, limit, out.numpy())
+        draws.drawn(seed, start, limit, out.numpy())
         assert torch.equal(out.bool(), sparsify.draws(seed, start, n) < limit)
 
 
@@ -283,19 +284,17 @@ def test_keep_masks_hold_the_draws_bit_by_bit(seed):
     # gives them back as 0/1 bytes, as merge_drawn reads them; a ragged end zero-padded
     start, n, limit = (1 << 33) + 8 * BLOCK, 2 * BLOCK + 13, sparsify.draw_limit(0.4)
     kept = torch.empty(n)
-    compiled.drawn(seed, start, limit, kept.numpy())
+    draws.drawn(seed, start, limit, kept.numpy())
     bits = np.empty(-(-n // 8), np.uint8)
-    compiled.draw_bits(seed, start, limit, bits)
+    draws.draw_bits(seed, start, limit, bits)
     back = np.empty(bits.size * 8, np.uint8)
-    compiled.unpacked(bits, back)
+    draws.unpacked(bits, back)
     assert np.array_equal(back[:n], kept.numpy().astype(np.uint8))
     assert np.array_equal(np.unpackbits(bits, bitorder="little")[:n], back[:n])
     x, b = np.arange(n, dtype=np.float32) + 1, np.zeros(n, np.float32)  # every delta nonzero
     before, after = np.empty(3, np.float32), np.empty(3, np.float32)
     from_l1 = np.full(bits.size, 0xAA, np.uint8)
-    compiled.l1_drawn(
-        x, b, start, np.uint64(seed), np.uint64(limit), before, after, compiled.MARKERS["float32"], from_l1
-    )
+    compiled.l1_drawn(x, b, start, np.uint64(seed), np.uint64(limit), before, after, dtypes.MARKERS["float32"], from_l1)
     padded = np.unpackbits(from_l1, bitorder="little")
     assert np.array_equal(padded[:n], back[:n]) and not padded[n:].any()  # past the end: 0
 
@@ -451,23 +450,23 @@ def special_floats() -> torch.Tensor:
 @pytest.mark.parametrize(
     "dtype, like",
     [
-        (torch.bfloat16, compiled.MARKERS["bfloat16"]),
-        (torch.float16, compiled.MARKERS["float16"]),  # F16C's conversion where the CPU has it
-        (torch.float16, compiled.FLOAT16_BY_ARITHMETIC),  # the arithmetic used where it has not
+        (torch.bfloat16, dtypes.MARKERS["bfloat16"]),
+        (torch.float16, dtypes.MARKERS["float16"]),  # F16C's conversion where the CPU has it
+        (torch.float16, dtypes.FLOAT16_BY_ARITHMETIC),  # the arithmetic used where it has not
     ],
     ids=["bfloat16", "float16", "float16-arithmetic"],
 )
 def test_rounding_is_torchs_conversion(dtype, like):
     x = kernel_nans(special_floats())
     out = torch.empty_like(x)
-    compiled.rounded(x.numpy(), out.numpy(), like)
+    dtypes.rounded(x.numpy(), out.numpy(), like)
     assert same(out, x.to(dtype).float())
-    compiled.rounded(x.numpy(), out.numpy(), compiled.MARKERS["float32"])
+    dtypes.rounded(x.numpy(), out.numpy(), dtypes.MARKERS["float32"])
     assert torch.equal(out.view(torch.int32), x.view(torch.int32))  # float32: no rounding at all
 
 
 def kernel_nans(x: torch.Tensor) -> torch.Tensor:
-    """x with its NaNs as the kernels' NaNs are (compiled.py: KERNEL NANS): every sign and
+    """x with its NaNs as the kernels' NaNs are (dtypes.py: KERNEL NANS): every sign and
     high payload, quiet, the low 16 bits clear."""
     bits = x.view(torch.int32)
     quiet = (bits | 0x00400000) & -0x10000  # (-0x10000: 0xFFFF0000 as an int32)
@@ -481,7 +480,7 @@ def test_rounding_keeps_every_kernel_nan_a_nan():
     nans = kernel_nans((high << 16).view(torch.float32))
     nans = nans[nans.isnan()]
     out = torch.empty_like(nans)
-    compiled.rounded(nans.numpy(), out.numpy(), compiled.MARKERS["bfloat16"])
+    dtypes.rounded(nans.numpy(), out.numpy(), dtypes.MARKERS["bfloat16"])
     assert bool(out.isnan().all())
 
 
@@ -493,17 +492,17 @@ def test_storing_a_rounded_result_is_torchs_conversion(compute):
     x = kernel_nans(special_floats())
     for saved in (torch.bfloat16, torch.float16, torch.float32):
         out = torch.empty(x.numel(), dtype=saved)
-        compiled.stored_result(x.numpy(), fused.raw(out), like)
+        dtypes.stored_result(x.numpy(), fused.raw(out), like)
         assert same(out.float(), x.to(dtype).to(saved).float()), saved
         if saved == torch.bfloat16:  # a NaN as torch stores it
             assert bool((out.view(torch.int16)[out.isnan()] == 0x7FC0).all())
 
 
 COMPUTE = {
-    "float32": (torch.float32, compiled.MARKERS["float32"]),
-    "bfloat16": (torch.bfloat16, compiled.MARKERS["bfloat16"]),
-    "float16": (torch.float16, compiled.MARKERS["float16"]),  # F16C's conversions where the CPU has them
-    "float16-arithmetic": (torch.float16, compiled.FLOAT16_BY_ARITHMETIC),  # the arithmetic used where it has not
+    "float32": (torch.float32, dtypes.MARKERS["float32"]),
+    "bfloat16": (torch.bfloat16, dtypes.MARKERS["bfloat16"]),
+    "float16": (torch.float16, dtypes.MARKERS["float16"]),  # F16C's conversions where the CPU has them
+    "float16-arithmetic": (torch.float16, dtypes.FLOAT16_BY_ARITHMETIC),  # the arithmetic used where it has not
 }
 
 
@@ -518,11 +517,11 @@ def test_reading_a_stored_input_is_torchs_conversion(stored, compute):
     else:
         x = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).view(stored)
     out = torch.empty(x.numel())
-    compiled.read(fused.raw(x), out.numpy(), like)
+    dtypes.read(fused.raw(x), out.numpy(), like)
     assert same(out, x.to(dtype).float() if dtype != torch.float32 else x.float())
     if stored == dtype:  # no rounding: the same bits, NaN payloads included
         assert torch.equal(out.view(torch.int32), x.float().view(torch.int32))
-    if dtype == torch.bfloat16:  # the NaNs a kernel starts from (compiled.py: KERNEL NANS)
+    if dtype == torch.bfloat16:  # the NaNs a kernel starts from (dtypes.py: KERNEL NANS)
         assert bool((out.view(torch.int32)[out.isnan()] & 0xFFFF == 0).all())
 
 
@@ -532,7 +531,7 @@ def test_writing_a_result_is_torchs_conversion(compute):
     dtype, like = COMPUTE[compute]
     x = special_floats()
     out = torch.empty(x.numel(), dtype=dtype)
-    compiled.stored(x.numpy(), fused.raw(out), like)
+    dtypes.stored(x.numpy(), fused.raw(out), like)
     assert same(out.float(), x.to(dtype).float())
     assert out.isnan().equal(x.isnan())  # a NaN stays a NaN (its payload aside)
 
@@ -626,10 +625,10 @@ def test_a_step_loads_the_kernels_its_method_runs_and_no_others():
     code = """
 import torch
 from mergepkg.methods import METHODS, fused
-from mergepkg.methods.kernels import compiled
+from mergepkg.methods.kernels import compiled, draws
 names = sorted({k for ks in fused.KERNELS.values() for k in ks} | set(fused.L1_PASS.values()) | {"drawn", "sums"})
 def loaded():
-    return {k: len(getattr(compiled, k).signatures) for k in names}
+    return {k: len(getattr(compiled if hasattr(compiled, k) else draws, k).signatures) for k in names}
 g = torch.Generator().manual_seed(0)
 base = (torch.randn(50_000, generator=g) * 0.02).bfloat16()
 tensors = [(base.float() + 0.002 * torch.randn(50_000, generator=g)).bfloat16() for _ in range(3)]

@@ -120,8 +120,8 @@ def test_a_slerp_step_loads_the_loops_it_runs_and_no_others():
     code = """
 import torch
 from mergepkg.methods import METHODS, fused
-from mergepkg.methods.kernels import compiled, spherical
-names = [(spherical, k) for k in spherical.KERNELS] + [(compiled, "sums")]
+from mergepkg.methods.kernels import spherical, torch_sum
+names = [(spherical, k) for k in spherical.KERNELS] + [(torch_sum, "sums")]
 def loaded():
     return [len(getattr(m, k).signatures) for m, k in names]
 fused.load(["float32"], ["bfloat16"], METHODS["slerp"].kernels, ["bfloat16"])

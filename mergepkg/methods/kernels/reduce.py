@@ -40,7 +40,7 @@ def _blocks(x: torch.Tensor) -> torch.Tensor:
 
 def total_of_blocks(sums: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """total() of a vector given the sums of its consecutive BLOCK-entry blocks (the last
-    may be shorter) in float32, each with torch's bits (a kernel's: compiled.sums): the
+    may be shorter) in float32, each with torch's bits (a kernel's: torch_sum.sums): the
     same bits, rounded to `dtype`, which the vector's values hold."""
     return _blocks(sums).to(dtype)
 

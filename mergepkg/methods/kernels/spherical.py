@@ -7,8 +7,8 @@ scalar loops of the entries past the last whole vector. `_fma` emits LLVM's fma,
 same instruction on a CPU that has it (a correctly rounded library call where not), so
 these loops give the torch stream's bits; numba without fastmath fuses nothing else.
 Inputs are read in their stored dtype and results written in the saved one, as
-compiled.py's task-vector loops do (`_read`, `_store`), `like` naming float32 compute
-(compiled.MARKERS). tests/methods/test_fused_slerp.py holds each loop to torch.
+compiled.py's task-vector loops do (dtypes.py: `_read`, `_store`), `like` naming float32
+compute (dtypes.MARKERS). tests/methods/test_fused_slerp.py holds each loop to torch.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from mergepkg.methods.kernels import caching
-from mergepkg.methods.kernels.compiled import MARKERS, STORED, SUM_ILP, SUM_LANES, SUM_LEVELS, _read, _store, _torch_sum
+from mergepkg.methods.kernels.dtypes import MARKERS, STORED, _read, _store
 from mergepkg.methods.kernels.reduce import BLOCK
+from mergepkg.methods.kernels.torch_sum import SUM_ILP, SUM_LANES, SUM_LEVELS, _torch_sum
 
 KERNELS = ("slerp_sums", "slerp_mix", "lerp")
 
