@@ -152,10 +152,33 @@ def _root(
     STATE["debug"] = debug
 
 
+# Options whose value may be left out, and the value they then take: `--ray` alone is
+# `--ray auto` (common.ray_option). click's optional values (is_flag=False with a
+# flag_value) are gone from typer (0.29 ignores them: "--ray requires an argument"), so
+# the command line is completed before typer reads it.
+OPTIONAL_VALUES = {"--ray": "auto"}
+
+
+def with_optional_values(args: list[str]) -> list[str]:
+    """args with each option of OPTIONAL_VALUES given its value where it has none: at the
+    end, before another option (or `--`), or before a recipe or tune file (`.toml`, which
+    no address is)."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--":
+            return out + args[i + 1 :]
+        following = args[i + 1] if i + 1 < len(args) else None
+        if arg in OPTIONAL_VALUES and (following is None or following.startswith("-") or following.endswith(".toml")):
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: known errors become one clean message and exit 1; --debug re-raises."""
+    args = with_optional_values(sys.argv[1:] if argv is None else list(argv))
     try:
-        rc = app(args=argv, standalone_mode=False)  # typer returns (not raises) Exit codes here
+        rc = app(args=args, standalone_mode=False)  # typer returns (not raises) Exit codes here
         return rc if isinstance(rc, int) else 0
     except MergepkgError as e:
         if STATE["debug"]:

@@ -81,8 +81,6 @@ def build(
     policy = remote_policy(no_remote, prefer_remote)
     if locked and frozen:
         raise BuildError("--locked and --frozen exclude each other", hint="--frozen already implies --locked")
-    if ray is not None and Path(ray).suffix == ".toml":  # `--ray a.toml`: the option took a recipe
-        recipes, ray = [ray, *recipes], "auto"
     if out_dir is not None and len(recipes) > 1:
         raise BuildError("--out takes one recipe", hint="drop --out: each recipe goes to out/<package name>")
     check_device(device)

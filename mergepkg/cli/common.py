@@ -29,12 +29,11 @@ CLUSTER_REMOTE = typer.Option(
 
 
 def ray_option(what: str, then: str = "") -> Any:
-    """`--ray [ADDRESS]`: a flag whose value is optional (`auto` when none is given)."""
+    """`--ray [ADDRESS]`: an option whose value may be left out (`auto`: app.OPTIONAL_VALUES
+    completes the command line)."""
     return typer.Option(
         None,
         "--ray",
-        is_flag=False,
-        flag_value="auto",
         metavar="[ADDRESS]",
         help=f"{what} on a Ray cluster: `auto` (the default) or its address{then}.",
     )

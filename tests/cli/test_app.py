@@ -168,3 +168,30 @@ def test_stdout_closed_by_its_reader_ends_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1
     assert "Traceback" not in err and "Error" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "completed"),
+    [
+        (["build", "a.toml", "--ray"], ["build", "a.toml", "--ray", "auto"]),
+        (["build", "--ray", "a.toml", "b.toml"], ["build", "--ray", "auto", "a.toml", "b.toml"]),
+        (["tune", "t.toml", "--ray", "-r", "shared"], ["tune", "t.toml", "--ray", "auto", "-r", "shared"]),
+        (["build", "a.toml", "--ray", "--", "b.toml"], ["build", "a.toml", "--ray", "auto", "--", "b.toml"]),
+        (["build", "a.toml", "--ray", "head:6379"], None),
+        (["build", "a.toml", "--ray=head:6379"], None),
+        (["build", "--", "--ray"], None),  # past `--`, an argument
+    ],
+)
+def test_an_option_whose_value_is_left_out_takes_its_default(args, completed):
+    assert app_module.with_optional_values(args) == (completed or args)
+
+
+def test_ray_with_no_address_reaches_the_build(capsys, recipe_file):
+    """`build RECIPE --ray` as docs/cluster.md shows it: not a usage error (exit 2) but the
+    cluster build, which wants a remote and says so."""
+    path = recipe_file(
+        '[steps.m]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]\n'
+    )
+    for args in (["build", path, "--ray"], ["build", "--ray", path]):
+        code, _, err = cli(capsys, *args)
+        assert code == 1 and "no remote is configured" in err, err
