@@ -224,6 +224,8 @@ def write_tensors(
         )
         reporter.step_started(layout.step.name, len(layout.tensors), layout.bytes_in)
         _stream(merger, writer, reporter)
+        if merger.kernels is not None and (note := fused.uncached_warning()):
+            reporter.warning(note)
         for pitfall in merger.watch.pitfalls():  # MP3xx: a reporter that raises here leaves nothing behind
             reporter.pitfall(pitfall)
         # every input file still as pinned, and a sha256 taken before reading (a first build's,

@@ -125,6 +125,22 @@ def load(
         spherical.warm(names, inputs, outputs)  # those of spherical.py
 
 
+def uncached_warning() -> str | None:
+    """Once per process, where the loaded kernels could not be cached on disk
+    (kernels/caching.py: no writable folder), what that costs and what to do."""
+    global _told_uncached
+    if _told_uncached or not _kernels().caching.UNCACHED:
+        return None
+    _told_uncached = True
+    return (
+        "numba found no writable folder for the merge kernels' cache, so they were compiled for this run"
+        " and will be for every run (seconds each); set NUMBA_CACHE_DIR to a writable folder"
+    )
+
+
+_told_uncached = False
+
+
 def compute_marker(compute) -> np.ndarray:
     """The array whose type names the compute dtype to the kernels (dtypes.MARKERS)."""
     return _kernels().MARKERS[dtype_name(compute)]

@@ -5,12 +5,14 @@ package defines."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import numba
+import pytest
 
 from mergepkg.methods.kernels import caching, compiled, draws, dtypes, spherical, torch_sum
 
@@ -96,3 +98,40 @@ def test_the_kernels_import_nothing_of_mergepkg_from_outside_their_package():
             for name in names:
                 if name.startswith("mergepkg"):
                     assert name.startswith(allowed), f"{path.name} imports {name}"
+
+
+NOWHERE = {"NUMBA_CACHE_LOCATOR_CLASSES": "IPythonCacheLocator"}  # a locator that takes no module file
+
+
+def test_with_nowhere_to_cache_them_the_kernels_compile_in_memory_and_run():
+    """A read-only install with no writable home: numba has no folder for the cache, and
+    cache=True would fail the kernels' import ("no locator available")."""
+    code = (
+        "import numpy as np\n"
+        "from mergepkg.methods.kernels import caching, compiled, dtypes\n"
+        "x, out = np.arange(4, dtype=np.float32), np.zeros(4, np.float32)\n"
+        "dtypes.read(x, out, dtypes.MARKERS['float32'])\n"
+        "print(out.tolist(), 'read' in caching.UNCACHED, 'band' in caching.UNCACHED)\n"
+    )
+    env = {**os.environ, **NOWHERE}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[0.0,", "1.0,", "2.0,", "3.0]", "True", "True"]
+
+
+@pytest.mark.slow
+def test_a_build_whose_kernels_cannot_be_cached_says_so_and_succeeds(write_recipe, tmp_path, mergepkg_home):
+    path = write_recipe(
+        """
+        [steps.merged]
+        method = "task_arithmetic"
+        base = "base"
+        inputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]
+        """
+    )
+    env = {**os.environ, **NOWHERE, "MERGEPKG_HOME": str(mergepkg_home)}
+    cmd = [sys.executable, "-m", "mergepkg", "build", str(path), "--out", str(tmp_path / "out")]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("set NUMBA_CACHE_DIR to a writable folder") == 1, r.stderr
+    assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -47,12 +47,23 @@ class PackageCache(caching.FunctionCache):
         )
 
 
+# Kernels numba found no writable folder to cache (a read-only install, no writable
+# home): compiled in memory in each process that runs them, several seconds a build.
+UNCACHED: list[str] = []
+
+
 def njit(**options):
-    """numba.njit(**options) with its compiled code cached on disk by PackageCache."""
+    """numba.njit(**options) with its compiled code cached on disk by PackageCache, or
+    only in memory where numba has nowhere to write it (UNCACHED)."""
 
     def decorate(py_func):
         dispatcher = numba.njit(**options)(py_func)
-        dispatcher._cache = PackageCache(dispatcher.py_func)  # what cache=True's enable_caching sets
+        try:
+            dispatcher._cache = PackageCache(dispatcher.py_func)  # what cache=True's enable_caching sets
+        except RuntimeError as e:  # numba: "cannot cache function ...: no locator available"
+            if "no locator" not in str(e):
+                raise
+            UNCACHED.append(py_func.__qualname__)
         return dispatcher
 
     return decorate
