@@ -161,17 +161,25 @@ OPTIONAL_VALUES = {"--ray": "auto"}
 
 def with_optional_values(args: list[str]) -> list[str]:
     """args with each option of OPTIONAL_VALUES given its value where it has none: at the
-    end, before another option (or `--`), or before a recipe or tune file (`.toml`, which
-    no address is)."""
+    end, before another option (or `--`), or before what no address is: a recipe or tune
+    file (`.toml`, or any file there is) or a published NAME@RANGE."""
     out: list[str] = []
     for i, arg in enumerate(args):
         out.append(arg)
         if arg == "--":
             return out + args[i + 1 :]
-        following = args[i + 1] if i + 1 < len(args) else None
-        if arg in OPTIONAL_VALUES and (following is None or following.startswith("-") or following.endswith(".toml")):
+        if arg in OPTIONAL_VALUES and (i + 1 == len(args) or _not_a_value(args[i + 1])):
             out.append(OPTIONAL_VALUES[arg])
     return out
+
+
+def _not_a_value(arg: str) -> bool:
+    """Whether `arg`, after an option of OPTIONAL_VALUES, is the command's next word."""
+    if arg.startswith("-") or arg.lower().endswith(".toml") or ("@" in arg and "://" not in arg):
+        return True
+    with contextlib.suppress(OSError, ValueError):
+        return Path(arg).is_file()
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -180,18 +180,37 @@ def test_stdout_closed_by_its_reader_ends_quietly(tmp_path):
         (["build", "a.toml", "--ray", "head:6379"], None),
         (["build", "a.toml", "--ray=head:6379"], None),
         (["build", "--", "--ray"], None),  # past `--`, an argument
+        (["build", "--ray", "merges/demo@^1.2"], ["build", "--ray", "auto", "merges/demo@^1.2"]),  # a registry name
+        (["build", "--ray", "A.TOML"], ["build", "--ray", "auto", "A.TOML"]),
+        (["build", "--ray", __file__], ["build", "--ray", "auto", __file__]),  # a file, whatever its name
+        (["build", "a.toml", "--ray", "ray://head:10001"], None),
     ],
 )
 def test_an_option_whose_value_is_left_out_takes_its_default(args, completed):
     assert app_module.with_optional_values(args) == (completed or args)
 
 
-def test_ray_with_no_address_reaches_the_build(capsys, recipe_file):
+def test_ray_with_no_address_builds_on_the_cluster_ray_finds(capsys, recipe_file, monkeypatch):
     """`build RECIPE --ray` as docs/cluster.md shows it: not a usage error (exit 2) but the
-    cluster build, which wants a remote and says so."""
+    cluster build at address `auto`, the recipe a recipe wherever --ray stands."""
+    import mergepkg.cli.build as build_command
+    from mergepkg.errors import BuildError
+
     path = recipe_file(
         '[steps.m]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]\n'
     )
-    for args in (["build", path, "--ray"], ["build", "--ray", path]):
+    asked = []
+
+    def build_on_cluster(recipes, session, *, address, **_):
+        asked.append((address, [r.name for r in recipes]))
+        raise BuildError("stopped here")
+
+    monkeypatch.setattr(build_command, "choose_remote", lambda *_: type("Remote", (), {"url": "s3://b"}))
+    monkeypatch.setattr(build_command, "build_on_cluster", build_on_cluster)
+    for args in (["build", path, "--ray"], ["build", "--ray", path], ["build", "--ray", path, "-q"]):
         code, _, err = cli(capsys, *args)
-        assert code == 1 and "no remote is configured" in err, err
+        assert code == 1 and "stopped here" in err, err
+    code, _, err = cli(capsys, "build", path, "--ray", "head:6379")
+    assert code == 1 and "stopped here" in err, err
+    assert [a for a, _ in asked] == ["auto", "auto", "auto", "head:6379"]
+    assert len({tuple(names) for _, names in asked}) == 1
