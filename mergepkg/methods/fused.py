@@ -127,9 +127,9 @@ def load(
 
 def uncached_warning() -> str | None:
     """Once per process, where the loaded kernels could not be cached on disk
-    (kernels/caching.py: no writable folder), what that costs and what to do."""
+    (kernels/jit.py: no writable folder), what that costs and what to do."""
     global _told_uncached
-    if _told_uncached or not _kernels().caching.UNCACHED:
+    if _told_uncached or not _kernels().jit.UNCACHED:
         return None
     _told_uncached = True
     return (

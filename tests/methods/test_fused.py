@@ -5,7 +5,6 @@ torch they rest on."""
 
 from __future__ import annotations
 
-import importlib.util
 import struct
 import subprocess
 import sys
@@ -568,31 +567,6 @@ def test_torch_half_arithmetic_rounds_each_operation(dtype):
             for row in x.float():
                 in_order = in_order + row
             assert torch.equal(bits(torch.sum(x, dim=0).float()), bits(rnd(in_order))), (count, n)
-
-
-def test_loading_the_kernels_leaves_scipy_linalg_unloaded():
-    """compiled._no_blas_probe: numba's BLAS probe would import scipy.linalg (installed here,
-    by mergekit) on every build's first kernel. A fresh interpreter, so nothing loaded it."""
-    code = (
-        "import sys\n"
-        "from mergepkg.methods import fused\n"
-        "fused.load(['bfloat16'], ['bfloat16'])\n"
-        "print('scipy.linalg' in sys.modules)\n"
-        "import scipy.linalg\n"  # importable all the same once the kernels are loaded
-        "print(scipy.linalg.__name__)\n"
-    )
-    assert importlib.util.find_spec("scipy") is not None, "the test needs SciPy installed (the parity extra)"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
-    assert r.stdout.split() == ["False", "scipy.linalg"]
-
-
-def test_a_refused_import_is_only_scipy_linalg_and_only_while_loading():
-    assert all(not isinstance(f, compiled._Refuse) for f in sys.meta_path)
-    refuse = compiled._Refuse("scipy.linalg")
-    assert refuse.find_spec("scipy.linalgebra", None) is None  # another name that starts alike
-    assert refuse.find_spec("scipy", None) is None
-    with pytest.raises(ImportError):
-        refuse.find_spec("scipy.linalg.cython_blas", None)
 
 
 def test_a_merge_kernel_runs_and_loads_the_loop_of_its_input_count():

@@ -14,60 +14,21 @@ input count), the L1 rescale's first pass, and `warm`, which loads them.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.abc
 import itertools
-import sys
-from collections.abc import Iterator
 
 import numba
 import numpy as np
 
-from mergepkg.methods.kernels import caching
+from mergepkg.methods.kernels import jit
 from mergepkg.methods.kernels.draws import _draw, _pack, _unpack, draw_bits
 from mergepkg.methods.kernels.dtypes import MARKERS, STORED, _read, _round, _store_result
 from mergepkg.methods.kernels.reduce import BLOCK
 from mergepkg.methods.kernels.torch_sum import SUM_ILP, SUM_LANES, SUM_LEVELS, _torch_sum, sums
 
-
-class _Refuse(importlib.abc.MetaPathFinder):
-    """An import finder that refuses one package and its modules."""
-
-    def __init__(self, package: str):
-        self.package = package
-
-    def find_spec(self, name, path, target=None):
-        if name == self.package or name.startswith(self.package + "."):
-            raise ImportError(f"{name} is not loaded for mergepkg's kernels")
-        return None
-
-
-@contextlib.contextmanager
-def _no_blas_probe() -> Iterator[None]:
-    """numba's array implementations probe for a BLAS by importing scipy.linalg where
-    SciPy is installed (0.3-0.5 s, on every build's first kernel: the registries load on
-    first use, cache hits included). No kernel here calls a BLAS; numba only falls back
-    to its own loop for np.convolve and np.correlate. Where scipy.linalg is loaded
-    already, nothing changes."""
-    if "scipy.linalg" in sys.modules:
-        yield
-        return
-    refuse = _Refuse("scipy.linalg")
-    sys.meta_path.insert(0, refuse)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(refuse)
-
-
-with _no_blas_probe():
-    import numba.np.arraymath  # (what a kernel's first load imports, probe included)
-
-
 BAND_BLOCK = 32  # entries band() tests together before it collects any of them
 
 
-@caching.njit(nogil=True, error_model="numpy")
+@jit.njit(nogil=True, error_model="numpy")
 def band(x, b, lo, hi, values, index, like):
     """Entries with |x - b| > hi (a count); those in [lo, hi] written to values/index
     (as long as x), in order. NaN is neither. x and b are stored inputs (STORED), read in
@@ -255,7 +216,7 @@ def _for_count(count: int) -> tuple:
     merge_weighted's arguments less `n`. numba freezes `count`, the closure's one cell, as
     a constant, and its cache tells the counts apart by that cell's value."""
     # error_model="numpy": x / 0 is inf or NaN, as in torch, with no check per entry
-    jit = caching.njit(nogil=True, error_model="numpy")
+    kernel = jit.njit(nogil=True, error_model="numpy")
 
     def top_k(x0, x1, x2, x3, b, out, start, threshold, cut, factor, weight, elect, normalize, divisor, lam, like):
         p = (threshold, cut, factor, weight, elect, normalize, divisor, lam, like)
@@ -268,7 +229,7 @@ def _for_count(count: int) -> tuple:
     def weighted(x0, x1, x2, x3, b, out, weight, elect, normalize, divisor, lam, like):
         _weighted(x0, x1, x2, x3, count, b, out, (weight, elect, normalize, divisor, lam, like))
 
-    return jit(top_k), jit(drawn), jit(weighted)
+    return kernel(top_k), kernel(drawn), kernel(weighted)
 
 
 class Counted:
@@ -336,7 +297,7 @@ def _l1_block(values, size, before, after, k, acc):
     after[k] = _torch_sum(values[1], size, acc)
 
 
-@caching.njit(nogil=True, error_model="numpy")
+@jit.njit(nogil=True, error_model="numpy")
 def l1_top_k(x, b, start, threshold, cut, before, after, like):
     """Per BLOCK entries of x - b (from entry `start`, a multiple of BLOCK): the sum of
     |x - b| into before, of |(x - b) * keep| with TopK's keep rule (threshold, cut) into
@@ -353,7 +314,7 @@ def l1_top_k(x, b, start, threshold, cut, before, after, like):
         _l1_block(values, size, before, after, k, acc)
 
 
-@caching.njit(nogil=True, error_model="numpy")
+@jit.njit(nogil=True, error_model="numpy")
 def l1_drawn(x, b, start, seed, limit, before, after, like, bits):
     """l1_top_k with DARE's keep rule: entry `at` kept when its draw from `seed` is below
     `limit`; the draws also written to `bits`, the keep mask of these entries (draw_bits)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from mergepkg.methods.kernels import caching
+from mergepkg.methods.kernels import jit
 from mergepkg.methods.kernels.reduce import BLOCK
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -22,7 +22,7 @@ def _draw(seed, at):
     return (z ^ (z >> np.uint64(31))) >> np.uint64(40)
 
 
-@caching.njit(nogil=True)
+@jit.njit(nogil=True)
 def drawn(seed, start, limit, out):
     """out[j] = 1.0 where entry start + j is kept (its draw is below `limit`), else 0.0."""
     s, first = np.uint64(seed), np.uint64(start)
@@ -61,7 +61,7 @@ def _unpack(bits, count, kept):
         words[q] = ((spread + BELOW_TOP) >> np.uint64(7)) & SPREAD  # byte i: 0 or 1
 
 
-@caching.njit(nogil=True)
+@jit.njit(nogil=True)
 def draw_bits(seed, start, limit, bits):
     """bits = the keep mask of entries start, start + 1, ... (8 a byte, start a multiple of
     8): bit set where the entry's draw from `seed` is below `limit`."""
@@ -76,7 +76,7 @@ def draw_bits(seed, start, limit, bits):
         _pack(kept, bits[lo // 8 :], size // 8)
 
 
-@caching.njit(nogil=True)
+@jit.njit(nogil=True)
 def unpacked(bits, kept):
     """kept = the keep mask `bits` as 0/1 bytes (tests)."""
     _unpack(bits, bits.shape[0], kept)

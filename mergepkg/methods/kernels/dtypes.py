@@ -26,7 +26,7 @@ from llvmlite import binding, ir
 from numba.core import types
 from numba.extending import intrinsic
 
-from mergepkg.methods.kernels import caching
+from mergepkg.methods.kernels import jit
 
 # The compute dtype as a type numba specializes on: numpy has no bfloat16, and numba's CPU
 # target takes no float16 arrays, so 16-bit integers stand for them.
@@ -256,7 +256,7 @@ _store: Any = _store_as  # called as out[j] = _store(v, out, like) in compiled c
 _store_result: Any = _store_result_as  # out[j] = _store_result(merged, out, like), merged from _combine
 
 
-@caching.njit(nogil=True)
+@jit.njit(nogil=True)
 def stored(x, out, like):
     """out = float32 x as an array of a STORED dtype holds it (tests hold `_store` to
     torch's conversions with it)."""
@@ -264,7 +264,7 @@ def stored(x, out, like):
         out[j] = _store(x[j], out, like)
 
 
-@caching.njit(nogil=True)
+@jit.njit(nogil=True)
 def stored_result(x, out, like):
     """out = x rounded to the compute dtype `like` names and stored as a merge kernel stores
     its result (tests)."""
@@ -272,7 +272,7 @@ def stored_result(x, out, like):
         out[j] = _store_result(_round(x[j], like), out, like)
 
 
-@caching.njit(nogil=True)
+@jit.njit(nogil=True)
 def rounded(x, out, like):
     """out = x rounded to the compute dtype `like` names, as float32 (tests hold `_round`
     to torch's conversion with it)."""
@@ -280,7 +280,7 @@ def rounded(x, out, like):
         out[j] = _round(x[j], like)
 
 
-@caching.njit(nogil=True)
+@jit.njit(nogil=True)
 def read(x, out, like):
     """out = stored entries x (STORED) as the kernels read them in the compute dtype
     `like` names, as float32 (tests hold `_read` to torch's conversions with it)."""

@@ -19,7 +19,7 @@ import numpy as np
 from numba.core import types
 from numba.extending import intrinsic
 
-from mergepkg.methods.kernels import caching
+from mergepkg.methods.kernels import jit
 from mergepkg.methods.kernels.dtypes import MARKERS, STORED, _read, _store
 from mergepkg.methods.kernels.reduce import BLOCK
 from mergepkg.methods.kernels.torch_sum import SUM_ILP, SUM_LANES, SUM_LEVELS, _torch_sum
@@ -42,7 +42,7 @@ def _fma_f32(typingctx, a, b, c):
 _fma: Any = _fma_f32  # called as _fma(a, b, c) in compiled code
 
 
-@caching.njit(nogil=True)
+@jit.njit(nogil=True)
 def slerp_sums(a, b, aa, bb, ab, like):
     """Per BLOCK entries of a and b (from a chunk's start, a multiple of BLOCK): torch's
     sums of a * a, b * b and a * b, with its bits, into aa, bb, ab (reduce.Total's block
@@ -65,7 +65,7 @@ def slerp_sums(a, b, aa, bb, ab, like):
         ab[k] = _torch_sum(products[2], hi - lo, acc)
 
 
-@caching.njit(nogil=True, error_model="numpy")
+@jit.njit(nogil=True, error_model="numpy")
 def slerp_mix(a, b, out, c0, c1, like):
     """out = a * c0 + b * c1, as torch.mul(a, c0).add_(b, alpha=c1): the product rounded,
     then one fused multiply-add."""
@@ -73,7 +73,7 @@ def slerp_mix(a, b, out, c0, c1, like):
         out[j] = _store(_fma(c1, _read(b[j], like), _read(a[j], like) * c0), out, like)
 
 
-@caching.njit(nogil=True, error_model="numpy")
+@jit.njit(nogil=True, error_model="numpy")
 def lerp(a, b, out, weight, like):
     """out = torch.lerp(a, b, weight), as ATen's lerp computes it: below |0.5|,
     weight * (b - a) + a, else (weight - 1) * (b - a) + b, each one fused multiply-add

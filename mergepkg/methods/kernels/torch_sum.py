@@ -15,7 +15,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from mergepkg.methods.kernels import caching
+from mergepkg.methods.kernels import jit
 from mergepkg.methods.kernels.reduce import BLOCK
 
 SUM_LANES, SUM_ILP, SUM_LEVELS = 8, 4, 4
@@ -99,7 +99,7 @@ def _torch_sum(x, n, acc):
     return _lanes_sum(x, n, 1, acc)  # shorter than a vector: torch's scalar loop
 
 
-@caching.njit(nogil=True)
+@jit.njit(nogil=True)
 def sums(x, out):
     """out[k] = torch's sum of x's k-th BLOCK entries (the last may be fewer), with
     torch's bits (tests and fused.sums_agree hold it to torch)."""
