@@ -212,8 +212,9 @@ class BuildWarnings:
         self.reporter.step_finished(name)
 
     def warning(self, message: str) -> None:
-        self.messages.append(message)
-        self.reporter.warning(message)
+        if message not in self.messages:  # told once a build, as pitfalls are
+            self.messages.append(message)
+            self.reporter.warning(message)
 
     def pull_started(self, name: str, remote: str, nbytes: int) -> None:
         self.reporter.pull_started(name, remote, nbytes)

@@ -126,19 +126,14 @@ def load(
 
 
 def uncached_warning() -> str | None:
-    """Once per process, where the loaded kernels could not be cached on disk
-    (kernels/jit.py: no writable folder), what that costs and what to do."""
-    global _told_uncached
-    if _told_uncached or not _kernels().jit.UNCACHED:
+    """Where the loaded kernels could not be cached on disk (kernels/jit.py: no writable
+    folder), what that costs and what to do."""
+    if not _kernels().jit.UNCACHED:
         return None
-    _told_uncached = True
     return (
         "numba found no writable folder for the merge kernels' cache, so they were compiled for this run"
         " and will be for every run (seconds each); set NUMBA_CACHE_DIR to a writable folder"
     )
-
-
-_told_uncached = False
 
 
 def compute_marker(compute) -> np.ndarray:

@@ -194,6 +194,11 @@ def test_a_build_whose_kernels_cannot_be_cached_says_so_and_succeeds(write_recip
         method = "task_arithmetic"
         base = "base"
         inputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]
+
+        [steps.again]  # a second step that runs the kernels: the warning is told once a build
+        method = "ties"
+        base = "base"
+        inputs = [{ model = "merged", weight = 0.5, density = 0.5 }, { model = "ft1", weight = 0.5, density = 0.5 }]
         """
     )
     env = {**os.environ, **NOWHERE, "MERGEPKG_HOME": str(mergepkg_home)}
