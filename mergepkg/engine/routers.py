@@ -162,11 +162,8 @@ def cheap_embed_vectors(folder: Path, experts: Sequence[Expert], layers: int, de
             "the base has no embed_tokens tensor for gate_mode 'cheap_embed'",
             hint='use params.gate_mode = "hidden" or "random"',
         )
-    reader = ModelReader(folder, infos)
-    try:
+    with ModelReader(folder, infos) as reader:
         embed = reader.get(name).to(device=device, dtype=torch.float32)  # (vocab, hidden)
-    finally:
-        reader.close()
 
     def embedded(prompts: Sequence[str]) -> torch.Tensor:
         # as mergekit-moe sums them (a padded batch, summed over tokens, then over prompts),

@@ -95,6 +95,12 @@ class ModelReader:
         self._files.clear()
         self._other.clear()
 
+    def __enter__(self) -> ModelReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _window(f: FileIO, at: int, nbytes: int, dtype: torch.dtype) -> torch.Tensor:
     """`nbytes` of `f` from `at` as a flat tensor of `dtype`, mapped, not copied.

@@ -168,6 +168,7 @@ class Client:
             with opener.open(request, timeout=TIMEOUT) as response:
                 body, etag = response.read(), response.headers.get("ETag")
         except urllib.error.HTTPError as e:
+            e.close()  # its connection; the code is all that is read
             if e.code == 304 and kept is not None:
                 return kept.body
             if e.code in (404, 410):
@@ -262,10 +263,11 @@ class Client:
             with _WITH_TOKEN.open(request, timeout=TIMEOUT) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as e:
-            try:
-                body = json.loads(e.read())
-            except (ValueError, RecursionError):
-                body = {"error": f"{e.code} {e.reason}"}
+            with e:  # closes its connection
+                try:
+                    body = json.loads(e.read())
+                except (ValueError, RecursionError):
+                    body = {"error": f"{e.code} {e.reason}"}
             hint = body.get("hint")
             if e.code in (401, 403):  # what the publisher can do here, not what the server's host does
                 hint = (

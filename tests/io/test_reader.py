@@ -63,12 +63,13 @@ def test_a_window_is_unmapped_when_its_tensor_is_freed(model):
 def test_writing_to_a_mapped_tensor_leaves_the_file_alone(model):
     folder, tensors = model
     before = (folder / "model.safetensors").read_bytes()
-    reader = ModelReader(folder, scan_tensors(folder))
-    a = reader.get("a")
+    with ModelReader(folder, scan_tensors(folder)) as reader:
+        a = reader.get("a")
     a.add_(1)  # copy on write: this page, in this process
     assert torch.equal(a, tensors["a"] + 1)
     assert (folder / "model.safetensors").read_bytes() == before
-    assert torch.equal(ModelReader(folder, scan_tensors(folder)).get("a"), tensors["a"])
+    with ModelReader(folder, scan_tensors(folder)) as reader:
+        assert torch.equal(reader.get("a"), tensors["a"])
 
 
 def test_a_tensor_not_aligned_to_its_dtype_is_read_into_a_buffer(tmp_path):
@@ -84,11 +85,11 @@ def test_a_tensor_not_aligned_to_its_dtype_is_read_into_a_buffer(tmp_path):
     data = bytes([7, 8, 9]) + values.numpy().tobytes()
     (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + data)
     pool = BufferPool()
-    reader = ModelReader(tmp_path, scan_tensors(tmp_path), pool)
-    got = reader.get("f")
-    assert torch.equal(got, values)
-    assert got.data_ptr() in pool._issued  # the pooled buffer, not a mapping
-    assert reader.get("u").tolist() == [7, 8, 9]
+    with ModelReader(tmp_path, scan_tensors(tmp_path), pool) as reader:
+        got = reader.get("f")
+        assert torch.equal(got, values)
+        assert got.data_ptr() in pool._issued  # the pooled buffer, not a mapping
+        assert reader.get("u").tolist() == [7, 8, 9]
 
 
 def test_a_file_that_cannot_be_mapped_is_read(model, monkeypatch):
@@ -99,7 +100,7 @@ def test_a_file_that_cannot_be_mapped_is_read(model, monkeypatch):
         raise OSError(errno.ENODEV, "No such device")
 
     monkeypatch.setattr(mmap, "mmap", refuse)
-    reader = ModelReader(folder, scan_tensors(folder), BufferPool())
-    for name, want in tensors.items():
-        assert torch.equal(reader.get(name), want)
-    assert torch.equal(reader.get_rows("a", 5, 9), tensors["a"][5:9])
+    with ModelReader(folder, scan_tensors(folder), BufferPool()) as reader:
+        for name, want in tensors.items():
+            assert torch.equal(reader.get(name), want)
+        assert torch.equal(reader.get_rows("a", 5, 9), tensors["a"][5:9])

@@ -276,6 +276,7 @@ def test_registry_serve_command(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        proc.stderr.close()
 
 
 def test_uploads_are_checked_against_this_registry(served):
