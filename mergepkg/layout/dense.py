@@ -18,10 +18,10 @@ from typing import Any, NamedTuple
 from mergepkg.errors import ModelMismatchError, RecipeError
 from mergepkg.io.tensors import TensorInfo, promote_codes
 from mergepkg.layout.align import Alignment
+from mergepkg.layout.configs import shared_dtype, with_saved_dtype, with_stacked_layers
 from mergepkg.layout.types import (
     FLOAT_CODES,
     LAYER,
-    LAYER_COUNT_KEYS,
     ModelInfo,
     OutputTensor,
     Part,
@@ -31,7 +31,6 @@ from mergepkg.layout.types import (
     is_pre,
     ordered,
     saved_dtype,
-    with_saved_dtype,
 )
 from mergepkg.layout.values import param_value
 from mergepkg.methods import get_method
@@ -78,12 +77,14 @@ class DenseLayout:
         except ModelMismatchError as e:
             raise self.architectures_noted(e, models, ref) from None
         config = dict(ref_info.config)
-        if step.slices:
-            count = sum(sl.sources[0].layers[1] - sl.sources[0].layers[0] for sl in step.slices)
-            key = next((k for k in LAYER_COUNT_KEYS if k in config), "num_hidden_layers")
-            config[key] = count
+        if step.slices:  # each output layer is its slice's first source's
+            layers = [(sl.sources[0].model, i) for sl in step.slices for i in range(*sl.sources[0].layers)]
+            with_stacked_layers(config, layers, self.infos)
         self.alignment.update_config(config)
-        with_saved_dtype(config, step.out_dtype)
+        saved = step.out_dtype
+        if saved is None and step.dtype == AUTO:  # saved as computed: the inputs' dtypes promoted
+            saved = shared_dtype(t.info for t in out)
+        with_saved_dtype(config, saved)
         bytes_in = sum(self.infos[p.model].tensors[p.tensor].nbytes for t in out for p in t.parts)
         return StepLayout(
             step,
@@ -135,7 +136,8 @@ class DenseLayout:
         step = self.step
         ref = step.base or step.inputs[0].model
         n = self.infos[ref].num_layers
-        names = set(self.infos[ref].tensors)
+        dropped = self.redundant_heads()
+        names = set(self.infos[ref].tensors) - dropped
         for model in step.models:
             info = self.infos[model]
             if info.num_layers != n:
@@ -145,7 +147,7 @@ class DenseLayout:
                     f"{model!r} has {info.num_layers} layers but {ref!r} has {n}",
                     "merge models of one shape, or pick layers with `slices`",
                 )
-            extra = sorted(set(info.tensors) - names)
+            extra = sorted(set(info.tensors) - names - dropped)
             if extra:
                 raise self.error(
                     ModelMismatchError,
@@ -155,10 +157,25 @@ class DenseLayout:
                 )
         members: list[tuple[str, str, Params]] = [("base", step.base, {})] if step.base else []
         members += [("input", r.model, r.params) for r in step.inputs]
-        for name in ordered(self.infos[ref].tensors):
+        for name in ordered(names):
             m = LAYER.match(name)
             t = (int(m["index"]) / (n - 1) if n > 1 else 1.0) if m else 0.0
             yield name, t, [Member(role, model, name, params) for role, model, params in members], {}
+
+    def redundant_heads(self) -> set[str]:
+        """Output heads that some of the models store and the others leave out, where every
+        model that stores one declares `tie_word_embeddings`: a copy of its embeddings, which
+        transformers ties over on load (some trainers save it). The output leaves them out,
+        as the other models do."""
+        models = self.step.models
+        heads = set()
+        for head in HEADS:
+            having = [m for m in models if head in self.infos[m].tensors]
+            if 0 < len(having) < len(models) and all(
+                self.infos[m].config.get("tie_word_embeddings") is True for m in having
+            ):
+                heads.add(head)
+        return heads
 
     def slice_groups(self) -> Iterator[Group]:
         step = self.step
@@ -175,7 +192,7 @@ class DenseLayout:
                     )
         first, last = step.slices[0], step.slices[-1]
         ref = first.sources[0].model
-        names = ordered(self.infos[ref].tensors)
+        names = ordered(set(self.infos[ref].tensors) - self.redundant_heads())
         outer = [n for n in names if not LAYER.match(n)]
         pre = [n for n in outer if is_pre(n)]
         post = [n for n in outer if not is_pre(n)]

@@ -21,6 +21,7 @@ import importlib.util
 
 from mergepkg.errors import ModelMismatchError, RecipeError
 from mergepkg.io.tensors import TensorInfo
+from mergepkg.layout.configs import with_saved_dtype
 from mergepkg.layout.types import (
     LAYER,
     ModelInfo,
@@ -29,7 +30,6 @@ from mergepkg.layout.types import (
     StepLayout,
     ordered,
     saved_dtype,
-    with_saved_dtype,
 )
 from mergepkg.methods import get_method
 from mergepkg.recipe.model import MoE, Recipe, Step

@@ -35,6 +35,12 @@ def read_model_info(folder: Path) -> ModelInfo:
         raise SourceError("model folder has no config.json", file=folder) from None
     except (OSError, ValueError, RecursionError) as e:
         raise SourceError(f"cannot read config.json: {e}", file=folder) from None
+    if not isinstance(config, dict):
+        raise SourceError(
+            "config.json is not a JSON object",
+            file=folder,
+            hint="a model's config.json is the object transformers' save_pretrained writes",
+        )
     return ModelInfo(config, scan_tensors(folder), folder)
 
 

@@ -149,12 +149,3 @@ def saved_dtype(out_dtype: str | None, stored: str) -> str:
     """The dtype code a tensor is saved in: the step's `out_dtype` for floating-point
     tensors, else the dtype it is stored in (the base's, or the first input's)."""
     return CODE_OF[out_dtype] if out_dtype and stored in FLOAT_CODES else stored
-
-
-def with_saved_dtype(config: dict, out_dtype: str | None) -> dict:
-    """`config` (an output's config.json) naming `out_dtype` where one is set."""
-    if out_dtype:
-        config["dtype"] = out_dtype  # transformers >= 4.56 reads `dtype`, older `torch_dtype`
-        if "torch_dtype" in config:
-            config["torch_dtype"] = out_dtype
-    return config

@@ -14,7 +14,8 @@ which that mode never reads. `allow_base_expert` changes no byte and is left out
 
 Settings added after the first keys (`tokenizer.tokens`, `pad_to_multiple_of`,
 `chat_template`) join the entry only when a step sets them, so every other step keeps
-its key.
+its key. So does `config`: the version of the config.json that steps of stacked layers
+(`slices`) and of `dtype = "auto"` write, where it changed (layout/configs.py).
 
 The implicit step of a `base+adapter` reference (recipe/adapters.py) has an entry of its
 own (`adapter_entry`): the base's identity, the adapter's (its pin: commit and file
@@ -36,8 +37,12 @@ from mergepkg.methods.moe import PROMPTED
 from mergepkg.methods.spec import Param
 from mergepkg.recipe.chat import AUTO, builtin_template, template_kind
 from mergepkg.recipe.model import Condition, Expert, MoE, Params, Recipe, Step
+from mergepkg.recipe.tables import AUTO as AUTO_DTYPE
 
 HASH_VERSION = 1  # bump whenever step_entry's shape or meaning changes
+# the config.json a step of stacked layers (its per-layer settings) or of dtype "auto" (the dtype
+# it names) writes; only those steps' entries hold it, so every other step keeps its key
+CONFIG_VERSION = 2
 
 
 def key_of(entry: Mapping) -> str:
@@ -133,6 +138,8 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
         ]
     if step.chat_template is not None:  # only when set, as the tokenizer settings: older keys stay
         entry["chat_template"] = chat_template_entry(step, refs)
+    if step.slices or (step.dtype == AUTO_DTYPE and step.out_dtype is None):
+        entry["config"] = CONFIG_VERSION  # their config.json changed (layout/configs.py): not the old outputs
     return entry
 
 

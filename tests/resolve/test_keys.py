@@ -103,3 +103,32 @@ def test_hash_version_and_engine_are_in_every_entry(recipe_file):
     assert entry["hash_version"] == HASH_VERSION and "engine" in entry
     assert entry["method_version"] == METHODS["ties"].version == 2  # ties changed its tie-breaking
     assert "skills" not in canonical_json(entry).decode()  # names never enter a key
+
+
+def test_only_steps_whose_config_changed_carry_the_config_version(recipe_file):
+    """Stacked layers' per-layer settings and dtype "auto"'s named dtype changed what
+    config.json those steps write: their keys changed, no other step's did."""
+    from mergepkg.resolve.keys import CONFIG_VERSION
+
+    body = (
+        TWO_STEPS
+        + """
+[steps.stack]
+method = "passthrough"
+slices = [{ sources = [{ model = "ft1", layers = [0, 2] }] }, { sources = [{ model = "ft2", layers = [2, 4] }] }]
+
+[steps.auto]
+method = "linear"
+dtype = "auto"
+inputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]
+
+[steps.auto_saved]
+method = "linear"
+dtype = "auto"
+out_dtype = "bfloat16"
+inputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]
+"""
+    )
+    entries = resolve(load_recipe(recipe_file(body)), Session()).entries
+    assert entries["stack"]["config"] == entries["auto"]["config"] == CONFIG_VERSION
+    assert not {"skills", "final", "auto_saved"} & {name for name, e in entries.items() if "config" in e}
