@@ -116,6 +116,9 @@ class Lock:
     dependencies: dict[str, LockedDependency] = field(default_factory=dict)
     pushes: tuple[LockedPush, ...] = ()  # by repo, then step: the latest push of each
     exports: dict[str, LockedExport] = field(default_factory=dict)
+    # the seed of random methods where a build was given one (`--seed`) in place of the recipe's:
+    # its keys were made with it, and `--locked` builds with it again
+    seed: int | None = None
 
 
 def lock_path(recipe: Recipe) -> Path:
@@ -201,7 +204,10 @@ def parse_lock(text: str, path: Path | str) -> Lock:
         if not isinstance(data["recipe"], str):
             raise TypeError("recipe is not a hash")
         pushes = _pushes(data.get("push", []))
-        return Lock(data["recipe"], sources, steps, dependencies=deps, pushes=pushes, exports=exports)
+        seed = data.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise TypeError("seed is not an integer")
+        return Lock(data["recipe"], sources, steps, dependencies=deps, pushes=pushes, exports=exports, seed=seed)
     except MergepkgError:  # located already (a dependency record)
         raise
     except KeyError as e:
@@ -304,6 +310,7 @@ def write_lock(path: Path, lock: Lock) -> None:
     doc = {
         "version": lock.version,
         "recipe": lock.recipe_hash,
+        "seed": lock.seed,
         "dependency": [
             {"name": d.name, "version": d.version, "registry": d.registry, "sha256": d.sha256}
             for d in sorted(lock.dependencies.values(), key=lambda d: d.name)
@@ -332,6 +339,8 @@ def write_lock(path: Path, lock: Lock) -> None:
             for s in sorted(lock.steps.values(), key=lambda s: s.name)
         ],
     }
+    if lock.seed is None:
+        del doc["seed"]
     if not doc["dependency"]:
         del doc["dependency"]
     if lock.exports:
@@ -353,6 +362,12 @@ def differences(old: Lock | None, new: Lock) -> list[str]:
     out += _compare("source", old.sources, new.sources, _source_change)
     out += _compare("step", old.steps, new.steps, _step_change)
     out += _compare("export", old.exports, new.exports, _step_change)
+    if old.seed != new.seed:
+
+        def said(seed: int | None) -> str:
+            return "the recipe's" if seed is None else str(seed)
+
+        out.append(f"the seed is {said(new.seed)} (locked: {said(old.seed)})")
     if not out and old.recipe_hash != new.recipe_hash:
         out.append("the recipe changed")
     return out

@@ -73,6 +73,7 @@ class Resolution:
     # `[exports.NAME]` keyed (the digest the lock holds for the key, or None), and the converter
     exports: dict[str, LockedExport] = field(default_factory=dict)
     converter: Converter | None = None
+    seed: int | None = None  # the seed given in place of the recipe's (`--seed`), recorded in the lock
 
     def source_folder(self, name: str) -> Path:
         """The folder of source `name`, fetched now if it was deferred (and checked against
@@ -100,6 +101,7 @@ class Resolution:
             dependencies=dict(self.dependencies),
             pushes=self.pushes,
             exports={n: replace(e, digest=(exported or {}).get(n, e.digest)) for n, e in self.exports.items()},
+            seed=self.seed,
         )
 
 
@@ -188,6 +190,8 @@ def resolve(
         sources[name] = pin_now()
     sources = {n: sources[n] for n in plan.sources_used()}  # in plan order, as before
     refs: dict[str, str] = {n: s.locked.pin.ref for n, s in sources.items()}
+    if seed is None and mode in ("locked", "frozen") and lock is not None:
+        seed = lock.seed  # the lock was made with a seed of its own: build what it says
     own_seed = recipe.seed if seed is None else seed
     entries, keys, seeds = {}, {}, {}
     for name in plan.order:
@@ -198,6 +202,7 @@ def resolve(
         entries[name] = step_entry(step, refs, seeds[name])
         keys[name] = refs[name] = key_of(entries[name])
     res = Resolution(recipe, plan, sources, entries, keys, seeds, deps.picks, lock.pushes if lock else ())
+    res.seed = None if own_seed == recipe.seed else own_seed
     if recipe.exports:
         res.converter, res.exports = key_exports(recipe, keys, settings.llama_cpp, lock)
     if mode in ("locked", "frozen"):

@@ -349,6 +349,36 @@ def test_changed_number_makes_locked_fail_naming_the_step_and_its_dependents(
     assert counts(err) == (1, 2)
 
 
+DRAWN = """
+[steps.d]
+method = "dare_ties"
+base = "base"
+inputs = [{ model = "ft1", weight = 1.0, density = 0.5 }, { model = "ft2", weight = 1.0, density = 0.5 }]
+"""
+
+
+def test_a_seed_given_to_the_build_is_locked_and_locked_builds_use_it(write_recipe, tmp_path, capsys):
+    """`--seed` draws other DARE masks than the recipe's seed: the lock records the seed its
+    keys were made with, so --locked (here and in the output folder) builds those bytes."""
+    path = write_recipe(DRAWN)
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "seven", "-q", "--seed", "7")
+    assert code == 0, err
+    assert lock_data(path)["seed"] == 7
+    seven = locked_keys(path)
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "again", "-q", "--locked")
+    assert code == 0 and counts(err) == (0, 1), err
+    again, before = load_tensors(tmp_path / "again"), load_tensors(tmp_path / "seven")
+    assert again.keys() == before.keys() and all(a.equal(before[k]) for k, a in again.items())
+    bundled = tmp_path / "seven" / "mergepkg.toml"  # the recipe and lock the output folder carries
+    code, _, err = cli(capsys, "build", bundled, "--out", tmp_path / "rebuilt", "-q", "--locked")
+    assert code == 0 and counts(err) == (0, 1), err
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "nine", "-q", "--locked", "--seed", "9")
+    assert_clean_error(code, err, "step 'd' changed", "the seed is 9 (locked: 7)")
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "own", "-q")  # the recipe's seed again
+    assert code == 0, err
+    assert "seed" not in lock_data(path) and locked_keys(path) != seven
+
+
 def test_locked_and_frozen_fail_without_a_lock(write_recipe, tmp_path, mergepkg_home, capsys):
     path = write_recipe(THREE)
     for flag in ("--locked", "--frozen"):
