@@ -127,6 +127,13 @@ def remove(rel: str) -> Callable[[Path], None]:
     return change
 
 
+def link(rel: str, to: str) -> Callable[[Path], None]:
+    def change(case: Path) -> None:
+        (case / rel).symlink_to(to)
+
+    return change
+
+
 def both(*changes: Callable[[Path], None]) -> Callable[[Path], None]:
     def change(case: Path) -> None:
         for c in changes:
@@ -212,6 +219,12 @@ RECIPES = [
     Case("version-int", recipe('version = "0.1.0"', "version = 1"), "recipe.toml:3", "expected a version"),
     Case("seed-str", recipe('version = "0.1.0"', 'version = "0.1.0"\nseed = "x"'), "recipe.toml:4", "integer"),
     Case("tags-str", recipe('version = "0.1.0"', 'version = "0.1.0"\ntags = "a"'), "recipe.toml:4", "list"),
+    Case(
+        "outputs-empty",
+        recipe('version = "0.1.0"', 'version = "0.1.0"\noutputs = []'),
+        "recipe.toml:4",
+        "names no step",
+    ),
     Case(
         "outputs-unknown",
         recipe('version = "0.1.0"', 'version = "0.1.0"\noutputs = ["nope"]'),
@@ -524,7 +537,20 @@ MODELS = [
     Case("no-config", remove("models/ft1/config.json"), "models/ft1", "no config.json"),
     Case("config-not-json", write("models/ft1/config.json", "{"), "models/ft1", "config.json"),
     Case("config-deep", write("models/ft1/config.json", "[" * 100000 + "]" * 100000), "models/ft1", "config.json"),
+    Case("config-not-object", write("models/ft1/config.json", "[1, 2]"), "models/ft1", "not a JSON object"),
     Case("no-weights", remove("models/ft1/model.safetensors"), "models/ft1", "no model weights"),
+    Case(
+        "weights-a-folder",
+        both(remove("models/ft1/model.safetensors"), write("models/ft1/model.safetensors/x", "")),
+        "models/ft1/model.safetensors",
+        "not a readable file",
+    ),
+    Case(
+        "weights-a-link-loop",
+        both(remove("models/ft1/model.safetensors"), link("models/ft1/model.safetensors", "model.safetensors")),
+        "models/ft1/model.safetensors",
+        "not a readable file",
+    ),
     Case(
         "header-too-long",
         write("models/ft1/model.safetensors", struct.pack("<Q", 10**12) + b"{}"),
@@ -704,6 +730,8 @@ def _tamper(lock: Path, what: str) -> None:
         data = tomllib.loads(text)
         data["source"][0]["files"] = "all"
         text = tomli_w.dumps(data)
+    elif what == "seed-str":
+        text = text.replace("version = 1\n", 'version = 1\nseed = "7"\n', 1)
     elif what == "extra-step":
         text += '\n[[step]]\nname = "ghost"\nmethod = "linear"\nkey = "' + "a" * 64 + '"\n'
     elif what == "dependency":
@@ -735,6 +763,37 @@ COMMANDS = [
         "not written by mergepkg",
         args=("build", "recipe.toml", "--out", "elsewhere.txt", "-q"),
     ),
+    Case(
+        "out-under-a-file",
+        write("elsewhere.txt", "keep me"),
+        "elsewhere.txt",
+        "is a file, not a folder",
+        args=("build", "recipe.toml", "--out", "elsewhere.txt/sub", "-q"),
+    ),
+    Case(
+        "import-too-deep",
+        write("c.yml", "merge_method: linear\nmodels: " + "[" * 5000 + "]" * 5000 + "\n"),
+        "c.yml",
+        "nested too deeply",
+        args=("import", "c.yml"),
+    ),
+    Case("threads-zero", lambda case: None, "", "--threads", args=(*BUILD, "--threads", "0"), code=2),
+    Case(
+        "serve-port-past-65535",
+        lambda case: None,
+        "",
+        "--port",
+        args=("registry", "serve", ".", "--port", "65536"),
+        code=2,
+    ),
+    Case("tune-device-bogus", write("t.toml", ""), "", "unknown device", args=("tune", "t.toml", "--device", "tpu")),
+    Case(
+        "eval-device-bogus",
+        lambda case: None,
+        "",
+        "unknown device",
+        args=("eval", "models/ft1", "-t", "recipe.toml", "--device", "tpu"),
+    ),
     Case("seed-words", lambda case: None, "", "--seed", args=(*BUILD, "--seed", "abc"), code=2),
     Case(
         "lock-damaged",
@@ -753,6 +812,7 @@ COMMANDS = [
     lock_case("size-str", "is not a name, a size and a sha256"),
     lock_case("files-str", "malformed lock"),
     lock_case("extra-step", "was removed"),
+    lock_case("seed-str", "seed is not an integer"),
     lock_case("dependency", "malformed lock"),
     Case(
         "lock-not-utf8",

@@ -56,13 +56,16 @@ def place_outputs(
     in its folder. The swap into place is a rename."""
     if lock is None:
         lock = res.lock({n: a.digest for n, a in artifacts.items()})
-    out.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".mergepkg-build-{out.name}-"
-    for stale in out.parent.glob(prefix + "*"):  # a placement killed half-way (we hold out's lock)
-        if not out.exists() and (stale / "previous").is_dir():
-            os.rename(stale / "previous", out)  # killed between the two renames: restore
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.glob(prefix + "*"):  # a placement killed half-way (we hold out's lock)
+            if not out.exists() and (stale / "previous").is_dir():
+                os.rename(stale / "previous", out)  # killed between the two renames: restore
+            shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    except OSError as e:
+        raise BuildError(f"cannot write into {out.parent}: {e.strerror or e}", hint="choose another --out") from None
     try:
         staged = work / "out"
         single = len(artifacts) == 1
@@ -140,8 +143,12 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def check_replaceable(out: Path) -> None:
+    """Refuse, before any work, an `out` that is not ours to replace or cannot be made."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
         raise BuildError(
             f"{out} exists and was not written by mergepkg; refusing to replace it",
             hint="choose another --out, or remove the folder",
         )
+    above = next(p for p in out.absolute().parents if p.exists())  # the root exists
+    if not above.is_dir():
+        raise BuildError(f"cannot make {out}: {above} is a file, not a folder", hint="choose another --out")

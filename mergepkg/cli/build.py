@@ -48,7 +48,7 @@ def build(
     offline: bool = OFFLINE,
     locked: bool = typer.Option(False, "--locked", help="Fail if the recipe's lock is missing or out of date."),
     frozen: bool = typer.Option(False, "--frozen", help="Use the lock as is: never resolve, never touch the network."),
-    threads: int = typer.Option(None, "--threads", help="Torch threads for the math (default: all cores)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Torch threads for the math (default: all cores)."),
     shard_size: str = typer.Option("2GB", "--shard-size", help="Largest output shard, e.g. 500MB, 5GB."),
     max_memory: str = typer.Option(
         None,

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from mergepkg.cli.common import NO_REMOTE, OFFLINE, PREFER_REMOTE, remote_policy
 from mergepkg.cli.output import ProgressReporter, err, out
+from mergepkg.engine.device import check_device
 from mergepkg.eval.run import evaluate_model
 from mergepkg.eval.targets import target_models
 from mergepkg.eval.tasks import load_task
@@ -43,6 +44,7 @@ def eval_(
     """Evaluate models: exact-match accuracy on task files, perplexity on text; cached.
     Steps the store lacks are pulled from remotes or built, as `build` does."""
     policy = remote_policy(no_remote, prefer_remote)
+    check_device(device)  # before anything is built or read
     base = Settings()
     session = Session(Settings(home=base.home, offline=offline or base.offline, device=device))
     task_list = [load_task(t, session.hashes) for t in tasks]

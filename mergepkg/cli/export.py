@@ -25,7 +25,9 @@ def export(
     llama_cpp: Path = LLAMA_CPP,
     offline: bool = OFFLINE,
     locked: bool = typer.Option(False, "--locked", help="Fail if the recipe's lock is missing or out of date."),
-    threads: int = typer.Option(None, "--threads", help="Threads for the math and the quantizer (default: all)."),
+    threads: int = typer.Option(
+        None, "--threads", min=1, help="Threads for the math and the quantizer (default: all)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Make the recipe's exports: GGUF files for llama.cpp.

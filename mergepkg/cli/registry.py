@@ -93,8 +93,8 @@ def init(
 def serve(
     folder: Path = typer.Argument(..., file_okay=False, exists=True),
     host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8780, "--port"),
-    threads: int = typer.Option(4, "--threads", help="Requests served at once."),
+    port: int = typer.Option(8780, "--port", min=0, max=65535, help="Port to listen on; 0: a free one."),
+    threads: int = typer.Option(4, "--threads", min=1, help="Requests served at once."),
     per_client: int = typer.Option(Limits.per_client, "--per-client", help="Connections one address may hold."),
     max_connections: int = typer.Option(Limits.total, "--max-connections", help="Connections at once, in all."),
     request_seconds: float = typer.Option(

@@ -12,6 +12,7 @@ from rich.table import Table
 from mergepkg import api
 from mergepkg.cli.common import CLUSTER_REMOTE, ray_option
 from mergepkg.cli.output import ProgressReporter, err, out
+from mergepkg.engine.device import check_device
 from mergepkg.settings import Settings
 from mergepkg.store.session import Session
 from mergepkg.tune.log import Trial
@@ -21,8 +22,8 @@ from mergepkg.tune.search import Finished, Searched
 
 def tune(
     tune_file: Path = typer.Argument(..., metavar="TUNE_FILE", help="The search description (TOML).", dir_okay=False),
-    trials: int | None = typer.Option(None, "--trials", "-n", help="Trials in all (overrides the file's)."),
-    seconds: float | None = typer.Option(None, "--seconds", help="Trial time in all (overrides the file's)."),
+    trials: int | None = typer.Option(None, "--trials", "-n", min=1, help="Trials in all (overrides the file's)."),
+    seconds: float | None = typer.Option(None, "--seconds", min=1, help="Trial time in all (overrides the file's)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the trial log and search from the start."),
     device: str = typer.Option("cpu", "--device", help="Where builds and evaluations run."),
     offline: bool = typer.Option(False, "--offline", help="Use only the local Hugging Face cache."),
@@ -32,6 +33,8 @@ def tune(
 ) -> None:
     """Search a step's parameters on validation tasks, resuming from the trial log; write,
     build and lock the best as best.toml and report it on the held-out test tasks."""
+    if ray is None:  # on a cluster, each worker checks its own
+        check_device(device)
     base = Settings()
     session = Session(Settings(home=base.home, offline=offline or base.offline, device=device))
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mergepkg._lazy import torch
+from mergepkg.errors import SourceError
 from mergepkg.eval.harness import HarnessTask, run_harness
 from mergepkg.eval.tasks import Task, examples
 from mergepkg.store.evals import EvalCache, Result
@@ -86,7 +87,14 @@ def evaluate_model(
 
         hf_logging.disable_progress_bar()  # our own progress is on stderr already
 
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError, KeyError) as e:  # no tokenizer files, or ones transformers cannot read
+            raise SourceError(
+                f"cannot load the model's tokenizer: {' '.join(str(e).split())[:300]}",
+                file=folder,
+                hint="evaluating needs the tokenizer files beside the weights (tokenizer.json, tokenizer_config.json)",
+            ) from None
         # transformers types `to` through functools.wraps, which loses `self`: a device is right
         model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(device).eval()  # type: ignore[arg-type]
         for task in own:

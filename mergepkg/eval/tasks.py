@@ -28,12 +28,19 @@ class Task:
 def load_task(path: Path, hashes: HashCache) -> Task:
     if not path.is_file():
         raise RecipeError("task file not found", file=path, hint="pass a .jsonl (prompt/answer) or a text file")
-    return Task(path.stem, path, hashes.sha256(path)[1])
+    task = Task(path.stem, path, hashes.sha256(path)[1])
+    if task.metric == "exact_match":
+        examples(task)  # every line checked now, before any model is built or loaded
+    return task
 
 
 def examples(task: Task) -> list[tuple[str, str]]:
     out = []
-    for i, line in enumerate(task.path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = task.path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"not UTF-8 text: {e.reason} at byte {e.start}", file=task.path) from None
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -63,9 +63,16 @@ def weight_files(folder: Path) -> list[str]:
         if (folder / index).is_file():
             return _indexed(folder, index)
     for pattern in ("*.safetensors", "pytorch_model*.bin"):
-        files = sorted(p.name for p in folder.glob(pattern))
-        if files:
-            return files
+        found = sorted(folder.glob(pattern))
+        for path in found:
+            if not path.is_file():
+                raise SourceError(
+                    "not a readable file (a folder, or a link that leads nowhere)",
+                    file=path,
+                    hint="a model's weights are files in its folder",
+                )
+        if found:
+            return [p.name for p in found]
     raise SourceError("no model weights found (expected *.safetensors or pytorch_model.bin)", file=folder)
 
 

@@ -114,6 +114,12 @@ class _Parser(TableReader):
             outputs = [n for n in steps if n not in used]
         else:
             self.expect(outputs, list, "package.outputs", "a list of step names")
+            if not outputs:
+                raise self.error(
+                    "package.outputs",
+                    "names no step",
+                    "name the steps to write out, or leave `outputs` out for every step no other step reads",
+                )
             for i, o in enumerate(outputs):
                 if o not in steps:
                     raise self.error(f"package.outputs[{i}]", f"no step named {o!r}", did_you_mean(str(o), steps))

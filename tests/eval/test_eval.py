@@ -142,13 +142,30 @@ def test_bad_task_lines_and_targets_are_located(tmp_path, models, write_recipe):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n')
     session = Session()
-    task = load_task(bad, session.hashes)
-    model = target_models(str(models["base"]), session)[0]
-    with pytest.raises(RecipeError) as info:
-        evaluate_model(model.folder, model.key, [task], EvalCache(session.settings.home))
+    with pytest.raises(RecipeError) as info:  # when the task is loaded: before anything is built
+        load_task(bad, session.hashes)
     assert info.value.line == 2
+    bad.write_bytes(b'{"prompt": "\xff"}\n')
+    with pytest.raises(RecipeError, match="not UTF-8"):
+        load_task(bad, session.hashes)
     with pytest.raises(RecipeError, match="did you mean 'soup'"):
         target_models(str(write_recipe('[steps.soup]\nmethod = "passthrough"\ninputs = ["ft1"]\n')) + ":sopu", session)
+
+
+def test_bad_targets_and_devices_are_one_line_errors(tasks, tmp_path, models, capsys):
+    good = str(tasks[0])
+    no_tokenizer = tmp_path / "weights-only"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (no_tokenizer / name).write_bytes((models["base"] / name).read_bytes())
+    for args, says in (
+        (["./no-such-folder"], "no such folder"),
+        ([str(no_tokenizer)], "cannot load the model's tokenizer"),
+        ([str(models["base"]), "--device", "tpu"], "unknown device 'tpu'"),
+    ):
+        code = main(["eval", *args, "-t", good])
+        err = capsys.readouterr().err
+        assert code == 1 and "Traceback" not in err and says in err, err
 
 
 def test_model_card_shows_eval_results(tasks, write_recipe, tmp_path, capsys):

@@ -37,6 +37,10 @@ def load_documents(text: str, display: str) -> list[Doc]:
         raise RecipeError(
             f"invalid YAML: {problem}", file=display, line=mark.line + 1 if mark is not None else None
         ) from None
+    except RecursionError:  # the parser recurses once a level
+        raise RecipeError(
+            "invalid YAML: nested too deeply to read", file=display, hint="a mergekit config is a few levels deep"
+        ) from None
     finally:
         loader.dispose()
     return docs
