@@ -2,7 +2,8 @@
 
 Wortsman et al., "Model soups", https://arxiv.org/abs/2203.05482
 Invariants (tests): weights [1, 0] return the first input; with normalize, scaling all
-weights by a constant changes nothing. Weights summing to zero with normalize are an
+weights by a constant changes nothing (but rounding), and the divisor is the weights'
+sum in the compute dtype, as mergekit's. Weights summing to zero with normalize are an
 error (mergekit divides by zero and writes NaN).
 """
 
@@ -26,13 +27,17 @@ def linear(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`out`, when given, receives the result (a streamed chunk's reused buffer)."""
-    total = sum(weight)
     if problem := weights_problem({"weight": weight, "normalize": normalize}):
         raise MergeError(problem.message, hint=problem.hint)
     out = torch.mul(tensors[0], weight[0], out=out)
     for t, w in zip(tensors[1:], weight[1:]):
         out.add_(t, alpha=w)  # fused multiply-add, no temporary per input
-    return out.div_(total) if normalize and total != 1 else out  # x / 1 == x, bit for bit
+    if not normalize:
+        return out
+    # the weights summed as mergekit sums them: in the compute dtype, over dim 0 of a column
+    # (0.6 + 0.3 is 0.90000004 in float32, where Python's sum rounds to 0.9)
+    total = torch.tensor(weight, dtype=out.dtype).view(-1, 1).sum(dim=0)  # (1,)
+    return out if total.item() == 1 else out.div_(total)  # x / 1 == x, bit for bit
 
 
 def weights_problem(params: Mapping[str, Any]) -> Problem | None:
@@ -61,6 +66,7 @@ SPEC = MethodSpec(
     fp32=True,
     stream=stream_linear,
     check=weights_problem,
+    version=2,  # 2: normalized by the weights' sum in the compute dtype, as mergekit (its last bits)
     rows=True,
     light=True,
 )

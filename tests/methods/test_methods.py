@@ -69,6 +69,14 @@ def test_linear_normalize_is_scale_invariant():
     torch.testing.assert_close(x, (A + 2 * B + 3 * C) / 6)
 
 
+def test_linear_divides_by_the_weights_sum_in_the_compute_dtype():
+    """As mergekit: 0.6 + 0.3 summed in float32 is 0.90000004, not 0.9 (Python's sum)."""
+    got = merge("linear", None, [A, B], weight=[0.6, 0.3])
+    weighted = torch.mul(A, 0.6).add_(B, alpha=0.3)
+    assert torch.equal(got, weighted / torch.tensor([0.6, 0.3]).sum())
+    assert not torch.equal(got, weighted / 0.9)
+
+
 def test_linear_without_normalize_is_weighted_sum():
     torch.testing.assert_close(merge("linear", None, [A, B], weight=[0.5, 2.0], normalize=False), 0.5 * A + 2 * B)
 
