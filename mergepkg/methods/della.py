@@ -25,9 +25,10 @@ EPSILON = Param(
 
 
 def band_problem(params: Mapping[str, Any]) -> Problem | None:
-    """density ± epsilon outside (0, 1) for an input: what MagPrune refuses, found before a build."""
+    """density ± epsilon outside (0, 1) for an input: what MagPrune refuses, found before a build.
+    An input at density 1 (the default) is not pruned, so its band is never drawn from."""
     for i, (density, epsilon) in enumerate(zip(params["density"], params["epsilon"])):
-        if not (density - epsilon > 0 and density + epsilon < 1):
+        if density < 1 and not (density - epsilon > 0 and density + epsilon < 1):
             return Problem(
                 f"input {i + 1}: della needs density ± epsilon inside (0, 1); "
                 f"got density={density:g}, epsilon={epsilon:g}",

@@ -45,6 +45,27 @@ def is_template_text(value: str) -> bool:
     return "{{" in value or "{%" in value
 
 
+def syntax_problem(text: str) -> str | None:
+    """What Jinja finds wrong with a template's syntax, read as transformers compiles chat
+    templates (loop controls, and `{% generation %}` blocks); None: it parses."""
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+
+    class Generation(Extension):  # transformers' AssistantTracker: {% generation %} ... {% endgeneration %}
+        tags = {"generation"}  # noqa: RUF012 - jinja2 reads the class attribute
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body).set_lineno(lineno)
+
+    try:
+        jinja2.Environment(extensions=[loopcontrols, Generation]).parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        return f"line {e.lineno} of the template: {e.message}"
+    return None
+
+
 def template_kind(value: str, models: tuple[str, ...]) -> Kind:
     """What a parsed setting (`Step.chat_template`) names, for a step reading `models`."""
     if value in models:
@@ -70,7 +91,11 @@ def chat_template_setting(r: TableReader, value: Any, key: str, models: tuple[st
             f"{value!r} names both a model of this step and {what}",
             "rename the model, or write the template's text",
         )
-    if value in models or value in keywords or is_template_text(value):
+    if value in models or value in keywords:
+        return value
+    if is_template_text(value):
+        if (problem := syntax_problem(value)) is not None:
+            raise r.error(key, f"the chat template does not compile: {problem}", "fix the Jinja syntax")
         return value
     if not value.strip():
         raise r.error(key, "expected a chat template, got an empty string", f"expected {forms}")

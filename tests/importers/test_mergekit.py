@@ -466,6 +466,22 @@ def test_single_document_name_key_is_ignored(tmp_path):
 
 
 BAD = {
+    "token id not a number": (
+        """
+        models:
+          - model: org/a
+            parameters: {weight: 1}
+        merge_method: linear
+        tokenizer:
+          source: union
+          tokens:
+            <x>:
+              source: {kind: model_token, model: org/a, token_id: abc}
+    """,
+        "tokenizer.tokens.<x>.source.token_id",
+        "expected a token id (an integer from 0), got str 'abc'",
+        "source: {kind: model_token",
+    ),
     "unknown method": (
         """
         models:

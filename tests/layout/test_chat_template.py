@@ -44,6 +44,13 @@ def test_each_form_parses(recipe_file, value):
     assert step.chat_template == value
 
 
+def test_a_template_with_transformers_tags_compiles(recipe_file):
+    """Loop controls and transformers' {% generation %} blocks are Jinja as transformers reads it."""
+    text = "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% break %}{% endfor %}"
+    path = recipe_file(LINEAR + f"chat_template = {json.dumps(text)}\n")
+    assert load_recipe(path).steps["s"].chat_template == text
+
+
 def test_without_the_option_the_step_has_none(recipe_file):
     assert load_recipe(recipe_file(LINEAR)).steps["s"].chat_template is None
 
@@ -64,6 +71,8 @@ def test_builtins_are_package_data():
         ('""', "empty string", "Jinja text"),
         ("3", "got int 3", None),
         ('["chatml"]', "got list", None),
+        ('"{% for m in %}{{ m }}"', "does not compile: line 1 of the template: Expected an expression", "Jinja"),
+        ('"{{ bos_token }"', "does not compile", "Jinja"),
     ],
 )
 def test_bad_values_are_located_errors(recipe_file, value, message, hint):

@@ -205,6 +205,17 @@ def test_della_rejects_epsilon_outside_density_band():
         sparsify.magprune(torch.ones(4, 4), 0.1, 0.2, rng=torch.Generator())
 
 
+def test_della_inputs_at_density_one_need_no_band():
+    """Density 1 (the default) prunes nothing, as mergekit's MagPrune: any epsilon goes."""
+    from mergepkg.methods.della import band_problem
+
+    assert band_problem({"density": [1.0, 0.5], "epsilon": [0.15, 0.15]}) is None
+    problem = band_problem({"density": [1.0, 0.9], "epsilon": [0.15, 0.15]})
+    assert problem is not None and problem.message.startswith("input 2:")
+    delta = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(sparsify.magprune(delta, 1.0, 0.15, rng=torch.Generator()), delta)
+
+
 # -- model stock / passthrough -------------------------------------------------------
 def test_model_stock_identical_finetunes_return_the_finetune():
     torch.testing.assert_close(merge("model_stock", BASE, [A, A]), A, atol=1e-5, rtol=1e-5)

@@ -88,6 +88,9 @@ def _token_source(ctx: Context, refs: Refs, step: Step, src: Any, key: str) -> A
             raise ctx.error(f"{key}.kind", f"unknown kind {src.get('kind')!r}", 'expected "zero" or "model_token"')
         if (src.get("token") is None) == (src.get("token_id") is None):
             raise ctx.error(key, "expected exactly one of `token` or `token_id`")
+        token_id = src.get("token_id")
+        if token_id is not None and (not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0):
+            raise ctx.error(f"{key}.token_id", f"expected a token id (an integer from 0), got {show(token_id)}")
         name = _token_model(ctx, refs, step, src.get("model"), f"{key}.model")
         which = {"token": str(src["token"])} if src.get("token") is not None else {"token_id": src["token_id"]}
         return {"model": name, **which}
