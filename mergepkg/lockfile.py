@@ -165,6 +165,7 @@ def recipe_hash(recipe: Recipe) -> str:
             + ([s.pad_to_multiple_of] if s.pad_to_multiple_of else [])
             + ([asdict(s.moe)] if s.moe else [])  # only on moe steps: other hashes stay
             + ([{"chat_template": s.chat_template}] if s.chat_template is not None else [])  # likewise
+            + ([{"config": s.config}] if s.config is not None else [])  # likewise
             for n, s in recipe.steps.items()
         },
     }

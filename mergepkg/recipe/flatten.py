@@ -26,6 +26,7 @@ def _renamed(step: Step, name: str, rename: Callable[[str], str], origin: Origin
         step,
         name=name,
         base=rename(step.base) if step.base else None,
+        config=rename(step.config) if step.config else None,
         inputs=tuple(InputRef(rename(i.model), i.params) for i in step.inputs),
         slices=tuple(
             Slice(tuple(SliceSource(rename(s.model), s.layers, s.params) for s in sl.sources), sl.params)

@@ -164,6 +164,10 @@ class Step:
     # "auto", a built-in template's name, a model's name or Jinja text (recipe/chat.py); None: the
     # output's tokenizer files keep the template they have
     chat_template: str | None = None
+    # the model whose config.json and side files (generation config) the output takes, and, by
+    # default, its tokenizer: mergekit's `base_model` for a method without a base. None: the
+    # base, else the first model
+    config: str | None = None
 
     @property
     def tokenizer_union(self) -> bool:
@@ -187,8 +191,9 @@ class Step:
 
     @property
     def models(self) -> tuple[str, ...]:
-        """Every model the step reads, base first, each once, in recipe order."""
+        """Every model the step reads, base first (then `config`'s model), each once, in recipe order."""
         names = [self.base] if self.base else []
+        names += [self.config] if self.config else []
         names += [i.model for i in self.inputs]
         names += [s.model for sl in self.slices for s in sl.sources]
         names += self.moe.models if self.moe else []

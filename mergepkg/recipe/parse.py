@@ -38,7 +38,18 @@ from mergepkg.recipe.tables import TableReader, show
 from mergepkg.recipe.tokenizer import tokenizer_setting
 from mergepkg.recipe.versions import Range, VersionError
 
-STEP_KEYS = ("method", "base", "inputs", "slices", "params", "dtype", "out_dtype", "tokenizer", "chat_template")
+STEP_KEYS = (
+    "method",
+    "base",
+    "inputs",
+    "slices",
+    "params",
+    "dtype",
+    "out_dtype",
+    "tokenizer",
+    "chat_template",
+    "config",
+)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -361,7 +372,8 @@ class _Parser(TableReader):
 
         dtype = self.dtype(table.get("dtype", "float32"), f"{key}.dtype", auto=True)
         out_dtype = self.dtype(table["out_dtype"], f"{key}.out_dtype") if "out_dtype" in table else None
-        models = Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices).models
+        config = self.config_model(table.get("config"), f"{key}.config", name, base)
+        models = Step(name=name, method=spec.name, base=base, inputs=inputs, slices=slices, config=config).models
         tokenizer, tokens, pad = tokenizer_setting(self, table.get("tokenizer"), f"{key}.tokenizer", models, base)
         chat_template = chat_template_setting(self, table.get("chat_template"), f"{key}.chat_template", models)
         return Step(
@@ -377,7 +389,23 @@ class _Parser(TableReader):
             tokens=tokens,
             pad_to_multiple_of=pad,
             chat_template=chat_template,
+            config=config,
         )
+
+    def config_model(self, value: Any, key: str, name: str, base: str | None) -> str | None:
+        """`config`: a model (read, not merged unless the step merges it) whose config the output takes."""
+        if value is None:
+            return None
+        model = self.model_ref(value, key)
+        if model == name:
+            raise self.error(key, f"step {name!r} cannot take its config from itself")
+        if base is not None and model != base:
+            raise self.error(
+                key,
+                f"the config of a step with a base is the base's ({base!r})",
+                "remove `config`, or set it to the base",
+            )
+        return model
 
     def check_count(self, spec: MethodSpec, count: int, key: str) -> None:
         if (problem := spec.count_problem(count)) is not None:

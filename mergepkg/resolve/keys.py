@@ -138,6 +138,8 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
         ]
     if step.chat_template is not None:  # only when set, as the tokenizer settings: older keys stay
         entry["chat_template"] = chat_template_entry(step, refs)
+    if step.config is not None:  # only when set: older keys stay
+        entry["config_model"] = refs[step.config]
     if step.slices or (step.dtype == AUTO_DTYPE and step.out_dtype is None):
         entry["config"] = CONFIG_VERSION  # their config.json changed (layout/configs.py): not the old outputs
     return entry

@@ -243,3 +243,14 @@ chat_template = "auto"
         },
         "chat_template": "{{ x }}",
     }
+
+
+def test_a_step_s_config_model_is_written_as_base_model(recipe_file):
+    text = """
+[steps.stack]
+method = "passthrough"
+slices = [{ sources = [{ model = "ft1", layers = [0, 2] }] }, { sources = [{ model = "ft2", layers = [2, 4] }] }]
+config = "base"
+"""
+    config = config_of(recipe_file, text, "stack")
+    assert config["base_model"] == "../m/base" and "base_model" not in str(config["slices"])

@@ -349,10 +349,10 @@ def test_tokenizer_source_base_of_linear_is_the_base_input(tmp_path):
         tmp_path,
     )
     step = recipe.steps["config"]
-    # mergekit merges base_model as one more input of linear, and copies its tokenizer
-    # a source named "base" would read as the step's base in `tokenizer = "base"`: it is renamed
-    assert [i.model for i in step.inputs] == ["a", "b", "base-model"] and step.base is None
-    assert step.tokenizer == "base-model" and "base" not in recipe.sources
+    # mergekit merges base_model as one more input of linear, and takes its config and tokenizer
+    assert [i.model for i in step.inputs] == ["a", "b", "base"] and step.base is None
+    assert step.config == "base" and step.tokenizer_model == "base"
+    assert 'config = "base"' in result.text
     assert "base_model is merged as one more input" in result.text
 
 
@@ -383,7 +383,7 @@ def test_task_arithmetic_density_and_shared_params_on_models_dropped(tmp_path):
     assert "method 'task_arithmetic' has no parameter 'density'" in result.text
 
 
-def test_passthrough_slices_with_scale_and_dropped_base(tmp_path):
+def test_passthrough_slices_with_scale_and_the_config_of_base_model(tmp_path):
     result, recipe = imported(
         """
         merge_method: passthrough
@@ -400,8 +400,9 @@ def test_passthrough_slices_with_scale_and_dropped_base(tmp_path):
     )
     step = recipe.steps["config"]
     assert step.base is None and step.tokenizer is None
+    assert step.config == "a" and step.tokenizer_model == "a"  # mergekit's donor: base_model
     assert step.slices[1].sources[0].params["scale"] == (Condition("down_proj", 0.5), Condition(None, 1.0))
-    assert "# warning: base_model has no effect: mergekit does not use it for passthrough slices" in result.text
+    assert "base_model has no effect" not in result.text
 
 
 def test_names_are_sanitised_and_unique(tmp_path):

@@ -38,6 +38,7 @@ class Step:
     tokens: dict[str, dict] = field(default_factory=dict)  # tokenizer.tokens: token -> { source, force }
     pad_to_multiple_of: int | None = None
     chat_template: str | None = None  # "auto", a built-in name, a model of the step or Jinja text
+    config: str | None = None  # base_model of a method without a base: where config and tokenizer come from
     moe: dict | None = None  # an moe step: { experts, shared_expert, params }
     notes: dict[str, list[str]] = field(default_factory=dict)  # note -> key paths it applies to
     ignored: dict[str, str] = field(default_factory=dict)  # key path -> why it has no effect
@@ -45,8 +46,9 @@ class Step:
 
     @property
     def models(self) -> list[str]:
-        """The base, the inputs and the slice sources, each once, in order."""
+        """The base (or `config`'s model), the inputs and the slice sources, each once, in order."""
         names = [self.base] if self.base else []
+        names += [self.config] if self.config else []
         names += [i["model"] for i in self.inputs]
         names += [s["model"] for sl in self.slices for s in sl["sources"]]
         if self.moe is not None:

@@ -49,8 +49,7 @@ def whole_models(
             # mergekit merges base_model as one more input of methods that take no base
             items.append((base, None, "base_model"))
             ctx.note(f"base_model is merged as one more input, as mergekit does for {spec.name}", "base_model")
-        if base is not None and items[0][0] != base:
-            step.tokenizer = base  # mergekit copies the base model's tokenizer
+        step.config = base  # mergekit's config.json, side files and tokenizer come from base_model
         if spec.max_inputs is not None and len(items) > spec.max_inputs and base is not None:
             raise ctx.error(
                 "base_model",
@@ -97,8 +96,7 @@ def sliced(
     if not isinstance(raw, list) or not raw:
         raise ctx.error(where, "expected a list of { sources: [...] }")
     if spec.base == "none":
-        if base is not None:
-            ctx.ignored("base_model", f"mergekit does not use it for {spec.name} slices")
+        step.config = base  # not merged: mergekit takes config.json, side files and tokenizer from it
     else:
         if spec.base == "required" and base is None:
             raise ctx.error(

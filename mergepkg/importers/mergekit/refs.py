@@ -182,6 +182,7 @@ class Refs:
         for s in steps:
             s.name = new if s.name == old else s.name
             s.base = swap(s.base)
+            s.config = swap(s.config)
             s.tokenizer = swap(s.tokenizer)
             for entry in s.tokens.values():
                 src = entry["source"]

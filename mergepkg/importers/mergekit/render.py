@@ -71,6 +71,8 @@ def render(config_name: str, package: str, sources: dict[str, dict], steps: list
             out.append(f"dtype = {_value(s.dtype)}")
         if s.out_dtype:
             out.append(f"out_dtype = {_value(s.out_dtype)}")
+        if s.config is not None:
+            out.append(f"config = {_value(s.config)}")
         source = "union" if s.union else ("base" if s.tokenizer == s.base else s.tokenizer) if s.tokenizer else None
         if s.tokens or s.pad_to_multiple_of:
             table = {
