@@ -97,6 +97,8 @@ def merge_tensor(
         loaded = [x.to(dtype=compute) for x in loaded]  # no-op when already there
     base = loaded[0] if out.base else None
     tensors = loaded[1:] if out.base else loaded
+    if base is not None and not tensors:  # a slice of the base alone (MethodSpec.base_alone): the base
+        return base.to(dtype=dtype).to(dtype=via).to(dtype=saved)
     kwargs = dict(out.params)
     if method.random:
 

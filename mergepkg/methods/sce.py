@@ -94,4 +94,5 @@ SPEC = MethodSpec(
     paper="https://arxiv.org/abs/2408.07990",
     base="required",
     min_inputs=1,
+    base_alone=True,
 )

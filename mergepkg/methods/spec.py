@@ -89,6 +89,9 @@ class MethodSpec:
     version: int = 1  # bumped when the method's numerics change
     base: str = "required"  # "required", "optional" or "none"
     min_inputs: int = 1  # non-base inputs, per slice
+    # a slice whose only source is the base gives the base's layers (mergekit's task-vector
+    # family returns the base when it has no task vector)
+    base_alone: bool = False
     max_inputs: int | None = None
     random: bool = False  # takes `rng`: one seeded generator per input
     fp32: bool = False  # computes in at least float32 whatever the step's dtype (as mergekit does)
@@ -110,11 +113,14 @@ class MethodSpec:
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
 
-    def count_problem(self, count: int, base: str = "the base") -> str | None:
-        """Why `count` models besides the base (called `base`) do not suit this method, or None."""
+    def count_problem(self, count: int, base: str = "the base", *, in_slice: bool = False) -> str | None:
+        """Why `count` models besides the base (called `base`) do not suit this method, or None;
+        `in_slice`: they are a slice's sources."""
+        if in_slice and count == 0 and self.base_alone:
+            return None
         if self.min_inputs <= count and (self.max_inputs is None or count <= self.max_inputs):
             return None
-        noun = "model" if self.max_inputs == 1 else "models"
+        noun = "model" if (self.max_inputs or self.min_inputs) == 1 else "models"  # "at least 1 model"
         extra = f" besides {base}" if self.base != "none" else ""
         return f"method {self.name!r} takes {self.inputs_text} {noun}{extra}, got {count}"
 

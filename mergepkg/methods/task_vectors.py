@@ -244,6 +244,7 @@ def make_method(
         paper=paper,
         base="required",
         min_inputs=1,
+        base_alone=True,
         random=random,
         stream=stream,
         check=check,

@@ -359,7 +359,7 @@ class _Parser(TableReader):
                     f"{key}.slices[{si}].sources",
                     f"method {spec.name!r} needs the base {base!r} among each slice's sources",
                 )
-            self.check_count(spec, count, f"{key}.slices[{si}].sources")
+            self.check_count(spec, count, f"{key}.slices[{si}].sources", in_slice=True)
             for p in spec.params:
                 if p.required and p.name not in params and p.name not in sl.params:
                     for j, src in enumerate(sl.sources):
@@ -407,8 +407,8 @@ class _Parser(TableReader):
             )
         return model
 
-    def check_count(self, spec: MethodSpec, count: int, key: str) -> None:
-        if (problem := spec.count_problem(count)) is not None:
+    def check_count(self, spec: MethodSpec, count: int, key: str, *, in_slice: bool = False) -> None:
+        if (problem := spec.count_problem(count, in_slice=in_slice)) is not None:
             raise self.error(key, problem)
 
     def input(self, value: Any, spec: MethodSpec, key: str) -> InputRef:

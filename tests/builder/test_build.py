@@ -246,3 +246,30 @@ def test_outputs_take_the_shard_size_asked_for_even_when_stored(write_recipe, tm
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "many")  # transformers follows the index
+
+
+def test_a_slice_of_the_base_alone_keeps_the_base_s_layers(write_recipe, tmp_path, models):
+    """As mergekit's task-vector family returns the base when a slice has no other model."""
+    from mergepkg.errors import RecipeError
+
+    body = """
+        [steps.m]
+        method = "{method}"
+        base = "base"
+        slices = [
+          {{ sources = [{{ model = "base", layers = [0, 2] }}, {{ model = "ft1", layers = [0, 2], weight = 1.0{more} }}] }},
+          {{ sources = [{{ model = "base", layers = [2, 4] }}] }},
+        ]
+        """
+    tensors = build_one(write_recipe(body.format(method="ties", more=", density = 0.5")), tmp_path / "out")
+    base, ft1 = load_tensors(models["base"]), load_tensors(models["ft1"])
+    name = "model.layers.{}.mlp.up_proj.weight"
+    assert torch.equal(tensors[name.format(2)], base[name.format(2)]) and torch.equal(
+        tensors[name.format(3)], base[name.format(3)]
+    )
+    assert not torch.equal(tensors[name.format(0)], base[name.format(0)])
+    assert not torch.equal(tensors[name.format(0)], ft1[name.format(0)])
+    with pytest.raises(RecipeError, match=r"takes exactly 1 model besides the base, got 0"):
+        load_recipe(
+            write_recipe(body.format(method="slerp", more="").replace(", weight = 1.0", "") + "params = { t = 0.5 }\n")
+        )

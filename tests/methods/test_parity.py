@@ -129,6 +129,15 @@ DETERMINISTIC = {
     "passthrough-scale": dict(
         method="passthrough", inputs=[_in("ft1", scale=[{"filter": "mlp", "value": [0.5, 1.5]}, {"value": 2.0}])]
     ),
+    # a slice of the base alone: mergekit's task-vector family returns the base there
+    "ties-base-alone-slice": dict(
+        method="ties",
+        base="base",
+        slices=[  # last: mergekit merges the head over the last slice's first len(slices[0]) sources
+            ([_src("base", 0, 2), _src("ft1", 0, 2, weight=1.0, density=0.5)], {}),
+            ([_src("base", 2, 4)], {}),
+        ],
+    ),
     # sharded safetensors input and a pytorch_model.bin input
     "sharded": dict(
         method="task_arithmetic", base="base", inputs=[_in("ft1_sharded", weight=0.6), _in("ft2_bin", weight=0.5)]

@@ -160,7 +160,7 @@ def sliced(
             raise ctx.error(f"{key}.sources", f"base_model must be among each slice's sources for {spec.name}")
         slice_params = read_params(ctx, sl.get("parameters"), spec, f"{key}.parameters", level="slice")
         non_base = [s for s in out_sources if s["model"] != step.base]
-        _check_count(ctx, spec, len(non_base), f"{key}.sources")
+        _check_count(ctx, spec, len(non_base), f"{key}.sources", in_slice=True)
         for p in spec.params:
             if not p.required or p.name in step.params or p.name in slice_params:
                 continue
@@ -218,6 +218,6 @@ def _misplaced(step: Step, name: str) -> str | None:
     return None
 
 
-def _check_count(ctx: Context, spec: MethodSpec, count: int, key: str) -> None:
-    if (problem := spec.count_problem(count, "the base_model")) is not None:
+def _check_count(ctx: Context, spec: MethodSpec, count: int, key: str, *, in_slice: bool = False) -> None:
+    if (problem := spec.count_problem(count, "the base_model", in_slice=in_slice)) is not None:
         raise ctx.error(key, problem)
