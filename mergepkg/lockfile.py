@@ -191,6 +191,10 @@ def parse_lock(text: str, path: Path | str) -> Lock:
         data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, RecursionError) as e:
         raise RecipeError(f"cannot read the lock: {e}", file=path, hint="delete it and run `mergepkg lock`") from None
+    if "version" not in data:
+        raise RecipeError(
+            "not a mergepkg lock: it has no `version`", file=path, hint="delete it and run `mergepkg lock`"
+        )
     if data.get("version") != LOCK_VERSION:
         raise RecipeError(
             f"lock format {data.get('version')!r} is not {LOCK_VERSION}",

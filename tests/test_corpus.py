@@ -301,6 +301,12 @@ RECIPES = [
     ),
     Case("density-zero", recipe("density = 0.5 }, { model", "density = 0 }, { model"), "recipe.toml:13", "(0, 1]"),
     Case(
+        "weight-past-float32",
+        recipe('"ft1", weight = 0.5', '"ft1", weight = 1e308'),
+        "recipe.toml:13",
+        "a number float32 can hold",
+    ),
+    Case(
         "density-str",
         recipe("density = 0.5 }, { model", 'density = "half" }, { model'),
         "recipe.toml:13",
@@ -813,6 +819,7 @@ COMMANDS = [
     lock_case("files-str", "malformed lock"),
     lock_case("extra-step", "was removed"),
     lock_case("seed-str", "seed is not an integer"),
+    Case("lock-empty", write("recipe.lock", ""), "recipe.lock", "has no `version`", args=(*BUILD, "--locked")),
     lock_case("dependency", "malformed lock"),
     Case(
         "lock-not-utf8",
@@ -848,6 +855,9 @@ COMMANDS = [
         "",
         "invalid package name",
         args=("import", "c.yml", "--name", "../x"),
+    ),
+    Case(
+        "registry-add-ftp", lambda case: None, "", "not reached over ftp://", args=("registry", "add", "x", "ftp://x")
     ),
     Case("cache-info-unknown", lambda case: None, "", "artifacts match key", args=("cache", "info", "ffff")),
 ]

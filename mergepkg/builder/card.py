@@ -4,12 +4,12 @@ Hugging Face front matter made and checked by huggingface_hub's `ModelCardData` 
 read every card back with `ModelCard.load`): `base_model` lists the Hugging Face repos
 the output is merged from (a local folder has no repo id and is not listed; no hub
 source, no `base_model`), `base_model_relation: merge`, `library_name: transformers`,
-the tags `merge`, `mergepkg` and the recipe's own. Then what the output is made of:
-the recipe step (and the steps it reads) as written, every source pinned as the lock
-pins it, each method's one-line description and paper, the key and output digest,
-how to rebuild it from the folder itself (`mergepkg.toml`, `mergepkg.lock`, where the
-sources come from; the mergekit config when there is one), and evaluation results
-when there are any.
+the tags `merge`, `mergepkg`, `moe` for a mixture of experts, and the recipe's own (each
+once). Then what the output is made of: the recipe step (and the steps it reads) as
+written, every source pinned as the lock pins it, each method's one-line description and
+paper, the key and output digest, how to rebuild it from the folder itself
+(`mergepkg.toml`, `mergepkg.lock`, where the sources come from; the mergekit config when
+there is one), and evaluation results when there are any.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def front_matter(res: Resolution, name: str) -> str:
     data = ModelCardData(
         base_model=hub_bases(res, name) or None,
         library_name="transformers",
-        tags=[*TAGS, *res.recipe.tags],
+        tags=list(dict.fromkeys([*TAGS, *(["moe"] if res.recipe.steps[name].moe else []), *res.recipe.tags])),
         base_model_relation="merge",
     )
     text = data.to_yaml()

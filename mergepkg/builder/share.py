@@ -102,6 +102,8 @@ def lock_for(arg: str | Path) -> tuple[Path, Lock]:
     lock_file = path if path.suffix == ".lock" else path.with_suffix(".lock")
     if not path.exists():
         raise StoreError(f"no such file: {path}", hint="give a recipe file, a lock file, or a key")
+    if not path.is_file() or path.suffix not in (".lock", ".toml"):
+        raise StoreError(f"not a recipe or a lock file: {path}", hint="give a recipe.toml, its .lock, or a key")
     lock = read_lock(lock_file)
     if lock is None:
         raise StoreError(

@@ -81,7 +81,7 @@ def for_process(limit: int | None) -> Budget:
     used = resident_bytes()
     if limit - used < 4 * CHUNK_WORK:
         raise BuildError(
-            f"--max-memory {limit / 1e6:.0f} MB leaves too little beside the "
+            f"--max-memory {limit / 1e6:.6g} MB leaves too little beside the "
             f"{used / 1e6:.0f} MB this process already uses",
             hint=f"allow at least {(used + 4 * CHUNK_WORK) / 1e6:.0f} MB",
         )

@@ -13,6 +13,8 @@ from typing import Any
 
 REQUIRED = object()  # marks a parameter without default
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+
 
 @dataclass(frozen=True)
 class Param:
@@ -64,6 +66,8 @@ class Param:
             return f"expected an integer, got {value!r}"
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return f"expected a number, got {value!r}"
+        if abs(value) > FLOAT32_MAX:  # it multiplies float32 tensors: it would overflow mid-build
+            return f"expected a number float32 can hold (at most {FLOAT32_MAX:.6g} in size), got {value!r}"
         too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
         if too_low or too_high:

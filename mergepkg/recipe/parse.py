@@ -55,7 +55,7 @@ STEP_KEYS = (
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors write one) is not TOML
     except FileNotFoundError:
         raise SourceError("recipe file not found", file=path) from None
     except (OSError, UnicodeDecodeError) as e:

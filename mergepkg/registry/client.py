@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -89,6 +90,12 @@ def save(settings: Settings, registries: list[Registry]) -> None:
 def normalize_url(url: str) -> str:
     if url.startswith(("http://", "https://")):
         return url.rstrip("/")
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if scheme and scheme[1].lower() != "file":
+        raise RegistryError(
+            f"a registry is not reached over {scheme[1]}://: {url}",
+            hint="give a folder, a file:// or an http(s):// URL",
+        )
     folder = Path(urllib.parse.urlparse(url).path if url.startswith("file://") else url).expanduser().resolve()
     if not (folder / "config.json").is_file():
         raise RegistryError(

@@ -169,3 +169,17 @@ def test_card_files_are_not_in_the_store(write_recipe, tmp_path, outputs, mergep
         assert not {"README.md", RECIPE_FILE, LOCK_FILE, MERGEKIT_FILE} & stored
         assert {"README.md", RECIPE_FILE, LOCK_FILE, MERGEKIT_FILE} <= {p.name for p in folder.iterdir()}
         assert json.loads((folder / "config.json").read_text())  # the model is there too
+
+
+def test_a_mixture_of_experts_is_tagged_moe():
+    """As the Hub's MoE merges are: the front matter of recipes/moe-experts.toml's output."""
+    from mergepkg.builder.card import front_matter
+    from mergepkg.resolve.resolution import resolve
+    from mergepkg.store.session import Session
+
+    root = Path(__file__).resolve().parents[2]
+    res = resolve(load_recipe(root / "recipes" / "moe-experts.toml"), Session())
+    moe = next(n for n, s in res.recipe.steps.items() if s.moe)
+    plain = next(n for n, s in res.recipe.steps.items() if not s.moe)
+    assert "- moe" in front_matter(res, moe).splitlines()
+    assert "- moe" not in front_matter(res, plain).splitlines()

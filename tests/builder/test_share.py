@@ -216,3 +216,10 @@ def test_remote_gc_keeps_every_published_version_a_range_names(remote, tmp_path)
     assert share.remote_gc(remote, keep).removed == (arts[2].key,)
     with pytest.raises(Exception, match="no version of skills"):
         share.gc_roots(["skills@^3"], [], settings)
+
+
+def test_a_keep_lock_that_is_no_recipe_or_lock_is_said_so(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    for arg in (tmp_path, tmp_path / "notes.txt"):
+        with pytest.raises(StoreError, match="not a recipe or a lock file"):
+            share.lock_for(arg)

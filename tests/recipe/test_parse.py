@@ -217,3 +217,11 @@ def test_tokenizer_base_names_an_input_called_base_when_the_step_has_no_base(rec
         )
     )
     assert r.steps["s"].tokenizer_model == "base"
+
+
+def test_a_byte_order_mark_is_not_part_of_the_recipe(recipe_file):
+    """Windows editors may save UTF-8 with a BOM, which TOML does not allow."""
+    path = recipe_file('[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1.0 }]\n')
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    recipe = load_recipe(path)
+    assert list(recipe.steps) == ["s"] and not recipe.text.startswith("\ufeff")
