@@ -182,20 +182,26 @@ def _not_a_value(arg: str) -> bool:
     return False
 
 
+INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+INTERRUPTED_TEXT = "[red]interrupted[/]: what was finished is stored; the output folder is as it was"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: known errors become one clean message and exit 1; --debug re-raises."""
     args = with_optional_values(sys.argv[1:] if argv is None else list(argv))
     try:
         rc = app(args=args, standalone_mode=False)  # typer returns (not raises) Exit codes here
+        if rc == INTERRUPTED:  # typer turns Ctrl-C inside a command into a silent Exit(130)
+            err.print(INTERRUPTED_TEXT)
         return rc if isinstance(rc, int) else 0
     except MergepkgError as e:
         if STATE["debug"]:
             raise
         show_error(e)
         return 1
-    except KeyboardInterrupt:
-        err.print("[red]interrupted[/]: nothing was written to the output")
-        return 130
+    except KeyboardInterrupt:  # outside a command: while the command line is read
+        err.print(INTERRUPTED_TEXT)
+        return INTERRUPTED
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:

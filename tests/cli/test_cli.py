@@ -854,3 +854,17 @@ def test_out_empty_folder_is_used(write_recipe, tmp_path, capsys):
     assert code == 0, err
     assert (out_dir / MARKER).is_file()
     assert load_tensors(out_dir)
+
+
+def test_ctrl_c_in_a_command_says_so_and_exits_130(recipe_file, capsys, monkeypatch):
+    """typer turns a KeyboardInterrupt inside a command into a silent exit 130: it is said."""
+    import mergepkg.cli.build as build_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_cli, "build_recipe", interrupted)
+    path = recipe_file('[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1.0 }]\n')
+    assert main(["build", str(path), "--out", str(path.parent / "out")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
