@@ -52,10 +52,11 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def commit(self, name: str, files: dict[str, bytes], parent: str | None = None) -> str:
+    def commit(self, name: str, files: dict[str, bytes], parent: str | None = None, deleted: tuple = ()) -> str:
         repo = self.repos[name]
-        sha = hashlib.sha1(f"{name}{len(repo.commits)}{sorted(files)}".encode()).hexdigest()
-        repo.commits[sha] = {**repo.commits.get(repo.head, {}), **files}
+        sha = hashlib.sha1(f"{name}{len(repo.commits)}{sorted(files)}{sorted(deleted)}".encode()).hexdigest()
+        kept = {k: v for k, v in repo.commits.get(repo.head, {}).items() if k not in deleted}
+        repo.commits[sha] = {**kept, **files}
         repo.head = sha
         return sha
 
@@ -181,17 +182,19 @@ def _handler(hub: FakeHub):
                 if header.get("parentCommit") not in (None, repo.head):
                     self.reply(412, {"error": "parent commit is not the head"})
                     return
-                files = {}
+                files, deleted = {}, []
                 for x in lines:
                     v = x["value"]
-                    if x["key"] == "file":
+                    if x["key"] == "deletedFile":
+                        deleted.append(v["path"])
+                    elif x["key"] == "file":
                         files[v["path"]] = base64.b64decode(v["content"])
                     elif x["key"] == "lfsFile":
                         if v["oid"] not in hub.lfs:
                             self.reply(422, {"error": f"LFS object {v['oid']} was never uploaded"})
                             return
                         files[v["path"]] = hub.lfs[v["oid"]]
-                sha = hub.commit(m["repo"], files)
+                sha = hub.commit(m["repo"], files, deleted=tuple(deleted))
                 self.reply(
                     200, {"commitUrl": f"{hub.url}/{m['repo']}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None}
                 )

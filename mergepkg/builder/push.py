@@ -16,7 +16,9 @@ is never written anywhere. The output must be built: push builds nothing.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import importlib
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -53,6 +55,7 @@ class PushReport:
     commit: str | None  # the commit holding the output; None for a dry run
     url: str | None  # the commit's page
     dry_run: bool = False
+    deleted: tuple[str, ...] = ()  # model files of an earlier push the output no longer has (`stale`)
 
     @property
     def source(self) -> str:
@@ -94,14 +97,16 @@ def push(
         head, remote = _remote_files(api, repo, must_exist=not dry_run, private=private)
         send = [name for name, path in local.items() if remote.get(name) not in _ids(path)]
         files = [PushFile(n, p.stat().st_size, n in send) for n, p in local.items()]
+        deleted = stale(remote, local)
         if dry_run:
-            return PushReport(repo, step, art.key, files, None, None, dry_run=True)
+            return PushReport(repo, step, art.key, files, None, None, dry_run=True, deleted=deleted)
         commit = head
-        if send:
-            from huggingface_hub import CommitOperationAdd
+        if send or deleted:
+            from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
             message = recipe.publish.commit_message or f"mergepkg push: {recipe.name} {recipe.version}, step {step}"
-            ops = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(local[n])) for n in send]
+            ops: list[Any] = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(local[n])) for n in send]
+            ops += [CommitOperationDelete(path_in_repo=n) for n in deleted]
             info = _hub(
                 lambda: api.create_commit(
                     repo,
@@ -117,7 +122,29 @@ def push(
     pushed = LockedPush(repo, commit, step, art.key, art.digest)
     kept = tuple(p for p in lock.pushes if (p.repo, p.step) != (repo, step))
     write_lock(lock_path(recipe), replace(lock, pushes=(*kept, pushed)))
-    return PushReport(repo, step, art.key, files, commit, f"{api.endpoint}/{repo}/commit/{commit}")
+    return PushReport(repo, step, art.key, files, commit, f"{api.endpoint}/{repo}/commit/{commit}", deleted=deleted)
+
+
+# what transformers, tokenizers, llama.cpp or a rebuild read from a model repo: a file of these
+# that the output lacks would be read beside it (an earlier push's weights in one file, next
+# to this push's shards), so the commit deletes it; any other file (images, notes) is kept
+MODEL_FILES = (
+    "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json", "*.gguf",
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+    "mergekit_config.yml", "mergepkg.toml", "mergepkg.lock", "*.mergepkg.toml",
+)  # fmt: skip
+
+
+def stale(remote: dict[str, str], local: dict[str, Path]) -> tuple[str, ...]:
+    """The repo's model files (MODEL_FILES, at its top level) that the output does not have."""
+    return tuple(
+        sorted(
+            n
+            for n in remote
+            if n not in local and "/" not in n and any(fnmatch.fnmatchcase(n, pattern) for pattern in MODEL_FILES)
+        )
+    )
 
 
 @contextmanager
@@ -196,6 +223,7 @@ def _hub(call, repo: str):
     """`call()` with the Hub's errors as one-line mergepkg errors."""
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+    unreachable: tuple[type[BaseException], ...] = (OSError, *_transport_errors())
     try:
         return call()
     except RepositoryNotFoundError as e:
@@ -208,5 +236,17 @@ def _hub(call, repo: str):
         if status in (401, 403):
             raise BuildError(f"the Hub refused to let us write to {repo} ({status})", hint=LOGIN_HINT) from None
         raise BuildError(f"the Hub answered {status} for {repo}: {str(e).splitlines()[0]}") from None
-    except OSError as e:  # the connection itself
+    except unreachable as e:  # the connection itself
         raise BuildError(f"cannot reach the Hub: {e}", hint="check the network (and HF_ENDPOINT)") from None
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The HTTP client's own connection errors (huggingface_hub 1.x and later use httpx,
+    whose errors are not OSErrors; older ones use requests, whose are)."""
+    errors: list[type[Exception]] = []
+    for module in ("httpx", "httpx2"):
+        try:
+            errors.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)

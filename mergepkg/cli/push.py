@@ -38,10 +38,15 @@ def push(
     if dry_run:
         for f in report.files:
             out.print(f"{'send' if f.send else 'skip'}  {f.size:>12}  {f.path}", highlight=False, markup=False)
-        err.print(f"[green]dry run[/]: {len(sent)} of {len(report.files)} files would be sent to {report.repo}")
+        for name in report.deleted:
+            out.print(f"delete  {'':>10}  {name}", highlight=False, markup=False)
+        gone = f", {len(report.deleted)} deleted" if report.deleted else ""
+        err.print(f"[green]dry run[/]: {len(sent)} of {len(report.files)} files would be sent to {report.repo}{gone}")
         return
     total = sum(f.size for f in sent)
     what = f"{len(sent)} files sent ({size(total)})" if sent else "nothing to send: the repo has every file"
+    if report.deleted:
+        what += f", {len(report.deleted)} left from an earlier push deleted ({', '.join(report.deleted)})"
     err.print(f"[green]pushed[/] {report.step} [dim]{report.key[:12]}[/]: {what}; commit recorded in the lock")
     out.print(report.url, highlight=False, markup=False)
     out.print(report.source, highlight=False, markup=False)

@@ -58,6 +58,24 @@ def test_a_push_sends_the_output_folder_once_then_only_what_changed(fake_hub, wr
     assert third.commit != report.commit
 
 
+def test_a_push_deletes_the_model_files_of_an_earlier_push_that_the_output_lacks(fake_hub, write_recipe, tmp_path):
+    """One model.safetensors pushed, then the output in shards: the old file would be what
+    transformers loads beside them. It is deleted; a file that is no model's is kept."""
+    path = built(write_recipe, tmp_path)
+    push(load_recipe(path), Session(Settings()), "org/merged")
+    fake_hub.commit("org/merged", {"images/plot.png": b"png", "NOTES.md": b"mine"})
+    path = write_recipe(LINEAR.format(w="0.5"))
+    build(load_recipe(path), Session(Settings(max_shard_bytes=20_000)), out=tmp_path / "out")
+    dry = push(load_recipe(path), Session(Settings()), "org/merged", dry_run=True)
+    assert dry.deleted == ("model.safetensors",)
+    assert "model.safetensors" in on_hub(fake_hub, "org/merged")  # a dry run changes nothing
+    report = push(load_recipe(path), Session(Settings()), "org/merged")
+    files = on_hub(fake_hub, "org/merged")
+    assert report.deleted == ("model.safetensors",) and "model.safetensors" not in files
+    assert "model.safetensors.index.json" in files and any(n.startswith("model-00001-of-") for n in files)
+    assert files["images/plot.png"] == b"png" and files["NOTES.md"] == b"mine"
+
+
 def test_dry_run_private_repo_and_a_later_recipe_built_from_the_pushed_commit(
     fake_hub, write_recipe, models, tmp_path, capsys
 ):
@@ -127,3 +145,18 @@ def test_the_lock_keeps_pushes_and_reads_locks_without_them(tmp_path):
     pushed = Lock(lock.recipe_hash, {}, {"m": step}, pushes=(LockedPush("o/n", "c" * 40, "m", "a" * 64, step.digest),))
     write_lock(tmp_path / "y.lock", pushed)
     assert read_lock(tmp_path / "y.lock") == pushed
+
+
+def test_a_hub_that_cannot_be_reached_is_one_line(write_recipe, tmp_path):
+    """huggingface_hub's HTTP client raises its own connection errors, not OSErrors."""
+    import socket
+
+    from huggingface_hub import HfApi
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = built(write_recipe, tmp_path)
+    api = HfApi(endpoint=f"http://127.0.0.1:{port}", token="hf_x")
+    with pytest.raises(BuildError, match="cannot reach the Hub"):
+        push(load_recipe(path), Session(Settings()), "org/merged", api=api)
