@@ -226,7 +226,19 @@ def pull(
     """Pull what `args` name into the local store: a lock's steps checked against its
     digests; a key no given lock pins, by a signature of one of the `trusted` keys.
     Every key is looked up on the remote before anything is pulled; a refusal raises and
-    nothing of that artifact enters the store."""
+    nothing of that artifact enters the store. `cache gc` waits for it, as for a build."""
+    with session.store.in_use():
+        return _pull(remote, session, args, trusted=trusted, reporter=reporter)
+
+
+def _pull(
+    remote: Remote,
+    session: Session,
+    args: Sequence[str],
+    *,
+    trusted: Sequence[str] = (),
+    reporter: ShareReporter | None = None,
+) -> list[Moved]:
     steps, keys = pinned(args)
     digests = {w.key: w.digest for w in steps}
     on_remote: list[str] | None = None

@@ -203,11 +203,12 @@ def run_trial(
 ) -> Trial:
     """Build the trial's step (what is stored is reused) and score it on `validation`."""
     t0 = time.monotonic()
-    report = build(trial_recipe(base, chosen), session, targets=(spec.evaluate,), reporter=reporter, remote="never")
-    artifact = report.artifacts[spec.evaluate]
-    t1 = time.monotonic()
-    scores, objective = validation_scores(spec.combine, artifact.folder, artifact.key, validation, session)
-    t2 = time.monotonic()
+    with session.store.in_use():  # `cache gc` waits until the trial's model is evaluated, not only built
+        report = build(trial_recipe(base, chosen), session, targets=(spec.evaluate,), reporter=reporter, remote="never")
+        artifact = report.artifacts[spec.evaluate]
+        t1 = time.monotonic()
+        scores, objective = validation_scores(spec.combine, artifact.folder, artifact.key, validation, session)
+        t2 = time.monotonic()
     return Trial(
         number=number,
         values=chosen,

@@ -223,3 +223,24 @@ def test_a_keep_lock_that_is_no_recipe_or_lock_is_said_so(tmp_path):
     for arg in (tmp_path, tmp_path / "notes.txt"):
         with pytest.raises(StoreError, match="not a recipe or a lock file"):
             share.lock_for(arg)
+
+
+def test_cache_gc_waits_while_a_pull_runs(remote, tmp_path, monkeypatch):
+    """A pull holds the store as a build does: gc would otherwise take its lock and temp folder."""
+    from mergepkg.errors import BuildError
+
+    a = session_at(tmp_path / "a")
+    lock = lock_of(tmp_path / "r.lock", [make_artifact(a.store, 1)])
+    share.push(remote, a, [str(lock)])
+    b = session_at(tmp_path / "b")
+    refused = []
+    real = share.substitute
+
+    def pulling(*args, **kwargs):
+        with pytest.raises(BuildError, match="a build is running") as e:
+            b.store.gc(set())
+        refused.append(e.value)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(share, "substitute", pulling)
+    assert [m.what for m in share.pull(remote, b, [str(lock)])] == ["pulled"] and refused

@@ -81,3 +81,23 @@ def test_cli_prints_the_table_and_writes_the_plot(spec_file, capsys):
     data = json.loads(capsys.readouterr().out)
     assert len(data["trials"]) == 2 and set(data["test"]) == {"upper", "inc", "objective"}
     assert (spec_file.parent / "demo.tune" / "search.svg").read_text().startswith("<svg")
+
+
+def test_cache_gc_waits_while_a_trial_is_evaluated(spec_file, monkeypatch):
+    """The trial's model is read after its build: gc must not remove it then."""
+    from mergepkg.errors import BuildError
+
+    spec, session = load_tune(spec_file), Session()
+    refused = []
+    real = search_mod.validation_scores
+
+    def evaluate(*args, **kwargs):
+        try:
+            session.store.gc(set(), dry_run=True)
+        except BuildError as e:
+            refused.append(e.message)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_mod, "validation_scores", evaluate)
+    search(spec, session)
+    assert refused and set(refused) == {"a build is running in this store"}
