@@ -19,7 +19,7 @@ from mergepkg.errors import StoreError
 from mergepkg.lockfile import Lock, read_lock
 from mergepkg.registry.packages import Spec, looks_like_spec, published_locks
 from mergepkg.remote.config import config_path, configured, get_remote
-from mergepkg.remote.errors import NotOnRemote, RemoteConfigError, RemoteError
+from mergepkg.remote.errors import NotOnRemote, RemoteConfigError, RemoteError, unreachable
 from mergepkg.remote.sign import SigningKey, keys_dir, load_signing_key
 from mergepkg.remote.store import GcReport, PushReport, Remote
 from mergepkg.remote.sync import open_remote, push_artifact, sign_artifact, substitute
@@ -54,11 +54,13 @@ class Moved:
 
 @contextmanager
 def reaching(remote: Remote) -> Iterator[None]:
-    """An OS or network error from a backend (unreachable, denied, no such bucket) as a
-    `RemoteError` naming the remote."""
+    """An OS or network error from a backend (unreachable, denied, no such bucket, no
+    credentials) as a `RemoteError` naming the remote."""
     try:
         yield
-    except OSError as e:
+    except Exception as e:
+        if not unreachable(e):
+            raise
         raise RemoteError(f"cannot reach the remote: {e}", file=remote.url) from None
 
 
@@ -276,8 +278,9 @@ def _pull(
 
 
 def _has(remote: Remote, key: str) -> bool:
+    """Whether the remote holds `key`; a malformed record is its own error, not an absence."""
     with reaching(remote):
-        return remote.has(key)
+        return remote.record(key) is not None
 
 
 def gc_roots(

@@ -34,7 +34,7 @@ from mergepkg.errors import LockError, MergepkgError
 from mergepkg.lockfile import lock_path, read_lock
 from mergepkg.recipe.model import Recipe
 from mergepkg.remote.config import configured, get_remote, trusted_keys
-from mergepkg.remote.errors import Refused, RemoteError
+from mergepkg.remote.errors import Refused, RemoteError, unreachable
 from mergepkg.remote.record import Record
 from mergepkg.remote.sign import trusted_signer
 from mergepkg.remote.store import PushReport, Remote
@@ -87,11 +87,19 @@ class Remotes:
                 remote = self.opened.get(name) or open_remote(url, skip_instance_cache=True)
                 self.opened[name] = remote
                 held = set(remote.keys())
-                records = {k: remote.record(k) for k in todo if k in held}
-            except Exception as e:  # any backend's failure (network, credentials, a bad record): build instead
+            except Exception as e:  # any backend's failure (network, credentials): build instead
                 self.warn(f"remote {name} ({url}) cannot be read, not used: {_reason(e)}")
                 continue
-            for key, record in records.items():
+            for key in (k for k in todo if k in held):
+                try:
+                    record = remote.record(key)
+                except RemoteError as e:  # this record is malformed: it alone is not offered
+                    self.warn(f"remote {name}: a record is refused: {_reason(e)}")
+                    self.refused.setdefault(key, e)
+                    continue
+                except Exception as e:  # the backend failed on the way: the rest of this remote too
+                    self.warn(f"remote {name} ({url}) cannot be read, not used: {_reason(e)}")
+                    break
                 if record is None:
                     continue
                 problem = self._admits(record, wanted[key], url)
@@ -121,12 +129,17 @@ class Remotes:
         remote = self.opened[offer.remote]
         try:
             return substitute(remote, store, key, expected_digest=expected, trusted=self.trusted, progress=progress)
-        except OSError as e:
+        except Exception as e:
+            if not unreachable(e):
+                raise
             raise RemoteError(f"cannot reach the remote: {e}", file=offer.url) from None
 
 
 def _reason(e: Exception) -> str:
-    return e.message if isinstance(e, MergepkgError) else f"{type(e).__name__}: {e}"
+    """An error in one line, where it happened first (a remote's record and field)."""
+    if isinstance(e, MergepkgError):
+        return f"{e.where}: {e.message}" if e.where else e.message
+    return f"{type(e).__name__}: {e}"
 
 
 @dataclass
@@ -221,6 +234,8 @@ def push_locked(settings: Settings, store: Store, recipe: Recipe, remote: str) -
             )
         try:
             reports[name] = push_artifact(target, art)
-        except OSError as e:
+        except Exception as e:
+            if not unreachable(e):
+                raise
             raise RemoteError(f"cannot reach the remote: {e}", file=url) from None
     return reports

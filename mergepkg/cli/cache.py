@@ -30,7 +30,7 @@ def list_() -> None:
         table.add_column(col, justify="right" if col == "size" else "left")
     arts = session.store.all()
     for a in arts:
-        table.add_row(a.key[:16], a.manifest["entry"]["method"], size(a.size), a.manifest.get("built_at", ""))
+        table.add_row(a.key[:16], _what(a), size(a.size), a.manifest.get("built_at", ""))
     out.print(table)
     err.print(f"{len(arts)} artifacts, {size(sum(a.size for a in arts))} in {session.store.root}")
 
@@ -54,7 +54,7 @@ def gc(dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go
     done = collect_garbage(Session().store, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for a in done.artifacts:
-        out.print(f"{verb} {a.key[:16]} {a.manifest['entry']['method']} {size(a.size)}", highlight=False)
+        out.print(f"{verb} {a.key[:16]} {_what(a)} {size(a.size)}", highlight=False)
     for p in done.leftovers:
         out.print(f"{verb} {p}", highlight=False)
     err.print(
@@ -120,3 +120,9 @@ def sign(targets: list[str] = TARGETS, remote: str = REMOTE, key: str = KEY) -> 
         out.print(f"{'signed' if m.what == 'signed' else 'already signed'} {m.key[:16]} {m.label}", highlight=False)
     n = sum(m.what == "signed" for m in moved)
     err.print(f"[green]done[/]: {n} signed, {len(moved) - n} signed already on {escape(target.url)}")
+
+
+def _what(art) -> str:
+    """What an artifact is: a step's method, or an export's format and type (`gguf q8_0`)."""
+    entry = art.manifest.get("entry", {})
+    return entry.get("method") or " ".join(str(entry[k]) for k in ("export", "type") if k in entry) or "?"

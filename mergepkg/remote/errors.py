@@ -23,3 +23,9 @@ class NotOnRemote(RemoteError):
 class Refused(RemoteError, ValueError):
     """A pulled artifact failed a check (digest, file size or sha256, signature); nothing
     of it entered the local store."""
+
+
+def unreachable(e: BaseException) -> bool:
+    """Whether `e` is a backend's failure to reach or use the remote: an OS error, or the
+    S3 client's own errors (botocore's, which are not OSErrors: no credentials, no endpoint)."""
+    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("botocore", "aiobotocore")

@@ -95,7 +95,8 @@ def put_file(fs: Any, local: Path, path: str, meter: Meter | None = None) -> Non
         return
     target = path if protocols(fs) & ATOMIC_PUT else temp_name(path)
     with open(local, "rb") as src:
-        fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+        if not protocols(fs) & ATOMIC_PUT:  # an object store has no folders; s3fs's makedirs makes a missing bucket
+            fs.makedirs(path.rpartition("/")[0], exist_ok=True)
         f = fs.open(target, "wb", block_size=BLOCK)
         try:
             _copy(src, f, local.name, meter)

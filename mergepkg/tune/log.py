@@ -3,7 +3,8 @@
 The first line names the search (`fingerprint` of the recipe, space, objective,
 sampler and seed); each further line is a `Trial`, appended and flushed as it finishes.
 A search that was killed resumes from it: finished trials are read back, not redone,
-and a line cut short by the kill is dropped. A log of another search is refused.
+and the last line, when a kill cut it short, is dropped and its trial redone. A log of
+another search, or with a damaged line anywhere else, is refused at that line.
 """
 
 from __future__ import annotations
@@ -32,6 +33,23 @@ class Trial:
     node: str = ""  # the Ray node it ran on (`tune --ray`); "" here
 
 
+RESTART_HINT = "pass --restart to discard it, or move it away"
+NUMBERS = ("objective", "build_s", "eval_s", "finished")  # (a number: int or float, -inf included)
+
+
+def _trial(line: str) -> Trial | None:
+    """A logged trial, each field of its type; None for a line that is none."""
+    try:
+        trial = Trial(**json.loads(line))
+    except (ValueError, TypeError, RecursionError):
+        return None
+    fields = asdict(trial)
+    numbers = all(isinstance(fields[n], (int, float)) and not isinstance(fields[n], bool) for n in NUMBERS)
+    kinds = {"number": int, "values": dict, "unit": list, "key": str, "scores": dict, "stored": bool, "node": str}
+    typed = all(isinstance(fields[n], k) for n, k in kinds.items()) and not isinstance(trial.number, bool)
+    return trial if numbers and typed and isinstance(trial.digest, (str, type(None))) else None
+
+
 class TrialLog:
     def __init__(self, path: Path, fingerprint: str):
         self.path, self.fingerprint = path, fingerprint
@@ -44,19 +62,26 @@ class TrialLog:
             return []
         if not lines:
             return []
-        head = json.loads(lines[0])
+        try:
+            head = json.loads(lines[0])
+        except (ValueError, RecursionError):
+            head = None
+        if not isinstance(head, dict) or "search" not in head:
+            raise RecipeError("the trial log's first line is not its header", file=self.path, line=1, hint=RESTART_HINT)
         if head.get("search") != self.fingerprint:
             raise RecipeError(
                 "the trial log is of another search (the recipe, space, objective or sampler changed)",
                 file=self.path,
-                hint="pass --restart to discard it, or move it away",
+                hint=RESTART_HINT,
             )
         trials = []
-        for line in lines[1:]:
-            try:
-                trials.append(Trial(**json.loads(line)))
-            except (ValueError, TypeError):  # cut short by a kill: that trial is redone
+        for number, line in enumerate(lines[1:], 2):
+            trial = _trial(line)
+            if trial is None and number == len(lines):  # the last line, cut short by a kill: redone
                 break
+            if trial is None:
+                raise RecipeError("not a trial as the log writes one", file=self.path, line=number, hint=RESTART_HINT)
+            trials.append(trial)
         return trials
 
     def start(self, trials: list[Trial]) -> None:

@@ -4,6 +4,7 @@ objective against the trial number with the running best and the best parameters
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from html import escape
 
@@ -46,18 +47,23 @@ def running_best(trials: list[Trial]) -> list[float]:
     return out
 
 
+def finite_range(ys: list[float]) -> tuple[float, float]:
+    """The lowest and highest objective that is a number (-inf: a trial that scored none)."""
+    finite = [y for y in ys if math.isfinite(y)] or [0.0]
+    return min(finite), max(finite)
+
+
 def text_plot(trials: list[Trial], *, width: int = 60, height: int = 10) -> list[str]:
     """Rows of a character plot: `·` each trial's objective, `─` the best so far."""
     if not trials:
         return []
-    ys = [t.objective for t in trials]
-    lo, hi = min(ys), max(ys)
+    lo, hi = finite_range([t.objective for t in trials])
     span = hi - lo or 1.0
     cols = min(width, len(trials))
     grid = [[" "] * cols for _ in range(height)]
 
-    def row(y: float) -> int:
-        return height - 1 - round((y - lo) / span * (height - 1))
+    def row(y: float) -> int:  # a trial that scored -inf (no number) on the bottom row
+        return height - 1 - round((max(y, lo) - lo) / span * (height - 1))
 
     best = running_best(trials)
     for i, t in enumerate(trials):
@@ -73,14 +79,13 @@ def text_plot(trials: list[Trial], *, width: int = 60, height: int = 10) -> list
 
 def svg(trials: list[Trial], title: str, best_lines: list[str]) -> str:
     """A standalone SVG: objective against trial (dots), running best (line), the best parameters."""
-    ys = [t.objective for t in trials] or [0.0]
-    lo, hi = min(ys), max(ys)
+    lo, hi = finite_range([t.objective for t in trials])
     span = hi - lo or 1.0
     n = max(len(trials) - 1, 1)
     plot_h = HEIGHT - 2 * PAD
 
     def xy(i: int, y: float) -> tuple[float, float]:
-        return PAD + i / n * (WIDTH - 2 * PAD), PAD + (1 - (y - lo) / span) * plot_h
+        return PAD + i / n * (WIDTH - 2 * PAD), PAD + (1 - (max(y, lo) - lo) / span) * plot_h
 
     dots = "".join(
         '<circle cx="{:.1f}" cy="{:.1f}" r="3.5" fill="#4477aa"><title>trial {} {:.4f}</title></circle>'.format(

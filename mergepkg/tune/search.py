@@ -124,8 +124,12 @@ def tasks(entries: tuple[TaskEntry, ...], session: Session) -> list[AnyTask]:
 
 
 def combined(kind: str, results: list[Result]) -> float:
-    """Higher is better: accuracies and harness metrics as they are, perplexity as -ln(ppl)."""
+    """Higher is better: accuracies and harness metrics as they are, perplexity as -ln(ppl).
+    A score that is no number (a model whose loss overflowed: NaN) makes it -inf, the worst:
+    the sampler moves away from it and every comparison stays ordered."""
     scores = [-math.log(r.value) if r.metric == "perplexity" else r.value for r in results]
+    if any(math.isnan(s) for s in scores):  # min() would pass over a NaN
+        return -math.inf
     return min(scores) if kind == "min" else sum(scores) / len(scores)
 
 

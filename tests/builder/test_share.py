@@ -244,3 +244,15 @@ def test_cache_gc_waits_while_a_pull_runs(remote, tmp_path, monkeypatch):
 
     monkeypatch.setattr(share, "substitute", pulling)
     assert [m.what for m in share.pull(remote, b, [str(lock)])] == ["pulled"] and refused
+
+
+def test_the_s3_client_s_own_errors_are_remote_errors_naming_the_remote(remote):
+    """botocore's errors (no credentials, no endpoint) are not OSErrors."""
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+
+    for error in (NoCredentialsError(), EndpointConnectionError(endpoint_url="http://127.0.0.1:1")):
+        with pytest.raises(RemoteError, match="cannot reach the remote") as info, share.reaching(remote):
+            raise error
+        assert info.value.file == remote.url
+    with pytest.raises(KeyError), share.reaching(remote):  # a bug of ours stays a bug
+        raise KeyError("x")

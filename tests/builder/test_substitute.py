@@ -4,6 +4,7 @@ a tampered file or a forged signature refused, then built where it can be."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -174,3 +175,27 @@ def test_an_unpinned_step_needs_a_trusted_signature_and_a_forged_one_is_refused(
     report = build(load_recipe(recipe), Session(), remote="prefer")
     assert report.pulled == {} and report.built == ["a", "b"]
     assert any("signature" in w for w in report.warnings), report.warnings
+
+
+def test_a_malformed_record_is_refused_alone_and_located(shared):
+    """The other records of that remote are still offered; the refusal names the record and field."""
+    recipe, _, remote_dir, first = shared
+    record = remote_dir / "records" / f"{first.artifacts['a'].key}.json"
+    doc = json.loads(record.read_text())
+    doc["files"][0]["sha256"] = "zz"
+    record.write_text(json.dumps(doc))
+    warned = []
+
+    class Reporter:
+        def __getattr__(self, name):
+            return warned.append if name == "warning" else lambda *a, **k: None
+
+    report = build(load_recipe(recipe), Session(), mode="locked", remote="prefer", reporter=Reporter())
+    assert report.pulled == {"b": "team"}  # b's record is good: pulled, though a's is not
+    assert any(f"records/{first.artifacts['a'].key}.json: files[0].sha256" in w for w in warned), warned
+    from mergepkg.builder import share
+    from mergepkg.remote.errors import RemoteError
+
+    with pytest.raises(RemoteError) as info:  # `cache pull`: the record's fault, not "not on the remote"
+        share.pull(open_remote(f"file://{remote_dir}"), Session(), [first.artifacts["a"].key])
+    assert "files[0].sha256" in (info.value.where or "") and "not on the remote" not in info.value.message

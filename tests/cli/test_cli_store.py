@@ -521,3 +521,23 @@ def test_unknown_step_of_another_recipe_is_located_with_did_you_mean(models, tmp
         assert_clean_error(code, err, f"error: {main_}:{line}: sources.up.step: ", "'mreged'", "did you mean 'merged'?")
         assert out == ""
     assert not (tmp_path / "o").exists()
+
+
+def test_cache_list_and_gc_show_an_export_by_its_format(tmp_path, mergepkg_home, capsys):
+    """An export's entry names its format and type, not a method."""
+    import hashlib
+
+    from mergepkg.store.local import Store
+
+    folder = tmp_path / "made"
+    folder.mkdir()
+    (folder / "model.gguf").write_bytes(b"GGUF")
+    entry = {"export": "gguf", "type": "q8_0", "step": "0" * 64, "converter": "x"}
+    key = hashlib.sha256(json.dumps(entry).encode()).hexdigest()
+    Store(mergepkg_home).commit(
+        key, folder, entry, {}, seconds=0.1, sha256={"model.gguf": hashlib.sha256(b"GGUF").hexdigest()}
+    )
+    out, _ = ok(capsys, "cache", "list")
+    assert "gguf q8_0" in out
+    out, _ = ok(capsys, "cache", "gc", "--dry-run")
+    assert "gguf q8_0" in out

@@ -119,3 +119,19 @@ def test_throughput_of_a_small_artifact(s3_endpoint, s3_url, tmp_path, record_pr
         record_property(f"{name}_push_MBps", round(mb / push_s, 1))
         record_property(f"{name}_pull_MBps", round(mb / pull_s, 1))
         print(f"{name}: {mb:.1f} MB push {mb / push_s:.0f} MB/s, pull (with checks) {mb / pull_s:.0f} MB/s")
+
+
+def test_pushing_to_a_bucket_that_does_not_exist_fails_and_makes_none(s3_endpoint, tmp_path):
+    """s3fs's makedirs creates a missing bucket: a mistyped one must not appear and "succeed"."""
+    import boto3
+
+    from mergepkg.builder.share import reaching
+    from mergepkg.remote.errors import RemoteError
+
+    missing = f"nobucket-{uuid.uuid4().hex[:8]}"
+    remote = open_remote(f"s3://{missing}/cache", **s3_options(s3_endpoint))
+    art = make_artifact(Store(tmp_path / "a"), 33)
+    with pytest.raises(RemoteError, match="cannot reach the remote"), reaching(remote):
+        push_artifact(remote, art)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **{k.lower(): v for k, v in S3_ENV.items() if "KEY" in k})
+    assert missing not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
