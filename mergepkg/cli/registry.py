@@ -13,6 +13,7 @@ from rich.table import Table
 from mergepkg.builder.substitute import push_locked
 from mergepkg.cli.output import err, out
 from mergepkg.errors import RegistryError
+from mergepkg.recipe.names import NAME_HINT, is_name
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.registry import audit, packages, tokens
 from mergepkg.registry import client as registries
@@ -47,9 +48,17 @@ def add(
     """Add a registry to the list searched, in order, for packages."""
     settings = _settings()
     regs = registries.configured(settings)
+    if not is_name(name):
+        raise RegistryError(f"invalid registry name {name!r}", hint=NAME_HINT)
     if any(r.name == name for r in regs):
         raise RegistryError(
             f"a registry named {name!r} is already configured", hint="remove it first, or pick another name"
+        )
+    variable = registries.token_variable(name)
+    if clash := next((r.name for r in regs if registries.token_variable(r.name) == variable), None):
+        raise RegistryError(  # its token would go to both
+            f"{name!r} and the configured {clash!r} would read one token variable, {variable}",
+            hint="pick a name that differs from it in more than case and punctuation",
         )
     regs.append(registries.Registry(name, registries.normalize_url(url), token))
     registries.save(settings, regs)
@@ -103,7 +112,12 @@ def serve(
 ) -> None:
     """Serve a registry folder over HTTP; publish and yank need a token."""
     limits = Limits(request_seconds=request_seconds, per_client=per_client, total=max_connections)
-    server = make_server(folder, host, port, threads, limits)
+    try:
+        server = make_server(folder, host, port, threads, limits)
+    except (OSError, ValueError) as e:  # the port taken, or a host that is no address of this machine
+        raise RegistryError(
+            f"cannot listen on {host}:{port}: {e}", hint="pick another --port (0: a free one) or --host"
+        ) from None
     err.print(f"serving {escape(str(folder))} on http://{host}:{server.effective_port} (Ctrl-C stops)")
     try:
         server.run()
@@ -146,7 +160,7 @@ def _expiry(text: str) -> datetime:
         if text.endswith("d") and text[:-1].isdigit():
             return datetime.now(timezone.utc) + timedelta(days=int(text[:-1]))
         return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a day count past the year 9999
         raise typer.BadParameter(
             f"expected 90d or a date like 2027-06-30, got {text!r}", param_hint="--expires"
         ) from None
@@ -191,7 +205,9 @@ def search(
     offline: bool = OFFLINE,
 ) -> None:
     """Find published recipes in the configured registries."""
-    found = packages.search(registries.Client(_settings(offline)), text)
+    found, unreachable = packages.search(registries.Client(_settings(offline)), text)
+    for e in unreachable:
+        err.print(f"[yellow]warning[/]: {escape(e.message)} (skipped)")
     table = Table()
     for col in ("name", "latest", "registry", "description", "tags"):
         table.add_column(col)

@@ -27,6 +27,7 @@ from functools import total_ordering
 NUM = r"(0|[1-9][0-9]*)"  # no leading zeros; ASCII digits only (\d would take any script's)
 IDENT = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
 PRE = rf"(?:-({IDENT}(?:\.{IDENT})*))?"
+MAX_LENGTH = 128  # a version's characters, build metadata included
 VERSION = re.compile(rf"{NUM}\.{NUM}\.{NUM}{PRE}(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?")
 PARTIAL = re.compile(rf"{NUM}(?:\.{NUM}(?:\.{NUM}{PRE})?)?")  # a pre-release only on a full version
 COMPARATOR = re.compile(r"(>=|<=|>|<|=|\^|~)?\s*(.+)")
@@ -46,6 +47,8 @@ class Version:
 
     @classmethod
     def parse(cls, text: str) -> Version:
+        if isinstance(text, str) and len(text) > MAX_LENGTH:  # it names files, and its numbers are ints
+            raise VersionError(f"a version of {len(text)} characters: at most {MAX_LENGTH}")
         m = VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
         if not m:
             raise VersionError(f"not a semantic version: {text!r} (expected MAJOR.MINOR.PATCH, e.g. 1.0.0)")

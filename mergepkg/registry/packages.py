@@ -15,7 +15,7 @@ from mergepkg.recipe.model import Dependency, Recipe
 from mergepkg.recipe.names import InvalidName, canonical_name
 from mergepkg.recipe.plan import make_plan
 from mergepkg.recipe.versions import Range, Version, VersionError
-from mergepkg.registry.client import Client, Registry
+from mergepkg.registry.client import Client, Registry, Unreachable
 from mergepkg.registry.dependencies import Dependencies, install_dependencies
 from mergepkg.registry.folder import RegistryFolder, check_publishable, parse_published
 from mergepkg.registry.index import Entry
@@ -54,16 +54,26 @@ def looks_like_spec(text: str) -> bool:
     return not Path(text).exists() and not text.endswith(".toml") and bool(SPEC.match(text))
 
 
-def search(client: Client, text: str) -> list[tuple[Registry, str, dict]]:
-    """Packages whose name, description or tags contain `text` (case-insensitive), per registry."""
+def search(client: Client, text: str) -> tuple[list[tuple[Registry, str, dict]], list[Unreachable]]:
+    """Packages whose name, description or tags contain `text` (case-insensitive), per
+    registry; and the registries that could not be read (skipped, as `info` skips them,
+    unless none could be)."""
     words = text.lower().split()
-    found = []
-    for reg in client.ordered(None):
-        for name, info in client.packages(reg).items():
+    found, unreachable = [], []
+    registries = client.ordered(None)
+    for reg in registries:
+        try:
+            listed = client.packages(reg)
+        except Unreachable as e:
+            unreachable.append(e)
+            continue
+        for name, info in listed.items():
             hay = " ".join([name, info.get("description", ""), *info.get("tags", [])]).lower()
             if all(w in hay for w in words):
                 found.append((reg, name, info))
-    return found
+    if registries and len(unreachable) == len(registries):
+        raise unreachable[0]
+    return found, unreachable
 
 
 def info(client: Client, spec: Spec, registry: str | None = None) -> tuple[Registry, list[Entry]]:

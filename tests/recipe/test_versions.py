@@ -64,6 +64,14 @@ def test_bad_versions(bad):
         Version.parse(bad)
 
 
+def test_a_version_too_long_to_name_a_file_is_refused():
+    """It names the published recipe's file (255 bytes at most); its numbers are ints."""
+    for text in ("1.0.0-" + "a" * 300, "1.0." + "9" * 5000):
+        with pytest.raises(VersionError, match="at most 128"):
+            Version.parse(text)
+    assert str(Version.parse("1.0.0-" + "a" * 120)) == "1.0.0-" + "a" * 120
+
+
 @pytest.mark.parametrize("bad", ["", "^", "latest", ">=x", "1.2.3.4", "^1.2, nope", "^01.2", "^1.2-rc.1", "1.*"])
 def test_bad_ranges(bad):
     with pytest.raises(VersionError, match="range"):

@@ -127,6 +127,15 @@ def test_search_and_info(tiny_hub, team, tmp_path, capsys, monkeypatch):
     assert "1 packages match" in err
     code, out, _ = cli(capsys, "search", "fine-tunes")
     assert "skills" in out and "other" in out
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: a registry that is down
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert cli(capsys, "registry", "add", "dead", dead)[0] == 0
+    code, out, err = cli(capsys, "search", "tiny llama")  # the other registries are still searched
+    assert code == 0 and "skills" in out and "warning" in err and "dead" in err
+    assert cli(capsys, "registry", "remove", "dead")[0] == 0
     code, out, _ = cli(capsys, "info", "skills@^0.1")
     assert "0.1.0" in out and "0.2.0" not in out and "tiny/ft1@main" in out
     code, out, _ = cli(capsys, "info", "skills")

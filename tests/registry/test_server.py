@@ -376,3 +376,31 @@ def test_tokens_go_only_to_their_registry_and_not_through_redirects(served, tmp_
         assert len(read_index((root / "index/skills.jsonl").read_text(), "i")) == 1  # nothing went through
     finally:
         server.close()
+
+
+def test_a_port_taken_a_bad_host_and_a_far_expiry_are_one_line(tmp_path, capsys):
+    import socket
+
+    root = tmp_path / "reg"
+    assert cli(capsys, "registry", "init", root, "--name", "team")[0] == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = cli(capsys, "registry", "serve", root, "--port", port)
+        assert code == 1 and "cannot listen on" in err and "Traceback" not in err
+    code, _, err = cli(capsys, "registry", "serve", root, "--host", "256.1.1.1")
+    assert code == 1 and "cannot listen on 256.1.1.1" in err
+    code, _, err = cli(capsys, "registry", "token", "create", root, "--label", "b", "--expires", "99999999d")
+    assert code == 2 and "--expires" in err and "Traceback" not in err
+
+
+def test_registry_names_are_names_and_never_share_a_token_variable(tmp_path, capsys):
+    """team-a and team_a would both read MERGEPKG_TOKEN_TEAM_A: one token for two registries."""
+    root = tmp_path / "reg"
+    assert cli(capsys, "registry", "init", root, "--name", "team")[0] == 0
+    assert cli(capsys, "registry", "add", "team-a", root)[0] == 0
+    code, _, err = cli(capsys, "registry", "add", "Team_A", root)
+    assert code == 1 and "MERGEPKG_TOKEN_TEAM_A" in err
+    code, _, err = cli(capsys, "registry", "add", "bad name!", root)
+    assert code == 1 and "invalid registry name" in err
