@@ -132,6 +132,35 @@ class RegistryFolder:
             )
         return config
 
+    def check_not_circular(self, recipe: Recipe) -> None:
+        """No version here that the recipe's dependencies (and theirs) may pick needs the
+        recipe's own package: once published, the newest version fitting it would be this
+        one, and the recipes would import each other."""
+        me = canonical_name(recipe.name)
+        todo: list[tuple[str, str, str, tuple[str, ...]]] = [
+            (canonical_name(d.name), d.range, f"dependencies.{d.name}", ()) for d in recipe.dependencies.values()
+        ]
+        seen: set[tuple[str, str]] = set()
+        while todo:
+            name, rng, key, path = todo.pop()
+            if (name, rng) in seen:
+                continue
+            seen.add((name, rng))
+            for e in self.entries(name):
+                if e.yanked or not Range.parse(rng).allows(e.semver):
+                    continue
+                chain = (*path, f"{name}@{e.version}")
+                for dep in e.dependencies:
+                    if canonical_name(dep.name) == me:
+                        raise PublishError(
+                            f"{me} would depend on itself: {' -> '.join((me, *chain, me))}",
+                            file=str(recipe.path),
+                            line=recipe.line_of(key),
+                            key=key,
+                            hint="two packages cannot use each other's steps; move the shared steps into a third",
+                        )
+                    todo.append((canonical_name(dep.name), dep.range, key, chain))
+
     def entries(self, name: str) -> list[Entry]:
         path = self.root / index_path(name)
         try:
@@ -205,7 +234,9 @@ class RegistryFolder:
 
     def check_dependencies(self, recipe: Recipe) -> None:
         """Dependencies without a registry of their own must be here, with a version that
-        fits and the steps the recipe uses (what a server can check of an upload)."""
+        fits and the steps the recipe uses, and none may need the package again (what a
+        server can check of an upload)."""
+        self.check_not_circular(recipe)
         for dep in recipe.dependencies.values():
             if dep.registry is not None:
                 continue  # a name in the publisher's registry list: nothing to look up here

@@ -163,6 +163,14 @@ def publish(settings: Settings, recipe_file: Path, registry: str) -> tuple[Regis
     recipe = parse_published(data, str(Path(recipe_file).resolve()))
     check_publishable(recipe, data)
     deps = install_dependencies(recipe, settings, client=client)
+    if (me := canonical_name(recipe.name)) in deps.picks:  # a dependency of a dependency needs it
+        raise PublishError(
+            f"{me} would depend on itself: its dependencies need {me} {deps.picks[me].version}",
+            file=str(recipe.path),
+            hint="two packages cannot use each other's steps; move the shared steps into a third",
+        )
+    if reg.folder is not None:
+        RegistryFolder(reg.folder).check_not_circular(recipe)
     make_plan(flatten(recipe, bind=deps.bind))
     lock_file = lock_path(recipe)
     lock_text = lock_file.read_text() if lock_file.exists() else None

@@ -436,3 +436,17 @@ def test_build_of_neither_a_file_nor_a_package(tmp_path, capsys, team):
     code, _, err = cli(capsys, "build", "mything")
     assert code == 1 and "no recipe file 'mything', and no published package: no package named 'mything'" in err
     assert "Traceback" not in err
+
+
+def test_a_package_that_would_depend_on_itself_through_another_is_refused(tiny_hub, team, tmp_path, capsys):
+    """skills 0.1.1 using app's step, while app uses skills ^0.1: once published, app would pick it."""
+    assert publish(tmp_path, capsys, skills())[0] == 0
+    assert publish(tmp_path, capsys, app(), name="app.toml")[0] == 0
+    circular = skills(
+        "0.1.1",
+        deps='[dependencies]\napp = "^0.1"\n',
+        extra='final = { dependency = "app", step = "final" }\n',
+    )
+    code, _, err = publish(tmp_path, capsys, circular)
+    assert code == 1 and "skills would depend on itself" in err and "Traceback" not in err
+    assert "0.1.1" not in (team / "index" / "skills.jsonl").read_text()

@@ -404,3 +404,15 @@ def test_registry_names_are_names_and_never_share_a_token_variable(tmp_path, cap
     assert code == 1 and "MERGEPKG_TOKEN_TEAM_A" in err
     code, _, err = cli(capsys, "registry", "add", "bad name!", root)
     assert code == 1 and "invalid registry name" in err
+
+
+def test_an_upload_that_would_depend_on_itself_through_another_is_refused(served):
+    url, token, root = served
+    assert request(url, "/api/v1/publish", body=publish_body(), token=token)[0] == 201
+    assert request(url, "/api/v1/publish", body={"recipe": app(), "lock": None}, token=token)[0] == 201
+    circular = publish_body(
+        "0.1.1", deps='[dependencies]\napp = "^0.1"\n', extra='final = { dependency = "app", step = "final" }\n'
+    )
+    status, _, body = request(url, "/api/v1/publish", body=circular, token=token)
+    assert status == 400 and "skills would depend on itself: skills -> app@0.1.0 -> skills" in json.loads(body)["error"]
+    assert len(read_index((root / "index/skills.jsonl").read_text(), "i")) == 1
