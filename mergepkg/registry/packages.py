@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mergepkg.errors import PublishError, RegistryError
 from mergepkg.files import write_atomic
-from mergepkg.lockfile import Lock, lock_path, parse_lock
+from mergepkg.lockfile import Lock, lock_path, parse_lock, recipe_hash
 from mergepkg.recipe.flatten import flatten
 from mergepkg.recipe.model import Dependency, Recipe
 from mergepkg.recipe.names import InvalidName, canonical_name
@@ -171,9 +171,16 @@ def publish(settings: Settings, recipe_file: Path, registry: str) -> tuple[Regis
         )
     if reg.folder is not None:
         RegistryFolder(reg.folder).check_not_circular(recipe)
-    make_plan(flatten(recipe, bind=deps.bind))
+    flat = flatten(recipe, bind=deps.bind)
+    make_plan(flat)
     lock_file = lock_path(recipe)
     lock_text = lock_file.read_text() if lock_file.exists() else None
+    if lock_text is not None and parse_lock(lock_text, lock_file).recipe_hash != recipe_hash(flat):
+        raise PublishError(  # its keys are not the recipe's: a `--locked` build of the package would fail
+            f"{lock_file.name} is out of date: the recipe changed since it was locked",
+            file=str(lock_file),
+            hint=f"run `mergepkg lock {Path(recipe_file).name}` (or build it), then publish",
+        )
     if reg.folder is not None:
         entry, new = RegistryFolder(reg.folder).publish(recipe, data, lock_text)
         return reg, entry, new

@@ -361,15 +361,24 @@ def test_shipped_registry_is_consistent(capsys):
             assert make_plan(flatten(recipe, bind=deps.bind)).order
 
 
-def test_publish_ignores_pins_of_a_stale_lock(tiny_hub, team, tmp_path, capsys):
+def test_publish_refuses_a_stale_lock(tiny_hub, team, tmp_path, capsys):
+    """Its keys are not the recipe's: a `--locked` build of the package would fail, naming
+    a file its user cannot fix."""
     path = tmp_path / "published/0.1.0/recipe.toml"
     path.parent.mkdir(parents=True)
     path.write_text(skills())
     assert cli(capsys, "lock", path)[0] == 0
     path.write_text(skills().replace('ft1 = { hf = "tiny/ft1" }', 'ft1 = { hf = "tiny/ft3" }'))  # not relocked
+    code, _, err = cli(capsys, "publish", path, "-r", "team")
+    assert code == 1 and "recipe.lock is out of date" in err and "mergepkg lock recipe.toml" in err
+    assert not (team / "index/skills.jsonl").exists()
+    assert cli(capsys, "lock", path)[0] == 0
     assert cli(capsys, "publish", path, "-r", "team")[0] == 0
     (entry,) = read_index((team / "index/skills.jsonl").read_text(), "index")
-    assert entry.sources["ft1"] == "tiny/ft3@main" and entry.sources["base"] == f"tiny/base@{tiny_hub['base']}"
+    assert (
+        entry.sources["ft1"] == f"tiny/ft3@{tiny_hub['ft3']}"
+        and entry.sources["base"] == f"tiny/base@{tiny_hub['base']}"
+    )
 
 
 def test_a_damaged_packages_json_is_rebuilt_from_the_index(tiny_hub, team, tmp_path, capsys):
