@@ -169,7 +169,7 @@ def scan_tensors(folder: Path, files: list[str] | None = None) -> dict[str, Tens
             try:
                 header = read_header(path)
             except OSError as e:
-                raise SourceError(f"cannot read safetensors header: {e}", file=path) from None
+                raise SourceError(f"cannot read safetensors header: {e.strerror or e}", file=path) from None
             for key, meta in header.items():
                 infos[key] = TensorInfo(meta["dtype"], tuple(meta["shape"]), name)
         else:
