@@ -240,10 +240,11 @@ class Remote:
         except OSError as e:
             raise RemoteError(f"cannot read: {e}", file=where) from None
         if size != f.size or sha != f.sha256:
-            what = f"{size} bytes" if size != f.size else f"sha256 {sha}"
-            raise Refused(
-                f"the file differs from its record: {what}, expected {f.size} bytes, sha256 {f.sha256}", file=where
-            )
+            if size != f.size:
+                got, want = f"{size} bytes", f"{f.size}"
+            else:
+                got, want = f"sha256 {sha[:16]}…", f"{f.sha256[:16]}…"
+            raise Refused(f"the file differs from its record: it has {got}, the record says {want}", file=where)
 
     # -- gc -----------------------------------------------------------------------------
     def gc(self, keep: set[str], *, dry_run: bool = False) -> GcReport:
