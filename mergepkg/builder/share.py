@@ -9,8 +9,7 @@ never prints: each artifact's transfer is told to a `ShareReporter`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,7 +18,7 @@ from mergepkg.errors import StoreError
 from mergepkg.lockfile import Lock, read_lock
 from mergepkg.registry.packages import Spec, looks_like_spec, published_locks
 from mergepkg.remote.config import config_path, configured, get_remote
-from mergepkg.remote.errors import NotOnRemote, RemoteConfigError, RemoteError, unreachable
+from mergepkg.remote.errors import NotOnRemote, RemoteConfigError, RemoteError, reaching
 from mergepkg.remote.sign import SigningKey, keys_dir, load_signing_key
 from mergepkg.remote.store import GcReport, PushReport, Remote
 from mergepkg.remote.sync import open_remote, push_artifact, sign_artifact, substitute
@@ -50,18 +49,6 @@ class Moved:
     key: str
     what: str  # pushed, present, signed, pulled, stored
     nbytes: int
-
-
-@contextmanager
-def reaching(remote: Remote) -> Iterator[None]:
-    """An OS or network error from a backend (unreachable, denied, no such bucket, no
-    credentials) as a `RemoteError` naming the remote."""
-    try:
-        yield
-    except Exception as e:
-        if not unreachable(e):
-            raise
-        raise RemoteError(f"cannot reach the remote: {e}", file=remote.url) from None
 
 
 def choose_remote(settings: Settings, name: str | None) -> Remote:
@@ -184,7 +171,7 @@ def push(
     done = []
     for w, art in stored_targets(session, args):
         progress = reporter.transfer_started(w.label, art.key) if reporter else None
-        with reaching(remote):
+        with reaching(remote.url):
             report: PushReport = push_artifact(
                 remote, art, hashes=session.hashes, signing_key=signing_key, progress=progress
             )
@@ -201,13 +188,13 @@ def sign(remote: Remote, session: Session, args: Sequence[str], key: SigningKey)
     files as here. Only records are rewritten."""
     targets = stored_targets(session, args)
     if not args:
-        with reaching(remote):
+        with reaching(remote.url):
             present = set(remote.keys())
         targets = [(w, a) for w, a in targets if a.key in present]
     done = []
     for w, art in targets:
         try:
-            with reaching(remote):
+            with reaching(remote.url):
                 signed = sign_artifact(remote, art, key, hashes=session.hashes)
         except NotOnRemote as e:
             raise NotOnRemote(
@@ -228,25 +215,13 @@ def pull(
     """Pull what `args` name into the local store: a lock's steps checked against its
     digests; a key no given lock pins, by a signature of one of the `trusted` keys.
     Every key is looked up on the remote before anything is pulled; a refusal raises and
-    nothing of that artifact enters the store. `cache gc` waits for it, as for a build."""
-    with session.store.in_use():
-        return _pull(remote, session, args, trusted=trusted, reporter=reporter)
-
-
-def _pull(
-    remote: Remote,
-    session: Session,
-    args: Sequence[str],
-    *,
-    trusted: Sequence[str] = (),
-    reporter: ShareReporter | None = None,
-) -> list[Moved]:
+    nothing of that artifact enters the store."""
     steps, keys = pinned(args)
     digests = {w.key: w.digest for w in steps}
     on_remote: list[str] | None = None
     for k in keys:
         if on_remote is None:
-            with reaching(remote):
+            with reaching(remote.url):
                 on_remote = remote.keys()
         full = k if len(k) == 64 else _one(k, on_remote, "on the remote", f"see what {remote.url} has")
         if full not in digests:
@@ -269,7 +244,7 @@ def _pull(
             done.append(Moved(w.label, w.key, "stored", 0))
             continue
         progress = reporter.transfer_started(w.label, w.key) if reporter else None
-        with reaching(remote):
+        with reaching(remote.url):
             art = substitute(remote, session.store, w.key, expected_digest=w.digest, trusted=trusted, progress=progress)
         done.append(Moved(w.label, w.key, "pulled", art.size))
         if reporter:
@@ -279,7 +254,7 @@ def _pull(
 
 def _has(remote: Remote, key: str) -> bool:
     """Whether the remote holds `key`; a malformed record is its own error, not an absence."""
-    with reaching(remote):
+    with reaching(remote.url):
         return remote.record(key) is not None
 
 
@@ -311,5 +286,5 @@ def remote_gc(remote: Remote, keep: set[str], *, dry_run: bool = False) -> GcRep
             file=remote.url,
             hint="name what to keep: --keep RECIPE, --keep NAME@RANGE or --keep-lock FILE",
         )
-    with reaching(remote):
+    with reaching(remote.url):
         return remote.gc(keep, dry_run=dry_run)

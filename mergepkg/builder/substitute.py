@@ -34,7 +34,7 @@ from mergepkg.errors import LockError, MergepkgError
 from mergepkg.lockfile import lock_path, read_lock
 from mergepkg.recipe.model import Recipe
 from mergepkg.remote.config import configured, get_remote, trusted_keys
-from mergepkg.remote.errors import Refused, RemoteError, unreachable
+from mergepkg.remote.errors import Refused, RemoteError, reaching
 from mergepkg.remote.record import Record
 from mergepkg.remote.sign import trusted_signer
 from mergepkg.remote.store import PushReport, Remote
@@ -127,12 +127,8 @@ class Remotes:
     def pull(self, store: Store, key: str, offer: Offer, expected: str | None, progress: ProgressFn | None) -> Artifact:
         """`key` pulled from the offering remote into `store`, every check made (remote/sync.py)."""
         remote = self.opened[offer.remote]
-        try:
+        with reaching(offer.url):
             return substitute(remote, store, key, expected_digest=expected, trusted=self.trusted, progress=progress)
-        except Exception as e:
-            if not unreachable(e):
-                raise
-            raise RemoteError(f"cannot reach the remote: {e}", file=offer.url) from None
 
 
 def _reason(e: Exception) -> str:
@@ -232,10 +228,6 @@ def push_locked(settings: Settings, store: Store, recipe: Recipe, remote: str) -
                 file=str(lock_path(recipe)),
                 hint="`mergepkg verify` the recipe, then build it again",
             )
-        try:
+        with reaching(url):
             reports[name] = push_artifact(target, art)
-        except Exception as e:
-            if not unreachable(e):
-                raise
-            raise RemoteError(f"cannot reach the remote: {e}", file=url) from None
     return reports

@@ -3,6 +3,9 @@ remote (its URL, and the record or file) with a hint where one helps."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from mergepkg.errors import StoreError
 
 EXTRA_HINT = "install the remote extra: pip install 'mergepkg[remote]'"
@@ -25,7 +28,14 @@ class Refused(RemoteError, ValueError):
     of it entered the local store."""
 
 
-def unreachable(e: BaseException) -> bool:
-    """Whether `e` is a backend's failure to reach or use the remote: an OS error, or the
-    S3 client's own errors (botocore's, which are not OSErrors: no credentials, no endpoint)."""
-    return isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("botocore", "aiobotocore")
+@contextmanager
+def reaching(url: str) -> Iterator[None]:
+    """A backend's failure to reach or use the remote at `url` (unreachable, denied, no such
+    bucket, no credentials) as a `RemoteError` naming it: an OS error, or the S3 client's
+    own errors (botocore's are not OSErrors). Any other error passes as it is."""
+    try:
+        yield
+    except Exception as e:
+        if not (isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("botocore", "aiobotocore")):
+            raise
+        raise RemoteError(f"cannot reach the remote: {e}", file=url) from None

@@ -143,8 +143,9 @@ def substitute(
     progress: ProgressFn | None = None,
 ) -> Artifact:
     """Put `key` into the local store from `remote`, checked (see `Remote.pull`), under
-    the key's lock as a build would; an intact artifact already there is returned as is."""
-    with store.lock(key):
+    the key's lock as a build would, holding the store as a build does (`cache gc` waits
+    for it); an intact artifact already there is returned as is."""
+    with store.in_use(), store.lock(key):
         found = store.get(key)
         if found is not None and found.intact():
             return found

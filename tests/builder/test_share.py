@@ -14,7 +14,7 @@ from remotes import make_artifact
 from mergepkg.builder import share
 from mergepkg.errors import StoreError
 from mergepkg.lockfile import Lock, LockedStep, write_lock
-from mergepkg.remote.errors import NotOnRemote, Refused, RemoteConfigError, RemoteError
+from mergepkg.remote.errors import NotOnRemote, Refused, RemoteConfigError, RemoteError, reaching
 from mergepkg.remote.sign import generate_key, trusted_signer
 from mergepkg.remote.sync import open_remote, push_artifact
 from mergepkg.settings import Settings
@@ -226,7 +226,8 @@ def test_a_keep_lock_that_is_no_recipe_or_lock_is_said_so(tmp_path):
 
 
 def test_cache_gc_waits_while_a_pull_runs(remote, tmp_path, monkeypatch):
-    """A pull holds the store as a build does: gc would otherwise take its lock and temp folder."""
+    """A pull (remote/sync.substitute) holds the store as a build does: gc would otherwise
+    take its lock and temp folder."""
     from mergepkg.errors import BuildError
 
     a = session_at(tmp_path / "a")
@@ -234,15 +235,15 @@ def test_cache_gc_waits_while_a_pull_runs(remote, tmp_path, monkeypatch):
     share.push(remote, a, [str(lock)])
     b = session_at(tmp_path / "b")
     refused = []
-    real = share.substitute
+    real = remote.pull
 
-    def pulling(*args, **kwargs):
+    def pulling(*args, **kwargs):  # files arriving in the store's temp folder
         with pytest.raises(BuildError, match="a build is running") as e:
             b.store.gc(set())
         refused.append(e.value)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(share, "substitute", pulling)
+    monkeypatch.setattr(remote, "pull", pulling)
     assert [m.what for m in share.pull(remote, b, [str(lock)])] == ["pulled"] and refused
 
 
@@ -251,8 +252,8 @@ def test_the_s3_client_s_own_errors_are_remote_errors_naming_the_remote(remote):
     from botocore.exceptions import EndpointConnectionError, NoCredentialsError
 
     for error in (NoCredentialsError(), EndpointConnectionError(endpoint_url="http://127.0.0.1:1")):
-        with pytest.raises(RemoteError, match="cannot reach the remote") as info, share.reaching(remote):
+        with pytest.raises(RemoteError, match="cannot reach the remote") as info, reaching(remote.url):
             raise error
         assert info.value.file == remote.url
-    with pytest.raises(KeyError), share.reaching(remote):  # a bug of ours stays a bug
+    with pytest.raises(KeyError), reaching(remote.url):  # a bug of ours stays a bug
         raise KeyError("x")

@@ -125,13 +125,12 @@ def test_pushing_to_a_bucket_that_does_not_exist_fails_and_makes_none(s3_endpoin
     """s3fs's makedirs creates a missing bucket: a mistyped one must not appear and "succeed"."""
     import boto3
 
-    from mergepkg.builder.share import reaching
-    from mergepkg.remote.errors import RemoteError
+    from mergepkg.remote.errors import RemoteError, reaching
 
     missing = f"nobucket-{uuid.uuid4().hex[:8]}"
     remote = open_remote(f"s3://{missing}/cache", **s3_options(s3_endpoint))
     art = make_artifact(Store(tmp_path / "a"), 33)
-    with pytest.raises(RemoteError, match="cannot reach the remote"), reaching(remote):
+    with pytest.raises(RemoteError, match="cannot reach the remote"), reaching(remote.url):
         push_artifact(remote, art)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, **{k.lower(): v for k, v in S3_ENV.items() if "KEY" in k})
     assert missing not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
