@@ -368,11 +368,8 @@ def differences(old: Lock | None, new: Lock) -> list[str]:
     out += _compare("step", old.steps, new.steps, _step_change)
     out += _compare("export", old.exports, new.exports, _step_change)
     if old.seed != new.seed:
-
-        def said(seed: int | None) -> str:
-            return "the recipe's" if seed is None else str(seed)
-
-        out.append(f"the seed is {said(new.seed)} (locked: {said(old.seed)})")
+        now, locked = ("the recipe's" if s is None else str(s) for s in (new.seed, old.seed))
+        out.append(f"the seed is {now} (locked: {locked})")
     if not out and old.recipe_hash != new.recipe_hash:
         out.append("the recipe changed")
     return out

@@ -101,8 +101,8 @@ def mergekit_config(
         return path if path.startswith(("/", "../")) else f"./{path}"
 
     config: dict[str, Any] = {"merge_method": step.method}
-    if step.base or step.config:  # mergekit's base_model is also where the config comes from
-        config["base_model"] = ref(step.base or step.config)  # type: ignore[arg-type]
+    if donor := step.base or step.config:  # mergekit's base_model is also where the config comes from
+        config["base_model"] = ref(donor)
     if step.inputs:
         config["models"] = [_with_params({"model": ref(i.model)}, i.params) for i in step.inputs]
     else:

@@ -11,7 +11,6 @@ Each comes with a key that identifies its content: a step's store key, else the 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +21,10 @@ from mergepkg.errors import RecipeError, SourceError, did_you_mean
 from mergepkg.lockfile import lock_path, read_lock
 from mergepkg.recipe.model import Source
 from mergepkg.recipe.parse import load_recipe
+from mergepkg.recipe.publish import hub_repo_problem
 from mergepkg.resolve.resolution import expand
 from mergepkg.resolve.sources import fetch, pin_folder
 from mergepkg.store.session import Session
-
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # org/name, as the Hub allows them
 
 
 @dataclass(frozen=True)
@@ -46,12 +44,13 @@ def target_models(
     if folder.is_dir():
         return [Model(target, folder.resolve(), pin_folder(folder.resolve(), session.hashes).ref)]
     repo, _, revision = target.partition("@")
-    if REPO_ID.fullmatch(repo) and not folder.exists():
+    is_repo = hub_repo_problem(repo) is None  # `./x` and `a/b/c` are paths
+    if is_repo and not folder.exists():
         fetched = fetch(Source(repo, hf=repo, revision=revision or "main"), session.settings)
         return [Model(target, fetched.folder, pin_folder(fetched.folder, session.hashes, fetched.commit).ref)]
     raise SourceError(
         f"not a model folder, recipe or Hugging Face repo: {target}"
-        + (": no such folder" if not folder.exists() and not REPO_ID.fullmatch(repo) else ""),
+        + (": no such folder" if not folder.exists() and not is_repo else ""),
         hint="give a folder, org/name[@revision], recipe.toml or recipe.toml:step",
     )
 

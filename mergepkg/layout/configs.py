@@ -28,8 +28,8 @@ def with_stacked_layers(config: dict, layers: list[tuple[str, int]], infos: Mapp
             continue
         values = []
         for model, index in layers:
-            own, info = infos[model].config.get(key), infos[model]
-            if not isinstance(own, list) or len(own) != info.num_layers:
+            own = infos[model].config.get(key)
+            if not isinstance(own, list) or len(own) != infos[model].num_layers:
                 config.pop(key)
                 break
             values.append(own[index])

@@ -169,8 +169,6 @@ def publish(settings: Settings, recipe_file: Path, registry: str) -> tuple[Regis
             file=str(recipe.path),
             hint="two packages cannot use each other's steps; move the shared steps into a third",
         )
-    if reg.folder is not None:
-        RegistryFolder(reg.folder).check_not_circular(recipe)
     flat = flatten(recipe, bind=deps.bind)
     make_plan(flat)
     lock_file = lock_path(recipe)

@@ -34,20 +34,25 @@ class Trial:
 
 
 RESTART_HINT = "pass --restart to discard it, or move it away"
-NUMBERS = ("objective", "build_s", "eval_s", "finished")  # (a number: int or float, -inf included)
+NUMBER = (int, float)  # json.loads reads 2.0 written as 2 as an int; -inf is a float
+FIELD_TYPES = {
+    "number": (int,), "values": (dict,), "unit": (list,), "key": (str,), "scores": (dict,), "objective": NUMBER,
+    "build_s": NUMBER, "eval_s": NUMBER, "stored": (bool,), "finished": NUMBER, "digest": (str, type(None)),
+    "node": (str,),
+}  # fmt: skip
 
 
 def _trial(line: str) -> Trial | None:
-    """A logged trial, each field of its type; None for a line that is none."""
+    """A logged trial, each field of its type (a bool only where one belongs); None for a
+    line that is none."""
     try:
         trial = Trial(**json.loads(line))
     except (ValueError, TypeError, RecursionError):
         return None
-    fields = asdict(trial)
-    numbers = all(isinstance(fields[n], (int, float)) and not isinstance(fields[n], bool) for n in NUMBERS)
-    kinds = {"number": int, "values": dict, "unit": list, "key": str, "scores": dict, "stored": bool, "node": str}
-    typed = all(isinstance(fields[n], k) for n, k in kinds.items()) and not isinstance(trial.number, bool)
-    return trial if numbers and typed and isinstance(trial.digest, (str, type(None))) else None
+    typed = all(
+        isinstance(v, FIELD_TYPES[k]) and isinstance(v, bool) == (k == "stored") for k, v in asdict(trial).items()
+    )
+    return trial if typed else None
 
 
 class TrialLog:
