@@ -106,19 +106,20 @@ def is_key_arg(arg: str) -> bool:
     return is_key(arg) and not Path(arg).exists()
 
 
-def pinned(args: Iterable[str]) -> tuple[list[Wanted], list[str]]:
+def pinned(args: Iterable[str]) -> tuple[list[Wanted], list[str], list[Path]]:
     """The steps the given recipes' (or lock files') locks pin, in lock order and once
-    each; and the other arguments (keys and prefixes), as given."""
+    each; the other arguments (keys and prefixes), as given; and the lock files."""
     wanted: dict[str, Wanted] = {}
-    keys = []
+    keys, lock_files = [], []
     for arg in args:
         if is_key_arg(arg):
             keys.append(arg)
             continue
-        _, lock = lock_for(arg)
+        lock_file, lock = lock_for(arg)
+        lock_files.append(lock_file.resolve())
         for step in lock.steps.values():
             wanted.setdefault(step.key, Wanted(step.key, step.digest, f"{arg}:{step.name}"))
-    return list(wanted.values()), keys
+    return list(wanted.values()), keys, lock_files
 
 
 def _one(prefix: str, keys: Sequence[str], where: str, hint: str) -> str:
@@ -137,7 +138,7 @@ def stored_targets(session: Session, args: Sequence[str]) -> list[tuple[Wanted, 
     store = session.store
     if not args:
         return [(Wanted(a.key, a.digest, a.key[:16]), a) for a in store.all()]
-    steps, keys = pinned(args)
+    steps, keys, _ = pinned(args)
     out = []
     for w in steps:
         art = store.get(w.key)
@@ -215,8 +216,9 @@ def pull(
     """Pull what `args` name into the local store: a lock's steps checked against its
     digests; a key no given lock pins, by a signature of one of the `trusted` keys.
     Every key is looked up on the remote before anything is pulled; a refusal raises and
-    nothing of that artifact enters the store."""
-    steps, keys = pinned(args)
+    nothing of that artifact enters the store. The locks become `cache gc` roots, as a
+    build's do, so what they pinned stays until the build that reuses it."""
+    steps, keys, lock_files = pinned(args)
     digests = {w.key: w.digest for w in steps}
     on_remote: list[str] | None = None
     for k in keys:
@@ -249,6 +251,8 @@ def pull(
         done.append(Moved(w.label, w.key, "pulled", art.size))
         if reporter:
             reporter.transfer_finished(w.label, w.key, "pulled", art.size)
+    for lock_file in lock_files:
+        session.store.add_root(lock_file)
     return done
 
 

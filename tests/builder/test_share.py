@@ -18,6 +18,7 @@ from mergepkg.remote.errors import NotOnRemote, Refused, RemoteConfigError, Remo
 from mergepkg.remote.sign import generate_key, trusted_signer
 from mergepkg.remote.sync import open_remote, push_artifact
 from mergepkg.settings import Settings
+from mergepkg.store.gc import collect_garbage
 from mergepkg.store.local import Store
 from mergepkg.store.session import Session
 
@@ -72,6 +73,19 @@ def test_a_locks_steps_are_pushed_once_with_progress_then_pulled_with_its_digest
     assert [m.what for m in pulled] == ["pulled", "pulled"]
     assert all(b.store.get(x.key).digest == x.digest for x in arts)
     assert [m.what for m in share.pull(remote, b, [str(lock)])] == ["stored", "stored"]
+
+
+def test_what_a_lock_pulled_survives_cache_gc_and_a_key_alone_does_not(remote, tmp_path):
+    a = session_at(tmp_path / "a")
+    arts = [make_artifact(a.store, s) for s in (1, 2)]
+    lock = lock_of(tmp_path / "r.lock", arts[:1])
+    key = generate_key(a.settings, "alice")
+    share.push(remote, a, [str(lock), arts[1].key], signing_key=key)
+    b = session_at(tmp_path / "b")
+    share.pull(remote, b, [str(lock), arts[1].key], trusted=[key.public])
+    assert b.store.roots() == [str(lock.resolve())]
+    collect_garbage(b.store)
+    assert [x.key for x in b.store.all()] == [arts[0].key]
 
 
 def test_a_step_not_stored_is_an_error_naming_it_before_anything_moves(remote, tmp_path):
