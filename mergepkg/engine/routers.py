@@ -52,12 +52,13 @@ def routers(layout: StepLayout, folders: dict[str, Path], *, device: str, seed: 
     if moe.gate_mode in ("random", "uniform_random"):
         out = {}
         for t in targets:
-            gen = torch.Generator(device=device).manual_seed(tensor_seed(seed, t.name, 0))
+            # drawn on the CPU, then moved: a CUDA generator gives other numbers from the same seed
+            gen = torch.Generator().manual_seed(tensor_seed(seed, t.name, 0))
             if moe.gate_mode == "random":
-                out[t.name] = torch.randn(t.info.shape, generator=gen, device=device)  # (rows, hidden)
+                out[t.name] = torch.randn(t.info.shape, generator=gen).to(device)  # (rows, hidden)
             else:
                 scale = math.sqrt(1.0 / t.info.shape[-1])  # as mergekit-moe: 2 * scale * U[0, 1) - scale
-                out[t.name] = torch.rand(t.info.shape, generator=gen, device=device) * 2 * scale - scale
+                out[t.name] = (torch.rand(t.info.shape, generator=gen) * 2 * scale - scale).to(device)
         return out
     experts = list(moe.experts) + ([moe.shared_expert] if moe.shared_expert else [])
     layers = 1 + max(_layer(t.name) for t in targets)

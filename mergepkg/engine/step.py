@@ -103,7 +103,8 @@ def merge_tensor(
     if method.random:
 
         def rng(i: int, _name: str = out.name) -> torch.Generator:
-            return torch.Generator(device=device).manual_seed(tensor_seed(seed, _name, i))
+            # a CPU generator on every device: a CUDA one gives other numbers from the same seed
+            return torch.Generator().manual_seed(tensor_seed(seed, _name, i))
 
         kwargs["rng"] = rng
     try:

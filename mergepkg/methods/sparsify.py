@@ -231,7 +231,7 @@ def magprune(
     ranks = torch.argsort(torch.argsort(rows.abs(), dim=1, stable=True), dim=1).to(torch.float32)
     spread = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
     probs = (density - epsilon) + spread * (2 * epsilon)
-    mask = torch.rand(probs.shape, generator=rng, device=delta.device) < probs
+    mask = torch.rand(probs.shape, generator=rng).to(probs.device) < probs  # drawn on the CPU: the same on any device
     return _finish(delta, mask.view_as(delta), rescale)
 
 

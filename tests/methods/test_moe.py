@@ -170,6 +170,20 @@ def test_random_rows_are_seeded_per_tensor_and_need_no_prompts(write_recipe, tmp
     assert a[gates[0]].shape == (2, 32)
 
 
+@pytest.mark.parametrize("mode", ["random", "uniform_random"])
+def test_random_rows_are_drawn_on_the_cpu_whatever_the_device(write_recipe, mode):
+    """A CUDA generator gives other numbers than a CPU one from the same seed, and the key
+    holds no device: the rows are the CPU's draws, moved ("meta" stands in for a GPU here)."""
+    from mergepkg.engine.routers import routers
+
+    layout = lay(write_recipe(moe_step(mode, 'experts = ["ft1", "ft2"]')))["m"]
+    on_cpu = routers(layout, {}, device="cpu", seed=3)
+    elsewhere = routers(layout, {}, device="meta", seed=3)
+    assert on_cpu.keys() == elsewhere.keys() and len(on_cpu) == 4
+    for name, rows in elsewhere.items():
+        assert rows.device.type == "meta" and rows.shape == on_cpu[name].shape == (2, 32)
+
+
 def test_uniform_random_rows_are_seeded_and_within_linear_init_bounds(write_recipe, tmp_path):
     """mergekit-moe's uniform_random: U[-1/sqrt(hidden), 1/sqrt(hidden)), as torch.nn.Linear initialises."""
     path = write_recipe(moe_step("uniform_random", 'experts = ["ft1", "ft2"]'))
