@@ -57,11 +57,17 @@ def peft_adapter(folder: Path, base: Path, *, seed: int, model_class: str = "Lla
     return folder
 
 
-def peft_merged(base: Path, adapter: Path, dtype, model_class: str = "LlamaForCausalLM") -> dict:
-    """peft's `merge_and_unload` of `adapter` into `base` loaded in `dtype`: its state dict."""
+def peft_merged_model(base: Path, adapter: Path, dtype, model_class: str = "LlamaForCausalLM"):
+    """peft's `merge_and_unload` of `adapter` into `base` loaded in `dtype`: the model (its
+    config says whether peft left the head tied to the embeddings)."""
     import transformers
     from peft import PeftModel
 
     model = getattr(transformers, model_class).from_pretrained(base, dtype=dtype)
-    merged = PeftModel.from_pretrained(model, adapter, is_trainable=False).merge_and_unload()
+    return PeftModel.from_pretrained(model, adapter, is_trainable=False).merge_and_unload()
+
+
+def peft_merged(base: Path, adapter: Path, dtype, model_class: str = "LlamaForCausalLM") -> dict:
+    """peft's `merge_and_unload` of `adapter` into `base` loaded in `dtype`: its state dict."""
+    merged = peft_merged_model(base, adapter, dtype, model_class)
     return {k: v.detach().clone() for k, v in merged.state_dict().items()}

@@ -5,13 +5,26 @@ Every tensor of the base is in the output, with its name, dtype and shape. The a
 tensors are named as peft saves them, `base_model.model.<module>.<what>`:
 
 - `lora_A.weight` and `lora_B.weight` of a linear module: its `<module>.weight` gets
-  W + scaling * (B @ A), transposed for `fan_in_fan_out` (GPT-2's Conv1D);
+  W + scaling * (B @ A), transposed for GPT-2's Conv1D. peft decides that per module, by
+  its class, whatever `fan_in_fan_out` says (it forces the flag off for a Linear, on for a
+  Conv1D); a config does not name classes, so the model types whose layers are Conv1D
+  are listed here (`CONV1D`), and a flag set for a model of code of its own is refused;
 - `lora_embedding_A` and `lora_embedding_B` of an embedding: `<module>.weight` gets
   W + scaling * (B @ A)^T;
 - `lora_B.bias` (`lora_bias`): `<module>.bias` gets b + scaling * lora_B.bias;
 - any other tensor (`modules_to_save`, a trained bias, an embedding's saved
   `base_layer.weight`): peft loads it in place of the base's tensor of that name
   (`.base_layer` left out), so the output has it, in the base's dtype.
+
+A base that ties its head to its input embeddings (`tie_word_embeddings`, no
+`lm_head.weight` saved) has one matrix for both, and peft's merge is what it does to that
+one parameter: a LoRA of either module adds its update to it (the head's is folded into
+the embeddings) and the model stays tied; a module of `modules_to_save` gets a parameter
+of its own, so the head and the embeddings part, and the output has both, untied
+(`tie_word_embeddings` false), as peft's merged model has them; with
+`ensure_weight_tying` peft ties the saved copies again, so the output stays tied. Two
+LoRA updates of the one matrix (LoRA on both modules, or `ensure_weight_tying` with a LoRA
+of the embeddings, whose tied head peft merges a second time) are refused.
 
 `scaling` is lora_alpha / r (lora_alpha / sqrt(r) with `use_rslora`), r and lora_alpha
 taken from `rank_pattern` and `alpha_pattern` where a pattern matches the module, as
@@ -26,14 +39,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mergepkg.errors import MergepkgError, ModelMismatchError, SourceError
 from mergepkg.io.folder import ADAPTER_CONFIG, adapter_files
 from mergepkg.io.tensors import NAME_OF, TensorInfo, scan_tensors
-from mergepkg.layout.types import ModelInfo, OutputTensor, Part, StepLayout, ordered
+from mergepkg.layout.align import EMBEDDINGS
+from mergepkg.layout.types import LAYER, ModelInfo, OutputTensor, Part, StepLayout, ordered
 from mergepkg.methods.lora import SPEC
 from mergepkg.recipe.model import Recipe, Step
 
@@ -56,6 +70,17 @@ REFUSED = {
     "megatron_config": "Megatron layers (megatron_config)",
 }
 UNSUPPORTED_HINT = "merge it with peft (merge_and_unload), save the model and use that folder as a source"
+HEAD = "lm_head"  # the output head peft adapts, tied to the input embeddings on a tied base
+# transformers' models whose projections are GPT-2's Conv1D (a weight stored [in, out], which
+# peft's LoRA updates transposed), by model_type: the names of those modules
+CONV1D = {
+    "gpt2": ("c_attn", "q_attn", "c_proj", "c_fc"),
+    "decision_transformer": ("c_attn", "q_attn", "c_proj", "c_fc"),
+    "imagegpt": ("c_attn", "q_attn", "c_proj", "c_fc"),
+    "openai-gpt": ("c_attn", "c_proj", "c_fc"),
+    "clvp": ("c_fc", "c_proj"),
+    "clvp_decoder": ("c_fc", "c_proj"),
+}
 
 
 def read_adapter_info(folder: Path) -> ModelInfo:
@@ -83,16 +108,43 @@ class _Module:
     embedding: bool = False
 
 
+@dataclass(frozen=True)
+class _Copy:
+    """A tensor the adapter saves whole, in place of the base's."""
+
+    tensor: str  # its name in the adapter
+    # a LoRA module's saved `base_layer`, which peft loads into the base's own parameter (on a
+    # tied base, the one the head and the embeddings share); else a module of `modules_to_save`,
+    # a parameter of its own
+    layer: bool
+
+
+@dataclass
+class _Plan:
+    """What the output holds, by output tensor: the adapter's copy it starts from, the LoRA
+    update it gets, and the base tensor it is read from where that is another (the head of a
+    tied base the adapter unties reads the embeddings)."""
+
+    copies: dict[str, str] = field(default_factory=dict)  # output tensor -> adapter tensor
+    updates: dict[str, tuple[str, _Module]] = field(default_factory=dict)  # output tensor -> (module, LoRA tensors)
+    reads: dict[str, str] = field(default_factory=dict)  # output tensor the base lacks -> base tensor
+    untied: bool = False  # the output's head and embeddings are two tensors: tie_word_embeddings false
+
+
 def adapter_layout(recipe: Recipe, step: Step, infos: dict[str, ModelInfo]) -> StepLayout:
     """What `step` (an implicit `base+adapter` step) writes: its base with the adapter applied."""
     assert step.base is not None and step.adapter is not None
     base, adapter = infos[step.base], infos[step.adapter]
+    applied = _Applied(step, base, adapter)
     try:
-        tensors = _Applied(step, base, adapter).tensors()
+        tensors = applied.tensors()
     except MergepkgError as e:
         raise recipe.locate(e, f"sources.{step.adapter}") from None
     bytes_in = sum(infos[p.model].tensors[p.tensor].nbytes for t in tensors for p in t.parts)
-    return StepLayout(step, SPEC, tensors, dict(base.config), step.base, step.base, bytes_in, base.vocab)
+    config = dict(base.config)
+    if applied.untied:  # as peft's merge_and_unload sets it when the two are no longer one parameter
+        config["tie_word_embeddings"] = False
+    return StepLayout(step, SPEC, tensors, config, step.base, step.base, bytes_in, base.vocab)
 
 
 class _Applied:
@@ -102,28 +154,33 @@ class _Applied:
         self.base, self.adapter = base, adapter
         self.config = adapter.config
         self.what = f"adapter {self.adapter_name!r}"
+        self.untied = False
 
     def tensors(self) -> tuple[OutputTensor, ...]:
         self.check_config()
         modules, copies = self.read_names()
-        targets: dict[str, tuple[str, _Module]] = {}  # base tensor -> (module, its LoRA tensors)
+        plan = self.tied(modules, copies)  # takes the tied pair's entries out of `modules` and `copies`
+        self.untied = plan.untied
         for module, m in modules.items():
             if m.a is not None or m.b is not None:
                 pair = _Module(a=m.a, b=m.b, embedding=m.embedding)
-                targets[self.base_tensor(f"{module}.weight", f"{module}.lora_A/B")] = (module, pair)
+                plan.updates[self.base_tensor(f"{module}.weight", f"{module}.lora_A/B")] = (module, pair)
             if m.bias is not None:
-                targets[self.base_tensor(f"{module}.bias", m.bias)] = (module, _Module(bias=m.bias))
+                plan.updates[self.base_tensor(f"{module}.bias", m.bias)] = (module, _Module(bias=m.bias))
+        for target, copy in copies.items():
+            plan.copies[self.base_tensor(target, copy.tensor)] = copy.tensor
         out = []
-        for name in ordered(self.base.tensors):
-            info = self.base.tensors[name]
-            source = copies.get(name)
-            w = Part(self.adapter_name, source) if source else Part(self.base_name, name)
+        for name in ordered([*self.base.tensors, *plan.reads]):
+            read = plan.reads.get(name, name)
+            info = self.base.tensors[read]
+            source = plan.copies.get(name)
+            w = Part(self.adapter_name, source) if source else Part(self.base_name, read)
             if source is not None:
                 self.check_shape(source, info.shape, name)
             params: dict[str, Any] = {"kind": "copy", "dtype": NAME_OF.get(info.dtype)}
             inputs: tuple[Part, ...] = ()
-            if name in targets:
-                module, m = targets[name]
+            if name in plan.updates:
+                module, m = plan.updates[name]
                 params.update(self.lora_params(module, m, name, info))
                 inputs = (
                     (Part(self.adapter_name, m.bias),)
@@ -132,6 +189,83 @@ class _Applied:
                 )
             out.append(OutputTensor(name, TensorInfo(info.dtype, info.shape), w, inputs, params))
         return tuple(out)
+
+    def tied(self, modules: dict[str, _Module], copies: dict[str, _Copy]) -> _Plan:
+        """The head's and the embeddings' part of the output on a base that ties them, as
+        peft's merge leaves them: one parameter at first, which a LoRA of either module
+        updates and a `modules_to_save` copy of either leaves (the two part: the output
+        has both, untied), unless `ensure_weight_tying` ties the copies again. An empty
+        plan where the base is not tied or the adapter leaves the tie as it is."""
+        plan = _Plan()
+        embed = self.tied_embeddings()
+        head = f"{HEAD}.weight"
+        if embed is None:
+            return plan
+        pair = {embed: embed.removesuffix(".weight"), head: HEAD}  # tensor -> its module
+        lora = {t: (mod, modules[mod]) for t, mod in pair.items() if mod in modules and modules[mod].a is not None}
+        own = {t: copies[t].tensor for t in pair if t in copies and not copies[t].layer}
+        if head not in lora and head not in copies and not own:
+            return plan  # a LoRA of the embeddings: merged into the shared matrix, which it is here too
+        ewt = self.config.get("ensure_weight_tying") is True
+        base = self.base_name
+        if len(lora) == 2:
+            twice = " (ensure_weight_tying: the head's is the embeddings' own, merged a second time)" if ewt else ""
+            raise SourceError(
+                f"{self.what} has a LoRA update of {pair[embed]} and one of {HEAD}, which {base!r} ties together "
+                f"(tie_word_embeddings): they are one matrix, and peft's merge adds both updates to it{twice}; "
+                "mergepkg cannot apply that",
+                hint=UNSUPPORTED_HINT,
+            )
+        if set(lora) & set(own) or (lora and own and ewt):
+            raise SourceError(
+                f"{self.what} has both a LoRA update and a saved copy (modules_to_save) of the head and "
+                f"embeddings {base!r} ties together (tie_word_embeddings), which mergepkg cannot apply",
+                hint=UNSUPPORTED_HINT,
+            )
+        # a saved base_layer is loaded into the shared matrix, the head's last
+        layer = next((copies[t].tensor for t in (head, embed) if t in copies and copies[t].layer), None)
+        for t, mod in pair.items():
+            copies.pop(t, None)
+            if mod in modules:
+                modules[mod] = _Module(bias=modules[mod].bias)  # its update is the plan's
+        if own and ewt:  # peft ties the head's copy to the embeddings': one parameter, the head's loaded last
+            plan.copies[embed] = own.get(head) or own[embed]
+            return plan
+        shared = next((t for t in (embed, head) if t not in own), None)  # the output tensor that is the base's matrix
+        if shared is not None:
+            if layer is not None:
+                plan.copies[shared] = layer
+            for module, m in lora.values():
+                plan.updates[shared] = (module, _Module(a=m.a, b=m.b, embedding=m.embedding))
+        plan.copies.update(own)
+        if own:
+            plan.reads[head], plan.untied = embed, True
+        return plan
+
+    def tied_embeddings(self) -> str | None:
+        """The input embeddings the base's head is tied to, if it ties them: a causal language
+        model whose config.json says `tie_word_embeddings` (transformers writes it; where it
+        is missing, the default is the model class's, which a config does not tell) and that
+        saves no `lm_head.weight`."""
+        tensors, config = self.base.tensors, self.base.config
+        architectures = config.get("architectures") or []
+        if (
+            f"{HEAD}.weight" in tensors
+            or config.get("tie_word_embeddings") is not True
+            or not any(isinstance(a, str) and a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+        ):
+            return None
+        return next(
+            (
+                n
+                for n in ordered(tensors)
+                if n.endswith(".weight")
+                and len(tensors[n].shape) == 2
+                and not LAYER.match(n)
+                and any(e in n for e in EMBEDDINGS)
+            ),
+            None,
+        )
 
     def check_config(self) -> None:
         config = self.config
@@ -154,10 +288,10 @@ class _Applied:
             if not isinstance(config.get(key) or {}, dict):
                 raise SourceError(f"{ADAPTER_CONFIG} of {self.what}: {key} is not a table of patterns")
 
-    def read_names(self) -> tuple[dict[str, _Module], dict[str, str]]:
+    def read_names(self) -> tuple[dict[str, _Module], dict[str, _Copy]]:
         """(module -> its LoRA tensors, base tensor -> the adapter tensor that replaces it)."""
         modules: dict[str, _Module] = {}
-        copies: dict[str, str] = {}
+        copies: dict[str, _Copy] = {}
         for key, info in self.adapter.tensors.items():
             if not key.startswith(PREFIX):
                 raise SourceError(
@@ -180,8 +314,8 @@ class _Applied:
                     )
                 target = name.replace(".base_layer.", ".")
                 if target in copies:
-                    raise SourceError(f"{self.what} has two tensors for {target}: {copies[target]} and {key}")
-                copies[self.base_tensor(target, key)] = key
+                    raise SourceError(f"{self.what} has two tensors for {target}: {copies[target].tensor} and {key}")
+                copies[target] = _Copy(key, target != name)
                 continue
             module = modules.setdefault(m["module"], _Module())
             what = m["what"]  # lora_A.weight, lora_B.weight, lora_B.bias, lora_embedding_A or lora_embedding_B
@@ -198,6 +332,17 @@ class _Applied:
         return modules, copies
 
     def base_tensor(self, name: str, adapter_tensor: str) -> str:
+        if (
+            name not in self.base.tensors
+            and name == f"{HEAD}.weight"
+            and self.base.config.get("tie_word_embeddings") is not False
+        ):
+            raise SourceError(
+                f"{self.what} changes {name} ({adapter_tensor}), which {self.base_name!r} does not save: "
+                "a head tied to the embeddings, which mergepkg follows only for a causal language model "
+                "whose config.json says tie_word_embeddings: true",
+                hint=UNSUPPORTED_HINT,
+            )
         if name not in self.base.tensors:
             raise ModelMismatchError(
                 f"{self.what} changes {name} ({adapter_tensor}), a tensor {self.base_name!r} does not have",
@@ -227,7 +372,7 @@ class _Applied:
             return {"kind": "bias", "scaling": scaling}
         assert m.a is not None and m.b is not None
         a, b = self.adapter.tensors[m.a].shape, self.adapter.tensors[m.b].shape
-        transpose = bool(self.config.get("fan_in_fan_out")) and not m.embedding
+        transpose = not m.embedding and self.conv1d(module)
         if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
             raise SourceError(f"{self.what}: {m.a} {list(a)} and {m.b} {list(b)} are not a LoRA pair (B @ A)")
         if a[0] != r:
@@ -241,6 +386,24 @@ class _Applied:
                 hint=f"apply an adapter to the model it was trained on{self.trained_on()}",
             )
         return {"kind": "embedding" if m.embedding else "linear", "scaling": scaling, "transpose": transpose}
+
+    def conv1d(self, module: str) -> bool:
+        """Whether `module` is GPT-2's Conv1D, whose update peft transposes: peft decides by the
+        module's class whatever `fan_in_fan_out` says (it forces the flag off for a Linear, on
+        for a Conv1D), so the base's model type decides here. A model of code of its own
+        (`auto_map`) may have Conv1D layers of any name: a flag set for one is refused."""
+        config = self.base.config
+        names = CONV1D.get(str(config.get("model_type")))
+        if names is not None:
+            return module.rsplit(".", 1)[-1] in names
+        if self.config.get("fan_in_fan_out") and config.get("auto_map"):
+            raise SourceError(
+                f"{self.what} sets fan_in_fan_out for {module}, and {self.base_name!r} runs code of its own "
+                "(auto_map): mergepkg cannot tell whether that module is a Conv1D, which peft's update transposes, "
+                "or a Linear, which it does not",
+                hint=UNSUPPORTED_HINT,
+            )
+        return False
 
 
 def _pattern(patterns: dict, module: str, default: Any, what: str) -> Any:

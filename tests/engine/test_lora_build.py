@@ -20,7 +20,7 @@ import pytest
 import torch
 from helpers import build_recipe, load_tensors
 from hfcache import add_to_cache
-from lora_adapters import peft_adapter, peft_merged
+from lora_adapters import peft_adapter, peft_merged, peft_merged_model
 
 from mergepkg.errors import SourceError
 
@@ -238,3 +238,106 @@ def test_mergekit_base_plus_adapter_gives_the_same_bytes(case, lora, tmp_path):
     assert load_tensors(cached).keys() == load_tensors(report.artifacts[step].folder).keys()
     mine, its = load_tensors(report.artifacts[step].folder), load_tensors(cached)
     assert all(torch.equal(mine[k], its[k]) and mine[k].dtype == its[k].dtype for k in its)
+
+
+# -- a base that ties its head to its embeddings ------------------------------------------------
+
+TIED = {  # case -> the LoraConfig of an adapter peft makes on a tied base
+    "lora-embed": dict(target_modules=["embed_tokens", "q_proj"]),
+    "lora-head": dict(target_modules=["lm_head", "q_proj"]),  # peft folds it into the shared matrix
+    "modules_to_save-embed": dict(modules_to_save=["embed_tokens"]),  # peft unties the two
+    "modules_to_save-head": dict(modules_to_save=["lm_head"]),
+    "modules_to_save-both": dict(modules_to_save=["embed_tokens", "lm_head"]),
+    "lora-embed-modules_to_save-head": dict(target_modules=["embed_tokens", "q_proj"], modules_to_save=["lm_head"]),
+    "lora-head-modules_to_save-embed": dict(target_modules=["lm_head", "q_proj"], modules_to_save=["embed_tokens"]),
+    "ensure_weight_tying": dict(modules_to_save=["embed_tokens"], ensure_weight_tying=True),  # tied again
+    # refused: two updates of the one matrix
+    "lora-both": dict(target_modules=["embed_tokens", "lm_head", "q_proj"]),
+    "ensure_weight_tying-lora": dict(target_modules=["embed_tokens", "q_proj"], ensure_weight_tying=True),
+}
+REFUSED_TIED = ("lora-both", "ensure_weight_tying-lora")
+PASSTHROUGH = '[steps.out]\nmethod = "passthrough"\ninputs = ["b+a"]\n'
+
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Llama with tie_word_embeddings (no lm_head.weight saved) in float32 and
+    bfloat16, and the adapters of TIED, made by peft on it."""
+    from tiny import save_tokenizer, tiny_config
+    from transformers import LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("tied")
+    torch.manual_seed(0)
+    config = tiny_config()
+    config.tie_word_embeddings = True
+    model = LlamaForCausalLM(config)
+    m = {}
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        model.to(dtype).save_pretrained(root / name)
+        save_tokenizer(root / name)
+        m[name] = root / name
+    assert "lm_head.weight" not in load_tensors(m["float32"])
+    for case, settings in TIED.items():
+        m[case] = peft_adapter(root / case, m["float32"], seed=5, **settings)
+    return m
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("case", [c for c in TIED if c not in REFUSED_TIED])
+def test_on_a_tied_base_the_applied_model_is_peft_merge_and_unload(case, dtype, tied, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    ours, report = applied(recipe(tmp_path, {"b": tied[dtype], "a": tied[case]}, PASSTHROUGH))
+    merged = peft_merged_model(tied[dtype], tied[case], getattr(torch, dtype))
+    theirs = {k: v.detach() for k, v in merged.state_dict().items()}
+    folder = report.artifacts["b+a"].folder
+    tie = json.loads((folder / "config.json").read_text())["tie_word_embeddings"]
+    assert tie is merged.config.tie_word_embeddings
+    assert set(theirs) - set(ours) == ({"lm_head.weight"} if tie else set()) and set(ours) <= set(theirs)
+    differing = {k: int((ours[k] != theirs[k]).sum()) for k in ours if not torch.equal(ours[k], theirs[k])}
+    assert differing == {}, differing
+    assert {k: ours[k].dtype for k in ours} == {k: theirs[k].dtype for k in ours}
+    # as transformers loads it: the head is peft's, tied or not
+    loaded = LlamaForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).state_dict()
+    assert all(torch.equal(loaded[k], theirs[k]) for k in theirs)
+    # not vacuous: the adapter changed the embeddings or the head
+    plain = load_tensors(tied[dtype])["model.embed_tokens.weight"]
+    assert not torch.equal(theirs["model.embed_tokens.weight"], plain) or not torch.equal(
+        theirs["lm_head.weight"], plain
+    )
+
+
+@pytest.mark.parametrize("case", REFUSED_TIED)
+def test_two_updates_of_a_tied_matrix_are_refused(case, tied, tmp_path):
+    with pytest.raises(SourceError) as info:
+        build_recipe(recipe(tmp_path, {"b": tied["float32"], "a": tied[case]}, PASSTHROUGH))
+    e = info.value
+    assert "has a LoRA update of model.embed_tokens and one of lm_head, which 'b' ties together" in e.message
+    assert e.key == "sources.a"
+
+
+# -- fan_in_fan_out: peft decides it per module ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base", "cls", "target", "flag"),
+    [
+        ("base", "LlamaForCausalLM", "model.layers.0.self_attn.q_proj", True),  # a Linear: never transposed
+        ("gpt2", "GPT2LMHeadModel", "transformer.h.0.attn.c_proj", False),  # a Conv1D: always transposed
+    ],
+)
+def test_fan_in_fan_out_is_peft_per_module_not_the_config_flag(base, cls, target, flag, lora, tmp_path):
+    # the flag contradicts the module (peft itself saves it as it forces it: written by hand here);
+    # the module is square, so nothing but the bytes shows the transpose
+    adapter = peft_adapter(
+        tmp_path / "a", lora[base], seed=6, model_class=cls, target_modules=[target], fan_in_fan_out=not flag
+    )
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "fan_in_fan_out": flag}))
+    ours, _ = applied(recipe(tmp_path, {"b": lora[base], "a": adapter}, PASSTHROUGH))
+    theirs = peft_merged(lora[base], adapter, torch.float32, cls)
+    weight = f"{target}.weight"
+    assert ours[weight].shape[0] == ours[weight].shape[1]
+    assert not torch.equal(ours[weight], load_tensors(lora[base])[weight])
+    differing = {k: int((ours[k] != theirs[k]).sum()) for k in ours if not torch.equal(ours[k], theirs[k])}
+    assert differing == {}, differing

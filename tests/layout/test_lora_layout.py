@@ -5,6 +5,7 @@ source's line. Stub folders: the stub models' one tensor, `model.embed_tokens.we
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -115,3 +116,134 @@ def test_what_an_adapter_cannot_do_is_refused_at_its_source(tmp_path, stub_model
     assert type(e) is cls and message in e.message, e.message
     assert (e.file, e.key) == (str(path), "sources.ad")
     assert e.line == path.read_text().splitlines().index('ad = { path = "ad" }') + 1
+
+
+# -- a base that ties its head to its embeddings; GPT-2's Conv1D ----------------------------
+
+HEAD = "lm_head.weight"
+P = "base_model.model."
+
+
+def applied(tmp_path, config: dict, tensors: dict, adapter_config: dict, adapter_tensors: dict):
+    """The layout and config of `b+a`: a base of `config` and `tensors` (name -> shape), an
+    adapter of `adapter_tensors` (name after `base_model.model.` -> shape)."""
+    from safetensors.numpy import save_file
+
+    base = tmp_path / "b"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text(json.dumps({"num_hidden_layers": 1, **config}))
+    save_file({n: np.ones(s, np.float32) for n, s in tensors.items()}, base / "model.safetensors")
+    stub_adapter(
+        tmp_path / "a",
+        config=adapter_config,
+        tensors={P + n: np.ones(s, np.float32) for n, s in adapter_tensors.items()},
+    )
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[package]\nname = "t"\nversion = "0.1.0"\n[sources]\nb = { path = "b" }\na = { path = "a" }\n'
+        '[steps.out]\nmethod = "passthrough"\ninputs = ["b+a"]\n'
+    )
+    lay = status(load_recipe(path), Session(), use_store=False).steps["b+a"].layout
+    return {t.name: t for t in lay.tensors}, lay.config
+
+
+TIED = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "tie_word_embeddings": True}
+TIED_BASE = {EMBED: (4, 2), "model.norm.weight": (2,)}
+LORA_HEAD = {"lm_head.lora_A.weight": (1, 2), "lm_head.lora_B.weight": (4, 1)}
+LORA_EMBED = {"model.embed_tokens.lora_embedding_A": (1, 4), "model.embed_tokens.lora_embedding_B": (2, 1)}
+
+
+def test_a_copy_of_a_tied_module_unties_the_head_as_peft_does(tmp_path):
+    # modules_to_save=["embed_tokens"]: the embeddings are the adapter's, the head the base's
+    # old embeddings, and the two are no longer tied
+    out, config = applied(tmp_path, TIED, TIED_BASE, {}, {"model.embed_tokens.weight": (4, 2)})
+    assert list(out) == [EMBED, HEAD, "model.norm.weight"] and config["tie_word_embeddings"] is False
+    assert out[EMBED].base == Part("a", P + EMBED) and out[EMBED].inputs == ()
+    assert out[HEAD].base == Part("b", EMBED) and out[HEAD].params == {"kind": "copy", "dtype": "float32"}
+    assert (out[HEAD].info.dtype, out[HEAD].info.shape) == ("F32", (4, 2))
+
+
+def test_a_lora_of_a_tied_head_updates_the_shared_embeddings(tmp_path):
+    out, config = applied(tmp_path, TIED, TIED_BASE, {}, {**LORA_HEAD, "lm_head.base_layer.weight": (4, 2)})
+    assert list(out) == [EMBED, "model.norm.weight"] and config["tie_word_embeddings"] is True
+    assert out[EMBED].base == Part("a", P + "lm_head.base_layer.weight")
+    assert out[EMBED].inputs == (Part("a", P + "lm_head.lora_A.weight"), Part("a", P + "lm_head.lora_B.weight"))
+    assert out[EMBED].params == {"kind": "linear", "dtype": "float32", "scaling": 2.0, "transpose": False}
+    # and with the embeddings in modules_to_save, the head is the base's matrix with the update
+    out, config = applied(tmp_path / "2", TIED, TIED_BASE, {}, {**LORA_HEAD, "model.embed_tokens.weight": (4, 2)})
+    assert config["tie_word_embeddings"] is False and out[EMBED].base == Part("a", P + EMBED)
+    assert out[HEAD].base == Part("b", EMBED) and out[HEAD].params["kind"] == "linear"
+
+
+def test_ensure_weight_tying_keeps_the_copies_tied(tmp_path):
+    copies = {"model.embed_tokens.weight": (4, 2), "lm_head.weight": (4, 2)}
+    out, config = applied(tmp_path, TIED, TIED_BASE, {"ensure_weight_tying": True}, copies)
+    assert list(out) == [EMBED, "model.norm.weight"] and config["tie_word_embeddings"] is True
+    assert out[EMBED].base == Part("a", P + HEAD)  # peft loads the head's copy last into the one parameter
+
+
+@pytest.mark.parametrize(
+    ("adapter_config", "message"),
+    [
+        ({}, "has a LoRA update of model.embed_tokens and one of lm_head, which 'b' ties together"),
+        ({"ensure_weight_tying": True}, "the head's is the embeddings' own, merged a second time"),
+    ],
+)
+def test_two_updates_of_a_tied_matrix_are_refused(tmp_path, adapter_config, message):
+    with pytest.raises(SourceError) as info:
+        applied(tmp_path, TIED, TIED_BASE, adapter_config, {**LORA_HEAD, **LORA_EMBED})
+    assert message in info.value.message and info.value.key == "sources.a"
+
+
+def test_an_untied_base_is_as_before(tmp_path):
+    untied = {**TIED, "tie_word_embeddings": False}
+    out, config = applied(tmp_path, untied, TIED_BASE, {}, {"model.embed_tokens.weight": (4, 2)})
+    assert list(out) == [EMBED, "model.norm.weight"] and config["tie_word_embeddings"] is False
+    with pytest.raises(ModelMismatchError, match=r"changes lm_head\.weight"):
+        applied(tmp_path / "2", untied, TIED_BASE, {}, LORA_HEAD)
+    # no head saved and no tie_word_embeddings said: the class's default, which a config does not tell
+    silent = {k: v for k, v in TIED.items() if k != "tie_word_embeddings"}
+    out, config = applied(tmp_path / "3", silent, TIED_BASE, {}, {"model.embed_tokens.weight": (4, 2)})
+    assert list(out) == [EMBED, "model.norm.weight"] and "tie_word_embeddings" not in config
+    with pytest.raises(SourceError, match="which 'b' does not save: a head tied to the embeddings"):
+        applied(tmp_path / "4", silent, TIED_BASE, {}, LORA_HEAD)
+
+
+GPT2 = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}
+SQUARE = {"lora_A.weight": (1, 2), "lora_B.weight": (2, 1)}
+
+
+@pytest.mark.parametrize(
+    ("config", "module", "flag", "transpose"),
+    [
+        (GPT2, "transformer.h.0.attn.c_proj", False, True),  # a Conv1D: peft transposes whatever the flag
+        (GPT2, "transformer.h.0.attn.c_proj", True, True),
+        (GPT2, "lm_head", True, False),  # GPT-2's head is a Linear
+        (TIED | {"tie_word_embeddings": False}, "model.layers.0.self_attn.q_proj", True, False),  # a Linear
+        ({"model_type": "gpt_bigcode"}, "transformer.h.0.attn.c_proj", True, False),  # Linear layers named as GPT-2's
+    ],
+)
+def test_fan_in_fan_out_is_decided_per_module_as_peft_does(tmp_path, config, module, flag, transpose):
+    tensors = {f"{module}.weight": (2, 2), "transformer.wte.weight": (4, 2)}
+    adapter = {f"{module}.{n}": s for n, s in SQUARE.items()}
+    out, _ = applied(tmp_path, config, tensors, {"fan_in_fan_out": flag}, adapter)
+    assert out[f"{module}.weight"].params["transpose"] is transpose
+
+
+def test_fan_in_fan_out_for_a_model_of_its_own_code_is_refused(tmp_path):
+    config = {"model_type": "mine", "auto_map": {"AutoModelForCausalLM": "modeling_mine.Mine"}}
+    module = "h.0.proj"
+    with pytest.raises(SourceError) as info:
+        applied(
+            tmp_path,
+            config,
+            {f"{module}.weight": (2, 2)},
+            {"fan_in_fan_out": True},
+            {f"{module}.{n}": s for n, s in SQUARE.items()},
+        )
+    assert "sets fan_in_fan_out for h.0.proj, and 'b' runs code of its own (auto_map)" in info.value.message
+    assert info.value.key == "sources.a"
+    out, _ = applied(
+        tmp_path / "2", config, {f"{module}.weight": (2, 2)}, {}, {f"{module}.{n}": s for n, s in SQUARE.items()}
+    )
+    assert out[f"{module}.weight"].params["transpose"] is False

@@ -69,7 +69,7 @@ def test_the_applied_model_has_one_key_whatever_recipe_names_it(tmp_path, stub_m
         "hash_version": HASH_VERSION,
         "engine": ENGINE_VERSION,
         "method": "lora",
-        "method_version": 1,
+        "method_version": 2,  # 2: tied heads and fan_in_fan_out as peft decides them (layout/lora.py)
         "base": ra.sources["base"].locked.pin.ref,
         "adapter": ra.sources["ad"].locked.pin.ref,
     }
