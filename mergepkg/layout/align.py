@@ -20,16 +20,20 @@ know is the base row plus that input's weighted delta.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mergepkg.errors import ModelMismatchError, RecipeError
-from mergepkg.layout.types import LAYER, ModelInfo, RowMap
+from mergepkg.layout.types import LAYER, ModelInfo, RowMap, TokenIds
 from mergepkg.layout.vocab import Vocab, read_vocab, union
 from mergepkg.recipe.model import Step, Written
 
 EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embeddings")
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+# the tokenizer's own token of each id's role, where an id's token is not in the output's vocabulary
+ROLES = {"bos_token_id": "bos_token", "eos_token_id": "eos_token", "pad_token_id": "pad_token"}
+TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json")  # where a tokenizer names them, first first
 HINT = (
     'set tokenizer = { source = "union" } (every model\'s tokens) or tokenizer = { source = "<model>" } '
     "(that model's vocabulary) on the step; see docs/tokenizers.md"
@@ -66,7 +70,7 @@ class Alignment:
         src = step.tokenizer_model
         self.out_vocab = infos[src].vocab  # what the output's tokenizer is: its files are copied
         self.out_rows: int | None = None  # output rows when rows move; None: every model's rows as they are
-        self.token_ids: dict[int, int] = {}  # ids of the config's model (the base) that move in the output
+        self.token_ids = TokenIds()  # special ids of the config's model (the base) in the output
         self.target: dict[str, int] = {}  # output token -> id
         self.token_rows = 0  # output rows before padding to pad_to_multiple_of
         pad = step.pad_to_multiple_of or 1
@@ -118,8 +122,11 @@ class Alignment:
             self.target = within[src]
         if differ:
             self.token_rows = max(self.target.values()) + 1
-            self.token_ids = {i: self.target[t] for t, i in within[ref].items() if self.target.get(t, i) != i}
         self.out_rows = -(-self.token_rows // pad) * pad  # rounded up, as mergekit pads
+        if differ:
+            out_vocab = self.out_vocab if step.tokenizer_union else vocabs[src]
+            assert isinstance(out_vocab, Vocab)  # a union is one; every model has one by now
+            self.token_ids = token_ids(within[ref], self.target, role_tokens(out_vocab), self.out_rows)
         self.within = within
         for token in self.tokens:
             if token not in self.target:
@@ -150,7 +157,8 @@ class Alignment:
 
     def update_config(self, config: dict) -> None:
         """The output's config: its vocabulary size, and special token ids (copied from
-        the base's config) that name the same tokens in the output's vocabulary."""
+        the base's config) that name the same tokens in the output's vocabulary, or the
+        output tokenizer's own token of that role where that vocabulary lacks theirs."""
         if self.out_rows is not None:
             where = config if "vocab_size" in config or "text_config" not in config else config["text_config"]
             where["vocab_size"] = self.out_rows
@@ -253,14 +261,56 @@ class Alignment:
         return ("row", p, row)
 
 
-def move_token_ids(config: dict, moved: dict[int, int]) -> dict:
-    """`config` (config.json, generation_config.json) with its special token ids mapped by `moved`."""
+def role_tokens(vocab: Vocab) -> dict[str, str]:
+    """A tokenizer's own bos, eos and pad tokens (`bos_token`, ... in tokenizer_config.json,
+    else special_tokens_map.json; a token is a string or an AddedToken's `content`)."""
+    out: dict[str, str] = {}
+    for name in TOKENIZER_CONFIGS:
+        try:
+            config = json.loads(vocab.files.get(name, "{}"))
+        except (ValueError, RecursionError):
+            continue  # a file transformers could not read either: the other may name them
+        if not isinstance(config, dict):
+            continue
+        for role in ROLES.values():
+            value = config.get(role)
+            token = value.get("content") if isinstance(value, dict) else value
+            if isinstance(token, str) and role not in out:
+                out[role] = token
+    return out
+
+
+def token_ids(within: Mapping[str, int], target: Mapping[str, int], roles: Mapping[str, str], rows: int) -> TokenIds:
+    """The special ids of a model whose vocabulary is `within` (token -> id) in an output whose
+    vocabulary is `target`: each token's id there; ids whose token `target` lacks take the
+    token of their role that the output's tokenizer names (`roles`), or null when it names
+    none or `target` lacks it (a pad id past vocab_size is a model transformers refuses)."""
+    moved = {i: target[t] for t, i in within.items() if t in target and target[t] != i}
+    gone = frozenset(i for t, i in within.items() if t not in target)
+    by_key = {key: target.get(roles.get(role, "")) for key, role in ROLES.items()}
+    return TokenIds(moved, gone, by_key, rows)
+
+
+def move_token_ids(config: dict, ids: TokenIds) -> dict:
+    """`config` (config.json, generation_config.json) with its special token ids as `ids` says:
+    moved with their tokens; an id whose token is gone (or past the output's rows) replaced by
+    the output tokenizer's token of its role, else null (dropped from a list)."""
     for key in TOKEN_ID_KEYS:
         value = config.get(key)
-        if isinstance(value, int):
-            config[key] = moved.get(value, value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            config[key] = _moved(value, key, ids)
         elif isinstance(value, list):
-            config[key] = [moved.get(v, v) if isinstance(v, int) else v for v in value]
+            kept = [_moved(v, key, ids) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+            if kept != value:  # a list of ids, each once; none left: null
+                config[key] = list(dict.fromkeys(v for v in kept if v is not None)) or None
     if isinstance(config.get("text_config"), dict):
-        move_token_ids(config["text_config"], moved)
+        move_token_ids(config["text_config"], ids)
     return config
+
+
+def _moved(value: int, key: str, ids: TokenIds) -> int | None:
+    if value in ids.moved:
+        return ids.moved[value]
+    if value in ids.gone or (ids.rows is not None and value >= ids.rows):
+        return ids.roles.get(key)
+    return value

@@ -80,6 +80,7 @@ class DenseLayout:
         if step.slices:  # each output layer is its slice's first source's
             layers = [(sl.sources[0].model, i) for sl in step.slices for i in range(*sl.sources[0].layers)]
             with_stacked_layers(config, layers, self.infos)
+            with_head_tying(config, self.infos[step.slices[-1].sources[0].model].config)
         self.alignment.update_config(config)
         saved = step.out_dtype
         if saved is None and step.dtype == AUTO:  # saved as computed: the inputs' dtypes promoted
@@ -191,11 +192,15 @@ class DenseLayout:
                         f"use an end of at most {have}",
                     )
         first, last = step.slices[0], step.slices[-1]
-        ref = first.sources[0].model
-        names = ordered(set(self.infos[ref].tensors) - self.redundant_heads())
-        outer = [n for n in names if not LAYER.match(n)]
-        pre = [n for n in outer if is_pre(n)]
-        post = [n for n in outer if not is_pre(n)]
+        dropped = self.redundant_heads()
+
+        def outside(model: str) -> list[str]:
+            return [n for n in ordered(set(self.infos[model].tensors) - dropped) if not LAYER.match(n)]
+
+        # embeddings from the first slice's model, the final norm and head from the last's (as
+        # mergekit: a tied model's missing head where the last is untied is that model's head)
+        pre = [n for n in outside(first.sources[0].model) if is_pre(n)]
+        post = [n for n in outside(last.sources[0].model) if not is_pre(n)]
         for name in pre:
             yield name, 0.0, self.members(first, name, _named(name)), first.params
         for sl in step.slices:
@@ -296,9 +301,22 @@ def _in_layer(prefix: str, offset: int, rest: str) -> Callable[[SliceSource], st
     return lambda s: f"{prefix}{s.layers[0] + offset}.{rest}"
 
 
+def with_head_tying(config: dict, head_config: dict) -> dict:
+    """`config` of a stack of slices tying its head as the model its final norm and head come
+    from (the last slice's) does: its head is written where that model has one, and left to
+    the input embeddings where that model ties them, whatever the config's own model does."""
+    tie = head_config.get("tie_word_embeddings")
+    if tie != config.get("tie_word_embeddings"):
+        if tie is None:
+            config.pop("tie_word_embeddings")
+        else:
+            config["tie_word_embeddings"] = tie
+    return config
+
+
 def tied_note(tensor: str, has: str, lacks: str) -> str:
     """Why a head tensor is in one model only: it ties its head to its embeddings."""
-    if tensor not in HEADS:
+    if tensor not in HEADS or has == lacks:
         return ""
     return (
         f": {lacks!r} ties its output head to its input embeddings (tie_word_embeddings) and {has!r} "

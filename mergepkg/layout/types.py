@@ -104,6 +104,24 @@ class OutputTensor:
 
 
 @dataclass(frozen=True)
+class TokenIds:
+    """How the special token ids of an output's configs (config.json, generation_config.json,
+    copied from `config_from`) change when its vocabulary moves (`align.py` decides,
+    `align.move_token_ids` applies): an id keeps its token where the output's vocabulary
+    has it; an id whose token it lacks (or past its `rows`) takes the output tokenizer's own
+    token of that role, or null, so no id is past `vocab_size`."""
+
+    moved: dict[int, int] = field(default_factory=dict)  # old id -> the id of its token in the output
+    gone: frozenset[int] = frozenset()  # old ids whose token the output's vocabulary lacks
+    roles: dict[str, int | None] = field(default_factory=dict)  # config key -> the output tokenizer's id
+    rows: int | None = None  # the output's vocab_size
+
+    def __bool__(self) -> bool:
+        """Whether any id can change (else the files are copied as they are)."""
+        return bool(self.moved or self.gone)
+
+
+@dataclass(frozen=True)
 class StepLayout:
     step: Step
     method: MethodSpec
@@ -115,7 +133,7 @@ class StepLayout:
     vocab: Vocab | Path | None = (
         None  # the output's vocabulary (as ModelInfo.vocab); a Vocab with `made`: written, not copied
     )
-    token_ids: dict = field(default_factory=dict)  # special token ids of config_from's configs that move (align.py)
+    token_ids: TokenIds = field(default_factory=TokenIds)  # special token ids of config_from's configs (align.py)
     chat_template: str | None = None  # the output's chat template (layout/chat.py); None: it has none
 
     @property

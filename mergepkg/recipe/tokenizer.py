@@ -14,7 +14,8 @@ def tokenizer_setting(
     r: TableReader, value: Any, key: str, models: tuple[str, ...], base: str | None
 ) -> tuple[str | None, tuple[TokenSource, ...], int | None]:
     """`tokenizer = "<source>"` or `{ source = ..., tokens = { "<tok>" = { source = ... } } }`
-    -> (source, tokens, pad_to_multiple_of). The table's source defaults to "union", as mergekit's does."""
+    -> (source, tokens, pad_to_multiple_of). The table's source defaults to "union", as mergekit's does;
+    "base" in a step without a base is its first model, as mergekit's (`Step.tokenizer_model`)."""
     if value is None:
         return None, (), None
     table = value if isinstance(value, dict) else None
@@ -28,10 +29,7 @@ def tokenizer_setting(
                 raise r.error(f"{key}.pad_to_multiple_of", f"expected a positive integer, got {pad}")
     skey = f"{key}.source" if table is not None else key
     r.expect(value, str, skey, '"base", "union" or the name of a model of this step')
-    if value == "base" and "base" not in models:
-        if base is None:
-            raise r.error(skey, 'tokenizer source "base" but the step has no base', "name one of its inputs instead")
-    elif value not in models and value != "union":
+    if value != "base" and value not in models and value != "union":  # "base" without a base: the first model
         raise r.error(skey, f"{value!r} is not a model of this step", did_you_mean(value, ["base", "union", *models]))
     tokens = []
     for token, entry in r.expect((table or {}).get("tokens", {}), dict, f"{key}.tokens", "a table of tokens").items():

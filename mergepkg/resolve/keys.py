@@ -40,9 +40,11 @@ from mergepkg.recipe.model import Condition, Expert, MoE, Params, Recipe, Step
 from mergepkg.recipe.tables import AUTO as AUTO_DTYPE
 
 HASH_VERSION = 1  # bump whenever step_entry's shape or meaning changes
-# the config.json a step of stacked layers (its per-layer settings) or of dtype "auto" (the dtype
-# it names) writes; only those steps' entries hold it, so every other step keeps its key
-CONFIG_VERSION = 2
+# the rules for the config.json (and head) a step writes, in the entries of the steps whose output
+# they changed, so every other step keeps its key: 2, the per-layer settings of stacked layers and
+# the dtype "auto" names (layout/configs.py); 3, the head and its tying of stacked layers
+# (layout/dense.py) and special token ids whose token the output's vocabulary lacks (layout/align.py)
+CONFIG_VERSION = 3
 
 
 def key_of(entry: Mapping) -> str:
@@ -140,9 +142,21 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
         entry["chat_template"] = chat_template_entry(step, refs)
     if step.config is not None:  # only when set: older keys stay
         entry["config_model"] = refs[step.config]
-    if step.slices or (step.dtype == AUTO_DTYPE and step.out_dtype is None):
-        entry["config"] = CONFIG_VERSION  # their config.json changed (layout/configs.py): not the old outputs
+    version = config_version(step)
+    if version is not None:
+        entry["config"] = version  # their config.json changed: not the old outputs
     return entry
+
+
+def config_version(step: Step) -> int | None:
+    """The version of the config rules (CONFIG_VERSION) that changed `step`'s output, or
+    None where none did."""
+    other_vocabulary = not step.tokenizer_union and step.tokenizer_model != (step.base or step.models[0])
+    if step.slices or other_vocabulary:
+        return 3
+    if step.dtype == AUTO_DTYPE and step.out_dtype is None:
+        return 2
+    return None
 
 
 def adapter_entry(step: Step, refs: Mapping[str, Any]) -> dict:

@@ -295,6 +295,26 @@ def test_tokenizer_source(source, expected, tmp_path):
     assert recipe.steps["config"].tokenizer == expected and not recipe.steps["config"].tokens
 
 
+@pytest.mark.parametrize("form", ["tokenizer_source: base", "tokenizer: {source: base}"])
+def test_tokenizer_source_base_without_a_base_model_is_the_first_model(form, tmp_path):
+    """mergekit's `base` is its first referenced model when there is no base_model (it was refused)."""
+    result, recipe = imported(
+        f"""
+        merge_method: linear
+        models:
+          - model: org/a
+            parameters: {{weight: 1}}
+          - model: org/b
+            parameters: {{weight: 1}}
+        {form}
+    """,
+        tmp_path,
+    )
+    step = recipe.steps["config"]
+    assert step.tokenizer == "a" and step.tokenizer_model == "a" and not step.tokenizer_union
+    assert "tokenizer source base without a base_model: the first model" in result.text
+
+
 def test_tokenizer_block_and_union(tmp_path):
     result, recipe = imported(
         """
@@ -502,17 +522,6 @@ BAD = {
         "merge_method",
         "'multislerp' method is not supported",
         "merge_method:",
-    ),
-    "tokenizer block with source base and no base": (
-        """
-        merge_method: linear
-        models: [{model: org/a, parameters: {weight: 1}}]
-        tokenizer:
-          source: base
-    """,
-        "tokenizer.source",
-        "no base_model",
-        "source: base",
     ),
     "tokenizer block with pad_to_multiple_of 0": (
         """

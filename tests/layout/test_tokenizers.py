@@ -456,6 +456,81 @@ def test_special_token_ids_of_the_config_follow_the_vocabulary(tmp_path, tok_mod
 
 
 @pytest.mark.slow
+def test_source_base_in_a_step_without_a_base_is_the_first_model(recipe, tmp_path, tok_models):
+    """As mergekit and the table above say (it was refused): the first model's vocabulary,
+    the same setting and key as naming it."""
+    from transformers import AutoModelForCausalLM
+
+    body = '[steps.s]\nmethod = "linear"\ninputs = ["chat", "ft"]\nparams = { weight = 0.5 }\ntokenizer = "base"\n'
+    out = tmp_path / "out"
+    tensors = build_one(recipe(body), out)
+    assert (out / "tokenizer.json").read_bytes() == (tok_models["chat"] / "tokenizer.json").read_bytes()
+    assert tensors[EMBED].shape[0] == len(ids(tok_models["chat"]))
+    AutoModelForCausalLM.from_pretrained(out)
+    named = resolve(load_recipe(recipe(body.replace('"base"', '{ source = "chat" }'), name="named.toml")), Session())
+    assert named.keys["s"] == resolve(load_recipe(tmp_path / "recipe.toml"), Session()).keys["s"]
+
+
+@pytest.mark.slow
+def test_special_ids_whose_token_the_output_lacks_take_its_tokenizer_s_own(tmp_path, tok_models):
+    """A chat base whose configs name its own tokens (eos <|im_end|>, pad <|im_start|>) merged
+    onto a vocabulary without them: eos becomes the output tokenizer's eos, pad null (it has
+    none), never an id past vocab_size (transformers refused the pad: "Padding_idx must be
+    within num_embeddings"; mergekit keeps them)."""
+    from transformers import AutoModelForCausalLM
+
+    chat = tmp_path / "chat_ids"
+    shutil.copytree(tok_models["chat"], chat)
+    v = ids(chat)
+    for name, eos in (("config.json", v["<|im_end|>"]), ("generation_config.json", [v["</s>"], v["<|im_end|>"]])):
+        data = json.loads((chat / name).read_text())
+        data.update(eos_token_id=eos, pad_token_id=v["<|im_start|>"])
+        (chat / name).write_text(json.dumps(data))
+    path = tmp_path / "ids.toml"
+    path.write_text(
+        f'[package]\nname = "ids"\nversion = "0.1.0"\n\n[sources]\nchat = {{ path = "{chat}" }}\n'
+        f'ft = {{ path = "{tok_models["ft"]}" }}\n\n[steps.s]\nmethod = "task_arithmetic"\nbase = "chat"\n'
+        'inputs = [{ model = "ft", weight = 0.5 }]\ntokenizer = "ft"\n'
+    )
+    out = tmp_path / "out"
+    build_one(path, out)
+    eos = ids(tok_models["ft"])["</s>"]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["eos_token_id"], config["pad_token_id"]) == (eos, None)
+    assert config["vocab_size"] == len(ids(tok_models["ft"])) < v["<|im_end|>"]
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert (generation["eos_token_id"], generation["pad_token_id"]) == ([eos], None)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.eos_token_id == eos and model.generation_config.eos_token_id == [eos]
+
+
+def test_special_ids_follow_their_tokens_or_their_roles():
+    from mergepkg.layout.align import move_token_ids, role_tokens, token_ids
+
+    vocab = small_vocab(["a", "b"], ["<s>", "</s>"], {"eos_token": {"content": "</s>", "__type": "AddedToken"}})
+    roles = role_tokens(vocab)  # tokenizer_config.json's (special_tokens_map.json names none here)
+    assert roles == {"eos_token": "</s>"}
+    roles["pad_token"] = "<pad>"
+    within = {"a": 0, "<s>": 1, "</s>": 2, "<|im_end|>": 3, "<x>": 4}  # the config's model
+    target = {"<pad>": 0, "a": 1, "<s>": 2, "</s>": 3}  # the output's
+    moved = token_ids(within, target, roles, 4)
+    config = {"bos_token_id": 1, "eos_token_id": [2, 3], "pad_token_id": 4, "text_config": {"bos_token_id": 1}}
+    assert move_token_ids(config, moved) == {
+        "bos_token_id": 2,  # its token's id
+        "eos_token_id": [3],  # </s>, and <|im_end|> (gone) as the tokenizer's eos: once
+        "pad_token_id": 0,  # <x> is gone: the tokenizer's pad
+        "text_config": {"bos_token_id": 2},
+    }
+    none = token_ids(within, target, {}, 4)
+    assert move_token_ids({"pad_token_id": 4, "eos_token_id": [3], "bos_token_id": 9}, none) == {
+        "pad_token_id": None,
+        "eos_token_id": None,
+        "bos_token_id": None,  # no token, past the output's rows
+    }
+    assert move_token_ids({"eos_token_id": [], "pad_token_id": -1}, none) == {"eos_token_id": [], "pad_token_id": -1}
+
+
+@pytest.mark.slow
 def test_slices_align_the_embedding_and_the_head_over_their_own_models(recipe, tmp_path, tok_models):
     from transformers import AutoModelForCausalLM
 

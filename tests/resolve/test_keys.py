@@ -106,9 +106,9 @@ def test_hash_version_and_engine_are_in_every_entry(recipe_file):
 
 
 def test_only_steps_whose_config_changed_carry_the_config_version(recipe_file):
-    """Stacked layers' per-layer settings and dtype "auto"'s named dtype changed what
-    config.json those steps write: their keys changed, no other step's did."""
-    from mergepkg.resolve.keys import CONFIG_VERSION
+    """Stacked layers' per-layer settings and dtype "auto"'s named dtype (version 2), then
+    stacked layers' head and special ids whose token another tokenizer lacks (version 3),
+    changed what those steps write: their keys changed, no other step's did."""
 
     body = (
         TWO_STEPS
@@ -127,8 +127,20 @@ method = "linear"
 dtype = "auto"
 out_dtype = "bfloat16"
 inputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]
+
+[steps.other_tokenizer]
+method = "linear"
+tokenizer = "ft2"
+inputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]
+
+[steps.first_tokenizer]
+method = "linear"
+tokenizer = "ft1"
+inputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]
 """
     )
     entries = resolve(load_recipe(recipe_file(body)), Session()).entries
-    assert entries["stack"]["config"] == entries["auto"]["config"] == CONFIG_VERSION
-    assert not {"skills", "final", "auto_saved"} & {name for name, e in entries.items() if "config" in e}
+    assert entries["stack"]["config"] == entries["other_tokenizer"]["config"] == 3
+    assert entries["auto"]["config"] == 2
+    unchanged = {"skills", "final", "auto_saved", "first_tokenizer"}
+    assert not unchanged & {name for name, e in entries.items() if "config" in e}

@@ -32,8 +32,14 @@ def tokenizer_source(
             step.tokenizer = step.base
         elif base is not None and base in step.models:
             step.tokenizer = base
-        else:
-            raise ctx.error(key, "tokenizer source `base` but there is no base_model", "name a model instead")
+        elif step.models:  # mergekit: the first of its referenced models (a set, so its pick may differ)
+            step.tokenizer = step.models[0]
+            ctx.note(
+                "tokenizer source base without a base_model: the first model of the step; mergekit takes "
+                "the first of its referenced models, which it keeps in a set, so its pick may differ "
+                "(name the model to be sure)",
+                key,
+            )
     else:
         name = refs.model_ref(value, key)
         if name not in step.models:
