@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import (
@@ -18,7 +20,7 @@ from rich.table import Table
 from mergepkg.cli.common import NO_REMOTE, OFFLINE, PREFER_REMOTE, remote_policy
 from mergepkg.cli.output import ProgressReporter, err, out
 from mergepkg.engine.device import check_device
-from mergepkg.eval.run import evaluate_model
+from mergepkg.eval.run import evaluate_model, task_labels
 from mergepkg.eval.targets import target_models
 from mergepkg.eval.tasks import load_task
 from mergepkg.settings import Settings
@@ -48,41 +50,53 @@ def eval_(
     base = Settings()
     session = Session(Settings(home=base.home, offline=offline or base.offline, device=device))
     task_list = [load_task(t, session.hashes) for t in tasks]
+    names = task_labels(task_list)  # `a/t` and `b/t` where two files share a stem
     cache = EvalCache(session.settings.home)
-    rows = []
-    with ProgressReporter() as reporter:
-        models = [m for t in targets for m in target_models(t, session, reporter, policy)]
-    with Progress(
-        TextColumn("[bold]eval[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-    ) as progress:
-        job = progress.add_task("", total=len(models))
-        for model in models:
-            progress.update(job, description=model.label)
-            for result in evaluate_model(model.folder, model.key, task_list, cache, device=device):
-                rows.append({"model": model.label, "key": model.key, **result.__dict__})
-            progress.update(job, advance=1)
+    rows, results = [], []
+    # `cache gc` waits until every step built here is evaluated, not only built
+    with session.store.in_use():
+        with ProgressReporter() as reporter:
+            models = [m for t in targets for m in target_models(t, session, reporter, policy)]
+        with Progress(
+            TextColumn("[bold]eval[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+        ) as progress:
+            job = progress.add_task("", total=len(models))
+            for model in models:
+                progress.update(job, description=model.label)
+                mine = evaluate_model(model.folder, model.key, task_list, cache, device=device, names=names)
+                results.append(mine)
+                rows += [{"model": model.label, "key": model.key, **r.__dict__} for r in mine]
+                progress.update(job, advance=1)
     table = Table(title="evaluation", title_justify="left")
     table.add_column("model")
-    for t in task_list:
+    for t, name in zip(task_list, names):
         table.add_column(
-            f"{t.name}\n[dim]{'accuracy' if t.metric == 'exact_match' else 'perplexity'}[/]", justify="right"
+            f"{name}\n[dim]{'accuracy' if t.metric == 'exact_match' else 'perplexity'}[/]", justify="right"
         )
-    exact = [t for t in task_list if t.metric == "exact_match"]
+    exact = [i for i, t in enumerate(task_list) if t.metric == "exact_match"]
     if len(exact) > 1:
         table.add_column("mean\n[dim]accuracy[/]", justify="right")
-    for model in models:
-        mine = {r["task"]: r for r in rows if r["model"] == model.label}
-        cells = [
-            f"{mine[t.name]['value']:.3f}" if t.metric == "exact_match" else f"{mine[t.name]['value']:.2f}"
-            for t in task_list
-        ]
+    for model, mine in zip(models, results):
+        cells = [f"{r.value:.3f}" if r.metric == "exact_match" else f"{r.value:.2f}" for r in mine]
         if len(exact) > 1:
-            cells.append(f"{sum(mine[t.name]['value'] for t in exact) / len(exact):.3f}")
+            cells.append(f"{sum(mine[i].value for i in exact) / len(exact):.3f}")
         table.add_row(model.label, *cells)
     err.print(table)
     if as_json:
-        out.print_json(json.dumps(rows))
+        out.print_json(json.dumps(json_safe(rows)))
+
+
+def json_safe(data: Any) -> Any:
+    """`data` with every NaN and infinity as null: strict JSON has no such numbers, and a
+    score that is none (a perplexity that overflowed, a model that gives NaN) is no value."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_safe(v) for v in data]
+    return data

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mergepkg import api
 from mergepkg.cli.common import CLUSTER_REMOTE, ray_option
+from mergepkg.cli.eval import json_safe
 from mergepkg.cli.output import ProgressReporter, err, out
 from mergepkg.engine.device import check_device
 from mergepkg.settings import Settings
@@ -61,7 +62,7 @@ def tune(
     _render(searched, finished)
     if as_json:
         result = {"best": asdict(finished.best), "test": finished.test, "recipe": str(finished.recipe)}
-        out.print_json(json.dumps({"trials": [asdict(t) for t in searched.trials], **result}))
+        out.print_json(json.dumps(json_safe({"trials": [asdict(t) for t in searched.trials], **result})))
     else:
         out.print(str(finished.recipe))
 

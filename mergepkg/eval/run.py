@@ -1,16 +1,22 @@
 """`mergepkg eval`: exact-match accuracy on prompt/answer tasks and perplexity on text.
 
 Exact match, precisely: the prompt is tokenized as the tokenizer does by default;
-greedy decoding runs for 2 * len(answer tokens) + 4 new tokens; the new tokens are
-decoded without special tokens, cut at the first newline and stripped, and must equal
-the stripped answer. Results are cached (`store/evals.py`) by model key and task sha256.
+pure greedy decoding (the model's `generation_config.json` ignored but for its end and
+start tokens: no repetition penalty, no banned n-grams, no minimum length) runs for
+2 * len(answer tokens) + 4 new tokens; the new tokens are decoded without special
+tokens, cut at the first newline and stripped, and must equal the stripped answer.
+Results are cached (`store/evals.py`) by model key and task key (`Task.key`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from mergepkg._lazy import torch
 from mergepkg.errors import SourceError
@@ -19,6 +25,101 @@ from mergepkg.eval.tasks import Task, examples
 from mergepkg.store.evals import EvalCache, Result
 
 BATCH = 32
+AnyTask = Task | HarnessTask
+
+
+def perplexity(nll: float, count: int) -> float:
+    """exp(mean loss); a mean loss past float's range (~709) is an infinite perplexity, not
+    an OverflowError: tune scores such a model -inf, the worst."""
+    try:
+        return math.exp(nll / max(count, 1))
+    except OverflowError:
+        return math.inf
+
+
+def _path_options(path: Path) -> list[str]:
+    """A task file's names, shortest first: its stem, its file name, then with ever more of
+    its folders (`a/t`, `a/t.jsonl`, `x/a/t`, ...)."""
+    parts = path.resolve().parts
+    out: list[str] = []
+    for depth in range(1, len(parts) + 1):
+        tail = parts[-depth:]
+        out += [Path(*tail[:-1], path.stem).as_posix(), Path(*tail).as_posix()]
+    return out
+
+
+def _harness_options(task: HarnessTask) -> list[str]:
+    """An lm-eval task's names: its own, then with the settings that set it apart."""
+    settings = [
+        f"{k}={v}"
+        for k, v in (
+            ("include", task.include.name if task.include else None),
+            ("num_fewshot", task.num_fewshot),
+            ("limit", task.limit),
+            ("seed", task.seed or None),
+            ("metric", task.metric),
+        )
+        if v is not None
+    ]
+    return [task.name, f"{task.name} ({', '.join(settings)})"] if settings else [task.name]
+
+
+def task_labels(tasks: list[Task] | list[AnyTask], reserved: frozenset[str] = frozenset()) -> list[str]:
+    """Each task's name in tables, JSON and tune's scores: its own (a file's stem, an
+    lm-eval task's name), made longer only where two tasks would share one: files by as
+    much of their paths as tells them apart (`a/t` and `b/t`; `t.jsonl` and `t.txt`),
+    lm-eval tasks by their settings; one task given twice is numbered (`t #2`). So two
+    tasks never share a result. A `reserved` name (tune's "objective") is never given."""
+    options = [_harness_options(t) if isinstance(t, HarnessTask) else _path_options(t.path) for t in tasks]
+    level = [0] * len(tasks)
+    while True:
+        labels = [o[lv] for o, lv in zip(options, level)]
+        kinds: dict[str, set[tuple[str, ...]]] = {}  # the different tasks under each label
+        for label, o in zip(labels, options):
+            kinds.setdefault(label, set()).add(tuple(o))
+        longer = [
+            i
+            for i, label in enumerate(labels)
+            if (len(kinds[label]) > 1 or label in reserved) and level[i] < len(options[i]) - 1
+        ]
+        if not longer:
+            break
+        for i in longer:
+            level[i] += 1
+    seen: Counter[str] = Counter()
+    out = []
+    for label in labels:
+        seen[label] += 1
+        taken = label in reserved or seen[label] > 1
+        out.append(f"{label} #{seen[label]}" if taken else label)
+    return out
+
+
+def greedy_config(model: Any, tokenizer: Any) -> Any:
+    """Pure greedy decoding: the model's end and start tokens, the tokenizer's padding, and
+    nothing else of its generation config (merges copy a source's, and an Instruct model's
+    repetition_penalty would change what exact match measures)."""
+    from transformers import GenerationConfig
+
+    own = model.generation_config
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        bos_token_id=own.bos_token_id,
+        eos_token_id=own.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+@contextmanager
+def _only(model: Any, config: Any) -> Iterator[None]:
+    """`config` as the model's generation config while it generates: transformers fills what
+    a passed config leaves unset from the model's own, so the model's must be this one."""
+    kept, model.generation_config = model.generation_config, config
+    try:
+        yield
+    finally:
+        model.generation_config = kept
 
 
 def run_task(model, tokenizer, task: Task, device: str) -> Result:
@@ -34,73 +135,86 @@ def run_task(model, tokenizer, task: Task, device: str) -> Result:
                 logits = model(chunk[None, :-1]).logits[0].float()
                 nll += torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum").item()
                 count += len(chunk) - 1
-        return Result(task.name, task.metric, math.exp(nll / max(count, 1)), count)
+        return Result(task.name, task.metric, perplexity(nll, count), count)
     rows = examples(task)
     tokenizer.padding_side = "left"  # batched greedy decoding: prompts end where generation starts
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    greedy = greedy_config(model, tokenizer)
     correct = 0
-    for start in range(0, len(rows), BATCH):
-        batch = rows[start : start + BATCH]
-        enc = tokenizer([p for p, _ in batch], return_tensors="pt", padding=True).to(device)
-        budgets = [2 * len(tokenizer(a, add_special_tokens=False).input_ids) + 4 for _, a in batch]
-        with torch.no_grad():
-            gen = model.generate(
-                **enc, do_sample=False, max_new_tokens=max(budgets), pad_token_id=tokenizer.pad_token_id
-            )
-        for (_, answer), budget, row in zip(batch, budgets, gen[:, enc.input_ids.shape[1] :]):
-            # each example gets exactly its own budget, as if decoded alone
-            text = tokenizer.decode(row[:budget], skip_special_tokens=True).split("\n", 1)[0].strip()
-            correct += text == answer.strip()
+    with _only(model, greedy):
+        for start in range(0, len(rows), BATCH):
+            batch = rows[start : start + BATCH]
+            enc = tokenizer([p for p, _ in batch], return_tensors="pt", padding=True).to(device)
+            budgets = [2 * len(tokenizer(a, add_special_tokens=False).input_ids) + 4 for _, a in batch]
+            greedy.max_new_tokens = max(budgets)
+            with torch.no_grad():
+                gen = model.generate(**enc, generation_config=greedy)
+            for (_, answer), budget, row in zip(batch, budgets, gen[:, enc.input_ids.shape[1] :]):
+                # each example gets exactly its own budget, as if decoded alone
+                text = tokenizer.decode(row[:budget], skip_special_tokens=True).split("\n", 1)[0].strip()
+                correct += text == answer.strip()
     return Result(task.name, task.metric, correct / len(rows), len(rows))
 
 
 def evaluate_model(
     folder: Path,
     model_key: str,
-    tasks: list[Task] | list[Task | HarnessTask],
+    tasks: list[Task] | list[AnyTask],
     cache: EvalCache,
     *,
     device: str = "cpu",
-    on_result: Callable[[Task | HarnessTask, Result], None] | None = None,
+    on_result: Callable[[AnyTask, Result], None] | None = None,
+    names: list[str] | None = None,
 ) -> list[Result]:
-    """Results of every task on the model in `folder`, from the cache where possible.
+    """Results of every task on the model in `folder`, in the order of `tasks`, from the
+    cache where possible; each under its name in `names` (default `task_labels(tasks)`),
+    also when the cache holds it under another (a renamed copy of a task file).
     lm-eval tasks (`HarnessTask`) run through the harness, cached by their evaluation key."""
-    results: dict[str, Result] = {}
-    todo: list[Task | HarnessTask] = []
-    for task in tasks:
-        hit = cache.get(model_key, task.sha256)
+    names = names or task_labels(tasks)
+    results: list[Result | None] = [None] * len(tasks)
+    for i, task in enumerate(tasks):
+        hit = cache.get(model_key, task.key)
         if hit is not None:
-            results[task.name] = hit
-        else:
-            todo.append(task)
-    for task in [t for t in todo if isinstance(t, HarnessTask)]:
-        result = run_harness(folder, task, device)
-        cache.put(model_key, task.sha256, result)
-        results[task.name] = result
+            results[i] = replace(hit, task=names[i])
+
+    def done(i: int, result: Result) -> None:
+        result = replace(result, task=names[i])
+        cache.put(model_key, tasks[i].key, result)
+        if tasks[i].key != tasks[i].sha256:  # a result of the task's older protocol, if any: superseded
+            cache.drop(model_key, tasks[i].sha256)
+        for j, other in enumerate(tasks):  # the same task given twice is run once
+            if results[j] is None and other.key == tasks[i].key:
+                results[j] = replace(result, task=names[j])
         if on_result:
-            on_result(task, result)
-    own = [t for t in todo if isinstance(t, Task)]
-    if own:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+            on_result(tasks[i], result)
 
-        hf_logging.disable_progress_bar()  # our own progress is on stderr already
+    for i, task in enumerate(tasks):
+        if results[i] is None and isinstance(task, HarnessTask):
+            done(i, run_harness(folder, task, device))
+    if any(r is None for r in results):
+        model, tokenizer = _load(folder, device)
+        for i, task in enumerate(tasks):
+            if results[i] is None:
+                assert isinstance(task, Task)
+                done(i, run_task(model, tokenizer, task, device))
+    return [r for r in results if r is not None]
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-        except (OSError, ValueError, KeyError) as e:  # no tokenizer files, or ones transformers cannot read
-            raise SourceError(
-                f"cannot load the model's tokenizer: {' '.join(str(e).split())[:300]}",
-                file=folder,
-                hint="evaluating needs the tokenizer files beside the weights (tokenizer.json, tokenizer_config.json)",
-            ) from None
-        # transformers types `to` through functools.wraps, which loses `self`: a device is right
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(device).eval()  # type: ignore[arg-type]
-        for task in own:
-            result = run_task(model, tokenizer, task, device)
-            cache.put(model_key, task.sha256, result)
-            results[task.name] = result
-            if on_result:
-                on_result(task, result)
-    return [results[t.name] for t in tasks]
+
+def _load(folder: Path, device: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress is on stderr already
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as e:  # no tokenizer files, or ones transformers cannot read
+        raise SourceError(
+            f"cannot load the model's tokenizer: {' '.join(str(e).split())[:300]}",
+            file=folder,
+            hint="evaluating needs the tokenizer files beside the weights (tokenizer.json, tokenizer_config.json)",
+        ) from None
+    # transformers types `to` through functools.wraps, which loses `self`: a device is right
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").to(device).eval()  # type: ignore[arg-type]
+    return model, tokenizer

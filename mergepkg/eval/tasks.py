@@ -1,7 +1,8 @@
 """Tasks: files of prompts and answers (exact match), or of text (perplexity).
 
 `*.jsonl` holds `{"prompt": ..., "answer": ...}` per line; any other file is text.
-A task is identified by its content (sha256), so an edited task is a new task.
+A task is identified by its content (sha256), so an edited task is a new task; its
+results are cached under `key`, which adds the version of the protocol that scores it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergepkg.canonical import sha256_hex
 from mergepkg.errors import RecipeError
 from mergepkg.store.hashcache import HashCache
+
+# Exact match's protocol, in its results' cache key: 2 decodes purely greedily, whatever the
+# model's generation_config.json says (1 let its repetition_penalty and the like apply).
+EXACT_MATCH_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,15 @@ class Task:
     @property
     def metric(self) -> str:
         return "exact_match" if self.path.suffix == ".jsonl" else "perplexity"
+
+    @property
+    def key(self) -> str:
+        """What its results are cached under (`store/evals.py`): the content, and for exact
+        match the protocol's version, so a result of an older protocol is not reused.
+        Perplexity's protocol has not changed: its key is the content's sha256 as ever."""
+        if self.metric == "perplexity":
+            return self.sha256
+        return sha256_hex(f"exact_match/{EXACT_MATCH_VERSION}\0{self.sha256}".encode())
 
 
 def load_task(path: Path, hashes: HashCache) -> Task:

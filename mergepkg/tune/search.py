@@ -25,7 +25,7 @@ from mergepkg.builder.build import build
 from mergepkg.engine.progress import Reporter
 from mergepkg.errors import RecipeError
 from mergepkg.eval.harness import HarnessTask, load_harness_task
-from mergepkg.eval.run import evaluate_model
+from mergepkg.eval.run import evaluate_model, task_labels
 from mergepkg.eval.tasks import Task, load_task
 from mergepkg.lockfile import lock_path
 from mergepkg.recipe.parse import load_recipe, parse_recipe
@@ -103,30 +103,49 @@ class Finished:
     plot: Path  # search.svg
 
 
-def tasks(entries: tuple[TaskEntry, ...], session: Session) -> list[AnyTask]:
+def tasks(
+    entries: tuple[TaskEntry, ...],
+    session: Session,
+    spec: TuneSpec | None = None,
+    part: str = "validation",
+    *,
+    harness_only: bool = False,
+) -> list[AnyTask]:
+    """The objective's tasks, loaded (task files' lines, lm-eval configs, data hashed); an
+    error is placed at its entry in `spec`'s tune file (`tune.objective.validation[1]`).
+    `harness_only`: the lm-eval entries alone (the test split's, checked before a search)."""
     out: list[AnyTask] = []
-    for e in entries:
-        if e.file is not None:
-            out.append(load_task(e.file, session.hashes))
-        else:
-            assert e.harness is not None
-            h = load_harness_task(
-                e.harness,
-                session.hashes,
-                include=e.include,
-                num_fewshot=e.num_fewshot,
-                limit=e.limit,
-                seed=e.seed,
-                metric=e.metric,
-            )
-            out.append(h)
+    for i, e in enumerate(entries):
+        if harness_only and e.harness is None:
+            continue
+        try:
+            out.append(_task(e, session))
+        except RecipeError as error:
+            if spec is None:
+                raise
+            raise spec.locate(error, f"tune.objective.{part}[{i}]") from None
     return out
+
+
+def _task(e: TaskEntry, session: Session) -> AnyTask:
+    if e.file is not None:
+        return load_task(e.file, session.hashes)
+    assert e.harness is not None
+    return load_harness_task(
+        e.harness,
+        session.hashes,
+        include=e.include,
+        num_fewshot=e.num_fewshot,
+        limit=e.limit,
+        seed=e.seed,
+        metric=e.metric,
+    )
 
 
 def combined(kind: str, results: list[Result]) -> float:
     """Higher is better: accuracies and harness metrics as they are, perplexity as -ln(ppl).
-    A score that is no number (a model whose loss overflowed: NaN) makes it -inf, the worst:
-    the sampler moves away from it and every comparison stays ordered."""
+    An infinite perplexity scores -inf, and a score that is no number (NaN) makes the whole
+    -inf, the worst: the sampler moves away from it and every comparison stays ordered."""
     scores = [-math.log(r.value) if r.metric == "perplexity" else r.value for r in results]
     if any(math.isnan(s) for s in scores):  # min() would pass over a NaN
         return -math.inf
@@ -149,7 +168,10 @@ def search(
     to the sampler and logged in the order asked, so a seed gives the same trials."""
     base = read_base(spec)
     check_space(spec, base)
-    validation = tasks(spec.validation, session)
+    validation = tasks(spec.validation, session, spec, "validation")
+    # the test split's lm-eval entries checked now (name, metric), not scored: an error in
+    # one would otherwise stop the search only once it is done; task files wait for `finish`
+    tasks(spec.test, session, spec, "test", harness_only=True)
     warnings = [
         BENCHMARK_WARNING.format(name=t.name) for t in validation if isinstance(t, HarnessTask) and t.test_split
     ]
@@ -228,18 +250,25 @@ def run_trial(
     )
 
 
+def _results(folder: Path, key: str, todo: list[AnyTask], session: Session) -> list[Result]:
+    """Each task's result, named as no other task of `todo` is (`a/t`, `b/t`) and never
+    "objective", the combination's name beside them."""
+    names = task_labels(todo, reserved=frozenset({"objective"}))
+    cache = EvalCache(session.settings.home)
+    return evaluate_model(folder, key, todo, cache, device=session.settings.device, names=names)
+
+
 def validation_scores(
     combine: str, folder: Path, key: str, validation: list[AnyTask], session: Session
 ) -> tuple[dict[str, float], float]:
     """Each validation task's score of the model in `folder` (cached by key and task), and
     their combination: the trial's objective."""
-    cache = EvalCache(session.settings.home)
-    results = evaluate_model(folder, key, validation, cache, device=session.settings.device)
+    results = _results(folder, key, validation, session)
     return {r.task: r.value for r in results}, combined(combine, results)
 
 
 def _scores(spec: TuneSpec, folder: Path, key: str, todo: list[AnyTask], session: Session) -> dict[str, float]:
-    results = evaluate_model(folder, key, todo, EvalCache(session.settings.home), device=session.settings.device)
+    results = _results(folder, key, todo, session)
     return {r.task: r.value for r in results} | {"objective": combined(spec.combine, results)}
 
 
@@ -254,13 +283,20 @@ def finish(searched: Searched, session: Session, *, reporter: Reporter | None = 
     )
     best_path = folder / "best.toml"
     best_path.write_text(relocated_text(searched.base, best.values, folder, header), encoding="utf-8")
-    built = build(load_recipe(best_path), session, reporter=reporter, remote="never")
-    artifact = built.artifacts[spec.evaluate]
-    written = build(parse_recipe(searched.base.text, spec.recipe), session, targets=(spec.evaluate,), reporter=reporter)
-    original = written.artifacts[spec.evaluate]
-    validation = tasks(spec.validation, session)
-    test = tasks(spec.test, session)  # read here, after the search, and only here
-    scores = _scores(spec, artifact.folder, artifact.key, test, session)
+    validation = tasks(spec.validation, session, spec, "validation")
+    test = tasks(spec.test, session, spec, "test")  # read here, after the search, and only here
+    # `cache gc` waits until both models are evaluated, not only built: the recipe as
+    # written has no lock of its own to keep its step
+    with session.store.in_use():
+        built = build(load_recipe(best_path), session, reporter=reporter, remote="never")
+        artifact = built.artifacts[spec.evaluate]
+        written = build(
+            parse_recipe(searched.base.text, spec.recipe), session, targets=(spec.evaluate,), reporter=reporter
+        )
+        original = written.artifacts[spec.evaluate]
+        scores = _scores(spec, artifact.folder, artifact.key, test, session)
+        written_validation = _scores(spec, original.folder, original.key, validation, session)
+        written_test = _scores(spec, original.folder, original.key, test, session)
     lines = [f"best: trial {best.number}, validation {best.objective:.4f}, test {scores['objective']:.4f}"]
     plot = folder / "search.svg"
     title = f"mergepkg tune {spec.path.name}: validation {spec.combine} against trial"
@@ -270,7 +306,7 @@ def finish(searched: Searched, session: Session, *, reporter: Reporter | None = 
         recipe=best_path,
         lock=lock_path(built.resolution.recipe),
         test=scores,
-        written_validation=_scores(spec, original.folder, original.key, validation, session),
-        written_test=_scores(spec, original.folder, original.key, test, session),
+        written_validation=written_validation,
+        written_test=written_test,
         plot=plot,
     )

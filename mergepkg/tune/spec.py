@@ -24,8 +24,10 @@ key, lock and build stay what they are.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,10 @@ class TuneSpec:
     def error(self, message: str, key: str | None = None, hint: str | None = None) -> RecipeError:
         return RecipeError(message, file=self.path, line=_line(self.text, key), key=key, hint=hint)
 
+    def locate(self, error: RecipeError, key: str) -> RecipeError:
+        """`error` (an objective's task refused when loaded) placed at `key` of this file."""
+        return error.at(file=self.path, line=_line(self.text, key), key=key)
+
 
 def _line(text: str, key: str | None) -> int | None:
     if key is None:
@@ -178,11 +184,25 @@ def load_tune(path: str | Path) -> TuneSpec:
     held_out = {_identity(t) for t in tasks["test"]}
     if any(_identity(t) in held_out for t in tasks["validation"]):
         raise spec.error("a validation task is also a test task", "tune.objective.validation")
+    for part, entries in tasks.items():
+        seen = [_entry(t) for t in entries]
+        twice = next((i for i, t in enumerate(seen) if t in seen[:i]), None)
+        if twice is not None:
+            raise spec.error(
+                f"the task is listed twice in `{part}`",
+                f"tune.objective.{part}[{twice}]",
+                "list each task once: each has one score",
+            )
     return replace(spec, space=space, validation=tasks["validation"], test=tasks["test"])
 
 
 def _identity(task: TaskEntry) -> tuple:
     return (task.file.resolve(),) if task.file else (task.harness, task.include and task.include.resolve())
+
+
+def _entry(task: TaskEntry) -> tuple:
+    """A task with all its settings: an lm-eval task at two limits is two tasks."""
+    return (*_identity(task), task.num_fewshot, task.limit, task.seed, task.metric)
 
 
 def _check_settings(spec: TuneSpec) -> None:
@@ -232,10 +252,36 @@ def _task(spec: TuneSpec, value: Any, key: str) -> TaskEntry:
     )
 
 
+def representable(low: float, high: float, digits: int) -> tuple[float, float]:
+    """The lowest and highest values of [low, high] written with `digits` decimals (low > high
+    where there is none): what a trial's values are rounded and held to. Decimal, so the
+    bounds as written (0.3, not 0.30000000000000004) decide."""
+    step = Decimal(1).scaleb(-digits)
+    try:
+        with localcontext(prec=60):
+            lo = Decimal(repr(low)).quantize(step, rounding=ROUND_CEILING)
+            hi = Decimal(repr(high)).quantize(step, rounding=ROUND_FLOOR)
+    except InvalidOperation:  # more digits than a float holds: every bound is as written
+        return low, high
+    return float(lo), float(hi)
+
+
 def _bounds(spec: TuneSpec, pair: Any, key: str) -> tuple[float, float]:
-    ok = isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int | float) for v in pair)
+    numbers = (
+        all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair) if isinstance(pair, list) else False
+    )
+    ok = isinstance(pair, list) and len(pair) == 2 and numbers
+    if ok and not all(math.isfinite(v) for v in pair):
+        raise spec.error("a range's bounds must be finite numbers", key)
     if not ok or not pair[0] < pair[1]:
         raise spec.error("a range is [low, high] with low < high", key, "a gradient is a list of ranges")
+    lo, hi = representable(float(pair[0]), float(pair[1]), spec.digits)
+    if lo > hi:
+        raise spec.error(
+            f"no number in [{pair[0]}, {pair[1]}] is written with at most `digits` = {spec.digits} decimals",
+            key,
+            "widen the range or raise `digits` (values are rounded to `digits` decimals)",
+        )
     return float(pair[0]), float(pair[1])
 
 

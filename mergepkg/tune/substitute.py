@@ -22,7 +22,7 @@ from mergepkg._toml import tomllib
 from mergepkg.errors import RecipeError
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.parse import parse_recipe
-from mergepkg.tune.spec import Dimension, TuneSpec
+from mergepkg.tune.spec import Dimension, TuneSpec, representable
 
 Value = float | list[float]
 _SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -84,11 +84,13 @@ def current(base: Base, dims: tuple[Dimension, ...]) -> list[float | None]:
 
 
 def values(dims: tuple[Dimension, ...], unit: list[float], digits: int) -> dict[str, Value]:
-    """The recipe values of a point of the unit cube: each dimension scaled to its range
-    and rounded; the points of a gradient gathered into its list."""
+    """The recipe values of a point of the unit cube: each dimension scaled to its range,
+    rounded, and held within it (rounding can leave it: 0.13 of [0.12, 0.14] is 0.1 at one
+    decimal); the points of a gradient gathered into its list."""
     out: dict[str, Value] = {}
     for d, u in zip(dims, unit):
-        v = round(d.low + min(max(u, 0.0), 1.0) * (d.high - d.low), digits)
+        lo, hi = representable(d.low, d.high, digits)
+        v = min(max(round(d.low + min(max(u, 0.0), 1.0) * (d.high - d.low), digits), lo), hi)
         if d.point is None:
             out[d.path] = v
         else:

@@ -138,6 +138,22 @@ def test_hub_target_offline(tasks, models, tmp_path, monkeypatch):
     )
 
 
+def test_a_result_of_the_older_exact_match_protocol_is_replaced_not_shown_beside(tasks, models):
+    """Model cards list every cached result of a model: one cached under exact match's first
+    protocol (its key the task's sha256) is dropped once the current protocol scores it."""
+    from mergepkg.store.evals import Result
+
+    good, _, _ = tasks
+    session = Session()
+    task = load_task(good, session.hashes)
+    model = target_models(str(models["base"]), session)[0]
+    cache = EvalCache(session.settings.home)
+    cache.put(model.key, task.sha256, Result(task.name, "exact_match", 0.5, 8))  # as the older protocol left it
+    assert [r["value"] for r in cache.rows(model.key)] == [0.5]
+    (now,) = evaluate_model(model.folder, model.key, [task], cache)
+    assert cache.rows(model.key) == [{"task": task.name, "metric": "exact_match", "value": now.value, "n": 8}]
+
+
 def test_bad_task_lines_and_targets_are_located(tmp_path, models, write_recipe):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n')
@@ -177,3 +193,130 @@ def test_model_card_shows_eval_results(tasks, write_recipe, tmp_path, capsys):
     assert main(["build", str(path), "--out", str(tmp_path / "out"), "-q"]) == 0
     card = (tmp_path / "out" / "README.md").read_text()
     assert "## Evaluation" in card and "| good | exact_match |" in card
+
+
+def _copy(src, dst):
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_task_labels_tell_files_of_one_stem_apart(tmp_path):
+    from mergepkg.eval.run import task_labels
+    from mergepkg.eval.tasks import Task
+
+    def task(rel):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        return Task((tmp_path / rel).stem, tmp_path / rel, "0" * 64)
+
+    a, b, c, txt, obj = (task(p) for p in ("a/t.jsonl", "b/t.jsonl", "x/a/t.jsonl", "b/t.txt", "objective.jsonl"))
+    assert task_labels([a, txt]) == ["t.jsonl", "t.txt"]
+    assert task_labels([a, b]) == ["a/t", "b/t"]
+    assert task_labels([a, b, c]) == [f"{tmp_path.name}/a/t", "b/t", "x/a/t"]
+    assert task_labels([a, a]) == ["t", "t #2"]  # the same file twice: numbered, still two columns
+    assert task_labels([obj, a], reserved=frozenset({"objective"})) == ["objective.jsonl", "t"]
+
+
+def test_tasks_sharing_a_stem_and_renamed_copies_keep_their_results(tasks, models, tmp_path, capsys):
+    """a/t.jsonl and b/t.jsonl are two tasks (two results, two columns); a renamed copy of a
+    task file is a cache hit reported under its new name."""
+    good, bad, _ = tasks
+    for folder, src in (("a", good), ("b", bad)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "t.jsonl").write_bytes(src.read_bytes())
+    base = str(models["base"])
+    assert main(["eval", base, "-t", str(tmp_path / "a/t.jsonl"), "-t", str(tmp_path / "b/t.jsonl"), "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = {r["task"]: r["value"] for r in json.loads(captured.out)}
+    assert main(["eval", base, "-t", str(good), "--json"]) == 0
+    alone = json.loads(capsys.readouterr().out)[0]["value"]
+    assert rows == {"a/t": alone, "b/t": 0.0} and "a/t" in captured.err and "b/t" in captured.err
+    copy = tmp_path / "renamed.jsonl"
+    copy.write_bytes(good.read_bytes())
+    assert main(["eval", base, "-t", str(copy), "--json"]) == 0  # was a KeyError traceback
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["task"] == "renamed" and row["value"] == alone
+
+
+def test_a_perplexity_past_floats_range_is_inf_and_json_null(tasks, models, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from mergepkg.eval.run import perplexity
+
+    _, _, text = tasks
+    loud = _copy(models["base"], tmp_path / "loud")
+    weights = load_file(loud / "model.safetensors")
+    weights["lm_head.weight"] *= 1e5  # a mean loss far past 709
+    save_file(weights, loud / "model.safetensors", metadata={"format": "pt"})
+    assert perplexity(1e6, 10) == math.inf
+    assert main(["eval", str(loud), "-t", str(text), "--json"]) == 0  # was an OverflowError traceback
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["value"] is None  # strict JSON: null, not Infinity
+    assert "inf" in captured.err
+
+
+def test_exact_match_decodes_greedily_whatever_generation_config_says(tasks, models, tmp_path, monkeypatch):
+    """A merge copies its sources' generation_config.json (an Instruct model's
+    repetition_penalty): exact match must still decode purely greedily, and results of the
+    old protocol must not be reused."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mergepkg.eval.run import run_task
+
+    good, _, text = tasks
+    penalised = _copy(models["base"], tmp_path / "penalised")
+    settings = {"bos_token_id": 1, "eos_token_id": 2, "repetition_penalty": 5.0, "no_repeat_ngram_size": 1}
+    (penalised / "generation_config.json").write_text(json.dumps(settings))
+    tok = AutoTokenizer.from_pretrained(penalised)
+    plain, model = (AutoModelForCausalLM.from_pretrained(f) for f in (models["base"], penalised))
+    ids = tok("1+2=", return_tensors="pt").input_ids
+    with torch.no_grad():  # the test means something: the model's own config changes the output
+        assert not torch.equal(
+            plain.generate(ids, do_sample=False, max_new_tokens=12), model.generate(ids, max_new_tokens=12)
+        )
+    seen = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    session = Session()
+    task = load_task(good, session.hashes)
+    run_task(model, tok, task, "cpu")
+    tok.padding_side = "left"
+    enc = tok([p for p, _ in examples_of(task)], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = plain.generate(**enc, do_sample=False, max_new_tokens=seen[0].shape[1] - enc.input_ids.shape[1])
+    assert torch.equal(seen[0], expected)
+    assert model.generation_config.repetition_penalty == 5.0  # the model is left as it was
+    assert task.key != task.sha256  # exact match's cache key carries its protocol's version
+    assert load_task(text, session.hashes).key == load_task(text, session.hashes).sha256  # perplexity's did not change
+
+
+def examples_of(task):
+    from mergepkg.eval.tasks import examples
+
+    return examples(task)
+
+
+def test_eval_of_a_step_holds_the_store_until_it_is_evaluated(tasks, write_recipe, monkeypatch):
+    """`cache gc` must not remove the step `eval recipe.toml:step` built before it is read."""
+    from mergepkg.cli import eval as cli_eval
+    from mergepkg.errors import BuildError
+
+    good, _, _ = tasks
+    path = write_recipe(
+        '[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]\n'
+    )
+    refused = []
+    real = cli_eval.evaluate_model
+
+    def evaluate(*args, **kwargs):
+        try:
+            Session().store.gc(set(), dry_run=True)
+        except BuildError as e:
+            refused.append(e.message)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli_eval, "evaluate_model", evaluate)
+    assert main(["eval", f"{path}:soup", "-t", str(good)]) == 0
+    assert refused == ["a build is running in this store"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mergepkg.errors import RecipeError
 from mergepkg.eval.harness import load_harness_task
 from mergepkg.eval.run import evaluate_model, run_task
 from mergepkg.eval.tasks import load_task
@@ -69,3 +70,46 @@ def test_local_task_matches_exact_match_and_is_cached(tmp_path, monkeypatch):
     data.write_text(data.read_text().replace("IVL", "XXX"))
     edited = load_harness_task("demo_upper_local", session.hashes, include=tmp_path / "tasks")
     assert edited.sha256 != task.sha256  # and so is the data
+
+
+def _yaml(name: str, data: str, extra: str = "") -> str:
+    body = YAML.format(data="@").replace("task: demo_upper_local", f"task: {name}{extra}")
+    return body.replace("dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: @\n", data)
+
+
+def test_local_data_is_hashed_folders_and_globs_and_refusals_come_at_load(tmp_path, monkeypatch):
+    """Edited data is a new evaluation key whether the YAML names a folder (`dataset_path`)
+    or a glob; a tag, a group without a score and a metric the task lacks are refused when
+    the task is loaded, before any model runs."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rows = (DEMO / "tasks" / "upper.jsonl").read_text().splitlines()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "test.jsonl").write_text("\n".join(rows[:8]) + "\n")
+    for i in (1, 2):
+        (tmp_path / f"up{i}.jsonl").write_text("\n".join(rows[8 * i : 8 * i + 8]) + "\n")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "folder.yaml").write_text(
+        _yaml("by_folder", f"dataset_path: {tmp_path / 'folder'}\n", "\ntag: [demo_tag]")
+    )
+    (tasks / "glob.yaml").write_text(
+        _yaml("by_glob", f"dataset_path: json\ndataset_kwargs: {{ data_files: {{ test: {tmp_path}/up*.jsonl }} }}\n")
+    )
+    (tasks / "group.yaml").write_text("group: no_score\ntask: [by_glob]\n")
+    session = Session()
+
+    def key(name):
+        return load_harness_task(name, session.hashes, include=tasks).sha256
+
+    folder, globbed = key("by_folder"), key("by_glob")  # the glob was a FileNotFoundError
+    (tmp_path / "folder" / "test.jsonl").write_text("\n".join(rows[:7]) + "\n")
+    (tmp_path / "up2.jsonl").write_text("\n".join(rows[16:23]) + "\n")
+    assert key("by_folder") != folder and key("by_glob") != globbed
+    with pytest.raises(RecipeError, match="is an lm-eval tag"):  # was a KeyError after the whole run
+        key("demo_tag")
+    with pytest.raises(RecipeError, match="no aggregate score"):
+        key("no_score")
+    with pytest.raises(RecipeError, match="reports no result 'exact_match'") as e:
+        load_harness_task("by_glob", session.hashes, include=tasks, metric="exact_match")
+    assert "exact_match,none" in str(e.value.hint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,40 @@ def test_cache_gc_waits_while_a_trial_is_evaluated(spec_file, monkeypatch):
     monkeypatch.setattr(search_mod, "validation_scores", evaluate)
     search(spec, session)
     assert refused and set(refused) == {"a build is running in this store"}
+
+
+def test_finish_holds_the_store_until_both_models_are_evaluated(spec_file, monkeypatch):
+    """The recipe as written has no lock: `cache gc` during finish would remove its step
+    between its build and its evaluation."""
+    from mergepkg.errors import BuildError
+
+    spec, session = load_tune(spec_file), Session()
+    searched = search(replace(spec, trials=1), session)
+    refused = []
+    real = search_mod._scores
+
+    def scores(*args, **kwargs):
+        try:
+            Session().store.gc(set(), dry_run=True)
+        except BuildError as e:
+            refused.append(e.message)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_mod, "_scores", scores)
+    finish(searched, session)
+    assert refused == ["a build is running in this store"] * 3
+
+
+def test_validation_tasks_sharing_a_stem_are_scored_apart(spec_file):
+    """upper/t.jsonl and inc/t.jsonl: two scores in the objective, not one counted twice."""
+    folder = spec_file.parent
+    for skill in ("upper", "inc"):
+        (folder / skill).mkdir()
+        (folder / f"{skill}_val.jsonl").rename(folder / skill / "t.jsonl")
+    text = spec_file.read_text().replace('["upper_val.jsonl", "inc_val.jsonl"]', '["upper/t.jsonl", "inc/t.jsonl"]')
+    spec_file.write_text(text.replace("trials = 4", "trials = 1"))
+    spec, session = load_tune(spec_file), Session()
+    [trial] = search(spec, session).trials
+    assert set(trial.scores) == {"upper/t", "inc/t"}
+    assert trial.objective == pytest.approx(sum(trial.scores.values()) / 2)
+    assert trial.scores["upper/t"] != trial.scores["inc/t"]

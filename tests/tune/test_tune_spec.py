@@ -33,6 +33,9 @@ def tune_file(tmp_path: Path, space: str, *, extra: str = "", test: Path = TASKS
         ('"steps.ties.inputs[0].weight" = [0, 1]\n"steps.linear.inputs[0].weight" = [0, 1]', "", 8, "not a parameter"),
         ('"steps.ties.inputs[0].weight" = [0, 1]', "sampler = 'grid'", 5, "sampler"),
         ('"steps.ties.inputs[0].weight" = [0, 1]', "trails = 3", 5, "unknown key 'trails'"),
+        ('"steps.ties.inputs[0].weight" = [0.0, inf]', "", 7, "finite"),
+        ('"steps.ties.inputs[0].density" = [0.12, 0.14]', "digits = 1", 7, "`digits` = 1 decimals"),
+        ('"steps.ties.inputs[0].density" = [0.0004, 0.0006]', "", 7, "`digits` = 3 decimals"),
     ],
 )
 def test_errors_point_at_the_tune_file_line(tmp_path, space, extra, line, words):
@@ -68,3 +71,35 @@ def test_substitution_keeps_upstream_keys_and_gradients_become_lists(tmp_path):
     after = {n: s.key for n, s in api.status(trial_recipe(base, chosen)).steps.items()}
     changed = {n for n in before if before[n] != after[n]}
     assert changed == {"ties", "ties_slerp"}  # the tuned step and what reads it; upstream kept
+
+
+def test_values_stay_within_their_ranges_at_every_digit(tmp_path):
+    """Rounding to `digits` never leaves [low, high] (0.13 of [0.12, 0.25] is 0.1 at one
+    decimal: held at 0.2), and bounds as written decide (0.3 is 0.3)."""
+    space = '"steps.ties.inputs[0].density" = [0.12, 0.25]\n"steps.ties.inputs[1].density" = [0.3, 0.7]'
+    spec = load_tune(tune_file(tmp_path, space, extra="digits = 1"))
+    for u in (0.0, 0.05, 0.5, 0.95, 1.0):
+        chosen = values(spec.space, [u, u], spec.digits)
+        assert chosen["steps.ties.inputs[0].density"] == 0.2
+        assert 0.3 <= chosen["steps.ties.inputs[1].density"] <= 0.7
+    assert values(spec.space, [0.0, 0.0], 1)["steps.ties.inputs[1].density"] == 0.3
+
+
+def test_a_task_listed_twice_and_a_harness_task_unknown_are_located(tmp_path):
+    from mergepkg.store.session import Session
+    from mergepkg.tune.search import tasks
+
+    path = tune_file(tmp_path, '"steps.ties.inputs[0].weight" = [0, 1]')
+    text = path.read_text()
+    val = f'validation = ["{VAL}/inc_val.jsonl"]'
+    path.write_text(text.replace(val, f'validation = [\n  "{VAL}/inc_val.jsonl",\n  "{VAL}/inc_val.jsonl",\n]'))
+    with pytest.raises(RecipeError, match="listed twice") as e:
+        load_tune(path)
+    assert e.value.line == 11
+    (tmp_path / "yamls").mkdir()
+    entry = '{ harness = "nosuch_task", include = "yamls" }'
+    path.write_text(text.replace(val, f'validation = [\n  "{VAL}/inc_val.jsonl",\n  {entry},\n]'))
+    spec = load_tune(path)
+    with pytest.raises(RecipeError, match="no task 'nosuch_task'") as e:
+        tasks(spec.validation, Session(), spec)
+    assert e.value.file == str(path) and e.value.line == 11 and e.value.key == "tune.objective.validation[1]"
