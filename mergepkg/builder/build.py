@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergepkg.builder.exports import FILE as EXPORT_FILE
-from mergepkg.builder.exports import make_exports, place_exports
+from mergepkg.builder.exports import check_export_folder, make_exports, place_exports
 from mergepkg.builder.outputs import check_replaceable, place_outputs
 from mergepkg.builder.steps import StepRunner
 from mergepkg.builder.substitute import Policy, Remotes
@@ -94,16 +94,29 @@ def build(
     Only what the outputs (or `targets`; `all_steps`: every planned step) need is obtained,
     and only the sources the steps built here read are fetched.
 
-    The recipe's exports are made too (not with `targets`); `only_exports`: these
+    The recipe's exports are made too (not with `targets` or `all_steps`); `only_exports`: these
     exports and the steps they need, nothing else, each placed as `out/NAME.gguf`."""
     if out is not None:
         out = out.resolve()
-        check_replaceable(out)
+        if only_exports is not None:
+            check_export_folder(out, only_exports)  # NAME.gguf files added to any folder
+        else:
+            check_replaceable(out)
     warnings = BuildWarnings(reporter or NullReporter(), deny_warnings)
     with session.store.in_use():  # `cache gc` waits for us
         session.store.clean_tmp()  # what killed builds left behind
         old_lock = read_lock(lock_path(recipe))
-        res = resolve(recipe, session, lock=old_lock, mode=mode, seed=seed, targets=targets, defer=True)
+        exporting = only_exports is not None or (bool(recipe.exports) and not targets and not all_steps)
+        res = resolve(
+            recipe,
+            session,
+            lock=old_lock,
+            mode=mode,
+            seed=seed,
+            targets=targets,
+            defer=True,
+            exports="converter" if exporting else "locked",  # only a build that makes them needs llama.cpp
+        )
         warnings.recipe = res.recipe
         warnings.found(recipe_pitfalls(res.recipe, res.plan.order))  # MP1xx: before anything is read
         sample = None if verify_store else SPOT_CHECK_BYTES if mode != "update" else 0
@@ -116,7 +129,7 @@ def build(
         if only_exports is not None:  # these exports, and the steps they are made from
             exports = only_exports
         else:
-            exports = () if targets else tuple(res.recipe.exports)
+            exports = tuple(res.recipe.exports) if exporting else ()
             wanted = targets or res.recipe.outputs
         export_steps = (res.recipe.exports[n].step for n in exports)
         roots = res.plan.order if all_steps else tuple(dict.fromkeys((*wanted, *export_steps)))

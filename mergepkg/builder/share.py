@@ -1,5 +1,6 @@
 """Sharing built steps through a remote: the artifacts a recipe's lock pins (or keys
-given by hand), pushed, signed or pulled; the roots a remote's gc keeps.
+given by hand), pushed, signed or pulled; the roots a remote's gc keeps. Exports are
+not shared (docs/export.md): a GGUF file is made again from its step.
 
 A RECIPE argument means the steps its lock (beside it) pins, with their digests; a
 `.lock` file the same; anything else that is hex is a key or a unique prefix of one
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from mergepkg.builder.exports import is_export
 from mergepkg.errors import StoreError
 from mergepkg.lockfile import Lock, read_lock
 from mergepkg.registry.packages import Spec, looks_like_spec, published_locks
@@ -133,11 +135,12 @@ def _one(prefix: str, keys: Sequence[str], where: str, hint: str) -> str:
 
 
 def stored_targets(session: Session, args: Sequence[str]) -> list[tuple[Wanted, Artifact]]:
-    """The local artifacts `args` name (none: every stored artifact), each intact and, for
-    a lock's step, with the lock's digest; a step not stored is an error naming it."""
+    """The local artifacts `args` name (none: every stored step), each intact and, for
+    a lock's step, with the lock's digest; a step not stored is an error naming it.
+    Exports (GGUF files) are not shared: left out of "every", an error when named by key."""
     store = session.store
     if not args:
-        return [(Wanted(a.key, a.digest, a.key[:16]), a) for a in store.all()]
+        return [(Wanted(a.key, a.digest, a.key[:16]), a) for a in store.all() if not is_export(a)]
     steps, keys, _ = pinned(args)
     out = []
     for w in steps:
@@ -153,6 +156,12 @@ def stored_targets(session: Session, args: Sequence[str]) -> list[tuple[Wanted, 
         out.append((w, art))
     for k in keys:
         art = store.find_one(k)
+        if is_export(art):
+            raise StoreError(
+                f"{k} is an export ({art.manifest['entry'].get('type')} GGUF file): exports are not shared "
+                "through remotes",
+                hint="share the step it is made from; `mergepkg export` makes it again from there",
+            )
         if all(a.key != art.key for _, a in out):
             out.append((Wanted(art.key, art.digest, k), art))
     return out

@@ -25,7 +25,7 @@ def status(recipe: Recipe, session: Session, *, use_store: bool = True, remote: 
     if not use_store:
         return describe(recipe, session)
     lock = read_lock(lock_path(recipe))
-    res = resolve(recipe, session, lock=lock, defer=True)
+    res = resolve(recipe, session, lock=lock, defer=True, exports="current")  # exports: what a build would make
     order = res.plan.order
     stored = {n: a for n, k in res.keys.items() if (a := session.store.get(k)) is not None and a.intact()}
     warnings: list[str] = []

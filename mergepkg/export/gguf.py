@@ -2,15 +2,19 @@
 
 The converter is `convert_hf_to_gguf.py` of a llama.cpp source tree (a git checkout,
 or `vendor/llama.cpp` of the llama-cpp-python source distribution), named by
-MERGEPKG_LLAMA_CPP or `--llama-cpp`. It runs in a subprocess of this Python, on the
-step's folder in the store, with the tree's own `gguf-py`; it writes f32, f16, bf16
-and q8_0 itself. The other types (q4_k_m, ...) are made from its f32 file by llama.cpp's
-quantizer, through llama-cpp-python (`quantize.py`, also a subprocess).
+MERGEPKG_LLAMA_CPP or `--llama-cpp`. It runs in a subprocess of this Python, with the
+tree's own `gguf-py`, on the step's files in the store seen as the placed output folder
+(its name, its model card's front matter): the converter takes the GGUF's name, tags
+and base models from there, so a file reads as the converter makes it from `--out`,
+not named after a store key. It writes f32, f16, bf16 and q8_0 itself. The other types
+(q4_k_m, ...) are made from its f32 file by llama.cpp's quantizer, through
+llama-cpp-python (`quantize.py`, also a subprocess).
 
-An export's key is over the step's key, the type and the converter's identity: a
-sha256 over its code (`convert_hf_to_gguf.py`, `conversion/`, `gguf-py/gguf/`), so a
-changed converter makes new files and an unchanged one never converts twice. For a
-quantized type the quantizer's version is in the key too. The converter writes the
+An export's key is the sha256 of its entry (`export_entry`, also the store manifest's
+entry): the step's key, the type, the converter's identity (a sha256 over its code:
+`convert_hf_to_gguf.py`, `conversion/`, `gguf-py/gguf/`) and the metadata it is given,
+so a changed converter makes new files and an unchanged one never converts twice. For
+a quantized type the quantizer's version is in the key too. The converter writes the
 same bytes for the same model (no timestamps), so the lock's sha256 of the file is a
 check a rebuild can make.
 """
@@ -22,10 +26,13 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mergepkg._lazy import lazy_import
 from mergepkg._toml import tomllib
@@ -33,13 +40,23 @@ from mergepkg.canonical import canonical_json, sha256_hex
 from mergepkg.errors import ExportError
 from mergepkg.recipe.exports import CONVERTER_TYPES
 from mergepkg.recipe.model import Export
+from mergepkg.store.local import MANIFEST
 
+CARD = "README.md"  # the model card, whose front matter the converter reads
 metadata = lazy_import("importlib.metadata")  # read only for a quantized type: startup need not pay for it
 SCRIPT = "convert_hf_to_gguf.py"
 CODE = ("conversion", "gguf-py/gguf")  # beside SCRIPT: the converter's code, in its identity
 QUANTIZER = "llama-cpp-python"  # the distribution whose llama.cpp quantizes
-SETUP_HINT = (
-    "point MERGEPKG_LLAMA_CPP (or --llama-cpp) at a llama.cpp source tree: "
+QUANTIZER_HINT = (
+    "the quantizer is llama-cpp-python's build of llama.cpp, which may be older than the converter's "
+    "tree (an architecture the converter writes may be unknown to it): upgrade llama-cpp-python, or "
+    "choose a type the converter writes itself (f32, f16, bf16, q8_0)"
+)
+# the version of export keys: 2 added the metadata the converter is given (general.name, ...)
+KEY_VERSION = 2
+MAGIC = b"GGUF"  # a GGUF file's first bytes
+SETUP_HINT = (  # names no option: most commands that may need it have none (--llama-cpp is build's and export's)
+    "set MERGEPKG_LLAMA_CPP to a llama.cpp source tree: "
     "`git clone https://github.com/ggml-org/llama.cpp`, or `vendor/llama.cpp` of "
     "`pip download --no-deps --no-binary :all: llama-cpp-python` (docs/export.md)"
 )
@@ -128,18 +145,33 @@ def quantizer_version(kind: str) -> str | None:
         ) from None
 
 
-def export_key(export: Export, step_key: str, converter: Converter) -> str:
-    """The export's key: the step's key, the format and type, the converter's code digest
-    and, for a quantized type, the quantizer's version. Not the export's name: two
-    recipes exporting the same step alike share the file."""
-    entry = {
+def export_entry(export: Export, step_key: str, converter: str, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """What an export's key is the sha256 of (and its store manifest's entry): the step's
+    key, the format and type, the converter's code digest (`converter`: a
+    `Converter.digest`), the metadata the converter is given (`model_metadata`) and, for
+    a quantized type, the quantizer's version. Not the export's name: two recipes
+    exporting the same step alike share the file."""
+    return {
         "export": export.format,
+        "version": KEY_VERSION,
         "type": export.type,
         "step": step_key,
-        "converter": converter.digest,
+        "converter": converter,
+        "metadata": dict(metadata),
         "quantizer": quantizer_version(export.type),
     }
-    return sha256_hex(canonical_json(entry))
+
+
+def export_key(entry: Mapping[str, Any]) -> str:
+    """The key of an `export_entry`."""
+    return sha256_hex(canonical_json(dict(entry)))
+
+
+def model_metadata(name: str, base_models: list[str], tags: list[str]) -> dict[str, Any]:
+    """What the converter reads about a model beside its weights, as it would find it in
+    the placed output folder: the folder's name (general.name, basename, finetune...) and
+    its model card's `base_model` and `tags` (builder/card.py writes them)."""
+    return {"name": name, "base_model": list(base_models), "tags": list(tags)}
 
 
 def check_model(folder: Path, converter: Converter) -> None:
@@ -168,17 +200,61 @@ def _architectures(module: Path) -> set[str]:
     return set(re.findall(r'"(\w+)"\s*:', table.group(1))) if table else set()
 
 
-def convert(folder: Path, out: Path, kind: str, converter: Converter, threads: int | None = None) -> None:
+def convert(
+    folder: Path,
+    out: Path,
+    kind: str,
+    converter: Converter,
+    metadata: Mapping[str, Any],
+    threads: int | None = None,
+) -> None:
     """Write the GGUF file `out` of the model in `folder` (into a temp folder of the
-    caller's: a failure leaves a partial file there, never anywhere else)."""
+    caller's: a failure leaves a partial file there, never anywhere else), the converter
+    given `metadata` (`model_metadata`) as the placed output folder would give it."""
     direct = kind in CONVERTER_TYPES
     first = out if direct else out.with_name(out.name + ".f32")
-    command = [sys.executable, str(converter.root / SCRIPT), str(folder), "--outfile", str(first)]
-    _run([*command, "--outtype", kind if direct else "f32"], "llama.cpp's converter")
+    staged = out.with_name(out.name + ".model")
+    try:
+        model = stage_model(folder, staged, metadata)
+        command = [sys.executable, str(converter.root / SCRIPT), str(model), "--outfile", str(first)]
+        _run([*command, "--outtype", kind if direct else "f32"], "llama.cpp's converter")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    check_gguf(first, "llama.cpp's converter")
     if not direct:
         quantize = [sys.executable, "-m", "mergepkg.export.quantize", str(first), str(out), kind]
         _run([*quantize, str(threads or os.cpu_count() or 1)], "llama.cpp's quantizer")
         first.unlink()
+        check_gguf(out, "llama.cpp's quantizer")
+
+
+def stage_model(folder: Path, under: Path, metadata: Mapping[str, Any]) -> Path:
+    """`under/NAME/`: the files of `folder` (symlinked) and a README.md holding only the
+    model card's front matter: the converter names the GGUF after the folder and reads
+    the card's base models and tags, as it would in the placed output folder. JSON is
+    YAML, so the front matter needs no YAML writer."""
+    model = under / metadata["name"]
+    model.mkdir(parents=True)
+    for f in folder.iterdir():
+        if f.name not in (MANIFEST, CARD):
+            (model / f.name).symlink_to(f.resolve())
+    card = {k: metadata[k] for k in ("base_model", "tags") if metadata.get(k)}
+    (model / CARD).write_text(f"---\n{json.dumps(card, sort_keys=True)}\n---\n", encoding="utf-8")
+    return model
+
+
+def check_gguf(path: Path, what: str) -> None:
+    """A located error where a run that said it succeeded left no GGUF file."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(MAGIC))
+    except FileNotFoundError:
+        raise ExportError(f"{what} exited without error but wrote no file") from None
+    if head != MAGIC:
+        raise ExportError(
+            f"{what} wrote a file that is not GGUF (it starts with {head!r})",
+            hint="is MERGEPKG_LLAMA_CPP a real llama.cpp tree? run with --debug to see all it printed",
+        )
 
 
 def _run(command: list[str], what: str) -> None:
@@ -198,7 +274,9 @@ def failure(what: str, output: str) -> ExportError:
         )
     if found := re.search(r"Model (\S+) is not supported", output):
         return ExportError(f"{what} has no support for architecture {found.group(1)}")
+    if reasons := re.findall(r"failed to quantize: (.+)", output):  # llama.cpp's own reason (quantize.py)
+        return ExportError(f"{what} failed: {reasons[-1].strip()[:500]}", hint=QUANTIZER_HINT)
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR") or "Error" in line or "error" in line]
+    errors = [line for line in lines if line.startswith("ERROR") or "rror" in line or "failed" in line]
     last = (errors or lines or ["(it printed nothing)"])[-1]
     return ExportError(f"{what} failed: {last[:500]}", hint="run with --debug to see all it printed")

@@ -34,8 +34,8 @@ def main(source: str, target: str, kind: str, threads: str) -> int:
     params.ftype = FTYPES[kind]
     params.nthread = int(threads)
     failed = llama_cpp.llama_model_quantize(source.encode(), target.encode(), ctypes.byref(params))
-    if failed:
-        print(f"ERROR: llama_model_quantize returned {failed}", file=sys.stderr)
+    if failed:  # llama.cpp printed its reason above ("failed to quantize: ..."): gguf.failure() shows that
+        print(f"llama_model_quantize returned {failed}", file=sys.stderr)
     return 1 if failed else 0
 
 

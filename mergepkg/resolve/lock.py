@@ -1,7 +1,9 @@
 """`mergepkg lock`: resolve a recipe and write its lock file, building nothing.
 
 A step's digest is kept when its artifact is stored, or when the old lock has it for
-the same key; otherwise the step is locked without one until it is built.
+the same key; otherwise the step is locked without one until it is built. Exports are
+keyed with llama.cpp's converter where one is set (MERGEPKG_LLAMA_CPP), else with the
+converter the lock names; only an export the lock has never keyed needs one.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergepkg.errors import ExportError
+from mergepkg.export.gguf import SETUP_HINT
 from mergepkg.lockfile import Lock, differences, lock_path, read_lock, write_lock
 from mergepkg.recipe.model import Recipe
 from mergepkg.registry.pick import ALL
@@ -28,7 +32,21 @@ def lock_recipe(recipe: Recipe, session: Session, *, upgrade: frozenset[str] | N
     their newest commits and versions (empty: all of them); None holds what is locked."""
     path = lock_path(recipe)
     old = read_lock(path)
-    res = resolve(recipe, session, lock=old, upgrade=frozenset() if upgrade is None else (upgrade or frozenset([ALL])))
+    res = resolve(
+        recipe,
+        session,
+        lock=old,
+        upgrade=frozenset() if upgrade is None else (upgrade or frozenset([ALL])),
+        exports="current",  # llama.cpp's converter where one is set, else the lock's
+    )
+    if unkeyed := [n for n in res.recipe.exports if n not in res.exports]:
+        raise res.recipe.locate(
+            ExportError(
+                f"export {unkeyed[0]!r} is not in the lock, and keying it needs llama.cpp's converter: none is set",
+                hint=SETUP_HINT,
+            ),
+            f"exports.{unkeyed[0]}",
+        )
     digests = {}
     for name, key in res.keys.items():
         art = session.store.get(key)

@@ -42,7 +42,7 @@ from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.plan import Plan, make_plan
 from mergepkg.registry.dependencies import install_dependencies
 from mergepkg.registry.pick import ALL
-from mergepkg.resolve.exports import key_exports
+from mergepkg.resolve.exports import How, key_exports
 from mergepkg.resolve.keys import check_experts, key_of, step_entry
 from mergepkg.resolve.sources import fetch, missing_bytes, pin_folder, start_pin
 from mergepkg.settings import Settings
@@ -70,8 +70,10 @@ class Resolution:
     seeds: dict[str, int]  # step -> seed for random methods (imported steps keep their recipe's)
     dependencies: dict[str, LockedDependency] = field(default_factory=dict)  # registry recipes, resolved
     pushes: tuple[LockedPush, ...] = ()  # the lock's record of `mergepkg push`, kept as it is
-    # `[exports.NAME]` keyed (the digest the lock holds for the key, or None), and the converter
+    # `[exports.NAME]` keyed (the digest the lock holds for the key, or None), what each key
+    # hashes (those keyed here), and the converter (None unless `resolve(exports=...)` needed it)
     exports: dict[str, LockedExport] = field(default_factory=dict)
+    export_entries: dict[str, dict] = field(default_factory=dict)
     converter: Converter | None = None
     seed: int | None = None  # the seed given in place of the recipe's (`--seed`), recorded in the lock
 
@@ -124,6 +126,7 @@ def resolve(
     targets: tuple[str, ...] | None = None,
     defer: bool = False,
     claims: bool = True,
+    exports: How = "locked",
 ) -> Resolution:
     """Pin the sources the plan uses and key every step. With `defer`, a source the lock
     pins (a hub source at its locked commit, or a local folder that is gone) is not
@@ -132,7 +135,9 @@ def resolve(
     `claims`: a file's sha256 may be taken from the lock, a hub blob's name or
     huggingface_hub's record of a `--local-dir` download, to be
     confirmed by `Resolution.lock` or the engine (`store/hashcache.py`); off, every file
-    not remembered is read first."""
+    not remembered is read first. `exports`: how `[exports.NAME]` are keyed
+    (resolve/exports.py): "converter" (llama.cpp's, needed: the caller makes them),
+    "current" (the converter where one is set) or "locked" (the lock's converter)."""
     asked = recipe
     settings = session.settings
     indirect = set(lock.dependencies) if lock else set()  # dependencies of dependencies
@@ -204,7 +209,9 @@ def resolve(
     res = Resolution(recipe, plan, sources, entries, keys, seeds, deps.picks, lock.pushes if lock else ())
     res.seed = None if own_seed == recipe.seed else own_seed
     if recipe.exports:
-        res.converter, res.exports = key_exports(recipe, keys, settings.llama_cpp, lock)
+        res.converter, res.exports, res.export_entries = key_exports(
+            recipe, plan, keys, lock, llama_cpp=settings.llama_cpp, how=exports
+        )
     if mode in ("locked", "frozen"):
         changes = differences(lock, res.lock({}, checked=False))  # claims are confirmed as the build reads
         if changes and claims:  # say what differs as the files' own hashes show it (a claim may be what does)
@@ -218,6 +225,7 @@ def resolve(
                 targets=targets,
                 defer=defer,
                 claims=False,
+                exports=exports,
             )
         if changes:
             raise LockError(

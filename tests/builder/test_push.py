@@ -160,3 +160,28 @@ def test_a_hub_that_cannot_be_reached_is_one_line(write_recipe, tmp_path):
     api = HfApi(endpoint=f"http://127.0.0.1:{port}", token="hf_x")
     with pytest.raises(BuildError, match="cannot reach the Hub"):
         push(load_recipe(path), Session(Settings()), "org/merged", api=api)
+
+
+def test_a_recipe_with_exports_pushes_without_the_converter_and_after_it_changed(
+    fake_hub, write_recipe, tmp_path, monkeypatch
+):
+    """push sends the model folder, never an export: it needs no converter, and a changed
+    converter tree (new export keys for a build) does not make the recipe "not built"."""
+    from dataclasses import replace
+
+    from llama_trees import llama_tree
+
+    from mergepkg.resolve.lock import lock_recipe
+
+    monkeypatch.delenv("MERGEPKG_LLAMA_CPP", raising=False)
+    path = built(write_recipe, tmp_path)
+    path.write_text(path.read_text() + '\n[exports.m-q8]\ntype = "q8_0"\n')
+    tree = llama_tree(tmp_path / "llama.cpp")
+    with_tree = Session(Settings(llama_cpp=tree))
+    lock_recipe(load_recipe(path), with_tree)  # the export keyed; the step as built
+    report = push(load_recipe(path), Session(replace(with_tree.settings, llama_cpp=None)), "org/merged")
+    assert "model.safetensors" in {f.path for f in report.files}
+    assert not any(f.path.endswith(".gguf") for f in report.files)
+    (tree / "conversion" / "llama.py").write_text("# a new model class\n")
+    again = push(load_recipe(path), with_tree, "org/merged")
+    assert again.commit == report.commit

@@ -12,6 +12,7 @@ import pytest
 from remotes import make_artifact
 
 from mergepkg.builder import share
+from mergepkg.canonical import canonical_json, sha256_hex
 from mergepkg.errors import StoreError
 from mergepkg.lockfile import Lock, LockedStep, write_lock
 from mergepkg.remote.errors import NotOnRemote, Refused, RemoteConfigError, RemoteError, reaching
@@ -271,3 +272,35 @@ def test_the_s3_client_s_own_errors_are_remote_errors_naming_the_remote(remote):
         assert info.value.file == remote.url
     with pytest.raises(KeyError), reaching(remote.url):  # a bug of ours stays a bug
         raise KeyError("x")
+
+
+def stored_export(store: Store, step_key: str):
+    """An export artifact as builder/exports.py commits one: a GGUF file, its entry."""
+    import hashlib
+
+    from mergepkg.export.gguf import KEY_VERSION
+
+    entry = {"export": "gguf", "version": KEY_VERSION, "type": "q8_0", "step": step_key, "converter": "sha256:0"}
+    key = sha256_hex(canonical_json(entry))
+    with store.lock(key):
+        folder = store.new_folder(key)
+        (folder / "model.gguf").write_bytes(b"GGUF" + bytes(60))
+        sha = hashlib.sha256((folder / "model.gguf").read_bytes()).hexdigest()
+        return store.commit(key, folder, entry, {}, seconds=0.0, sha256={"model.gguf": sha})
+
+
+def test_exports_are_not_shared_every_step_is_pushed_past_them(remote, tmp_path):
+    """`cache push` with no arguments pushes every stored step and no export (docs/export.md):
+    an export stored before a step no longer stops the push; one named by key is refused."""
+    a = session_at(tmp_path / "a")
+    first = make_artifact(a.store, 1)
+    exported = stored_export(a.store, first.key)
+    last = make_artifact(a.store, 2)
+    moved = share.push(remote, a, [])
+    assert sorted(m.key for m in moved) == sorted([first.key, last.key]) and exported.key not in set(remote.keys())
+    assert all(m.what == "pushed" for m in moved)
+    with pytest.raises(StoreError, match=r"is an export .* exports are not shared") as e:
+        share.push(remote, a, [exported.key[:12]])
+    assert "mergepkg export" in (e.value.hint or "")
+    key = generate_key(a.settings, "alice")
+    assert sorted(m.key for m in share.sign(remote, a, [], key)) == sorted([first.key, last.key])

@@ -123,6 +123,37 @@ def test_export_makes_only_what_it_names_and_records_it_in_the_lock(
     assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == [".mergepkg-output", "ties-q8.gguf"]
     code, _, err = cli(capsys, "export", demo, "ties-q9")
     assert code == 1 and "no export named 'ties-q9'" in err and "ties-q8" in err
+    dist = tmp_path / "dist"  # docs/export.md's `-o dist`, into a folder of the user's
+    dist.mkdir()
+    (dist / "notes.txt").write_text("mine")
+    code, out, err = cli(capsys, "export", demo, "ties-q8", "-o", dist)
+    assert code == 0, err
+    assert sorted(p.name for p in dist.iterdir()) == ["notes.txt", "ties-q8.gguf"]
+
+
+def test_the_gguf_is_what_the_converter_makes_of_the_placed_output_folder(built, session, tmp_path):
+    """Named as the user's own run of the converter on out/demo-gguf names it (general.name,
+    tags from the model card), not after a store key: the same bytes. Each stored
+    export's manifest entry is what its key hashes."""
+    import subprocess
+    import sys
+
+    from llama_trees import gguf_general
+
+    from mergepkg.canonical import canonical_json, sha256_hex
+
+    report, out = built
+    mine = tmp_path / "mine.gguf"
+    script = llama_cpp_tree() / "convert_hf_to_gguf.py"
+    subprocess.run(
+        [sys.executable, script, out, "--outfile", mine, "--outtype", "f32"], check=True, capture_output=True
+    )
+    assert mine.read_bytes() == (out / "ties-f32.gguf").read_bytes()
+    fields = gguf_general(out / "ties-q4.gguf", llama_cpp_tree())
+    assert fields["general.name"] == "Demo Gguf" and "general.finetune" not in fields
+    assert fields["general.tags"] == ["merge", "mergepkg"]
+    for art in report.exports.values():
+        assert sha256_hex(canonical_json(art.manifest["entry"])) == art.key
 
 
 def test_a_tokenizer_llama_cpp_does_not_know_is_refused_and_nothing_is_written(demo, session, tmp_path):

@@ -85,8 +85,9 @@ def test_without_a_converter_a_recipe_with_exports_says_how_to_get_one(recipe_fi
     monkeypatch.delenv("MERGEPKG_LLAMA_CPP", raising=False)
     path = recipe_file(ONE + '[exports.e]\ntype = "f32"\n')
     with pytest.raises(Exception) as e:
-        resolve(load_recipe(path), Session())
+        resolve(load_recipe(path), Session(), exports="converter")  # as a build that makes exports does
     assert "llama.cpp's converter" in str(e.value) and "MERGEPKG_LLAMA_CPP" in e.value.hint
+    assert resolve(load_recipe(path), Session()).exports == {}  # the others need none
     assert e.value.key == "exports.e"
 
 
