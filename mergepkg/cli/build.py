@@ -68,11 +68,11 @@ def build(
     prefer_remote: bool = PREFER_REMOTE,
     ray: str = ray_option("Build", ", through a remote (docs/cluster.md)"),
     remote_name: str = CLUSTER_REMOTE,
-    split: int = typer.Option(
-        1, "--split", min=1, help="With --ray: split each large step by tensors over N workers (see --split-bytes)."
+    split: int | None = typer.Option(
+        None, "--split", min=1, help="With --ray: split each large step by tensors over N workers (see --split-bytes)."
     ),
-    split_bytes: str = typer.Option(
-        "1GB", "--split-bytes", help="With --split: the output size from which a step is split, e.g. 5GB."
+    split_bytes: str | None = typer.Option(
+        None, "--split-bytes", help="With --split: the output size from which a step is split (default 1GB), e.g. 5GB."
     ),
     llama_cpp: Path = LLAMA_CPP,
 ) -> None:
@@ -83,7 +83,12 @@ def build(
         raise BuildError("--locked and --frozen exclude each other", hint="--frozen already implies --locked")
     if out_dir is not None and len(recipes) > 1:
         raise BuildError("--out takes one recipe", hint="drop --out: each recipe goes to out/<package name>")
-    check_device(device)
+    if ray is None:
+        _check_local(split=split, split_bytes=split_bytes, remote=remote_name)
+        check_device(device)  # on a cluster, each worker checks its own (cluster/worker.py)
+    else:
+        _check_cluster(no_remote=no_remote, prefer_remote=prefer_remote)
+    cut = _split(split, split_bytes)
     options: dict = dict(
         offline=offline,
         device=device,
@@ -100,8 +105,6 @@ def build(
     reports: list[BuildReport]
     with ProgressReporter(enabled=not quiet) as reporter:
         if ray is not None:
-            if no_remote:
-                raise BuildError("--ray builds through a remote: --no-remote cannot go with it")
             url = choose_remote(session.settings, remote_name).url
             reports = build_on_cluster(
                 [r for r, _ in opened],
@@ -114,7 +117,8 @@ def build(
                 reporter=reporter,
                 verify_store=verify_store,
                 deny_warnings=deny_warnings,
-                split=Split(split, parse_size(split_bytes, "--split-bytes")) if split > 1 else None,
+                split=cut,
+                remote_name=remote_name,
             ).reports
         else:
             reports = [
@@ -133,6 +137,33 @@ def build(
             ]
     for report in reports:
         tell(report)
+
+
+def _check_local(**given: object) -> None:
+    """The cluster's options are a usage error without --ray (they would be ignored)."""
+    for name, value in given.items():
+        if value is not None:
+            option = {"split": "--split", "split_bytes": "--split-bytes", "remote": "--remote"}[name]
+            raise typer.BadParameter(f"{option} needs --ray", param_hint=option)
+
+
+def _check_cluster(*, no_remote: bool, prefer_remote: bool) -> None:
+    """What --ray cannot honour, refused before anything is resolved."""
+    if no_remote:
+        raise BuildError("--ray builds through a remote: --no-remote cannot go with it")
+    if prefer_remote:
+        raise BuildError(
+            "--prefer-remote cannot go with --ray",
+            hint="a cluster build takes every step its remote holds already; drop --prefer-remote",
+        )
+
+
+def _split(count: int | None, min_bytes: str | None) -> Split | None:
+    """--split N (with --split-bytes) as the driver's `Split`; None for one part."""
+    if min_bytes is not None and count is None:
+        raise typer.BadParameter("--split-bytes needs --split N", param_hint="--split-bytes")
+    threshold = parse_size(min_bytes or "1GB", "--split-bytes")
+    return Split(count, threshold) if count is not None and count > 1 else None
 
 
 def tell(report: BuildReport) -> None:

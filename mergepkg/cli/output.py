@@ -97,6 +97,10 @@ class ProgressReporter:
         if not self.progress.disable:
             self.progress.console.print(f"[green]built[/] {name} [dim]{key[:12]} on node {node[:12]}[/]")
 
+    def total_grown(self, tensors: int, nbytes: int) -> None:  # a step laid out on its node (mergepkg/cluster/)
+        task = self.progress.tasks[-1]
+        self.progress.update(self._task(), total=(task.total or 0) + nbytes, tensors=task.fields["tensors"] + tensors)
+
     def _task(self) -> TaskID:
         assert self.task is not None  # the engine starts a step before it reports on its tensors
         return self.task

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergepkg.cluster.connect import MAX_RETRIES
+from mergepkg.cluster.connect import MAX_RETRIES, task_failure
 from mergepkg.errors import BuildError
 
 
@@ -51,7 +51,7 @@ def answers(ray: Any, calls: Sequence[Call], refs: Sequence[Any]) -> Iterator[An
                 answer = ray.get(ref)
             except Exception as e:  # RayTaskError after its retries, a worker or node lost for good
                 raise BuildError(
-                    f"{call.name} failed on the cluster: {type(e).__name__}: {_last_line(e)}",
+                    f"{call.name} failed on the cluster: {task_failure(e)}",
                     hint="a worker or node was lost more often than Ray retries, or the task raised",
                 ) from None
             done += 1
@@ -70,8 +70,3 @@ def cancel(ray: Any, refs: Sequence[Any]) -> None:
 def cluster_cpus(ray: Any) -> int:
     """The CPUs the cluster offers tasks (at least 1)."""
     return max(int(ray.cluster_resources().get("CPU", 0)), 1)
-
-
-def _last_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[-1] if text else ""

@@ -2,14 +2,19 @@
 
 `connect` joins the cluster at `address` (`auto`: the one `ray start` made on this
 machine, or RAY_ADDRESS) unless this process is connected already, and leaves it on exit
-only if it joined. `submit` wraps the worker's function as a Ray task: resources from the
-step's layout, retried on another node when its worker or node dies (`max_retries`), and
-for an `OSError` (a remote's hiccup), never for a recipe's error (those come back in the
-answer, not raised).
+only if it joined. A `HOST:PORT` address is probed first with a short TCP connect: Ray
+itself retries an address nothing answers at for many minutes, printing warnings.
+`submit` wraps the worker's function as a Ray task: resources from the step's layout,
+retried on another node when its worker or node dies (`max_retries`), and for an
+`OSError` (a remote's hiccup), never for a recipe's error (those come back in the
+answer, not raised). `task_failure` says any other failure of a task in one line.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +28,8 @@ from mergepkg.errors import BuildError
 
 MAX_RETRIES = 3  # attempts after the first, for a worker or node lost (and OSError)
 RAY_HINT = "install the extra: pip install 'mergepkg[ray]'"
+REACH_HINT = "start one (`ray start --head` on this machine), or give its address: --ray HOST:6379"
+PROBE_SECONDS = 5.0  # a TCP connect to the cluster's address: an answer is well within it
 
 
 def ray_module() -> Any:
@@ -39,19 +46,60 @@ def connect(address: str) -> Iterator[Any]:
     ray = ray_module()
     joined = False
     if not ray.is_initialized():
+        probe(address)
         try:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=True)
         except ConnectionError as e:
-            raise BuildError(
-                f"cannot reach a Ray cluster at {address!r}: {e}",
-                hint="start one (`ray start --head` on this machine), or give its address: --ray HOST:6379",
-            ) from None
+            raise unreachable(address, str(e)) from None
         joined = True
     try:
         yield ray
     finally:
         if joined:
             ray.shutdown()
+
+
+def probe(address: str, seconds: float = PROBE_SECONDS) -> None:
+    """An error at once when nothing accepts a TCP connection at `address` (for `auto`,
+    RAY_ADDRESS where set); an address without a port (or `auto` alone) is left to Ray."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+    found = re.fullmatch(r"(?:[a-z]+://)?\[?([^\[\]/]+?)\]?:(\d+)/?", address.strip())
+    if found is None:
+        return
+    try:
+        with socket.create_connection((found[1], int(found[2])), timeout=seconds):
+            pass
+    except OSError as e:
+        reason = "no answer" if isinstance(e, TimeoutError) else e.strerror or type(e).__name__
+        raise unreachable(address, f"{reason} at {found[1]}:{found[2]}") from None
+
+
+def unreachable(address: str, reason: str) -> BuildError:
+    return BuildError(f"cannot reach a Ray cluster at {address!r}: {reason}", hint=REACH_HINT)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+NODE_IP = re.compile(r"\(pid=\d+, ip=([^\s)]+)\)")
+
+
+def task_failure(e: BaseException) -> str:
+    """A failed Ray task in one line, for an error message: what the task raised
+    (`NotADirectoryError: ...`, its last line, not Ray's traceback) and the address of
+    the node it ran on where Ray says it; Ray's own failures (a worker or node lost) as
+    their last line. Ray's colour codes removed."""
+    text = ANSI.sub("", str(e)).strip()
+    cause = getattr(e, "cause", None)  # a RayTaskError's: the exception the task raised
+    what = cause if isinstance(cause, BaseException) else e
+    line = _last_line(ANSI.sub("", str(what))) if what is not e else _last_line(text)
+    said = f"{type(what).__name__}: {line}" if line else type(what).__name__
+    node = NODE_IP.search(text)
+    return f"{said} (on the node at {node[1]})" if node else said
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def start_board(ray: Any) -> Any:

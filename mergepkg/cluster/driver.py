@@ -22,7 +22,7 @@ from typing import Any
 from mergepkg.builder.build import SPOT_CHECK_BYTES, BuildReport, BuildWarnings
 from mergepkg.builder.outputs import check_replaceable, place_outputs
 from mergepkg.builder.substitute import Remotes
-from mergepkg.cluster.connect import check_fits, connect, start_board, submit, submit_split
+from mergepkg.cluster.connect import check_fits, connect, start_board, submit, submit_split, task_failure
 from mergepkg.cluster.jobs import Engine, StepDone
 from mergepkg.cluster.plan import Graph, Planned, Split, make_graph, make_jobs
 from mergepkg.cluster.progress import Tally
@@ -32,13 +32,14 @@ from mergepkg.lockfile import Lock, lock_path, read_lock, write_lock
 from mergepkg.pitfalls.params import recipe_pitfalls
 from mergepkg.recipe.model import Recipe
 from mergepkg.remote.adopt import check_adoptable
+from mergepkg.remote.config import configured
 from mergepkg.remote.store import Remote
 from mergepkg.remote.sync import open_remote, push_artifact, substitute
 from mergepkg.resolve.resolution import Mode, resolve
 from mergepkg.store.evals import EvalCache
 from mergepkg.store.session import Session
 
-CLUSTER_REMOTE = "cluster"  # the remote's name in messages
+CLUSTER_REMOTE = "cluster"  # the remote's name in messages, where it has none configured
 
 
 @dataclass
@@ -60,21 +61,25 @@ def build_on_cluster(
     verify_store: bool = False,
     deny_warnings: bool = False,
     split: Split | None = None,
+    remote_name: str | None = None,
 ) -> ClusterBuild:
     """Build `recipes` on the Ray cluster at `address` through the remote at URL `remote`,
     one DAG for all of them (a step they share is built once); `outs`: each recipe's
-    output folder (None: not placed); `split`: large steps split by tensors over workers."""
+    output folder (None: not placed); `split`: large steps split by tensors over workers;
+    `remote_name`: the remote's name in messages (default: the configured remote with
+    that URL, else "cluster")."""
     reporter = reporter or NullReporter()
     outs = list(outs) if outs is not None else [None] * len(recipes)
     target = open_remote(remote, skip_instance_cache=True)
+    shown = remote_name or _name_of(session, target.url)  # the remote's name in messages
     with session.store.in_use():
         session.store.clean_tmp()
         planned = [_plan(r, o, session, seed, mode, reporter, deny_warnings) for r, o in zip(recipes, outs)]
         warn = planned[0].warnings.warning if planned else reporter.warning
-        remotes = Remotes(session.settings, [(CLUSTER_REMOTE, target.url)], warn)
+        remotes = Remotes(session.settings, [(shown, target.url)], warn)
         sample = None if verify_store else SPOT_CHECK_BYTES if mode != "update" else 0
         graph = make_graph(planned, session, remotes, sample)
-        make_jobs(graph, target.url, Engine.of(session.settings), deny_warnings, split)
+        make_jobs(graph, target.url, Engine.of(session.settings), deny_warnings, split, settings=session.settings)
         if graph.parts:
             check_adoptable(target)  # split steps are assembled on the remote: not on the Hub
         for p in planned:
@@ -84,8 +89,13 @@ def build_on_cluster(
         for art in graph.push:
             push_artifact(target, art, hashes=session.hashes)
         tasks = _run(graph, reporter, address) if graph.build else {}
-        reports = [_finish(p, graph, tasks, session, target, mode) for p in planned]
+        reports = [_finish(p, graph, tasks, session, target, shown, mode) for p in planned]
     return ClusterBuild(reports, tasks)
+
+
+def _name_of(session: Session, url: str) -> str:
+    """The name of the configured remote at `url` (the first), for messages."""
+    return next((r.name for r in configured(session.settings) if r.url == url), CLUSTER_REMOTE)
 
 
 def _plan(
@@ -122,7 +132,7 @@ def _run(graph: Graph, reporter: Reporter, address: str) -> dict[str, StepDone]:
             else:
                 refs[key] = submit(ray, job, size, board, upstream)
         tensors = sum(t for t, _ in graph.totals.values())
-        tally = Tally(reporter, names, tensors, sum(b for _, b in graph.totals.values()))
+        tally = Tally(reporter, names, tensors, sum(b for _, b in graph.totals.values()), set(graph.totals))
         pending = {ref: key for key, ref in refs.items()}
         done: dict[str, StepDone] = {}
         try:
@@ -132,6 +142,7 @@ def _run(graph: Graph, reporter: Reporter, address: str) -> dict[str, StepDone]:
                 answers = [_answer(ray, ref, names[pending.pop(ref)]) for ref in ready]
                 for answer in sorted(answers, key=lambda a: a.error is None):  # errors first
                     if answer.error is not None:
+                        _tell_failed(graph, answer)
                         raise answer.error
                     done[answer.key] = answer
                     tally.built(answer.key, answer.node)
@@ -153,22 +164,40 @@ def _drain(ray: Any, board: Any) -> list:
         return []
 
 
+def _tell_failed(graph: Graph, answer: StepDone) -> None:
+    """The warnings of a step that failed (one denied under --deny-warnings among them),
+    told before its error, as a local build tells them."""
+    p, _ = graph.owner[answer.key]
+    for message in answer.warnings:
+        p.warnings.warning(message)
+    p.warnings.found(answer.pitfalls, hold=True)  # the error raised next is the denial
+
+
 def _answer(ray: Any, ref: Any, name: str) -> StepDone:
-    """A task's answer; a task Ray gave up on (its retries spent) as a BuildError."""
+    """A task's answer; a task Ray gave up on (its retries spent) as a BuildError, in one line."""
     try:
         return ray.get(ref)
-    except Exception as e:  # Ray's own errors: a worker or node lost after every retry
+    except Exception as e:  # Ray's own errors: a worker or node lost after every retry, an exception raised
         raise BuildError(
-            f"step {name!r} failed on the cluster: {type(e).__name__}: {e}",
+            f"step {name!r} failed on the cluster: {task_failure(e)}",
             hint="see the cluster's logs (`ray logs`); the steps finished are on the remote, "
             "so building again resumes from them",
         ) from None
 
 
 def _finish(
-    p: Planned, graph: Graph, tasks: dict[str, StepDone], session: Session, target: Remote, mode: Mode
+    p: Planned,
+    graph: Graph,
+    tasks: dict[str, StepDone],
+    session: Session,
+    target: Remote,
+    remote_name: str,
+    mode: Mode,
 ) -> BuildReport:
-    """One recipe's lock and outputs, as a local build leaves them."""
+    """One recipe's lock and outputs, as a local build leaves them. `pulled` in the report:
+    the outputs taken from the remote as they were there (not built by this build's tasks),
+    as a local build reports what it substituted; a step the cluster read from the remote
+    was pulled by its node, not here."""
     res, store = p.res, session.store
     digests: dict[str, str | None] = {n: d for n, d in p.locked.items() if n in res.keys}
     built, reused, pulled = [], [], {}
@@ -186,7 +215,6 @@ def _finish(
             p.warnings.found(answer.pitfalls, hold=True)  # denied on the worker already
         elif key in graph.offers:
             digests[name] = graph.offers[key].digest
-            pulled[name] = CLUSTER_REMOTE
     if mode != "update" and p.old_lock is not None:
         _check_digests(digests, p.old_lock, lock_path(p.recipe))
     lock = res.lock(digests)
@@ -198,9 +226,11 @@ def _finish(
     for name in res.recipe.outputs:
         key = res.keys[name]
         if key not in artifacts:
-            p.warnings.pull_started(name, target.url, tasks[key].size if key in tasks else graph.offers[key].size)
+            p.warnings.pull_started(name, remote_name, tasks[key].size if key in tasks else graph.offers[key].size)
             artifacts[key] = substitute(target, store, key, expected_digest=digests[name])
-            p.warnings.step_pulled(name, key, CLUSTER_REMOTE)
+            p.warnings.step_pulled(name, key, remote_name)
+            if key not in tasks:
+                pulled[name] = remote_name
         arts[name] = artifacts[key]
     outputs = {}
     if p.out is not None:

@@ -23,7 +23,7 @@ from mergepkg.recipe.model import Recipe, Source
 from mergepkg.settings import Settings
 
 PROCESS_BYTES = 1 << 30  # a worker's own memory: the interpreter, torch, numba's kernels
-DEFAULT_MEMORY = 4 << 30  # a step whose layout the driver cannot know (inputs on the remote only)
+DEFAULT_MEMORY = 4 << 30  # a step whose layout the driver cannot know (an input it cannot read: docs/cluster.md)
 
 
 @dataclass(frozen=True)
@@ -49,20 +49,24 @@ class StepInput:
 @dataclass(frozen=True)
 class Engine:
     """The driver's settings a worker builds with; the rest (its home, its Hugging Face
-    cache, offline or not) are the node's own, from its environment."""
+    cache) are the node's own, from its environment. `offline`: the driver's (`--offline`,
+    or HF_HUB_OFFLINE / MERGEPKG_OFFLINE where it runs) makes every node offline too; a
+    node whose own environment says offline stays so."""
 
     device: str = "cpu"
     threads: int | None = None
     max_shard_bytes: int = 2 * 1024**3
     max_memory: int | None = None
+    offline: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> Engine:
-        return cls(settings.device, settings.threads, settings.max_shard_bytes, settings.max_memory)
+        return cls(settings.device, settings.threads, settings.max_shard_bytes, settings.max_memory, settings.offline)
 
     def settings(self) -> Settings:
         """The node's settings (MERGEPKG_HOME, HF_HUB_CACHE, offline) with these."""
-        return replace(Settings(), **asdict(self))
+        own = Settings()
+        return replace(own, **{**asdict(self), "offline": self.offline or own.offline})
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class StepJob:
     engine: Engine
     deny_warnings: bool = False
     present: bool = False  # the remote held a record for the key the driver would not take
+    laid_out: bool = False  # the driver laid the step out (its MP2xx told there); else the node checks them
 
 
 @dataclass

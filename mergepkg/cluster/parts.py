@@ -13,7 +13,10 @@ staged shards the artifact's files where they are (a rename, a server-side copy)
 puts the side files and writes the record last. The staging prefix is then removed.
 No node's store holds the step: whoever reads it pulls it from the remote, checked.
 The digest is the one a one-machine build gives: it is over per-tensor digests, and
-the shards are the same bytes.
+the shards are the same bytes. Each part checks its tensors' values as a whole step's
+task does (MP3xx; with `--deny-warnings` a part that finds one stages nothing and fails
+the step), and the assembly answers with every part's warnings, so the driver tells
+them as for a step built whole.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import contextlib
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from mergepkg.engine.split import Part, PartResult, build_part, check_parts, sid
 from mergepkg.errors import BuildError, MergepkgError
 from mergepkg.io.digest import combine_digests
 from mergepkg.layout.steps import lay_out
+from mergepkg.pitfalls.pitfall import Pitfall, deny, settle
 from mergepkg.remote.adopt import adopt
 from mergepkg.remote.record import FileEntry
 from mergepkg.remote.store import Remote
@@ -49,6 +53,8 @@ class PartDone:
     node: str = ""
     error: MergepkgError | None = None
     skipped: bool = False
+    warnings: list[str] = field(default_factory=list)  # the engine's, for the step's answer
+    pitfalls: list[Pitfall] = field(default_factory=list)  # MP3xx of this part's tensors
 
 
 def staging(remote: Remote, part: Part) -> str:
@@ -84,14 +90,18 @@ def run_part(job: StepJob, part: Part, board: Any, *upstream: StepDone) -> PartD
                     max_memory=settings.max_memory,
                     reporter=reporter,
                 )
+                if job.deny_warnings:  # MP3xx, as an unsplit step's task denies them: nothing staged
+                    deny(settle(reporter.pitfalls, job.recipe), "the step was not stored; nothing was written")
                 for name in part.shards:
                     put_file(remote.fs, out / name, f"{staging(remote, part)}/{name}")
             finally:
                 shutil.rmtree(out, ignore_errors=True)
     except MergepkgError as e:
         job.recipe.written(job.name).locate(e)
-        return PartDone(part.index, node=node, error=e)
-    return PartDone(part.index, result, node)
+        return PartDone(part.index, node=node, error=e, warnings=reporter.warnings, pitfalls=reporter.pitfalls)
+    finally:
+        reporter.settle()  # the driver sees this part's progress before the step's answer
+    return PartDone(part.index, result, node, warnings=reporter.warnings, pitfalls=reporter.pitfalls)
 
 
 def run_assemble(job: StepJob, parts: list[Part], board: Any, *answers: StepDone | PartDone) -> StepDone:
@@ -101,9 +111,11 @@ def run_assemble(job: StepJob, parts: list[Part], board: Any, *answers: StepDone
     node = node_id()
     done = {a.index: a for a in answers if isinstance(a, PartDone)}
     upstream = [a for a in answers if isinstance(a, StepDone)]
+    warnings = list(dict.fromkeys(w for a in done.values() for w in a.warnings))
+    pitfalls = [p for a in sorted(done.values(), key=lambda a: a.index) for p in a.pitfalls]  # the tensors' order
     failed = next((a.error for a in done.values() if a.error is not None), None)
     if failed is not None:
-        return StepDone(job.key, job.name, node=node, error=failed)
+        return StepDone(job.key, job.name, node=node, error=failed, warnings=warnings, pitfalls=pitfalls)
     if any(a.skipped for a in answers):
         return StepDone(job.key, job.name, node=node, skipped=True)
     started = time.monotonic()
@@ -113,7 +125,7 @@ def run_assemble(job: StepJob, parts: list[Part], board: Any, *answers: StepDone
         found = remote.record(job.key) if not job.present else None  # a retry after the record was written
         if found is not None:
             _unstage(remote, parts)
-            return StepDone(job.key, job.name, found.digest, found.size, node, found=True)
+            return StepDone(job.key, job.name, found.digest, found.size, node, 0.0, True, warnings, pitfalls)
         with session.store.in_use():
             folders = obtain_inputs(job, remote, session, upstream)
             layouts, _ = lay_out(job.recipe, [job.name], folders)
@@ -130,9 +142,9 @@ def run_assemble(job: StepJob, parts: list[Part], board: Any, *answers: StepDone
         _unstage(remote, parts)
     except MergepkgError as e:
         job.recipe.written(job.name).locate(e)
-        return StepDone(job.key, job.name, node=node, error=e)
+        return StepDone(job.key, job.name, node=node, error=e, warnings=warnings, pitfalls=pitfalls)
     seconds = time.monotonic() - started
-    return StepDone(job.key, job.name, record.digest, record.size, node, seconds, adopted.present)
+    return StepDone(job.key, job.name, record.digest, record.size, node, seconds, adopted.present, warnings, pitfalls)
 
 
 def _unstage(remote: Remote, parts: list[Part]) -> None:

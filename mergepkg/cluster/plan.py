@@ -6,9 +6,13 @@ What each recipe's outputs need is walked back from them: a step stored here or 
 remote ends the walk (its inputs are not needed for it), every other step is built on
 the cluster. A step stored only here that a task reads is pushed to the remote first.
 The driver lays out what it can (the sources on this machine, the steps stored here)
-to size tasks and to find a layout's error or warning before any task starts; a step
-whose inputs it cannot see (a source not fetched here, a step only on the remote) is
-laid out on its node alone.
+to size tasks and to find a layout's error or warning before any task starts. A source
+the lock pins is not fetched here (resolve's `defer`), but where this machine's Hugging
+Face cache holds its files at the locked commit, their config and headers are read
+there (no tensor data). A step whose inputs it cannot see (a source not in this
+machine's cache, a local folder gone, a step only on the remote) is laid out on its
+node alone: its task asks for `DEFAULT_MEMORY`, the node checks its MP2xx warnings, and
+it is not split (the driver warns).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from mergepkg.engine.split import Part, plan_parts
 from mergepkg.layout.lora import read_adapter_info
 from mergepkg.layout.steps import read_model_info, step_layout
 from mergepkg.layout.types import ModelInfo
-from mergepkg.lockfile import Lock
+from mergepkg.lockfile import Lock, Pin
 from mergepkg.pitfalls.layouts import layout_pitfalls
-from mergepkg.recipe.model import Recipe
+from mergepkg.recipe.model import Recipe, Source
 from mergepkg.resolve.resolution import Resolution
+from mergepkg.settings import Settings
 from mergepkg.store.local import Artifact
 from mergepkg.store.session import Session
 
@@ -129,17 +134,28 @@ def _topological(keys: list[str], g: Graph) -> list[str]:
     return out
 
 
-def make_jobs(g: Graph, remote_url: str, engine: Engine, deny_warnings: bool, split: Split | None = None) -> None:
+def make_jobs(
+    g: Graph,
+    remote_url: str,
+    engine: Engine,
+    deny_warnings: bool,
+    split: Split | None = None,
+    *,
+    settings: Settings | None = None,
+) -> None:
     """Every task's job and resources; layouts (on this machine, where it can) first: an
     error or a denied warning in any of them is raised before any task starts. With
     `split`, a step whose output is at least `split.min_bytes` (its layout known here) is
-    planned in `split.count` parts (`engine/split.py`)."""
-    sources: dict[int, dict[str, ModelInfo]] = {}  # per recipe: its sources fetched here
+    planned in `split.count` parts (`engine/split.py`); a step whose layout is not known
+    here is not split, and the recipe's reporter is told so. `settings`: where this
+    machine's Hugging Face cache is (default: the environment's)."""
+    settings = settings or Settings()
+    sources: dict[int, dict[str, ModelInfo]] = {}  # per recipe: its sources readable here
     laid: dict[str, ModelInfo] = {k: read_model_info(a.folder) for k, a in g.local.items()}  # by key
     for key in g.build:
         p, name = g.owner[key]
         res = p.res
-        known = dict(sources.setdefault(id(p), _sources(p)))
+        known = dict(sources.setdefault(id(p), _sources(p, settings)))
         known.update({n: laid[res.keys[n]] for n in res.plan.order if res.keys[n] in laid})
         models = list(res.plan.graph.predecessors(name))
         layout = None
@@ -154,6 +170,12 @@ def make_jobs(g: Graph, remote_url: str, engine: Engine, deny_warnings: bool, sp
                 )
                 if len(parts) > 1:  # a step of one shard is not split
                     g.parts[key] = parts
+        elif split is not None and split.count > 1:
+            unseen = ", ".join(repr(m) for m in models if m not in known)
+            p.warnings.warning(
+                f"--split not applied to step {name!r}: its layout is not known on the driver "
+                f"(it cannot read {unseen} here); built whole on one node"
+            )
         g.sizes[key] = resources(layout, known, engine)
         items: list[SourceInput | StepInput] = []
         for m in models:
@@ -175,15 +197,37 @@ def make_jobs(g: Graph, remote_url: str, engine: Engine, deny_warnings: bool, sp
             engine,
             deny_warnings,
             key in g.present,
+            laid_out=layout is not None,
         )
 
 
-def _sources(p: Planned) -> dict[str, ModelInfo]:
-    """What this machine knows of a recipe's sources: those fetched here."""
+def _sources(p: Planned, settings: Settings) -> dict[str, ModelInfo]:
+    """What this machine knows of a recipe's sources: those fetched here, and those the
+    lock pins whose files this machine's Hugging Face cache holds at the locked commit
+    (config and headers read there, nothing fetched)."""
     res = p.res
     out: dict[str, ModelInfo] = {}
     for name, state in res.sources.items():
-        if state.folder is not None:
+        folder = state.folder
+        if folder is None and state.missing == 0:
+            folder = _cached(res.recipe.sources[name], state.locked.pin, settings)
+        if folder is not None:
             read = read_adapter_info if name in res.recipe.adapters else read_model_info
-            out[name] = read(state.folder)
+            out[name] = read(folder)
     return out
+
+
+def _cached(source: Source, pin: Pin, settings: Settings) -> Path | None:
+    """The snapshot folder of a hub source at `pin`'s commit in this machine's Hugging
+    Face cache, where it holds every pinned file; None otherwise (or for a folder source)."""
+    if source.hf is None or not pin.files:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    folders = set()
+    for f in pin.files:
+        found = try_to_load_from_cache(source.hf, f.name, cache_dir=settings.hf_cache, revision=pin.commit)
+        if not isinstance(found, str):
+            return None
+        folders.add(Path(found).parents[len(Path(f.name).parts) - 1])
+    return folders.pop() if len(folders) == 1 else None

@@ -5,15 +5,16 @@ A worker's `BoardReporter` is the engine's reporter on the node: it sends a step
 (with the node), its tensors (batched, a few times a second) and its end to the board,
 and keeps the warnings and pitfalls for the task's answer. On the driver, `Tally` turns
 the drained events into the Reporter's calls: one bar for the whole cluster, in bytes
-and tensors over every step built there, and (for a reporter that has them) a line per
-step placed on a node and per step built.
+and tensors over every step built there (a step the driver could not lay out added to
+its totals when its node starts it), and (for a reporter that has them) a line per step
+placed on a node and per step built.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any, Protocol
 
 from mergepkg.engine.progress import Reporter
@@ -21,7 +22,7 @@ from mergepkg.pitfalls.pitfall import Pitfall
 
 FLUSH_SECONDS = 0.25  # a worker sends its tensors' progress at most this often
 
-Event = tuple  # ("placed", key, node) | ("tensors", key, count, nbytes) | ("built", key, node)
+Event = tuple  # ("placed", key, node, tensors, nbytes) | ("tensors", key, count, nbytes) | ("built", key, node)
 
 
 class Board:
@@ -73,7 +74,7 @@ class BoardReporter:
         pass
 
     def step_started(self, name: str, tensors: int, nbytes: int) -> None:
-        self.send(("placed", self.key, self.node))
+        self.send(("placed", self.key, self.node, tensors, nbytes))
 
     def tensor_done(self, nbytes: int) -> None:
         self.count += 1
@@ -105,13 +106,20 @@ class ClusterReporter(Reporter, Protocol):
 
     def step_placed(self, name: str, key: str, node: str) -> None: ...
     def step_built(self, name: str, key: str, node: str) -> None: ...
+    # the cluster's bar grows: a step the driver could not lay out was laid out on its node
+    def total_grown(self, tensors: int, nbytes: int) -> None: ...
 
 
 class Tally:
-    """The driver's side: the cluster's bar, fed from drained events."""
+    """The driver's side: the cluster's bar, fed from drained events. Its totals are
+    those of the steps the driver laid out (`sized`); each other step adds its own once
+    its node has laid it out (its first start: a retry adds nothing)."""
 
-    def __init__(self, reporter: Reporter, names: Mapping[str, str], tensors: int, nbytes: int):
+    def __init__(
+        self, reporter: Reporter, names: Mapping[str, str], tensors: int, nbytes: int, sized: Set[str] | None = None
+    ):
         self.reporter, self.names = reporter, names  # key -> a step name for messages
+        self.sized = set(names if sized is None else sized)  # keys counted in the totals
         self.open = bool(names)
         if self.open:
             nodes = f"{len(names)} step{'s' if len(names) != 1 else ''} on the cluster"
@@ -125,6 +133,11 @@ class Tally:
                 for i in range(count):  # the Reporter counts tensors one call each
                     self.reporter.tensor_done(nbytes if i == 0 else 0)
             elif kind == "placed":
+                if key not in self.sized and len(event) >= 5:
+                    self.sized.add(key)
+                    grown = getattr(self.reporter, "total_grown", None)
+                    if grown is not None:
+                        grown(event[3], event[4])
                 told = getattr(self.reporter, "step_placed", None)
                 if told is not None:
                     told(self.names.get(key, key[:12]), key, event[2])

@@ -6,7 +6,8 @@ not); the job adds the driver's engine settings. Inputs come from the node: a so
 fetched at its locked commit into the node's Hugging Face cache (a local path is read
 where it is) and must give the pin the driver resolved; an input step is pulled from the
 remote, checked against the digest its own task reported. The step is laid out again
-from those files, built under its key's lock, committed, and pushed. A step the remote
+from those files (its MP2xx checked here when the driver could not lay it out), built
+under its key's lock, committed, and pushed. A step the remote
 holds when the task starts (an earlier attempt pushed it before its node was lost) is
 not built again.
 
@@ -29,6 +30,8 @@ from mergepkg.engine.device import check_device
 from mergepkg.engine.step import budget_for, build_step
 from mergepkg.errors import MergepkgError, SourceError
 from mergepkg.layout.steps import lay_out
+from mergepkg.layout.types import ModelInfo, StepLayout
+from mergepkg.pitfalls.layouts import layout_pitfalls
 from mergepkg.pitfalls.pitfall import deny, settle
 from mergepkg.remote.store import Remote
 from mergepkg.remote.sync import open_remote, push_artifact, substitute
@@ -68,7 +71,7 @@ def run_step(job: StepJob, board: Any, *upstream: StepDone) -> StepDone:
             push_artifact(remote, art, hashes=session.hashes)
     except MergepkgError as e:
         job.recipe.written(job.name).locate(e)
-        return StepDone(job.key, job.name, node=node, error=e, warnings=reporter.warnings)
+        return StepDone(job.key, job.name, node=node, error=e, warnings=reporter.warnings, pitfalls=reporter.pitfalls)
     finally:
         reporter.settle()  # the driver sees this step's progress before its answer
     seconds = time.monotonic() - started
@@ -106,14 +109,16 @@ def _build(job: StepJob, session: Session, folders: dict[str, Path], reporter: B
     """The step built into the node's store under its key's lock (reused when there)."""
     settings, store = session.settings, session.store
     check_device(settings.device)
+    layouts, infos = lay_out(job.recipe, [job.name], folders)
+    layout = layouts[job.name]
+    if not job.laid_out:  # the driver could not read its inputs: its MP2xx are told from here
+        check_layout(job, layout, infos, reporter)
     with store.lock(job.key):
         found = store.get(job.key)
         if found is not None and found.intact():
             return found
         if found is not None:
             store.discard(job.key)
-        layouts, infos = lay_out(job.recipe, [job.name], folders)
-        layout = layouts[job.name]
         budget = budget_for([layout], settings.max_memory, settings.device)
         folder = store.new_folder(job.key)
         started = time.monotonic()
@@ -135,3 +140,13 @@ def _build(job: StepJob, session: Session, folders: dict[str, Path], reporter: B
             return store.commit(job.key, folder, job.entry, tensors, seconds=time.monotonic() - started)
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # gone already when committed
+
+
+def check_layout(job: StepJob, layout: StepLayout, infos: dict[str, ModelInfo], reporter: BoardReporter) -> None:
+    """The layout's pitfalls (MP2xx), as the driver checks those of the steps it can lay
+    out: told in the answer, and with `--deny-warnings` an error before anything is built."""
+    found = layout_pitfalls(layout, infos)
+    for pitfall in found:
+        reporter.pitfall(pitfall)
+    if job.deny_warnings:
+        deny(settle(found, job.recipe), "nothing was built")
