@@ -38,6 +38,16 @@ def mergepkg_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def hub_offline_as_the_environment_says(monkeypatch) -> None:
+    """huggingface_hub reads HF_HUB_OFFLINE once, when first imported: a test that imported it
+    with the variable set must not leave every later test offline (tests/resolve alone did)."""
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
     """base: random tiny Llama (4 layers); ft1..ft3: base + small seeded deltas;
