@@ -27,7 +27,7 @@ from pathlib import Path
 
 from mergepkg.builder.exports import FILE as EXPORT_FILE
 from mergepkg.builder.exports import check_export_folder, make_exports, place_exports
-from mergepkg.builder.outputs import check_replaceable, place_outputs
+from mergepkg.builder.outputs import check_replaceable, output_lock, place_outputs
 from mergepkg.builder.steps import StepRunner
 from mergepkg.builder.substitute import Policy, Remotes
 from mergepkg.engine.progress import NullReporter, Reporter
@@ -150,7 +150,7 @@ def build(
         session.store.add_root(lock_path(recipe))
         outputs, placed = {}, {}
         if out is not None:
-            with session.store.output_lock(out):
+            with output_lock(out):
                 if only_exports is not None:
                     placed = place_exports(made, out)
                 else:

@@ -13,11 +13,13 @@ digests and `mergepkg verify` do not see them.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mergepkg.builder.bundle import LOCK_FILE, bundle
@@ -34,6 +36,24 @@ from mergepkg.resolve.resolution import Resolution
 from mergepkg.store.local import MANIFEST, Artifact
 
 MARKER = ".mergepkg-output"  # marks a folder mergepkg wrote, so a rebuild may replace it
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Held while outputs are placed into `out` (or files added to it): a lock on the folder
+    that holds `out`, so builds from any `MERGEPKG_HOME` take turns (a lock file in one home
+    would not keep another's build from removing this one's staging folder), and no file is
+    left beside `out`."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise BuildError(f"cannot write into {out.parent}: {e.strerror or e}", hint="choose another --out") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def place_outputs(
@@ -53,7 +73,7 @@ def place_outputs(
     artifact built in other shards than `max_shard_bytes` gives (stored before, with
     another `--shard-size`) is written again in those shards. `exports`: files placed as
     `out/NAME.gguf` (builder/exports.py), beside the steps' folders or, for one output,
-    in its folder. The swap into place is a rename."""
+    in its folder. The swap into place is a rename. The caller holds `output_lock(out)`."""
     if lock is None:
         lock = res.lock({n: a.digest for n, a in artifacts.items()})
     prefix = f".mergepkg-build-{out.name}-"
@@ -90,6 +110,8 @@ def place_outputs(
             os.rename(out, work / "previous")
         os.rename(staged, out)
     finally:
+        if not out.exists() and (work / "previous").is_dir():  # interrupted between the two renames
+            os.rename(work / "previous", out)
         shutil.rmtree(work, ignore_errors=True)
     return {next(iter(artifacts)): out} if single else {n: out / n for n in artifacts}
 

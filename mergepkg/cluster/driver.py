@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mergepkg.builder.build import SPOT_CHECK_BYTES, BuildReport, BuildWarnings
-from mergepkg.builder.outputs import check_replaceable, place_outputs
+from mergepkg.builder.outputs import check_replaceable, output_lock, place_outputs
 from mergepkg.builder.substitute import Remotes
 from mergepkg.cluster.connect import check_fits, connect, start_board, submit, submit_split, task_failure
 from mergepkg.cluster.jobs import Engine, StepDone
@@ -234,7 +234,7 @@ def _finish(
         arts[name] = artifacts[key]
     outputs = {}
     if p.out is not None:
-        with store.output_lock(p.out):
+        with output_lock(p.out):
             outputs = place_outputs(
                 res,
                 arts,

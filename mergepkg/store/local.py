@@ -11,7 +11,6 @@ artifact and reuses it.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import random
@@ -160,11 +159,6 @@ class Store:
             return json.loads((self.home / "roots.json").read_text())
         except (FileNotFoundError, ValueError):
             return []
-
-    def output_lock(self, out: Path) -> FileLock:
-        """Serialises placing outputs into one --out folder."""
-        self.locks.mkdir(parents=True, exist_ok=True)
-        return filelock.FileLock(self.locks / f"out-{hashlib.sha256(str(out).encode()).hexdigest()[:24]}.lock")
 
     def path(self, key: str) -> Path:
         if not is_key(key):

@@ -381,15 +381,17 @@ def test_sigkill_at_random_moments_and_the_next_build_gives_the_clean_digests(bi
 
 # `mergepkg ARGS...` that kills itself (SIGKILL) at a point of placing --out: "staged" as
 # soon as its staging folder beside --out is made, "swapping" between moving the previous
-# output into that folder and moving the new one in (when --out does not exist at all).
+# output into that folder and moving the new one in (when --out does not exist at all);
+# "interrupted" there is Ctrl-C instead, and "holding" pauses with the output staged.
 KILLED_WHILE_PLACING = """
-import os, signal, sys, tempfile
+import os, signal, sys, tempfile, time
 from mergepkg.cli.app import run
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
-if sys.argv[1] == "staged":
+mode = sys.argv[1]
+if mode == "staged":
     made = tempfile.mkdtemp
     def mkdtemp(*args, **kwargs):
         folder = made(*args, **kwargs)
@@ -397,11 +399,21 @@ if sys.argv[1] == "staged":
             die()
         return folder
     tempfile.mkdtemp = mkdtemp
+elif mode == "holding":  # pauses with the output staged, before the swap
+    from mergepkg.builder import outputs
+    described = outputs.describe
+    def describe(*args, **kwargs):
+        described(*args, **kwargs)
+        open(os.environ["HOLDING_MARK"], "w").close()  # another build may now try
+        time.sleep(float(os.environ["HOLDING_SECONDS"]))
+    outputs.describe = describe
 else:
     rename = os.rename
     def renamed(src, dst, *args, **kwargs):
         rename(src, dst, *args, **kwargs)
         if os.path.basename(dst) == "previous":
+            if mode == "interrupted":
+                raise KeyboardInterrupt  # Ctrl-C between the two renames
             die()
     os.rename = renamed
 sys.argv = ["mergepkg", *sys.argv[2:]]
@@ -441,6 +453,51 @@ def test_a_build_killed_while_placing_out_leaves_no_hidden_folder_behind(point, 
         f"staging folders left beside --out after a rebuild and `cache gc`: {left}"
         f" holding {[str(p.relative_to(out.parent)) for n in left for p in (out.parent / n).iterdir()]}"
     )
+
+
+def test_ctrl_c_between_the_two_renames_puts_the_previous_output_back(models, tmp_path):
+    recipe = write_recipe_file(tmp_path / "r", models, SMALL)
+    home, out = tmp_path / "home", tmp_path / "o" / "out"
+    ok(run(home, "build", recipe, "--out", out, "-q"))
+    digest = lock_steps(recipe)["top"][1]
+    stopped = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_PLACING, "interrupted", "build", str(recipe), "--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        env=env_for(home),
+        timeout=300,
+    )
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert model_digest(out) == digest
+    assert not [n for n in os.listdir(out.parent) if n.startswith(STAGING)]
+
+
+def test_builds_from_two_homes_into_one_out_take_turns(models, tmp_path):
+    """The lock on placing --out is not in a home: a build from another MERGEPKG_HOME waits
+    for it, rather than removing the staging folder of a placement in progress."""
+    recipe = write_recipe_file(tmp_path / "r", models, SMALL)
+    homes, out = [tmp_path / "a", tmp_path / "b"], tmp_path / "o" / "out"
+    for i, home in enumerate(homes):  # both stores hold the steps: the builds below only place
+        ok(run(home, "build", recipe, "--out", tmp_path / f"warm{i}", "-q"))
+    mark = tmp_path / "staged"
+    env = env_for(homes[0]) | {"HOLDING_MARK": str(mark), "HOLDING_SECONDS": "6"}
+    holding = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WHILE_PLACING, "holding", "build", str(recipe), "--out", str(out), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not mark.exists() and holding.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mark.exists(), holding.communicate()[1]
+    other = run(homes[1], "build", recipe, "--out", out, "-q")
+    _, err = holding.communicate(timeout=300)
+    assert holding.returncode == 0 and "Traceback" not in err, err
+    ok(other)
+    assert model_digest(out) == lock_steps(recipe)["top"][1]
+    assert not [n for n in os.listdir(out.parent) if n.startswith(STAGING)]
 
 
 # -- 2. two builders at once -------------------------------------------------------------
