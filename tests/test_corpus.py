@@ -750,7 +750,9 @@ def lock_case(what: str, says: str, at: str = "recipe.lock") -> Case:
 
 
 COMMANDS = [
-    Case("locked-and-frozen", lambda case: None, "", "exclude each other", args=(*BUILD, "--locked", "--frozen")),
+    Case(
+        "locked-and-frozen", lambda case: None, "", "exclude each other", args=(*BUILD, "--locked", "--frozen"), code=2
+    ),
     Case("max-memory-words", lambda case: None, "", "--max-memory", args=(*BUILD, "--max-memory", "lots"), code=2),
     Case(
         "max-memory-tiny",

@@ -62,3 +62,63 @@ def test_code_cites_pages_that_exist() -> None:
             if not page.exists() or (anchor and anchor not in anchors(page)):
                 broken.append(f"{source.relative_to(ROOT)}: docs/{name}{'#' + anchor if anchor else ''}")
     assert not broken, "; ".join(broken)
+
+
+# -- every option of every command on its page ------------------------------------------
+COMMAND_PAGES = {  # command -> its page, under docs/commands/ unless a path is given
+    "build": "build.md",
+    "validate": "validate.md",
+    "plan": "plan.md",
+    "graph": "plan.md",
+    "lock": "lock.md",
+    "verify": "lock.md",
+    "eval": "eval.md",
+    "tune": "tune.md",
+    "import": "import.md",
+    "methods": "methods.md",
+    "search": "registry.md",
+    "info": "registry.md",
+    "install": "registry.md",
+    "publish": "registry.md",
+    "yank": "registry.md",
+    "push": "push.md",
+    "export": "export.md",
+    "cache": "cache.md",
+    "registry": "registry.md",
+    "remote": "remote.md",
+}
+
+
+def options_of(words: list[str], command) -> list[tuple[str, str]]:
+    """(`mergepkg WORDS`, option) for every option of the command and its subcommands."""
+    found = [
+        (" ".join(words), opt)
+        for p in command.params
+        for opt in (*p.opts, *p.secondary_opts)
+        if p.param_type_name == "option" and opt != "--help"
+    ]
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        found += options_of([*words, name], sub)
+    return found
+
+
+def test_every_command_has_a_page():
+    from mergepkg.cli.app import COMMANDS
+
+    assert sorted(COMMAND_PAGES) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("name", sorted(COMMAND_PAGES))
+def test_every_option_is_on_its_commands_page(name):
+    """`--help` and docs/commands/ drifted apart (build's -o, -q and --llama-cpp, tune's
+    -n, registry serve's limits were on no page)."""
+    from mergepkg.cli.app import load_command
+
+    page = (ROOT / "docs" / "commands" / COMMAND_PAGES[name]).resolve()
+    text = page.read_text()
+    missing = [
+        f"{words} {opt}"
+        for words, opt in options_of([name], load_command(name))
+        if not re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", text)
+    ]
+    assert not missing, f"{page.relative_to(ROOT)} does not name: " + ", ".join(missing)

@@ -26,7 +26,7 @@ from mergepkg.cli.output import ProgressReporter, err, out
 from mergepkg.cluster.driver import build_on_cluster
 from mergepkg.cluster.plan import Split
 from mergepkg.engine.device import check_device
-from mergepkg.errors import BuildError, RegistryError, SourceError
+from mergepkg.errors import RegistryError, SourceError
 from mergepkg.registry import packages
 from mergepkg.resolve.resolution import Mode
 from mergepkg.settings import Settings
@@ -48,7 +48,13 @@ def build(
     offline: bool = OFFLINE,
     locked: bool = typer.Option(False, "--locked", help="Fail if the recipe's lock is missing or out of date."),
     frozen: bool = typer.Option(False, "--frozen", help="Use the lock as is: never resolve, never touch the network."),
-    threads: int = typer.Option(None, "--threads", min=1, help="Torch threads for the math (default: all cores)."),
+    threads: int = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="Threads for the math (default: torch's, usually all cores): torch's for most methods; "
+        "light methods and fused kernels share work out to mergepkg's own, torch on one.",
+    ),
     shard_size: str = typer.Option("2GB", "--shard-size", help="Largest output shard, e.g. 500MB, 5GB."),
     max_memory: str = typer.Option(
         None,
@@ -79,10 +85,14 @@ def build(
     """Build recipes' outputs: steps already in the store are reused, steps the remotes
     hold pulled when that moves less, the rest built (here, or with --ray on a cluster)."""
     policy = remote_policy(no_remote, prefer_remote)
-    if locked and frozen:
-        raise BuildError("--locked and --frozen exclude each other", hint="--frozen already implies --locked")
+    if locked and frozen:  # usage errors (exit 2), as typer's own
+        raise typer.BadParameter(
+            "--locked and --frozen exclude each other (--frozen implies --locked)", param_hint="--frozen"
+        )
     if out_dir is not None and len(recipes) > 1:
-        raise BuildError("--out takes one recipe", hint="drop --out: each recipe goes to out/<package name>")
+        raise typer.BadParameter(
+            "--out takes one recipe; without it each recipe goes to out/<package name>", param_hint="--out"
+        )
     if ray is None:
         _check_local(split=split, split_bytes=split_bytes, remote=remote_name)
         check_device(device)  # on a cluster, each worker checks its own (cluster/worker.py)
@@ -148,13 +158,15 @@ def _check_local(**given: object) -> None:
 
 
 def _check_cluster(*, no_remote: bool, prefer_remote: bool) -> None:
-    """What --ray cannot honour, refused before anything is resolved."""
+    """What --ray cannot honour: usage errors, before anything is resolved."""
     if no_remote:
-        raise BuildError("--ray builds through a remote: --no-remote cannot go with it")
+        raise typer.BadParameter(
+            "--ray builds through a remote: --no-remote cannot go with it", param_hint="--no-remote"
+        )
     if prefer_remote:
-        raise BuildError(
-            "--prefer-remote cannot go with --ray",
-            hint="a cluster build takes every step its remote holds already; drop --prefer-remote",
+        raise typer.BadParameter(
+            "--prefer-remote cannot go with --ray: a cluster build takes every step its remote holds already",
+            param_hint="--prefer-remote",
         )
 
 

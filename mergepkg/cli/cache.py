@@ -13,7 +13,6 @@ from mergepkg.builder import share
 from mergepkg.cli.common import size
 from mergepkg.cli.output import TransferReporter, err, out
 from mergepkg.cli.remote import summary
-from mergepkg.errors import StoreError
 from mergepkg.remote.config import trusted_keys
 from mergepkg.store.gc import collect_garbage
 from mergepkg.store.session import Session
@@ -27,12 +26,12 @@ def list_() -> None:
     session = Session()
     table = Table()
     for col in ("key", "method", "size", "built"):
-        table.add_column(col, justify="right" if col == "size" else "left")
+        table.add_column(col, justify="right" if col == "size" else "left", overflow="fold")
     arts = session.store.all()
     for a in arts:
         table.add_row(a.key[:16], _what(a), size(a.size), a.manifest.get("built_at", ""))
     out.print(table)
-    err.print(f"{len(arts)} artifacts, {size(sum(a.size for a in arts))} in {session.store.root}")
+    err.print(f"{len(arts)} artifacts, {size(sum(a.size for a in arts))} in {escape(str(session.store.root))}")
 
 
 @app.command("info")
@@ -95,11 +94,15 @@ def push(
 
 
 @app.command("pull")
-def pull(targets: list[str] = TARGETS, remote: str = REMOTE, quiet: bool = QUIET) -> None:
+def pull(
+    targets: list[str] = typer.Argument(
+        ..., metavar="RECIPE|KEY...", help="Recipe files (the steps their locks pin) or keys.", show_default=False
+    ),
+    remote: str = REMOTE,
+    quiet: bool = QUIET,
+) -> None:
     """Pull artifacts into the store: a recipe's steps checked against its lock's digests,
     a key no given lock pins by a trusted signature. A refused one never enters the store."""
-    if not targets:
-        raise StoreError("name what to pull: RECIPE or KEY", hint="mergepkg cache pull recipe.toml")
     session = Session()
     target = share.choose_remote(session.settings, remote)
     trusted = trusted_keys(session.settings)

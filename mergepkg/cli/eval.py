@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,6 +17,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from mergepkg.cli.common import NO_REMOTE, OFFLINE, PREFER_REMOTE, remote_policy
 from mergepkg.cli.output import ProgressReporter, err, out
@@ -32,7 +34,7 @@ def eval_(
     targets: list[str] = typer.Argument(
         ...,
         metavar="MODEL_OR_STEP...",
-        help="Folder, org/name[@rev], recipe.toml (all its models) or recipe.toml:step.",
+        help="Folder, org/name\\[@rev], recipe.toml (all its models) or recipe.toml:step.",
     ),
     tasks: list[Path] = typer.Option(
         ..., "--task", "-t", help="A .jsonl of prompt/answer (exact match) or a text file (perplexity); repeatable."
@@ -66,7 +68,7 @@ def eval_(
         ) as progress:
             job = progress.add_task("", total=len(models))
             for model in models:
-                progress.update(job, description=model.label)
+                progress.update(job, description=escape(model.label))  # formatted into the column's markup
                 mine = evaluate_model(model.folder, model.key, task_list, cache, device=device, names=names)
                 results.append(mine)
                 rows += [{"model": model.label, "key": model.key, **r.__dict__} for r in mine]
@@ -75,7 +77,7 @@ def eval_(
     table.add_column("model")
     for t, name in zip(task_list, names):
         table.add_column(
-            f"{name}\n[dim]{'accuracy' if t.metric == 'exact_match' else 'perplexity'}[/]", justify="right"
+            f"{escape(name)}\n[dim]{'accuracy' if t.metric == 'exact_match' else 'perplexity'}[/]", justify="right"
         )
     exact = [i for i, t in enumerate(task_list) if t.metric == "exact_match"]
     if len(exact) > 1:
@@ -84,7 +86,7 @@ def eval_(
         cells = [f"{r.value:.3f}" if r.metric == "exact_match" else f"{r.value:.2f}" for r in mine]
         if len(exact) > 1:
             cells.append(f"{sum(mine[i].value for i in exact) / len(exact):.3f}")
-        table.add_row(model.label, *cells)
+        table.add_row(Text(model.label), *cells)
     err.print(table)
     if as_json:
         out.print_json(json.dumps(json_safe(rows)))

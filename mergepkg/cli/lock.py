@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mergepkg.builder.verify import verify as verify_recipe
 from mergepkg.cli.common import OFFLINE, RECIPE, open_recipe
@@ -32,7 +33,7 @@ def lock(
         raise typer.BadParameter("naming sources needs --upgrade", param_hint="SOURCES")
     locked = lock_recipe(r, session, upgrade=frozenset(sources or ()) if upgrade else None)
     for line in locked.changes or ["up to date"]:
-        err.print(f"  {line}")
+        err.print(f"  {escape(line)}")
     out.print(str(locked.path), highlight=False)
 
 
@@ -53,14 +54,14 @@ def verify(
         checks = verify_recipe(r, session, rebuild=rebuild, reporter=reporter, remote="never" if no_remote else "auto")
     table = Table()
     for col in ("step", "key", "status", "locked digest", "found"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # on a narrow terminal, names and sha256s wrap, never cut
     colors = {"ok": "green", "missing": "yellow", "corrupt": "red", "differs": "red", "refused": "red"}
     for c in checks:
         shown = c.status + (f" ({'pulled from' if c.ok else 'from'} {c.remote})" if c.remote else "")
         table.add_row(
             c.step,
             c.key[:12],
-            f"[{colors[c.status]}]{escape(shown)}[/]",
+            Text(shown, style=colors[c.status]),
             (c.locked or "-")[:19],
             (c.actual or "-")[:19],
         )

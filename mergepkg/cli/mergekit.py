@@ -20,10 +20,10 @@ def import_(
         dir_okay=False,
     ),
     output: Path | None = typer.Option(
-        None, "-o", "--output", help="Write the recipe to this file [default: print it]."
+        None, "-o", "--output", help="Write the recipe to this file \\[default: print it]."
     ),
     name: str | None = typer.Option(
-        None, "--name", help="Package name and name of the final step [default: the config's stem]."
+        None, "--name", help="Package name and name of the final step \\[default: the config's stem]."
     ),
     strict: bool = typer.Option(
         False, "--strict", help="Refuse keys mergekit accepts and ignores, instead of warning about them."

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mergepkg.cli.output import out
 from mergepkg.methods import METHODS
@@ -15,7 +17,9 @@ def methods() -> None:
         table.add_column(col)
     for spec in METHODS.values():
         base = {"required": "needs a base", "optional": "base optional", "none": "no base"}[spec.base]
-        about = f"[bold]{spec.name}[/]\n{spec.summary}\n[dim]{base}; {spec.inputs_text} input(s)[/]"
+        about = Text.from_markup(
+            f"[bold]{escape(spec.name)}[/]\n{escape(spec.summary)}\n[dim]{base}; {escape(spec.inputs_text)} input(s)[/]"
+        )  # stdout reads no markup: the styled cell is built as Text
         rows = [
             (
                 p.name,

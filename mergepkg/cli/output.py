@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from mergepkg._lazy import lazy_import
@@ -18,8 +18,35 @@ if TYPE_CHECKING:
 
 bars = lazy_import("rich.progress")  # imported by the first progress bar: most commands draw none
 
-out = Console(soft_wrap=True)  # data
-err = Console(stderr=True, soft_wrap=True)  # everything else
+UNBOUNDED = 1 << 16  # the width of a stdout that is no terminal: wider than any table or tree we print
+
+
+class DataConsole(Console):
+    """stdout: what scripts read (paths, tables, trees). Strings are never read as markup
+    (a folder named `final [v2]` is printed as it is; styled parts are built as `Text`),
+    and where stdout is no terminal nothing is cropped: rich would otherwise take 80
+    columns and cut tables, sha256s and tree lines to fit."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if _is_tty(self.file) else ConsoleDimensions(UNBOUNDED, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+def _is_tty(file: object) -> bool:
+    """Whether `file` is a terminal (FORCE_COLOR may make rich style a pipe; it is still a pipe)."""
+    try:
+        return bool(file.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        return False
+
+
+out = DataConsole(soft_wrap=True, markup=False)  # data
+err = Console(stderr=True, soft_wrap=True)  # everything else: markup, with every user value escaped
 
 
 def show_error(e: MergepkgError) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 from rich.tree import Tree
 
 from mergepkg.builder.status import StepStatus, status
@@ -29,15 +30,17 @@ def plan(
     shown: set[str] = set()
 
     def label(name: str) -> str:
+        """The node's line as markup, every value from the recipe escaped (stdout takes no markup)."""
         if name in flat.sources:
             src = flat.sources[name]
             where = os.path.relpath(src.path, r.path.parent) if src.path else src.label
-            return f"[cyan]{name}[/] [dim]{where}[/]"
+            return f"[cyan]{escape(name)}[/] [dim]{escape(where)}[/]"
         s = st.steps[name]
-        return f"[bold]{name}[/] [dim]{s.key[:12]}[/] {flat.steps[name].method} {_state(s)}"
+        return f"[bold]{escape(name)}[/] [dim]{s.key[:12]}[/] {flat.steps[name].method} {_state(s)}"
 
     def add(node: Tree, name: str) -> None:
-        branch = node.add(label(name) + (" [dim](above)[/]" if name in shown and name in st.steps else ""))
+        above = " [dim](above)[/]" if name in shown and name in st.steps else ""
+        branch = node.add(Text.from_markup(label(name) + above))
         if name in shown or name not in st.steps:
             return
         shown.add(name)
@@ -50,7 +53,9 @@ def plan(
     for name, stored_export in st.exports.items():
         e = st.resolution.exports[name]
         state = "[green]stored[/]" if stored_export else "[yellow]to make[/]"
-        tree.add(f"[bold]{name}[/] [dim]{e.key[:12]}[/] {e.format} {e.type} of {e.step} {state}")
+        tree.add(
+            Text.from_markup(f"[bold]{escape(name)}[/] [dim]{e.key[:12]}[/] {e.format} {e.type} of {e.step} {state}")
+        )
     out.print(tree)
     todo, pulls = st.to_build, st.to_pull
     stored = sum(s.state == "stored" for s in st.steps.values())

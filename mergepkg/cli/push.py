@@ -16,7 +16,7 @@ from mergepkg.cli.output import err, out
 
 def push(
     target: str = typer.Argument(..., metavar="RECIPE[:STEP]", help="The built recipe, and which output to push."),
-    repo: str = typer.Argument(None, metavar="[ORG/NAME]", help="The Hub model repo (default: [publish] repo)."),
+    repo: str = typer.Argument(None, metavar="[ORG/NAME]", help="The Hub model repo (default: \\[publish] repo)."),
     private: bool = typer.Option(False, "--private", help="Create the repo private (when it does not exist yet)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the files, each sent or skipped; send nothing."),
     token: str = typer.Option(
@@ -41,12 +41,15 @@ def push(
         for name in report.deleted:
             out.print(f"delete  {'':>10}  {name}", highlight=False, markup=False)
         gone = f", {len(report.deleted)} deleted" if report.deleted else ""
-        err.print(f"[green]dry run[/]: {len(sent)} of {len(report.files)} files would be sent to {report.repo}{gone}")
+        err.print(
+            f"[green]dry run[/]: {len(sent)} of {len(report.files)} files would be sent to "
+            f"{escape(report.repo)}{escape(gone)}"
+        )
         return
     total = sum(f.size for f in sent)
     what = f"{len(sent)} files sent ({size(total)})" if sent else "nothing to send: the repo has every file"
     if report.deleted:
-        what += f", {len(report.deleted)} left from an earlier push deleted ({', '.join(report.deleted)})"
+        what += f", {len(report.deleted)} left from an earlier push deleted ({escape(', '.join(report.deleted))})"
     err.print(f"[green]pushed[/] {report.step} [dim]{report.key[:12]}[/]: {what}; commit recorded in the lock")
     out.print(report.url, highlight=False, markup=False)
     out.print(report.source, highlight=False, markup=False)

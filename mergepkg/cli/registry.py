@@ -70,7 +70,7 @@ def list_() -> None:
     """The configured registries, in the order they are searched."""
     table = Table()
     for col in ("name", "url", "token"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # on a narrow terminal, names and sha256s wrap, never cut
     for r in registries.configured(_settings()):
         table.add_row(r.name, r.url, "yes" if r.token else "")
     out.print(table)
@@ -118,7 +118,7 @@ def serve(
         raise RegistryError(
             f"cannot listen on {host}:{port}: {e}", hint="pick another --port (0: a free one) or --host"
         ) from None
-    err.print(f"serving {escape(str(folder))} on http://{host}:{server.effective_port} (Ctrl-C stops)")
+    err.print(f"serving {escape(str(folder))} on http://{escape(host)}:{server.effective_port} (Ctrl-C stops)")
     try:
         server.run()
     finally:
@@ -180,7 +180,7 @@ def token_list(folder: Path = typer.Argument(..., file_okay=False, exists=True))
     """Labels, scopes, packages, creation and expiry of the tokens (the tokens themselves are not kept)."""
     table = Table()
     for col in ("label", "scopes", "packages", "created", "expires"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for t in tokens.load(folder):
         table.add_row(t.label, ", ".join(t.scopes), ", ".join(t.packages), t.created, t.expires or "never")
     out.print(table)
@@ -191,7 +191,7 @@ def log(folder: Path = typer.Argument(..., file_okay=False, exists=True)) -> Non
     """The audit log of a registry folder: every publish and yank, who, when, from where."""
     table = Table()
     for col in ("time", "who", "action", "package", "sha256", "from"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for row in audit.read(RegistryFolder(folder).private):
         table.add_row(
             row["time"], row["who"], row["action"], f"{row['name']}@{row['version']}", row["sha256"][:16], row["from"]
@@ -210,12 +210,12 @@ def search(
         err.print(f"[yellow]warning[/]: {escape(e.message)} (skipped)")
     table = Table()
     for col in ("name", "latest", "registry", "description", "tags"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for reg, name, info in found:
         latest = info.get("latest", "") + (" (yanked)" if info.get("yanked") else "")
         table.add_row(name, latest, reg.name, info.get("description", ""), ", ".join(info.get("tags", [])))
     out.print(table)
-    err.print(f"{len(found)} packages match {text!r}")
+    err.print(f"{len(found)} packages match {escape(repr(text))}")
 
 
 def info(
@@ -227,7 +227,7 @@ def info(
     err.print(f"[bold]{escape(latest.name)}[/] from {escape(reg.name)}: {escape(latest.description)}")
     table = Table()
     for col in ("version", "published", "sha256", "dependencies", "sources", "yanked"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for e in entries:
         deps = ", ".join(f"{d.name} {d.range}" for d in e.dependencies)
         table.add_row(
@@ -263,13 +263,14 @@ def publish(
     ),
 ) -> None:
     """Publish a recipe (and its lock): validated, checksummed, immutable once published."""
+    checked = packages.check_publish(_settings(), recipe, registry, against_index=push is not None)  # before any push
     if push is not None:
         session = Session(_settings())
         pushed = push_locked(session.settings, session.store, load_recipe(recipe), push)
         for name, report in pushed.items():
             what = "present" if report.present else f"pushed {len(report.uploaded)} files, {report.nbytes} bytes"
             err.print(f"[green]{what}[/] {escape(name)} [dim]{report.key[:12]}[/]")
-    reg, entry, new = packages.publish(_settings(), recipe, registry)
+    reg, entry, new = packages.publish_checked(_settings(), checked)
     verb = "[green]published[/]" if new else "[yellow]already published[/] (same bytes)"
     err.print(f"{verb} {escape(entry.name)}@{entry.version} to {escape(reg.name)}")
     out.print(f"{entry.name}@{entry.version} sha256:{entry.sha256}", highlight=False)

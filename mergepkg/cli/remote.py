@@ -12,7 +12,6 @@ from mergepkg.builder import share
 from mergepkg.cli.common import size
 from mergepkg.cli.output import err, out
 from mergepkg.remote import config
-from mergepkg.remote.errors import RemoteConfigError
 from mergepkg.remote.sign import generate_key, keys_dir, load_signing_key, parse_public_key
 from mergepkg.settings import Settings
 
@@ -29,16 +28,18 @@ TRUSTED_KEY = typer.Option(
 @app.command("add")
 def add(
     name: str = typer.Argument(None, help="A name for the remote, used by -r."),
-    url: str = typer.Argument(None, help="file:///folder (or a folder), s3://BUCKET[/PREFIX], hf://datasets/ORG/NAME."),
+    url: str = typer.Argument(
+        None, help="file:///folder (or a folder), s3://BUCKET\\[/PREFIX], hf://datasets/ORG/NAME."
+    ),
     trusted_key: list[str] = TRUSTED_KEY,
 ) -> None:
     """Add a remote, and/or trust public keys. Credentials are never stored here: each
     backend reads its own (AWS_* and ~/.aws for S3, HF_TOKEN or `hf auth login`)."""
     settings = Settings()
-    if name is None and not trusted_key:
-        raise RemoteConfigError("give NAME URL, or --trusted-key NAME:BASE64", hint="mergepkg remote add NAME URL")
+    if name is None and not trusted_key:  # usage errors (exit 2)
+        raise typer.BadParameter("give NAME URL, or --trusted-key NAME:BASE64", param_hint="NAME")
     if name is not None and url is None:
-        raise RemoteConfigError(f"no URL for remote {name!r}", hint="mergepkg remote add NAME URL")
+        raise typer.BadParameter(f"no URL for remote {name!r}: mergepkg remote add NAME URL", param_hint="URL")
     for key in trusted_key or ():
         parse_public_key(key)  # every key checked before anything is written
     if name is not None:

@@ -7,7 +7,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mergepkg import api
 from mergepkg.cli.common import CLUSTER_REMOTE, ray_option
@@ -42,7 +44,7 @@ def tune(
     def told(trial: Trial, resumed: bool) -> None:
         how = "logged" if resumed else "stored" if trial.stored else "built"
         where = f" [dim]on {trial.node[:8]}[/]" if trial.node and not resumed else ""
-        cells = " ".join(f"{k}={v}" for k, v in trial.values.items())
+        cells = escape(" ".join(f"{k}={v}" for k, v in trial.values.items()))
         err.print(f"trial {trial.number:>3} [dim]{how:>6}[/] {trial.objective:.4f}{where}  [dim]{cells}[/]")
 
     with ProgressReporter(enabled=False) as reporter:
@@ -58,42 +60,43 @@ def tune(
             remote=remote_name,
         )
     for w in searched.warnings:
-        err.print(f"[yellow]warning[/]: {w}")
+        err.print(f"[yellow]warning[/]: {escape(w)}")
     _render(searched, finished)
     if as_json:
         result = {"best": asdict(finished.best), "test": finished.test, "recipe": str(finished.recipe)}
         out.print_json(json.dumps(json_safe({"trials": [asdict(t) for t in searched.trials], **result})))
     else:
-        out.print(str(finished.recipe))
+        out.print(str(finished.recipe), highlight=False)
 
 
 def _render(searched: Searched, finished: Finished) -> None:
     spec, best = searched.spec, finished.best
-    table = Table(title=f"tune {spec.path.name}: step {spec.step}", title_justify="left")
+    table = Table(title=Text(f"tune {spec.path.name}: step {spec.step}"), title_justify="left")
     table.add_column("trial", justify="right")
     paths = list(best.values)
     for p in paths:
-        table.add_column(p.removeprefix(f"steps.{spec.step}.").removeprefix("inputs").removeprefix("params."))
+        table.add_column(Text(p.removeprefix(f"steps.{spec.step}.").removeprefix("inputs").removeprefix("params.")))
     table.add_column("valid.", justify="right")
     table.add_column("key")
     table.add_column("build+eval s", justify="right")
     top = sorted(searched.trials, key=lambda t: (-t.objective, t.number))[:10]
     for t in top:
         style = "bold" if t.number == best.number else None
-        cells = [str(t.values[p]) for p in paths]
+        cells = [Text(str(t.values[p])) for p in paths]  # a value may be a list: [0.5, 1.0]
         times = f"{t.build_s:.1f}+{t.eval_s:.1f}" + (" stored" if t.stored else "")
         table.add_row(
             str(t.number), *cells, f"{t.objective:.4f}", t.key.removeprefix("sha256:")[:8], times, style=style
         )
     err.print(table)
     err.print(
-        "\n".join(["validation objective against trial (● a new best, ─ best so far):", *text_plot(searched.trials)])
+        "\n".join(["validation objective against trial (● a new best, ─ best so far):", *text_plot(searched.trials)]),
+        markup=False,
     )
     result = Table(title="held-out test (never read by the search)", title_justify="left")
     result.add_column("model")
     names = [k for k in finished.test if k != "objective"]
     for n in names:
-        result.add_column(n, justify="right")
+        result.add_column(Text(n), justify="right")
     result.add_column(f"{spec.combine}", justify="right")
     result.add_column(f"validation {spec.combine}", justify="right")
     written_val = finished.written_validation["objective"]
@@ -101,7 +104,7 @@ def _render(searched: Searched, finished: Finished) -> None:
         (f"{spec.recipe.name}:{spec.evaluate} as written", finished.written_test, written_val),
         (f"best.toml:{spec.evaluate} (trial {best.number})", finished.test, best.objective),
     ):
-        result.add_row(label, *[f"{test[n]:.3f}" for n in names], f"{test['objective']:.3f}", f"{val:.3f}")
+        result.add_row(Text(label), *[f"{test[n]:.3f}" for n in names], f"{test['objective']:.3f}", f"{val:.3f}")
     err.print(result)
     f = figures(searched.trials)
     err.print(
@@ -111,5 +114,6 @@ def _render(searched: Searched, finished: Finished) -> None:
         f"{f.stored} trials found their key stored"
     )
     err.print(
-        f"wrote {finished.recipe.name}, {finished.lock.name}, {finished.plot.name} and trials.jsonl in {spec.folder}"
+        f"wrote {finished.recipe.name}, {finished.lock.name}, {finished.plot.name} and trials.jsonl in {spec.folder}",
+        markup=False,
     )

@@ -21,7 +21,7 @@ def validate(recipe: Path = RECIPE, offline: bool = OFFLINE, deny_warnings: bool
     st = describe(r, session)
     table = Table(title=f"{r.name} {r.version}", title_justify="left")
     for col in ("step", "method", "models", "tensors", "reads", "writes"):
-        table.add_column(col, justify="right" if col in ("tensors", "reads", "writes") else "left")
+        table.add_column(col, justify="right" if col in ("tensors", "reads", "writes") else "left", overflow="fold")
     for name, s in st.steps.items():
         lay = s.layout
         assert lay is not None  # without the store every step is laid out

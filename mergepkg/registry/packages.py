@@ -17,8 +17,8 @@ from mergepkg.recipe.plan import make_plan
 from mergepkg.recipe.versions import Range, Version, VersionError
 from mergepkg.registry.client import Client, Registry, Unreachable
 from mergepkg.registry.dependencies import Dependencies, install_dependencies
-from mergepkg.registry.folder import RegistryFolder, check_publishable, parse_published
-from mergepkg.registry.index import Entry
+from mergepkg.registry.folder import RegistryFolder, check_publishable, make_entry, parse_published
+from mergepkg.registry.index import Entry, index_path, read_index
 from mergepkg.settings import Settings
 
 SPEC = re.compile(r"^(?P<name>[^@\s]+)(?:@(?P<range>.+))?$")
@@ -154,9 +154,30 @@ def published_locks(settings: Settings, spec: Spec, registry: str | None = None)
     return out
 
 
+@dataclass(frozen=True)
+class Publication:
+    """A recipe that passed every check `publish` makes, nothing written yet: what
+    `publish --push` holds while it pushes the lock's steps, so that a recipe the registry
+    would refuse never has its steps pushed first."""
+
+    registry: Registry
+    recipe: Recipe
+    data: bytes  # the recipe file's bytes, as published
+    lock_text: str | None
+
+
 def publish(settings: Settings, recipe_file: Path, registry: str) -> tuple[Registry, Entry, bool]:
     """Validate the recipe (parse, refuse local sources, resolve its dependencies, plan),
     then add it to the registry. Returns whether it was new (False: already there, same bytes)."""
+    return publish_checked(settings, check_publish(settings, recipe_file, registry))
+
+
+def check_publish(settings: Settings, recipe_file: Path, registry: str, *, against_index: bool = False) -> Publication:
+    """Every check of `publish`, writing nothing: the registry is configured, the recipe
+    parses with no local source, its dependencies resolve, it plans, its lock (if any) is
+    the recipe's. With `against_index` (before `--push`, which the registry's own refusal
+    would come too late for), also that the registry, as far as it can be read, has not
+    published this version with other bytes."""
     client = Client(settings)
     reg = client.registry(registry)
     data = Path(recipe_file).read_bytes()
@@ -179,10 +200,36 @@ def publish(settings: Settings, recipe_file: Path, registry: str) -> tuple[Regis
             file=str(lock_file),
             hint=f"run `mergepkg lock {Path(recipe_file).name}` (or build it), then publish",
         )
+    if against_index:
+        _check_unpublished(client, reg, make_entry(recipe, data, lock_text))
+    return Publication(reg, recipe, data, lock_text)
+
+
+def _check_unpublished(client: Client, reg: Registry, entry: Entry) -> None:
+    """Refuse, before anything is pushed or written, a version the registry holds with
+    other bytes. Best effort: an index this client may not read (a private registry, a
+    token that may only publish) is left to the registry, which refuses it as it writes."""
+    try:
+        data = client.get(reg, index_path(entry.name))
+    except Unreachable:
+        return
+    published = read_index(data.decode("utf-8"), f"{reg.url}/{index_path(entry.name)}") if data else []
+    if any(e.version == entry.version and e.sha256 != entry.sha256 for e in published):
+        raise PublishError(
+            f"{entry.name}@{entry.version} is already published with other content",
+            file=reg.url,
+            hint="published versions are immutable: bump [package] version",
+        )
+
+
+def publish_checked(settings: Settings, checked: Publication) -> tuple[Registry, Entry, bool]:
+    """Add a recipe `check_publish` passed to its registry (which checks it again as it writes)."""
+    reg = checked.registry
     if reg.folder is not None:
-        entry, new = RegistryFolder(reg.folder).publish(recipe, data, lock_text)
+        entry, new = RegistryFolder(reg.folder).publish(checked.recipe, checked.data, checked.lock_text)
         return reg, entry, new
-    answer = client.post(reg, "publish", {"recipe": data.decode("utf-8"), "lock": lock_text})
+    payload = {"recipe": checked.data.decode("utf-8"), "lock": checked.lock_text}
+    answer = Client(settings).post(reg, "publish", payload)
     return reg, _entry(answer, reg), bool(answer.get("published"))
 
 

@@ -214,3 +214,39 @@ def test_ray_with_no_address_builds_on_the_cluster_ray_finds(capsys, recipe_file
     assert code == 1 and "stopped here" in err, err
     assert [a for a, _ in asked] == ["auto", "auto", "auto", "head:6379"]
     assert len({tuple(names) for _, names in asked}) == 1
+
+
+# -- every command's --help ------------------------------------------------------------
+def every_command() -> list[tuple[list[str], object]]:
+    """(the words that name it, the click command) for every command and subcommand."""
+    found: list[tuple[list[str], object]] = []
+
+    def walk(words: list[str], command) -> None:
+        found.append((words, command))
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk([*words, name], sub)
+
+    for name in COMMANDS:
+        walk([name], load_command(name))
+    return found
+
+
+def plain(text: str) -> str:
+    """Help as shown, or as written, with the boxes and line breaks rich adds taken out."""
+    return " ".join(text.replace("\\[", "[").translate(str.maketrans("│╭╮╰╯─", "      ")).split())
+
+
+EVERY_COMMAND = every_command()
+
+
+@pytest.mark.parametrize("words,command", EVERY_COMMAND, ids=[" ".join(words) for words, _ in EVERY_COMMAND])
+def test_every_help_shows_every_word_of_its_help_texts(capsys, monkeypatch, words, command):
+    """typer reads help strings as rich markup: `s3://BUCKET[/PREFIX]` crashed `remote add
+    --help`, and `[default: print it]` vanished. Brackets in help are written `\\[`."""
+    monkeypatch.setenv("COLUMNS", "100")
+    code, out, err = cli(capsys, *words, "--help")
+    assert code == 0, err
+    shown = plain(out)
+    texts = [command.help or "", *(getattr(p, "help", None) or "" for p in command.params)]
+    for text in texts:
+        assert plain(text) in shown, text

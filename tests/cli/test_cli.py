@@ -194,6 +194,17 @@ def test_build_in_process_stdout_is_the_folder(write_recipe, tmp_path, capsys):
     assert "built m" in err
 
 
+@pytest.mark.parametrize("folder", ["final [v2]", "[/x]"])
+def test_build_prints_a_bracketed_out_folder_as_it_is(write_recipe, tmp_path, capsys, folder):
+    """stdout is data: `final [v2]` was printed `final ` (rich markup), `[/x]` a traceback
+    after the build."""
+    recipe = write_recipe(GOOD)
+    code, out, err = cli(capsys, "build", recipe, "--out", tmp_path / folder, "--quiet")
+    assert code == 0, err
+    assert out == f"{(tmp_path / folder).resolve()}\n"
+    assert (tmp_path / folder / "config.json").is_file()
+
+
 def test_build_several_outputs_prints_each_folder(write_recipe, tmp_path, capsys):
     recipe = write_recipe("""
         [steps.one]

@@ -57,9 +57,20 @@ def test_split_is_given_to_the_cluster_build(capsys, recipe_file, asked):
     assert [a["remote_name"] for a in asked] == ["shared", None]
 
 
-def test_prefer_remote_with_ray_is_refused(capsys, recipe_file, asked):
-    code, _, err = cli(capsys, "build", recipe_file(LINEAR), "--ray", "auto", "--prefer-remote")
-    assert code == 1 and "--prefer-remote cannot go with --ray" in err and not asked, err
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--ray", "auto", "--prefer-remote"], "--prefer-remote cannot go with --ray"),
+        (["--ray", "auto", "--no-remote"], "--no-remote cannot go with it"),
+        (["--locked", "--frozen"], "--locked and --frozen exclude each other"),
+        (["--out", "x", "second.toml"], "--out takes one recipe"),
+    ],
+)
+def test_options_that_cannot_go_together_are_usage_errors(capsys, recipe_file, asked, args, says):
+    """Exit 2 with click's usage message, as docs/commands/build.md says of usage errors
+    (they were located errors, exit 1)."""
+    code, out, err = cli(capsys, "build", recipe_file(LINEAR), *args)
+    assert code == 2 and says in err and "Usage:" in err and not asked and not out, err
 
 
 def test_cuda_with_ray_is_the_nodes_to_check_not_the_drivers(capsys, recipe_file, asked, monkeypatch):

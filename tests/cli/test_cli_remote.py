@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 from helpers import THREE, build_recipe, cli
+from registries import new_registry, skills
 from remotes import S3_ENV, make_artifact, make_bucket, moto_server
 
-from mergepkg.lockfile import Lock, LockedStep, read_lock, write_lock
+from mergepkg.lockfile import Lock, LockedStep, read_lock, recipe_hash, write_lock
+from mergepkg.recipe.flatten import flatten
+from mergepkg.recipe.parse import load_recipe
 from mergepkg.store.local import Store
 
 
@@ -175,6 +178,7 @@ def test_remote_gc_keeps_the_locks_steps(tmp_path, capsys, shared):
     refused(capsys, "remote", "gc", "team", fragment="no roots")
     out, err = ok(capsys, "remote", "gc", "team", "--keep-lock", lock, "--dry-run")
     assert out.strip() == f"would remove {arts[1].key[:16]}" and (shared / "records" / f"{arts[1].key}.json").exists()
+    assert err.strip() == f"would remove 1 artifacts and 0 files from {shared.as_uri()}; kept what 1 locks pin (1 keys)"
     out, err = ok(capsys, "remote", "gc", "team", "--keep-lock", lock)
     assert "removed 1 artifacts" in err and sorted(p.stem for p in (shared / "records").iterdir()) == [arts[0].key]
     assert not (shared / "artifacts" / arts[1].key).exists()
@@ -214,3 +218,44 @@ def test_a_recipe_built_in_one_home_is_pulled_into_another_and_builds_locked_fro
         assert {a.key: a.digest for a in store.all()} == {s.key: s.digest for s in lock.steps.values()}
         _, err = ok(capsys, "build", recipe, "--locked", "-q", "--out", tmp_path / f"out-{home}")
         assert "0 built, 3 reused" in err
+
+
+# -- publish --push ----------------------------------------------------------------------
+@pytest.mark.parametrize("stale", ["lock", "version"])
+def test_publish_push_refuses_before_anything_is_pushed(tmp_path, monkeypatch, capsys, stale):
+    """Every check of `publish` runs before `--push` moves a file: a stale lock, or a
+    version the registry holds with other bytes, left the steps pushed and then refused."""
+    store = use_home(monkeypatch, tmp_path / "home")
+    registry, remote = tmp_path / "registry", tmp_path / "remote"
+    new_registry(registry)
+    remote.mkdir()
+    ok(capsys, "registry", "add", "team", registry)
+    recipe = tmp_path / "pkg" / "skills.toml"
+    recipe.parent.mkdir()
+    if stale == "version":  # 0.1.0 is published; its recipe then edited, its version kept
+        recipe.write_text(skills(weight=0.25))
+        ok(capsys, "publish", recipe, "-r", "team")
+    recipe.write_text(skills())
+    held = "sha256:" + "0" * 64 if stale == "lock" else recipe_hash(flatten(load_recipe(recipe)))
+    art = make_artifact(store)
+    write_lock(
+        recipe.with_suffix(".lock"), Lock(held, {}, {"skills": LockedStep("skills", "test", art.key, art.digest)})
+    )
+    fragment = "is out of date" if stale == "lock" else "already published with other content"
+    refused(capsys, "publish", recipe, "-r", "team", "--push", remote.as_uri(), fragment=fragment)
+    assert not [p for p in remote.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["cache", "pull"], "Missing argument 'RECIPE|KEY...'"),
+        (["remote", "add"], "give NAME URL, or --trusted-key"),
+        (["remote", "add", "team"], "no URL for remote 'team'"),
+    ],
+)
+def test_what_is_missing_from_the_command_line_is_a_usage_error(tmp_path, monkeypatch, capsys, args, says):
+    """Exit 2, as every page of docs/commands says of usage errors (these were exit 1)."""
+    use_home(monkeypatch, tmp_path / "home")
+    code, out, err = cli(capsys, *args)
+    assert code == 2 and says in err and not out, err

@@ -61,7 +61,7 @@ def test_fresh_home_builds_locked_from_s3_with_the_sources_gone(s3, models, tmp_
     code, out, err = cli(capsys, "plan", recipe)
     assert code == 0, err
     line = next(ln for ln in out.splitlines() if "skills" in ln and "task_arithmetic" in ln)
-    assert "remote team: pulls" in line, out  # (the rest of the line, cut to the console's width: see test_substitute)
+    assert "remote team: pulls" in line, out  # the rest of the line: see test_substitute
     assert "1 from remotes" in err and "0 to build" in err, err
     code, out, err = cli(capsys, "build", recipe, "--locked", "-q", "--out", tmp_path / "out")
     assert code == 0, err

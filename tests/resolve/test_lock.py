@@ -389,7 +389,7 @@ def test_locked_and_frozen_fail_without_a_lock(write_recipe, tmp_path, mergepkg_
     assert not (tmp_path / "o").exists()
     assert store_keys(mergepkg_home) == set()
     code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "--locked", "--frozen")
-    assert_clean_error(code, err, "--locked", "--frozen")
+    assert code == 2 and "--locked and --frozen exclude each other" in err, err  # a usage error
 
 
 def test_a_damaged_lock_is_a_clean_error(write_recipe, tmp_path, capsys):

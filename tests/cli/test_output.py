@@ -1,0 +1,106 @@
+"""What the commands print: stdout (paths, tables, trees) is data, never rich markup and
+never cropped where it is no terminal; user text on stderr is escaped."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import cli
+from rich.table import Table
+from rich.tree import Tree
+
+from mergepkg.cli.output import DataConsole
+
+ROOT = Path(__file__).resolve().parents[2]
+LINEAR = '[steps.m]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]\n'
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_stdout_prints_brackets_as_they_are():
+    """A folder named `final [v2]` lost its `[v2]` on stdout; `[/x]` was a MarkupError."""
+    buf = io.StringIO()
+    console = DataConsole(file=buf, soft_wrap=True, markup=False)
+    console.print("merges/final [v2]", highlight=False)
+    console.print("x/[/x]", highlight=False)
+    assert buf.getvalue() == "merges/final [v2]\nx/[/x]\n"
+
+
+def test_a_piped_stdout_crops_no_table_cell_and_no_tree_line(monkeypatch):
+    """rich takes 80 columns where stdout is no terminal, and cut cells to `examples/mistral…`."""
+    monkeypatch.setenv("COLUMNS", "80")
+    buf = io.StringIO()
+    console = DataConsole(file=buf, soft_wrap=True, markup=False)
+    name, sha = "examples/mistral-math-chat-zephyr-" + "x" * 60, "f" * 64
+    table = Table()
+    for col in ("name", "sha256", "description"):
+        table.add_column(col)
+    table.add_row(name, sha, "words " * 30)
+    tree = Tree("root")
+    tree.add("a line of " + "words " * 30 + "that ends here")
+    console.print(table)
+    console.print(tree)
+    text = buf.getvalue()
+    assert name in text and sha in text and ("words " * 30).strip() in text and "that ends here" in text, text
+
+
+def test_a_terminal_keeps_its_width(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert DataConsole(file=Terminal()).width == 80
+    assert DataConsole(file=io.StringIO()).width > 10_000
+
+
+def test_search_and_info_piped_show_names_and_checksums_whole(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli(capsys, "registry", "add", "examples", ROOT / "registry")[0] == 0
+    code, out, err = cli(capsys, "search", "mistral")
+    assert code == 0, err
+    assert "examples/mistral-math-chat-zephyr " in out and "…" not in out, out
+    code, out, err = cli(capsys, "info", "examples/mistral-math-chat-zephyr")
+    assert code == 0, err
+    assert "…" not in out and "zephyr: HuggingFaceH4/zephyr-7b-beta@" in out, out
+
+
+@pytest.fixture
+def bracketed(tmp_path, stub_models) -> Path:
+    """A recipe in a folder, and over model folders, whose names rich would read as markup
+    (and long enough to pass 80 columns on a line of `plan`'s tree)."""
+    folder = tmp_path / "proj [v2]"
+    models = "models [a] " + "x" * 70
+    for name in ("ft1", "ft2"):
+        shutil.copytree(stub_models[name], folder / models / name)
+    recipe = folder / "recipe.toml"
+    recipe.write_text(
+        '[package]\nname = "test"\nversion = "0.1.0"\n\n[sources]\n'
+        + "".join(f'{n} = {{ path = "{models}/{n}" }}\n' for n in ("ft1", "ft2"))
+        + "\n"
+        + LINEAR
+    )
+    return recipe
+
+
+def test_lock_and_plan_print_bracketed_paths_whole(bracketed, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = cli(capsys, "lock", bracketed)
+    assert code == 0, err
+    assert out == f"{bracketed.parent}/recipe.lock\n"
+    code, out, err = cli(capsys, "plan", bracketed)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[1].endswith(" linear build reads 64 B, writes 32 B"), out
+    assert lines[2:] == [f"    ├── ft1 models [a] {'x' * 70}/ft1", f"    └── ft2 models [a] {'x' * 70}/ft2"], out
+
+
+def test_user_text_on_stderr_is_escaped(tmp_path, monkeypatch, capsys):
+    """A home named `h [/x]` made `cache list` end in a MarkupError."""
+    home = tmp_path / "h [/x]"
+    monkeypatch.setenv("MERGEPKG_HOME", str(home))
+    code, _, err = cli(capsys, "cache", "list")
+    assert code == 0 and f"in {home / 'store'}" in err, err
