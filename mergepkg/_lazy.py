@@ -12,16 +12,41 @@ sys.modules: code that imports the module itself gets the real one.
 
 import importlib
 import importlib.util
+import signal
 import sys
+import threading
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C held back until the block ends (on the main thread, where Python takes it):
+    an import of torch, numpy or numba interrupted part-way leaves them half made, and a
+    later import then fails ("cannot load module more than once") or the process aborts
+    in C++. The interrupt is raised as soon as the import is done."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield  # another thread, or a handler Python did not set (or SIG_IGN): nothing to hold
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt
 
 
 class _Deferred(types.ModuleType):
     """Module `__name__`, imported by the first attribute looked up on this stand-in."""
 
     def __getattr__(self, attr: str) -> Any:  # only for attributes not yet copied here
-        module = importlib.import_module(self.__name__)
+        with uninterrupted():
+            module = importlib.import_module(self.__name__)
         self.__dict__.update(module.__dict__)  # later lookups are plain dict hits
         return getattr(module, attr)  # also what the module makes on demand (its own __getattr__)
 

@@ -62,3 +62,22 @@ def test_torch_cuda_is_reachable_through_the_stand_in():
 
     assert isinstance(torch.cuda.is_available(), bool)
     assert torch.tensor([1.0]).dtype is torch.float32
+
+
+def test_ctrl_c_during_the_import_waits_for_it_to_finish(tmp_path, monkeypatch):
+    """An import interrupted part-way leaves a half-made module (torch's then fails, or
+    aborts in C++): the interrupt is raised once the import is done."""
+    import signal
+
+    (tmp_path / "slowpkg.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.2)\nDONE = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = lazy_import("slowpkg")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            module.DONE  # noqa: B018 - the first attribute read imports it
+        assert sys.modules["slowpkg"].DONE is True  # the import ran to its end
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        sys.modules.pop("slowpkg", None)

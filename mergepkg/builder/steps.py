@@ -151,7 +151,8 @@ class StepRunner:
             self.planned = lay_out(res.recipe, order, self.folders)
             layouts, infos = self.planned  # MP2xx, before the first step is built
             self.reporter.found([p for n in order for p in layout_pitfalls(layouts[n], infos)])
-            self.budget = budget_for(self.planned[0].values(), settings.max_memory, settings.device)
+            read = {m: info.tensors for m, info in infos.items()}
+            self.budget = budget_for(layouts.values(), read, settings.max_memory, settings.device)
         layouts, infos = self.planned
         key = res.keys[name]
         folder = self.session.store.new_folder(key)

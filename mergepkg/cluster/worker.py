@@ -119,7 +119,7 @@ def _build(job: StepJob, session: Session, folders: dict[str, Path], reporter: B
             return found
         if found is not None:
             store.discard(job.key)
-        budget = budget_for([layout], settings.max_memory, settings.device)
+        budget = budget_for([layout], {m: i.tensors for m, i in infos.items()}, settings.max_memory, settings.device)
         folder = store.new_folder(job.key)
         started = time.monotonic()
         try:

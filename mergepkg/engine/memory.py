@@ -28,6 +28,9 @@ from mergepkg.io.tensors import CODE_OF, ITEMSIZE
 from mergepkg.layout.types import OutputTensor, StepLayout
 
 CHUNK_WORK = 64 << 20  # scratch of a streaming method: a few chunks per input, generously
+# bytes per entry a whole-tensor random method holds for one input's draws: DELLA's two
+# argsorts (int64), ranks, probabilities and draws (float32) and mask, one input at a time
+WHOLE_DRAWS = 40
 HEADROOM = 0.75  # of the memory left, what the estimates may plan for: the allocator keeps some
 
 
@@ -102,7 +105,36 @@ class Budget:
         if method.stream:
             draws = 5 * n * len(out.inputs) if method.random else 0
             return stored + CHUNK_WORK + draws
-        return stored + n * compute * (len(out.parts) + 3)
+        draws = WHOLE_DRAWS * n if method.random else 0
+        return stored + n * compute * (len(out.parts) + 3) + draws
+
+    def check_fits(self, layouts, infos, limit: int) -> None:
+        """A tensor's inputs and result are the floor of any limit (a method may need them
+        whole), but the work a method does beside them must fit: DELLA's draws, the whole
+        copies of a method without a stream. Else an error before anything is built, saying
+        how much `--max-memory` (now `limit`) would do, not a limit exceeded without a word."""
+        if self.limit is None:
+            return
+        worst = max(
+            (
+                (self.footprint(lay, infos, t) - self.inputs(infos, t) - t.info.nbytes, lay, t)
+                for lay in layouts
+                for t in lay.tensors
+                if self.row_block(lay, infos, t) is None
+            ),
+            key=lambda found: found[0],
+            default=None,
+        )
+        if worst is None or worst[0] <= self.limit:
+            return
+        work, layout, out = worst
+        need = self.footprint(layout, infos, out)
+        raise BuildError(
+            f"step {layout.step.name!r}: {layout.method.name} merges {out.name} whole, with about "
+            f"{work / 1e6:.0f} MB of work beside its inputs and result; --max-memory {limit / 1e6:.6g} MB "
+            f"leaves {self.limit / 1e6:.0f} MB",
+            hint=f"allow at least {(limit + (need - self.limit) / HEADROOM) / 1e6:.0f} MB",
+        )
 
     def read_ahead(self, layout: StepLayout, infos, current: OutputTensor, following: OutputTensor) -> bool:
         """Whether the next tensor's inputs may be read while this one is merged."""

@@ -142,7 +142,7 @@ def build_part(
     sub = dataclasses.replace(layout, tensors=tensors, bytes_in=bytes_in)
     writer = ShardWriter(out, _pairs(layout), part.max_shard_bytes, only=own, hash_files=True)
     reporter = reporter or NullReporter()
-    budget = budget_for([sub], max_memory, device)
+    budget = budget_for([sub], infos, max_memory, device)
     write_tensors(
         sub, folders, infos, writer, seed=part.seed, device=device, budget=budget, threads=threads, reporter=reporter
     )

@@ -122,17 +122,23 @@ def merge_tensor(
     return result.to(dtype=via).to(dtype=saved)
 
 
-def budget_for(layouts: Iterable[StepLayout], max_memory: int | None, device: str = "cpu") -> Budget:
-    """The memory budget of a build of `layouts` under `max_memory`, measured once before
-    the first step with what those steps load already resident (torch; numba's kernels
-    where a step runs on them). A limit too small is an error before anything is built."""
+def budget_for(
+    layouts: Iterable[StepLayout], infos: dict[str, dict[str, TensorInfo]], max_memory: int | None, device: str = "cpu"
+) -> Budget:
+    """The memory budget of a build of `layouts` (reading tensors `infos`) under
+    `max_memory`, measured once before the first step with what those steps load already
+    resident (torch; numba's kernels where a step runs on them). A limit too small, for
+    the process or a tensor's work (`Budget.check_fits`), is an error before anything is built."""
     if max_memory is None:
         return Budget(None)
+    layouts = list(layouts)
     for layout in layouts:
         if _runs_fused(layout, device):  # numba (about 120 MB) and the step's kernels
             compute = fused.DTYPES if layout.step.dtype == AUTO else [fused.dtype_name(compute_dtype(layout))]
             fused.load(compute, kernels=_method_kernels(layout), counts=[_inputs(layout)])
-    return for_process(max_memory)
+    budget = for_process(max_memory)
+    budget.check_fits(layouts, infos, max_memory)
+    return budget
 
 
 def _runs_fused(layout: StepLayout, device: str) -> bool:

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from mergepkg._lazy import lazy_import, torch
+from mergepkg._lazy import lazy_import, torch, uninterrupted
 from mergepkg.methods import sparsify
 from mergepkg.methods.kernels import chunks
 from mergepkg.methods.kernels.reduce import BLOCK, total_of_blocks
@@ -82,8 +82,10 @@ def sums_agree() -> bool:
 
 def _kernels():
     """kernels/compiled.py, imported on first use (it imports numba); an import
-    statement, under the import lock, as several threads may ask first."""
-    from mergepkg.methods.kernels import compiled
+    statement, under the import lock, as several threads may ask first. Ctrl-C waits for
+    it (`_lazy.uninterrupted`)."""
+    with uninterrupted():
+        from mergepkg.methods.kernels import compiled
 
     return compiled
 

@@ -9,6 +9,7 @@ from helpers import THREE, build_recipe, load_tensors
 from mergepkg.cli.app import main
 from mergepkg.engine import memory
 from mergepkg.engine.memory import CHUNK_WORK, Budget
+from mergepkg.errors import BuildError
 from mergepkg.io.reader import ModelReader
 from mergepkg.io.tensors import TensorInfo
 from mergepkg.layout.types import OutputTensor, Part
@@ -70,14 +71,14 @@ def out_tensor(rows: int, cols: int, inputs: int = 2) -> tuple[OutputTensor, dic
 
 
 class _Method:
-    def __init__(self, rows: bool, stream=True, random=False, fp32=True):
-        self.rows, self.stream, self.random, self.fp32 = rows, stream, random, fp32
+    def __init__(self, rows: bool, stream=True, random=False, fp32=True, name="m"):
+        self.rows, self.stream, self.random, self.fp32, self.name = rows, stream, random, fp32, name
 
 
 class _Layout:
-    def __init__(self, method):
-        self.method = method
-        self.step = type("S", (), {"dtype": "float32"})()
+    def __init__(self, method, tensors=()):
+        self.method, self.tensors = method, tensors
+        self.step = type("S", (), {"dtype": "float32", "name": "s"})()
 
 
 def test_budget_blocks_only_what_does_not_fit():
@@ -93,6 +94,22 @@ def test_budget_blocks_only_what_does_not_fit():
     assert not Budget(200 * 10**6).read_ahead(elementwise, infos, out, out)
     assert Budget(None).read_ahead(whole_tensor, infos, out, out)
     assert Budget(None).results_waiting == 2 and Budget(1).results_waiting == 1
+
+
+def test_a_tensor_s_inputs_and_result_are_the_floor_but_a_method_s_work_must_fit():
+    """DELLA held 2.7 times --max-memory without a word: its draws and whole copies are work
+    beside the inputs and result, which a limit must leave room for, or be an error."""
+    out, infos = out_tensor(32000, 2048)  # 131 MB per bf16 input, 65.5M entries
+    streamed = _Layout(_Method(rows=False), (out,))  # the fused task-vector family: chunks of work
+    whole = _Layout(_Method(rows=False, stream=None, random=True, name="della"), (out,))
+    small = Budget(300 * 10**6)  # below the inputs and result (393 MB): the documented floor
+    small.check_fits([streamed], infos, 700 * 10**6)
+    with pytest.raises(BuildError) as e:
+        small.check_fits([whole], infos, 700 * 10**6)
+    assert "della merges w whole" in e.value.message and "allow at least" in e.value.hint
+    enough = int(e.value.hint.split()[-2]) * 10**6
+    Budget(int(small.limit + (enough - 700 * 10**6) * memory.HEADROOM)).check_fits([whole], infos, enough)
+    Budget(None).check_fits([whole], infos, 1)
 
 
 def test_the_budget_is_measured_once_for_a_build_of_many_steps(write_recipe, tmp_path, monkeypatch, capsys):
