@@ -74,10 +74,13 @@ def test_ctrl_c_during_the_import_waits_for_it_to_finish(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     module = lazy_import("slowpkg")
+    # Python's own handler, as in a terminal (a shell's background job starts with SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
             module.DONE  # noqa: B018 - the first attribute read imports it
         assert sys.modules["slowpkg"].DONE is True  # the import ran to its end
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
+        signal.signal(signal.SIGINT, before)
         sys.modules.pop("slowpkg", None)
