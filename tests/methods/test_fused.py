@@ -569,6 +569,7 @@ def test_torch_half_arithmetic_rounds_each_operation(dtype):
             assert torch.equal(bits(torch.sum(x, dim=0).float()), bits(rnd(in_order))), (count, n)
 
 
+@pytest.mark.slow  # a fresh interpreter loads numba and the kernels: seconds
 def test_a_merge_kernel_runs_and_loads_the_loop_of_its_input_count():
     """compiled.Counted: `n` picks the entry point whose loop has that count frozen in, and
     fused.load(counts=...) loads only those counts' loops (a fresh interpreter, so nothing
@@ -592,6 +593,7 @@ for n in (2, 3):
     assert r.stdout.splitlines() == ["[0, 1, 0, 0]", "[3.0, 3.0, 3.0] [0, 1, 0, 0]", "[5.0, 5.0, 5.0] [0, 1, 1, 0]"]
 
 
+@pytest.mark.slow  # a fresh interpreter loads numba and the kernels: seconds
 def test_a_step_loads_the_kernels_its_method_runs_and_no_others():
     """fused.kernels by MethodSpec.thinner: a fresh interpreter loads them for one dtype, then
     each fused method runs (thinned, rescaled, and at density 1) without loading any other

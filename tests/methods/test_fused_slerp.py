@@ -113,6 +113,7 @@ def test_torch_rounds_its_multiply_add_and_lerp_once():
         assert torch.equal(bits(torch.lerp(a, b, weight)), bits(torch.from_numpy(out)))
 
 
+@pytest.mark.slow  # a fresh interpreter loads numba and the kernels: seconds
 def test_a_slerp_step_loads_the_loops_it_runs_and_no_others():
     """MethodSpec.kernels: a fresh interpreter loads slerp's loops for its dtypes (float32
     compute over bfloat16, saved as bfloat16), then slerp runs, on both branches, without

@@ -31,6 +31,7 @@ def _run(folder: Path) -> tuple[str, int]:
     return result, int(hits)
 
 
+@pytest.mark.slow  # a fresh interpreter loads numba and the kernels: seconds
 def test_a_kernel_is_compiled_again_when_a_module_it_inlines_from_changes(tmp_path):
     """g, cached, inlines f from another module: numba's own stamp (g's file) would load
     g's old code after f changed; the package's digest does not."""
@@ -111,6 +112,7 @@ def test_the_kernels_import_nothing_of_mergepkg_from_outside_their_package():
                     assert name.startswith(allowed), f"{path.name} imports {name}"
 
 
+@pytest.mark.slow  # a fresh interpreter loads numba and the kernels: seconds
 def test_loading_the_kernels_leaves_scipy_linalg_unloaded():
     """jit._no_blas_probe: numba's BLAS probe would import scipy.linalg (installed here,
     by mergekit) on every build's first kernel. A fresh interpreter, so nothing loaded it."""
