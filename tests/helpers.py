@@ -149,3 +149,23 @@ def time_limit(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def gc_refusals(monkeypatch, module, name: str) -> list[str]:
+    """Wrap `module.name` so that each call first asks `cache gc` (a dry run) to start,
+    recording its refusals: one per call made while the store is held for a reader."""
+    from mergepkg.errors import BuildError
+    from mergepkg.store.session import Session
+
+    refused: list[str] = []
+    real = getattr(module, name)
+
+    def probed(*args, **kwargs):
+        try:
+            Session().store.gc(set(), dry_run=True)
+        except BuildError as e:
+            refused.append(e.message)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, probed)
+    return refused

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from helpers import gc_refusals
 from hfcache import add_to_cache
 
 from mergepkg.cli.app import main
@@ -301,22 +302,11 @@ def examples_of(task):
 def test_eval_of_a_step_holds_the_store_until_it_is_evaluated(tasks, write_recipe, monkeypatch):
     """`cache gc` must not remove the step `eval recipe.toml:step` built before it is read."""
     from mergepkg.cli import eval as cli_eval
-    from mergepkg.errors import BuildError
 
     good, _, _ = tasks
     path = write_recipe(
         '[steps.soup]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1 }, { model = "ft2", weight = 1 }]\n'
     )
-    refused = []
-    real = cli_eval.evaluate_model
-
-    def evaluate(*args, **kwargs):
-        try:
-            Session().store.gc(set(), dry_run=True)
-        except BuildError as e:
-            refused.append(e.message)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cli_eval, "evaluate_model", evaluate)
+    refused = gc_refusals(monkeypatch, cli_eval, "evaluate_model")
     assert main(["eval", f"{path}:soup", "-t", str(good)]) == 0
     assert refused == ["a build is running in this store"]

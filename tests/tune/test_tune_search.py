@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import gc_refusals
 
 from mergepkg import api
 from mergepkg.cli.app import main
@@ -86,20 +87,8 @@ def test_cli_prints_the_table_and_writes_the_plot(spec_file, capsys):
 
 def test_cache_gc_waits_while_a_trial_is_evaluated(spec_file, monkeypatch):
     """The trial's model is read after its build: gc must not remove it then."""
-    from mergepkg.errors import BuildError
-
     spec, session = load_tune(spec_file), Session()
-    refused = []
-    real = search_mod.validation_scores
-
-    def evaluate(*args, **kwargs):
-        try:
-            session.store.gc(set(), dry_run=True)
-        except BuildError as e:
-            refused.append(e.message)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(search_mod, "validation_scores", evaluate)
+    refused = gc_refusals(monkeypatch, search_mod, "validation_scores")
     search(spec, session)
     assert refused and set(refused) == {"a build is running in this store"}
 
@@ -107,21 +96,9 @@ def test_cache_gc_waits_while_a_trial_is_evaluated(spec_file, monkeypatch):
 def test_finish_holds_the_store_until_both_models_are_evaluated(spec_file, monkeypatch):
     """The recipe as written has no lock: `cache gc` during finish would remove its step
     between its build and its evaluation."""
-    from mergepkg.errors import BuildError
-
     spec, session = load_tune(spec_file), Session()
     searched = search(replace(spec, trials=1), session)
-    refused = []
-    real = search_mod._scores
-
-    def scores(*args, **kwargs):
-        try:
-            Session().store.gc(set(), dry_run=True)
-        except BuildError as e:
-            refused.append(e.message)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(search_mod, "_scores", scores)
+    refused = gc_refusals(monkeypatch, search_mod, "_scores")
     finish(searched, session)
     assert refused == ["a build is running in this store"] * 3
 
