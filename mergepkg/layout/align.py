@@ -26,14 +26,13 @@ from pathlib import Path
 
 from mergepkg.errors import ModelMismatchError, RecipeError
 from mergepkg.layout.types import LAYER, ModelInfo, RowMap, TokenIds
-from mergepkg.layout.vocab import Vocab, read_vocab, union
+from mergepkg.layout.vocab import TOKENIZER_CONFIGS, Vocab, read_vocab, union
 from mergepkg.recipe.model import Step, Written
 
 EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embeddings")
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 # the tokenizer's own token of each id's role, where an id's token is not in the output's vocabulary
 ROLES = {"bos_token_id": "bos_token", "eos_token_id": "eos_token", "pad_token_id": "pad_token"}
-TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json")  # where a tokenizer names them, first first
 HINT = (
     'set tokenizer = { source = "union" } (every model\'s tokens) or tokenizer = { source = "<model>" } '
     "(that model's vocabulary) on the step; see docs/tokenizers.md"
@@ -123,9 +122,8 @@ class Alignment:
         if differ:
             self.token_rows = max(self.target.values()) + 1
         self.out_rows = -(-self.token_rows // pad) * pad  # rounded up, as mergekit pads
-        if differ:
-            out_vocab = self.out_vocab if step.tokenizer_union else vocabs[src]
-            assert isinstance(out_vocab, Vocab)  # a union is one; every model has one by now
+        if differ:  # the output's tokenizer: the union, or the source's (every model has one by now)
+            out_vocab = self.out_vocab if isinstance(self.out_vocab, Vocab) else vocabs[src]
             self.token_ids = token_ids(within[ref], self.target, role_tokens(out_vocab), self.out_rows)
         self.within = within
         for token in self.tokens:

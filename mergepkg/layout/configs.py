@@ -59,3 +59,14 @@ def shared_dtype(tensors: Iterable[TensorInfo]) -> str | None:
     """The dtype name of every floating-point tensor in `tensors`, when they share one."""
     codes = {t.dtype for t in tensors if t.dtype in FLOAT_CODES}
     return NAME_OF[codes.pop()] if len(codes) == 1 else None
+
+
+def with_head_tying(config: dict, head_config: dict) -> dict:
+    """`config` of a stack of slices tying its head as the model its final norm and head come
+    from (the last slice's, `head_config`) does: its head is written where that model has
+    one, and left to the input embeddings where that model ties them."""
+    if "tie_word_embeddings" in head_config:
+        config["tie_word_embeddings"] = head_config["tie_word_embeddings"]
+    else:
+        config.pop("tie_word_embeddings", None)
+    return config

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from mergepkg.errors import ModelMismatchError, RecipeError
 from mergepkg.io.tensors import TensorInfo, promote_codes
 from mergepkg.layout.align import Alignment
-from mergepkg.layout.configs import shared_dtype, with_saved_dtype, with_stacked_layers
+from mergepkg.layout.configs import shared_dtype, with_head_tying, with_saved_dtype, with_stacked_layers
 from mergepkg.layout.types import (
     FLOAT_CODES,
     LAYER,
@@ -299,19 +299,6 @@ def _named(name: str) -> Callable[[SliceSource], str]:
 def _in_layer(prefix: str, offset: int, rest: str) -> Callable[[SliceSource], str]:
     """Tensor `rest` of the layer `offset` layers into each slice source's range."""
     return lambda s: f"{prefix}{s.layers[0] + offset}.{rest}"
-
-
-def with_head_tying(config: dict, head_config: dict) -> dict:
-    """`config` of a stack of slices tying its head as the model its final norm and head come
-    from (the last slice's) does: its head is written where that model has one, and left to
-    the input embeddings where that model ties them, whatever the config's own model does."""
-    tie = head_config.get("tie_word_embeddings")
-    if tie != config.get("tie_word_embeddings"):
-        if tie is None:
-            config.pop("tie_word_embeddings")
-        else:
-            config["tie_word_embeddings"] = tie
-    return config
 
 
 def tied_note(tensor: str, has: str, lacks: str) -> str:

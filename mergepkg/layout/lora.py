@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,21 +128,21 @@ class _Plan:
     copies: dict[str, str] = field(default_factory=dict)  # output tensor -> adapter tensor
     updates: dict[str, tuple[str, _Module]] = field(default_factory=dict)  # output tensor -> (module, LoRA tensors)
     reads: dict[str, str] = field(default_factory=dict)  # output tensor the base lacks -> base tensor
-    untied: bool = False  # the output's head and embeddings are two tensors: tie_word_embeddings false
 
 
 def adapter_layout(recipe: Recipe, step: Step, infos: dict[str, ModelInfo]) -> StepLayout:
     """What `step` (an implicit `base+adapter` step) writes: its base with the adapter applied."""
     assert step.base is not None and step.adapter is not None
     base, adapter = infos[step.base], infos[step.adapter]
-    applied = _Applied(step, base, adapter)
     try:
-        tensors = applied.tensors()
+        tensors = _Applied(step, base, adapter).tensors()
     except MergepkgError as e:
         raise recipe.locate(e, f"sources.{step.adapter}") from None
     bytes_in = sum(infos[p.model].tensors[p.tensor].nbytes for t in tensors for p in t.parts)
     config = dict(base.config)
-    if applied.untied:  # as peft's merge_and_unload sets it when the two are no longer one parameter
+    # a head the base does not save is one the adapter split off its embeddings: untied, as
+    # peft's merge_and_unload sets it when the two are no longer one parameter
+    if any(t.name not in base.tensors for t in tensors):
         config["tie_word_embeddings"] = False
     return StepLayout(step, SPEC, tensors, config, step.base, step.base, bytes_in, base.vocab)
 
@@ -154,16 +154,14 @@ class _Applied:
         self.base, self.adapter = base, adapter
         self.config = adapter.config
         self.what = f"adapter {self.adapter_name!r}"
-        self.untied = False
 
     def tensors(self) -> tuple[OutputTensor, ...]:
         self.check_config()
         modules, copies = self.read_names()
         plan = self.tied(modules, copies)  # takes the tied pair's entries out of `modules` and `copies`
-        self.untied = plan.untied
         for module, m in modules.items():
             if m.a is not None or m.b is not None:
-                pair = _Module(a=m.a, b=m.b, embedding=m.embedding)
+                pair = replace(m, bias=None)
                 plan.updates[self.base_tensor(f"{module}.weight", f"{module}.lora_A/B")] = (module, pair)
             if m.bias is not None:
                 plan.updates[self.base_tensor(f"{module}.bias", m.bias)] = (module, _Module(bias=m.bias))
@@ -236,10 +234,10 @@ class _Applied:
             if layer is not None:
                 plan.copies[shared] = layer
             for module, m in lora.values():
-                plan.updates[shared] = (module, _Module(a=m.a, b=m.b, embedding=m.embedding))
+                plan.updates[shared] = (module, replace(m, bias=None))
         plan.copies.update(own)
         if own:
-            plan.reads[head], plan.untied = embed, True
+            plan.reads[head] = embed
         return plan
 
     def tied_embeddings(self) -> str | None:

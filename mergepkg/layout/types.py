@@ -117,8 +117,9 @@ class TokenIds:
     rows: int | None = None  # the output's vocab_size
 
     def __bool__(self) -> bool:
-        """Whether any id can change (else the files are copied as they are)."""
-        return bool(self.moved or self.gone)
+        """Whether any id can change (else the files are copied as they are): one that moves,
+        one whose token is gone, or one past the output's rows, which only the files tell."""
+        return bool(self.moved or self.gone or self.rows is not None)
 
 
 @dataclass(frozen=True)

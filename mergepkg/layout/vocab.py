@@ -41,6 +41,11 @@ FILES = (
 )
 SPECIAL_LISTS = ("extra_special_tokens", "additional_special_tokens")  # transformers 5, 4
 
+TOKENIZER_CONFIGS = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)  # where a tokenizer names its special tokens, first first
+
 
 @dataclass(frozen=True)
 class Vocab:
@@ -117,7 +122,7 @@ def union(parts: list[tuple[Vocab, int | None]]) -> Vocab:
     data["added_tokens"] = added
     files = dict(first.files)
     files["tokenizer.json"] = _dump(data)
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+    for name in TOKENIZER_CONFIGS:
         if name in files:
             config = json.loads(files[name])
             files[name] = _dump(_with_specials(config, specials, added, add_list=name == "tokenizer_config.json"))

@@ -151,9 +151,9 @@ def step_entry(step: Step, refs: Mapping[str, Any], seed: int) -> dict:
 def config_version(step: Step) -> int | None:
     """The version of the config rules (CONFIG_VERSION) that changed `step`'s output, or
     None where none did."""
-    other_vocabulary = not step.tokenizer_union and step.tokenizer_model != (step.base or step.models[0])
+    other_vocabulary = step.tokenizer_model != step.models[0]  # the config's model is the first (the base)
     if step.slices or other_vocabulary:
-        return 3
+        return CONFIG_VERSION
     if step.dtype == AUTO_DTYPE and step.out_dtype is None:
         return 2
     return None

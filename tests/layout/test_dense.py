@@ -14,7 +14,7 @@ from helpers import build_one, load_tensors
 from tiny import save_tokenizer, tiny_config
 
 from mergepkg.errors import ModelMismatchError
-from mergepkg.layout.dense import with_head_tying
+from mergepkg.layout.configs import with_head_tying
 
 EMBED, HEAD, NORM = "model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"
 
