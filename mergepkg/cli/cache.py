@@ -3,15 +3,13 @@ pull them from and sign them on a remote."""
 
 from __future__ import annotations
 
-import json
-
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from mergepkg.builder import share
 from mergepkg.cli.common import size
-from mergepkg.cli.output import TransferReporter, err, out
+from mergepkg.cli.output import TransferReporter, err, out, print_data
 from mergepkg.cli.remote import summary
 from mergepkg.remote.config import trusted_keys
 from mergepkg.store.gc import collect_garbage
@@ -38,7 +36,7 @@ def list_() -> None:
 def info(key: str = typer.Argument(..., help="A key or a unique prefix of one.")) -> None:
     """An artifact's manifest: its lock entry, digest, files."""
     a = Session().store.find_one(key)
-    out.print_json(json.dumps(a.manifest))
+    print_data(a.manifest)
 
 
 @app.command("path")

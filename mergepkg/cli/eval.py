@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import math
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.markup import escape
@@ -20,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mergepkg.cli.common import NO_REMOTE, OFFLINE, PREFER_REMOTE, remote_policy
-from mergepkg.cli.output import ProgressReporter, err, out
+from mergepkg.cli.output import ProgressReporter, err, print_data
 from mergepkg.engine.device import check_device
 from mergepkg.eval.run import evaluate_model, task_labels
 from mergepkg.eval.targets import target_models
@@ -54,7 +52,7 @@ def eval_(
     task_list = [load_task(t, session.hashes) for t in tasks]
     names = task_labels(task_list)  # `a/t` and `b/t` where two files share a stem
     cache = EvalCache(session.settings.home)
-    rows, results = [], []
+    results = []
     # `cache gc` waits until every step built here is evaluated, not only built
     with session.store.in_use():
         with ProgressReporter() as reporter:
@@ -71,7 +69,6 @@ def eval_(
                 progress.update(job, description=escape(model.label))  # formatted into the column's markup
                 mine = evaluate_model(model.folder, model.key, task_list, cache, device=device, names=names)
                 results.append(mine)
-                rows += [{"model": model.label, "key": model.key, **r.__dict__} for r in mine]
                 progress.update(job, advance=1)
     table = Table(title="evaluation", title_justify="left")
     table.add_column("model")
@@ -89,16 +86,4 @@ def eval_(
         table.add_row(Text(model.label), *cells)
     err.print(table)
     if as_json:
-        out.print_json(json.dumps(json_safe(rows)))
-
-
-def json_safe(data: Any) -> Any:
-    """`data` with every NaN and infinity as null: strict JSON has no such numbers, and a
-    score that is none (a perplexity that overflowed, a model that gives NaN) is no value."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: json_safe(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [json_safe(v) for v in data]
-    return data
+        print_data([{"model": m.label, "key": m.key, **asdict(r)} for m, mine in zip(models, results) for r in mine])

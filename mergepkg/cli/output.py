@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
@@ -169,3 +171,19 @@ class TransferReporter:
             self.progress.update(task, completed=nbytes, total=nbytes)
         else:  # nothing moved (the remote had it): no bar
             self.progress.remove_task(task)
+
+
+def print_data(data: Any) -> None:
+    """`data` as JSON on stdout, every NaN and infinity as null: strict JSON has no such
+    numbers, and a score that is none (a perplexity that overflowed) is no value."""
+    out.print_json(json.dumps(_json_safe(data)))
+
+
+def _json_safe(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_json_safe(v) for v in data]
+    return data

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,8 +12,7 @@ from rich.text import Text
 
 from mergepkg import api
 from mergepkg.cli.common import CLUSTER_REMOTE, ray_option
-from mergepkg.cli.eval import json_safe
-from mergepkg.cli.output import ProgressReporter, err, out
+from mergepkg.cli.output import ProgressReporter, err, out, print_data
 from mergepkg.engine.device import check_device
 from mergepkg.settings import Settings
 from mergepkg.store.session import Session
@@ -64,7 +62,7 @@ def tune(
     _render(searched, finished)
     if as_json:
         result = {"best": asdict(finished.best), "test": finished.test, "recipe": str(finished.recipe)}
-        out.print_json(json.dumps(json_safe({"trials": [asdict(t) for t in searched.trials], **result})))
+        print_data({"trials": [asdict(t) for t in searched.trials], **result})
     else:
         out.print(str(finished.recipe), highlight=False)
 

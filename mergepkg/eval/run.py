@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -164,41 +164,31 @@ def evaluate_model(
     cache: EvalCache,
     *,
     device: str = "cpu",
-    on_result: Callable[[AnyTask, Result], None] | None = None,
     names: list[str] | None = None,
 ) -> list[Result]:
     """Results of every task on the model in `folder`, in the order of `tasks`, from the
     cache where possible; each under its name in `names` (default `task_labels(tasks)`),
-    also when the cache holds it under another (a renamed copy of a task file).
-    lm-eval tasks (`HarnessTask`) run through the harness, cached by their evaluation key."""
-    names = names or task_labels(tasks)
-    results: list[Result | None] = [None] * len(tasks)
-    for i, task in enumerate(tasks):
-        hit = cache.get(model_key, task.key)
-        if hit is not None:
-            results[i] = replace(hit, task=names[i])
+    also when the cache holds it under another (a renamed copy of a task file). The cache
+    keeps each task's own name. lm-eval tasks (`HarnessTask`) run through the harness,
+    cached by their evaluation key, before the model is loaded for the others."""
+    found = {t.key: hit for t in tasks if (hit := cache.get(model_key, t.key)) is not None}
+    todo = {t.key: t for t in tasks if t.key not in found}  # the same task given twice runs once
 
-    def done(i: int, result: Result) -> None:
-        result = replace(result, task=names[i])
-        cache.put(model_key, tasks[i].key, result)
-        if tasks[i].key != tasks[i].sha256:  # a result of the task's older protocol, if any: superseded
-            cache.drop(model_key, tasks[i].sha256)
-        for j, other in enumerate(tasks):  # the same task given twice is run once
-            if results[j] is None and other.key == tasks[i].key:
-                results[j] = replace(result, task=names[j])
-        if on_result:
-            on_result(tasks[i], result)
+    def done(task: AnyTask, result: Result) -> None:
+        found[task.key] = result
+        cache.put(model_key, task.key, result)
+        if task.key != task.sha256:  # a result of the task's older protocol, if any: superseded
+            cache.drop(model_key, task.sha256)
 
-    for i, task in enumerate(tasks):
-        if results[i] is None and isinstance(task, HarnessTask):
-            done(i, run_harness(folder, task, device))
-    if any(r is None for r in results):
+    for task in todo.values():
+        if isinstance(task, HarnessTask):
+            done(task, run_harness(folder, task, device))
+    own = [t for t in todo.values() if isinstance(t, Task)]
+    if own:
         model, tokenizer = _load(folder, device)
-        for i, task in enumerate(tasks):
-            if results[i] is None:
-                assert isinstance(task, Task)
-                done(i, run_task(model, tokenizer, task, device))
-    return [r for r in results if r is not None]
+        for task in own:
+            done(task, run_task(model, tokenizer, task, device))
+    return [replace(found[t.key], task=n) for t, n in zip(tasks, names or task_labels(tasks))]
 
 
 def _load(folder: Path, device: str) -> tuple[Any, Any]:

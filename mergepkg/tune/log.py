@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from mergepkg.errors import RecipeError
@@ -40,6 +40,7 @@ FIELD_TYPES = {
     "build_s": NUMBER, "eval_s": NUMBER, "stored": (bool,), "finished": NUMBER, "digest": (str, type(None)),
     "node": (str,),
 }  # fmt: skip
+assert FIELD_TYPES.keys() == {f.name for f in fields(Trial)}  # a field added to Trial is typed here too
 
 
 def _trial(line: str) -> Trial | None:

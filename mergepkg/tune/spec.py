@@ -267,10 +267,11 @@ def representable(low: float, high: float, digits: int) -> tuple[float, float]:
 
 
 def _bounds(spec: TuneSpec, pair: Any, key: str) -> tuple[float, float]:
-    numbers = (
-        all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair) if isinstance(pair, list) else False
+    ok = (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
     )
-    ok = isinstance(pair, list) and len(pair) == 2 and numbers
     if ok and not all(math.isfinite(v) for v in pair):
         raise spec.error("a range's bounds must be finite numbers", key)
     if not ok or not pair[0] < pair[1]:
