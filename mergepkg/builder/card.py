@@ -28,9 +28,8 @@ from mergepkg.methods.lora import SPEC as LORA_SPEC
 from mergepkg.methods.spec import MethodSpec
 from mergepkg.recipe.exports import export_file
 from mergepkg.recipe.model import Recipe, Step
+from mergepkg.resolve.exports import card_bases, card_tags
 from mergepkg.resolve.resolution import Resolution
-
-TAGS = ("merge", "mergepkg")
 
 
 def step_text(recipe_text: str, name: str) -> str:
@@ -50,12 +49,6 @@ def method_of(step: Step) -> MethodSpec:
     return LORA_SPEC if step.adapter is not None else METHODS[step.method]
 
 
-def hub_bases(res: Resolution, name: str) -> list[str]:
-    """The Hugging Face repos output `name` is merged from (through the steps it reads), each once."""
-    used = [s for s in res.sources if s in res.plan.upstream(name)]
-    return list(dict.fromkeys(hf for s in used if (hf := res.recipe.sources[s].hf)))
-
-
 def front_matter(res: Resolution, name: str) -> str:
     """The card's metadata as YAML, through huggingface_hub's `ModelCardData`, and read back
     as `ModelCard` reads a README's front matter (which checks it). `repocard_data` rather
@@ -64,9 +57,9 @@ def front_matter(res: Resolution, name: str) -> str:
     from huggingface_hub.repocard_data import ModelCardData  # only when an output is placed
 
     data = ModelCardData(
-        base_model=hub_bases(res, name) or None,
+        base_model=card_bases(res.recipe, res.plan, name) or None,
         library_name="transformers",
-        tags=list(dict.fromkeys([*TAGS, *(["moe"] if res.recipe.steps[name].moe else []), *res.recipe.tags])),
+        tags=card_tags(res.recipe, name),
         base_model_relation="merge",
     )
     text = data.to_yaml()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import importlib
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from mergepkg.lockfile import LockedPush, lock_path, read_lock, write_lock
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.publish import hub_repo_problem
 from mergepkg.resolve.resolution import resolve
+from mergepkg.resolve.sources import is_network_error
 from mergepkg.store.evals import EvalCache
 from mergepkg.store.session import Session
 
@@ -223,7 +223,6 @@ def _hub(call, repo: str):
     """`call()` with the Hub's errors as one-line mergepkg errors."""
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-    unreachable: tuple[type[BaseException], ...] = (OSError, *_transport_errors())
     try:
         return call()
     except RepositoryNotFoundError as e:
@@ -236,17 +235,7 @@ def _hub(call, repo: str):
         if status in (401, 403):
             raise BuildError(f"the Hub refused to let us write to {repo} ({status})", hint=LOGIN_HINT) from None
         raise BuildError(f"the Hub answered {status} for {repo}: {str(e).splitlines()[0]}") from None
-    except unreachable as e:  # the connection itself
+    except Exception as e:
+        if not (isinstance(e, OSError) or is_network_error(e)):  # the connection itself, else not ours
+            raise
         raise BuildError(f"cannot reach the Hub: {e}", hint="check the network (and HF_ENDPOINT)") from None
-
-
-def _transport_errors() -> tuple[type[Exception], ...]:
-    """The HTTP client's own connection errors (huggingface_hub 1.x and later use httpx,
-    whose errors are not OSErrors; older ones use requests, whose are)."""
-    errors: list[type[Exception]] = []
-    for module in ("httpx", "httpx2"):
-        try:
-            errors.append(importlib.import_module(module).TransportError)
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errors)

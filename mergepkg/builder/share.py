@@ -249,6 +249,8 @@ def pull(
                 file=remote.url,
                 hint="push it from a home that built it, or build it here",
             )
+    for lock_file in lock_files:  # first: a `cache gc` between two pulls keeps the first
+        session.store.add_root(lock_file)
     done = []
     for w in steps:
         if w.key in stored:
@@ -260,8 +262,6 @@ def pull(
         done.append(Moved(w.label, w.key, "pulled", art.size))
         if reporter:
             reporter.transfer_finished(w.label, w.key, "pulled", art.size)
-    for lock_file in lock_files:
-        session.store.add_root(lock_file)
     return done
 
 

@@ -153,7 +153,7 @@ class StepRunner:
             self.reporter.found([p for n in order for p in layout_pitfalls(layouts[n], infos)])
             read = {m: info.tensors for m, info in infos.items()}
             self.budget = budget_for(layouts.values(), read, settings.max_memory, settings.device)
-        layouts, infos = self.planned
+        layouts, infos = self.planned  # infos: with the real shards of steps built since (`keep`)
         key = res.keys[name]
         folder = self.session.store.new_folder(key)
         started = time.monotonic()

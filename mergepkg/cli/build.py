@@ -94,7 +94,9 @@ def build(
             "--out takes one recipe; without it each recipe goes to out/<package name>", param_hint="--out"
         )
     if ray is None:
-        _check_local(split=split, split_bytes=split_bytes, remote=remote_name)
+        for value, option in ((split, "--split"), (split_bytes, "--split-bytes"), (remote_name, "--remote")):
+            if value is not None:  # the cluster's options would be ignored without --ray
+                raise typer.BadParameter(f"{option} needs --ray", param_hint=option)
         check_device(device)  # on a cluster, each worker checks its own (cluster/worker.py)
     else:
         _check_cluster(no_remote=no_remote, prefer_remote=prefer_remote)
@@ -147,14 +149,6 @@ def build(
             ]
     for report in reports:
         tell(report)
-
-
-def _check_local(**given: object) -> None:
-    """The cluster's options are a usage error without --ray (they would be ignored)."""
-    for name, value in given.items():
-        if value is not None:
-            option = {"split": "--split", "split_bytes": "--split-bytes", "remote": "--remote"}[name]
-            raise typer.BadParameter(f"{option} needs --ray", param_hint=option)
 
 
 def _check_cluster(*, no_remote: bool, prefer_remote: bool) -> None:

@@ -142,7 +142,7 @@ def _run(graph: Graph, reporter: Reporter, address: str) -> dict[str, StepDone]:
                 answers = [_answer(ray, ref, names[pending.pop(ref)]) for ref in ready]
                 for answer in sorted(answers, key=lambda a: a.error is None):  # errors first
                     if answer.error is not None:
-                        _tell_failed(graph, answer)
+                        _tell(graph.owner[answer.key][0], answer)
                         raise answer.error
                     done[answer.key] = answer
                     tally.built(answer.key, answer.node)
@@ -164,13 +164,12 @@ def _drain(ray: Any, board: Any) -> list:
         return []
 
 
-def _tell_failed(graph: Graph, answer: StepDone) -> None:
-    """The warnings of a step that failed (one denied under --deny-warnings among them),
-    told before its error, as a local build tells them."""
-    p, _ = graph.owner[answer.key]
+def _tell(p: Planned, answer: StepDone) -> None:
+    """A step's warnings, as a local build tells them: those of a step that failed before
+    its error (a denied one among them), already denied on the worker."""
     for message in answer.warnings:
         p.warnings.warning(message)
-    p.warnings.found(answer.pitfalls, hold=True)  # the error raised next is the denial
+    p.warnings.found(answer.pitfalls, hold=True)
 
 
 def _answer(ray: Any, ref: Any, name: str) -> StepDone:
@@ -210,9 +209,7 @@ def _finish(
             answer = tasks[key]
             digests[name] = answer.digest
             built.append(name)
-            for message in answer.warnings:
-                p.warnings.warning(message)
-            p.warnings.found(answer.pitfalls, hold=True)  # denied on the worker already
+            _tell(p, answer)
         elif key in graph.offers:
             digests[name] = graph.offers[key].digest
     if mode != "update" and p.old_lock is not None:

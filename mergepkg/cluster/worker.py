@@ -119,14 +119,15 @@ def _build(job: StepJob, session: Session, folders: dict[str, Path], reporter: B
             return found
         if found is not None:
             store.discard(job.key)
-        budget = budget_for([layout], {m: i.tensors for m, i in infos.items()}, settings.max_memory, settings.device)
+        read = {m: info.tensors for m, info in infos.items()}
+        budget = budget_for([layout], read, settings.max_memory, settings.device)
         folder = store.new_folder(job.key)
         started = time.monotonic()
         try:
             tensors = build_step(
                 layout,
                 folders,
-                {m: info.tensors for m, info in infos.items()},
+                read,
                 folder,
                 seed=job.seed,
                 device=settings.device,

@@ -99,14 +99,17 @@ class Budget:
         return sum(infos[p.model][p.tensor].nbytes for p in out.parts)
 
     def footprint(self, layout: StepLayout, infos, out: OutputTensor) -> int:
+        """What merging `out` holds at once: its inputs and result, and the method's work."""
+        return self.inputs(infos, out) + out.info.nbytes + self.work(layout, out)
+
+    def work(self, layout: StepLayout, out: OutputTensor) -> int:
+        """The method's memory beside the inputs and result: chunks of scratch and draws for a
+        streaming method, whole converted copies, temporaries and draws for the others."""
         method, n = layout.method, out.info.nbytes // ITEMSIZE[out.info.dtype]
-        compute = max(4 if method.fp32 else 0, ITEMSIZE[CODE_OF.get(layout.step.dtype, "F32")])
-        stored = self.inputs(infos, out) + out.info.nbytes
         if method.stream:
-            draws = 5 * n * len(out.inputs) if method.random else 0
-            return stored + CHUNK_WORK + draws
-        draws = WHOLE_DRAWS * n if method.random else 0
-        return stored + n * compute * (len(out.parts) + 3) + draws
+            return CHUNK_WORK + (5 * n * len(out.inputs) if method.random else 0)
+        compute = max(4 if method.fp32 else 0, ITEMSIZE[CODE_OF.get(layout.step.dtype, "F32")])
+        return n * compute * (len(out.parts) + 3) + (WHOLE_DRAWS * n if method.random else 0)
 
     def check_fits(self, layouts, infos, limit: int) -> None:
         """A tensor's inputs and result are the floor of any limit (a method may need them
@@ -115,19 +118,13 @@ class Budget:
         how much `--max-memory` (now `limit`) would do, not a limit exceeded without a word."""
         if self.limit is None:
             return
-        worst = max(
-            (
-                (self.footprint(lay, infos, t) - self.inputs(infos, t) - t.info.nbytes, lay, t)
-                for lay in layouts
-                for t in lay.tensors
-                if self.row_block(lay, infos, t) is None
-            ),
-            key=lambda found: found[0],
-            default=None,
-        )
-        if worst is None or worst[0] <= self.limit:
+        whole = [(lay, t) for lay in layouts for t in lay.tensors if self.row_block(lay, infos, t) is None]
+        if not whole:
             return
-        work, layout, out = worst
+        layout, out = max(whole, key=lambda found: self.work(*found))
+        work = self.work(layout, out)
+        if work <= self.limit:
+            return
         need = self.footprint(layout, infos, out)
         raise BuildError(
             f"step {layout.step.name!r}: {layout.method.name} merges {out.name} whole, with about "

@@ -7,8 +7,8 @@ others key exports with the converter the lock names (its code digest is in the 
 so `push`, `validate`, `plan`, `lock` and the rest run where no converter is set, and an
 update of the converter's tree changes what `build` makes, not what they compare:
 `how="locked"` keeps the lock's entry of an export whose step is keyed as locked (and
-re-keys the others with the lock's converter); `how="current"` keys with the converter
-when one is set (what a build would make), else as `locked` does.
+re-keys the others with the lock's converter); `how="current"` keys every export again,
+with the converter when one is set (what a build would make), else with the lock's.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.plan import Plan
 
 How = Literal["converter", "current", "locked"]
-CARD_TAGS = ("merge", "mergepkg")  # builder/card.py's TAGS: the model card's own tags
+CARD_TAGS = ("merge", "mergepkg")  # every model card's own tags
 
 
 def key_exports(
@@ -92,7 +92,16 @@ def gguf_metadata(recipe: Recipe, plan: Plan, step: str) -> dict[str, Any]:
     `out/<package>/<step>`; a step that is no output by its own name) and the model
     card's `base_model` and `tags`, as builder/card.py's front matter has them."""
     name = recipe.name if recipe.outputs == (step,) else step.rpartition("::")[2]
+    return model_metadata(name, card_bases(recipe, plan, step), card_tags(recipe, step))
+
+
+def card_bases(recipe: Recipe, plan: Plan, step: str) -> list[str]:
+    """The Hugging Face repos `step` is merged from (through the steps it reads), each once:
+    the model card's `base_model`, and the GGUF's."""
     upstream = plan.upstream(step)
-    bases = [hf for s in plan.sources_used() if s in upstream and (hf := recipe.sources[s].hf)]
-    tags = [*CARD_TAGS, *(["moe"] if recipe.steps[step].moe else []), *recipe.tags]
-    return model_metadata(name, list(dict.fromkeys(bases)), list(dict.fromkeys(tags)))
+    return list(dict.fromkeys(hf for s in plan.sources_used() if s in upstream and (hf := recipe.sources[s].hf)))
+
+
+def card_tags(recipe: Recipe, step: str) -> list[str]:
+    """The model card's tags (and the GGUF's), each once."""
+    return list(dict.fromkeys([*CARD_TAGS, *(["moe"] if recipe.steps[step].moe else []), *recipe.tags]))

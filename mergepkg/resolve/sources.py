@@ -190,7 +190,7 @@ def _fetch_hf(
             f"cannot fetch {repo}@{rev}: {e}", hint="check the network, or set HF_HUB_OFFLINE=1 to use the cache"
         ) from e
     except Exception as e:
-        if not _is_network_error(e):
+        if not is_network_error(e):
             raise
         raise SourceError(
             f"cannot reach the Hugging Face Hub for {repo}@{rev}: {e}",
@@ -203,5 +203,6 @@ def _fetch_hf(
 HTTP_CLIENTS = ("requests", "urllib3", "httpx", "httpx2", "httpcore", "httpcore2")
 
 
-def _is_network_error(e: Exception) -> bool:
+def is_network_error(e: BaseException) -> bool:
+    """Whether `e` is an HTTP client's own (a connection that failed, not an answer)."""
     return any(c.__module__.split(".")[0] in HTTP_CLIENTS for c in type(e).__mro__)
