@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from mergepkg.builder.outputs import MARKER, link_or_copy
+from mergepkg.builder.outputs import MARKER, check_makeable, link_or_copy
 from mergepkg.engine.progress import Reporter
 from mergepkg.errors import BuildError, MergepkgError
 from mergepkg.export.gguf import check_model, convert, export_key
@@ -98,9 +98,7 @@ def check_export_folder(out: Path, names: Iterable[str]) -> None:
     for name in names:
         if (target := out / export_file(name)).is_dir():
             raise BuildError(f"{target} is a folder", hint="rename the export, or choose another --out")
-    above = next(p for p in out.absolute().parents if p.exists())  # the root exists
-    if not above.is_dir():
-        raise BuildError(f"cannot make {out}: {above} is a file, not a folder", hint="choose another --out")
+    check_makeable(out)
 
 
 def place_exports(exports: dict[str, Artifact], out: Path) -> dict[str, Path]:

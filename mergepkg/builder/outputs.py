@@ -171,6 +171,11 @@ def check_replaceable(out: Path) -> None:
             f"{out} exists and was not written by mergepkg; refusing to replace it",
             hint="choose another --out, or remove the folder",
         )
+    check_makeable(out)
+
+
+def check_makeable(out: Path) -> None:
+    """Refuse an `out` under a file: its nearest existing parent must be a folder."""
     above = next(p for p in out.absolute().parents if p.exists())  # the root exists
     if not above.is_dir():
         raise BuildError(f"cannot make {out}: {above} is a file, not a folder", hint="choose another --out")

@@ -43,7 +43,7 @@ from mergepkg.recipe.model import Export
 from mergepkg.store.local import MANIFEST
 
 CARD = "README.md"  # the model card, whose front matter the converter reads
-metadata = lazy_import("importlib.metadata")  # read only for a quantized type: startup need not pay for it
+package_metadata = lazy_import("importlib.metadata")  # read only for a quantized type: startup need not pay for it
 SCRIPT = "convert_hf_to_gguf.py"
 CODE = ("conversion", "gguf-py/gguf")  # beside SCRIPT: the converter's code, in its identity
 QUANTIZER = "llama-cpp-python"  # the distribution whose llama.cpp quantizes
@@ -74,6 +74,11 @@ class Converter:
     def identity(self) -> str:
         """What the lock records: the version and the code digest."""
         return f"{self.version} {self.digest}"
+
+
+def identity_digest(identity: str) -> str:
+    """The code digest in a converter's identity as a lock records it (`gguf-py 0.19.0 sha256:...`)."""
+    return identity.rpartition(" ")[2]
 
 
 def find_converter(root: Path | None) -> Converter:
@@ -137,8 +142,8 @@ def quantizer_version(kind: str) -> str | None:
     if kind in CONVERTER_TYPES:
         return None
     try:
-        return f"{QUANTIZER} {metadata.version(QUANTIZER)}"
-    except metadata.PackageNotFoundError:
+        return f"{QUANTIZER} {package_metadata.version(QUANTIZER)}"
+    except package_metadata.PackageNotFoundError:
         raise ExportError(
             f"GGUF type {kind} is made by llama.cpp's quantizer, and llama-cpp-python is not installed",
             hint="pip install 'mergepkg[llama]' (it compiles llama.cpp), or choose f32, f16, bf16 or q8_0",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mergepkg.errors import ExportError
-from mergepkg.export.gguf import Converter, export_entry, export_key, find_converter, model_metadata
+from mergepkg.export.gguf import Converter, export_entry, export_key, find_converter, identity_digest, model_metadata
 from mergepkg.lockfile import Lock, LockedExport
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.plan import Plan
@@ -64,7 +64,7 @@ def key_exports(
         if converter is not None:
             digest, identity = converter.digest, converter.identity
         elif old is not None:
-            digest, identity = locked_digest(old.converter), old.converter
+            digest, identity = identity_digest(old.converter), old.converter
         else:
             continue  # no converter set, and the lock has never keyed it
         try:
@@ -79,11 +79,6 @@ def key_exports(
         exports[name] = LockedExport(name, export.step, export.format, export.type, identity, key, digest_held)
         entries[name] = entry
     return converter, exports, entries
-
-
-def locked_digest(identity: str) -> str:
-    """The code digest in a lock's converter identity (`gguf-py 0.19.0 sha256:...`)."""
-    return identity.rpartition(" ")[2]
 
 
 def gguf_metadata(recipe: Recipe, plan: Plan, step: str) -> dict[str, Any]:

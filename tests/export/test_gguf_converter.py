@@ -91,7 +91,7 @@ def test_a_quantized_type_needs_llama_cpp_python(tmp_path, monkeypatch):
     def missing(name: str) -> str:
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(gguf.metadata, "version", missing)
+    monkeypatch.setattr(gguf.package_metadata, "version", missing)
     c = find_converter(tree(tmp_path / "a"))
     key(Export("e", "s", "gguf", "q8_0"), STEP_KEY, c)  # the converter's own type: no quantizer
     with pytest.raises(ExportError, match="llama-cpp-python is not installed") as e:
