@@ -214,8 +214,7 @@ def push_locked(settings: Settings, store: Store, recipe: Recipe, remote: str) -
     if lock is None:
         raise LockError("there is no lock to push the steps of", file=str(lock_path(recipe)), hint="build it first")
     url = remote if "://" in remote else get_remote(settings, remote).url
-    target = open_remote(url, skip_instance_cache=True)
-    reports = {}
+    chosen = {}  # every step is checked before the first push, so a refusal pushes nothing
     for name, step in lock.steps.items():
         art = store.get(step.key)
         if art is None or not art.intact():
@@ -228,6 +227,7 @@ def push_locked(settings: Settings, store: Store, recipe: Recipe, remote: str) -
                 file=str(lock_path(recipe)),
                 hint="`mergepkg verify` the recipe, then build it again",
             )
-        with reaching(url):
-            reports[name] = push_artifact(target, art)
-    return reports
+        chosen[name] = art
+    target = open_remote(url, skip_instance_cache=True)
+    with reaching(url):
+        return {name: push_artifact(target, art) for name, art in chosen.items()}

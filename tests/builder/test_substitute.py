@@ -10,12 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from registries import skills
+from remotes import make_artifact
 
 from mergepkg.builder.build import build
 from mergepkg.builder.status import status
-from mergepkg.builder.substitute import Offer, choose
-from mergepkg.errors import MergepkgError
-from mergepkg.lockfile import lock_path, read_lock
+from mergepkg.builder.substitute import Offer, choose, push_locked
+from mergepkg.errors import LockError, MergepkgError
+from mergepkg.lockfile import Lock, LockedStep, lock_path, read_lock, write_lock
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.remote.config import add_remote, trust_key
 from mergepkg.remote.sign import generate_key, sign_record
@@ -199,3 +201,24 @@ def test_a_malformed_record_is_refused_alone_and_located(shared):
     with pytest.raises(RemoteError) as info:  # `cache pull`: the record's fault, not "not on the remote"
         share.pull(open_remote(f"file://{remote_dir}"), Session(), [first.artifacts["a"].key])
     assert "files[0].sha256" in (info.value.where or "") and "not on the remote" not in info.value.message
+
+
+def test_push_locked_checks_every_step_before_pushing_any(tmp_path):
+    """A lock whose later step's stored digest differs refuses with nothing on the remote:
+    the earlier steps used to be pushed before the refusal."""
+    session = Session(Settings(home=tmp_path / "home"))
+    first, second = make_artifact(session.store, 1), make_artifact(session.store, 2)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(skills())
+    steps = {"a": LockedStep("a", "test", first.key, first.digest)}
+    steps["b"] = LockedStep("b", "test", second.key, "sha256:" + "1" * 64)
+    write_lock(lock_path(load_recipe(recipe)), Lock("sha256:" + "0" * 64, {}, steps))
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    with pytest.raises(LockError, match="the stored 'b' has digest"):
+        push_locked(session.settings, session.store, load_recipe(recipe), remote.as_uri())
+    assert not [p for p in remote.rglob("*") if p.is_file()]
+    steps["b"] = LockedStep("b", "test", second.key, second.digest)
+    write_lock(lock_path(load_recipe(recipe)), Lock("sha256:" + "0" * 64, {}, steps))
+    pushed = push_locked(session.settings, session.store, load_recipe(recipe), remote.as_uri())
+    assert sorted(pushed) == ["a", "b"]
