@@ -20,14 +20,13 @@ if TYPE_CHECKING:
 
 bars = lazy_import("rich.progress")  # imported by the first progress bar: most commands draw none
 
-UNBOUNDED = 1 << 16  # the width of a stdout that is no terminal: wider than any table or tree we print
+UNBOUNDED = 1 << 16  # the width of a stream that is no terminal: wider than any table or tree we print
 
 
-class DataConsole(Console):
-    """stdout: what scripts read (paths, tables, trees). Strings are never read as markup
-    (a folder named `final [v2]` is printed as it is; styled parts are built as `Text`),
-    and where stdout is no terminal nothing is cropped: rich would otherwise take 80
-    columns and cut tables, sha256s and tree lines to fit."""
+class UncroppedConsole(Console):
+    """A console that crops nothing where its file is no terminal: rich would otherwise
+    take 80 columns and cut tables, sha256s and tree lines to fit (`mergepkg plan | less`,
+    `mergepkg eval ... 2> eval.log`)."""
 
     @property
     def size(self) -> ConsoleDimensions:
@@ -47,8 +46,10 @@ def _is_tty(file: object) -> bool:
         return False
 
 
-out = DataConsole(soft_wrap=True, markup=False)  # data
-err = Console(stderr=True, soft_wrap=True)  # everything else: markup, with every user value escaped
+# data: strings are never read as markup (a folder named `final [v2]` is printed as it
+# is; styled parts are built as `Text`)
+out = UncroppedConsole(soft_wrap=True, markup=False)
+err = UncroppedConsole(stderr=True, soft_wrap=True)  # everything else: markup, with every user value escaped
 
 
 def show_error(e: MergepkgError) -> None:

@@ -12,7 +12,8 @@ from helpers import cli
 from rich.table import Table
 from rich.tree import Tree
 
-from mergepkg.cli.output import DataConsole
+from mergepkg.cli import output
+from mergepkg.cli.output import UncroppedConsole
 
 ROOT = Path(__file__).resolve().parents[2]
 LINEAR = '[steps.m]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]\n'
@@ -26,7 +27,7 @@ class Terminal(io.StringIO):
 def test_stdout_prints_brackets_as_they_are():
     """A folder named `final [v2]` lost its `[v2]` on stdout; `[/x]` was a MarkupError."""
     buf = io.StringIO()
-    console = DataConsole(file=buf, soft_wrap=True, markup=False)
+    console = UncroppedConsole(file=buf, soft_wrap=True, markup=False)
     console.print("merges/final [v2]", highlight=False)
     console.print("x/[/x]", highlight=False)
     assert buf.getvalue() == "merges/final [v2]\nx/[/x]\n"
@@ -36,7 +37,7 @@ def test_a_piped_stdout_crops_no_table_cell_and_no_tree_line(monkeypatch):
     """rich takes 80 columns where stdout is no terminal, and cut cells to `examples/mistral…`."""
     monkeypatch.setenv("COLUMNS", "80")
     buf = io.StringIO()
-    console = DataConsole(file=buf, soft_wrap=True, markup=False)
+    console = UncroppedConsole(file=buf, soft_wrap=True, markup=False)
     name, sha = "examples/mistral-math-chat-zephyr-" + "x" * 60, "f" * 64
     table = Table()
     for col in ("name", "sha256", "description"):
@@ -50,10 +51,22 @@ def test_a_piped_stdout_crops_no_table_cell_and_no_tree_line(monkeypatch):
     assert name in text and sha in text and ("words " * 30).strip() in text and "that ends here" in text, text
 
 
+def test_a_piped_stderr_crops_no_table_either(monkeypatch, capsys):
+    """eval's and tune's tables go to stderr, which took 80 columns when redirected to a file."""
+    monkeypatch.setenv("COLUMNS", "80")
+    table = Table(title="evaluation")
+    for col in ("model", "arithmetic-" + "x" * 40, "commonsense-" + "y" * 40):
+        table.add_column(col)
+    table.add_row("merges/final", "0.975", "12.34")
+    output.err.print(table)
+    err = capsys.readouterr().err
+    assert "arithmetic-" + "x" * 40 in err and "commonsense-" + "y" * 40 in err and "…" not in err, err
+
+
 def test_a_terminal_keeps_its_width(monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
-    assert DataConsole(file=Terminal()).width == 80
-    assert DataConsole(file=io.StringIO()).width > 10_000
+    assert UncroppedConsole(file=Terminal()).width == 80
+    assert UncroppedConsole(file=io.StringIO()).width > 10_000
 
 
 def test_search_and_info_piped_show_names_and_checksums_whole(tmp_path, monkeypatch, capsys):
