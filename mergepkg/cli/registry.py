@@ -13,7 +13,6 @@ from rich.table import Table
 from mergepkg.builder.substitute import push_locked
 from mergepkg.cli.output import err, out
 from mergepkg.errors import RegistryError
-from mergepkg.recipe.names import NAME_HINT, is_name
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.registry import audit, packages, tokens
 from mergepkg.registry import client as registries
@@ -46,23 +45,8 @@ def add(
     ),
 ) -> None:
     """Add a registry to the list searched, in order, for packages."""
-    settings = _settings()
-    regs = registries.configured(settings)
-    if not is_name(name):
-        raise RegistryError(f"invalid registry name {name!r}", hint=NAME_HINT)
-    if any(r.name == name for r in regs):
-        raise RegistryError(
-            f"a registry named {name!r} is already configured", hint="remove it first, or pick another name"
-        )
-    variable = registries.token_variable(name)
-    if clash := next((r.name for r in regs if registries.token_variable(r.name) == variable), None):
-        raise RegistryError(  # its token would go to both
-            f"{name!r} and the configured {clash!r} would read one token variable, {variable}",
-            hint="pick a name that differs from it in more than case and punctuation",
-        )
-    regs.append(registries.Registry(name, registries.normalize_url(url), token))
-    registries.save(settings, regs)
-    err.print(f"[green]added[/] {escape(name)}: {escape(regs[-1].url)}")
+    reg = registries.add_registry(_settings(), name, url, token)
+    err.print(f"[green]added[/] {escape(name)}: {escape(reg.url)}")
 
 
 @app.command("list")

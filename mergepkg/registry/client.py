@@ -26,7 +26,7 @@ import tomli_w
 from mergepkg._toml import tomllib
 from mergepkg.errors import PublishError, RegistryError, did_you_mean
 from mergepkg.files import write_atomic
-from mergepkg.recipe.names import canonical_name
+from mergepkg.recipe.names import NAME_HINT, canonical_name, is_name
 from mergepkg.registry.index import Entry, index_path, published_lock_path, read_index, recipe_path
 from mergepkg.settings import Settings
 
@@ -85,6 +85,29 @@ def configured(settings: Settings) -> list[Registry]:
 def save(settings: Settings, registries: list[Registry]) -> None:
     doc = {"registries": {r.name: {k: v for k, v in (("url", r.url), ("token", r.token)) if v} for r in registries}}
     write_atomic(config_path(settings), tomli_w.dumps(doc), mode=0o600)  # tokens may be in it
+
+
+def add_registry(settings: Settings, name: str, url: str, token: str | None = None) -> Registry:
+    """Configure registry `name` at `url` (checked, written in one spelling), searched
+    after those configured before it."""
+    if not is_name(name):
+        raise RegistryError(f"invalid registry name {name!r}", hint=NAME_HINT)
+    regs = configured(settings)
+    if any(r.name == name for r in regs):
+        raise RegistryError(
+            f"a registry named {name!r} is already configured",
+            file=str(config_path(settings)),
+            hint="remove it first, or pick another name",
+        )
+    variable = token_variable(name)
+    if clash := next((r.name for r in regs if token_variable(r.name) == variable), None):
+        raise RegistryError(  # its token would go to both
+            f"{name!r} and the configured {clash!r} would read one token variable, {variable}",
+            hint="pick a name that differs from it in more than case and punctuation",
+        )
+    reg = Registry(name, normalize_url(url), token)
+    save(settings, [*regs, reg])
+    return reg
 
 
 def normalize_url(url: str) -> str:

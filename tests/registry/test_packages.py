@@ -14,6 +14,7 @@ from mergepkg.errors import DependencyConflict, PublishError, RegistryError
 from mergepkg.lockfile import read_lock
 from mergepkg.recipe.names import canonical_name
 from mergepkg.recipe.parse import load_recipe, parse_recipe
+from mergepkg.registry.client import add_registry, configured
 from mergepkg.registry.dependencies import install_dependencies
 from mergepkg.registry.index import read_index
 from mergepkg.settings import Settings
@@ -312,6 +313,19 @@ def test_registry_add_list_remove(team, tmp_path, capsys):
     assert "team" not in out
     code, _, err = cli(capsys, "registry", "remove", "team")
     assert code == 1 and "no registry named 'team'" in err
+
+
+def test_add_registry_checks_the_name_and_its_token_variable(tmp_path):
+    """The library call `registry add` makes (its checks were in the CLI alone)."""
+    settings = Settings(home=tmp_path / "home")
+    new_registry(tmp_path / "r")
+    reg = add_registry(settings, "my-team", str(tmp_path / "r"), "secret")
+    assert configured(settings) == [reg] and reg.url == str((tmp_path / "r").resolve())
+    with pytest.raises(RegistryError, match="invalid registry name"):
+        add_registry(settings, "../x", str(tmp_path / "r"))
+    with pytest.raises(RegistryError, match="would read one token variable, MERGEPKG_TOKEN_MY_TEAM"):
+        add_registry(settings, "my_team", str(tmp_path / "r"))
+    assert configured(settings) == [reg]
 
 
 def test_recipe_dependency_table_forms():
