@@ -196,10 +196,12 @@ def parse_lock(text: str, path: Path | str) -> Lock:
             "not a mergepkg lock: it has no `version`", file=path, hint="delete it and run `mergepkg lock`"
         )
     if data.get("version") != LOCK_VERSION:
+        newer = isinstance(data["version"], int) and data["version"] > LOCK_VERSION
         raise RecipeError(
-            f"lock format {data.get('version')!r} is not {LOCK_VERSION}",
+            f"lock format {data['version']!r} is not {LOCK_VERSION}",
             file=path,
-            hint="run `mergepkg lock` to rewrite it",
+            # `mergepkg lock` reads the lock it refreshes, so it cannot be the way out
+            hint="a newer mergepkg wrote it: upgrade mergepkg" if newer else "delete it and run `mergepkg lock`",
         )
     try:
         sources = {s["name"]: _locked_source(s) for s in _records(data, "source")}

@@ -822,6 +822,13 @@ COMMANDS = [
     lock_case("extra-step", "was removed"),
     lock_case("seed-str", "seed is not an integer"),
     Case("lock-empty", write("recipe.lock", ""), "recipe.lock", "has no `version`", args=(*BUILD, "--locked")),
+    Case(
+        "recipe-named-like-a-lock",
+        lambda case: shutil.copy(case / "recipe.toml", case / "my.lock"),
+        "my.lock",
+        "may not end in .lock",
+        args=("build", "my.lock"),
+    ),
     lock_case("dependency", "malformed lock"),
     Case(
         "lock-not-utf8",

@@ -183,7 +183,8 @@ def _not_a_value(arg: str) -> bool:
 
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
-INTERRUPTED_TEXT = "[red]interrupted[/]: what was finished is stored; the output folder is as it was"
+# every command: a build keeps the steps it finished, the output folder as it was (docs/reliability.md)
+INTERRUPTED_TEXT = "[red]interrupted[/]: nothing half-written was kept"
 
 
 def main(argv: list[str] | None = None) -> int:

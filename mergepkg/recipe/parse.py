@@ -64,6 +64,8 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def parse_recipe(text: str, path: str | Path) -> Recipe:
+    if Path(path).suffix == ".lock":  # its lock, beside it with that suffix, would be the recipe itself
+        raise RecipeError("a recipe's file name may not end in .lock", file=path, hint="rename it to end in .toml")
     return _Parser(text, Path(path)).recipe()
 
 
@@ -270,7 +272,9 @@ class _Parser(TableReader):
             return Source(name=name, recipe=other, step=step)
         if kinds[0] == "path":
             rel = self.expect(table["path"], str, f"{key}.path", "a folder path")
-            folder = (self.path.parent / rel).resolve()
+            # lexical, not .resolve(): a `models -> /mnt/big/models` link stays `models/...`
+            # in the lock and the recipe's hash, as the recipe says it, on every machine
+            folder = Path(os.path.normpath(self.path.parent.resolve() / rel))
             if not folder.is_dir() and not self.locked_folder(name, folder):
                 raise self.error(
                     f"{key}.path",

@@ -54,6 +54,8 @@ def lock_recipe(recipe: Recipe, session: Session, *, upgrade: frozenset[str] | N
         digests[name] = art.digest if art else (held.digest if held and held.key == key else None)
     new = res.lock(digests)
     changes = differences(old, new) if old else ["new lock"]
+    if new != old and not changes:  # a digest built since, a method name edited by hand: no key moved
+        changes = ["rewritten: no pin moved, recorded fields brought up to date"]
     if new != old:
         write_lock(path, new)
     session.store.add_root(path)

@@ -120,7 +120,7 @@ def relocated_text(base: Base, chosen: dict[str, Value], folder: Path, header: s
     for source in doc.get("sources", {}).values():
         for k in ("path", "recipe"):
             if isinstance(source, dict) and isinstance(source.get(k), str) and not Path(source[k]).is_absolute():
-                target = (base.path.parent / source[k]).resolve()
+                target = os.path.normpath(base.path.parent / source[k])  # lexical, as recipe/parse.py reads it
                 source[k] = Path(os.path.relpath(target, folder.resolve())).as_posix()
     comment = "".join(f"# {line}\n" for line in header.splitlines())
     return comment + tomli_w.dumps(doc)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mergepkg.errors import RecipeError, SourceError
+from mergepkg.lockfile import recipe_hash
 from mergepkg.recipe.model import Condition
 from mergepkg.recipe.parse import load_recipe
 
@@ -191,6 +194,31 @@ def test_missing_path_is_a_located_source_error(tmp_path):
         load_recipe(p)
     assert info.value.key == "sources.m.path" and info.value.line == 5
     assert isinstance(info.value, FileNotFoundError)  # errors subclass the builtin a caller expects
+
+
+def test_a_path_source_through_a_symlink_is_kept_as_the_recipe_writes_it(tmp_path):
+    """`models -> /mnt/big/models` is a common layout; the link was resolved, so the lock
+    and the recipe's hash held a path of this machine and `--locked` failed elsewhere."""
+    body = '[package]\nname = "x"\nversion = "1"\n[sources]\nm = { path = "models/base" }\n'
+    body += '[steps.s]\nmethod = "passthrough"\ninputs = ["m"]\n'
+    (tmp_path / "a" / "models" / "base").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "models").symlink_to(tmp_path / "a" / "models")
+    for folder in ("a", "b"):
+        (tmp_path / folder / "r.toml").write_text(body)
+    a, b = load_recipe(tmp_path / "a" / "r.toml"), load_recipe(tmp_path / "b" / "r.toml")
+    assert b.sources["m"].path == tmp_path.resolve() / "b" / "models" / "base"
+    assert recipe_hash(a) == recipe_hash(b)
+    assert os.path.relpath(b.sources["m"].path, b.path.parent) == "models/base"  # what the lock records
+
+
+def test_a_recipe_named_like_a_lock_is_refused(tmp_path):
+    """Its lock would be the recipe itself, and the lock's hint said to delete it."""
+    p = tmp_path / "my.lock"
+    p.write_text('[package]\nname = "x"\nversion = "1"\n')
+    with pytest.raises(RecipeError, match=r"may not end in \.lock") as info:
+        load_recipe(p)
+    assert "end in .toml" in info.value.hint
 
 
 def test_missing_recipe_file(tmp_path):

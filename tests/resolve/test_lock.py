@@ -246,6 +246,10 @@ def test_lock_output_is_stable_and_sorted(models, tmp_path, capsys):
     code, _, err = cli(capsys, "lock", path)
     assert code == 0 and "up to date" in err
     assert lock_file.read_bytes() == first
+    # a hand edit no key notices is rewritten, and said to be (it printed "up to date")
+    lock_file.write_text(first.decode().replace('method = "linear"', 'method = "zzz"', 1))
+    code, _, err = cli(capsys, "lock", path)
+    assert code == 0 and "rewritten: no pin moved" in err and lock_file.read_bytes() == first
     # a build adds the digests, keys unchanged; then lock and build again change nothing
     code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q")
     assert code == 0, err
