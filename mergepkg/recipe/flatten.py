@@ -16,6 +16,7 @@ from pathlib import Path
 from mergepkg.errors import PlanError, did_you_mean
 from mergepkg.recipe.chat import template_kind
 from mergepkg.recipe.model import InputRef, Origin, Recipe, Slice, SliceSource, Step
+from mergepkg.recipe.names import canonical_name
 from mergepkg.recipe.parse import load_recipe
 
 SEP = "::"
@@ -61,6 +62,7 @@ def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind: Callable[[Recip
     """`bind` (registry/dependencies.py `Dependencies.bind`) points `dependency` sources
     at their installed recipe files, here and in every recipe loaded on the way."""
     bind = bind or _unbound
+    packages = {n: s.dependency for n, s in recipe.sources.items() if s.dependency}  # before `bind` forgets them
     recipe = bind(recipe)
     imports = {n: s for n, s in recipe.sources.items() if s.recipe is not None}
     if not imports:
@@ -81,7 +83,7 @@ def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind: Callable[[Recip
         other = flatten(load_recipe(file), chain, bind)
         if wanted not in other.steps:
             raise PlanError(
-                f"{file.name} has no step {wanted!r}",
+                f"{_label(other, packages.get(name))} has no step {wanted!r}",
                 file=str(recipe.path),
                 line=recipe.line_of(f"{key}.step"),
                 key=f"{key}.step",
@@ -96,6 +98,12 @@ def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind: Callable[[Recip
         alias[name] = prefix + wanted
     own = {n: _renamed(st, n, lambda m: alias.get(m, m), st.origin) for n, st in recipe.steps.items()}
     return replace(recipe, sources=sources, steps={**steps, **own})
+
+
+def _label(other: Recipe, package: str | None) -> str:
+    """What errors call an imported recipe: a dependency by its package and version (its
+    installed file's name is a cache detail), a recipe file by its file name."""
+    return f"{canonical_name(package)}@{other.version}" if package else other.path.name
 
 
 def _prefixed(prefix: str) -> Callable[[str], str]:

@@ -103,9 +103,10 @@ class Range:
         comps: list[Comparator] = []
         pre_cores = set()
         for part in text.split(","):
-            named = _expand(part.strip(), text)
-            comps += named
-            pre_cores |= {c.version.core for c in named[:1] if c.version.pre}
+            op, parts, pre = _written(part.strip(), text)
+            comps += _expand(op, parts, pre)
+            if pre:  # only a pre-release written here: the `-0` bounds `_expand` makes name none
+                pre_cores.add(_three(parts))
         return cls(text, tuple(comps), frozenset(pre_cores))
 
     def allows(self, v: Version) -> bool:
@@ -117,14 +118,20 @@ class Range:
         return self.text
 
 
-def _expand(part: str, whole: str) -> list[Comparator]:
+def _written(part: str, whole: str) -> tuple[str, list[int], tuple[int | str, ...]]:
+    """The operator (`^` when none), numbers and pre-release one comparator of `whole`
+    writes: kept apart from its expansion, whose synthetic bounds are not what was asked."""
     m = COMPARATOR.fullmatch(part)
     p = PARTIAL.fullmatch(m[2].strip()) if m else None
     if not m or not p:
         raise VersionError(f'not a version range: {whole!r} (expected e.g. "^1.2", ">=1.0, <2.0" or "*")')
-    op = m[1] or "^"
     parts = [int(x) for x in p.group(1, 2, 3) if x is not None]
     pre = tuple(int(x) if x.isdigit() else x for x in p[4].split(".")) if p[4] else ()
+    return m[1] or "^", parts, pre
+
+
+def _expand(op: str, parts: list[int], pre: tuple[int | str, ...]) -> list[Comparator]:
+    """The comparators one written comparator means (the table in the module docstring)."""
     low = Version(*_three(parts), pre)
     if op in (">=", ">", "<=", "<") and len(parts) == 3:
         return [Comparator(op, low)]

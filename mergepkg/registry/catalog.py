@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mergepkg.errors import MergepkgError
 from mergepkg.recipe.names import canonical_name
-from mergepkg.registry.index import Entry, read_index
+from mergepkg.registry.index import Entry, latest_of, read_index
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,8 @@ class Package:
 
     @functools.cached_property
     def latest(self) -> Entry:
-        """The newest non-yanked version, else the newest (as packages.json)."""
-        live = [e for e in self.entries if not e.yanked] or list(self.entries)
-        return max(live, key=lambda e: e.semver)
+        """What `install NAME` picks, as packages.json says (`index.latest_of`)."""
+        return latest_of(list(self.entries))
 
     @property
     def yanked(self) -> bool:

@@ -4,7 +4,9 @@ Both `mergepkg publish --registry <folder>` and `mergepkg registry serve` write 
 `RegistryFolder`. Every write takes the folder's write lock, writes each file to a temp
 file and renames it in (recipe file first, then the package's index, then
 packages.json), so a reader never sees half a file and a killed publish leaves at most
-an unlisted recipe file that the next publish of that version overwrites.
+an unlisted recipe file that the next publish of that version overwrites, or a version
+in its index that packages.json and the audit log miss, which publishing the same file
+again adds (`_finish`).
 """
 
 from __future__ import annotations
@@ -186,6 +188,7 @@ class RegistryFolder:
             same = next((e for e in entries if e.version == entry.version), None)
             if same is not None:
                 if same.sha256 == entry.sha256:
+                    self._finish(entries, same, who=who or _local_user(), source=source)
                     return same, False
                 raise PublishError(
                     f"{entry.name}@{entry.version} is already published with other content",
@@ -252,8 +255,7 @@ class RegistryFolder:
                     hint="published: " + (", ".join(e.version for e in entries) or "nothing"),
                 )
             best = max(fits, key=lambda e: e.semver)
-            text = (self.root / recipe_path(dep.name, best.version)).read_text(encoding="utf-8")
-            steps = parse_recipe(text, self.root / recipe_path(dep.name, best.version)).steps
+            steps = self._published(best).steps
             for name, src in recipe.sources.items():
                 if src.dependency == dep.name and src.step not in steps:
                     assert src.step is not None  # the parser gives every dependency source a step
@@ -265,17 +267,72 @@ class RegistryFolder:
                         hint=did_you_mean(src.step, steps),
                     )
 
+    def _published(self, entry: Entry) -> Recipe:
+        """The recipe file of a version the index lists. A missing or unreadable one is this
+        registry's damage, not the publisher's mistake: said so, and a server answers 500."""
+        path = self.root / recipe_path(entry.name, entry.version)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            problem = "its file is missing"
+        except (OSError, UnicodeDecodeError) as e:
+            problem = f"its file cannot be read ({getattr(e, 'strerror', None) or e})"
+        else:
+            return parse_recipe(text, path)
+        raise PublishError(
+            f"the registry lists {entry.name}@{entry.version} but {problem}",
+            status=500,
+            file=str(path),
+            hint="the registry folder is damaged; tell its maintainer",
+        )
+
+    def _finish(self, entries: list[Entry], same: Entry, *, who: str, source: str) -> None:
+        """What a publish killed after writing the index left undone, done by publishing the
+        same bytes again: the package's line in packages.json (else `search` never finds it)
+        and, when the log lacks it, the audit line. Called under the write lock; a registry
+        whose packages.json is up to date is not written (a git checkout has no audit log)."""
+        packages = self._packages()
+        if packages.get(same.name) == summary(entries):
+            return
+        self._save_packages(packages, same.name, entries)
+        try:
+            logged = any(
+                (r.get("action"), r.get("name"), r.get("version")) == ("publish", same.name, same.version)
+                for r in audit.read(self.private)
+            )
+        except RegistryError:
+            logged = True  # a damaged log is `registry log`'s to report; appending to it would not mend it
+        if not logged:
+            audit.record(
+                self.private,
+                who=who,
+                action="publish",
+                name=same.name,
+                version=same.version,
+                sha256=same.sha256,
+                source=source,
+            )
+
     def _save(self, name: str, entries: list[Entry]) -> None:
         _write(self.root / index_path(name), write_index(entries).encode())
-        path = self.root / "packages.json"
+        self._save_packages(self._packages(), name, entries)
+
+    def _packages(self) -> dict:
+        """packages.json's packages; rebuilt from every index when it is damaged or missing."""
         try:
-            packages = json.loads(path.read_text())["packages"]
+            packages = json.loads((self.root / "packages.json").read_text())["packages"]
             if not isinstance(packages, dict):
                 raise TypeError
         except (FileNotFoundError, ValueError, KeyError, TypeError, RecursionError):
-            packages = self._packages_from_index()  # damaged or missing: every package, from its index
+            packages = self._packages_from_index()
+        return packages
+
+    def _save_packages(self, packages: dict, name: str, entries: list[Entry]) -> None:
         packages[name] = summary(entries)
-        _write(path, json.dumps({"packages": dict(sorted(packages.items()))}, indent=1).encode() + b"\n")
+        _write(
+            self.root / "packages.json",
+            json.dumps({"packages": dict(sorted(packages.items()))}, indent=1).encode() + b"\n",
+        )
 
     def _packages_from_index(self) -> dict:
         packages = {}

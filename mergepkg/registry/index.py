@@ -120,10 +120,18 @@ def with_yanked(entries: list[Entry], version: str, yanked: bool) -> list[Entry]
     return [replace(e, yanked=yanked) if e.version == version else e for e in entries]
 
 
-def summary(entries: list[Entry]) -> dict:
-    """A package's line in packages.json: from its newest non-yanked version (else newest)."""
+def latest_of(entries: list[Entry]) -> Entry:
+    """The version a package's summary and page show: what `install NAME` picks (the newest
+    non-yanked release), else the newest non-yanked pre-release, else the newest. A
+    pre-release is never the latest while a release could be installed instead."""
     live = [e for e in entries if not e.yanked] or entries
-    latest = max(live, key=lambda e: e.semver)
+    releases = [e for e in live if not e.semver.pre] or live
+    return max(releases, key=lambda e: e.semver)
+
+
+def summary(entries: list[Entry]) -> dict:
+    """A package's line in packages.json: from its `latest` version."""
+    latest = latest_of(entries)
     return {
         "description": latest.description,
         "tags": list(latest.tags),

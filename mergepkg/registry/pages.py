@@ -18,6 +18,7 @@ from mergepkg.errors import MergepkgError
 from mergepkg.lockfile import parse_lock
 from mergepkg.recipe.parse import parse_recipe
 from mergepkg.recipe.plan import make_plan
+from mergepkg.recipe.versions import Version
 from mergepkg.registry.catalog import Catalog, Package
 from mergepkg.registry.drawing import dag_svg
 from mergepkg.registry.index import Entry, published_lock_path, recipe_path
@@ -144,7 +145,10 @@ def _graph(text: str, entry: Entry) -> str:
 
 
 def _caret(version: str) -> str:
-    """The caret range a dependent would write: `^1.2`, `^0.3`, `^0.0.4`."""
+    """The caret range a dependent would write: `^1.2`, `^0.3`, `^0.0.4`; for a pre-release
+    the range names it (`^1.0.0-rc.1`), as only such a range picks a pre-release."""
+    if Version.parse(version).pre:
+        return f"^{version}"
     major, minor, patch = re.split(r"[-+]", version)[0].split(".")
     return f"^{major}.{minor}" if (major, minor) != ("0", "0") else f"^0.0.{patch}"
 
@@ -198,7 +202,7 @@ def package_page(catalog: Catalog, root: Path, pkg: Package, links: Links, versi
     key = escape(f'"{entry.name}"' if "/" in entry.name else entry.name)
     use = (
         f"<pre>mergepkg registry add {escape(catalog.registry or 'NAME')} {escape(url or 'URL')}\n"
-        f"mergepkg build {name}@{v}\nmergepkg install {name}@{escape(_caret(entry.version))}</pre>"
+        f"mergepkg build {name}@={v}\nmergepkg install {name}@{escape(_caret(entry.version))}</pre>"
         f"<p>or depend on it from a recipe:</p><pre>[dependencies]\n{key} = &quot;{escape(_caret(entry.version))}&quot;"
         "</pre>"
     )

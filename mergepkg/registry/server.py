@@ -170,8 +170,10 @@ class App:
             return status, {"error": f"{e.where}: {e.message}" if e.where else e.message, "hint": e.hint}
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             return 400, {"error": f"malformed upload: {e}"}
-        except filelock.Timeout:
+        except filelock.Timeout:  # an OSError too: first
             return 503, {"error": "the registry is busy with other writes; try again"}
+        except OSError as e:  # the folder's own files: a JSON 500 naming no path, not waitress's page
+            return 500, {"error": f"the registry's files cannot be read or written: {e.strerror or type(e).__name__}"}
 
     def publish(self, payload: dict, token: str, source: str) -> tuple[int, dict]:
         recipe_text, lock_text = payload.get("recipe"), payload.get("lock")

@@ -6,7 +6,9 @@ import pytest
 from helpers import build_recipe
 
 from mergepkg.errors import PlanError, RecipeError
+from mergepkg.recipe.flatten import flatten
 from mergepkg.recipe.parse import load_recipe
+from mergepkg.registry.dependencies import Dependencies
 from mergepkg.resolve.resolution import resolve
 from mergepkg.store.session import Session
 
@@ -45,6 +47,29 @@ def test_unknown_imported_step_is_located_with_did_you_mean(write_recipe):
         resolve(load_recipe(main), Session())
     e = info.value
     assert e.key == "sources.shared.step" and e.line == 6 and e.hint == "did you mean 'soup'?"
+
+
+def test_a_dependency_without_the_step_is_named_by_package_and_version(tmp_path):
+    """A dependency's recipe is installed as `<version>+<sha256>.toml`: a cache detail the
+    error named instead of the package (`0.1.0+6098fac6d339.toml has no step 'nope'`)."""
+    installed = tmp_path / "packages/my-pkg/0.1.0+6098fac6d339.toml"
+    installed.parent.mkdir(parents=True)
+    installed.write_text(
+        '[package]\nname = "my_pkg"\nversion = "0.1.0"\n[sources]\nft1 = { hf = "tiny/ft1" }\n'
+        'ft2 = { hf = "tiny/ft2" }\n' + OTHER
+    )
+    main = tmp_path / "usem.toml"
+    main.write_text(
+        '[package]\nname = "usem"\nversion = "0.1.0"\n[dependencies]\nmy_pkg = "^0.1"\n'
+        '[sources]\na = { dependency = "my_pkg", step = "nope" }\n'
+        '[steps.out]\nmethod = "passthrough"\ninputs = ["a"]\n'
+    )
+    recipe = load_recipe(main)
+    dependency = recipe.sources["a"].dependency
+    with pytest.raises(PlanError) as info:
+        flatten(recipe, bind=Dependencies(files={dependency: installed}).bind)
+    e = info.value
+    assert e.message == "my-pkg@0.1.0 has no step 'nope'" and e.key == "sources.a.step" and e.line == 7
 
 
 def test_errors_inside_an_imported_step_point_into_its_file(write_recipe):

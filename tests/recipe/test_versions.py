@@ -82,3 +82,14 @@ def test_newest():
     vs = [Version.parse(v) for v in ("0.1.0", "0.2.0", "0.2.5", "1.0.0")]
     assert str(newest(vs, Range.parse("^0.2"))) == "0.2.5"
     assert newest(vs, Range.parse("^2")) is None
+
+
+@pytest.mark.parametrize("text", [">1", ">1.2", ">0", ">=1.0, >1.2", "<=1.2"])
+def test_a_range_past_whole_versions_picks_no_pre_release(text):
+    """`>1.2` reaches `>=1.3.0-0`: that bound's `-0` is not a pre-release the user named,
+    so 1.3.0-rc.1 and 2.0.0-beta.1 stay out (`install alpha@>1` took 2.0.0-beta.1)."""
+    rng = Range.parse(text)
+    assert rng.pre_cores == frozenset()
+    assert [v for v in ("1.3.0-rc.1", "2.0.0-beta.1", "1.0.0-rc.1") if rng.allows(Version.parse(v))] == []
+    versions = [Version.parse(v) for v in ("1.2.5", "1.3.0", "1.4.0-rc.1", "2.0.0-beta.1")]
+    assert str(newest(versions, Range.parse(">1.2"))) == "1.3.0"

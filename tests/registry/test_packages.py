@@ -404,6 +404,41 @@ def test_a_damaged_packages_json_is_rebuilt_from_the_index(tiny_hub, team, tmp_p
     assert packages["skills"]["latest"] == "0.2.0" and packages["other"]["latest"] == "0.1.0"
 
 
+def test_publishing_again_finishes_a_publish_killed_after_the_index(tiny_hub, team, tmp_path, capsys, monkeypatch):
+    """Killed between the index and packages.json, a publish left the package unsearchable
+    for good: the same bytes again were "already published" and wrote nothing."""
+    import mergepkg.registry.folder as folder
+    from mergepkg.registry import audit
+
+    class Killed(BaseException):
+        pass
+
+    real = folder._write
+
+    def dies_after_the_index(path, data):
+        real(path, data)
+        if str(path).endswith(".jsonl"):
+            raise Killed
+
+    monkeypatch.setattr(folder, "_write", dies_after_the_index)
+    with pytest.raises(Killed):
+        publish(tmp_path, capsys, skills())
+    monkeypatch.setattr(folder, "_write", real)
+    assert json.loads((team / "packages.json").read_text())["packages"] == {}
+    assert audit.read(team / ".mergepkg") == []
+    code, _, err = publish(tmp_path, capsys, skills())
+    assert code == 0 and "already published" in err
+    assert json.loads((team / "packages.json").read_text())["packages"]["skills"]["latest"] == "0.1.0"
+    assert [(r["action"], r["name"], r["version"]) for r in audit.read(team / ".mergepkg")] == [
+        ("publish", "skills", "0.1.0")
+    ]
+    code, out, err = cli(capsys, "search", "skills")
+    assert code == 0 and "1 packages match" in out + err
+    stamp = (team / "packages.json").stat().st_mtime_ns
+    assert publish(tmp_path, capsys, skills())[0] == 0  # an intact registry: nothing written
+    assert (team / "packages.json").stat().st_mtime_ns == stamp and len(audit.read(team / ".mergepkg")) == 1
+
+
 def test_a_lock_resolved_against_another_checkout_still_builds(tiny_hub, team, tmp_path, capsys, monkeypatch):
     """A git-hosted registry: each reader's checkout is elsewhere; the lock names the
     writer's folder, and the sha256 decides which bytes are right."""

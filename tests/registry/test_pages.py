@@ -4,6 +4,7 @@ redirects, ETags, the static site, and the SVG drawing of a recipe's DAG."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -83,7 +84,7 @@ def test_search_is_server_side(reg):
 def test_package_page(reg):
     _, _, body = get(App(reg), "/packages/skills/")
     assert "<h1>skills <span class=muted>0.1.0</span>" in body
-    assert "mergepkg build skills@0.1.0" in body and "skills = &quot;^0.1&quot;" in body
+    assert "mergepkg build skills@=0.1.0" in body and "skills = &quot;^0.1&quot;" in body
     assert "registry add team http://reg.test:8780" in body
     assert body.count('class="node source"') == 3 and 'class="node output"' in body  # base, ft1, ft2 -> skills
     assert "0.2.0</a> <span class=yanked>yanked</span>" in body
@@ -99,6 +100,36 @@ def test_version_page_and_dependencies(reg):
     _, _, body = get(App(reg), "/packages/app/")
     assert '<a href="../../packages/skills/">skills</a> <code>^0.1</code>' in body
     assert "skills:skills" in body  # the dependency source, drawn
+
+
+def test_a_version_page_builds_that_version(reg):
+    """A bare version is a caret range: `build skills@0.1.0` would build 0.1.5."""
+    publish(RegistryFolder(reg), skills("0.1.5"))
+    _, _, body = get(App(reg), "/packages/skills/0.1.0/")
+    assert "mergepkg build skills@=0.1.0\n" in body
+    assert "mergepkg build skills@0.1.0" not in body
+
+
+def test_pre_release_pages_name_ranges_that_pick_them(tmp_path):
+    """Only a range naming a pre-release picks one: `^1.0` finds nothing in a package
+    with only 1.0.0-rc.1. The latest is what `install NAME` picks: a release when one is there."""
+    root = tmp_path / "reg"
+    folder = new_registry(root, "team")
+    publish(folder, skills("1.0.0-rc.1", name="gamma"))
+    _, _, body = get(App(root), "/packages/gamma/")
+    assert "mergepkg install gamma@^1.0.0-rc.1</pre>" in body and "gamma = &quot;^1.0.0-rc.1&quot;" in body
+    assert "^1.0<" not in body and "&quot;^1.0&quot;" not in body
+    publish(folder, skills("7.0.0"))
+    publish(folder, skills("8.0.0-rc.1", 0.4))
+    packages = json.loads((root / "packages.json").read_text())["packages"]
+    assert packages["skills"]["latest"] == "7.0.0" and packages["gamma"]["latest"] == "1.0.0-rc.1"
+    _, _, body = get(App(root), "/")
+    assert ">7.0.0<" in re.search(r'<tr data-search="skills.*?</tr>', body).group(0)
+    _, _, body = get(App(root), "/packages/skills/")
+    assert "<h1>skills <span class=muted>7.0.0</span>" in body and "mergepkg build skills@=7.0.0" in body
+    _, _, body = get(App(root), "/packages/skills/8.0.0-rc.1/")
+    assert 'the latest is <a href="../../../packages/skills/">7.0.0</a>' in body
+    assert "mergepkg install skills@^8.0.0-rc.1</pre>" in body
 
 
 def test_description_is_escaped_everywhere(reg):

@@ -84,7 +84,7 @@ def test_browse_search_and_screenshots(browser, served, screenshot):
 
     page.click("text=examples/mistral-math-chat-zephyr")
     page.wait_for_url("**/packages/examples/mistral-math-chat-zephyr/")
-    assert "mergepkg build examples/mistral-math-chat-zephyr@0.1.0" in page.inner_text("#use + pre")
+    assert "mergepkg build examples/mistral-math-chat-zephyr@=0.1.0" in page.inner_text("#use + pre")
     dag = page.locator("svg.dag")
     assert dag.is_visible()
     box = dag.bounding_box()

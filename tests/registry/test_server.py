@@ -416,3 +416,17 @@ def test_an_upload_that_would_depend_on_itself_through_another_is_refused(served
     status, _, body = request(url, "/api/v1/publish", body=circular, token=token)
     assert status == 400 and "skills would depend on itself: skills -> app@0.1.0 -> skills" in json.loads(body)["error"]
     assert len(read_index((root / "index/skills.jsonl").read_text(), "i")) == 1
+
+
+def test_a_listed_dependency_whose_file_is_missing_is_a_json_500(served):
+    """The index lists skills@0.1.0 but its recipe file is gone: the server said waitress's
+    generic 500 page (and logged a traceback); it says what is damaged, naming no path of its own."""
+    url, token, root = served
+    assert request(url, "/api/v1/publish", body=publish_body(), token=token)[0] == 201
+    (root / "recipes/skills/0.1.0.toml").unlink()
+    status, headers, body = request(url, "/api/v1/publish", body={"recipe": app()}, token=token)
+    assert status == 500 and headers["Content-Type"] == "application/json", body
+    answer = json.loads(body)
+    assert "the registry lists skills@0.1.0 but its file is missing" in answer["error"]
+    assert str(root) not in answer["error"] and "maintainer" in answer["hint"]
+    assert not (root / "index/app.jsonl").exists()
