@@ -9,8 +9,9 @@ of the importer: the recipe's model, the resolution (pins) and the method names.
 
 Exported: a step that is not `moe`, whose every model (base, inputs, slice sources,
 token sources) is a source (a Hugging Face repo or a local folder, not another step),
-with a method mergekit 0.1.5 has, and no union tokenizer (mergekit builds its union
-differently: docs/tokenizers.md). Written as mergekit reads it:
+with a method mergekit 0.1.5 has, no union tokenizer (mergekit builds its union
+differently: docs/tokenizers.md), and a `config` model mergekit can take from its
+`base_model` without merging it (`_config_as_base_model`). Written as mergekit reads it:
 
 - `merge_method`, `base_model`, `models` (each with its `parameters`) or `slices`
   (`sources` with `layer_range`, slice `parameters`), top-level `parameters`;
@@ -75,7 +76,18 @@ def exportable(res: Resolution, name: str) -> bool:
         and step.method in MERGEKIT_METHODS
         and not step.tokenizer_union
         and all(m in res.recipe.sources and m in res.sources for m in models)
+        and _config_as_base_model(step)
     )
+
+
+def _config_as_base_model(step: Step) -> bool:
+    """Whether mergekit can take the step's `config` model from its `base_model`, the only
+    place it reads a config from. A `models:` merge also merges its base_model (linear,
+    karcher: a third model) or takes it as the task vectors' base (nuslerp), so there it
+    may only be one of a baseless method's inputs; slices never merge it."""
+    if step.config is None or step.base is not None or not step.inputs:
+        return True
+    return METHODS[step.method].base == "none" and step.config in {i.model for i in step.inputs}
 
 
 def mergekit_config(

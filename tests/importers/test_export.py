@@ -245,6 +245,26 @@ chat_template = "auto"
     }
 
 
+@pytest.mark.parametrize(
+    ("method", "config", "base_model"),
+    [("linear", "ft1", "../m/ft1"), ("linear", "base", None), ("karcher", "base", None), ("nuslerp", "ft1", None)],
+)
+def test_a_config_model_over_inputs_is_written_only_where_mergekit_would_not_merge_it(
+    recipe_file, method, config, base_model
+):
+    """mergekit merged a base_model outside `models` as a third input (linear, karcher) or
+    took it as nuslerp's base: other tensors than the step's, or no file at all."""
+    weights = "" if method == "karcher" else ", weight = 0.5"
+    text = f"""
+[steps.m]
+method = "{method}"
+inputs = [{{ model = "ft1"{weights} }}, {{ model = "ft2"{weights} }}]
+config = "{config}"
+"""
+    config_file = config_of(recipe_file, text, "m")
+    assert (config_file and config_file["base_model"]) == base_model
+
+
 def test_a_step_s_config_model_is_written_as_base_model(recipe_file):
     text = """
 [steps.stack]

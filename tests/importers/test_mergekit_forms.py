@@ -98,3 +98,20 @@ def test_flags_written_as_numbers_are_flags(tmp_path):
         tmp_path,
     )
     assert recipe.steps["config"].params == {"normalize": True}  # pydantic's bool takes 1.0, as mergekit
+
+
+@pytest.mark.parametrize("value", ['"5"', "5.0", "5"])
+def test_an_integer_written_as_a_string_or_a_whole_float_is_an_integer(tmp_path, value):
+    """pydantic's int takes "5" and 5.0, so mergekit runs these; the import refused them."""
+    _, recipe = imported(
+        f"merge_method: karcher\nmodels: [{{model: org/a}}, {{model: org/b}}]\nparameters: {{max_iter: {value}}}\n",
+        tmp_path,
+    )
+    assert recipe.steps["config"].params == {"max_iter": 5}
+
+
+def test_an_integer_with_a_fraction_is_still_refused(tmp_path):
+    error, _ = import_error(
+        "merge_method: karcher\nmodels: [{model: org/a}, {model: org/b}]\nparameters: {max_iter: 5.5}\n", tmp_path
+    )
+    assert "max_iter: expected an integer, got 5.5" in error.message

@@ -122,6 +122,8 @@ def scalar(ctx: Context, value: Any, p: Param, key: str) -> Any:
         raise ctx.error(key, f"expected a number, got {show(value)}")
     else:
         number = value
+    if p.kind is int and isinstance(number, float) and number.is_integer():
+        number = int(number)  # pydantic's int takes "5" and 5.0, as mergekit's validation does
     if (problem := p.problem(number)) is not None:
         raise ctx.error(key, f"{p.name}: {problem}")
     return number
