@@ -17,9 +17,7 @@ EPSILON = Param(
     "epsilon",
     0.15,
     per_input=True,
-    low=0.0,
-    high=0.5,
-    high_open=True,
+    low=0.0,  # no upper bound of its own: `band_problem` checks the band an input draws from
     doc="half-width of the keep-probability band around density",
 )
 

@@ -115,3 +115,13 @@ def test_an_integer_with_a_fraction_is_still_refused(tmp_path):
         "merge_method: karcher\nmodels: [{model: org/a}, {model: org/b}]\nparameters: {max_iter: 5.5}\n", tmp_path
     )
     assert "max_iter: expected an integer, got 5.5" in error.message
+
+
+def test_della_takes_any_epsilon_where_no_input_is_pruned(tmp_path):
+    """mergekit ignores epsilon at density 1; the import refused 0.5 as outside [0, 0.5)."""
+    _, recipe = imported(
+        "merge_method: della\nbase_model: org/base\nmodels: [{model: org/a, parameters: {weight: 1}}]\n"
+        "parameters: {epsilon: 0.5}\n",
+        tmp_path,
+    )
+    assert recipe.steps["config"].params["epsilon"] == 0.5
