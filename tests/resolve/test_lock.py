@@ -402,7 +402,7 @@ def test_a_damaged_lock_is_a_clean_error(write_recipe, tmp_path, capsys):
     lock_file = lockf(path)
     lock_file.write_text(lock_file.read_text().replace("version = 1", "version = 99"))
     code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q")
-    assert_clean_error(code, err, "99", "mergepkg lock")
+    assert_clean_error(code, err, "99", "a newer mergepkg wrote it")
     lock_file.write_text("this is [ not toml")
     code, _, err = cli(capsys, "build", path, "--out", tmp_path / "o", "-q", "--locked")
     assert_clean_error(code, err, str(lock_file))
