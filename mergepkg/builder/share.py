@@ -19,7 +19,7 @@ from mergepkg.builder.exports import is_export
 from mergepkg.errors import StoreError
 from mergepkg.lockfile import Lock, read_lock
 from mergepkg.registry.packages import Spec, looks_like_spec, published_locks
-from mergepkg.remote.config import config_path, configured, get_remote
+from mergepkg.remote.config import config_path, configured, configured_url
 from mergepkg.remote.errors import NotOnRemote, RemoteConfigError, RemoteError, reaching
 from mergepkg.remote.sign import SigningKey, keys_dir, load_signing_key
 from mergepkg.remote.store import GcReport, PushReport, Remote
@@ -43,13 +43,16 @@ class Wanted:
     key: str
     digest: str | None  # the lock's digest; None for a key given alone (or a step not built)
     label: str  # `recipe.toml:step` or the key as given, for messages
+    # a lock's step without a digest where the lock pins others: the build that wrote it did
+    # not need it (upstream of a pulled step, `build --prefer-remote`); skipped where absent
+    unneeded: bool = False
 
 
 @dataclass(frozen=True)
 class Moved:
     label: str
     key: str
-    what: str  # pushed, present, signed, pulled, stored
+    what: str  # pushed, present, repaired, signed, pulled, stored, skipped (an unneeded step absent)
     nbytes: int
 
 
@@ -67,7 +70,7 @@ def choose_remote(settings: Settings, name: str | None) -> Remote:
                 else f"pick one with -r: {', '.join(r.name for r in remotes)}",
             )
         name = remotes[0].name
-    return open_remote(get_remote(settings, name).url, skip_instance_cache=True)
+    return open_remote(configured_url(settings, name), skip_instance_cache=True)
 
 
 def choose_signing_key(settings: Settings, name: str | None) -> SigningKey:
@@ -110,7 +113,8 @@ def is_key_arg(arg: str) -> bool:
 
 def pinned(args: Iterable[str]) -> tuple[list[Wanted], list[str], list[Path]]:
     """The steps the given recipes' (or lock files') locks pin, in lock order and once
-    each; the other arguments (keys and prefixes), as given; and the lock files."""
+    each (with a digest where any lock pins one); the other arguments (keys and prefixes),
+    as given; and the lock files."""
     wanted: dict[str, Wanted] = {}
     keys, lock_files = [], []
     for arg in args:
@@ -119,8 +123,11 @@ def pinned(args: Iterable[str]) -> tuple[list[Wanted], list[str], list[Path]]:
             continue
         lock_file, lock = lock_for(arg)
         lock_files.append(lock_file.resolve())
+        built = any(s.digest is not None for s in lock.steps.values())  # written by a build
         for step in lock.steps.values():
-            wanted.setdefault(step.key, Wanted(step.key, step.digest, f"{arg}:{step.name}"))
+            w = Wanted(step.key, step.digest, f"{arg}:{step.name}", unneeded=built and step.digest is None)
+            if step.key not in wanted or (wanted[step.key].digest is None and w.digest is not None):
+                wanted[step.key] = w
     return list(wanted.values()), keys, lock_files
 
 
@@ -134,17 +141,22 @@ def _one(prefix: str, keys: Sequence[str], where: str, hint: str) -> str:
     return found[0]
 
 
-def stored_targets(session: Session, args: Sequence[str]) -> list[tuple[Wanted, Artifact]]:
+def stored_targets(session: Session, args: Sequence[str]) -> list[tuple[Wanted, Artifact | None]]:
     """The local artifacts `args` name (none: every stored step), each intact and, for
-    a lock's step, with the lock's digest; a step not stored is an error naming it.
-    Exports (GGUF files) are not shared: left out of "every", an error when named by key."""
+    a lock's step, with the lock's digest; a step not stored is an error naming it, but
+    for a step its lock's build did not need (`Wanted.unneeded`), paired with None: a
+    home that pulled the outputs never had it. Exports (GGUF files) are not shared: left
+    out of "every", an error when named by key."""
     store = session.store
     if not args:
         return [(Wanted(a.key, a.digest, a.key[:16]), a) for a in store.all() if not is_export(a)]
     steps, keys, _ = pinned(args)
-    out = []
+    out: list[tuple[Wanted, Artifact | None]] = []
     for w in steps:
         art = store.get(w.key)
+        if w.unneeded and (art is None or not art.intact()):
+            out.append((w, None))
+            continue
         if art is None or not art.intact() or (w.digest is not None and art.digest != w.digest):
             state = "is not in the local store" if art is None or not art.intact() else "differs from its lock"
             recipe = w.label.rpartition(":")[0]
@@ -162,7 +174,7 @@ def stored_targets(session: Session, args: Sequence[str]) -> list[tuple[Wanted, 
                 "through remotes",
                 hint="share the step it is made from; `mergepkg export` makes it again from there",
             )
-        if all(a.key != art.key for _, a in out):
+        if all(w.key != art.key for w, _ in out):
             out.append((Wanted(art.key, art.digest, k), art))
     return out
 
@@ -174,29 +186,41 @@ def push(
     *,
     signing_key: SigningKey | None = None,
     reporter: ShareReporter | None = None,
+    rehash: bool = False,
 ) -> list[Moved]:
-    """Push the artifacts `args` name (see `stored_targets`): each checks what the remote
-    has first and moves only the files it lacks; with `signing_key`, records are signed,
-    those already there too."""
+    """Push the artifacts `args` name (see `stored_targets`; a step its lock's build did
+    not need and this home lacks is `skipped`): each checks what the remote has first and
+    moves only the files it lacks; with `signing_key`, records are signed, those already
+    there too. `rehash` reads the remote's files back and replaces those that differ, and
+    a record saying another build: the repair of a remote whose pulls are refused."""
     done = []
     for w, art in stored_targets(session, args):
+        if art is None:
+            done.append(Moved(w.label, w.key, "skipped", 0))
+            continue
         progress = reporter.transfer_started(w.label, art.key) if reporter else None
         with reaching(remote.url):
             report: PushReport = push_artifact(
-                remote, art, hashes=session.hashes, signing_key=signing_key, progress=progress
+                remote, art, hashes=session.hashes, signing_key=signing_key, progress=progress, rehash=rehash
             )
-        what = "signed" if report.signed else "present" if report.present else "pushed"
+        what = "signed" if report.signed else "present" if report.present else _pushed(report)
         done.append(Moved(w.label, art.key, what, report.nbytes))
         if reporter:
             reporter.transfer_finished(w.label, art.key, what, report.nbytes)
     return done
 
 
+def _pushed(report: PushReport) -> str:
+    """`repaired` where the remote had the key and a rehash replaced files or the record."""
+    return "repaired" if report.repaired else "pushed"
+
+
 def sign(remote: Remote, session: Session, args: Sequence[str], key: SigningKey) -> list[Moved]:
     """Add `key`'s signature to the remote's records of the artifacts `args` name (none:
     every stored artifact the remote has); each must be on the remote and hold the same
-    files as here. Only records are rewritten."""
-    targets = stored_targets(session, args)
+    files as here. Only records are rewritten; a step its lock's build did not need and
+    this home lacks is left out."""
+    targets = [(w, a) for w, a in stored_targets(session, args) if a is not None]
     if not args:
         with reaching(remote.url):
             present = set(remote.keys())
@@ -223,10 +247,12 @@ def pull(
     reporter: ShareReporter | None = None,
 ) -> list[Moved]:
     """Pull what `args` name into the local store: a lock's steps checked against its
-    digests; a key no given lock pins, by a signature of one of the `trusted` keys.
-    Every key is looked up on the remote before anything is pulled; a refusal raises and
-    nothing of that artifact enters the store. The locks become `cache gc` roots, as a
-    build's do, so what they pinned stays until the build that reuses it."""
+    digests; a key no given lock pins, by a signature of one of the `trusted` keys; a
+    step a lock pins without a digest while it pins others (its build did not need it:
+    `build --prefer-remote` pulled what reads it) is `skipped`, as `build --locked` skips
+    it. Every key is looked up on the remote before anything is pulled; a refusal raises
+    and nothing of that artifact enters the store. The locks become `cache gc` roots, as
+    a build's do, so what they pinned stays until the build that reuses it."""
     steps, keys, lock_files = pinned(args)
     digests = {w.key: w.digest for w in steps}
     on_remote: list[str] | None = None
@@ -243,6 +269,8 @@ def pull(
         art = session.store.get(w.key)
         if art is not None and art.intact() and (w.digest is None or art.digest == w.digest):
             stored[w.key] = art
+        elif w.unneeded:
+            continue
         elif not _has(remote, w.key):
             raise NotOnRemote(
                 f"{w.label} ({w.key[:12]}) is not on the remote",
@@ -253,8 +281,8 @@ def pull(
         session.store.add_root(lock_file)
     done = []
     for w in steps:
-        if w.key in stored:
-            done.append(Moved(w.label, w.key, "stored", 0))
+        if w.key in stored or w.unneeded:
+            done.append(Moved(w.label, w.key, "stored" if w.key in stored else "skipped", 0))
             continue
         progress = reporter.transfer_started(w.label, w.key) if reporter else None
         with reaching(remote.url):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from mergepkg.builder.substitute import Choice, Offer, Policy, Remotes, choose
+from mergepkg.builder.substitute import RECIPE_REMOTE, Choice, Offer, Policy, Remotes, choose
 from mergepkg.engine.device import check_device
 from mergepkg.engine.memory import Budget
 from mergepkg.engine.progress import Reporter
@@ -25,7 +25,7 @@ from mergepkg.layout.steps import lay_out, read_model_info
 from mergepkg.layout.types import ModelInfo, StepLayout
 from mergepkg.pitfalls.layouts import layout_pitfalls
 from mergepkg.pitfalls.pitfall import Pitfall
-from mergepkg.remote.errors import RemoteError
+from mergepkg.remote.errors import Refused, RemoteError
 from mergepkg.resolve.resolution import Resolution
 from mergepkg.store.local import Artifact
 from mergepkg.store.session import Session
@@ -100,8 +100,9 @@ class StepRunner:
             self.planned[1][name] = read_model_info(art.folder)  # real shard names for readers downstream
 
     def pull_all(self) -> Choice:
-        """Pull what the rule picks; a refused or failing pull is warned about and the step
-        built instead (the rule is asked again), unless it cannot be built here: then it raises."""
+        """Pull what the rule picks; a refused or failing pull is warned about and the next
+        remote that has the step asked (the rule is asked again with its offer), then the
+        step built instead, unless it cannot be built here: then it raises."""
         res = self.res
         inputs = {n: res.plan.inputs(n) for n in res.plan.order}
         missing = {n: (s.missing if s.folder is None else 0) for n, s in res.sources.items()}
@@ -112,24 +113,65 @@ class StepRunner:
             offers = {n: found[res.keys[n]] for n in lacking if res.keys[n] in found}
         while True:
             choice = choose(res.plan.order, inputs, self.roots, self.artifacts, offers, missing, self.policy)
-            for name in choice.build:
-                refused = self.remotes.refused.pop(res.keys[name], None) if self.remotes else None
-                if refused is not None and math.isinf(choice.download[name]):
-                    raise _cannot_build(refused, name)
-                if refused is not None:
-                    self.reporter.warning(f"step {name!r}: {_describe(refused)}; building it here")
+            self.refusals(choice)
             failed = False
             for name, offer in choice.pull.items():
                 try:
                     self.keep(name, self.pull_one(name, offer))
                 except (RemoteError, OSError) as e:
-                    if math.isinf(choice.download[name]):
-                        raise _cannot_build(e, name) from None
-                    self.reporter.warning(f"step {name!r}: {_describe(e)}; building it here")
-                    offers.pop(name)
+                    self.fall_back(name, e, offers, math.isinf(choice.download[name]))
                     failed = True
             if not failed:
                 return choice
+
+    def refusals(self, choice: Choice) -> None:
+        """Say why each step to build was not pulled, where a remote had it but was refused;
+        raise that when the step cannot be built here either."""
+        if self.remotes is None:
+            return
+        for name in choice.build:
+            key = self.res.keys[name]
+            refused = self.remotes.refused.pop(key, None)
+            if refused is not None and math.isinf(choice.download[name]):
+                raise self.cannot_build(refused, name, None)
+            if refused is not None and key not in self.remotes.told:  # a malformed record: warned already
+                self.reporter.warning(f"step {name!r}: {_describe(refused)}; building it here")
+
+    def fall_back(self, name: str, error: RemoteError | OSError, offers: dict[str, Offer], unbuildable: bool) -> None:
+        """After a failed pull of `name`: the next remote's offer replaces it in `offers`, or
+        there is none and the step is built (it leaves `offers`), or, when it cannot be built
+        here, the failure is raised. Remotes are asked in order, so one damaged copy never
+        hides a whole one on a later remote."""
+        assert self.remotes is not None  # offers come from remotes
+        nxt = self.remotes.next_offer(self.res.keys[name], self.locked.get(name))
+        if nxt is not None:
+            self.reporter.warning(f"step {name!r}: {_describe(error)}; trying remote {nxt.remote}")
+            offers[name] = nxt
+            return
+        failed = offers.pop(name)
+        if unbuildable:
+            raise self.cannot_build(error, name, failed.remote) from None
+        self.reporter.warning(f"step {name!r}: {_describe(error)}; building it here")
+
+    def cannot_build(self, e: RemoteError | OSError, name: str, remote: str | None) -> MergepkgError:
+        """The remote's refusal of a step that cannot be built here either (its inputs are
+        absent), with the command that repairs the remote (`remote`: the one that failed)."""
+        if not isinstance(e, MergepkgError):
+            e = RemoteError(f"cannot reach the remote: {e}")
+        e.message = (
+            f"step {name!r} cannot be built here (its inputs are absent) and the remote's copy failed: {e.message}"
+        )
+        if not isinstance(e, Refused):  # unreachable, denied: nothing on the remote to repair
+            e.hint = "fetch the step's sources, or build again once the remote can be reached"
+            return e
+        path = self.res.recipe.path
+        recipe = path.name if path.parent == Path.cwd() else str(path)
+        where = f" -r {remote}" if remote and remote != RECIPE_REMOTE else ""
+        e.hint = (
+            "fetch the step's sources, or repair the remote from a home that holds the build the lock was made"
+            f" from: mergepkg cache push {recipe} --rehash{where}"
+        )
+        return e
 
     def pull_one(self, name: str, offer: Offer) -> Artifact:
         assert self.remotes is not None  # offers come from remotes
@@ -189,12 +231,3 @@ def _describe(e: Exception) -> str:
     if isinstance(e, MergepkgError):
         return f"{e.where}: {e.message}" if e.where else e.message
     return f"{type(e).__name__}: {e}"
-
-
-def _cannot_build(e: RemoteError | OSError, name: str) -> MergepkgError:
-    """The remote's refusal of a step that cannot be built here either (its inputs are absent)."""
-    if not isinstance(e, MergepkgError):
-        e = RemoteError(f"cannot reach the remote: {e}")
-    e.message = f"step {name!r} cannot be built here (its inputs are absent) and the remote's copy failed: {e.message}"
-    e.hint = e.hint or "fetch the step's sources, or fix the remote (push the build the lock was made from)"
-    return e

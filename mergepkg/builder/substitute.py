@@ -33,8 +33,8 @@ from typing import Literal
 from mergepkg.errors import LockError, MergepkgError
 from mergepkg.lockfile import lock_path, read_lock
 from mergepkg.recipe.model import Recipe
-from mergepkg.remote.config import configured, get_remote, trusted_keys
-from mergepkg.remote.errors import Refused, RemoteError, reaching
+from mergepkg.remote.config import configured, configured_url, locate, trusted_keys
+from mergepkg.remote.errors import Refused, RemoteConfigError, RemoteError, reaching
 from mergepkg.remote.record import Record
 from mergepkg.remote.sign import trusted_signer
 from mergepkg.remote.store import PushReport, Remote
@@ -58,14 +58,22 @@ class Offer:
 
 
 class Remotes:
-    """The remotes one build may substitute from; each opened and listed at most once.
-    `warn` is told when a remote cannot be read or an artifact is refused up front."""
+    """The remotes one build may substitute from, asked in order; each opened and listed
+    at most once. `warn` is told when a remote cannot be read or a record is malformed.
+
+    Every remote is a candidate for every key: `look_up` finds the first remote whose
+    record the cheap checks admit, and `next_offer` the one after it, so a pull that fails
+    (a file damaged on one remote, a network error) falls back to the next remote before
+    the step is built here or the build fails."""
 
     def __init__(self, settings: Settings, remotes: Sequence[tuple[str, str]], warn: Callable[[str], None]):
         self.settings, self.remotes, self.warn = settings, list(remotes), warn
         self.trusted = trusted_keys(settings) if remotes else []
         self.opened: dict[str, Remote] = {}
-        self.refused: dict[str, RemoteError] = {}  # key -> why the remotes' artifact was refused
+        self.held: dict[str, set[str] | None] = {}  # name -> the keys it lists (None: cannot be read)
+        self.refused: dict[str, RemoteError] = {}  # key -> why the remotes' artifact was refused (the first)
+        self.told: set[str] = set()  # keys whose refusal `warn` was told already (a malformed record)
+        self.asked: dict[str, int] = {}  # key -> how many remotes were asked for it, in order
 
     @classmethod
     def for_recipe(cls, settings: Settings, recipe: Recipe, warn: Callable[[str], None]) -> Remotes:
@@ -77,38 +85,66 @@ class Remotes:
 
     def look_up(self, wanted: Mapping[str, str | None]) -> dict[str, Offer]:
         """The offers for the keys of `wanted` (key -> the lock's digest, or None), from the
-        first remote that has each; a remote that cannot be read is warned about and skipped."""
+        first remote that has each acceptably; a remote that cannot be read is warned about
+        and skipped. `next_offer` goes on from there."""
         offers: dict[str, Offer] = {}
-        for name, url in self.remotes:
-            todo = [k for k in wanted if k not in offers]
-            if not todo:
-                break
-            try:
-                remote = self.opened.get(name) or open_remote(url, skip_instance_cache=True)
-                self.opened[name] = remote
-                held = set(remote.keys())
-            except Exception as e:  # any backend's failure (network, credentials): build instead
-                self.warn(f"remote {name} ({url}) cannot be read, not used: {_reason(e)}")
-                continue
-            for key in (k for k in todo if k in held):
-                try:
-                    record = remote.record(key)
-                except RemoteError as e:  # this record is malformed: it alone is not offered
-                    self.warn(f"remote {name}: a record is refused: {_reason(e)}")
-                    self.refused.setdefault(key, e)
-                    continue
-                except Exception as e:  # the backend failed on the way: the rest of this remote too
-                    self.warn(f"remote {name} ({url}) cannot be read, not used: {_reason(e)}")
-                    break
-                if record is None:
-                    continue
-                problem = self._admits(record, wanted[key], url)
-                if problem is None:
-                    offers[key] = Offer(name, url, record.size, record.digest)
-                    self.refused.pop(key, None)
-                else:
-                    self.refused.setdefault(key, problem)
+        for key, expected in wanted.items():
+            self.asked[key] = 0
+            if (offer := self.next_offer(key, expected)) is not None:
+                offers[key] = offer
         return offers
+
+    def next_offer(self, key: str, expected: str | None) -> Offer | None:
+        """The offer for `key` of the next remote (after those asked already) whose record
+        the cheap checks admit, or None when no remote is left; refusals on the way are kept
+        in `refused` (the first one per key), so a caller can say why."""
+        while (i := self.asked.get(key, 0)) < len(self.remotes):
+            self.asked[key] = i + 1
+            name, url = self.remotes[i]
+            if (offer := self._offer(name, url, key, expected)) is not None:
+                self.refused.pop(key, None)  # an earlier remote's refusal no longer matters
+                self.told.discard(key)
+                return offer
+        return None
+
+    def _offer(self, name: str, url: str, key: str, expected: str | None) -> Offer | None:
+        """Remote `name`'s offer for `key`, when its record passes the cheap checks."""
+        held = self._listing(name, url)
+        if held is None or key not in held:
+            return None
+        try:
+            record = self.opened[name].record(key)
+        except RemoteError as e:  # this record is malformed: it alone is not offered
+            self.warn(f"remote {name}: a record is refused: {_reason(e)}")
+            if key not in self.refused:
+                self.refused[key] = e
+                self.told.add(key)
+            return None
+        except Exception as e:  # the backend failed on the way: the rest of this remote too
+            self.warn(f"remote {name} ({url}) cannot be read, not used: {_reason(e)}")
+            self.held[name] = None
+            return None
+        if record is None:
+            return None
+        problem = self._admits(record, expected, url)
+        if problem is not None:
+            self.refused.setdefault(key, problem)
+            return None
+        return Offer(name, url, record.size, record.digest)
+
+    def _listing(self, name: str, url: str) -> set[str] | None:
+        """The keys remote `name` holds, listed once per build; None when it cannot be read
+        (warned about once)."""
+        if name not in self.held:
+            try:
+                self.opened[name] = self.opened.get(name) or open_remote(url, skip_instance_cache=True)
+                self.held[name] = set(self.opened[name].keys())
+            except Exception as e:  # any backend's failure (network, credentials): build instead
+                if isinstance(e, RemoteConfigError):  # a bad URL edited into remotes.toml: said there
+                    e = locate(self.settings, name, url, e)
+                self.warn(f"remote {name} ({url}) cannot be read, not used: {_reason(e)}")
+                self.held[name] = None
+        return self.held[name]
 
     def _admits(self, record: Record, expected: str | None, url: str) -> RemoteError | None:
         """Why `record` would be refused before anything is downloaded, or None."""
@@ -213,7 +249,7 @@ def push_locked(settings: Settings, store: Store, recipe: Recipe, remote: str) -
     lock = read_lock(lock_path(recipe))
     if lock is None:
         raise LockError("there is no lock to push the steps of", file=str(lock_path(recipe)), hint="build it first")
-    url = remote if "://" in remote else get_remote(settings, remote).url
+    url = remote if "://" in remote else configured_url(settings, remote)
     chosen = {}  # every step is checked before the first push, so a refusal pushes nothing
     for name, step in lock.steps.items():
         art = store.get(step.key)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mergepkg.builder.build import build
-from mergepkg.builder.substitute import Policy, Remotes
+from mergepkg.builder.substitute import Offer, Policy, Remotes
 from mergepkg.engine.progress import NullReporter, Reporter
 from mergepkg.errors import LockError, MergepkgError
 from mergepkg.io.digest import model_digest
@@ -77,19 +77,40 @@ def _pull_missing(recipe: Recipe, session: Session, lock: Lock, reporter: Report
     checks = {}
     for name, step in sorted(lacking.items()):
         offer = offers.get(step.key)
-        try:
-            if offer is None:
-                if (refused := remotes.refused.get(step.key)) is not None:
-                    raise refused
-                continue
-            reporter.pull_started(name, offer.remote, offer.size)
-            art = remotes.pull(session.store, step.key, offer, step.digest, lambda f, d, t: reporter.pull_progress(d))
-            reporter.step_pulled(name, step.key, offer.remote)
-            checks[name] = Check(name, step.key, step.digest, art.digest, "ok", offer.remote)
-        except RemoteError as e:
-            where = offer.remote if offer else None
-            checks[name] = Check(name, step.key, step.digest, None, "refused", where, f"{e.where}: {e.message}")
+        if offer is None:
+            if (refused := remotes.refused.get(step.key)) is not None:
+                checks[name] = Check(name, step.key, step.digest, None, "refused", None, _note(refused))
+            continue
+        assert step.digest is not None  # only pinned steps are lacking
+        checks[name] = _pull_one(name, step.key, step.digest, offer, remotes, session, reporter)
     return checks
+
+
+def _pull_one(
+    name: str, key: str, digest: str, offer: Offer, remotes: Remotes, session: Session, reporter: Reporter
+) -> Check:
+    """Pull one locked step from `offer`'s remote, then from each later remote that has it
+    while pulls fail: a damaged copy on one remote does not hide a whole one on the next.
+    "refused" (the first failure, from its remote) when none gives it."""
+    first: tuple[str, RemoteError] | None = None
+    current: Offer | None = offer
+    while current is not None:
+        try:
+            reporter.pull_started(name, current.remote, current.size)
+            art = remotes.pull(session.store, key, current, digest, lambda f, d, t: reporter.pull_progress(d))
+            reporter.step_pulled(name, key, current.remote)
+            return Check(name, key, digest, art.digest, "ok", current.remote)
+        except RemoteError as e:
+            first = first or (current.remote, e)
+            current = remotes.next_offer(key, digest)
+            if current is not None:
+                reporter.warning(f"step {name!r}: {_note(e)}; trying remote {current.remote}")
+    assert first is not None  # the loop ran at least once
+    return Check(name, key, digest, None, "refused", first[0], _note(first[1]))
+
+
+def _note(e: RemoteError) -> str:
+    return f"{e.where}: {e.message}" if e.where else e.message
 
 
 def _check_store(session: Session, lock: Lock, pulled: dict[str, Check]) -> list[Check]:

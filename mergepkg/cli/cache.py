@@ -79,6 +79,12 @@ def push(
     remote: str = REMOTE,
     sign: bool = typer.Option(False, "--sign", help="Sign the records (those already there too) with --key."),
     key: str = KEY,
+    rehash: bool = typer.Option(
+        False,
+        "--rehash",
+        help="Read the remote's files back and replace those that differ (and a record of another build): "
+        "repairs a remote whose pulls are refused.",
+    ),
     quiet: bool = QUIET,
 ) -> None:
     """Push stored artifacts to a remote (none named: every stored one). The remote's
@@ -87,7 +93,7 @@ def push(
     target = share.choose_remote(session.settings, remote)
     signing_key = share.choose_signing_key(session.settings, key) if sign else None
     with TransferReporter(enabled=not quiet) as reporter:
-        moved = share.push(target, session, targets or [], signing_key=signing_key, reporter=reporter)
+        moved = share.push(target, session, targets or [], signing_key=signing_key, reporter=reporter, rehash=rehash)
     _report(moved, target.url)
 
 

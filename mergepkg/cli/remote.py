@@ -118,12 +118,18 @@ def gc(
 def summary(moved: list[share.Moved], remote: str) -> str:
     """`2 pushed (3.4 MB), 1 already on file:///...`: what a push or pull did, counted."""
     counts: dict[str, int] = {}
+    nbytes: dict[str, int] = {}
     for m in moved:
         counts[m.what] = counts.get(m.what, 0) + 1
-    nbytes = sum(m.nbytes for m in moved if m.what in ("pushed", "pulled"))
-    words = {"present": f"already on {remote}", "stored": "already stored here"}
+        nbytes[m.what] = nbytes.get(m.what, 0) + m.nbytes
+    words = {
+        "present": f"already on {remote}",
+        "stored": "already stored here",
+        "skipped": "skipped (the lock pins no digest: its build did not need them)",
+    }
     parts = [
-        f"{n} {words.get(what, what)}" + (f" ({size(nbytes)})" if what in ("pushed", "pulled") else "")
+        f"{n} {words.get(what, what)}"
+        + (f" ({size(nbytes[what])})" if what in ("pushed", "pulled", "repaired") else "")
         for what, n in counts.items()
     ]
     return ", ".join(parts) or "nothing to do"

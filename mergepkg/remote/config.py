@@ -76,8 +76,40 @@ def configured(settings: Settings) -> list[RemoteConfig]:
 
 
 def trusted_keys(settings: Settings) -> list[str]:
-    """The public keys (`name:base64`) whose signatures admit a step the lock does not pin."""
+    """The public keys (`name:base64`) whose signatures admit a step the lock does not pin,
+    each checked: one edited by hand that is no key is an error located at remotes.toml
+    (`trusted-public-keys[i]`), not one raised later without a place."""
+    keys = _trusted(settings)
+    for i, key in enumerate(keys):
+        try:
+            parse_public_key(key, where=str(config_path(settings)))
+        except RemoteConfigError as e:
+            e.key = f"trusted-public-keys[{i}]"
+            raise
+    return keys
+
+
+def _trusted(settings: Settings) -> list[str]:
+    """The trusted keys as written, unchecked: what `untrust` edits (a bad one included)."""
     return list(_read(settings).get("trusted-public-keys", []))
+
+
+def configured_url(settings: Settings, name: str) -> str:
+    """The URL of the configured remote `name`, checked as `add_remote` checks one; a URL
+    edited by hand into remotes.toml that is not one is an error located there."""
+    url = get_remote(settings, name).url
+    try:
+        return normalize_url(url)
+    except RemoteConfigError as e:
+        raise locate(settings, name, url, e) from None
+
+
+def locate(settings: Settings, name: str, url: str, e: RemoteConfigError) -> RemoteConfigError:
+    """`e` (about `url`) located at remotes.toml's `remotes.NAME.url` where `url` is what
+    that entry says; as it is otherwise (a recipe's own remote, a URL given by hand)."""
+    if e.file is None and any(r.name == name and r.url == url for r in configured(settings)):
+        e.file, e.key = str(config_path(settings)), f"remotes.{name}.url"
+    return e
 
 
 def get_remote(settings: Settings, name: str) -> RemoteConfig:
@@ -104,21 +136,21 @@ def add_remote(settings: Settings, name: str, url: str) -> RemoteConfig:
             hint="remove it first, or pick another name",
         )
     remote = RemoteConfig(name, normalize_url(url))
-    _save(settings, [*remotes, remote], trusted_keys(settings))
+    _save(settings, [*remotes, remote], _trusted(settings))
     return remote
 
 
 def remove_remote(settings: Settings, name: str) -> RemoteConfig:
     """Forget remote `name` (nothing on the remote is touched); returns what it was."""
     gone = get_remote(settings, name)
-    _save(settings, [r for r in configured(settings) if r.name != name], trusted_keys(settings))
+    _save(settings, [r for r in configured(settings) if r.name != name], _trusted(settings))
     return gone
 
 
 def trust_key(settings: Settings, public_key: str) -> str:
     """Trust signatures by `public_key` (`name:base64`); returns the key's name."""
     name, _ = parse_public_key(public_key)
-    trusted = trusted_keys(settings)
+    trusted = _trusted(settings)
     same = [k for k in trusted if k.partition(":")[0] == name]
     if same and same != [public_key.strip()]:
         raise RemoteConfigError(
@@ -131,7 +163,7 @@ def trust_key(settings: Settings, public_key: str) -> str:
 
 def untrust_key(settings: Settings, name: str) -> None:
     """Stop trusting the key named `name`."""
-    trusted = trusted_keys(settings)
+    trusted = _trusted(settings)
     kept = [k for k in trusted if k.partition(":")[0] != name]
     if len(kept) == len(trusted):
         raise RemoteConfigError(
@@ -151,10 +183,10 @@ def normalize_url(url: str) -> str:
     if scheme not in SCHEMES:
         raise RemoteConfigError(f"unknown remote scheme {scheme!r} in {url!r}", hint=did_you_mean(scheme, SCHEMES))
     if scheme == "file":
-        folder = Path(urllib.parse.unquote(rest)).expanduser().resolve()
+        folder = (Path(urllib.parse.unquote(rest)) if sep else Path(rest)).expanduser().resolve()
         if not folder.is_dir():
             raise RemoteConfigError(f"no such folder: {folder}", hint="create it first (a shared disk's folder)")
-        return f"file://{folder}"
+        return file_url(folder)
     parts = [p for p in rest.split("/") if p]
     if scheme == "s3" and not parts:
         raise RemoteConfigError(f"no bucket in {url!r}", hint="s3://BUCKET[/PREFIX]")
@@ -169,6 +201,18 @@ def normalize_url(url: str) -> str:
     normal = f"{scheme}://{'/'.join(parts)}"
     check_backend(normal)
     return normal
+
+
+def file_url(folder: Path) -> str:
+    """`file://` and the absolute `folder`, its `%` written `%25`: a file URL is decoded
+    once when read (`folder_of`), so a folder whose name holds `%41` stays that folder
+    however often the URL is normalised again (a plain path is never decoded)."""
+    return "file://" + str(folder).replace("%", "%25")
+
+
+def folder_of(url: str) -> Path:
+    """The folder a normalised `file://` URL names (`file_url`'s inverse)."""
+    return Path(urllib.parse.unquote(url.partition("://")[2]))
 
 
 def check_backend(url: str) -> None:

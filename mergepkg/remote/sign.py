@@ -83,9 +83,20 @@ def generate_key(settings: Settings, name: str) -> SigningKey:
     return key
 
 
+def key_file(settings: Settings, name: str) -> Path:
+    """Where the signing key `name` is: the key of that name under keys/ when there is one,
+    else the file `name` (`alice.secret` in the current folder is a name too, and was read
+    as keys/alice.secret.secret); a name that is neither is looked for under keys/. keys/
+    comes first, so a stray file in the current folder never replaces a saved key."""
+    saved = keys_dir(settings) / f"{name}.secret"
+    if is_name(name) and (saved.is_file() or not Path(name).is_file()):
+        return saved
+    return Path(name)
+
+
 def load_signing_key(settings: Settings, name: str) -> SigningKey:
-    """The key `name` saved by `generate_key`."""
-    path = keys_dir(settings) / f"{name}.secret" if is_name(name) else Path(name)
+    """The key `name` saved by `generate_key`, or a secret key file (`key_file`)."""
+    path = key_file(settings, name)
     try:
         text = path.read_text()
     except OSError as e:

@@ -50,6 +50,7 @@ class PushReport:
     nbytes: int  # bytes moved
     present: bool  # the remote had the whole artifact: no file was written
     signed: bool = False  # a signature was added to the record the remote had (sync.push_artifact)
+    repaired: bool = False  # the remote had a record for the key, and files or the record were replaced
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class Remote:
             existing = self.record(record.key)
         except RemoteError:
             existing = None  # a malformed record is replaced
-        if existing is not None and not self._missing(existing, rehash):
+        if existing is not None and self._whole(existing, record, rehash):
             return PushReport(record.key, (), tuple(f.name for f in record.files), 0, present=True)
         missing = self._missing(record, rehash)
         meter = Meter(sum(f.size for f in missing), progress)
@@ -144,7 +145,17 @@ class Remote:
             self._upload(folder, record, lost, meter)
         names = {f.name for f in missing}
         skipped = tuple(f.name for f in record.files if f.name not in names)
-        return PushReport(record.key, tuple(sorted(names)), skipped, meter.done, present=False)
+        repaired = rehash and existing is not None
+        return PushReport(record.key, tuple(sorted(names)), skipped, meter.done, present=False, repaired=repaired)
+
+    def _whole(self, existing: Record, pushed: Record, rehash: bool) -> bool:
+        """Whether the remote's artifact (`existing`'s record) leaves a push nothing to do:
+        its files all there (with `rehash`, read back: each sha256 as recorded). A rehash,
+        the repair of a remote whose pulls are refused, also wants the record to say the
+        pushed build (digest and files): another build's record is replaced."""
+        if rehash and (existing.digest, existing.files) != (pushed.digest, pushed.files):
+            return False
+        return not self._missing(existing, rehash)
 
     def _upload(self, folder: Path, record: Record, files: list[FileEntry], meter: Meter) -> None:
         """Put `files`, in parallel, then the record: last, and only once all are in place."""
@@ -209,7 +220,8 @@ class Remote:
             raise Refused(
                 f"the remote's artifact has digest {record.digest}, the lock pins {expected_digest}",
                 file=where,
-                hint="nothing was pulled: build the step here, or push the build the lock was made from",
+                hint="nothing was pulled: build the step here, or repair the remote from a home that holds the"
+                f" lock's build: mergepkg cache push --rehash {key[:12]}",
             )
         if expected_digest is None:
             signer = trusted_signer(record, trusted, where=where)
@@ -244,7 +256,12 @@ class Remote:
                 got, want = f"{size} bytes", f"{f.size}"
             else:
                 got, want = f"sha256 {sha[:16]}…", f"{f.sha256[:16]}…"
-            raise Refused(f"the file differs from its record: it has {got}, the record says {want}", file=where)
+            raise Refused(
+                f"the file differs from its record: it has {got}, the record says {want}",
+                file=where,
+                hint="repair the remote from a home that holds this build:"
+                f" mergepkg cache push --rehash {record.key[:12]}",
+            )
 
     # -- gc -----------------------------------------------------------------------------
     def gc(self, keep: set[str], *, dry_run: bool = False) -> GcReport:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from mergepkg._version import __version__
-from mergepkg.remote.config import check_backend, get_remote, normalize_url, trusted_keys
+from mergepkg.remote.config import check_backend, configured_url, folder_of, normalize_url, trusted_keys
 from mergepkg.remote.errors import EXTRA_HINT, NotOnRemote, Refused, RemoteConfigError, RemoteError
 from mergepkg.remote.hub import HubRemote
 from mergepkg.remote.record import FileEntry, Record, is_file_name
@@ -36,7 +36,10 @@ def open_remote(url: str, *, threads: int = 4, **storage_options: Any) -> Remote
     import fsspec
 
     try:
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        if scheme == "file":  # the decoded folder: fsspec would take `%25` literally
+            fs, root = fsspec.filesystem("file", **storage_options), str(folder_of(url))
+        else:
+            fs, root = fsspec.core.url_to_fs(url, **storage_options)
     except ImportError as e:
         raise RemoteConfigError(f"cannot open {url}: {e}", hint=EXTRA_HINT) from None
     return Remote(fs, root, url=url, threads=threads)
@@ -44,7 +47,7 @@ def open_remote(url: str, *, threads: int = 4, **storage_options: Any) -> Remote
 
 def open_configured(settings: Settings, name: str, **storage_options: Any) -> Remote:
     """The configured remote `name` (remotes.toml)."""
-    return open_remote(get_remote(settings, name).url, **storage_options)
+    return open_remote(configured_url(settings, name), **storage_options)
 
 
 def whoami() -> str:
@@ -92,11 +95,13 @@ def push_artifact(
     hashes: HashCache | None = None,
     signing_key: SigningKey | None = None,
     progress: ProgressFn | None = None,
+    rehash: bool = False,
 ) -> PushReport:
-    """Push a stored artifact (see `Remote.push`). With `signing_key`, an artifact the
-    remote has already gets the key's signature added to its record (`sign_artifact`)."""
+    """Push a stored artifact (see `Remote.push`; `rehash` reads the remote's files back
+    and replaces what differs). With `signing_key`, an artifact the remote has already
+    gets the key's signature added to its record (`sign_artifact`)."""
     record = record_for(artifact, hashes=hashes, signing_key=signing_key)
-    report = remote.push(artifact.folder, record, progress=progress)
+    report = remote.push(artifact.folder, record, progress=progress, rehash=rehash)
     if report.present and signing_key is not None:
         report = replace(report, signed=sign_artifact(remote, artifact, signing_key, hashes=hashes) is not None)
     return report

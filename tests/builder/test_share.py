@@ -304,3 +304,41 @@ def test_exports_are_not_shared_every_step_is_pushed_past_them(remote, tmp_path)
     assert "mergepkg export" in (e.value.hint or "")
     key = generate_key(a.settings, "alice")
     assert sorted(m.key for m in share.sign(remote, a, [], key)) == sorted([first.key, last.key])
+
+
+def test_a_file_damaged_on_the_remote_is_repaired_by_a_rehash_push(remote, tmp_path):
+    """The record whole, a file flipped: a plain push says `present` and repairs nothing
+    (sizes only), `rehash` reads the files back and puts the damaged one again."""
+    a, b = session_at(tmp_path / "a"), session_at(tmp_path / "b")
+    art = make_artifact(a.store, 1)
+    lock = lock_of(tmp_path / "r.lock", [art])
+    share.push(remote, a, [str(lock)])
+    path = remote.path(remote.record(art.key).folder, "model-00001-of-00002.safetensors")
+    data = bytearray(remote.fs.cat_file(path))
+    data[-5] ^= 1
+    remote.fs.pipe_file(path, bytes(data))
+    with pytest.raises(Refused, match="differs from its record") as e:
+        share.pull(remote, b, [str(lock)])
+    assert "cache push --rehash" in e.value.hint
+    assert [m.what for m in share.push(remote, a, [str(lock)])] == ["present"]
+    repaired = share.push(remote, a, [str(lock)], rehash=True)
+    assert [(m.what, m.nbytes) for m in repaired] == [("repaired", len(data))]
+    assert [m.what for m in share.pull(remote, b, [str(lock)])] == ["pulled"]
+
+
+def test_a_step_a_builds_lock_pins_without_a_digest_is_skipped_by_pull_and_push(remote, tmp_path):
+    """`build --prefer-remote` pulls the output and writes its input's key without a digest
+    (never needed): `cache pull RECIPE` used to refuse it (no trusted signature) and pull
+    nothing, and `cache push RECIPE` from the pulling home to fail (not stored). A lock no
+    build wrote (no digest at all) still needs a trusted signature."""
+    a, b = session_at(tmp_path / "a"), session_at(tmp_path / "b")
+    upstream, output = make_artifact(a.store, 1), make_artifact(a.store, 2)
+    share.push(remote, a, [upstream.key, output.key])
+    lock = lock_of(tmp_path / "r.lock", [upstream, output], {upstream.key: None})
+    assert [m.what for m in share.pull(remote, b, [str(lock)])] == ["skipped", "pulled"]
+    assert b.store.get(upstream.key) is None
+    assert [m.what for m in share.push(remote, b, [str(lock)])] == ["skipped", "present"]
+    assert [m.what for m in share.push(remote, a, [str(lock)])] == ["present", "present"]  # stored: pushed
+    unbuilt = lock_of(tmp_path / "u.lock", [upstream], {upstream.key: None})
+    with pytest.raises(Refused, match="no trusted key signed"):
+        share.pull(remote, session_at(tmp_path / "c"), [str(unbuilt)])

@@ -146,6 +146,7 @@ def test_a_tampered_file_is_refused_then_built_or_the_build_fails_located(shared
     with pytest.raises(MergepkgError) as info:
         build(load_recipe(recipe), Session(), mode="locked")
     assert "differs from its record" in info.value.message and str(remote_dir) in (info.value.where or "")
+    assert "mergepkg cache push" in info.value.hint and "--rehash -r team" in info.value.hint  # what repairs it
     assert not any((Settings().home / "store").glob("[0-9a-f]*"))  # nothing of it entered the store
 
 
@@ -194,7 +195,8 @@ def test_a_malformed_record_is_refused_alone_and_located(shared):
 
     report = build(load_recipe(recipe), Session(), mode="locked", remote="prefer", reporter=Reporter())
     assert report.pulled == {"b": "team"}  # b's record is good: pulled, though a's is not
-    assert any(f"records/{first.artifacts['a'].key}.json: files[0].sha256" in w for w in warned), warned
+    told = [w for w in warned if f"records/{first.artifacts['a'].key}.json: files[0].sha256" in w]
+    assert len(told) == 1, warned  # once: it used to be told again as the step's refusal
     from mergepkg.builder import share
     from mergepkg.remote.errors import RemoteError
 
@@ -222,3 +224,57 @@ def test_push_locked_checks_every_step_before_pushing_any(tmp_path):
     write_lock(lock_path(load_recipe(recipe)), Lock("sha256:" + "0" * 64, {}, steps))
     pushed = push_locked(session.settings, session.store, load_recipe(recipe), remote.as_uri())
     assert sorted(pushed) == ["a", "b"]
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_copy_on_the_first_remote_falls_back_to_the_next_one(shared, tmp_path):
+    """Remote `bad` (added first) holds b with a flipped byte under a whole record, `team`
+    a good copy: a build that cannot build b, and verify, take it from team. The first
+    failed pull used to end both, the next remote never asked."""
+    from mergepkg.builder.verify import verify
+    from mergepkg.remote.config import remove_remote
+
+    recipe, folders, remote_dir, first = shared
+    bad = tmp_path / "bad"
+    shutil.copytree(remote_dir, bad)
+    flip_last_byte(next((bad / "artifacts" / first.artifacts["b"].key).glob("*/*.safetensors")))
+    remove_remote(Settings(), "team")
+    add_remote(Settings(), "bad", str(bad))
+    add_remote(Settings(), "team", str(remote_dir))
+    for folder in folders.values():
+        shutil.rmtree(folder)  # b cannot be built here
+    warned = []
+
+    class Reporter:
+        def __getattr__(self, name):
+            return warned.append if name == "warning" else lambda *a, **k: None
+
+    report = build(load_recipe(recipe), Session(), mode="locked", reporter=Reporter())
+    assert report.pulled == {"b": "team"} and report.built == []
+    assert any("differs from its record" in w and "trying remote team" in w for w in warned), warned
+    shutil.rmtree(Settings().home / "store")
+    checks = {c.step: c for c in verify(load_recipe(recipe), Session(), reporter=Reporter())}
+    assert (checks["b"].status, checks["b"].remote) == ("ok", "team")
+
+
+def test_a_malformed_record_of_a_step_built_here_is_warned_about_once(shared):
+    """The look-up warns about the record; the step's fallback to building used to say it again."""
+    recipe, _, remote_dir, first = shared
+    record = remote_dir / "records" / f"{first.artifacts['b'].key}.json"
+    doc = json.loads(record.read_text())
+    doc["files"][0]["size"] = -1
+    record.write_text(json.dumps(doc))
+    warned = []
+
+    class Reporter:
+        def __getattr__(self, name):
+            return warned.append if name == "warning" else lambda *a, **k: None
+
+    report = build(load_recipe(recipe), Session(), mode="locked", remote="prefer", reporter=Reporter())
+    assert report.built == ["b"]
+    assert len([w for w in warned if "files[0].size" in w]) == 1, warned

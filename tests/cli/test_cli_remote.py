@@ -131,10 +131,34 @@ def test_a_tampered_file_and_an_unsigned_key_are_refused_and_nothing_is_stored(t
     data = bytearray(shard.read_bytes())
     data[-1] ^= 1
     shard.write_bytes(bytes(data))
+    code, _, err = cli(capsys, "cache", "pull", lock, "-q")
+    assert (
+        code == 1 and "hint: repair the remote from a home that holds this build: mergepkg cache push --rehash" in err
+    )
     line = refused(capsys, "cache", "pull", lock, "-q", fragment="the file differs from its record")
     assert f"file://{shared}/artifacts/{art.key}/" in line
     assert fresh.all() == [] and not list((tmp_path / "b" / "tmp").iterdir())
     refused(capsys, "cache", "pull", "abcdef", "-q", fragment="no keys on the remote match 'abcdef'")
+
+
+def test_cache_push_rehash_repairs_a_file_damaged_under_a_whole_record(tmp_path, capsys, monkeypatch, shared):
+    """A plain push lists sizes only and says `present`; the pull's hint names `--rehash`,
+    which reads the files back and puts the damaged one again (no command reached it)."""
+    art = make_artifact(Store(tmp_path / "mergepkg-home"), 4)
+    lock = hand_lock(tmp_path / "r.lock", [art])
+    ok(capsys, "cache", "push", lock, "-q")
+    shard = next((shared / "artifacts" / art.key).glob("*/model-00001-of-00002.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    _, err = ok(capsys, "cache", "push", lock, "-q")
+    assert "1 already on" in err
+    out, err = ok(capsys, "cache", "push", lock, "-q", "--rehash")
+    assert out.startswith(f"repaired {art.key[:16]} {lock}:s0") and "1 repaired" in err
+    monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "b"))
+    ok(capsys, "remote", "add", "team", shared)
+    _, err = ok(capsys, "cache", "pull", lock, "-q")
+    assert "1 pulled" in err
 
 
 def test_signed_pushes_and_cache_sign_admit_an_unpinned_key(tmp_path, capsys, monkeypatch, shared):

@@ -100,3 +100,42 @@ def test_a_broken_remote_list_is_a_located_error(mergepkg_home, text):
     with pytest.raises(RemoteConfigError) as e:
         config.configured(Settings())
     assert e.value.file == str(mergepkg_home / "remotes.toml")
+
+
+def test_a_percent_in_a_folder_path_is_kept_and_normalising_again_changes_nothing(tmp_path, mergepkg_home, monkeypatch):
+    """A plain path is never URL-decoded, a file URL once: `pct%41x` used to become
+    `pctAx` (another folder, or none), and a stored URL was decoded again when opened."""
+    from mergepkg.remote.sync import open_remote
+
+    odd = tmp_path / "pct%41x"
+    odd.mkdir()
+    (tmp_path / "pctAx").mkdir()  # the folder a decoding would have picked, silently
+    monkeypatch.chdir(tmp_path)
+    settings = Settings()
+    stored = {
+        add_remote(settings, "plain", "pct%41x").url,
+        add_remote(settings, "absolute", str(odd)).url,
+        add_remote(settings, "url", f"file://{tmp_path}/pct%2541x").url,
+    }
+    assert len(stored) == 1 and normalize_url(stored.pop()) == get_remote(settings, "url").url
+    for r in configured(settings):
+        assert open_remote(r.url).root == str(odd)
+    assert config.folder_of(get_remote(settings, "url").url) == odd
+
+
+def test_a_bad_url_or_key_edited_into_the_remote_list_is_located_there(mergepkg_home):
+    """Both used to be errors naming neither remotes.toml nor the entry; a bad key can
+    still be untrusted."""
+    from mergepkg.builder.share import choose_remote
+
+    mergepkg_home.mkdir(parents=True)
+    path = mergepkg_home / "remotes.toml"
+    path.write_text('trusted-public-keys = ["team:AAAA"]\n\n[remotes.x]\nurl = "ftp://foo"\n')
+    with pytest.raises(RemoteConfigError, match="unknown remote scheme 'ftp'") as e:
+        choose_remote(Settings(), "x")
+    assert (e.value.file, e.value.key) == (str(path), "remotes.x.url")
+    with pytest.raises(RemoteConfigError, match="not an ed25519 public key") as e:
+        trusted_keys(Settings())
+    assert (e.value.file, e.value.key) == (str(path), "trusted-public-keys[0]")
+    untrust_key(Settings(), "team")
+    assert trusted_keys(Settings()) == []

@@ -95,6 +95,23 @@ def test_a_key_is_saved_private_and_its_signatures_verify_for_those_who_trust_it
     assert sign_record(signed, key).signatures == signed.signatures  # one signature per key
 
 
+def test_a_secret_key_file_in_the_current_folder_is_read_by_its_name(mergepkg_home, tmp_path, monkeypatch):
+    """`--key alice.secret` is a file here, not the saved key `alice.secret` (it used to be
+    looked for as keys/alice.secret.secret); a saved key still wins over a stray file."""
+    settings = Settings()
+    alice = generate_key(settings, "alice")
+    team = generate_key(settings, "team")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "alice.secret").write_text((mergepkg_home / "keys" / "alice.secret").read_text())
+    (mergepkg_home / "keys" / "alice.secret").unlink()
+    assert load_signing_key(settings, "alice.secret") == alice
+    (tmp_path / "team").write_text((tmp_path / "alice.secret").read_text())
+    assert load_signing_key(settings, "team") == team
+    with pytest.raises(RemoteConfigError, match="cannot read the signing key") as e:
+        load_signing_key(settings, "nobody")
+    assert e.value.file == str(mergepkg_home / "keys" / "nobody.secret")
+
+
 def test_a_forged_or_altered_record_is_refused(mergepkg_home):
     settings = Settings()
     key, mallory = generate_key(settings, "team"), generate_key(settings, "mallory")

@@ -94,11 +94,30 @@ def test_a_tampered_file_is_refused_and_never_enters_the_store(remote, tmp_path)
     with pytest.raises(Refused, match=said) as e:
         substitute(remote, b, art.key, expected_digest=art.digest)
     assert e.value.file.endswith("model-00001-of-00002.safetensors")
+    assert f"mergepkg cache push --rehash {art.key[:12]}" in e.value.hint  # the command that repairs it
     assert_not_taken(b, art.key)
     # a push with rehash reads the remote's files back and replaces the altered one
     report = remote.push(art.folder, record_for(art), rehash=True)
     assert report.uploaded == ("model-00001-of-00002.safetensors",)
     assert substitute(remote, b, art.key, expected_digest=art.digest).digest == art.digest
+
+
+def test_a_rehash_push_replaces_a_record_of_another_build_and_the_refusals_name_it(remote, tmp_path):
+    """A remote whose record says another digest than the lock's refuses every pull; a plain
+    push finds its files whole and writes nothing, so the hint named no working repair."""
+    a, b = homes(tmp_path)
+    art = make_artifact(a, 5)
+    other = record_for(art)
+    other = type(other)(**{**other.__dict__, "digest": "sha256:" + "ab" * 32})
+    remote.push(art.folder, other)
+    with pytest.raises(Refused, match="the lock pins") as e:
+        substitute(remote, b, art.key, expected_digest=art.digest)
+    assert f"mergepkg cache push --rehash {art.key[:12]}" in e.value.hint
+    assert push_artifact(remote, art).present  # a plain push: the files are whole
+    report = push_artifact(remote, art, rehash=True)
+    assert not report.present and report.repaired and report.uploaded == ()
+    assert substitute(remote, b, art.key, expected_digest=art.digest).digest == art.digest
+    assert push_artifact(remote, art, rehash=True).present  # whole now: nothing to repair
 
 
 def test_a_record_without_its_files_is_refused(remote, tmp_path):
