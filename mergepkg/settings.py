@@ -30,3 +30,9 @@ class Settings:
     llama_cpp: Path | None = field(
         default_factory=lambda: Path(v).expanduser() if (v := os.environ.get("MERGEPKG_LLAMA_CPP")) else None
     )
+
+    def __post_init__(self) -> None:
+        # a caller's `Settings(home="/data/mergepkg")`: paths, as the environment's are
+        object.__setattr__(self, "home", Path(self.home).expanduser())
+        if self.llama_cpp is not None:
+            object.__setattr__(self, "llama_cpp", Path(self.llama_cpp).expanduser())

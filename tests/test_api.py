@@ -44,3 +44,20 @@ def test_python_dash_m_is_the_command():
         env={**os.environ, "NO_COLOR": "1"},
     )
     assert run.returncode == 0 and run.stdout.startswith("mergepkg ")
+
+
+def test_a_mode_or_remote_policy_typo_is_a_value_error_before_anything_is_built(write_recipe, tmp_path):
+    """`mode="lockd"` resolved as "update", rebuilt, then said the build did not reproduce
+    the lock; with no lock it silently wrote none."""
+    import mergepkg
+
+    path = write_recipe(
+        '[steps.m]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]\n'
+    )
+    session = mergepkg.Session(mergepkg.Settings(home=str(tmp_path / "home")))  # a str home is a path too
+    with pytest.raises(ValueError, match="mode must be one of 'update', 'locked', 'frozen', not 'lockd'"):
+        mergepkg.build(path, session=session, mode="lockd")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="remote must be one of"):
+        mergepkg.build(path, session=session, remote="always")  # type: ignore[arg-type]
+    assert session.settings.home == tmp_path / "home" and not session.store.all()
+    assert not path.with_suffix(".lock").exists()

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 from mergepkg.builder.exports import FILE as EXPORT_FILE
 from mergepkg.builder.exports import check_export_folder, make_exports, place_exports
@@ -96,6 +97,8 @@ def build(
 
     The recipe's exports are made too (not with `targets` or `all_steps`); `only_exports`: these
     exports and the steps they need, nothing else, each placed as `out/NAME.gguf`."""
+    if remote not in get_args(Policy):  # a caller's typo would otherwise pull as another policy
+        raise ValueError(f"remote must be one of {', '.join(map(repr, get_args(Policy)))}, not {remote!r}")
     if out is not None:
         out = out.resolve()
         if only_exports is not None:

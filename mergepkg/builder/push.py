@@ -84,6 +84,7 @@ def push(
     if (problem := hub_repo_problem(repo)) is not None:
         raise BuildError(problem, hint="a model repo id like org/name")
     step = _output(recipe, step or recipe.publish.step)
+    private = recipe.publish.private if private is None else private
     api = api or HfApi(token=token)
     # staged beside the recipe, as `build --out NAME` places it: local sources' paths in the
     # pushed lock and card are relative to a folder there
@@ -125,11 +126,12 @@ def push(
     return PushReport(repo, step, art.key, files, commit, f"{api.endpoint}/{repo}/commit/{commit}", deleted=deleted)
 
 
-# what transformers, tokenizers, llama.cpp or a rebuild read from a model repo: a file of these
-# that the output lacks would be read beside it (an earlier push's weights in one file, next
-# to this push's shards), so the commit deletes it; any other file (images, notes) is kept
+# what transformers, tokenizers or a rebuild read from a model repo: a file of these that the
+# output lacks would be read beside it (an earlier push's weights in one file, next to this
+# push's shards), so the commit deletes it; any other file (images, notes, a GGUF: push never
+# sends one, so one there was put there by hand) is kept
 MODEL_FILES = (
-    "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json", "*.gguf",
+    "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json",
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
     "mergekit_config.yml", "mergepkg.toml", "mergepkg.lock", "*.mergepkg.toml",

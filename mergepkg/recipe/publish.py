@@ -18,13 +18,16 @@ from mergepkg.errors import did_you_mean
 from mergepkg.recipe.model import Publish
 from mergepkg.recipe.tables import TableReader
 
-# ORG/NAME as the Hub spells repo ids: letters, digits, '-', '_', '.'; no '--' or '..'
-HUB_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+# ORG/NAME as huggingface_hub's validate_repo_id takes repo ids (not imported: the parser
+# runs on every command): 1-96 of letters, digits, '-', '_', '.', starting and ending with
+# a letter, digit or '_'; no '--' or '..'; not ending in '.git' (tests/recipe hold it to hub's)
+_PART = r"(?=[A-Za-z0-9_])[A-Za-z0-9._-]{1,96}(?<=[A-Za-z0-9_])"
+HUB_REPO = re.compile(f"{_PART}/{_PART}")
 
 
 def hub_repo_problem(repo: str) -> str | None:
     """Why `repo` is not a Hub model repo id (ORG/NAME), or None."""
-    if not HUB_REPO.fullmatch(repo) or "--" in repo or ".." in repo or repo.endswith((".", "-")):
+    if not HUB_REPO.fullmatch(repo) or "--" in repo or ".." in repo or repo.endswith(".git"):
         return f"not a Hub repo id: {repo!r}"
     return None
 

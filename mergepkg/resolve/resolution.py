@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from mergepkg.errors import LockError, SourceError, did_you_mean
 from mergepkg.export.gguf import Converter
@@ -138,6 +138,8 @@ def resolve(
     not remembered is read first. `exports`: how `[exports.NAME]` are keyed
     (resolve/exports.py): "converter" (llama.cpp's, needed: the caller makes them),
     "current" (the converter where one is set) or "locked" (the lock's converter)."""
+    if mode not in get_args(Mode):  # a caller's typo would otherwise resolve as "update"
+        raise ValueError(f"mode must be one of {', '.join(map(repr, get_args(Mode)))}, not {mode!r}")
     asked = recipe
     settings = session.settings
     indirect = set(lock.dependencies) if lock else set()  # dependencies of dependencies

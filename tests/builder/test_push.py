@@ -76,6 +76,19 @@ def test_a_push_deletes_the_model_files_of_an_earlier_push_that_the_output_lacks
     assert files["images/plot.png"] == b"png" and files["NOTES.md"] == b"mine"
 
 
+def test_a_gguf_uploaded_by_hand_is_kept_and_publish_private_creates_a_private_repo(fake_hub, write_recipe, tmp_path):
+    """A push never sends an export, so a GGUF in the repo was put there by hand: a push
+    with nothing new deleted it as "left from an earlier push". `[publish] private = true`
+    was read by nothing: the repo was created public."""
+    path = write_recipe(LINEAR.format(w="0.6") + '\n[publish]\nrepo = "org/merged"\nprivate = true\n')
+    build(load_recipe(path), Session(Settings()), out=tmp_path / "out")
+    push(load_recipe(path), Session(Settings()), None)
+    assert fake_hub.repos["org/merged"].private
+    fake_hub.commit("org/merged", {"merged-q8_0.gguf": b"GGUF"})
+    report = push(load_recipe(path), Session(Settings()), None)
+    assert report.deleted == () and on_hub(fake_hub, "org/merged")["merged-q8_0.gguf"] == b"GGUF"
+
+
 def test_dry_run_private_repo_and_a_later_recipe_built_from_the_pushed_commit(
     fake_hub, write_recipe, models, tmp_path, capsys
 ):
@@ -127,6 +140,7 @@ def test_publish_table_is_read_with_located_errors_and_changes_no_key(recipe_fil
     assert recipe_hash(recipe) == recipe_hash(plain)
     for bad, key in (
         ('repo = "no-slash"', "publish.repo"),
+        ('repo = "org/x.git"', "publish.repo"),
         ('private = "yes"', "publish.private"),
         ('step = "x"', "publish.step"),
         ("colour = 1", "publish.colour"),
@@ -134,6 +148,25 @@ def test_publish_table_is_read_with_located_errors_and_changes_no_key(recipe_fil
         with pytest.raises(RecipeError) as e:
             parse_recipe(plain.text + f"\n[publish]\n{bad}\n", plain.path)
         assert e.value.key == key and e.value.line is not None
+
+
+@pytest.mark.parametrize(
+    "repo",
+    ["org/x", "org/_a", "a_/b", "org/x.git", "org/x--y", "org/x..y", "org/-x", "org/x-", "org-/x", "o/" + "x" * 97],
+)
+def test_hub_repo_ids_are_what_huggingface_hub_takes(repo):
+    """The parser's check, written without importing huggingface_hub, agrees with it
+    (`org/x.git` passed here, then push died in a traceback; `org/_a` was refused)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from mergepkg.recipe.publish import hub_repo_problem
+
+    try:
+        validate_repo_id(repo)
+        hub_ok = True
+    except HFValidationError:
+        hub_ok = False
+    assert (hub_repo_problem(repo) is None) == hub_ok
 
 
 def test_the_lock_keeps_pushes_and_reads_locks_without_them(tmp_path):
