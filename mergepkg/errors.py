@@ -118,8 +118,9 @@ class StoreError(MergepkgError, LookupError):
 
 
 class DiskError(MergepkgError, OSError):
-    """The machine refused a write: a full disk, a quota or a file size limit reached, a
-    read-only file system, an I/O error (`disk_error`). Not the recipe's fault, nor a bug."""
+    """The machine refused a read or write: a full disk, a quota or a file size limit
+    reached, a read-only file system, an I/O error, a permission (`disk_error`). Not the
+    recipe's fault, nor a bug."""
 
 
 # what to do about each refusal; any other OSError reaching the CLI is a bug, with its traceback
@@ -130,6 +131,9 @@ DISK_HINTS = {
     errno.EFBIG: "a limit on the size of files is set for this shell (`ulimit -f`): raise it",
     errno.EROFS: "the file system is read-only: point MERGEPKG_HOME or --out at a writable one",
     errno.EIO: "the device reported an I/O error: check the disk",
+    errno.EACCES: "this user may not read or write it: check its owner and mode"
+    " (a store shared by users needs their group's access)",
+    errno.EPERM: "this user may not change it: check its owner and mode",
 }
 
 
@@ -143,8 +147,8 @@ def disk_error(e: OSError, doing: str | None = None) -> DiskError | None:
     message = e.strerror or str(e)
     if doing:
         message += f" while {doing}"
-    if e.filename:
-        message += f" ({e.filename})"
+    if name := e.filename2 or e.filename:  # a copy's or rename's destination, not its source
+        message += f" ({name})"
     disk = DiskError(message, hint=DISK_HINTS[e.errno])
     disk.errno, disk.strerror, disk.filename = e.errno, e.strerror, e.filename
     return disk

@@ -148,9 +148,9 @@ def build(
             _check_digests(digests, old_lock.steps, lock_path(recipe))
             _check_digests(export_digests, old_lock.exports, lock_path(recipe), "export")
         lock = res.lock(digests, export_digests)
+        session.store.add_root(lock_path(recipe))  # first: a lock written is one gc keeps
         if mode == "update" and targets is None and lock != old_lock:
             write_lock(lock_path(recipe), lock)
-        session.store.add_root(lock_path(recipe))
         outputs, placed = {}, {}
         if out is not None:
             with output_lock(out):

@@ -35,9 +35,11 @@ class Check:
     key: str
     locked: str | None  # digest in the lock
     actual: str | None  # digest found now (None: nothing to check)
-    status: str  # "ok", "missing", "corrupt" (discarded), "differs", "refused" (a remote's copy failed its checks)
+    # "ok", "missing", "corrupt" (discarded), "unreadable" (no permission: kept), "differs",
+    # "refused" (a remote's copy failed its checks)
+    status: str
     remote: str | None = None  # the remote it was pulled from ("ok") or refused from ("refused")
-    note: str | None = None  # why a remote's copy was refused
+    note: str | None = None  # why: a remote's copy was refused, the artifact is corrupt or unreadable
 
     @property
     def ok(self) -> bool:
@@ -123,10 +125,21 @@ def _check_store(session: Session, lock: Lock, pulled: dict[str, Check]) -> list
         if art is None:
             checks.append(Check(name, step.key, step.digest, None, "missing"))
             continue
+        if not art.intact():  # a file gone or changed since the build (a config, a tokenizer): build refuses it too
+            with session.store.lock(step.key):
+                session.store.discard(step.key)
+            checks.append(Check(name, step.key, step.digest, None, "corrupt", note="a file changed since the build"))
+            continue
         try:
             actual = model_digest(art.folder)
+        except PermissionError as e:  # the bytes may be fine: said, not discarded
+            checks.append(Check(name, step.key, step.digest, None, "unreadable", note=f"{e.strerror}: {e.filename}"))
+            continue
         except (OSError, ValueError, MergepkgError) as e:  # truncated file, broken header
-            actual = f"unreadable: {e}"
+            with session.store.lock(step.key):
+                session.store.discard(step.key)
+            checks.append(Check(name, step.key, step.digest, None, "corrupt", note=str(e)))
+            continue
         if actual != art.digest:
             with session.store.lock(step.key):
                 session.store.discard(step.key)

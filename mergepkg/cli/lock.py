@@ -55,21 +55,28 @@ def verify(
     table = Table()
     for col in ("step", "key", "status", "locked digest", "found"):
         table.add_column(col, overflow="fold")  # on a narrow terminal, names and sha256s wrap, never cut
-    colors = {"ok": "green", "missing": "yellow", "corrupt": "red", "differs": "red", "refused": "red"}
+    colors = {
+        "ok": "green",
+        "missing": "yellow",
+        "corrupt": "red",
+        "unreadable": "red",
+        "differs": "red",
+        "refused": "red",
+    }
     for c in checks:
         shown = c.status + (f" ({'pulled from' if c.ok else 'from'} {c.remote})" if c.remote else "")
         table.add_row(
             c.step,
             c.key[:12],
-            Text(shown, style=colors[c.status]),
+            Text(shown, style=colors.get(c.status, "red")),
             (c.locked or "-")[:19],
             (c.actual or "-")[:19],
         )
     out.print(table)
     for c in checks:
         if c.note:
-            err.print(f"[red]refused[/] {escape(c.step)}: {escape(c.note)}")
-    bad = [c for c in checks if c.status in ("corrupt", "differs", "refused")]
+            err.print(f"[red]{c.status}[/] {escape(c.step)}: {escape(c.note)}")
+    bad = [c for c in checks if c.status in ("corrupt", "unreadable", "differs", "refused")]
     if any(c.status == "corrupt" for c in checks):
         err.print("[red]corrupt artifacts were removed from the store[/]; `mergepkg build` rebuilds them")
     if bad:

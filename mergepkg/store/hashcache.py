@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mergepkg.errors import SourceError
+from mergepkg.errors import SourceError, StoreError
 
 # Files are hashed from read-only mappings of WINDOW bytes, each in one `update`: hashlib
 # gives the GIL back for a whole window and takes it again once. Read into a buffer, every
@@ -238,14 +238,26 @@ class HashCache:
     """A small sqlite table in MERGEPKG_HOME; safe for several processes at once."""
 
     def __init__(self, db: Path):
-        db.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(db, timeout=60, check_same_thread=False)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StoreError(
+                "MERGEPKG_HOME is not a folder", file=str(db.parent), hint="point MERGEPKG_HOME at a folder"
+            ) from None
         self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.execute(  # `file_hashes`: the table before it (`hashes`) had no ctime
-                "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER,"
-                " mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, sha256 TEXT)"
-            )
+        try:
+            self._db = sqlite3.connect(db, timeout=60, check_same_thread=False)
+            with self._lock, self._db:
+                self._db.execute(  # `file_hashes`: the table before it (`hashes`) had no ctime
+                    "CREATE TABLE IF NOT EXISTS file_hashes (path TEXT PRIMARY KEY, size INTEGER,"
+                    " mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, sha256 TEXT)"
+                )
+        except sqlite3.DatabaseError as e:  # not a database, a folder, locked past the timeout
+            raise StoreError(
+                f"cannot open the file hash cache: {e}",
+                file=str(db),
+                hint="it only remembers the sha256 of files read before: delete it if it is damaged",
+            ) from None
         self.hashed = 0  # files actually read in this process (tests check no-op rebuilds)
         self._started: dict[tuple[str, Identity], Future[str]] = {}  # hashes begun by `start`
         self._claimed: dict[tuple[str, Identity], tuple[str, str]] = {}  # claims `start` found

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from mergepkg._lazy import lazy_import
 from mergepkg._version import __version__
-from mergepkg.errors import BuildError, MergepkgError, StoreError
+from mergepkg.errors import BuildError, MergepkgError, StoreError, disk_error
 from mergepkg.files import write_atomic
 from mergepkg.io.digest import combine_digests, model_digest, tensor_digests
 from mergepkg.io.tensors import scan_tensors
@@ -145,20 +145,35 @@ class Store:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def add_root(self, lock_file: Path) -> None:
-        """Remember a lock file whose steps `gc` must keep (`roots.json`)."""
+        """Remember a lock file whose steps `gc` must keep (`roots.json`). A build records
+        it before it writes the lock, so a lock on disk is never one gc does not keep."""
         path = self.home / "roots.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with filelock.FileLock(path.with_suffix(".lock")):  # read-modify-write, one process at a time
-            roots = self.roots()
-            if str(lock_file) not in roots:
-                write_atomic(path, json.dumps(sorted([*roots, str(lock_file)]), indent=1))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with filelock.FileLock(path.with_suffix(".lock")):  # read-modify-write, one process at a time
+                roots = self.roots()
+                if str(lock_file) not in roots:  # durable: a torn list would make gc keep nothing
+                    write_atomic(path, json.dumps(sorted([*roots, str(lock_file)]), indent=1), durable=True)
+        except OSError as e:
+            raise disk_error(e, f"recording {lock_file.name} in {path}") or e from None
 
     def roots(self) -> list[str]:
-        """The lock files of the recipes built with this store."""
+        """The lock files of the recipes built with this store. A damaged list is an error:
+        read as no roots, gc would remove every artifact."""
+        path = self.home / "roots.json"
         try:
-            return json.loads((self.home / "roots.json").read_text())
-        except (FileNotFoundError, ValueError):
+            roots = json.loads(path.read_text())
+        except FileNotFoundError:
             return []
+        except (ValueError, RecursionError):
+            roots = None
+        if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+            raise StoreError(
+                "the list of locks whose steps gc keeps is damaged",
+                file=str(path),
+                hint="fix it (a JSON list of lock file paths) or delete it: gc then keeps what later builds record",
+            )
+        return roots
 
     def path(self, key: str) -> Path:
         if not is_key(key):

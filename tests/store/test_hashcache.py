@@ -278,3 +278,20 @@ def test_a_claim_is_checked_even_when_its_cache_is_closed_meanwhile(tmp_path, mo
     gate.set()
     with pytest.raises(SourceError, match="does not hold"):
         check_files([tmp_path / "m"])
+
+
+def test_a_home_that_is_a_file_or_a_damaged_cache_is_one_located_error(tmp_path):
+    """Every command died in a traceback: FileExistsError, sqlite3.DatabaseError."""
+    from mergepkg.errors import StoreError
+
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    with pytest.raises(StoreError, match="MERGEPKG_HOME is not a folder") as e:
+        HashCache(home / "hashes.sqlite")
+    assert e.value.file == str(home)
+    home.unlink()
+    home.mkdir()
+    (home / "hashes.sqlite").write_bytes(b"garbage, not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open the file hash cache: file is not a database") as e:
+        HashCache(home / "hashes.sqlite")
+    assert "delete it" in (e.value.hint or "")

@@ -100,3 +100,42 @@ def test_weight_files_are_not_executable(built, mergepkg_home, tmp_path):
     (art,) = Store(mergepkg_home).all()
     for f in [*art.folder.iterdir(), *(tmp_path / "out").iterdir()]:
         assert f.stat().st_mode & 0o111 == 0, f
+
+
+def test_verify_finds_a_side_file_gone_and_keeps_an_unreadable_artifact(built, mergepkg_home, monkeypatch, capsys):
+    """`verify` said ok of an artifact without its tokenizer.json, which build then refused;
+    one this user may not read was discarded as corrupt, though its bytes may be fine."""
+    path, _ = built
+    (art,) = Store(mergepkg_home).all()
+    from mergepkg.builder import verify as verify_module
+
+    def denied(folder):
+        raise PermissionError(13, "Permission denied", str(folder / "model.safetensors"))
+
+    with monkeypatch.context() as m:
+        m.setattr(verify_module, "model_digest", denied)
+        code, out, err = cli(capsys, "verify", path)
+    assert code == 1 and "unreadable" in out and "Permission denied" in err, err
+    assert Store(mergepkg_home).get(art.key) is not None  # kept
+    (art.folder / "tokenizer.json").unlink()
+    code, out, err = cli(capsys, "verify", path)
+    assert code == 1 and "corrupt" in out and "a file changed since the build" in err, err
+    assert Store(mergepkg_home).get(art.key) is None
+
+
+def test_the_lock_is_a_gc_root_before_it_is_written(built, tmp_path, mergepkg_home, monkeypatch, capsys):
+    """A full disk while recording the root left a lock `cache gc` did not keep, and said
+    "No space left on device" with no place."""
+    import errno
+
+    path, _ = built
+    path.write_text(path.read_text().replace("density = 0.5 }, {", "density = 0.6 }, {"))
+    lock_before = path.with_suffix(".lock").read_text()
+
+    def full(self, lock_file):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.home / "roots.json"))
+
+    monkeypatch.setattr(Store, "add_root", full)
+    code, _, err = cli(capsys, "build", path, "--out", tmp_path / "out", "-q")
+    assert code == 1 and "No space left on device" in err and "roots.json" in err, err
+    assert path.with_suffix(".lock").read_text() == lock_before  # not written: gc would not keep it
