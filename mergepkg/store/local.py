@@ -217,7 +217,9 @@ class Store:
 
     def new_folder(self, key: str) -> Path:
         self.tmp.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.tmp))
+        folder = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.tmp))
+        folder.chmod(0o755)  # mkdtemp's 0700 would hide the 0644 files from the store's other readers
+        return folder
 
     def commit(
         self,

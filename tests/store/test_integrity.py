@@ -96,10 +96,11 @@ def test_stray_files_in_the_store_are_not_artifacts(built, mergepkg_home, capsys
     assert code == 0 and "1 artifacts" in err, err
 
 
-def test_weight_files_are_not_executable(built, mergepkg_home, tmp_path):
+def test_weight_files_are_not_executable_and_their_folder_is_readable(built, mergepkg_home, tmp_path):
     (art,) = Store(mergepkg_home).all()
     for f in [*art.folder.iterdir(), *(tmp_path / "out").iterdir()]:
         assert f.stat().st_mode & 0o111 == 0, f
+    assert art.folder.stat().st_mode & 0o777 == 0o755  # mkdtemp's 0700 hid the files from other readers
 
 
 def test_verify_finds_a_side_file_gone_and_keeps_an_unreadable_artifact(built, mergepkg_home, monkeypatch, capsys):
