@@ -297,11 +297,23 @@ class Store:
             for art in gone:
                 with self.lock(art.key):
                     self.discard(art.key)
-        leftovers = self.clean_tmp(dry_run=dry_run)
+        leftovers = self.clean_tmp(dry_run=dry_run) + self._broken(dry_run)
         if not dry_run and self.locks.is_dir():  # no build runs (we hold the store): no lock is held
             for f in self.locks.glob("*.lock"):
                 f.unlink(missing_ok=True)
         return gone, leftovers
+
+    def _broken(self, dry_run: bool) -> list[Path]:
+        """Folders under `store/` named by a key whose manifest is damaged: no artifact (a
+        commit renames a folder in only with its manifest complete), so nothing lists them."""
+        if not self.root.is_dir():
+            return []
+        broken = [p for p in sorted(self.root.iterdir()) if is_key(p.name) and self.get(p.name) is None]
+        if not dry_run:
+            for p in broken:
+                with self.lock(p.name):
+                    self.discard(p.name)
+        return broken
 
     def clean_tmp(self, *, dry_run: bool = False) -> list[Path]:
         """Remove what killed builds left in `tmp/`: folders whose key no live build holds

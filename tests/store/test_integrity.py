@@ -94,6 +94,9 @@ def test_stray_files_in_the_store_are_not_artifacts(built, mergepkg_home, capsys
     (mergepkg_home / "store" / ("b" * 64)).mkdir()  # a folder without a manifest
     code, _, err = cli(capsys, "cache", "list")
     assert code == 0 and "1 artifacts" in err, err
+    code, _, err = cli(capsys, "cache", "gc")  # the folder without a manifest is no artifact: it goes
+    assert code == 0 and not (mergepkg_home / "store" / ("b" * 64)).exists(), err
+    assert (mergepkg_home / "store" / "notes.txt").exists() and len(Store(mergepkg_home).all()) == 1
 
 
 def test_weight_files_are_not_executable_and_their_folder_is_readable(built, mergepkg_home, tmp_path):
