@@ -22,11 +22,14 @@ from mergepkg.cli.common import (
     ray_option,
     remote_policy,
 )
-from mergepkg.cli.output import ProgressReporter, err, out
+from mergepkg.cli.output import ProgressReporter, err, out, show_pitfall
 from mergepkg.cluster.driver import build_on_cluster
 from mergepkg.cluster.plan import Split
 from mergepkg.engine.device import check_device
 from mergepkg.errors import RegistryError, SourceError
+from mergepkg.pitfalls.params import unresolved_pitfalls
+from mergepkg.pitfalls.pitfall import WarningsDenied, deny
+from mergepkg.recipe.model import Recipe
 from mergepkg.registry import packages
 from mergepkg.resolve.resolution import Mode
 from mergepkg.settings import Settings
@@ -114,6 +117,8 @@ def build(
     session = opened[0][1]
     targets = [out_dir or Path("out") / r.name for r, _ in opened]
     mode: Mode = "frozen" if frozen else "locked" if locked else "update"
+    if deny_warnings and len(opened) > 1:
+        _deny_recipe_warnings([r for r, _ in opened])
     reports: list[BuildReport]
     with ProgressReporter(enabled=not quiet) as reporter:
         if ray is not None:
@@ -133,22 +138,44 @@ def build(
                 remote_name=remote_name,
             ).reports
         else:
-            reports = [
-                build_recipe(
-                    r,
-                    session,
-                    out=target,
-                    seed=seed,
-                    mode=mode,
-                    reporter=reporter,
-                    verify_store=verify_store,
-                    deny_warnings=deny_warnings,
-                    remote=policy,
-                )
-                for (r, session), target in zip(opened, targets)
-            ]
+            reports = []
+            for (r, session), target in zip(opened, targets):
+                try:
+                    report = build_recipe(
+                        r,
+                        session,
+                        out=target,
+                        seed=seed,
+                        mode=mode,
+                        reporter=reporter,
+                        verify_store=verify_store,
+                        deny_warnings=deny_warnings,
+                        remote=policy,
+                    )
+                except WarningsDenied as e:
+                    raise _denied_after(e, r, [b.resolution.recipe.path for b in reports]) from None
+                reports.append(report)
     for report in reports:
         tell(report)
+
+
+def _deny_recipe_warnings(recipes: list[Recipe]) -> None:
+    """--deny-warnings over several recipes: every recipe's MP1xx warnings shown and denied
+    before the first is built, as one recipe's are before anything of it is written (a
+    recipe with registry dependencies, and every MP2xx, are checked as each builds)."""
+    found = [p for r in recipes for p in unresolved_pitfalls(r) or []]
+    for p in found:
+        show_pitfall(p)
+    deny(found, "nothing was built")
+
+
+def _denied_after(e: WarningsDenied, recipe: Recipe, built: list[Path]) -> WarningsDenied:
+    """`e` for a recipe after others were built (their outputs and locks are written): its
+    message says so, where it would say that nothing was."""
+    if not built:
+        return e
+    done = f"{', '.join(map(str, built))}, before it, {'was' if len(built) == 1 else 'were'} built"
+    return WarningsDenied(f"{e.message} for {recipe.path}; {done}", hint=e.hint)
 
 
 def _check_cluster(*, no_remote: bool, prefer_remote: bool) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from mergepkg._lazy import torch
 from mergepkg.io.tensors import TensorInfo
 from mergepkg.layout.types import OutputTensor, StepLayout
-from mergepkg.pitfalls.pitfall import Pitfall, model_at
+from mergepkg.pitfalls.pitfall import Pitfall, model_at, written_name
 from mergepkg.recipe.model import Step
 
 SAMPLE = 1 << 16  # entries of a tensor the task-vector norms are measured on
@@ -52,30 +52,38 @@ class ValueWatch:
         # task vectors mean something where a base is merged against (not experts, not an adapter)
         self.measure = step.base is not None and method.base != "none" and step.moe is None and step.adapter is None
         self.bad: dict[str, _Bad] = {}  # model -> what was found
-        self.seen: set[tuple[str, str]] = set()  # (model, tensor) with non-finite values
+        # (model, tensor) with non-finite values -> the read that counts them: (output tensor,
+        # part index). A frankenmerge reads a layer for several outputs, or twice for one;
+        # only that read's blocks of rows are counted, so each entry is counted once
+        self.counted: dict[tuple[str, str], tuple[str, int]] = {}
         self.delta: dict[str, float] = {}  # input -> sum of squares of its task vector (estimated)
         self.base: dict[str, float] = {}  # input -> sum of squares of the base where it was measured
         self.lock = threading.Lock()
 
     def loaded(self, out: OutputTensor, tensors: list) -> None:
         """Tensors (or blocks of rows) of `out`'s parts, as read: each checked for NaN and inf."""
-        for part, t in zip(out.parts, tensors):
+        for i, (part, t) in enumerate(zip(out.parts, tensors)):
             if not t.is_floating_point() or not t.numel():
                 continue
             nan, inf = _counts(t)
-            if not (nan or inf):
-                continue
-            with self.lock:
-                bad = self.bad.get(part.model)
-                if bad is None:
-                    self.bad[part.model] = _Bad(
-                        part.tensor, nan, inf, math.prod(self.infos[part.model][part.tensor].shape)
-                    )
-                elif bad.tensor == part.tensor:  # another block of rows of the same tensor
-                    bad.nan, bad.inf = bad.nan + nan, bad.inf + inf
-                elif (part.model, part.tensor) not in self.seen:
-                    bad.tensors += 1
-                self.seen.add((part.model, part.tensor))
+            if nan or inf:
+                with self.lock:
+                    self._count(part.model, part.tensor, (out.name, i), nan, inf)
+
+    def _count(self, model: str, tensor: str, read: tuple[str, int], nan: int, inf: int) -> None:
+        """Add what one read (a tensor, or a block of its rows) of `model`'s `tensor` holds,
+        unless another read counts that tensor already: the same rows read again (a layer
+        reused) would count its NaN twice, past the tensor's size. Under `lock`."""
+        first = (model, tensor) not in self.counted
+        if self.counted.setdefault((model, tensor), read) != read:
+            return
+        bad = self.bad.get(model)
+        if bad is None:
+            self.bad[model] = _Bad(tensor, nan, inf, math.prod(self.infos[model][tensor].shape))
+        elif bad.tensor == tensor:  # another block of rows of the same tensor
+            bad.nan, bad.inf = bad.nan + nan, bad.inf + inf
+        elif first:
+            bad.tensors += 1
 
     def aligned(self, out: OutputTensor, tensors: list) -> None:
         """`out`'s inputs (base first) on one shape: each input's task vector measured on a
@@ -109,20 +117,23 @@ class ValueWatch:
         for model in self.step.models:
             base_sq, delta_sq = self.base.get(model, 0.0), self.delta.get(model, 0.0)
             if base_sq > 0 and math.sqrt(delta_sq / base_sq) > FOREIGN_RATIO:
-                ratio = math.sqrt(delta_sq / base_sq)
-                found.append(
-                    Pitfall(
-                        "MP301",
-                        f"{model!r} minus the base {self.step.base!r} is {ratio:.2f} times as large as "
-                        f"{self.step.base!r} itself (over the step's matrices): it does not look fine-tuned "
-                        "from that base, so its task vector is a whole other model's weights",
-                        f"use the model {model!r} was fine-tuned from as the base, or merge models of one base; "
-                        "if the difference is meant, allow MP301 in [package] allow",
-                        step=self.step.name,
-                        at=model_at(self.step, model),
-                    )
-                )
+                found.append(_foreign(self.step, model, math.sqrt(delta_sq / base_sq)))
         return found
+
+
+def _foreign(step: Step, model: str, ratio: float) -> Pitfall:
+    """MP301 for `model`, whose task vector is `ratio` times as long as the base."""
+    assert step.base is not None  # measured only against a base
+    name, base = written_name(step, model), written_name(step, step.base)
+    return Pitfall(
+        "MP301",
+        f"{name!r} minus the base {base!r} is {ratio:.2f} times as large as {base!r} itself (over the step's "
+        "matrices): it does not look fine-tuned from that base, so its task vector is a whole other model's weights",
+        f"use the model {name!r} was fine-tuned from as the base, or merge models of one base; "
+        "if the difference is meant, allow MP301 in [package] allow",
+        step=step.name,
+        at=model_at(step, model),
+    )
 
 
 def _non_finite(step: Step, model: str, bad: _Bad) -> Pitfall:
@@ -135,7 +146,7 @@ def _non_finite(step: Step, model: str, bad: _Bad) -> Pitfall:
     more = f" (and {bad.tensors - 1} more of its tensors)" if bad.tensors > 1 else ""
     return Pitfall(
         "MP302",
-        f"{model!r} tensor {bad.tensor}: {what}{more}; NaN and inf spread through the merge",
+        f"{written_name(step, model)!r} tensor {bad.tensor}: {what}{more}; NaN and inf spread through the merge",
         "the model is damaged or was saved from a diverged run: download it again, or use another checkpoint",
         step=step.name,
         at=model_at(step, model),

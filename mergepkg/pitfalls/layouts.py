@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 
 from mergepkg.layout.types import ModelInfo, StepLayout, architecture
-from mergepkg.pitfalls.pitfall import Pitfall, model_at
+from mergepkg.pitfalls.pitfall import Pitfall, model_at, written_name
 
 # MP201: a random density whose expected kept entries of a tensor (density x entries) are
 # fewer than this leaves that tensor's task vector to chance: a handful of entries,
@@ -35,11 +35,12 @@ def _architectures(layout: StepLayout, infos: Mapping[str, ModelInfo]) -> list[P
     for model in step.models:
         got = architecture(infos[model].config)
         if got != want:
+            name, against = written_name(step, model), written_name(step, ref)
             found.append(
                 Pitfall(
                     "MP202",
-                    f"{model!r} is {_arch(got)} but {ref!r} is {_arch(want)}: their tensors match, so they merge and "
-                    f"the output is loaded as {_arch(architecture(layout.config))}",
+                    f"{name!r} is {_arch(got)} but {against!r} is {_arch(want)}: their tensors match, so they "
+                    f"merge and the output is loaded as {_arch(architecture(layout.config))}",
                     "merge models of one architecture (fine-tunes of one base); if these share their weights' "
                     "meaning (a renamed class, a variant), allow MP202 in [package] allow",
                     step=step.name,
@@ -64,13 +65,14 @@ def _kept(layout: StepLayout) -> list[Pitfall]:
     found = []
     for model, tensors in sparse.items():
         kept, density, entries, name = min(tensors)
+        shown = written_name(step, model)
         more = f", and {len(tensors) - 1} more tensor{'s' if len(tensors) > 2 else ''} under {MIN_KEPT:g}"
         found.append(
             Pitfall(
                 "MP201",
                 f"density {density:g} keeps on average {kept:.2g} of the {entries} entries of {name}"
                 f"{more if len(tensors) > 1 else ''}: what survives, scaled by 1/density, is chance",
-                f"raise the density of {model!r} for small tensors (a filter condition), or use a method that "
+                f"raise the density of {shown!r} for small tensors (a filter condition), or use a method that "
                 "keeps the largest entries (ties, breadcrumbs), which always keeps at least one",
                 step=step.name,
                 at=model_at(step, model),

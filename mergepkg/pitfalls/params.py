@@ -20,8 +20,10 @@ from mergepkg.layout.values import value_at
 from mergepkg.methods import METHODS
 from mergepkg.methods.moe import PROMPTED
 from mergepkg.methods.spec import MethodSpec, Param
-from mergepkg.pitfalls.pitfall import Pitfall
+from mergepkg.pitfalls.pitfall import Pitfall, settle, written_name
+from mergepkg.recipe.flatten import flatten
 from mergepkg.recipe.model import Condition, Params, Recipe, Setting, Step
+from mergepkg.recipe.plan import make_plan
 
 SUM_TOLERANCE = 0.01  # MP101: weights whose sum is further than this from 1 scale the output
 DOMINANT_SHARE = 0.9  # MP102: an input with more than this share of the weight, wherever it applies
@@ -30,6 +32,17 @@ T_RANGE = (0.0, 1.0)  # MP104: slerp's t outside this extrapolates past one of i
 
 # A point of the recipe's parameter space: a tensor name and a gradient position t in [0, 1]
 Point = tuple[str, float]
+
+
+def unresolved_pitfalls(recipe: Recipe) -> list[Pitfall] | None:
+    """The MP1xx warnings `recipe` shows (settled, placed) before it is resolved: its steps
+    and those it imports from other files, flattened as a build flattens them; None for a
+    recipe with registry dependencies (their recipes are installed when it is resolved).
+    What `build A B --deny-warnings` checks of every recipe before it builds the first."""
+    if recipe.dependencies:
+        return None
+    flat = flatten(recipe)
+    return settle(recipe_pitfalls(flat, make_plan(flat).order), flat)
 
 
 def recipe_pitfalls(recipe: Recipe, steps: Iterable[str] | None = None) -> list[Pitfall]:
@@ -84,9 +97,10 @@ class _Group:
                         knots |= {j / (len(value) - 1) for j in range(len(value))}
         return [*sorted(filters), ""], sorted(knots), gradient
 
-    def value(self, p: Param, member: _Member | None, point: Point) -> tuple[Any, str | None]:
-        """`p`'s value at `point` for `member` (None: a step-wide parameter), and the key path
-        of the setting it comes from (None: the method's default)."""
+    def value(self, p: Param, member: _Member | None, point: Point) -> tuple[Any, str | None, str]:
+        """`p`'s value at `point` for `member` (None: a step-wide parameter), the key path
+        of the setting it comes from (None: the method's default), and where that setting
+        gives it (`_where`)."""
         scopes = ([(f"{member.at}.{p.name}", member.params)] if member else []) + [
             (f"{key}.{p.name}" if key else p.name, params) for key, params in self.outer
         ]
@@ -94,9 +108,9 @@ class _Group:
             if p.name in params:
                 picked = _pick(params[p.name], *point)
                 if picked is not None:
-                    value, index = picked
-                    return value, key if index is None else f"{key}[{index}]"
-        return (None if p.required else p.default), None
+                    value, index, where = picked
+                    return value, key if index is None else f"{key}[{index}]", where
+        return (None if p.required else p.default), None, ""
 
     def check(self, spec: MethodSpec) -> list[Pitfall]:
         found: list[Pitfall] = []
@@ -159,12 +173,13 @@ class _Group:
             high = max(max(r) for r in shares.values())
             amount = f"{low:.0%}" if round(low, 2) == round(high, 2) else f"{low:.0%} to {high:.0%}"
             where = "" if len(shares) == len(names) else " of " + _names(list(shares), names)
+            model = written_name(self.step, member.model)
             found.append(
                 Pitfall(
                     "MP102",
-                    f"{member.model!r} has {amount} of the weight{where}: the other inputs barely change the merge",
+                    f"{model!r} has {amount} of the weight{where}: the other inputs barely change the merge",
                     "give the other inputs more weight; if the merge is meant to stay this close "
-                    f"to {member.model!r}, allow MP102 in [package] allow",
+                    f"to {model!r}, allow MP102 in [package] allow",
                     step=self.step.name,
                     at=member.at,
                 )
@@ -173,18 +188,17 @@ class _Group:
 
     # -- MP103 ------------------------------------------------------------------------
     def sparse(self, density: Param) -> list[Pitfall]:
-        names, knots, gradient = self.points([density.name])
+        names, knots, _ = self.points([density.name])
         seen: dict[str, Pitfall] = {}
         for member in self.members:
             for name in names:
                 for t in knots:
-                    value, key = self.value(density, member, (name, t))
+                    value, key, where = self.value(density, member, (name, t))
                     if key is None or value is None or value >= LOW_DENSITY or key in seen:
                         continue
                     seen[key] = Pitfall(
                         "MP103",
-                        f"density {value:g} keeps {value:.0%} of each task vector's entries"
-                        f"{_region(name, names, t, gradient)}",
+                        f"density {value:g} keeps {value:.0%} of each task vector's entries{where}",
                         "TIES and DARE merges usually keep 0.2 to 0.7; below 0.1 little of a fine-tune "
                         "survives, and DARE scales what does by 1/density",
                         step=self.step.name,
@@ -194,18 +208,19 @@ class _Group:
 
     # -- MP104 ------------------------------------------------------------------------
     def extrapolated(self, t_param: Param) -> list[Pitfall]:
-        names, knots, gradient = self.points([t_param.name])
+        names, knots, _ = self.points([t_param.name])
         low, high = T_RANGE
         seen: dict[str, Pitfall] = {}
         for name in names:
             for t in knots:
-                value, key = self.value(t_param, None, (name, t))
+                value, key, where = self.value(t_param, None, (name, t))
                 if key is None or value is None or low <= value <= high or key in seen:
                     continue
-                past = self.step.base if value < low else self.members[0].model if self.members else "the input"
+                past = self.step.base if value < low else self.members[0].model if self.members else None
+                past = written_name(self.step, past) if past else "the input"
                 seen[key] = Pitfall(
                     "MP104",
-                    f"t = {value:g}{_region(name, names, t, gradient)} is outside [0, 1]: slerp extrapolates "
+                    f"t = {value:g}{where} is outside [0, 1]: slerp extrapolates "
                     f"past {past!r} instead of interpolating between the two models",
                     "keep t in [0, 1] (0 is the base, 1 the other model); if the extrapolation is meant, "
                     "allow MP104 in [package] allow",
@@ -237,14 +252,35 @@ def _parts(setting: Setting) -> list[tuple[Any, str | None]]:
     return [(setting, None)]
 
 
-def _pick(setting: Setting, tensor: str, t: float) -> tuple[Any, int | None] | None:
+def _pick(setting: Setting, tensor: str, t: float) -> tuple[Any, int | None, str] | None:
     """(a setting's value for `tensor` at `t`, the index of the condition it comes from, when
-    there are several), or None when no condition applies (layout/values.value_at's rule)."""
+    there are several, and where it gives that value), or None when no condition applies
+    (layout/values.value_at's rule)."""
     parts = _parts(setting)
     for index, (value, flt) in enumerate(parts):
         if flt is None or flt in tensor:
-            return value_at(value, tensor, t), (index if len(parts) > 1 else None)
+            where = _where(flt, [f for _, f in parts[:index] if f is not None], value, t)
+            return value_at(value, tensor, t), (index if len(parts) > 1 else None), where
     return None
+
+
+def _where(flt: str | None, before: list[str], value: Any, t: float) -> str:
+    """` (tensors matching 'mlp', at gradient position 0.5)`: where one condition of a setting
+    (its filter `flt`, after those with the filters `before`) gives its value, said from
+    that setting alone: the filters of other settings, and the knots of other gradients,
+    are no part of it. Empty for a plain number."""
+    words = []
+    if flt is not None:
+        words.append(f"tensors matching {flt!r}")
+    elif before:  # a fallback: the tensors the conditions before it leave
+        words.append(f"tensors not matching {before[0]!r}" if len(before) == 1 else _none_of(before))
+    if isinstance(value, tuple) and len(value) > 1:
+        words.append(f"at gradient position {t:g}")
+    return f" ({', '.join(words)})" if words else ""
+
+
+def _none_of(filters: list[str]) -> str:
+    return "tensors matching none of " + ", ".join(map(repr, filters))
 
 
 def _names(some: list[str], names: list[str]) -> str:
@@ -282,7 +318,8 @@ def _alike_experts(step: Step) -> list[Pitfall]:
             found.append(
                 Pitfall(
                     "MP105",
-                    f"expert {i} ({e.model!r}) has the same prompts as expert {j} ({moe.experts[j].model!r}): "
+                    f"expert {i} ({written_name(step, e.model)!r}) has the same prompts as expert {j} "
+                    f"({written_name(step, moe.experts[j].model)!r}): "
                     "their router rows are equal, so the router never prefers one of the two",
                     "give each expert prompts for what should be routed to it",
                     step=step.name,

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 from mergepkg._toml import tomllib
 from mergepkg.errors import BuildError, place
 from mergepkg.recipe.allow import CODES
-from mergepkg.recipe.locate import locate
+from mergepkg.recipe.flatten import SEP
+from mergepkg.recipe.locate import key_name, locate
 from mergepkg.recipe.model import Recipe, Step
 
 
@@ -53,7 +54,8 @@ class Pitfall:
         if self.file is not None or self.step is None or self.step not in recipe.steps:
             return self
         written = recipe.written(self.step)
-        key = f"{written.key}.{self.at}" if self.at else written.key
+        step = f"steps.{key_name(written.name)}"  # `steps."soup.v2"`: a dot in a name is no level
+        key = f"{step}.{self.at}" if self.at else step
         return replace(self, file=str(written.path), line=locate(written.text, key), key=key)
 
 
@@ -119,3 +121,14 @@ def model_at(step: Step, model: str) -> str:
             if e.model == model:
                 return f"experts[{i}]"
     return "base" if model == step.base else ""
+
+
+def written_name(step: Step, model: str) -> str:
+    """`model` as the file `step` is written in names it, for messages that point there.
+    Flattening (recipe/flatten.py) renames what a step from another file reads under its
+    source's prefix (`soup::ft1`), and a step imported by the step's own file is read as
+    `source::step`: both names no one wrote. Names hold no `:`, so dropping the step's
+    prefix and then anything from `::` on gives the name in the file."""
+    origin = step.origin
+    prefix = step.name[: len(step.name) - len(origin.name)] if origin is not None else ""
+    return model.removeprefix(prefix).split(SEP)[0]

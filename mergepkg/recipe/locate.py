@@ -1,34 +1,98 @@
 """Find the line of a key path (`steps.x.inputs[1].density`) in TOML text.
 
 tomllib keeps no positions, so errors found after parsing are located by scanning
-the text: the deepest `[table]` header that prefixes the path, then each remaining
-key or array index in turn. Good enough for every shape the recipe format uses;
-when a path cannot be found the error is still raised, just without a line.
+the text: the deepest `[table]` header that prefixes the path (or the i-th
+`[[array]]` header for `array[i]`), then each remaining key or array index in turn.
+Good enough for every shape the recipe format uses; when a path cannot be found the
+error is still raised, just without a line.
+
+A name holding a dot is quoted in a key path as in TOML (`steps."soup.v2".inputs[0]`,
+`key_name`), so the path splits back into the names it was made of.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-_SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_SEGMENT = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'([^']*)'|([^.\[\]\"']+)|\[(\d+)\]")
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+# a header line: `[a."b.c"]` or `[[a.b]]`, with a comment or not (a line of an array
+# written across lines, `  [0.1, 0.2],`, is none: its items are no keys)
+_KEY = r"\s*(?:[A-Za-z0-9_-]+|\"(?:[^\"\\\n]|\\.)*\"|'[^'\n]*')\s*"
+_HEADER = re.compile(rf"^\s*(\[\[?)({_KEY}(?:\.{_KEY})*)(\]\]?)\s*(?:#.*)?$", re.M)
+_HEADER_KEY = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'([^']*)'|([A-Za-z0-9_-]+)")
+
+
+def key_name(name: str) -> str:
+    """`name` as one segment of a key path: as it is when TOML takes it bare, else quoted
+    (`"soup.v2"`), so that a dot in a step's name is no level of the path."""
+    if _BARE.fullmatch(name):
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _segments(key: str) -> list[str | int]:
-    return [name if name else int(index) for name, index in _SEGMENT.findall(key)]
+    """`steps."a.b".inputs[0]` -> ["steps", "a.b", "inputs", 0]: quoted names whole."""
+    out: list[str | int] = []
+    for quoted, literal, bare, index in _SEGMENT.findall(key):
+        if index:
+            out.append(int(index))
+        else:
+            out.append(quoted.replace('\\"', '"').replace("\\\\", "\\") if quoted else literal or bare.strip())
+    return out
 
 
-def _header_pattern(names: list[str]) -> re.Pattern:
-    parts = r"\s*\.\s*".join(rf"(?:{re.escape(n)}|\"{re.escape(n)}\"|'{re.escape(n)}')" for n in names)
-    return re.compile(rf"^\s*\[\s*{parts}\s*\]\s*(#.*)?$", re.M)
+@dataclass(frozen=True)
+class _Header:
+    names: tuple[str, ...]  # its keys, quotes taken off
+    array: bool  # `[[...]]`: one element of an array of tables
+    start: int  # offset just past the header line
+    end: int  # offset of the next header, or the text's end
 
 
-def _table_end(text: str, start: int) -> int:
-    match = re.compile(r"^\s*\[", re.M).search(text, start)
-    return match.start() if match else len(text)
+def _headers(text: str) -> list[_Header]:
+    """Every table header of `text`, in order."""
+    found = list(_HEADER.finditer(text))
+    headers = []
+    for i, m in enumerate(found):
+        if len(m[1]) != len(m[3]):  # `[a]]` or `[[a]`: no header
+            continue
+        names = tuple(q.replace('\\"', '"') if q else lit or bare for q, lit, bare in _HEADER_KEY.findall(m[2]))
+        end = found[i + 1].start() if i + 1 < len(found) else len(text)
+        headers.append(_Header(names, len(m[1]) == 2, m.end(), end))
+    return headers
 
 
-def _find_key(text: str, name: str, start: int, end: int) -> int | None:
-    key = r"\s*\.\s*".join(rf"(?:{re.escape(part)}|\"{re.escape(part)}\")" for part in name.split("."))
+def _same(header: tuple[str, ...], names: list[str]) -> bool:
+    """Whether a header's keys are `names`; also when a key path was made without quoting
+    a name that holds a dot (`steps.soup.v2` for `[steps."soup.v2"]`)."""
+    return list(header) == names or [p for n in header for p in n.split(".")] == names
+
+
+def _table(headers: list[_Header], segs: list[str | int]) -> tuple[_Header, int] | None:
+    """The deepest header the path starts with, and how many segments it stands for:
+    `[a.b]` for `a.b...`, the i-th `[[a.b]]` for `a.b[i]...` (tomllib makes each such
+    header one more element of the array `a.b`)."""
+    for k in range(len(segs), 0, -1):
+        last = segs[k - 1]
+        array = isinstance(last, int)
+        names = [n for n in segs[: k - 1 if array else k] if isinstance(n, str)]
+        if not names or len(names) < k - array:  # an index before: no header names it
+            continue
+        same = [h for h in headers if _same(h.names, names)]
+        if isinstance(last, int):
+            elements = [h for h in same if h.array]
+            if last < len(elements):
+                return elements[last], k
+        elif same:  # `[a.b]`, or for the whole array `a.b` its first `[[a.b]]`
+            return min(same, key=lambda h: h.array), k
+    return None
+
+
+def _find_key(text: str, names: list[str], start: int, end: int) -> int | None:
+    """Offset just past the `=` of `names` (one key, or a dotted key) in text[start:end]."""
+    key = r"\s*\.\s*".join(rf"(?:{re.escape(n)}|\"{re.escape(n)}\"|'{re.escape(n)}')" for n in names)
     pattern = re.compile(rf"(?:^|[\s{{,]){key}\s*=", re.M)
     match = pattern.search(text, start, end)
     return match.end() if match else None
@@ -72,14 +136,10 @@ def locate(text: str, key: str) -> int | None:
         return None
     segs = _segments(key)
     pos, end, consumed = 0, len(text), 0  # the whole text, unless a table header prefixes the path
-    for k in range(len(segs), 0, -1):
-        names = [s for s in segs[:k] if isinstance(s, str)]
-        if len(names) < k:  # an array index: no header names it
-            continue
-        match = _header_pattern(names).search(text)
-        if match:
-            pos, end, consumed = match.end(), _table_end(text, match.end()), k
-            break
+    table = _table(_headers(text), segs)
+    if table is not None:
+        header, consumed = table
+        pos, end = header.start, header.end
     line_at = pos
     rest = segs[consumed:]
     i = 0
@@ -89,12 +149,11 @@ def locate(text: str, key: str) -> int | None:
             found = _find_item(text, seg, pos, end)
         else:
             # a dotted key (`params.t = ...`) stands for two levels at once
-            dotted = (
-                i + 1 < len(rest) and isinstance(rest[i + 1], str) and _find_key(text, f"{seg}.{rest[i + 1]}", pos, end)
-            )
+            following = rest[i + 1] if i + 1 < len(rest) else None
+            dotted = isinstance(following, str) and _find_key(text, [seg, following], pos, end)
             if dotted:
                 i += 1
-            found = dotted or _find_key(text, seg, pos, end)
+            found = dotted or _find_key(text, [seg], pos, end)
         if found is None:
             break
         pos = line_at = found

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mergepkg.errors import MergepkgError
-from mergepkg.recipe.locate import locate
+from mergepkg.recipe.locate import key_name, locate
 
 Scalar = float | int | bool
 Gradient = tuple  # tuple[float, ...]: interpolated linearly across a slice's layers
@@ -276,7 +276,7 @@ class Written:
     @property
     def key(self) -> str:
         """The step's key path: `steps.NAME`."""
-        return f"steps.{self.name}"
+        return f"steps.{key_name(self.name)}"
 
     def error(self, cls: type[E], key: str, message: str, hint: str | None = None) -> E:
         """A `cls` error at `key` (a key path in this file)."""

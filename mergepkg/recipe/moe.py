@@ -15,6 +15,7 @@ from typing import Any
 from mergepkg.errors import did_you_mean
 from mergepkg.methods.moe import GATE_MODES, PROMPTED, SPEC
 from mergepkg.recipe.chat import chat_template_setting
+from mergepkg.recipe.locate import key_name
 from mergepkg.recipe.model import Expert, MoE, Step
 from mergepkg.recipe.tables import TableReader
 
@@ -24,7 +25,7 @@ EXPERT_KEYS = ("model", "prompts", "negative_prompts", "allow_base_expert")
 
 def moe_step(p: TableReader, name: str, table: dict) -> Step:
     """`p` reads the recipe (located errors, reference checks)."""
-    key = f"steps.{name}"
+    key = f"steps.{key_name(name)}"
     for k, hint in (
         ("inputs", "an moe step lists its models under `experts`"),
         ("slices", "an moe step lists its models under `experts`"),

@@ -21,6 +21,7 @@ from mergepkg.recipe.adapters import adapter_steps
 from mergepkg.recipe.allow import allow_setting
 from mergepkg.recipe.chat import chat_template_setting
 from mergepkg.recipe.exports import exports_table
+from mergepkg.recipe.locate import key_name
 from mergepkg.recipe.model import (
     Dependency,
     InputRef,
@@ -116,7 +117,7 @@ class _Parser(TableReader):
             raise self.error("steps", "expected at least one [steps.NAME] table")
         for n in steps_table:
             if n in sources:
-                raise self.error(f"steps.{n}", f"{n!r} names both a source and a step", "rename one of them")
+                raise self.error(f"steps.{key_name(n)}", f"{n!r} names both a source and a step", "rename one of them")
         self.models = set(sources) | set(steps_table)
         steps = {n: self.step(n, v) for n, v in steps_table.items()}
         steps |= adapter_steps(self, sources)  # `base+adapter` references: implicit steps (recipe/adapters.py)
@@ -291,7 +292,7 @@ class _Parser(TableReader):
 
     # -- steps -------------------------------------------------------------------
     def step(self, name: str, table: Any) -> Step:
-        key = f"steps.{name}"
+        key = f"steps.{key_name(name)}"
         self.check_name(name, key)
         self.expect(table, dict, key, "a table")
         if table.get("method") == "moe":  # experts and prompts instead of inputs

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from mergepkg._lazy import lazy_import
 from mergepkg.errors import CycleError
+from mergepkg.recipe.locate import key_name
 from mergepkg.recipe.model import Recipe
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def _raise_cycle(recipe: Recipe, rank: dict[str, int]) -> None:
     names = [u for u, _ in cycle]
     first = min(names, key=rank.__getitem__)  # start the message at the recipe's first step
     names = names[names.index(first) :] + names[: names.index(first)]
-    key = f"steps.{names[0]}"
+    key = f"steps.{key_name(names[0])}"
     raise CycleError(
         names,
         file=str(recipe.path),

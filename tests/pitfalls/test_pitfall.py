@@ -4,6 +4,8 @@ line `--deny-warnings` fails with."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mergepkg.errors import RecipeError
@@ -88,3 +90,33 @@ def test_deny_is_one_line_naming_the_codes():
         deny(found, "nothing was built")
     assert e.value.message == "3 warnings (MP101, MP102) and --deny-warnings: nothing was built"
     assert e.value.hint.endswith('[package] allow = ["MP101"]')
+
+
+def test_models_are_named_as_the_file_the_warning_points_into_names_them(recipe_file):
+    """Flattening reads an imported step's models as `shared::ft1`, and the import itself
+    as `shared::m`: names written nowhere."""
+    other = recipe_file(BODY, name="other.toml")
+    top = '[steps.top]\nmethod = "linear"\ninputs = [{ model = "shared", weight = 0.95 }, { model = "ft3", weight = 0.05 }]\n'
+    main = recipe_file(top, name="main.toml")
+    main.write_text(
+        main.read_text().replace("[sources]\n", '[sources]\nshared = { recipe = "other.toml", step = "m" }\n')
+    )
+    from mergepkg.resolve.resolution import expand
+    from mergepkg.store.session import Session
+
+    flat = expand(load_recipe(main), Session())
+    imported, own = settle(recipe_pitfalls(flat), flat)
+    assert imported.file == str(other) and imported.message.startswith("'ft1' has 95% of the weight")
+    assert "'ft1', allow MP102" in imported.hint
+    assert own.file == str(main) and own.message.startswith("'shared' has 95% of the weight")
+
+
+def test_written_name_drops_the_prefixes_flattening_adds():
+    from mergepkg.pitfalls.pitfall import written_name
+    from mergepkg.recipe.model import Origin, Step
+
+    nested = Step(name="a::b::m", method="linear", origin=Origin(Path("lib2.toml"), "", "m", 0))
+    assert written_name(nested, "a::b::ft1") == "ft1"
+    imported = Step(name="a::m", method="linear", origin=Origin(Path("lib.toml"), "", "m", 0))
+    assert written_name(imported, "a::b::m") == "b"  # lib.toml's own import `b`
+    assert written_name(Step(name="top", method="linear"), "a::m") == "a"

@@ -76,3 +76,38 @@ def test_build_prints_the_warnings_and_builds(tmp_path, stubs, capsys):
     code, out, err = cli(capsys, "build", path, "--out", tmp_path / "out", "-q")
     assert code == 0 and out.strip() == str(tmp_path / "out")
     assert err.count("warning: MP10") == 2 and "done: 1 built" in err
+
+
+def two_recipes(tmp_path, stubs, second: str) -> tuple:
+    """A clean recipe (package `first`) and one with `second` as its steps (`second`)."""
+    clean = '[steps.m]\nmethod = "linear"\ninputs = [{ model = "a", weight = 0.5 }, { model = "b", weight = 0.5 }]\n'
+    paths = []
+    for name, body in (("first", clean), ("second", second)):
+        (tmp_path / name).mkdir()
+        path = recipe(tmp_path / name, stubs, body)
+        path.write_text(path.read_text().replace('name = "pitfalls"', f'name = "{name}"'))
+        paths.append(path)
+    return tuple(paths)
+
+
+def test_build_deny_warnings_checks_every_recipe_before_building_one(tmp_path, stubs, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = two_recipes(tmp_path, stubs, BODY)
+    code, out, err = cli(capsys, "build", first, second, "-q", "--deny-warnings")
+    assert code == 1 and out == ""
+    assert (
+        "warning: MP101: " in err and "error: 2 warnings (MP101, MP102) and --deny-warnings: nothing was built\n" in err
+    )
+    assert not (tmp_path / "out").exists() and not first.with_suffix(".lock").exists()
+
+
+@pytest.mark.slow
+def test_build_deny_warnings_names_the_recipes_built_before_a_layout_warning(tmp_path, stubs, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stubs["mis"] = stub_model(tmp_path / "models" / "mis", seed=2, like=stubs["a"], arch="MistralForCausalLM")
+    body = '[steps.m]\nmethod = "linear"\ninputs = [{ model = "a", weight = 0.5 }, { model = "mis", weight = 0.5 }]\n'
+    first, second = two_recipes(tmp_path, stubs, body)  # MP202: known once `second` is laid out
+    code, _, err = cli(capsys, "build", first, second, "-q", "--deny-warnings")
+    assert code == 1 and "warning: MP202: " in err
+    said = f"nothing was built for {second}; {first}, before it, was built"
+    assert f"error: 1 warning (MP202) and --deny-warnings: {said}" in err

@@ -190,3 +190,41 @@ def test_mp105_two_experts_alike_among_others(recipe_file, second, mode, fires):
 def test_mp105_not_in_random_mode(recipe_file):
     body = MOE.format(second='["code"]', mode="random")
     assert found(recipe_file, body) == []
+
+
+def test_a_step_name_with_a_dot_is_quoted_in_the_key_and_located(recipe_file):
+    body = '[steps."soup.v2"]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 0.95 }, { model = "ft2", weight = 0.05 }]\n'
+    path = recipe_file(body)
+    (p,) = settle(recipe_pitfalls(load_recipe(path)), load_recipe(path))
+    assert p.code == "MP102" and p.key == 'steps."soup.v2".inputs[0]'
+    assert p.line == line_of(path, body.splitlines()[2])
+
+
+def test_a_condition_written_as_an_array_of_tables_is_located(recipe_file):
+    body = (
+        '[steps.s]\nmethod = "slerp"\nbase = "base"\ninputs = ["ft1"]\n\n'
+        '[[steps.s.params.t]]\nfilter = "mlp"\nvalue = 1.3\n\n[[steps.s.params.t]]\nvalue = -0.2\n'
+    )
+    path = recipe_file(body)
+    high, low = found(recipe_file, body)
+    assert (high.key, low.key) == ("steps.s.params.t[0]", "steps.s.params.t[1]")
+    headers = [i for i, line in enumerate(path.read_text().splitlines(), 1) if line == "[[steps.s.params.t]]"]
+    assert [high.line, low.line] == headers
+
+
+def test_mp103_says_where_from_the_setting_that_gives_the_density(recipe_file):
+    body = """
+    [steps.m]
+    method = "ties"
+    base = "base"
+    inputs = [
+      { model = "ft1", weight = 0.5, density = 0.05 },
+      { model = "ft2", weight = 0.5, density = [{ filter = "mlp", value = 0.5 }, { value = 0.08 }] },
+      { model = "ft3", weight = 0.5, density = [0.5, 0.02] },
+    ]
+    params.density = [{ filter = "self_attn", value = 0.5 }, { value = 0.5 }]
+    """
+    messages = {p.key: p.message for p in found(recipe_file, body)}
+    assert messages["steps.m.inputs[0].density"].endswith("keeps 5% of each task vector's entries")  # a plain number
+    assert messages["steps.m.inputs[1].density[1]"].endswith("entries (tensors not matching 'mlp')")
+    assert messages["steps.m.inputs[2].density"].endswith("entries (at gradient position 1)")

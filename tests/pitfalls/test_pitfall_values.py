@@ -74,6 +74,19 @@ def test_mp302_in_blocks_of_rows_under_a_memory_limit(tmp_path, stubs, monkeypat
     assert p.code == "MP302" and "1 NaN among its 128 values" in p.message
 
 
+@pytest.mark.parametrize("block", [None, 3])
+def test_mp302_counts_a_layer_read_twice_once(tmp_path, stubs, monkeypatch, block):
+    """A frankenmerge reuses layer 1: its NaN is read for two output layers (whole, or in
+    blocks of rows) and is still one NaN among the tensor's 128 values."""
+    from mergepkg.engine.memory import Budget
+
+    monkeypatch.setattr(Budget, "row_block", lambda self, layout, infos, out: block)
+    slices = '{ sources = [{ model = "nan", layers = [0, 2] }] }, { sources = [{ model = "nan", layers = [1, 2] }] }'
+    body = f'[steps.m]\nmethod = "passthrough"\nslices = [{slices}]\n'
+    (p,) = build_recipe(recipe(tmp_path, stubs, body), tmp_path / "out").pitfalls
+    assert "model.layers.1.mlp.up_proj.weight: 1 NaN among its 128 values;" in p.message
+
+
 def test_allow_silences_value_warnings(tmp_path, stubs):
     path = recipe(tmp_path, stubs, task_arithmetic("other", "nan"), allow='"MP301", "MP302"')
     assert build_recipe(path, tmp_path / "out").pitfalls == []

@@ -253,3 +253,16 @@ def test_a_byte_order_mark_is_not_part_of_the_recipe(recipe_file):
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     recipe = load_recipe(path)
     assert list(recipe.steps) == ["s"] and not recipe.text.startswith("\ufeff")
+
+
+def test_an_error_in_a_step_named_with_a_dot_is_located_and_its_hint_is_toml(recipe_file):
+    """`steps.soup.v2.inputs[1]` had no line, and its hint `[steps.soup.v2.params]` named
+    another table."""
+    path = recipe_file(
+        '[steps."soup.v2"]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2" }]\n'
+    )
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    e = info.value
+    assert e.key == 'steps."soup.v2".inputs[1]' and e.line is not None
+    assert '[steps."soup.v2".params]' in (e.hint or "")
