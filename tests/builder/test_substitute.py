@@ -29,6 +29,16 @@ from mergepkg.store.session import Session
 INPUTS = {"a": ["s1", "s2"], "b": ["a", "s3"]}
 
 
+class Warnings:
+    """A reporter that keeps the warnings it is told in `warned` and ignores the rest."""
+
+    def __init__(self, warned: list[str]):
+        self.warned = warned
+
+    def __getattr__(self, name):
+        return self.warned.append if name == "warning" else lambda *a, **k: None
+
+
 def offer(size: int) -> Offer:
     return Offer("team", "file:///r", size, "sha256:" + "0" * 64)
 
@@ -130,13 +140,8 @@ def test_a_tampered_file_is_refused_then_built_or_the_build_fails_located(shared
     data = bytearray(shard.read_bytes())
     data[-1] ^= 1
     shard.write_bytes(bytes(data))
-    warned = []
-
-    class Reporter:
-        def __getattr__(self, name):
-            return warned.append if name == "warning" else lambda *a, **k: None
-
-    report = build(load_recipe(recipe), Session(), mode="locked", remote="prefer", reporter=Reporter())
+    warned: list[str] = []
+    report = build(load_recipe(recipe), Session(), mode="locked", remote="prefer", reporter=Warnings(warned))
     assert report.built and any("differs from its record" in w for w in warned), warned
     assert digests(recipe)["b"] == report.artifacts["b"].digest
     # sources gone, a fresh home: nothing to build from, so the refusal is the error
@@ -187,13 +192,8 @@ def test_a_malformed_record_is_refused_alone_and_located(shared):
     doc = json.loads(record.read_text())
     doc["files"][0]["sha256"] = "zz"
     record.write_text(json.dumps(doc))
-    warned = []
-
-    class Reporter:
-        def __getattr__(self, name):
-            return warned.append if name == "warning" else lambda *a, **k: None
-
-    report = build(load_recipe(recipe), Session(), mode="locked", remote="prefer", reporter=Reporter())
+    warned: list[str] = []
+    report = build(load_recipe(recipe), Session(), mode="locked", remote="prefer", reporter=Warnings(warned))
     assert report.pulled == {"b": "team"}  # b's record is good: pulled, though a's is not
     told = [w for w in warned if f"records/{first.artifacts['a'].key}.json: files[0].sha256" in w]
     assert len(told) == 1, warned  # once: it used to be told again as the step's refusal
@@ -248,17 +248,12 @@ def test_a_damaged_copy_on_the_first_remote_falls_back_to_the_next_one(shared, t
     add_remote(Settings(), "team", str(remote_dir))
     for folder in folders.values():
         shutil.rmtree(folder)  # b cannot be built here
-    warned = []
-
-    class Reporter:
-        def __getattr__(self, name):
-            return warned.append if name == "warning" else lambda *a, **k: None
-
-    report = build(load_recipe(recipe), Session(), mode="locked", reporter=Reporter())
+    warned: list[str] = []
+    report = build(load_recipe(recipe), Session(), mode="locked", reporter=Warnings(warned))
     assert report.pulled == {"b": "team"} and report.built == []
     assert any("differs from its record" in w and "trying remote team" in w for w in warned), warned
     shutil.rmtree(Settings().home / "store")
-    checks = {c.step: c for c in verify(load_recipe(recipe), Session(), reporter=Reporter())}
+    checks = {c.step: c for c in verify(load_recipe(recipe), Session(), reporter=Warnings(warned))}
     assert (checks["b"].status, checks["b"].remote) == ("ok", "team")
 
 
@@ -269,12 +264,7 @@ def test_a_malformed_record_of_a_step_built_here_is_warned_about_once(shared):
     doc = json.loads(record.read_text())
     doc["files"][0]["size"] = -1
     record.write_text(json.dumps(doc))
-    warned = []
-
-    class Reporter:
-        def __getattr__(self, name):
-            return warned.append if name == "warning" else lambda *a, **k: None
-
-    report = build(load_recipe(recipe), Session(), mode="locked", remote="prefer", reporter=Reporter())
+    warned: list[str] = []
+    report = build(load_recipe(recipe), Session(), mode="locked", remote="prefer", reporter=Warnings(warned))
     assert report.built == ["b"]
     assert len([w for w in warned if "files[0].size" in w]) == 1, warned
