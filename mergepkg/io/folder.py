@@ -9,6 +9,7 @@ from mergepkg.errors import SourceError
 
 INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
+WEIGHTS, BIN_WEIGHTS = "model.safetensors", "pytorch_model.bin"  # one file: what transformers writes unsharded
 # Everything but weights that a merged model folder needs.
 SIDE_FILES = [
     "config.json",
@@ -57,13 +58,19 @@ def adapter_files(folder: Path) -> list[str]:
 
 
 def weight_files(folder: Path) -> list[str]:
-    """The files holding a model's weights, preferring safetensors over .bin: those its
-    index names (each a file inside the folder that exists), else the weight files there."""
+    """The files holding a model's weights, preferring safetensors over .bin, as
+    transformers and mergekit find them: those its index names (each a file inside the
+    folder that exists), else `model.safetensors` or `pytorch_model.bin`; a folder with
+    neither, the weight files there. Other safetensors beside them (a PEFT adapter, a
+    `model.fp16.safetensors` copy, a trainer's states) are no part of the model."""
     for index in (INDEX, BIN_INDEX):
         if (folder / index).is_file():
             return _indexed(folder, index)
+    for single in (WEIGHTS, BIN_WEIGHTS):
+        if (folder / single).is_file():
+            return [single]
     for pattern in ("*.safetensors", "pytorch_model*.bin"):
-        found = sorted(folder.glob(pattern))
+        found = sorted(p for p in folder.glob(pattern) if not p.name.startswith("adapter_model"))
         for path in found:
             if not path.is_file():
                 raise SourceError(

@@ -170,9 +170,14 @@ def scan_tensors(folder: Path, files: list[str] | None = None) -> dict[str, Tens
                 header = read_header(path)
             except OSError as e:
                 raise SourceError(f"cannot read safetensors header: {e.strerror or e}", file=path) from None
-            for key, meta in header.items():
-                infos[key] = TensorInfo(meta["dtype"], tuple(meta["shape"]), name)
+            found = {key: TensorInfo(meta["dtype"], tuple(meta["shape"]), name) for key, meta in header.items()}
         else:
-            for key, t in load_bin(path).items():
-                infos[key] = TensorInfo(code_of(t.dtype), tuple(t.shape), name)
+            found = {key: TensorInfo(code_of(t.dtype), tuple(t.shape), name) for key, t in load_bin(path).items()}
+        if twice := next((key for key in found if key in infos), None):  # which one is the model's?
+            raise SourceError(
+                f"tensor {twice} is in two weight files, {infos[twice].file} and {name}",
+                file=folder,
+                hint="keep one copy of the weights in the folder, or a weight index naming each tensor's file",
+            )
+        infos |= found
     return infos

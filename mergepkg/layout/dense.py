@@ -21,6 +21,7 @@ from mergepkg.layout.align import Alignment
 from mergepkg.layout.configs import shared_dtype, with_head_tying, with_saved_dtype, with_stacked_layers
 from mergepkg.layout.types import (
     FLOAT_CODES,
+    HEADS,
     LAYER,
     ModelInfo,
     OutputTensor,
@@ -36,8 +37,6 @@ from mergepkg.layout.values import param_value
 from mergepkg.methods import get_method
 from mergepkg.recipe.model import Params, Recipe, Slice, SliceSource, Step
 from mergepkg.recipe.tables import AUTO
-
-HEADS = ("lm_head.weight", "embed_out.weight")  # output heads that tied models leave out
 
 
 class Member(NamedTuple):
@@ -203,21 +202,14 @@ class DenseLayout:
         post = [n for n in outside(last.sources[0].model) if not is_pre(n)]
         for name in pre:
             yield name, 0.0, self.members(first, name, _named(name)), first.params
-        for sl in step.slices:
+        for si, sl in enumerate(step.slices):
             count = sl.sources[0].layers[1] - sl.sources[0].layers[0]
             layer0 = sl.sources[0].layers[0]
-            ref_model = sl.sources[0].model
-            suffixes = sorted(
-                {
-                    m["rest"]
-                    for n in self.infos[ref_model].tensors
-                    if (m := LAYER.match(n)) and int(m["index"]) == layer0
-                }
-            )
-            prefix: str = next(m["prefix"] for n in self.infos[ref_model].tensors if (m := LAYER.match(n)))
+            prefix, rests = self.layer_tensors(sl.sources[0].model, f"{self.key}.slices[{si}]")
             for off in range(count):
                 t = off / (count - 1) if count > 1 else 1.0
-                for rest in suffixes:
+                # each layer's own tensors: an MoE model's dense layers hold other ones
+                for rest in rests.get(layer0 + off, ()):
                     out_name = f"{prefix}{out_layer}.{rest}"
                     yield (
                         out_name,
@@ -228,6 +220,26 @@ class DenseLayout:
                 out_layer += 1
         for name in post:
             yield name, 0.0, self.members(last, name, _named(name)), last.params
+
+    def layer_tensors(self, model: str, key: str) -> tuple[str, dict[int, list[str]]]:
+        """The prefix of `model`'s layers (`model.layers.`) and each layer's tensor names
+        after it (`self_attn.q_proj.weight`). One stack of layers only: a multimodal
+        model's (a language model's and a vision tower's) would be interleaved."""
+        prefixes: set[str] = set()
+        rests: dict[int, list[str]] = {}
+        for n in ordered(self.infos[model].tensors):
+            if m := LAYER.match(n):
+                prefixes.add(m["prefix"])
+                rests.setdefault(int(m["index"]), []).append(m["rest"])
+        if len(prefixes) > 1:
+            raise self.error(
+                RecipeError,
+                key,
+                f"{model!r} has more than one stack of layers ({', '.join(sorted(prefixes))}): "
+                "slices cannot tell which one they cut",
+                "merge such a model whole (inputs, not slices)",
+            )
+        return prefixes.pop(), rests
 
     def members(self, sl: Slice, out_name: str, tensor_of: Callable[[SliceSource], str]) -> list[Member]:
         base = self.step.base

@@ -147,9 +147,14 @@ class StepLayout:
         return sum(t.info.nbytes for t in self.tensors)
 
 
+HEADS = ("lm_head.weight", "embed_out.weight")  # output heads (GPT-NeoX's is `embed_out`)
+
+
 def is_pre(name: str) -> bool:
-    """Whether a tensor outside the layers comes before them (embeddings), not after (norm, head)."""
-    return "embed" in name or ".wte." in name or ".wpe." in name
+    """Whether a tensor outside the layers comes before them (embeddings), not after (norm,
+    head). By name components: GPT-2 checkpoints saved without `transformer.` have `wte.weight`."""
+    parts = name.split(".")
+    return name not in HEADS and (any("embed" in p for p in parts) or "wte" in parts or "wpe" in parts)
 
 
 def ordered(names) -> list[str]:

@@ -43,8 +43,10 @@ HASH_VERSION = 1  # bump whenever step_entry's shape or meaning changes
 # the rules for the config.json (and head) a step writes, in the entries of the steps whose output
 # they changed, so every other step keeps its key: 2, the per-layer settings of stacked layers and
 # the dtype "auto" names (layout/configs.py); 3, the head and its tying of stacked layers
-# (layout/dense.py) and special token ids whose token the output's vocabulary lacks (layout/align.py)
-CONFIG_VERSION = 3
+# (layout/dense.py) and special token ids whose token the output's vocabulary lacks (layout/align.py);
+# 4, GPT-2's unprefixed embeddings (`wte.weight`) from the first slice, GPT-NeoX's head (`embed_out`)
+# from the last (layout/types.py `is_pre`)
+CONFIG_VERSION = 4
 
 
 def key_of(entry: Mapping) -> str:
@@ -152,8 +154,10 @@ def config_version(step: Step) -> int | None:
     """The version of the config rules (CONFIG_VERSION) that changed `step`'s output, or
     None where none did."""
     other_vocabulary = step.tokenizer_model != step.models[0]  # the config's model is the first (the base)
-    if step.slices or other_vocabulary:
+    if step.slices:
         return CONFIG_VERSION
+    if other_vocabulary:
+        return 3  # version 4 changed stacked layers only: these keep their keys
     if step.dtype == AUTO_DTYPE and step.out_dtype is None:
         return 2
     return None

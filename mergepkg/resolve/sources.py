@@ -16,7 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergepkg.errors import MergepkgError, SourceError
-from mergepkg.io.folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SIDE_FILES, adapter_files, is_adapter_folder, used_files
+from mergepkg.io.folder import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    BIN_INDEX,
+    BIN_WEIGHTS,
+    INDEX,
+    SIDE_FILES,
+    WEIGHTS,
+    adapter_files,
+    is_adapter_folder,
+    used_files,
+)
 from mergepkg.lockfile import FileRecord, Pin
 from mergepkg.recipe.model import Source
 from mergepkg.settings import Settings
@@ -109,10 +120,20 @@ def missing_bytes(source: Source, pin: Pin, settings: Settings) -> int | None:
 
 
 def choose_weight_patterns(files: list[str]) -> list[str]:
-    """Download safetensors when the repo has them, else the .bin checkpoint."""
+    """The weight files to download from a repo of `files`, as io/folder.py's
+    `weight_files` will read them: safetensors when the repo has them, else the .bin
+    checkpoint; one file where the repo has no index (a copy beside it, an adapter, is
+    no part of the model)."""
+    names = set(files)
+    if INDEX in names:
+        return ["*.safetensors", INDEX]
+    if WEIGHTS in names:
+        return [WEIGHTS]
     if any(f.endswith(".safetensors") for f in files):
-        return ["*.safetensors", "model.safetensors.index.json"]
-    return ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+        return ["*.safetensors"]
+    if BIN_WEIGHTS in names and BIN_INDEX not in names:
+        return [BIN_WEIGHTS]
+    return ["pytorch_model*.bin", BIN_INDEX]
 
 
 def fetch(

@@ -108,7 +108,8 @@ def test_hash_version_and_engine_are_in_every_entry(recipe_file):
 def test_only_steps_whose_config_changed_carry_the_config_version(recipe_file):
     """Stacked layers' per-layer settings and dtype "auto"'s named dtype (version 2), then
     stacked layers' head and special ids whose token another tokenizer lacks (version 3),
-    changed what those steps write: their keys changed, no other step's did."""
+    changed what those steps write, and stacked layers' GPT-2 and GPT-NeoX embeddings and
+    head (version 4): their keys changed, no other step's did."""
 
     body = (
         TWO_STEPS
@@ -140,7 +141,7 @@ inputs = [{ model = "ft1", weight = 0.5 }, { model = "ft2", weight = 0.5 }]
 """
     )
     entries = resolve(load_recipe(recipe_file(body)), Session()).entries
-    assert entries["stack"]["config"] == entries["other_tokenizer"]["config"] == 3
+    assert entries["stack"]["config"] == 4 and entries["other_tokenizer"]["config"] == 3
     assert entries["auto"]["config"] == 2
     unchanged = {"skills", "final", "auto_saved", "first_tokenizer"}
     assert not unchanged & {name for name, e in entries.items() if "config" in e}
