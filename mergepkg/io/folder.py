@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from mergepkg.errors import SourceError
@@ -57,30 +59,49 @@ def adapter_files(folder: Path) -> list[str]:
     )
 
 
+def weight_choice(names: Iterable[str]) -> tuple[str | None, list[str]]:
+    """Which of a model's files (`names`, as listed in its folder or repo) hold its
+    weights, in mergekit's order, as transformers finds them: (the safetensors index,
+    the .safetensors files it may name), else `model.safetensors`, else (the .bin index,
+    the .bin files), else `pytorch_model.bin`; a model with none of these, every weight
+    file at its top level. Files in subfolders (a trainer's `checkpoint-500/`), PEFT
+    adapters and copies beside `model.safetensors` (`model.fp16.safetensors`) are no part
+    of the model. The one rule for a folder (`weight_files`) and a hub download."""
+    top = sorted(n for n in names if "/" not in n and not n.startswith("adapter_model"))
+    for index, single, ext in ((INDEX, WEIGHTS, ".safetensors"), (BIN_INDEX, BIN_WEIGHTS, ".bin")):
+        if index in top:
+            return index, [n for n in top if n.endswith(ext)]
+        if single in top:
+            return None, [single]
+    found = [n for n in top if n.endswith(".safetensors")]
+    return None, found or [n for n in top if fnmatch.fnmatchcase(n, "pytorch_model*.bin")]
+
+
 def weight_files(folder: Path) -> list[str]:
-    """The files holding a model's weights, preferring safetensors over .bin, as
-    transformers and mergekit find them: those its index names (each a file inside the
-    folder that exists), else `model.safetensors` or `pytorch_model.bin`; a folder with
-    neither, the weight files there. Other safetensors beside them (a PEFT adapter, a
-    `model.fp16.safetensors` copy, a trainer's states) are no part of the model."""
-    for index in (INDEX, BIN_INDEX):
-        if (folder / index).is_file():
-            return _indexed(folder, index)
-    for single in (WEIGHTS, BIN_WEIGHTS):
-        if (folder / single).is_file():
-            return [single]
-    for pattern in ("*.safetensors", "pytorch_model*.bin"):
-        found = sorted(p for p in folder.glob(pattern) if not p.name.startswith("adapter_model"))
-        for path in found:
-            if not path.is_file():
-                raise SourceError(
-                    "not a readable file (a folder, or a link that leads nowhere)",
-                    file=path,
-                    hint="a model's weights are files in its folder",
-                )
-        if found:
-            return [p.name for p in found]
-    raise SourceError("no model weights found (expected *.safetensors or pytorch_model.bin)", file=folder)
+    """The files holding the weights of the model in `folder` (`weight_choice`): those
+    its index names (each a file inside the folder that exists), else the files chosen."""
+    index, files = weight_choice(p.name for p in folder.iterdir())
+    if index is not None:
+        return _indexed(folder, index)
+    for name in files:
+        if not (folder / name).is_file():
+            raise SourceError(
+                "not a readable file (a folder, or a link that leads nowhere)",
+                file=folder / name,
+                hint="a model's weights are files in its folder",
+            )
+    if not files:
+        raise SourceError("no model weights found (expected *.safetensors or pytorch_model.bin)", file=folder)
+    return files
+
+
+def index_map(folder: Path) -> dict[str, str] | None:
+    """The weight map (tensor -> file) of the index `weight_files` reads, or None."""
+    index, _ = weight_choice(p.name for p in folder.iterdir())
+    if index is None:
+        return None
+    _indexed(folder, index)  # checked as the files it names are
+    return json.loads((folder / index).read_text())["weight_map"]
 
 
 def _indexed(folder: Path, index: str) -> list[str]:
@@ -110,7 +131,8 @@ def _indexed(folder: Path, index: str) -> list[str]:
 
 def used_files(folder: Path) -> list[str]:
     """The files of a model folder a merge reads or copies: weights (one format), the
-    weight index, configs and tokenizer files."""
-    names = set(weight_files(folder))
-    names |= {n for n in (INDEX, BIN_INDEX, *SIDE_FILES) if (folder / n).is_file()}
+    index it reads them by, configs and tokenizer files."""
+    index, _ = weight_choice(p.name for p in folder.iterdir())
+    names = {*weight_files(folder), *([index] if index else [])}
+    names |= {n for n in SIDE_FILES if (folder / n).is_file()}
     return sorted(names)

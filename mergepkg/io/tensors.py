@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from mergepkg._lazy import torch
 from mergepkg.errors import SourceError
-from mergepkg.io.folder import weight_files
+from mergepkg.io.folder import index_map, weight_files
 
 # safetensors dtype codes <-> recipe dtype names
 CODE_OF = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
@@ -163,6 +163,7 @@ def scan_tensors(folder: Path, files: list[str] | None = None) -> dict[str, Tens
     """Every tensor of the model in `folder` (or of its weight `files`): name -> TensorInfo,
     from headers only."""
     infos: dict[str, TensorInfo] = {}
+    owners: dict[str, str] | None = None  # the index's weight map, read at a tensor found twice
     for name in weight_files(folder) if files is None else files:
         path = folder / name
         if name.endswith(".safetensors"):
@@ -173,11 +174,15 @@ def scan_tensors(folder: Path, files: list[str] | None = None) -> dict[str, Tens
             found = {key: TensorInfo(meta["dtype"], tuple(meta["shape"]), name) for key, meta in header.items()}
         else:
             found = {key: TensorInfo(code_of(t.dtype), tuple(t.shape), name) for key, t in load_bin(path).items()}
-        if twice := next((key for key in found if key in infos), None):  # which one is the model's?
-            raise SourceError(
-                f"tensor {twice} is in two weight files, {infos[twice].file} and {name}",
-                file=folder,
-                hint="keep one copy of the weights in the folder, or a weight index naming each tensor's file",
-            )
+        for key in [k for k in found if k in infos]:  # in two files: the index says which is the model's
+            owners = (index_map(folder) or {}) if owners is None else owners
+            if owners.get(key) not in (infos[key].file, name):
+                raise SourceError(
+                    f"tensor {key} is in two weight files, {infos[key].file} and {name}",
+                    file=folder,
+                    hint="keep one copy of the weights in the folder, or a weight index naming each tensor's file",
+                )
+            if owners[key] == infos[key].file:
+                del found[key]
         infos |= found
     return infos

@@ -231,12 +231,12 @@ class DenseLayout:
             if m := LAYER.match(n):
                 prefixes.add(m["prefix"])
                 rests.setdefault(int(m["index"]), []).append(m["rest"])
-        if len(prefixes) > 1:
+        if len(prefixes) != 1:  # none found (an encoder-decoder's `block.N`), or a multimodal model's two
+            found = f"more than one stack of layers ({', '.join(sorted(prefixes))})" if prefixes else "no layers"
             raise self.error(
                 RecipeError,
                 key,
-                f"{model!r} has more than one stack of layers ({', '.join(sorted(prefixes))}): "
-                "slices cannot tell which one they cut",
+                f"{model!r} has {found} mergepkg can slice: slices cannot tell which layers they cut",
                 "merge such a model whole (inputs, not slices)",
             )
         return prefixes.pop(), rests

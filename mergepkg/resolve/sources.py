@@ -10,7 +10,6 @@ is expected is an error that says so.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +18,11 @@ from mergepkg.errors import MergepkgError, SourceError
 from mergepkg.io.folder import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
-    BIN_INDEX,
-    BIN_WEIGHTS,
-    INDEX,
     SIDE_FILES,
-    WEIGHTS,
     adapter_files,
     is_adapter_folder,
     used_files,
+    weight_choice,
 )
 from mergepkg.lockfile import FileRecord, Pin
 from mergepkg.recipe.model import Source
@@ -119,21 +115,11 @@ def missing_bytes(source: Source, pin: Pin, settings: Settings) -> int | None:
     return None if missing and settings.offline else missing
 
 
-def choose_weight_patterns(files: list[str]) -> list[str]:
-    """The weight files to download from a repo of `files`, as io/folder.py's
-    `weight_files` will read them: safetensors when the repo has them, else the .bin
-    checkpoint; one file where the repo has no index (a copy beside it, an adapter, is
-    no part of the model)."""
-    names = set(files)
-    if INDEX in names:
-        return ["*.safetensors", INDEX]
-    if WEIGHTS in names:
-        return [WEIGHTS]
-    if any(f.endswith(".safetensors") for f in files):
-        return ["*.safetensors"]
-    if BIN_WEIGHTS in names and BIN_INDEX not in names:
-        return [BIN_WEIGHTS]
-    return ["pytorch_model*.bin", BIN_INDEX]
+def hub_weight_files(names: list[str]) -> list[str]:
+    """The weight files to download from a repo of files `names`: those io/folder.py's
+    `weight_choice` reads (and the index it reads them by)."""
+    index, files = weight_choice(names)
+    return [*files, *([index] if index else [])]
 
 
 def fetch(
@@ -185,12 +171,11 @@ def _fetch_hf(
         names = [s.rfilename for s in info.siblings or []]
         if adapter:
             weights = next((w for w in ADAPTER_WEIGHTS if w in names), ADAPTER_WEIGHTS[0])
-            wanted = [ADAPTER_CONFIG, weights]
+            allow = [ADAPTER_CONFIG, weights]
         elif "config.json" not in names and ADAPTER_CONFIG in names:
             raise adapter_not_model(f"{repo}@{rev}")
         else:
-            wanted = choose_weight_patterns(names) + SIDE_FILES
-        allow = [f for f in names if any(fnmatch.fnmatch(f, p) for p in wanted)]
+            allow = hub_weight_files(names) + [f for f in names if f in SIDE_FILES]
         folder = Path(snapshot_download(repo, revision=info.sha, allow_patterns=allow, cache_dir=settings.hf_cache))
         return Fetched(folder, info.sha)
     except SourceError:  # ours (a FileNotFoundError too): says what it means already

@@ -17,6 +17,7 @@ from mergepkg.layout.steps import lay_out
 from mergepkg.layout.types import is_pre
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.resolve.resolution import resolve
+from mergepkg.resolve.sources import hub_weight_files
 from mergepkg.store.session import Session
 
 
@@ -98,6 +99,14 @@ def test_slices_of_a_model_with_two_stacks_of_layers_are_refused(tmp_path):
     assert e.value.key == "steps.s.slices[0]"
 
 
+def test_slices_of_a_model_without_layers_mergepkg_knows_are_refused(tmp_path):
+    """An encoder-decoder's `encoder.block.N`: `pop from an empty set`, a traceback."""
+    names = [f"encoder.block.{i}.layer.0.weight" for i in range(4)]
+    models = {m: stub(tmp_path / m, names, {"model_type": "t5", "num_layers": 4, "d_model": 4}) for m in ("a", "b")}
+    with pytest.raises(RecipeError, match="has no layers mergepkg can slice"):
+        laid_out(tmp_path, models, STACK)
+
+
 def test_only_the_model_s_weights_are_read_beside_an_adapter_and_a_copy(tmp_path):
     """Every *.safetensors was read: an adapter's tensors reached the output, and a
     `model.fp16.safetensors` copy silently replaced tensors of the model."""
@@ -109,3 +118,71 @@ def test_only_the_model_s_weights_are_read_beside_an_adapter_and_a_copy(tmp_path
     assert weight_files(folder) == ["model.fp16.safetensors", "weights.safetensors"]
     with pytest.raises(SourceError, match=r"tensor model\.embed_tokens\.weight is in two weight files"):
         scan_tensors(folder)
+
+
+def test_an_indexed_tensor_in_two_shards_is_read_from_the_one_the_index_names(tmp_path):
+    """transformers and mergekit load it; the check for copies refused it."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_file({"a": np.zeros((2, 2), np.float32), "tied": np.zeros((2, 2), np.float32)}, folder / "s1.safetensors")
+    save_file({"b": np.zeros((2, 2), np.float32), "tied": np.ones((2,), np.float32)}, folder / "s2.safetensors")
+    index = {"weight_map": {"a": "s1.safetensors", "tied": "s1.safetensors", "b": "s2.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    infos = scan_tensors(folder)
+    assert infos["tied"].file == "s1.safetensors" and infos["tied"].shape == (2, 2)
+    index["weight_map"]["tied"] = "s2.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert scan_tensors(folder)["tied"].file == "s2.safetensors"
+
+
+LAYOUTS = {
+    "shards and their index": [
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ],
+    "one file": ["model.safetensors"],
+    "both formats": ["model.safetensors", "pytorch_model.bin"],
+    "a .bin model and an adapter": ["pytorch_model.bin", "adapter_model.safetensors"],
+    "a .bin model and a checkpoint": ["pytorch_model.bin", "checkpoint-500/model.safetensors"],
+    "a .bin model and a half-precision copy": ["pytorch_model.bin", "model.fp16.safetensors"],
+    "one file beside a .bin index": [
+        "model.safetensors",
+        "pytorch_model.bin.index.json",
+        "pytorch_model-00001-of-00001.bin",
+    ],
+    ".bin shards and their index": [
+        "pytorch_model.bin.index.json",
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+    ],
+    ".bin shards without an index": ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"],
+    "an unusual name": ["consolidated.safetensors"],
+}
+WEIGHTS_READ = {
+    "shards and their index": ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"],
+    "one file": ["model.safetensors"],
+    "both formats": ["model.safetensors"],
+    "a .bin model and an adapter": ["pytorch_model.bin"],
+    "a .bin model and a checkpoint": ["pytorch_model.bin"],
+    "a .bin model and a half-precision copy": ["pytorch_model.bin"],
+    "one file beside a .bin index": ["model.safetensors"],
+    ".bin shards and their index": ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"],
+    ".bin shards without an index": ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"],
+    "an unusual name": ["consolidated.safetensors"],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_hub_download_holds_what_a_full_copy_of_the_repo_reads(tmp_path, layout):
+    """The download rule and the folder rule were two rules: a .bin model beside an adapter
+    downloaded only the adapter; a fresh download and a fuller cache read other files."""
+    names = LAYOUTS[layout]
+    full, fresh = tmp_path / "full", tmp_path / "fresh"
+    downloaded = hub_weight_files(names)
+    for folder, files in ((full, names), (fresh, [n for n in names if n in downloaded])):
+        for name in files:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            index = {"weight_map": {f"t{i}": n for i, n in enumerate(WEIGHTS_READ[layout])}}
+            (folder / name).write_text(json.dumps(index) if name.endswith("index.json") else "weights")
+    assert weight_files(full) == weight_files(fresh) == WEIGHTS_READ[layout]

@@ -9,7 +9,7 @@ from hfcache import add_to_cache
 
 from mergepkg.errors import SourceError
 from mergepkg.recipe.model import Source
-from mergepkg.resolve.sources import choose_weight_patterns, fetch
+from mergepkg.resolve.sources import fetch
 from mergepkg.settings import Settings
 
 
@@ -65,18 +65,6 @@ def test_missing_cache_entry_in_a_build_is_located(hub, tmp_path):
     with pytest.raises(SourceError) as info:
         build_recipe(path, tmp_path / "out")
     assert info.value.key == "sources.base" and info.value.line == 5
-
-
-def test_weight_format_choice_prefers_safetensors_and_the_model_file():
-    assert choose_weight_patterns(["model.safetensors", "pytorch_model.bin"]) == ["model.safetensors"]
-    assert choose_weight_patterns(["pytorch_model.bin", "config.json"]) == ["pytorch_model.bin"]
-    shards = ["model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
-    assert choose_weight_patterns(shards) == ["*.safetensors", "model.safetensors.index.json"]
-    # an adapter or a half-precision copy beside the model is not downloaded (nor read: io/folder.py)
-    assert choose_weight_patterns(["model.safetensors", "adapter_model.safetensors", "model.fp16.safetensors"]) == [
-        "model.safetensors"
-    ]
-    assert choose_weight_patterns(["consolidated.safetensors"]) == ["*.safetensors"]
 
 
 HUB_RECIPE = (
