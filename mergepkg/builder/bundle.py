@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from mergepkg._toml import tomllib
 from mergepkg.lockfile import Lock, recipe_hash
 from mergepkg.recipe.flatten import SEP
-from mergepkg.recipe.locate import locate
+from mergepkg.recipe.locate import key_name, locate
 from mergepkg.resolve.resolution import Resolution
 
 RECIPE_FILE = "mergepkg.toml"
@@ -152,7 +152,7 @@ def _places(main: Path, order: list[Path]) -> dict[Path, str]:
 def _rewrite(text: str, source: str, old: str, new: str) -> str:
     """`text` with the string `old` of `sources.<source>.recipe` written as `new`. Found on the
     key's line as TOML writes a string (basic or literal); left as it is otherwise."""
-    line = locate(text, f"sources.{source}.recipe")
+    line = locate(text, f"sources.{key_name(source)}.recipe")
     if line is None:
         return text
     lines = text.splitlines(keepends=True)

@@ -49,6 +49,7 @@ from mergepkg.io.tensors import NAME_OF, TensorInfo, scan_tensors
 from mergepkg.layout.align import EMBEDDINGS
 from mergepkg.layout.types import LAYER, ModelInfo, OutputTensor, Part, StepLayout, ordered
 from mergepkg.methods.lora import SPEC
+from mergepkg.recipe.locate import key_name
 from mergepkg.recipe.model import Recipe, Step
 
 PREFIX = "base_model.model."  # peft's names: the PeftModel, then the model it wraps
@@ -137,7 +138,7 @@ def adapter_layout(recipe: Recipe, step: Step, infos: dict[str, ModelInfo]) -> S
     try:
         tensors = _Applied(step, base, adapter).tensors()
     except MergepkgError as e:
-        raise recipe.locate(e, f"sources.{step.adapter}") from None
+        raise recipe.locate(e, f"sources.{key_name(step.adapter)}") from None
     bytes_in = sum(infos[p.model].tensors[p.tensor].nbytes for t in tensors for p in t.parts)
     config = dict(base.config)
     # a head the base does not save is one the adapter split off its embeddings: untied, as

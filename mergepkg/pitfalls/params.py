@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mergepkg.errors import PlanError
 from mergepkg.layout.values import value_at
 from mergepkg.methods import METHODS
 from mergepkg.methods.moe import PROMPTED
@@ -41,7 +42,10 @@ def unresolved_pitfalls(recipe: Recipe) -> list[Pitfall] | None:
     What `build A B --deny-warnings` checks of every recipe before it builds the first."""
     if recipe.dependencies:
         return None
-    flat = flatten(recipe)
+    try:
+        flat = flatten(recipe)
+    except PlanError:  # an imported file's dependency, a cycle: the build says so, located
+        return None
     return settle(recipe_pitfalls(flat, make_plan(flat).order), flat)
 
 

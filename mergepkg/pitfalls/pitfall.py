@@ -15,7 +15,7 @@ from mergepkg._toml import tomllib
 from mergepkg.errors import BuildError, place
 from mergepkg.recipe.allow import CODES
 from mergepkg.recipe.flatten import SEP
-from mergepkg.recipe.locate import key_name, locate
+from mergepkg.recipe.locate import locate
 from mergepkg.recipe.model import Recipe, Step
 
 
@@ -54,8 +54,7 @@ class Pitfall:
         if self.file is not None or self.step is None or self.step not in recipe.steps:
             return self
         written = recipe.written(self.step)
-        step = f"steps.{key_name(written.name)}"  # `steps."soup.v2"`: a dot in a name is no level
-        key = f"{step}.{self.at}" if self.at else step
+        key = f"{written.key}.{self.at}" if self.at else written.key  # `steps."soup.v2"`: quoted
         return replace(self, file=str(written.path), line=locate(written.text, key), key=key)
 
 

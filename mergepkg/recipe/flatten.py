@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mergepkg.errors import PlanError, did_you_mean
 from mergepkg.recipe.chat import template_kind
+from mergepkg.recipe.locate import key_name
 from mergepkg.recipe.model import InputRef, Origin, Recipe, Slice, SliceSource, Step
 from mergepkg.recipe.names import canonical_name
 from mergepkg.recipe.parse import load_recipe
@@ -72,7 +73,7 @@ def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind: Callable[[Recip
     steps: dict[str, Step] = {}
     alias: dict[str, str] = {}
     for name, src in imports.items():
-        key = f"sources.{name}"
+        key = f"sources.{key_name(name)}"
         file, wanted = src.recipe, src.step
         assert file is not None and wanted is not None  # an import; the parser gave it a step
         if file in chain:
@@ -113,7 +114,7 @@ def _prefixed(prefix: str) -> Callable[[str], str]:
 def _unbound(recipe: Recipe) -> Recipe:
     for name, src in recipe.sources.items():
         if src.dependency:
-            key = f"sources.{name}"
+            key = f"sources.{key_name(name)}"
             raise PlanError(
                 f"dependency {src.dependency!r} is not resolved here",
                 file=str(recipe.path),

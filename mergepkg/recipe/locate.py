@@ -32,7 +32,7 @@ def key_name(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _segments(key: str) -> list[str | int]:
+def segments(key: str) -> list[str | int]:
     """`steps."a.b".inputs[0]` -> ["steps", "a.b", "inputs", 0]: quoted names whole."""
     out: list[str | int] = []
     for quoted, literal, bare, index in _SEGMENT.findall(key):
@@ -134,7 +134,7 @@ def locate(text: str, key: str) -> int | None:
     """1-based line of `key` in `text`, or None."""
     if not text or not key:
         return None
-    segs = _segments(key)
+    segs = segments(key)
     pos, end, consumed = 0, len(text), 0  # the whole text, unless a table header prefixes the path
     table = _table(_headers(text), segs)
     if table is not None:

@@ -64,6 +64,13 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(text, path)
 
 
+def local_path(recipe_file: Path, rel: str) -> Path:
+    """A `path` source's folder, `rel` to the recipe file: lexical, not .resolve(), so a
+    `models -> /mnt/big/models` link stays `models/...` in the lock and the recipe's hash,
+    as the recipe says it, on every machine."""
+    return Path(os.path.normpath(recipe_file.parent.resolve() / rel))
+
+
 def parse_recipe(text: str, path: str | Path) -> Recipe:
     if Path(path).suffix == ".lock":  # its lock, beside it with that suffix, would be the recipe itself
         raise RecipeError("a recipe's file name may not end in .lock", file=path, hint="rename it to end in .toml")
@@ -226,7 +233,7 @@ class _Parser(TableReader):
 
     # -- sources -----------------------------------------------------------------
     def source(self, name: str, table: Any) -> Source:
-        key = f"sources.{name}"
+        key = f"sources.{key_name(name)}"
         self.check_name(name, key)
         self.expect(
             table,
@@ -273,9 +280,7 @@ class _Parser(TableReader):
             return Source(name=name, recipe=other, step=step)
         if kinds[0] == "path":
             rel = self.expect(table["path"], str, f"{key}.path", "a folder path")
-            # lexical, not .resolve(): a `models -> /mnt/big/models` link stays `models/...`
-            # in the lock and the recipe's hash, as the recipe says it, on every machine
-            folder = Path(os.path.normpath(self.path.parent.resolve() / rel))
+            folder = local_path(self.path, rel)
             if not folder.is_dir() and not self.locked_folder(name, folder):
                 raise self.error(
                     f"{key}.path",

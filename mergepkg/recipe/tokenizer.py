@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from mergepkg.errors import did_you_mean
+from mergepkg.recipe.locate import key_name
 from mergepkg.recipe.model import TokenSource
 from mergepkg.recipe.tables import TableReader, show
 
@@ -33,7 +34,7 @@ def tokenizer_setting(
         raise r.error(skey, f"{value!r} is not a model of this step", did_you_mean(value, ["base", "union", *models]))
     tokens = []
     for token, entry in r.expect((table or {}).get("tokens", {}), dict, f"{key}.tokens", "a table of tokens").items():
-        tkey = f'{key}.tokens."{token}"'
+        tkey = f"{key}.tokens.{key_name(token)}"
         r.expect(entry, dict, tkey, '{ source = "<model>" }')
         r.only_keys(entry, ("source", "force"), tkey)
         force = r.expect(entry.get("force", False), bool, f"{tkey}.force", "true or false")

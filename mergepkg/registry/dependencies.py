@@ -16,9 +16,10 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from mergepkg.errors import LockError, RegistryError
+from mergepkg.errors import LockError, PlanError, RegistryError
 from mergepkg.files import write_atomic
 from mergepkg.lockfile import LockedDependency
+from mergepkg.recipe.locate import key_name
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.registry.client import ChecksumMismatch, Client
@@ -32,9 +33,22 @@ class Dependencies:
     files: dict[str, Path] = field(default_factory=dict)  # package -> installed recipe file
 
     def bind(self, recipe: Recipe) -> Recipe:
-        """`recipe` with each dependency source pointing at its package's installed file."""
+        """`recipe` with each dependency source pointing at its package's installed file. A
+        recipe file another imports (`{ recipe = ... }`) has its packages only through the
+        recipe built: one it names that none brought in is an error, located."""
         if not any(s.dependency for s in recipe.sources.values()):
             return recipe
+        for name, src in recipe.sources.items():
+            if src.dependency and src.dependency not in self.files:
+                key = f"sources.{key_name(name)}.dependency"
+                raise PlanError(
+                    f"package {src.dependency!r} is not among the dependencies of the recipe being built",
+                    file=str(recipe.path),
+                    line=recipe.line_of(key),
+                    key=key,
+                    hint=f"add {src.dependency!r} to the [dependencies] of the recipe you build: "
+                    "an imported recipe file's own are not installed",
+                )
         sources = {
             n: replace(s, dependency=None, recipe=self.files[s.dependency]) if s.dependency else s
             for n, s in recipe.sources.items()

@@ -5,8 +5,8 @@ Both `mergepkg publish --registry <folder>` and `mergepkg registry serve` write 
 file and renames it in (recipe file first, then the package's index, then
 packages.json), so a reader never sees half a file and a killed publish leaves at most
 an unlisted recipe file that the next publish of that version overwrites, or a version
-in its index that packages.json and the audit log miss, which publishing the same file
-again adds (`_finish`).
+in its index that packages.json or the audit log miss, which publishing the same file
+again adds (`_finish`; the audit line where the registry keeps a log).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mergepkg._toml import tomllib
 from mergepkg.errors import MergepkgError, PublishError, RegistryError, did_you_mean
 from mergepkg.files import write_atomic
 from mergepkg.lockfile import lock_path, parse_lock
-from mergepkg.recipe.locate import locate
+from mergepkg.recipe.locate import key_name, locate
 from mergepkg.recipe.model import Recipe, Source
 from mergepkg.recipe.names import canonical_name, check_version
 from mergepkg.recipe.parse import parse_recipe
@@ -262,8 +262,8 @@ class RegistryFolder:
                     raise PublishError(
                         f"{dep.name}@{best.version} has no step {src.step!r}",
                         file=str(recipe.path),
-                        line=recipe.line_of(f"sources.{name}.step"),
-                        key=f"sources.{name}.step",
+                        line=recipe.line_of(f"sources.{key_name(name)}.step"),
+                        key=f"sources.{key_name(name)}.step",
                         hint=did_you_mean(src.step, steps),
                     )
 
@@ -289,12 +289,16 @@ class RegistryFolder:
     def _finish(self, entries: list[Entry], same: Entry, *, who: str, source: str) -> None:
         """What a publish killed after writing the index left undone, done by publishing the
         same bytes again: the package's line in packages.json (else `search` never finds it)
-        and, when the log lacks it, the audit line. Called under the write lock; a registry
-        whose packages.json is up to date is not written (a git checkout has no audit log)."""
+        and the audit line the log lacks: killed before packages.json, or between it and the
+        log. A listed package in a registry without a log (a git checkout: the log is
+        private) gets none, crediting no one else's publish. Under the write lock; what is
+        up to date is not written."""
         packages = self._packages()
-        if packages.get(same.name) == summary(entries):
-            return
-        self._save_packages(packages, same.name, entries)
+        stale = packages.get(same.name) != summary(entries)
+        if stale:
+            self._save_packages(packages, same.name, entries)
+        if not stale and not (self.private / audit.FILE).is_file():
+            return  # listed, and no log to mend (a fresh git checkout of the registry)
         try:
             logged = any(
                 (r.get("action"), r.get("name"), r.get("version")) == ("publish", same.name, same.version)
@@ -369,7 +373,7 @@ def _without_local_sources(text: str, label: str) -> str:
         sources = {}
     local = [n for n, s in sources.items() if isinstance(s, dict) and ("path" in s or "recipe" in s)]
     if local:
-        key = f"sources.{local[0]}"
+        key = f"sources.{key_name(local[0])}"
         raise PublishError(
             "sources that only exist on the publisher's machine cannot be published: " + ", ".join(local),
             file=label,

@@ -8,7 +8,6 @@ under any path of a static host, and from `file://`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -147,10 +146,10 @@ def _graph(text: str, entry: Entry) -> str:
 def _caret(version: str) -> str:
     """The caret range a dependent would write: `^1.2`, `^0.3`, `^0.0.4`; for a pre-release
     the range names it (`^1.0.0-rc.1`), as only such a range picks a pre-release."""
-    if Version.parse(version).pre:
+    v = Version.parse(version)
+    if v.pre:
         return f"^{version}"
-    major, minor, patch = re.split(r"[-+]", version)[0].split(".")
-    return f"^{major}.{minor}" if (major, minor) != ("0", "0") else f"^0.0.{patch}"
+    return f"^{v.major}.{v.minor}" if (v.major, v.minor) != (0, 0) else f"^0.0.{v.patch}"
 
 
 def _remote_link(remote: str) -> str:

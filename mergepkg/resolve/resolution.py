@@ -38,6 +38,7 @@ from mergepkg.lockfile import (
     recipe_hash,
 )
 from mergepkg.recipe.flatten import flatten
+from mergepkg.recipe.locate import key_name
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.plan import Plan, make_plan
 from mergepkg.registry.dependencies import install_dependencies
@@ -178,7 +179,7 @@ def resolve(
                     f"source {name!r} is not in the lock as the recipe asks for it",
                     hint="run `mergepkg lock` to update the lock",
                 ),
-                f"sources.{name}",
+                f"sources.{key_name(name)}",
             )
         trust = _trust(kept, since) if src.path is not None else None
         pin_now = functools.partial(
@@ -263,7 +264,7 @@ def _pin_source(
         )
         pin = pin_folder(fetched.folder, session.hashes, fetched.commit, adapter=adapter, trust=trust, claims=claims)
     except SourceError as e:
-        recipe.locate(e, f"sources.{name}")
+        recipe.locate(e, f"sources.{key_name(name)}")
         if mode == "frozen" and src.hf:
             e.hint = "--frozen never downloads: build once without --frozen to fetch the locked commit"
         raise
@@ -273,7 +274,7 @@ def _pin_source(
                 f"files of {src.hf}@{pin.commit} differ from the lock (a damaged Hugging Face cache?)",
                 hint="delete that repo from the Hugging Face cache and build again",
             ),
-            f"sources.{name}",
+            f"sources.{key_name(name)}",
         )
     return SourceState(fetched.folder, replace(request, pin=pin))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,12 @@ import tomli_w
 
 from mergepkg._toml import tomllib
 from mergepkg.errors import RecipeError
+from mergepkg.recipe.locate import segments
 from mergepkg.recipe.model import Recipe
-from mergepkg.recipe.parse import parse_recipe
+from mergepkg.recipe.parse import local_path, parse_recipe
 from mergepkg.tune.spec import Dimension, TuneSpec, representable
 
 Value = float | list[float]
-_SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
 @dataclass(frozen=True)
@@ -45,13 +44,9 @@ def read_base(spec: TuneSpec) -> Base:
     return Base(spec.recipe, text, tomllib.loads(text))
 
 
-def _segments(path: str) -> list[str | int]:
-    return [name if name else int(index) for name, index in _SEGMENT.findall(path)]
-
-
 def _parent(doc: dict, path: str) -> tuple[Any, str | int]:
     """The container holding `path`'s last segment; a missing `params` table is made."""
-    *head, last = _segments(path)
+    *head, last = segments(path)
     node: Any = doc
     for seg in head:
         if isinstance(seg, int):
@@ -120,7 +115,7 @@ def relocated_text(base: Base, chosen: dict[str, Value], folder: Path, header: s
     for source in doc.get("sources", {}).values():
         for k in ("path", "recipe"):
             if isinstance(source, dict) and isinstance(source.get(k), str) and not Path(source[k]).is_absolute():
-                target = os.path.normpath(base.path.parent / source[k])  # lexical, as recipe/parse.py reads it
+                target = local_path(base.path, source[k])  # where the recipe's parser finds it
                 source[k] = Path(os.path.relpath(target, folder.resolve())).as_posix()
     comment = "".join(f"# {line}\n" for line in header.splitlines())
     return comment + tomli_w.dumps(doc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mergepkg.recipe.locate import _segments, locate
+from mergepkg.recipe.locate import locate, segments
 
 SLERP = """\
 [steps.s]
@@ -59,8 +59,8 @@ def test_a_quoted_name_with_a_dot_is_one_segment():
 
     quote = 'a"b'
     assert key_name("soup.v2") == '"soup.v2"' and key_name("soup_v2-1") == "soup_v2-1"
-    assert _segments(f"steps.{key_name('soup.v2')}.inputs[1]") == ["steps", "soup.v2", "inputs", 1]
-    assert _segments(f"steps.{key_name(quote)}.x") == ["steps", quote, "x"]
+    assert segments(f"steps.{key_name('soup.v2')}.inputs[1]") == ["steps", "soup.v2", "inputs", 1]
+    assert segments(f"steps.{key_name(quote)}.x") == ["steps", quote, "x"]
     assert locate(DOTTED, 'steps."soup.v2"') == 4
     assert locate(DOTTED, 'steps."soup.v2".inputs[1]') == 6
     assert locate(DOTTED, "steps.soup.v2.inputs[1]") == 6  # a path made without quotes still finds it

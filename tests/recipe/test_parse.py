@@ -266,3 +266,15 @@ def test_an_error_in_a_step_named_with_a_dot_is_located_and_its_hint_is_toml(rec
     e = info.value
     assert e.key == 'steps."soup.v2".inputs[1]' and e.line is not None
     assert '[steps."soup.v2".params]' in (e.hint or "")
+
+
+def test_a_source_named_with_a_dot_is_located(tmp_path):
+    """`sources.ft.v2.path` pointed at the [sources] header, a line above the entry."""
+    p = tmp_path / "r.toml"
+    p.write_text(
+        '[package]\nname = "x"\nversion = "1"\n[sources]\n"ft.v2" = { path = "./nowhere" }\n'
+        '[steps.s]\nmethod = "passthrough"\ninputs = ["ft.v2"]\n'
+    )
+    with pytest.raises(SourceError) as info:
+        load_recipe(p)
+    assert info.value.key == 'sources."ft.v2".path' and info.value.line == 5

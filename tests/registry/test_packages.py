@@ -439,6 +439,32 @@ def test_publishing_again_finishes_a_publish_killed_after_the_index(tiny_hub, te
     assert (team / "packages.json").stat().st_mtime_ns == stamp and len(audit.read(team / ".mergepkg")) == 1
 
 
+def test_publishing_again_adds_an_audit_line_a_kill_after_packages_json_left_out(
+    tiny_hub, team, tmp_path, capsys, monkeypatch
+):
+    """packages.json written, the log not: the package was listed, so `_finish` returned
+    before it looked at the log. A registry without a log (a git checkout) gets none."""
+    from mergepkg.registry import audit
+
+    assert publish(tmp_path, capsys, skills(version="0.1.0"))[0] == 0
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(audit, "record", killed)
+        publish(tmp_path, capsys, skills(version="0.2.0"))
+    assert [r["version"] for r in audit.read(team / ".mergepkg")] == ["0.1.0"]
+    assert publish(tmp_path, capsys, skills(version="0.2.0"))[0] == 0
+    assert [r["version"] for r in audit.read(team / ".mergepkg")] == ["0.1.0", "0.2.0"]
+    (team / ".mergepkg" / audit.FILE).unlink()  # as a clone of the registry's git repository has it
+    assert publish(tmp_path, capsys, skills(version="0.2.0"))[0] == 0
+    assert not (team / ".mergepkg" / audit.FILE).exists()
+
+
 def test_a_lock_resolved_against_another_checkout_still_builds(tiny_hub, team, tmp_path, capsys, monkeypatch):
     """A git-hosted registry: each reader's checkout is elsewhere; the lock names the
     writer's folder, and the sha256 decides which bytes are right."""
@@ -508,3 +534,22 @@ def test_a_package_that_would_depend_on_itself_through_another_is_refused(tiny_h
     code, _, err = publish(tmp_path, capsys, circular)
     assert code == 1 and "skills would depend on itself" in err and "Traceback" not in err
     assert "0.1.1" not in (team / "index" / "skills.jsonl").read_text()
+
+
+def test_an_imported_recipe_s_own_dependency_is_a_located_error(tmp_path, capsys, monkeypatch):
+    """A.toml imports B.toml, which depends on a package A does not: `KeyError: 'my-pkg'`."""
+    monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "home"))
+    (tmp_path / "B.toml").write_text(
+        '[package]\nname = "b"\nversion = "0.1.0"\n[dependencies]\nmy_pkg = "^0.1"\n[sources]\n'
+        'ft1 = { hf = "tiny/ft1" }\nd = { dependency = "my_pkg", step = "m" }\n'
+        '[steps.m]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 0.5 }, { model = "d", weight = 0.5 }]\n'
+    )
+    (tmp_path / "A.toml").write_text(
+        '[package]\nname = "a"\nversion = "0.1.0"\n[sources]\nimp = { recipe = "B.toml", step = "m" }\n'
+        'ft2 = { hf = "tiny/ft2" }\n[steps.top]\nmethod = "linear"\n'
+        'inputs = [{ model = "imp", weight = 0.5 }, { model = "ft2", weight = 0.5 }]\n'
+    )
+    code, _, err = cli(capsys, "build", tmp_path / "A.toml", "-q")
+    assert code == 1 and "Traceback" not in err, err
+    assert "B.toml:8: sources.d.dependency: package 'my-pkg' is not among the dependencies" in err, err
+    assert "[dependencies] of the recipe you build" in err

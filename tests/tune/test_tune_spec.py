@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mergepkg import api
+from mergepkg._toml import tomllib
 from mergepkg.errors import RecipeError
 from mergepkg.tune.spec import load_tune
 from mergepkg.tune.substitute import check_space, read_base, trial_recipe, values
@@ -103,3 +104,33 @@ def test_a_task_listed_twice_and_a_harness_task_unknown_are_located(tmp_path):
     with pytest.raises(RecipeError, match="no task 'nosuch_task'") as e:
         tasks(spec.validation, Session(), spec)
     assert e.value.file == str(path) and e.value.line == 11 and e.value.key == "tune.objective.validation[1]"
+
+
+def test_a_dotted_step_name_is_tuned_by_its_quoted_path(tmp_path):
+    """`steps."soup.v2".inputs[0].weight` was split at every dot: KeyError."""
+    from mergepkg.tune.substitute import Base, substituted
+
+    text = '[steps."soup.v2"]\nmethod = "linear"\ninputs = [{ model = "a", weight = 0.5 }]\n'
+    base = Base(tmp_path / "r.toml", text, tomllib.loads(text))
+    doc = substituted(base, {'steps."soup.v2".inputs[0].weight': 0.3})
+    assert doc["steps"]["soup.v2"]["inputs"][0]["weight"] == 0.3
+
+
+def test_best_toml_finds_a_path_source_where_the_recipe_s_parser_does(tmp_path):
+    """Through a symlinked recipe folder and `..`, the relocated path named a folder that
+    does not exist; the parser reads the path against the folder the link leads to."""
+    from mergepkg.recipe.parse import local_path
+    from mergepkg.tune.substitute import Base, relocated_text
+
+    (tmp_path / "real" / "proj").mkdir(parents=True)
+    (tmp_path / "real" / "models" / "a").mkdir(parents=True)
+    (tmp_path / "lnk").mkdir()
+    (tmp_path / "lnk" / "proj").symlink_to(tmp_path / "real" / "proj")
+    text = '[sources]\na = { path = "../models/a" }\n'
+    recipe = tmp_path / "lnk" / "proj" / "r.toml"
+    recipe.write_text(text)
+    out = tmp_path / "out"
+    out.mkdir()
+    moved = tomllib.loads(relocated_text(Base(recipe, text, tomllib.loads(text)), {}, out, "best"))
+    assert local_path(out / "best.toml", moved["sources"]["a"]["path"]) == local_path(recipe, "../models/a")
+    assert local_path(recipe, "../models/a").is_dir()
