@@ -10,14 +10,15 @@ never prints: each artifact's transfer is told to a `ShareReporter`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from mergepkg.builder.exports import is_export
 from mergepkg.errors import StoreError
 from mergepkg.lockfile import Lock, read_lock
+from mergepkg.recipe.parse import load_recipe
 from mergepkg.registry.packages import Spec, looks_like_spec, published_locks
 from mergepkg.remote.config import config_path, configured, configured_url
 from mergepkg.remote.errors import NotOnRemote, RemoteConfigError, RemoteError, reaching
@@ -43,16 +44,17 @@ class Wanted:
     key: str
     digest: str | None  # the lock's digest; None for a key given alone (or a step not built)
     label: str  # `recipe.toml:step` or the key as given, for messages
-    # a lock's step without a digest where the lock pins others: the build that wrote it did
-    # not need it (upstream of a pulled step, `build --prefer-remote`); skipped where absent
-    unneeded: bool = False
+    # a lock's step the command may leave out where this home lacks it (`skipped`): for a
+    # pull, one its lock's build did not need (`unneeded_steps`); for a push or a sign, one
+    # the outputs do not need (`skippable_steps`). Never a key named on the command line
+    optional: bool = False
 
 
 @dataclass(frozen=True)
 class Moved:
     label: str
     key: str
-    what: str  # pushed, present, repaired, signed, pulled, stored, skipped (an unneeded step absent)
+    what: str  # pushed, present, repaired, signed, pulled, stored, skipped (an optional step absent)
     nbytes: int
 
 
@@ -111,10 +113,38 @@ def is_key_arg(arg: str) -> bool:
     return is_key(arg) and not Path(arg).exists()
 
 
+def unneeded_steps(lock: Lock) -> set[str]:
+    """The steps `lock` pins without a digest while it pins others: the build that wrote
+    it did not need them (upstream of a pulled step, with no digest in the lock before),
+    so no home need have them. A lock no build wrote (no digest at all) has none."""
+    if all(s.digest is None for s in lock.steps.values()):
+        return set()
+    return {n for n, s in lock.steps.items() if s.digest is None}
+
+
+def skippable_steps(lock: Lock, outputs: Collection[str] | None) -> set[str]:
+    """The steps of `lock` a push (or a sign) may leave out where this home lacks them:
+    those the outputs do not need given what is stored. The outputs must be stored, so
+    they need no other step: every step but an output (a build that pulled an output never
+    had the steps upstream of it, yet its lock keeps their digests from the lock before),
+    and with `outputs` unknown (None: a lock with no recipe beside it) the steps the lock's
+    build did not need. The one rule of `cache push RECIPE` and `publish --push`."""
+    others = set() if outputs is None else {n for n in lock.steps if n not in outputs}
+    return others | unneeded_steps(lock)
+
+
+def _leaves_out(lock_file: Path, lock: Lock) -> set[str]:
+    """What `skippable_steps` says of `lock`, given the outputs of the recipe beside it
+    (its `.toml`), where there is one."""
+    recipe = lock_file.with_suffix(".toml")
+    return skippable_steps(lock, load_recipe(recipe).outputs if recipe.is_file() else None)
+
+
 def pinned(args: Iterable[str]) -> tuple[list[Wanted], list[str], list[Path]]:
     """The steps the given recipes' (or lock files') locks pin, in lock order and once
-    each (with a digest where any lock pins one); the other arguments (keys and prefixes),
-    as given; and the lock files."""
+    each (with a digest where any lock pins one; optional where `skippable_steps` says so
+    of every lock that pins it); the other arguments (keys and prefixes), as given; and
+    the lock files."""
     wanted: dict[str, Wanted] = {}
     keys, lock_files = [], []
     for arg in args:
@@ -123,12 +153,18 @@ def pinned(args: Iterable[str]) -> tuple[list[Wanted], list[str], list[Path]]:
             continue
         lock_file, lock = lock_for(arg)
         lock_files.append(lock_file.resolve())
-        built = any(s.digest is not None for s in lock.steps.values())  # written by a build
+        optional = _leaves_out(lock_file, lock)
         for step in lock.steps.values():
-            w = Wanted(step.key, step.digest, f"{arg}:{step.name}", unneeded=built and step.digest is None)
-            if step.key not in wanted or (wanted[step.key].digest is None and w.digest is not None):
-                wanted[step.key] = w
+            w = Wanted(step.key, step.digest, f"{arg}:{step.name}", optional=step.name in optional)
+            wanted[step.key] = _merged(wanted[step.key], w) if step.key in wanted else w
     return list(wanted.values()), keys, lock_files
+
+
+def _merged(first: Wanted, then: Wanted) -> Wanted:
+    """One key two locks pin: the first's, or the later's where only it has a digest; and
+    optional only where both are (a lock that needs the step wins)."""
+    chosen = then if first.digest is None and then.digest is not None else first
+    return replace(chosen, optional=first.optional and then.optional)
 
 
 def _one(prefix: str, keys: Sequence[str], where: str, hint: str) -> str:
@@ -144,17 +180,18 @@ def _one(prefix: str, keys: Sequence[str], where: str, hint: str) -> str:
 def stored_targets(session: Session, args: Sequence[str]) -> list[tuple[Wanted, Artifact | None]]:
     """The local artifacts `args` name (none: every stored step), each intact and, for
     a lock's step, with the lock's digest; a step not stored is an error naming it, but
-    for a step its lock's build did not need (`Wanted.unneeded`), paired with None: a
-    home that pulled the outputs never had it. Exports (GGUF files) are not shared: left
-    out of "every", an error when named by key."""
+    for one the outputs do not need (`skippable_steps`), paired with None: a home that
+    pulled the outputs never had it. Exports (GGUF files) are not shared: left out of
+    "every", an error when named by key."""
     store = session.store
     if not args:
         return [(Wanted(a.key, a.digest, a.key[:16]), a) for a in store.all() if not is_export(a)]
     steps, keys, _ = pinned(args)
+    named = [(k, store.find_one(k)) for k in keys]  # a key given is wanted: an error where not stored
     out: list[tuple[Wanted, Artifact | None]] = []
     for w in steps:
         art = store.get(w.key)
-        if w.unneeded and (art is None or not art.intact()):
+        if w.optional and all(a.key != w.key for _, a in named) and (art is None or not art.intact()):
             out.append((w, None))
             continue
         if art is None or not art.intact() or (w.digest is not None and art.digest != w.digest):
@@ -166,8 +203,7 @@ def stored_targets(session: Session, args: Sequence[str]) -> list[tuple[Wanted, 
                 hint=f"build it first: mergepkg build {recipe}",
             )
         out.append((w, art))
-    for k in keys:
-        art = store.find_one(k)
+    for k, art in named:
         if is_export(art):
             raise StoreError(
                 f"{k} is an export ({art.manifest['entry'].get('type')} GGUF file): exports are not shared "
@@ -188,8 +224,8 @@ def push(
     reporter: ShareReporter | None = None,
     rehash: bool = False,
 ) -> list[Moved]:
-    """Push the artifacts `args` name (see `stored_targets`; a step its lock's build did
-    not need and this home lacks is `skipped`): each checks what the remote has first and
+    """Push the artifacts `args` name (see `stored_targets`; a step the outputs do not
+    need and this home lacks is `skipped`): each checks what the remote has first and
     moves only the files it lacks; with `signing_key`, records are signed, those already
     there too. `rehash` reads the remote's files back and replaces those that differ, and
     a record saying another build: the repair of a remote whose pulls are refused."""
@@ -218,8 +254,8 @@ def _pushed(report: PushReport) -> str:
 def sign(remote: Remote, session: Session, args: Sequence[str], key: SigningKey) -> list[Moved]:
     """Add `key`'s signature to the remote's records of the artifacts `args` name (none:
     every stored artifact the remote has); each must be on the remote and hold the same
-    files as here. Only records are rewritten; a step its lock's build did not need and
-    this home lacks is left out."""
+    files as here. Only records are rewritten; a step the outputs do not need and this
+    home lacks is left out."""
     targets = [(w, a) for w, a in stored_targets(session, args) if a is not None]
     if not args:
         with reaching(remote.url):
@@ -247,12 +283,13 @@ def pull(
     reporter: ShareReporter | None = None,
 ) -> list[Moved]:
     """Pull what `args` name into the local store: a lock's steps checked against its
-    digests; a key no given lock pins, by a signature of one of the `trusted` keys; a
-    step a lock pins without a digest while it pins others (its build did not need it:
-    `build --prefer-remote` pulled what reads it) is `skipped`, as `build --locked` skips
-    it. Every key is looked up on the remote before anything is pulled; a refusal raises
-    and nothing of that artifact enters the store. The locks become `cache gc` roots, as
-    a build's do, so what they pinned stays until the build that reuses it."""
+    digests; a key no given lock pins, by a signature of one of the `trusted` keys. A step
+    the outputs do not need (`skippable_steps`) is `skipped` where the remote lacks it (a
+    push from a home that pulled the outputs never had it), or where the lock pins no
+    digest to check it by, unless another lock given needs it or its key is given too. Every key is looked
+    up on the remote before anything is pulled; a refusal raises and nothing of that
+    artifact enters the store. The locks become `cache gc` roots, as a build's do, so
+    what they pinned stays until the build that reuses it."""
     steps, keys, lock_files = pinned(args)
     digests = {w.key: w.digest for w in steps}
     on_remote: list[str] | None = None
@@ -264,13 +301,14 @@ def pull(
         if full not in digests:
             steps.append(Wanted(full, None, k))
             digests[full] = None
-    stored = {}
+        steps = [replace(w, optional=False) if w.key == full else w for w in steps]  # named: wanted
+    stored, skipped = {}, set()
     for w in steps:
         art = session.store.get(w.key)
         if art is not None and art.intact() and (w.digest is None or art.digest == w.digest):
             stored[w.key] = art
-        elif w.unneeded:
-            continue
+        elif w.optional and (w.digest is None or not _has(remote, w.key)):  # no digest to check, or not there
+            skipped.add(w.key)
         elif not _has(remote, w.key):
             raise NotOnRemote(
                 f"{w.label} ({w.key[:12]}) is not on the remote",
@@ -281,7 +319,7 @@ def pull(
         session.store.add_root(lock_file)
     done = []
     for w in steps:
-        if w.key in stored or w.unneeded:
+        if w.key in stored or w.key in skipped:
             done.append(Moved(w.label, w.key, "stored" if w.key in stored else "skipped", 0))
             continue
         progress = reporter.transfer_started(w.label, w.key) if reporter else None

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from mergepkg.builder.substitute import RECIPE_REMOTE, Choice, Offer, Policy, Remotes, choose
+from mergepkg.builder.substitute import RECIPE_REMOTE, Choice, Offer, Policy, Remotes, choose, reason
 from mergepkg.engine.device import check_device
 from mergepkg.engine.memory import Budget
 from mergepkg.engine.progress import Reporter
@@ -100,9 +100,9 @@ class StepRunner:
             self.planned[1][name] = read_model_info(art.folder)  # real shard names for readers downstream
 
     def pull_all(self) -> Choice:
-        """Pull what the rule picks; a refused or failing pull is warned about and the next
-        remote that has the step asked (the rule is asked again with its offer), then the
-        step built instead, unless it cannot be built here: then it raises."""
+        """Pull what the rule picks, each step from the first remote that gives it
+        (`Remotes.pull_any`); a step no remote gives is built instead (the rule is asked
+        again without its offer), unless it cannot be built here: then it raises."""
         res = self.res
         inputs = {n: res.plan.inputs(n) for n in res.plan.order}
         missing = {n: (s.missing if s.folder is None else 0) for n, s in res.sources.items()}
@@ -118,8 +118,11 @@ class StepRunner:
             for name, offer in choice.pull.items():
                 try:
                     self.keep(name, self.pull_one(name, offer))
-                except (RemoteError, OSError) as e:
-                    self.fall_back(name, e, offers, math.isinf(choice.download[name]))
+                except (RemoteError, OSError) as e:  # every remote's copy failed: `e` is the first's
+                    if math.isinf(choice.download[name]):
+                        raise self.cannot_build(e, name, offer.remote) from None
+                    self.reporter.warning(f"step {name!r}: {reason(e)}; building it here")
+                    del offers[name]
                     failed = True
             if not failed:
                 return choice
@@ -130,32 +133,16 @@ class StepRunner:
         if self.remotes is None:
             return
         for name in choice.build:
-            key = self.res.keys[name]
-            refused = self.remotes.refused.pop(key, None)
+            refused = self.remotes.refused.pop(self.res.keys[name], None)
             if refused is not None and math.isinf(choice.download[name]):
-                raise self.cannot_build(refused, name, None)
-            if refused is not None and key not in self.remotes.told:  # a malformed record: warned already
-                self.reporter.warning(f"step {name!r}: {_describe(refused)}; building it here")
+                raise self.cannot_build(refused.error, name, refused.remote)
+            if refused is not None and not refused.told:  # a malformed record: warned already
+                self.reporter.warning(f"step {name!r}: {reason(refused.error)}; building it here")
 
-    def fall_back(self, name: str, error: RemoteError | OSError, offers: dict[str, Offer], unbuildable: bool) -> None:
-        """After a failed pull of `name`: the next remote's offer replaces it in `offers`, or
-        there is none and the step is built (it leaves `offers`), or, when it cannot be built
-        here, the failure is raised. Remotes are asked in order, so one damaged copy never
-        hides a whole one on a later remote."""
-        assert self.remotes is not None  # offers come from remotes
-        nxt = self.remotes.next_offer(self.res.keys[name], self.locked.get(name))
-        if nxt is not None:
-            self.reporter.warning(f"step {name!r}: {_describe(error)}; trying remote {nxt.remote}")
-            offers[name] = nxt
-            return
-        failed = offers.pop(name)
-        if unbuildable:
-            raise self.cannot_build(error, name, failed.remote) from None
-        self.reporter.warning(f"step {name!r}: {_describe(error)}; building it here")
-
-    def cannot_build(self, e: RemoteError | OSError, name: str, remote: str | None) -> MergepkgError:
+    def cannot_build(self, e: RemoteError | OSError, name: str, remote: str) -> MergepkgError:
         """The remote's refusal of a step that cannot be built here either (its inputs are
-        absent), with the command that repairs the remote (`remote`: the one that failed)."""
+        absent), with the command that repairs the remote (`remote`: the one that failed,
+        named with `-r` where it is a configured one)."""
         if not isinstance(e, MergepkgError):
             e = RemoteError(f"cannot reach the remote: {e}")
         e.message = (
@@ -166,7 +153,7 @@ class StepRunner:
             return e
         path = self.res.recipe.path
         recipe = path.name if path.parent == Path.cwd() else str(path)
-        where = f" -r {remote}" if remote and remote != RECIPE_REMOTE else ""
+        where = f" -r {remote}" if remote != RECIPE_REMOTE else ""
         e.hint = (
             "fetch the step's sources, or repair the remote from a home that holds the build the lock was made"
             f" from: mergepkg cache push {recipe} --rehash{where}"
@@ -174,17 +161,12 @@ class StepRunner:
         return e
 
     def pull_one(self, name: str, offer: Offer) -> Artifact:
+        """Step `name` from `offer`'s remote, or the next that gives it (`Remotes.pull_any`)."""
         assert self.remotes is not None  # offers come from remotes
-        self.reporter.pull_started(name, offer.remote, offer.size)
         key = self.res.keys[name]
-        expected = self.locked.get(name)
-        art = self.remotes.pull(self.session.store, key, offer, expected, self.moved)
-        self.pulled[name] = offer.remote
-        self.reporter.step_pulled(name, key, offer.remote)
+        art, source = self.remotes.pull_any(self.session.store, name, key, offer, self.locked.get(name), self.reporter)
+        self.pulled[name] = source.remote
         return art
-
-    def moved(self, file: str, done: int, total: int) -> None:  # a pull's progress (remote/transfer.py)
-        self.reporter.pull_progress(done)
 
     def build_one(self, name: str, order: list[str]) -> Artifact:
         res, settings = self.res, self.session.settings
@@ -225,9 +207,3 @@ class StepRunner:
             raise res.recipe.written(name).locate(disk) from e
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # gone already when committed
-
-
-def _describe(e: Exception) -> str:
-    if isinstance(e, MergepkgError):
-        return f"{e.where}: {e.message}" if e.where else e.message
-    return f"{type(e).__name__}: {e}"

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mergepkg.builder.share import skippable_steps
+from mergepkg.engine.progress import Reporter
 from mergepkg.errors import LockError, MergepkgError
 from mergepkg.lockfile import lock_path, read_lock
 from mergepkg.recipe.model import Recipe
@@ -39,7 +41,6 @@ from mergepkg.remote.record import Record
 from mergepkg.remote.sign import trusted_signer
 from mergepkg.remote.store import PushReport, Remote
 from mergepkg.remote.sync import open_remote, push_artifact, substitute
-from mergepkg.remote.transfer import ProgressFn
 from mergepkg.settings import Settings
 from mergepkg.store.local import Artifact, Store
 
@@ -57,22 +58,37 @@ class Offer:
     digest: str
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a remote's artifact for a key was not offered, and which remote (its name), so a
+    hint can say where to repair it (`cache push --rehash -r NAME`)."""
+
+    remote: str
+    error: RemoteError
+
+    @property
+    def told(self) -> bool:
+        """Whether `warn` heard of it already: a malformed record (a plain `RemoteError`) is
+        warned about as the look-up meets it, a cheap check's `Refused` is not."""
+        return not isinstance(self.error, Refused)
+
+
 class Remotes:
     """The remotes one build may substitute from, asked in order; each opened and listed
     at most once. `warn` is told when a remote cannot be read or a record is malformed.
 
     Every remote is a candidate for every key: `look_up` finds the first remote whose
     record the cheap checks admit, and `next_offer` the one after it, so a pull that fails
-    (a file damaged on one remote, a network error) falls back to the next remote before
-    the step is built here or the build fails."""
+    (a file damaged on one remote, a network error) falls back to the next remote
+    (`pull_any`, for build and verify alike) before the step is built here or the build
+    fails."""
 
     def __init__(self, settings: Settings, remotes: Sequence[tuple[str, str]], warn: Callable[[str], None]):
         self.settings, self.remotes, self.warn = settings, list(remotes), warn
         self.trusted = trusted_keys(settings) if remotes else []
         self.opened: dict[str, Remote] = {}
         self.held: dict[str, set[str] | None] = {}  # name -> the keys it lists (None: cannot be read)
-        self.refused: dict[str, RemoteError] = {}  # key -> why the remotes' artifact was refused (the first)
-        self.told: set[str] = set()  # keys whose refusal `warn` was told already (a malformed record)
+        self.refused: dict[str, Refusal] = {}  # key -> why a remote's artifact was refused (the first)
         self.asked: dict[str, int] = {}  # key -> how many remotes were asked for it, in order
 
     @classmethod
@@ -103,7 +119,6 @@ class Remotes:
             name, url = self.remotes[i]
             if (offer := self._offer(name, url, key, expected)) is not None:
                 self.refused.pop(key, None)  # an earlier remote's refusal no longer matters
-                self.told.discard(key)
                 return offer
         return None
 
@@ -115,20 +130,18 @@ class Remotes:
         try:
             record = self.opened[name].record(key)
         except RemoteError as e:  # this record is malformed: it alone is not offered
-            self.warn(f"remote {name}: a record is refused: {_reason(e)}")
-            if key not in self.refused:
-                self.refused[key] = e
-                self.told.add(key)
+            self.warn(f"remote {name}: a record is refused: {reason(e)}")
+            self.refused.setdefault(key, Refusal(name, e))
             return None
         except Exception as e:  # the backend failed on the way: the rest of this remote too
-            self.warn(f"remote {name} ({url}) cannot be read, not used: {_reason(e)}")
+            self.warn(f"remote {name} ({url}) cannot be read, not used: {reason(e)}")
             self.held[name] = None
             return None
         if record is None:
             return None
         problem = self._admits(record, expected, url)
         if problem is not None:
-            self.refused.setdefault(key, problem)
+            self.refused.setdefault(key, Refusal(name, problem))
             return None
         return Offer(name, url, record.size, record.digest)
 
@@ -142,7 +155,7 @@ class Remotes:
             except Exception as e:  # any backend's failure (network, credentials): build instead
                 if isinstance(e, RemoteConfigError):  # a bad URL edited into remotes.toml: said there
                     e = locate(self.settings, name, url, e)
-                self.warn(f"remote {name} ({url}) cannot be read, not used: {_reason(e)}")
+                self.warn(f"remote {name} ({url}) cannot be read, not used: {reason(e)}")
                 self.held[name] = None
         return self.held[name]
 
@@ -160,14 +173,47 @@ class Remotes:
             return e
         return Refused("the lock pins no digest for this step and no trusted key signed the record", file=where)
 
-    def pull(self, store: Store, key: str, offer: Offer, expected: str | None, progress: ProgressFn | None) -> Artifact:
+    def pull_any(
+        self, store: Store, name: str, key: str, offer: Offer, expected: str | None, reporter: Reporter
+    ) -> tuple[Artifact, Offer]:
+        """Step `name` (`key`) pulled into `store` from `offer`'s remote or, while pulls fail
+        (a file that differs from its record, a network error), from each next remote whose
+        record the cheap checks admit, each failure warned about (`trying remote X`): one
+        damaged copy never hides a whole one. Returns the artifact and the offer it came
+        from. When none gives it, raises the first failure: the one of the remote the caller
+        chose (`offer.remote`), so build and verify report the same remote. Each try is told
+        to `reporter` (started, progress, pulled)."""
+        first: RemoteError | OSError | None = None
+        current: Offer | None = offer
+        while current is not None:
+            try:
+                return self._pull(store, name, key, current, expected, reporter), current
+            except (RemoteError, OSError) as e:  # OSError: writing it here (a full disk) fails the same way
+                first = first or e
+                current = self.next_offer(key, expected)
+                if current is not None:
+                    reporter.warning(f"step {name!r}: {reason(e)}; trying remote {current.remote}")
+        assert first is not None  # the loop ran at least once
+        raise first
+
+    def _pull(
+        self, store: Store, name: str, key: str, offer: Offer, expected: str | None, reporter: Reporter
+    ) -> Artifact:
         """`key` pulled from the offering remote into `store`, every check made (remote/sync.py)."""
-        remote = self.opened[offer.remote]
+        reporter.pull_started(name, offer.remote, offer.size)
+
+        def progress(file: str, done: int, total: int) -> None:
+            reporter.pull_progress(done)
+
         with reaching(offer.url):
-            return substitute(remote, store, key, expected_digest=expected, trusted=self.trusted, progress=progress)
+            art = substitute(
+                self.opened[offer.remote], store, key, expected_digest=expected, trusted=self.trusted, progress=progress
+            )
+        reporter.step_pulled(name, key, offer.remote)
+        return art
 
 
-def _reason(e: Exception) -> str:
+def reason(e: Exception) -> str:
     """An error in one line, where it happened first (a remote's record and field)."""
     if isinstance(e, MergepkgError):
         return f"{e.where}: {e.message}" if e.where else e.message
@@ -251,12 +297,13 @@ def push_locked(settings: Settings, store: Store, recipe: Recipe, remote: str) -
         raise LockError("there is no lock to push the steps of", file=str(lock_path(recipe)), hint="build it first")
     url = remote if "://" in remote else configured_url(settings, remote)
     chosen = {}  # every step is checked before the first push, so a refusal pushes nothing
+    optional = skippable_steps(lock, recipe.outputs)  # as `cache push RECIPE`
     for name, step in lock.steps.items():
         art = store.get(step.key)
         if art is None or not art.intact():
-            if name in recipe.outputs:
+            if name not in optional:
                 raise LockError(f"output {name!r} is not in the store", hint="build the recipe first, then push")
-            continue  # an intermediate step a build never needed here (pulled past)
+            continue  # a step the outputs do not need (pulled past)
         if step.digest is not None and art.digest != step.digest:
             raise LockError(
                 f"the stored {name!r} has digest {art.digest[:19]}, the lock pins {step.digest[:19]}",

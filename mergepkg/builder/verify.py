@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mergepkg.builder.build import build
-from mergepkg.builder.substitute import Offer, Policy, Remotes
+from mergepkg.builder.substitute import Offer, Policy, Remotes, reason
 from mergepkg.engine.progress import NullReporter, Reporter
 from mergepkg.errors import LockError, MergepkgError
 from mergepkg.io.digest import model_digest
@@ -81,7 +81,9 @@ def _pull_missing(recipe: Recipe, session: Session, lock: Lock, reporter: Report
         offer = offers.get(step.key)
         if offer is None:
             if (refused := remotes.refused.get(step.key)) is not None:
-                checks[name] = Check(name, step.key, step.digest, None, "refused", None, _note(refused))
+                checks[name] = Check(
+                    name, step.key, step.digest, None, "refused", refused.remote, reason(refused.error)
+                )
             continue
         assert step.digest is not None  # only pinned steps are lacking
         checks[name] = _pull_one(name, step.key, step.digest, offer, remotes, session, reporter)
@@ -91,28 +93,14 @@ def _pull_missing(recipe: Recipe, session: Session, lock: Lock, reporter: Report
 def _pull_one(
     name: str, key: str, digest: str, offer: Offer, remotes: Remotes, session: Session, reporter: Reporter
 ) -> Check:
-    """Pull one locked step from `offer`'s remote, then from each later remote that has it
-    while pulls fail: a damaged copy on one remote does not hide a whole one on the next.
-    "refused" (the first failure, from its remote) when none gives it."""
-    first: tuple[str, RemoteError] | None = None
-    current: Offer | None = offer
-    while current is not None:
-        try:
-            reporter.pull_started(name, current.remote, current.size)
-            art = remotes.pull(session.store, key, current, digest, lambda f, d, t: reporter.pull_progress(d))
-            reporter.step_pulled(name, key, current.remote)
-            return Check(name, key, digest, art.digest, "ok", current.remote)
-        except RemoteError as e:
-            first = first or (current.remote, e)
-            current = remotes.next_offer(key, digest)
-            if current is not None:
-                reporter.warning(f"step {name!r}: {_note(e)}; trying remote {current.remote}")
-    assert first is not None  # the loop ran at least once
-    return Check(name, key, digest, None, "refused", first[0], _note(first[1]))
-
-
-def _note(e: RemoteError) -> str:
-    return f"{e.where}: {e.message}" if e.where else e.message
+    """Pull one locked step from `offer`'s remote, or the next that gives it
+    (`Remotes.pull_any`, as a build does): "ok" from where it came, or "refused" with the
+    first failure, from `offer`'s remote."""
+    try:
+        art, source = remotes.pull_any(session.store, name, key, offer, digest, reporter)
+    except RemoteError as e:  # an OSError of this machine's disk is no remote's refusal: raised
+        return Check(name, key, digest, None, "refused", offer.remote, reason(e))
+    return Check(name, key, digest, art.digest, "ok", source.remote)
 
 
 def _check_store(session: Session, lock: Lock, pulled: dict[str, Check]) -> list[Check]:

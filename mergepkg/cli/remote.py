@@ -125,7 +125,7 @@ def summary(moved: list[share.Moved], remote: str) -> str:
     words = {
         "present": f"already on {remote}",
         "stored": "already stored here",
-        "skipped": "skipped (the lock pins no digest: its build did not need them)",
+        "skipped": "skipped (not stored here, and the outputs do not need them)",
     }
     parts = [
         f"{n} {words.get(what, what)}"

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from mergepkg._lazy import lazy_import
 from mergepkg._version import __version__
@@ -45,7 +45,7 @@ def is_key(name: str) -> bool:
     return bool(name) and all(c in "0123456789abcdef" for c in name)
 
 
-def _complete(manifest: object, key: str) -> bool:
+def _complete(manifest: object, key: str) -> TypeGuard[dict]:
     """Whether a manifest is one `commit` wrote for `key`: anything else is no artifact."""
     if not isinstance(manifest, dict) or manifest.get("key") != key or not isinstance(manifest.get("digest"), str):
         return False
@@ -181,15 +181,24 @@ class Store:
         return self.root / key
 
     def get(self, key: str) -> Artifact | None:
-        """The artifact for `key`, or None; a folder without a complete manifest is none."""
-        folder = self.path(key)
+        """The artifact for `key`, or None; a folder without a complete manifest is none,
+        and so is one whose manifest cannot be read here (a build rebuilds it)."""
         try:
-            manifest = json.loads((folder / MANIFEST).read_text())
-        except (OSError, ValueError, RecursionError):
+            manifest = self._manifest(key)
+        except OSError:
             return None
         if not _complete(manifest, key):
             return None
-        return Artifact(key, folder, manifest)
+        return Artifact(key, self.path(key), manifest)
+
+    def _manifest(self, key: str) -> object:
+        """The parsed manifest of `store/<key>`: None where it is missing or not JSON (no
+        artifact for certain); any other OSError (a permission error) is raised, as it
+        says nothing about the artifact."""
+        try:
+            return json.loads((self.path(key) / MANIFEST).read_text())
+        except (FileNotFoundError, NotADirectoryError, ValueError, RecursionError):
+            return None
 
     def find(self, prefix: str) -> list[Artifact]:
         """Artifacts whose key starts with `prefix` (as `cache info abc123`)."""
@@ -276,8 +285,9 @@ class Store:
             shutil.rmtree(trash, ignore_errors=True)
 
     def gc(self, keep: set[str], *, dry_run: bool = False) -> tuple[list[Artifact], list[Path]]:
-        """Remove artifacts whose key is not in `keep`, and leftovers of killed builds.
-        Returns what went (or would). Refuses while a build runs in this store."""
+        """Remove artifacts whose key is not in `keep`, leftovers of killed builds, and
+        folders of keys not in `keep` that hold no artifact (`_broken`). Returns what went
+        (or would). Refuses while a build runs in this store."""
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.home / "store.lock", "a+") as f:
             try:
@@ -297,23 +307,34 @@ class Store:
             for art in gone:
                 with self.lock(art.key):
                     self.discard(art.key)
-        leftovers = self.clean_tmp(dry_run=dry_run) + self._broken(dry_run)
+        leftovers = self.clean_tmp(dry_run=dry_run) + self._broken(keep, dry_run)
         if not dry_run and self.locks.is_dir():  # no build runs (we hold the store): no lock is held
             for f in self.locks.glob("*.lock"):
                 f.unlink(missing_ok=True)
         return gone, leftovers
 
-    def _broken(self, dry_run: bool) -> list[Path]:
-        """Folders under `store/` named by a key whose manifest is damaged: no artifact (a
-        commit renames a folder in only with its manifest complete), so nothing lists them."""
+    def _broken(self, keep: set[str], dry_run: bool) -> list[Path]:
+        """Folders under `store/` named by a key not in `keep` whose manifest is missing,
+        not JSON or incomplete: no artifact (a commit renames a folder in only with its
+        manifest complete), so nothing lists them. A manifest that cannot be read (another
+        user's folder) is no sign of damage, and a kept key is never removed."""
         if not self.root.is_dir():
             return []
-        broken = [p for p in sorted(self.root.iterdir()) if is_key(p.name) and self.get(p.name) is None]
+        broken = [p for p in sorted(self.root.iterdir()) if p.name not in keep and self._damaged(p.name)]
         if not dry_run:
             for p in broken:
                 with self.lock(p.name):
                     self.discard(p.name)
         return broken
+
+    def _damaged(self, name: str) -> bool:
+        """Whether `store/<name>` is a key's folder that holds no artifact for certain."""
+        if not is_key(name):
+            return False  # not ours (.DS_Store)
+        try:
+            return not _complete(self._manifest(name), name)
+        except OSError:
+            return False
 
     def clean_tmp(self, *, dry_run: bool = False) -> list[Path]:
         """Remove what killed builds left in `tmp/`: folders whose key no live build holds

@@ -342,3 +342,87 @@ def test_a_step_a_builds_lock_pins_without_a_digest_is_skipped_by_pull_and_push(
     unbuilt = lock_of(tmp_path / "u.lock", [upstream], {upstream.key: None})
     with pytest.raises(Refused, match="no trusted key signed"):
         share.pull(remote, session_at(tmp_path / "c"), [str(unbuilt)])
+
+
+TWO_STEPS = """[package]
+name = "two"
+version = "0.1.0"
+
+[sources]
+base = { hf = "tiny/base" }
+ft1 = { hf = "tiny/ft1" }
+
+[steps.a]
+method = "linear"
+inputs = [{ model = "base", weight = 0.5 }, { model = "ft1", weight = 0.5 }]
+
+[steps.b]
+method = "linear"
+inputs = [{ model = "a", weight = 0.5 }, { model = "ft1", weight = 0.5 }]
+"""
+
+
+def test_a_step_pulled_past_whose_digest_the_lock_keeps_is_skipped_by_push_sign_and_push_locked(remote, tmp_path):
+    """Home B builds by pulling the output `b` only; its lock keeps `a`'s digest from the
+    lock before. `cache push RECIPE` from B used to fail "step 'a' is not in the local
+    store", hinting to build it (which pulls past it again). An absent output still fails."""
+    from mergepkg.builder.substitute import push_locked
+    from mergepkg.recipe.parse import load_recipe
+
+    a, b = session_at(tmp_path / "a"), session_at(tmp_path / "b")
+    upstream, output = make_artifact(a.store, 1), make_artifact(a.store, 2)
+    recipe = tmp_path / "two.toml"
+    recipe.write_text(TWO_STEPS)
+    steps = {n: LockedStep(n, "linear", art.key, art.digest) for n, art in (("a", upstream), ("b", output))}
+    write_lock(recipe.with_suffix(".lock"), Lock("sha256:" + "0" * 64, {}, steps))
+    share.push(remote, a, [str(recipe)])
+    make_artifact(b.store, 2)  # only `b` here, as a build pulling it leaves B
+    assert [m.what for m in share.push(remote, b, [str(recipe)])] == ["skipped", "present"]
+    key = generate_key(b.settings, "bob")
+    assert [(m.key, m.what) for m in share.sign(remote, b, [str(recipe)], key)] == [(output.key, "signed")]
+    assert list(push_locked(b.settings, b.store, load_recipe(recipe), remote.url)) == ["b"]
+    c = session_at(tmp_path / "c")
+    make_artifact(c.store, 1)  # `a` alone: the output is no step to skip
+    with pytest.raises(StoreError, match=r"step 'b' .* is not in the local store"):
+        share.push(remote, c, [str(recipe)])
+
+
+def test_a_key_named_or_another_lock_needing_it_is_pulled_though_a_lock_marks_it_unneeded(remote, tmp_path):
+    """A step a built lock pins without a digest is skipped by `cache pull`, but not when
+    its key is given too (it used to say `skipped` and exit 0), nor when another lock
+    given pins it as needed (the first lock's say used to win)."""
+    a = session_at(tmp_path / "a")
+    upstream, output = make_artifact(a.store, 1), make_artifact(a.store, 2)
+    key = generate_key(a.settings, "alice")
+    share.push(remote, a, [upstream.key, output.key], signing_key=key)
+    built = lock_of(tmp_path / "built.lock", [upstream, output], {upstream.key: None})
+    unbuilt = lock_of(tmp_path / "unbuilt.lock", [upstream], {upstream.key: None})  # no build wrote it
+    b = session_at(tmp_path / "b")
+    moved = share.pull(remote, b, [str(built), upstream.key[:12]], trusted=[key.public])
+    assert [(m.key, m.what) for m in moved] == [(upstream.key, "pulled"), (output.key, "pulled")]
+    c = session_at(tmp_path / "c")
+    moved = share.pull(remote, c, [str(built), str(unbuilt)], trusted=[key.public])
+    assert [(m.key, m.what) for m in moved] == [(upstream.key, "pulled"), (output.key, "pulled")]
+    assert [m.what for m in share.pull(remote, session_at(tmp_path / "d"), [str(built)])] == ["skipped", "pulled"]
+
+
+def test_a_pull_skips_a_step_the_outputs_do_not_need_where_the_remote_lacks_it(remote, tmp_path):
+    """A push from a home that pulled the output skips the step upstream of it; a pull of
+    the recipe from that remote then raised "is not on the remote" for that step, which
+    no `build --locked` needs. It is pulled where the remote has it."""
+    a = session_at(tmp_path / "a")
+    upstream, output = make_artifact(a.store, 1), make_artifact(a.store, 2)
+    recipe = tmp_path / "two.toml"
+    recipe.write_text(TWO_STEPS)
+    steps = {n: LockedStep(n, "linear", art.key, art.digest) for n, art in (("a", upstream), ("b", output))}
+    write_lock(recipe.with_suffix(".lock"), Lock("sha256:" + "0" * 64, {}, steps))
+    share.push(remote, a, [output.key])  # the output alone on the remote
+    moved = share.pull(remote, session_at(tmp_path / "b"), [str(recipe)])
+    assert [(m.key, m.what) for m in moved] == [(upstream.key, "skipped"), (output.key, "pulled")]
+    share.push(remote, a, [str(recipe)])
+    moved = share.pull(remote, session_at(tmp_path / "c"), [str(recipe)])
+    assert [(m.key, m.what) for m in moved] == [(upstream.key, "pulled"), (output.key, "pulled")]
+    lacking = open_remote(f"memory://share-{uuid.uuid4().hex[:12]}")
+    share.push(lacking, a, [upstream.key])
+    with pytest.raises(NotOnRemote, match=r"two\.toml:b"):  # the output is never skipped
+        share.pull(lacking, session_at(tmp_path / "d"), [str(recipe)])

@@ -268,3 +268,48 @@ def test_a_malformed_record_of_a_step_built_here_is_warned_about_once(shared):
     report = build(load_recipe(recipe), Session(), mode="locked", remote="prefer", reporter=Warnings(warned))
     assert report.built == ["b"]
     assert len([w for w in warned if "files[0].size" in w]) == 1, warned
+
+
+def test_when_every_remotes_copy_fails_build_and_verify_report_the_first_remote(shared, tmp_path):
+    """Remotes `bad1` then `bad2` both hold b damaged: a build that cannot build b used to
+    report the last remote's failure (with `-r bad2`), verify the first's; both now say the
+    first, its remote named, after warning `trying remote bad2`."""
+    from mergepkg.builder.verify import verify
+    from mergepkg.remote.config import remove_remote
+
+    recipe, folders, remote_dir, first = shared
+    remove_remote(Settings(), "team")
+    for name in ("bad1", "bad2"):
+        shutil.copytree(remote_dir, tmp_path / name)
+        flip_last_byte(next((tmp_path / name / "artifacts" / first.artifacts["b"].key).glob("*/*.safetensors")))
+        add_remote(Settings(), name, str(tmp_path / name))
+    for folder in folders.values():
+        shutil.rmtree(folder)  # b cannot be built here
+    warned: list[str] = []
+    with pytest.raises(MergepkgError) as info:
+        build(load_recipe(recipe), Session(), mode="locked", reporter=Warnings(warned))
+    assert "differs from its record" in info.value.message and str(tmp_path / "bad1") in (info.value.where or "")
+    assert "--rehash -r bad1" in (info.value.hint or "")
+    assert any(str(tmp_path / "bad1") in w and "trying remote bad2" in w for w in warned), warned
+    checks = {c.step: c for c in verify(load_recipe(recipe), Session(), reporter=Warnings(warned))}
+    assert (checks["b"].status, checks["b"].remote) == ("refused", "bad1")
+    assert str(tmp_path / "bad1") in (checks["b"].note or "")
+
+
+def test_a_refusal_before_any_download_names_its_remote_in_the_hint(shared, tmp_path):
+    """The lock pins another digest than the remotes' record: the look-up refuses it. With
+    several remotes configured, the hint says which one to repair (it named none)."""
+    from dataclasses import replace
+
+    recipe, folders, _, _ = shared
+    (tmp_path / "empty").mkdir()
+    add_remote(Settings(), "empty", str(tmp_path / "empty"))
+    lock = read_lock(lock_path(load_recipe(recipe)))
+    assert lock is not None
+    b = replace(lock.steps["b"], digest="sha256:" + "1" * 64)
+    write_lock(lock_path(load_recipe(recipe)), replace(lock, steps={**lock.steps, "b": b}))
+    for folder in folders.values():
+        shutil.rmtree(folder)
+    with pytest.raises(MergepkgError) as info:
+        build(load_recipe(recipe), Session(), mode="locked")
+    assert "the lock pins" in info.value.message and "--rehash -r team" in (info.value.hint or "")

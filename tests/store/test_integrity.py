@@ -129,17 +129,22 @@ def test_verify_finds_a_side_file_gone_and_keeps_an_unreadable_artifact(built, m
 
 def test_the_lock_is_a_gc_root_before_it_is_written(built, tmp_path, mergepkg_home, monkeypatch, capsys):
     """A full disk while recording the root left a lock `cache gc` did not keep, and said
-    "No space left on device" with no place."""
+    "No space left on device" with no place. The write inside `add_root` fails, so its
+    own wrapping of the error (what it was recording, where) is what the user reads."""
     import errno
+
+    from mergepkg.store import local
 
     path, _ = built
     path.write_text(path.read_text().replace("density = 0.5 }, {", "density = 0.6 }, {"))
     lock_before = path.with_suffix(".lock").read_text()
+    (mergepkg_home / "roots.json").unlink()  # the first build recorded the root: record it again
 
-    def full(self, lock_file):
-        raise OSError(errno.ENOSPC, "No space left on device", str(self.home / "roots.json"))
+    def full(target, text, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
 
-    monkeypatch.setattr(Store, "add_root", full)
+    monkeypatch.setattr(local, "write_atomic", full)
     code, _, err = cli(capsys, "build", path, "--out", tmp_path / "out", "-q")
-    assert code == 1 and "No space left on device" in err and "roots.json" in err, err
+    assert code == 1 and "No space left on device while recording" in err, err
+    assert f"{path.with_suffix('.lock').name} in {mergepkg_home / 'roots.json'}" in err, err
     assert path.with_suffix(".lock").read_text() == lock_before  # not written: gc would not keep it
