@@ -27,7 +27,7 @@ from mergepkg.recipe.parse import load_recipe
 from mergepkg.resolve.lock import Locked, lock_recipe
 from mergepkg.resolve.resolution import Mode
 from mergepkg.store.session import Session
-from mergepkg.tune.log import Trial
+from mergepkg.tune.log import Trial, held
 from mergepkg.tune.parallel import on_cluster
 from mergepkg.tune.search import Finished, Searched, finish, search
 from mergepkg.tune.spec import load_tune
@@ -127,17 +127,20 @@ def tune(
     `reporter` hears the build of best.toml; the trials' builds report nothing. With
     `ray` (an address, or "auto"), each generation's trials run at once on that Ray
     cluster through the configured remote `remote` (tune/parallel.py)."""
+    if trials is not None and trials < 1:
+        raise ValueError(f"trials must be at least 1, not {trials}")
     spec = load_tune(tune_file)
     changes = {k: v for k, v in (("trials", trials), ("seconds", seconds)) if v is not None}
     spec = replace(spec, **changes)  # type: ignore[arg-type]
     s = session or Session()
-    if ray is None:
-        searched = search(spec, s, on_trial=on_trial, restart=restart)  # trials' pitfalls: the space's business
-    else:
-        with on_cluster(spec, s, ray, remote) as runner:
-            searched = search(spec, s, on_trial=on_trial, restart=restart, runner=runner)
-            if searched.trials:
-                runner.fetch(searched.best)
-    if not searched.trials:
-        raise RecipeError("no trial finished within the budget", file=spec.path, hint="raise `trials` or `seconds`")
-    return searched, finish(searched, s, reporter=reporter)
+    with held(spec.folder, spec.path):  # no other run between the search and its finish
+        if ray is None:
+            searched = search(spec, s, on_trial=on_trial, restart=restart)  # trials' pitfalls: the space's business
+        else:
+            with on_cluster(spec, s, ray, remote) as runner:
+                searched = search(spec, s, on_trial=on_trial, restart=restart, runner=runner)
+                if searched.trials:
+                    runner.fetch(searched.best)
+        if not searched.trials:
+            raise RecipeError("no trial finished within the budget", file=spec.path, hint="raise `trials` or `seconds`")
+        return searched, finish(searched, s, reporter=reporter)

@@ -56,10 +56,13 @@ class MergepkgError(Exception):
         tensor: str | None = None,
     ) -> Self:
         """This error, placed where it happened as far as its raiser could not say: a key
-        path (with its file and line) and a tensor fill in only what is missing."""
+        path (with its file and line) and a tensor fill in only what is missing. An error
+        in another file (a task file a tune file names) keeps its file and line in front
+        of its message."""
         if key is not None and self.key is None:
             if self.file is not None and file is not None and str(file) != self.file:
-                self.message = f"{self.file}: {self.message}"  # where inside what the key names
+                # where inside what the key names, its line kept: `val.jsonl:3: expected ...`
+                self.message = f"{place(self.file, self.line, None)}: {self.message}"
             self.file, self.line, self.key = (str(file) if file is not None else self.file), line, key
         if tensor is not None and self.tensor is None:
             self.tensor = tensor

@@ -49,3 +49,11 @@ def test_a_copy_refused_names_its_destination_not_its_source():
     """shutil's copy sets filename to the source: it read as if the model's disk were full."""
     disk = disk_error(OSError(errno.ENOSPC, "No space left on device", "/models/base/x.json", None, "/tmp/KEY/x.json"))
     assert disk is not None and disk.message.endswith("(/tmp/KEY/x.json)")
+
+
+def test_an_error_placed_at_a_key_of_another_file_keeps_its_own_file_and_line():
+    """A task file's bad line, placed at its entry in a tune file, lost its line number."""
+    e = MergepkgError("expected a JSON object", file="val.jsonl", line=3).at(file="t.toml", line=13, key="k[0]")
+    assert str(e) == "t.toml:13: k[0]: val.jsonl:3: expected a JSON object"
+    e = MergepkgError("no examples", file="val.jsonl").at(file="t.toml", line=13, key="k[0]")
+    assert str(e) == "t.toml:13: k[0]: val.jsonl: no examples"

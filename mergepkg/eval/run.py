@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mergepkg._lazy import torch
-from mergepkg.errors import SourceError
+from mergepkg.errors import RecipeError, SourceError
 from mergepkg.eval.harness import HarnessTask, run_harness
-from mergepkg.eval.tasks import Task, examples
+from mergepkg.eval.tasks import TEXT_HINT, Task, examples, text
 from mergepkg.store.evals import EvalCache, Result
 
 BATCH = 32
@@ -29,10 +29,11 @@ AnyTask = Task | HarnessTask
 
 
 def perplexity(nll: float, count: int) -> float:
-    """exp(mean loss); a mean loss past float's range (~709) is an infinite perplexity, not
-    an OverflowError: tune scores such a model -inf, the worst."""
+    """exp(mean loss) over `count` (> 0) scored tokens; a mean loss past float's range
+    (~709) is an infinite perplexity, not an OverflowError: tune scores such a model -inf,
+    the worst."""
     try:
-        return math.exp(nll / max(count, 1))
+        return math.exp(nll / count)
     except OverflowError:
         return math.inf
 
@@ -122,20 +123,29 @@ def _only(model: Any, config: Any) -> Iterator[None]:
         model.generation_config = kept
 
 
+def _perplexity(model, tokenizer, task: Task, device: str) -> Result:
+    """The perplexity of the task's text in windows of the model's context. A text of one
+    token has no next token to score: refused, as no score is not a perfect one."""
+    ids = tokenizer(text(task), return_tensors="pt").input_ids[0]
+    window = getattr(model.config, "max_position_embeddings", 2048)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, window):
+            chunk = ids[start : start + window + 1].to(device)
+            if len(chunk) < 2:
+                break
+            logits = model(chunk[None, :-1]).logits[0].float()
+            nll += torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum").item()
+            count += len(chunk) - 1
+    if count == 0:
+        message = "the text is under two tokens to this model's tokenizer: no next token to score"
+        raise RecipeError(message, file=task.path, hint=TEXT_HINT)
+    return Result(task.name, task.metric, perplexity(nll, count), count)
+
+
 def run_task(model, tokenizer, task: Task, device: str) -> Result:
     if task.metric == "perplexity":
-        ids = tokenizer(task.path.read_text(encoding="utf-8"), return_tensors="pt").input_ids[0]
-        window = getattr(model.config, "max_position_embeddings", 2048)
-        nll, count = 0.0, 0
-        with torch.no_grad():
-            for start in range(0, len(ids) - 1, window):
-                chunk = ids[start : start + window + 1].to(device)
-                if len(chunk) < 2:
-                    break
-                logits = model(chunk[None, :-1]).logits[0].float()
-                nll += torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum").item()
-                count += len(chunk) - 1
-        return Result(task.name, task.metric, perplexity(nll, count), count)
+        return _perplexity(model, tokenizer, task, device)
     rows = examples(task)
     tokenizer.padding_side = "left"  # batched greedy decoding: prompts end where generation starts
     if tokenizer.pad_token is None:
@@ -171,7 +181,7 @@ def evaluate_model(
     also when the cache holds it under another (a renamed copy of a task file). The cache
     keeps each task's own name. lm-eval tasks (`HarnessTask`) run through the harness,
     cached by their evaluation key, before the model is loaded for the others."""
-    found = {t.key: hit for t in tasks if (hit := cache.get(model_key, t.key)) is not None}
+    found = {t.key: hit for t in tasks if (hit := _cached(cache, model_key, t.key)) is not None}
     todo = {t.key: t for t in tasks if t.key not in found}  # the same task given twice runs once
 
     def done(task: AnyTask, result: Result) -> None:
@@ -189,6 +199,13 @@ def evaluate_model(
         for task in own:
             done(task, run_task(model, tokenizer, task, device))
     return [replace(found[t.key], task=n) for t, n in zip(tasks, names or task_labels(tasks))]
+
+
+def _cached(cache: EvalCache, model_key: str, task_key: str) -> Result | None:
+    """The cached result, if one to use: a perplexity over no token (1.0, `n` 0), which
+    earlier versions cached for a text of one token, is not; evaluated again, it is refused."""
+    hit = cache.get(model_key, task_key)
+    return None if hit is not None and hit.metric == "perplexity" and hit.n == 0 else hit
 
 
 def _load(folder: Path, device: str) -> tuple[Any, Any]:

@@ -4,17 +4,28 @@ The first line names the search (`fingerprint` of the recipe, space, objective,
 sampler and seed); each further line is a `Trial`, appended and flushed as it finishes.
 A search that was killed resumes from it: finished trials are read back, not redone,
 and the last line, when a kill cut it short, is dropped and its trial redone. A log of
-another search, or with a damaged line anywhere else, is refused at that line.
+another search, or with a damaged line anywhere else, or a trial out of its turn (two
+runs appending to one log), is refused at that line. One run at a time holds the
+search's folder (`held`): a second fails at once rather than logging the same trials.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mergepkg.errors import RecipeError
+from mergepkg._lazy import lazy_import
+from mergepkg.errors import BuildError, RecipeError
+
+if TYPE_CHECKING:
+    import filelock
+else:
+    filelock = lazy_import("filelock")  # by the first search: not by `validate`, which imports the CLI
 
 
 @dataclass(frozen=True)
@@ -80,13 +91,20 @@ class TrialLog:
                 file=self.path,
                 hint=RESTART_HINT,
             )
-        trials = []
+        trials: list[Trial] = []
         for number, line in enumerate(lines[1:], 2):
             trial = _trial(line)
             if trial is None and number == len(lines):  # the last line, cut short by a kill: redone
                 break
             if trial is None:
                 raise RecipeError("not a trial as the log writes one", file=self.path, line=number, hint=RESTART_HINT)
+            if trial.number != len(trials):  # resumed, it would be told to the sampler in another's turn
+                raise RecipeError(
+                    f"trial {trial.number} where trial {len(trials)} was due (two runs appending at once?)",
+                    file=self.path,
+                    line=number,
+                    hint=RESTART_HINT,
+                )
             trials.append(trial)
         return trials
 
@@ -103,3 +121,26 @@ class TrialLog:
             f.write(json.dumps(asdict(trial)) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+@contextmanager
+def held(folder: Path, tune_file: Path) -> Iterator[None]:
+    """The search's folder, this run's alone while it runs: two runs of one tune file would
+    each append the trials they ask, the same numbers twice, to one log. A second run
+    fails at once (an OS lock: a killed run holds none)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    # one instance a path in this process, counting: `api.tune` holds it from the search to
+    # the end of `finish`, which hold it too
+    lock = filelock.FileLock(folder / ".running.lock", timeout=0, is_singleton=True)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise BuildError(
+            f"another run of {tune_file.name} is searching or finishing in {folder}",
+            file=tune_file,
+            hint="wait for it to end (or stop it): one run at a time writes a search's log",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -31,7 +31,7 @@ from mergepkg.lockfile import lock_path
 from mergepkg.recipe.parse import load_recipe, parse_recipe
 from mergepkg.store.evals import EvalCache, Result
 from mergepkg.store.session import Session
-from mergepkg.tune.log import Trial, TrialLog
+from mergepkg.tune.log import Trial, TrialLog, held
 from mergepkg.tune.report import svg
 from mergepkg.tune.sampler import Sampler
 from mergepkg.tune.spec import TaskEntry, TuneSpec
@@ -108,16 +108,11 @@ def tasks(
     session: Session,
     spec: TuneSpec | None = None,
     part: str = "validation",
-    *,
-    harness_only: bool = False,
 ) -> list[AnyTask]:
     """The objective's tasks, loaded (task files' lines, lm-eval configs, data hashed); an
-    error is placed at its entry in `spec`'s tune file (`tune.objective.validation[1]`).
-    `harness_only`: the lm-eval entries alone (the test split's, checked before a search)."""
+    error is placed at its entry in `spec`'s tune file (`tune.objective.validation[1]`)."""
     out: list[AnyTask] = []
     for i, e in enumerate(entries):
-        if harness_only and e.harness is None:
-            continue
         try:
             out.append(_task(e, session))
         except RecipeError as error:
@@ -169,12 +164,22 @@ def search(
     base = read_base(spec)
     check_space(spec, base)
     validation = tasks(spec.validation, session, spec, "validation")
-    # the test split's lm-eval entries checked now (name, metric), not scored: an error in
-    # one would otherwise stop the search only once it is done; task files wait for `finish`
-    tasks(spec.test, session, spec, "test", harness_only=True)
+    # the test split checked now (task files' lines, lm-eval names and metrics), not scored:
+    # an error in it would otherwise stop the search only once it is done
+    tasks(spec.test, session, spec, "test")
     warnings = [
         BENCHMARK_WARNING.format(name=t.name) for t in validation if isinstance(t, HarnessTask) and t.test_split
     ]
+    out = Searched(spec, base, [], 0, "trials", warnings)
+    with held(spec.folder, spec.path):
+        _trials(out, runner or Local(spec, session, validation, reporter), on_trial, restart)
+    return out
+
+
+def _trials(out: Searched, run: Runner, on_trial: Callable[[Trial, bool], None] | None, restart: bool) -> None:
+    """The search's trials into `out`: the log's read back and told to the sampler, then
+    new ones run (`run`) and logged, until the budget is spent."""
+    spec, base = out.spec, out.base
     log = TrialLog(spec.folder / "trials.jsonl", spec.fingerprint(base.text))
     done = [] if restart else log.read()
     log.start(done)
@@ -183,9 +188,8 @@ def search(
         for d, v in zip(spec.space, current(base, spec.space))
     ]
     sampler = Sampler(spec.sampler, len(spec.space), spec.seed, start)
-    out = Searched(spec, base, [], min(len(done), spec.trials), "trials", warnings)
+    out.resumed = min(len(done), spec.trials)
     began, spent = time.monotonic(), sum(t.build_s + t.eval_s for t in done)
-    run = runner or Local(spec, session, validation, reporter)
     number = 0
     while number < spec.trials:
         if number >= len(done) and spec.seconds is not None and spent + time.monotonic() - began >= spec.seconds:
@@ -214,7 +218,6 @@ def search(
             if on_trial:
                 on_trial(trial, trial.number < len(done))
         number += size
-    return out
 
 
 def run_trial(
@@ -273,18 +276,27 @@ def _scores(spec: TuneSpec, folder: Path, key: str, todo: list[AnyTask], session
 
 
 def finish(searched: Searched, session: Session, *, reporter: Reporter | None = None) -> Finished:
-    """Write, build and lock `best.toml`; score it and the recipe as written on the test split."""
+    """Write, build and lock `best.toml`; score it and the recipe as written on the test
+    split. Its tasks are loaded first: a task file changed since the search is refused
+    before best.toml is written, not between it and its lock. One run at a time (`held`)."""
+    spec = searched.spec
+    validation = tasks(spec.validation, session, spec, "validation")
+    test = tasks(spec.test, session, spec, "test")  # scored here, after the search, and only here
+    with held(spec.folder, spec.path):
+        return _finish(searched, session, validation, test, reporter)
+
+
+def _finish(
+    searched: Searched, session: Session, validation: list[AnyTask], test: list[AnyTask], reporter: Reporter | None
+) -> Finished:
     spec, best = searched.spec, searched.best
     folder = spec.folder
-    folder.mkdir(parents=True, exist_ok=True)
     header = (
         f"Written by `mergepkg tune {spec.path.name}`: {spec.recipe.name} with trial {best.number}'s values\n"
         f"(validation objective {best.objective:.4f}); the trial log is trials.jsonl."
     )
     best_path = folder / "best.toml"
     best_path.write_text(relocated_text(searched.base, best.values, folder, header), encoding="utf-8")
-    validation = tasks(spec.validation, session, spec, "validation")
-    test = tasks(spec.test, session, spec, "test")  # read here, after the search, and only here
     # `cache gc` waits until both models are evaluated, not only built: the recipe as
     # written has no lock of its own to keep its step
     with session.store.in_use():

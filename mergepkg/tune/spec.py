@@ -41,6 +41,10 @@ COMBINE = ("mean", "min")
 _TUNE_KEYS = {"recipe", "step", "evaluate", "trials", "seconds", "sampler", "seed", "digits", "space", "objective"}
 _OBJECTIVE_KEYS = {"combine", "validation", "test"}
 _HARNESS_KEYS = {"harness", "include", "num_fewshot", "limit", "seed", "metric"}
+_HARNESS_HINTS = {
+    "include": 'a folder of lm-eval task YAMLs, relative to the tune file: include = "tasks/"',
+    "metric": 'lm-eval\'s result key: metric = "exact_match,none"',
+}
 
 
 @dataclass(frozen=True)
@@ -136,9 +140,13 @@ def load_tune(path: str | Path) -> TuneSpec:
     """Read and check a tune file (the recipe paths are checked by `check_space`)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not TOML, as for recipes
     except FileNotFoundError:
         raise RecipeError("tune file not found", file=path) from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"not UTF-8 text: {e.reason} at byte {e.start}", file=path) from None
+    except OSError as e:  # a folder
+        raise RecipeError(f"cannot read the tune file: {e.strerror}", file=path) from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -164,7 +172,7 @@ def load_tune(path: str | Path) -> TuneSpec:
         text=text,
         recipe=(path.parent / table["recipe"]),
         step=table["step"],
-        evaluate=str(table.get("evaluate", table["step"])),
+        evaluate=table["evaluate"] if "evaluate" in table else table["step"],
         space=(),
         validation=(),
         test=(),
@@ -212,11 +220,21 @@ def _check_settings(spec: TuneSpec) -> None:
         raise spec.error(f"`combine` must be one of {', '.join(COMBINE)}", "tune.objective.combine")
     if spec.sampler not in SAMPLERS:
         raise spec.error(f"`sampler` must be one of {', '.join(SAMPLERS)}", "tune.sampler")
-    for k, v in (("trials", spec.trials), ("seed", spec.seed), ("digits", spec.digits)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise spec.error(f"`{k}` must be a whole number, 0 or more", f"tune.{k}")
-    if spec.seconds is not None and (not isinstance(spec.seconds, int | float) or spec.seconds <= 0):
+    for k, v, least in (("trials", spec.trials, 1), ("seed", spec.seed, 0), ("digits", spec.digits, 0)):
+        if not _whole(v, least):
+            raise spec.error(f"`{k}` must be a whole number, {least} or more", f"tune.{k}")
+    if spec.seconds is not None and (not _number(spec.seconds) or not spec.seconds > 0):
         raise spec.error("`seconds` must be a positive number", "tune.seconds")
+
+
+def _whole(value: Any, least: int = 0) -> bool:
+    """An integer of at least `least`, TOML's `true` not one (Python's bool is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _number(value: Any) -> bool:
+    """An integer or a float, TOML's `true` not one (`seconds = true` read as 1 s)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _list(spec: TuneSpec, value: Any, part: str) -> list:
@@ -237,8 +255,11 @@ def _task(spec: TuneSpec, value: Any, key: str) -> TaskEntry:
         if k not in _HARNESS_KEYS:
             raise spec.error(f"unknown key {k!r} of an lm-eval task", key, did_you_mean(k, _HARNESS_KEYS))
     for k in ("num_fewshot", "limit", "seed"):
-        if k in value and (not isinstance(value[k], int) or value[k] < 0):
+        if k in value and not _whole(value[k]):
             raise spec.error(f"`{k}` must be a whole number, 0 or more", key)
+    for k in ("include", "metric"):
+        if k in value and not isinstance(value[k], str):
+            raise spec.error(f"`{k}` must be a string", key, _HARNESS_HINTS[k])
     include = here / value["include"] if "include" in value else None
     if include is not None and not include.is_dir():
         raise spec.error(f"no folder {value['include']}", key, "`include` is a folder of lm-eval task YAMLs")
@@ -267,15 +288,15 @@ def representable(low: float, high: float, digits: int) -> tuple[float, float]:
 
 
 def _bounds(spec: TuneSpec, pair: Any, key: str) -> tuple[float, float]:
-    ok = (
-        isinstance(pair, list)
-        and len(pair) == 2
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
-    )
+    ok = isinstance(pair, list) and len(pair) == 2 and all(_number(v) for v in pair)
     if ok and not all(math.isfinite(v) for v in pair):
         raise spec.error("a range's bounds must be finite numbers", key)
     if not ok or not pair[0] < pair[1]:
         raise spec.error("a range is [low, high] with low < high", key, "a gradient is a list of ranges")
+    if not math.isfinite(float(pair[1]) - float(pair[0])):  # [-1e308, 1e308]: every value would be nan
+        raise spec.error(
+            f"the range [{pair[0]}, {pair[1]}] is wider than a float holds", key, "narrow it: its width must be finite"
+        )
     lo, hi = representable(float(pair[0]), float(pair[1]), spec.digits)
     if lo > hi:
         raise spec.error(

@@ -22,6 +22,7 @@ from mergepkg.errors import RecipeError
 from mergepkg.recipe.locate import segments
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.parse import local_path, parse_recipe
+from mergepkg.recipe.plan import make_plan
 from mergepkg.tune.spec import Dimension, TuneSpec, representable
 
 Value = float | list[float]
@@ -37,11 +38,30 @@ class Base:
 
 
 def read_base(spec: TuneSpec) -> Base:
+    """The recipe `tune.recipe` names, read as `load_recipe` reads it (UTF-8, a byte-order
+    mark dropped); a file it cannot read, or that is not TOML, is an error at that key."""
     try:
-        text = spec.recipe.read_text(encoding="utf-8")
+        text = spec.recipe.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise spec.error(f"recipe not found: {spec.recipe}", "tune.recipe") from None
-    return Base(spec.recipe, text, tomllib.loads(text))
+    except UnicodeDecodeError as e:
+        raise spec.error(f"{spec.recipe}: not UTF-8 text: {e.reason} at byte {e.start}", "tune.recipe") from None
+    except OSError as e:  # a folder
+        raise spec.error(f"cannot read the recipe {spec.recipe}: {e.strerror}", "tune.recipe") from None
+    return Base(spec.recipe, text, _document(spec, text))
+
+
+def _document(spec: TuneSpec, text: str) -> dict:
+    """The recipe's TOML document. TOML that is not valid is refused as the recipe's parser
+    refuses it (`r.toml:3: invalid TOML: ...`), placed at `tune.recipe`."""
+    try:
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError):
+        try:
+            parse_recipe(text, spec.recipe)
+        except RecipeError as e:
+            raise spec.locate(e, "tune.recipe") from None
+        raise  # the parser reads the same TOML: not reached
 
 
 def _parent(doc: dict, path: str) -> tuple[Any, str | int]:
@@ -121,6 +141,45 @@ def relocated_text(base: Base, chosen: dict[str, Value], folder: Path, header: s
     return comment + tomli_w.dumps(doc)
 
 
+def _check_evaluated(spec: TuneSpec, recipe: Recipe) -> None:
+    """The scored step is the searched one or made from it: else every trial builds and
+    scores the same model, and the search has nothing to go by."""
+    if spec.step not in make_plan(recipe, (spec.evaluate,)).order:
+        plan = make_plan(recipe)
+        after = [s for s in recipe.steps if s == spec.step or spec.step in plan.upstream(s)]
+        raise spec.error(
+            f"step {spec.evaluate!r} is not made from step {spec.step!r}: every trial would score the same",
+            "tune.evaluate",
+            f"evaluate {spec.step!r} or a step made from it: {', '.join(after)}",
+        )
+
+
+def _check_path(spec: TuneSpec, base: Base, path: str) -> None:
+    """`path` names a number (or a gradient) the recipe has, or may have, at its place."""
+    key = f"tune.space.{path}"
+    if isinstance(segments(path)[-1], int):  # an item of a list: `t[1]`
+        raise spec.error(
+            f"{path} names an item of a list, not a parameter",
+            key,
+            f'a condition\'s number is its value: "{path}.value"; a gradient is searched whole, one range per point',
+        )
+    try:
+        node, last = _parent(copy.deepcopy(base.doc), path)
+    except KeyError:
+        raise spec.error(
+            f"the recipe has no {path}", key, "an input must be written { model = ..., ... } to take a parameter"
+        ) from None
+    value = node.get(last)
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        raise spec.error(
+            f"{path} is a list of conditions in the recipe ([[...]] tables of filter and value), not a number",
+            key,
+            f'search one condition\'s value: "{path}[0].value"',
+        )
+    if isinstance(value, str | dict | bool):
+        raise spec.error(f"{path} is not a number in the recipe", key)
+
+
 def check_space(spec: TuneSpec, base: Base) -> None:
     """Every path names a number (or gradient of that many points) of the tuned step, and
     the recipe parses with every dimension at its low and at its high end."""
@@ -132,16 +191,9 @@ def check_space(spec: TuneSpec, base: Base) -> None:
         if name not in recipe.steps:
             key = "tune.step" if name == spec.step else "tune.evaluate"
             raise spec.error(f"the recipe has no step {name!r}", key, f"steps: {', '.join(recipe.steps)}")
+    _check_evaluated(spec, recipe)
     for d in spec.space:
-        key = f"tune.space.{d.path}"
-        try:
-            node, last = _parent(copy.deepcopy(base.doc), d.path)
-        except KeyError:
-            raise spec.error(
-                f"the recipe has no {d.path}", key, "an input must be written { model = ..., ... } to take a parameter"
-            ) from None
-        if isinstance(node.get(last), str | dict | bool):
-            raise spec.error(f"{d.path} is not a number in the recipe", key)
+        _check_path(spec, base, d.path)
     for end in (0.0, 1.0):
         try:
             trial_recipe(base, values(spec.space, [end] * len(spec.space), spec.digits))

@@ -310,3 +310,69 @@ def test_eval_of_a_step_holds_the_store_until_it_is_evaluated(tasks, write_recip
     refused = gc_refusals(monkeypatch, cli_eval, "evaluate_model")
     assert main(["eval", f"{path}:soup", "-t", str(good)]) == 0
     assert refused == ["a build is running in this store"]
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "words"),
+    [
+        ('{"prompt": "a", "answer": "b"}\n{"prompt": "a", "answer": null}\n', 2, '"answer" is null, not a string'),
+        ('{"prompt": 5, "answer": "b"}\n', 1, '"prompt" is 5, not a string'),
+        ('{"prompt": "a", "answer": "b"}\n\n["a", "b"]\n', 3, 'expected a JSON object with "prompt"'),
+    ],
+)
+def test_a_prompt_or_answer_that_is_no_string_is_refused_at_its_line(tmp_path, content, line, words):
+    """str() made `null` the answer "None" and 5 the prompt "5"."""
+    path = tmp_path / "t.jsonl"
+    path.write_text(content)
+    with pytest.raises(RecipeError) as info:
+        load_task(path, Session().hashes)
+    assert info.value.line == line and words in info.value.message and "strings" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("content", "words"), [(b"", "no text to score"), (b" \n\n", "no text"), (b"caf\xe9", "UTF-8")]
+)
+def test_a_text_task_with_nothing_to_score_or_not_utf8_is_refused_when_loaded(tmp_path, content, words):
+    """An empty text scored a perplexity of 1.0 over no token; latin-1 was a traceback when scored."""
+    path = tmp_path / "t.txt"
+    path.write_bytes(content)
+    with pytest.raises(RecipeError, match=words) as info:
+        load_task(path, Session().hashes)
+    assert info.value.file == str(path)
+
+
+class _OneToken:
+    """A tokenizer that makes any text one token, and a model that must not be asked."""
+
+    config = type("Config", (), {"max_position_embeddings": 8})()
+
+    def __call__(self, text, return_tensors):
+        import torch
+
+        return type("Encoded", (), {"input_ids": torch.tensor([[7]])})()
+
+
+def test_a_text_of_one_token_is_refused_not_a_perplexity_of_one(tmp_path):
+    from mergepkg.eval.run import run_task
+
+    path = tmp_path / "one.txt"
+    path.write_text("a")
+    task = load_task(path, Session().hashes)
+    with pytest.raises(RecipeError, match="no next token to score") as info:
+        run_task(_OneToken(), _OneToken(), task, "cpu")
+    assert info.value.file == str(path) and "two tokens" in info.value.hint
+
+
+def test_a_cached_perplexity_of_no_token_is_not_shown(tmp_path, monkeypatch):
+    """Earlier versions cached 1.0 over 0 tokens: it is evaluated again (and refused)."""
+    from mergepkg.eval import run
+    from mergepkg.store.evals import Result
+
+    path = tmp_path / "one.txt"
+    path.write_text("a")
+    task = load_task(path, Session().hashes)
+    cache = EvalCache(tmp_path / "home")
+    cache.put("m", task.key, Result("one", "perplexity", 1.0, 0))
+    monkeypatch.setattr(run, "_load", lambda folder, device: (_OneToken(), _OneToken()))
+    with pytest.raises(RecipeError, match="no next token"):
+        evaluate_model(tmp_path, "m", [task], cache)

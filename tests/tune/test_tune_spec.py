@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,151 @@ def test_best_toml_finds_a_path_source_where_the_recipe_s_parser_does(tmp_path):
     moved = tomllib.loads(relocated_text(Base(recipe, text, tomllib.loads(text)), {}, out, "best"))
     assert local_path(out / "best.toml", moved["sources"]["a"]["path"]) == local_path(recipe, "../models/a")
     assert local_path(recipe, "../models/a").is_dir()
+
+
+def checked(path: Path) -> None:
+    """The tune file loaded and its space checked against its recipe, as `search` does first."""
+    spec = load_tune(path)
+    check_space(spec, read_base(spec))
+
+
+def test_an_evaluated_step_not_made_from_the_searched_one_is_refused(tmp_path):
+    """`evaluate = "linear"` beside `step = "ties"`: every trial scored the same model."""
+    path = tune_file(tmp_path, '"steps.ties.inputs[0].weight" = [0, 1]', extra='evaluate = "linear"')
+    with pytest.raises(RecipeError, match="not made from step 'ties'") as e:
+        checked(path)
+    assert e.value.key == "tune.evaluate" and e.value.line == 5 and "ties, ties_slerp" in e.value.hint
+    checked(tune_file(tmp_path, '"steps.ties.inputs[0].weight" = [0, 1]', extra='evaluate = "ties_slerp"'))
+
+
+@pytest.mark.parametrize(
+    ("path", "words", "hint"),
+    [
+        ("steps.slerp.params.t", "is a list of conditions", '"steps.slerp.params.t[0].value"'),
+        ("steps.slerp.params.t[1]", "names an item of a list", '"steps.slerp.params.t[1].value"'),
+    ],
+)
+def test_a_list_of_conditions_is_not_replaced_by_a_number(tmp_path, path, words, hint):
+    """`params.t` of [[...t]] tables took the trial's number, every condition gone; `t[1]`
+    said the recipe had no such path, with a hint about inputs."""
+    recipe = DEMO.parent / "slerp-gradient.toml"
+    tune = tmp_path / "t.toml"
+    tune.write_text(
+        f'[tune]\nrecipe = "{recipe}"\nstep = "slerp"\n[tune.space]\n"{path}" = [0, 1]\n'
+        f'[tune.objective]\nvalidation = ["{VAL}/inc_val.jsonl"]\ntest = ["{TASKS}/inc.jsonl"]\n'
+    )
+    with pytest.raises(RecipeError, match=words) as e:
+        checked(tune)
+    assert e.value.line == 5 and hint in e.value.hint
+    tune.write_text(tune.read_text().replace(f'"{path}" = [0, 1]', '"steps.slerp.params.t[2].value" = [0, 1]'))
+    checked(tune)  # a condition's number is searched
+
+
+@pytest.mark.parametrize(
+    ("recipe", "words"),
+    [
+        (b"\xef\xbb\xbf", None),  # a byte-order mark: `build` reads it, so does tune
+        (b"[steps\n", "r.toml:1: invalid TOML"),
+        (b"\xff\xfe[steps]", "r.toml: not UTF-8"),
+        (None, "Is a directory"),
+    ],
+)
+def test_a_recipe_tune_cannot_read_is_an_error_at_tune_recipe(tmp_path, recipe, words):
+    """These were tracebacks: TOMLDecodeError, UnicodeDecodeError, IsADirectoryError."""
+    path = tune_file(tmp_path, '"steps.ties.inputs[0].weight" = [0, 1]')
+    if recipe is None:
+        path.write_text(path.read_text().replace(f'recipe = "{DEMO}"', 'recipe = "."'))
+    else:
+        (tmp_path / "r.toml").write_bytes(recipe + (DEMO.read_bytes() if words is None else b""))
+        path.write_text(path.read_text().replace(f'recipe = "{DEMO}"', 'recipe = "r.toml"'))
+        shutil.copytree(DEMO.parent / "demo", tmp_path / "demo", ignore=shutil.ignore_patterns("*.safetensors"))
+    if words is None:
+        checked(path)
+        return
+    with pytest.raises(RecipeError, match=words) as e:
+        checked(path)
+    assert e.value.key == "tune.recipe" and e.value.line == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "objective", "key", "words"),
+    [
+        ("seconds = true", "", "tune.seconds", "`seconds` must be a positive number"),
+        ("evaluate = 5", "", "tune.evaluate", "`evaluate` must be a step name"),
+        ("", '{ harness = "x", include = 5 }', "tune.objective.validation", "`include` must be a string"),
+        ("", '{ harness = "x", metric = 5 }', "tune.objective.validation", "`metric` must be a string"),
+        ("", '{ harness = "x", limit = true }', "tune.objective.validation", "`limit` must be a whole number"),
+        ("", '{ harness = "x", seed = false }', "tune.objective.validation", "`seed` must be a whole number"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_refused(tmp_path, extra, objective, key, words):
+    """`seconds = true` was 1 s, `evaluate = 5` the step "5"; the others were TypeErrors."""
+    path = tune_file(tmp_path, '"steps.ties.inputs[0].weight" = [0, 1]', extra=extra)
+    if objective:
+        path.write_text(
+            path.read_text().replace(f'validation = ["{VAL}/inc_val.jsonl"]', f"validation = [{objective}]")
+        )
+    with pytest.raises(RecipeError, match=words) as e:
+        load_tune(path)
+    assert e.value.key == key
+
+
+def test_no_trials_and_a_range_wider_than_a_float_are_refused(tmp_path):
+    """`trials = 0` ran nothing, then said no trial finished; [-1e308, 1e308] said "got nan"."""
+    path = tune_file(tmp_path, '"steps.ties.inputs[0].weight" = [0, 1]')
+    path.write_text(path.read_text().replace("trials = 2", "trials = 0"))
+    with pytest.raises(RecipeError, match="`trials` must be a whole number, 1 or more") as e:
+        load_tune(path)
+    assert e.value.line == 4
+    with pytest.raises(RecipeError, match="wider than a float holds") as e:
+        load_tune(tune_file(tmp_path, '"steps.ties.inputs[0].weight" = [-1e308, 1e308]'))
+    assert e.value.line == 7
+
+
+def test_a_tune_file_that_is_not_utf8_is_an_error(tmp_path):
+    path = tune_file(tmp_path, '"steps.ties.inputs[0].weight" = [0, 1]')
+    path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
+    with pytest.raises(RecipeError, match="not UTF-8") as e:
+        load_tune(path)
+    assert e.value.file == str(path)
+
+
+def test_a_task_file_s_bad_line_keeps_its_number_through_the_tune_file(tmp_path):
+    from mergepkg.store.session import Session
+    from mergepkg.tune.search import tasks
+
+    (tmp_path / "val.jsonl").write_text('{"prompt": "a", "answer": "b"}\n\n{"prompt": "a"}\n')
+    path = tune_file(tmp_path, '"steps.ties.inputs[0].weight" = [0, 1]')
+    path.write_text(path.read_text().replace(f"{VAL}/inc_val.jsonl", "val.jsonl"))
+    spec = load_tune(path)
+    with pytest.raises(RecipeError) as e:
+        tasks(spec.validation, Session(), spec)
+    assert str(e.value).startswith(f"{path}:9: tune.objective.validation[0]: {tmp_path / 'val.jsonl'}:3: expected")
+
+
+def test_the_test_split_s_task_files_are_checked_before_the_first_trial(tmp_path, monkeypatch):
+    """A bad test line failed only after every trial had run."""
+    from mergepkg.store.session import Session
+    from mergepkg.tune import search as search_mod
+
+    (tmp_path / "test.jsonl").write_text('{"prompt": "a"}\n')
+    spec = load_tune(tune_file(tmp_path, '"steps.ties.inputs[0].weight" = [0, 1]', test=tmp_path / "test.jsonl"))
+    monkeypatch.setattr(search_mod, "run_trial", lambda *a, **k: pytest.fail("a trial ran"))
+    with pytest.raises(RecipeError, match=r"test\.jsonl:1: expected") as e:
+        search_mod.search(spec, Session())
+    assert e.value.key == "tune.objective.test[0]" and not spec.folder.exists()
+
+
+def test_best_toml_is_written_only_once_the_tasks_load(tmp_path):
+    """A test task that failed in `finish` left best.toml without its best.lock."""
+    from mergepkg.store.session import Session
+    from mergepkg.tune.log import Trial
+    from mergepkg.tune.search import Searched, finish
+
+    (tmp_path / "test.jsonl").write_text('{"prompt": "a", "answer": "b"}\n')
+    spec = load_tune(tune_file(tmp_path, '"steps.ties.inputs[0].weight" = [0, 1]', test=tmp_path / "test.jsonl"))
+    trial = Trial(0, {"steps.ties.inputs[0].weight": 0.5}, [0.5], "k", {}, 0.5, 0.0, 0.0, False, 0.0)
+    (tmp_path / "test.jsonl").write_text("not json\n")  # changed since the search checked it
+    with pytest.raises(RecipeError, match="expected a JSON object") as e:
+        finish(Searched(spec, read_base(spec), [trial], 0, "trials"), Session())
+    assert e.value.key == "tune.objective.test[0]" and not (spec.folder / "best.toml").exists()
