@@ -106,25 +106,33 @@ def index_map(folder: Path) -> dict[str, str] | None:
 
 def _indexed(folder: Path, index: str) -> list[str]:
     path = folder / index
+    names = index_files(path)
+    for name in names:
+        if not (folder / name).is_file():
+            raise SourceError(
+                f"the weight index names {name}, which is missing",
+                file=path,
+                hint="download the model again: a shard is missing",
+            )
+    return names
+
+
+def index_files(path: Path) -> list[str]:
+    """The shard files a weight index names, each a file beside it (checked by name: a
+    Hugging Face snapshot's files link into its blobs/, and a download reads the index
+    before the shards are there)."""
     try:
         weight_map = json.loads(path.read_text())["weight_map"]
         names = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise SourceError(f"unreadable weight index: {type(e).__name__}: {e}", file=path) from None
     for name in names:
-        # by name, not by where links lead: a Hugging Face snapshot's files link into its blobs/
         parts = name.split("/") if isinstance(name, str) and name else [".."]
         if ".." in parts or PurePosixPath(name).is_absolute() or any("\\" in p or "\x00" in p for p in parts):
             raise SourceError(
                 f"the weight index names {name!r}, which is not a file inside the model folder",
                 file=path,
                 hint="a shard is named by its file name, beside the index",
-            )
-        if not (folder / name).is_file():
-            raise SourceError(
-                f"the weight index names {name}, which is missing",
-                file=path,
-                hint="download the model again: a shard is missing",
             )
     return names
 

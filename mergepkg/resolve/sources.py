@@ -10,7 +10,7 @@ is expected is an error that says so.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from mergepkg.io.folder import (
     ADAPTER_WEIGHTS,
     SIDE_FILES,
     adapter_files,
+    index_files,
     is_adapter_folder,
     used_files,
     weight_choice,
@@ -115,11 +116,13 @@ def missing_bytes(source: Source, pin: Pin, settings: Settings) -> int | None:
     return None if missing and settings.offline else missing
 
 
-def hub_weight_files(names: list[str]) -> list[str]:
+def hub_weight_files(names: list[str], shards: Callable[[str], list[str]]) -> list[str]:
     """The weight files to download from a repo of files `names`: those io/folder.py's
-    `weight_choice` reads (and the index it reads them by)."""
+    `weight_choice` reads, and the index it reads them by with the shards it names
+    (`shards(index)`: the index fetched first), not every file beside them (Mistral's
+    repos hold a `consolidated.safetensors` of the whole model beside its shards)."""
     index, files = weight_choice(names)
-    return [*files, *([index] if index else [])]
+    return files if index is None else [index, *shards(index)]
 
 
 def fetch(
@@ -148,7 +151,7 @@ def fetch(
 def _fetch_hf(
     source: Source, settings: Settings, commit: str | None, files: Collection[str], adapter: bool = False
 ) -> Fetched:
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.errors import (
         HfHubHTTPError,
         LocalEntryNotFoundError,
@@ -169,13 +172,17 @@ def _fetch_hf(
                     raise
         info = HfApi().model_info(repo, revision=rev)
         names = [s.rfilename for s in info.siblings or []]
+
+        def shards(index: str) -> list[str]:
+            return index_files(Path(hf_hub_download(repo, index, revision=info.sha, cache_dir=settings.hf_cache)))
+
         if adapter:
             weights = next((w for w in ADAPTER_WEIGHTS if w in names), ADAPTER_WEIGHTS[0])
             allow = [ADAPTER_CONFIG, weights]
         elif "config.json" not in names and ADAPTER_CONFIG in names:
             raise adapter_not_model(f"{repo}@{rev}")
         else:
-            allow = hub_weight_files(names) + [f for f in names if f in SIDE_FILES]
+            allow = hub_weight_files(names, shards) + [f for f in names if f in SIDE_FILES]
         folder = Path(snapshot_download(repo, revision=info.sha, allow_patterns=allow, cache_dir=settings.hf_cache))
         return Fetched(folder, info.sha)
     except SourceError:  # ours (a FileNotFoundError too): says what it means already

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from mergepkg.errors import RecipeError, SourceError
-from mergepkg.io.folder import weight_files
+from mergepkg.io.folder import index_files, weight_files
 from mergepkg.io.tensors import scan_tensors
 from mergepkg.layout.steps import lay_out
 from mergepkg.layout.types import is_pre
@@ -179,10 +179,23 @@ def test_a_hub_download_holds_what_a_full_copy_of_the_repo_reads(tmp_path, layou
     downloaded only the adapter; a fresh download and a fuller cache read other files."""
     names = LAYOUTS[layout]
     full, fresh = tmp_path / "full", tmp_path / "fresh"
-    downloaded = hub_weight_files(names)
+    index = {"weight_map": {f"t{i}": n for i, n in enumerate(WEIGHTS_READ[layout])}}
+    downloaded = hub_weight_files(names, lambda name: index_files(write(full, name, json.dumps(index))))
     for folder, files in ((full, names), (fresh, [n for n in names if n in downloaded])):
         for name in files:
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            index = {"weight_map": {f"t{i}": n for i, n in enumerate(WEIGHTS_READ[layout])}}
-            (folder / name).write_text(json.dumps(index) if name.endswith("index.json") else "weights")
+            write(folder, name, json.dumps(index) if name.endswith("index.json") else "weights")
     assert weight_files(full) == weight_files(fresh) == WEIGHTS_READ[layout]
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+def test_a_download_fetches_the_shards_the_index_names_not_a_whole_copy_beside_them(tmp_path):
+    """Mistral's repos hold `consolidated.safetensors` (the whole model again) beside the
+    shards: every top-level .safetensors was downloaded, 14 GB more for a 7B model."""
+    names = ["model.safetensors.index.json", "consolidated.safetensors", "model-00001-of-00001.safetensors"]
+    index = write(tmp_path, names[0], json.dumps({"weight_map": {"a": names[2]}}))
+    assert hub_weight_files(names, lambda name: index_files(index)) == [names[0], names[2]]

@@ -141,3 +141,34 @@ def test_a_locked_build_from_a_complete_cache_asks_the_hub_nothing(unreachable, 
     ):
         code, _, err = cli(capsys, *args)
         assert code == 0, (args, err)
+
+
+def test_a_hub_download_fetches_the_index_then_the_shards_it_names(fake_hub, tmp_path):
+    """Through huggingface_hub's client from the fake Hub: a whole-model copy beside the
+    shards (Mistral's `consolidated.safetensors`) and an adapter are not downloaded."""
+    import json
+
+    from fakehub import Repo
+
+    from mergepkg.recipe.model import Source
+    from mergepkg.settings import Settings
+
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    files = {
+        "config.json": b"{}",
+        "model.safetensors.index.json": json.dumps(index).encode(),
+        "model-00001-of-00002.safetensors": b"one",
+        "model-00002-of-00002.safetensors": b"two",
+        "consolidated.safetensors": b"the whole model again",
+        "adapter_model.safetensors": b"an adapter",
+    }
+    fake_hub.repos["org/m"] = Repo(private=False)
+    fake_hub.commit("org/m", files)
+    fetched = fetch(Source(name="m", hf="org/m", revision="main"), Settings(home=tmp_path / "home"))
+    got = sorted(p.name for p in fetched.folder.iterdir())
+    assert got == [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
