@@ -73,9 +73,13 @@ class MergepkgError(Exception):
         """`recipe.toml:14: steps.x.inputs[1].density` (the parts that are known)."""
         return place(self.file, self.line, self.key, self.tensor)
 
+    @property
+    def located(self) -> str:
+        """The message after where it happened, in one line (no hint)."""
+        return f"{self.where}: {self.message}" if self.where else self.message
+
     def __str__(self) -> str:
-        text = f"{self.where}: {self.message}" if self.where else self.message
-        return f"{text}\n  hint: {self.hint}" if self.hint else text
+        return f"{self.located}\n  hint: {self.hint}" if self.hint else self.located
 
 
 class RecipeError(MergepkgError, ValueError):

@@ -215,9 +215,7 @@ class Remotes:
 
 def reason(e: Exception) -> str:
     """An error in one line, where it happened first (a remote's record and field)."""
-    if isinstance(e, MergepkgError):
-        return f"{e.where}: {e.message}" if e.where else e.message
-    return f"{type(e).__name__}: {e}"
+    return e.located if isinstance(e, MergepkgError) else f"{type(e).__name__}: {e}"
 
 
 @dataclass

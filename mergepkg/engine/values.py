@@ -39,7 +39,6 @@ class _Bad:
     nan: int
     inf: int
     entries: int
-    tensors: int = 1  # how many of the model's tensors have some
 
 
 class ValueWatch:
@@ -74,7 +73,6 @@ class ValueWatch:
         """Add what one read (a tensor, or a block of its rows) of `model`'s `tensor` holds,
         unless another read counts that tensor already: the same rows read again (a layer
         reused) would count its NaN twice, past the tensor's size. Under `lock`."""
-        first = (model, tensor) not in self.counted
         if self.counted.setdefault((model, tensor), read) != read:
             return
         bad = self.bad.get(model)
@@ -82,8 +80,6 @@ class ValueWatch:
             self.bad[model] = _Bad(tensor, nan, inf, math.prod(self.infos[model][tensor].shape))
         elif bad.tensor == tensor:  # another block of rows of the same tensor
             bad.nan, bad.inf = bad.nan + nan, bad.inf + inf
-        elif first:
-            bad.tensors += 1
 
     def aligned(self, out: OutputTensor, tensors: list) -> None:
         """`out`'s inputs (base first) on one shape: each input's task vector measured on a
@@ -113,7 +109,8 @@ class ValueWatch:
         found = []
         for model in self.step.models:
             if (bad := self.bad.get(model)) is not None:
-                found.append(_non_finite(self.step, model, bad))
+                tensors = sum(m == model for m, _ in self.counted)  # of the model's with some
+                found.append(_non_finite(self.step, model, bad, tensors))
         for model in self.step.models:
             base_sq, delta_sq = self.base.get(model, 0.0), self.delta.get(model, 0.0)
             if base_sq > 0 and math.sqrt(delta_sq / base_sq) > FOREIGN_RATIO:
@@ -136,14 +133,15 @@ def _foreign(step: Step, model: str, ratio: float) -> Pitfall:
     )
 
 
-def _non_finite(step: Step, model: str, bad: _Bad) -> Pitfall:
-    """MP302 for `model`: where its first non-finite values are, and how many."""
+def _non_finite(step: Step, model: str, bad: _Bad, tensors: int) -> Pitfall:
+    """MP302 for `model`: where its first non-finite values are, how many, and in how
+    many of its `tensors`."""
     if bad.nan == bad.entries:
         what = "every value is NaN"
     else:
         counts = [f"{n} {word}" for n, word in ((bad.nan, "NaN"), (bad.inf, "inf")) if n]
         what = f"{' and '.join(counts)} among its {bad.entries} values"
-    more = f" (and {bad.tensors - 1} more of its tensors)" if bad.tensors > 1 else ""
+    more = f" (and {tensors - 1} more of its tensors)" if tensors > 1 else ""
     return Pitfall(
         "MP302",
         f"{written_name(step, model)!r} tensor {bad.tensor}: {what}{more}; NaN and inf spread through the merge",

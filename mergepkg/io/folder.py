@@ -61,16 +61,16 @@ def adapter_files(folder: Path) -> list[str]:
 
 def weight_choice(names: Iterable[str]) -> tuple[str | None, list[str]]:
     """Which of a model's files (`names`, as listed in its folder or repo) hold its
-    weights, in mergekit's order, as transformers finds them: (the safetensors index,
-    the .safetensors files it may name), else `model.safetensors`, else (the .bin index,
-    the .bin files), else `pytorch_model.bin`; a model with none of these, every weight
-    file at its top level. Files in subfolders (a trainer's `checkpoint-500/`), PEFT
-    adapters and copies beside `model.safetensors` (`model.fp16.safetensors`) are no part
-    of the model. The one rule for a folder (`weight_files`) and a hub download."""
+    weights, in mergekit's order, as transformers finds them: the safetensors index (the
+    files it names: `(index, [])`), else `model.safetensors`, else the .bin index, else
+    `pytorch_model.bin`; a model with none of these, every weight file at its top level
+    (`(None, files)`). Files in subfolders (a trainer's `checkpoint-500/`), PEFT adapters
+    and copies beside `model.safetensors` (`model.fp16.safetensors`) are no part of the
+    model. The one rule for a folder (`weight_files`) and a hub download."""
     top = sorted(n for n in names if "/" not in n and not n.startswith("adapter_model"))
-    for index, single, ext in ((INDEX, WEIGHTS, ".safetensors"), (BIN_INDEX, BIN_WEIGHTS, ".bin")):
+    for index, single in ((INDEX, WEIGHTS), (BIN_INDEX, BIN_WEIGHTS)):
         if index in top:
-            return index, [n for n in top if n.endswith(ext)]
+            return index, []
         if single in top:
             return None, [single]
     found = [n for n in top if n.endswith(".safetensors")]
@@ -78,11 +78,16 @@ def weight_choice(names: Iterable[str]) -> tuple[str | None, list[str]]:
 
 
 def weight_files(folder: Path) -> list[str]:
-    """The files holding the weights of the model in `folder` (`weight_choice`): those
-    its index names (each a file inside the folder that exists), else the files chosen."""
+    """The files holding the weights of the model in `folder` (`weight_choice`)."""
+    return _weights(folder)[1]
+
+
+def _weights(folder: Path) -> tuple[str | None, list[str]]:
+    """(the index read, or None; the weight files: those the index names, each a file
+    inside the folder that exists, else the files chosen)."""
     index, files = weight_choice(p.name for p in folder.iterdir())
     if index is not None:
-        return _indexed(folder, index)
+        return index, _indexed(folder, index)
     for name in files:
         if not (folder / name).is_file():
             raise SourceError(
@@ -92,16 +97,13 @@ def weight_files(folder: Path) -> list[str]:
             )
     if not files:
         raise SourceError("no model weights found (expected *.safetensors or pytorch_model.bin)", file=folder)
-    return files
+    return None, files
 
 
 def index_map(folder: Path) -> dict[str, str] | None:
     """The weight map (tensor -> file) of the index `weight_files` reads, or None."""
     index, _ = weight_choice(p.name for p in folder.iterdir())
-    if index is None:
-        return None
-    _indexed(folder, index)  # checked as the files it names are
-    return json.loads((folder / index).read_text())["weight_map"]
+    return None if index is None else _weight_map(folder / index)
 
 
 def _indexed(folder: Path, index: str) -> list[str]:
@@ -121,12 +123,8 @@ def index_files(path: Path) -> list[str]:
     """The shard files a weight index names, each a file beside it (checked by name: a
     Hugging Face snapshot's files link into its blobs/, and a download reads the index
     before the shards are there)."""
-    try:
-        weight_map = json.loads(path.read_text())["weight_map"]
-        names = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-        raise SourceError(f"unreadable weight index: {type(e).__name__}: {e}", file=path) from None
-    for name in names:
+    values = list(_weight_map(path).values())
+    for name in values:
         parts = name.split("/") if isinstance(name, str) and name else [".."]
         if ".." in parts or PurePosixPath(name).is_absolute() or any("\\" in p or "\x00" in p for p in parts):
             raise SourceError(
@@ -134,13 +132,23 @@ def index_files(path: Path) -> list[str]:
                 file=path,
                 hint="a shard is named by its file name, beside the index",
             )
-    return names
+    return sorted(set(values))
+
+
+def _weight_map(path: Path) -> dict:
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise SourceError(f"unreadable weight index: {type(e).__name__}: {e}", file=path) from None
+    if not isinstance(weight_map, dict):
+        raise SourceError("unreadable weight index: its weight_map is no JSON object", file=path)
+    return weight_map
 
 
 def used_files(folder: Path) -> list[str]:
     """The files of a model folder a merge reads or copies: weights (one format), the
     index it reads them by, configs and tokenizer files."""
-    index, _ = weight_choice(p.name for p in folder.iterdir())
-    names = {*weight_files(folder), *([index] if index else [])}
+    index, files = _weights(folder)
+    names = {*files, *([index] if index else [])}
     names |= {n for n in SIDE_FILES if (folder / n).is_file()}
     return sorted(names)

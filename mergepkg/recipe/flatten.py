@@ -114,12 +114,9 @@ def _prefixed(prefix: str) -> Callable[[str], str]:
 def _unbound(recipe: Recipe) -> Recipe:
     for name, src in recipe.sources.items():
         if src.dependency:
-            key = f"sources.{key_name(name)}"
-            raise PlanError(
+            error = PlanError(
                 f"dependency {src.dependency!r} is not resolved here",
-                file=str(recipe.path),
-                line=recipe.line_of(key),
-                key=key,
                 hint="this command needs the registry: run `mergepkg lock`",
             )
+            raise recipe.locate(error, f"sources.{key_name(name)}")
     return recipe

@@ -21,7 +21,6 @@ _BARE = re.compile(r"[A-Za-z0-9_-]+")
 # written across lines, `  [0.1, 0.2],`, is none: its items are no keys)
 _KEY = r"\s*(?:[A-Za-z0-9_-]+|\"(?:[^\"\\\n]|\\.)*\"|'[^'\n]*')\s*"
 _HEADER = re.compile(rf"^\s*(\[\[?)({_KEY}(?:\.{_KEY})*)(\]\]?)\s*(?:#.*)?$", re.M)
-_HEADER_KEY = re.compile(r"\"((?:[^\"\\]|\\.)*)\"|'([^']*)'|([A-Za-z0-9_-]+)")
 
 
 def key_name(name: str) -> str:
@@ -58,7 +57,7 @@ def _headers(text: str) -> list[_Header]:
     for i, m in enumerate(found):
         if len(m[1]) != len(m[3]):  # `[a]]` or `[[a]`: no header
             continue
-        names = tuple(q.replace('\\"', '"') if q else lit or bare for q, lit, bare in _HEADER_KEY.findall(m[2]))
+        names = tuple(str(n) for n in segments(m[2]))  # a header holds names only
         end = found[i + 1].start() if i + 1 < len(found) else len(text)
         headers.append(_Header(names, len(m[1]) == 2, m.end(), end))
     return headers

@@ -40,15 +40,12 @@ class Dependencies:
             return recipe
         for name, src in recipe.sources.items():
             if src.dependency and src.dependency not in self.files:
-                key = f"sources.{key_name(name)}.dependency"
-                raise PlanError(
+                error = PlanError(
                     f"package {src.dependency!r} is not among the dependencies of the recipe being built",
-                    file=str(recipe.path),
-                    line=recipe.line_of(key),
-                    key=key,
                     hint=f"add {src.dependency!r} to the [dependencies] of the recipe you build: "
                     "an imported recipe file's own are not installed",
                 )
+                raise recipe.locate(error, f"sources.{key_name(name)}.dependency")
         sources = {
             n: replace(s, dependency=None, recipe=self.files[s.dependency]) if s.dependency else s
             for n, s in recipe.sources.items()

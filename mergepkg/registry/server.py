@@ -167,7 +167,7 @@ class App:
             return self.publish(payload, token, source) if action == "publish" else self.yank(payload, token, source)
         except MergepkgError as e:  # first: some are ValueErrors too
             status = e.status if isinstance(e, PublishError) else 400
-            return status, {"error": f"{e.where}: {e.message}" if e.where else e.message, "hint": e.hint}
+            return status, {"error": e.located, "hint": e.hint}
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             return 400, {"error": f"malformed upload: {e}"}
         except filelock.Timeout:  # an OSError too: first

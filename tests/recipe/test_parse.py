@@ -184,15 +184,20 @@ def test_invalid_toml_reports_the_line(tmp_path):
     assert info.value.line == 3 and "invalid TOML" in info.value.message
 
 
-def test_missing_path_is_a_located_source_error(tmp_path):
+@pytest.mark.parametrize(
+    ("name", "key"),
+    # a name holding a dot is quoted: `sources.ft.v2.path` pointed at the [sources] header
+    [("m", "sources.m.path"), ('"ft.v2"', 'sources."ft.v2".path')],
+)
+def test_missing_path_is_a_located_source_error(tmp_path, name, key):
     p = tmp_path / "r.toml"
     p.write_text(
-        '[package]\nname = "x"\nversion = "1"\n[sources]\nm = { path = "./nowhere" }\n'
-        '[steps.s]\nmethod = "passthrough"\ninputs = ["m"]\n'
+        f'[package]\nname = "x"\nversion = "1"\n[sources]\n{name} = {{ path = "./nowhere" }}\n'
+        f'[steps.s]\nmethod = "passthrough"\ninputs = [{name.strip(chr(34))!r}]\n'
     )
     with pytest.raises(SourceError) as info:
         load_recipe(p)
-    assert info.value.key == "sources.m.path" and info.value.line == 5
+    assert info.value.key == key and info.value.line == 5
     assert isinstance(info.value, FileNotFoundError)  # errors subclass the builtin a caller expects
 
 
@@ -266,15 +271,3 @@ def test_an_error_in_a_step_named_with_a_dot_is_located_and_its_hint_is_toml(rec
     e = info.value
     assert e.key == 'steps."soup.v2".inputs[1]' and e.line is not None
     assert '[steps."soup.v2".params]' in (e.hint or "")
-
-
-def test_a_source_named_with_a_dot_is_located(tmp_path):
-    """`sources.ft.v2.path` pointed at the [sources] header, a line above the entry."""
-    p = tmp_path / "r.toml"
-    p.write_text(
-        '[package]\nname = "x"\nversion = "1"\n[sources]\n"ft.v2" = { path = "./nowhere" }\n'
-        '[steps.s]\nmethod = "passthrough"\ninputs = ["ft.v2"]\n'
-    )
-    with pytest.raises(SourceError) as info:
-        load_recipe(p)
-    assert info.value.key == 'sources."ft.v2".path' and info.value.line == 5
