@@ -172,18 +172,18 @@ def _output(recipe: Recipe, step: str | None) -> str:
 
 def _built(recipe: Recipe, session: Session, step: str):
     """The recipe's lock, resolution and the stored artifact of `step`, as the lock says."""
-    hint = f"build it first: mergepkg build {recipe.path.name}"
+    hint = f"build it first: mergepkg build {recipe.display}"
     lock = read_lock(lock_path(recipe))
     if lock is None:
-        raise BuildError("the recipe is not built: it has no lock", file=recipe.path, hint=hint)
+        raise BuildError("the recipe is not built: it has no lock", file=recipe.display, hint=hint)
     try:
         res = resolve(recipe, session, lock=lock, mode="locked", defer=True)
     except LockError as e:
-        raise BuildError(f"the recipe is not built as it is: {e.message}", file=recipe.path, hint=hint) from None
+        raise BuildError(f"the recipe is not built as it is: {e.message}", file=recipe.display, hint=hint) from None
     locked = lock.steps.get(step)
     art = session.store.get(res.keys[step])
     if art is None or locked is None or locked.digest != art.digest:
-        raise BuildError(f"step {step!r} is not built (not in the store as locked)", file=recipe.path, hint=hint)
+        raise BuildError(f"step {step!r} is not built (not in the store as locked)", file=recipe.display, hint=hint)
     return lock, res, art
 
 

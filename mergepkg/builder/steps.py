@@ -151,8 +151,7 @@ class StepRunner:
         if not isinstance(e, Refused):  # unreachable, denied: nothing on the remote to repair
             e.hint = "fetch the step's sources, or build again once the remote can be reached"
             return e
-        path = self.res.recipe.path
-        recipe = path.name if path.parent == Path.cwd() else str(path)
+        recipe = self.res.recipe.display
         where = f" -r {remote}" if remote != RECIPE_REMOTE else ""
         e.hint = (
             "fetch the step's sources, or repair the remote from a home that holds the build the lock was made"

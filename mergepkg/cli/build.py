@@ -153,7 +153,7 @@ def build(
                         remote=policy,
                     )
                 except WarningsDenied as e:
-                    raise _denied_after(e, r, [b.resolution.recipe.path for b in reports]) from None
+                    raise _denied_after(e, r, [b.resolution.recipe.display for b in reports]) from None
                 reports.append(report)
     for report in reports:
         tell(report)
@@ -175,7 +175,7 @@ def _denied_after(e: WarningsDenied, recipe: Recipe, built: list[Path]) -> Warni
     if not built:
         return e
     done = f"{', '.join(map(str, built))}, before it, {'was' if len(built) == 1 else 'were'} built"
-    return WarningsDenied(f"{e.message} for {recipe.path}; {done}", hint=e.hint)
+    return WarningsDenied(f"{e.message} for {recipe.display}; {done}", hint=e.hint)
 
 
 def _check_cluster(*, no_remote: bool, prefer_remote: bool) -> None:

@@ -79,13 +79,13 @@ def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind: Callable[[Recip
         if file in chain:
             files = " -> ".join(str(p) for p in (*chain[chain.index(file) :], file))
             raise PlanError(
-                f"recipes import each other: {files}", file=str(recipe.path), line=recipe.line_of(key), key=key
+                f"recipes import each other: {files}", file=str(recipe.display), line=recipe.line_of(key), key=key
             )
         other = flatten(load_recipe(file), chain, bind)
         if wanted not in other.steps:
             raise PlanError(
                 f"{_label(other, packages.get(name))} has no step {wanted!r}",
-                file=str(recipe.path),
+                file=str(recipe.display),
                 line=recipe.line_of(f"{key}.step"),
                 key=f"{key}.step",
                 hint=did_you_mean(wanted, other.steps),

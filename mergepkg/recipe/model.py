@@ -240,6 +240,13 @@ class Recipe:
     remote: str | None = None
     publish: Publish = Publish()  # `[publish]` (docs/recipes.md#publish); in no key or lock
     exports: Mapping[str, Export] = field(default_factory=dict)  # `[exports.NAME]` (docs/export.md)
+    # the file as the user named it (`../r.toml`), for messages: errors and warnings say it as parse errors do
+    shown: Path | None = field(default=None, compare=False)
+
+    @property
+    def display(self) -> Path:
+        """The recipe file as messages name it: as the user typed it, else absolute."""
+        return self.shown if self.shown is not None else self.path
 
     @property
     def adapters(self) -> frozenset[str]:
@@ -251,14 +258,14 @@ class Recipe:
 
     def locate(self, error: E, key: str) -> E:
         """`error` placed at `key` of this recipe, unless it already says where it is."""
-        return _placed(error, self.path, self.text, key)
+        return _placed(error, self.display, self.text, key)
 
     def written(self, step: str) -> Written:
         """Where step `step` is written: this file, or for an imported step its own file."""
         origin = self.steps[step].origin
         if origin is not None:
             return Written(origin.path, origin.text, origin.name)
-        return Written(self.path, self.text, step)
+        return Written(self.display, self.text, step)
 
 
 E = TypeVar("E", bound=MergepkgError)

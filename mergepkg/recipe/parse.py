@@ -148,6 +148,7 @@ class _Parser(TableReader):
             name=name,
             version=version,
             path=self.path.resolve(),
+            shown=self.path,
             sources=sources,
             steps=steps,
             outputs=tuple(outputs),

@@ -118,7 +118,7 @@ def _raise_cycle(recipe: Recipe, rank: dict[str, int]) -> None:
     key = f"steps.{key_name(names[0])}"
     raise CycleError(
         names,
-        file=str(recipe.path),
+        file=str(recipe.display),
         line=recipe.line_of(key),
         key=key,
         hint="a step cannot depend, directly or not, on itself",

@@ -77,7 +77,7 @@ def check_publishable(recipe: Recipe, data: bytes) -> None:
     sources are refused before parsing, by `parse_published`)."""
     if len(data) > MAX_RECIPE_BYTES:
         raise PublishError(
-            f"the recipe is {len(data)} bytes; the limit is {MAX_RECIPE_BYTES}", status=413, file=str(recipe.path)
+            f"the recipe is {len(data)} bytes; the limit is {MAX_RECIPE_BYTES}", status=413, file=str(recipe.display)
         )
     canonical_name(recipe.name)
     check_version(recipe.version)
@@ -156,7 +156,7 @@ class RegistryFolder:
                     if canonical_name(dep.name) == me:
                         raise PublishError(
                             f"{me} would depend on itself: {' -> '.join((me, *chain, me))}",
-                            file=str(recipe.path),
+                            file=str(recipe.display),
                             line=recipe.line_of(key),
                             key=key,
                             hint="two packages cannot use each other's steps; move the shared steps into a third",
@@ -249,7 +249,7 @@ class RegistryFolder:
             if not fits:
                 raise PublishError(
                     f"depends on {dep.name} {dep.range}, and this registry has no such version",
-                    file=str(recipe.path),
+                    file=str(recipe.display),
                     line=recipe.line_of(key),
                     key=key,
                     hint="published: " + (", ".join(e.version for e in entries) or "nothing"),
@@ -261,7 +261,7 @@ class RegistryFolder:
                     assert src.step is not None  # the parser gives every dependency source a step
                     raise PublishError(
                         f"{dep.name}@{best.version} has no step {src.step!r}",
-                        file=str(recipe.path),
+                        file=str(recipe.display),
                         line=recipe.line_of(f"sources.{key_name(name)}.step"),
                         key=f"sources.{key_name(name)}.step",
                         hint=did_you_mean(src.step, steps),

@@ -187,7 +187,7 @@ def check_publish(settings: Settings, recipe_file: Path, registry: str, *, again
     if (me := canonical_name(recipe.name)) in deps.picks:  # a dependency of a dependency needs it
         raise PublishError(
             f"{me} would depend on itself: its dependencies need {me} {deps.picks[me].version}",
-            file=str(recipe.path),
+            file=str(recipe.display),
             hint="two packages cannot use each other's steps; move the shared steps into a third",
         )
     flat = flatten(recipe, bind=deps.bind)

@@ -148,13 +148,15 @@ def resolve(
     if unknown:
         raise LockError(
             f"--upgrade: no source or dependency named {unknown[0]!r}",
-            file=str(recipe.path),
+            file=str(recipe.display),
             hint=did_you_mean(unknown[0], [*recipe.sources, *recipe.dependencies]),
         )
     if mode == "frozen":
         if lock is None:
             raise LockError(
-                "--frozen needs a lock file and there is none", file=str(recipe.path), hint="run `mergepkg lock` first"
+                "--frozen needs a lock file and there is none",
+                file=str(recipe.display),
+                hint="run `mergepkg lock` first",
             )
         settings = replace(settings, offline=True)  # never touch the network
     since = _written_ns(lock_path(recipe)) if lock is not None else None  # the lock's claims hold before it

@@ -39,6 +39,16 @@ def test_validate_prints_each_warning_with_its_place_and_hint(tmp_path, stubs, c
     assert lines[-1] == "ok: 1 steps, outputs: m, 2 warnings"
 
 
+def test_warnings_name_the_recipe_as_it_was_typed(tmp_path, stubs, capsys, monkeypatch):
+    """As parse errors do: `../r.toml`, not the absolute path the recipe is read by."""
+    path = recipe(tmp_path, stubs, BODY)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    typed = f"../{path.relative_to(tmp_path)}"
+    code, _, err = cli(capsys, "validate", typed)
+    assert code == 0 and err.startswith(f"warning: MP101: {typed}:{line_of(path, 'inputs')}: steps.m.inputs:")
+
+
 def test_validate_deny_warnings_exits_1_with_one_summary_line(tmp_path, stubs, capsys):
     path = recipe(tmp_path, stubs, BODY)
     code, _, err = cli(capsys, "validate", path, "--deny-warnings")
