@@ -18,8 +18,10 @@ differently: docs/tokenizers.md), and a `config` model mergekit can take from it
   parameter values as numbers, gradients (lists) and `{ filter, value }` conditions,
   which mean in mergekit what they mean in a recipe;
 - `dtype` whenever the step's is not "auto" (mergekit's default is the inputs'
-  dtypes, mergepkg's float32), and `out_dtype` always (the step's, else the dtype the output's tensors were saved in:
-  mergekit's default is the compute dtype);
+  dtypes, mergepkg's float32), and `out_dtype` (the step's, else the dtype the output's
+  tensors were saved in: mergekit's default is the compute dtype). An output saved in
+  several dtypes (each tensor as its base tensor, fp32 norms beside bf16 weights) has no
+  `out_dtype` mergekit can take, since it saves every tensor in one: the header says so;
 - `tokenizer_source`, or a `tokenizer` block with `tokens` and `pad_to_multiple_of`;
   a step without base and without a tokenizer setting names its first model, whose
   tokenizer mergepkg gives the output (mergekit's pick would be another's);
@@ -95,12 +97,12 @@ def mergekit_config(
     name: str,
     *,
     local: Mapping[str, str],
-    saved_dtype: str | None = None,
+    saved_dtypes: tuple[str, ...] = (),
     chat_template: str | None = None,
 ) -> dict[str, Any] | None:
     """Step `name` as a mergekit config (None when mergekit cannot run it). `local`: each
-    local source's folder relative to where the config will be run; `saved_dtype`: the
-    dtype of the output's tensors; `chat_template`: the output's template text."""
+    local source's folder relative to where the config will be run; `saved_dtypes`: the
+    dtypes of the output's floating-point tensors; `chat_template`: the output's template text."""
     if not exportable(res, name):
         return None
     step = res.recipe.steps[name]
@@ -125,7 +127,7 @@ def mergekit_config(
     _with_params(config, step.params)
     if step.dtype != "auto":  # a compute dtype of "auto" (the inputs' own) is mergekit's default: no key
         config["dtype"] = step.dtype
-    out_dtype = step.out_dtype or saved_dtype
+    out_dtype = step.out_dtype or (saved_dtypes[0] if len(saved_dtypes) == 1 else None)
     if out_dtype:
         config["out_dtype"] = out_dtype
     source = _tokenizer_source(step, ref)
@@ -148,11 +150,11 @@ def mergekit_yaml(
     name: str,
     *,
     local: Mapping[str, str],
-    saved_dtype: str | None = None,
+    saved_dtypes: tuple[str, ...] = (),
     chat_template: str | None = None,
 ) -> str | None:
     """`mergekit_config` as the text of `mergekit_config.yml`, with a header saying what it is."""
-    config = mergekit_config(res, name, local=local, saved_dtype=saved_dtype, chat_template=chat_template)
+    config = mergekit_config(res, name, local=local, saved_dtypes=saved_dtypes, chat_template=chat_template)
     if config is None:
         return None
     step = res.recipe.steps[name]
@@ -164,6 +166,11 @@ def mergekit_yaml(
     if METHODS[step.method].random:
         head.append(
             f"# {step.method} is random: mergekit draws its masks differently (the same settings, other masks)."
+        )
+    if len(saved_dtypes) > 1 and "out_dtype" not in config and "dtype" in config:
+        head.append(
+            f"# mergekit saves every tensor in {config['dtype']}; this output saved each in its base tensor's dtype "
+            f"({', '.join(saved_dtypes)}): the same values, rounded to those."
         )
     return "\n".join(head) + "\n" + yaml.dump(config, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
 

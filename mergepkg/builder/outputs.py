@@ -132,7 +132,7 @@ def describe(
         res,
         name,
         local=packed.local,
-        saved_dtype=_saved_dtype(art.folder),
+        saved_dtypes=_saved_dtypes(art.folder),
         chat_template=template.read_text(encoding="utf-8") if step.chat_template and template.is_file() else None,
     )
     if config is not None:
@@ -144,10 +144,9 @@ def describe(
     _write(target / "README.md", card)
 
 
-def _saved_dtype(folder: Path) -> str | None:
-    """The dtype of a model's floating-point tensors, when they have one."""
-    codes = {t.dtype for t in scan_tensors(folder).values() if t.dtype in NAME_OF}
-    return NAME_OF[codes.pop()] if len(codes) == 1 else None
+def _saved_dtypes(folder: Path) -> tuple[str, ...]:
+    """The dtypes of a model's floating-point tensors, by name."""
+    return tuple(sorted({NAME_OF[t.dtype] for t in scan_tensors(folder).values() if t.dtype in NAME_OF}))
 
 
 def _write(path: Path, text: str) -> None:

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from helpers import build_recipe, load_tensors
 
-from mergepkg.builder.mergekit_yaml import MERGEKIT_FILE, mergekit_config
+from mergepkg.builder.mergekit_yaml import MERGEKIT_FILE, mergekit_config, mergekit_yaml
 from mergepkg.recipe.chat import builtin_template
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.resolve.resolution import resolve
@@ -222,7 +222,7 @@ params = { weight = 0.5 }
 tokenizer = { source = "base", tokens = { "<x>" = { source = "ft1", force = true }, "<z>" = { source = { kind = "zero" } } }, pad_to_multiple_of = 8 }
 chat_template = "auto"
 """
-    config = config_of(recipe_file, text, "s", saved_dtype="bfloat16", chat_template="{{ x }}")
+    config = config_of(recipe_file, text, "s", saved_dtypes=("bfloat16",), chat_template="{{ x }}")
     assert config == {
         "merge_method": "ties",
         "base_model": "../m/base",
@@ -243,6 +243,21 @@ chat_template = "auto"
         },
         "chat_template": "{{ x }}",
     }
+
+
+@pytest.mark.parametrize(("dtype", "note"), [("", True), ('dtype = "auto"', False), ('out_dtype = "float16"', False)])
+def test_an_output_saved_in_several_dtypes_says_what_mergekit_saves(recipe_file, dtype, note):
+    """fp32 norms beside bf16 weights: mergekit has no out_dtype for that and saves every
+    tensor in its compute dtype; with dtype "auto" it saves each in its inputs' dtype."""
+    text = f'[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{{ model = "ft1", weight = 0.5 }}]\n{dtype}\n'
+    res = resolve(load_recipe(recipe_file(text)), Session())
+    local = {n: f"../m/{n}" for n, s in res.recipe.sources.items() if s.path}
+    written = mergekit_yaml(res, "s", local=local, saved_dtypes=("bfloat16", "float32"))
+    assert written is not None
+    config = yaml.safe_load(written)
+    assert config.get("out_dtype") == ("float16" if "out_dtype" in dtype else None)
+    line = "# mergekit saves every tensor in float32; this output saved each in its base tensor's dtype (bfloat16, float32)"
+    assert (line in written) is note
 
 
 @pytest.mark.parametrize(
