@@ -23,16 +23,18 @@ class Collected:
 
 def collect_garbage(store: Store, *, dry_run: bool = False) -> Collected:
     """Remove every artifact no remembered lock file references (a lock file that is gone
-    or unreadable keeps nothing) and leftovers of killed builds."""
-    keep: set[str] = set()
-    roots = []
-    for root in store.roots():
-        try:
-            lock = read_lock(Path(root))
-        except MergepkgError:
-            lock = None
-        if lock is not None:
-            roots.append(root)
-            keep |= {s.key for s in lock.steps.values()} | {e.key for e in lock.exports.values()}
-    gone, leftovers = store.gc(keep, dry_run=dry_run)
+    or unreadable keeps nothing) and leftovers of killed builds. The roots are read with
+    the store held alone, so a build cannot commit and record its root in between."""
+    with store.alone():
+        keep: set[str] = set()
+        roots = []
+        for root in store.roots():
+            try:
+                lock = read_lock(Path(root))
+            except MergepkgError:
+                lock = None
+            if lock is not None:
+                roots.append(root)
+                keep |= {s.key for s in lock.steps.values()} | {e.key for e in lock.exports.values()}
+        gone, leftovers = store.sweep(keep, dry_run=dry_run)
     return Collected(gone, leftovers, roots)

@@ -284,10 +284,10 @@ class Store:
             os.rename(target, trash / "artifact")
             shutil.rmtree(trash, ignore_errors=True)
 
-    def gc(self, keep: set[str], *, dry_run: bool = False) -> tuple[list[Artifact], list[Path]]:
-        """Remove artifacts whose key is not in `keep`, leftovers of killed builds, and
-        folders of keys not in `keep` that hold no artifact (`_broken`). Returns what went
-        (or would). Refuses while a build runs in this store."""
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        """Held exclusively: no build runs in this store meanwhile, nor starts (`in_use`
+        waits). Refused at once while one runs."""
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.home / "store.lock", "a+") as f:
             try:
@@ -297,11 +297,20 @@ class Store:
                     "a build is running in this store", hint="run `mergepkg cache gc` when it has finished"
                 ) from None
             try:
-                return self._gc(keep, dry_run)
+                yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _gc(self, keep: set[str], dry_run: bool) -> tuple[list[Artifact], list[Path]]:
+    def gc(self, keep: set[str], *, dry_run: bool = False) -> tuple[list[Artifact], list[Path]]:
+        """`sweep`, holding the store alone. Refuses while a build runs in this store."""
+        with self.alone():
+            return self.sweep(keep, dry_run=dry_run)
+
+    def sweep(self, keep: set[str], *, dry_run: bool = False) -> tuple[list[Artifact], list[Path]]:
+        """Remove artifacts whose key is not in `keep`, leftovers of killed builds, and
+        folders of keys not in `keep` that hold no artifact (`_broken`). Returns what went
+        (or would). Only inside `alone()`, with `keep` read there too: a build that ran
+        between reading the roots and removing would lose the steps it committed."""
         gone = [a for a in self.all() if a.key not in keep]
         if not dry_run:
             for art in gone:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+
 import pytest
 
 from mergepkg.errors import StoreError
@@ -29,3 +31,24 @@ def test_roots_are_added_once_and_kept_sorted(tmp_path):
     for name in ("b.lock", "a.lock", "b.lock"):
         store.add_root(tmp_path / name)
     assert store.roots() == [str(tmp_path / "a.lock"), str(tmp_path / "b.lock")]
+
+
+def test_gc_reads_the_roots_with_the_store_held_alone(tmp_path, monkeypatch):
+    """Read before the store was held, the roots missed a build that ran from start to end
+    in between: gc then removed the steps it had just committed and locked."""
+    store = Store(tmp_path / "home")
+    store.add_root(tmp_path / "r.lock")
+    held = []
+
+    def roots():
+        with open(store.home / "store.lock", "a+") as f:  # what a build's `in_use` takes
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return []
+
+    monkeypatch.setattr(store, "roots", roots)
+    collect_garbage(store)
+    assert held == [True]
