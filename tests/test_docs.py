@@ -122,3 +122,22 @@ def test_every_option_is_on_its_commands_page(name):
         if not re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", text)
     ]
     assert not missing, f"{page.relative_to(ROOT)} does not name: " + ", ".join(missing)
+
+
+def test_the_architecture_page_names_every_module():
+    """docs/architecture.md is the map a newcomer reads: a module missing from it is one
+    they cannot find. Command modules (`cli/`, one per command group) and merge methods
+    (`methods/`, one per method) are named by those rules, not one by one."""
+    from mergepkg.methods import METHODS
+
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = []
+    for path in sorted((ROOT / "mergepkg").rglob("*.py")):
+        rel = path.relative_to(ROOT / "mergepkg")
+        if path.name in ("__init__.py", "__main__.py") or (rel.parts[0] == "cli" and len(rel.parts) == 2):
+            continue
+        if rel.parts[0] == "methods" and len(rel.parts) == 2 and path.stem in METHODS:
+            continue
+        if str(rel) not in page and f"`{path.name}`" not in page:
+            missing.append(str(rel))
+    assert not missing, f"docs/architecture.md does not name {missing}"
