@@ -30,7 +30,8 @@ def push(
     if ":" in target and not Path(target).exists():
         file, step = target.rsplit(":", 1)
     recipe, session = open_recipe(Path(file))
-    err.print(f"[dim]pushing[/] {escape(recipe.name)} to {escape(repo or recipe.publish.repo or '?')}")
+    if to := repo or recipe.publish.repo:  # none: push_output says so, with its hint
+        err.print(f"[dim]pushing[/] {escape(recipe.name)} to {escape(to)}")
     report = push_output(
         recipe, session, repo, step=step, private=True if private else None, dry_run=dry_run, token=token
     )

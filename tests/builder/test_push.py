@@ -121,7 +121,7 @@ def test_no_token_and_not_built_are_one_line_errors_with_hints(fake_hub, write_r
     path = write_recipe(LINEAR.format(w="0.6"))
     with pytest.raises(BuildError, match="not built") as e:
         push(load_recipe(path), Session(Settings()), "org/x")
-    assert e.value.hint is not None and "mergepkg build recipe.toml" in e.value.hint
+    assert e.value.hint is not None and f"mergepkg build {path}" in e.value.hint  # as the recipe was named
     build(load_recipe(path), Session(Settings()), out=tmp_path / "out")
     monkeypatch.delenv("HF_TOKEN")
     code, _, stderr = cli(capsys, "push", str(path), "org/x")
@@ -218,3 +218,10 @@ def test_a_recipe_with_exports_pushes_without_the_converter_and_after_it_changed
     (tree / "conversion" / "llama.py").write_text("# a new model class\n")
     again = push(load_recipe(path), with_tree, "org/merged")
     assert again.commit == report.commit
+
+
+def test_a_push_with_no_repo_says_only_that(write_recipe, tmp_path, capsys):
+    """It printed `pushing NAME to ?` before the error."""
+    path = write_recipe(LINEAR.format(w="0.6"))
+    code, _, stderr = cli(capsys, "push", str(path), "--dry-run")
+    assert code == 1 and "pushing" not in stderr and "error: no repo to push to" in stderr
