@@ -10,13 +10,13 @@ modification time together tell a changed registry from an unchanged one.
 from __future__ import annotations
 
 import functools
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergepkg.errors import MergepkgError
 from mergepkg.recipe.names import canonical_name
+from mergepkg.registry.folder import RegistryFolder
 from mergepkg.registry.index import Entry, latest_of, read_index
 
 
@@ -79,7 +79,7 @@ class Catalog:
 def read_catalog(root: Path) -> Catalog:
     """Every package of the registry folder `root`, from its index files."""
     stamp = _stamp(root)  # before reading: a publish during the read makes the next `get` read again
-    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    config = RegistryFolder(root).config()  # a folder that is not a registry: one clean error
     packages: dict[str, Package] = {}
     index = root / "index"
     files = sorted(index.rglob("*.jsonl")) if index.is_dir() else []

@@ -22,7 +22,7 @@ from filelock import FileLock
 from mergepkg._toml import tomllib
 from mergepkg.errors import MergepkgError, PublishError, RegistryError, did_you_mean
 from mergepkg.files import write_atomic
-from mergepkg.lockfile import lock_path, parse_lock
+from mergepkg.lockfile import Lock, lock_path, parse_lock, recipe_hash
 from mergepkg.recipe.locate import key_name, locate
 from mergepkg.recipe.model import Recipe, Source
 from mergepkg.recipe.names import canonical_name, check_version
@@ -81,6 +81,19 @@ def check_publishable(recipe: Recipe, data: bytes) -> None:
         )
     canonical_name(recipe.name)
     check_version(recipe.version)
+
+
+def check_lock_current(lock: Lock, flat: Recipe, lock_file: str, recipe_file: str) -> None:
+    """Refuse a lock made before its recipe last changed: published, its keys would not be
+    the recipe's, and a `--locked` build of the package would fail on a file its user cannot
+    fix. `flat`: the recipe with its dependencies' steps joined in, as `mergepkg lock` hashed
+    it. The one check of `publish` (packages.py) and of an upload to `registry serve`."""
+    if lock.recipe_hash != recipe_hash(flat):
+        raise PublishError(
+            f"{Path(lock_file).name} is out of date: the recipe changed since it was locked",
+            file=lock_file,
+            hint=f"run `mergepkg lock {recipe_file}` (or build it), then publish",
+        )
 
 
 def _local_user() -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mergepkg.errors import PublishError, RegistryError
 from mergepkg.files import write_atomic
-from mergepkg.lockfile import Lock, lock_path, parse_lock, recipe_hash
+from mergepkg.lockfile import Lock, lock_path, parse_lock
 from mergepkg.recipe.flatten import flatten
 from mergepkg.recipe.model import Dependency, Recipe
 from mergepkg.recipe.names import InvalidName, canonical_name
@@ -17,7 +17,13 @@ from mergepkg.recipe.plan import make_plan
 from mergepkg.recipe.versions import Range, Version, VersionError
 from mergepkg.registry.client import Client, Registry, Unreachable
 from mergepkg.registry.dependencies import Dependencies, install_dependencies
-from mergepkg.registry.folder import RegistryFolder, check_publishable, make_entry, parse_published
+from mergepkg.registry.folder import (
+    RegistryFolder,
+    check_lock_current,
+    check_publishable,
+    make_entry,
+    parse_published,
+)
 from mergepkg.registry.index import Entry, index_path, read_index
 from mergepkg.settings import Settings
 
@@ -194,12 +200,8 @@ def check_publish(settings: Settings, recipe_file: Path, registry: str, *, again
     make_plan(flat)
     lock_file = lock_path(recipe)
     lock_text = lock_file.read_text() if lock_file.exists() else None
-    if lock_text is not None and parse_lock(lock_text, lock_file).recipe_hash != recipe_hash(flat):
-        raise PublishError(  # its keys are not the recipe's: a `--locked` build of the package would fail
-            f"{lock_file.name} is out of date: the recipe changed since it was locked",
-            file=str(lock_file),
-            hint=f"run `mergepkg lock {Path(recipe_file).name}` (or build it), then publish",
-        )
+    if lock_text is not None:
+        check_lock_current(parse_lock(lock_text, lock_file), flat, str(lock_file), Path(recipe_file).name)
     if against_index:
         _check_unpublished(client, reg, make_entry(recipe, data, lock_text))
     return Publication(reg, recipe, data, lock_text)

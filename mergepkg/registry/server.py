@@ -32,6 +32,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import filelock
 from waitress.adjustments import Adjustments
@@ -40,15 +41,21 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
 from mergepkg.errors import MergepkgError, PublishError
+from mergepkg.lockfile import Lock, parse_lock
+from mergepkg.recipe.flatten import flatten
+from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.names import canonical_name
 from mergepkg.recipe.plan import make_plan
+from mergepkg.recipe.versions import Range
 from mergepkg.registry import tokens
-from mergepkg.registry.folder import RegistryFolder, parse_published
-from mergepkg.registry.index import MAX_RECIPE_BYTES
+from mergepkg.registry.dependencies import Dependencies
+from mergepkg.registry.folder import RegistryFolder, check_lock_current, parse_published
+from mergepkg.registry.index import MAX_RECIPE_BYTES, recipe_path
 from mergepkg.registry.site import WebPages
 
 MAX_BODY = 2 * MAX_RECIPE_BYTES + 4096  # a recipe, its lock and the JSON around them
 UPLOAD = "/upload/recipe.toml"  # what an uploaded recipe is called in errors: no path of the server's
+UPLOAD_LOCK = "/upload/recipe.lock"  # and its lock
 STATUS = {
     200: "OK",
     201: "Created",
@@ -74,14 +81,25 @@ class App:
         self.pages = WebPages(self.folder.root)
 
     def __call__(self, environ, start_response):
+        """The answer; to HEAD, its headers only, whatever the answer (waitress sends what
+        the app returns, and a body there would be read as the next response)."""
+        answer = self.answer(environ, start_response)
+        return [b""] if environ["REQUEST_METHOD"] == "HEAD" else answer
+
+    def answer(self, environ, start_response):
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
         if path.startswith("/api/v1/"):
             if method != "POST":
-                return _json(start_response, 405, {"error": "use POST"})
+                return _json(start_response, 405, {"error": "use POST"}, "POST")
             status, body = self.write(path[len("/api/v1/") :], environ)
             return _json(start_response, status, self.public(body))
         if method not in ("GET", "HEAD"):
-            return _json(start_response, 405, {"error": "the index is read-only; writes go to /api/v1/"})
+            return _json(
+                start_response,
+                405,
+                {"error": "the index is read-only; writes go to /api/v1/"},
+                "GET, HEAD",
+            )
         if self.private:
             try:
                 tokens.authorize(self.folder.root, _bearer(environ), "read")
@@ -116,7 +134,7 @@ class App:
         except (MergepkgError, OSError, ValueError) as e:
             return _json(start_response, 500, self.public({"error": f"the registry cannot be read: {e}"}))
         if location:
-            start_response(f"{status} {STATUS[status]}", [("Location", location), ("Content-Length", "0")])
+            start_response(f"{status} {STATUS[status]}", [("Location", _quoted(location)), ("Content-Length", "0")])
             return [b""]
         return _send(start_response, environ, status, data, "text/html; charset=utf-8", head)
 
@@ -184,8 +202,38 @@ class App:
         who = tokens.authorize(self.folder.root, token, "publish", canonical_name(recipe.name))
         make_plan(recipe)  # cycles and references, as the publisher's own check did
         self.folder.check_dependencies(recipe)
+        if lock_text:  # as `RegistryFolder.publish` reads it: "" is no lock
+            lock = parse_lock(lock_text, UPLOAD_LOCK)
+            flat = self.locked_recipe(recipe, lock)
+            if flat is not None:
+                check_lock_current(lock, flat, UPLOAD_LOCK, "recipe.toml")
         entry, new = self.folder.publish(recipe, data, lock_text, who=who, source=source)
         return (201 if new else 200), {"entry": json.loads(entry.to_json()), "published": new}
+
+    def locked_recipe(self, recipe: Recipe, lock: Lock) -> Recipe | None:
+        """`recipe` with its dependencies' steps joined in from this folder's files, as the
+        publisher's `mergepkg lock` joined them: at the versions the lock names (same sha256),
+        else the newest here that fits. None where one is not here (another registry's):
+        then only the publisher's own `publish` could check the lock against the recipe."""
+        files = {}
+        for name, pick in lock.dependencies.items():
+            if any(e.version == pick.version and e.sha256 == pick.sha256 for e in self.folder.entries(name)):
+                files[name] = self.folder.root / recipe_path(name, pick.version)
+        for name, dep in recipe.dependencies.items():
+            fits = [e for e in self.folder.entries(name) if not e.yanked and Range.parse(dep.range).allows(e.semver)]
+            if name not in files and dep.registry is None and fits:
+                files[name] = self.folder.root / recipe_path(name, max(fits, key=lambda e: e.semver).version)
+        deps = Dependencies(files=files)
+
+        def bind(r: Recipe) -> Recipe:
+            if any(s.dependency and s.dependency not in files for s in r.sources.values()):
+                raise _NotHere
+            return deps.bind(r)
+
+        try:
+            return flatten(recipe, bind=bind)
+        except _NotHere:
+            return None
 
     def yank(self, payload: dict, token: str, source: str) -> tuple[int, dict]:
         name, version, yanked = payload.get("name"), payload.get("version"), payload.get("yanked", True)
@@ -196,19 +244,41 @@ class App:
         return 200, {"entry": json.loads(entry.to_json())}
 
 
-def _json(start_response, status: int, body: dict):
+class _NotHere(Exception):
+    """A dependency whose recipe file this registry does not hold (`App.locked_recipe`)."""
+
+
+def _json(start_response, status: int, body: dict, allow: str = ""):
+    """A JSON answer; `allow`: the methods a 405 names."""
     data = (json.dumps({k: v for k, v in body.items() if v is not None}) + "\n").encode()
     start_response(
-        f"{status} {STATUS.get(status, '')}", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        f"{status} {STATUS.get(status, '')}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        + ([("Allow", allow)] if allow else []),
     )
     return [data]
+
+
+def _quoted(location: str) -> str:
+    """A redirect's path as a header holds it: percent-encoded. PATH_INFO is the request's
+    bytes read as latin-1 (PEP 3333), so those bytes are what is encoded."""
+    try:
+        raw = location.encode("latin-1")
+    except UnicodeEncodeError:
+        raw = location.encode("utf-8")
+    return quote(raw, safe="/!$&'()*+,;=:@-._~")
+
+
+def _matches(wanted: str, etag: str) -> bool:
+    """If-None-Match against our ETag, by weak comparison as RFC 9110 says: `W/"x"` matches `"x"`."""
+    tags = [t.strip().removeprefix("W/") for t in wanted.split(",")]
+    return wanted.strip() == "*" or etag in tags
 
 
 def _send(start_response, environ, status: int, data: bytes, kind: str, head: bool):
     """`data` with an ETag, or 304 for a matching If-None-Match."""
     etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
-    wanted = environ.get("HTTP_IF_NONE_MATCH", "")
-    if status == 200 and (wanted.strip() == "*" or etag in [t.strip() for t in wanted.split(",")]):
+    if status == 200 and _matches(environ.get("HTTP_IF_NONE_MATCH", ""), etag):
         start_response("304 Not Modified", [("ETag", etag)])
         return [b""]
     start_response(

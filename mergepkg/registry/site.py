@@ -7,22 +7,28 @@ Routes (every page's URL ends with `/`; without it the server redirects):
 - `/packages/NAME/` (and `/packages/TEAM/NAME/`): the package at its latest version.
 - `/packages/NAME/VERSION/`: one version (yanked ones too).
 
-Rendered pages are kept per (catalog, path, query, host) until the folder changes.
+Rendered pages are kept per (catalog, path, query) until the folder changes, without the
+client's Host (filled in as each page is sent: `pages.fill_url`), and up to `KEEP` pages
+and `KEEP_BYTES` bytes: no request can grow the server's memory past that.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
+from html import escape
 from pathlib import Path
 from urllib.parse import parse_qs
 
 from mergepkg.errors import RegistryError
 from mergepkg.files import write_atomic
 from mergepkg.registry.catalog import Catalog, CatalogCache, Package, read_catalog
-from mergepkg.registry.pages import Links, index_page, not_found_page, package_page
+from mergepkg.registry.index import summary
+from mergepkg.registry.pages import Links, fill_url, index_page, not_found_page, package_page
 
 KEEP = 4096  # rendered pages kept in memory; past it the cache starts over
+KEEP_BYTES = 64 * 2**20  # and their bytes: a page bigger than this is rendered each time
 
 
 def package_route(catalog: Catalog, rest: str) -> tuple[Package | None, str | None]:
@@ -43,6 +49,7 @@ class WebPages:
         self.root = root
         self.catalogs = CatalogCache(root)
         self._kept: dict[tuple, tuple[int, bytes, str]] = {}
+        self._kept_bytes = 0
         self._lock = threading.Lock()
 
     @staticmethod
@@ -51,29 +58,42 @@ class WebPages:
 
     def respond(self, path: str, query_string: str, url: str) -> tuple[int, bytes, str]:
         """(status, HTML, Location for a redirect else "") of a page route; `url` is the
-        server's base URL as the client asked for it (for `registry add`)."""
+        server's base URL as the client asked for it (for `registry add`). A path with a
+        control character names no page (and would break a redirect's header): 404."""
+        catalog = self.catalogs.get()
+        if any(ord(c) < 32 or ord(c) == 127 for c in path):
+            return 404, not_found_page(catalog, Links.climbing(path), "No such package or version here.").encode(), ""
         if path != "/" and not path.endswith("/"):
             return 301, b"", path + "/"
-        catalog = self.catalogs.get()
         query = (parse_qs(query_string).get("q") or [""])[0].strip() if path == "/" else ""
-        key = (catalog.stamp, path, query, url)
+        key = (catalog.stamp, path, query)
         kept = self._kept.get(key)
         if kept is None:
-            kept = self._render(catalog, path, query, url)
-            with self._lock:
-                if len(self._kept) >= KEEP:
-                    self._kept.clear()
-                self._kept[key] = kept
-        return kept
+            kept = self._render(catalog, path, query)
+            self._keep(key, kept)
+        status, data, location = kept
+        return status, fill_url(data, url), location
 
-    def _render(self, catalog: Catalog, path: str, query: str, url: str) -> tuple[int, bytes, str]:
+    def _keep(self, key: tuple, page: tuple[int, bytes, str]) -> None:
+        size = len(page[1])
+        if size > KEEP_BYTES:
+            return
+        with self._lock:
+            if len(self._kept) >= KEEP or self._kept_bytes + size > KEEP_BYTES:
+                self._kept.clear()
+                self._kept_bytes = 0
+            if key not in self._kept:
+                self._kept[key] = page
+                self._kept_bytes += size
+
+    def _render(self, catalog: Catalog, path: str, query: str) -> tuple[int, bytes, str]:
         links = Links.climbing(path)
         if path == "/":
             return 200, index_page(catalog, links, query or None).encode(), ""
         pkg, version = package_route(catalog, path[len("/packages/") :]) if path != "/packages/" else (None, None)
         if pkg is None:
             return 404, not_found_page(catalog, links, "No such package or version here.").encode(), ""
-        return 200, package_page(catalog, self.root, pkg, links, version, url).encode(), ""
+        return 200, package_page(catalog, self.root, pkg, links, version, None).encode(), ""
 
 
 def write_site(root: Path, out: Path, url: str = "") -> int:
@@ -83,10 +103,10 @@ def write_site(root: Path, out: Path, url: str = "") -> int:
     root, out = Path(root).resolve(), Path(out).resolve()
     if out == root or out.is_relative_to(root) or root.is_relative_to(out):
         raise RegistryError("the site's folder must be outside the registry folder", file=str(out))
-    catalog = read_catalog(root)
+    catalog = read_catalog(root)  # refuses a folder that is not a registry, as `registry serve` does
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "packages.json"):
-        shutil.copy2(root / name, out / name)
+    shutil.copy2(root / "config.json", out / "config.json")
+    _copy_packages(root, out, catalog)
     for name in ("index", "recipes"):
         if (root / name).is_dir():
             shutil.copytree(root / name, out / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
@@ -105,5 +125,28 @@ def write_site(root: Path, out: Path, url: str = "") -> int:
                 package_page(catalog, root, pkg, Links.climbing(where + e.version + "/", "index.html"), e.version, url),
             )
         count += 1 + len(pkg.entries)
-    write_atomic(out / "404.html", not_found_page(catalog, Links("/", ""), "No such page here.").encode())
+    write_atomic(out / "404.html", not_found_page(catalog, _anywhere(url), "No such page here.").encode())
     return count
+
+
+def _anywhere(url: str) -> Links:
+    """The links of `404.html`, which a static host shows at any missing path: from the
+    site's URL when it is known, else relative to the site's root as `index.html`'s are
+    (right at the root, and for the file opened from its folder)."""
+    if url:
+        return Links(escape(url.rstrip("/") + "/"), "index.html")
+    return Links.climbing("", "index.html")
+
+
+def _copy_packages(root: Path, out: Path, catalog: Catalog) -> None:
+    """packages.json as it is, or rebuilt from the index files when it is missing or damaged
+    (as `RegistryFolder` rebuilds it before its next write): OUT is a registry too."""
+    try:
+        packages = json.loads((root / "packages.json").read_text(encoding="utf-8"))["packages"]
+        if isinstance(packages, dict):
+            shutil.copy2(root / "packages.json", out / "packages.json")
+            return
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        pass
+    rebuilt = {p.name: summary(list(p.entries)) for p in catalog.packages.values()}
+    write_atomic(out / "packages.json", json.dumps({"packages": rebuilt}, indent=1).encode() + b"\n")

@@ -188,9 +188,120 @@ def test_static_site(reg, tmp_path, capsys):
     index = (out / "index.html").read_text()
     assert 'href="./packages/skills/index.html"' in index and 'id="filter" hidden' in index and "<script>" in index
     assert '<form action="' not in index and "?q=" not in index  # no server answers a search there
-    page = (out / "packages/skills/0.2.0/index.html").read_text()
-    assert 'href="../../../packages/skills/index.html"' in page and "registry add team https://host/reg" in page
+    page = (out / "packages/skills/0.1.0/index.html").read_text()  # 0.2.0 is yanked: no commands
+    assert 'href="../../../index.html"' in page and "registry add team https://host/reg" in page
     assert (out / "packages/evil/index.html").is_file() and (out / "recipes/skills/0.1.0.toml").is_file()
     assert (out / "packages.json").is_file() and not (out / ".mergepkg").exists()
     with pytest.raises(RegistryError, match="outside the registry"):
         write_site(reg, reg / "site")
+
+
+def test_pages_are_kept_once_whatever_the_host(reg, monkeypatch):
+    """The Host header is the client's: a page kept per host let 100 hosts grow the server
+    by 100 copies of a big page. One rendering is kept; each answer names its own host."""
+    from mergepkg.registry import site
+
+    application = App(reg)
+    for i in range(50):
+        _, _, body = get(application, "/packages/skills/", headers={"HTTP_HOST": f"h{i}.test"})
+        assert f"registry add team http://h{i}.test\n" in body
+    _, _, body = get(application, "/packages/skills/", headers={"HTTP_HOST": 'x"><script>alert(1)</script>'})
+    assert "<script>alert" not in body and "http://x&quot;&gt;&lt;script&gt;" in body
+    assert len(application.pages._kept) == 1
+    monkeypatch.setattr(site, "KEEP_BYTES", 20_000)  # and the pages kept are bounded by their bytes
+    for i in range(40):
+        assert get(application, "/", f"q=tiny+{'x' * i}")[0] == 200
+        assert get(application, "/packages/skills/0.1.0/")[0] == 200
+        assert application.pages._kept_bytes <= 20_000
+    assert application.pages._kept_bytes == sum(len(p[1]) for p in application.pages._kept.values())
+
+
+def test_a_yanked_version_shows_no_commands_that_would_fail(reg):
+    """install and build refuse a yanked version; its page says so instead of offering them."""
+    _, _, body = get(App(reg), "/packages/skills/0.2.0/")
+    use = body[body.index("<h2 id=use>") : body.index("<h2 id=steps>")]
+    assert "mergepkg build" not in use and "mergepkg install" not in use and "<pre>" not in use
+    assert "This version is yanked" in use and "a lock that already names it" in use
+    assert 'Use the latest, <a href="../../../packages/skills/">0.1.0</a>' in use
+    RegistryFolder(reg).yank("evil", "1.0.0")
+    _, _, body = get(App(reg), "/packages/evil/")
+    assert "Every version of this package is yanked" in body and "mergepkg build" not in body
+    _, _, body = get(App(reg), "/packages/skills/")  # the latest, not yanked: the commands stay
+    assert "mergepkg build skills@=0.1.0" in body and "registry add team http://reg.test:8780" in body
+
+
+def test_control_characters_and_odd_paths(reg):
+    """A CR/LF in a page's path was sent back in a redirect's Location (a 500 under waitress,
+    or a header split); such a path is a 404, and a redirect's Location is percent-encoded."""
+    application = App(reg)
+    for path in ("/packages/skills\r\nSet-Cookie: x=1", "/packages/a\x00b", "/packages/x\x7f/"):
+        status, headers, body = get(application, path)
+        assert status == 404 and "Location" not in headers and "Not found" in body, repr(path)
+    status, headers, _ = get(application, "/packages/sk ills")
+    assert status == 301 and headers["Location"] == "/packages/sk%20ills/"
+    status, headers, _ = get(application, "/packages/caf\xc3\xa9")  # PATH_INFO: UTF-8 bytes read as latin-1
+    assert status == 301 and headers["Location"] == "/packages/caf%C3%A9/"
+
+
+def test_head_answers_carry_no_body_and_405_says_allow(reg, tmp_path):
+    """HEAD gets headers only, JSON errors too: a body after them is read as the next response."""
+    application = App(reg)
+    for path in ("/nope.json", "/packages/nope/", "/api/v1/publish", "/config.json", "/"):
+        status, headers, body = get(application, path, method="HEAD")
+        assert body == "" and int(headers["Content-Length"]) > 0, path
+    assert get(application, "/api/v1/publish", method="HEAD")[0] == 405
+    root = tmp_path / "private"
+    RegistryFolder(root).init("p", private=True)
+    status, headers, body = get(App(root), "/", method="HEAD")
+    assert status == 401 and body == ""
+    status, headers, _ = get(application, "/api/v1/yank")
+    assert status == 405 and headers["Allow"] == "POST"
+    status, headers, _ = get(application, "/config.json", method="DELETE")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+
+
+def test_weak_if_none_match_matches(reg):
+    """If-None-Match compares weakly (RFC 9110): `W/"x"` matches the ETag `"x"`."""
+    application = App(reg)
+    for path in ("/packages/skills/", "/config.json"):
+        etag = get(application, path)[1]["ETag"]
+        for sent in (f"W/{etag}", f'"other", W/{etag}'):
+            assert get(application, path, headers={"HTTP_IF_NONE_MATCH": sent})[0] == 304, (path, sent)
+        assert get(application, path, headers={"HTTP_IF_NONE_MATCH": 'W/"other"'})[0] == 200
+
+
+def test_static_404_page_links_to_the_site(reg, tmp_path, capsys):
+    """A static host shows 404.html at any missing path: its links went to the host's root
+    and it had a search form no static host answers."""
+    out = tmp_path / "site"
+    assert cli(capsys, "registry", "site", reg, out, "--url", "https://host/reg/")[0] == 0
+    page = (out / "404.html").read_text()
+    assert '<a href="https://host/reg/index.html">team</a>' in page and "<form" not in page
+    assert 'href="/"' not in page
+    out = tmp_path / "site2"
+    assert cli(capsys, "registry", "site", reg, out)[0] == 0
+    page = (out / "404.html").read_text()
+    assert '<a href="./index.html">team</a>' in page and "<form" not in page and 'href="/"' not in page
+
+
+def test_site_of_a_folder_that_is_no_registry(reg, tmp_path, capsys):
+    """`registry site` said what `registry serve` says, not a traceback; a missing
+    packages.json is rebuilt from the index files, as a publish would."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = cli(capsys, "registry", "site", empty, tmp_path / "out1")
+    assert code == 1 and "not a registry folder (no config.json)" in err and "Traceback" not in err
+    assert not (tmp_path / "out1").exists()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{nope")
+    code, _, err = cli(capsys, "registry", "site", bad, tmp_path / "out2")
+    assert code == 1 and "config.json is not JSON" in err
+    want = json.loads((reg / "packages.json").read_text())
+    (reg / "packages.json").unlink()
+    out = tmp_path / "out3"
+    assert cli(capsys, "registry", "site", reg, out)[0] == 0
+    assert json.loads((out / "packages.json").read_text()) == want and (out / "packages/skills/index.html").is_file()
+    (reg / "packages.json").write_text("[1, 2")  # damaged: rebuilt too
+    assert cli(capsys, "registry", "site", reg, tmp_path / "out4")[0] == 0
+    assert json.loads((tmp_path / "out4/packages.json").read_text()) == want

@@ -430,3 +430,70 @@ def test_a_listed_dependency_whose_file_is_missing_is_a_json_500(served):
     assert "the registry lists skills@0.1.0 but its file is missing" in answer["error"]
     assert str(root) not in answer["error"] and "maintainer" in answer["hint"]
     assert not (root / "index/app.jsonl").exists()
+
+
+def test_an_upload_with_a_stale_lock_is_refused(served):
+    """`publish` refuses a lock made before the recipe last changed; an upload (curl) with
+    one got 201. The server refuses it the same way, with the same check."""
+    from mergepkg.lockfile import recipe_hash
+    from mergepkg.registry.folder import parse_published
+
+    url, token, root = served
+    text = skills()
+    current = f'version = 1\nrecipe = "{recipe_hash(parse_published(text.encode(), "r.toml"))}"\n'
+    stale = f'version = 1\nrecipe = "{recipe_hash(parse_published(skills(weight=0.9).encode(), "r.toml"))}"\n'
+    status, _, body = request(url, "/api/v1/publish", body={"recipe": text, "lock": stale}, token=token)
+    answer = json.loads(body)
+    assert status == 400 and "recipe.lock is out of date: the recipe changed since it was locked" in answer["error"]
+    assert "mergepkg lock" in answer["hint"] and not (root / "index/skills.jsonl").exists()
+    assert request(url, "/api/v1/publish", body={"recipe": text, "lock": current}, token=token)[0] == 201
+
+
+def test_an_upload_with_a_stale_lock_of_a_dependent_is_refused(served, tiny_hub, tmp_path, capsys, monkeypatch):
+    """Real locks from `mergepkg lock`, one with a dependency (its steps are in the lock's
+    recipe hash): a current lock is accepted, one the recipe changed since is refused."""
+    url, token, _root = served
+    assert cli(capsys, "registry", "add", "team", url, "--token", token)[0] == 0
+    files = {}
+    for text, name in ((skills(), "skills.toml"), (app(), "app.toml")):
+        (tmp_path / name).write_text(text)
+        assert cli(capsys, "lock", tmp_path / name)[0] == 0
+        files[name] = (text, (tmp_path / name).with_suffix(".lock").read_text())
+        status, _, body = request(url, "/api/v1/publish", body={"recipe": text, "lock": files[name][1]}, token=token)
+        assert status == 201, body
+    for name, text in (("skills.toml", skills("0.2.0")), ("app.toml", app(version="0.2.0", rng=">=0.1"))):
+        status, _, body = request(url, "/api/v1/publish", body={"recipe": text, "lock": files[name][1]}, token=token)
+        assert status == 400 and "out of date" in json.loads(body)["error"], body
+        (tmp_path / name).write_text(text)  # the client refuses it alike
+        code, _, err = cli(capsys, "publish", tmp_path / name, "-r", "team")
+        assert code == 1 and "is out of date: the recipe changed since it was locked" in err
+
+
+def test_raw_requests_head_and_control_characters(served):
+    """Over a real connection: a HEAD answered with a JSON error carried its body, read by
+    the client as the start of the next response; a CR/LF in a page path was a 500."""
+    import socket
+
+    url, _, _ = served
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(
+            b"HEAD /nope.json HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"HEAD /api/v1/publish HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /config.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    answers = data.split(b"\r\n\r\n")
+    assert answers[0].startswith(b"HTTP/1.1 404 ") and answers[1].startswith(b"HTTP/1.1 405 ")
+    assert b"Allow: POST" in answers[1] and answers[2].startswith(b"HTTP/1.1 200 "), data
+    assert json.loads(answers[3])["name"] == "team"
+    status, headers, body = request(url, "/packages/skills%0d%0aSet-Cookie:%20x=1")
+    assert status == 404 and "Set-Cookie" not in headers and b"Not found" in body
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /packages/sk%20ills%C3%A9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 301 ") and b"\r\nLocation: /packages/sk%20ills%C3%A9/\r\n" in data, data
