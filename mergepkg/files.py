@@ -7,11 +7,15 @@ writer (so concurrent writers never share one), and renames it over the target.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import glob
 import os
 import tempfile
 import time
 from pathlib import Path
+
+from mergepkg.errors import disk_error
 
 LEFTOVER_SECONDS = 600  # a temp file this old is no writer's: one was killed before its rename
 
@@ -19,11 +23,14 @@ LEFTOVER_SECONDS = 600  # a temp file this old is no writer's: one was killed be
 def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644, durable: bool = False) -> None:
     """Replace `path` with `data`. `mode` 0o600 for files holding secrets; `durable`
     also syncs the bytes to disk before the rename (files other machines read). Temp
-    files of `path` that writers killed mid-write left (a lock beside a recipe) go."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    files of `path` that writers killed mid-write left (a lock beside a recipe) go. A
+    full or read-only disk is a DiskError naming `path` and its folder (the error of a
+    write that fails at close names no file)."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             if durable:
@@ -31,9 +38,25 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644, durable: b
                 os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and (disk := disk_error(_named(e), f"writing {path}")) is not None:
+            disk.hint = _FOLDER_HINTS.get(e.errno or 0, "").format(folder=path.parent) or disk.hint
+            raise disk from e
         raise
+
+
+# the disk the file's folder is on, which need not be the store's or --out's (a lock beside its recipe)
+_FOLDER_HINTS = {
+    errno.ENOSPC: "free some space on the disk that holds {folder}",
+    errno.EROFS: "{folder} is on a read-only file system: work on a copy on a writable one",
+}
+
+
+def _named(e: OSError) -> OSError:
+    """`e` without the temp file's name: the message names the file it was to become."""
+    return OSError(e.errno, e.strerror) if e.errno is not None else e
 
 
 def _remove_leftovers(path: Path) -> None:
@@ -44,3 +67,21 @@ def _remove_leftovers(path: Path) -> None:
                 os.unlink(tmp)
         except OSError:  # gone already, or not ours to remove
             continue
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux's renameat2 with RENAME_EXCHANGE): a
+    process killed at any moment leaves both in place, where two renames leave a moment
+    with one missing. False where the system or the file system has no such swap."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # not glibc 2.28+ (macOS, musl before 1.2.?): the caller renames twice
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # an old kernel, a file system without it
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))

@@ -26,6 +26,7 @@ from mergepkg.builder.bundle import LOCK_FILE, bundle
 from mergepkg.builder.card import render_card
 from mergepkg.builder.mergekit_yaml import MERGEKIT_FILE, mergekit_yaml
 from mergepkg.errors import BuildError
+from mergepkg.files import exchange
 from mergepkg.io.folder import INDEX, weight_files
 from mergepkg.io.reshard import reshard, sharded_as
 from mergepkg.io.tensors import NAME_OF, scan_tensors
@@ -73,7 +74,8 @@ def place_outputs(
     artifact built in other shards than `max_shard_bytes` gives (stored before, with
     another `--shard-size`) is written again in those shards. `exports`: files placed as
     `out/NAME.gguf` (builder/exports.py), beside the steps' folders or, for one output,
-    in its folder. The swap into place is a rename. The caller holds `output_lock(out)`."""
+    in its folder. The swap into place is one exchange of the two folders (`files.exchange`),
+    or two renames where the file system has none. The caller holds `output_lock(out)`."""
     if lock is None:
         lock = res.lock({n: a.digest for n, a in artifacts.items()})
     prefix = f".mergepkg-build-{out.name}-"
@@ -106,9 +108,11 @@ def place_outputs(
         (staged / MARKER).write_text(
             json.dumps({"recipe": str(res.recipe.path), "outputs": {n: a.key for n, a in artifacts.items()}}) + "\n"
         )
-        if out.exists():
-            os.rename(out, work / "previous")
-        os.rename(staged, out)
+        if not out.exists():
+            os.rename(staged, out)
+        elif not exchange(staged, out):  # swapped in one step: `staged` now holds the old output
+            os.rename(out, work / "previous")  # else two renames, with their moment without `out`
+            os.rename(staged, out)
     finally:
         if not out.exists() and (work / "previous").is_dir():  # interrupted between the two renames
             os.rename(work / "previous", out)

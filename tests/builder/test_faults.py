@@ -380,9 +380,11 @@ def test_sigkill_at_random_moments_and_the_next_build_gives_the_clean_digests(bi
 
 
 # `mergepkg ARGS...` that kills itself (SIGKILL) at a point of placing --out: "staged" as
-# soon as its staging folder beside --out is made, "swapping" between moving the previous
-# output into that folder and moving the new one in (when --out does not exist at all);
-# "interrupted" there is Ctrl-C instead, and "holding" pauses with the output staged.
+# soon as its staging folder beside --out is made, "exchanged" right after the staged
+# output and --out swapped places; "swapping" between the two renames of a file system
+# without that swap (moving the previous output into the staging folder, and the new one
+# in: --out does not exist at all); "interrupted" there is Ctrl-C instead, and "holding"
+# pauses with the output staged.
 KILLED_WHILE_PLACING = """
 import os, signal, sys, tempfile, time
 from mergepkg.cli.app import run
@@ -399,6 +401,13 @@ if mode == "staged":
             die()
         return folder
     tempfile.mkdtemp = mkdtemp
+elif mode == "exchanged":
+    from mergepkg.builder import outputs
+    swap = outputs.exchange
+    def exchange(a, b):
+        done = swap(a, b)
+        die()
+    outputs.exchange = exchange
 elif mode == "holding":  # pauses with the output staged, before the swap
     from mergepkg.builder import outputs
     described = outputs.describe
@@ -408,6 +417,8 @@ elif mode == "holding":  # pauses with the output staged, before the swap
         time.sleep(float(os.environ["HOLDING_SECONDS"]))
     outputs.describe = describe
 else:
+    from mergepkg.builder import outputs
+    outputs.exchange = lambda a, b: False  # a file system without renameat2's swap: two renames
     rename = os.rename
     def renamed(src, dst, *args, **kwargs):
         rename(src, dst, *args, **kwargs)
@@ -421,7 +432,7 @@ run()
 """
 
 
-@pytest.mark.parametrize("point", ["staged", "swapping"])
+@pytest.mark.parametrize("point", ["staged", "exchanged", "swapping"])
 def test_a_build_killed_while_placing_out_leaves_no_hidden_folder_behind(point, models, tmp_path):
     """place_outputs stages in a `.mergepkg-build-*` folder beside --out and moves the
     previous output into it before the swap. Killed there, that folder (possibly holding

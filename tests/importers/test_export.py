@@ -249,7 +249,9 @@ chat_template = "auto"
 def test_an_output_saved_in_several_dtypes_says_what_mergekit_saves(recipe_file, dtype, note):
     """fp32 norms beside bf16 weights: mergekit has no out_dtype for that and saves every
     tensor in its compute dtype; with dtype "auto" it saves each in its inputs' dtype."""
-    text = f'[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{{ model = "ft1", weight = 0.5 }}]\n{dtype}\n'
+    text = (
+        f'[steps.s]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{{ model = "ft1", weight = 0.5 }}]\n{dtype}\n'
+    )
     res = resolve(load_recipe(recipe_file(text)), Session())
     local = {n: f"../m/{n}" for n, s in res.recipe.sources.items() if s.path}
     written = mergekit_yaml(res, "s", local=local, saved_dtypes=("bfloat16", "float32"))
