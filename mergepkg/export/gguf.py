@@ -21,6 +21,7 @@ check a rebuild can make.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -37,7 +38,7 @@ from typing import Any
 from mergepkg._lazy import lazy_import
 from mergepkg._toml import tomllib
 from mergepkg.canonical import canonical_json, sha256_hex
-from mergepkg.errors import ExportError
+from mergepkg.errors import DiskError, ExportError, disk_error
 from mergepkg.recipe.exports import CONVERTER_TYPES
 from mergepkg.recipe.model import Export
 from mergepkg.store.local import MANIFEST
@@ -266,11 +267,22 @@ def _run(command: list[str], what: str) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONIOENCODING="utf-8")  # reads the folder, never the Hub
     done = subprocess.run(command, capture_output=True, text=True, env=env, errors="replace")
     if done.returncode != 0:
-        raise failure(what, done.stdout + done.stderr)
+        error = failure(what, done.stdout + done.stderr)
+        error.add_note(f"{what} printed:\n{done.stdout}{done.stderr}")  # shown by --debug with the traceback
+        raise error
 
 
-def failure(what: str, output: str) -> ExportError:
-    """The error a failed converter (or quantizer) run gives, from what it printed."""
+# what the converter's writers (numpy's tofile, Python's own writes) and the quantizer print when the disk is full
+FULL_DISK = re.compile(r"No space left on device|\d+ requested and \d+ written|\[Errno 28\]")
+
+
+def failure(what: str, output: str) -> ExportError | DiskError:
+    """The error a failed converter (or quantizer) run gives, from what it printed: a full
+    disk as every other full disk is said (errors.disk_error), not as the converter's fault."""
+    if FULL_DISK.search(output):
+        full = disk_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), f"{what} wrote the GGUF file")
+        assert full is not None
+        return full
     if "pre-tokenizer was not recognized" in output:
         return ExportError(
             f"{what} does not know this model's tokenizer (its pre-tokenizer is not in llama.cpp's list)",

@@ -3,6 +3,7 @@ tree laid out by hand (the real converter runs in test_gguf_demo.py)."""
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from llama_trees import ECHO, llama_tree
 
-from mergepkg.errors import ExportError
+from mergepkg.errors import DiskError, ExportError
 from mergepkg.export import gguf
 from mergepkg.export.gguf import (
     check_model,
@@ -128,6 +129,22 @@ def test_what_the_converter_printed_becomes_a_one_line_error(printed, message):
 
 
 @pytest.mark.parametrize(
+    "printed",
+    [
+        "INFO:hf-to-gguf:gguf: writing tensors\nOSError: 12288 requested and 6040 written\n",  # numpy's tofile
+        "OSError: [Errno 28] No space left on device\n",
+    ],
+)
+def test_a_full_disk_is_said_as_a_full_disk_not_as_the_converter_s_fault(printed):
+    """It was `llama.cpp's converter failed: OSError: 12288 requested and 6040 written`,
+    with a hint to look at --debug, which did not show what it printed."""
+    e = failure("llama.cpp's converter", printed)
+    assert isinstance(e, DiskError) and e.errno == errno.ENOSPC
+    assert e.message == "No space left on device while llama.cpp's converter wrote the GGUF file"
+    assert "free some space" in (e.hint or "")
+
+
+@pytest.mark.parametrize(
     ("printed", "reason"),
     [
         (
@@ -204,3 +221,15 @@ def test_the_setup_hint_names_no_option():
     """Commands with no --llama-cpp need the converter too (lock, plan of an export never
     locked): the hint names what each of them has, the environment variable."""
     assert "--llama-cpp" not in gguf.SETUP_HINT and "MERGEPKG_LLAMA_CPP" in gguf.SETUP_HINT
+
+
+def test_debug_shows_what_a_failed_run_printed(capsys):
+    """The hint says to run with --debug to see all it printed: the traceback's note holds it."""
+    import sys
+    import traceback
+
+    command = [sys.executable, "-c", "print('converting the embeddings'); raise SystemExit('ValueError: no')"]
+    with pytest.raises(ExportError) as e:
+        gguf._run(command, "llama.cpp's converter")
+    assert e.value.message == "llama.cpp's converter failed: ValueError: no"
+    assert "converting the embeddings" in "".join(traceback.format_exception(e.value))
