@@ -45,7 +45,7 @@ from mergepkg.registry.dependencies import install_dependencies
 from mergepkg.registry.pick import ALL
 from mergepkg.resolve.exports import How, key_exports
 from mergepkg.resolve.keys import check_experts, key_of, step_entry
-from mergepkg.resolve.sources import fetch, missing_bytes, pin_folder, start_pin
+from mergepkg.resolve.sources import NotCached, fetch, missing_bytes, pin_folder, start_pin
 from mergepkg.settings import Settings
 from mergepkg.store.hashcache import Trust, check_files
 from mergepkg.store.session import Session
@@ -191,7 +191,8 @@ def resolve(
         # that is gone: fetched (or found missing) only when a step to build reads it
         absent = src.path is not None and not src.path.is_dir()
         if defer and kept is not None and (src.hf or absent):
-            sources[name] = SourceState(None, kept, pin_now, missing_bytes(src, kept.pin, settings))
+            later = functools.partial(pin_now, keyed=True)  # steps are keyed by the lock's pin meanwhile
+            sources[name] = SourceState(None, kept, later, missing_bytes(src, kept.pin, settings))
         else:
             pins[name] = pin_now
             if src.path is not None and src.path.is_dir():
@@ -252,8 +253,12 @@ def _pin_source(
     mode: Mode,
     trust: dict[str, Trust] | None = None,
     claims: bool = True,
+    *,
+    keyed: bool = False,
 ) -> SourceState:
-    """Fetch and pin source `name`; a hub source at the lock's commit must give the lock's pin."""
+    """Fetch and pin source `name`; a hub source at the lock's commit must give the lock's
+    pin, but for other files read where the lock is being refreshed (`mode` update) and
+    no step was `keyed` by the lock's pin already (a deferred source)."""
     src = recipe.sources[name]
     try:
         held = kept if kept is not None and src.hf else None  # the locked commit and its files
@@ -267,18 +272,41 @@ def _pin_source(
         pin = pin_folder(fetched.folder, session.hashes, fetched.commit, adapter=adapter, trust=trust, claims=claims)
     except SourceError as e:
         recipe.locate(e, f"sources.{key_name(name)}")
-        if mode == "frozen" and src.hf:
-            e.hint = "--frozen never downloads: build once without --frozen to fetch the locked commit"
+        if mode == "frozen" and isinstance(e, NotCached) and not session.settings.offline:  # offline anyway: its hint
+            e.hint = "--frozen never downloads: build once without --frozen to fetch what the lock pins"
         raise
     if kept is not None and src.hf and pin != kept.pin:
-        raise recipe.locate(
-            SourceError(
-                f"files of {src.hf}@{pin.commit} differ from the lock (a damaged Hugging Face cache?)",
-                hint="delete that repo from the Hugging Face cache and build again",
-            ),
-            f"sources.{key_name(name)}",
-        )
+        problem = _unlike_lock(src.hf, kept.pin, pin, refresh=mode == "update" and not keyed)
+        if problem is not None:
+            raise recipe.locate(problem, f"sources.{key_name(name)}")
     return SourceState(fetched.folder, replace(request, pin=pin))
+
+
+def _unlike_lock(repo: str, locked: Pin, pin: Pin, *, refresh: bool) -> SourceError | LockError | None:
+    """What is wrong with `pin`, hub repo `repo`'s files at the lock's commit, that is not
+    the lock's `locked`: a file of other bytes (a commit's files never change: a damaged
+    cache), or other files read (a lock made from a partly downloaded cache, or before
+    another format was downloaded), which a lock being refreshed pins anew (None, with
+    `refresh`)."""
+    old, new = ({f.name: f for f in p.files} for p in (locked, pin))
+    changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
+    if changed or pin.commit != locked.commit:
+        return SourceError(
+            f"files of {repo}@{pin.commit} differ from the lock (a damaged Hugging Face cache?): "
+            + ", ".join(changed or sorted(new)),
+            hint="delete that repo from the Hugging Face cache and build again",
+        )
+    if refresh:
+        return None
+    extra, lacking = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
+    return LockError(
+        f"a merge reads other files of {repo}@{pin.commit} than the lock pins: "
+        + "; ".join(
+            [f"{', '.join(extra)} not in the lock"] * bool(extra) + [f"{', '.join(lacking)} not read"] * bool(lacking)
+        ),
+        hint="run `mergepkg lock` to pin the files the cache now holds (the lock was made from other files "
+        "of that commit: a partly downloaded cache?)",
+    )
 
 
 def _written_ns(path: Path) -> int | None:

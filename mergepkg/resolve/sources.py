@@ -3,13 +3,25 @@
 Hugging Face sources go through huggingface_hub: online, the revision is resolved to a
 commit and only the files a merge needs are downloaded (weights in one format,
 configs, tokenizer); offline (`HF_HUB_OFFLINE=1`), the local Hugging Face cache serves
-the revision or the error names the repo and revision. A LoRA adapter (a source named
-after a `+`) is pinned by its adapter_config.json and weights; an adapter where a model
-is expected is an error that says so.
+the revision or the error names the repo and revision. A source the lock pins is
+fetched as the lock says: at its commit, exactly the lock's files (online, those
+missing are downloaded and no others; offline, a missing one is an error naming it).
+
+A cached snapshot is often a partial download (`hf download REPO FILE`, transformers
+loading the model but not its tokenizer). Offline, with no lock to say which files the
+merge reads, a snapshot is refused where an online build would read other files than
+it holds and the cache cannot tell (huggingface_hub's `.no_exist/COMMIT/NAME` markers
+record files a repo lacks): `pytorch_model.bin` where the repo may hold safetensors
+weights, and no tokenizer at all. Online, mergepkg leaves those markers for the files
+the repo was listed without, so its own downloads build offline afterwards.
+
+A LoRA adapter (a source named after a `+`) is pinned by its adapter_config.json and
+weights; an adapter where a model is expected is an error that says so.
 """
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +30,10 @@ from mergepkg.errors import MergepkgError, SourceError
 from mergepkg.io.folder import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    BIN_INDEX,
+    INDEX,
     SIDE_FILES,
+    WEIGHTS,
     adapter_files,
     index_files,
     is_adapter_folder,
@@ -29,6 +44,19 @@ from mergepkg.lockfile import FileRecord, Pin
 from mergepkg.recipe.model import Source
 from mergepkg.settings import Settings
 from mergepkg.store.hashcache import HashCache, Trust
+
+# The files whose absence from a repo decides what an offline build of its snapshot reads:
+# the safetensors weights (else .bin is read) and a tokenizer (every Hugging Face tokenizer
+# has a tokenizer_config.json, the file transformers asks for first).
+SAFETENSORS_WEIGHTS = (INDEX, WEIGHTS)
+TOKENIZER_CONFIG = "tokenizer_config.json"
+TOKENIZER_FILES = [f for f in SIDE_FILES if f not in ("config.json", "generation_config.json")]
+NO_EXIST = ".no_exist"  # huggingface_hub's: REPO_DIR/.no_exist/COMMIT/NAME, a file the repo lacks
+
+
+class NotCached(SourceError):
+    """A hub source, or some of the files a lock pins of it, not in the local Hugging
+    Face cache, where the Hub may not be asked (offline, `--frozen`)."""
 
 
 @dataclass(frozen=True)
@@ -161,15 +189,27 @@ def _fetch_hf(
 
     repo, rev = source.hf, commit or source.revision
     assert repo is not None  # fetch() sends the sources that are not folders; flattened, those are hub repos
+    locked = bool(commit and files)  # the lock's files at its commit: those and no others
     try:
-        if settings.offline or (commit and files):
-            try:
-                folder = Path(snapshot_download(repo, revision=rev, local_files_only=True, cache_dir=settings.hf_cache))
-                if settings.offline or all((folder / f).is_file() for f in files):
-                    return Fetched(folder, folder.name)
-            except (LocalEntryNotFoundError, FileNotFoundError):
+        if settings.offline or locked:
+            cached = _cached(repo, rev, settings)
+            if cached is not None:
+                lacking = [f for f in files if not (cached / f).is_file()]
+                if not lacking:
+                    if settings.offline and not files and not adapter:
+                        refuse_partial(repo, cached)
+                    return Fetched(cached, cached.name)
                 if settings.offline:
-                    raise
+                    raise NotCached(
+                        f"{repo}@{cached.name}: the local Hugging Face cache lacks {', '.join(lacking)}, "
+                        "which the lock pins, and the hub is offline",
+                        hint=f"download {'them' if len(lacking) > 1 else 'it'} once online: "
+                        f"`hf download {repo} {' '.join(lacking)} --revision {cached.name}`",
+                    )
+        if locked:  # the lock's files, whatever the repo holds besides (a lock made from a partial cache)
+            escaped = [glob.escape(f) for f in files]  # allow_patterns are fnmatch patterns
+            folder = Path(snapshot_download(repo, revision=rev, allow_patterns=escaped, cache_dir=settings.hf_cache))
+            return Fetched(folder, folder.name)
         info = HfApi().model_info(repo, revision=rev)
         names = [s.rfilename for s in info.siblings or []]
 
@@ -184,11 +224,13 @@ def _fetch_hf(
         else:
             allow = hub_weight_files(names, shards) + [f for f in names if f in SIDE_FILES]
         folder = Path(snapshot_download(repo, revision=info.sha, allow_patterns=allow, cache_dir=settings.hf_cache))
+        if not adapter:
+            mark_absent(folder, [f for f in (*SAFETENSORS_WEIGHTS, TOKENIZER_CONFIG) if f not in names])
         return Fetched(folder, info.sha)
     except SourceError:  # ours (a FileNotFoundError too): says what it means already
         raise
     except (LocalEntryNotFoundError, FileNotFoundError) as e:
-        raise SourceError(
+        raise NotCached(
             f"{repo}@{rev} is not in the local Hugging Face cache and the hub is offline",
             hint="run once online (unset HF_HUB_OFFLINE, drop --offline) to download it",
         ) from e
@@ -209,6 +251,71 @@ def _fetch_hf(
             f"cannot reach the Hugging Face Hub for {repo}@{rev}: {e}",
             hint="check the network, or set HF_HUB_OFFLINE=1 to build from the local cache",
         ) from e
+
+
+def _cached(repo: str, rev: str | None, settings: Settings) -> Path | None:
+    """The snapshot folder of `repo` at `rev` in the local Hugging Face cache; None where
+    there is none and the Hub may be asked (offline, huggingface_hub's error is raised)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo, revision=rev, local_files_only=True, cache_dir=settings.hf_cache))
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        if settings.offline:
+            raise
+        return None
+
+
+def absent_files(snapshot: Path) -> set[str]:
+    """The files huggingface_hub (or `mark_absent`) recorded the repo as lacking at the
+    commit of `snapshot` (a `snapshots/COMMIT` folder): `.no_exist/COMMIT/NAME`."""
+    try:
+        return {p.name for p in (snapshot.parent.parent / NO_EXIST / snapshot.name).iterdir() if p.is_file()}
+    except OSError:
+        return set()
+
+
+def mark_absent(snapshot: Path, names: Collection[str]) -> None:
+    """Record, as huggingface_hub does for a file the Hub answered 404 for, that the repo
+    lacks `names` at the commit of `snapshot`: the listing of that commit said so, and an
+    offline build reads the record (`refuse_partial`). A cache that cannot be written keeps
+    none: offline, the snapshot is then refused as one that may be partial."""
+    folder = snapshot.parent.parent / NO_EXIST / snapshot.name
+    for name in names:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).touch()
+        except OSError:
+            return
+
+
+def refuse_partial(repo: str, snapshot: Path) -> None:
+    """Raise a SourceError where `repo`'s cached `snapshot` (no lock naming its files) may be a
+    partial download whose merge would differ from an online build's: it holds .bin
+    weights and the cache cannot say the repo lacks safetensors ones (online, those are
+    read: other tensors, another key), or no tokenizer file and the cache cannot say the
+    repo has none (the output would silently have no tokenizer)."""
+    where = f"{repo}@{snapshot.name}"
+    present = [p.name for p in snapshot.iterdir()]
+    if "config.json" not in present:
+        return  # no model (an adapter?): `pin_folder` says what it is
+    absent = absent_files(snapshot)
+    index, weights = weight_choice(present)
+    if (index == BIN_INDEX or any(w.endswith(".bin") for w in weights)) and not set(SAFETENSORS_WEIGHTS) <= absent:
+        raise NotCached(
+            f"{where}: the local Hugging Face cache holds its {index or weights[0]} but no safetensors weights, "
+            "and cannot say whether the repo has them (online, those are what a merge reads)",
+            hint=f"build once online (unset HF_HUB_OFFLINE), or `hf download {repo} "
+            f"--include 'model*.safetensors*' --revision {snapshot.name}`",
+        )
+    if not any(n in present for n in TOKENIZER_FILES) and TOKENIZER_CONFIG not in absent:
+        raise NotCached(
+            f"{where}: the local Hugging Face cache holds no tokenizer files of it, and cannot say whether the "
+            "repo has none (a partial download?); a merge copies its tokenizer into the output",
+            hint=f"build once online (unset HF_HUB_OFFLINE), or `hf download {repo} "
+            f"--include 'tokenizer*' --revision {snapshot.name}`",
+        )
 
 
 # The HTTP clients huggingface_hub has used (requests, httpx, httpx2 by version): their

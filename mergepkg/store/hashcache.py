@@ -16,7 +16,9 @@ step is committed, `Resolution.lock` before a lock is written). A lock's claim i
 only for a file unchanged since the lock was written: the same size, and an inode
 change time older than the lock file; a download record's, for a file unchanged since
 the record. Files with no claim are hashed before keys are made, all of them at once
-(`start`), one thread per core.
+(`start`), one thread per core. A hub blob whose bytes do not give the sha256 it is
+named by is refused every time it is pinned, claimed or read (its damaged bytes' sha256,
+remembered by the read that refused it, is never taken for it).
 
 Every file pinned in this process is remembered with the stat it was pinned with, so
 the engine can refuse to store a step whose input changed while it was being built.
@@ -200,14 +202,19 @@ def check_files(folders: Iterable[Path | str], *, unchanged: bool = True) -> Non
             except OSError as err:
                 raise SourceError(f"cannot read {e.path} to check its sha256: {err}", file=e.path) from err
             if actual != e.sha256:
-                raise SourceError(
-                    f"{e.path} does not hold the sha256 {e.claim} gives it ({e.sha256[:12]}…; read: {actual[:12]}…); "
-                    "nothing made from it was stored",
-                    file=e.path,
-                    hint=_FALSE_CLAIM_HINTS[e.claim],
-                )
+                raise _false_claim(e.path, e.claim, e.sha256, actual)
         if unchanged:
             _check_unchanged(e)
+
+
+def _false_claim(path: str, claim: str, claimed: str, actual: str) -> SourceError:
+    """The error for a file whose bytes do not give the sha256 `claim` (one of CLAIMS' values) says."""
+    return SourceError(
+        f"{path} does not hold the sha256 {claim} gives it ({claimed[:12]}…; read: {actual[:12]}…); "
+        "nothing made from it was stored",
+        file=path,
+        hint=_FALSE_CLAIM_HINTS[claim],
+    )
 
 
 def _check_unchanged(e: _Pinned) -> None:
@@ -353,6 +360,12 @@ class HashCache:
             return st.st_size, claim[1]
         if digest is None:
             digest = started.result() if started is not None else self._hash(real, ident)
+        # A hub blob is named by the sha256 huggingface_hub checked it against when it was
+        # downloaded: bytes that give another one are damaged, however often they are read
+        # (the read that refused a claim remembered the damaged bytes' sha256)
+        blob = hub_blob_sha256(real)
+        if blob is not None and digest != blob:
+            raise _false_claim(real, CLAIMS["hub"], blob, digest)
         _remember(folder, _Pinned(real, ident, digest))
         return st.st_size, digest
 

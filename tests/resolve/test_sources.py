@@ -3,14 +3,21 @@ folder laid out by hand."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from helpers import build_recipe, load_tensors
 from hfcache import add_to_cache
 
-from mergepkg.errors import SourceError
+from mergepkg.errors import LockError, SourceError
+from mergepkg.lockfile import lock_path, read_lock
 from mergepkg.recipe.model import Source
+from mergepkg.recipe.parse import load_recipe
+from mergepkg.resolve.lock import lock_recipe
+from mergepkg.resolve.resolution import resolve
 from mergepkg.resolve.sources import fetch
 from mergepkg.settings import Settings
+from mergepkg.store.session import Session
 
 
 @pytest.fixture
@@ -172,3 +179,177 @@ def test_a_hub_download_fetches_the_index_then_the_shards_it_names(fake_hub, tmp
         "model-00002-of-00002.safetensors",
         "model.safetensors.index.json",
     ]
+
+
+# Partial caches: a snapshot holds the files someone downloaded, not always those a merge reads.
+
+TOKENIZER = {"tokenizer.json": b'{"model": {}}', "tokenizer_config.json": b"{}"}
+PARTIAL = '[package]\nname = "p"\nversion = "0.1.0"\n[sources]\nbase = { hf = "tiny/base" }\n' + (
+    '[steps.m]\nmethod = "passthrough"\ninputs = ["base"]\n'
+)
+
+
+def repo_files(stub: Path, extra: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """A stub model's files (config.json, model.safetensors) and `extra`, as a repo holds them."""
+    return {p.name: p.read_bytes() for p in stub.iterdir() if p.is_file()} | (extra or {})
+
+
+def folder_of(root: Path, files: dict[str, bytes]) -> Path:
+    root.mkdir(parents=True)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return root
+
+
+def recipe_at(tmp_path: Path) -> Path:
+    path = tmp_path / "p.toml"
+    path.write_text(PARTIAL)
+    return path
+
+
+def offline_in(cache: Path) -> Session:
+    return Session(Settings(offline=True, hf_cache=str(cache)))
+
+
+def test_a_lock_made_from_a_partial_cache_is_built_online_from_the_locks_files(fake_hub, tmp_path, stub_models):
+    """A lock pinning no tokenizer (made where the cache held none: before mergepkg refused
+    such a snapshot, or where the repo had none) is built elsewhere, online, from exactly
+    its files: the Hub's tokenizer is not downloaded, so the pins agree with the lock."""
+    from fakehub import Repo
+
+    full = repo_files(stub_models["base"], TOKENIZER)
+    fake_hub.repos["tiny/base"] = Repo(private=False)
+    commit = fake_hub.commit("tiny/base", full)
+    partial = folder_of(tmp_path / "partial", repo_files(stub_models["base"]))
+    add_to_cache(tmp_path / "there", "tiny/base", partial, commit=commit)
+    path = recipe_at(tmp_path)
+    lock_recipe(load_recipe(path), offline_in(tmp_path / "there"))
+    lock = read_lock(lock_path(load_recipe(path)))
+    assert lock is not None and [f.name for f in lock.sources["base"].pin.files] == ["config.json", "model.safetensors"]
+
+    res = resolve(load_recipe(path), Session(), lock=lock, mode="locked")  # a fresh cache, online
+    assert res.sources["base"].locked == lock.sources["base"]
+    assert sorted(p.name for p in res.source_folder("base").iterdir()) == ["config.json", "model.safetensors"]
+    assert not [r for r in fake_hub.requests if r[1].endswith("tokenizer.json")]
+
+
+def test_a_cache_holding_more_than_the_lock_pins_says_so_and_lock_pins_it(tmp_path, stub_models):
+    """The same commit with files the lock does not pin (downloaded since) is no damaged
+    cache: --locked names them, and `mergepkg lock` pins them (deleting the repo from
+    the cache, as the damaged-cache hint says, would not help)."""
+    partial = folder_of(tmp_path / "partial", repo_files(stub_models["base"]))
+    full = folder_of(tmp_path / "full", repo_files(stub_models["base"], TOKENIZER))
+    commit = add_to_cache(tmp_path / "there", "tiny/base", partial)
+    add_to_cache(tmp_path / "here", "tiny/base", full, commit=commit)
+    path = recipe_at(tmp_path)
+    lock_recipe(load_recipe(path), offline_in(tmp_path / "there"))
+    lock = read_lock(lock_path(load_recipe(path)))
+    for mode in ("locked", "frozen"):
+        with pytest.raises(LockError) as info:
+            resolve(load_recipe(path), offline_in(tmp_path / "here"), lock=lock, mode=mode)
+        e = info.value
+        assert (
+            f"tiny/base@{commit}" in e.message and "tokenizer.json, tokenizer_config.json not in the lock" in e.message
+        )
+        assert "damaged" not in e.message and "`mergepkg lock`" in e.hint and e.key == "sources.base"
+    building = resolve(load_recipe(path), offline_in(tmp_path / "here"), lock=lock, defer=True)  # as `build` does
+    with pytest.raises(LockError, match=r"tokenizer\.json, tokenizer_config\.json not in the lock"):
+        building.source_folder("base")  # its step is keyed by the lock's pin: it must not read more
+    lock_recipe(load_recipe(path), offline_in(tmp_path / "here"))
+    relocked = read_lock(lock_path(load_recipe(path)))
+    assert relocked is not None and "tokenizer.json" in [f.name for f in relocked.sources["base"].pin.files]
+    resolve(load_recipe(path), offline_in(tmp_path / "here"), lock=relocked, mode="locked")
+
+
+def test_a_damaged_file_at_the_locked_commit_is_still_a_damaged_cache(tmp_path, stub_models):
+    full = folder_of(tmp_path / "full", repo_files(stub_models["base"], TOKENIZER))
+    commit = add_to_cache(tmp_path / "there", "tiny/base", full)
+    path = recipe_at(tmp_path)
+    lock_recipe(load_recipe(path), offline_in(tmp_path / "there"))
+    lock = read_lock(lock_path(load_recipe(path)))
+    other = folder_of(tmp_path / "other", repo_files(stub_models["base"], {**TOKENIZER, "tokenizer.json": b"{}"}))
+    add_to_cache(tmp_path / "here", "tiny/base", other, commit=commit)
+    with pytest.raises(SourceError) as info:
+        resolve(load_recipe(path), offline_in(tmp_path / "here"), lock=lock, mode="locked")
+    assert "differ from the lock (a damaged Hugging Face cache?): tokenizer.json" in info.value.message
+
+
+@pytest.mark.parametrize("missing", ["model.safetensors", "tokenizer.json"])
+@pytest.mark.parametrize("mode", ["update", "locked", "frozen"])
+def test_offline_a_locked_file_missing_from_the_cache_is_named(tmp_path, stub_models, missing, mode):
+    full = folder_of(tmp_path / "full", repo_files(stub_models["base"], TOKENIZER))
+    commit = add_to_cache(tmp_path / "hf", "tiny/base", full)
+    path = recipe_at(tmp_path)
+    lock_recipe(load_recipe(path), offline_in(tmp_path / "hf"))
+    lock = read_lock(lock_path(load_recipe(path)))
+    (tmp_path / "hf" / "models--tiny--base" / "snapshots" / commit / missing).unlink()
+    with pytest.raises(SourceError) as info:
+        resolve(load_recipe(path), offline_in(tmp_path / "hf"), lock=lock, mode=mode)
+    e = info.value
+    assert e.message.startswith(f"tiny/base@{commit}: the local Hugging Face cache lacks {missing}, which the lock")
+    assert e.hint.endswith(f"`hf download tiny/base {missing} --revision {commit}`") and e.key == "sources.base"
+
+
+def test_frozen_online_says_to_build_without_frozen(tmp_path, stub_models):
+    full = folder_of(tmp_path / "full", repo_files(stub_models["base"], TOKENIZER))
+    commit = add_to_cache(tmp_path / "hf", "tiny/base", full)
+    path = recipe_at(tmp_path)
+    lock_recipe(load_recipe(path), offline_in(tmp_path / "hf"))
+    (tmp_path / "hf" / "models--tiny--base" / "snapshots" / commit / "tokenizer.json").unlink()
+    online = Session(Settings(offline=False, hf_cache=str(tmp_path / "hf")))
+    with pytest.raises(SourceError) as info:
+        resolve(load_recipe(path), online, lock=read_lock(lock_path(load_recipe(path))), mode="frozen")
+    assert "tokenizer.json" in info.value.message and "build once without --frozen" in info.value.hint
+
+
+def test_offline_a_snapshot_with_no_tokenizer_is_refused_unless_the_cache_says_the_repo_has_none(tmp_path, stub_models):
+    """A snapshot holding weights but no tokenizer (transformers loaded the model only) would
+    merge into an output with no tokenizer, and a lock whose files an online build would
+    not read: refused, unless huggingface_hub recorded the repo has no tokenizer_config.json."""
+    weights_only = folder_of(tmp_path / "m", repo_files(stub_models["base"]))
+    commit = add_to_cache(tmp_path / "partial", "tiny/base", weights_only, complete=False)
+    path = recipe_at(tmp_path)
+    with pytest.raises(SourceError) as info:
+        resolve(load_recipe(path), offline_in(tmp_path / "partial"))
+    e = info.value
+    assert f"tiny/base@{commit}: the local Hugging Face cache holds no tokenizer files" in e.message
+    assert f"`hf download tiny/base --include 'tokenizer*' --revision {commit}`" in e.hint and e.key == "sources.base"
+    add_to_cache(tmp_path / "complete", "tiny/base", weights_only)  # the repo has none, and the cache knows
+    res = resolve(load_recipe(path), offline_in(tmp_path / "complete"))
+    assert [f.name for f in res.sources["base"].locked.pin.files] == ["config.json", "model.safetensors"]
+
+
+def test_offline_a_bin_snapshot_is_refused_unless_the_cache_says_the_repo_has_no_safetensors(tmp_path, stub_models):
+    """Online, a repo with both formats is read as safetensors; offline, a snapshot holding
+    only pytorch_model.bin must not be read in its place unless the repo has no safetensors."""
+    both = repo_files(stub_models["base"], {**TOKENIZER, "pytorch_model.bin": b"a .bin checkpoint"})
+    bin_only = folder_of(tmp_path / "m", {n: d for n, d in both.items() if n != "model.safetensors"})
+    commit = add_to_cache(tmp_path / "partial", "tiny/base", bin_only, complete=False)
+    path = recipe_at(tmp_path)
+    with pytest.raises(SourceError) as info:
+        resolve(load_recipe(path), offline_in(tmp_path / "partial"))
+    e = info.value
+    assert f"tiny/base@{commit}: the local Hugging Face cache holds its pytorch_model.bin but no safetensors" in (
+        e.message
+    )
+    assert f"`hf download tiny/base --include 'model*.safetensors*' --revision {commit}`" in e.hint
+    add_to_cache(tmp_path / "complete", "tiny/base", bin_only)  # the repo is .bin only, and the cache knows
+    res = resolve(load_recipe(path), offline_in(tmp_path / "complete"))
+    assert "pytorch_model.bin" in [f.name for f in res.sources["base"].locked.pin.files]
+
+
+def test_an_online_fetch_records_what_the_repo_lacks_so_offline_builds_take_it(fake_hub, tmp_path, stub_models):
+    from fakehub import Repo
+
+    files = {n: d for n, d in repo_files(stub_models["base"]).items() if n != "model.safetensors"}
+    fake_hub.repos["tiny/old"] = Repo(private=False)
+    commit = fake_hub.commit("tiny/old", files | {"pytorch_model.bin": b"a .bin checkpoint"})
+    online = fetch(Source("o", hf="tiny/old"), Settings())
+    assert online.commit == commit
+    no_exist = online.folder.parent.parent / ".no_exist" / commit
+    assert sorted(p.name for p in no_exist.iterdir()) == [
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer_config.json",
+    ]
+    assert fetch(Source("o", hf="tiny/old", revision=commit), Settings(offline=True)).folder == online.folder

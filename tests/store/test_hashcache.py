@@ -137,6 +137,37 @@ def test_a_hub_blob_is_claimed_by_its_name_and_a_damaged_one_refused(tmp_path, c
     assert cache.sha256(blobs / ("ab" * 20), claims=True)[1] == sha(b"{}")
 
 
+@pytest.mark.parametrize("claims", [True, False])
+def test_a_damaged_hub_blob_is_refused_again_once_its_read_is_remembered(tmp_path, claims):
+    """The read that refused a damaged blob's claim remembers the damaged bytes' sha256: the
+    next pin (another process, another build, `mergepkg lock`) must not take that for the
+    blob, with claims or without (a truncated download too)."""
+    data = b"lfs weights" * 100
+    blobs = tmp_path / "hf" / "models--tiny--m" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / sha(data)).write_bytes(data[:-7])  # truncated, under the full file's name
+    snapshot = tmp_path / "hf" / "models--tiny--m" / "snapshots" / "c0ffee"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").symlink_to(blobs / sha(data))
+    db = tmp_path / "home" / "hashes.sqlite"
+    HashCache(db).sha256(snapshot / "model.safetensors", claims=True)
+    with pytest.raises(SourceError):
+        check_files([snapshot])  # the first build: refused, and the read remembered
+    for _ in range(2):  # every build after it
+        again = HashCache(db)
+        with pytest.raises(SourceError) as info:
+            again.start([(snapshot / "model.safetensors", None)], claims=claims, folder=snapshot)
+            again.sha256(snapshot / "model.safetensors", claims=claims)
+        assert again.hashed == 0  # refused from the remembered read
+        assert "blob's name" in info.value.message and sha(data)[:12] in info.value.message
+        assert "delete that repo from the Hugging Face cache" in info.value.hint
+    fresh = HashCache(tmp_path / "other.sqlite")  # nothing remembered, claims off: read and refused
+    with pytest.raises(SourceError, match="blob's name"):
+        fresh.sha256(snapshot / "model.safetensors")
+    (blobs / sha(data)).write_bytes(data)  # downloaded again
+    assert HashCache(db).sha256(snapshot / "model.safetensors", claims=claims)[1] == sha(data)
+
+
 def downloaded(folder: Path, data: bytes, etag: str) -> Path:
     """`folder/model.safetensors` as `hf download --local-dir` leaves it: the file, then
     huggingface_hub's record of it (.cache/huggingface/download/NAME.metadata: the commit,
