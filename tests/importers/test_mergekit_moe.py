@@ -78,6 +78,8 @@ def test_hidden_mode_and_defaults(tmp_path):
 
 
 def test_shared_experts_random_modes_and_ignored_keys(tmp_path):
+    """uniform_random needs prompts as mergekit-moe does (the shared expert's too), though
+    its routers read none: they are not carried over, and no warning calls them useless."""
     result, recipe = imported(
         """
         base_model: Qwen/base
@@ -85,9 +87,9 @@ def test_shared_experts_random_modes_and_ignored_keys(tmp_path):
         architecture: qwen
         experts:
           - {source_model: org/a, positive_prompts: ["x"]}
-          - {source_model: org/b}
+          - {source_model: org/b, positive_prompts: ["y"]}
         shared_experts:
-          - {source_model: Qwen/base}
+          - {source_model: Qwen/base, positive_prompts: ["z"]}
         experts_per_token: 2
         lora_rank: 8
         """,
@@ -95,11 +97,25 @@ def test_shared_experts_random_modes_and_ignored_keys(tmp_path):
     )
     step = recipe.steps["config"]
     assert step.moe.gate_mode == "uniform_random" and step.moe.shared_expert.model == "base"
+    assert [e.prompts for e in step.moe.experts] == [(), ()]
     assert step.dtype == "float32"  # no forward pass in the random modes: the default
-    assert sorted(w.split(" has no effect")[0] for w in result.warnings) == [
-        "config: experts[0].positive_prompts",  # the random modes read no prompts
-        "config: lora_rank",
-    ]
+    assert [w.split(" has no effect")[0] for w in result.warnings] == ["config: lora_rank"]
+
+
+def test_random_mode_reads_no_prompts_nor_minds_one_model_twice(tmp_path):
+    """mergekit-moe checks neither prompts nor models in `random`."""
+    result, recipe = imported(
+        """
+        base_model: org/base
+        gate_mode: random
+        experts:
+          - {source_model: org/a, positive_prompts: ["x"]}
+          - {source_model: org/a}
+        """,
+        tmp_path,
+    )
+    assert [e.model for e in recipe.steps["config"].moe.experts] == ["a", "a"]
+    assert [w.split(" has no effect")[0] for w in result.warnings] == ["config: experts[0].positive_prompts"]
 
 
 REFUSED = {
@@ -125,6 +141,30 @@ REFUSED = {
         "experts[0]",
         "needs positive_prompts for every expert",
         "org/a",
+    ),
+    "uniform_random without prompts": (
+        """
+        base_model: org/base
+        gate_mode: uniform_random
+        experts:
+          - {source_model: org/a, positive_prompts: ["x"]}
+          - {source_model: org/b}
+        """,
+        "experts[1]",
+        "gate_mode 'uniform_random' needs positive_prompts for every expert",
+        "source_model: org/b}",
+    ),
+    "every expert one model": (
+        """
+        base_model: org/base
+        gate_mode: cheap_embed
+        experts:
+          - {source_model: org/a, positive_prompts: ["x"]}
+          - {source_model: org/a, positive_prompts: ["y"]}
+        """,
+        "experts",
+        "every expert is the same model",
+        "experts:",
     ),
     "too few experts": (
         """

@@ -4,10 +4,10 @@ mergekit-moe reads its own format (mergekit/moe/config.py); a document with `exp
 and no `merge_method` is one. Its parts map one to one onto the `moe` step
 (docs/moe.md): `source_model` -> `model`, `positive_prompts` -> `prompts`,
 `negative_prompts`, `experts_per_token` and `gate_mode` -> `params`, one
-`shared_experts` entry -> `shared_expert`. What mergekit-moe refuses (no prompts in a
-prompt-based mode, all experts prompted alike, fewer experts than experts_per_token)
-is refused here at its key; its per-expert noise and residual scaling are refused as
-not supported.
+`shared_experts` entry -> `shared_expert`. What mergekit-moe refuses (in every gate
+mode but `random`: an expert without prompts, all experts prompted alike, all experts
+one model; fewer experts than experts_per_token) is refused here at its key; its
+per-expert noise and residual scaling are refused as not supported.
 """
 
 from __future__ import annotations
@@ -52,11 +52,19 @@ def convert_moe(ctx: Context, refs: Refs, step: Step, data: dict, dtype: Callabl
             f"experts_per_token is {per_token} but the config has {len(experts)} expert(s)",
             "mergekit-moe refuses this too: list more experts or lower experts_per_token",
         )
-    if mode in PROMPTED and len(experts) > 1 and all(_prompts(e) == _prompts(experts[0]) for e in experts):
+    # mergekit-moe checks prompts in every gate mode but `random` (uniform_random too, though its routers read none)
+    if mode != "random" and len(raw) > 1 and all(_said(r) == _said(raw[0]) for r in raw):
         raise ctx.error(
             "experts",
             "every expert has the same prompts, so no expert would ever be preferred",
             "give each expert prompts for what should be routed to it (mergekit-moe refuses this too)",
+        )
+    if mode != "random" and len(experts) > 1 and all(e["model"] == experts[0]["model"] for e in experts):
+        raise ctx.error(
+            "experts",
+            "every expert is the same model: the MoE would use more memory to give that model's output",
+            "mergekit-moe refuses this too (unless told --i-understand-this-is-not-useful-without-training); "
+            "to train it after merging, write the recipe's moe step by hand",
         )
     shared = data.get("shared_experts")
     if shared is not None and not isinstance(shared, list):
@@ -150,17 +158,17 @@ def _expert(ctx: Context, refs: Refs, step: Step, raw: Any, key: str, mode: str,
     entry: dict[str, Any] = {"model": model}
     prompts = _prompt_list(ctx, raw.get("positive_prompts"), f"{key}.positive_prompts")
     negative = _prompt_list(ctx, raw.get("negative_prompts"), f"{key}.negative_prompts")
-    if mode in PROMPTED and not prompts:
+    if mode != "random" and not prompts:
         raise ctx.error(
             key,
             f"gate_mode {mode!r} needs positive_prompts for every expert",
             "mergekit-moe refuses this too: add prompts, or use gate_mode: random",
         )
-    if mode not in PROMPTED and (prompts or negative):
+    if mode == "random" and (prompts or negative):
         ctx.ignored(
             f"{key}.positive_prompts" if prompts else f"{key}.negative_prompts", f"gate_mode {mode} reads no prompts"
         )
-    elif prompts or negative:
+    elif mode in PROMPTED and (prompts or negative):
         entry["prompts"] = prompts
         if negative:
             entry["negative_prompts"] = negative
@@ -178,6 +186,6 @@ def _prompt_list(ctx: Context, value: Any, key: str) -> list[str]:
     return list(value)
 
 
-def _prompts(entry: dict) -> tuple:
-    """What an expert's router row is computed from, in mergekit-moe's comparison."""
-    return tuple(entry.get("prompts", ())), tuple(entry.get("negative_prompts", ()))
+def _said(raw: dict) -> tuple:
+    """An expert's prompts as mergekit-moe compares them (checked lists by now)."""
+    return tuple(raw.get("positive_prompts") or ()), tuple(raw.get("negative_prompts") or ())
