@@ -5,7 +5,7 @@ This is the generic piece a package above `cluster/` runs its own units of work 
 must be importable on every node (Ray pickles it by reference) and follow the cluster's
 failure rule (`connect.py`): a recipe's error (`MergepkgError`) is returned inside the
 answer, not raised, so Ray never retries it; a task whose worker or node dies, or that
-raises `OSError` (a remote's hiccup), is retried on another node (`MAX_RETRIES`). Any
+raises a remote's hiccup (`connect.retryable`), is retried on another node (`MAX_RETRIES`). Any
 other failure, or one that outlives its retries, cancels the calls still running and is
 raised as a `BuildError` naming the call.
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergepkg.cluster.connect import MAX_RETRIES, task_failure
+from mergepkg.cluster.connect import MAX_RETRIES, retryable, task_failure
 from mergepkg.errors import BuildError
 
 
@@ -33,7 +33,7 @@ def submit_calls(
     ray: Any, fn: Callable[..., Any], calls: Sequence[Call], *, num_cpus: float = 1, num_gpus: float = 0
 ) -> list[Any]:
     """Start a task per call (`num_cpus` and `num_gpus` each); their object references."""
-    options: dict = {"num_cpus": num_cpus, "max_retries": MAX_RETRIES, "retry_exceptions": [OSError]}
+    options: dict = {"num_cpus": num_cpus, "max_retries": MAX_RETRIES, "retry_exceptions": retryable()}
     if num_gpus:
         options["num_gpus"] = num_gpus
     task = ray.remote(fn)

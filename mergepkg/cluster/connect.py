@@ -16,7 +16,7 @@ import os
 import re
 import socket
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from mergepkg.cluster.jobs import Resources, StepJob
@@ -26,7 +26,21 @@ from mergepkg.cluster.worker import run_step
 from mergepkg.engine.split import Part
 from mergepkg.errors import BuildError
 
-MAX_RETRIES = 3  # attempts after the first, for a worker or node lost (and OSError)
+MAX_RETRIES = 3  # attempts after the first, for a worker or node lost (and a remote's hiccup: `retryable`)
+
+
+def retryable() -> list[type[BaseException]]:
+    """What a task raises that Ray retries on another node: a remote's hiccup. An OSError,
+    and the S3 client's own errors, which are not OSErrors (remote/errors.reaching says
+    the same of them): where s3fs is installed, botocore is too."""
+    kinds: list[type[BaseException]] = [OSError]
+    with suppress(ImportError):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kinds += [BotoCoreError, ClientError]
+    return kinds
+
+
 RAY_HINT = "install the extra: pip install 'mergepkg[ray]'"
 REACH_HINT = "start one (`ray start --head` on this machine), or give its address: --ray HOST:6379"
 PROBE_SECONDS = 5.0  # a TCP connect to the cluster's address: an answer is well within it
@@ -51,6 +65,11 @@ def connect(address: str) -> Iterator[Any]:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=True)
         except ConnectionError as e:
             raise unreachable(address, str(e)) from None
+        except ValueError as e:  # Ray's own reading of the address: `127.0.0.1` (no port), `host:abc`
+            raise BuildError(
+                f"not a Ray cluster's address: {address!r} ({e})",
+                hint="give HOST:PORT of the head node (ray start --head prints it), or auto",
+            ) from None
         joined = True
     try:
         yield ray
@@ -117,7 +136,7 @@ def submit(ray: Any, job: StepJob, size: Resources, board: Any, upstream: Sequen
     task = ray.remote(run_step).options(
         **size.options(),
         max_retries=MAX_RETRIES,
-        retry_exceptions=[OSError],
+        retry_exceptions=retryable(),
         name=f"mergepkg {job.name} {job.key[:12]}",
     )
     return task.remote(job, board, *upstream)
@@ -128,7 +147,7 @@ def submit_split(
 ) -> Any:
     """A task per part (each waits for the `upstream` tasks), then the assemble task, which
     waits for the parts; its answer is the step's."""
-    options = dict(**size.options(), max_retries=MAX_RETRIES, retry_exceptions=[OSError])
+    options = dict(**size.options(), max_retries=MAX_RETRIES, retry_exceptions=retryable())
     part_refs = [
         ray.remote(run_part)
         .options(**options, name=f"mergepkg {job.name} part {p.index + 1}/{p.count}")

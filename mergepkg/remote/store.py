@@ -131,6 +131,12 @@ class Remote:
             if not p.is_file() or p.stat().st_size != f.size:
                 raise RemoteError(f"{p} is not the file the record lists ({f.size} bytes)", file=self.url)
         self.fs.invalidate_cache()
+        if self.url.startswith("file://") and not self.fs.isdir(self.root):  # its writes would make it anew
+            raise RemoteError(
+                "the remote's folder is gone (an unmounted shared disk?)",
+                file=self.url,
+                hint="mount or create it again; a push never makes a remote's folder",
+            )
         try:
             existing = self.record(record.key)
         except RemoteError:

@@ -87,3 +87,22 @@ def test_the_drivers_and_tunes_errors_say_a_failed_task_in_one_line():
     with pytest.raises(BuildError) as e:
         list(answers(Ray(), [Call((), "trial 3")], [object()]))
     assert e.value.message == "trial 3 failed on the cluster: OSError: disk gone (on the node at 10.0.0.7)"
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "localhost:abc"])
+def test_an_address_ray_cannot_read_is_one_line(address):
+    """Ray's ValueError was a traceback; the probe leaves such an address to Ray."""
+    with pytest.raises(BuildError, match=f"not a Ray cluster's address: '{address}'") as e, connecting.connect(address):
+        pass
+    assert "HOST:PORT" in (e.value.hint or "")
+
+
+def test_an_s3_clients_hiccup_is_retried_as_an_os_error_is():
+    """botocore's errors are not OSErrors: Ray's retry_exceptions=[OSError] never matched
+    one, so an S3 remote unreachable for a moment ended the whole cluster build."""
+    from botocore.exceptions import EndpointConnectionError
+
+    hiccup = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+    assert not isinstance(hiccup, OSError)
+    assert any(isinstance(hiccup, kind) for kind in connecting.retryable())
+    assert OSError in connecting.retryable()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from remotes import make_artifact, push_together, scratch_remote, tree
 
-from mergepkg.remote.errors import NotOnRemote, Refused
+from mergepkg.remote.errors import NotOnRemote, Refused, RemoteError
 from mergepkg.remote.sign import generate_key
 from mergepkg.remote.store import Remote
 from mergepkg.remote.sync import open_remote, push_artifact, record_for, substitute
@@ -279,3 +279,16 @@ def test_a_file_remote_is_a_plain_folder_tree(tmp_path):
     record = record_for(art)
     assert set(files) == {f"records/{art.key}.json"} | {f"{record.folder}/{f.name}" for f in record.files}
     assert json.loads(files[f"records/{art.key}.json"])["digest"] == art.digest
+
+
+def test_a_push_to_a_folder_remote_whose_folder_is_gone_makes_none(tmp_path):
+    """fsspec's writes make missing folders: a node whose shared disk was unmounted pushed
+    into a new, empty folder at the mount point, which the driver's pull then refused."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    remote = open_remote(str(folder))
+    art = make_artifact(Store(tmp_path / "home"), 1)
+    folder.rmdir()
+    with pytest.raises(RemoteError, match="the remote's folder is gone"):
+        push_artifact(remote, art)
+    assert not folder.exists()
