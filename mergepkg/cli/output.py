@@ -88,7 +88,7 @@ class ProgressReporter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        _stop(self.progress)
 
     def step_reused(self, name: str, key: str) -> None:
         if not self.progress.disable:
@@ -156,7 +156,7 @@ class TransferReporter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        _stop(self.progress)
 
     def transfer_started(self, label: str, key: str) -> Callable[[str, int, int], None]:
         task = self.tasks[key] = self.progress.add_task(escape(label), total=None)
@@ -174,10 +174,21 @@ class TransferReporter:
             self.progress.remove_task(task)
 
 
+def _stop(progress: Progress) -> None:
+    """Stop the bars; where none was drawn, without the empty line rich leaves on a stream
+    that is no terminal (before an error, it made the error's one line two)."""
+    if progress.tasks or progress.disable:
+        progress.stop()
+    else:  # Progress.stop ends a stream's last drawing with a line of its own
+        progress.live.transient = True
+        progress.live.stop()
+
+
 def print_data(data: Any) -> None:
     """`data` as JSON on stdout, every NaN and infinity as null: strict JSON has no such
-    numbers, and a score that is none (a perplexity that overflowed) is no value."""
-    out.print_json(json.dumps(_json_safe(data)))
+    numbers, and a score that is none (a perplexity that overflowed) is no value. Never
+    coloured: FORCE_COLOR (set by many CI systems) would put escape codes into the JSON."""
+    out.print_json(json.dumps(_json_safe(data)), highlight=False)
 
 
 def _json_safe(data: Any) -> Any:

@@ -4,6 +4,7 @@ never cropped where it is no terminal; user text on stderr is escaped."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -117,3 +118,21 @@ def test_user_text_on_stderr_is_escaped(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MERGEPKG_HOME", str(home))
     code, _, err = cli(capsys, "cache", "list")
     assert code == 0 and f"in {home / 'store'}" in err, err
+
+
+def test_json_on_stdout_is_never_coloured(monkeypatch):
+    """FORCE_COLOR=1 (many CI systems set it) styled `--json` output: not JSON any more."""
+    buffer = io.StringIO()
+    monkeypatch.setattr(output, "out", UncroppedConsole(file=buffer, force_terminal=True, markup=False))
+    output.print_data({"task": "inc", "score": 0.5, "none": float("nan")})
+    assert "\x1b" not in buffer.getvalue()
+    assert json.loads(buffer.getvalue()) == {"task": "inc", "score": 0.5, "none": None}
+
+
+def test_bars_that_drew_nothing_leave_no_empty_line(capsys):
+    """`verify` of a stored recipe, or an error before any step, printed an empty line first."""
+    with output.ProgressReporter():
+        pass
+    with output.TransferReporter():
+        pass
+    assert capsys.readouterr().err == ""
