@@ -23,12 +23,11 @@ from pathlib import Path
 
 import tomli_w
 
-from mergepkg._toml import tomllib
-from mergepkg.errors import PublishError, RegistryError, did_you_mean
+from mergepkg.errors import MergepkgError, PublishError, RegistryError, did_you_mean, disk_error
 from mergepkg.files import write_atomic
 from mergepkg.recipe.names import NAME_HINT, canonical_name, is_name
 from mergepkg.registry.index import Entry, index_path, published_lock_path, read_index, recipe_path
-from mergepkg.settings import Settings
+from mergepkg.settings import Settings, home_not_a_folder, make_home, read_config, url_tables
 
 TIMEOUT = 30  # seconds per request
 
@@ -39,6 +38,13 @@ class ChecksumMismatch(RegistryError):
 
 class Unreachable(RegistryError):
     """A registry could not be read and nothing was kept from an earlier read."""
+
+
+class RegistryConfigError(MergepkgError, ValueError):
+    """registries.toml cannot be read as the registry list. Not a RegistryError: no
+    registry was asked anything, and a command that takes a RegistryError to mean "no
+    such package" (`build NAME` falls back to a file) must not hide where the list is
+    broken."""
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -70,20 +76,17 @@ def config_path(settings: Settings) -> Path:
 
 
 def configured(settings: Settings) -> list[Registry]:
-    path = config_path(settings)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        return []
-    except (tomllib.TOMLDecodeError, RecursionError) as e:
-        raise RegistryError(
-            f"cannot read the registry list: {e}", file=str(path), hint="fix or delete it, then `mergepkg registry add`"
-        ) from None
-    return [Registry(n, r["url"], r.get("token")) for n, r in data.get("registries", {}).items()]
+    """The configured registries, in the order they were added; registries.toml is edited
+    by hand too, so whatever it holds that is no registry list is an error located there."""
+    hint = "fix or delete it, then `mergepkg registry add`"
+    path, data = read_config(settings, "registries.toml", what="registry list", error=RegistryConfigError, hint=hint)
+    tables = url_tables(data, "registries", path=path, error=RegistryConfigError, hint=hint, strings=("token",))
+    return [Registry(n, r["url"], r.get("token")) for n, r in tables.items()]
 
 
 def save(settings: Settings, registries: list[Registry]) -> None:
     doc = {"registries": {r.name: {k: v for k, v in (("url", r.url), ("token", r.token)) if v} for r in registries}}
+    make_home(settings.home)  # one located error where it is a file or cannot be made
     write_atomic(config_path(settings), tomli_w.dumps(doc), mode=0o600)  # tokens may be in it
 
 
@@ -180,7 +183,7 @@ class Client:
             except OSError as e:
                 raise RegistryError(f"cannot read {path}: {e}", file=str(reg.folder)) from None
         kept_file = self.cache / hashlib.sha256(reg.url.encode()).hexdigest()[:16] / path
-        kept = _Kept.read(kept_file)  # (etag, body) of an earlier read; a 404 is kept as body None
+        kept = _Kept.read(kept_file, self.cache)  # (etag, body) of an earlier read; a 404 is kept as body None
         if kept is not None and ((immutable and kept.body is not None) or self.settings.registry_offline):
             return kept.body  # recipe files never change (checked by sha256 anyway)
         if self.settings.registry_offline:
@@ -331,11 +334,13 @@ class _Kept:
     body: bytes | None
 
     @classmethod
-    def read(cls, path: Path) -> _Kept | None:
+    def read(cls, path: Path, cache: Path) -> _Kept | None:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as e:
+            raise _unkept(e, path, cache) from None
         head, _, body = data.partition(b"\n")
         try:
             meta = json.loads(head)
@@ -346,3 +351,19 @@ class _Kept:
     def write(self, path: Path) -> None:
         head = json.dumps({"etag": self.etag, "found": self.body is not None}).encode()
         write_atomic(path, head + b"\n" + (self.body or b""))
+
+
+def _unkept(e: OSError, path: Path, cache: Path) -> MergepkgError:
+    """A kept copy that cannot be read: a file where registry-cache/ (or the home) should
+    be a folder, a folder where a kept file should be. The home's own error where the home
+    is the file; else one located at the kept file (what a disk refuses is the machine's,
+    as everywhere)."""
+    if (disk := disk_error(e, "reading a kept copy")) is not None:
+        return disk
+    if cache.parent.exists() and not cache.parent.is_dir():
+        return home_not_a_folder(cache.parent)
+    return RegistryError(
+        f"cannot use the kept copy of a registry's file: {e.strerror or e}",
+        file=str(path),
+        hint=f"delete {cache}: it only holds copies of files registries served",
+    )

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import tomli_w
 
-from mergepkg._toml import tomllib
 from mergepkg.errors import did_you_mean
 from mergepkg.files import write_atomic
 from mergepkg.recipe.names import NAME_HINT, is_name
 from mergepkg.remote.errors import EXTRA_HINT, RemoteConfigError
 from mergepkg.remote.sign import parse_public_key
-from mergepkg.settings import Settings
+from mergepkg.settings import Settings, make_home, read_config, url_tables
 
 SCHEMES = ("file", "s3", "hf", "memory")
 
@@ -42,23 +41,14 @@ def config_path(settings: Settings) -> Path:
 
 
 def _read(settings: Settings) -> dict:
-    path = config_path(settings)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (tomllib.TOMLDecodeError, RecursionError, UnicodeDecodeError) as e:
-        raise RemoteConfigError(
-            f"cannot read the remote list: {e}", file=path, hint="fix or delete it, then add the remotes again"
-        ) from None
-    remotes = data.get("remotes", {})
+    hint = "fix or delete it, then add the remotes again"
+    path, data = read_config(settings, "remotes.toml", what="remote list", error=RemoteConfigError, hint=hint)
+    remotes = url_tables(data, "remotes", path=path, error=RemoteConfigError, hint=hint)
     keys = data.get("trusted-public-keys", [])
-    if not isinstance(remotes, dict) or not all(
-        isinstance(r, dict) and isinstance(r.get("url"), str) for r in remotes.values()
-    ):
-        raise RemoteConfigError("expected [remotes.NAME] tables with a url", file=path, key="remotes")
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise RemoteConfigError("expected a list of NAME:BASE64 strings", file=path, key="trusted-public-keys")
+        raise RemoteConfigError(
+            "expected a list of NAME:BASE64 strings", file=path, key="trusted-public-keys", hint=hint
+        )
     return {"remotes": remotes, "trusted-public-keys": keys}
 
 
@@ -67,6 +57,7 @@ def _save(settings: Settings, remotes: list[RemoteConfig], trusted: list[str]) -
     if trusted:
         doc["trusted-public-keys"] = trusted
     doc["remotes"] = {r.name: {"url": r.url} for r in remotes}
+    make_home(settings.home)  # one located error where it is a file or cannot be made
     write_atomic(config_path(settings), tomli_w.dumps(doc))
 
 

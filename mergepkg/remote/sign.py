@@ -20,7 +20,7 @@ from mergepkg.files import write_atomic
 from mergepkg.recipe.names import NAME_HINT, is_name
 from mergepkg.remote.errors import EXTRA_HINT, Refused, RemoteConfigError, RemoteError
 from mergepkg.remote.record import Record, Signature
-from mergepkg.settings import Settings
+from mergepkg.settings import Settings, home_not_a_folder, make_home
 
 
 def _ed25519() -> Any:  # the module; `cryptography` is in the remote extra
@@ -71,7 +71,8 @@ def generate_key(settings: Settings, name: str) -> SigningKey:
     """A new key named `name`, saved under keys/ (the secret 0600); never overwrites one."""
     if not is_name(name):
         raise RemoteConfigError(f"invalid key name {name!r}", hint=NAME_HINT)
-    secret_file = keys_dir(settings) / f"{name}.secret"
+    folder = _keys_folder(settings)
+    secret_file = folder / f"{name}.secret"
     if secret_file.exists():
         raise RemoteConfigError(
             f"a key named {name!r} exists", file=secret_file, hint="pick another name, or use the one there"
@@ -79,8 +80,20 @@ def generate_key(settings: Settings, name: str) -> SigningKey:
     secret = _ed25519().Ed25519PrivateKey.generate().private_bytes_raw()
     key = SigningKey(name, secret)
     write_atomic(secret_file, f"{name}:{base64.b64encode(secret).decode()}\n", mode=0o600)
-    write_atomic(keys_dir(settings) / f"{name}.public", key.public + "\n")
+    write_atomic(folder / f"{name}.public", key.public + "\n")
     return key
+
+
+def _keys_folder(settings: Settings) -> Path:
+    """keys/, checked before a key is made: a home or a keys/ that is a file is one
+    located error, not a NotADirectoryError from deep in a write."""
+    folder = keys_dir(settings)
+    make_home(settings.home)
+    if folder.exists() and not folder.is_dir():
+        raise RemoteConfigError(
+            "expected the folder of signing keys, found a file", file=folder, hint="move the file away"
+        )
+    return folder
 
 
 def key_file(settings: Settings, name: str) -> Path:
@@ -100,6 +113,8 @@ def load_signing_key(settings: Settings, name: str) -> SigningKey:
     try:
         text = path.read_text()
     except OSError as e:
+        if isinstance(e, NotADirectoryError) and settings.home.exists() and not settings.home.is_dir():
+            raise home_not_a_folder(settings.home) from None
         raise RemoteConfigError(
             f"cannot read the signing key: {e.strerror}", file=path, hint="make one: mergepkg remote keygen NAME"
         ) from None

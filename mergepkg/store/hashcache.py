@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mergepkg.errors import SourceError, StoreError
+from mergepkg.settings import make_home
 
 # Files are hashed from read-only mappings of WINDOW bytes, each in one `update`: hashlib
 # gives the GIL back for a whole window and takes it again once. Read into a buffer, every
@@ -245,12 +246,7 @@ class HashCache:
     """A small sqlite table in MERGEPKG_HOME; safe for several processes at once."""
 
     def __init__(self, db: Path):
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise StoreError(
-                "MERGEPKG_HOME is not a folder", file=str(db.parent), hint="point MERGEPKG_HOME at a folder"
-            ) from None
+        make_home(db.parent)  # a file there, or a place no folder can be made: one located error
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(db, timeout=60, check_same_thread=False)
