@@ -6,10 +6,12 @@ engine needs to write a tokenizer (the files' text). The union follows mergekit'
 with their settings) but not in how: mergekit adds another model's ordinary tokens as
 *added* tokens, which the tokenizer then matches in raw text before its model runs
 (a BPE token `ing` would split every "ing" out of words). Here they join the base's
-model vocabulary without merges: with a BPE base that applies its merges the union
-encodes text exactly as the base does (a base that looks whole words up first,
-WordPiece or BPE with `ignore_merges`, may use another model's token for a word), each
-model's added and special tokens encode to single ids, and every token decodes. Added
+model vocabulary without merges, except those a BPE base reaches without a merge (one
+character, `reached_unmerged`): they would replace the base's byte or unknown tokens for
+that character, so they are left out, with their rows. With a BPE base that applies its
+merges the union encodes text exactly as the base does (a base that looks whole words up
+first, WordPiece or BPE with `ignore_merges`, may use another model's token for a word),
+each model's added and special tokens encode to single ids, and every token decodes. Added
 tokens are also entered in the model vocabulary (as trained BPE tokenizers enter their
 special tokens), because the tokenizers library renumbers, on loading, any added token
 its model lacks.
@@ -27,6 +29,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mergepkg.errors import SourceError
 
@@ -103,6 +106,7 @@ def union(parts: list[tuple[Vocab, int | None]]) -> Vocab:
             f"its tokenizer model is {data.get('model', {}).get('type')}; a union extends "
             "BPE, WordPiece and WordLevel vocabularies only"
         )
+    model = data["model"]
     ids = dict(first.ids)  # the base keeps every id, even past its rows (those rows come from others)
     added = list(data.get("added_tokens", []))
     for entry in added:  # the tokenizers library renumbers added tokens its model lacks: it must have them
@@ -111,8 +115,8 @@ def union(parts: list[tuple[Vocab, int | None]]) -> Vocab:
     following = max(ids.values(), default=-1) + 1
     for vocab, rows in parts[1:]:
         for token, _ in sorted(vocab.within(rows).items(), key=lambda kv: kv[1]):
-            if token in ids:
-                continue
+            if token in ids or (token not in vocab.added and reached_unmerged(model, token)):
+                continue  # the base's already, or a token that would change how the base encodes text
             ids[token] = model_vocab[token] = following  # no merges reach it: text encodes as the base's does
             if token in vocab.added:
                 added.append(dict(vocab.added[token], id=following))
@@ -127,6 +131,29 @@ def union(parts: list[tuple[Vocab, int | None]]) -> Vocab:
             config = json.loads(files[name])
             files[name] = _dump(_with_specials(config, specials, added, add_list=name == "tokenizer_config.json"))
     return Vocab(ids, {e["content"]: e for e in added}, files, made=True)
+
+
+def reached_unmerged(model: Mapping[str, Any], token: str) -> bool:
+    """Whether the tokenizer model `model` (tokenizer.json's) would produce `token` from text
+    without applying a merge, so that entering it in its vocabulary changes how text encodes.
+
+    A BPE model cuts each word into characters, the first as it is, the others after its
+    `continuing_subword_prefix` and the last with its `end_of_word_suffix`, and looks each
+    piece up before merging; a piece it lacks becomes byte tokens (`byte_fallback`, as
+    Llama-2's and Mistral's), its `unk_token`, or nothing. So a token of one character
+    (with that prefix or suffix) that the base lacks would replace those, and any longer
+    token needs merges the base does not have. The normalizer and pre-tokenizer only decide
+    the words, which are cut the same way. WordPiece and WordLevel models look words up
+    whole (docs/tokenizers.md says what a union does to them): none is reached by this rule."""
+    if model.get("type", "BPE" if "merges" in model else None) != "BPE":
+        return False
+    prefixes = {"", model.get("continuing_subword_prefix") or ""}
+    suffixes = {"", model.get("end_of_word_suffix") or ""}
+    return any(
+        token.startswith(p) and token.endswith(s) and len(token) - len(p) - len(s) == 1
+        for p in prefixes
+        for s in suffixes
+    )
 
 
 def _with_specials(config: dict, specials: list[str], added: list[dict], *, add_list: bool) -> dict:

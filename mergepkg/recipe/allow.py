@@ -23,6 +23,7 @@ CODES = {
     "MP105": "two moe experts with the same prompts",
     "MP201": "a random density that keeps almost nothing of a tensor",
     "MP202": "inputs of different architectures",
+    "MP203": "a tokenizer with tokens past the output's embedding rows",
     "MP301": "an input that looks fine-tuned from another base",
     "MP302": "NaN or inf in an input tensor",
 }

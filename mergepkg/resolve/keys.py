@@ -15,7 +15,8 @@ which that mode never reads. `allow_base_expert` changes no byte and is left out
 Settings added after the first keys (`tokenizer.tokens`, `pad_to_multiple_of`,
 `chat_template`) join the entry only when a step sets them, so every other step keeps
 its key. So does `config`: the version of the config.json that steps of stacked layers
-(`slices`) and of `dtype = "auto"` write, where it changed (layout/configs.py).
+(`slices`) and of `dtype = "auto"` write, where it changed (layout/configs.py), and of a
+union's vocabulary (layout/vocab.py).
 
 The implicit step of a `base+adapter` reference (recipe/adapters.py) has an entry of its
 own (`adapter_entry`): the base's identity, the adapter's (its pin: commit and file
@@ -45,8 +46,9 @@ HASH_VERSION = 1  # bump whenever step_entry's shape or meaning changes
 # the dtype "auto" names (layout/configs.py); 3, the head and its tying of stacked layers
 # (layout/dense.py) and special token ids whose token the output's vocabulary lacks (layout/align.py);
 # 4, GPT-2's unprefixed embeddings (`wte.weight`) from the first slice, GPT-NeoX's head (`embed_out`)
-# from the last (layout/types.py `is_pre`)
-CONFIG_VERSION = 4
+# from the last (layout/types.py `is_pre`); 5, a union's vocabulary without the other models' tokens
+# its BPE base reaches without a merge (layout/vocab.py `reached_unmerged`)
+CONFIG_VERSION = 5
 
 
 def key_of(entry: Mapping) -> str:
@@ -154,10 +156,12 @@ def config_version(step: Step) -> int | None:
     """The version of the config rules (CONFIG_VERSION) that changed `step`'s output, or
     None where none did."""
     other_vocabulary = step.tokenizer_model != step.models[0]  # the config's model is the first (the base)
-    if step.slices:
+    if step.tokenizer_union:
         return CONFIG_VERSION
+    if step.slices:
+        return 4  # version 5 changed unions only: these keep their keys
     if other_vocabulary:
-        return 3  # version 4 changed stacked layers only: these keep their keys
+        return 3  # versions 4 and 5 changed stacked layers and unions only: these keep their keys
     if step.dtype == AUTO_DTYPE and step.out_dtype is None:
         return 2
     return None

@@ -64,13 +64,46 @@ def llama(folder: Path, rows: int, *, seed: int, tied: bool = False, like: Path 
     return folder
 
 
+def byte_fallback_bpe(folder: Path, sentences: list[str], specials: list[str]):
+    """A tokenizer shaped as Llama-2's and Mistral's: SentencePiece-style BPE (`▁` for
+    spaces) whose characters outside its vocabulary encode to the 256 byte tokens
+    (`byte_fallback`), trained on `sentences`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    def shaped(tok):
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
+        return tok
+
+    trained = shaped(Tokenizer(models.BPE()))
+    trained.train_from_iterator(sentences, trainers.BpeTrainer(vocab_size=50, show_progress=False))
+    model = json.loads(trained.to_str())["model"]
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    tokens += sorted(model["vocab"], key=model["vocab"].get)
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    bpe_model = models.BPE(
+        {t: i for i, t in enumerate(tokens)}, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=shaped(Tokenizer(bpe_model)), unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    fast.add_special_tokens({"additional_special_tokens": specials})
+    fast.save_pretrained(folder)
+    return fast
+
+
 @pytest.fixture(scope="module")
 def tok_models(tmp_path_factory) -> dict[str, Path]:
     """base: BPE on SENTENCES_A + <|a|>; ft: base's tokenizer, base + noise; chat: base's
     tokenizer + <|im_start|>, <|im_end|> (two more rows); other: BPE on SENTENCES_B + <|b|>,
-    <|c|>; swapped: base's tokenizer with two ids exchanged (same rows); *_tied: tied embeddings."""
+    <|c|>; swapped: base's tokenizer with two ids exchanged (same rows); *_tied: tied
+    embeddings; bf_base, bf_other: Llama-2-style byte-fallback BPE on SENTENCES_A, _B."""
     root = tmp_path_factory.mktemp("tok_models")
-    m = {name: root / name for name in ("base", "ft", "chat", "other", "swapped", "base_tied", "other_tied")}
+    names = ("base", "ft", "chat", "other", "swapped", "base_tied", "other_tied", "bf_base", "bf_other")
+    m = {name: root / name for name in names}
     n_base = len(bpe(m["base"], SENTENCES_A, ["<|a|>"]))
     llama(m["base"], n_base, seed=0)
     for name in ("ft", "swapped"):
@@ -91,6 +124,10 @@ def tok_models(tmp_path_factory) -> dict[str, Path]:
     for name, src, rows in (("base_tied", "base", n_base), ("other_tied", "other", n_other)):
         shutil.copytree(m[src], m[name], ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
         llama(m[name], rows, seed=4, tied=True)
+    for seed, (name, sentences, specials) in enumerate(
+        (("bf_base", SENTENCES_A, ["<|a|>"]), ("bf_other", SENTENCES_B, ["<|im_start|>", "<|im_end|>"])), start=5
+    ):
+        llama(m[name], len(byte_fallback_bpe(m[name], sentences, specials)), seed=seed)
     return m
 
 
@@ -138,7 +175,10 @@ def test_union_builds_a_model_and_tokenizer_transformers_load(recipe, tmp_path, 
     assert all(union[t] == i for t, i in base.items())
     appended = [t for t, _ in sorted(union.items(), key=lambda kv: kv[1]) if t not in base]
     from_chat = [t for t, _ in sorted(chat.items(), key=lambda kv: kv[1]) if t not in base]
-    from_other = [t for t, _ in sorted(other.items(), key=lambda kv: kv[1]) if t not in base and t not in chat]
+    # (other's tokens of one character the base lacks are left out: they would change how text encodes)
+    from_other = [
+        t for t, _ in sorted(other.items(), key=lambda kv: kv[1]) if t not in base and t not in chat and len(t) > 1
+    ]
     assert appended == from_chat + from_other and from_chat == ["<|im_start|>", "<|im_end|>"]
     assert sorted(union.values()) == list(range(len(union)))
     config = json.loads((out / "config.json").read_text())
@@ -321,6 +361,13 @@ def test_keys_of_the_tokenizer_setting(recipe):
     none = key("", "a.toml")
     assert key('tokenizer = "base"\n', "b.toml") == key('tokenizer = { source = "base" }\n', "c.toml") == none
     assert key('[steps.s.tokenizer]\nsource = "chat"\n', "d.toml") == key('tokenizer = "chat"\n', "e.toml") != none
+    entries = {
+        extra: resolve(load_recipe(recipe(body + extra, name="entry.toml")), Session()).entries["s"]
+        for extra in ("", 'tokenizer = "chat"\n', 'tokenizer = "union"\n')
+    }
+    # a union leaves out tokens built before into its vocabulary (one character): its key changed, no other's
+    assert entries['tokenizer = "union"\n']["config"] == 5
+    assert "config" not in entries[""] and entries['tokenizer = "chat"\n']["config"] == 3
     union = key('tokenizer = { source = "union" }\n', "f.toml")
     assert union == key('tokenizer = "union"\n', "g.toml") == key("tokenizer = {}\n", "h.toml")  # mergekit's default
     assert len({none, union, key('tokenizer = "chat"\n', "i.toml")}) == 3
@@ -606,8 +653,8 @@ def test_union_of_transformers_4_style_configs_lists_the_new_tokens():
     from mergepkg.layout.vocab import union
 
     vocab = small_vocab
-    out = union([(vocab(["a", "b"], ["<x>"]), 3), (vocab(["b", "c"], ["<y>", "<x>"]), 4)])
-    assert out.ids == {"a": 0, "b": 1, "<x>": 2, "c": 3, "<y>": 4}
+    out = union([(vocab(["aa", "bb"], ["<x>"]), 3), (vocab(["bb", "cc"], ["<y>", "<x>"]), 4)])
+    assert out.ids == {"aa": 0, "bb": 1, "<x>": 2, "cc": 3, "<y>": 4}
     config = json.loads(out.files["tokenizer_config.json"])
     assert (
         config["additional_special_tokens"] == ["<x>", "<y>"]
@@ -696,3 +743,105 @@ def test_pad_to_multiple_of_adds_mean_rows(recipe, tmp_path, tok_models):
     assert union[EMBED].shape[0] == -(-n // 32) * 32 > n and (union[EMBED][n:] == union[EMBED][-1]).all()
     res = resolve(load_recipe(tmp_path / "recipe.toml"), Session())
     assert res.keys["s"] != resolve(load_recipe(tmp_path / "plain.toml"), Session()).keys["s"]
+
+
+NEW_CHARACTERS = "the cow flew high, a quiz"  # w, i, l, b, ... are other's characters, not base's
+
+
+@pytest.mark.parametrize(("base", "other"), [("base", "other"), ("bf_base", "bf_other")])
+def test_a_union_encodes_text_as_its_base_does(recipe, tmp_path, tok_models, base, other):
+    """Another model's token of one character the base lacks is reached without a merge:
+    entered, it would replace the base's <unk> (base) or byte tokens (bf_base, as Llama-2
+    and Mistral) for that character. It is left out of the union, rows and all; its longer
+    tokens, which need merges the base lacks, and its added tokens join."""
+    from transformers import AutoTokenizer
+
+    body = f'[steps.u]\nmethod = "linear"\ninputs = ["{base}", "{other}"]\nparams = {{ weight = 0.5 }}\ntokenizer = "union"\n'
+    res = resolve(load_recipe(recipe(body)), Session())
+    laid, _ = lay_out(res.recipe, res.plan.order, {n: s.folder for n, s in res.sources.items()})
+    vocab = laid["u"].vocab
+    for name, text in vocab.files.items():
+        (tmp_path / name).write_text(text)
+    union, base_ids, other_ids = vocab.ids, ids(tok_models[base]), ids(tok_models[other])
+    new = [t for t in other_ids if t not in base_ids]
+    assert "w" in new and "w" not in union and "Ġ" not in new  # the byte-level base has every byte's character
+    assert [t for t in new if t not in union] == [t for t in new if len(t) == 1]
+    assert {"<|im_start|>", "<|b|>"} & set(union) and any(len(t) > 2 and t in union for t in new)
+    assert laid["u"].tensors[0].info.shape[0] == len(union) == max(union.values()) + 1
+    base_tok, tok = AutoTokenizer.from_pretrained(tok_models[base]), AutoTokenizer.from_pretrained(tmp_path)
+    for text in (NEW_CHARACTERS, "w", "the cat sat on the mat"):
+        assert tok.tokenize(text) == base_tok.tokenize(text), text
+        assert tok.encode(text) == base_tok.encode(text)
+
+
+def test_tokens_a_bpe_model_reaches_without_a_merge():
+    """What `reached_unmerged` says, against what the tokenizers library produces from text
+    with no merges at all: one character, with the continuing prefix and the word's suffix."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from mergepkg.layout.vocab import reached_unmerged
+
+    pieces = ["<unk>", "a", "##b", "c</w>", "##c</w>", "ab", "##bc</w>", "b"]
+    bpe = models.BPE(
+        {t: i for i, t in enumerate(pieces)},
+        [],
+        unk_token="<unk>",
+        continuing_subword_prefix="##",
+        end_of_word_suffix="</w>",
+    )
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    model = json.loads(tok.to_str())["model"]
+    produced = {t for text in ("ab abc c ac ba b", "abc") for t in tok.encode(text).tokens} - {"<unk>"}
+    assert produced == {"a", "b", "##b", "c</w>", "##c</w>"}  # not "ab", "##bc</w>": they need merges
+    assert {t for t in pieces[1:] if reached_unmerged(model, t)} == produced
+    assert not reached_unmerged({"type": "WordPiece", "vocab": {}}, "a")
+    assert reached_unmerged({"type": "BPE", "vocab": {}, "merges": []}, "é") and not reached_unmerged(model, "ab")
+
+
+@pytest.mark.slow
+def test_a_byte_fallback_union_builds_a_model_that_reads_its_base_s_text(recipe, tmp_path, tok_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    body = (
+        '[steps.u]\nmethod = "task_arithmetic"\nbase = "bf_base"\ninputs = [{ model = "bf_other", weight = 0.5 }]\n'
+        'tokenizer = "union"\n'
+    )
+    out = tmp_path / "out"
+    tensors = build_one(recipe(body), out)
+    union, other = ids(out), ids(tok_models["bf_other"])
+    assert tensors[EMBED].shape[0] == len(union) == json.loads((out / "config.json").read_text())["vocab_size"]
+    b = load_tensors(tok_models["bf_other"])
+    torch.testing.assert_close(tensors[EMBED][union["▁cow"]], b[EMBED][other["▁cow"]], rtol=0, atol=1e-6)
+    tok, base_tok = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(tok_models["bf_base"])
+    prompt = NEW_CHARACTERS + "<|im_end|>"
+    assert tok.tokenize(prompt) == [*base_tok.tokenize(NEW_CHARACTERS), "<|im_end|>"]
+    assert tok.decode(tok(prompt).input_ids, skip_special_tokens=True) == NEW_CHARACTERS
+    model = AutoModelForCausalLM.from_pretrained(out)
+    model.generate(tok(prompt, return_tensors="pt").input_ids, max_new_tokens=2)
+
+
+@pytest.mark.slow
+def test_a_copied_tokenizer_with_tokens_past_its_rows_warns(tmp_path, tok_models):
+    """A chat tokenizer whose model was never resized for its ChatML tokens: its copy keeps
+    them past the output's rows (the model fails on them, as mergekit's output does): MP203;
+    a union gives them the rows of the model that has them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    short = tmp_path / "short"
+    shutil.copytree(tok_models["chat"], short, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    llama(short, len(ids(tok_models["base"])), seed=6, like=tok_models["base"])
+    body = '[steps.s]\nmethod = "task_arithmetic"\nbase = "short"\ninputs = [{ model = "chat", weight = 0.5 }]\n'
+    sources = f'short = {{ path = "{short}" }}\nchat = {{ path = "{tok_models["chat"]}" }}\n'
+    head = f'[package]\nname = "short"\nversion = "0.1.0"\n\n[sources]\n{sources}\n'
+    for setting, warned in (('"base"', True), ('"union"', False)):
+        path = tmp_path / f"{warned}.toml"
+        path.write_text(head + body + f"tokenizer = {setting}\n")
+        report = build_recipe(path, tmp_path / f"out{warned}")
+        assert [p.code for p in report.pitfalls] == (["MP203"] if warned else [])
+        tok = AutoTokenizer.from_pretrained(tmp_path / f"out{warned}")
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / f"out{warned}")
+        prompt = tok("<|im_start|>the cat", return_tensors="pt").input_ids
+        assert (prompt.max().item() >= model.config.vocab_size) == warned
+        if not warned:
+            model(prompt)

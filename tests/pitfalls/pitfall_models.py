@@ -75,3 +75,20 @@ def recipe(folder: Path, models: dict[str, Path], body: str, *, allow: str = "")
     path = folder / "recipe.toml"
     path.write_text(head + "\n" + body.strip() + "\n")
     return path
+
+
+def stub_tokenizer(folder: Path, tokens: int, added: tuple[str, ...] = ()) -> Path:
+    """A `tokenizer.json` beside a stub model: `tokens` word-level tokens, then `added`
+    special tokens at the ids after them (past the rows of a model with `tokens` rows)."""
+    vocab = {f"t{i}": i for i in range(tokens)}
+    entries = [
+        {"id": tokens + k, "content": t, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        for k, t in enumerate(added)
+    ]
+    data = {
+        "version": "1.0",
+        "added_tokens": entries,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"},
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    return folder

@@ -1,10 +1,10 @@
-"""MP201 and MP202, from configs and headers (`mergepkg validate`, no tensor read), and
-a hidden-size difference reported as that, before any vocabulary is compared."""
+"""MP201, MP202 and MP203, from configs, headers and tokenizers (`mergepkg validate`, no
+tensor read), and a hidden-size difference reported as that, before any vocabulary is compared."""
 
 from __future__ import annotations
 
 import pytest
-from pitfall_models import recipe, stub_model
+from pitfall_models import recipe, stub_model, stub_tokenizer
 
 from mergepkg import api
 from mergepkg.errors import ModelMismatchError
@@ -104,3 +104,51 @@ def test_a_tensor_mismatch_between_architectures_says_they_differ(tmp_path, stub
         and "('deep' is ['MistralForCausalLM'], 'base' ['LlamaForCausalLM'])" in e.value.message
     )
     assert e.value.hint == "merge models of one architecture"
+
+
+CHATML = ("<|im_start|>", "<|im_end|>")
+
+
+@pytest.fixture
+def short_chat(tmp_path, stubs):
+    """short: ChatML tokens added to its tokenizer (ids 16, 17) but only 16 rows; chat: the
+    same tokenizer with 18 rows; ft: a fine-tune of short, its tokenizer too."""
+    root = tmp_path / "models"
+    short = stub_tokenizer(stub_model(root / "short", seed=7), 16, CHATML)
+    chat = stub_tokenizer(stub_model(root / "chat", seed=8, vocab=18), 16, CHATML)
+    ft = stub_tokenizer(stub_model(root / "ft", seed=9, like=short), 16, CHATML)
+    return {**stubs, "short": short, "chat": chat, "ft": ft}
+
+
+SHORT = '[steps.m]\nmethod = "task_arithmetic"\nbase = "short"\ninputs = [{ model = "chat", weight = 0.5 }]\n'
+
+
+def test_mp203_a_copied_tokenizer_with_tokens_past_the_output_s_rows(tmp_path, short_chat, no_reads):
+    """The output's rows are cut to the 16 its tokenizer's model has (mergekit too) while the
+    tokenizer keeps ids 16 and 17: the model would fail on every ChatML prompt."""
+    path = recipe(tmp_path, short_chat, SHORT + 'tokenizer = "base"\n')
+    (p,) = api.validate(path).pitfalls
+    line = path.read_text().splitlines().index('tokenizer = "base"') + 1
+    assert (p.code, p.key, p.line, p.file) == ("MP203", "steps.m.tokenizer", line, str(path))
+    assert (
+        "the tokenizer of 'short', with 2 tokens past the output's 16 embedding rows "
+        "('<|im_start|>' (id 16), '<|im_end|>' (id 17))" in p.message
+    )
+    assert 'tokenizer = "union"' in p.hint and "'chat', which has them" in p.hint
+    assert api.validate(recipe(tmp_path, short_chat, SHORT + 'tokenizer = "base"\n', allow='"MP203"')).pitfalls == []
+
+
+@pytest.mark.parametrize(
+    "tokenizer",
+    ['"union"', '{ source = "union", tokens = { "<|im_end|>" = { source = "chat", force = true } } }', '"chat"'],
+)
+def test_mp203_is_gone_where_the_hint_leads(tmp_path, short_chat, no_reads, tokenizer):
+    """A union keeps the tokens with chat's rows; chat's own tokenizer fits its rows."""
+    path = recipe(tmp_path, short_chat, SHORT + f"tokenizer = {tokenizer}\n")
+    assert api.validate(path).pitfalls == []
+
+
+def test_mp203_on_one_vocabulary_says_no_model_has_the_rows(tmp_path, short_chat, no_reads):
+    body = '[steps.m]\nmethod = "task_arithmetic"\nbase = "short"\ninputs = [{ model = "ft", weight = 0.5 }]\n'
+    (p,) = api.validate(recipe(tmp_path, short_chat, body)).pitfalls
+    assert p.code == "MP203" and p.key == "steps.m" and "no model of the step has rows for them" in p.hint

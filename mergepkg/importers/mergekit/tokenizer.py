@@ -22,8 +22,8 @@ def tokenizer_source(
         step.union = True
         ctx.note(
             "union: the other models' ordinary tokens join the base's tokenizer model without merges "
-            "(mergekit adds them as added tokens), so text encodes as the base encodes it; "
-            "see docs/tokenizers.md",
+            "(mergekit adds them as added tokens), so text encodes as the base encodes it; those of one "
+            "character the base lacks are left out, as they would change that; see docs/tokenizers.md",
             key,
         )
         return
