@@ -33,7 +33,7 @@ from mergepkg.builder.steps import StepRunner
 from mergepkg.builder.substitute import Policy, Remotes
 from mergepkg.engine.progress import NullReporter, Reporter
 from mergepkg.errors import LockError
-from mergepkg.lockfile import Lock, LockedExport, LockedStep, lock_path, read_lock, write_lock
+from mergepkg.lockfile import Lock, LockedExport, LockedStep, lock_path, locked_digests, read_lock, write_lock
 from mergepkg.pitfalls.params import recipe_pitfalls
 from mergepkg.pitfalls.pitfall import Pitfall, deny, settle
 from mergepkg.recipe.exports import export_file
@@ -123,11 +123,8 @@ def build(
         warnings.recipe = res.recipe
         warnings.found(recipe_pitfalls(res.recipe, res.plan.order))  # MP1xx: before anything is read
         sample = None if verify_store else SPOT_CHECK_BYTES if mode != "update" else 0
-        locked = {
-            n: s.digest
-            for n, s in (old_lock.steps.items() if old_lock else ())
-            if s.digest is not None and res.keys.get(n) == s.key
-        }
+        held = locked_digests(old_lock)  # by key: a step renamed keeps its digest
+        locked = {n: held[k] for n, k in res.keys.items() if k in held}
         wanted: tuple[str, ...] = ()
         if only_exports is not None:  # these exports, and the steps they are made from
             exports = only_exports

@@ -11,8 +11,9 @@ copied: hub sources are fetched at their locked commits, and a local source is
 expected where the placed recipe files name it (`Bundle.local`, which the card lists).
 
 The lock is the build's, relocated: the same pins, keys and digests; local sources'
-paths as the placed files name them, relative to `mergepkg.toml`, and the recipe hash
-of the placed files, without the record of pushes (so pushing changes no output file).
+paths as the placed files name them (relative to `mergepkg.toml`, or absolute as
+written: the folder can move), and the recipe hash of the placed files, without the
+record of pushes (so pushing changes no output file).
 A recipe that imports nothing from outside its folder keeps its lock as it is.
 """
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from mergepkg._toml import tomllib
-from mergepkg.lockfile import Lock, recipe_hash
+from mergepkg.lockfile import Lock, local_path, recipe_hash
 from mergepkg.recipe.flatten import SEP
 from mergepkg.recipe.locate import key_name, locate
 from mergepkg.resolve.resolution import Resolution
@@ -97,14 +98,17 @@ def bundle(res: Resolution, lock: Lock, root: Path) -> Bundle:
             moved[name] = src.path  # a dependency's: where it was installed
         else:  # as the placed file writes it (an absolute path stays what it is)
             moved[name] = Path(os.path.normpath(root / posixpath.dirname(placed[home]) / written))
-        absolute = isinstance(written, str) and Path(written).is_absolute()
-        local[name] = str(moved[name]) if absolute else _rel(moved[name], root)
+        local[name] = str(moved[name]) if src.absolute else _rel(moved[name], root)
     placed_recipe = replace(
         res.recipe,
         path=root / RECIPE_FILE,
         sources={n: replace(s, path=moved[n]) if n in moved else s for n, s in res.recipe.sources.items()},
     )
-    sources = {n: replace(s, path=os.path.relpath(moved[n], root)) if s.path else s for n, s in lock.sources.items()}
+    # named as the lock of the placed files names them (an absolute path as written: the
+    # folder may move, and its lock still holds)
+    sources = {
+        n: replace(s, path=local_path(placed_recipe.sources[n], root)) if s.path else s for n, s in lock.sources.items()
+    }
     placed_lock = replace(lock, recipe_hash=recipe_hash(placed_recipe), sources=sources, pushes=())
     return Bundle(files, placed_lock, local)
 

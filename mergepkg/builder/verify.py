@@ -7,8 +7,8 @@ from the remotes (configured, or the recipe's `[package] remote`; unless `remote
 "never"), checked file by file and by digest against the lock as a build's pull is, and
 kept (`remote` names where from); a remote's copy that fails those checks is `refused`
 and never stored. Rebuilding builds the locked recipe into an empty temporary store
-(sources pinned as locked, never re-resolved, no remote asked) and compares each step's
-digest with the lock.
+(sources pinned as locked, never re-resolved, no remote asked; the registry packages
+installed for the lock read where they are) and compares each step's digest with the lock.
 """
 
 from __future__ import annotations
@@ -139,10 +139,20 @@ def _check_store(session: Session, lock: Lock, pulled: dict[str, Check]) -> list
     return checks
 
 
+def _scratch(session: Session, home: Path) -> Session:
+    """A session that stores what it builds, and hashes every source file afresh, under the
+    empty `home`, but reads the user's installed packages and registries
+    (`$MERGEPKG_HOME/packages/`, `registries.toml`): a frozen build only reads them, and a
+    recipe with `[dependencies]` cannot be rebuilt without them."""
+    scratch = Session(replace(session.settings, home=home))
+    scratch.settings = session.settings
+    return scratch
+
+
 def _rebuild(recipe: Recipe, session: Session, lock: Lock, reporter: Reporter | None) -> list[Check]:
     home = Path(tempfile.mkdtemp(prefix="mergepkg-verify-"))
     try:
-        scratch = Session(replace(session.settings, home=home))
+        scratch = _scratch(session, home)
         report = build(
             recipe, scratch, mode="frozen", reporter=reporter, check_digests=False, remote="never", all_steps=True
         )

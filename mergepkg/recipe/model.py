@@ -41,6 +41,9 @@ class Source:
     hf: str | None = None  # "org/name" on the Hugging Face Hub
     revision: str = "main"
     path: Path | None = None  # a local model folder, absolute
+    # `path` as written was absolute: the lock and the recipe hash keep it so (the same on
+    # every checkout), where a relative one is kept relative to the recipe file
+    absolute: bool = False
     recipe: Path | None = None  # another recipe file, absolute ...
     step: str | None = None  # ... and the step of it this source is
     dependency: str | None = None  # or a [dependencies] package (canonical name), with `step`

@@ -1,9 +1,10 @@
 """`mergepkg lock`: resolve a recipe and write its lock file, building nothing.
 
 A step's digest is kept when its artifact is stored, or when the old lock has it for
-the same key; otherwise the step is locked without one until it is built. Exports are
-keyed with llama.cpp's converter where one is set (MERGEPKG_LLAMA_CPP), else with the
-converter the lock names; only an export the lock has never keyed needs one.
+the same key (under any name: a step renamed keeps it); otherwise the step is locked
+without one until it is built. Exports are keyed with llama.cpp's converter where one
+is set (MERGEPKG_LLAMA_CPP), else with the converter the lock names; only an export the
+lock has never keyed needs one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from mergepkg.errors import ExportError
 from mergepkg.export.gguf import SETUP_HINT
-from mergepkg.lockfile import Lock, differences, lock_path, read_lock, write_lock
+from mergepkg.lockfile import Lock, differences, lock_path, locked_digests, read_lock, write_lock
 from mergepkg.recipe.model import Recipe
 from mergepkg.registry.pick import ALL
 from mergepkg.resolve.resolution import resolve
@@ -47,11 +48,11 @@ def lock_recipe(recipe: Recipe, session: Session, *, upgrade: frozenset[str] | N
             ),
             f"exports.{unkeyed[0]}",
         )
+    held = locked_digests(old)
     digests = {}
     for name, key in res.keys.items():
         art = session.store.get(key)
-        held = old.steps.get(name) if old else None
-        digests[name] = art.digest if art else (held.digest if held and held.key == key else None)
+        digests[name] = art.digest if art else held.get(key)
     new = res.lock(digests)
     changes = differences(old, new) if old else ["new lock"]
     if new != old and not changes:  # a digest built since, a method name edited by hand: no key moved

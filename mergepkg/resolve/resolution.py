@@ -16,7 +16,6 @@ still to hash are hashed together, one per core.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,11 +32,12 @@ from mergepkg.lockfile import (
     LockedStep,
     Pin,
     differences,
+    local_path,
     lock_path,
     read_lock,
     recipe_hash,
 )
-from mergepkg.recipe.flatten import flatten
+from mergepkg.recipe.flatten import SEP, flatten
 from mergepkg.recipe.locate import key_name
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.plan import Plan, make_plan
@@ -143,14 +143,8 @@ def resolve(
         raise ValueError(f"mode must be one of {', '.join(map(repr, get_args(Mode)))}, not {mode!r}")
     asked = recipe
     settings = session.settings
-    indirect = set(lock.dependencies) if lock else set()  # dependencies of dependencies
-    unknown = sorted(upgrade - {ALL} - set(recipe.sources) - set(recipe.dependencies) - indirect)
-    if unknown:
-        raise LockError(
-            f"--upgrade: no source or dependency named {unknown[0]!r}",
-            file=str(recipe.display),
-            hint=did_you_mean(unknown[0], [*recipe.sources, *recipe.dependencies]),
-        )
+    packages = set(recipe.dependencies) | set(lock.dependencies if lock else ())  # theirs too
+    _check_upgrade(asked, {u.split(SEP)[0] for u in upgrade}, set(recipe.sources) | packages)  # before installing
     if mode == "frozen":
         if lock is None:
             raise LockError(
@@ -164,17 +158,19 @@ def resolve(
         recipe, settings, locked=lock.dependencies if lock else None, mode=mode, upgrade=upgrade
     )
     recipe = flatten(recipe, bind=deps.bind)
+    _check_upgrade(asked, upgrade, set(asked.sources) | _upgradable(recipe) | packages)
     plan = make_plan(recipe, targets)
     sources: dict[str, SourceState] = {}
     pins = {}  # source -> how to pin it now, once every file to hash is begun
     adapters = recipe.adapters  # LoRA adapters: pinned by their adapter files (resolve/sources.py)
     for name in plan.sources_used():
         src = recipe.sources[name]
-        rel = os.path.relpath(src.path, recipe.path.parent) if src.path else None
-        request = LockedSource(name, src.hf, src.revision if src.hf else None, rel, Pin(None, ()))
-        kept = lock.sources.get(name) if lock else None  # the lock's entry, while it still holds
-        if kept is not None and (not kept.same_request(request) or {name, ALL} & upgrade):
-            kept = None  # the recipe asks for something else, or --upgrade moves it
+        request = LockedSource(
+            name, src.hf, src.revision if src.hf else None, local_path(src, recipe.path.parent), Pin(None, ())
+        )
+        kept = _kept(lock, request, set(recipe.sources), renamed=mode != "frozen")  # while it still holds
+        if kept is not None and _upgrading(name, upgrade):
+            kept = None  # --upgrade moves it
         if mode == "frozen" and kept is None:
             raise recipe.locate(
                 LockError(
@@ -240,6 +236,49 @@ def resolve(
                 hint="run `mergepkg lock` to update it (or build without --locked/--frozen)",
             )
     return res
+
+
+def _kept(lock: Lock | None, request: LockedSource, names: set[str], *, renamed: bool) -> LockedSource | None:
+    """The lock's entry for the source `request` asks for, under its name while the request
+    is the same. With `renamed`, else an entry of the same request under another name (a
+    source renamed, or an import renamed: its sources' names with it), preferring a name the
+    recipe (`names`) no longer has: renaming moves no pin, only `lock --upgrade` does."""
+    if lock is None:
+        return None
+    held = lock.sources.get(request.name)
+    if held is not None and held.same_request(request):
+        return held
+    if not renamed:
+        return None
+    alike = sorted((s.name in names, s.name) for s in lock.sources.values() if s.same_request(request))
+    return replace(lock.sources[alike[0][1]], name=request.name) if alike else None
+
+
+def _upgradable(recipe: Recipe) -> set[str]:
+    """What `--upgrade` may name of the flattened `recipe`'s sources: each as the lock names
+    it (`soup::ft1`), and each import, at any depth, for every source inside it (`soup`)."""
+    names: set[str] = set()
+    for name in recipe.sources:
+        parts = name.split(SEP)
+        names.update(SEP.join(parts[:i]) for i in range(1, len(parts) + 1))
+    return names
+
+
+def _check_upgrade(recipe: Recipe, upgrade: set[str] | frozenset[str], known: set[str]) -> None:
+    """A name `--upgrade` was given that names nothing is an error: a typo would otherwise
+    upgrade nothing, silently."""
+    unknown = sorted(upgrade - {ALL} - known)
+    if unknown:
+        raise LockError(
+            f"--upgrade: no source or dependency named {unknown[0]!r}",
+            file=str(recipe.display),
+            hint=did_you_mean(unknown[0], sorted(known)),
+        )
+
+
+def _upgrading(name: str, upgrade: frozenset[str]) -> bool:
+    """Whether `--upgrade` moves source `name`: named, inside an import named, or all."""
+    return ALL in upgrade or any(name == u or name.startswith(u + SEP) for u in upgrade)
 
 
 def _pin_source(

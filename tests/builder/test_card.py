@@ -59,7 +59,7 @@ def test_local_sources_only_no_base_model(write_recipe, tmp_path):
 
 
 def test_the_folder_holds_recipe_lock_and_mergekit_config(write_recipe, tmp_path):
-    """(The recipe names its folders by absolute paths: the lock's relative paths change with its place.)"""
+    """(The recipe names its folders by absolute paths: the placed lock names them so too.)"""
     path = write_recipe(LINEAR + "\n" + OVER_A_STEP)
     path.write_text(
         path.read_text().replace('version = "0.1.0"\n', 'version = "0.1.0"\noutputs = ["soup", "top"]\n', 1)

@@ -313,3 +313,18 @@ def test_a_refusal_before_any_download_names_its_remote_in_the_hint(shared, tmp_
     with pytest.raises(MergepkgError) as info:
         build(load_recipe(recipe), Session(), mode="locked")
     assert "the lock pins" in info.value.message and "--rehash -r team" in (info.value.hint or "")
+
+
+def test_a_renamed_step_is_pulled_with_the_digest_its_key_is_locked_with(shared):
+    """A step renamed keeps its key, and the lock's digest for it (found by key): a fresh
+    home pulls it checked against that digest, with the sources gone (before, the digest
+    was looked up by the new name: none, so an unsigned record was refused and the build
+    failed, having nothing to build from)."""
+    recipe, folders, _, first = shared
+    recipe.write_text(recipe.read_text().replace("[steps.b]", "[steps.top]"))
+    for folder in folders.values():
+        shutil.rmtree(folder)
+    report = build(load_recipe(recipe), Session())
+    assert report.pulled == {"top": "team"} and report.built == []
+    assert report.artifacts["top"].digest == first.artifacts["b"].digest
+    assert digests(recipe) == {"a": first.artifacts["a"].digest, "top": first.artifacts["b"].digest}

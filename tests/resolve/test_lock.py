@@ -165,7 +165,7 @@ def test_lock_records_version_recipe_hash_used_sources_files_and_steps(write_rec
     sources = {s["name"]: s for s in data["source"]}
     assert set(sources) == {"base", "ft1", "ft2", "ft3"}
     for name, src in sources.items():
-        assert src["path"] == os.path.relpath(models[name], tmp_path)
+        assert src["path"] == str(models[name])  # written absolute: kept absolute
         assert "commit" not in src and "hf" not in src and "revision" not in src
         files = {f["name"]: f for f in src["files"]}
         assert [f["name"] for f in src["files"]] == sorted(files)
@@ -197,7 +197,7 @@ def test_lock_records_only_the_files_a_merge_uses(models, tmp_path):
     (folder / "notes" / "x.txt").write_text("x")
     path = local_recipe(
         tmp_path / "r.toml",
-        {"base": models["base"], "ft1": folder},
+        {"base": models["base"], "ft1": folder.relative_to(tmp_path)},  # written relative
         '[steps.m]\nmethod = "task_arithmetic"\nbase = "base"\ninputs = [{ model = "ft1", weight = 1.0 }]\n',
     )
     build_recipe(path)
@@ -687,3 +687,194 @@ def test_editing_a_step_rebuilds_it_and_its_dependents_only(write_recipe, tmp_pa
     assert len(store_keys(mergepkg_home)) == 3 + 2 + 1
     for key in store_keys(mergepkg_home):
         assert (mergepkg_home / "store" / key / MANIFEST).is_file()
+
+
+# -- where local paths are written from ----------------------------------------------------
+LINEAR_MINE = (
+    '[steps.m]\nmethod = "linear"\ninputs = [{ model = "mine", weight = 0.5 }, { model = "ft2", weight = 0.5 }]\n'
+)
+
+
+def lock_here(path: Path) -> list[str]:
+    """`mergepkg lock` through the library: what changed."""
+    from mergepkg.resolve.lock import lock_recipe
+
+    return lock_recipe(load_recipe(path), Session()).changes
+
+
+def test_an_absolute_path_stays_absolute_and_a_relative_one_relative_wherever_the_recipe_is(stub_models, tmp_path):
+    """A project (recipe, lock and a model folder beside them) checked out at another
+    depth: the relative path still names its folder, and so does the absolute one, which
+    the lock and the recipe hash keep absolute (relative to the recipe, it would differ
+    per checkout: `--locked` refused, and each checkout's `lock` flipped it)."""
+    from mergepkg.resolve.resolution import resolve
+
+    project = tmp_path / "project"
+    shutil.copytree(stub_models["ft1"], project / "models" / "mine")
+    path = write_text(
+        project / "r.toml",
+        f'[package]\nname = "p"\nversion = "0.1.0"\n\n[sources]\nmine = {{ path = "models/mine" }}\n'
+        f'ft2 = {{ path = "{stub_models["ft2"]}" }}\n\n{LINEAR_MINE}',
+    )
+    assert lock_here(path) == ["new lock"]
+    assert locked_source(path, "mine")["path"] == "models/mine"
+    assert locked_source(path, "ft2")["path"] == str(stub_models["ft2"])
+    elsewhere = tmp_path / "checkouts" / "deep" / "er" / "project"
+    shutil.copytree(project, elsewhere)
+    moved = elsewhere / "r.toml"
+    recipe = load_recipe(moved)
+    resolve(recipe, Session(), lock=read_lock(lockf(moved)), mode="locked")  # up to date
+    before = lockf(moved).read_bytes()
+    assert lock_here(moved) == []
+    assert lockf(moved).read_bytes() == before
+
+
+def test_a_locked_absolute_folder_that_is_gone_is_taken_at_the_locks_pin(stub_models, tmp_path):
+    """The parser lets a missing folder through when the lock pins it there: as the lock
+    names it (absolute)."""
+    gone = tmp_path / "gone"
+    shutil.copytree(stub_models["ft1"], gone)
+    path = write_text(
+        tmp_path / "r.toml",
+        f'[package]\nname = "p"\nversion = "0.1.0"\n\n[sources]\nmine = {{ path = "{gone}" }}\n'
+        f'ft2 = {{ path = "{stub_models["ft2"]}" }}\n\n{LINEAR_MINE}',
+    )
+    lock_here(path)
+    shutil.rmtree(gone)
+    assert load_recipe(path).sources["mine"].path == gone
+
+
+# -- --upgrade of imported sources, renamed sources and steps ---------------------------------
+LIB = """[package]
+name = "lib"
+version = "0.1.0"
+
+[sources]
+base = { hf = "tiny/base" }
+ft = { hf = "tiny/ft" }
+
+[steps.soup]
+method = "task_arithmetic"
+base = "base"
+inputs = [{ model = "ft", weight = 1.0 }]
+"""
+
+MAIN = """[package]
+name = "main"
+version = "0.1.0"
+
+[sources]
+soup = { recipe = "lib.toml", step = "soup" }
+base = { hf = "tiny/base" }
+
+[steps.final]
+method = "linear"
+inputs = [{ model = "soup", weight = 0.5 }, { model = "base", weight = 0.5 }]
+"""
+
+
+def upgrade(path: Path, *names: str) -> list[str]:
+    """`mergepkg lock --upgrade NAMES` through the library: what changed."""
+    from mergepkg.resolve.lock import lock_recipe
+
+    return lock_recipe(load_recipe(path), Session(), upgrade=frozenset(names)).changes
+
+
+def commits(path: Path) -> dict[str, str]:
+    return {s["name"]: s.get("commit") for s in lock_data(path)["source"]}
+
+
+def test_upgrade_names_an_imported_source_as_the_lock_does_or_the_import_for_all_inside_it(hub, stub_models, tmp_path):
+    """`--upgrade soup::ft` (the lock's and the messages' name) moves that source alone;
+    `--upgrade soup` every source of that import; `--upgrade soupp` is refused, naming it.
+    (Before, `soup::ft` was refused and `soup` upgraded nothing, silently.)"""
+    base_a = add_to_cache(hub, "tiny/base", stub_models["base"])
+    ft_a = add_to_cache(hub, "tiny/ft", stub_models["ft1"])
+    write_text(tmp_path / "lib.toml", LIB)
+    path = write_text(tmp_path / "main.toml", MAIN)
+    assert lock_here(path) == ["new lock"]
+    assert commits(path) == {"base": base_a, "soup::base": base_a, "soup::ft": ft_a}
+    base_b = add_to_cache(hub, "tiny/base", stub_models["ft3"])  # both branches move
+    ft_b = add_to_cache(hub, "tiny/ft", stub_models["ft2"])
+
+    changes = upgrade(path, "soup::ft")
+    assert any(c.startswith("source 'soup::ft' has different content") for c in changes), changes
+    assert commits(path) == {"base": base_a, "soup::base": base_a, "soup::ft": ft_b}
+    upgrade(path, "soup")
+    assert commits(path) == {"base": base_a, "soup::base": base_b, "soup::ft": ft_b}
+    before = lockf(path).read_bytes()
+    with pytest.raises(LockError) as info:
+        upgrade(path, "soupp")
+    assert "'soupp'" in info.value.message and "soup" in (info.value.hint or "")
+    with pytest.raises(LockError):
+        upgrade(path, "soup::fr")
+    assert lockf(path).read_bytes() == before
+
+
+def test_a_renamed_source_or_import_keeps_its_pin_and_its_steps_keys(hub, stub_models, tmp_path):
+    """Renaming a hub source (same repo and revision), or an import, moves no pin: only
+    `lock --upgrade` does (before, the renamed source took the branch's current commit)."""
+    ft_a = add_to_cache(hub, "tiny/ft", stub_models["ft1"])
+    add_to_cache(hub, "tiny/base", stub_models["base"])
+    write_text(tmp_path / "lib.toml", LIB)
+    path = write_text(tmp_path / "main.toml", MAIN)
+    lock_here(path)
+    keys = locked_keys(path)
+    add_to_cache(hub, "tiny/ft", stub_models["ft2"])  # main moves
+
+    write_text(tmp_path / "lib.toml", LIB.replace("ft = {", "tuned = {").replace('"ft"', '"tuned"'))
+    changes = lock_here(path)
+    assert changes == ["source 'soup::ft' was removed", "source 'soup::tuned' was added"], changes
+    assert commits(path)["soup::tuned"] == ft_a and locked_keys(path) == keys
+    path.write_text(MAIN.replace("soup = {", "mix = {").replace('model = "soup"', 'model = "mix"'))
+    lock_here(path)
+    assert commits(path)["mix::tuned"] == ft_a
+    assert locked_keys(path) == {n.replace("soup::", "mix::"): k for n, k in keys.items()}
+    assert upgrade(path, "mix::tuned") and commits(path)["mix::tuned"] != ft_a
+
+
+def test_a_renamed_step_keeps_its_locked_digest_where_the_store_lacks_it(recipe_file, tmp_path):
+    """The lock's digest is found by key (names are in no key): `mergepkg lock` in a home
+    without the artifact kept it for the old name alone, and dropped it for the new."""
+    from dataclasses import replace
+
+    from mergepkg.lockfile import write_lock
+
+    step = '[steps.{}]\nmethod = "linear"\ninputs = [{{ model = "ft1", weight = 0.5 }}, {{ model = "ft2", weight = 0.5 }}]\n'
+    path = recipe_file(step.format("soup"))
+    lock_here(path)
+    lock = read_lock(lockf(path))
+    digest = "sha256:" + "ab" * 32  # as a build elsewhere recorded it
+    write_lock(lockf(path), replace(lock, steps={"soup": replace(lock.steps["soup"], digest=digest)}))
+    recipe_file(step.format("mix"))
+    assert lock_here(path) == ["step 'mix' was added", "step 'soup' was removed"]
+    assert {s["name"]: s.get("digest") for s in lock_data(path)["step"]} == {"mix": digest}
+
+
+def test_an_unused_entry_of_an_imported_file_edited_leaves_the_lock_current(hub, stub_models, tmp_path):
+    """Flatten joins every source and step of an imported file; one that no step here reads
+    is in no recipe hash, so editing it (a shared file's other merge) keeps `--locked`
+    building (before: "main.lock is out of date: the recipe changed", naming nothing).
+    An entry the recipe reads still counts."""
+    from mergepkg.resolve.resolution import resolve
+
+    add_to_cache(hub, "tiny/base", stub_models["base"])
+    add_to_cache(hub, "tiny/ft", stub_models["ft1"])
+    other = (
+        '\n[sources.extra]\nhf = "tiny/base"\n\n[steps.other]\nmethod = "linear"\n'
+        'inputs = [{{ model = "ft", weight = {w} }}, {{ model = "extra", weight = 0.5 }}]\n'
+    )
+    lib = write_text(tmp_path / "lib.toml", LIB + other.format(w=0.5))
+    path = write_text(tmp_path / "main.toml", MAIN)
+    lock_here(path)
+
+    def locked() -> None:
+        resolve(load_recipe(path), Session(), lock=read_lock(lockf(path)), mode="locked")
+
+    lib.write_text(LIB + other.format(w=0.25))
+    locked()
+    lib.write_text(LIB + other.format(w=0.25).replace('hf = "tiny/base"', 'hf = "tiny/ft"'))
+    locked()
+    lib.write_text(LIB.replace("weight = 1.0", "weight = 0.5") + other.format(w=0.25))
+    with pytest.raises(LockError, match="step 'soup::soup' changed"):
+        locked()
