@@ -63,11 +63,12 @@ def open_recipe(path: Path, *, offline: bool = False, **settings) -> tuple[Recip
 
 
 def parse_size(text: str, option: str = "--shard-size") -> int:
-    """'500MB' -> 500_000_000; plain numbers are bytes."""
+    """'500MB' -> 500_000_000; plain numbers are bytes. Anything else ('1.5.5GB', '.') is
+    a usage error naming `option`, never a traceback."""
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*", text)
     unit = m and m[2].upper() + ("B" if m[2].upper() in ("K", "M", "G") else "")
-    if not m or unit not in units or float(m[1]) <= 0:
+    if not m or unit not in units or int(float(m[1]) * units[unit]) < 1:  # '0.1B' is no byte either
         raise typer.BadParameter(f"expected a size like 500MB or 2GB, got {text!r}", param_hint=option)
     return int(float(m[1]) * units[unit])
 

@@ -5,14 +5,22 @@ vocabulary and never sees a tokenizer."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 from mergepkg._lazy import torch
 from mergepkg.layout.types import RowMap
 
 
-def align_rows(m: RowMap, tensors: list) -> list:
+def align_rows(m: RowMap, tensors: list, done: Callable[[Any], None] | None = None) -> list:
     """The tensors of one vocabulary tensor's parts, each as `m.rows` aligned rows
-    ([rows, *rest], in the parts' promoted dtype, as mergekit promotes them)."""
+    ([rows, *rest], in the parts' promoted dtype, as mergekit promotes them).
+
+    `tensors` is consumed: once its aligned copy is made, each input is let go (its entry
+    set to None, and passed to `done`, which may reuse its buffer), so a mapped input is
+    unmapped before the next copy is made. Under `--max-memory` a union vocabulary then
+    holds the inputs not yet aligned and the copies made, not all of both
+    (`engine/memory.Budget.loading` counts it so)."""
     dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors])
     wide = torch.promote_types(dtype, torch.float32)  # a mean of bf16 rows is summed in float32
     rest = tuple(tensors[0].shape[1:])
@@ -34,11 +42,12 @@ def align_rows(m: RowMap, tensors: list) -> list:
     index = torch.full((m.rows,), -1, dtype=torch.long)  # output row -> its fallback in `fill`
     index[torch.tensor([row for row, _ in m.fallbacks], dtype=torch.long)] = torch.arange(len(m.fallbacks))
     out = []
-    for own, t in zip(m.own, tensors):
-        own = torch.tensor(own, dtype=torch.long)  # [rows]
-        new = torch.empty((m.rows, *rest), dtype=dtype)
-        keep = own >= 0
-        new[keep] = t[own[keep]].to(dtype)  # the model's own rows, moved to their output ids
+    for i, own in enumerate(m.own):
+        t, tensors[i] = tensors[i], None
+        new, keep = _own_rows(t, torch.tensor(own, dtype=torch.long), dtype)
+        if done is not None:
+            done(t)
+        del t
         missing = ~keep
         missing[pad_from:] = False
         new[missing] = fill[index[missing]]
@@ -46,3 +55,15 @@ def align_rows(m: RowMap, tensors: list) -> list:
             new[pad_from:] = new[:pad_from].to(wide).mean(0).to(dtype)
         out.append(new)
     return out
+
+
+def _own_rows(t, own, dtype) -> tuple:
+    """A model's own rows moved to their output ids (`own`: its row for each output row, -1
+    where it has none, those rows left to fill), and which rows it gave. Where no conversion
+    is needed the rows are gathered straight into the new tensor: no second copy of them."""
+    keep = own >= 0
+    if t.dtype == dtype and t.shape[0] > 0:
+        return torch.index_select(t, 0, own.clamp(min=0)), keep  # rows without one: overwritten
+    new = torch.empty((len(own), *t.shape[1:]), dtype=dtype)
+    new[keep] = t[own[keep]].to(dtype)
+    return new, keep

@@ -128,7 +128,8 @@ def budget_for(
     """The memory budget of a build of `layouts` (reading tensors `infos`) under
     `max_memory`, measured once before the first step with what those steps load already
     resident (torch; numba's kernels where a step runs on them). A limit too small, for
-    the process or a tensor's work (`Budget.check_fits`), is an error before anything is built."""
+    the process or a tensor merged whole (`Budget.check_fits`), is an error before anything
+    is built."""
     if max_memory is None:
         return Budget(None)
     layouts = list(layouts)
@@ -359,13 +360,13 @@ class _Merger:
         if not out.parts:
             return [self.computed[out.name]]  # routers: no input gives them
         if out.row_map is None and self.budget.row_block(self.layout, self.infos, out):
-            return None  # rows to align are read whole: a row may come from anywhere
+            return None  # rows to align are read whole: a row may come from anywhere (Budget.row_block)
         loaded = [self.readers[p.model].get(p.tensor) for p in out.parts]
         self.watch.loaded(out, loaded)
-        if out.row_map is not None:  # vocabulary rows moved onto the output's vocabulary
-            loaded, read = align_rows(out.row_map, loaded), loaded
-            if self.buffers is not None:
-                self.buffers.give_back(read)
+        if out.row_map is not None:  # vocabulary rows moved onto the output's vocabulary,
+            # each input let go as soon as its rows are moved (what Budget.loading counts)
+            pool = self.buffers
+            loaded = align_rows(out.row_map, loaded, done=(lambda t: pool.give_back([t])) if pool else None)
         self.watch.aligned(out, loaded)
         return loaded
 

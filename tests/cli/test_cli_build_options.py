@@ -41,6 +41,16 @@ def test_the_clusters_options_without_ray_are_usage_errors(capsys, recipe_file, 
     assert code == 2 and f"{option} needs --ray" in err, err
 
 
+@pytest.mark.parametrize(
+    ("option", "text"),
+    [("--max-memory", "1.5.5GB"), ("--max-memory", "."), ("--max-memory", "0.1B"), ("--shard-size", "1.5.5GB")],
+)
+def test_a_size_that_is_no_number_is_a_usage_error(capsys, recipe_file, option, text):
+    """'1.5.5GB' and '.' passed the size pattern and failed in float(): a traceback."""
+    code, _, err = cli(capsys, "build", recipe_file(LINEAR), option, text)
+    assert code == 2 and option in err and "expected a size" in err and "Traceback" not in err, err
+
+
 def test_split_bytes_needs_split(capsys, recipe_file, asked):
     code, _, err = cli(capsys, "build", recipe_file(LINEAR), "--ray", "auto", "--split-bytes", "1MB")
     assert code == 2 and "--split-bytes needs --split N" in err, err
