@@ -14,7 +14,6 @@ folder's lock, and a lock without them reads as before.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,8 +25,9 @@ from mergepkg.canonical import canonical_json, sha256_hex
 from mergepkg.errors import MergepkgError, RecipeError
 from mergepkg.files import write_atomic
 from mergepkg.recipe.flatten import SEP
-from mergepkg.recipe.model import Condition, Recipe, Source
+from mergepkg.recipe.model import Condition, Recipe
 from mergepkg.recipe.names import canonical_name, check_version
+from mergepkg.recipe.plan import ancestors
 
 LOCK_VERSION = 1
 
@@ -68,7 +68,7 @@ class LockedSource:
     name: str
     hf: str | None
     revision: str | None
-    path: str | None  # as the recipe writes it: absolute, or relative to the recipe file (`local_path`)
+    path: str | None  # as the recipe writes it: absolute, or relative to the recipe file (`Source.lock_path`)
     pin: Pin
 
     def same_request(self, other: LockedSource) -> bool:
@@ -146,40 +146,21 @@ def _plain(value):
     return value
 
 
-def local_path(source: Source, root: Path) -> str | None:
-    """How the lock and the recipe hash name a local source's folder: an absolute path as
-    the recipe writes it (the same wherever the recipe is checked out, or its output
-    folder moved), a relative one relative to the recipe's folder `root` (the same wherever
-    the recipe and its models move together). None for other sources."""
-    if source.path is None:
-        return None
-    return str(source.path) if source.absolute else os.path.relpath(source.path, root)
-
-
 def _imported_unused(recipe: Recipe) -> set[str]:
     """The sources and steps of imported recipe files and dependencies (`name::…`,
-    recipe/flatten.py) that none of the recipe's own steps, outputs or exports reads,
-    directly or not: flatten joins every entry of an imported file, and editing one no
-    step here reads changes no build, so it is in no hash."""
+    recipe/flatten.py) that none of the recipe's own steps reads, directly or not: flatten
+    joins every entry of an imported file, and editing one no step here reads changes no
+    build, so it is in no hash. (Outputs and exports name own steps only; a step's
+    tokenizer, tokens and adapter name models it reads.)"""
     names = recipe.sources.keys() | recipe.steps.keys()
-    todo = [n for n in names if SEP not in n] + list(recipe.outputs) + [e.step for e in recipe.exports.values()]
-    used: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in used or name not in names:
-            continue
-        used.add(name)
-        step = recipe.steps.get(name)
-        if step is not None:  # its models and adapter, and whatever its tokenizer, tokens and chat template name
-            todo += [*step.models, *(t.model for t in step.tokens if t.model)]
-            todo += [step.adapter] if step.adapter is not None else []
-            todo += [m for m in (step.tokenizer, step.chat_template) if m is not None]
+    own = [n for n in recipe.steps if SEP not in n]
+    used = set(own).union(*(ancestors(recipe, n) for n in own))
     return {n for n in names if SEP in n} - used
 
 
 def recipe_hash(recipe: Recipe) -> str:
     """A hash of what the recipe says (not how it is written: comments, key order and
-    number spelling do not count), local paths as the lock names them (`local_path`).
+    number spelling do not count), local paths as the lock names them (`Source.lock_path`).
     What imported recipe files say that no step here reads counts neither: an unused
     entry of a shared file edited leaves the locks of the recipes importing it current."""
     root = recipe.path.parent
@@ -187,7 +168,7 @@ def recipe_hash(recipe: Recipe) -> str:
     body = {
         "package": [recipe.name, recipe.version, sorted(recipe.outputs), recipe.seed],
         "sources": {
-            n: [s.hf, s.revision if s.hf else None, local_path(s, root)]
+            n: [s.hf, s.revision if s.hf else None, s.lock_path(root)]
             for n, s in recipe.sources.items()
             if n not in unused
         },

@@ -155,6 +155,7 @@ def gc_refusals(monkeypatch, module, name: str) -> list[str]:
     """Wrap `module.name` so that each call first asks `cache gc` (a dry run) to start,
     recording its refusals: one per call made while the store is held for a reader."""
     from mergepkg.errors import BuildError
+    from mergepkg.store.gc import collect_garbage
     from mergepkg.store.session import Session
 
     refused: list[str] = []
@@ -162,7 +163,7 @@ def gc_refusals(monkeypatch, module, name: str) -> list[str]:
 
     def probed(*args, **kwargs):
         try:
-            Session().store.gc(set(), dry_run=True)
+            collect_garbage(Session().store, dry_run=True)
         except BuildError as e:
             refused.append(e.message)
         return real(*args, **kwargs)

@@ -140,7 +140,7 @@ def build(
         made, exported = make_exports(res, session, artifacts, exports, warnings, sample)
         export_digests = {n: a.digest for n, a in made.items()}
         # a step nothing needed (upstream of a pulled one) keeps the lock's digest for its key
-        digests = {n: d for n, d in locked.items() if n in res.keys} | {n: a.digest for n, a in artifacts.items()}
+        digests = locked | {n: a.digest for n, a in artifacts.items()}
         if mode != "update" and old_lock is not None and check_digests:
             _check_digests(digests, old_lock.steps, lock_path(recipe))
             _check_digests(export_digests, old_lock.exports, lock_path(recipe), "export")

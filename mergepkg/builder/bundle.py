@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from mergepkg._toml import tomllib
-from mergepkg.lockfile import Lock, local_path, recipe_hash
+from mergepkg.lockfile import Lock, recipe_hash
 from mergepkg.recipe.flatten import SEP
 from mergepkg.recipe.locate import key_name, locate
 from mergepkg.resolve.resolution import Resolution
@@ -87,7 +87,6 @@ def bundle(res: Resolution, lock: Lock, root: Path) -> Bundle:
         return file
 
     moved: dict[str, Path] = {}  # local source -> where the rebuild finds it
-    local: dict[str, str] = {}  # ... as the card names it: an absolute path as written, else relative to root
     for name, src in res.recipe.sources.items():
         if src.path is None:
             continue
@@ -98,7 +97,6 @@ def bundle(res: Resolution, lock: Lock, root: Path) -> Bundle:
             moved[name] = src.path  # a dependency's: where it was installed
         else:  # as the placed file writes it (an absolute path stays what it is)
             moved[name] = Path(os.path.normpath(root / posixpath.dirname(placed[home]) / written))
-        local[name] = str(moved[name]) if src.absolute else _rel(moved[name], root)
     placed_recipe = replace(
         res.recipe,
         path=root / RECIPE_FILE,
@@ -106,15 +104,10 @@ def bundle(res: Resolution, lock: Lock, root: Path) -> Bundle:
     )
     # named as the lock of the placed files names them (an absolute path as written: the
     # folder may move, and its lock still holds)
-    sources = {
-        n: replace(s, path=local_path(placed_recipe.sources[n], root)) if s.path else s for n, s in lock.sources.items()
-    }
+    local = {n: placed_recipe.sources[n].lock_path(root) or "" for n in moved}  # the card names them so too
+    sources = {n: replace(s, path=local[n]) if s.path else s for n, s in lock.sources.items()}
     placed_lock = replace(lock, recipe_hash=recipe_hash(placed_recipe), sources=sources, pushes=())
     return Bundle(files, placed_lock, local)
-
-
-def _rel(path: Path, root: Path) -> str:
-    return Path(os.path.relpath(path, root)).as_posix()
 
 
 def _sources(text: str) -> dict:

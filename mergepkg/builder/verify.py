@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from mergepkg.builder.build import build
@@ -144,9 +144,7 @@ def _scratch(session: Session, home: Path) -> Session:
     empty `home`, but reads the user's installed packages and registries
     (`$MERGEPKG_HOME/packages/`, `registries.toml`): a frozen build only reads them, and a
     recipe with `[dependencies]` cannot be rebuilt without them."""
-    scratch = Session(replace(session.settings, home=home))
-    scratch.settings = session.settings
-    return scratch
+    return Session(session.settings, home=home)
 
 
 def _rebuild(recipe: Recipe, session: Session, lock: Lock, reporter: Reporter | None) -> list[Check]:

@@ -9,13 +9,11 @@ import json
 import shutil
 from pathlib import Path
 
-from mergepkg.io.folder import SIDE_FILES
+from mergepkg.io.folder import TOKENIZER_FILES
 from mergepkg.layout.align import move_token_ids
 from mergepkg.layout.chat import CONFIG_FILE, LEGACY_FILE, TEMPLATE_FILE, read_template_files, template_in
 from mergepkg.layout.types import StepLayout
 from mergepkg.layout.vocab import Vocab
-
-TOKENIZER_FILES = [f for f in SIDE_FILES if f not in ("config.json", "generation_config.json")]
 
 
 def write_side_files(layout: StepLayout, folders: dict[str, Path], out_dir: Path) -> None:

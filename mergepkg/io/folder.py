@@ -26,6 +26,8 @@ SIDE_FILES = [
     "chat_template.jinja",
     "chat_template.json",
 ]
+TOKENIZER_FILES = [f for f in SIDE_FILES if f not in ("config.json", "generation_config.json")]
+TOKENIZER_CONFIG = "tokenizer_config.json"  # every Hugging Face tokenizer has one: transformers reads it first
 
 
 # A PEFT adapter folder (a LoRA adapter applied with `base+adapter`): its config and weights

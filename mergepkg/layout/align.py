@@ -132,7 +132,10 @@ class Alignment:
                     RecipeError,
                     f'{self.key}.tokens."{token}"',
                     f"token {token!r} is not in the output's vocabulary",
-                    "name a token of one of the models (as tokenizer.json writes it)",
+                    "a union leaves out what the base's BPE reaches without a merge (one character, a byte "
+                    "token): it would change how the base's text encodes (docs/tokenizers.md)"
+                    if any(token in v.ids for v in vocabs.values())
+                    else "name a token of one of the models (as tokenizer.json writes it)",
                 )
 
     def difference(self, ref: str) -> tuple[str, str] | None:

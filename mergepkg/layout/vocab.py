@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,12 +142,15 @@ def reached_unmerged(model: Mapping[str, Any], token: str) -> bool:
     `continuing_subword_prefix` and the last with its `end_of_word_suffix`, and looks each
     piece up before merging; a piece it lacks becomes byte tokens (`byte_fallback`, as
     Llama-2's and Mistral's), its `unk_token`, or nothing. So a token of one character
-    (with that prefix or suffix) that the base lacks would replace those, and any longer
+    (with that prefix or suffix), or a byte token `<0xNN>` of a byte-fallback base, that the
+    base lacks would replace those, and any longer
     token needs merges the base does not have. The normalizer and pre-tokenizer only decide
     the words, which are cut the same way. WordPiece and WordLevel models look words up
     whole (docs/tokenizers.md says what a union does to them): none is reached by this rule."""
     if model.get("type", "BPE" if "merges" in model else None) != "BPE":
         return False
+    if model.get("byte_fallback") and re.fullmatch(r"<0x[0-9A-F]{2}>", token):
+        return True  # a character the base lacks becomes these, looked up without a merge
     prefixes = {"", model.get("continuing_subword_prefix") or ""}
     suffixes = {"", model.get("end_of_word_suffix") or ""}
     return any(

@@ -6,6 +6,7 @@ Words follow the glossary: a *recipe* has *sources* (models from outside) and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +56,15 @@ class Source:
         if self.recipe:
             return f"{self.recipe}:{self.step}"
         return f"{self.hf}@{self.revision}" if self.hf else str(self.path)
+
+    def lock_path(self, root: Path) -> str | None:
+        """How the lock and the recipe hash name this source's folder: an absolute path as
+        the recipe writes it (the same wherever the recipe is checked out, or its output
+        folder moved), a relative one relative to the recipe's folder `root` (the same
+        wherever the recipe and its models move together). None for other sources."""
+        if self.path is None:
+            return None
+        return str(self.path) if self.absolute else os.path.relpath(self.path, root)
 
 
 @dataclass(frozen=True)

@@ -163,9 +163,9 @@ class _Parser(TableReader):
             exports=exports_table(self, data.get("exports"), steps, list(outputs)),
         )
 
-    def locked_folder(self, name: str, folder: Path, absolute: bool) -> bool:
-        """Whether the lock beside the recipe pins source `name` at `folder` (as the lock
-        names it: `absolute` as written, else relative to the recipe): a folder that is
+    def locked_folder(self, source: Source) -> bool:
+        """Whether the lock beside the recipe pins `source` at its folder (as the lock names
+        it, `Source.lock_path`): a folder that is
         gone is then taken at the lock's pin, and only a step built from it needs it (a
         build can take every step from a remote; docs/remote.md#substitution-build-plan-verify-and-eval)."""
         try:
@@ -173,9 +173,9 @@ class _Parser(TableReader):
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
             return False
         records = data.get("source", [])
-        rel = str(folder) if absolute else os.path.relpath(folder, self.path.parent.resolve())
+        rel = source.lock_path(self.path.parent.resolve())
         return isinstance(records, list) and any(
-            isinstance(r, dict) and r.get("name") == name and r.get("path") == rel for r in records
+            isinstance(r, dict) and r.get("name") == source.name and r.get("path") == rel for r in records
         )
 
     def remote_url(self, value: Any) -> str | None:
@@ -283,14 +283,15 @@ class _Parser(TableReader):
         if kinds[0] == "path":
             rel = self.expect(table["path"], str, f"{key}.path", "a folder path")
             folder = local_path(self.path, rel)
-            if not folder.is_dir() and not self.locked_folder(name, folder, Path(rel).is_absolute()):
+            source = Source(name=name, path=folder, absolute=Path(rel).is_absolute())
+            if not folder.is_dir() and not self.locked_folder(source):
                 raise self.error(
                     f"{key}.path",
                     f"model folder not found: {folder}",
                     "paths are relative to the recipe file",
                     cls=SourceError,
                 )
-            return Source(name=name, path=folder, absolute=Path(rel).is_absolute())
+            return source
         repo = self.expect(table["hf"], str, f"{key}.hf", 'a repo id like "org/name"')
         if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo) or ".." in repo:
             raise self.error(f"{key}.hf", f"not a Hugging Face repo id: {repo!r}", 'expected "org/name"')

@@ -46,7 +46,7 @@ class Plan:
 
     def upstream(self, name: str) -> set[str]:
         """Every model `name` is made from, directly or not (its ancestors in the graph)."""
-        return _ancestors(self.recipe, name)
+        return ancestors(self.recipe, name)
 
     def sources_used(self) -> list[str]:
         read = {m for n in self.order for m in self.recipe.steps[n].models}
@@ -62,7 +62,7 @@ def _graph(recipe: Recipe) -> nx.DiGraph:
     return graph
 
 
-def _ancestors(recipe: Recipe, name: str) -> set[str]:
+def ancestors(recipe: Recipe, name: str) -> set[str]:
     """Every model `name` reads, directly or through other steps."""
     seen: set[str] = set()
     todo = [name]
@@ -87,7 +87,7 @@ def make_plan(recipe: Recipe, targets: tuple[str, ...] | None = None) -> Plan:
     for target in targets or recipe.outputs:
         if target not in readers:
             nx.ancestors(_graph(recipe), target)  # networkx's error for a node not in the graph
-        wanted |= {target} | _ancestors(recipe, target)
+        wanted |= {target} | ancestors(recipe, target)
     return Plan(recipe, tuple(n for n in order if n in wanted and n in recipe.steps))
 
 

@@ -32,7 +32,6 @@ from mergepkg.lockfile import (
     LockedStep,
     Pin,
     differences,
-    local_path,
     lock_path,
     read_lock,
     recipe_hash,
@@ -166,7 +165,7 @@ def resolve(
     for name in plan.sources_used():
         src = recipe.sources[name]
         request = LockedSource(
-            name, src.hf, src.revision if src.hf else None, local_path(src, recipe.path.parent), Pin(None, ())
+            name, src.hf, src.revision if src.hf else None, src.lock_path(recipe.path.parent), Pin(None, ())
         )
         kept = _kept(lock, request, set(recipe.sources), renamed=mode != "frozen")  # while it still holds
         if kept is not None and _upgrading(name, upgrade):

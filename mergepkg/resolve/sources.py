@@ -33,6 +33,8 @@ from mergepkg.io.folder import (
     BIN_INDEX,
     INDEX,
     SIDE_FILES,
+    TOKENIZER_CONFIG,
+    TOKENIZER_FILES,
     WEIGHTS,
     adapter_files,
     index_files,
@@ -46,11 +48,8 @@ from mergepkg.settings import Settings
 from mergepkg.store.hashcache import HashCache, Trust
 
 # The files whose absence from a repo decides what an offline build of its snapshot reads:
-# the safetensors weights (else .bin is read) and a tokenizer (every Hugging Face tokenizer
-# has a tokenizer_config.json, the file transformers asks for first).
+# the safetensors weights (else .bin is read) and a tokenizer (TOKENIZER_CONFIG).
 SAFETENSORS_WEIGHTS = (INDEX, WEIGHTS)
-TOKENIZER_CONFIG = "tokenizer_config.json"
-TOKENIZER_FILES = [f for f in SIDE_FILES if f not in ("config.json", "generation_config.json")]
 NO_EXIST = ".no_exist"  # huggingface_hub's: REPO_DIR/.no_exist/COMMIT/NAME, a file the repo lacks
 
 
@@ -282,12 +281,13 @@ def mark_absent(snapshot: Path, names: Collection[str]) -> None:
     offline build reads the record (`refuse_partial`). A cache that cannot be written keeps
     none: offline, the snapshot is then refused as one that may be partial."""
     folder = snapshot.parent.parent / NO_EXIST / snapshot.name
-    for name in names:
-        try:
+    try:
+        if names:
             folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
             (folder / name).touch()
-        except OSError:
-            return
+    except OSError:
+        return
 
 
 def refuse_partial(repo: str, snapshot: Path) -> None:

@@ -301,15 +301,10 @@ class Store:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def gc(self, keep: set[str], *, dry_run: bool = False) -> tuple[list[Artifact], list[Path]]:
-        """`sweep`, holding the store alone. Refuses while a build runs in this store."""
-        with self.alone():
-            return self.sweep(keep, dry_run=dry_run)
-
     def sweep(self, keep: set[str], *, dry_run: bool = False) -> tuple[list[Artifact], list[Path]]:
         """Remove artifacts whose key is not in `keep`, leftovers of killed builds, and
         folders of keys not in `keep` that hold no artifact (`_broken`). Returns what went
-        (or would). Only inside `alone()`, with `keep` read there too: a build that ran
+        (or would). Only inside `alone()` (store/gc.collect_garbage), with `keep` read there too: a build that ran
         between reading the roots and removing would lose the steps it committed."""
         gone = [a for a in self.all() if a.key not in keep]
         if not dry_run:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mergepkg.settings import Settings
 from mergepkg.store.hashcache import HashCache
 from mergepkg.store.local import Store
 
 
 class Session:
-    """What a command works with: settings, the store and the file hash cache."""
+    """What a command works with: settings, the store and the file hash cache (under
+    `home`, default the settings' home: `verify --rebuild` builds into a scratch one)."""
 
-    def __init__(self, settings: Settings | None = None):
+    def __init__(self, settings: Settings | None = None, *, home: Path | None = None):
         self.settings = settings or Settings()
-        self.store = Store(self.settings.home)
-        self.hashes = HashCache(self.settings.home / "hashes.sqlite")
+        home = home or self.settings.home
+        self.store = Store(home)
+        self.hashes = HashCache(home / "hashes.sqlite")

@@ -142,6 +142,18 @@ REFUSED = {
         "needs positive_prompts for every expert",
         "org/a",
     ),
+    "one expert": (
+        """
+        base_model: org/base
+        gate_mode: hidden
+        experts_per_token: 1
+        experts:
+          - {source_model: org/a, positive_prompts: ["x"]}
+        """,
+        "experts",
+        "a single expert",
+        "experts:",
+    ),
     "uniform_random without prompts": (
         """
         base_model: org/base

@@ -799,6 +799,21 @@ def test_tokens_a_bpe_model_reaches_without_a_merge():
     assert reached_unmerged({"type": "BPE", "vocab": {}, "merges": []}, "é") and not reached_unmerged(model, "ab")
 
 
+def test_a_byte_fallback_base_reaches_byte_tokens_without_a_merge():
+    """A character it lacks becomes `<0xNN>` tokens, looked up as they are: another
+    model's byte token would replace its `<unk>` for that byte."""
+    from tokenizers import Tokenizer, models
+
+    from mergepkg.layout.vocab import reached_unmerged
+
+    vocab = {"<unk>": 0, "a": 1}
+    base = Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    with_byte = Tokenizer(models.BPE({**vocab, "<0x71>": 2}, [], unk_token="<unk>", byte_fallback=True))
+    assert base.encode("aq").tokens == ["a", "<unk>"] and with_byte.encode("aq").tokens == ["a", "<0x71>"]
+    model = json.loads(base.to_str())["model"]
+    assert reached_unmerged(model, "<0x71>") and not reached_unmerged({**model, "byte_fallback": False}, "<0x71>")
+
+
 @pytest.mark.slow
 def test_a_byte_fallback_union_builds_a_model_that_reads_its_base_s_text(recipe, tmp_path, tok_models):
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -53,13 +53,15 @@ def convert_moe(ctx: Context, refs: Refs, step: Step, data: dict, dtype: Callabl
             "mergekit-moe refuses this too: list more experts or lower experts_per_token",
         )
     # mergekit-moe checks prompts in every gate mode but `random` (uniform_random too, though its routers read none)
-    if mode != "random" and len(raw) > 1 and all(_said(r) == _said(raw[0]) for r in raw):
+    if mode != "random" and all(_said(r) == _said(raw[0]) for r in raw[1:]):  # one expert too, as mergekit-moe
         raise ctx.error(
             "experts",
-            "every expert has the same prompts, so no expert would ever be preferred",
-            "give each expert prompts for what should be routed to it (mergekit-moe refuses this too)",
+            "a single expert: no other would ever be preferred"
+            if len(raw) == 1
+            else "every expert has the same prompts, so no expert would ever be preferred",
+            "give each of several experts prompts for what should be routed to it (mergekit-moe refuses this too)",
         )
-    if mode != "random" and len(experts) > 1 and all(e["model"] == experts[0]["model"] for e in experts):
+    if mode != "random" and all(e["model"] == experts[0]["model"] for e in experts):
         raise ctx.error(
             "experts",
             "every expert is the same model: the MoE would use more memory to give that model's output",
