@@ -16,7 +16,7 @@ import os
 import re
 import socket
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 from mergepkg.cluster.jobs import Resources, StepJob
@@ -25,20 +25,15 @@ from mergepkg.cluster.progress import Board
 from mergepkg.cluster.worker import run_step
 from mergepkg.engine.split import Part
 from mergepkg.errors import BuildError
+from mergepkg.remote.errors import remote_errors
 
 MAX_RETRIES = 3  # attempts after the first, for a worker or node lost (and a remote's hiccup: `retryable`)
 
 
 def retryable() -> list[type[BaseException]]:
-    """What a task raises that Ray retries on another node: a remote's hiccup. An OSError,
-    and the S3 client's own errors, which are not OSErrors (remote/errors.reaching says
-    the same of them): where s3fs is installed, botocore is too."""
-    kinds: list[type[BaseException]] = [OSError]
-    with suppress(ImportError):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        kinds += [BotoCoreError, ClientError]
-    return kinds
+    """What a task raises that Ray retries on another node: a remote's hiccup, as
+    `remote/errors.remote_errors` says it (Ray's `retry_exceptions` takes a list)."""
+    return list(remote_errors())
 
 
 RAY_HINT = "install the extra: pip install 'mergepkg[ray]'"

@@ -92,6 +92,7 @@ def run_part(job: StepJob, part: Part, board: Any, *upstream: StepDone) -> PartD
                 )
                 if job.deny_warnings:  # MP3xx, as an unsplit step's task denies them: nothing staged
                     deny(settle(reporter.pitfalls, job.recipe), "the step was not stored; nothing was written")
+                remote.check_root()  # staging makes the folders it writes to: a gone remote's too
                 for name in part.shards:
                     put_file(remote.fs, out / name, f"{staging(remote, part)}/{name}")
             finally:

@@ -183,7 +183,10 @@ class Client:
             except OSError as e:
                 raise RegistryError(f"cannot read {path}: {e}", file=str(reg.folder)) from None
         kept_file = self.cache / hashlib.sha256(reg.url.encode()).hexdigest()[:16] / path
-        kept = _Kept.read(kept_file, self.cache)  # (etag, body) of an earlier read; a 404 is kept as body None
+        try:
+            kept = _Kept.read(kept_file)  # (etag, body) of an earlier read; a 404 is kept as body None
+        except OSError as e:
+            raise _unkept(e, kept_file, self.cache, self.settings.home) from None
         if kept is not None and ((immutable and kept.body is not None) or self.settings.registry_offline):
             return kept.body  # recipe files never change (checked by sha256 anyway)
         if self.settings.registry_offline:
@@ -334,13 +337,13 @@ class _Kept:
     body: bytes | None
 
     @classmethod
-    def read(cls, path: Path, cache: Path) -> _Kept | None:
+    def read(cls, path: Path) -> _Kept | None:
+        """The copy kept at `path`; None where there is none (or not one of ours). Any other
+        OSError is raised: the caller says it (`_unkept`)."""
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
-        except OSError as e:
-            raise _unkept(e, path, cache) from None
         head, _, body = data.partition(b"\n")
         try:
             meta = json.loads(head)
@@ -353,15 +356,15 @@ class _Kept:
         write_atomic(path, head + b"\n" + (self.body or b""))
 
 
-def _unkept(e: OSError, path: Path, cache: Path) -> MergepkgError:
+def _unkept(e: OSError, path: Path, cache: Path, home: Path) -> MergepkgError:
     """A kept copy that cannot be read: a file where registry-cache/ (or the home) should
     be a folder, a folder where a kept file should be. The home's own error where the home
     is the file; else one located at the kept file (what a disk refuses is the machine's,
     as everywhere)."""
     if (disk := disk_error(e, "reading a kept copy")) is not None:
         return disk
-    if cache.parent.exists() and not cache.parent.is_dir():
-        return home_not_a_folder(cache.parent)
+    if home.exists() and not home.is_dir():
+        return home_not_a_folder(home)
     return RegistryError(
         f"cannot use the kept copy of a registry's file: {e.strerror or e}",
         file=str(path),

@@ -24,7 +24,7 @@ from mergepkg.errors import MergepkgError, PublishError, RegistryError, did_you_
 from mergepkg.files import write_atomic
 from mergepkg.lockfile import Lock, lock_path, parse_lock, recipe_hash
 from mergepkg.recipe.locate import key_name, locate
-from mergepkg.recipe.model import Recipe, Source
+from mergepkg.recipe.model import Dependency, Recipe, Source
 from mergepkg.recipe.names import canonical_name, check_version
 from mergepkg.recipe.parse import parse_recipe
 from mergepkg.recipe.versions import Range
@@ -124,7 +124,7 @@ class RegistryFolder:
         canonical_name(name)
         config = {"format": FORMAT, "name": name, **({"private": True} if private else {})}
         _write(self.root / "config.json", json.dumps(config, indent=1).encode() + b"\n")
-        _write(self.root / "packages.json", b'{"packages": {}}\n')
+        _write(self.root / "packages.json", packages_json({}))
         _write(self.root / ".gitignore", f"{PRIVATE}/\n".encode())  # a registry is often a git repository
 
     def config(self) -> dict:
@@ -257,17 +257,15 @@ class RegistryFolder:
             if dep.registry is not None:
                 continue  # a name in the publisher's registry list: nothing to look up here
             key = f"dependencies.{dep.name}"
-            entries = self.entries(dep.name)
-            fits = [e for e in entries if not e.yanked and Range.parse(dep.range).allows(e.semver)]
-            if not fits:
+            best = self.newest_fit(dep)
+            if best is None:
                 raise PublishError(
                     f"depends on {dep.name} {dep.range}, and this registry has no such version",
                     file=str(recipe.display),
                     line=recipe.line_of(key),
                     key=key,
-                    hint="published: " + (", ".join(e.version for e in entries) or "nothing"),
+                    hint="published: " + (", ".join(e.version for e in self.entries(dep.name)) or "nothing"),
                 )
-            best = max(fits, key=lambda e: e.semver)
             steps = self._published(best).steps
             for name, src in recipe.sources.items():
                 if src.dependency == dep.name and src.step not in steps:
@@ -279,6 +277,12 @@ class RegistryFolder:
                         key=f"sources.{key_name(name)}.step",
                         hint=did_you_mean(src.step, steps),
                     )
+
+    def newest_fit(self, dep: Dependency) -> Entry | None:
+        """The version of `dep` here that a publisher's `mergepkg lock` would pick when
+        nothing else pins it: the newest non-yanked one its range allows; None if none."""
+        fits = [e for e in self.entries(dep.name) if not e.yanked and Range.parse(dep.range).allows(e.semver)]
+        return max(fits, key=lambda e: e.semver, default=None)
 
     def _published(self, entry: Entry) -> Recipe:
         """The recipe file of a version the index lists. A missing or unreadable one is this
@@ -306,7 +310,7 @@ class RegistryFolder:
         log. A listed package in a registry without a log (a git checkout: the log is
         private) gets none, crediting no one else's publish. Under the write lock; what is
         up to date is not written."""
-        packages = self._packages()
+        packages = self.packages()
         stale = packages.get(same.name) != summary(entries)
         if stale:
             self._save_packages(packages, same.name, entries)
@@ -332,10 +336,11 @@ class RegistryFolder:
 
     def _save(self, name: str, entries: list[Entry]) -> None:
         _write(self.root / index_path(name), write_index(entries).encode())
-        self._save_packages(self._packages(), name, entries)
+        self._save_packages(self.packages(), name, entries)
 
-    def _packages(self) -> dict:
-        """packages.json's packages; rebuilt from every index when it is damaged or missing."""
+    def packages(self) -> dict:
+        """packages.json's packages; rebuilt from every index when it is damaged or missing
+        (what the next write saves, and what `registry site` copies)."""
         try:
             packages = json.loads((self.root / "packages.json").read_text())["packages"]
             if not isinstance(packages, dict):
@@ -346,10 +351,7 @@ class RegistryFolder:
 
     def _save_packages(self, packages: dict, name: str, entries: list[Entry]) -> None:
         packages[name] = summary(entries)
-        _write(
-            self.root / "packages.json",
-            json.dumps({"packages": dict(sorted(packages.items()))}, indent=1).encode() + b"\n",
-        )
+        _write(self.root / "packages.json", packages_json(packages))
 
     def _packages_from_index(self) -> dict:
         packages = {}
@@ -358,6 +360,12 @@ class RegistryFolder:
             if entries:
                 packages[entries[0].name] = summary(entries)
         return packages
+
+
+def packages_json(packages: dict) -> bytes:
+    """packages.json's bytes for `packages` (name -> summary), sorted by name: one file for
+    one set of packages, whoever writes it."""
+    return json.dumps({"packages": dict(sorted(packages.items()))}, indent=1).encode() + b"\n"
 
 
 def parse_published(data: bytes, label: str) -> Recipe:

@@ -40,7 +40,7 @@ font-size:.85em;white-space:nowrap;text-decoration:none;display:inline-block;mar
 .dag .output rect{fill:#e6eefb;stroke:#23314a;stroke-width:2}.hash{word-break:break-all}
 #packages td:first-child{white-space:nowrap}
 """
-URL_SLOT = "<!--registry-url-->"  # where a served page's `registry add` URL goes (`fill_url`)
+URL_SLOT = "<!--registry-url-->"  # where a page's `registry add` URL goes (`fill_url`)
 FILTER_JS = (
     "document.getElementById('filter').hidden=false;document.getElementById('filter').oninput=function(e){"
     "var w=e.target.value.toLowerCase().split(/\\s+/).filter(Boolean),n=0;"
@@ -192,7 +192,7 @@ def _built(root: Path, entry: Entry) -> str:
     return where + f"<table><tr><th>step</th><th>method</th><th>key</th><th>digest</th></tr>{rows}</table>"
 
 
-def _use(catalog: Catalog, pkg: Package, entry: Entry, links: Links, url: str | None) -> str:
+def _use(catalog: Catalog, pkg: Package, entry: Entry, links: Links) -> str:
     """The commands that use this version; for a yanked one, none of them: install, build
     and dependency ranges never pick a yanked version, only a lock that already names it."""
     if entry.yanked:
@@ -208,32 +208,30 @@ def _use(catalog: Catalog, pkg: Package, entry: Entry, links: Links, url: str | 
         )
     name, v, caret = escape(entry.name), escape(entry.version), escape(_caret(entry.version))
     key = escape(f'"{entry.name}"' if "/" in entry.name else entry.name)
-    where = URL_SLOT if url is None else escape(url or "URL")
     return (
-        f"<pre>mergepkg registry add {escape(catalog.registry or 'NAME')} {where}\n"
+        f"<pre>mergepkg registry add {escape(catalog.registry or 'NAME')} {URL_SLOT}\n"
         f"mergepkg build {name}@={v}\nmergepkg install {name}@{caret}</pre>"
         f"<p>or depend on it from a recipe:</p><pre>[dependencies]\n{key} = &quot;{caret}&quot;</pre>"
     )
 
 
 def fill_url(page: bytes, url: str) -> bytes:
-    """A page rendered with `url=None` with the registry's URL in its `registry add` line.
-    Every piece of data on a page is escaped, so only the page itself holds `URL_SLOT`; a
-    server keeps one rendering for every Host a client may send."""
+    """A page with the registry's URL in its `registry add` line (`URL_SLOT`): the URL a
+    client asked a server by, or the one a static site is given. Every piece of data on a
+    page is escaped, so only the page itself holds `URL_SLOT`; a server keeps one rendering
+    for every Host a client may send."""
     return page.replace(URL_SLOT.encode(), escape(url).encode(), 1)
 
 
-def package_page(
-    catalog: Catalog, root: Path, pkg: Package, links: Links, version: str | None, url: str | None = ""
-) -> str:
+def package_page(catalog: Catalog, root: Path, pkg: Package, links: Links, version: str | None) -> str:
     """One package at `version` (default: its latest): what it is, how to use it, its steps,
-    versions, dependencies and dependents, pins, built steps, checksums and recipe. `url`:
-    the registry's, for the `registry add` line; None leaves `URL_SLOT` for `fill_url`."""
+    versions, dependencies and dependents, pins, built steps, checksums and recipe. The
+    `registry add` line holds `URL_SLOT`, for `fill_url`."""
     entry = pkg.entry(version) if version else pkg.latest
     assert entry is not None
     text = _read(root, recipe_path(entry.name, entry.version)) or ""
     name, v = escape(entry.name), escape(entry.version)
-    use = _use(catalog, pkg, entry, links, url)
+    use = _use(catalog, pkg, entry, links)
     versions = "".join(
         f'<tr><td><a href="{links.package(pkg.name, e.version)}">{escape(e.version)}</a>'
         f"{' <span class=yanked>yanked</span>' if e.yanked else ''}</td><td>{escape(e.published)}</td>"

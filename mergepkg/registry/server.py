@@ -46,7 +46,6 @@ from mergepkg.recipe.flatten import flatten
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.names import canonical_name
 from mergepkg.recipe.plan import make_plan
-from mergepkg.recipe.versions import Range
 from mergepkg.registry import tokens
 from mergepkg.registry.dependencies import Dependencies
 from mergepkg.registry.folder import RegistryFolder, check_lock_current, parse_published
@@ -108,8 +107,8 @@ class App:
             except MergepkgError as e:
                 return _json(start_response, 500, self.public({"error": f"the token file cannot be read: {e.message}"}))
         if WebPages.handles(path):
-            return self.page(path, environ, start_response, head=method == "HEAD")
-        return self.read(path, environ, start_response, head=method == "HEAD")
+            return self.page(path, environ, start_response)
+        return self.read(path, environ, start_response)
 
     def public(self, body: dict) -> dict:
         """`body` without any path of this machine: the folder served and the working directory."""
@@ -125,7 +124,7 @@ class App:
         return {k: scrub(v) for k, v in body.items()}
 
     # -- reads ---------------------------------------------------------------------
-    def page(self, path: str, environ, start_response, head: bool):
+    def page(self, path: str, environ, start_response):
         """A web page (`site.py`): HTML for browsers, 404s included."""
         host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME', 'localhost')}:{environ.get('SERVER_PORT', '')}"
         url = f"{environ.get('wsgi.url_scheme', 'http')}://{host}"
@@ -136,9 +135,9 @@ class App:
         if location:
             start_response(f"{status} {STATUS[status]}", [("Location", _quoted(location)), ("Content-Length", "0")])
             return [b""]
-        return _send(start_response, environ, status, data, "text/html; charset=utf-8", head)
+        return _send(start_response, environ, status, data, "text/html; charset=utf-8")
 
-    def read(self, path: str, environ, start_response, head: bool):
+    def read(self, path: str, environ, start_response):
         parts = path.strip("/").split("/")
         if not all(parts) or any(p.startswith(".") or "\x00" in p for p in parts):
             return _json(start_response, 404, {"error": "not found"})
@@ -156,7 +155,7 @@ class App:
             if file.suffix == ".toml"
             else mimetypes.guess_type(file.name)[0] or "text/plain"
         )
-        return _send(start_response, environ, 200, data, kind, head)
+        return _send(start_response, environ, 200, data, kind)
 
     # -- writes --------------------------------------------------------------------
     def write(self, action: str, environ) -> tuple[int, dict]:
@@ -220,9 +219,11 @@ class App:
             if any(e.version == pick.version and e.sha256 == pick.sha256 for e in self.folder.entries(name)):
                 files[name] = self.folder.root / recipe_path(name, pick.version)
         for name, dep in recipe.dependencies.items():
-            fits = [e for e in self.folder.entries(name) if not e.yanked and Range.parse(dep.range).allows(e.semver)]
-            if name not in files and dep.registry is None and fits:
-                files[name] = self.folder.root / recipe_path(name, max(fits, key=lambda e: e.semver).version)
+            if name in files or dep.registry is not None:
+                continue
+            best = self.folder.newest_fit(dep)  # there: `check_dependencies` came first (None: yanked since)
+            if best is not None:
+                files[name] = self.folder.root / recipe_path(name, best.version)
         deps = Dependencies(files=files)
 
         def bind(r: Recipe) -> Recipe:
@@ -275,8 +276,9 @@ def _matches(wanted: str, etag: str) -> bool:
     return wanted.strip() == "*" or etag in tags
 
 
-def _send(start_response, environ, status: int, data: bytes, kind: str, head: bool):
-    """`data` with an ETag, or 304 for a matching If-None-Match."""
+def _send(start_response, environ, status: int, data: bytes, kind: str):
+    """`data` with an ETag, or 304 for a matching If-None-Match (to a HEAD, `App.__call__`
+    sends the headers only, Content-Length the body's)."""
     etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
     if status == 200 and _matches(environ.get("HTTP_IF_NONE_MATCH", ""), etag):
         start_response("304 Not Modified", [("ETag", etag)])
@@ -285,7 +287,7 @@ def _send(start_response, environ, status: int, data: bytes, kind: str, head: bo
         f"{status} {STATUS.get(status, '')}",
         [("Content-Type", kind), ("Content-Length", str(len(data))), ("ETag", etag), ("Cache-Control", "no-cache")],
     )  # revalidate each time: cheap with ETag
-    return [b"" if head else data]
+    return [data]
 
 
 def _bearer(environ) -> str:

@@ -14,7 +14,6 @@ and `KEEP_BYTES` bytes: no request can grow the server's memory past that.
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 from html import escape
@@ -24,7 +23,7 @@ from urllib.parse import parse_qs
 from mergepkg.errors import RegistryError
 from mergepkg.files import write_atomic
 from mergepkg.registry.catalog import Catalog, CatalogCache, Package, read_catalog
-from mergepkg.registry.index import summary
+from mergepkg.registry.folder import RegistryFolder, packages_json
 from mergepkg.registry.pages import Links, fill_url, index_page, not_found_page, package_page
 
 KEEP = 4096  # rendered pages kept in memory; past it the cache starts over
@@ -93,7 +92,7 @@ class WebPages:
         pkg, version = package_route(catalog, path[len("/packages/") :]) if path != "/packages/" else (None, None)
         if pkg is None:
             return 404, not_found_page(catalog, links, "No such package or version here.").encode(), ""
-        return 200, package_page(catalog, self.root, pkg, links, version, None).encode(), ""
+        return 200, package_page(catalog, self.root, pkg, links, version).encode(), ""
 
 
 def write_site(root: Path, out: Path, url: str = "") -> int:
@@ -106,23 +105,23 @@ def write_site(root: Path, out: Path, url: str = "") -> int:
     catalog = read_catalog(root)  # refuses a folder that is not a registry, as `registry serve` does
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(root / "config.json", out / "config.json")
-    _copy_packages(root, out, catalog)
+    write_atomic(out / "packages.json", packages_json(RegistryFolder(root).packages()))  # OUT is a registry too
     for name in ("index", "recipes"):
         if (root / name).is_dir():
             shutil.copytree(root / name, out / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
 
     def page(path: str, html: str) -> None:
-        write_atomic(out / path / "index.html", html.encode())
+        write_atomic(out / path / "index.html", fill_url(html.encode(), url or "URL"))  # as served, Host or not
 
     page("", index_page(catalog, Links.climbing("", "index.html")))
     count = 1
     for pkg in catalog.packages.values():
         where = f"packages/{pkg.name}/"
-        page(where, package_page(catalog, root, pkg, Links.climbing(where, "index.html"), None, url))
+        page(where, package_page(catalog, root, pkg, Links.climbing(where, "index.html"), None))
         for e in pkg.entries:
             page(
                 where + e.version,
-                package_page(catalog, root, pkg, Links.climbing(where + e.version + "/", "index.html"), e.version, url),
+                package_page(catalog, root, pkg, Links.climbing(where + e.version + "/", "index.html"), e.version),
             )
         count += 1 + len(pkg.entries)
     write_atomic(out / "404.html", not_found_page(catalog, _anywhere(url), "No such page here.").encode())
@@ -136,17 +135,3 @@ def _anywhere(url: str) -> Links:
     if url:
         return Links(escape(url.rstrip("/") + "/"), "index.html")
     return Links.climbing("", "index.html")
-
-
-def _copy_packages(root: Path, out: Path, catalog: Catalog) -> None:
-    """packages.json as it is, or rebuilt from the index files when it is missing or damaged
-    (as `RegistryFolder` rebuilds it before its next write): OUT is a registry too."""
-    try:
-        packages = json.loads((root / "packages.json").read_text(encoding="utf-8"))["packages"]
-        if isinstance(packages, dict):
-            shutil.copy2(root / "packages.json", out / "packages.json")
-            return
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
-        pass
-    rebuilt = {p.name: summary(list(p.entries)) for p in catalog.packages.values()}
-    write_atomic(out / "packages.json", json.dumps({"packages": rebuilt}, indent=1).encode() + b"\n")

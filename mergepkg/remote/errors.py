@@ -4,7 +4,7 @@ remote (its URL, and the record or file) with a hint where one helps."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from mergepkg.errors import StoreError
 
@@ -28,14 +28,24 @@ class Refused(RemoteError, ValueError):
     of it entered the local store."""
 
 
+def remote_errors() -> tuple[type[BaseException], ...]:
+    """What a backend raises when it cannot reach or use a remote (unreachable, denied, no
+    such bucket, no credentials): an OSError, or the S3 client's own errors, which are not
+    OSErrors (aiobotocore's subclass botocore's). One list for `reaching` and for the
+    cluster's retries (`cluster/connect.retryable`); botocore is there wherever s3fs is."""
+    kinds: tuple[type[BaseException], ...] = (OSError,)
+    with suppress(ImportError):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kinds += (BotoCoreError, ClientError)
+    return kinds
+
+
 @contextmanager
 def reaching(url: str) -> Iterator[None]:
-    """A backend's failure to reach or use the remote at `url` (unreachable, denied, no such
-    bucket, no credentials) as a `RemoteError` naming it: an OS error, or the S3 client's
-    own errors (botocore's are not OSErrors). Any other error passes as it is."""
+    """A backend's failure to reach or use the remote at `url` (`remote_errors`) as a
+    `RemoteError` naming it. Any other error passes as it is."""
     try:
         yield
-    except Exception as e:
-        if not (isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("botocore", "aiobotocore")):
-            raise
+    except remote_errors() as e:
         raise RemoteError(f"cannot reach the remote: {e}", file=url) from None

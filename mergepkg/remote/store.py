@@ -33,6 +33,7 @@ from mergepkg.remote.transfer import (
     get_file,
     hash_file,
     in_parallel,
+    is_local,
     is_temp,
     listing,
     mtime,
@@ -119,6 +120,19 @@ class Remote:
         return missing
 
     # -- pushing ------------------------------------------------------------------------
+    def check_root(self) -> None:
+        """Refuse to write to a folder remote whose folder is gone (an unmounted shared
+        disk): a local write makes the folders it needs, so a push, or a part staged
+        (`cluster/parts.py`), would land in a new, empty folder at the mount point, which
+        no one else sees. Other backends have no folder to lose (a missing bucket is the
+        S3 client's error)."""
+        if is_local(self.fs) and not self.fs.isdir(self.root):
+            raise RemoteError(
+                "the remote's folder is gone (an unmounted shared disk?)",
+                file=self.url,
+                hint="mount or create it again; a push never makes a remote's folder",
+            )
+
     def push(
         self, folder: Path, record: Record, *, progress: ProgressFn | None = None, rehash: bool = False
     ) -> PushReport:
@@ -131,12 +145,7 @@ class Remote:
             if not p.is_file() or p.stat().st_size != f.size:
                 raise RemoteError(f"{p} is not the file the record lists ({f.size} bytes)", file=self.url)
         self.fs.invalidate_cache()
-        if self.url.startswith("file://") and not self.fs.isdir(self.root):  # its writes would make it anew
-            raise RemoteError(
-                "the remote's folder is gone (an unmounted shared disk?)",
-                file=self.url,
-                hint="mount or create it again; a push never makes a remote's folder",
-            )
+        self.check_root()
         try:
             existing = self.record(record.key)
         except RemoteError:

@@ -99,10 +99,15 @@ def test_an_address_ray_cannot_read_is_one_line(address):
 
 def test_an_s3_clients_hiccup_is_retried_as_an_os_error_is():
     """botocore's errors are not OSErrors: Ray's retry_exceptions=[OSError] never matched
-    one, so an S3 remote unreachable for a moment ended the whole cluster build."""
+    one, so an S3 remote unreachable for a moment ended the whole cluster build. What is
+    retried is what a remote's command calls unreachable: one list (remote/errors.py)."""
     from botocore.exceptions import EndpointConnectionError
+
+    from mergepkg.remote.errors import RemoteError, reaching, remote_errors
 
     hiccup = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
     assert not isinstance(hiccup, OSError)
     assert any(isinstance(hiccup, kind) for kind in connecting.retryable())
-    assert OSError in connecting.retryable()
+    assert OSError in connecting.retryable() and connecting.retryable() == list(remote_errors())
+    with pytest.raises(RemoteError, match="cannot reach the remote"), reaching("s3://bucket"):
+        raise hiccup

@@ -6,12 +6,14 @@ assembly lost before its record leaves nothing readable and its retry finishes."
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from helpers import build_recipe
 
 from mergepkg.builder.substitute import Remotes
+from mergepkg.cluster import parts as parts_module
 from mergepkg.cluster.driver import CLUSTER_REMOTE, _plan
 from mergepkg.cluster.jobs import Engine, StepJob
 from mergepkg.cluster.parts import run_assemble, run_part, staging
@@ -20,6 +22,7 @@ from mergepkg.engine.progress import NullReporter
 from mergepkg.engine.split import Part
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.remote import transfer
+from mergepkg.remote.errors import RemoteError
 from mergepkg.remote.store import Remote
 from mergepkg.remote.sync import open_remote, substitute
 from mergepkg.settings import Settings
@@ -111,3 +114,26 @@ def test_an_assembly_lost_before_its_record_is_retried_to_the_same_artifact(spli
     assert done.error is None and done.digest == local.digest and not done.found
     got = substitute(remote, Store(tmp_path / "reader"), job.key, expected_digest=local.digest)
     assert got.digest == local.digest
+
+
+def test_a_part_stages_nothing_on_a_folder_remote_whose_folder_is_gone(write_recipe, tmp_path, monkeypatch):
+    """A node whose shared disk was unmounted while it built its part staged the part's
+    shards into a new folder at the mount point (a local write makes the folders it needs),
+    which no other node sees: the part fails, as a push there does, and makes no folder."""
+    path = write_recipe(BODY)
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    on_node(monkeypatch, tmp_path / "driver")
+    job, parts = planned(path, f"file://{folder}")
+    real = parts_module.build_part
+
+    def unmounted_meanwhile(*args, **kwargs):
+        result = real(*args, **kwargs)
+        shutil.rmtree(folder)
+        return result
+
+    monkeypatch.setattr(parts_module, "build_part", unmounted_meanwhile)
+    on_node(monkeypatch, tmp_path / "node0")
+    done = run_part(job, parts[0], None)
+    assert isinstance(done.error, RemoteError) and "the remote's folder is gone" in done.error.message
+    assert done.result is None and not folder.exists()

@@ -222,12 +222,12 @@ def test_repeat_reads_are_conditional_and_work_offline(tmp_path, capsys, monkeyp
 
     real = server_module.App.read
 
-    def counting(self, path, environ, start_response, head):
+    def counting(self, path, environ, start_response):
         def start(status, headers):
             seen.append((path, status.split()[0]))
             return start_response(status, headers)
 
-        return real(self, path, environ, start, head)
+        return real(self, path, environ, start)
 
     monkeypatch.setattr(server_module.App, "read", counting)
     with serving(root) as url:
@@ -327,11 +327,11 @@ def test_a_5xx_falls_back_to_what_was_fetched(tmp_path, capsys, monkeypatch):
     broken = {"now": False}
     real = server_module.App.read
 
-    def flaky(self, path, environ, start_response, head):
+    def flaky(self, path, environ, start_response):
         if broken["now"]:
             start_response("502 Bad Gateway", [("Content-Type", "text/plain")])
             return [b"bad gateway"]
-        return real(self, path, environ, start_response, head)
+        return real(self, path, environ, start_response)
 
     monkeypatch.setattr(server_module.App, "read", flaky)
     with serving(root) as url:

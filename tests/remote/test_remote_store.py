@@ -281,14 +281,20 @@ def test_a_file_remote_is_a_plain_folder_tree(tmp_path):
     assert json.loads(files[f"records/{art.key}.json"])["digest"] == art.digest
 
 
-def test_a_push_to_a_folder_remote_whose_folder_is_gone_makes_none(tmp_path):
+@pytest.mark.parametrize("named", [False, True])
+def test_a_push_to_a_folder_remote_whose_folder_is_gone_makes_none(tmp_path, named):
     """fsspec's writes make missing folders: a node whose shared disk was unmounted pushed
-    into a new, empty folder at the mount point, which the driver's pull then refused."""
+    into a new, empty folder at the mount point, which the driver's pull then refused.
+    Whatever the remote is called: its URL only names it (the check once read it)."""
+    import fsspec
+
     folder = tmp_path / "shared"
     folder.mkdir()
-    remote = open_remote(str(folder))
+    remote = Remote(fsspec.filesystem("file"), str(folder), url="team-cache") if named else open_remote(str(folder))
     art = make_artifact(Store(tmp_path / "home"), 1)
     folder.rmdir()
     with pytest.raises(RemoteError, match="the remote's folder is gone"):
         push_artifact(remote, art)
     assert not folder.exists()
+    folder.mkdir()  # mounted again: the same push lands
+    assert push_artifact(remote, art).uploaded and remote.has(art.key)
