@@ -48,6 +48,14 @@ def hub_offline_as_the_environment_says(monkeypatch) -> None:
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
 
 
+@pytest.fixture(autouse=True)
+def malloc_left_as_it_is(monkeypatch) -> None:
+    """A build under --max-memory in this process sets glibc's mmap threshold for good
+    (engine/memory.return_freed_memory): every later test's large buffers were then mapped
+    and unmapped, and the fast set took half again as long. Builds in subprocesses keep it."""
+    monkeypatch.setattr("mergepkg.engine.memory.return_freed_memory", lambda: None)
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
     """base: random tiny Llama (4 layers); ft1..ft3: base + small seeded deltas;
