@@ -116,6 +116,24 @@ def _recipe_writer(tmp_path: Path, folders: dict[str, Path]):
     return write
 
 
+@pytest.fixture(scope="session")
+def chat(models, tmp_path_factory) -> Path:
+    """ft1 with two more special tokens, and two more embedding and head rows: a step over
+    it and the others merges on a union vocabulary, its rows aligned."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("chat") / "chat"
+    tok = AutoTokenizer.from_pretrained(models["ft1"])
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    model = LlamaForCausalLM.from_pretrained(models["ft1"], dtype=torch.float32)
+    torch.manual_seed(9)
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def write_recipe(tmp_path, models):
     """write_recipe(body) -> path of a recipe whose [sources] name every tiny model."""

@@ -66,24 +66,6 @@ def test_cli_takes_max_memory_and_checks_it(write_recipe, tmp_path, capsys):
     assert "leaves too little" in message and "allow at least" in message
 
 
-@pytest.fixture(scope="module")
-def chat(models, tmp_path_factory):
-    """ft1 with two more special tokens, and two more embedding and head rows: a step over
-    it and base merges on a union vocabulary, its rows aligned."""
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("chat") / "chat"
-    tok = AutoTokenizer.from_pretrained(models["ft1"])
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    model = LlamaForCausalLM.from_pretrained(models["ft1"], dtype=torch.float32)
-    torch.manual_seed(9)
-    model.resize_token_embeddings(len(tok), mean_resizing=False)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def limited(path, home, monkeypatch, max_memory: int | None):
     """`path` built in an empty store `home`, under `max_memory` with all of it the engine's."""
     monkeypatch.setenv("MERGEPKG_HOME", str(home))
