@@ -33,7 +33,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from mergepkg._version import __version__
 from mergepkg.cli import coercion
-from mergepkg.cli.output import err, show_error
+from mergepkg.cli.output import err, show_error, tolerate_unencodable
 from mergepkg.errors import MergepkgError, disk_error
 
 # name -> "module:attribute" in mergepkg.cli, in the order `mergepkg --help` lists them
@@ -238,6 +238,7 @@ def run() -> None:
     them all at exit 0.5 s. Tensors are freed by reference counting, not by the collector;
     at exit the OS frees the memory, and files were closed by then."""
     gc.set_threshold(50_000)
+    tolerate_unencodable()
     rc = main()
     gc.freeze()
     _exit(rc)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import json
 import math
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +53,28 @@ def _is_tty(file: object) -> bool:
 # is; styled parts are built as `Text`)
 out = UncroppedConsole(soft_wrap=True, markup=False)
 err = UncroppedConsole(stderr=True, soft_wrap=True)  # everything else: markup, with every user value escaped
+
+
+_SURROGATES = codecs.lookup_error("surrogateescape")
+
+
+def escape_unencodable(error: UnicodeError) -> tuple[str | bytes, int]:
+    """stdout's error handler (`tolerate_unencodable`): a file name's undecodable bytes
+    (surrogates) go out as those bytes, and a character the encoding lacks as a `\\x`,
+    `\\u` escape, so data is never lost to a traceback after the work is done."""
+    try:
+        return _SURROGATES(error)
+    except UnicodeError:
+        return codecs.backslashreplace_errors(error)
+
+
+def tolerate_unencodable() -> None:
+    """Write names stdout's encoding cannot hold instead of failing: a folder named in
+    Latin-1 under a UTF-8 locale, a CJK description under a Latin-1 one (stderr already
+    escapes them, as Python sets it up)."""
+    codecs.register_error("mergepkg.escape", escape_unencodable)
+    with contextlib.suppress(AttributeError, ValueError):  # not a text stream, or closed
+        sys.stdout.reconfigure(errors="mergepkg.escape")  # type: ignore[union-attr]
 
 
 def show_error(e: MergepkgError) -> None:

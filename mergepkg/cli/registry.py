@@ -88,10 +88,13 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8780, "--port", min=0, max=65535, help="Port to listen on; 0: a free one."),
     threads: int = typer.Option(4, "--threads", min=1, help="Requests served at once."),
-    per_client: int = typer.Option(Limits.per_client, "--per-client", help="Connections one address may hold."),
-    max_connections: int = typer.Option(Limits.total, "--max-connections", help="Connections at once, in all."),
+    per_client: int = typer.Option(Limits.per_client, "--per-client", min=1, help="Connections one address may hold."),
+    max_connections: int = typer.Option(Limits.total, "--max-connections", min=1, help="Connections at once, in all."),
     request_seconds: float = typer.Option(
-        Limits.request_seconds, "--request-timeout", help="Seconds a client has to send a whole request."
+        Limits.request_seconds,
+        "--request-timeout",
+        min=0.001,
+        help="Seconds a client has to send a whole request.",
     ),
 ) -> None:
     """Serve a registry folder over HTTP; publish and yank need a token."""
@@ -134,7 +137,12 @@ def token_create(
 ) -> None:
     """Create a token; it is printed once and only its hash is kept."""
     token = tokens.create(folder, label, scopes=scope, packages=package, expires=_expiry(expires) if expires else None)
-    out.print(token, highlight=False)
+    try:
+        out.print(token, highlight=False)
+        out.file.flush()  # a full disk or a closed pipe fails here, not after the revoke below is out of reach
+    except BaseException:
+        tokens.revoke(folder, label)  # nobody saw it: a live token no one holds would block the label's retry
+        raise
     err.print(f"[green]created[/] a token for {escape(label)}; keep it: it is not stored anywhere")
 
 

@@ -95,6 +95,16 @@ def _sha256_rest(f: io.FileIO, h: hashlib._Hash) -> str:
     return h.hexdigest()
 
 
+def _row_key(real: str) -> str | bytes:
+    """A path as the table keys it: its text, or its bytes where its name is not UTF-8
+    (a folder named in Latin-1 comes as surrogates, which sqlite cannot bind)."""
+    try:
+        real.encode()
+    except UnicodeEncodeError:
+        return os.fsencode(real)
+    return real
+
+
 def hub_blob_sha256(real: str) -> str | None:
     """The sha256 a Hugging Face cache blob is named by, or None: LFS files (weights) are
     stored under their sha256, other files under a 40-digit git blob sha1."""
@@ -268,7 +278,7 @@ class HashCache:
     def _remembered(self, real: str, ident: Identity) -> str | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT size, mtime_ns, ctime_ns, inode, sha256 FROM file_hashes WHERE path = ?", (real,)
+                "SELECT size, mtime_ns, ctime_ns, inode, sha256 FROM file_hashes WHERE path = ?", (_row_key(real),)
             ).fetchone()
         return row[4] if row and tuple(row[:4]) == ident else None
 
@@ -285,7 +295,7 @@ class HashCache:
             try:
                 with self._lock, self._db:
                     self._db.execute(
-                        "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)", (real, *ident, digest)
+                        "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?)", (_row_key(real), *ident, digest)
                     )
             except sqlite3.Error:  # remembering is a saving, never the answer: a closed cache keeps the check
                 pass

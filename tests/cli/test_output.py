@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import cli
+from helpers import MERGEPKG, cli, run_cli
 from rich.table import Table
 from rich.tree import Tree
 
@@ -136,3 +138,35 @@ def test_bars_that_drew_nothing_leave_no_empty_line(capsys):
     with output.TransferReporter():
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_names_stdout_cannot_encode_are_written_not_a_traceback(tmp_path, stub_models):
+    """A source folder named in CJK under an ASCII stdout, and a recipe folder whose name
+    is not UTF-8 under a strict UTF-8 one: `plan` ended in a UnicodeEncodeError, and a
+    build that had placed its output exited 1 printing its path."""
+    folder = tmp_path / os.fsdecode(b"proj \xff")  # undecodable: a surrogate in the str
+    shutil.copytree(stub_models["ft1"], folder / "fïne模型")
+    shutil.copytree(stub_models["ft2"], folder / "ft2")
+    recipe = folder / "recipe.toml"
+    recipe.write_text(
+        '[package]\nname = "test"\nversion = "0.1.0"\n\n[sources]\n'
+        'ft1 = { path = "fïne模型" }\nft2 = { path = "ft2" }\n\n' + LINEAR
+    )
+    planned = run_cli("plan", recipe, env={"PYTHONIOENCODING": "ascii"})
+    assert planned.returncode == 0 and "Traceback" not in planned.stderr, planned.stderr
+    assert "f\\xefne\\u6a21\\u578b" in planned.stdout  # escaped, as Python escapes stderr
+    locked = subprocess.run(
+        [MERGEPKG, "lock", str(recipe)], capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"}
+    )
+    assert locked.returncode == 0, locked.stderr
+    assert locked.stdout == os.fsencode(folder / "recipe.lock") + b"\n"  # the name's own bytes
+
+
+def test_the_escape_handler_keeps_bytes_and_escapes_characters():
+    assert "a\udcffb模".encode("utf-8", "backslashreplace") != b"a\xffb\xe6\xa8\xa1"  # what it is not
+    encode = output.escape_unencodable
+    assert "a\udcffb".encode("utf-8", "surrogateescape") == b"a\xffb"
+    err = UnicodeEncodeError("utf-8", "a\udcffb", 1, 2, "surrogates not allowed")
+    assert encode(err) == (b"\xff", 2)  # the name's byte, as it is on disk
+    err = UnicodeEncodeError("latin-1", "ó模", 1, 2, "ordinal not in range")
+    assert encode(err) == ("\\u6a21", 2)  # a character the encoding lacks: escaped

@@ -71,6 +71,14 @@ def test_a_file_is_hashed_once_and_remembered_across_instances(tmp_path, cache):
     assert again.sha256(path)[1] == sha(path.read_bytes()) and again.hashed == 0
 
 
+def test_a_file_in_a_folder_named_in_latin_1_is_remembered(tmp_path, cache):
+    """Its path is not UTF-8 (surrogates in the str), which sqlite refused: a traceback."""
+    path = model(tmp_path / os.fsdecode(b"caf\xe9"))
+    assert cache.sha256(path)[1] == sha(path.read_bytes())
+    again = HashCache(tmp_path / "home" / "hashes.sqlite")
+    assert again.sha256(path)[1] == sha(path.read_bytes()) and again.hashed == 0
+
+
 def test_files_started_together_are_hashed_once_each(tmp_path, cache):
     paths = [model(tmp_path / f"m{i}", bytes([i]) * 5000) for i in range(3)]
     cache.start([(p, None) for p in paths])
