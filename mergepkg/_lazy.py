@@ -20,25 +20,32 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # what stops a command (the CLI raises on each)
+
 
 @contextmanager
 def uninterrupted() -> Iterator[None]:
-    """Ctrl-C held back until the block ends (on the main thread, where Python takes it):
-    an import of torch, numpy or numba interrupted part-way leaves them half made, and a
-    later import then fails ("cannot load module more than once") or the process aborts
-    in C++. The interrupt is raised as soon as the import is done."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(previous):
-        yield  # another thread, or a handler Python did not set (or SIG_IGN): nothing to hold
+    """Ctrl-C (or a SIGTERM, a SIGHUP: the CLI raises on them too) held back until the
+    block ends, on the main thread, where Python takes it: an import of torch, numpy or
+    numba interrupted part-way leaves them half made, and a later import then fails
+    ("cannot load module more than once") or the process aborts in C++. The interrupt is
+    raised as soon as the import is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are taken on the main thread only: nothing to hold here
         return
+    # only handlers Python code set (the default SIGTERM, or SIG_IGN, is no exception to hold)
+    held = {s: h for s in STOPS if callable(h := signal.getsignal(s))}
     caught: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    for s in held:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, previous in held.items():
+            signal.signal(s, previous)
         if caught:
-            previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt
+            first = signal.Signals(caught[0])
+            held[first](first, None)  # Python's default SIGINT handler raises KeyboardInterrupt
 
 
 class _Deferred(types.ModuleType):

@@ -64,23 +64,29 @@ def test_torch_cuda_is_reachable_through_the_stand_in():
     assert torch.tensor([1.0]).dtype is torch.float32
 
 
-def test_ctrl_c_during_the_import_waits_for_it_to_finish(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_a_stop_during_the_import_waits_for_it_to_finish(tmp_path, monkeypatch, stop):
     """An import interrupted part-way leaves a half-made module (torch's then fails, or
-    aborts in C++): the interrupt is raised once the import is done."""
+    aborts in C++): Ctrl-C, or the SIGTERM the CLI raises on, is raised once it is done."""
     import signal
 
-    (tmp_path / "slowpkg.py").write_text(
-        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.2)\nDONE = True\n"
+    from mergepkg.cli.app import STATE, _stop
+
+    name = f"slowpkg_{stop.lower()}"
+    (tmp_path / f"{name}.py").write_text(
+        f"import os, signal, time\nos.kill(os.getpid(), signal.{stop})\ntime.sleep(0.2)\nDONE = True\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    module = lazy_import("slowpkg")
+    module = lazy_import(name)
     # Python's own handler, as in a terminal (a shell's background job starts with SIGINT ignored)
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    signum, handler = getattr(signal, stop), signal.default_int_handler if stop == "SIGINT" else _stop
+    before = signal.signal(signum, handler)
     try:
         with pytest.raises(KeyboardInterrupt):
             module.DONE  # noqa: B018 - the first attribute read imports it
-        assert sys.modules["slowpkg"].DONE is True  # the import ran to its end
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert sys.modules[name].DONE is True  # the import ran to its end
+        assert signal.getsignal(signum) is handler
     finally:
-        signal.signal(signal.SIGINT, before)
-        sys.modules.pop("slowpkg", None)
+        signal.signal(signum, before)
+        sys.modules.pop(name, None)
+        STATE.pop("signal", None)  # what _stop noted for the CLI's exit code

@@ -21,6 +21,7 @@ import contextlib
 import gc
 import importlib
 import os
+import signal
 import sys
 import threading
 from functools import cache
@@ -135,7 +136,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-STATE = {"debug": False}
+STATE: dict[str, Any] = {"debug": False}  # --debug; the signal that stopped the command
 
 
 def _version(value: bool):
@@ -183,8 +184,29 @@ def _not_a_value(arg: str) -> bool:
 
 
 INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
-# every command: a build keeps the steps it finished, the output folder as it was (docs/reliability.md)
-INTERRUPTED_TEXT = "[red]interrupted[/]: nothing half-written was kept"
+
+
+def stopped() -> int:
+    """Say a command was stopped, and by what: every command keeps what it finished and
+    leaves the output folder as it was (docs/reliability.md). The exit code is the
+    shell's, 128 + the signal."""
+    signum = STATE.pop("signal", signal.SIGINT)
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    err.print(f"[red]{what}[/]: nothing half-written was kept")
+    return 128 + signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP (a `kill`, a closed terminal) stop a command as Ctrl-C does, so
+    the same cleanup runs: a GGUF converter is killed with it, a scratch store removed."""
+    STATE["signal"] = signum
+    raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(s) == signal.SIG_DFL:  # `nohup` ignores SIGHUP: leave it ignored
+            signal.signal(s, _stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = app(args=args, standalone_mode=False)  # typer returns (not raises) Exit codes here
         if rc == INTERRUPTED:  # typer turns Ctrl-C inside a command into a silent Exit(130)
-            err.print(INTERRUPTED_TEXT)
+            return stopped()
         return rc if isinstance(rc, int) else 0
     except MergepkgError as e:
         if STATE["debug"]:
@@ -201,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         show_error(e)
         return 1
     except KeyboardInterrupt:  # outside a command: while the command line is read
-        err.print(INTERRUPTED_TEXT)
-        return INTERRUPTED
+        return stopped()
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
@@ -239,6 +260,7 @@ def run() -> None:
     at exit the OS frees the memory, and files were closed by then."""
     gc.set_threshold(50_000)
     tolerate_unencodable()
+    stop_on_signals()
     rc = main()
     gc.freeze()
     _exit(rc)

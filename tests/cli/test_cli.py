@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import signal
 import subprocess
 from pathlib import Path
 
@@ -879,3 +880,23 @@ def test_ctrl_c_in_a_command_says_so_and_exits_130(recipe_file, capsys, monkeypa
     assert main(["build", str(path), "--out", str(path.parent / "out")]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path, capsys):
+    """A `kill` ended the process where it stood: a GGUF converter it had started ran on
+    (and wrote into tmp/ after the next build cleaned it), a `verify --rebuild` scratch
+    store stayed. It now runs the same cleanup as Ctrl-C, and exits 143."""
+    root = tmp_path / "reg"
+    assert main(["registry", "init", str(root), "--name", "team"]) == 0
+    proc = subprocess.Popen(
+        [MERGEPKG, "registry", "serve", str(root), "--port", "0"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None and "serving" in proc.stderr.readline()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 143
+        said = proc.stderr.read()
+        assert "stopped by SIGTERM: nothing half-written was kept" in said and "Traceback" not in said, said
+    finally:
+        proc.kill()
+        proc.stderr.close()  # type: ignore[union-attr]
