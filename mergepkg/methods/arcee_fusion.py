@@ -10,9 +10,11 @@ of the importances, each quantile the sorted value at index int(q (n - 1)); entr
 importance >= threshold take b + (x - b), the others keep b. The mask is float32, as
 mergekit's, so a float16 or bfloat16 merge finishes in float32.
 
-Equal to mergekit 0.1.5 bit for bit where it sums rows of a matrix; a 1-D tensor's
-KL sum is a whole-tensor reduction (kernels/reduce.py), within one unit in the last
-place of mergekit's. Difference: mergekit estimates the quantiles of a tensor of more
+The same bytes as mergekit 0.1.5 except where an entry's importance lies within rounding
+of the threshold: mergekit's torch.softmax rounds differently on AVX2 and AVX-512 CPUs
+(its lanes), so it takes other entries on each; mergepkg's softmax (below) is the same on
+both, and within a few units in the last place of either. A 1-D tensor's KL sum is a
+whole-tensor reduction (kernels/reduce.py). Difference: mergekit estimates the quantiles of a tensor of more
 than 1,000,000 entries from 1,000,000 entries drawn at random from its global generator
 (so its result changes from run to run); mergepkg takes the exact quantiles of every
 entry, so it is deterministic and equal to mergekit's below that size.
@@ -33,10 +35,21 @@ EPS = 1e-8
 QUANTILES = (0.25, 0.5, 0.75)
 
 
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    """softmax over the last dimension, the same bits on every x86 CPU with AVX2 or
+    AVX-512 and any thread count: torch.softmax adds each row's exponentials in as many
+    lanes as the CPU's vectors hold, so an AVX2 machine got other bits than an AVX-512
+    one, other entries past the threshold, and a locked build failed there. exp and
+    row_sum give the same bits on both (tests/methods/test_cpu_capability.py)."""
+    e = torch.exp(x - x.amax(dim=-1, keepdim=True))  # max first: no overflow, as torch.softmax
+    wide = e.float() if e.dtype in (torch.bfloat16, torch.float16) else e  # summed in float32, as torch does
+    return (wide / row_sum(wide)).to(x.dtype)
+
+
 def importance(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """|x - base| times the KL divergence of the rows' softmaxes: [*shape]."""
-    p = torch.softmax(x, dim=-1) + EPS  # softmax works row by row: the same bits for any thread count
-    q = torch.softmax(base, dim=-1) + EPS
+    p = softmax(x) + EPS
+    q = softmax(base) + EPS
     terms = p * torch.log(p / q)
     wide = torch.promote_types(terms.dtype, torch.float32)  # torch sums float16 and bfloat16 in float32
     kl = row_sum(terms.to(wide)).to(terms.dtype)  # [*shape[:-1], 1]
@@ -69,4 +82,5 @@ SPEC = MethodSpec(
     base="required",
     min_inputs=1,
     max_inputs=1,
+    version=2,  # 2: a softmax with the same bits on AVX2 and AVX-512 CPUs
 )

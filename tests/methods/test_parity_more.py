@@ -5,7 +5,8 @@ functions on larger tensors in process, where whole-tensor reductions take many 
 
 sce, arcee_fusion and nearswap give the same bits as mergekit, except where sce's
 selection meets tied variances (bfloat16: mergepkg keeps the lowest indexes, mergekit
-whichever torch.topk returns). karcher sums norms and dot products over whole tensors
+whichever torch.topk returns), and arcee_fusion's softmax, whose bits torch's changes with
+the CPU: mergekit is run with mergepkg's (ours_softmax_in_mergekit). karcher sums norms and dot products over whole tensors
 (kernels/reduce.py) where mergekit calls torch.linalg.vector_norm and torch.dot, which add
 in another order: its results agree within a few units in the last place of each tensor's
 largest entry, and on large tensors, where vector_norm's float32 sum drifts, mergepkg's
@@ -112,10 +113,30 @@ def run_mergekit(cfg: dict, folder: Path) -> Path:
     out = folder / "out"
     cmd = [str(MERGEKIT_YAML), str(config), str(out), "--no-cuda", "--quiet", "--random-seed", str(SEED)]
     cmd += ["--no-copy-tokenizer", "--no-write-model-card"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ)
+    if cfg["merge_method"] == "arcee_fusion":
+        env["PYTHONPATH"] = str(ours_softmax_in_mergekit(folder))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"mergekit failed ({proc.returncode}) on\n{config.read_text()}\n{proc.stderr[-4000:]}")
     return out
+
+
+def ours_softmax_in_mergekit(folder: Path) -> Path:
+    """A sitecustomize that gives mergekit's arcee_fusion mergepkg's softmax. Its
+    importance is the KL divergence of two near-equal softmaxes, which rounding decides:
+    torch.softmax's bits change with the CPU's vector width (AVX2, AVX-512), and with them
+    the entries taken, in mergekit too. mergepkg's softmax is the same on both; with it,
+    mergekit must give mergepkg's bytes exactly (every other operation is compared)."""
+    site = folder / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import types\n"
+        "import mergekit.merge_methods.arcee_fusion as theirs\n"
+        "from mergepkg.methods.arcee_fusion import softmax\n"
+        "theirs.F = types.SimpleNamespace(softmax=lambda x, dim: softmax(x))\n"
+    )
+    return site
 
 
 @pytest.fixture(scope="module")
@@ -283,13 +304,18 @@ IN_PROCESS = [
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize(("name", "count", "params"), IN_PROCESS, ids=lambda x: str(x))
-def test_larger_tensors_in_process(name, count, params, shape):
+def test_larger_tensors_in_process(name, count, params, shape, monkeypatch):
     g = torch.Generator().manual_seed(len(shape))
     base = torch.randn(shape, generator=g) * 0.02
     tensors = [base + 0.005 * torch.randn(shape, generator=g) for _ in range(count)]
     merge_base = None if METHODS[name].base == "none" else base
     ours = mergepkg_merge(name, merge_base, tensors, **params)
-    theirs = mergekit_merge(name, merge_base, tensors, **params)
+
+    def theirs_merge():
+        return mergekit_merge(name, merge_base, tensors, **params)
+
+    # arcee_fusion: mergekit's with mergepkg's softmax (ours_softmax_in_mergekit)
+    theirs = with_our_softmax(monkeypatch, theirs_merge) if name == "arcee_fusion" else theirs_merge()
     if name != "karcher":
         compare({"w": ours}, {"w": theirs}, None)
         return
@@ -313,4 +339,28 @@ def test_arcee_fusion_large_tensors_use_exact_quantiles(monkeypatch):
     ours = mergepkg_merge("arcee_fusion", base, [other])
     assert torch.equal(ours, mergepkg_merge("arcee_fusion", base, [other]))  # no draws
     monkeypatch.setattr(theirs_module, "_QUANTILE_SAMPLE_SIZE", 10**9)
-    assert torch.equal(ours, mergekit_merge("arcee_fusion", base, [other]))
+    assert torch.equal(ours, with_our_softmax(monkeypatch, lambda: mergekit_merge("arcee_fusion", base, [other])))
+
+
+def with_our_softmax(monkeypatch, run):
+    """`run()` with mergekit's arcee_fusion given mergepkg's softmax (see ours_softmax_in_mergekit)."""
+    import types
+
+    from mergekit.merge_methods import arcee_fusion as theirs_module
+
+    from mergepkg.methods.arcee_fusion import softmax
+
+    with monkeypatch.context() as m:
+        m.setattr(theirs_module, "F", types.SimpleNamespace(softmax=lambda x, dim: softmax(x)))
+        return run()
+
+
+def test_our_softmax_is_torchs_within_a_few_units_in_the_last_place():
+    """What the change of softmax costs: a few ulps of each probability (yet enough to
+    move entries across arcee_fusion's threshold, as the CPU's vector width does)."""
+    from mergepkg.methods.arcee_fusion import softmax
+
+    x = torch.randn(300, 1000, generator=torch.Generator().manual_seed(3)) * 0.02
+    for dtype, ulps in ((torch.float32, 4), (torch.bfloat16, 1), (torch.float16, 1)):
+        ours, torchs = softmax(x.to(dtype)).double(), torch.softmax(x.to(dtype), dim=-1).double()
+        assert float(((ours - torchs).abs() / (torch.finfo(dtype).eps * torchs)).max()) <= ulps
