@@ -12,6 +12,7 @@ A name holding a dot is quoted in a key path as in TOML (`steps."soup.v2".inputs
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -50,7 +51,10 @@ class _Header:
     end: int  # offset of the next header, or the text's end
 
 
-def _headers(text: str) -> list[_Header]:
+_Headers = dict[tuple[str, ...], list[_Header]]  # by the keys they stand for, each list in text order
+
+
+def _scan(text: str) -> list[_Header]:
     """Every table header of `text`, in order."""
     found = list(_HEADER.finditer(text))
     headers = []
@@ -63,13 +67,22 @@ def _headers(text: str) -> list[_Header]:
     return headers
 
 
-def _same(header: tuple[str, ...], names: list[str]) -> bool:
-    """Whether a header's keys are `names`; also when a key path was made without quoting
-    a name that holds a dot (`steps.soup.v2` for `[steps."soup.v2"]`)."""
-    return list(header) == names or [p for n in header for p in n.split(".")] == names
+@functools.lru_cache(maxsize=8)
+def _headers(text: str) -> _Headers:
+    """The headers of `text` by the keys they stand for, scanned once per text: errors and
+    warnings locate many keys in one text, and a scan for each made locating every step of
+    a long recipe quadratic. A header is filed under its keys and, where a key holds a
+    dot, under the keys split at dots too: a key path made without quoting such a name
+    (`steps.soup.v2` for `[steps."soup.v2"]`) finds it."""
+    by_names: _Headers = {}
+    for h in _scan(text):
+        split = tuple(p for n in h.names for p in n.split("."))
+        for names in dict.fromkeys((h.names, split)):  # once where they are the same
+            by_names.setdefault(names, []).append(h)
+    return by_names
 
 
-def _table(headers: list[_Header], segs: list[str | int]) -> tuple[_Header, int] | None:
+def _table(headers: _Headers, segs: list[str | int]) -> tuple[_Header, int] | None:
     """The deepest header the path starts with, and how many segments it stands for:
     `[a.b]` for `a.b...`, the i-th `[[a.b]]` for `a.b[i]...` (tomllib makes each such
     header one more element of the array `a.b`)."""
@@ -79,7 +92,7 @@ def _table(headers: list[_Header], segs: list[str | int]) -> tuple[_Header, int]
         names = [n for n in segs[: k - 1 if array else k] if isinstance(n, str)]
         if not names or len(names) < k - array:  # an index before: no header names it
             continue
-        same = [h for h in headers if _same(h.names, names)]
+        same = headers.get(tuple(names), [])
         if isinstance(last, int):
             elements = [h for h in same if h.array]
             if last < len(elements):

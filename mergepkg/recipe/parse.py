@@ -307,7 +307,10 @@ class _Parser(TableReader):
             return moe_step(self, name, table)
         self.only_keys(table, STEP_KEYS, key)
         method_name = self.expect(table.get("method"), str, f"{key}.method", "a method name (see `mergepkg methods`)")
-        spec = get_method(method_name, file=self.display, line=self.line_of(f"{key}.method"), key=f"{key}.method")
+        try:
+            spec = get_method(method_name)
+        except RecipeError as e:  # located only when wrong: locating every step's method made parsing quadratic
+            raise e.at(file=self.display, line=self.line_of(f"{key}.method"), key=f"{key}.method") from None
 
         base = table.get("base")
         if base is not None:

@@ -6,13 +6,17 @@ package for the whole graph (the recipe's own dependencies and theirs: locked ve
 while they fit, else the newest that fit together), fetches each picked recipe file
 once into `$MERGEPKG_HOME/packages/`, checked against its sha256, and `bind` turns
 dependency sources into `{ recipe = <that file>, step = ... }` sources, which
-`recipe/flatten.py` already knows how to join into one DAG.
+`recipe/flatten.py` already knows how to join into one DAG. A recipe file the recipe
+imports (`{ recipe = ... }`, directly or not) is built over the same picks, so its own
+`[dependencies]` join the search (`imported_requirements`): its ranges hold, or the
+conflict is the error.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,10 +24,10 @@ from mergepkg.errors import LockError, PlanError, RegistryError
 from mergepkg.files import write_atomic
 from mergepkg.lockfile import LockedDependency
 from mergepkg.recipe.locate import key_name
-from mergepkg.recipe.model import Recipe
+from mergepkg.recipe.model import Dependency, Recipe
 from mergepkg.recipe.parse import load_recipe
 from mergepkg.registry.client import ChecksumMismatch, Client
-from mergepkg.registry.pick import VersionPicker
+from mergepkg.registry.pick import Roots, VersionPicker
 from mergepkg.settings import Settings
 
 
@@ -33,17 +37,17 @@ class Dependencies:
     files: dict[str, Path] = field(default_factory=dict)  # package -> installed recipe file
 
     def bind(self, recipe: Recipe) -> Recipe:
-        """`recipe` with each dependency source pointing at its package's installed file. A
-        recipe file another imports (`{ recipe = ... }`) has its packages only through the
-        recipe built: one it names that none brought in is an error, located."""
+        """`recipe` with each dependency source pointing at its package's installed file.
+        A recipe file another imports (`{ recipe = ... }`) has its packages through the
+        recipe built, whose search took in its `[dependencies]`: a package it names that
+        none brought in (a caller that picked without them) is an error, located."""
         if not any(s.dependency for s in recipe.sources.values()):
             return recipe
         for name, src in recipe.sources.items():
             if src.dependency and src.dependency not in self.files:
                 error = PlanError(
                     f"package {src.dependency!r} is not among the dependencies of the recipe being built",
-                    hint=f"add {src.dependency!r} to the [dependencies] of the recipe you build: "
-                    "an imported recipe file's own are not installed",
+                    hint=f"add {src.dependency!r} to the [dependencies] of the recipe you build",
                 )
                 raise recipe.locate(error, f"sources.{key_name(name)}.dependency")
         sources = {
@@ -51,6 +55,23 @@ class Dependencies:
             for n, s in recipe.sources.items()
         }
         return replace(recipe, sources=sources)
+
+
+def imported_requirements(recipe: Recipe) -> Roots:
+    """The `[dependencies]` of every recipe file `recipe` imports, directly or not, named
+    as messages name them (the path from `recipe`'s folder). A file that is missing, or
+    imported again in a cycle, is left to `flatten`, which says so where it is written."""
+    out: list[tuple[str, tuple[Dependency, ...]]] = []
+    seen, todo = {recipe.path.resolve()}, [recipe]
+    while todo:
+        for src in todo.pop(0).sources.values():
+            if src.recipe is None or src.recipe in seen or not src.recipe.is_file():
+                continue
+            seen.add(src.recipe)
+            other = load_recipe(src.recipe)
+            out.append((os.path.relpath(src.recipe, recipe.path.parent.resolve()), tuple(other.dependencies.values())))
+            todo.append(other)
+    return tuple(out)
 
 
 def installed_path(settings: Settings, pick: LockedDependency) -> Path:
@@ -103,7 +124,8 @@ def install_dependencies(
 ) -> Dependencies:
     """Pick (`pick.py`) and install every package `recipe` needs, directly or not."""
     deps = Dependencies()
-    if not recipe.dependencies:
+    imported = imported_requirements(recipe)
+    if not recipe.dependencies and not any(reqs for _, reqs in imported):
         return deps
     client = client or Client(settings)
     download = mode != "frozen"
@@ -115,6 +137,6 @@ def install_dependencies(
     def held_requires(pick: LockedDependency):  # a locked pick's dependencies: from its recipe file
         return tuple(load_recipe(installed(pick)).dependencies.values())
 
-    deps.picks = VersionPicker(recipe, client, locked or {}, mode, upgrade, held_requires).pick()
+    deps.picks = VersionPicker(recipe, client, locked or {}, mode, upgrade, held_requires, imported).pick()
     deps.files = {name: installed(pick) for name, pick in deps.picks.items()}
     return deps

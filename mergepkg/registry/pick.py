@@ -8,19 +8,29 @@ add requirements; a requirement an earlier pick fails sends the search back to t
 next candidate. So the newest versions that fit together are found, and a locked graph
 stays as it is while it still fits. When nothing fits, the error names the package and
 the requirements that could not be met together.
+
+The registry is part of a candidate, checked like its version against every requirement
+at every step of the search, so the order of `[dependencies]` never decides it: a
+requirement naming a registry binds the package to it (two naming different ones are a
+dead end), and a package no requirement names comes from the first registry that has it.
+A requirement that names one may come later than the package's decision, so the
+candidates of a package none names yet go on, after the first registry's, with the other
+registries' versions: those are kept only where a requirement ends up naming theirs.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from mergepkg.errors import DependencyConflict, LockError, RegistryError
 from mergepkg.lockfile import LockedDependency
 from mergepkg.recipe.model import Dependency, Recipe
 from mergepkg.recipe.versions import Range, Version
+from mergepkg.registry.client import Unreachable
+from mergepkg.registry.index import index_path, read_index
 
 ALL = "*"
 MAX_STEPS = 10_000  # search nodes before giving up: real graphs need a handful
@@ -40,6 +50,8 @@ class Requirement:
 class Candidate:
     pick: LockedDependency
     requires: tuple[Dependency, ...]  # its own [dependencies]
+    held: bool = False  # the lock's pick: its registry may be one only the locker had configured
+    named_only: bool = False  # not from the package's first registry: kept only where a requirement names its own
 
     def fits(self, reqs: list[Requirement]) -> bool:
         return allowed(Version.parse(self.pick.version), reqs)
@@ -49,9 +61,19 @@ def allowed(version: Version, reqs: list[Requirement]) -> bool:
     return all(r.range.allows(version) for r in reqs)
 
 
+def named(reqs: list[Requirement]) -> set[str]:
+    """The registries these requirements name (more than one: no candidate fits them all)."""
+    return {r.dep.registry for r in reqs if r.dep.registry}
+
+
+Roots = tuple[tuple[str, tuple[Dependency, ...]], ...]  # (who, their [dependencies]) the search starts from
+
+
 class VersionPicker:
     """`client` reads indexes; `held_requires(locked)` gives a locked pick's dependencies
-    (from its installed recipe file, so a frozen resolution reads no index)."""
+    (from its installed recipe file, so a frozen resolution reads no index). `imported`:
+    the `[dependencies]` of the recipe files `root` imports, each with its name for
+    messages: their steps are built over the same picks, so their ranges count too."""
 
     def __init__(
         self,
@@ -61,12 +83,15 @@ class VersionPicker:
         mode: str,
         upgrade: frozenset[str],
         held_requires: Callable[[LockedDependency], tuple[Dependency, ...]],
+        imported: Roots = (),
     ):
         self.root, self.client, self.locked, self.mode, self.upgrade = root, client, locked, mode, upgrade
         self.held_requires = held_requires
+        self.roots: Roots = ((root.path.name, tuple(root.dependencies.values())), *imported)
         self.steps = 0
         self.failure: tuple[str, list[Requirement]] | None = None  # the first dead end, for the error
-        self._entries: dict[str, tuple] = {}
+        self.mismatch: tuple[str, list[Requirement]] | None = None  # the first pick from another registry
+        self._entries: dict[tuple[str, str | None], tuple] = {}
 
     def pick(self) -> dict[str, LockedDependency]:
         found = self._search({})
@@ -85,30 +110,54 @@ class VersionPicker:
             )
         reqs = self._requirements(picks)
         for pkg, cand in picks.items():
-            if pkg in reqs and not cand.fits(reqs[pkg]):
-                self._dead_end(pkg, reqs[pkg])
+            if pkg in reqs and not self._fits(pkg, cand, reqs[pkg]):
                 return None
         undecided = [p for p in reqs if p not in picks]
         if not undecided:
+            # every requirement is known now: a pick from another registry stands only where one names it
+            for pkg, cand in picks.items():
+                if pkg in reqs and cand.named_only and not named(reqs[pkg]):
+                    self.mismatch = self.mismatch or (pkg, reqs[pkg])
+                    return None
             return {p: c for p, c in picks.items() if p in reqs}  # packages no longer required drop out
         pkg = undecided[0]
-        cands = self._candidates(pkg, reqs[pkg])
-        if not cands:
-            self._dead_end(pkg, reqs[pkg])
-            return None
-        for cand in cands:
+        tried = False
+        for cand in self._candidates(pkg, reqs[pkg]):
+            tried = True
             found = self._search({**picks, pkg: cand})
             if found is not None:
                 return found
+        if not tried:
+            self._dead_end(pkg, reqs[pkg])
         return None
+
+    def _fits(self, pkg: str, cand: Candidate, reqs: list[Requirement]) -> bool:
+        """Whether a pick still meets every requirement of its package: range and registry."""
+        names = named(reqs)
+        if not cand.fits(reqs) or len(names) > 1:
+            self._dead_end(pkg, reqs)
+            return False
+        if names and not self._from(cand, next(iter(names))):
+            self.mismatch = self.mismatch or (pkg, reqs)  # a later requirement named another registry
+            return False
+        return True
+
+    def _from(self, cand: Candidate, registry: str) -> bool:
+        """Whether `cand` comes from the configured registry `registry`. A held pick from
+        a registry not configured here (someone's checkout of a git-hosted registry: the
+        sha256 decides) counts as from any; `--frozen` reads no configuration."""
+        url = cand.pick.registry
+        if cand.held and (self.mode == "frozen" or url not in {r.url for r in self.client.registries}):
+            return True
+        return url == self.client.registry(registry).url
 
     def _dead_end(self, pkg: str, reqs: list[Requirement]) -> None:
         self.failure = self.failure or (pkg, reqs)
 
     def _requirements(self, picks: dict[str, Candidate]) -> dict[str, list[Requirement]]:
-        """Every package reachable from the root through the picks, with who requires it how."""
+        """Every package reachable from the roots through the picks, with who requires it how."""
         reqs: dict[str, list[Requirement]] = {}
-        todo = [(self.root.path.name, tuple(self.root.dependencies.values()))]
+        todo = list(self.roots)
         seen = set()
         while todo:
             who, deps = todo.pop(0)
@@ -120,11 +169,17 @@ class VersionPicker:
                     todo.append((f"{dep.name}@{cand.pick.version}", cand.requires))
         return reqs
 
-    def _candidates(self, pkg: str, reqs: list[Requirement]) -> list[Candidate]:
+    def _candidates(self, pkg: str, reqs: list[Requirement]) -> Iterable[Candidate]:
+        names = named(reqs)
+        if len(names) > 1:
+            return []  # a dead end whatever the version: the error says so
+        registry = next(iter(names), None)
         out = []
         held = self.locked.get(pkg)
         if held and not ({pkg, ALL} & self.upgrade) and allowed(Version.parse(held.version), reqs):
-            out.append(Candidate(held, self.held_requires(held)))  # yanked or not: a lock keeps building
+            cand = Candidate(held, self.held_requires(held), held=True)  # yanked or not: a lock keeps building
+            if registry is None or self._from(cand, registry):
+                out.append(cand)
         if self.mode == "frozen":
             if not out:
                 raise LockError(
@@ -132,29 +187,55 @@ class VersionPicker:
                     hint="run `mergepkg lock` to update the lock",
                 )
             return out
-        reg, entries = self._index(pkg, reqs)
+        reg, entries = self._index(pkg, registry)
         taken = {c.pick.version for c in out}
-        for e in sorted(entries, key=lambda e: e.semver, reverse=True):  # newest first
-            if e.version not in taken and not e.yanked and allowed(e.semver, reqs):
-                out.append(Candidate(LockedDependency(pkg, e.version, reg.url, e.sha256), e.dependencies))
-        return out
+        out += self._versions(pkg, reg, entries, reqs, taken, named_only=False)
+        if registry is not None:
+            return out
+        return itertools.chain(out, self._elsewhere(pkg, reqs, reg, {(c.pick.version, c.pick.registry) for c in out}))
 
-    def _index(self, pkg: str, reqs: list[Requirement]):
-        if pkg not in self._entries:
-            names = {r.dep.registry for r in reqs if r.dep.registry}
-            if len(names) > 1:
-                raise RegistryError(
-                    f"{pkg} is required from different registries: {', '.join(sorted(names))}",
-                    hint="name one registry for it everywhere",
-                )
-            self._entries[pkg] = self.client.entries(pkg, next(iter(names), None))
-        return self._entries[pkg]
+    def _versions(self, pkg, reg, entries, reqs, taken, *, named_only: bool) -> list[Candidate]:
+        """The non-yanked versions of `entries` every range allows, newest first."""
+        return [
+            Candidate(LockedDependency(pkg, e.version, reg.url, e.sha256), e.dependencies, named_only=named_only)
+            for e in sorted(entries, key=lambda e: e.semver, reverse=True)
+            if e.version not in taken and not e.yanked and allowed(e.semver, reqs)
+        ]
+
+    def _elsewhere(self, pkg: str, reqs: list[Requirement], first, taken) -> Iterator[Candidate]:
+        """The versions of the other registries that have `pkg`, in their added order, read
+        only once the first registry's have all failed."""
+        for reg in self.client.registries:
+            if reg.url == first.url:
+                continue
+            try:
+                data = self.client.get(reg, index_path(pkg))
+            except Unreachable:  # as `Client.entries` does: a registry not reached is skipped
+                continue
+            if data is None:
+                continue
+            entries = read_index(data.decode("utf-8"), f"{reg.url}/{index_path(pkg)}")
+            held = {v for v, url in taken if url == reg.url}
+            yield from self._versions(pkg, reg, entries, reqs, held, named_only=True)
+
+    def _index(self, pkg: str, registry: str | None):
+        if (pkg, registry) not in self._entries:
+            self._entries[pkg, registry] = self.client.entries(pkg, registry)
+        return self._entries[pkg, registry]
 
     # -- when nothing fits ------------------------------------------------------------------
     def _error(self) -> RegistryError:
-        assert self.failure is not None  # _search finds nothing only past a dead end, which it records
-        pkg, reqs = self.failure
-        reg, entries = self._index(pkg, reqs)
+        # _search finds nothing only past a dead end, or a pick a requirement naming another registry refused
+        found = self.failure or self.mismatch
+        assert found is not None
+        pkg, reqs = found
+        names = named(reqs)
+        if len(names) > 1:
+            asked = ", ".join(f"{r.dep.registry} (by {r.who})" for r in reqs if r.dep.registry)
+            return RegistryError(
+                f"{pkg} is required from different registries: {asked}", hint="name one registry for it everywhere"
+            )
+        reg, entries = self._index(pkg, next(iter(names), None))
         live = [e for e in entries if not e.yanked]
         published = f"published versions of {pkg}: " + versions_text(entries)
         for r in reqs:

@@ -64,3 +64,17 @@ def test_a_quoted_name_with_a_dot_is_one_segment():
     assert locate(DOTTED, 'steps."soup.v2"') == 4
     assert locate(DOTTED, 'steps."soup.v2".inputs[1]') == 6
     assert locate(DOTTED, "steps.soup.v2.inputs[1]") == 6  # a path made without quotes still finds it
+
+
+def test_a_text_s_headers_are_scanned_once_for_every_key_located_in_it(monkeypatch):
+    """A recipe's errors and warnings locate many keys in one text: scanning its headers
+    again for each made locating a key of every step quadratic in the steps."""
+    import mergepkg.recipe.locate as module
+
+    scans = []
+    scan = module._scan
+    monkeypatch.setattr(module, "_scan", lambda text: scans.append(text) or scan(text))
+    module._headers.cache_clear()
+    text = "".join(f'[steps.s{i}]\nmethod = "linear"\ninputs = ["a", "b"]\n' for i in range(200))
+    assert [locate(text, f"steps.s{i}.inputs[1]") for i in range(200)] == [3 * i + 3 for i in range(200)]
+    assert len(scans) == 1

@@ -271,3 +271,19 @@ def test_an_error_in_a_step_named_with_a_dot_is_located_and_its_hint_is_toml(rec
     e = info.value
     assert e.key == 'steps."soup.v2".inputs[1]' and e.line is not None
     assert '[steps."soup.v2".params]' in (e.hint or "")
+
+
+def test_a_valid_recipe_is_parsed_without_locating_any_key(recipe_file, monkeypatch):
+    """Locating a key scans the text: parsing once located every step's `method` whether
+    wrong or not, quadratic in the steps (2,000 steps: 22 s). Only errors locate."""
+    import mergepkg.recipe.tables
+
+    def locate(text, key):
+        raise AssertionError(f"located {key} in a valid recipe")
+
+    monkeypatch.setattr(mergepkg.recipe.tables, "locate", locate)
+    body = "".join(
+        f'[steps.s{i}]\nmethod = "linear"\ninputs = [{{ model = "ft1", weight = 1 }}, {{ model = "ft2", weight = 1 }}]\n'
+        for i in range(20)
+    )
+    assert len(load_recipe(recipe_file(body)).steps) == 20

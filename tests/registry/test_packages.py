@@ -536,20 +536,32 @@ def test_a_package_that_would_depend_on_itself_through_another_is_refused(tiny_h
     assert "0.1.1" not in (team / "index" / "skills.jsonl").read_text()
 
 
-def test_an_imported_recipe_s_own_dependency_is_a_located_error(tmp_path, capsys, monkeypatch):
-    """A.toml imports B.toml, which depends on a package A does not: `KeyError: 'my-pkg'`."""
-    monkeypatch.setenv("MERGEPKG_HOME", str(tmp_path / "home"))
-    (tmp_path / "B.toml").write_text(
-        '[package]\nname = "b"\nversion = "0.1.0"\n[dependencies]\nmy_pkg = "^0.1"\n[sources]\n'
-        'ft1 = { hf = "tiny/ft1" }\nd = { dependency = "my_pkg", step = "m" }\n'
-        '[steps.m]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 0.5 }, { model = "d", weight = 0.5 }]\n'
-    )
-    (tmp_path / "A.toml").write_text(
-        '[package]\nname = "a"\nversion = "0.1.0"\n[sources]\nimp = { recipe = "B.toml", step = "m" }\n'
-        'ft2 = { hf = "tiny/ft2" }\n[steps.top]\nmethod = "linear"\n'
-        'inputs = [{ model = "imp", weight = 0.5 }, { model = "ft2", weight = 0.5 }]\n'
-    )
-    code, _, err = cli(capsys, "build", tmp_path / "A.toml", "-q")
+def test_an_imported_recipe_file_s_dependencies_are_resolved_with_the_importer_s(tiny_hub, team, tmp_path, capsys):
+    """inner.toml uses skills ^0.2; outer.toml imports its step. outer's own ^0.1 once won
+    silently (inner's step built over skills 0.1.0, under a key inner never makes), and a
+    package only the imported file named was an error."""
+    assert publish(tmp_path, capsys, skills())[0] == 0
+    assert publish(tmp_path, capsys, skills("0.2.0", weight=0.25))[0] == 0
+    inner, outer = tmp_path / "inner.toml", tmp_path / "outer.toml"
+    inner.write_text(app("^0.2", name="inner"))
+
+    def write_outer(deps: str) -> None:
+        outer.write_text(
+            f'[package]\nname = "outer"\nversion = "0.1.0"\n{deps}[sources]\n'
+            'imp = { recipe = "inner.toml", step = "final" }\nft1 = { hf = "tiny/ft1" }\n[steps.top]\n'
+            'method = "linear"\ninputs = [{ model = "imp", weight = 0.5 }, { model = "ft1", weight = 0.5 }]\n'
+        )
+
+    write_outer('[dependencies]\nskills = "^0.1"\n')
+    code, _, err = cli(capsys, "lock", outer)
     assert code == 1 and "Traceback" not in err, err
-    assert "B.toml:8: sources.d.dependency: package 'my-pkg' is not among the dependencies" in err, err
-    assert "[dependencies] of the recipe you build" in err
+    assert (
+        "no version of skills satisfies both '^0.1' (required by outer.toml) and '^0.2' (required by inner.toml)" in err
+    )
+    write_outer("")
+    assert cli(capsys, "lock", outer)[0] == 0
+    assert cli(capsys, "lock", inner)[0] == 0
+    mine, theirs = read_lock(tmp_path / "outer.lock"), read_lock(tmp_path / "inner.lock")
+    assert mine is not None and theirs is not None
+    assert mine.dependencies["skills"].version == theirs.dependencies["skills"].version == "0.2.0"
+    assert mine.steps["imp::final"].key == theirs.steps["final"].key

@@ -1,6 +1,7 @@
-"""Dependency resolution (mergepkg/registry/pick.py) over a folder registry of small
-recipes: newest versions that fit together, backtracking, locked versions first, and
-errors that name what could not be met."""
+"""Dependency resolution (mergepkg/registry/pick.py) over folder registries of small
+recipes: newest versions that fit together, backtracking, locked versions first, the
+registry a package comes from whatever the order of [dependencies], the ranges of
+imported recipe files, and errors that name what could not be met."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from mergepkg.registry.dependencies import install_dependencies
 from mergepkg.settings import Settings
 
 
-def recipe_text(name: str, version: str, deps: dict[str, str]) -> str:
-    lines = "".join(f'"{n}" = "{r}"\n' for n, r in deps.items())
+def recipe_text(name: str, version: str, deps: dict[str, str], sources: str = "") -> str:
+    """`deps`: a range, or an inline table as TOML writes it (`{ version = "^1", registry = "r" }`)."""
+    lines = "".join(f'"{n}" = {r if r.startswith("{") else chr(34) + r + chr(34)}\n' for n, r in deps.items())
     return (
         f'[package]\nname = "{name}"\nversion = "{version}"\n[dependencies]\n{lines}'
-        '[sources]\nm = { hf = "tiny/base" }\n[steps.s]\nmethod = "passthrough"\ninputs = ["m"]\n'
+        f'[sources]\nm = {{ hf = "tiny/base" }}\n{sources}[steps.s]\nmethod = "passthrough"\ninputs = ["m"]\n'
     )
 
 
@@ -118,3 +120,132 @@ def test_no_version_matches(tmp_path, publish):
 def test_a_recipe_cannot_depend_on_itself(tmp_path):
     with pytest.raises(RecipeError, match="depends on itself"):
         parse_recipe(recipe_text("me", "0.1.0", {"me": "^0.1"}), tmp_path / "me.toml")
+
+
+# -- registries ------------------------------------------------------------------------------
+@pytest.fixture
+def two(tmp_path):
+    """Registries reg1 and reg2, added in that order; `two(registry, name, version, **deps)`."""
+    folders = {r: new_registry(tmp_path / r, r) for r in ("reg1", "reg2")}
+
+    def add(registry: str, name: str, version: str, **deps: str):
+        text = recipe_text(name, version, deps)
+        folders[registry].publish(parse_recipe(text, tmp_path / "x.toml"), text.encode())
+
+    add.client = Client(Settings(), [Registry(r, str(f.root)) for r, f in folders.items()])
+    add.url = {r: str(f.root) for r, f in folders.items()}
+    return add
+
+
+def solve_from(tmp_path, two, deps: dict[str, str], locked=None) -> dict[str, tuple[str, str]]:
+    """(version, registry name) of each pick, for `deps` in the order given."""
+    root = parse_recipe(recipe_text("root", "0.1.0", deps), tmp_path / "root.toml")
+    found = install_dependencies(root, Settings(), locked=locked, client=two.client)
+    name = {u: r for r, u in two.url.items()}
+    return {n: (p.version, name[p.registry]) for n, p in found.picks.items()}
+
+
+def both_orders(deps: dict[str, str]) -> list[dict[str, str]]:
+    return [deps, dict(reversed(deps.items()))]
+
+
+def test_a_registry_named_later_binds_a_package_whatever_the_order(tmp_path, two):
+    """e (in reg2) wants d from reg2; the root asks for d with no registry. d listed first
+    once took reg1's d, decided before e said where d comes from."""
+    two("reg1", "d", "1.1.0")
+    two("reg2", "d", "1.4.0")
+    two("reg2", "e", "1.0.0", d='{ version = "^1", registry = "reg2" }')
+    for deps in both_orders({"d": "^1", "e": "^1"}):
+        assert solve_from(tmp_path, two, deps) == {"d": ("1.4.0", "reg2"), "e": ("1.0.0", "reg2")}, deps
+
+
+def test_two_registries_named_for_a_package_are_an_error_whatever_the_order(tmp_path, two):
+    """Listed first, the root's reg1 was taken and e's reg2 never checked: a silent pick."""
+    two("reg1", "d", "1.1.0")
+    two("reg2", "d", "1.4.0")
+    two("reg2", "e", "1.0.0", d='{ version = "^1", registry = "reg2" }')
+    for deps in both_orders({"d": '{ version = "^1", registry = "reg1" }', "e": "^1"}):
+        with pytest.raises(RegistryError) as info:
+            solve_from(tmp_path, two, deps)
+        assert info.value.message == "d is required from different registries: reg1 (by root.toml), reg2 (by e@1.0.0)"
+        assert info.value.hint == "name one registry for it everywhere"
+
+
+def test_a_version_naming_another_registry_is_a_dead_end_the_search_backtracks_from(tmp_path, two):
+    two("reg1", "d", "1.1.0")
+    two("reg2", "d", "1.4.0")
+    two("reg2", "e", "1.0.0", d="^1")
+    two("reg2", "e", "2.0.0", d='{ version = "^1", registry = "reg2" }')
+    for deps in both_orders({"d": '{ version = "^1", registry = "reg1" }', "e": "*"}):
+        assert solve_from(tmp_path, two, deps) == {"d": ("1.1.0", "reg1"), "e": ("1.0.0", "reg2")}, deps
+
+
+def test_a_package_no_one_names_a_registry_for_comes_from_the_first_that_has_it(tmp_path, two):
+    """reg2's newer d is no candidate while nobody names reg2, not even when reg1's fail."""
+    two("reg1", "d", "1.1.0")
+    two("reg2", "d", "1.4.0")
+    two("reg2", "e", "1.0.0", d="^1")
+    for deps in both_orders({"d": "^1", "e": "^1"}):
+        assert solve_from(tmp_path, two, deps) == {"d": ("1.1.0", "reg1"), "e": ("1.0.0", "reg2")}, deps
+    with pytest.raises(RegistryError, match=r"no version of d in reg1 matches '\^1.4' \(required by root.toml\)"):
+        solve_from(tmp_path, two, {"d": "^1.4"})
+
+
+def test_a_locked_pick_from_another_registry_than_the_one_named_is_not_kept(tmp_path, two):
+    two("reg1", "d", "1.1.0")
+    two("reg2", "d", "1.4.0")
+    two("reg2", "e", "1.0.0", d='{ version = "^1", registry = "reg2" }')
+    sha = two.client.entries("d", "reg1")[1][0].sha256
+    locked = {"d": LockedDependency("d", "1.1.0", two.url["reg1"], sha)}
+    assert solve_from(tmp_path, two, {"d": "^1"}, locked) == {"d": ("1.1.0", "reg1")}  # kept while it fits
+    assert solve_from(tmp_path, two, {"d": "^1", "e": "^1"}, locked)["d"] == ("1.4.0", "reg2")
+
+
+# -- imported recipe files -----------------------------------------------------------------
+def importing(tmp_path, deps: dict[str, str], files: dict[str, tuple[dict[str, str], str]]):
+    """root.toml with `deps`, importing step s of each file (path -> its deps and sources)."""
+    for path, (own, sources) in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(recipe_text(path.replace("/", "-")[:-5], "0.1.0", own, sources))
+    first = next(iter(files))
+    text = recipe_text("root", "0.1.0", deps, f'i = {{ recipe = "{first}", step = "s" }}\n')
+    (tmp_path / "root.toml").write_text(text)
+    return parse_recipe(text, tmp_path / "root.toml")
+
+
+def test_an_imported_recipe_file_s_ranges_join_the_resolution(tmp_path, publish):
+    """outer ^1, the file it imports ^2: inner's step was built over c 1.0.0, outside its range."""
+    publish("c", "1.0.0")
+    publish("c", "2.0.0")
+    root = importing(tmp_path, {"c": "^1"}, {"inner.toml": ({"c": "^2"}, 'u = { dependency = "c", step = "s" }\n')})
+    with pytest.raises(DependencyConflict) as info:
+        install_dependencies(root, Settings(), client=publish.client)
+    assert {info.value.first, info.value.second} == {("root.toml", "^1"), ("inner.toml", "^2")}
+
+
+def test_the_packages_of_files_imported_through_others_are_picked_and_installed(tmp_path, publish):
+    """Only sub/b.toml (imported by a.toml, imported by the root) names c: it is picked,
+    newest in its range, and installed; a cycle of imports is left to flatten."""
+    publish("c", "1.0.0")
+    publish("c", "1.2.0")
+    publish("c", "2.0.0")
+    root = importing(
+        tmp_path,
+        {},
+        {
+            "a.toml": ({}, 'b = { recipe = "sub/b.toml", step = "s" }\n'),
+            "sub/b.toml": (
+                {"c": "^1"},
+                'u = { dependency = "c", step = "s" }\nr = { recipe = "../a.toml", step = "s" }\n',
+            ),
+        },
+    )
+    found = install_dependencies(root, Settings(), client=publish.client)
+    assert {n: p.version for n, p in found.picks.items()} == {"c": "1.2.0"} and found.files["c"].is_file()
+    (tmp_path / "sub/b.toml").write_text((tmp_path / "sub/b.toml").read_text().replace('"^1"', '">=2"'))
+    root = parse_recipe((tmp_path / "root.toml").read_text(), tmp_path / "root.toml")
+    assert install_dependencies(root, Settings(), client=publish.client).picks["c"].version == "2.0.0"
+    root = importing(tmp_path, {"c": "<2"}, {"a.toml": ({}, 'b = { recipe = "sub/b.toml", step = "s" }\n')})
+    with pytest.raises(DependencyConflict) as info:
+        install_dependencies(root, Settings(), client=publish.client)
+    assert {info.value.first, info.value.second} == {("root.toml", "<2"), ("sub/b.toml", ">=2")}
