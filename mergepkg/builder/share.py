@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Protocol
 
 from mergepkg.builder.exports import is_export
-from mergepkg.errors import StoreError
+from mergepkg.errors import LockError, PublishError, StoreError
 from mergepkg.lockfile import Lock, read_lock
 from mergepkg.recipe.parse import load_recipe
+from mergepkg.registry.folder import check_lock_current
 from mergepkg.registry.packages import Spec, looks_like_spec, published_locks
 from mergepkg.remote.config import config_path, configured, configured_url
 from mergepkg.remote.errors import NotOnRemote, RemoteConfigError, RemoteError, reaching
@@ -26,6 +27,7 @@ from mergepkg.remote.sign import SigningKey, keys_dir, load_signing_key
 from mergepkg.remote.store import GcReport, PushReport, Remote
 from mergepkg.remote.sync import open_remote, push_artifact, sign_artifact, substitute
 from mergepkg.remote.transfer import ProgressFn
+from mergepkg.resolve.resolution import expand, resolve
 from mergepkg.settings import Settings
 from mergepkg.store.local import Artifact, is_key
 from mergepkg.store.session import Session
@@ -106,6 +108,30 @@ def lock_for(arg: str | Path) -> tuple[Path, Lock]:
             "the recipe has no lock: nothing is pinned", file=path, hint=f"build it first: mergepkg build {path}"
         )
     return lock_file, lock
+
+
+def check_current(session: Session, args: Iterable[str], hint: str) -> None:
+    """Refuse a recipe's lock (a RECIPE argument's, or a `.lock` file's with its recipe
+    beside it) that `build --locked` would refuse: its keys are then not what a build
+    reuses, so pulling or pushing them moves steps nobody builds from. The recipe
+    changed since it was locked (the check of `publish`), or a step's key moved under
+    it (an upgrade of mergepkg whose keys changed, a source edited): the `--locked`
+    resolution, sources deferred as a build from the store defers them. A lock with no
+    recipe beside it has nothing to be held to. `hint` says what to do, `{recipe}` in it
+    the recipe file."""
+    for arg in args:
+        if is_key_arg(arg):
+            continue
+        lock_file, lock = lock_for(arg)
+        recipe_file = Path(arg) if Path(arg).suffix == ".toml" else lock_file.with_suffix(".toml")
+        if not recipe_file.is_file():
+            continue
+        recipe = load_recipe(recipe_file)
+        try:
+            check_lock_current(lock, expand(recipe, session), str(lock_file), str(recipe_file))
+            resolve(recipe, session, lock=lock, mode="locked", defer=True)
+        except (PublishError, LockError) as e:  # publish's hint, or build's: neither fits here
+            raise LockError(e.message, file=e.file, line=e.line, hint=hint.format(recipe=recipe_file)) from None
 
 
 def is_key_arg(arg: str) -> bool:
@@ -228,7 +254,9 @@ def push(
     need and this home lacks is `skipped`): each checks what the remote has first and
     moves only the files it lacks; with `signing_key`, records are signed, those already
     there too. `rehash` reads the remote's files back and replaces those that differ, and
-    a record saying another build: the repair of a remote whose pulls are refused."""
+    a record saying another build: the repair of a remote whose pulls are refused. A
+    lock `build --locked` would refuse (`check_current`) is refused before anything moves."""
+    check_current(session, args, "build it (`mergepkg build {recipe}` updates its lock, stores its steps), then push")
     done = []
     for w, art in stored_targets(session, args):
         if art is None:
@@ -289,7 +317,9 @@ def pull(
     digest to check it by, unless another lock given needs it or its key is given too. Every key is looked
     up on the remote before anything is pulled; a refusal raises and nothing of that
     artifact enters the store. The locks become `cache gc` roots, as a build's do, so
-    what they pinned stays until the build that reuses it."""
+    what they pinned stays until the build that reuses it. A lock `build --locked` would
+    refuse (`check_current`) is refused before anything is pulled."""
+    check_current(session, args, "run `mergepkg lock {recipe}` to update it, then pull again")
     steps, keys, lock_files = pinned(args)
     digests = {w.key: w.digest for w in steps}
     on_remote: list[str] | None = None

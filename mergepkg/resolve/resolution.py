@@ -232,7 +232,9 @@ def resolve(
             raise LockError(
                 f"{lock_path(recipe).name} is out of date: " + "; ".join(changes),
                 file=str(lock_path(recipe)),
-                hint="run `mergepkg lock` to update it (or build without --locked/--frozen)",
+                # build --locked, export --locked, verify --rebuild (frozen) all come here: a
+                # hint naming build's options sent verify's user to options verify lacks
+                hint=f"run `mergepkg lock {asked.display}` to update it, then run this command again",
             )
     return res
 

@@ -4,6 +4,7 @@ and remotes are in memory or on disk, so these are fast."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -13,14 +14,14 @@ from remotes import make_artifact
 
 from mergepkg.builder import share
 from mergepkg.canonical import canonical_json, sha256_hex
-from mergepkg.errors import StoreError
+from mergepkg.errors import LockError, StoreError
 from mergepkg.lockfile import Lock, LockedStep, write_lock
 from mergepkg.remote.errors import NotOnRemote, Refused, RemoteConfigError, RemoteError, reaching
 from mergepkg.remote.sign import generate_key, trusted_signer
 from mergepkg.remote.sync import open_remote, push_artifact
 from mergepkg.settings import Settings
 from mergepkg.store.gc import collect_garbage
-from mergepkg.store.local import Store
+from mergepkg.store.local import Artifact, Store
 from mergepkg.store.session import Session
 
 
@@ -344,14 +345,7 @@ def test_a_step_a_builds_lock_pins_without_a_digest_is_skipped_by_pull_and_push(
         share.pull(remote, session_at(tmp_path / "c"), [str(unbuilt)])
 
 
-TWO_STEPS = """[package]
-name = "two"
-version = "0.1.0"
-
-[sources]
-base = { hf = "tiny/base" }
-ft1 = { hf = "tiny/ft1" }
-
+TWO_STEPS = """
 [steps.a]
 method = "linear"
 inputs = [{ model = "base", weight = 0.5 }, { model = "ft1", weight = 0.5 }]
@@ -362,7 +356,39 @@ inputs = [{ model = "a", weight = 0.5 }, { model = "ft1", weight = 0.5 }]
 """
 
 
-def test_a_step_pulled_past_whose_digest_the_lock_keeps_is_skipped_by_push_sign_and_push_locked(remote, tmp_path):
+def stored_as(store: Store, key: str, entry: dict, seed: int) -> Artifact:
+    """An artifact of made-up tensors (as `make_artifact`'s) under a step's real key and
+    lock entry, so a remote's record of it checks (the entry hashes to the key)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from mergepkg.io.digest import tensor_digests
+
+    with store.lock(key):
+        folder = store.new_folder(key)
+        (folder / "config.json").write_text(json.dumps({"model_type": "llama", "seed": seed}))
+        save_file(
+            {"w": np.random.default_rng(seed).standard_normal((4, 8), dtype=np.float32)}, folder / "w.safetensors"
+        )
+        return store.commit(key, folder, entry, tensor_digests(folder), seconds=0.0)
+
+
+def built(recipe: Path, session: Session) -> dict[str, Artifact]:
+    """The recipe's steps stored in `session` under the keys it resolves to, and its lock
+    written as a build writes it (keys and digests): a lock `build --locked` accepts."""
+    from mergepkg.recipe.parse import load_recipe
+    from mergepkg.resolve.lock import lock_recipe
+    from mergepkg.resolve.resolution import resolve
+
+    res = resolve(load_recipe(recipe), session)
+    arts = {n: stored_as(session.store, res.keys[n], res.entries[n], i + 1) for i, n in enumerate(res.plan.order)}
+    lock_recipe(load_recipe(recipe), session)
+    return arts
+
+
+def test_a_step_pulled_past_whose_digest_the_lock_keeps_is_skipped_by_push_sign_and_push_locked(
+    remote, tmp_path, recipe_file
+):
     """Home B builds by pulling the output `b` only; its lock keeps `a`'s digest from the
     lock before. `cache push RECIPE` from B used to fail "step 'a' is not in the local
     store", hinting to build it (which pulls past it again). An absent output still fails."""
@@ -370,19 +396,17 @@ def test_a_step_pulled_past_whose_digest_the_lock_keeps_is_skipped_by_push_sign_
     from mergepkg.recipe.parse import load_recipe
 
     a, b = session_at(tmp_path / "a"), session_at(tmp_path / "b")
-    upstream, output = make_artifact(a.store, 1), make_artifact(a.store, 2)
-    recipe = tmp_path / "two.toml"
-    recipe.write_text(TWO_STEPS)
-    steps = {n: LockedStep(n, "linear", art.key, art.digest) for n, art in (("a", upstream), ("b", output))}
-    write_lock(recipe.with_suffix(".lock"), Lock("sha256:" + "0" * 64, {}, steps))
+    recipe = recipe_file(TWO_STEPS)
+    arts = built(recipe, a)
+    output = arts["b"]
     share.push(remote, a, [str(recipe)])
-    make_artifact(b.store, 2)  # only `b` here, as a build pulling it leaves B
+    stored_as(b.store, output.key, output.manifest["entry"], 2)  # only `b` here, as a build pulling it leaves B
     assert [m.what for m in share.push(remote, b, [str(recipe)])] == ["skipped", "present"]
     key = generate_key(b.settings, "bob")
     assert [(m.key, m.what) for m in share.sign(remote, b, [str(recipe)], key)] == [(output.key, "signed")]
     assert list(push_locked(b.settings, b.store, load_recipe(recipe), remote.url)) == ["b"]
     c = session_at(tmp_path / "c")
-    make_artifact(c.store, 1)  # `a` alone: the output is no step to skip
+    stored_as(c.store, arts["a"].key, arts["a"].manifest["entry"], 1)  # `a` alone: the output is no step to skip
     with pytest.raises(StoreError, match=r"step 'b' .* is not in the local store"):
         share.push(remote, c, [str(recipe)])
 
@@ -406,16 +430,13 @@ def test_a_key_named_or_another_lock_needing_it_is_pulled_though_a_lock_marks_it
     assert [m.what for m in share.pull(remote, session_at(tmp_path / "d"), [str(built)])] == ["skipped", "pulled"]
 
 
-def test_a_pull_skips_a_step_the_outputs_do_not_need_where_the_remote_lacks_it(remote, tmp_path):
+def test_a_pull_skips_a_step_the_outputs_do_not_need_where_the_remote_lacks_it(remote, tmp_path, recipe_file):
     """A push from a home that pulled the output skips the step upstream of it; a pull of
     the recipe from that remote then raised "is not on the remote" for that step, which
     no `build --locked` needs. It is pulled where the remote has it."""
     a = session_at(tmp_path / "a")
-    upstream, output = make_artifact(a.store, 1), make_artifact(a.store, 2)
-    recipe = tmp_path / "two.toml"
-    recipe.write_text(TWO_STEPS)
-    steps = {n: LockedStep(n, "linear", art.key, art.digest) for n, art in (("a", upstream), ("b", output))}
-    write_lock(recipe.with_suffix(".lock"), Lock("sha256:" + "0" * 64, {}, steps))
+    recipe = recipe_file(TWO_STEPS)
+    upstream, output = built(recipe, a).values()
     share.push(remote, a, [output.key])  # the output alone on the remote
     moved = share.pull(remote, session_at(tmp_path / "b"), [str(recipe)])
     assert [(m.key, m.what) for m in moved] == [(upstream.key, "skipped"), (output.key, "pulled")]
@@ -424,5 +445,38 @@ def test_a_pull_skips_a_step_the_outputs_do_not_need_where_the_remote_lacks_it(r
     assert [(m.key, m.what) for m in moved] == [(upstream.key, "pulled"), (output.key, "pulled")]
     lacking = open_remote(f"memory://share-{uuid.uuid4().hex[:12]}")
     share.push(lacking, a, [upstream.key])
-    with pytest.raises(NotOnRemote, match=r"two\.toml:b"):  # the output is never skipped
+    with pytest.raises(NotOnRemote, match=r"recipe\.toml:b"):  # the output is never skipped
         share.pull(lacking, session_at(tmp_path / "d"), [str(recipe)])
+
+
+def test_a_lock_build_locked_would_refuse_is_neither_pulled_nor_pushed(remote, tmp_path, recipe_file):
+    """After an upgrade of mergepkg that moved a step's key, `cache pull RECIPE` pulled what
+    the old committed lock pinned ("done: 4 pulled"), and `build --locked` then refused the
+    lock; `cache push RECIPE` pushed it. Both now refuse before anything moves, as they do
+    a recipe edited since it was locked."""
+    a = session_at(tmp_path / "a")
+    recipe = recipe_file(TWO_STEPS)
+    arts = built(recipe, a)
+    lock_file = recipe.with_suffix(".lock")
+    current = lock_file.read_text()
+    old = make_artifact(a.store, 9)  # `b` as an older mergepkg keyed and built it
+    share.push(remote, a, [arts["a"].key, old.key])
+    lock_file.write_text(current.replace(arts["b"].key, old.key).replace(arts["b"].digest, old.digest))
+    b = session_at(tmp_path / "b")
+    with pytest.raises(LockError, match=r"is out of date: step 'b' changed \(key") as e:
+        share.pull(remote, b, [str(recipe)])
+    assert e.value.file == str(lock_file) and f"mergepkg lock {recipe}" in (e.value.hint or "")
+    assert b.store.all() == [] and b.store.roots() == []  # nothing pulled, no root recorded
+    with pytest.raises(LockError, match="out of date"):  # the lock given by its file, its recipe beside it
+        share.pull(remote, b, [str(lock_file)])
+    fresh = open_remote(f"memory://share-{uuid.uuid4().hex[:12]}")
+    with pytest.raises(LockError, match="out of date") as e:
+        share.push(fresh, a, [str(recipe)])
+    assert "mergepkg build" in (e.value.hint or "") and fresh.keys() == []
+    lock_file.write_text(current)
+    recipe.write_text(
+        recipe.read_text().replace('weight = 0.5 }, { model = "ft1"', 'weight = 0.25 }, { model = "ft1"', 1)
+    )
+    with pytest.raises(LockError, match="the recipe changed since it was locked"):
+        share.pull(remote, b, [str(recipe)])
+    assert b.store.all() == []

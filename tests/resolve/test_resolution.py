@@ -162,3 +162,21 @@ def test_a_local_dir_download_is_keyed_by_huggingface_hubs_records_before_it_is_
     (weights,) = [f for f in locked.sources["mine"].pin.files if f.name == "model.safetensors"]
     assert read and weights.sha256 == real(local / "model.safetensors")
     assert build_recipe(path).built == ["merged"]
+
+
+def test_an_out_of_date_lock_s_hint_fits_every_command_that_refuses_it(recipe_file, capsys):
+    """`verify --rebuild` on an out-of-date lock hinted "(or build without
+    --locked/--frozen)": options verify does not have."""
+    from mergepkg.cli.app import main
+
+    path = recipe_file('[steps.soup]\nmethod = "linear"\ninputs = ["ft1", "ft2"]\n[steps.soup.params]\nweight = 1\n')
+    assert main(["lock", str(path)]) == 0
+    path.write_text(path.read_text().replace("weight = 1", "weight = 2"))
+    capsys.readouterr()
+    for command in (["verify", str(path), "--rebuild"], ["build", str(path), "--locked", "-q"]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert "recipe.lock is out of date" in err and "Traceback" not in err, err
+        hint = err.split("hint:")[1]
+        assert f"mergepkg lock {path}" in hint and "then run this command again" in hint
+        assert "--locked" not in hint and "--frozen" not in hint
