@@ -282,8 +282,8 @@ class Remote:
     def gc(self, keep: set[str], *, dry_run: bool = False) -> GcReport:
         """Remove the records of keys not in `keep`, then their files; and files no record
         names (failed pushes, variants replaced, split parts staged and never assembled)
-        once older than `grace_seconds`. A reader never accepts a half-removed artifact: it
-        checks every file."""
+        once older than `grace_seconds`; a kept key's files stay whole where its record
+        cannot be read. A reader never accepts a half-removed artifact: it checks every file."""
         self.fs.invalidate_cache()
         removed = [k for k in self.keys() if k not in keep]
         if not dry_run:
@@ -294,7 +294,9 @@ class Remote:
             key = key_dir.rpartition("/")[2]
             try:
                 record = self.record(key) if is_key(key) else None
-            except RemoteError:
+            except RemoteError:  # a newer format, a damaged record, a hiccup
+                if key in keep:
+                    continue  # its files may be all that is left of a kept build: they stay
                 record = None
             current = self.path(record.folder) if record is not None else None
             for path, info in sorted(self.fs.find(key_dir, detail=True).items()):

@@ -12,7 +12,7 @@ from remotes import make_artifact, push_together, scratch_remote, tree
 
 from mergepkg.remote.errors import NotOnRemote, Refused, RemoteError
 from mergepkg.remote.sign import generate_key
-from mergepkg.remote.store import Remote
+from mergepkg.remote.store import GcReport, Remote
 from mergepkg.remote.sync import open_remote, push_artifact, record_for, substitute
 from mergepkg.settings import Settings
 from mergepkg.store.local import Store
@@ -222,6 +222,23 @@ def test_gc_removes_records_then_files_of_unkept_keys_and_old_leftovers(remote, 
     )
     assert remote.gc({kept.key}) == type(young)((), ())  # nothing left to remove
     assert substitute(remote, b, kept.key, expected_digest=kept.digest).digest == kept.digest
+
+
+def test_gc_keeps_the_files_of_a_kept_key_whose_record_it_cannot_read(remote, tmp_path):
+    """A record of a newer format (or a damaged one) was read as no record: the kept
+    build's files were removed once old, the record left pointing at nothing."""
+    a, _ = homes(tmp_path)
+    art = make_artifact(a, 15)
+    push_artifact(remote, art)
+    record = remote.path("records", f"{art.key}.json")
+    data = json.loads(remote.fs.cat_file(record))
+    remote.fs.pipe_file(record, json.dumps({**data, "format": 99}).encode())
+    with pytest.raises(RemoteError):
+        remote.record(art.key)
+    remote.grace_seconds = 0
+    files = sorted(remote.fs.find(remote.path("artifacts", art.key)))
+    assert files and remote.gc({art.key}) == GcReport((), ())
+    assert sorted(remote.fs.find(remote.path("artifacts", art.key))) == files
 
 
 def test_gc_removes_staged_parts_never_assembled_once_old(remote, tmp_path):
