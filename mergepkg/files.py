@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import glob
+import hashlib
 import os
 import tempfile
 import time
@@ -18,6 +19,34 @@ from pathlib import Path
 from mergepkg.errors import disk_error
 
 LEFTOVER_SECONDS = 600  # a temp file this old is no writer's: one was killed before its rename
+NAME_MAX = 255  # bytes in one file name (Linux's file systems, macOS's)
+TEMP_RANDOM = 8  # the characters tempfile puts between a temp name's prefix and suffix
+
+
+def temp_prefix(start: str, name: str, end: str, *, suffix: str = "") -> str:
+    """`start + name + end`, the prefix of a temp file or folder named after `name`: `name`
+    cut short where the whole temp name (tempfile's random part and `suffix` added) would
+    pass NAME_MAX bytes, so any name the system allows can have a temp beside it. A cut
+    name keeps its start (recognisable) and gains `~` and 8 hex digits of its sha256, so
+    two long names that start alike never share a prefix (nor each other's leftovers)."""
+    room = NAME_MAX - TEMP_RANDOM - len(os.fsencode(start + end + suffix))
+    if len(os.fsencode(name)) <= room:
+        return start + name + end
+    tag = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+    while len(os.fsencode(name + tag)) > room:
+        name = name[:-1]
+    return start + name + tag + end
+
+
+def lock_file_of(recipe: Path) -> Path:
+    """The lock beside a recipe file, named after it: `NAME.toml` -> `NAME.lock`; any other
+    name gets `.lock` added (`soup.v1` -> `soup.v1.lock`), so recipes that differ only
+    after their last dot (`soup.v1`, `soup.v2`, `soup.toml`) never share a lock. Here,
+    low in the layers, so that every module naming a recipe's lock (the parser's too)
+    can share this one rule."""
+    if recipe.suffix.lower() == ".toml":
+        return recipe.with_suffix(".lock")
+    return recipe.with_name(recipe.name + ".lock")
 
 
 def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644, durable: bool = False) -> None:
@@ -30,7 +59,9 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644, durable: b
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=temp_prefix(".", path.name, ".", suffix=".tmp"), suffix=".tmp", dir=path.parent
+        )
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             if durable:
@@ -61,7 +92,8 @@ def _named(e: OSError) -> OSError:
 
 def _remove_leftovers(path: Path) -> None:
     old = time.time() - LEFTOVER_SECONDS
-    for tmp in glob.glob(glob.escape(str(path.parent / f".{path.name}.")) + "*.tmp"):
+    prefix = temp_prefix(".", path.name, ".", suffix=".tmp")
+    for tmp in glob.glob(glob.escape(str(path.parent / prefix)) + "*.tmp"):
         try:
             if os.stat(tmp).st_mtime < old:
                 os.unlink(tmp)

@@ -1,7 +1,8 @@
 """The lock file: what a recipe resolved to, so anyone can rebuild the same bytes.
 
 It sits beside its recipe, named after it: `mergepkg.toml` -> `mergepkg.lock`,
-`example.toml` -> `example.lock` (so several recipes can share a folder).
+`example.toml` -> `example.lock` (so several recipes can share a folder); a recipe not
+named `*.toml` gets `.lock` added, `soup.v1` -> `soup.v1.lock` (`files.lock_file_of`).
 
 TOML, written by mergepkg in a stable order: a format version, a hash of the recipe
 content it was made from, every source with its requested revision, resolved commit
@@ -23,7 +24,7 @@ import tomli_w
 from mergepkg._toml import tomllib
 from mergepkg.canonical import canonical_json, sha256_hex
 from mergepkg.errors import MergepkgError, RecipeError
-from mergepkg.files import write_atomic
+from mergepkg.files import lock_file_of, write_atomic
 from mergepkg.recipe.flatten import SEP
 from mergepkg.recipe.model import Condition, Recipe
 from mergepkg.recipe.names import canonical_name, check_version
@@ -131,7 +132,7 @@ def locked_digests(lock: Lock | None) -> dict[str, str]:
 
 
 def lock_path(recipe: Recipe) -> Path:
-    return recipe.path.with_suffix(".lock")
+    return lock_file_of(recipe.path)
 
 
 def _plain(value):

@@ -73,3 +73,40 @@ def test_exchange_swaps_two_folders_in_one_step(tmp_path):
     assert [p.name for p in a.iterdir()] == ["y"] and [p.name for p in b.iterdir()] == ["x"]
     with pytest.raises(FileNotFoundError):
         files.exchange(a, tmp_path / "gone")
+
+
+def test_a_file_with_the_longest_name_the_system_allows_is_written_and_its_leftovers_removed(tmp_path):
+    """A recipe named with 240 characters (Linux allows 255) failed writing its lock: the
+    temp file's name, the lock's with a dot and a random part added, was too long."""
+    target = tmp_path / ("é" * 100 + "x" * 50 + ".lock")  # 255 bytes: two per é
+    assert len(os.fsencode(target.name)) == files.NAME_MAX
+    prefix = files.temp_prefix(".", target.name, ".", suffix=".tmp")
+    stale = tmp_path / (prefix + "abc12345.tmp")  # what a writer killed before its rename left
+    stale.write_text("half")
+    long_ago = time.time() - LEFTOVER_SECONDS - 60
+    os.utime(stale, (long_ago, long_ago))
+    write_atomic(target, "whole\n")
+    assert [p.name for p in tmp_path.iterdir()] == [target.name] and target.read_text() == "whole\n"
+
+
+def test_a_cut_temp_prefix_fits_keeps_its_start_and_differs_for_names_that_start_alike():
+    a, b = "x" * 250 + "a", "x" * 250 + "b"
+    pa, pb = (files.temp_prefix(".mergepkg-build-", n, "-") for n in (a, b))
+    assert pa != pb and pa.startswith(".mergepkg-build-xxxx") and pa.endswith("-")
+    assert len(os.fsencode(pa)) + files.TEMP_RANDOM == files.NAME_MAX
+    assert files.temp_prefix(".", "short.lock", ".") == ".short.lock."  # as before: leftovers keep their names
+
+
+@pytest.mark.parametrize(
+    ("recipe", "lock"),
+    [
+        ("recipe.toml", "recipe.lock"),  # as ever
+        ("Recipe.TOML", "Recipe.lock"),
+        ("soup.v1", "soup.v1.lock"),  # soup.v1 and soup.v2 shared soup.lock
+        ("soup.v2", "soup.v2.lock"),
+        ("recipe.v2", "recipe.v2.lock"),  # overwrote recipe.toml's
+        ("recipe", "recipe.lock"),
+    ],
+)
+def test_a_recipe_lock_is_named_after_the_whole_file_name_unless_it_is_toml(tmp_path, recipe, lock):
+    assert files.lock_file_of(tmp_path / recipe) == tmp_path / lock

@@ -104,7 +104,7 @@ def build(
         if only_exports is not None:
             check_export_folder(out, only_exports)  # NAME.gguf files added to any folder
         else:
-            check_replaceable(out)
+            check_replaceable(out, store=session.store, recipe=recipe)
     warnings = BuildWarnings(reporter or NullReporter(), deny_warnings)
     with session.store.in_use():  # `cache gc` waits for us
         session.store.clean_tmp()  # what killed builds left behind

@@ -28,7 +28,9 @@ differently: docs/tokenizers.md), and a `config` model mergekit can take from it
 - `chat_template`: the text the output has, when the step sets one (mergekit's
   built-in templates of the same names are other texts than mergepkg's);
 - hub models as `repo@commit` (the locked commit), local folders by their path
-  relative to the output folder (run mergekit from there).
+  relative to the output folder (run mergekit from there); a path holding `+` or `@`
+  as `{model: {path: ...}}`, since mergekit reads those in a plain string as a LoRA and
+  a revision.
 
 Random methods (DARE, DELLA) draw their masks differently in mergekit: the same
 settings, other masks; the file says so.
@@ -107,12 +109,11 @@ def mergekit_config(
         return None
     step = res.recipe.steps[name]
 
-    def ref(model: str) -> str:
+    def ref(model: str) -> str | dict[str, Any]:
         src = res.recipe.sources[model]
         if src.hf:
             return f"{src.hf}@{res.sources[model].locked.pin.commit or src.revision}"
-        path = local[model].replace("\\", "/")
-        return path if path.startswith(("/", "../")) else f"./{path}"
+        return local_ref(local[model])
 
     config: dict[str, Any] = {"merge_method": step.method}
     if donor := step.base or step.config:  # mergekit's base_model is also where the config comes from
@@ -175,7 +176,16 @@ def mergekit_yaml(
     return "\n".join(head) + "\n" + yaml.dump(config, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
 
 
-def _tokenizer_source(step: Step, ref: Any) -> str | None:
+def local_ref(path: str) -> str | dict[str, Any]:
+    """A local folder as a mergekit model reference: its path, or, where the path holds
+    `+` or `@`, which mergekit reads in a plain string as `MODEL+LORA` and `MODEL@REVISION`,
+    the explicit form `{model: {path: ...}}` it takes as the path alone."""
+    path = path.replace("\\", "/")
+    path = path if path.startswith(("/", "../")) else f"./{path}"
+    return {"model": {"path": path}} if "+" in path or "@" in path else path
+
+
+def _tokenizer_source(step: Step, ref: Any) -> str | dict[str, Any] | None:
     """mergekit's `tokenizer_source` for the step's tokenizer setting (None: mergekit's default
     gives the same tokenizer: the base's)."""
     if step.tokenizer is None:

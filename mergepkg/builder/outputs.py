@@ -13,6 +13,7 @@ digests and `mergepkg verify` do not see them.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -26,15 +27,16 @@ from mergepkg.builder.bundle import LOCK_FILE, bundle
 from mergepkg.builder.card import render_card
 from mergepkg.builder.mergekit_yaml import MERGEKIT_FILE, mergekit_yaml
 from mergepkg.errors import BuildError
-from mergepkg.files import exchange
+from mergepkg.files import TEMP_RANDOM, exchange, temp_prefix
 from mergepkg.io.folder import INDEX, weight_files
 from mergepkg.io.reshard import reshard, sharded_as
 from mergepkg.io.tensors import NAME_OF, scan_tensors
 from mergepkg.layout.chat import TEMPLATE_FILE
 from mergepkg.lockfile import Lock, write_lock
 from mergepkg.recipe.exports import export_file
+from mergepkg.recipe.model import Recipe
 from mergepkg.resolve.resolution import Resolution
-from mergepkg.store.local import MANIFEST, Artifact
+from mergepkg.store.local import MANIFEST, Artifact, Store
 
 MARKER = ".mergepkg-output"  # marks a folder mergepkg wrote, so a rebuild may replace it
 
@@ -78,10 +80,10 @@ def place_outputs(
     or two renames where the file system has none. The caller holds `output_lock(out)`."""
     if lock is None:
         lock = res.lock({n: a.digest for n, a in artifacts.items()})
-    prefix = f".mergepkg-build-{out.name}-"
+    prefix = staging_prefix(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        for stale in out.parent.glob(prefix + "*"):  # a placement killed half-way (we hold out's lock)
+        for stale in staged_beside(out):  # a placement killed half-way (we hold out's lock)
             if not out.exists() and (stale / "previous").is_dir():
                 os.rename(stale / "previous", out)  # killed between the two renames: restore
             shutil.rmtree(stale, ignore_errors=True)
@@ -108,16 +110,51 @@ def place_outputs(
         (staged / MARKER).write_text(
             json.dumps({"recipe": str(res.recipe.path), "outputs": {n: a.key for n, a in artifacts.items()}}) + "\n"
         )
-        if not out.exists():
-            os.rename(staged, out)
-        elif not exchange(staged, out):  # swapped in one step: `staged` now holds the old output
-            os.rename(out, work / "previous")  # else two renames, with their moment without `out`
-            os.rename(staged, out)
+        try:
+            if not out.exists():
+                os.rename(staged, out)
+            elif not exchange(staged, out):  # swapped in one step: `staged` now holds the old output
+                os.rename(out, work / "previous")  # else two renames, with their moment without `out`
+                os.rename(staged, out)
+        except OSError as e:
+            if e.errno not in (errno.EBUSY, errno.EXDEV):
+                raise
+            raise _unswappable(out, e) from None
     finally:
         if not out.exists() and (work / "previous").is_dir():  # interrupted between the two renames
             os.rename(work / "previous", out)
         shutil.rmtree(work, ignore_errors=True)
     return {next(iter(artifacts)): out} if single else {n: out / n for n in artifacts}
+
+
+def staging_prefix(out: Path) -> str:
+    """The name start of `out`'s staging folders, beside it: `.mergepkg-build-NAME-`, NAME
+    cut short (`files.temp_prefix`) where a long one would not leave room for the rest."""
+    return temp_prefix(".mergepkg-build-", out.name, "-")
+
+
+def staged_beside(out: Path) -> list[Path]:
+    """The staging folders of `out` that placements killed half-way left beside it: its
+    prefix and mkdtemp's random part, nothing more, read literally (`out` may hold `?`,
+    `*` or `[`, which a glob would take as a pattern). The prefix of `x` starts the
+    folders of `x-y` too: they have more after it, and hold `x-y`'s only copy."""
+    prefix = staging_prefix(out)
+    return [
+        out.parent / n
+        for n in sorted(os.listdir(out.parent))
+        if n.startswith(prefix) and len(n) == len(prefix) + TEMP_RANDOM
+    ]
+
+
+def _unswappable(out: Path, e: OSError) -> BuildError:
+    """The swap of a folder into `out` refused by the system: `out` is a mount point (a
+    container's volume, a disk of its own), which no rename replaces (EBUSY), or is on
+    another file system than its folder (EXDEV)."""
+    return BuildError(
+        f"cannot put the output in place of {out}: {e.strerror}",
+        hint=f"{out} is a mount point or on another file system than its folder: "
+        f"use a folder inside it, e.g. --out {out / 'model'}",
+    )
 
 
 def describe(
@@ -167,13 +204,36 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def check_replaceable(out: Path) -> None:
-    """Refuse, before any work, an `out` that is not ours to replace or cannot be made."""
+def check_replaceable(out: Path, *, store: Store | None = None, recipe: Recipe | None = None) -> None:
+    """Refuse, before any work, an `out` that is not ours to replace or cannot be made: a
+    folder mergepkg did not write; a mount point (a container's volume: no rename replaces
+    it, and placing the files one by one would not be atomic); a folder in `store`'s own
+    (`Store.cleaned`: `tmp/`, whose content the next build removes); a local source of
+    `recipe`, or a folder holding one, which the output would replace."""
+    out = out.resolve()
+    if out.is_dir() and os.path.ismount(out):
+        raise BuildError(
+            f"{out} is a mount point: an output is swapped in by a rename, which cannot replace it",
+            hint=f"use a folder inside it, e.g. --out {out / 'model'}",
+        )
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
         raise BuildError(
             f"{out} exists and was not written by mergepkg; refusing to replace it",
             hint="choose another --out, or remove the folder",
         )
+    for folder in (f.resolve() for f in store.cleaned()) if store is not None else ():
+        if out == folder or folder in out.parents:
+            raise BuildError(
+                f"{out} is inside {folder}, which builds and `cache gc` clean: the output would be deleted",
+                hint="choose an --out outside MERGEPKG_HOME's store/, tmp/ and locks/",
+            )
+    for source in (s.path.resolve() for s in recipe.sources.values() if s.path is not None) if recipe else ():
+        if out == source or out in source.parents:
+            what = "is" if out == source else f"holds {source},"
+            raise BuildError(
+                f"{out} {what} a local model the recipe reads: the output would replace it",
+                hint="choose another --out (to build on an earlier output, place the new one elsewhere)",
+            )
     check_makeable(out)
 
 

@@ -13,8 +13,8 @@ installed for the lock read where they are) and compares each step's digest with
 
 from __future__ import annotations
 
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,7 +148,16 @@ def _scratch(session: Session, home: Path) -> Session:
 
 
 def _rebuild(recipe: Recipe, session: Session, lock: Lock, reporter: Reporter | None) -> list[Check]:
-    home = Path(tempfile.mkdtemp(prefix="mergepkg-verify-"))
+    """Rebuild into a scratch home inside this home's `tmp/`, under a lock of its name: a
+    build or `cache gc` meanwhile leaves it alone, and the next one removes it if this
+    process was killed (in the system's temp folder, often RAM, it stayed for good)."""
+    name = f"verify-{secrets.token_hex(6)}"
+    with session.store.lock(name):
+        home = session.store.new_folder(name)
+        return _rebuild_in(home, recipe, session, lock, reporter)
+
+
+def _rebuild_in(home: Path, recipe: Recipe, session: Session, lock: Lock, reporter: Reporter | None) -> list[Check]:
     try:
         scratch = _scratch(session, home)
         report = build(

@@ -103,7 +103,7 @@ def _plan(
 ) -> Planned:
     if out is not None:
         out = out.resolve()
-        check_replaceable(out)
+        check_replaceable(out, store=session.store, recipe=recipe)
     warnings = BuildWarnings(reporter, deny)
     old_lock = read_lock(lock_path(recipe))
     res = resolve(recipe, session, lock=old_lock, mode=mode, seed=seed, defer=True)

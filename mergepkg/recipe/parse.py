@@ -15,6 +15,7 @@ from typing import Any
 
 from mergepkg._toml import tomllib
 from mergepkg.errors import RecipeError, SourceError, did_you_mean
+from mergepkg.files import lock_file_of
 from mergepkg.methods import get_method
 from mergepkg.methods.spec import MethodSpec
 from mergepkg.recipe.adapters import adapter_steps
@@ -169,7 +170,7 @@ class _Parser(TableReader):
         gone is then taken at the lock's pin, and only a step built from it needs it (a
         build can take every step from a remote; docs/remote.md#substitution-build-plan-verify-and-eval)."""
         try:
-            data = tomllib.loads(self.path.with_suffix(".lock").read_text(encoding="utf-8"))
+            data = tomllib.loads(lock_file_of(self.path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
             return False
         records = data.get("source", [])

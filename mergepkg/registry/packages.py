@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergepkg.errors import PublishError, RegistryError
-from mergepkg.files import write_atomic
+from mergepkg.files import lock_file_of, write_atomic
 from mergepkg.lockfile import Lock, lock_path, parse_lock
 from mergepkg.recipe.flatten import flatten
 from mergepkg.recipe.model import Dependency, Recipe
@@ -119,7 +119,7 @@ def install_published_lock(deps: Dependencies, name: str, client: Client) -> Pat
     With it, a build holds the publisher's commits and takes the published digests as
     those a remote's artifacts must have (docs/remote.md#substitution-build-plan-verify-and-eval)."""
     pick, path = deps.picks[name], deps.files[name]
-    target = path.with_suffix(".lock")
+    target = lock_file_of(path)
     if target.exists():
         return target
     reg = client.by_url(pick.registry)

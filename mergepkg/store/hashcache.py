@@ -252,6 +252,23 @@ def _check_unchanged(e: _Pinned) -> None:
             _pinned[e.path] = replace(e, identity=now)
 
 
+def _unopenable(db: Path, e: sqlite3.DatabaseError) -> StoreError:
+    """Why the hash cache `db` cannot be opened, as the user can act on it: with no file
+    there, its folder cannot be written (sqlite only says "unable to open database file"),
+    and deleting a damaged file is no help; otherwise the file itself is at fault."""
+    if not db.exists() and not os.access(db.parent, os.W_OK):
+        return StoreError(
+            f"cannot make the file hash cache: {db.parent} is not writable",
+            file=str(db),
+            hint="set MERGEPKG_HOME to a folder you can write to (on a disk that is not read-only)",
+        )
+    return StoreError(
+        f"cannot open the file hash cache: {e}",
+        file=str(db),
+        hint="it only remembers the sha256 of files read before: delete it if it is damaged",
+    )
+
+
 class HashCache:
     """A small sqlite table in MERGEPKG_HOME; safe for several processes at once."""
 
@@ -266,11 +283,7 @@ class HashCache:
                     " mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, sha256 TEXT)"
                 )
         except sqlite3.DatabaseError as e:  # not a database, a folder, locked past the timeout
-            raise StoreError(
-                f"cannot open the file hash cache: {e}",
-                file=str(db),
-                hint="it only remembers the sha256 of files read before: delete it if it is damaged",
-            ) from None
+            raise _unopenable(db, e) from None
         self.hashed = 0  # files actually read in this process (tests check no-op rebuilds)
         self._started: dict[tuple[str, Identity], Future[str]] = {}  # hashes begun by `start`
         self._claimed: dict[tuple[str, Identity], tuple[str, str]] = {}  # claims `start` found

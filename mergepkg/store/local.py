@@ -2,10 +2,10 @@
 
 An artifact is a Hugging Face model folder plus `mergepkg-manifest.json` (or, for an
 export, its file: then the manifest holds the file's sha256 instead of tensor digests). It is built
-in `tmp/` (same filesystem), the manifest is written last, and the folder is renamed
-to `store/<key>`: a folder there always has a complete manifest, whatever was killed
-when. Builders of one key serialise on `locks/<key>.lock`; the second finds the
-artifact and reuses it.
+in `tmp/` (or, where `store/` is on another file system, `store/.tmp`: the same one), the
+manifest is written last, and the folder is renamed to `store/<key>`: a folder there
+always has a complete manifest, whatever was killed when. Builders of one key serialise
+on `locks/<key>.lock`; the second finds the artifact and reuses it.
 """
 
 from __future__ import annotations
@@ -125,12 +125,39 @@ class Artifact:
         return True
 
 
+STAGING = ".tmp"  # in `store/`, where it is on another file system than `tmp/` (no key: listed by nothing)
+
+
+def _apart(a: Path, b: Path) -> bool:
+    """Whether `b` (an existing folder) is on another file system than `a`, or than the
+    nearest folder above `a` that exists. Unknown (nothing can be looked at): False."""
+    try:
+        dev = os.stat(b).st_dev
+        above = next(p for p in (a, *a.parents) if p.exists())
+        return os.stat(above).st_dev != dev
+    except (OSError, StopIteration):
+        return False
+
+
 class Store:
     def __init__(self, home: Path):
         self.home = home
         self.root = home / "store"
-        self.tmp = home / "tmp"
         self.locks = home / "locks"
+
+    @property
+    def tmp(self) -> Path:
+        """Where artifacts are made, and discarded: `tmp/`, or `store/.tmp` when `store/` is
+        on another file system than `tmp/` (a link to another disk, a mount), since a commit
+        (and a discard) is a rename, which never crosses file systems. Decided at each use:
+        a store moved between builds stages beside itself from then on."""
+        tmp = self.home / "tmp"
+        return self.root / STAGING if _apart(tmp, self.root) else tmp
+
+    def cleaned(self) -> tuple[Path, ...]:
+        """The folders whose content builds and `cache gc` remove: `store/` (artifacts and
+        broken key folders), `locks/`, and the staging folders (`tmp/`, and `store/.tmp`)."""
+        return (self.root, self.locks, self.home / "tmp")
 
     @contextmanager
     def in_use(self) -> Iterator[None]:
@@ -341,11 +368,14 @@ class Store:
             return False
 
     def clean_tmp(self, *, dry_run: bool = False) -> list[Path]:
-        """Remove what killed builds left in `tmp/`: folders whose key no live build holds
-        (a build makes and fills its folder under the key's lock). Returns them."""
+        """Remove what killed builds left in `tmp/` (or `store/.tmp`, see `tmp`): folders
+        whose key no live build holds (a build makes and fills its folder under the key's
+        lock). Returns them."""
         stale = []
-        if self.tmp.is_dir():
-            for p in sorted(self.tmp.iterdir()):
+        for tmp in (self.home / "tmp", self.root / STAGING):  # wherever a build staged
+            if not tmp.is_dir():
+                continue
+            for p in sorted(tmp.iterdir()):
                 try:
                     with self.lock(p.name.split(".", 1)[0]).acquire(timeout=0):
                         stale.append(p)

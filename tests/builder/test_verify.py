@@ -34,3 +34,27 @@ def test_rebuild_reads_the_installed_dependencies_and_stores_nothing_in_the_user
     assert {c.step: c.status for c in checks} == {"final": "ok", "skills::skills": "ok"}
     assert {c.step: c.actual for c in checks} == {n: a.digest for n, a in built.artifacts.items()}
     assert sorted(p.name for p in (session.settings.home / "store").iterdir()) == stored
+
+
+def test_the_scratch_home_is_made_in_this_homes_tmp_where_a_later_build_removes_it(recipe_file, monkeypatch):
+    """It was made in the system's temp folder: a `verify --rebuild` killed there left a
+    whole scratch store that nothing ever removed."""
+    import mergepkg.builder.verify as verify_module
+
+    session = Session(Settings())
+    path = recipe_file('[steps.s]\nmethod = "linear"\ninputs = [{ model = "ft1", weight = 1.0 }]\n')
+    build(load_recipe(path), session)
+    scratch = []
+
+    def killed(home, *args):
+        scratch.append(home)
+        raise KeyboardInterrupt  # and the process dies before its cleanup: the folder stays
+
+    monkeypatch.setattr(verify_module, "_rebuild_in", killed)
+    try:
+        verify(load_recipe(path), session, rebuild=True)
+    except KeyboardInterrupt:
+        pass
+    (home,) = scratch
+    assert home.parent == session.store.tmp and home.is_dir()
+    assert session.store.clean_tmp() == [home] and not home.exists()  # the next build's cleaning

@@ -334,3 +334,29 @@ def test_a_home_that_is_a_file_or_a_damaged_cache_is_one_located_error(tmp_path)
     with pytest.raises(StoreError, match="cannot open the file hash cache: file is not a database") as e:
         HashCache(home / "hashes.sqlite")
     assert "delete it" in (e.value.hint or "")
+
+
+def test_a_home_that_cannot_be_written_says_so_not_to_delete_the_cache(tmp_path, monkeypatch):
+    """An empty home on a read-only disk said "unable to open database file" and to delete
+    the cache if it is damaged: there was no file to delete."""
+    import sqlite3
+
+    from mergepkg.errors import StoreError
+
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o555)
+    if os.geteuid() == 0:  # root writes into any folder but one on a read-only mount: as sqlite answers there
+        monkeypatch.setattr(mergepkg.store.hashcache.os, "access", lambda path, mode: False)
+
+        def connect(*args, **kw):
+            raise sqlite3.OperationalError("unable to open database file")
+
+        monkeypatch.setattr(mergepkg.store.hashcache.sqlite3, "connect", connect)
+    try:
+        with pytest.raises(StoreError, match=f"cannot make the file hash cache: {home} is not writable") as e:
+            HashCache(home / "hashes.sqlite")
+    finally:
+        home.chmod(0o755)
+    assert e.value.file == str(home / "hashes.sqlite")
+    assert "delete" not in (e.value.hint or "") and "MERGEPKG_HOME" in (e.value.hint or "")
