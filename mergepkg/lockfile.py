@@ -340,7 +340,12 @@ def _locked_dependency(d: dict, path: Path | str) -> LockedDependency:
 
 
 def write_lock(path: Path, lock: Lock) -> None:
-    """Write atomically (temp file + rename), sources and steps sorted by name."""
+    """Write atomically (temp file + rename)."""
+    write_atomic(path, lock_text(lock))
+
+
+def lock_text(lock: Lock) -> str:
+    """The lock file's text: TOML, sources and steps sorted by name."""
     doc = {
         "version": lock.version,
         "recipe": lock.recipe_hash,
@@ -384,8 +389,7 @@ def write_lock(path: Path, lock: Lock) -> None:
         ]
     if lock.pushes:
         doc["push"] = [asdict(p) for p in sorted(lock.pushes, key=lambda p: (p.repo, p.step))]
-    text = "# Written by mergepkg. Do not edit: run `mergepkg lock` to refresh it.\n" + tomli_w.dumps(doc)
-    write_atomic(path, text)
+    return "# Written by mergepkg. Do not edit: run `mergepkg lock` to refresh it.\n" + tomli_w.dumps(doc)
 
 
 def differences(old: Lock | None, new: Lock) -> list[str]:

@@ -19,6 +19,7 @@ A recipe that imports nothing from outside its folder keeps its lock as it is.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
@@ -26,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from mergepkg._toml import tomllib
-from mergepkg.lockfile import Lock, recipe_hash
+from mergepkg.lockfile import Lock, lock_text, recipe_hash
 from mergepkg.recipe.flatten import SEP
 from mergepkg.recipe.locate import key_name, locate
 from mergepkg.resolve.resolution import Resolution
@@ -42,6 +43,10 @@ class Bundle:
     files: dict[str, str]  # recipe files in the output folder (posix paths, mergepkg.toml first) -> text
     lock: Lock  # the lock of those files, placed
     local: dict[str, str]  # local source -> the folder the rebuild expects, relative to mergepkg.toml
+
+    @functools.cached_property
+    def lock_text(self) -> str:
+        return lock_text(self.lock)
 
 
 def bundle(res: Resolution, lock: Lock, root: Path) -> Bundle:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import build_recipe
+from helpers import THREE, build_recipe
 
 from mergepkg.builder import outputs
 from mergepkg.builder.outputs import MARKER, check_replaceable, staging_prefix
@@ -113,3 +113,16 @@ def test_an_output_that_is_or_holds_a_local_input_of_the_recipe_is_refused(recip
             build_recipe(again, out)
     assert all(f.read_bytes() == data for f, data in before.items())
     build_recipe(again, tmp_path / "elsewhere")
+
+
+def test_sibling_outputs_share_one_bundle_of_the_recipe_files_and_lock(recipe_file, tmp_path, monkeypatch):
+    """Each output's recipe files and lock were made again (TOML parsed, recipe hashed,
+    lock written out): a no-op rebuild of 300 outputs took 8 s instead of 1.8 s. Siblings
+    place the same files, relative to their own folders."""
+    made = []
+    real = outputs.bundle
+    monkeypatch.setattr(outputs, "bundle", lambda *a: made.append(a) or real(*a))
+    report = build_recipe(recipe_file(THREE), tmp_path / "out")
+    assert len(made) == 1 and sorted(report.outputs) == ["b", "z"]
+    locks = {name: (folder / "mergepkg.lock").read_text() for name, folder in report.outputs.items()}
+    assert locks["b"] == locks["z"] and (report.outputs["z"] / "mergepkg.toml").is_file()

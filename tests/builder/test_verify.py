@@ -3,6 +3,7 @@ locked step rebuilt in a scratch store."""
 
 from __future__ import annotations
 
+import pytest
 from registries import app, new_registry, skills
 
 from mergepkg.builder.build import build
@@ -51,10 +52,8 @@ def test_the_scratch_home_is_made_in_this_homes_tmp_where_a_later_build_removes_
         raise KeyboardInterrupt  # and the process dies before its cleanup: the folder stays
 
     monkeypatch.setattr(verify_module, "_rebuild_in", killed)
-    try:
+    with pytest.raises(KeyboardInterrupt):
         verify(load_recipe(path), session, rebuild=True)
-    except KeyboardInterrupt:
-        pass
     (home,) = scratch
     assert home.parent == session.store.tmp and home.is_dir()
     assert session.store.clean_tmp() == [home] and not home.exists()  # the next build's cleaning
