@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Protocol
 
 from mergepkg.builder.exports import is_export
-from mergepkg.errors import LockError, PublishError, StoreError
+from mergepkg.errors import LockError, StoreError
 from mergepkg.lockfile import Lock, read_lock
 from mergepkg.recipe.parse import load_recipe
-from mergepkg.registry.folder import check_lock_current
 from mergepkg.registry.packages import Spec, looks_like_spec, published_locks
 from mergepkg.remote.config import config_path, configured, configured_url
 from mergepkg.remote.errors import NotOnRemote, RemoteConfigError, RemoteError, reaching
@@ -27,7 +26,7 @@ from mergepkg.remote.sign import SigningKey, keys_dir, load_signing_key
 from mergepkg.remote.store import GcReport, PushReport, Remote
 from mergepkg.remote.sync import open_remote, push_artifact, sign_artifact, substitute
 from mergepkg.remote.transfer import ProgressFn
-from mergepkg.resolve.resolution import expand, resolve
+from mergepkg.resolve.resolution import resolve
 from mergepkg.settings import Settings
 from mergepkg.store.local import Artifact, is_key
 from mergepkg.store.session import Session
@@ -113,24 +112,22 @@ def lock_for(arg: str | Path) -> tuple[Path, Lock]:
 def check_current(session: Session, args: Iterable[str], hint: str) -> None:
     """Refuse a recipe's lock (a RECIPE argument's, or a `.lock` file's with its recipe
     beside it) that `build --locked` would refuse: its keys are then not what a build
-    reuses, so pulling or pushing them moves steps nobody builds from. The recipe
-    changed since it was locked (the check of `publish`), or a step's key moved under
-    it (an upgrade of mergepkg whose keys changed, a source edited): the `--locked`
-    resolution, sources deferred as a build from the store defers them. A lock with no
+    reuses, so pulling or pushing them moves steps nobody builds from (the recipe changed
+    since it was locked, or a step's key moved under it: an upgrade of mergepkg whose keys
+    changed, a source edited). The check is the `--locked` resolution, sources deferred as
+    a build from the store defers them. A lock with no
     recipe beside it has nothing to be held to. `hint` says what to do, `{recipe}` in it
     the recipe file."""
     for arg in args:
         if is_key_arg(arg):
             continue
         lock_file, lock = lock_for(arg)
-        recipe_file = Path(arg) if Path(arg).suffix == ".toml" else lock_file.with_suffix(".toml")
+        recipe_file = lock_file.with_suffix(".toml")
         if not recipe_file.is_file():
             continue
-        recipe = load_recipe(recipe_file)
         try:
-            check_lock_current(lock, expand(recipe, session), str(lock_file), str(recipe_file))
-            resolve(recipe, session, lock=lock, mode="locked", defer=True)
-        except (PublishError, LockError) as e:  # publish's hint, or build's: neither fits here
+            resolve(load_recipe(recipe_file), session, lock=lock, mode="locked", defer=True)
+        except LockError as e:  # build's hint: it does not fit here
             raise LockError(e.message, file=e.file, line=e.line, hint=hint.format(recipe=recipe_file)) from None
 
 

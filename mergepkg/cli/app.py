@@ -32,6 +32,7 @@ import typer
 from typer import _click  # typer vendors click
 from typer.core import TyperCommand, TyperGroup
 
+from mergepkg._lazy import STOPS
 from mergepkg._version import __version__
 from mergepkg.cli import coercion
 from mergepkg.cli.output import err, show_error, tolerate_unencodable
@@ -204,8 +205,8 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def stop_on_signals() -> None:
-    for s in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(s) == signal.SIG_DFL:  # `nohup` ignores SIGHUP: leave it ignored
+    for s in STOPS:  # Ctrl-C's KeyboardInterrupt is Python's own
+        if s != signal.SIGINT and signal.getsignal(s) == signal.SIG_DFL:  # `nohup` ignores SIGHUP: leave it ignored
             signal.signal(s, _stop)
 
 

@@ -12,8 +12,10 @@ answer, not raised). `task_failure` says any other failure of a task in one line
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +58,7 @@ def connect(address: str) -> Iterator[Any]:
     joined = False
     if not ray.is_initialized():
         probe(address)
+        terminate = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=True)
         except ConnectionError as e:
@@ -65,6 +68,10 @@ def connect(address: str) -> Iterator[Any]:
                 f"not a Ray cluster's address: {address!r} ({e})",
                 hint="give HOST:PORT of the head node (ray start --head prints it), or auto",
             ) from None
+        finally:  # ray.init sets a SIGTERM handler (sys.exit) and never restores it: the CLI's stops as Ctrl-C
+            if terminate is not None:
+                with contextlib.suppress(ValueError):  # not the main thread: Ray set none there either
+                    signal.signal(signal.SIGTERM, terminate)
         joined = True
     try:
         yield ray

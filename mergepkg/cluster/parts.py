@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mergepkg.canonical import sha256_hex
@@ -75,8 +73,7 @@ def run_part(job: StepJob, part: Part, board: Any, *upstream: StepDone) -> PartD
         with session.store.in_use():
             folders = obtain_inputs(job, remote, session, upstream)
             layouts, infos = lay_out(job.recipe, [job.name], folders)
-            session.store.tmp.mkdir(parents=True, exist_ok=True)
-            out = Path(tempfile.mkdtemp(prefix=f"{job.key}.part{part.index}.", dir=session.store.tmp))
+            out = session.store.temp_folder(f"{job.key}.part{part.index}.")
             try:
                 tensors = {m: info.tensors for m, info in infos.items()}
                 result = build_part(
@@ -133,8 +130,9 @@ def run_assemble(job: StepJob, parts: list[Part], board: Any, *answers: StepDone
             layout = layouts[job.name]
             results = [(part, _result(done, part)) for part in parts]
             tensors = check_parts(layout, results, key=job.key)
-            session.store.tmp.mkdir(parents=True, exist_ok=True)
-            side = side_files(layout, folders, max_shard_bytes=parts[0].max_shard_bytes, tmp=session.store.tmp)
+            tmp = session.store.tmp
+            tmp.mkdir(parents=True, exist_ok=True)
+            side = side_files(layout, folders, max_shard_bytes=parts[0].max_shard_bytes, tmp=tmp)
         files = [FileEntry(n, size, sha) for _, r in results for n, (size, sha) in r.files.items()]
         files += [FileEntry(n, len(data), sha256_hex(data)) for n, data in side.items()]
         record = new_record(job.key, job.entry, combine_digests(tensors), files)

@@ -57,11 +57,13 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
-def get_method(name: str, **where) -> MethodSpec:
+def get_method(name: str) -> MethodSpec:
+    """The method named `name`. Unknown, the error is unlocated: the parser places it
+    (`RecipeError.at`) only when it is raised, as locating every step made parsing slow."""
     try:
         return METHODS[name]
     except KeyError:
-        raise RecipeError(f"unknown method {name!r}", hint=did_you_mean(name, METHODS), **where) from None
+        raise RecipeError(f"unknown method {name!r}", hint=did_you_mean(name, METHODS)) from None
 
 
 __all__ = ["METHODS", "MethodSpec", "Param", "get_method"]

@@ -41,9 +41,9 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
     lanes as the CPU's vectors hold, so an AVX2 machine got other bits than an AVX-512
     one, other entries past the threshold, and a locked build failed there. exp and
     row_sum give the same bits on both (tests/methods/test_cpu_capability.py)."""
-    e = torch.exp(x - x.amax(dim=-1, keepdim=True))  # max first: no overflow, as torch.softmax
-    wide = e.float() if e.dtype in (torch.bfloat16, torch.float16) else e  # summed in float32, as torch does
-    return (wide / row_sum(wide)).to(x.dtype)
+    wide = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x  # as torch.softmax computes them
+    e = torch.exp(wide - wide.amax(dim=-1, keepdim=True))  # max first: no overflow, as torch.softmax
+    return (e / row_sum(e)).to(x.dtype)
 
 
 def importance(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,18 +227,30 @@ class Client:
         return body
 
     # -- what the commands ask -------------------------------------------------------
-    def entries(self, name: str, registry: str | None = None) -> tuple[Registry, list[Entry]]:
-        """The versions of a package in the first registry (of `registry`, or all in order) that has it."""
+    def having(
+        self, name: str, registry: str | None = None, unreachable: list[Unreachable] | None = None
+    ) -> Iterator[tuple[Registry, list[Entry]]]:
+        """Each registry (`registry`, or all in their added order) that has package `name`,
+        with its versions, read only as the caller goes on. A registry that cannot be
+        reached is skipped, its error appended to `unreachable`; a malformed index is an
+        error, never skipped (a registry that has the package but says it wrong)."""
         name = canonical_name(name)
-        unreachable = []
         for reg in self.ordered(registry):
             try:
                 data = self.get(reg, index_path(name))
-            except Unreachable as e:  # look in the next registry; say so if none has it
-                unreachable.append(e)
+            except Unreachable as e:
+                if unreachable is not None:
+                    unreachable.append(e)
                 continue
             if data is not None:
-                return reg, read_index(data.decode("utf-8"), f"{reg.url}/{index_path(name)}")
+                yield reg, read_index(data.decode("utf-8"), f"{reg.url}/{index_path(name)}")
+
+    def entries(self, name: str, registry: str | None = None) -> tuple[Registry, list[Entry]]:
+        """The versions of a package in the first registry (of `registry`, or all in order) that has it."""
+        name = canonical_name(name)
+        unreachable: list[Unreachable] = []
+        for found in self.having(name, registry, unreachable):  # the first; say so if none has it
+            return found
         if unreachable and len(unreachable) == len(self.ordered(registry)):
             raise unreachable[0]
         where = registry or ", ".join(r.name for r in self.registries)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from mergepkg._toml import tomllib
 from mergepkg.errors import MergepkgError, PublishError, RegistryError, did_you_mean
 from mergepkg.files import write_atomic
 from mergepkg.lockfile import Lock, lock_path, parse_lock, recipe_hash
@@ -34,6 +33,7 @@ from mergepkg.registry.index import (
     MAX_RECIPE_BYTES,
     Entry,
     index_path,
+    local_sources,
     published_lock_path,
     read_index,
     recipe_path,
@@ -384,15 +384,9 @@ def parse_published(data: bytes, label: str) -> Recipe:
 
 
 def _without_local_sources(text: str, label: str) -> str:
-    """Refuse local sources before parsing: parsing would look for their folders here."""
-    try:
-        data = tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, RecursionError):
-        return text  # the parser reports it, located
-    sources = data.get("sources")
-    if not isinstance(sources, dict):
-        sources = {}
-    local = [n for n, s in sources.items() if isinstance(s, dict) and ("path" in s or "recipe" in s)]
+    """Refuse local sources before parsing: parsing would look for their folders here.
+    Installing checks the same (`local_sources`) of what a registry serves."""
+    local = list(local_sources(text))
     if local:
         key = f"sources.{key_name(local[0])}"
         raise PublishError(

@@ -22,6 +22,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, replace
 
+from mergepkg._toml import tomllib
 from mergepkg.errors import RegistryError
 from mergepkg.recipe.model import Dependency
 from mergepkg.recipe.names import canonical_name, check_version
@@ -29,6 +30,28 @@ from mergepkg.recipe.versions import Version
 
 FORMAT = 1
 MAX_RECIPE_BYTES = 1_000_000  # a recipe is a few KB; anything near this is not one
+LOCAL_KINDS = ("path", "recipe")  # sources that name files on the machine that reads the recipe
+
+
+def local_sources(text: str) -> dict[str, str]:
+    """The sources of a recipe's TOML text that name files on the machine reading it (a
+    `path` or `recipe` source), name -> kind, in the file's order. A published recipe has
+    none: publishing refuses them (the publisher's files exist nowhere else) and installing
+    does too (a registry's file must not make a consumer's build read the consumer's own
+    files). Read from the TOML alone, before the parser looks for those files. Text that is
+    no TOML has none here: the parser says what is wrong with it."""
+    try:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return {}
+    sources = data.get("sources")
+    if not isinstance(sources, dict):
+        return {}
+    return {
+        n: next(k for k in LOCAL_KINDS if k in s)
+        for n, s in sources.items()
+        if isinstance(s, dict) and any(k in s for k in LOCAL_KINDS)
+    }
 
 
 def index_path(name: str) -> str:

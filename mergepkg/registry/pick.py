@@ -29,8 +29,6 @@ from mergepkg.errors import DependencyConflict, LockError, RegistryError
 from mergepkg.lockfile import LockedDependency
 from mergepkg.recipe.model import Dependency, Recipe
 from mergepkg.recipe.versions import Range, Version
-from mergepkg.registry.client import Unreachable
-from mergepkg.registry.index import index_path, read_index
 
 ALL = "*"
 MAX_STEPS = 10_000  # search nodes before giving up: real graphs need a handful
@@ -205,16 +203,9 @@ class VersionPicker:
     def _elsewhere(self, pkg: str, reqs: list[Requirement], first, taken) -> Iterator[Candidate]:
         """The versions of the other registries that have `pkg`, in their added order, read
         only once the first registry's have all failed."""
-        for reg in self.client.registries:
+        for reg, entries in self.client.having(pkg):  # as `Client.entries`: a registry not reached is skipped
             if reg.url == first.url:
                 continue
-            try:
-                data = self.client.get(reg, index_path(pkg))
-            except Unreachable:  # as `Client.entries` does: a registry not reached is skipped
-                continue
-            if data is None:
-                continue
-            entries = read_index(data.decode("utf-8"), f"{reg.url}/{index_path(pkg)}")
             held = {v for v, url in taken if url == reg.url}
             yield from self._versions(pkg, reg, entries, reqs, held, named_only=True)
 

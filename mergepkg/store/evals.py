@@ -43,8 +43,7 @@ class EvalCache:
 
     def get(self, model_key: str, task_key: str) -> Result | None:
         try:
-            row = json.loads(self._path(model_key, task_key).read_text())
-            return Result(**{k: v for k, v in row.items() if k != "format"})
+            return _result(json.loads(self._path(model_key, task_key).read_text()))
         except (FileNotFoundError, ValueError, TypeError, AttributeError):
             return None
 
@@ -65,12 +64,17 @@ class EvalCache:
         for path in sorted(folder.glob("*.json")):
             try:
                 row = json.loads(path.read_text())
-                result = Result(**{k: v for k, v in row.items() if k != "format"})
+                result = _result(row)
             except (OSError, ValueError, TypeError, AttributeError):
                 continue
             if current(row):
                 rows.append(asdict(result))
         return sorted(rows, key=lambda r: r["task"])
+
+
+def _result(row: dict) -> Result:
+    """A stored row as a Result (its `format` is the file's, not the result's)."""
+    return Result(**{k: v for k, v in row.items() if k != "format"})
 
 
 def current(row: dict) -> bool:

@@ -151,13 +151,26 @@ class Store:
         on another file system than `tmp/` (a link to another disk, a mount), since a commit
         (and a discard) is a rename, which never crosses file systems. Decided at each use:
         a store moved between builds stages beside itself from then on."""
-        tmp = self.home / "tmp"
-        return self.root / STAGING if _apart(tmp, self.root) else tmp
+        tmp, beside = self.staging
+        return beside if _apart(tmp, self.root) else tmp
+
+    @property
+    def staging(self) -> tuple[Path, Path]:
+        """The two places a build may stage in (`tmp`): `tmp/` and `store/.tmp`."""
+        return self.home / "tmp", self.root / STAGING
+
+    def temp_folder(self, prefix: str) -> Path:
+        """A new folder in `tmp`, named `prefix` and a random part: renamed into `store/`,
+        or removed, by whoever made it; or by `clean_tmp` once no one holds the lock of
+        the name's start (up to its first dot)."""
+        tmp = self.tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
 
     def cleaned(self) -> tuple[Path, ...]:
         """The folders whose content builds and `cache gc` remove: `store/` (artifacts and
-        broken key folders), `locks/`, and the staging folders (`tmp/`, and `store/.tmp`)."""
-        return (self.root, self.locks, self.home / "tmp")
+        broken key folders, `store/.tmp` among them), `locks/`, and `tmp/`."""
+        return (self.root, self.locks, self.staging[0])
 
     @contextmanager
     def in_use(self) -> Iterator[None]:
@@ -252,8 +265,7 @@ class Store:
         return filelock.FileLock(self.locks / f"{key}.lock")
 
     def new_folder(self, key: str) -> Path:
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self.tmp))
+        folder = self.temp_folder(f"{key}.")
         folder.chmod(0o755)  # mkdtemp's 0700 would hide the 0644 files from the store's other readers
         return folder
 
@@ -306,8 +318,7 @@ class Store:
         """Remove an artifact: first renamed out of `store/` (atomic), then deleted."""
         target = self.path(key)
         if target.exists():
-            self.tmp.mkdir(parents=True, exist_ok=True)
-            trash = Path(tempfile.mkdtemp(prefix=f"{key}.discard.", dir=self.tmp))
+            trash = self.temp_folder(f"{key}.discard.")
             os.rename(target, trash / "artifact")
             shutil.rmtree(trash, ignore_errors=True)
 
@@ -372,7 +383,7 @@ class Store:
         whose key no live build holds (a build makes and fills its folder under the key's
         lock). Returns them."""
         stale = []
-        for tmp in (self.home / "tmp", self.root / STAGING):  # wherever a build staged
+        for tmp in self.staging:  # wherever a build staged
             if not tmp.is_dir():
                 continue
             for p in sorted(tmp.iterdir()):

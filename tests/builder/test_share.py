@@ -477,6 +477,6 @@ def test_a_lock_build_locked_would_refuse_is_neither_pulled_nor_pushed(remote, t
     recipe.write_text(
         recipe.read_text().replace('weight = 0.5 }, { model = "ft1"', 'weight = 0.25 }, { model = "ft1"', 1)
     )
-    with pytest.raises(LockError, match="the recipe changed since it was locked"):
+    with pytest.raises(LockError, match="out of date: step 'a' changed"):  # what changed, named
         share.pull(remote, b, [str(recipe)])
     assert b.store.all() == []

@@ -111,3 +111,33 @@ def test_an_s3_clients_hiccup_is_retried_as_an_os_error_is():
     assert OSError in connecting.retryable() and connecting.retryable() == list(remote_errors())
     with pytest.raises(RemoteError, match="cannot reach the remote"), reaching("s3://bucket"):
         raise hiccup
+
+
+def test_the_clis_sigterm_handler_outlives_ray_init(monkeypatch):
+    """ray.init sets its own SIGTERM handler (sys.exit) and never restores it: a `kill`
+    during a --ray build exited 15, without the CLI's cleanup or message."""
+    import signal
+
+    class Ray:  # what ray.init does to SIGTERM (ray/_private/worker.py), and nothing else
+        def is_initialized(self):
+            return False
+
+        def init(self, **_):
+            signal.signal(signal.SIGTERM, lambda *a: None)
+
+        def shutdown(self):
+            pass
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(connecting, "ray_module", Ray)
+    before = signal.signal(signal.SIGTERM, ours)
+    try:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            with connecting.connect(f"127.0.0.1:{server.getsockname()[1]}"):
+                assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, before)
