@@ -87,8 +87,9 @@ def _parent(doc: dict, path: str) -> tuple[Any, str | int]:
 def current(base: Base, dims: tuple[Dimension, ...]) -> list[float | None]:
     """Each dimension's value as the recipe writes it (None where it does not)."""
     out: list[float | None] = []
+    scratch = copy.deepcopy(base.doc)  # `_parent` may add an empty `params` table: never to the base's
     for d in dims:
-        node, last = _parent(copy.deepcopy(base.doc), d.path)
+        node, last = _parent(scratch, d.path)
         value = node.get(last)
         if d.point is None:
             out.append(float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None)
@@ -154,8 +155,9 @@ def _check_evaluated(spec: TuneSpec, recipe: Recipe) -> None:
         )
 
 
-def _check_path(spec: TuneSpec, base: Base, path: str) -> None:
-    """`path` names a number (or a gradient) the recipe has, or may have, at its place."""
+def _check_path(spec: TuneSpec, scratch: dict, path: str) -> None:
+    """`path` names a number (or a gradient) the recipe has, or may have, at its place in
+    `scratch`, a copy of the recipe's document (an empty `params` table may be added)."""
     key = f"tune.space.{path}"
     if isinstance(segments(path)[-1], int):  # an item of a list: `t[1]`
         raise spec.error(
@@ -164,7 +166,7 @@ def _check_path(spec: TuneSpec, base: Base, path: str) -> None:
             f'a condition\'s number is its value: "{path}.value"; a gradient is searched whole, one range per point',
         )
     try:
-        node, last = _parent(copy.deepcopy(base.doc), path)
+        node, last = _parent(scratch, path)
     except KeyError:
         raise spec.error(
             f"the recipe has no {path}", key, "an input must be written { model = ..., ... } to take a parameter"
@@ -192,8 +194,9 @@ def check_space(spec: TuneSpec, base: Base) -> None:
             key = "tune.step" if name == spec.step else "tune.evaluate"
             raise spec.error(f"the recipe has no step {name!r}", key, f"steps: {', '.join(recipe.steps)}")
     _check_evaluated(spec, recipe)
+    scratch = copy.deepcopy(base.doc)  # one copy for every path: a copy each made setup quadratic
     for d in spec.space:
-        _check_path(spec, base, d.path)
+        _check_path(spec, scratch, d.path)
     for end in (0.0, 1.0):
         try:
             trial_recipe(base, values(spec.space, [end] * len(spec.space), spec.digits))
