@@ -9,7 +9,7 @@ artifact, as when its own recipe builds it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,10 +59,18 @@ def _tokenizer(step: Step, rename: Callable[[str], str]) -> str | None:
     return rename(step.tokenizer)
 
 
-def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind: Callable[[Recipe], Recipe] | None = None) -> Recipe:
+def flatten(
+    recipe: Recipe,
+    _chain: tuple[Path, ...] = (),
+    bind: Callable[[Recipe], Recipe] | None = None,
+    loaded: Mapping[Path, Recipe] | None = None,
+) -> Recipe:
     """`bind` (registry/dependencies.py `Dependencies.bind`) points `dependency` sources
-    at their installed recipe files, here and in every recipe loaded on the way."""
+    at their installed recipe files, here and in every recipe loaded on the way.
+    `loaded`: recipe files already parsed, by path (`Dependencies.loaded`: resolving reads
+    every imported file for its `[dependencies]`), taken instead of parsing them again."""
     bind = bind or _unbound
+    loaded = loaded or {}
     packages = {n: s.dependency for n, s in recipe.sources.items() if s.dependency}  # before `bind` forgets them
     recipe = bind(recipe)
     imports = {n: s for n, s in recipe.sources.items() if s.recipe is not None}
@@ -81,7 +89,7 @@ def flatten(recipe: Recipe, _chain: tuple[Path, ...] = (), bind: Callable[[Recip
             raise PlanError(
                 f"recipes import each other: {files}", file=str(recipe.display), line=recipe.line_of(key), key=key
             )
-        other = flatten(load_recipe(file), chain, bind)
+        other = flatten(loaded[file] if file in loaded else load_recipe(file), chain, bind, loaded)
         if wanted not in other.steps:
             raise PlanError(
                 f"{_label(other, packages.get(name))} has no step {wanted!r}",

@@ -27,10 +27,23 @@ import tomli_w
 from mergepkg.errors import MergepkgError, PublishError, RegistryError, did_you_mean, disk_error
 from mergepkg.files import write_atomic
 from mergepkg.recipe.names import NAME_HINT, canonical_name, is_name
-from mergepkg.registry.index import Entry, index_path, published_lock_path, read_index, recipe_path
+from mergepkg.registry.index import (
+    MAX_RECIPE_BYTES,
+    Entry,
+    index_path,
+    published_lock_path,
+    read_index,
+    recipe_path,
+)
 from mergepkg.settings import Settings, home_not_a_folder, make_home, read_config, url_tables
 
 TIMEOUT = 30  # seconds per request
+# The most bytes read of a registry's file: a recipe file is refused at publishing past
+# MAX_RECIPE_BYTES, and an index, packages.json or a lock of a real registry is far below
+# this (an index line is a few hundred bytes; 64 MiB is some 100,000 versions or packages).
+# Past it, the file is refused unread and unkept: a registry cannot fill memory or disk.
+MAX_FILE_BYTES = 64 * 2**20
+_KEPT_HEAD = 2**20  # a kept copy's first line (its ETag, as JSON) is at most this long
 
 
 class ChecksumMismatch(RegistryError):
@@ -169,23 +182,28 @@ class Client:
         return self.registries
 
     # -- files ---------------------------------------------------------------------
-    def get(self, reg: Registry, path: str, *, immutable: bool = False) -> bytes | None:
-        """A file of a registry, or None when it has no such file."""
+    def get(self, reg: Registry, path: str, *, immutable: bool = False, limit: int | None = None) -> bytes | None:
+        """A file of a registry, or None when it has no such file; one over `limit` bytes
+        (default MAX_FILE_BYTES) is an error, read no further than that."""
         if (reg.url, path) not in self._read:
-            self._read[reg.url, path] = self._get(reg, path, immutable)
+            self._read[reg.url, path] = self._get(reg, path, immutable, MAX_FILE_BYTES if limit is None else limit)
         return self._read[reg.url, path]
 
-    def _get(self, reg: Registry, path: str, immutable: bool) -> bytes | None:
+    def _get(self, reg: Registry, path: str, immutable: bool, limit: int) -> bytes | None:
         if reg.folder is not None:
             try:
-                return (reg.folder / path).read_bytes()
+                with open(reg.folder / path, "rb") as f:  # a link to /dev/zero ends at the limit too
+                    data = f.read(limit + 1)
             except FileNotFoundError:
                 return None
             except OSError as e:
                 raise RegistryError(f"cannot read {path}: {e}", file=str(reg.folder)) from None
+            if len(data) > limit:
+                raise too_big(reg, path, limit)
+            return data
         kept_file = self.cache / hashlib.sha256(reg.url.encode()).hexdigest()[:16] / path
         try:
-            kept = _Kept.read(kept_file)  # (etag, body) of an earlier read; a 404 is kept as body None
+            kept = _Kept.read(kept_file, limit)  # (etag, body) of an earlier read; a 404 is kept as body None
         except OSError as e:
             raise _unkept(e, kept_file, self.cache, self.settings.home) from None
         if kept is not None and ((immutable and kept.body is not None) or self.settings.registry_offline):
@@ -203,7 +221,9 @@ class Client:
         opener = _WITH_TOKEN if token else urllib.request.build_opener()
         try:
             with opener.open(request, timeout=TIMEOUT) as response:
-                body, etag = response.read(), response.headers.get("ETag")
+                etag, announced = response.headers.get("ETag"), response.headers.get("Content-Length", "")
+                over = announced.isdigit() and int(announced) > limit  # then not even read
+                body = b"" if over else response.read(limit + 1)  # a stream with no end stops here
         except urllib.error.HTTPError as e:
             e.close()  # its connection; the code is all that is read
             if e.code == 304 and kept is not None:
@@ -223,6 +243,8 @@ class Client:
                 file=reg.url,
                 hint="check the URL with `mergepkg registry list`; nothing was fetched from it before",
             ) from None
+        if over or len(body) > limit:
+            raise too_big(reg, path, limit)  # never kept
         _Kept(etag, body).write(kept_file)
         return body
 
@@ -271,7 +293,7 @@ class Client:
     def recipe_bytes(self, reg: Registry, name: str, version: str, sha256: str) -> bytes:
         """A published recipe file, verified against the index's (or the lock's) sha256."""
         path = recipe_path(name, version)
-        data = self.get(reg, path, immutable=True)
+        data = self.get(reg, path, immutable=True, limit=MAX_RECIPE_BYTES)  # what publishing allows
         if data is None:
             raise RegistryError(f"{reg.name} lists {name}@{version} but has no {path}", file=reg.url)
         if hashlib.sha256(data).hexdigest() != sha256:
@@ -335,6 +357,16 @@ class Client:
             ) from None
 
 
+def too_big(reg: Registry, path: str, limit: int) -> RegistryError:
+    """A file past the most mergepkg reads of it (MAX_RECIPE_BYTES, MAX_FILE_BYTES)."""
+    return RegistryError(
+        f"{reg.name} has more than {limit:,} bytes in this file, more than a registry's file may hold; "
+        "it was not read further",
+        file=f"{reg.url}/{path}",
+        hint="the registry serves something that is no registry file: tell its maintainer",
+    )
+
+
 def token_variable(registry: str) -> str:
     """The environment variable that holds a registry's token: MERGEPKG_TOKEN_<NAME>
     (upper case, other characters as `_`), so a token never goes to another registry."""
@@ -350,14 +382,18 @@ class _Kept:
     body: bytes | None
 
     @classmethod
-    def read(cls, path: Path) -> _Kept | None:
-        """The copy kept at `path`; None where there is none (or not one of ours). Any other
-        OSError is raised: the caller says it (`_unkept`)."""
+    def read(cls, path: Path, limit: int) -> _Kept | None:
+        """The copy kept at `path`; None where there is none, or not one of ours (a body over
+        `limit`, kept before there was one, is read again: so refused). Any other OSError is
+        raised: the caller says it (`_unkept`)."""
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(_KEPT_HEAD + limit + 1)
         except FileNotFoundError:
             return None
         head, _, body = data.partition(b"\n")
+        if len(data) > _KEPT_HEAD + limit or len(body) > limit:
+            return None
         try:
             meta = json.loads(head)
             return cls(meta.get("etag"), body if meta.get("found") else None)

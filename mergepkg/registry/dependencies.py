@@ -9,7 +9,12 @@ dependency sources into `{ recipe = <that file>, step = ... }` sources, which
 `recipe/flatten.py` already knows how to join into one DAG. A recipe file the recipe
 imports (`{ recipe = ... }`, directly or not) is built over the same picks, so its own
 `[dependencies]` join the search (`imported_requirements`): its ranges hold, or the
-conflict is the error.
+conflict is the error. Each such file is loaded once (`load_imports`), and `flatten`
+joins in the recipes loaded here (`Dependencies.loaded`) instead of parsing them again.
+
+A registry's recipe file is installed only without local sources (`path`, `recipe`),
+as publishing refuses them: whoever runs a registry must not make a build read the
+files of the machine it runs on (`check_installable`).
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from pathlib import Path
 from mergepkg.errors import LockError, PlanError, RegistryError
 from mergepkg.files import write_atomic
 from mergepkg.lockfile import LockedDependency
-from mergepkg.recipe.locate import key_name
-from mergepkg.recipe.model import Dependency, Recipe
+from mergepkg.recipe.locate import key_name, locate
+from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.parse import load_recipe
-from mergepkg.registry.client import ChecksumMismatch, Client
+from mergepkg.registry.client import ChecksumMismatch, Client, Registry
+from mergepkg.registry.index import local_sources, recipe_path
 from mergepkg.registry.pick import Roots, VersionPicker
 from mergepkg.settings import Settings
 
@@ -35,6 +41,7 @@ from mergepkg.settings import Settings
 class Dependencies:
     picks: dict[str, LockedDependency] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)  # package -> installed recipe file
+    loaded: dict[Path, Recipe] = field(default_factory=dict)  # recipe files read on the way, for `flatten`
 
     def bind(self, recipe: Recipe) -> Recipe:
         """`recipe` with each dependency source pointing at its package's installed file.
@@ -57,21 +64,27 @@ class Dependencies:
         return replace(recipe, sources=sources)
 
 
-def imported_requirements(recipe: Recipe) -> Roots:
-    """The `[dependencies]` of every recipe file `recipe` imports, directly or not, named
-    as messages name them (the path from `recipe`'s folder). A file that is missing, or
-    imported again in a cycle, is left to `flatten`, which says so where it is written."""
-    out: list[tuple[str, tuple[Dependency, ...]]] = []
+def load_imports(recipe: Recipe) -> dict[Path, Recipe]:
+    """Every recipe file `recipe` imports, directly or not, loaded once, by its path (as
+    its `recipe` source names it), nearest first. A file imported again in a cycle is
+    left to `flatten`, which says so where it is written."""
+    loaded: dict[Path, Recipe] = {}
     seen, todo = {recipe.path.resolve()}, [recipe]
     while todo:
         for src in todo.pop(0).sources.values():
-            if src.recipe is None or src.recipe in seen or not src.recipe.is_file():
+            if src.recipe is None or src.recipe in seen:
                 continue
             seen.add(src.recipe)
-            other = load_recipe(src.recipe)
-            out.append((os.path.relpath(src.recipe, recipe.path.parent.resolve()), tuple(other.dependencies.values())))
+            loaded[src.recipe] = other = load_recipe(src.recipe)
             todo.append(other)
-    return tuple(out)
+    return loaded
+
+
+def imported_requirements(recipe: Recipe, imports: dict[Path, Recipe]) -> Roots:
+    """The `[dependencies]` of the recipe files `recipe` imports (`load_imports`), named
+    as messages name them (the path from `recipe`'s folder)."""
+    folder = recipe.path.parent.resolve()
+    return tuple((os.path.relpath(path, folder), tuple(r.dependencies.values())) for path, r in imports.items())
 
 
 def installed_path(settings: Settings, pick: LockedDependency) -> Path:
@@ -79,29 +92,56 @@ def installed_path(settings: Settings, pick: LockedDependency) -> Path:
 
 
 def install_pick(settings: Settings, pick: LockedDependency, client: Client, *, download: bool = True) -> Path:
-    """The recipe file of `pick` under `$MERGEPKG_HOME/packages/`, fetched if missing, always verified."""
+    """The recipe file of `pick` under `$MERGEPKG_HOME/packages/`, fetched if missing,
+    always verified: its sha256, and that it has no local source (one installed before
+    that was checked is refused when it is used)."""
     path = installed_path(settings, pick)
-    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == pick.sha256:
+    if path.exists() and hashlib.sha256(data := path.read_bytes()).hexdigest() == pick.sha256:
+        check_installable(data, pick, pick.registry, str(path))
         return path
     if not download:
         raise LockError(
             f"{pick.name}@{pick.version} is locked but not installed, and --frozen never downloads",
             hint="build once without --frozen, or `mergepkg install` it",
         )
-    write_atomic(path, _fetch(pick, client), mode=0o444)  # its content is its checksum: not for editing
+    reg, data = _fetch(pick, client)
+    check_installable(data, pick, reg.name, f"{reg.url}/{recipe_path(pick.name, pick.version)}")
+    write_atomic(path, data, mode=0o444)  # its content is its checksum: not for editing
     return path
 
 
-def _fetch(pick: LockedDependency, client: Client) -> bytes:
-    """The file from the registry that resolved it, else from any configured registry
-    that has it: a lock written against someone's checkout of a git-hosted registry
-    names a folder that only exists on their machine, and the sha256 decides anyway."""
+def check_installable(data: bytes, pick: LockedDependency, registry: str, file: str) -> None:
+    """Refuse a registry's recipe file with a `path` or `recipe` source, as publishing
+    refuses it (`local_sources`, one rule for both): built here, it would read a model
+    folder or a TOML file of this machine that the registry's owner chose. `registry`
+    and `file`: where it came from, for the error."""
+    text = data.decode("utf-8-sig", errors="replace")  # as `load_recipe` reads it, a byte-order mark too
+    local = local_sources(text)
+    if not local:
+        return
+    named = ", ".join(f"{n} ({kind})" for n, kind in local.items())
+    key = f"sources.{key_name(next(iter(local)))}"
+    raise RegistryError(
+        f"{pick.name}@{pick.version} from {registry} has sources that would read files of this machine: {named}",
+        file=file,
+        line=locate(text, key),
+        key=key,
+        hint="its registry should have refused it at publishing: do not use this version, and tell the "
+        "registry's maintainer",
+    )
+
+
+def _fetch(pick: LockedDependency, client: Client) -> tuple[Registry, bytes]:
+    """The file (and the registry that served it) from the registry that resolved it,
+    else from any configured registry that has it: a lock written against someone's
+    checkout of a git-hosted registry names a folder that only exists on their machine,
+    and the sha256 decides anyway."""
     first = client.by_url(pick.registry)
     others = [r for r in client.registries if r.url != first.url]
     problems = []
     for reg in [first, *others]:
         try:
-            return client.recipe_bytes(reg, pick.name, pick.version, pick.sha256)
+            return reg, client.recipe_bytes(reg, pick.name, pick.version, pick.sha256)
         except RegistryError as e:
             problems.append(e)
     mismatch = next((e for e in problems if isinstance(e, ChecksumMismatch)), None)
@@ -122,9 +162,11 @@ def install_dependencies(
     upgrade: frozenset[str] = frozenset(),
     client: Client | None = None,
 ) -> Dependencies:
-    """Pick (`pick.py`) and install every package `recipe` needs, directly or not."""
-    deps = Dependencies()
-    imported = imported_requirements(recipe)
+    """Pick (`pick.py`) and install every package `recipe` needs, directly or not, those
+    of the recipe files it imports included; `loaded` holds the recipe files read on the
+    way, for `flatten(recipe, bind=deps.bind, loaded=deps.loaded)`."""
+    deps = Dependencies(loaded=load_imports(recipe))
+    imported = imported_requirements(recipe, deps.loaded)
     if not recipe.dependencies and not any(reqs for _, reqs in imported):
         return deps
     client = client or Client(settings)
@@ -135,7 +177,10 @@ def install_dependencies(
         return install_pick(settings, pick, client, download=download)
 
     def held_requires(pick: LockedDependency):  # a locked pick's dependencies: from its recipe file
-        return tuple(load_recipe(installed(pick)).dependencies.values())
+        path = installed(pick)
+        if path not in deps.loaded:
+            deps.loaded[path] = load_recipe(path)
+        return tuple(deps.loaded[path].dependencies.values())
 
     deps.picks = VersionPicker(recipe, client, locked or {}, mode, upgrade, held_requires, imported).pick()
     deps.files = {name: installed(pick) for name, pick in deps.picks.items()}

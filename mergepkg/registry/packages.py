@@ -196,7 +196,7 @@ def check_publish(settings: Settings, recipe_file: Path, registry: str, *, again
             file=str(recipe.display),
             hint="two packages cannot use each other's steps; move the shared steps into a third",
         )
-    flat = flatten(recipe, bind=deps.bind)
+    flat = flatten(recipe, bind=deps.bind, loaded=deps.loaded)
     make_plan(flat)
     lock_file = lock_path(recipe)
     lock_text = lock_file.read_text() if lock_file.exists() else None

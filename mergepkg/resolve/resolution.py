@@ -112,7 +112,7 @@ def expand(recipe: Recipe, session: Session) -> Recipe:
     (dependencies at their locked versions where the lock still fits)."""
     lock = read_lock(lock_path(recipe))
     deps = install_dependencies(recipe, session.settings, locked=lock.dependencies if lock else None)
-    return flatten(recipe, bind=deps.bind)
+    return flatten(recipe, bind=deps.bind, loaded=deps.loaded)
 
 
 def resolve(
@@ -156,7 +156,7 @@ def resolve(
     deps = install_dependencies(
         recipe, settings, locked=lock.dependencies if lock else None, mode=mode, upgrade=upgrade
     )
-    recipe = flatten(recipe, bind=deps.bind)
+    recipe = flatten(recipe, bind=deps.bind, loaded=deps.loaded)
     _check_upgrade(asked, upgrade, set(asked.sources) | _upgradable(recipe) | packages)
     plan = make_plan(recipe, targets)
     sources: dict[str, SourceState] = {}
