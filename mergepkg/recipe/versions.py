@@ -15,12 +15,17 @@ Range syntax (as Cargo's, documented in docs/registry.md):
 Missing parts count as zero (`^1.2` is `^1.2.0`). A pre-release version (`1.0.0-rc.1`)
 matches only a range that names a pre-release of the same major.minor.patch, so a range
 never picks up pre-releases by accident.
+
+A dependency search compares versions many thousands of times: a version keeps its sort
+key, and a comparator makes only the comparison it names.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import total_ordering
 
@@ -55,13 +60,14 @@ class Version:
         pre = tuple(int(p) if p.isdigit() else p for p in m[4].split(".")) if m[4] else ()
         return cls(int(m[1]), int(m[2]), int(m[3]), pre)  # build metadata (+...) does not order
 
-    def _order(self):
+    @functools.cached_property  # kept: the fields never change
+    def _order(self) -> tuple:
         # a release sorts after its pre-releases; numeric identifiers before alphanumeric ones
         pre = tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in self.pre)
         return (self.major, self.minor, self.patch, (not self.pre and 1) or 0, pre)
 
     def __lt__(self, other: Version) -> bool:
-        return self._order() < other._order()
+        return self._order < other._order
 
     @property
     def core(self) -> tuple[int, int, int]:
@@ -78,13 +84,16 @@ class Comparator:
     version: Version
 
     def allows(self, v: Version) -> bool:
-        return {
-            ">=": v >= self.version,
-            ">": v > self.version,
-            "<=": v <= self.version,
-            "<": v < self.version,
-            "=": v == self.version,
-        }[self.op]
+        return OPERATORS[self.op](v, self.version)
+
+
+OPERATORS: dict[str, Callable[[Version, Version], bool]] = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    "=": operator.eq,
+}
 
 
 @dataclass(frozen=True)

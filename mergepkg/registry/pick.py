@@ -16,14 +16,20 @@ dead end), and a package no requirement names comes from the first registry that
 A requirement that names one may come later than the package's decision, so the
 candidates of a package none names yet go on, after the first registry's, with the other
 registries' versions: those are kept only where a requirement ends up naming theirs.
+
+The search keeps its state as it goes rather than deriving it again at every node: a
+pick's requirements are added when it is made and taken back when the search returns
+past it (`Wanted`), and only the picks a new one adds requirements to are checked again
+(the others' requirements did not change, so they still fit). It walks with an explicit
+stack, so a graph of thousands of packages costs memory, not Python's recursion limit.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from mergepkg.errors import DependencyConflict, LockError, RegistryError
 from mergepkg.lockfile import LockedDependency
@@ -31,17 +37,23 @@ from mergepkg.recipe.model import Dependency, Recipe
 from mergepkg.recipe.versions import Range, Version
 
 ALL = "*"
-MAX_STEPS = 10_000  # search nodes before giving up: real graphs need a handful
+MAX_STEPS = 10_000  # search nodes before giving up: one per pick, more where the search goes back
 
 
 @dataclass(frozen=True)
 class Requirement:
     who: str  # "recipe.toml" or "pkg@1.2.0": for messages
     dep: Dependency
+    parsed: dict[str, Range] = field(default_factory=dict, compare=False, repr=False)  # the search's, by text
 
-    @functools.cached_property  # parsed once: the search asks many times
+    @functools.cached_property
     def range(self) -> Range:
-        return Range.parse(self.dep.range)
+        """Parsed when first asked (a malformed range in an index entry the search never
+        weighs stays unread), and once per text for the whole search: a requirement is made
+        again each time the search picks its package again."""
+        if self.dep.range not in self.parsed:
+            self.parsed[self.dep.range] = Range.parse(self.dep.range)
+        return self.parsed[self.dep.range]
 
 
 @dataclass(frozen=True)
@@ -51,20 +63,72 @@ class Candidate:
     held: bool = False  # the lock's pick: its registry may be one only the locker had configured
     named_only: bool = False  # not from the package's first registry: kept only where a requirement names its own
 
-    def fits(self, reqs: list[Requirement]) -> bool:
-        return allowed(Version.parse(self.pick.version), reqs)
+    @functools.cached_property
+    def version(self) -> Version:
+        return Version.parse(self.pick.version)
+
+    def fits(self, reqs: Sequence[Requirement]) -> bool:
+        return allowed(self.version, reqs)
 
 
-def allowed(version: Version, reqs: list[Requirement]) -> bool:
+def allowed(version: Version, reqs: Sequence[Requirement]) -> bool:
     return all(r.range.allows(version) for r in reqs)
 
 
-def named(reqs: list[Requirement]) -> set[str]:
+def named(reqs: Sequence[Requirement]) -> set[str]:
     """The registries these requirements name (more than one: no candidate fits them all)."""
     return {r.dep.registry for r in reqs if r.dep.registry}
 
 
 Roots = tuple[tuple[str, tuple[Dependency, ...]], ...]  # (who, their [dependencies]) the search starts from
+
+
+class Wanted:
+    """Who requires each package how, under the picks made so far: the roots'
+    requirements, then each pick's in the order they were made. The search adds a pick's
+    requirements when it makes it and removes them when it goes back past it (last made,
+    first removed), so a node costs its own pick's dependencies, not the whole graph's.
+
+    `order` is the packages in the order they were first required. Packages are decided
+    in that order, so the picks are always its first `len(picks)` entries: the next one to
+    decide is `order[len(picks)]`, and `position` orders the picks too."""
+
+    def __init__(self, roots: Roots):
+        self.by_package: dict[str, list[Requirement]] = {}
+        self.order: list[str] = []
+        self.position: dict[str, int] = {}
+        self.parsed: dict[str, Range] = {}  # every requirement's range, by text
+        for who, deps in roots:
+            self.add(who, deps)
+
+    def add(self, who: str, deps: tuple[Dependency, ...]) -> None:
+        for dep in deps:
+            if dep.name not in self.by_package:
+                self.by_package[dep.name] = []
+                self.position[dep.name] = len(self.order)
+                self.order.append(dep.name)
+            self.by_package[dep.name].append(Requirement(who, dep, self.parsed))
+
+    def remove(self, deps: tuple[Dependency, ...]) -> None:
+        """Undo the last `add(who, deps)`."""
+        for dep in reversed(deps):
+            reqs = self.by_package[dep.name]
+            reqs.pop()
+            if not reqs:  # first required by this pick: the newest in `order`
+                del self.by_package[dep.name], self.position[dep.name]
+                self.order.pop()
+
+
+@dataclass
+class Frame:
+    """A package being decided: the requirements it was decided under, and its
+    candidates not tried yet (read lazily: another registry's are read only when the
+    first registry's have failed)."""
+
+    pkg: str
+    reqs: list[Requirement]
+    candidates: Iterator[Candidate]
+    tried: bool = False
 
 
 class VersionPicker:
@@ -92,13 +156,60 @@ class VersionPicker:
         self._entries: dict[tuple[str, str | None], tuple] = {}
 
     def pick(self) -> dict[str, LockedDependency]:
-        found = self._search({})
+        found = self._search()
         if found is None:
             raise self._error()
         return {n: c.pick for n, c in found.items()}
 
     # -- the search ----------------------------------------------------------------------
-    def _search(self, picks: dict[str, Candidate]) -> dict[str, Candidate] | None:
+    def _search(self) -> dict[str, Candidate] | None:
+        """Depth first: each node is the picks so far; a node that fails (a pick no longer
+        fits, or its package has no candidate left) sends the search back to the next
+        candidate of the package decided before it. `frames` holds the packages being
+        decided, deepest last, instead of Python's call stack."""
+        wanted = Wanted(self.roots)
+        picks: dict[str, Candidate] = {}
+        frames: list[Frame] = []
+        outcome = self._node(picks, wanted, None)
+        while outcome is not True:
+            if isinstance(outcome, Frame):
+                frames.append(outcome)
+            elif frames:  # this node failed: its pick is taken back
+                self._unpick(picks, wanted)
+            cand = self._next(frames, picks, wanted)
+            if cand is None:
+                return None
+            frame = frames[-1]
+            frame.tried = True
+            picks[frame.pkg] = cand
+            wanted.add(f"{frame.pkg}@{cand.pick.version}", cand.requires)
+            outcome = self._node(picks, wanted, frame.pkg)
+        return dict(picks)
+
+    def _next(self, frames: list[Frame], picks: dict[str, Candidate], wanted: Wanted) -> Candidate | None:
+        """The next candidate of the deepest package that has one left (for `frames[-1]`,
+        once the packages past it are dropped), or None when none has."""
+        while frames:
+            cand = next(frames[-1].candidates, None)
+            if cand is not None:
+                return cand
+            done = frames.pop()  # every candidate failed: so did the node that decided it
+            if not done.tried:
+                self._dead_end(done.pkg, done.reqs)
+            if frames:
+                self._unpick(picks, wanted)
+        return None
+
+    def _unpick(self, picks: dict[str, Candidate], wanted: Wanted) -> None:
+        _, cand = picks.popitem()
+        wanted.remove(cand.requires)
+
+    def _node(self, picks: dict[str, Candidate], wanted: Wanted, new: str | None) -> Frame | bool:
+        """One node of the search, `new` its latest pick: False where it is a dead end,
+        True where every requirement is decided and met, else the next package to decide.
+        Only `new` and the picks it adds requirements to are checked, in the order they
+        were picked (the first that fails is the dead end reported): every other pick's
+        requirements are those it was checked against before."""
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise RegistryError(
@@ -106,28 +217,21 @@ class VersionPicker:
                 file=str(self.root.path),
                 hint="narrow the version ranges in [dependencies]",
             )
-        reqs = self._requirements(picks)
-        for pkg, cand in picks.items():
-            if pkg in reqs and not self._fits(pkg, cand, reqs[pkg]):
-                return None
-        undecided = [p for p in reqs if p not in picks]
-        if not undecided:
+        if new is not None:
+            touched = {new} | {d.name for d in picks[new].requires if d.name in picks}
+            for pkg in sorted(touched, key=wanted.position.__getitem__):
+                if not self._fits(pkg, picks[pkg], wanted.by_package[pkg]):
+                    return False
+        if len(picks) == len(wanted.order):
             # every requirement is known now: a pick from another registry stands only where one names it
             for pkg, cand in picks.items():
-                if pkg in reqs and cand.named_only and not named(reqs[pkg]):
-                    self.mismatch = self.mismatch or (pkg, reqs[pkg])
-                    return None
-            return {p: c for p, c in picks.items() if p in reqs}  # packages no longer required drop out
-        pkg = undecided[0]
-        tried = False
-        for cand in self._candidates(pkg, reqs[pkg]):
-            tried = True
-            found = self._search({**picks, pkg: cand})
-            if found is not None:
-                return found
-        if not tried:
-            self._dead_end(pkg, reqs[pkg])
-        return None
+                if cand.named_only and not named(wanted.by_package[pkg]):
+                    self.mismatch = self.mismatch or (pkg, list(wanted.by_package[pkg]))
+                    return False
+            return True
+        pkg = wanted.order[len(picks)]
+        reqs = list(wanted.by_package[pkg])  # its own copy: the candidates are read later, lazily
+        return Frame(pkg, reqs, iter(self._candidates(pkg, reqs)))
 
     def _fits(self, pkg: str, cand: Candidate, reqs: list[Requirement]) -> bool:
         """Whether a pick still meets every requirement of its package: range and registry."""
@@ -136,7 +240,7 @@ class VersionPicker:
             self._dead_end(pkg, reqs)
             return False
         if names and not self._from(cand, next(iter(names))):
-            self.mismatch = self.mismatch or (pkg, reqs)  # a later requirement named another registry
+            self.mismatch = self.mismatch or (pkg, list(reqs))  # a later requirement named another registry
             return False
         return True
 
@@ -150,22 +254,7 @@ class VersionPicker:
         return url == self.client.registry(registry).url
 
     def _dead_end(self, pkg: str, reqs: list[Requirement]) -> None:
-        self.failure = self.failure or (pkg, reqs)
-
-    def _requirements(self, picks: dict[str, Candidate]) -> dict[str, list[Requirement]]:
-        """Every package reachable from the roots through the picks, with who requires it how."""
-        reqs: dict[str, list[Requirement]] = {}
-        todo = list(self.roots)
-        seen = set()
-        while todo:
-            who, deps = todo.pop(0)
-            for dep in deps:
-                reqs.setdefault(dep.name, []).append(Requirement(who, dep))
-                if dep.name in picks and dep.name not in seen:
-                    seen.add(dep.name)
-                    cand = picks[dep.name]
-                    todo.append((f"{dep.name}@{cand.pick.version}", cand.requires))
-        return reqs
+        self.failure = self.failure or (pkg, list(reqs))  # a copy: the search goes on changing its lists
 
     def _candidates(self, pkg: str, reqs: list[Requirement]) -> Iterable[Candidate]:
         names = named(reqs)

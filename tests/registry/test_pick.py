@@ -5,14 +5,20 @@ imported recipe files, and errors that name what could not be met."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from registries import new_registry
 
 from mergepkg.errors import DependencyConflict, RecipeError, RegistryError
 from mergepkg.lockfile import LockedDependency
+from mergepkg.recipe.model import Dependency
 from mergepkg.recipe.parse import parse_recipe
+from mergepkg.recipe.versions import Range
+from mergepkg.registry import pick
 from mergepkg.registry.client import Client, Registry
 from mergepkg.registry.dependencies import install_dependencies
+from mergepkg.registry.index import Entry, index_path
 from mergepkg.settings import Settings
 
 
@@ -249,3 +255,69 @@ def test_the_packages_of_files_imported_through_others_are_picked_and_installed(
     with pytest.raises(DependencyConflict) as info:
         install_dependencies(root, Settings(), client=publish.client)
     assert {info.value.first, info.value.second} == {("root.toml", "<2"), ("sub/b.toml", ">=2")}
+
+
+# -- graphs at scale -------------------------------------------------------------------------
+def chain(tmp_path, length: int, ranges=("^1",)) -> Client:
+    """A folder registry of c0000 <- c0001 <- ... (each needs the one before, the range
+    texts taken in turn from `ranges`), 1.0.0 and 1.1.0 of each; c0001 1.1.0 also needs
+    c0000 below 1.1. Its index files written directly: publishing thousands of recipes
+    would take minutes, and the search reads only the index."""
+    folder = new_registry(tmp_path / "chain")
+    for i in range(length):
+        name = f"c{i:04d}"
+        lines = []
+        for version in ("1.0.0", "1.1.0"):
+            rng = "<1.1" if (i, version) == (1, "1.1.0") else ranges[i % len(ranges)]
+            deps = (Dependency(f"c{i - 1:04d}", rng),) if i else ()
+            sha = hashlib.sha256(f"{name}@{version}".encode()).hexdigest()
+            lines.append(Entry(name, version, sha, deps).to_json() + "\n")
+        path = folder.root / index_path(name)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("".join(lines))
+    return Client(Settings(), [Registry("chain", str(folder.root))])
+
+
+def chain_picker(tmp_path, client: Client, deps: dict[str, str]) -> pick.VersionPicker:
+    root = parse_recipe(recipe_text("root", "0.1.0", deps), tmp_path / "root.toml")
+    return pick.VersionPicker(root, client, {}, "update", frozenset(), lambda held: (), ())
+
+
+def pick_chain(tmp_path, client: Client, deps: dict[str, str]) -> dict[str, str]:
+    return {n: p.version for n, p in chain_picker(tmp_path, client, deps).pick().items()}
+
+
+def test_a_chain_of_1500_packages_resolves_and_backtracks_at_its_far_end(tmp_path):
+    """The search once recursed once per package: a raw RecursionError past ~1000. The
+    root asks for c0000 early, so its newest is picked first; c0001 1.1.0, decided 1500
+    packages deep, rules that out and the search goes back to c0001 1.0.0."""
+    client = chain(tmp_path, 1500)
+    picks = pick_chain(tmp_path, client, {"c1499": "^1", "c0000": "^1"})
+    assert len(picks) == 1500
+    assert picks["c0001"] == "1.0.0" and picks["c0000"] == "1.1.0"
+    assert {v for n, v in picks.items() if n != "c0001"} == {"1.1.0"}
+
+
+def test_each_range_text_is_parsed_once_per_search(tmp_path, monkeypatch):
+    """Each node of the search once rebuilt every requirement from the roots, parsing each
+    range again: ~n^2/2 parses for a chain of n (20,000 for 200)."""
+    ranges = ("^1", ">=1.0, <2", "~1")
+    picker = chain_picker(tmp_path, chain(tmp_path, 200, ranges), {"c0199": "^1", "c0000": "^1"})
+    parsed: list[str] = []
+    real = Range.parse.__func__
+
+    def counting(cls, text):
+        parsed.append(text)
+        return real(cls, text)
+
+    monkeypatch.setattr(Range, "parse", classmethod(counting))
+    picks = picker.pick()
+    assert picks["c0001"].version == "1.0.0" and len(picks) == 200
+    assert sorted(parsed) == sorted({*ranges, "<1.1"})
+
+
+def test_a_search_past_its_step_limit_is_a_registry_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(pick, "MAX_STEPS", 50)
+    client = chain(tmp_path, 100)
+    with pytest.raises(RegistryError, match="dependency resolution gave up after 50 tries"):
+        pick_chain(tmp_path, client, {"c0099": "^1"})
