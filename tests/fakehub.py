@@ -2,7 +2,10 @@
 endpoints `create_repo`, `repo_info`, `list_repo_tree`, `create_commit` (preupload,
 README validation, LFS batch and basic upload, the NDJSON commit) and downloads
 (`resolve/`) use, answered from memory. Writes need `Authorization: Bearer <token>`;
-a private repo is read only with it. `.safetensors` files are LFS, the rest regular.
+a private repo is read only with it, a gated one's files not even with it (its listing
+is public), and any other token is refused as the Hub refuses it (401, "Invalid
+credentials"). `.safetensors` files are LFS, the rest regular. `FakeHub.fault` makes
+requests fail (an HTTP status, a file's bytes damaged in transit, something done first).
 It knows nothing else (no xet: tests set HF_HUB_DISABLE_XET)."""
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -25,9 +29,31 @@ class Repo:
     private: bool
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # sha -> files
     head: str = ""
+    gated: bool = False  # listed to anyone, its files to no one (no access was granted)
 
     def files(self, rev: str) -> dict[str, bytes] | None:
         return self.commits.get(self.head if rev == "main" else rev)
+
+
+@dataclass
+class Fault:
+    """What a request whose method and path match answers instead (`FakeHub.fault`)."""
+
+    path: str  # a regex searched in the request's path
+    method: str = "*"
+    status: int | None = None  # answer this, with `headers` and `body`
+    headers: dict = field(default_factory=dict)
+    body: dict = field(default_factory=lambda: {"error": "fault"})
+    corrupt: bool = False  # serve the file with one byte changed (damaged in transit)
+    action: Callable[[], None] | None = None  # done first (another client's push), then answered as usual
+    times: int | None = None  # the requests it answers; None: all
+
+    def take(self, method: str, path: str) -> bool:
+        if self.method not in ("*", method) or not re.search(self.path, path) or self.times == 0:
+            return False
+        if self.times is not None:
+            self.times -= 1
+        return True
 
 
 def blob_id(data: bytes) -> str:
@@ -44,6 +70,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}  # sha256 -> content
         self.requests: list[tuple[str, str]] = []  # (method, path)
+        self.faults: list[Fault] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -51,6 +78,15 @@ class FakeHub:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def fault(self, path: str, **how) -> Fault:
+        """Requests whose path `path` (a regex) matches fail as `how` (Fault's fields) says."""
+        fault = Fault(path, **how)
+        self.faults.append(fault)
+        return fault
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        return next((f for f in self.faults if f.take(method, path)), None)
 
     def commit(self, name: str, files: dict[str, bytes], parent: str | None = None, deleted: tuple = ()) -> str:
         repo = self.repos[name]
@@ -90,12 +126,30 @@ def _handler(hub: FakeHub):
                 return None
             return repo
 
+        def refused(self, path: str) -> bool:
+            """Whether the request was answered already: a token that is not the Hub's, or a fault."""
+            auth = self.headers.get("Authorization")
+            if auth is not None and auth != f"Bearer {hub.token}":
+                message = "Invalid credentials in Authorization header"
+                self.reply(401, {"error": message}, {"X-Error-Message": message})
+                return True
+            fault = hub.take_fault(self.command, path)
+            self.fault = fault
+            if fault is not None and fault.action is not None:
+                fault.action()
+            if fault is not None and fault.status is not None:
+                self.reply(fault.status, fault.body, fault.headers)
+                return True
+            return False
+
         def do_HEAD(self) -> None:
             self.do_GET()
 
         def do_GET(self) -> None:
             path = unquote(urlsplit(self.path).path)
             hub.requests.append((self.command, path))
+            if self.refused(path):
+                return
             if m := re.fullmatch(rf"/api/models/{REPO}(?:/revision/(?P<rev>[^/]+))?", path):
                 if (repo := self.readable(m["repo"])) is None:
                     return
@@ -117,12 +171,19 @@ def _handler(hub: FakeHub):
             elif m := re.fullmatch(rf"/{REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", path):
                 if (repo := self.readable(m["repo"])) is None:
                     return
+                if repo.gated:
+                    message = f"Access to model {m['repo']} is restricted and you are not in the authorized list."
+                    status = 403 if self.authed() else 401
+                    self.reply(status, {"error": message}, {"X-Error-Code": "GatedRepo", "X-Error-Message": message})
+                    return
                 files = repo.files(m["rev"]) or {}
                 if m["file"] not in files:
                     self.reply(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
                     return
                 data = files[m["file"]]
                 etag = hashlib.sha256(data).hexdigest() if is_lfs(m["file"]) else blob_id(data)
+                if self.fault is not None and self.fault.corrupt and self.command == "GET" and data:
+                    data = bytes([data[0] ^ 1]) + data[1:]  # the etag and length of the true bytes
                 sha = repo.head if m["rev"] == "main" else m["rev"]
                 self.reply(200, raw=data, headers={"ETag": f'"{etag}"', "X-Repo-Commit": sha})
             else:
@@ -143,6 +204,8 @@ def _handler(hub: FakeHub):
             path = unquote(urlsplit(self.path).path)
             hub.requests.append(("POST", path))
             body = self.body()
+            if self.refused(path):
+                return
             if path == "/api/validate-yaml":
                 self.reply(200, {"errors": [], "warnings": []})
                 return

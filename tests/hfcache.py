@@ -12,6 +12,14 @@ from pathlib import Path
 CHECKED_ABSENT = ("model.safetensors", "model.safetensors.index.json", "tokenizer_config.json")
 
 
+def blob_name(name: str, data: bytes) -> str:
+    """The name huggingface_hub gives a file's blob: an LFS file's (weights) is its sha256,
+    a small file's its git blob sha1 (the Hub's etag for each)."""
+    if name.endswith((".safetensors", ".bin")):
+        return hashlib.sha256(data).hexdigest()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 def add_to_cache(
     cache: Path,
     repo: str,
@@ -34,7 +42,7 @@ def add_to_cache(
     snapshot.mkdir(parents=True, exist_ok=True)
     for p in files:
         data = p.read_bytes()
-        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+        blob = repo_dir / "blobs" / blob_name(p.name, data)
         if not blob.exists():
             blob.write_bytes(data)
         link = snapshot / p.name

@@ -236,6 +236,11 @@ def _hub(call, repo: str):
         status = e.response.status_code if e.response is not None else None
         if status in (401, 403):
             raise BuildError(f"the Hub refused to let us write to {repo} ({status})", hint=LOGIN_HINT) from None
+        if status == 412:  # the commit named the head it was made over as its parent, and the head moved
+            raise BuildError(
+                f"someone pushed to {repo} meanwhile: its head moved after this push read it (412)",
+                hint="run push again: it compares with the new head and sends only what that lacks",
+            ) from None
         raise BuildError(f"the Hub answered {status} for {repo}: {str(e).splitlines()[0]}") from None
     except Exception as e:
         if not (isinstance(e, OSError) or is_network_error(e)):  # the connection itself, else not ours

@@ -17,6 +17,10 @@ the repo was listed without, so its own downloads build offline afterwards.
 
 A LoRA adapter (a source named after a `+`) is pinned by its adapter_config.json and
 weights; an adapter where a model is expected is an error that says so.
+
+Online, a failed fetch is reported as the failure it was (`hub_error`: unreachable, down,
+gated, a token refused, rate limited, a file missing), never as a cache that is offline
+(docs/commands/build.md, "When the Hub fails").
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import glob
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from mergepkg.errors import MergepkgError, SourceError
 from mergepkg.io.folder import (
@@ -179,12 +184,6 @@ def _fetch_hf(
     source: Source, settings: Settings, commit: str | None, files: Collection[str], adapter: bool = False
 ) -> Fetched:
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     repo, rev = source.hf, commit or source.revision
     assert repo is not None  # fetch() sends the sources that are not folders; flattened, those are hub repos
@@ -228,28 +227,107 @@ def _fetch_hf(
         return Fetched(folder, info.sha)
     except SourceError:  # ours (a FileNotFoundError too): says what it means already
         raise
-    except (LocalEntryNotFoundError, FileNotFoundError) as e:
-        raise NotCached(
-            f"{repo}@{rev} is not in the local Hugging Face cache and the hub is offline",
-            hint="run once online (unset HF_HUB_OFFLINE, drop --offline) to download it",
-        ) from e
-    except RepositoryNotFoundError as e:
-        raise SourceError(
-            f"no such model on the Hugging Face Hub: {repo}", hint="check the name; private repos need `hf auth login`"
-        ) from e
-    except RevisionNotFoundError as e:
-        raise SourceError(f"{repo} has no revision {rev!r}", hint="use a branch, tag or commit sha") from e
-    except (HfHubHTTPError, OSError) as e:
-        raise SourceError(
-            f"cannot fetch {repo}@{rev}: {e}", hint="check the network, or set HF_HUB_OFFLINE=1 to use the cache"
-        ) from e
     except Exception as e:
-        if not is_network_error(e):
+        if not (isinstance(e, OSError) or is_network_error(e)):  # huggingface_hub's HTTP errors are OSErrors
             raise
-        raise SourceError(
-            f"cannot reach the Hugging Face Hub for {repo}@{rev}: {e}",
-            hint="check the network, or set HF_HUB_OFFLINE=1 to build from the local cache",
-        ) from e
+        raise hub_error(repo, rev, e, offline=settings.offline) from e
+
+
+# What to do about an answer that refuses the token, or no token where one is needed.
+LOGIN_HINT = "log in with `hf auth login` (or `huggingface-cli login`), or set HF_TOKEN to a token that can read it"
+
+
+def hub_error(repo: str, rev: str | None, e: BaseException, *, offline: bool) -> SourceError:
+    """The error for fetching `repo` at `rev` that failed with `e` (huggingface_hub's, an
+    HTTP client's, an OSError), saying what the user can act on. Online, huggingface_hub
+    turns a Hub it could not reach (no connection, a 5xx after its retries, a 429) into a
+    `LocalEntryNotFoundError` (nothing in the cache to fall back on) caused by that
+    failure: the failure is what is reported, not the cache, since nothing was offline."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo}@{rev}"
+    if isinstance(e, FileNotFoundError) and offline:  # LocalEntryNotFoundError is one
+        return NotCached(
+            f"{where} is not in the local Hugging Face cache and the hub is offline",
+            hint="run once online (unset HF_HUB_OFFLINE, drop --offline) to download it",
+        )
+    while isinstance(e, LocalEntryNotFoundError) and e.__cause__ is not None:
+        e = e.__cause__  # the request that failed
+    status = e.response.status_code if isinstance(e, HfHubHTTPError) and e.response is not None else None
+    if isinstance(e, GatedRepoError):  # a RepositoryNotFoundError too: before it
+        return SourceError(
+            f"{repo} is gated: request access on its Hub page, then `hf auth login` or set HF_TOKEN",
+            hint=f"its page: {hub_page(repo)}; the Hub answered {status}: {first_line(e)}",
+        )
+    if isinstance(e, RepositoryNotFoundError):
+        return SourceError(
+            f"no such model on the Hugging Face Hub: {repo}", hint="check the name; private repos need `hf auth login`"
+        )
+    if isinstance(e, RevisionNotFoundError):
+        return SourceError(f"{repo} has no revision {rev!r}", hint="use a branch, tag or commit sha")
+    if status in (401, 403):
+        return SourceError(f"the Hub refused access to {where} ({status}): {first_line(e)}", hint=LOGIN_HINT)
+    if status == 429:
+        return SourceError(
+            f"the Hub rate-limited the requests for {where} (429): {first_line(e)}",
+            hint="wait a while and run it again; logged in (`hf auth login`, HF_TOKEN), the limits are higher",
+        )
+    if isinstance(e, RemoteEntryNotFoundError) or status == 404:
+        name = requested_file(e)
+        return SourceError(
+            f"{where} has no file {name}" if name else f"the Hub found nothing for {where}: {first_line(e)}",
+            hint="check the revision (the recipe's `revision`, the lock's commit): the file is not in the repo there",
+        )
+    if status is not None:
+        return SourceError(
+            f"the Hub answered {status} for {where}: {first_line(e)}",
+            hint=f"the Hub ({hub_page('')}) may be down: run it again later, or set HF_HUB_OFFLINE=1 to build from "
+            "the local cache",
+        )
+    if isinstance(e, LocalEntryNotFoundError):  # no request failed (a partial snapshot, say): as huggingface_hub says
+        return NotCached(f"{where}: {first_line(e)}", hint="run it again once the Hub can be reached")
+    if isinstance(e, OSError) and not isinstance(e, (ConnectionError, TimeoutError)):  # here: the cache, the disk
+        return SourceError(
+            f"cannot fetch {where}: {first_line(e)}",
+            hint="check that the Hugging Face cache (HF_HUB_CACHE, HF_HOME) can be written and has room",
+        )
+    return SourceError(
+        f"cannot reach the Hugging Face Hub for {where}: {first_line(e)}",
+        hint=f"check the network and HF_ENDPOINT (now {hub_page('')}), or set HF_HUB_OFFLINE=1 to build from the "
+        "local cache",
+    )
+
+
+def hub_page(repo: str) -> str:
+    """`repo`'s page on the Hub huggingface_hub talks to (HF_ENDPOINT); the Hub itself for ''."""
+    from huggingface_hub import constants
+
+    return f"{constants.ENDPOINT.rstrip('/')}/{repo}" if repo else constants.ENDPOINT
+
+
+def first_line(e: BaseException) -> str:
+    """What `e` says, on one line: the Hub's own message where it sent one (huggingface_hub
+    puts the status line, a link and that message on several lines)."""
+    text = getattr(e, "server_message", None) or str(e) or type(e).__name__
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+
+
+def requested_file(e: BaseException) -> str | None:
+    """The file a failed download asked for: the path after `/resolve/REVISION/` in its URL."""
+    try:
+        url = str(e.response.request.url)  # type: ignore[attr-defined]  # an HfHubHTTPError's
+    except (AttributeError, RuntimeError):  # no response, or httpx's "request not set"
+        return None
+    path = unquote(url).split("?")[0]
+    _, found, rest = path.partition("/resolve/")
+    return rest.split("/", 1)[1] if found and "/" in rest else None
 
 
 def _cached(repo: str, rev: str | None, settings: Settings) -> Path | None:

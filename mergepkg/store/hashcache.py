@@ -18,7 +18,11 @@ change time older than the lock file; a download record's, for a file unchanged 
 the record. Files with no claim are hashed before keys are made, all of them at once
 (`start`), one thread per core. A hub blob whose bytes do not give the sha256 it is
 named by is refused every time it is pinned, claimed or read (its damaged bytes' sha256,
-remembered by the read that refused it, is never taken for it).
+remembered by the read that refused it, is never taken for it). A small file's blob is
+named by its git blob sha1 instead, which no claim can be made from: it is read, its git
+blob sha1 computed in the same pass, and bytes that do not give its name are refused just
+so, and never remembered (huggingface_hub checks no small file it downloads: a file
+damaged in transit would otherwise be pinned, and the correct bytes refused later).
 
 Every file pinned in this process is remembered with the stat it was pinned with, so
 the engine can refuse to store a step whose input changed while it was being built.
@@ -71,28 +75,43 @@ def sha256_file(path: Path | str) -> str:
     """The sha256 of a file, hashed from read-only mappings of it, a WINDOW at a time (no
     copy, and other threads run meanwhile: hashlib releases the GIL). A file truncated
     while it is mapped stops the process (SIGBUS), as any mmap reader of it would."""
-    h = hashlib.sha256()
+    return _digests(path, git_blob=False)[0]
+
+
+def sha256_and_git_blob(path: Path | str) -> tuple[str, str]:
+    """The sha256 and the git blob sha1 (sha1 of `blob SIZE\\0` and the bytes: what git and
+    the Hub name a small file by) of a file, in one read as `sha256_file` reads it."""
+    sha256, blob = _digests(path, git_blob=True)
+    assert blob is not None
+    return sha256, blob
+
+
+def _digests(path: Path | str, *, git_blob: bool) -> tuple[str, str | None]:
+    """The file's sha256 and, with `git_blob`, its git blob sha1, from one pass over its bytes."""
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
+        hashes = [hashlib.sha256()] + ([hashlib.sha1(b"blob %d\0" % size)] if git_blob else [])
         for offset in range(0, size, WINDOW):  # none for an empty file, which cannot be mapped
             length = min(WINDOW, size - offset)
             try:
                 window = mmap.mmap(f.fileno(), length, offset=offset, access=mmap.ACCESS_READ)
             except OSError:  # a file system that cannot map files (FUSE with direct I/O): read it
                 f.seek(offset)
-                return _sha256_rest(f, h)
+                _update_rest(f, hashes)
+                break
             with window:
-                h.update(window)
-    return h.hexdigest()
+                for h in hashes:
+                    h.update(window)
+    return hashes[0].hexdigest(), hashes[1].hexdigest() if git_blob else None
 
 
-def _sha256_rest(f: io.FileIO, h: hashlib._Hash) -> str:
-    """`h` updated with the rest of the file `f`, read into one reused buffer."""
+def _update_rest(f: io.FileIO, hashes: list[hashlib._Hash]) -> None:
+    """`hashes` updated with the rest of the file `f`, read into one reused buffer."""
     buffer = bytearray(WINDOW >> 4)
     view = memoryview(buffer)
     while n := f.readinto(buffer):
-        h.update(view[:n])
-    return h.hexdigest()
+        for h in hashes:
+            h.update(view[:n])
 
 
 def _row_key(real: str) -> str | bytes:
@@ -105,13 +124,23 @@ def _row_key(real: str) -> str | bytes:
     return real
 
 
-def hub_blob_sha256(real: str) -> str | None:
-    """The sha256 a Hugging Face cache blob is named by, or None: LFS files (weights) are
-    stored under their sha256, other files under a 40-digit git blob sha1."""
+def _hub_blob_name(real: str, digits: int) -> str | None:
+    """The name of a Hugging Face cache blob (`REPO_DIR/blobs/NAME`) of `digits` hex digits, or None."""
     p = Path(real)
     if p.parent.name != "blobs" or not p.parent.parent.name.startswith(HUB_REPOS):
         return None
-    return p.name if len(p.name) == 64 and set(p.name) <= HEX else None
+    return p.name if len(p.name) == digits and set(p.name) <= HEX else None
+
+
+def hub_blob_sha256(real: str) -> str | None:
+    """The sha256 a Hugging Face cache blob is named by, or None: LFS files (weights) are
+    stored under their sha256, other files under a 40-digit git blob sha1."""
+    return _hub_blob_name(real, 64)
+
+
+def hub_blob_sha1(real: str) -> str | None:
+    """The git blob sha1 a Hugging Face cache blob of a small (not LFS) file is named by, or None."""
+    return _hub_blob_name(real, 40)
 
 
 @dataclass(frozen=True)
@@ -218,10 +247,11 @@ def check_files(folders: Iterable[Path | str], *, unchanged: bool = True) -> Non
             _check_unchanged(e)
 
 
-def _false_claim(path: str, claim: str, claimed: str, actual: str) -> SourceError:
-    """The error for a file whose bytes do not give the sha256 `claim` (one of CLAIMS' values) says."""
+def _false_claim(path: str, claim: str, claimed: str, actual: str, digest: str = "sha256") -> SourceError:
+    """The error for a file whose bytes do not give the `digest` (sha256, or a small hub
+    blob's git blob sha1) `claim` (one of CLAIMS' values) says."""
     return SourceError(
-        f"{path} does not hold the sha256 {claim} gives it ({claimed[:12]}…; read: {actual[:12]}…); "
+        f"{path} does not hold the {digest} {claim} gives it ({claimed[:12]}…; read: {actual[:12]}…); "
         "nothing made from it was stored",
         file=path,
         hint=_FALSE_CLAIM_HINTS[claim],
@@ -296,10 +326,16 @@ class HashCache:
         return row[4] if row and tuple(row[:4]) == ident else None
 
     def _hash(self, real: str, ident: Identity) -> str:
-        """Read and hash the file; remembered only when its stat did not change meanwhile."""
-        digest = sha256_file(real)
+        """Read and hash the file; remembered only when its stat did not change meanwhile. A
+        small hub blob whose bytes do not give the git blob sha1 it is named by is refused
+        and not remembered, so every read of it refuses it again."""
+        named = hub_blob_sha1(real)
+        digest, blob = (sha256_file(real), None) if named is None else sha256_and_git_blob(real)
         with self._lock:
             self.hashed += 1
+        if blob != named:
+            assert named is not None and blob is not None  # both or neither
+            raise _false_claim(real, CLAIMS["hub"], named, blob, "git blob sha1")
         try:
             same = identity(os.stat(real)) == ident
         except FileNotFoundError:

@@ -225,3 +225,25 @@ def test_a_push_with_no_repo_says_only_that(write_recipe, tmp_path, capsys):
     path = write_recipe(LINEAR.format(w="0.6"))
     code, _, stderr = cli(capsys, "push", str(path), "--dry-run")
     assert code == 1 and "pushing" not in stderr and "error: no repo to push to" in stderr
+
+
+def test_a_head_that_moved_meanwhile_says_someone_pushed_and_to_push_again(fake_hub, write_recipe, tmp_path):
+    """Another client's commit lands between the push reading the head and committing over
+    it: the Hub answers 412 (Precondition Failed), which was reported as that with no hint."""
+    path = built(write_recipe, tmp_path)
+    push(load_recipe(path), Session(Settings()), "org/merged")
+    path = built(write_recipe, tmp_path, weight="0.5")
+    fake_hub.fault(
+        r"^/api/models/org/merged/commit/",
+        action=lambda: fake_hub.commit("org/merged", {"NOTES.md": b"theirs"}),
+        times=1,
+    )
+    before = read_lock(path.with_suffix(".lock"))
+    with pytest.raises(BuildError) as e:
+        push(load_recipe(path), Session(Settings()), "org/merged")
+    assert "someone pushed to org/merged meanwhile" in e.value.message and "412" in e.value.message
+    assert e.value.hint is not None and "run push again" in e.value.hint
+    assert read_lock(path.with_suffix(".lock")) == before  # no push recorded
+    report = push(load_recipe(path), Session(Settings()), "org/merged")  # as the hint says
+    assert report.commit == fake_hub.repos["org/merged"].head
+    assert on_hub(fake_hub, "org/merged")["NOTES.md"] == b"theirs"

@@ -98,32 +98,51 @@ def unreachable(hub, monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
     monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
+    no_backoff(monkeypatch)
     return hub
 
 
-@pytest.mark.parametrize("command", [["build"], ["build", "--locked"], ["lock"], ["validate"]])
+def no_backoff(monkeypatch) -> None:
+    """huggingface_hub's retries (5, for a tree listing or a download that failed to connect
+    or got a 5xx or 429) without their waits, 23 s in all."""
+    from types import SimpleNamespace
+
+    import huggingface_hub.utils._http as http
+
+    monkeypatch.setattr(http, "time", SimpleNamespace(sleep=lambda seconds: None))
+
+
+@pytest.mark.parametrize(
+    "command", [["build"], ["build", "--locked"], ["build", "--locked", "pinned"], ["lock"], ["validate"]]
+)
 def test_an_unreachable_hub_is_a_located_error(unreachable, tmp_path, command, capsys):
+    """`pinned`: the lock pins the files too, so they are fetched as the lock says (by
+    huggingface_hub's snapshot_download at the commit, which reports a Hub it could not
+    reach as a cache entry not found): that said "the hub is offline", and to unset
+    HF_HUB_OFFLINE, which nobody had set."""
     from helpers import cli
 
     path = tmp_path / "r.toml"
     path.write_text(HUB_RECIPE)
     if "--locked" in command:  # a lock that asks for what the recipe asks, at commits not in the cache
-        path.with_suffix(".lock").write_text(_lock_naming_other_commits(path))
-    args = [*command, path] + (["--out", tmp_path / "out", "-q"] if command[0] == "build" else [])
+        path.with_suffix(".lock").write_text(_lock_naming_other_commits(path, files="pinned" in command))
+    args = [*command[:2], path] + (["--out", tmp_path / "out", "-q"] if command[0] == "build" else [])
     code, _, err = cli(capsys, *args)
     assert code == 1, err
     assert f"error: {path}:5: sources.base: cannot reach the Hugging Face Hub for tiny/base" in err, err
+    assert "HF_ENDPOINT" in err and "offline" not in err.split("hint:")[0] and "unset HF_HUB_OFFLINE" not in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
-def _lock_naming_other_commits(recipe) -> str:
-    from mergepkg.lockfile import Lock, LockedSource, Pin, read_lock, recipe_hash, write_lock
+def _lock_naming_other_commits(recipe, files: bool = False) -> str:
+    from mergepkg.lockfile import FileRecord, Lock, LockedSource, Pin, read_lock, recipe_hash, write_lock
     from mergepkg.recipe.parse import load_recipe
     from mergepkg.resolve.resolution import resolve
     from mergepkg.store.session import Session
 
     r = load_recipe(recipe)
-    sources = {n: LockedSource(n, s.hf, s.revision, None, Pin("0" * 40, ())) for n, s in r.sources.items()}
+    pinned = (FileRecord("config.json", 2, "0" * 64),) if files else ()
+    sources = {n: LockedSource(n, s.hf, s.revision, None, Pin("0" * 40, pinned)) for n, s in r.sources.items()}
     lock_file = recipe.with_name("scratch.lock")
     write_lock(lock_file, Lock(recipe_hash(r), sources, {}))
     # the steps keyed from those pins (deferred sources: nothing is fetched), so the lock is whole
@@ -353,3 +372,99 @@ def test_an_online_fetch_records_what_the_repo_lacks_so_offline_builds_take_it(f
         "tokenizer_config.json",
     ]
     assert fetch(Source("o", hf="tiny/old", revision=commit), Settings(offline=True)).folder == online.folder
+
+
+# The Hub failing, through huggingface_hub's real client against the fake Hub (tests/fakehub.py).
+
+
+def on_fake_hub(fake_hub, stub: Path, repo: str = "tiny/base", **how) -> str:
+    """A stub model with a tokenizer as `repo` on the fake Hub (`how`: Repo's fields); its commit."""
+    from fakehub import Repo
+
+    fake_hub.repos[repo] = Repo(private=False, **how)
+    return fake_hub.commit(repo, repo_files(stub, TOKENIZER))
+
+
+def hub_failure(path: Path, session: Session | None = None) -> SourceError:
+    """The error `mergepkg lock` of the recipe at `path` fails with; no lock written."""
+    with pytest.raises(SourceError) as info:
+        lock_recipe(load_recipe(path), session or Session())
+    assert info.value.key == "sources.base" and not lock_path(load_recipe(path)).exists()
+    return info.value
+
+
+def test_a_small_file_damaged_in_transit_is_never_pinned(fake_hub, tmp_path, stub_models):
+    """config.json is no LFS file: its blob is named by its git blob sha1, which was not
+    checked. The damaged bytes were pinned in the lock and built from, and the correct
+    ones, downloaded elsewhere, refused as "differ from the lock"."""
+    import hashlib
+    import shutil
+
+    on_fake_hub(fake_hub, stub_models["base"])
+    fake_hub.fault(r"/resolve/.*/config\.json$", method="GET", corrupt=True, times=1)
+    path = recipe_at(tmp_path)
+    for _ in range(2):  # the damaged blob stays in the cache: refused every time
+        e = hub_failure(path)
+        assert "does not hold the git blob sha1 its Hugging Face cache blob's name gives it" in e.message
+        assert "delete that repo from the Hugging Face cache" in e.hint
+    shutil.rmtree(tmp_path / "hf-cache" / "models--tiny--base")  # as the hint says
+    lock_recipe(load_recipe(path), Session())
+    lock = read_lock(lock_path(load_recipe(path)))
+    assert lock is not None
+    config = next(f for f in lock.sources["base"].pin.files if f.name == "config.json")
+    assert config.sha256 == hashlib.sha256((stub_models["base"] / "config.json").read_bytes()).hexdigest()
+
+
+def test_a_locked_build_from_an_empty_cache_says_the_hub_failed_not_that_it_is_offline(
+    fake_hub, tmp_path, stub_models, monkeypatch
+):
+    commit = on_fake_hub(fake_hub, stub_models["base"])
+    path = recipe_at(tmp_path)
+    lock_recipe(load_recipe(path), Session())
+    lock = read_lock(lock_path(load_recipe(path)))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    no_backoff(monkeypatch)
+    fake_hub.fault(r"^/api/models/tiny/base/tree/", status=500)
+    with pytest.raises(SourceError) as info:
+        resolve(load_recipe(path), Session(), lock=lock, mode="locked").source_folder("base")
+    e = info.value
+    assert e.message.startswith(f"the Hub answered 500 for tiny/base@{commit}") and "offline" not in e.message
+    assert fake_hub.url in e.hint and "HF_HUB_OFFLINE=1" in e.hint and "unset" not in e.hint
+
+
+@pytest.mark.parametrize("token", [None, "hf_test_token"])
+def test_a_gated_repo_says_so_and_how_to_get_access(fake_hub, tmp_path, stub_models, monkeypatch, token):
+    """Listed to anyone, its files to no one without access (401 with no token, 403 with
+    one): huggingface_hub's GatedRepoError is a RepositoryNotFoundError, so it read
+    "no such model on the Hugging Face Hub"."""
+    on_fake_hub(fake_hub, stub_models["base"], gated=True)
+    if token is None:
+        monkeypatch.delenv("HF_TOKEN")
+    e = hub_failure(recipe_at(tmp_path))
+    assert e.message == "tiny/base is gated: request access on its Hub page, then `hf auth login` or set HF_TOKEN"
+    assert f"{fake_hub.url}/tiny/base" in e.hint and ("401" if token is None else "403") in e.hint
+
+
+def test_an_invalid_token_is_one_line_with_the_login_hint(fake_hub, tmp_path, stub_models, monkeypatch):
+    """It was huggingface_hub's message on four lines (a link to MDN among them), and "check the network"."""
+    on_fake_hub(fake_hub, stub_models["base"])
+    monkeypatch.setenv("HF_TOKEN", "hf_not_the_token")
+    e = hub_failure(recipe_at(tmp_path))
+    assert e.message == "the Hub refused access to tiny/base@main (401): Invalid credentials in Authorization header"
+    assert "hf auth login" in e.hint and "HF_TOKEN" in e.hint and "network" not in e.hint
+
+
+def test_a_rate_limit_and_a_file_the_hub_lacks_get_their_own_hints(fake_hub, tmp_path, stub_models, monkeypatch):
+    """Both said "check the network, or set HF_HUB_OFFLINE=1"."""
+    no_backoff(monkeypatch)
+    on_fake_hub(fake_hub, stub_models["base"])
+    path = recipe_at(tmp_path)
+    limited = fake_hub.fault(r"/resolve/.*/config\.json$", status=429, headers={"Retry-After": "1"})
+    e = hub_failure(path)
+    assert e.message.startswith("the Hub rate-limited the requests for tiny/base@main (429)")
+    assert "run it again" in e.hint and "hf auth login" in e.hint and "network" not in e.hint
+    limited.times = 0  # config.json was not downloaded: asked for again
+    fake_hub.fault(r"/resolve/.*/config\.json$", status=404, headers={"X-Error-Code": "EntryNotFound"})
+    e = hub_failure(path)
+    assert e.message == "tiny/base@main has no file config.json"
+    assert "revision" in e.hint and "network" not in e.hint

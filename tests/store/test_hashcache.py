@@ -141,8 +141,71 @@ def test_a_hub_blob_is_claimed_by_its_name_and_a_damaged_one_refused(tmp_path, c
         check_files([snapshot])
     assert "blob's name" in info.value.message and "Hugging Face cache" in info.value.hint
     # a name that is no sha256 (a small file's git blob sha1) is no claim: read at once
-    (blobs / ("ab" * 20)).write_bytes(b"{}")
-    assert cache.sha256(blobs / ("ab" * 20), claims=True)[1] == sha(b"{}")
+    (blobs / git_blob(b"{}")).write_bytes(b"{}")
+    assert cache.sha256(blobs / git_blob(b"{}"), claims=True)[1] == sha(b"{}") and cache.hashed == 2
+
+
+def git_blob(data: bytes) -> str:
+    """The name huggingface_hub gives a small (not LFS) file's blob: the Hub's etag for it."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def small_blob(tmp_path: Path, data: bytes, stored: bytes) -> Path:
+    """`config.json` of a hub snapshot whose blob is named by `data`'s git blob sha1 and holds `stored`."""
+    blobs = tmp_path / "hf" / "models--tiny--m" / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    (blobs / git_blob(data)).write_bytes(stored)
+    snapshot = tmp_path / "hf" / "models--tiny--m" / "snapshots" / "c0ffee"
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot / "config.json").unlink(missing_ok=True)
+    (snapshot / "config.json").symlink_to(blobs / git_blob(data))
+    return snapshot / "config.json"
+
+
+@pytest.mark.parametrize("claims", [True, False])
+def test_a_small_hub_blob_is_checked_against_its_git_blob_sha1_every_time_it_is_read(tmp_path, claims):
+    """A small file's blob is named by its git blob sha1, which huggingface_hub does not
+    check on download: a file damaged in transit was pinned (the lock recorded the damaged
+    bytes, and the correct ones were refused later). Read with its git blob sha1 in the
+    same pass, it is refused as a damaged LFS blob is, and its read is never remembered."""
+    data = b'{"model_type": "llama", "hidden_size": 64}'
+    damaged = data.replace(b"64", b"65")
+    path = small_blob(tmp_path, data, damaged)
+    db = tmp_path / "home" / "hashes.sqlite"
+    for _ in range(2):  # every pin, another process's too: nothing was remembered
+        cache = HashCache(db)
+        with pytest.raises(SourceError) as info:
+            cache.start([(path, None)], claims=claims, folder=path.parent)
+            cache.sha256(path, claims=claims)
+        assert cache.hashed == 1
+        assert "does not hold the git blob sha1 its Hugging Face cache blob's name gives it" in info.value.message
+        assert git_blob(data)[:12] in info.value.message and git_blob(damaged)[:12] in info.value.message
+        assert "delete that repo from the Hugging Face cache" in info.value.hint
+        assert info.value.file == os.path.realpath(path)
+    # the lock's claim (made from the damaged bytes elsewhere) does not let it through either
+    cache = HashCache(db)
+    assert cache.sha256(path, Trust(len(damaged), sha(damaged), later(path)), claims=True)[1] == sha(damaged)
+    with pytest.raises(SourceError, match="git blob sha1"):
+        check_files([path.parent], unchanged=False)
+
+    path.resolve().write_bytes(data)  # downloaded again
+    assert HashCache(db).sha256(path, claims=claims) == (len(data), sha(data))
+    check_files([path.parent])
+    again = HashCache(db)
+    assert again.sha256(path, claims=claims)[1] == sha(data) and again.hashed == 0  # a true read is remembered
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 3 * 4096 + 5])
+def test_the_git_blob_sha1_is_gits(tmp_path, monkeypatch, size):
+    """Computed in the same pass as the sha256, window by window and where files cannot be mapped."""
+    from mergepkg.store.hashcache import sha256_and_git_blob
+
+    monkeypatch.setattr(mergepkg.store.hashcache, "WINDOW", 1 << 12)
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_and_git_blob(tmp_path / "f") == (sha(data), git_blob(data))
+    monkeypatch.setattr(mmap, "mmap", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENODEV, "No such device")))
+    assert sha256_and_git_blob(tmp_path / "f") == (sha(data), git_blob(data))
 
 
 @pytest.mark.parametrize("claims", [True, False])
