@@ -41,6 +41,16 @@ def llama_cpp_tree() -> Path:
     return root
 
 
+MERGEKIT_SITE = Path(__file__).parent / "mergekit_site"
+
+
+def mergekit_env() -> dict[str, str]:
+    """The environment of a mergekit run: its arcee_fusion given mergepkg's softmax
+    (mergekit_site/sitecustomize.py), PYTHONPATH otherwise kept."""
+    paths = [str(MERGEKIT_SITE), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
 def run_cli(*args, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real `mergepkg` script, wide enough that rich tables do not wrap."""
     env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", **(env or {})}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
@@ -28,6 +29,13 @@ SIDE_FILES = [
 ]
 TOKENIZER_FILES = [f for f in SIDE_FILES if f not in ("config.json", "generation_config.json")]
 TOKENIZER_CONFIG = "tokenizer_config.json"  # every Hugging Face tokenizer has one: transformers reads it first
+# The files a build writes into an artifact (a step's folder in the store), besides the
+# shards `SHARD_FILE` names (io/writer.shard_names): one unsharded safetensors file, the
+# index of several (io/writer.write_index), and the side files (engine/side_files.py:
+# config, generation config, tokenizer, chat template). A remote's pull refuses any other
+# name (remote/record.is_artifact_file): an artifact never holds code.
+ARTIFACT_FILES = (WEIGHTS, INDEX, *SIDE_FILES)
+SHARD_FILE = re.compile(r"model-[0-9]{5,}-of-[0-9]{5,}\.safetensors")
 
 
 # A PEFT adapter folder (a LoRA adapter applied with `base+adapter`): its config and weights

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mergepkg.canonical import canonical_json, sha256_hex
+from mergepkg.io.folder import ARTIFACT_FILES, SHARD_FILE
 from mergepkg.remote.errors import RemoteError
 from mergepkg.store.local import MANIFEST, is_key
 
@@ -35,6 +36,14 @@ def is_file_name(name: object) -> bool:
         and not any(c in name for c in "/\\\0")
         and name != MANIFEST
     )
+
+
+def is_artifact_file(name: str) -> bool:
+    """A name a build writes into an artifact (io/folder.ARTIFACT_FILES, or a shard's): what
+    a pull takes. The lock's digest covers the tensors alone, so a remote's writer could
+    otherwise add files no build makes (`modeling_*.py`, which transformers runs under
+    `trust_remote_code`) under a record of its own with matching sha256s."""
+    return name in ARTIFACT_FILES or SHARD_FILE.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ push leaves no record and nothing a reader trusts. Two pushers of one key both
 succeed: files of one variant are the same bytes, put whole, and the record written
 last names a complete folder. A pull checks every file's size and sha256 against the
 record and the tensors' digest against the lock's, or a trusted signature where the
-lock pins no digest; what fails is deleted, never committed to the local store.
+lock pins no digest; what fails is deleted, never committed to the local store. A
+record naming a file no build writes (`record.is_artifact_file`) is refused before any
+download: the lock's digest covers tensors only, not the config or tokenizer files.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from mergepkg.errors import MergepkgError
 from mergepkg.io.digest import combine_digests, tensor_digests
 from mergepkg.remote.errors import NotOnRemote, Refused, RemoteError
-from mergepkg.remote.record import MAX_RECORD_BYTES, FileEntry, Record, parse_record
+from mergepkg.remote.record import MAX_RECORD_BYTES, FileEntry, Record, is_artifact_file, parse_record
 from mergepkg.remote.sign import trusted_signer
 from mergepkg.remote.transfer import (
     Meter,
@@ -213,7 +215,8 @@ class Remote:
         progress: ProgressFn | None = None,
     ) -> Pulled:
         """Download `key` into `dest` (a new folder in the local store's tmp/) and check
-        it: every file's size and sha256 against the record, and the tensors' digest
+        it: every file a name a build writes (`check_names`, before any download), its
+        size and sha256 against the record, and the tensors' digest
         against `expected_digest` (the lock's) or, where that is None, a signature by
         one of the `trusted` public keys. On any failure `dest` is removed."""
         try:
@@ -230,6 +233,7 @@ class Remote:
         where = f"{self.url}/records/{key}.json"
         if record is None:
             raise NotOnRemote(f"no artifact for key {key}", file=self.url)
+        check_names(record, where)
         signer = None
         if expected_digest is not None and record.digest != expected_digest:
             raise Refused(
@@ -331,6 +335,25 @@ class Remote:
                     self.fs.rmdir(folder)  # empty folders on a disk; object stores have none
                 except OSError:
                     continue
+
+
+def check_names(record: Record, where: str) -> None:
+    """Refuse, before any download, a record listing a file no build writes into an
+    artifact (`is_artifact_file`): the lock pins the tensors' digest alone, and a file's
+    sha256 is only the record's word, so a remote's writer could add code
+    (`modeling_evil.py`, named by an `auto_map` in config.json) that would pass every
+    other check."""
+    odd = [i for i, f in enumerate(record.files) if not is_artifact_file(f.name)]
+    if odd:
+        names = ", ".join(repr(record.files[i].name) for i in odd[:5]) + (f" and {len(odd) - 5} more" * (len(odd) > 5))
+        raise Refused(
+            f"the record lists {'a file' if len(odd) == 1 else 'files'} no build writes into an artifact: {names}",
+            file=where,
+            key=f"files[{odd[0]}].name",
+            hint="nothing was pulled: a build writes weights, their index, config, generation config, tokenizer"
+            " and chat template files only; someone who can write the remote added it. Repair it from a home"
+            f" that holds this build: mergepkg cache push --rehash {record.key[:12]}",
+        )
 
 
 def listing_dirs(fs: Any, folder: str) -> list[str]:

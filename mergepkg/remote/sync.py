@@ -14,7 +14,7 @@ from mergepkg._version import __version__
 from mergepkg.remote.config import check_backend, configured_url, folder_of, normalize_url, trusted_keys
 from mergepkg.remote.errors import EXTRA_HINT, NotOnRemote, Refused, RemoteConfigError, RemoteError
 from mergepkg.remote.hub import HubRemote
-from mergepkg.remote.record import FileEntry, Record, is_file_name
+from mergepkg.remote.record import FileEntry, Record, is_artifact_file, is_file_name
 from mergepkg.remote.sign import SigningKey, sign_record, trusted_signer
 from mergepkg.remote.store import PushReport, Remote
 from mergepkg.remote.transfer import ProgressFn
@@ -75,13 +75,20 @@ def new_record(key: str, entry: Mapping[str, Any], digest: str, files: Iterable[
 def record_for(artifact: Artifact, *, hashes: HashCache | None = None, signing_key: SigningKey | None = None) -> Record:
     """The record of a stored artifact: its files (without the local manifest) hashed,
     through `hashes` where given (a file hashed before is not read again), and signed
-    with `signing_key` where given."""
+    with `signing_key` where given. A file no build writes is refused: no pull takes it."""
     files = []
     for p in sorted(artifact.folder.iterdir()):
         if p.name == MANIFEST:
             continue
         if not is_file_name(p.name) or not p.is_file():
             raise RemoteConfigError(f"cannot push {p.name!r}: not a plain file", file=artifact.folder)
+        if not is_artifact_file(p.name):  # every pull would refuse it (store.check_names)
+            raise RemoteConfigError(
+                f"cannot push {p.name!r}: no build writes such a file into an artifact",
+                file=artifact.folder,
+                hint="it was added to the stored artifact after its build (or pulled by an older mergepkg):"
+                " build the step again in a home without it",
+            )
         size, sha = hashes.sha256(p) if hashes is not None else (p.stat().st_size, sha256_file(p))
         files.append(FileEntry(p.name, size, sha))
     record = new_record(artifact.key, artifact.manifest["entry"], artifact.digest, files)

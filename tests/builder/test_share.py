@@ -368,7 +368,7 @@ def stored_as(store: Store, key: str, entry: dict, seed: int) -> Artifact:
         folder = store.new_folder(key)
         (folder / "config.json").write_text(json.dumps({"model_type": "llama", "seed": seed}))
         save_file(
-            {"w": np.random.default_rng(seed).standard_normal((4, 8), dtype=np.float32)}, folder / "w.safetensors"
+            {"w": np.random.default_rng(seed).standard_normal((4, 8), dtype=np.float32)}, folder / "model.safetensors"
         )
         return store.commit(key, folder, entry, tensor_digests(folder), seconds=0.0)
 

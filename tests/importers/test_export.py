@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import build_recipe, load_tensors
+from helpers import build_recipe, load_tensors, mergekit_env
 
 from mergepkg.builder.mergekit_yaml import MERGEKIT_FILE, mergekit_config, mergekit_yaml
 from mergepkg.recipe.chat import builtin_template
@@ -106,7 +106,7 @@ def body(cases: dict[str, str]) -> str:
 def run_mergekit(folder: Path, out: Path) -> Path:
     """`mergekit-yaml mergekit_config.yml OUT`, run in the output folder as its card says."""
     cmd = [str(MERGEKIT_YAML), MERGEKIT_FILE, str(out), "--no-cuda", "--quiet"]
-    proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=300, env=mergekit_env())
     if proc.returncode != 0:
         raise RuntimeError(f"mergekit failed on\n{(folder / MERGEKIT_FILE).read_text()}\n{proc.stderr[-4000:]}")
     return out

@@ -800,6 +800,66 @@ def test_yaml_syntax_error_is_located(tmp_path):
     assert e.message.startswith("invalid YAML") and e.line is not None
 
 
+def alias_bomb(levels: int) -> str:
+    """Aliases of aliases, ten wide, `levels` deep: a few lines that expand to 10**levels values."""
+    text = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n'
+    for prev, name in zip("abcdefghi", "bcdefghij"[: levels - 1]):
+        text += f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]\n"
+    return text
+
+
+@pytest.mark.parametrize(
+    ("bomb", "line"),
+    [
+        # the reported bomb (9 levels, in parameters.weight) at 6: every key path through it was recorded
+        (alias_bomb(6) + "merge_method: linear\nmodels:\n  - model: org/a\n    parameters: {weight: *f}\n", 5),
+        # merge keys: yaml copies the merged pairs into each mapping when it constructs it
+        (
+            "a: &a {k0: 0, k1: 1, k2: 2, k3: 3, k4: 4, k5: 5, k6: 6, k7: 7, k8: 8, k9: 9}\n"
+            + "".join(f"{n}: &{n}\n  <<: [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdef", "bcdefg")),
+            9,
+        ),
+        ("merge_method: linear\nmodels: &m\n  - model: org/a\n    parameters: {weight: *m}\n", 2),  # holds itself
+    ],
+    ids=["nested", "merge-keys", "recursive"],
+)
+def test_an_alias_bomb_is_refused_at_its_line_before_it_is_expanded(bomb, line, tmp_path):
+    """`mergepkg import` of yml/bomb.yml (9 levels) took 26 s and 2.2 GB, then a MemoryError:
+    every key path through an alias was recorded. Each node is walked once now, and a file
+    whose aliases repeat past MAX_EXPANDED values is refused at once, at the node that does."""
+    import time
+
+    started = time.monotonic()
+    e, _ = import_error(bomb, tmp_path)
+    assert time.monotonic() - started < 5
+    assert e.message.startswith("invalid YAML: ") and e.line == line, str(e)
+    assert ("holds itself" if "&m" in bomb else "aliases repeat more than 100000 values") in e.message
+
+
+def test_aliases_a_config_reuses_are_walked_once_and_imported(tmp_path):
+    """A node reached again through an alias is not walked again (the paths under it take
+    the line of the path naming it): key paths grow with the text, not with what the
+    aliases expand to."""
+    from mergepkg.importers.mergekit.documents import load_documents
+
+    (doc,) = load_documents(alias_bomb(4) + "merge_method: linear\n", "c.yml")  # 11110 values read through
+    assert len(doc.lines) < 60 and doc.lines["d[9]"] == 3 and "d[9][0]" not in doc.lines
+    _, recipe = imported(
+        """
+        merge_method: ties
+        base_model: org/base
+        models:
+          - model: org/a
+            parameters: &p {weight: 0.5, density: 0.7}
+          - model: org/b
+            parameters: *p
+        """,
+        tmp_path,
+    )
+    (step,) = recipe.steps.values()
+    assert [(i.params["weight"], i.params["density"]) for i in step.inputs] == [(0.5, 0.7), (0.5, 0.7)]
+
+
 def test_multi_document_errors(tmp_path):
     e, text = import_error(
         """

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import build_recipe, load_tensors, reduction_mismatches
+from helpers import build_recipe, load_tensors, mergekit_env, reduction_mismatches
 from importing import CONFIGS
 
 from mergepkg.errors import RecipeError
@@ -185,7 +185,7 @@ def mergekit_runs(tiny_pool, models, tmp_path_factory):
         out = folder / "mergekit"
         cmd = [str(MERGEKIT / "mergekit-yaml"), str(config), str(out), "--no-cuda", "--quiet", "--no-copy-tokenizer",
                "--no-write-model-card"]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=mergekit_env())
         assert proc.returncode == 0, f"mergekit failed on\n{config.read_text()}\n{proc.stderr[-3000:]}"
         return config, out
 

@@ -132,3 +132,30 @@ def test_a_public_key_that_is_not_one_is_a_located_error(text):
     with pytest.raises(RemoteConfigError, match="not an ed25519 public key") as e:
         parse_public_key(text, where="remotes.toml")
     assert e.value.file == "remotes.toml" and "NAME:BASE64" in e.value.hint
+
+
+def test_every_file_a_build_writes_is_an_artifact_file_and_nothing_else_is():
+    """What a pull takes (store.check_names): the names io/writer gives shards (one, a few,
+    past 99999), the index, every side file engine/side_files.py writes (the tokenizer
+    files a union writes among them); never code, a model card or a recipe."""
+    from mergepkg.io.folder import INDEX, SIDE_FILES
+    from mergepkg.io.writer import shard_names
+    from mergepkg.layout.chat import CONFIG_FILE, LEGACY_FILE, TEMPLATE_FILE
+    from mergepkg.layout.vocab import FILES
+    from mergepkg.remote.record import is_artifact_file
+
+    written = [*shard_names(1), *shard_names(3), *shard_names(100_001)[-2:], INDEX, *SIDE_FILES, *FILES]
+    written += [CONFIG_FILE, LEGACY_FILE, TEMPLATE_FILE]
+    assert all(is_artifact_file(n) for n in written), [n for n in written if not is_artifact_file(n)]
+    for name in (
+        "modeling_evil.py",
+        "README.md",
+        "mergepkg.toml",
+        "pytorch_model.bin",
+        "model.gguf",
+        "run.sh",
+        "model-1-of-2.safetensors",
+        "model-00001-of-00002.safetensors.py",
+        "config.json.py",
+    ):
+        assert not is_artifact_file(name), name

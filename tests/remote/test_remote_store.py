@@ -315,3 +315,60 @@ def test_a_push_to_a_folder_remote_whose_folder_is_gone_makes_none(tmp_path, nam
     assert not folder.exists()
     folder.mkdir()  # mounted again: the same push lands
     assert push_artifact(remote, art).uploaded and remote.has(art.key)
+
+
+def tamper_side_files(remote: Remote, key: str) -> None:
+    """Another writer of the remote: config.json given an `auto_map` to code it adds
+    (`modeling_evil.py`), a new record of its own (unsigned, sha256s that match, the same
+    digest: the tensors are the build's)."""
+    from dataclasses import replace
+
+    from mergepkg.canonical import sha256_hex
+    from mergepkg.remote.record import FileEntry
+
+    record = remote.record(key)
+    assert record is not None
+    files = {f.name: remote.fs.cat_file(remote.path(record.folder, f.name)) for f in record.files}
+    config = json.loads(files["config.json"])
+    files["config.json"] = json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "modeling_evil.Evil"}}).encode()
+    files["modeling_evil.py"] = b"open('/tmp/PWNED', 'w').write('ran')\n"
+    entries = tuple(FileEntry(n, len(b), sha256_hex(b)) for n, b in sorted(files.items()))
+    forged = replace(record, files=entries, signatures=())
+    remote.fs.makedirs(remote.path(forged.folder), exist_ok=True)
+    for name, data in files.items():
+        remote.fs.pipe_file(remote.path(forged.folder, name), data)
+    remote.fs.pipe_file(remote.path("records", f"{key}.json"), forged.to_bytes())
+
+
+def test_a_record_naming_a_file_no_build_writes_is_refused_before_any_download(remote, tmp_path):
+    """The lock's digest covers the tensors only: a writer of the remote added code and an
+    `auto_map` under a record of its own, and a --locked build took it with every check
+    passed. A name no build writes is refused now, before a byte moves; a rehash push
+    from the home that built it repairs the remote."""
+    a, b = homes(tmp_path)
+    art = make_artifact(a, 16)
+    push_artifact(remote, art)
+    tamper_side_files(remote, art.key)
+    moved = []
+    with pytest.raises(Refused, match=r"no build writes into an artifact: 'modeling_evil\.py'") as e:
+        substitute(remote, b, art.key, expected_digest=art.digest, progress=lambda *a: moved.append(a))
+    assert e.value.file.endswith(f"records/{art.key}.json") and e.value.key == "files[3].name"
+    assert f"mergepkg cache push --rehash {art.key[:12]}" in e.value.hint
+    assert moved == [] and not (tmp_path / "PWNED").exists()
+    assert_not_taken(b, art.key)
+    assert push_artifact(remote, art, rehash=True).repaired
+    got = substitute(remote, b, art.key, expected_digest=art.digest)
+    assert sorted(p.name for p in got.folder.iterdir()) == sorted(p.name for p in art.folder.iterdir())
+    assert (got.folder / "config.json").read_bytes() == (art.folder / "config.json").read_bytes()
+
+
+def test_a_stored_artifact_holding_a_file_no_build_writes_is_not_pushed(remote, tmp_path):
+    """Every pull would refuse it: the push says so, naming the file, and writes nothing."""
+    a, _ = homes(tmp_path)
+    art = make_artifact(a, 17)
+    (art.folder / "modeling_evil.py").write_text("print('hi')\n")
+    with pytest.raises(RemoteError, match=r"cannot push 'modeling_evil\.py': no build writes such a file"):
+        push_artifact(remote, art)
+    assert remote.keys() == [] and not remote.fs.exists(remote.path("artifacts"))
+    (art.folder / "modeling_evil.py").unlink()
+    assert push_artifact(remote, art).uploaded and remote.has(art.key)
