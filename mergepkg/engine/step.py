@@ -29,9 +29,9 @@ from mergepkg.engine.values import ValueWatch
 from mergepkg.errors import MergeError, MergepkgError
 from mergepkg.io.buffers import BufferPool
 from mergepkg.io.reader import ModelReader
-from mergepkg.io.tensors import NAME_OF, TensorInfo, torch_dtype
+from mergepkg.io.tensors import NAME_OF, TORCH_NAME, TensorInfo, torch_dtype
 from mergepkg.io.writer import MAX_SHARD_BYTES, ShardWriter
-from mergepkg.layout.types import OutputTensor, StepLayout
+from mergepkg.layout.types import FLOAT_CODES, OutputTensor, StepLayout
 from mergepkg.methods.kernels import chunks
 from mergepkg.recipe.tables import AUTO
 from mergepkg.store.hashcache import check_files
@@ -80,7 +80,10 @@ def merge_tensor(
 
     Values are rounded where mergekit rounds them: each input to the step's dtype, then
     the method (which may compute wider), its result to the step's dtype, then to the
-    saved dtype. A rounding that cannot change a value (a widening) is skipped."""
+    saved dtype. A rounding that cannot change a value (a widening) is skipped. A tensor
+    that is not floating point is copied, not merged (`same_bytes`)."""
+    if out.info.dtype not in FLOAT_CODES:  # integers and bools are copied, not merged (layout/dense.py)
+        return same_bytes(out, loaded)
     method = layout.method
     dtype = step_dtype(layout, loaded)
     compute = compute_dtype(layout, loaded)
@@ -117,9 +120,28 @@ def merge_tensor(
     except MergepkgError as e:
         e.at(tensor=out.name)  # which tensor; the build adds which step
         raise
-    except (ValueError, RuntimeError) as e:
-        raise MergeError(f"{method.name} failed on {out.name}: {e}") from e
+    except (ValueError, RuntimeError, IndexError, ZeroDivisionError) as e:  # a tensor the method cannot take
+        raise MergeError(f"{method.name} failed: {e}", tensor=out.name) from e
     return result.to(dtype=via).to(dtype=saved)
+
+
+def same_bytes(out: OutputTensor, loaded: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A tensor that is not floating point (a buffer: position ids, a mask), copied from
+    the base or first input (`loaded[0]`) when every model holds the same bytes; a sum of
+    integers or bools would mean nothing, and which one to take would be a guess.
+    A copy: the input's buffer goes back to the pool while the writer holds the result."""
+    first = loaded[0]
+    for part, t in zip(out.parts[1:], loaded[1:]):
+        if not torch.equal(t, first):
+            raise MergeError(
+                f"{out.parts[0].model!r} and {part.model!r} hold different values in this "
+                f"{TORCH_NAME[out.info.dtype]} tensor: integer and bool tensors are copied, not merged, "
+                "so the models must agree on them",
+                hint="such a tensor (position ids, a mask) is the same in fine-tunes of one base; models that "
+                "differ there are quantized or of another architecture: merge models of one base",
+                tensor=out.name,
+            )
+    return first.clone()
 
 
 def budget_for(
@@ -167,8 +189,9 @@ def _kernels(layout: StepLayout, infos: Mapping[str, Mapping[str, TensorInfo]]) 
     step's compute dtype (for "auto", any of its inputs' dtypes, or float32) over its
     inputs' stored dtypes, writing results in the dtypes `merge_tensor` asks for, for its
     count of inputs."""
-    stored = sorted({NAME_OF.get(t.dtype, t.dtype) for tensors in infos.values() for t in tensors.values()})
-    saved = {torch_dtype(t.info.dtype) for t in layout.tensors}
+    # integer and bool tensors are copied (`same_bytes`), never through a kernel
+    stored = sorted({NAME_OF[t.dtype] for tensors in infos.values() for t in tensors.values() if t.dtype in NAME_OF})
+    saved = {torch_dtype(t.info.dtype) for t in layout.tensors if t.info.dtype in NAME_OF}
     if layout.step.dtype != AUTO:
         compute, dtype = compute_dtype(layout), step_dtype(layout)
         results = {result_dtype(compute, dtype, s) for s in saved}

@@ -87,8 +87,8 @@ class ValueWatch:
         if not self.measure or out.base is None or len(tensors) < 2 or tensors[0].dim() < 2:
             return
         base = tensors[0]
-        if not base.is_floating_point() or not base.is_contiguous():
-            return
+        if not base.is_floating_point() or not base.is_contiguous() or not base.numel():
+            return  # a tensor of no entries (a dimension of size 0) has no norm to sample
         b = _sample(base).double()
         scale = base.numel() / b.numel()  # the sample stands for the whole tensor
         base_sq = float(b.square().sum()) * scale

@@ -20,9 +20,16 @@ from mergepkg._lazy import torch
 from mergepkg.errors import SourceError
 from mergepkg.io.folder import index_map, weight_files
 
-# safetensors dtype codes <-> recipe dtype names
+# safetensors dtype codes <-> recipe dtype names (the floating-point dtypes a merge computes in)
 CODE_OF = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 NAME_OF = {v: k for k, v in CODE_OF.items()}
+# every safetensors dtype code -> torch's name of it: integer and bool tensors (buffers such
+# as position ids and masks, quantized weights) and float8 are read and written, never merged
+TORCH_NAME = NAME_OF | {
+    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16",
+    "I8": "int8", "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+}  # fmt: skip
+CODE_OF_TORCH = {v: k for k, v in TORCH_NAME.items()}
 ITEMSIZE = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
     "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
@@ -56,12 +63,14 @@ def promote_codes(codes: list[str]) -> str:
 
 
 def torch_dtype(code_or_name: str) -> torch.dtype:
-    name = NAME_OF.get(code_or_name, code_or_name)
+    """The torch dtype of a safetensors code (any of them) or a recipe's dtype name."""
+    name = TORCH_NAME.get(code_or_name, code_or_name)
     return getattr(torch, name)
 
 
 def code_of(dtype) -> str:
-    return CODE_OF[str(dtype).removeprefix("torch.")]
+    """The safetensors code of a torch dtype (any safetensors holds)."""
+    return CODE_OF_TORCH[str(dtype).removeprefix("torch.")]
 
 
 def parse_header(f: BinaryIO, path: Path) -> tuple[dict, int]:

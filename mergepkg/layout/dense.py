@@ -246,6 +246,8 @@ class DenseLayout:
         return [Member("base" if s.model == base else "input", s.model, tensor_of(s), s.params) for s in sl.sources]
 
     def output_tensor(self, name: str, t: float, members: list[Member], slice_params: Params) -> OutputTensor:
+        if (kept := self.not_merged(name, members)) is not None:
+            return kept
         spec, step = self.spec, self.step
         parts, base = [], None
         ref_info, ref_model = None, None
@@ -301,6 +303,53 @@ class DenseLayout:
         dtype = saved_dtype(step.out_dtype, stored)
         shape = (row_map.rows, *ref_info.shape[1:]) if row_map else ref_info.shape
         return OutputTensor(name, TensorInfo(dtype, shape), base, tuple(parts), params, row_map)
+
+    def not_merged(self, name: str, members: list[Member]) -> OutputTensor | None:
+        """The output tensor of members that are not floating point, or None (merge them).
+
+        An integer or bool tensor (a buffer: position ids, an attention mask) means no
+        amount: it is copied, not merged, from the base (or the first input), once the
+        engine has read every model's and found the same bytes (engine/step.py
+        `same_bytes`), where mergekit would average the buffers it knows and drop the others.
+        So every model must hold it in one dtype and shape. Quantized weights (float8, or
+        integers in a model whose config.json has a `quantization_config`) are codes
+        beside scales: merged as numbers they are noise, copied they are one model's.
+        They are refused here, so `validate` says it."""
+        infos = [self.infos[m.model].tensors.get(m.tensor) for m in members]
+        if any(i is None for i in infos) or all(i.dtype in FLOAT_CODES for i in infos if i is not None):
+            return None  # a missing tensor: the merge's own checks say which model lacks it
+        for m, info in zip(members, infos):
+            assert info is not None
+            quantized = self.infos[m.model].config.get("quantization_config")
+            if info.dtype.startswith("F8_") or (quantized and info.dtype not in FLOAT_CODES):
+                how = (
+                    f" ({quantized['quant_method']})"
+                    if isinstance(quantized, dict) and "quant_method" in quantized
+                    else ""
+                )
+                raise self.error(
+                    ModelMismatchError,
+                    self.key_of(m.model),
+                    f"{m.model!r} is a quantized model{how}: its tensor {m.tensor} is {info.dtype}, "
+                    "and quantized weights cannot be merged",
+                    "dequantize it first (transformers: load it, model.dequantize(), save_pretrained), "
+                    "or merge the model it was quantized from",
+                )
+        (first, *rest), (ref, *others) = members, infos
+        assert ref is not None
+        for m, info in zip(rest, others):
+            assert info is not None
+            if (info.dtype, info.shape) != (ref.dtype, ref.shape):
+                raise self.error(
+                    ModelMismatchError,
+                    self.key_of(m.model),
+                    f"tensor {m.tensor}: {m.model!r} holds {info.dtype} {list(info.shape)} but {first.model!r} "
+                    f"{ref.dtype} {list(ref.shape)}",
+                    "integer and bool tensors are copied, not merged: every model must hold the same one",
+                )
+        base = next((Part(m.model, m.tensor) for m in members if m.role == "base"), None)
+        parts = tuple(Part(m.model, m.tensor) for m in members if m.role == "input")
+        return OutputTensor(name, TensorInfo(ref.dtype, ref.shape), base, parts)
 
 
 def _named(name: str) -> Callable[[SliceSource], str]:

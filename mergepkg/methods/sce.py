@@ -95,4 +95,5 @@ SPEC = MethodSpec(
     base="required",
     min_inputs=1,
     base_alone=True,
+    version=2,  # 2: NaN variances among the k largest, as torch.topk takes them (mergekit's selection)
 )

@@ -43,6 +43,11 @@ class TopK:
     misleads, the whole vector is searched instead). Entries equal to the k-th largest
     are kept lowest index first, so exactly k are kept whatever the ties.
 
+    NaN counts as larger than every number, +inf too, as torch's sort and topk take it
+    (so mergekit's argsort): a NaN magnitude is among the k largest, and with k NaN or
+    more no number is kept. A NaN entry's own mask does not matter: the mask multiplies
+    the delta, and NaN times 0 is NaN.
+
     `magnitudes(span)` returns |entries| of a slice (also a strided one) in float32 or
     wider, possibly in a buffer it reuses on the next call; `spans` cover range(n) in order.
     `band(span, lo, hi)`, when given, does the pass over one span faster (fused.py):
@@ -83,8 +88,8 @@ class TopK:
         margin = int(6 * math.sqrt(m * q * (1 - q))) + 16  # 6 sigma of a sampled rank
         # the band [lo, hi] (two order statistics of the sample); past the sample's ends it
         # reaches 0 (magnitudes are >= 0) or +inf
-        self._lo = float(self.kth(sample, rank - margin + 1)) if rank - margin >= 0 else 0.0
-        self._hi = float(self.kth(sample, rank + margin + 1)) if rank + margin < m else math.inf
+        self._lo = _number(self.kth(sample, rank - margin + 1)) if rank - margin >= 0 else 0.0
+        self._hi = _number(self.kth(sample, rank + margin + 1)) if rank + margin < m else math.inf
         return self
 
     def _settle(self, passed: tuple[int, torch.Tensor, torch.Tensor], map=map) -> None:
@@ -92,9 +97,12 @@ class TopK:
         above, values, index = passed
         need = self._k - above  # how many of the k largest lie in the band
         exact = 0 < need <= values.numel()
-        if not exact:  # the sample misled: search everything
-            _, values, index = self._pass(self._band, self._spans, 0.0, math.inf, map)
-            need = self._k
+        if not exact:  # the sample misled (or NaN fill the k largest): search everything
+            above, values, index = self._pass(self._band, self._spans, 0.0, math.inf, map)
+            need = self._k - above  # the NaN among them: above +inf
+        if need <= 0:  # k NaN or more: no number is among the k largest
+            self.threshold, self.cut = values.new_tensor(math.nan), 0
+            return
         # when the band is one repeated value, that value is the threshold
         single = self._hi if exact and self._lo == self._hi else None
         self.threshold, self.cut = self.select(values, index, need, self._n, single)
@@ -137,9 +145,17 @@ class TopK:
 
 
 def in_band(a: torch.Tensor, start: int, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(entries of `a` above hi, those in [lo, hi], their indexes + start). NaN is in neither."""
+    """(entries of `a` above hi, those in [lo, hi], their indexes + start). NaN is above
+    any hi: larger than every number, as torch sorts it."""
     index = ((a >= lo) & (a <= hi)).nonzero().squeeze(1)
-    return int((a > hi).sum()), a[index], index.add_(start)
+    return int((~(a <= hi)).sum()), a[index], index.add_(start)
+
+
+def _number(x) -> float:
+    """A band's end from a sampled order statistic: a NaN one (the sample's NaN, sorted
+    last) is +inf, so that NaN entries fall above the band, never inside it."""
+    x = float(x)
+    return math.inf if math.isnan(x) else x
 
 
 def top_k(density: float, n: int) -> int:
@@ -220,8 +236,9 @@ def magprune(
 ) -> torch.Tensor:
     """DELLA MagPrune: per row, keep probability rises linearly with magnitude rank from
     density - epsilon (smallest) to density + epsilon (largest). A row of one entry
-    gets probability `density` (mergekit divides by zero there and produces NaN)."""
-    if density >= 1:
+    gets probability `density` (mergekit divides by zero there and produces NaN); a
+    tensor of no entries is returned as it is (its rows cannot be reshaped)."""
+    if density >= 1 or delta.numel() == 0:
         return delta
     if not (density - epsilon > 0 and density + epsilon < 1):
         raise ValueError(f"della needs density ± epsilon inside (0, 1); got density={density:g}, epsilon={epsilon:g}")

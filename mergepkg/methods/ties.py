@@ -9,6 +9,8 @@ Defaults as mergekit 0.1.5: normalize = true, rescale = false.
 Version 2: among entries whose magnitude equals the k-th largest, the lowest indexes
 are kept (version 1 kept whichever torch.topk returned; mergekit, whichever its sort
 put first). Bfloat16 models repeat delta values, so such ties are common.
+Version 3: a NaN magnitude counts as larger than every number (torch's sort order, so
+mergekit's): with j NaN in a task vector, k - j numbers are kept, not k.
 """
 
 from mergepkg.methods import sparsify
@@ -22,5 +24,5 @@ SPEC = make_method(
     rescale=False,
     elect_sign=True,
     thinner=sparsify.magnitude,
-    version=2,
+    version=3,  # 3: NaN among the k largest magnitudes, as torch sorts it (mergekit keeps them so)
 )

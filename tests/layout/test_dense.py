@@ -94,3 +94,88 @@ def test_head_tying_follows_the_head_s_model_and_changes_nothing_else():
     }
     assert with_head_tying({"tie_word_embeddings": True}, {}) == {}  # the model's default, as the head's
     assert with_head_tying({"x": 1}, {"x": 2}) == {"x": 1}
+
+
+# -- tensors that are not floating point: copied, or refused before any byte is read ----------
+
+DOWN = "model.layers.0.mlp.down_proj.weight"
+
+
+def headers_only(folder: Path, tensors: dict, quantization: dict | None = None) -> Path:
+    """A model folder of a config.json and one safetensors file of `tensors` (no tokenizer):
+    all a layout reads."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 1, "hidden_size": 8}
+    if quantization is not None:
+        config["quantization_config"] = quantization
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file(tensors, folder / "model.safetensors")
+    return folder
+
+
+def dense_recipe(tmp_path: Path, **models: Path) -> Path:
+    sources = "".join(f'{k} = {{ path = "{v}" }}\n' for k, v in models.items())
+    path = tmp_path / "recipe.toml"
+    path.write_text(
+        f'[package]\nname = "t"\nversion = "0.1.0"\n\n[sources]\n{sources}\n[steps.m]\nmethod = "ties"\n'
+        'base = "base"\ninputs = [{ model = "ft1", weight = 1.0, density = 0.5 }]\n'
+    )
+    return path
+
+
+def floats(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"model.embed_tokens.weight": torch.randn(4, 8, generator=g), DOWN: torch.randn(8, 8, generator=g)}
+
+
+def test_integer_and_bool_tensors_are_laid_out_as_copies_of_the_base(tmp_path):
+    from mergepkg.api import validate
+
+    ids = {"model.position_ids": torch.arange(8).unsqueeze(0), "model.mask": torch.tensor([True, False])}
+    base = headers_only(tmp_path / "base", floats(0) | ids)
+    ft1 = headers_only(tmp_path / "ft1", floats(1) | ids)
+    layout = validate(dense_recipe(tmp_path, base=base, ft1=ft1)).steps["m"].layout
+    assert layout is not None
+    tensors = {t.name: t for t in layout.tensors}
+    assert tensors["model.position_ids"].info.dtype == "I64" and tensors["model.mask"].info.dtype == "BOOL"
+    assert tensors["model.mask"].base.model == "base" and tensors["model.mask"].params == {}
+    assert tensors[DOWN].info.dtype == "F32" and tensors[DOWN].params["density"] == [0.5]
+
+
+@pytest.mark.parametrize(
+    ("tensor", "quantization", "said"),
+    [
+        (torch.zeros(8, 8, dtype=torch.uint8), {"quant_method": "bitsandbytes"}, r"quantized model \(bitsandbytes\)"),
+        (torch.zeros(8, 8, dtype=torch.int8), {"quant_method": "gptq"}, r"quantized model \(gptq\)"),
+        (torch.zeros(8, 8).to(torch.float8_e4m3fn), None, "quantized model"),
+    ],
+    ids=["uint8", "int8", "float8"],
+)
+def test_a_quantized_model_is_refused_where_it_is_named(tmp_path, tensor, quantization, said):
+    """Quantized weights (codes beside their scales) are refused by `validate` as by
+    `build`, at the model's place in the recipe, with a hint to dequantize first (before,
+    validate said ok and build failed: `module 'torch' has no attribute 'U8'`)."""
+    from mergepkg.api import validate
+
+    base = headers_only(tmp_path / "base", floats(0))
+    ft1 = headers_only(tmp_path / "ft1", floats(1) | {DOWN: tensor}, quantization)
+    path = dense_recipe(tmp_path, base=base, ft1=ft1)
+    with pytest.raises(ModelMismatchError, match=f"'ft1' is a {said}") as e:
+        validate(path)
+    assert DOWN in e.value.message and "dequantize" in e.value.hint
+    assert (
+        e.value.key == "steps.m.inputs[0]"
+        and e.value.line
+        == path.read_text().splitlines().index('inputs = [{ model = "ft1", weight = 1.0, density = 0.5 }]') + 1
+    )
+
+
+def test_an_integer_tensor_of_another_dtype_is_a_mismatch(tmp_path):
+    from mergepkg.api import validate
+
+    base = headers_only(tmp_path / "base", floats(0) | {"model.position_ids": torch.arange(8)})
+    ft1 = headers_only(tmp_path / "ft1", floats(1) | {"model.position_ids": torch.arange(8, dtype=torch.int32)})
+    with pytest.raises(ModelMismatchError, match=r"model\.position_ids: 'ft1' holds I32 \[8\] but 'base' I64 \[8\]"):
+        validate(dense_recipe(tmp_path, base=base, ft1=ft1))

@@ -347,3 +347,24 @@ def test_nearswap_takes_near_entries_and_moves_far_ones_by_t():
     torch.testing.assert_close(moved.abs(), torch.full_like(moved, t))  # by t, towards the other input
     assert bool((moved.sign() == (A - BASE)[~near].sign()).all())
     assert torch.equal(merge("nearswap", BASE, [A], t=0.0), BASE)
+
+
+# every thinner at work (not skipped at density 1), every required parameter given
+EMPTY_PARAMS = {"density": 0.5, "epsilon": 0.1, "gamma": 0.1, "select_topk": 0.5, "t": 0.3, "weight": 0.5}
+
+
+@pytest.mark.parametrize("shape", [(0, 16), (16, 0), (0,)], ids=str)
+@pytest.mark.parametrize("name", sorted(n for n in METHODS if n not in ("moe", "arcee_fusion")))
+def test_a_tensor_of_no_entries_merges_to_one_of_that_shape(name, shape):
+    """As mergekit 0.1.5 writes them (della's (0, n) failed here: its rows could not be
+    reshaped; mergekit fails on della's (n, 0), whose row minimum has no entry)."""
+    spec = METHODS[name]
+    base = torch.zeros(shape)
+    inputs = [base.clone() for _ in range(min(spec.max_inputs or 2, 2))]
+    params = {
+        p.arg: [value] * len(inputs) if p.per_input else value
+        for p in spec.params
+        if (value := EMPTY_PARAMS.get(p.name)) is not None
+    }
+    out = merge(name, None if spec.base == "none" else base, inputs, **params)
+    assert out.shape == shape

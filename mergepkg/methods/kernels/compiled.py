@@ -30,9 +30,10 @@ BAND_BLOCK = 32  # entries band() tests together before it collects any of them
 
 @jit.njit(nogil=True, error_model="numpy")
 def band(x, b, lo, hi, values, index, like):
-    """Entries with |x - b| > hi (a count); those in [lo, hi] written to values/index
-    (as long as x), in order. NaN is neither. x and b are stored inputs (STORED), read in
-    the compute dtype `like` names; x - b is rounded to it.
+    """Entries with |x - b| > hi or NaN (a count: NaN is larger than every number, as
+    torch sorts it); those in [lo, hi] written to values/index (as long as x), in order.
+    x and b are stored inputs (STORED), read in the compute dtype `like` names; x - b is
+    rounded to it.
 
     Without a branch per entry: at a density of 0.5, `> hi` is a coin flip, and so is
     `>= lo`, and a mispredicted branch per entry made this 5x slower. A block of
@@ -49,7 +50,7 @@ def band(x, b, lo, hi, values, index, like):
         for k in range(BAND_BLOCK):
             a = abs(_round(_read(x[start + k], like) - _read(b[start + k], like), like))
             block[k] = a
-            above += a > hi
+            above += not a <= hi  # NaN too
             inside |= (a >= lo) & (a <= hi)
         if inside:
             for k in range(BAND_BLOCK):
@@ -59,7 +60,7 @@ def band(x, b, lo, hi, values, index, like):
                 count += (a >= lo) & (a <= hi)
     for j in range(n - n % BAND_BLOCK, n):  # the last, partial block
         a = abs(_round(_read(x[j], like) - _read(b[j], like), like))
-        above += a > hi
+        above += not a <= hi  # NaN too
         values[count] = a
         index[count] = j
         count += (a >= lo) & (a <= hi)
