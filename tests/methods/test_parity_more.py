@@ -6,7 +6,7 @@ functions on larger tensors in process, where whole-tensor reductions take many 
 sce, arcee_fusion and nearswap give the same bits as mergekit, except where sce's
 selection meets tied variances (bfloat16: mergepkg keeps the lowest indexes, mergekit
 whichever torch.topk returns), and arcee_fusion's softmax, whose bits torch's changes with
-the CPU: mergekit is run with mergepkg's (ours_softmax_in_mergekit). karcher sums norms and dot products over whole tensors
+the CPU: mergekit is run with mergepkg's (tests/mergekit_site). karcher sums norms and dot products over whole tensors
 (kernels/reduce.py) where mergekit calls torch.linalg.vector_norm and torch.dot, which add
 in another order: its results agree within a few units in the last place of each tensor's
 largest entry, and on large tensors, where vector_norm's float32 sum drifts, mergepkg's
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import build_one, load_tensors
+from helpers import build_one, load_tensors, mergekit_env
 from test_parity import (
     MERGEKIT_YAML,
     SEED,
@@ -113,30 +113,10 @@ def run_mergekit(cfg: dict, folder: Path) -> Path:
     out = folder / "out"
     cmd = [str(MERGEKIT_YAML), str(config), str(out), "--no-cuda", "--quiet", "--random-seed", str(SEED)]
     cmd += ["--no-copy-tokenizer", "--no-write-model-card"]
-    env = dict(os.environ)
-    if cfg["merge_method"] == "arcee_fusion":
-        env["PYTHONPATH"] = str(ours_softmax_in_mergekit(folder))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=mergekit_env())
     if proc.returncode != 0:
         raise RuntimeError(f"mergekit failed ({proc.returncode}) on\n{config.read_text()}\n{proc.stderr[-4000:]}")
     return out
-
-
-def ours_softmax_in_mergekit(folder: Path) -> Path:
-    """A sitecustomize that gives mergekit's arcee_fusion mergepkg's softmax. Its
-    importance is the KL divergence of two near-equal softmaxes, which rounding decides:
-    torch.softmax's bits change with the CPU's vector width (AVX2, AVX-512), and with them
-    the entries taken, in mergekit too. mergepkg's softmax is the same on both; with it,
-    mergekit must give mergepkg's bytes exactly (every other operation is compared)."""
-    site = folder / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import types\n"
-        "import mergekit.merge_methods.arcee_fusion as theirs\n"
-        "from mergepkg.methods.arcee_fusion import softmax\n"
-        "theirs.F = types.SimpleNamespace(softmax=lambda x, dim: softmax(x))\n"
-    )
-    return site
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +294,7 @@ def test_larger_tensors_in_process(name, count, params, shape, monkeypatch):
     def theirs_merge():
         return mergekit_merge(name, merge_base, tensors, **params)
 
-    # arcee_fusion: mergekit's with mergepkg's softmax (ours_softmax_in_mergekit)
+    # arcee_fusion: mergekit's with mergepkg's softmax (tests/mergekit_site)
     theirs = with_our_softmax(monkeypatch, theirs_merge) if name == "arcee_fusion" else theirs_merge()
     if name != "karcher":
         compare({"w": ours}, {"w": theirs}, None)
@@ -343,7 +323,7 @@ def test_arcee_fusion_large_tensors_use_exact_quantiles(monkeypatch):
 
 
 def with_our_softmax(monkeypatch, run):
-    """`run()` with mergekit's arcee_fusion given mergepkg's softmax (see ours_softmax_in_mergekit)."""
+    """`run()` with mergekit's arcee_fusion given mergepkg's softmax, as tests/mergekit_site gives every mergekit run."""
     import types
 
     from mergekit.merge_methods import arcee_fusion as theirs_module
