@@ -17,7 +17,6 @@ is never written anywhere. The output must be built: push builds nothing.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -32,8 +31,9 @@ from mergepkg.lockfile import LockedPush, lock_path, read_lock, write_lock
 from mergepkg.recipe.model import Recipe
 from mergepkg.recipe.publish import hub_repo_problem
 from mergepkg.resolve.resolution import resolve
-from mergepkg.resolve.sources import is_network_error
+from mergepkg.resolve.sources import first_line, is_network_error
 from mergepkg.store.evals import EvalCache
+from mergepkg.store.hashcache import sha256_and_git_blob
 from mergepkg.store.session import Session
 
 LOGIN_HINT = "log in with `hf auth login` (or `huggingface-cli login`), set HF_TOKEN, or pass --token"
@@ -96,7 +96,8 @@ def push(
         local = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
         local.pop(MARKER, None)
         head, remote = _remote_files(api, repo, must_exist=not dry_run, private=private)
-        send = [name for name, path in local.items() if remote.get(name) not in _ids(path)]
+        # a file the Hub lacks is sent unread; one it has, by either of its content ids
+        send = [n for n, p in local.items() if (rid := remote.get(n)) is None or rid not in sha256_and_git_blob(p)]
         files = [PushFile(n, p.stat().st_size, n in send) for n, p in local.items()]
         deleted = stale(remote, local)
         if dry_run:
@@ -207,16 +208,6 @@ def _remote_files(api: Any, repo: str, *, must_exist: bool, private: bool | None
     return info.sha, ids
 
 
-def _ids(path: Path) -> tuple[str, str]:
-    """A file's content ids: its sha256 (an LFS file's) and git blob sha1 (a small one's)."""
-    sha256, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            sha256.update(chunk)
-            blob.update(chunk)
-    return sha256.hexdigest(), blob.hexdigest()
-
-
 class _NotFound(MergepkgError):
     pass
 
@@ -241,7 +232,7 @@ def _hub(call, repo: str):
                 f"someone pushed to {repo} meanwhile: its head moved after this push read it (412)",
                 hint="run push again: it compares with the new head and sends only what that lacks",
             ) from None
-        raise BuildError(f"the Hub answered {status} for {repo}: {str(e).splitlines()[0]}") from None
+        raise BuildError(f"the Hub answered {status} for {repo}: {first_line(e)}") from None
     except Exception as e:
         if not (isinstance(e, OSError) or is_network_error(e)):  # the connection itself, else not ours
             raise

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergepkg.io.tensors import CODE_OF, TensorInfo
+from mergepkg.io.tensors import CODE_OF, NAME_OF, TensorInfo
 from mergepkg.layout.vocab import Vocab
 from mergepkg.methods.spec import MethodSpec
 from mergepkg.recipe.model import Step
@@ -23,7 +23,7 @@ from mergepkg.recipe.model import Step
 # `model.layers.N.` (Llama, Mistral, Qwen, Gemma, NeoX), `transformer.h.N.` (GPT-2, Falcon), `blocks.N.`
 LAYER = re.compile(r"^(?P<prefix>(?:.*?\.)?(?:layers|h|blocks)\.)(?P<index>\d+)\.(?P<rest>.+)$")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
-FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+FLOAT_CODES = tuple(NAME_OF)  # the dtypes merged; the others (integers, bools) are copied
 HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")  # a config's width, by family
 
 

@@ -147,8 +147,9 @@ class TopK:
 def in_band(a: torch.Tensor, start: int, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(entries of `a` above hi, those in [lo, hi], their indexes + start). NaN is above
     any hi: larger than every number, as torch sorts it."""
-    index = ((a >= lo) & (a <= hi)).nonzero().squeeze(1)
-    return int((~(a <= hi)).sum()), a[index], index.add_(start)
+    below = a <= hi  # False for NaN
+    index = ((a >= lo) & below).nonzero().squeeze(1)
+    return a.numel() - int(below.sum()), a[index], index.add_(start)
 
 
 def _number(x) -> float:
