@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import yaml
 from helpers import build_recipe
 
@@ -24,6 +25,7 @@ params = { weight = 0.5 }
 """
 
 
+@pytest.mark.slow  # imports mergekit (2 s), as the parity tests do
 def test_a_folder_whose_path_holds_plus_or_at_is_named_as_a_path_mergekit_reads_as_one(
     recipe_file, stub_models, tmp_path
 ):
